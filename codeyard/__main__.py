@@ -1,0 +1,3 @@
+from codeyard.cli import main
+
+main()

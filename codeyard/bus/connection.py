@@ -1,0 +1,161 @@
+"""`Bus`: the one object through which codeyard processes talk to NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar, overload
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from codeyard.bus import subjects
+from codeyard.bus.store import VersionedStore
+from codeyard.bus.topology import Topology, ensure_topology
+from codeyard.schemas.codec import MessageError, decode, encode
+from codeyard.schemas.envelope import Envelope
+from codeyard.schemas.messages import RunEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
+E = TypeVar("E", bound=Envelope)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+class Bus:
+    """A NATS connection with JetStream, speaking codeyard's typed messages.
+
+    JetStream publishes carry the message's `msg_id` as `Nats-Msg-Id`, so a publish retried after a
+    crash or a lost ack is stored once (within the stream's duplicate window).
+    """
+
+    def __init__(self, nc: Client, topology: Topology) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.topology = topology
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        name: str = "codeyard",
+        user: str | None = None,
+        password: str | None = None,
+        topology: Topology | None = None,
+        connect_timeout: int = 2,
+        connect_attempts: int = 20,
+    ) -> Bus:
+        """Connect, trying `connect_attempts` times (0.25 s apart) before giving up with
+        `nats.errors.NoServersError`; once connected, reconnect forever."""
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error: %s", exc)
+
+        async def on_disconnect() -> None:
+            if not (nc.is_closed or nc.is_draining):
+                log.warning("disconnected from nats, reconnecting")
+
+        async def on_reconnect() -> None:
+            log.info("reconnected to nats")
+
+        nc = Client()
+        await nc.connect(
+            url,
+            name=name,
+            user=user,
+            password=password,
+            connect_timeout=connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=connect_attempts,
+            reconnect_time_wait=0.25,  # type: ignore[arg-type]  # seconds; floats work
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+        nc.options["max_reconnect_attempts"] = -1  # nats-py has no separate setting for this
+        return cls(nc, topology or Topology())
+
+    async def setup(self, roles: Iterable[str] = subjects.BUILTIN_ROLES) -> None:
+        """Create or update the streams, consumers and buckets; every process may call this."""
+        await ensure_topology(self.js, self.topology, roles)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    # --- JetStream -----------------------------------------------------------------------------
+
+    async def publish(self, subject: str, message: Envelope, timeout: float = 5.0) -> PubAck:
+        """Store `message` durably; returns once the stream has it."""
+        return await self.js.publish(
+            subject, encode(message), timeout=timeout, headers={MSG_ID_HEADER: message.msg_id}
+        )
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, Envelope]], timeout: float = 10.0
+    ) -> list[PubAck]:
+        """Pipelined publishes: all sent at once, then every ack awaited."""
+        futures = [
+            await self.js.publish_async(
+                subject, encode(message), headers={MSG_ID_HEADER: message.msg_id}
+            )
+            for subject, message in items
+        ]
+        return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+
+    async def emit(self, event: RunEvent) -> PubAck:
+        """Append an event to its run's events stream."""
+        return await self.publish(subjects.events_subject(event.run_id), event)
+
+    async def store(self, bucket: str, type_: type[S]) -> VersionedStore[S]:
+        return VersionedStore(await self.js.key_value(bucket), bucket, type_)
+
+    # --- core request/reply --------------------------------------------------------------------
+
+    @overload
+    async def request(
+        self, subject: str, message: Envelope, reply_type: type[T], timeout: float = 5.0
+    ) -> T: ...
+    @overload
+    async def request(
+        self, subject: str, message: Envelope, reply_type: Any, timeout: float = 5.0
+    ) -> Any: ...
+    async def request(
+        self, subject: str, message: Envelope, reply_type: Any, timeout: float = 5.0
+    ) -> Any:
+        """Core request/reply; `reply_type` is a message class or a union such as ControlReply."""
+        reply = await self.nc.request(subject, encode(message), timeout=timeout)
+        return decode(reply.data, reply_type)
+
+    async def serve(
+        self,
+        subject: str,
+        request_type: type[T] | Any,
+        handler: Callable[[T], Awaitable[Envelope]],
+        on_error: Callable[[Exception], Envelope],
+        queue: str = "",
+    ) -> Subscription:
+        """Answer requests on `subject`. A bad request or a failing handler gets `on_error`'s
+        reply; the subscription keeps serving."""
+
+        async def answer(msg: Msg) -> None:
+            try:
+                reply = await handler(decode(msg.data, request_type))
+            except MessageError as exc:
+                reply = on_error(exc)
+            except Exception as exc:
+                log.exception("handler for %s failed", subject)
+                reply = on_error(exc)
+            if msg.reply:
+                await msg.respond(encode(reply))
+
+        return await self.nc.subscribe(subject, queue=queue, cb=answer)

@@ -1,0 +1,62 @@
+"""Every subject, stream, consumer and bucket name codeyard uses, in one place.
+
+Roles are fixed words; plugin reviewers are `review.<name>`, so their work arrives on
+`cy.work.review.<name>` and their durable consumer is `review-<name>`.
+"""
+
+from __future__ import annotations
+
+import re
+
+WORK_STREAM = "CY_WORK"
+RESULT_STREAM = "CY_RESULTS"
+EVENT_STREAM = "CY_EVENTS"
+
+RUNS_BUCKET = "cy_runs"
+APPROVALS_BUCKET = "cy_approvals"
+LEADER_BUCKET = "cy_leader"
+ARTIFACTS_BUCKET = "cy_artifacts"
+
+GATE_CHECK = "cy.gate.check"
+GATE_QUEUE = "safety-gate"
+CTL_PREFIX = "cy.ctl"
+COORDINATOR_CONSUMER = "coordinator"
+
+BUILTIN_ROLES = ("planner", "coder", "tester", "review")
+DEAD_LETTER_RUN = "_unrouted"
+
+_ROLE = re.compile(r"^(planner|coder|tester|review(\.[a-z0-9][a-z0-9_-]{0,31})?)$")
+
+
+class UnknownRole(ValueError):
+    pass
+
+
+def check_role(role: str) -> str:
+    if not _ROLE.match(role):
+        raise UnknownRole(
+            f"unknown role {role!r}: expected one of {', '.join(BUILTIN_ROLES)} "
+            "or review.<name> (lowercase letters, digits, _ and -)"
+        )
+    return role
+
+
+def work_subject(role: str) -> str:
+    return f"cy.work.{check_role(role)}"
+
+
+def result_subject(role: str) -> str:
+    return f"cy.result.{check_role(role)}"
+
+
+def events_subject(run_id: str) -> str:
+    return f"cy.events.{run_id or DEAD_LETTER_RUN}"
+
+
+def ctl_subject(verb: str) -> str:
+    return f"{CTL_PREFIX}.{verb}"
+
+
+def consumer_name(role: str) -> str:
+    """Durable consumer names may not contain dots."""
+    return check_role(role).replace(".", "-")

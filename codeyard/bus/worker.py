@@ -1,0 +1,262 @@
+"""The pull-consumer loop every role runs: fetch, handle, publish the result, then ack.
+
+Delivery is at least once. A message is acked only after its result is stored in JetStream, so
+a worker that dies at any point leaves the message to be redelivered (after `ack_wait`) to any
+worker on the same durable consumer. While a handler runs, `in_progress()` heartbeats keep a
+short `ack_wait` from redelivering live work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from codeyard.bus import subjects
+from codeyard.bus.connection import Bus
+from codeyard.bus.topology import ensure_role_consumer
+from codeyard.schemas.codec import MessageError, decode
+from codeyard.schemas.envelope import ID_PATTERN
+from codeyard.schemas.messages import DeadLetter, Result, WorkFailed, WorkItem
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[WorkItem], Awaitable[Result]]
+
+DEAD_LETTER_PAYLOAD_LIMIT = 4096
+_ID = re.compile(ID_PATTERN)
+
+
+class RetryLater(Exception):
+    """The handler could not finish now (rate limit, dependency down); redeliver after `delay`."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class GiveUp(Exception):
+    """The work can never succeed; answer with a WorkFailed result right away."""
+
+
+@dataclass
+class WorkerStats:
+    handled: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+
+
+def result_msg_id(work_msg_id: str) -> str:
+    """The result of a work item has a fixed id, so a result published twice (worker died
+    between publish and ack) is stored once by JetStream's duplicate window."""
+    return hashlib.sha256(f"{work_msg_id}:result".encode()).hexdigest()[:32]
+
+
+def _run_id_of(payload: bytes) -> str:
+    try:
+        value = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return ""
+    run_id = value.get("run_id") if isinstance(value, dict) else None
+    return run_id if isinstance(run_id, str) and _ID.match(run_id) else ""
+
+
+class PullWorker:
+    """Serves one role's durable consumer with up to `concurrency` handlers at once.
+
+    `max_deliver` is enforced here rather than by the server, which would drop the message
+    silently: on its last allowed delivery a failing handler yields a WorkFailed result, and a
+    message delivered more often than allowed (its workers kept dying) fails without running.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        role: str,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        max_deliver: int = 5,
+        retry_delays: Sequence[float] = (1.0, 5.0, 30.0),
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        self.bus = bus
+        self.role = subjects.check_role(role)
+        self.handler = handler
+        self.concurrency = max(1, concurrency)
+        self.max_deliver = max(1, max_deliver)
+        self.retry_delays = tuple(retry_delays) or (1.0,)
+        self.fetch_timeout = fetch_timeout
+        self.stats = WorkerStats()
+        self._result_subject = subjects.result_subject(self.role)
+        self._consumer = subjects.consumer_name(self.role)
+        self._heartbeat = bus.topology.ack_wait / 3
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.bus.js
+
+    async def run(self, stop: asyncio.Event, grace: float = 30.0) -> None:
+        """Serve until `stop` is set; then finish in-flight work for up to `grace` seconds and
+        nak whatever is still running, so it is redelivered at once elsewhere."""
+        await ensure_role_consumer(self.js, self.role, self.bus.topology)
+        subscription = await self.js.pull_subscribe_bind(
+            durable=self._consumer, stream=subjects.WORK_STREAM
+        )
+        inflight: set[asyncio.Task[None]] = set()
+        slot_freed = asyncio.Event()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            inflight.discard(task)
+            slot_freed.set()
+
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                free = self.concurrency - len(inflight)
+                if free == 0:
+                    slot_freed.clear()
+                    freed = asyncio.create_task(slot_freed.wait())
+                    await asyncio.wait({freed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    freed.cancel()
+                    continue
+                try:
+                    messages = await subscription.fetch(free, timeout=self.fetch_timeout)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    messages = []
+                except nats.errors.Error as exc:  # reconnecting, server restarting
+                    log.warning("%s: fetch failed: %s", self.role, exc)
+                    messages = []
+                    await asyncio.sleep(0.2)
+                for message in messages:
+                    task = asyncio.create_task(self._handle(message))
+                    inflight.add(task)
+                    task.add_done_callback(finished)
+        finally:
+            stopping.cancel()
+            if inflight:
+                _, pending = await asyncio.wait(inflight, timeout=grace)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _handle(self, msg: Msg) -> None:
+        deliveries = msg.metadata.num_delivered
+        try:
+            item: WorkItem = decode(msg.data, WorkItem)
+        except MessageError as exc:
+            await self._dead_letter(msg, exc)
+            return
+        if deliveries > self.max_deliver:
+            reason = (
+                f"delivered {deliveries} times without an answer (limit {self.max_deliver}); "
+                "the workers handling it kept dying or timing out"
+            )
+            await self._finish(
+                msg, item, WorkFailed(role=self.role, reason=reason, deliveries=deliveries)
+            )
+            return
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            result = await self.handler(item)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nak())
+            raise
+        except RetryLater as exc:
+            if deliveries >= self.max_deliver:
+                await self._fail(msg, item, f"still not possible: {exc}", deliveries)
+            else:
+                await self._retry(msg, item, exc, exc.delay)
+            return
+        except GiveUp as exc:
+            await self._fail(msg, item, str(exc), deliveries)
+            return
+        except Exception as exc:
+            log.exception("%s: handler failed on %s", self.role, item.msg_id)
+            if deliveries >= self.max_deliver:
+                await self._fail(msg, item, f"{type(exc).__name__}: {exc}", deliveries)
+            else:
+                await self._retry(msg, item, exc, None)
+            return
+        finally:
+            heartbeat.cancel()
+        await self._finish(msg, item, result)
+        self.stats.handled += 1
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # the ack_wait timer will tell, no need to stop the handler
+                log.debug("heartbeat failed: %s", exc)
+
+    async def _retry(self, msg: Msg, item: WorkItem, exc: Exception, delay: float | None) -> None:
+        deliveries = msg.metadata.num_delivered
+        if delay is None:
+            delay = self.retry_delays[min(deliveries, len(self.retry_delays)) - 1]
+        log.info("%s: retrying %s in %.1fs: %s", self.role, item.msg_id, delay, exc)
+        self.stats.retried += 1
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=delay)
+
+    async def _fail(self, msg: Msg, item: WorkItem, reason: str, deliveries: int) -> None:
+        await self._finish(
+            msg, item, WorkFailed(role=self.role, reason=reason, deliveries=deliveries)
+        )
+        self.stats.failed += 1
+
+    async def _finish(self, msg: Msg, item: WorkItem, result: Result) -> None:
+        """Publish the result and only then ack. If publishing fails the message stays unacked
+        and comes back after ack_wait."""
+        result = msgspec.structs.replace(
+            result,
+            run_id=item.run_id,
+            task_id=item.task_id,
+            attempt=item.attempt,
+            trace_id=item.trace_id,
+            msg_id=result_msg_id(item.msg_id),
+        )
+        try:
+            await self.bus.publish(self._result_subject, result)
+            await msg.ack()
+        except Exception as exc:
+            log.warning(
+                "%s: could not deliver result of %s, leaving it unacked: %s",
+                self.role,
+                item.msg_id,
+                exc,
+            )
+
+    async def _dead_letter(self, msg: Msg, error: MessageError) -> None:
+        log.warning(
+            "%s: dead-lettering undecodable message on %s: %s", self.role, msg.subject, error
+        )
+        payload = bytes(msg.data)
+        event = DeadLetter(
+            run_id=_run_id_of(payload),
+            subject=msg.subject,
+            consumer=self._consumer,
+            error=str(error),
+            payload=payload[:DEAD_LETTER_PAYLOAD_LIMIT].decode("utf-8", errors="replace"),
+            payload_bytes=len(payload),
+        )
+        try:
+            await self.bus.emit(event)
+            await msg.ack()
+            self.stats.dead_lettered += 1
+        except Exception as exc:
+            log.warning("%s: could not record dead letter, leaving it unacked: %s", self.role, exc)

@@ -1,0 +1,100 @@
+"""The `codeyard` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import nats.errors
+import typer
+from rich.console import Console
+
+from codeyard import __version__
+from codeyard.bus import Bus, EmbeddedNats, EmbeddedServerError, Topology
+from codeyard.config import Settings
+
+app = typer.Typer(
+    help="codeyard: autonomous coding agents as services over NATS JetStream.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+schemas_app = typer.Typer(help="Wire-message schemas, for agents written in any language.")
+app.add_typer(schemas_app, name="schemas")
+console = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def version() -> None:
+    """Print the codeyard version."""
+    console.print(__version__)
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(help="where to write the files (created)")],
+) -> None:
+    """Write a JSON Schema per message and an AsyncAPI 3 document of the subjects.
+
+    Example: [bold]codeyard schemas export ./schemas[/bold]
+    """
+    from codeyard.schemas.export import export_schemas
+
+    written = export_schemas(directory)
+    console.print(f"wrote {len(written)} files to {directory}")
+
+
+async def _serve_until_signalled(settings: Settings) -> None:
+    server: EmbeddedNats | None = None
+    url = settings.nats_url
+    if not url:
+        server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
+        await asyncio.to_thread(server.start)
+        url = server.url
+        console.print(f"embedded nats-server with JetStream at [bold]{url}[/bold]")
+        console.print(f"store: {server.store_dir}")
+    try:
+        bus = await Bus.connect(
+            url, name="codeyard-up", topology=Topology(ack_wait=settings.ack_wait)
+        )
+        await bus.setup()
+        await bus.close()
+        console.print("streams, consumers and buckets ready; Ctrl-C stops")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        if server:
+            await asyncio.to_thread(server.stop)
+            console.print("embedded nats-server stopped")
+
+
+@app.command()
+def up() -> None:
+    """Start codeyard on this machine.
+
+    With NATS_URL unset, starts an embedded nats-server (JetStream, loopback only, store under the
+    user's data dir; port CODEYARD_NATS_PORT, default 4222). With NATS_URL set, uses that server.
+    Either way the streams, consumers and buckets are created or updated.
+
+    Example: [bold]codeyard up[/bold]
+    """
+    settings = Settings()
+    try:
+        asyncio.run(_serve_until_signalled(settings))
+    except EmbeddedServerError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except (OSError, nats.errors.Error) as exc:
+        err.print(f"[red]error:[/red] cannot reach NATS at {settings.nats_url}: {exc!r}")
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        app()

@@ -1,0 +1,34 @@
+"""Configuration from the environment (`CODEYARD_*`, plus the conventional `NATS_URL`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("codeyard"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CODEYARD_", extra="ignore")
+
+    nats_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("NATS_URL", "CODEYARD_NATS_URL"),
+        description="NATS server to use; empty starts an embedded nats-server",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="embedded server store, caches, reports"
+    )
+    nats_port: int = Field(default=4222, ge=0, le=65535, description="embedded server port")
+    ack_wait: float = Field(
+        default=30.0, gt=0, description="seconds before unacked work is redelivered"
+    )
+    max_deliver: int = Field(
+        default=5, ge=1, description="deliveries of one work item before it fails terminally"
+    )
+    event_retention_days: float = Field(default=30.0, gt=0, description="events stream max age")

@@ -1,0 +1,72 @@
+"""Encoding and decoding of wire messages, with one error type for everything that can go wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from functools import cache
+from typing import Any, TypeVar, cast, overload
+
+import msgspec
+
+from codeyard.schemas.envelope import SCHEMA_VERSION, Envelope
+
+T = TypeVar("T")
+
+# NATS' default max_payload is 1 MiB; bigger payloads belong in the object store.
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+_encoder = msgspec.json.Encoder()
+
+
+class MessageError(ValueError):
+    """A message could not be decoded. `field` is the JSON path at fault (`$.attempt`), if known."""
+
+    def __init__(self, reason: str, field: str = "") -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(f"{reason} (at {field})" if field else reason)
+
+
+@cache
+def _decoder(type_: Hashable) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(type_)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+Data = bytes | bytearray | memoryview | str
+
+
+@overload
+def decode(data: Data, type_: type[T]) -> T: ...
+@overload
+def decode(data: Data, type_: Any) -> Any: ...
+
+
+def decode(data: Data, type_: Any) -> Any:
+    """Decode `data` as `type_` (a message class or a union of them), or raise `MessageError`."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError(f"message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES} limit")
+    try:
+        message: Any = _decoder(cast(Hashable, type_)).decode(data)
+    except msgspec.ValidationError as exc:
+        reason, _, path = str(exc).rpartition(" - at ")
+        if not reason:
+            reason, path = str(exc), "$"
+        path = path.strip("`")
+        if reason.startswith("Object missing required field"):
+            path = f"{path}.{reason.split('`')[1]}"
+        elif reason.startswith("Invalid value") and path.endswith(".type"):
+            reason = f"unknown message type {reason.removeprefix('Invalid value ')}"
+        raise MessageError(reason, path) from None
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"malformed JSON: {exc}") from None
+    if isinstance(message, Envelope) and message.schema_version > SCHEMA_VERSION:
+        raise MessageError(
+            f"schema_version {message.schema_version} is newer than this codeyard "
+            f"understands ({SCHEMA_VERSION}); upgrade codeyard",
+            "$.schema_version",
+        )
+    return message

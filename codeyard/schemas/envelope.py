@@ -1,0 +1,40 @@
+"""The envelope every wire message carries, and the identifier types it uses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+# Ids end up inside NATS subjects (`cy.events.<run_id>`) and KV keys, so they must never contain
+# `.`, `*`, `>` or whitespace: a hostile id could otherwise address someone else's subject.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, description="letters, digits, _ and -")]
+OptionalId = Annotated[
+    str, msgspec.Meta(pattern=r"^$|" + ID_PATTERN, description="an Id, or empty for none")
+]
+Attempt = Annotated[int, msgspec.Meta(ge=0, le=1000)]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=True):
+    """Fields common to every message. `type` (the class name) tags the concrete message."""
+
+    run_id: OptionalId = ""
+    task_id: OptionalId = ""
+    attempt: Attempt = 0
+    msg_id: Id = msgspec.field(default_factory=new_id)
+    trace_id: Id = msgspec.field(default_factory=new_id)
+    sent_at: datetime = msgspec.field(default_factory=utc_now)
+    schema_version: int = SCHEMA_VERSION

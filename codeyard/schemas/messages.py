@@ -1,0 +1,258 @@
+"""Every message that crosses the bus, grouped into one tagged union per subject family.
+
+| family      | subjects               | union          |
+|-------------|------------------------|----------------|
+| work        | cy.work.<role>         | `WorkItem`     |
+| result      | cy.result.<role>       | `Result`       |
+| gate        | cy.gate.check (req/rep)| `GateMessage`  |
+| events      | cy.events.<run_id>     | `RunEvent`     |
+| control     | cy.ctl.* (req/rep)     | `Control`, replies `ControlReply` |
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from codeyard.schemas.envelope import Envelope, Id, OptionalId
+from codeyard.schemas.model import (
+    Budget,
+    Feedback,
+    LongText,
+    RepoRef,
+    ReviewerName,
+    Run,
+    RunState,
+    ShortText,
+    TaskSpec,
+    TaskState,
+    Usage,
+)
+
+
+class Patch(msgspec.Struct, kw_only=True, frozen=True):
+    """A unified diff: inline when small, else a reference into the `cy_artifacts` object store."""
+
+    text: str = ""
+    object_name: str = ""
+    sha256: str = ""
+
+
+# --- work items: coordinator -> cy.work.<role> ------------------------------------------------
+
+
+class PlanRequest(Envelope, kw_only=True, frozen=True):
+    goal: LongText
+    repo: RepoRef = RepoRef()
+    constraints: list[LongText] = []
+    feedback: list[Feedback] = []
+
+
+class CodeRequest(Envelope, kw_only=True, frozen=True):
+    goal: LongText
+    task: TaskSpec
+    repo: RepoRef = RepoRef()
+    feedback: list[Feedback] = []
+
+
+class TestRequest(Envelope, kw_only=True, frozen=True):
+    __test__ = False  # not a pytest test class
+
+    task: TaskSpec
+    patch: Patch
+    repo: RepoRef = RepoRef()
+    test_command: str = ""
+
+
+class ReviewRequest(Envelope, kw_only=True, frozen=True):
+    task: TaskSpec
+    patch: Patch
+    reviewer: ReviewerName = "review"
+    repo: RepoRef = RepoRef()
+    test_output: LongText = ""
+
+
+WorkItem = PlanRequest | CodeRequest | TestRequest | ReviewRequest
+
+
+# --- results: workers -> cy.result.<role> -----------------------------------------------------
+
+
+class PlanResult(Envelope, kw_only=True, frozen=True):
+    tasks: list[TaskSpec]
+    usage: Usage = Usage()
+
+
+class CodeResult(Envelope, kw_only=True, frozen=True):
+    patch: Patch
+    summary: LongText = ""
+    usage: Usage = Usage()
+
+
+class TestResult(Envelope, kw_only=True, frozen=True):
+    __test__ = False
+
+    passed: bool
+    output: LongText = ""
+    tests_run: int = 0
+    usage: Usage = Usage()
+
+
+class ReviewComment(msgspec.Struct, kw_only=True, frozen=True):
+    text: LongText
+    path: str = ""
+    line: int = 0
+
+
+class ReviewResult(Envelope, kw_only=True, frozen=True):
+    reviewer: ReviewerName = "review"
+    approved: bool
+    comments: list[ReviewComment] = []
+    usage: Usage = Usage()
+
+
+class WorkFailed(Envelope, kw_only=True, frozen=True):
+    """Terminal failure of a work item: handler error, or delivered more often than allowed."""
+
+    role: str
+    reason: LongText
+    deliveries: int = 0
+
+
+Result = PlanResult | CodeResult | TestResult | ReviewResult | WorkFailed
+
+
+# --- safety gate: request/reply on cy.gate.check ----------------------------------------------
+
+ActionKind = Literal["run_command", "write_file", "install_package", "network", "merge", "plan"]
+Decision = Literal["allow", "deny", "needs_approval"]
+
+
+class ActionCheck(Envelope, kw_only=True, frozen=True):
+    action: ActionKind
+    detail: LongText
+    role: str = ""
+
+
+class GateDecision(Envelope, kw_only=True, frozen=True):
+    decision: Decision
+    reason: LongText = ""
+    rule: str = ""
+    approval_id: OptionalId = ""
+
+
+GateMessage = ActionCheck | GateDecision
+
+
+# --- events: cy.events.<run_id> ---------------------------------------------------------------
+
+
+class RunStateChanged(Envelope, kw_only=True, frozen=True):
+    state: RunState
+    previous: RunState | None = None
+    reason: LongText = ""
+
+
+class TaskStateChanged(Envelope, kw_only=True, frozen=True):
+    state: TaskState
+    previous: TaskState | None = None
+    reason: LongText = ""
+
+
+class Progress(Envelope, kw_only=True, frozen=True):
+    role: str
+    message: LongText
+
+
+class UsageReported(Envelope, kw_only=True, frozen=True):
+    role: str
+    usage: Usage
+    model: str = ""
+
+
+class GateAudit(Envelope, kw_only=True, frozen=True):
+    check: ActionCheck
+    decision: GateDecision
+
+
+class DeadLetter(Envelope, kw_only=True, frozen=True):
+    """A message no one could decode. Kept (truncated) for the audit; the worker moved on."""
+
+    subject: str
+    consumer: str
+    error: LongText
+    payload: LongText
+    payload_bytes: int
+
+
+RunEvent = RunStateChanged | TaskStateChanged | Progress | UsageReported | GateAudit | DeadLetter
+
+
+# --- control: cy.ctl.<verb> request/reply to the coordinator ----------------------------------
+
+
+class SubmitRun(Envelope, kw_only=True, frozen=True):
+    goal: LongText
+    repo: RepoRef = RepoRef()
+    plan: list[TaskSpec] | None = None
+    budget: Budget = Budget()
+    reviewers: list[ReviewerName] = msgspec.field(default_factory=lambda: ["review"])
+    approve_plan: bool = False
+    approve_merge: bool = False
+
+
+class CancelRun(Envelope, kw_only=True, frozen=True):
+    reason: ShortText = "cancelled by user"
+
+
+class StatusQuery(Envelope, kw_only=True, frozen=True):
+    """Status of `run_id`, or of every run when `run_id` is empty."""
+
+
+class ListApprovals(Envelope, kw_only=True, frozen=True):
+    pass
+
+
+class Approve(Envelope, kw_only=True, frozen=True):
+    approval_id: Id
+    by: ShortText = ""
+    comment: LongText = ""
+
+
+class Deny(Envelope, kw_only=True, frozen=True):
+    approval_id: Id
+    by: ShortText = ""
+    reason: LongText = ""
+
+
+Control = SubmitRun | CancelRun | StatusQuery | ListApprovals | Approve | Deny
+
+
+class PendingApproval(msgspec.Struct, kw_only=True, frozen=True):
+    approval_id: Id
+    run_id: Id
+    task_id: OptionalId = ""
+    action: str
+    detail: LongText
+    reason: LongText = ""
+
+
+class Accepted(Envelope, kw_only=True, frozen=True):
+    detail: ShortText = ""
+
+
+class RunStatus(Envelope, kw_only=True, frozen=True):
+    runs: list[Run]
+
+
+class ApprovalList(Envelope, kw_only=True, frozen=True):
+    approvals: list[PendingApproval]
+
+
+class ControlError(Envelope, kw_only=True, frozen=True):
+    error: LongText
+    field: str = ""
+
+
+ControlReply = Accepted | RunStatus | ApprovalList | ControlError

@@ -1,0 +1,134 @@
+"""The task-graph model: what a run and its tasks are, as stored in the `cy_runs` KV bucket.
+
+These are plain data. The rules for moving between states live in `codeyard.coordinator`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from codeyard.schemas.envelope import Attempt, Id, utc_now
+
+ShortText = Annotated[str, msgspec.Meta(max_length=200)]
+LongText = Annotated[str, msgspec.Meta(max_length=20_000)]
+ReviewerName = Annotated[str, msgspec.Meta(pattern=r"^review(\.[a-z0-9][a-z0-9_-]{0,31})?$")]
+
+
+class TaskState(enum.StrEnum):
+    PLANNED = "planned"
+    READY = "ready"
+    CODING = "coding"
+    TESTING = "testing"
+    REVIEWING = "reviewing"
+    GATED = "gated"
+    MERGED = "merged"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    AWAITING_APPROVAL = "awaiting_approval"
+
+
+class RunState(enum.StrEnum):
+    PLANNING = "planning"
+    PLAN_APPROVAL = "plan_approval"
+    EXECUTING = "executing"
+    AWAITING_APPROVAL = "awaiting_approval"
+    INTEGRATING = "integrating"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Usage(msgspec.Struct, kw_only=True, frozen=True):
+    """LLM usage of one call, one result or a whole run."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            calls=self.calls + other.calls,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Budget(msgspec.Struct, kw_only=True, frozen=True):
+    """Limits of a run; 0 means unlimited. Exceeding one pauses the run for approval."""
+
+    max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_cost_usd: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    max_attempts_per_task: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+
+
+class RepoRef(msgspec.Struct, kw_only=True, frozen=True):
+    """Where the code of a run lives: a local path for submission, a snapshot hash once captured."""
+
+    path: str = ""
+    snapshot: str = ""
+    head: str = ""
+
+
+class TaskSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """One unit of work in a plan, as the planner writes it."""
+
+    id: Id
+    title: ShortText
+    description: LongText = ""
+    acceptance: list[LongText] = []
+    files: list[str] = []
+    deps: list[Id] = []
+    reviewers: list[ReviewerName] = []
+
+
+class FeedbackKind(enum.StrEnum):
+    TEST_FAILURE = "test_failure"
+    REVIEW = "review"
+    CONFLICT = "conflict"
+    REGRESSION = "regression"
+
+
+class Feedback(msgspec.Struct, kw_only=True, frozen=True):
+    """Why an earlier attempt went back to the coder."""
+
+    attempt: Attempt
+    kind: FeedbackKind
+    text: LongText
+
+
+class Task(msgspec.Struct, kw_only=True):
+    """A task's live state inside a run."""
+
+    spec: TaskSpec
+    state: TaskState = TaskState.PLANNED
+    attempt: Attempt = 0
+    feedback: list[Feedback] = []
+    approvals: dict[str, bool] = {}
+    error: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Run(msgspec.Struct, kw_only=True):
+    """A run: the goal, its task graph and where it stands."""
+
+    run_id: Id
+    goal: LongText
+    repo: RepoRef = RepoRef()
+    state: RunState = RunState.PLANNING
+    tasks: dict[str, Task] = {}
+    budget: Budget = Budget()
+    usage: Usage = Usage()
+    error: str = ""
+    created_at: datetime = msgspec.field(default_factory=utc_now)
+    updated_at: datetime = msgspec.field(default_factory=utc_now)

@@ -1,0 +1,55 @@
+"""The embedded nats-server: starts on loopback, stops cleanly, and keeps its store on restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from codeyard.bus import Bus, EmbeddedNats, PullWorker
+from codeyard.bus.embedded import EmbeddedServerError
+from codeyard.bus.subjects import WORK_STREAM, work_subject
+from codeyard.schemas import CodeResult, Patch, Result, WorkItem
+from tests.bus.results import collect_results
+from tests.bus.test_worker import code_request
+from tests.conftest import TEST_TOPOLOGY
+
+
+def test_starts_on_loopback_and_stops(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path)
+    with server:
+        assert server.running()
+        assert server.url.startswith("nats://127.0.0.1:")
+    assert not server.running()
+    assert "Server is ready" in (tmp_path / "nats-server.log").read_text()
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    with pytest.raises(EmbeddedServerError, match="exited"):
+        EmbeddedNats(tmp_path, port=nats_server.port).start()
+
+
+async def test_restart_keeps_queued_work_and_workers_reconnect(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path)
+    async with server:
+        bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
+        await bus.setup()
+
+        async def handle(item: WorkItem) -> Result:
+            return CodeResult(patch=Patch(text=item.task_id))
+
+        stop = asyncio.Event()
+        worker = asyncio.create_task(PullWorker(bus, "coder", handle).run(stop))
+        await bus.publish(work_subject("coder"), code_request("before"))
+        [first] = await collect_results(bus, 1)
+
+        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.start)  # same port, same store
+        await bus.publish(work_subject("coder"), code_request("after"), timeout=15)
+        [second] = await collect_results(bus, 1, timeout=30)
+        stop.set()
+        await asyncio.wait_for(worker, 10)
+        assert (first.task_id, second.task_id) == ("before", "after")
+        assert (await bus.js.stream_info(WORK_STREAM)).state.messages == 0
+        await bus.close()

@@ -1,0 +1,41 @@
+"""Every process sets up the topology at start; doing it again, or with new settings, is safe."""
+
+from __future__ import annotations
+
+from codeyard.bus import Bus, Topology, ensure_topology
+from codeyard.bus.subjects import (
+    APPROVALS_BUCKET,
+    ARTIFACTS_BUCKET,
+    EVENT_STREAM,
+    LEADER_BUCKET,
+    RESULT_STREAM,
+    RUNS_BUCKET,
+    WORK_STREAM,
+)
+
+
+async def test_setup_is_idempotent_and_creates_everything(bus: Bus) -> None:
+    await bus.setup()
+    await bus.setup(roles=["coder", "review.security"])
+    streams = {s.config.name for s in await bus.js.streams_info()}
+    assert {WORK_STREAM, RESULT_STREAM, EVENT_STREAM} <= streams
+    for bucket in (RUNS_BUCKET, APPROVALS_BUCKET, LEADER_BUCKET):
+        status = await (await bus.js.key_value(bucket)).status()
+        assert status.bucket == bucket
+    leader = await (await bus.js.key_value(LEADER_BUCKET)).status()
+    assert leader.ttl == bus.topology.leader_ttl  # the lease expires unless renewed
+    await bus.js.object_store(ARTIFACTS_BUCKET)
+    consumers = {c.name for c in await bus.js.consumers_info(WORK_STREAM)}
+    assert consumers == {"planner", "coder", "tester", "review", "review-security"}
+    [coordinator] = await bus.js.consumers_info(RESULT_STREAM)
+    assert coordinator.name == "coordinator"
+    assert coordinator.config.filter_subject == "cy.result.>"
+
+
+async def test_changed_settings_update_what_exists(bus: Bus) -> None:
+    await ensure_topology(bus.js, Topology(ack_wait=7.0, event_max_age=3600.0))
+    coder = await bus.js.consumer_info(WORK_STREAM, "coder")
+    assert coder.config.ack_wait == 7.0
+    assert coder.config.max_deliver == -1  # workers enforce the limit, see PullWorker
+    events = await bus.js.stream_info(EVENT_STREAM)
+    assert events.config.max_age == 3600.0

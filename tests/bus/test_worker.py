@@ -1,0 +1,294 @@
+"""The pull-worker contract: ack after effect, redelivery, dead letters, max_deliver, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+
+from codeyard.bus import Bus, GiveUp, PullWorker, RetryLater
+from codeyard.bus.subjects import EVENT_STREAM, WORK_STREAM, work_subject
+from codeyard.bus.worker import result_msg_id
+from codeyard.schemas import (
+    CodeRequest,
+    CodeResult,
+    DeadLetter,
+    Patch,
+    Result,
+    RunEvent,
+    TaskSpec,
+    WorkFailed,
+    WorkItem,
+    decode,
+)
+from tests.bus.results import collect_results
+
+
+def code_request(task_id: str, run_id: str = "run1", description: str = "") -> CodeRequest:
+    return CodeRequest(
+        run_id=run_id,
+        task_id=task_id,
+        attempt=1,
+        goal="make it work",
+        task=TaskSpec(id=task_id, title=f"task {task_id}", description=description),
+    )
+
+
+def echo(name: str = "w") -> Callable[[WorkItem], Awaitable[Result]]:
+    async def handle(item: WorkItem) -> Result:
+        return CodeResult(patch=Patch(text=f"edit for {item.task_id}"), summary=name)
+
+    return handle
+
+
+@asynccontextmanager
+async def serving(worker: PullWorker) -> AsyncIterator[PullWorker]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop, grace=5))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_result_carries_the_work_envelope_and_work_is_acked(bus: Bus) -> None:
+    request = code_request("t1")
+    await bus.publish(work_subject("coder"), request)
+    async with serving(PullWorker(bus, "coder", echo())):
+        [result] = await collect_results(bus, 1)
+    assert isinstance(result, CodeResult)
+    assert (result.run_id, result.task_id, result.attempt) == ("run1", "t1", 1)
+    assert result.trace_id == request.trace_id
+    assert result.msg_id == result_msg_id(request.msg_id)
+    info = await bus.js.consumer_info(WORK_STREAM, "coder")
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+
+
+async def test_malformed_message_is_dead_lettered_and_the_next_one_served(bus: Bus) -> None:
+    await bus.js.publish(work_subject("coder"), b'{"type":"CodeRequest","run_id":"run7"')
+    await bus.js.publish(work_subject("coder"), b'{"type":"Mystery","run_id":"run7"}')
+    await bus.publish(work_subject("coder"), code_request("t2"))
+    worker = PullWorker(bus, "coder", echo())
+    async with serving(worker):
+        [result] = await collect_results(bus, 1)
+    assert result.task_id == "t2"
+    assert worker.stats.dead_lettered == 2
+
+    events = await bus.js.pull_subscribe("cy.events.>", stream=EVENT_STREAM)
+    letters = [decode(m.data, RunEvent) for m in await events.fetch(2, timeout=2)]
+    assert all(isinstance(letter, DeadLetter) for letter in letters)
+    assert [letter.subject for letter in letters] == ["cy.work.coder"] * 2
+    broken, unknown = letters
+    assert isinstance(broken, DeadLetter)
+    assert isinstance(unknown, DeadLetter)
+    assert "malformed JSON" in broken.error
+    assert broken.run_id == ""  # not even JSON: filed under cy.events._unrouted
+    assert "unknown message type 'Mystery'" in unknown.error
+    assert unknown.run_id == "run7"  # JSON with a valid run_id: filed with its run
+    info = await bus.js.consumer_info(WORK_STREAM, "coder")
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+
+
+async def test_failing_handler_is_retried_then_answered_with_work_failed(bus: Bus) -> None:
+    calls = Counter[str]()
+
+    async def flaky(item: WorkItem) -> Result:
+        calls[item.task_id] += 1
+        raise RuntimeError("model exploded")
+
+    await bus.publish(work_subject("coder"), code_request("t3"))
+    worker = PullWorker(bus, "coder", flaky, max_deliver=3, retry_delays=(0.05,))
+    async with serving(worker):
+        [result] = await collect_results(bus, 1)
+    assert isinstance(result, WorkFailed)
+    assert result.task_id == "t3"
+    assert result.role == "coder"
+    assert result.deliveries == 3
+    assert "RuntimeError: model exploded" in result.reason
+    assert calls["t3"] == 3
+
+
+async def test_retry_later_and_give_up(bus: Bus) -> None:
+    calls = Counter[str]()
+
+    async def picky(item: WorkItem) -> Result:
+        calls[item.task_id] += 1
+        if item.task_id == "never":
+            raise GiveUp("the task asks for the impossible")
+        if calls[item.task_id] == 1:
+            raise RetryLater("rate limited", delay=0.05)
+        return CodeResult(patch=Patch(text="ok"))
+
+    await bus.publish(work_subject("coder"), code_request("never"))
+    await bus.publish(work_subject("coder"), code_request("later"))
+    async with serving(PullWorker(bus, "coder", picky, concurrency=2)):
+        results = {r.task_id: r for r in await collect_results(bus, 2)}
+    assert isinstance(results["never"], WorkFailed)
+    assert results["never"].reason == "the task asks for the impossible"
+    assert isinstance(results["later"], CodeResult)
+    assert calls == Counter({"never": 1, "later": 2})
+
+
+async def test_message_whose_workers_keep_dying_fails_without_running(bus: Bus) -> None:
+    # Two deliveries that are never acked stand for two workers killed mid-task.
+    await bus.publish(work_subject("coder"), code_request("poison"))
+    raw = await bus.js.pull_subscribe_bind(durable="coder", stream=WORK_STREAM)
+    for delivery in (1, 2):
+        [msg] = await raw.fetch(1, timeout=bus.topology.ack_wait + 5)
+        assert msg.metadata.num_delivered == delivery
+    await raw.unsubscribe()
+
+    ran = []
+
+    async def must_not_run(item: WorkItem) -> Result:
+        ran.append(item.task_id)
+        return CodeResult(patch=Patch())
+
+    async with serving(PullWorker(bus, "coder", must_not_run, max_deliver=2)):
+        [result] = await collect_results(bus, 1)
+    assert isinstance(result, WorkFailed)
+    assert result.deliveries == 3
+    assert "kept dying" in result.reason
+    assert ran == []
+
+
+async def test_heartbeats_keep_long_work_from_being_redelivered(bus: Bus) -> None:
+    calls = Counter[str]()
+
+    async def slow(item: WorkItem) -> Result:
+        calls[item.task_id] += 1
+        await asyncio.sleep(bus.topology.ack_wait * 2.5)
+        return CodeResult(patch=Patch(text="done"))
+
+    await bus.publish(work_subject("coder"), code_request("slow"))
+    async with (
+        serving(PullWorker(bus, "coder", slow, concurrency=1)),
+        serving(PullWorker(bus, "coder", slow, concurrency=1)),
+    ):
+        [result] = await collect_results(bus, 1)
+        await asyncio.sleep(0.5)
+    assert isinstance(result, CodeResult)
+    assert calls == Counter({"slow": 1})
+
+
+async def test_shutdown_naks_unfinished_work_for_immediate_redelivery(bus: Bus) -> None:
+    started = asyncio.Event()
+
+    async def endless(item: WorkItem) -> Result:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    await bus.publish(work_subject("coder"), code_request("t-long"))
+    stop = asyncio.Event()
+    run = asyncio.create_task(PullWorker(bus, "coder", endless).run(stop, grace=0.1))
+    await asyncio.wait_for(started.wait(), 5)
+    stop.set()
+    await asyncio.wait_for(run, 5)
+
+    raw = await bus.js.pull_subscribe_bind(durable="coder", stream=WORK_STREAM)
+    [msg] = await raw.fetch(1, timeout=1.0)  # well before ack_wait: it was nak'ed
+    assert decode(msg.data, WorkItem).task_id == "t-long"
+    assert msg.metadata.num_delivered == 2
+    await msg.ack()
+
+
+# --- real worker processes --------------------------------------------------------------------
+
+
+async def spawn_worker(
+    bus_url: str, name: str, repo_root: Path, *extra: str
+) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.bus.echo_worker",
+        bus_url,
+        "coder",
+        name,
+        *extra,
+        cwd=repo_root,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 20)
+    assert line == b"READY\n", line
+    return process
+
+
+async def stop_worker(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 15)
+
+
+async def test_worker_killed_before_ack_has_its_message_redelivered_to_another(
+    bus: Bus, nats_server: object, repo_root: Path
+) -> None:
+    url = bus.nc.connected_url
+    assert url is not None
+    victim = await spawn_worker(url.geturl(), "victim", repo_root, "--hang")
+    survivor = None
+    try:
+        await bus.publish(work_subject("coder"), code_request("t-kill"))
+        assert victim.stdout is not None
+        line = await asyncio.wait_for(victim.stdout.readline(), 10)
+        assert line == b"RECEIVED t-kill\n"
+        survivor = await spawn_worker(url.geturl(), "survivor", repo_root)
+        victim.kill()
+        await victim.wait()
+        [result] = await collect_results(bus, 1, timeout=bus.topology.ack_wait + 15)
+    finally:
+        await stop_worker(victim)
+        if survivor:
+            await stop_worker(survivor)
+    assert isinstance(result, CodeResult)
+    assert result.task_id == "t-kill"
+    assert result.summary == "survivor"
+
+
+async def test_two_workers_on_one_durable_consumer_split_the_load(
+    bus: Bus, repo_root: Path
+) -> None:
+    url = bus.nc.connected_url
+    assert url is not None
+    workers = [
+        await spawn_worker(url.geturl(), name, repo_root, "--delay", "0.05")
+        for name in ("alpha", "beta")
+    ]
+    try:
+        await bus.publish_many([(work_subject("coder"), code_request(f"t{i}")) for i in range(40)])
+        results = await collect_results(bus, 40, timeout=60)
+    finally:
+        for worker in workers:
+            await stop_worker(worker)
+    assert sorted(r.task_id for r in results) == sorted(f"t{i}" for i in range(40))
+    by_worker = Counter(r.summary for r in results if isinstance(r, CodeResult))
+    assert set(by_worker) == {"alpha", "beta"}
+    assert min(by_worker.values()) >= 8, by_worker
+
+
+async def test_no_result_is_stored_twice_when_a_worker_republishes(bus: Bus) -> None:
+    request = code_request("t-dup")
+    result = CodeResult(
+        run_id="run1",
+        task_id="t-dup",
+        attempt=1,
+        msg_id=result_msg_id(request.msg_id),
+        patch=Patch(text="x"),
+    )
+    first = await bus.publish("cy.result.coder", result)
+    again = await bus.publish("cy.result.coder", msgspec.structs.replace(result))
+    assert not first.duplicate
+    assert again.duplicate
+    assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 1
+    [stored] = await collect_results(bus, 1)
+    assert stored == result

@@ -1,0 +1,35 @@
+"""Fixtures shared by every test: one real nats-server per session, a clean bus per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from codeyard.bus import Bus, EmbeddedNats, Topology
+
+# Short enough that redelivery tests finish quickly, long enough for a loaded 2-core machine.
+TEST_TOPOLOGY = Topology(ack_wait=2.0, leader_ttl=2.0)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    with EmbeddedNats(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
+    """A connected bus over freshly created streams and buckets (previous tests' data wiped)."""
+    bus = await Bus.connect(nats_server.url, name="test", topology=TEST_TOPOLOGY)
+    for stream in await bus.js.streams_info():
+        await bus.js.delete_stream(stream.config.name or "")
+    await bus.setup()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
