@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from codeyard import __version__
-from codeyard.bus import Bus, EmbeddedNats, EmbeddedServerError, Topology
+from codeyard.bus import Bus, EmbeddedNats, EmbeddedServerError
 from codeyard.config import Settings
 
 app = typer.Typer(
@@ -57,9 +57,7 @@ async def _serve_until_signalled(settings: Settings) -> None:
         console.print(f"embedded nats-server with JetStream at [bold]{url}[/bold]")
         console.print(f"store: {server.store_dir}")
     try:
-        bus = await Bus.connect(
-            url, name="codeyard-up", topology=Topology(ack_wait=settings.ack_wait)
-        )
+        bus = await Bus.connect(url, name="codeyard-up", topology=settings.topology())
         await bus.setup()
         await bus.close()
         console.print("streams, consumers and buckets ready; Ctrl-C stops")

@@ -8,6 +8,8 @@ import platformdirs
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from codeyard.bus.topology import DAY, Topology
+
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("codeyard"))
@@ -28,7 +30,7 @@ class Settings(BaseSettings):
     ack_wait: float = Field(
         default=30.0, gt=0, description="seconds before unacked work is redelivered"
     )
-    max_deliver: int = Field(
-        default=5, ge=1, description="deliveries of one work item before it fails terminally"
-    )
     event_retention_days: float = Field(default=30.0, gt=0, description="events stream max age")
+
+    def topology(self) -> Topology:
+        return Topology(ack_wait=self.ack_wait, event_max_age=self.event_retention_days * DAY)
