@@ -47,8 +47,9 @@ def decode(data: Data, type_: Any) -> Any: ...
 
 def decode(data: Data, type_: Any) -> Any:
     """Decode `data` as `type_` (a message class or a union of them), or raise `MessageError`."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise MessageError(f"message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES} limit")
+    size = len(data.encode()) if isinstance(data, str) else len(data)
+    if size > MAX_MESSAGE_BYTES:
+        raise MessageError(f"message is {size} bytes, over the {MAX_MESSAGE_BYTES} limit", "$")
     try:
         message: Any = _decoder(cast(Hashable, type_)).decode(data)
     except msgspec.ValidationError as exc:
@@ -62,7 +63,7 @@ def decode(data: Data, type_: Any) -> Any:
             reason = f"unknown message type {reason.removeprefix('Invalid value ')}"
         raise MessageError(reason, path) from None
     except msgspec.DecodeError as exc:
-        raise MessageError(f"malformed JSON: {exc}") from None
+        raise MessageError(f"malformed JSON: {exc}", "$") from None
     if isinstance(message, Envelope) and message.schema_version > SCHEMA_VERSION:
         raise MessageError(
             f"schema_version {message.schema_version} is newer than this codeyard "

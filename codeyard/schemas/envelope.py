@@ -18,6 +18,8 @@ OptionalId = Annotated[
     str, msgspec.Meta(pattern=r"^$|" + ID_PATTERN, description="an Id, or empty for none")
 ]
 Attempt = Annotated[int, msgspec.Meta(ge=0, le=1000)]
+# Naive timestamps cannot be compared with aware ones; refuse them at the edge.
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def new_id() -> str:
@@ -36,5 +38,5 @@ class Envelope(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=
     attempt: Attempt = 0
     msg_id: Id = msgspec.field(default_factory=new_id)
     trace_id: Id = msgspec.field(default_factory=new_id)
-    sent_at: datetime = msgspec.field(default_factory=utc_now)
-    schema_version: int = SCHEMA_VERSION
+    sent_at: Timestamp = msgspec.field(default_factory=utc_now)
+    schema_version: Annotated[int, msgspec.Meta(ge=1)] = SCHEMA_VERSION

@@ -1,0 +1,89 @@
+"""Leader lease in the `cy_leader` KV bucket: exactly one active coordinator.
+
+The bucket's TTL makes an unrenewed lease vanish, so a standby can take it. Every renewal is a
+revision-checked update: a leader that was paused past the TTL finds its revision gone and
+learns it lost the lease instead of overwriting the new leader's. Between renewals the lease is
+trusted only until `renewed_at + ttl * safety`, by the local monotonic clock, so a process that
+wakes from a long pause stops acting before it can touch the bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from codeyard.bus import subjects
+
+log = logging.getLogger(__name__)
+
+LEASE_KEY = "coordinator"
+
+
+class LeaderLease:
+    def __init__(self, kv: KeyValue, holder: str, ttl: float, safety: float = 0.6) -> None:
+        self._kv = kv
+        self.holder = holder
+        self.ttl = ttl
+        self._trust = ttl * safety
+        self._revision = 0
+        self._renewed_at = float("-inf")
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, holder: str, ttl: float) -> LeaderLease:
+        return cls(await js.key_value(subjects.LEADER_BUCKET), holder, ttl)
+
+    @property
+    def renew_interval(self) -> float:
+        return self.ttl / 4
+
+    def held(self) -> bool:
+        """True while the last successful renewal is recent enough to act on."""
+        return self._revision > 0 and time.monotonic() - self._renewed_at < self._trust
+
+    async def acquire(self) -> bool:
+        """Take the lease if nobody holds it. Never steals a live lease."""
+        started = time.monotonic()
+        try:
+            self._revision = await self._kv.create(LEASE_KEY, self.holder.encode())
+        except KeyWrongLastSequenceError:
+            return False
+        self._renewed_at = started
+        log.info("%s acquired the coordinator lease", self.holder)
+        return True
+
+    async def renew(self) -> bool:
+        """Extend the lease; False (and no longer held) if another holder has it now."""
+        if not self._revision:
+            return False
+        started = time.monotonic()
+        try:
+            self._revision = await self._kv.update(
+                LEASE_KEY, self.holder.encode(), last=self._revision
+            )
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            log.warning("%s lost the coordinator lease", self.holder)
+            self._revision = 0
+            return False
+        self._renewed_at = started
+        return True
+
+    async def release(self) -> None:
+        """Give the lease up at once so a standby need not wait for the TTL."""
+        if not self._revision:
+            return
+        revision, self._revision = self._revision, 0
+        try:
+            await self._kv.delete(LEASE_KEY, last=revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            pass
+
+    async def current_holder(self) -> str | None:
+        try:
+            entry = await self._kv.get(LEASE_KEY)
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None

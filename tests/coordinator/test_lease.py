@@ -1,0 +1,48 @@
+"""One leader at a time; a standby takes over when the leader stops renewing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from codeyard.bus import Bus
+from codeyard.coordinator.lease import LeaderLease
+
+
+async def test_only_one_holder_and_takeover_after_ttl(bus: Bus) -> None:
+    ttl = bus.topology.leader_ttl
+    leader = await LeaderLease.open(bus.js, "coord-a", ttl)
+    standby = await LeaderLease.open(bus.js, "coord-b", ttl)
+
+    assert await leader.acquire()
+    assert leader.held()
+    assert not await standby.acquire()
+    assert await standby.current_holder() == "coord-a"
+
+    # the leader keeps renewing: the standby still cannot take over after a full TTL
+    for _ in range(6):
+        await asyncio.sleep(leader.renew_interval)
+        assert await leader.renew()
+        assert not await standby.acquire()
+
+    # the leader dies (stops renewing): within the TTL plus a poll, the standby has the lease
+    loop = asyncio.get_running_loop()
+    died_at = loop.time()
+    while not await standby.acquire():
+        await asyncio.sleep(standby.renew_interval)
+    took = loop.time() - died_at
+    assert took < ttl * 2.5, f"takeover took {took:.1f}s with ttl {ttl}s"
+    assert standby.held()
+    assert await standby.current_holder() == "coord-b"
+
+    # the old leader wakes up: its renewal is refused and it knows it is no longer leader
+    assert not await leader.renew()
+    assert not leader.held()
+
+
+async def test_release_hands_over_at_once(bus: Bus) -> None:
+    leader = await LeaderLease.open(bus.js, "coord-a", 60.0)
+    standby = await LeaderLease.open(bus.js, "coord-b", 60.0)
+    assert await leader.acquire()
+    await leader.release()
+    assert not leader.held()
+    assert await standby.acquire()
