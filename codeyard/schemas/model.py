@@ -117,6 +117,13 @@ class Task(msgspec.Struct, kw_only=True):
     error: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Added for the coordinator core; both default, so records written before still decode.
+    # The state a task parked in `awaiting_approval` returns to when approved: the state machine
+    # must restore it after a coordinator failover, so it has to live in the stored record.
+    parked_from: TaskState | None = None
+    # True while the work of the current state has not been sent because the run was paused
+    # (over budget): it is sent on resume, and a standby must know it was never sent.
+    held: bool = False
 
 
 class Run(msgspec.Struct, kw_only=True):
@@ -129,6 +136,12 @@ class Run(msgspec.Struct, kw_only=True):
     tasks: dict[str, Task] = {}
     budget: Budget = Budget()
     usage: Usage = Usage()
+    # Added for the coordinator core (defaulted, so older records still decode). Both come from
+    # `SubmitRun` and are needed after submission, possibly by a standby coordinator:
+    # reviewers every task needs when its spec names none,
+    reviewers: list[ReviewerName] = msgspec.field(default_factory=lambda: ["review"])
+    # and whether a person approves the plan before execution starts.
+    approve_plan: bool = False
     error: str = ""
     created_at: datetime = msgspec.field(default_factory=utc_now)
     updated_at: datetime = msgspec.field(default_factory=utc_now)
