@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -90,6 +91,46 @@ def up() -> None:
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
         err.print(f"[red]error:[/red] cannot reach NATS at {settings.nats_url}: {exc!r}")
+        raise typer.Exit(1) from None
+
+
+async def _coordinate(settings: Settings, name: str | None, capacity: int) -> None:
+    from codeyard.coordinator.service import Coordinator
+
+    if not settings.nats_url:
+        raise typer.BadParameter("set NATS_URL (codeyard up starts the coordinator for you)")
+    bus = await Bus.connect(
+        settings.nats_url, name=name or "coordinator", topology=settings.topology()
+    )
+    await bus.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await Coordinator(bus, name=name, capacity=capacity).run(stop)
+    finally:
+        await bus.close()
+
+
+@app.command()
+def coordinator(
+    name: Annotated[str | None, typer.Option(help="name in logs and in the leader lease")] = None,
+    capacity: Annotated[
+        int, typer.Option(min=1, help="tasks of one run in flight at once (about the coders)")
+    ] = 8,
+) -> None:
+    """Run a coordinator: leads when it holds the lease, stands by otherwise.
+
+    Run two for a standby that takes over within seconds of the leader's death.
+
+    Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard coordinator --name coord-a[/bold]
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(_coordinate(Settings(), name, capacity))
+    except (OSError, nats.errors.Error) as exc:
+        err.print(f"[red]error:[/red] cannot reach NATS: {exc!r}")
         raise typer.Exit(1) from None
 
 

@@ -9,6 +9,7 @@ wakes from a long pause stops acting before it can touch the bus.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -76,10 +77,8 @@ class LeaderLease:
         if not self._revision:
             return
         revision, self._revision = self._revision, 0
-        try:
+        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
             await self._kv.delete(LEASE_KEY, last=revision)
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            pass
 
     async def current_holder(self) -> str | None:
         try:

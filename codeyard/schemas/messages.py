@@ -20,6 +20,7 @@ from codeyard.schemas.model import (
     Budget,
     Feedback,
     LongText,
+    Patch,
     RepoRef,
     ReviewerName,
     Run,
@@ -29,15 +30,6 @@ from codeyard.schemas.model import (
     TaskState,
     Usage,
 )
-
-
-class Patch(msgspec.Struct, kw_only=True, frozen=True):
-    """A unified diff: inline when small, else a reference into the `cy_artifacts` object store."""
-
-    text: str = ""
-    object_name: str = ""
-    sha256: str = ""
-
 
 # --- work items: coordinator -> cy.work.<role> ------------------------------------------------
 

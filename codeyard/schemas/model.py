@@ -106,6 +106,14 @@ class Feedback(msgspec.Struct, kw_only=True, frozen=True):
     text: LongText
 
 
+class Patch(msgspec.Struct, kw_only=True, frozen=True):
+    """A unified diff: inline when small, else a reference into the `cy_artifacts` object store."""
+
+    text: str = ""
+    object_name: str = ""
+    sha256: str = ""
+
+
 class Task(msgspec.Struct, kw_only=True):
     """A task's live state inside a run."""
 
@@ -124,6 +132,12 @@ class Task(msgspec.Struct, kw_only=True):
     # True while the work of the current state has not been sent because the run was paused
     # (over budget): it is sent on resume, and a standby must know it was never sent.
     held: bool = False
+    # Outputs of the current attempt, which the next role's work item carries.
+    patch: Patch | None = None
+    test_output: LongText = ""
+    # Work items sent for this task so far; part of each item's msg_id, so a re-send after a
+    # failover is deduplicated by JetStream while a deliberate second send is not.
+    dispatches: int = 0
 
 
 class Run(msgspec.Struct, kw_only=True):

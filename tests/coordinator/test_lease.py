@@ -27,7 +27,7 @@ async def test_only_one_holder_and_takeover_after_ttl(bus: Bus) -> None:
     # the leader dies (stops renewing): within the TTL plus a poll, the standby has the lease
     loop = asyncio.get_running_loop()
     died_at = loop.time()
-    while not await standby.acquire():
+    while not await standby.acquire():  # noqa: ASYNC110 - polling the lease is the standby's job
         await asyncio.sleep(standby.renew_interval)
     took = loop.time() - died_at
     assert took < ttl * 2.5, f"takeover took {took:.1f}s with ttl {ttl}s"

@@ -1,0 +1,15 @@
+"""Whether a run's usage has gone over its budget."""
+
+from __future__ import annotations
+
+from codeyard.schemas.model import Budget, Usage
+
+
+def budget_overrun(usage: Usage, budget: Budget) -> str:
+    """Why `usage` exceeds `budget`, or "" when it does not. A limit of 0 is no limit."""
+    reasons: list[str] = []
+    if budget.max_tokens and usage.total_tokens > budget.max_tokens:
+        reasons.append(f"{usage.total_tokens} tokens used, budget {budget.max_tokens}")
+    if budget.max_cost_usd and usage.cost_usd > budget.max_cost_usd:
+        reasons.append(f"${usage.cost_usd:.4f} spent, budget ${budget.max_cost_usd:.4f}")
+    return "; ".join(reasons)

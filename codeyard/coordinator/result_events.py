@@ -1,0 +1,46 @@
+"""Wire results (`cy.result.*`) as engine events."""
+
+from __future__ import annotations
+
+from codeyard.coordinator.events import Coded, Event, PlanProposed, Reviewed, Tested, WorkAbandoned
+from codeyard.schemas.messages import (
+    CodeResult,
+    PlanResult,
+    Result,
+    ReviewComment,
+    ReviewResult,
+    TestResult,
+    WorkFailed,
+)
+
+
+def event_for(result: Result) -> Event:
+    """The engine event a worker's result stands for."""
+    match result:
+        case PlanResult():
+            return PlanProposed(tuple(result.tasks), result.usage)
+        case CodeResult():
+            return Coded(result.task_id, result.attempt, result.usage)
+        case TestResult():
+            return Tested(
+                result.task_id, result.attempt, result.passed, result.output, result.usage
+            )
+        case ReviewResult():
+            return Reviewed(
+                result.task_id,
+                result.attempt,
+                result.reviewer,
+                result.approved,
+                "\n".join(_comment_line(comment) for comment in result.comments),
+                result.usage,
+            )
+        case WorkFailed():
+            return WorkAbandoned(result.task_id, result.attempt, result.role, result.reason)
+
+
+def _comment_line(comment: ReviewComment) -> str:
+    if comment.path and comment.line:
+        return f"{comment.path}:{comment.line}: {comment.text}"
+    if comment.path:
+        return f"{comment.path}: {comment.text}"
+    return comment.text

@@ -1,0 +1,158 @@
+"""Runs in the `cy_runs` KV bucket: one key for the run header, one per task.
+
+Splitting the graph by task keeps each write small (a 10,000-task run would not fit in one
+NATS message) and lets a batch of results write only the tasks it touched. Every write names
+the revision it replaces, so a coordinator that lost its lease cannot overwrite its successor:
+its writes fail with `StaleRevision`.
+
+Keys: `<run_id>` holds the `Run` with `tasks` empty; `<run_id>.<task_id>` holds each `Task`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import APIError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from codeyard.bus import subjects
+from codeyard.bus.store import StaleRevision
+from codeyard.schemas.codec import decode, encode
+from codeyard.schemas.model import Run, Task
+
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
+@dataclass
+class StoredRun:
+    """A run as loaded, with the revision of each of its keys (0: not written yet)."""
+
+    run: Run
+    revisions: dict[str, int] = field(default_factory=dict)
+
+
+def header_key(run_id: str) -> str:
+    return run_id
+
+
+def task_key(run_id: str, task_id: str) -> str:
+    return f"{run_id}.{task_id}"
+
+
+class RunStore:
+    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+        self._js = js
+        self._kv = kv
+        self._prefix = f"$KV.{subjects.RUNS_BUCKET}."
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> RunStore:
+        return cls(js, await js.key_value(subjects.RUNS_BUCKET))
+
+    async def load_all(self) -> list[StoredRun]:
+        """Every run in the bucket, read in one pass over the latest value of each key."""
+        headers: dict[str, StoredRun] = {}
+        tasks: list[tuple[str, str, bytes, int]] = []
+        async for key, value, revision in self._latest(">"):
+            run_id, _, task_id = key.partition(".")
+            if task_id:
+                tasks.append((run_id, task_id, value, revision))
+            else:
+                headers[run_id] = StoredRun(decode(value, Run), {key: revision})
+        for run_id, task_id, value, revision in tasks:
+            stored = headers.get(run_id)
+            if stored is not None:
+                stored.run.tasks[task_id] = decode(value, Task)
+                stored.revisions[task_key(run_id, task_id)] = revision
+        return list(headers.values())
+
+    async def load(self, run_id: str, *, tasks: bool = False) -> StoredRun | None:
+        """One run's header, and with `tasks` every task too."""
+        try:
+            entry = await self._kv.get(header_key(run_id))
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        stored = StoredRun(decode(entry.value, Run), {entry.key: entry.revision})
+        if tasks:
+            async for key, value, revision in self._latest(f"{run_id}.>"):
+                task_id = key.partition(".")[2]
+                stored.run.tasks[task_id] = decode(value, Task)
+                stored.revisions[key] = revision
+        return stored
+
+    async def headers(self) -> list[Run]:
+        """Every run's header (tasks left out), oldest first."""
+        runs = [decode(value, Run) async for key, value, _ in self._latest(">") if "." not in key]
+        return sorted(runs, key=lambda run: run.created_at)
+
+    async def _latest(self, keys: str) -> AsyncIterator[tuple[str, bytes, int]]:
+        watcher = await self._kv.watch(keys, ignore_deletes=True)
+        try:
+            while (entry := await watcher.updates(timeout=30)) is not None:  # type: ignore[no-untyped-call]
+                if entry.value is not None and entry.revision is not None:
+                    yield entry.key, entry.value, entry.revision
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def save(
+        self, stored: StoredRun, task_ids: Iterable[str], *, header: bool = True
+    ) -> list[PendingWrite]:
+        """Start writing the header and the given tasks, pipelined; await the returned futures
+        with `confirm` before acting on the write. Revisions update as the writes land."""
+        run = stored.run
+        writes: list[tuple[str, bytes]] = []
+        if header:
+            writes.append((header_key(run.run_id), encode(msgspec.structs.replace(run, tasks={}))))
+        for task_id in task_ids:
+            writes.append((task_key(run.run_id, task_id), encode(run.tasks[task_id])))
+        futures = []
+        for key, value in writes:
+            expected = stored.revisions.get(key, 0)
+            future = await self._js.publish_async(
+                self._prefix + key,
+                value,
+                headers={EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)},
+            )
+            future.add_done_callback(_record_revision(stored, key))
+            futures.append(PendingWrite(key, expected, future))
+        return futures
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    key: str
+    expected: int
+    future: asyncio.Future[PubAck]
+
+
+def _record_revision(stored: StoredRun, key: str) -> Callable[[asyncio.Future[PubAck]], None]:
+    def record(future: asyncio.Future[PubAck]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            stored.revisions[key] = future.result().seq
+
+    return record
+
+
+async def confirm(writes: Iterable[PendingWrite], timeout: float = 10.0) -> None:
+    """Wait until every write is stored. `StaleRevision` if one was refused as out of date,
+    `TimeoutError` if the server did not answer in time (the writes may or may not have landed)."""
+    writes = list(writes)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(write.future for write in writes), return_exceptions=True), timeout
+    )
+    first_error: BaseException | None = None
+    for write, outcome in zip(writes, outcomes, strict=True):
+        if isinstance(outcome, APIError) and outcome.err_code in WRONG_LAST_SEQUENCE:
+            raise StaleRevision(subjects.RUNS_BUCKET, write.key, write.expected) from outcome
+        if isinstance(outcome, BaseException) and first_error is None:
+            first_error = outcome
+    if first_error is not None:
+        raise first_error

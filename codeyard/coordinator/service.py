@@ -1,0 +1,585 @@
+"""The coordinator process: leader election, durable runs, dispatch, results and the control API.
+
+One `Coordinator` per process; any number of them may run. The one holding the lease leads,
+the others wait. The leader serialises every change (results, control requests, merge
+outcomes) through one inbox. Each step applies a batch of inputs to the pure `RunEngine`s and
+then makes the outcome durable in one pipelined commit — task and header writes to `cy_runs`
+(revision-checked), work items to `cy.work.*`, events to `cy.events.*` — and only then acks the
+results and answers the requests of that batch. A crash at any point leaves either the inputs
+unacked (they come back) or the commit durable (a replayed input is then `Ignored`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import PubAck
+
+from codeyard.bus import subjects
+from codeyard.bus.connection import Bus
+from codeyard.bus.store import StaleRevision, VersionedStore
+from codeyard.coordinator.effects import (
+    CancelWork,
+    Dispatch,
+    Effect,
+    Ignored,
+    Integrate,
+    Merge,
+    RequestApproval,
+    RunFinished,
+    RunMoved,
+    TaskMoved,
+)
+from codeyard.coordinator.engine import RunEngine
+from codeyard.coordinator.events import (
+    Cancel,
+    Event,
+    PlanApproved,
+    PlanProposed,
+    PlanRejected,
+    ResumeRun,
+    StartPlanning,
+)
+from codeyard.coordinator.graph import InvalidPlan, TaskGraph
+from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
+from codeyard.coordinator.lease import LeaderLease
+from codeyard.coordinator.result_events import event_for
+from codeyard.coordinator.run_store import PendingWrite, RunStore, StoredRun, confirm
+from codeyard.coordinator.work_items import derived_id, run_event, task_event, work_item
+from codeyard.schemas.codec import MessageError, decode, encode
+from codeyard.schemas.envelope import Envelope, new_id
+from codeyard.schemas.messages import (
+    Accepted,
+    ApprovalList,
+    Approve,
+    CancelRun,
+    CodeResult,
+    Control,
+    ControlError,
+    DeadLetter,
+    Deny,
+    ListApprovals,
+    PendingApproval,
+    Result,
+    RunStatus,
+    StatusQuery,
+    SubmitRun,
+    TestResult,
+)
+from codeyard.schemas.model import Budget, Run, RunState
+
+log = logging.getLogger(__name__)
+
+CONTROL_VERBS = ("submit", "cancel", "status", "approvals", "approve", "deny")
+
+
+class LostLeadership(RuntimeError):
+    pass
+
+
+@dataclass
+class OpenRun:
+    stored: StoredRun
+    engine: RunEngine
+
+    @property
+    def run(self) -> Run:
+        return self.stored.run
+
+
+@dataclass
+class ControlCall:
+    request: Control
+    reply: asyncio.Future[Envelope]
+
+
+@dataclass
+class FollowUp:
+    """An engine event produced by the coordinator itself (a merge or integration outcome)."""
+
+    run_id: str
+    event: Event
+
+
+Input = Msg | ControlCall | FollowUp
+
+
+@dataclass
+class Commit:
+    """What one step must make durable before its inputs are acked or answered."""
+
+    dirty: dict[str, set[str]] = field(default_factory=dict)
+    messages: list[tuple[str, Envelope]] = field(default_factory=list)
+    approvals: list[PendingApproval] = field(default_factory=list)
+    merges: list[tuple[str, Merge | Integrate]] = field(default_factory=list)
+    finished: set[str] = field(default_factory=set)
+    answered_approvals: list[str] = field(default_factory=list)
+    acks: list[Msg] = field(default_factory=list)
+    replies: list[tuple[ControlCall, Envelope]] = field(default_factory=list)
+
+
+@dataclass
+class CoordinatorStats:
+    steps: int = 0
+    results: int = 0
+    ignored: int = 0
+    dispatched: int = 0
+
+
+class Coordinator:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        name: str | None = None,
+        capacity: int = 8,
+        integrator: Integrator | None = None,
+        batch_size: int = 512,
+    ) -> None:
+        self.bus = bus
+        self.name = name or f"coordinator-{new_id()[:8]}"
+        self.capacity = capacity
+        self.integrator = integrator or LedgerIntegrator()
+        self.batch_size = batch_size
+        self.stats = CoordinatorStats()
+        self.leading = asyncio.Event()
+        self._open: dict[str, OpenRun] = {}
+        self._inbox: asyncio.Queue[Input] = asyncio.Queue()
+        self._store: RunStore | None = None
+        self._approvals: VersionedStore[PendingApproval] | None = None
+        self._lease: LeaderLease | None = None
+
+    # --- leadership ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stand by until the lease is free, lead until it is lost, repeat until `stop`."""
+        self._lease = await LeaderLease.open(self.bus.js, self.name, self.bus.topology.leader_ttl)
+        self._store = await RunStore.open(self.bus.js)
+        self._approvals = await self.bus.store(subjects.APPROVALS_BUCKET, PendingApproval)
+        lease = self._lease
+        try:
+            while not stop.is_set():
+                if lease.held() or await self._try_acquire(lease):
+                    await self._lead(lease, stop)
+                else:
+                    await _wait(stop, lease.renew_interval)
+        finally:
+            await lease.release()
+
+    async def _try_acquire(self, lease: LeaderLease) -> bool:
+        try:
+            return await lease.acquire()
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("%s: cannot reach the lease: %s", self.name, exc)
+            return False
+
+    async def _lead(self, lease: LeaderLease, stop: asyncio.Event) -> None:
+        """One leadership session: load every open run, resend outstanding work, then serve
+        until stopped, the lease is lost or a commit fails (then reload from the store)."""
+        log.info("%s leads", self.name)
+        lost = asyncio.Event()
+        session: list[asyncio.Task[object]] = []
+        subscriptions: list[Subscription] = []
+        self._inbox = asyncio.Queue(maxsize=2 * self.batch_size)
+        try:
+            await self._load_runs()
+            subscriptions = await self._serve_control()
+            self.leading.set()
+            session = [
+                asyncio.create_task(self._keep_lease(lease, lost)),
+                asyncio.create_task(self._fetch_results(lost)),
+                asyncio.create_task(self._process_inbox()),
+                asyncio.create_task(stop.wait()),
+                asyncio.create_task(lost.wait()),
+            ]
+            done, _ = await asyncio.wait(session, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        except (LostLeadership, StaleRevision) as exc:
+            log.warning("%s: stepping down: %s", self.name, exc)
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            log.warning("%s: bus trouble, reloading runs: %s", self.name, exc)
+            await _wait(stop, 0.5)
+        finally:
+            self.leading.clear()
+            for task in session:
+                task.cancel()
+            await asyncio.gather(*session, return_exceptions=True)
+            for subscription in subscriptions:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+            self._open.clear()
+
+    async def _keep_lease(self, lease: LeaderLease, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(lease.renew_interval)
+            try:
+                renewed = await lease.renew()
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("%s: lease renewal failed: %s", self.name, exc)
+                renewed = lease.held()
+            if not renewed:
+                lost.set()
+                return
+
+    # --- loading ------------------------------------------------------------------------------
+
+    async def _load_runs(self) -> None:
+        assert self._store is not None
+        commit = Commit()
+        now = datetime.now(UTC)
+        for stored in await self._store.load_all():
+            if stored.run.state in (RunState.DONE, RunState.FAILED, RunState.CANCELLED):
+                continue
+            try:
+                engine = RunEngine(stored.run, capacity=self.capacity)
+            except InvalidPlan as exc:
+                log.error("run %s is unreadable, skipping it: %s", stored.run.run_id, exc)
+                continue
+            open_run = OpenRun(stored, engine)
+            self._open[stored.run.run_id] = open_run
+            # The previous leader may or may not have sent these; ids make re-sends harmless.
+            self._execute(open_run, engine.outstanding_work(), commit, resend=True)
+            if not stored.run.tasks and stored.run.state is RunState.PLANNING:
+                self._execute(open_run, engine.handle(StartPlanning(), now), commit, resend=True)
+        await self._flush(commit)
+        log.info("%s resumed %d open runs", self.name, len(self._open))
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    async def _fetch_results(self, lost: asyncio.Event) -> None:
+        subscription = await self.bus.js.pull_subscribe_bind(
+            durable=subjects.COORDINATOR_CONSUMER, stream=subjects.RESULT_STREAM
+        )
+        try:
+            while not lost.is_set():
+                try:
+                    messages = await subscription.fetch(self.batch_size, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.Error as exc:
+                    log.warning("%s: fetching results failed: %s", self.name, exc)
+                    await asyncio.sleep(0.2)
+                    continue
+                for message in messages:
+                    await self._inbox.put(message)  # bounded: waits while a step is behind
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _serve_control(self) -> list[Subscription]:
+        async def answer(msg: Msg) -> None:
+            try:
+                request: Control = decode(msg.data, Control)
+            except MessageError as exc:
+                await msg.respond(encode(ControlError(error=str(exc), field=exc.field)))
+                return
+            call = ControlCall(request, asyncio.get_running_loop().create_future())
+            await self._inbox.put(call)
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(call.reply), 30)
+            except TimeoutError:
+                reply = ControlError(error="the coordinator did not finish in time; retry")
+            await msg.respond(encode(reply))
+
+        return [
+            await self.bus.nc.subscribe(subjects.ctl_subject(verb), cb=answer)
+            for verb in CONTROL_VERBS
+        ]
+
+    async def _process_inbox(self) -> None:
+        while True:
+            batch = [await self._inbox.get()]
+            while len(batch) < self.batch_size and not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            commit = Commit()
+            now = datetime.now(UTC)
+            for item in batch:
+                if isinstance(item, Msg):
+                    self._on_result_message(item, commit, now)
+                elif isinstance(item, FollowUp):
+                    if open_run := self._open.get(item.run_id):
+                        self._apply(open_run, item.event, commit, now)
+                else:
+                    reply = await self._on_control(item.request, commit, now)
+                    commit.replies.append((item, reply))
+            await self._flush(commit)
+            self.stats.steps += 1
+
+    def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
+        commit.acks.append(msg)
+        self.stats.results += 1
+        try:
+            result: Result = decode(msg.data, Result)
+        except MessageError as exc:
+            payload = bytes(msg.data)
+            commit.messages.append(
+                (
+                    subjects.events_subject(""),
+                    DeadLetter(
+                        subject=msg.subject,
+                        consumer=subjects.COORDINATOR_CONSUMER,
+                        error=str(exc),
+                        payload=payload[:4096].decode("utf-8", errors="replace"),
+                        payload_bytes=len(payload),
+                    ),
+                )
+            )
+            return
+        open_run = self._open.get(result.run_id)
+        if open_run is None:
+            self.stats.ignored += 1
+            log.debug("result for run %s, which is not open", result.run_id)
+            return
+        effects = self._apply(open_run, event_for(result), commit, now)
+        if not _ignored(effects):
+            task = open_run.run.tasks.get(result.task_id)
+            if task is not None and isinstance(result, CodeResult):
+                task.patch, task.test_output = result.patch, ""
+            elif task is not None and isinstance(result, TestResult):
+                task.test_output = result.output
+
+    # --- applying -----------------------------------------------------------------------------
+
+    def _apply(
+        self, open_run: OpenRun, event: Event, commit: Commit, now: datetime
+    ) -> list[Effect]:
+        effects = open_run.engine.handle(event, now)
+        if _ignored(effects):
+            self.stats.ignored += 1
+            log.debug("ignored %s: %s", event, effects[0].reason)  # type: ignore[union-attr]
+            return effects
+        dirty = commit.dirty.setdefault(open_run.run.run_id, set())
+        dirty.update(open_run.engine.take_changed_tasks())
+        self._execute(open_run, effects, commit)
+        return effects
+
+    def _execute(
+        self, open_run: OpenRun, effects: list[Effect], commit: Commit, *, resend: bool = False
+    ) -> None:
+        run = open_run.run
+        run_id = run.run_id
+        dirty = commit.dirty.setdefault(run_id, set())
+        events = subjects.events_subject(run_id)
+        for effect in effects:
+            match effect:
+                case Dispatch():
+                    if effect.task_id and not resend:
+                        run.tasks[effect.task_id].dispatches += 1
+                        dirty.add(effect.task_id)
+                    commit.messages.append(
+                        (subjects.work_subject(effect.role), work_item(run, effect))
+                    )
+                    self.stats.dispatched += 1
+                case Merge() | Integrate():
+                    commit.merges.append((run_id, effect))
+                case TaskMoved():
+                    dirty.add(effect.task_id)
+                    commit.messages.append((events, task_event(run, effect)))
+                case RunMoved():
+                    commit.messages.append((events, run_event(run, effect)))
+                case RequestApproval():
+                    commit.approvals.append(
+                        PendingApproval(
+                            approval_id=derived_id(run_id, effect.kind, run.updated_at)[:16],
+                            run_id=run_id,
+                            action=effect.kind,
+                            detail=effect.reason,
+                        )
+                    )
+                case RunFinished():
+                    commit.finished.add(run_id)
+                case CancelWork():
+                    # Workers learn of it from the task's `cancelled` event; a late result
+                    # for the attempt is ignored by the engine.
+                    log.info("run %s: work of %s cancelled", run_id, effect.task_id or "plan")
+                case Ignored():
+                    pass
+
+    async def _flush(self, commit: Commit) -> None:
+        """Make the step durable (pipelined), then ack and answer its inputs."""
+        assert self._store is not None
+        assert self._approvals is not None
+        if self._lease is not None and not self._lease.held():
+            raise LostLeadership("lease not renewed in time")
+        writes: list[PendingWrite] = []
+        for run_id, task_ids in commit.dirty.items():
+            if open_run := self._open.get(run_id):
+                writes += await self._store.save(open_run.stored, task_ids)
+        published: list[asyncio.Future[PubAck]] = []
+        for subject, message in commit.messages:
+            published.append(
+                await self.bus.js.publish_async(
+                    subject, encode(message), headers={"Nats-Msg-Id": message.msg_id}
+                )
+            )
+        for approval in commit.approvals:
+            published.append(
+                await self.bus.js.publish_async(
+                    f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}", encode(approval)
+                )
+            )
+        await confirm(writes)
+        await asyncio.wait_for(asyncio.gather(*published), 10)
+        for approval_id in commit.answered_approvals:
+            await self._approvals.delete(approval_id)
+        for msg in commit.acks:
+            await msg.ack()
+        for call, reply in commit.replies:
+            if not call.reply.done():
+                call.reply.set_result(reply)
+        for run_id in commit.finished:
+            self._open.pop(run_id, None)
+        for run_id, work in commit.merges:
+            asyncio.create_task(self._integrate(run_id, work))  # noqa: RUF006 - result via inbox
+
+    async def _integrate(self, run_id: str, work: Merge | Integrate) -> None:
+        open_run = self._open.get(run_id)
+        if open_run is None:
+            return
+        event: Event
+        if isinstance(work, Merge):
+            event = await self.integrator.merge(open_run.run, work.task_id, work.attempt)
+        else:
+            event = await self.integrator.integrate(open_run.run)
+        await self._inbox.put(FollowUp(run_id, event))
+
+    # --- control API --------------------------------------------------------------------------
+
+    async def _on_control(self, request: Control, commit: Commit, now: datetime) -> Envelope:
+        try:
+            match request:
+                case SubmitRun():
+                    return await self._submit(request, commit, now)
+                case CancelRun():
+                    return self._control_event(request.run_id, Cancel(request.reason), commit, now)
+                case StatusQuery():
+                    return await self._status(request.run_id)
+                case ListApprovals():
+                    return ApprovalList(approvals=await self._pending_approvals())
+                case Approve() | Deny():
+                    return await self._answer_approval(request, commit, now)
+        except Exception as exc:
+            log.exception("control request %s failed", type(request).__name__)
+            return ControlError(error=f"{type(exc).__name__}: {exc}")
+        return ControlError(error=f"unsupported request {type(request).__name__}")
+
+    async def _submit(self, request: SubmitRun, commit: Commit, now: datetime) -> Envelope:
+        assert self._store is not None
+        run_id = request.run_id or new_id()[:16]
+        known = self._open.get(run_id)
+        stored = known.stored if known else await self._store.load(run_id)
+        if stored is not None:
+            if stored.run.goal == request.goal:
+                return Accepted(run_id=run_id, detail="already submitted")
+            return ControlError(
+                run_id=run_id, error=f"run id {run_id!r} is taken", field="$.run_id"
+            )
+        if request.plan is not None:
+            try:
+                TaskGraph(request.plan)
+            except InvalidPlan as exc:
+                return ControlError(run_id=run_id, error=str(exc), field="$.plan")
+        run = Run(
+            run_id=run_id,
+            goal=request.goal,
+            repo=request.repo,
+            budget=request.budget,
+            reviewers=list(request.reviewers),
+            approve_plan=request.approve_plan,
+            created_at=now,
+            updated_at=now,
+        )
+        open_run = OpenRun(StoredRun(run), RunEngine(run, capacity=self.capacity))
+        self._open[run_id] = open_run
+        commit.dirty.setdefault(run_id, set())
+        commit.messages.append(
+            (
+                subjects.events_subject(run_id),
+                run_event(run, RunMoved(run.state, run.state, "submitted")),
+            )
+        )
+        first: Event = PlanProposed(tuple(request.plan)) if request.plan else StartPlanning()
+        self._apply(open_run, first, commit, now)
+        return Accepted(run_id=run_id, detail=f"run {run_id} submitted")
+
+    def _control_event(self, run_id: str, event: Event, commit: Commit, now: datetime) -> Envelope:
+        open_run = self._open.get(run_id)
+        if open_run is None:
+            return ControlError(run_id=run_id, error=f"no open run {run_id!r}", field="$.run_id")
+        effects = self._apply(open_run, event, commit, now)
+        if _ignored(effects):
+            return ControlError(run_id=run_id, error=effects[0].reason)  # type: ignore[union-attr]
+        return Accepted(run_id=run_id, detail=type(event).__name__)
+
+    async def _status(self, run_id: str) -> Envelope:
+        assert self._store is not None
+        if run_id:
+            open_run = self._open.get(run_id)
+            stored = open_run.stored if open_run else await self._store.load(run_id, tasks=True)
+            if stored is None:
+                return ControlError(run_id=run_id, error=f"no run {run_id!r}", field="$.run_id")
+            return RunStatus(run_id=run_id, runs=[stored.run])
+        headers = await self._store.headers()
+        for run in headers:
+            if open_run := self._open.get(run.run_id):
+                headers[headers.index(run)] = msgspec.structs.replace(open_run.run, tasks={})
+        return RunStatus(runs=headers)
+
+    async def _pending_approvals(self) -> list[PendingApproval]:
+        assert self._approvals is not None
+        pending = []
+        for key in await self._approvals.keys():
+            entry = await self._approvals.get(key)
+            if entry is not None:
+                pending.append(entry.value)
+        return pending
+
+    async def _answer_approval(
+        self, request: Approve | Deny, commit: Commit, now: datetime
+    ) -> Envelope:
+        assert self._approvals is not None
+        entry = await self._approvals.get(request.approval_id)
+        if entry is None:
+            return ControlError(
+                error=f"no pending approval {request.approval_id!r}", field="$.approval_id"
+            )
+        approval = entry.value
+        approved = isinstance(request, Approve)
+        event: Event
+        if approval.action == "plan":
+            event = PlanApproved() if approved else PlanRejected(_reason(request))
+        elif approval.action == "budget":
+            # Approving an overrun lifts the limits that were exceeded; the run goes on.
+            open_run = self._open.get(approval.run_id)
+            budget = open_run.run.budget if open_run else Budget()
+            unlimited = msgspec.structs.replace(budget, max_tokens=0, max_cost_usd=0.0)
+            event = ResumeRun(unlimited) if approved else Cancel(f"budget: {_reason(request)}")
+        else:
+            return ControlError(error=f"approval of kind {approval.action!r} is not handled here")
+        reply = self._control_event(approval.run_id, event, commit, now)
+        if isinstance(reply, Accepted):
+            commit.answered_approvals.append(request.approval_id)
+        return reply
+
+
+def _reason(request: Approve | Deny) -> str:
+    return request.reason if isinstance(request, Deny) else request.comment
+
+
+def _ignored(effects: list[Effect]) -> bool:
+    return len(effects) == 1 and isinstance(effects[0], Ignored)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)

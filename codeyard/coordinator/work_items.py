@@ -1,0 +1,102 @@
+"""Engine effects as wire messages: work items for the roles and events for the stream.
+
+Message ids are derived from what the message stands for, so when a new leader re-sends the
+work its predecessor may or may not have sent, JetStream's duplicate window drops the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TypedDict
+
+from codeyard.coordinator.effects import CODER, PLANNER, TESTER, Dispatch, RunMoved, TaskMoved
+from codeyard.schemas.messages import (
+    CodeRequest,
+    PlanRequest,
+    ReviewRequest,
+    RunStateChanged,
+    TaskStateChanged,
+    TestRequest,
+    WorkItem,
+)
+from codeyard.schemas.model import Patch, Run
+
+
+class EnvelopeFields(TypedDict):
+    run_id: str
+    task_id: str
+    attempt: int
+    trace_id: str
+    msg_id: str
+
+
+def derived_id(*parts: object) -> str:
+    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
+    """The message that asks `dispatch.role` for the work of the task's current state."""
+    run_id, task_id, attempt = run.run_id, dispatch.task_id, dispatch.attempt
+    if dispatch.role == PLANNER:
+        return PlanRequest(
+            run_id=run_id,
+            attempt=attempt,
+            trace_id=run_id,
+            msg_id=derived_id(run_id, PLANNER, attempt),
+            goal=run.goal,
+            repo=run.repo,
+        )
+    task = run.tasks[task_id]
+    envelope = EnvelopeFields(
+        run_id=run_id,
+        task_id=task_id,
+        attempt=attempt,
+        trace_id=run_id,
+        msg_id=derived_id(run_id, task_id, dispatch.role, attempt, task.dispatches),
+    )
+    patch = task.patch or Patch()
+    if dispatch.role == CODER:
+        return CodeRequest(
+            **envelope,
+            goal=run.goal,
+            task=task.spec,
+            repo=run.repo,
+            feedback=list(dispatch.feedback),
+        )
+    if dispatch.role == TESTER:
+        return TestRequest(**envelope, task=task.spec, patch=patch, repo=run.repo)
+    return ReviewRequest(
+        **envelope,
+        task=task.spec,
+        patch=patch,
+        reviewer=dispatch.role,
+        repo=run.repo,
+        test_output=task.test_output,
+    )
+
+
+def task_event(run: Run, moved: TaskMoved) -> TaskStateChanged:
+    task = run.tasks[moved.task_id]
+    return TaskStateChanged(
+        run_id=run.run_id,
+        task_id=moved.task_id,
+        attempt=moved.attempt,
+        trace_id=run.run_id,
+        msg_id=derived_id(
+            run.run_id, moved.task_id, moved.attempt, task.dispatches, moved.previous, moved.state
+        ),
+        state=moved.state,
+        previous=moved.previous,
+        reason=moved.reason[:20_000],
+    )
+
+
+def run_event(run: Run, moved: RunMoved) -> RunStateChanged:
+    return RunStateChanged(
+        run_id=run.run_id,
+        trace_id=run.run_id,
+        msg_id=derived_id(run.run_id, moved.previous, moved.state, run.updated_at.isoformat()),
+        state=moved.state,
+        previous=moved.previous,
+        reason=moved.reason[:20_000],
+    )

@@ -1,0 +1,543 @@
+"""RunEngine by example: events in, effects out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import msgspec
+
+from codeyard.coordinator import (
+    Cancel,
+    CancelWork,
+    CapacityChanged,
+    Coded,
+    Dispatch,
+    Effect,
+    Event,
+    Ignored,
+    Integrate,
+    Integrated,
+    Merge,
+    Merged,
+    MergeFailed,
+    ParkTask,
+    PlanApproved,
+    PlanProposed,
+    PlanRejected,
+    RequestApproval,
+    ResumeRun,
+    ResumeTask,
+    Reviewed,
+    RunEngine,
+    RunFinished,
+    RunMoved,
+    StartPlanning,
+    TaskMoved,
+    Tested,
+    WorkAbandoned,
+    event_for,
+)
+from codeyard.schemas import (
+    CodeResult,
+    Patch,
+    PlanResult,
+    ReviewComment,
+    ReviewResult,
+    TestResult,
+    WorkFailed,
+)
+from codeyard.schemas.model import (
+    Budget,
+    Feedback,
+    FeedbackKind,
+    Run,
+    RunState,
+    TaskState,
+    Usage,
+)
+from tests.coordinator.plans import T0, dispatched, new_run, spec, started
+
+S = TaskState
+R = RunState
+TOKENS_60 = Usage(calls=1, prompt_tokens=50, completion_tokens=10, cost_usd=0.01)
+
+
+def through_review(engine: RunEngine, task_id: str, attempt: int = 1) -> None:
+    """Drive one task from coding to gated with passing results."""
+    engine.handle(Coded(task_id, attempt), T0)
+    engine.handle(Tested(task_id, attempt, passed=True), T0)
+    for reviewer in engine.required_reviewers(task_id):
+        engine.handle(Reviewed(task_id, attempt, reviewer, approved=True), T0)
+
+
+def finish(engine: RunEngine, task_id: str, attempt: int = 1) -> list[Effect]:
+    """Drive one task from coding to merged; the effects of the merge."""
+    through_review(engine, task_id, attempt)
+    return engine.handle(Merged(task_id, attempt), T0)
+
+
+# --- the happy path ---------------------------------------------------------------------------
+
+
+def test_a_task_goes_through_every_phase_and_the_run_completes() -> None:
+    engine, effects = started([spec("a")])
+    assert effects == [
+        RunMoved(R.PLANNING, R.EXECUTING, "plan accepted"),
+        TaskMoved("a", 0, S.PLANNED, S.READY, "dependencies merged"),
+        TaskMoved("a", 1, S.READY, S.CODING),
+        Dispatch("coder", "a", 1),
+    ]
+    assert engine.handle(Coded("a", 1, TOKENS_60), T0) == [
+        TaskMoved("a", 1, S.CODING, S.TESTING),
+        Dispatch("tester", "a", 1),
+    ]
+    assert engine.handle(Tested("a", 1, passed=True), T0) == [
+        TaskMoved("a", 1, S.TESTING, S.REVIEWING, "tests passed"),
+        Dispatch("review", "a", 1),
+    ]
+    assert engine.handle(Reviewed("a", 1, "review", approved=True), T0) == [
+        TaskMoved("a", 1, S.REVIEWING, S.GATED, "approved by review"),
+        Merge("a", 1),
+    ]
+    assert engine.handle(Merged("a", 1), T0) == [
+        TaskMoved("a", 1, S.GATED, S.MERGED),
+        RunMoved(R.EXECUTING, R.INTEGRATING, "every task merged"),
+        Integrate(),
+    ]
+    assert engine.handle(Integrated(ok=True, report="branch ready"), T0) == [
+        RunMoved(R.INTEGRATING, R.DONE, "branch ready"),
+        RunFinished(R.DONE, "branch ready"),
+    ]
+    assert engine.run.usage == TOKENS_60
+    assert engine.run.tasks["a"].started_at == T0
+    assert engine.run.tasks["a"].finished_at == T0
+
+
+def test_planning_first_asks_the_planner() -> None:
+    engine = RunEngine(new_run())
+    assert engine.handle(StartPlanning(), T0) == [Dispatch("planner", "", 1)]
+    assert engine.outstanding_work() == [Dispatch("planner", "", 1)]
+    effects = engine.handle(PlanProposed((spec("a"),), TOKENS_60), T0)
+    assert dispatched(effects) == [("coder", "a", 1)]
+    assert engine.run.usage == TOKENS_60
+    assert isinstance(engine.handle(StartPlanning(), T0)[0], Ignored)
+
+
+def test_a_plan_can_wait_for_approval() -> None:
+    engine = RunEngine(new_run(approve_plan=True), capacity=2)
+    assert engine.handle(PlanProposed((spec("a"), spec("b"))), T0) == [
+        RunMoved(R.PLANNING, R.PLAN_APPROVAL, "plan waits for approval"),
+        RequestApproval("plan", "approve the plan of 2 tasks"),
+    ]
+    assert dispatched(engine.handle(PlanApproved(), T0)) == [("coder", "a", 1), ("coder", "b", 1)]
+
+    rejected = RunEngine(new_run(approve_plan=True))
+    rejected.handle(PlanProposed((spec("a"),)), T0)
+    effects = rejected.handle(PlanRejected("too big"), T0)
+    assert effects[-1] == RunFinished(R.CANCELLED, "plan rejected: too big")
+    assert rejected.run.tasks["a"].state is S.CANCELLED
+
+
+def test_an_invalid_plan_fails_the_run_and_says_why() -> None:
+    engine = RunEngine(new_run())
+    effects = engine.handle(PlanProposed((spec("a", "b"), spec("b", "a"))), T0)
+    reason = "invalid plan: dependency cycle a -> b -> a (each depends on the next)"
+    assert effects == [RunMoved(R.PLANNING, R.FAILED, reason), RunFinished(R.FAILED, reason)]
+    assert engine.run.error == reason
+
+
+def test_a_planner_giving_up_fails_the_run() -> None:
+    engine = RunEngine(new_run())
+    engine.handle(StartPlanning(), T0)
+    effects = engine.handle(WorkAbandoned("", 1, "planner", "no answer"), T0)
+    assert effects[-1] == RunFinished(R.FAILED, "planner gave up: no answer")
+
+
+# --- order and capacity -----------------------------------------------------------------------
+
+
+def test_a_task_starts_only_once_its_dependencies_are_merged() -> None:
+    engine, effects = started([spec("api", "models"), spec("models")])
+    assert dispatched(effects) == [("coder", "models", 1)]
+    through_review(engine, "models")
+    assert engine.run.tasks["api"].state is S.PLANNED
+    effects = engine.handle(Merged("models", 1), T0)
+    assert effects == [
+        TaskMoved("models", 1, S.GATED, S.MERGED),
+        TaskMoved("api", 0, S.PLANNED, S.READY, "dependencies merged"),
+        TaskMoved("api", 1, S.READY, S.CODING),
+        Dispatch("coder", "api", 1),
+    ]
+
+
+def test_longest_remaining_chain_starts_first_within_capacity() -> None:
+    # chain: c -> b -> a (c last), plus independent x and y; one coder
+    plan = [spec("x"), spec("c", "b"), spec("y"), spec("b", "a"), spec("a")]
+    engine, effects = started(plan, capacity=1)
+    assert dispatched(effects) == [("coder", "a", 1)]  # critical path 3 beats x, y (1)
+    assert engine.in_flight == {"a"}
+
+    effects = engine.handle(CapacityChanged(3), T0)
+    assert dispatched(effects) == [("coder", "x", 1), ("coder", "y", 1)]  # ties: plan order
+    assert engine.in_flight == {"a", "x", "y"}
+
+    finish(engine, "x")
+    assert engine.in_flight == {"a", "y"}
+    effects = finish(engine, "a")
+    assert dispatched(effects) == [("coder", "b", 1)]
+
+
+def test_capacity_counts_tasks_in_every_phase_not_just_coding() -> None:
+    engine, _ = started([spec("a"), spec("b")], capacity=1)
+    through_review(engine, "a")  # a is gated, still in flight
+    assert engine.run.tasks["b"].state is S.READY
+    assert dispatched(engine.handle(Merged("a", 1), T0)) == [("coder", "b", 1)]
+
+
+# --- feedback edges and attempts --------------------------------------------------------------
+
+
+def test_a_failed_test_sends_the_task_back_to_the_coder_with_the_output() -> None:
+    engine, _ = started([spec("a")])
+    engine.handle(Coded("a", 1), T0)
+    assert engine.handle(Tested("a", 1, passed=False, report="1 failed: test_login"), T0) == [
+        TaskMoved("a", 2, S.TESTING, S.CODING, "test_failure on attempt 1"),
+        Dispatch(
+            "coder",
+            "a",
+            2,
+            (Feedback(attempt=1, kind=FeedbackKind.TEST_FAILURE, text="1 failed: test_login"),),
+        ),
+    ]
+
+
+def test_every_required_reviewer_must_approve_and_one_rejection_sends_it_back() -> None:
+    engine, _ = started([spec("a", reviewers=["review", "review.security"])])
+    engine.handle(Coded("a", 1), T0)
+    assert dispatched(engine.handle(Tested("a", 1, passed=True), T0)) == [
+        ("review", "a", 1),
+        ("review.security", "a", 1),
+    ]
+    assert engine.handle(Reviewed("a", 1, "review", approved=True), T0) == []
+    assert engine.run.tasks["a"].state is S.REVIEWING
+    effects = engine.handle(Reviewed("a", 1, "review.security", False, "SQL injection"), T0)
+    assert effects[-1] == Dispatch(
+        "coder",
+        "a",
+        2,
+        (Feedback(attempt=1, kind=FeedbackKind.REVIEW, text="review.security: SQL injection"),),
+    )
+    assert engine.run.tasks["a"].approvals == {}
+
+    # attempt 2: both approve, in any order
+    engine.handle(Coded("a", 2), T0)
+    engine.handle(Tested("a", 2, passed=True), T0)
+    assert engine.handle(Reviewed("a", 2, "review.security", approved=True), T0) == []
+    assert engine.handle(Reviewed("a", 2, "review", approved=True), T0)[-1] == Merge("a", 2)
+
+
+def test_the_run_default_reviewers_apply_when_a_task_names_none() -> None:
+    run = new_run()
+    run.reviewers = ["review.style"]
+    engine = RunEngine(run)
+    engine.handle(PlanProposed((spec("a"),)), T0)
+    engine.handle(Coded("a", 1), T0)
+    assert dispatched(engine.handle(Tested("a", 1, True), T0)) == [("review.style", "a", 1)]
+
+
+def test_a_merge_conflict_or_regression_goes_back_to_coding() -> None:
+    engine, _ = started([spec("a")])
+    through_review(engine, "a")
+    effects = engine.handle(MergeFailed("a", 1, FeedbackKind.CONFLICT, "conflict in app.py"), T0)
+    assert effects[0] == TaskMoved("a", 2, S.GATED, S.CODING, "conflict on attempt 1")
+    through_review(engine, "a", attempt=2)
+    effects = engine.handle(MergeFailed("a", 2, FeedbackKind.REGRESSION, "test_x broke"), T0)
+    kinds = [f.kind for f in engine.run.tasks["a"].feedback]
+    assert kinds == [FeedbackKind.CONFLICT, FeedbackKind.REGRESSION]
+    assert dispatched(effects) == [("coder", "a", 3)]
+
+
+def test_exhausted_attempts_fail_the_task_and_the_run_and_dependents_never_start() -> None:
+    plan = [spec("a"), spec("b", "a"), spec("side")]
+    engine, _ = started(plan, budget=Budget(max_attempts_per_task=2))
+    engine.handle(Coded("a", 1), T0)
+    engine.handle(Tested("a", 1, passed=False, report="boom"), T0)
+    engine.handle(Coded("a", 2), T0)
+    effects = engine.handle(Tested("a", 2, passed=False, report="boom again"), T0)
+
+    reason = "attempts exhausted: attempt 2 of 2 ended in test_failure"
+    run_reason = f"task 'a' failed: {reason}"
+    assert effects == [
+        TaskMoved("a", 2, S.TESTING, S.FAILED, reason),
+        TaskMoved("b", 0, S.PLANNED, S.CANCELLED, run_reason),
+        CancelWork("side", 1),
+        TaskMoved("side", 1, S.CODING, S.CANCELLED, run_reason),
+        RunMoved(R.EXECUTING, R.FAILED, run_reason),
+        RunFinished(R.FAILED, run_reason),
+    ]
+    assert engine.run.tasks["a"].error == reason
+    assert engine.in_flight == frozenset()
+    # nothing more happens: the late result of `side` is ignored
+    assert isinstance(engine.handle(Coded("side", 1), T0)[0], Ignored)
+
+
+def test_work_given_up_by_a_worker_fails_the_task() -> None:
+    engine, _ = started([spec("a")])
+    assert isinstance(engine.handle(WorkAbandoned("a", 1, "tester", "x"), T0)[0], Ignored)
+    effects = engine.handle(WorkAbandoned("a", 1, "coder", "poison message"), T0)
+    assert effects[0] == TaskMoved("a", 1, S.CODING, S.FAILED, "coder gave up: poison message")
+    assert engine.run.state is R.FAILED
+
+
+# --- idempotence ------------------------------------------------------------------------------
+
+
+def test_duplicate_stale_and_misdirected_results_are_ignored_and_say_why() -> None:
+    engine, _ = started([spec("a")])
+    first = Coded("a", 1, TOKENS_60)
+    engine.handle(first, T0)
+    engine.handle(Tested("a", 1, passed=False), T0)  # now coding attempt 2
+    before = msgspec.json.encode(engine.run)
+
+    later = T0 + timedelta(hours=1)
+    cases: list[tuple[Event, str]] = [
+        (first, "stale: attempt 1, task is at 2"),
+        (Tested("a", 1, passed=True), "stale: attempt 1, task is at 2"),
+        (Tested("a", 2, passed=True), "task is coding, not testing"),
+        (Merged("a", 2), "task is coding, not gated"),
+        (Coded("ghost", 1), "unknown task 'ghost'"),
+        (WorkAbandoned("a", 2, "tester", "x"), "no tester work is out for task (it is coding)"),
+        (ResumeTask("a", 2, approved=True), "task is coding, not awaiting_approval"),
+        (PlanProposed((spec("z"),)), "run is executing and has a plan already"),
+        (Integrated(ok=True), "run is executing, not integrating"),
+    ]
+    for event, reason in cases:
+        assert engine.handle(event, later) == [Ignored(event, reason)]
+    assert msgspec.json.encode(engine.run) == before  # not even updated_at moved
+    assert engine.run.usage == TOKENS_60  # counted once
+
+    engine.handle(Coded("a", 2), T0)
+    engine.handle(Tested("a", 2, passed=True), T0)
+    review = Reviewed("a", 2, "review.other", approved=True)
+    assert engine.handle(review, T0) == [
+        Ignored(review, "'review.other' is not a required reviewer of this task")
+    ]
+
+
+def test_a_second_approval_from_the_same_reviewer_counts_once() -> None:
+    engine, _ = started([spec("a", reviewers=["review", "review.security"])])
+    engine.handle(Coded("a", 1), T0)
+    engine.handle(Tested("a", 1, passed=True), T0)
+    approve = Reviewed("a", 1, "review", approved=True)
+    engine.handle(approve, T0)
+    assert engine.handle(approve, T0) == [Ignored(approve, "'review' already reviewed attempt 1")]
+    assert engine.run.tasks["a"].state is S.REVIEWING
+
+
+# --- cancellation -----------------------------------------------------------------------------
+
+
+def test_cancelling_stops_dispatch_and_names_the_work_to_cancel() -> None:
+    engine, _ = started([spec("a"), spec("b"), spec("c", "a"), spec("d")], capacity=2)
+    engine.handle(Coded("a", 1), T0)
+    effects = engine.handle(Cancel("user changed their mind"), T0)
+    assert [e for e in effects if isinstance(e, CancelWork)] == [
+        CancelWork("a", 1),
+        CancelWork("b", 1),
+    ]
+    assert effects[-1] == RunFinished(R.CANCELLED, "user changed their mind")
+    assert {t.state for t in engine.run.tasks.values()} == {S.CANCELLED}
+    assert engine.run.error == "user changed their mind"
+    assert engine.outstanding_work() == []
+
+    for event in (Tested("a", 1, passed=True), Coded("b", 1), CapacityChanged(10), Cancel()):
+        assert dispatched(engine.handle(event, T0)) == []
+    assert engine.handle(Cancel(), T0) == [Ignored(Cancel(), "run is already cancelled")]
+
+
+def test_cancelling_during_planning_cancels_the_planner() -> None:
+    engine = RunEngine(new_run())
+    engine.handle(StartPlanning(), T0)
+    assert engine.handle(Cancel(), T0) == [
+        CancelWork("", 1),
+        RunMoved(R.PLANNING, R.CANCELLED, "cancelled by user"),
+        RunFinished(R.CANCELLED, "cancelled by user"),
+    ]
+
+
+# --- budget -----------------------------------------------------------------------------------
+
+
+def test_over_budget_the_run_pauses_until_resumed_with_a_larger_budget() -> None:
+    engine, _ = started(
+        [spec("a"), spec("b"), spec("c")], capacity=2, budget=Budget(max_tokens=100)
+    )
+    assert engine.handle(Coded("a", 1, TOKENS_60), T0) == [
+        TaskMoved("a", 1, S.CODING, S.TESTING),
+        Dispatch("tester", "a", 1),
+    ]
+    # 120 tokens > 100: pause; the result still applies, its next work is held
+    assert engine.handle(Coded("b", 1, TOKENS_60), T0) == [
+        RunMoved(R.EXECUTING, R.AWAITING_APPROVAL, "over budget: 120 tokens used, budget 100"),
+        RequestApproval("budget", "120 tokens used, budget 100"),
+        TaskMoved("b", 1, S.CODING, S.TESTING),
+    ]
+    assert engine.run.tasks["b"].held
+    # in-flight work still lands; nothing new goes out, no task starts
+    assert dispatched(engine.handle(Tested("a", 1, passed=True), T0)) == []
+    assert engine.run.tasks["c"].state is S.READY
+
+    # approval without more budget is not enough
+    assert engine.handle(ResumeRun(), T0) == [
+        RequestApproval("budget", "still over budget: 120 tokens used, budget 100")
+    ]
+    effects = engine.handle(ResumeRun(Budget(max_tokens=1_000)), T0)
+    assert effects[0] == RunMoved(R.AWAITING_APPROVAL, R.EXECUTING, "resumed")
+    assert dispatched(effects) == [("review", "a", 1), ("tester", "b", 1)]
+    assert not any(t.held for t in engine.run.tasks.values())
+    assert isinstance(engine.handle(ResumeRun(), T0)[0], Ignored)
+
+
+def test_cost_limit_pauses_too_and_the_last_merge_waits_for_resume() -> None:
+    engine, _ = started([spec("a")], budget=Budget(max_cost_usd=0.005))
+    engine.handle(Coded("a", 1), T0)
+    engine.handle(Tested("a", 1, passed=True), T0)
+    effects = engine.handle(Reviewed("a", 1, "review", True, usage=TOKENS_60), T0)
+    assert RequestApproval("budget", "$0.0100 spent, budget $0.0050") in effects
+    assert not any(isinstance(e, Merge) for e in effects)
+    effects = engine.handle(ResumeRun(Budget(max_cost_usd=1.0)), T0)
+    assert effects[-1] == Merge("a", 1)
+    assert engine.handle(Merged("a", 1), T0)[-1] == Integrate()
+
+
+# --- approvals for a task ---------------------------------------------------------------------
+
+
+def test_a_parked_task_resumes_where_it_was_and_redoes_that_work() -> None:
+    engine, _ = started([spec("a")])
+    engine.handle(Coded("a", 1), T0)
+    assert engine.handle(ParkTask("a", 1, "wants to install a package"), T0) == [
+        TaskMoved("a", 1, S.TESTING, S.AWAITING_APPROVAL, "wants to install a package"),
+    ]
+    # results for the parked work do not apply
+    assert isinstance(engine.handle(Tested("a", 1, passed=True), T0)[0], Ignored)
+    assert engine.handle(ResumeTask("a", 1, approved=True), T0) == [
+        TaskMoved("a", 1, S.AWAITING_APPROVAL, S.TESTING, "approved"),
+        Dispatch("tester", "a", 1),
+    ]
+    assert engine.handle(Tested("a", 1, passed=True), T0)[0] == TaskMoved(
+        "a", 1, S.TESTING, S.REVIEWING, "tests passed"
+    )
+
+
+def test_a_parked_ready_task_does_not_start_until_approved() -> None:
+    engine, _ = started([spec("a"), spec("b")], capacity=1)
+    engine.handle(ParkTask("b", 0, "policy"), T0)
+    assert dispatched(finish(engine, "a")) == []
+    effects = engine.handle(ResumeTask("b", 0, approved=True), T0)
+    assert dispatched(effects) == [("coder", "b", 1)]
+
+
+def test_a_denied_approval_fails_the_task_and_the_run() -> None:
+    engine, _ = started([spec("a")])
+    through_review(engine, "a")
+    engine.handle(ParkTask("a", 1, "merge needs approval"), T0)
+    effects = engine.handle(ResumeTask("a", 1, approved=False, reason="not today"), T0)
+    assert effects[0] == TaskMoved(
+        "a", 1, S.AWAITING_APPROVAL, S.FAILED, "approval denied: not today"
+    )
+    assert engine.run.state is R.FAILED
+
+
+# --- integration ------------------------------------------------------------------------------
+
+
+def test_a_failed_integration_fails_the_run() -> None:
+    engine, _ = started([spec("a")])
+    finish(engine, "a")
+    effects = engine.handle(Integrated(ok=False, report="suite red"), T0)
+    assert effects[-1] == RunFinished(R.FAILED, "integration failed: suite red")
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+
+def test_a_standby_rebuilds_the_engine_from_the_stored_run_and_finishes() -> None:
+    engine, _ = started([spec("a"), spec("b", "a"), spec("c")], capacity=2)
+    finish(engine, "a")  # b starts
+    engine.handle(Coded("b", 1), T0)
+    engine.handle(Coded("c", 1), T0)
+    engine.handle(Tested("c", 1, passed=False), T0)  # c back to coding, attempt 2
+    stored = msgspec.json.encode(engine.run)
+
+    standby = RunEngine(msgspec.json.decode(stored, type=Run), capacity=2)
+    assert msgspec.json.encode(standby.run) == stored
+    assert standby.in_flight == {"b", "c"}
+    assert [(type(e).__name__, getattr(e, "task_id", "")) for e in standby.outstanding_work()] == [
+        ("Dispatch", "b"),
+        ("Dispatch", "c"),
+    ]
+    # what the old leader already applied stays applied
+    assert isinstance(standby.handle(Merged("a", 1), T0)[0], Ignored)
+    assert isinstance(standby.handle(Coded("c", 1), T0)[0], Ignored)
+    through_review(standby, "b")
+    standby.handle(Merged("b", 1), T0)
+    finish(standby, "c", attempt=2)
+    assert standby.run.state is R.INTEGRATING
+    assert standby.outstanding_work() == [Integrate()]
+
+
+def test_the_engine_says_which_tasks_changed_so_a_store_writes_only_those() -> None:
+    engine, _ = started([spec("a"), spec("b", "a"), spec("c")], capacity=1)
+    assert engine.take_changed_tasks() == {"a", "b", "c"}
+    engine.handle(Coded("a", 1), T0)
+    assert engine.take_changed_tasks() == {"a"}
+    engine.handle(Coded("a", 1), T0)  # a duplicate: ignored
+    assert engine.take_changed_tasks() == set()
+    engine.handle(Tested("a", 1, passed=True), T0)
+    engine.handle(Reviewed("a", 1, "review", approved=True), T0)
+    engine.handle(Merged("a", 1), T0)  # b becomes ready and starts; c still waits
+    assert engine.take_changed_tasks() == {"a", "b"}
+
+
+# --- wire results -----------------------------------------------------------------------------
+
+
+def test_wire_results_become_engine_events() -> None:
+    patch = Patch(text="diff")
+    assert event_for(CodeResult(task_id="a", attempt=2, patch=patch, usage=TOKENS_60)) == Coded(
+        "a", 2, TOKENS_60
+    )
+    assert event_for(TestResult(task_id="a", attempt=1, passed=False, output="E")) == Tested(
+        "a", 1, False, "E"
+    )
+    review = ReviewResult(
+        task_id="a",
+        attempt=1,
+        reviewer="review.security",
+        approved=False,
+        comments=[
+            ReviewComment(text="escape this", path="app.py", line=3),
+            ReviewComment(text="whole file", path="db.py"),
+            ReviewComment(text="in general"),
+        ],
+    )
+    assert event_for(review) == Reviewed(
+        "a", 1, "review.security", False, "app.py:3: escape this\ndb.py: whole file\nin general"
+    )
+    assert event_for(WorkFailed(task_id="a", attempt=1, role="coder", reason="r")) == (
+        WorkAbandoned("a", 1, "coder", "r")
+    )
+    assert event_for(PlanResult(tasks=[spec("a")])) == PlanProposed((spec("a"),))
+
+
+def test_long_feedback_is_cut_to_what_the_wire_allows_keeping_the_end() -> None:
+    engine, _ = started([spec("a")])
+    engine.handle(Coded("a", 1), T0)
+    log = "start\n" + "x" * 50_000 + "\nFAILED test_end"
+    engine.handle(Tested("a", 1, passed=False, report=log), T0)
+    text = engine.run.tasks["a"].feedback[0].text
+    assert len(text) <= 20_000
+    assert text.startswith("start\n")
+    assert text.endswith("FAILED test_end")
+    assert "characters cut" in text
