@@ -15,6 +15,7 @@ from codeyard.schemas.model import (
     Budget,
     Feedback,
     FeedbackKind,
+    Patch,
     RepoRef,
     Run,
     RunState,
@@ -41,9 +42,7 @@ DIFF = """\
 +def verify(token: str, key: str) -> dict[str, object]:
 +    return jwt.decode(token, key, algorithms=["HS256"])
 """
-PATCH = m.Patch(
-    text=DIFF, sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-)
+PATCH = Patch(text=DIFF, sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
 TASK_SPEC = TaskSpec(
     id=TASK_ID,
     title="JWT verification middleware",
@@ -150,7 +149,7 @@ def sample_messages() -> list[Envelope]:
         m.ReviewRequest(
             **_envelope(1, n=4),
             task=TASK_SPEC,
-            patch=m.Patch(object_name=f"{RUN_ID}/{TASK_ID}/1.diff", sha256="ab" * 32),
+            patch=Patch(object_name=f"{RUN_ID}/{TASK_ID}/1.diff", sha256="ab" * 32),
             reviewer="review.security",
             repo=REPO,
             test_output="3 passed in 0.41s",
