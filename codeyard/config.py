@@ -30,7 +30,14 @@ class Settings(BaseSettings):
     ack_wait: float = Field(
         default=30.0, gt=0, description="seconds before unacked work is redelivered"
     )
+    leader_ttl: float = Field(
+        default=5.0, gt=0, description="seconds a dead coordinator leader keeps the lease"
+    )
     event_retention_days: float = Field(default=30.0, gt=0, description="events stream max age")
 
     def topology(self) -> Topology:
-        return Topology(ack_wait=self.ack_wait, event_max_age=self.event_retention_days * DAY)
+        return Topology(
+            ack_wait=self.ack_wait,
+            leader_ttl=self.leader_ttl,
+            event_max_age=self.event_retention_days * DAY,
+        )

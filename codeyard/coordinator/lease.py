@@ -34,8 +34,13 @@ class LeaderLease:
         self._renewed_at = float("-inf")
 
     @classmethod
-    async def open(cls, js: JetStreamContext, holder: str, ttl: float) -> LeaderLease:
-        return cls(await js.key_value(subjects.LEADER_BUCKET), holder, ttl)
+    async def open(cls, js: JetStreamContext, holder: str) -> LeaderLease:
+        """The lease's TTL is the bucket's, whoever created it: every contender must agree."""
+        kv = await js.key_value(subjects.LEADER_BUCKET)
+        status = await kv.status()
+        if not status.ttl:
+            raise ValueError(f"bucket {subjects.LEADER_BUCKET} has no TTL; a lease needs one")
+        return cls(kv, holder, status.ttl)
 
     @property
     def renew_interval(self) -> float:

@@ -161,7 +161,7 @@ class Coordinator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stand by until the lease is free, lead until it is lost, repeat until `stop`."""
-        self._lease = await LeaderLease.open(self.bus.js, self.name, self.bus.topology.leader_ttl)
+        self._lease = await LeaderLease.open(self.bus.js, self.name)
         self._store = await RunStore.open(self.bus.js)
         self._approvals = await self.bus.store(subjects.APPROVALS_BUCKET, PendingApproval)
         lease = self._lease

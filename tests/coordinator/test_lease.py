@@ -10,8 +10,9 @@ from codeyard.coordinator.lease import LeaderLease
 
 async def test_only_one_holder_and_takeover_after_ttl(bus: Bus) -> None:
     ttl = bus.topology.leader_ttl
-    leader = await LeaderLease.open(bus.js, "coord-a", ttl)
-    standby = await LeaderLease.open(bus.js, "coord-b", ttl)
+    leader = await LeaderLease.open(bus.js, "coord-a")
+    standby = await LeaderLease.open(bus.js, "coord-b")
+    assert leader.ttl == ttl
 
     assert await leader.acquire()
     assert leader.held()
@@ -40,8 +41,8 @@ async def test_only_one_holder_and_takeover_after_ttl(bus: Bus) -> None:
 
 
 async def test_release_hands_over_at_once(bus: Bus) -> None:
-    leader = await LeaderLease.open(bus.js, "coord-a", 60.0)
-    standby = await LeaderLease.open(bus.js, "coord-b", 60.0)
+    leader = await LeaderLease.open(bus.js, "coord-a")
+    standby = await LeaderLease.open(bus.js, "coord-b")
     assert await leader.acquire()
     await leader.release()
     assert not leader.held()

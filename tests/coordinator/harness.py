@@ -1,0 +1,177 @@
+"""Running the coordinator and scripted workers as real processes, and watching runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nats.errors
+from nats.js.api import DeliverPolicy
+
+from codeyard.bus import Bus
+from codeyard.bus.subjects import EVENT_STREAM, LEADER_BUCKET, ctl_subject, events_subject
+from codeyard.coordinator.lease import LEASE_KEY
+from codeyard.schemas import (
+    ControlError,
+    ControlReply,
+    Run,
+    RunEvent,
+    RunState,
+    RunStatus,
+    StatusQuery,
+    SubmitRun,
+    TaskSpec,
+    TaskState,
+    TaskStateChanged,
+    decode,
+)
+from tests.conftest import TEST_TOPOLOGY
+
+ROOT = Path(__file__).resolve().parents[2]
+FINISHED = (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
+
+
+def child_env(url: str) -> dict[str, str]:
+    return os.environ | {
+        "NATS_URL": url,
+        "CODEYARD_ACK_WAIT": str(TEST_TOPOLOGY.ack_wait),
+        "CODEYARD_LEADER_TTL": str(TEST_TOPOLOGY.leader_ttl),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+class Processes:
+    """Child processes of a test; every one still alive is killed when the test ends."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.running: list[asyncio.subprocess.Process] = []
+
+    async def start(self, *args: str, ready: bytes | None = b"READY") -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            cwd=ROOT,
+            env=child_env(self.url),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        self.running.append(process)
+        if ready is not None:
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            assert line.startswith(ready), line
+        return process
+
+    async def coordinator(self, name: str, capacity: int = 32) -> asyncio.subprocess.Process:
+        return await self.start(
+            "-m", "codeyard", "coordinator", "--name", name, "--capacity", str(capacity), ready=None
+        )
+
+    async def worker(self, *options: str) -> asyncio.subprocess.Process:
+        return await self.start("-m", "codeyard.testing.scripted_worker", *options)
+
+    async def stop_all(self) -> None:
+        for process in self.running:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+
+
+@asynccontextmanager
+async def processes(url: str) -> AsyncIterator[Processes]:
+    children = Processes(url)
+    try:
+        yield children
+    finally:
+        await children.stop_all()
+
+
+async def ask(bus: Bus, verb: str, request: object, timeout: float = 30.0) -> ControlReply:
+    """A control request, retried while no coordinator leads (startup, failover)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            reply: ControlReply = await bus.request(ctl_subject(verb), request, ControlReply)  # type: ignore[arg-type]
+            return reply
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def submit(bus: Bus, plan: Sequence[TaskSpec] | None, run_id: str = "run1") -> str:
+    reply = await ask(bus, "submit", SubmitRun(run_id=run_id, goal="build it", plan=plan))
+    assert not isinstance(reply, ControlError), reply
+    return reply.run_id
+
+
+async def status(bus: Bus, run_id: str) -> Run:
+    reply = await ask(bus, "status", StatusQuery(run_id=run_id))
+    assert isinstance(reply, RunStatus), reply
+    return reply.runs[0]
+
+
+async def wait_until(bus: Bus, run_id: str, merged: int = 0, timeout: float = 120.0) -> Run:
+    """Poll until the run finishes, or until at least `merged` of its tasks are merged."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        run = await status(bus, run_id)
+        done = sum(task.state is TaskState.MERGED for task in run.tasks.values())
+        if run.state in FINISHED or (merged and done >= merged):
+            return run
+        assert loop.time() < deadline, f"run {run_id} is {run.state} with {done} merged"
+        await asyncio.sleep(0.2)
+
+
+async def run_events(bus: Bus, run_id: str) -> list[RunEvent]:
+    """Every event of the run, in stream order."""
+    subject = events_subject(run_id)
+    info = await bus.js.stream_info(EVENT_STREAM, subjects_filter=subject)
+    expected = (info.state.subjects or {}).get(subject, 0)
+    subscription = await bus.js.subscribe(
+        subject, stream=EVENT_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    events: list[RunEvent] = []
+    try:
+        while len(events) < expected:
+            msg = await subscription.next_msg(timeout=10)
+            events.append(decode(msg.data, RunEvent))
+    finally:
+        await subscription.unsubscribe()
+    return events
+
+
+def assert_dependency_order(plan: Sequence[TaskSpec], events: Sequence[RunEvent]) -> None:
+    """Every task started coding only after each of its dependencies was merged."""
+    started: dict[str, int] = {}
+    merged: dict[str, int] = {}
+    for index, event in enumerate(events):
+        if isinstance(event, TaskStateChanged):
+            if event.state is TaskState.CODING:
+                started.setdefault(event.task_id, index)
+            elif event.state is TaskState.MERGED:
+                assert event.task_id not in merged, f"{event.task_id} merged twice"
+                merged[event.task_id] = index
+    assert set(merged) == {spec.id for spec in plan}
+    for spec in plan:
+        for dep in spec.deps:
+            assert merged[dep] < started[spec.id], f"{spec.id} started before {dep} merged"
+
+
+async def leader_name(bus: Bus) -> str:
+    entry = await (await bus.js.key_value(LEADER_BUCKET)).get(LEASE_KEY)
+    assert entry.value is not None
+    return entry.value.decode()
+
+
+def completed_work(log: Path) -> list[tuple[str, str, str]]:
+    """(message type, task, attempt) of each work item the scripted workers finished."""
+    if not log.exists():
+        return []
+    return [tuple(line.split()[:3]) for line in log.read_text().splitlines()]  # type: ignore[misc]
