@@ -3,9 +3,10 @@
     python -m codeyard.testing.scripted_worker --roles coder,tester,review [options]
 
 It connects to NATS_URL. Answers: the planner returns the plan in --plan (a JSON list of task
-specs); the coder returns a one-line patch; the tester passes, except on the first attempt of
-the tasks in --fail-tests; reviewers approve, except the first attempt of --reject. With --log
-every finished item is appended as `role task attempt pid` (to prove nothing ran twice).
+specs); the coder returns a one-line patch reporting --tokens of usage; the tester passes,
+except on the first attempt of the tasks in --fail-tests; reviewers approve, except the first
+attempt of --reject. With --log every finished item is appended as `type task attempt pid`
+(to prove nothing ran twice).
 With --hang-on TASK it prints `HANGING <task>` and never answers that task (a victim to kill).
 """
 
@@ -34,6 +35,7 @@ from codeyard.schemas import (
     TaskSpec,
     TestRequest,
     TestResult,
+    Usage,
     WorkItem,
 )
 
@@ -53,6 +55,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--log", type=Path)
+    parser.add_argument("--tokens", type=int, default=0, help="tokens each coder result reports")
     return parser.parse_args()
 
 
@@ -83,7 +86,10 @@ class Script:
                 return PlanResult(tasks=self.plan)
             case CodeRequest():
                 text = f"+ {item.task_id} attempt {item.attempt}\n"
-                return CodeResult(patch=Patch(text=text), summary=f"coded {item.task_id}")
+                usage = Usage(calls=1, prompt_tokens=self.args.tokens)
+                return CodeResult(
+                    patch=Patch(text=text), summary=f"coded {item.task_id}", usage=usage
+                )
             case TestRequest():
                 failing = item.task_id in self.fail_tests and item.attempt == 1
                 output = "FAILED test_feature - assert 1 == 2" if failing else "1 passed"

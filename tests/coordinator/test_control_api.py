@@ -1,0 +1,216 @@
+"""The control API on cy.ctl.*: what the CLI and dashboard ask the coordinator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from codeyard.bus import Bus, PullWorker
+from codeyard.bus.subjects import ctl_subject
+from codeyard.coordinator.service import Coordinator
+from codeyard.schemas import (
+    Accepted,
+    ApprovalList,
+    Approve,
+    Budget,
+    CancelRun,
+    ControlError,
+    ControlReply,
+    Deny,
+    ListApprovals,
+    RunState,
+    StatusQuery,
+    SubmitRun,
+    TaskSpec,
+    TaskState,
+    decode,
+)
+from codeyard.testing.scripted_worker import Script
+from tests.coordinator.harness import ask, status, wait_until
+
+
+@pytest.fixture
+async def coordinator(bus: Bus) -> AsyncIterator[Coordinator]:
+    coordinator = Coordinator(bus, name="coord-test", capacity=4)
+    stop = asyncio.Event()
+    running = asyncio.create_task(coordinator.run(stop))
+    await asyncio.wait_for(coordinator.leading.wait(), 10)
+    yield coordinator
+    stop.set()
+    await asyncio.wait_for(running, 10)
+
+
+@pytest.fixture
+async def workers(bus: Bus, tmp_path: Path) -> AsyncIterator[None]:
+    """Scripted workers for every role, in this process; the planner proposes a -> b -> c."""
+    plan = [
+        TaskSpec(id="a", title="models"),
+        TaskSpec(id="b", title="api", deps=["a"]),
+        TaskSpec(id="c", title="docs", deps=["b"]),
+    ]
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_bytes(msgspec.json.encode(plan))
+    args = argparse.Namespace(
+        plan=plan_file, fail_tests="", reject="", hang_on="", delay=0.0, log=None, tokens=100
+    )
+    script = Script(args)
+    stop = asyncio.Event()
+    running = [
+        asyncio.create_task(PullWorker(bus, role, script.answer).run(stop, grace=1))
+        for role in ("planner", "coder", "tester", "review")
+    ]
+    yield
+    stop.set()
+    await asyncio.gather(*running)
+
+
+def cyclic_plan() -> list[TaskSpec]:
+    return [
+        TaskSpec(id="a", title="a", deps=["c"]),
+        TaskSpec(id="b", title="b", deps=["a"]),
+        TaskSpec(id="c", title="c", deps=["b"]),
+    ]
+
+
+async def test_goal_without_plan_is_planned_then_executed(
+    bus: Bus, coordinator: Coordinator, workers: None
+) -> None:
+    reply = await ask(bus, "submit", SubmitRun(goal="add a feature"))
+    assert isinstance(reply, Accepted)
+    run = await wait_until(bus, reply.run_id, timeout=30)
+    assert run.state is RunState.DONE
+    assert [run.tasks[t].state for t in "abc"] == [TaskState.MERGED] * 3
+    assert run.tasks["a"].patch is not None
+    assert run.tasks["a"].patch.text == "+ a attempt 1\n"
+
+
+async def test_a_cyclic_plan_is_refused_naming_the_cycle(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    reply = await ask(bus, "submit", SubmitRun(goal="g", plan=cyclic_plan()))
+    assert isinstance(reply, ControlError)
+    assert reply.field == "$.plan"
+    assert "cycle" in reply.error
+    assert "a -> " in reply.error
+
+
+async def test_bad_requests_get_an_error_naming_the_problem(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    raw = await bus.nc.request(ctl_subject("submit"), b'{"type":"SubmitRun","goal":7}', timeout=5)
+    malformed = decode(raw.data, ControlReply)
+    assert isinstance(malformed, ControlError)
+    assert malformed.field == "$.goal"
+
+    unknown = await ask(bus, "status", StatusQuery(run_id="nope"))
+    assert isinstance(unknown, ControlError)
+    assert "no run 'nope'" in unknown.error
+
+    cancel = await ask(bus, "cancel", CancelRun(run_id="nope"))
+    assert isinstance(cancel, ControlError)
+
+    approval = await ask(bus, "approve", Approve(approval_id="missing"))
+    assert isinstance(approval, ControlError)
+    assert approval.field == "$.approval_id"
+
+    # and the coordinator still serves
+    ok = await ask(
+        bus, "submit", SubmitRun(run_id="fine", goal="g", plan=[TaskSpec(id="x", title="x")])
+    )
+    assert isinstance(ok, Accepted)
+
+
+async def test_resubmitting_the_same_run_is_idempotent(bus: Bus, coordinator: Coordinator) -> None:
+    plan = [TaskSpec(id="x", title="x")]
+    first = await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=plan))
+    again = await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=plan))
+    other = await ask(bus, "submit", SubmitRun(run_id="r1", goal="another goal", plan=plan))
+    assert isinstance(first, Accepted)
+    assert isinstance(again, Accepted)
+    assert again.detail == "already submitted"
+    assert isinstance(other, ControlError)
+    assert other.field == "$.run_id"
+
+
+async def test_plan_approval_then_cancel(bus: Bus, coordinator: Coordinator) -> None:
+    plan = [TaskSpec(id="x", title="x"), TaskSpec(id="y", title="y", deps=["x"])]
+    await ask(bus, "submit", SubmitRun(run_id="r2", goal="g", plan=plan, approve_plan=True))
+    assert (await status(bus, "r2")).state is RunState.PLAN_APPROVAL
+
+    approvals = await ask(bus, "approvals", ListApprovals())
+    assert isinstance(approvals, ApprovalList)
+    [pending] = approvals.approvals
+    assert (pending.run_id, pending.action) == ("r2", "plan")
+
+    accepted = await ask(bus, "approve", Approve(approval_id=pending.approval_id, by="ana"))
+    assert isinstance(accepted, Accepted)
+    run = await status(bus, "r2")
+    assert run.state is RunState.EXECUTING
+    assert run.tasks["x"].state is TaskState.CODING  # no workers here: it waits for a coder
+    after = await ask(bus, "approvals", ListApprovals())
+    assert isinstance(after, ApprovalList)
+    assert after.approvals == []
+
+    cancelled = await ask(bus, "cancel", CancelRun(run_id="r2", reason="changed my mind"))
+    assert isinstance(cancelled, Accepted)
+    run = await status(bus, "r2")
+    assert run.state is RunState.CANCELLED
+    assert {task.state for task in run.tasks.values()} == {TaskState.CANCELLED}
+    again = await ask(bus, "cancel", CancelRun(run_id="r2"))
+    assert isinstance(again, ControlError)
+
+
+async def test_denied_plan_cancels_the_run(bus: Bus, coordinator: Coordinator) -> None:
+    plan = [TaskSpec(id="x", title="x")]
+    await ask(bus, "submit", SubmitRun(run_id="r3", goal="g", plan=plan, approve_plan=True))
+    approvals = await ask(bus, "approvals", ListApprovals())
+    assert isinstance(approvals, ApprovalList)
+    [pending] = approvals.approvals
+    denied = await ask(bus, "deny", Deny(approval_id=pending.approval_id, reason="too broad"))
+    assert isinstance(denied, Accepted)
+    run = await status(bus, "r3")
+    assert run.state is RunState.CANCELLED
+    assert "too broad" in run.error
+
+
+async def test_a_run_over_budget_waits_for_approval(
+    bus: Bus, coordinator: Coordinator, workers: None
+) -> None:
+    # every coder result reports 100 tokens: the second one crosses the budget of 150
+    plan = [TaskSpec(id="x", title="x"), TaskSpec(id="y", title="y", deps=["x"])]
+    budget = Budget(max_tokens=150)
+    await ask(bus, "submit", SubmitRun(run_id="r4", goal="g", plan=plan, budget=budget))
+    for _ in range(100):
+        run = await status(bus, "r4")
+        if run.state is RunState.AWAITING_APPROVAL:
+            break
+        await asyncio.sleep(0.1)
+    assert run.state is RunState.AWAITING_APPROVAL
+    assert run.usage.total_tokens == 200
+    approvals = await ask(bus, "approvals", ListApprovals())
+    assert isinstance(approvals, ApprovalList)
+    [pending] = approvals.approvals
+    assert pending.action == "budget"
+    assert "200 tokens used, budget 150" in pending.detail
+
+    await ask(bus, "approve", Approve(approval_id=pending.approval_id, comment="worth it"))
+    run = await wait_until(bus, "r4", timeout=30)
+    assert run.state is RunState.DONE
+    assert run.budget.max_tokens == 0  # approving the overrun lifted the exceeded limit
+
+
+async def test_status_of_all_runs_lists_headers(bus: Bus, coordinator: Coordinator) -> None:
+    for run_id in ("s1", "s2"):
+        await ask(
+            bus, "submit", SubmitRun(run_id=run_id, goal="g", plan=[TaskSpec(id="x", title="x")])
+        )
+    reply = await ask(bus, "status", StatusQuery())
+    assert reply.__class__.__name__ == "RunStatus"
+    runs = reply.runs  # type: ignore[union-attr]
+    assert [run.run_id for run in runs] == ["s1", "s2"]
+    assert all(run.tasks == {} for run in runs)
