@@ -18,6 +18,7 @@ from codeyard.coordinator.lease import LEASE_KEY
 from codeyard.schemas import (
     ControlError,
     ControlReply,
+    Envelope,
     Run,
     RunEvent,
     RunState,
@@ -90,13 +91,13 @@ async def processes(url: str) -> AsyncIterator[Processes]:
         await children.stop_all()
 
 
-async def ask(bus: Bus, verb: str, request: object, timeout: float = 30.0) -> ControlReply:
+async def ask(bus: Bus, verb: str, request: Envelope, timeout: float = 30.0) -> ControlReply:
     """A control request, retried while no coordinator leads (startup, failover)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         try:
-            reply: ControlReply = await bus.request(ctl_subject(verb), request, ControlReply)  # type: ignore[arg-type]
+            reply: ControlReply = await bus.request(ctl_subject(verb), request, ControlReply)
             return reply
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             if loop.time() > deadline:
@@ -105,7 +106,8 @@ async def ask(bus: Bus, verb: str, request: object, timeout: float = 30.0) -> Co
 
 
 async def submit(bus: Bus, plan: Sequence[TaskSpec] | None, run_id: str = "run1") -> str:
-    reply = await ask(bus, "submit", SubmitRun(run_id=run_id, goal="build it", plan=plan))
+    tasks = list(plan) if plan is not None else None
+    reply = await ask(bus, "submit", SubmitRun(run_id=run_id, goal="build it", plan=tasks))
     assert not isinstance(reply, ControlError), reply
     return reply.run_id
 
