@@ -13,16 +13,17 @@ import contextlib
 import hashlib
 import logging
 import re
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from codeyard.bus import subjects
 from codeyard.bus.connection import Bus
+from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.topology import ensure_role_consumer
 from codeyard.schemas.codec import MessageError, decode
 from codeyard.schemas.envelope import ID_PATTERN
@@ -88,7 +89,7 @@ class PullWorker:
         concurrency: int = 1,
         max_deliver: int = 5,
         retry_delays: Sequence[float] = (1.0, 5.0, 30.0),
-        fetch_timeout: float = 1.0,
+        fetch_timeout: float = 5.0,
     ) -> None:
         self.bus = bus
         self.role = subjects.check_role(role)
@@ -110,47 +111,48 @@ class PullWorker:
         """Serve until `stop` is set; then finish in-flight work for up to `grace` seconds and
         nak whatever is still running, so it is redelivered at once elsewhere."""
         await ensure_role_consumer(self.js, self.role, self.bus.topology)
-        subscription = await self.js.pull_subscribe_bind(
-            durable=self._consumer, stream=subjects.WORK_STREAM
-        )
         inflight: set[asyncio.Task[None]] = set()
-        slot_freed = asyncio.Event()
+        wake = asyncio.Event()
 
         def finished(task: asyncio.Task[None]) -> None:
             inflight.discard(task)
-            slot_freed.set()
+            wake.set()
 
+        def deliver(msg: Msg) -> None:
+            if stop.is_set():  # arrived after we stopped asking: let it go to another worker
+                asyncio.create_task(msg.nak())  # noqa: RUF006 - fire and forget
+                return
+            task = asyncio.create_task(self._handle(msg))
+            inflight.add(task)
+            task.add_done_callback(finished)
+
+        consumer = PullConsumer(
+            self.bus.nc, subjects.WORK_STREAM, self._consumer, deliver, expires=self.fetch_timeout
+        )
+        consumer.on_request_end = wake.set
+        await consumer.start()
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
-                free = self.concurrency - len(inflight)
-                if free == 0:
-                    slot_freed.clear()
-                    freed = asyncio.create_task(slot_freed.wait())
-                    await asyncio.wait({freed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    freed.cancel()
-                    continue
-                try:
-                    messages = await subscription.fetch(free, timeout=self.fetch_timeout)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    messages = []
-                except nats.errors.Error as exc:  # reconnecting, server restarting
-                    log.warning("%s: fetch failed: %s", self.role, exc)
-                    messages = []
-                    await asyncio.sleep(0.2)
-                for message in messages:
-                    task = asyncio.create_task(self._handle(message))
-                    inflight.add(task)
-                    task.add_done_callback(finished)
+                wake.clear()  # before looking, so a slot freed from here on wakes us
+                consumer.forget_expired()
+                missing = self.concurrency - len(inflight) - consumer.outstanding
+                # ask in chunks when busy (fewer requests), at once when idle (low latency)
+                if missing >= max(1, self.concurrency // 4) or consumer.outstanding == 0:
+                    await consumer.request(missing)
+                woken = asyncio.create_task(wake.wait())
+                await asyncio.wait(
+                    {woken, stopping}, timeout=self.fetch_timeout, return_when=FIRST_COMPLETED
+                )
+                woken.cancel()
         finally:
             stopping.cancel()
+            await consumer.stop()
             if inflight:
                 _, pending = await asyncio.wait(inflight, timeout=grace)
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
 
     async def _handle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered

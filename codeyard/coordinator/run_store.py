@@ -5,22 +5,22 @@ NATS message) and lets a batch of results write only the tasks it touched. Every
 the revision it replaces, so a coordinator that lost its lease cannot overwrite its successor:
 its writes fail with `StaleRevision`.
 
-Keys: `<run_id>` holds the `Run` with `tasks` empty; `<run_id>.<task_id>` holds each `Task`.
+Keys: `<run_id>` holds the `Run` with `tasks` empty (written with every change of the run);
+`<run_id>.<task_id>` holds each `Task`.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
-from nats.js.errors import APIError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from codeyard.bus import subjects
+from codeyard.bus.pipeline import Pending, PubAck, PublishError, PublishPipeline
 from codeyard.bus.store import StaleRevision
 from codeyard.schemas.codec import decode, encode
 from codeyard.schemas.model import Run, Task
@@ -103,56 +103,44 @@ class RunStore:
             await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def save(
-        self, stored: StoredRun, task_ids: Iterable[str], *, header: bool = True
+        self, stored: StoredRun, task_ids: Iterable[str], pipeline: PublishPipeline
     ) -> list[PendingWrite]:
-        """Start writing the header and the given tasks, pipelined; await the returned futures
-        with `confirm` before acting on the write. Revisions update as the writes land."""
+        """Start writing the run's header and the given tasks through `pipeline`; `confirm`
+        them before acting on the writes."""
         run = stored.run
-        writes: list[tuple[str, bytes]] = []
-        if header:
-            writes.append((header_key(run.run_id), encode(msgspec.structs.replace(run, tasks={}))))
-        for task_id in task_ids:
-            writes.append((task_key(run.run_id, task_id), encode(run.tasks[task_id])))
-        futures = []
+        writes = [(header_key(run.run_id), encode(msgspec.structs.replace(run, tasks={})))]
+        writes += [(task_key(run.run_id, t), encode(run.tasks[t])) for t in task_ids]
+        pending = []
         for key, value in writes:
             expected = stored.revisions.get(key, 0)
-            future = await self._js.publish_async(
-                self._prefix + key,
-                value,
-                headers={EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)},
-            )
-            future.add_done_callback(_record_revision(stored, key))
-            futures.append(PendingWrite(key, expected, future))
-        return futures
+            headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)}
+            sent = await pipeline.publish(self._prefix + key, value, headers)
+            pending.append(PendingWrite(stored, key, expected, sent))
+        return pending
 
 
 @dataclass(frozen=True)
 class PendingWrite:
+    stored: StoredRun
     key: str
     expected: int
-    future: asyncio.Future[PubAck]
+    sent: Pending
 
 
-def _record_revision(stored: StoredRun, key: str) -> Callable[[asyncio.Future[PubAck]], None]:
-    def record(future: asyncio.Future[PubAck]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            stored.revisions[key] = future.result().seq
-
-    return record
-
-
-async def confirm(writes: Iterable[PendingWrite], timeout: float = 10.0) -> None:
-    """Wait until every write is stored. `StaleRevision` if one was refused as out of date,
-    `TimeoutError` if the server did not answer in time (the writes may or may not have landed)."""
-    writes = list(writes)
-    outcomes = await asyncio.wait_for(
-        asyncio.gather(*(write.future for write in writes), return_exceptions=True), timeout
-    )
+async def confirm(
+    pipeline: PublishPipeline, writes: list[PendingWrite], timeout: float = 10.0
+) -> None:
+    """Wait until every write is stored and note the new revisions. `StaleRevision` if one was
+    refused as out of date, `TimeoutError` if the server did not answer in time (the writes
+    may or may not have landed)."""
+    outcomes = await pipeline.wait([write.sent for write in writes], timeout)
     first_error: BaseException | None = None
     for write, outcome in zip(writes, outcomes, strict=True):
-        if isinstance(outcome, APIError) and outcome.err_code in WRONG_LAST_SEQUENCE:
+        if isinstance(outcome, PubAck):
+            write.stored.revisions[write.key] = outcome.seq
+        elif isinstance(outcome, PublishError) and outcome.err_code in WRONG_LAST_SEQUENCE:
             raise StaleRevision(subjects.RUNS_BUCKET, write.key, write.expected) from outcome
-        if isinstance(outcome, BaseException) and first_error is None:
+        elif first_error is None:
             first_error = outcome
     if first_error is not None:
         raise first_error

@@ -21,10 +21,11 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import PubAck
 
 from codeyard.bus import subjects
-from codeyard.bus.connection import Bus
+from codeyard.bus.connection import MSG_ID_HEADER, Bus
+from codeyard.bus.consumer import PullConsumer
+from codeyard.bus.pipeline import Pending, PublishError, PublishPipeline
 from codeyard.bus.store import StaleRevision, VersionedStore
 from codeyard.coordinator.effects import (
     CancelWork,
@@ -156,6 +157,9 @@ class Coordinator:
         self._store: RunStore | None = None
         self._approvals: VersionedStore[PendingApproval] | None = None
         self._lease: LeaderLease | None = None
+        self._pipeline = PublishPipeline(bus.nc)
+        self._unacked = 0  # results delivered to the inbox and not yet acked
+        self._acked = asyncio.Event()
 
     # --- leadership ---------------------------------------------------------------------------
 
@@ -188,7 +192,9 @@ class Coordinator:
         lost = asyncio.Event()
         session: list[asyncio.Task[object]] = []
         subscriptions: list[Subscription] = []
-        self._inbox = asyncio.Queue(maxsize=2 * self.batch_size)
+        self._inbox = asyncio.Queue()
+        self._unacked = 0
+        self._pipeline = PublishPipeline(self.bus.nc)
         try:
             await self._load_runs()
             subscriptions = await self._serve_control()
@@ -206,7 +212,7 @@ class Coordinator:
                     raise task.exception()  # type: ignore[misc]
         except (LostLeadership, StaleRevision) as exc:
             log.warning("%s: stepping down: %s", self.name, exc)
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
+        except (nats.errors.Error, PublishError, TimeoutError, OSError) as exc:
             log.warning("%s: bus trouble, reloading runs: %s", self.name, exc)
             await _wait(stop, 0.5)
         finally:
@@ -257,24 +263,32 @@ class Coordinator:
     # --- inputs -------------------------------------------------------------------------------
 
     async def _fetch_results(self, lost: asyncio.Event) -> None:
-        subscription = await self.bus.js.pull_subscribe_bind(
-            durable=subjects.COORDINATOR_CONSUMER, stream=subjects.RESULT_STREAM
+        """Keep results flowing into the inbox, at most `2 * batch_size` unacked at a time."""
+        window = 2 * self.batch_size
+        consumer = PullConsumer(
+            self.bus.nc,
+            subjects.RESULT_STREAM,
+            subjects.COORDINATOR_CONSUMER,
+            self._deliver_result,
+            expires=5.0,
         )
+        consumer.on_request_end = self._acked.set
+        await consumer.start()
         try:
             while not lost.is_set():
-                try:
-                    messages = await subscription.fetch(self.batch_size, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except nats.errors.Error as exc:
-                    log.warning("%s: fetching results failed: %s", self.name, exc)
-                    await asyncio.sleep(0.2)
-                    continue
-                for message in messages:
-                    await self._inbox.put(message)  # bounded: waits while a step is behind
+                self._acked.clear()
+                consumer.forget_expired()
+                missing = window - self._unacked - consumer.outstanding
+                if missing >= self.batch_size // 4 or consumer.outstanding == 0:
+                    await consumer.request(missing)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._acked.wait(), 1.0)
         finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            await consumer.stop()
+
+    def _deliver_result(self, msg: Msg) -> None:
+        self._unacked += 1
+        self._inbox.put_nowait(msg)
 
     async def _serve_control(self) -> list[Subscription]:
         async def answer(msg: Msg) -> None:
@@ -284,7 +298,7 @@ class Coordinator:
                 await msg.respond(encode(ControlError(error=str(exc), field=exc.field)))
                 return
             call = ControlCall(request, asyncio.get_running_loop().create_future())
-            await self._inbox.put(call)
+            self._inbox.put_nowait(call)
             try:
                 reply = await asyncio.wait_for(asyncio.shield(call.reply), 30)
             except TimeoutError:
@@ -411,29 +425,28 @@ class Coordinator:
         assert self._approvals is not None
         if self._lease is not None and not self._lease.held():
             raise LostLeadership("lease not renewed in time")
+        pipeline = self._pipeline
         writes: list[PendingWrite] = []
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
-                writes += await self._store.save(open_run.stored, task_ids)
-        published: list[asyncio.Future[PubAck]] = []
+                writes += await self._store.save(open_run.stored, task_ids, pipeline)
+        published: list[Pending] = []
         for subject, message in commit.messages:
-            published.append(
-                await self.bus.js.publish_async(
-                    subject, encode(message), headers={"Nats-Msg-Id": message.msg_id}
-                )
-            )
+            headers = {MSG_ID_HEADER: message.msg_id}
+            published.append(await pipeline.publish(subject, encode(message), headers))
         for approval in commit.approvals:
-            published.append(
-                await self.bus.js.publish_async(
-                    f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}", encode(approval)
-                )
-            )
-        await confirm(writes)
-        await asyncio.wait_for(asyncio.gather(*published), 10)
+            key = f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}"
+            published.append(await pipeline.publish(key, encode(approval)))
+        await confirm(pipeline, writes)
+        for outcome in await pipeline.wait(published, 10):
+            if isinstance(outcome, BaseException):
+                raise outcome
         for approval_id in commit.answered_approvals:
             await self._approvals.delete(approval_id)
         for msg in commit.acks:
             await msg.ack()
+        self._unacked -= len(commit.acks)
+        self._acked.set()
         for call, reply in commit.replies:
             if not call.reply.done():
                 call.reply.set_result(reply)
@@ -451,7 +464,7 @@ class Coordinator:
             event = await self.integrator.merge(open_run.run, work.task_id, work.attempt)
         else:
             event = await self.integrator.integrate(open_run.run)
-        await self._inbox.put(FollowUp(run_id, event))
+        self._inbox.put_nowait(FollowUp(run_id, event))
 
     # --- control API --------------------------------------------------------------------------
 

@@ -1,0 +1,171 @@
+"""Coordinator throughput and dispatch latency on no-op workers, with durability on.
+
+    python -m bench.coordinator_throughput [--tasks 1000] [--runs 3] [--capacity 256]
+
+A real nats-server (file store) and the coordinator run as child processes; no-op workers for
+coder, tester and review run in this process. Each run submits a random DAG and times it from
+submit to `done`. Figures are medians over the runs; the baseline is plain nats-py core
+request/reply on the same server, measured in the same invocation.
+
+- throughput: tasks / (submit -> run done). Each task is 3 work items (code, test, review),
+  3 results, a merge and ~6 state changes, each written to KV and the events stream.
+- dispatch latency: a work item's creation in the coordinator (`sent_at`) -> the worker's
+  handler starting on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nats.aio.msg import Msg
+
+from codeyard.bus import Bus, EmbeddedNats, PullWorker, Topology
+from codeyard.bus.subjects import ctl_subject, events_subject
+from codeyard.schemas import (
+    Accepted,
+    CodeRequest,
+    CodeResult,
+    ControlReply,
+    Patch,
+    Result,
+    ReviewRequest,
+    ReviewResult,
+    RunEvent,
+    RunState,
+    RunStateChanged,
+    SubmitRun,
+    TestResult,
+    WorkItem,
+    decode,
+)
+from codeyard.testing.dags import random_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+FINISHED = (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def noop(item: WorkItem, latencies: list[float]) -> Result:
+    latencies.append((datetime.now(UTC) - item.sent_at).total_seconds())
+    if isinstance(item, CodeRequest):
+        return CodeResult(patch=Patch(text="+"))
+    if isinstance(item, ReviewRequest):
+        return ReviewResult(reviewer=item.reviewer, approved=True)
+    return TestResult(passed=True)
+
+
+async def one_run(bus: Bus, tasks: int, seed: int) -> float:
+    """Seconds from submit to the run's `done` event."""
+    plan = random_plan(tasks, seed=seed)
+    run_id = f"bench{seed}"
+    finished: asyncio.Future[RunStateChanged] = asyncio.get_running_loop().create_future()
+
+    async def on_event(msg: Msg) -> None:
+        event = decode(msg.data, RunEvent)
+        finished_now = isinstance(event, RunStateChanged) and event.state in FINISHED
+        if finished_now and not finished.done():
+            finished.set_result(event)
+
+    # events are JetStream-stored, and a plain subscription sees them as they are published
+    subscription = await bus.nc.subscribe(events_subject(run_id), cb=on_event)
+    started = time.perf_counter()
+    reply = await bus.request(
+        ctl_subject("submit"), SubmitRun(run_id=run_id, goal="bench", plan=plan), ControlReply, 30
+    )
+    assert isinstance(reply, Accepted), reply
+    event = await asyncio.wait_for(finished, 600)
+    elapsed = time.perf_counter() - started
+    await subscription.unsubscribe()
+    assert event.state is RunState.DONE, event.reason
+    return elapsed
+
+
+async def request_reply_baseline(bus: Bus, count: int = 3000) -> tuple[float, float]:
+    async def echo(msg: Msg) -> None:
+        await msg.respond(b"ok")
+
+    await bus.nc.subscribe("bench.echo", cb=echo)
+    times = []
+    started = time.perf_counter()
+    for _ in range(count):
+        t = time.perf_counter()
+        await bus.nc.request("bench.echo", b"x", timeout=5)
+        times.append(time.perf_counter() - t)
+    return count / (time.perf_counter() - started), statistics.median(times)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--capacity", type=int, default=256)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as store, EmbeddedNats(Path(store)) as server:
+        topology = Topology(ack_wait=30)
+        bus = await Bus.connect(server.url, topology=topology)
+        await bus.setup()
+        coordinator = await asyncio.create_subprocess_exec(
+            *os.environ.get("BENCH_COORDINATOR_WRAPPER", "").split(),
+            sys.executable,
+            "-m",
+            "codeyard",
+            "coordinator",
+            "--capacity",
+            str(args.capacity),
+            cwd=ROOT,
+            env=os.environ | {"NATS_URL": server.url},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        latencies: list[float] = []
+        stop = asyncio.Event()
+
+        async def handle(item: WorkItem) -> Result:
+            return await noop(item, latencies)
+
+        workers = [
+            asyncio.create_task(PullWorker(bus, role, handle, concurrency=256).run(stop))
+            for role in ("coder", "tester", "review")
+        ]
+        try:
+            baseline_rate, baseline_p50 = await request_reply_baseline(bus)
+            await one_run(bus, 50, seed=999)  # warm-up: leader elected, caches
+            latencies.clear()
+            durations, p50s, p99s = [], [], []
+            for seed in range(args.runs):
+                latencies.clear()
+                durations.append(await one_run(bus, args.tasks, seed))
+                p50s.append(percentile(latencies, 0.5))
+                p99s.append(percentile(latencies, 0.99))
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+            coordinator.terminate()
+            await coordinator.wait()
+            await bus.close()
+
+    rate = args.tasks / statistics.median(durations)
+    print(f"machine: {os.cpu_count()} cores; nats-server file store; {args.runs} runs, medians")
+    print(f"DAG: {args.tasks} tasks, capacity {args.capacity}, no-op coder/tester/reviewer")
+    print(f"coordinator throughput:  {rate:8.0f} tasks/s   ({3 * rate:.0f} work items/s)")
+    print(f"dispatch latency p50:    {statistics.median(p50s) * 1000:8.2f} ms")
+    print(f"dispatch latency p99:    {statistics.median(p99s) * 1000:8.2f} ms")
+    print(f"baseline nats req/reply: {baseline_rate:8.0f} req/s, p50 {baseline_p50 * 1000:.2f} ms")
+    print(f"ratio tasks/s to baseline req/s: {rate / baseline_rate:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
