@@ -54,7 +54,7 @@ from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import LeaderLease
 from codeyard.coordinator.result_events import event_for
 from codeyard.coordinator.run_store import PendingWrite, RunStore, StoredRun, confirm
-from codeyard.coordinator.work_items import derived_id, run_event, task_event, work_item
+from codeyard.coordinator.work_items import derived_id, run_event, task_changes, work_item
 from codeyard.schemas.codec import MessageError, decode, encode
 from codeyard.schemas.envelope import Envelope, new_id
 from codeyard.schemas.messages import (
@@ -119,6 +119,7 @@ class Commit:
 
     dirty: dict[str, set[str]] = field(default_factory=dict)
     messages: list[tuple[str, Envelope]] = field(default_factory=list)
+    moves: dict[str, list[TaskMoved]] = field(default_factory=dict)
     approvals: list[PendingApproval] = field(default_factory=list)
     merges: list[tuple[str, Merge | Integrate]] = field(default_factory=list)
     finished: set[str] = field(default_factory=set)
@@ -398,7 +399,7 @@ class Coordinator:
                     commit.merges.append((run_id, effect))
                 case TaskMoved():
                     dirty.add(effect.task_id)
-                    commit.messages.append((events, task_event(run, effect)))
+                    commit.moves.setdefault(run_id, []).append(effect)
                 case RunMoved():
                     commit.messages.append((events, run_event(run, effect)))
                 case RequestApproval():
@@ -430,6 +431,10 @@ class Coordinator:
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
                 writes += await self._store.save(open_run.stored, task_ids, pipeline)
+        for run_id, moves in commit.moves.items():
+            if open_run := self._open.get(run_id):
+                event = task_changes(open_run.run, moves)
+                commit.messages.append((subjects.events_subject(run_id), event))
         published: list[Pending] = []
         for subject, message in commit.messages:
             headers = {MSG_ID_HEADER: message.msg_id}

@@ -15,7 +15,8 @@ from codeyard.schemas.messages import (
     PlanRequest,
     ReviewRequest,
     RunStateChanged,
-    TaskStateChanged,
+    TaskChange,
+    TaskStatesChanged,
     TestRequest,
     WorkItem,
 )
@@ -75,19 +76,25 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
     )
 
 
-def task_event(run: Run, moved: TaskMoved) -> TaskStateChanged:
-    task = run.tasks[moved.task_id]
-    return TaskStateChanged(
+def task_changes(run: Run, moves: list[TaskMoved]) -> TaskStatesChanged:
+    """One event for the task transitions of a step. Its id is derived from the transitions,
+    so a step replayed identically after a failover is stored once."""
+    changes = [
+        TaskChange(
+            task_id=move.task_id,
+            attempt=move.attempt,
+            state=move.state,
+            previous=move.previous,
+            reason=move.reason[:20_000],
+        )
+        for move in moves
+    ]
+    identity = [(c.task_id, c.attempt, run.tasks[c.task_id].dispatches, c.state) for c in changes]
+    return TaskStatesChanged(
         run_id=run.run_id,
-        task_id=moved.task_id,
-        attempt=moved.attempt,
         trace_id=run.run_id,
-        msg_id=derived_id(
-            run.run_id, moved.task_id, moved.attempt, task.dispatches, moved.previous, moved.state
-        ),
-        state=moved.state,
-        previous=moved.previous,
-        reason=moved.reason[:20_000],
+        msg_id=derived_id(run.run_id, identity),
+        changes=changes,
     )
 
 

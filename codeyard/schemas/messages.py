@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from codeyard.schemas.envelope import Envelope, Id, OptionalId
+from codeyard.schemas.envelope import Attempt, Envelope, Id, OptionalId
 from codeyard.schemas.model import (
     Budget,
     Feedback,
@@ -146,10 +146,20 @@ class RunStateChanged(Envelope, kw_only=True, frozen=True):
     reason: LongText = ""
 
 
-class TaskStateChanged(Envelope, kw_only=True, frozen=True):
+class TaskChange(msgspec.Struct, kw_only=True, frozen=True):
+    task_id: Id
+    attempt: Attempt
     state: TaskState
     previous: TaskState | None = None
     reason: LongText = ""
+
+
+class TaskStatesChanged(Envelope, kw_only=True, frozen=True):
+    """Task transitions of one run, in the order they happened: one message per coordinator
+    step, so a busy run does not cost a message per transition. Delivery is at least once:
+    after a coordinator failover a transition may be reported again."""
+
+    changes: list[TaskChange]
 
 
 class Progress(Envelope, kw_only=True, frozen=True):
@@ -178,7 +188,7 @@ class DeadLetter(Envelope, kw_only=True, frozen=True):
     payload_bytes: int
 
 
-RunEvent = RunStateChanged | TaskStateChanged | Progress | UsageReported | GateAudit | DeadLetter
+RunEvent = RunStateChanged | TaskStatesChanged | Progress | UsageReported | GateAudit | DeadLetter
 
 
 # --- control: cy.ctl.<verb> request/reply to the coordinator ----------------------------------

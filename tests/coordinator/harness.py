@@ -27,7 +27,7 @@ from codeyard.schemas import (
     SubmitRun,
     TaskSpec,
     TaskState,
-    TaskStateChanged,
+    TaskStatesChanged,
     decode,
 )
 from tests.conftest import TEST_TOPOLOGY
@@ -150,16 +150,26 @@ async def run_events(bus: Bus, run_id: str) -> list[RunEvent]:
 
 
 def assert_dependency_order(plan: Sequence[TaskSpec], events: Sequence[RunEvent]) -> None:
-    """Every task started coding only after each of its dependencies was merged."""
+    """Every task started coding only after each of its dependencies was merged.
+
+    Events are at least once: after a failover a transition may be reported again, so the
+    first report of each counts, and a task may not be merged at two different attempts."""
+    changes = [
+        change
+        for event in events
+        if isinstance(event, TaskStatesChanged)
+        for change in event.changes
+    ]
     started: dict[str, int] = {}
     merged: dict[str, int] = {}
-    for index, event in enumerate(events):
-        if isinstance(event, TaskStateChanged):
-            if event.state is TaskState.CODING:
-                started.setdefault(event.task_id, index)
-            elif event.state is TaskState.MERGED:
-                assert event.task_id not in merged, f"{event.task_id} merged twice"
-                merged[event.task_id] = index
+    merged_attempt: dict[str, int] = {}
+    for index, change in enumerate(changes):
+        if change.state is TaskState.CODING:
+            started.setdefault(change.task_id, index)
+        elif change.state is TaskState.MERGED:
+            previous = merged_attempt.setdefault(change.task_id, change.attempt)
+            assert previous == change.attempt, f"{change.task_id} merged at two attempts"
+            merged.setdefault(change.task_id, index)
     assert set(merged) == {spec.id for spec in plan}
     for spec in plan:
         for dep in spec.deps:

@@ -196,11 +196,18 @@ def sample_messages() -> list[Envelope]:
             previous=RunState.PLAN_APPROVAL,
             reason="plan approved by alice",
         ),
-        m.TaskStateChanged(
-            **_envelope(1, n=13),
-            state=TaskState.TESTING,
-            previous=TaskState.CODING,
-            reason="patch ready",
+        m.TaskStatesChanged(
+            **_envelope(task=False, n=13),
+            changes=[
+                m.TaskChange(
+                    task_id=TASK_ID,
+                    attempt=1,
+                    state=TaskState.TESTING,
+                    previous=TaskState.CODING,
+                    reason="patch ready",
+                ),
+                m.TaskChange(task_id="t2", attempt=0, state=TaskState.READY),
+            ],
         ),
         m.Progress(**_envelope(1, n=14), role="coder", message="editing app/auth.py (2/3 files)"),
         m.UsageReported(**_envelope(1, n=15), role="coder", usage=USAGE, model="gpt-4o-mini"),
