@@ -52,6 +52,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FINISHED = (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -145,11 +151,18 @@ async def main() -> None:
             await one_run(bus, 50, seed=999)  # warm-up: leader elected, caches
             latencies.clear()
             durations, p50s, p99s = [], [], []
+            pids = {
+                "coordinator": coordinator.pid,
+                "nats-server": server.pid,
+                "workers": os.getpid(),
+            }
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
             for seed in range(args.runs):
                 latencies.clear()
                 durations.append(await one_run(bus, args.tasks, seed))
                 p50s.append(percentile(latencies, 0.5))
                 p99s.append(percentile(latencies, 0.99))
+            cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items() if pid}
         finally:
             stop.set()
             await asyncio.gather(*workers)
@@ -165,6 +178,11 @@ async def main() -> None:
     print(f"dispatch latency p99:    {statistics.median(p99s) * 1000:8.2f} ms")
     print(f"baseline nats req/reply: {baseline_rate:8.0f} req/s, p50 {baseline_p50 * 1000:.2f} ms")
     print(f"ratio tasks/s to baseline req/s: {rate / baseline_rate:.2f}")
+    total_tasks = args.tasks * args.runs
+    per_task = ", ".join(
+        f"{name} {seconds / total_tasks * 1e6:.0f}" for name, seconds in cpu.items()
+    )
+    print(f"CPU per task (us): {per_task}; wall {sum(durations) / total_tasks * 1e6:.0f}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, overload
@@ -12,9 +11,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 
 from codeyard.bus import subjects
+from codeyard.bus.pipeline import PubAck, PublishPipeline
 from codeyard.bus.store import VersionedStore
 from codeyard.bus.topology import Topology, ensure_topology
 from codeyard.schemas.codec import MessageError, decode, encode
@@ -41,6 +40,7 @@ class Bus:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.topology = topology
+        self.pipeline = PublishPipeline(nc)
 
     @classmethod
     async def connect(
@@ -96,21 +96,24 @@ class Bus:
 
     async def publish(self, subject: str, message: Envelope, timeout: float = 5.0) -> PubAck:
         """Store `message` durably; returns once the stream has it."""
-        return await self.js.publish(
-            subject, encode(message), timeout=timeout, headers={MSG_ID_HEADER: message.msg_id}
-        )
+        [ack] = await self.publish_many([(subject, message)], timeout)
+        return ack
 
     async def publish_many(
         self, items: Sequence[tuple[str, Envelope]], timeout: float = 10.0
     ) -> list[PubAck]:
-        """Pipelined publishes: all sent at once, then every ack awaited."""
-        futures = [
-            await self.js.publish_async(
-                subject, encode(message), headers={MSG_ID_HEADER: message.msg_id}
-            )
+        """Pipelined publishes: all sent at once, then every ack awaited; raises the first
+        failure (`PublishError`, or `TimeoutError` when the server did not answer)."""
+        pending = [
+            await self.pipeline.publish(subject, encode(message), {MSG_ID_HEADER: message.msg_id})
             for subject, message in items
         ]
-        return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+        acks = []
+        for outcome in await self.pipeline.wait(pending, timeout):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            acks.append(outcome)
+        return acks
 
     async def emit(self, event: RunEvent) -> PubAck:
         """Append an event to its run's events stream."""

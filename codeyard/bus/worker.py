@@ -72,6 +72,31 @@ def _run_id_of(payload: bytes) -> str:
     return run_id if isinstance(run_id, str) and _ID.match(run_id) else ""
 
 
+class Heartbeat:
+    """Sends `in_progress()` for `msg` every `interval` seconds until stopped. A timer rather
+    than a task per message: most handlers finish before the first beat."""
+
+    def __init__(self, msg: Msg, interval: float) -> None:
+        self._msg = msg
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(interval, self._beat)
+        self._sending: asyncio.Task[None] | None = None
+
+    def _beat(self) -> None:
+        self._sending = self._loop.create_task(self._send())
+        self._timer = self._loop.call_later(self._interval, self._beat)
+
+    async def _send(self) -> None:
+        try:
+            await self._msg.in_progress()
+        except Exception as exc:  # the ack_wait timer will tell, no need to stop the handler
+            log.debug("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
 class PullWorker:
     """Serves one role's durable consumer with up to `concurrency` handlers at once.
 
@@ -170,7 +195,7 @@ class PullWorker:
                 msg, item, WorkFailed(role=self.role, reason=reason, deliveries=deliveries)
             )
             return
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        heartbeat = Heartbeat(msg, self._heartbeat)
         try:
             result = await self.handler(item)
         except asyncio.CancelledError:
@@ -194,17 +219,9 @@ class PullWorker:
                 await self._retry(msg, item, exc, None)
             return
         finally:
-            heartbeat.cancel()
+            heartbeat.stop()
         await self._finish(msg, item, result)
         self.stats.handled += 1
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat)
-            try:
-                await msg.in_progress()
-            except Exception as exc:  # the ack_wait timer will tell, no need to stop the handler
-                log.debug("heartbeat failed: %s", exc)
 
     async def _retry(self, msg: Msg, item: WorkItem, exc: Exception, delay: float | None) -> None:
         deliveries = msg.metadata.num_delivered

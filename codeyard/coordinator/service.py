@@ -25,7 +25,7 @@ from nats.aio.subscription import Subscription
 from codeyard.bus import subjects
 from codeyard.bus.connection import MSG_ID_HEADER, Bus
 from codeyard.bus.consumer import PullConsumer
-from codeyard.bus.pipeline import Pending, PublishError, PublishPipeline
+from codeyard.bus.pipeline import Pending, PublishError
 from codeyard.bus.store import StaleRevision, VersionedStore
 from codeyard.coordinator.effects import (
     CancelWork,
@@ -158,7 +158,7 @@ class Coordinator:
         self._store: RunStore | None = None
         self._approvals: VersionedStore[PendingApproval] | None = None
         self._lease: LeaderLease | None = None
-        self._pipeline = PublishPipeline(bus.nc)
+        self._pipeline = bus.pipeline
         self._unacked = 0  # results delivered to the inbox and not yet acked
         self._acked = asyncio.Event()
 
@@ -195,7 +195,6 @@ class Coordinator:
         subscriptions: list[Subscription] = []
         self._inbox = asyncio.Queue()
         self._unacked = 0
-        self._pipeline = PublishPipeline(self.bus.nc)
         try:
             await self._load_runs()
             subscriptions = await self._serve_control()
