@@ -9,6 +9,10 @@ from codeyard.schemas.model import Run, TaskState
 
 
 class Integrator(Protocol):
+    # True when merging touches nothing outside the run record: the coordinator then applies
+    # the merge in the same step as the approval instead of after that step is durable.
+    inline: bool
+
     async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         """Apply the task's approved patch to the run's integration head."""
         ...
@@ -24,6 +28,8 @@ class LedgerIntegrator:
     This is what the coordinator uses until a workspace is attached: the task graph, ordering
     and delivery guarantees are exercised in full, but no repository is touched.
     """
+
+    inline = True
 
     async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         return Merged(task_id, attempt)

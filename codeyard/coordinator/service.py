@@ -326,6 +326,11 @@ class Coordinator:
                 else:
                     reply = await self._on_control(item.request, commit, now)
                     commit.replies.append((item, reply))
+            while self.integrator.inline and commit.merges:
+                merges, commit.merges = commit.merges, []
+                for run_id, work in merges:
+                    if open_run := self._open.get(run_id):
+                        self._apply(open_run, await self._outcome(open_run, work), commit, now)
             await self._flush(commit)
             self.stats.steps += 1
 
@@ -460,15 +465,13 @@ class Coordinator:
             asyncio.create_task(self._integrate(run_id, work))  # noqa: RUF006 - result via inbox
 
     async def _integrate(self, run_id: str, work: Merge | Integrate) -> None:
-        open_run = self._open.get(run_id)
-        if open_run is None:
-            return
-        event: Event
+        if open_run := self._open.get(run_id):
+            self._inbox.put_nowait(FollowUp(run_id, await self._outcome(open_run, work)))
+
+    async def _outcome(self, open_run: OpenRun, work: Merge | Integrate) -> Event:
         if isinstance(work, Merge):
-            event = await self.integrator.merge(open_run.run, work.task_id, work.attempt)
-        else:
-            event = await self.integrator.integrate(open_run.run)
-        self._inbox.put_nowait(FollowUp(run_id, event))
+            return await self.integrator.merge(open_run.run, work.task_id, work.attempt)
+        return await self.integrator.integrate(open_run.run)
 
     # --- control API --------------------------------------------------------------------------
 
