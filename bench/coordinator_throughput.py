@@ -10,7 +10,8 @@ request/reply on the same server, measured in the same invocation.
 - throughput: tasks / (submit -> run done). Each task is 3 work items (code, test, review),
   3 results, a merge and ~6 state changes, each written to KV and the events stream.
 - dispatch latency: a work item's creation in the coordinator (`sent_at`) -> the worker's
-  handler starting on it.
+  handler starting on it; under full load (the DAG runs) and with one task in flight at a time
+  (a chain), where no batch of other work shares the coordinator's step.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from codeyard.schemas import (
     RunState,
     RunStateChanged,
     SubmitRun,
+    TaskSpec,
     TestResult,
     WorkItem,
     decode,
@@ -72,9 +74,16 @@ async def noop(item: WorkItem, latencies: list[float]) -> Result:
     return TestResult(passed=True)
 
 
-async def one_run(bus: Bus, tasks: int, seed: int) -> float:
+def chain(tasks: int) -> list[TaskSpec]:
+    return [
+        TaskSpec(id=f"c{i}", title=f"step {i}", deps=[f"c{i - 1}"] if i else [])
+        for i in range(tasks)
+    ]
+
+
+async def one_run(bus: Bus, tasks: int, seed: int, *, sequential: bool = False) -> float:
     """Seconds from submit to the run's `done` event."""
-    plan = random_plan(tasks, seed=seed)
+    plan = chain(tasks) if sequential else random_plan(tasks, seed=seed)
     run_id = f"bench{seed}"
     finished: asyncio.Future[RunStateChanged] = asyncio.get_running_loop().create_future()
 
@@ -163,6 +172,11 @@ async def main() -> None:
                 p50s.append(percentile(latencies, 0.5))
                 p99s.append(percentile(latencies, 0.99))
             cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items() if pid}
+            idle_p50s = []
+            for seed in range(args.runs):
+                latencies.clear()
+                await one_run(bus, 100, 100 + seed, sequential=True)
+                idle_p50s.append(percentile(latencies, 0.5))
         finally:
             stop.set()
             await asyncio.gather(*workers)
@@ -176,6 +190,8 @@ async def main() -> None:
     print(f"coordinator throughput:  {rate:8.0f} tasks/s   ({3 * rate:.0f} work items/s)")
     print(f"dispatch latency p50:    {statistics.median(p50s) * 1000:8.2f} ms")
     print(f"dispatch latency p99:    {statistics.median(p99s) * 1000:8.2f} ms")
+    idle_p50 = statistics.median(idle_p50s) * 1000
+    print(f"dispatch latency p50 on a 100-task chain (one task in flight): {idle_p50:.2f} ms")
     print(f"baseline nats req/reply: {baseline_rate:8.0f} req/s, p50 {baseline_p50 * 1000:.2f} ms")
     print(f"ratio tasks/s to baseline req/s: {rate / baseline_rate:.2f}")
     total_tasks = args.tasks * args.runs
