@@ -53,6 +53,11 @@ def events_subject(run_id: str) -> str:
     return f"cy.events.{run_id or DEAD_LETTER_RUN}"
 
 
+def cancel_subject(run_id: str) -> str:
+    """Core NATS (not stored): tells workers to drop work of a run that no longer needs it."""
+    return f"cy.cancel.{run_id}"
+
+
 def ctl_subject(verb: str) -> str:
     return f"{CTL_PREFIX}.{verb}"
 

@@ -27,7 +27,7 @@ from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.topology import ensure_role_consumer
 from codeyard.schemas.codec import MessageError, decode
 from codeyard.schemas.envelope import ID_PATTERN
-from codeyard.schemas.messages import DeadLetter, Result, WorkFailed, WorkItem
+from codeyard.schemas.messages import DeadLetter, Result, WorkCancelled, WorkFailed, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,9 @@ class PullWorker:
         self._result_subject = subjects.result_subject(self.role)
         self._consumer = subjects.consumer_name(self.role)
         self._heartbeat = bus.topology.ack_wait / 3
+        # handlers running, by the (run, task, attempt) of their item; and those withdrawn
+        self._running: dict[tuple[str, str, int], asyncio.Task[Result]] = {}
+        self._withdrawn: set[tuple[str, str, int]] = set()
 
     @property
     def js(self) -> JetStreamContext:
@@ -156,6 +159,9 @@ class PullWorker:
         )
         consumer.on_request_end = wake.set
         await consumer.start()
+        cancellations = await self.bus.nc.subscribe(
+            subjects.cancel_subject("*"), cb=self._on_cancel
+        )
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -173,6 +179,7 @@ class PullWorker:
         finally:
             stopping.cancel()
             await consumer.stop()
+            await cancellations.unsubscribe()
             if inflight:
                 _, pending = await asyncio.wait(inflight, timeout=grace)
                 for task in pending:
@@ -196,10 +203,19 @@ class PullWorker:
             )
             return
         heartbeat = Heartbeat(msg, self._heartbeat)
+        key = (item.run_id, item.task_id, item.attempt)
+        running = asyncio.ensure_future(self.handler(item))
+        self._running[key] = running
         try:
-            result = await self.handler(item)
+            result = await running
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
+            if key in self._withdrawn:  # the coordinator no longer wants it: drop it for good
+                self._withdrawn.discard(key)
+                log.info("%s: dropped withdrawn work %s", self.role, item.msg_id)
+                with contextlib.suppress(Exception):
+                    await msg.term()
+                return
+            with contextlib.suppress(Exception):  # shutting down: someone else should do it
                 await asyncio.shield(msg.nak())
             raise
         except RetryLater as exc:
@@ -220,8 +236,21 @@ class PullWorker:
             return
         finally:
             heartbeat.stop()
+            self._running.pop(key, None)
         await self._finish(msg, item, result)
         self.stats.handled += 1
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            notice = decode(msg.data, WorkCancelled)
+        except MessageError as exc:
+            log.warning("%s: ignoring a malformed cancellation: %s", self.role, exc)
+            return
+        key = (notice.run_id, notice.task_id, notice.attempt)
+        running = self._running.get(key)
+        if running is not None and not running.done():
+            self._withdrawn.add(key)
+            running.cancel()
 
     async def _retry(self, msg: Msg, item: WorkItem, exc: Exception, delay: float | None) -> None:
         deliveries = msg.metadata.num_delivered

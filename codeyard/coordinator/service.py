@@ -54,7 +54,13 @@ from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import LeaderLease
 from codeyard.coordinator.result_events import event_for
 from codeyard.coordinator.run_store import PendingWrite, RunStore, StoredRun, confirm
-from codeyard.coordinator.work_items import derived_id, run_event, task_changes, work_item
+from codeyard.coordinator.work_items import (
+    derived_id,
+    run_event,
+    task_changes,
+    work_cancelled,
+    work_item,
+)
 from codeyard.schemas.codec import MessageError, decode, encode
 from codeyard.schemas.envelope import Envelope, new_id
 from codeyard.schemas.messages import (
@@ -74,6 +80,7 @@ from codeyard.schemas.messages import (
     StatusQuery,
     SubmitRun,
     TestResult,
+    WorkCancelled,
 )
 from codeyard.schemas.model import Budget, Run, RunState
 
@@ -123,6 +130,7 @@ class Commit:
     approvals: list[PendingApproval] = field(default_factory=list)
     merges: list[tuple[str, Merge | Integrate]] = field(default_factory=list)
     finished: set[str] = field(default_factory=set)
+    cancellations: list[WorkCancelled] = field(default_factory=list)
     answered_approvals: list[str] = field(default_factory=list)
     acks: list[Msg] = field(default_factory=list)
     replies: list[tuple[ControlCall, Envelope]] = field(default_factory=list)
@@ -418,9 +426,11 @@ class Coordinator:
                 case RunFinished():
                     commit.finished.add(run_id)
                 case CancelWork():
-                    # Workers learn of it from the task's `cancelled` event; a late result
-                    # for the attempt is ignored by the engine.
-                    log.info("run %s: work of %s cancelled", run_id, effect.task_id or "plan")
+                    # Recorded on the events, then told to the workers once durable; a result
+                    # that comes anyway is ignored by the engine.
+                    notice = work_cancelled(run, effect)
+                    commit.messages.append((events, notice))
+                    commit.cancellations.append(notice)
                 case Ignored():
                     pass
 
@@ -459,6 +469,8 @@ class Coordinator:
         for call, reply in commit.replies:
             if not call.reply.done():
                 call.reply.set_result(reply)
+        for notice in commit.cancellations:
+            await self.bus.nc.publish(subjects.cancel_subject(notice.run_id), encode(notice))
         for run_id in commit.finished:
             self._open.pop(run_id, None)
         for run_id, work in commit.merges:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import hashlib
 from typing import TypedDict
 
-from codeyard.coordinator.effects import CODER, PLANNER, TESTER, Dispatch, RunMoved, TaskMoved
+from codeyard.coordinator.effects import (
+    CODER,
+    PLANNER,
+    TESTER,
+    CancelWork,
+    Dispatch,
+    RunMoved,
+    TaskMoved,
+)
 from codeyard.schemas.messages import (
     CodeRequest,
     PlanRequest,
@@ -18,6 +26,7 @@ from codeyard.schemas.messages import (
     TaskChange,
     TaskStatesChanged,
     TestRequest,
+    WorkCancelled,
     WorkItem,
 )
 from codeyard.schemas.model import Patch, Run
@@ -106,4 +115,15 @@ def run_event(run: Run, moved: RunMoved) -> RunStateChanged:
         state=moved.state,
         previous=moved.previous,
         reason=moved.reason[:20_000],
+    )
+
+
+def work_cancelled(run: Run, cancel: CancelWork) -> WorkCancelled:
+    return WorkCancelled(
+        run_id=run.run_id,
+        task_id=cancel.task_id,
+        attempt=cancel.attempt,
+        trace_id=run.run_id,
+        msg_id=derived_id(run.run_id, "cancel", cancel.task_id, cancel.attempt),
+        reason=run.error[:20_000],
     )

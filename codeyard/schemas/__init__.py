@@ -37,6 +37,7 @@ from codeyard.schemas.messages import (
     TestRequest,
     TestResult,
     UsageReported,
+    WorkCancelled,
     WorkFailed,
     WorkItem,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "TestResult",
     "Usage",
     "UsageReported",
+    "WorkCancelled",
     "WorkFailed",
     "WorkItem",
     "decode",

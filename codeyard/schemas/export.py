@@ -66,6 +66,7 @@ def _template(subject_of: Callable[[str], str], sample: str, parameter: str) -> 
 WORK_ADDRESS = _template(subjects.work_subject, "planner", "role")
 RESULT_ADDRESS = _template(subjects.result_subject, "planner", "role")
 EVENTS_ADDRESS = _template(subjects.events_subject, "run", "run_id")
+CANCEL_ADDRESS = _template(subjects.cancel_subject, "run", "run_id")
 CTL_ADDRESS = _template(subjects.ctl_subject, "submit", "verb")
 
 FAMILIES: tuple[Family, ...] = (
@@ -277,6 +278,20 @@ def _channels() -> JsonObject:
             },
             "messages": _channel_messages(events.members),
         },
+        "cancel": {
+            "address": CANCEL_ADDRESS,
+            "title": "Work cancellation",
+            "description": (
+                "Core NATS, not stored: the coordinator tells workers to stop and drop the work "
+                "of a cancelled or failed run. The same message is recorded on the run's events."
+            ),
+            "parameters": {
+                "run_id": _id_parameter(
+                    f"The run's id (pattern `{ID_PATTERN}`).", ["3f2a9c0d5b7e4e1f8a6b2c4d9e0f1a2b"]
+                )
+            },
+            "messages": _channel_messages((messages.WorkCancelled,)),
+        },
         "gateCheck": {
             "address": subjects.GATE_CHECK,
             "title": "Safety gate",
@@ -370,6 +385,15 @@ def _operations() -> JsonObject:
         ),
         "followEvents": _operation(
             "receive", "events", events, "The CLI or a dashboard follows a run."
+        ),
+        "cancelWork": _operation(
+            "send", "cancel", (messages.WorkCancelled,), "The coordinator withdraws work."
+        ),
+        "dropWork": _operation(
+            "receive",
+            "cancel",
+            (messages.WorkCancelled,),
+            "Workers stop and drop withdrawn work they are running.",
         ),
         "checkAction": _operation(
             "send",

@@ -173,6 +173,14 @@ class UsageReported(Envelope, kw_only=True, frozen=True):
     model: str = ""
 
 
+class WorkCancelled(Envelope, kw_only=True, frozen=True):
+    """The coordinator no longer wants the work of (`task_id`, `attempt`) (the planning when
+    `task_id` is empty): the run was cancelled or failed. Recorded on the run's events and sent
+    to the workers on `cy.cancel.<run_id>`; a worker running it stops and drops the item."""
+
+    reason: LongText = ""
+
+
 class GateAudit(Envelope, kw_only=True, frozen=True):
     check: ActionCheck
     decision: GateDecision
@@ -188,7 +196,15 @@ class DeadLetter(Envelope, kw_only=True, frozen=True):
     payload_bytes: int
 
 
-RunEvent = RunStateChanged | TaskStatesChanged | Progress | UsageReported | GateAudit | DeadLetter
+RunEvent = (
+    RunStateChanged
+    | TaskStatesChanged
+    | WorkCancelled
+    | Progress
+    | UsageReported
+    | GateAudit
+    | DeadLetter
+)
 
 
 # --- control: cy.ctl.<verb> request/reply to the coordinator ----------------------------------

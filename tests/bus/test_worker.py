@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from codeyard.bus import Bus, GiveUp, PullWorker, RetryLater
-from codeyard.bus.subjects import EVENT_STREAM, WORK_STREAM, work_subject
+from codeyard.bus.subjects import EVENT_STREAM, WORK_STREAM, cancel_subject, work_subject
 from codeyard.bus.worker import result_msg_id
 from codeyard.schemas import (
     CodeRequest,
@@ -22,9 +22,11 @@ from codeyard.schemas import (
     Result,
     RunEvent,
     TaskSpec,
+    WorkCancelled,
     WorkFailed,
     WorkItem,
     decode,
+    encode,
 )
 from tests.bus.results import collect_results
 
@@ -292,3 +294,27 @@ async def test_no_result_is_stored_twice_when_a_worker_republishes(bus: Bus) -> 
     assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 1
     [stored] = await collect_results(bus, 1)
     assert stored == result
+
+
+async def test_withdrawn_work_is_stopped_and_dropped(bus: Bus) -> None:
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def endless(item: WorkItem) -> Result:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        raise AssertionError("unreachable")
+
+    await bus.publish(work_subject("coder"), code_request("t-withdrawn"))
+    async with serving(PullWorker(bus, "coder", endless)):
+        await asyncio.wait_for(started.wait(), 5)
+        notice = WorkCancelled(run_id="run1", task_id="t-withdrawn", attempt=1, reason="cancelled")
+        await bus.nc.publish(cancel_subject("run1"), encode(notice))
+        await asyncio.wait_for(stopped.wait(), 5)
+        await asyncio.sleep(0.2)
+        info = await bus.js.consumer_info(WORK_STREAM, "coder")
+    assert info.num_ack_pending == 0  # dropped for good, not redelivered
+    assert info.num_pending == 0
+    assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0  # and nothing answered

@@ -23,15 +23,18 @@ from codeyard.schemas import (
     ControlReply,
     Deny,
     ListApprovals,
+    Result,
     RunState,
     StatusQuery,
     SubmitRun,
     TaskSpec,
     TaskState,
+    WorkCancelled,
+    WorkItem,
     decode,
 )
 from codeyard.testing.scripted_worker import Script
-from tests.coordinator.harness import ask, status, wait_until
+from tests.coordinator.harness import ask, run_events, status, wait_until
 
 
 @pytest.fixture
@@ -214,3 +217,33 @@ async def test_status_of_all_runs_lists_headers(bus: Bus, coordinator: Coordinat
     runs = reply.runs  # type: ignore[union-attr]
     assert [run.run_id for run in runs] == ["s1", "s2"]
     assert all(run.tasks == {} for run in runs)
+
+
+async def test_cancelling_a_run_stops_the_work_in_flight(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def slow_coder(item: WorkItem) -> Result:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        raise AssertionError("unreachable")
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(PullWorker(bus, "coder", slow_coder).run(stop, grace=1))
+    plan = [TaskSpec(id="x", title="x")]
+    await ask(bus, "submit", SubmitRun(run_id="r5", goal="g", plan=plan))
+    await asyncio.wait_for(started.wait(), 10)
+    reply = await ask(bus, "cancel", CancelRun(run_id="r5", reason="wrong repo"))
+    assert isinstance(reply, Accepted)
+    await asyncio.wait_for(stopped.wait(), 10)  # the coder was told and stopped
+    stop.set()
+    await worker
+
+    events = await run_events(bus, "r5")
+    [notice] = [e for e in events if isinstance(e, WorkCancelled)]
+    assert (notice.task_id, notice.attempt) == ("x", 1)
+    assert notice.reason == "wrong repo"

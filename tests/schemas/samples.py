@@ -209,6 +209,7 @@ def sample_messages() -> list[Envelope]:
                 m.TaskChange(task_id="t2", attempt=0, state=TaskState.READY),
             ],
         ),
+        m.WorkCancelled(**_envelope(1, n=28), reason="run cancelled by ana"),
         m.Progress(**_envelope(1, n=14), role="coder", message="editing app/auth.py (2/3 files)"),
         m.UsageReported(**_envelope(1, n=15), role="coder", usage=USAGE, model="gpt-4o-mini"),
         m.GateAudit(**_envelope(1, n=16), check=check, decision=decision),
