@@ -65,7 +65,7 @@ async def workers(bus: Bus, tmp_path: Path) -> AsyncIterator[None]:
     stop = asyncio.Event()
     running = [
         asyncio.create_task(PullWorker(bus, role, script.answer).run(stop, grace=1))
-        for role in ("planner", "coder", "tester", "review")
+        for role in ("planner", "coder", "tester", "review", "review.security")
     ]
     yield
     stop.set()
@@ -90,6 +90,22 @@ async def test_goal_without_plan_is_planned_then_executed(
     assert [run.tasks[t].state for t in "abc"] == [TaskState.MERGED] * 3
     assert run.tasks["a"].patch is not None
     assert run.tasks["a"].patch.text == "+ a attempt 1\n"
+
+
+async def test_every_required_reviewer_must_approve(
+    bus: Bus, coordinator: Coordinator, workers: None
+) -> None:
+    plan = [
+        TaskSpec(id="x", title="x"),
+        TaskSpec(id="y", title="y", deps=["x"], reviewers=["review.security"]),
+    ]
+    submit = SubmitRun(run_id="rv", goal="g", plan=plan, reviewers=["review", "review.security"])
+    await ask(bus, "submit", submit)
+    run = await wait_until(bus, "rv", timeout=30)
+    assert run.state is RunState.DONE
+    # the run's default applies where a task names none; a task's own list replaces it
+    assert run.tasks["x"].approvals == {"review": True, "review.security": True}
+    assert run.tasks["y"].approvals == {"review.security": True}
 
 
 async def test_a_cyclic_plan_is_refused_naming_the_cycle(
