@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from codeyard import __version__
-from codeyard.bus import Bus, EmbeddedNats, EmbeddedServerError
+from codeyard.bus import Bus, EmbeddedServerError
 from codeyard.config import Settings
 
 app = typer.Typer(
@@ -48,44 +48,22 @@ def schemas_export(
     console.print(f"wrote {len(written)} files to {directory}")
 
 
-async def _serve_until_signalled(settings: Settings) -> None:
-    server: EmbeddedNats | None = None
-    url = settings.nats_url
-    if not url:
-        server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
-        await asyncio.to_thread(server.start)
-        url = server.url
-        console.print(f"embedded nats-server with JetStream at [bold]{url}[/bold]")
-        console.print(f"store: {server.store_dir}")
-    try:
-        bus = await Bus.connect(url, name="codeyard-up", topology=settings.topology())
-        await bus.setup()
-        await bus.close()
-        console.print("streams, consumers and buckets ready; Ctrl-C stops")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-    finally:
-        if server:
-            await asyncio.to_thread(server.stop)
-            console.print("embedded nats-server stopped")
-
-
 @app.command()
 def up() -> None:
     """Start codeyard on this machine.
 
     With NATS_URL unset, starts an embedded nats-server (JetStream, loopback only, store under the
     user's data dir; port CODEYARD_NATS_PORT, default 4222). With NATS_URL set, uses that server.
-    Either way the streams, consumers and buckets are created or updated.
+    Either way the streams, consumers and buckets are created or updated, and then the
+    coordinator runs as a child process, restarted if it crashes. Ctrl-C stops everything.
 
     Example: [bold]codeyard up[/bold]
     """
+    from codeyard.launch import run_up
+
     settings = Settings()
     try:
-        asyncio.run(_serve_until_signalled(settings))
+        asyncio.run(run_up(settings, console))
     except EmbeddedServerError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

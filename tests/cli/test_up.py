@@ -12,6 +12,8 @@ from pathlib import Path
 from codeyard.bus import Bus
 from codeyard.bus.embedded import free_port
 from codeyard.bus.subjects import EVENT_STREAM, RESULT_STREAM, WORK_STREAM
+from codeyard.schemas import RunStatus, StatusQuery
+from tests.coordinator.harness import ask
 
 
 async def test_up_runs_an_embedded_server_until_sigterm(tmp_path: Path) -> None:
@@ -32,8 +34,10 @@ async def test_up_runs_an_embedded_server_until_sigterm(tmp_path: Path) -> None:
 
         bus = await Bus.connect(f"nats://127.0.0.1:{port}")
         streams = {s.config.name for s in await bus.js.streams_info()}
+        status = await ask(bus, "status", StatusQuery())  # the coordinator child answers
         await bus.close()
         assert {WORK_STREAM, RESULT_STREAM, EVENT_STREAM} <= streams
+        assert isinstance(status, RunStatus)
         assert (tmp_path / "nats" / "jetstream").is_dir()
     finally:
         process.send_signal(signal.SIGTERM)

@@ -1,0 +1,105 @@
+"""Keeps a set of child processes running: `codeyard up` runs every role this way.
+
+A child that exits is started again after a backoff that grows while it keeps crashing and
+resets once it has stayed up a while. Stopping sends SIGTERM to every child, waits for them to
+finish their in-flight work, then kills what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str] | None = None
+
+
+@dataclass
+class ChildState:
+    spec: ChildSpec
+    process: asyncio.subprocess.Process | None = None
+    starts: int = 0
+    exits: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        children: Sequence[ChildSpec],
+        *,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        stable_after: float = 30.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self.children = {spec.name: ChildState(spec) for spec in children}
+        if len(self.children) != len(children):
+            raise ValueError("child names must be unique")
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._stable_after = stable_after
+        self._stop_timeout = stop_timeout
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every child until `stop` is set, then stop them all."""
+        keepers = [asyncio.create_task(self._keep(state, stop)) for state in self.children.values()]
+        try:
+            await stop.wait()
+        finally:
+            await self._stop_all()
+            for keeper in keepers:
+                keeper.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
+
+    async def _keep(self, state: ChildState, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._backoff
+        while not stop.is_set():
+            started = loop.time()
+            state.process = await asyncio.create_subprocess_exec(
+                *state.spec.argv, env=dict(state.spec.env) if state.spec.env else None
+            )
+            state.starts += 1
+            log.info("started %s (pid %s)", state.spec.name, state.process.pid)
+            code = await state.process.wait()
+            state.exits.append(code)
+            if stop.is_set():
+                return
+            delay = self._backoff if loop.time() - started > self._stable_after else delay
+            log.warning("%s exited with %s; restarting in %.1fs", state.spec.name, code, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, self._max_backoff)
+
+    async def _stop_all(self) -> None:
+        running = [
+            s.process
+            for s in self.children.values()
+            if s.process is not None and s.process.returncode is None
+        ]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        if not running:
+            return
+        _, late = await asyncio.wait(
+            [asyncio.create_task(p.wait()) for p in running], timeout=self._stop_timeout
+        )
+        for process in running:
+            if process.returncode is None:
+                log.warning("killing pid %s: did not stop in time", process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        for task in late:
+            task.cancel()

@@ -1,0 +1,34 @@
+"""The supervisor keeps children running and stops them all on request."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from codeyard.supervisor import ChildSpec, Supervisor
+
+
+async def test_a_crashing_child_is_restarted_and_stop_ends_every_child(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    crashing = ChildSpec(
+        "crasher",
+        [sys.executable, "-c", f"open({str(starts)!r}, 'a').write('x'); raise SystemExit(3)"],
+    )
+    steady = ChildSpec("steady", [sys.executable, "-c", "import time; time.sleep(600)"])
+    supervisor = Supervisor([crashing, steady], backoff=0.05, max_backoff=0.1, stop_timeout=5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    for _ in range(200):
+        if starts.exists() and len(starts.read_text()) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(running, 10)
+
+    crasher, sleeper = supervisor.children["crasher"], supervisor.children["steady"]
+    assert crasher.starts >= 3
+    assert set(crasher.exits[:2]) == {3}
+    assert sleeper.starts == 1  # never restarted: it never exited on its own
+    assert sleeper.process is not None
+    assert sleeper.process.returncode is not None  # stopped by the supervisor
