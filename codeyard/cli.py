@@ -24,8 +24,8 @@ app = typer.Typer(
 )
 schemas_app = typer.Typer(help="Wire-message schemas, for agents written in any language.")
 app.add_typer(schemas_app, name="schemas")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # never break lines that scripts may grep
+err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command()
@@ -70,6 +70,98 @@ def up() -> None:
     except (OSError, nats.errors.Error) as exc:
         err.print(f"[red]error:[/red] cannot reach NATS at {settings.nats_url}: {exc!r}")
         raise typer.Exit(1) from None
+
+
+@app.command()
+def run(
+    goal: Annotated[str, typer.Argument(help="what to build, in plain words")],
+    repo: Annotated[
+        Path, typer.Option(exists=True, file_okay=False, help="the git repository to work on")
+    ] = Path("."),
+    plan: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="a JSON list of tasks; skips the planner"),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="choose the run id (resubmitting is safe)")
+    ] = None,
+    approve_plan: Annotated[
+        bool, typer.Option(help="wait for a person to approve the plan")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to follow before giving up")] = 3600.0,
+) -> None:
+    """Submit a goal and follow the run until it ends.
+
+    Exits 0 when every task is merged, 1 when the run failed or was cancelled, 2 on bad input.
+
+    Example: [bold]codeyard run "add a /health endpoint" --repo ./service[/bold]
+    """
+    import msgspec
+
+    from codeyard.follow import RunRefused, submit_and_follow
+    from codeyard.schemas import (
+        MessageError,
+        RepoRef,
+        RunState,
+        SubmitRun,
+        TaskSpec,
+        TaskState,
+        decode,
+        new_id,
+    )
+
+    repo = repo.resolve()
+    if not (repo / ".git").exists():
+        err.print(f"[red]error:[/red] {repo} is not a git repository (no .git)")
+        raise typer.Exit(2)
+    tasks = None
+    if plan is not None:
+        try:
+            tasks = decode(plan.read_bytes(), list[TaskSpec])
+        except MessageError as exc:
+            err.print(f"[red]error:[/red] {plan} is not a list of tasks: {exc}")
+            raise typer.Exit(2) from None
+    try:
+        submit = SubmitRun(
+            run_id=run_id or new_id()[:16],
+            goal=goal,
+            repo=RepoRef(path=str(repo)),
+            plan=tasks,
+            approve_plan=approve_plan,
+        )
+    except msgspec.ValidationError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    settings = Settings()
+    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+
+    async def follow() -> RunState:
+        bus = await Bus.connect(url, name="codeyard-run", connect_attempts=4)
+        try:
+            console.print(f"run {submit.run_id}: {goal}")
+            final = await submit_and_follow(bus, submit, console, timeout)
+        finally:
+            await bus.close()
+        merged = sum(task.state is TaskState.MERGED for task in final.tasks.values())
+        console.print(f"run {final.run_id} {final.state}: {merged}/{len(final.tasks)} tasks merged")
+        if final.error:
+            console.print(f"reason: {final.error}", markup=False)
+        return final.state
+
+    try:
+        state = asyncio.run(follow())
+    except RunRefused as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except TimeoutError:
+        err.print(f"[red]error:[/red] the run did not finish within {timeout:.0f}s")
+        raise typer.Exit(1) from None
+    except (OSError, nats.errors.Error) as exc:
+        err.print(
+            f"[red]error:[/red] cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)"
+        )
+        raise typer.Exit(1) from None
+    raise typer.Exit(0 if state == RunState.DONE else 1)
 
 
 async def _coordinate(settings: Settings, name: str | None, capacity: int) -> None:

@@ -1,0 +1,119 @@
+"""`codeyard run` against `codeyard up` and scripted workers, all real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from codeyard.bus.embedded import free_port
+from codeyard.schemas import TaskSpec
+
+
+@pytest.fixture
+async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """`codeyard up` on a free port, plus scripted workers; yields the environment to use."""
+    port = free_port()
+    env = os.environ | {
+        "CODEYARD_DATA_DIR": str(tmp_path / "data"),
+        "CODEYARD_NATS_PORT": str(port),
+        "NATS_URL": "",
+    }
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "codeyard", "up", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    assert up.stdout is not None
+    while b"Ctrl-C stops" not in await asyncio.wait_for(up.stdout.readline(), 30):
+        pass
+    workers = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "codeyard.testing.scripted_worker",
+        "--roles",
+        "coder,tester,review",
+        "--fail-tests",
+        "b",
+        env=env | {"NATS_URL": f"nats://127.0.0.1:{port}"},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert workers.stdout is not None
+    assert await asyncio.wait_for(workers.stdout.readline(), 30) == b"READY\n"
+    try:
+        yield env
+    finally:
+        for process in (workers, up):
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    return path
+
+
+def codeyard_run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "codeyard", "run", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_run_follows_a_run_to_the_end(
+    codeyard_up: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(
+        msgspec.json.encode(
+            [
+                TaskSpec(id="a", title="models"),
+                TaskSpec(id="b", title="api", deps=["a"]),
+                TaskSpec(id="c", title="docs", deps=["b"]),
+            ]
+        )
+    )
+    args = ("add an api", "--repo", str(repo), "--plan", str(plan), "--run-id", "r1")
+    result = await asyncio.to_thread(codeyard_run, codeyard_up, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "b: coding (attempt 2)" in result.stdout  # the failed test sent it back
+    assert "run r1 done: 3/3 tasks merged" in result.stdout
+
+
+async def test_bad_input_is_refused_clearly(
+    codeyard_up: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    cyclic = tmp_path / "cyclic.json"
+    cyclic.write_bytes(
+        msgspec.json.encode(
+            [TaskSpec(id="a", title="a", deps=["b"]), TaskSpec(id="b", title="b", deps=["a"])]
+        )
+    )
+    refused = await asyncio.to_thread(
+        codeyard_run, codeyard_up, "g", "--repo", str(repo), "--plan", str(cyclic)
+    )
+    assert refused.returncode == 1
+    assert "cycle" in refused.stderr
+
+    not_a_repo = await asyncio.to_thread(codeyard_run, codeyard_up, "g", "--repo", str(tmp_path))
+    assert not_a_repo.returncode == 2
+    assert "not a git repository" in not_a_repo.stderr
+
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text('[{"id": "a"}]')
+    bad_plan = await asyncio.to_thread(
+        codeyard_run, codeyard_up, "g", "--repo", str(repo), "--plan", str(garbage)
+    )
+    assert bad_plan.returncode == 2
+    assert "title" in bad_plan.stderr
