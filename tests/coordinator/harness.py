@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import nats.errors
 from nats.js.api import DeliverPolicy
 
 from codeyard.bus import Bus
-from codeyard.bus.subjects import EVENT_STREAM, LEADER_BUCKET, ctl_subject, events_subject
+from codeyard.bus.subjects import EVENT_STREAM, LEADER_BUCKET, events_subject
 from codeyard.coordinator.lease import LEASE_KEY
+from codeyard.follow import ask_coordinator
 from codeyard.schemas import (
     ControlError,
     ControlReply,
@@ -93,16 +93,7 @@ async def processes(url: str) -> AsyncIterator[Processes]:
 
 async def ask(bus: Bus, verb: str, request: Envelope, timeout: float = 30.0) -> ControlReply:
     """A control request, retried while no coordinator leads (startup, failover)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            reply: ControlReply = await bus.request(ctl_subject(verb), request, ControlReply)
-            return reply
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    return await ask_coordinator(bus, verb, request, patience=timeout)
 
 
 async def submit(bus: Bus, plan: Sequence[TaskSpec] | None, run_id: str = "run1") -> str:
