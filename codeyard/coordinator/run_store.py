@@ -55,23 +55,6 @@ class RunStore:
     async def open(cls, js: JetStreamContext) -> RunStore:
         return cls(js, await js.key_value(subjects.RUNS_BUCKET))
 
-    async def load_all(self) -> list[StoredRun]:
-        """Every run in the bucket, read in one pass over the latest value of each key."""
-        headers: dict[str, StoredRun] = {}
-        tasks: list[tuple[str, str, bytes, int]] = []
-        async for key, value, revision in self._latest(">"):
-            run_id, _, task_id = key.partition(".")
-            if task_id:
-                tasks.append((run_id, task_id, value, revision))
-            else:
-                headers[run_id] = StoredRun(decode(value, Run), {key: revision})
-        for run_id, task_id, value, revision in tasks:
-            stored = headers.get(run_id)
-            if stored is not None:
-                stored.run.tasks[task_id] = decode(value, Task)
-                stored.revisions[task_key(run_id, task_id)] = revision
-        return list(headers.values())
-
     async def load(self, run_id: str, *, tasks: bool = False) -> StoredRun | None:
         """One run's header, and with `tasks` every task too."""
         try:
@@ -90,7 +73,7 @@ class RunStore:
 
     async def headers(self) -> list[Run]:
         """Every run's header (tasks left out), oldest first."""
-        runs = [decode(value, Run) async for key, value, _ in self._latest(">") if "." not in key]
+        runs = [decode(value, Run) async for _, value, _ in self._latest("*")]  # one token: headers
         return sorted(runs, key=lambda run: run.created_at)
 
     async def _latest(self, keys: str) -> AsyncIterator[tuple[str, bytes, int]]:

@@ -250,9 +250,11 @@ class Coordinator:
     async def _load_runs(self) -> None:
         assert self._store is not None
         commit = Commit()
-        now = datetime.now(UTC)
-        for stored in await self._store.load_all():
-            if stored.run.state in (RunState.DONE, RunState.FAILED, RunState.CANCELLED):
+        for header in await self._store.headers():
+            if header.state in (RunState.DONE, RunState.FAILED, RunState.CANCELLED):
+                continue
+            stored = await self._store.load(header.run_id, tasks=True)
+            if stored is None:
                 continue
             try:
                 engine = RunEngine(stored.run, capacity=self.capacity)
@@ -263,8 +265,6 @@ class Coordinator:
             self._open[stored.run.run_id] = open_run
             # The previous leader may or may not have sent these; ids make re-sends harmless.
             self._execute(open_run, engine.outstanding_work(), commit, resend=True)
-            if not stored.run.tasks and stored.run.state is RunState.PLANNING:
-                self._execute(open_run, engine.handle(StartPlanning(), now), commit, resend=True)
         await self._flush(commit)
         log.info("%s resumed %d open runs", self.name, len(self._open))
 
