@@ -1,0 +1,187 @@
+"""`LLMClient` over `openai.AsyncOpenAI`, for any OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+
+from codeyard.llm.backoff import Backoff
+from codeyard.llm.client import ChatMessage, Completion, M
+from codeyard.llm.errors import InvalidOutput, LLMRejected, LLMUnavailable
+from codeyard.llm.settings import LLMSettings, RoleModel
+from codeyard.llm.tool_call import BadAnswer, ForcedTool
+from codeyard.schemas import Usage
+
+log = logging.getLogger(__name__)
+
+# The statuses the openai SDK itself treats as transient; any other 4xx is the request's fault.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+class OpenAIClient:
+    """Structured output by forced tool call, re-asked with the validation error when invalid,
+    retried with backoff when the endpoint fails. Use as an async context manager, or call
+    `close()`.
+
+    The SDK's own retries are off (`max_retries=0`): retries here are counted, logged and paced
+    by `LLMSettings`.
+    """
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self._settings = settings
+        self._backoff = Backoff(settings.backoff_seconds, settings.backoff_max_seconds)
+        self._openai = openai.AsyncOpenAI(
+            base_url=settings.endpoint(),
+            api_key=settings.key(),
+            timeout=settings.timeout_seconds,
+            max_retries=0,
+        )
+
+    async def close(self) -> None:
+        await self._openai.close()
+
+    async def __aenter__(self) -> OpenAIClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def structured(
+        self,
+        role: str,
+        messages: Sequence[ChatMessage],
+        output: type[M],
+        *,
+        tool_name: str,
+        tool_description: str,
+    ) -> Completion[M]:
+        chosen = self._settings.for_role(role)
+        tool = ForcedTool(tool_name, tool_description, output)
+        conversation = [as_param(message) for message in messages]
+        usage = Usage()
+        last_error = ""
+        asks = self._settings.max_reasks + 1
+        for attempt in range(1, asks + 1):
+            response = await self._complete(role, chosen, conversation, tool, usage)
+            usage += self._usage(response)
+            try:
+                value = tool.read(response)
+            except BadAnswer as bad:
+                last_error = str(bad)
+                log.debug("LLM %s answer %d/%d invalid: %s", role, attempt, asks, last_error)
+                conversation += tool.reask(bad)
+                continue
+            return Completion(
+                value=value, usage=usage, model=response.model or chosen.model, attempts=attempt
+            )
+        raise InvalidOutput(
+            f"{role}: no valid `{tool_name}` call in {asks} answers; last problem: {last_error}",
+            last_error=last_error,
+            usage=usage,
+        )
+
+    async def _complete(
+        self,
+        role: str,
+        chosen: RoleModel,
+        conversation: list[ChatCompletionMessageParam],
+        tool: ForcedTool[M],
+        usage: Usage,
+    ) -> ChatCompletion:
+        """One answer, retrying transient failures. `usage` so far only goes into errors."""
+        retries = self._settings.max_retries
+        failure = ""
+        for retry in range(retries + 1):
+            started = time.monotonic()
+            retry_after: float | None = None
+            try:
+                response = await self._openai.chat.completions.create(
+                    model=chosen.model,
+                    temperature=chosen.temperature,
+                    messages=conversation,
+                    tools=[tool.definition()],
+                    tool_choice=tool.choice(),
+                )
+            except openai.APIStatusError as error:
+                status = error.status_code
+                if status not in RETRYABLE_STATUSES and status < 500:
+                    raise LLMRejected(
+                        f"{role}: the LLM endpoint refused the request (HTTP {status}): "
+                        f"{error.message}",
+                        status=status,
+                        usage=usage,
+                    ) from error
+                failure = f"HTTP {status}"
+                retry_after = seconds(error.response.headers.get("retry-after"))
+            except openai.APITimeoutError:
+                failure = f"no answer within {self._settings.timeout_seconds:g}s"
+            except openai.APIConnectionError as error:
+                failure = f"connection failed ({error.__cause__ or error})"
+            else:
+                log.debug(
+                    "LLM %s model=%s prompt_tokens=%s completion_tokens=%s latency=%.3fs",
+                    role,
+                    response.model or chosen.model,
+                    response.usage.prompt_tokens if response.usage else "?",
+                    response.usage.completion_tokens if response.usage else "?",
+                    time.monotonic() - started,
+                )
+                return response
+            if retry == retries:
+                break
+            delay = self._backoff.delay(retry + 1, retry_after)
+            log.warning(
+                "LLM %s call failed: %s; retry %d of %d in %.2fs",
+                role,
+                failure,
+                retry + 1,
+                retries,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        raise LLMUnavailable(
+            f"{role}: the LLM endpoint {self._openai.base_url} failed {retries + 1} times; "
+            f"last: {failure}",
+            usage=usage,
+        )
+
+    def _usage(self, response: ChatCompletion) -> Usage:
+        # A response without usage (some local servers) still counts as a call.
+        if response.usage is None:
+            return Usage(calls=1)
+        prompt = response.usage.prompt_tokens
+        completion = response.usage.completion_tokens
+        return Usage(
+            calls=1,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=self._settings.cost_usd(prompt, completion),
+        )
+
+
+def as_param(message: ChatMessage) -> ChatCompletionMessageParam:
+    content = message["content"]
+    if message["role"] == "system":
+        return {"role": "system", "content": content}
+    if message["role"] == "assistant":
+        return {"role": "assistant", "content": content}
+    return {"role": "user", "content": content}
+
+
+def seconds(retry_after: str | None) -> float | None:
+    """`Retry-After` in seconds; the HTTP-date form is rare from LLM APIs and is ignored."""
+    try:
+        return float(retry_after) if retry_after else None
+    except ValueError:
+        return None

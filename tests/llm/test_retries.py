@@ -1,0 +1,98 @@
+"""Transient endpoint failures are retried with backoff and counted; others are not retried."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from codeyard.llm import LLMRejected, LLMUnavailable, OpenAIClient
+from codeyard.testing.openai_script import parse_script
+from codeyard.testing.openai_server import ScriptedOpenAI
+from tests.llm.scenario import ASK, DESCRIPTION, TOOL, VALID, Plan, ask, settings
+
+TOKENS = {"prompt_tokens": 40, "completion_tokens": 10}
+
+
+async def test_500_and_429_are_retried_and_only_answers_count_as_usage() -> None:
+    replies = [
+        {"status": 500, "times": 2},
+        {"status": 429},
+        {"arguments": VALID, "usage": TOKENS},
+    ]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        done = await ask(server, max_retries=3)
+        requests = server.requests
+
+    assert len(requests) == 4
+    assert all(r.body["messages"] == ASK for r in requests)  # a retry resends the same ask
+    assert done.attempts == 1
+    assert (done.usage.calls, done.usage.prompt_tokens, done.usage.completion_tokens) == (1, 40, 10)
+
+
+async def test_retries_and_reasks_combine() -> None:
+    replies = [
+        {"status": 502},
+        {"arguments": {"title": "auth"}, "usage": TOKENS},
+        {"status": 503},
+        {"arguments": VALID, "usage": TOKENS},
+    ]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        done = await ask(server, max_retries=1)
+        requests = server.requests
+
+    assert len(requests) == 4
+    assert done.attempts == 2
+    assert (done.usage.calls, done.usage.prompt_tokens) == (2, 80)
+    # The retry after the 503 resends the re-ask, not the original question.
+    assert requests[3].body["messages"] == requests[2].body["messages"]
+    assert "- steps: Field required" in requests[3].body["messages"][-1]["content"]
+
+
+async def test_unavailable_once_retries_are_exhausted() -> None:
+    replies = [{"status": 503, "message": "overloaded"}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(LLMUnavailable) as failure:
+            await ask(server, max_retries=2)
+        requests = server.requests
+
+    assert len(requests) == 3
+    assert "failed 3 times; last: HTTP 503" in str(failure.value)
+    assert failure.value.usage.calls == 0
+
+
+async def test_a_timeout_is_retried_then_reported() -> None:
+    replies = [{"arguments": VALID, "delay": 1.0}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(LLMUnavailable) as failure:
+            await ask(server, max_retries=1, timeout_seconds=0.2)
+        requests = server.requests
+
+    assert len(requests) == 2
+    assert "last: no answer within 0.2s" in str(failure.value)
+
+
+async def test_a_refused_connection_is_retried_then_reported() -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nowhere = settings(f"http://127.0.0.1:{port}/v1", max_retries=2)
+    async with OpenAIClient(nowhere) as client:
+        with pytest.raises(LLMUnavailable) as failure:
+            await client.structured(
+                "coder", ASK, Plan, tool_name=TOOL, tool_description=DESCRIPTION
+            )
+
+    assert "failed 3 times; last: connection failed" in str(failure.value)
+
+
+async def test_a_request_the_endpoint_refuses_is_not_retried() -> None:
+    replies = [{"status": 401, "message": "bad key"}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(LLMRejected) as failure:
+            await ask(server, max_retries=3)
+        requests = server.requests
+
+    assert len(requests) == 1
+    assert failure.value.status == 401
+    assert "bad key" in str(failure.value)

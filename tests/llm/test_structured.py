@@ -1,0 +1,149 @@
+"""Structured output through a forced tool call, against the scripted server over real HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from codeyard.llm import InvalidOutput
+from codeyard.testing.openai_script import parse_script
+from codeyard.testing.openai_server import ScriptedOpenAI
+from tests.llm.scenario import ASK, DESCRIPTION, TOOL, VALID, Plan, ask, settings
+
+
+async def test_round_trip_asks_by_forced_tool_call() -> None:
+    script = [{"tool": TOOL, "replies": [{"arguments": VALID, "usage": tokens(120, 30)}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        done = await ask(server)
+        [request] = server.requests
+
+    assert done.value == Plan(title="auth", steps=["add middleware", "add tests"])
+    assert done.attempts == 1
+    assert done.model == "base-model"
+    assert (done.usage.calls, done.usage.prompt_tokens, done.usage.completion_tokens) == (
+        1,
+        120,
+        30,
+    )
+    assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+    body = request.body
+    assert body["messages"] == ASK
+    assert body["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": TOOL,
+                "description": DESCRIPTION,
+                "parameters": Plan.model_json_schema(),
+            },
+        }
+    ]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": TOOL}}
+    assert "response_format" not in body
+
+
+async def test_invalid_answer_is_reasked_with_the_validation_error() -> None:
+    script = [{"tool": TOOL, "replies": [{"arguments": {"title": "auth"}}, {"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        done = await ask(server)
+        first, second = server.requests
+
+    assert done.value.steps == VALID["steps"]
+    assert done.attempts == 2
+    assert done.usage.calls == 2
+    assert first.body["messages"] == ASK
+    *history, answer, reask = second.body["messages"]
+    assert history == ASK
+    assert answer == {"role": "assistant", "content": '{"title": "auth"}'}
+    assert reask["role"] == "user"
+    assert "- steps: Field required" in reask["content"]
+    assert f"Call the function `{TOOL}` again" in reask["content"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        ({"text": "Sure! Here is a plan."}, f"instead of calling the function `{TOOL}`"),
+        ({"raw_arguments": '{"title": "auth", "steps": ['}, "- arguments: Invalid JSON"),
+        ({"arguments": VALID, "call": "other_tool"}, "you called `other_tool`"),
+        ({"arguments": {"title": "auth", "steps": []}}, "- steps: List should have at least 1"),
+    ],
+)
+async def test_each_kind_of_bad_answer_is_named_in_the_reask(
+    reply: dict[str, object], problem: str
+) -> None:
+    script = [{"tool": TOOL, "replies": [reply, {"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        done = await ask(server)
+        reask = server.requests[1].body["messages"][-1]["content"]
+
+    assert done.attempts == 2
+    assert problem in reask
+
+
+async def test_gives_up_after_max_reasks_with_the_last_error() -> None:
+    script = [{"tool": TOOL, "replies": [{"arguments": {"steps": ["x"]}}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        with pytest.raises(InvalidOutput) as failure:
+            await ask(server, "coder", max_reasks=2)
+        requests = server.requests
+
+    assert len(requests) == 3  # the first ask and two re-asks
+    assert failure.value.last_error == (
+        f"the arguments of `{TOOL}` are invalid:\n- title: Field required"
+    )
+    assert "in 3 answers" in str(failure.value)
+    assert failure.value.usage.calls == 3
+    # Every re-ask carries the whole conversation so far: ask + (answer, complaint) per re-ask.
+    assert [len(r.body["messages"]) for r in requests] == [2, 4, 6]
+
+
+async def test_model_and_temperature_are_chosen_per_role() -> None:
+    per_role: dict[str, Any] = {
+        "temperature": 0.1,
+        "model_coder": "coder-model",
+        "temperature_coder": 0.7,
+        "model_review": "review-model",
+    }
+    roles = ("coder", "planner", "review", "review.security", "tester")
+    script = [{"tool": TOOL, "replies": [{"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        answered_by = [(await ask(server, role, **per_role)).model for role in roles]
+        sent = [(r.body["model"], r.body["temperature"]) for r in server.requests]
+
+    assert sent == [
+        ("coder-model", 0.7),
+        ("base-model", 0.1),
+        ("review-model", 0.1),
+        ("review-model", 0.1),
+        ("base-model", 0.1),
+    ]
+    assert answered_by == [model for model, _ in sent]
+    assert answered_by == [settings("", **per_role).for_role(role).model for role in roles]
+
+
+async def test_cost_comes_from_the_prices_over_every_answer() -> None:
+    replies = [
+        {"arguments": {"title": "auth"}, "usage": tokens(1_000, 500)},
+        {"arguments": VALID, "usage": tokens(3_000, 250)},
+    ]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        done = await ask(server, input_price_per_mtok=2.5, output_price_per_mtok=10.0)
+
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (4_000, 750)
+    assert done.usage.cost_usd == pytest.approx((4_000 * 2.5 + 750 * 10.0) / 1_000_000)
+
+
+async def test_a_response_without_usage_still_counts_as_a_call() -> None:
+    script = [{"tool": TOOL, "replies": [{"arguments": VALID, "omit_usage": True}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        done = await ask(server, input_price_per_mtok=5.0)
+
+    assert done.usage.calls == 1
+    assert done.usage.total_tokens == 0
+    assert done.usage.cost_usd == 0.0
+
+
+def tokens(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion}
