@@ -166,6 +166,7 @@ def run(
 
 async def _coordinate(settings: Settings, name: str | None, capacity: int) -> None:
     from codeyard.coordinator.service import Coordinator
+    from codeyard.workspace.integration import GitIntegrator
 
     if not settings.nats_url:
         raise typer.BadParameter("set NATS_URL (codeyard up starts the coordinator for you)")
@@ -178,7 +179,8 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await Coordinator(bus, name=name, capacity=capacity).run(stop)
+        integrator = GitIntegrator(settings.data_dir)
+        await Coordinator(bus, name=name, capacity=capacity, integrator=integrator).run(stop)
     finally:
         await bus.close()
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 from typing import Protocol
 
 from codeyard.coordinator.events import Integrated, Merged, MergeFailed, ParkTask
-from codeyard.schemas.model import Run, TaskState
+from codeyard.schemas.model import RepoRef, Run, TaskState
 
 
 class Integrator(Protocol):
-    # True when merging touches nothing outside the run record: the coordinator then applies
-    # the merge in the same step as the approval instead of after that step is durable.
-    inline: bool
+    def inline(self, run: Run) -> bool:
+        """True when merging touches nothing outside the run record: the coordinator then
+        applies the merge in the same step as the approval, not after that step is durable."""
+        ...
+
+    async def prepare(self, run: Run) -> RepoRef:
+        """Set up a newly submitted run's workspace; where workers find its code."""
+        ...
 
     async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         """Apply the task's approved patch to the run's integration head."""
@@ -29,7 +34,11 @@ class LedgerIntegrator:
     and delivery guarantees are exercised in full, but no repository is touched.
     """
 
-    inline = True
+    def inline(self, run: Run) -> bool:
+        return True
+
+    async def prepare(self, run: Run) -> RepoRef:
+        return run.repo
 
     async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         return Merged(task_id, attempt)

@@ -334,13 +334,17 @@ class Coordinator:
                 else:
                     reply = await self._on_control(item.request, commit, now)
                     commit.replies.append((item, reply))
-            while self.integrator.inline and commit.merges:
-                merges, commit.merges = commit.merges, []
-                for run_id, work in merges:
-                    if open_run := self._open.get(run_id):
-                        self._apply(open_run, await self._outcome(open_run, work), commit, now)
+            while inline := [m for m in commit.merges if self._inline(m[0])]:
+                commit.merges = [m for m in commit.merges if m not in inline]
+                for run_id, work in inline:
+                    open_run = self._open[run_id]
+                    self._apply(open_run, await self._outcome(open_run, work), commit, now)
             await self._flush(commit)
             self.stats.steps += 1
+
+    def _inline(self, run_id: str) -> bool:
+        open_run = self._open.get(run_id)
+        return open_run is not None and self.integrator.inline(open_run.run)
 
     def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         commit.acks.append(msg)
@@ -531,6 +535,11 @@ class Coordinator:
             created_at=now,
             updated_at=now,
         )
+        try:
+            run.repo = await self.integrator.prepare(run)
+        except Exception as exc:
+            log.warning("run %s: cannot prepare its repository: %s", run_id, exc)
+            return ControlError(run_id=run_id, error=f"repository: {exc}", field="$.repo")
         open_run = OpenRun(StoredRun(run), RunEngine(run, capacity=self.capacity))
         self._open[run_id] = open_run
         commit.dirty.setdefault(run_id, set())

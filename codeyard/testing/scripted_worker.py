@@ -40,6 +40,14 @@ from codeyard.schemas import (
 )
 
 
+def new_file_patch(path: str, line: str) -> str:
+    """A unified diff that creates `path` holding one line: applies to any tree without it."""
+    return (
+        f"diff --git a/{path} b/{path}\nnew file mode 100644\n--- /dev/null\n+++ b/{path}\n"
+        f"@@ -0,0 +1 @@\n+{line}\n"
+    )
+
+
 def append_line(path: Path, line: str) -> None:
     with open(path, "a") as log:  # one small O_APPEND write: lines from processes never mix
         log.write(line)
@@ -85,7 +93,7 @@ class Script:
             case PlanRequest():
                 return PlanResult(tasks=self.plan)
             case CodeRequest():
-                text = f"+ {item.task_id} attempt {item.attempt}\n"
+                text = new_file_patch(f"notes/{item.task_id}.txt", f"attempt {item.attempt}")
                 usage = Usage(calls=1, prompt_tokens=self.args.tokens)
                 return CodeResult(
                     patch=Patch(text=text), summary=f"coded {item.task_id}", usage=usage

@@ -15,6 +15,7 @@ import pytest
 
 from codeyard.bus.embedded import free_port
 from codeyard.schemas import TaskSpec
+from codeyard.workspace.git import git
 
 
 @pytest.fixture
@@ -53,11 +54,21 @@ async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
             await asyncio.wait_for(process.wait(), 30)
 
 
+GIT_ENV = os.environ | {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@localhost",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@localhost",
+}
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     path = tmp_path / "repo"
     path.mkdir()
-    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    (path / "README.md").write_text("a sample project\n")
+    for command in (["init", "-q"], ["add", "README.md"], ["commit", "-q", "-m", "initial"]):
+        subprocess.run(["git", "-C", str(path), *command], check=True, env=GIT_ENV)
     return path
 
 
@@ -89,6 +100,14 @@ async def test_run_follows_a_run_to_the_end(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "b: coding (attempt 2)" in result.stdout  # the failed test sent it back
     assert "run r1 done: 3/3 tasks merged" in result.stdout
+
+    # one commit per task on the result branch; the user's branch and tree are untouched
+    log = git(repo, "log", "--format=%s", "codeyard/r1").splitlines()
+    assert log == ["docs", "api", "models", "initial"]
+    assert git(repo, "show", "codeyard/r1:notes/b.txt") == "attempt 2\n"  # the fixed attempt
+    assert git(repo, "status", "--porcelain") == ""
+    assert git(repo, "branch", "--show-current").strip() in ("main", "master")
+    assert not (repo / "notes").exists()
 
 
 async def test_bad_input_is_refused_clearly(

@@ -1,0 +1,87 @@
+"""`GitIntegrator`: merges approved patches into a run's integration clone, one commit per
+task, and delivers the result as the branch `codeyard/<run_id>` of the user's repository.
+
+The integration clone lives under the data dir; the user's working tree and current branch are
+never touched (delivery is a fetch into a new branch). Merging is idempotent: each commit
+carries the task and attempt as trailers, so a merge repeated after a coordinator crash finds
+its commit and does not apply the patch twice.
+
+A run submitted without a repository is a dry run: merges are recorded, nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from codeyard.coordinator.events import Integrated, Merged, MergeFailed, ParkTask
+from codeyard.coordinator.integrator import LedgerIntegrator
+from codeyard.schemas.model import FeedbackKind, RepoRef, Run, TaskState
+from codeyard.workspace.git import GitError, git
+
+
+def result_branch(run_id: str) -> str:
+    return f"codeyard/{run_id}"
+
+
+class GitIntegrator:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "runs"
+        self._dry = LedgerIntegrator()
+
+    def inline(self, run: Run) -> bool:
+        return not run.repo.path
+
+    def integration_dir(self, run_id: str) -> Path:
+        return self.root / run_id / "integration"
+
+    async def prepare(self, run: Run) -> RepoRef:
+        if not run.repo.path:
+            return run.repo
+        return await asyncio.to_thread(self._prepare, run)
+
+    def _prepare(self, run: Run) -> RepoRef:
+        target = self.integration_dir(run.run_id)
+        if not (target / ".git").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            git(target.parent, "clone", "--quiet", "--no-hardlinks", run.repo.path, target.name)
+            git(target, "checkout", "--quiet", "-B", result_branch(run.run_id))
+        head = git(target, "rev-parse", "HEAD").strip()
+        return RepoRef(path=run.repo.path, snapshot=str(target), head=head)
+
+    async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
+        if not run.repo.path:
+            return await self._dry.merge(run, task_id, attempt)
+        return await asyncio.to_thread(self._merge, run, task_id, attempt)
+
+    def _merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
+        repo = self.integration_dir(run.run_id)
+        trailer = f"Codeyard-Task: {run.run_id}/{task_id}/{attempt}"
+        if git(repo, "log", "--format=%H", "--fixed-strings", f"--grep={trailer}").strip():
+            return Merged(task_id, attempt)  # merged before a crash: do not apply twice
+        task = run.tasks[task_id]
+        patch = task.patch.text if task.patch else ""
+        if patch.strip():
+            try:
+                git(repo, "apply", "--3way", "--index", "--whitespace=nowarn", stdin=patch)
+            except GitError as exc:
+                git(repo, "reset", "--quiet", "--hard", "HEAD", check=False)
+                return MergeFailed(task_id, attempt, FeedbackKind.CONFLICT, exc.output[-4000:])
+        message = f"{task.spec.title}\n\n{task.spec.description}".strip()
+        git(repo, "commit", "--quiet", "--allow-empty", "-m", message, "-m", trailer)
+        return Merged(task_id, attempt)
+
+    async def integrate(self, run: Run) -> Integrated:
+        if not run.repo.path:
+            return await self._dry.integrate(run)
+        return await asyncio.to_thread(self._integrate, run)
+
+    def _integrate(self, run: Run) -> Integrated:
+        branch = result_branch(run.run_id)
+        source = self.integration_dir(run.run_id)
+        try:
+            git(Path(run.repo.path), "fetch", "--quiet", str(source), f"+HEAD:refs/heads/{branch}")
+        except GitError as exc:
+            return Integrated(ok=False, report=str(exc))
+        merged = sum(task.state is TaskState.MERGED for task in run.tasks.values())
+        return Integrated(ok=True, report=f"{merged} tasks on branch {branch} of {run.repo.path}")
