@@ -1,0 +1,90 @@
+"""GitIntegrator: one commit per task, conflicts refused whole, delivery as a new branch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codeyard.coordinator.events import Integrated, Merged, MergeFailed
+from codeyard.schemas import Patch, RepoRef, Run, Task, TaskSpec, TaskState
+from codeyard.workspace.git import git
+from codeyard.workspace.integration import GitIntegrator
+
+
+@pytest.fixture
+def user_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "user"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "app.py").write_text("def greet():\n    return 'hello'\n")
+    git(repo, "add", "app.py")
+    git(repo, "commit", "-q", "-m", "initial")
+    return repo
+
+
+def patch_of(repo: Path, path: str, content: str) -> Patch:
+    """The diff that would turn `path` in `repo` into `content` (computed on a scratch copy)."""
+    original = (repo / path).read_text() if (repo / path).exists() else None
+    (repo / path).write_text(content)
+    git(repo, "add", "-N", path)
+    diff = git(repo, "diff")
+    git(repo, "reset", "-q")
+    if original is None:
+        (repo / path).unlink()
+    else:
+        (repo / path).write_text(original)
+    return Patch(text=diff)
+
+
+def run_with(repo: Path, **patches: Patch) -> Run:
+    tasks = {
+        task_id: Task(spec=TaskSpec(id=task_id, title=f"change {task_id}"), patch=patch)
+        for task_id, patch in patches.items()
+    }
+    return Run(run_id="r1", goal="g", repo=RepoRef(path=str(repo)), tasks=tasks)
+
+
+async def test_merges_commit_once_per_task_and_deliver_a_branch(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    integrator = GitIntegrator(tmp_path / "data")
+    run = run_with(
+        user_repo,
+        a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"),
+        b=patch_of(user_repo, "notes.md", "notes\n"),
+    )
+    run.repo = await integrator.prepare(run)
+    assert Path(run.repo.snapshot).is_dir()
+
+    assert await integrator.merge(run, "a", 1) == Merged("a", 1)
+    assert await integrator.merge(run, "b", 1) == Merged("b", 1)
+    assert await integrator.merge(run, "a", 1) == Merged("a", 1)  # again after a crash: no-op
+    for task in run.tasks.values():
+        task.state = TaskState.MERGED
+    delivered = await integrator.integrate(run)
+
+    assert delivered == Integrated(ok=True, report=f"2 tasks on branch codeyard/r1 of {user_repo}")
+    subjects = git(user_repo, "log", "--format=%s", "codeyard/r1").splitlines()
+    assert subjects == ["change b", "change a", "initial"]
+    assert git(user_repo, "show", "codeyard/r1:app.py") == "def greet():\n    return 'hi'\n"
+    # the user's checkout did not move
+    assert (user_repo / "app.py").read_text() == "def greet():\n    return 'hello'\n"
+    assert not (user_repo / "notes.md").exists()
+    assert git(user_repo, "status", "--porcelain") == ""
+
+
+async def test_a_conflicting_patch_is_refused_whole(user_repo: Path, tmp_path: Path) -> None:
+    integrator = GitIntegrator(tmp_path / "data")
+    first = patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n")
+    second = patch_of(user_repo, "app.py", "def greet():\n    return 'hey'\n")
+    run = run_with(user_repo, a=first, b=second)
+    run.repo = await integrator.prepare(run)
+    assert await integrator.merge(run, "a", 1) == Merged("a", 1)
+
+    outcome = await integrator.merge(run, "b", 1)
+    assert isinstance(outcome, MergeFailed)
+    assert "app.py" in outcome.report
+    clone = Path(run.repo.snapshot)
+    assert git(clone, "status", "--porcelain") == ""  # nothing half-applied
+    assert git(clone, "log", "--format=%s").splitlines() == ["change a", "initial"]
