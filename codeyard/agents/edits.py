@@ -1,0 +1,269 @@
+"""Applying an LLM's file edits to a git working tree, all or nothing, and the diff they make.
+
+Every edit is checked against the files as the earlier edits leave them before anything is
+written, so an edit that does not apply leaves the tree untouched and its `EditError` can go
+back to the model as is. The diff comes from git, so `git apply` takes it on the tree as it was.
+
+Blocking (file I/O and a few short `git` processes): call it from a thread in async code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from codeyard.agents.outputs import FileEdit, ReplaceText
+from codeyard.agents.safe_paths import UnsafePath, workspace_path
+
+MAX_FILE_BYTES = 1_000_000
+GIT_TIMEOUT_SECONDS = 60.0
+# Plain, complete diffs whatever the user's git configuration says (prefixes, colour, renames).
+_DIFF_OPTIONS = (
+    "--no-color",
+    "--no-ext-diff",
+    "--no-textconv",
+    "--no-renames",
+    "--no-relative",
+    "--binary",
+    "--src-prefix=a/",
+    "--dst-prefix=b/",
+)
+
+
+class EditError(ValueError):
+    """Edits that cannot be applied. `index` is the 0-based position of the edit at fault and
+    `path` its path; both are unset when the batch failed as a whole (git refused it)."""
+
+    def __init__(
+        self, reason: str, *, index: int | None = None, edit: FileEdit | None = None
+    ) -> None:
+        self.reason = reason
+        self.index = index
+        self.path = edit.path if edit is not None else ""
+        where = "edits"
+        if index is not None and edit is not None:
+            where = f"edit {index + 1} ({edit.kind} {edit.path})"
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class AppliedEdits:
+    """What the edits changed: `diff` is a unified diff (git format, `a/` and `b/` prefixes);
+    paths are relative to the repository root, in the order first edited."""
+
+    diff: str
+    created: tuple[str, ...]
+    modified: tuple[str, ...]
+
+
+@dataclass
+class _Change:
+    path: str
+    target: Path
+    original: bytes | None  # None: the file does not exist yet
+    text: str | None  # the content after the edits so far; None while it does not exist
+
+
+def apply_edits(
+    root: Path, edits: Sequence[FileEdit], *, max_file_bytes: int = MAX_FILE_BYTES
+) -> AppliedEdits:
+    """Apply `edits` in order to the git work tree at `root` (its top level) and return the diff.
+
+    Raises `EditError` naming the first edit that does not apply, having written nothing; if
+    writing or diffing fails midway, the files already written are restored first.
+    """
+    root = root.resolve()
+    _require_top_level(root)
+    planned = _plan(root, edits, max_file_bytes)
+    changes = [c for c in planned if c.text is not None and c.text.encode() != c.original]
+    if not changes:
+        return AppliedEdits(diff="", created=(), modified=())
+    created = tuple(c.path for c in changes if c.original is None)
+    modified = tuple(c.path for c in changes if c.original is not None)
+    # A scratch index holding only the edited files as they are now: the diff against it is
+    # exactly this change, whatever is staged or modified in the repository already, and the
+    # repository's own index is never touched.
+    with tempfile.TemporaryDirectory(prefix="codeyard-edits-") as scratch:
+        index = Path(scratch) / "index"
+        if modified:
+            _git(root, index, "update-index", "--add", "--", *modified)
+        written: list[_Change] = []
+        made_dirs: list[Path] = []
+        try:
+            for change in changes:
+                made_dirs += _make_parents(change.target, root)
+                written.append(change)  # before writing, so a half-written file is restored
+                change.target.write_bytes((change.text or "").encode())
+            if created:
+                # Intent-to-add makes new files show in the diff; --force includes ignored ones,
+                # which the edits named explicitly.
+                _git(root, index, "add", "--intent-to-add", "--force", "--", *created)
+            diff = _git(root, index, "diff", *_DIFF_OPTIONS)
+            # git silently leaves out what it will not track; then the diff is not the change.
+            listed = set(_git(root, index, "diff", "--name-only", "-z", *_DIFF_OPTIONS).split("\0"))
+            if unlisted := [path for path in (*created, *modified) if path not in listed]:
+                raise EditError(f"git leaves {', '.join(unlisted)} out of the diff")
+        except BaseException:
+            _restore(written, made_dirs)
+            raise
+    return AppliedEdits(diff=diff, created=created, modified=modified)
+
+
+def _plan(root: Path, edits: Sequence[FileEdit], max_file_bytes: int) -> list[_Change]:
+    """Every edit checked and applied in memory, one `_Change` per file in first-edit order."""
+    changes: dict[str, _Change] = {}
+    for index, edit in enumerate(edits):
+        try:
+            _apply_in_memory(root, edit, changes, max_file_bytes)
+        except (UnsafePath, _Refused) as exc:
+            raise EditError(str(exc), index=index, edit=edit) from None
+    return list(changes.values())
+
+
+class _Refused(Exception):
+    """Why one edit does not apply; `_plan` turns it into an `EditError` naming the edit."""
+
+
+def _apply_in_memory(
+    root: Path, edit: FileEdit, changes: dict[str, _Change], max_file_bytes: int
+) -> None:
+    if edit.path not in changes:
+        target = workspace_path(root, edit.path)
+        _check_placement(root, edit.path, changes)
+        original, text = _read_original(target, edit.path, max_file_bytes)
+        changes[edit.path] = _Change(edit.path, target, original, text)
+    change = changes[edit.path]
+    if isinstance(edit, ReplaceText):
+        if change.text is None:
+            raise _Refused(f"{edit.path} does not exist; create it with a write edit")
+        count = _occurrences(change.text, edit.search)
+        if count == 0:
+            raise _Refused(f"search text not found in {edit.path}")
+        if count > 1:
+            raise _Refused(
+                f"search text found {count} times in {edit.path}; "
+                "include more surrounding lines so it matches exactly once"
+            )
+        text = change.text.replace(edit.search, edit.replace, 1)
+    else:
+        text = edit.content
+    size = len(text.encode())
+    if size > max_file_bytes:
+        raise _Refused(
+            f"{edit.path} would be {size} bytes, over the limit of {max_file_bytes} per file"
+        )
+    if "\0" in text:
+        raise _Refused("the content contains a NUL character; only text files can be written")
+    change.text = text
+
+
+def _check_placement(root: Path, path: str, changes: dict[str, _Change]) -> None:
+    """Refuse a file at `path` where the tree or an earlier edit has a file or directory."""
+    parts = path.split("/")
+    for depth in range(1, len(parts)):
+        parent = "/".join(parts[:depth])
+        if parent in changes or (root / parent).is_file():
+            raise _Refused(f"{parent} is a file, so {path} cannot be inside it")
+    if any(other.startswith(path + "/") for other in changes):
+        raise _Refused(f"{path} is a directory holding files written by earlier edits")
+
+
+def _read_original(target: Path, path: str, max_file_bytes: int) -> tuple[bytes | None, str | None]:
+    if not target.exists():
+        return None, None
+    if target.is_dir():
+        raise _Refused(f"{path} is a directory")
+    if not target.is_file():
+        raise _Refused(f"{path} is not a regular file")
+    size = target.stat().st_size
+    if size > max_file_bytes:
+        raise _Refused(f"{path} is {size} bytes, over the limit of {max_file_bytes} per file")
+    data = target.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused(f"{path} is not UTF-8 text, so it cannot be edited") from None
+    if "\0" in text:
+        raise _Refused(f"{path} is a binary file, so it cannot be edited")
+    return data, text
+
+
+def _occurrences(text: str, search: str) -> int:
+    """How often `search` occurs in `text`, overlaps included: in "aaa", "aa" occurs twice, and
+    replacing "the" one would be a guess."""
+    count = 0
+    start = text.find(search)
+    while start != -1:
+        count += 1
+        start = text.find(search, start + 1)
+    return count
+
+
+def _make_parents(target: Path, root: Path) -> list[Path]:
+    """Create the missing directories above `target`, returning them outermost first."""
+    missing = []
+    parent = target.parent
+    while parent != root and not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    missing.reverse()
+    for directory in missing:
+        directory.mkdir()
+    return missing
+
+
+def _restore(written: list[_Change], made_dirs: list[Path]) -> None:
+    for change in reversed(written):
+        if change.original is None:
+            change.target.unlink(missing_ok=True)
+        else:
+            change.target.write_bytes(change.original)
+    for directory in reversed(made_dirs):
+        # Not empty: something else put a file there since; leave it.
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def _git_env(index: Path | None) -> dict[str, str]:
+    # Inherited GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE... would point git at another repository.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+    # Paths are names, not patterns: `*.py` or `:(top)x` must mean that file.
+    env["GIT_LITERAL_PATHSPECS"] = "1"
+    if index is not None:
+        env["GIT_INDEX_FILE"] = str(index)
+    return env
+
+
+def _run_git(root: Path, index: Path | None, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["git", "-c", "core.quotePath=true", *args],
+        cwd=root,
+        env=_git_env(index),
+        capture_output=True,
+        timeout=GIT_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+
+def _git(root: Path, index: Path, *args: str) -> str:
+    try:
+        result = _run_git(root, index, *args)
+    except subprocess.TimeoutExpired:
+        raise EditError(f"git {args[0]} took over {GIT_TIMEOUT_SECONDS:g} s") from None
+    if result.returncode != 0:
+        stderr = result.stderr.decode("utf-8", "replace").strip()
+        raise EditError(f"git {args[0]} failed: {stderr}")
+    return result.stdout.decode("utf-8")
+
+
+def _require_top_level(root: Path) -> None:
+    # Diff paths are relative to the top level; from a subdirectory they would not apply there.
+    result = _run_git(root, None, "rev-parse", "--show-toplevel")
+    top = result.stdout.decode("utf-8", "replace").strip()
+    if result.returncode != 0 or Path(top).resolve() != root:
+        raise ValueError(f"{root} is not the top level of a git work tree")

