@@ -49,26 +49,66 @@ def schemas_export(
 
 
 @app.command()
-def up() -> None:
+def up(
+    coders: Annotated[int, typer.Option(min=1, help="coder processes to run")] = 2,
+    agents: Annotated[
+        bool, typer.Option(help="run the agent roles (--no-agents: NATS and coordinator only)")
+    ] = True,
+) -> None:
     """Start codeyard on this machine.
 
     With NATS_URL unset, starts an embedded nats-server (JetStream, loopback only, store under the
     user's data dir; port CODEYARD_NATS_PORT, default 4222). With NATS_URL set, uses that server.
-    Either way the streams, consumers and buckets are created or updated, and then the
-    coordinator runs as a child process, restarted if it crashes. Ctrl-C stops everything.
+    Either way the streams, consumers and buckets are created or updated; then the coordinator,
+    a planner, --coders coders, a tester and a reviewer run as child processes, each restarted
+    if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or CODEYARD_LLM_*).
+    Ctrl-C stops everything.
 
     Example: [bold]codeyard up[/bold]
     """
     from codeyard.launch import run_up
+    from codeyard.llm import LLMSettings
 
+    if agents and not LLMSettings().is_configured():
+        from codeyard.llm import NOT_CONFIGURED
+
+        err.print(f"[red]error:[/red] the agents need an LLM. {NOT_CONFIGURED}", markup=False)
+        raise typer.Exit(2)
     settings = Settings()
     try:
-        asyncio.run(run_up(settings, console))
+        asyncio.run(run_up(settings, console, coders=coders, agents=agents))
     except EmbeddedServerError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
         err.print(f"[red]error:[/red] cannot reach NATS at {settings.nats_url}: {exc!r}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def worker(
+    role: Annotated[str, typer.Argument(help="planner, coder, tester or review")],
+    concurrency: Annotated[int, typer.Option(min=1, help="work items handled at once")] = 1,
+) -> None:
+    """Run one agent role's worker; run more of them to scale the role.
+
+    Pulls from the role's durable consumer, publishes each result before acking, heartbeats
+    while the model thinks, and on SIGTERM finishes (or hands back) what it is doing.
+
+    Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard worker coder --concurrency 2[/bold]
+    """
+    from codeyard.launch import run_worker
+    from codeyard.llm import LLMNotConfigured
+    from codeyard.sandbox import SandboxUnavailable
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(run_worker(Settings(), role, concurrency))
+    except (LLMNotConfigured, SandboxUnavailable, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=False)
+        raise typer.Exit(2) from None
+    except (OSError, nats.errors.Error) as exc:
+        err.print(f"[red]error:[/red] cannot reach NATS: {exc!r}")
         raise typer.Exit(1) from None
 
 

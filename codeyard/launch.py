@@ -14,17 +14,43 @@ from codeyard.config import Settings
 from codeyard.supervisor import ChildSpec, Supervisor
 
 
-def service_children(url: str, coordinators: int = 1) -> list[ChildSpec]:
-    """The services `up` keeps running. Roles join here as they are built."""
+def service_children(url: str, *, coders: int, agents: bool) -> list[ChildSpec]:
+    """The services `up` keeps running: the coordinator and, with `agents`, every role."""
     env = os.environ | {"NATS_URL": url}
     codeyard = [sys.executable, "-m", "codeyard"]
-    return [
-        ChildSpec(f"coordinator-{n}", [*codeyard, "coordinator", "--name", f"coordinator-{n}"], env)
-        for n in range(1, coordinators + 1)
-    ]
+    children = [ChildSpec("coordinator", [*codeyard, "coordinator", "--name", "coordinator"], env)]
+    if agents:
+        children += [
+            ChildSpec("planner", [*codeyard, "worker", "planner"], env),
+            *(ChildSpec(f"coder-{n}", [*codeyard, "worker", "coder"], env) for n in range(coders)),
+            ChildSpec("tester", [*codeyard, "worker", "tester", "--concurrency", "2"], env),
+            ChildSpec("review", [*codeyard, "worker", "review", "--concurrency", "2"], env),
+        ]
+    return children
 
 
-async def run_up(settings: Settings, console: Console) -> None:
+async def run_worker(settings: Settings, role: str, concurrency: int) -> None:
+    """One role's worker process: serve until SIGTERM, then finish or hand back in-flight work."""
+    from codeyard.agents.roles import role_handler
+    from codeyard.bus import PullWorker
+    from codeyard.llm import LLMSettings, OpenAIClient
+
+    llm = OpenAIClient(LLMSettings())
+    handler = role_handler(role, llm)
+    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+    bus = await Bus.connect(url, name=f"worker-{role}", topology=settings.topology())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await PullWorker(bus, role, handler, concurrency=concurrency).run(stop)
+    finally:
+        await bus.close()
+        await llm.close()
+
+
+async def run_up(settings: Settings, console: Console, *, coders: int, agents: bool) -> None:
     server: EmbeddedNats | None = None
     url = settings.nats_url
     if not url:
@@ -37,7 +63,7 @@ async def run_up(settings: Settings, console: Console) -> None:
         bus = await Bus.connect(url, name="codeyard-up", topology=settings.topology())
         await bus.setup()
         await bus.close()
-        children = service_children(url)
+        children = service_children(url, coders=coders, agents=agents)
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

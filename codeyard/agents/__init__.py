@@ -27,7 +27,6 @@ from codeyard.agents.prompt_context import (
 )
 from codeyard.agents.prompt_templates import (
     TEMPLATE_NAMES,
-    ChatMessage,
     PromptError,
     PromptTemplate,
     TemplateName,
@@ -41,7 +40,6 @@ __all__ = [
     "MAX_FILE_BYTES",
     "TEMPLATE_NAMES",
     "AppliedEdits",
-    "ChatMessage",
     "CodeOutput",
     "EditError",
     "FileEdit",

@@ -17,20 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Literal, TypedDict, get_args
+from typing import Literal, get_args
+
+from codeyard.llm.client import ChatMessage
 
 TemplateName = Literal["planner", "coder", "tester", "reviewer"]
 TEMPLATE_NAMES: tuple[TemplateName, ...] = get_args(TemplateName)
 SECTIONS = ("Goal", "Operating constraints", "Role", "Behaviour", "Context")
 
 _HEADING = re.compile(r"^# (.+?)\s*$", re.MULTILINE)
-
-
-class ChatMessage(TypedDict):
-    """One chat message, in the shape OpenAI-compatible chat APIs take."""
-
-    role: Literal["system", "user"]
-    content: str
 
 
 class PromptError(ValueError):

@@ -371,24 +371,25 @@ class Coordinator:
             self.stats.ignored += 1
             log.debug("result for run %s, which is not open", result.run_id)
             return
-        effects = self._apply(open_run, event_for(result), commit, now)
-        if not _ignored(effects):
-            task = open_run.run.tasks.get(result.task_id)
-            if task is not None and isinstance(result, CodeResult):
-                task.patch, task.test_output = result.patch, ""
-            elif task is not None and isinstance(result, TestResult):
-                task.test_output = result.output
+        self._apply(open_run, event_for(result), commit, now, result)
 
     # --- applying -----------------------------------------------------------------------------
 
     def _apply(
-        self, open_run: OpenRun, event: Event, commit: Commit, now: datetime
+        self,
+        open_run: OpenRun,
+        event: Event,
+        commit: Commit,
+        now: datetime,
+        result: Result | None = None,
     ) -> list[Effect]:
         effects = open_run.engine.handle(event, now)
         if _ignored(effects):
             self.stats.ignored += 1
             log.debug("ignored %s: %s", event, effects[0].reason)  # type: ignore[union-attr]
             return effects
+        if result is not None:
+            _keep_output(open_run.run, result)  # before the next role's work item is built
         dirty = commit.dirty.setdefault(open_run.run.run_id, set())
         dirty.update(open_run.engine.take_changed_tasks())
         self._execute(open_run, effects, commit)
@@ -611,6 +612,15 @@ class Coordinator:
         if isinstance(reply, Accepted):
             commit.answered_approvals.append(request.approval_id)
         return reply
+
+
+def _keep_output(run: Run, result: Result) -> None:
+    """What the next role of the task needs from this result: the patch, the test output."""
+    task = run.tasks.get(result.task_id)
+    if task is not None and isinstance(result, CodeResult):
+        task.patch, task.test_output = result.patch, ""
+    elif task is not None and isinstance(result, TestResult):
+        task.test_output = result.output
 
 
 def _reason(request: Approve | Deny) -> str:

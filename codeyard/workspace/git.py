@@ -37,12 +37,14 @@ def git(repo: Path, *args: str, stdin: str | None = None, check: bool = True) ->
 
 
 def checkout(source: Path, destination: Path, rev: str = "HEAD") -> Path:
-    """A private working copy of `source` at `rev`, sharing no files with it."""
+    """A private working copy of `source` at `rev` (any revision of `source`: a branch, a tag,
+    a commit), sharing no files with it."""
+    commit = git(source, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
     subprocess.run(
         ["git", "clone", "--quiet", "--no-hardlinks", str(source), str(destination)],
         check=True,
         capture_output=True,
         timeout=300,
     )
-    git(destination, "checkout", "--quiet", "--detach", rev)
+    git(destination, "checkout", "--quiet", "--detach", commit)
     return destination

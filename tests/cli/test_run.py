@@ -28,7 +28,13 @@ async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
         "NATS_URL": "",
     }
     up = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "codeyard", "up", env=env, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "codeyard",
+        "up",
+        "--no-agents",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert up.stdout is not None
     while b"Ctrl-C stops" not in await asyncio.wait_for(up.stdout.readline(), 30):

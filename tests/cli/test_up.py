@@ -21,7 +21,13 @@ async def test_up_runs_an_embedded_server_until_sigterm(tmp_path: Path) -> None:
     env = os.environ | {"CODEYARD_DATA_DIR": str(tmp_path), "CODEYARD_NATS_PORT": str(port)}
     env.pop("NATS_URL", None)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "codeyard", "up", env=env, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "codeyard",
+        "up",
+        "--no-agents",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
     output = b""
@@ -50,8 +56,27 @@ async def test_up_runs_an_embedded_server_until_sigterm(tmp_path: Path) -> None:
 async def test_up_with_an_unreachable_nats_url_fails_clearly(tmp_path: Path) -> None:
     env = os.environ | {"NATS_URL": f"nats://127.0.0.1:{free_port()}"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "codeyard", "up", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "codeyard",
+        "up",
+        "--no-agents",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
     assert b"cannot reach NATS" in stderr
+
+
+async def test_up_without_an_llm_explains_how_to_configure_one() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_LLM"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "codeyard", "up", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    message = stderr.decode()
+    assert "OPENAI_BASE_URL" in message
+    assert "codeyard[local]" in message
+    assert "CODEYARD_LLM_" in message

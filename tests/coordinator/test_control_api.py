@@ -24,11 +24,15 @@ from codeyard.schemas import (
     Deny,
     ListApprovals,
     Result,
+    ReviewRequest,
+    ReviewResult,
     RunState,
     StatusQuery,
     SubmitRun,
     TaskSpec,
     TaskState,
+    TestRequest,
+    TestResult,
     WorkCancelled,
     WorkItem,
     decode,
@@ -263,3 +267,43 @@ async def test_cancelling_a_run_stops_the_work_in_flight(
     [notice] = [e for e in events if isinstance(e, WorkCancelled)]
     assert (notice.task_id, notice.attempt) == ("x", 1)
     assert notice.reason == "wrong repo"
+
+
+async def test_each_role_gets_the_output_of_the_one_before(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    seen: list[WorkItem] = []
+    args = argparse.Namespace(
+        plan=None, fail_tests="", reject="", hang_on="", delay=0.0, log=None, tokens=0
+    )
+
+    async def tester(item: WorkItem) -> Result:
+        seen.append(item)
+        return TestResult(passed=True, output="3 passed")
+
+    async def reviewer(item: WorkItem) -> Result:
+        seen.append(item)
+        return ReviewResult(reviewer="review.style", approved=True)
+
+    stop = asyncio.Event()
+    spies = [
+        asyncio.create_task(PullWorker(bus, role, handler).run(stop, grace=1))
+        for role, handler in (
+            ("coder", Script(args).answer),
+            ("tester", tester),
+            ("review.style", reviewer),
+        )
+    ]
+    plan = [TaskSpec(id="x", title="x", reviewers=["review.style"])]
+    await ask(bus, "submit", SubmitRun(run_id="chain", goal="g", plan=plan))
+    run = await wait_until(bus, "chain", timeout=30)
+    stop.set()
+    await asyncio.gather(*spies)
+
+    assert run.state is RunState.DONE
+    test_request, review_request = [i for i in seen if i.run_id == "chain"]
+    assert isinstance(test_request, TestRequest)
+    assert isinstance(review_request, ReviewRequest)
+    assert test_request.patch.text.startswith("diff --git a/notes/x.txt")  # the coder's patch
+    assert review_request.patch == test_request.patch
+    assert review_request.test_output == "3 passed"

@@ -1,0 +1,65 @@
+"""The coder: a task, its files and earlier feedback in, a patch that applies cleanly out."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from codeyard.agents.asking import ask_model, told_again
+from codeyard.agents.edits import EditError, apply_edits
+from codeyard.agents.outputs import CodeOutput
+from codeyard.agents.prompt_context import describe_feedback, describe_task, quote_files
+from codeyard.agents.prompt_templates import render_prompt
+from codeyard.agents.working_copy import read_files, working_copy
+from codeyard.bus.worker import GiveUp
+from codeyard.llm import LLMClient
+from codeyard.schemas import CodeRequest, CodeResult, Patch, Result, Usage, WorkItem
+
+EDIT_ANSWERS = 3
+# A patch travels inside the result message; larger ones need the object store (issue 6).
+MAX_PATCH_CHARS = 700_000
+
+
+class Coder:
+    def __init__(self, llm: LLMClient) -> None:
+        self.llm = llm
+
+    async def __call__(self, item: WorkItem) -> Result:
+        if not isinstance(item, CodeRequest):
+            raise GiveUp(f"the coder does not handle {type(item).__name__}")
+        with working_copy(item.repo) as root:
+            files = await asyncio.to_thread(read_files, root, item.task.files)
+            messages = render_prompt(
+                "coder",
+                goal=item.goal,
+                task=describe_task(item.task),
+                files=quote_files(files),
+                feedback=describe_feedback(item.feedback),
+            )
+            usage = Usage()
+            problem = ""
+            for _ in range(EDIT_ANSWERS):
+                completion = await ask_model(
+                    self.llm,
+                    "coder",
+                    messages,
+                    CodeOutput,
+                    tool_name="submit_edits",
+                    tool_description="Submit the file edits that carry out the task.",
+                )
+                usage = usage + completion.usage
+                try:
+                    applied = await asyncio.to_thread(apply_edits, root, completion.value.edits)
+                except EditError as exc:
+                    problem = str(exc)
+                    messages = told_again(messages, completion.value, f"Edits refused: {exc}")
+                    continue
+                if len(applied.diff) > MAX_PATCH_CHARS:
+                    raise GiveUp(f"the patch is {len(applied.diff)} characters; too large")
+                digest = hashlib.sha256(applied.diff.encode()).hexdigest()
+                return CodeResult(
+                    patch=Patch(text=applied.diff, sha256=digest),
+                    summary=completion.value.summary,
+                    usage=usage,
+                )
+        raise GiveUp(f"no edits that apply in {EDIT_ANSWERS} answers; the last: {problem}")

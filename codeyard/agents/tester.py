@@ -1,0 +1,90 @@
+"""The tester: applies the coder's patch to a fresh checkout, adds tests for the task's
+acceptance criteria where the model finds them missing, and runs the repository's test command
+in the sandbox. Generated code never runs outside it."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from pathlib import Path, PurePosixPath
+
+from codeyard.agents.asking import ask_model
+from codeyard.agents.edits import EditError, apply_edits
+from codeyard.agents.failure_report import trim_test_output
+from codeyard.agents.outputs import FileEdit, TestOutput
+from codeyard.agents.prompt_context import describe_task, fenced, quote_files
+from codeyard.agents.prompt_templates import render_prompt
+from codeyard.agents.repo_summary import detect_test_command
+from codeyard.agents.working_copy import PatchDoesNotApply, apply_patch, read_files, working_copy
+from codeyard.bus.worker import GiveUp
+from codeyard.llm import LLMClient
+from codeyard.sandbox import Limits, Sandbox
+from codeyard.schemas import Result, TestRequest, TestResult, WorkItem
+
+
+def is_test_path(path: str) -> bool:
+    """Tester edits may only touch tests: a file under a tests directory or named test_*."""
+    parts = PurePosixPath(path).parts
+    name = parts[-1] if parts else ""
+    in_tests = any(part in ("tests", "test") for part in parts[:-1])
+    return in_tests or name.startswith("test_") or name.endswith("_test.py")
+
+
+class Tester:
+    def __init__(self, llm: LLMClient, sandbox: Sandbox, limits: Limits | None = None) -> None:
+        self.llm = llm
+        self.sandbox = sandbox
+        self.limits = limits or Limits()
+
+    async def __call__(self, item: WorkItem) -> Result:
+        if not isinstance(item, TestRequest):
+            raise GiveUp(f"the tester does not handle {type(item).__name__}")
+        with working_copy(item.repo) as root:
+            try:
+                await asyncio.to_thread(apply_patch, root, item.patch.text)
+            except PatchDoesNotApply as exc:
+                return TestResult(
+                    passed=False, output=f"the patch does not apply to the current head:\n{exc}"
+                )
+            command = item.test_command or await asyncio.to_thread(detect_test_command, root)
+            files = await asyncio.to_thread(read_files, root, item.task.files)
+            messages = render_prompt(
+                "tester",
+                task=describe_task(item.task),
+                patch=fenced(item.patch.text, "diff"),
+                test_command=command or "(none found)",
+                files=quote_files(files),
+            )
+            completion = await ask_model(
+                self.llm,
+                "tester",
+                messages,
+                TestOutput,
+                tool_name="submit_tests",
+                tool_description="Submit test files for the acceptance criteria (or none).",
+            )
+            notes = await asyncio.to_thread(self._add_tests, root, completion.value.edits)
+            if not command:
+                nothing_ran = f"{notes}no test command found: nothing ran"
+                return TestResult(passed=True, output=nothing_ran, usage=completion.usage)
+            outcome = await self.sandbox.run(root, shlex.split(command), self.limits)
+        passed = outcome.exit_code == 0 and not outcome.timed_out
+        header = "timed out\n" if outcome.timed_out else ""
+        return TestResult(
+            passed=passed,
+            output=trim_test_output(f"{notes}{header}{outcome.output}"),
+            usage=completion.usage,
+        )
+
+    @staticmethod
+    def _add_tests(root: Path, edits: list[FileEdit]) -> str:
+        usable = [edit for edit in edits if is_test_path(edit.path)]
+        notes = [
+            f"ignored tester edit of {e.path}: not a test file" for e in edits if e not in usable
+        ]
+        if usable:
+            try:
+                apply_edits(root, usable)
+            except EditError as exc:
+                notes.append(f"tester's tests not added: {exc}")
+        return "".join(f"{note}\n" for note in notes)

@@ -1,0 +1,616 @@
+"""`BwrapSandbox`: runs a command under bubblewrap (Linux namespaces) with resource limits.
+
+What the command sees and may do:
+
+- Namespaces: `--unshare-all` (user, pid, net, ipc, uts, cgroup). The network namespace has
+  only its own loopback, so nothing on the host or outside is reachable; the pid namespace
+  hides host processes and dies with its init (`--die-with-parent` ties that to us).
+- Filesystem: a read-only root built from /usr (plus the /bin, /lib... symlinks or dirs), a
+  short list of harmless /etc files (no /etc/shadow, no private keys) and the interpreter's
+  prefix at its own path; the workdir read-write at `/workspace`; a size-capped tmpfs at /tmp
+  (also HOME) and /dev/shm; a minimal /dev and a fresh /proc. Everything else of the host
+  (its home directories, the codeyard checkout, sockets) does not exist inside.
+- Identity: uid/gid 65534 (nobody) in a new user namespace, all capabilities dropped, no new
+  privileges (bubblewrap always sets NO_NEW_PRIVS), no nested user namespaces
+  (`--disable-userns`), a new session (no TIOCSTI into our terminal).
+  The sandbox uid maps to the uid that runs codeyard, so files the command creates in the
+  workdir belong to the caller and writing into the caller's workdir needs no chown. The
+  flip side: for file permissions on the host the command *is* the caller, so what is bound
+  read-only must not hold secrets readable by the caller (hence the /etc allowlist).
+- Environment: only PATH (the interpreter's bin dir first, then `python`/`python3` aliases),
+  HOME=/tmp, TMPDIR=/tmp, LANG=C.UTF-8, plus what the caller passes.
+
+Limits (`Limits`):
+
+- wall time: enforced here, by killing bubblewrap's process group and the run's cgroup; the
+  pid namespace takes every process of the sandbox with it.
+- CPU, address space, file size (and no core dumps): rlimits, set by a few lines of Python run
+  by the sandbox's interpreter just before it execs the command (after bubblewrap has built
+  the namespaces, so bubblewrap itself is not limited); soft and hard limits alike, so the
+  command cannot raise them.
+- processes: RLIMIT_NPROC does not work for root. The kernel exempts uid 0 of the host from
+  it (`copy_process`: `user != INIT_USER`), and the sandbox's uid 65534 *is* host uid 0 when
+  codeyard runs as root, so a fork bomb would be unbounded (verified on the development
+  machine: 200 forks under `RLIMIT_NPROC=30`). So:
+  1. when a pids cgroup is writable (cgroup v1 `pids` hierarchy, or cgroup v2 with the pids
+     controller), every run gets its own cgroup `codeyard-sandbox/run-*` with `pids.max`;
+     the wrapper shell joins it before exec'ing bubblewrap, so nothing escapes it, and it also
+     tells us when the limit was hit (`pids.events`);
+  2. else, when codeyard is not root, RLIMIT_NPROC: since Linux 5.14 the count is kept per
+     user namespace, so it bounds the sandbox without counting the user's other processes;
+  3. else (root without a writable pids cgroup, as in an unprivileged container) the sandbox
+     refuses with `SandboxUnavailable`: run codeyard as a non-root user, or with a writable
+     cgroup, or use the docker backend (issue 5).
+- output: read while the command runs and kept as a bounded tail buffer.
+
+The first `run` (or `probe()`) checks once that bubblewrap can really build this sandbox here
+(it cannot in a container without user namespaces, for example) and raises
+`SandboxUnavailable` with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from codeyard.sandbox.limits import Limits, MiB
+from codeyard.sandbox.protocol import LimitName, RunOutcome, SandboxUnavailable
+
+log = logging.getLogger(__name__)
+
+SANDBOX_WORKDIR = "/workspace"
+SANDBOX_UID = 65534
+INSTALL_HINT = (
+    "install bubblewrap (Debian/Ubuntu: `apt-get install -y bubblewrap`; scripts/install.sh "
+    "does it)"
+)
+
+_BIN_DIR = "/run/codeyard/bin"
+_SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Bound read-only when present: what the dynamic loader, Python, git and friends read. No
+# /etc/shadow, /etc/ssl/private or other files only root should read (see the module doc).
+_ETC_FILES = (
+    "/etc/alternatives",
+    "/etc/ca-certificates",
+    "/etc/ca-certificates.conf",
+    "/etc/debian_version",
+    "/etc/gai.conf",
+    "/etc/gitconfig",
+    "/etc/group",
+    "/etc/host.conf",
+    "/etc/hosts",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/locale.alias",
+    "/etc/localtime",
+    "/etc/mime.types",
+    "/etc/nsswitch.conf",
+    "/etc/os-release",
+    "/etc/passwd",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/ssl/certs",
+    "/etc/timezone",
+)
+_SHM_BYTES = 64 * MiB
+_CHUNK = 64 * 1024
+_CGROUP_NAME = "codeyard-sandbox"
+_CGROUP_OVERHEAD = 2  # bubblewrap's monitor and the namespace's init are in the cgroup too
+_NPROC_OVERHEAD = 1  # the namespace's init counts against RLIMIT_NPROC
+
+# Runs inside the sandbox (python -I -S -c): applies the rlimits, undoes the signal
+# dispositions Python set for itself (ignored SIGPIPE/SIGXFSZ would be inherited by the
+# command), then becomes the command. argv: AS CPU FSIZE NPROC -- command...
+_SHIM = """\
+import os, resource as r, signal, sys
+def lim(kind, soft, hard):
+    cur = r.getrlimit(kind)[1]
+    if cur != r.RLIM_INFINITY:
+        soft, hard = min(soft, cur), min(hard, cur)
+    r.setrlimit(kind, (soft, hard))
+a = [int(x) for x in sys.argv[1:5]]
+lim(r.RLIMIT_AS, a[0], a[0])
+lim(r.RLIMIT_CPU, a[1], a[1] + 1)
+lim(r.RLIMIT_FSIZE, a[2], a[2])
+lim(r.RLIMIT_NPROC, a[3], a[3])
+lim(r.RLIMIT_CORE, 0, 0)
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+cmd = sys.argv[6:]
+try:
+    os.execvp(cmd[0], cmd)
+except OSError as e:
+    sys.stderr.write("codeyard sandbox: cannot run %r: %s\\n" % (cmd[0], e.strerror))
+    sys.exit(127 if isinstance(e, FileNotFoundError) else 126)
+"""
+
+
+class BwrapSandbox:
+    """The bubblewrap backend of `Sandbox` (see the module docstring for what it enforces).
+
+    `python` is the interpreter made available inside (default: the one running codeyard, so a
+    repository's `python -m pytest` finds the installed packages); its prefix is bound
+    read-only at the same path. `bwrap` defaults to `bwrap` on PATH.
+    """
+
+    name = "bwrap"
+
+    def __init__(self, python: Path | None = None, bwrap: Path | None = None) -> None:
+        found = str(bwrap) if bwrap else shutil.which("bwrap")
+        if not found or not os.access(found, os.X_OK):
+            raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
+        self.bwrap = Path(found)
+        self.python = Path(python) if python else Path(sys.executable)
+        self._python_roots = _python_roots(self.python)
+        self._cgroups: _PidsCgroups | None = None
+        self._probe_lock = threading.Lock()
+        self._ready = False
+        self._failure: SandboxUnavailable | None = None
+
+    @property
+    def pids_enforcement(self) -> str:
+        """How the pids limit is enforced: "cgroup:<path>" or "rlimit" (after `probe()`)."""
+        return f"cgroup:{self._cgroups.parent}" if self._cgroups else "rlimit"
+
+    def probe(self) -> None:
+        """Checks once that a sandbox can be built here; raises `SandboxUnavailable` if not.
+
+        Blocking (runs bubblewrap once); `run` calls it in a thread.
+        """
+        with self._probe_lock:
+            if self._ready:
+                return
+            if self._failure is not None:
+                raise self._failure
+            try:
+                self._probe()
+            except SandboxUnavailable as exc:
+                self._failure = exc
+                raise
+            self._ready = True
+
+    def _probe(self) -> None:
+        cgroups = _PidsCgroups.find()
+        if cgroups is None and os.geteuid() == 0:
+            raise SandboxUnavailable(
+                "cannot bound the number of processes in a sandbox here: codeyard runs as root "
+                "(which RLIMIT_NPROC does not limit) and no pids cgroup is writable. Run codeyard "
+                "as a non-root user, or give it a writable cgroup (pids controller)"
+            )
+        self._cgroups = cgroups
+        cgroup = cgroups.new_run(8 + _CGROUP_OVERHEAD) if cgroups else None
+        try:
+            with tempfile.TemporaryDirectory(prefix="codeyard-probe-") as tmp:
+                argv = self._argv(Path(tmp), ["python", "-c", "pass"], Limits(), None, cgroup)
+                result = subprocess.run(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    env=self._environment(None),
+                    timeout=60,
+                    check=False,
+                )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxUnavailable(f"cannot run bubblewrap ({self.bwrap}): {exc}") from exc
+        finally:
+            if cgroup:
+                cgroup.kill()
+                cgroup.remove_blocking()
+        if result.returncode != 0:
+            raise SandboxUnavailable(
+                f"bubblewrap cannot build a sandbox here (exit {result.returncode}): "
+                f"{(result.stderr + result.stdout).strip()[-2000:]}. It needs unprivileged "
+                "user namespaces (sysctl kernel.unprivileged_userns_clone=1 / "
+                "user.max_user_namespaces > 0; inside a container, one that allows them)"
+            )
+        log.info("bubblewrap sandbox ready (pids limit: %s)", self.pids_enforcement)
+
+    async def run(
+        self,
+        workdir: Path,
+        command: Sequence[str],
+        limits: Limits,
+        env: Mapping[str, str] | None = None,
+    ) -> RunOutcome:
+        if isinstance(command, str) or not command:
+            raise ValueError(f"command must be a non-empty argv list, got {command!r}")
+        if not self._ready:
+            await asyncio.to_thread(self.probe)
+        workdir = self._checked_workdir(workdir)
+        cgroup = self._cgroups.new_run(limits.pids + _CGROUP_OVERHEAD) if self._cgroups else None
+        status_r, status_w = os.pipe()
+        try:
+            argv = self._argv(workdir, list(command), limits, status_w, cgroup)
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self._environment(env),
+                pass_fds=(status_w,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(status_r)
+            if cgroup:
+                cgroup.remove_blocking()
+            raise
+        finally:
+            os.close(status_w)
+        try:
+            return await self._supervise(proc, started, limits, cgroup, status_r)
+        finally:
+            _kill(proc, cgroup)
+            os.close(status_r)
+            if cgroup:
+                await cgroup.remove()
+
+    async def _supervise(
+        self,
+        proc: asyncio.subprocess.Process,
+        started: float,
+        limits: Limits,
+        cgroup: _RunCgroup | None,
+        status_fd: int,
+    ) -> RunOutcome:
+        assert proc.stdout is not None
+        tail = _Tail(limits.output_bytes)
+        timed_out = False
+        try:
+            async with asyncio.timeout(limits.wall_seconds):
+                await _pump(proc.stdout, tail)
+                await proc.wait()
+        except TimeoutError:
+            timed_out = True
+            _kill(proc, cgroup)
+            # Every writer is dead now: what is left in the pipe arrives at once.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await _pump(proc.stdout, tail)
+        returncode = await proc.wait()
+        duration = time.monotonic() - started
+        _kill(proc, cgroup)  # stragglers of a finished command (the pid namespace is going)
+        exit_code = returncode if returncode >= 0 else 128 - returncode
+        output = tail.text()
+        if not timed_out and not _child_started(status_fd):
+            raise SandboxUnavailable(
+                f"bubblewrap could not start the command (exit {exit_code}): {output[-2000:]}"
+            )
+        pids_hit = cgroup.hit_max() if cgroup else None
+        return RunOutcome(
+            exit_code=exit_code,
+            output=output,
+            timed_out=timed_out,
+            duration_seconds=duration,
+            killed_by_limit=_limit_hit(exit_code, timed_out, output, pids_hit),
+        )
+
+    def _checked_workdir(self, workdir: Path) -> Path:
+        resolved = Path(workdir).resolve(strict=True)
+        if not resolved.is_dir():
+            raise NotADirectoryError(f"sandbox workdir is not a directory: {workdir}")
+        protected = [Path("/usr"), Path("/etc"), *map(Path, _SYSTEM_DIRS), *self._python_roots]
+        if resolved == Path("/") or any(p.is_relative_to(resolved) for p in protected):
+            raise ValueError(
+                f"refusing {workdir} as a sandbox workdir: it contains system or interpreter "
+                "directories that would become writable inside the sandbox"
+            )
+        return resolved
+
+    def _environment(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        environment = {
+            "PATH": f"{self.python.parent}:{_BIN_DIR}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "USER": "nobody",
+            "LOGNAME": "nobody",
+        }
+        environment.update(env or {})
+        return environment
+
+    def _argv(
+        self,
+        workdir: Path,
+        command: list[str],
+        limits: Limits,
+        status_fd: int | None,
+        cgroup: _RunCgroup | None,
+    ) -> list[str]:
+        uid = str(SANDBOX_UID)
+        args = [str(self.bwrap), "--unshare-all", "--unshare-user", "--disable-userns"]
+        args += ["--uid", uid, "--gid", uid, "--hostname", "sandbox"]
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        if status_fd is not None:
+            args += ["--json-status-fd", str(status_fd)]
+        args += ["--ro-bind", "/usr", "/usr"]
+        for name in _SYSTEM_DIRS:
+            path = Path(name)
+            if path.is_symlink():
+                args += ["--symlink", os.readlink(path), name]
+            elif path.is_dir():
+                args += ["--ro-bind", name, name]
+        for name in _ETC_FILES:
+            args += ["--ro-bind-try", name, name]
+        for root in self._python_roots:
+            args += ["--ro-bind", str(root), str(root)]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--size", str(min(_SHM_BYTES, limits.tmpfs_bytes)), "--tmpfs", "/dev/shm"]
+        args += ["--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp"]
+        args += ["--bind", str(workdir), SANDBOX_WORKDIR]
+        args += ["--dir", _BIN_DIR]
+        for alias in ("python", "python3"):
+            args += ["--symlink", str(self.python), f"{_BIN_DIR}/{alias}"]
+        args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SANDBOX_WORKDIR]
+        nproc = limits.pids + _NPROC_OVERHEAD
+        shim = [str(self.python), "-I", "-S", "-c", _SHIM]
+        shim += [str(limits.memory_bytes), str(limits.cpu_seconds)]
+        shim += [str(limits.file_size_bytes), str(nproc), "--"]
+        args += ["--", *shim, *command]
+        if cgroup is None:
+            return args
+        # Join the run's cgroup before bubblewrap starts, so every sandbox process is in it.
+        join = 'echo $$ > "$0" && exec "$@"'
+        return ["/bin/sh", "-c", join, str(cgroup.path / "cgroup.procs"), *args]
+
+
+def _python_roots(python: Path) -> list[Path]:
+    """The directories to bind so `python` runs inside: its prefix, resolved and as named."""
+    candidates = {python.parent.parent, Path(os.path.realpath(python)).parent.parent}
+    if python == Path(sys.executable):
+        for prefix in (sys.prefix, sys.base_prefix):
+            candidates |= {Path(prefix), Path(os.path.realpath(prefix))}
+    roots: list[Path] = []
+    covered = [Path("/usr")]
+    for candidate in sorted(candidates, key=lambda p: len(p.parts)):
+        if len(candidate.parts) < 2 or any(candidate.is_relative_to(c) for c in covered):
+            continue
+        roots.append(candidate)
+        covered.append(candidate)
+    return roots
+
+
+def _kill(proc: asyncio.subprocess.Process, cgroup: _RunCgroup | None) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if cgroup:
+        cgroup.kill()
+
+
+async def _pump(stream: asyncio.StreamReader, tail: _Tail) -> None:
+    while chunk := await stream.read(_CHUNK):
+        tail.add(chunk)
+
+
+def _child_started(status_fd: int) -> bool:
+    """Whether bubblewrap reported the command's pid on its status fd (its writer is gone)."""
+    os.set_blocking(status_fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(status_fd, 4096):
+            data += chunk
+    return b'"child-pid"' in data
+
+
+_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+_FORK_SIGNS = ("BlockingIOError", "Resource temporarily unavailable")
+
+
+def _limit_hit(exit_code: int, timed_out: bool, output: str, pids_hit: bool | None) -> LimitName:
+    """Which limit stopped the run. `pids_hit` is None without a cgroup (then it is guessed)."""
+    if pids_hit and (timed_out or exit_code != 0):
+        return "pids"  # e.g. a fork bomb spinning on failed forks until the wall time
+    if timed_out:
+        return "wall_time"
+    if exit_code == 0:
+        return ""
+    if exit_code == 128 + signal.SIGXCPU:
+        return "cpu"
+    end = output[-4000:]
+    if exit_code == 128 + signal.SIGXFSZ or "File too large" in end:
+        return "file_size"
+    if any(sign in end for sign in _MEMORY_SIGNS):
+        return "memory"
+    if pids_hit is None and all(sign in end for sign in _FORK_SIGNS):
+        return "pids"
+    return ""
+
+
+class _Tail:
+    """Keeps the last `cap` bytes written to it, in at most 2 * cap bytes of memory."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.total = 0
+        self._buffer = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self._buffer += chunk
+        if len(self._buffer) > 2 * self.cap:
+            del self._buffer[: len(self._buffer) - self.cap]
+
+    def text(self) -> str:
+        kept = bytes(self._buffer[-self.cap :])
+        text = kept.decode("utf-8", errors="replace")
+        omitted = self.total - len(kept)
+        if not omitted:
+            return text
+        return (
+            f"[codeyard sandbox: output truncated, {omitted} earlier bytes omitted, "
+            f"the last {len(kept)} bytes follow]\n{text}"
+        )
+
+
+class _PidsCgroups:
+    """The parent cgroup `codeyard-sandbox` in a pids hierarchy: one child cgroup per run."""
+
+    def __init__(self, parent: Path) -> None:
+        self.parent = parent
+
+    @classmethod
+    def find(cls) -> _PidsCgroups | None:
+        """The first pids hierarchy where we can create and limit a cgroup, else None."""
+        for mount, v2 in _pids_hierarchies():
+            try:
+                cgroups = cls(_prepare_parent(mount, v2))
+                cgroups.new_run(1).remove_blocking()
+            except OSError as exc:
+                log.debug("pids cgroup at %s unusable: %s", mount, exc)
+                continue
+            cgroups.sweep()
+            return cgroups
+        return None
+
+    def sweep(self) -> None:
+        """Removes empty run cgroups left by a crashed codeyard. A live run's cgroup is never
+        empty a moment after its creation, and rmdir refuses a cgroup with processes."""
+        now = time.time()
+        for stale in self.parent.glob("run-*"):
+            with contextlib.suppress(OSError):
+                if now - stale.stat().st_mtime > 60:
+                    stale.rmdir()
+
+    def new_run(self, pids_max: int) -> _RunCgroup:
+        path = self.parent / f"run-{uuid.uuid4().hex}"
+        path.mkdir()
+        try:
+            (path / "pids.max").write_text(str(pids_max))
+        except OSError:
+            path.rmdir()
+            raise
+        return _RunCgroup(path)
+
+
+class _RunCgroup:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def kill(self) -> None:
+        kill_file = self.path / "cgroup.kill"  # cgroup v2, Linux 5.14+
+        if kill_file.exists():
+            with contextlib.suppress(OSError):
+                kill_file.write_text("1")
+                return
+        for _ in range(20):  # a fork bomb refills the list until it is at pids.max
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                self._kill_member(pid)
+
+    def _kill_member(self, pid: int) -> None:
+        """SIGKILL `pid` if it is still in this cgroup, without racing pid reuse: the pidfd
+        pins the process that was checked, so a recycled pid is never signalled."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return
+        try:
+            if f"/{self.path.name}\n" in Path(f"/proc/{pid}/cgroup").read_text():
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+
+    def hit_max(self) -> bool:
+        try:
+            events = (self.path / "pids.events").read_text().split()
+        except OSError:
+            return False
+        return len(events) >= 2 and events[0] == "max" and events[1] != "0"
+
+    def _try_remove(self) -> bool:
+        try:
+            self.path.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    async def remove(self) -> None:
+        for _ in range(100):  # killed processes take a moment to leave the cgroup
+            if self._try_remove():
+                return
+            self.kill()
+            await asyncio.sleep(0.02)
+        log.warning("could not remove sandbox cgroup %s (still busy)", self.path)
+
+    def remove_blocking(self) -> None:
+        for _ in range(100):
+            if self._try_remove():
+                return
+            self.kill()
+            time.sleep(0.02)
+        log.warning("could not remove sandbox cgroup %s (still busy)", self.path)
+
+
+def _pids_hierarchies() -> list[tuple[Path, bool]]:
+    """Mount points of cgroup hierarchies with the pids controller: (path, is cgroup v2)."""
+    v1: list[tuple[Path, bool]] = []
+    v2: list[tuple[Path, bool]] = []
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return []
+    for line in mountinfo.splitlines():
+        mount_fields, _, fs_fields = line.partition(" - ")
+        fields, fs = mount_fields.split(), fs_fields.split()
+        if len(fields) < 5 or len(fs) < 3:
+            continue
+        mount = Path(_unescape(fields[4]))
+        if fs[0] == "cgroup" and "pids" in fs[2].split(","):
+            v1.append((mount, False))
+        elif fs[0] == "cgroup2":
+            with contextlib.suppress(OSError):
+                if "pids" in (mount / "cgroup.controllers").read_text().split():
+                    v2.append((mount, True))
+    return v1 + v2
+
+
+def _unescape(path: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
+    for code in ("040", "011", "012", "134"):
+        path = path.replace(f"\\{code}", chr(int(code, 8)))
+    return path
+
+
+def _prepare_parent(mount: Path, v2: bool) -> Path:
+    parent = mount / _CGROUP_NAME
+    if v2:
+        _enable_pids(mount)
+    parent.mkdir(exist_ok=True)
+    if v2:
+        _enable_pids(parent)
+    return parent
+
+
+def _enable_pids(cgroup: Path) -> None:
+    """cgroup v2: let the children of `cgroup` use the pids controller."""
+    control = cgroup / "cgroup.subtree_control"
+    if "pids" not in control.read_text().split():
+        control.write_text("+pids")

@@ -1,0 +1,38 @@
+"""`Limits`: what one sandboxed command may consume before it is stopped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits of one sandboxed run. Every value must be positive.
+
+    - `wall_seconds`: elapsed time; the parent kills the whole sandbox when it is exceeded.
+    - `cpu_seconds`: CPU time of each process (RLIMIT_CPU: SIGXCPU, then SIGKILL a second later).
+    - `memory_bytes`: address space of each process (RLIMIT_AS). Python with pytest needs a few
+      hundred MB; allocations beyond the limit fail (MemoryError) instead of swapping the host.
+    - `pids`: processes and threads inside the sandbox (a pids cgroup when one is writable, else
+      RLIMIT_NPROC, which the user namespace makes per sandbox; see `codeyard.sandbox.bwrap`).
+    - `output_bytes`: captured combined stdout+stderr; only the last `output_bytes` are kept.
+    - `file_size_bytes`: largest file a process may write (RLIMIT_FSIZE).
+    - `tmpfs_bytes`: size of the in-memory /tmp (which is also HOME) and of /dev/shm.
+    """
+
+    wall_seconds: float = 300.0
+    cpu_seconds: int = 300
+    memory_bytes: int = 2 * GiB
+    pids: int = 256
+    output_bytes: int = 1 * MiB
+    file_size_bytes: int = 1 * GiB
+    tmpfs_bytes: int = 256 * MiB
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"Limits.{name} must be positive, got {value!r}")

@@ -1,0 +1,63 @@
+"""The `Sandbox` protocol every backend implements, and what a run reports back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from codeyard.sandbox.limits import Limits
+
+# Which limit stopped a run; "" when none did. "memory" and (without a pids cgroup) "pids" are
+# best effort: the kernel reports them only as a failed allocation or fork inside the program.
+LimitName = Literal["", "wall_time", "cpu", "memory", "pids", "file_size"]
+
+
+class SandboxUnavailable(RuntimeError):
+    """No sandbox can run commands here (backend missing, or it cannot contain a command).
+
+    The message says why and how to fix it. Never fall back to running unsandboxed.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """The result of one sandboxed command.
+
+    `exit_code` is the command's exit status, or 128+N when a signal N ended it (as in a shell;
+    a run stopped at its wall time reports 137). `output` is stdout and stderr interleaved as
+    text, keeping only the last `Limits.output_bytes` with a marker line in front when earlier
+    output was dropped.
+    """
+
+    exit_code: int
+    output: str
+    timed_out: bool
+    duration_seconds: float
+    killed_by_limit: LimitName = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.killed_by_limit
+
+
+class Sandbox(Protocol):
+    """Runs a command inside `workdir` with no network, writes confined to `workdir`, as a
+    non-root user without new privileges, within `limits`.
+
+    `command` is an argv list, never a shell string: pass `["sh", "-c", script]` explicitly
+    when a shell is needed. `env` adds to (or overrides) the sandbox's minimal environment;
+    nothing of the caller's environment leaks in otherwise. `workdir` must be a copy the
+    command may modify; it is visible read-write inside the sandbox.
+    """
+
+    name: str
+
+    async def run(
+        self,
+        workdir: Path,
+        command: Sequence[str],
+        limits: Limits,
+        env: Mapping[str, str] | None = None,
+    ) -> RunOutcome: ...
