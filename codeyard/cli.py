@@ -67,16 +67,18 @@ def up(
     Example: [bold]codeyard up[/bold]
     """
     from codeyard.launch import run_up
-    from codeyard.llm import LLMSettings
+    from codeyard.llm import NOT_CONFIGURED, LLMSettings
+    from codeyard.llm.local import NOTICE, local_server_available
 
-    if agents and not LLMSettings().is_configured():
-        from codeyard.llm import NOT_CONFIGURED
-
-        err.print(f"[red]error:[/red] the agents need an LLM. {NOT_CONFIGURED}", markup=False)
+    local_llm = agents and not LLMSettings().is_configured()
+    if local_llm and not local_server_available():
+        err.print(f"error: the agents need an LLM. {NOT_CONFIGURED}", markup=False)
         raise typer.Exit(2)
+    if local_llm:
+        console.print(NOTICE, markup=False)
     settings = Settings()
     try:
-        asyncio.run(run_up(settings, console, coders=coders, agents=agents))
+        asyncio.run(run_up(settings, console, coders=coders, agents=agents, local_llm=local_llm))
     except EmbeddedServerError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -129,6 +131,9 @@ def run(
         bool, typer.Option(help="wait for a person to approve the plan")
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to follow before giving up")] = 3600.0,
+    max_attempts: Annotated[
+        int, typer.Option(min=1, max=100, help="attempts per task before the run fails")
+    ] = 3,
 ) -> None:
     """Submit a goal and follow the run until it ends.
 
@@ -140,6 +145,7 @@ def run(
 
     from codeyard.follow import RunRefused, submit_and_follow
     from codeyard.schemas import (
+        Budget,
         MessageError,
         RepoRef,
         RunState,
@@ -168,6 +174,7 @@ def run(
             repo=RepoRef(path=str(repo)),
             plan=tasks,
             approve_plan=approve_plan,
+            budget=Budget(max_attempts_per_task=max_attempts),
         )
     except msgspec.ValidationError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -184,6 +191,8 @@ def run(
             await bus.close()
         merged = sum(task.state is TaskState.MERGED for task in final.tasks.values())
         console.print(f"run {final.run_id} {final.state}: {merged}/{len(final.tasks)} tasks merged")
+        if final.state is RunState.DONE:
+            console.print(f"result: branch codeyard/{final.run_id} in {repo}", markup=False)
         if final.error:
             console.print(f"reason: {final.error}", markup=False)
         return final.state

@@ -6,17 +6,23 @@ import asyncio
 import os
 import signal
 import sys
+import urllib.request
+from collections.abc import Mapping
 
 from rich.console import Console
 
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.embedded import free_port
 from codeyard.config import Settings
+from codeyard.llm.local import local_server_command, smollm2_model
 from codeyard.supervisor import ChildSpec, Supervisor
 
 
-def service_children(url: str, *, coders: int, agents: bool) -> list[ChildSpec]:
+def service_children(
+    url: str, *, coders: int, agents: bool, llm_env: Mapping[str, str] | None = None
+) -> list[ChildSpec]:
     """The services `up` keeps running: the coordinator and, with `agents`, every role."""
-    env = os.environ | {"NATS_URL": url}
+    env = os.environ | {"NATS_URL": url} | dict(llm_env or {})
     codeyard = [sys.executable, "-m", "codeyard"]
     children = [ChildSpec("coordinator", [*codeyard, "coordinator", "--name", "coordinator"], env)]
     if agents:
@@ -50,7 +56,27 @@ async def run_worker(settings: Settings, role: str, concurrency: int) -> None:
         await llm.close()
 
 
-async def run_up(settings: Settings, console: Console, *, coders: int, agents: bool) -> None:
+async def wait_until_serving(url: str, timeout: float) -> None:
+    """Poll an HTTP endpoint until it answers 200, or raise TimeoutError."""
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await asyncio.to_thread(answers):
+        if loop.time() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+        await asyncio.sleep(0.5)
+
+
+async def run_up(
+    settings: Settings, console: Console, *, coders: int, agents: bool, local_llm: bool = False
+) -> None:
     server: EmbeddedNats | None = None
     url = settings.nats_url
     if not url:
@@ -63,13 +89,27 @@ async def run_up(settings: Settings, console: Console, *, coders: int, agents: b
         bus = await Bus.connect(url, name="codeyard-up", topology=settings.topology())
         await bus.setup()
         await bus.close()
-        children = service_children(url, coders=coders, agents=agents)
-        console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await Supervisor(children).run(stop)
+        services: list[asyncio.Task[None]] = []
+        llm_env: dict[str, str] = {}
+        if local_llm:
+            model = smollm2_model()
+            assert model is not None
+            port = free_port()
+            llm_server = ChildSpec("llm", local_server_command(model, port))
+            services.append(asyncio.create_task(Supervisor([llm_server]).run(stop)))
+            base_url = f"http://127.0.0.1:{port}/v1"
+            console.print(f"starting the local model at {base_url} ...")
+            await wait_until_serving(f"{base_url}/models", timeout=300)
+            llm_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "local"}
+            llm_env |= {"CODEYARD_LLM_MODEL": "smollm2"}
+        children = service_children(url, coders=coders, agents=agents, llm_env=llm_env)
+        console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
+        services.append(asyncio.create_task(Supervisor(children).run(stop)))
+        await asyncio.gather(*services)
     finally:
         if server:
             await asyncio.to_thread(server.stop)

