@@ -43,6 +43,8 @@ from codeyard.coordinator.engine import RunEngine
 from codeyard.coordinator.events import (
     Cancel,
     Event,
+    Integrated,
+    MergeFailed,
     PlanApproved,
     PlanProposed,
     PlanRejected,
@@ -82,7 +84,7 @@ from codeyard.schemas.messages import (
     TestResult,
     WorkCancelled,
 )
-from codeyard.schemas.model import Budget, Run, RunState
+from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,7 @@ class Coordinator:
         self._pipeline = bus.pipeline
         self._unacked = 0  # results delivered to the inbox and not yet acked
         self._acked = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- leadership ---------------------------------------------------------------------------
 
@@ -479,11 +482,32 @@ class Coordinator:
         for run_id in commit.finished:
             self._open.pop(run_id, None)
         for run_id, work in commit.merges:
-            asyncio.create_task(self._integrate(run_id, work))  # noqa: RUF006 - result via inbox
+            task = asyncio.create_task(self._integrate(run_id, work))
+            self._background.add(task)  # keep a reference until done; the outcome comes back
+            task.add_done_callback(self._background.discard)  # through the inbox
 
     async def _integrate(self, run_id: str, work: Merge | Integrate) -> None:
-        if open_run := self._open.get(run_id):
-            self._inbox.put_nowait(FollowUp(run_id, await self._outcome(open_run, work)))
+        """Merge (or finish) in the background; a failing workspace is retried, then the task
+        goes back to the coder with the error rather than staying gated forever."""
+        for delay in (1.0, 5.0, 15.0, 0.0):
+            open_run = self._open.get(run_id)
+            if open_run is None:
+                return
+            try:
+                event = await self._outcome(open_run, work)
+            except Exception as exc:
+                log.exception("run %s: %s failed", run_id, type(work).__name__)
+                if delay:
+                    await asyncio.sleep(delay)
+                    continue
+                report = f"integration error: {exc}"
+                event = (
+                    MergeFailed(work.task_id, work.attempt, FeedbackKind.CONFLICT, report)
+                    if isinstance(work, Merge)
+                    else Integrated(ok=False, report=report)
+                )
+            self._inbox.put_nowait(FollowUp(run_id, event))
+            return
 
     async def _outcome(self, open_run: OpenRun, work: Merge | Integrate) -> Event:
         if isinstance(work, Merge):

@@ -28,6 +28,11 @@ class GitIntegrator:
     def __init__(self, data_dir: Path) -> None:
         self.root = data_dir / "runs"
         self._dry = LedgerIntegrator()
+        # git allows one writer per repository: merges of one run take turns
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, run_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(run_id, asyncio.Lock())
 
     def inline(self, run: Run) -> bool:
         return not run.repo.path
@@ -52,7 +57,8 @@ class GitIntegrator:
     async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         if not run.repo.path:
             return await self._dry.merge(run, task_id, attempt)
-        return await asyncio.to_thread(self._merge, run, task_id, attempt)
+        async with self._lock(run.run_id):
+            return await asyncio.to_thread(self._merge, run, task_id, attempt)
 
     def _merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         repo = self.integration_dir(run.run_id)
@@ -74,7 +80,10 @@ class GitIntegrator:
     async def integrate(self, run: Run) -> Integrated:
         if not run.repo.path:
             return await self._dry.integrate(run)
-        return await asyncio.to_thread(self._integrate, run)
+        async with self._lock(run.run_id):
+            outcome = await asyncio.to_thread(self._integrate, run)
+        self._locks.pop(run.run_id, None)
+        return outcome
 
     def _integrate(self, run: Run) -> Integrated:
         branch = result_branch(run.run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,15 @@ async def test_a_conflicting_patch_is_refused_whole(user_repo: Path, tmp_path: P
     clone = Path(run.repo.snapshot)
     assert git(clone, "status", "--porcelain") == ""  # nothing half-applied
     assert git(clone, "log", "--format=%s").splitlines() == ["change a", "initial"]
+
+
+async def test_merges_of_one_run_may_arrive_together(user_repo: Path, tmp_path: Path) -> None:
+    integrator = GitIntegrator(tmp_path / "data")
+    patches = {f"t{i}": patch_of(user_repo, f"notes{i}.md", f"note {i}\n") for i in range(6)}
+    run = run_with(user_repo, **patches)
+    run.repo = await integrator.prepare(run)
+    outcomes = await asyncio.gather(*(integrator.merge(run, task, 1) for task in patches))
+    assert outcomes == [Merged(task, 1) for task in patches]
+    clone = Path(run.repo.snapshot)
+    assert len(git(clone, "log", "--format=%s").splitlines()) == 7
+    assert git(clone, "status", "--porcelain") == ""
