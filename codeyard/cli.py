@@ -70,13 +70,13 @@ def up(
     from codeyard.llm import NOT_CONFIGURED, LLMSettings
     from codeyard.llm.local import NOTICE, local_server_available
 
+    settings = Settings()
     local_llm = agents and not LLMSettings().is_configured()
-    if local_llm and not local_server_available():
+    if local_llm and not (settings.local_llm and local_server_available()):
         err.print(f"error: the agents need an LLM. {NOT_CONFIGURED}", markup=False)
         raise typer.Exit(2)
     if local_llm:
         console.print(NOTICE, markup=False)
-    settings = Settings()
     try:
         asyncio.run(run_up(settings, console, coders=coders, agents=agents, local_llm=local_llm))
     except EmbeddedServerError as exc:

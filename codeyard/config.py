@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     leader_ttl: float = Field(
         default=5.0, gt=0, description="seconds a dead coordinator leader keeps the lease"
     )
+    local_llm: bool = Field(
+        default=True,
+        description="with no LLM endpoint configured, serve the bundled SmolLM2 (codeyard[local])",
+    )
     event_retention_days: float = Field(default=30.0, gt=0, description="events stream max age")
 
     def topology(self) -> Topology:

@@ -347,11 +347,12 @@ class BwrapSandbox:
                 args += ["--ro-bind", name, name]
         for name in _ETC_FILES:
             args += ["--ro-bind-try", name, name]
-        for root in self._python_roots:
-            args += ["--ro-bind", str(root), str(root)]
         args += ["--proc", "/proc", "--dev", "/dev"]
         args += ["--size", str(min(_SHM_BYTES, limits.tmpfs_bytes)), "--tmpfs", "/dev/shm"]
         args += ["--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp"]
+        # after the tmpfs mounts, so an interpreter living under /tmp (a venv) stays visible
+        for root in self._python_roots:
+            args += ["--ro-bind", str(root), str(root)]
         args += ["--bind", str(workdir), SANDBOX_WORKDIR]
         args += ["--dir", _BIN_DIR]
         for alias in ("python", "python3"):

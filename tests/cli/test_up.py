@@ -71,6 +71,7 @@ async def test_up_with_an_unreachable_nats_url_fails_clearly(tmp_path: Path) -> 
 
 async def test_up_without_an_llm_explains_how_to_configure_one() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_LLM"))}
+    env["CODEYARD_LOCAL_LLM"] = "0"  # where codeyard[local] is installed it would be used
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "codeyard", "up", env=env, stderr=asyncio.subprocess.PIPE
     )
