@@ -88,6 +88,33 @@ def up(
 
 
 @app.command()
+def gate(
+    policy: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="policy TOML (default: the built-in one)"),
+    ] = None,
+) -> None:
+    """Run the safety gate: answers cy.gate.check with allow, deny or needs_approval.
+
+    Every decision is appended to the run's events before it is answered.
+
+    Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard gate --policy ./policy.toml[/bold]
+    """
+    from codeyard.agents.policy import PolicyError
+    from codeyard.launch import run_gate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(run_gate(Settings(), policy))
+    except PolicyError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    except (OSError, nats.errors.Error) as exc:
+        err.print(f"[red]error:[/red] cannot reach NATS: {exc!r}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def worker(
     role: Annotated[str, typer.Argument(help="planner, coder, tester or review")],
     concurrency: Annotated[int, typer.Option(min=1, help="work items handled at once")] = 1,

@@ -8,6 +8,7 @@ import signal
 import sys
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 
 from rich.console import Console
 
@@ -27,12 +28,32 @@ def service_children(
     children = [ChildSpec("coordinator", [*codeyard, "coordinator", "--name", "coordinator"], env)]
     if agents:
         children += [
+            ChildSpec("safety-gate", [*codeyard, "gate"], env),
             ChildSpec("planner", [*codeyard, "worker", "planner"], env),
             *(ChildSpec(f"coder-{n}", [*codeyard, "worker", "coder"], env) for n in range(coders)),
             ChildSpec("tester", [*codeyard, "worker", "tester", "--concurrency", "2"], env),
             ChildSpec("review", [*codeyard, "worker", "review", "--concurrency", "2"], env),
         ]
     return children
+
+
+async def run_gate(settings: Settings, policy_file: Path | None) -> None:
+    """The safety gate process: answer checks until SIGTERM."""
+    from codeyard.agents.policy import load_policy
+    from codeyard.agents.safety_gate import SafetyGate
+
+    policy = load_policy(policy_file)
+    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+    bus = await Bus.connect(url, name="safety-gate", topology=settings.topology())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await SafetyGate(bus, policy).serve()
+        await stop.wait()
+    finally:
+        await bus.close()
 
 
 async def run_worker(settings: Settings, role: str, concurrency: int) -> None:

@@ -44,6 +44,10 @@ class VersionedStore(Generic[T]):
             return None
         return Versioned(decode(entry.value, self._type), entry.revision)
 
+    async def put(self, key: str, value: T) -> int:
+        """Write regardless of what is there (for values whose writers never race)."""
+        return await self._kv.put(key, encode(value))
+
     async def create(self, key: str, value: T) -> int:
         """Write a new key; `StaleRevision` if it exists already."""
         try:
