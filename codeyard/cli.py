@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import nats.errors
 import typer
@@ -103,15 +104,7 @@ def gate(
     from codeyard.agents.policy import PolicyError
     from codeyard.launch import run_gate
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        asyncio.run(run_gate(Settings(), policy))
-    except PolicyError as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(2) from None
-    except (OSError, nats.errors.Error) as exc:
-        err.print(f"[red]error:[/red] cannot reach NATS: {exc!r}")
-        raise typer.Exit(1) from None
+    _serve(run_gate(Settings(), policy), bad_configuration=(PolicyError,))
 
 
 @app.command()
@@ -130,15 +123,8 @@ def worker(
     from codeyard.llm import LLMNotConfigured
     from codeyard.sandbox import SandboxUnavailable
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        asyncio.run(run_worker(Settings(), role, concurrency))
-    except (LLMNotConfigured, SandboxUnavailable, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=False)
-        raise typer.Exit(2) from None
-    except (OSError, nats.errors.Error) as exc:
-        err.print(f"[red]error:[/red] cannot reach NATS: {exc!r}")
-        raise typer.Exit(1) from None
+    bad = (LLMNotConfigured, SandboxUnavailable, ValueError)
+    _serve(run_worker(Settings(), role, concurrency), bad_configuration=bad)
 
 
 @app.command()
@@ -274,9 +260,20 @@ def coordinator(
 
     Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard coordinator --name coord-a[/bold]
     """
+    _serve(_coordinate(Settings(), name, capacity))
+
+
+def _serve(
+    service: Coroutine[Any, Any, None], bad_configuration: tuple[type[Exception], ...] = ()
+) -> None:
+    """Run a long-lived service with logs on stderr: bad configuration exits 2, an unreachable
+    NATS exits 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        asyncio.run(_coordinate(Settings(), name, capacity))
+        asyncio.run(service)
+    except bad_configuration as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
     except (OSError, nats.errors.Error) as exc:
         err.print(f"[red]error:[/red] cannot reach NATS: {exc!r}")
         raise typer.Exit(1) from None
