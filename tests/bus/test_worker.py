@@ -29,6 +29,7 @@ from codeyard.schemas import (
     encode,
 )
 from tests.bus.results import collect_results
+from tests.processes import stop
 
 
 def code_request(task_id: str, run_id: str = "run1", description: str = "") -> CodeRequest:
@@ -227,9 +228,7 @@ async def spawn_worker(
 
 
 async def stop_worker(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 15)
+    await stop(process, 15)
 
 
 async def test_worker_killed_before_ack_has_its_message_redelivered_to_another(

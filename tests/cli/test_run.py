@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ import pytest
 from codeyard.bus.embedded import free_port
 from codeyard.schemas import TaskSpec
 from codeyard.workspace.git import git
+from tests.processes import start, stop
 
 
 @pytest.fixture
@@ -27,37 +27,21 @@ async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
         "CODEYARD_NATS_PORT": str(port),
         "NATS_URL": "",
     }
-    up = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "codeyard",
-        "up",
-        "--no-agents",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert up.stdout is not None
-    while b"Ctrl-C stops" not in await asyncio.wait_for(up.stdout.readline(), 30):
-        pass
-    workers = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "codeyard.testing.scripted_worker",
-        "--roles",
-        "coder,tester,review",
-        "--fail-tests",
-        "b",
-        env=env | {"NATS_URL": f"nats://127.0.0.1:{port}"},
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert workers.stdout is not None
-    assert await asyncio.wait_for(workers.stdout.readline(), 30) == b"READY\n"
+    up, _ = await start("-m", "codeyard", "up", "--no-agents", env=env, ready=b"Ctrl-C stops")
+    try:
+        worker_env = env | {"NATS_URL": f"nats://127.0.0.1:{port}"}
+        roles = ("--roles", "coder,tester,review", "--fail-tests", "b")
+        workers, _ = await start(
+            "-m", "codeyard.testing.scripted_worker", *roles, env=worker_env, ready=b"READY"
+        )
+    except BaseException:
+        await stop(up)
+        raise
     try:
         yield env
     finally:
         for process in (workers, up):
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 30)
+            await stop(process)
 
 
 GIT_ENV = os.environ | {

@@ -53,30 +53,38 @@ async def test_up_runs_an_embedded_server_until_sigterm(tmp_path: Path) -> None:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "nats-server still running"
 
 
-async def test_up_with_an_unreachable_nats_url_fails_clearly(tmp_path: Path) -> None:
-    env = os.environ | {"NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+async def run_to_end(env: dict[str, str], *args: str) -> tuple[int, bytes]:
+    """`codeyard ARGS` expected to exit by itself; killed if it does not, so nothing leaks."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "codeyard",
-        "up",
-        "--no-agents",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "codeyard", *args, env=env, stderr=asyncio.subprocess.PIPE
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 1
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stderr
+
+
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    """No LLM, a private data dir and port: whatever goes wrong, the user's setup is safe."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_"))}
+    return env | {"CODEYARD_DATA_DIR": str(tmp_path), "CODEYARD_NATS_PORT": str(free_port())}
+
+
+async def test_up_with_an_unreachable_nats_url_fails_clearly(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path) | {"NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    code, stderr = await run_to_end(env, "up", "--no-agents")
+    assert code == 1
     assert b"cannot reach NATS" in stderr
 
 
-async def test_up_without_an_llm_explains_how_to_configure_one() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_LLM"))}
-    env["CODEYARD_LOCAL_LLM"] = "0"  # where codeyard[local] is installed it would be used
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "codeyard", "up", env=env, stderr=asyncio.subprocess.PIPE
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
+async def test_up_without_an_llm_explains_how_to_configure_one(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path) | {"CODEYARD_LOCAL_LLM": "0"}  # else codeyard[local] serves
+    code, stderr = await run_to_end(env, "up")
+    assert code == 2
     message = stderr.decode()
     assert "OPENAI_BASE_URL" in message
     assert "codeyard[local]" in message

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ import pytest
 from codeyard.bus.embedded import free_port
 from codeyard.sandbox import SandboxUnavailable, default_sandbox
 from codeyard.workspace.git import checkout, git
+from tests.processes import start, stop
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE.parent / "fixtures" / "calc"
@@ -33,19 +33,6 @@ def sandbox_missing() -> str:
 
 
 pytestmark = pytest.mark.skipif(bool(sandbox_missing()), reason=sandbox_missing() or "-")
-
-
-async def start(
-    *args: str, env: dict[str, str], ready: bytes
-) -> tuple[asyncio.subprocess.Process, str]:
-    """A child process, once it printed a line containing `ready`; and that line."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *args, env=env, stdout=asyncio.subprocess.PIPE
-    )
-    assert process.stdout is not None
-    while ready not in (line := await asyncio.wait_for(process.stdout.readline(), 60)):
-        assert line, f"{args} exited before saying {ready!r}"
-    return process, line.decode().strip()
 
 
 @pytest.fixture
@@ -69,13 +56,16 @@ async def services(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
         "OPENAI_API_KEY": "test-key",
         "CODEYARD_LLM_MAX_RETRIES": "1",
     }
-    up, _ = await start("-m", "codeyard", "up", "--coders", "2", env=env, ready=b"Ctrl-C stops")
+    try:
+        up, _ = await start("-m", "codeyard", "up", "--coders", "2", env=env, ready=b"Ctrl-C stops")
+    except BaseException:
+        await stop(llm)
+        raise
     try:
         yield env
     finally:
-        for process in (up, llm):
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 60)
+        await stop(up, 60)
+        await stop(llm)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,8 @@ from codeyard.follow import ask_coordinator
 from codeyard.llm.local import smollm2_model
 from codeyard.schemas import RunState, RunStatus, StatusQuery
 from codeyard.workspace.git import git
-from tests.e2e.test_calc_run import FIXTURE, start
+from tests.e2e.test_calc_run import FIXTURE
+from tests.processes import start, stop
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or smollm2_model() is None,
@@ -59,8 +59,7 @@ async def test_a_run_with_smollm2_ends_well_formed(tmp_path: Path) -> None:
         status = await ask_coordinator(bus, "status", StatusQuery(run_id="smoke"))
         await bus.close()
     finally:
-        up.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(up.wait(), 60)
+        await stop(up, 60)
 
     output = run.stdout + run.stderr
     assert run.returncode in (0, 1), output

@@ -1,0 +1,38 @@
+"""Stopping child processes of tests so that none outlives its test, whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+
+async def stop(process: asyncio.subprocess.Process, grace: float = 30.0) -> None:
+    """SIGTERM (a graceful stop is part of what is tested), then SIGKILL after `grace`."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+
+
+async def start(
+    *args: str, env: dict[str, str], ready: bytes
+) -> tuple[asyncio.subprocess.Process, str]:
+    """A child process, once it printed a line containing `ready`; and that line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    try:
+        while ready not in (line := await asyncio.wait_for(process.stdout.readline(), 60)):
+            assert line, f"{args} exited before saying {ready!r}"
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    return process, line.decode().strip()
