@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from codeyard.bus import Bus, EmbeddedNats, PullWorker, Topology
 from codeyard.bus.subjects import ctl_subject, events_subject
+from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.schemas import (
     Accepted,
     CodeRequest,
@@ -51,7 +52,6 @@ from codeyard.schemas import (
 from codeyard.testing.dags import random_plan
 
 ROOT = Path(__file__).resolve().parent.parent
-FINISHED = (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -89,7 +89,7 @@ async def one_run(bus: Bus, tasks: int, seed: int, *, sequential: bool = False) 
 
     async def on_event(msg: Msg) -> None:
         event = decode(msg.data, RunEvent)
-        finished_now = isinstance(event, RunStateChanged) and event.state in FINISHED
+        finished_now = isinstance(event, RunStateChanged) and event.state in TERMINAL_RUN_STATES
         if finished_now and not finished.done():
             finished.set_result(event)
 

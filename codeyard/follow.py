@@ -11,6 +11,7 @@ from rich.console import Console
 
 from codeyard.bus import Bus
 from codeyard.bus.subjects import EVENT_STREAM, ctl_subject, events_subject
+from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.schemas import (
     Accepted,
     ControlError,
@@ -19,7 +20,6 @@ from codeyard.schemas import (
     Envelope,
     Run,
     RunEvent,
-    RunState,
     RunStateChanged,
     RunStatus,
     StatusQuery,
@@ -28,8 +28,6 @@ from codeyard.schemas import (
     WorkCancelled,
     decode,
 )
-
-FINISHED = (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
 
 
 class RunRefused(RuntimeError):
@@ -82,7 +80,7 @@ async def submit_and_follow(bus: Bus, submit: SubmitRun, console: Console, timeo
         event = decode(msg.data, RunEvent)
         for line in describe(event):
             console.print(line, markup=False, highlight=False)
-        if isinstance(event, RunStateChanged) and event.state in FINISHED:
+        if isinstance(event, RunStateChanged) and event.state in TERMINAL_RUN_STATES:
             finished.set()
 
     # from the first event on: an ordered consumer replays what happened before we subscribed

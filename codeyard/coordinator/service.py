@@ -54,6 +54,7 @@ from codeyard.coordinator.events import (
 from codeyard.coordinator.graph import InvalidPlan, TaskGraph
 from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import LeaderLease
+from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.coordinator.result_events import event_for
 from codeyard.coordinator.run_store import PendingWrite, RunStore, StoredRun, confirm
 from codeyard.coordinator.work_items import (
@@ -65,6 +66,7 @@ from codeyard.coordinator.work_items import (
 )
 from codeyard.schemas.codec import MessageError, decode, encode
 from codeyard.schemas.envelope import Envelope, new_id
+from codeyard.schemas.export import CONTROL_VERBS
 from codeyard.schemas.messages import (
     Accepted,
     ApprovalList,
@@ -84,11 +86,9 @@ from codeyard.schemas.messages import (
     TestResult,
     WorkCancelled,
 )
-from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
+from codeyard.schemas.model import Budget, FeedbackKind, Run
 
 log = logging.getLogger(__name__)
-
-CONTROL_VERBS = ("submit", "cancel", "status", "approvals", "approve", "deny")
 
 
 class LostLeadership(RuntimeError):
@@ -254,7 +254,7 @@ class Coordinator:
         assert self._store is not None
         commit = Commit()
         for header in await self._store.headers():
-            if header.state in (RunState.DONE, RunState.FAILED, RunState.CANCELLED):
+            if header.state in TERMINAL_RUN_STATES:
                 continue
             stored = await self._store.load(header.run_id, tasks=True)
             if stored is None:
@@ -318,7 +318,7 @@ class Coordinator:
 
         return [
             await self.bus.nc.subscribe(subjects.ctl_subject(verb), cb=answer)
-            for verb in CONTROL_VERBS
+            for verb in CONTROL_VERBS  # the verbs the exported AsyncAPI document lists
         ]
 
     async def _process_inbox(self) -> None:

@@ -14,6 +14,7 @@ from nats.js.api import DeliverPolicy
 from codeyard.bus import Bus
 from codeyard.bus.subjects import EVENT_STREAM, LEADER_BUCKET, events_subject
 from codeyard.coordinator.lease import LEASE_KEY
+from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.follow import ask_coordinator
 from codeyard.schemas import (
     ControlError,
@@ -21,7 +22,6 @@ from codeyard.schemas import (
     Envelope,
     Run,
     RunEvent,
-    RunState,
     RunStatus,
     StatusQuery,
     SubmitRun,
@@ -33,7 +33,6 @@ from codeyard.schemas import (
 from tests.conftest import TEST_TOPOLOGY
 
 ROOT = Path(__file__).resolve().parents[2]
-FINISHED = (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
 
 
 def child_env(url: str) -> dict[str, str]:
@@ -116,7 +115,7 @@ async def wait_until(bus: Bus, run_id: str, merged: int = 0, timeout: float = 12
     while True:
         run = await status(bus, run_id)
         done = sum(task.state is TaskState.MERGED for task in run.tasks.values())
-        if run.state in FINISHED or (merged and done >= merged):
+        if run.state in TERMINAL_RUN_STATES or (merged and done >= merged):
             return run
         assert loop.time() < deadline, f"run {run_id} is {run.state} with {done} merged"
         await asyncio.sleep(0.2)
