@@ -120,7 +120,7 @@ class Bus:
         return await self.publish(subjects.events_subject(event.run_id), event)
 
     async def store(self, bucket: str, type_: type[S]) -> VersionedStore[S]:
-        return VersionedStore(await self.js.key_value(bucket), bucket, type_)
+        return VersionedStore(self.js, await self.js.key_value(bucket), bucket, type_)
 
     # --- core request/reply --------------------------------------------------------------------
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from codeyard.bus.kv_scan import latest_entries
 from codeyard.schemas.codec import decode, encode
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -30,7 +32,8 @@ class Versioned(msgspec.Struct, Generic[T], frozen=True):
 class VersionedStore(Generic[T]):
     """Values of one msgspec type in one bucket. Every write names the revision it replaces."""
 
-    def __init__(self, kv: KeyValue, bucket: str, type_: type[T]) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str, type_: type[T]) -> None:
+        self._js = js
         self._kv = kv
         self.bucket = bucket
         self._type = type_
@@ -66,7 +69,4 @@ class VersionedStore(Generic[T]):
         await self._kv.delete(key)
 
     async def keys(self) -> list[str]:
-        try:
-            return list(await self._kv.keys())
-        except NoKeysError:
-            return []
+        return [key async for key, _, _ in latest_entries(self._js, self.bucket)]

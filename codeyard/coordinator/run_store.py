@@ -11,19 +11,16 @@ Keys: `<run_id>` holds the `Run` with `tasks` empty (written with every change o
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
-import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from codeyard.bus import subjects
+from codeyard.bus.kv_scan import latest_entries
 from codeyard.bus.pipeline import Pending, PubAck, PublishError, PublishPipeline
 from codeyard.bus.store import StaleRevision
 from codeyard.schemas.codec import decode, encode
@@ -31,7 +28,6 @@ from codeyard.schemas.model import Run, Task
 
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = (10071, 10164)
-DELETION_HEADERS = {"KV-Operation", "Nats-Marker-Reason"}  # deletes, purges, expiries
 
 
 @dataclass
@@ -81,39 +77,8 @@ class RunStore:
         runs = [decode(value, Run) async for _, value, _ in self._latest("*")]  # one token: headers
         return sorted(runs, key=lambda run: run.created_at)
 
-    async def _latest(self, keys: str) -> AsyncIterator[tuple[str, bytes, int]]:
-        """The latest value of every key matching `keys`.
-
-        Not `KeyValue.watch`: its end-of-initial-values marker comes from a consumer info that
-        races the push deliveries, and on a slow machine it can say "nothing" before the values
-        arrive (a coordinator then resumed a run with no tasks). A pull consumer delivers nothing
-        until asked, so the pending count its creation reports is exact.
-        """
-        stream = f"KV_{subjects.RUNS_BUCKET}"
-        info = await self._js.add_consumer(
-            stream,
-            config=ConsumerConfig(
-                name=f"load-{uuid.uuid4().hex}",
-                filter_subject=self._prefix + keys,
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                ack_policy=AckPolicy.NONE,
-                mem_storage=True,
-                inactive_threshold=60.0,
-            ),
-        )
-        remaining = info.num_pending or 0
-        reader = await self._js.pull_subscribe_bind(stream=stream, name=info.name)
-        try:
-            while remaining > 0:
-                for msg in await reader.fetch(min(remaining, 1000), timeout=30):
-                    remaining = msg.metadata.num_pending
-                    if not msg.headers or not DELETION_HEADERS & msg.headers.keys():
-                        key = msg.subject[len(self._prefix) :]
-                        yield key, msg.data, msg.metadata.sequence.stream
-        finally:
-            await reader.unsubscribe()
-            with contextlib.suppress(nats.errors.Error):  # it expires by itself when idle
-                await self._js.delete_consumer(stream, info.name)
+    def _latest(self, keys: str) -> AsyncIterator[tuple[str, bytes, int]]:
+        return latest_entries(self._js, subjects.RUNS_BUCKET, keys)
 
     async def save(
         self, stored: StoredRun, task_ids: Iterable[str], pipeline: PublishPipeline
