@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import nats.errors
 import typer
@@ -17,6 +18,9 @@ from rich.console import Console
 from codeyard import __version__
 from codeyard.bus import Bus, EmbeddedServerError
 from codeyard.config import Settings
+
+if TYPE_CHECKING:
+    from codeyard.schemas import ControlReply, Envelope
 
 app = typer.Typer(
     help="codeyard: autonomous coding agents as services over NATS JetStream.",
@@ -53,7 +57,10 @@ def schemas_export(
 def up(
     coders: Annotated[int, typer.Option(min=1, help="coder processes to run")] = 2,
     agents: Annotated[
-        bool, typer.Option(help="run the agent roles (--no-agents: NATS and coordinator only)")
+        bool,
+        typer.Option(
+            help="run the agent roles (--no-agents: NATS, coordinator and safety gate only)"
+        ),
     ] = True,
 ) -> None:
     """Start codeyard on this machine.
@@ -61,9 +68,9 @@ def up(
     With NATS_URL unset, starts an embedded nats-server (JetStream, loopback only, store under the
     user's data dir; port CODEYARD_NATS_PORT, default 4222). With NATS_URL set, uses that server.
     Either way the streams, consumers and buckets are created or updated; then the coordinator,
-    a planner, --coders coders, a tester and a reviewer run as child processes, each restarted
-    if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or CODEYARD_LLM_*).
-    Ctrl-C stops everything.
+    the safety gate, a planner, --coders coders, a tester and a reviewer run as child processes,
+    each restarted if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or
+    CODEYARD_LLM_*). Ctrl-C stops everything.
 
     Example: [bold]codeyard up[/bold]
     """
@@ -143,6 +150,9 @@ def run(
     approve_plan: Annotated[
         bool, typer.Option(help="wait for a person to approve the plan")
     ] = False,
+    approve_merge: Annotated[
+        bool, typer.Option(help="wait for a person to approve each task's merge")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to follow before giving up")] = 3600.0,
     max_attempts: Annotated[
         int, typer.Option(min=1, max=100, help="attempts per task before the run fails")
@@ -187,6 +197,7 @@ def run(
             repo=RepoRef(path=str(repo)),
             plan=tasks,
             approve_plan=approve_plan,
+            approve_merge=approve_merge,
             budget=Budget(max_attempts_per_task=max_attempts),
         )
     except msgspec.ValidationError as exc:
@@ -241,8 +252,14 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        integrator = GitIntegrator(settings.data_dir)
-        await Coordinator(bus, name=name, capacity=capacity, integrator=integrator).run(stop)
+        coordinator = Coordinator(
+            bus,
+            name=name,
+            capacity=capacity,
+            integrator=GitIntegrator(settings.data_dir),
+            approval_timeout=settings.approval_timeout,
+        )
+        await coordinator.run(stop)
     finally:
         await bus.close()
 
@@ -261,6 +278,116 @@ def coordinator(
     Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard coordinator --name coord-a[/bold]
     """
     _serve(_coordinate(Settings(), name, capacity))
+
+
+@app.command()
+def approvals() -> None:
+    """List what waits for a person: plans, budget overruns, gated commands and merges.
+
+    Answer each with [bold]codeyard approve ID[/bold] or [bold]codeyard deny ID[/bold]; what
+    nobody answers within CODEYARD_APPROVAL_TIMEOUT seconds is denied.
+    """
+    from rich.table import Table
+
+    from codeyard.schemas import ApprovalList, ListApprovals
+
+    reply = _ask("approvals", ListApprovals())
+    if not isinstance(reply, ApprovalList):
+        _refused(reply)
+    if not reply.approvals:
+        console.print("nothing waits for approval")
+        return
+    table = Table("run", "task", "action", "detail", "why")
+    table.add_column("id", no_wrap=True)  # to copy into `codeyard approve`
+    for approval in reply.approvals:
+        detail = approval.detail.strip().splitlines()[0][:60] if approval.detail.strip() else ""
+        table.add_row(
+            approval.run_id,
+            approval.task_id or "-",
+            approval.action,
+            detail,
+            approval.reason[:80],
+            approval.approval_id,
+        )
+    console.print(table)
+
+
+@app.command()
+def approve(
+    approval_id: Annotated[str, typer.Argument(help="from `codeyard approvals`")],
+    comment: Annotated[str, typer.Option(help="why, kept with the answer")] = "",
+    by: Annotated[str, typer.Option(help="who approves (default: $USER)")] = "",
+) -> None:
+    """Approve what waits: the parked task (or run) goes on.
+
+    Example: [bold]codeyard approve 3f2a9c0d1e4b5a69 --comment "pip install requests is fine"[/bold]
+    """
+    from codeyard.schemas import Approve
+
+    _answer(Approve(approval_id=approval_id, by=by or _user(), comment=comment), "approve")
+
+
+@app.command()
+def deny(
+    approval_id: Annotated[str, typer.Argument(help="from `codeyard approvals`")],
+    reason: Annotated[str, typer.Option(help="why, shown with the failed task")] = "",
+    by: Annotated[str, typer.Option(help="who denies (default: $USER)")] = "",
+) -> None:
+    """Deny what waits: a parked task fails, a plan is rejected, an over-budget run is cancelled.
+
+    Example: [bold]codeyard deny 3f2a9c0d1e4b5a69 --reason "no deploys from tests"[/bold]
+    """
+    from codeyard.schemas import Deny
+
+    _answer(Deny(approval_id=approval_id, by=by or _user(), reason=reason), "deny")
+
+
+def _answer(request: Envelope, verb: str) -> None:
+    from codeyard.schemas import Accepted
+
+    reply = _ask(verb, request)
+    if not isinstance(reply, Accepted):
+        _refused(reply)
+    console.print(f"{verb}d {getattr(request, 'approval_id', '')}: {reply.detail}", markup=False)
+
+
+def _ask(verb: str, request: Envelope) -> ControlReply:
+    """One control request to the running coordinator; exits 1 when none answers."""
+    from codeyard.follow import RunRefused, ask_coordinator
+
+    settings = Settings()
+    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+
+    async def ask() -> ControlReply:
+        bus = await Bus.connect(url, name=f"codeyard-{verb}", connect_attempts=4)
+        try:
+            return await ask_coordinator(bus, verb, request, patience=10)
+        finally:
+            await bus.close()
+
+    try:
+        return asyncio.run(ask())
+    except RunRefused as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except (OSError, nats.errors.Error) as exc:
+        err.print(
+            f"[red]error:[/red] cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)"
+        )
+        raise typer.Exit(1) from None
+
+
+def _refused(reply: ControlReply) -> NoReturn:
+    from codeyard.schemas import ControlError
+
+    where = f" (at {reply.field})" if isinstance(reply, ControlError) and reply.field else ""
+    error = reply.error if isinstance(reply, ControlError) else f"unexpected reply {reply!r}"
+    err.print(f"error: {error}{where}", markup=False)
+    raise typer.Exit(1)
+
+
+def _user() -> str:
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "someone"
 
 
 def _serve(

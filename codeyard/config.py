@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         description="with no LLM endpoint configured, serve the bundled SmolLM2 (codeyard[local])",
     )
     event_retention_days: float = Field(default=30.0, gt=0, description="events stream max age")
+    approval_timeout: float = Field(
+        default=86400.0, gt=0, description="seconds an approval may wait before it is denied"
+    )
 
     def topology(self) -> Topology:
         return Topology(

@@ -18,8 +18,10 @@ from codeyard.schemas import (
     ControlReply,
     DeadLetter,
     Envelope,
+    GateAudit,
     Run,
     RunEvent,
+    RunState,
     RunStateChanged,
     RunStatus,
     StatusQuery,
@@ -57,7 +59,10 @@ def describe(event: RunEvent) -> list[str]:
     match event:
         case RunStateChanged():
             reason = f" ({event.reason})" if event.reason else ""
-            return [f"run {event.state}{reason}"]
+            lines = [f"run {event.state}{reason}"]
+            if event.state in (RunState.PLAN_APPROVAL, RunState.AWAITING_APPROVAL):
+                lines.append("  waits for a person: see `codeyard approvals`")
+            return lines
         case TaskStatesChanged():
             return [
                 f"  {change.task_id}: {change.state} (attempt {change.attempt})"
@@ -68,6 +73,14 @@ def describe(event: RunEvent) -> list[str]:
             return [f"  {event.task_id or 'planning'}: work withdrawn"]
         case DeadLetter():
             return [f"  dead letter on {event.subject}: {event.error}"]
+        case GateAudit() if event.decision.decision == "needs_approval":
+            approval = event.decision.approval_id
+            detail = event.check.detail.strip().splitlines()[0][:80] if event.check.detail else ""
+            return [
+                f"  {event.task_id}: {event.check.action} {detail!r} waits for a person: "
+                f"{event.decision.reason}",
+                f"    codeyard approve {approval}   or   codeyard deny {approval}",
+            ]
         case _:
             return []
 

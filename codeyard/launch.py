@@ -22,13 +22,16 @@ from codeyard.supervisor import ChildSpec, Supervisor
 def service_children(
     url: str, *, coders: int, agents: bool, llm_env: Mapping[str, str] | None = None
 ) -> list[ChildSpec]:
-    """The services `up` keeps running: the coordinator and, with `agents`, every role."""
+    """The services `up` keeps running: the coordinator and the safety gate (merges wait for
+    it) and, with `agents`, every role."""
     env = os.environ | {"NATS_URL": url} | dict(llm_env or {})
     codeyard = [sys.executable, "-m", "codeyard"]
-    children = [ChildSpec("coordinator", [*codeyard, "coordinator", "--name", "coordinator"], env)]
+    children = [
+        ChildSpec("coordinator", [*codeyard, "coordinator", "--name", "coordinator"], env),
+        ChildSpec("safety-gate", [*codeyard, "gate"], env),
+    ]
     if agents:
         children += [
-            ChildSpec("safety-gate", [*codeyard, "gate"], env),
             ChildSpec("planner", [*codeyard, "worker", "planner"], env),
             *(ChildSpec(f"coder-{n}", [*codeyard, "worker", "coder"], env) for n in range(coders)),
             ChildSpec("tester", [*codeyard, "worker", "tester", "--concurrency", "2"], env),
@@ -60,12 +63,13 @@ async def run_worker(settings: Settings, role: str, concurrency: int) -> None:
     """One role's worker process: serve until SIGTERM, then finish or hand back in-flight work."""
     from codeyard.agents.roles import role_handler
     from codeyard.bus import PullWorker
+    from codeyard.bus.gate_client import BusGateClient
     from codeyard.llm import LLMSettings, OpenAIClient
 
     llm = OpenAIClient(LLMSettings())
-    handler = role_handler(role, llm)
     url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
     bus = await Bus.connect(url, name=f"worker-{role}", topology=settings.topology())
+    handler = role_handler(role, llm, BusGateClient(bus))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -6,6 +6,7 @@ from codeyard.agents.coder import Coder
 from codeyard.agents.planner import Planner
 from codeyard.agents.reviewer import Reviewer
 from codeyard.agents.tester import Tester
+from codeyard.bus.gate_client import GateClient
 from codeyard.bus.subjects import check_role
 from codeyard.bus.worker import Handler
 from codeyard.llm import LLMClient
@@ -14,7 +15,9 @@ from codeyard.sandbox import Sandbox, default_sandbox
 AGENT_ROLES = ("planner", "coder", "tester", "review")
 
 
-def role_handler(role: str, llm: LLMClient, sandbox: Sandbox | None = None) -> Handler:
+def role_handler(
+    role: str, llm: LLMClient, gate: GateClient, sandbox: Sandbox | None = None
+) -> Handler:
     """The built-in agent for `role`; `review.<name>` roles are plugins and not built in."""
     check_role(role)
     if role == "planner":
@@ -22,7 +25,7 @@ def role_handler(role: str, llm: LLMClient, sandbox: Sandbox | None = None) -> H
     if role == "coder":
         return Coder(llm)
     if role == "tester":
-        return Tester(llm, sandbox or default_sandbox())
+        return Tester(llm, sandbox or default_sandbox(), gate)
     if role == "review":
         return Reviewer(llm)
     raise ValueError(f"{role} is a plugin reviewer; run it with its plugin, not as a built-in")

@@ -1,9 +1,12 @@
 """The safety gate: answers `cy.gate.check` with allow, deny or needs_approval.
 
 Every decision is appended to the run's events (`GateAudit`) before it is answered, so the audit
-holds every decision that any role acted on. A `needs_approval` decision also records a pending
-approval in `cy_approvals` for a person to answer. Several gates may run: they share the queue
-group `safety-gate`.
+holds every decision that any role acted on. A `needs_approval` decision records a question in
+`cy_approvals` for a person (`codeyard approve ID` / `codeyard deny ID`); the asker parks its
+task, and when the work comes back after the answer the same check finds it there: approved ->
+allow, denied -> deny. A check with `require_approval` (a run's merge checkpoint) needs a person
+even where the policy allows; nothing a policy denies can be approved. Several gates may run:
+they share the queue group `safety-gate`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Literal, Protocol
 
 from nats.aio.subscription import Subscription
 
-from codeyard.bus import Bus, subjects
+from codeyard.bus import Bus, StaleRevision, VersionedStore, subjects
 from codeyard.coordinator.work_items import derived_id
 from codeyard.schemas import (
     ActionCheck,
@@ -50,28 +53,28 @@ class SafetyGate:
 
         async def decide(check: ActionCheck) -> Envelope:
             verdict = self.policy.evaluate(check)
+            decision, reason, rule = verdict.decision, verdict.reason, verdict.rule
+            if decision == "allow" and check.require_approval:
+                decision, rule = "needs_approval", f"checkpoint.{check.action}"
+                reason = f"the run asks a person to approve each {check.action}"
             approval_id = ""
-            if verdict.decision == "needs_approval":
-                approval_id = derived_id(check.run_id, check.task_id, check.msg_id)[:16]
-                await approvals.put(
-                    approval_id,
-                    PendingApproval(
-                        approval_id=approval_id,
-                        run_id=check.run_id or "_unrouted",
-                        task_id=check.task_id,
-                        action=check.action,
-                        detail=check.detail,
-                        reason=verdict.reason,
-                    ),
-                )
-            decision = GateDecision(
+            if decision == "needs_approval":
+                approval_id = approval_id_of(check)
+                answered = await self._ask_or_recall(approvals, approval_id, check, reason, rule)
+                if answered is not None:
+                    by = f" by {answered.answered_by}" if answered.answered_by else ""
+                    why = f": {answered.answer}" if answered.answer else ""
+                    decision = "allow" if answered.status == "approved" else "deny"
+                    reason = f"{answered.status}{by}{why} ({reason})"
+                    rule = f"approval.{approval_id}"
+            decision_message = GateDecision(
                 run_id=check.run_id,
                 task_id=check.task_id,
                 attempt=check.attempt,
                 trace_id=check.trace_id,
-                decision=verdict.decision,
-                reason=verdict.reason,
-                rule=verdict.rule,
+                decision=decision,
+                reason=reason,
+                rule=rule,
                 approval_id=approval_id,
             )
             await self.bus.emit(
@@ -81,17 +84,11 @@ class SafetyGate:
                     attempt=check.attempt,
                     trace_id=check.trace_id,
                     check=check,
-                    decision=decision,
+                    decision=decision_message,
                 )
             )
-            log.info(
-                "gate: %s %s -> %s (%s)",
-                check.action,
-                check.detail[:80],
-                verdict.decision,
-                verdict.rule,
-            )
-            return decision
+            log.info("gate: %s %s -> %s (%s)", check.action, check.detail[:80], decision, rule)
+            return decision_message
 
         def refuse(exc: Exception) -> Envelope:
             # An unreadable or failing check is never allowed.
@@ -101,3 +98,41 @@ class SafetyGate:
         return await self.bus.serve(
             subjects.GATE_CHECK, ActionCheck, decide, refuse, queue=subjects.GATE_QUEUE
         )
+
+    @staticmethod
+    async def _ask_or_recall(
+        approvals: VersionedStore[PendingApproval],
+        approval_id: str,
+        check: ActionCheck,
+        reason: str,
+        rule: str,
+    ) -> PendingApproval | None:
+        """The person's answer to this very check if there is one; else make sure the question
+        is recorded (once, however often the work comes back) and return None."""
+        for _ in range(3):
+            known = await approvals.get(approval_id)
+            if known is not None:
+                return None if known.value.status == "pending" else known.value
+            question = PendingApproval(
+                approval_id=approval_id,
+                run_id=check.run_id or subjects.DEAD_LETTER_RUN,
+                task_id=check.task_id,
+                attempt=check.attempt,
+                action=check.action,
+                detail=check.detail,
+                reason=reason,
+                rule=rule,
+            )
+            try:
+                await approvals.create(approval_id, question)
+                return None
+            except StaleRevision:  # another gate asked at the same moment: read its record
+                continue
+        return None
+
+
+def approval_id_of(check: ActionCheck) -> str:
+    """The same check (run, task, attempt, action, detail) always gets the same approval, so
+    work that comes back after an approval finds its answer; a new attempt asks anew."""
+    digest = derived_id(check.run_id, check.task_id, check.attempt, check.action, check.detail)
+    return digest[:16]

@@ -16,6 +16,7 @@ from codeyard.agents.prompt_context import describe_task, fenced, quote_files
 from codeyard.agents.prompt_templates import render_prompt
 from codeyard.agents.repo_summary import detect_test_command
 from codeyard.agents.working_copy import PatchDoesNotApply, apply_patch, read_files, working_copy
+from codeyard.bus.gate_client import GateClient, require_clearance
 from codeyard.bus.worker import GiveUp
 from codeyard.llm import LLMClient
 from codeyard.sandbox import Limits, Sandbox
@@ -31,9 +32,12 @@ def is_test_path(path: str) -> bool:
 
 
 class Tester:
-    def __init__(self, llm: LLMClient, sandbox: Sandbox, limits: Limits | None = None) -> None:
+    def __init__(
+        self, llm: LLMClient, sandbox: Sandbox, gate: GateClient, limits: Limits | None = None
+    ) -> None:
         self.llm = llm
         self.sandbox = sandbox
+        self.gate = gate
         self.limits = limits or Limits()
 
     async def __call__(self, item: WorkItem) -> Result:
@@ -67,6 +71,9 @@ class Tester:
             if not command:
                 nothing_ran = f"{notes}no test command found: nothing ran"
                 return TestResult(passed=True, output=nothing_ran, usage=completion.usage)
+            # Sandboxed or not, the command is the repository's to choose and the gate's to
+            # allow: a test command that deploys or wipes is stopped here.
+            await require_clearance(self.gate, item, "run_command", command, role="tester")
             outcome = await self.sandbox.run(root, shlex.split(command), self.limits)
         passed = outcome.exit_code == 0 and not outcome.timed_out
         header = "timed out\n" if outcome.timed_out else ""

@@ -70,3 +70,8 @@ class VersionedStore(Generic[T]):
 
     async def keys(self) -> list[str]:
         return [key async for key, _, _ in latest_entries(self._js, self.bucket)]
+
+    async def values(self) -> list[T]:
+        """Every key's latest value (one scan, not a get per key)."""
+        entries = latest_entries(self._js, self.bucket)
+        return [decode(value, self._type) async for _, value, _ in entries]

@@ -136,7 +136,7 @@ async def ensure_topology(
     await js.add_consumer(subjects.RESULT_STREAM, result_consumer(topology))
     for bucket, history, ttl in (
         (subjects.RUNS_BUCKET, 5, None),
-        (subjects.APPROVALS_BUCKET, 5, None),
+        (subjects.APPROVALS_BUCKET, 5, topology.event_max_age),  # answers kept as long as audits
         (subjects.LEADER_BUCKET, 1, topology.leader_ttl),
     ):
         await _ensure_kv(

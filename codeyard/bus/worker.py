@@ -27,7 +27,14 @@ from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.topology import ensure_role_consumer
 from codeyard.schemas.codec import MessageError, decode
 from codeyard.schemas.envelope import ID_PATTERN
-from codeyard.schemas.messages import DeadLetter, Result, WorkCancelled, WorkFailed, WorkItem
+from codeyard.schemas.messages import (
+    ApprovalNeeded,
+    DeadLetter,
+    Result,
+    WorkCancelled,
+    WorkFailed,
+    WorkItem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,18 @@ class RetryLater(Exception):
 
 class GiveUp(Exception):
     """The work can never succeed; answer with a WorkFailed result right away."""
+
+
+class AwaitApproval(Exception):
+    """The safety gate sent an action of this work to a person: hand the work item back as
+    `ApprovalNeeded`, and the coordinator sends it again once the approval is answered."""
+
+    def __init__(self, approval_id: str, action: str, detail: str, reason: str) -> None:
+        super().__init__(f"{action} needs approval {approval_id}: {reason}")
+        self.approval_id = approval_id
+        self.action = action
+        self.detail = detail
+        self.reason = reason
 
 
 @dataclass
@@ -226,6 +245,17 @@ class PullWorker:
             return
         except GiveUp as exc:
             await self._fail(msg, item, str(exc), deliveries)
+            return
+        except AwaitApproval as exc:
+            log.info("%s: %s", self.role, exc)
+            waiting = ApprovalNeeded(
+                role=self.role,
+                approval_id=exc.approval_id,
+                action=exc.action,
+                detail=exc.detail,
+                reason=exc.reason,
+            )
+            await self._finish(msg, item, waiting)
             return
         except Exception as exc:
             log.exception("%s: handler failed on %s", self.role, item.msg_id)

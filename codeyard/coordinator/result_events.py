@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from codeyard.coordinator.events import Coded, Event, PlanProposed, Reviewed, Tested, WorkAbandoned
+from codeyard.coordinator.events import (
+    Coded,
+    Event,
+    ParkTask,
+    PlanProposed,
+    Reviewed,
+    Tested,
+    WorkAbandoned,
+)
 from codeyard.schemas.messages import (
+    ApprovalNeeded,
     CodeResult,
     PlanResult,
     Result,
@@ -36,6 +45,8 @@ def event_for(result: Result) -> Event:
             )
         case WorkFailed():
             return WorkAbandoned(result.task_id, result.attempt, result.role, result.reason)
+        case ApprovalNeeded():
+            return ParkTask(result.task_id, result.attempt, _waiting_for(result))
 
 
 def _comment_line(comment: ReviewComment) -> str:
@@ -44,3 +55,7 @@ def _comment_line(comment: ReviewComment) -> str:
     if comment.path:
         return f"{comment.path}: {comment.text}"
     return comment.text
+
+
+def _waiting_for(result: ApprovalNeeded) -> str:
+    return f"{result.role}: {result.action} needs approval {result.approval_id}: {result.reason}"

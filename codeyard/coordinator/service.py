@@ -25,8 +25,10 @@ from nats.aio.subscription import Subscription
 from codeyard.bus import subjects
 from codeyard.bus.connection import MSG_ID_HEADER, Bus
 from codeyard.bus.consumer import PullConsumer
+from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
 from codeyard.bus.pipeline import Pending, PublishError
 from codeyard.bus.store import StaleRevision, VersionedStore
+from codeyard.bus.topology import DAY
 from codeyard.coordinator.effects import (
     CancelWork,
     Dispatch,
@@ -45,10 +47,12 @@ from codeyard.coordinator.events import (
     Event,
     Integrated,
     MergeFailed,
+    ParkTask,
     PlanApproved,
     PlanProposed,
     PlanRejected,
     ResumeRun,
+    ResumeTask,
     StartPlanning,
 )
 from codeyard.coordinator.graph import InvalidPlan, TaskGraph
@@ -69,6 +73,7 @@ from codeyard.schemas.envelope import Envelope, new_id
 from codeyard.schemas.export import CONTROL_VERBS
 from codeyard.schemas.messages import (
     Accepted,
+    ActionCheck,
     ApprovalList,
     Approve,
     CancelRun,
@@ -133,7 +138,6 @@ class Commit:
     merges: list[tuple[str, Merge | Integrate]] = field(default_factory=list)
     finished: set[str] = field(default_factory=set)
     cancellations: list[WorkCancelled] = field(default_factory=list)
-    answered_approvals: list[str] = field(default_factory=list)
     acks: list[Msg] = field(default_factory=list)
     replies: list[tuple[ControlCall, Envelope]] = field(default_factory=list)
 
@@ -154,9 +158,13 @@ class Coordinator:
         name: str | None = None,
         capacity: int = 8,
         integrator: Integrator | None = None,
+        gate: GateClient | None = None,
+        approval_timeout: float = DAY,
         batch_size: int = 512,
     ) -> None:
         self.bus = bus
+        self.gate = gate or BusGateClient(bus)
+        self.approval_timeout = approval_timeout
         self.name = name or f"coordinator-{new_id()[:8]}"
         self.capacity = capacity
         self.integrator = integrator or LedgerIntegrator()
@@ -214,6 +222,7 @@ class Coordinator:
                 asyncio.create_task(self._keep_lease(lease, lost)),
                 asyncio.create_task(self._fetch_results(lost)),
                 asyncio.create_task(self._process_inbox()),
+                asyncio.create_task(self._expire_approvals()),
                 asyncio.create_task(stop.wait()),
                 asyncio.create_task(lost.wait()),
             ]
@@ -347,7 +356,13 @@ class Coordinator:
 
     def _inline(self, run_id: str) -> bool:
         open_run = self._open.get(run_id)
-        return open_run is not None and self.integrator.inline(open_run.run)
+        return open_run is not None and not self._gated(open_run.run)
+
+    def _gated(self, run: Run) -> bool:
+        """Whether merges of `run` ask the safety gate: when they write to a repository, or
+        when the run asks a person to approve each merge. (An inline integrator records merges
+        in the run only; nothing leaves the coordinator, so there is nothing to guard.)"""
+        return run.approve_merge or not self.integrator.inline(run)
 
     def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         commit.acks.append(msg)
@@ -449,6 +464,16 @@ class Coordinator:
         if self._lease is not None and not self._lease.held():
             raise LostLeadership("lease not renewed in time")
         pipeline = self._pipeline
+        if commit.approvals:
+            # Durable before any work they release is sent: resent work asks the gate, which
+            # must find the answer.
+            answers = []
+            for approval in commit.approvals:
+                key = f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}"
+                answers.append(await pipeline.publish(key, encode(approval)))
+            for outcome in await pipeline.wait(answers, 10):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         writes: list[PendingWrite] = []
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
@@ -461,15 +486,10 @@ class Coordinator:
         for subject, message in commit.messages:
             headers = {MSG_ID_HEADER: message.msg_id}
             published.append(await pipeline.publish(subject, encode(message), headers))
-        for approval in commit.approvals:
-            key = f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}"
-            published.append(await pipeline.publish(key, encode(approval)))
         await confirm(pipeline, writes)
         for outcome in await pipeline.wait(published, 10):
             if isinstance(outcome, BaseException):
                 raise outcome
-        for approval_id in commit.answered_approvals:
-            await self._approvals.delete(approval_id)
         for msg in commit.acks:
             await msg.ack()
         self._unacked -= len(commit.acks)
@@ -488,17 +508,20 @@ class Coordinator:
 
     async def _integrate(self, run_id: str, work: Merge | Integrate) -> None:
         """Merge (or finish) in the background; a failing workspace is retried, then the task
-        goes back to the coder with the error rather than staying gated forever."""
-        for delay in (1.0, 5.0, 15.0, 0.0):
-            open_run = self._open.get(run_id)
-            if open_run is None:
-                return
+        goes back to the coder with the error rather than staying gated forever. While no
+        safety gate answers, the merge waits."""
+        retries = [1.0, 5.0, 15.0]
+        while (open_run := self._open.get(run_id)) is not None:
             try:
                 event = await self._outcome(open_run, work)
+            except GateUnavailable as exc:
+                log.warning("run %s: merge waits: %s", run_id, exc)
+                await asyncio.sleep(5.0)
+                continue
             except Exception as exc:
                 log.exception("run %s: %s failed", run_id, type(work).__name__)
-                if delay:
-                    await asyncio.sleep(delay)
+                if retries:
+                    await asyncio.sleep(retries.pop(0))
                     continue
                 report = f"integration error: {exc}"
                 event = (
@@ -510,9 +533,53 @@ class Coordinator:
             return
 
     async def _outcome(self, open_run: OpenRun, work: Merge | Integrate) -> Event:
-        if isinstance(work, Merge):
-            return await self.integrator.merge(open_run.run, work.task_id, work.attempt)
-        return await self.integrator.integrate(open_run.run)
+        run = open_run.run
+        if isinstance(work, Integrate):
+            return await self.integrator.integrate(run)
+        if self._gated(run):
+            refused = await self._ask_gate(run, work)
+            if refused is not None:
+                return refused
+        return await self.integrator.merge(run, work.task_id, work.attempt)
+
+    async def _ask_gate(self, run: Run, work: Merge) -> Event | None:
+        """None if the gate allows merging the task's patch; else what to do instead."""
+        task = run.tasks[work.task_id]
+        check = ActionCheck(
+            run_id=run.run_id,
+            task_id=work.task_id,
+            attempt=work.attempt,
+            trace_id=run.run_id,
+            action="merge",
+            detail=task.patch.text if task.patch else "",
+            role="coordinator",
+            require_approval=run.approve_merge,
+        )
+        decision = await self.gate.check(check)
+        if decision.decision == "allow":
+            return None
+        if decision.decision == "needs_approval":
+            why = f"merge needs approval {decision.approval_id}: {decision.reason}"
+            return ParkTask(work.task_id, work.attempt, why)
+        report = f"the safety gate refused the merge: {decision.reason} ({decision.rule})"
+        return MergeFailed(work.task_id, work.attempt, FeedbackKind.SAFETY, report)
+
+    async def _expire_approvals(self) -> None:
+        """Deny what nobody answered within `approval_timeout` (through the inbox, as if a
+        person had denied it)."""
+        assert self._approvals is not None
+        period = min(30.0, max(0.5, self.approval_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = datetime.now(UTC)
+            for approval in await self._pending_approvals():
+                waited = (now - approval.requested_at).total_seconds()
+                if waited < self.approval_timeout:
+                    continue
+                reason = f"no answer within {self.approval_timeout:g}s"
+                request = Deny(approval_id=approval.approval_id, by="timeout", reason=reason)
+                future = asyncio.get_running_loop().create_future()
+                self._inbox.put_nowait(ControlCall(request, future))
 
     # --- control API --------------------------------------------------------------------------
 
@@ -557,6 +624,7 @@ class Coordinator:
             budget=request.budget,
             reviewers=list(request.reviewers),
             approve_plan=request.approve_plan,
+            approve_merge=request.approve_merge,
             created_at=now,
             updated_at=now,
         )
@@ -602,13 +670,14 @@ class Coordinator:
         return RunStatus(runs=headers)
 
     async def _pending_approvals(self) -> list[PendingApproval]:
+        """Unanswered approvals of open runs, oldest first."""
         assert self._approvals is not None
-        pending = []
-        for key in await self._approvals.keys():
-            entry = await self._approvals.get(key)
-            if entry is not None:
-                pending.append(entry.value)
-        return pending
+        pending = [
+            approval
+            for approval in await self._approvals.values()
+            if approval.status == "pending" and approval.run_id in self._open
+        ]
+        return sorted(pending, key=lambda approval: approval.requested_at)
 
     async def _answer_approval(
         self, request: Approve | Deny, commit: Commit, now: datetime
@@ -620,21 +689,37 @@ class Coordinator:
                 error=f"no pending approval {request.approval_id!r}", field="$.approval_id"
             )
         approval = entry.value
+        if approval.status != "pending":
+            by = f" by {approval.answered_by}" if approval.answered_by else ""
+            return ControlError(
+                error=f"approval {approval.approval_id} was already {approval.status}{by}",
+                field="$.approval_id",
+            )
         approved = isinstance(request, Approve)
+        reason = _reason(request)
         event: Event
         if approval.action == "plan":
-            event = PlanApproved() if approved else PlanRejected(_reason(request))
+            event = PlanApproved() if approved else PlanRejected(reason)
         elif approval.action == "budget":
             # Approving an overrun lifts the limits that were exceeded; the run goes on.
             open_run = self._open.get(approval.run_id)
             budget = open_run.run.budget if open_run else Budget()
             unlimited = msgspec.structs.replace(budget, max_tokens=0, max_cost_usd=0.0)
-            event = ResumeRun(unlimited) if approved else Cancel(f"budget: {_reason(request)}")
+            event = ResumeRun(unlimited) if approved else Cancel(f"budget: {reason}")
+        elif approval.task_id:
+            # The gate parked this task's action; the resent work finds the answer at the gate.
+            event = ResumeTask(approval.task_id, approval.attempt, approved, reason)
         else:
             return ControlError(error=f"approval of kind {approval.action!r} is not handled here")
         reply = self._control_event(approval.run_id, event, commit, now)
         if isinstance(reply, Accepted):
-            commit.answered_approvals.append(request.approval_id)
+            answer = msgspec.structs.replace(
+                approval,
+                status="approved" if approved else "denied",
+                answered_by=request.by,
+                answer=reason,
+            )
+            commit.approvals.append(answer)
         return reply
 
 

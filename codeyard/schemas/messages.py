@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from codeyard.schemas.envelope import Attempt, Envelope, Id, OptionalId
+from codeyard.schemas.envelope import Attempt, Envelope, Id, OptionalId, Timestamp, utc_now
 from codeyard.schemas.model import (
     Budget,
     Feedback,
@@ -112,7 +112,19 @@ class WorkFailed(Envelope, kw_only=True, frozen=True):
     deliveries: int = 0
 
 
-Result = PlanResult | CodeResult | TestResult | ReviewResult | WorkFailed
+class ApprovalNeeded(Envelope, kw_only=True, frozen=True):
+    """The worker stopped before an action the safety gate sent for a person's approval and
+    gave its work item back; the coordinator parks the task until the approval is answered,
+    then sends the work again (and the gate then allows the approved action)."""
+
+    role: str
+    approval_id: Id
+    action: str
+    detail: LongText
+    reason: LongText = ""
+
+
+Result = PlanResult | CodeResult | TestResult | ReviewResult | WorkFailed | ApprovalNeeded
 
 
 # --- safety gate: request/reply on cy.gate.check ----------------------------------------------
@@ -122,9 +134,15 @@ Decision = Literal["allow", "deny", "needs_approval"]
 
 
 class ActionCheck(Envelope, kw_only=True, frozen=True):
+    """May `role` do `action` (`detail`: the command, path, package, host or diff)?
+
+    `require_approval` is a checkpoint: a person must approve even what the policy allows
+    (never what it denies)."""
+
     action: ActionKind
     detail: LongText
     role: str = ""
+    require_approval: bool = False
 
 
 class GateDecision(Envelope, kw_only=True, frozen=True):
@@ -247,13 +265,25 @@ class Deny(Envelope, kw_only=True, frozen=True):
 Control = SubmitRun | CancelRun | StatusQuery | ListApprovals | Approve | Deny
 
 
+ApprovalStatus = Literal["pending", "approved", "denied"]
+
+
 class PendingApproval(msgspec.Struct, kw_only=True, frozen=True):
+    """A question for a person, kept in `cy_approvals` under its id; answered ones stay (with
+    who answered and why) so the gate can honour the answer when the work comes back."""
+
     approval_id: Id
     run_id: Id
     task_id: OptionalId = ""
+    attempt: int = 0
     action: str
     detail: LongText
     reason: LongText = ""
+    rule: str = ""
+    status: ApprovalStatus = "pending"
+    requested_at: Timestamp = msgspec.field(default_factory=utc_now)
+    answered_by: ShortText = ""
+    answer: LongText = ""
 
 
 class Accepted(Envelope, kw_only=True, frozen=True):

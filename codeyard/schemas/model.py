@@ -96,6 +96,7 @@ class FeedbackKind(enum.StrEnum):
     REVIEW = "review"
     CONFLICT = "conflict"
     REGRESSION = "regression"
+    SAFETY = "safety"
 
 
 class Feedback(msgspec.Struct, kw_only=True, frozen=True):
@@ -154,8 +155,9 @@ class Run(msgspec.Struct, kw_only=True):
     # `SubmitRun` and are needed after submission, possibly by a standby coordinator:
     # reviewers every task needs when its spec names none,
     reviewers: list[ReviewerName] = msgspec.field(default_factory=lambda: ["review"])
-    # and whether a person approves the plan before execution starts.
+    # and whether a person approves the plan before execution starts, and each merge.
     approve_plan: bool = False
+    approve_merge: bool = False
     error: str = ""
     created_at: datetime = msgspec.field(default_factory=utc_now)
     updated_at: datetime = msgspec.field(default_factory=utc_now)

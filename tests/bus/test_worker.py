@@ -13,8 +13,9 @@ import msgspec
 
 from codeyard.bus import Bus, GiveUp, PullWorker, RetryLater
 from codeyard.bus.subjects import EVENT_STREAM, WORK_STREAM, cancel_subject, work_subject
-from codeyard.bus.worker import result_msg_id
+from codeyard.bus.worker import AwaitApproval, result_msg_id
 from codeyard.schemas import (
+    ApprovalNeeded,
     CodeRequest,
     CodeResult,
     DeadLetter,
@@ -69,7 +70,12 @@ async def test_result_carries_the_work_envelope_and_work_is_acked(bus: Bus) -> N
     assert (result.run_id, result.task_id, result.attempt) == ("run1", "t1", 1)
     assert result.trace_id == request.trace_id
     assert result.msg_id == result_msg_id(request.msg_id)
-    info = await bus.js.consumer_info(WORK_STREAM, "coder")
+    # The ack follows the result (and the server applies acks asynchronously): wait for it.
+    for _ in range(100):
+        info = await bus.js.consumer_info(WORK_STREAM, "coder")
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.05)
     assert info.num_ack_pending == 0
     assert info.num_pending == 0
 
@@ -317,3 +323,25 @@ async def test_withdrawn_work_is_stopped_and_dropped(bus: Bus) -> None:
     assert info.num_ack_pending == 0  # dropped for good, not redelivered
     assert info.num_pending == 0
     assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0  # and nothing answered
+
+
+async def test_work_waiting_for_a_person_is_handed_back_as_approval_needed(bus: Bus) -> None:
+    async def asks(item: WorkItem) -> Result:
+        raise AwaitApproval("a1b2c3d4e5f60718", "run_command", "make deploy", "not a test tool")
+
+    await bus.publish(work_subject("tester"), code_request("t1"))
+    async with serving(PullWorker(bus, "tester", asks)):
+        [result] = await collect_results(bus, 1)
+    assert isinstance(result, ApprovalNeeded)
+    assert (result.role, result.approval_id, result.detail) == (
+        "tester",
+        "a1b2c3d4e5f60718",
+        "make deploy",
+    )
+    assert (result.task_id, result.attempt) == ("t1", 1)
+    for _ in range(100):  # handed back means acked: it is not redelivered
+        info = await bus.js.consumer_info(WORK_STREAM, "tester")
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert info.num_ack_pending == 0

@@ -126,3 +126,47 @@ async def test_bad_input_is_refused_clearly(
     )
     assert bad_plan.returncode == 2
     assert "title" in bad_plan.stderr
+
+
+def codeyard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "codeyard", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_a_person_approves_each_merge_from_the_command_line(
+    codeyard_up: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(msgspec.json.encode([TaskSpec(id="a", title="models")]))
+    args = ("g", "--repo", str(repo), "--plan", str(plan), "--run-id", "r2", "--approve-merge")
+    following = asyncio.create_task(asyncio.to_thread(codeyard_run, codeyard_up, *args))
+
+    listed = ""
+    for _ in range(100):
+        listed = (await asyncio.to_thread(codeyard, codeyard_up, "approvals")).stdout
+        if "merge" in listed:
+            break
+        await asyncio.sleep(0.3)
+    row = next(line for line in listed.splitlines() if " merge " in f" {line} ")
+    approval_id = row.strip(" │|").split()[-1]  # the last column
+    bogus = await asyncio.to_thread(codeyard, codeyard_up, "approve", "0000000000000000")
+    approved = await asyncio.to_thread(
+        codeyard, codeyard_up, "approve", approval_id, "--comment", "looks right"
+    )
+    result = await following
+
+    assert "r2" in row
+    assert bogus.returncode == 1
+    assert "no pending approval" in bogus.stderr
+    assert approved.returncode == 0, approved.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"codeyard approve {approval_id}" in result.stdout  # the follower said how
+    assert "a: awaiting_approval" in result.stdout
+    assert "run r2 done: 1/1 tasks merged" in result.stdout
+    nothing = await asyncio.to_thread(codeyard, codeyard_up, "approvals")
+    assert "nothing waits for approval" in nothing.stdout

@@ -188,6 +188,14 @@ def sample_messages() -> list[Envelope]:
             reason="delivered 5 times without an ack",
             deliveries=5,
         ),
+        m.ApprovalNeeded(
+            **_envelope(2, n=40),
+            role="tester",
+            approval_id=APPROVAL_ID,
+            action="run_command",
+            detail="make integration-test",
+            reason="not a known test command",
+        ),
         check,
         decision,
         m.RunStateChanged(
@@ -248,6 +256,9 @@ def sample_messages() -> list[Envelope]:
                     action="install_package",
                     detail="pip install pyjwt==2.9.0",
                     reason="new dependency",
+                    attempt=1,
+                    rule="install-new-dependency",
+                    requested_at=SENT_AT,
                 )
             ],
         ),
