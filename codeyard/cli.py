@@ -238,11 +238,15 @@ def run(
 
 
 async def _coordinate(settings: Settings, name: str | None, capacity: int) -> None:
+    from codeyard.bus.gate_client import BusGateClient
     from codeyard.coordinator.service import Coordinator
+    from codeyard.sandbox import default_sandbox
     from codeyard.workspace.integration import GitIntegrator
+    from codeyard.workspace.regression import SandboxedSuite
 
     if not settings.nats_url:
         raise typer.BadParameter("set NATS_URL (codeyard up starts the coordinator for you)")
+    sandbox = default_sandbox()  # for the suite after each merge; refuses to start without one
     bus = await Bus.connect(
         settings.nats_url, name=name or "coordinator", topology=settings.topology()
     )
@@ -256,7 +260,9 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
             bus,
             name=name,
             capacity=capacity,
-            integrator=GitIntegrator(settings.data_dir),
+            integrator=GitIntegrator(
+                settings.data_dir, SandboxedSuite(sandbox, BusGateClient(bus))
+            ),
             approval_timeout=settings.approval_timeout,
         )
         await coordinator.run(stop)
@@ -273,11 +279,16 @@ def coordinator(
 ) -> None:
     """Run a coordinator: leads when it holds the lease, stands by otherwise.
 
-    Run two for a standby that takes over within seconds of the leader's death.
+    Run two for a standby that takes over within seconds of the leader's death. It merges each
+    approved task into the run's integration clone and runs the repository's whole test suite in
+    the sandbox after each merge (a failing suite reverts the merge and sends the task back), so
+    it needs a working sandbox like the tester does.
 
     Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard coordinator --name coord-a[/bold]
     """
-    _serve(_coordinate(Settings(), name, capacity))
+    from codeyard.sandbox import SandboxUnavailable
+
+    _serve(_coordinate(Settings(), name, capacity), bad_configuration=(SandboxUnavailable,))
 
 
 @app.command()

@@ -40,6 +40,21 @@ def trim_test_output(output: str, max_chars: int = MAX_CHARS) -> str:
     return trimmed if len(trimmed) <= max_chars else _tail(trimmed, max_chars)
 
 
+# The counts of pytest's final line, with or without the `=====` around it (`-q` drops them).
+_COUNTS = re.compile(
+    r"^=*\s*(\d+ (passed|failed|errors?|skipped|xfailed|xpassed).*) in [\d.]+s", re.M
+)
+_COUNT = re.compile(r"(\d+) (passed|failed|errors?|xfailed|xpassed)\b")
+
+
+def count_tests_run(output: str) -> int:
+    """How many tests pytest says it ran (passed, failed, errors, xfail/xpass); 0 if unknown."""
+    finals = _COUNTS.findall(_ANSI_ESCAPE.sub("", output))
+    if not finals:
+        return 0
+    return sum(int(number) for number, _ in _COUNT.findall(finals[-1][0]))
+
+
 def cut_marker(count: int) -> str:
     return f"[... {count} characters cut ...]"
 

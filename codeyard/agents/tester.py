@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from codeyard.agents.asking import ask_model
 from codeyard.agents.edits import EditError, apply_edits
-from codeyard.agents.failure_report import trim_test_output
+from codeyard.agents.failure_report import count_tests_run, trim_test_output
 from codeyard.agents.outputs import FileEdit, TestOutput
 from codeyard.agents.prompt_context import describe_task, fenced, quote_files
 from codeyard.agents.prompt_templates import render_prompt
@@ -80,6 +80,7 @@ class Tester:
         return TestResult(
             passed=passed,
             output=trim_test_output(f"{notes}{header}{outcome.output}"),
+            tests_run=count_tests_run(outcome.output),
             usage=completion.usage,
         )
 

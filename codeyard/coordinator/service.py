@@ -727,9 +727,14 @@ def _keep_output(run: Run, result: Result) -> None:
     """What the next role of the task needs from this result: the patch, the test output."""
     task = run.tasks.get(result.task_id)
     if task is not None and isinstance(result, CodeResult):
-        task.patch, task.test_output = result.patch, ""
+        task.patch, task.summary, task.test_output, task.tests_run = (
+            result.patch,
+            result.summary,
+            "",
+            0,
+        )
     elif task is not None and isinstance(result, TestResult):
-        task.test_output = result.output
+        task.test_output, task.tests_run = result.output, result.tests_run
 
 
 def _reason(request: Approve | Deny) -> str:

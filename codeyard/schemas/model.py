@@ -136,6 +136,8 @@ class Task(msgspec.Struct, kw_only=True):
     # Outputs of the current attempt, which the next role's work item carries.
     patch: Patch | None = None
     test_output: LongText = ""
+    summary: LongText = ""  # the coder's account of the change, for the commit message
+    tests_run: int = 0
     # Work items sent for this task so far; part of each item's msg_id, so a re-send after a
     # failover is deduplicated by JetStream while a deliberate second send is not.
     dispatches: int = 0

@@ -16,17 +16,32 @@ from pathlib import Path
 
 from codeyard.coordinator.events import Integrated, Merged, MergeFailed, ParkTask
 from codeyard.coordinator.integrator import LedgerIntegrator
-from codeyard.schemas.model import FeedbackKind, RepoRef, Run, TaskState
+from codeyard.schemas.model import FeedbackKind, RepoRef, Run, Task, TaskState
 from codeyard.workspace.git import GitError, git
+from codeyard.workspace.regression import RegressionSuite
 
 
 def result_branch(run_id: str) -> str:
     return f"codeyard/{run_id}"
 
 
+def commit_message(task: Task, trailer: str) -> str:
+    """Title; the coder's summary (else the task's description); tests and reviews; trailer."""
+    body = (task.summary or task.spec.description).strip()
+    facts = []
+    if task.tests_run:
+        facts.append(f"Tests: {task.tests_run} run, passing")
+    reviewers = sorted(name for name, approved in task.approvals.items() if approved)
+    if reviewers:
+        facts.append(f"Reviewed-by: {', '.join(reviewers)}")
+    parts = [task.spec.title, body, "\n".join(facts), trailer]
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
 class GitIntegrator:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, suite: RegressionSuite | None = None) -> None:
         self.root = data_dir / "runs"
+        self.suite = suite
         self._dry = LedgerIntegrator()
         # git allows one writer per repository: merges of one run take turns
         self._locks: dict[str, asyncio.Lock] = {}
@@ -57,14 +72,27 @@ class GitIntegrator:
     async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         if not run.repo.path:
             return await self._dry.merge(run, task_id, attempt)
+        repo = self.integration_dir(run.run_id)
         async with self._lock(run.run_id):
-            return await asyncio.to_thread(self._merge, run, task_id, attempt)
+            outcome, at_head = await asyncio.to_thread(self._merge, run, task_id, attempt)
+            if not (isinstance(outcome, Merged) and at_head and self.suite):
+                return outcome
+            failures = await self.suite.failures(repo, run.run_id, task_id, attempt)
+            if failures is None:
+                return outcome
+            # Nothing lands on top of a commit before its suite passed (the lock), so HEAD~1 is
+            # the head it was merged onto.
+            await asyncio.to_thread(git, repo, "reset", "--quiet", "--hard", "HEAD~1")
+            report = f"the whole test suite failed after merging this change:\n{failures}"
+            return MergeFailed(task_id, attempt, FeedbackKind.REGRESSION, report)
 
-    def _merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
+    def _merge(self, run: Run, task_id: str, attempt: int) -> tuple[Merged | MergeFailed, bool]:
+        """The outcome, and whether the task's commit is HEAD (its suite has to pass)."""
         repo = self.integration_dir(run.run_id)
         trailer = f"Codeyard-Task: {run.run_id}/{task_id}/{attempt}"
-        if git(repo, "log", "--format=%H", "--fixed-strings", f"--grep={trailer}").strip():
-            return Merged(task_id, attempt)  # merged before a crash: do not apply twice
+        found = git(repo, "log", "--format=%H", "--fixed-strings", f"--grep={trailer}").split()
+        if found:  # merged before a crash: do not apply twice; check its suite if still on top
+            return Merged(task_id, attempt), found[0] == git(repo, "rev-parse", "HEAD").strip()
         task = run.tasks[task_id]
         patch = task.patch.text if task.patch else ""
         if patch.strip():
@@ -72,10 +100,18 @@ class GitIntegrator:
                 git(repo, "apply", "--3way", "--index", "--whitespace=nowarn", stdin=patch)
             except GitError as exc:
                 git(repo, "reset", "--quiet", "--hard", "HEAD", check=False)
-                return MergeFailed(task_id, attempt, FeedbackKind.CONFLICT, exc.output[-4000:])
-        message = f"{task.spec.title}\n\n{task.spec.description}".strip()
-        git(repo, "commit", "--quiet", "--allow-empty", "-m", message, "-m", trailer)
-        return Merged(task_id, attempt)
+                conflict = MergeFailed(task_id, attempt, FeedbackKind.CONFLICT, exc.output[-4000:])
+                return conflict, False
+        git(
+            repo,
+            "commit",
+            "--quiet",
+            "--allow-empty",
+            "-F",
+            "-",
+            stdin=commit_message(task, trailer),
+        )
+        return Merged(task_id, attempt), True
 
     async def integrate(self, run: Run) -> Integrated:
         if not run.repo.path:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from codeyard.agents.failure_report import MIN_CHARS, trim_test_output
+from codeyard.agents.failure_report import MIN_CHARS, count_tests_run, trim_test_output
 from tests.agents.sample_repo import write_files
 
 FAILING_TEST = (
@@ -145,3 +145,18 @@ def test_the_result_never_exceeds_the_cap_and_short_output_is_kept(
     assert len(trimmed) <= max_chars
     if len(output) <= max_chars and "\x1b" not in output and "\r" not in output:
         assert trimmed == output
+
+
+@pytest.mark.parametrize(
+    ("output", "count"),
+    [
+        ("....\n4 passed in 0.12s\n", 4),
+        ("===== 1 failed, 2 passed, 1 skipped in 0.10s =====", 3),
+        ("F\n=== FAILURES ===\n...\n2 passed, 1 error in 3.0s\n", 3),
+        ("\x1b[32m5 passed\x1b[0m in 1.5s", 5),
+        ("no tests ran in 0.01s", 0),
+        ("npm test: all good", 0),
+    ],
+)
+def test_count_tests_run_reads_pytests_final_counts(output: str, count: int) -> None:
+    assert count_tests_run(output) == count

@@ -98,6 +98,10 @@ async def test_a_goal_becomes_three_reviewed_tested_commits(
 
     commits = git(repo, "log", "--format=%s", "codeyard/e2e").splitlines()
     assert commits == ["Document the operations", "Add multiply", "Add subtract", "initial"]
+    multiply = git(repo, "log", "-1", "--format=%B", "codeyard/e2e~1")
+    assert "Reviewed-by: review" in multiply
+    assert "Codeyard-Task: e2e/multiply/2" in multiply  # the second attempt landed
+    assert "Tests: " in multiply  # the tester's count of what ran
     assert git(repo, "status", "--porcelain") == ""  # the user's tree is untouched
 
     delivered = checkout(repo, tmp_path / "delivered", "codeyard/e2e")

@@ -7,10 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from codeyard.agents.policy import load_policy
+from codeyard.agents.safety_gate import SafetyGate
+from codeyard.bus import Bus
+from codeyard.bus.gate_client import BusGateClient
 from codeyard.coordinator.events import Integrated, Merged, MergeFailed
-from codeyard.schemas import Patch, RepoRef, Run, Task, TaskSpec, TaskState
+from codeyard.sandbox import Limits, default_sandbox
+from codeyard.schemas import FeedbackKind, Patch, RepoRef, Run, Task, TaskSpec, TaskState
 from codeyard.workspace.git import git
-from codeyard.workspace.integration import GitIntegrator
+from codeyard.workspace.integration import GitIntegrator, commit_message
+from codeyard.workspace.regression import SandboxedSuite
 
 
 @pytest.fixture
@@ -101,3 +107,64 @@ async def test_merges_of_one_run_may_arrive_together(user_repo: Path, tmp_path: 
     clone = Path(run.repo.snapshot)
     assert len(git(clone, "log", "--format=%s").splitlines()) == 7
     assert git(clone, "status", "--porcelain") == ""
+
+
+def test_a_commit_message_tells_what_changed_and_how_it_was_checked() -> None:
+    task = Task(
+        spec=TaskSpec(id="auth", title="Add JWT auth", description="the plan's words"),
+        summary="Adds a login endpoint that returns a signed token.",
+        tests_run=12,
+        approvals={"review": True, "review.security": True},
+    )
+    message = commit_message(task, "Codeyard-Task: r1/auth/2")
+    assert message == (
+        "Add JWT auth\n\n"
+        "Adds a login endpoint that returns a signed token.\n\n"
+        "Tests: 12 run, passing\nReviewed-by: review, review.security\n\n"
+        "Codeyard-Task: r1/auth/2\n"
+    )
+    bare = commit_message(Task(spec=TaskSpec(id="x", title="x")), "Codeyard-Task: r1/x/1")
+    assert bare == "x\n\nCodeyard-Task: r1/x/1\n"
+
+
+@pytest.fixture
+def tested_repo(tmp_path: Path) -> Path:
+    """A repository whose suite (python -m pytest) passes."""
+    repo = tmp_path / "tested"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    (repo / "tests" / "test_calc.py").write_text(
+        "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+    )
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "initial")
+    return repo
+
+
+async def test_a_merge_that_breaks_the_suite_is_reverted_and_sent_back(
+    bus: Bus, tested_repo: Path, tmp_path: Path
+) -> None:
+    gate = await SafetyGate(bus, load_policy(None)).serve()
+    suite = SandboxedSuite(default_sandbox(), BusGateClient(bus), Limits(wall_seconds=60))
+    integrator = GitIntegrator(tmp_path / "data", suite)
+    run = run_with(
+        tested_repo,
+        notes=patch_of(tested_repo, "NOTES.md", "notes\n"),
+        breaks=patch_of(tested_repo, "calc.py", "def add(a, b):\n    return a - b\n"),
+    )
+    run.repo = await integrator.prepare(run)
+    clone = Path(run.repo.snapshot)
+
+    kept = await integrator.merge(run, "notes", 1)
+    head = git(clone, "rev-parse", "HEAD")
+    reverted = await integrator.merge(run, "breaks", 1)
+    await gate.unsubscribe()
+
+    assert kept == Merged("notes", 1)
+    assert isinstance(reverted, MergeFailed)
+    assert reverted.kind is FeedbackKind.REGRESSION
+    assert "assert -1 == 3" in reverted.report
+    assert git(clone, "rev-parse", "HEAD") == head  # back where it was, nothing half-applied
+    assert git(clone, "status", "--porcelain") == ""
+    assert (clone / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"

@@ -1,0 +1,68 @@
+"""The repository's whole test suite, run after each merge on the new integration head.
+
+A patch tested alone can still break the head it lands on (another task changed what it relies
+on). `SandboxedSuite` runs the repository's test command in the sandbox on a private copy of the
+integration clone; the integrator reverts a merge whose suite fails and sends the task back.
+
+The command is checked with the safety gate as the task's own (same run, task, attempt, action
+and command as the tester's check), so an approval a person gave the tester holds here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from codeyard.agents.failure_report import trim_test_output
+from codeyard.agents.repo_summary import detect_test_command
+from codeyard.bus.gate_client import GateClient
+from codeyard.sandbox import Limits, Sandbox
+from codeyard.schemas import ActionCheck
+from codeyard.workspace.git import checkout
+
+log = logging.getLogger(__name__)
+
+
+class RegressionSuite(Protocol):
+    async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> str | None:
+        """None when the suite of `repo`'s HEAD passes (or there is nothing it may run); else
+        the failure output, trimmed."""
+        ...
+
+
+class SandboxedSuite:
+    def __init__(self, sandbox: Sandbox, gate: GateClient, limits: Limits | None = None) -> None:
+        self.sandbox = sandbox
+        self.gate = gate
+        self.limits = limits or Limits()
+
+    async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> str | None:
+        with tempfile.TemporaryDirectory(prefix="codeyard-suite-") as scratch:
+            copy = await asyncio.to_thread(checkout, repo, Path(scratch) / "head")
+            command = await asyncio.to_thread(detect_test_command, copy)
+            if not command:
+                return None
+            check = ActionCheck(
+                run_id=run_id,
+                task_id=task_id,
+                attempt=attempt,
+                trace_id=run_id,
+                action="run_command",
+                detail=command,
+                role="tester",
+            )
+            decision = await self.gate.check(check)
+            if decision.decision != "allow":
+                # The tester ran this very command for this attempt, so this does not happen
+                # unless the policy changed meanwhile; the task's own test run stands.
+                log.warning("run %s: suite after %s not run: %s", run_id, task_id, decision.reason)
+                return None
+            outcome = await self.sandbox.run(copy, shlex.split(command), self.limits)
+        if outcome.ok:
+            return None
+        header = "timed out\n" if outcome.timed_out else ""
+        return trim_test_output(f"{header}{outcome.output}")
