@@ -238,6 +238,7 @@ async def test_the_gate_serves_checks_and_records_approvals(
 ) -> None:
     gate, tester = await connect("gate"), await connect("tester")
     await SafetyGate(gate, load_policy(None)).serve()
+    await gate.nc.flush()  # the server has the subscription before the tester asks
     check = ActionCheck(
         run_id="perm-gate",
         task_id="t1",
