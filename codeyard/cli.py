@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 schemas_app = typer.Typer(help="Wire-message schemas, for agents written in any language.")
 app.add_typer(schemas_app, name="schemas")
+deploy_app = typer.Typer(help="Deployment artifacts: NATS users and permissions.")
+app.add_typer(deploy_app, name="deploy")
 console = Console(soft_wrap=True)  # never break lines that scripts may grep
 err = Console(stderr=True, soft_wrap=True)
 
@@ -53,6 +55,43 @@ def schemas_export(
     console.print(f"wrote {len(written)} files to {directory}")
 
 
+@deploy_app.command("nats-config")
+def deploy_nats_config(
+    out: Annotated[Path, typer.Option(help="directory to write (created)")],
+    reviewer: Annotated[
+        list[str] | None,
+        typer.Option(help="a plugin reviewer review.NAME to give its own user (repeatable)"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="address the server listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="client port")] = 4222,
+    store_dir: Annotated[Path, typer.Option(help="JetStream store, as the server sees it")] = Path(
+        "/data/jetstream"
+    ),
+) -> None:
+    """Write a nats-server config with one user per role and an env file per role.
+
+    OUT/nats-server.conf enables JetStream and holds every principal's user with only the
+    subjects it needs (a coder cannot approve); OUT/credentials/ROLE.env holds
+    CODEYARD_NATS_USER and CODEYARD_NATS_PASSWORD for that role's processes. Existing passwords
+    in OUT are kept. Files are 0600; no secret is printed.
+
+    Example: [bold]codeyard deploy nats-config --out ./nats --reviewer security[/bold]
+    """
+    from codeyard.bus.permissions import UnknownPrincipal
+    from codeyard.bus.subjects import UnknownRole
+    from codeyard.deploy.nats_config import ServerOptions, write_deployment
+
+    options = ServerOptions(host=host, port=port, store_dir=store_dir)
+    try:
+        deployment = write_deployment(out, reviewers=tuple(reviewer or ()), options=options)
+    except (UnknownRole, UnknownPrincipal) as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    console.print(f"wrote {deployment.config_file}", markup=False)
+    for principal in deployment.principals:
+        console.print(f"wrote {deployment.credentials_file(principal)}", markup=False)
+
+
 @app.command()
 def up(
     coders: Annotated[int, typer.Option(min=1, help="coder processes to run")] = 2,
@@ -66,7 +105,10 @@ def up(
     """Start codeyard on this machine.
 
     With NATS_URL unset, starts an embedded nats-server (JetStream, loopback only, store under the
-    user's data dir; port CODEYARD_NATS_PORT, default 4222). With NATS_URL set, uses that server.
+    user's data dir; port CODEYARD_NATS_PORT, default 4222) with one NATS user per role, whose
+    credentials are generated once under the data dir; each child gets only its own, and
+    `codeyard run` on this machine finds the ctl user's. With NATS_URL set, uses that server
+    (with the users in CODEYARD_NATS_CREDENTIALS_DIR, if set).
     Either way the streams, consumers and buckets are created or updated; then the coordinator,
     the safety gate, a planner, --coders coders, a tester and a reviewer run as child processes,
     each restarted if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or
@@ -203,11 +245,15 @@ def run(
     except msgspec.ValidationError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    from codeyard.bus.permissions import CTL
+
     settings = Settings()
-    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+    url = settings.server_url()
 
     async def follow() -> RunState:
-        bus = await Bus.connect(url, name="codeyard-run", connect_attempts=4)
+        bus = await Bus.connect(
+            url, name="codeyard-run", credentials=settings.credentials(CTL), connect_attempts=4
+        )
         try:
             console.print(f"run {submit.run_id}: {goal}")
             final = await submit_and_follow(bus, submit, console, timeout)
@@ -239,6 +285,7 @@ def run(
 
 async def _coordinate(settings: Settings, name: str | None, capacity: int) -> None:
     from codeyard.bus.gate_client import BusGateClient
+    from codeyard.bus.permissions import COORDINATOR
     from codeyard.coordinator.service import Coordinator
     from codeyard.sandbox import default_sandbox
     from codeyard.workspace.integration import GitIntegrator
@@ -248,7 +295,10 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
         raise typer.BadParameter("set NATS_URL (codeyard up starts the coordinator for you)")
     sandbox = default_sandbox()  # for the suite after each merge; refuses to start without one
     bus = await Bus.connect(
-        settings.nats_url, name=name or "coordinator", topology=settings.topology()
+        settings.nats_url,
+        name=name or "coordinator",
+        credentials=settings.credentials(COORDINATOR),
+        topology=settings.topology(),
     )
     await bus.setup()
     stop = asyncio.Event()
@@ -364,13 +414,16 @@ def _answer(request: Envelope, verb: str) -> None:
 
 def _ask(verb: str, request: Envelope) -> ControlReply:
     """One control request to the running coordinator; exits 1 when none answers."""
+    from codeyard.bus.permissions import CTL
     from codeyard.follow import RunRefused, ask_coordinator
 
     settings = Settings()
-    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+    url = settings.server_url()
 
     async def ask() -> ControlReply:
-        bus = await Bus.connect(url, name=f"codeyard-{verb}", connect_attempts=4)
+        bus = await Bus.connect(
+            url, name=f"codeyard-{verb}", credentials=settings.credentials(CTL), connect_attempts=4
+        )
         try:
             return await ask_coordinator(bus, verb, request, patience=10)
         finally:

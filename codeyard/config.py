@@ -5,10 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import platformdirs
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from codeyard.bus.credentials import (
+    CREDENTIALS_DIR,
+    Credentials,
+    credentials_file,
+    read_credentials,
+)
 from codeyard.bus.topology import DAY, Topology
+
+# Under the data dir: the embedded server's store, configuration and per-principal credentials.
+EMBEDDED_DIR = "nats"
 
 
 def default_data_dir() -> Path:
@@ -27,6 +36,13 @@ class Settings(BaseSettings):
         default_factory=default_data_dir, description="embedded server store, caches, reports"
     )
     nats_port: int = Field(default=4222, ge=0, le=65535, description="embedded server port")
+    nats_user: str = Field(default="", description="NATS user of this process; empty: see below")
+    nats_password: SecretStr = Field(default=SecretStr(""), description="its password")
+    nats_credentials_dir: Path | None = Field(
+        default=None,
+        description="per-principal env files from `codeyard deploy nats-config`; `up` hands "
+        "each child its own, other commands use their principal's (the CLI: ctl)",
+    )
     ack_wait: float = Field(
         default=30.0, gt=0, description="seconds before unacked work is redelivered"
     )
@@ -41,6 +57,28 @@ class Settings(BaseSettings):
     approval_timeout: float = Field(
         default=86400.0, gt=0, description="seconds an approval may wait before it is denied"
     )
+
+    def server_url(self) -> str:
+        """NATS_URL, else the embedded server of `codeyard up` on this machine."""
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    def embedded_dir(self) -> Path:
+        return self.data_dir / EMBEDDED_DIR
+
+    def credentials_dir(self) -> Path | None:
+        """Where per-principal credentials are: the configured directory, else (no NATS_URL)
+        those `codeyard up` generated for its embedded server."""
+        if self.nats_credentials_dir is not None:
+            return self.nats_credentials_dir
+        return None if self.nats_url else self.embedded_dir() / CREDENTIALS_DIR
+
+    def credentials(self, principal: str) -> Credentials | None:
+        """This process's NATS credentials: CODEYARD_NATS_USER/_PASSWORD if set, else
+        `principal`'s env file in `credentials_dir()`, else none (no authentication)."""
+        if self.nats_user:
+            return Credentials(self.nats_user, self.nats_password.get_secret_value())
+        directory = self.credentials_dir()
+        return read_credentials(credentials_file(directory, principal)) if directory else None
 
     def topology(self) -> Topology:
         return Topology(

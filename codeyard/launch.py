@@ -13,31 +13,66 @@ from pathlib import Path
 from rich.console import Console
 
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.credentials import Credentials, credentials_file, read_credentials
 from codeyard.bus.embedded import free_port
+from codeyard.bus.permissions import COORDINATOR, GATE, principal_of_role, principals
 from codeyard.config import Settings
+from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
 from codeyard.llm.local import local_server_command, smollm2_model
 from codeyard.supervisor import ChildSpec, Supervisor
 
 
 def service_children(
-    url: str, *, coders: int, agents: bool, llm_env: Mapping[str, str] | None = None
+    url: str,
+    *,
+    coders: int,
+    agents: bool,
+    llm_env: Mapping[str, str] | None = None,
+    credentials: Mapping[str, Credentials] | None = None,
 ) -> list[ChildSpec]:
     """The services `up` keeps running: the coordinator and the safety gate (merges wait for
-    it) and, with `agents`, every role."""
-    env = os.environ | {"NATS_URL": url} | dict(llm_env or {})
+    it) and, with `agents`, every role. Each gets its own principal's `credentials` (if given)
+    and no other's."""
+    base = os.environ | {"NATS_URL": url} | dict(llm_env or {})
+    credentials = credentials or {}
+
+    def env(principal: str) -> dict[str, str]:
+        own = credentials.get(principal)
+        return base | own.as_env() if own else base
+
     codeyard = [sys.executable, "-m", "codeyard"]
+    coordinator = [*codeyard, "coordinator", "--name", "coordinator"]
     children = [
-        ChildSpec("coordinator", [*codeyard, "coordinator", "--name", "coordinator"], env),
-        ChildSpec("safety-gate", [*codeyard, "gate"], env),
+        ChildSpec("coordinator", coordinator, env(COORDINATOR)),
+        ChildSpec("safety-gate", [*codeyard, "gate"], env(GATE)),
     ]
     if agents:
+        coder, tester, review = (principal_of_role(r) for r in ("coder", "tester", "review"))
         children += [
-            ChildSpec("planner", [*codeyard, "worker", "planner"], env),
-            *(ChildSpec(f"coder-{n}", [*codeyard, "worker", "coder"], env) for n in range(coders)),
-            ChildSpec("tester", [*codeyard, "worker", "tester", "--concurrency", "2"], env),
-            ChildSpec("review", [*codeyard, "worker", "review", "--concurrency", "2"], env),
+            ChildSpec("planner", [*codeyard, "worker", "planner"], env("planner")),
+            *(
+                ChildSpec(f"coder-{n}", [*codeyard, "worker", "coder"], env(coder))
+                for n in range(coders)
+            ),
+            ChildSpec("tester", [*codeyard, "worker", "tester", "--concurrency", "2"], env(tester)),
+            ChildSpec("review", [*codeyard, "worker", "review", "--concurrency", "2"], env(review)),
         ]
     return children
+
+
+def embedded_deployment(settings: Settings, port: int) -> Deployment:
+    """The embedded server's users under the data dir: generated on the first `up`, the same
+    passwords on every later one (so a restarted `up` and its CLI keep working)."""
+    directory = settings.embedded_dir()
+    store = directory / "jetstream"
+    options = ServerOptions(port=port, store_dir=store, server_name=f"codeyard-{port}")
+    return write_deployment(directory, options=options)
+
+
+def principal_credentials(directory: Path) -> dict[str, Credentials]:
+    """Every builtin principal's credentials found in `directory`."""
+    found = {p: read_credentials(credentials_file(directory, p)) for p in principals()}
+    return {principal: creds for principal, creds in found.items() if creds is not None}
 
 
 async def run_gate(settings: Settings, policy_file: Path | None) -> None:
@@ -46,8 +81,12 @@ async def run_gate(settings: Settings, policy_file: Path | None) -> None:
     from codeyard.agents.safety_gate import SafetyGate
 
     policy = load_policy(policy_file)
-    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
-    bus = await Bus.connect(url, name="safety-gate", topology=settings.topology())
+    bus = await Bus.connect(
+        settings.server_url(),
+        name="safety-gate",
+        credentials=settings.credentials(GATE),
+        topology=settings.topology(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -67,8 +106,12 @@ async def run_worker(settings: Settings, role: str, concurrency: int) -> None:
     from codeyard.llm import LLMSettings, OpenAIClient
 
     llm = OpenAIClient(LLMSettings())
-    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
-    bus = await Bus.connect(url, name=f"worker-{role}", topology=settings.topology())
+    bus = await Bus.connect(
+        settings.server_url(),
+        name=f"worker-{role}",
+        credentials=settings.credentials(principal_of_role(role)),
+        topology=settings.topology(),
+    )
     handler = role_handler(role, llm, BusGateClient(bus))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,14 +147,28 @@ async def run_up(
 ) -> None:
     server: EmbeddedNats | None = None
     url = settings.nats_url
+    credentials: dict[str, Credentials] = {}
     if not url:
-        server = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port)
+        port = settings.nats_port or free_port()
+        deployment = embedded_deployment(settings, port)
+        credentials = principal_credentials(deployment.credentials_dir)
+        server = EmbeddedNats(
+            settings.embedded_dir(), port=port, config_file=deployment.config_file
+        )
         await asyncio.to_thread(server.start)
         url = server.url
         console.print(f"embedded nats-server with JetStream at [bold]{url}[/bold]")
         console.print(f"store: {server.store_dir}")
+        console.print(f"one NATS user per role, credentials: {deployment.credentials_dir}")
+    elif settings.nats_credentials_dir is not None:
+        credentials = principal_credentials(settings.nats_credentials_dir)
     try:
-        bus = await Bus.connect(url, name="codeyard-up", topology=settings.topology())
+        bus = await Bus.connect(
+            url,
+            name="codeyard-up",
+            credentials=credentials.get(COORDINATOR) or settings.credentials(COORDINATOR),
+            topology=settings.topology(),
+        )
         await bus.setup()
         await bus.close()
         stop = asyncio.Event()
@@ -131,7 +188,9 @@ async def run_up(
             await wait_until_serving(f"{base_url}/models", timeout=300)
             llm_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "local"}
             llm_env |= {"CODEYARD_LLM_MODEL": "smollm2"}
-        children = service_children(url, coders=coders, agents=agents, llm_env=llm_env)
+        children = service_children(
+            url, coders=coders, agents=agents, llm_env=llm_env, credentials=credentials
+        )
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
         services.append(asyncio.create_task(Supervisor(children).run(stop)))
         await asyncio.gather(*services)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, overload
@@ -12,7 +13,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from codeyard.bus import subjects
+from codeyard.bus import permissions, subjects
+from codeyard.bus.credentials import Credentials
 from codeyard.bus.pipeline import PubAck, PublishPipeline
 from codeyard.bus.store import VersionedStore
 from codeyard.bus.topology import Topology, ensure_topology
@@ -34,12 +36,17 @@ class Bus:
 
     JetStream publishes carry the message's `msg_id` as `Nats-Msg-Id`, so a publish retried after a
     crash or a lost ack is stored once (within the stream's duplicate window).
+
+    `grants` are the permissions of the user it connected as, when that user is one of
+    codeyard's principals (`codeyard.bus.permissions`); None means unknown or no authentication,
+    and then everything is tried.
     """
 
-    def __init__(self, nc: Client, topology: Topology) -> None:
+    def __init__(self, nc: Client, topology: Topology, grants: permissions.Grants | None = None):
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.topology = topology
+        self.grants = grants
         self.pipeline = PublishPipeline(nc)
 
     @classmethod
@@ -48,17 +55,23 @@ class Bus:
         url: str,
         *,
         name: str = "codeyard",
-        user: str | None = None,
-        password: str | None = None,
+        credentials: Credentials | None = None,
         topology: Topology | None = None,
         connect_timeout: int = 2,
         connect_attempts: int = 20,
     ) -> Bus:
         """Connect, trying `connect_attempts` times (0.25 s apart) before giving up with
-        `nats.errors.NoServersError`; once connected, reconnect forever."""
+        `nats.errors.NoServersError`; once connected, reconnect forever.
+
+        With `credentials` the connection authenticates and uses the user's own inbox prefix
+        (`_INBOX.<user>`), the only inboxes its permissions let it read."""
 
         async def on_error(exc: Exception) -> None:
-            log.warning("nats error: %s", exc)
+            if "permissions violation" in str(exc).lower():
+                # the operation waiting on it fails with a timeout; this says why
+                log.error("NATS refused %s: %s", credentials.user if credentials else "us", exc)
+            else:
+                log.warning("nats error: %s", exc)
 
         async def on_disconnect() -> None:
             if not (nc.is_closed or nc.is_draining):
@@ -71,8 +84,11 @@ class Bus:
         await nc.connect(
             url,
             name=name,
-            user=user,
-            password=password,
+            user=credentials.user if credentials else None,
+            password=credentials.password if credentials else None,
+            inbox_prefix=permissions.inbox_prefix(credentials.user)
+            if credentials
+            else permissions.INBOX_ROOT,
             connect_timeout=connect_timeout,
             allow_reconnect=True,
             max_reconnect_attempts=connect_attempts,
@@ -82,10 +98,19 @@ class Bus:
             reconnected_cb=on_reconnect,
         )
         nc.options["max_reconnect_attempts"] = -1  # nats-py has no separate setting for this
-        return cls(nc, topology or Topology())
+        grants = None
+        if credentials is not None:
+            with contextlib.suppress(permissions.UnknownPrincipal):
+                grants = permissions.grants_for(credentials.user)
+        return cls(nc, topology or Topology(), grants)
+
+    def may_publish(self, subject: str) -> bool:
+        """False only when this user is known not to be allowed to publish on `subject`."""
+        return self.grants is None or self.grants.may_publish(subject)
 
     async def setup(self, roles: Iterable[str] = subjects.BUILTIN_ROLES) -> None:
-        """Create or update the streams, consumers and buckets; every process may call this."""
+        """Create or update the streams, consumers and buckets. Needs the topology grants (the
+        coordinator's, or no authentication); workers only ever look up their consumer."""
         await ensure_topology(self.js, self.topology, roles)
 
     async def close(self) -> None:

@@ -85,11 +85,14 @@ class EmbeddedNats:
         if self.running():
             return self
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        command = [
-            str(find_nats_server()),
-            "--jetstream",
-            "--store_dir",
-            str(self.store_dir / "jetstream"),
+        command = [str(find_nats_server()), "--jetstream"]
+        if self.config_file:
+            # the file names the store (nats-server refuses a second store_dir); the ones
+            # codeyard generates use `store_dir / "jetstream"`, as the flag below does
+            command += ["--config", str(self.config_file)]
+        else:
+            command += ["--store_dir", str(self.store_dir / "jetstream")]
+        command += [
             "--addr",
             self.host,
             "--port",
@@ -97,8 +100,6 @@ class EmbeddedNats:
             "--server_name",
             f"codeyard-{self.port}",
         ]
-        if self.config_file:
-            command += ["--config", str(self.config_file)]
         self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         with open(self._log_path, "ab") as log_file:
             self._process = subprocess.Popen(

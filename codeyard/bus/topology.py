@@ -1,7 +1,9 @@
 """JetStream streams, consumers, KV buckets and the object store of ARCHITECTURE.md.
 
-`ensure_topology` is idempotent: every process runs it at start, and a changed setting (say a
-longer ack_wait) updates what exists instead of failing.
+`ensure_topology` is idempotent: the coordinator (and `codeyard up`) runs it at start, and a
+changed setting (say a longer ack_wait) updates what exists instead of failing. Workers only
+ensure their own consumer, and with authentication only plugin reviewers may do even that
+(`codeyard.bus.permissions`).
 """
 
 from __future__ import annotations

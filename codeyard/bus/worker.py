@@ -21,7 +21,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from codeyard.bus import subjects
+from codeyard.bus import permissions, subjects
 from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.topology import ensure_role_consumer
@@ -157,7 +157,12 @@ class PullWorker:
     async def run(self, stop: asyncio.Event, grace: float = 30.0) -> None:
         """Serve until `stop` is set; then finish in-flight work for up to `grace` seconds and
         nak whatever is still running, so it is redelivered at once elsewhere."""
-        await ensure_role_consumer(self.js, self.role, self.bus.topology)
+        create = permissions.consumer_create_subject(
+            subjects.WORK_STREAM, self._consumer, subjects.work_subject(self.role)
+        )
+        if self.bus.may_publish(create):
+            await ensure_role_consumer(self.js, self.role, self.bus.topology)
+        # else the coordinator creates it (builtin roles): pulls wait until it exists
         inflight: set[asyncio.Task[None]] = set()
         wake = asyncio.Event()
 

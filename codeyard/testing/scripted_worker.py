@@ -2,7 +2,9 @@
 
     python -m codeyard.testing.scripted_worker --roles coder,tester,review [options]
 
-It connects to NATS_URL. Answers: the planner returns the plan in --plan (a JSON list of task
+It connects to NATS_URL, as CODEYARD_NATS_USER if set (else, serving one role, as that role's
+user in CODEYARD_NATS_CREDENTIALS_DIR, if any).
+Answers: the planner returns the plan in --plan (a JSON list of task
 specs); the coder returns a one-line patch reporting --tokens of usage; the tester passes,
 except on the first attempt of the tasks in --fail-tests; reviewers approve, except the first
 attempt of --reject. With --log every finished item is appended as `type task attempt pid`
@@ -21,6 +23,7 @@ from pathlib import Path
 import msgspec
 
 from codeyard.bus import Bus, PullWorker
+from codeyard.bus.permissions import principal_of_role
 from codeyard.config import Settings
 from codeyard.schemas import (
     CodeRequest,
@@ -113,13 +116,19 @@ class Script:
 async def main() -> None:
     args = parse()
     settings = Settings()
-    bus = await Bus.connect(settings.nats_url, name="scripted-worker", topology=settings.topology())
+    roles = args.roles.split(",")
+    bus = await Bus.connect(
+        settings.nats_url,
+        name="scripted-worker",
+        credentials=settings.credentials(principal_of_role(roles[0])),  # env ones for several
+        topology=settings.topology(),
+    )
     script = Script(args)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     workers = [
         PullWorker(bus, role, script.answer, concurrency=args.concurrency, retry_delays=(0.2,))
-        for role in args.roles.split(",")
+        for role in roles
     ]
     print("READY", flush=True)
     await asyncio.gather(*(worker.run(stop, grace=2) for worker in workers))

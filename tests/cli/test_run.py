@@ -20,27 +20,38 @@ from tests.processes import start, stop
 
 @pytest.fixture
 async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    """`codeyard up` on a free port, plus scripted workers; yields the environment to use."""
+    """`codeyard up` on a free port, plus scripted workers, one per role, each connected as its
+    role's user (from the credentials `up` generated); yields the environment to use."""
     port = free_port()
-    env = os.environ | {
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEYARD_NATS_")} | {
         "CODEYARD_DATA_DIR": str(tmp_path / "data"),
         "CODEYARD_NATS_PORT": str(port),
         "NATS_URL": "",
     }
     up, _ = await start("-m", "codeyard", "up", "--no-agents", env=env, ready=b"Ctrl-C stops")
+    workers: list[asyncio.subprocess.Process] = []
     try:
-        worker_env = env | {"NATS_URL": f"nats://127.0.0.1:{port}"}
-        roles = ("--roles", "coder,tester,review", "--fail-tests", "b")
-        workers, _ = await start(
-            "-m", "codeyard.testing.scripted_worker", *roles, env=worker_env, ready=b"READY"
-        )
+        worker_env = env | {
+            "NATS_URL": f"nats://127.0.0.1:{port}",
+            "CODEYARD_NATS_CREDENTIALS_DIR": str(tmp_path / "data" / "nats" / "credentials"),
+        }
+        for role in ("coder", "tester", "review"):
+            worker, _ = await start(
+                "-m",
+                "codeyard.testing.scripted_worker",
+                *("--roles", role, "--fail-tests", "b"),
+                env=worker_env,
+                ready=b"READY",
+            )
+            workers.append(worker)
     except BaseException:
-        await stop(up)
+        for process in (*workers, up):
+            await stop(process)
         raise
     try:
         yield env
     finally:
-        for process in (workers, up):
+        for process in (*workers, up):
             await stop(process)
 
 

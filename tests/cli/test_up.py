@@ -9,11 +9,16 @@ import socket
 import sys
 from pathlib import Path
 
+import nats.errors
+import pytest
+
 from codeyard.bus import Bus
+from codeyard.bus.credentials import read_credentials
 from codeyard.bus.embedded import free_port
 from codeyard.bus.subjects import EVENT_STREAM, RESULT_STREAM, WORK_STREAM
 from codeyard.schemas import RunStatus, StatusQuery
 from tests.coordinator.harness import ask
+from tests.processes import start, stop
 
 
 async def test_up_runs_an_embedded_server_until_sigterm(tmp_path: Path) -> None:
@@ -38,13 +43,21 @@ async def test_up_runs_an_embedded_server_until_sigterm(tmp_path: Path) -> None:
             output += line
         assert f"nats://127.0.0.1:{port}".encode() in output
 
-        bus = await Bus.connect(f"nats://127.0.0.1:{port}")
-        streams = {s.config.name for s in await bus.js.streams_info()}
-        status = await ask(bus, "status", StatusQuery())  # the coordinator child answers
-        await bus.close()
+        url = f"nats://127.0.0.1:{port}"
+        credentials = tmp_path / "nats" / "credentials"
+        coordinator = await Bus.connect(
+            url, credentials=read_credentials(credentials / "coordinator.env")
+        )
+        streams = {s.config.name for s in await coordinator.js.streams_info()}
+        await coordinator.close()
+        ctl = await Bus.connect(url, credentials=read_credentials(credentials / "ctl.env"))
+        status = await ask(ctl, "status", StatusQuery())  # the coordinator child answers
+        await ctl.close()
         assert {WORK_STREAM, RESULT_STREAM, EVENT_STREAM} <= streams
         assert isinstance(status, RunStatus)
         assert (tmp_path / "nats" / "jetstream").is_dir()
+        with pytest.raises(nats.errors.NoServersError):  # the embedded server wants a user
+            await Bus.connect(url, connect_attempts=1)
     finally:
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 20)
@@ -89,3 +102,25 @@ async def test_up_without_an_llm_explains_how_to_configure_one(tmp_path: Path) -
     assert "OPENAI_BASE_URL" in message
     assert "codeyard[local]" in message
     assert "CODEYARD_LLM_" in message
+
+
+async def test_a_restarted_up_keeps_the_credentials_it_generated(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path)
+    url = f"nats://127.0.0.1:{env['CODEYARD_NATS_PORT']}"
+    ctl_file = tmp_path / "nats" / "credentials" / "ctl.env"
+    seen = []
+    for _ in range(2):
+        up, _ = await start("-m", "codeyard", "up", "--no-agents", env=env, ready=b"Ctrl-C stops")
+        try:
+            credentials = read_credentials(ctl_file)
+            assert credentials is not None
+            seen.append(credentials)
+            ctl = await Bus.connect(url, credentials=credentials)
+            status = await ask(ctl, "status", StatusQuery())
+            await ctl.close()
+            assert isinstance(status, RunStatus)
+        finally:
+            await stop(up)
+    assert seen[0] == seen[1]
+    assert ctl_file.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "nats" / "nats-server.conf").stat().st_mode & 0o777 == 0o600

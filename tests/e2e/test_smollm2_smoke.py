@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.bus import Bus
+from codeyard.bus.credentials import read_credentials
 from codeyard.bus.embedded import free_port
 from codeyard.coordinator.graph import TaskGraph
 from codeyard.follow import ask_coordinator
@@ -55,7 +56,8 @@ async def test_a_run_with_smollm2_ends_well_formed(tmp_path: Path) -> None:
             text=True,
             timeout=1000,
         )
-        bus = await Bus.connect(f"nats://127.0.0.1:{port}")
+        ctl = read_credentials(tmp_path / "data" / "nats" / "credentials" / "ctl.env")
+        bus = await Bus.connect(f"nats://127.0.0.1:{port}", credentials=ctl)
         status = await ask_coordinator(bus, "status", StatusQuery(run_id="smoke"))
         await bus.close()
     finally:

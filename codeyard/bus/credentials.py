@@ -1,0 +1,65 @@
+"""A NATS user and password, and the env files that hand them to a process.
+
+An env file (`KEY=value` lines) serves `docker compose` (`env_file:`), systemd
+(`EnvironmentFile=`) and `codeyard` itself, which reads `CODEYARD_NATS_USER` and
+`CODEYARD_NATS_PASSWORD` from its environment. Files holding a password are created 0600 before
+a byte is written, and the password never appears in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+USER_VARIABLE = "CODEYARD_NATS_USER"
+PASSWORD_VARIABLE = "CODEYARD_NATS_PASSWORD"
+CREDENTIALS_DIR = "credentials"  # beside a generated server configuration
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def generate(cls, user: str) -> Credentials:
+        # 256 bits; URL-safe characters need no quoting in env files or the server config
+        return cls(user, secrets.token_urlsafe(32))
+
+    def as_env(self) -> dict[str, str]:
+        return {USER_VARIABLE: self.user, PASSWORD_VARIABLE: self.password}
+
+
+def credentials_file(directory: Path, principal: str) -> Path:
+    return directory / f"{principal}.env"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by its owner only (also when it existed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+
+
+def write_credentials(path: Path, credentials: Credentials) -> None:
+    lines = [f"{name}={value}" for name, value in credentials.as_env().items()]
+    write_private(path, "\n".join(lines) + "\n")
+
+
+def read_credentials(path: Path) -> Credentials | None:
+    """The credentials in an env file; None if it is missing or lacks either variable."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and not name.startswith("#"):
+            values[name.strip()] = value.strip().strip("'\"")
+    user, password = values.get(USER_VARIABLE), values.get(PASSWORD_VARIABLE)
+    return Credentials(user, password) if user and password else None

@@ -1,0 +1,2 @@
+"""Deployment artifacts generated from code: the NATS server configuration with one user per
+principal (`nats_config`)."""

@@ -1,0 +1,300 @@
+"""Least privilege on a real nats-server started with the generated configuration: every
+principal can do its job and is refused the rest (a coder cannot approve)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.msg import Msg
+
+from codeyard.agents.policy import load_policy
+from codeyard.agents.safety_gate import SafetyGate
+from codeyard.bus import Bus, EmbeddedNats, PullWorker
+from codeyard.bus.embedded import find_nats_server, free_port
+from codeyard.bus.pipeline import PublishError
+from codeyard.bus.subjects import (
+    APPROVALS_BUCKET,
+    GATE_CHECK,
+    WORK_STREAM,
+    ctl_subject,
+    result_subject,
+    work_subject,
+)
+from codeyard.coordinator.service import Coordinator
+from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
+from codeyard.schemas import (
+    Accepted,
+    ActionCheck,
+    ApprovalList,
+    Approve,
+    CodeRequest,
+    CodeResult,
+    GateDecision,
+    ListApprovals,
+    Patch,
+    PendingApproval,
+    Result,
+    RunState,
+    SubmitRun,
+    TaskSpec,
+    TaskState,
+    TestResult,
+    WorkItem,
+)
+from tests.conftest import TEST_TOPOLOGY
+from tests.coordinator.harness import ask, status
+
+REFUSAL_LOGGER = "codeyard.bus.connection"
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedNats, Deployment]]:
+    """A nats-server of its own, loopback only, with the users `codeyard deploy` generates."""
+    directory = tmp_path_factory.mktemp("secured")
+    port = free_port()
+    options = ServerOptions(port=port, store_dir=directory / "jetstream")
+    deployment = write_deployment(directory, reviewers=("security",), options=options)
+    with EmbeddedNats(directory, port=port, config_file=deployment.config_file) as server:
+        yield server, deployment
+
+
+@pytest.fixture
+async def connect(
+    secured: tuple[EmbeddedNats, Deployment], caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Callable[[str], Awaitable[Bus]]]:
+    """Connects as a principal. Only the coder misbehaves in these tests: any other principal
+    refused something means its grants miss what its job needs."""
+    server, deployment = secured
+    opened: list[Bus] = []
+
+    async def as_principal(principal: str) -> Bus:
+        bus = await Bus.connect(
+            server.url,
+            name=f"test-{principal}",
+            credentials=deployment.credentials(principal),
+            topology=TEST_TOPOLOGY,
+        )
+        opened.append(bus)
+        return bus
+
+    setup = await as_principal("coordinator")
+    await setup.setup(roles=["planner", "coder", "tester", "review"])
+    yield as_principal
+    for bus in opened:
+        await bus.close()
+    refused = [r.getMessage() for r in caplog.records if "NATS refused" in r.getMessage()]
+    assert all(message.startswith("NATS refused coder:") for message in refused), refused
+
+
+@pytest.fixture
+async def coordinator(connect: Callable[[str], Awaitable[Bus]]) -> AsyncIterator[Coordinator]:
+    """The real coordinator, connected as the coordinator user."""
+    coordinator = Coordinator(await connect("coordinator"), name="coord-secured", capacity=4)
+    stop = asyncio.Event()
+    running = asyncio.create_task(coordinator.run(stop))
+    await asyncio.wait_for(coordinator.leading.wait(), 10)
+    yield coordinator
+    stop.set()
+    await asyncio.wait_for(running, 10)
+
+
+async def refusal(caplog: pytest.LogCaptureFixture, subject: str, timeout: float = 5.0) -> str:
+    """The server's permissions violation naming `subject`, as the client reported it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        for record in caplog.records:
+            message = record.getMessage().lower()  # nats-py lowercases the server's words
+            if "permissions violation" in message and f'"{subject.lower()}"' in message:
+                return message
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no permissions violation for {subject} was reported")
+
+
+def plan_approval_run(run_id: str) -> SubmitRun:
+    return SubmitRun(run_id=run_id, goal="g", plan=[TaskSpec(id="a", title="a")], approve_plan=True)
+
+
+async def test_a_coder_cannot_approve_and_ctl_can(
+    connect: Callable[[str], Awaitable[Bus]],
+    coordinator: Coordinator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    ctl, coder = await connect("ctl"), await connect("coder")
+    submitted = await ask(ctl, "submit", plan_approval_run("perm-approve"))
+    assert isinstance(submitted, Accepted), submitted
+    listed = await ask(ctl, "approvals", ListApprovals())
+    assert isinstance(listed, ApprovalList)
+    [pending] = [a for a in listed.approvals if a.run_id == "perm-approve"]
+
+    with pytest.raises(nats.errors.TimeoutError):  # the server drops it: no one ever answers
+        await coder.request(
+            ctl_subject("approve"), Approve(approval_id=pending.approval_id), Accepted, 1.0
+        )
+    message = await refusal(caplog, "cy.ctl.approve")
+    assert "publish" in message.lower()
+    assert (await status(ctl, "perm-approve")).state is RunState.PLAN_APPROVAL
+
+    approved = await ask(ctl, "approve", Approve(approval_id=pending.approval_id, by="ana"))
+    assert isinstance(approved, Accepted), approved
+    assert (await status(ctl, "perm-approve")).state is RunState.EXECUTING
+
+
+async def test_a_coder_does_its_job_through_the_real_coordinator(
+    connect: Callable[[str], Awaitable[Bus]], coordinator: Coordinator
+) -> None:
+    """Pull from its consumer, heartbeat, publish its result (with a publish ack), ack."""
+    ctl, coder = await connect("ctl"), await connect("coder")
+    await ask(
+        ctl, "submit", SubmitRun(run_id="perm-job", goal="g", plan=[TaskSpec(id="a", title="a")])
+    )
+    handled: list[WorkItem] = []
+
+    async def answer(item: WorkItem) -> Result:
+        handled.append(item)
+        await asyncio.sleep(TEST_TOPOLOGY.ack_wait / 2)  # long enough for an in-progress ack
+        return CodeResult(patch=Patch(text=""), summary="done")
+
+    stop = asyncio.Event()
+    worker = PullWorker(coder, "coder", answer)
+    running = asyncio.create_task(worker.run(stop, grace=2))
+    try:
+        for _ in range(100):
+            task = (await status(ctl, "perm-job")).tasks["a"]
+            if task.state is TaskState.TESTING:
+                break
+            await asyncio.sleep(0.1)
+        assert task.state is TaskState.TESTING, task.state  # the coordinator got the result
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    assert ("perm-job", "a") in [(item.run_id, item.task_id) for item in handled]
+    assert worker.stats.handled == len(handled)  # earlier tests' coding work too
+    coordinator_bus = coordinator.bus
+    work = await coordinator_bus.js.stream_info(WORK_STREAM, subjects_filter=work_subject("coder"))
+    assert not (work.state.subjects or {}).get(work_subject("coder"))  # acked: gone
+
+
+async def test_a_coder_cannot_publish_another_roles_result(
+    connect: Callable[[str], Awaitable[Bus]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    coder = await connect("coder")
+    forged = TestResult(run_id="perm-forge", task_id="a", attempt=1, passed=True)
+    with pytest.raises((TimeoutError, PublishError)):
+        await coder.publish(result_subject("tester"), forged, timeout=1.0)
+    await refusal(caplog, "cy.result.tester")
+    ack = await coder.publish(result_subject("coder"), CodeResult(patch=Patch(text="")))
+    assert ack.seq > 0  # its own subject is fine
+
+
+async def test_a_coder_cannot_read_other_roles_work_nor_replies(
+    connect: Callable[[str], Awaitable[Bus]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    coordinator, coder = await connect("coordinator"), await connect("coder")
+    seen: list[Msg] = []
+
+    async def spy(msg: Msg) -> None:
+        seen.append(msg)
+
+    for subject in ("cy.work.tester", "cy.work.>", "_INBOX.tester.>", "_INBOX.>", "cy.ctl.>"):
+        await coder.nc.subscribe(subject, cb=spy)
+        await refusal(caplog, subject)
+    # pulling from the tester's durable consumer is a publish the server refuses too
+    await coder.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.tester", b"{}")
+    await refusal(caplog, f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.tester")
+
+    item = CodeRequest(run_id="perm-spy", task_id="a", goal="g", task=TaskSpec(id="a", title="a"))
+    await coordinator.publish(work_subject("tester"), item)
+    await coordinator.nc.request(
+        f"$JS.API.STREAM.INFO.{WORK_STREAM}", b"", timeout=5
+    )  # a reply into the coordinator's inbox
+    await asyncio.sleep(0.3)
+    assert seen == []
+
+
+async def test_workers_do_not_create_topology(
+    connect: Callable[[str], Awaitable[Bus]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    coder = await connect("coder")
+    assert not coder.may_publish(f"$JS.API.STREAM.CREATE.{WORK_STREAM}")
+    config = b'{"name": "CY_ROGUE", "subjects": ["rogue.>"]}'
+    with pytest.raises(nats.errors.TimeoutError):
+        await coder.nc.request("$JS.API.STREAM.CREATE.CY_ROGUE", config, timeout=1.0)
+    await refusal(caplog, "$JS.API.STREAM.CREATE.CY_ROGUE")
+
+
+async def test_the_gate_serves_checks_and_records_approvals(
+    connect: Callable[[str], Awaitable[Bus]],
+) -> None:
+    gate, tester = await connect("gate"), await connect("tester")
+    await SafetyGate(gate, load_policy(None)).serve()
+    await gate.nc.flush()  # the server has the subscription before the tester asks
+    check = ActionCheck(
+        run_id="perm-gate",
+        task_id="t1",
+        attempt=1,
+        action="install_package",
+        detail="pip install x",
+    )
+    decision = await tester.request(GATE_CHECK, check, GateDecision, timeout=5)
+    assert decision.decision == "needs_approval"
+    coordinator = await connect("coordinator")
+    approvals = await coordinator.store(APPROVALS_BUCKET, PendingApproval)
+    recorded = await approvals.get(decision.approval_id)
+    assert recorded is not None
+    assert recorded.value.run_id == "perm-gate"
+    await approvals.delete(decision.approval_id)
+
+
+async def test_a_plugin_reviewer_creates_and_serves_only_its_own_consumer(
+    connect: Callable[[str], Awaitable[Bus]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    security = await connect("review-security")
+
+    async def answer(item: WorkItem) -> Result:
+        return CodeResult(patch=Patch(text=""))
+
+    stop = asyncio.Event()
+    running = asyncio.create_task(PullWorker(security, "review.security", answer).run(stop))
+    try:
+        coordinator = await connect("coordinator")
+        for _ in range(50):  # the worker creates its consumer on start
+            try:
+                info = await coordinator.js.consumer_info(WORK_STREAM, "review-security")
+                break
+            except nats.js.errors.NotFoundError:
+                await asyncio.sleep(0.1)
+        assert info.config.filter_subject == work_subject("review.security")
+        # ...but not the builtin reviewer's
+        assert not security.may_publish(
+            f"$JS.API.CONSUMER.CREATE.{WORK_STREAM}.review.cy.work.review"
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+
+
+def test_the_generated_configuration_passes_the_servers_check(
+    secured: tuple[EmbeddedNats, Deployment],
+) -> None:
+    _, deployment = secured
+    checked = subprocess.run(
+        [str(find_nats_server()), "-c", str(deployment.config_file), "-t"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "valid" in checked.stdout + checked.stderr

@@ -1,0 +1,133 @@
+"""The permission table itself: what each principal may do, checked without a server."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from codeyard.bus.permissions import (
+    CTL,
+    UnknownPrincipal,
+    consumer_create_subject,
+    grants_for,
+    inbox_prefix,
+    principal_of_role,
+    principals,
+    role_of_principal,
+    subject_matches,
+)
+from codeyard.bus.subjects import (
+    BUILTIN_ROLES,
+    GATE_CHECK,
+    WORK_STREAM,
+    consumer_name,
+    ctl_subject,
+    result_subject,
+    work_subject,
+)
+
+ALL = principals(("security", "review.style"))
+WORKER_ROLES = (*BUILTIN_ROLES, "review.security", "review.style")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "matches"),
+    [
+        ("a.b", "a.b", True),
+        ("a.*", "a.b", True),
+        ("a.*", "a.b.c", False),
+        ("a.>", "a.b.c", True),
+        ("a.>", "a", False),
+        ("a.b", "a.*", False),  # a wildcard subscription is wider than one subject
+        ("a.*", "a.*", True),
+        ("a.*", "a.>", False),
+        ("a.>", "a.*.c", True),
+        ("a.b.c", "a.b", False),
+    ],
+)
+def test_subject_matching_follows_nats(pattern: str, subject: str, matches: bool) -> None:
+    assert subject_matches(pattern, subject) is matches
+
+
+def test_principals_are_the_services_the_roles_and_named_plugins() -> None:
+    assert ALL == (
+        "coordinator",
+        "gate",
+        "ctl",
+        "planner",
+        "coder",
+        "tester",
+        "review",
+        "review-security",
+        "review-style",
+    )
+    assert role_of_principal("review-security") == "review.security"
+    assert role_of_principal("ctl") is None
+    with pytest.raises(UnknownPrincipal):
+        grants_for("admin")
+
+
+@pytest.mark.parametrize("verb", ["approve", "deny", "submit", "cancel"])
+def test_only_ctl_may_publish_control_requests(verb: str) -> None:
+    allowed = [p for p in ALL if grants_for(p).may_publish(ctl_subject(verb))]
+    assert allowed == [CTL]
+
+
+def test_no_worker_touches_another_roles_work_results_or_replies() -> None:
+    for mine, theirs in itertools.permutations(WORKER_ROLES, 2):
+        grants = grants_for(principal_of_role(mine))
+        other = consumer_name(theirs)
+        assert not grants.may_publish(result_subject(theirs)), (mine, theirs)
+        assert not grants.may_publish(work_subject(theirs)), (mine, theirs)
+        assert not grants.may_subscribe(work_subject(theirs)), (mine, theirs)
+        assert not grants.may_subscribe(result_subject(theirs)), (mine, theirs)
+        assert not grants.may_publish(f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{other}")
+        assert not grants.may_publish(f"$JS.ACK.{WORK_STREAM}.{other}.1.1.1.1.1")
+        assert not grants.may_subscribe(f"{inbox_prefix(other)}.x"), (mine, theirs)
+    for role in WORKER_ROLES:
+        grants = grants_for(principal_of_role(role))
+        assert grants.may_publish(result_subject(role))
+        assert grants.may_publish(f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{consumer_name(role)}")
+        assert not grants.may_subscribe("_INBOX.>")
+        assert not grants.may_publish(work_subject(role))  # only the coordinator dispatches
+
+
+def test_only_the_coordinator_creates_topology() -> None:
+    for subject in ("$JS.API.STREAM.CREATE.CY_WORK", "$JS.API.STREAM.CREATE.KV_cy_runs"):
+        assert [p for p in ALL if grants_for(p).may_publish(subject)] == ["coordinator"]
+    for principal in ALL:  # and nobody deletes or purges streams
+        assert not grants_for(principal).may_publish("$JS.API.STREAM.DELETE.CY_WORK")
+        assert not grants_for(principal).may_publish("$JS.API.STREAM.PURGE.CY_WORK")
+
+
+def test_builtin_consumers_are_the_coordinators_plugins_create_only_their_own() -> None:
+    for role in WORKER_ROLES:
+        own = consumer_create_subject(WORK_STREAM, consumer_name(role), work_subject(role))
+        creators = [p for p in ALL if grants_for(p).may_publish(own)]
+        if role in BUILTIN_ROLES:
+            assert creators == ["coordinator"]
+        else:
+            assert creators == ["coordinator", principal_of_role(role)]
+
+
+def test_the_gate_is_asked_by_the_coordinator_and_the_tester_and_answers() -> None:
+    askers = [p for p in ALL if grants_for(p).may_publish(GATE_CHECK)]
+    assert askers == ["coordinator", "tester"]
+    gate = grants_for("gate")
+    assert gate.may_subscribe(GATE_CHECK)
+    assert gate.allow_responses
+
+
+def test_every_principal_reads_only_its_own_inbox() -> None:
+    for mine, theirs in itertools.permutations(ALL, 2):
+        assert not grants_for(mine).may_subscribe(f"{inbox_prefix(theirs)}.abc.1"), (mine, theirs)
+    for principal in ALL:
+        assert grants_for(principal).may_subscribe(f"{inbox_prefix(principal)}.abc.1")
+
+
+def test_an_inbox_prefix_needs_a_plain_user_name() -> None:
+    assert inbox_prefix("review-security") == "_INBOX.review-security"
+    for bad in ("", "a.b", "a*", "a>", "a b"):
+        with pytest.raises(UnknownPrincipal):
+            inbox_prefix(bad)
