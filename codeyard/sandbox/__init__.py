@@ -6,9 +6,15 @@
 See ../shared/ARCHITECTURE.md ("Safety") and `codeyard.sandbox.bwrap` for what is enforced.
 """
 
-from codeyard.sandbox.bwrap import SANDBOX_WORKDIR, BwrapSandbox
+from codeyard.sandbox.bwrap import BwrapSandbox
 from codeyard.sandbox.limits import GiB, Limits, MiB
-from codeyard.sandbox.protocol import LimitName, RunOutcome, Sandbox, SandboxUnavailable
+from codeyard.sandbox.protocol import (
+    SANDBOX_WORKDIR,
+    LimitName,
+    RunOutcome,
+    Sandbox,
+    SandboxUnavailable,
+)
 from codeyard.sandbox.selection import default_sandbox
 
 __all__ = [

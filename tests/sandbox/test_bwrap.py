@@ -23,7 +23,7 @@ from codeyard.sandbox import (
     SandboxUnavailable,
     default_sandbox,
 )
-from codeyard.sandbox.bwrap import _RunCgroup
+from codeyard.sandbox.pids_cgroup import RunCgroup
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = Limits(wall_seconds=20, cpu_seconds=20, memory_bytes=512 * MiB, pids=64)
@@ -66,7 +66,7 @@ def run_cgroups(sandbox: BwrapSandbox, monkeypatch: pytest.MonkeyPatch) -> list[
     if cgroups is not None:
         new_run = cgroups.new_run
 
-        def recording_new_run(pids_max: int) -> _RunCgroup:
+        def recording_new_run(pids_max: int) -> RunCgroup:
             cgroup = new_run(pids_max)
             created.append(cgroup.path)
             return cgroup
