@@ -8,6 +8,7 @@ from codeyard.agents.reviewer import Reviewer
 from codeyard.agents.tester import Tester
 from codeyard.bus.subjects import check_role
 from codeyard.bus.worker import Handler
+from codeyard.config import Settings
 from codeyard.llm import LLMClient
 from codeyard.sandbox import Sandbox, default_sandbox
 
@@ -22,7 +23,7 @@ def role_handler(role: str, llm: LLMClient, sandbox: Sandbox | None = None) -> H
     if role == "coder":
         return Coder(llm)
     if role == "tester":
-        return Tester(llm, sandbox or default_sandbox())
+        return Tester(llm, sandbox or default_sandbox(Settings()))
     if role == "review":
         return Reviewer(llm)
     raise ValueError(f"{role} is a plugin reviewer; run it with its plugin, not as a built-in")
