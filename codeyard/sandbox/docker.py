@@ -20,10 +20,13 @@ Limits (`Limits`):
 - wall time: enforced here by killing the container (SIGKILL: exit 137), which takes every
   process of its pid namespace with it. The container is always removed afterwards, also when
   the run fails or is cancelled.
-- memory: each process may map at most `memory_bytes` of data (RLIMIT_DATA, so allocations
-  fail with MemoryError as under bwrap's RLIMIT_AS), and the container as a whole, /tmp and
-  /dev/shm included, at most `memory_bytes + 2 * tmpfs_bytes` of RAM with no swap (the cgroup
-  OOM killer enforces it; `killed_by_limit="memory"` when it struck).
+- memory: each process may have at most `memory_bytes` of address space (RLIMIT_AS, as under
+  bwrap: allocations fail with MemoryError), and the container as a whole, /tmp and /dev/shm
+  included, at most `memory_bytes + 2 * tmpfs_bytes` of RAM with no swap (the cgroup OOM
+  killer enforces it; `killed_by_limit="memory"` when it struck). RLIMIT_AS is set by the
+  image's python3 just before it execs the command (`codeyard.sandbox.rlimit_shim`), not as a
+  Docker ulimit: those apply to the runtime's own setup (runc, a Go program) too, which then
+  fails to start the container under a small limit.
 - CPU: RLIMIT_CPU (`cpu_seconds`) per process and at most `cpus` cores for the container.
 - processes: `pids_limit` (a cgroup: works whatever the uid); file size: RLIMIT_FSIZE; no core
   dumps.
@@ -63,6 +66,7 @@ from codeyard.sandbox.protocol import (
     RunOutcome,
     SandboxUnavailable,
 )
+from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
 from codeyard.sandbox.workdir import checked_workdir
 from codeyard.sandbox.workdir_loan import WorkdirLoan
 
@@ -219,6 +223,10 @@ class DockerSandbox:
             config = self._container_config(workdir, list(command), limits, env)
             container = await asyncio.to_thread(self.client.containers.create, **config)
             return await self._supervise(container, limits)
+        except docker.errors.DockerException as exc:
+            raise SandboxUnavailable(
+                f"the Docker engine at {self.docker_host} failed to run a sandbox container: {exc}"
+            ) from exc
         finally:
             # Shielded: a cancelled run still removes its container and gives the workdir back.
             await asyncio.shield(asyncio.to_thread(_discard, container, loan))
@@ -293,7 +301,7 @@ class DockerSandbox:
         memory = limits.memory_bytes + 2 * limits.tmpfs_bytes
         return {
             "image": self.image,
-            "command": command,
+            "command": shim_argv("python3", limits, NO_LIMIT, command),
             "name": f"codeyard-sandbox-{uuid.uuid4().hex[:16]}",
             "labels": {LABEL: "1"},
             "hostname": "sandbox",
@@ -314,7 +322,6 @@ class DockerSandbox:
             "pids_limit": limits.pids + _INIT_PIDS,
             "ulimits": [
                 Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds + 1),
-                Ulimit(name="data", soft=limits.memory_bytes, hard=limits.memory_bytes),
                 Ulimit(name="fsize", soft=limits.file_size_bytes, hard=limits.file_size_bytes),
                 Ulimit(name="core", soft=0, hard=0),
             ],
