@@ -56,7 +56,6 @@ OPT_IN_HINT = (
     "CODEYARD_ALLOW_UNSANDBOXED=1 (in code: ProcessSandbox(opt_in=True)); otherwise use the "
     "docker or bwrap backend"
 )
-_CGROUP_OVERHEAD = 1  # the shell that joins the cgroup, before it becomes the command
 
 
 class ProcessSandbox:
@@ -101,9 +100,9 @@ class ProcessSandbox:
         home = Path(tempfile.mkdtemp(prefix="codeyard-process-"))
         cgroup: RunCgroup | None = None
         try:
-            cgroup = (
-                self._cgroups.new_run(limits.pids + _CGROUP_OVERHEAD) if self._cgroups else None
-            )
+            if self._cgroups:
+                # The shell that joins the cgroup becomes the command: no process of ours in it.
+                cgroup = self._cgroups.new_run(limits.pids)
             argv = shim_argv(self.python, limits, self._nproc(limits), list(command))
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
