@@ -22,12 +22,14 @@ from codeyard.sandbox.process import ProcessSandbox
 from codeyard.sandbox.protocol import Sandbox, SandboxUnavailable
 
 
-def default_sandbox(settings: Settings, *, bwrap: Path | None = None) -> Sandbox:
-    """The backend `settings.sandbox` asks for, checked to work here (this blocks while a probe
-    container or bubblewrap runs once). `bwrap` overrides where bubblewrap is looked for.
+def default_sandbox(settings: Settings | None = None, *, bwrap: Path | None = None) -> Sandbox:
+    """The backend `settings.sandbox` asks for (default: `Settings()`, from the environment),
+    checked to work here (this blocks while a probe container or bubblewrap runs once). `bwrap`
+    overrides where bubblewrap is looked for.
 
     Raises `SandboxUnavailable` saying why and how to fix it.
     """
+    settings = settings or Settings()
     choice = settings.sandbox
     if choice == "process":
         return ProcessSandbox(opt_in=settings.allow_unsandboxed)
