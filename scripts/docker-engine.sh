@@ -35,8 +35,24 @@ engine_answers() {
     docker -H "$HOST" info >/dev/null 2>&1
 }
 
+# A pid file left by an engine that was killed (a session's end kills it) makes dockerd, or the
+# containerd it supervises, refuse to start; remove it unless its process is still that program.
+remove_stale_pidfile() {
+    local pidfile="$1" program="$2" pid
+    [ -f "$pidfile" ] || return 0
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
+    if [ -z "$pid" ] || [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" != "$program" ]; then
+        rm -f "$pidfile"
+    fi
+}
+
 if ! engine_answers; then
     mkdir -p "$RUN_DIR" "$DATA_ROOT"
+    remove_stale_pidfile "$RUN_DIR/dockerd.pid" dockerd
+    remove_stale_pidfile "$RUN_DIR/exec/containerd/containerd.pid" containerd
+    if [ -f "$LOG" ]; then
+        mv -f "$LOG" "$LOG.1" # so the log shows this start only
+    fi
     # setsid: the engine outlives this script and the session that ran it.
     setsid dockerd \
         --host "$HOST" \
