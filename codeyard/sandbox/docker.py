@@ -42,15 +42,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -71,6 +72,7 @@ from codeyard.sandbox.workdir import checked_workdir
 from codeyard.sandbox.workdir_loan import WorkdirLoan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_IMAGE = "codeyard-sandbox:bookworm"
 # Where scripts/docker-engine.sh starts its engine; found without any configuration.
@@ -235,12 +237,12 @@ class DockerSandbox:
         tail = OutputTail(limits.output_bytes)
         # Attached before the start, so no early output is missed.
         stream = await asyncio.to_thread(container.attach, stdout=True, stderr=True, stream=True)
-        reader = asyncio.ensure_future(asyncio.to_thread(_drain, stream, tail))
+        reader = _in_own_thread(lambda: _drain(stream, tail))
         started = time.monotonic()
         await asyncio.to_thread(container.start)
         # The engine's answer may come late on a loaded machine: the kill, not this, bounds it.
-        waiter = asyncio.ensure_future(
-            asyncio.to_thread(container.wait, timeout=limits.wall_seconds + _ENGINE_TIMEOUT)
+        waiter = _in_own_thread(
+            lambda: container.wait(timeout=limits.wall_seconds + _ENGINE_TIMEOUT)
         )
         timed_out = False
         try:
@@ -329,6 +331,34 @@ class DockerSandbox:
             "stdin_open": False,
             "tty": False,
         }
+
+
+def _in_own_thread(call: Callable[[], T]) -> asyncio.Future[T]:
+    """`call()` in a thread of its own. For the calls that block for a whole run (waiting for
+    the container, streaming its output): in the loop's default executor (a handful of threads
+    on a small machine) a few concurrent runs would take every thread, and the short calls that
+    end a run (kill, remove) would queue behind the waits they are meant to end."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def target() -> None:
+        try:
+            result = call()
+        except BaseException as exc:
+            done = functools.partial(future.set_exception, exc)
+        else:
+            done = functools.partial(future.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, done)
+
+    # A run that was cancelled never awaits it: its error is not news then.
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    threading.Thread(target=target, name="codeyard-docker-run", daemon=True).start()
+    return future
 
 
 def _drain(stream: Iterator[bytes], tail: OutputTail) -> None:

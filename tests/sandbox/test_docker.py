@@ -3,14 +3,18 @@ the sandbox user, the container-wide memory bound. Containment is in test_contai
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from codeyard.sandbox import DockerSandbox, Limits, MiB, SandboxUnavailable
 from codeyard.sandbox.docker import CODEYARD_DOCKER_SOCKET, resolve_docker_host
-from tests.sandbox.workloads import run_python
+from tests.sandbox.host import processes_with
+from tests.sandbox.workloads import SLACK_SECONDS, run_python
 
 
 def test_an_unreachable_engine_is_refused_saying_how_to_start_one(tmp_path: Path) -> None:
@@ -103,3 +107,23 @@ async def test_memory_of_the_whole_container_is_bounded(
     assert "child status 9" in outcome.output  # SIGKILL, from the OOM killer
     assert not outcome.timed_out
     assert not outcome.ok
+
+
+async def test_many_runs_stopped_at_once_all_end(
+    docker_sandbox: DockerSandbox, tmp_path: Path
+) -> None:
+    """More concurrent runs than the event loop's default executor has threads, all hitting
+    their wall time together: each must still be killed and removed."""
+    marker = f"many-{uuid.uuid4().hex}"
+    dirs = [tmp_path / str(i) for i in range(10)]
+    for d in dirs:
+        d.mkdir()
+    limits = Limits(wall_seconds=2, memory_bytes=128 * MiB, pids=8)
+    code = "import time; time.sleep(60)"
+    started = time.monotonic()
+    outcomes = await asyncio.gather(
+        *(run_python(docker_sandbox, d, code, marker, limits=limits) for d in dirs)
+    )
+    assert time.monotonic() - started < 2 + 2 * SLACK_SECONDS
+    assert [o.killed_by_limit for o in outcomes] == ["wall_time"] * len(dirs)
+    assert processes_with(marker) == []
