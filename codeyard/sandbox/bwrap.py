@@ -40,7 +40,7 @@ Limits (`Limits`):
      user namespace, so it bounds the sandbox without counting the user's other processes;
   3. else (root without a writable pids cgroup, as in an unprivileged container) the sandbox
      refuses with `SandboxUnavailable`: run codeyard as a non-root user, or with a writable
-     cgroup, or use the docker backend (issue 5).
+     cgroup, or use the docker backend (`codeyard.sandbox.docker`).
 - output: read while the command runs and kept as a bounded tail buffer.
 
 The first `run` (or `probe()`) checks once that bubblewrap can really build this sandbox here
