@@ -258,8 +258,7 @@ class DockerSandbox:
                 await asyncio.shield(reader)
         except TimeoutError:
             stream.close()
-        await asyncio.to_thread(container.reload)
-        oom_killed = bool(container.attrs["State"].get("OOMKilled"))
+        oom_killed = await asyncio.to_thread(_oom_killed, container)
         exit_code = 137 if timed_out else int(result["StatusCode"])
         output = tail.text()
         killed_by = limit_hit(exit_code, timed_out, output, pids_hit=None)
@@ -365,6 +364,16 @@ def _drain(stream: Iterator[bytes], tail: OutputTail) -> None:
     with contextlib.suppress(docker.errors.DockerException, OSError, ValueError):
         for chunk in stream:
             tail.add(chunk)
+
+
+def _oom_killed(container: Container) -> bool:
+    """Whether the cgroup's OOM killer struck. False when the container is gone already: a
+    probe of another codeyard process sweeps exited sandbox containers."""
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return False
+    return bool(container.attrs["State"].get("OOMKilled"))
 
 
 def _kill(container: Container) -> None:
