@@ -293,7 +293,7 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
 
     if not settings.nats_url:
         raise typer.BadParameter("set NATS_URL (codeyard up starts the coordinator for you)")
-    sandbox = default_sandbox()  # for the suite after each merge; refuses to start without one
+    sandbox = default_sandbox(settings)  # runs the suite after each merge; none: refuse to start
     bus = await Bus.connect(
         settings.nats_url,
         name=name or "coordinator",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr
@@ -54,6 +55,24 @@ class Settings(BaseSettings):
         description="with no LLM endpoint configured, serve the bundled SmolLM2 (codeyard[local])",
     )
     event_retention_days: float = Field(default=30.0, gt=0, description="events stream max age")
+    sandbox: Literal["auto", "docker", "bwrap", "process"] = Field(
+        default="auto",
+        description="backend for generated code: auto = docker, else bwrap, else refuse",
+    )
+    sandbox_image: str = Field(
+        default="codeyard-sandbox:bookworm",
+        min_length=1,
+        description="image of the docker backend (scripts/build-sandbox-image.sh builds it)",
+    )
+    docker_host: str = Field(
+        default="",
+        description="Docker engine; empty: DOCKER_HOST, else /run/codeyard-docker/docker.sock "
+        "when it exists, else Docker's default socket",
+    )
+    allow_unsandboxed: bool = Field(
+        default=False,
+        description="permit sandbox=process, which runs generated code with no isolation",
+    )
     approval_timeout: float = Field(
         default=86400.0, gt=0, description="seconds an approval may wait before it is denied"
     )

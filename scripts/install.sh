@@ -25,6 +25,19 @@ if ! command -v bwrap >/dev/null 2>&1; then
             "(install the 'bubblewrap' package with your system's package manager)." >&2
     fi
 fi
+# The docker sandbox backend, tried before bubblewrap: a Docker engine on codeyard's socket and
+# the sandbox image built from Debian's mirrors (scripts/docker-engine.sh). It needs root; warn
+# (do not fail) where it cannot be had, and codeyard uses bubblewrap instead.
+# CODEYARD_SKIP_DOCKER=1 skips it.
+if [ "${CODEYARD_SKIP_DOCKER:-0}" = "1" ]; then
+    echo "docker sandbox: skipped (CODEYARD_SKIP_DOCKER=1)"
+elif [ "$(id -u)" -ne 0 ]; then
+    echo "WARNING: not root, so the Docker engine for the docker sandbox is not set up; codeyard" \
+        "will use bubblewrap (run 'sudo scripts/docker-engine.sh' for the docker backend)." >&2
+elif ! ./scripts/docker-engine.sh; then
+    echo "WARNING: the Docker engine or the sandbox image could not be set up here (see above);" \
+        "codeyard will use bubblewrap instead of the docker sandbox." >&2
+fi
 python3 -m pip install --upgrade pip
 python3 -m pip install -e '.[dev]'
 # The offline model (codeyard[local]): llama.cpp is built from source, about 10 minutes on 2

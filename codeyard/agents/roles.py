@@ -9,6 +9,7 @@ from codeyard.agents.tester import Tester
 from codeyard.bus.gate_client import GateClient
 from codeyard.bus.subjects import check_role
 from codeyard.bus.worker import Handler
+from codeyard.config import Settings
 from codeyard.llm import LLMClient
 from codeyard.sandbox import Sandbox, default_sandbox
 
@@ -25,7 +26,7 @@ def role_handler(
     if role == "coder":
         return Coder(llm)
     if role == "tester":
-        return Tester(llm, sandbox or default_sandbox(), gate)
+        return Tester(llm, sandbox or default_sandbox(Settings()), gate)
     if role == "review":
         return Reviewer(llm)
     raise ValueError(f"{role} is a plugin reviewer; run it with its plugin, not as a built-in")

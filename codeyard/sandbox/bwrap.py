@@ -40,7 +40,7 @@ Limits (`Limits`):
      user namespace, so it bounds the sandbox without counting the user's other processes;
   3. else (root without a writable pids cgroup, as in an unprivileged container) the sandbox
      refuses with `SandboxUnavailable`: run codeyard as a non-root user, or with a writable
-     cgroup, or use the docker backend (issue 5).
+     cgroup, or use the docker backend (`codeyard.sandbox.docker`).
 - output: read while the command runs and kept as a bounded tail buffer.
 
 The first `run` (or `probe()`) checks once that bubblewrap can really build this sandbox here
@@ -61,24 +61,30 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from codeyard.sandbox.limit_hit import limit_hit
 from codeyard.sandbox.limits import Limits, MiB
-from codeyard.sandbox.protocol import LimitName, RunOutcome, SandboxUnavailable
+from codeyard.sandbox.output import OutputTail, pump
+from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup, join_argv
+from codeyard.sandbox.protocol import (
+    SANDBOX_UID,
+    SANDBOX_WORKDIR,
+    RunOutcome,
+    SandboxUnavailable,
+)
+from codeyard.sandbox.rlimit_shim import shim_argv
+from codeyard.sandbox.workdir import SYSTEM_DIRS, checked_workdir, python_roots
 
 log = logging.getLogger(__name__)
 
-SANDBOX_WORKDIR = "/workspace"
-SANDBOX_UID = 65534
 INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: `apt-get install -y bubblewrap`; scripts/install.sh "
     "does it)"
 )
 
 _BIN_DIR = "/run/codeyard/bin"
-_SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # Bound read-only when present: what the dynamic loader, Python, git and friends read. No
 # /etc/shadow, /etc/ssl/private or other files only root should read (see the module doc).
 _ETC_FILES = (
@@ -106,36 +112,8 @@ _ETC_FILES = (
     "/etc/timezone",
 )
 _SHM_BYTES = 64 * MiB
-_CHUNK = 64 * 1024
-_CGROUP_NAME = "codeyard-sandbox"
 _CGROUP_OVERHEAD = 2  # bubblewrap's monitor and the namespace's init are in the cgroup too
 _NPROC_OVERHEAD = 1  # the namespace's init counts against RLIMIT_NPROC
-
-# Runs inside the sandbox (python -I -S -c): applies the rlimits, undoes the signal
-# dispositions Python set for itself (ignored SIGPIPE/SIGXFSZ would be inherited by the
-# command), then becomes the command. argv: AS CPU FSIZE NPROC -- command...
-_SHIM = """\
-import os, resource as r, signal, sys
-def lim(kind, soft, hard):
-    cur = r.getrlimit(kind)[1]
-    if cur != r.RLIM_INFINITY:
-        soft, hard = min(soft, cur), min(hard, cur)
-    r.setrlimit(kind, (soft, hard))
-a = [int(x) for x in sys.argv[1:5]]
-lim(r.RLIMIT_AS, a[0], a[0])
-lim(r.RLIMIT_CPU, a[1], a[1] + 1)
-lim(r.RLIMIT_FSIZE, a[2], a[2])
-lim(r.RLIMIT_NPROC, a[3], a[3])
-lim(r.RLIMIT_CORE, 0, 0)
-signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-cmd = sys.argv[6:]
-try:
-    os.execvp(cmd[0], cmd)
-except OSError as e:
-    sys.stderr.write("codeyard sandbox: cannot run %r: %s\\n" % (cmd[0], e.strerror))
-    sys.exit(127 if isinstance(e, FileNotFoundError) else 126)
-"""
 
 
 class BwrapSandbox:
@@ -154,8 +132,8 @@ class BwrapSandbox:
             raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
         self.bwrap = Path(found)
         self.python = Path(python) if python else Path(sys.executable)
-        self._python_roots = _python_roots(self.python)
-        self._cgroups: _PidsCgroups | None = None
+        self._python_roots = python_roots(self.python)
+        self._cgroups: PidsCgroups | None = None
         self._probe_lock = threading.Lock()
         self._ready = False
         self._failure: SandboxUnavailable | None = None
@@ -183,7 +161,7 @@ class BwrapSandbox:
             self._ready = True
 
     def _probe(self) -> None:
-        cgroups = _PidsCgroups.find()
+        cgroups = PidsCgroups.find()
         if cgroups is None and os.geteuid() == 0:
             raise SandboxUnavailable(
                 "cannot bound the number of processes in a sandbox here: codeyard runs as root "
@@ -230,7 +208,7 @@ class BwrapSandbox:
             raise ValueError(f"command must be a non-empty argv list, got {command!r}")
         if not self._ready:
             await asyncio.to_thread(self.probe)
-        workdir = self._checked_workdir(workdir)
+        workdir = checked_workdir(workdir, self._python_roots)
         cgroup = self._cgroups.new_run(limits.pids + _CGROUP_OVERHEAD) if self._cgroups else None
         status_r, status_w = os.pipe()
         try:
@@ -265,15 +243,15 @@ class BwrapSandbox:
         proc: asyncio.subprocess.Process,
         started: float,
         limits: Limits,
-        cgroup: _RunCgroup | None,
+        cgroup: RunCgroup | None,
         status_fd: int,
     ) -> RunOutcome:
         assert proc.stdout is not None
-        tail = _Tail(limits.output_bytes)
+        tail = OutputTail(limits.output_bytes)
         timed_out = False
         try:
             async with asyncio.timeout(limits.wall_seconds):
-                await _pump(proc.stdout, tail)
+                await pump(proc.stdout, tail)
                 await proc.wait()
         except TimeoutError:
             timed_out = True
@@ -281,7 +259,7 @@ class BwrapSandbox:
             # Every writer is dead now: what is left in the pipe arrives at once.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
-                    await _pump(proc.stdout, tail)
+                    await pump(proc.stdout, tail)
         returncode = await proc.wait()
         duration = time.monotonic() - started
         _kill(proc, cgroup)  # stragglers of a finished command (the pid namespace is going)
@@ -297,20 +275,8 @@ class BwrapSandbox:
             output=output,
             timed_out=timed_out,
             duration_seconds=duration,
-            killed_by_limit=_limit_hit(exit_code, timed_out, output, pids_hit),
+            killed_by_limit=limit_hit(exit_code, timed_out, output, pids_hit),
         )
-
-    def _checked_workdir(self, workdir: Path) -> Path:
-        resolved = Path(workdir).resolve(strict=True)
-        if not resolved.is_dir():
-            raise NotADirectoryError(f"sandbox workdir is not a directory: {workdir}")
-        protected = [Path("/usr"), Path("/etc"), *map(Path, _SYSTEM_DIRS), *self._python_roots]
-        if resolved == Path("/") or any(p.is_relative_to(resolved) for p in protected):
-            raise ValueError(
-                f"refusing {workdir} as a sandbox workdir: it contains system or interpreter "
-                "directories that would become writable inside the sandbox"
-            )
-        return resolved
 
     def _environment(self, env: Mapping[str, str] | None) -> dict[str, str]:
         environment = {
@@ -330,7 +296,7 @@ class BwrapSandbox:
         command: list[str],
         limits: Limits,
         status_fd: int | None,
-        cgroup: _RunCgroup | None,
+        cgroup: RunCgroup | None,
     ) -> list[str]:
         uid = str(SANDBOX_UID)
         args = [str(self.bwrap), "--unshare-all", "--unshare-user", "--disable-userns"]
@@ -339,7 +305,7 @@ class BwrapSandbox:
         if status_fd is not None:
             args += ["--json-status-fd", str(status_fd)]
         args += ["--ro-bind", "/usr", "/usr"]
-        for name in _SYSTEM_DIRS:
+        for name in SYSTEM_DIRS:
             path = Path(name)
             if path.is_symlink():
                 args += ["--symlink", os.readlink(path), name]
@@ -359,44 +325,16 @@ class BwrapSandbox:
             args += ["--symlink", str(self.python), f"{_BIN_DIR}/{alias}"]
         args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SANDBOX_WORKDIR]
         nproc = limits.pids + _NPROC_OVERHEAD
-        shim = [str(self.python), "-I", "-S", "-c", _SHIM]
-        shim += [str(limits.memory_bytes), str(limits.cpu_seconds)]
-        shim += [str(limits.file_size_bytes), str(nproc), "--"]
-        args += ["--", *shim, *command]
-        if cgroup is None:
-            return args
-        # Join the run's cgroup before bubblewrap starts, so every sandbox process is in it.
-        join = 'echo $$ > "$0" && exec "$@"'
-        return ["/bin/sh", "-c", join, str(cgroup.path / "cgroup.procs"), *args]
+        args += ["--", *shim_argv(self.python, limits, nproc, command)]
+        return join_argv(cgroup, args) if cgroup else args
 
 
-def _python_roots(python: Path) -> list[Path]:
-    """The directories to bind so `python` runs inside: its prefix, resolved and as named."""
-    candidates = {python.parent.parent, Path(os.path.realpath(python)).parent.parent}
-    if python == Path(sys.executable):
-        for prefix in (sys.prefix, sys.base_prefix):
-            candidates |= {Path(prefix), Path(os.path.realpath(prefix))}
-    roots: list[Path] = []
-    covered = [Path("/usr")]
-    for candidate in sorted(candidates, key=lambda p: len(p.parts)):
-        if len(candidate.parts) < 2 or any(candidate.is_relative_to(c) for c in covered):
-            continue
-        roots.append(candidate)
-        covered.append(candidate)
-    return roots
-
-
-def _kill(proc: asyncio.subprocess.Process, cgroup: _RunCgroup | None) -> None:
+def _kill(proc: asyncio.subprocess.Process, cgroup: RunCgroup | None) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
     if cgroup:
         cgroup.kill()
-
-
-async def _pump(stream: asyncio.StreamReader, tail: _Tail) -> None:
-    while chunk := await stream.read(_CHUNK):
-        tail.add(chunk)
 
 
 def _child_started(status_fd: int) -> bool:
@@ -407,211 +345,3 @@ def _child_started(status_fd: int) -> bool:
         while chunk := os.read(status_fd, 4096):
             data += chunk
     return b'"child-pid"' in data
-
-
-_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
-_FORK_SIGNS = ("BlockingIOError", "Resource temporarily unavailable")
-
-
-def _limit_hit(exit_code: int, timed_out: bool, output: str, pids_hit: bool | None) -> LimitName:
-    """Which limit stopped the run. `pids_hit` is None without a cgroup (then it is guessed)."""
-    if pids_hit and (timed_out or exit_code != 0):
-        return "pids"  # e.g. a fork bomb spinning on failed forks until the wall time
-    if timed_out:
-        return "wall_time"
-    if exit_code == 0:
-        return ""
-    if exit_code == 128 + signal.SIGXCPU:
-        return "cpu"
-    end = output[-4000:]
-    if exit_code == 128 + signal.SIGXFSZ or "File too large" in end:
-        return "file_size"
-    if any(sign in end for sign in _MEMORY_SIGNS):
-        return "memory"
-    if pids_hit is None and all(sign in end for sign in _FORK_SIGNS):
-        return "pids"
-    return ""
-
-
-class _Tail:
-    """Keeps the last `cap` bytes written to it, in at most 2 * cap bytes of memory."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.total = 0
-        self._buffer = bytearray()
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        self._buffer += chunk
-        if len(self._buffer) > 2 * self.cap:
-            del self._buffer[: len(self._buffer) - self.cap]
-
-    def text(self) -> str:
-        kept = bytes(self._buffer[-self.cap :])
-        text = kept.decode("utf-8", errors="replace")
-        omitted = self.total - len(kept)
-        if not omitted:
-            return text
-        return (
-            f"[codeyard sandbox: output truncated, {omitted} earlier bytes omitted, "
-            f"the last {len(kept)} bytes follow]\n{text}"
-        )
-
-
-class _PidsCgroups:
-    """The parent cgroup `codeyard-sandbox` in a pids hierarchy: one child cgroup per run."""
-
-    def __init__(self, parent: Path) -> None:
-        self.parent = parent
-
-    @classmethod
-    def find(cls) -> _PidsCgroups | None:
-        """The first pids hierarchy where we can create and limit a cgroup, else None."""
-        for mount, v2 in _pids_hierarchies():
-            try:
-                cgroups = cls(_prepare_parent(mount, v2))
-                cgroups.new_run(1).remove_blocking()
-            except OSError as exc:
-                log.debug("pids cgroup at %s unusable: %s", mount, exc)
-                continue
-            cgroups.sweep()
-            return cgroups
-        return None
-
-    def sweep(self) -> None:
-        """Removes empty run cgroups left by a crashed codeyard. A live run's cgroup is never
-        empty a moment after its creation, and rmdir refuses a cgroup with processes."""
-        now = time.time()
-        for stale in self.parent.glob("run-*"):
-            with contextlib.suppress(OSError):
-                if now - stale.stat().st_mtime > 60:
-                    stale.rmdir()
-
-    def new_run(self, pids_max: int) -> _RunCgroup:
-        path = self.parent / f"run-{uuid.uuid4().hex}"
-        path.mkdir()
-        try:
-            (path / "pids.max").write_text(str(pids_max))
-        except OSError:
-            path.rmdir()
-            raise
-        return _RunCgroup(path)
-
-
-class _RunCgroup:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-        except FileNotFoundError:
-            return []
-
-    def kill(self) -> None:
-        kill_file = self.path / "cgroup.kill"  # cgroup v2, Linux 5.14+
-        if kill_file.exists():
-            with contextlib.suppress(OSError):
-                kill_file.write_text("1")
-                return
-        for _ in range(20):  # a fork bomb refills the list until it is at pids.max
-            pids = self.pids()
-            if not pids:
-                return
-            for pid in pids:
-                self._kill_member(pid)
-
-    def _kill_member(self, pid: int) -> None:
-        """SIGKILL `pid` if it is still in this cgroup, without racing pid reuse: the pidfd
-        pins the process that was checked, so a recycled pid is never signalled."""
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            return
-        try:
-            if f"/{self.path.name}\n" in Path(f"/proc/{pid}/cgroup").read_text():
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        except OSError:
-            pass
-        finally:
-            os.close(pidfd)
-
-    def hit_max(self) -> bool:
-        try:
-            events = (self.path / "pids.events").read_text().split()
-        except OSError:
-            return False
-        return len(events) >= 2 and events[0] == "max" and events[1] != "0"
-
-    def _try_remove(self) -> bool:
-        try:
-            self.path.rmdir()
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        return True
-
-    async def remove(self) -> None:
-        for _ in range(100):  # killed processes take a moment to leave the cgroup
-            if self._try_remove():
-                return
-            self.kill()
-            await asyncio.sleep(0.02)
-        log.warning("could not remove sandbox cgroup %s (still busy)", self.path)
-
-    def remove_blocking(self) -> None:
-        for _ in range(100):
-            if self._try_remove():
-                return
-            self.kill()
-            time.sleep(0.02)
-        log.warning("could not remove sandbox cgroup %s (still busy)", self.path)
-
-
-def _pids_hierarchies() -> list[tuple[Path, bool]]:
-    """Mount points of cgroup hierarchies with the pids controller: (path, is cgroup v2)."""
-    v1: list[tuple[Path, bool]] = []
-    v2: list[tuple[Path, bool]] = []
-    try:
-        mountinfo = Path("/proc/self/mountinfo").read_text()
-    except OSError:
-        return []
-    for line in mountinfo.splitlines():
-        mount_fields, _, fs_fields = line.partition(" - ")
-        fields, fs = mount_fields.split(), fs_fields.split()
-        if len(fields) < 5 or len(fs) < 3:
-            continue
-        mount = Path(_unescape(fields[4]))
-        if fs[0] == "cgroup" and "pids" in fs[2].split(","):
-            v1.append((mount, False))
-        elif fs[0] == "cgroup2":
-            with contextlib.suppress(OSError):
-                if "pids" in (mount / "cgroup.controllers").read_text().split():
-                    v2.append((mount, True))
-    return v1 + v2
-
-
-def _unescape(path: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
-    for code in ("040", "011", "012", "134"):
-        path = path.replace(f"\\{code}", chr(int(code, 8)))
-    return path
-
-
-def _prepare_parent(mount: Path, v2: bool) -> Path:
-    parent = mount / _CGROUP_NAME
-    if v2:
-        _enable_pids(mount)
-    parent.mkdir(exist_ok=True)
-    if v2:
-        _enable_pids(parent)
-    return parent
-
-
-def _enable_pids(cgroup: Path) -> None:
-    """cgroup v2: let the children of `cgroup` use the pids controller."""
-    control = cgroup / "cgroup.subtree_control"
-    if "pids" not in control.read_text().split():
-        control.write_text("+pids")

@@ -9,6 +9,11 @@ from typing import Literal, Protocol
 
 from codeyard.sandbox.limits import Limits
 
+# Where every backend shows the workdir to the command, and the unprivileged uid/gid it runs as
+# (65534, "nobody"), so a run looks the same whichever backend ran it.
+SANDBOX_WORKDIR = "/workspace"
+SANDBOX_UID = 65534
+
 # Which limit stopped a run; "" when none did. "memory" and (without a pids cgroup) "pids" are
 # best effort: the kernel reports them only as a failed allocation or fork inside the program.
 LimitName = Literal["", "wall_time", "cpu", "memory", "pids", "file_size"]

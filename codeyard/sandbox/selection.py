@@ -1,28 +1,65 @@
-"""Choosing the sandbox backend.
+"""Choosing the sandbox backend: `default_sandbox(settings)`.
 
-Issue 5 plans the automatic order docker -> bwrap -> refuse, overridable in config, plus an
-explicit opt-in `process` backend (rlimits only). Only the bwrap backend exists so far, so
-`default_sandbox` returns it or refuses; it never falls back to running commands unsandboxed.
+`CODEYARD_SANDBOX` (`Settings.sandbox`) picks it:
+
+- `auto` (default): docker when its engine answers and the sandbox image exists, else bwrap
+  when bubblewrap can build a sandbox here, else `SandboxUnavailable` listing what was tried
+  and why each failed. Never the process backend.
+- `docker` / `bwrap`: that backend, or `SandboxUnavailable` saying why it cannot run.
+- `process`: rlimits only, no isolation; refused unless `CODEYARD_ALLOW_UNSANDBOXED=1` too.
+
+Nothing here ever falls back to running commands unsandboxed on its own.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from codeyard.config import Settings
 from codeyard.sandbox.bwrap import BwrapSandbox
+from codeyard.sandbox.docker import DockerSandbox
+from codeyard.sandbox.process import ProcessSandbox
 from codeyard.sandbox.protocol import Sandbox, SandboxUnavailable
 
 
-def default_sandbox() -> Sandbox:
-    """The bubblewrap sandbox, checked to work here (this blocks while bwrap runs once).
+def default_sandbox(settings: Settings | None = None, *, bwrap: Path | None = None) -> Sandbox:
+    """The backend `settings.sandbox` asks for (default: `Settings()`, from the environment),
+    checked to work here (this blocks while a probe container or bubblewrap runs once). `bwrap`
+    overrides where bubblewrap is looked for.
 
-    Raises `SandboxUnavailable` saying why and how to fix it (e.g. install bubblewrap) when it
-    cannot run or cannot contain a command on this machine.
+    Raises `SandboxUnavailable` saying why and how to fix it.
     """
+    settings = settings or Settings()
+    choice = settings.sandbox
+    if choice == "process":
+        return ProcessSandbox(opt_in=settings.allow_unsandboxed)
+    tried: list[str] = []
+    if choice in ("auto", "docker"):
+        try:
+            return _docker(settings)
+        except SandboxUnavailable as exc:
+            if choice == "docker":
+                raise
+            tried.append(f"docker: {exc}")
     try:
-        sandbox = BwrapSandbox()
-        sandbox.probe()
+        return _bwrap(bwrap)
     except SandboxUnavailable as exc:
-        raise SandboxUnavailable(
-            f"no sandbox available to run generated code: {exc}. (The docker backend of "
-            "issue 5 is not built yet.)"
-        ) from exc
+        if choice == "bwrap":
+            raise
+        tried.append(f"bwrap: {exc}")
+    raise SandboxUnavailable(
+        "no sandbox available to run generated code (CODEYARD_SANDBOX=auto tried docker, then "
+        "bwrap):\n- " + "\n- ".join(tried)
+    )
+
+
+def _docker(settings: Settings) -> DockerSandbox:
+    sandbox = DockerSandbox(docker_host=settings.docker_host, image=settings.sandbox_image)
+    sandbox.probe()
+    return sandbox
+
+
+def _bwrap(bwrap: Path | None) -> BwrapSandbox:
+    sandbox = BwrapSandbox(bwrap=bwrap)
+    sandbox.probe()
     return sandbox

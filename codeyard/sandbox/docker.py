@@ -1,0 +1,396 @@
+"""`DockerSandbox`: runs a command in a throwaway Docker container with resource limits.
+
+What the command sees and may do:
+
+- Network: `network_mode="none"`: only the container's own loopback; nothing on the host or
+  outside is reachable.
+- Filesystem: the image's root, read-only; the workdir bind-mounted read-write at `/workspace`
+  (`SANDBOX_WORKDIR`, as with bwrap); a size-capped tmpfs at /tmp (also HOME) and /dev/shm.
+  Nothing of the host but the workdir exists inside.
+- Identity: uid/gid 65534 (nobody), all capabilities dropped, `no-new-privileges`. The workdir
+  is lent to uid 65534 for the run and given back afterwards (`codeyard.sandbox.workdir_loan`
+  says exactly what changes owner and why that is safe). When codeyard is not root it cannot
+  chown; the command then runs as codeyard's own (non-root) uid instead, which owns the workdir.
+- Processes: Docker's init (tini) is pid 1, so signals and exit codes behave as in a shell
+  (128+N for signal N) and orphans are reaped.
+- Environment: PATH, HOME=/tmp, TMPDIR=/tmp, LANG=C.UTF-8, plus what the caller passes.
+
+Limits (`Limits`):
+
+- wall time: enforced here by killing the container (SIGKILL: exit 137), which takes every
+  process of its pid namespace with it. The container is always removed afterwards, also when
+  the run fails or is cancelled.
+- memory: each process may have at most `memory_bytes` of address space (RLIMIT_AS, as under
+  bwrap: allocations fail with MemoryError), and the container as a whole, /tmp and /dev/shm
+  included, at most `memory_bytes + 2 * tmpfs_bytes` of RAM with no swap (the cgroup OOM
+  killer enforces it; `killed_by_limit="memory"` when it struck). RLIMIT_AS is set by the
+  image's python3 just before it execs the command (`codeyard.sandbox.rlimit_shim`), not as a
+  Docker ulimit: those apply to the runtime's own setup (runc, a Go program) too, which then
+  fails to start the container under a small limit.
+- CPU: RLIMIT_CPU (`cpu_seconds`) per process and at most `cpus` cores for the container.
+- processes: `pids_limit` (a cgroup: works whatever the uid); file size: RLIMIT_FSIZE; no core
+  dumps.
+- output: streamed from the container as it runs (the engine keeps no log: `log_config=none`),
+  kept as a bounded tail.
+
+The image must provide python3 (as `python` too) and pytest; scripts/build-sandbox-image.sh
+builds the default one, `codeyard-sandbox:bookworm`, with no registry. The docker SDK blocks,
+so every call runs in a thread: the event loop never waits on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import LogConfig, Mount, Ulimit
+
+from codeyard.sandbox.limit_hit import limit_hit
+from codeyard.sandbox.limits import Limits
+from codeyard.sandbox.output import OutputTail
+from codeyard.sandbox.protocol import (
+    SANDBOX_UID,
+    SANDBOX_WORKDIR,
+    RunOutcome,
+    SandboxUnavailable,
+)
+from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
+from codeyard.sandbox.workdir import checked_workdir
+from codeyard.sandbox.workdir_loan import WorkdirLoan
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_IMAGE = "codeyard-sandbox:bookworm"
+# Where scripts/docker-engine.sh starts its engine; found without any configuration.
+CODEYARD_DOCKER_SOCKET = Path("/run/codeyard-docker/docker.sock")
+DOCKER_DEFAULT_HOST = "unix:///var/run/docker.sock"
+ENGINE_HINT = (
+    "start one with `sudo scripts/docker-engine.sh` (it installs docker.io if needed and "
+    f"listens on {CODEYARD_DOCKER_SOCKET}), or point CODEYARD_DOCKER_HOST at a running engine"
+)
+IMAGE_HINT = "build it with `sudo scripts/build-sandbox-image.sh` (no registry needed)"
+LABEL = "codeyard.sandbox"
+
+_ENGINE_TIMEOUT = 60  # seconds for one API call; waiting for the command has its own
+_INIT_PIDS = 1  # docker-init (tini) counts against the container's pids limit
+
+
+def resolve_docker_host(configured: str = "") -> str:
+    """The engine to use: `configured`, else DOCKER_HOST, else codeyard's own engine
+    (scripts/docker-engine.sh) when its socket exists, else Docker's default socket."""
+    if configured:
+        return configured
+    if from_env := os.environ.get("DOCKER_HOST"):
+        return from_env
+    if CODEYARD_DOCKER_SOCKET.is_socket():
+        return f"unix://{CODEYARD_DOCKER_SOCKET}"
+    return DOCKER_DEFAULT_HOST
+
+
+class DockerSandbox:
+    """The Docker backend of `Sandbox` (see the module docstring for what it enforces).
+
+    `docker_host` defaults to `resolve_docker_host()`; `image` must hold python3 and pytest;
+    `cpus` is how many cores one run may use at most.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self, docker_host: str = "", image: str = DEFAULT_IMAGE, cpus: float = 1.0
+    ) -> None:
+        if cpus <= 0:
+            raise ValueError(f"cpus must be positive, got {cpus!r}")
+        self.docker_host = resolve_docker_host(docker_host)
+        self.image = image
+        self.cpus = cpus
+        self._client: docker.DockerClient | None = None
+        self._probe_lock = threading.Lock()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The engine's client (after a successful `probe()`)."""
+        if self._client is None:
+            raise RuntimeError("DockerSandbox.probe() has not succeeded yet")
+        return self._client
+
+    def probe(self) -> None:
+        """Checks that the engine answers, the image exists and a container of this sandbox
+        runs python3; raises `SandboxUnavailable` saying what to do if not.
+
+        Blocking; `run` calls it in a thread. Success is remembered, a failure is not (an
+        engine started later is found by the next call).
+        """
+        with self._probe_lock:
+            if self._client is not None:
+                return
+            client = self._connect()
+            try:
+                self._check_image(client)
+                self._sweep(client)
+                self._check_run(client)
+            except BaseException:
+                client.close()
+                raise
+            self._client = client
+            log.info("docker sandbox ready (engine %s, image %s)", self.docker_host, self.image)
+
+    def _connect(self) -> docker.DockerClient:
+        try:
+            client = docker.DockerClient(base_url=self.docker_host, timeout=_ENGINE_TIMEOUT)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise SandboxUnavailable(
+                f"no Docker engine answers at {self.docker_host} ({exc}): {ENGINE_HINT}"
+            ) from exc
+        return client
+
+    def _check_image(self, client: docker.DockerClient) -> None:
+        try:
+            client.images.get(self.image)
+        except docker.errors.ImageNotFound as exc:
+            raise SandboxUnavailable(
+                f"the sandbox image {self.image} is not in the Docker engine at "
+                f"{self.docker_host}: {IMAGE_HINT}"
+            ) from exc
+        except docker.errors.DockerException as exc:
+            raise SandboxUnavailable(
+                f"cannot inspect the sandbox image {self.image} at {self.docker_host}: {exc}"
+            ) from exc
+
+    def _sweep(self, client: docker.DockerClient) -> None:
+        """Removes stopped containers of a codeyard that died mid-run (never running ones:
+        another codeyard process may own them)."""
+        for status in ("exited", "dead"):
+            stale = client.containers.list(
+                all=True, filters={"label": LABEL, "status": status}, ignore_removed=True
+            )
+            for container in stale:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
+
+    def _check_run(self, client: docker.DockerClient) -> None:
+        command = ["python", "-c", "import pytest"]
+        with tempfile.TemporaryDirectory(prefix="codeyard-probe-") as tmp:
+            workdir = Path(tmp)
+            loan = self._loan(workdir)
+            container: Container | None = None
+            try:
+                config = self._container_config(workdir, command, Limits(), None)
+                container = client.containers.create(**config)
+                container.start()
+                status = int(container.wait(timeout=_ENGINE_TIMEOUT)["StatusCode"])
+            except docker.errors.DockerException as exc:
+                raise SandboxUnavailable(
+                    f"the Docker engine at {self.docker_host} cannot run a sandbox container "
+                    f"of {self.image}: {exc}"
+                ) from exc
+            finally:
+                _discard(container, loan)
+        if status != 0:
+            raise SandboxUnavailable(
+                f"`python -c 'import pytest'` fails in the sandbox image {self.image} (exit "
+                f"{status}): the image needs python3 (as `python` too) and pytest; {IMAGE_HINT}"
+            )
+
+    async def run(
+        self,
+        workdir: Path,
+        command: Sequence[str],
+        limits: Limits,
+        env: Mapping[str, str] | None = None,
+    ) -> RunOutcome:
+        if isinstance(command, str) or not command:
+            raise ValueError(f"command must be a non-empty argv list, got {command!r}")
+        if self._client is None:
+            await asyncio.to_thread(self.probe)
+        workdir = checked_workdir(workdir)
+        loan = await asyncio.to_thread(self._loan, workdir)
+        container: Container | None = None
+        try:
+            config = self._container_config(workdir, list(command), limits, env)
+            container = await asyncio.to_thread(self.client.containers.create, **config)
+            return await self._supervise(container, limits)
+        except docker.errors.DockerException as exc:
+            raise SandboxUnavailable(
+                f"the Docker engine at {self.docker_host} failed to run a sandbox container: {exc}"
+            ) from exc
+        finally:
+            # Shielded: a cancelled run still removes its container and gives the workdir back.
+            await asyncio.shield(asyncio.to_thread(_discard, container, loan))
+
+    async def _supervise(self, container: Container, limits: Limits) -> RunOutcome:
+        tail = OutputTail(limits.output_bytes)
+        # Attached before the start, so no early output is missed.
+        stream = await asyncio.to_thread(container.attach, stdout=True, stderr=True, stream=True)
+        reader = _in_own_thread(lambda: _drain(stream, tail))
+        started = time.monotonic()
+        await asyncio.to_thread(container.start)
+        # The engine's answer may come late on a loaded machine: the kill, not this, bounds it.
+        waiter = _in_own_thread(
+            lambda: container.wait(timeout=limits.wall_seconds + _ENGINE_TIMEOUT)
+        )
+        timed_out = False
+        try:
+            async with asyncio.timeout(limits.wall_seconds):
+                result = await asyncio.shield(waiter)
+        except TimeoutError:
+            timed_out = True
+            await asyncio.to_thread(_kill, container)
+            result = await waiter
+        duration = time.monotonic() - started
+        try:
+            async with asyncio.timeout(5):  # every writer is dead: the rest arrives at once
+                await asyncio.shield(reader)
+        except TimeoutError:
+            stream.close()
+        oom_killed = await asyncio.to_thread(_oom_killed, container)
+        exit_code = 137 if timed_out else int(result["StatusCode"])
+        output = tail.text()
+        killed_by = limit_hit(exit_code, timed_out, output, pids_hit=None)
+        if oom_killed and not timed_out:
+            killed_by = "memory"
+        return RunOutcome(
+            exit_code=exit_code,
+            output=output,
+            timed_out=timed_out,
+            duration_seconds=duration,
+            killed_by_limit=killed_by,
+        )
+
+    def _loan(self, workdir: Path) -> WorkdirLoan | None:
+        """Lends `workdir` to the sandbox user when we can (root); None when we run as the
+        caller's own uid instead (see the module doc)."""
+        if os.geteuid() != 0:
+            return None
+        loan = WorkdirLoan(workdir)
+        loan.lend()
+        return loan
+
+    def _container_config(
+        self,
+        workdir: Path,
+        command: list[str],
+        limits: Limits,
+        env: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
+        user = SANDBOX_UID if os.geteuid() == 0 else os.getuid()
+        group = SANDBOX_UID if os.geteuid() == 0 else os.getgid()
+        environment = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "USER": "nobody",
+            "LOGNAME": "nobody",
+        }
+        environment.update(env or {})
+        memory = limits.memory_bytes + 2 * limits.tmpfs_bytes
+        return {
+            "image": self.image,
+            "command": shim_argv("python3", limits, NO_LIMIT, command),
+            "name": f"codeyard-sandbox-{uuid.uuid4().hex[:16]}",
+            "labels": {LABEL: "1"},
+            "hostname": "sandbox",
+            "user": f"{user}:{group}",
+            "working_dir": SANDBOX_WORKDIR,
+            "environment": environment,
+            "network_mode": "none",
+            "read_only": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "init": True,
+            "mounts": [Mount(SANDBOX_WORKDIR, str(workdir), type="bind", read_only=False)],
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_bytes},mode=1777"},
+            "shm_size": limits.tmpfs_bytes,
+            "mem_limit": memory,
+            "memswap_limit": memory,
+            "nano_cpus": int(self.cpus * 1e9),
+            "pids_limit": limits.pids + _INIT_PIDS,
+            "ulimits": [
+                Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds + 1),
+                Ulimit(name="fsize", soft=limits.file_size_bytes, hard=limits.file_size_bytes),
+                Ulimit(name="core", soft=0, hard=0),
+            ],
+            "log_config": LogConfig(type="none"),
+            "stdin_open": False,
+            "tty": False,
+        }
+
+
+def _in_own_thread(call: Callable[[], T]) -> asyncio.Future[T]:
+    """`call()` in a thread of its own. For the calls that block for a whole run (waiting for
+    the container, streaming its output): in the loop's default executor (a handful of threads
+    on a small machine) a few concurrent runs would take every thread, and the short calls that
+    end a run (kill, remove) would queue behind the waits they are meant to end."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def target() -> None:
+        try:
+            result = call()
+        except BaseException as exc:
+            done = functools.partial(future.set_exception, exc)
+        else:
+            done = functools.partial(future.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, done)
+
+    # A run that was cancelled never awaits it: its error is not news then.
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    threading.Thread(target=target, name="codeyard-docker-run", daemon=True).start()
+    return future
+
+
+def _drain(stream: Iterator[bytes], tail: OutputTail) -> None:
+    with contextlib.suppress(docker.errors.DockerException, OSError, ValueError):
+        for chunk in stream:
+            tail.add(chunk)
+
+
+def _oom_killed(container: Container) -> bool:
+    """Whether the cgroup's OOM killer struck. False when the container is gone already: a
+    probe of another codeyard process sweeps exited sandbox containers."""
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return False
+    return bool(container.attrs["State"].get("OOMKilled"))
+
+
+def _kill(container: Container) -> None:
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        container.kill()
+
+
+def _discard(container: Container | None, loan: WorkdirLoan | None) -> None:
+    """Removes the container (killing what is left of it) and gives the workdir back."""
+    try:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException:
+                log.warning("could not remove sandbox container %s", container.name, exc_info=True)
+    finally:
+        if loan is not None:
+            loan.give_back()

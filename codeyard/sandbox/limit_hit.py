@@ -1,0 +1,30 @@
+"""`limit_hit`: which of the `Limits` stopped a run, from what every backend can observe."""
+
+from __future__ import annotations
+
+import signal
+
+from codeyard.sandbox.protocol import LimitName
+
+_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+_FORK_SIGNS = ("BlockingIOError", "Resource temporarily unavailable")
+
+
+def limit_hit(exit_code: int, timed_out: bool, output: str, pids_hit: bool | None) -> LimitName:
+    """Which limit stopped the run. `pids_hit` is None without a cgroup (then it is guessed)."""
+    if pids_hit and (timed_out or exit_code != 0):
+        return "pids"  # e.g. a fork bomb spinning on failed forks until the wall time
+    if timed_out:
+        return "wall_time"
+    if exit_code == 0:
+        return ""
+    if exit_code == 128 + signal.SIGXCPU:
+        return "cpu"
+    end = output[-4000:]
+    if exit_code == 128 + signal.SIGXFSZ or "File too large" in end:
+        return "file_size"
+    if any(sign in end for sign in _MEMORY_SIGNS):
+        return "memory"
+    if pids_hit is None and all(sign in end for sign in _FORK_SIGNS):
+        return "pids"
+    return ""

@@ -1,0 +1,202 @@
+"""`ProcessSandbox`: runs a command as a plain child process with resource limits and NO isolation.
+
+For machines where neither Docker nor bubblewrap can run, and only for code one trusts: it is
+refused unless the user opts in explicitly (`CODEYARD_SANDBOX=process` together with
+`CODEYARD_ALLOW_UNSANDBOXED=1`, or `ProcessSandbox(opt_in=True)`), and never chosen
+automatically. `UNSANDBOXED_RISKS` says what is not contained.
+
+What it still enforces:
+
+- wall time: the command runs in a new session (its own process group); at the wall time the
+  group is killed (exit 137), and so are members left behind when the command ends.
+- CPU, address space, file size, no core dumps: rlimits (`codeyard.sandbox.rlimit_shim`).
+- processes: a pids cgroup of the run when one is writable (as with bwrap; it also catches
+  processes that left the process group); else, when not root, RLIMIT_NPROC above the user's
+  current count (the count is per user, so it is approximate). As root without a writable pids
+  cgroup, the number of processes is not bounded (the kernel exempts root from RLIMIT_NPROC).
+- output: kept as a bounded tail.
+- environment: PATH (the interpreter's bin dir first, with `python`/`python3` aliases), a
+  fresh HOME and TMPDIR removed after the run, LANG=C.UTF-8, plus what the caller passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from codeyard.sandbox.limit_hit import limit_hit
+from codeyard.sandbox.limits import Limits
+from codeyard.sandbox.output import OutputTail, pump
+from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup, join_argv
+from codeyard.sandbox.protocol import RunOutcome, SandboxUnavailable
+from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
+from codeyard.sandbox.workdir import checked_workdir, python_roots
+
+log = logging.getLogger(__name__)
+
+UNSANDBOXED_RISKS = (
+    "the process backend does not isolate the command: it has the network (services on the "
+    "host's loopback, and whatever the host can reach), it can read and write every file the "
+    "user running codeyard can (not only its workdir), it sees and may signal that user's "
+    "other processes, and it has that user's privileges (all of them when codeyard runs as "
+    "root); it only bounds time, CPU, memory, file size, processes and output"
+)
+OPT_IN_HINT = (
+    "to accept that for code you trust, set CODEYARD_SANDBOX=process and "
+    "CODEYARD_ALLOW_UNSANDBOXED=1 (in code: ProcessSandbox(opt_in=True)); otherwise use the "
+    "docker or bwrap backend"
+)
+
+
+class ProcessSandbox:
+    """The unisolated backend of `Sandbox` (see the module docstring): refuses to exist
+    without `opt_in=True`. `python` is the interpreter named `python` for the command
+    (default: the one running codeyard)."""
+
+    name = "process"
+
+    def __init__(self, *, opt_in: bool = False, python: Path | None = None) -> None:
+        if not opt_in:
+            raise SandboxUnavailable(
+                f"refusing to run generated code without a sandbox: {UNSANDBOXED_RISKS}. "
+                f"{OPT_IN_HINT}"
+            )
+        self.python = Path(python) if python else Path(sys.executable)
+        self._python_roots = python_roots(self.python)
+        self._cgroups = PidsCgroups.find()
+        if self._cgroups is None and os.geteuid() == 0:
+            log.warning(
+                "process sandbox as root without a writable pids cgroup: the number of "
+                "processes of a run is not bounded"
+            )
+
+    @property
+    def pids_enforcement(self) -> str:
+        """How the pids limit is enforced: "cgroup:<path>", "rlimit" or "none"."""
+        if self._cgroups:
+            return f"cgroup:{self._cgroups.parent}"
+        return "rlimit" if os.geteuid() != 0 else "none"
+
+    async def run(
+        self,
+        workdir: Path,
+        command: Sequence[str],
+        limits: Limits,
+        env: Mapping[str, str] | None = None,
+    ) -> RunOutcome:
+        if isinstance(command, str) or not command:
+            raise ValueError(f"command must be a non-empty argv list, got {command!r}")
+        workdir = checked_workdir(workdir, self._python_roots)
+        home = Path(tempfile.mkdtemp(prefix="codeyard-process-"))
+        cgroup: RunCgroup | None = None
+        try:
+            if self._cgroups:
+                # The shell that joins the cgroup becomes the command: no process of ours in it.
+                cgroup = self._cgroups.new_run(limits.pids)
+            argv = shim_argv(self.python, limits, self._nproc(limits), list(command))
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *(join_argv(cgroup, argv) if cgroup else argv),
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self._environment(home, env),
+                start_new_session=True,
+            )
+            try:
+                return await self._supervise(proc, started, limits, cgroup)
+            finally:
+                _kill(proc, cgroup)
+        finally:
+            if cgroup:
+                await cgroup.remove()
+            await asyncio.to_thread(shutil.rmtree, home, True)
+
+    async def _supervise(
+        self,
+        proc: asyncio.subprocess.Process,
+        started: float,
+        limits: Limits,
+        cgroup: RunCgroup | None,
+    ) -> RunOutcome:
+        assert proc.stdout is not None
+        tail = OutputTail(limits.output_bytes)
+        timed_out = False
+        try:
+            async with asyncio.timeout(limits.wall_seconds):
+                await pump(proc.stdout, tail)
+                await proc.wait()
+        except TimeoutError:
+            timed_out = True
+            _kill(proc, cgroup)
+            # A process that left the group may still hold the pipe: read what is there, briefly.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await pump(proc.stdout, tail)
+        returncode = await proc.wait()
+        duration = time.monotonic() - started
+        exit_code = 137 if timed_out else (returncode if returncode >= 0 else 128 - returncode)
+        output = tail.text()
+        pids_hit = cgroup.hit_max() if cgroup else None
+        return RunOutcome(
+            exit_code=exit_code,
+            output=output,
+            timed_out=timed_out,
+            duration_seconds=duration,
+            killed_by_limit=limit_hit(exit_code, timed_out, output, pids_hit),
+        )
+
+    def _nproc(self, limits: Limits) -> int:
+        """RLIMIT_NPROC for the run: none with a cgroup or as root (see the module doc)."""
+        if self._cgroups or os.geteuid() == 0:
+            return NO_LIMIT
+        return _tasks_of_user(os.getuid()) + limits.pids
+
+    def _environment(self, home: Path, env: Mapping[str, str] | None) -> dict[str, str]:
+        bin_dir = home / "bin"
+        bin_dir.mkdir()
+        (home / "tmp").mkdir()
+        for alias in ("python", "python3"):
+            (bin_dir / alias).symlink_to(self.python)
+        environment = {
+            "PATH": f"{bin_dir}:{self.python.parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "TMPDIR": str(home / "tmp"),
+            "LANG": "C.UTF-8",
+        }
+        environment.update(env or {})
+        return environment
+
+
+def _kill(proc: asyncio.subprocess.Process, cgroup: RunCgroup | None) -> None:
+    """Kills the command's process group (its session: we started it with a new one), also
+    after the command itself ended, so nothing it left in the background survives the run."""
+    # After the leader is reaped its pid stays the group's id while any member lives, and
+    # an empty group is no longer signalled (ESRCH): no other process group is hit.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if cgroup:
+        cgroup.kill()
+
+
+def _tasks_of_user(uid: int) -> int:
+    """Processes and threads of `uid` now: what RLIMIT_NPROC counts for that user."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat().st_uid == uid:
+                count += len(os.listdir(f"/proc/{entry.name}/task"))
+    return count

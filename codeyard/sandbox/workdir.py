@@ -1,0 +1,42 @@
+"""`checked_workdir`: the host directory a sandboxed command may write, refused when binding it
+read-write would expose the system or the interpreter."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+def python_roots(python: Path) -> list[Path]:
+    """The directories holding `python`'s installation: its prefix, resolved and as named."""
+    candidates = {python.parent.parent, Path(os.path.realpath(python)).parent.parent}
+    if python == Path(sys.executable):
+        for prefix in (sys.prefix, sys.base_prefix):
+            candidates |= {Path(prefix), Path(os.path.realpath(prefix))}
+    roots: list[Path] = []
+    covered = [Path("/usr")]
+    for candidate in sorted(candidates, key=lambda p: len(p.parts)):
+        if len(candidate.parts) < 2 or any(candidate.is_relative_to(c) for c in covered):
+            continue
+        roots.append(candidate)
+        covered.append(candidate)
+    return roots
+
+
+def checked_workdir(workdir: Path, also_protected: Iterable[Path] = ()) -> Path:
+    """`workdir` resolved; raises when it is missing, not a directory, or holds system
+    directories (/usr, /etc, /bin...) or `also_protected`, which the command could then change."""
+    resolved = Path(workdir).resolve(strict=True)
+    if not resolved.is_dir():
+        raise NotADirectoryError(f"sandbox workdir is not a directory: {workdir}")
+    protected = [Path("/usr"), Path("/etc"), *map(Path, SYSTEM_DIRS), *also_protected]
+    if resolved == Path("/") or any(p.is_relative_to(resolved) for p in protected):
+        raise ValueError(
+            f"refusing {workdir} as a sandbox workdir: it contains system or interpreter "
+            "directories that would become writable inside the sandbox"
+        )
+    return resolved

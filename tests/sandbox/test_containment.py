@@ -1,0 +1,395 @@
+"""Containment tests, the same for every isolating backend (docker, bwrap): real engines, real
+limits, small budgets. A backend that cannot run here is skipped with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from codeyard.sandbox import SANDBOX_WORKDIR, BwrapSandbox, Limits, MiB, Sandbox
+from tests.sandbox.host import Leftovers, processes_with
+from tests.sandbox.workloads import FAST, SLACK_SECONDS, run_python, write_package
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def test_python_runs_as_nobody_without_privileges(
+    sandbox: Sandbox, tmp_path: Path, leftovers: Leftovers
+) -> None:
+    code = """
+        import os, sys
+        print("hello from", os.getcwd(), "uid", os.getuid(), "gid", os.getgid())
+        status = dict(line.split(":\\t") for line in open("/proc/self/status").read().splitlines())
+        print("nnp", status["NoNewPrivs"].strip(), "capeff", status["CapEff"].strip())
+        print("capbnd", status["CapBnd"].strip())
+        print("to stderr", file=sys.stderr)
+    """
+    outcome = await run_python(sandbox, tmp_path, code)
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.ok
+    assert f"hello from {SANDBOX_WORKDIR} uid 65534 gid 65534" in outcome.output
+    assert "nnp 1 capeff 0000000000000000" in outcome.output
+    assert "capbnd 0000000000000000" in outcome.output
+    assert "to stderr" in outcome.output
+    assert not outcome.timed_out
+    assert outcome.killed_by_limit == ""
+    assert leftovers() == []
+
+
+@pytest.mark.parametrize(("code", "expected"), [("0", 0), ("3", 3), ("42", 42)])
+async def test_exit_codes_pass_through(
+    sandbox: Sandbox, tmp_path: Path, code: str, expected: int
+) -> None:
+    outcome = await run_python(sandbox, tmp_path, f"import sys; sys.exit({code})")
+    assert outcome.exit_code == expected
+    assert outcome.ok == (expected == 0)
+
+
+async def test_signals_and_missing_commands_report_shell_exit_codes(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    killed = await run_python(sandbox, tmp_path, "import os, signal; os.kill(os.getpid(), 15)")
+    assert killed.exit_code == 128 + 15
+    missing = await sandbox.run(tmp_path, ["no-such-command-here"], FAST)
+    assert missing.exit_code == 127
+    assert "no-such-command-here" in missing.output
+    shell = await sandbox.run(tmp_path, ["sh", "-c", "echo via shell; exit 5"], FAST)
+    assert (shell.exit_code, shell.output) == (5, "via shell\n")
+
+
+async def test_environment_is_minimal_plus_what_the_caller_passes(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CODEYARD_HOST_SECRET", "do-not-leak")
+    code = "import os; print(sorted(os.environ)); print(os.environ.get('FOO'))"
+    outcome = await run_python(sandbox, tmp_path, code, env={"FOO": "bar"})
+    assert outcome.exit_code == 0, outcome.output
+    assert "do-not-leak" not in outcome.output
+    assert "CODEYARD_HOST_SECRET" not in outcome.output
+    assert "'HOME'" in outcome.output
+    assert outcome.output.rstrip().endswith("bar")
+
+
+async def test_writes_outside_the_workspace_fail_and_the_host_is_untouched(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    host_file = tmp_path / "host.txt"
+    host_file.write_text("original")
+    (workdir / "link").symlink_to(host_file)
+    repo_probe = REPO / f"sandbox-escape-{uuid.uuid4().hex}"
+    targets = [
+        "/etc/passwd",
+        "/etc/codeyard-escape",
+        "/usr/codeyard-escape",
+        "/root/codeyard-escape",
+        "/codeyard-escape",
+        str(Path(sys.prefix) / "codeyard-escape"),
+        str(repo_probe),
+        str(host_file),
+        "link",
+        "../escape",
+    ]
+    code = """
+        import sys
+        for target in sys.argv[1:]:
+            try:
+                with open(target, "a") as f:
+                    f.write("pwned")
+                print("WROTE", target)
+            except OSError as exc:
+                print("blocked", target, type(exc).__name__)
+        open("inside.txt", "w").write("inside ok")
+        print("done")
+    """
+    outcome = await run_python(sandbox, workdir, code, *targets)
+    assert outcome.exit_code == 0, outcome.output
+    assert "WROTE" not in outcome.output
+    assert outcome.output.count("blocked") == len(targets)
+    assert host_file.read_text() == "original"
+    assert not repo_probe.exists()
+    assert not (tmp_path / "escape").exists()
+    assert not Path("/etc/codeyard-escape").exists()
+    assert (workdir / "inside.txt").read_text() == "inside ok"  # the workspace is writable
+
+
+async def test_secrets_of_the_host_cannot_be_read(sandbox: Sandbox, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    code = """
+        import os, sys
+        for path in sys.argv[1:]:
+            try:
+                if os.path.isdir(path):
+                    os.listdir(path)
+                else:
+                    open(path).read()
+                print("READ", path)
+            except OSError as exc:
+                print("unreadable", path, type(exc).__name__)
+    """
+    paths = ["/etc/shadow", "/root/.ssh", "/root/.bash_history", "/etc/ssl/private", str(secret)]
+    outcome = await run_python(sandbox, workdir, code, *paths)
+    assert outcome.exit_code == 0, outcome.output
+    assert "READ" not in outcome.output
+    assert outcome.output.count("unreadable") == len(paths)
+
+
+async def test_tcp_connect_to_a_host_loopback_listener_fails(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        code = f"""
+            import socket
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+                print("CONNECTED")
+            except OSError as exc:
+                print("refused:", exc)
+        """
+        outcome = await run_python(sandbox, tmp_path, code)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert outcome.exit_code == 0, outcome.output
+    assert "refused:" in outcome.output
+    assert "CONNECTED" not in outcome.output
+
+
+async def test_loopback_inside_the_sandbox_works(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A repository's tests may start a local server and talk to it: its own loopback works."""
+    code = """
+        import socket
+        server = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(server.getsockname(), timeout=2)
+        conn, _ = server.accept()
+        client.sendall(b"ping")
+        print("got", conn.recv(4).decode())
+    """
+    outcome = await run_python(sandbox, tmp_path, code)
+    assert outcome.exit_code == 0, outcome.output
+    assert "got ping" in outcome.output
+
+
+async def test_infinite_loop_is_stopped_at_the_wall_time(
+    sandbox: Sandbox, tmp_path: Path, leftovers: Leftovers
+) -> None:
+    marker = f"loop-{uuid.uuid4().hex}"
+    limits = Limits(wall_seconds=1.0, memory_bytes=512 * MiB, pids=16)
+    code = "print('started', flush=True)\nwhile True: pass"
+    outcome = await run_python(sandbox, tmp_path, code, marker, limits=limits)
+    assert outcome.timed_out
+    assert outcome.killed_by_limit == "wall_time"
+    assert outcome.exit_code == 137
+    assert 1.0 <= outcome.duration_seconds < 1.0 + SLACK_SECONDS
+    assert "started" in outcome.output  # output written before the kill is kept
+    assert processes_with(marker) == []
+    assert leftovers() == []
+
+
+async def test_number_of_processes_is_bounded(sandbox: Sandbox, tmp_path: Path) -> None:
+    code = """
+        import os, time
+        children = 0
+        try:
+            for _ in range(200):
+                if os.fork() == 0:
+                    time.sleep(5)
+                    os._exit(0)
+                children += 1
+        except OSError as exc:
+            print("fork failed:", exc)
+        print("children", children, flush=True)
+        os._exit(0)
+    """
+    limits = Limits(wall_seconds=10, memory_bytes=512 * MiB, pids=16)
+    outcome = await run_python(sandbox, tmp_path, code, limits=limits)
+    assert outcome.exit_code == 0, outcome.output
+    assert "fork failed" in outcome.output
+    children = int(outcome.output.split("children")[1])
+    assert 0 < children < 16
+
+
+async def test_fork_bomb_is_contained(
+    sandbox: Sandbox, tmp_path: Path, leftovers: Leftovers
+) -> None:
+    marker = f"forkbomb-{uuid.uuid4().hex}"
+    code = """
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """
+    limits = Limits(wall_seconds=3, memory_bytes=256 * MiB, pids=32)
+    started = time.monotonic()
+    outcome = await run_python(sandbox, tmp_path, code, marker, limits=limits)
+    assert time.monotonic() - started < 3 + SLACK_SECONDS
+    assert outcome.timed_out
+    # Only a pids cgroup that we read (bwrap's) tells the limit was hit; else it is the wall.
+    reads_pids_cgroup = isinstance(sandbox, BwrapSandbox) and sandbox.pids_enforcement.startswith(
+        "cgroup:"
+    )
+    assert outcome.killed_by_limit == ("pids" if reads_pids_cgroup else "wall_time")
+    assert processes_with(marker) == []
+    assert leftovers() == []
+    # The host can still start processes.
+    assert subprocess.run(["true"], check=False).returncode == 0
+
+
+async def test_memory_bomb_is_stopped(sandbox: Sandbox, tmp_path: Path) -> None:
+    code = """
+        import sys
+        hoard = []
+        try:
+            while True:
+                hoard.append(bytearray(16 * 1024 * 1024))
+        finally:
+            print("allocated MiB:", 16 * len(hoard), file=sys.stderr, flush=True)
+    """
+    limits = Limits(wall_seconds=10, memory_bytes=256 * MiB, pids=16)
+    outcome = await run_python(sandbox, tmp_path, code, limits=limits)
+    assert outcome.exit_code == 1, outcome.output
+    assert "MemoryError" in outcome.output
+    assert outcome.killed_by_limit == "memory"
+    allocated = int(outcome.output.split("allocated MiB:")[1].split()[0])
+    assert allocated < 256
+    assert not outcome.timed_out
+
+
+async def test_cpu_time_limit_stops_a_busy_process(sandbox: Sandbox, tmp_path: Path) -> None:
+    limits = Limits(wall_seconds=30, cpu_seconds=1, memory_bytes=256 * MiB, pids=16)
+    outcome = await run_python(sandbox, tmp_path, "while True: pass", limits=limits)
+    assert not outcome.timed_out
+    assert outcome.killed_by_limit == "cpu"
+    assert outcome.exit_code == 128 + 24  # SIGXCPU
+
+
+async def test_file_size_limit(sandbox: Sandbox, tmp_path: Path) -> None:
+    limits = Limits(wall_seconds=10, file_size_bytes=1 * MiB, memory_bytes=256 * MiB, pids=16)
+    # A C program gets SIGXFSZ (the sandbox restores the default Python ignores) ...
+    shell = await sandbox.run(tmp_path, ["sh", "-c", "head -c 3000000 /dev/zero > big.bin"], limits)
+    assert shell.killed_by_limit == "file_size", shell
+    assert (tmp_path / "big.bin").stat().st_size <= 1 * MiB
+    # ... Python sees EFBIG.
+    code = "open('big.txt', 'wb').write(b'x' * 3_000_000)"
+    outcome = await run_python(sandbox, tmp_path, code, limits=limits)
+    assert outcome.exit_code == 1
+    assert "File too large" in outcome.output
+    assert outcome.killed_by_limit == "file_size"
+
+
+async def test_tmp_is_a_capped_tmpfs(sandbox: Sandbox, tmp_path: Path) -> None:
+    limits = Limits(wall_seconds=10, tmpfs_bytes=4 * MiB, memory_bytes=256 * MiB, pids=16)
+    code = """
+        import os
+        print("home", os.environ["HOME"], os.path.expanduser("~"))
+        try:
+            with open("/tmp/fill", "wb") as f:
+                for _ in range(16):
+                    f.write(b"x" * 1024 * 1024)
+            print("FILLED")
+        except OSError as exc:
+            print("full:", exc)
+    """
+    outcome = await run_python(sandbox, tmp_path, code, limits=limits)
+    assert outcome.exit_code == 0, outcome.output
+    assert "home /tmp /tmp" in outcome.output
+    assert "No space left on device" in outcome.output
+
+
+async def test_huge_output_is_capped_keeping_the_tail(sandbox: Sandbox, tmp_path: Path) -> None:
+    code = """
+        import sys
+        for i in range(200_000):
+            sys.stdout.write(f"line {i}\\n")
+        sys.stdout.write("THE END\\n")
+    """
+    limits = Limits(wall_seconds=30, output_bytes=64 * 1024, memory_bytes=256 * MiB, pids=16)
+    outcome = await run_python(sandbox, tmp_path, code, limits=limits)
+    assert outcome.exit_code == 0
+    assert outcome.output.endswith("line 199999\nTHE END\n")
+    assert outcome.output.startswith("[codeyard sandbox: output truncated,")
+    assert "line 0\n" not in outcome.output
+    assert len(outcome.output) < 64 * 1024 + 200
+
+
+async def test_pytest_of_a_passing_package(sandbox: Sandbox, tmp_path: Path) -> None:
+    write_package(tmp_path, "add(2, 2) == 4")
+    limits = Limits(wall_seconds=60, pids=64)
+    outcome = await sandbox.run(tmp_path, ["python", "-m", "pytest", "-q"], limits)
+    assert outcome.exit_code == 0, outcome.output
+    assert "1 passed" in outcome.output
+    assert (tmp_path / ".pytest_cache").is_dir()  # pytest wrote into the workspace
+
+
+async def test_pytest_of_a_failing_package_reports_the_failure(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    write_package(tmp_path, "add(2, 2) == 5")
+    limits = Limits(wall_seconds=60, pids=64)
+    outcome = await sandbox.run(tmp_path, ["python", "-m", "pytest", "-q"], limits)
+    assert outcome.exit_code == 1, outcome.output
+    assert "1 failed" in outcome.output
+    assert "assert 4 == 5" in outcome.output
+    assert outcome.killed_by_limit == ""
+
+
+async def test_concurrent_runs_are_independent(
+    sandbox: Sandbox, tmp_path: Path, leftovers: Leftovers
+) -> None:
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    code = "import os; open('me', 'w').write(os.getcwd()); print('ok')"
+    outcomes = await asyncio.gather(*(run_python(sandbox, d, code) for d in dirs))
+    assert [o.exit_code for o in outcomes] == [0, 0]
+    assert [(d / "me").read_text() for d in dirs] == [SANDBOX_WORKDIR] * 2
+    assert leftovers() == []
+
+
+async def test_cancelling_a_run_kills_the_sandbox(
+    sandbox: Sandbox, tmp_path: Path, leftovers: Leftovers
+) -> None:
+    marker = f"cancel-{uuid.uuid4().hex}"
+    code = "import time\nprint('up', flush=True)\ntime.sleep(60)"
+    task = asyncio.create_task(run_python(sandbox, tmp_path, code, marker))
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if processes_with(marker):
+            break
+    assert processes_with(marker)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(200):
+        if not processes_with(marker):
+            break
+        await asyncio.sleep(0.05)
+    assert processes_with(marker) == []
+    assert leftovers() == []
+
+
+async def test_bad_requests_are_refused(sandbox: Sandbox, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="argv list"):
+        await sandbox.run(tmp_path, "echo hi", FAST)
+    with pytest.raises(ValueError, match="argv list"):
+        await sandbox.run(tmp_path, [], FAST)
+    with pytest.raises(ValueError, match="refusing"):
+        await sandbox.run(Path("/"), ["true"], FAST)
+    with pytest.raises(FileNotFoundError):
+        await sandbox.run(tmp_path / "missing", ["true"], FAST)

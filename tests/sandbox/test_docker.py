@@ -1,0 +1,129 @@
+"""Tests of what is particular to the docker backend: its refusals, the loan of the workdir to
+the sandbox user, the container-wide memory bound. Containment is in test_containment.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from codeyard.sandbox import DockerSandbox, Limits, MiB, SandboxUnavailable
+from codeyard.sandbox.docker import CODEYARD_DOCKER_SOCKET, resolve_docker_host
+from tests.sandbox.host import processes_with
+from tests.sandbox.workloads import SLACK_SECONDS, run_python
+
+
+def test_an_unreachable_engine_is_refused_saying_how_to_start_one(tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/no-docker.sock"
+    with pytest.raises(SandboxUnavailable, match="no Docker engine answers") as refused:
+        DockerSandbox(docker_host=host).probe()
+    assert host in str(refused.value)
+    assert "scripts/docker-engine.sh" in str(refused.value)
+    assert "CODEYARD_DOCKER_HOST" in str(refused.value)
+
+
+def test_a_missing_image_is_refused_saying_how_to_build_it(docker_sandbox: DockerSandbox) -> None:
+    missing = DockerSandbox(docker_host=docker_sandbox.docker_host, image="codeyard-sandbox:nope")
+    with pytest.raises(SandboxUnavailable, match="codeyard-sandbox:nope") as refused:
+        missing.probe()
+    assert "scripts/build-sandbox-image.sh" in str(refused.value)
+
+
+def test_the_engine_is_found_without_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_docker_host("tcp://127.0.0.1:2375") == "tcp://127.0.0.1:2375"
+    monkeypatch.setenv("DOCKER_HOST", "unix:///elsewhere.sock")
+    assert resolve_docker_host("") == "unix:///elsewhere.sock"
+    monkeypatch.delenv("DOCKER_HOST")
+    expected = (
+        f"unix://{CODEYARD_DOCKER_SOCKET}"
+        if CODEYARD_DOCKER_SOCKET.is_socket()
+        else "unix:///var/run/docker.sock"
+    )
+    assert resolve_docker_host("") == expected
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the workdir is lent only when codeyard is root")
+async def test_the_workdir_is_lent_to_the_sandbox_user_and_given_back(
+    docker_sandbox: DockerSandbox, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "work"
+    (workdir / "pkg").mkdir(parents=True)
+    (workdir / "pkg" / "mine.txt").write_text("mine")
+    # A hard link to a file outside the workdir, as `git clone --local` makes for its objects:
+    # lending it would hand the outside file to the sandbox user too.
+    outside = tmp_path / "object"
+    outside.write_text("shared object")
+    os.link(outside, workdir / "object")
+    code = """
+        import os
+        print("owner", os.stat("pkg/mine.txt").st_uid, "linked", os.stat("object").st_uid)
+        open("pkg/mine.txt", "a").write(" and the sandbox's")
+        os.mkdir("made")
+        open("made/new.txt", "w").write("new")
+        try:
+            open("object", "a").write("tampered")
+            print("TAMPERED")
+        except OSError as exc:
+            print("object untouched:", type(exc).__name__)
+    """
+    outcome = await run_python(docker_sandbox, workdir, code)
+    assert outcome.exit_code == 0, outcome.output
+    assert "owner 65534 linked 0" in outcome.output
+    assert "object untouched: PermissionError" in outcome.output
+    assert outside.read_text() == "shared object"
+    assert outside.stat().st_uid == 0
+    caller = os.getuid(), os.getgid()
+    for path in [workdir, *workdir.rglob("*")]:
+        assert (path.lstat().st_uid, path.lstat().st_gid) == caller, path
+    assert (workdir / "pkg" / "mine.txt").read_text() == "mine and the sandbox's"
+    assert (workdir / "made" / "new.txt").read_text() == "new"
+
+
+async def test_memory_of_the_whole_container_is_bounded(
+    docker_sandbox: DockerSandbox, tmp_path: Path
+) -> None:
+    """Each process stays under its own limit, together they exceed the container's: the
+    OOM killer of its cgroup stops them, not the host's."""
+    code = """
+        import os, time
+        children = []
+        for _ in range(4):
+            pid = os.fork()
+            if pid == 0:
+                hoard = bytearray(40 * 1024 * 1024)
+                time.sleep(3)
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            print("child status", os.waitpid(pid, 0)[1], flush=True)
+    """
+    limits = Limits(wall_seconds=30, memory_bytes=64 * MiB, tmpfs_bytes=1 * MiB, pids=16)
+    outcome = await run_python(docker_sandbox, tmp_path, code, limits=limits)
+    assert outcome.killed_by_limit == "memory", outcome
+    assert "child status 9" in outcome.output  # SIGKILL, from the OOM killer
+    assert not outcome.timed_out
+    assert not outcome.ok
+
+
+async def test_many_runs_stopped_at_once_all_end(
+    docker_sandbox: DockerSandbox, tmp_path: Path
+) -> None:
+    """More concurrent runs than the event loop's default executor has threads, all hitting
+    their wall time together: each must still be killed and removed."""
+    marker = f"many-{uuid.uuid4().hex}"
+    dirs = [tmp_path / str(i) for i in range(10)]
+    for d in dirs:
+        d.mkdir()
+    limits = Limits(wall_seconds=2, memory_bytes=128 * MiB, pids=8)
+    code = "import time; time.sleep(60)"
+    started = time.monotonic()
+    outcomes = await asyncio.gather(
+        *(run_python(docker_sandbox, d, code, marker, limits=limits) for d in dirs)
+    )
+    assert time.monotonic() - started < 2 + 2 * SLACK_SECONDS
+    assert [o.killed_by_limit for o in outcomes] == ["wall_time"] * len(dirs)
+    assert processes_with(marker) == []

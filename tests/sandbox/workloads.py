@@ -1,0 +1,35 @@
+"""What the sandbox tests run: small Python programs, a tiny package with a test, limits."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from codeyard.sandbox import Limits, MiB, RunOutcome, Sandbox
+
+FAST = Limits(wall_seconds=20, cpu_seconds=20, memory_bytes=512 * MiB, pids=64)
+# Timings are never asserted tightly: a shared 2-core machine may stall anything for seconds.
+SLACK_SECONDS = 20.0
+
+
+async def run_python(
+    sandbox: Sandbox,
+    workdir: Path,
+    code: str,
+    *args: str,
+    limits: Limits = FAST,
+    env: dict[str, str] | None = None,
+) -> RunOutcome:
+    command = ["python", "-c", textwrap.dedent(code), *args]
+    return await sandbox.run(workdir, command, limits, env)
+
+
+def write_package(workdir: Path, assertion: str) -> None:
+    """A package `calc` with one test asserting `assertion` (e.g. "add(2, 2) == 4")."""
+    (workdir / "calc").mkdir()
+    (workdir / "calc" / "__init__.py").write_text("def add(a, b):\n    return a + b\n")
+    (workdir / "tests").mkdir()
+    (workdir / "tests" / "test_calc.py").write_text(
+        f"from calc import add\n\n\ndef test_add():\n    assert {assertion}\n"
+    )
+    (workdir / "pyproject.toml").write_text('[tool.pytest.ini_options]\npythonpath = ["."]\n')
