@@ -19,9 +19,16 @@ from codeyard.coordinator.integrator import LedgerIntegrator
 from codeyard.schemas.model import FeedbackKind, RepoRef, Run, TaskState
 from codeyard.workspace.git import GitError, git
 
+# The trailer of each task's commit on the result branch; `rollback` finds tasks by it.
+TASK_TRAILER = "Codeyard-Task"
+
 
 def result_branch(run_id: str) -> str:
     return f"codeyard/{run_id}"
+
+
+def task_trailer(run_id: str, task_id: str, attempt: int) -> str:
+    return f"{TASK_TRAILER}: {run_id}/{task_id}/{attempt}"
 
 
 class GitIntegrator:
@@ -62,7 +69,7 @@ class GitIntegrator:
 
     def _merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         repo = self.integration_dir(run.run_id)
-        trailer = f"Codeyard-Task: {run.run_id}/{task_id}/{attempt}"
+        trailer = task_trailer(run.run_id, task_id, attempt)
         if git(repo, "log", "--format=%H", "--fixed-strings", f"--grep={trailer}").strip():
             return Merged(task_id, attempt)  # merged before a crash: do not apply twice
         task = run.tasks[task_id]
