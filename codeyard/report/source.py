@@ -1,4 +1,5 @@
-"""Reading every stored event of a run from the CY_EVENTS stream, for its report."""
+"""Where a report's data comes from: the run's record (asked of the coordinator) and every
+stored event of the run (read from the CY_EVENTS stream)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,30 @@ from nats.js.api import DeliverPolicy
 
 from codeyard.bus import Bus
 from codeyard.bus.subjects import EVENT_STREAM, events_subject
-from codeyard.schemas import MessageError, RunEvent, decode
+from codeyard.follow import ask_coordinator
+from codeyard.schemas import (
+    ControlError,
+    MessageError,
+    Run,
+    RunEvent,
+    RunStatus,
+    StatusQuery,
+    decode,
+)
+
+
+class UnknownRun(LookupError):
+    pass
+
+
+async def fetch_run(bus: Bus, run_id: str, patience: float = 10.0) -> Run:
+    """The run's record with its tasks; `UnknownRun` when the coordinator knows no such run."""
+    reply = await ask_coordinator(bus, "status", StatusQuery(run_id=run_id), patience=patience)
+    if isinstance(reply, ControlError):
+        raise UnknownRun(reply.error)
+    if not isinstance(reply, RunStatus) or not reply.runs:
+        raise UnknownRun(f"no run {run_id!r} (unexpected reply {type(reply).__name__})")
+    return reply.runs[0]
 
 
 async def read_run_events(bus: Bus, run_id: str, timeout: float = 10.0) -> list[RunEvent]:
