@@ -79,6 +79,7 @@ def render_graph_svg(report: RunReport) -> str:
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="plan" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        'font-family="system-ui, sans-serif" font-size="12" '
         'aria-label="task graph: arrows go from a dependency to the task that needs it">',
         "<defs>"
         '<marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '

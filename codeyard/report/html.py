@@ -163,7 +163,8 @@ def _task(task: TaskReport) -> str:
     for transition in task.transitions:
         attempts.setdefault(transition.attempt, []).append(str(transition.state))
     facts += [
-        f"attempt {attempt}: {escape(' → '.join(states))}"
+        f"{f'attempt {attempt}' if attempt else 'before the first attempt'}: "
+        f"{escape(' → '.join(states))}"
         for attempt, states in sorted(attempts.items())
     ]
     parts = [

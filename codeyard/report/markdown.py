@@ -46,6 +46,15 @@ def inline(value: str) -> str:
     return _SPECIAL.sub(r"\\\1", " ".join(value.split()))
 
 
+def code_span(value: str) -> str:
+    """Untrusted text on one line as literal code, for a table cell."""
+    line = " ".join(value.split()).replace("|", "\\|")  # a pipe ends a cell even in code
+    longest = max((len(run) for run in _BACKTICKS.findall(line)), default=0)
+    ticks = "`" * (longest + 1)
+    padded = f" {line} " if line.startswith("`") or line.endswith("`") else line
+    return f"{ticks}{padded}{ticks}"
+
+
 def fenced(value: str, language: str = "text") -> list[str]:
     longest = max((len(run) for run in _BACKTICKS.findall(value)), default=0)
     fence = "`" * max(3, longest + 1)
@@ -83,7 +92,7 @@ def _summary(report: RunReport) -> list[str]:
     tally = ", ".join(f"{counts[state]} {state}" for state in sorted(counts)) or "none"
     rows = [
         ("state", str(report.state)),
-        ("repository", inline(report.repo_path) if report.repo_path else "none (dry run)"),
+        ("repository", code_span(report.repo_path) if report.repo_path else "none (dry run)"),
         ("result branch", f"`{report.result_branch}`" if report.result_branch else "-"),
         ("created", text.when(report.created_at)),
         ("finished", text.when(report.finished_at)),
@@ -123,7 +132,8 @@ def _task(task: TaskReport) -> list[str]:
     if task.error:
         lines.append(f"- error: {inline(text.first_line(task.error, 300))}")
     for attempt, states in _attempt_paths(task):
-        lines.append(f"- attempt {attempt}: {' → '.join(states)}")
+        which = f"attempt {attempt}" if attempt else "before the first attempt"
+        lines.append(f"- {which}: {' → '.join(states)}")
     lines.append("")
     if task.feedback:
         lines += ["#### Feedback on earlier attempts", ""]

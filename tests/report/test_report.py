@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 
 from codeyard.report import build_report, render_html, render_markdown
 from codeyard.report.graph_svg import layout
+from codeyard.report.markdown import code_span
 from codeyard.report.model import dependency_depths
 from codeyard.schemas import Run, Task, TaskSpec, TaskState, Usage
 from tests.report.sample_run import HOSTILE, sample_events, sample_run
@@ -195,3 +196,9 @@ def test_a_dry_run_in_progress_and_a_broken_graph_still_render() -> None:
     assert "none (dry run)" in render_markdown(report)
     parse(render_html(report))
     parse(render_html(build_report(Run(run_id="empty", goal="g"), [])))
+
+
+def test_code_spans_hold_backticks_and_pipes() -> None:
+    assert code_span("/home/me/my_repo") == "`/home/me/my_repo`"
+    assert code_span("a`b|c") == "``a`b\\|c``"
+    assert code_span("`x`") == "`` `x` ``"
