@@ -7,9 +7,9 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import nats.errors
 import typer
@@ -33,6 +33,7 @@ deploy_app = typer.Typer(help="Deployment artifacts: NATS users and permissions.
 app.add_typer(deploy_app, name="deploy")
 console = Console(soft_wrap=True)  # never break lines that scripts may grep
 err = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
 
 
 @app.command()
@@ -403,6 +404,93 @@ def deny(
     _answer(Deny(approval_id=approval_id, by=by or _user(), reason=reason), "deny")
 
 
+@app.command("report")
+def report_command(
+    run_id: Annotated[str, typer.Argument(help="the run's id, as `codeyard run` printed it")],
+    html: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="write a self-contained HTML report here")
+    ] = None,
+    markdown: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="write the Markdown report here")
+    ] = None,
+) -> None:
+    """Report a run: goal, plan as a graph, each task's attempts, feedback, last test output and
+    gate decisions, tokens, cost and timings.
+
+    Prints Markdown unless --html or --markdown names a file to write.
+
+    Example: [bold]codeyard report r1 --html r1.html[/bold]
+    """
+    from codeyard.report import build_report, render_html, render_markdown
+    from codeyard.report.source import fetch_run, read_run_events
+    from codeyard.schemas import Run, RunEvent
+
+    async def fetch(bus: Bus) -> tuple[Run, list[RunEvent]]:
+        run = await fetch_run(bus, run_id)
+        return run, await read_run_events(bus, run_id)
+
+    report = build_report(*_on_bus("report", fetch))
+    if html is None and markdown is None:
+        typer.echo(render_markdown(report), nl=False)
+        return
+    for path, text in ((html, render_html), (markdown, render_markdown)):
+        if path is not None:
+            try:
+                path.write_text(text(report), encoding="utf-8")
+            except OSError as exc:
+                err.print(f"error: cannot write {path}: {exc}", markup=False)
+                raise typer.Exit(1) from None
+            console.print(f"wrote {path}", markup=False, highlight=False)
+
+
+@app.command("rollback")
+def rollback_command(
+    run_id: Annotated[str, typer.Argument(help="the run whose result branch moves")],
+    to: Annotated[str, typer.Option("--to", help="the task whose commit becomes the tip")],
+    repo: Annotated[
+        Path | None,
+        typer.Option(exists=True, file_okay=False, help="the repository (default: the run's)"),
+    ] = None,
+) -> None:
+    """Reset the branch codeyard/RUN to the commit of task --to, dropping the later tasks.
+
+    Only that branch moves: your current branch and working tree are never touched, and a
+    checked-out codeyard/RUN is refused. Without --repo, the coordinator says where the run's
+    repository is.
+
+    Example: [bold]codeyard rollback r1 --to models[/bold]
+    """
+    from codeyard.report.source import fetch_run
+    from codeyard.workspace.rollback import RollbackError, rollback
+
+    if repo is None:
+
+        async def repository(bus: Bus) -> str:
+            return (await fetch_run(bus, run_id)).repo.path
+
+        path = _on_bus("rollback", repository)
+        if not path:
+            err.print(f"error: run {run_id} is a dry run: it has no repository", markup=False)
+            raise typer.Exit(1)
+        repo = Path(path)
+    try:
+        moved = rollback(repo.resolve(), run_id, to)
+    except RollbackError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
+    if not moved.moved:
+        say(f"{moved.branch} already ends at {to} ({moved.new.short}): nothing to drop")
+        return
+    say(f"{moved.branch}: {moved.old.short} -> {moved.new.short} ({to}: {moved.new.subject})")
+    say(f"dropped {len(moved.dropped)} commit{'' if len(moved.dropped) == 1 else 's'}:")
+    for commit in moved.dropped:
+        say(f"  {commit.short} {commit.subject}")
+
+
 def _answer(request: Envelope, verb: str) -> None:
     from codeyard.schemas import Accepted
 
@@ -433,6 +521,34 @@ def _ask(verb: str, request: Envelope) -> ControlReply:
         return asyncio.run(ask())
     except RunRefused as exc:
         err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except (OSError, nats.errors.Error) as exc:
+        err.print(
+            f"[red]error:[/red] cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)"
+        )
+        raise typer.Exit(1) from None
+
+
+def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
+    """`work` on a connection to the running system; exits 1 when it is not there or the run
+    is unknown."""
+    from codeyard.follow import RunRefused
+    from codeyard.report.source import UnknownRun
+
+    settings = Settings()
+    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+
+    async def connected() -> T:
+        bus = await Bus.connect(url, name=f"codeyard-{name}", connect_attempts=4)
+        try:
+            return await work(bus)
+        finally:
+            await bus.close()
+
+    try:
+        return asyncio.run(connected())
+    except (RunRefused, UnknownRun) as exc:
+        err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
         err.print(

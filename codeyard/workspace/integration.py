@@ -20,6 +20,9 @@ from codeyard.schemas.model import FeedbackKind, RepoRef, Run, Task, TaskState
 from codeyard.workspace.git import GitError, git
 from codeyard.workspace.regression import RegressionSuite
 
+# The trailer of each task's commit on the result branch; `rollback` finds tasks by it.
+TASK_TRAILER = "Codeyard-Task"
+
 
 def result_branch(run_id: str) -> str:
     return f"codeyard/{run_id}"
@@ -36,6 +39,10 @@ def commit_message(task: Task, trailer: str) -> str:
         facts.append(f"Reviewed-by: {', '.join(reviewers)}")
     parts = [task.spec.title, body, "\n".join(facts), trailer]
     return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def task_trailer(run_id: str, task_id: str, attempt: int) -> str:
+    return f"{TASK_TRAILER}: {run_id}/{task_id}/{attempt}"
 
 
 class GitIntegrator:
@@ -89,7 +96,7 @@ class GitIntegrator:
     def _merge(self, run: Run, task_id: str, attempt: int) -> tuple[Merged | MergeFailed, bool]:
         """The outcome, and whether the task's commit is HEAD (its suite has to pass)."""
         repo = self.integration_dir(run.run_id)
-        trailer = f"Codeyard-Task: {run.run_id}/{task_id}/{attempt}"
+        trailer = task_trailer(run.run_id, task_id, attempt)
         found = git(repo, "log", "--format=%H", "--fixed-strings", f"--grep={trailer}").split()
         if found:  # merged before a crash: do not apply twice; check its suite if still on top
             return Merged(task_id, attempt), found[0] == git(repo, "rev-parse", "HEAD").strip()

@@ -1,0 +1,133 @@
+"""`rollback`: move a run's result branch back to the commit of one of its tasks.
+
+Only the ref `codeyard/<run>` moves (with the old value as a check, so a concurrent change is
+not overwritten); no working tree is touched, and a branch checked out in any worktree of the
+repository is refused rather than moved under someone's feet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from codeyard.workspace.git import GitError, git
+from codeyard.workspace.integration import TASK_TRAILER, result_branch
+
+_FIELD = "\x1f"
+_RECORD = "\x1e"
+
+
+class RollbackError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    subject: str
+
+    @property
+    def short(self) -> str:
+        return self.sha[:10]
+
+
+@dataclass(frozen=True)
+class TaskCommit:
+    commit: Commit
+    task_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Rollback:
+    branch: str
+    old: Commit
+    new: Commit
+    task: TaskCommit
+    dropped: tuple[Commit, ...]  # newest first
+
+    @property
+    def moved(self) -> bool:
+        return self.old.sha != self.new.sha
+
+
+def task_commits(repo: Path, run_id: str) -> list[TaskCommit]:
+    """The commits on the run's result branch that carry one of its tasks, newest first."""
+    ref = _branch_ref(repo, run_id)
+    log = git(
+        repo,
+        "log",
+        f"--format=%H{_FIELD}%s{_FIELD}%(trailers:key={TASK_TRAILER},valueonly){_RECORD}",
+        ref,
+        "--",
+    )
+    found: list[TaskCommit] = []
+    for record in filter(str.strip, log.split(_RECORD)):
+        sha, subject, trailers = record.strip("\n").split(_FIELD, 2)
+        for value in trailers.split():
+            owner, _, rest = value.partition("/")
+            task_id, _, attempt = rest.rpartition("/")
+            if owner == run_id and task_id and attempt.isdigit():
+                found.append(TaskCommit(Commit(sha, subject), task_id, int(attempt)))
+    return found
+
+
+def rollback(repo: Path, run_id: str, task_id: str) -> Rollback:
+    """Reset `codeyard/<run_id>` to the commit that merged `task_id`; what moved is returned."""
+    branch = result_branch(run_id)
+    ref = _branch_ref(repo, run_id)
+    holder = _checked_out_at(repo, ref)
+    if holder is not None:
+        raise RollbackError(
+            f"{branch} is checked out in {holder}; switch that worktree to another branch "
+            "first (rollback never touches a working tree)"
+        )
+    commits = task_commits(repo, run_id)
+    target = next((commit for commit in commits if commit.task_id == task_id), None)
+    if target is None:
+        known = ", ".join(dict.fromkeys(commit.task_id for commit in reversed(commits)))
+        raise RollbackError(
+            f"no commit of task {task_id!r} on {branch}"
+            + (f" (tasks with commits, oldest first: {known})" if known else " (it has none)")
+        )
+    old = git(repo, "rev-parse", ref).strip()
+    dropped = _commits_between(repo, target.commit.sha, old)
+    if dropped:
+        try:
+            # the old value makes this a compare-and-swap: a branch moved meanwhile is kept
+            message = f"codeyard rollback {run_id} --to {task_id}"
+            git(repo, "update-ref", "-m", message, ref, target.commit.sha, old)
+        except GitError as exc:
+            detail = exc.output.strip()
+            raise RollbackError(f"{branch} changed while rolling back: {detail}") from None
+    old_commit = Commit(old, _subject(repo, old))
+    return Rollback(branch, old_commit, target.commit, target, dropped)
+
+
+def _branch_ref(repo: Path, run_id: str) -> str:
+    ref = f"refs/heads/{result_branch(run_id)}"
+    if not repo.is_dir() or not git(repo, "rev-parse", "--git-dir", check=False).strip():
+        raise RollbackError(f"{repo} is not a git repository")
+    if not git(repo, "rev-parse", "--verify", "--quiet", ref, check=False).strip():
+        raise RollbackError(f"no branch {result_branch(run_id)} in {repo}")
+    return ref
+
+
+def _checked_out_at(repo: Path, ref: str) -> str | None:
+    """The worktree whose current branch is `ref`, if any."""
+    worktree = ""
+    for line in git(repo, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            worktree = line.removeprefix("worktree ")
+        elif line == f"branch {ref}":
+            return worktree
+    return None
+
+
+def _commits_between(repo: Path, base: str, tip: str) -> tuple[Commit, ...]:
+    log = git(repo, "log", f"--format=%H{_FIELD}%s", f"{base}..{tip}", "--")
+    return tuple(Commit(*line.split(_FIELD, 1)) for line in log.splitlines() if _FIELD in line)
+
+
+def _subject(repo: Path, sha: str) -> str:
+    return git(repo, "log", "-1", "--format=%s", sha).strip()

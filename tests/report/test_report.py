@@ -1,0 +1,204 @@
+"""The report of a run: what it says, in Markdown and in HTML, from a run built by hand."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+from codeyard.report import build_report, render_html, render_markdown
+from codeyard.report.graph_svg import layout
+from codeyard.report.markdown import code_span
+from codeyard.report.model import dependency_depths
+from codeyard.schemas import Run, Task, TaskSpec, TaskState, Usage
+from tests.report.sample_run import HOSTILE, sample_events, sample_run
+
+
+def test_the_report_model_orders_dedups_and_totals() -> None:
+    report = build_report(sample_run(), sample_events())
+
+    assert [task.task_id for task in report.tasks] == ["a", "b", "c", "d"]
+    assert [[task.task_id for task in layer] for layer in report.layers] == [
+        ["a"],
+        ["b", "c"],
+        ["d"],
+    ]
+    assert report.edges == (("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"))
+    assert report.result_branch == "codeyard/r7"
+    assert report.duration is not None
+    assert report.duration.total_seconds() == 95
+    b = report.tasks[1]
+    assert [(move.attempt, str(move.state)) for move in b.transitions] == [
+        (1, "coding"),  # once, though it was reported three times
+        (1, "testing"),
+        (2, "coding"),
+        (2, "reviewing"),
+        (3, "coding"),
+        (3, "merged"),
+    ]
+    assert b.test_output.startswith("[...]")
+    assert b.test_output.endswith("5 passed at the end")
+    assert [(gate.decision, gate.rule) for gate in report.tasks[3].gates] == [
+        ("needs_approval", "commands.ask"),
+        ("allow", "approval.x1"),
+    ]
+    assert dict(report.usage_by_role) == {
+        "coder": Usage(calls=5, prompt_tokens=8100),
+        "review": Usage(calls=2, completion_tokens=300),
+    }
+    assert [str(change.state) for change in report.run_states] == [
+        "planning",
+        "executing",
+        "integrating",
+        "done",
+    ]
+
+
+def test_rendering_is_deterministic() -> None:
+    first = build_report(sample_run(), sample_events())
+    second = build_report(sample_run(), sample_events())
+    assert render_markdown(first) == render_markdown(second)
+    assert render_html(first) == render_html(second)
+
+
+def test_markdown_has_the_plan_the_tasks_and_their_feedback() -> None:
+    markdown = render_markdown(build_report(sample_run(), sample_events()))
+
+    for task_id, title in (("a", "models"), ("b", "api"), ("c", "cli")):
+        assert f"### {task_id}: {title}" in markdown
+    assert "### d: docs \\& \\<readme\\>" in markdown
+    mermaid = markdown.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert mermaid.startswith("graph TD\n")
+    assert '  t1["a: models"]' in mermaid
+    assert '  t4["d: docs & #lt;readme#gt;"]' in mermaid
+    for edge in ("t1 --> t2", "t1 --> t3", "t2 --> t4", "t3 --> t4"):
+        assert f"  {edge}\n" in mermaid
+    assert "FAILED tests/test_api.py::test_health - assert 404 == 200" in markdown
+    assert "**attempt 1: test_failure**" in markdown
+    assert "**attempt 2: review**" in markdown
+    assert "attempt 1: coding → testing" in markdown
+    assert "| needs\\_approval |" not in markdown  # decisions are bold cells
+    assert "**deny**" in markdown
+    assert "secrets" in markdown
+    assert "**needs\\_approval**" in markdown
+    assert "approval.x1" in markdown
+    assert "5 passed at the end" in markdown
+    assert "| coder | 5 | 8,100 | 0 | $0.0000 |" in markdown
+    assert "15,456 (prompt 12,000, completion 3,456) in 9 calls" in markdown
+    assert "| result branch | `codeyard/r7` |" in markdown
+    assert "| duration | 1m 35s |" in markdown
+
+
+def test_markdown_never_lets_run_text_open_html() -> None:
+    markdown = render_markdown(build_report(sample_run(), sample_events()))
+    outside_fences = re.sub(r"(`{3,})[^\n]*\n.*?\n\1\n", "", markdown, flags=re.DOTALL)
+    assert "add a health endpoint" in outside_fences
+    assert "<script>" not in outside_fences
+    assert HOSTILE in markdown  # verbatim inside a fence: the review comment
+
+
+def test_a_fence_in_untrusted_text_cannot_close_its_block() -> None:
+    run = sample_run()
+    run.tasks["a"].test_output = "before\n```\n# not a heading\n````\nafter"
+    markdown = render_markdown(build_report(run, []))
+    assert "`````text\nbefore\n```\n# not a heading\n````\nafter\n`````" in markdown
+
+
+class Structure(HTMLParser):
+    """Collects the tags of a document and checks that they nest."""
+
+    VOID = frozenset({"meta", "br", "hr", "img", "input", "link"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.errors: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.open[-1:] or 'nothing'}")
+        else:
+            self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(html: str) -> Structure:
+    parser = Structure()
+    parser.feed(html)
+    parser.close()
+    assert parser.errors == []
+    assert parser.open == []
+    return parser
+
+
+def test_html_is_well_formed_self_contained_and_escaped() -> None:
+    html = render_html(build_report(sample_run(), sample_events()))
+    parsed = parse(html)
+    names = [tag for tag, _ in parsed.tags]
+
+    assert html.startswith("<!DOCTYPE html>")
+    assert names.count("script") == 0  # the hostile goal and comment stayed text
+    assert HOSTILE in "".join(parsed.text)
+    assert "&lt;script&gt;" in html
+    assert not any(
+        value and value.startswith(("http:", "https:", "//"))
+        for tag, attrs in parsed.tags
+        if tag != "svg"
+        for name, value in attrs.items()
+        if name in ("src", "href")
+    )
+    assert "link" not in names
+    ids = {attrs.get("id") for _, attrs in parsed.tags}
+    assert {"summary", "plan", "tasks", "usage", "task-a", "task-d"} <= ids
+    text = " ".join(parsed.text)
+    assert "FAILED tests/test_api.py::test_health" in text
+    assert "a secret in diff" in text
+    assert "codeyard/r7" in text
+
+
+def test_html_plan_has_one_node_per_task_and_an_arrow_per_dependency() -> None:
+    report = build_report(sample_run(), sample_events())
+    parsed = parse(render_html(report))
+
+    nodes = [attrs for tag, attrs in parsed.tags if tag == "g" and attrs.get("class") == "node"]
+    assert sorted(str(node["data-task"]) for node in nodes) == ["a", "b", "c", "d"]
+    assert {node["data-state"] for node in nodes} == {"merged"}
+    edges = [attrs for tag, attrs in parsed.tags if tag == "path" and attrs.get("class") == "edge"]
+    assert len(edges) == 4
+    assert len([tag for tag, _ in parsed.tags if tag == "svg"]) == 1
+
+    boxes = layout(report)
+    assert boxes["a"].y < boxes["b"].y == boxes["c"].y < boxes["d"].y  # one row per depth
+    assert boxes["b"].x != boxes["c"].x
+
+
+def test_a_dry_run_in_progress_and_a_broken_graph_still_render() -> None:
+    tasks = {
+        "x": Task(spec=TaskSpec(id="x", title="x", deps=["y", "ghost"]), state=TaskState.CODING),
+        "y": Task(spec=TaskSpec(id="y", title="y", deps=["x"])),
+    }
+    run = Run(run_id="dry", goal="", tasks=tasks)
+    assert max(dependency_depths(run.tasks).values()) < 2  # a cycle cannot loop forever
+    report = build_report(run, [])
+    assert report.finished_at is None
+    assert report.result_branch == ""
+    assert "none (dry run)" in render_markdown(report)
+    parse(render_html(report))
+    parse(render_html(build_report(Run(run_id="empty", goal="g"), [])))
+
+
+def test_code_spans_hold_backticks_and_pipes() -> None:
+    assert code_span("/home/me/my_repo") == "`/home/me/my_repo`"
+    assert code_span("a`b|c") == "``a`b\\|c``"
+    assert code_span("`x`") == "`` `x` ``"
