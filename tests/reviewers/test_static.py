@@ -43,7 +43,8 @@ async def test_shell_injection_in_a_new_file_is_flagged_at_its_line(
     assert not result.approved
     assert located(result) == {("calc/shell.py", 5, "bandit B605")}
     [comment] = result.comments
-    assert "shell" in comment.text and "high severity" in comment.text
+    assert "shell" in comment.text
+    assert "high severity" in comment.text
 
 
 async def test_eval_and_an_unused_import_added_to_a_file_are_flagged_at_their_lines(
