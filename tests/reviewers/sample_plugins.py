@@ -14,8 +14,8 @@ class Approves:
         return ReviewResult(reviewer="review", approved=True)
 
 
-class NoTodos:
-    """The README's example: asks to remove every TODO the patch adds."""
+class AsyncNoTodos:
+    """An `async def review`: asks to remove every TODO the patch adds."""
 
     async def review(self, request: ReviewRequest) -> ReviewResult:
         await asyncio.sleep(0)

@@ -36,16 +36,16 @@ def test_a_class_is_loaded_by_module_and_name() -> None:
 def test_a_registered_name_is_found_among_the_entry_points(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registered = install_entry_points(tmp_path, {"sample": f"{SAMPLES}:NoTodos"})
+    registered = install_entry_points(tmp_path, {"sample": f"{SAMPLES}:AsyncNoTodos"})
     monkeypatch.syspath_prepend(str(registered))
-    assert installed_plugins()["sample"] == f"{SAMPLES}:NoTodos"
-    assert plugin_spec("sample") == f"{SAMPLES}:NoTodos"
+    assert installed_plugins()["sample"] == f"{SAMPLES}:AsyncNoTodos"
+    assert plugin_spec("sample") == f"{SAMPLES}:AsyncNoTodos"
 
 
 def test_an_unknown_name_lists_the_known_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entries = {"sample": f"{SAMPLES}:NoTodos", "other": f"{SAMPLES}:Approves"}
+    entries = {"sample": f"{SAMPLES}:AsyncNoTodos", "other": f"{SAMPLES}:Approves"}
     monkeypatch.syspath_prepend(str(install_entry_points(tmp_path, entries)))
     with pytest.raises(PluginError, match=r"named 'nope'.*known: .*other, sample"):
         plugin_spec("nope")

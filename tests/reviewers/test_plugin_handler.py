@@ -15,7 +15,7 @@ from codeyard.schemas import CodeRequest, Patch, RepoRef, ReviewRequest, ReviewR
 from tests.agents.sample_repo import SAMPLE_FILES
 from tests.bus.results import collect_results
 from tests.reviewers.conftest import patch_of
-from tests.reviewers.sample_plugins import Approves, NoTodos, ReadsCheckout, ReturnsTrue
+from tests.reviewers.sample_plugins import Approves, AsyncNoTodos, ReadsCheckout, ReturnsTrue
 
 TASK = TaskSpec(id="t1", title="a change")
 
@@ -35,7 +35,7 @@ async def test_a_plain_review_runs_and_its_verdict_is_signed_with_the_role() -> 
 
 async def test_an_async_review_runs_on_the_loop() -> None:
     patch = "--- a/x.py\n+++ b/x.py\n@@ -0,0 +1 @@\n+x = 1  # TODO: name it\n"
-    result = await PluginHandler(NoTodos(), "review.notodos")(request(patch))
+    result = await PluginHandler(AsyncNoTodos(), "review.notodos")(request(patch))
     assert isinstance(result, ReviewResult)
     assert not result.approved
     assert [c.text for c in result.comments] == ["remove the TODO: x = 1  # TODO: name it"]
