@@ -161,20 +161,56 @@ def gate(
 def worker(
     role: Annotated[str, typer.Argument(help="planner, coder, tester or review")],
     concurrency: Annotated[int, typer.Option(min=1, help="work items handled at once")] = 1,
+    plugin: Annotated[
+        str | None,
+        typer.Option(help="review only: a reviewer plugin class, module:Class (needs --name)"),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="review only: serve role review.NAME; without --plugin, NAME is looked up in "
+            "the codeyard.reviewers entry points"
+        ),
+    ] = None,
 ) -> None:
     """Run one agent role's worker; run more of them to scale the role.
 
     Pulls from the role's durable consumer, publishes each result before acking, heartbeats
     while the model thinks, and on SIGTERM finishes (or hands back) what it is doing.
 
-    Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard worker coder --concurrency 2[/bold]
+    With --name (and optionally --plugin), `review` runs a reviewer plugin instead of the
+    built-in LLM reviewer, as role review.NAME on cy.work.review.NAME; it needs no LLM.
+
+    Examples: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard worker coder --concurrency 2[/bold]
+    [bold]codeyard worker review --name static[/bold]
+    [bold]codeyard worker review --plugin mypkg.review:NoTodos --name notodos[/bold]
     """
-    from codeyard.launch import run_worker
     from codeyard.llm import LLMNotConfigured
     from codeyard.sandbox import SandboxUnavailable
 
     bad = (LLMNotConfigured, SandboxUnavailable, ValueError)
-    _serve(run_worker(Settings(), role, concurrency), bad_configuration=bad)
+    if plugin is None and name is None:
+        from codeyard.launch import run_worker
+
+        _serve(run_worker(Settings(), role, concurrency), bad_configuration=bad)
+        return
+    from codeyard.launch import run_plugin_reviewer
+    from codeyard.reviewers.loading import PluginError, load_plugin, plugin_role, plugin_spec
+
+    try:
+        if role != "review":
+            raise PluginError("--plugin and --name are for reviewers: codeyard worker review ...")
+        if name is None:
+            raise PluginError("--plugin needs --name NAME: the plugin serves role review.NAME")
+        plugin_role_name = plugin_role(name)
+        loaded = load_plugin(plugin or plugin_spec(name))
+    except PluginError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    _serve(
+        run_plugin_reviewer(Settings(), plugin_role_name, loaded, concurrency),
+        bad_configuration=bad,
+    )
 
 
 @app.command()
@@ -200,12 +236,20 @@ def run(
     max_attempts: Annotated[
         int, typer.Option(min=1, max=100, help="attempts per task before the run fails")
     ] = 3,
+    reviewer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a reviewer every task needs: review (the LLM) or review.NAME (a plugin); "
+            "repeat for several (default: review)"
+        ),
+    ] = None,
 ) -> None:
     """Submit a goal and follow the run until it ends.
 
     Exits 0 when every task is merged, 1 when the run failed or was cancelled, 2 on bad input.
 
     Example: [bold]codeyard run "add a /health endpoint" --repo ./service[/bold]
+    [bold]--reviewer review --reviewer review.static[/bold] adds the static reviewer.
     """
     import msgspec
 
@@ -221,6 +265,7 @@ def run(
         decode,
         new_id,
     )
+    from codeyard.schemas.model import ReviewerName
 
     repo = repo.resolve()
     if not (repo / ".git").exists():
@@ -242,6 +287,10 @@ def run(
             approve_plan=approve_plan,
             approve_merge=approve_merge,
             budget=Budget(max_attempts_per_task=max_attempts),
+            # converted to check the names: constructing a Struct does not validate it
+            reviewers=msgspec.convert(
+                list(dict.fromkeys(reviewer or ["review"])), list[ReviewerName]
+            ),
         )
     except msgspec.ValidationError as exc:
         err.print(f"[red]error:[/red] {exc}")

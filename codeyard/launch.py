@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -20,6 +22,12 @@ from codeyard.config import Settings
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
 from codeyard.llm.local import local_server_command, smollm2_model
 from codeyard.supervisor import ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    from codeyard.bus.worker import Handler
+    from codeyard.reviewers.protocol import ReviewerPlugin
+
+log = logging.getLogger(__name__)
 
 
 def service_children(
@@ -98,30 +106,53 @@ async def run_gate(settings: Settings, policy_file: Path | None) -> None:
         await bus.close()
 
 
-async def run_worker(settings: Settings, role: str, concurrency: int) -> None:
+async def serve_role(
+    settings: Settings, role: str, make_handler: Callable[[Bus], Handler], concurrency: int
+) -> None:
     """One role's worker process: serve until SIGTERM, then finish or hand back in-flight work."""
-    from codeyard.agents.roles import role_handler
     from codeyard.bus import PullWorker
-    from codeyard.bus.gate_client import BusGateClient
-    from codeyard.llm import LLMSettings, OpenAIClient
 
-    llm = OpenAIClient(LLMSettings())
+    url = settings.server_url()
     bus = await Bus.connect(
-        settings.server_url(),
+        url,
         name=f"worker-{role}",
         credentials=settings.credentials(principal_of_role(role)),
         topology=settings.topology(),
     )
-    handler = role_handler(role, llm, BusGateClient(bus))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await PullWorker(bus, role, handler, concurrency=concurrency).run(stop)
+        worker = PullWorker(bus, role, make_handler(bus), concurrency=concurrency)
+        log.info("serving %s (%d at once) from %s", role, concurrency, url)
+        await worker.run(stop)
     finally:
         await bus.close()
+
+
+async def run_worker(settings: Settings, role: str, concurrency: int) -> None:
+    """A built-in agent role, which thinks with the configured LLM."""
+    from codeyard.agents.roles import role_handler
+    from codeyard.bus.gate_client import BusGateClient
+    from codeyard.llm import LLMSettings, OpenAIClient
+
+    llm = OpenAIClient(LLMSettings())
+    try:
+        await serve_role(
+            settings, role, lambda bus: role_handler(role, llm, BusGateClient(bus)), concurrency
+        )
+    finally:
         await llm.close()
+
+
+async def run_plugin_reviewer(
+    settings: Settings, role: str, plugin: ReviewerPlugin, concurrency: int
+) -> None:
+    """A reviewer plugin serving `role` (`review.<name>`); it needs no LLM."""
+    from codeyard.reviewers.handler import PluginHandler
+
+    await serve_role(settings, role, lambda _: PluginHandler(plugin, role), concurrency)
 
 
 async def wait_until_serving(url: str, timeout: float) -> None:

@@ -1,0 +1,62 @@
+"""Reviewer plugin classes for the loading and handler tests, good and bad."""
+
+from __future__ import annotations
+
+import asyncio
+
+from codeyard.reviewers import ReviewComment, ReviewRequest, ReviewResult, patched_checkout
+
+
+class Approves:
+    """A plain `def review`: it runs in a thread."""
+
+    def review(self, request: ReviewRequest) -> ReviewResult:
+        return ReviewResult(reviewer="review", approved=True)
+
+
+class AsyncNoTodos:
+    """An `async def review`: asks to remove every TODO the patch adds."""
+
+    async def review(self, request: ReviewRequest) -> ReviewResult:
+        await asyncio.sleep(0)
+        comments = [
+            ReviewComment(text=f"remove the TODO: {line[1:].strip()}")
+            for line in request.patch.text.splitlines()
+            if line.startswith("+") and not line.startswith("+++") and "TODO" in line
+        ]
+        return ReviewResult(approved=not comments, comments=comments)
+
+
+class ReadsCheckout:
+    """Looks at the patched files through `patched_checkout`."""
+
+    def review(self, request: ReviewRequest) -> ReviewResult:
+        with patched_checkout(request) as root:
+            text = (root / "calc" / "ops.py").read_text()
+        return ReviewResult(approved="mul" in text)
+
+
+class ReturnsTrue:
+    def review(self, request: ReviewRequest) -> bool:
+        return True
+
+
+class NoReview:
+    def check(self, request: ReviewRequest) -> ReviewResult:
+        return ReviewResult(approved=True)
+
+
+class TakesTwo:
+    def review(self, request: ReviewRequest, strict: bool) -> ReviewResult:
+        return ReviewResult(approved=strict)
+
+
+class NeedsConfig:
+    def __init__(self, config: str) -> None:
+        self.config = config
+
+    def review(self, request: ReviewRequest) -> ReviewResult:
+        return ReviewResult(approved=True)
+
+
+NOT_A_CLASS = Approves()

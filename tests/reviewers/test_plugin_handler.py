@@ -1,0 +1,90 @@
+"""A plugin behind the worker: plain and async `review`, what it returns, and over a real bus."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from codeyard.bus import Bus, GiveUp, PullWorker
+from codeyard.bus.subjects import work_subject
+from codeyard.reviewers.diff_lines import added_lines
+from codeyard.reviewers.handler import PluginHandler
+from codeyard.schemas import CodeRequest, Patch, RepoRef, ReviewRequest, ReviewResult, TaskSpec
+from tests.agents.sample_repo import SAMPLE_FILES
+from tests.bus.results import collect_results
+from tests.reviewers.conftest import patch_of
+from tests.reviewers.sample_plugins import Approves, AsyncNoTodos, ReadsCheckout, ReturnsTrue
+
+TASK = TaskSpec(id="t1", title="a change")
+
+
+def request(patch: str = "", repo: Path | None = None) -> ReviewRequest:
+    where = RepoRef(path=str(repo), snapshot=str(repo)) if repo else RepoRef()
+    return ReviewRequest(
+        run_id="r1", task_id="t1", attempt=1, task=TASK, patch=Patch(text=patch), repo=where
+    )
+
+
+async def test_a_plain_review_runs_and_its_verdict_is_signed_with_the_role() -> None:
+    result = await PluginHandler(Approves(), "review.demo")(request())
+    assert isinstance(result, ReviewResult)
+    assert (result.reviewer, result.approved) == ("review.demo", True)
+
+
+async def test_an_async_review_runs_on_the_loop() -> None:
+    patch = "--- a/x.py\n+++ b/x.py\n@@ -0,0 +1 @@\n+x = 1  # TODO: name it\n"
+    result = await PluginHandler(AsyncNoTodos(), "review.notodos")(request(patch))
+    assert isinstance(result, ReviewResult)
+    assert not result.approved
+    assert [c.text for c in result.comments] == ["remove the TODO: x = 1  # TODO: name it"]
+
+
+async def test_patched_checkout_shows_the_change(sample_repo: Path) -> None:
+    ops = SAMPLE_FILES["calc/ops.py"] + "\n\ndef mul(a: int, b: int) -> int:\n    return a * b\n"
+    patch = patch_of(sample_repo, {"calc/ops.py": ops})
+    result = await PluginHandler(ReadsCheckout(), "review.mul")(request(patch, sample_repo))
+    assert isinstance(result, ReviewResult)
+    assert result.approved
+    assert "mul" not in (sample_repo / "calc" / "ops.py").read_text()  # the repo is untouched
+
+
+async def test_a_review_that_returns_something_else_fails_the_work_saying_so() -> None:
+    with pytest.raises(GiveUp, match="ReturnsTrue returned bool, not a ReviewResult"):
+        await PluginHandler(ReturnsTrue(), "review.x")(request())  # type: ignore[arg-type]
+
+
+async def test_other_work_is_refused() -> None:
+    code = CodeRequest(goal="g", task=TASK)
+    with pytest.raises(GiveUp, match="does not handle CodeRequest"):
+        await PluginHandler(Approves(), "review.x")(code)
+
+
+async def test_a_plugin_serves_its_role_over_the_bus(bus: Bus) -> None:
+    stop = asyncio.Event()
+    worker = PullWorker(bus, "review.demo", PluginHandler(Approves(), "review.demo"))
+    serving = asyncio.create_task(worker.run(stop, grace=5))
+    try:
+        sent = request()
+        await bus.publish(work_subject("review.demo"), sent)
+        [result] = await collect_results(bus, 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 10)
+    assert isinstance(result, ReviewResult)
+    assert (result.run_id, result.task_id, result.attempt) == ("r1", "t1", 1)
+    assert (result.reviewer, result.approved) == ("review.demo", True)
+
+
+def test_added_lines_follow_the_hunks() -> None:
+    patch = (
+        "diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n"
+        "@@ -1,3 +1,4 @@\n a\n-b\n+c\n+d\n e\n"
+        "@@ -10 +11,2 @@\n+new\n ten\n"
+        'diff --git "a/caf\\303\\251.py" "b/caf\\303\\251.py"\nnew file mode 100644\n'
+        '--- /dev/null\n+++ "b/caf\\303\\251.py"\n@@ -0,0 +1,2 @@\n+import os\n++++ not a header\n'
+        "diff --git a/gone.py b/gone.py\ndeleted file mode 100644\n"
+        "--- a/gone.py\n+++ /dev/null\n@@ -1 +0,0 @@\n-x\n"
+    )
+    assert added_lines(patch) == {"x.py": {2, 3, 11}, "café.py": {1, 2}}
