@@ -132,7 +132,7 @@ class SnapshotCache:
         """`ObjectStore.get` writing into `file` chunk by chunk, watched for progress."""
         receiving = asyncio.ensure_future(self.store.get(bundle.name, writeinto=file))
         try:
-            received = -1
+            received = 0
             while not (await asyncio.wait({receiving}, timeout=self.stall_timeout))[0]:
                 size = (await asyncio.to_thread(partial.stat)).st_size
                 if size == received:

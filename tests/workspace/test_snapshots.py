@@ -11,12 +11,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from nats.js.api import ObjectInfo
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from codeyard.bus import Bus
 from codeyard.workspace.git import git
-from codeyard.workspace.snapshot_cache import SnapshotCache
+from codeyard.workspace.snapshot_cache import DownloadStalled, SnapshotCache
 from codeyard.workspace.snapshots import (
     SnapshotBundle,
     SnapshotMissing,
@@ -204,3 +205,25 @@ async def test_a_missing_bundle_is_a_clear_error(store: ObjectStore, tmp_path: P
     with pytest.raises(SnapshotMissing, match=f"git-bundle/sha256-{sha} is not in"):
         await cache.checkout(SnapshotRef(head="c" * 40, bundles=(missing,)), tmp_path / "work")
     assert not os.listdir(tmp_path / "cache" / "bundles")
+
+
+async def test_a_download_that_stops_arriving_is_abandoned(
+    store: ObjectStore, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = await publish_snapshot(store, repo, "HEAD")
+
+    async def silent(name: str, writeinto: object = None) -> ObjectInfo:
+        await asyncio.sleep(60)
+        raise AssertionError("not abandoned")
+
+    monkeypatch.setattr(store, "get", silent)
+    cache = SnapshotCache(store, tmp_path / "cache", stall_timeout=0.2)
+    with pytest.raises(DownloadStalled, match="stalled at 0 of"):
+        await cache.checkout(ref, tmp_path / "work")
+    assert not os.listdir(tmp_path / "cache" / "bundles")
+
+
+async def test_the_artifacts_bucket_has_room_for_a_large_repository(store: ObjectStore) -> None:
+    config = (await store.status()).stream_info.config
+    assert config.max_bytes in (None, -1)
+    assert config.max_msg_size in (None, -1) or (config.max_msg_size or 0) >= 128 * 1024
