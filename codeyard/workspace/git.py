@@ -21,7 +21,9 @@ class GitError(RuntimeError):
         super().__init__(f"git {' '.join(args)} failed: {output.strip()[-2000:]}")
 
 
-def git(repo: Path, *args: str, stdin: str | None = None, check: bool = True) -> str:
+def git(
+    repo: Path, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 300
+) -> str:
     """Run `git -C repo args...`; its stdout, or `GitError` with what git said."""
     result = subprocess.run(
         ["git", "-C", str(repo), *args],
@@ -29,7 +31,7 @@ def git(repo: Path, *args: str, stdin: str | None = None, check: bool = True) ->
         capture_output=True,
         text=True,
         env=os.environ | IDENTITY | {"GIT_TERMINAL_PROMPT": "0"},
-        timeout=300,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise GitError(args, result.stderr + result.stdout)

@@ -1,0 +1,178 @@
+"""`SnapshotCache`: a worker's local copy of snapshots, and fresh checkouts made from it.
+
+Layout of the cache directory, which several processes may share:
+
+    bundles/sha256-<hex>.bundle   bundles as downloaded, checked against their sha256
+    repos/<root sha256>.git       one bare repository per chain (named by its full bundle);
+                                  `refs/snapshots/<commit>` marks each bundle imported whole
+    locks/<root sha256>.lock      flock held while a chain's bundles are fetched and imported
+
+A checkout borrows the cached repository's objects (`git clone --shared`), so making one costs
+writing the working tree only; it stays valid as long as the cache directory does (the cached
+repositories never drop objects: gc is off, every imported head keeps a ref).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from nats.js.errors import ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from codeyard.workspace.file_lock import FileLock
+from codeyard.workspace.git import git
+from codeyard.workspace.snapshots import (
+    BUNDLE_REF,
+    GIT_TIMEOUT,
+    SnapshotBundle,
+    SnapshotError,
+    SnapshotMissing,
+    SnapshotRef,
+    file_sha256,
+)
+
+log = logging.getLogger(__name__)
+
+IMPORTED_REFS = "refs/snapshots/"
+
+
+class SnapshotCorrupt(SnapshotError):
+    pass
+
+
+class DownloadStalled(SnapshotError):
+    pass
+
+
+class SnapshotCache:
+    """Checkouts of snapshots, downloading only the bundles the cache lacks.
+
+    `stall_timeout`: a download that receives nothing for this long is abandoned (the object
+    store has no end-to-end timeout of its own).
+    """
+
+    def __init__(self, store: ObjectStore, root: Path, stall_timeout: float = 60.0) -> None:
+        self.store = store
+        self.root = root
+        self.stall_timeout = stall_timeout
+        self.downloaded: list[str] = []  # bundle names this instance fetched from the store
+        self._locks: dict[str, FileLock] = {}
+
+    def repository(self, ref: SnapshotRef) -> Path:
+        return self.root / "repos" / f"{ref.root.sha256}.git"
+
+    def bundle_path(self, bundle: SnapshotBundle) -> Path:
+        return self.root / "bundles" / f"sha256-{bundle.sha256}.bundle"
+
+    async def checkout(self, ref: SnapshotRef, dest: Path) -> Path:
+        """A fresh working copy of `ref.head` at `dest` (absent or empty), HEAD detached there."""
+        repository = await self.prepare(ref)
+        await asyncio.to_thread(_clone, repository, ref.head, dest)
+        return dest
+
+    async def prepare(self, ref: SnapshotRef) -> Path:
+        """The cached bare repository holding `ref.head`, importing whatever it lacks."""
+        repository = self.repository(ref)
+        async with self._lock(ref.root.sha256):
+            imported = await asyncio.to_thread(_imported_heads, repository)
+            # the newest bundle already imported has the history of all before it
+            start = max(
+                (i + 1 for i, bundle in enumerate(ref.bundles) if bundle.head in imported),
+                default=0,
+            )
+            for bundle in ref.bundles[start:]:
+                path = await self._bundle_file(bundle)
+                await asyncio.to_thread(_import, repository, path, bundle.head)
+        return repository
+
+    def _lock(self, key: str) -> FileLock:
+        if key not in self._locks:
+            self._locks[key] = FileLock(self.root / "locks" / f"{key}.lock")
+        return self._locks[key]
+
+    async def _bundle_file(self, bundle: SnapshotBundle) -> Path:
+        """The bundle on local disk, verified; downloaded when missing or damaged."""
+        path = self.bundle_path(bundle)
+        if await asyncio.to_thread(path.exists):
+            if await asyncio.to_thread(file_sha256, path) == (bundle.sha256, bundle.size):
+                return path
+            log.warning("cached bundle %s is damaged: downloading it again", path)
+            await asyncio.to_thread(path.unlink, True)
+        await self._download(bundle, path)
+        return path
+
+    async def _download(self, bundle: SnapshotBundle, path: Path) -> None:
+        # a temporary name, renamed once verified: readers never see a partial bundle
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        try:
+            file = await asyncio.to_thread(partial.open, "wb")
+            with file:
+                await self._receive(bundle, file, partial)
+            actual = await asyncio.to_thread(file_sha256, partial)
+            if actual != (bundle.sha256, bundle.size):
+                raise SnapshotCorrupt(
+                    f"bundle {bundle.name} from the object store has sha256 {actual[0]} and "
+                    f"{actual[1]} bytes, expected {bundle.sha256} and {bundle.size}"
+                )
+            await asyncio.to_thread(os.replace, partial, path)
+        finally:
+            await asyncio.to_thread(partial.unlink, True)
+        self.downloaded.append(bundle.name)
+        log.info("downloaded snapshot bundle %s (%d bytes)", bundle.name, bundle.size)
+
+    async def _receive(
+        self, bundle: SnapshotBundle, file: io.BufferedIOBase, partial: Path
+    ) -> None:
+        """`ObjectStore.get` writing into `file` chunk by chunk, watched for progress."""
+        receiving = asyncio.ensure_future(self.store.get(bundle.name, writeinto=file))
+        try:
+            received = 0
+            while not (await asyncio.wait({receiving}, timeout=self.stall_timeout))[0]:
+                size = (await asyncio.to_thread(partial.stat)).st_size
+                if size == received:
+                    raise DownloadStalled(
+                        f"download of {bundle.name} stalled at {size} of {bundle.size} bytes"
+                    )
+                received = size
+            receiving.result()
+        except ObjectNotFoundError:
+            raise SnapshotMissing(bundle.name) from None
+        finally:
+            receiving.cancel()  # no-op once done; otherwise it must stop writing into `file`
+
+
+def _imported_heads(repository: Path) -> set[str]:
+    if not (repository / "HEAD").exists():
+        return set()
+    listing = git(repository, "for-each-ref", "--format=%(refname)", IMPORTED_REFS)
+    return {line.removeprefix(IMPORTED_REFS) for line in listing.split()}
+
+
+def _import(repository: Path, bundle: Path, head: str) -> None:
+    if not (repository / "HEAD").exists():
+        repository.parent.mkdir(parents=True, exist_ok=True)
+        git(repository.parent, "init", "--quiet", "--bare", repository.name)
+        # objects are only ever added: checkouts borrow them through alternates
+        git(repository, "config", "gc.auto", "0")
+    # the ref is written after the objects are in, so it marks a complete import
+    git(
+        repository,
+        *("fetch", "--quiet", "--no-tags", str(bundle), f"{BUNDLE_REF}:{IMPORTED_REFS}{head}"),
+        timeout=GIT_TIMEOUT,
+    )
+
+
+def _clone(repository: Path, head: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    git(
+        dest.parent,
+        *("clone", "--quiet", "--shared", "--no-checkout", str(repository), str(dest)),
+        timeout=GIT_TIMEOUT,
+    )
+    git(dest, "checkout", "--quiet", "--detach", head, timeout=GIT_TIMEOUT)

@@ -1,0 +1,186 @@
+"""Repository snapshots as git bundles in the `cy_artifacts` object store, so that workers need
+no disk shared with the coordinator.
+
+A snapshot is a chain of bundles: a full bundle of the first head, then incremental bundles
+(`previous head..new head`) that need the ones before them. Bundles are named by the sha256 of
+their bytes, so publishing what is already there uploads nothing and a name always means the
+same bytes. Bundles are built in a temporary file and uploaded in chunks: a large repository
+never sits in memory. `SnapshotCache` (snapshot_cache.py) is the reading side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import ObjectMeta
+from nats.js.errors import ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from codeyard.bus.subjects import ARTIFACTS_BUCKET
+from codeyard.workspace.git import GitError, git
+
+log = logging.getLogger(__name__)
+
+BUNDLE_PREFIX = "git-bundle/sha256-"
+# The one ref every bundle carries: a fixed name keeps the bytes, and so the name, of a bundle
+# of the same commits the same.
+BUNDLE_REF = "refs/heads/snapshot"
+HASH_BLOCK = 1024 * 1024
+# Bundling or checking out a large repository on a loaded machine takes a while.
+GIT_TIMEOUT = 3600.0
+
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Commit = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}([0-9a-f]{24})?$")]
+
+
+class SnapshotBundle(msgspec.Struct, kw_only=True, frozen=True):
+    """One git bundle in the object store; its ref `BUNDLE_REF` points at `head`."""
+
+    name: str
+    sha256: Sha256
+    size: int
+    head: Commit
+
+
+class SnapshotRef(msgspec.Struct, kw_only=True, frozen=True):
+    """Enough to rebuild commit `head` from nothing: import `bundles` in order (the first is
+    full, each later one needs those before it); `head` is in the history of the last one."""
+
+    head: Commit
+    bundles: Annotated[tuple[SnapshotBundle, ...], msgspec.Meta(min_length=1)]
+
+    @property
+    def root(self) -> SnapshotBundle:
+        """The full bundle the chain starts from (a cache keeps one repository per root)."""
+        return self.bundles[0]
+
+    @property
+    def newest(self) -> SnapshotBundle:
+        return self.bundles[-1]
+
+    @property
+    def size(self) -> int:
+        """Bytes a worker with an empty cache downloads."""
+        return sum(bundle.size for bundle in self.bundles)
+
+
+class SnapshotError(RuntimeError):
+    pass
+
+
+class SnapshotMissing(SnapshotError, LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"snapshot bundle {name} is not in the object store bucket {ARTIFACTS_BUCKET} "
+            "(deleted, or published to another NATS server)"
+        )
+        self.name = name
+
+
+def bundle_name(sha256: str) -> str:
+    return f"{BUNDLE_PREFIX}{sha256}"
+
+
+async def artifact_store(js: JetStreamContext) -> ObjectStore:
+    """The bucket snapshots live in (created by `ensure_topology`)."""
+    return await js.object_store(ARTIFACTS_BUCKET)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """Hex sha256 and size of a file, read in blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as file:
+        while block := file.read(HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+async def publish_snapshot(
+    store: ObjectStore, repo: Path, head: str, base: SnapshotRef | None = None
+) -> SnapshotRef:
+    """Snapshot commit `head` (any revision) of the repository at `repo`.
+
+    With `base`, only what `base.head` lacks is bundled and the result needs `base`'s bundles;
+    when `repo` does not have `base.head` the snapshot is full instead. A `head` already in
+    `base`'s history needs no bundle: the result is `base`'s chain pointing at `head`.
+    """
+    commit = await asyncio.to_thread(git, repo, "rev-parse", "--verify", f"{head}^{{commit}}")
+    commit = commit.strip()
+    if base is not None:
+        if not await asyncio.to_thread(_has_commit, repo, base.head):
+            log.info("%s lacks base snapshot head %s: publishing a full snapshot", repo, base.head)
+            base = None
+        elif await asyncio.to_thread(_in_history, repo, commit, base.head):
+            return SnapshotRef(head=commit, bundles=base.bundles)
+    with tempfile.TemporaryDirectory(prefix="codeyard-snapshot-") as scratch:
+        path = Path(scratch) / "snapshot.bundle"
+        await asyncio.to_thread(_create_bundle, repo, commit, base.head if base else None, path)
+        sha256, size = await asyncio.to_thread(file_sha256, path)
+        bundle = SnapshotBundle(name=bundle_name(sha256), sha256=sha256, size=size, head=commit)
+        await _upload(store, bundle, path, base)
+    return SnapshotRef(head=commit, bundles=(*base.bundles, bundle) if base else (bundle,))
+
+
+async def _upload(
+    store: ObjectStore, bundle: SnapshotBundle, path: Path, base: SnapshotRef | None
+) -> None:
+    try:
+        await store.get_info(bundle.name)
+        log.debug("snapshot bundle %s already stored", bundle.name)
+        return
+    except ObjectNotFoundError:
+        pass
+    description = f"git bundle of {bundle.head}" + (f" needing {base.head}" if base else "")
+    file = await asyncio.to_thread(path.open, "rb")
+    with file:
+        # put() reads the file in chunks (in executor threads) and writes the object's metadata
+        # last: a name that exists is a complete upload.
+        await store.put(bundle.name, file, ObjectMeta(name=bundle.name, description=description))
+    log.info("published snapshot bundle %s (%d bytes)", bundle.name, bundle.size)
+
+
+def _has_commit(repo: Path, commit: str) -> bool:
+    return _succeeds(repo, "cat-file", "-e", f"{commit}^{{commit}}")
+
+
+def _in_history(repo: Path, commit: str, of: str) -> bool:
+    return _succeeds(repo, "merge-base", "--is-ancestor", commit, of)
+
+
+def _succeeds(repo: Path, *args: str) -> bool:
+    try:
+        git(repo, *args)
+    except GitError:
+        return False
+    return True
+
+
+def _create_bundle(repo: Path, commit: str, base: str | None, target: Path) -> None:
+    """Write a bundle of `commit` (minus `base`'s history) to `target`.
+
+    A bundle needs a ref, and the repository may be in use (the integrator commits to it): the
+    ref is made in a scratch repository that borrows `repo`'s objects through alternates.
+    """
+    objects = git(repo, "rev-parse", "--path-format=absolute", "--git-path", "objects").strip()
+    scratch = target.parent / "borrow.git"
+    git(target.parent, "init", "--quiet", "--bare", scratch.name)
+    (scratch / "objects" / "info" / "alternates").write_text(objects + "\n")
+    git(scratch, "update-ref", BUNDLE_REF, commit)
+    exclude = [f"^{base}"] if base else []
+    # One delta-search thread: threads share out the work by timing, and the same commits must
+    # give the same bytes for the name to deduplicate.
+    git(
+        scratch,
+        *("-c", "pack.threads=1", "bundle", "create", "--quiet", str(target), BUNDLE_REF),
+        *exclude,
+        timeout=GIT_TIMEOUT,
+    )
