@@ -551,44 +551,25 @@ def _answer(request: Envelope, verb: str) -> None:
 
 def _ask(verb: str, request: Envelope) -> ControlReply:
     """One control request to the running coordinator; exits 1 when none answers."""
-    from codeyard.bus.permissions import CTL
-    from codeyard.follow import RunRefused, ask_coordinator
+    from codeyard.follow import ask_coordinator
 
-    settings = Settings()
-    url = settings.server_url()
-
-    async def ask() -> ControlReply:
-        bus = await Bus.connect(
-            url, name=f"codeyard-{verb}", credentials=settings.credentials(CTL), connect_attempts=4
-        )
-        try:
-            return await ask_coordinator(bus, verb, request, patience=10)
-        finally:
-            await bus.close()
-
-    try:
-        return asyncio.run(ask())
-    except RunRefused as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    except (OSError, nats.errors.Error) as exc:
-        err.print(
-            f"[red]error:[/red] cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)"
-        )
-        raise typer.Exit(1) from None
+    return _on_bus(verb, lambda bus: ask_coordinator(bus, verb, request, patience=10))
 
 
 def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
     """`work` on a connection to the running system; exits 1 when it is not there or the run
     is unknown."""
+    from codeyard.bus.permissions import CTL
     from codeyard.follow import RunRefused
     from codeyard.report.source import UnknownRun
 
     settings = Settings()
-    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+    url = settings.server_url()
 
     async def connected() -> T:
-        bus = await Bus.connect(url, name=f"codeyard-{name}", connect_attempts=4)
+        bus = await Bus.connect(
+            url, name=f"codeyard-{name}", credentials=settings.credentials(CTL), connect_attempts=4
+        )
         try:
             return await work(bus)
         finally:

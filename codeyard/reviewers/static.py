@@ -29,7 +29,7 @@ from typing import Any
 
 from codeyard.reviewers.checkout import patched_checkout
 from codeyard.reviewers.diff_lines import added_lines
-from codeyard.sandbox import SANDBOX_WORKDIR, GiB, Limits, Sandbox, default_sandbox
+from codeyard.sandbox import SANDBOX_WORKDIR, BwrapSandbox, GiB, Limits, Sandbox
 from codeyard.schemas import ReviewComment, ReviewRequest, ReviewResult
 
 RUFF_RULES = "E9,F,B"  # syntax errors, pyflakes (unused imports, undefined names), bugbear
@@ -49,6 +49,15 @@ class StaticToolFailed(Exception):
     pass
 
 
+def host_python_sandbox() -> Sandbox:
+    """ruff and bandit are installed next to codeyard, so they run under this machine's Python:
+    bubblewrap binds it read-only, while the docker backend's image has its own Python without
+    them. `SandboxUnavailable` (how to install bubblewrap) when bwrap cannot run here."""
+    sandbox = BwrapSandbox()
+    sandbox.probe()
+    return sandbox
+
+
 class StaticReviewer:
     """Requests changes for each ruff or bandit finding on an added line; approves otherwise."""
 
@@ -59,7 +68,7 @@ class StaticReviewer:
                 f"the static reviewer needs {' and '.join(missing)}: "
                 "pip install 'codeyard[static-review]'"
             )
-        self.sandbox = sandbox or default_sandbox()
+        self.sandbox = sandbox or host_python_sandbox()
         self.limits = limits
 
     async def review(self, request: ReviewRequest) -> ReviewResult:
