@@ -340,6 +340,7 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
     from codeyard.sandbox import default_sandbox
     from codeyard.workspace.integration import GitIntegrator
     from codeyard.workspace.regression import SandboxedSuite
+    from codeyard.workspace.snapshots import artifact_store
 
     if not settings.nats_url:
         raise typer.BadParameter("set NATS_URL (codeyard up starts the coordinator for you)")
@@ -361,7 +362,9 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
             name=name,
             capacity=capacity,
             integrator=GitIntegrator(
-                settings.data_dir, SandboxedSuite(sandbox, BusGateClient(bus))
+                settings.data_dir,
+                SandboxedSuite(sandbox, BusGateClient(bus)),
+                artifacts=await artifact_store(bus.js),  # workers fetch the code from there
             ),
             approval_timeout=settings.approval_timeout,
         )

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
         """NATS_URL, else the embedded server of `codeyard up` on this machine."""
         return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
 
+    def snapshot_cache_dir(self) -> Path:
+        """Where a worker keeps the runs' code it fetched (shared by its processes)."""
+        return self.data_dir / "cache" / "snapshots"
+
     def embedded_dir(self) -> Path:
         return self.data_dir / EMBEDDED_DIR
 

@@ -111,6 +111,9 @@ async def serve_role(
 ) -> None:
     """One role's worker process: serve until SIGTERM, then finish or hand back in-flight work."""
     from codeyard.bus import PullWorker
+    from codeyard.workspace.repo_localizer import RepoLocalizer
+    from codeyard.workspace.snapshot_cache import SnapshotCache
+    from codeyard.workspace.snapshots import artifact_store
 
     url = settings.server_url()
     bus = await Bus.connect(
@@ -124,7 +127,9 @@ async def serve_role(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        worker = PullWorker(bus, role, make_handler(bus), concurrency=concurrency)
+        cache = SnapshotCache(await artifact_store(bus.js), settings.snapshot_cache_dir())
+        handler = RepoLocalizer(make_handler(bus), cache)
+        worker = PullWorker(bus, role, handler, concurrency=concurrency)
         log.info("serving %s (%d at once) from %s", role, concurrency, url)
         await worker.run(stop)
     finally:

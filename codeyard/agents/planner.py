@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from codeyard.agents.asking import ask_model, told_again
 from codeyard.agents.outputs import PlanOutput
@@ -11,6 +10,7 @@ from codeyard.agents.plan_check import plan_feedback
 from codeyard.agents.prompt_context import bullet_list, describe_feedback
 from codeyard.agents.prompt_templates import render_prompt
 from codeyard.agents.repo_summary import summarize_repo
+from codeyard.agents.working_copy import working_copy
 from codeyard.bus.worker import GiveUp
 from codeyard.llm import LLMClient
 from codeyard.schemas import PlanRequest, PlanResult, Result, Usage, WorkItem
@@ -25,8 +25,10 @@ class Planner:
     async def __call__(self, item: WorkItem) -> Result:
         if not isinstance(item, PlanRequest):
             raise GiveUp(f"the planner does not handle {type(item).__name__}")
-        source = item.repo.snapshot or item.repo.path
-        summary = await asyncio.to_thread(summarize_repo, Path(source)) if source else None
+        summary = None
+        if item.repo.snapshot or item.repo.path:
+            with working_copy(item.repo) as root:
+                summary = await asyncio.to_thread(summarize_repo, root)
         messages = render_prompt(
             "planner",
             goal=item.goal,

@@ -1,7 +1,8 @@
 """A private checkout of a work item's repository, and what roles read from and do to it.
 
-Until snapshots travel over the bus, workers read the run's integration clone from the shared
-disk (`RepoRef.snapshot`, set by the coordinator), so every role sees what is merged so far.
+`RepoRef.snapshot` is a repository on this machine holding the item's head: the worker's
+snapshot cache (`codeyard.workspace.repo_localizer`), or the coordinator's integration clone
+when they share a disk.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ MAX_TOTAL_CHARS = 200_000
 
 @contextmanager
 def working_copy(repo: RepoRef) -> Iterator[Path]:
-    """A throwaway clone of the repository at its current head, removed afterwards."""
+    """A throwaway clone of the repository at the item's head, removed afterwards."""
     source = repo.snapshot or repo.path
     if not source:
         raise GiveUp("the work item names no repository to work on")
     if not Path(source).is_dir():
         raise GiveUp(f"repository {source} is not on this machine's disk")
     with tempfile.TemporaryDirectory(prefix="codeyard-") as scratch:
-        yield checkout(Path(source), Path(scratch) / "repo")
+        yield checkout(Path(source), Path(scratch) / "repo", repo.head or "HEAD")
 
 
 def read_files(root: Path, paths: Sequence[str]) -> dict[str, str]:

@@ -159,6 +159,28 @@ def _kv(bucket: str, *, scan: bool = False) -> tuple[str, ...]:
     return grants
 
 
+def _objects(bucket: str, *, write: bool = False) -> tuple[str, ...]:
+    """Read (info, get through an ordered consumer) one object store; with `write`, put (chunks
+    and metadata, purging replaced chunks) too. Snapshots travel this way
+    (`codeyard.workspace.snapshots`)."""
+    stream = f"OBJ_{bucket}"
+    grants: tuple[str, ...] = (
+        f"{JS_API}.STREAM.NAMES",
+        f"{JS_API}.STREAM.INFO.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}.>",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.*",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    )
+    if write:
+        grants += (f"$O.{bucket}.>", f"{JS_API}.STREAM.PURGE.{stream}")
+    return grants
+
+
 def _coordinator() -> Grants:
     topology = (
         f"{JS_API}.INFO",
@@ -185,6 +207,7 @@ def _coordinator() -> Grants:
             *_kv(subjects.RUNS_BUCKET, scan=True),
             *_kv(subjects.APPROVALS_BUCKET, scan=True),
             *_kv(subjects.LEADER_BUCKET),
+            *_objects(subjects.ARTIFACTS_BUCKET, write=True),
             "cy.work.>",
             "cy.events.>",
             "cy.cancel.>",
@@ -229,6 +252,7 @@ def _worker(role: str) -> Grants:
         f"$JS.ACK.{work}.{user}.>",
         subjects.result_subject(role),
         "cy.events.>",  # dead letters of undecodable work
+        *_objects(subjects.ARTIFACTS_BUCKET),  # the run's code
     ]
     if role not in subjects.BUILTIN_ROLES:  # a plugin reviewer: see the module's docstring
         publish.append(consumer_create_subject(work, user, subjects.work_subject(role)))

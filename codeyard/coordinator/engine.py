@@ -267,6 +267,8 @@ class RunEngine:
 
     def _on_merged(self, event: Merged, step: _Step) -> None:
         if task := self._expect(event, TaskState.GATED, step):
+            if event.repo is not None:  # work sent from now on starts from the new head
+                self.run.repo = event.repo
             self._move(task, TaskState.MERGED, step)
             self._on_task_merged(task, step)
 

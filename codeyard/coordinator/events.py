@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from codeyard.schemas.model import Budget, FeedbackKind, TaskSpec, Usage
+from codeyard.schemas.model import Budget, FeedbackKind, RepoRef, TaskSpec, Usage
 
 # --- planning ---------------------------------------------------------------------------------
 
@@ -70,10 +70,12 @@ class Reviewed(msgspec.Struct, frozen=True):
 
 
 class Merged(msgspec.Struct, frozen=True):
-    """The attempt's commit is on the run's result branch."""
+    """The attempt's commit is on the run's result branch; `repo` is where the run's code is
+    now (the new integration head and its snapshot), when the integrator moved it."""
 
     task_id: str
     attempt: int
+    repo: RepoRef | None = None
 
 
 class MergeFailed(msgspec.Struct, frozen=True):

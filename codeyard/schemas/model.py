@@ -71,12 +71,50 @@ class Budget(msgspec.Struct, kw_only=True, frozen=True):
     max_attempts_per_task: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
 
 
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Commit = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}([0-9a-f]{24})?$")]
+
+
+class SnapshotBundle(msgspec.Struct, kw_only=True, frozen=True):
+    """One git bundle in the object store; its ref `BUNDLE_REF` points at `head`."""
+
+    name: str
+    sha256: Sha256
+    size: int
+    head: Commit
+
+
+class SnapshotRef(msgspec.Struct, kw_only=True, frozen=True):
+    """Enough to rebuild commit `head` from nothing: import `bundles` in order (the first is
+    full, each later one needs those before it); `head` is in the history of the last one."""
+
+    head: Commit
+    bundles: Annotated[tuple[SnapshotBundle, ...], msgspec.Meta(min_length=1)]
+
+    @property
+    def root(self) -> SnapshotBundle:
+        """The full bundle the chain starts from (a cache keeps one repository per root)."""
+        return self.bundles[0]
+
+    @property
+    def newest(self) -> SnapshotBundle:
+        return self.bundles[-1]
+
+    @property
+    def size(self) -> int:
+        """Bytes a worker with an empty cache downloads."""
+        return sum(bundle.size for bundle in self.bundles)
+
+
 class RepoRef(msgspec.Struct, kw_only=True, frozen=True):
-    """Where the code of a run lives: a local path for submission, a snapshot hash once captured."""
+    """Where the code of a run lives. `path` is the user's repository and `snapshot` the run's
+    integration clone, both on the coordinator's disk; `head` is the integration head, and
+    `bundles` how a worker on any machine rebuilds it from the `cy_artifacts` object store."""
 
     path: str = ""
     snapshot: str = ""
     head: str = ""
+    bundles: SnapshotRef | None = None
 
 
 class TaskSpec(msgspec.Struct, kw_only=True, frozen=True):

@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from nats.js.object_store import ObjectStore
+
 from codeyard.coordinator.events import Integrated, Merged, MergeFailed, ParkTask
 from codeyard.coordinator.integrator import LedgerIntegrator
 from codeyard.schemas.model import FeedbackKind, RepoRef, Run, Task, TaskState
 from codeyard.workspace.git import GitError, git
 from codeyard.workspace.regression import RegressionSuite
+from codeyard.workspace.snapshots import publish_snapshot
 
 # The trailer of each task's commit on the result branch; `rollback` finds tasks by it.
 TASK_TRAILER = "Codeyard-Task"
@@ -46,9 +49,18 @@ def task_trailer(run_id: str, task_id: str, attempt: int) -> str:
 
 
 class GitIntegrator:
-    def __init__(self, data_dir: Path, suite: RegressionSuite | None = None) -> None:
+    """`artifacts`: the object store where each integration head is published as a snapshot
+    (`RepoRef.bundles`) for workers on other machines; without it they need this disk."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        suite: RegressionSuite | None = None,
+        artifacts: ObjectStore | None = None,
+    ) -> None:
         self.root = data_dir / "runs"
         self.suite = suite
+        self.artifacts = artifacts
         self._dry = LedgerIntegrator()
         # git allows one writer per repository: merges of one run take turns
         self._locks: dict[str, asyncio.Lock] = {}
@@ -65,16 +77,25 @@ class GitIntegrator:
     async def prepare(self, run: Run) -> RepoRef:
         if not run.repo.path:
             return run.repo
-        return await asyncio.to_thread(self._prepare, run)
+        await asyncio.to_thread(self._prepare, run)
+        return await self._published(run)
 
-    def _prepare(self, run: Run) -> RepoRef:
+    def _prepare(self, run: Run) -> None:
         target = self.integration_dir(run.run_id)
         if not (target / ".git").exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             git(target.parent, "clone", "--quiet", "--no-hardlinks", run.repo.path, target.name)
             git(target, "checkout", "--quiet", "-B", result_branch(run.run_id))
-        head = git(target, "rev-parse", "HEAD").strip()
-        return RepoRef(path=run.repo.path, snapshot=str(target), head=head)
+
+    async def _published(self, run: Run) -> RepoRef:
+        """Where the run's code is now: its integration head, published as a snapshot (an
+        increment on the run's last one; nothing is uploaded when the head is known)."""
+        target = self.integration_dir(run.run_id)
+        head = (await asyncio.to_thread(git, target, "rev-parse", "HEAD")).strip()
+        bundles = None
+        if self.artifacts is not None:
+            bundles = await publish_snapshot(self.artifacts, target, head, run.repo.bundles)
+        return RepoRef(path=run.repo.path, snapshot=str(target), head=head, bundles=bundles)
 
     async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         if not run.repo.path:
@@ -82,11 +103,13 @@ class GitIntegrator:
         repo = self.integration_dir(run.run_id)
         async with self._lock(run.run_id):
             outcome, at_head = await asyncio.to_thread(self._merge, run, task_id, attempt)
-            if not (isinstance(outcome, Merged) and at_head and self.suite):
+            if not isinstance(outcome, Merged):
                 return outcome
-            failures = await self.suite.failures(repo, run.run_id, task_id, attempt)
+            failures = None
+            if at_head and self.suite:
+                failures = await self.suite.failures(repo, run.run_id, task_id, attempt)
             if failures is None:
-                return outcome
+                return Merged(task_id, attempt, await self._published(run))
             # Nothing lands on top of a commit before its suite passed (the lock), so HEAD~1 is
             # the head it was merged onto.
             await asyncio.to_thread(git, repo, "reset", "--quiet", "--hard", "HEAD~1")

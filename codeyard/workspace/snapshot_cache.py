@@ -24,15 +24,14 @@ from pathlib import Path
 from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from codeyard.schemas.model import SnapshotBundle, SnapshotRef
 from codeyard.workspace.file_lock import FileLock
 from codeyard.workspace.git import git
 from codeyard.workspace.snapshots import (
     BUNDLE_REF,
     GIT_TIMEOUT,
-    SnapshotBundle,
     SnapshotError,
     SnapshotMissing,
-    SnapshotRef,
     file_sha256,
 )
 

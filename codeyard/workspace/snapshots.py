@@ -15,15 +15,14 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import Annotated
 
-import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta
 from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from codeyard.bus.subjects import ARTIFACTS_BUCKET
+from codeyard.schemas.model import SnapshotBundle, SnapshotRef
 from codeyard.workspace.git import GitError, git
 
 log = logging.getLogger(__name__)
@@ -35,40 +34,6 @@ BUNDLE_REF = "refs/heads/snapshot"
 HASH_BLOCK = 1024 * 1024
 # Bundling or checking out a large repository on a loaded machine takes a while.
 GIT_TIMEOUT = 3600.0
-
-Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
-Commit = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}([0-9a-f]{24})?$")]
-
-
-class SnapshotBundle(msgspec.Struct, kw_only=True, frozen=True):
-    """One git bundle in the object store; its ref `BUNDLE_REF` points at `head`."""
-
-    name: str
-    sha256: Sha256
-    size: int
-    head: Commit
-
-
-class SnapshotRef(msgspec.Struct, kw_only=True, frozen=True):
-    """Enough to rebuild commit `head` from nothing: import `bundles` in order (the first is
-    full, each later one needs those before it); `head` is in the history of the last one."""
-
-    head: Commit
-    bundles: Annotated[tuple[SnapshotBundle, ...], msgspec.Meta(min_length=1)]
-
-    @property
-    def root(self) -> SnapshotBundle:
-        """The full bundle the chain starts from (a cache keeps one repository per root)."""
-        return self.bundles[0]
-
-    @property
-    def newest(self) -> SnapshotBundle:
-        return self.bundles[-1]
-
-    @property
-    def size(self) -> int:
-        """Bytes a worker with an empty cache downloads."""
-        return sum(bundle.size for bundle in self.bundles)
 
 
 class SnapshotError(RuntimeError):

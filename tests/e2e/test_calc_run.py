@@ -102,6 +102,10 @@ async def test_a_goal_becomes_three_reviewed_tested_commits(
     assert "Reviewed-by: review" in multiply
     assert "Codeyard-Task: e2e/multiply/2" in multiply  # the second attempt landed
     assert "Tests: " in multiply  # the tester's count of what ran
+    # the workers read the code from snapshots in the object store, not the coordinator's clone:
+    # a full bundle of the base, then one increment per merge
+    bundles = list((tmp_path / "data" / "cache" / "snapshots" / "bundles").glob("*.bundle"))
+    assert len(bundles) >= 3, bundles
     assert git(repo, "status", "--porcelain") == ""  # the user's tree is untouched
 
     delivered = checkout(repo, tmp_path / "delivered", "codeyard/e2e")

@@ -44,6 +44,13 @@ def patch_of(repo: Path, path: str, content: str) -> Patch:
     return Patch(text=diff)
 
 
+def landed(outcome: object) -> tuple[str, int]:
+    """(task, attempt) of a merge that landed; fails on anything else."""
+    assert isinstance(outcome, Merged), outcome
+    assert outcome.repo is not None  # where the run's code is now
+    return outcome.task_id, outcome.attempt
+
+
 def run_with(repo: Path, **patches: Patch) -> Run:
     tasks = {
         task_id: Task(spec=TaskSpec(id=task_id, title=f"change {task_id}"), patch=patch)
@@ -64,9 +71,9 @@ async def test_merges_commit_once_per_task_and_deliver_a_branch(
     run.repo = await integrator.prepare(run)
     assert Path(run.repo.snapshot).is_dir()
 
-    assert await integrator.merge(run, "a", 1) == Merged("a", 1)
-    assert await integrator.merge(run, "b", 1) == Merged("b", 1)
-    assert await integrator.merge(run, "a", 1) == Merged("a", 1)  # again after a crash: no-op
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    assert landed(await integrator.merge(run, "b", 1)) == ("b", 1)
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)  # again after a crash: no-op
     for task in run.tasks.values():
         task.state = TaskState.MERGED
     delivered = await integrator.integrate(run)
@@ -87,7 +94,7 @@ async def test_a_conflicting_patch_is_refused_whole(user_repo: Path, tmp_path: P
     second = patch_of(user_repo, "app.py", "def greet():\n    return 'hey'\n")
     run = run_with(user_repo, a=first, b=second)
     run.repo = await integrator.prepare(run)
-    assert await integrator.merge(run, "a", 1) == Merged("a", 1)
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
 
     outcome = await integrator.merge(run, "b", 1)
     assert isinstance(outcome, MergeFailed)
@@ -103,7 +110,7 @@ async def test_merges_of_one_run_may_arrive_together(user_repo: Path, tmp_path: 
     run = run_with(user_repo, **patches)
     run.repo = await integrator.prepare(run)
     outcomes = await asyncio.gather(*(integrator.merge(run, task, 1) for task in patches))
-    assert outcomes == [Merged(task, 1) for task in patches]
+    assert [landed(outcome) for outcome in outcomes] == [(task, 1) for task in patches]
     clone = Path(run.repo.snapshot)
     assert len(git(clone, "log", "--format=%s").splitlines()) == 7
     assert git(clone, "status", "--porcelain") == ""
@@ -161,7 +168,7 @@ async def test_a_merge_that_breaks_the_suite_is_reverted_and_sent_back(
     reverted = await integrator.merge(run, "breaks", 1)
     await gate.unsubscribe()
 
-    assert kept == Merged("notes", 1)
+    assert landed(kept) == ("notes", 1)
     assert isinstance(reverted, MergeFailed)
     assert reverted.kind is FeedbackKind.REGRESSION
     assert "assert -1 == 3" in reverted.report

@@ -16,12 +16,11 @@ from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from codeyard.bus import Bus
+from codeyard.schemas.model import SnapshotBundle, SnapshotRef
 from codeyard.workspace.git import git
 from codeyard.workspace.snapshot_cache import DownloadStalled, SnapshotCache
 from codeyard.workspace.snapshots import (
-    SnapshotBundle,
     SnapshotMissing,
-    SnapshotRef,
     artifact_store,
     publish_snapshot,
 )

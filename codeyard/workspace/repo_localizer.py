@@ -1,0 +1,37 @@
+"""Giving a role's handler the run's code on this machine, whichever machine it runs on.
+
+Work items name the run's code as a snapshot in the object store (`RepoRef.bundles`). Before the
+handler sees an item, `RepoLocalizer` makes sure the snapshot is in this worker's cache and
+points `RepoRef.snapshot` at the cached repository, so roles only ever open local repositories
+(`codeyard.agents.working_copy`). Items without a snapshot (a dry run, or a repository on a
+shared disk) pass unchanged.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from codeyard.bus.worker import GiveUp, Handler, RetryLater
+from codeyard.schemas import Result, WorkItem
+from codeyard.schemas.model import RepoRef
+from codeyard.workspace.snapshot_cache import SnapshotCache
+from codeyard.workspace.snapshots import SnapshotError, SnapshotMissing
+
+
+class RepoLocalizer:
+    def __init__(self, handler: Handler, cache: SnapshotCache) -> None:
+        self.handler = handler
+        self.cache = cache
+
+    async def __call__(self, item: WorkItem) -> Result:
+        repo: RepoRef = item.repo
+        if repo.bundles is not None:
+            try:
+                local = await self.cache.prepare(repo.bundles)
+            except SnapshotMissing as exc:  # gone from the store: no retry brings it back
+                raise GiveUp(f"the run's code is not in the object store: {exc}") from exc
+            except SnapshotError as exc:  # a stalled or damaged download: try again later
+                raise RetryLater(f"cannot fetch the run's code: {exc}") from exc
+            localized = msgspec.structs.replace(repo, snapshot=str(local))
+            item = msgspec.structs.replace(item, repo=localized)
+        return await self.handler(item)
