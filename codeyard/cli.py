@@ -357,6 +357,7 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        artifacts = await artifact_store(bus.js)
         coordinator = Coordinator(
             bus,
             name=name,
@@ -364,8 +365,9 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
             integrator=GitIntegrator(
                 settings.data_dir,
                 SandboxedSuite(sandbox, BusGateClient(bus)),
-                artifacts=await artifact_store(bus.js),  # workers fetch the code from there
+                artifacts=artifacts,  # workers fetch the code from there
             ),
+            artifacts=artifacts,
             approval_timeout=settings.approval_timeout,
         )
         await coordinator.run(stop)

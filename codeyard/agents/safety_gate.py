@@ -119,7 +119,7 @@ class SafetyGate:
                 task_id=check.task_id,
                 attempt=check.attempt,
                 action=check.action,
-                detail=check.detail,
+                detail=_shown(check.detail),
                 reason=reason,
                 rule=rule,
             )
@@ -129,6 +129,14 @@ class SafetyGate:
             except StaleRevision:  # another gate asked at the same moment: read its record
                 continue
         return None
+
+
+def _shown(detail: str, limit: int = 19_000) -> str:
+    """What a person is shown of a long detail (a big diff): its start. The approval itself is
+    bound to the whole detail through its id."""
+    if len(detail) <= limit:
+        return detail
+    return f"{detail[:limit]}\n[... {len(detail) - limit} more characters ...]"
 
 
 def approval_id_of(check: ActionCheck) -> str:

@@ -21,6 +21,7 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.object_store import ObjectStore
 
 from codeyard.bus import subjects
 from codeyard.bus.connection import MSG_ID_HEADER, Bus
@@ -92,6 +93,7 @@ from codeyard.schemas.messages import (
     WorkCancelled,
 )
 from codeyard.schemas.model import Budget, FeedbackKind, Run
+from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +162,12 @@ class Coordinator:
         integrator: Integrator | None = None,
         gate: GateClient | None = None,
         approval_timeout: float = DAY,
+        artifacts: ObjectStore | None = None,
         batch_size: int = 512,
     ) -> None:
         self.bus = bus
         self.gate = gate or BusGateClient(bus)
+        self.artifacts = artifacts  # where large patches are, for the gate to see them whole
         self.approval_timeout = approval_timeout
         self.name = name or f"coordinator-{new_id()[:8]}"
         self.capacity = capacity
@@ -545,13 +549,14 @@ class Coordinator:
     async def _ask_gate(self, run: Run, work: Merge) -> Event | None:
         """None if the gate allows merging the task's patch; else what to do instead."""
         task = run.tasks[work.task_id]
+        patch = await inline(self.artifacts, task.patch) if task.patch else None
         check = ActionCheck(
             run_id=run.run_id,
             task_id=work.task_id,
             attempt=work.attempt,
             trace_id=run.run_id,
             action="merge",
-            detail=task.patch.text if task.patch else "",
+            detail=patch.text if patch else "",
             role="coordinator",
             require_approval=run.approve_merge,
         )

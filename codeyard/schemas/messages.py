@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -129,6 +129,8 @@ Result = PlanResult | CodeResult | TestResult | ReviewResult | WorkFailed | Appr
 
 # --- safety gate: request/reply on cy.gate.check ----------------------------------------------
 
+# A merge check carries the whole diff (the coder refuses patches over 700,000 characters).
+DiffText = Annotated[str, msgspec.Meta(max_length=800_000)]
 ActionKind = Literal["run_command", "write_file", "install_package", "network", "merge", "plan"]
 Decision = Literal["allow", "deny", "needs_approval"]
 
@@ -140,7 +142,7 @@ class ActionCheck(Envelope, kw_only=True, frozen=True):
     (never what it denies)."""
 
     action: ActionKind
-    detail: LongText
+    detail: DiffText
     role: str = ""
     require_approval: bool = False
 

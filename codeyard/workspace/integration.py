@@ -20,6 +20,7 @@ from codeyard.coordinator.events import Integrated, Merged, MergeFailed, ParkTas
 from codeyard.coordinator.integrator import LedgerIntegrator
 from codeyard.schemas.model import FeedbackKind, RepoRef, Run, Task, TaskState
 from codeyard.workspace.git import GitError, git
+from codeyard.workspace.patch_store import inline
 from codeyard.workspace.regression import RegressionSuite
 from codeyard.workspace.snapshots import publish_snapshot
 
@@ -101,8 +102,12 @@ class GitIntegrator:
         if not run.repo.path:
             return await self._dry.merge(run, task_id, attempt)
         repo = self.integration_dir(run.run_id)
+        task = run.tasks[task_id]
+        patch = await inline(self.artifacts, task.patch) if task.patch else None
         async with self._lock(run.run_id):
-            outcome, at_head = await asyncio.to_thread(self._merge, run, task_id, attempt)
+            outcome, at_head = await asyncio.to_thread(
+                self._merge, run, task_id, attempt, patch.text if patch else ""
+            )
             if not isinstance(outcome, Merged):
                 return outcome
             failures = None
@@ -116,7 +121,9 @@ class GitIntegrator:
             report = f"the whole test suite failed after merging this change:\n{failures}"
             return MergeFailed(task_id, attempt, FeedbackKind.REGRESSION, report)
 
-    def _merge(self, run: Run, task_id: str, attempt: int) -> tuple[Merged | MergeFailed, bool]:
+    def _merge(
+        self, run: Run, task_id: str, attempt: int, patch: str
+    ) -> tuple[Merged | MergeFailed, bool]:
         """The outcome, and whether the task's commit is HEAD (its suite has to pass)."""
         repo = self.integration_dir(run.run_id)
         trailer = task_trailer(run.run_id, task_id, attempt)
@@ -124,7 +131,6 @@ class GitIntegrator:
         if found:  # merged before a crash: do not apply twice; check its suite if still on top
             return Merged(task_id, attempt), found[0] == git(repo, "rev-parse", "HEAD").strip()
         task = run.tasks[task_id]
-        patch = task.patch.text if task.patch else ""
         if patch.strip():
             try:
                 git(repo, "apply", "--3way", "--index", "--whitespace=nowarn", stdin=patch)

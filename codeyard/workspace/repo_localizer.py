@@ -12,18 +12,37 @@ from __future__ import annotations
 import msgspec
 
 from codeyard.bus.worker import GiveUp, Handler, RetryLater
-from codeyard.schemas import Result, WorkItem
+from codeyard.schemas import CodeResult, Result, ReviewRequest, TestRequest, WorkItem
 from codeyard.schemas.model import RepoRef
+from codeyard.workspace.patch_store import PatchMissing, inline, offload
 from codeyard.workspace.snapshot_cache import SnapshotCache
 from codeyard.workspace.snapshots import SnapshotError, SnapshotMissing
 
 
 class RepoLocalizer:
+    """Also moves large patches: a work item's patch stored in the object store is fetched for
+    the handler, and a result's large patch is stored there instead of travelling inline."""
+
     def __init__(self, handler: Handler, cache: SnapshotCache) -> None:
         self.handler = handler
         self.cache = cache
 
     async def __call__(self, item: WorkItem) -> Result:
+        if isinstance(item, TestRequest | ReviewRequest) and item.patch.object_name:
+            try:
+                item = msgspec.structs.replace(
+                    item, patch=await inline(self.cache.store, item.patch)
+                )
+            except PatchMissing as exc:
+                raise GiveUp(str(exc)) from exc
+        result = await self._with_local_repo(item)
+        if isinstance(result, CodeResult):
+            result = msgspec.structs.replace(
+                result, patch=await offload(self.cache.store, result.patch)
+            )
+        return result
+
+    async def _with_local_repo(self, item: WorkItem) -> Result:
         repo: RepoRef = item.repo
         if repo.bundles is not None:
             try:

@@ -1,0 +1,53 @@
+"""Patches that travel inline when small and through the object store when large.
+
+A coder's patch rides in its result and then in the task's record and in the tester's and
+reviewers' work items; past `INLINE_PATCH_CHARS` it would bloat every one of them (and the
+`cy_runs` entries are rewritten at each transition), so it is stored once in `cy_artifacts`
+under the sha256 of its text and the messages carry only that name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from nats.js.errors import ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from codeyard.schemas.model import Patch
+
+INLINE_PATCH_CHARS = 64 * 1024
+PATCH_PREFIX = "patch/sha256-"
+
+
+class PatchMissing(LookupError):
+    pass
+
+
+async def offload(store: ObjectStore, patch: Patch) -> Patch:
+    """`patch` as it should travel: unchanged when small, else a reference to its text."""
+    if len(patch.text) <= INLINE_PATCH_CHARS:
+        return patch
+    data = patch.text.encode()
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"{PATCH_PREFIX}{digest}"
+    try:
+        await store.get_info(name)  # the same text was stored before: nothing to upload
+    except ObjectNotFoundError:
+        await store.put(name, data)
+    return Patch(object_name=name, sha256=digest)
+
+
+async def inline(store: ObjectStore | None, patch: Patch) -> Patch:
+    """`patch` with its text, fetched (and checked against its sha256) when it is a reference."""
+    if not patch.object_name or patch.text:
+        return patch
+    if store is None:
+        raise PatchMissing(f"patch {patch.object_name} is in the object store, which is not open")
+    try:
+        stored = await store.get(patch.object_name)
+    except ObjectNotFoundError:
+        raise PatchMissing(f"patch {patch.object_name} is not in the object store") from None
+    data = stored.data or b""
+    if hashlib.sha256(data).hexdigest() != patch.sha256:
+        raise PatchMissing(f"patch {patch.object_name} does not match its sha256")
+    return Patch(text=data.decode(), object_name=patch.object_name, sha256=patch.sha256)
