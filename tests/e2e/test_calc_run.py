@@ -6,8 +6,6 @@ once. The run must end with every task merged and the repository's tests passing
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,21 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from codeyard.bus.embedded import free_port
-from codeyard.sandbox import SandboxUnavailable, default_sandbox
 from codeyard.workspace.git import checkout, git
-from tests.processes import start, stop
+from tests.e2e.stack import codeyard_stack, sandbox_missing
 
 HERE = Path(__file__).resolve().parent
-FIXTURE = HERE.parent / "fixtures" / "calc"
-
-
-def sandbox_missing() -> str:
-    try:
-        default_sandbox()
-    except SandboxUnavailable as exc:
-        return str(exc)
-    return ""
 
 
 pytestmark = pytest.mark.skipif(bool(sandbox_missing()), reason=sandbox_missing() or "-")
@@ -37,45 +24,8 @@ pytestmark = pytest.mark.skipif(bool(sandbox_missing()), reason=sandbox_missing(
 
 @pytest.fixture
 async def services(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_"))}
-    script = str(HERE / "calc_script.json")
-    llm, ready = await start(
-        "-m",
-        "codeyard.testing.openai_server",
-        "--script",
-        script,
-        "--record",
-        "/tmp/rec.jsonl",
-        env=base,
-        ready=b"READY",
-    )
-    env = base | {
-        "CODEYARD_DATA_DIR": str(tmp_path / "data"),
-        "CODEYARD_NATS_PORT": str(free_port()),
-        "OPENAI_BASE_URL": ready.removeprefix("READY "),
-        "OPENAI_API_KEY": "test-key",
-        "CODEYARD_LLM_MAX_RETRIES": "1",
-    }
-    try:
-        up, _ = await start("-m", "codeyard", "up", "--coders", "2", env=env, ready=b"Ctrl-C stops")
-    except BaseException:
-        await stop(llm)
-        raise
-    try:
+    async with codeyard_stack(tmp_path, HERE / "calc_script.json") as env:
         yield env
-    finally:
-        await stop(up, 60)
-        await stop(llm)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "calc"
-    shutil.copytree(FIXTURE, path)
-    git(path, "init", "-q")
-    git(path, "add", ".")
-    git(path, "commit", "-q", "-m", "initial")
-    return path
 
 
 async def test_a_goal_becomes_three_reviewed_tested_commits(

@@ -22,7 +22,7 @@ from codeyard.follow import ask_coordinator
 from codeyard.llm.local import smollm2_model
 from codeyard.schemas import RunState, RunStatus, StatusQuery
 from codeyard.workspace.git import git
-from tests.e2e.test_calc_run import FIXTURE
+from tests.e2e.stack import FIXTURE
 from tests.processes import start, stop
 
 pytestmark = pytest.mark.skipif(
