@@ -102,6 +102,13 @@ def up(
             help="run the agent roles (--no-agents: NATS, coordinator and safety gate only)"
         ),
     ] = True,
+    reviewer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="also run this reviewer plugin (an entry point name such as `static`), "
+            "with its own NATS user; repeatable"
+        ),
+    ] = None,
 ) -> None:
     """Start codeyard on this machine.
 
@@ -120,7 +127,15 @@ def up(
     from codeyard.launch import run_up
     from codeyard.llm import NOT_CONFIGURED, LLMSettings
     from codeyard.llm.local import NOTICE, local_server_available
+    from codeyard.reviewers.loading import PluginError, plugin_role, plugin_spec
 
+    try:  # a plugin `up` cannot find would only be restarted over and over
+        for name in reviewer or ():
+            plugin_role(name)
+            plugin_spec(name)
+    except PluginError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
     settings = Settings()
     local_llm = agents and not LLMSettings().is_configured()
     if local_llm and not (settings.local_llm and local_server_available()):
@@ -129,7 +144,15 @@ def up(
     if local_llm:
         console.print(NOTICE, markup=False)
     try:
-        asyncio.run(run_up(settings, console, coders=coders, agents=agents, local_llm=local_llm))
+        up_ = run_up(
+            settings,
+            console,
+            coders=coders,
+            agents=agents,
+            local_llm=local_llm,
+            reviewers=tuple(reviewer or ()),
+        )
+        asyncio.run(up_)
     except EmbeddedServerError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

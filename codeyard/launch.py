@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,9 +37,11 @@ def service_children(
     agents: bool,
     llm_env: Mapping[str, str] | None = None,
     credentials: Mapping[str, Credentials] | None = None,
+    reviewers: Sequence[str] = (),
 ) -> list[ChildSpec]:
     """The services `up` keeps running: the coordinator and the safety gate (merges wait for
-    it) and, with `agents`, every role. Each gets its own principal's `credentials` (if given)
+    it), with `agents` every role, and a worker per reviewer plugin named in `reviewers` (by
+    entry point; they need no LLM). Each gets its own principal's `credentials` (if given)
     and no other's."""
     base = os.environ | {"NATS_URL": url} | dict(llm_env or {})
     credentials = credentials or {}
@@ -65,21 +67,31 @@ def service_children(
             ChildSpec("tester", [*codeyard, "worker", "tester", "--concurrency", "2"], env(tester)),
             ChildSpec("review", [*codeyard, "worker", "review", "--concurrency", "2"], env(review)),
         ]
+    for name in reviewers:
+        plugin = [*codeyard, "worker", "review", "--name", name]
+        children.append(ChildSpec(f"review-{name}", plugin, env(plugin_principal(name))))
     return children
 
 
-def embedded_deployment(settings: Settings, port: int) -> Deployment:
+def plugin_principal(name: str) -> str:
+    return principal_of_role(f"review.{name}")
+
+
+def embedded_deployment(settings: Settings, port: int, reviewers: Sequence[str] = ()) -> Deployment:
     """The embedded server's users under the data dir: generated on the first `up`, the same
     passwords on every later one (so a restarted `up` and its CLI keep working)."""
     directory = settings.embedded_dir()
     store = directory / "jetstream"
     options = ServerOptions(port=port, store_dir=store, server_name=f"codeyard-{port}")
-    return write_deployment(directory, options=options)
+    return write_deployment(directory, reviewers=reviewers, options=options)
 
 
-def principal_credentials(directory: Path) -> dict[str, Credentials]:
-    """Every builtin principal's credentials found in `directory`."""
-    found = {p: read_credentials(credentials_file(directory, p)) for p in principals()}
+def principal_credentials(directory: Path, reviewers: Sequence[str] = ()) -> dict[str, Credentials]:
+    """Every principal's credentials found in `directory` (builtin, and the plugin reviewers
+    named in `reviewers`)."""
+    found = {
+        p: read_credentials(credentials_file(directory, p)) for p in principals(tuple(reviewers))
+    }
     return {principal: creds for principal, creds in found.items() if creds is not None}
 
 
@@ -179,15 +191,21 @@ async def wait_until_serving(url: str, timeout: float) -> None:
 
 
 async def run_up(
-    settings: Settings, console: Console, *, coders: int, agents: bool, local_llm: bool = False
+    settings: Settings,
+    console: Console,
+    *,
+    coders: int,
+    agents: bool,
+    local_llm: bool = False,
+    reviewers: Sequence[str] = (),
 ) -> None:
     server: EmbeddedNats | None = None
     url = settings.nats_url
     credentials: dict[str, Credentials] = {}
     if not url:
         port = settings.nats_port or free_port()
-        deployment = embedded_deployment(settings, port)
-        credentials = principal_credentials(deployment.credentials_dir)
+        deployment = embedded_deployment(settings, port, reviewers)
+        credentials = principal_credentials(deployment.credentials_dir, reviewers)
         server = EmbeddedNats(
             settings.embedded_dir(), port=port, config_file=deployment.config_file
         )
@@ -197,7 +215,7 @@ async def run_up(
         console.print(f"store: {server.store_dir}")
         console.print(f"one NATS user per role, credentials: {deployment.credentials_dir}")
     elif settings.nats_credentials_dir is not None:
-        credentials = principal_credentials(settings.nats_credentials_dir)
+        credentials = principal_credentials(settings.nats_credentials_dir, reviewers)
     try:
         bus = await Bus.connect(
             url,
@@ -225,7 +243,12 @@ async def run_up(
             llm_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "local"}
             llm_env |= {"CODEYARD_LLM_MODEL": "smollm2"}
         children = service_children(
-            url, coders=coders, agents=agents, llm_env=llm_env, credentials=credentials
+            url,
+            coders=coders,
+            agents=agents,
+            llm_env=llm_env,
+            credentials=credentials,
+            reviewers=reviewers,
         )
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
         services.append(asyncio.create_task(Supervisor(children).run(stop)))

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
@@ -18,17 +19,19 @@ from codeyard.workspace.git import git
 from tests.processes import start, stop
 
 
-@pytest.fixture
-async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    """`codeyard up` on a free port, plus scripted workers, one per role, each connected as its
-    role's user (from the credentials `up` generated); yields the environment to use."""
+@asynccontextmanager
+async def running_up(tmp_path: Path, *up_options: str) -> AsyncIterator[dict[str, str]]:
+    """`codeyard up --no-agents` on a free port, plus scripted workers, one per role, each
+    connected as its role's user (from the credentials `up` generated); yields the environment
+    to use."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEYARD_NATS_")} | {
         "CODEYARD_DATA_DIR": str(tmp_path / "data"),
         "CODEYARD_NATS_PORT": str(port),
         "NATS_URL": "",
     }
-    up, _ = await start("-m", "codeyard", "up", "--no-agents", env=env, ready=b"Ctrl-C stops")
+    up_command = ("-m", "codeyard", "up", "--no-agents", *up_options)
+    up, _ = await start(*up_command, env=env, ready=b"Ctrl-C stops")
     workers: list[asyncio.subprocess.Process] = []
     try:
         worker_env = env | {
@@ -53,6 +56,12 @@ async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     finally:
         for process in (*workers, up):
             await stop(process)
+
+
+@pytest.fixture
+async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    async with running_up(tmp_path) as env:
+        yield env
 
 
 GIT_ENV = os.environ | {
@@ -181,3 +190,17 @@ async def test_a_person_approves_each_merge_from_the_command_line(
     assert "run r2 done: 1/1 tasks merged" in result.stdout
     nothing = await asyncio.to_thread(codeyard, codeyard_up, "approvals")
     assert "nothing waits for approval" in nothing.stdout
+
+
+async def test_up_runs_a_reviewer_plugin_whose_approval_every_task_needs(
+    repo: Path, tmp_path: Path
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(msgspec.json.encode([TaskSpec(id="a", title="models")]))
+    async with running_up(tmp_path, "--reviewer", "static") as env:
+        reviewers = ("--reviewer", "review", "--reviewer", "review.static")
+        args = ("g", "--repo", str(repo), "--plan", str(plan), "--run-id", "r3", *reviewers)
+        result = await asyncio.to_thread(codeyard_run, env, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    message = git(repo, "log", "-1", "--format=%B", "codeyard/r3")
+    assert "Reviewed-by: review, review.static" in message
