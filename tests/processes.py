@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import sys
 
 
@@ -36,3 +37,16 @@ async def start(
         await process.wait()
         raise
     return process, line.decode().strip()
+
+
+def codeyard(
+    env: dict[str, str], *args: str, timeout: float = 600.0
+) -> subprocess.CompletedProcess[str]:
+    """`codeyard ARGS...` run to its end, with its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "codeyard", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

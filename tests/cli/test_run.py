@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from codeyard.bus.embedded import free_port
 from codeyard.schemas import TaskSpec
 from codeyard.workspace.git import git
-from tests.processes import start, stop
+from tests.processes import codeyard, start, stop
 
 
 @asynccontextmanager
@@ -83,13 +82,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def codeyard_run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "codeyard", "run", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return codeyard(env, "run", *args)
 
 
 async def test_run_follows_a_run_to_the_end(
@@ -146,16 +139,6 @@ async def test_bad_input_is_refused_clearly(
     )
     assert bad_plan.returncode == 2
     assert "title" in bad_plan.stderr
-
-
-def codeyard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "codeyard", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_a_person_approves_each_merge_from_the_command_line(

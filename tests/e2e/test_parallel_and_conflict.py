@@ -6,8 +6,6 @@ renders and names every task. Real processes, a scripted LLM server, the calc sa
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 
 from codeyard.workspace.git import git
 from tests.e2e.stack import codeyard_stack, sandbox_missing
+from tests.processes import codeyard
 
 pytestmark = pytest.mark.skipif(bool(sandbox_missing()), reason=sandbox_missing() or "-")
 
@@ -24,16 +23,6 @@ async def services(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     script = Path(__file__).resolve().parent / "parallel_script.json"
     async with codeyard_stack(tmp_path, script) as env:
         yield env
-
-
-def codeyard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "codeyard", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 async def test_parallel_work_lands_and_a_conflict_is_resolved(
