@@ -11,7 +11,8 @@ import msgspec
 
 from codeyard.schemas import TaskSpec
 from codeyard.workspace.git import git
-from tests.cli.test_run import codeyard, codeyard_run, codeyard_up, repo
+from tests.cli.test_run import codeyard_run, codeyard_up, repo
+from tests.processes import codeyard
 
 __all__ = ["codeyard_up", "repo"]  # fixtures, shared with test_run
 
