@@ -85,11 +85,14 @@ from codeyard.schemas.messages import (
     Deny,
     ListApprovals,
     PendingApproval,
+    PlanResult,
     Result,
+    ReviewResult,
     RunStatus,
     StatusQuery,
     SubmitRun,
     TestResult,
+    UsageReported,
     WorkCancelled,
 )
 from codeyard.schemas.model import Budget, FeedbackKind, Run
@@ -412,6 +415,8 @@ class Coordinator:
             return effects
         if result is not None:
             _keep_output(open_run.run, result)  # before the next role's work item is built
+            if spent := _usage_of(result):
+                commit.messages.append((subjects.events_subject(result.run_id), spent))
         dirty = commit.dirty.setdefault(open_run.run.run_id, set())
         dirty.update(open_run.engine.take_changed_tasks())
         self._execute(open_run, effects, commit)
@@ -740,6 +745,32 @@ def _keep_output(run: Run, result: Result) -> None:
         )
     elif task is not None and isinstance(result, TestResult):
         task.test_output, task.tests_run = result.output, result.tests_run
+
+
+def _usage_of(result: Result) -> UsageReported | None:
+    """What the result's LLM calls cost, for the events (the report sums it by role)."""
+    match result:
+        case PlanResult():
+            role = "planner"
+        case CodeResult():
+            role = "coder"
+        case TestResult():
+            role = "tester"
+        case ReviewResult():
+            role = result.reviewer
+        case _:
+            return None
+    if not result.usage.calls:
+        return None
+    return UsageReported(
+        run_id=result.run_id,
+        task_id=result.task_id,
+        attempt=result.attempt,
+        trace_id=result.trace_id,
+        msg_id=derived_id(result.msg_id, "usage"),
+        role=role,
+        usage=result.usage,
+    )
 
 
 def _reason(request: Approve | Deny) -> str:

@@ -33,6 +33,7 @@ from codeyard.schemas import (
     TaskState,
     TestRequest,
     TestResult,
+    UsageReported,
     WorkCancelled,
     WorkItem,
     decode,
@@ -94,6 +95,13 @@ async def test_goal_without_plan_is_planned_then_executed(
     assert [run.tasks[t].state for t in "abc"] == [TaskState.MERGED] * 3
     assert run.tasks["a"].patch is not None
     assert "+++ b/notes/a.txt" in run.tasks["a"].patch.text
+    # what each result's LLM calls cost is on the events, by role, for the report
+    spent = [e for e in await run_events(bus, reply.run_id) if isinstance(e, UsageReported)]
+    assert sorted((e.role, e.task_id, e.usage.prompt_tokens) for e in spent) == [
+        ("coder", "a", 100),
+        ("coder", "b", 100),
+        ("coder", "c", 100),
+    ]
 
 
 async def test_every_required_reviewer_must_approve(
