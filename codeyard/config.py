@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         description="with no LLM endpoint configured, serve the bundled SmolLM2 (codeyard[local])",
     )
     event_retention_days: float = Field(default=30.0, gt=0, description="events stream max age")
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="copies of every stream, bucket and the object store (3 on a 3-node "
+        "JetStream cluster); set before they are first created",
+    )
     sandbox: Literal["auto", "docker", "bwrap", "process"] = Field(
         default="auto",
         description="backend for generated code: auto = docker, else bwrap, else refuse",
@@ -108,4 +115,5 @@ class Settings(BaseSettings):
             ack_wait=self.ack_wait,
             leader_ttl=self.leader_ttl,
             event_max_age=self.event_retention_days * DAY,
+            replicas=self.replicas,
         )

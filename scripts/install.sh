@@ -25,6 +25,18 @@ if ! command -v bwrap >/dev/null 2>&1; then
             "(install the 'bubblewrap' package with your system's package manager)." >&2
     fi
 fi
+# Debian's docker-compose (v1): the tests check docker-compose.yml and its overlays with
+# `docker-compose config -q` (tests/deploy/test_compose.py, skipped without it). Needs root.
+if ! command -v docker-compose >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 &&
+        apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; then
+        echo "docker-compose: $(command -v docker-compose)"
+    else
+        echo "WARNING: docker-compose is not installed (as root: apt-get install docker-compose);" \
+            "the compose file checks in tests/deploy are skipped." >&2
+    fi
+fi
 # The docker sandbox backend, tried before bubblewrap: a Docker engine on codeyard's socket and
 # the sandbox image built from Debian's mirrors (scripts/docker-engine.sh). It needs root; warn
 # (do not fail) where it cannot be had, and codeyard uses bubblewrap instead.

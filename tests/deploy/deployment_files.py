@@ -1,0 +1,105 @@
+"""What the deployment files (docker-compose.yml, deploy/) must agree with in the code: the
+CLI's commands, the settings' environment names, the bus principals, the metric names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import typer.main
+import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+from codeyard.bus.permissions import principals
+from codeyard.cli import app
+from codeyard.config import Settings
+from codeyard.llm import LLMSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DEPLOY = ROOT / "deploy"
+OVERLAYS = (DEPLOY / "nats-cluster.yml", DEPLOY / "docker-sandbox.yml")
+K8S = DEPLOY / "k8s"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+GRAFANA_DASHBOARD = DEPLOY / "grafana" / "dashboards" / "codeyard.json"
+CODEYARD_IMAGE = "codeyard"
+
+# The plugin reviewers the deployment runs, so the principals it generates users for.
+PLUGIN_REVIEWERS = ("static",)
+
+# Defined by the metrics and dashboard work going on in parallel (issue 7); the deployment
+# uses them by the agreed names. Once merged they are found in the code as well.
+SETTINGS_DEFINED_IN_PARALLEL = frozenset(
+    {
+        "CODEYARD_METRICS_HOST",
+        "CODEYARD_METRICS_PORT",
+        "CODEYARD_DASHBOARD_HOST",
+        "CODEYARD_DASHBOARD_PORT",
+        "CODEYARD_DASHBOARD_TOKEN",
+    }
+)
+COMMANDS_DEFINED_IN_PARALLEL = frozenset({"dashboard"})
+
+# The metrics contract of deploy/README.md: name -> labels.
+METRICS = {
+    "codeyard_work_items_total": {"role", "outcome"},
+    "codeyard_handler_seconds_bucket": {"role", "le"},
+    "codeyard_llm_calls_total": {"role", "model", "outcome"},
+    "codeyard_llm_tokens_total": {"role", "model", "kind"},
+    "codeyard_llm_seconds_bucket": {"role", "model", "le"},
+    "codeyard_sandbox_runs_total": {"backend", "outcome"},
+    "codeyard_sandbox_seconds_bucket": {"backend", "le"},
+    "codeyard_gate_decisions_total": {"action", "decision"},
+    "codeyard_tasks": {"state"},
+    "codeyard_consumer_pending": {"stream", "consumer"},
+    "codeyard_consumer_ack_pending": {"stream", "consumer"},
+    "codeyard_consumer_redelivered": {"stream", "consumer"},
+}
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def cli_commands() -> frozenset[str]:
+    """The top-level `codeyard` commands and command groups."""
+    group = typer.main.get_command(app)
+    return frozenset(getattr(group, "commands", {}))
+
+
+def known_principals() -> frozenset[str]:
+    return frozenset(principals(PLUGIN_REVIEWERS))
+
+
+def _env_names(settings: type[BaseSettings]) -> Iterator[str]:
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    for name, field in settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            yield from (choice for choice in alias.choices if isinstance(choice, str))
+        elif isinstance(alias, str):
+            yield alias
+        else:
+            yield f"{prefix}{name}"
+
+
+def setting_env_names() -> frozenset[str]:
+    """Every environment variable codeyard reads, upper case (pydantic-settings ignores case)."""
+    names = {*_env_names(Settings), *_env_names(LLMSettings)}
+    return frozenset(name.upper() for name in names)
+
+
+def codeyard_command(argv: list[str]) -> str:
+    """The problem with a codeyard command line, or "" when it names a real command."""
+    if not argv:
+        return "no command: the image would print its help and exit"
+    known = cli_commands() | COMMANDS_DEFINED_IN_PARALLEL
+    if argv[0] not in known:
+        return f"{argv[0]!r} is not a codeyard command ({sorted(known)})"
+    return ""

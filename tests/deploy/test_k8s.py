@@ -1,0 +1,126 @@
+"""deploy/k8s: every manifest valid against the Kubernetes JSON schemas (offline, bundled by
+kubernetes-validate), the KEDA ScaledObject against tests/deploy/schemas, and consistent with
+the code (commands, settings, principals, stream and consumer names)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from codeyard.bus import subjects
+from tests.deploy.deployment_files import (
+    K8S,
+    SETTINGS_DEFINED_IN_PARALLEL,
+    codeyard_command,
+    known_principals,
+    load_yaml,
+    load_yaml_documents,
+    setting_env_names,
+)
+
+KEDA_SCHEMA = Path(__file__).parent / "schemas" / "keda-scaledobject.json"
+SECRET_PREFIX = "codeyard-nats-"
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def resources() -> list[dict[str, Any]]:
+    return [doc for path in MANIFESTS for doc in load_yaml_documents(path)]
+
+
+def of_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in resources() if doc["kind"] == kind]
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = workload["spec"]["template"]["spec"]["containers"]
+    return found
+
+
+def codeyard_containers() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (deployment["metadata"]["name"], container)
+        for deployment in of_kind("Deployment")
+        for container in containers(deployment)
+        if container["image"].split(":")[0] == "codeyard"
+    ]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_is_valid_kubernetes(path: Path) -> None:
+    version = kubernetes_validate.latest_version()
+    keda = json.loads(KEDA_SCHEMA.read_text())
+    for resource in load_yaml_documents(path):
+        if resource["apiVersion"].startswith("keda.sh/"):
+            jsonschema.validate(resource, keda)  # a CRD: not in the bundled schemas
+        else:
+            kubernetes_validate.validate(resource, version, strict=True)
+
+
+def test_the_strict_check_catches_a_misspelt_field() -> None:
+    bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "date": {}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
+    listed = set(load_yaml(K8S / "kustomization.yaml")["resources"])
+    assert listed == {p.name for p in MANIFESTS} - {"secrets.example.yaml"}
+
+
+def test_every_codeyard_container_runs_a_real_command_with_its_own_principal() -> None:
+    found = codeyard_containers()
+    assert {name for name, _ in found} >= {
+        "coordinator",
+        "safety-gate",
+        "planner",
+        "coder",
+        "tester",
+        "review",
+        "dashboard",
+    }
+    for name, container in found:
+        assert codeyard_command(list(container["args"])) == "", name
+        secrets = [
+            source["secretRef"]["name"]
+            for source in container["envFrom"]
+            if "secretRef" in source and source["secretRef"]["name"].startswith(SECRET_PREFIX)
+        ]
+        assert len(secrets) == 1, name
+        assert secrets[0].removeprefix(SECRET_PREFIX) in known_principals(), name
+
+
+def test_coordinators_run_leader_and_standby() -> None:
+    (coordinator,) = [d for d in of_kind("Deployment") if d["metadata"]["name"] == "coordinator"]
+    assert coordinator["spec"]["replicas"] == 2
+
+
+def test_every_codeyard_variable_is_a_setting() -> None:
+    known = setting_env_names() | SETTINGS_DEFINED_IN_PARALLEL
+    variables = [key for cm in of_kind("ConfigMap") for key in cm["data"]]
+    variables += [env["name"] for _, c in codeyard_containers() for env in c.get("env", [])]
+    for secret in of_kind("Secret"):
+        variables += list(secret.get("stringData", {}))
+    for variable in variables:
+        if variable.startswith("CODEYARD_"):
+            assert variable in known, variable
+
+
+def test_keda_scales_the_coders_on_their_consumer() -> None:
+    (scaled,) = of_kind("ScaledObject")
+    deployments = {d["metadata"]["name"] for d in of_kind("Deployment")}
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "coder" in deployments
+    (trigger,) = scaled["spec"]["triggers"]
+    metadata = trigger["metadata"]
+    assert metadata["stream"] == subjects.WORK_STREAM
+    assert metadata["consumer"] == subjects.consumer_name("coder")
+    assert metadata["account"] == "$G"
+    host, port = metadata["natsServerMonitoringEndpoint"].split(":")
+    (nats,) = [s for s in of_kind("Service") if s["metadata"]["name"] == host.split(".")[0]]
+    assert int(port) in {p["port"] for p in nats["spec"]["ports"]}
+    (statefulset,) = of_kind("StatefulSet")
+    assert "--http_port" in containers(statefulset)[0]["args"]  # the monitoring endpoint is on
