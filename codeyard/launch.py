@@ -21,8 +21,8 @@ from codeyard.bus.permissions import COORDINATOR, GATE, principal_of_role, princ
 from codeyard.config import Settings
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
 from codeyard.llm.local import local_server_command, smollm2_model
-from codeyard.observability.log_format import set_process_name
 from codeyard.observability.ports import metrics_port_of, with_metrics_ports
+from codeyard.observability.startup import start_observability
 from codeyard.supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ async def run_gate(settings: Settings, policy_file: Path | None) -> None:
     from codeyard.agents.safety_gate import SafetyGate
 
     policy = load_policy(policy_file)
-    set_process_name("safety-gate")
+    start_observability(settings, "safety-gate")
     bus = await Bus.connect(
         settings.server_url(),
         name="safety-gate",
@@ -119,7 +119,7 @@ async def serve_role(
     from codeyard.workspace.snapshots import artifact_store
 
     url = settings.server_url()
-    set_process_name(f"worker-{role}")
+    start_observability(settings, f"worker-{role}")
     bus = await Bus.connect(
         url,
         name=f"worker-{role}",

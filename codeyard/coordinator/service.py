@@ -281,7 +281,8 @@ class Coordinator:
                     log.exception("%s: reading the gauges failed", self.name)
                 await asyncio.sleep(self.metrics_interval)
         finally:
-            consumers.clear()
+            consumers.clear()  # no longer leading: the next leader reports them
+            set_state_gauges(())
 
     # --- loading ------------------------------------------------------------------------------
 
