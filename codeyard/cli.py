@@ -367,6 +367,9 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
 
     if not settings.nats_url:
         raise typer.BadParameter("set NATS_URL (codeyard up starts the coordinator for you)")
+    from codeyard.observability.startup import start_observability
+
+    start_observability(settings, name or "coordinator")
     sandbox = default_sandbox(settings)  # runs the suite after each merge; none: refuse to start
     bus = await Bus.connect(
         settings.nats_url,
@@ -634,6 +637,9 @@ def _serve(
     """Run a long-lived service with logs on stderr: bad configuration exits 2, an unreachable
     NATS exits 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from codeyard.observability.log_format import configure_logging
+
+    configure_logging(Settings().log_format)  # CODEYARD_LOG_FORMAT: text or json
     try:
         asyncio.run(service)
     except bad_configuration as exc:

@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     approval_timeout: float = Field(
         default=86400.0, gt=0, description="seconds an approval may wait before it is denied"
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="serve Prometheus metrics on this port (0: off); `up` gives its children "
+        "consecutive ports from here",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address the metrics listen on")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="service logs: text, or one JSON object per line"
+    )
 
     def server_url(self) -> str:
         """NATS_URL, else the embedded server of `codeyard up` on this machine."""

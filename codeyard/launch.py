@@ -21,6 +21,8 @@ from codeyard.bus.permissions import COORDINATOR, GATE, principal_of_role, princ
 from codeyard.config import Settings
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
 from codeyard.llm.local import local_server_command, smollm2_model
+from codeyard.observability.ports import metrics_port_of, with_metrics_ports
+from codeyard.observability.startup import start_observability
 from codeyard.supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
@@ -101,6 +103,7 @@ async def run_gate(settings: Settings, policy_file: Path | None) -> None:
     from codeyard.agents.safety_gate import SafetyGate
 
     policy = load_policy(policy_file)
+    start_observability(settings, "safety-gate")
     bus = await Bus.connect(
         settings.server_url(),
         name="safety-gate",
@@ -128,6 +131,7 @@ async def serve_role(
     from codeyard.workspace.snapshots import artifact_store
 
     url = settings.server_url()
+    start_observability(settings, f"worker-{role}")
     bus = await Bus.connect(
         url,
         name=f"worker-{role}",
@@ -250,6 +254,10 @@ async def run_up(
             credentials=credentials,
             reviewers=reviewers,
         )
+        children = with_metrics_ports(children, settings.metrics_port)
+        if settings.metrics_port:
+            where = (f"{c.name} :{metrics_port_of(c)}" for c in children if metrics_port_of(c))
+            console.print(f"metrics on {settings.metrics_host}: {', '.join(where)}", markup=False)
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
         services.append(asyncio.create_task(Supervisor(children).run(stop)))
         await asyncio.gather(*services)

@@ -18,6 +18,8 @@ from nats.aio.subscription import Subscription
 
 from codeyard.bus import Bus, StaleRevision, VersionedStore, subjects
 from codeyard.coordinator.work_items import derived_id
+from codeyard.observability.context import working_on
+from codeyard.observability.metrics import GATE_DECISIONS
 from codeyard.schemas import (
     ActionCheck,
     Envelope,
@@ -88,15 +90,25 @@ class SafetyGate:
                 )
             )
             log.info("gate: %s %s -> %s (%s)", check.action, check.detail[:80], decision, rule)
+            GATE_DECISIONS.labels(check.action, decision).inc()
             return decision_message
 
         def refuse(exc: Exception) -> Envelope:
             # An unreadable or failing check is never allowed.
             where = f" at {exc.field}" if isinstance(exc, MessageError) and exc.field else ""
+            GATE_DECISIONS.labels("invalid", "deny").inc()
             return GateDecision(decision="deny", reason=f"bad check{where}: {exc}", rule="invalid")
 
+        async def decide_naming_the_task(check: ActionCheck) -> Envelope:
+            with working_on(check.run_id, check.task_id, check.attempt):  # for the log lines
+                return await decide(check)
+
         return await self.bus.serve(
-            subjects.GATE_CHECK, ActionCheck, decide, refuse, queue=subjects.GATE_QUEUE
+            subjects.GATE_CHECK,
+            ActionCheck,
+            decide_naming_the_task,
+            refuse,
+            queue=subjects.GATE_QUEUE,
         )
 
     @staticmethod

@@ -195,6 +195,8 @@ def _coordinator() -> Grants:
         f"{JS_API}.CONSUMER.CREATE.{subjects.RESULT_STREAM}.>",
         f"{JS_API}.CONSUMER.INFO.{subjects.WORK_STREAM}.*",
         f"{JS_API}.CONSUMER.INFO.{subjects.RESULT_STREAM}.*",
+        # queue depth per role for the metrics, plugin reviewers' consumers included
+        f"{JS_API}.CONSUMER.LIST.{subjects.WORK_STREAM}",
     )
     results = (
         f"{JS_API}.CONSUMER.MSG.NEXT.{subjects.RESULT_STREAM}.{subjects.COORDINATOR_CONSUMER}",

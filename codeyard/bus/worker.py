@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from codeyard.bus import permissions, subjects
 from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.topology import ensure_role_consumer
+from codeyard.observability import metrics
+from codeyard.observability.context import enter_work
 from codeyard.schemas.codec import MessageError, decode
 from codeyard.schemas.envelope import ID_PATTERN
 from codeyard.schemas.messages import (
@@ -143,6 +146,8 @@ class PullWorker:
         self.retry_delays = tuple(retry_delays) or (1.0,)
         self.fetch_timeout = fetch_timeout
         self.stats = WorkerStats()
+        self._handled = metrics.WORK_HANDLED.labels(self.role)
+        self._failed = metrics.WORK_FAILED.labels(self.role)
         self._result_subject = subjects.result_subject(self.role)
         self._consumer = subjects.consumer_name(self.role)
         self._heartbeat = bus.topology.ack_wait / 3
@@ -217,6 +222,7 @@ class PullWorker:
         except MessageError as exc:
             await self._dead_letter(msg, exc)
             return
+        enter_work(item.run_id, item.task_id, item.attempt)  # this task's log lines name it
         if deliveries > self.max_deliver:
             reason = (
                 f"delivered {deliveries} times without an answer (limit {self.max_deliver}); "
@@ -225,14 +231,17 @@ class PullWorker:
             await self._finish(
                 msg, item, WorkFailed(role=self.role, reason=reason, deliveries=deliveries)
             )
+            self._failed.inc()
             return
         heartbeat = Heartbeat(msg, self._heartbeat)
         key = (item.run_id, item.task_id, item.attempt)
         running = asyncio.ensure_future(self.handler(item))
         self._running[key] = running
+        started, outcome = time.monotonic(), "ok"
         try:
             result = await running
         except asyncio.CancelledError:
+            outcome = "cancelled"
             if key in self._withdrawn:  # the coordinator no longer wants it: drop it for good
                 self._withdrawn.discard(key)
                 log.info("%s: dropped withdrawn work %s", self.role, item.msg_id)
@@ -243,15 +252,18 @@ class PullWorker:
                 await asyncio.shield(msg.nak())
             raise
         except RetryLater as exc:
+            outcome = "retry" if deliveries < self.max_deliver else "failed"
             if deliveries >= self.max_deliver:
                 await self._fail(msg, item, f"still not possible: {exc}", deliveries)
             else:
                 await self._retry(msg, item, exc, exc.delay)
             return
         except GiveUp as exc:
+            outcome = "failed"
             await self._fail(msg, item, str(exc), deliveries)
             return
         except AwaitApproval as exc:
+            outcome = "approval"
             log.info("%s: %s", self.role, exc)
             waiting = ApprovalNeeded(
                 role=self.role,
@@ -264,6 +276,7 @@ class PullWorker:
             return
         except Exception as exc:
             log.exception("%s: handler failed on %s", self.role, item.msg_id)
+            outcome = "retry" if deliveries < self.max_deliver else "failed"
             if deliveries >= self.max_deliver:
                 await self._fail(msg, item, f"{type(exc).__name__}: {exc}", deliveries)
             else:
@@ -272,8 +285,10 @@ class PullWorker:
         finally:
             heartbeat.stop()
             self._running.pop(key, None)
+            metrics.HANDLER_SECONDS.labels(self.role, outcome).observe(time.monotonic() - started)
         await self._finish(msg, item, result)
         self.stats.handled += 1
+        self._handled.inc()
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
@@ -293,6 +308,7 @@ class PullWorker:
             delay = self.retry_delays[min(deliveries, len(self.retry_delays)) - 1]
         log.info("%s: retrying %s in %.1fs: %s", self.role, item.msg_id, delay, exc)
         self.stats.retried += 1
+        metrics.WORK_RETRIED.labels(self.role).inc()
         with contextlib.suppress(Exception):
             await msg.nak(delay=delay)
 
@@ -301,6 +317,7 @@ class PullWorker:
             msg, item, WorkFailed(role=self.role, reason=reason, deliveries=deliveries)
         )
         self.stats.failed += 1
+        self._failed.inc()
 
     async def _finish(self, msg: Msg, item: WorkItem, result: Result) -> None:
         """Publish the result and only then ack. If publishing fails the message stays unacked
@@ -341,5 +358,6 @@ class PullWorker:
             await self.bus.emit(event)
             await msg.ack()
             self.stats.dead_lettered += 1
+            metrics.WORK_DEAD_LETTERED.labels(self.role).inc()
         except Exception as exc:
             log.warning("%s: could not record dead letter, leaving it unacked: %s", self.role, exc)

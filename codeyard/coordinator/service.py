@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -69,6 +70,10 @@ from codeyard.coordinator.work_items import (
     work_cancelled,
     work_item,
 )
+from codeyard.observability import metrics
+from codeyard.observability.consumer_gauges import ConsumerGauges
+from codeyard.observability.context import working_on
+from codeyard.observability.run_gauges import set_state_gauges
 from codeyard.schemas.codec import MessageError, decode, encode
 from codeyard.schemas.envelope import Envelope, new_id
 from codeyard.schemas.export import CONTROL_VERBS
@@ -167,6 +172,7 @@ class Coordinator:
         approval_timeout: float = DAY,
         artifacts: ObjectStore | None = None,
         batch_size: int = 512,
+        metrics_interval: float = 5.0,
     ) -> None:
         self.bus = bus
         self.gate = gate or BusGateClient(bus)
@@ -176,6 +182,7 @@ class Coordinator:
         self.capacity = capacity
         self.integrator = integrator or LedgerIntegrator()
         self.batch_size = batch_size
+        self.metrics_interval = metrics_interval  # seconds between reads of the gauges
         self.stats = CoordinatorStats()
         self.leading = asyncio.Event()
         self._open: dict[str, OpenRun] = {}
@@ -225,11 +232,13 @@ class Coordinator:
             await self._load_runs()
             subscriptions = await self._serve_control()
             self.leading.set()
+            metrics.COORDINATOR_LEADING.set(1)
             session = [
                 asyncio.create_task(self._keep_lease(lease, lost)),
                 asyncio.create_task(self._fetch_results(lost)),
                 asyncio.create_task(self._process_inbox()),
                 asyncio.create_task(self._expire_approvals()),
+                asyncio.create_task(self._observe()),
                 asyncio.create_task(stop.wait()),
                 asyncio.create_task(lost.wait()),
             ]
@@ -244,6 +253,7 @@ class Coordinator:
             await _wait(stop, 0.5)
         finally:
             self.leading.clear()
+            metrics.COORDINATOR_LEADING.set(0)
             for task in session:
                 task.cancel()
             await asyncio.gather(*session, return_exceptions=True)
@@ -263,6 +273,23 @@ class Coordinator:
             if not renewed:
                 lost.set()
                 return
+
+    async def _observe(self) -> None:
+        """While leading: tasks and runs by state, and the consumers' queues, as gauges. Read
+        on the event loop (the runs change under it) every `metrics_interval` seconds rather
+        than each step, which must stay cheap."""
+        consumers = ConsumerGauges(self.bus.js)
+        try:
+            while True:
+                try:
+                    set_state_gauges(open_run.run for open_run in self._open.values())
+                    await consumers.poll()
+                except Exception:  # metrics must never end a leadership
+                    log.exception("%s: reading the gauges failed", self.name)
+                await asyncio.sleep(self.metrics_interval)
+        finally:
+            consumers.clear()  # no longer leading: the next leader reports them
+            set_state_gauges(())
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -340,6 +367,7 @@ class Coordinator:
     async def _process_inbox(self) -> None:
         while True:
             batch = [await self._inbox.get()]
+            started = time.monotonic()
             while len(batch) < self.batch_size and not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
             commit = Commit()
@@ -360,6 +388,7 @@ class Coordinator:
                     self._apply(open_run, await self._outcome(open_run, work), commit, now)
             await self._flush(commit)
             self.stats.steps += 1
+            metrics.COORDINATOR_STEP_SECONDS.observe(time.monotonic() - started)
 
     def _inline(self, run_id: str) -> bool:
         open_run = self._open.get(run_id)
@@ -390,13 +419,17 @@ class Coordinator:
                     ),
                 )
             )
+            metrics.COORDINATOR_RESULTS.labels("malformed").inc()
             return
         open_run = self._open.get(result.run_id)
         if open_run is None:
             self.stats.ignored += 1
+            metrics.COORDINATOR_RESULTS.labels("ignored").inc()
             log.debug("result for run %s, which is not open", result.run_id)
             return
-        self._apply(open_run, event_for(result), commit, now, result)
+        with working_on(result.run_id, result.task_id, result.attempt):
+            effects = self._apply(open_run, event_for(result), commit, now, result)
+        metrics.COORDINATOR_RESULTS.labels("ignored" if _ignored(effects) else "applied").inc()
 
     # --- applying -----------------------------------------------------------------------------
 
@@ -439,6 +472,7 @@ class Coordinator:
                         (subjects.work_subject(effect.role), work_item(run, effect))
                     )
                     self.stats.dispatched += 1
+                    metrics.COORDINATOR_DISPATCHES.labels(effect.role).inc()
                 case Merge() | Integrate():
                     commit.merges.append((run_id, effect))
                 case TaskMoved():

@@ -16,6 +16,7 @@ from codeyard.llm.client import ChatMessage, Completion, M
 from codeyard.llm.errors import InvalidOutput, LLMRejected, LLMUnavailable
 from codeyard.llm.settings import LLMSettings, RoleModel
 from codeyard.llm.tool_call import BadAnswer, ForcedTool
+from codeyard.observability import metrics
 from codeyard.schemas import Usage
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,16 @@ class OpenAIClient:
         for attempt in range(1, asks + 1):
             response = await self._complete(role, chosen, conversation, tool, usage)
             usage += self._usage(response)
+            if response.usage is not None:
+                tokens = metrics.LLM_TOKENS
+                tokens.labels(role, chosen.model, "prompt").inc(response.usage.prompt_tokens)
+                tokens.labels(role, chosen.model, "completion").inc(
+                    response.usage.completion_tokens
+                )
             try:
                 value = tool.read(response)
             except BadAnswer as bad:
+                metrics.LLM_INVALID_ANSWERS.labels(role, chosen.model).inc()
                 last_error = str(bad)
                 log.debug("LLM %s answer %d/%d invalid: %s", role, attempt, asks, last_error)
                 conversation += tool.reask(bad)
@@ -105,6 +113,7 @@ class OpenAIClient:
         for retry in range(retries + 1):
             started = time.monotonic()
             retry_after: float | None = None
+            outcome = "ok"
             try:
                 response = await self._openai.chat.completions.create(
                     model=chosen.model,
@@ -115,7 +124,9 @@ class OpenAIClient:
                 )
             except openai.APIStatusError as error:
                 status = error.status_code
+                outcome = "http_error"
                 if status not in RETRYABLE_STATUSES and status < 500:
+                    self._observe(role, chosen, "rejected", started)
                     raise LLMRejected(
                         f"{role}: the LLM endpoint refused the request (HTTP {status}): "
                         f"{error.message}",
@@ -126,9 +137,12 @@ class OpenAIClient:
                 retry_after = seconds(error.response.headers.get("retry-after"))
             except openai.APITimeoutError:
                 failure = f"no answer within {self._settings.timeout_seconds:g}s"
+                outcome = "timeout"
             except openai.APIConnectionError as error:
                 failure = f"connection failed ({error.__cause__ or error})"
+                outcome = "connection_error"
             else:
+                self._observe(role, chosen, outcome, started)
                 log.debug(
                     "LLM %s model=%s prompt_tokens=%s completion_tokens=%s latency=%.3fs",
                     role,
@@ -138,6 +152,7 @@ class OpenAIClient:
                     time.monotonic() - started,
                 )
                 return response
+            self._observe(role, chosen, outcome, started)
             if retry == retries:
                 break
             delay = self._backoff.delay(retry + 1, retry_after)
@@ -155,6 +170,13 @@ class OpenAIClient:
             f"last: {failure}",
             usage=usage,
         )
+
+    @staticmethod
+    def _observe(role: str, chosen: RoleModel, outcome: str, started: float) -> None:
+        """One request's count and latency, labelled with the model asked for (an endpoint
+        may name a dated version in its answer; failures have no answer to name one)."""
+        metrics.LLM_CALLS.labels(role, chosen.model, outcome).inc()
+        metrics.LLM_SECONDS.labels(role, chosen.model).observe(time.monotonic() - started)
 
     def _usage(self, response: ChatCompletion) -> Usage:
         # A response without usage (some local servers) still counts as a call.

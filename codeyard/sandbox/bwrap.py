@@ -64,6 +64,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from codeyard.observability.sandbox_runs import counted
 from codeyard.sandbox.limit_hit import limit_hit
 from codeyard.sandbox.limits import Limits, MiB
 from codeyard.sandbox.output import OutputTail, pump
@@ -231,7 +232,9 @@ class BwrapSandbox:
         finally:
             os.close(status_w)
         try:
-            return await self._supervise(proc, started, limits, cgroup, status_r)
+            return await counted(
+                self.name, self._supervise(proc, started, limits, cgroup, status_r)
+            )
         finally:
             _kill(proc, cgroup)
             os.close(status_r)

@@ -58,6 +58,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import LogConfig, Mount, Ulimit
 
+from codeyard.observability.sandbox_runs import counted
 from codeyard.sandbox.limit_hit import limit_hit
 from codeyard.sandbox.limits import Limits
 from codeyard.sandbox.output import OutputTail
@@ -224,7 +225,7 @@ class DockerSandbox:
         try:
             config = self._container_config(workdir, list(command), limits, env)
             container = await asyncio.to_thread(self.client.containers.create, **config)
-            return await self._supervise(container, limits)
+            return await counted(self.name, self._supervise(container, limits))
         except docker.errors.DockerException as exc:
             raise SandboxUnavailable(
                 f"the Docker engine at {self.docker_host} failed to run a sandbox container: {exc}"

@@ -34,6 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from codeyard.observability.sandbox_runs import counted
 from codeyard.sandbox.limit_hit import limit_hit
 from codeyard.sandbox.limits import Limits
 from codeyard.sandbox.output import OutputTail, pump
@@ -115,7 +116,7 @@ class ProcessSandbox:
                 start_new_session=True,
             )
             try:
-                return await self._supervise(proc, started, limits, cgroup)
+                return await counted(self.name, self._supervise(proc, started, limits, cgroup))
             finally:
                 _kill(proc, cgroup)
         finally:

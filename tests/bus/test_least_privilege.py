@@ -12,6 +12,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
+from prometheus_client import REGISTRY
 
 from codeyard.agents.policy import load_policy
 from codeyard.agents.safety_gate import SafetyGate
@@ -28,6 +29,7 @@ from codeyard.bus.subjects import (
 )
 from codeyard.coordinator.service import Coordinator
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
+from codeyard.observability.consumer_gauges import ConsumerGauges
 from codeyard.schemas import (
     Accepted,
     ActionCheck,
@@ -298,3 +300,16 @@ def test_the_generated_configuration_passes_the_servers_check(
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "valid" in checked.stdout + checked.stderr
+
+
+async def test_the_coordinator_may_read_every_work_consumer_for_the_metrics(
+    connect: Callable[[str], Awaitable[Bus]],
+) -> None:
+    coordinator = await connect("coordinator")
+    consumers = await coordinator.js.consumers_info(WORK_STREAM)
+    assert {"planner", "coder", "tester", "review"} <= {info.name for info in consumers}
+    gauges = ConsumerGauges(coordinator.js)
+    await gauges.poll()
+    queue = {"stream": WORK_STREAM, "consumer": "coder"}
+    assert REGISTRY.get_sample_value("codeyard_consumer_pending_messages", queue) is not None
+    gauges.clear()

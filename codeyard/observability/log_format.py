@@ -1,0 +1,75 @@
+"""Log output of the services: text for a terminal, or one JSON object per line for a log
+pipeline (`CODEYARD_LOG_FORMAT=json`).
+
+A JSON line has `ts` (ISO 8601, UTC), `level`, `logger`, `message`, `process` (the service:
+`coordinator`, `safety-gate`, `worker-coder`, ...), `run_id`/`task_id`/`attempt` while a work
+item or result is being handled, and `exception` when there is a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Literal
+
+from codeyard.observability.context import current_work
+
+LogFormat = Literal["text", "json"]
+TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(work)s%(message)s"
+
+_process = "codeyard"
+
+
+def set_process_name(name: str) -> None:
+    """Which service this process is, for every later log line."""
+    global _process
+    _process = name
+
+
+def process_name() -> str:
+    return _process
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": _process,
+            "pid": record.process,
+        }
+        work = current_work()
+        if work is not None:
+            line |= {"run_id": work.run_id, "task_id": work.task_id, "attempt": work.attempt}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class WorkTextFormatter(logging.Formatter):
+    """The plain format, with `[run/task#attempt] ` in front of the message when known."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        work = current_work()
+        # record.__dict__ rather than an attribute: LogRecord declares no such field
+        record.__dict__["work"] = f"[{work.run_id}/{work.task_id}#{work.attempt}] " if work else ""
+        return super().formatMessage(record)
+
+
+def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:
+    """Logs on stderr in `log_format`, replacing any handlers configured before."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else WorkTextFormatter())
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,54 @@
+"""The two log formats, and `up`'s numbering of its children's metrics ports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from codeyard.observability.context import working_on
+from codeyard.observability.log_format import JsonFormatter, WorkTextFormatter
+from codeyard.observability.ports import metrics_port_of, with_metrics_ports
+from codeyard.supervisor import ChildSpec
+
+
+def record(message: str, exc_info: bool = False) -> logging.LogRecord:
+    failure = sys.exc_info() if exc_info else None
+    return logging.LogRecord("codeyard.test", logging.WARNING, __file__, 1, message, (), failure)
+
+
+def test_json_lines_name_the_work_only_while_it_is_handled() -> None:
+    with working_on("r1", "t1", 3):
+        inside = json.loads(JsonFormatter().format(record("busy")))
+    outside = json.loads(JsonFormatter().format(record("idle")))
+    assert (inside["run_id"], inside["task_id"], inside["attempt"]) == ("r1", "t1", 3)
+    assert (inside["level"], inside["logger"], inside["message"]) == (
+        "WARNING",
+        "codeyard.test",
+        "busy",
+    )
+    assert "run_id" not in outside
+
+
+def test_json_lines_carry_the_traceback() -> None:
+    try:
+        raise ValueError("broken")
+    except ValueError:
+        line = json.loads(JsonFormatter().format(record("failed", exc_info=True)))
+    assert "ValueError: broken" in line["exception"]
+
+
+def test_text_lines_put_the_work_before_the_message() -> None:
+    with working_on("r1", "t1", 2):
+        inside = WorkTextFormatter().format(record("busy"))
+    outside = WorkTextFormatter().format(record("idle"))
+    assert inside.endswith(" codeyard.test WARNING [r1/t1#2] busy")
+    assert outside.endswith(" codeyard.test WARNING idle")
+
+
+def test_up_numbers_metrics_ports_in_order_and_never_past_65535() -> None:
+    children = [ChildSpec(name, ["true"], {"A": "1"}) for name in ("coordinator", "gate", "x")]
+    assert with_metrics_ports(children, 0) == children
+    numbered = with_metrics_ports(children, 65534)
+    assert [metrics_port_of(child) for child in numbered] == [65534, 65535, 0]
+    assert all(child.env and child.env["A"] == "1" for child in numbered)

@@ -1,0 +1,42 @@
+"""Runs of the bubblewrap sandbox are counted by how they ended and timed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codeyard.sandbox import BwrapSandbox, Limits, SandboxUnavailable
+from tests.observability.samples import Delta
+
+
+@pytest.fixture(scope="module")
+def bwrap_sandbox() -> BwrapSandbox:
+    try:
+        sandbox = BwrapSandbox()
+        sandbox.probe()
+    except SandboxUnavailable as exc:
+        pytest.skip(f"bwrap sandbox unavailable here: {exc}")
+    return sandbox
+
+
+async def test_runs_count_by_outcome_including_the_limit_that_stopped_them(
+    bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    backend = {"backend": "bwrap"}
+    delta = Delta(
+        ("codeyard_sandbox_runs_total", backend | {"outcome": "ok"}),
+        ("codeyard_sandbox_runs_total", backend | {"outcome": "failed"}),
+        ("codeyard_sandbox_runs_total", backend | {"outcome": "wall_time"}),
+        ("codeyard_sandbox_run_duration_seconds_count", backend),
+    )
+    limits = Limits(wall_seconds=30)
+    assert (await bwrap_sandbox.run(tmp_path, ["true"], limits)).ok
+    assert (await bwrap_sandbox.run(tmp_path, ["sh", "-c", "exit 3"], limits)).exit_code == 3
+    stopped = await bwrap_sandbox.run(tmp_path, ["sleep", "30"], Limits(wall_seconds=0.5))
+    assert stopped.killed_by_limit == "wall_time"
+
+    assert delta("codeyard_sandbox_runs_total", **backend, outcome="ok") == 1
+    assert delta("codeyard_sandbox_runs_total", **backend, outcome="failed") == 1
+    assert delta("codeyard_sandbox_runs_total", **backend, outcome="wall_time") == 1
+    assert delta("codeyard_sandbox_run_duration_seconds_count", **backend) == 3
