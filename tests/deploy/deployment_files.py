@@ -33,8 +33,6 @@ PLUGIN_REVIEWERS = ("static",)
 # uses them by the agreed names. Once merged they are found in the code as well.
 SETTINGS_DEFINED_IN_PARALLEL = frozenset(
     {
-        "CODEYARD_METRICS_HOST",
-        "CODEYARD_METRICS_PORT",
         "CODEYARD_DASHBOARD_HOST",
         "CODEYARD_DASHBOARD_PORT",
         "CODEYARD_DASHBOARD_TOKEN",
@@ -42,20 +40,22 @@ SETTINGS_DEFINED_IN_PARALLEL = frozenset(
 )
 COMMANDS_DEFINED_IN_PARALLEL = frozenset({"dashboard"})
 
-# The metrics contract of deploy/README.md: name -> labels.
+# The metrics the dashboard uses (codeyard/observability/metrics.py defines them): sample
+# name -> labels. tests/deploy/test_observability.py checks codeyard exports each of them.
 METRICS = {
-    "codeyard_work_items_total": {"role", "outcome"},
-    "codeyard_handler_seconds_bucket": {"role", "le"},
+    "codeyard_work_items_handled_total": {"role"},
+    "codeyard_work_items_failed_total": {"role"},
+    "codeyard_handler_duration_seconds_bucket": {"role", "outcome", "le"},
     "codeyard_llm_calls_total": {"role", "model", "outcome"},
     "codeyard_llm_tokens_total": {"role", "model", "kind"},
-    "codeyard_llm_seconds_bucket": {"role", "model", "le"},
+    "codeyard_llm_call_duration_seconds_bucket": {"role", "model", "le"},
     "codeyard_sandbox_runs_total": {"backend", "outcome"},
-    "codeyard_sandbox_seconds_bucket": {"backend", "le"},
+    "codeyard_sandbox_run_duration_seconds_bucket": {"backend", "le"},
     "codeyard_gate_decisions_total": {"action", "decision"},
-    "codeyard_tasks": {"state"},
-    "codeyard_consumer_pending": {"stream", "consumer"},
-    "codeyard_consumer_ack_pending": {"stream", "consumer"},
-    "codeyard_consumer_redelivered": {"stream", "consumer"},
+    "codeyard_coordinator_tasks": {"state"},
+    "codeyard_consumer_pending_messages": {"stream", "consumer"},
+    "codeyard_consumer_ack_pending_messages": {"stream", "consumer"},
+    "codeyard_consumer_redelivered_messages": {"stream", "consumer"},
 }
 
 

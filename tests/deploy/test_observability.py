@@ -49,3 +49,21 @@ def test_the_readme_lists_the_metrics_contract() -> None:
     readme = (DEPLOY / "README.md").read_text()
     for metric in METRICS:
         assert metric.removesuffix("_bucket") in readme, metric
+
+
+def test_codeyard_exports_every_metric_the_dashboard_uses() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from codeyard.observability import metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported: dict[str, set[str]] = {}
+    for metric in vars(metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            # (the label names of a labelled metric are only on the wrapper, not in samples)
+            name, kind, labels = metric._name, metric._type, set(metric._labelnames)
+            for suffix in suffixes.get(kind or "", ("",)):
+                exported[name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    for name, labels in METRICS.items():
+        assert name in exported, name
+        assert labels == exported[name], name
