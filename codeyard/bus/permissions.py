@@ -239,7 +239,8 @@ def _ctl() -> Grants:
             f"{JS_API}.CONSUMER.DELETE.{events}.*",
             f"$JS.FC.{events}.>",
         ),
-        subscribe=_replies(CTL),
+        # `codeyard workers` listens to the workers' announcements
+        subscribe=(f"{subjects.PRESENCE_PREFIX}.>", *_replies(CTL)),
     )
 
 
@@ -251,6 +252,7 @@ def _worker(role: str) -> Grants:
         f"{JS_API}.CONSUMER.MSG.NEXT.{work}.{user}",
         f"$JS.ACK.{work}.{user}.>",
         subjects.result_subject(role),
+        subjects.presence_subject(role),  # announces itself as its own role only
         "cy.events.>",  # dead letters of undecodable work
         *_objects(subjects.ARTIFACTS_BUCKET),  # the run's code
     ]
