@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +78,34 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
             await stop(process)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and cursor moves
+
+
+def run_on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """`codeyard run` with stdin and stdout on a pseudo-terminal: what a person sees."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "codeyard", "run", *args],
+        env=env | {"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"},
+        stdin=terminal,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+    )
+    os.close(terminal)
+    seen = bytearray()
+    while True:  # read as it comes: a full terminal buffer would block the child
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child is gone and the terminal closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    code = process.wait(timeout=120)
+    return code, ANSI.sub("", seen.decode(errors="replace"))
+
+
 def write_plan(path: Path, *tasks: TaskSpec) -> str:
     path.write_bytes(msgspec.json.encode(list(tasks)))
     return str(path)
@@ -108,6 +140,15 @@ async def test_everyday_commands_after_runs_approved_with_yes(
     assert "run plan_approval" in lines.stdout
     assert "approved " in lines.stdout
     assert "run r2 done: 2/2 tasks merged" in lines.stdout
+
+    live_args = ("live", *common, "--run-id", "r4")
+    code, screen = await asyncio.to_thread(run_on_a_terminal, env, *live_args)
+    assert code == 0, screen
+    assert "a models" in screen  # the tree, with each task
+    assert "b api" in screen
+    assert "2/2 merged" in screen
+    assert "approved " in screen
+    assert "run r4 done: 2/2 tasks merged" in screen
 
     code, out, _ = await cli(env, "status")
     assert code == 0
