@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.prompt import Confirm
 
+from codeyard import follow as following
 from codeyard.bus import Bus
-from codeyard.follow import EventSink, print_event, submit_and_follow
+from codeyard.follow import EventSink, print_event
 from codeyard.progress.approvals import InlineApprovals, describe_approval, waits_for_a_person
 from codeyard.progress.render import render_run
 from codeyard.progress.view import RunView
@@ -70,7 +71,8 @@ class RunFollower:
             )
             self._live.start()
         try:
-            final = await submit_and_follow(
+            # looked up when called, so a test can stand in for the bus side
+            final = await following.submit_and_follow(
                 bus,
                 submit,
                 self._console,
