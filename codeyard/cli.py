@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -34,11 +35,17 @@ app.add_typer(deploy_app, name="deploy")
 console = Console(soft_wrap=True)  # never break lines that scripts may grep
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="print JSON (msgspec) for scripts, nothing else on stdout")
+]
 
 
 @app.command()
 def version() -> None:
-    """Print the codeyard version."""
+    """Print the codeyard version.
+
+    Example: [bold]codeyard version[/bold]
+    """
     console.print(__version__)
 
 
@@ -266,8 +273,17 @@ def run(
             "repeat for several (default: review)"
         ),
     ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="approve everything the run waits for")
+    ] = False,
+    json_output: JsonFlag = False,
 ) -> None:
     """Submit a goal and follow the run until it ends.
+
+    On a terminal it shows the task graph live (state, attempt and running time of each task,
+    tasks merged, tokens and cost) and asks at a prompt when the run waits for an approval;
+    --yes approves instead. Piped, it prints one line per change and how to answer approvals.
+    --json prints only the final run, as JSON.
 
     Exits 0 when every task is merged, 1 when the run failed or was cancelled, 2 on bad input.
 
@@ -276,7 +292,8 @@ def run(
     """
     import msgspec
 
-    from codeyard.follow import RunRefused, submit_and_follow
+    from codeyard.follow import RunRefused
+    from codeyard.progress.follower import FollowOptions, RunFollower
     from codeyard.schemas import (
         Budget,
         MessageError,
@@ -322,16 +339,27 @@ def run(
 
     settings = Settings()
     url = settings.server_url()
+    options = FollowOptions(
+        live=console.is_terminal and not json_output,
+        quiet=json_output,
+        prompt=sys.stdin.isatty(),
+        yes=yes,
+        by=_user(),
+    )
 
     async def follow() -> RunState:
         bus = await Bus.connect(
             url, name="codeyard-run", credentials=settings.credentials(CTL), connect_attempts=4
         )
         try:
-            console.print(f"run {submit.run_id}: {goal}")
-            final = await submit_and_follow(bus, submit, console, timeout)
+            if not json_output:
+                console.print(f"run {submit.run_id}: {goal}", markup=False, highlight=False)
+            final = await RunFollower(console, err, options).follow(bus, submit, timeout)
         finally:
             await bus.close()
+        if json_output:
+            _print_json(final)
+            return final.state
         merged = sum(task.state is TaskState.MERGED for task in final.tasks.values())
         console.print(f"run {final.run_id} {final.state}: {merged}/{len(final.tasks)} tasks merged")
         if final.state is RunState.DONE:
@@ -423,17 +451,22 @@ def coordinator(
 
 
 @app.command()
-def approvals() -> None:
+def approvals(json_output: JsonFlag = False) -> None:
     """List what waits for a person: plans, budget overruns, gated commands and merges.
 
     Answer each with [bold]codeyard approve ID[/bold] or [bold]codeyard deny ID[/bold]; what
     nobody answers within CODEYARD_APPROVAL_TIMEOUT seconds is denied.
+
+    Example: [bold]codeyard approvals --json[/bold]
     """
     from rich.table import Table
 
     from codeyard.schemas import ApprovalList, ListApprovals
 
     reply = _ask("approvals", ListApprovals())
+    if json_output:
+        _print_reply(reply)
+        return
     if not isinstance(reply, ApprovalList):
         _refused(reply)
     if not reply.approvals:
@@ -459,6 +492,7 @@ def approve(
     approval_id: Annotated[str, typer.Argument(help="from `codeyard approvals`")],
     comment: Annotated[str, typer.Option(help="why, kept with the answer")] = "",
     by: Annotated[str, typer.Option(help="who approves (default: $USER)")] = "",
+    json_output: JsonFlag = False,
 ) -> None:
     """Approve what waits: the parked task (or run) goes on.
 
@@ -466,7 +500,9 @@ def approve(
     """
     from codeyard.schemas import Approve
 
-    _answer(Approve(approval_id=approval_id, by=by or _user(), comment=comment), "approve")
+    _answer(
+        Approve(approval_id=approval_id, by=by or _user(), comment=comment), "approve", json_output
+    )
 
 
 @app.command()
@@ -474,6 +510,7 @@ def deny(
     approval_id: Annotated[str, typer.Argument(help="from `codeyard approvals`")],
     reason: Annotated[str, typer.Option(help="why, shown with the failed task")] = "",
     by: Annotated[str, typer.Option(help="who denies (default: $USER)")] = "",
+    json_output: JsonFlag = False,
 ) -> None:
     """Deny what waits: a parked task fails, a plan is rejected, an over-budget run is cancelled.
 
@@ -481,7 +518,149 @@ def deny(
     """
     from codeyard.schemas import Deny
 
-    _answer(Deny(approval_id=approval_id, by=by or _user(), reason=reason), "deny")
+    _answer(Deny(approval_id=approval_id, by=by or _user(), reason=reason), "deny", json_output)
+
+
+@app.command()
+def status(
+    run_id: Annotated[
+        str | None, typer.Argument(help="the run (default: every run the coordinator knows)")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Where runs stand: with RUN, its state, usage and a table of its tasks (state, attempt,
+    running time, feedback received); without, a table of every run.
+
+    Exits 1 when there is no such run.
+
+    Example: [bold]codeyard status r1[/bold]   or   [bold]codeyard status --json[/bold]
+    """
+    from codeyard.progress.render import run_summary, runs_table, task_table
+    from codeyard.schemas import RunStatus, StatusQuery
+    from codeyard.schemas.envelope import utc_now
+
+    reply = _ask("status", StatusQuery(run_id=run_id or ""))
+    if json_output:
+        _print_reply(reply)
+        return
+    if not isinstance(reply, RunStatus):
+        _refused(reply)
+    if run_id:
+        [one] = reply.runs
+        console.print(run_summary(one))
+        if one.tasks:
+            console.print(task_table(one, utc_now()))
+        return
+    if not reply.runs:
+        console.print("no runs")
+        return
+    console.print(runs_table(reply.runs))
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="the run to stop")],
+    reason: Annotated[str, typer.Option(help="why, recorded with the run")] = "cancelled by user",
+    json_output: JsonFlag = False,
+) -> None:
+    """Cancel a run: work in flight is withdrawn from the workers, nothing more is merged.
+
+    Merged tasks stay on the branch codeyard/RUN. Exits 1 when the run is unknown or over.
+
+    Example: [bold]codeyard cancel r1 --reason "wrong goal"[/bold]
+    """
+    from codeyard.schemas import Accepted, CancelRun
+
+    reply = _ask("cancel", CancelRun(run_id=run_id, reason=reason))
+    if json_output:
+        _print_reply(reply)
+        return
+    if not isinstance(reply, Accepted):
+        _refused(reply)
+    console.print(f"cancelled {run_id}: {reason}", markup=False, highlight=False)
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(help="the run whose events to show")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep streaming until the run ends (or Ctrl-C)")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="one JSON event per line (msgspec), nothing else")
+    ] = False,
+) -> None:
+    """The run's events from its start, one readable line each: run and task transitions,
+    progress, usage, gate decisions, withdrawn work, dead letters.
+
+    Exits 1 when there is no such run.
+
+    Example: [bold]codeyard logs r1 --follow[/bold]
+    """
+    import msgspec
+
+    from codeyard.follow import follow_events, log_lines
+    from codeyard.report.source import fetch_run, read_run_events
+    from codeyard.schemas import RunEvent
+
+    def show(event: RunEvent) -> None:
+        if json_output:
+            sys.stdout.write(msgspec.json.encode(event).decode() + "\n")
+            sys.stdout.flush()
+            return
+        for line in log_lines(event):
+            console.print(line, markup=False, highlight=False)
+
+    async def stream(bus: Bus) -> None:
+        await fetch_run(bus, run_id)  # an unknown run exits 1 rather than waiting forever
+        if follow:
+            await follow_events(bus, run_id, show)
+        else:
+            for event in await read_run_events(bus, run_id):
+                show(event)
+
+    _on_bus("logs", stream)
+
+
+@app.command()
+def workers(
+    wait: Annotated[
+        float | None,
+        typer.Option(help="seconds to listen (default: two announcement periods)", min=0.1),
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Who is connected: every worker that announced itself lately, by role, busy or idle.
+
+    Workers announce themselves every few seconds on cy.presence.ROLE; this listens for --wait
+    seconds. One that has not been heard from for three periods is gone and not shown.
+
+    Example: [bold]codeyard workers --wait 10[/bold]
+    """
+    from codeyard.bus.presence import PRESENCE_PERIOD, listen_for_workers
+    from codeyard.progress.render import workers_table
+    from codeyard.schemas.envelope import utc_now
+
+    window = wait if wait is not None else 2 * PRESENCE_PERIOD
+    found = _on_bus("workers", lambda bus: listen_for_workers(bus, window))
+    if json_output:
+        _print_json(found)
+        return
+    if not found:
+        console.print(f"no workers heard from in {window:g}s")
+        return
+    console.print(workers_table(found, utc_now()))
+    roles: dict[str, list[int]] = {}
+    for presence in found:
+        roles.setdefault(presence.role, []).append(presence.in_flight)
+    console.print(
+        "; ".join(
+            f"{role}: {len(loads)} ({sum(load > 0 for load in loads)} busy)"
+            for role, loads in roles.items()
+        ),
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command("report")
@@ -493,11 +672,13 @@ def report_command(
     markdown: Annotated[
         Path | None, typer.Option(dir_okay=False, help="write the Markdown report here")
     ] = None,
+    json_output: JsonFlag = False,
 ) -> None:
     """Report a run: goal, plan as a graph, each task's attempts, feedback, last test output and
     gate decisions, tokens, cost and timings.
 
-    Prints Markdown unless --html or --markdown names a file to write.
+    Prints Markdown unless --html or --markdown names a file to write (or --json: the report's
+    data).
 
     Example: [bold]codeyard report r1 --html r1.html[/bold]
     """
@@ -510,6 +691,9 @@ def report_command(
         return run, await read_run_events(bus, run_id)
 
     report = build_report(*_on_bus("report", fetch))
+    if json_output:
+        _print_json(report)
+        return
     if html is None and markdown is None:
         typer.echo(render_markdown(report), nl=False)
         return
@@ -571,10 +755,13 @@ def rollback_command(
         say(f"  {commit.short} {commit.subject}")
 
 
-def _answer(request: Envelope, verb: str) -> None:
+def _answer(request: Envelope, verb: str, json_output: bool = False) -> None:
     from codeyard.schemas import Accepted
 
     reply = _ask(verb, request)
+    if json_output:
+        _print_reply(reply)
+        return
     if not isinstance(reply, Accepted):
         _refused(reply)
     console.print(f"{verb}d {getattr(request, 'approval_id', '')}: {reply.detail}", markup=False)
@@ -625,6 +812,23 @@ def _refused(reply: ControlReply) -> NoReturn:
     error = reply.error if isinstance(reply, ControlError) else f"unexpected reply {reply!r}"
     err.print(f"error: {error}{where}", markup=False)
     raise typer.Exit(1)
+
+
+def _print_json(value: object) -> None:
+    """`value` as one line of JSON on stdout, without rich's markup or wrapping."""
+    import msgspec
+
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _print_reply(reply: ControlReply) -> None:
+    """--json: the coordinator's reply as it came; a refusal still exits 1."""
+    from codeyard.schemas import ControlError
+
+    _print_json(reply)
+    if isinstance(reply, ControlError):
+        raise typer.Exit(1)
 
 
 def _user() -> str:

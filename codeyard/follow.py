@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -19,6 +22,7 @@ from codeyard.schemas import (
     DeadLetter,
     Envelope,
     GateAudit,
+    Progress,
     Run,
     RunEvent,
     RunState,
@@ -27,9 +31,15 @@ from codeyard.schemas import (
     StatusQuery,
     SubmitRun,
     TaskStatesChanged,
+    UsageReported,
     WorkCancelled,
     decode,
 )
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[RunEvent], None]
+RunSink = Callable[[Run], None]
 
 
 class RunRefused(RuntimeError):
@@ -85,15 +95,101 @@ def describe(event: RunEvent) -> list[str]:
             return []
 
 
-async def submit_and_follow(bus: Bus, submit: SubmitRun, console: Console, timeout: float) -> Run:
-    """Submit `submit` and print its events until the run ends; the final run is returned."""
+def log_lines(event: RunEvent) -> list[str]:
+    """`codeyard logs`: every event as readable lines (`describe` leaves out the chatter), each
+    stamped with the local time it was sent."""
+    lines = describe(event)
+    if not lines:
+        match event:
+            case Progress():
+                lines = [f"  {event.task_id or 'planning'}: {event.role}: {event.message}"]
+            case UsageReported():
+                usage = event.usage
+                lines = [
+                    f"  {event.task_id or 'planning'}: {event.role} used "
+                    f"{usage.total_tokens} tokens (${usage.cost_usd:.4f})"
+                ]
+            case GateAudit():
+                detail = (event.check.detail.strip().splitlines() or [""])[0][:80]
+                lines = [
+                    f"  {event.task_id or '-'}: gate {event.decision.decision} "
+                    f"{event.check.action} {detail!r}"
+                    + (f": {event.decision.reason}" if event.decision.reason else "")
+                ]
+    stamp = event.sent_at.astimezone().strftime("%H:%M:%S")
+    return [f"{stamp} {line}" for line in lines]
+
+
+def is_run_end(event: RunEvent) -> bool:
+    return isinstance(event, RunStateChanged) and event.state in TERMINAL_RUN_STATES
+
+
+async def follow_events(bus: Bus, run_id: str, on_event: EventSink) -> None:
+    """Every event of the run from its first, as they come, until the run ends (or the caller
+    is cancelled: Ctrl-C)."""
     finished = asyncio.Event()
 
-    async def on_event(msg: Msg) -> None:
+    async def deliver(msg: Msg) -> None:
         event = decode(msg.data, RunEvent)
+        on_event(event)
+        if is_run_end(event):
+            finished.set()
+
+    subscription = await bus.js.subscribe(
+        events_subject(run_id),
+        stream=EVENT_STREAM,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+        cb=deliver,
+    )
+    try:
+        await finished.wait()
+    finally:
+        await subscription.unsubscribe()
+
+
+def print_event(console: Console) -> EventSink:
+    """The line-by-line follower: what `codeyard run` prints when stdout is not a terminal."""
+
+    def sink(event: RunEvent) -> None:
         for line in describe(event):
             console.print(line, markup=False, highlight=False)
-        if isinstance(event, RunStateChanged) and event.state in TERMINAL_RUN_STATES:
+
+    return sink
+
+
+async def _poll_status(bus: Bus, run_id: str, on_status: RunSink, every: float) -> None:
+    while True:
+        try:
+            reply = await ask_coordinator(bus, "status", StatusQuery(run_id=run_id), patience=every)
+        except RunRefused as exc:  # a failover: the next poll will tell
+            log.debug("status poll: %s", exc)
+        else:
+            if isinstance(reply, RunStatus) and reply.runs:
+                on_status(reply.runs[0])
+        await asyncio.sleep(every)
+
+
+async def submit_and_follow(
+    bus: Bus,
+    submit: SubmitRun,
+    console: Console,
+    timeout: float,
+    *,
+    on_event: EventSink | None = None,
+    on_status: RunSink | None = None,
+    status_every: float = 1.0,
+) -> Run:
+    """Submit `submit` and pass its events to `on_event` (default: print them) until the run
+    ends; with `on_status`, the run's record is also asked for every `status_every` seconds
+    (for what events do not carry: titles, dependencies, usage). The final run is returned."""
+    finished = asyncio.Event()
+    sink = on_event or print_event(console)
+
+    async def deliver(msg: Msg) -> None:
+        event = decode(msg.data, RunEvent)
+        sink(event)
+        if is_run_end(event):
             finished.set()
 
     # from the first event on: an ordered consumer replays what happened before we subscribed
@@ -102,16 +198,23 @@ async def submit_and_follow(bus: Bus, submit: SubmitRun, console: Console, timeo
         stream=EVENT_STREAM,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
-        cb=on_event,
+        cb=deliver,
     )
+    polling: asyncio.Task[None] | None = None
     try:
         reply = await ask_coordinator(bus, "submit", submit)
         if isinstance(reply, ControlError):
             where = f" (at {reply.field})" if reply.field else ""
             raise RunRefused(f"{reply.error}{where}")
         assert isinstance(reply, Accepted)
+        if on_status is not None:
+            polling = asyncio.create_task(_poll_status(bus, submit.run_id, on_status, status_every))
         await asyncio.wait_for(finished.wait(), timeout)
     finally:
+        if polling is not None:
+            polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
         await subscription.unsubscribe()
     status = await ask_coordinator(bus, "status", StatusQuery(run_id=submit.run_id))
     if not isinstance(status, RunStatus):

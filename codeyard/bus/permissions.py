@@ -10,14 +10,15 @@ Principals and their NATS user names:
   the lease; consumes results, dispatches work, answers `cy.ctl.*`.
 - `gate`: answers `cy.gate.check`, records pending approvals, appends audit events.
 - `planner`, `coder`, `tester`, `review`: pull their own role's work, publish their own role's
-  results. They cannot read other roles' work or results, nor publish them.
+  results and announce themselves on their own role's presence subject. They cannot read
+  other roles' work or results, nor publish them.
 - `review-<name>`: a plugin reviewer `review.<name>` is its own principal, generated on demand
   (`codeyard deploy nats-config --reviewer NAME`), so one plugin cannot answer another's
   reviews. Unlike builtin roles it creates its own durable consumer (the coordinator does not
   know the plugins), through the create subject that names the filter, which the server checks
   against the request: a plugin can only ever consume `cy.work.review.<name>`.
 - `ctl`: the CLI and the people behind it. The only principal that may publish `cy.ctl.*`,
-  hence the only one that approves or denies.
+  hence the only one that approves or denies. It listens to `cy.presence.>` (`codeyard workers`).
 
 JetStream acts on behalf of a client through subjects, so each of these is granted explicitly:
 pulling is a publish to `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`, acks (and naks,
@@ -241,7 +242,8 @@ def _ctl() -> Grants:
             f"{JS_API}.CONSUMER.DELETE.{events}.*",
             f"$JS.FC.{events}.>",
         ),
-        subscribe=_replies(CTL),
+        # `codeyard workers` listens to the workers' announcements
+        subscribe=(f"{subjects.PRESENCE_PREFIX}.>", *_replies(CTL)),
     )
 
 
@@ -253,6 +255,7 @@ def _worker(role: str) -> Grants:
         f"{JS_API}.CONSUMER.MSG.NEXT.{work}.{user}",
         f"$JS.ACK.{work}.{user}.>",
         subjects.result_subject(role),
+        subjects.presence_subject(role),  # announces itself as its own role only
         "cy.events.>",  # dead letters of undecodable work
         *_objects(subjects.ARTIFACTS_BUCKET),  # the run's code
     ]

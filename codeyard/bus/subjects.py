@@ -20,6 +20,7 @@ ARTIFACTS_BUCKET = "cy_artifacts"
 GATE_CHECK = "cy.gate.check"
 GATE_QUEUE = "safety-gate"
 CTL_PREFIX = "cy.ctl"
+PRESENCE_PREFIX = "cy.presence"
 COORDINATOR_CONSUMER = "coordinator"
 
 BUILTIN_ROLES = ("planner", "coder", "tester", "review")
@@ -56,6 +57,11 @@ def events_subject(run_id: str) -> str:
 def cancel_subject(run_id: str) -> str:
     """Core NATS (not stored): tells workers to drop work of a run that no longer needs it."""
     return f"cy.cancel.{run_id}"
+
+
+def presence_subject(role: str) -> str:
+    """Core NATS (not stored): each worker announces itself here (`codeyard workers` listens)."""
+    return f"{PRESENCE_PREFIX}.{check_role(role)}"
 
 
 def ctl_subject(verb: str) -> str:

@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from codeyard.bus import permissions, subjects
 from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
+from codeyard.bus.presence import PresenceAnnouncer
 from codeyard.bus.topology import ensure_role_consumer
 from codeyard.observability import metrics
 from codeyard.observability.context import enter_work
@@ -191,6 +192,8 @@ class PullWorker:
         cancellations = await self.bus.nc.subscribe(
             subjects.cancel_subject("*"), cb=self._on_cancel
         )
+        presence = PresenceAnnouncer(self.bus, self.role, self.concurrency, self._running.__len__)
+        presence.start()
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -207,6 +210,7 @@ class PullWorker:
                 woken.cancel()
         finally:
             stopping.cancel()
+            await presence.stop()
             await consumer.stop()
             await cancellations.unsubscribe()
             if inflight:

@@ -39,6 +39,7 @@ from codeyard.schemas.messages import (
     TestResult,
     UsageReported,
     WorkCancelled,
+    WorkerPresence,
     WorkFailed,
     WorkItem,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "WorkCancelled",
     "WorkFailed",
     "WorkItem",
+    "WorkerPresence",
     "decode",
     "encode",
     "new_id",

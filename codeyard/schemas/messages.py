@@ -7,6 +7,7 @@
 | gate        | cy.gate.check (req/rep)| `GateMessage`  |
 | events      | cy.events.<run_id>     | `RunEvent`     |
 | control     | cy.ctl.* (req/rep)     | `Control`, replies `ControlReply` |
+| presence    | cy.presence.<role>     | `WorkerPresence` (core NATS, not stored) |
 """
 
 from __future__ import annotations
@@ -306,3 +307,26 @@ class ControlError(Envelope, kw_only=True, frozen=True):
 
 
 ControlReply = Accepted | RunStatus | ApprovalList | ControlError
+
+
+# --- presence: workers -> cy.presence.<role> (core NATS) -------------------------------------
+
+
+class WorkerPresence(msgspec.Struct, kw_only=True, frozen=True):
+    """A worker says it is there, every few seconds and when it starts and stops: what
+    `codeyard workers` lists. Not stored: a worker is present while its announcements keep
+    coming, so a crashed one disappears once its last announcement is older than the timeout."""
+
+    worker_id: Id
+    role: str
+    pid: int
+    host: ShortText
+    concurrency: int
+    in_flight: int = 0
+    started_at: Timestamp
+    sent_at: Timestamp = msgspec.field(default_factory=utc_now)
+    stopping: bool = False  # the last announcement of a worker shutting down
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0

@@ -20,9 +20,11 @@ from codeyard.bus.permissions import (
 from codeyard.bus.subjects import (
     BUILTIN_ROLES,
     GATE_CHECK,
+    PRESENCE_PREFIX,
     WORK_STREAM,
     consumer_name,
     ctl_subject,
+    presence_subject,
     result_subject,
     work_subject,
 )
@@ -131,3 +133,14 @@ def test_an_inbox_prefix_needs_a_plain_user_name() -> None:
     for bad in ("", "a.b", "a*", "a>", "a b"):
         with pytest.raises(UnknownPrincipal):
             inbox_prefix(bad)
+
+
+def test_workers_announce_only_their_own_role_and_ctl_hears_them_all() -> None:
+    for mine, theirs in itertools.permutations(WORKER_ROLES, 2):
+        grants = grants_for(principal_of_role(mine))
+        assert grants.may_publish(presence_subject(mine)), mine
+        assert not grants.may_publish(presence_subject(theirs)), (mine, theirs)
+    announcers = [p for p in ALL if grants_for(p).may_publish(presence_subject("coder"))]
+    assert announcers == ["coder"]
+    listeners = [p for p in ALL if grants_for(p).may_subscribe(f"{PRESENCE_PREFIX}.>")]
+    assert listeners == [CTL]

@@ -79,7 +79,7 @@ def test_run_submits_the_reviewers_it_is_given(
 ) -> None:
     submitted: list[SubmitRun] = []
 
-    async def refuse(bus: Bus, submit: SubmitRun, *_: object) -> Run:
+    async def refuse(bus: Bus, submit: SubmitRun, *_: object, **__: object) -> Run:
         submitted.append(submit)
         raise RunRefused("seen")
 

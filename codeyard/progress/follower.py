@@ -1,0 +1,121 @@
+"""How `codeyard run` follows its run: a live tree on a terminal, lines otherwise (pipes, tests,
+CI logs), nothing with `--json`; and who answers approvals: a prompt, `--yes`, or someone else."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.live import Live
+from rich.prompt import Confirm
+
+from codeyard import follow as following
+from codeyard.bus import Bus
+from codeyard.follow import EventSink, print_event
+from codeyard.progress.approvals import InlineApprovals, describe_approval, waits_for_a_person
+from codeyard.progress.render import render_run
+from codeyard.progress.view import RunView
+from codeyard.schemas import PendingApproval, Run, RunEvent, SubmitRun
+from codeyard.schemas.envelope import utc_now
+
+WAITING_NOTICE = "waits for a person: `codeyard approvals`, then `codeyard approve ID`"
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    live: bool  # stdout is a terminal: draw the live view
+    quiet: bool  # --json: stdout is for the final JSON only; say things on stderr
+    prompt: bool  # stdin is a terminal: ask for each approval
+    yes: bool  # approve everything the run waits for
+    by: str  # who answers, as recorded with each answer
+
+
+class RunFollower:
+    def __init__(self, console: Console, err: Console, options: FollowOptions) -> None:
+        self._console = console
+        self._err = err
+        self._options = options
+        self._live: Live | None = None
+        self._view: RunView | None = None
+
+    async def follow(self, bus: Bus, submit: SubmitRun, timeout: float) -> Run:
+        options = self._options
+        view = self._view = RunView(submit.run_id, goal=submit.goal)
+        answering = options.yes or options.prompt
+        approvals = (
+            InlineApprovals(bus, submit.run_id, self._decide, self._say, options.by)
+            if answering
+            else None
+        )
+        lines = None if options.live or options.quiet else print_event(self._console)
+
+        def on_event(event: RunEvent) -> None:
+            view.apply(event)
+            if lines is not None:
+                lines(event)
+            self._refresh()
+            if approvals is not None and waits_for_a_person(event):
+                approvals.nudge()
+
+        def on_status(run: Run) -> None:
+            view.update(run)
+            self._refresh()
+            if approvals is not None and view.waiting_for_a_person:
+                approvals.nudge()
+
+        sink: EventSink = on_event
+        if options.live:
+            self._live = Live(
+                render_run(view, utc_now()), console=self._console, refresh_per_second=4
+            )
+            self._live.start()
+        try:
+            # looked up when called, so a test can stand in for the bus side
+            final = await following.submit_and_follow(
+                bus,
+                submit,
+                self._console,
+                timeout,
+                on_event=sink,
+                on_status=on_status if options.live else None,
+            )
+            view.update(final)
+            self._refresh()
+            return final
+        finally:
+            if approvals is not None:
+                await approvals.close()
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+
+    def _refresh(self) -> None:
+        if self._live is None or self._view is None:
+            return
+        view = self._view
+        waiting = view.waiting_for_a_person and not (self._options.yes or self._options.prompt)
+        self._live.update(render_run(view, utc_now(), WAITING_NOTICE if waiting else ""))
+
+    def _say(self, line: str) -> None:
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False)
+        else:
+            (self._err if self._options.quiet else self._console).print(
+                line, markup=False, highlight=False
+            )
+
+    async def _decide(self, approval: PendingApproval) -> bool | None:
+        if self._options.yes:
+            return True
+        question = f"{approval.run_id} waits: {describe_approval(approval)}. approve?"
+        prompt_console = self._err if self._options.quiet else self._console
+        live = self._live
+        if live is not None:  # a prompt under a redrawn view would be overwritten
+            live.stop()
+        try:
+            answer: bool = await asyncio.to_thread(Confirm.ask, question, console=prompt_console)
+            return answer
+        finally:
+            if live is not None:
+                live.start()

@@ -1,0 +1,167 @@
+"""Rich renderables for the CLI: the live view of a run, and the tables of `codeyard status` and
+`codeyard workers`. Pure functions of their data and `now`, so they are tested by rendering."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from codeyard.progress.view import RunView, TaskRow
+from codeyard.schemas import Run, RunState, TaskState, Usage, WorkerPresence
+
+TASK_STYLES: dict[TaskState, str] = {
+    TaskState.PLANNED: "dim",
+    TaskState.READY: "white",
+    TaskState.CODING: "cyan",
+    TaskState.TESTING: "blue",
+    TaskState.REVIEWING: "magenta",
+    TaskState.GATED: "yellow",
+    TaskState.AWAITING_APPROVAL: "bold yellow",
+    TaskState.MERGED: "green",
+    TaskState.FAILED: "bold red",
+    TaskState.CANCELLED: "red",
+}
+RUN_STYLES: dict[RunState, str] = {
+    RunState.PLANNING: "cyan",
+    RunState.PLAN_APPROVAL: "bold yellow",
+    RunState.EXECUTING: "cyan",
+    RunState.AWAITING_APPROVAL: "bold yellow",
+    RunState.INTEGRATING: "blue",
+    RunState.DONE: "bold green",
+    RunState.FAILED: "bold red",
+    RunState.CANCELLED: "red",
+}
+
+
+def duration(seconds: float | None) -> str:
+    """`-`, `42s`, `3m05s`, `1h02m`."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def usage_text(usage: Usage) -> str:
+    return f"{usage.total_tokens:,} tokens, ${usage.cost_usd:.4f} ({usage.calls} calls)"
+
+
+def _task_label(row: TaskRow) -> Text:
+    label = Text()
+    label.append(row.task_id, style="bold")
+    if row.title:
+        label.append(f" {row.title}")
+    label.append("  ")
+    label.append(str(row.state), style=TASK_STYLES.get(row.state, ""))
+    if row.attempt:
+        label.append(f"  attempt {row.attempt}", style="dim")
+    if row.seconds is not None:
+        label.append(f"  {duration(row.seconds)}", style="dim")
+    if row.after:
+        label.append(f"  (also after {', '.join(row.after)})", style="dim")
+    return label
+
+
+def task_tree(view: RunView, now: datetime) -> Tree:
+    """The task graph: each task under its deepest dependency."""
+    title = Text()
+    title.append(f"run {view.run_id}", style="bold")
+    title.append("  ")
+    title.append(str(view.state), style=RUN_STYLES.get(view.state, ""))
+    if view.goal:
+        title.append(f"  {view.goal.splitlines()[0][:80]}")
+    tree = Tree(title)
+    nodes: dict[str, Tree] = {}
+    for row in view.rows(now):
+        under = nodes.get(row.parent or "", tree)
+        nodes[row.task_id] = under.add(_task_label(row))
+    if not nodes:
+        tree.add(Text("planning..." if view.state is RunState.PLANNING else "no tasks", "dim"))
+    return tree
+
+
+def render_run(view: RunView, now: datetime, notice: str = "") -> RenderableType:
+    """The live view: the tree, a bar of merged tasks, usage, and what waits (if anything)."""
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        ProgressBar(total=max(1, view.total), completed=view.merged, width=40),
+        Text(f"{view.merged}/{view.total} merged"),
+        Text(usage_text(view.usage), style="dim"),
+    )
+    parts: list[RenderableType] = [task_tree(view, now), bar]
+    if notice:
+        parts.append(Text(notice, style="bold yellow"))
+    return Group(*parts)
+
+
+def task_table(run: Run, now: datetime) -> Table:
+    """`codeyard status RUN`: one row per task."""
+    table = Table("task", "title", "state", "attempt", "duration", "feedback", "deps")
+    for task_id, task in run.tasks.items():
+        seconds = None
+        if task.started_at is not None:
+            seconds = ((task.finished_at or now) - task.started_at).total_seconds()
+        table.add_row(
+            task_id,
+            task.spec.title,
+            Text(str(task.state), style=TASK_STYLES.get(task.state, "")),
+            str(task.attempt),
+            duration(seconds),
+            str(len(task.feedback)),
+            ", ".join(task.spec.deps) or "-",
+        )
+    return table
+
+
+def run_summary(run: Run) -> Text:
+    """The lines above the task table."""
+    text = Text()
+    text.append(f"run {run.run_id}  ", style="bold")
+    text.append(str(run.state), style=RUN_STYLES.get(run.state, ""))
+    text.append(f"\ngoal: {run.goal.splitlines()[0][:120] if run.goal else ''}")
+    text.append(f"\nusage: {usage_text(run.usage)}")
+    if run.error:
+        text.append(f"\nreason: {run.error}")
+    return text
+
+
+def runs_table(runs: Sequence[Run]) -> Table:
+    """`codeyard status`: one row per run, newest first."""
+    table = Table("run", "state", "goal", "tokens", "cost", "created", "updated")
+    for run in sorted(runs, key=lambda run: run.created_at, reverse=True):
+        table.add_row(
+            run.run_id,
+            Text(str(run.state), style=RUN_STYLES.get(run.state, "")),
+            run.goal.splitlines()[0][:60] if run.goal else "",
+            f"{run.usage.total_tokens:,}",
+            f"${run.usage.cost_usd:.4f}",
+            run.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            run.updated_at.astimezone().strftime("%H:%M:%S"),
+        )
+    return table
+
+
+def workers_table(workers: Sequence[WorkerPresence], now: datetime) -> Table:
+    """`codeyard workers`: one row per worker, grouped by role."""
+    table = Table("role", "worker", "state", "in flight", "host", "pid", "up", "seen")
+    for worker in workers:
+        table.add_row(
+            worker.role,
+            worker.worker_id,
+            Text("busy", style="cyan") if worker.busy else Text("idle", style="green"),
+            f"{worker.in_flight}/{worker.concurrency}",
+            worker.host,
+            str(worker.pid),
+            duration((now - worker.started_at).total_seconds()),
+            f"{duration(max(0.0, (now - worker.sent_at).total_seconds()))} ago",
+        )
+    return table
