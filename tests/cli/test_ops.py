@@ -30,8 +30,8 @@ from codeyard.schemas import (
     TaskState,
     WorkerPresence,
 )
-from tests.cli.test_run import codeyard, codeyard_run, repo
-from tests.processes import start, stop
+from tests.cli.test_run import codeyard_run, repo
+from tests.processes import codeyard, start, stop
 
 __all__ = ["repo"]  # a fixture, shared with test_run
 
