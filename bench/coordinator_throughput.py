@@ -105,6 +105,15 @@ async def one_run(bus: Bus, tasks: int, seed: int, *, sequential: bool = False) 
     """Seconds from submit to the run's `done` event."""
     plan = chain(tasks) if sequential else random_plan(tasks, seed=seed)
     run_id = f"bench{tasks}{'c' if sequential else 'd'}{seed}"  # unique per run
+    started = time.perf_counter()
+    await submit_and_wait(bus, run_id, plan)
+    return time.perf_counter() - started
+
+
+async def submit_and_wait(
+    bus: Bus, run_id: str, plan: list[TaskSpec], timeout: float = 600.0
+) -> None:
+    """Submit a run (its id must be new) and wait until it is `done`."""
     finished: asyncio.Future[RunStateChanged] = asyncio.get_running_loop().create_future()
 
     async def on_event(msg: Msg) -> None:
@@ -115,14 +124,13 @@ async def one_run(bus: Bus, tasks: int, seed: int, *, sequential: bool = False) 
 
     # events are JetStream-stored, and a plain subscription sees them as they are published
     subscription = await bus.nc.subscribe(events_subject(run_id), cb=on_event)
-    started = time.perf_counter()
-    reply = await submit(bus, SubmitRun(run_id=run_id, goal="bench", plan=plan))
-    assert isinstance(reply, Accepted), reply
-    event = await asyncio.wait_for(finished, 600)
-    elapsed = time.perf_counter() - started
-    await subscription.unsubscribe()
+    try:
+        reply = await submit(bus, SubmitRun(run_id=run_id, goal="bench", plan=plan))
+        assert isinstance(reply, Accepted), reply
+        event = await asyncio.wait_for(finished, timeout)
+    finally:
+        await subscription.unsubscribe()
     assert event.state is RunState.DONE, event.reason
-    return elapsed
 
 
 async def request_reply_baseline(bus: Bus, count: int = 3000) -> tuple[float, float]:
