@@ -37,6 +37,7 @@ from codeyard.bus import Bus, EmbeddedNats, PullWorker, Topology
 from codeyard.bus.subjects import ctl_subject, events_subject
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.schemas import (
+    MAX_MESSAGE_BYTES,
     Accepted,
     CodeRequest,
     CodeResult,
@@ -53,6 +54,7 @@ from codeyard.schemas import (
     TestResult,
     WorkItem,
     decode,
+    encode,
 )
 from codeyard.testing.dags import random_plan
 
@@ -215,6 +217,7 @@ async def main() -> None:
             for role in ("coder", "tester", "review")
         ]
         sizes: list[SizeFigures] = []
+        too_big: dict[int, int] = {}  # tasks -> bytes of a SubmitRun that cannot be sent
         try:
             baseline_rate, baseline_p50 = await request_reply_baseline(bus)
             await one_run(bus, 50, seed=999)  # warm-up: leader elected, caches
@@ -224,6 +227,10 @@ async def main() -> None:
                 "workers": os.getpid(),
             }
             for tasks in args.tasks:
+                size = len(encode(SubmitRun(run_id="x", goal="bench", plan=random_plan(tasks))))
+                if size > MAX_MESSAGE_BYTES:
+                    too_big[tasks] = size
+                    continue
                 figures = SizeFigures(tasks)
                 sizes.append(figures)
                 figures.rss_before_kib = memory_kib(coordinator.pid)["VmRSS"]
@@ -253,6 +260,11 @@ async def main() -> None:
     print(f"machine: {os.cpu_count()} cores; nats-server file store; {args.runs} runs, medians")
     for figures in sizes:
         print_size(figures, args.capacity, baseline_rate)
+    for tasks, size in too_big.items():
+        print(
+            f"DAG: {tasks} tasks: skipped, its SubmitRun is {size} bytes, over the "
+            f"{MAX_MESSAGE_BYTES}-byte message limit (a plan travels in one message)"
+        )
     idle_p50 = statistics.median(idle_p50s) * 1000
     print(f"dispatch latency p50 on a 100-task chain (one task in flight): {idle_p50:.2f} ms")
     print(f"baseline nats req/reply: {baseline_rate:8.0f} req/s, p50 {baseline_p50 * 1000:.2f} ms")
