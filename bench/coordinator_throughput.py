@@ -1,6 +1,6 @@
 """Coordinator throughput and dispatch latency on no-op workers, with durability on.
 
-    python -m bench.coordinator_throughput [--tasks 1000] [--runs 3] [--capacity 256]
+    python -m bench.coordinator_throughput [--tasks 1000 [10000 ...]] [--runs 3] [--capacity 256]
 
 A real nats-server (file store) and the coordinator run as child processes; no-op workers for
 coder, tester and review run in this process. Each run submits a random DAG and times it from
@@ -12,6 +12,9 @@ request/reply on the same server, measured in the same invocation.
 - dispatch latency: a work item's creation in the coordinator (`sent_at`) -> the worker's
   handler starting on it; under full load (the DAG runs) and with one task in flight at a time
   (a chain), where no batch of other work shares the coordinator's step.
+- memory: the coordinator child's peak resident set (VmHWM from /proc/<pid>/status) during each
+  size's runs (the peak is reset before them through /proc/<pid>/clear_refs), and its RSS
+  before them.
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 
 from codeyard.bus import Bus, EmbeddedNats, PullWorker, Topology
 from codeyard.bus.subjects import ctl_subject, events_subject
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.schemas import (
+    MAX_MESSAGE_BYTES,
     Accepted,
     CodeRequest,
     CodeResult,
@@ -48,6 +54,7 @@ from codeyard.schemas import (
     TestResult,
     WorkItem,
     decode,
+    encode,
 )
 from codeyard.testing.dags import random_plan
 
@@ -81,10 +88,34 @@ def chain(tasks: int) -> list[TaskSpec]:
     ]
 
 
+async def submit(bus: Bus, request: SubmitRun, patience: float = 60.0) -> ControlReply:
+    """Submit, waiting for a coordinator to answer (a child just started may not listen yet)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            reply: ControlReply = await bus.request(
+                ctl_subject("submit"), request, ControlReply, 30
+            )
+            return reply
+        except NoRespondersError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def one_run(bus: Bus, tasks: int, seed: int, *, sequential: bool = False) -> float:
     """Seconds from submit to the run's `done` event."""
     plan = chain(tasks) if sequential else random_plan(tasks, seed=seed)
-    run_id = f"bench{seed}"
+    run_id = f"bench{tasks}{'c' if sequential else 'd'}{seed}"  # unique per run
+    started = time.perf_counter()
+    await submit_and_wait(bus, run_id, plan)
+    return time.perf_counter() - started
+
+
+async def submit_and_wait(
+    bus: Bus, run_id: str, plan: list[TaskSpec], timeout: float = 600.0
+) -> None:
+    """Submit a run (its id must be new) and wait until it is `done`."""
     finished: asyncio.Future[RunStateChanged] = asyncio.get_running_loop().create_future()
 
     async def on_event(msg: Msg) -> None:
@@ -95,16 +126,13 @@ async def one_run(bus: Bus, tasks: int, seed: int, *, sequential: bool = False) 
 
     # events are JetStream-stored, and a plain subscription sees them as they are published
     subscription = await bus.nc.subscribe(events_subject(run_id), cb=on_event)
-    started = time.perf_counter()
-    reply = await bus.request(
-        ctl_subject("submit"), SubmitRun(run_id=run_id, goal="bench", plan=plan), ControlReply, 30
-    )
-    assert isinstance(reply, Accepted), reply
-    event = await asyncio.wait_for(finished, 600)
-    elapsed = time.perf_counter() - started
-    await subscription.unsubscribe()
+    try:
+        reply = await submit(bus, SubmitRun(run_id=run_id, goal="bench", plan=plan))
+        assert isinstance(reply, Accepted), reply
+        event = await asyncio.wait_for(finished, timeout)
+    finally:
+        await subscription.unsubscribe()
     assert event.state is RunState.DONE, event.reason
-    return elapsed
 
 
 async def request_reply_baseline(bus: Bus, count: int = 3000) -> tuple[float, float]:
@@ -121,10 +149,43 @@ async def request_reply_baseline(bus: Bus, count: int = 3000) -> tuple[float, fl
     return count / (time.perf_counter() - started), statistics.median(times)
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident set) and VmRSS of a process, in KiB (Linux /proc)."""
+    figures = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            figures[name] = int(value.split()[0])
+    return figures
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Start VmHWM afresh from the current RSS (Linux >= 4.0; our own child only)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class SizeFigures:
+    tasks: int
+    durations: list[float] = field(default_factory=list)
+    p50s: list[float] = field(default_factory=list)
+    p99s: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    rss_before_kib: int = 0
+    peak_rss_kib: int = 0
+    peak_is_lifetime: bool = False
+
+
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1000], help="DAG sizes")
+    parser.add_argument("--runs", type=int, default=3, help="runs per size")
     parser.add_argument("--capacity", type=int, default=256)
     args = parser.parse_args()
 
@@ -155,23 +216,35 @@ async def main() -> None:
             asyncio.create_task(PullWorker(bus, role, handle, concurrency=256).run(stop))
             for role in ("coder", "tester", "review")
         ]
+        sizes: list[SizeFigures] = []
+        too_big: dict[int, int] = {}  # tasks -> bytes of a SubmitRun that cannot be sent
         try:
             baseline_rate, baseline_p50 = await request_reply_baseline(bus)
             await one_run(bus, 50, seed=999)  # warm-up: leader elected, caches
-            latencies.clear()
-            durations, p50s, p99s = [], [], []
             pids = {
                 "coordinator": coordinator.pid,
                 "nats-server": server.pid,
                 "workers": os.getpid(),
             }
-            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
-            for seed in range(args.runs):
-                latencies.clear()
-                durations.append(await one_run(bus, args.tasks, seed))
-                p50s.append(percentile(latencies, 0.5))
-                p99s.append(percentile(latencies, 0.99))
-            cpu = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items() if pid}
+            for tasks in args.tasks:
+                size = len(encode(SubmitRun(run_id="x", goal="bench", plan=random_plan(tasks))))
+                if size > MAX_MESSAGE_BYTES:
+                    too_big[tasks] = size
+                    continue
+                figures = SizeFigures(tasks)
+                sizes.append(figures)
+                figures.rss_before_kib = memory_kib(coordinator.pid)["VmRSS"]
+                figures.peak_is_lifetime = not reset_peak_rss(coordinator.pid)
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
+                for seed in range(args.runs):
+                    latencies.clear()
+                    figures.durations.append(await one_run(bus, tasks, seed))
+                    figures.p50s.append(percentile(latencies, 0.5))
+                    figures.p99s.append(percentile(latencies, 0.99))
+                figures.cpu = {
+                    n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items() if pid
+                }
+                figures.peak_rss_kib = memory_kib(coordinator.pid)["VmHWM"]
             idle_p50s = []
             for seed in range(args.runs):
                 latencies.clear()
@@ -184,21 +257,38 @@ async def main() -> None:
             await coordinator.wait()
             await bus.close()
 
-    rate = args.tasks / statistics.median(durations)
     print(f"machine: {os.cpu_count()} cores; nats-server file store; {args.runs} runs, medians")
-    print(f"DAG: {args.tasks} tasks, capacity {args.capacity}, no-op coder/tester/reviewer")
-    print(f"coordinator throughput:  {rate:8.0f} tasks/s   ({3 * rate:.0f} work items/s)")
-    print(f"dispatch latency p50:    {statistics.median(p50s) * 1000:8.2f} ms")
-    print(f"dispatch latency p99:    {statistics.median(p99s) * 1000:8.2f} ms")
+    for figures in sizes:
+        print_size(figures, args.capacity, baseline_rate)
+    for tasks, size in too_big.items():
+        print(
+            f"DAG: {tasks} tasks: skipped, its SubmitRun is {size} bytes, over the "
+            f"{MAX_MESSAGE_BYTES}-byte message limit (a plan travels in one message)"
+        )
     idle_p50 = statistics.median(idle_p50s) * 1000
     print(f"dispatch latency p50 on a 100-task chain (one task in flight): {idle_p50:.2f} ms")
     print(f"baseline nats req/reply: {baseline_rate:8.0f} req/s, p50 {baseline_p50 * 1000:.2f} ms")
+
+
+def print_size(figures: SizeFigures, capacity: int, baseline_rate: float) -> None:
+    tasks, runs = figures.tasks, len(figures.durations)
+    rate = tasks / statistics.median(figures.durations)
+    print(f"DAG: {tasks} tasks, capacity {capacity}, no-op coder/tester/reviewer")
+    print(f"coordinator throughput:  {rate:8.0f} tasks/s   ({3 * rate:.0f} work items/s)")
+    print(f"dispatch latency p50:    {statistics.median(figures.p50s) * 1000:8.2f} ms")
+    print(f"dispatch latency p99:    {statistics.median(figures.p99s) * 1000:8.2f} ms")
     print(f"ratio tasks/s to baseline req/s: {rate / baseline_rate:.2f}")
-    total_tasks = args.tasks * args.runs
+    total_tasks = tasks * runs
     per_task = ", ".join(
-        f"{name} {seconds / total_tasks * 1e6:.0f}" for name, seconds in cpu.items()
+        f"{name} {seconds / total_tasks * 1e6:.0f}" for name, seconds in figures.cpu.items()
     )
-    print(f"CPU per task (us): {per_task}; wall {sum(durations) / total_tasks * 1e6:.0f}")
+    wall = sum(figures.durations) / total_tasks * 1e6
+    print(f"CPU per task (us): {per_task}; wall {wall:.0f}")
+    scope = "since start" if figures.peak_is_lifetime else "during these runs"
+    print(
+        f"coordinator peak RSS ({scope}): {figures.peak_rss_kib / 1024:.0f} MiB "
+        f"(RSS before: {figures.rss_before_kib / 1024:.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""The benchmarks: the schedule simulation is sound, and every benchmark documents its command
+(correctness only; benchmarks print figures, tests never assert timings)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.schedule_efficiency import latencies_for, simulate
+from codeyard.testing.dags import random_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("fifo", [False, True])
+@pytest.mark.parametrize("coders", [1, 3, 8])
+def test_makespan_is_never_below_the_lower_bound(coders: int, fifo: bool) -> None:
+    for seed in range(5):
+        specs = random_plan(30, seed=seed)
+        latency = latencies_for(specs, seed, 0.8)
+        outcome = simulate(specs, latency, coders, fifo=fifo)
+        assert outcome.lower_bound <= outcome.makespan * (1 + 1e-9)
+        assert outcome.makespan <= outcome.total_work * (1 + 1e-9)
+        if coders == 1:  # one coder, never idle while work is ready: exactly the total work
+            assert math.isclose(outcome.makespan, outcome.total_work)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "bus_latency",
+        "coordinator_throughput",
+        "coder_scaling",
+        "schedule_efficiency",
+        "sandbox_overhead",
+        "snapshot_large_repo",
+    ],
+)
+def test_every_benchmark_documents_its_command(module: str) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"python -m bench.{module}" in shown.stdout
