@@ -17,8 +17,9 @@ from rich.console import Console
 from codeyard.bus import Bus, EmbeddedNats
 from codeyard.bus.credentials import Credentials, credentials_file, read_credentials
 from codeyard.bus.embedded import free_port
-from codeyard.bus.permissions import COORDINATOR, GATE, principal_of_role, principals
+from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, principals
 from codeyard.config import Settings
+from codeyard.dashboard.service import dashboard_token, sign_in_url
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
 from codeyard.llm.local import local_server_command, smollm2_model
 from codeyard.supervisor import ChildSpec, Supervisor
@@ -37,10 +38,11 @@ def service_children(
     agents: bool,
     llm_env: Mapping[str, str] | None = None,
     credentials: Mapping[str, Credentials] | None = None,
+    dashboard_token: str | None = None,
 ) -> list[ChildSpec]:
     """The services `up` keeps running: the coordinator and the safety gate (merges wait for
-    it) and, with `agents`, every role. Each gets its own principal's `credentials` (if given)
-    and no other's."""
+    it), with `agents` every role, and with a `dashboard_token` the web dashboard (as `ctl`).
+    Each gets its own principal's `credentials` (if given) and no other's."""
     base = os.environ | {"NATS_URL": url} | dict(llm_env or {})
     credentials = credentials or {}
 
@@ -54,6 +56,9 @@ def service_children(
         ChildSpec("coordinator", coordinator, env(COORDINATOR)),
         ChildSpec("safety-gate", [*codeyard, "gate"], env(GATE)),
     ]
+    if dashboard_token is not None:
+        dashboard_env = env(CTL) | {"CODEYARD_DASHBOARD_TOKEN": dashboard_token}
+        children.append(ChildSpec("dashboard", [*codeyard, "dashboard"], dashboard_env))
     if agents:
         coder, tester, review = (principal_of_role(r) for r in ("coder", "tester", "review"))
         children += [
@@ -179,7 +184,13 @@ async def wait_until_serving(url: str, timeout: float) -> None:
 
 
 async def run_up(
-    settings: Settings, console: Console, *, coders: int, agents: bool, local_llm: bool = False
+    settings: Settings,
+    console: Console,
+    *,
+    coders: int,
+    agents: bool,
+    local_llm: bool = False,
+    dashboard: bool = False,
 ) -> None:
     server: EmbeddedNats | None = None
     url = settings.nats_url
@@ -224,9 +235,18 @@ async def run_up(
             await wait_until_serving(f"{base_url}/models", timeout=300)
             llm_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "local"}
             llm_env |= {"CODEYARD_LLM_MODEL": "smollm2"}
+        token = dashboard_token(settings) if dashboard else None
         children = service_children(
-            url, coders=coders, agents=agents, llm_env=llm_env, credentials=credentials
+            url,
+            coders=coders,
+            agents=agents,
+            llm_env=llm_env,
+            credentials=credentials,
+            dashboard_token=token,
         )
+        if token is not None:
+            base = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
+            console.print(f"dashboard: {sign_in_url(base, token)}", markup=False, highlight=False)
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
         services.append(asyncio.create_task(Supervisor(children).run(stop)))
         await asyncio.gather(*services)
