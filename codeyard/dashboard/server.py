@@ -101,7 +101,7 @@ class Dashboard:
         if proof is Proof.QUERY and request.method == "GET":
             # trade the token in the URL for a cookie, and drop it from the address bar
             target = request.rel_url.without_query_params("token")
-            response = web.HTTPSeeOther(str(target))
+            response = web.Response(status=303, headers={"Location": str(target)})
             response.set_cookie(
                 COOKIE, self.check.token, httponly=True, samesite="Strict", path="/"
             )
