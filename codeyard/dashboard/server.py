@@ -47,7 +47,9 @@ KEEPALIVE_SECONDS = 15.0
 HEADERS = {
     "Content-Security-Policy": pages.CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",  # the first URL carries the token
+    # the first URL carries the token: never tell another site (and "no-referrer" would make
+    # browsers send `Origin: null` on our own forms, failing the CSRF origin check)
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 

@@ -27,6 +27,9 @@ async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
         "CODEYARD_DATA_DIR": str(tmp_path / "data"),
         "CODEYARD_NATS_PORT": str(port),
         "NATS_URL": "",
+        # the dashboard `up` starts: a port of its own, a token the tests know
+        "CODEYARD_DASHBOARD_PORT": str(free_port()),
+        "CODEYARD_DASHBOARD_TOKEN": "dashboard-token-of-the-tests",
     }
     up, _ = await start("-m", "codeyard", "up", "--no-agents", env=env, ready=b"Ctrl-C stops")
     workers: list[asyncio.subprocess.Process] = []

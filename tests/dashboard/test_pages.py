@@ -148,7 +148,8 @@ def test_event_frames_are_one_data_line_named_by_type() -> None:
     frame = sse_frame(TaskStatesChanged(run_id="r1", changes=[change]))
     name, data, end = frame.split(b"\n", 2)
     assert name == b"event: TaskStatesChanged"
-    assert data.startswith(b"data: {") and b'"state":"merged"' in data
+    assert data.startswith(b"data: {")
+    assert b'"state":"merged"' in data
     assert end == b"\n"
 
 
