@@ -116,6 +116,7 @@ def up(
             "with its own NATS user; repeatable"
         ),
     ] = None,
+    dashboard: Annotated[bool, typer.Option(help="run the web dashboard too")] = True,
 ) -> None:
     """Start codeyard on this machine.
 
@@ -127,7 +128,8 @@ def up(
     Either way the streams, consumers and buckets are created or updated; then the coordinator,
     the safety gate, a planner, --coders coders, a tester and a reviewer run as child processes,
     each restarted if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or
-    CODEYARD_LLM_*). Ctrl-C stops everything.
+    CODEYARD_LLM_*). The web dashboard runs too (--no-dashboard: not); its URL, with the token,
+    is printed. Ctrl-C stops everything.
 
     Example: [bold]codeyard up[/bold]
     """
@@ -158,6 +160,7 @@ def up(
             agents=agents,
             local_llm=local_llm,
             reviewers=tuple(reviewer or ()),
+            dashboard=dashboard,
         )
         asyncio.run(up_)
     except EmbeddedServerError as exc:
@@ -166,6 +169,23 @@ def up(
     except (OSError, nats.errors.Error) as exc:
         err.print(f"[red]error:[/red] cannot reach NATS at {settings.nats_url}: {exc!r}")
         raise typer.Exit(1) from None
+
+
+@app.command("dashboard")
+def dashboard_command() -> None:
+    """Serve the web dashboard: runs, each run's live task graph, task details (diff, test
+    output, review) and pending approvals with Approve/Deny buttons.
+
+    Listens on CODEYARD_DASHBOARD_HOST:CODEYARD_DASHBOARD_PORT (default 127.0.0.1:8700) and
+    connects to NATS as the ctl user. Every page needs the token CODEYARD_DASHBOARD_TOKEN
+    (unset: a new one at each start); open the printed URL, which carries it, once.
+    `codeyard up` runs the dashboard for you.
+
+    Example: [bold]CODEYARD_DASHBOARD_PORT=8800 codeyard dashboard[/bold]
+    """
+    from codeyard.dashboard.service import CannotServe, run_dashboard
+
+    _serve(run_dashboard(Settings(), console), bad_configuration=(CannotServe,))
 
 
 @app.command()

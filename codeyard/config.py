@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="service logs: text, or one JSON object per line"
     )
+    dashboard_host: str = Field(default="127.0.0.1", description="address the dashboard serves on")
+    dashboard_port: int = Field(default=8700, ge=0, le=65535, description="dashboard port")
+    dashboard_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="token that opens the dashboard; empty: a new one at each start, printed",
+    )
 
     def server_url(self) -> str:
         """NATS_URL, else the embedded server of `codeyard up` on this machine."""

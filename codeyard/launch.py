@@ -17,8 +17,9 @@ from rich.console import Console
 from codeyard.bus import Bus, EmbeddedNats
 from codeyard.bus.credentials import Credentials, credentials_file, read_credentials
 from codeyard.bus.embedded import free_port
-from codeyard.bus.permissions import COORDINATOR, GATE, principal_of_role, principals
+from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, principals
 from codeyard.config import Settings
+from codeyard.dashboard.service import dashboard_token, sign_in_url
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
 from codeyard.llm.local import local_server_command, smollm2_model
 from codeyard.observability.ports import metrics_port_of, with_metrics_ports
@@ -40,11 +41,12 @@ def service_children(
     llm_env: Mapping[str, str] | None = None,
     credentials: Mapping[str, Credentials] | None = None,
     reviewers: Sequence[str] = (),
+    dashboard_token: str | None = None,
 ) -> list[ChildSpec]:
     """The services `up` keeps running: the coordinator and the safety gate (merges wait for
-    it), with `agents` every role, and a worker per reviewer plugin named in `reviewers` (by
-    entry point; they need no LLM). Each gets its own principal's `credentials` (if given)
-    and no other's."""
+    it), with `agents` every role, a worker per reviewer plugin named in `reviewers` (by entry
+    point; they need no LLM), and with a `dashboard_token` the web dashboard (as `ctl`). Each
+    gets its own principal's `credentials` (if given) and no other's."""
     base = os.environ | {"NATS_URL": url} | dict(llm_env or {})
     credentials = credentials or {}
 
@@ -58,6 +60,9 @@ def service_children(
         ChildSpec("coordinator", coordinator, env(COORDINATOR)),
         ChildSpec("safety-gate", [*codeyard, "gate"], env(GATE)),
     ]
+    if dashboard_token is not None:
+        dashboard_env = env(CTL) | {"CODEYARD_DASHBOARD_TOKEN": dashboard_token}
+        children.append(ChildSpec("dashboard", [*codeyard, "dashboard"], dashboard_env))
     if agents:
         coder, tester, review = (principal_of_role(r) for r in ("coder", "tester", "review"))
         children += [
@@ -202,6 +207,7 @@ async def run_up(
     agents: bool,
     local_llm: bool = False,
     reviewers: Sequence[str] = (),
+    dashboard: bool = False,
 ) -> None:
     server: EmbeddedNats | None = None
     url = settings.nats_url
@@ -246,6 +252,7 @@ async def run_up(
             await wait_until_serving(f"{base_url}/models", timeout=300)
             llm_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "local"}
             llm_env |= {"CODEYARD_LLM_MODEL": "smollm2"}
+        token = dashboard_token(settings) if dashboard else None
         children = service_children(
             url,
             coders=coders,
@@ -253,11 +260,15 @@ async def run_up(
             llm_env=llm_env,
             credentials=credentials,
             reviewers=reviewers,
+            dashboard_token=token,
         )
         children = with_metrics_ports(children, settings.metrics_port)
         if settings.metrics_port:
             where = (f"{c.name} :{metrics_port_of(c)}" for c in children if metrics_port_of(c))
             console.print(f"metrics on {settings.metrics_host}: {', '.join(where)}", markup=False)
+        if token is not None:
+            base = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
+            console.print(f"dashboard: {sign_in_url(base, token)}", markup=False, highlight=False)
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
         services.append(asyncio.create_task(Supervisor(children).run(stop)))
         await asyncio.gather(*services)

@@ -37,6 +37,18 @@ if ! command -v docker-compose >/dev/null 2>&1; then
             "the compose file checks in tests/deploy are skipped." >&2
     fi
 fi
+# The dashboard's end-to-end test drives headless Chromium (Debian's chromium and
+# chromium-driver); without them that test is skipped. Root installs them; others are warned.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 &&
+        apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; then
+        echo "chromium: $(command -v chromium), chromedriver: $(command -v chromedriver)"
+    else
+        echo "WARNING: chromium and chromium-driver are not installed (needs root and apt-get);" \
+            "the dashboard's browser test will be skipped." >&2
+    fi
+fi
 # The docker sandbox backend, tried before bubblewrap: a Docker engine on codeyard's socket and
 # the sandbox image built from Debian's mirrors (scripts/docker-engine.sh). It needs root; warn
 # (do not fail) where it cannot be had, and codeyard uses bubblewrap instead.

@@ -29,16 +29,6 @@ CODEYARD_IMAGE = "codeyard"
 # The plugin reviewers the deployment runs, so the principals it generates users for.
 PLUGIN_REVIEWERS = ("static",)
 
-# Defined by the metrics and dashboard work going on in parallel (issue 7); the deployment
-# uses them by the agreed names. Once merged they are found in the code as well.
-SETTINGS_DEFINED_IN_PARALLEL = frozenset(
-    {
-        "CODEYARD_DASHBOARD_HOST",
-        "CODEYARD_DASHBOARD_PORT",
-        "CODEYARD_DASHBOARD_TOKEN",
-    }
-)
-COMMANDS_DEFINED_IN_PARALLEL = frozenset({"dashboard"})
 
 # The metrics the dashboard uses (codeyard/observability/metrics.py defines them): sample
 # name -> labels. tests/deploy/test_observability.py checks codeyard exports each of them.
@@ -99,7 +89,7 @@ def codeyard_command(argv: list[str]) -> str:
     """The problem with a codeyard command line, or "" when it names a real command."""
     if not argv:
         return "no command: the image would print its help and exit"
-    known = cli_commands() | COMMANDS_DEFINED_IN_PARALLEL
+    known = cli_commands()
     if argv[0] not in known:
         return f"{argv[0]!r} is not a codeyard command ({sorted(known)})"
     return ""

@@ -19,7 +19,6 @@ from tests.deploy.deployment_files import (
     OVERLAYS,
     PLUGIN_REVIEWERS,
     PROMETHEUS,
-    SETTINGS_DEFINED_IN_PARALLEL,
     codeyard_command,
     known_principals,
     load_yaml,
@@ -134,7 +133,7 @@ def test_every_codeyard_service_has_its_own_existing_principal() -> None:
 
 
 def test_every_codeyard_variable_is_a_setting() -> None:
-    known = setting_env_names() | SETTINGS_DEFINED_IN_PARALLEL
+    known = setting_env_names()
     for path in (COMPOSE_FILE, *OVERLAYS):
         for name, service in load_yaml(path)["services"].items():
             for variable in service.get("environment") or {}:

@@ -15,7 +15,6 @@ import pytest
 from codeyard.bus import subjects
 from tests.deploy.deployment_files import (
     K8S,
-    SETTINGS_DEFINED_IN_PARALLEL,
     codeyard_command,
     known_principals,
     load_yaml,
@@ -100,7 +99,7 @@ def test_coordinators_run_leader_and_standby() -> None:
 
 
 def test_every_codeyard_variable_is_a_setting() -> None:
-    known = setting_env_names() | SETTINGS_DEFINED_IN_PARALLEL
+    known = setting_env_names()
     variables = [key for cm in of_kind("ConfigMap") for key in cm["data"]]
     variables += [env["name"] for _, c in codeyard_containers() for env in c.get("env", [])]
     for secret in of_kind("Secret"):

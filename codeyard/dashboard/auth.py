@@ -1,0 +1,69 @@
+"""Who may use the dashboard: whoever holds its token.
+
+The token comes once in a URL (`/?token=...`), which trades it for an HttpOnly cookie, or in
+every request as `Authorization: Bearer <token>` (scripts). A browser sends the cookie with
+any request to the dashboard, including ones another site makes it send, so a state-changing
+POST authenticated by the cookie must also carry the CSRF token the dashboard put in its own
+forms, and must not come from another origin."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+
+COOKIE = "codeyard_dashboard"
+CSRF_FIELD = "csrf"
+
+
+class Proof(Enum):
+    """How a request proved it holds the token."""
+
+    NONE = "none"
+    COOKIE = "cookie"
+    BEARER = "bearer"
+    QUERY = "query"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    token: str
+
+    def __post_init__(self) -> None:
+        if len(self.token) < 16:  # guessable tokens would make the check pointless
+            raise ValueError("the dashboard token must be at least 16 characters long")
+
+    def matches(self, candidate: str | None) -> bool:
+        return candidate is not None and hmac.compare_digest(
+            candidate.encode(), self.token.encode()
+        )
+
+    def proof(self, *, cookie: str | None, authorization: str | None, query: str | None) -> Proof:
+        if authorization is not None and authorization.startswith("Bearer "):
+            return Proof.BEARER if self.matches(authorization[len("Bearer ") :]) else Proof.NONE
+        if query is not None:
+            return Proof.QUERY if self.matches(query) else Proof.NONE
+        return Proof.COOKIE if self.matches(cookie) else Proof.NONE
+
+    @property
+    def csrf(self) -> str:
+        """The token of the dashboard's own forms: derived from the secret, so it needs no
+        server-side session, and useless to learn the secret from."""
+        return hmac.new(self.token.encode(), b"codeyard-dashboard-csrf", hashlib.sha256).hexdigest()
+
+    def csrf_ok(self, candidate: str | None) -> bool:
+        return candidate is not None and hmac.compare_digest(candidate.encode(), self.csrf.encode())
+
+
+def same_origin(origin: str | None, host: str | None, scheme: str) -> bool:
+    """A browser names the page a POST comes from in Origin; none (old clients, curl) is let
+    through to the CSRF token check, which a cross-site form cannot pass."""
+    if origin is None:
+        return True
+    return host is not None and origin == f"{scheme}://{host}"

@@ -1,0 +1,237 @@
+"""The dashboard's pages as HTML strings, from runs and approvals: pure functions, no I/O.
+
+Everything that comes from a run (goals, titles, diffs, test output, review text) is
+untrusted: it is escaped here, and the pages' Content-Security-Policy allows only the
+dashboard's own script, so markup that slipped through still could not run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+from urllib.parse import quote
+
+from codeyard.report import build_report, text
+from codeyard.report.graph_svg import STATE_COLOURS, render_graph_svg
+from codeyard.schemas.messages import PendingApproval
+from codeyard.schemas.model import FeedbackKind, Run, Task, TaskState
+
+LIVE_SCRIPT = "/static/live.js"
+COLOURS = {str(state): colour for state, colour in STATE_COLOURS.items()}
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 0; background: #fafafa; }
+nav { background: #263238; padding: 8px 24px; } nav a { color: #fff; margin-right: 16px; }
+main { max-width: 1200px; margin: 0 auto; padding: 16px 24px 48px; }
+h1 { font-size: 22px; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+table { border-collapse: collapse; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+pre { background: #f4f4f4; border: 1px solid #e2e2e2; padding: 8px; overflow-x: auto;
+      white-space: pre-wrap; word-break: break-word; max-height: 36em; }
+.goal { white-space: pre-wrap; background: #fff; border-left: 4px solid #90caf9; padding: 8px; }
+.graph { overflow-x: auto; background: #fff; border: 1px solid #e2e2e2; padding: 8px; }
+.state { padding: 1px 6px; border-radius: 8px; border: 1px solid #999; white-space: nowrap; }
+.live { color: #777; font-size: 12px; }
+form.answer { display: inline; } button { cursor: pointer; }
+button.approve { background: #c8e6c9; } button.deny { background: #ffcdd2; }
+.empty { color: #777; }
+"""
+
+
+def page(title: str, body: str, *, live: bool = False) -> str:
+    """A whole page: `body` must already be escaped HTML."""
+    script = f'<script src="{LIVE_SCRIPT}" defer></script>\n' if live else ""
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n{script}</head>\n<body>\n"
+        '<nav><a href="/">Runs</a><a href="/approvals">Approvals</a></nav>\n'
+        f"<main>\n{body}\n</main>\n</body>\n</html>\n"
+    )
+
+
+def run_url(run_id: str) -> str:
+    return f"/runs/{quote(run_id, safe='')}"
+
+
+def task_url(run_id: str, task_id: str) -> str:
+    return f"{run_url(run_id)}/tasks/{quote(task_id, safe='')}"
+
+
+def state_badge(state: str, *, task_id: str = "") -> str:
+    colour = COLOURS.get(state, "#ffffff")
+    data = f' data-task="{escape(task_id)}"' if task_id else ""
+    return (
+        f'<span class="state"{data} data-state="{escape(state)}" '
+        f'style="background:{colour}">{escape(state)}</span>'
+    )
+
+
+def runs_page(runs: Sequence[Run]) -> str:
+    if not runs:
+        return page("codeyard runs", '<h1>Runs</h1>\n<p class="empty">no runs yet</p>')
+    rows = "".join(
+        f'<tr class="run" data-run="{escape(run.run_id)}">'
+        f'<td><a href="{run_url(run.run_id)}">{escape(run.run_id)}</a></td>'
+        f"<td>{state_badge(run.state)}</td>"
+        f"<td>{escape(text.first_line(run.goal))}</td>"
+        f"<td>{escape(text.when(run.created_at))}</td>"
+        f"<td>{escape(text.when(run.updated_at))}</td></tr>"
+        for run in sorted(runs, key=lambda run: run.created_at, reverse=True)
+    )
+    table = (
+        '<table id="runs"><tr><th>run</th><th>state</th><th>goal</th><th>created</th>'
+        f"<th>updated</th></tr>{rows}</table>"
+    )
+    return page("codeyard runs", f"<h1>Runs</h1>\n{table}")
+
+
+def run_page(run: Run) -> str:
+    """The run with its task graph; the page's script recolours the graph from
+    `data-events` (server-sent events) as the tasks move."""
+    report = build_report(run, [])  # the graph needs the tasks only, not their history
+    legend = " ".join(state_badge(state) for state in TaskState)
+    rows = "".join(
+        f'<tr><td><a href="{task_url(run.run_id, task.task_id)}">{escape(task.task_id)}</a></td>'
+        f"<td>{escape(text.first_line(task.title))}</td>"
+        f"<td>{escape(', '.join(task.deps))}</td>"
+        f"<td>{state_badge(task.state, task_id=task.task_id)}</td>"
+        f'<td data-attempt="{escape(task.task_id)}">{task.attempts}</td></tr>'
+        for task in report.tasks
+    )
+    body = [
+        f"<h1>Run {escape(run.run_id)}</h1>",
+        f'<p>state: <span id="run-state">{state_badge(run.state)}</span> '
+        '<span class="live" id="live">connecting to live updates…</span></p>',
+        f'<p class="goal">{escape(run.goal)}</p>',
+        *([f"<h2>Error</h2><pre>{escape(run.error)}</pre>"] if run.error else []),
+        "<h2>Task graph</h2>",
+        f'<div class="graph" id="graph">{render_graph_svg(report)}</div>',
+        f'<p class="legend">{legend}</p>',
+        "<h2>Tasks</h2>",
+        '<table id="tasks"><tr><th>task</th><th>title</th><th>needs</th><th>state</th>'
+        f"<th>attempt</th></tr>{rows}</table>",
+        f"<p>tokens: {escape(text.tokens(run.usage))}, cost {escape(text.cost(run.usage))}</p>",
+    ]
+    events = f"{run_url(run.run_id)}/events"
+    main = f'<div id="run" data-events="{escape(events)}">\n' + "\n".join(body) + "\n</div>"
+    return page(f"codeyard run {run.run_id}", main, live=True)
+
+
+def task_page(run: Run, task: Task) -> str:
+    spec = task.spec
+    facts = [
+        ("state", state_badge(task.state)),
+        ("attempt", str(task.attempt)),
+        ("needs", escape(", ".join(spec.deps)) or "-"),
+        ("started", escape(text.when(task.started_at))),
+        ("finished", escape(text.when(task.finished_at))),
+        ("tests run", str(task.tests_run)),
+        (
+            "reviewers",
+            escape(
+                ", ".join(
+                    f"{name}: {'approved' if ok else 'no'}"
+                    for name, ok in sorted(task.approvals.items())
+                )
+            )
+            or "-",
+        ),
+    ]
+    body = [
+        f'<p><a href="{run_url(run.run_id)}">← run {escape(run.run_id)}</a></p>',
+        f"<h1>Task {escape(spec.id)}: {escape(spec.title)}</h1>",
+        "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts) + "</table>",
+    ]
+    if spec.description:
+        body.append(f'<h2>Description</h2><p class="goal">{escape(spec.description)}</p>')
+    if spec.acceptance:
+        items = "".join(f"<li>{escape(item)}</li>" for item in spec.acceptance)
+        body.append(f"<h2>Acceptance</h2><ul>{items}</ul>")
+    if task.error:
+        body.append(f'<h2>Error</h2><pre id="error">{escape(task.error)}</pre>')
+    body.append(_feedback(task, review=False))
+    body.append(_feedback(task, review=True))
+    if task.summary:
+        body.append(f'<h2>Coder\'s summary</h2><pre id="summary">{escape(task.summary)}</pre>')
+    body.append(f"<h2>Diff (attempt {task.attempt})</h2>{_patch(task)}")
+    output = escape(task.test_output) if task.test_output else ""
+    body.append(
+        f'<h2>Last test output</h2><pre id="test-output">{output}</pre>'
+        if output
+        else '<h2>Last test output</h2><p class="empty">none yet</p>'
+    )
+    return page(f"codeyard task {run.run_id}/{spec.id}", "\n".join(body))
+
+
+def _feedback(task: Task, *, review: bool) -> str:
+    heading = "Review feedback" if review else "Why earlier attempts went back"
+    chosen = [f for f in task.feedback if (f.kind is FeedbackKind.REVIEW) == review]
+    if not chosen:
+        return f'<h2>{heading}</h2><p class="empty">none</p>'
+    items = "".join(
+        f"<li><b>attempt {f.attempt}: {escape(f.kind)}</b><pre>{escape(f.text)}</pre></li>"
+        for f in sorted(chosen, key=lambda f: f.attempt)
+    )
+    section = "review" if review else "feedback"
+    return f'<h2>{heading}</h2><ul id="{section}">{items}</ul>'
+
+
+def _patch(task: Task) -> str:
+    patch = task.patch
+    if patch is None:
+        return '<p class="empty">no patch yet</p>'
+    if patch.text:
+        return f'<pre id="diff">{escape(patch.text)}</pre>'
+    # large patches live in the object store, which the ctl principal may not read
+    return (
+        f'<p class="empty">too large to carry inline: object {escape(patch.object_name)} '
+        f"(sha256 {escape(patch.sha256)}) in the artifacts store</p>"
+    )
+
+
+def approvals_page(approvals: Sequence[PendingApproval], csrf: str) -> str:
+    pending = [a for a in approvals if a.status == "pending"]
+    if not pending:
+        return page(
+            "codeyard approvals",
+            '<h1>Approvals</h1>\n<p class="empty" id="none">nothing waits for approval</p>',
+        )
+    rows = "".join(_approval_row(approval, csrf) for approval in pending)
+    table = (
+        '<table id="approvals"><tr><th>run</th><th>task</th><th>action</th><th>detail</th>'
+        f"<th>why</th><th>asked</th><th>answer</th></tr>{rows}</table>"
+    )
+    return page("codeyard approvals", f"<h1>Approvals</h1>\n{table}")
+
+
+def _approval_row(approval: PendingApproval, csrf: str) -> str:
+    base = f"/approvals/{quote(approval.approval_id, safe='')}"
+    hidden = f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+    task = (
+        f'<a href="{task_url(approval.run_id, approval.task_id)}">{escape(approval.task_id)}</a>'
+        if approval.task_id
+        else "-"
+    )
+    return (
+        f'<tr class="approval" data-approval="{escape(approval.approval_id)}">'
+        f'<td><a href="{run_url(approval.run_id)}">{escape(approval.run_id)}</a></td>'
+        f"<td>{task}</td><td>{escape(approval.action)}</td>"
+        f"<td><pre>{escape(approval.detail[:2000])}</pre></td>"
+        f"<td>{escape(approval.reason)}</td>"
+        f"<td>{escape(text.when(approval.requested_at))}</td>"
+        f'<td><form class="answer" method="post" action="{base}/approve">{hidden}'
+        '<button class="approve" type="submit">Approve</button></form> '
+        f'<form class="answer" method="post" action="{base}/deny">{hidden}'
+        '<button class="deny" type="submit">Deny</button></form></td></tr>'
+    )
+
+
+def message_page(title: str, message: str) -> str:
+    return page(title, f"<h1>{escape(title)}</h1>\n<p>{escape(message)}</p>")

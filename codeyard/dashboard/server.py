@@ -1,0 +1,267 @@
+"""The dashboard's HTTP application (aiohttp) over a bus connected as the `ctl` principal.
+
+Reads come from the coordinator's control API (`cy.ctl.status`, `cy.ctl.approvals`),
+answers go back through it (`cy.ctl.approve`, `cy.ctl.deny`), and a run page's live updates
+are the run's events, relayed from an ordered consumer on CY_EVENTS as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from codeyard.bus import Bus
+from codeyard.bus.subjects import EVENT_STREAM, events_subject
+from codeyard.dashboard import pages
+from codeyard.dashboard.auth import COOKIE, CSRF_FIELD, Proof, TokenCheck, same_origin
+from codeyard.dashboard.live_script import live_script
+from codeyard.dashboard.sse import KEEPALIVE, RETRY, sse_frame
+from codeyard.follow import RunRefused, ask_coordinator
+from codeyard.schemas import (
+    Accepted,
+    ApprovalList,
+    Approve,
+    ControlError,
+    ControlReply,
+    Deny,
+    Envelope,
+    ListApprovals,
+    MessageError,
+    Run,
+    RunEvent,
+    RunStatus,
+    StatusQuery,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ID = "{%s:[A-Za-z0-9][A-Za-z0-9_-]{0,63}}"  # the wire model's ids: no NATS wildcards or dots
+KEEPALIVE_SECONDS = 15.0
+HEADERS = {
+    "Content-Security-Policy": pages.CSP,
+    "X-Content-Type-Options": "nosniff",
+    # the first URL carries the token: never tell another site (and "no-referrer" would make
+    # browsers send `Origin: null` on our own forms, failing the CSRF origin check)
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class Unavailable(Exception):
+    """No coordinator answered: the page says so (503)."""
+
+
+class Dashboard:
+    def __init__(
+        self, bus: Bus, token: str, *, patience: float = 10.0, answered_by: str = "dashboard"
+    ) -> None:
+        self.bus = bus
+        self.check = TokenCheck(token)
+        self.patience = patience
+        self.answered_by = answered_by
+        self.closing = asyncio.Event()  # ends the event streams, which never end by themselves
+        self._script = live_script().encode()
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._authenticate])
+        app.router.add_get("/", self.runs)
+        app.router.add_get(f"/runs/{ID % 'run_id'}", self.run)
+        app.router.add_get(f"/runs/{ID % 'run_id'}/events", self.events)
+        app.router.add_get(f"/runs/{ID % 'run_id'}/tasks/{ID % 'task_id'}", self.task)
+        app.router.add_get("/approvals", self.approvals)
+        app.router.add_post(f"/approvals/{ID % 'approval_id'}/{{answer:approve|deny}}", self.answer)
+        app.router.add_get(pages.LIVE_SCRIPT, self.script)
+        app.on_response_prepare.append(_security_headers)
+        app.on_shutdown.append(self._close_streams)
+        return app
+
+    # --- authentication ---------------------------------------------------------------------
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        proof = self.check.proof(
+            cookie=request.cookies.get(COOKIE),
+            authorization=request.headers.get("Authorization"),
+            query=request.query.get("token"),
+        )
+        if proof is Proof.NONE:
+            return _html(
+                pages.message_page(
+                    "Not signed in",
+                    "Open the dashboard with the URL that `codeyard dashboard` (or `codeyard up`) "
+                    "printed: it carries the token.",
+                ),
+                status=401,
+            )
+        if proof is Proof.QUERY and request.method == "GET":
+            # trade the token in the URL for a cookie, and drop it from the address bar
+            target = request.rel_url.without_query_params("token")
+            response = web.Response(status=303, headers={"Location": str(target)})
+            response.set_cookie(
+                COOKIE, self.check.token, httponly=True, samesite="Strict", path="/"
+            )
+            return response
+        if proof is Proof.COOKIE and request.method not in ("GET", "HEAD"):
+            form = await request.post()
+            field = form.get(CSRF_FIELD)
+            origin_ok = same_origin(request.headers.get("Origin"), request.host, request.scheme)
+            if not (origin_ok and self.check.csrf_ok(field if isinstance(field, str) else None)):
+                return _html(
+                    pages.message_page("Refused", "cross-site request (CSRF check failed)"), 403
+                )
+        try:
+            return await handler(request)
+        except Unavailable as exc:
+            return _html(pages.message_page("Coordinator unavailable", str(exc)), 503)
+
+    # --- pages ------------------------------------------------------------------------------
+
+    async def runs(self, request: web.Request) -> web.StreamResponse:
+        reply = await self._ask("status", StatusQuery())
+        runs = reply.runs if isinstance(reply, RunStatus) else []
+        return _html(pages.runs_page(runs))
+
+    async def run(self, request: web.Request) -> web.StreamResponse:
+        run = await self._run(request.match_info["run_id"])
+        if run is None:
+            return _not_found(f"no run {request.match_info['run_id']!r}")
+        return _html(pages.run_page(run))
+
+    async def task(self, request: web.Request) -> web.StreamResponse:
+        run = await self._run(request.match_info["run_id"])
+        task = run.tasks.get(request.match_info["task_id"]) if run else None
+        if run is None or task is None:
+            return _not_found("no such run or task")
+        return _html(pages.task_page(run, task))
+
+    async def approvals(self, request: web.Request) -> web.StreamResponse:
+        reply = await self._ask("approvals", ListApprovals())
+        if not isinstance(reply, ApprovalList):
+            return _html(pages.message_page("Approvals unavailable", _error(reply)), 502)
+        return _html(pages.approvals_page(reply.approvals, self.check.csrf))
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        approval_id = request.match_info["approval_id"]
+        form = await request.post()
+        note = form.get("comment", "")
+        note = note if isinstance(note, str) else ""
+        answer: Envelope
+        if request.match_info["answer"] == "approve":
+            answer = Approve(approval_id=approval_id, by=self.answered_by, comment=note)
+            verb = "approve"
+        else:
+            answer = Deny(approval_id=approval_id, by=self.answered_by, reason=note)
+            verb = "deny"
+        reply = await self._ask(verb, answer)
+        if not isinstance(reply, Accepted):
+            return _html(pages.message_page("Not answered", _error(reply)), 409)
+        raise web.HTTPSeeOther("/approvals")
+
+    async def script(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self._script, content_type="text/javascript", charset="utf-8")
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """The run's events from its first on (a browser that reconnects gets them again and
+        ends in the same state), then each as it happens, until the client goes away."""
+        run_id = request.match_info["run_id"]
+        if await self._run(run_id) is None:
+            return _not_found(f"no run {run_id!r}")
+        queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+
+        async def relay(msg: Msg) -> None:
+            try:
+                queue.put_nowait(decode(msg.data, RunEvent))
+            except MessageError:
+                log.warning("skipped an undecodable event of run %s", run_id)
+
+        subscription = await self.bus.js.subscribe(
+            events_subject(run_id),
+            stream=EVENT_STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            cb=relay,
+        )
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+        )
+        try:
+            await response.prepare(request)
+            await response.write(RETRY)
+            await self._stream(queue, response)
+        except (ConnectionResetError, ConnectionError):
+            pass  # the browser left
+        finally:
+            await subscription.unsubscribe()
+        return response
+
+    async def _stream(self, queue: asyncio.Queue[RunEvent], response: web.StreamResponse) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        while not self.closing.is_set():
+            try:
+                # short waits, so a closing dashboard ends the stream within a second
+                event = await asyncio.wait_for(queue.get(), 1.0)
+            except TimeoutError:
+                if loop.time() - quiet_since > KEEPALIVE_SECONDS:
+                    await response.write(KEEPALIVE)  # also finds a browser that left
+                    quiet_since = loop.time()
+                continue
+            await response.write(sse_frame(event))
+            quiet_since = loop.time()
+
+    # --- the coordinator --------------------------------------------------------------------
+
+    async def _ask(self, verb: str, request: Envelope) -> ControlReply:
+        try:
+            return await ask_coordinator(self.bus, verb, request, patience=self.patience)
+        except RunRefused as exc:
+            raise Unavailable(str(exc)) from None
+
+    async def _run(self, run_id: str) -> Run | None:
+        reply = await self._ask("status", StatusQuery(run_id=run_id))
+        return reply.runs[0] if isinstance(reply, RunStatus) and reply.runs else None
+
+    async def _close_streams(self, app: web.Application) -> None:
+        self.closing.set()
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+def _html(body: str, status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+
+def _not_found(message: str) -> web.Response:
+    return _html(pages.message_page("Not found", message), 404)
+
+
+def _error(reply: ControlReply) -> str:
+    if isinstance(reply, ControlError):
+        return reply.error
+    return f"unexpected reply {type(reply).__name__}"
+
+
+@asynccontextmanager
+async def serving(dashboard: Dashboard, host: str, port: int) -> AsyncIterator[str]:
+    """The dashboard listening on host:port (0: any free port); yields its base URL."""
+    runner = web.AppRunner(dashboard.application(), access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
+        yield f"http://{shown}:{bound_port}"
+    finally:
+        dashboard.closing.set()
+        await runner.cleanup()

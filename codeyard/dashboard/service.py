@@ -1,0 +1,58 @@
+"""`codeyard dashboard`: the web dashboard as a process, connected as the `ctl` principal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from rich.console import Console
+
+from codeyard.bus import Bus
+from codeyard.bus.permissions import CTL
+from codeyard.config import Settings
+from codeyard.dashboard.auth import new_token
+from codeyard.dashboard.server import Dashboard, serving
+
+
+class CannotServe(Exception):
+    """Bad dashboard configuration: a short token, or an address it cannot listen on."""
+
+
+def dashboard_token(settings: Settings) -> str:
+    """CODEYARD_DASHBOARD_TOKEN, else a new random one (printed in the URL at start)."""
+    return settings.dashboard_token.get_secret_value() or new_token()
+
+
+def sign_in_url(base: str, token: str) -> str:
+    return f"{base}/?token={token}"
+
+
+async def run_dashboard(settings: Settings, console: Console) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    token = dashboard_token(settings)
+    bus = await Bus.connect(
+        settings.server_url(),
+        name="dashboard",
+        credentials=settings.credentials(CTL),
+        connect_attempts=4,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        try:
+            dashboard = Dashboard(bus, token)
+        except ValueError as exc:
+            raise CannotServe(f"CODEYARD_DASHBOARD_TOKEN: {exc}") from None
+        host, port = settings.dashboard_host, settings.dashboard_port
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                base = await stack.enter_async_context(serving(dashboard, host, port))
+            except OSError as exc:
+                raise CannotServe(f"cannot listen on {host}:{port}: {exc}") from None
+            console.print(f"dashboard: {sign_in_url(base, token)}", markup=False, highlight=False)
+            await stop.wait()
+    finally:
+        await bus.close()

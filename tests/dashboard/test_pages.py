@@ -1,0 +1,176 @@
+"""The dashboard's pages as pure functions of runs and approvals: content and escaping."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+from codeyard.dashboard.auth import Proof, TokenCheck, same_origin
+from codeyard.dashboard.live_script import live_script
+from codeyard.dashboard.pages import approvals_page, run_page, runs_page, task_page
+from codeyard.dashboard.sse import sse_frame
+from codeyard.schemas import (
+    Feedback,
+    Patch,
+    PendingApproval,
+    Run,
+    RunState,
+    Task,
+    TaskChange,
+    TaskSpec,
+    TaskState,
+    TaskStatesChanged,
+)
+from codeyard.schemas.model import FeedbackKind
+
+HOSTILE = '<script>alert("x")</script>'
+
+
+class Parsed(HTMLParser):
+    """What a browser would build: elements that run code, graph nodes, forms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inline_scripts = 0
+        self.script_sources: list[str] = []
+        self.nodes: dict[str, str] = {}
+        self.forms: list[str] = []
+        self.handlers: list[str] = []  # on* attributes anywhere
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "script":
+            source = found.get("src")
+            if source is None:
+                self.inline_scripts += 1
+            else:
+                self.script_sources.append(source)
+        if tag == "g" and found.get("class") == "node":
+            self.nodes[found.get("data-task") or ""] = found.get("data-state") or ""
+        if tag == "form":
+            self.forms.append(found.get("action") or "")
+        self.handlers += [name for name, _ in attrs if name.startswith("on")]
+
+
+def parse(html: str) -> Parsed:
+    parsed = Parsed()
+    parsed.feed(html)
+    return parsed
+
+
+def hostile_run() -> Run:
+    spec_a = TaskSpec(id="a", title=f"models {HOSTILE}", description=HOSTILE, acceptance=[HOSTILE])
+    spec_b = TaskSpec(id="b", title="api", deps=["a"])
+    return Run(
+        run_id="r1",
+        goal=f"add an api {HOSTILE}",
+        state=RunState.EXECUTING,
+        tasks={
+            "a": Task(
+                spec=spec_a,
+                state=TaskState.MERGED,
+                attempt=2,
+                feedback=[
+                    Feedback(attempt=1, kind=FeedbackKind.TEST_FAILURE, text=f"boom {HOSTILE}"),
+                    Feedback(attempt=1, kind=FeedbackKind.REVIEW, text=f"rename {HOSTILE}"),
+                ],
+                patch=Patch(text=f"+++ b/x.py\n+print('{HOSTILE}')\n"),
+                test_output=f"1 failed {HOSTILE}",
+                approvals={"review": True},
+            ),
+            "b": Task(spec=spec_b, state=TaskState.CODING, attempt=1),
+        },
+    )
+
+
+def test_runs_list_links_each_run_and_escapes_goals() -> None:
+    html = runs_page([hostile_run(), Run(run_id="r2", goal="second")])
+    parsed = parse(html)
+    assert '<a href="/runs/r1">r1</a>' in html
+    assert '<a href="/runs/r2">r2</a>' in html
+    assert HOSTILE not in html
+    assert "&lt;script&gt;" in html
+    assert parsed.inline_scripts == 0
+    assert parsed.script_sources == []
+    assert "no runs yet" in runs_page([])
+
+
+def test_run_page_draws_one_node_per_task_in_its_state() -> None:
+    html = run_page(hostile_run())
+    parsed = parse(html)
+    assert parsed.nodes == {"a": "merged", "b": "coding"}
+    assert parsed.inline_scripts == 0  # only the dashboard's own script file, which CSP allows
+    assert parsed.script_sources == ["/static/live.js"]
+    assert 'data-events="/runs/r1/events"' in html
+    assert '<a href="/runs/r1/tasks/a">a</a>' in html
+    assert HOSTILE not in html
+    assert parsed.handlers == []
+    assert "script-src 'self'" in html  # CSP: no inline script would run
+
+
+def test_task_page_shows_attempts_feedback_review_diff_and_test_output() -> None:
+    run = hostile_run()
+    html = task_page(run, run.tasks["a"])
+    parsed = parse(html)
+    assert HOSTILE not in html
+    assert parsed.inline_scripts == 0
+    assert parsed.script_sources == []
+    assert "+print(&#x27;&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#x27;)" in html  # diff
+    assert "1 failed &lt;script&gt;" in html  # test output
+    assert "Review feedback" in html
+    assert "rename &lt;script&gt;" in html
+    assert "boom &lt;script&gt;" in html
+    assert "review: approved" in html
+    assert "<th>attempt</th><td>2</td>" in html
+
+    pending = task_page(run, run.tasks["b"])
+    assert "no patch yet" in pending
+    big = Task(spec=TaskSpec(id="c", title="c"), patch=Patch(object_name="p/1", sha256="ab"))
+    assert "too large to carry inline: object p/1" in task_page(run, big)
+
+
+def test_approvals_have_approve_and_deny_forms_with_the_csrf_token() -> None:
+    approval = PendingApproval(
+        approval_id="ap1", run_id="r1", action="plan", detail=HOSTILE, reason=HOSTILE
+    )
+    answered = PendingApproval(
+        approval_id="ap2", run_id="r1", action="merge", detail="d", status="approved"
+    )
+    html = approvals_page([approval, answered], csrf="c5rf")
+    parsed = parse(html)
+    assert parsed.forms == ["/approvals/ap1/approve", "/approvals/ap1/deny"]
+    assert html.count('name="csrf" value="c5rf"') == 2
+    assert HOSTILE not in html
+    assert "nothing waits for approval" in approvals_page([answered], csrf="c5rf")
+
+
+def test_event_frames_are_one_data_line_named_by_type() -> None:
+    change = TaskChange(task_id="a", attempt=1, state=TaskState.MERGED, reason="a\nb")
+    frame = sse_frame(TaskStatesChanged(run_id="r1", changes=[change]))
+    name, data, end = frame.split(b"\n", 2)
+    assert name == b"event: TaskStatesChanged"
+    assert data.startswith(b"data: {")
+    assert b'"state":"merged"' in data
+    assert end == b"\n"
+
+
+def test_the_live_script_knows_every_state_colour() -> None:
+    script = live_script()
+    assert '"merged": "#c8e6c9"' in script
+    assert "innerHTML" not in script  # events only ever become text
+
+
+def test_token_proofs_and_csrf() -> None:
+    check = TokenCheck("s" * 32)
+    good = "s" * 32
+    assert check.proof(cookie=good, authorization=None, query=None) is Proof.COOKIE
+    assert check.proof(cookie=None, authorization=f"Bearer {good}", query=None) is Proof.BEARER
+    assert check.proof(cookie=None, authorization=None, query=good) is Proof.QUERY
+    assert check.proof(cookie="wrong", authorization=None, query=None) is Proof.NONE
+    assert check.proof(cookie=good, authorization="Bearer wrong", query=None) is Proof.NONE
+    assert check.proof(cookie=None, authorization=None, query=None) is Proof.NONE
+    assert check.csrf_ok(check.csrf)
+    assert not check.csrf_ok(None)
+    assert not check.csrf_ok(good)
+    assert same_origin(None, "h:1", "http")
+    assert same_origin("http://h:1", "h:1", "http")
+    assert not same_origin("http://evil.example", "h:1", "http")

@@ -1,0 +1,186 @@
+"""The dashboard over HTTP: a real server, a real NATS and an in-process coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from codeyard.bus import Bus
+from codeyard.coordinator.service import Coordinator
+from codeyard.dashboard.auth import COOKIE, TokenCheck
+from codeyard.dashboard.server import Dashboard, serving
+from codeyard.schemas import (
+    ApprovalList,
+    Approve,
+    ListApprovals,
+    RunState,
+    SubmitRun,
+    TaskSpec,
+    TaskState,
+    TaskStatesChanged,
+    decode,
+)
+from tests.coordinator.harness import ask, status
+from tests.coordinator.test_control_api import coordinator
+
+__all__ = ["coordinator"]  # the fixture, shared with the control API's tests
+
+TOKEN = "t0ken-for-the-dashboard-tests"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def dashboard(bus: Bus, coordinator: Coordinator) -> AsyncIterator[str]:
+    async with serving(Dashboard(bus, TOKEN), "127.0.0.1", 0) as url:
+        yield url
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def submit_waiting_plan(bus: Bus, run_id: str) -> str:
+    plan = [TaskSpec(id="x", title="models"), TaskSpec(id="y", title="api", deps=["x"])]
+    await ask(bus, "submit", SubmitRun(run_id=run_id, goal="g", plan=plan, approve_plan=True))
+    approvals = await ask(bus, "approvals", ListApprovals())
+    assert isinstance(approvals, ApprovalList)
+    [pending] = [a for a in approvals.approvals if a.run_id == run_id]
+    return pending.approval_id
+
+
+async def test_every_page_needs_the_token(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    await submit_waiting_plan(bus, "r1")
+    paths = ["/", "/runs/r1", "/runs/r1/tasks/x", "/runs/r1/events", "/approvals"]
+    paths.append("/static/live.js")
+    for path in paths:
+        async with http.get(dashboard + path) as nothing:
+            assert nothing.status == 401, path
+        async with http.get(dashboard + path, headers={"Authorization": "Bearer nope"}) as wrong:
+            assert wrong.status == 401, path
+        async with http.get(dashboard + path, cookies={COOKIE: "nope"}) as forged:
+            assert forged.status == 401, path
+    async with http.get(dashboard + "/?token=nope") as bad_link:
+        assert bad_link.status == 401
+    async with http.post(dashboard + "/approvals/abc/approve") as post:
+        assert post.status == 401
+
+    async with http.get(dashboard + "/", headers=BEARER) as runs:
+        assert runs.status == 200
+        page = await runs.text()
+    assert '<a href="/runs/r1">r1</a>' in page
+    assert "script-src 'self'" in runs.headers["Content-Security-Policy"]
+    async with http.get(dashboard + "/runs/nosuch", headers=BEARER) as unknown:
+        assert unknown.status == 404
+
+
+async def test_the_link_with_the_token_signs_in_with_a_cookie(
+    dashboard: str, bus: Bus, coordinator: Coordinator
+) -> None:
+    await submit_waiting_plan(bus, "r2")
+    # unsafe: accept cookies from an IP address, as browsers do
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.get(dashboard + f"/runs/r2?token={TOKEN}") as signed_in:
+            assert signed_in.status == 200
+            assert signed_in.url.path == "/runs/r2"
+            assert "token" not in signed_in.url.query  # dropped from the address bar
+            assert [r.status for r in signed_in.history] == [303]
+            cookie = signed_in.history[0].headers["Set-Cookie"]
+            page = await signed_in.text()
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        assert '<g class="node" data-task="x"' in page
+        async with browser.get(dashboard + "/runs/r2/tasks/y") as task:  # the cookie suffices
+            assert task.status == 200
+            assert "Task y: api" in await task.text()
+
+
+async def test_approving_from_the_dashboard_sends_approve(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    approval_id = await submit_waiting_plan(bus, "r3")
+    async with http.get(dashboard + "/approvals", headers=BEARER) as listed:
+        page = await listed.text()
+    assert f'action="/approvals/{approval_id}/approve"' in page
+
+    async with http.post(
+        dashboard + f"/approvals/{approval_id}/approve", headers=BEARER, allow_redirects=False
+    ) as approved:
+        assert approved.status == 303
+        assert approved.headers["Location"] == "/approvals"
+    assert (await status(bus, "r3")).state is RunState.EXECUTING
+    async with http.get(dashboard + "/approvals", headers=BEARER) as after:
+        assert approval_id not in await after.text()
+    async with http.post(
+        dashboard + f"/approvals/{approval_id}/deny", headers=BEARER, allow_redirects=False
+    ) as again:
+        assert again.status == 409  # answered already: the coordinator's error is shown
+        assert "already approved by dashboard" in await again.text()
+
+
+async def test_a_cookie_post_needs_the_csrf_token_and_the_same_origin(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    approval_id = await submit_waiting_plan(bus, "r4")
+    url = dashboard + f"/approvals/{approval_id}/deny"
+    csrf = TokenCheck(TOKEN).csrf
+    cookies = {COOKIE: TOKEN}
+    async with http.post(url, cookies=cookies, allow_redirects=False) as missing:
+        assert missing.status == 403
+    async with http.post(
+        url,
+        cookies=cookies,
+        data={"csrf": csrf},
+        headers={"Origin": "http://evil.example"},
+        allow_redirects=False,
+    ) as elsewhere:
+        assert elsewhere.status == 403
+    assert (await status(bus, "r4")).state is RunState.PLAN_APPROVAL  # nothing was answered
+    async with http.post(
+        url,
+        cookies=cookies,
+        data={"csrf": csrf, "comment": "too broad"},
+        headers={"Origin": dashboard},
+        allow_redirects=False,
+    ) as denied:
+        assert denied.status == 303
+    run = await status(bus, "r4")
+    assert run.state is RunState.CANCELLED
+    assert "too broad" in run.error
+
+
+async def test_events_relay_task_state_changes_as_they_happen(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    approval_id = await submit_waiting_plan(bus, "r5")
+    async with http.get(dashboard + "/runs/r5/events", headers=BEARER) as stream:
+        assert stream.status == 200
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        # approved only now: the coding transition happens while the stream is open
+        await ask(bus, "approve", Approve(approval_id=approval_id))
+        changes = await asyncio.wait_for(read_task_changes(stream, "x", TaskState.CODING), 20)
+    assert changes
+
+
+async def read_task_changes(
+    stream: aiohttp.ClientResponse, task_id: str, state: TaskState
+) -> list[TaskStatesChanged]:
+    """TaskStatesChanged frames until one moves `task_id` to `state`."""
+    seen: list[TaskStatesChanged] = []
+    name = ""
+    async for raw in stream.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: ") and name == "TaskStatesChanged":
+            event = decode(line.removeprefix("data: ").encode(), TaskStatesChanged)
+            seen.append(event)
+            if any(c.task_id == task_id and c.state is state for c in event.changes):
+                return seen
+    raise AssertionError(f"the stream ended before {task_id} was {state}")

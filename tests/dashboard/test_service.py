@@ -1,0 +1,55 @@
+"""`codeyard dashboard` and its place among the services `codeyard up` keeps running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from codeyard.bus.credentials import Credentials
+from codeyard.config import Settings
+from codeyard.dashboard.service import dashboard_token, sign_in_url
+from codeyard.launch import service_children
+
+
+def test_up_runs_the_dashboard_as_ctl_with_the_token() -> None:
+    credentials = {
+        "ctl": Credentials("ctl", "ctl-secret"),
+        "coordinator": Credentials("coordinator", "coordinator-secret"),
+    }
+    children = service_children(
+        "nats://127.0.0.1:4222",
+        coders=1,
+        agents=False,
+        credentials=credentials,
+        dashboard_token="a-token-long-enough",
+    )
+    [dashboard] = [child for child in children if child.name == "dashboard"]
+    assert list(dashboard.argv[-2:]) == ["codeyard", "dashboard"]
+    assert dashboard.env is not None
+    assert dashboard.env["CODEYARD_NATS_USER"] == "ctl"
+    assert dashboard.env["CODEYARD_DASHBOARD_TOKEN"] == "a-token-long-enough"
+    assert "coordinator-secret" not in dashboard.env.values()
+    without = service_children("nats://127.0.0.1:4222", coders=1, agents=False)
+    assert "dashboard" not in {child.name for child in without}
+
+
+def test_a_token_is_generated_when_none_is_set() -> None:
+    generated = dashboard_token(Settings(dashboard_token=""))
+    assert len(generated) >= 16
+    assert generated != dashboard_token(Settings(dashboard_token=""))
+    fixed = Settings(dashboard_token="my-own-token-1234")
+    assert dashboard_token(fixed) == "my-own-token-1234"
+    assert sign_in_url("http://127.0.0.1:8700", "t") == "http://127.0.0.1:8700/?token=t"
+
+
+def test_help_names_the_settings_and_gives_an_example() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "codeyard", "dashboard", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "CODEYARD_DASHBOARD_TOKEN" in shown.stdout
+    assert "Example" in shown.stdout
