@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
+from nats.js.api import ConsumerInfo
 
 from codeyard.bus import Bus, GiveUp, PullWorker, RetryLater
 from codeyard.bus.subjects import EVENT_STREAM, WORK_STREAM, cancel_subject, work_subject
@@ -50,6 +51,17 @@ def echo(name: str = "w") -> Callable[[WorkItem], Awaitable[Result]]:
     return handle
 
 
+async def settled(bus: Bus, consumer: str) -> ConsumerInfo:
+    """The consumer's info once no delivery is waiting for its ack (acks follow results, and
+    the server applies them asynchronously), or after 5 s as it is then."""
+    for _ in range(100):
+        info: ConsumerInfo = await bus.js.consumer_info(WORK_STREAM, consumer)
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    return info
+
+
 @asynccontextmanager
 async def serving(worker: PullWorker) -> AsyncIterator[PullWorker]:
     stop = asyncio.Event()
@@ -70,12 +82,7 @@ async def test_result_carries_the_work_envelope_and_work_is_acked(bus: Bus) -> N
     assert (result.run_id, result.task_id, result.attempt) == ("run1", "t1", 1)
     assert result.trace_id == request.trace_id
     assert result.msg_id == result_msg_id(request.msg_id)
-    # The ack follows the result (and the server applies acks asynchronously): wait for it.
-    for _ in range(100):
-        info = await bus.js.consumer_info(WORK_STREAM, "coder")
-        if info.num_ack_pending == 0:
-            break
-        await asyncio.sleep(0.05)
+    info = await settled(bus, "coder")
     assert info.num_ack_pending == 0
     assert info.num_pending == 0
 
@@ -101,7 +108,7 @@ async def test_malformed_message_is_dead_lettered_and_the_next_one_served(bus: B
     assert broken.run_id == ""  # not even JSON: filed under cy.events._unrouted
     assert "unknown message type 'Mystery'" in unknown.error
     assert unknown.run_id == "run7"  # JSON with a valid run_id: filed with its run
-    info = await bus.js.consumer_info(WORK_STREAM, "coder")
+    info = await settled(bus, "coder")
     assert info.num_ack_pending == 0
     assert info.num_pending == 0
 
@@ -318,8 +325,7 @@ async def test_withdrawn_work_is_stopped_and_dropped(bus: Bus) -> None:
         notice = WorkCancelled(run_id="run1", task_id="t-withdrawn", attempt=1, reason="cancelled")
         await bus.nc.publish(cancel_subject("run1"), encode(notice))
         await asyncio.wait_for(stopped.wait(), 5)
-        await asyncio.sleep(0.2)
-        info = await bus.js.consumer_info(WORK_STREAM, "coder")
+        info = await settled(bus, "coder")
     assert info.num_ack_pending == 0  # dropped for good, not redelivered
     assert info.num_pending == 0
     assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0  # and nothing answered
@@ -339,9 +345,5 @@ async def test_work_waiting_for_a_person_is_handed_back_as_approval_needed(bus: 
         "make deploy",
     )
     assert (result.task_id, result.attempt) == ("t1", 1)
-    for _ in range(100):  # handed back means acked: it is not redelivered
-        info = await bus.js.consumer_info(WORK_STREAM, "tester")
-        if info.num_ack_pending == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert info.num_ack_pending == 0
+    info = await settled(bus, "tester")
+    assert info.num_ack_pending == 0  # handed back means acked: it is not redelivered
