@@ -86,7 +86,8 @@ async def test_a_worker_serves_its_metrics_and_logs_json(
         )
     try:
         await collect_results(bus, 1, timeout=60)
-        page = await metrics_of(port, 'codeyard_work_items_handled_total{role="review.served"}')
+        # the counter moves after the result is out: wait for it, not only for the metric
+        page = await metrics_of(port, 'codeyard_work_items_handled_total{role="review.served"} 1.0')
     finally:
         await stop(worker)
     assert 'codeyard_work_items_handled_total{role="review.served"} 1.0' in page
