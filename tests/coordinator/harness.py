@@ -180,7 +180,11 @@ def completed_work(log: Path) -> list[tuple[str, str, str]]:
     return [tuple(line.split()[:3]) for line in log.read_text().splitlines()]  # type: ignore[misc]
 
 
+def done_twice(log: Path) -> list[tuple[str, str, str]]:
+    """The work items the scripted workers finished more than once."""
+    return [item for item, count in Counter(completed_work(log)).items() if count > 1]
+
+
 def assert_nothing_done_twice(log: Path) -> None:
-    work = completed_work(log)
-    twice = [item for item, count in Counter(work).items() if count > 1]
+    twice = done_twice(log)
     assert not twice, f"work done twice: {twice[:5]}"

@@ -37,7 +37,13 @@ from codeyard.schemas import (
     TaskStatesChanged,
 )
 from codeyard.testing.dags import random_plan
-from tests.coordinator.harness import assert_dependency_order, run_events, status, wait_until
+from tests.coordinator.harness import (
+    assert_dependency_order,
+    done_twice,
+    run_events,
+    status,
+    wait_until,
+)
 
 PLAN_SIZE = 100
 # Long enough that a 100-task run lasts several seconds (a fault lands mid-run, with work in
@@ -69,12 +75,14 @@ def merged(run: Run) -> int:
 @dataclass
 class Recovery:
     """One row of the summary: a fault, whether the system recovered from it, and how long it
-    took from the injection to the next merged task and to the end of the run."""
+    took from the injection to the next merged task and to the end of the run; and how many
+    work items were finished more than once (delivery is at least once; effects apply once)."""
 
     fault: str
     recovered: bool = False
     next_merge: float | None = None
     run_done: float | None = None
+    redone: int | None = None
     _injected_at: float = field(default=0.0, repr=False)
     _merged_at_injection: int = field(default=0, repr=False)
 
@@ -99,6 +107,12 @@ class Recovery:
         self.run_done = self.since_injection()
         return run
 
+    def finished_twice(self, log: Path) -> set[tuple[str, str, str]]:
+        """The work items the workers' `log` shows finished more than once (and counts them)."""
+        twice = set(done_twice(log))
+        self.redone = len(twice)
+        return twice
+
 
 SUMMARY: list[Recovery] = []
 
@@ -117,9 +131,15 @@ def summary_table(rows: Sequence[Recovery]) -> list[str]:
     def seconds(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
-    header = ("fault", "recovered", "next merge (s)", "run done (s)")
+    header = ("fault", "recovered", "next merge (s)", "run done (s)", "work redone")
     lines = [
-        (row.fault, "yes" if row.recovered else "NO", seconds(row.next_merge), seconds(row.run_done))
+        (
+            row.fault,
+            "yes" if row.recovered else "NO",
+            seconds(row.next_merge),
+            seconds(row.run_done),
+            "-" if row.redone is None else str(row.redone),
+        )
         for row in rows
     ]
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
@@ -193,7 +213,8 @@ async def assert_recovered(
     assert_dependency_order(specs, events)
     assert merges_per_task(events) == Counter(spec.id for spec in specs)
     states = run_states(events)
-    assert states[-1] is RunState.DONE and RunState.EXECUTING in states, states
+    assert RunState.EXECUTING in states, states
+    assert states[-1] is RunState.DONE, states
     await assert_nothing_unacked(bus)
     return events
 
