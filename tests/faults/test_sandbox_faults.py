@@ -11,6 +11,7 @@ the other fault tests cover. The run alongside shows the host keeps serving mean
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from pathlib import Path
 
@@ -46,8 +47,11 @@ def fill(target: str, max_files: int) -> list[str]:
 
 
 def files_written(outcome: RunOutcome) -> int:
-    """How many files a `fill` command wrote in full, from its last line."""
-    return int(outcome.output.split()[-2])
+    """How many files a `fill` command wrote in full (its errors may come after in the output:
+    stdout and stderr are interleaved as they arrive)."""
+    found = re.search(r"wrote (\d+) files", outcome.output)
+    assert found, outcome.output
+    return int(found[1])
 
 
 async def real_sandbox() -> Sandbox:
