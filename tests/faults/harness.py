@@ -85,6 +85,7 @@ class Recovery:
     redone: int | None = None
     _injected_at: float = field(default=0.0, repr=False)
     _merged_at_injection: int = field(default=0, repr=False)
+    _watching: asyncio.Task[Run] | None = field(default=None, repr=False)
 
     def inject(self, merged_so_far: int) -> None:
         """Call right before injecting the fault, with how many tasks were merged by then."""
@@ -96,7 +97,8 @@ class Recovery:
 
     def watch(self, bus: Bus, run_id: str) -> asyncio.Task[Run]:
         """`wait` in the background, for faults that last a while (the clock runs meanwhile)."""
-        return asyncio.create_task(self.wait(bus, run_id))
+        self._watching = asyncio.create_task(self.wait(bus, run_id))
+        return self._watching
 
     async def wait(self, bus: Bus, run_id: str, timeout: float = RUN_TIMEOUT) -> Run:
         """Wait for the next merge after the injection, then for the end of the run."""
@@ -123,7 +125,11 @@ def fault(name: str) -> Iterator[Recovery]:
     its assertions) finished without an exception."""
     row = Recovery(name)
     SUMMARY.append(row)
-    yield row
+    try:
+        yield row
+    finally:
+        if row._watching is not None:  # a failed test leaves no watcher polling a dead bus
+            row._watching.cancel()
     row.recovered = True
 
 
@@ -145,7 +151,8 @@ def summary_table(rows: Sequence[Recovery]) -> list[str]:
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
 
     def render(cells: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        cells = [cell.ljust(width) for cell, width in zip(cells, widths, strict=True)]
+        return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * width for width in widths)
     return [render(header), rule, *(render(line) for line in lines)]
