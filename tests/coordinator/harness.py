@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -177,3 +178,13 @@ def completed_work(log: Path) -> list[tuple[str, str, str]]:
     if not log.exists():
         return []
     return [tuple(line.split()[:3]) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+def done_twice(log: Path) -> list[tuple[str, str, str]]:
+    """The work items the scripted workers finished more than once."""
+    return [item for item, count in Counter(completed_work(log)).items() if count > 1]
+
+
+def assert_nothing_done_twice(log: Path) -> None:
+    twice = done_twice(log)
+    assert not twice, f"work done twice: {twice[:5]}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -15,19 +14,13 @@ from codeyard.testing.dags import random_plan
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import (
     assert_dependency_order,
-    completed_work,
+    assert_nothing_done_twice,
     leader_name,
     processes,
     run_events,
     submit,
     wait_until,
 )
-
-
-def assert_nothing_done_twice(log: Path) -> None:
-    work = completed_work(log)
-    twice = [item for item, count in Counter(work).items() if count > 1]
-    assert not twice, f"work done twice: {twice[:5]}"
 
 
 async def test_200_task_dag_completes_in_dependency_order_with_feedback(
