@@ -17,9 +17,13 @@ from codeyard.bench.humaneval import (
     make_repo,
     normalise_id,
     render,
+    run_single_shot,
 )
+from codeyard.llm import LLMSettings
 from codeyard.sandbox import Limits, default_sandbox
 from codeyard.schemas import Usage
+from codeyard.testing.openai_script import parse_script
+from codeyard.testing.openai_server import ScriptedOpenAI
 from codeyard.workspace.git import git
 from tests.e2e.stack import sandbox_missing
 
@@ -94,3 +98,34 @@ def test_the_report_compares_the_two_methods() -> None:
     none = build_report("m", pipeline, MethodReport("single-shot", zero, 1.0))
     assert none.ratio is None
     assert "n/a (single-shot passed none)" in render(none)
+
+
+@pytest.mark.skipif(bool(sandbox_missing()), reason=sandbox_missing() or "-")
+async def test_single_shot_is_one_call_per_problem_without_feedback() -> None:
+    close, truncate = load_problems(["0", "2"])
+    script = [
+        {
+            "tool": "submit_solution",
+            "contains": "has_close_elements",
+            "replies": [
+                {"arguments": {"code": close["prompt"] + close["canonical_solution"]}},
+            ],
+        },
+        {
+            "tool": "submit_solution",
+            "contains": "truncate_number",
+            "replies": [{"raw_arguments": "{"}],
+        },
+    ]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        settings = LLMSettings(base_url=server.base_url, api_key="k", max_retries=0)
+        report = await run_single_shot(settings, [close, truncate], default_sandbox())
+        asked = [r.body["messages"][-1]["content"] for r in server.requests]
+    assert [(o.problem, o.passed) for o in report.outcomes] == [
+        ("HumanEval/0", True),
+        ("HumanEval/2", False),
+    ]
+    assert report.outcomes[1].detail.startswith("no answer")
+    assert len(asked) == 2  # the invalid answer was not re-asked
+    assert report.usage.calls == 2
+    assert all("def check(" not in text for text in asked)
