@@ -32,6 +32,8 @@ schemas_app = typer.Typer(help="Wire-message schemas, for agents written in any 
 app.add_typer(schemas_app, name="schemas")
 deploy_app = typer.Typer(help="Deployment artifacts: NATS users and permissions.")
 app.add_typer(deploy_app, name="deploy")
+bench_app = typer.Typer(help="Benchmarks against the running system and its LLM.")
+app.add_typer(bench_app, name="bench")
 console = Console(soft_wrap=True)  # never break lines that scripts may grep
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
@@ -402,6 +404,81 @@ def run(
         )
         raise typer.Exit(1) from None
     raise typer.Exit(0 if state == RunState.DONE else 1)
+
+
+@bench_app.command("humaneval")
+def bench_humaneval_command(
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="the first N problems (default: all 164)")
+    ] = None,
+    problems: Annotated[
+        str | None, typer.Option(help="comma-separated problem ids, e.g. HumanEval/0,3")
+    ] = None,
+    run_id: Annotated[
+        str, typer.Option(help="prefix of the run ids: one run PREFIX-N per problem")
+    ] = "",
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="single-shot calls at once (the pipeline: the coders)")
+    ] = 2,
+    max_attempts: Annotated[
+        int, typer.Option(min=1, max=100, help="attempts per task in the pipeline")
+    ] = 3,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, help="keep the problem repositories here (new directory)"),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each run")] = 3600.0,
+    json_output: JsonFlag = False,
+) -> None:
+    """HumanEval through the pipeline (one run per problem: coder, tester, reviewer; the
+    hidden tests only run in the sandbox on what was delivered) and the same model single-shot.
+
+    Needs `codeyard up` running and the LLM in this environment too (OPENAI_BASE_URL, ... as
+    for `up`; with `up` serving the local model, the URL it prints). Reports pass@1 of both
+    and their ratio, tokens, cost and wall time.
+
+    Example: [bold]codeyard bench humaneval --limit 5[/bold]
+    """
+    from codeyard.bench.humaneval import BenchError, bench_humaneval, load_problems, render
+    from codeyard.llm import LLMNotConfigured, LLMSettings
+    from codeyard.sandbox import SandboxUnavailable, default_sandbox
+    from codeyard.schemas import new_id
+
+    try:
+        chosen = load_problems([p for p in (problems or "").split(",") if p.strip()], limit)
+        sandbox = default_sandbox(Settings())
+        settings = LLMSettings()
+        settings.endpoint()
+    except (BenchError, SandboxUnavailable, LLMNotConfigured) as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    if workdir is not None and workdir.exists():
+        err.print(f"error: {workdir} exists; name a new directory", markup=False)
+        raise typer.Exit(2)
+
+    def say(line: str) -> None:
+        if not json_output:
+            console.print(line, markup=False, highlight=False)
+
+    report = _on_bus(
+        "bench",
+        lambda bus: bench_humaneval(
+            bus,
+            chosen,
+            sandbox,
+            settings,
+            run_prefix=run_id or f"he-{new_id()[:8]}",
+            workdir=workdir,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            say=say,
+        ),
+    )
+    if json_output:
+        _print_json(report)
+    else:
+        typer.echo(render(report), nl=False)
 
 
 async def _coordinate(settings: Settings, name: str | None, capacity: int) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks run against a running codeyard: `codeyard bench ...`."""
