@@ -48,6 +48,8 @@ class Bus:
         self.topology = topology
         self.grants = grants
         self.pipeline = PublishPipeline(nc)
+        # called after each reconnect (consumers ask for messages anew)
+        self.reconnected: list[Callable[[], None]] = []
 
     @classmethod
     async def connect(
@@ -73,12 +75,19 @@ class Bus:
             else:
                 log.warning("nats error: %s", exc)
 
+        buses: list[Bus] = []  # the one made below, for the callbacks
+
         async def on_disconnect() -> None:
             if not (nc.is_closed or nc.is_draining):
                 log.warning("disconnected from nats, reconnecting")
+            for bus in buses:
+                bus.pipeline.abandon("the connection to nats dropped before the publish ack")
 
         async def on_reconnect() -> None:
             log.info("reconnected to nats")
+            for bus in buses:
+                for listener in list(bus.reconnected):
+                    listener()
 
         nc = Client()
         await nc.connect(
@@ -102,7 +111,9 @@ class Bus:
         if credentials is not None:
             with contextlib.suppress(permissions.UnknownPrincipal):
                 grants = permissions.grants_for(credentials.user)
-        return cls(nc, topology or Topology(), grants)
+        bus = cls(nc, topology or Topology(), grants)
+        buses.append(bus)
+        return bus
 
     def may_publish(self, subject: str) -> bool:
         """False only when this user is known not to be allowed to publish on `subject`."""

@@ -83,6 +83,13 @@ class PullConsumer:
         for token in [t for t, r in self._requests.items() if r.deadline < now]:
             self._end(token)
 
+    def forget_all(self) -> None:
+        """Forget every request: after a reconnect the server may hold none of them (a restarted
+        server lost them), and waiting for their expiry would idle the consumer meanwhile. A
+        request the server did keep only delivers a few messages more than asked for."""
+        for token in list(self._requests):
+            self._end(token)
+
     def _end(self, token: str, unfilled: int | None = None) -> None:
         request = self._requests.pop(token, None)
         if request is not None:

@@ -86,6 +86,15 @@ class PublishPipeline:
         else:
             future.set_result(ack)
 
+    def abandon(self, reason: str) -> None:
+        """Fail every publish still waiting for its ack with `ConnectionError(reason)`: once the
+        connection dropped, those acks will not come, and waiting out the timeout only delays
+        the caller's recovery (the messages may or may not be stored; ids make resends safe)."""
+        futures, self._futures = self._futures, {}
+        for future in futures.values():
+            if not future.done():
+                future.set_exception(ConnectionError(reason))
+
     async def wait(self, pending: list[Pending], timeout: float) -> list[PubAck | BaseException]:
         """Each publish's ack or error, in order; `TimeoutError` for those unanswered in time
         (they may still have been stored)."""

@@ -189,6 +189,7 @@ class PullWorker:
         )
         consumer.on_request_end = wake.set
         await consumer.start()
+        self.bus.reconnected.append(consumer.forget_all)
         cancellations = await self.bus.nc.subscribe(
             subjects.cancel_subject("*"), cb=self._on_cancel
         )
@@ -212,6 +213,7 @@ class PullWorker:
             stopping.cancel()
             await presence.stop()
             await consumer.stop()
+            self.bus.reconnected.remove(consumer.forget_all)
             await cancellations.unsubscribe()
             if inflight:
                 _, pending = await asyncio.wait(inflight, timeout=grace)

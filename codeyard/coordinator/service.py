@@ -328,6 +328,7 @@ class Coordinator:
         )
         consumer.on_request_end = self._acked.set
         await consumer.start()
+        self.bus.reconnected.append(consumer.forget_all)
         try:
             while not lost.is_set():
                 self._acked.clear()
@@ -339,6 +340,7 @@ class Coordinator:
                     await asyncio.wait_for(self._acked.wait(), 1.0)
         finally:
             await consumer.stop()
+            self.bus.reconnected.remove(consumer.forget_all)
 
     def _deliver_result(self, msg: Msg) -> None:
         self._unacked += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from codeyard.bus import Bus, EmbeddedNats, PullWorker
 from codeyard.bus.embedded import EmbeddedServerError
 from codeyard.bus.subjects import WORK_STREAM, work_subject
-from codeyard.schemas import CodeResult, Patch, Result, WorkItem
+from codeyard.schemas import CodeResult, Patch, Result, WorkItem, encode
 from tests.bus.results import collect_results
 from tests.bus.test_worker import code_request
 from tests.conftest import TEST_TOPOLOGY
@@ -58,3 +60,22 @@ async def test_restart_keeps_queued_work_and_workers_reconnect(tmp_path: Path) -
             await asyncio.sleep(0.05)
         assert left == 0
         await bus.close()
+
+
+async def test_a_dropped_connection_fails_waiting_publishes_at_once(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path)
+    async with server:
+        bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
+        await bus.setup()
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)  # the server takes the publish but never answers
+        try:
+            sent = await bus.pipeline.publish(work_subject("coder"), encode(code_request("t")))
+            waiting = asyncio.create_task(bus.pipeline.wait([sent], timeout=60))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+        finally:
+            server.kill()  # the connection drops: no ack can come any more
+        [outcome] = await asyncio.wait_for(waiting, 10)  # not the 60 s timeout
+        assert isinstance(outcome, ConnectionError)
+        await bus.nc.close()
