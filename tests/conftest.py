@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.bus import Bus, EmbeddedNats, Topology
+from codeyard.sandbox import BwrapSandbox, SandboxUnavailable
 
 # Short enough that redelivery tests finish quickly, long enough for a loaded 2-core machine.
 TEST_TOPOLOGY = Topology(ack_wait=2.0, leader_ttl=2.0)
@@ -33,3 +34,14 @@ async def bus(nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def bwrap_sandbox() -> BwrapSandbox:
+    """The bubblewrap sandbox, checked to work here; tests needing it skip with the reason."""
+    try:
+        sandbox = BwrapSandbox()
+        sandbox.probe()
+    except SandboxUnavailable as exc:
+        pytest.skip(f"bwrap sandbox unavailable here: {exc}")
+    return sandbox

@@ -4,20 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from codeyard.sandbox import BwrapSandbox, Limits, SandboxUnavailable
+from codeyard.sandbox import BwrapSandbox, Limits
 from tests.observability.samples import Delta
-
-
-@pytest.fixture(scope="module")
-def bwrap_sandbox() -> BwrapSandbox:
-    try:
-        sandbox = BwrapSandbox()
-        sandbox.probe()
-    except SandboxUnavailable as exc:
-        pytest.skip(f"bwrap sandbox unavailable here: {exc}")
-    return sandbox
 
 
 async def test_runs_count_by_outcome_including_the_limit_that_stopped_them(

@@ -21,16 +21,6 @@ ISOLATING_BACKENDS = ("docker", "bwrap")
 
 
 @pytest.fixture(scope="session")
-def bwrap_sandbox() -> BwrapSandbox:
-    try:
-        sandbox = BwrapSandbox()
-        sandbox.probe()
-    except SandboxUnavailable as exc:
-        pytest.skip(f"bwrap sandbox unavailable here: {exc}")
-    return sandbox
-
-
-@pytest.fixture(scope="session")
 def docker_sandbox() -> DockerSandbox:
     try:
         sandbox = DockerSandbox()
