@@ -17,7 +17,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from codeyard.bus.embedded import free_port
 from codeyard.schemas import (
     Accepted,
     ApprovalList,
@@ -30,8 +29,8 @@ from codeyard.schemas import (
     TaskState,
     WorkerPresence,
 )
-from tests.cli.test_run import codeyard_run, repo
-from tests.processes import codeyard, start, stop
+from tests.cli.test_run import codeyard_run, repo, running_system
+from tests.processes import codeyard
 
 __all__ = ["repo"]  # a fixture, shared with test_run
 
@@ -45,37 +44,8 @@ class System:
 @pytest.fixture
 async def system(tmp_path: Path) -> AsyncIterator[System]:
     """Like test_run's `codeyard_up`, but the coder never answers task `hang`."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEYARD_NATS_")} | {
-        "CODEYARD_DATA_DIR": str(tmp_path / "data"),
-        "CODEYARD_NATS_PORT": str(port),
-        "NATS_URL": "",
-    }
-    up, _ = await start("-m", "codeyard", "up", "--no-agents", env=env, ready=b"Ctrl-C stops")
-    workers: list[asyncio.subprocess.Process] = []
-    try:
-        worker_env = env | {
-            "NATS_URL": f"nats://127.0.0.1:{port}",
-            "CODEYARD_NATS_CREDENTIALS_DIR": str(tmp_path / "data" / "nats" / "credentials"),
-        }
-        for role in ("coder", "tester", "review"):
-            worker, _ = await start(
-                "-m",
-                "codeyard.testing.scripted_worker",
-                *("--roles", role, "--hang-on", "hang"),
-                env=worker_env,
-                ready=b"READY",
-            )
-            workers.append(worker)
-    except BaseException:
-        for process in (*workers, up):
-            await stop(process)
-        raise
-    try:
+    async with running_system(tmp_path, worker_options=("--hang-on", "hang")) as (env, workers):
         yield System(env=env, coder=workers[0])
-    finally:
-        for process in (*workers, up):
-            await stop(process)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and cursor moves

@@ -19,18 +19,19 @@ from tests.processes import codeyard, start, stop
 
 
 @asynccontextmanager
-async def running_up(tmp_path: Path, *up_options: str) -> AsyncIterator[dict[str, str]]:
-    """`codeyard up --no-agents` on a free port, plus scripted workers, one per role, each
-    connected as its role's user (from the credentials `up` generated); yields the environment
-    to use."""
+async def running_system(
+    tmp_path: Path,
+    up_options: tuple[str, ...] = (),
+    worker_options: tuple[str, ...] = ("--fail-tests", "b"),
+) -> AsyncIterator[tuple[dict[str, str], list[asyncio.subprocess.Process]]]:
+    """`codeyard up --no-agents` on a free port, plus scripted coder, tester and reviewer
+    workers (in that order), each connected as its role's user (from the credentials `up`
+    generated); yields the environment to use and the workers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEYARD_NATS_")} | {
         "CODEYARD_DATA_DIR": str(tmp_path / "data"),
         "CODEYARD_NATS_PORT": str(port),
         "NATS_URL": "",
-        # the dashboard `up` starts: a port of its own, a token the tests know
-        "CODEYARD_DASHBOARD_PORT": str(free_port()),
-        "CODEYARD_DASHBOARD_TOKEN": "dashboard-token-of-the-tests",
     }
     up_command = ("-m", "codeyard", "up", "--no-agents", *up_options)
     up, _ = await start(*up_command, env=env, ready=b"Ctrl-C stops")
@@ -44,7 +45,7 @@ async def running_up(tmp_path: Path, *up_options: str) -> AsyncIterator[dict[str
             worker, _ = await start(
                 "-m",
                 "codeyard.testing.scripted_worker",
-                *("--roles", role, "--fail-tests", "b"),
+                *("--roles", role, *worker_options),
                 env=worker_env,
                 ready=b"READY",
             )
@@ -54,10 +55,17 @@ async def running_up(tmp_path: Path, *up_options: str) -> AsyncIterator[dict[str
             await stop(process)
         raise
     try:
-        yield env
+        yield env, workers
     finally:
         for process in (*workers, up):
             await stop(process)
+
+
+@asynccontextmanager
+async def running_up(tmp_path: Path, *up_options: str) -> AsyncIterator[dict[str, str]]:
+    """`running_system` with the default workers; yields the environment to use."""
+    async with running_system(tmp_path, up_options) as (env, _):
+        yield env
 
 
 @pytest.fixture
