@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from nats.js.errors import ServerError
 
 from codeyard.bus import Bus, EmbeddedNats, Topology
 from codeyard.sandbox import BwrapSandbox, SandboxUnavailable
@@ -26,7 +28,15 @@ async def bus(nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
     bus = await Bus.connect(nats_server.url, name="test", topology=TEST_TOPOLOGY)
     for stream in await bus.js.streams_info():
         await bus.js.delete_stream(stream.config.name or "")
-    await bus.setup()
+    for attempt in range(20):
+        try:
+            await bus.setup()
+            break
+        except ServerError as exc:
+            # 10049: the server is still removing the deleted stream's files (seen once in CI)
+            if exc.err_code != 10049 or attempt == 19:
+                raise
+            await asyncio.sleep(0.1)
     yield bus
     await bus.close()
 

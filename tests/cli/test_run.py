@@ -32,6 +32,9 @@ async def running_system(
         "CODEYARD_DATA_DIR": str(tmp_path / "data"),
         "CODEYARD_NATS_PORT": str(port),
         "NATS_URL": "",
+        # the dashboard `up` starts: a port of its own, a token the tests know
+        "CODEYARD_DASHBOARD_PORT": str(free_port()),
+        "CODEYARD_DASHBOARD_TOKEN": "dashboard-token-of-the-tests",
     }
     up_command = ("-m", "codeyard", "up", "--no-agents", *up_options)
     up, _ = await start(*up_command, env=env, ready=b"Ctrl-C stops")
