@@ -32,7 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.coordinator_throughput import ROOT, cpu_seconds, noop, submit_and_wait
+from bench.coordinator_throughput import (
+    ROOT,
+    coordinator_process,
+    cpu_seconds,
+    noop,
+    submit_and_wait,
+)
 from codeyard.bus import Bus, EmbeddedNats, PullWorker, Topology
 from codeyard.schemas import Result, TaskSpec, WorkItem
 
@@ -98,18 +104,7 @@ async def main() -> None:
         topology = Topology(ack_wait=30)
         bus = await Bus.connect(server.url, topology=topology)
         await bus.setup()
-        coordinator = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "codeyard",
-            "coordinator",
-            "--capacity",
-            str(args.tasks),
-            cwd=ROOT,
-            env=os.environ | {"NATS_URL": server.url},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        coordinator = await coordinator_process(server.url, args.tasks)
         stop = asyncio.Event()
         ignored: list[float] = []
 

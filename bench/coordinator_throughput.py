@@ -81,6 +81,24 @@ async def noop(item: WorkItem, latencies: list[float]) -> Result:
     return TestResult(passed=True)
 
 
+async def coordinator_process(url: str, capacity: int) -> asyncio.subprocess.Process:
+    """`codeyard coordinator` as a child process on the server at `url` (wrapped in
+    BENCH_COORDINATOR_WRAPPER, a command prefix such as a profiler, if set)."""
+    return await asyncio.create_subprocess_exec(
+        *os.environ.get("BENCH_COORDINATOR_WRAPPER", "").split(),
+        sys.executable,
+        "-m",
+        "codeyard",
+        "coordinator",
+        "--capacity",
+        str(capacity),
+        cwd=ROOT,
+        env=os.environ | {"NATS_URL": url},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 def chain(tasks: int) -> list[TaskSpec]:
     return [
         TaskSpec(id=f"c{i}", title=f"step {i}", deps=[f"c{i - 1}"] if i else [])
@@ -193,19 +211,7 @@ async def main() -> None:
         topology = Topology(ack_wait=30)
         bus = await Bus.connect(server.url, topology=topology)
         await bus.setup()
-        coordinator = await asyncio.create_subprocess_exec(
-            *os.environ.get("BENCH_COORDINATOR_WRAPPER", "").split(),
-            sys.executable,
-            "-m",
-            "codeyard",
-            "coordinator",
-            "--capacity",
-            str(args.capacity),
-            cwd=ROOT,
-            env=os.environ | {"NATS_URL": server.url},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        coordinator = await coordinator_process(server.url, args.capacity)
         latencies: list[float] = []
         stop = asyncio.Event()
 
