@@ -241,6 +241,8 @@ def _ctl() -> Grants:
             f"{JS_API}.CONSUMER.INFO.{events}.*",
             f"{JS_API}.CONSUMER.DELETE.{events}.*",
             f"$JS.FC.{events}.>",
+            # the dashboard shows large patches, which travel through the object store
+            *_objects(subjects.ARTIFACTS_BUCKET),
         ),
         # `codeyard workers` listens to the workers' announcements
         subscribe=(f"{subjects.PRESENCE_PREFIX}.>", *_replies(CTL)),

@@ -189,7 +189,7 @@ def _patch(task: Task) -> str:
         return '<p class="empty">no patch yet</p>'
     if patch.text:
         return f'<pre id="diff">{escape(patch.text)}</pre>'
-    # large patches live in the object store, which the ctl principal may not read
+    # a large patch the dashboard could not read from the object store (deleted, or no access)
     return (
         f'<p class="empty">too large to carry inline: object {escape(patch.object_name)} '
         f"(sha256 {escape(patch.sha256)}) in the artifacts store</p>"

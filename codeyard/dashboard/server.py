@@ -11,6 +11,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import msgspec
+import nats.errors
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -32,12 +34,15 @@ from codeyard.schemas import (
     Envelope,
     ListApprovals,
     MessageError,
+    Patch,
     Run,
     RunEvent,
     RunStatus,
     StatusQuery,
     decode,
 )
+from codeyard.workspace.patch_store import PatchMissing, inline
+from codeyard.workspace.snapshots import artifact_store
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +144,8 @@ class Dashboard:
         task = run.tasks.get(request.match_info["task_id"]) if run else None
         if run is None or task is None:
             return _not_found("no such run or task")
+        if task.patch is not None and task.patch.object_name and not task.patch.text:
+            task = msgspec.structs.replace(task, patch=await self._patch_text(task.patch))
         return _html(pages.task_page(run, task))
 
     async def approvals(self, request: web.Request) -> web.StreamResponse:
@@ -227,6 +234,15 @@ class Dashboard:
     async def _run(self, run_id: str) -> Run | None:
         reply = await self._ask("status", StatusQuery(run_id=run_id))
         return reply.runs[0] if isinstance(reply, RunStatus) and reply.runs else None
+
+    async def _patch_text(self, patch: Patch) -> Patch:
+        """A large patch with its text from the object store; the reference alone (the page
+        then says where the patch is) when it cannot be read."""
+        try:
+            return await inline(await artifact_store(self.bus.js), patch)
+        except (PatchMissing, nats.errors.Error, TimeoutError) as exc:
+            log.warning("cannot read patch %s: %s", patch.object_name, exc)
+            return patch
 
     async def _close_streams(self, app: web.Application) -> None:
         self.closing.set()

@@ -8,21 +8,27 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from codeyard.bus import Bus
+from codeyard.bus import Bus, PullWorker
 from codeyard.coordinator.service import Coordinator
 from codeyard.dashboard.auth import COOKIE, TokenCheck
 from codeyard.dashboard.server import Dashboard, serving
 from codeyard.schemas import (
     ApprovalList,
     Approve,
+    CodeResult,
     ListApprovals,
+    Patch,
+    Result,
     RunState,
     SubmitRun,
     TaskSpec,
     TaskState,
     TaskStatesChanged,
+    WorkItem,
     decode,
 )
+from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, offload
+from codeyard.workspace.snapshots import artifact_store
 from tests.coordinator.harness import ask, status
 from tests.coordinator.test_control_api import coordinator
 
@@ -166,6 +172,40 @@ async def test_events_relay_task_state_changes_as_they_happen(
         await ask(bus, "approve", Approve(approval_id=approval_id))
         changes = await asyncio.wait_for(read_task_changes(stream, "x", TaskState.CODING), 20)
     assert changes
+
+
+async def test_a_large_patch_is_read_from_the_object_store(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    big = "".join(f"+line {n} of a large change\n" for n in range(INLINE_PATCH_CHARS // 20))
+    store = await artifact_store(bus.js)
+
+    async def code(item: WorkItem) -> Result:
+        return CodeResult(patch=await offload(store, Patch(text=big)))
+
+    stop = asyncio.Event()
+    coder = asyncio.create_task(PullWorker(bus, "coder", code).run(stop))
+    try:
+        await ask(
+            bus, "submit", SubmitRun(run_id="r6", goal="g", plan=[TaskSpec(id="x", title="x")])
+        )
+        for _ in range(200):  # no tester serves: the task stays in testing with its patch
+            task = (await status(bus, "r6")).tasks["x"]
+            if task.state is TaskState.TESTING:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(coder, 10)
+    assert task.patch is not None
+    assert task.patch.object_name  # travelled by reference
+    assert not task.patch.text
+
+    async with http.get(dashboard + "/runs/r6/tasks/x", headers=BEARER) as page:
+        assert page.status == 200
+        html = await page.text()
+    assert "+line 3275 of a large change" in html  # the last line
+    assert "too large to carry inline" not in html
 
 
 async def read_task_changes(
