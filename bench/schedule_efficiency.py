@@ -1,34 +1,48 @@
 """Schedule efficiency of the coordinator's engine: makespan against a lower bound.
 
     python -m bench.schedule_efficiency [--tasks 200] [--dags 100] [--coders 2 4 8 16 32]
+        [--estimate-noise 0.5 1.0] [--worst 0]
 
 A discrete-event simulation over the pure `RunEngine` (no I/O, a simulated clock): the engine
-decides which ready task starts next (its rule: longest remaining critical path first, counted
-in tasks, since it does not know how long a task will take) and how many run at once (capacity
-= the number of coders). Model: each task's coding takes a latency drawn from a lognormal
-distribution (median 1, sigma `--sigma`); testing, review and the merge take no time, so a task
-holds a coder exactly while it is coded. Every result passes.
+decides which ready task starts next (its rule: longest remaining critical path first, in tasks
+or weighted by the plan's effort estimates) and how many run at once (capacity = the number of
+coders). Model: each task's coding takes a latency drawn from a lognormal distribution (median
+1, sigma `--sigma`); testing, review and the merge take no time, so a task holds a coder
+exactly while it is coded. Every result passes.
 
 For each random DAG (`codeyard.testing.dags.random_plan`) and each coder count N:
 
     efficiency = makespan / max(critical path, total work / N)
 
 where the critical path is weighted by the latencies; 1.00 is optimal, and no schedule can do
-better than the bound. Figures are medians (and the 90th percentile) over the DAGs. The
-baseline, simulated the same way in the same invocation, is the same engine starting ready
-tasks in the order they became ready (FIFO), so the ratio shows what the priority buys.
+better than the bound. Figures are medians (and the 90th percentile) over the DAGs, for:
+
+- FIFO: the baseline, the same engine starting ready tasks in the order they became ready;
+- engine, no estimates: the plan as written today, the critical path counted in tasks;
+- engine, estimates noise S: every task's `TaskSpec.effort` is its true latency times a
+  lognormal error (median 1, sigma S), drawn independently of the latency; the engine sees only
+  that estimate, as it would see a planner's guess;
+- oracle: `effort` is the true latency. NOT achievable online (nobody knows latencies before
+  the work is done); it shows what the priority rule could reach with perfect knowledge.
+
+"FIFO / makespan" is the median ratio of FIFO's makespan to the row's on the same DAG.
+`--worst K` prints the K DAGs where the engine without estimates does worst, with the true
+critical chain as (latency, remaining path in tasks) pairs: what the engine could not see.
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import math
 import random
 import statistics
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+import msgspec
 
 from codeyard.coordinator import (
     CapacityChanged,
@@ -50,6 +64,7 @@ from codeyard.schemas.model import Run, RunState, TaskSpec
 from codeyard.testing.dags import random_plan
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
+MAX_EFFORT = 10_000.0  # the wire bound of TaskSpec.effort
 
 
 class FifoQueue:
@@ -100,6 +115,26 @@ class Outcome:
 def latencies_for(specs: Sequence[TaskSpec], seed: int, sigma: float) -> dict[str, float]:
     rng = random.Random(seed)
     return {spec.id: rng.lognormvariate(0.0, sigma) for spec in sorted(specs, key=lambda s: s.id)}
+
+
+def with_estimates(
+    specs: Sequence[TaskSpec], latency: dict[str, float], errors: dict[str, float], noise: float
+) -> list[TaskSpec]:
+    """The plan with `effort` = latency * exp(noise * error): a lognormal estimate, median the
+    true latency (noise 0 gives the true latency itself, the oracle)."""
+    return [
+        msgspec.structs.replace(
+            spec, effort=min(MAX_EFFORT, latency[spec.id] * math.exp(noise * errors[spec.id]))
+        )
+        for spec in specs
+    ]
+
+
+def estimate_errors(specs: Sequence[TaskSpec], seed: int) -> dict[str, float]:
+    """Standard normal draws per task, shared by every noise level (so the rows differ only in
+    the noise), from a stream of their own (so they say nothing about the latencies)."""
+    rng = random.Random(f"estimate-{seed}")
+    return {spec.id: rng.gauss(0.0, 1.0) for spec in sorted(specs, key=lambda s: s.id)}
 
 
 def simulate(
@@ -159,6 +194,14 @@ def main() -> None:
     parser.add_argument("--dags", type=int, default=100, help="random DAGs per coder count")
     parser.add_argument("--coders", type=int, nargs="+", default=[2, 4, 8, 16, 32])
     parser.add_argument("--sigma", type=float, default=0.8, help="lognormal sigma of latencies")
+    parser.add_argument(
+        "--estimate-noise",
+        type=float,
+        nargs="*",
+        default=[0.5, 1.0],
+        help="lognormal sigma of the effort estimates' error, one row each",
+    )
+    parser.add_argument("--worst", type=int, default=0, help="print the K worst DAGs")
     parser.add_argument("--max-deps", type=int, default=3)
     parser.add_argument("--window", type=int, default=50, help="see random_plan")
     args = parser.parse_args()
@@ -170,26 +213,67 @@ def main() -> None:
     )
     print("efficiency = makespan / max(critical path, total work / coders); 1.00 is optimal")
     print(
-        f"{'coders':>6} {'work/N : CP':>12} {'engine p50':>11} {'engine p90':>11} "
-        f"{'FIFO p50':>9} {'FIFO p90':>9} {'FIFO/engine':>12}"
+        f"{'coders':>6} {'work/N : CP':>12}  {'policy':<38} {'p50':>6} {'p90':>6} "
+        f"{'FIFO / makespan':>16}"
     )
+    policies = [
+        "FIFO (baseline)",
+        "engine, no estimates",
+        *(f"engine, estimates noise {noise:g}" for noise in args.estimate_noise),
+        "oracle: true latencies (not online)",
+    ]
+    plans = []
+    for seed in range(args.dags):
+        specs = random_plan(args.tasks, seed=seed, max_deps=args.max_deps, window=args.window)
+        latency = latencies_for(specs, seed, args.sigma)
+        errors = estimate_errors(specs, seed)
+        estimated = [with_estimates(specs, latency, errors, noise) for noise in args.estimate_noise]
+        oracle = with_estimates(specs, latency, errors, 0.0)
+        plans.append((seed, specs, latency, estimated, oracle))
     for coders in args.coders:
-        engine_eff, fifo_eff, balance, ratio = [], [], [], []
-        for seed in range(args.dags):
-            specs = random_plan(args.tasks, seed=seed, max_deps=args.max_deps, window=args.window)
-            latency = latencies_for(specs, seed, args.sigma)
-            ours = simulate(specs, latency, coders)
-            baseline = simulate(specs, latency, coders, fifo=True)
-            engine_eff.append(ours.efficiency)
-            fifo_eff.append(baseline.efficiency)
-            balance.append(ours.total_work / coders / ours.critical_path)
-            ratio.append(baseline.makespan / ours.makespan)
-        print(
-            f"{coders:6} {statistics.median(balance):12.2f} "
-            f"{statistics.median(engine_eff):11.3f} {quantile(engine_eff, 0.9):11.3f} "
-            f"{statistics.median(fifo_eff):9.3f} {quantile(fifo_eff, 0.9):9.3f} "
-            f"{statistics.median(ratio):12.3f}"
-        )
+        efficiency: dict[str, list[float]] = {name: [] for name in policies}
+        versus_fifo: dict[str, list[float]] = {name: [] for name in policies}
+        balance = []
+        worst = []
+        for seed, specs, latency, estimated, oracle in plans:
+            outcomes = [
+                simulate(specs, latency, coders, fifo=True),
+                simulate(specs, latency, coders),
+                *(simulate(plan, latency, coders) for plan in estimated),
+                simulate(oracle, latency, coders),
+            ]
+            for name, outcome in zip(policies, outcomes, strict=True):
+                efficiency[name].append(outcome.efficiency)
+                versus_fifo[name].append(outcomes[0].makespan / outcome.makespan)
+            balance.append(outcomes[1].total_work / coders / outcomes[1].critical_path)
+            worst.append((outcomes[1].efficiency, outcomes[-1].efficiency, seed))
+        for name in policies:
+            print(
+                f"{coders:6} {statistics.median(balance):12.2f}  {name:<38} "
+                f"{statistics.median(efficiency[name]):6.3f} "
+                f"{quantile(efficiency[name], 0.9):6.3f} "
+                f"{statistics.median(versus_fifo[name]):16.3f}"
+            )
+        for engine_eff, oracle_eff, seed in sorted(worst, reverse=True)[: args.worst]:
+            _, specs, latency, _, _ = plans[seed]
+            print(
+                f"    worst: seed {seed}, efficiency {engine_eff:.3f} (oracle {oracle_eff:.3f}); "
+                f"true critical chain: {describe_chain(specs, latency)}"
+            )
+
+
+def describe_chain(specs: Sequence[TaskSpec], latency: dict[str, float]) -> str:
+    """The chain that makes the weighted critical path, as (latency, remaining path in tasks)."""
+    weighted = TaskGraph(specs, weights=latency)
+    counted = TaskGraph(specs)
+    task_id = max(weighted, key=weighted.critical_path)
+    links = []
+    while True:
+        links.append(f"({latency[task_id]:.1f}, {counted.critical_path(task_id):.0f})")
+        dependents = weighted.dependents(task_id)
+        if not dependents:
+            return " ".join(links)
+        task_id = max(dependents, key=weighted.critical_path)
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -46,6 +46,13 @@ class PlannedTask(_Output):
     )
     files: list[RepoPath] = Field(description="files the task creates or changes")
     deps: list[TaskId] = Field(description="ids of tasks that must be done first")
+    # Optional so that a model that leaves it out still plans; the bounds are TaskSpec.effort's.
+    effort: float | None = Field(
+        default=None,
+        gt=0,
+        le=10_000,
+        description="work compared to the other tasks: 1 small, 2 twice that, and so on",
+    )
 
     def to_task_spec(self) -> TaskSpec:
         return TaskSpec(
@@ -55,6 +62,7 @@ class PlannedTask(_Output):
             acceptance=list(self.acceptance),
             files=list(self.files),
             deps=list(self.deps),
+            effort=self.effort,
         )
 
 

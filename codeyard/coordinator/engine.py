@@ -9,7 +9,8 @@ and continues, re-sending `outstanding_work()` if it cannot tell what was alread
 Rules, in short:
 
 - a task becomes ready when every dependency is merged; ready tasks start (attempt 1, coding)
-  highest critical path first while fewer than `capacity` tasks are in flight;
+  highest critical path first (weighted by the plan's effort estimates, if it has any) while
+  fewer than `capacity` tasks are in flight;
 - coding -> testing -> reviewing (every required reviewer must approve) -> gated (merge)
   -> merged; a failed test, a rejected review or a failed merge sends the task back to coding
   at the next attempt with the reason as `Feedback`, until `Budget.max_attempts_per_task`;
@@ -43,6 +44,7 @@ from codeyard.coordinator.effects import (
     RunMoved,
     TaskMoved,
 )
+from codeyard.coordinator.effort import effort_weights
 from codeyard.coordinator.events import (
     Cancel,
     CapacityChanged,
@@ -550,7 +552,8 @@ class RunEngine:
         for key, task in tasks.items():
             if key != task.spec.id:
                 raise InvalidPlan([f"task stored under {key!r} has id {task.spec.id!r}"])
-        graph = TaskGraph(task.spec for task in tasks.values())
+        specs = [task.spec for task in tasks.values()]
+        graph = TaskGraph(specs, weights=effort_weights(specs))
         merged = TaskState.MERGED
         self._graph = graph
         self._queue = ReadyQueue(graph)

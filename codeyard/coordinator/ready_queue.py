@@ -11,7 +11,8 @@ from codeyard.coordinator.graph import TaskGraph
 class ReadyQueue:
     """A priority queue of task ids; each id is queued at most once.
 
-    Priority: longest critical path first, then most direct dependents, then plan order.
+    Priority: longest critical path first (as the graph weighs it: in tasks, or by the plan's
+    effort estimates, see `effort_weights`), then most direct dependents, then plan order.
     Entries are not removed when a queued task stops being ready (parked, cancelled): `take`
     asks `still_ready` and drops those.
     """

@@ -16,6 +16,8 @@ from codeyard.schemas.envelope import Attempt, Id, utc_now
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 LongText = Annotated[str, msgspec.Meta(max_length=20_000)]
 ReviewerName = Annotated[str, msgspec.Meta(pattern=r"^review(\.[a-z0-9][a-z0-9_-]{0,31})?$")]
+# Relative units: only ratios between the tasks of one plan matter. The bound keeps infinity out.
+Effort = Annotated[float, msgspec.Meta(gt=0, le=10_000)]
 
 
 class TaskState(enum.StrEnum):
@@ -130,6 +132,8 @@ class TaskSpec(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     files: list[str] = []
     deps: list[Id] = []
     reviewers: list[ReviewerName] = []
+    # The planner's estimate of the work, used only to order ready tasks (None: not estimated).
+    effort: Effort | None = None
 
 
 class FeedbackKind(enum.StrEnum):

@@ -28,6 +28,7 @@ PLAN_CALL: dict[str, Any] = {
             "acceptance": ["mul(3, 4) == 12"],
             "files": ["calc/ops.py"],
             "deps": [],
+            "effort": 2,
         },
         {
             "id": "export_mul",
@@ -58,6 +59,7 @@ def test_plan_call_becomes_wire_task_specs() -> None:
     assert [spec.id for spec in specs] == ["add-mul", "export_mul"]
     assert specs[1].deps == ["add-mul"]
     assert specs[0].acceptance == ["mul(3, 4) == 12"]
+    assert (specs[0].effort, specs[1].effort) == (2, None)  # an estimate is optional
     # The specs pass the wire's own validation in a PlanResult.
     result = decode(encode(PlanResult(run_id="r1", tasks=specs)), PlanResult)
     assert result.tasks == specs
@@ -71,6 +73,9 @@ def test_plan_schema_carries_the_id_pattern_for_constrained_decoding() -> None:
     assert task["properties"]["title"]["maxLength"] == 200
     with pytest.raises(ValidationError, match="id"):
         PlanOutput.model_validate({"tasks": [{**PLAN_CALL["tasks"][0], "id": "api.v2"}]})
+    assert "effort" not in task["required"]
+    with pytest.raises(ValidationError, match="effort"):
+        PlanOutput.model_validate({"tasks": [{**PLAN_CALL["tasks"][0], "effort": 0}]})
 
 
 def test_edits_are_told_apart_by_kind() -> None:

@@ -51,6 +51,7 @@ TASK_SPEC = TaskSpec(
     files=["app/auth.py", "app/main.py", "tests/test_auth.py"],
     deps=["t1-settings"],
     reviewers=["review", "review.security"],
+    effort=2.5,
 )
 FEEDBACK = Feedback(
     attempt=1, kind=FeedbackKind.TEST_FAILURE, text="test_expired_token: expected 401, got 500"
