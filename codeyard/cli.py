@@ -520,6 +520,7 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
             ),
             artifacts=artifacts,
             approval_timeout=settings.approval_timeout,
+            artifact_retention=settings.artifact_retention(),
         )
         await coordinator.run(stop)
     finally:
@@ -675,6 +676,57 @@ def cancel(
     if not isinstance(reply, Accepted):
         _refused(reply)
     console.print(f"cancelled {run_id}: {reason}", markup=False, highlight=False)
+
+
+@app.command("gc")
+def gc_command(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only list what would be deleted")
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Delete old snapshot bundles and stored patches from the artifacts store now.
+
+    The leading coordinator deletes what no open run uses and nobody published or reused
+    within CODEYARD_ARTIFACT_RETENTION_DAYS (default: CODEYARD_EVENT_RETENTION_DAYS); it also
+    does so every hour on its own. Prints what was (with --dry-run: would be) deleted.
+
+    Example: [bold]codeyard gc --dry-run[/bold]
+    """
+    from rich.table import Table
+
+    from codeyard.follow import ask_coordinator
+    from codeyard.schemas import ArtifactsCollected, CollectArtifacts
+    from codeyard.schemas.envelope import utc_now
+
+    # a large store takes a while to list and delete: one answer may take minutes
+    reply = _on_bus(
+        "gc",
+        lambda bus: ask_coordinator(
+            bus, "gc", CollectArtifacts(dry_run=dry_run), patience=10, timeout=600
+        ),
+    )
+    if json_output:
+        _print_reply(reply)
+        return
+    if not isinstance(reply, ArtifactsCollected):
+        _refused(reply)
+    verb = "would delete" if reply.dry_run else "deleted"
+    if reply.deleted:
+        now = utc_now()
+        table = Table("object", "bytes", "unused for (days)")
+        for found in reply.deleted:
+            days = (now - found.modified_at).total_seconds() / 86400
+            table.add_row(found.name, str(found.size), f"{days:.1f}")
+        console.print(table)
+    console.print(
+        f"{verb} {len(reply.deleted)} objects "
+        f"({sum(found.size for found in reply.deleted)} bytes); kept {reply.referenced} that "
+        f"open runs use and {reply.recent} used within "
+        f"{reply.retention_seconds / 86400:g} days",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         description="with no LLM endpoint configured, serve the bundled SmolLM2 (codeyard[local])",
     )
     event_retention_days: float = Field(default=30.0, gt=0, description="events stream max age")
+    artifact_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="days an unused snapshot bundle or stored patch is kept (in the object "
+        "store and in workers' caches); unset: event_retention_days",
+    )
     replicas: int = Field(
         default=1,
         ge=1,
@@ -108,6 +114,12 @@ class Settings(BaseSettings):
     def snapshot_cache_dir(self) -> Path:
         """Where a worker keeps the runs' code it fetched (shared by its processes)."""
         return self.data_dir / "cache" / "snapshots"
+
+    def artifact_retention(self) -> float:
+        """Seconds garbage collection keeps what nothing uses: by default as long as the events,
+        so the report of any run whose events are still there finds its patches."""
+        days = self.artifact_retention_days or self.event_retention_days
+        return days * DAY
 
     def embedded_dir(self) -> Path:
         return self.data_dir / EMBEDDED_DIR

@@ -47,14 +47,17 @@ class RunRefused(RuntimeError):
 
 
 async def ask_coordinator(
-    bus: Bus, verb: str, request: Envelope, patience: float = 30.0
+    bus: Bus, verb: str, request: Envelope, patience: float = 30.0, timeout: float = 10.0
 ) -> ControlReply:
-    """A control request; while no coordinator answers (starting, failing over), try again."""
+    """A control request; while no coordinator answers (starting, failing over), try again.
+    `timeout`: how long one answer may take."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience
     while True:
         try:
-            reply: ControlReply = await bus.request(ctl_subject(verb), request, ControlReply, 10)
+            reply: ControlReply = await bus.request(
+                ctl_subject(verb), request, ControlReply, timeout
+            )
             return reply
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             if loop.time() > deadline:

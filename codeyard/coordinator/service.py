@@ -31,6 +31,11 @@ from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
 from codeyard.bus.pipeline import Pending, PublishError
 from codeyard.bus.store import StaleRevision, VersionedStore
 from codeyard.bus.topology import DAY
+from codeyard.coordinator.artifact_collector import (
+    COLLECT_INTERVAL,
+    FIRST_COLLECTION_AFTER,
+    ArtifactCollector,
+)
 from codeyard.coordinator.effects import (
     CancelWork,
     Dispatch,
@@ -84,6 +89,7 @@ from codeyard.schemas.messages import (
     Approve,
     CancelRun,
     CodeResult,
+    CollectArtifacts,
     Control,
     ControlError,
     DeadLetter,
@@ -173,6 +179,9 @@ class Coordinator:
         artifacts: ObjectStore | None = None,
         batch_size: int = 512,
         metrics_interval: float = 5.0,
+        artifact_retention: float = 30 * DAY,
+        collect_every: float = COLLECT_INTERVAL,
+        first_collection_after: float = FIRST_COLLECTION_AFTER,
     ) -> None:
         self.bus = bus
         self.gate = gate or BusGateClient(bus)
@@ -194,6 +203,20 @@ class Coordinator:
         self._unacked = 0  # results delivered to the inbox and not yet acked
         self._acked = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        # Garbage collection of the artifacts store, while leading (see artifact_collector).
+        self.collector = (
+            ArtifactCollector(
+                artifacts,
+                bus.js,
+                open_runs=lambda: [open_run.run for open_run in self._open.values()],
+                leading=self.leading.is_set,
+                retention=artifact_retention,
+            )
+            if artifacts is not None
+            else None
+        )
+        self.collect_every = collect_every
+        self.first_collection_after = first_collection_after
 
     # --- leadership ---------------------------------------------------------------------------
 
@@ -239,6 +262,7 @@ class Coordinator:
                 asyncio.create_task(self._process_inbox()),
                 asyncio.create_task(self._expire_approvals()),
                 asyncio.create_task(self._observe()),
+                *self._collection(),
                 asyncio.create_task(stop.wait()),
                 asyncio.create_task(lost.wait()),
             ]
@@ -273,6 +297,16 @@ class Coordinator:
             if not renewed:
                 lost.set()
                 return
+
+    def _collection(self) -> list[asyncio.Task[None]]:
+        """Periodic garbage collection in the background: it never holds up a step, and its
+        failures are logged, never the end of a leadership."""
+        if self.collector is None:
+            return []
+        periodic = self.collector.collect_periodically(
+            self.first_collection_after, self.collect_every
+        )
+        return [asyncio.create_task(periodic)]
 
     async def _observe(self) -> None:
         """While leading: tasks and runs by state, and the consumers' queues, as gauges. Read
@@ -353,6 +387,9 @@ class Coordinator:
             except MessageError as exc:
                 await msg.respond(encode(ControlError(error=str(exc), field=exc.field)))
                 return
+            if isinstance(request, CollectArtifacts):  # outside the inbox: steps never wait
+                await msg.respond(encode(await self._collect_now(request)))
+                return
             call = ControlCall(request, asyncio.get_running_loop().create_future())
             self._inbox.put_nowait(call)
             try:
@@ -365,6 +402,15 @@ class Coordinator:
             await self.bus.nc.subscribe(subjects.ctl_subject(verb), cb=answer)
             for verb in CONTROL_VERBS  # the verbs the exported AsyncAPI document lists
         ]
+
+    async def _collect_now(self, request: CollectArtifacts) -> Envelope:
+        if self.collector is None:
+            return ControlError(error="this coordinator has no artifacts store to collect")
+        try:
+            return await self.collector.collect(dry_run=request.dry_run)
+        except Exception as exc:
+            log.exception("garbage collection asked by a client failed")
+            return ControlError(error=f"garbage collection failed: {type(exc).__name__}: {exc}")
 
     async def _process_inbox(self) -> None:
         while True:

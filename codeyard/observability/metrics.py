@@ -110,6 +110,22 @@ COORDINATOR_RUNS = Gauge(
     "codeyard_coordinator_open_runs", "Open runs of the leader, by state", ["state"]
 )
 
+# --- garbage collection (codeyard.coordinator.artifact_collector, workspace.cache_pruning) -----
+
+ARTIFACTS_DELETED = Counter(
+    "codeyard_artifacts_deleted",
+    "Objects the leading coordinator deleted from cy_artifacts, by kind (bundle, patch)",
+    ["kind"],
+)
+ARTIFACT_BYTES_DELETED = Counter(
+    "codeyard_artifact_bytes_deleted", "Bytes of the objects deleted from cy_artifacts"
+)
+SNAPSHOT_CACHE_PRUNED = Counter(
+    "codeyard_snapshot_cache_pruned",
+    "Entries a worker removed from its snapshot cache, by kind (bundle, repository, partial)",
+    ["kind"],
+)
+
 # --- JetStream consumers (read by the leading coordinator) ------------------------------------
 
 CONSUMER_PENDING = Gauge(

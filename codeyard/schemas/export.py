@@ -121,6 +121,7 @@ CONTROL_VERBS: Mapping[str, tuple[type[Envelope], tuple[type[Envelope], ...]]] =
     "approvals": (messages.ListApprovals, (messages.ApprovalList, messages.ControlError)),
     "approve": (messages.Approve, (messages.Accepted, messages.ControlError)),
     "deny": (messages.Deny, (messages.Accepted, messages.ControlError)),
+    "gc": (messages.CollectArtifacts, (messages.ArtifactsCollected, messages.ControlError)),
 }
 """`cy.ctl.<verb>` -> (request class, reply classes the coordinator may answer with)."""
 

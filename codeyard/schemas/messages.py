@@ -265,7 +265,15 @@ class Deny(Envelope, kw_only=True, frozen=True):
     reason: LongText = ""
 
 
-Control = SubmitRun | CancelRun | StatusQuery | ListApprovals | Approve | Deny
+class CollectArtifacts(Envelope, kw_only=True, frozen=True):
+    """Delete now the `cy_artifacts` objects (snapshot bundles, offloaded patches) that no open
+    run uses and that nobody published or reused within the retention; with `dry_run`, only
+    tell which they are."""
+
+    dry_run: bool = False
+
+
+Control = SubmitRun | CancelRun | StatusQuery | ListApprovals | Approve | Deny | CollectArtifacts
 
 
 ApprovalStatus = Literal["pending", "approved", "denied"]
@@ -306,7 +314,25 @@ class ControlError(Envelope, kw_only=True, frozen=True):
     field: str = ""
 
 
-ControlReply = Accepted | RunStatus | ApprovalList | ControlError
+class StoredArtifact(msgspec.Struct, kw_only=True, frozen=True):
+    """An object of the `cy_artifacts` store, as garbage collection sees it."""
+
+    name: str
+    size: int
+    modified_at: Timestamp  # last published, or last reused by a publisher that found it there
+
+
+class ArtifactsCollected(Envelope, kw_only=True, frozen=True):
+    """What a `CollectArtifacts` deleted (with `dry_run`: would delete), and why others stay."""
+
+    dry_run: bool
+    retention_seconds: float
+    deleted: list[StoredArtifact]
+    referenced: int = 0  # kept: an open run uses them
+    recent: int = 0  # kept: published or reused within the retention
+
+
+ControlReply = Accepted | RunStatus | ApprovalList | ArtifactsCollected | ControlError
 
 
 # --- presence: workers -> cy.presence.<role> (core NATS) -------------------------------------

@@ -14,6 +14,7 @@ from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from codeyard.schemas.model import Patch
+from codeyard.workspace.artifact_ages import refresh
 
 INLINE_PATCH_CHARS = 64 * 1024
 PATCH_PREFIX = "patch/sha256-"
@@ -30,9 +31,9 @@ async def offload(store: ObjectStore, patch: Patch) -> Patch:
     data = patch.text.encode()
     digest = hashlib.sha256(data).hexdigest()
     name = f"{PATCH_PREFIX}{digest}"
-    try:
-        await store.get_info(name)  # the same text was stored before: nothing to upload
-    except ObjectNotFoundError:
+    # The same text stored before is not uploaded again, but its retention restarts: garbage
+    # collection must not take it before the coordinator records this result's reference.
+    if not await refresh(store, name):
         await store.put(name, data)
     return Patch(object_name=name, sha256=digest)
 

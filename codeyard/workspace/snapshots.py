@@ -18,11 +18,11 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta
-from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from codeyard.bus.subjects import ARTIFACTS_BUCKET
 from codeyard.schemas.model import SnapshotBundle, SnapshotRef
+from codeyard.workspace.artifact_ages import refresh
 from codeyard.workspace.git import GitError, git
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,11 @@ async def publish_snapshot(
 async def _upload(
     store: ObjectStore, bundle: SnapshotBundle, path: Path, base: SnapshotRef | None
 ) -> None:
-    try:
-        await store.get_info(bundle.name)
+    # A bundle stored before (by this run or another) is reused, so its retention restarts:
+    # garbage collection must not take it while the run that now needs it is being told.
+    if await refresh(store, bundle.name):
         log.debug("snapshot bundle %s already stored", bundle.name)
         return
-    except ObjectNotFoundError:
-        pass
     description = f"git bundle of {bundle.head}" + (f" needing {base.head}" if base else "")
     file = await asyncio.to_thread(path.open, "rb")
     with file:

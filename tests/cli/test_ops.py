@@ -20,6 +20,7 @@ import pytest
 from codeyard.schemas import (
     Accepted,
     ApprovalList,
+    ArtifactsCollected,
     ControlError,
     Run,
     RunEvent,
@@ -173,6 +174,18 @@ async def test_everyday_commands_after_runs_approved_with_yes(
     code, out, _ = await cli(env, "report", "r1", "--json")
     assert code == 0
     assert json.loads(out)["run_id"] == "r1"
+
+    # the runs' snapshots are far younger than the 30 days of retention: nothing goes yet
+    code, out, _ = await cli(env, "gc", "--dry-run", "--json")
+    assert code == 0
+    dry = msgspec.json.decode(out, type=ArtifactsCollected)
+    assert dry.dry_run
+    assert dry.deleted == []
+    assert dry.recent >= 1
+    assert dry.retention_seconds == 30 * 86400
+    code, out, _ = await cli(env, "gc")
+    assert code == 0
+    assert "deleted 0 objects" in out
 
 
 async def test_cancel_a_running_run(system: System, repo: Path, tmp_path: Path) -> None:

@@ -245,6 +245,7 @@ def sample_messages() -> list[Envelope]:
         m.ListApprovals(**_envelope(task=False, n=21)),
         m.Approve(**_envelope(task=False, n=22), approval_id=APPROVAL_ID, by="alice", comment="ok"),
         m.Deny(**_envelope(task=False, n=23), approval_id=APPROVAL_ID, by="bob", reason="no"),
+        m.CollectArtifacts(**_envelope(task=False, n=41), dry_run=True),
         m.Accepted(**_envelope(task=False, n=24), detail=RUN_ID),
         m.RunStatus(**_envelope(task=False, n=25), runs=[sample_run()]),
         m.ApprovalList(
@@ -262,6 +263,20 @@ def sample_messages() -> list[Envelope]:
                     requested_at=SENT_AT,
                 )
             ],
+        ),
+        m.ArtifactsCollected(
+            **_envelope(task=False, n=42),
+            dry_run=True,
+            retention_seconds=2_592_000.0,
+            deleted=[
+                m.StoredArtifact(
+                    name=f"patch/sha256-{PATCH.sha256}",
+                    size=70_312,
+                    modified_at=SENT_AT,
+                )
+            ],
+            referenced=12,
+            recent=3,
         ),
         m.ControlError(
             **_envelope(task=False, n=27), error="no run with this id", field="$.run_id"
