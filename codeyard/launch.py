@@ -131,6 +131,7 @@ async def serve_role(
 ) -> None:
     """One role's worker process: serve until SIGTERM, then finish or hand back in-flight work."""
     from codeyard.bus import PullWorker
+    from codeyard.workspace.cache_pruning import prune_periodically
     from codeyard.workspace.repo_localizer import RepoLocalizer
     from codeyard.workspace.snapshot_cache import SnapshotCache
     from codeyard.workspace.snapshots import artifact_store
@@ -147,13 +148,17 @@ async def serve_role(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    pruning: asyncio.Task[None] | None = None
     try:
         cache = SnapshotCache(await artifact_store(bus.js), settings.snapshot_cache_dir())
+        pruning = asyncio.create_task(prune_periodically(cache.root, settings.artifact_retention()))
         handler = RepoLocalizer(make_handler(bus), cache)
         worker = PullWorker(bus, role, handler, concurrency=concurrency)
         log.info("serving %s (%d at once) from %s", role, concurrency, url)
         await worker.run(stop)
     finally:
+        if pruning is not None:
+            pruning.cancel()
         await bus.close()
 
 

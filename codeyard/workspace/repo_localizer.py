@@ -9,6 +9,8 @@ shared disk) pass unchanged.
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 
 from codeyard.bus.worker import GiveUp, Handler, RetryLater
@@ -44,13 +46,15 @@ class RepoLocalizer:
 
     async def _with_local_repo(self, item: WorkItem) -> Result:
         repo: RepoRef = item.repo
-        if repo.bundles is not None:
-            try:
-                local = await self.cache.prepare(repo.bundles)
-            except SnapshotMissing as exc:  # gone from the store: no retry brings it back
-                raise GiveUp(f"the run's code is not in the object store: {exc}") from exc
-            except SnapshotError as exc:  # a stalled or damaged download: try again later
-                raise RetryLater(f"cannot fetch the run's code: {exc}") from exc
-            localized = msgspec.structs.replace(repo, snapshot=str(local))
-            item = msgspec.structs.replace(item, repo=localized)
-        return await self.handler(item)
+        async with contextlib.AsyncExitStack() as using:
+            if repo.bundles is not None:
+                try:
+                    # held while the handler runs: its checkouts borrow the cached repository
+                    local = await using.enter_async_context(self.cache.using(repo.bundles))
+                except SnapshotMissing as exc:  # gone from the store: no retry brings it back
+                    raise GiveUp(f"the run's code is not in the object store: {exc}") from exc
+                except SnapshotError as exc:  # a stalled or damaged download: try again later
+                    raise RetryLater(f"cannot fetch the run's code: {exc}") from exc
+                localized = msgspec.structs.replace(repo, snapshot=str(local))
+                item = msgspec.structs.replace(item, repo=localized)
+            return await self.handler(item)

@@ -6,10 +6,15 @@ Layout of the cache directory, which several processes may share:
     repos/<root sha256>.git       one bare repository per chain (named by its full bundle);
                                   `refs/snapshots/<commit>` marks each bundle imported whole
     locks/<root sha256>.lock      flock held while a chain's bundles are fetched and imported
+    locks/<root sha256>.use       flock held shared by everyone using the chain's repository
+    locks/bundles.use             flock held shared while bundles are fetched and imported
 
 A checkout borrows the cached repository's objects (`git clone --shared`), so making one costs
-writing the working tree only; it stays valid as long as the cache directory does (the cached
-repositories never drop objects: gc is off, every imported head keeps a ref).
+writing the working tree only; it stays valid as long as the cached repository does (they never
+drop objects: gc is off, every imported head keeps a ref). Repositories and bundles unused for
+longer than the retention are pruned (`codeyard.workspace.cache_pruning`), but never while a
+`.use` lock is held: hold `using(ref)` for as long as a checkout of it lives. Using a repository
+or a bundle sets its mtime, which is what the pruning measures.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import io
 import logging
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from nats.js.errors import ObjectNotFoundError
@@ -34,10 +41,17 @@ from codeyard.workspace.snapshots import (
     SnapshotMissing,
     file_sha256,
 )
+from codeyard.workspace.use_lock import in_use
 
 log = logging.getLogger(__name__)
 
 IMPORTED_REFS = "refs/snapshots/"
+BUNDLES_USE_LOCK = "bundles.use"
+
+
+def use_lock_path(root: Path, chain: str) -> Path:
+    """The lock file users of the repository of chain `chain` (root sha256) hold shared."""
+    return root / "locks" / f"{chain}.use"
 
 
 class SnapshotCorrupt(SnapshotError):
@@ -69,24 +83,40 @@ class SnapshotCache:
         return self.root / "bundles" / f"sha256-{bundle.sha256}.bundle"
 
     async def checkout(self, ref: SnapshotRef, dest: Path) -> Path:
-        """A fresh working copy of `ref.head` at `dest` (absent or empty), HEAD detached there."""
-        repository = await self.prepare(ref)
-        await asyncio.to_thread(_clone, repository, ref.head, dest)
+        """A fresh working copy of `ref.head` at `dest` (absent or empty), HEAD detached there.
+
+        It borrows the cached repository's objects: make and use it inside `using(ref)`, or
+        the cache may prune the repository once it has been unused for the retention."""
+        async with self.using(ref) as repository:
+            await asyncio.to_thread(_clone, repository, ref.head, dest)
         return dest
+
+    @asynccontextmanager
+    async def using(self, ref: SnapshotRef) -> AsyncIterator[Path]:
+        """`prepare(ref)`, and the repository kept from pruning until the block ends."""
+        async with in_use(use_lock_path(self.root, ref.root.sha256)):
+            repository = await self.prepare(ref)
+            try:
+                yield repository
+            finally:  # last used now, when the user is done with it
+                await asyncio.to_thread(os.utime, repository)
 
     async def prepare(self, ref: SnapshotRef) -> Path:
         """The cached bare repository holding `ref.head`, importing whatever it lacks."""
         repository = self.repository(ref)
-        async with self._lock(ref.root.sha256):
+        async with in_use(use_lock_path(self.root, ref.root.sha256)), self._lock(ref.root.sha256):
             imported = await asyncio.to_thread(_imported_heads, repository)
             # the newest bundle already imported has the history of all before it
             start = max(
                 (i + 1 for i, bundle in enumerate(ref.bundles) if bundle.head in imported),
                 default=0,
             )
-            for bundle in ref.bundles[start:]:
-                path = await self._bundle_file(bundle)
-                await asyncio.to_thread(_import, repository, path, bundle.head)
+            if start < len(ref.bundles):
+                async with in_use(self.root / "locks" / BUNDLES_USE_LOCK):
+                    for bundle in ref.bundles[start:]:
+                        path = await self._bundle_file(bundle)
+                        await asyncio.to_thread(_import, repository, path, bundle.head)
+            await asyncio.to_thread(os.utime, repository)  # used now: pruning measures this
         return repository
 
     def _lock(self, key: str) -> FileLock:
@@ -99,6 +129,7 @@ class SnapshotCache:
         path = self.bundle_path(bundle)
         if await asyncio.to_thread(path.exists):
             if await asyncio.to_thread(file_sha256, path) == (bundle.sha256, bundle.size):
+                await asyncio.to_thread(os.utime, path)  # used now: pruning measures this
                 return path
             log.warning("cached bundle %s is damaged: downloading it again", path)
             await asyncio.to_thread(path.unlink, True)
