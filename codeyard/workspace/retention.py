@@ -3,9 +3,9 @@
 An object goes only when both hold:
 
 - no open run names it: every bundle of the snapshot chain the run carries (`Run.repo.bundles`,
-  the integration head: the chain only grows by increments, so it holds the bundles of every
-  earlier head the run's work items carried) and every offloaded patch of its tasks. Bundles are
-  content addressed, so one bundle may belong to a finished and an open run: it stays.
+  the integration head; the chain grows by increments, so it also holds the bundles of the
+  earlier heads the run's work items carried) and every offloaded patch of its tasks. Bundles
+  are content addressed, so one bundle may belong to a finished and an open run: it stays.
 - it was last published, or reused by a publisher that found it already stored, longer than the
   retention ago. This covers what no open run names yet: a patch offloaded by a coder whose
   result the coordinator has not applied, a bundle being published for a merge, and the
