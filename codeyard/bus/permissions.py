@@ -160,10 +160,10 @@ def _kv(bucket: str, *, scan: bool = False) -> tuple[str, ...]:
     return grants
 
 
-def _objects(bucket: str, *, write: bool = False) -> tuple[str, ...]:
-    """Read (info, get through an ordered consumer) one object store; with `write`, put (chunks
-    and metadata, purging replaced chunks) too. Snapshots travel this way
-    (`codeyard.workspace.snapshots`)."""
+def _objects(bucket: str, *, write: bool = False, purge: bool = False) -> tuple[str, ...]:
+    """Read (info, get through an ordered consumer) one object store; with `write`, put new
+    objects (chunks and metadata) too; with `purge`, also replace and delete them (which purges
+    chunks). Snapshots and large patches travel this way (`codeyard.workspace`)."""
     stream = f"OBJ_{bucket}"
     grants: tuple[str, ...] = (
         f"{JS_API}.STREAM.NAMES",
@@ -178,7 +178,9 @@ def _objects(bucket: str, *, write: bool = False) -> tuple[str, ...]:
         f"$JS.FC.{stream}.>",
     )
     if write:
-        grants += (f"$O.{bucket}.>", f"{JS_API}.STREAM.PURGE.{stream}")
+        grants += (f"$O.{bucket}.>",)
+    if purge:
+        grants += (f"{JS_API}.STREAM.PURGE.{stream}",)
     return grants
 
 
@@ -210,7 +212,7 @@ def _coordinator() -> Grants:
             *_kv(subjects.RUNS_BUCKET, scan=True),
             *_kv(subjects.APPROVALS_BUCKET, scan=True),
             *_kv(subjects.LEADER_BUCKET),
-            *_objects(subjects.ARTIFACTS_BUCKET, write=True),
+            *_objects(subjects.ARTIFACTS_BUCKET, write=True, purge=True),
             "cy.work.>",
             "cy.events.>",
             "cy.cancel.>",
@@ -259,7 +261,9 @@ def _worker(role: str) -> Grants:
         subjects.result_subject(role),
         subjects.presence_subject(role),  # announces itself as its own role only
         "cy.events.>",  # dead letters of undecodable work
-        *_objects(subjects.ARTIFACTS_BUCKET),  # the run's code
+        # the run's code; a coder also stores its patches over 64 KiB there (content-addressed
+        # and checked against their sha256 when read, so it cannot pass off other bytes)
+        *_objects(subjects.ARTIFACTS_BUCKET, write=role == "coder"),
     ]
     if role not in subjects.BUILTIN_ROLES:  # a plugin reviewer: see the module's docstring
         publish.append(consumer_create_subject(work, user, subjects.work_subject(role)))

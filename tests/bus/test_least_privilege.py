@@ -21,6 +21,7 @@ from codeyard.bus.embedded import find_nats_server, free_port
 from codeyard.bus.pipeline import PublishError
 from codeyard.bus.subjects import (
     APPROVALS_BUCKET,
+    ARTIFACTS_BUCKET,
     GATE_CHECK,
     WORK_STREAM,
     ctl_subject,
@@ -49,6 +50,8 @@ from codeyard.schemas import (
     TestResult,
     WorkItem,
 )
+from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, inline, offload
+from codeyard.workspace.snapshots import artifact_store
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import ask, status
 
@@ -117,6 +120,25 @@ async def refusal(caplog: pytest.LogCaptureFixture, subject: str, timeout: float
                 return message
         await asyncio.sleep(0.05)
     raise AssertionError(f"no permissions violation for {subject} was reported")
+
+
+async def test_a_coder_stores_a_large_patch_but_cannot_purge_the_store(
+    connect: Callable[[str], Awaitable[Bus]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    coder = await connect("coder")
+    store = await artifact_store(coder.js)
+    big = Patch(text="+x\n" * (INLINE_PATCH_CHARS // 3 + 1))
+
+    stored = await offload(store, big)
+
+    assert stored.object_name  # it went by reference
+    purge = f"$JS.API.STREAM.PURGE.OBJ_{ARTIFACTS_BUCKET}"
+    with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+        await coder.nc.request(purge, b"{}", timeout=1)
+    await refusal(caplog, purge)
+    reviewer = await connect("review")  # the roles after the coder read it back whole
+    assert (await inline(await artifact_store(reviewer.js), stored)).text == big.text
 
 
 def plan_approval_run(run_id: str) -> SubmitRun:
