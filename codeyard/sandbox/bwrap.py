@@ -24,10 +24,10 @@ Limits (`Limits`):
 
 - wall time: enforced here, by killing bubblewrap's process group and the run's cgroup; the
   pid namespace takes every process of the sandbox with it.
-- CPU, address space, file size (and no core dumps): rlimits, set by a few lines of Python run
-  by the sandbox's interpreter just before it execs the command (after bubblewrap has built
-  the namespaces, so bubblewrap itself is not limited); soft and hard limits alike, so the
-  command cannot raise them.
+- CPU, address space, file size (and no core dumps): rlimits, set by `prlimit` just before it
+  execs the command (after bubblewrap has built the namespaces, so bubblewrap itself is not
+  limited; `codeyard.sandbox.rlimit_shim`); soft and hard limits alike, so the command cannot
+  raise them.
 - processes: RLIMIT_NPROC does not work for root. The kernel exempts uid 0 of the host from
   it (`copy_process`: `user != INIT_USER`), and the sandbox's uid 65534 *is* host uid 0 when
   codeyard runs as root, so a fork bomb would be unbounded (verified on the development
@@ -75,7 +75,7 @@ from codeyard.sandbox.protocol import (
     RunOutcome,
     SandboxUnavailable,
 )
-from codeyard.sandbox.rlimit_shim import shim_argv
+from codeyard.sandbox.rlimit_shim import host_prlimit, own_ceilings, shim_argv
 from codeyard.sandbox.workdir import SYSTEM_DIRS, checked_workdir, python_roots
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class BwrapSandbox:
         self.bwrap = Path(found)
         self.python = Path(python) if python else Path(sys.executable)
         self._python_roots = python_roots(self.python)
+        self._prlimit = host_prlimit()
         self._cgroups: PidsCgroups | None = None
         self._probe_lock = threading.Lock()
         self._ready = False
@@ -328,7 +329,7 @@ class BwrapSandbox:
             args += ["--symlink", str(self.python), f"{_BIN_DIR}/{alias}"]
         args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SANDBOX_WORKDIR]
         nproc = limits.pids + _NPROC_OVERHEAD
-        args += ["--", *shim_argv(self.python, limits, nproc, command)]
+        args += ["--", *shim_argv(self._prlimit, limits, nproc, command, own_ceilings())]
         return join_argv(cgroup, args) if cgroup else args
 
 

@@ -24,16 +24,19 @@ Limits (`Limits`):
   bwrap: allocations fail with MemoryError), and the container as a whole, /tmp and /dev/shm
   included, at most `memory_bytes + 2 * tmpfs_bytes` of RAM with no swap (the cgroup OOM
   killer enforces it; `killed_by_limit="memory"` when it struck). RLIMIT_AS is set by the
-  image's python3 just before it execs the command (`codeyard.sandbox.rlimit_shim`), not as a
-  Docker ulimit: those apply to the runtime's own setup (runc, a Go program) too, which then
-  fails to start the container under a small limit.
+  image's `prlimit` just before it execs the command (`codeyard.sandbox.rlimit_shim`), not as
+  a Docker ulimit: those apply to the runtime's own setup (runc, a Go program) too, which then
+  fails to start the container under a small limit. An engine that gives containers a lower
+  hard RLIMIT_AS than asked makes prlimit fail the run (exit 1, "failed to set the AS resource
+  limit") rather than run it under another limit.
 - CPU: RLIMIT_CPU (`cpu_seconds`) per process and at most `cpus` cores for the container.
 - processes: `pids_limit` (a cgroup: works whatever the uid); file size: RLIMIT_FSIZE; no core
   dumps.
 - output: streamed from the container as it runs (the engine keeps no log: `log_config=none`),
   kept as a bounded tail.
 
-The image must provide python3 (as `python` too) and pytest; scripts/build-sandbox-image.sh
+The image must provide python3 (as `python` too), pytest and /usr/bin/prlimit (util-linux,
+essential in Debian); scripts/build-sandbox-image.sh
 builds the default one, `codeyard-sandbox:bookworm`, with no registry. The docker SDK blocks,
 so every call runs in a thread: the event loop never waits on the engine.
 """
@@ -88,6 +91,7 @@ LABEL = "codeyard.sandbox"
 
 _ENGINE_TIMEOUT = 60  # seconds for one API call; waiting for the command has its own
 _INIT_PIDS = 1  # docker-init (tini) counts against the container's pids limit
+_PRLIMIT = "/usr/bin/prlimit"  # of the image
 
 
 def resolve_docker_host(configured: str = "") -> str:
@@ -301,9 +305,12 @@ class DockerSandbox:
         }
         environment.update(env or {})
         memory = limits.memory_bytes + 2 * limits.tmpfs_bytes
+        # No ceilings: Docker's `ulimits` below are the CPU and file size limits asked for, and
+        # the engine's RLIMIT_AS is not known here (see the module doc).
+        argv = shim_argv(_PRLIMIT, limits, NO_LIMIT, command, ceilings={})
         return {
             "image": self.image,
-            "command": shim_argv("python3", limits, NO_LIMIT, command),
+            "command": argv,
             "name": f"codeyard-sandbox-{uuid.uuid4().hex[:16]}",
             "labels": {LABEL: "1"},
             "hostname": "sandbox",

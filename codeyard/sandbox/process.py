@@ -40,7 +40,7 @@ from codeyard.sandbox.limits import Limits
 from codeyard.sandbox.output import OutputTail, pump
 from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup, join_argv
 from codeyard.sandbox.protocol import RunOutcome, SandboxUnavailable
-from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
+from codeyard.sandbox.rlimit_shim import NO_LIMIT, host_prlimit, own_ceilings, shim_argv
 from codeyard.sandbox.workdir import checked_workdir, python_roots
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class ProcessSandbox:
             )
         self.python = Path(python) if python else Path(sys.executable)
         self._python_roots = python_roots(self.python)
+        self._prlimit = host_prlimit()
         self._cgroups = PidsCgroups.find()
         if self._cgroups is None and os.geteuid() == 0:
             log.warning(
@@ -104,7 +105,8 @@ class ProcessSandbox:
             if self._cgroups:
                 # The shell that joins the cgroup becomes the command: no process of ours in it.
                 cgroup = self._cgroups.new_run(limits.pids)
-            argv = shim_argv(self.python, limits, self._nproc(limits), list(command))
+            nproc = self._nproc(limits)
+            argv = shim_argv(self._prlimit, limits, nproc, list(command), own_ceilings())
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 *(join_argv(cgroup, argv) if cgroup else argv),

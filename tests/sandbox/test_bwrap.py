@@ -11,6 +11,7 @@ import pytest
 
 from codeyard.config import Settings
 from codeyard.sandbox import BwrapSandbox, Limits, MiB, SandboxUnavailable, default_sandbox
+from codeyard.sandbox.pids_cgroup import join_argv
 
 
 def test_missing_bubblewrap_is_refused_with_install_instructions(
@@ -36,9 +37,8 @@ def test_cgroup_kill_reaches_every_member(bwrap_sandbox: BwrapSandbox) -> None:
     if cgroups is None:
         pytest.skip("the pids limit is enforced by RLIMIT_NPROC here, not a cgroup")
     cgroup = cgroups.new_run(8)
-    procs = cgroup.path / "cgroup.procs"
-    join = 'echo $$ > "$0"; sleep 30 & sleep 30 & wait'
-    shell = subprocess.Popen(["/bin/sh", "-c", join, str(procs)])
+    # joined the way a run joins it: the shell's children are members too
+    shell = subprocess.Popen(join_argv(cgroup, ["/bin/sh", "-c", "sleep 30 & sleep 30 & wait"]))
     try:
         for _ in range(100):
             if len(cgroup.pids()) >= 3:

@@ -279,6 +279,28 @@ async def test_cpu_time_limit_stops_a_busy_process(sandbox: Sandbox, tmp_path: P
     assert outcome.exit_code == 128 + 24  # SIGXCPU
 
 
+async def test_the_command_cannot_raise_its_limits(sandbox: Sandbox, tmp_path: Path) -> None:
+    limits = Limits(wall_seconds=10, cpu_seconds=7, memory_bytes=256 * MiB, file_size_bytes=MiB)
+    code = """
+        import resource as r
+        for name in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE"):
+            kind = getattr(r, name)
+            print(name, *r.getrlimit(kind))
+            try:
+                r.setrlimit(kind, (r.RLIM_INFINITY, r.RLIM_INFINITY))
+                print("RAISED", name)
+            except (ValueError, OSError):
+                pass
+    """
+    outcome = await run_python(sandbox, tmp_path, code, limits=limits)
+    assert outcome.exit_code == 0, outcome.output
+    assert "RAISED" not in outcome.output
+    assert f"RLIMIT_AS {256 * MiB} {256 * MiB}" in outcome.output
+    assert "RLIMIT_CPU 7 8" in outcome.output
+    assert f"RLIMIT_FSIZE {MiB} {MiB}" in outcome.output
+    assert "RLIMIT_CORE 0 0" in outcome.output
+
+
 async def test_file_size_limit(sandbox: Sandbox, tmp_path: Path) -> None:
     limits = Limits(wall_seconds=10, file_size_bytes=1 * MiB, memory_bytes=256 * MiB, pids=16)
     # A C program gets SIGXFSZ (the sandbox restores the default Python ignores) ...
