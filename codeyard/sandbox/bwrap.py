@@ -55,19 +55,14 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from codeyard.observability.sandbox_runs import counted
-from codeyard.sandbox.limit_hit import limit_hit
 from codeyard.sandbox.limits import Limits, MiB
-from codeyard.sandbox.output import OutputTail, pump
 from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup, join_argv
 from codeyard.sandbox.protocol import (
     SANDBOX_UID,
@@ -76,6 +71,7 @@ from codeyard.sandbox.protocol import (
     SandboxUnavailable,
 )
 from codeyard.sandbox.rlimit_shim import host_prlimit, own_ceilings, shim_argv
+from codeyard.sandbox.session_run import SessionExecution, run_in_session
 from codeyard.sandbox.workdir import SYSTEM_DIRS, checked_workdir, python_roots
 
 log = logging.getLogger(__name__)
@@ -174,9 +170,9 @@ class BwrapSandbox:
         cgroup = cgroups.new_run(8 + _CGROUP_OVERHEAD) if cgroups else None
         try:
             with tempfile.TemporaryDirectory(prefix="codeyard-probe-") as tmp:
-                argv = self._argv(Path(tmp), ["python", "-c", "pass"], Limits(), None, cgroup)
+                argv = self._argv(Path(tmp), ["python", "-c", "pass"], Limits(), None)
                 result = subprocess.run(
-                    argv,
+                    join_argv(cgroup, argv) if cgroup else argv,
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
                     text=True,
@@ -211,76 +207,34 @@ class BwrapSandbox:
         if not self._ready:
             await asyncio.to_thread(self.probe)
         workdir = checked_workdir(workdir, self._python_roots)
-        cgroup = self._cgroups.new_run(limits.pids + _CGROUP_OVERHEAD) if self._cgroups else None
         status_r, status_w = os.pipe()
+        open_fds = {status_r, status_w}
         try:
-            argv = self._argv(workdir, list(command), limits, status_w, cgroup)
-            started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+            argv = self._argv(workdir, list(command), limits, status_w)
+
+            def execution(
+                proc: asyncio.subprocess.Process,
+                cgroup: RunCgroup | None,
+                started: float,
+                limits: Limits,
+            ) -> SessionExecution:
+                os.close(status_w)  # bubblewrap has its own copy now
+                open_fds.discard(status_w)
+                return _BwrapExecution(proc, cgroup, started, limits, status_r)
+
+            return await run_in_session(
+                self.name,
+                argv,
+                limits,
+                self._cgroups,
+                limits.pids + _CGROUP_OVERHEAD,
+                execution,
                 env=self._environment(env),
                 pass_fds=(status_w,),
-                start_new_session=True,
-            )
-        except BaseException:
-            os.close(status_r)
-            if cgroup:
-                cgroup.remove_blocking()
-            raise
-        finally:
-            os.close(status_w)
-        try:
-            return await counted(
-                self.name, self._supervise(proc, started, limits, cgroup, status_r)
             )
         finally:
-            _kill(proc, cgroup)
-            os.close(status_r)
-            if cgroup:
-                await cgroup.remove()
-
-    async def _supervise(
-        self,
-        proc: asyncio.subprocess.Process,
-        started: float,
-        limits: Limits,
-        cgroup: RunCgroup | None,
-        status_fd: int,
-    ) -> RunOutcome:
-        assert proc.stdout is not None
-        tail = OutputTail(limits.output_bytes)
-        timed_out = False
-        try:
-            async with asyncio.timeout(limits.wall_seconds):
-                await pump(proc.stdout, tail)
-                await proc.wait()
-        except TimeoutError:
-            timed_out = True
-            _kill(proc, cgroup)
-            # Every writer is dead now: what is left in the pipe arrives at once.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await pump(proc.stdout, tail)
-        returncode = await proc.wait()
-        duration = time.monotonic() - started
-        _kill(proc, cgroup)  # stragglers of a finished command (the pid namespace is going)
-        exit_code = returncode if returncode >= 0 else 128 - returncode
-        output = tail.text()
-        if not timed_out and not _child_started(status_fd):
-            raise SandboxUnavailable(
-                f"bubblewrap could not start the command (exit {exit_code}): {output[-2000:]}"
-            )
-        pids_hit = cgroup.hit_max() if cgroup else None
-        return RunOutcome(
-            exit_code=exit_code,
-            output=output,
-            timed_out=timed_out,
-            duration_seconds=duration,
-            killed_by_limit=limit_hit(exit_code, timed_out, output, pids_hit),
-        )
+            for fd in open_fds:
+                os.close(fd)
 
     def _environment(self, env: Mapping[str, str] | None) -> dict[str, str]:
         environment = {
@@ -300,7 +254,6 @@ class BwrapSandbox:
         command: list[str],
         limits: Limits,
         status_fd: int | None,
-        cgroup: RunCgroup | None,
     ) -> list[str]:
         uid = str(SANDBOX_UID)
         args = [str(self.bwrap), "--unshare-all", "--unshare-user", "--disable-userns"]
@@ -330,15 +283,36 @@ class BwrapSandbox:
         args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SANDBOX_WORKDIR]
         nproc = limits.pids + _NPROC_OVERHEAD
         args += ["--", *shim_argv(self._prlimit, limits, nproc, command, own_ceilings())]
-        return join_argv(cgroup, args) if cgroup else args
+        return args
 
 
-def _kill(proc: asyncio.subprocess.Process, cgroup: RunCgroup | None) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    if cgroup:
-        cgroup.kill()
+class _BwrapExecution(SessionExecution):
+    """bubblewrap running the command; it reports the command's start on `status_fd`."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        cgroup: RunCgroup | None,
+        started: float,
+        limits: Limits,
+        status_fd: int,
+    ) -> None:
+        super().__init__(proc, cgroup, started, limits, kill_group_after_exit=False)
+        self._status_fd = status_fd
+        self._killed = False
+
+    async def kill(self) -> None:
+        self._killed = True
+        await super().kill()
+
+    async def exit_status(self) -> int:
+        exit_code = await super().exit_status()
+        if not self._killed and not _child_started(self._status_fd):
+            raise SandboxUnavailable(
+                f"bubblewrap could not start the command (exit {exit_code}): "
+                f"{self.output.text()[-2000:]}"
+            )
+        return exit_code
 
 
 def _child_started(status_fd: int) -> bool:

@@ -45,26 +45,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import dataclasses
 import logging
 import os
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 import docker
 import docker.errors
-from docker.models.containers import Container
+from docker.api.client import APIClient
 from docker.types import LogConfig, Mount, Ulimit
 
 from codeyard.observability.sandbox_runs import counted
-from codeyard.sandbox.limit_hit import limit_hit
+from codeyard.sandbox.container_execution import (
+    ENGINE_TIMEOUT,
+    ContainerExecution,
+    remove_container,
+)
 from codeyard.sandbox.limits import Limits
-from codeyard.sandbox.output import OutputTail
 from codeyard.sandbox.protocol import (
     SANDBOX_UID,
     SANDBOX_WORKDIR,
@@ -72,11 +73,11 @@ from codeyard.sandbox.protocol import (
     SandboxUnavailable,
 )
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
+from codeyard.sandbox.supervision import supervise
 from codeyard.sandbox.workdir import checked_workdir
 from codeyard.sandbox.workdir_loan import WorkdirLoan
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DEFAULT_IMAGE = "codeyard-sandbox:bookworm"
 # Where scripts/docker-engine.sh starts its engine; found without any configuration.
@@ -89,7 +90,6 @@ ENGINE_HINT = (
 IMAGE_HINT = "build it with `sudo scripts/build-sandbox-image.sh` (no registry needed)"
 LABEL = "codeyard.sandbox"
 
-_ENGINE_TIMEOUT = 60  # seconds for one API call; waiting for the command has its own
 _INIT_PIDS = 1  # docker-init (tini) counts against the container's pids limit
 _PRLIMIT = "/usr/bin/prlimit"  # of the image
 
@@ -156,7 +156,7 @@ class DockerSandbox:
 
     def _connect(self) -> docker.DockerClient:
         try:
-            client = docker.DockerClient(base_url=self.docker_host, timeout=_ENGINE_TIMEOUT)
+            client = docker.DockerClient(base_url=self.docker_host, timeout=ENGINE_TIMEOUT)
             client.ping()
         except docker.errors.DockerException as exc:
             raise SandboxUnavailable(
@@ -193,23 +193,23 @@ class DockerSandbox:
         with tempfile.TemporaryDirectory(prefix="codeyard-probe-") as tmp:
             workdir = Path(tmp)
             loan = self._loan(workdir)
-            container: Container | None = None
+            container_id: str | None = None
             try:
-                config = self._container_config(workdir, command, Limits(), None)
-                container = client.containers.create(**config)
-                container.start()
-                status = int(container.wait(timeout=_ENGINE_TIMEOUT)["StatusCode"])
+                container_id = self._create(client.api, workdir, command, Limits(), None)
+                client.api.start(container_id)
+                status = int(client.api.wait(container_id, timeout=ENGINE_TIMEOUT)["StatusCode"])
             except docker.errors.DockerException as exc:
                 raise SandboxUnavailable(
                     f"the Docker engine at {self.docker_host} cannot run a sandbox container "
                     f"of {self.image}: {exc}"
                 ) from exc
             finally:
-                _discard(container, loan)
+                _discard(client.api, container_id, loan)
         if status != 0:
             raise SandboxUnavailable(
                 f"`python -c 'import pytest'` fails in the sandbox image {self.image} (exit "
-                f"{status}): the image needs python3 (as `python` too) and pytest; {IMAGE_HINT}"
+                f"{status}): the image needs python3 (as `python` too), pytest and prlimit; "
+                f"{IMAGE_HINT}"
             )
 
     async def run(
@@ -224,58 +224,31 @@ class DockerSandbox:
         if self._client is None:
             await asyncio.to_thread(self.probe)
         workdir = checked_workdir(workdir)
+        api = self.client.api
         loan = await asyncio.to_thread(self._loan, workdir)
-        container: Container | None = None
+        container_id: str | None = None
         try:
-            config = self._container_config(workdir, list(command), limits, env)
-            container = await asyncio.to_thread(self.client.containers.create, **config)
-            return await counted(self.name, self._supervise(container, limits))
+            container_id = await asyncio.to_thread(
+                self._create, api, workdir, list(command), limits, env
+            )
+            execution = ContainerExecution(api, container_id, limits)
+            return await counted(self.name, self._supervise(execution, limits))
         except docker.errors.DockerException as exc:
             raise SandboxUnavailable(
                 f"the Docker engine at {self.docker_host} failed to run a sandbox container: {exc}"
             ) from exc
         finally:
             # Shielded: a cancelled run still removes its container and gives the workdir back.
-            await asyncio.shield(asyncio.to_thread(_discard, container, loan))
+            await asyncio.shield(asyncio.to_thread(_discard, api, container_id, loan))
 
-    async def _supervise(self, container: Container, limits: Limits) -> RunOutcome:
-        tail = OutputTail(limits.output_bytes)
-        # Attached before the start, so no early output is missed.
-        stream = await asyncio.to_thread(container.attach, stdout=True, stderr=True, stream=True)
-        reader = _in_own_thread(lambda: _drain(stream, tail))
-        started = time.monotonic()
-        await asyncio.to_thread(container.start)
-        # The engine's answer may come late on a loaded machine: the kill, not this, bounds it.
-        waiter = _in_own_thread(
-            lambda: container.wait(timeout=limits.wall_seconds + _ENGINE_TIMEOUT)
-        )
-        timed_out = False
-        try:
-            async with asyncio.timeout(limits.wall_seconds):
-                result = await asyncio.shield(waiter)
-        except TimeoutError:
-            timed_out = True
-            await asyncio.to_thread(_kill, container)
-            result = await waiter
-        duration = time.monotonic() - started
-        try:
-            async with asyncio.timeout(5):  # every writer is dead: the rest arrives at once
-                await asyncio.shield(reader)
-        except TimeoutError:
-            stream.close()
-        oom_killed = await asyncio.to_thread(_oom_killed, container)
-        exit_code = 137 if timed_out else int(result["StatusCode"])
-        output = tail.text()
-        killed_by = limit_hit(exit_code, timed_out, output, pids_hit=None)
-        if oom_killed and not timed_out:
-            killed_by = "memory"
-        return RunOutcome(
-            exit_code=exit_code,
-            output=output,
-            timed_out=timed_out,
-            duration_seconds=duration,
-            killed_by_limit=killed_by,
-        )
+    async def _supervise(self, execution: ContainerExecution, limits: Limits) -> RunOutcome:
+        await execution.start()
+        outcome = await supervise(execution, limits)
+        # Only the engine knows whether its OOM killer struck, also at a child of a command
+        # that then ended well: one inspection per run.
+        if not outcome.timed_out and await asyncio.to_thread(execution.oom_killed):
+            return dataclasses.replace(outcome, killed_by_limit="memory")
+        return outcome
 
     def _loan(self, workdir: Path) -> WorkdirLoan | None:
         """Lends `workdir` to the sandbox user when we can (root); None when we run as the
@@ -286,13 +259,15 @@ class DockerSandbox:
         loan.lend()
         return loan
 
-    def _container_config(
+    def _create(
         self,
+        api: APIClient,
         workdir: Path,
         command: list[str],
         limits: Limits,
         env: Mapping[str, str] | None,
-    ) -> dict[str, Any]:
+    ) -> str:
+        """Creates the run's container (blocking); its id."""
         user = SANDBOX_UID if os.geteuid() == 0 else os.getuid()
         group = SANDBOX_UID if os.geteuid() == 0 else os.getgid()
         environment = {
@@ -305,100 +280,51 @@ class DockerSandbox:
         }
         environment.update(env or {})
         memory = limits.memory_bytes + 2 * limits.tmpfs_bytes
-        # No ceilings: Docker's `ulimits` below are the CPU and file size limits asked for, and
-        # the engine's RLIMIT_AS is not known here (see the module doc).
-        argv = shim_argv(_PRLIMIT, limits, NO_LIMIT, command, ceilings={})
-        return {
-            "image": self.image,
-            "command": argv,
-            "name": f"codeyard-sandbox-{uuid.uuid4().hex[:16]}",
-            "labels": {LABEL: "1"},
-            "hostname": "sandbox",
-            "user": f"{user}:{group}",
-            "working_dir": SANDBOX_WORKDIR,
-            "environment": environment,
-            "network_mode": "none",
-            "read_only": True,
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "init": True,
-            "mounts": [Mount(SANDBOX_WORKDIR, str(workdir), type="bind", read_only=False)],
-            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_bytes},mode=1777"},
-            "shm_size": limits.tmpfs_bytes,
-            "mem_limit": memory,
-            "memswap_limit": memory,
-            "nano_cpus": int(self.cpus * 1e9),
-            "pids_limit": limits.pids + _INIT_PIDS,
-            "ulimits": [
+        host_config = api.create_host_config(
+            network_mode="none",
+            read_only=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            init=True,
+            mounts=[Mount(SANDBOX_WORKDIR, str(workdir), type="bind", read_only=False)],
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_bytes},mode=1777"},
+            shm_size=limits.tmpfs_bytes,
+            mem_limit=memory,
+            memswap_limit=memory,
+            nano_cpus=int(self.cpus * 1e9),
+            pids_limit=limits.pids + _INIT_PIDS,
+            ulimits=[
                 Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds + 1),
                 Ulimit(name="fsize", soft=limits.file_size_bytes, hard=limits.file_size_bytes),
                 Ulimit(name="core", soft=0, hard=0),
             ],
-            "log_config": LogConfig(type="none"),
-            "stdin_open": False,
-            "tty": False,
-        }
+            log_config=LogConfig(type="none"),
+        )
+        # No ceilings: Docker's `ulimits` above are the CPU and file size limits asked for, and
+        # the engine's RLIMIT_AS is not known here (see the module doc).
+        argv = shim_argv(_PRLIMIT, limits, NO_LIMIT, command, ceilings={})
+        created = api.create_container(
+            self.image,
+            argv,
+            name=f"codeyard-sandbox-{uuid.uuid4().hex[:16]}",
+            labels={LABEL: "1"},
+            hostname="sandbox",
+            user=f"{user}:{group}",
+            working_dir=SANDBOX_WORKDIR,
+            environment=environment,
+            stdin_open=False,
+            tty=False,
+            host_config=host_config,
+            use_config_proxy=False,  # nothing of the client's configuration goes in
+        )
+        return str(created["Id"])
 
 
-def _in_own_thread(call: Callable[[], T]) -> asyncio.Future[T]:
-    """`call()` in a thread of its own. For the calls that block for a whole run (waiting for
-    the container, streaming its output): in the loop's default executor (a handful of threads
-    on a small machine) a few concurrent runs would take every thread, and the short calls that
-    end a run (kill, remove) would queue behind the waits they are meant to end."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        if not future.done():
-            outcome()
-
-    def target() -> None:
-        try:
-            result = call()
-        except BaseException as exc:
-            done = functools.partial(future.set_exception, exc)
-        else:
-            done = functools.partial(future.set_result, result)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, done)
-
-    # A run that was cancelled never awaits it: its error is not news then.
-    future.add_done_callback(lambda f: f.cancelled() or f.exception())
-    threading.Thread(target=target, name="codeyard-docker-run", daemon=True).start()
-    return future
-
-
-def _drain(stream: Iterator[bytes], tail: OutputTail) -> None:
-    with contextlib.suppress(docker.errors.DockerException, OSError, ValueError):
-        for chunk in stream:
-            tail.add(chunk)
-
-
-def _oom_killed(container: Container) -> bool:
-    """Whether the cgroup's OOM killer struck. False when the container is gone already: a
-    probe of another codeyard process sweeps exited sandbox containers."""
-    try:
-        container.reload()
-    except docker.errors.NotFound:
-        return False
-    return bool(container.attrs["State"].get("OOMKilled"))
-
-
-def _kill(container: Container) -> None:
-    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-        container.kill()
-
-
-def _discard(container: Container | None, loan: WorkdirLoan | None) -> None:
+def _discard(api: APIClient, container_id: str | None, loan: WorkdirLoan | None) -> None:
     """Removes the container (killing what is left of it) and gives the workdir back."""
     try:
-        if container is not None:
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.DockerException:
-                log.warning("could not remove sandbox container %s", container.name, exc_info=True)
+        if container_id is not None:
+            remove_container(api, container_id)
     finally:
         if loan is not None:
             loan.give_back()

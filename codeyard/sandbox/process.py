@@ -26,21 +26,16 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from codeyard.observability.sandbox_runs import counted
-from codeyard.sandbox.limit_hit import limit_hit
 from codeyard.sandbox.limits import Limits
-from codeyard.sandbox.output import OutputTail, pump
-from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup, join_argv
+from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup
 from codeyard.sandbox.protocol import RunOutcome, SandboxUnavailable
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, host_prlimit, own_ceilings, shim_argv
+from codeyard.sandbox.session_run import SessionExecution, run_in_session
 from codeyard.sandbox.workdir import checked_workdir, python_roots
 
 log = logging.getLogger(__name__)
@@ -100,65 +95,22 @@ class ProcessSandbox:
             raise ValueError(f"command must be a non-empty argv list, got {command!r}")
         workdir = checked_workdir(workdir, self._python_roots)
         home = Path(tempfile.mkdtemp(prefix="codeyard-process-"))
-        cgroup: RunCgroup | None = None
         try:
-            if self._cgroups:
-                # The shell that joins the cgroup becomes the command: no process of ours in it.
-                cgroup = self._cgroups.new_run(limits.pids)
             nproc = self._nproc(limits)
             argv = shim_argv(self._prlimit, limits, nproc, list(command), own_ceilings())
-            started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                *(join_argv(cgroup, argv) if cgroup else argv),
-                cwd=workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+            # The shell that joins the cgroup becomes the command: no process of ours in it.
+            return await run_in_session(
+                self.name,
+                argv,
+                limits,
+                self._cgroups,
+                limits.pids,
+                _execution,
                 env=self._environment(home, env),
-                start_new_session=True,
+                cwd=workdir,
             )
-            try:
-                return await counted(self.name, self._supervise(proc, started, limits, cgroup))
-            finally:
-                _kill(proc, cgroup)
         finally:
-            if cgroup:
-                await cgroup.remove()
             await asyncio.to_thread(shutil.rmtree, home, True)
-
-    async def _supervise(
-        self,
-        proc: asyncio.subprocess.Process,
-        started: float,
-        limits: Limits,
-        cgroup: RunCgroup | None,
-    ) -> RunOutcome:
-        assert proc.stdout is not None
-        tail = OutputTail(limits.output_bytes)
-        timed_out = False
-        try:
-            async with asyncio.timeout(limits.wall_seconds):
-                await pump(proc.stdout, tail)
-                await proc.wait()
-        except TimeoutError:
-            timed_out = True
-            _kill(proc, cgroup)
-            # A process that left the group may still hold the pipe: read what is there, briefly.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await pump(proc.stdout, tail)
-        returncode = await proc.wait()
-        duration = time.monotonic() - started
-        exit_code = 137 if timed_out else (returncode if returncode >= 0 else 128 - returncode)
-        output = tail.text()
-        pids_hit = cgroup.hit_max() if cgroup else None
-        return RunOutcome(
-            exit_code=exit_code,
-            output=output,
-            timed_out=timed_out,
-            duration_seconds=duration,
-            killed_by_limit=limit_hit(exit_code, timed_out, output, pids_hit),
-        )
 
     def _nproc(self, limits: Limits) -> int:
         """RLIMIT_NPROC for the run: none with a cgroup or as root (see the module doc)."""
@@ -182,15 +134,12 @@ class ProcessSandbox:
         return environment
 
 
-def _kill(proc: asyncio.subprocess.Process, cgroup: RunCgroup | None) -> None:
-    """Kills the command's process group (its session: we started it with a new one), also
-    after the command itself ended, so nothing it left in the background survives the run."""
-    # After the leader is reaped its pid stays the group's id while any member lives, and
-    # an empty group is no longer signalled (ESRCH): no other process group is hit.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    if cgroup:
-        cgroup.kill()
+def _execution(
+    proc: asyncio.subprocess.Process, cgroup: RunCgroup | None, started: float, limits: Limits
+) -> SessionExecution:
+    # Without a pid namespace, what the command left in the background after it ended is
+    # found through its process group.
+    return SessionExecution(proc, cgroup, started, limits, kill_group_after_exit=True)
 
 
 def _tasks_of_user(uid: int) -> int:

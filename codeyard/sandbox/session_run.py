@@ -1,0 +1,114 @@
+"""`run_in_session`: a command run as our subprocess in a session of its own, inside a pids
+cgroup of the run when there is one, supervised by `codeyard.sandbox.supervision`. How the
+bwrap and process backends run their (wrapped) command.
+
+`SessionExecution` is that subprocess as the supervision sees it; a backend may extend it
+(bwrap checks that bubblewrap really started the command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+
+from codeyard.observability.sandbox_runs import counted
+from codeyard.sandbox.limits import Limits
+from codeyard.sandbox.output import OutputTail, pump
+from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup, join_argv
+from codeyard.sandbox.protocol import RunOutcome
+from codeyard.sandbox.supervision import supervise
+
+
+class SessionExecution:
+    """The started subprocess `proc`, leader of its own session (so of a process group).
+
+    `kill_group_after_exit`: whether killing it also signals its process group once `proc`
+    itself has ended, to reach what it left in the background. After the leader is reaped its
+    pid stays the group's id while any member lives, and an empty group is no longer
+    signalled (ESRCH). The bwrap backend does without: its pid namespace and cgroup take the
+    stragglers.
+    """
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        cgroup: RunCgroup | None,
+        started: float,
+        limits: Limits,
+        *,
+        kill_group_after_exit: bool,
+    ) -> None:
+        self.proc = proc
+        self.cgroup = cgroup
+        self.started = started
+        self.output = OutputTail(limits.output_bytes)
+        self._kill_group_after_exit = kill_group_after_exit
+
+    async def output_closed(self) -> None:
+        assert self.proc.stdout is not None
+        await pump(self.proc.stdout, self.output)
+
+    async def exit_status(self) -> int:
+        returncode = await self.proc.wait()
+        return returncode if returncode >= 0 else 128 - returncode
+
+    async def kill(self) -> None:
+        self.kill_now()
+
+    def kill_now(self) -> None:
+        if self._kill_group_after_exit or self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.cgroup:
+            self.cgroup.kill()
+
+    def pids_hit(self) -> bool | None:
+        return self.cgroup.hit_max() if self.cgroup else None
+
+
+# Makes the execution of a started subprocess: (proc, cgroup, started, limits).
+ExecutionFactory = Callable[
+    [asyncio.subprocess.Process, RunCgroup | None, float, Limits], SessionExecution
+]
+
+
+async def run_in_session(
+    backend: str,
+    argv: list[str],
+    limits: Limits,
+    cgroups: PidsCgroups | None,
+    pids_max: int,
+    execution: ExecutionFactory,
+    *,
+    env: Mapping[str, str],
+    cwd: os.PathLike[str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> RunOutcome:
+    """Runs `argv` (joining a new cgroup of `cgroups` capped at `pids_max` first, when there
+    are any), kills whatever is left of it when it ends and removes the cgroup."""
+    cgroup = cgroups.new_run(pids_max) if cgroups else None
+    try:
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *(join_argv(cgroup, argv) if cgroup else argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            pass_fds=pass_fds,
+            start_new_session=True,
+        )
+        running = execution(proc, cgroup, started, limits)
+        try:
+            return await counted(backend, supervise(running, limits))
+        finally:
+            running.kill_now()
+    finally:
+        if cgroup:
+            await cgroup.remove()

@@ -1,0 +1,70 @@
+"""`supervise`: watching one started command to its end, the same for every backend.
+
+A backend starts the command its own way and hands over an `Execution`; `supervise` enforces
+the wall time (killing the command when it is up), keeps the output's bounded tail and says
+how the run ended (`RunOutcome`): exit code as a shell reports it, 137 when the wall time
+killed it, and which limit stopped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Protocol
+
+from codeyard.sandbox.limit_hit import limit_hit
+from codeyard.sandbox.limits import Limits
+from codeyard.sandbox.output import OutputTail
+from codeyard.sandbox.protocol import RunOutcome
+
+# After a kill every writer of the output is dead or about to be: what is still on its way
+# arrives at once, unless something outside the sandbox's reach holds the pipe.
+_DRAIN_SECONDS = 5.0
+_KILLED = 128 + 9  # SIGKILL, as a shell reports it
+
+
+class Execution(Protocol):
+    """A started command, as the backend that started it sees it."""
+
+    started: float  # time.monotonic() when it was started
+    output: OutputTail  # where its combined stdout and stderr go
+
+    async def output_closed(self) -> None:
+        """Returns once every writer of the output is gone, everything read into `output`.
+        A cancelled call loses nothing: the next one goes on where it stopped."""
+
+    async def exit_status(self) -> int:
+        """The exit status once the command has ended, 128+N when signal N ended it."""
+
+    async def kill(self) -> None:
+        """Kills the command and everything it started."""
+
+    def pids_hit(self) -> bool | None:
+        """Whether the pids limit was hit; None when the backend cannot tell."""
+
+
+async def supervise(execution: Execution, limits: Limits) -> RunOutcome:
+    """Waits for `execution` to end, within `limits.wall_seconds`."""
+    timed_out = False
+    try:
+        async with asyncio.timeout(limits.wall_seconds):
+            await execution.output_closed()
+            exit_code = await execution.exit_status()
+    except TimeoutError:
+        timed_out = True
+        await execution.kill()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                await execution.output_closed()
+        await execution.exit_status()
+        exit_code = _KILLED
+    duration = time.monotonic() - execution.started
+    output = execution.output.text()
+    return RunOutcome(
+        exit_code=exit_code,
+        output=output,
+        timed_out=timed_out,
+        duration_seconds=duration,
+        killed_by_limit=limit_hit(exit_code, timed_out, output, execution.pids_hit()),
+    )
