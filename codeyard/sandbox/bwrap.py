@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -220,7 +221,15 @@ class BwrapSandbox:
             ) -> SessionExecution:
                 os.close(status_w)  # bubblewrap has its own copy now
                 open_fds.discard(status_w)
-                return _BwrapExecution(proc, cgroup, started, limits, status_r)
+                # Stragglers: the pid namespace dies with its init, the cgroup is killed.
+                return SessionExecution(
+                    proc,
+                    cgroup,
+                    started,
+                    limits,
+                    kill_group_after_exit=False,
+                    check_start=functools.partial(_check_started, status_r),
+                )
 
             return await run_in_session(
                 self.name,
@@ -286,40 +295,15 @@ class BwrapSandbox:
         return args
 
 
-class _BwrapExecution(SessionExecution):
-    """bubblewrap running the command; it reports the command's start on `status_fd`."""
-
-    def __init__(
-        self,
-        proc: asyncio.subprocess.Process,
-        cgroup: RunCgroup | None,
-        started: float,
-        limits: Limits,
-        status_fd: int,
-    ) -> None:
-        super().__init__(proc, cgroup, started, limits, kill_group_after_exit=False)
-        self._status_fd = status_fd
-        self._killed = False
-
-    async def kill(self) -> None:
-        self._killed = True
-        await super().kill()
-
-    async def exit_status(self) -> int:
-        exit_code = await super().exit_status()
-        if not self._killed and not _child_started(self._status_fd):
-            raise SandboxUnavailable(
-                f"bubblewrap could not start the command (exit {exit_code}): "
-                f"{self.output.text()[-2000:]}"
-            )
-        return exit_code
-
-
-def _child_started(status_fd: int) -> bool:
-    """Whether bubblewrap reported the command's pid on its status fd (its writer is gone)."""
+def _check_started(status_fd: int, exit_code: int, output: str) -> None:
+    """Raises unless bubblewrap reported the command's pid on its status fd (bubblewrap has
+    ended: all it wrote is there)."""
     os.set_blocking(status_fd, False)
     data = b""
     with contextlib.suppress(BlockingIOError):
         while chunk := os.read(status_fd, 4096):
             data += chunk
-    return b'"child-pid"' in data
+    if b'"child-pid"' not in data:
+        raise SandboxUnavailable(
+            f"bubblewrap could not start the command (exit {exit_code}): {output[-2000:]}"
+        )

@@ -2,8 +2,7 @@
 cgroup of the run when there is one, supervised by `codeyard.sandbox.supervision`. How the
 bwrap and process backends run their (wrapped) command.
 
-`SessionExecution` is that subprocess as the supervision sees it; a backend may extend it
-(bwrap checks that bubblewrap really started the command).
+`SessionExecution` is that subprocess as the supervision sees it.
 """
 
 from __future__ import annotations
@@ -32,6 +31,10 @@ class SessionExecution:
     pid stays the group's id while any member lives, and an empty group is no longer
     signalled (ESRCH). The bwrap backend does without: its pid namespace and cgroup take the
     stragglers.
+
+    `check_start`, when given, is called with the exit status and the output once `proc` has
+    ended by itself (not killed); it raises `SandboxUnavailable` when the wrapper never got to
+    start the command (bwrap: bubblewrap could not build the sandbox).
     """
 
     def __init__(
@@ -42,12 +45,15 @@ class SessionExecution:
         limits: Limits,
         *,
         kill_group_after_exit: bool,
+        check_start: Callable[[int, str], None] | None = None,
     ) -> None:
         self.proc = proc
         self.cgroup = cgroup
         self.started = started
         self.output = OutputTail(limits.output_bytes)
         self._kill_group_after_exit = kill_group_after_exit
+        self._check_start = check_start
+        self._killed = False
 
     async def output_closed(self) -> None:
         assert self.proc.stdout is not None
@@ -55,9 +61,13 @@ class SessionExecution:
 
     async def exit_status(self) -> int:
         returncode = await self.proc.wait()
-        return returncode if returncode >= 0 else 128 - returncode
+        exit_code = returncode if returncode >= 0 else 128 - returncode
+        if self._check_start and not self._killed:
+            self._check_start(exit_code, self.output.text())
+        return exit_code
 
     async def kill(self) -> None:
+        self._killed = True
         self.kill_now()
 
     def kill_now(self) -> None:
