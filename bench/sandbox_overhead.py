@@ -8,7 +8,7 @@ Two commands, each in a fresh copy of a tiny package (one module, three tests):
 - `python -m pytest -q -p no:cacheprovider` (3 tests)
 
 timed from the backend's `run()` call to its return (wall clock, so container creation and
-removal, bubblewrap's namespaces, cgroups and the rlimit shim all count). The baseline is the
+removal, bubblewrap's namespaces, cgroups and the rlimits' `prlimit` all count). The baseline is the
 same command as a bare subprocess of the interpreter running codeyard (`sys.executable`),
 measured in the same invocation; the runs of all backends are interleaved so a busy machine
 slows them alike. Figures are medians. A backend that is not available here is skipped with
