@@ -53,3 +53,13 @@ def test_cgroup_kill_reaches_every_member(bwrap_sandbox: BwrapSandbox) -> None:
         shell.kill()
         shell.wait()
         cgroup.remove_blocking()
+
+
+async def test_a_sandbox_bubblewrap_cannot_build_is_refused_not_reported_as_a_run(
+    bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    # bubblewrap rejects a /tmp size it cannot parse before it starts anything
+    unbuildable = Limits(wall_seconds=20, tmpfs_bytes=2**64)
+    with pytest.raises(SandboxUnavailable, match="bubblewrap could not start the command"):
+        await bwrap_sandbox.run(tmp_path, ["true"], unbuildable)
+    assert (await bwrap_sandbox.run(tmp_path, ["true"], Limits(wall_seconds=20))).ok
