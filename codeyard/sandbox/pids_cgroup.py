@@ -47,11 +47,15 @@ class PidsCgroups:
 
     @classmethod
     def find(cls) -> PidsCgroups | None:
-        """The first pids hierarchy where we can create and limit a cgroup, else None."""
+        """The first pids hierarchy where we can create, limit and join a cgroup, else None."""
         for mount, v2 in _pids_hierarchies():
             try:
                 cgroups = cls(_prepare_parent(mount, v2), v2)
-                cgroups.new_run(1).remove_blocking()
+                trial = cgroups.new_run(1)
+                joinable = os.access(trial.join_file, os.W_OK)
+                trial.remove_blocking()
+                if not joinable:
+                    raise PermissionError(f"{trial.join_file} is not writable")
             except OSError as exc:
                 log.debug("pids cgroup at %s unusable: %s", mount, exc)
                 continue
