@@ -2,9 +2,10 @@
 (`codeyard.sandbox.supervision`), and `remove_container`.
 
 Talks to the engine through the SDK's low-level API with as few round trips as a run allows:
-attach (raw socket, demultiplexed here), start, wait; no inspection of the container, whose
-settings are ours. The SDK blocks, so each call runs in a thread; the two that block for a
-whole run (reading the output, waiting for the exit) get threads of their own (`in_own_thread`).
+attach (raw socket, demultiplexed here), start, wait, and one inspection for what only the
+engine knows (its OOM killer); none for the settings, which are ours. The SDK blocks, so each
+call runs in a thread; the two that block for a whole run (reading the output, waiting for the
+exit) get threads of their own (`in_own_thread`).
 """
 
 from __future__ import annotations
