@@ -147,3 +147,14 @@ async def test_a_response_without_usage_still_counts_as_a_call() -> None:
 
 def tokens(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion}
+
+
+async def test_max_tokens_caps_an_answer_only_when_set() -> None:
+    script = [{"tool": TOOL, "replies": [{"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        await ask(server, max_tokens=512)
+        await ask(server)
+        capped, endpoint_default = (request.body for request in server.requests)
+
+    assert capped["max_tokens"] == 512
+    assert endpoint_default.get("max_tokens") is None  # absent or null: no cap
