@@ -1,7 +1,7 @@
-"""The offline model's server as `codeyard up` starts it, asked what the agents ask: a forced
-tool call. On a CPU with AMX, llama.cpp's own server died with SIGSEGV on the first completion
-(see codeyard/llm/llama_server.py); this runs the real server and model, so it fails there if
-the launcher stops keeping llama.cpp off that path."""
+"""The offline model's server as `codeyard up` starts it, asked what the coder asks: a forced
+tool call with the coder's own output schema. It used to die with SIGSEGV on the first such
+call, twice over: on a CPU with AMX in llama.cpp's AMX code (see codeyard/llm/llama_server.py),
+and anywhere on the grammar of a 20000-character cap (see codeyard/llm/tool_call.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import os
 
 import pytest
 
+from codeyard.agents.outputs import CodeOutput
 from codeyard.bus.embedded import free_port
 from codeyard.launch import wait_until_serving
 from codeyard.llm import InvalidOutput, OpenAIClient
 from codeyard.llm.local import local_server_command, smollm2_model
-from tests.llm.scenario import ASK, DESCRIPTION, TOOL, Plan, settings
+from tests.llm.scenario import settings
 from tests.processes import stop
 
 pytestmark = pytest.mark.skipif(
@@ -44,7 +45,11 @@ async def test_the_local_server_answers_tool_calls_and_stays_up() -> None:
             for _ in range(2):  # the second call decodes on the context the first one used
                 try:
                     answer = await client.structured(
-                        "coder", ASK, Plan, tool_name=TOOL, tool_description=DESCRIPTION
+                        "coder",
+                        [{"role": "user", "content": "Write hello.py, printing hello."}],
+                        CodeOutput,
+                        tool_name="submit_edits",
+                        tool_description="Submit the file edits that carry out the task.",
                     )
                     usage = answer.usage
                 except InvalidOutput as exc:  # a 135M model may miss the schema; it answered
