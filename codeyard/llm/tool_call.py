@@ -7,6 +7,7 @@ not (llama.cpp answers it with HTTP 500).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Generic
 
@@ -66,7 +67,7 @@ class ForcedTool(Generic[M]):
                 reply=call.arguments,
             )
         try:
-            return self.output.model_validate_json(call.arguments)
+            return self.output.model_validate_json(as_strict_json(call.arguments))
         except ValidationError as error:
             raise BadAnswer(
                 f"the arguments of `{self.name}` are invalid:\n{describe(error)}",
@@ -88,6 +89,21 @@ class ForcedTool(Generic[M]):
                 f"Call the function `{self.name}` again with arguments that fix this.",
             },
         ]
+
+
+def as_strict_json(arguments: str) -> str:
+    """`arguments` with raw control characters inside its strings escaped; anything else as is.
+
+    Why: llama.cpp's server constrains a tool call with a grammar whose string characters are
+    "anything but a quote or a backslash", so a model writing code puts real newlines and tabs
+    inside JSON strings, which strict JSON (and pydantic) refuse. What the model meant is not
+    in doubt, so such arguments are read as if escaped rather than sent back for a re-ask.
+    """
+    try:
+        value = json.loads(arguments, strict=False)
+    except ValueError:
+        return arguments  # not JSON even leniently: the validation says what is wrong
+    return json.dumps(value)
 
 
 def tool_parameters(output: type[BaseModel]) -> dict[str, Any]:

@@ -189,3 +189,14 @@ async def test_a_length_cap_is_said_not_put_in_the_schema_and_still_holds() -> N
     assert done.value == Note(text="ok")
     reask = second.body["messages"][-1]["content"]
     assert "- text: String should have at most 10 characters" in reask
+
+
+async def test_raw_newlines_inside_strings_are_read_as_escaped() -> None:
+    # what llama.cpp's tool-call grammar lets a model write: a real newline inside a string
+    raw = '{"title": "two\n\tlines", "steps": ["one"]}'
+    script = [{"tool": TOOL, "replies": [{"raw_arguments": raw}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        done = await ask(server)
+
+    assert done.value == Plan(title="two\n\tlines", steps=["one"])
+    assert done.attempts == 1  # no re-ask
