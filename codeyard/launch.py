@@ -21,7 +21,7 @@ from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, 
 from codeyard.config import Settings
 from codeyard.dashboard.service import dashboard_token, sign_in_url
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
-from codeyard.llm.local import local_server_command, smollm2_model
+from codeyard.llm.local import MAX_TOKENS, local_server_command, smollm2_model
 from codeyard.observability.ports import metrics_port_of, with_metrics_ports
 from codeyard.observability.startup import start_observability
 from codeyard.supervisor import ChildSpec, Supervisor
@@ -256,7 +256,8 @@ async def run_up(
             console.print(f"starting the local model at {base_url} ...")
             await wait_until_serving(f"{base_url}/models", timeout=300)
             llm_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "local"}
-            llm_env |= {"CODEYARD_LLM_MODEL": "smollm2"}
+            cap = os.environ.get("CODEYARD_LLM_MAX_TOKENS", str(MAX_TOKENS))
+            llm_env |= {"CODEYARD_LLM_MODEL": "smollm2", "CODEYARD_LLM_MAX_TOKENS": cap}
         token = dashboard_token(settings) if dashboard else None
         children = service_children(
             url,

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from codeyard.bus.worker import GiveUp, RetryLater
 from codeyard.llm import ChatMessage, Completion, InvalidOutput, LLMClient, LLMRejected
 from codeyard.llm.errors import LLMUnavailable
+from codeyard.schemas import Usage
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -22,7 +23,10 @@ async def ask_model(
     *,
     tool_name: str,
     tool_description: str,
+    spent: Usage | None = None,
 ) -> Completion[M]:
+    """The model's answer; if it cannot give one, `GiveUp` with what the work spent: `spent`
+    (earlier calls of the same work) and this call's."""
     try:
         return await llm.structured(
             role, messages, output, tool_name=tool_name, tool_description=tool_description
@@ -30,7 +34,8 @@ async def ask_model(
     except LLMUnavailable as exc:
         raise RetryLater(f"the model is unavailable: {exc}", delay=30.0) from exc
     except (InvalidOutput, LLMRejected) as exc:
-        raise GiveUp(f"the model could not answer: {exc}") from exc
+        usage = (spent or Usage()) + exc.usage
+        raise GiveUp(f"the model could not answer: {exc}", usage=usage) from exc
 
 
 def told_again(

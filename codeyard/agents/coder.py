@@ -46,6 +46,7 @@ class Coder:
                     CodeOutput,
                     tool_name="submit_edits",
                     tool_description="Submit the file edits that carry out the task.",
+                    spent=usage,
                 )
                 usage = usage + completion.usage
                 try:
@@ -55,11 +56,14 @@ class Coder:
                     messages = told_again(messages, completion.value, f"Edits refused: {exc}")
                     continue
                 if len(applied.diff) > MAX_PATCH_CHARS:
-                    raise GiveUp(f"the patch is {len(applied.diff)} characters; too large")
+                    too_large = f"the patch is {len(applied.diff)} characters; too large"
+                    raise GiveUp(too_large, usage=usage)
                 digest = hashlib.sha256(applied.diff.encode()).hexdigest()
                 return CodeResult(
                     patch=Patch(text=applied.diff, sha256=digest),
                     summary=completion.value.summary,
                     usage=usage,
                 )
-        raise GiveUp(f"no edits that apply in {EDIT_ANSWERS} answers; the last: {problem}")
+        raise GiveUp(
+            f"no edits that apply in {EDIT_ANSWERS} answers; the last: {problem}", usage=usage
+        )

@@ -46,10 +46,11 @@ class Planner:
                 PlanOutput,
                 tool_name="submit_plan",
                 tool_description="Submit the plan: the tasks, their acceptance criteria and deps.",
+                spent=usage,
             )
             usage = usage + completion.usage
             problem = plan_feedback(completion.value)
             if not problem:
                 return PlanResult(tasks=completion.value.to_task_specs(), usage=usage)
             messages = told_again(messages, completion.value, f"The plan is invalid: {problem}")
-        raise GiveUp(f"no valid plan in {PLAN_ANSWERS} answers; the last: {problem}")
+        raise GiveUp(f"no valid plan in {PLAN_ANSWERS} answers; the last: {problem}", usage=usage)

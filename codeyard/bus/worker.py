@@ -39,6 +39,7 @@ from codeyard.schemas.messages import (
     WorkFailed,
     WorkItem,
 )
+from codeyard.schemas.model import Usage
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,12 @@ class RetryLater(Exception):
 
 
 class GiveUp(Exception):
-    """The work can never succeed; answer with a WorkFailed result right away."""
+    """The work can never succeed; answer with a WorkFailed result right away. `usage` is what
+    the work spent before giving up (LLM calls), so the run still counts it."""
+
+    def __init__(self, reason: str, *, usage: Usage | None = None) -> None:
+        super().__init__(reason)
+        self.usage = usage or Usage()
 
 
 class AwaitApproval(Exception):
@@ -266,7 +272,7 @@ class PullWorker:
             return
         except GiveUp as exc:
             outcome = "failed"
-            await self._fail(msg, item, str(exc), deliveries)
+            await self._fail(msg, item, str(exc), deliveries, exc.usage)
             return
         except AwaitApproval as exc:
             outcome = "approval"
@@ -318,10 +324,13 @@ class PullWorker:
         with contextlib.suppress(Exception):
             await msg.nak(delay=delay)
 
-    async def _fail(self, msg: Msg, item: WorkItem, reason: str, deliveries: int) -> None:
-        await self._finish(
-            msg, item, WorkFailed(role=self.role, reason=reason, deliveries=deliveries)
+    async def _fail(
+        self, msg: Msg, item: WorkItem, reason: str, deliveries: int, usage: Usage | None = None
+    ) -> None:
+        failed = WorkFailed(
+            role=self.role, reason=reason, deliveries=deliveries, usage=usage or Usage()
         )
+        await self._finish(msg, item, failed)
         self.stats.failed += 1
         self._failed.inc()
 

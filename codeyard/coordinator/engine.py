@@ -303,6 +303,7 @@ class RunEngine:
         run = self.run
         if not event.task_id:
             if run.state is RunState.PLANNING and event.role == PLANNER:
+                run.usage = run.usage + event.usage
                 self._end_run(RunState.FAILED, f"planner gave up: {event.reason}", step)
             else:
                 step.ignore(event, f"no planning is out (run is {run.state})")
@@ -313,6 +314,7 @@ class RunEngine:
         if task.state not in WORKING_STATES or event.role not in self._roles_out(task):
             step.ignore(event, f"no {event.role} work is out for task (it is {task.state})")
             return
+        run.usage = run.usage + event.usage  # no budget check: the task is failing anyway
         self._fail_task(task, f"{event.role} gave up: {event.reason}", step)
 
     def _on_park(self, event: ParkTask, step: _Step) -> None:

@@ -97,6 +97,7 @@ class WorkAbandoned(msgspec.Struct, frozen=True):
     attempt: int
     role: str
     reason: str
+    usage: Usage = Usage()
 
 
 # --- approvals --------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ def event_for(result: Result) -> Event:
                 result.usage,
             )
         case WorkFailed():
-            return WorkAbandoned(result.task_id, result.attempt, result.role, result.reason)
+            return WorkAbandoned(
+                result.task_id, result.attempt, result.role, result.reason, result.usage
+            )
         case ApprovalNeeded():
             return ParkTask(result.task_id, result.attempt, _waiting_for(result))
 

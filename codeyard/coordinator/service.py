@@ -105,6 +105,7 @@ from codeyard.schemas.messages import (
     TestResult,
     UsageReported,
     WorkCancelled,
+    WorkFailed,
 )
 from codeyard.schemas.model import Budget, FeedbackKind, Run
 from codeyard.workspace.patch_store import inline
@@ -840,6 +841,8 @@ def _usage_of(result: Result) -> UsageReported | None:
             role = "tester"
         case ReviewResult():
             role = result.reviewer
+        case WorkFailed():  # what the work spent before it gave up
+            role = result.role
         case _:
             return None
     if not result.usage.calls:

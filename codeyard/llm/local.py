@@ -13,6 +13,10 @@ import sys
 from pathlib import Path
 
 MODEL_FILE_SUFFIX = ".gguf"
+# The agents' cap on one answer from this model (CODEYARD_LLM_MAX_TOKENS, when not set): under
+# the tool-call grammar SmolLM2 often never closes a string and would otherwise write until its
+# 8192-token context is full, about five minutes per call on two cores.
+MAX_TOKENS = 1024
 NOTICE = (
     "no LLM endpoint configured: using SmolLM2-135M-Instruct locally through llama.cpp. "
     "It is a tiny model for trying codeyard out, not for real work; set OPENAI_BASE_URL and "
@@ -40,11 +44,12 @@ def local_server_available() -> bool:
 
 
 def local_server_command(model: Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    """llama.cpp's OpenAI-compatible server for `model` on loopback."""
+    """llama.cpp's OpenAI-compatible server for `model` on loopback (through our launcher,
+    which keeps llama.cpp off its AMX code path: see codeyard/llm/llama_server.py)."""
     return [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "codeyard.llm.llama_server",
         "--model",
         str(model),
         "--host",

@@ -121,6 +121,7 @@ class OpenAIClient:
                     messages=conversation,
                     tools=[tool.definition()],
                     tool_choice=tool.choice(),
+                    max_tokens=self._settings.max_tokens,  # None: the endpoint decides
                 )
             except openai.APIStatusError as error:
                 status = error.status_code

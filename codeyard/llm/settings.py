@@ -83,6 +83,11 @@ class LLMSettings(BaseSettings):
     max_reasks: int = Field(
         default=2, ge=0, description="re-asks of an answer that does not fit the schema"
     )
+    # A small model under llama.cpp's tool-call grammar can keep writing one JSON string until
+    # its context is full (8192 tokens for SmolLM2: minutes per call on a CPU); a cap ends it.
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="cap on the tokens of one answer (unset: the endpoint's)"
+    )
     input_price_per_mtok: float = Field(default=0.0, ge=0, description="USD per 1M input tokens")
     output_price_per_mtok: float = Field(default=0.0, ge=0, description="USD per 1M output tokens")
 

@@ -7,8 +7,9 @@ not (llama.cpp answers it with HTTP 500).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Generic
+from typing import Any, Generic
 
 from openai.types.chat import (
     ChatCompletion,
@@ -16,7 +17,7 @@ from openai.types.chat import (
     ChatCompletionNamedToolChoiceParam,
     ChatCompletionToolParam,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from codeyard.llm.client import M
 
@@ -41,7 +42,7 @@ class ForcedTool(Generic[M]):
             "function": {
                 "name": self.name,
                 "description": self.description,
-                "parameters": self.output.model_json_schema(),
+                "parameters": tool_parameters(self.output),
             },
         }
 
@@ -66,7 +67,7 @@ class ForcedTool(Generic[M]):
                 reply=call.arguments,
             )
         try:
-            return self.output.model_validate_json(call.arguments)
+            return self.output.model_validate_json(as_strict_json(call.arguments))
         except ValidationError as error:
             raise BadAnswer(
                 f"the arguments of `{self.name}` are invalid:\n{describe(error)}",
@@ -88,6 +89,51 @@ class ForcedTool(Generic[M]):
                 f"Call the function `{self.name}` again with arguments that fix this.",
             },
         ]
+
+
+def as_strict_json(arguments: str) -> str:
+    """`arguments` with raw control characters inside its strings escaped; anything else as is.
+
+    Why: llama.cpp's server constrains a tool call with a grammar whose string characters are
+    "anything but a quote or a backslash", so a model writing code puts real newlines and tabs
+    inside JSON strings, which strict JSON (and pydantic) refuse. What the model meant is not
+    in doubt, so such arguments are read as if escaped rather than sent back for a re-ask.
+    """
+    try:
+        value = json.loads(arguments, strict=False)
+    except ValueError:
+        return arguments  # not JSON even leniently: the validation says what is wrong
+    return json.dumps(value)
+
+
+def tool_parameters(output: type[BaseModel]) -> dict[str, Any]:
+    """`output`'s JSON schema as the tool's parameters, with each string's `maxLength` said in
+    its description instead.
+
+    Why: llama.cpp's server turns the schema into a grammar in which `maxLength: N` becomes N
+    nested optional characters, and its grammar parser recurses once per level: at 20000 (the
+    cap of the agents' free-text fields) it overflows its stack and the server dies with SIGSEGV
+    (`llama_grammar_parser::parse_sequence`) before answering. The cap still holds: the answer
+    is validated against `output` itself, and a too long one is re-asked like any invalid one.
+    """
+    stated: dict[str, Any] = _length_in_words(output.model_json_schema())
+    return stated
+
+
+def _length_in_words(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_length_in_words(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    schema = {key: _length_in_words(value) for key, value in node.items()}
+    cap = schema.get("maxLength")
+    # only a string schema's keyword: a property *named* maxLength maps to a schema, not an int
+    if schema.get("type") == "string" and isinstance(cap, int):
+        del schema["maxLength"]
+        limit = f"at most {cap} characters"
+        text = schema.get("description")
+        schema["description"] = f"{text} ({limit})" if isinstance(text, str) else limit
+    return schema
 
 
 def describe(error: ValidationError) -> str:

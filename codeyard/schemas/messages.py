@@ -111,6 +111,7 @@ class WorkFailed(Envelope, kw_only=True, frozen=True):
     role: str
     reason: LongText
     deliveries: int = 0
+    usage: Usage = Usage()  # what the work spent before it failed
 
 
 class ApprovalNeeded(Envelope, kw_only=True, frozen=True):

@@ -24,6 +24,7 @@ from codeyard.schemas import (
     Result,
     RunEvent,
     TaskSpec,
+    Usage,
     WorkCancelled,
     WorkFailed,
     WorkItem,
@@ -138,7 +139,7 @@ async def test_retry_later_and_give_up(bus: Bus) -> None:
     async def picky(item: WorkItem) -> Result:
         calls[item.task_id] += 1
         if item.task_id == "never":
-            raise GiveUp("the task asks for the impossible")
+            raise GiveUp("the task asks for the impossible", usage=Usage(calls=3))
         if calls[item.task_id] == 1:
             raise RetryLater("rate limited", delay=0.05)
         return CodeResult(patch=Patch(text="ok"))
@@ -149,6 +150,7 @@ async def test_retry_later_and_give_up(bus: Bus) -> None:
         results = {r.task_id: r for r in await collect_results(bus, 2)}
     assert isinstance(results["never"], WorkFailed)
     assert results["never"].reason == "the task asks for the impossible"
+    assert results["never"].usage == Usage(calls=3)  # what it spent still counts
     assert isinstance(results["later"], CodeResult)
     assert calls == Counter({"never": 1, "later": 2})
 

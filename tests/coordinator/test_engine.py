@@ -149,8 +149,9 @@ def test_an_invalid_plan_fails_the_run_and_says_why() -> None:
 def test_a_planner_giving_up_fails_the_run() -> None:
     engine = RunEngine(new_run())
     engine.handle(StartPlanning(), T0)
-    effects = engine.handle(WorkAbandoned("", 1, "planner", "no answer"), T0)
+    effects = engine.handle(WorkAbandoned("", 1, "planner", "no answer", TOKENS_60), T0)
     assert effects[-1] == RunFinished(R.FAILED, "planner gave up: no answer")
+    assert engine.run.usage == TOKENS_60
 
 
 # --- order and capacity -----------------------------------------------------------------------
@@ -284,9 +285,10 @@ def test_exhausted_attempts_fail_the_task_and_the_run_and_dependents_never_start
 def test_work_given_up_by_a_worker_fails_the_task() -> None:
     engine, _ = started([spec("a")])
     assert isinstance(engine.handle(WorkAbandoned("a", 1, "tester", "x"), T0)[0], Ignored)
-    effects = engine.handle(WorkAbandoned("a", 1, "coder", "poison message"), T0)
+    effects = engine.handle(WorkAbandoned("a", 1, "coder", "poison message", TOKENS_60), T0)
     assert effects[0] == TaskMoved("a", 1, S.CODING, S.FAILED, "coder gave up: poison message")
     assert engine.run.state is R.FAILED
+    assert engine.run.usage == TOKENS_60  # the tokens of the work given up are counted
 
 
 # --- idempotence ------------------------------------------------------------------------------
@@ -525,9 +527,8 @@ def test_wire_results_become_engine_events() -> None:
     assert event_for(review) == Reviewed(
         "a", 1, "review.security", False, "app.py:3: escape this\ndb.py: whole file\nin general"
     )
-    assert event_for(WorkFailed(task_id="a", attempt=1, role="coder", reason="r")) == (
-        WorkAbandoned("a", 1, "coder", "r")
-    )
+    failed = WorkFailed(task_id="a", attempt=1, role="coder", reason="r", usage=TOKENS_60)
+    assert event_for(failed) == WorkAbandoned("a", 1, "coder", "r", TOKENS_60)
     assert event_for(PlanResult(tasks=[spec("a")])) == PlanProposed((spec("a"),))
 
 

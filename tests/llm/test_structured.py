@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, Field
 
-from codeyard.llm import InvalidOutput
+from codeyard.llm import InvalidOutput, OpenAIClient
 from codeyard.testing.openai_script import parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
 from tests.llm.scenario import ASK, DESCRIPTION, TOOL, VALID, Plan, ask, settings
+
+
+class Note(BaseModel):
+    text: str = Field(max_length=10, description="the note")
+    tags: list[str] = Field(default_factory=list)
 
 
 async def test_round_trip_asks_by_forced_tool_call() -> None:
@@ -147,3 +153,50 @@ async def test_a_response_without_usage_still_counts_as_a_call() -> None:
 
 def tokens(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion}
+
+
+async def test_max_tokens_caps_an_answer_only_when_set() -> None:
+    script = [{"tool": TOOL, "replies": [{"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        await ask(server, max_tokens=512)
+        await ask(server)
+        capped, endpoint_default = (request.body for request in server.requests)
+
+    assert capped["max_tokens"] == 512
+    assert endpoint_default.get("max_tokens") is None  # absent or null: no cap
+
+
+async def test_a_length_cap_is_said_not_put_in_the_schema_and_still_holds() -> None:
+    # llama.cpp's server dies on a grammar for maxLength 20000 (see tool_parameters)
+    too_long = {"text": "x" * 11}
+    script = [{"tool": TOOL, "replies": [{"arguments": too_long}, {"arguments": {"text": "ok"}}]}]
+    async with (
+        ScriptedOpenAI(parse_script(script)) as server,
+        OpenAIClient(settings(server.base_url)) as client,
+    ):
+        done = await client.structured(
+            "planner", ASK, Note, tool_name=TOOL, tool_description=DESCRIPTION
+        )
+        first, second = server.requests
+
+    parameters = first.body["tools"][0]["function"]["parameters"]
+    assert parameters["properties"]["text"] == {
+        "description": "the note (at most 10 characters)",
+        "title": "Text",
+        "type": "string",
+    }
+    assert "maxLength" not in str(parameters)
+    assert done.value == Note(text="ok")
+    reask = second.body["messages"][-1]["content"]
+    assert "- text: String should have at most 10 characters" in reask
+
+
+async def test_raw_newlines_inside_strings_are_read_as_escaped() -> None:
+    # what llama.cpp's tool-call grammar lets a model write: a real newline inside a string
+    raw = '{"title": "two\n\tlines", "steps": ["one"]}'
+    script = [{"tool": TOOL, "replies": [{"raw_arguments": raw}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        done = await ask(server)
+
+    assert done.value == Plan(title="two\n\tlines", steps=["one"])
+    assert done.attempts == 1  # no re-ask
