@@ -240,6 +240,7 @@ class BwrapSandbox:
                 execution,
                 env=self._environment(env),
                 pass_fds=(status_w,),
+                workdir=workdir,
             )
         finally:
             for fd in open_fds:

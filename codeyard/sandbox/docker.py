@@ -232,7 +232,7 @@ class DockerSandbox:
                 self._create, api, workdir, list(command), limits, env
             )
             execution = ContainerExecution(api, container_id, limits)
-            return await counted(self.name, self._supervise(execution, limits))
+            return await counted(self.name, self._supervise(execution, limits, workdir))
         except docker.errors.DockerException as exc:
             raise SandboxUnavailable(
                 f"the Docker engine at {self.docker_host} failed to run a sandbox container: {exc}"
@@ -241,9 +241,11 @@ class DockerSandbox:
             # Shielded: a cancelled run still removes its container and gives the workdir back.
             await asyncio.shield(asyncio.to_thread(_discard, api, container_id, loan))
 
-    async def _supervise(self, execution: ContainerExecution, limits: Limits) -> RunOutcome:
+    async def _supervise(
+        self, execution: ContainerExecution, limits: Limits, workdir: Path
+    ) -> RunOutcome:
         await execution.start()
-        outcome = await supervise(execution, limits)
+        outcome = await supervise(execution, limits, workdir)
         # Only the engine knows whether its OOM killer struck, also at a child of a command
         # that then ended well: one inspection per run.
         if not outcome.timed_out and await asyncio.to_thread(execution.oom_killed):

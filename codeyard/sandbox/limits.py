@@ -21,6 +21,9 @@ class Limits:
     - `output_bytes`: captured combined stdout+stderr; only the last `output_bytes` are kept.
     - `file_size_bytes`: largest file a process may write (RLIMIT_FSIZE).
     - `tmpfs_bytes`: size of the in-memory /tmp (which is also HOME) and of /dev/shm.
+    - `disk_reserve_bytes`: free space the run must leave on its workdir's filesystem; below
+      it the run is killed (`codeyard.sandbox.disk_guard`: many files under the file-size
+      limit could otherwise fill the host's disk).
     """
 
     wall_seconds: float = 300.0
@@ -30,6 +33,7 @@ class Limits:
     output_bytes: int = 1 * MiB
     file_size_bytes: int = 1 * GiB
     tmpfs_bytes: int = 256 * MiB
+    disk_reserve_bytes: int = 1 * GiB
 
     def __post_init__(self) -> None:
         for name in self.__slots__:

@@ -108,6 +108,7 @@ class ProcessSandbox:
                 _execution,
                 env=self._environment(home, env),
                 cwd=workdir,
+                workdir=workdir,
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, home, True)

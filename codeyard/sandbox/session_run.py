@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from codeyard.observability.sandbox_runs import counted
 from codeyard.sandbox.limits import Limits
@@ -98,6 +99,7 @@ async def run_in_session(
     env: Mapping[str, str],
     cwd: os.PathLike[str] | None = None,
     pass_fds: tuple[int, ...] = (),
+    workdir: Path | None = None,
 ) -> RunOutcome:
     """Runs `argv` (joining a new cgroup of `cgroups` capped at `pids_max` first, when there
     are any), kills whatever is left of it when it ends and removes the cgroup."""
@@ -116,7 +118,7 @@ async def run_in_session(
         )
         running = execution(proc, cgroup, started, limits)
         try:
-            return await counted(backend, supervise(running, limits))
+            return await counted(backend, supervise(running, limits, workdir))
         finally:
             running.kill_now()
     finally:

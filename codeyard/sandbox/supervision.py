@@ -3,7 +3,8 @@
 A backend starts the command its own way and hands over an `Execution`; `supervise` enforces
 the wall time (killing the command when it is up), keeps the output's bounded tail and says
 how the run ended (`RunOutcome`): exit code as a shell reports it, 137 when the wall time
-killed it, and which limit stopped it.
+killed it, and which limit stopped it. Given the workdir, it also kills a command that is
+filling the disk the workdir is on (`DiskGuard`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 from typing import Protocol
 
+from codeyard.sandbox.disk_guard import DiskGuard
 from codeyard.sandbox.limit_hit import limit_hit
 from codeyard.sandbox.limits import Limits
 from codeyard.sandbox.output import OutputTail
-from codeyard.sandbox.protocol import RunOutcome
+from codeyard.sandbox.protocol import LimitName, RunOutcome
 
 # After a kill every writer of the output is dead or about to be: what is still on its way
 # arrives at once, unless something outside the sandbox's reach holds the pipe.
@@ -44,15 +47,35 @@ class Execution(Protocol):
         """Whether the pids limit was hit; None when the backend cannot tell."""
 
 
-async def supervise(execution: Execution, limits: Limits) -> RunOutcome:
-    """Waits for `execution` to end, within `limits.wall_seconds`."""
-    timed_out = False
+async def supervise(
+    execution: Execution, limits: Limits, workdir: Path | None = None
+) -> RunOutcome:
+    """Waits for `execution` to end, within `limits.wall_seconds` and, given `workdir`, while
+    its filesystem keeps `limits.disk_reserve_bytes` free."""
+    timed_out = disk_full = False
+    ended = asyncio.ensure_future(_ended(execution))
+    guard = asyncio.ensure_future(
+        DiskGuard(workdir, limits.disk_reserve_bytes).breached()
+        if workdir
+        else asyncio.Event().wait()
+    )
     try:
         async with asyncio.timeout(limits.wall_seconds):
-            await execution.output_closed()
-            exit_code = await execution.exit_status()
+            await asyncio.wait({ended, guard}, return_when=asyncio.FIRST_COMPLETED)
+        disk_full = not ended.done()
     except TimeoutError:
         timed_out = True
+    except asyncio.CancelledError:
+        ended.cancel()  # the caller kills what runs; nothing of ours may outlive the call
+        raise
+    finally:
+        guard.cancel()
+    if ended.done():
+        exit_code = ended.result()
+    else:
+        ended.cancel()  # and wait until it let go of the output, which is read on below
+        with contextlib.suppress(asyncio.CancelledError):
+            await ended
         await execution.kill()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_DRAIN_SECONDS):
@@ -61,10 +84,23 @@ async def supervise(execution: Execution, limits: Limits) -> RunOutcome:
         exit_code = _KILLED
     duration = time.monotonic() - execution.started
     output = execution.output.text()
+    if disk_full:
+        output += (
+            f"\n[codeyard: stopped: less than {limits.disk_reserve_bytes} bytes were left free "
+            "on the disk of the workdir]\n"
+        )
+        hit: LimitName = "disk"
+    else:
+        hit = limit_hit(exit_code, timed_out, output, execution.pids_hit())
     return RunOutcome(
         exit_code=exit_code,
         output=output,
         timed_out=timed_out,
         duration_seconds=duration,
-        killed_by_limit=limit_hit(exit_code, timed_out, output, execution.pids_hit()),
+        killed_by_limit=hit,
     )
+
+
+async def _ended(execution: Execution) -> int:
+    await execution.output_closed()
+    return await execution.exit_status()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.sandbox import SANDBOX_WORKDIR, BwrapSandbox, Limits, MiB, Sandbox
+from codeyard.sandbox.disk_guard import free_bytes
 from tests.sandbox.host import Leftovers, processes_with
 from tests.sandbox.workloads import FAST, SLACK_SECONDS, run_python, write_package
 
@@ -348,6 +349,28 @@ async def test_huge_output_is_capped_keeping_the_tail(sandbox: Sandbox, tmp_path
     assert outcome.output.startswith("[codeyard sandbox: output truncated,")
     assert "line 0\n" not in outcome.output
     assert len(outcome.output) < 64 * 1024 + 200
+
+
+async def test_a_run_filling_the_disk_is_stopped(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Files each under the file-size limit, many of them: only the disk guard stops this.
+    reserve = free_bytes(tmp_path) - 64 * MiB  # the run may use 64 MiB of the disk, no more
+    limits = Limits(wall_seconds=60.0, file_size_bytes=2 * MiB, disk_reserve_bytes=reserve)
+    code = (
+        "import os\nchunk = os.urandom(1 << 20)\n"
+        "for n in range(512):\n"
+        "    with open(f'fill-{n}', 'wb') as f: f.write(chunk)\n"
+        "print('wrote them all', flush=True)"
+    )
+    marker = f"fill-{uuid.uuid4().hex}"
+    outcome = await run_python(sandbox, tmp_path, code, marker, limits=limits)
+    written = len(list(tmp_path.rglob("fill-*")))
+    for file in tmp_path.rglob("fill-*"):
+        file.unlink()
+    assert outcome.killed_by_limit == "disk"
+    assert "wrote them all" not in outcome.output
+    assert "left free on the disk" in outcome.output
+    assert written < 512
+    assert processes_with(marker) == []
 
 
 async def test_pytest_of_a_passing_package(sandbox: Sandbox, tmp_path: Path) -> None:
