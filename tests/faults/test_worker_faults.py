@@ -115,11 +115,13 @@ async def test_a_worker_frozen_past_ack_wait_is_replaced_and_its_late_answers_ap
         await assert_recovered(bus, run_id, run, specs)
 
         # The work log shows the redelivery: items the frozen worker held were finished by the
-        # other worker too (at most once each), and those are the only items finished twice.
+        # other worker too, and those are the only items finished more than once. (A copy
+        # redelivered while it was stopped may have gone to the frozen worker's own pending pull
+        # request, which it then also finished on waking up: at least once, applied once.)
         twice = recovery.finished_twice(log)
         assert twice, "nothing the frozen worker held was redelivered"
         finishers: dict[tuple[str, str, str], list[str]] = {}
         for kind, task, attempt, pid in completions(log):
             finishers.setdefault((kind, task, attempt), []).append(pid)
         for item in twice:
-            assert sorted(finishers[item]) == sorted([str(frozen.pid), str(other.pid)]), item
+            assert set(finishers[item]) == {str(frozen.pid), str(other.pid)}, item
