@@ -97,9 +97,9 @@ async def run_in_session(
     execution: ExecutionFactory,
     *,
     env: Mapping[str, str],
+    workdir: Path,
     cwd: os.PathLike[str] | None = None,
     pass_fds: tuple[int, ...] = (),
-    workdir: Path | None = None,
 ) -> RunOutcome:
     """Runs `argv` (joining a new cgroup of `cgroups` capped at `pids_max` first, when there
     are any), kills whatever is left of it when it ends and removes the cgroup."""

@@ -3,8 +3,8 @@
 A backend starts the command its own way and hands over an `Execution`; `supervise` enforces
 the wall time (killing the command when it is up), keeps the output's bounded tail and says
 how the run ended (`RunOutcome`): exit code as a shell reports it, 137 when the wall time
-killed it, and which limit stopped it. Given the workdir, it also kills a command that is
-filling the disk the workdir is on (`DiskGuard`).
+killed it, and which limit stopped it. It also kills a command that is filling the disk its
+workdir is on (`DiskGuard`).
 """
 
 from __future__ import annotations
@@ -47,18 +47,12 @@ class Execution(Protocol):
         """Whether the pids limit was hit; None when the backend cannot tell."""
 
 
-async def supervise(
-    execution: Execution, limits: Limits, workdir: Path | None = None
-) -> RunOutcome:
-    """Waits for `execution` to end, within `limits.wall_seconds` and, given `workdir`, while
-    its filesystem keeps `limits.disk_reserve_bytes` free."""
+async def supervise(execution: Execution, limits: Limits, workdir: Path) -> RunOutcome:
+    """Waits for `execution` to end, within `limits.wall_seconds` and while the filesystem of
+    `workdir` keeps `limits.disk_reserve_bytes` free."""
     timed_out = disk_full = False
     ended = asyncio.ensure_future(_ended(execution))
-    guard = asyncio.ensure_future(
-        DiskGuard(workdir, limits.disk_reserve_bytes).breached()
-        if workdir
-        else asyncio.Event().wait()
-    )
+    guard = asyncio.ensure_future(DiskGuard(workdir, limits.disk_reserve_bytes).breached())
     try:
         async with asyncio.timeout(limits.wall_seconds):
             await asyncio.wait({ended, guard}, return_when=asyncio.FIRST_COMPLETED)
