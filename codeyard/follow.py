@@ -212,7 +212,8 @@ async def submit_and_follow(
         assert isinstance(reply, Accepted)
         if on_status is not None:
             polling = asyncio.create_task(_poll_status(bus, submit.run_id, on_status, status_every))
-        await asyncio.wait_for(finished.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await finished.wait()
     finally:
         if polling is not None:
             polling.cancel()

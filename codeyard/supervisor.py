@@ -14,6 +14,8 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from codeyard.event_wait import wait_event
+
 log = logging.getLogger(__name__)
 
 
@@ -77,8 +79,7 @@ class Supervisor:
                 return
             delay = self._backoff if loop.time() - started > self._stable_after else delay
             log.warning("%s exited with %s; restarting in %.1fs", state.spec.name, code, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await wait_event(stop, delay)
             delay = min(delay * 2, self._max_backoff)
 
     async def _stop_all(self) -> None:

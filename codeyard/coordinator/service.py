@@ -75,6 +75,7 @@ from codeyard.coordinator.work_items import (
     work_cancelled,
     work_item,
 )
+from codeyard.event_wait import wait_event
 from codeyard.observability import metrics
 from codeyard.observability.consumer_gauges import ConsumerGauges
 from codeyard.observability.context import working_on
@@ -232,7 +233,7 @@ class Coordinator:
                 if lease.held() or await self._try_acquire(lease):
                     await self._lead(lease, stop)
                 else:
-                    await _wait(stop, lease.renew_interval)
+                    await wait_event(stop, lease.renew_interval)
         finally:
             await lease.release()
 
@@ -275,8 +276,9 @@ class Coordinator:
             log.warning("%s: stepping down: %s", self.name, exc)
         except (nats.errors.Error, PublishError, TimeoutError, OSError) as exc:
             log.warning("%s: bus trouble, reloading runs: %s", self.name, exc)
-            await _wait(stop, 0.5)
+            await wait_event(stop, 0.5)
         finally:
+            lost.set()  # ends the session's loops even if one missed its cancellation
             self.leading.clear()
             metrics.COORDINATOR_LEADING.set(0)
             for task in session:
@@ -371,8 +373,7 @@ class Coordinator:
                 missing = window - self._unacked - consumer.outstanding
                 if missing >= self.batch_size // 4 or consumer.outstanding == 0:
                     await consumer.request(missing)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._acked.wait(), 1.0)
+                await wait_event(self._acked, 1.0)
         finally:
             await consumer.stop()
             self.bus.reconnected.remove(consumer.forget_all)
@@ -394,7 +395,8 @@ class Coordinator:
             call = ControlCall(request, asyncio.get_running_loop().create_future())
             self._inbox.put_nowait(call)
             try:
-                reply = await asyncio.wait_for(asyncio.shield(call.reply), 30)
+                async with asyncio.timeout(30):
+                    reply = await asyncio.shield(call.reply)
             except TimeoutError:
                 reply = ControlError(error="the coordinator did not finish in time; retry")
             await msg.respond(encode(reply))
@@ -864,8 +866,3 @@ def _reason(request: Approve | Deny) -> str:
 
 def _ignored(effects: list[Effect]) -> bool:
     return len(effects) == 1 and isinstance(effects[0], Ignored)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)

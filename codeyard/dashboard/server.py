@@ -214,7 +214,8 @@ class Dashboard:
         while not self.closing.is_set():
             try:
                 # short waits, so a closing dashboard ends the stream within a second
-                event = await asyncio.wait_for(queue.get(), 1.0)
+                async with asyncio.timeout(1.0):
+                    event = await queue.get()
             except TimeoutError:
                 if loop.time() - quiet_since > KEEPALIVE_SECONDS:
                     await response.write(KEEPALIVE)  # also finds a browser that left

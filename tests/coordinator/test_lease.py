@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from codeyard.bus import Bus
-from codeyard.coordinator.lease import LeaderLease
+from codeyard.bus.subjects import LEADER_BUCKET
+from codeyard.coordinator.lease import LEASE_KEY, LeaderLease
+from codeyard.coordinator.service import Coordinator
 
 
 async def test_only_one_holder_and_takeover_after_ttl(bus: Bus) -> None:
@@ -47,3 +49,29 @@ async def test_release_hands_over_at_once(bus: Bus) -> None:
     await leader.release()
     assert not leader.held()
     assert await standby.acquire()
+
+
+async def test_a_coordinator_that_lost_its_lease_leads_again_once_it_is_free(bus: Bus) -> None:
+    """Losing the lease ends the leadership session cleanly (every loop of it stops), and the
+    coordinator goes back to contending: after a NATS restart it is the one that takes over."""
+    coordinator = Coordinator(bus, name="coord-relead", capacity=4)
+    stop = asyncio.Event()
+    running = asyncio.create_task(coordinator.run(stop))
+    try:
+        await asyncio.wait_for(coordinator.leading.wait(), 10)
+        kv = await bus.js.key_value(LEADER_BUCKET)
+        await kv.delete(LEASE_KEY)
+        thief = await LeaderLease.open(bus.js, "coord-thief")
+        assert await thief.acquire()
+        for _ in range(100):  # its next renewal finds the lease taken
+            if not coordinator.leading.is_set():
+                break
+            await asyncio.sleep(0.1)
+        assert not coordinator.leading.is_set()
+
+        await thief.release()
+        await asyncio.wait_for(coordinator.leading.wait(), 10)
+        assert await thief.current_holder() == "coord-relead"
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
