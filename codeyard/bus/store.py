@@ -14,6 +14,9 @@ from codeyard.schemas.codec import decode, encode
 
 T = TypeVar("T", bound=msgspec.Struct)
 
+# JetStream's error codes for a write whose expected last revision is not the key's
+WRONG_LAST_SEQUENCE = (10071, 10164)
+
 
 class StaleRevision(RuntimeError):
     """Someone else wrote the key since you read it: re-read, re-apply, retry."""

@@ -9,15 +9,15 @@ wakes from a long pause stops acting before it can touch the bus.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from codeyard.bus import subjects
+from codeyard.bus.store import WRONG_LAST_SEQUENCE
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,15 @@ class LeaderLease:
         if not self._revision:
             return
         revision, self._revision = self._revision, 0
-        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+        try:
             await self._kv.delete(LEASE_KEY, last=revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            pass
+        except APIError as exc:
+            # nats-py's delete does not translate "wrong last sequence" as update does: the
+            # lease expired or is someone else's now, so there is nothing of ours to give up
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
 
     async def current_holder(self) -> str | None:
         try:

@@ -22,12 +22,11 @@ from nats.js.kv import KeyValue
 from codeyard.bus import subjects
 from codeyard.bus.kv_scan import latest_entries
 from codeyard.bus.pipeline import Pending, PubAck, PublishError, PublishPipeline
-from codeyard.bus.store import StaleRevision
+from codeyard.bus.store import WRONG_LAST_SEQUENCE, StaleRevision
 from codeyard.schemas.codec import decode, encode
 from codeyard.schemas.model import Run, Task
 
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
-WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 @dataclass

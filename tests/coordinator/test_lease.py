@@ -51,6 +51,19 @@ async def test_release_hands_over_at_once(bus: Bus) -> None:
     assert await standby.acquire()
 
 
+async def test_releasing_a_lease_that_expired_and_changed_hands_is_harmless(bus: Bus) -> None:
+    old = await LeaderLease.open(bus.js, "coord-a")
+    new = await LeaderLease.open(bus.js, "coord-b")
+    assert await old.acquire()
+    while await new.current_holder() is not None:  # noqa: ASYNC110 - waiting out the TTL
+        await asyncio.sleep(0.1)
+    assert await new.acquire()
+
+    await old.release()  # the server refuses the delete: its revision is not the key's
+    assert await new.current_holder() == "coord-b"
+    assert await new.renew()
+
+
 async def test_a_coordinator_that_lost_its_lease_leads_again_once_it_is_free(bus: Bus) -> None:
     """Losing the lease ends the leadership session cleanly (every loop of it stops), and the
     coordinator goes back to contending: after a NATS restart it is the one that takes over."""
