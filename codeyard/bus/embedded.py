@@ -38,6 +38,15 @@ def find_nats_server() -> Path:
     )
 
 
+def go_threads() -> int:
+    """GOMAXPROCS for the embedded server: a quarter of the cores this process may use, at
+    least one. codeyard's message rates need about one core at most, and the rest belong to
+    the Python processes beside it; a Go scheduler with more threads than it needs spins
+    looking for work and wakes threads across cores. On 2 shared cores, one thread instead of
+    two cut the server's CPU per task by about a quarter (bench/coordinator_throughput.py)."""
+    return max(1, len(os.sched_getaffinity(0)) // 4)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -101,9 +110,14 @@ class EmbeddedNats:
             f"codeyard-{self.port}",
         ]
         self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
+        env = os.environ | {"GOMAXPROCS": os.environ.get("GOMAXPROCS") or str(go_threads())}
         with open(self._log_path, "ab") as log_file:
             self._process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
             )
         self._wait_ready()
         log.info("nats-server %s started (pid %s)", self.url, self._process.pid)

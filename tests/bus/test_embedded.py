@@ -27,6 +27,25 @@ def test_starts_on_loopback_and_stops(tmp_path: Path) -> None:
     assert "Server is ready" in (tmp_path / "nats-server.log").read_text()
 
 
+def server_environment(server: EmbeddedNats) -> dict[str, str]:
+    assert server.pid is not None
+    raw = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().partition("=")[::2] for entry in raw if entry)
+
+
+def test_the_server_gets_a_quarter_of_the_cores_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    with EmbeddedNats(tmp_path / "default") as server:
+        threads = server_environment(server)["GOMAXPROCS"]
+    assert threads == str(max(1, len(os.sched_getaffinity(0)) // 4))
+
+    monkeypatch.setenv("GOMAXPROCS", "3")  # the operator's choice wins
+    with EmbeddedNats(tmp_path / "told") as server:
+        assert server_environment(server)["GOMAXPROCS"] == "3"
+
+
 def test_a_port_in_use_is_a_clear_error(tmp_path: Path, nats_server: EmbeddedNats) -> None:
     with pytest.raises(EmbeddedServerError, match="exited"):
         EmbeddedNats(tmp_path, port=nats_server.port).start()
