@@ -9,6 +9,7 @@ are decoded with msgspec.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import msgspec
@@ -98,7 +99,11 @@ class PublishPipeline:
     async def wait(self, pending: list[Pending], timeout: float) -> list[PubAck | BaseException]:
         """Each publish's ack or error, in order; `TimeoutError` for those unanswered in time
         (they may still have been stored)."""
-        if pending:
+        if len(pending) == 1:  # a worker's result: cheaper than asyncio.wait's set and waiter
+            with contextlib.suppress(Exception):  # its outcome is read below
+                async with asyncio.timeout(timeout):
+                    await pending[0].future
+        elif pending:
             await asyncio.wait([p.future for p in pending], timeout=timeout)
         outcomes: list[PubAck | BaseException] = []
         for item in pending:
@@ -106,7 +111,8 @@ class PublishPipeline:
                 item.future.cancel()
                 self._futures.pop(item.token, None)
                 outcomes.append(TimeoutError("no publish ack in time"))
-            elif item.future.cancelled():
+            elif item.future.cancelled():  # by the timeout, or by the caller
+                self._futures.pop(item.token, None)
                 outcomes.append(TimeoutError("publish cancelled"))
             elif (error := item.future.exception()) is not None:
                 outcomes.append(error)
