@@ -120,6 +120,15 @@ ARTIFACTS_DELETED = Counter(
 ARTIFACT_BYTES_DELETED = Counter(
     "codeyard_artifact_bytes_deleted", "Bytes of the objects deleted from cy_artifacts"
 )
+INTEGRATION_CLONES_DELETED = Counter(
+    "codeyard_integration_clones_deleted",
+    "Integration clones the leading coordinator deleted from its data dir, by why (ended: the "
+    "run ended longer than the retention ago; no_run: no such run, unchanged for as long)",
+    ["reason"],
+)
+INTEGRATION_CLONE_BYTES_DELETED = Counter(
+    "codeyard_integration_clone_bytes_deleted", "Bytes of the integration clones deleted"
+)
 SNAPSHOT_CACHE_PRUNED = Counter(
     "codeyard_snapshot_cache_pruned",
     "Entries a worker removed from its snapshot cache, by kind (bundle, repository, partial)",
