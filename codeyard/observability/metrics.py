@@ -67,7 +67,8 @@ LLM_SECONDS = Histogram(
 SANDBOX_RUNS = Counter(
     "codeyard_sandbox_runs",
     "Sandboxed commands, by outcome: ok, failed (non-zero exit), the limit that stopped it "
-    "(wall_time, cpu, memory, pids, file_size) or error (the sandbox could not run it)",
+    "(wall_time, cpu, memory, pids, file_size, open_files, disk) or error (the sandbox could "
+    "not run it)",
     ["backend", "outcome"],
 )
 SANDBOX_SECONDS = Histogram(

@@ -320,6 +320,7 @@ async def test_opening_more_files_than_allowed_fails_with_emfile(
     assert "RAISED" not in outcome.output
     assert "could not raise it" in outcome.output
     assert outcome.exit_code == 1
+    assert outcome.killed_by_limit == "open_files"
 
 
 async def test_file_size_limit(sandbox: Sandbox, tmp_path: Path) -> None:

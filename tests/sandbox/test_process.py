@@ -148,6 +148,7 @@ async def test_opening_more_files_than_allowed_fails_with_emfile(
     else:
         assert "could not raise it" in outcome.output
         assert outcome.exit_code == 1
+        assert outcome.killed_by_limit == "open_files"
 
 
 async def test_output_is_capped_keeping_the_tail(
