@@ -509,18 +509,20 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
         loop.add_signal_handler(signum, stop.set)
     try:
         artifacts = await artifact_store(bus.js)
+        integrator = GitIntegrator(
+            settings.data_dir,
+            SandboxedSuite(sandbox, BusGateClient(bus)),
+            artifacts=artifacts,  # workers fetch the code from there
+        )
         coordinator = Coordinator(
             bus,
             name=name,
             capacity=capacity,
-            integrator=GitIntegrator(
-                settings.data_dir,
-                SandboxedSuite(sandbox, BusGateClient(bus)),
-                artifacts=artifacts,  # workers fetch the code from there
-            ),
+            integrator=integrator,
             artifacts=artifacts,
             approval_timeout=settings.approval_timeout,
             artifact_retention=settings.artifact_retention(),
+            integration_clones=integrator.root,
         )
         await coordinator.run(stop)
     finally:
@@ -685,11 +687,13 @@ def gc_command(
     ] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Delete old snapshot bundles and stored patches from the artifacts store now.
+    """Delete old snapshot bundles and stored patches from the artifacts store, and the
+    integration clones of ended runs from the coordinator's disk, now.
 
     The leading coordinator deletes what no open run uses and nobody published or reused
-    within CODEYARD_ARTIFACT_RETENTION_DAYS (default: CODEYARD_EVENT_RETENTION_DAYS); it also
-    does so every hour on its own. Prints what was (with --dry-run: would be) deleted.
+    within CODEYARD_ARTIFACT_RETENTION_DAYS (default: CODEYARD_EVENT_RETENTION_DAYS), and the
+    clone of each run that ended (or no longer exists) longer ago than that; it also does so
+    every hour on its own. Prints what was (with --dry-run: would be) deleted.
 
     Example: [bold]codeyard gc --dry-run[/bold]
     """
@@ -712,18 +716,32 @@ def gc_command(
     if not isinstance(reply, ArtifactsCollected):
         _refused(reply)
     verb = "would delete" if reply.dry_run else "deleted"
+    now = utc_now()
     if reply.deleted:
-        now = utc_now()
         table = Table("object", "bytes", "unused for (days)")
         for found in reply.deleted:
             days = (now - found.modified_at).total_seconds() / 86400
             table.add_row(found.name, str(found.size), f"{days:.1f}")
         console.print(table)
+    retention = f"{reply.retention_seconds / 86400:g} days"
     console.print(
         f"{verb} {len(reply.deleted)} objects "
         f"({sum(found.size for found in reply.deleted)} bytes); kept {reply.referenced} that "
-        f"open runs use and {reply.recent} used within "
-        f"{reply.retention_seconds / 86400:g} days",
+        f"open runs use and {reply.recent} used within {retention}",
+        markup=False,
+        highlight=False,
+    )
+    if reply.clones:
+        table = Table("integration clone", "run", "bytes", "unused for (days)")
+        for clone in reply.clones:
+            run = f"{clone.run_id} ({clone.run_state or 'no such run'})"
+            days = (now - clone.unused_since).total_seconds() / 86400
+            table.add_row(clone.path, run, str(clone.size), f"{days:.1f}")
+        console.print(table)
+    console.print(
+        f"{verb} {len(reply.clones)} integration clones "
+        f"({sum(clone.size for clone in reply.clones)} bytes); kept {reply.open_clones} of open "
+        f"runs and {reply.recent_clones} of runs that ended within {retention}",
         markup=False,
         highlight=False,
     )

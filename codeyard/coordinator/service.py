@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import nats.errors
@@ -184,7 +185,10 @@ class Coordinator:
         artifact_retention: float = 30 * DAY,
         collect_every: float = COLLECT_INTERVAL,
         first_collection_after: float = FIRST_COLLECTION_AFTER,
+        integration_clones: Path | None = None,
     ) -> None:
+        """`integration_clones`: where the integrator keeps a clone per run
+        (`GitIntegrator.root`), for garbage collection to remove those of ended runs."""
         self.bus = bus
         self.gate = gate or BusGateClient(bus)
         self.artifacts = artifacts  # where large patches are, for the gate to see them whole
@@ -213,6 +217,8 @@ class Coordinator:
                 open_runs=lambda: [open_run.run for open_run in self._open.values()],
                 leading=self.leading.is_set,
                 retention=artifact_retention,
+                clones=integration_clones,
+                recorded_runs=self._recorded_runs,
             )
             if artifacts is not None
             else None
@@ -414,6 +420,10 @@ class Coordinator:
         except Exception as exc:
             log.exception("garbage collection asked by a client failed")
             return ControlError(error=f"garbage collection failed: {type(exc).__name__}: {exc}")
+
+    async def _recorded_runs(self) -> list[Run]:
+        assert self._store is not None
+        return await self._store.headers()
 
     async def _process_inbox(self) -> None:
         while True:

@@ -67,7 +67,8 @@ LLM_SECONDS = Histogram(
 SANDBOX_RUNS = Counter(
     "codeyard_sandbox_runs",
     "Sandboxed commands, by outcome: ok, failed (non-zero exit), the limit that stopped it "
-    "(wall_time, cpu, memory, pids, file_size) or error (the sandbox could not run it)",
+    "(wall_time, cpu, memory, pids, file_size, open_files, disk) or error (the sandbox could "
+    "not run it)",
     ["backend", "outcome"],
 )
 SANDBOX_SECONDS = Histogram(
@@ -119,6 +120,15 @@ ARTIFACTS_DELETED = Counter(
 )
 ARTIFACT_BYTES_DELETED = Counter(
     "codeyard_artifact_bytes_deleted", "Bytes of the objects deleted from cy_artifacts"
+)
+INTEGRATION_CLONES_DELETED = Counter(
+    "codeyard_integration_clones_deleted",
+    "Integration clones the leading coordinator deleted from its data dir, by why (ended: the "
+    "run ended longer than the retention ago; no_run: no such run, unchanged for as long)",
+    ["reason"],
+)
+INTEGRATION_CLONE_BYTES_DELETED = Counter(
+    "codeyard_integration_clone_bytes_deleted", "Bytes of the integration clones deleted"
 )
 SNAPSHOT_CACHE_PRUNED = Counter(
     "codeyard_snapshot_cache_pruned",

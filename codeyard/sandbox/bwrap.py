@@ -24,10 +24,10 @@ Limits (`Limits`):
 
 - wall time: enforced here, by killing bubblewrap's process group and the run's cgroup; the
   pid namespace takes every process of the sandbox with it.
-- CPU, address space, file size (and no core dumps): rlimits, set by `prlimit` just before it
-  execs the command (after bubblewrap has built the namespaces, so bubblewrap itself is not
-  limited; `codeyard.sandbox.rlimit_shim`); soft and hard limits alike, so the command cannot
-  raise them.
+- CPU, address space, file size, open files (and no core dumps): rlimits, set by `prlimit`
+  just before it execs the command (after bubblewrap has built the namespaces, so bubblewrap
+  itself is not limited; `codeyard.sandbox.rlimit_shim`); soft and hard limits alike, so the
+  command cannot raise them.
 - processes: RLIMIT_NPROC does not work for root. The kernel exempts uid 0 of the host from
   it (`copy_process`: `user != INIT_USER`), and the sandbox's uid 65534 *is* host uid 0 when
   codeyard runs as root, so a fork bomb would be unbounded (verified on the development

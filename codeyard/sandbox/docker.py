@@ -32,6 +32,10 @@ Limits (`Limits`):
 - CPU: RLIMIT_CPU (`cpu_seconds`) per process and at most `cpus` cores for the container.
 - processes: `pids_limit` (a cgroup: works whatever the uid); file size: RLIMIT_FSIZE; no core
   dumps.
+- open files: RLIMIT_NOFILE, set by the image's `prlimit` only, like RLIMIT_AS, so that the
+  runtime's own setup (runc, the init) is not bound by it. Lowering the engine's limit needs
+  no privilege; an engine whose hard limit is below `open_files` makes prlimit fail the run
+  (exit 1, "failed to set the NOFILE resource limit").
 - output: streamed from the container as it runs (the engine keeps no log: `log_config=none`),
   kept as a bounded tail.
 
@@ -303,7 +307,7 @@ class DockerSandbox:
             log_config=LogConfig(type="none"),
         )
         # No ceilings: Docker's `ulimits` above are the CPU and file size limits asked for, and
-        # the engine's RLIMIT_AS is not known here (see the module doc).
+        # the engine's RLIMIT_AS and RLIMIT_NOFILE are not known here (see the module doc).
         argv = shim_argv(_PRLIMIT, limits, NO_LIMIT, command, ceilings={})
         created = api.create_container(
             self.image,

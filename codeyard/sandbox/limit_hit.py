@@ -8,6 +8,7 @@ from codeyard.sandbox.protocol import LimitName
 
 _MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 _FORK_SIGNS = ("BlockingIOError", "Resource temporarily unavailable")
+_OPEN_FILES_SIGN = "Too many open files"  # EMFILE's message, in Python's OSError and C's perror
 
 
 def limit_hit(exit_code: int, timed_out: bool, output: str, pids_hit: bool | None) -> LimitName:
@@ -25,6 +26,8 @@ def limit_hit(exit_code: int, timed_out: bool, output: str, pids_hit: bool | Non
         return "file_size"
     if any(sign in end for sign in _MEMORY_SIGNS):
         return "memory"
+    if _OPEN_FILES_SIGN in end:
+        return "open_files"
     if pids_hit is None and all(sign in end for sign in _FORK_SIGNS):
         return "pids"
     return ""

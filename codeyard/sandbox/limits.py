@@ -20,6 +20,9 @@ class Limits:
       RLIMIT_NPROC, which the user namespace makes per sandbox; see `codeyard.sandbox.bwrap`).
     - `output_bytes`: captured combined stdout+stderr; only the last `output_bytes` are kept.
     - `file_size_bytes`: largest file a process may write (RLIMIT_FSIZE).
+    - `open_files`: file descriptors each process may have open (RLIMIT_NOFILE); one more
+      fails with EMFILE ("Too many open files"). 1024 is Linux's usual soft limit, which test
+      suites are written for; the hard limit is the same, so a command cannot raise it.
     - `tmpfs_bytes`: size of the in-memory /tmp (which is also HOME) and of /dev/shm.
     - `disk_reserve_bytes`: free space the run must leave on its workdir's filesystem; below
       it the run is killed (`codeyard.sandbox.disk_guard`: many files under the file-size
@@ -32,6 +35,7 @@ class Limits:
     pids: int = 256
     output_bytes: int = 1 * MiB
     file_size_bytes: int = 1 * GiB
+    open_files: int = 1024
     tmpfs_bytes: int = 256 * MiB
     disk_reserve_bytes: int = 1 * GiB
 

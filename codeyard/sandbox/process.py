@@ -9,7 +9,8 @@ What it still enforces:
 
 - wall time: the command runs in a new session (its own process group); at the wall time the
   group is killed (exit 137), and so are members left behind when the command ends.
-- CPU, address space, file size, no core dumps: rlimits (`codeyard.sandbox.rlimit_shim`).
+- CPU, address space, file size, open files, no core dumps: rlimits
+  (`codeyard.sandbox.rlimit_shim`).
 - processes: a pids cgroup of the run when one is writable (as with bwrap; it also catches
   processes that left the process group); else, when not root, RLIMIT_NPROC above the user's
   current count (the count is per user, so it is approximate). As root without a writable pids
@@ -45,7 +46,8 @@ UNSANDBOXED_RISKS = (
     "host's loopback, and whatever the host can reach), it can read and write every file the "
     "user running codeyard can (not only its workdir), it sees and may signal that user's "
     "other processes, and it has that user's privileges (all of them when codeyard runs as "
-    "root); it only bounds time, CPU, memory, file size, processes and output"
+    "root: with CAP_SYS_RESOURCE it may raise its own rlimits); it only bounds time, CPU, "
+    "memory, file size, open files, processes and output"
 )
 OPT_IN_HINT = (
     "to accept that for code you trust, set CODEYARD_SANDBOX=process and "

@@ -16,7 +16,7 @@ SANDBOX_UID = 65534
 
 # Which limit stopped a run; "" when none did. "memory" and (without a pids cgroup) "pids" are
 # best effort: the kernel reports them only as a failed allocation or fork inside the program.
-LimitName = Literal["", "wall_time", "cpu", "memory", "pids", "file_size", "disk"]
+LimitName = Literal["", "wall_time", "cpu", "memory", "pids", "file_size", "open_files", "disk"]
 
 
 class SandboxUnavailable(RuntimeError):

@@ -33,7 +33,13 @@ Ceilings = Mapping[int, int]
 def own_ceilings() -> Ceilings:
     """The hard limits of this process, which a command started by it inherits (neither
     bubblewrap nor the shell that joins a cgroup changes them)."""
-    kinds = (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC)
+    kinds = (
+        resource.RLIMIT_AS,
+        resource.RLIMIT_CPU,
+        resource.RLIMIT_FSIZE,
+        resource.RLIMIT_NOFILE,
+        resource.RLIMIT_NPROC,
+    )
     return {kind: resource.getrlimit(kind)[1] for kind in kinds}
 
 
@@ -51,14 +57,16 @@ def host_prlimit() -> str:
 def shim_argv(
     prlimit: str, limits: Limits, nproc: int, command: list[str], ceilings: Ceilings
 ) -> list[str]:
-    """`command` run by `prlimit` under `limits` (address space, CPU, file size, no core
-    dumps) and RLIMIT_NPROC `nproc` (`NO_LIMIT` to leave it alone)."""
+    """`command` run by `prlimit` under `limits` (address space, CPU, file size, open files,
+    no core dumps) and RLIMIT_NPROC `nproc` (`NO_LIMIT` to leave it alone)."""
     memory, cpu, size = limits.memory_bytes, limits.cpu_seconds, limits.file_size_bytes
+    files = limits.open_files
     options = [
         _option("as", memory, memory, ceilings.get(resource.RLIMIT_AS)),
         # SIGXCPU at the soft limit, SIGKILL a second later if it is caught
         _option("cpu", cpu, cpu + 1, ceilings.get(resource.RLIMIT_CPU)),
         _option("fsize", size, size, ceilings.get(resource.RLIMIT_FSIZE)),
+        _option("nofile", files, files, ceilings.get(resource.RLIMIT_NOFILE)),
         "--core=0:0",
     ]
     if nproc != NO_LIMIT:

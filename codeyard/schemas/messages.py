@@ -268,8 +268,9 @@ class Deny(Envelope, kw_only=True, frozen=True):
 
 class CollectArtifacts(Envelope, kw_only=True, frozen=True):
     """Delete now the `cy_artifacts` objects (snapshot bundles, offloaded patches) that no open
-    run uses and that nobody published or reused within the retention; with `dry_run`, only
-    tell which they are."""
+    run uses and that nobody published or reused within the retention, and the integration
+    clones of runs that ended (or no longer exist) longer than the retention ago; with
+    `dry_run`, only tell which they are."""
 
     dry_run: bool = False
 
@@ -323,6 +324,17 @@ class StoredArtifact(msgspec.Struct, kw_only=True, frozen=True):
     modified_at: Timestamp  # last published, or last reused by a publisher that found it there
 
 
+class StoredClone(msgspec.Struct, kw_only=True, frozen=True):
+    """A run's integration clone on the leading coordinator's disk, as garbage collection sees
+    it."""
+
+    run_id: Id
+    path: str  # the run's directory under CODEYARD_DATA_DIR/runs, which goes whole
+    size: int  # bytes of its files
+    unused_since: Timestamp  # when its run ended; with no such run, when the clone last changed
+    run_state: RunState | None = None  # None: no run of this id exists (any more)
+
+
 class ArtifactsCollected(Envelope, kw_only=True, frozen=True):
     """What a `CollectArtifacts` deleted (with `dry_run`: would delete), and why others stay."""
 
@@ -331,6 +343,9 @@ class ArtifactsCollected(Envelope, kw_only=True, frozen=True):
     deleted: list[StoredArtifact]
     referenced: int = 0  # kept: an open run uses them
     recent: int = 0  # kept: published or reused within the retention
+    clones: list[StoredClone] = []  # integration clones deleted (with `dry_run`: to delete)
+    open_clones: int = 0  # kept: their run is open
+    recent_clones: int = 0  # kept: their run ended (no run: they changed) within the retention
 
 
 ControlReply = Accepted | RunStatus | ApprovalList | ArtifactsCollected | ControlError

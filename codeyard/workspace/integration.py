@@ -7,11 +7,15 @@ carries the task and attempt as trailers, so a merge repeated after a coordinato
 its commit and does not apply the patch twice.
 
 A run submitted without a repository is a dry run: merges are recorded, nothing is written.
+
+The clone stays after its run ends (a failed or cancelled run's merged tasks are nowhere else)
+until garbage collection removes it (`codeyard.workspace.clone_retention`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
@@ -26,6 +30,9 @@ from codeyard.workspace.snapshots import publish_snapshot
 
 # The trailer of each task's commit on the result branch; `rollback` finds tasks by it.
 TASK_TRAILER = "Codeyard-Task"
+# `<data dir>/runs/<run_id>/integration`: each run's directory holds its clone.
+RUNS_DIR = "runs"
+CLONE_DIR = "integration"
 
 
 def result_branch(run_id: str) -> str:
@@ -59,7 +66,7 @@ class GitIntegrator:
         suite: RegressionSuite | None = None,
         artifacts: ObjectStore | None = None,
     ) -> None:
-        self.root = data_dir / "runs"
+        self.root = data_dir / RUNS_DIR
         self.suite = suite
         self.artifacts = artifacts
         self._dry = LedgerIntegrator()
@@ -73,7 +80,7 @@ class GitIntegrator:
         return not run.repo.path
 
     def integration_dir(self, run_id: str) -> Path:
-        return self.root / run_id / "integration"
+        return self.root / run_id / CLONE_DIR
 
     async def prepare(self, run: Run) -> RepoRef:
         if not run.repo.path:
@@ -83,8 +90,11 @@ class GitIntegrator:
 
     def _prepare(self, run: Run) -> None:
         target = self.integration_dir(run.run_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Changed now, even when the clone is there already: garbage collection leaves a clone
+        # of a run not recorded yet alone only while it looks recently changed.
+        os.utime(target.parent)
         if not (target / ".git").exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
             git(target.parent, "clone", "--quiet", "--no-hardlinks", run.repo.path, target.name)
             git(target, "checkout", "--quiet", "-B", result_branch(run.run_id))
 

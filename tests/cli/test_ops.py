@@ -175,17 +175,21 @@ async def test_everyday_commands_after_runs_approved_with_yes(
     assert code == 0
     assert json.loads(out)["run_id"] == "r1"
 
-    # the runs' snapshots are far younger than the 30 days of retention: nothing goes yet
+    # the runs' snapshots and clones are far younger than the 30 days of retention: nothing
+    # goes yet
     code, out, _ = await cli(env, "gc", "--dry-run", "--json")
     assert code == 0
     dry = msgspec.json.decode(out, type=ArtifactsCollected)
     assert dry.dry_run
     assert dry.deleted == []
     assert dry.recent >= 1
+    assert dry.clones == []
+    assert dry.recent_clones == 3  # r1, r2 and r4 ended just now
     assert dry.retention_seconds == 30 * 86400
     code, out, _ = await cli(env, "gc")
     assert code == 0
     assert "deleted 0 objects" in out
+    assert "deleted 0 integration clones (0 bytes); kept 0 of open runs and 3" in out
 
 
 async def test_cancel_a_running_run(system: System, repo: Path, tmp_path: Path) -> None:

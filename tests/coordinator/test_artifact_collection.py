@@ -1,4 +1,5 @@
-"""Garbage collection of the artifacts store: real nats-server, real git, a tiny retention.
+"""Garbage collection of the artifacts store and of the integration clones: real nats-server,
+real git, a tiny retention.
 
 The collector is driven directly with the open runs it is told about, then through the leading
 coordinator: the `gc` control verb and the periodic collection.
@@ -7,8 +8,10 @@ coordinator: the `gc` control verb and the periodic collection.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,10 @@ from prometheus_client import REGISTRY
 
 from codeyard.bus import Bus
 from codeyard.coordinator.artifact_collector import ArtifactCollector
+from codeyard.coordinator.events import Merged
 from codeyard.coordinator.service import Coordinator
+from codeyard.report import build_report
+from codeyard.report.source import fetch_run, read_run_events
 from codeyard.schemas import (
     Accepted,
     ArtifactsCollected,
@@ -28,14 +34,17 @@ from codeyard.schemas import (
     Patch,
     RepoRef,
     Run,
+    RunState,
     SubmitRun,
     Task,
     TaskSpec,
+    TaskState,
 )
 from codeyard.schemas.model import SnapshotRef
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import GitIntegrator
 from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, offload
+from codeyard.workspace.rollback import rollback
 from codeyard.workspace.snapshots import artifact_store, publish_snapshot
 from tests.coordinator.harness import ask, status
 
@@ -80,6 +89,22 @@ async def names(store: ObjectStore) -> set[str]:
 
 def deleted_count(kind: str) -> float:
     return REGISTRY.get_sample_value("codeyard_artifacts_deleted_total", {"kind": kind}) or 0.0
+
+
+def clones_deleted(reason: str) -> float:
+    sample = "codeyard_integration_clones_deleted_total"
+    return REGISTRY.get_sample_value(sample, {"reason": reason}) or 0.0
+
+
+def new_file(name: str) -> Patch:
+    return Patch(text=f"--- /dev/null\n+++ b/{name}\n@@ -0,0 +1 @@\n+{name}\n")
+
+
+def backdate(run_dir: Path) -> None:
+    """As if nothing had written to the clone for a day."""
+    day_ago = datetime.now(UTC).timestamp() - 86400
+    for path in (run_dir, run_dir / "integration", run_dir / "integration" / ".git"):
+        os.utime(path, (day_ago, day_ago))
 
 
 def open_run(run_id: str, chain: SnapshotRef, *patches: Patch) -> Run:
@@ -194,18 +219,109 @@ async def test_objects_codeyard_did_not_write_and_a_deposed_leader_delete_nothin
     assert await names(store) == {"reports/run-1.html"}
 
 
+async def delivered_run(integrator: GitIntegrator, repo: Path) -> Run:
+    """Run r1, done: tasks a and b merged in its clone and delivered as codeyard/r1."""
+    tasks = {
+        task_id: Task(spec=TaskSpec(id=task_id, title=task_id), patch=new_file(f"{task_id}.txt"))
+        for task_id in ("a", "b")
+    }
+    run = Run(run_id="r1", goal="g", repo=RepoRef(path=str(repo)), tasks=tasks)
+    run.repo = await integrator.prepare(run)
+    for task_id, task in tasks.items():
+        assert isinstance(await integrator.merge(run, task_id, 1), Merged)
+        task.state = TaskState.MERGED
+    assert (await integrator.integrate(run)).ok
+    return run
+
+
+async def test_a_done_runs_clone_goes_after_the_retention_and_its_branch_stays_usable(
+    bus: Bus, store: ObjectStore, user_repo: Path, tmp_path: Path
+) -> None:
+    integrator = GitIntegrator(tmp_path / "data", artifacts=store)
+    run = await delivered_run(integrator, user_repo)
+    clone = Path(run.repo.snapshot)
+    open_runs = [run]
+
+    async def recorded() -> list[Run]:
+        return [run]
+
+    gc = ArtifactCollector(
+        store,
+        bus.js,
+        open_runs=lambda: open_runs,
+        leading=lambda: True,
+        retention=RETENTION,
+        clones=integrator.root,
+        recorded_runs=recorded,
+    )
+    await asyncio.sleep(PAST_RETENTION)
+    while_open = await gc.collect()
+    assert (while_open.clones, while_open.open_clones) == ([], 1)
+
+    run.state, run.updated_at = RunState.DONE, datetime.now(UTC)
+    open_runs.clear()
+    just_ended = await gc.collect()
+    assert (just_ended.clones, just_ended.recent_clones) == ([], 1)
+    assert clone.is_dir()
+
+    await asyncio.sleep(PAST_RETENTION)
+    dry = await gc.collect(dry_run=True)
+    [listed] = dry.clones
+    assert (listed.run_id, listed.run_state) == ("r1", RunState.DONE)
+    assert listed.path == str(clone.parent)  # the run's directory, with its clone inside
+    assert listed.size > 0
+    assert listed.unused_since == run.updated_at
+    assert clone.is_dir()
+
+    before = clones_deleted("ended")
+    collected = await gc.collect()
+    assert collected.clones == dry.clones
+    assert not clone.parent.exists()
+    assert list(integrator.root.iterdir()) == []
+    assert clones_deleted("ended") == before + 1
+    # the result lives in the user's repository: rollback never needed the clone
+    moved = rollback(user_repo, "r1", "a")
+    assert [commit.subject for commit in moved.dropped] == ["b"]
+
+
+async def test_no_clone_goes_while_the_collector_does_not_lead(
+    bus: Bus, store: ObjectStore, user_repo: Path, tmp_path: Path
+) -> None:
+    integrator = GitIntegrator(tmp_path / "data", artifacts=store)
+    run = await delivered_run(integrator, user_repo)
+    run.state = RunState.DONE
+
+    async def recorded() -> list[Run]:
+        return [run]
+
+    deposed = ArtifactCollector(
+        store,
+        bus.js,
+        open_runs=list,
+        leading=lambda: False,
+        retention=RETENTION,
+        clones=integrator.root,
+        recorded_runs=recorded,
+    )
+    await asyncio.sleep(PAST_RETENTION)
+    assert (await deposed.collect()).clones == []
+    assert Path(run.repo.snapshot).is_dir()
+
+
 @asynccontextmanager
 async def leading(
     bus: Bus, store: ObjectStore, data: Path, first_collection_after: float = 3600.0
 ) -> AsyncIterator[Coordinator]:
+    integrator = GitIntegrator(data, artifacts=store)
     coordinator = Coordinator(
         bus,
         name="coord-gc",
-        integrator=GitIntegrator(data, artifacts=store),
+        integrator=integrator,
         artifacts=store,
         artifact_retention=RETENTION,
         first_collection_after=first_collection_after,
         collect_every=0.2,
+        integration_clones=integrator.root,
     )
     stop = asyncio.Event()
     running = asyncio.create_task(coordinator.run(stop))
@@ -257,6 +373,54 @@ async def test_the_coordinator_collects_what_its_open_runs_no_longer_need(
         collected = await gc(bus)
         assert [found.name for found in collected.deleted] == [bundle]
         assert await names(store) == set()
+
+
+async def test_the_coordinator_removes_the_clones_of_ended_runs_and_of_runs_it_lost(
+    bus: Bus, store: ObjectStore, user_repo: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "data" / "runs"
+    async with leading(bus, store, tmp_path / "data"):
+        for run_id in ("open", "ended"):
+            accepted = await ask(bus, "submit", waiting_for_plan_approval(run_id, user_repo))
+            assert isinstance(accepted, Accepted), accepted
+        # clones of runs cy_runs does not have: one untouched for a day (its run wiped with
+        # the store, say), one just made (a run being submitted is cloned before it is
+        # recorded); and what someone else put there
+        for run_id in ("lost", "new"):
+            (runs / run_id).mkdir()
+            git(runs / run_id, "clone", "-q", str(user_repo), "integration")
+        backdate(runs / "lost")
+        (runs / "notes.txt").write_text("not codeyard's\n")
+        assert isinstance(await ask(bus, "cancel", CancelRun(run_id="ended")), Accepted)
+        await asyncio.sleep(PAST_RETENTION)
+        backdate(runs / "open")  # an open run's clone stays, however long unchanged
+        (runs / "new" / "integration" / "touched").write_text("now\n")
+        os.utime(runs / "new")
+
+        dry = await gc(bus, dry_run=True)
+        assert [(clone.run_id, clone.run_state) for clone in dry.clones] == [
+            ("lost", None),
+            ("ended", RunState.CANCELLED),
+        ]
+        assert (dry.open_clones, dry.recent_clones) == (1, 1)
+        assert sorted(path.name for path in runs.iterdir()) == [
+            "ended",
+            "lost",
+            "new",
+            "notes.txt",
+            "open",
+        ]
+
+        before = clones_deleted("no_run")
+        collected = await gc(bus)
+        assert collected.clones == dry.clones
+        assert sorted(path.name for path in runs.iterdir()) == ["new", "notes.txt", "open"]
+        assert clones_deleted("no_run") == before + 1
+        assert git(runs / "open" / "integration", "status", "--porcelain") == ""
+        # the ended run's record and events are untouched: its report is as before
+        ended = await fetch_run(bus, "ended")
+        report = build_report(ended, await read_run_events(bus, "ended"))
+        assert (report.state, report.result_branch) == (RunState.CANCELLED, "codeyard/ended")
 
 
 async def test_the_leader_collects_periodically_in_the_background(

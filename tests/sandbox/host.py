@@ -1,4 +1,5 @@
-"""Looking at the host from the tests: processes a sandbox may have left behind."""
+"""Looking at the host from the tests: processes a sandbox may have left behind, and what the
+user running them may do."""
 
 from __future__ import annotations
 
@@ -22,3 +23,14 @@ def processes_with(marker: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+CAP_SYS_RESOURCE = 24
+
+
+def may_raise_hard_limits() -> bool:
+    """Whether this process holds CAP_SYS_RESOURCE, which lets it (and an unisolated command it
+    starts) raise a hard rlimit. Being root is not enough: a container may withhold it."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    effective = next(line.split()[1] for line in status if line.startswith("CapEff:"))
+    return bool(int(effective, 16) >> CAP_SYS_RESOURCE & 1)

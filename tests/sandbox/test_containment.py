@@ -16,7 +16,14 @@ import pytest
 from codeyard.sandbox import SANDBOX_WORKDIR, BwrapSandbox, Limits, MiB, Sandbox
 from codeyard.sandbox.disk_guard import free_bytes
 from tests.sandbox.host import Leftovers, processes_with
-from tests.sandbox.workloads import FAST, SLACK_SECONDS, run_python, write_package
+from tests.sandbox.workloads import (
+    FAST,
+    OPEN_TOO_MANY_FILES,
+    SLACK_SECONDS,
+    files_opened,
+    run_python,
+    write_package,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -300,6 +307,20 @@ async def test_the_command_cannot_raise_its_limits(sandbox: Sandbox, tmp_path: P
     assert "RLIMIT_CPU 7 8" in outcome.output
     assert f"RLIMIT_FSIZE {MiB} {MiB}" in outcome.output
     assert "RLIMIT_CORE 0 0" in outcome.output
+
+
+async def test_opening_more_files_than_allowed_fails_with_emfile(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    limits = Limits(wall_seconds=10, memory_bytes=256 * MiB, pids=16, open_files=64)
+    outcome = await run_python(sandbox, tmp_path, OPEN_TOO_MANY_FILES, limits=limits)
+    assert "RLIMIT_NOFILE 64 64" in outcome.output
+    assert "then EMFILE Too many open files" in outcome.output
+    assert 48 < files_opened(outcome.output) < 64  # what Python holds open itself counts too
+    assert "RAISED" not in outcome.output
+    assert "could not raise it" in outcome.output
+    assert outcome.exit_code == 1
+    assert outcome.killed_by_limit == "open_files"
 
 
 async def test_file_size_limit(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Tests of the process backend for what it promises: refusal without an explicit opt-in, and
-the limits (wall time, CPU, memory, file size, output, processes), killing what the command
-leaves behind. It isolates nothing, so the containment tests do not apply to it."""
+the limits (wall time, CPU, memory, file size, open files, output, processes), killing what
+the command leaves behind. It isolates nothing, so the containment tests do not apply to it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 
 from codeyard.sandbox import Limits, MiB, ProcessSandbox, SandboxUnavailable
-from tests.sandbox.host import processes_with
-from tests.sandbox.workloads import FAST, SLACK_SECONDS, run_python, write_package
+from tests.sandbox.host import may_raise_hard_limits, processes_with
+from tests.sandbox.workloads import (
+    FAST,
+    OPEN_TOO_MANY_FILES,
+    SLACK_SECONDS,
+    files_opened,
+    run_python,
+    write_package,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +130,25 @@ async def test_cpu_memory_and_file_size_limits(
     )
     assert big.killed_by_limit == "file_size"
     assert (tmp_path / "big").stat().st_size <= 1 * MiB
+
+
+async def test_opening_more_files_than_allowed_fails_with_emfile(
+    process_sandbox: ProcessSandbox, tmp_path: Path
+) -> None:
+    limits = Limits(wall_seconds=10, memory_bytes=256 * MiB, pids=16, open_files=64)
+    outcome = await run_python(process_sandbox, tmp_path, OPEN_TOO_MANY_FILES, limits=limits)
+    assert "RLIMIT_NOFILE 64 64" in outcome.output
+    assert "then EMFILE Too many open files" in outcome.output
+    assert 48 < files_opened(outcome.output) < 64
+    if may_raise_hard_limits():
+        # Nothing is isolated: the command has codeyard's privileges, so it may raise its own
+        # limits (UNSANDBOXED_RISKS says so); then it opens the file it could not.
+        assert "RAISED 10000 10000" in outcome.output
+        assert outcome.exit_code == 0, outcome.output
+    else:
+        assert "could not raise it" in outcome.output
+        assert outcome.exit_code == 1
+        assert outcome.killed_by_limit == "open_files"
 
 
 async def test_output_is_capped_keeping_the_tail(

@@ -24,6 +24,30 @@ async def run_python(
     return await sandbox.run(workdir, command, limits, env)
 
 
+# Opens /dev/null until the open-files limit says no, then tries to raise that limit.
+OPEN_TOO_MANY_FILES = """
+    import errno, os, resource
+    print("RLIMIT_NOFILE", *resource.getrlimit(resource.RLIMIT_NOFILE), flush=True)
+    files = []
+    try:
+        while len(files) < 10_000:
+            files.append(open(os.devnull))
+    except OSError as exc:
+        print("opened", len(files), "then", errno.errorcode[exc.errno], exc.strerror, flush=True)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (10_000, 10_000))
+        print("RAISED", *resource.getrlimit(resource.RLIMIT_NOFILE))
+    except (ValueError, OSError) as exc:
+        print("could not raise it:", exc)
+    open(os.devnull)  # still at the limit: fails the run
+"""
+
+
+def files_opened(output: str) -> int:
+    """How many files OPEN_TOO_MANY_FILES opened before it was refused."""
+    return int(output.split("opened ")[1].split()[0])
+
+
 def write_package(workdir: Path, assertion: str) -> None:
     """A package `calc` with one test asserting `assertion` (e.g. "add(2, 2) == 4")."""
     (workdir / "calc").mkdir()

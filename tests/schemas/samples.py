@@ -277,6 +277,17 @@ def sample_messages() -> list[Envelope]:
             ],
             referenced=12,
             recent=3,
+            clones=[
+                m.StoredClone(
+                    run_id=RUN_ID,
+                    path=f"/srv/codeyard/runs/{RUN_ID}",
+                    size=48_213_504,
+                    unused_since=SENT_AT,
+                    run_state=RunState.FAILED,
+                )
+            ],
+            open_clones=2,
+            recent_clones=5,
         ),
         m.ControlError(
             **_envelope(task=False, n=27), error="no run with this id", field="$.run_id"
