@@ -69,6 +69,9 @@ async def test_a_run_with_smollm2_ends_well_formed(tmp_path: Path) -> None:
     [final] = status.runs
     assert final.state in (RunState.DONE, RunState.FAILED), output
     assert f"run smoke {final.state}" in output
+    # the model answered (a server that crashes or refuses every call leaves no usage)
+    assert final.usage.calls > 0, output
+    assert final.usage.prompt_tokens > 0, output
     if final.tasks:  # the model produced a plan: it is a valid task graph
         TaskGraph(task.spec for task in final.tasks.values())
     else:  # or the planner gave up, saying why
