@@ -20,6 +20,7 @@ from codeyard.workspace.repo_localizer import RepoLocalizer
 from codeyard.workspace.snapshot_cache import BUNDLES_USE_LOCK, SnapshotCache
 from codeyard.workspace.snapshots import artifact_store, publish_snapshot
 from codeyard.workspace.use_lock import in_use
+from tests.repositories import one_commit_repo
 
 RETENTION = 7 * DAY
 LONG_AGO = time.time() - 30 * DAY
@@ -32,12 +33,7 @@ async def store(bus: Bus) -> ObjectStore:
 
 @pytest.fixture
 async def snapshot(store: ObjectStore, tmp_path: Path) -> SnapshotRef:
-    repo = tmp_path / "source"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "app.py").write_text("print('hello')\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    repo = one_commit_repo(tmp_path / "source", {"app.py": "print('hello')\n"})
     return await publish_snapshot(store, repo, "HEAD")
 
 

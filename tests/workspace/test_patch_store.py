@@ -28,6 +28,7 @@ from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, PatchMissing, inl
 from codeyard.workspace.repo_localizer import RepoLocalizer
 from codeyard.workspace.snapshot_cache import SnapshotCache
 from codeyard.workspace.snapshots import artifact_store
+from tests.repositories import one_commit_repo
 
 BIG = "".join(f"+line {n}\n" for n in range(INLINE_PATCH_CHARS // 8))
 
@@ -83,12 +84,7 @@ async def test_a_worker_sends_large_patches_by_reference_and_reads_them_whole(
 
 async def test_the_integrator_merges_a_stored_patch(bus: Bus, tmp_path: Path) -> None:
     store = await artifact_store(bus.js)
-    repo = tmp_path / "user"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "README.md").write_text("hello\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "initial")
+    repo = one_commit_repo(tmp_path / "user", {"README.md": "hello\n"})
     lines = "".join(f"line {n}\n" for n in range(INLINE_PATCH_CHARS // 8))
     (repo / "big.txt").write_text(lines)
     git(repo, "add", "-N", "big.txt")
