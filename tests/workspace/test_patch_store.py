@@ -24,7 +24,13 @@ from codeyard.schemas import (
 )
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import GitIntegrator
-from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, PatchMissing, inline, offload
+from codeyard.workspace.patch_store import (
+    INLINE_PATCH_CHARS,
+    PatchMissing,
+    by_reference,
+    inline,
+    offload,
+)
 from codeyard.workspace.repo_localizer import RepoLocalizer
 from codeyard.workspace.snapshot_cache import SnapshotCache
 from codeyard.workspace.snapshots import artifact_store
@@ -44,7 +50,12 @@ async def test_small_patches_stay_inline_and_large_ones_are_stored_once(bus: Bus
     assert stored.object_name.startswith("patch/sha256-")
     assert again == stored
     assert len(msgspec.json.encode(stored)) < 200  # what the messages and records carry
-    assert (await inline(store, stored)).text == BIG
+    assert by_reference(stored)
+    assert not by_reference(small)
+
+    inlined = await inline(store, stored)
+    assert inlined.text == BIG
+    assert not by_reference(inlined)  # it keeps the name, but has its text now
     assert await inline(None, small) == small
 
 
