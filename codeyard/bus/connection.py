@@ -124,9 +124,23 @@ class Bus:
         coordinator's, or no authentication); workers only ever look up their consumer."""
         await ensure_topology(self.js, self.topology, roles)
 
+    @property
+    def connected(self) -> bool:
+        """False while the connection to NATS is down (and being retried) or closed."""
+        return bool(self.nc.is_connected)
+
     async def close(self) -> None:
-        if not self.nc.is_closed:
+        """Drain (subscriptions finish what they hold, publishes are flushed), then close; with
+        the connection down there is nothing to drain into (nats-py refuses), so only close."""
+        if self.nc.is_closed:
+            return
+        if self.connected:
             await self.nc.drain()
+            return
+        # Closing writes out what was buffered meanwhile, onto the dead socket: that fails, and
+        # no other way could send it either.
+        with contextlib.suppress(OSError):
+            await self.nc.close()
 
     # --- JetStream -----------------------------------------------------------------------------
 

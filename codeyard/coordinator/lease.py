@@ -9,9 +9,11 @@ wakes from a long pause stops acting before it can touch the bus.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -22,6 +24,8 @@ from codeyard.bus.store import WRONG_LAST_SEQUENCE
 log = logging.getLogger(__name__)
 
 LEASE_KEY = "coordinator"
+# Enough for a deletion on a loaded machine; a lease not released in time expires by its TTL.
+RELEASE_PATIENCE = 1.0
 
 
 class LeaderLease:
@@ -77,20 +81,28 @@ class LeaderLease:
         self._renewed_at = started
         return True
 
-    async def release(self) -> None:
-        """Give the lease up at once so a standby need not wait for the TTL."""
+    async def release(self, patience: float = RELEASE_PATIENCE) -> None:
+        """Give the lease up at once so a standby need not wait for the TTL; unless NATS does
+        not answer within `patience` seconds: a stopping process must not hang on the bus,
+        and the lease then expires by its TTL."""
         if not self._revision:
             return
         revision, self._revision = self._revision, 0
         try:
-            await self._kv.delete(LEASE_KEY, last=revision)
+            async with asyncio.timeout(patience):
+                await self._kv.delete(LEASE_KEY, last=revision)
         except (KeyWrongLastSequenceError, KeyNotFoundError):
-            pass
-        except APIError as exc:
-            # nats-py's delete does not translate "wrong last sequence" as update does: the
-            # lease expired or is someone else's now, so there is nothing of ours to give up
-            if exc.err_code not in WRONG_LAST_SEQUENCE:
-                raise
+            pass  # expired already, perhaps taken by another: not ours to delete
+        except (nats.errors.Error, TimeoutError) as exc:
+            # nats-py's delete does not translate "wrong last sequence" as update does
+            if isinstance(exc, APIError) and exc.err_code in WRONG_LAST_SEQUENCE:
+                return
+            log.warning(
+                "%s could not release the coordinator lease (%s): it expires by its TTL (%g s)",
+                self.holder,
+                str(exc) or "no answer from NATS",
+                self.ttl,
+            )
 
     async def current_holder(self) -> str | None:
         try:

@@ -65,7 +65,7 @@ from codeyard.coordinator.events import (
 )
 from codeyard.coordinator.graph import InvalidPlan, TaskGraph
 from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
-from codeyard.coordinator.lease import LeaderLease
+from codeyard.coordinator.lease import RELEASE_PATIENCE, LeaderLease
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.coordinator.result_events import event_for
 from codeyard.coordinator.run_store import PendingWrite, RunStore, StoredRun, confirm
@@ -252,12 +252,14 @@ class Coordinator:
         lease = self._lease
         try:
             while not stop.is_set():
-                if lease.held() or await self._try_acquire(lease):
+                # While NATS is away every request would wait out its timeout, and a stop too.
+                if self.bus.connected and (lease.held() or await self._try_acquire(lease)):
                     await self._lead(lease, stop)
                 else:
                     await wait_event(stop, lease.renew_interval)
         finally:
-            await lease.release()
+            # Not even trying while NATS is known to be away: nothing would answer.
+            await lease.release(RELEASE_PATIENCE if self.bus.connected else 0.0)
 
     async def _try_acquire(self, lease: LeaderLease) -> bool:
         try:

@@ -41,7 +41,7 @@ from codeyard.schemas import (
     StatusQuery,
     decode,
 )
-from codeyard.workspace.patch_store import PatchMissing, inline
+from codeyard.workspace.patch_store import PatchMissing, by_reference, inline
 from codeyard.workspace.snapshots import artifact_store
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class Dashboard:
         task = run.tasks.get(request.match_info["task_id"]) if run else None
         if run is None or task is None:
             return _not_found("no such run or task")
-        if task.patch is not None and task.patch.object_name and not task.patch.text:
+        if task.patch is not None and by_reference(task.patch):
             task = msgspec.structs.replace(task, patch=await self._patch_text(task.patch))
         return _html(pages.task_page(run, task))
 

@@ -67,7 +67,13 @@ class ForcedTool(Generic[M]):
                 reply=call.arguments,
             )
         try:
-            return self.output.model_validate_json(as_strict_json(call.arguments))
+            arguments = as_strict_json(call.arguments)
+        except json.JSONDecodeError as error:
+            raise BadAnswer(
+                f"the arguments of `{self.name}` are not JSON: {error}", reply=call.arguments
+            ) from error
+        try:
+            return self.output.model_validate_json(arguments)
         except ValidationError as error:
             raise BadAnswer(
                 f"the arguments of `{self.name}` are invalid:\n{describe(error)}",
@@ -92,18 +98,17 @@ class ForcedTool(Generic[M]):
 
 
 def as_strict_json(arguments: str) -> str:
-    """`arguments` with raw control characters inside its strings escaped; anything else as is.
+    """`arguments` with raw control characters inside its strings escaped, or
+    `json.JSONDecodeError` when it is not JSON even so.
 
     Why: llama.cpp's server constrains a tool call with a grammar whose string characters are
     "anything but a quote or a backslash", so a model writing code puts real newlines and tabs
     inside JSON strings, which strict JSON (and pydantic) refuse. What the model meant is not
-    in doubt, so such arguments are read as if escaped rather than sent back for a re-ask.
+    in doubt, so such arguments are read as if escaped rather than sent back for a re-ask. Text
+    that is not JSON at all is refused here, by the lenient reading, because pydantic's strict
+    one would name the first raw control character instead of what really breaks the text.
     """
-    try:
-        value = json.loads(arguments, strict=False)
-    except ValueError:
-        return arguments  # not JSON even leniently: the validation says what is wrong
-    return json.dumps(value)
+    return json.dumps(json.loads(arguments, strict=False))
 
 
 def tool_parameters(output: type[BaseModel]) -> dict[str, Any]:

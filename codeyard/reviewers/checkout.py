@@ -11,6 +11,7 @@ from types import TracebackType
 from codeyard.agents.working_copy import apply_patch, working_copy
 from codeyard.bus.worker import GiveUp
 from codeyard.schemas import ReviewRequest
+from codeyard.workspace.patch_store import by_reference
 
 
 def patched_checkout(request: ReviewRequest) -> PatchedCheckout:
@@ -29,7 +30,7 @@ class PatchedCheckout:
     """See `patched_checkout`."""
 
     def __init__(self, request: ReviewRequest) -> None:
-        if request.patch.object_name and not request.patch.text:
+        if by_reference(request.patch):
             raise GiveUp("patches kept in the object store are not supported by plugins yet")
         self._request = request
         self._stack = ExitStack()

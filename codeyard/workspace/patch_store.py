@@ -38,9 +38,14 @@ async def offload(store: ObjectStore, patch: Patch) -> Patch:
     return Patch(object_name=name, sha256=digest)
 
 
+def by_reference(patch: Patch) -> bool:
+    """Whether `patch` carries only the name of its text in the object store."""
+    return bool(patch.object_name) and not patch.text
+
+
 async def inline(store: ObjectStore | None, patch: Patch) -> Patch:
     """`patch` with its text, fetched (and checked against its sha256) when it is a reference."""
-    if not patch.object_name or patch.text:
+    if not by_reference(patch):
         return patch
     if store is None:
         raise PatchMissing(f"patch {patch.object_name} is in the object store, which is not open")

@@ -16,7 +16,7 @@ import msgspec
 from codeyard.bus.worker import GiveUp, Handler, RetryLater
 from codeyard.schemas import CodeResult, Result, ReviewRequest, TestRequest, WorkItem
 from codeyard.schemas.model import RepoRef
-from codeyard.workspace.patch_store import PatchMissing, inline, offload
+from codeyard.workspace.patch_store import PatchMissing, by_reference, inline, offload
 from codeyard.workspace.snapshot_cache import SnapshotCache
 from codeyard.workspace.snapshots import SnapshotError, SnapshotMissing
 
@@ -30,7 +30,7 @@ class RepoLocalizer:
         self.cache = cache
 
     async def __call__(self, item: WorkItem) -> Result:
-        if isinstance(item, TestRequest | ReviewRequest) and item.patch.object_name:
+        if isinstance(item, TestRequest | ReviewRequest) and by_reference(item.patch):
             try:
                 item = msgspec.structs.replace(
                     item, patch=await inline(self.cache.store, item.patch)

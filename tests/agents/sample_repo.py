@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from tests.repositories import one_commit_repo
+
 SAMPLE_FILES = {
     "README.md": "# calc\n\nA tiny calculator package.\n",
     "pyproject.toml": (
@@ -57,21 +59,9 @@ def git(repo: Path, *args: str, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def write_files(root: Path, files: dict[str, str]) -> None:
-    for relative, content in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-
-
 def create_sample_repo(path: Path) -> Path:
     """A git repository at `path` with SAMPLE_FILES committed on `main`."""
-    path.mkdir(parents=True)
-    git(path, "init", "--quiet", "--initial-branch=main")
-    write_files(path, SAMPLE_FILES)
-    git(path, "add", "--all")
-    git(path, "commit", "--quiet", "--message", "calc: add and sub")
-    return path
+    return one_commit_repo(path, SAMPLE_FILES, message="calc: add and sub")
 
 
 def files_of(root: Path) -> dict[str, bytes]:

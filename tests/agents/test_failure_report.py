@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from codeyard.agents.failure_report import MIN_CHARS, count_tests_run, trim_test_output
-from tests.agents.sample_repo import write_files
+from tests.repositories import write_files
 
 FAILING_TEST = (
     "from calc.ops import add\n"

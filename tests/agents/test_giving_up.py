@@ -14,32 +14,24 @@ from codeyard.llm import OpenAIClient
 from codeyard.schemas import CodeRequest, RepoRef, TaskSpec, Usage
 from codeyard.testing.openai_script import parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
-from codeyard.workspace.git import git
 from tests.llm.scenario import settings
+from tests.repositories import one_commit_repo
 
 NOWHERE = {"kind": "replace", "path": "app.py", "search": "not in the file", "replace": "x"}
-
-
-def repository(path: Path) -> Path:
-    path.mkdir()
-    (path / "app.py").write_text("print('hello')\n")
-    git(path, "init", "-q", "-b", "main")
-    git(path, "add", ".")
-    git(path, "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-q", "-m", "one")
-    return path
 
 
 async def test_a_coder_giving_up_reports_every_answer_it_paid_for(tmp_path: Path) -> None:
     answer = {"summary": "edit", "edits": [NOWHERE]}
     usage = {"prompt_tokens": 100, "completion_tokens": 20}
     script = [{"tool": "submit_edits", "replies": [{"arguments": answer, "usage": usage}]}]
+    repo = one_commit_repo(tmp_path / "repo", {"app.py": "print('hello')\n"})
     request = CodeRequest(
         run_id="r1",
         task_id="t1",
         attempt=1,
         goal="greet",
         task=TaskSpec(id="t1", title="greet", description="greet", files=["app.py"]),
-        repo=RepoRef(path=str(repository(tmp_path / "repo"))),
+        repo=RepoRef(path=str(repo)),
     )
     async with (
         ScriptedOpenAI(parse_script(script)) as server,

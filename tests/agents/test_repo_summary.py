@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from codeyard.agents.repo_summary import KeyFile, detect_test_command, summarize_repo
-from tests.agents.sample_repo import write_files
+from tests.repositories import write_files
 
 
 def test_summary_of_the_sample_repository(sample_repo: Path) -> None:

@@ -16,6 +16,7 @@ from codeyard.bus.embedded import free_port
 from codeyard.schemas import TaskSpec
 from codeyard.workspace.git import git
 from tests.processes import codeyard, start, stop
+from tests.repositories import one_commit_repo
 
 
 @asynccontextmanager
@@ -77,22 +78,9 @@ async def codeyard_up(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
         yield env
 
 
-GIT_ENV = os.environ | {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@localhost",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@localhost",
-}
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    (path / "README.md").write_text("a sample project\n")
-    for command in (["init", "-q"], ["add", "README.md"], ["commit", "-q", "-m", "initial"]):
-        subprocess.run(["git", "-C", str(path), *command], check=True, env=GIT_ENV)
-    return path
+    return one_commit_repo(tmp_path / "repo", {"README.md": "a sample project\n"})
 
 
 def codeyard_run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -47,6 +47,7 @@ from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, offload
 from codeyard.workspace.rollback import rollback
 from codeyard.workspace.snapshots import artifact_store, publish_snapshot
 from tests.coordinator.harness import ask, status
+from tests.repositories import one_commit_repo
 
 RETENTION = 0.3  # seconds
 PAST_RETENTION = 0.5
@@ -59,13 +60,7 @@ async def store(bus: Bus) -> ObjectStore:
 
 @pytest.fixture
 def user_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "user"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "app.py").write_text("print('hello')\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
-    return repo
+    return one_commit_repo(tmp_path / "user", {"app.py": "print('hello')\n"})
 
 
 def commit(repo: Path, name: str, text: str) -> str:

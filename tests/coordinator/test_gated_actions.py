@@ -49,6 +49,7 @@ from codeyard.testing.scripted_worker import new_file_patch
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import GitIntegrator
 from tests.coordinator.harness import ask, run_events, status, wait_until
+from tests.repositories import one_commit_repo
 
 ALLOWED = "python -m pytest -q"
 ASKS = "make integration-test"  # not a known test command: the default policy asks a person
@@ -224,13 +225,7 @@ async def test_the_merge_checkpoint_asks_before_each_merge(bus: Bus, roles: Role
 
 @pytest.fixture
 def user_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "user"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "README.md").write_text("notes\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "initial")
-    return repo
+    return one_commit_repo(tmp_path / "user", {"README.md": "notes\n"})
 
 
 async def test_a_merge_adding_a_secret_goes_back_to_the_coder(

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from codeyard.workspace.git import git
 from tests.e2e.stack import FIXTURE
+from tests.repositories import one_commit_repo
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     path = tmp_path / "calc"
     shutil.copytree(FIXTURE, path)
-    git(path, "init", "-q")
-    git(path, "add", ".")
-    git(path, "commit", "-q", "-m", "initial")
-    return path
+    return one_commit_repo(path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +20,6 @@ from codeyard.coordinator.graph import TaskGraph
 from codeyard.follow import ask_coordinator
 from codeyard.llm.local import smollm2_model
 from codeyard.schemas import RunState, RunStatus, StatusQuery
-from codeyard.workspace.git import git
-from tests.e2e.stack import FIXTURE
 from tests.processes import start, stop
 
 pytestmark = pytest.mark.skipif(
@@ -31,12 +28,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-async def test_a_run_with_smollm2_ends_well_formed(tmp_path: Path) -> None:
-    repo = tmp_path / "calc"
-    shutil.copytree(FIXTURE, repo)
-    git(repo, "init", "-q")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "initial")
+async def test_a_run_with_smollm2_ends_well_formed(repo: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_"))}
     env |= {

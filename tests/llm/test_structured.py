@@ -71,7 +71,7 @@ async def test_invalid_answer_is_reasked_with_the_validation_error() -> None:
     ("reply", "problem"),
     [
         ({"text": "Sure! Here is a plan."}, f"instead of calling the function `{TOOL}`"),
-        ({"raw_arguments": '{"title": "auth", "steps": ['}, "- arguments: Invalid JSON"),
+        ({"raw_arguments": '{"title": "auth", "steps": ['}, "not JSON: Expecting value"),
         ({"arguments": VALID, "call": "other_tool"}, "you called `other_tool`"),
         ({"arguments": {"title": "auth", "steps": []}}, "- steps: List should have at least 1"),
     ],
@@ -86,6 +86,37 @@ async def test_each_kind_of_bad_answer_is_named_in_the_reask(
 
     assert done.attempts == 2
     assert problem in reask
+
+
+async def test_text_that_is_not_json_is_reasked_with_where_it_breaks() -> None:
+    # a raw newline (read leniently, see below) and then a missing comma: strict JSON would
+    # complain about the newline, which is not what needs fixing
+    raw = '{"title": "two\nlines" "steps": ["one"]}'
+    script = [{"tool": TOOL, "replies": [{"raw_arguments": raw}, {"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        done = await ask(server)
+        *_, answer, reask = server.requests[1].body["messages"]
+
+    assert done.attempts == 2
+    assert answer == {"role": "assistant", "content": raw}
+    assert reask["content"].startswith(
+        f"That answer could not be used: the arguments of `{TOOL}` are not JSON: "
+        "Expecting ',' delimiter: line 2 column 8 (char 22)\n"
+    )
+    assert "control character" not in reask["content"]
+
+
+async def test_json_of_the_wrong_shape_is_reasked_with_the_validation_error() -> None:
+    # raw tabs inside strings are read leniently: what is wrong is the shape, and it is said
+    raw = '{"title": "a\tb", "steps": "one"}'
+    script = [{"tool": TOOL, "replies": [{"raw_arguments": raw}, {"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        done = await ask(server)
+        reask = server.requests[1].body["messages"][-1]["content"]
+
+    assert done.attempts == 2
+    assert f"`{TOOL}` are invalid:\n- steps: Input should be a valid array" in reask
+    assert "control character" not in reask
 
 
 async def test_gives_up_after_max_reasks_with_the_last_error() -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from codeyard.sandbox import BwrapSandbox
-from tests.agents.sample_repo import create_sample_repo, git, write_files
+from tests.agents.sample_repo import create_sample_repo, git
+from tests.repositories import write_files
 
 
 @pytest.fixture(scope="session")

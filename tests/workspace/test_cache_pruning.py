@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from codeyard.workspace.repo_localizer import RepoLocalizer
 from codeyard.workspace.snapshot_cache import BUNDLES_USE_LOCK, SnapshotCache
 from codeyard.workspace.snapshots import artifact_store, publish_snapshot
 from codeyard.workspace.use_lock import in_use
+from tests.repositories import one_commit_repo
 
 RETENTION = 7 * DAY
 LONG_AGO = time.time() - 30 * DAY
@@ -32,18 +34,35 @@ async def store(bus: Bus) -> ObjectStore:
 
 @pytest.fixture
 async def snapshot(store: ObjectStore, tmp_path: Path) -> SnapshotRef:
-    repo = tmp_path / "source"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "app.py").write_text("print('hello')\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    repo = one_commit_repo(tmp_path / "source", {"app.py": "print('hello')\n"})
     return await publish_snapshot(store, repo, "HEAD")
 
 
 def last_used_long_ago(*paths: Path) -> None:
     for path in paths:
         os.utime(path, (LONG_AGO, LONG_AGO))
+
+
+@pytest.fixture
+def cache(store: ObjectStore, tmp_path: Path) -> SnapshotCache:
+    return SnapshotCache(store, tmp_path / "cache")
+
+
+@dataclass(frozen=True)
+class Cached:
+    """What the cache holds of the snapshot: its repository and the bundle it came from."""
+
+    repository: Path
+    bundle: Path
+
+
+@pytest.fixture
+async def long_unused(cache: SnapshotCache, snapshot: SnapshotRef) -> Cached:
+    """The snapshot fetched into the cache, then neither file used for longer than RETENTION."""
+    repository = await cache.prepare(snapshot)
+    bundle = cache.bundle_path(snapshot.root)
+    last_used_long_ago(repository, bundle)
+    return Cached(repository, bundle)
 
 
 async def gone(path: Path) -> None:
@@ -59,16 +78,11 @@ def prune(cache: SnapshotCache) -> list[Path]:
 
 
 async def test_what_was_not_used_for_the_retention_is_removed_and_fetched_again_when_needed(
-    store: ObjectStore, snapshot: SnapshotRef, tmp_path: Path
+    cache: SnapshotCache, long_unused: Cached, snapshot: SnapshotRef, tmp_path: Path
 ) -> None:
-    cache = SnapshotCache(store, tmp_path / "cache")
-    repository = await cache.prepare(snapshot)
-    bundle = cache.bundle_path(snapshot.root)
-    last_used_long_ago(repository, bundle)
-
-    assert prune(cache) == [repository, bundle]
-    assert not repository.exists()
-    assert not bundle.exists()
+    assert prune(cache) == [long_unused.repository, long_unused.bundle]
+    assert not long_unused.repository.exists()
+    assert not long_unused.bundle.exists()
     assert list((cache.root / "repos").iterdir()) == []  # no renamed leftover either
 
     cache.downloaded.clear()
@@ -78,26 +92,20 @@ async def test_what_was_not_used_for_the_retention_is_removed_and_fetched_again_
 
 
 async def test_what_was_used_recently_stays(
-    store: ObjectStore, snapshot: SnapshotRef, tmp_path: Path
+    cache: SnapshotCache, long_unused: Cached, snapshot: SnapshotRef
 ) -> None:
-    cache = SnapshotCache(store, tmp_path / "cache")
-    repository = await cache.prepare(snapshot)
-    bundle = cache.bundle_path(snapshot.root)
-    last_used_long_ago(repository, bundle)
-
     await cache.prepare(snapshot)  # using the repository again marks it used
     # the bundle is not read again once imported: it is what goes
-    assert prune(cache) == [bundle]
-    assert repository.is_dir()
+    assert prune(cache) == [long_unused.bundle]
+    assert long_unused.repository.is_dir()
 
     await cache.prepare(snapshot)
     assert prune(cache) == []
 
 
 async def test_a_repository_in_use_stays_however_old_and_its_checkout_keeps_working(
-    store: ObjectStore, snapshot: SnapshotRef, tmp_path: Path
+    cache: SnapshotCache, store: ObjectStore, snapshot: SnapshotRef, tmp_path: Path
 ) -> None:
-    cache = SnapshotCache(store, tmp_path / "cache")
     # a second instance on the same directory stands for another worker process
     other_process = SnapshotCache(store, tmp_path / "cache")
     async with other_process.using(snapshot) as repository:
@@ -117,23 +125,17 @@ async def test_a_repository_in_use_stays_however_old_and_its_checkout_keeps_work
 
 
 async def test_bundles_stay_while_any_is_being_fetched_or_imported(
-    store: ObjectStore, snapshot: SnapshotRef, tmp_path: Path
+    cache: SnapshotCache, long_unused: Cached
 ) -> None:
-    cache = SnapshotCache(store, tmp_path / "cache")
-    repository = await cache.prepare(snapshot)
-    bundle = cache.bundle_path(snapshot.root)
-    last_used_long_ago(repository, bundle)
-
     async with in_use(cache.root / "locks" / BUNDLES_USE_LOCK):  # another process importing
-        assert prune(cache) == [repository]
-        assert bundle.is_file()
-    assert prune(cache) == [bundle]
+        assert prune(cache) == [long_unused.repository]
+        assert long_unused.bundle.is_file()
+    assert prune(cache) == [long_unused.bundle]
 
 
 async def test_a_worker_keeps_the_repository_of_the_item_it_handles(
-    store: ObjectStore, snapshot: SnapshotRef, tmp_path: Path
+    cache: SnapshotCache, snapshot: SnapshotRef
 ) -> None:
-    cache = SnapshotCache(store, tmp_path / "cache")
     pruned_meanwhile: list[list[Path]] = []
 
     async def handler(item: WorkItem) -> Result:
@@ -151,14 +153,11 @@ async def test_a_worker_keeps_the_repository_of_the_item_it_handles(
 
 
 async def test_a_worker_prunes_when_it_starts_and_then_periodically(
-    store: ObjectStore, snapshot: SnapshotRef, tmp_path: Path
+    cache: SnapshotCache, long_unused: Cached, snapshot: SnapshotRef
 ) -> None:
-    cache = SnapshotCache(store, tmp_path / "cache")
-    repository = await cache.prepare(snapshot)
-    last_used_long_ago(repository, cache.bundle_path(snapshot.root))
     pruning = asyncio.create_task(prune_periodically(cache.root, RETENTION, interval=0.05))
     try:
-        await gone(repository)
+        await gone(long_unused.repository)
         repository = await cache.prepare(snapshot)  # fetched again, then unused for long
         last_used_long_ago(repository)
         await gone(repository)

@@ -17,17 +17,12 @@ from codeyard.schemas import FeedbackKind, Patch, RepoRef, Run, Task, TaskSpec, 
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import GitIntegrator, commit_message
 from codeyard.workspace.regression import SandboxedSuite
+from tests.repositories import one_commit_repo
 
 
 @pytest.fixture
 def user_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "user"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "app.py").write_text("def greet():\n    return 'hello'\n")
-    git(repo, "add", "app.py")
-    git(repo, "commit", "-q", "-m", "initial")
-    return repo
+    return one_commit_repo(tmp_path / "user", {"app.py": "def greet():\n    return 'hello'\n"})
 
 
 def patch_of(repo: Path, path: str, content: str) -> Patch:
@@ -137,16 +132,13 @@ def test_a_commit_message_tells_what_changed_and_how_it_was_checked() -> None:
 @pytest.fixture
 def tested_repo(tmp_path: Path) -> Path:
     """A repository whose suite (python -m pytest) passes."""
-    repo = tmp_path / "tested"
-    (repo / "tests").mkdir(parents=True)
-    (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
-    (repo / "tests" / "test_calc.py").write_text(
-        "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
-    )
-    git(repo, "init", "-q")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "initial")
-    return repo
+    files = {
+        "calc.py": "def add(a, b):\n    return a + b\n",
+        "tests/test_calc.py": (
+            "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+        ),
+    }
+    return one_commit_repo(tmp_path / "tested", files)
 
 
 async def test_a_merge_that_breaks_the_suite_is_reverted_and_sent_back(

@@ -24,10 +24,17 @@ from codeyard.schemas import (
 )
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import GitIntegrator
-from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, PatchMissing, inline, offload
+from codeyard.workspace.patch_store import (
+    INLINE_PATCH_CHARS,
+    PatchMissing,
+    by_reference,
+    inline,
+    offload,
+)
 from codeyard.workspace.repo_localizer import RepoLocalizer
 from codeyard.workspace.snapshot_cache import SnapshotCache
 from codeyard.workspace.snapshots import artifact_store
+from tests.repositories import one_commit_repo
 
 BIG = "".join(f"+line {n}\n" for n in range(INLINE_PATCH_CHARS // 8))
 
@@ -43,7 +50,12 @@ async def test_small_patches_stay_inline_and_large_ones_are_stored_once(bus: Bus
     assert stored.object_name.startswith("patch/sha256-")
     assert again == stored
     assert len(msgspec.json.encode(stored)) < 200  # what the messages and records carry
-    assert (await inline(store, stored)).text == BIG
+    assert by_reference(stored)
+    assert not by_reference(small)
+
+    inlined = await inline(store, stored)
+    assert inlined.text == BIG
+    assert not by_reference(inlined)  # it keeps the name, but has its text now
     assert await inline(None, small) == small
 
 
@@ -83,12 +95,7 @@ async def test_a_worker_sends_large_patches_by_reference_and_reads_them_whole(
 
 async def test_the_integrator_merges_a_stored_patch(bus: Bus, tmp_path: Path) -> None:
     store = await artifact_store(bus.js)
-    repo = tmp_path / "user"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "README.md").write_text("hello\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "initial")
+    repo = one_commit_repo(tmp_path / "user", {"README.md": "hello\n"})
     lines = "".join(f"line {n}\n" for n in range(INLINE_PATCH_CHARS // 8))
     (repo / "big.txt").write_text(lines)
     git(repo, "add", "-N", "big.txt")

@@ -9,17 +9,13 @@ import pytest
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import task_trailer
 from codeyard.workspace.rollback import RollbackError, rollback, task_commits
+from tests.repositories import one_commit_repo
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A user's repository on main, with a result branch `codeyard/r1` of tasks a, b, c."""
-    path = tmp_path / "user"
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    (path / "app.py").write_text("x = 1\n")
-    git(path, "add", "app.py")
-    git(path, "commit", "-q", "-m", "initial")
+    path = one_commit_repo(tmp_path / "user", {"app.py": "x = 1\n"})
     git(path, "branch", "codeyard/r1")
     clone = tmp_path / "integration"
     git(tmp_path, "clone", "-q", "-b", "codeyard/r1", str(path), clone.name)

@@ -24,6 +24,7 @@ from codeyard.workspace.snapshots import (
     artifact_store,
     publish_snapshot,
 )
+from tests.repositories import one_commit_repo
 
 # incompressible, so that the full bundle is clearly larger than an increment
 BINARY = random.Random(6).randbytes(40_000) + b"\x00\xff" * 100
@@ -38,16 +39,11 @@ async def store(bus: Bus) -> ObjectStore:
 def repo(tmp_path: Path) -> Path:
     repo = tmp_path / "source"
     repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "app.py").write_text("print('hello')\n")
     (repo / "data.bin").write_bytes(BINARY)
     (repo / "run.sh").write_text("#!/bin/sh\necho run\n")
     (repo / "run.sh").chmod(0o755)
-    (repo / "pkg").mkdir()
-    for i in range(20):
-        (repo / "pkg" / f"module{i}.py").write_text(f"VALUE = {i}\n" + "# filler\n" * 200)
-    commit_all(repo, "initial")
-    return repo
+    modules = {f"pkg/module{i}.py": f"VALUE = {i}\n" + "# filler\n" * 200 for i in range(20)}
+    return one_commit_repo(repo, {"app.py": "print('hello')\n", **modules})
 
 
 def commit_all(repo: Path, message: str) -> str:
