@@ -143,14 +143,7 @@ class FollowUp:
     event: Event
 
 
-@dataclass
-class StepFailed:
-    """Wakes the inbox loop when the previous step could not be made durable."""
-
-    error: BaseException
-
-
-Input = Msg | ControlCall | FollowUp | StepFailed
+Input = Msg | ControlCall | FollowUp
 
 
 @dataclass
@@ -166,15 +159,6 @@ class Commit:
     cancellations: list[WorkCancelled] = field(default_factory=list)
     acks: list[Msg] = field(default_factory=list)
     replies: list[tuple[ControlCall, Envelope]] = field(default_factory=list)
-
-
-@dataclass
-class Sent:
-    """A commit whose messages are on their way, waiting for the server to confirm them."""
-
-    commit: Commit
-    writes: list[PendingWrite]
-    published: list[Pending]
 
 
 @dataclass
@@ -372,7 +356,7 @@ class Coordinator:
             self._open[stored.run.run_id] = open_run
             # The previous leader may or may not have sent these; ids make re-sends harmless.
             self._execute(open_run, engine.outstanding_work(), commit, resend=True)
-        await self._settle(await self._send(commit))
+        await self._flush(commit)
         log.info("%s resumed %d open runs", self.name, len(self._open))
 
     # --- inputs -------------------------------------------------------------------------------
@@ -444,57 +428,30 @@ class Coordinator:
         return await self._store.headers()
 
     async def _process_inbox(self) -> None:
-        """Steps overlap by one: a step's inputs are applied while the previous step's messages
-        wait for their acks from the server, which is about half of a step's time. It is sent
-        only once the previous one is confirmed, as its writes name the revisions that step
-        made; nothing of it is acked or answered before it is durable itself."""
-        settling: asyncio.Task[None] | None = None
-        inbox = self._inbox  # this leadership's: a later one has its own
-
-        def wake_on_failure(settled: asyncio.Task[None]) -> None:
-            if not settled.cancelled() and (error := settled.exception()) is not None:
-                inbox.put_nowait(StepFailed(error))
-
-        try:
-            while True:
-                batch = [await inbox.get()]
-                started = time.monotonic()
-                while len(batch) < self.batch_size and not inbox.empty():
-                    batch.append(inbox.get_nowait())
-                commit = await self._step(batch)
-                if settling is not None:
-                    await settling  # raises what made the previous step fail
-                sent = await self._send(commit)
-                settling = asyncio.create_task(self._settle(sent))
-                settling.add_done_callback(wake_on_failure)
-                self.stats.steps += 1
-                metrics.COORDINATOR_STEP_SECONDS.observe(time.monotonic() - started)
-        finally:
-            if settling is not None and not settling.done():
-                settling.cancel()  # its inputs stay unacked: they come back to the next leader
-
-    async def _step(self, batch: list[Input]) -> Commit:
-        """Apply a batch of inputs to the engines: what must become durable before they are
-        acked or answered."""
-        commit = Commit()
-        now = datetime.now(UTC)
-        for item in batch:
-            if isinstance(item, Msg):
-                self._on_result_message(item, commit, now)
-            elif isinstance(item, FollowUp):
-                if open_run := self._open.get(item.run_id):
-                    self._apply(open_run, item.event, commit, now)
-            elif isinstance(item, StepFailed):
-                raise item.error
-            else:
-                reply = await self._on_control(item.request, commit, now)
-                commit.replies.append((item, reply))
-        while inline := [m for m in commit.merges if self._inline(m[0])]:
-            commit.merges = [m for m in commit.merges if m not in inline]
-            for run_id, work in inline:
-                open_run = self._open[run_id]
-                self._apply(open_run, await self._outcome(open_run, work), commit, now)
-        return commit
+        while True:
+            batch = [await self._inbox.get()]
+            started = time.monotonic()
+            while len(batch) < self.batch_size and not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            commit = Commit()
+            now = datetime.now(UTC)
+            for item in batch:
+                if isinstance(item, Msg):
+                    self._on_result_message(item, commit, now)
+                elif isinstance(item, FollowUp):
+                    if open_run := self._open.get(item.run_id):
+                        self._apply(open_run, item.event, commit, now)
+                else:
+                    reply = await self._on_control(item.request, commit, now)
+                    commit.replies.append((item, reply))
+            while inline := [m for m in commit.merges if self._inline(m[0])]:
+                commit.merges = [m for m in commit.merges if m not in inline]
+                for run_id, work in inline:
+                    open_run = self._open[run_id]
+                    self._apply(open_run, await self._outcome(open_run, work), commit, now)
+            await self._flush(commit)
+            self.stats.steps += 1
+            metrics.COORDINATOR_STEP_SECONDS.observe(time.monotonic() - started)
 
     def _inline(self, run_id: str) -> bool:
         open_run = self._open.get(run_id)
@@ -606,9 +563,8 @@ class Coordinator:
                 case Ignored():
                     pass
 
-    async def _send(self, commit: Commit) -> Sent:
-        """Send everything the step must make durable, without waiting for the acks (but for
-        approvals first: see below)."""
+    async def _flush(self, commit: Commit) -> None:
+        """Make the step durable (pipelined), then ack and answer its inputs."""
         assert self._store is not None
         assert self._approvals is not None
         if self._lease is not None and not self._lease.held():
@@ -636,14 +592,8 @@ class Coordinator:
         for subject, message in commit.messages:
             headers = {MSG_ID_HEADER: message.msg_id}
             published.append(await pipeline.publish(subject, encode(message), headers))
-        return Sent(commit, writes, published)
-
-    async def _settle(self, sent: Sent) -> None:
-        """Wait until the step is durable, then ack and answer its inputs and start what it
-        released (cancellation notices, background merges)."""
-        commit, pipeline = sent.commit, self._pipeline
-        await confirm(pipeline, sent.writes)
-        for outcome in await pipeline.wait(sent.published, 10):
+        await confirm(pipeline, writes)
+        for outcome in await pipeline.wait(published, 10):
             if isinstance(outcome, BaseException):
                 raise outcome
         for msg in commit.acks:
