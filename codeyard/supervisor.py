@@ -14,7 +14,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from codeyard.event_wait import wait_event
+from codeyard.cancellation import wait_event
 
 log = logging.getLogger(__name__)
 

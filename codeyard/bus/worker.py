@@ -27,6 +27,7 @@ from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.presence import PresenceAnnouncer
 from codeyard.bus.topology import ensure_role_consumer
+from codeyard.cancellation import stop_tasks
 from codeyard.observability import metrics
 from codeyard.observability.context import enter_work
 from codeyard.schemas.codec import MessageError, decode
@@ -247,9 +248,7 @@ class PullWorker:
             await cancellations.unsubscribe()
             if inflight:
                 _, pending = await asyncio.wait(inflight, timeout=grace)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await stop_tasks(pending)
             self._heartbeats.close()
 
     async def _handle(self, msg: Msg) -> None:

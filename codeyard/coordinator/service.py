@@ -32,6 +32,7 @@ from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
 from codeyard.bus.pipeline import Pending, PublishError
 from codeyard.bus.store import StaleRevision, VersionedStore
 from codeyard.bus.topology import DAY
+from codeyard.cancellation import stop_tasks, wait_event
 from codeyard.coordinator.artifact_collector import (
     COLLECT_INTERVAL,
     FIRST_COLLECTION_AFTER,
@@ -76,7 +77,6 @@ from codeyard.coordinator.work_items import (
     work_cancelled,
     work_item,
 )
-from codeyard.event_wait import wait_event
 from codeyard.observability import metrics
 from codeyard.observability.consumer_gauges import ConsumerGauges
 from codeyard.observability.context import working_on
@@ -267,11 +267,11 @@ class Coordinator:
             self.leading.set()
             metrics.COORDINATOR_LEADING.set(1)
             session = [
-                asyncio.create_task(self._keep_lease(lease, lost)),
-                asyncio.create_task(self._fetch_results(lost)),
-                asyncio.create_task(self._process_inbox()),
-                asyncio.create_task(self._expire_approvals()),
-                asyncio.create_task(self._observe()),
+                asyncio.create_task(self._keep_lease(lease, lost), name="keep lease"),
+                asyncio.create_task(self._fetch_results(lost), name="fetch results"),
+                asyncio.create_task(self._process_inbox(), name="process inbox"),
+                asyncio.create_task(self._expire_approvals(), name="expire approvals"),
+                asyncio.create_task(self._observe(), name="observe"),
                 *self._collection(),
                 asyncio.create_task(stop.wait()),
                 asyncio.create_task(lost.wait()),
@@ -289,9 +289,7 @@ class Coordinator:
             lost.set()  # ends the session's loops even if one missed its cancellation
             self.leading.clear()
             metrics.COORDINATOR_LEADING.set(0)
-            for task in session:
-                task.cancel()
-            await asyncio.gather(*session, return_exceptions=True)
+            await stop_tasks(session)
             for subscription in subscriptions:
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()

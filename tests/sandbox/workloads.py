@@ -43,9 +43,13 @@ OPEN_TOO_MANY_FILES = """
 """
 
 
-def files_opened(output: str) -> int:
-    """How many files OPEN_TOO_MANY_FILES opened before it was refused."""
-    return int(output.split("opened ")[1].split()[0])
+def assert_refused_files_beyond(output: str, limit: int) -> None:
+    """OPEN_TOO_MANY_FILES ran under an open-files limit of `limit` and was refused near it
+    (what Python holds open itself counts too)."""
+    assert f"RLIMIT_NOFILE {limit} {limit}" in output
+    assert "then EMFILE Too many open files" in output
+    opened = int(output.split("opened ")[1].split()[0])
+    assert limit - 16 < opened < limit
 
 
 def write_package(workdir: Path, assertion: str) -> None:

@@ -1,0 +1,45 @@
+"""Waiting and stopping that a cancellation always ends.
+
+Python 3.11's `asyncio.wait_for` swallows a cancellation that arrives just after what it waits
+for completed: it returns the result instead of raising `CancelledError` (fixed in 3.12). A loop
+around it then runs on after its task was cancelled. That hung a coordinator stepping down
+after a NATS restart: the loop fetching its results never stopped, so it never led again.
+codeyard waits with `asyncio.timeout`, which has no such flaw (ruff bans `wait_for`); but
+nats-py waits with `wait_for` inside its requests, so a task cancelled just as a reply comes
+runs on: `stop_tasks` cancels again until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Whether `event` is set within `timeout` seconds."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], patience: float = 1.0) -> None:
+    """Cancel `tasks` and wait until every one has ended; one still running after `patience`
+    seconds lost its cancellation and is cancelled again. Their outcomes are dropped."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=patience)
+        if pending:
+            names = ", ".join(sorted(task.get_name() for task in pending))
+            log.warning("ran on after being cancelled, cancelling again: %s", names)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: asyncio would otherwise log it as never retrieved
