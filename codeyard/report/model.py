@@ -110,13 +110,14 @@ def build_report(run: Run, events: Sequence[RunEvent]) -> RunReport:
     gates = _gates(mine)
     order = {task_id: index for index, task_id in enumerate(run.tasks)}
     tasks = sorted(run.tasks.values(), key=lambda task: (depths[task.spec.id], order[task.spec.id]))
+    delivered = run.state is RunState.DONE  # only a finished run has its branch in the repo
     return RunReport(
         run_id=run.run_id,
         goal=run.goal,
         state=run.state,
         error=run.error,
         repo_path=run.repo.path,
-        result_branch=result_branch(run.run_id) if run.repo.path else "",
+        result_branch=result_branch(run.run_id) if run.repo.path and delivered else "",
         created_at=run.created_at,
         finished_at=_finished_at(run, mine),
         usage=run.usage,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+import msgspec
+
 from codeyard.report import build_report, render_html, render_markdown
 from codeyard.report.graph_svg import layout
 from codeyard.report.markdown import code_span
 from codeyard.report.model import dependency_depths
-from codeyard.schemas import Run, Task, TaskSpec, TaskState, Usage
+from codeyard.schemas import Run, RunState, Task, TaskSpec, TaskState, Usage
 from tests.report.sample_run import HOSTILE, sample_events, sample_run
 
 
@@ -24,6 +26,8 @@ def test_the_report_model_orders_dedups_and_totals() -> None:
     ]
     assert report.edges == (("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"))
     assert report.result_branch == "codeyard/r7"
+    failed = msgspec.structs.replace(sample_run(), state=RunState.FAILED)
+    assert build_report(failed, sample_events()).result_branch == ""  # it delivered none
     assert report.duration is not None
     assert report.duration.total_seconds() == 95
     b = report.tasks[1]
