@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
@@ -33,6 +34,13 @@ TASK_TRAILER = "Codeyard-Task"
 # `<data dir>/runs/<run_id>/integration`: each run's directory holds its clone.
 RUNS_DIR = "runs"
 CLONE_DIR = "integration"
+
+
+def _origin(clone: Path) -> str:
+    try:
+        return git(clone, "config", "--get", "remote.origin.url").strip()
+    except GitError:  # no origin at all
+        return ""
 
 
 def result_branch(run_id: str) -> str:
@@ -94,6 +102,10 @@ class GitIntegrator:
         # Changed now, even when the clone is there already: garbage collection leaves a clone
         # of a run not recorded yet alone only while it looks recently changed.
         os.utime(target.parent)
+        if (target / ".git").exists() and _origin(target) != run.repo.path:
+            # A clone left by an earlier run of this id on another repository (its record
+            # lost with the NATS store): merging onto it would deliver that repository's code.
+            shutil.rmtree(target)
         if not (target / ".git").exists():
             git(target.parent, "clone", "--quiet", "--no-hardlinks", run.repo.path, target.name)
             git(target, "checkout", "--quiet", "-B", result_branch(run.run_id))

@@ -111,6 +111,21 @@ async def test_merges_of_one_run_may_arrive_together(user_repo: Path, tmp_path: 
     assert git(clone, "status", "--porcelain") == ""
 
 
+async def test_a_clone_left_by_a_run_of_the_same_id_on_another_repository_is_replaced(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """The run's record was lost (a wiped NATS store), its clone was not: the id is reused."""
+    other = one_commit_repo(tmp_path / "other", {"secret.py": "TOKEN = 1\n"})
+    integrator = GitIntegrator(tmp_path / "data")
+    await integrator.prepare(run_with(other))
+
+    run = run_with(user_repo)
+    run.repo = await integrator.prepare(run)
+    clone = integrator.integration_dir("r1")
+    assert sorted(path.name for path in clone.iterdir() if path.name != ".git") == ["app.py"]
+    assert run.repo.head == git(user_repo, "rev-parse", "HEAD").strip()
+
+
 def test_a_commit_message_tells_what_changed_and_how_it_was_checked() -> None:
     task = Task(
         spec=TaskSpec(id="auth", title="Add JWT auth", description="the plan's words"),
