@@ -60,4 +60,6 @@ def local_server_command(model: Path, port: int, host: str = "127.0.0.1") -> lis
         "8192",
         "--model_alias",
         "smollm2",
+        "--verbose",  # llama.cpp's timings of every call would fill the `codeyard up` log
+        "false",
     ]
