@@ -1,5 +1,5 @@
 """nats-server restarted mid-run (same port, same file store): nothing is lost, nothing redone;
-and a coordinator stopped while nats-server is down stops at once, and cleanly."""
+and a coordinator or a worker stopped while nats-server is down stops at once, and cleanly."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.presence import listen_for_workers
 from codeyard.schemas import RunStatus, StatusQuery
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import ask, child_env, processes, submit
@@ -81,3 +82,40 @@ async def test_a_coordinator_stopped_while_nats_server_is_down_exits_cleanly_at_
     assert took < STOPS_WITHIN, f"took {took:.1f} s to stop: {logged[-2000:]}"
     assert "could not release the coordinator lease" in logged
     assert "cannot reach NATS" not in logged
+
+
+async def test_a_worker_stopped_while_nats_server_is_down_exits_cleanly_at_once(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    stderr = tmp_path / "worker.log"
+    env = child_env(server.url) | {"CODEYARD_DATA_DIR": str(tmp_path / "data")}
+    async with server:
+        bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
+        try:
+            await bus.setup()
+            with stderr.open("wb") as log:
+                worker = await asyncio.create_subprocess_exec(
+                    *(sys.executable, "-m", "codeyard", "worker", "review", "--name", "static"),
+                    env=env,
+                    stderr=log,
+                )
+            try:
+                for _ in range(30):  # it serves once it announces itself
+                    heard = await listen_for_workers(bus, window=1.0)
+                    if any(presence.role == "review.static" for presence in heard):
+                        break
+                else:
+                    raise AssertionError(f"the worker never announced itself: {stderr.read_text()}")
+                await asyncio.to_thread(server.stop)
+                await asyncio.sleep(1)  # it notices the server is gone
+                stopping = time.monotonic()
+            finally:
+                await stop(worker)  # SIGTERM
+            took = time.monotonic() - stopping
+        finally:
+            await bus.close()
+
+    logged = stderr.read_text()
+    assert worker.returncode == 0, logged
+    assert took < STOPS_WITHIN, f"took {took:.1f} s to stop: {logged[-2000:]}"
