@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -14,6 +13,7 @@ from rich.console import Console
 
 from codeyard.bus import Bus
 from codeyard.bus.subjects import EVENT_STREAM, ctl_subject, events_subject
+from codeyard.cancellation import stop_tasks
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.schemas import (
     Accepted,
@@ -216,9 +216,7 @@ async def submit_and_follow(
             await finished.wait()
     finally:
         if polling is not None:
-            polling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await polling
+            await stop_tasks([polling])  # it loops on nats-py requests
         await subscription.unsubscribe()
     status = await ask_coordinator(bus, "status", StatusQuery(run_id=submit.run_id))
     if not isinstance(status, RunStatus):

@@ -8,11 +8,11 @@ event by a moment, so a nudge looks a few times before concluding there is nothi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from codeyard.bus import Bus
+from codeyard.cancellation import stop_tasks
 from codeyard.follow import RunRefused, ask_coordinator
 from codeyard.progress.view import WAITING_RUN_STATES
 from codeyard.schemas import (
@@ -88,9 +88,7 @@ class InlineApprovals:
 
     async def close(self) -> None:
         if self._checking is not None:
-            self._checking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checking
+            await stop_tasks([self._checking])  # it loops on nats-py requests
 
     async def _check(self) -> None:
         while True:
