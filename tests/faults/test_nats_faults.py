@@ -52,17 +52,32 @@ async def test_restarting_nats_server_mid_run_loses_and_repeats_nothing(tmp_path
         recovery.finished_twice(log)
 
 
+async def child(tmp_path: Path, server: EmbeddedNats, *args: str) -> asyncio.subprocess.Process:
+    """`codeyard ARGS` on `server`, its log in tmp_path/child.log."""
+    env = child_env(server.url) | {"CODEYARD_DATA_DIR": str(tmp_path / "data")}
+    with (tmp_path / "child.log").open("wb") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "codeyard", *args, env=env, stderr=log
+        )
+
+
+async def seconds_to_stop_during_outage(
+    server: EmbeddedNats, process: asyncio.subprocess.Process
+) -> float:
+    """Stop nats-server, give `process` a moment to notice, then SIGTERM it: how long it took."""
+    await asyncio.to_thread(server.stop)
+    await asyncio.sleep(1)
+    stopping = time.monotonic()
+    await stop(process)
+    return time.monotonic() - stopping
+
+
 async def test_a_coordinator_stopped_while_nats_server_is_down_exits_cleanly_at_once(
     tmp_path: Path,
 ) -> None:
     server = EmbeddedNats(tmp_path / "nats")  # this test's own: the session's must stay up
-    stderr = tmp_path / "coordinator.log"
-    env = child_env(server.url) | {"CODEYARD_DATA_DIR": str(tmp_path / "data")}
     async with server:
-        with stderr.open("wb") as log:
-            coordinator = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "codeyard", "coordinator", env=env, stderr=log
-            )
+        coordinator = await child(tmp_path, server, "coordinator")
         try:
             bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
             try:
@@ -70,14 +85,11 @@ async def test_a_coordinator_stopped_while_nats_server_is_down_exits_cleanly_at_
             finally:
                 await bus.close()
             assert isinstance(reply, RunStatus)  # only a leader answers: it holds the lease
-            await asyncio.to_thread(server.stop)
-            await asyncio.sleep(1)  # it notices the server is gone
-            stopping = time.monotonic()
+            took = await seconds_to_stop_during_outage(server, coordinator)
         finally:
-            await stop(coordinator)  # SIGTERM
-        took = time.monotonic() - stopping
+            await stop(coordinator)
 
-    logged = stderr.read_text()
+    logged = (tmp_path / "child.log").read_text()
     assert coordinator.returncode == 0, logged
     assert took < STOPS_WITHIN, f"took {took:.1f} s to stop: {logged[-2000:]}"
     assert "could not release the coordinator lease" in logged
@@ -88,34 +100,23 @@ async def test_a_worker_stopped_while_nats_server_is_down_exits_cleanly_at_once(
     tmp_path: Path,
 ) -> None:
     server = EmbeddedNats(tmp_path / "nats")
-    stderr = tmp_path / "worker.log"
-    env = child_env(server.url) | {"CODEYARD_DATA_DIR": str(tmp_path / "data")}
     async with server:
         bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
+        await bus.setup()
+        worker = await child(tmp_path, server, "worker", "review", "--name", "static")
         try:
-            await bus.setup()
-            with stderr.open("wb") as log:
-                worker = await asyncio.create_subprocess_exec(
-                    *(sys.executable, "-m", "codeyard", "worker", "review", "--name", "static"),
-                    env=env,
-                    stderr=log,
-                )
-            try:
-                for _ in range(30):  # it serves once it announces itself
-                    heard = await listen_for_workers(bus, window=1.0)
-                    if any(presence.role == "review.static" for presence in heard):
-                        break
-                else:
-                    raise AssertionError(f"the worker never announced itself: {stderr.read_text()}")
-                await asyncio.to_thread(server.stop)
-                await asyncio.sleep(1)  # it notices the server is gone
-                stopping = time.monotonic()
-            finally:
-                await stop(worker)  # SIGTERM
-            took = time.monotonic() - stopping
-        finally:
+            for _ in range(30):  # it serves once it announces itself
+                heard = await listen_for_workers(bus, window=1.0)
+                if any(presence.role == "review.static" for presence in heard):
+                    break
+            else:
+                raise AssertionError("the worker never announced itself")
             await bus.close()
+            took = await seconds_to_stop_during_outage(server, worker)
+        finally:
+            await stop(worker)
+            await bus.close()  # if it did not get as far
 
-    logged = stderr.read_text()
+    logged = (tmp_path / "child.log").read_text()
     assert worker.returncode == 0, logged
     assert took < STOPS_WITHIN, f"took {took:.1f} s to stop: {logged[-2000:]}"
