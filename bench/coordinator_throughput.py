@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from graphlib import TopologicalSorter
 from pathlib import Path
 
 from nats.aio.msg import Msg
@@ -251,10 +252,12 @@ async def main() -> None:
                     n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items() if pid
                 }
                 figures.peak_rss_kib = memory_kib(coordinator.pid)["VmHWM"]
-            idle_p50s = []
+            idle_p50s, chain_task_seconds = [], []
             for seed in range(args.runs):
                 latencies.clear()
-                await one_run(bus, 100, 100 + seed, sequential=True)
+                chain_task_seconds.append(
+                    await one_run(bus, 100, 100 + seed, sequential=True) / 100
+                )
                 idle_p50s.append(percentile(latencies, 0.5))
         finally:
             stop.set()
@@ -264,19 +267,32 @@ async def main() -> None:
             await bus.close()
 
     print(f"machine: {os.cpu_count()} cores; nats-server file store; {args.runs} runs, medians")
+    alone = statistics.median(chain_task_seconds)
     for figures in sizes:
-        print_size(figures, args.capacity, baseline_rate)
+        print_size(figures, args.capacity, baseline_rate, alone)
     for tasks, size in too_big.items():
         print(
             f"DAG: {tasks} tasks: skipped, its SubmitRun is {size} bytes, over the "
             f"{MAX_MESSAGE_BYTES}-byte message limit (a plan travels in one message)"
         )
     idle_p50 = statistics.median(idle_p50s) * 1000
+    print(f"one task alone, end to end (100-task chain): {alone * 1000:.2f} ms")
     print(f"dispatch latency p50 on a 100-task chain (one task in flight): {idle_p50:.2f} ms")
     print(f"baseline nats req/reply: {baseline_rate:8.0f} req/s, p50 {baseline_p50 * 1000:.2f} ms")
 
 
-def print_size(figures: SizeFigures, capacity: int, baseline_rate: float) -> None:
+def critical_path(plan: list[TaskSpec]) -> int:
+    """Tasks on the DAG's longest dependency chain."""
+    graph = {spec.id: set(spec.deps) for spec in plan}
+    depth: dict[str, int] = {}
+    for task_id in TopologicalSorter(graph).static_order():
+        depth[task_id] = 1 + max((depth[dep] for dep in graph[task_id]), default=0)
+    return max(depth.values(), default=0)
+
+
+def print_size(
+    figures: SizeFigures, capacity: int, baseline_rate: float, alone_seconds: float
+) -> None:
     tasks, runs = figures.tasks, len(figures.durations)
     rate = tasks / statistics.median(figures.durations)
     print(f"DAG: {tasks} tasks, capacity {capacity}, no-op coder/tester/reviewer")
@@ -285,11 +301,20 @@ def print_size(figures: SizeFigures, capacity: int, baseline_rate: float) -> Non
     print(f"dispatch latency p99:    {statistics.median(figures.p99s) * 1000:8.2f} ms")
     print(f"ratio tasks/s to baseline req/s: {rate / baseline_rate:.2f}")
     total_tasks = tasks * runs
+    depth = statistics.median(critical_path(random_plan(tasks, seed=seed)) for seed in range(runs))
     per_task = ", ".join(
         f"{name} {seconds / total_tasks * 1e6:.0f}" for name, seconds in figures.cpu.items()
     )
     wall = sum(figures.durations) / total_tasks * 1e6
     print(f"CPU per task (us): {per_task}; wall {wall:.0f}")
+    cpu_per_task = sum(figures.cpu.values()) / total_tasks
+    cores = os.cpu_count() or 1
+    print(
+        f"bounds: CPU {cores / cpu_per_task:.0f} tasks/s ({cores} cores all busy; they were "
+        f"{cpu_per_task * 1e6 / wall / cores:.0%} busy); critical path "
+        f"{tasks / (depth * alone_seconds):.0f} tasks/s ({depth} tasks deep, one task alone "
+        f"{alone_seconds * 1000:.2f} ms)"
+    )
     scope = "since start" if figures.peak_is_lifetime else "during these runs"
     print(
         f"coordinator peak RSS ({scope}): {figures.peak_rss_kib / 1024:.0f} MiB "

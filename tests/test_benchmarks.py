@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.coordinator_throughput import chain, critical_path
 from bench.schedule_efficiency import latencies_for, simulate
+from codeyard.schemas import TaskSpec
 from codeyard.testing.dags import random_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,19 @@ def test_makespan_is_never_below_the_lower_bound(coders: int, fifo: bool) -> Non
         assert outcome.makespan <= outcome.total_work * (1 + 1e-9)
         if coders == 1:  # one coder, never idle while work is ready: exactly the total work
             assert math.isclose(outcome.makespan, outcome.total_work)
+
+
+def test_the_critical_path_counts_the_longest_dependency_chain() -> None:
+    assert critical_path(chain(7)) == 7
+    diamond = [
+        TaskSpec(id="d", title="d", deps=["b", "c"]),
+        TaskSpec(id="b", title="b", deps=["a"]),
+        TaskSpec(id="c", title="c", deps=["a"]),
+        TaskSpec(id="a", title="a"),
+    ]
+    assert critical_path(diamond) == 3
+    assert critical_path([TaskSpec(id=f"t{i}", title="t") for i in range(5)]) == 1
+    assert 1 < critical_path(random_plan(300, seed=1)) < 300
 
 
 @pytest.mark.parametrize(
