@@ -98,3 +98,29 @@ async def test_a_dropped_connection_fails_waiting_publishes_at_once(tmp_path: Pa
         [outcome] = await asyncio.wait_for(waiting, 10)  # not the 60 s timeout
         assert isinstance(outcome, ConnectionError)
         await bus.nc.close()
+
+
+async def test_a_server_that_stops_answering_is_noticed_and_reconnected_to(tmp_path: Path) -> None:
+    """SIGSTOP keeps the TCP connection open with nobody answering, as a frozen host or a cut
+    network does: the bus notices after a few unanswered pings, and reconnects once it answers."""
+    with EmbeddedNats(tmp_path) as server:
+        assert server.pid is not None
+        bus = await Bus.connect(server.url, ping_interval=0.2)
+        try:
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                for _ in range(50):  # 4 pings unanswered: about 0.8 s
+                    if not bus.connected:
+                        break
+                    await asyncio.sleep(0.1)
+                assert not bus.connected
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            for _ in range(50):
+                if bus.connected:
+                    break
+                await asyncio.sleep(0.1)
+            assert bus.connected
+            await bus.nc.flush(timeout=5)  # and it works again
+        finally:
+            await bus.close()
