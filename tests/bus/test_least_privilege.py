@@ -53,7 +53,7 @@ from codeyard.schemas import (
 from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, inline, offload
 from codeyard.workspace.snapshots import artifact_store
 from tests.conftest import TEST_TOPOLOGY
-from tests.coordinator.harness import ask, status
+from tests.coordinator.harness import ask, running_coordinator, status
 
 REFUSAL_LOGGER = "codeyard.bus.connection"
 
@@ -101,12 +101,8 @@ async def connect(
 async def coordinator(connect: Callable[[str], Awaitable[Bus]]) -> AsyncIterator[Coordinator]:
     """The real coordinator, connected as the coordinator user."""
     coordinator = Coordinator(await connect("coordinator"), name="coord-secured", capacity=4)
-    stop = asyncio.Event()
-    running = asyncio.create_task(coordinator.run(stop))
-    await asyncio.wait_for(coordinator.leading.wait(), 10)
-    yield coordinator
-    stop.set()
-    await asyncio.wait_for(running, 10)
+    async with running_coordinator(coordinator):
+        yield coordinator
 
 
 async def refusal(caplog: pytest.LogCaptureFixture, subject: str, timeout: float = 5.0) -> str:

@@ -16,6 +16,7 @@ from codeyard.bus import Bus
 from codeyard.bus.subjects import EVENT_STREAM, LEADER_BUCKET, events_subject
 from codeyard.coordinator.lease import LEASE_KEY
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
+from codeyard.coordinator.service import Coordinator
 from codeyard.follow import ask_coordinator
 from codeyard.schemas import (
     ControlError,
@@ -80,6 +81,19 @@ class Processes:
             if process.returncode is None:
                 process.kill()
             await process.wait()
+
+
+@asynccontextmanager
+async def running_coordinator(coordinator: Coordinator) -> AsyncIterator[Coordinator]:
+    """`coordinator` run in this process: entered once it leads, stopped on leaving."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(coordinator.run(stop))
+    try:
+        await asyncio.wait_for(coordinator.leading.wait(), 10)
+        yield coordinator
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
 
 
 @asynccontextmanager

@@ -46,7 +46,7 @@ from codeyard.workspace.integration import GitIntegrator
 from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, offload
 from codeyard.workspace.rollback import rollback
 from codeyard.workspace.snapshots import artifact_store, publish_snapshot
-from tests.coordinator.harness import ask, status
+from tests.coordinator.harness import ask, running_coordinator, status
 from tests.repositories import one_commit_repo
 
 RETENTION = 0.3  # seconds
@@ -318,14 +318,8 @@ async def leading(
         collect_every=0.2,
         integration_clones=integrator.root,
     )
-    stop = asyncio.Event()
-    running = asyncio.create_task(coordinator.run(stop))
-    await asyncio.wait_for(coordinator.leading.wait(), 10)
-    try:
+    async with running_coordinator(coordinator):
         yield coordinator
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
 
 
 async def gc(bus: Bus, dry_run: bool = False) -> ArtifactsCollected:
@@ -438,14 +432,7 @@ async def test_the_leader_collects_periodically_in_the_background(
 
 
 async def test_a_coordinator_without_an_artifacts_store_refuses_to_collect(bus: Bus) -> None:
-    coordinator = Coordinator(bus, name="coord-plain")
-    stop = asyncio.Event()
-    running = asyncio.create_task(coordinator.run(stop))
-    await asyncio.wait_for(coordinator.leading.wait(), 10)
-    try:
+    async with running_coordinator(Coordinator(bus, name="coord-plain")):
         reply = await ask(bus, "gc", CollectArtifacts())
-        assert isinstance(reply, ControlError)
-        assert "no artifacts store" in reply.error
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
+    assert isinstance(reply, ControlError)
+    assert "no artifacts store" in reply.error

@@ -39,18 +39,13 @@ from codeyard.schemas import (
     decode,
 )
 from codeyard.testing.scripted_worker import Script
-from tests.coordinator.harness import ask, run_events, status, wait_until
+from tests.coordinator.harness import ask, run_events, running_coordinator, status, wait_until
 
 
 @pytest.fixture
 async def coordinator(bus: Bus) -> AsyncIterator[Coordinator]:
-    coordinator = Coordinator(bus, name="coord-test", capacity=4)
-    stop = asyncio.Event()
-    running = asyncio.create_task(coordinator.run(stop))
-    await asyncio.wait_for(coordinator.leading.wait(), 10)
-    yield coordinator
-    stop.set()
-    await asyncio.wait_for(running, 10)
+    async with running_coordinator(Coordinator(bus, name="coord-test", capacity=4)) as coordinator:
+        yield coordinator
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ from codeyard.schemas import (
 from codeyard.testing.scripted_worker import new_file_patch
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import GitIntegrator
-from tests.coordinator.harness import ask, run_events, status, wait_until
+from tests.coordinator.harness import ask, run_events, running_coordinator, status, wait_until
 from tests.repositories import one_commit_repo
 
 ALLOWED = "python -m pytest -q"
@@ -107,14 +107,8 @@ async def coordinating(
     coordinator = Coordinator(
         bus, name="coord-test", integrator=integrator, approval_timeout=approval_timeout
     )
-    stop = asyncio.Event()
-    running = asyncio.create_task(coordinator.run(stop))
-    await asyncio.wait_for(coordinator.leading.wait(), 10)
-    try:
+    async with running_coordinator(coordinator):
         yield coordinator
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
 
 
 async def wait_for_task(bus: Bus, run_id: str, task_id: str, state: TaskState) -> Run:

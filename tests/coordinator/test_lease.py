@@ -8,6 +8,7 @@ from codeyard.bus import Bus
 from codeyard.bus.subjects import LEADER_BUCKET
 from codeyard.coordinator.lease import LEASE_KEY, LeaderLease
 from codeyard.coordinator.service import Coordinator
+from tests.coordinator.harness import running_coordinator
 
 
 async def test_only_one_holder_and_takeover_after_ttl(bus: Bus) -> None:
@@ -67,11 +68,9 @@ async def test_releasing_a_lease_that_expired_and_changed_hands_is_harmless(bus:
 async def test_a_coordinator_that_lost_its_lease_leads_again_once_it_is_free(bus: Bus) -> None:
     """Losing the lease ends the leadership session cleanly (every loop of it stops), and the
     coordinator goes back to contending: after a NATS restart it is the one that takes over."""
-    coordinator = Coordinator(bus, name="coord-relead", capacity=4)
-    stop = asyncio.Event()
-    running = asyncio.create_task(coordinator.run(stop))
-    try:
-        await asyncio.wait_for(coordinator.leading.wait(), 10)
+    async with running_coordinator(
+        Coordinator(bus, name="coord-relead", capacity=4)
+    ) as coordinator:
         kv = await bus.js.key_value(LEADER_BUCKET)
         await kv.delete(LEASE_KEY)
         thief = await LeaderLease.open(bus.js, "coord-thief")
@@ -85,6 +84,3 @@ async def test_a_coordinator_that_lost_its_lease_leads_again_once_it_is_free(bus
         await thief.release()
         await asyncio.wait_for(coordinator.leading.wait(), 10)
         assert await thief.current_holder() == "coord-relead"
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)

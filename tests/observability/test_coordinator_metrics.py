@@ -13,19 +13,15 @@ from codeyard.bus import Bus
 from codeyard.bus.subjects import result_subject
 from codeyard.coordinator.service import Coordinator
 from codeyard.schemas import CodeResult, Patch, TaskSpec
-from tests.coordinator.harness import submit
+from tests.coordinator.harness import running_coordinator, submit
 from tests.observability.samples import Delta, value
 
 
 @pytest.fixture
 async def coordinator(bus: Bus) -> AsyncIterator[Coordinator]:
     coordinator = Coordinator(bus, name="coord-metrics", capacity=4, metrics_interval=0.1)
-    stop = asyncio.Event()
-    running = asyncio.create_task(coordinator.run(stop))
-    await asyncio.wait_for(coordinator.leading.wait(), 10)
-    yield coordinator
-    stop.set()
-    await asyncio.wait_for(running, 10)
+    async with running_coordinator(coordinator):
+        yield coordinator
 
 
 async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
