@@ -14,7 +14,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from codeyard.cancellation import wait_event
+from codeyard.cancellation import stop_tasks, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,7 @@ class Supervisor:
             await stop.wait()
         finally:
             await self._stop_all()
-            for keeper in keepers:
-                keeper.cancel()
-            await asyncio.gather(*keepers, return_exceptions=True)
+            await stop_tasks(keepers)
 
     async def _keep(self, state: ChildState, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
