@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
@@ -25,15 +24,15 @@ from codeyard.coordinator.events import Integrated, Merged, MergeFailed, ParkTas
 from codeyard.coordinator.integrator import LedgerIntegrator
 from codeyard.schemas.model import FeedbackKind, RepoRef, Run, Task, TaskState
 from codeyard.workspace.git import GitError, git
+from codeyard.workspace.integration_clones import CLONE_DIR, remove_clone
 from codeyard.workspace.patch_store import inline
 from codeyard.workspace.regression import RegressionSuite
 from codeyard.workspace.snapshots import publish_snapshot
 
 # The trailer of each task's commit on the result branch; `rollback` finds tasks by it.
 TASK_TRAILER = "Codeyard-Task"
-# `<data dir>/runs/<run_id>/integration`: each run's directory holds its clone.
+# `<data dir>/runs/<run_id>/integration` (CLONE_DIR): each run's directory holds its clone.
 RUNS_DIR = "runs"
-CLONE_DIR = "integration"
 
 
 def _origin(clone: Path) -> str:
@@ -98,14 +97,14 @@ class GitIntegrator:
 
     def _prepare(self, run: Run) -> None:
         target = self.integration_dir(run.run_id)
+        if (target / ".git").exists() and _origin(target) != run.repo.path:
+            # A clone left by an earlier run of this id on another repository (its record
+            # lost with the NATS store): merging onto it would deliver that repository's code.
+            remove_clone(target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Changed now, even when the clone is there already: garbage collection leaves a clone
         # of a run not recorded yet alone only while it looks recently changed.
         os.utime(target.parent)
-        if (target / ".git").exists() and _origin(target) != run.repo.path:
-            # A clone left by an earlier run of this id on another repository (its record
-            # lost with the NATS store): merging onto it would deliver that repository's code.
-            shutil.rmtree(target)
         if not (target / ".git").exists():
             git(target.parent, "clone", "--quiet", "--no-hardlinks", run.repo.path, target.name)
             git(target, "checkout", "--quiet", "-B", result_branch(run.run_id))

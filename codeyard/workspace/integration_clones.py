@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from codeyard.schemas.envelope import ID_PATTERN
-from codeyard.workspace.integration import CLONE_DIR
 
+CLONE_DIR = "integration"  # inside the run's directory
 REMOVING_SUFFIX = ".removing"
 _RUN_ID = re.compile(ID_PATTERN)
 
