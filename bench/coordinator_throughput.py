@@ -37,6 +37,7 @@ from nats.errors import NoRespondersError
 from codeyard.bus import Bus, EmbeddedNats, PullWorker, Topology
 from codeyard.bus.subjects import ctl_subject, events_subject
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
+from codeyard.gc_tuning import tune_gc_for_service
 from codeyard.schemas import (
     MAX_MESSAGE_BYTES,
     Accepted,
@@ -207,6 +208,7 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per size")
     parser.add_argument("--capacity", type=int, default=256)
     args = parser.parse_args()
+    tune_gc_for_service()  # the workers here run as services do (`codeyard worker`)
 
     with tempfile.TemporaryDirectory() as store, EmbeddedNats(Path(store)) as server:
         topology = Topology(ack_wait=30)

@@ -1008,9 +1008,11 @@ def _serve(
     """Run a long-lived service with logs on stderr: bad configuration exits 2, an unreachable
     NATS exits 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from codeyard.gc_tuning import tune_gc_for_service
     from codeyard.observability.log_format import configure_logging
 
     configure_logging(Settings().log_format)  # CODEYARD_LOG_FORMAT: text or json
+    tune_gc_for_service()
     try:
         asyncio.run(service)
     except bad_configuration as exc:

@@ -26,6 +26,7 @@ from codeyard.bus import permissions, subjects
 from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.presence import PresenceAnnouncer
+from codeyard.bus.result_sender import ResultSender
 from codeyard.bus.topology import ensure_role_consumer
 from codeyard.cancellation import stop_tasks
 from codeyard.observability import metrics
@@ -176,7 +177,7 @@ class PullWorker:
         self.stats = WorkerStats()
         self._handled = metrics.WORK_HANDLED.labels(self.role)
         self._failed = metrics.WORK_FAILED.labels(self.role)
-        self._result_subject = subjects.result_subject(self.role)
+        self._results = ResultSender(bus.pipeline, subjects.result_subject(self.role))
         self._consumer = subjects.consumer_name(self.role)
         self._heartbeats = Heartbeats(bus.topology.ack_wait / 3)
         self._handler_seconds = {
@@ -372,7 +373,7 @@ class PullWorker:
             msg_id=result_msg_id(item.msg_id),
         )
         try:
-            await self.bus.publish(self._result_subject, result)
+            await self._results.send(result)
             await msg.ack()
         except Exception as exc:
             log.warning(

@@ -100,6 +100,8 @@ from codeyard.schemas.messages import (
     PendingApproval,
     PlanResult,
     Result,
+    ResultBatch,
+    ResultMessage,
     ReviewResult,
     RunStatus,
     StatusQuery,
@@ -463,9 +465,8 @@ class Coordinator:
 
     def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         commit.acks.append(msg)
-        self.stats.results += 1
         try:
-            result: Result = decode(msg.data, Result)
+            message: ResultMessage = decode(msg.data, ResultMessage)
         except MessageError as exc:
             payload = bytes(msg.data)
             commit.messages.append(
@@ -482,6 +483,11 @@ class Coordinator:
             )
             metrics.COORDINATOR_RESULTS.labels("malformed").inc()
             return
+        for result in message.results if isinstance(message, ResultBatch) else (message,):
+            self._on_result(result, commit, now)
+
+    def _on_result(self, result: Result, commit: Commit, now: datetime) -> None:
+        self.stats.results += 1
         open_run = self._open.get(result.run_id)
         if open_run is None:
             self.stats.ignored += 1

@@ -77,10 +77,11 @@ FAMILIES: tuple[Family, ...] = (
         f"Work for a role, published by the coordinator on `{WORK_ADDRESS}`.",
     ),
     Family(
-        "Result",
-        messages.Result,
+        "ResultMessage",
+        messages.ResultMessage,
         RESULT_ADDRESS,
-        f"A worker's result, published to the coordinator on `{RESULT_ADDRESS}`.",
+        f"A worker's result, or several in a `ResultBatch`, published to the coordinator on "
+        f"`{RESULT_ADDRESS}`.",
     ),
     Family(
         "GateMessage",
@@ -229,7 +230,7 @@ def _id_parameter(what: str, examples: list[str]) -> JsonObject:
 
 def _channels() -> JsonObject:
     work = family("WorkItem")
-    result = family("Result")
+    result = family("ResultMessage")
     events = family("RunEvent")
     control = family("Control")
     reply = family("ControlReply")
@@ -366,7 +367,7 @@ def _operation(
 
 def _operations() -> JsonObject:
     work = family("WorkItem").members
-    results = family("Result").members
+    results = family("ResultMessage").members
     events = family("RunEvent").members
     check = (messages.ActionCheck,)
     decision = ("gateCheckReply", (messages.GateDecision,))

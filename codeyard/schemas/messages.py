@@ -1,11 +1,11 @@
 """Every message that crosses the bus, grouped into one tagged union per subject family.
 
-| family      | subjects               | union          |
-|-------------|------------------------|----------------|
-| work        | cy.work.<role>         | `WorkItem`     |
-| result      | cy.result.<role>       | `Result`       |
-| gate        | cy.gate.check (req/rep)| `GateMessage`  |
-| events      | cy.events.<run_id>     | `RunEvent`     |
+| family      | subjects               | union           |
+|-------------|------------------------|-----------------|
+| work        | cy.work.<role>         | `WorkItem`      |
+| result      | cy.result.<role>       | `ResultMessage` |
+| gate        | cy.gate.check (req/rep)| `GateMessage`   |
+| events      | cy.events.<run_id>     | `RunEvent`      |
 | control     | cy.ctl.* (req/rep)     | `Control`, replies `ControlReply` |
 | presence    | cy.presence.<role>     | `WorkerPresence` (core NATS, not stored) |
 """
@@ -127,6 +127,19 @@ class ApprovalNeeded(Envelope, kw_only=True, frozen=True):
 
 
 Result = PlanResult | CodeResult | TestResult | ReviewResult | WorkFailed | ApprovalNeeded
+
+
+class ResultBatch(Envelope, kw_only=True, frozen=True):
+    """Results that one worker finished at the same moment, stored and delivered as one
+    message: a worker running many handlers at once saves a publish, its ack, a delivery and
+    the coordinator's ack per result. Each result keeps its own ids; the batch's `msg_id` is
+    derived from theirs, and its `run_id` is empty (the results may be of several runs)."""
+
+    results: Annotated[tuple[Result, ...], msgspec.Meta(min_length=1)]
+
+
+ResultMessage = Result | ResultBatch
+"""What `cy.result.<role>` carries: one result, or a batch of them."""
 
 
 # --- safety gate: request/reply on cy.gate.check ----------------------------------------------

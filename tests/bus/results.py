@@ -1,4 +1,5 @@
-"""Reading results the way the coordinator does: from its durable consumer on CY_RESULTS."""
+"""Reading results the way the coordinator does: from its durable consumer on CY_RESULTS, a
+`ResultBatch` unpacked into its results."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import nats.errors
 
 from codeyard.bus import Bus
 from codeyard.bus.subjects import COORDINATOR_CONSUMER, RESULT_STREAM
-from codeyard.schemas import Result, decode
+from codeyard.schemas import Result, ResultBatch, ResultMessage, decode
 
 
 async def collect_results(bus: Bus, count: int, timeout: float = 20.0) -> list[Result]:
@@ -29,7 +30,8 @@ async def collect_results(bus: Bus, count: int, timeout: float = 20.0) -> list[R
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             for msg in batch:
-                results.append(decode(msg.data, Result))
+                message = decode(msg.data, ResultMessage)
+                results += message.results if isinstance(message, ResultBatch) else [message]
                 await msg.ack()
     finally:
         await subscription.unsubscribe()

@@ -59,6 +59,10 @@ def malformed_results(run_id: str) -> dict[bytes, str]:
         json({"type": "CodeResult", "run_id": run_id, "task_id": "t0", "attempt": 1}): (
             "missing required field `patch`"
         ),
+        json({"type": "ResultBatch", "results": []}): "length >= 1",
+        json({"type": "ResultBatch", "results": [{"type": "CodeResult"}]}): (
+            "missing required field `patch`"
+        ),
     }
 
 

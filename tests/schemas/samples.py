@@ -197,6 +197,13 @@ def sample_messages() -> list[Envelope]:
             detail="make integration-test",
             reason="not a known test command",
         ),
+        m.ResultBatch(
+            **(_envelope(task=False, n=43) | {"run_id": ""}),  # its results may be of several runs
+            results=(
+                m.TestResult(**_envelope(1, n=44), passed=True, output="3 passed", tests_run=3),
+                m.ReviewResult(**_envelope(1, n=45), approved=True),
+            ),
+        ),
         check,
         decision,
         m.RunStateChanged(

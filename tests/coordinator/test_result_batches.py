@@ -1,0 +1,74 @@
+"""A `ResultBatch` is applied result by result, whatever runs they are of."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from codeyard.bus import Bus
+from codeyard.bus.result_sender import ResultSender
+from codeyard.bus.subjects import WORK_STREAM, consumer_name, result_subject
+from codeyard.coordinator.service import Coordinator
+from codeyard.schemas import CodeRequest, CodeResult, Patch, SubmitRun, TaskSpec, TaskState, decode
+from tests.coordinator.harness import ask, running_coordinator, status
+
+
+@pytest.fixture
+async def coordinator(bus: Bus) -> AsyncIterator[Coordinator]:
+    async with running_coordinator(Coordinator(bus, name="coord-test")) as coordinator:
+        yield coordinator
+
+
+async def work_for_coders(bus: Bus, count: int) -> list[CodeRequest]:
+    """Take `count` work items off the coders' queue, as a coder would (acked: nobody else
+    gets them)."""
+    subscription = await bus.js.pull_subscribe_bind(
+        durable=consumer_name("coder"), stream=WORK_STREAM
+    )
+    items: list[CodeRequest] = []
+    try:
+        while len(items) < count:
+            for msg in await subscription.fetch(count - len(items), timeout=10):
+                items.append(decode(msg.data, CodeRequest))
+                await msg.ack()
+    finally:
+        await subscription.unsubscribe()
+    return items
+
+
+async def test_the_results_of_a_batch_each_move_their_own_task(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    for run_id in ("r1", "r2"):
+        plan = [TaskSpec(id="only", title="the one task")]
+        await ask(bus, "submit", SubmitRun(run_id=run_id, goal="g", plan=plan))
+    items = await work_for_coders(bus, 2)
+    assert sorted(item.run_id for item in items) == ["r1", "r2"]
+
+    sender = ResultSender(bus.pipeline, result_subject("coder"))
+    await asyncio.gather(
+        *(
+            sender.send(
+                CodeResult(
+                    run_id=item.run_id,
+                    task_id=item.task_id,
+                    attempt=item.attempt,
+                    patch=Patch(text=f"+ for {item.run_id}"),
+                )
+            )
+            for item in items
+        )
+    )
+
+    for run_id in ("r1", "r2"):
+        for _ in range(100):
+            task = (await status(bus, run_id)).tasks["only"]
+            if task.state is TaskState.TESTING:
+                break
+            await asyncio.sleep(0.05)
+        assert task.state is TaskState.TESTING
+        assert task.patch is not None
+        assert task.patch.text == f"+ for {run_id}"
+    assert coordinator.stats.results == 2
