@@ -51,6 +51,7 @@ STREAMS = (
     subjects.WORK_STREAM,
     subjects.RESULT_STREAM,
     subjects.EVENT_STREAM,
+    subjects.JOURNAL_STREAM,
     f"KV_{subjects.RUNS_BUCKET}",
     f"KV_{subjects.APPROVALS_BUCKET}",
     f"KV_{subjects.LEADER_BUCKET}",
@@ -160,6 +161,21 @@ def _kv(bucket: str, *, scan: bool = False) -> tuple[str, ...]:
     return grants
 
 
+def _journal() -> tuple[str, ...]:
+    """Append to runs' journals, read them back (last entry, entries after a sequence) and
+    purge them (`codeyard.coordinator.run_store`)."""
+    stream = subjects.JOURNAL_STREAM
+    return (
+        subjects.journal_subject(">"),
+        f"{JS_API}.STREAM.INFO.{stream}",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+        f"{JS_API}.STREAM.PURGE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.>",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.>",
+    )
+
+
 def _objects(bucket: str, *, write: bool = False, purge: bool = False) -> tuple[str, ...]:
     """Read (info, get through an ordered consumer) one object store; with `write`, put new
     objects (chunks and metadata) too; with `purge`, also replace and delete them (which purges
@@ -210,6 +226,7 @@ def _coordinator() -> Grants:
             *topology,
             *results,
             *_kv(subjects.RUNS_BUCKET, scan=True),
+            *_journal(),
             *_kv(subjects.APPROVALS_BUCKET, scan=True),
             *_kv(subjects.LEADER_BUCKET),
             *_objects(subjects.ARTIFACTS_BUCKET, write=True, purge=True),

@@ -11,6 +11,7 @@ import re
 WORK_STREAM = "CY_WORK"
 RESULT_STREAM = "CY_RESULTS"
 EVENT_STREAM = "CY_EVENTS"
+JOURNAL_STREAM = "CY_JOURNAL"
 
 RUNS_BUCKET = "cy_runs"
 APPROVALS_BUCKET = "cy_approvals"
@@ -40,6 +41,11 @@ def check_role(role: str) -> str:
             "or review.<name> (lowercase letters, digits, _ and -)"
         )
     return role
+
+
+def journal_subject(run_id: str) -> str:
+    """Where the coordinator journals a run's changes between checkpoints to `cy_runs`."""
+    return f"cy.journal.{run_id}"
 
 
 def work_subject(role: str) -> str:

@@ -64,6 +64,8 @@ def _streams(topology: Topology) -> list[StreamConfig]:
     return [
         _stream(topology, subjects.WORK_STREAM, "cy.work.>", RetentionPolicy.WORK_QUEUE),
         _stream(topology, subjects.RESULT_STREAM, "cy.result.>", RetentionPolicy.WORK_QUEUE),
+        # kept until the coordinator's next checkpoint of the run (coordinator/run_store.py)
+        _stream(topology, subjects.JOURNAL_STREAM, "cy.journal.>", RetentionPolicy.LIMITS),
         _stream(
             topology,
             subjects.EVENT_STREAM,

@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -69,7 +71,7 @@ from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import RELEASE_PATIENCE, LeaderLease
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.coordinator.result_events import event_for
-from codeyard.coordinator.run_store import PendingWrite, RunStore, StoredRun, confirm
+from codeyard.coordinator.run_store import PendingWrite, RunStore, StoredRun
 from codeyard.coordinator.work_items import (
     derived_id,
     run_event,
@@ -596,7 +598,8 @@ class Coordinator:
         for subject, message in commit.messages:
             headers = {MSG_ID_HEADER: message.msg_id}
             published.append(await pipeline.publish(subject, encode(message), headers))
-        await confirm(pipeline, writes)
+        for stored in await self._store.confirm(pipeline, writes):
+            self._in_background(self._store.compact(stored))
         for outcome in await pipeline.wait(published, 10):
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -612,9 +615,13 @@ class Coordinator:
         for run_id in commit.finished:
             self._open.pop(run_id, None)
         for run_id, work in commit.merges:
-            task = asyncio.create_task(self._integrate(run_id, work))
-            self._background.add(task)  # keep a reference until done; the outcome comes back
-            task.add_done_callback(self._background.discard)  # through the inbox
+            # in the background; the outcome comes back through the inbox
+            self._in_background(self._integrate(run_id, work))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)  # keep a reference until done
+        task.add_done_callback(self._background.discard)
 
     async def _integrate(self, run_id: str, work: Merge | Integrate) -> None:
         """Merge (or finish) in the background; a failing workspace is retried, then the task
@@ -728,6 +735,7 @@ class Coordinator:
                 TaskGraph(request.plan)
             except InvalidPlan as exc:
                 return ControlError(run_id=run_id, error=str(exc), field="$.plan")
+        await self._store.forget_journal(run_id)
         run = Run(
             run_id=run_id,
             goal=request.goal,

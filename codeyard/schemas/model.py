@@ -208,3 +208,6 @@ class Run(msgspec.Struct, kw_only=True):
     error: str = ""
     created_at: datetime = msgspec.field(default_factory=utc_now)
     updated_at: datetime = msgspec.field(default_factory=utc_now)
+    # Coordinator bookkeeping: the sequence of the last entry of the run's journal that its
+    # stored records include (later entries are applied on load; coordinator/run_store.py).
+    journal_seq: int = 0

@@ -1,4 +1,5 @@
-"""Runs in the KV bucket: what is saved is what a new leader loads, however often it changed."""
+"""Runs in the KV bucket and their journals: what is saved is what a new leader loads, however
+often it changed and however it was written (journal entries, checkpoints)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import msgspec
 import pytest
 
 from codeyard.bus import Bus, StaleRevision
-from codeyard.coordinator.run_store import RunStore, StoredRun, confirm
-from codeyard.schemas.model import Run, Task, TaskState
+from codeyard.bus.subjects import JOURNAL_STREAM, journal_subject
+from codeyard.coordinator.run_store import CheckpointPolicy, RunStore, StoredRun, header_key
+from codeyard.schemas.model import Run, RunState, Task, TaskState
 from tests.coordinator.plans import new_run, spec
 
 
@@ -18,18 +20,38 @@ def run_with_tasks(run_id: str, count: int) -> Run:
     return msgspec.structs.replace(new_run(), run_id=run_id, tasks=tasks)
 
 
+CHECKPOINTS_ONLY = CheckpointPolicy(max_entries=0)
+
+
 async def save(bus: Bus, store: RunStore, stored: StoredRun, task_ids: list[str]) -> None:
-    await confirm(bus.pipeline, await store.save(stored, task_ids, bus.pipeline))
+    """One coordinator step's write of the run, compaction included."""
+    for checkpointed in await store.confirm(
+        bus.pipeline, await store.save(stored, task_ids, bus.pipeline)
+    ):
+        await store.compact(checkpointed)
 
 
-async def test_a_loaded_run_has_the_latest_value_of_every_task(bus: Bus) -> None:
-    store = await RunStore.open(bus.js)
+def next_attempt(stored: StoredRun, task_id: str) -> None:
+    task = stored.run.tasks[task_id]
+    stored.run.tasks[task_id] = msgspec.structs.replace(task, attempt=task.attempt + 1)
+
+
+async def journal_length(bus: Bus, run_id: str) -> int:
+    subject = journal_subject(run_id)
+    info = await bus.js.stream_info(JOURNAL_STREAM, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+@pytest.mark.parametrize("policy", [CheckpointPolicy(), CHECKPOINTS_ONLY], ids=["journal", "kv"])
+async def test_a_loaded_run_has_the_latest_value_of_every_task(
+    bus: Bus, policy: CheckpointPolicy
+) -> None:
+    store = await RunStore.open(bus.js, policy)
     stored = StoredRun(run_with_tasks("run1", 300))
     await save(bus, store, stored, list(stored.run.tasks))
     for round_ in range(5):  # many superseded values per key must not confuse the load
         for task_id in list(stored.run.tasks)[: 100 * (round_ % 3 + 1)]:
-            task = stored.run.tasks[task_id]
-            stored.run.tasks[task_id] = msgspec.structs.replace(task, attempt=task.attempt + 1)
+            next_attempt(stored, task_id)
         await save(bus, store, stored, list(stored.run.tasks))
 
     loaded = await asyncio.wait_for(store.load("run1", tasks=True), 20)  # a hang is a failure
@@ -71,3 +93,115 @@ async def test_a_write_against_an_old_revision_is_refused(bus: Bus) -> None:
 
     with pytest.raises(StaleRevision):
         await save(bus, store, deposed, ["t0"])
+
+
+async def test_a_run_is_its_last_checkpoint_plus_the_journal_after_it(bus: Bus) -> None:
+    store = await RunStore.open(bus.js, CheckpointPolicy(max_entries=3))
+    stored = StoredRun(run_with_tasks("run1", 10))
+    await save(bus, store, stored, list(stored.run.tasks))  # a new run: entry and header
+    for step in range(9):  # three entries, then a checkpoint, and so on
+        next_attempt(stored, f"t{step}")
+        await save(bus, store, stored, [f"t{step}"])
+
+    loaded = await store.load("run1", tasks=True)
+
+    assert loaded is not None
+    assert loaded.run.tasks == stored.run.tasks
+    assert loaded.run.journal_seq == stored.checkpoint_seq > 0  # the checkpoint names its entry
+    assert stored.entries == 2  # two steps journaled after the last checkpoint
+    assert await journal_length(bus, "run1") == 3  # they and the one the checkpoint names
+
+
+async def test_a_new_leader_appends_after_the_journal_it_loaded(bus: Bus) -> None:
+    store = await RunStore.open(bus.js)
+    first = StoredRun(run_with_tasks("run1", 2))
+    await save(bus, store, first, ["t0", "t1"])
+    next_attempt(first, "t0")
+    await save(bus, store, first, ["t0"])
+
+    second = await store.load("run1", tasks=True)
+    assert second is not None
+    next_attempt(second, "t1")
+    await save(bus, store, second, ["t1"])
+    third = await store.load("run1", tasks=True)
+
+    assert third is not None
+    assert {t: task.attempt for t, task in third.run.tasks.items()} == {"t0": 1, "t1": 1}
+
+
+async def test_a_step_too_big_for_one_entry_is_a_checkpoint(bus: Bus) -> None:
+    store = await RunStore.open(bus.js, CheckpointPolicy(max_entry_bytes=1000))
+    stored = StoredRun(run_with_tasks("run1", 10))
+
+    await save(bus, store, stored, list(stored.run.tasks))
+
+    assert await journal_length(bus, "run1") == 0
+    assert set(stored.revisions) == {header_key("run1")} | {f"run1.t{i}" for i in range(10)}
+    loaded = await store.load("run1", tasks=True)
+    assert loaded is not None
+    assert loaded.run.tasks == stored.run.tasks
+
+
+async def test_an_ended_run_says_so_in_its_header(bus: Bus) -> None:
+    store = await RunStore.open(bus.js)
+    stored = StoredRun(run_with_tasks("run1", 3))
+    await save(bus, store, stored, ["t0", "t1", "t2"])
+    stored.run.state = RunState.DONE
+    stored.run.tasks["t2"].state = TaskState.MERGED
+    await save(bus, store, stored, ["t2"])  # journaled, with the header written too
+
+    [header] = await store.headers()
+    loaded = await store.load("run1", tasks=True)
+
+    assert header.state is RunState.DONE  # a new leader does not reopen it
+    assert loaded is not None
+    assert loaded.run.tasks["t2"].state is TaskState.MERGED
+
+
+async def test_a_journal_entry_of_a_deposed_leader_is_refused(bus: Bus) -> None:
+    store = await RunStore.open(bus.js)
+    leader = StoredRun(run_with_tasks("run1", 1))
+    await save(bus, store, leader, ["t0"])
+    deposed = await store.load("run1", tasks=True)
+    assert deposed is not None
+    next_attempt(leader, "t0")
+    await save(bus, store, leader, ["t0"])
+
+    next_attempt(deposed, "t0")
+    with pytest.raises(StaleRevision):
+        await save(bus, store, deposed, ["t0"])
+    loaded = await store.load("run1", tasks=True)
+    assert loaded is not None
+    assert loaded.run == leader.run
+
+
+async def test_a_header_is_written_only_once_the_rest_of_the_step_is_stored(bus: Bus) -> None:
+    store = await RunStore.open(bus.js)
+    stored = StoredRun(run_with_tasks("run1", 2))
+
+    writes = await store.save(stored, ["t0", "t1"], bus.pipeline)
+
+    assert [(write.kind, write.sent is not None) for write in writes] == [
+        ("journal", True),
+        ("header", False),  # a new run's header waits for its journal entry
+    ]
+    await store.confirm(bus.pipeline, writes)
+    assert all(write.sent is not None for write in writes)
+    assert [run.run_id for run in await store.headers()] == ["run1"]
+
+
+async def test_a_journal_left_without_a_header_is_forgotten(bus: Bus) -> None:
+    """A submission that stopped between its journal entry and its header leaves an entry no
+    run owns; submitting the run again starts from an empty journal."""
+    store = await RunStore.open(bus.js)
+    crashed = StoredRun(run_with_tasks("run1", 2))
+    [entry, _] = await store.save(crashed, ["t0", "t1"], bus.pipeline)
+    await bus.pipeline.wait([entry.sent], 5)  # type: ignore[list-item]  # sent, the header not
+
+    await store.forget_journal("run1")
+    again = StoredRun(run_with_tasks("run1", 1))
+    await save(bus, store, again, ["t0"])
+
+    loaded = await store.load("run1", tasks=True)
+    assert loaded is not None
+    assert list(loaded.run.tasks) == ["t0"]
