@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Coroutine
@@ -117,6 +118,13 @@ from codeyard.schemas.model import Budget, FeedbackKind, Run
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
+
+# Metric children looked up once: `labels()` per result showed in the step's profile.
+_RESULTS = {
+    outcome: metrics.COORDINATOR_RESULTS.labels(outcome)
+    for outcome in ("malformed", "ignored", "applied")
+}
+_dispatches = functools.cache(metrics.COORDINATOR_DISPATCHES.labels)
 
 
 class LostLeadership(RuntimeError):
@@ -483,7 +491,7 @@ class Coordinator:
                     ),
                 )
             )
-            metrics.COORDINATOR_RESULTS.labels("malformed").inc()
+            _RESULTS["malformed"].inc()
             return
         for result in message.results if isinstance(message, ResultBatch) else (message,):
             self._on_result(result, commit, now)
@@ -493,12 +501,12 @@ class Coordinator:
         open_run = self._open.get(result.run_id)
         if open_run is None:
             self.stats.ignored += 1
-            metrics.COORDINATOR_RESULTS.labels("ignored").inc()
+            _RESULTS["ignored"].inc()
             log.debug("result for run %s, which is not open", result.run_id)
             return
         with working_on(result.run_id, result.task_id, result.attempt):
             effects = self._apply(open_run, event_for(result), commit, now, result)
-        metrics.COORDINATOR_RESULTS.labels("ignored" if _ignored(effects) else "applied").inc()
+        _RESULTS["ignored" if _ignored(effects) else "applied"].inc()
 
     # --- applying -----------------------------------------------------------------------------
 
@@ -541,7 +549,7 @@ class Coordinator:
                         (subjects.work_subject(effect.role), work_item(run, effect))
                     )
                     self.stats.dispatched += 1
-                    metrics.COORDINATOR_DISPATCHES.labels(effect.role).inc()
+                    _dispatches(effect.role).inc()
                 case Merge() | Integrate():
                     commit.merges.append((run_id, effect))
                 case TaskMoved():

@@ -98,7 +98,10 @@ def task_changes(run: Run, moves: list[TaskMoved]) -> TaskStatesChanged:
         )
         for move in moves
     ]
-    identity = [(c.task_id, c.attempt, run.tasks[c.task_id].dispatches, c.state) for c in changes]
+    identity = ",".join(
+        f"{c.task_id}:{c.attempt}:{run.tasks[c.task_id].dispatches}:{c.state.value}"
+        for c in changes
+    )
     return TaskStatesChanged(
         run_id=run.run_id,
         trace_id=run.run_id,
