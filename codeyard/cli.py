@@ -1008,13 +1008,14 @@ def _serve(
     """Run a long-lived service with logs on stderr: bad configuration exits 2, an unreachable
     NATS exits 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from codeyard.gc_tuning import tune_gc_for_service
     from codeyard.observability.log_format import configure_logging
+    from codeyard.service_runtime import run_service, tune_gc_for_service
 
-    configure_logging(Settings().log_format)  # CODEYARD_LOG_FORMAT: text or json
+    settings = Settings()
+    configure_logging(settings.log_format)  # CODEYARD_LOG_FORMAT: text or json
     tune_gc_for_service()
     try:
-        asyncio.run(service)
+        run_service(service, settings.event_loop)
     except bad_configuration as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="service logs: text, or one JSON object per line"
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop", description="event loop of services: uvloop, or the standard library's"
+    )
     dashboard_host: str = Field(default="127.0.0.1", description="address the dashboard serves on")
     dashboard_port: int = Field(default=8700, ge=0, le=65535, description="dashboard port")
     dashboard_token: SecretStr = Field(

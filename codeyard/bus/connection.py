@@ -146,9 +146,10 @@ class Bus:
         if self.connected:
             await self.nc.drain()
             return
-        # Closing writes out what was buffered meanwhile, onto the dead socket: that fails, and
-        # no other way could send it either.
-        with contextlib.suppress(OSError):
+        # Closing writes out what was buffered meanwhile, onto the dead socket: that fails (an
+        # OSError, or uvloop's RuntimeError for a closed transport), and no other way could
+        # send it either.
+        with contextlib.suppress(OSError, RuntimeError):
             await self.nc.close()
 
     # --- JetStream -----------------------------------------------------------------------------
