@@ -8,7 +8,8 @@ submit to `done`. Figures are medians over the runs; the baseline is plain nats-
 request/reply on the same server, measured in the same invocation.
 
 - throughput: tasks / (submit -> run done). Each task is 3 work items (code, test, review),
-  3 results, a merge and ~6 state changes, each written to KV and the events stream.
+  3 results (those a worker finishes together travel as one `ResultBatch`), a merge and ~6
+  state changes, journaled per run and step and reported on the events stream.
 - dispatch latency: a work item's creation in the coordinator (`sent_at`) -> the worker's
   handler starting on it; under full load (the DAG runs) and with one task in flight at a time
   (a chain), where no batch of other work shares the coordinator's step.
