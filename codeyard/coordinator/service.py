@@ -3,10 +3,11 @@
 One `Coordinator` per process; any number of them may run. The one holding the lease leads,
 the others wait. The leader serialises every change (results, control requests, merge
 outcomes) through one inbox. Each step applies a batch of inputs to the pure `RunEngine`s and
-then makes the outcome durable in one pipelined commit — task and header writes to `cy_runs`
-(revision-checked), work items to `cy.work.*`, events to `cy.events.*` — and only then acks the
-results and answers the requests of that batch. A crash at any point leaves either the inputs
-unacked (they come back) or the commit durable (a replayed input is then `Ignored`).
+then makes the outcome durable in one pipelined commit — each changed run's journal entry or
+checkpoint (revision-checked; `run_store`), work items to `cy.work.*`, events to `cy.events.*`
+— and only then acks the results and answers the requests of that batch. A crash at any
+point leaves either the inputs unacked (they come back) or the commit durable (a replayed input
+is then `Ignored`).
 """
 
 from __future__ import annotations
