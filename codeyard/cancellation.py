@@ -7,6 +7,9 @@ after a NATS restart: the loop fetching its results never stopped, so it never l
 codeyard waits with `asyncio.timeout`, which has no such flaw (ruff bans `wait_for`); but
 nats-py waits with `wait_for` inside its requests, so a task cancelled just as a reply comes
 runs on: `stop_tasks` cancels again until it ends.
+
+`in_background` starts a task that something holds until it ends: the event loop keeps only a
+weak reference to a task, so one nobody holds can be collected before it finishes.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -43,3 +46,13 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], patience: float = 1.0) 
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: asyncio would otherwise log it as never retrieved
+
+
+def in_background(
+    holder: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]
+) -> asyncio.Task[None]:
+    """Run `work` as a task that `holder` keeps until it has ended."""
+    task = asyncio.get_running_loop().create_task(work)
+    holder.add(task)
+    task.add_done_callback(holder.discard)
+    return task

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from codeyard.cancellation import stop_tasks, wait_event
+from codeyard.cancellation import in_background, stop_tasks, wait_event
 
 
 async def test_tells_whether_the_event_came_in_time() -> None:
@@ -62,3 +62,19 @@ async def test_stop_tasks_cancels_again_a_task_that_lost_its_cancellation() -> N
     assert stubborn.cancelled()
     assert cancellations == 2
     assert isinstance(failed.exception(), RuntimeError)
+
+
+async def test_a_background_task_is_held_until_it_ends() -> None:
+    holder: set[asyncio.Task[None]] = set()
+    release = asyncio.Event()
+
+    async def work() -> None:
+        await release.wait()
+
+    task = in_background(holder, work())
+    await asyncio.sleep(0)
+    assert holder == {task}
+    release.set()
+    await task
+    await asyncio.sleep(0)  # done callbacks run on the next turn
+    assert holder == set()

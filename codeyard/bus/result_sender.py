@@ -23,6 +23,7 @@ import msgspec
 
 from codeyard.bus.connection import MSG_ID_HEADER
 from codeyard.bus.pipeline import Pending, PublishPipeline
+from codeyard.cancellation import in_background
 from codeyard.schemas.codec import encode
 from codeyard.schemas.messages import Result, ResultBatch
 
@@ -67,9 +68,7 @@ class ResultSender:
         stored: asyncio.Future[None] = loop.create_future()
         self._queued.append(_Queued(result.msg_id, encode(result), stored))
         if len(self._queued) == 1:  # the first of this turn: the flush runs in the next one
-            flush = loop.create_task(self._flush())
-            self._flushing.add(flush)
-            flush.add_done_callback(self._flushing.discard)
+            in_background(self._flushing, self._flush())
         await stored
 
     async def _flush(self) -> None:

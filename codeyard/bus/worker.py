@@ -28,7 +28,7 @@ from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.presence import PresenceAnnouncer
 from codeyard.bus.result_sender import ResultSender
 from codeyard.bus.topology import ensure_role_consumer
-from codeyard.cancellation import stop_tasks
+from codeyard.cancellation import in_background, stop_tasks
 from codeyard.observability import metrics
 from codeyard.observability.context import enter_work
 from codeyard.schemas.codec import MessageError, decode
@@ -136,9 +136,7 @@ class Heartbeats:
         for key, (msg, last) in list(self._last.items()):
             if now - last >= self._interval:
                 self._last[key] = (msg, now)
-                sending = loop.create_task(self._send(msg))
-                self._sending.add(sending)  # a reference until it is sent
-                sending.add_done_callback(self._sending.discard)
+                in_background(self._sending, self._send(msg))
         self._timer = loop.call_later(self._interval / 2, self._sweep) if self._last else None
 
     async def _send(self, msg: Msg) -> None:

@@ -17,11 +17,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import nats.errors
@@ -36,7 +34,7 @@ from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
 from codeyard.bus.pipeline import Pending, PublishError
 from codeyard.bus.store import StaleRevision, VersionedStore
 from codeyard.bus.topology import DAY
-from codeyard.cancellation import stop_tasks, wait_event
+from codeyard.cancellation import in_background, stop_tasks, wait_event
 from codeyard.coordinator.artifact_collector import (
     COLLECT_INTERVAL,
     FIRST_COLLECTION_AFTER,
@@ -608,7 +606,7 @@ class Coordinator:
             headers = {MSG_ID_HEADER: message.msg_id}
             published.append(await pipeline.publish(subject, encode(message), headers))
         for stored in await self._store.confirm(pipeline, writes):
-            self._in_background(self._store.compact(stored))
+            in_background(self._background, self._store.compact(stored))
         for outcome in await pipeline.wait(published, 10):
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -625,12 +623,7 @@ class Coordinator:
             self._open.pop(run_id, None)
         for run_id, work in commit.merges:
             # in the background; the outcome comes back through the inbox
-            self._in_background(self._integrate(run_id, work))
-
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)  # keep a reference until done
-        task.add_done_callback(self._background.discard)
+            in_background(self._background, self._integrate(run_id, work))
 
     async def _integrate(self, run_id: str, work: Merge | Integrate) -> None:
         """Merge (or finish) in the background; a failing workspace is retried, then the task
