@@ -34,6 +34,7 @@ from pathlib import Path
 
 from bench.coordinator_throughput import (
     ROOT,
+    Latency,
     coordinator_process,
     cpu_seconds,
     noop,
@@ -106,7 +107,7 @@ async def main() -> None:
         await bus.setup()
         coordinator = await coordinator_process(server.url, args.tasks)
         stop = asyncio.Event()
-        ignored: list[float] = []
+        ignored: list[Latency] = []
 
         async def handle(item: WorkItem) -> Result:
             return await noop(item, ignored)

@@ -12,7 +12,9 @@ request/reply on the same server, measured in the same invocation.
   state changes, journaled per run and step and reported on the events stream.
 - dispatch latency: a work item's creation in the coordinator (`sent_at`) -> the worker's
   handler starting on it; under full load (the DAG runs) and with one task in flight at a time
-  (a chain), where no batch of other work shares the coordinator's step.
+  (a chain), where no batch of other work shares the coordinator's step. Under full load it is
+  also given by tenth of the run (the items in order of creation): the first tenths queue
+  behind the `--capacity` tasks dispatched at once when the run is submitted.
 - memory: the coordinator child's peak resident set (VmHWM from /proc/<pid>/status) during each
   size's runs (the peak is reset before them through /proc/<pid>/clear_refs), and its RSS
   before them.
@@ -30,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from graphlib import TopologicalSorter
+from itertools import pairwise
 from pathlib import Path
 
 from nats.aio.msg import Msg
@@ -71,13 +74,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
+def percentile(latencies: list[Latency], q: float) -> float:
+    ordered = sorted(seconds for _, seconds in latencies)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def noop(item: WorkItem, latencies: list[float]) -> Result:
-    latencies.append((datetime.now(UTC) - item.sent_at).total_seconds())
+def tenths(latencies: list[Latency]) -> list[float]:
+    """Median latency of each tenth of the work items, in the order they were created."""
+    ordered = sorted(latencies)
+    cuts = [len(ordered) * i // 10 for i in range(11)]
+    return [percentile(ordered[a:b], 0.5) for a, b in pairwise(cuts)]
+
+
+Latency = tuple[datetime, float]  # a work item's creation, seconds until its handler started
+
+
+async def noop(item: WorkItem, latencies: list[Latency]) -> Result:
+    latencies.append((item.sent_at, (datetime.now(UTC) - item.sent_at).total_seconds()))
     if isinstance(item, CodeRequest):
         return CodeResult(patch=Patch(text="+"))
     if isinstance(item, ReviewRequest):
@@ -198,6 +211,7 @@ class SizeFigures:
     durations: list[float] = field(default_factory=list)
     p50s: list[float] = field(default_factory=list)
     p99s: list[float] = field(default_factory=list)
+    tenths: list[list[float]] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
     rss_before_kib: int = 0
     peak_rss_kib: int = 0
@@ -218,7 +232,7 @@ async def main() -> None:
         bus = await Bus.connect(server.url, topology=topology)
         await bus.setup()
         coordinator = await coordinator_process(server.url, args.capacity)
-        latencies: list[float] = []
+        latencies: list[Latency] = []
         stop = asyncio.Event()
 
         async def handle(item: WorkItem) -> Result:
@@ -253,6 +267,7 @@ async def main() -> None:
                     figures.durations.append(await one_run(bus, tasks, seed))
                     figures.p50s.append(percentile(latencies, 0.5))
                     figures.p99s.append(percentile(latencies, 0.99))
+                    figures.tenths.append(tenths(latencies))
                 figures.cpu = {
                     n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items() if pid
                 }
@@ -304,6 +319,10 @@ def print_size(
     print(f"coordinator throughput:  {rate:8.0f} tasks/s   ({3 * rate:.0f} work items/s)")
     print(f"dispatch latency p50:    {statistics.median(figures.p50s) * 1000:8.2f} ms")
     print(f"dispatch latency p99:    {statistics.median(figures.p99s) * 1000:8.2f} ms")
+    by_tenth = " ".join(
+        f"{statistics.median(run[i] for run in figures.tenths) * 1000:.2f}" for i in range(10)
+    )
+    print(f"dispatch latency p50 by tenth of the run (ms): {by_tenth}")
     print(f"ratio tasks/s to baseline req/s: {rate / baseline_rate:.2f}")
     total_tasks = tasks * runs
     depth = statistics.median(critical_path(random_plan(tasks, seed=seed)) for seed in range(runs))

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import math
+import random
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from bench.coordinator_throughput import chain, critical_path
+from bench.coordinator_throughput import chain, critical_path, tenths
 from bench.schedule_efficiency import latencies_for, simulate
 from codeyard.schemas import TaskSpec
 from codeyard.testing.dags import random_plan
@@ -29,6 +31,18 @@ def test_makespan_is_never_below_the_lower_bound(coders: int, fifo: bool) -> Non
         assert outcome.makespan <= outcome.total_work * (1 + 1e-9)
         if coders == 1:  # one coder, never idle while work is ready: exactly the total work
             assert math.isclose(outcome.makespan, outcome.total_work)
+
+
+def test_latency_by_tenth_follows_the_order_of_creation_not_of_arrival() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    # item i was created at start + i ms and waited 100 - i ms: the early ones queued longest
+    latencies = [(start + timedelta(milliseconds=i), (100 - i) / 1000) for i in range(100)]
+    random.Random(1).shuffle(latencies)  # recorded in the order handlers started
+    by_tenth = tenths(latencies)
+    assert len(by_tenth) == 10
+    assert by_tenth == sorted(by_tenth, reverse=True)
+    assert by_tenth[0] == pytest.approx(0.096)  # the upper median of 91..100 ms
+    assert by_tenth[-1] == pytest.approx(0.006)  # of 1..10 ms
 
 
 def test_the_critical_path_counts_the_longest_dependency_chain() -> None:
