@@ -49,7 +49,7 @@ async def request_reply(client: Bus, server: Bus, count: int) -> list[float]:
         await msg.respond(msg.data)
 
     subscription = await server.nc.subscribe("bench.echo", cb=echo)
-    await server.nc.flush()
+    await server.sync()  # in place before the client asks
     payload = b"x" * 300  # about the size of a small work item
     times = []
     for _ in range(count):

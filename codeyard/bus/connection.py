@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -137,6 +138,21 @@ class Bus:
     def connected(self) -> bool:
         """False while the connection to NATS is down (and being retried) or closed."""
         return bool(self.nc.is_connected)
+
+    async def sync(self, timeout: int = 5) -> None:
+        """Return once the server has read everything sent on this connection so far: a
+        subscription made before is then in place for requests from every other connection.
+
+        `nc.flush()` alone does not promise that: nats-py (2.16) writes its PING straight to the
+        socket, ahead of what its flusher task has not written yet, so the PONG can come back
+        before the server read a subscription made just before (under load, other connections'
+        requests then met "no responders" for a moment). Waiting for the flusher first puts the
+        PING behind everything. `TimeoutError` if the server did not answer in `timeout` s."""
+        async with asyncio.timeout(timeout):
+            while self.nc.pending_data_size and self.nc.is_connected:  # noqa: ASYNC110 - nats-py
+                # signals nothing when its buffer is written
+                await asyncio.sleep(0.001)
+        await self.nc.flush(timeout)
 
     async def close(self) -> None:
         """Drain (subscriptions finish what they hold, publishes are flushed), then close; with

@@ -258,7 +258,7 @@ async def test_the_gate_serves_checks_and_records_approvals(
 ) -> None:
     gate, tester = await connect("gate"), await connect("tester")
     await SafetyGate(gate, load_policy(None)).serve()
-    await gate.nc.flush()  # the server has the subscription before the tester asks
+    await gate.sync()  # the server has the subscription before the tester asks
     check = ActionCheck(
         run_id="perm-gate",
         task_id="t1",
@@ -266,14 +266,7 @@ async def test_the_gate_serves_checks_and_records_approvals(
         action="install_package",
         detail="pip install x",
     )
-    # The gate's subscription reaches the server before the flush returns, yet a full suite run
-    # under load has twice seen "no responders" here; allow it a moment, as the roles do.
-    for _ in range(20):
-        try:
-            decision = await tester.request(GATE_CHECK, check, GateDecision, timeout=5)
-            break
-        except nats.errors.NoRespondersError:
-            await asyncio.sleep(0.1)
+    decision = await tester.request(GATE_CHECK, check, GateDecision, timeout=5)
     assert decision.decision == "needs_approval"
     coordinator = await connect("coordinator")
     approvals = await coordinator.store(APPROVALS_BUCKET, PendingApproval)
