@@ -6,15 +6,17 @@ one NATS message).
 
 Writing each changed task to KV at every step cost about five writes per task. Instead, one
 step's changes to a run are one entry of the run's journal (`cy.journal.<run_id>`): its header
-and the tasks that changed. From time to time a step writes a *checkpoint* instead: the header
-and every task changed since the last checkpoint, to KV, the header naming the last journal
-entry they include (`Run.journal_seq`); the entries before it are then purged. Loading a run
-reads its KV records and applies the journal entries after that one, in order.
+and the tasks that changed (several entries when too big for one message). From time to time a
+step is also a *checkpoint*: once its entry is stored, every task changed since the last
+checkpoint is written to KV, then the header, naming the last journal entry they include
+(`Run.journal_seq`); the entries before it are then purged. Loading a run reads its KV records
+and applies the journal entries after that one, in order. The entry always comes first: a
+checkpoint cut short (some tasks written, not its header) loads whole, its entry replayed over
+what landed. A run checkpoints when its journal reached `CheckpointPolicy`'s length or age,
+which bounds what loading a run replays.
 
 A run's header is also written (not as a checkpoint) when the run is new, so that a new leader
-finds it, and when it ends, so that a new leader leaves it closed. A step checkpoints instead
-of journaling when its entry would be too big, or when the run's journal reached
-`CheckpointPolicy`'s length or age, which bounds what loading a run replays.
+finds it, and when it ends, so that a new leader leaves it closed; always last in its step.
 
 Every write is revision-checked: a journal entry names the sequence of the run's previous one,
 a KV write the revision it replaces. A coordinator that lost its lease cannot write over its
@@ -49,15 +51,20 @@ EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 
 class JournalEntry(msgspec.Struct, frozen=True):
-    """One step's changes to a run: its header (tasks left out) and the tasks that changed."""
+    """One step's changes to a run: its header (tasks left out) and the tasks that changed.
+    A step too big for one message is several entries with the same `step` (where the run's
+    journal stood before it), all but the last marked `more`; a load applies a step only once
+    its last entry is there, so the first entries of a step whose writer died are ignored."""
 
     header: Run
     tasks: dict[str, Task]
+    step: int = 0
+    more: bool = False
 
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
-    max_entry_bytes: int = 512 * 1024  # a step whose entry would be bigger checkpoints
+    max_entry_bytes: int = 512 * 1024  # a step whose entry would be bigger is several
     max_entries: int = 256  # journal entries between two checkpoints of a run, at most
     max_age: float = 10.0  # seconds between two checkpoints of a changing run, at most
 
@@ -93,7 +100,20 @@ class PendingWrite:
     key: str  # the KV key, or the journal subject
     payload: bytes
     expected: int
-    sent: Pending | None = None  # None: not published yet (a header waits for the rest)
+    sent: Pending | None = None  # None: not published yet
+
+
+@dataclass
+class StepWrite:
+    """One step's writes to one run, in the order `confirm` sends them: the journal entries,
+    then for a checkpoint every task changed since the last one, then the header (if any)."""
+
+    stored: StoredRun
+    header: Run | None  # tasks left out; None: the header is not written in this step
+    entries: list[bytes]  # those not sent yet
+    sent: PendingWrite | None = None  # the entry in flight
+    checkpoint: bool = False
+    tasks: list[PendingWrite] = field(default_factory=list)
 
 
 class RunStore:
@@ -149,63 +169,93 @@ class RunStore:
         tasks = stored.run.tasks
         if stored.journal_last <= stored.checkpoint_seq:
             return
+        step: JournalEntry | None = None  # the first entries of a step, until its last
+        pending: dict[str, Task] = {}
         async for sequence, data in messages_after(
             self._js, subjects.JOURNAL_STREAM, subject, stored.checkpoint_seq
         ):
             entry = decode(data, JournalEntry)
-            stored.run = msgspec.structs.replace(entry.header, tasks=tasks)
-            tasks.update(entry.tasks)
-            stored.unsaved.update(entry.tasks)
             stored.entries += 1
             stored.journal_last = max(stored.journal_last, sequence)
+            if step is not None and step.step != entry.step:  # its writer died before its end
+                pending = {}
+            pending.update(entry.tasks)
+            step = entry if entry.more else None
+            if step is None:
+                stored.run = msgspec.structs.replace(entry.header, tasks=tasks)
+                tasks.update(pending)
+                stored.unsaved.update(pending)
+                pending = {}
 
     # --- writing ------------------------------------------------------------------------------
 
     async def save(
         self, stored: StoredRun, task_ids: Iterable[str], pipeline: PublishPipeline
-    ) -> list[PendingWrite]:
-        """Start making the run's header and the given tasks durable through `pipeline`, as a
-        journal entry or a checkpoint; `confirm` the writes before acting on them.
+    ) -> StepWrite:
+        """Start making one step's changes to the run durable through `pipeline`: its journal
+        entry goes out now; `confirm` writes the rest, in order, before the step is acted on.
 
-        A header is written only once the rest of the step is stored: a checkpoint's header
-        names the journal entries it includes, which must not be skipped on load before every
-        task the checkpoint writes is in KV; and a new or ended run's header must not announce
-        a journal entry that never landed."""
+        The journal entry comes first, always: it is the step's commit. A checkpoint's task
+        records and a header are written only once it is stored, so a step cut short anywhere
+        loads either not at all or whole (the entry replays over whatever part of a checkpoint
+        landed), and a header never names an entry that is not there."""
         run, run_id = stored.run, stored.run.run_id
         changed = set(task_ids)
+        new = header_key(run_id) not in stored.revisions
         header = msgspec.structs.replace(run, tasks={}, journal_seq=stored.checkpoint_seq)
-        writes: list[PendingWrite] = []
-        if self._journals(stored):
-            entry = encode(JournalEntry(header, {t: run.tasks[t] for t in changed}))
-            if len(entry) <= self.policy.max_entry_bytes:
-                stored.unsaved |= changed
-                subject = subjects.journal_subject(run_id)
-                writes.append(PendingWrite(stored, "journal", subject, entry, stored.journal_last))
-                if header_key(run_id) not in stored.revisions or run.state in TERMINAL_RUN_STATES:
-                    writes.append(self._record(stored, "header", header_key(run_id), header))
-        if not writes:
-            for task_id in changed | stored.unsaved:
-                writes.append(
-                    self._record(stored, "task", task_key(run_id, task_id), run.tasks[task_id])
-                )
-            header.journal_seq = stored.journal_last
-            writes.append(self._record(stored, "checkpoint", header_key(run_id), header))
-        for write in writes:
-            if write.kind in ("journal", "task"):
-                await self._publish(pipeline, write)
-        return writes
+        step = StepWrite(
+            stored, header, self._entries(header, {t: run.tasks[t] for t in changed}, stored)
+        )
+        stored.unsaved |= changed
+        if not new and not self._journals(stored):
+            step.checkpoint = True
+            step.tasks = [
+                self._record(stored, "task", task_key(run_id, t), run.tasks[t])
+                for t in stored.unsaved
+            ]
+        elif not new and run.state not in TERMINAL_RUN_STATES:
+            step.header = None  # a new leader finds the run by its header as it is
+        await self._send_entry(pipeline, step)
+        return step
 
     def _journals(self, stored: StoredRun) -> bool:
-        """Whether this step's changes may go to the journal rather than into a checkpoint."""
+        """Whether the run's journal may grow by one more step before a checkpoint."""
         return (
             stored.entries < self.policy.max_entries
             and time.monotonic() - stored.checkpointed_at < self.policy.max_age
         )
 
+    def _entries(self, header: Run, tasks: dict[str, Task], stored: StoredRun) -> list[bytes]:
+        """The step's journal entry, as several when one would pass `max_entry_bytes`."""
+        step = stored.journal_last
+        whole = encode(JournalEntry(header, tasks, step))
+        if len(whole) <= self.policy.max_entry_bytes:
+            return [whole]
+        budget = self.policy.max_entry_bytes - len(encode(JournalEntry(header, {}, step, True)))
+        parts: list[dict[str, Task]] = [{}]
+        size = 0
+        for task_id, task in tasks.items():
+            length = len(task_id) + len(encode(task)) + 4  # "id":{...},
+            if parts[-1] and size + length > budget:
+                parts.append({})
+                size = 0
+            parts[-1][task_id] = task
+            size += length
+        last = len(parts) - 1
+        return [encode(JournalEntry(header, p, step, i < last)) for i, p in enumerate(parts)]
+
     def _record(
         self, stored: StoredRun, kind: WriteKind, key: str, value: msgspec.Struct
     ) -> PendingWrite:
         return PendingWrite(stored, kind, key, encode(value), stored.revisions.get(key, 0))
+
+    async def _send_entry(self, pipeline: PublishPipeline, step: StepWrite) -> None:
+        """Send the step's next journal entry, fenced by the sequence of the run's last one."""
+        stored = step.stored
+        payload = step.entries.pop(0)
+        subject = subjects.journal_subject(stored.run.run_id)
+        step.sent = PendingWrite(stored, "journal", subject, payload, stored.journal_last)
+        await self._publish(pipeline, step.sent)
 
     async def _publish(self, pipeline: PublishPipeline, write: PendingWrite) -> None:
         subject = write.key if write.kind == "journal" else self._prefix + write.key
@@ -213,24 +263,43 @@ class RunStore:
         write.sent = await pipeline.publish(subject, write.payload, headers)
 
     async def confirm(
-        self, pipeline: PublishPipeline, writes: list[PendingWrite], timeout: float = 10.0
+        self, pipeline: PublishPipeline, steps: list[StepWrite], timeout: float = 10.0
     ) -> list[StoredRun]:
-        """Wait until every write is stored (the headers are sent once the rest is) and note
-        where each run's records now stand; the runs checkpointed (`compact` their journals).
-        `StaleRevision` if a write was refused as out of date, `TimeoutError` if the server did
-        not answer in time (the writes may or may not have landed)."""
-        await self._stored(pipeline, [write for write in writes if write.sent], timeout)
-        headers = [write for write in writes if not write.sent]
+        """Write the rest of the steps `save` started and wait until all of it is stored: the
+        further entries of a step too big for one (each fenced by the one before), then the
+        checkpoints' tasks, then the headers; returns the runs checkpointed (`compact` their
+        journals). `StaleRevision` if a write was refused as out of date, `TimeoutError` if the
+        server did not answer in time (the writes may or may not have landed)."""
+        while sending := [step for step in steps if step.sent is not None]:
+            await self._stored(pipeline, [step.sent for step in sending if step.sent], timeout)
+            for step in sending:
+                step.sent = None
+                if step.entries:
+                    await self._send_entry(pipeline, step)
+        tasks = [write for step in steps if step.checkpoint for write in step.tasks]
+        for write in tasks:
+            await self._publish(pipeline, write)
+        await self._stored(pipeline, tasks, timeout)
+        headers = [self._header(step) for step in steps if step.header is not None]
         for write in headers:
             await self._publish(pipeline, write)
         await self._stored(pipeline, headers, timeout)
         checkpointed = [write.stored for write in headers if write.kind == "checkpoint"]
         for stored in checkpointed:
-            stored.checkpoint_seq = stored.journal_last
+            stored.checkpoint_seq = stored.run.journal_seq = stored.journal_last
             stored.unsaved.clear()
             stored.entries = 0
             stored.checkpointed_at = time.monotonic()
         return checkpointed
+
+    def _header(self, step: StepWrite) -> PendingWrite:
+        """A checkpoint's header names the step's last entry: everything up to it is in KV."""
+        stored = step.stored
+        assert step.header is not None
+        seq = stored.journal_last if step.checkpoint else stored.checkpoint_seq
+        header = msgspec.structs.replace(step.header, journal_seq=seq)
+        kind: WriteKind = "checkpoint" if step.checkpoint else "header"
+        return self._record(stored, kind, header_key(stored.run.run_id), header)
 
     @staticmethod
     async def _stored(

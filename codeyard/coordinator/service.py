@@ -71,7 +71,7 @@ from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import RELEASE_PATIENCE, LeaderLease
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.coordinator.result_events import event_for
-from codeyard.coordinator.run_store import PendingWrite, RunStore, StoredRun
+from codeyard.coordinator.run_store import RunStore, StepWrite, StoredRun
 from codeyard.coordinator.work_items import (
     derived_id,
     run_event,
@@ -363,6 +363,11 @@ class Coordinator:
                 continue
             open_run = OpenRun(stored, engine)
             self._open[stored.run.run_id] = open_run
+            if stored.run.state in TERMINAL_RUN_STATES:
+                # It ended in a step whose header a crash cut off: write it and close the run.
+                commit.dirty.setdefault(stored.run.run_id, set())
+                commit.finished.add(stored.run.run_id)
+                continue
             # The previous leader may or may not have sent these; ids make re-sends harmless.
             self._execute(open_run, engine.outstanding_work(), commit, resend=True)
         await self._flush(commit)
@@ -593,10 +598,10 @@ class Coordinator:
             for outcome in await pipeline.wait(answers, 10):
                 if isinstance(outcome, BaseException):
                     raise outcome
-        writes: list[PendingWrite] = []
+        writes: list[StepWrite] = []
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
-                writes += await self._store.save(open_run.stored, task_ids, pipeline)
+                writes.append(await self._store.save(open_run.stored, task_ids, pipeline))
         for run_id, moves in commit.moves.items():
             if open_run := self._open.get(run_id):
                 event = task_changes(open_run.run, moves)

@@ -9,10 +9,11 @@ import msgspec
 import pytest
 
 from codeyard.bus import Bus, StaleRevision
-from codeyard.bus.subjects import JOURNAL_STREAM, journal_subject
+from codeyard.bus.subjects import JOURNAL_STREAM, RUNS_BUCKET, journal_subject
 from codeyard.coordinator.run_store import CheckpointPolicy, RunStore, StoredRun, header_key
 from codeyard.schemas.model import Run, RunState, Task, TaskState
 from tests.coordinator.plans import new_run, spec
+from tests.coordinator.store_faults import DiesBeforeTheHeader
 
 
 def run_with_tasks(run_id: str, count: int) -> Run:
@@ -26,7 +27,7 @@ CHECKPOINTS_ONLY = CheckpointPolicy(max_entries=0)
 async def save(bus: Bus, store: RunStore, stored: StoredRun, task_ids: list[str]) -> None:
     """One coordinator step's write of the run, compaction included."""
     for checkpointed in await store.confirm(
-        bus.pipeline, await store.save(stored, task_ids, bus.pipeline)
+        bus.pipeline, [await store.save(stored, task_ids, bus.pipeline)]
     ):
         await store.compact(checkpointed)
 
@@ -135,16 +136,68 @@ async def test_a_new_leader_appends_after_the_journal_it_loaded(bus: Bus) -> Non
     assert {t: task.attempt for t, task in third.run.tasks.items()} == {"t0": 1, "t1": 1}
 
 
-async def test_a_step_too_big_for_one_entry_is_a_checkpoint(bus: Bus) -> None:
+async def test_a_step_too_big_for_one_entry_is_several_loaded_whole(bus: Bus) -> None:
     store = await RunStore.open(bus.js, CheckpointPolicy(max_entry_bytes=1000))
     stored = StoredRun(run_with_tasks("run1", 10))
 
     await save(bus, store, stored, list(stored.run.tasks))
 
-    assert await journal_length(bus, "run1") == 0
-    assert set(stored.revisions) == {header_key("run1")} | {f"run1.t{i}" for i in range(10)}
+    assert await journal_length(bus, "run1") > 2
+    assert set(stored.revisions) == {header_key("run1")}  # the header only: no checkpoint
     loaded = await store.load("run1", tasks=True)
     assert loaded is not None
+    assert loaded.run.tasks == stored.run.tasks
+
+
+async def test_a_step_whose_last_entry_never_landed_is_not_loaded(bus: Bus) -> None:
+    """Its writer died between the entries of a big step: a new leader loads the run as it was
+    before that step, and its own steps load after the orphaned entries."""
+    store = await RunStore.open(bus.js, CheckpointPolicy(max_entry_bytes=1000))
+    stored = StoredRun(run_with_tasks("run1", 10))
+    await save(bus, store, stored, list(stored.run.tasks))
+    before = msgspec.structs.replace(stored.run, tasks=dict(stored.run.tasks))
+    for task_id in stored.run.tasks:
+        next_attempt(stored, task_id)
+    stored.run.goal = "changed by the step that never ended"
+    cut_short = await store.save(stored, list(stored.run.tasks), bus.pipeline)
+    assert cut_short.entries  # more entries were to follow the first one
+    await bus.pipeline.wait([cut_short.sent.sent], 5)  # type: ignore[union-attr, list-item]
+
+    successor = await store.load("run1", tasks=True)
+    assert successor is not None
+    assert successor.run == before
+    next_attempt(successor, "t3")
+    await save(bus, store, successor, ["t3"])
+    loaded = await store.load("run1", tasks=True)
+
+    assert loaded is not None
+    assert loaded.run.goal == before.goal
+    assert {t: task.attempt for t, task in loaded.run.tasks.items() if task.attempt} == {"t3": 1}
+
+
+async def test_a_checkpoint_cut_short_before_its_header_loads_whole(bus: Bus) -> None:
+    """Its tasks landed in KV and its header did not: the step's journal entry, stored first,
+    is replayed over them, header changes included."""
+    store = await RunStore.open(bus.js, CheckpointPolicy(max_entries=2))
+    stored = StoredRun(run_with_tasks("run1", 3))
+    await save(bus, store, stored, ["t0", "t1", "t2"])  # entry 1, and the new run's header
+    next_attempt(stored, "t1")
+    await save(bus, store, stored, ["t1"])  # entry 2
+    stored.run.tasks["t0"].state = TaskState.MERGED
+    stored.run.state = RunState.INTEGRATING
+    step = await store.save(stored, ["t0"], bus.pipeline)  # entry 3, then a checkpoint
+    assert step.checkpoint
+    with pytest.raises(ConnectionError):
+        await store.confirm(DiesBeforeTheHeader(bus, "run1"), [step])
+    kv = await bus.js.key_value(RUNS_BUCKET)
+    landed = await kv.get("run1.t0")
+    assert landed.value is not None
+    assert msgspec.json.decode(landed.value, type=Task).state is TaskState.MERGED
+
+    loaded = await store.load("run1", tasks=True)
+
+    assert loaded is not None
+    assert loaded.run.state is RunState.INTEGRATING  # from the entry: the header still says not
     assert loaded.run.tasks == stored.run.tasks
 
 
@@ -168,14 +221,13 @@ async def test_a_header_is_written_only_once_the_rest_of_the_step_is_stored(bus:
     store = await RunStore.open(bus.js)
     stored = StoredRun(run_with_tasks("run1", 2))
 
-    writes = await store.save(stored, ["t0", "t1"], bus.pipeline)
+    step = await store.save(stored, ["t0", "t1"], bus.pipeline)
 
-    assert [(write.kind, write.sent is not None) for write in writes] == [
-        ("journal", True),
-        ("header", False),  # a new run's header waits for its journal entry
-    ]
-    await store.confirm(bus.pipeline, writes)
-    assert all(write.sent is not None for write in writes)
+    assert step.sent is not None
+    assert step.sent.kind == "journal"
+    assert step.header is not None  # a new run's header, sent once its journal entry is stored
+    assert await store.headers() == []
+    await store.confirm(bus.pipeline, [step])
     assert [run.run_id for run in await store.headers()] == ["run1"]
 
 
@@ -184,8 +236,8 @@ async def test_a_journal_left_without_a_header_is_forgotten(bus: Bus) -> None:
     run owns; submitting the run again starts from an empty journal."""
     store = await RunStore.open(bus.js)
     crashed = StoredRun(run_with_tasks("run1", 2))
-    [entry, _] = await store.save(crashed, ["t0", "t1"], bus.pipeline)
-    await bus.pipeline.wait([entry.sent], 5)  # type: ignore[list-item]  # sent, the header not
+    step = await store.save(crashed, ["t0", "t1"], bus.pipeline)
+    await bus.pipeline.wait([step.sent.sent], 5)  # type: ignore[union-attr, list-item]
 
     await store.forget_journal("run1")
     again = StoredRun(run_with_tasks("run1", 1))
