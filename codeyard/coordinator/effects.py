@@ -51,10 +51,12 @@ class CancelWork(msgspec.Struct, frozen=True):
 
 class RequestApproval(msgspec.Struct, frozen=True):
     """Ask a person: `kind` is `plan` (answer `PlanApproved`/`PlanRejected`) or `budget`
-    (answer `ResumeRun` with a larger budget, or `Cancel`)."""
+    (answer `ResumeRun` with a larger budget, or `Cancel`). `number` counts the run's questions
+    (`Run.questions`): the run waits for the answer to its latest one only."""
 
     kind: Literal["plan", "budget"]
     reason: str
+    number: int = 0
 
 
 class TaskMoved(msgspec.Struct, frozen=True):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import assert_never
+from typing import Literal, assert_never
 
 from codeyard.coordinator.budget import budget_overrun
 from codeyard.coordinator.effects import (
@@ -235,7 +235,7 @@ class RunEngine:
         self._load_plan()
         if run.approve_plan:
             self._move_run(RunState.PLAN_APPROVAL, step, "plan waits for approval")
-            step.out.append(RequestApproval("plan", f"approve the plan of {len(run.tasks)} tasks"))
+            self._ask("plan", f"approve the plan of {len(run.tasks)} tasks", step)
         else:
             self._execute(step, "plan accepted")
 
@@ -356,7 +356,7 @@ class RunEngine:
             run.budget = event.budget
         overrun = budget_overrun(run.usage, run.budget)
         if overrun:
-            step.out.append(RequestApproval("budget", f"still over budget: {overrun}"))
+            self._ask("budget", f"still over budget: {overrun}", step)
             return
         self._move_run(RunState.EXECUTING, step, "resumed")
         for task in run.tasks.values():
@@ -535,6 +535,10 @@ class RunEngine:
 
     # --- budget -------------------------------------------------------------------------------
 
+    def _ask(self, kind: Literal["plan", "budget"], reason: str, step: _Step) -> None:
+        self.run.questions += 1
+        step.out.append(RequestApproval(kind, reason, self.run.questions))
+
     def _charge(self, usage: Usage, step: _Step) -> None:
         self.run.usage = self.run.usage + usage
         self._check_budget(step)
@@ -545,7 +549,7 @@ class RunEngine:
         overrun = budget_overrun(self.run.usage, self.run.budget)
         if overrun:
             self._move_run(RunState.AWAITING_APPROVAL, step, f"over budget: {overrun}")
-            step.out.append(RequestApproval("budget", overrun))
+            self._ask("budget", overrun, step)
 
     # --- state rebuilt from the run -----------------------------------------------------------
 

@@ -113,7 +113,7 @@ from codeyard.schemas.messages import (
     WorkCancelled,
     WorkFailed,
 )
-from codeyard.schemas.model import Budget, FeedbackKind, Run
+from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
@@ -564,8 +564,9 @@ class Coordinator:
                 case RequestApproval():
                     commit.approvals.append(
                         PendingApproval(
-                            approval_id=derived_id(run_id, effect.kind, run.updated_at)[:16],
+                            approval_id=derived_id(run_id, effect.kind, str(effect.number))[:16],
                             run_id=run_id,
+                            attempt=effect.number,  # which of the run's questions it is
                             action=effect.kind,
                             detail=effect.reason,
                         )
@@ -588,20 +589,20 @@ class Coordinator:
         if self._lease is not None and not self._lease.held():
             raise LostLeadership("lease not renewed in time")
         pipeline = self._pipeline
-        if commit.approvals:
-            # Durable before any work they release is sent: resent work asks the gate, which
-            # must find the answer.
-            answers = []
-            for approval in commit.approvals:
-                key = f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}"
-                answers.append(await pipeline.publish(key, encode(approval)))
-            for outcome in await pipeline.wait(answers, 10):
-                if isinstance(outcome, BaseException):
-                    raise outcome
+        # A question is stored before the run that waits for it, so the run never waits for
+        # a question nobody can see.
+        await self._store_approvals([a for a in commit.approvals if a.status == "pending"])
         writes: list[StepWrite] = []
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline))
+        if answers := [a for a in commit.approvals if a.status != "pending"]:
+            # An answer is stored once the run took it (stored first, a run reloaded without
+            # it would wait for an answer that can no longer be given) and before the work it
+            # releases is sent (which asks the gate, which must find it).
+            await self._confirm(writes)
+            writes = []
+            await self._store_approvals(answers)
         for run_id, moves in commit.moves.items():
             if open_run := self._open.get(run_id):
                 event = task_changes(open_run.run, moves)
@@ -610,8 +611,7 @@ class Coordinator:
         for subject, message in commit.messages:
             headers = {MSG_ID_HEADER: message.msg_id}
             published.append(await pipeline.publish(subject, encode(message), headers))
-        for stored in await self._store.confirm(pipeline, writes):
-            in_background(self._background, self._store.compact(stored))
+        await self._confirm(writes)
         for outcome in await pipeline.wait(published, 10):
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -629,6 +629,20 @@ class Coordinator:
         for run_id, work in commit.merges:
             # in the background; the outcome comes back through the inbox
             in_background(self._background, self._integrate(run_id, work))
+
+    async def _store_approvals(self, approvals: list[PendingApproval]) -> None:
+        pending = []
+        for approval in approvals:
+            key = f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}"
+            pending.append(await self._pipeline.publish(key, encode(approval)))
+        for outcome in await self._pipeline.wait(pending, 10):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _confirm(self, writes: list[StepWrite]) -> None:
+        assert self._store is not None
+        for stored in await self._store.confirm(self._pipeline, writes):
+            in_background(self._background, self._store.compact(stored))
 
     async def _integrate(self, run_id: str, work: Merge | Integrate) -> None:
         """Merge (or finish) in the background; a failing workspace is retried, then the task
@@ -823,6 +837,20 @@ class Coordinator:
             )
         approved = isinstance(request, Approve)
         reason = _reason(request)
+        answer = msgspec.structs.replace(
+            approval,
+            status="approved" if approved else "denied",
+            answered_by=request.by,
+            answer=reason,
+        )
+        if stale := self._no_longer_asked(approval):
+            # Recorded all the same, so the question is no longer listed, nor expired again.
+            commit.approvals.append(answer)
+            return ControlError(
+                run_id=approval.run_id,
+                error=f"{stale}: the answer to approval {approval.approval_id} is recorded, "
+                "and changes nothing",
+            )
         event: Event
         if approval.action == "plan":
             event = PlanApproved() if approved else PlanRejected(reason)
@@ -839,14 +867,24 @@ class Coordinator:
             return ControlError(error=f"approval of kind {approval.action!r} is not handled here")
         reply = self._control_event(approval.run_id, event, commit, now)
         if isinstance(reply, Accepted):
-            answer = msgspec.structs.replace(
-                approval,
-                status="approved" if approved else "denied",
-                answered_by=request.by,
-                answer=reason,
-            )
             commit.approvals.append(answer)
         return reply
+
+    def _no_longer_asked(self, approval: PendingApproval) -> str:
+        """Why a run's question (plan, budget) no longer stands, or "": the run moved on (an
+        answer stored too late, see `_flush`), or asked a newer question since (the budget,
+        overrun again). A task's question is the engine's to judge (the task may not be parked
+        yet when a person answers)."""
+        open_run = self._open.get(approval.run_id)
+        if approval.action not in ("plan", "budget") or open_run is None:
+            return ""
+        run = open_run.run
+        waits = RunState.PLAN_APPROVAL if approval.action == "plan" else RunState.AWAITING_APPROVAL
+        if run.state is not waits:
+            return f"run {run.run_id} is {run.state}, no longer waiting for this answer"
+        if approval.attempt != run.questions:
+            return f"run {run.run_id} asked a newer question since"
+        return ""
 
 
 def _keep_output(run: Run, result: Result) -> None:

@@ -211,3 +211,7 @@ class Run(msgspec.Struct, kw_only=True):
     # Coordinator bookkeeping: the sequence of the last entry of the run's journal that its
     # stored records include (later entries are applied on load; coordinator/run_store.py).
     journal_seq: int = 0
+    # Questions the run asked a person (plan, budget) so far: numbers them, so that a question
+    # asked again after a crash keeps its approval id, and an answer to an older one is told
+    # from the answer the run waits for.
+    questions: int = 0

@@ -8,17 +8,25 @@ from codeyard.bus.subjects import RUNS_BUCKET
 from codeyard.coordinator.run_store import header_key
 
 
-class DiesBeforeTheHeader(PublishPipeline):
-    """Publishes like the coordinator's pipeline, until the write of `run_id`'s header: there
-    its coordinator dies (the step's earlier writes are stored, nothing after them is)."""
+class DiesBefore(PublishPipeline):
+    """Publishes like a coordinator's pipeline until its next write to `subject` once `armed`:
+    there its coordinator dies (the step's earlier writes are stored, nothing after them is).
+    It dies once; a coordinator that carries on is its successor."""
 
-    def __init__(self, bus: Bus, run_id: str) -> None:
+    def __init__(self, bus: Bus, subject: str, *, armed: bool = True) -> None:
         super().__init__(bus.nc)
-        self.header = f"$KV.{RUNS_BUCKET}.{header_key(run_id)}"
+        self.subject = subject
+        self.armed = armed
+        self.died = False
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> Pending:
-        if subject == self.header:
+        if self.armed and not self.died and subject == self.subject:
+            self.died = True
             raise ConnectionError("the coordinator died here")
         return await super().publish(subject, payload, headers)
+
+
+def dies_before_the_header(bus: Bus, run_id: str) -> DiesBefore:
+    return DiesBefore(bus, f"$KV.{RUNS_BUCKET}.{header_key(run_id)}")

@@ -127,7 +127,7 @@ def test_a_plan_can_wait_for_approval() -> None:
     engine = RunEngine(new_run(approve_plan=True), capacity=2)
     assert engine.handle(PlanProposed((spec("a"), spec("b"))), T0) == [
         RunMoved(R.PLANNING, R.PLAN_APPROVAL, "plan waits for approval"),
-        RequestApproval("plan", "approve the plan of 2 tasks"),
+        RequestApproval("plan", "approve the plan of 2 tasks", 1),
     ]
     assert dispatched(engine.handle(PlanApproved(), T0)) == [("coder", "a", 1), ("coder", "b", 1)]
 
@@ -381,7 +381,7 @@ def test_over_budget_the_run_pauses_until_resumed_with_a_larger_budget() -> None
     # 120 tokens > 100: pause; the result still applies, its next work is held
     assert engine.handle(Coded("b", 1, TOKENS_60), T0) == [
         RunMoved(R.EXECUTING, R.AWAITING_APPROVAL, "over budget: 120 tokens used, budget 100"),
-        RequestApproval("budget", "120 tokens used, budget 100"),
+        RequestApproval("budget", "120 tokens used, budget 100", 1),
         TaskMoved("b", 1, S.CODING, S.TESTING),
     ]
     assert engine.run.tasks["b"].held
@@ -391,7 +391,7 @@ def test_over_budget_the_run_pauses_until_resumed_with_a_larger_budget() -> None
 
     # approval without more budget is not enough
     assert engine.handle(ResumeRun(), T0) == [
-        RequestApproval("budget", "still over budget: 120 tokens used, budget 100")
+        RequestApproval("budget", "still over budget: 120 tokens used, budget 100", 2)
     ]
     effects = engine.handle(ResumeRun(Budget(max_tokens=1_000)), T0)
     assert effects[0] == RunMoved(R.AWAITING_APPROVAL, R.EXECUTING, "resumed")
@@ -405,7 +405,7 @@ def test_cost_limit_pauses_too_and_the_last_merge_waits_for_resume() -> None:
     engine.handle(Coded("a", 1), T0)
     engine.handle(Tested("a", 1, passed=True), T0)
     effects = engine.handle(Reviewed("a", 1, "review", True, usage=TOKENS_60), T0)
-    assert RequestApproval("budget", "$0.0100 spent, budget $0.0050") in effects
+    assert RequestApproval("budget", "$0.0100 spent, budget $0.0050", 1) in effects
     assert not any(isinstance(e, Merge) for e in effects)
     effects = engine.handle(ResumeRun(Budget(max_cost_usd=1.0)), T0)
     assert effects[-1] == Merge("a", 1)

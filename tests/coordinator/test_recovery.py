@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
+import nats.errors
 import pytest
 
-from codeyard.bus import Bus
-from codeyard.bus.subjects import APPROVALS_BUCKET
+from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject, journal_subject
 from codeyard.coordinator.run_store import RunStore, StoredRun
 from codeyard.coordinator.service import Coordinator
-from codeyard.schemas import ApprovalList, ListApprovals, PendingApproval
+from codeyard.coordinator.work_items import derived_id
+from codeyard.schemas import (
+    Accepted,
+    ApprovalList,
+    Approve,
+    ControlError,
+    Deny,
+    ListApprovals,
+    PendingApproval,
+    SubmitRun,
+    encode,
+)
 from codeyard.schemas.model import RunState, Task, TaskState
-from tests.coordinator.harness import ask, running_coordinator
+from tests.conftest import TEST_TOPOLOGY
+from tests.coordinator.harness import ask, running_coordinator, status
 from tests.coordinator.plans import new_run, spec
-from tests.coordinator.store_faults import DiesBeforeTheHeader
+from tests.coordinator.store_faults import DiesBefore, dies_before_the_header
 
 
 async def test_a_run_that_ended_in_a_step_cut_short_is_closed_by_the_next_leader(
@@ -34,7 +49,7 @@ async def test_a_run_that_ended_in_a_step_cut_short_is_closed_by_the_next_leader
     run.state = RunState.DONE
     with pytest.raises(ConnectionError):
         await store.confirm(
-            DiesBeforeTheHeader(bus, "run1"), [await store.save(stored, ["t0"], bus.pipeline)]
+            dies_before_the_header(bus, "run1"), [await store.save(stored, ["t0"], bus.pipeline)]
         )
     [header] = await store.headers()
     assert header.state is RunState.EXECUTING  # what a new leader finds open
@@ -48,3 +63,88 @@ async def test_a_run_that_ended_in_a_step_cut_short_is_closed_by_the_next_leader
     loaded = await store.load("run1", tasks=True)
     assert loaded is not None
     assert loaded.run.tasks["t0"].state is TaskState.MERGED
+
+
+async def approve_the_plan_through(
+    coordinator_bus: Bus, bus: Bus, fault: DiesBefore, run_id: str
+) -> str:
+    """Submit a run whose plan waits for approval, then approve it while `fault` kills the
+    coordinator in that step; returns the approval's id."""
+    async with running_coordinator(Coordinator(coordinator_bus, name="dies", capacity=4)):
+        plan = [spec("x")]
+        await ask(bus, "submit", SubmitRun(run_id=run_id, goal="g", plan=plan, approve_plan=True))
+        listed = await ask(bus, "approvals", ListApprovals())
+        assert isinstance(listed, ApprovalList)
+        [question] = listed.approvals
+        fault.armed = True
+        approve = Approve(approval_id=question.approval_id, by="ana")
+        with contextlib.suppress(nats.errors.TimeoutError):  # it died before answering
+            await bus.nc.request(ctl_subject("approve"), encode(approve), timeout=2)
+        assert fault.died
+        return question.approval_id
+
+
+async def test_an_answer_lost_with_its_step_can_be_given_again(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """The coordinator died before the step that took the approval was stored: the answer
+    was not stored either, so the run still waits and the person answers again."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = DiesBefore(coordinator_bus, journal_subject("r1"), armed=False)
+    coordinator_bus.pipeline = fault
+    try:
+        approval_id = await approve_the_plan_through(coordinator_bus, bus, fault, "r1")
+        async with running_coordinator(Coordinator(coordinator_bus, name="successor")):
+            assert (await status(bus, "r1")).state is RunState.PLAN_APPROVAL
+            again = await ask(bus, "approve", Approve(approval_id=approval_id, by="ana"))
+            assert isinstance(again, Accepted), again
+            assert (await status(bus, "r1")).state is RunState.EXECUTING
+    finally:
+        await coordinator_bus.close()
+
+
+async def test_a_question_answered_after_the_run_moved_on_is_closed(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """The coordinator died after the run took the approval and before the answer was
+    stored: the question still shows, and answering it again changes nothing but closes it."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    question = derived_id("r1", "plan", 1)[:16]  # the run's first question
+    fault = DiesBefore(coordinator_bus, f"$KV.{APPROVALS_BUCKET}.{question}", armed=False)
+    coordinator_bus.pipeline = fault
+    try:
+        assert await approve_the_plan_through(coordinator_bus, bus, fault, "r1") == question
+        async with running_coordinator(Coordinator(coordinator_bus, name="successor")):
+            assert (await status(bus, "r1")).state is RunState.EXECUTING
+            listed = await ask(bus, "approvals", ListApprovals())
+            assert isinstance(listed, ApprovalList)
+            assert [a.approval_id for a in listed.approvals] == [question]
+            late = await ask(bus, "deny", Deny(approval_id=question, by="timeout"))
+            assert isinstance(late, ControlError)
+            assert "no longer waiting" in late.error
+            assert (await status(bus, "r1")).state is RunState.EXECUTING  # not cancelled
+            after = await ask(bus, "approvals", ListApprovals())
+            assert isinstance(after, ApprovalList)
+            assert after.approvals == []
+    finally:
+        await coordinator_bus.close()
+
+
+async def test_denying_a_budget_question_the_run_no_longer_asks_does_not_cancel_it(
+    bus: Bus,
+) -> None:
+    """A budget question left pending by a crash (the run was resumed meanwhile) runs out of
+    time and is denied: the run, which no longer waits for it, goes on."""
+    async with running_coordinator(Coordinator(bus, name="coord", capacity=4)):
+        await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=[spec("x")]))
+        approvals = await bus.store(APPROVALS_BUCKET, PendingApproval)
+        left = PendingApproval(approval_id="q0", run_id="r1", action="budget", detail="over")
+        await approvals.put("q0", left)
+
+        denied = await ask(bus, "deny", Deny(approval_id="q0", by="timeout"))
+
+        assert isinstance(denied, ControlError)
+        assert (await status(bus, "r1")).state is RunState.EXECUTING
+        entry = await approvals.get("q0")
+        assert entry is not None
+        assert entry.value.status == "denied"  # closed: not listed, nor expired, again

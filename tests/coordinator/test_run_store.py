@@ -13,7 +13,7 @@ from codeyard.bus.subjects import JOURNAL_STREAM, RUNS_BUCKET, journal_subject
 from codeyard.coordinator.run_store import CheckpointPolicy, RunStore, StoredRun, header_key
 from codeyard.schemas.model import Run, RunState, Task, TaskState
 from tests.coordinator.plans import new_run, spec
-from tests.coordinator.store_faults import DiesBeforeTheHeader
+from tests.coordinator.store_faults import dies_before_the_header
 
 
 def run_with_tasks(run_id: str, count: int) -> Run:
@@ -188,7 +188,7 @@ async def test_a_checkpoint_cut_short_before_its_header_loads_whole(bus: Bus) ->
     step = await store.save(stored, ["t0"], bus.pipeline)  # entry 3, then a checkpoint
     assert step.checkpoint
     with pytest.raises(ConnectionError):
-        await store.confirm(DiesBeforeTheHeader(bus, "run1"), [step])
+        await store.confirm(dies_before_the_header(bus, "run1"), [step])
     kv = await bus.js.key_value(RUNS_BUCKET)
     landed = await kv.get("run1.t0")
     assert landed.value is not None
