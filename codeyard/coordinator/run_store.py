@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -263,13 +263,21 @@ class RunStore:
         write.sent = await pipeline.publish(subject, write.payload, headers)
 
     async def confirm(
-        self, pipeline: PublishPipeline, steps: list[StepWrite], timeout: float = 10.0
+        self,
+        pipeline: PublishPipeline,
+        steps: list[StepWrite],
+        timeout: float = 10.0,
+        before_headers: Callable[[], None] = lambda: None,
     ) -> list[StoredRun]:
         """Write the rest of the steps `save` started and wait until all of it is stored: the
         further entries of a step too big for one (each fenced by the one before), then the
         checkpoints' tasks, then the headers; returns the runs checkpointed (`compact` their
         journals). `StaleRevision` if a write was refused as out of date, `TimeoutError` if the
-        server did not answer in time (the writes may or may not have landed)."""
+        server did not answer in time (the writes may or may not have landed).
+
+        `before_headers` runs just before the headers are sent and may raise to stop there: a
+        new run's header is not fenced by any earlier write, so the writer checks that it
+        still may write (its lease) as late as it can."""
         while sending := [step for step in steps if step.sent is not None]:
             await self._stored(pipeline, [step.sent for step in sending if step.sent], timeout)
             for step in sending:
@@ -281,6 +289,8 @@ class RunStore:
             await self._publish(pipeline, write)
         await self._stored(pipeline, tasks, timeout)
         headers = [self._header(step) for step in steps if step.header is not None]
+        if headers:
+            before_headers()
         for write in headers:
             await self._publish(pipeline, write)
         await self._stored(pipeline, headers, timeout)

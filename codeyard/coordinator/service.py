@@ -586,8 +586,7 @@ class Coordinator:
         """Make the step durable (pipelined), then ack and answer its inputs."""
         assert self._store is not None
         assert self._approvals is not None
-        if self._lease is not None and not self._lease.held():
-            raise LostLeadership("lease not renewed in time")
+        self._check_lease()
         pipeline = self._pipeline
         # A question is stored before the run that waits for it, so the run never waits for
         # a question nobody can see.
@@ -641,8 +640,13 @@ class Coordinator:
 
     async def _confirm(self, writes: list[StepWrite]) -> None:
         assert self._store is not None
-        for stored in await self._store.confirm(self._pipeline, writes):
+        confirmed = self._store.confirm(self._pipeline, writes, before_headers=self._check_lease)
+        for stored in await confirmed:
             in_background(self._background, self._store.compact(stored))
+
+    def _check_lease(self) -> None:
+        if self._lease is not None and not self._lease.held():
+            raise LostLeadership("lease not renewed in time")
 
     async def _integrate(self, run_id: str, work: Merge | Integrate) -> None:
         """Merge (or finish) in the background; a failing workspace is retried, then the task

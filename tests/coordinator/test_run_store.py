@@ -246,3 +246,17 @@ async def test_a_journal_left_without_a_header_is_forgotten(bus: Bus) -> None:
     loaded = await store.load("run1", tasks=True)
     assert loaded is not None
     assert list(loaded.run.tasks) == ["t0"]
+
+
+async def test_a_writer_that_lost_its_lease_stops_before_a_new_runs_header(bus: Bus) -> None:
+    """Nothing fences the first header of a run: a new leader that loaded the runs before it
+    landed would never know the run. So the writer checks its lease once more just before."""
+    store = await RunStore.open(bus.js)
+    step = await store.save(StoredRun(run_with_tasks("run1", 1)), ["t0"], bus.pipeline)
+
+    def lease_lost() -> None:
+        raise RuntimeError("lease not renewed in time")
+
+    with pytest.raises(RuntimeError):
+        await store.confirm(bus.pipeline, [step], before_headers=lease_lost)
+    assert await store.headers() == []  # the submission was not accepted: it is retried
