@@ -26,7 +26,7 @@ from codeyard.bus import permissions, subjects
 from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.presence import PresenceAnnouncer
-from codeyard.bus.result_sender import ResultSender
+from codeyard.bus.result_sender import ResultSender, ResultTooLarge
 from codeyard.bus.topology import ensure_role_consumer
 from codeyard.cancellation import in_background, stop_tasks
 from codeyard.observability import metrics
@@ -92,6 +92,18 @@ def result_msg_id(work_msg_id: str) -> str:
     """The result of a work item has a fixed id, so a result published twice (worker died
     between publish and ack) is stored once by JetStream's duplicate window."""
     return hashlib.sha256(f"{work_msg_id}:result".encode()).hexdigest()[:32]
+
+
+def _answering(item: WorkItem, result: Result) -> Result:
+    """`result` with the envelope of the work item it answers."""
+    return msgspec.structs.replace(
+        result,
+        run_id=item.run_id,
+        task_id=item.task_id,
+        attempt=item.attempt,
+        trace_id=item.trace_id,
+        msg_id=result_msg_id(item.msg_id),
+    )
 
 
 def _run_id_of(payload: bytes) -> str:
@@ -323,9 +335,9 @@ class PullWorker:
             self._heartbeats.stop(msg)
             self._running.pop(key, None)
             self._handler_seconds[outcome].observe(time.monotonic() - started)
-        await self._finish(msg, item, result)
-        self.stats.handled += 1
-        self._handled.inc()
+        if await self._finish(msg, item, result):
+            self.stats.handled += 1
+            self._handled.inc()
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
@@ -359,19 +371,18 @@ class PullWorker:
         self.stats.failed += 1
         self._failed.inc()
 
-    async def _finish(self, msg: Msg, item: WorkItem, result: Result) -> None:
+    async def _finish(self, msg: Msg, item: WorkItem, result: Result) -> bool:
         """Publish the result and only then ack. If publishing fails the message stays unacked
-        and comes back after ack_wait."""
-        result = msgspec.structs.replace(
-            result,
-            run_id=item.run_id,
-            task_id=item.task_id,
-            attempt=item.attempt,
-            trace_id=item.trace_id,
-            msg_id=result_msg_id(item.msg_id),
-        )
+        and comes back after ack_wait. A result too big for one message is answered with a
+        WorkFailed saying so at once (run again, the work would likely be as big), and False
+        returned: the item was not answered with `result`."""
+        replaced = False
         try:
-            await self._results.send(result)
+            try:
+                await self._results.send(_answering(item, result))
+            except ResultTooLarge as exc:
+                replaced = True
+                await self._results.send(_answering(item, self._too_large(msg, result, exc)))
             await msg.ack()
         except Exception as exc:
             log.warning(
@@ -380,6 +391,18 @@ class PullWorker:
                 item.msg_id,
                 exc,
             )
+        return not replaced
+
+    def _too_large(self, msg: Msg, result: Result, error: ResultTooLarge) -> WorkFailed:
+        log.warning("%s: %s too big to send: %s", self.role, type(result).__name__, error)
+        self.stats.failed += 1
+        self._failed.inc()
+        return WorkFailed(
+            role=self.role,
+            reason=f"{type(result).__name__} too big to send: {error}",
+            deliveries=msg.metadata.num_delivered,
+            usage=getattr(result, "usage", Usage()),  # what the work spent still counts
+        )
 
     async def _dead_letter(self, msg: Msg, error: MessageError) -> None:
         log.warning(

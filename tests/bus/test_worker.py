@@ -349,3 +349,27 @@ async def test_work_waiting_for_a_person_is_handed_back_as_approval_needed(bus: 
     assert (result.task_id, result.attempt) == ("t1", 1)
     info = await settled(bus, "tester")
     assert info.num_ack_pending == 0  # handed back means acked: it is not redelivered
+
+
+async def test_a_result_too_big_to_send_is_answered_with_work_failed(bus: Bus) -> None:
+    """Sent again, it would be as big: the task fails at once, with the reason; the results
+    finishing with it are stored as usual."""
+
+    async def handle(item: WorkItem) -> Result:
+        size = bus.nc.max_payload if item.task_id == "t-huge" else 10
+        return CodeResult(patch=Patch(text="+" * size), usage=Usage(calls=2))
+
+    for task_id in ("t-small", "t-huge", "t-also-small"):
+        await bus.publish(work_subject("coder"), code_request(task_id))
+    worker = PullWorker(bus, "coder", handle, concurrency=3, max_deliver=2)
+    async with serving(worker):
+        results = {result.task_id: result for result in await collect_results(bus, 3)}
+        info = await settled(bus, "coder")
+    huge = results.pop("t-huge")
+    assert isinstance(huge, WorkFailed)
+    assert huge.reason.startswith("CodeResult too big to send: the result is ")
+    assert f"max_payload of {bus.nc.max_payload} bytes" in huge.reason
+    assert (huge.deliveries, huge.usage) == (1, Usage(calls=2))  # at once; its spend counts
+    assert all(isinstance(result, CodeResult) for result in results.values())
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert (worker.stats.handled, worker.stats.failed) == (2, 1)
