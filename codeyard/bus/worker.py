@@ -210,7 +210,7 @@ class PullWorker:
     message delivered more often than allowed (its workers kept dying) fails without running.
 
     A withdrawn item (see `Withdrawals`) is termed without an answer: before its handler
-    starts, or when the withdrawal cancels its handler.
+    starts, when the withdrawal cancels its handler, or when the handler returns anyway.
     """
 
     def __init__(
@@ -379,10 +379,18 @@ class PullWorker:
             else:
                 await self._retry(msg, item, exc, None)
             return
+        else:
+            # Withdrawn, yet the handler returned: nats-py's requests wait with `wait_for`,
+            # which on Python 3.11 swallows a cancellation landing as their reply arrives.
+            if key in self._withdrawn:
+                outcome = "cancelled"
         finally:
             self._heartbeats.stop(msg)
             self._running.pop(key, None)
             self._handler_seconds[outcome].observe(time.monotonic() - started)
+        if outcome == "cancelled":  # its result is not wanted
+            await self._drop(msg, item, key)
+            return
         if await self._finish(msg, item, result):
             self.stats.handled += 1
             self._handled.inc()

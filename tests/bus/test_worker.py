@@ -4,6 +4,7 @@ withdrawn work dropped."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -446,6 +447,32 @@ async def test_work_withdrawn_while_awaiting_redelivery_is_dropped_when_it_comes
     assert ran == []
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
     assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0
+
+
+async def test_withdrawn_work_whose_handler_swallows_the_cancellation_is_dropped(
+    bus: Bus,
+) -> None:
+    """nats-py waits for replies with `wait_for`, which on Python 3.11 swallows a cancellation
+    that lands as the reply arrives: the handler then returns a result all the same."""
+    started = asyncio.Event()
+
+    async def stubborn(item: WorkItem) -> Result:
+        started.set()
+        # as wait_for does when the reply comes in the same turn as the cancellation
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        return CodeResult(patch=Patch(text="unwanted"))
+
+    worker = PullWorker(bus, "coder", stubborn)
+    work = await bus.publish(work_subject("coder"), code_request("t-stubborn"))
+    async with terminations(bus, "coder") as termed, serving(worker):
+        await asyncio.wait_for(started.wait(), 5)
+        await withdraw(bus, "t-stubborn")
+        assert await asyncio.wait_for(termed.get(), 5) == work.seq
+        info = await settled(bus, "coder")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0  # the result dropped
+    assert len(worker._withdrawn) == 0  # and the withdrawal forgotten
 
 
 def test_withdrawals_are_remembered_for_a_while_and_only_so_many() -> None:
