@@ -58,6 +58,11 @@ class PublishPipeline:
         self._counter = 0
         self._subscription: Subscription | None = None
 
+    @property
+    def max_payload(self) -> int:
+        """The most bytes, headers included, the server takes in one message."""
+        return self._nc.max_payload
+
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> Pending:

@@ -8,7 +8,10 @@ waits for company: the results queued when the sender next runs (the following t
 is sent, so a lone result leaves as soon as it would have alone, as a plain `Result`.
 
 A sender's `send` returns only once JetStream stored the message holding its result, so the
-caller may ack the work item then, exactly as with a publish of its own.
+caller may ack the work item then, exactly as with a publish of its own. A result too big for
+one message is refused by `send` before it is queued (`ResultTooLarge`), and each message's
+senders learn that message's outcome alone: a publish failing does not fail results that
+other messages of the same turn stored.
 """
 
 from __future__ import annotations
@@ -31,6 +34,23 @@ from codeyard.schemas.messages import Result, ResultBatch
 # one leaves the coordinator's step sooner.
 MAX_BATCH_BYTES = 256 * 1024
 
+# Of the server's max_payload, what a result may not use: the server counts the headers
+# (Nats-Msg-Id, about 60 bytes) against the limit, and closes the connection of a client that
+# goes over it (nats-py checks the payload alone); a batch adds its envelope (about 220 bytes).
+ENVELOPE_ROOM = 1024
+
+
+class ResultTooLarge(ValueError):
+    """A result bigger than one NATS message may be: sent again it would be just as big."""
+
+    def __init__(self, size: int, limit: int, max_payload: int) -> None:
+        super().__init__(
+            f"the result is {size} bytes encoded, over the {limit} bytes a result may be "
+            f"(the server's max_payload of {max_payload} bytes less {ENVELOPE_ROOM} for headers)"
+        )
+        self.size = size
+        self.limit = limit
+
 
 @dataclass(frozen=True)
 class _Queued:
@@ -46,6 +66,8 @@ def batch_msg_id(msg_ids: list[str]) -> str:
 
 
 class ResultSender:
+    """Stores results on `subject`, those sent in the same turn as few messages as fit."""
+
     def __init__(
         self,
         pipeline: PublishPipeline,
@@ -63,43 +85,56 @@ class ResultSender:
 
     async def send(self, result: Result) -> None:
         """Store `result` in the results stream; raises what the publish raised (`PublishError`,
-        `TimeoutError`, `ConnectionError`), after which it may or may not be stored."""
-        loop = asyncio.get_running_loop()
-        stored: asyncio.Future[None] = loop.create_future()
-        self._queued.append(_Queued(result.msg_id, encode(result), stored))
+        `TimeoutError`, `ConnectionError`), after which it may or may not be stored, or
+        `ResultTooLarge` at once, nothing sent."""
+        payload = encode(result)
+        limit = self._limit()
+        if len(payload) > limit:
+            raise ResultTooLarge(len(payload), limit, self._pipeline.max_payload)
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append(_Queued(result.msg_id, payload, stored))
         if len(self._queued) == 1:  # the first of this turn: the flush runs in the next one
             in_background(self._flushing, self._flush())
         await stored
 
+    def _limit(self) -> int:
+        """The most bytes a result, or a batch's results, may take (read each time: the server
+        a reconnect lands on may allow a different max_payload)."""
+        return self._pipeline.max_payload - ENVELOPE_ROOM
+
     async def _flush(self) -> None:
         queued, self._queued = self._queued, []
-        sent: list[tuple[list[_Queued], Pending]] = []
         try:
+            sent: list[tuple[list[_Queued], Pending]] = []
             for group in self._groups(queued):
-                payload, msg_id = self._message(group)
-                pending = await self._pipeline.publish(
-                    self._subject, payload, {MSG_ID_HEADER: msg_id}
-                )
-                sent.append((group, pending))
+                try:
+                    sent.append((group, await self._publish(group)))
+                except Exception as exc:  # this message only: earlier ones may be stored already
+                    _settle_all(group, exc)
             outcomes = await self._pipeline.wait([pending for _, pending in sent], self._timeout)
-        except Exception as exc:  # the connection failed under the publish: all of them fail
-            for item in queued:
-                _settle(item.stored, exc)
-            return
-        for (group, _), outcome in zip(sent, outcomes, strict=True):
-            for item in group:
-                _settle(item.stored, outcome if isinstance(outcome, BaseException) else None)
+            for (group, _), outcome in zip(sent, outcomes, strict=True):
+                _settle_all(group, outcome if isinstance(outcome, BaseException) else None)
+        finally:  # whatever ended the flush early, no sender waits forever
+            _settle_all(queued, ConnectionError("the results' flush ended before their acks"))
+
+    async def _publish(self, group: list[_Queued]) -> Pending:
+        payload, msg_id = self._message(group)
+        return await self._pipeline.publish(self._subject, payload, {MSG_ID_HEADER: msg_id})
 
     def _groups(self, queued: list[_Queued]) -> Iterator[list[_Queued]]:
-        """Consecutive results up to `max_bytes` a group (a bigger one goes alone)."""
+        """Consecutive results up to `max_bytes` a group, and never over what one message may
+        carry (a bigger one goes alone)."""
+        limit = self._limit()
         group: list[_Queued] = []
         size = 0
         for item in queued:
-            if group and size + len(item.payload) > self._max_bytes:
+            grown = size + len(item.payload)
+            # against the limit, the commas between results count too
+            if group and (grown > self._max_bytes or grown + len(group) > limit):
                 yield group
-                group, size = [], 0
+                group, grown = [], len(item.payload)
             group.append(item)
-            size += len(item.payload)
+            size = grown
         if group:
             yield group
 
@@ -115,10 +150,12 @@ class ResultSender:
         return encode(batch), msg_id
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():  # its sender was cancelled and no longer waits
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle_all(items: list[_Queued], error: BaseException | None) -> None:
+    """Tell the senders of `items` their outcome, unless they were told already."""
+    for item in items:
+        if item.stored.done():  # settled before, or its sender was cancelled and left
+            continue
+        if error is None:
+            item.stored.set_result(None)
+        else:
+            item.stored.set_exception(error)

@@ -4,6 +4,10 @@ Delivery is at least once. A message is acked only after its result is stored in
 a worker that dies at any point leaves the message to be redelivered (after `ack_wait`) to any
 worker on the same durable consumer. While a handler runs, `in_progress()` heartbeats keep a
 short `ack_wait` from redelivering live work.
+
+Work the coordinator withdraws (a `WorkCancelled` notice on `cy.cancel.<run_id>`) is dropped
+for good, its message termed and no result sent, whether the notice finds its handler running
+or comes before the item reaches one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import re
 import time
 from asyncio import FIRST_COMPLETED
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +31,7 @@ from codeyard.bus import permissions, subjects
 from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.presence import PresenceAnnouncer
-from codeyard.bus.result_sender import ResultSender
+from codeyard.bus.result_sender import ResultSender, ResultTooLarge
 from codeyard.bus.topology import ensure_role_consumer
 from codeyard.cancellation import in_background, stop_tasks
 from codeyard.observability import metrics
@@ -46,6 +51,7 @@ from codeyard.schemas.model import Usage
 log = logging.getLogger(__name__)
 
 Handler = Callable[[WorkItem], Awaitable[Result]]
+WorkKey = tuple[str, str, int]  # (run_id, task_id, attempt) of a work item
 
 DEAD_LETTER_PAYLOAD_LIMIT = 4096
 _ID = re.compile(ID_PATTERN)
@@ -92,6 +98,18 @@ def result_msg_id(work_msg_id: str) -> str:
     """The result of a work item has a fixed id, so a result published twice (worker died
     between publish and ack) is stored once by JetStream's duplicate window."""
     return hashlib.sha256(f"{work_msg_id}:result".encode()).hexdigest()[:32]
+
+
+def _answering(item: WorkItem, result: Result) -> Result:
+    """`result` with the envelope of the work item it answers."""
+    return msgspec.structs.replace(
+        result,
+        run_id=item.run_id,
+        task_id=item.task_id,
+        attempt=item.attempt,
+        trace_id=item.trace_id,
+        msg_id=result_msg_id(item.msg_id),
+    )
 
 
 def _run_id_of(payload: bytes) -> str:
@@ -146,12 +164,53 @@ class Heartbeats:
             log.debug("heartbeat failed: %s", exc)
 
 
+class Withdrawals:
+    """Work the coordinator withdrew lately, by `WorkKey`.
+
+    A notice is not stored and reaches only the workers listening when it is sent, so one for
+    an item not yet running (still in the stream, fetched but not started, on its way back to
+    be redelivered) is remembered here until the item comes. At most `limit` keys are kept, for
+    up to `keep` seconds each, the oldest going first: a withdrawn item is at most `ack_wait`
+    (plus a redelivery backoff) from arriving, and a run withdraws only its work in flight.
+    """
+
+    def __init__(self, limit: int = 4096, keep: float = 600.0) -> None:
+        self._limit = limit
+        self._keep = keep
+        self._since: OrderedDict[WorkKey, float] = OrderedDict()  # oldest first
+
+    def add(self, key: WorkKey) -> None:
+        now = time.monotonic()
+        self._since[key] = now
+        self._since.move_to_end(key)
+        self._forget_old(now)
+
+    def discard(self, key: WorkKey) -> None:
+        self._since.pop(key, None)
+
+    def __contains__(self, key: WorkKey) -> bool:
+        since = self._since.get(key)
+        return since is not None and time.monotonic() - since < self._keep
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def _forget_old(self, now: float) -> None:
+        while self._since and (
+            len(self._since) > self._limit or now - next(iter(self._since.values())) >= self._keep
+        ):
+            self._since.popitem(last=False)
+
+
 class PullWorker:
     """Serves one role's durable consumer with up to `concurrency` handlers at once.
 
     `max_deliver` is enforced here rather than by the server, which would drop the message
     silently: on its last allowed delivery a failing handler yields a WorkFailed result, and a
     message delivered more often than allowed (its workers kept dying) fails without running.
+
+    A withdrawn item (see `Withdrawals`) is termed without an answer: before its handler
+    starts, when the withdrawal cancels its handler, or when the handler returns anyway.
     """
 
     def __init__(
@@ -182,9 +241,9 @@ class PullWorker:
             outcome: metrics.HANDLER_SECONDS.labels(self.role, outcome)
             for outcome in ("ok", "cancelled", "retry", "failed", "approval")
         }
-        # handlers running, by the (run, task, attempt) of their item; and those withdrawn
-        self._running: dict[tuple[str, str, int], asyncio.Task[None]] = {}
-        self._withdrawn: set[tuple[str, str, int]] = set()
+        # handlers running, by the (run, task, attempt) of their item; and work withdrawn
+        self._running: dict[WorkKey, asyncio.Task[None]] = {}
+        self._withdrawn = Withdrawals()
 
     @property
     def js(self) -> JetStreamContext:
@@ -258,6 +317,12 @@ class PullWorker:
             await self._dead_letter(msg, exc)
             return
         enter_work(item.run_id, item.task_id, item.attempt)  # this task's log lines name it
+        key = (item.run_id, item.task_id, item.attempt)
+        # No await from here until the handler is in `_running`: a notice coming in between
+        # would find it neither withdrawn here nor running.
+        if key in self._withdrawn:  # withdrawn before it came: it never runs
+            await self._drop(msg, item, key)
+            return
         if deliveries > self.max_deliver:
             reason = (
                 f"delivered {deliveries} times without an answer (limit {self.max_deliver}); "
@@ -269,7 +334,6 @@ class PullWorker:
             self._failed.inc()
             return
         self._heartbeats.start(msg)
-        key = (item.run_id, item.task_id, item.attempt)
         # The handler runs in this task (a task of its own per item cost more than a no-op
         # handler); a withdrawal cancels this task while it awaits the handler.
         self._running[key] = asyncio.current_task()  # type: ignore[assignment]  # in a task
@@ -279,11 +343,7 @@ class PullWorker:
         except asyncio.CancelledError:
             outcome = "cancelled"
             if key in self._withdrawn:  # the coordinator no longer wants it: drop it for good
-                self._withdrawn.discard(key)
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]  # handled here
-                log.info("%s: dropped withdrawn work %s", self.role, item.msg_id)
-                with contextlib.suppress(Exception):
-                    await msg.term()
+                await self._drop(msg, item, key)
                 return
             with contextlib.suppress(Exception):  # shutting down: someone else should do it
                 await asyncio.shield(msg.nak())
@@ -319,25 +379,50 @@ class PullWorker:
             else:
                 await self._retry(msg, item, exc, None)
             return
+        else:
+            # Withdrawn, yet the handler returned: nats-py's requests wait with `wait_for`,
+            # which on Python 3.11 swallows a cancellation landing as their reply arrives.
+            if key in self._withdrawn:
+                outcome = "cancelled"
         finally:
             self._heartbeats.stop(msg)
             self._running.pop(key, None)
             self._handler_seconds[outcome].observe(time.monotonic() - started)
-        await self._finish(msg, item, result)
-        self.stats.handled += 1
-        self._handled.inc()
+        if outcome == "cancelled":  # its result is not wanted
+            await self._drop(msg, item, key)
+            return
+        if await self._finish(msg, item, result):
+            self.stats.handled += 1
+            self._handled.inc()
 
     async def _on_cancel(self, msg: Msg) -> None:
+        """Withdraw the work a notice names: cancel its handler if it runs here, and remember
+        it in case its item is yet to come (every worker hears every run's notices)."""
         try:
             notice = decode(msg.data, WorkCancelled)
         except MessageError as exc:
             log.warning("%s: ignoring a malformed cancellation: %s", self.role, exc)
             return
         key = (notice.run_id, notice.task_id, notice.attempt)
+        self._withdrawn.add(key)
         running = self._running.get(key)
         if running is not None and not running.done():
-            self._withdrawn.add(key)
             running.cancel()
+
+    async def _drop(self, msg: Msg, item: WorkItem, key: WorkKey) -> None:
+        """Term withdrawn work: no result, no redelivery. The coordinator ignores results of
+        a run it cancelled or failed (the only runs it withdraws work from), so none is lost.
+        The key is forgotten once the term is sent; kept if not, for the redelivery."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # the withdrawal's cancellation, handled
+            task.uncancel()
+        log.info("%s: dropped withdrawn work %s", self.role, item.msg_id)
+        try:
+            await msg.term()
+        except Exception as exc:
+            log.warning("%s: could not term withdrawn work %s: %s", self.role, item.msg_id, exc)
+            return
+        self._withdrawn.discard(key)
 
     async def _retry(self, msg: Msg, item: WorkItem, exc: Exception, delay: float | None) -> None:
         deliveries = msg.metadata.num_delivered
@@ -359,19 +444,18 @@ class PullWorker:
         self.stats.failed += 1
         self._failed.inc()
 
-    async def _finish(self, msg: Msg, item: WorkItem, result: Result) -> None:
+    async def _finish(self, msg: Msg, item: WorkItem, result: Result) -> bool:
         """Publish the result and only then ack. If publishing fails the message stays unacked
-        and comes back after ack_wait."""
-        result = msgspec.structs.replace(
-            result,
-            run_id=item.run_id,
-            task_id=item.task_id,
-            attempt=item.attempt,
-            trace_id=item.trace_id,
-            msg_id=result_msg_id(item.msg_id),
-        )
+        and comes back after ack_wait. A result too big for one message is answered with a
+        WorkFailed saying so at once (run again, the work would likely be as big), and False
+        returned: the item was not answered with `result`."""
+        replaced = False
         try:
-            await self._results.send(result)
+            try:
+                await self._results.send(_answering(item, result))
+            except ResultTooLarge as exc:
+                replaced = True
+                await self._results.send(_answering(item, self._too_large(msg, result, exc)))
             await msg.ack()
         except Exception as exc:
             log.warning(
@@ -380,6 +464,18 @@ class PullWorker:
                 item.msg_id,
                 exc,
             )
+        return not replaced
+
+    def _too_large(self, msg: Msg, result: Result, error: ResultTooLarge) -> WorkFailed:
+        log.warning("%s: %s too big to send: %s", self.role, type(result).__name__, error)
+        self.stats.failed += 1
+        self._failed.inc()
+        return WorkFailed(
+            role=self.role,
+            reason=f"{type(result).__name__} too big to send: {error}",
+            deliveries=msg.metadata.num_delivered,
+            usage=getattr(result, "usage", Usage()),  # what the work spent still counts
+        )
 
     async def _dead_letter(self, msg: Msg, error: MessageError) -> None:
         log.warning(

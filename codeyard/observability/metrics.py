@@ -21,7 +21,7 @@ WORK_HANDLED = Counter(
 )
 WORK_FAILED = Counter(
     "codeyard_work_items_failed",
-    "Work items answered with WorkFailed (gave up, or out of deliveries)",
+    "Work items answered with WorkFailed (gave up, out of deliveries, or result too big)",
     ["role"],
 )
 WORK_RETRIED = Counter(

@@ -395,7 +395,7 @@ def _operations() -> JsonObject:
             "receive",
             "cancel",
             (messages.WorkCancelled,),
-            "Workers stop and drop withdrawn work they are running.",
+            "Workers stop and drop withdrawn work, running or still to come.",
         ),
         "checkAction": _operation(
             "send",

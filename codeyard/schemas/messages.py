@@ -211,7 +211,8 @@ class UsageReported(Envelope, kw_only=True, frozen=True):
 class WorkCancelled(Envelope, kw_only=True, frozen=True):
     """The coordinator no longer wants the work of (`task_id`, `attempt`) (the planning when
     `task_id` is empty): the run was cancelled or failed. Recorded on the run's events and sent
-    to the workers on `cy.cancel.<run_id>`; a worker running it stops and drops the item."""
+    to the workers on `cy.cancel.<run_id>`; a worker running it stops and drops the item, and
+    one that receives the item later (for some minutes) drops it without running it."""
 
     reason: LongText = ""
 

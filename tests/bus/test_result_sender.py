@@ -10,8 +10,8 @@ import pytest
 
 from codeyard.bus import Bus
 from codeyard.bus.connection import MSG_ID_HEADER
-from codeyard.bus.pipeline import PublishError
-from codeyard.bus.result_sender import ResultSender, batch_msg_id
+from codeyard.bus.pipeline import Pending, PublishError
+from codeyard.bus.result_sender import ResultSender, ResultTooLarge, batch_msg_id
 from codeyard.bus.subjects import RESULT_STREAM, result_subject
 from codeyard.schemas import (
     Result,
@@ -151,3 +151,52 @@ async def test_a_closed_connection_fails_the_senders(bus: Bus, size: int) -> Non
     )
 
     assert all(isinstance(outcome, Exception) for outcome in outcomes), outcomes
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        -20,  # passes nats-py's check of the payload, not the server's of payload and headers
+        1,  # over max_payload itself
+    ],
+)
+async def test_a_result_too_big_for_one_message_fails_alone(bus: Bus, over: int) -> None:
+    sender = ResultSender(bus.pipeline, result_subject("tester"))
+    small = passing("t0")
+    filler = bus.nc.max_payload - len(encode(small)) + over
+    huge = passing("t1", output="x" * (len(small.output) + filler))
+    assert len(encode(huge)) == bus.nc.max_payload + over
+
+    outcomes = await asyncio.gather(
+        sender.send(small), sender.send(huge), sender.send(passing("t2")), return_exceptions=True
+    )
+
+    assert outcomes[0] is None
+    assert outcomes[2] is None
+    assert isinstance(outcomes[1], ResultTooLarge)
+    assert str(outcomes[1]).startswith(f"the result is {bus.nc.max_payload + over} bytes")
+    assert [result.task_id for result in unpacked(await stored(bus))] == ["t0", "t2"]
+    assert bus.nc.is_connected  # the server was never sent more than it takes
+
+
+async def test_a_publish_failing_fails_only_its_own_message(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results flushed in the same turn as several messages: one refused before it left fails
+    its own senders only; the others' results are stored, and their senders told so."""
+    results = [passing(f"t{n}", output="x" * 1000) for n in range(3)]
+    sender = ResultSender(bus.pipeline, result_subject("tester"), max_bytes=1)  # one a message
+    publish = bus.pipeline.publish
+
+    async def refuse_the_second(subject: str, payload: bytes, headers: dict[str, str]) -> Pending:
+        if payload == encode(results[1]):
+            raise ConnectionError("refused")
+        return await publish(subject, payload, headers)
+
+    monkeypatch.setattr(bus.pipeline, "publish", refuse_the_second)
+    outcomes = await asyncio.gather(*map(sender.send, results), return_exceptions=True)
+
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], ConnectionError)
+    assert outcomes[2] is None
+    assert [result.task_id for result in unpacked(await stored(bus))] == ["t0", "t2"]

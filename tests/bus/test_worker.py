@@ -1,20 +1,24 @@
-"""The pull-worker contract: ack after effect, redelivery, dead letters, max_deliver, heartbeats."""
+"""The pull-worker contract: ack after effect, redelivery, dead letters, max_deliver, heartbeats,
+withdrawn work dropped."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
 
 from codeyard.bus import Bus, GiveUp, PullWorker, RetryLater
 from codeyard.bus.subjects import EVENT_STREAM, WORK_STREAM, cancel_subject, work_subject
-from codeyard.bus.worker import AwaitApproval, result_msg_id
+from codeyard.bus.worker import AwaitApproval, Withdrawals, result_msg_id
 from codeyard.schemas import (
     ApprovalNeeded,
     CodeRequest,
@@ -50,6 +54,42 @@ def echo(name: str = "w") -> Callable[[WorkItem], Awaitable[Result]]:
         return CodeResult(patch=Patch(text=f"edit for {item.task_id}"), summary=name)
 
     return handle
+
+
+class _Terminated(msgspec.Struct):
+    stream_seq: int
+
+
+@asynccontextmanager
+async def terminations(bus: Bus, consumer: str) -> AsyncIterator[asyncio.Queue[int]]:
+    """The stream sequences of the work messages `consumer` terms from here on, as the server
+    reports them (its MSG_TERMINATED advisories): termed work is never redelivered."""
+    termed: asyncio.Queue[int] = asyncio.Queue()
+
+    async def on_advisory(msg: Msg) -> None:
+        termed.put_nowait(msgspec.json.decode(msg.data, type=_Terminated).stream_seq)
+
+    advisories = f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{WORK_STREAM}.{consumer}"
+    subscription = await bus.nc.subscribe(advisories, cb=on_advisory)
+    await bus.sync()
+    try:
+        yield termed
+    finally:
+        await subscription.unsubscribe()
+
+
+async def withdraw(bus: Bus, task_id: str, run_id: str = "run1") -> None:
+    """Send the coordinator's notice that (run_id, task_id, attempt 1) is no longer wanted."""
+    notice = WorkCancelled(run_id=run_id, task_id=task_id, attempt=1, reason="cancelled")
+    await bus.nc.publish(cancel_subject(run_id), encode(notice))
+
+
+async def waiting_for_work(bus: Bus, consumer: str) -> None:
+    """Return once a worker asks `consumer` for work: it listens for notices by then."""
+    async with asyncio.timeout(5):
+        # the server signals nothing: ask until it shows the worker's pull request
+        while not (await bus.js.consumer_info(WORK_STREAM, consumer)).num_waiting:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
 
 
 async def settled(bus: Bus, consumer: str) -> ConsumerInfo:
@@ -349,3 +389,125 @@ async def test_work_waiting_for_a_person_is_handed_back_as_approval_needed(bus: 
     assert (result.task_id, result.attempt) == ("t1", 1)
     info = await settled(bus, "tester")
     assert info.num_ack_pending == 0  # handed back means acked: it is not redelivered
+
+
+async def test_work_withdrawn_while_waiting_in_the_stream_never_runs(bus: Bus) -> None:
+    """A notice is not stored: one for work that has not reached a handler yet is remembered
+    until the work comes, which is then termed without running."""
+    busy, release = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def handle(item: WorkItem) -> Result:
+        ran.append(item.task_id)
+        if item.task_id == "t-busy":
+            busy.set()
+            await release.wait()
+        return CodeResult(patch=Patch(text="done"))
+
+    worker = PullWorker(bus, "coder", handle)  # one at a time: t-later waits behind t-busy
+    await bus.publish(work_subject("coder"), code_request("t-busy"))
+    async with terminations(bus, "coder") as termed, serving(worker):
+        await asyncio.wait_for(busy.wait(), 5)
+        later = await bus.publish(work_subject("coder"), code_request("t-later"))
+        await withdraw(bus, "t-later")
+        async with asyncio.timeout(5):  # the notice has no answer: look for its effect
+            while ("run1", "t-later", 1) not in worker._withdrawn:  # noqa: ASYNC110 - no signal
+                await asyncio.sleep(0.01)
+        release.set()
+        [result] = await collect_results(bus, 1)
+        assert await asyncio.wait_for(termed.get(), 5) == later.seq
+        info = await settled(bus, "coder")
+    assert result.task_id == "t-busy"
+    assert ran == ["t-busy"]  # t-later never ran
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert len(worker._withdrawn) == 0  # forgotten once termed
+
+
+async def test_work_withdrawn_while_awaiting_redelivery_is_dropped_when_it_comes_back(
+    bus: Bus,
+) -> None:
+    # Delivered to a worker that dies before answering: it comes back after ack_wait.
+    orphan = await bus.publish(work_subject("coder"), code_request("t-orphan"))
+    raw = await bus.js.pull_subscribe_bind(durable="coder", stream=WORK_STREAM)
+    assert len(await raw.fetch(1, timeout=5)) == 1
+    await raw.unsubscribe()
+
+    ran: list[str] = []
+
+    async def handle(item: WorkItem) -> Result:
+        ran.append(item.task_id)
+        return CodeResult(patch=Patch(text="done"))
+
+    worker = PullWorker(bus, "coder", handle)
+    async with terminations(bus, "coder") as termed, serving(worker):
+        await waiting_for_work(bus, "coder")
+        await withdraw(bus, "t-orphan")
+        assert await asyncio.wait_for(termed.get(), bus.topology.ack_wait + 5) == orphan.seq
+        info = await settled(bus, "coder")
+    assert ran == []
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0
+
+
+async def test_withdrawn_work_whose_handler_swallows_the_cancellation_is_dropped(
+    bus: Bus,
+) -> None:
+    """nats-py waits for replies with `wait_for`, which on Python 3.11 swallows a cancellation
+    that lands as the reply arrives: the handler then returns a result all the same."""
+    started = asyncio.Event()
+
+    async def stubborn(item: WorkItem) -> Result:
+        started.set()
+        # as wait_for does when the reply comes in the same turn as the cancellation
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        return CodeResult(patch=Patch(text="unwanted"))
+
+    worker = PullWorker(bus, "coder", stubborn)
+    work = await bus.publish(work_subject("coder"), code_request("t-stubborn"))
+    async with terminations(bus, "coder") as termed, serving(worker):
+        await asyncio.wait_for(started.wait(), 5)
+        await withdraw(bus, "t-stubborn")
+        assert await asyncio.wait_for(termed.get(), 5) == work.seq
+        info = await settled(bus, "coder")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0  # the result dropped
+    assert len(worker._withdrawn) == 0  # and the withdrawal forgotten
+
+
+def test_withdrawals_are_remembered_for_a_while_and_only_so_many() -> None:
+    withdrawals = Withdrawals(limit=3, keep=0.2)
+    for n in range(5):
+        withdrawals.add(("run1", f"t{n}", 1))
+    assert len(withdrawals) == 3  # the oldest went first
+    assert ("run1", "t1", 1) not in withdrawals
+    assert ("run1", "t4", 1) in withdrawals
+
+    time.sleep(0.25)
+    assert ("run1", "t4", 1) not in withdrawals  # too old to wait for
+    withdrawals.add(("run2", "t1", 1))
+    assert len(withdrawals) == 1  # and dropped at the next withdrawal
+
+
+async def test_a_result_too_big_to_send_is_answered_with_work_failed(bus: Bus) -> None:
+    """Sent again, it would be as big: the task fails at once, with the reason; the results
+    finishing with it are stored as usual."""
+
+    async def handle(item: WorkItem) -> Result:
+        size = bus.nc.max_payload if item.task_id == "t-huge" else 10
+        return CodeResult(patch=Patch(text="+" * size), usage=Usage(calls=2))
+
+    for task_id in ("t-small", "t-huge", "t-also-small"):
+        await bus.publish(work_subject("coder"), code_request(task_id))
+    worker = PullWorker(bus, "coder", handle, concurrency=3, max_deliver=2)
+    async with serving(worker):
+        results = {result.task_id: result for result in await collect_results(bus, 3)}
+        info = await settled(bus, "coder")
+    huge = results.pop("t-huge")
+    assert isinstance(huge, WorkFailed)
+    assert huge.reason.startswith("CodeResult too big to send: the result is ")
+    assert f"max_payload of {bus.nc.max_payload} bytes" in huge.reason
+    assert (huge.deliveries, huge.usage) == (1, Usage(calls=2))  # at once; its spend counts
+    assert all(isinstance(result, CodeResult) for result in results.values())
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert (worker.stats.handled, worker.stats.failed) == (2, 1)
