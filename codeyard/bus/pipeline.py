@@ -44,6 +44,13 @@ class PubAck(msgspec.Struct):
 _decode_ack = msgspec.json.Decoder(PubAck).decode
 
 
+def _header_bytes(headers: dict[str, str] | None) -> int:
+    """What the headers add to a message on the wire ("NATS/1.0", "k: v" lines, CRLFs)."""
+    if not headers:
+        return 0
+    return 12 + sum(len(key) + len(value) + 4 for key, value in headers.items())
+
+
 @dataclass(frozen=True)
 class Pending:
     token: str
@@ -66,6 +73,14 @@ class PublishPipeline:
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> Pending:
+        size = len(payload) + _header_bytes(headers)
+        if size > self._nc.max_payload:
+            # The server would close the connection (nats-py checks the payload alone), failing
+            # every other publish waiting on it; refused here, only this one fails.
+            raise PublishError(
+                f"a message of {size} bytes (headers included) is over the server's "
+                f"max_payload of {self._nc.max_payload} bytes"
+            )
         if self._subscription is None:
             self._subscription = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
         self._counter += 1
