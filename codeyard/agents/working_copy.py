@@ -7,13 +7,13 @@ when they share a disk.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from codeyard.agents.safe_paths import UnsafePath, workspace_path
 from codeyard.bus.worker import GiveUp
+from codeyard.sandbox.scratch import scratch_directory
 from codeyard.schemas.model import RepoRef
 from codeyard.workspace.git import GitError, checkout, git
 
@@ -29,8 +29,8 @@ def working_copy(repo: RepoRef) -> Iterator[Path]:
         raise GiveUp("the work item names no repository to work on")
     if not Path(source).is_dir():
         raise GiveUp(f"repository {source} is not on this machine's disk")
-    with tempfile.TemporaryDirectory(prefix="codeyard-") as scratch:
-        yield checkout(Path(source), Path(scratch) / "repo", repo.head or "HEAD")
+    with scratch_directory("codeyard-") as scratch:  # sandboxed code runs in it
+        yield checkout(Path(source), scratch / "repo", repo.head or "HEAD")
 
 
 def read_files(root: Path, paths: Sequence[str]) -> dict[str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +20,7 @@ from codeyard.agents.failure_report import trim_test_output
 from codeyard.agents.repo_summary import detect_test_command
 from codeyard.bus.gate_client import GateClient
 from codeyard.sandbox import Limits, Sandbox
+from codeyard.sandbox.scratch import scratch_directory
 from codeyard.schemas import ActionCheck
 from codeyard.workspace.git import checkout
 
@@ -41,8 +41,8 @@ class SandboxedSuite:
         self.limits = limits or Limits()
 
     async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> str | None:
-        with tempfile.TemporaryDirectory(prefix="codeyard-suite-") as scratch:
-            copy = await asyncio.to_thread(checkout, repo, Path(scratch) / "head")
+        with scratch_directory("codeyard-suite-") as scratch:  # the suite runs in it
+            copy = await asyncio.to_thread(checkout, repo, scratch / "head")
             command = await asyncio.to_thread(detect_test_command, copy)
             if not command:
                 return None
