@@ -24,7 +24,7 @@ def plan_problems(plan: PlanOutput) -> list[str]:
     problems: list[str] = []
     specs = plan.to_task_specs()
     for position, spec in enumerate(specs, start=1):
-        if not _ID.match(spec.id):
+        if not _ID.fullmatch(spec.id):
             problems.append(
                 f"task {position} has the id {spec.id!r}; an id is 1 to 64 letters, digits, "
                 "'-' or '_', starting with a letter or digit"

@@ -35,7 +35,7 @@ class UnknownRole(ValueError):
 
 
 def check_role(role: str) -> str:
-    if not _ROLE.match(role):
+    if not _ROLE.fullmatch(role):
         raise UnknownRole(
             f"unknown role {role!r}: expected one of {', '.join(BUILTIN_ROLES)} "
             "or review.<name> (lowercase letters, digits, _ and -)"

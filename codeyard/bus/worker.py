@@ -118,7 +118,7 @@ def _run_id_of(payload: bytes) -> str:
     except msgspec.DecodeError:
         return ""
     run_id = value.get("run_id") if isinstance(value, dict) else None
-    return run_id if isinstance(run_id, str) and _ID.match(run_id) else ""
+    return run_id if isinstance(run_id, str) and _ID.fullmatch(run_id) else ""
 
 
 class Heartbeats:

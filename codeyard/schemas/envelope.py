@@ -13,9 +13,18 @@ SCHEMA_VERSION = 1
 # Ids end up inside NATS subjects (`cy.events.<run_id>`) and KV keys, so they must never contain
 # `.`, `*`, `>` or whitespace: a hostile id could otherwise address someone else's subject.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, description="letters, digits, _ and -")]
+# msgspec matches patterns with Python's `re`, whose `$` also matches before a final newline
+# ("run\n" would pass, then break the subject it is put in); the lookahead refuses that, and
+# reads the same in the exported JSON Schema (ECMA-262 regular expressions).
+AT_THE_END = r"(?!\n)"
+Id = Annotated[
+    str, msgspec.Meta(pattern=ID_PATTERN + AT_THE_END, description="letters, digits, _ and -")
+]
 OptionalId = Annotated[
-    str, msgspec.Meta(pattern=r"^$|" + ID_PATTERN, description="an Id, or empty for none")
+    str,
+    msgspec.Meta(
+        pattern=rf"^${AT_THE_END}|{ID_PATTERN}{AT_THE_END}", description="an Id, or empty for none"
+    ),
 ]
 Attempt = Annotated[int, msgspec.Meta(ge=0, le=1000)]
 # Naive timestamps cannot be compared with aware ones; refuse them at the edge.

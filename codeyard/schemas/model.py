@@ -11,11 +11,13 @@ from typing import Annotated
 
 import msgspec
 
-from codeyard.schemas.envelope import Attempt, Id, utc_now
+from codeyard.schemas.envelope import AT_THE_END, Attempt, Id, utc_now
 
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 LongText = Annotated[str, msgspec.Meta(max_length=20_000)]
-ReviewerName = Annotated[str, msgspec.Meta(pattern=r"^review(\.[a-z0-9][a-z0-9_-]{0,31})?$")]
+ReviewerName = Annotated[
+    str, msgspec.Meta(pattern=r"^review(\.[a-z0-9][a-z0-9_-]{0,31})?$" + AT_THE_END)
+]
 # Relative units: only ratios between the tasks of one plan matter. The bound keeps infinity out.
 Effort = Annotated[float, msgspec.Meta(gt=0, le=10_000)]
 
@@ -73,8 +75,8 @@ class Budget(msgspec.Struct, kw_only=True, frozen=True):
     max_attempts_per_task: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
 
 
-Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
-Commit = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}([0-9a-f]{24})?$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$" + AT_THE_END)]
+Commit = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}([0-9a-f]{24})?$" + AT_THE_END)]
 
 
 class SnapshotBundle(msgspec.Struct, kw_only=True, frozen=True):

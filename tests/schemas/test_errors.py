@@ -163,7 +163,19 @@ def family_union(cls: type[Envelope]) -> Any:
 
 # Ids become NATS subject tokens and KV keys: `.`, `*`, `>` and whitespace would let a message
 # address someone else's subject.
-BAD_IDS = ["a.b", "*", ">", "run.*", "a b", "tab\there", "-leading-dash", "_unrouted", "x" * 65]
+BAD_IDS = [
+    "a.b",
+    "*",
+    ">",
+    "run.*",
+    "a b",
+    "tab\there",
+    "-leading-dash",
+    "_unrouted",
+    "x" * 65,
+    "run\n",  # Python's `$` matches before a final newline
+    "\n",
+]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)
@@ -176,7 +188,7 @@ def test_bad_envelope_id(key: str, bad: str) -> None:
     assert "regex" in err.reason
 
 
-@pytest.mark.parametrize("bad", ["a.b", "*", ">"])
+@pytest.mark.parametrize("bad", ["a.b", "*", ">", "a\n"])
 def test_bad_nested_ids(bad: str) -> None:
     data = wire(messages.CodeRequest)
     data["task"]["id"] = bad
@@ -187,6 +199,13 @@ def test_bad_nested_ids(bad: str) -> None:
     data = wire(messages.RunStatus)
     data["runs"][0]["run_id"] = bad
     assert error_of(raw(data), messages.ControlReply).field == "$.runs[0].run_id"
+
+
+@pytest.mark.parametrize("bad", ["review\n", "review.x\n", "review.X"])
+def test_bad_reviewer_names(bad: str) -> None:
+    data = wire(messages.ReviewRequest)
+    data["reviewer"] = bad
+    assert error_of(raw(data), WorkItem).field == "$.reviewer"
 
 
 def test_empty_ids_only_where_optional() -> None:
