@@ -52,8 +52,16 @@ def work_subject(role: str) -> str:
     return f"cy.work.{check_role(role)}"
 
 
+RESULT_PREFIX = "cy.result."
+
+
 def result_subject(role: str) -> str:
-    return f"cy.result.{check_role(role)}"
+    return f"{RESULT_PREFIX}{check_role(role)}"
+
+
+def role_of_result_subject(subject: str) -> str:
+    """The role whose results `subject` carries (its workers alone may publish there)."""
+    return subject.removeprefix(RESULT_PREFIX)
 
 
 def events_subject(run_id: str) -> str:

@@ -70,7 +70,7 @@ from codeyard.coordinator.graph import InvalidPlan, TaskGraph
 from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import RELEASE_PATIENCE, LeaderLease
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
-from codeyard.coordinator.result_events import event_for
+from codeyard.coordinator.result_events import event_for, misattributed
 from codeyard.coordinator.run_store import RunStore, StepWrite, StoredRun
 from codeyard.coordinator.work_items import (
     derived_id,
@@ -121,7 +121,7 @@ log = logging.getLogger(__name__)
 # Metric children looked up once: `labels()` per result showed in the step's profile.
 _RESULTS = {
     outcome: metrics.COORDINATOR_RESULTS.labels(outcome)
-    for outcome in ("malformed", "ignored", "applied")
+    for outcome in ("malformed", "refused", "ignored", "applied")
 }
 _dispatches = functools.cache(metrics.COORDINATOR_DISPATCHES.labels)
 
@@ -497,7 +497,12 @@ class Coordinator:
             )
             _RESULTS["malformed"].inc()
             return
+        role = subjects.role_of_result_subject(msg.subject)
         for result in message.results if isinstance(message, ResultBatch) else (message,):
+            if wrong := misattributed(result, role):
+                log.warning("refusing a result on %s: %s", msg.subject, wrong)
+                _RESULTS["refused"].inc()
+                continue
             self._on_result(result, commit, now)
 
     def _on_result(self, result: Result, commit: Commit, now: datetime) -> None:

@@ -93,7 +93,8 @@ COORDINATOR_LEADING = Gauge(
 )
 COORDINATOR_RESULTS = Counter(
     "codeyard_coordinator_results",
-    "Results taken from CY_RESULTS, by outcome (applied, ignored, malformed)",
+    "Results taken from CY_RESULTS, by outcome (applied, ignored, malformed, refused: not the"
+    " answer of the role whose subject it came on)",
     ["outcome"],
 )
 COORDINATOR_DISPATCHES = Counter(

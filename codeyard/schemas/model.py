@@ -46,13 +46,17 @@ class RunState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+# Never negative: a result claiming negative spend would shrink its run's and dodge the budget.
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class Usage(msgspec.Struct, kw_only=True, frozen=True):
     """LLM usage of one call, one result or a whole run."""
 
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
+    calls: Count = 0
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    cost_usd: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(

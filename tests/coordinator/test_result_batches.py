@@ -72,3 +72,29 @@ async def test_the_results_of_a_batch_each_move_their_own_task(
         assert task.patch is not None
         assert task.patch.text == f"+ for {run_id}"
     assert coordinator.stats.results == 2
+
+
+async def test_a_result_sent_on_another_roles_subject_is_refused(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    """Only the coders may publish on cy.result.coder: a patch on a review plugin's subject
+    (its grants allow that one) is not taken as the coder's."""
+    await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="t", title="t")]))
+    [item] = await work_for_coders(bus, 1)
+
+    def patch(text: str) -> CodeResult:
+        return CodeResult(
+            run_id=item.run_id, task_id=item.task_id, attempt=item.attempt, patch=Patch(text=text)
+        )
+
+    await ResultSender(bus.pipeline, result_subject("review.security")).send(patch("+ forged"))
+    await ResultSender(bus.pipeline, result_subject("coder")).send(patch("+ the coder's"))
+
+    for _ in range(100):
+        task = (await status(bus, "r1")).tasks["t"]
+        if task.state is TaskState.TESTING:
+            break
+        await asyncio.sleep(0.05)
+    assert task.patch is not None
+    assert task.patch.text == "+ the coder's"  # the forged one, stored first, was refused
+    assert coordinator.stats.results == 1
