@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 
 from codeyard.coordinator.result_events import misattributed
@@ -16,7 +18,14 @@ from codeyard.schemas import (
     WorkFailed,
 )
 
-IDS = {"run_id": "r1", "task_id": "t1", "attempt": 1}
+
+class Ids(TypedDict):
+    run_id: str
+    task_id: str
+    attempt: int
+
+
+IDS = Ids(run_id="r1", task_id="t1", attempt=1)
 
 
 def failed(role: str) -> WorkFailed:
