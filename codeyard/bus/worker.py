@@ -86,6 +86,7 @@ class WorkerStats:
     failed: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    handed_back: int = 0  # delivered beyond `concurrency`, nak'd for whoever has room
 
 
 def result_msg_id(work_msg_id: str) -> str:
@@ -152,6 +153,10 @@ class PullWorker:
     `max_deliver` is enforced here rather than by the server, which would drop the message
     silently: on its last allowed delivery a failing handler yields a WorkFailed result, and a
     message delivered more often than allowed (its workers kept dying) fails without running.
+
+    Never more than `concurrency` handlers run: a message delivered beyond that (the server
+    may fill a request it kept across a reconnect as well as those asked anew) is nak'd at
+    once, for whoever has room, and counted in `stats.handed_back`.
     """
 
     def __init__(
@@ -210,6 +215,15 @@ class PullWorker:
             if stop.is_set():  # arrived after we stopped asking: let it go to another worker
                 asyncio.create_task(msg.nak())  # noqa: RUF006 - fire and forget
                 return
+            if len(inflight) >= self.concurrency:
+                # More than asked for (see the class docstring). Handlers may count on the
+                # limit (rate limits, sandboxes), and holding it here could park it behind a
+                # long handler while other workers idle; the nak costs one delivery of
+                # max_deliver, and happens only around a reconnect or a consumer's loss.
+                self.stats.handed_back += 1
+                log.info("%s: handing back work beyond concurrency %d", self.role, self.concurrency)
+                asyncio.create_task(msg.nak())  # noqa: RUF006 - fire and forget
+                return
             task = asyncio.create_task(self._handle(msg))
             inflight.add(task)
             task.add_done_callback(finished)
@@ -217,7 +231,7 @@ class PullWorker:
         consumer = PullConsumer(
             self.bus.nc, subjects.WORK_STREAM, self._consumer, deliver, expires=self.fetch_timeout
         )
-        consumer.on_request_end = wake.set
+        consumer.on_ask_again = wake.set
         await consumer.start()
         self.bus.reconnected.append(consumer.forget_all)
         cancellations = await self.bus.nc.subscribe(
