@@ -92,6 +92,7 @@ class WorkerStats:
     failed: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    handed_back: int = 0  # delivered beyond `concurrency`, nak'd for whoever has room
 
 
 def result_msg_id(work_msg_id: str) -> str:
@@ -211,6 +212,10 @@ class PullWorker:
 
     A withdrawn item (see `Withdrawals`) is termed without an answer: before its handler
     starts, when the withdrawal cancels its handler, or when the handler returns anyway.
+
+    Never more than `concurrency` handlers run: a message delivered beyond that (the server
+    may fill a request it kept across a reconnect as well as those asked anew) is nak'd at
+    once, for whoever has room, and counted in `stats.handed_back`.
     """
 
     def __init__(
@@ -269,6 +274,15 @@ class PullWorker:
             if stop.is_set():  # arrived after we stopped asking: let it go to another worker
                 asyncio.create_task(msg.nak())  # noqa: RUF006 - fire and forget
                 return
+            if len(inflight) >= self.concurrency:
+                # More than asked for (see the class docstring). Handlers may count on the
+                # limit (rate limits, sandboxes), and holding it here could park it behind a
+                # long handler while other workers idle; the nak costs one delivery of
+                # max_deliver, and happens only around a reconnect or a consumer's loss.
+                self.stats.handed_back += 1
+                log.info("%s: handing back work beyond concurrency %d", self.role, self.concurrency)
+                asyncio.create_task(msg.nak())  # noqa: RUF006 - fire and forget
+                return
             task = asyncio.create_task(self._handle(msg))
             inflight.add(task)
             task.add_done_callback(finished)
@@ -276,7 +290,7 @@ class PullWorker:
         consumer = PullConsumer(
             self.bus.nc, subjects.WORK_STREAM, self._consumer, deliver, expires=self.fetch_timeout
         )
-        consumer.on_request_end = wake.set
+        consumer.on_ask_again = wake.set
         await consumer.start()
         self.bus.reconnected.append(consumer.forget_all)
         cancellations = await self.bus.nc.subscribe(

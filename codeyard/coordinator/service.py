@@ -385,7 +385,9 @@ class Coordinator:
             self._deliver_result,
             expires=5.0,
         )
-        consumer.on_request_end = self._acked.set
+        # woken to ask again as results are acked, and as the consumer may be asked again (a
+        # request ended, a refusal's pause is over, a reconnect forgot every request)
+        consumer.on_ask_again = self._acked.set
         await consumer.start()
         self.bus.reconnected.append(consumer.forget_all)
         try:

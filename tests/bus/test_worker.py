@@ -16,7 +16,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
 
-from codeyard.bus import Bus, GiveUp, PullWorker, RetryLater
+from codeyard.bus import Bus, EmbeddedNats, GiveUp, PullWorker, RetryLater
 from codeyard.bus.subjects import EVENT_STREAM, WORK_STREAM, cancel_subject, work_subject
 from codeyard.bus.worker import AwaitApproval, Withdrawals, result_msg_id
 from codeyard.schemas import (
@@ -36,6 +36,7 @@ from codeyard.schemas import (
     encode,
 )
 from tests.bus.results import collect_results
+from tests.conftest import TEST_TOPOLOGY
 from tests.processes import stop
 
 
@@ -101,6 +102,51 @@ async def settled(bus: Bus, consumer: str) -> ConsumerInfo:
             break
         await asyncio.sleep(0.05)
     return info
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll for what no event signals: the connection's state, what a callback counted."""
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still not so after {timeout} s")
+
+
+class Gate:
+    """A handler that holds work whose task id starts with "held" until `release` is set,
+    counting how many it ever held at once; it answers other work at once."""
+
+    def __init__(self, full_at: int) -> None:
+        self.holding = 0
+        self.most = 0
+        self.full = asyncio.Event()  # set once it held `full_at` at once
+        self.release = asyncio.Event()
+        self._full_at = full_at
+
+    async def __call__(self, item: WorkItem) -> Result:
+        if item.task_id.startswith("held"):
+            self.holding += 1
+            self.most = max(self.most, self.holding)
+            if self.holding >= self._full_at:
+                self.full.set()
+            try:
+                await self.release.wait()
+            finally:
+                self.holding -= 1
+        return CodeResult(patch=Patch(text=f"edit for {item.task_id}"))
+
+
+async def consumer_info_when(
+    bus: Bus, condition: Callable[[ConsumerInfo], bool], consumer: str = "coder"
+) -> ConsumerInfo:
+    """The consumer's info once `condition` holds for it (polled: the server signals nothing)."""
+    for _ in range(200):
+        info: ConsumerInfo = await bus.js.consumer_info(WORK_STREAM, consumer)
+        if condition(info):
+            return info
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the server still reports {info}")
 
 
 @asynccontextmanager
@@ -511,3 +557,102 @@ async def test_a_result_too_big_to_send_is_answered_with_work_failed(bus: Bus) -
     assert all(isinstance(result, CodeResult) for result in results.values())
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
     assert (worker.stats.handled, worker.stats.failed) == (2, 1)
+
+
+def work(prefix: str, count: int) -> list[tuple[str, CodeRequest]]:
+    return [(work_subject("coder"), code_request(f"{prefix}{i}")) for i in range(count)]
+
+
+async def test_a_worker_keeps_every_slot_busy_however_the_server_splits_its_requests(
+    bus: Bus,
+) -> None:
+    """nats-server hands messages to a worker's open pull requests in turn, not oldest first:
+    however it split them, the worker runs as many handlers as its concurrency once its
+    requests ended. (Charging each message to the oldest request lost a slot for good each
+    time a request was charged in full while still owed some: 16 handlers ran as 7.)"""
+    concurrency = 8
+    gate = Gate(full_at=concurrency)
+    worker = PullWorker(bus, "coder", gate, concurrency=concurrency, fetch_timeout=0.5)
+    async with serving(worker):
+        await consumer_info_when(bus, lambda info: info.num_waiting == 1)  # asked for 8
+        await bus.publish_many(work("quick", 4))
+        await collect_results(bus, 4)
+        await consumer_info_when(bus, lambda info: info.num_waiting == 2)  # and for 4 more
+        await bus.publish_many(work("held", 4))  # the server gives each request 2
+        await until(lambda: gate.holding == 4)
+        # Both requests expire (after 0.5 s), each still owed 2: a span of time, which only
+        # the worker hears the end of (a 408 on each request's inbox).
+        await asyncio.sleep(1.5)
+        await bus.publish_many(work("held-later", 2 * concurrency))
+        await asyncio.wait_for(gate.full.wait(), 10)
+        gate.release.set()
+        await collect_results(bus, 4 + 2 * concurrency)
+    assert gate.most == concurrency
+    assert worker.stats.handed_back == 0
+
+
+async def test_after_an_outage_a_worker_serves_on_and_never_beyond_its_concurrency(
+    tmp_path: Path,
+) -> None:
+    """While nats-server is away a worker sends no pull request: nats-py would buffer one per
+    expiry and send them all on reconnect, to be filled on top of those asked anew (18
+    handlers ran on a worker of concurrency 2). Nor does nats-py refusing to buffer more, as it
+    does once a long outage filled its buffer, stop the worker."""
+    concurrency = 2
+    server = EmbeddedNats(tmp_path)  # this test's own: the session's must stay up
+    async with server:
+        bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
+        try:
+            await bus.setup()
+            bus.nc._max_pending_size = 200  # stands for the 2 MiB a longer outage fills
+            gate = Gate(full_at=concurrency)
+            worker = PullWorker(bus, "coder", gate, concurrency=concurrency, fetch_timeout=0.5)
+            stop = asyncio.Event()
+            running = asyncio.create_task(worker.run(stop, grace=5))
+            await bus.publish_many(work("before", 1))
+            await collect_results(bus, 1)  # it is serving
+
+            await asyncio.to_thread(server.stop)
+            # An outage is a span of time: its requests' deadlines (2 * 0.5 + 1 s) pass twice.
+            await asyncio.sleep(4.5)
+            assert not running.done(), running
+            await asyncio.to_thread(server.start)  # same port, same store
+            await until(lambda: bus.connected)
+
+            await bus.publish_many(work("held", 3 * concurrency))
+            await asyncio.wait_for(gate.full.wait(), 10)
+            # the server delivered all it will until a handler finishes: nothing is left to
+            # deliver, or no request is left to deliver it to
+            await consumer_info_when(bus, lambda info: not info.num_pending or not info.num_waiting)
+            gate.release.set()
+            await collect_results(bus, 3 * concurrency, timeout=30)
+            assert not running.done(), running
+            stop.set()
+            await asyncio.wait_for(running, 10)
+        finally:
+            await bus.close()
+    assert gate.most == concurrency
+    assert worker.stats.handed_back == 0  # nothing was delivered beyond what it asked for
+
+
+async def test_work_delivered_beyond_concurrency_is_handed_back(bus: Bus) -> None:
+    """After a short drop of the connection the server may still hold the requests a worker
+    forgot on reconnecting, and fill them on top of those asked anew: the worker hands what
+    exceeds its concurrency back at once, for whoever has room."""
+    concurrency = 2
+    gate = Gate(full_at=concurrency)
+    worker = PullWorker(bus, "coder", gate, concurrency=concurrency, fetch_timeout=30)
+    async with serving(worker):
+        await consumer_info_when(bus, lambda info: info.num_waiting == 1)
+        for listener in bus.reconnected:  # what a reconnect does; this server kept the request
+            listener()
+        await consumer_info_when(bus, lambda info: info.num_waiting == 2)
+        await bus.publish_many(work("held", 2 * concurrency))
+        await asyncio.wait_for(gate.full.wait(), 10)
+        await until(lambda: worker.stats.handed_back == concurrency)
+        gate.release.set()
+        await collect_results(bus, 2 * concurrency)
+    assert gate.most == concurrency
+    info = await settled(bus, "coder")
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
