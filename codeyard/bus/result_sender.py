@@ -9,7 +9,8 @@ is sent, so a lone result leaves as soon as it would have alone, as a plain `Res
 
 A sender's `send` returns only once JetStream stored the message holding its result, so the
 caller may ack the work item then, exactly as with a publish of its own. A result too big for
-one message is refused by `send` before it is queued (`ResultTooLarge`), and each message's
+one message (`ResultTooLarge`) or that the coordinator would refuse (`ResultInvalid`) is refused
+by `send` before it is queued, and each message's
 senders learn that message's outcome alone: a publish failing does not fail results that
 other messages of the same turn stored.
 """
@@ -27,7 +28,7 @@ import msgspec
 from codeyard.bus.connection import MSG_ID_HEADER
 from codeyard.bus.pipeline import Pending, PublishPipeline
 from codeyard.cancellation import in_background
-from codeyard.schemas.codec import encode
+from codeyard.schemas.codec import MessageError, decode, encode
 from codeyard.schemas.messages import Result, ResultBatch
 
 # Well under NATS' 1 MiB payload limit: a batch is one delivery and one decode, and a smaller
@@ -38,6 +39,11 @@ MAX_BATCH_BYTES = 256 * 1024
 # (Nats-Msg-Id, about 60 bytes) against the limit, and closes the connection of a client that
 # goes over it (nats-py checks the payload alone); a batch adds its envelope (about 220 bytes).
 ENVELOPE_ROOM = 1024
+
+
+class ResultInvalid(ValueError):
+    """A result its receiver would refuse (a field over its schema's limits, say): stored, it
+    would be dead-lettered by the coordinator and its task would wait for it forever."""
 
 
 class ResultTooLarge(ValueError):
@@ -86,11 +92,17 @@ class ResultSender:
     async def send(self, result: Result) -> None:
         """Store `result` in the results stream; raises what the publish raised (`PublishError`,
         `TimeoutError`, `ConnectionError`), after which it may or may not be stored, or
-        `ResultTooLarge` at once, nothing sent."""
+        `ResultTooLarge` or `ResultInvalid` at once, nothing sent."""
         payload = encode(result)
         limit = self._limit()
         if len(payload) > limit:
             raise ResultTooLarge(len(payload), limit, self._pipeline.max_payload)
+        try:  # what the coordinator will check (encoding does not validate)
+            decode(payload, type(result))
+        except MessageError as exc:
+            raise ResultInvalid(
+                f"a {type(result).__name__} the coordinator would refuse: {exc}"
+            ) from exc
         stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append(_Queued(result.msg_id, payload, stored))
         if len(self._queued) == 1:  # the first of this turn: the flush runs in the next one

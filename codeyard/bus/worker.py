@@ -31,7 +31,7 @@ from codeyard.bus import permissions, subjects
 from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.presence import PresenceAnnouncer
-from codeyard.bus.result_sender import ResultSender, ResultTooLarge
+from codeyard.bus.result_sender import ResultInvalid, ResultSender, ResultTooLarge
 from codeyard.bus.topology import ensure_role_consumer
 from codeyard.cancellation import in_background, stop_tasks
 from codeyard.observability import metrics
@@ -46,7 +46,7 @@ from codeyard.schemas.messages import (
     WorkFailed,
     WorkItem,
 )
-from codeyard.schemas.model import Usage
+from codeyard.schemas.model import Usage, clip
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +452,7 @@ class PullWorker:
         self, msg: Msg, item: WorkItem, reason: str, deliveries: int, usage: Usage | None = None
     ) -> None:
         failed = WorkFailed(
-            role=self.role, reason=reason, deliveries=deliveries, usage=usage or Usage()
+            role=self.role, reason=clip(reason), deliveries=deliveries, usage=usage or Usage()
         )
         await self._finish(msg, item, failed)
         self.stats.failed += 1
@@ -467,9 +467,9 @@ class PullWorker:
         try:
             try:
                 await self._results.send(_answering(item, result))
-            except ResultTooLarge as exc:
+            except (ResultTooLarge, ResultInvalid) as exc:
                 replaced = True
-                await self._results.send(_answering(item, self._too_large(msg, result, exc)))
+                await self._results.send(_answering(item, self._unsendable(msg, result, exc)))
             await msg.ack()
         except Exception as exc:
             log.warning(
@@ -480,13 +480,15 @@ class PullWorker:
             )
         return not replaced
 
-    def _too_large(self, msg: Msg, result: Result, error: ResultTooLarge) -> WorkFailed:
-        log.warning("%s: %s too big to send: %s", self.role, type(result).__name__, error)
+    def _unsendable(self, msg: Msg, result: Result, error: ValueError) -> WorkFailed:
+        kind = type(result).__name__
+        what = "too big to send" if isinstance(error, ResultTooLarge) else "not valid"
+        log.warning("%s: %s %s: %s", self.role, kind, what, error)
         self.stats.failed += 1
         self._failed.inc()
         return WorkFailed(
             role=self.role,
-            reason=f"{type(result).__name__} too big to send: {error}",
+            reason=clip(f"{kind} {what}: {error}"),
             deliveries=msg.metadata.num_delivered,
             usage=getattr(result, "usage", Usage()),  # what the work spent still counts
         )

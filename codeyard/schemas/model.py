@@ -14,7 +14,18 @@ import msgspec
 from codeyard.schemas.envelope import AT_THE_END, Attempt, Id, utc_now
 
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
-LongText = Annotated[str, msgspec.Meta(max_length=20_000)]
+LONG_TEXT_CHARS = 20_000
+LongText = Annotated[str, msgspec.Meta(max_length=LONG_TEXT_CHARS)]
+
+
+def clip(text: str, limit: int = LONG_TEXT_CHARS) -> str:
+    """`text` cut to fit in `limit` characters (a `LongText`), its end saying it was cut."""
+    if len(text) <= limit:
+        return text
+    mark = f" [... {len(text) - limit} more characters cut]"
+    return text[: limit - len(mark)] + mark
+
+
 ReviewerName = Annotated[
     str, msgspec.Meta(pattern=r"^review(\.[a-z0-9][a-z0-9_-]{0,31})?$" + AT_THE_END)
 ]

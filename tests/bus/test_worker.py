@@ -656,3 +656,32 @@ async def test_work_delivered_beyond_concurrency_is_handed_back(bus: Bus) -> Non
     info = await settled(bus, "coder")
     assert info.num_ack_pending == 0
     assert info.num_pending == 0
+
+
+async def test_a_result_the_coordinator_would_refuse_is_answered_with_work_failed(
+    bus: Bus,
+) -> None:
+    """Encoding does not check a schema's limits; stored, such a result would be dead-lettered
+    and its task would wait for it forever. A long reason to give up is cut to fit."""
+
+    async def handle(item: WorkItem) -> Result:
+        if item.task_id == "t-gives-up":
+            raise GiveUp("the model kept answering nonsense: " + "x" * 30_000)
+        return CodeResult(patch=Patch(text="+"), summary="s" * 20_001, usage=Usage(calls=1))
+
+    for task_id in ("t-too-long", "t-gives-up"):
+        await bus.publish(work_subject("coder"), code_request(task_id))
+    worker = PullWorker(bus, "coder", handle, concurrency=2)
+    async with serving(worker):
+        results = {result.task_id: result for result in await collect_results(bus, 2)}
+        info = await settled(bus, "coder")
+    refused, gave_up = results["t-too-long"], results["t-gives-up"]
+    assert isinstance(refused, WorkFailed)
+    assert refused.reason.startswith("CodeResult not valid: a CodeResult the coordinator ")
+    assert "$.summary" in refused.reason
+    assert refused.usage == Usage(calls=1)
+    assert isinstance(gave_up, WorkFailed)
+    assert len(gave_up.reason) == 20_000
+    assert gave_up.reason.startswith("the model kept answering nonsense: xxx")
+    assert gave_up.reason.endswith("characters cut]")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
