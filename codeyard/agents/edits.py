@@ -47,7 +47,8 @@ class EditError(ValueError):
         self.path = edit.path if edit is not None else ""
         where = "edits"
         if index is not None and edit is not None:
-            where = f"edit {index + 1} ({edit.kind} {edit.path})"
+            shown = edit.path if len(edit.path) <= 200 else edit.path[:200] + "..."
+            where = f"edit {index + 1} ({edit.kind} {shown})"
         super().__init__(f"{where}: {reason}")
 
 

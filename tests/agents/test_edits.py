@@ -322,3 +322,23 @@ def test_the_root_must_be_the_top_of_a_work_tree(sample_repo: Path, tmp_path: Pa
         apply_edits(plain, [write("x.py", "")])
     assert not (sample_repo / "calc/x.py").exists()
     assert not (plain / "x.py").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("a" * 300 + ".py", "is 303 bytes long; a file or directory name can be at most 255"),
+        ("x/" * 2100 + "y.py", "the path is 4204 bytes long; here it can be at most"),
+    ],
+    ids=["a 303-byte name", "a 4204-byte path"],
+)
+def test_a_path_too_long_for_the_file_system_is_an_edit_error(
+    sample_repo: Path, path: str, reason: str
+) -> None:
+    # Not an OSError from deep in the file system: the coder sends the reason to the model.
+    with pytest.raises(EditError) as caught:
+        apply_edits(sample_repo, [write("calc/ok.py", "ok = 1\n"), write(path, "x = 1\n")])
+
+    assert caught.value.index == 1
+    assert reason in str(caught.value)
+    assert len(str(caught.value)) < 500  # the path itself is shortened in the message
