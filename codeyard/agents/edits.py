@@ -4,6 +4,10 @@ Every edit is checked against the files as the earlier edits leave them before a
 written, so an edit that does not apply leaves the tree untouched and its `EditError` can go
 back to the model as is. The diff comes from git, so `git apply` takes it on the tree as it was.
 
+The diff is what the safety gate reads before a merge (secret scan, path rules), so every change
+in it is text: git is told to treat every file as text, and `.gitattributes` edits that would
+change how git shows or stores contents (`binary`, `-diff`, drivers, filters) are refused.
+
 Blocking (file I/O and a few short `git` processes): call it from a thread in async code.
 """
 
@@ -15,7 +19,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from codeyard.agents.outputs import FileEdit, ReplaceText
 from codeyard.agents.safe_paths import UnsafePath, workspace_path
@@ -23,16 +27,32 @@ from codeyard.agents.safe_paths import UnsafePath, workspace_path
 MAX_FILE_BYTES = 1_000_000
 GIT_TIMEOUT_SECONDS = 60.0
 # Plain, complete diffs whatever the user's git configuration says (prefixes, colour, renames).
+# --text: every change as lines of text, even for a file git's attributes call binary; a `GIT
+# binary patch` would hide the added content from the safety gate's secret scan and, lacking
+# ---/+++ lines, its path from the gate's path rules. (Edits are UTF-8 text without NULs.)
 _DIFF_OPTIONS = (
     "--no-color",
     "--no-ext-diff",
     "--no-textconv",
     "--no-renames",
     "--no-relative",
-    "--binary",
+    "--text",
     "--src-prefix=a/",
     "--dst-prefix=b/",
 )
+# `.gitattributes` settings that change how git shows or stores a file's contents: `binary`
+# and `-diff` turn a diff into "Binary files differ" or a binary patch; `diff=`, `filter=`,
+# `merge=` and `working-tree-encoding=` hand contents to drivers or re-encode them, so what is
+# diffed, merged or checked out is not the text the gate read; `-text` is part of `binary`.
+# Each name maps to the forms refused: "" set, "-" unset, "=" set to a value.
+_REFUSED_ATTRIBUTES: dict[str, frozenset[str]] = {
+    "binary": frozenset({"", "="}),
+    "diff": frozenset({"-", "="}),
+    "text": frozenset({"-"}),
+    "filter": frozenset({"", "="}),
+    "merge": frozenset({"="}),
+    "working-tree-encoding": frozenset({"", "="}),
+}
 
 
 class EditError(ValueError):
@@ -47,7 +67,8 @@ class EditError(ValueError):
         self.path = edit.path if edit is not None else ""
         where = "edits"
         if index is not None and edit is not None:
-            where = f"edit {index + 1} ({edit.kind} {edit.path})"
+            shown = edit.path if len(edit.path) <= 200 else edit.path[:200] + "..."
+            where = f"edit {index + 1} ({edit.kind} {shown})"
         super().__init__(f"{where}: {reason}")
 
 
@@ -159,7 +180,44 @@ def _apply_in_memory(
         )
     if "\0" in text:
         raise _Refused("the content contains a NUL character; only text files can be written")
+    if PurePosixPath(edit.path).name.casefold() == ".gitattributes":
+        _check_attributes(edit.path, text)
     change.text = text
+
+
+def _check_attributes(path: str, text: str) -> None:
+    """Refuse `.gitattributes` content setting any of `_REFUSED_ATTRIBUTES`; macro definitions
+    (`[attr]name binary`) are lines of attributes like any other."""
+    # Lines and blanks as git reads them (`\n`; space, tab, CR): str.splitlines and str.strip
+    # know more separators, so "\f# x binary" would pass for a comment that git reads as a rule.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.strip(" \t\r")
+        if not line or line.startswith("#"):
+            continue
+        for token in _attribute_tokens(line):
+            name, equals, _ = token.lstrip("-!").partition("=")
+            form = "-" if token.startswith("-") else "!" if token.startswith("!") else equals
+            if form in _REFUSED_ATTRIBUTES.get(name, ()):
+                raise _Refused(
+                    f"{path} line {number} sets {token!r}, which changes how git shows or stores "
+                    "file contents: the diff must show every change as text for the safety "
+                    "gate, so .gitattributes may not set binary, -diff, -text, diff=, filter=, "
+                    "merge= or working-tree-encoding="
+                )
+
+
+def _attribute_tokens(line: str) -> list[str]:
+    """Every word of one `.gitattributes` line that git may read as an attribute, perhaps with
+    more beside them: str.split breaks at more characters than git does, and a pattern in
+    double quotes holding spaces is read both quoted and, as git does when its escapes are not
+    valid C ones, unquoted."""
+    words = line.split()[1:]
+    if line.startswith('"'):
+        end = 1
+        while end < len(line) and line[end] != '"':
+            end += 2 if line[end] == "\\" else 1
+        words += line[end + 1 :].split()
+    return words
 
 
 def _check_placement(root: Path, path: str, changes: dict[str, _Change]) -> None:
@@ -241,7 +299,9 @@ def _git_env(index: Path | None) -> dict[str, str]:
 
 def _run_git(root: Path, index: Path | None, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        ["git", "-c", "core.quotePath=true", *args],
+        # Names with non-ASCII letters as they are (the gate matches them against its path
+        # rules); git still quotes names holding control characters, quotes or backslashes.
+        ["git", "-c", "core.quotePath=false", *args],
         cwd=root,
         env=_git_env(index),
         capture_output=True,

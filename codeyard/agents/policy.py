@@ -19,6 +19,11 @@ beats allow, and a subject that no rule matched gets the action's default. The d
 worst over all subjects. Matches on secondary targets (the whole text, secret scans, redirection
 targets, pipes, the outer layers of a wrapped command) can only deny or ask, never allow.
 
+A merge's diff is read as `git apply` reads it (`_read_diff`): hunk headers are counted, so file
+content never passes for a header; git's C-quoted names are decoded; lines outside any hunk are
+scanned too. A binary change (`GIT binary patch`, `Binary files ... differ`) hides what it adds,
+so it needs approval whatever the policy file says (`policy.binary-diff`).
+
 A command line is normalized before matching, the way a shell would read it: quotes and
 backslash escapes are removed, `${IFS}` splits words, `$HOME` becomes `~`, `$'\\x72'` is decoded,
 `{a,b}` is expanded, a variable assigned once to a literal is substituted, the line is split at
@@ -589,36 +594,152 @@ def _numbered(text: str) -> list[tuple[int, str]]:
     return list(enumerate(text.splitlines(), start=1))
 
 
-def _added_lines(diff: str) -> list[tuple[int, str]]:
-    """The lines a unified diff adds (numbered within the diff), or every line of a non-diff."""
-    lines = _numbered(diff)
-    if not any(line.startswith(("diff --git ", "+++ ", "@@ ")) for _, line in lines):
-        return lines
-    return [
-        (no, line[1:])
-        for no, line in lines
-        if line.startswith("+") and not line.startswith(("+++ b/", "+++ /dev/null", '+++ "'))
-    ]
+@dataclass
+class _Diff:
+    """A merge's diff read the way `git apply` reads it (`_read_diff`)."""
+
+    # Every line that can add text, numbered within the diff: all but the context and removed
+    # lines a hunk header counts. Lines outside hunks are kept (with and without a leading "+"):
+    # `git apply` ignores them, but a detail that is no diff at all is only such lines.
+    scanned: list[tuple[int, str]] = field(default_factory=list)
+    paths: dict[str, None] = field(default_factory=dict)  # every path it may touch, in order
+    binary: list[tuple[int, str]] = field(default_factory=list)  # (line, file) of binary changes
 
 
-def _diff_paths(diff: str) -> list[str]:
-    paths: list[str] = []
-    lines = diff.splitlines()
+_HUNK: Final = re.compile(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+_C_ESCAPES: Final = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
 
-    def strip(path: str) -> str:
-        path = path.split("\t", 1)[0].strip().strip('"')
-        return path[2:] if path.startswith(("a/", "b/")) else path
 
-    for i, line in enumerate(lines):
-        found: list[str] = []
-        if match := re.match(r"diff --git a/(.+) b/(.+)\Z", line):
-            found = [match.group(1), match.group(2)]
-        elif line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
-            found = [strip(line[4:]), strip(lines[i + 1][4:])]
-        elif match := re.match(r"(?:rename|copy) (?:from|to) (.+)\Z", line):
-            found = [match.group(1)]
-        paths.extend(p for p in found if p and p != "/dev/null" and p not in paths)
-    return paths
+def _read_diff(diff: str) -> _Diff:
+    """The lines, paths and binary changes of a unified diff (git's format, or plain).
+
+    Hunk headers say how many old and new lines each hunk spans and those lines are counted
+    against them, as `git apply` does: a line is content or header by its place, never by how it
+    starts, so an added line reading `++ b/x` (`+++ b/x` in the diff) is an added line. A line a
+    hunk's counts do not allow ends the hunk. Split at "\\n" only, as git does: `str.splitlines`
+    would also split at \\r, \\f or \\u2028 inside a line and misread the rest as another line.
+    """
+    read = _Diff()
+    old_left = new_left = 0
+    current = ""  # the file of the section being read, for the binary reason
+    lines = diff.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    for no, line in enumerate(lines, start=1):
+        if old_left or new_left:
+            marker = line[:1]
+            if marker == "+" and new_left:
+                read.scanned.append((no, line[1:]))
+                new_left -= 1
+                continue
+            if marker == "-" and old_left:
+                old_left -= 1
+                continue
+            if marker in (" ", "") and old_left and new_left:  # "": a blank line lost its space
+                old_left -= 1
+                new_left -= 1
+                continue
+            if marker == "\\":  # "\ No newline at end of file"
+                continue
+            old_left = new_left = 0
+        if hunk := _HUNK.match(line):
+            # The text after the header is the enclosing function's line, from the old file.
+            old_left = int(hunk[1]) if hunk[1] is not None else 1
+            new_left = int(hunk[2]) if hunk[2] is not None else 1
+            continue
+        read.scanned.append((no, line))
+        if line.startswith("+"):
+            read.scanned.append((no, line[1:]))
+        found = _header_paths(line)
+        read.paths.update(dict.fromkeys(found))
+        if line.startswith("diff --git "):
+            current = found[0] if found else ""
+        if line == "GIT binary patch" or re.fullmatch(r"Binary files .* differ", line):
+            read.binary.append((no, current))
+    return read
+
+
+def _header_paths(line: str) -> list[str]:
+    """The paths a header line names, without git's one leading directory (`a/`, `b/`); with
+    another leading directory, also as written."""
+    names: list[str] = []
+    if line.startswith("diff --git "):
+        names = _git_header_names(line[len("diff --git ") :])
+    elif line.startswith(("--- ", "+++ ")):
+        names = _strip(_one_name(line[4:], tab_ends=True))
+    elif match := re.match(r"(?:rename|copy) (?:from|to|old|new) (.+)\Z", line):
+        names = [_one_name(match[1])]  # these name the file itself, with no prefix
+    return [name for name in names if name and name != "/dev/null"]
+
+
+def _git_header_names(text: str) -> list[str]:
+    """The names of `diff --git A B` (`text` is "A B"), each maybe C-quoted. Unquoted names may
+    hold spaces, so like `git apply` take the split where both name the same file behind their
+    prefixes; `git apply` takes no name from a header without one, and neither does this."""
+    if text.startswith('"'):
+        quoted = _unquote(text)
+        if quoted is None:
+            return []
+        first, end = quoted
+        return [*_strip(first), *_strip(_one_name(text[end:].lstrip(" \t")))]
+    if (quote := text.find('"')) > 0:  # an unquoted name, then a quoted one
+        return [*_strip(text[:quote].rstrip(" \t")), *_strip(_one_name(text[quote:]))]
+    start = text.find("/") + 1
+    if not start:
+        return []
+    name = text[start:]  # "x y b/x y": the first name is name[:k] when the second is too
+    slash = name.find("/")
+    for separator in re.finditer(r"[ \t]", name):
+        k = separator.start()
+        if slash != -1 and slash <= k:  # the first "/" after the separator ends B's prefix
+            slash = name.find("/", k + 1)
+        if slash == -1:
+            break
+        if slash == len(name) - k - 1 and name[:k] == name[slash + 1 :]:
+            prefix = text[:start]
+            return [name[:k]] if prefix in ("a/", "b/") else [name[:k], prefix + name[:k]]
+    return []
+
+
+def _strip(name: str) -> list[str]:
+    """`name` as `git apply` takes it (one leading directory stripped, `-p1`) and, unless that
+    was a/ or b/, also as it is."""
+    if name == "/dev/null" or "/" not in name:
+        return [name]
+    first, rest = name.split("/", 1)
+    return [rest] if first in ("a", "b") else [rest, name]
+
+
+def _one_name(text: str, tab_ends: bool = False) -> str:
+    if text.startswith('"') and (quoted := _unquote(text)) and not text[quoted[1] :].strip():
+        return quoted[0]
+    if tab_ends:  # --- a/x<TAB>2024-01-01 ... (a timestamp after the name)
+        text = text.split("\t", 1)[0]
+    return text.rstrip()
+
+
+def _unquote(text: str) -> tuple[str, int] | None:
+    """The name in git's C-style quotes at the start of `text` (escapes like \\t, \\" and octal
+    bytes \\303\\251, decoded as UTF-8) and the index after its closing quote; None if it is
+    not a valid quoted name."""
+    out = bytearray()
+    i = 1
+    while i < len(text):
+        char = text[i]
+        if char == '"':
+            return out.decode("utf-8", "replace"), i + 1
+        if char != "\\":
+            out += char.encode("utf-8", "surrogateescape")
+            i += 1
+        elif text[i + 1 : i + 2] in _C_ESCAPES:
+            out.append(_C_ESCAPES[text[i + 1]])
+            i += 2
+        elif re.fullmatch(r"[0-3][0-7][0-7]", text[i + 1 : i + 4]):
+            out.append(int(text[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            return None
+    return None
 
 
 def _host_of(token: str) -> str:
@@ -728,10 +849,13 @@ class _Evaluation:
         else:  # merge, plan: the whole detail is the subject
             self.flag("text", detail, _clip(detail, 80))
             if action == "merge":
-                self.scan_secrets(_added_lines(detail), "added line")
-                for path in _diff_paths(detail):
+                diff = _read_diff(detail)
+                self.scan_secrets(diff.scanned, "added line")
+                for path in diff.paths:
                     normal = _normalize_path(path, self.roots)
                     self.flag("paths", normal, normal, outside=_is_outside(normal))
+                if diff.binary:
+                    self.binary_changes(diff.binary)
             else:
                 self.scan_secrets(_numbered(detail), "line")
             if not self.outcomes:
@@ -744,6 +868,18 @@ class _Evaluation:
                 if rule.matches(line):  # the reason names the line, never the secret
                     self.add(rule.effect, rule.name, rule.explain(f"{label} {no}"))
                     break
+
+    def binary_changes(self, binary: Sequence[tuple[int, str]]) -> None:
+        # A binary patch is base85 data, "Binary files differ" no data at all: neither shows
+        # what is added (a secret, a CI workflow's steps), so a person decides. Not a rule of
+        # the policy file, so that no policy can forget it.
+        files = ", ".join(sorted({name for _, name in binary if name})[:5]) or "a file"
+        self.add(
+            "approve",
+            "policy.binary-diff",
+            f"the diff changes {files} as binary data (diff line {binary[0][0]}): the gate "
+            "cannot read what it adds",
+        )
 
     def write_target(self, raw: str) -> None:
         normal = _normalize_path(raw, self.roots)

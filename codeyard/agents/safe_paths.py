@@ -1,14 +1,19 @@
 """Which paths an agent may touch inside a working directory.
 
 The paths come from an LLM, so they are hostile until checked: a path must be relative, written
-in normal form, stay inside the directory, pass through no symlink and never enter `.git` (whose
-hooks and config git would run or obey).
+in normal form, within the file system's length limits, stay inside the directory, pass through
+no symlink and never enter `.git` (whose hooks and config git would run or obey).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
+
+# Linux limits (bytes): a longer name makes every system call on it fail with ENAMETOOLONG, so
+# it is refused here with a reason the model can act on rather than an OSError mid-edit.
+NAME_MAX = 255
+PATH_MAX = 4096  # the absolute path, counting the terminating NUL
 
 
 class UnsafePath(ValueError):
@@ -27,6 +32,10 @@ def workspace_path(root: Path, relative: str) -> Path:
         raise UnsafePath("the path is empty")
     if "\0" in relative:
         raise UnsafePath("the path contains a NUL character")
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no file name git can show as text
+        raise UnsafePath("the path is not valid UTF-8 text") from None
     if "\\" in relative:
         raise UnsafePath("the path contains '\\'; separate directories with '/'")
     if relative.startswith("/"):
@@ -40,7 +49,25 @@ def workspace_path(root: Path, relative: str) -> Path:
     # casefold: on case-insensitive file systems `.GIT` is the same directory.
     if any(part.casefold() == ".git" for part in parts):
         raise UnsafePath("the path is inside .git")
+    if long := next((part for part in parts if len(os.fsencode(part)) > NAME_MAX), None):
+        raise UnsafePath(
+            f"the name {long[:40]!r}... is {len(os.fsencode(long))} bytes long; "
+            f"a file or directory name can be at most {NAME_MAX} bytes"
+        )
     base = root.resolve(strict=True)
+    room = PATH_MAX - 1 - len(os.fsencode(base)) - 1  # the NUL, the '/' after the root
+    if (size := len(os.fsencode(relative))) > room:
+        raise UnsafePath(f"the path is {size} bytes long; here it can be at most {room} bytes")
+    try:
+        _check_components(base, parts)
+    except OSError as exc:
+        # Whatever else the file system refuses (permissions, a loop, an I/O error): a reason
+        # for this path, not a crash of the agent that asked.
+        raise UnsafePath(f"the path cannot be checked: {exc.strerror or exc}") from None
+    return base / relative
+
+
+def _check_components(base: Path, parts: list[str]) -> None:
     current = base
     for depth, part in enumerate(parts, start=1):
         current = current / part
@@ -52,4 +79,3 @@ def workspace_path(root: Path, relative: str) -> Path:
         # its own .git would be within reach.
         if depth < len(parts) and os.path.lexists(current / ".git"):
             raise UnsafePath(f"{'/'.join(parts[:depth])!r} is a separate git repository")
-    return base / relative

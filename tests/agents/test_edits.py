@@ -10,6 +10,8 @@ import pytest
 
 from codeyard.agents.edits import EditError, apply_edits
 from codeyard.agents.outputs import CodeOutput, FileEdit, ReplaceText, WriteFile
+from codeyard.agents.policy import load_policy
+from tests.agents.adversarial_corpus import AWS_KEY_ID
 from tests.agents.sample_repo import files_of, git
 
 
@@ -322,3 +324,108 @@ def test_the_root_must_be_the_top_of_a_work_tree(sample_repo: Path, tmp_path: Pa
         apply_edits(plain, [write("x.py", "")])
     assert not (sample_repo / "calc/x.py").exists()
     assert not (plain / "x.py").exists()
+
+
+# --- the diff the safety gate reads ------------------------------------------------------------
+
+
+def test_files_the_repository_calls_binary_are_still_diffed_as_text(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    # Without --text git would answer with a `GIT binary patch`: no line for the secret scan.
+    (sample_repo / ".gitattributes").write_text("* binary\n")
+    git(sample_repo, "add", ".gitattributes")
+    git(sample_repo, "commit", "--quiet", "--message", "everything is binary")
+    original = tmp_path / "original"
+    shutil.copytree(sample_repo, original, symlinks=True)
+
+    applied = apply_edits(
+        sample_repo,
+        [replace("calc/ops.py", "a - b", "b - a"), write("conf.py", f"KEY = '{AWS_KEY_ID}'\n")],
+    )
+
+    assert "GIT binary patch" not in applied.diff
+    assert "Binary files" not in applied.diff
+    assert "\n-    return a - b\n+    return b - a\n" in applied.diff
+    assert f"\n+KEY = '{AWS_KEY_ID}'\n" in applied.diff
+    assert load_policy(None).evaluate_action("merge", applied.diff).rule == "secret-aws-access-key"
+    git(original, "apply", stdin=applied.diff)
+    assert files_of(original) == files_of(sample_repo)
+
+
+def test_non_ascii_names_are_in_the_diff_as_they_are(sample_repo: Path) -> None:
+    applied = apply_edits(sample_repo, [write(".github/workflows/ci\u00e9.yml", "on: push\n")])
+
+    assert "+++ b/.github/workflows/ci\u00e9.yml\n" in applied.diff
+    verdict = load_policy(None).evaluate_action("merge", applied.diff)
+    assert (verdict.decision, verdict.rule) == ("needs_approval", "write-ci-config")
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "setting"),
+    [
+        (".gitattributes", "conf.py binary\n", "'binary'"),
+        (".gitattributes", "*.yml -diff\n", "'-diff'"),
+        (".gitattributes", "*.py text\n*.yml -text\n", "'-text'"),
+        (".gitattributes", "* diff=hexdump\n", "'diff=hexdump'"),
+        (".gitattributes", "* filter=lfs\n", "'filter=lfs'"),
+        (".gitattributes", "* merge=ours\n", "'merge=ours'"),
+        (".gitattributes", "* working-tree-encoding=UTF-16\n", "'working-tree-encoding=UTF-16'"),
+        (".gitattributes", "[attr]opaque binary\n*.yml opaque\n", "'binary'"),  # a macro
+        (".gitattributes", '"name with spaces.py" binary\n', "'binary'"),
+        (".gitattributes", "\f# git reads this as a pattern, not a comment -diff\n", "'-diff'"),
+        ("docs/.gitattributes", "*.md binary\n", "'binary'"),
+        (".GitAttributes", "* binary\n", "'binary'"),  # one file on a case-insensitive disk
+    ],
+)
+def test_gitattributes_that_would_hide_contents_from_the_diff_are_refused(
+    sample_repo: Path, path: str, content: str, setting: str
+) -> None:
+    before = files_of(sample_repo)
+
+    with pytest.raises(EditError) as caught:
+        apply_edits(sample_repo, [write(path, content), write("conf.py", f"K = '{AWS_KEY_ID}'\n")])
+
+    assert caught.value.index == 0
+    assert f"{path} line " in str(caught.value)
+    assert f"sets {setting}, which changes how git shows or stores file contents" in str(
+        caught.value
+    )
+    assert_untouched(sample_repo, before)
+
+
+def test_gitattributes_that_leave_contents_as_text_can_be_written(sample_repo: Path) -> None:
+    # `diff` set (not `-diff`) makes git treat a file as text; `-merge` only stops merging it.
+    content = "# line endings\n* text=auto\n*.sh text eol=lf\n*.py diff\n*.lock -merge\n"
+    applied = apply_edits(sample_repo, [write(".gitattributes", content)])
+
+    assert applied.created == (".gitattributes",)
+
+
+def test_a_replacement_that_makes_gitattributes_hide_contents_is_refused(
+    sample_repo: Path,
+) -> None:
+    (sample_repo / ".gitattributes").write_text("*.py text\n")
+
+    with pytest.raises(EditError, match=r"\.gitattributes line 1 sets '-diff'"):
+        apply_edits(sample_repo, [replace(".gitattributes", "text", "-diff")])
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("a" * 300 + ".py", "is 303 bytes long; a file or directory name can be at most 255"),
+        ("x/" * 2100 + "y.py", "the path is 4204 bytes long; here it can be at most"),
+    ],
+    ids=["a 303-byte name", "a 4204-byte path"],
+)
+def test_a_path_too_long_for_the_file_system_is_an_edit_error(
+    sample_repo: Path, path: str, reason: str
+) -> None:
+    # Not an OSError from deep in the file system: the coder sends the reason to the model.
+    with pytest.raises(EditError) as caught:
+        apply_edits(sample_repo, [write("calc/ok.py", "ok = 1\n"), write(path, "x = 1\n")])
+
+    assert caught.value.index == 1
+    assert reason in str(caught.value)
+    assert len(str(caught.value)) < 500  # the path itself is shortened in the message

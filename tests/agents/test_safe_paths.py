@@ -39,3 +39,31 @@ def test_malformed_paths_are_refused(sample_repo: Path, path: str, reason: str) 
         workspace_path(sample_repo, path)
 
     assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("a" * 256, "is 256 bytes long; a file or directory name can be at most 255 bytes"),
+        ("calc/" + "\u00e9" * 128, "is 256 bytes long"),  # bytes, not characters, count
+        ("x/" * 2100 + "y.py", "the path is 4204 bytes long; here it can be at most"),
+    ],
+    ids=["256 ASCII letters", "128 two-byte letters", "a 4204-byte path"],
+)
+def test_paths_beyond_the_file_systems_limits_are_refused(
+    sample_repo: Path, path: str, reason: str
+) -> None:
+    # The file system would answer ENAMETOOLONG, an OSError no caller expects from a path check.
+    with pytest.raises(UnsafePath) as caught:
+        workspace_path(sample_repo, path)
+
+    assert reason in str(caught.value)
+
+
+def test_the_longest_name_is_fine(sample_repo: Path) -> None:
+    assert workspace_path(sample_repo, "a" * 255).name == "a" * 255
+
+
+def test_a_path_that_is_not_utf8_text_is_refused(sample_repo: Path) -> None:
+    with pytest.raises(UnsafePath, match="not valid UTF-8"):
+        workspace_path(sample_repo, "calc/\ud800.py")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
+import itertools
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
 
 from codeyard.reviewers.handler import PluginHandler
 from codeyard.reviewers.static import StaticReviewer
-from codeyard.sandbox import BwrapSandbox
+from codeyard.sandbox import SANDBOX_WORKDIR, BwrapSandbox, Limits, RunOutcome
 from codeyard.schemas import Patch, RepoRef, ReviewComment, ReviewRequest, ReviewResult, TaskSpec
 from tests.agents.sample_repo import SAMPLE_FILES
 from tests.reviewers.conftest import commit, patch_of
@@ -113,3 +121,143 @@ async def test_a_patch_that_does_not_apply_is_sent_back(
     [comment] = result.comments
     assert comment == ReviewComment(text=comment.text)
     assert comment.text.startswith("the patch does not apply")
+
+
+# --- what the patch and the sandboxed run cannot do to the reviewer ---------------------------
+
+FLAWED = "import json\nimport os\n\n\ndef run(command: str) -> None:\n    os.system(command)\n"
+FAKE_TOOL = (  # writes an empty report where the real tool would write its findings
+    "import sys\n\n"
+    "flag = '--output-file' if '--output-file' in sys.argv else '--output'\n"
+    "with open(sys.argv[sys.argv.index(flag) + 1], 'w') as report:\n"
+    "    report.write('[]' if flag == '--output-file' else '{\"results\": []}')\n"
+)
+
+
+async def test_a_ruff_py_or_bandit_py_in_the_patch_does_not_stand_in_for_the_tool(
+    sandbox: BwrapSandbox, sample_repo: Path
+) -> None:
+    # `python -m ruff` run in the checkout would import the patch's ruff.py: findings vanish.
+    files = {"ruff.py": FAKE_TOOL, "bandit.py": FAKE_TOOL, "calc/shell.py": FLAWED}
+
+    result = await review(sandbox, sample_repo, files)
+
+    assert not result.approved
+    assert {("calc/shell.py", 1, "ruff F401"), ("calc/shell.py", 6, "bandit B605")} <= located(
+        result
+    )
+
+
+class TamperingSandbox:
+    """The real sandbox, except that after ruff's run a second sandboxed command replaces the
+    report with what `script` makes of it (argv[1]): what anything running in the workdir, a
+    subverted tool say, could leave there for the host to read."""
+
+    name = "bwrap"
+
+    def __init__(self, sandbox: BwrapSandbox, script: str) -> None:
+        self.sandbox = sandbox
+        self.script = "import os, sys\nos.remove(sys.argv[1])\n" + script
+        self.planted: Path | None = None  # the report's path on the host, once replaced
+
+    async def run(
+        self,
+        workdir: Path,
+        command: Sequence[str],
+        limits: Limits,
+        env: Mapping[str, str] | None = None,
+    ) -> RunOutcome:
+        outcome = await self.sandbox.run(workdir, command, limits, env)
+        if command[list(command).index("-m") + 1] == "ruff":
+            report = command[list(command).index("--output-file") + 1]
+            await self.sandbox.run(workdir, ["python", "-c", self.script, report], limits)
+            self.planted = workdir / PurePosixPath(report).relative_to(SANDBOX_WORKDIR)
+        return outcome
+
+
+async def test_a_report_replaced_by_a_fifo_fails_the_review_without_blocking_the_loop(
+    sandbox: BwrapSandbox, sample_repo: Path
+) -> None:
+    tampering = TamperingSandbox(sandbox, "os.mkfifo(sys.argv[1])\n")
+    beats: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            beats.append(time.monotonic())
+            await asyncio.sleep(0.1)
+
+    beating = asyncio.create_task(heartbeat())
+    with release_a_blocked_reader(tampering):
+        result = await StaticReviewer(tampering).review(
+            request(sample_repo, patch_of(sample_repo, {"calc/extra.py": "import json\n"}))
+        )
+    beating.cancel()
+
+    assert tampering.planted is not None
+    assert not result.approved
+    [comment] = result.comments
+    assert comment.text.startswith("ruff could not check the change (ruff.json is not a regular")
+    assert max(b - a for a, b in itertools.pairwise(beats)) < 5.0  # the loop never stopped
+
+
+@contextmanager
+def release_a_blocked_reader(tampering: TamperingSandbox, after: float = 20.0) -> Iterator[None]:
+    """Only for a host that blocks opening the FIFO (the bug this guards against): after
+    `after` seconds, write an empty report into it, so the test fails instead of hanging."""
+    done = threading.Event()
+
+    def release() -> None:
+        deadline = time.monotonic() + after
+        while not done.wait(0.2):
+            if time.monotonic() < deadline or tampering.planted is None:
+                continue
+            try:  # succeeds only while a reader is waiting on the FIFO
+                fd = os.open(tampering.planted, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            os.write(fd, b"[]")
+            os.close(fd)
+            return
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+async def test_a_report_replaced_by_a_symlink_to_a_host_file_is_not_read(
+    sandbox: BwrapSandbox, sample_repo: Path, tmp_path: Path
+) -> None:
+    host_file = tmp_path / "host.json"  # outside the sandbox: only the host can follow the link
+    host_file.write_text("[]")
+    tampering = TamperingSandbox(sandbox, f"os.symlink({str(host_file)!r}, sys.argv[1])\n")
+
+    result = await StaticReviewer(tampering).review(
+        request(sample_repo, patch_of(sample_repo, {"calc/extra.py": "import json\n"}))
+    )
+
+    assert tampering.planted is not None
+    assert not result.approved
+    [comment] = result.comments
+    assert comment.text.startswith("ruff could not check the change (ruff.json cannot be opened")
+
+
+async def test_a_report_over_the_size_limit_fails_the_review(
+    sandbox: BwrapSandbox, sample_repo: Path
+) -> None:
+    imports = "".join(f"import module_{n}\n" for n in range(20))  # 20 findings: a long report
+
+    result = await StaticReviewer(sandbox, max_report_bytes=1000).review(
+        request(sample_repo, patch_of(sample_repo, {"calc/extra.py": imports}))
+    )
+
+    assert not result.approved
+    [comment] = result.comments
+    assert re.match(
+        r"(ruff|bandit) could not check the change \(\w+\.json is \d+ bytes, over the limit of "
+        r"1000\)",
+        comment.text,
+    )
