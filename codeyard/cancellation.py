@@ -10,6 +10,10 @@ runs on: `stop_tasks` cancels again until it ends.
 
 `in_background` starts a task that something holds until it ends: the event loop keeps only a
 weak reference to a task, so one nobody holds can be collected before it finishes.
+
+`finish_in_thread` is `asyncio.to_thread` for work a lock guards: a thread cannot be stopped,
+so a cancellation takes effect only once the thread has returned, and the lock is not released
+under work still running.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +63,20 @@ def in_background(
     holder.add(task)
     task.add_done_callback(holder.discard)
     return task
+
+
+async def finish_in_thread(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """`func(*args, **kwargs)` in a thread; cancelled meanwhile (however often), it waits for
+    `func` to return, then raises `CancelledError` and drops the result."""
+    future = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])  # unlike awaiting it, never cancels `future`
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not future.cancelled():
+            future.exception()  # retrieved: asyncio would otherwise log it as never retrieved
+        raise asyncio.CancelledError
+    return future.result()

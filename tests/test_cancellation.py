@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
-from codeyard.cancellation import in_background, stop_tasks, wait_event
+import pytest
+
+from codeyard.cancellation import finish_in_thread, in_background, stop_tasks, wait_event
 
 
 async def test_tells_whether_the_event_came_in_time() -> None:
@@ -78,3 +81,36 @@ async def test_a_background_task_is_held_until_it_ends() -> None:
     await task
     await asyncio.sleep(0)  # done callbacks run on the next turn
     assert holder == set()
+
+
+async def test_work_in_a_thread_ends_before_its_cancellation_takes_effect() -> None:
+    """As git work under a lock must: the lock is released only once the thread returned."""
+    started = threading.Event()
+    release = threading.Event()
+    steps: list[str] = []
+
+    def work() -> str:
+        started.set()
+        release.wait(30)
+        steps.append("thread returned")
+        return "result"
+
+    async def locked() -> str:
+        try:
+            return await finish_in_thread(work)
+        finally:
+            steps.append("lock released")
+
+    task = asyncio.create_task(locked())
+    await asyncio.to_thread(started.wait, 30)
+    try:
+        task.cancel()
+        for _ in range(3):  # turns enough for a cancelled `asyncio.to_thread` to have ended
+            await asyncio.sleep(0)
+        assert not task.done()  # the thread still works: the task waits for it
+        task.cancel()  # cancelled again, as `stop_tasks` does
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert steps == ["thread returned", "lock released"]

@@ -220,6 +220,8 @@ class Coordinator:
         self._unacked = 0  # results delivered to the inbox and not yet acked
         self._acked = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        # Merges running in the background, stopped when the leadership ends (see `_lead`).
+        self._merging: set[asyncio.Task[None]] = set()
         # Garbage collection of the artifacts store, while leading (see artifact_collector).
         self.collector = (
             ArtifactCollector(
@@ -265,7 +267,8 @@ class Coordinator:
 
     async def _lead(self, lease: LeaderLease, stop: asyncio.Event) -> None:
         """One leadership session: load every open run, resend outstanding work, then serve
-        until stopped, the lease is lost or a commit fails (then reload from the store)."""
+        until stopped, the lease is lost or a commit fails (then reload from the store). Its
+        merges still running end with it (whatever git work they are in finishes first)."""
         log.info("%s leads", self.name)
         lost = asyncio.Event()
         session: list[asyncio.Task[object]] = []
@@ -301,6 +304,9 @@ class Coordinator:
             self.leading.clear()
             metrics.COORDINATOR_LEADING.set(0)
             await stop_tasks(session)
+            # A deposed leader must not go on merging: its successor merges the same tasks
+            # again, and the outcome of this one could no longer be recorded anyway.
+            await stop_tasks(self._merging)
             for subscription in subscriptions:
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()
@@ -634,7 +640,7 @@ class Coordinator:
             self._open.pop(run_id, None)
         for run_id, work in commit.merges:
             # in the background; the outcome comes back through the inbox
-            in_background(self._background, self._integrate(run_id, work))
+            in_background(self._merging, self._integrate(run_id, work))
 
     async def _store_approvals(self, approvals: list[PendingApproval]) -> None:
         pending = []
@@ -658,7 +664,8 @@ class Coordinator:
     async def _integrate(self, run_id: str, work: Merge | Integrate) -> None:
         """Merge (or finish) in the background; a failing workspace is retried, then the task
         goes back to the coder with the error rather than staying gated forever. While no
-        safety gate answers, the merge waits."""
+        safety gate answers, the merge waits. Cancelled when the leadership ends: the next
+        leader sends the merge again."""
         retries = [1.0, 5.0, 15.0]
         while (open_run := self._open.get(run_id)) is not None:
             try:

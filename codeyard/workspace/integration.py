@@ -3,8 +3,22 @@ task, and delivers the result as the branch `codeyard/<run_id>` of the user's re
 
 The integration clone lives under the data dir; the user's working tree and current branch are
 never touched (delivery is a fetch into a new branch). Merging is idempotent: each commit
-carries the task and attempt as trailers, so a merge repeated after a coordinator crash finds
-its commit and does not apply the patch twice.
+carries the task and attempt as a trailer, so a merge repeated after a coordinator crash finds
+its commit and does not apply the patch twice. Only the commits made since the clone was
+(`BASE_REF`, recorded with it) count, and only by their trailer: the user's history and the
+words of the planner and the coder in a message can never make a task look merged.
+
+Each commit stays on the head only once the repository's suite passed on it; a failing suite,
+or anything else ending the merge before (the sandbox or the object store unavailable, a
+cancellation), takes it off again. Taking it off moves HEAD back only while HEAD is still that
+commit (compare and swap), never "one commit back".
+
+Every change to a run's clone holds its run's lock file (`FileLock`): a deposed leader still
+finishing a merge and its successor share the data dir (docker compose mounts one volume into
+both), and git allows one writer per repository. Holding it, a merge first clears what a
+coordinator killed in the middle of one left (git's lock files, a half-applied patch). A clone
+is made next to its place and renamed there once whole, so an interrupted clone is never taken
+for one.
 
 A run submitted without a repository is a dry run: merges are recorded, nothing is written.
 
@@ -15,24 +29,46 @@ until garbage collection removes it (`codeyard.workspace.clone_retention`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
+import secrets
+import shutil
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
 
+from codeyard.cancellation import finish_in_thread
 from codeyard.coordinator.events import Integrated, Merged, MergeFailed, ParkTask
 from codeyard.coordinator.integrator import LedgerIntegrator
 from codeyard.schemas.model import FeedbackKind, RepoRef, Run, Task, TaskState
+from codeyard.workspace.file_lock import FileLock
 from codeyard.workspace.git import GitError, git
-from codeyard.workspace.integration_clones import CLONE_DIR, remove_clone
+from codeyard.workspace.integration_clones import CLONE_DIR
 from codeyard.workspace.patch_store import inline
 from codeyard.workspace.regression import RegressionSuite
 from codeyard.workspace.snapshots import publish_snapshot
+
+log = logging.getLogger(__name__)
 
 # The trailer of each task's commit on the result branch; `rollback` finds tasks by it.
 TASK_TRAILER = "Codeyard-Task"
 # `<data dir>/runs/<run_id>/integration` (CLONE_DIR): each run's directory holds its clone.
 RUNS_DIR = "runs"
+# In the clone: the commit it was made at. Commits before it are the user's, never a merge.
+BASE_REF = "refs/codeyard/base"
+# In the run's directory, next to the clone: held by whoever changes the clone.
+LOCK_FILE = f"{CLONE_DIR}.lock"
+# A clone being made, or being thrown away, in the run's directory; one still there when the
+# run's lock is taken was left by an interrupted process.
+PARTIAL_SUFFIX = ".partial"
+# git may finish a commit by packing the repository in a detached background process, which
+# would outlive the run's lock and take lock files a later merge removes as stale.
+_NO_DETACHED_GC = ("-c", "gc.autoDetach=false", "-c", "maintenance.autoDetach=false")
+# A line git would take for a task trailer (keys are case-insensitive, space may precede ':').
+_TASK_TRAILER_LINE = re.compile(rf"\s*{TASK_TRAILER}\s*:", re.IGNORECASE)
+_FIELD = "\x1f"
+_RECORD = "\x1e"
 
 
 def _origin(clone: Path) -> str:
@@ -47,20 +83,35 @@ def result_branch(run_id: str) -> str:
 
 
 def commit_message(task: Task, trailer: str) -> str:
-    """Title; the coder's summary (else the task's description); tests and reviews; trailer."""
-    body = (task.summary or task.spec.description).strip()
+    """Title; the coder's summary (else the task's description); tests and reviews; trailer.
+
+    The title, summary and description are the planner's and the coder's words: a line of theirs
+    that reads as a task trailer is left out, so that only `trailer` names a task."""
+    body = _without_task_trailers(task.summary or task.spec.description)
     facts = []
     if task.tests_run:
         facts.append(f"Tests: {task.tests_run} run, passing")
     reviewers = sorted(name for name, approved in task.approvals.items() if approved)
     if reviewers:
         facts.append(f"Reviewed-by: {', '.join(reviewers)}")
-    parts = [task.spec.title, body, "\n".join(facts), trailer]
+    # Never an empty title: git reads no trailers in a message's first paragraph.
+    title = _without_task_trailers(task.spec.title) or task.spec.id
+    parts = [title, body, "\n".join(facts), trailer]
     return "\n\n".join(part for part in parts if part) + "\n"
 
 
+def _without_task_trailers(text: str) -> str:
+    lines = text.strip().splitlines()
+    return "\n".join(line for line in lines if not _TASK_TRAILER_LINE.match(line)).strip()
+
+
+def task_key(run_id: str, task_id: str, attempt: int) -> str:
+    """The value of a task's trailer."""
+    return f"{run_id}/{task_id}/{attempt}"
+
+
 def task_trailer(run_id: str, task_id: str, attempt: int) -> str:
-    return f"{TASK_TRAILER}: {run_id}/{task_id}/{attempt}"
+    return f"{TASK_TRAILER}: {task_key(run_id, task_id, attempt)}"
 
 
 class GitIntegrator:
@@ -77,11 +128,15 @@ class GitIntegrator:
         self.suite = suite
         self.artifacts = artifacts
         self._dry = LedgerIntegrator()
-        # git allows one writer per repository: merges of one run take turns
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, FileLock] = {}
 
-    def _lock(self, run_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(run_id, asyncio.Lock())
+    def _lock(self, run_id: str) -> FileLock:
+        """The run's lock: among this process's merges and every process sharing the data dir.
+        Git work under it runs to its end even when cancelled (`finish_in_thread`): the lock
+        must not pass on while a git command of ours still writes."""
+        if run_id not in self._locks:
+            self._locks[run_id] = FileLock(self.root / run_id / LOCK_FILE)
+        return self._locks[run_id]
 
     def inline(self, run: Run) -> bool:
         return not run.repo.path
@@ -92,22 +147,24 @@ class GitIntegrator:
     async def prepare(self, run: Run) -> RepoRef:
         if not run.repo.path:
             return run.repo
-        await asyncio.to_thread(self._prepare, run)
-        return await self._published(run)
+        async with self._lock(run.run_id):
+            await finish_in_thread(self._prepare, run)
+            return await self._published(run)
 
     def _prepare(self, run: Run) -> None:
         target = self.integration_dir(run.run_id)
-        if (target / ".git").exists() and _origin(target) != run.repo.path:
-            # A clone left by an earlier run of this id on another repository (its record
-            # lost with the NATS store): merging onto it would deliver that repository's code.
-            remove_clone(target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Changed now, even when the clone is there already: garbage collection leaves a clone
         # of a run not recorded yet alone only while it looks recently changed.
         os.utime(target.parent)
-        if not (target / ".git").exists():
-            git(target.parent, "clone", "--quiet", "--no-hardlinks", run.repo.path, target.name)
-            git(target, "checkout", "--quiet", "-B", result_branch(run.run_id))
+        _remove_partial(target.parent)
+        if target.exists() and not _is_clone_of(target, run.repo.path):
+            # A clone left by an earlier run of this id on another repository (its record
+            # lost with the NATS store): merging onto it would deliver that repository's code.
+            # Or not a whole clone at all (made by an older codeyard, which cloned in place).
+            _discard(target)
+        if not target.exists():
+            _clone(run.repo.path, target, result_branch(run.run_id))
 
     async def _published(self, run: Run) -> RepoRef:
         """Where the run's code is now: its integration head, published as a snapshot (an
@@ -122,35 +179,49 @@ class GitIntegrator:
     async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
         if not run.repo.path:
             return await self._dry.merge(run, task_id, attempt)
-        repo = self.integration_dir(run.run_id)
         task = run.tasks[task_id]
         patch = await inline(self.artifacts, task.patch) if task.patch else None
         async with self._lock(run.run_id):
-            outcome, at_head = await asyncio.to_thread(
+            outcome, commit = await finish_in_thread(
                 self._merge, run, task_id, attempt, patch.text if patch else ""
             )
             if not isinstance(outcome, Merged):
                 return outcome
+            if commit is None:  # merged before, under later merges whose suites passed on it
+                return Merged(task_id, attempt, await self._published(run))
+            return await self._verified(run, outcome, commit)
+
+    async def _verified(self, run: Run, merged: Merged, commit: str) -> Merged | MergeFailed:
+        """`merged` once the suite passed on `commit` (HEAD) and the head is published; else
+        `commit` is taken off the head again. So is it when anything else ends this first (the
+        sandbox or the object store unavailable, a cancellation): a retry then applies the
+        patch afresh rather than finding an unverified commit, and no unverified commit stays
+        on the branch when the task finally fails."""
+        repo = self.integration_dir(run.run_id)
+        task_id, attempt = merged.task_id, merged.attempt
+        try:
             failures = None
-            if at_head and self.suite:
+            if self.suite:
                 failures = await self.suite.failures(repo, run.run_id, task_id, attempt)
             if failures is None:
                 return Merged(task_id, attempt, await self._published(run))
-            # Nothing lands on top of a commit before its suite passed (the lock), so HEAD~1 is
-            # the head it was merged onto.
-            await asyncio.to_thread(git, repo, "reset", "--quiet", "--hard", "HEAD~1")
-            report = f"the whole test suite failed after merging this change:\n{failures}"
-            return MergeFailed(task_id, attempt, FeedbackKind.REGRESSION, report)
+        except BaseException:
+            await finish_in_thread(_undo, repo, commit)
+            raise
+        await finish_in_thread(_undo, repo, commit)
+        report = f"the whole test suite failed after merging this change:\n{failures}"
+        return MergeFailed(task_id, attempt, FeedbackKind.REGRESSION, report)
 
     def _merge(
         self, run: Run, task_id: str, attempt: int, patch: str
-    ) -> tuple[Merged | MergeFailed, bool]:
-        """The outcome, and whether the task's commit is HEAD (its suite has to pass)."""
+    ) -> tuple[Merged | MergeFailed, str | None]:
+        """The outcome, and the task's commit when it is HEAD (its suite has to pass)."""
         repo = self.integration_dir(run.run_id)
-        trailer = task_trailer(run.run_id, task_id, attempt)
-        found = git(repo, "log", "--format=%H", "--fixed-strings", f"--grep={trailer}").split()
+        _clear_leftovers(repo)
+        head = _commit(repo, "HEAD")
+        found = _commits_of(repo, task_key(run.run_id, task_id, attempt))
         if found:  # merged before a crash: do not apply twice; check its suite if still on top
-            return Merged(task_id, attempt), found[0] == git(repo, "rev-parse", "HEAD").strip()
+            return Merged(task_id, attempt), head if found[0] == head else None
         task = run.tasks[task_id]
         if patch.strip():
             try:
@@ -158,23 +229,17 @@ class GitIntegrator:
             except GitError as exc:
                 git(repo, "reset", "--quiet", "--hard", "HEAD", check=False)
                 conflict = MergeFailed(task_id, attempt, FeedbackKind.CONFLICT, exc.output[-4000:])
-                return conflict, False
-        git(
-            repo,
-            "commit",
-            "--quiet",
-            "--allow-empty",
-            "-F",
-            "-",
-            stdin=commit_message(task, trailer),
-        )
-        return Merged(task_id, attempt), True
+                return conflict, None
+        trailer = task_trailer(run.run_id, task_id, attempt)
+        message = commit_message(task, trailer)
+        git(repo, *_NO_DETACHED_GC, "commit", "--quiet", "--allow-empty", "-F", "-", stdin=message)
+        return Merged(task_id, attempt), _commit(repo, "HEAD")
 
     async def integrate(self, run: Run) -> Integrated:
         if not run.repo.path:
             return await self._dry.integrate(run)
         async with self._lock(run.run_id):
-            outcome = await asyncio.to_thread(self._integrate, run)
+            outcome = await finish_in_thread(self._integrate, run)
         self._locks.pop(run.run_id, None)
         return outcome
 
@@ -187,3 +252,106 @@ class GitIntegrator:
             return Integrated(ok=False, report=str(exc))
         merged = sum(task.state is TaskState.MERGED for task in run.tasks.values())
         return Integrated(ok=True, report=f"{merged} tasks on branch {branch} of {run.repo.path}")
+
+
+def _commit(repo: Path, rev: str) -> str:
+    return git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
+
+
+def _clone(source: str, target: Path, branch: str) -> None:
+    """`target` a whole clone of `source` on `branch`, its start recorded, or not there at all.
+
+    git leaves a clone it could not finish in place (a checkout cut short by a timeout or a
+    crash: origin set, files missing, a stale index.lock), which would pass for a whole one. So
+    the clone is made next to `target` and renamed into place once complete."""
+    partial = target.with_name(f"{target.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
+    try:
+        git(target.parent, "clone", "--quiet", "--no-hardlinks", source, partial.name)
+        git(partial, "checkout", "--quiet", "-B", branch)
+        git(partial, "update-ref", BASE_REF, "HEAD")
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _is_clone_of(clone: Path, source: str) -> bool:
+    if not (clone / ".git").is_dir() or _origin(clone) != source:
+        return False
+    try:
+        _base(clone)
+    except GitError:  # not even what it cloned is known: never a whole clone
+        return False
+    return True
+
+
+def _base(clone: Path) -> str:
+    """The commit the clone was made at. A clone made before codeyard recorded it was made at
+    the remote head it cloned (`origin/HEAD`, never fetched since): recorded now."""
+    try:
+        return _commit(clone, BASE_REF)
+    except GitError:
+        started = _commit(clone, "refs/remotes/origin/HEAD")
+        git(clone, "update-ref", BASE_REF, started, "")  # "": only if still not recorded
+        return started
+
+
+def _commits_of(clone: Path, key: str) -> list[str]:
+    """The commits since the clone was made whose task trailer is exactly `key`, newest first.
+    Trailers are read as git parses them (the message's last paragraph), never searched for in
+    the whole text, where the coder's summary could name any task."""
+    log = git(
+        clone,
+        "log",
+        f"--format=%H{_FIELD}%(trailers:key={TASK_TRAILER},valueonly){_RECORD}",
+        f"{_base(clone)}..HEAD",
+        "--",
+    )
+    found = []
+    for record in filter(str.strip, log.split(_RECORD)):
+        sha, _, values = record.strip("\n").partition(_FIELD)
+        if key in (value.strip() for value in values.splitlines()):
+            found.append(sha)
+    return found
+
+
+def _clear_leftovers(clone: Path) -> None:
+    """Undo what a coordinator killed in the middle of a merge left in the clone: git's lock
+    files (each would fail every later command), a half-applied patch, a half-done undo.
+    Called under the run's lock only: then no live git process of anyone's uses the clone."""
+    dot_git = clone / ".git"
+    for lock in (*dot_git.glob("*.lock"), *dot_git.glob("refs/**/*.lock")):
+        lock.unlink(missing_ok=True)
+    git(clone, "reset", "--quiet", "--hard", "HEAD")
+    # Files a patch created before the kill, untracked (ignored ones too): they would make
+    # applying it again fail as if it conflicted.
+    git(clone, "clean", "-ffdxq")
+
+
+def _undo(clone: Path, commit: str) -> bool:
+    """Take `commit` off the clone's head, only while HEAD is still `commit` (compare and swap):
+    undoing a merge twice, or after the head moved on, never drops anything else. Whether it
+    did."""
+    parent = _commit(clone, f"{commit}^")
+    try:
+        git(clone, "update-ref", "-m", "codeyard: undo a merge", "HEAD", parent, commit)
+    except GitError as exc:
+        log.warning("%s: HEAD is no longer %s, left as it is: %s", clone, commit, exc)
+        return False
+    git(clone, "reset", "--quiet", "--hard", "HEAD")
+    return True
+
+
+def _remove_partial(run_dir: Path) -> None:
+    """Remove what interrupted clones and removals left; under the run's lock, nobody is
+    making one now."""
+    for leftover in run_dir.glob(f"{CLONE_DIR}.*{PARTIAL_SUFFIX}"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _discard(clone: Path) -> None:
+    """Remove `clone`, renamed away first: a crash part-way leaves a partial clone to remove,
+    never half a clone in its place."""
+    doomed = clone.with_name(f"{clone.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
+    clone.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)

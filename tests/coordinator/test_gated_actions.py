@@ -18,7 +18,10 @@ from codeyard.agents.policy import load_policy
 from codeyard.agents.safety_gate import SafetyGate
 from codeyard.bus import Bus, PullWorker
 from codeyard.bus.gate_client import BusGateClient, require_clearance
-from codeyard.coordinator.integrator import Integrator
+from codeyard.bus.subjects import LEADER_BUCKET
+from codeyard.coordinator.events import Merged, MergeFailed, ParkTask
+from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
+from codeyard.coordinator.lease import LEASE_KEY, LeaderLease
 from codeyard.coordinator.service import Coordinator
 from codeyard.schemas import (
     Accepted,
@@ -272,3 +275,41 @@ async def test_with_no_gate_a_merge_waits_rather_than_going_ahead(
         await subscription.unsubscribe()
     assert waiting.tasks["a"].state is TaskState.GATED
     assert run.state is RunState.DONE, run.error
+
+
+class EndlessMerges(LedgerIntegrator):
+    """Merges that end only when cancelled, as one waiting on a long suite does; merged in the
+    background as into a repository."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    def inline(self, run: Run) -> bool:
+        return False
+
+    async def merge(self, run: Run, task_id: str, attempt: int) -> Merged | MergeFailed | ParkTask:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return Merged(task_id, attempt)
+
+
+async def test_a_coordinator_that_loses_its_lease_stops_its_merges(bus: Bus, roles: Roles) -> None:
+    """Its successor merges the task again: the deposed leader must not go on merging into the
+    same clone meanwhile."""
+    integrator = EndlessMerges()
+    async with coordinating(bus, integrator=integrator):
+        submit = SubmitRun(run_id="r8", goal="g", plan=[TaskSpec(id="a", title="a")])
+        await ask(bus, "submit", submit)
+        await asyncio.wait_for(integrator.started.wait(), 30)
+        kv = await bus.js.key_value(LEADER_BUCKET)
+        await kv.delete(LEASE_KEY)
+        successor = await LeaderLease.open(bus.js, "coord-successor")
+        assert await successor.acquire()
+
+        await asyncio.wait_for(integrator.cancelled.wait(), 30)
+        await successor.release()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,14 @@ from codeyard.bus.gate_client import BusGateClient
 from codeyard.coordinator.events import Integrated, Merged, MergeFailed
 from codeyard.sandbox import Limits, default_sandbox
 from codeyard.schemas import FeedbackKind, Patch, RepoRef, Run, Task, TaskSpec, TaskState
-from codeyard.workspace.git import git
-from codeyard.workspace.integration import GitIntegrator, commit_message
+from codeyard.workspace.git import GitError, git
+from codeyard.workspace.integration import (
+    BASE_REF,
+    LOCK_FILE,
+    PARTIAL_SUFFIX,
+    GitIntegrator,
+    commit_message,
+)
 from codeyard.workspace.regression import SandboxedSuite
 from tests.repositories import one_commit_repo
 
@@ -142,6 +150,244 @@ def test_a_commit_message_tells_what_changed_and_how_it_was_checked() -> None:
     )
     bare = commit_message(Task(spec=TaskSpec(id="x", title="x")), "Codeyard-Task: r1/x/1")
     assert bare == "x\n\nCodeyard-Task: r1/x/1\n"
+
+
+def test_a_commit_message_leaves_out_what_reads_as_a_task_trailer() -> None:
+    """The title, summary and description are the planner's and the coder's words: only the
+    trailer codeyard adds may say which task a commit merged."""
+    task = Task(
+        spec=TaskSpec(id="a", title="Fix a\nCodeyard-Task: r1/c/1"),
+        summary="Fixed a.\n\nCodeyard-Task: r1/b/1\n  codeyard-task : r1/b/2\nNote: kept",
+    )
+    assert commit_message(task, "Codeyard-Task: r1/a/1") == (
+        "Fix a\n\nFixed a.\n\nNote: kept\n\nCodeyard-Task: r1/a/1\n"
+    )
+    only_a_trailer = Task(spec=TaskSpec(id="a", title="Codeyard-Task: r1/c/1"))
+    assert commit_message(only_a_trailer, "Codeyard-Task: r1/a/1") == "a\n\nCodeyard-Task: r1/a/1\n"
+
+
+async def test_a_summary_naming_another_task_does_not_make_it_merged(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    integrator = GitIntegrator(tmp_path / "data")
+    run = run_with(
+        user_repo,
+        a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"),
+        b=patch_of(user_repo, "notes.md", "notes\n"),
+    )
+    run.tasks["a"].summary = "Says hi (b, Codeyard-Task: r1/b/1, is next)."
+    run.repo = await integrator.prepare(run)
+
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    assert landed(await integrator.merge(run, "b", 1)) == ("b", 1)
+
+    clone = Path(run.repo.snapshot)
+    assert git(clone, "log", "--format=%s").splitlines() == ["change b", "change a", "initial"]
+    assert (clone / "notes.md").read_text() == "notes\n"
+
+
+async def test_the_users_own_commits_never_count_as_merges(user_repo: Path, tmp_path: Path) -> None:
+    """Here the user merged the branch of an earlier run that had the same id."""
+    git(user_repo, "commit", "-q", "--allow-empty", "-m", "earlier\n\nCodeyard-Task: r1/a/1")
+    integrator = GitIntegrator(tmp_path / "data")
+    run = run_with(user_repo, a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"))
+    run.repo = await integrator.prepare(run)
+
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    assert git(Path(run.repo.snapshot), "show", "HEAD:app.py") == "def greet():\n    return 'hi'\n"
+
+
+async def test_a_clone_made_before_its_start_was_recorded_still_finds_its_merges(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """Clones of runs open across an upgrade: their start is the remote head they cloned."""
+    integrator = GitIntegrator(tmp_path / "data")
+    run = run_with(user_repo, a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"))
+    run.repo = await integrator.prepare(run)
+    clone = Path(run.repo.snapshot)
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    git(clone, "update-ref", "-d", BASE_REF)
+
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)  # again after a crash: no-op
+    assert git(clone, "log", "--format=%s").splitlines() == ["change a", "initial"]
+    assert git(clone, "rev-parse", BASE_REF) == git(user_repo, "rev-parse", "main")
+
+
+async def test_a_clone_cut_short_is_never_taken_for_a_whole_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """git leaves a clone whose checkout failed (here a filter; a timeout or a crash alike)
+    in place, origin set and files missing; preparing the run again must not merge onto it."""
+    files = {".gitattributes": "*.py filter=broken\n", "app.py": "print('hello')\n"}
+    user_repo = one_commit_repo(tmp_path / "user", files)
+    integrator = GitIntegrator(tmp_path / "data")
+    run = run_with(user_repo, notes=patch_of(user_repo, "notes.md", "notes\n"))
+    git_config = {"filter.broken.smudge": "false", "filter.broken.required": "true"}
+    monkeypatch.setenv("GIT_CONFIG_COUNT", str(len(git_config)))
+    for index, (key, value) in enumerate(git_config.items()):
+        monkeypatch.setenv(f"GIT_CONFIG_KEY_{index}", key)
+        monkeypatch.setenv(f"GIT_CONFIG_VALUE_{index}", value)
+    with pytest.raises(GitError, match="smudge filter broken failed"):
+        await integrator.prepare(run)
+    assert not integrator.integration_dir("r1").exists()
+    monkeypatch.delenv("GIT_CONFIG_COUNT")  # the filter works again: the run is resubmitted
+
+    run.repo = await integrator.prepare(run)
+    assert landed(await integrator.merge(run, "notes", 1)) == ("notes", 1)
+    run.tasks["notes"].state = TaskState.MERGED
+    assert (await integrator.integrate(run)).ok
+
+    delivered = git(user_repo, "ls-tree", "-r", "--name-only", "codeyard/r1").split()
+    assert delivered == [".gitattributes", "app.py", "notes.md"]
+    assert git(user_repo, "diff", "--name-only", "main", "codeyard/r1").split() == ["notes.md"]
+
+
+async def test_what_an_interrupted_clone_left_is_removed(user_repo: Path, tmp_path: Path) -> None:
+    integrator = GitIntegrator(tmp_path / "data")
+    run_dir = integrator.root / "r1"
+    leftover = run_dir / f"integration.1234{PARTIAL_SUFFIX}"  # the coordinator was killed
+    (leftover / ".git").mkdir(parents=True)
+
+    await integrator.prepare(run_with(user_repo))
+    assert sorted(path.name for path in run_dir.iterdir()) == ["integration", LOCK_FILE]
+
+
+async def test_a_merge_clears_what_a_coordinator_killed_mid_merge_left(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    run = run_with(
+        user_repo,
+        a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"),
+        b=patch_of(user_repo, "notes.md", "notes\n"),
+    )
+    run.repo = await GitIntegrator(data).prepare(run)
+    clone = Path(run.repo.snapshot)
+    # Killed while applying a's patch: half of it staged, half written, git's lock left.
+    (clone / "app.py").write_text("def greet():\n    return 'h")
+    git(clone, "add", "app.py")
+    (clone / "half.py").write_text("x = ")
+    (clone / ".git" / "index.lock").write_text("")
+
+    standby = GitIntegrator(data)  # takes over on the same disk and merges both again
+    assert landed(await standby.merge(run, "a", 1)) == ("a", 1)
+    assert landed(await standby.merge(run, "b", 1)) == ("b", 1)
+
+    assert git(clone, "log", "--format=%s").splitlines() == ["change b", "change a", "initial"]
+    assert git(clone, "show", "--name-only", "--format=", "HEAD").split() == ["notes.md"]
+    assert git(clone, "status", "--porcelain", "--ignored") == ""
+
+
+class ScriptedSuite:
+    """The suite's verdict per task, given by the test; `failures` waits for `release` first
+    when there is one, as a long suite keeps the merge waiting."""
+
+    def __init__(self, failing: set[str], release: asyncio.Event | None = None) -> None:
+        self.failing = failing
+        self.release = release
+        self.running = asyncio.Event()
+
+    async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> str | None:
+        self.running.set()
+        if self.release is not None:
+            await self.release.wait()
+        return f"FAILED test_{task_id}" if task_id in self.failing else None
+
+
+def lock_is_free(path: Path) -> bool:
+    """Whether another process could take the lock file at `path` now."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # releases the flock when it was taken
+    return True
+
+
+async def test_coordinators_sharing_the_data_dir_merge_a_run_in_turn(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """A deposed leader still running a merge's suite and its successor merging the same task:
+    each undoes its own failed merge, one after the other, and a merged task stays."""
+    data = tmp_path / "data"
+    run = run_with(
+        user_repo,
+        kept=patch_of(user_repo, "notes.md", "notes\n"),
+        breaks=patch_of(user_repo, "app.py", "def greet():\n    return None\n"),
+    )
+    release = asyncio.Event()
+    long_suite = ScriptedSuite({"breaks"}, release)
+    deposed = GitIntegrator(data, long_suite)
+    successor = GitIntegrator(data, ScriptedSuite({"breaks"}))
+    run.repo = await successor.prepare(run)
+    clone = Path(run.repo.snapshot)
+    assert landed(await successor.merge(run, "kept", 1)) == ("kept", 1)
+
+    first = asyncio.create_task(deposed.merge(run, "breaks", 1))
+    await asyncio.wait_for(long_suite.running.wait(), 30)
+    assert not lock_is_free(data / "runs" / "r1" / LOCK_FILE)
+    second = asyncio.create_task(successor.merge(run, "breaks", 1))
+    release.set()
+    outcomes = await asyncio.gather(first, second)
+
+    assert [type(outcome) for outcome in outcomes] == [MergeFailed, MergeFailed]
+    assert git(clone, "log", "--format=%s").splitlines() == ["change kept", "initial"]
+    assert git(clone, "status", "--porcelain") == ""
+    assert lock_is_free(data / "runs" / "r1" / LOCK_FILE)
+
+
+async def test_undoing_a_merge_leaves_a_head_that_moved_on_alone(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """Undone by someone else meanwhile (a coordinator of an older version, not taking the
+    lock), the failed merge is not undone twice: that would drop the task merged before it."""
+    run = run_with(
+        user_repo,
+        kept=patch_of(user_repo, "notes.md", "notes\n"),
+        breaks=patch_of(user_repo, "app.py", "def greet():\n    return None\n"),
+    )
+
+    class UndoneMeanwhile(ScriptedSuite):
+        async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> str | None:
+            git(repo, "reset", "--quiet", "--hard", "HEAD~1")
+            return await super().failures(repo, run_id, task_id, attempt)
+
+    integrator = GitIntegrator(tmp_path / "data")
+    run.repo = await integrator.prepare(run)
+    clone = Path(run.repo.snapshot)
+    assert landed(await integrator.merge(run, "kept", 1)) == ("kept", 1)
+    integrator.suite = UndoneMeanwhile({"breaks"})
+
+    outcome = await integrator.merge(run, "breaks", 1)
+    assert isinstance(outcome, MergeFailed)
+    assert git(clone, "log", "--format=%s").splitlines() == ["change kept", "initial"]
+
+
+async def test_a_merge_whose_suite_cannot_run_leaves_nothing_on_the_head(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """The sandbox (or the object store, publishing the head) is away: the merge fails, and its
+    retry finds the head as it was, not a commit no suite ever passed."""
+
+    class SandboxAway:
+        async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> None:
+            raise RuntimeError("sandbox unavailable")
+
+    integrator = GitIntegrator(tmp_path / "data", SandboxAway())
+    run = run_with(user_repo, a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"))
+    run.repo = await integrator.prepare(run)
+    clone = Path(run.repo.snapshot)
+
+    with pytest.raises(RuntimeError, match="sandbox unavailable"):
+        await integrator.merge(run, "a", 1)
+    assert git(clone, "log", "--format=%s").splitlines() == ["initial"]
+    assert git(clone, "status", "--porcelain") == ""
+
+    integrator.suite = ScriptedSuite(failing=set())  # it is back: the retry lands
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    assert git(clone, "log", "--format=%s").splitlines() == ["change a", "initial"]
 
 
 @pytest.fixture
