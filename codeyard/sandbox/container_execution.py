@@ -89,14 +89,17 @@ class ContainerExecution:
             self._api.kill(self._id)
 
 
-def remove_container(api: APIClient, container_id: str) -> None:
-    """Removes the container, killing what is left of it (blocking)."""
+def remove_container(api: APIClient, container_id: str) -> bool:
+    """Removes the container, killing what is left of it (blocking). Whether it is gone: False
+    when the engine failed to remove it, so it may still run."""
     try:
         api.remove_container(container_id, force=True)
     except docker.errors.NotFound:
         pass
     except docker.errors.DockerException:
         log.warning("could not remove sandbox container %s", container_id, exc_info=True)
+        return False
+    return True
 
 
 def in_own_thread(call: Callable[[], T]) -> asyncio.Future[T]:

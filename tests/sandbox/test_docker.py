@@ -9,10 +9,12 @@ import time
 import uuid
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from codeyard.sandbox import DockerSandbox, Limits, MiB, SandboxUnavailable
 from codeyard.sandbox.docker import CODEYARD_DOCKER_SOCKET, resolve_docker_host
+from codeyard.sandbox.protocol import SANDBOX_UID
 from tests.sandbox.host import processes_with
 from tests.sandbox.workloads import SLACK_SECONDS, run_python
 
@@ -107,6 +109,38 @@ async def test_memory_of_the_whole_container_is_bounded(
     assert "child status 9" in outcome.output  # SIGKILL, from the OOM killer
     assert not outcome.timed_out
     assert not outcome.ok
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the workdir is lent only when codeyard is root")
+async def test_a_workdir_is_not_given_back_while_its_container_may_still_run(
+    docker_sandbox: DockerSandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Giving back chowns the workdir by path, as root: while the command may still run, a
+    directory it swaps for a symlink could redirect that outside. So when the engine fails to
+    remove the container the workdir stays lent."""
+    api = docker_sandbox.client.api
+    remove = api.remove_container
+    unremoved: list[str] = []
+
+    def failing_remove(container: str, **kwargs: object) -> None:
+        unremoved.append(container)
+        raise docker.errors.APIError("the engine is busy")
+
+    monkeypatch.setattr(api, "remove_container", failing_remove)
+    try:
+        outcome = await run_python(docker_sandbox, tmp_path, "open('made', 'w').write('x')")
+    finally:
+        monkeypatch.undo()
+        for container in unremoved:
+            remove(container, force=True)
+    assert outcome.exit_code == 0, outcome.output
+    assert unremoved
+    assert (tmp_path / "made").stat().st_uid == SANDBOX_UID
+    assert tmp_path.stat().st_uid == SANDBOX_UID
+    assert "may still run" in caplog.text
 
 
 async def test_many_runs_stopped_at_once_all_end(
