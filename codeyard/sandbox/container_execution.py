@@ -75,6 +75,9 @@ class ContainerExecution:
     def pids_hit(self) -> None:
         return None  # Docker's pids limit is a cgroup the engine does not report on
 
+    def memory_hit(self) -> None:
+        return None  # known after the run, from the engine (`oom_killed`)
+
     def oom_killed(self) -> bool:
         """Whether the container's OOM killer struck (blocking; one inspection). False when
         the container is gone already: a probe of another codeyard sweeps exited ones."""

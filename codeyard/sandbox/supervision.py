@@ -46,6 +46,10 @@ class Execution(Protocol):
     def pids_hit(self) -> bool | None:
         """Whether the pids limit was hit; None when the backend cannot tell."""
 
+    def memory_hit(self) -> bool | None:
+        """Whether the memory limit of the whole run made the OOM killer strike; None when
+        the backend cannot tell (yet)."""
+
 
 async def supervise(execution: Execution, limits: Limits, workdir: Path) -> RunOutcome:
     """Waits for `execution` to end, within `limits.wall_seconds` and while the filesystem of
@@ -85,7 +89,13 @@ async def supervise(execution: Execution, limits: Limits, workdir: Path) -> RunO
         )
         hit: LimitName = "disk"
     else:
-        hit = limit_hit(exit_code, timed_out, output, execution.pids_hit())
+        memory_hit = execution.memory_hit()
+        hit = limit_hit(exit_code, timed_out, output, execution.pids_hit(), memory_hit)
+        if hit == "memory" and memory_hit:
+            output += (
+                "\n[codeyard: the processes of the run together used all the memory it may "
+                "have; the kernel's OOM killer killed at least one of them]\n"
+            )
     return RunOutcome(
         exit_code=exit_code,
         output=output,

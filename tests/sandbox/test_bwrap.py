@@ -1,5 +1,6 @@
-"""Tests of what is particular to the bubblewrap backend: its pids cgroups and its refusal
-when bubblewrap is missing. What every backend must contain is in test_containment.py."""
+"""Tests of what is particular to the bubblewrap backend: its cgroups and its refusals
+(bubblewrap missing, no memory cgroup). What every backend must contain is in
+test_containment.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.config import Settings
-from codeyard.sandbox import BwrapSandbox, Limits, MiB, SandboxUnavailable, default_sandbox
-from codeyard.sandbox.pids_cgroup import join_argv
+from codeyard.sandbox import BwrapSandbox, Limits, MiB, SandboxUnavailable, cgroups, default_sandbox
 
 
 def test_missing_bubblewrap_is_refused_with_install_instructions(
@@ -33,12 +33,9 @@ def test_limits_must_be_positive() -> None:
 
 
 def test_cgroup_kill_reaches_every_member(bwrap_sandbox: BwrapSandbox) -> None:
-    cgroups = bwrap_sandbox._cgroups
-    if cgroups is None:
-        pytest.skip("the pids limit is enforced by RLIMIT_NPROC here, not a cgroup")
-    cgroup = cgroups.new_run(8)
+    cgroup = bwrap_sandbox._cgroups.new_run(8, 64 * MiB)
     # joined the way a run joins it: the shell's children are members too
-    shell = subprocess.Popen(join_argv(cgroup, ["/bin/sh", "-c", "sleep 30 & sleep 30 & wait"]))
+    shell = subprocess.Popen(cgroup.join_argv(["/bin/sh", "-c", "sleep 30 & sleep 30 & wait"]))
     try:
         for _ in range(100):
             if len(cgroup.pids()) >= 3:
@@ -48,7 +45,7 @@ def test_cgroup_kill_reaches_every_member(bwrap_sandbox: BwrapSandbox) -> None:
         cgroup.kill()
         assert shell.wait(timeout=5) == -9
         cgroup.remove_blocking()
-        assert not cgroup.path.exists()
+        assert not any(member.path.exists() for member in cgroup.members)
     finally:
         shell.kill()
         shell.wait()
@@ -63,3 +60,18 @@ async def test_a_sandbox_bubblewrap_cannot_build_is_refused_not_reported_as_a_ru
     with pytest.raises(SandboxUnavailable, match="bubblewrap could not start the command"):
         await bwrap_sandbox.run(tmp_path, ["true"], unbuildable)
     assert (await bwrap_sandbox.run(tmp_path, ["true"], Limits(wall_seconds=20))).ok
+
+
+def test_without_a_writable_memory_cgroup_bubblewrap_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RLIMIT_AS bounds each process alone: without a memory cgroup the processes of a run
+    together could take all the host's memory, so there is no bwrap sandbox then."""
+    hierarchies = cgroups._hierarchies
+    monkeypatch.setattr(
+        cgroups,
+        "_hierarchies",
+        lambda controller: [] if controller == cgroups.MEMORY else hierarchies(controller),
+    )
+    with pytest.raises(SandboxUnavailable, match="cannot bound the memory of a sandbox"):
+        BwrapSandbox().probe()

@@ -279,6 +279,34 @@ async def test_memory_bomb_is_stopped(sandbox: Sandbox, tmp_path: Path) -> None:
     assert not outcome.timed_out
 
 
+async def test_memory_of_the_whole_sandbox_is_bounded(
+    sandbox: Sandbox, tmp_path: Path, leftovers: Leftovers
+) -> None:
+    """Each process stays under its own limit (RLIMIT_AS), together they exceed the run's: the
+    OOM killer of the run's cgroup stops them, not the host's."""
+    code = """
+        import os, time
+        children = []
+        for _ in range(4):
+            pid = os.fork()
+            if pid == 0:
+                hoard = bytearray(40 * 1024 * 1024)
+                time.sleep(3)
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            print("child status", os.waitpid(pid, 0)[1], flush=True)
+    """
+    # 4 x 40 MiB under 64 MiB each; the run may hold 64 MiB plus its (1 MiB) tmpfs mounts
+    limits = Limits(wall_seconds=30, memory_bytes=64 * MiB, tmpfs_bytes=1 * MiB, pids=16)
+    outcome = await run_python(sandbox, tmp_path, code, limits=limits)
+    assert outcome.killed_by_limit == "memory", outcome
+    assert "child status 9" in outcome.output  # SIGKILL, from the OOM killer
+    assert not outcome.timed_out
+    assert not outcome.ok
+    assert leftovers() == []
+
+
 async def test_cpu_time_limit_stops_a_busy_process(sandbox: Sandbox, tmp_path: Path) -> None:
     limits = Limits(wall_seconds=30, cpu_seconds=1, memory_bytes=256 * MiB, pids=16)
     outcome = await run_python(sandbox, tmp_path, "while True: pass", limits=limits)
