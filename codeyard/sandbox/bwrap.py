@@ -83,6 +83,7 @@ from codeyard.sandbox.protocol import (
     SandboxUnavailable,
 )
 from codeyard.sandbox.rlimit_shim import host_prlimit, own_ceilings, shim_argv
+from codeyard.sandbox.seccomp import disk_filter, filter_fd
 from codeyard.sandbox.session_run import SessionExecution, run_in_session
 from codeyard.sandbox.workdir import SYSTEM_DIRS, checked_workdir, python_roots
 
@@ -144,6 +145,7 @@ class BwrapSandbox:
         self._python_roots = python_roots(self.python)
         self._prlimit = host_prlimit()
         self._cgroups = SandboxCgroups({})
+        self._seccomp = b""  # the BPF program of `disk_filter`, after `probe()`
         self._probe_lock = threading.Lock()
         self._ready = False
         self._failure: SandboxUnavailable | None = None
@@ -193,23 +195,28 @@ class BwrapSandbox:
                 "as a non-root user, or give it a writable cgroup (pids controller)"
             )
         self._cgroups = cgroups
+        self._seccomp = disk_filter()
         probe_limits = Limits()
         cgroup = cgroups.new_run(8 + _CGROUP_OVERHEAD, _memory_cap(probe_limits))
+        seccomp_fd = filter_fd(self._seccomp)
         try:
             with tempfile.TemporaryDirectory(prefix="codeyard-probe-") as tmp:
-                argv = self._argv(Path(tmp), ["python", "-c", "pass"], probe_limits, None)
+                command = ["python", "-c", "pass"]
+                argv = self._argv(Path(tmp), command, probe_limits, None, seccomp_fd)
                 result = subprocess.run(
                     cgroup.join_argv(argv),
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
                     text=True,
                     env=self._environment(None),
+                    pass_fds=(seccomp_fd,),
                     timeout=60,
                     check=False,
                 )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxUnavailable(f"cannot run bubblewrap ({self.bwrap}): {exc}") from exc
         finally:
+            os.close(seccomp_fd)
             cgroup.kill()
             cgroup.remove_blocking()
         if result.returncode != 0:
@@ -240,7 +247,9 @@ class BwrapSandbox:
         status_r, status_w = os.pipe()
         open_fds = {status_r, status_w}
         try:
-            argv = self._argv(workdir, list(command), limits, status_w)
+            seccomp_fd = filter_fd(self._seccomp)
+            open_fds.add(seccomp_fd)
+            argv = self._argv(workdir, list(command), limits, status_w, seccomp_fd)
 
             def execution(
                 proc: asyncio.subprocess.Process,
@@ -248,8 +257,9 @@ class BwrapSandbox:
                 started: float,
                 limits: Limits,
             ) -> SessionExecution:
-                os.close(status_w)  # bubblewrap has its own copy now
-                open_fds.discard(status_w)
+                for fd in (status_w, seccomp_fd):  # bubblewrap has its own copies now
+                    os.close(fd)
+                    open_fds.discard(fd)
                 # Stragglers: the pid namespace dies with its init, the cgroup is killed.
                 return SessionExecution(
                     proc,
@@ -269,7 +279,7 @@ class BwrapSandbox:
                 _memory_cap(limits),
                 execution,
                 env=self._environment(env),
-                pass_fds=(status_w,),
+                pass_fds=(status_w, seccomp_fd),
                 workdir=workdir,
             )
         finally:
@@ -294,6 +304,7 @@ class BwrapSandbox:
         command: list[str],
         limits: Limits,
         status_fd: int | None,
+        seccomp_fd: int,
     ) -> list[str]:
         uid = str(SANDBOX_UID)
         args = [str(self.bwrap), "--unshare-all", "--unshare-user", "--disable-userns"]
@@ -301,6 +312,8 @@ class BwrapSandbox:
         args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         if status_fd is not None:
             args += ["--json-status-fd", str(status_fd)]
+        # applied last, right before the command (prlimit) is exec'd: bubblewrap is not bound
+        args += ["--seccomp", str(seccomp_fd)]
         args += ["--ro-bind", "/usr", "/usr"]
         for name in SYSTEM_DIRS:
             path = Path(name)
