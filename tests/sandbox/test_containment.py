@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.sandbox import SANDBOX_WORKDIR, BwrapSandbox, Limits, MiB, Sandbox
-from codeyard.sandbox.disk_guard import free_bytes
+from codeyard.sandbox.disk_guard import free_bytes, free_inodes
 from tests.sandbox.host import Leftovers, processes_with
 from tests.sandbox.workloads import (
     FAST,
@@ -417,6 +417,28 @@ async def test_a_run_filling_the_disk_is_stopped(sandbox: Sandbox, tmp_path: Pat
     assert "wrote them all" not in outcome.output
     assert "left free on the disk" in outcome.output
     assert written < 512
+    assert processes_with(marker) == []
+
+
+async def test_a_run_using_up_the_inodes_is_stopped(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Empty files take an inode each and no bytes: only the inode reserve stops this.
+    free = free_inodes(tmp_path)
+    if free is None:
+        pytest.skip(f"the filesystem of {tmp_path} allocates inodes as needed")
+    limits = Limits(wall_seconds=60.0, disk_reserve_inodes=free - 2000)  # 2000 files, no more
+    code = (
+        "import os\n"
+        "for n in range(20_000):\n"
+        "    os.close(os.open(f'empty-{n}', os.O_CREAT | os.O_WRONLY))\n"
+        "print('made them all', flush=True)"
+    )
+    marker = f"inodes-{uuid.uuid4().hex}"
+    outcome = await run_python(sandbox, tmp_path, code, marker, limits=limits)
+    made = len(list(tmp_path.glob("empty-*")))
+    assert outcome.killed_by_limit == "disk", outcome
+    assert "made them all" not in outcome.output
+    assert "inodes (files, directories, links) were left free on the disk" in outcome.output
+    assert made < 20_000
     assert processes_with(marker) == []
 
 
