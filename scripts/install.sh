@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 
 # Generated code and tests run in a bubblewrap sandbox (codeyard/sandbox); without it they
 # are refused, not run unsandboxed. Install it when missing; warn (do not fail) if we cannot.
+# libseccomp2 (present wherever apt is, which depends on it) builds the sandbox's seccomp
+# filter; named so that a minimal system gets it too.
 install_bubblewrap() {
     local sudo=""
     if [ "$(id -u)" -ne 0 ]; then
@@ -14,15 +16,16 @@ install_bubblewrap() {
         sudo="sudo"
     fi
     $sudo apt-get update -qq &&
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2
 }
-if ! command -v bwrap >/dev/null 2>&1; then
+if ! command -v bwrap >/dev/null 2>&1 ||
+    ! python3 -c 'import ctypes; ctypes.CDLL("libseccomp.so.2")' 2>/dev/null; then
     if command -v apt-get >/dev/null 2>&1 && install_bubblewrap; then
         echo "bubblewrap: $(command -v bwrap)"
     else
-        echo "WARNING: bubblewrap (bwrap) is not installed and could not be installed with" \
-            "apt-get here; codeyard will refuse to run generated code and tests until it is" \
-            "(install the 'bubblewrap' package with your system's package manager)." >&2
+        echo "WARNING: bubblewrap (bwrap) or libseccomp is not installed and could not be" \
+            "installed with apt-get here; codeyard will refuse the bwrap sandbox until they are" \
+            "(packages 'bubblewrap' and 'libseccomp2' of your system's package manager)." >&2
     fi
 fi
 # Debian's docker-compose (v1): the tests check docker-compose.yml and its overlays with

@@ -28,14 +28,25 @@ Limits (`Limits`):
   just before it execs the command (after bubblewrap has built the namespaces, so bubblewrap
   itself is not limited; `codeyard.sandbox.rlimit_shim`); soft and hard limits alike, so the
   command cannot raise them.
+- memory of the whole run: RLIMIT_AS bounds each process alone, so 8 processes under a 256 MiB
+  limit could hold 8 x 200 MiB of the host's RAM (and 256 processes of 2 GiB, the defaults, far
+  more than any host has). So every run also gets a memory cgroup of its own
+  (`codeyard-sandbox/run-*`, next to its pids cgroup; `codeyard.sandbox.cgroups`) capped at
+  `memory_bytes` plus what its /tmp and /dev/shm may hold (tmpfs pages are charged to the
+  cgroup of whoever wrote them), swap included. When the processes together reach it the
+  kernel reclaims the run's page cache, then its OOM killer kills one of them (the largest),
+  and the run reports `killed_by_limit="memory"`. RLIMIT_AS stays: it makes a single
+  oversized allocation fail cleanly (MemoryError) instead of drawing the OOM killer. No
+  writable memory cgroup (cgroup v1 `memory` hierarchy, or cgroup v2 with the memory
+  controller) means no bound, so the sandbox refuses with `SandboxUnavailable`.
 - processes: RLIMIT_NPROC does not work for root. The kernel exempts uid 0 of the host from
   it (`copy_process`: `user != INIT_USER`), and the sandbox's uid 65534 *is* host uid 0 when
   codeyard runs as root, so a fork bomb would be unbounded (verified on the development
   machine: 200 forks under `RLIMIT_NPROC=30`). So:
   1. when a pids cgroup is writable (cgroup v1 `pids` hierarchy, or cgroup v2 with the pids
      controller), every run gets its own cgroup `codeyard-sandbox/run-*` with `pids.max`;
-     the wrapper shell joins it before exec'ing bubblewrap, so nothing escapes it, and it also
-     tells us when the limit was hit (`pids.events`);
+     the wrapper shell joins it (and the memory cgroup) before exec'ing bubblewrap, so
+     nothing escapes it, and it also tells us when the limit was hit (`pids.events`);
   2. else, when codeyard is not root, RLIMIT_NPROC: since Linux 5.14 the count is kept per
      user namespace, so it bounds the sandbox without counting the user's other processes;
   3. else (root without a writable pids cgroup, as in an unprivileged container) the sandbox
@@ -63,8 +74,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from codeyard.sandbox.cgroups import MEMORY, PIDS, RunCgroups, SandboxCgroups
 from codeyard.sandbox.limits import Limits, MiB
-from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup, join_argv
 from codeyard.sandbox.protocol import (
     SANDBOX_UID,
     SANDBOX_WORKDIR,
@@ -72,6 +83,7 @@ from codeyard.sandbox.protocol import (
     SandboxUnavailable,
 )
 from codeyard.sandbox.rlimit_shim import host_prlimit, own_ceilings, shim_argv
+from codeyard.sandbox.seccomp import disk_filter, filter_fd
 from codeyard.sandbox.session_run import SessionExecution, run_in_session
 from codeyard.sandbox.workdir import SYSTEM_DIRS, checked_workdir, python_roots
 
@@ -132,7 +144,8 @@ class BwrapSandbox:
         self.python = Path(python) if python else Path(sys.executable)
         self._python_roots = python_roots(self.python)
         self._prlimit = host_prlimit()
-        self._cgroups: PidsCgroups | None = None
+        self._cgroups = SandboxCgroups({})
+        self._seccomp = b""  # the BPF program of `disk_filter`, after `probe()`
         self._probe_lock = threading.Lock()
         self._ready = False
         self._failure: SandboxUnavailable | None = None
@@ -140,7 +153,13 @@ class BwrapSandbox:
     @property
     def pids_enforcement(self) -> str:
         """How the pids limit is enforced: "cgroup:<path>" or "rlimit" (after `probe()`)."""
-        return f"cgroup:{self._cgroups.parent}" if self._cgroups else "rlimit"
+        parent = self._cgroups.parent(PIDS)
+        return f"cgroup:{parent}" if parent else "rlimit"
+
+    @property
+    def memory_enforcement(self) -> str:
+        """Where the memory of a whole run is capped: "cgroup:<path>" (after `probe()`)."""
+        return f"cgroup:{self._cgroups.parent(MEMORY)}"
 
     def probe(self) -> None:
         """Checks once that a sandbox can be built here; raises `SandboxUnavailable` if not.
@@ -160,33 +179,46 @@ class BwrapSandbox:
             self._ready = True
 
     def _probe(self) -> None:
-        cgroups = PidsCgroups.find()
-        if cgroups is None and os.geteuid() == 0:
+        cgroups = SandboxCgroups.find([PIDS, MEMORY])
+        if cgroups.parent(MEMORY) is None:
+            raise SandboxUnavailable(
+                "cannot bound the memory of a sandbox here: no memory cgroup is writable, and "
+                "RLIMIT_AS bounds each process alone (N processes may use N times the limit). "
+                "Give codeyard a writable cgroup with the memory controller (cgroup v1: the "
+                "`memory` hierarchy; cgroup v2: the memory controller at the root, e.g. as root "
+                "or in a container with a writable /sys/fs/cgroup), or use the docker backend"
+            )
+        if cgroups.parent(PIDS) is None and os.geteuid() == 0:
             raise SandboxUnavailable(
                 "cannot bound the number of processes in a sandbox here: codeyard runs as root "
                 "(which RLIMIT_NPROC does not limit) and no pids cgroup is writable. Run codeyard "
                 "as a non-root user, or give it a writable cgroup (pids controller)"
             )
         self._cgroups = cgroups
-        cgroup = cgroups.new_run(8 + _CGROUP_OVERHEAD) if cgroups else None
+        self._seccomp = disk_filter()
+        probe_limits = Limits()
+        cgroup = cgroups.new_run(8 + _CGROUP_OVERHEAD, _memory_cap(probe_limits))
+        seccomp_fd = filter_fd(self._seccomp)
         try:
             with tempfile.TemporaryDirectory(prefix="codeyard-probe-") as tmp:
-                argv = self._argv(Path(tmp), ["python", "-c", "pass"], Limits(), None)
+                command = ["python", "-c", "pass"]
+                argv = self._argv(Path(tmp), command, probe_limits, None, seccomp_fd)
                 result = subprocess.run(
-                    join_argv(cgroup, argv) if cgroup else argv,
+                    cgroup.join_argv(argv),
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
                     text=True,
                     env=self._environment(None),
+                    pass_fds=(seccomp_fd,),
                     timeout=60,
                     check=False,
                 )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxUnavailable(f"cannot run bubblewrap ({self.bwrap}): {exc}") from exc
         finally:
-            if cgroup:
-                cgroup.kill()
-                cgroup.remove_blocking()
+            os.close(seccomp_fd)
+            cgroup.kill()
+            cgroup.remove_blocking()
         if result.returncode != 0:
             raise SandboxUnavailable(
                 f"bubblewrap cannot build a sandbox here (exit {result.returncode}): "
@@ -194,7 +226,11 @@ class BwrapSandbox:
                 "user namespaces (sysctl kernel.unprivileged_userns_clone=1 / "
                 "user.max_user_namespaces > 0; inside a container, one that allows them)"
             )
-        log.info("bubblewrap sandbox ready (pids limit: %s)", self.pids_enforcement)
+        log.info(
+            "bubblewrap sandbox ready (pids limit: %s, memory limit: %s)",
+            self.pids_enforcement,
+            self.memory_enforcement,
+        )
 
     async def run(
         self,
@@ -211,16 +247,19 @@ class BwrapSandbox:
         status_r, status_w = os.pipe()
         open_fds = {status_r, status_w}
         try:
-            argv = self._argv(workdir, list(command), limits, status_w)
+            seccomp_fd = filter_fd(self._seccomp)
+            open_fds.add(seccomp_fd)
+            argv = self._argv(workdir, list(command), limits, status_w, seccomp_fd)
 
             def execution(
                 proc: asyncio.subprocess.Process,
-                cgroup: RunCgroup | None,
+                cgroup: RunCgroups | None,
                 started: float,
                 limits: Limits,
             ) -> SessionExecution:
-                os.close(status_w)  # bubblewrap has its own copy now
-                open_fds.discard(status_w)
+                for fd in (status_w, seccomp_fd):  # bubblewrap has its own copies now
+                    os.close(fd)
+                    open_fds.discard(fd)
                 # Stragglers: the pid namespace dies with its init, the cgroup is killed.
                 return SessionExecution(
                     proc,
@@ -237,9 +276,10 @@ class BwrapSandbox:
                 limits,
                 self._cgroups,
                 limits.pids + _CGROUP_OVERHEAD,
+                _memory_cap(limits),
                 execution,
                 env=self._environment(env),
-                pass_fds=(status_w,),
+                pass_fds=(status_w, seccomp_fd),
                 workdir=workdir,
             )
         finally:
@@ -264,6 +304,7 @@ class BwrapSandbox:
         command: list[str],
         limits: Limits,
         status_fd: int | None,
+        seccomp_fd: int,
     ) -> list[str]:
         uid = str(SANDBOX_UID)
         args = [str(self.bwrap), "--unshare-all", "--unshare-user", "--disable-userns"]
@@ -271,6 +312,8 @@ class BwrapSandbox:
         args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         if status_fd is not None:
             args += ["--json-status-fd", str(status_fd)]
+        # applied last, right before the command (prlimit) is exec'd: bubblewrap is not bound
+        args += ["--seccomp", str(seccomp_fd)]
         args += ["--ro-bind", "/usr", "/usr"]
         for name in SYSTEM_DIRS:
             path = Path(name)
@@ -281,7 +324,7 @@ class BwrapSandbox:
         for name in _ETC_FILES:
             args += ["--ro-bind-try", name, name]
         args += ["--proc", "/proc", "--dev", "/dev"]
-        args += ["--size", str(min(_SHM_BYTES, limits.tmpfs_bytes)), "--tmpfs", "/dev/shm"]
+        args += ["--size", str(_shm_bytes(limits)), "--tmpfs", "/dev/shm"]
         args += ["--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp"]
         # after the tmpfs mounts, so an interpreter living under /tmp (a venv) stays visible
         for root in self._python_roots:
@@ -294,6 +337,16 @@ class BwrapSandbox:
         nproc = limits.pids + _NPROC_OVERHEAD
         args += ["--", *shim_argv(self._prlimit, limits, nproc, command, own_ceilings())]
         return args
+
+
+def _memory_cap(limits: Limits) -> int:
+    """What the processes of a run may hold in RAM together: `memory_bytes`, plus the /tmp and
+    /dev/shm tmpfs when full, whose pages are charged to the run's memory cgroup too."""
+    return limits.memory_bytes + limits.tmpfs_bytes + _shm_bytes(limits)
+
+
+def _shm_bytes(limits: Limits) -> int:
+    return min(_SHM_BYTES, limits.tmpfs_bytes)
 
 
 def _check_started(status_fd: int, exit_code: int, output: str) -> None:

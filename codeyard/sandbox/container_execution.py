@@ -75,6 +75,9 @@ class ContainerExecution:
     def pids_hit(self) -> None:
         return None  # Docker's pids limit is a cgroup the engine does not report on
 
+    def memory_hit(self) -> None:
+        return None  # known after the run, from the engine (`oom_killed`)
+
     def oom_killed(self) -> bool:
         """Whether the container's OOM killer struck (blocking; one inspection). False when
         the container is gone already: a probe of another codeyard sweeps exited ones."""
@@ -89,14 +92,17 @@ class ContainerExecution:
             self._api.kill(self._id)
 
 
-def remove_container(api: APIClient, container_id: str) -> None:
-    """Removes the container, killing what is left of it (blocking)."""
+def remove_container(api: APIClient, container_id: str) -> bool:
+    """Removes the container, killing what is left of it (blocking). Whether it is gone: False
+    when the engine failed to remove it, so it may still run."""
     try:
         api.remove_container(container_id, force=True)
     except docker.errors.NotFound:
         pass
     except docker.errors.DockerException:
         log.warning("could not remove sandbox container %s", container_id, exc_info=True)
+        return False
+    return True
 
 
 def in_own_thread(call: Callable[[], T]) -> asyncio.Future[T]:

@@ -327,10 +327,29 @@ class DockerSandbox:
 
 
 def _discard(api: APIClient, container_id: str | None, loan: WorkdirLoan | None) -> None:
-    """Removes the container (killing what is left of it) and gives the workdir back."""
+    """Removes the container (killing what is left of it) and gives the workdir back, only
+    once the container is known to be gone.
+
+    Giving back walks the workdir as root, chowning by path. While the command may still run
+    it could swap a directory for a symlink between the walk's look and its chown and have a
+    file outside the workdir chowned to the caller (lchown does not follow the last symlink,
+    but every component before it is followed). So when the engine could not remove the
+    container, the workdir stays lent to the sandbox user (the caller, root, can still read and
+    delete it) rather than be walked.
+    """
+    removed = container_id is None  # stays False if removing it raises
     try:
         if container_id is not None:
-            remove_container(api, container_id)
+            removed = remove_container(api, container_id)
     finally:
         if loan is not None:
-            loan.give_back()
+            if removed:
+                loan.give_back()
+            else:
+                log.error(
+                    "sandbox container %s may still run: its workdir %s stays owned by uid "
+                    "%d instead of being given back",
+                    container_id,
+                    loan.workdir,
+                    SANDBOX_UID,
+                )

@@ -11,12 +11,23 @@ _FORK_SIGNS = ("BlockingIOError", "Resource temporarily unavailable")
 _OPEN_FILES_SIGN = "Too many open files"  # EMFILE's message, in Python's OSError and C's perror
 
 
-def limit_hit(exit_code: int, timed_out: bool, output: str, pids_hit: bool | None) -> LimitName:
-    """Which limit stopped the run. `pids_hit` is None without a cgroup (then it is guessed)."""
+def limit_hit(
+    exit_code: int,
+    timed_out: bool,
+    output: str,
+    pids_hit: bool | None,
+    memory_hit: bool | None = None,
+) -> LimitName:
+    """Which limit stopped the run. `pids_hit` and `memory_hit` are what the run's cgroups
+    say, None without one (then the limit is guessed from the output)."""
     if pids_hit and (timed_out or exit_code != 0):
         return "pids"  # e.g. a fork bomb spinning on failed forks until the wall time
     if timed_out:
         return "wall_time"
+    if memory_hit:
+        # The OOM killer killed a process of the run: reported even when the command then
+        # ended well (a test runner may survive its worker), as the docker backend does.
+        return "memory"
     if exit_code == 0:
         return ""
     if exit_code == 128 + signal.SIGXCPU:

@@ -32,8 +32,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from codeyard.sandbox.cgroups import PIDS, RunCgroups, SandboxCgroups
 from codeyard.sandbox.limits import Limits
-from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup
 from codeyard.sandbox.protocol import RunOutcome, SandboxUnavailable
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, host_prlimit, own_ceilings, shim_argv
 from codeyard.sandbox.session_run import SessionExecution, run_in_session
@@ -72,7 +72,7 @@ class ProcessSandbox:
         self.python = Path(python) if python else Path(sys.executable)
         self._python_roots = python_roots(self.python)
         self._prlimit = host_prlimit()
-        self._cgroups = PidsCgroups.find()
+        self._cgroups = SandboxCgroups.find([PIDS]) or None
         if self._cgroups is None and os.geteuid() == 0:
             log.warning(
                 "process sandbox as root without a writable pids cgroup: the number of "
@@ -83,7 +83,7 @@ class ProcessSandbox:
     def pids_enforcement(self) -> str:
         """How the pids limit is enforced: "cgroup:<path>", "rlimit" or "none"."""
         if self._cgroups:
-            return f"cgroup:{self._cgroups.parent}"
+            return f"cgroup:{self._cgroups.parent(PIDS)}"
         return "rlimit" if os.geteuid() != 0 else "none"
 
     async def run(
@@ -107,6 +107,7 @@ class ProcessSandbox:
                 limits,
                 self._cgroups,
                 limits.pids,
+                None,  # memory: RLIMIT_AS per process only (no memory cgroup here)
                 _execution,
                 env=self._environment(home, env),
                 cwd=workdir,
@@ -138,7 +139,7 @@ class ProcessSandbox:
 
 
 def _execution(
-    proc: asyncio.subprocess.Process, cgroup: RunCgroup | None, started: float, limits: Limits
+    proc: asyncio.subprocess.Process, cgroup: RunCgroups | None, started: float, limits: Limits
 ) -> SessionExecution:
     # Without a pid namespace, what the command left in the background after it ended is
     # found through its process group.

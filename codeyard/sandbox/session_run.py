@@ -1,6 +1,6 @@
-"""`run_in_session`: a command run as our subprocess in a session of its own, inside a pids
-cgroup of the run when there is one, supervised by `codeyard.sandbox.supervision`. How the
-bwrap and process backends run their (wrapped) command.
+"""`run_in_session`: a command run as our subprocess in a session of its own, inside the
+cgroups of the run when there are any (pids, memory), supervised by
+`codeyard.sandbox.supervision`. How the bwrap and process backends run their (wrapped) command.
 
 `SessionExecution` is that subprocess as the supervision sees it.
 """
@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from codeyard.observability.sandbox_runs import counted
+from codeyard.sandbox.cgroups import RunCgroups, SandboxCgroups
 from codeyard.sandbox.limits import Limits
 from codeyard.sandbox.output import OutputTail, pump
-from codeyard.sandbox.pids_cgroup import PidsCgroups, RunCgroup, join_argv
 from codeyard.sandbox.protocol import RunOutcome
 from codeyard.sandbox.supervision import supervise
 
@@ -41,7 +41,7 @@ class SessionExecution:
     def __init__(
         self,
         proc: asyncio.subprocess.Process,
-        cgroup: RunCgroup | None,
+        cgroup: RunCgroups | None,
         started: float,
         limits: Limits,
         *,
@@ -79,12 +79,15 @@ class SessionExecution:
             self.cgroup.kill()
 
     def pids_hit(self) -> bool | None:
-        return self.cgroup.hit_max() if self.cgroup else None
+        return self.cgroup.pids_hit() if self.cgroup else None
+
+    def memory_hit(self) -> bool | None:
+        return self.cgroup.memory_hit() if self.cgroup else None
 
 
 # Makes the execution of a started subprocess: (proc, cgroup, started, limits).
 ExecutionFactory = Callable[
-    [asyncio.subprocess.Process, RunCgroup | None, float, Limits], SessionExecution
+    [asyncio.subprocess.Process, RunCgroups | None, float, Limits], SessionExecution
 ]
 
 
@@ -92,8 +95,9 @@ async def run_in_session(
     backend: str,
     argv: list[str],
     limits: Limits,
-    cgroups: PidsCgroups | None,
+    cgroups: SandboxCgroups | None,
     pids_max: int,
+    memory_max: int | None,
     execution: ExecutionFactory,
     *,
     env: Mapping[str, str],
@@ -101,13 +105,14 @@ async def run_in_session(
     cwd: os.PathLike[str] | None = None,
     pass_fds: tuple[int, ...] = (),
 ) -> RunOutcome:
-    """Runs `argv` (joining a new cgroup of `cgroups` capped at `pids_max` first, when there
-    are any), kills whatever is left of it when it ends and removes the cgroup."""
-    cgroup = cgroups.new_run(pids_max) if cgroups else None
+    """Runs `argv` (joining new cgroups of `cgroups` capped at `pids_max` processes and
+    `memory_max` bytes first, when there are any), kills whatever is left of it when it ends
+    and removes the cgroups."""
+    cgroup = cgroups.new_run(pids_max, memory_max) if cgroups else None
     try:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            *(join_argv(cgroup, argv) if cgroup else argv),
+            *(cgroup.join_argv(argv) if cgroup else argv),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

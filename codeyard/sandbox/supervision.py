@@ -46,13 +46,18 @@ class Execution(Protocol):
     def pids_hit(self) -> bool | None:
         """Whether the pids limit was hit; None when the backend cannot tell."""
 
+    def memory_hit(self) -> bool | None:
+        """Whether the memory limit of the whole run made the OOM killer strike; None when
+        the backend cannot tell (yet)."""
+
 
 async def supervise(execution: Execution, limits: Limits, workdir: Path) -> RunOutcome:
     """Waits for `execution` to end, within `limits.wall_seconds` and while the filesystem of
-    `workdir` keeps `limits.disk_reserve_bytes` free."""
+    `workdir` keeps `limits.disk_reserve_bytes` and `limits.disk_reserve_inodes` free."""
     timed_out = disk_full = False
     ended = asyncio.ensure_future(_ended(execution))
-    guard = asyncio.ensure_future(DiskGuard(workdir, limits.disk_reserve_bytes).breached())
+    disk = DiskGuard(workdir, limits.disk_reserve_bytes, limits.disk_reserve_inodes)
+    guard = asyncio.ensure_future(disk.breached())
     try:
         async with asyncio.timeout(limits.wall_seconds):
             await asyncio.wait({ended, guard}, return_when=asyncio.FIRST_COMPLETED)
@@ -78,14 +83,28 @@ async def supervise(execution: Execution, limits: Limits, workdir: Path) -> RunO
         exit_code = _KILLED
     duration = time.monotonic() - execution.started
     output = execution.output.text()
+    # A run may use up a reserve and end before the guard looks again (empty files in a tmpfs
+    # workdir: ~43,000 per poll interval): the disk is as short as if it had been stopped.
+    shortage = "" if disk_full or timed_out else disk.shortage()
     if disk_full:
         output += (
-            f"\n[codeyard: stopped: less than {limits.disk_reserve_bytes} bytes were left free "
-            "on the disk of the workdir]\n"
+            f"\n[codeyard: stopped: {guard.result()} were left free on the disk of the workdir]\n"
         )
         hit: LimitName = "disk"
+    elif shortage:
+        output += (
+            f"\n[codeyard: {shortage} were left free on the disk of the workdir when the run "
+            "ended]\n"
+        )
+        hit = "disk"
     else:
-        hit = limit_hit(exit_code, timed_out, output, execution.pids_hit())
+        memory_hit = execution.memory_hit()
+        hit = limit_hit(exit_code, timed_out, output, execution.pids_hit(), memory_hit)
+        if hit == "memory" and memory_hit:
+            output += (
+                "\n[codeyard: the processes of the run together used all the memory it may "
+                "have; the kernel's OOM killer killed at least one of them]\n"
+            )
     return RunOutcome(
         exit_code=exit_code,
         output=output,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from codeyard.sandbox import BwrapSandbox, DockerSandbox, Sandbox, SandboxUnavailable
+from codeyard.sandbox.cgroups import RunCgroups
 from codeyard.sandbox.docker import LABEL
-from codeyard.sandbox.pids_cgroup import RunCgroup
 from tests.sandbox.host import Leftovers
 
 ISOLATING_BACKENDS = ("docker", "bwrap")
@@ -60,13 +60,13 @@ def _bwrap_leftovers(sandbox: BwrapSandbox, monkeypatch: pytest.MonkeyPatch) -> 
     since other codeyard processes on the host share the parent."""
     created: list[Path] = []
     cgroups = sandbox._cgroups
-    if cgroups is not None:
+    if cgroups:
         new_run = cgroups.new_run
 
-        def recording_new_run(pids_max: int) -> RunCgroup:
-            cgroup = new_run(pids_max)
-            created.append(cgroup.path)
-            return cgroup
+        def recording_new_run(pids_max: int, memory_max: int | None = None) -> RunCgroups:
+            run = new_run(pids_max, memory_max)
+            created.extend(cgroup.path for cgroup in run.members)
+            return run
 
         monkeypatch.setattr(cgroups, "new_run", recording_new_run)
     return lambda: [f"cgroup {path}" for path in created if path.exists()]

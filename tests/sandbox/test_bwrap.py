@@ -1,5 +1,6 @@
-"""Tests of what is particular to the bubblewrap backend: its pids cgroups and its refusal
-when bubblewrap is missing. What every backend must contain is in test_containment.py."""
+"""Tests of what is particular to the bubblewrap backend: its cgroups, its seccomp filter and
+its refusals (bubblewrap missing, no memory cgroup). What every backend must contain is in
+test_containment.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from codeyard.config import Settings
-from codeyard.sandbox import BwrapSandbox, Limits, MiB, SandboxUnavailable, default_sandbox
-from codeyard.sandbox.pids_cgroup import join_argv
+from codeyard.sandbox import BwrapSandbox, Limits, MiB, SandboxUnavailable, cgroups, default_sandbox
+from tests.sandbox.workloads import run_python
 
 
 def test_missing_bubblewrap_is_refused_with_install_instructions(
@@ -33,12 +34,9 @@ def test_limits_must_be_positive() -> None:
 
 
 def test_cgroup_kill_reaches_every_member(bwrap_sandbox: BwrapSandbox) -> None:
-    cgroups = bwrap_sandbox._cgroups
-    if cgroups is None:
-        pytest.skip("the pids limit is enforced by RLIMIT_NPROC here, not a cgroup")
-    cgroup = cgroups.new_run(8)
+    cgroup = bwrap_sandbox._cgroups.new_run(8, 64 * MiB)
     # joined the way a run joins it: the shell's children are members too
-    shell = subprocess.Popen(join_argv(cgroup, ["/bin/sh", "-c", "sleep 30 & sleep 30 & wait"]))
+    shell = subprocess.Popen(cgroup.join_argv(["/bin/sh", "-c", "sleep 30 & sleep 30 & wait"]))
     try:
         for _ in range(100):
             if len(cgroup.pids()) >= 3:
@@ -48,7 +46,7 @@ def test_cgroup_kill_reaches_every_member(bwrap_sandbox: BwrapSandbox) -> None:
         cgroup.kill()
         assert shell.wait(timeout=5) == -9
         cgroup.remove_blocking()
-        assert not cgroup.path.exists()
+        assert not any(member.path.exists() for member in cgroup.members)
     finally:
         shell.kill()
         shell.wait()
@@ -63,3 +61,55 @@ async def test_a_sandbox_bubblewrap_cannot_build_is_refused_not_reported_as_a_ru
     with pytest.raises(SandboxUnavailable, match="bubblewrap could not start the command"):
         await bwrap_sandbox.run(tmp_path, ["true"], unbuildable)
     assert (await bwrap_sandbox.run(tmp_path, ["true"], Limits(wall_seconds=20))).ok
+
+
+def test_without_a_writable_memory_cgroup_bubblewrap_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RLIMIT_AS bounds each process alone: without a memory cgroup the processes of a run
+    together could take all the host's memory, so there is no bwrap sandbox then."""
+    hierarchies = cgroups._hierarchies
+    monkeypatch.setattr(
+        cgroups,
+        "_hierarchies",
+        lambda controller: [] if controller == cgroups.MEMORY else hierarchies(controller),
+    )
+    with pytest.raises(SandboxUnavailable, match="cannot bound the memory of a sandbox"):
+        BwrapSandbox().probe()
+
+
+async def test_disk_space_cannot_be_preallocated(
+    bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    """fallocate() reserves space as metadata, GiBs between two polls of the disk guard, and
+    with FALLOC_FL_KEEP_SIZE past the file-size limit too: refused, as by a filesystem without
+    preallocation. Writing (and glibc's posix_fallocate, which then writes) still works."""
+    code = """
+        import ctypes, os, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+        libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p)
+        KEEP_SIZE, FS_IOC_RESVSP64 = 1, 0x4030582A
+
+        def result(returned):
+            return "reserved" if returned == 0 else os.strerror(ctypes.get_errno())
+
+        fd = os.open("reserved", os.O_CREAT | os.O_WRONLY)
+        print("fallocate:", result(libc.fallocate(fd, KEEP_SIZE, 0, 64 << 20)))
+        # struct space_resv: type, whence, start, length, sysid, pid, padding
+        space = struct.pack("=hhxxxxqqiI16x", 0, 0, 0, 64 << 20, 0, 0)
+        print("ioctl:", result(libc.ioctl(fd, FS_IOC_RESVSP64, space)))
+        # the kernel reads an ioctl request as 32 bits: the upper ones must not matter
+        print("ioctl, upper bits set:", result(libc.ioctl(fd, FS_IOC_RESVSP64 | 1 << 32, space)))
+        print("allocated bytes", os.fstat(fd).st_blocks * 512)
+        os.posix_fallocate(fd, 0, 8192)
+        print("posix_fallocate size", os.fstat(fd).st_size)
+    """
+    limits = Limits(wall_seconds=20, file_size_bytes=1 * MiB, memory_bytes=256 * MiB, pids=16)
+    outcome = await run_python(bwrap_sandbox, tmp_path, code, limits=limits)
+    assert outcome.exit_code == 0, outcome.output
+    assert "fallocate: Operation not supported" in outcome.output
+    assert "ioctl: Operation not supported" in outcome.output
+    assert "ioctl, upper bits set: Operation not supported" in outcome.output
+    assert "allocated bytes 0" in outcome.output
+    assert "posix_fallocate size 8192" in outcome.output

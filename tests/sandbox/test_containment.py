@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.sandbox import SANDBOX_WORKDIR, BwrapSandbox, Limits, MiB, Sandbox
-from codeyard.sandbox.disk_guard import free_bytes
+from codeyard.sandbox.disk_guard import free_bytes, free_inodes
 from tests.sandbox.host import Leftovers, processes_with
 from tests.sandbox.workloads import (
     FAST,
@@ -279,6 +279,34 @@ async def test_memory_bomb_is_stopped(sandbox: Sandbox, tmp_path: Path) -> None:
     assert not outcome.timed_out
 
 
+async def test_memory_of_the_whole_sandbox_is_bounded(
+    sandbox: Sandbox, tmp_path: Path, leftovers: Leftovers
+) -> None:
+    """Each process stays under its own limit (RLIMIT_AS), together they exceed the run's: the
+    OOM killer of the run's cgroup stops them, not the host's."""
+    code = """
+        import os, time
+        children = []
+        for _ in range(4):
+            pid = os.fork()
+            if pid == 0:
+                hoard = bytearray(40 * 1024 * 1024)
+                time.sleep(3)
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            print("child status", os.waitpid(pid, 0)[1], flush=True)
+    """
+    # 4 x 40 MiB under 64 MiB each; the run may hold 64 MiB plus its (1 MiB) tmpfs mounts
+    limits = Limits(wall_seconds=30, memory_bytes=64 * MiB, tmpfs_bytes=1 * MiB, pids=16)
+    outcome = await run_python(sandbox, tmp_path, code, limits=limits)
+    assert outcome.killed_by_limit == "memory", outcome
+    assert "child status 9" in outcome.output  # SIGKILL, from the OOM killer
+    assert not outcome.timed_out
+    assert not outcome.ok
+    assert leftovers() == []
+
+
 async def test_cpu_time_limit_stops_a_busy_process(sandbox: Sandbox, tmp_path: Path) -> None:
     limits = Limits(wall_seconds=30, cpu_seconds=1, memory_bytes=256 * MiB, pids=16)
     outcome = await run_python(sandbox, tmp_path, "while True: pass", limits=limits)
@@ -389,6 +417,28 @@ async def test_a_run_filling_the_disk_is_stopped(sandbox: Sandbox, tmp_path: Pat
     assert "wrote them all" not in outcome.output
     assert "left free on the disk" in outcome.output
     assert written < 512
+    assert processes_with(marker) == []
+
+
+async def test_a_run_using_up_the_inodes_is_stopped(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Empty files take an inode each and no bytes: only the inode reserve stops this.
+    free = free_inodes(tmp_path)
+    if free is None:
+        pytest.skip(f"the filesystem of {tmp_path} allocates inodes as needed")
+    limits = Limits(wall_seconds=60.0, disk_reserve_inodes=free - 2000)  # 2000 files, no more
+    code = (
+        "import os\n"
+        "for n in range(20_000):\n"
+        "    os.close(os.open(f'empty-{n}', os.O_CREAT | os.O_WRONLY))\n"
+        "print('made them all', flush=True)"
+    )
+    marker = f"inodes-{uuid.uuid4().hex}"
+    outcome = await run_python(sandbox, tmp_path, code, marker, limits=limits)
+    made = len(list(tmp_path.glob("empty-*")))
+    assert outcome.killed_by_limit == "disk", outcome
+    assert "made them all" not in outcome.output
+    assert "inodes (files, directories, links) were left free on the disk" in outcome.output
+    assert made < 20_000
     assert processes_with(marker) == []
 
 

@@ -1,0 +1,158 @@
+"""`disk_filter`: a seccomp filter refusing the system calls that take disk space faster than
+`codeyard.sandbox.disk_guard` can see it go. The bwrap backend installs it (`--seccomp`).
+
+The guard polls free space every 0.1 s; written data arrives at the speed of the page cache,
+so a poll interval is worth a few hundred MB of slack. Preallocation is not: fallocate()
+reserves blocks as metadata, GiBs in a millisecond, and RLIMIT_FSIZE does not bound it when
+FALLOC_FL_KEEP_SIZE leaves the file's size alone (measured: a 300 MiB reservation under a
+1 MiB file-size limit). So the filter refuses, with the error a filesystem without
+preallocation gives (EOPNOTSUPP, which glibc's posix_fallocate and callers of fallocate
+handle by writing instead):
+
+- fallocate, every mode;
+- the ioctls that preallocate without it (FS_IOC_RESVSP, FS_IOC_RESVSP64, FS_IOC_ZERO_RANGE:
+  the kernel turns them into a KEEP_SIZE fallocate on any filesystem, ext4 included);
+- io_uring (ENOSYS, as on a kernel without it): its requests, fallocate among them, are run
+  by the kernel without passing through the system call filter.
+
+System calls of another ABI than the native one (32-bit `int 0x80` on x86_64, x32) kill the
+process: the filter knows only native numbers, and they would get around it otherwise.
+
+The filter is classic BPF built by libseccomp (libseccomp2, a dependency of apt and systemd on
+Debian/Ubuntu), called through ctypes: the kernel interface is arch-specific (syscall numbers,
+arch checks, 64-bit argument comparison), which is what that library exists for.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+
+from codeyard.sandbox.protocol import SandboxUnavailable
+
+_LIBRARY = "libseccomp.so.2"
+INSTALL_HINT = "Debian/Ubuntu: `apt-get install -y libseccomp2`"
+
+_ACT_ALLOW = 0x7FFF0000
+_ACT_KILL_PROCESS = 0x80000000
+_ATTR_ACT_BADARCH = 2  # enum scmp_filter_attr
+_CMP_MASKED_EQ = 7  # enum scmp_compare: (arg & datum_a) == datum_b
+
+
+def _errno_action(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)  # SCMP_ACT_ERRNO
+
+
+def _iow(kind: str, number: int, size: int) -> int:
+    """_IOW of asm-generic/ioctl.h (x86, arm, riscv)."""
+    return (1 << 30) | (size << 16) | (ord(kind) << 8) | number
+
+
+_SPACE_RESV_SIZE = 48  # struct space_resv (= xfs_flock64) on 64-bit ABIs
+_PREALLOCATING_IOCTLS = {
+    "FS_IOC_RESVSP": _iow("X", 40, _SPACE_RESV_SIZE),
+    "FS_IOC_RESVSP64": _iow("X", 42, _SPACE_RESV_SIZE),
+    "FS_IOC_ZERO_RANGE": _iow("X", 57, _SPACE_RESV_SIZE),
+}
+_REFUSED_CALLS = {
+    "fallocate": errno.EOPNOTSUPP,
+    "io_uring_setup": errno.ENOSYS,
+    "io_uring_enter": errno.ENOSYS,
+    "io_uring_register": errno.ENOSYS,
+}
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = (
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    )
+
+
+@functools.cache
+def disk_filter() -> bytes:
+    """The filter as a BPF program (what `bwrap --seccomp FD` reads). Raises
+    `SandboxUnavailable` when libseccomp is missing or cannot build it."""
+    try:
+        lib = ctypes.CDLL(_LIBRARY, use_errno=True)
+    except OSError as exc:
+        raise SandboxUnavailable(
+            f"libseccomp is not installed ({exc}): the sandbox refuses preallocation of disk "
+            f"space with a seccomp filter built by it ({INSTALL_HINT})"
+        ) from exc
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = (ctypes.c_uint32,)
+    lib.seccomp_release.argtypes = (ctypes.c_void_p,)
+    lib.seccomp_attr_set.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32)
+    lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
+    lib.seccomp_rule_add_array.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
+    )
+    lib.seccomp_export_bpf.argtypes = (ctypes.c_void_p, ctypes.c_int)
+    ctx = lib.seccomp_init(_ACT_ALLOW)
+    if not ctx:
+        raise SandboxUnavailable("libseccomp could not start a filter (seccomp_init failed)")
+    try:
+        _check(lib.seccomp_attr_set(ctx, _ATTR_ACT_BADARCH, _ACT_KILL_PROCESS), "attr_set")
+        for name, code in _REFUSED_CALLS.items():
+            _check(
+                lib.seccomp_rule_add_array(ctx, _errno_action(code), _nr(lib, name), 0, None), name
+            )
+        ioctl = _nr(lib, "ioctl")
+        for name, request in _PREALLOCATING_IOCTLS.items():
+            # The kernel reads the request as 32 bits: compare only those, or a caller could
+            # set the upper half to slip past an exact 64-bit match.
+            match = _ArgCmp(1, _CMP_MASKED_EQ, 0xFFFFFFFF, request)
+            action = _errno_action(errno.EOPNOTSUPP)
+            _check(lib.seccomp_rule_add_array(ctx, action, ioctl, 1, ctypes.byref(match)), name)
+        return _export(lib, ctx)
+    finally:
+        lib.seccomp_release(ctx)
+
+
+def _nr(lib: ctypes.CDLL, name: str) -> int:
+    number = int(lib.seccomp_syscall_resolve_name(name.encode()))
+    if number < 0:
+        raise SandboxUnavailable(f"libseccomp does not know the system call {name}")
+    return number
+
+
+def _check(result: int, what: str) -> None:
+    if result < 0:
+        raise SandboxUnavailable(
+            f"libseccomp could not build the sandbox's filter ({what}): {os.strerror(-result)}"
+        )
+
+
+def _export(lib: ctypes.CDLL, ctx: int) -> bytes:
+    fd = os.memfd_create("codeyard-seccomp", os.MFD_CLOEXEC)
+    try:
+        _check(lib.seccomp_export_bpf(ctx, fd), "export")
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def filter_fd(program: bytes) -> int:
+    """A file descriptor to read `program` from once (for `bwrap --seccomp`): a memfd, not
+    inheritable; the caller passes it on and closes it."""
+    fd = os.memfd_create("codeyard-seccomp", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, program)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
