@@ -74,7 +74,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from codeyard.sandbox.cgroups import MEMORY, PIDS, RunCgroups, SandboxCgroups
+from codeyard.sandbox.cgroups import (
+    MEMORY,
+    PIDS,
+    RunCgroups,
+    SandboxCgroups,
+    confining_memory_limit,
+)
 from codeyard.sandbox.limits import Limits, MiB
 from codeyard.sandbox.protocol import (
     SANDBOX_UID,
@@ -145,6 +151,7 @@ class BwrapSandbox:
         self._python_roots = python_roots(self.python)
         self._prlimit = host_prlimit()
         self._cgroups = SandboxCgroups({})
+        self._confined: int | None = None  # bytes: see `memory_enforcement`
         self._seccomp = b""  # the BPF program of `disk_filter`, after `probe()`
         self._probe_lock = threading.Lock()
         self._ready = False
@@ -158,8 +165,10 @@ class BwrapSandbox:
 
     @property
     def memory_enforcement(self) -> str:
-        """Where the memory of a whole run is capped: "cgroup:<path>" (after `probe()`)."""
-        return f"cgroup:{self._cgroups.parent(MEMORY)}"
+        """Where the memory of a whole run is capped (after `probe()`): "cgroup:<path>", a
+        cgroup of its own; or "shared:<bytes>", the limit of the cgroup codeyard is in."""
+        parent = self._cgroups.parent(MEMORY)
+        return f"cgroup:{parent}" if parent else f"shared:{self._confined}"
 
     def probe(self) -> None:
         """Checks once that a sandbox can be built here; raises `SandboxUnavailable` if not.
@@ -181,12 +190,25 @@ class BwrapSandbox:
     def _probe(self) -> None:
         cgroups = SandboxCgroups.find([PIDS, MEMORY])
         if cgroups.parent(MEMORY) is None:
-            raise SandboxUnavailable(
-                "cannot bound the memory of a sandbox here: no memory cgroup is writable, and "
-                "RLIMIT_AS bounds each process alone (N processes may use N times the limit). "
-                "Give codeyard a writable cgroup with the memory controller (cgroup v1: the "
-                "`memory` hierarchy; cgroup v2: the memory controller at the root, e.g. as root "
-                "or in a container with a writable /sys/fs/cgroup), or use the docker backend"
+            # In a container (no writable cgroups for its user), the container's own memory
+            # limit still keeps a run from the host's memory: it then shares that limit with
+            # codeyard, and a runaway run is stopped by the OOM killer inside the container.
+            self._confined = confining_memory_limit()
+            if self._confined is None:
+                raise SandboxUnavailable(
+                    "cannot bound the memory of a sandbox here: no memory cgroup is writable, "
+                    "RLIMIT_AS bounds each process alone (N processes may use N times the "
+                    "limit), and nothing caps the memory of codeyard's own cgroup. Give codeyard "
+                    "a writable cgroup with the memory controller (cgroup v1: the `memory` "
+                    "hierarchy; cgroup v2: the memory controller at the root, e.g. as root or in "
+                    "a container with a writable /sys/fs/cgroup), run it in a memory-limited "
+                    "container or service, or use the docker backend"
+                )
+            log.warning(
+                "no writable memory cgroup: the processes of a sandboxed run are bounded together "
+                "only by the %d-byte memory limit of the cgroup codeyard runs in, which they "
+                "share with codeyard",
+                self._confined,
             )
         if cgroups.parent(PIDS) is None and os.geteuid() == 0:
             raise SandboxUnavailable(

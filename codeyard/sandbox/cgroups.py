@@ -341,6 +341,42 @@ def _hierarchies(controller: str) -> list[tuple[Path, bool]]:
     return v1 + v2
 
 
+def confining_memory_limit() -> int | None:
+    """The memory cap of the cgroup this process is in, or of one above it, when finite and
+    below the machine's RAM (a container's limit, a service's MemoryMax): whatever runs here,
+    sandboxes included, cannot take the host's memory beyond it. None when nothing caps it."""
+    try:
+        own = Path("/proc/self/cgroup").read_text().splitlines()
+        total = _memory_total()
+    except (OSError, ValueError):
+        return None
+    caps: list[int] = []
+    for mount, v2 in _hierarchies(MEMORY):
+        for line in own:
+            _, controllers, path = line.split(":", 2)
+            if (controllers == "") != v2 or (not v2 and MEMORY not in controllers.split(",")):
+                continue
+            cgroup = mount / path.lstrip("/")
+            for directory in (cgroup, *cgroup.parents):
+                if directory == mount.parent:
+                    break
+                with contextlib.suppress(OSError, ValueError):
+                    text = (
+                        directory / ("memory.max" if v2 else "memory.limit_in_bytes")
+                    ).read_text()
+                    if text.strip() != "max":
+                        caps.append(int(text))
+    finite = [cap for cap in caps if cap < total]
+    return min(finite) if finite else None
+
+
+def _memory_total() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError("no MemTotal in /proc/meminfo")
+
+
 def _unescape(path: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
     for code in ("040", "011", "012", "134"):

@@ -5,6 +5,7 @@ test_containment.py."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -113,3 +114,45 @@ async def test_disk_space_cannot_be_preallocated(
     assert "ioctl, upper bits set: Operation not supported" in outcome.output
     assert "allocated bytes 0" in outcome.output
     assert "posix_fallocate size 8192" in outcome.output
+
+
+# Run in a memory-capped cgroup with no writable memory hierarchy of its own (as in a
+# container whose user may not create cgroups): the probe passes, sharing that cap.
+IN_A_CAPPED_CGROUP = """
+import sys
+from codeyard.sandbox import BwrapSandbox, cgroups
+unusable = cgroups.CgroupTree.add
+def add(self, controller):
+    if controller == cgroups.MEMORY:
+        raise PermissionError("read-only, as for a container's user")
+    return unusable(self, controller)
+cgroups.CgroupTree.add = add
+sandbox = BwrapSandbox()
+sandbox.probe()
+print(sandbox.memory_enforcement)
+"""
+
+
+def test_in_a_memory_capped_container_bubblewrap_shares_its_cap(tmp_path: Path) -> None:
+    mounts = [mount for mount, v2 in cgroups._hierarchies(cgroups.MEMORY) if not v2]
+    if not mounts:
+        pytest.skip("needs a cgroup v1 memory hierarchy to make a capped cgroup in")
+    capped = mounts[0] / f"codeyard-test-{tmp_path.name}"
+    try:
+        capped.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup here: {exc}")
+    try:
+        (capped / "memory.limit_in_bytes").write_text(str(768 * MiB))
+        shown = subprocess.run(
+            [sys.executable, "-c", IN_A_CAPPED_CGROUP],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[2],
+            preexec_fn=lambda: (capped / "tasks").write_text("0"),
+        )
+    finally:
+        capped.rmdir()
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"shared:{768 * MiB}"
