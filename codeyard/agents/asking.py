@@ -25,14 +25,16 @@ async def ask_model(
     tool_description: str,
     spent: Usage | None = None,
 ) -> Completion[M]:
-    """The model's answer; if it cannot give one, `GiveUp` with what the work spent: `spent`
-    (earlier calls of the same work) and this call's."""
+    """The model's answer; if it cannot give one now, `RetryLater`, and never, `GiveUp`; both
+    with what the work spent: `spent` (earlier calls of the same work) and this call's, which
+    the worker reports either way (tokens paid for before the endpoint failed still count)."""
     try:
         return await llm.structured(
             role, messages, output, tool_name=tool_name, tool_description=tool_description
         )
     except LLMUnavailable as exc:
-        raise RetryLater(f"the model is unavailable: {exc}", delay=30.0) from exc
+        usage = (spent or Usage()) + exc.usage
+        raise RetryLater(f"the model is unavailable: {exc}", delay=30.0, usage=usage) from exc
     except (InvalidOutput, LLMRejected) as exc:
         usage = (spent or Usage()) + exc.usage
         raise GiveUp(f"the model could not answer: {exc}", usage=usage) from exc

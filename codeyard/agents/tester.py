@@ -73,7 +73,9 @@ class Tester:
                 return TestResult(passed=True, output=nothing_ran, usage=completion.usage)
             # Sandboxed or not, the command is the repository's to choose and the gate's to
             # allow: a test command that deploys or wipes is stopped here.
-            await require_clearance(self.gate, item, "run_command", command, role="tester")
+            await require_clearance(
+                self.gate, item, "run_command", command, role="tester", spent=completion.usage
+            )
             outcome = await self.sandbox.run(root, shlex.split(command), self.limits)
         passed = outcome.exit_code == 0 and not outcome.timed_out
         header = "timed out\n" if outcome.timed_out else ""

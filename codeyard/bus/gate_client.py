@@ -17,6 +17,7 @@ from codeyard.bus.worker import AwaitApproval, GiveUp, RetryLater
 from codeyard.schemas import ActionCheck, GateDecision
 from codeyard.schemas.envelope import Envelope
 from codeyard.schemas.messages import ActionKind
+from codeyard.schemas.model import Usage
 
 
 class GateUnavailable(RuntimeError):
@@ -47,11 +48,18 @@ class BusGateClient:
 
 
 async def require_clearance(
-    gate: GateClient, about: Envelope, action: ActionKind, detail: str, *, role: str
+    gate: GateClient,
+    about: Envelope,
+    action: ActionKind,
+    detail: str,
+    *,
+    role: str,
+    spent: Usage | None = None,
 ) -> None:
     """For a worker handling `about`: return only if the gate allows the action; otherwise
     raise what a handler raises: `GiveUp` (denied), `AwaitApproval` (a person decides),
-    `RetryLater` (no gate answered)."""
+    `RetryLater` (no gate answered), each carrying `spent` (what the work spent so far, e.g.
+    on the LLM), so that the run counts it whatever the gate says."""
     check = ActionCheck(
         run_id=about.run_id,
         task_id=about.task_id,
@@ -64,9 +72,12 @@ async def require_clearance(
     try:
         decision = await gate.check(check)
     except GateUnavailable as exc:
-        raise RetryLater(str(exc), delay=5.0) from exc
+        raise RetryLater(str(exc), delay=5.0, usage=spent) from exc
     if decision.decision == "allow":
         return
     if decision.decision == "needs_approval":
-        raise AwaitApproval(decision.approval_id, action, detail, decision.reason)
-    raise GiveUp(f"the safety gate denied {action} {detail!r}: {decision.reason} ({decision.rule})")
+        raise AwaitApproval(decision.approval_id, action, detail, decision.reason, usage=spent)
+    raise GiveUp(
+        f"the safety gate denied {action} {detail!r}: {decision.reason} ({decision.rule})",
+        usage=spent,
+    )

@@ -45,6 +45,7 @@ from codeyard.schemas.messages import (
     WorkCancelled,
     WorkFailed,
     WorkItem,
+    WorkRetried,
 )
 from codeyard.schemas.model import Usage, clip
 
@@ -58,11 +59,16 @@ _ID = re.compile(ID_PATTERN)
 
 
 class RetryLater(Exception):
-    """The handler could not finish now (rate limit, dependency down); redeliver after `delay`."""
+    """The handler could not finish now (rate limit, dependency down); redeliver after `delay`.
+    `usage` is what this delivery spent before (LLM calls): the worker reports it in a
+    `WorkRetried` before handing the item back, as no result will carry it."""
 
-    def __init__(self, reason: str, delay: float | None = None) -> None:
+    def __init__(
+        self, reason: str, delay: float | None = None, *, usage: Usage | None = None
+    ) -> None:
         super().__init__(reason)
         self.delay = delay
+        self.usage = usage or Usage()
 
 
 class GiveUp(Exception):
@@ -76,14 +82,24 @@ class GiveUp(Exception):
 
 class AwaitApproval(Exception):
     """The safety gate sent an action of this work to a person: hand the work item back as
-    `ApprovalNeeded`, and the coordinator sends it again once the approval is answered."""
+    `ApprovalNeeded`, and the coordinator sends it again once the approval is answered.
+    `usage` is what the work spent before (LLM calls), which `ApprovalNeeded` carries."""
 
-    def __init__(self, approval_id: str, action: str, detail: str, reason: str) -> None:
+    def __init__(
+        self,
+        approval_id: str,
+        action: str,
+        detail: str,
+        reason: str,
+        *,
+        usage: Usage | None = None,
+    ) -> None:
         super().__init__(f"{action} needs approval {approval_id}: {reason}")
         self.approval_id = approval_id
         self.action = action
         self.detail = detail
         self.reason = reason
+        self.usage = usage or Usage()
 
 
 @dataclass
@@ -99,6 +115,12 @@ def result_msg_id(work_msg_id: str) -> str:
     """The result of a work item has a fixed id, so a result published twice (worker died
     between publish and ack) is stored once by JetStream's duplicate window."""
     return hashlib.sha256(f"{work_msg_id}:result".encode()).hexdigest()[:32]
+
+
+def retried_msg_id(work_msg_id: str, delivery: int) -> str:
+    """The id of the `WorkRetried` of one delivery: unlike the result's, one per delivery, so
+    each delivery's spending is stored (and counted) once, and none is taken for the result."""
+    return hashlib.sha256(f"{work_msg_id}:retried:{delivery}".encode()).hexdigest()[:32]
 
 
 def _answering(item: WorkItem, result: Result) -> Result:
@@ -365,9 +387,9 @@ class PullWorker:
         except RetryLater as exc:
             outcome = "retry" if deliveries < self.max_deliver else "failed"
             if deliveries >= self.max_deliver:
-                await self._fail(msg, item, f"still not possible: {exc}", deliveries)
+                await self._fail(msg, item, f"still not possible: {exc}", deliveries, exc.usage)
             else:
-                await self._retry(msg, item, exc, exc.delay)
+                await self._retry(msg, item, exc, exc.delay, exc.usage)
             return
         except GiveUp as exc:
             outcome = "failed"
@@ -382,6 +404,7 @@ class PullWorker:
                 action=exc.action,
                 detail=exc.detail,
                 reason=exc.reason,
+                usage=exc.usage,
             )
             await self._finish(msg, item, waiting)
             return
@@ -438,15 +461,46 @@ class PullWorker:
             return
         self._withdrawn.discard(key)
 
-    async def _retry(self, msg: Msg, item: WorkItem, exc: Exception, delay: float | None) -> None:
+    async def _retry(
+        self,
+        msg: Msg,
+        item: WorkItem,
+        exc: Exception,
+        delay: float | None,
+        usage: Usage | None = None,
+    ) -> None:
         deliveries = msg.metadata.num_delivered
         if delay is None:
             delay = self.retry_delays[min(deliveries, len(self.retry_delays)) - 1]
         log.info("%s: retrying %s in %.1fs: %s", self.role, item.msg_id, delay, exc)
         self.stats.retried += 1
         metrics.WORK_RETRIED.labels(self.role).inc()
+        if usage is not None and usage != Usage():
+            await self._report_spent(item, deliveries, str(exc), usage)
         with contextlib.suppress(Exception):
             await msg.nak(delay=delay)
+
+    async def _report_spent(self, item: WorkItem, delivery: int, reason: str, usage: Usage) -> None:
+        """Tell the coordinator what this delivery spent before the item goes back: stored
+        before the nak, so whichever worker gets the item next, these tokens are counted, by
+        this report alone (the next delivery reports, or answers with, only its own)."""
+        report = msgspec.structs.replace(
+            _answering(
+                item,
+                # the reason only helps a person reading the events; keep it well in LongText
+                WorkRetried(role=self.role, delivery=delivery, usage=usage, reason=reason[:2000]),
+            ),
+            msg_id=retried_msg_id(item.msg_id, delivery),
+        )
+        try:
+            await self._results.send(report)
+        except Exception as exc:  # the bus is failing: the retry matters more than the count
+            log.warning(
+                "%s: could not report the usage of %s before retrying it: %s",
+                self.role,
+                item.msg_id,
+                exc,
+            )
 
     async def _fail(
         self, msg: Msg, item: WorkItem, reason: str, deliveries: int, usage: Usage | None = None

@@ -18,8 +18,10 @@ Rules, in short:
   attempts and results for another phase are `Ignored` and never applied twice;
 - a failed task fails the run; a failed or cancelled run cancels what is in flight and every
   task not finished, and starts nothing more;
-- usage of every applied result is added to the run; over budget, the run pauses in
-  `awaiting_approval`: results still apply, but new work is held until `ResumeRun`.
+- usage of every applied result is added to the run, and of every `RetrySpent` (work that
+  spent tokens, then was handed back to be retried) once, whatever its task does now; over
+  budget, the run pauses in `awaiting_approval`: results still apply, but new work is held
+  until `ResumeRun`.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from codeyard.coordinator.events import (
     PlanRejected,
     ResumeRun,
     ResumeTask,
+    RetrySpent,
     Reviewed,
     StartPlanning,
     Tested,
@@ -82,6 +85,12 @@ FEEDBACK_LIMIT = 20_000
 _FEEDBACK_HEAD = 2_000
 
 _ACTIVE_RUN = frozenset({RunState.EXECUTING, RunState.AWAITING_APPROVAL})
+
+# `RetrySpent` reports remembered per task (and for the planning), to count each once. Only a
+# replay needs them, which comes within the coordinators' ack_wait of the count; a task's work
+# is retried far fewer times in that time, and the list is stored with the task at every step
+# that changes it, so it is kept short.
+CHARGED_RETRIES_KEPT = 32
 
 TaskResult = Coded | Tested | Reviewed | Merged | MergeFailed
 
@@ -193,6 +202,8 @@ class RunEngine:
                 self._on_plan_rejected(event, step)
             case WorkAbandoned():
                 self._on_abandoned(event, step)
+            case RetrySpent():
+                self._on_retry_spent(event, step)
             case ParkTask():
                 self._on_park(event, step)
             case ResumeTask():
@@ -317,6 +328,31 @@ class RunEngine:
         run.usage = run.usage + event.usage  # no budget check: the task is failing anyway
         self._fail_task(task, f"{event.role} gave up: {event.reason}", step)
 
+    def _on_retry_spent(self, event: RetrySpent, step: _Step) -> None:
+        """Count what a delivery spent before its work was retried: not once per state like a
+        result (the work may have moved on since; the tokens are spent all the same), but once
+        per report, remembered in the run (the planning's) or its task."""
+        run = self.run
+        if run.state in TERMINAL_RUN_STATES:
+            step.ignore(event, f"run is {run.state}")
+            return
+        if event.task_id:
+            task = run.tasks.get(event.task_id)
+            if task is None:
+                step.ignore(event, f"unknown task {event.task_id!r}")
+                return
+            charged = task.charged_retries
+        else:
+            charged = run.charged_retries
+        if event.report in charged:
+            step.ignore(event, f"the usage of {event.report} is counted already")
+            return
+        if event.task_id:
+            self._changed.add(event.task_id)  # its record holds `charged_retries`
+        charged.append(event.report)
+        del charged[:-CHARGED_RETRIES_KEPT]
+        self._charge(event.usage, step)
+
     def _on_park(self, event: ParkTask, step: _Step) -> None:
         task = self._task(event, step)
         if task is None:
@@ -326,6 +362,8 @@ class RunEngine:
             return
         task.held = False  # parking takes the work back; approval sends it again
         self._move(task, TaskState.AWAITING_APPROVAL, step, event.reason)
+        # Only once parked, like a result's: a replayed `ApprovalNeeded` finds it parked.
+        self._charge(event.usage, step)
 
     def _on_resume_task(self, event: ResumeTask, step: _Step) -> None:
         task = self._task(event, step)

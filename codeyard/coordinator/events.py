@@ -100,6 +100,18 @@ class WorkAbandoned(msgspec.Struct, frozen=True):
     usage: Usage = Usage()
 
 
+class RetrySpent(msgspec.Struct, frozen=True):
+    """A delivery of the work of (`task_id`, `attempt`) (the planning's when `task_id` is
+    empty) spent `usage` and handed the work back to be tried again. Counted whatever the task
+    does now (the tokens are spent), once per `report` (the `WorkRetried` message's id)."""
+
+    task_id: str
+    attempt: int
+    role: str
+    usage: Usage
+    report: str
+
+
 # --- approvals --------------------------------------------------------------------------------
 
 
@@ -113,6 +125,7 @@ class ParkTask(msgspec.Struct, frozen=True):
     task_id: str
     attempt: int
     reason: str = ""
+    usage: Usage = Usage()  # what the worker spent before it stopped, counted when parked
 
 
 class ResumeTask(msgspec.Struct, frozen=True):
@@ -161,6 +174,7 @@ Event = (
     | Merged
     | MergeFailed
     | WorkAbandoned
+    | RetrySpent
     | ParkTask
     | ResumeTask
     | ResumeRun

@@ -7,6 +7,7 @@ from codeyard.coordinator.events import (
     Event,
     ParkTask,
     PlanProposed,
+    RetrySpent,
     Reviewed,
     Tested,
     WorkAbandoned,
@@ -20,6 +21,7 @@ from codeyard.schemas.messages import (
     ReviewResult,
     TestResult,
     WorkFailed,
+    WorkRetried,
 )
 
 
@@ -48,7 +50,11 @@ def event_for(result: Result) -> Event:
                 result.task_id, result.attempt, result.role, result.reason, result.usage
             )
         case ApprovalNeeded():
-            return ParkTask(result.task_id, result.attempt, _waiting_for(result))
+            return ParkTask(result.task_id, result.attempt, _waiting_for(result), result.usage)
+        case WorkRetried():
+            return RetrySpent(
+                result.task_id, result.attempt, result.role, result.usage, result.msg_id
+            )
 
 
 _ANSWER_OF: dict[str, type[Result]] = {

@@ -90,6 +90,7 @@ from codeyard.schemas.messages import (
     Accepted,
     ActionCheck,
     ApprovalList,
+    ApprovalNeeded,
     Approve,
     CancelRun,
     CodeResult,
@@ -112,6 +113,7 @@ from codeyard.schemas.messages import (
     UsageReported,
     WorkCancelled,
     WorkFailed,
+    WorkRetried,
 )
 from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
 from codeyard.workspace.patch_store import inline
@@ -931,6 +933,8 @@ def _usage_of(result: Result) -> UsageReported | None:
         case ReviewResult():
             role = result.reviewer
         case WorkFailed():  # what the work spent before it gave up
+            role = result.role
+        case ApprovalNeeded() | WorkRetried():  # spent before it stopped, or before a retry
             role = result.role
         case _:
             return None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -32,6 +34,10 @@ class OpenAIClient:
 
     The SDK's own retries are off (`max_retries=0`): retries here are counted, logged and paced
     by `LLMSettings`.
+
+    `timeout_seconds` bounds each request as a whole (each retry gets its own): the SDK's
+    timeout, passed to httpx, bounds each read, so a server sending a byte every few seconds
+    would hold the call, and the worker's slot with it, for ever.
     """
 
     def __init__(self, settings: LLMSettings) -> None:
@@ -75,13 +81,11 @@ class OpenAIClient:
         asks = self._settings.max_reasks + 1
         for attempt in range(1, asks + 1):
             response = await self._complete(role, chosen, conversation, tool, usage)
-            usage += self._usage(response)
-            if response.usage is not None:
-                tokens = metrics.LLM_TOKENS
-                tokens.labels(role, chosen.model, "prompt").inc(response.usage.prompt_tokens)
-                tokens.labels(role, chosen.model, "completion").inc(
-                    response.usage.completion_tokens
-                )
+            spent = self._usage(response)
+            usage += spent
+            tokens = metrics.LLM_TOKENS
+            tokens.labels(role, chosen.model, "prompt").inc(spent.prompt_tokens)
+            tokens.labels(role, chosen.model, "completion").inc(spent.completion_tokens)
             try:
                 value = tool.read(response)
             except BadAnswer as bad:
@@ -91,7 +95,7 @@ class OpenAIClient:
                 conversation += tool.reask(bad)
                 continue
             return Completion(
-                value=value, usage=usage, model=response.model or chosen.model, attempts=attempt
+                value=value, usage=usage, model=model_of(response) or chosen.model, attempts=attempt
             )
         raise InvalidOutput(
             f"{role}: no valid `{tool_name}` call in {asks} answers; last problem: {last_error}",
@@ -115,14 +119,15 @@ class OpenAIClient:
             retry_after: float | None = None
             outcome = "ok"
             try:
-                response = await self._openai.chat.completions.create(
-                    model=chosen.model,
-                    temperature=chosen.temperature,
-                    messages=conversation,
-                    tools=[tool.definition()],
-                    tool_choice=tool.choice(),
-                    max_tokens=self._settings.max_tokens,  # None: the endpoint decides
-                )
+                async with asyncio.timeout(self._settings.timeout_seconds):
+                    response = await self._openai.chat.completions.create(
+                        model=chosen.model,
+                        temperature=chosen.temperature,
+                        messages=conversation,
+                        tools=[tool.definition()],
+                        tool_choice=tool.choice(),
+                        max_tokens=self._settings.max_tokens,  # None: the endpoint decides
+                    )
             except openai.APIStatusError as error:
                 status = error.status_code
                 outcome = "http_error"
@@ -136,23 +141,38 @@ class OpenAIClient:
                     ) from error
                 failure = f"HTTP {status}"
                 retry_after = seconds(error.response.headers.get("retry-after"))
-            except openai.APITimeoutError:
+            except (openai.APITimeoutError, TimeoutError):
+                # TimeoutError: `asyncio.timeout` above (the whole request), the SDK's own
+                # (one read, or connecting) is APITimeoutError; the same failure to the caller.
                 failure = f"no answer within {self._settings.timeout_seconds:g}s"
                 outcome = "timeout"
             except openai.APIConnectionError as error:
                 failure = f"connection failed ({error.__cause__ or error})"
                 outcome = "connection_error"
+            except json.JSONDecodeError as error:
+                # A body labelled JSON that is not (cut short, a proxy's page): the SDK lets
+                # the decoder's error out. Only the answer is decoded, so it is the endpoint's.
+                failure = f"the answer is not JSON: {error}"
+                outcome = "malformed"
+            except RecursionError:
+                # The decoder recurses once per nesting level: a body nested thousands deep.
+                failure = "the answer is JSON nested too deeply to read"
+                outcome = "malformed"
             else:
-                self._observe(role, chosen, outcome, started)
-                log.debug(
-                    "LLM %s model=%s prompt_tokens=%s completion_tokens=%s latency=%.3fs",
-                    role,
-                    response.model or chosen.model,
-                    response.usage.prompt_tokens if response.usage else "?",
-                    response.usage.completion_tokens if response.usage else "?",
-                    time.monotonic() - started,
-                )
-                return response
+                # The SDK hands back whatever the body decoded to when it is not a JSON object
+                # (an HTML page from a captive proxy as a str, a JSON list as a list): the
+                # endpoint failed, not the model, so it is retried like an HTTP 502.
+                if isinstance(response, ChatCompletion):
+                    self._observe(role, chosen, outcome, started)
+                    log.debug(
+                        "LLM %s model=%s latency=%.3fs",
+                        role,
+                        model_of(response) or chosen.model,
+                        time.monotonic() - started,
+                    )
+                    return response
+                failure = f"the answer is not a chat completion but {_sample(response)}"
+                outcome = "malformed"
             self._observe(role, chosen, outcome, started)
             if retry == retries:
                 break
@@ -180,17 +200,44 @@ class OpenAIClient:
         metrics.LLM_SECONDS.labels(role, chosen.model).observe(time.monotonic() - started)
 
     def _usage(self, response: ChatCompletion) -> Usage:
-        # A response without usage (some local servers) still counts as a call.
-        if response.usage is None:
-            return Usage(calls=1)
-        prompt = response.usage.prompt_tokens
-        completion = response.usage.completion_tokens
+        # A response without usage (some local servers) still counts as a call. The SDK does
+        # not validate what it decodes, so the counts are whatever the server wrote.
+        reported = getattr(response, "usage", None)
+        prompt = token_count(getattr(reported, "prompt_tokens", None))
+        completion = token_count(getattr(reported, "completion_tokens", None))
         return Usage(
             calls=1,
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost_usd=self._settings.cost_usd(prompt, completion),
         )
+
+
+# More tokens than any one answer has: a count over it is the server's mistake, and left as is
+# it would overflow the 64-bit integers usage is stored and sent as.
+MAX_TOKEN_COUNT = 10**12
+
+
+def token_count(value: object) -> int:
+    """A token count the server reported, as a non-negative int: null, a string, a negative
+    or a non-finite number count as 0 (a bad count must not fail the answer, nor lower the
+    run's usage; metrics refuse negative increments)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if not math.isfinite(value) or value <= 0:
+        return 0
+    return min(int(value), MAX_TOKEN_COUNT)
+
+
+def model_of(response: ChatCompletion) -> str:
+    """The model the endpoint named in its answer, or "" (missing, or not a string)."""
+    model = getattr(response, "model", None)
+    return model if isinstance(model, str) else ""
+
+
+def _sample(body: object) -> str:
+    text = body if isinstance(body, str) else repr(body)
+    return f"{type(body).__name__} {text[:80]!r}"
 
 
 def as_param(message: ChatMessage) -> ChatCompletionMessageParam:

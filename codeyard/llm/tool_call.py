@@ -50,34 +50,63 @@ class ForcedTool(Generic[M]):
         return {"type": "function", "function": {"name": self.name}}
 
     def read(self, response: ChatCompletion) -> M:
-        """The validated arguments of the tool call in `response`, or `BadAnswer`."""
-        if not response.choices:
+        """The validated arguments of the tool call in `response`, or `BadAnswer`.
+
+        The openai SDK builds `response` without validating it, so every part may be missing,
+        null or of another type than its annotation says: each is checked before use, and any
+        odd shape is a `BadAnswer` (re-asked) rather than an exception no caller expects.
+        """
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
             raise BadAnswer("the reply had no answer at all", reply="")
-        message = response.choices[0].message
-        calls = [call for call in message.tool_calls or [] if call.type == "function"]
+        message = getattr(choices[0], "message", None)
+        if message is None:
+            raise BadAnswer("the reply had no message", reply="")
+        content = getattr(message, "content", None)
+        tool_calls = getattr(message, "tool_calls", None)
+        calls = [
+            call
+            for call in (tool_calls if isinstance(tool_calls, list) else [])
+            if getattr(call, "type", None) == "function"
+        ]
         if not calls:
             raise BadAnswer(
                 f"you answered with text instead of calling the function `{self.name}`",
-                reply=message.content or "",
+                reply=content if isinstance(content, str) else "",
             )
-        call = calls[0].function
-        if call.name != self.name:
+        call = getattr(calls[0], "function", None)
+        name = getattr(call, "name", None)
+        raw = getattr(call, "arguments", None)
+        if name != self.name:
+            called = f"`{name}`" if isinstance(name, str) else "a function without a name"
             raise BadAnswer(
-                f"you called `{call.name}`, but the function to call is `{self.name}`",
-                reply=call.arguments,
+                f"you called {called}, but the function to call is `{self.name}`",
+                reply=raw if isinstance(raw, str) else "",
             )
         try:
-            arguments = as_strict_json(call.arguments)
+            text = arguments_text(raw)
+        except RecursionError as error:  # an object nested too deeply to write out again
+            raise BadAnswer(
+                f"the arguments of `{self.name}` are nested too deeply", reply=""
+            ) from error
+        if text is None:
+            raise BadAnswer(f"the call of `{self.name}` had no arguments", reply="")
+        try:
+            arguments = as_strict_json(text)
         except json.JSONDecodeError as error:
             raise BadAnswer(
-                f"the arguments of `{self.name}` are not JSON: {error}", reply=call.arguments
+                f"the arguments of `{self.name}` are not JSON: {error}", reply=text
+            ) from error
+        except RecursionError as error:  # json's decoder recurses once per nesting level
+            raise BadAnswer(
+                f"the arguments of `{self.name}` are nested too deeply", reply=text[:1000]
             ) from error
         try:
             return self.output.model_validate_json(arguments)
         except ValidationError as error:
             raise BadAnswer(
                 f"the arguments of `{self.name}` are invalid:\n{describe(error)}",
-                reply=call.arguments,
+                reply=text,
             ) from error
 
     def reask(self, bad: BadAnswer) -> list[ChatCompletionMessageParam]:
@@ -95,6 +124,18 @@ class ForcedTool(Generic[M]):
                 f"Call the function `{self.name}` again with arguments that fix this.",
             },
         ]
+
+
+def arguments_text(raw: object) -> str | None:
+    """A tool call's arguments as the JSON text they should be, or None when there are none.
+
+    Some servers send them as a JSON object rather than a string holding one; what the model
+    meant is clear, so the object is read as its text."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, dict | list):
+        return json.dumps(raw)
+    return None
 
 
 def as_strict_json(arguments: str) -> str:

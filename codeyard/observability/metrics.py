@@ -42,7 +42,8 @@ HANDLER_SECONDS = Histogram(
 
 LLM_CALLS = Counter(
     "codeyard_llm_calls",
-    "Chat-completion requests, by outcome (ok, http_error, rejected, timeout, connection_error)",
+    "Chat-completion requests, by outcome (ok, http_error, rejected, timeout, connection_error, "
+    "malformed: a 200 whose body is no chat completion)",
     ["role", "model", "outcome"],
 )
 LLM_TOKENS = Counter(

@@ -48,6 +48,7 @@ from codeyard.schemas.messages import (
     WorkerPresence,
     WorkFailed,
     WorkItem,
+    WorkRetried,
 )
 from codeyard.schemas.model import (
     Budget,
@@ -123,6 +124,7 @@ __all__ = [
     "WorkCancelled",
     "WorkFailed",
     "WorkItem",
+    "WorkRetried",
     "WorkerPresence",
     "decode",
     "encode",

@@ -124,9 +124,30 @@ class ApprovalNeeded(Envelope, kw_only=True, frozen=True):
     action: str
     detail: LongText
     reason: LongText = ""
+    # What the work spent before it stopped (the tester's LLM call comes before its command
+    # reaches the gate); the work sent again after the answer spends anew. Defaulted, so a
+    # message of an older worker still decodes.
+    usage: Usage = Usage()
 
 
-Result = PlanResult | CodeResult | TestResult | ReviewResult | WorkFailed | ApprovalNeeded
+class WorkRetried(Envelope, kw_only=True, frozen=True):
+    """One delivery of a work item spent `usage` (LLM calls), then handed the item back to be
+    tried again later (the endpoint failing, no gate answering): no result will carry those
+    tokens, so the worker reports them before it naks, and the run counts them now.
+
+    `msg_id` follows from the work item's and `delivery`: each delivery reports only what it
+    spent itself, once (JetStream's duplicate window stores a re-sent report once, and the
+    coordinator remembers which reports it counted, for one replayed after a failover)."""
+
+    role: str
+    delivery: int
+    usage: Usage
+    reason: LongText = ""
+
+
+Result = (
+    PlanResult | CodeResult | TestResult | ReviewResult | WorkFailed | ApprovalNeeded | WorkRetried
+)
 
 
 class ResultBatch(Envelope, kw_only=True, frozen=True):

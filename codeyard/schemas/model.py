@@ -203,6 +203,9 @@ class Task(msgspec.Struct, kw_only=True):
     # Work items sent for this task so far; part of each item's msg_id, so a re-send after a
     # failover is deduplicated by JetStream while a deliberate second send is not.
     dispatches: int = 0
+    # msg_ids of the latest `WorkRetried` reports of this task's work whose usage the run
+    # counted: one replayed after a failover (stored, not yet acked) is not counted twice.
+    charged_retries: list[str] = []
 
 
 class Run(msgspec.Struct, kw_only=True):
@@ -232,3 +235,5 @@ class Run(msgspec.Struct, kw_only=True):
     # asked again after a crash keeps its approval id, and an answer to an older one is told
     # from the answer the run waits for.
     questions: int = 0
+    # As `Task.charged_retries`, for the planning's work (which has no task).
+    charged_retries: list[str] = []

@@ -11,10 +11,15 @@ each `times` times (default 1); the last one repeats once they are used up, unle
     {"raw_arguments": "{oops"}   the same with the arguments string as given (invalid JSON)
     {"text": "..."}              a plain text answer, no tool call
     {"status": 500}              an HTTP error with an OpenAI-style error body (`message`)
+    {"body": ...}                HTTP 200 with this JSON as the whole body, as given (a
+                                 completion of an odd shape, a list, null)
+    {"raw_body": "<html>"}       HTTP 200 with this text as the body, `content_type` (default
+                                 application/json) saying what it is (a captive proxy's page)
 
-and may add `delay` (seconds before answering), `call` (the function name in the tool call,
-default the forced one), `usage` ({"prompt_tokens": N, "completion_tokens": M}; default
-len(text) // 4 of the request's messages and of the answer) or `omit_usage: true`.
+and may add `delay` (seconds before answering), `trickle` (seconds between the body's bytes,
+sent one at a time: a server that is slow but never silent for long), `call` (the function name
+in the tool call, default the forced one), `usage` ({"prompt_tokens": N, "completion_tokens":
+M}; default len(text) // 4 of the request's messages and of the answer) or `omit_usage: true`.
 
     [{"tool": "submit_plan", "contains": "JWT", "replies": [
         {"status": 429, "times": 2},
@@ -46,19 +51,29 @@ class Reply(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     raw_arguments: str | None = None
     text: str | None = None
     status: int | None = None
+    # UNSET rather than None: `{"body": null}` is a body (the JSON null) to send.
+    body: Any | msgspec.UnsetType = msgspec.UNSET
+    raw_body: str | None = None
+    content_type: str = "application/json"
     message: str = ""
     call: str | None = None
     times: int = 1
     delay: float = 0.0
+    trickle: float = 0.0
     usage: TokenCount | None = None
     omit_usage: bool = False
 
     def __post_init__(self) -> None:
-        kinds = (self.arguments, self.raw_arguments, self.text, self.status)
-        if sum(kind is not None for kind in kinds) != 1:
-            raise ValueError("a reply is exactly one of arguments, raw_arguments, text, status")
+        kinds = (self.arguments, self.raw_arguments, self.text, self.status, self.raw_body)
+        given = sum(kind is not None for kind in kinds) + (self.body is not msgspec.UNSET)
+        if given != 1:
+            raise ValueError(
+                "a reply is exactly one of arguments, raw_arguments, text, status, body, raw_body"
+            )
         if self.times < 1:
             raise ValueError("times must be at least 1")
+        if self.trickle < 0:
+            raise ValueError("trickle must be at least 0")
 
 
 class Rule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -89,8 +104,14 @@ def load_script(path: Path) -> list[Rule]:
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
-    body: dict[str, Any]
+    body: Any  # sent as JSON, unless `raw` is given
     delay: float = 0.0
+    raw: bytes | None = None  # the body as sent, instead of `body` as JSON
+    content_type: str = "application/json"
+    trickle: float = 0.0  # seconds between two bytes of the body (0: all at once)
+
+    def payload(self) -> bytes:
+        return self.raw if self.raw is not None else json.dumps(self.body).encode()
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error") -> Answer:
@@ -131,10 +152,16 @@ class Script:
             message = reply.message or f"scripted HTTP {reply.status}"
             kind = "server_error" if reply.status >= 500 else "invalid_request_error"
             failure = error(reply.status, message, kind)
-            return Answer(failure.status, failure.body, reply.delay)
+            return Answer(failure.status, failure.body, reply.delay, trickle=reply.trickle)
+        if reply.raw_body is not None:
+            raw = reply.raw_body.encode()
+            return Answer(200, None, reply.delay, raw, reply.content_type, reply.trickle)
+        if reply.body is not msgspec.UNSET:
+            return Answer(200, reply.body, reply.delay, None, reply.content_type, reply.trickle)
         if reply.text is None and tool is None:
             return error(400, "the scripted reply is a tool call, but the request forces no tool")
-        return Answer(200, completion(number, body, tool, reply), reply.delay)
+        answer = completion(number, body, tool, reply)
+        return Answer(200, answer, reply.delay, trickle=reply.trickle)
 
     def _next_reply(self, tool: str | None, user: str) -> Reply | None:
         for index, (rule, replies) in enumerate(self._rules):

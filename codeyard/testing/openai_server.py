@@ -157,16 +157,27 @@ class RequestHandler(BaseHTTPRequestHandler):
         answer = self.server_of.answer(method, self.path.split("?", 1)[0], raw)
         if answer.delay:
             time.sleep(answer.delay)
-        payload = json.dumps(answer.body).encode()
+        payload = answer.payload()
         try:
             self.send_response(answer.status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", answer.content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if answer.trickle:
+                self._trickle(payload, answer.trickle)
+            else:
+                self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             # The client gave up (a timeout test); nothing left to tell it.
             self.close_connection = True
+
+    def _trickle(self, payload: bytes, gap: float) -> None:
+        """One byte at a time, `gap` seconds apart: never silent for `gap`, so a client's
+        timeout per read never fires, however long the whole body takes."""
+        for index in range(len(payload)):
+            self.wfile.write(payload[index : index + 1])
+            self.wfile.flush()
+            time.sleep(gap)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one stderr line per request would drown test output

@@ -18,7 +18,7 @@ from nats.js.api import ConsumerInfo
 
 from codeyard.bus import Bus, EmbeddedNats, GiveUp, PullWorker, RetryLater
 from codeyard.bus.subjects import EVENT_STREAM, WORK_STREAM, cancel_subject, work_subject
-from codeyard.bus.worker import AwaitApproval, Withdrawals, result_msg_id
+from codeyard.bus.worker import AwaitApproval, Withdrawals, result_msg_id, retried_msg_id
 from codeyard.schemas import (
     ApprovalNeeded,
     CodeRequest,
@@ -32,6 +32,7 @@ from codeyard.schemas import (
     WorkCancelled,
     WorkFailed,
     WorkItem,
+    WorkRetried,
     decode,
     encode,
 )
@@ -241,6 +242,54 @@ async def test_retry_later_and_give_up(bus: Bus) -> None:
     assert calls == Counter({"never": 1, "later": 2})
 
 
+async def test_what_a_retried_delivery_spent_is_reported_once_per_delivery(bus: Bus) -> None:
+    # Each delivery pays for an answer, then the model goes away; the third one succeeds.
+    # No result carries what the first two spent, so each reports it before handing back.
+    spent = Usage(calls=1, prompt_tokens=100, completion_tokens=20)
+    calls = Counter[str]()
+
+    async def unlucky(item: WorkItem) -> Result:
+        calls[item.task_id] += 1
+        if calls[item.task_id] < 3:
+            raise RetryLater("the model is unavailable", delay=0.05, usage=spent)
+        return CodeResult(patch=Patch(text="ok"), usage=spent)
+
+    item = code_request("t1")
+    await bus.publish(work_subject("coder"), item)
+    async with serving(PullWorker(bus, "coder", unlucky, max_deliver=5)):
+        results = await collect_results(bus, 3)
+
+    retried = [r for r in results if isinstance(r, WorkRetried)]
+    assert [(r.delivery, r.usage, r.role) for r in retried] == [
+        (1, spent, "coder"),
+        (2, spent, "coder"),
+    ]
+    assert [r.msg_id for r in retried] == [retried_msg_id(item.msg_id, d) for d in (1, 2)]
+    assert all((r.run_id, r.task_id, r.attempt) == ("run1", "t1", 1) for r in retried)
+    [answer] = [r for r in results if isinstance(r, CodeResult)]
+    assert answer.msg_id == result_msg_id(item.msg_id)  # not taken by a report
+    assert answer.usage == spent  # its own delivery's only: the others are reported already
+
+
+async def test_what_the_last_delivery_spent_before_retrying_goes_into_work_failed(
+    bus: Bus,
+) -> None:
+    spent = Usage(calls=2, prompt_tokens=300)
+
+    async def unavailable(item: WorkItem) -> Result:
+        raise RetryLater("the model is unavailable", delay=0.05, usage=spent)
+
+    await bus.publish(work_subject("coder"), code_request("t1"))
+    async with serving(PullWorker(bus, "coder", unavailable, max_deliver=2)):
+        results = await collect_results(bus, 2)
+
+    [first, last] = sorted(results, key=lambda r: isinstance(r, WorkFailed))
+    assert isinstance(first, WorkRetried)
+    assert (first.delivery, first.usage) == (1, spent)
+    assert isinstance(last, WorkFailed)
+    assert (last.deliveries, last.usage) == (2, spent)
+
+
 async def test_message_whose_workers_keep_dying_fails_without_running(bus: Bus) -> None:
     # Two deliveries that are never acked stand for two workers killed mid-task.
     await bus.publish(work_subject("coder"), code_request("poison"))
@@ -420,8 +469,12 @@ async def test_withdrawn_work_is_stopped_and_dropped(bus: Bus) -> None:
 
 
 async def test_work_waiting_for_a_person_is_handed_back_as_approval_needed(bus: Bus) -> None:
+    spent = Usage(calls=1, prompt_tokens=150, completion_tokens=50)  # asking the model first
+
     async def asks(item: WorkItem) -> Result:
-        raise AwaitApproval("a1b2c3d4e5f60718", "run_command", "make deploy", "not a test tool")
+        raise AwaitApproval(
+            "a1b2c3d4e5f60718", "run_command", "make deploy", "not a test tool", usage=spent
+        )
 
     await bus.publish(work_subject("tester"), code_request("t1"))
     async with serving(PullWorker(bus, "tester", asks)):
@@ -433,6 +486,7 @@ async def test_work_waiting_for_a_person_is_handed_back_as_approval_needed(bus: 
         "make deploy",
     )
     assert (result.task_id, result.attempt) == ("t1", 1)
+    assert result.usage == spent  # the run counts it: the work sent again spends anew
     info = await settled(bus, "tester")
     assert info.num_ack_pending == 0  # handed back means acked: it is not redelivered
 

@@ -27,6 +27,7 @@ from codeyard.coordinator import (
     RequestApproval,
     ResumeRun,
     ResumeTask,
+    RetrySpent,
     Reviewed,
     RunEngine,
     RunFinished,
@@ -38,6 +39,7 @@ from codeyard.coordinator import (
     event_for,
 )
 from codeyard.schemas import (
+    ApprovalNeeded,
     CodeResult,
     Patch,
     PlanResult,
@@ -45,7 +47,9 @@ from codeyard.schemas import (
     ReviewResult,
     TestResult,
     WorkFailed,
+    WorkRetried,
 )
+from codeyard.schemas.codec import decode, encode
 from codeyard.schemas.model import (
     Budget,
     Feedback,
@@ -291,6 +295,71 @@ def test_work_given_up_by_a_worker_fails_the_task() -> None:
     assert engine.run.usage == TOKENS_60  # the tokens of the work given up are counted
 
 
+def test_what_parked_work_spent_is_counted_once_when_it_parks() -> None:
+    engine, _ = started([spec("a")])
+    engine.handle(Coded("a", 1), T0)
+    park = ParkTask("a", 1, "make deploy needs approval", TOKENS_60)
+    assert engine.handle(park, T0) == [
+        TaskMoved("a", 1, S.TESTING, S.AWAITING_APPROVAL, "make deploy needs approval")
+    ]
+    assert engine.run.usage == TOKENS_60
+    assert isinstance(engine.handle(park, T0)[0], Ignored)  # replayed: already parked
+    assert engine.run.usage == TOKENS_60
+
+
+# --- work retried after spending --------------------------------------------------------------
+
+
+def test_what_a_retried_delivery_spent_is_counted_whatever_the_task_does_now() -> None:
+    # No state to check it against: a retry's report may come after the work it was part of
+    # was answered (the next delivery's result), or after its attempt failed. Its tokens are
+    # spent all the same.
+    engine, _ = started([spec("a")])
+    engine.handle(Coded("a", 1, TOKENS_60), T0)
+    engine.handle(Tested("a", 1, passed=False), T0)  # now coding attempt 2
+    assert engine.handle(RetrySpent("a", 1, "coder", TOKENS_60, "report-1"), T0) == []
+    assert engine.run.usage == TOKENS_60 + TOKENS_60
+    assert engine.take_changed_tasks() == {"a"}  # its record remembers the report
+
+
+def test_a_replayed_retry_report_is_not_counted_twice_even_after_a_reload() -> None:
+    engine, _ = started([spec("a")])
+    planning = RetrySpent("", 1, "planner", TOKENS_60, "report-plan")
+    coding = RetrySpent("a", 1, "coder", TOKENS_60, "report-code")
+    engine.handle(planning, T0)
+    engine.handle(coding, T0)
+    # a new leader loads the stored run; the reports, stored but not acked, come again
+    reloaded = RunEngine(decode(encode(engine.run), Run))
+    for event in (planning, coding):
+        [ignored] = reloaded.handle(event, T0)
+        assert ignored == Ignored(event, f"the usage of {event.report} is counted already")
+    assert reloaded.run.usage == TOKENS_60 + TOKENS_60
+
+
+def test_only_the_latest_retry_reports_of_a_task_are_remembered() -> None:
+    engine, _ = started([spec("a")])
+    for number in range(100):
+        engine.handle(RetrySpent("a", 1, "coder", TOKENS_60, f"report-{number}"), T0)
+    remembered = engine.run.tasks["a"].charged_retries
+    assert remembered == [f"report-{number}" for number in range(68, 100)]
+
+
+def test_a_retry_report_counts_toward_the_budget() -> None:
+    engine, _ = started([spec("a")], budget=Budget(max_tokens=100))
+    effects = engine.handle(RetrySpent("a", 1, "coder", TOKENS_60 + TOKENS_60, "r1"), T0)
+    assert RequestApproval("budget", "120 tokens used, budget 100", 1) in effects
+
+
+def test_a_retry_report_for_a_finished_run_or_an_unknown_task_is_ignored() -> None:
+    engine, _ = started([spec("a")])
+    ghost = RetrySpent("ghost", 1, "coder", TOKENS_60, "r1")
+    assert engine.handle(ghost, T0) == [Ignored(ghost, "unknown task 'ghost'")]
+    engine.handle(Cancel(), T0)
+    late = RetrySpent("a", 1, "coder", TOKENS_60, "r2")
+    assert engine.handle(late, T0) == [Ignored(late, "run is cancelled")]
+    assert engine.run.usage == Usage()
+
+
 # --- idempotence ------------------------------------------------------------------------------
 
 
@@ -530,6 +599,21 @@ def test_wire_results_become_engine_events() -> None:
     failed = WorkFailed(task_id="a", attempt=1, role="coder", reason="r", usage=TOKENS_60)
     assert event_for(failed) == WorkAbandoned("a", 1, "coder", "r", TOKENS_60)
     assert event_for(PlanResult(tasks=[spec("a")])) == PlanProposed((spec("a"),))
+    waiting = ApprovalNeeded(
+        task_id="a",
+        attempt=1,
+        role="tester",
+        approval_id="a1b2c3d4e5f60718",
+        action="run_command",
+        detail="make deploy",
+        reason="ask",
+        usage=TOKENS_60,
+    )
+    assert event_for(waiting) == ParkTask(
+        "a", 1, "tester: run_command needs approval a1b2c3d4e5f60718: ask", TOKENS_60
+    )
+    retried = WorkRetried(task_id="a", attempt=1, role="coder", delivery=2, usage=TOKENS_60)
+    assert event_for(retried) == RetrySpent("a", 1, "coder", TOKENS_60, retried.msg_id)
 
 
 def test_long_feedback_is_cut_to_what_the_wire_allows_keeping_the_end() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -70,6 +71,34 @@ async def test_a_timeout_is_retried_then_reported() -> None:
 
     assert len(requests) == 2
     assert "last: no answer within 0.2s" in str(failure.value)
+
+
+async def test_a_server_trickling_its_answer_is_cut_off_at_the_timeout() -> None:
+    # One byte every 0.25 s: each read is quick, so the SDK's timeout (per read) never fires,
+    # while the whole answer would take well over a minute. `timeout_seconds` bounds the
+    # request as a whole, and each retry gets its own.
+    replies = [{"arguments": VALID, "trickle": 0.25}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        started = time.monotonic()
+        with pytest.raises(LLMUnavailable) as failure:
+            await ask(server, max_retries=1, timeout_seconds=1.0)
+        took = time.monotonic() - started
+        requests = server.requests
+
+    assert len(requests) == 2
+    assert "failed 2 times; last: no answer within 1s" in str(failure.value)
+    assert took < 30  # generous; the answers trickled in full would take minutes
+
+
+async def test_an_answer_cut_off_at_the_timeout_is_asked_again() -> None:
+    replies = [{"arguments": VALID, "trickle": 0.25}, {"arguments": VALID, "usage": TOKENS}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        done = await ask(server, max_retries=1, timeout_seconds=1.0)
+        requests = server.requests
+
+    assert len(requests) == 2
+    assert requests[1].body["messages"] == ASK  # a retry, not a re-ask: nothing was answered
+    assert (done.attempts, done.usage.calls, done.usage.prompt_tokens) == (1, 1, 40)
 
 
 async def test_a_refused_connection_is_retried_then_reported() -> None:

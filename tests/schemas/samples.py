@@ -196,6 +196,14 @@ def sample_messages() -> list[Envelope]:
             action="run_command",
             detail="make integration-test",
             reason="not a known test command",
+            usage=USAGE,
+        ),
+        m.WorkRetried(
+            **_envelope(1, n=50),
+            role="coder",
+            delivery=2,
+            usage=USAGE,
+            reason="the model is unavailable: HTTP 503",
         ),
         m.ResultBatch(
             **(_envelope(task=False, n=43) | {"run_id": ""}),  # its results may be of several runs

@@ -1,0 +1,118 @@
+"""Every token a run's work spent is counted in the run, also when no result carries it: work
+retried after it spent (the worker's `WorkRetried`), work handed back to wait for a person
+(`ApprovalNeeded.usage`). Everything real: the coordinator, the safety gate with the default
+policy, workers on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from codeyard.agents.policy import load_policy
+from codeyard.agents.safety_gate import SafetyGate
+from codeyard.bus import Bus, PullWorker, RetryLater
+from codeyard.bus.gate_client import BusGateClient, require_clearance
+from codeyard.coordinator.service import Coordinator
+from codeyard.schemas import (
+    Accepted,
+    ApprovalList,
+    Approve,
+    CodeRequest,
+    CodeResult,
+    ListApprovals,
+    Patch,
+    Result,
+    ReviewResult,
+    RunState,
+    SubmitRun,
+    TaskSpec,
+    TestRequest,
+    TestResult,
+    Usage,
+    UsageReported,
+    WorkItem,
+)
+from codeyard.testing.scripted_worker import new_file_patch
+from tests.coordinator.harness import ask, run_events, running_coordinator, wait_until
+
+ASKS = "make integration-test"  # not a known test command: the default policy asks a person
+CODING = Usage(calls=1, prompt_tokens=1000, completion_tokens=100)
+TESTING = Usage(calls=1, prompt_tokens=200, completion_tokens=20)
+REVIEWING = Usage(calls=1, prompt_tokens=30, completion_tokens=3)
+
+
+class Roles:
+    """The coder's first delivery pays for an answer and then finds the model gone (retried);
+    the tester pays for an answer before its command goes to the gate, which asks a person."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.gate = BusGateClient(bus)
+        self.deliveries = Counter[str]()
+
+    async def answer(self, item: WorkItem) -> Result:
+        self.deliveries[type(item).__name__] += 1
+        if isinstance(item, CodeRequest):
+            if self.deliveries["CodeRequest"] == 1:
+                raise RetryLater("the model is unavailable", delay=0.05, usage=CODING)
+            patch = Patch(text=new_file_patch(f"notes/{item.task_id}.txt", "done"))
+            return CodeResult(patch=patch, usage=CODING)
+        if isinstance(item, TestRequest):
+            await require_clearance(
+                self.gate, item, "run_command", ASKS, role="tester", spent=TESTING
+            )
+            return TestResult(passed=True, output="1 passed", usage=TESTING)
+        return ReviewResult(approved=True, usage=REVIEWING)
+
+
+@pytest.fixture
+async def roles(bus: Bus) -> AsyncIterator[Roles]:
+    gate = await SafetyGate(bus, load_policy(None)).serve()
+    roles = Roles(bus)
+    stop = asyncio.Event()
+    running = [
+        asyncio.create_task(PullWorker(bus, role, roles.answer).run(stop, grace=1))
+        for role in ("coder", "tester", "review")
+    ]
+    yield roles
+    stop.set()
+    await asyncio.gather(*running)
+    await gate.unsubscribe()
+
+
+async def approve_when_asked(bus: Bus) -> None:
+    for _ in range(300):
+        reply = await ask(bus, "approvals", ListApprovals())
+        assert isinstance(reply, ApprovalList)
+        if reply.approvals:
+            [question] = reply.approvals
+            assert isinstance(
+                await ask(bus, "approve", Approve(approval_id=question.approval_id)), Accepted
+            )
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the tester's command was never sent to a person")
+
+
+async def test_tokens_of_retried_and_parked_work_are_counted_in_the_run(
+    bus: Bus, roles: Roles
+) -> None:
+    plan = [TaskSpec(id="a", title="a")]
+    async with running_coordinator(Coordinator(bus, name="coord-test")):
+        await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=plan))
+        await approve_when_asked(bus)
+        run = await wait_until(bus, "r1", timeout=60)
+        events = await run_events(bus, "r1")
+
+    assert run.state is RunState.DONE, run.error
+    assert roles.deliveries == Counter(CodeRequest=2, TestRequest=2, ReviewRequest=1)
+    # two coder deliveries, two tester ones (before and after the approval), one review
+    assert run.usage == CODING + CODING + TESTING + TESTING + REVIEWING
+    # and the report, which sums the usage events by role, sees the same
+    reported = Counter[str]()
+    for event in events:
+        if isinstance(event, UsageReported):
+            reported[event.role] += event.usage.total_tokens
+    assert reported == Counter(coder=2200, tester=440, review=33)

@@ -1,0 +1,129 @@
+"""HTTP 200 answers that are not what the openai SDK's types say, over real HTTP.
+
+The SDK builds its response objects without validating them, so any part of a completion may be
+missing, null or of another type, and a body that is no JSON object comes back as whatever it
+decoded to. A completion of an odd shape is the model's bad answer: re-asked, like an invalid
+one. A body that is no completion at all is the endpoint failing: retried, like an HTTP 502.
+Neither may escape as a TypeError or AttributeError, which a worker would only retry blindly
+without counting the tokens spent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from codeyard.llm import LLMUnavailable
+from codeyard.schemas import Usage
+from codeyard.testing.openai_script import parse_script
+from codeyard.testing.openai_server import ScriptedOpenAI
+from tests.llm.scenario import ASK, TOOL, VALID, Plan, ask
+
+TOKENS = {"prompt_tokens": 40, "completion_tokens": 10}
+
+
+def completion(message: Any, **fields: Any) -> dict[str, Any]:
+    """A chat completion holding `message`, with `fields` replacing its top-level ones."""
+    body = {
+        "id": "chatcmpl-odd",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "base-model",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}],
+        "usage": TOKENS | {"total_tokens": 50},
+    }
+    return body | fields
+
+
+def calling(function: Any) -> dict[str, Any]:
+    """An assistant message with one tool call of `function`."""
+    call = {"id": "call_1", "type": "function", "function": function}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+ODD_COMPLETIONS = {
+    "arguments null": completion(calling({"name": TOOL, "arguments": None})),
+    "arguments missing": completion(calling({"name": TOOL})),
+    "arguments a number": completion(calling({"name": TOOL, "arguments": 7})),
+    "arguments nested 100,000 deep": completion(
+        calling({"name": TOOL, "arguments": "[" * 100_000 + "]" * 100_000})
+    ),
+    "function null": completion(calling(None)),
+    "tool_calls not a list": completion({"role": "assistant", "tool_calls": TOOL}),
+    "message null": completion(None),
+    "choices null": completion(None, choices=None),
+}
+
+
+@pytest.mark.parametrize("body", ODD_COMPLETIONS.values(), ids=ODD_COMPLETIONS.keys())
+async def test_a_completion_of_an_odd_shape_is_asked_again(body: dict[str, Any]) -> None:
+    replies = [{"body": body}, {"arguments": VALID, "usage": TOKENS}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        done = await ask(server)
+        requests = server.requests
+
+    assert done.value == Plan(**VALID)
+    assert done.attempts == 2  # a re-ask: the model answered, badly
+    assert done.usage == Usage(calls=2, prompt_tokens=80, completion_tokens=20)
+    assert "That answer could not be used" in requests[1].body["messages"][-1]["content"]
+
+
+async def test_arguments_sent_as_an_object_rather_than_a_string_are_read() -> None:
+    replies = [{"body": completion(calling({"name": TOOL, "arguments": VALID}))}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        done = await ask(server)
+
+    assert (done.value, done.attempts) == (Plan(**VALID), 1)
+
+
+ODD_USAGE = {
+    "null": {"prompt_tokens": None, "completion_tokens": 10},
+    "negative": {"prompt_tokens": -(10**9), "completion_tokens": 10},
+    "a string": {"prompt_tokens": "40", "completion_tokens": 10},
+}
+
+
+@pytest.mark.parametrize("usage", ODD_USAGE.values(), ids=ODD_USAGE.keys())
+async def test_a_token_count_that_is_no_count_counts_as_none(usage: dict[str, Any]) -> None:
+    # A bad count must neither fail a good answer nor take tokens off the run's usage.
+    body = completion(calling({"name": TOOL, "arguments": json.dumps(VALID)}), usage=usage)
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": [{"body": body}]}])) as s:
+        done = await ask(s)
+
+    assert done.value == Plan(**VALID)
+    assert done.usage == Usage(calls=1, prompt_tokens=0, completion_tokens=10)
+
+
+NOT_COMPLETIONS = {
+    "an HTML page": {"raw_body": "<html>sign in</html>", "content_type": "text/html"},
+    "a JSON list": {"body": [1, 2]},
+    "a JSON string": {"body": "ok"},
+    "JSON null": {"body": None},
+    "cut-off JSON": {"raw_body": '{"id": "chatcmpl-1", "choi'},
+    "JSON nested 100,000 deep": {"raw_body": '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}"},
+}
+
+
+@pytest.mark.parametrize("reply", NOT_COMPLETIONS.values(), ids=NOT_COMPLETIONS.keys())
+async def test_a_body_that_is_no_completion_is_an_endpoint_failure(reply: dict[str, Any]) -> None:
+    replies = [reply, {"arguments": VALID, "usage": TOKENS}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        done = await ask(server, max_retries=1)
+        requests = server.requests
+
+    assert done.value == Plan(**VALID)
+    assert done.attempts == 1  # retried, not re-asked: the model never answered
+    assert requests[1].body["messages"] == ASK
+    assert done.usage == Usage(calls=1, prompt_tokens=40, completion_tokens=10)
+
+
+async def test_an_endpoint_answering_no_completion_every_time_is_unavailable() -> None:
+    replies = [NOT_COMPLETIONS["an HTML page"]]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(LLMUnavailable) as failure:
+            await ask(server, max_retries=1)
+
+    assert "failed 2 times; last: the answer is not a chat completion" in str(failure.value)
+    assert "<html>sign in</html>" in str(failure.value)
