@@ -72,7 +72,7 @@ def misattributed(result: Result, role: str) -> str:
     match result:
         case ReviewResult():
             claimed = result.reviewer
-        case WorkFailed() | ApprovalNeeded():
+        case WorkFailed() | ApprovalNeeded() | WorkRetried():
             claimed = result.role
         case _:
             if isinstance(result, _ANSWER_OF.get(role, ())):

@@ -15,7 +15,9 @@ from codeyard.schemas import (
     Result,
     ReviewResult,
     TestResult,
+    Usage,
     WorkFailed,
+    WorkRetried,
 )
 
 
@@ -32,6 +34,10 @@ def failed(role: str) -> WorkFailed:
     return WorkFailed(role=role, reason="gave up", **IDS)
 
 
+def retried(role: str) -> WorkRetried:
+    return WorkRetried(role=role, delivery=1, usage=Usage(calls=1), **IDS)
+
+
 def parked(role: str) -> ApprovalNeeded:
     return ApprovalNeeded(role=role, approval_id="a1", action="run_command", detail="x", **IDS)
 
@@ -46,6 +52,7 @@ def parked(role: str) -> ApprovalNeeded:
         (ReviewResult(reviewer="review.security", approved=False, **IDS), "review.security"),
         (failed("review.security"), "review.security"),
         (parked("tester"), "tester"),
+        (retried("coder"), "coder"),
     ],
 )
 def test_each_role_answers_with_its_own_results(result: Result, role: str) -> None:
@@ -61,6 +68,7 @@ def test_each_role_answers_with_its_own_results(result: Result, role: str) -> No
         (PlanResult(run_id="r1", tasks=[]), "coder"),
         (failed("coder"), "review.security"),
         (parked("coder"), "tester"),
+        (retried("coder"), "review.security"),
     ],
 )
 def test_a_result_claiming_another_role_is_refused_with_why(result: Result, role: str) -> None:
