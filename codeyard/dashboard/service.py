@@ -13,6 +13,7 @@ from codeyard.bus.permissions import CTL
 from codeyard.config import Settings
 from codeyard.dashboard.auth import new_token
 from codeyard.dashboard.server import Dashboard, serving
+from codeyard.observability.startup import start_observability
 
 
 class CannotServe(Exception):
@@ -31,6 +32,7 @@ def sign_in_url(base: str, token: str) -> str:
 async def run_dashboard(settings: Settings, console: Console) -> None:
     """Serve until SIGINT or SIGTERM."""
     token = dashboard_token(settings)
+    start_observability(settings, "dashboard")
     bus = await Bus.connect(
         settings.server_url(),
         name="dashboard",
