@@ -19,6 +19,7 @@ from rich.console import Console
 from codeyard import __version__
 from codeyard.bus import Bus, EmbeddedServerError
 from codeyard.config import Settings
+from codeyard.supervisor import BAD_CONFIGURATION
 
 if TYPE_CHECKING:
     from codeyard.schemas import ControlReply, Envelope
@@ -131,10 +132,12 @@ def up(
     the safety gate, a planner, --coders coders, a tester and a reviewer run as child processes,
     each restarted if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or
     CODEYARD_LLM_*). The web dashboard runs too (--no-dashboard: not); its URL, with the token,
-    is printed. Ctrl-C stops everything.
+    is printed. A child that exits with 2 (bad configuration) is not restarted. Ctrl-C stops
+    everything.
 
     Example: [bold]codeyard up[/bold]
     """
+    from codeyard.dashboard.service import CannotServe, dashboard_token
     from codeyard.launch import run_up
     from codeyard.llm import NOT_CONFIGURED, LLMSettings
     from codeyard.llm.local import NOTICE, local_server_available
@@ -148,6 +151,12 @@ def up(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     settings = Settings()
+    if dashboard:
+        try:  # checked here, as the child it runs in would fail for ever
+            dashboard_token(settings)
+        except CannotServe as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(BAD_CONFIGURATION) from None
     local_llm = agents and not LLMSettings().is_configured()
     if local_llm and not (settings.local_llm and local_server_available()):
         err.print(f"error: the agents need an LLM. {NOT_CONFIGURED}", markup=False)
@@ -1018,7 +1027,7 @@ def _serve(
         run_service(service, settings.event_loop)
     except bad_configuration as exc:
         err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(BAD_CONFIGURATION) from None  # `up` then does not restart it
     except (OSError, nats.errors.Error) as exc:
         err.print(f"[red]error:[/red] cannot reach NATS: {exc!r}")
         raise typer.Exit(1) from None

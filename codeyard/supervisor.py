@@ -1,8 +1,9 @@
 """Keeps a set of child processes running: `codeyard up` runs every role this way.
 
 A child that exits is started again after a backoff that grows while it keeps crashing and
-resets once it has stayed up a while. Stopping sends SIGTERM to every child, waits for them to
-finish their in-flight work, then kills what is left.
+resets once it has stayed up a while, unless it exited with BAD_CONFIGURATION: starting it
+again would only fail the same way, for ever. Stopping sends SIGTERM to every child, waits for
+them to finish their in-flight work, then kills what is left.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from codeyard.cancellation import stop_tasks, wait_event
 
 log = logging.getLogger(__name__)
 
+# What `codeyard` service commands exit with on bad configuration (a dashboard token too short,
+# a port in use, no sandbox, an unknown role: codeyard.cli._serve).
+BAD_CONFIGURATION = 2
+
 
 @dataclass(frozen=True)
 class ChildSpec:
@@ -32,6 +37,7 @@ class ChildState:
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
     exits: list[int] = field(default_factory=list)
+    gave_up: bool = False  # exited with BAD_CONFIGURATION: not started again
 
 
 class Supervisor:
@@ -74,6 +80,15 @@ class Supervisor:
             code = await state.process.wait()
             state.exits.append(code)
             if stop.is_set():
+                return
+            if code == BAD_CONFIGURATION:
+                state.gave_up = True
+                log.error(
+                    "%s exited with %d (bad configuration, see its error above): not restarting "
+                    "it; fix the configuration and start again",
+                    state.spec.name,
+                    code,
+                )
                 return
             delay = self._backoff if loop.time() - started > self._stable_after else delay
             log.warning("%s exited with %s; restarting in %.1fs", state.spec.name, code, delay)

@@ -6,6 +6,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 from codeyard.supervisor import ChildSpec, Supervisor
 
 
@@ -32,3 +34,28 @@ async def test_a_crashing_child_is_restarted_and_stop_ends_every_child(tmp_path:
     assert sleeper.starts == 1  # never restarted: it never exited on its own
     assert sleeper.process is not None
     assert sleeper.process.returncode is not None  # stopped by the supervisor
+
+
+async def test_a_child_with_bad_configuration_is_not_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Exit status 2 is how codeyard's services say their configuration is wrong (a dashboard
+    token too short, a port in use): starting them again would fail the same way, for ever."""
+    misconfigured = ChildSpec("dashboard", [sys.executable, "-c", "raise SystemExit(2)"])
+    steady = ChildSpec("steady", [sys.executable, "-c", "import time; time.sleep(600)"])
+    supervisor = Supervisor([misconfigured, steady], backoff=0.05, stop_timeout=5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    dashboard = supervisor.children["dashboard"]
+    for _ in range(400):
+        if dashboard.gave_up:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # many backoffs: a restart would have happened by now
+    stop.set()
+    await asyncio.wait_for(running, 10)
+
+    assert dashboard.gave_up
+    assert (dashboard.starts, dashboard.exits) == (1, [2])
+    assert supervisor.children["steady"].starts == 1  # the others run on
+    assert "dashboard exited with 2 (bad configuration" in caplog.text

@@ -124,3 +124,18 @@ async def test_a_restarted_up_keeps_the_credentials_it_generated(tmp_path: Path)
     assert seen[0] == seen[1]
     assert ctl_file.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "nats" / "nats-server.conf").stat().st_mode & 0o777 == 0o600
+
+
+# --- configuration `up` checks before starting anything ----------------------------------------
+
+
+async def test_up_refuses_a_dashboard_token_too_short_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    """The dashboard, which checks its token, runs as a child: `up` used to start everything,
+    print a sign-in URL, and restart the failing dashboard for ever."""
+    env = isolated_env(tmp_path) | {"CODEYARD_DASHBOARD_TOKEN": "short"}
+    code, stderr = await run_to_end(env, "up", "--no-agents")
+    assert code == 2
+    assert b"CODEYARD_DASHBOARD_TOKEN: the dashboard token must be at least 16" in stderr
+    assert not (tmp_path / "nats").exists()
