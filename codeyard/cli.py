@@ -1034,5 +1034,19 @@ def _serve(
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
+    from codeyard.config import invalid_settings
+
     with contextlib.suppress(KeyboardInterrupt):
-        app()
+        try:
+            app()
+        except ValidationError as exc:
+            # Commands read their settings where they need them; a bad environment variable
+            # surfaces here from any of them, as lines naming it rather than a traceback.
+            problems = invalid_settings(exc)
+            if problems is None:
+                raise
+            for problem in problems:
+                err.print(f"error: {problem}", markup=False, highlight=False)
+            raise SystemExit(BAD_CONFIGURATION) from None
