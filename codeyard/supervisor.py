@@ -38,6 +38,7 @@ class ChildState:
     starts: int = 0
     exits: list[int] = field(default_factory=list)
     gave_up: bool = False  # exited with BAD_CONFIGURATION: not started again
+    starting: asyncio.Task[asyncio.subprocess.Process] | None = None
 
 
 class Supervisor:
@@ -66,18 +67,34 @@ class Supervisor:
         finally:
             await self._stop_all()
             await stop_tasks(keepers)
+            # A keeper that was starting a child when `stop` came: the first pass could not see
+            # the child, and cancelling the keeper does not stop its start (see _start).
+            starting = [s.starting for s in self.children.values() if s.starting is not None]
+            await asyncio.gather(*starting, return_exceptions=True)
+            await self._stop_all()
+
+    async def _start(self, state: ChildState) -> asyncio.subprocess.Process:
+        """Start the child, recording it in `state` even if the keeper waiting for it is
+        cancelled meanwhile: the process exists by then, and run() must stop it."""
+        state.process = await asyncio.create_subprocess_exec(
+            *state.spec.argv, env=dict(state.spec.env) if state.spec.env else None
+        )
+        return state.process
 
     async def _keep(self, state: ChildState, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         delay = self._backoff
         while not stop.is_set():
             started = loop.time()
-            state.process = await asyncio.create_subprocess_exec(
-                *state.spec.argv, env=dict(state.spec.env) if state.spec.env else None
-            )
+            state.starting = asyncio.create_task(self._start(state))
+            process = await asyncio.shield(state.starting)
+            state.starting = None
             state.starts += 1
-            log.info("started %s (pid %s)", state.spec.name, state.process.pid)
-            code = await state.process.wait()
+            log.info("started %s (pid %s)", state.spec.name, process.pid)
+            if stop.is_set():  # came while it was starting: stop it now (run() waits for it)
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+            code = await process.wait()
             state.exits.append(code)
             if stop.is_set():
                 return

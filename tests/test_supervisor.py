@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 import pytest
 
+from codeyard.cancellation import wait_event
 from codeyard.supervisor import ChildSpec, Supervisor
 
 
@@ -59,3 +64,37 @@ async def test_a_child_with_bad_configuration_is_not_restarted(
     assert (dashboard.starts, dashboard.exits) == (1, [2])
     assert supervisor.children["steady"].starts == 1  # the others run on
     assert "dashboard exited with 2 (bad configuration" in caplog.text
+
+
+async def test_a_child_started_as_stop_comes_is_stopped_too(tmp_path: Path) -> None:
+    """A signal that lands while a keeper is starting a child (here: right after the process
+    exists, before the keeper gets it back) must stop that child too; it used to outlive the
+    supervisor, unseen by the pass that stops every child."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, stop.set)  # as `up` does with SIGINT and SIGTERM
+    spawn = asyncio.create_subprocess_exec
+    started: list[asyncio.subprocess.Process] = []
+
+    async def signalled_while_starting(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        process = await spawn(*args, **kwargs)
+        started.append(process)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await wait_event(stop, 10)  # the loop runs the handler while this start is not done
+        return process
+
+    child = ChildSpec("long", [sys.executable, "-c", "import time; time.sleep(600)"])
+    supervisor = Supervisor([child], stop_timeout=10)
+    try:
+        with patch.object(asyncio, "create_subprocess_exec", signalled_while_starting):
+            await asyncio.wait_for(supervisor.run(stop), 30)
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        for process in started:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+                pytest.fail(f"pid {process.pid} outlived the supervisor")
+    assert stop.is_set()
+    [process] = started
+    assert process.returncode is not None
