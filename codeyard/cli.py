@@ -132,13 +132,13 @@ def up(
     the safety gate, a planner, --coders coders, a tester and a reviewer run as child processes,
     each restarted if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or
     CODEYARD_LLM_*). The web dashboard runs too (--no-dashboard: not); its URL, with the token,
-    is printed. A child that exits with 2 (bad configuration) is not restarted. Ctrl-C stops
-    everything.
+    is printed. A child that exits with 2 (bad configuration) is not restarted. Ctrl-C, SIGTERM
+    or SIGHUP stops everything: the services, then NATS; they also get SIGTERM if `up` is killed.
 
     Example: [bold]codeyard up[/bold]
     """
     from codeyard.dashboard.service import CannotServe, dashboard_token
-    from codeyard.launch import run_up
+    from codeyard.launch import LocalModelNotServing, NatsUnreachable, run_up
     from codeyard.llm import NOT_CONFIGURED, LLMSettings
     from codeyard.llm.local import NOTICE, local_server_available
     from codeyard.reviewers.loading import PluginError, plugin_role, plugin_spec
@@ -174,11 +174,14 @@ def up(
             dashboard=dashboard,
         )
         asyncio.run(up_)
-    except EmbeddedServerError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+    except (EmbeddedServerError, NatsUnreachable) as exc:
+        err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
-    except (OSError, nats.errors.Error) as exc:
-        err.print(f"[red]error:[/red] cannot reach NATS at {settings.nats_url}: {exc!r}")
+    except LocalModelNotServing as exc:
+        err.print(f"error: the local model did not start: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    except OSError as exc:  # e.g. the data dir cannot be written
+        err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
 
 

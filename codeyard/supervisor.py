@@ -4,6 +4,10 @@ A child that exits is started again after a backoff that grows while it keeps cr
 resets once it has stayed up a while, unless it exited with BAD_CONFIGURATION: starting it
 again would only fail the same way, for ever. Stopping sends SIGTERM to every child, waits for
 them to finish their in-flight work, then kills what is left.
+
+Children run in sessions of their own, so a Ctrl-C in the terminal reaches only the process
+supervising them, which stops them in its own order; and they get SIGTERM from the kernel if
+that process dies without stopping them (codeyard.parent_death).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from codeyard.cancellation import stop_tasks, wait_event
+from codeyard.parent_death import tied_to_this_process
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,9 @@ class Supervisor:
         """Start the child, recording it in `state` even if the keeper waiting for it is
         cancelled meanwhile: the process exists by then, and run() must stop it."""
         state.process = await asyncio.create_subprocess_exec(
-            *state.spec.argv, env=dict(state.spec.env) if state.spec.env else None
+            *tied_to_this_process(state.spec.argv),
+            env=dict(state.spec.env) if state.spec.env else None,
+            start_new_session=True,
         )
         return state.process
 
