@@ -19,6 +19,7 @@ from rich.console import Console
 from codeyard import __version__
 from codeyard.bus import Bus, EmbeddedServerError
 from codeyard.config import Settings
+from codeyard.supervisor import BAD_CONFIGURATION
 
 if TYPE_CHECKING:
     from codeyard.schemas import ControlReply, Envelope
@@ -131,11 +132,13 @@ def up(
     the safety gate, a planner, --coders coders, a tester and a reviewer run as child processes,
     each restarted if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or
     CODEYARD_LLM_*). The web dashboard runs too (--no-dashboard: not); its URL, with the token,
-    is printed. Ctrl-C stops everything.
+    is printed. A child that exits with 2 (bad configuration) is not restarted. Ctrl-C, SIGTERM
+    or SIGHUP stops everything: the services, then NATS; they also get SIGTERM if `up` is killed.
 
     Example: [bold]codeyard up[/bold]
     """
-    from codeyard.launch import run_up
+    from codeyard.dashboard.service import CannotServe, dashboard_token
+    from codeyard.launch import LocalModelNotServing, NatsUnreachable, run_up
     from codeyard.llm import NOT_CONFIGURED, LLMSettings
     from codeyard.llm.local import NOTICE, local_server_available
     from codeyard.reviewers.loading import PluginError, plugin_role, plugin_spec
@@ -148,6 +151,12 @@ def up(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     settings = Settings()
+    if dashboard:
+        try:  # checked here, as the child it runs in would fail for ever
+            dashboard_token(settings)
+        except CannotServe as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(BAD_CONFIGURATION) from None
     local_llm = agents and not LLMSettings().is_configured()
     if local_llm and not (settings.local_llm and local_server_available()):
         err.print(f"error: the agents need an LLM. {NOT_CONFIGURED}", markup=False)
@@ -165,11 +174,14 @@ def up(
             dashboard=dashboard,
         )
         asyncio.run(up_)
-    except EmbeddedServerError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+    except (EmbeddedServerError, NatsUnreachable) as exc:
+        err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
-    except (OSError, nats.errors.Error) as exc:
-        err.print(f"[red]error:[/red] cannot reach NATS at {settings.nats_url}: {exc!r}")
+    except LocalModelNotServing as exc:
+        err.print(f"error: the local model did not start: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    except OSError as exc:  # e.g. the data dir cannot be written
+        err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
 
 
@@ -1018,12 +1030,26 @@ def _serve(
         run_service(service, settings.event_loop)
     except bad_configuration as exc:
         err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(BAD_CONFIGURATION) from None  # `up` then does not restart it
     except (OSError, nats.errors.Error) as exc:
         err.print(f"[red]error:[/red] cannot reach NATS: {exc!r}")
         raise typer.Exit(1) from None
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
+    from codeyard.config import invalid_settings
+
     with contextlib.suppress(KeyboardInterrupt):
-        app()
+        try:
+            app()
+        except ValidationError as exc:
+            # Commands read their settings where they need them; a bad environment variable
+            # surfaces here from any of them, as lines naming it rather than a traceback.
+            problems = invalid_settings(exc)
+            if problems is None:
+                raise
+            for problem in problems:
+                err.print(f"error: {problem}", markup=False, highlight=False)
+            raise SystemExit(BAD_CONFIGURATION) from None

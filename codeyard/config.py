@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from codeyard.bus.credentials import (
@@ -25,8 +25,17 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("codeyard"))
 
 
+# Upper bounds of durations: far beyond any use, and far below what overflows where they end up
+# (NATS takes durations as int64 nanoseconds, about 292 years). `inf` is refused outright
+# (allow_inf_nan): it passed `gt=0` and crashed `up` converting it.
+MAX_ACK_WAIT = 86400.0  # workers heartbeat long work, so this only delays a dead one's redelivery
+MAX_LEADER_TTL = 3600.0  # how long runs wait after a leader died
+MAX_RETENTION_DAYS = 36500.0
+MAX_APPROVAL_TIMEOUT = 365 * DAY
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CODEYARD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CODEYARD_", extra="ignore", allow_inf_nan=False)
 
     nats_url: str = Field(
         default="",
@@ -45,19 +54,28 @@ class Settings(BaseSettings):
         "each child its own, other commands use their principal's (the CLI: ctl)",
     )
     ack_wait: float = Field(
-        default=30.0, gt=0, description="seconds before unacked work is redelivered"
+        default=30.0,
+        gt=0,
+        le=MAX_ACK_WAIT,
+        description="seconds before unacked work is redelivered",
     )
     leader_ttl: float = Field(
-        default=5.0, gt=0, description="seconds a dead coordinator leader keeps the lease"
+        default=5.0,
+        gt=0,
+        le=MAX_LEADER_TTL,
+        description="seconds a dead coordinator leader keeps the lease",
     )
     local_llm: bool = Field(
         default=True,
         description="with no LLM endpoint configured, serve the bundled SmolLM2 (codeyard[local])",
     )
-    event_retention_days: float = Field(default=30.0, gt=0, description="events stream max age")
+    event_retention_days: float = Field(
+        default=30.0, gt=0, le=MAX_RETENTION_DAYS, description="events stream max age"
+    )
     artifact_retention_days: float | None = Field(
         default=None,
         gt=0,
+        le=MAX_RETENTION_DAYS,
         description="days an unused snapshot bundle or stored patch is kept (in the object "
         "store and in workers' caches); unset: event_retention_days",
     )
@@ -87,7 +105,10 @@ class Settings(BaseSettings):
         description="permit sandbox=process, which runs generated code with no isolation",
     )
     approval_timeout: float = Field(
-        default=86400.0, gt=0, description="seconds an approval may wait before it is denied"
+        default=86400.0,
+        gt=0,
+        le=MAX_APPROVAL_TIMEOUT,
+        description="seconds an approval may wait before it is denied",
     )
     metrics_port: int = Field(
         default=0,
@@ -149,3 +170,36 @@ class Settings(BaseSettings):
             event_max_age=self.event_retention_days * DAY,
             replicas=self.replicas,
         )
+
+
+def invalid_settings(error: ValidationError) -> list[str] | None:
+    """What is wrong in the environment, one line per setting, naming its variable, e.g.
+    `CODEYARD_ACK_WAIT: Input should be greater than 0 (got '-1')`: what the CLI prints
+    instead of pydantic's report (which names fields, not variables). Values of secrets are
+    not repeated. None when `error` is not about Settings or LLMSettings."""
+    from codeyard.llm.settings import LLMSettings
+
+    models: dict[str, type[BaseSettings]] = {m.__name__: m for m in (Settings, LLMSettings)}
+    model = models.get(error.title)
+    if model is None:
+        return None
+    lines = []
+    for problem in error.errors(include_url=False):
+        where = str(problem["loc"][0]) if problem["loc"] else ""
+        field = model.model_fields.get(where)
+        if field is None:  # read under an alias, which is the variable; it may be a secret's
+            variable, secret = where, True
+        else:
+            variable = _variable(model, where, field.validation_alias)
+            secret = SecretStr in (field.annotation, *get_args(field.annotation))
+        given = "" if secret else f" (got {str(problem['input'])[:80]!r})"
+        lines.append(f"{variable or error.title}: {problem['msg']}{given}")
+    return lines
+
+
+def _variable(model: type[BaseSettings], field: str, alias: object) -> str:
+    if isinstance(alias, AliasChoices):
+        alias = alias.choices[0]
+    if isinstance(alias, str):
+        return alias
+    return f"{model.model_config.get('env_prefix', '')}{field}".upper()

@@ -8,16 +8,19 @@ import os
 import signal
 import sys
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import nats.errors
 from rich.console import Console
 
 from codeyard.bus import Bus, EmbeddedNats
 from codeyard.bus.credentials import Credentials, credentials_file, read_credentials
 from codeyard.bus.embedded import free_port
 from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, principals
+from codeyard.bus.topology import Topology
+from codeyard.cancellation import stop_tasks, wait_event
 from codeyard.config import Settings
 from codeyard.dashboard.service import dashboard_token, sign_in_url
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
@@ -186,8 +189,30 @@ async def run_plugin_reviewer(
     await serve_role(settings, role, lambda _: PluginHandler(plugin, role), concurrency)
 
 
-async def wait_until_serving(url: str, timeout: float) -> None:
-    """Poll an HTTP endpoint until it answers 200, or raise TimeoutError."""
+class LocalModelNotServing(Exception):
+    """The local model server did not answer in time. Not a TimeoutError, which is an OSError:
+    `codeyard up` reports those as NATS being unreachable."""
+
+
+class NatsUnreachable(Exception):
+    """`codeyard up` could not connect to NATS, or prepare its streams and buckets there."""
+
+    def __init__(self, url: str, cause: Exception) -> None:
+        super().__init__(f"cannot reach NATS at {url}: {cause!r}")
+
+
+# How long `up` waits for the local model to answer: loading it can take minutes on a slow disk.
+LOCAL_MODEL_PATIENCE = 300.0
+
+# What stops `up`. SIGHUP too: its children are in sessions of their own, so when its terminal
+# goes away only `up` hears it, and it must stop them rather than die and leave them running.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+async def wait_until_serving(url: str, timeout: float, stop: asyncio.Event | None = None) -> bool:
+    """Poll an HTTP endpoint until it answers 200 (True), or `stop` is set (False, within a
+    poll: at most about 2.5 s); `LocalModelNotServing` after `timeout` seconds."""
+    stop = stop or asyncio.Event()
 
     def answers() -> bool:
         try:
@@ -199,9 +224,41 @@ async def wait_until_serving(url: str, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await asyncio.to_thread(answers):
+        if stop.is_set():
+            return False
         if loop.time() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-        await asyncio.sleep(0.5)
+            raise LocalModelNotServing(f"{url} did not answer within {timeout:.0f}s")
+        if await wait_event(stop, 0.5):
+            return False
+    return True
+
+
+async def prepare_bus(url: str, credentials: Credentials | None, topology: Topology) -> None:
+    """Create or update the streams, consumers and buckets; `NatsUnreachable` if NATS is not
+    there (or refuses)."""
+    try:
+        bus = await Bus.connect(url, name="codeyard-up", credentials=credentials, topology=topology)
+        try:
+            await bus.setup()
+        finally:
+            await bus.close()
+    except (OSError, nats.errors.Error) as exc:
+        raise NatsUnreachable(url, exc) from exc
+
+
+async def unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:
+    """Run `work` to its end (True), or cancel it once `stop` is set (False): connecting to a
+    NATS_URL that does not answer takes up to a minute of retries, and a Ctrl-C must not."""
+    task = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await stop_tasks([stopping, task])  # cancels `task` only if it has not ended
+    if task.cancelled():
+        return False
+    task.result()  # its exception, if it raised one
+    return True
 
 
 async def run_up(
@@ -214,47 +271,56 @@ async def run_up(
     reviewers: Sequence[str] = (),
     dashboard: bool = False,
 ) -> None:
+    """Start NATS (embedded unless NATS_URL is set), the local model if asked, then every
+    service; on SIGINT, SIGTERM or SIGHUP stop them in the reverse order: the services (which
+    finish their work in flight over NATS, and may still ask the model), then the model, then
+    NATS. A signal during startup stops what has started so far."""
+    # Before anything starts: until then Python's default action would end `up` without its
+    # cleanup, leaving an embedded nats-server running and holding its port.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
     server: EmbeddedNats | None = None
-    url = settings.nats_url
-    credentials: dict[str, Credentials] = {}
-    if not url:
-        port = settings.nats_port or free_port()
-        deployment = embedded_deployment(settings, port, reviewers)
-        credentials = principal_credentials(deployment.credentials_dir, reviewers)
-        server = EmbeddedNats(
-            settings.embedded_dir(), port=port, config_file=deployment.config_file
-        )
-        await asyncio.to_thread(server.start)
-        url = server.url
-        console.print(f"embedded nats-server with JetStream at [bold]{url}[/bold]")
-        console.print(f"store: {server.store_dir}")
-        console.print(f"one NATS user per role, credentials: {deployment.credentials_dir}")
-    elif settings.nats_credentials_dir is not None:
-        credentials = principal_credentials(settings.nats_credentials_dir, reviewers)
+    model_stop = asyncio.Event()  # the model outlives the services, which may be asking it
+    model: asyncio.Task[None] | None = None
     try:
-        bus = await Bus.connect(
-            url,
-            name="codeyard-up",
-            credentials=credentials.get(COORDINATOR) or settings.credentials(COORDINATOR),
-            topology=settings.topology(),
-        )
-        await bus.setup()
-        await bus.close()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        services: list[asyncio.Task[None]] = []
+        url = settings.nats_url
+        credentials: dict[str, Credentials] = {}
+        if not url:
+            port = settings.nats_port or free_port()
+            deployment = embedded_deployment(settings, port, reviewers)
+            credentials = principal_credentials(deployment.credentials_dir, reviewers)
+            server = EmbeddedNats(
+                settings.embedded_dir(),
+                port=port,
+                config_file=deployment.config_file,
+                tied_to_parent=True,
+            )
+            # not cancelled by `stop`: the server must be known started (or failed) to be stopped
+            await server.start_async()
+            url = server.url
+            console.print(f"embedded nats-server with JetStream at [bold]{url}[/bold]")
+            console.print(f"store: {server.store_dir}")
+            console.print(f"one NATS user per role, credentials: {deployment.credentials_dir}")
+        elif settings.nats_credentials_dir is not None:
+            credentials = principal_credentials(settings.nats_credentials_dir, reviewers)
+        own = credentials.get(COORDINATOR) or settings.credentials(COORDINATOR)
+        if stop.is_set() or not await unless_stopped(
+            stop, prepare_bus(url, own, settings.topology())
+        ):
+            return
         llm_env: dict[str, str] = {}
         if local_llm:
-            model = smollm2_model()
-            assert model is not None
+            path = smollm2_model()
+            assert path is not None
             port = free_port()
-            llm_server = ChildSpec("llm", local_server_command(model, port))
-            services.append(asyncio.create_task(Supervisor([llm_server]).run(stop)))
+            llm_server = ChildSpec("llm", local_server_command(path, port))
+            model = asyncio.create_task(Supervisor([llm_server]).run(model_stop))
             base_url = f"http://127.0.0.1:{port}/v1"
             console.print(f"starting the local model at {base_url} ...")
-            await wait_until_serving(f"{base_url}/models", timeout=300)
+            if not await wait_until_serving(f"{base_url}/models", LOCAL_MODEL_PATIENCE, stop):
+                return
             llm_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "local"}
             cap = os.environ.get("CODEYARD_LLM_MAX_TOKENS", str(MAX_TOKENS))
             llm_env |= {"CODEYARD_LLM_MODEL": "smollm2", "CODEYARD_LLM_MAX_TOKENS": cap}
@@ -276,9 +342,13 @@ async def run_up(
             base = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
             console.print(f"dashboard: {sign_in_url(base, token)}", markup=False, highlight=False)
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
-        services.append(asyncio.create_task(Supervisor(children).run(stop)))
-        await asyncio.gather(*services)
+        await Supervisor(children).run(stop)
     finally:
+        model_stop.set()
+        if model is not None:
+            await model
         if server:
             await asyncio.to_thread(server.stop)
             console.print("embedded nats-server stopped")
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)

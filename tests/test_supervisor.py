@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
+import pytest
+
+from codeyard.cancellation import wait_event
 from codeyard.supervisor import ChildSpec, Supervisor
 
 
@@ -32,3 +39,62 @@ async def test_a_crashing_child_is_restarted_and_stop_ends_every_child(tmp_path:
     assert sleeper.starts == 1  # never restarted: it never exited on its own
     assert sleeper.process is not None
     assert sleeper.process.returncode is not None  # stopped by the supervisor
+
+
+async def test_a_child_with_bad_configuration_is_not_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Exit status 2 is how codeyard's services say their configuration is wrong (a dashboard
+    token too short, a port in use): starting them again would fail the same way, for ever."""
+    misconfigured = ChildSpec("dashboard", [sys.executable, "-c", "raise SystemExit(2)"])
+    steady = ChildSpec("steady", [sys.executable, "-c", "import time; time.sleep(600)"])
+    supervisor = Supervisor([misconfigured, steady], backoff=0.05, stop_timeout=5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    dashboard = supervisor.children["dashboard"]
+    for _ in range(400):
+        if dashboard.gave_up:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # many backoffs: a restart would have happened by now
+    stop.set()
+    await asyncio.wait_for(running, 10)
+
+    assert dashboard.gave_up
+    assert (dashboard.starts, dashboard.exits) == (1, [2])
+    assert supervisor.children["steady"].starts == 1  # the others run on
+    assert "dashboard exited with 2 (bad configuration" in caplog.text
+
+
+async def test_a_child_started_as_stop_comes_is_stopped_too(tmp_path: Path) -> None:
+    """A signal that lands while a keeper is starting a child (here: right after the process
+    exists, before the keeper gets it back) must stop that child too; it used to outlive the
+    supervisor, unseen by the pass that stops every child."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, stop.set)  # as `up` does with SIGINT and SIGTERM
+    spawn = asyncio.create_subprocess_exec
+    started: list[asyncio.subprocess.Process] = []
+
+    async def signalled_while_starting(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        process = await spawn(*args, **kwargs)
+        started.append(process)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await wait_event(stop, 10)  # the loop runs the handler while this start is not done
+        return process
+
+    child = ChildSpec("long", [sys.executable, "-c", "import time; time.sleep(600)"])
+    supervisor = Supervisor([child], stop_timeout=10)
+    try:
+        with patch.object(asyncio, "create_subprocess_exec", signalled_while_starting):
+            await asyncio.wait_for(supervisor.run(stop), 30)
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        for process in started:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+                pytest.fail(f"pid {process.pid} outlived the supervisor")
+    assert stop.is_set()
+    [process] = started
+    assert process.returncode is not None

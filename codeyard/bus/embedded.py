@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from codeyard.parent_death import tied_to_this_process
+
 log = logging.getLogger(__name__)
 
 
@@ -59,6 +61,10 @@ class EmbeddedNats:
 
     Use as a context manager (sync or async), or call `start()` / `stop()`. Restarting with the
     same `store_dir` and port keeps every stream, consumer and bucket (file storage).
+
+    The server runs in a session of its own, so a Ctrl-C in the terminal does not reach it:
+    stop it yourself. `tied_to_parent` has the kernel stop it (SIGTERM) when the thread that
+    started it ends, so it cannot outlive a killed `codeyard up` (see codeyard.parent_death).
     """
 
     def __init__(
@@ -69,12 +75,14 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         config_file: Path | None = None,
         startup_timeout: float = 10.0,
+        tied_to_parent: bool = False,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port(host)
         self.config_file = config_file
         self.startup_timeout = startup_timeout
+        self.tied_to_parent = tied_to_parent
         self._process: subprocess.Popen[bytes] | None = None
         self._log_path = self.store_dir / "nats-server.log"
         self._log_offset = 0
@@ -93,6 +101,20 @@ class EmbeddedNats:
     def start(self) -> EmbeddedNats:
         if self.running():
             return self
+        self._spawn()
+        self._wait_ready()
+        return self
+
+    async def start_async(self) -> EmbeddedNats:
+        """`start()`, with the process started on the calling thread (a `tied_to_parent` server
+        lives no longer than that thread) and its readiness awaited in another."""
+        if self.running():
+            return self
+        self._spawn()
+        await asyncio.to_thread(self._wait_ready)
+        return self
+
+    def _spawn(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         command = [str(find_nats_server()), "--jetstream"]
         if self.config_file:
@@ -111,6 +133,8 @@ class EmbeddedNats:
         ]
         self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         env = os.environ | {"GOMAXPROCS": os.environ.get("GOMAXPROCS") or str(go_threads())}
+        if self.tied_to_parent:
+            command = tied_to_this_process(command)
         with open(self._log_path, "ab") as log_file:
             self._process = subprocess.Popen(
                 command,
@@ -118,10 +142,11 @@ class EmbeddedNats:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                # A session of its own: a Ctrl-C in the terminal (SIGINT to the whole foreground
+                # process group) would stop the server at once, under the services still
+                # finishing their work; whoever started it stops it, last.
+                start_new_session=True,
             )
-        self._wait_ready()
-        log.info("nats-server %s started (pid %s)", self.url, self._process.pid)
-        return self
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -133,6 +158,7 @@ class EmbeddedNats:
                 )
             # A TCP connect is not proof: another server may own the port. Ours says so in its log.
             if "Server is ready" in self._tail_log():
+                log.info("nats-server %s started (pid %s)", self.url, self._process.pid)
                 return
             time.sleep(0.01)
         self.stop()
@@ -181,7 +207,7 @@ class EmbeddedNats:
         self.stop()
 
     async def __aenter__(self) -> EmbeddedNats:
-        return await asyncio.to_thread(self.start)
+        return await self.start_async()
 
     async def __aexit__(
         self,

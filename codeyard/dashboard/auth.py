@@ -40,9 +40,7 @@ class TokenCheck:
             raise ValueError("the dashboard token must be at least 16 characters long")
 
     def matches(self, candidate: str | None) -> bool:
-        return candidate is not None and hmac.compare_digest(
-            candidate.encode(), self.token.encode()
-        )
+        return _same(candidate, self.token)
 
     def proof(self, *, cookie: str | None, authorization: str | None, query: str | None) -> Proof:
         if authorization is not None and authorization.startswith("Bearer "):
@@ -58,7 +56,20 @@ class TokenCheck:
         return hmac.new(self.token.encode(), b"codeyard-dashboard-csrf", hashlib.sha256).hexdigest()
 
     def csrf_ok(self, candidate: str | None) -> bool:
-        return candidate is not None and hmac.compare_digest(candidate.encode(), self.csrf.encode())
+        return _same(candidate, self.csrf)
+
+
+def _same(candidate: str | None, secret: str) -> bool:
+    """Whether `candidate` is `secret`, in constant time. aiohttp hands over bytes that are not
+    UTF-8 (in a cookie or a header) as lone surrogates, which cannot be encoded: such a
+    candidate is not the secret (which is encodable), rather than an error and a 500."""
+    if candidate is None:
+        return False
+    try:
+        given = candidate.encode()
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(given, secret.encode())
 
 
 def same_origin(origin: str | None, host: str | None, scheme: str) -> bool:

@@ -114,10 +114,10 @@ class Dashboard:
             )
             return response
         if proof is Proof.COOKIE and request.method not in ("GET", "HEAD"):
-            form = await request.post()
-            field = form.get(CSRF_FIELD)
+            form = await _form(request)
+            field = form.get(CSRF_FIELD) if form is not None else None
             origin_ok = same_origin(request.headers.get("Origin"), request.host, request.scheme)
-            if not (origin_ok and self.check.csrf_ok(field if isinstance(field, str) else None)):
+            if not (origin_ok and self.check.csrf_ok(field)):
                 return _html(
                     pages.message_page("Refused", "cross-site request (CSRF check failed)"), 403
                 )
@@ -156,9 +156,10 @@ class Dashboard:
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
         approval_id = request.match_info["approval_id"]
-        form = await request.post()
+        form = await _form(request)
+        if form is None:
+            return _html(pages.message_page("Not answered", "the form is not UTF-8"), 400)
         note = form.get("comment", "")
-        note = note if isinstance(note, str) else ""
         answer: Envelope
         if request.match_info["answer"] == "approve":
             answer = Approve(approval_id=approval_id, by=self.answered_by, comment=note)
@@ -282,3 +283,13 @@ async def serving(dashboard: Dashboard, host: str, port: int) -> AsyncIterator[s
     finally:
         dashboard.closing.set()
         await runner.cleanup()
+
+
+async def _form(request: web.Request) -> dict[str, str] | None:
+    """The text fields of a POSTed form; None if it is not UTF-8, which the dashboard's own
+    forms always are (aiohttp raises decoding it: every such request was a 500)."""
+    try:
+        form = await request.post()
+    except UnicodeDecodeError:
+        return None
+    return {name: value for name, value in form.items() if isinstance(value, str)}

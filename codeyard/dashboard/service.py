@@ -11,8 +11,9 @@ from rich.console import Console
 from codeyard.bus import Bus
 from codeyard.bus.permissions import CTL
 from codeyard.config import Settings
-from codeyard.dashboard.auth import new_token
+from codeyard.dashboard.auth import TokenCheck, new_token
 from codeyard.dashboard.server import Dashboard, serving
+from codeyard.observability.startup import start_observability
 
 
 class CannotServe(Exception):
@@ -20,8 +21,14 @@ class CannotServe(Exception):
 
 
 def dashboard_token(settings: Settings) -> str:
-    """CODEYARD_DASHBOARD_TOKEN, else a new random one (printed in the URL at start)."""
-    return settings.dashboard_token.get_secret_value() or new_token()
+    """CODEYARD_DASHBOARD_TOKEN, else a new random one (printed in the URL at start);
+    `CannotServe` if the one set is too short to be a secret."""
+    token = settings.dashboard_token.get_secret_value() or new_token()
+    try:
+        TokenCheck(token)
+    except ValueError as exc:
+        raise CannotServe(f"CODEYARD_DASHBOARD_TOKEN: {exc}") from None
+    return token
 
 
 def sign_in_url(base: str, token: str) -> str:
@@ -31,6 +38,7 @@ def sign_in_url(base: str, token: str) -> str:
 async def run_dashboard(settings: Settings, console: Console) -> None:
     """Serve until SIGINT or SIGTERM."""
     token = dashboard_token(settings)
+    start_observability(settings, "dashboard")
     bus = await Bus.connect(
         settings.server_url(),
         name="dashboard",
@@ -42,10 +50,7 @@ async def run_dashboard(settings: Settings, console: Console) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        try:
-            dashboard = Dashboard(bus, token)
-        except ValueError as exc:
-            raise CannotServe(f"CODEYARD_DASHBOARD_TOKEN: {exc}") from None
+        dashboard = Dashboard(bus, token)
         host, port = settings.dashboard_host, settings.dashboard_port
         async with contextlib.AsyncExitStack() as stack:
             try:

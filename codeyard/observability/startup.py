@@ -1,6 +1,6 @@
-"""What every service process (coordinator, gate, workers) sets up before serving: its name in
-the logs and, when a port is configured, its `/metrics` endpoint. (The log format itself is set
-where logging is configured, before any service starts.)"""
+"""What every service process (coordinator, gate, workers, dashboard) sets up before serving: its
+name in the logs and, when a port is configured, its `/metrics` endpoint. (The log format itself
+is set where logging is configured, before any service starts.)"""
 
 from __future__ import annotations
 

@@ -27,6 +27,15 @@ def test_starts_on_loopback_and_stops(tmp_path: Path) -> None:
     assert "Server is ready" in (tmp_path / "nats-server.log").read_text()
 
 
+def test_a_ctrl_c_in_the_terminal_does_not_reach_the_server(tmp_path: Path) -> None:
+    """It runs in a session (and so a process group) of its own: the terminal's SIGINT goes to
+    its foreground group only, and whoever started the server stops it, after its clients."""
+    with EmbeddedNats(tmp_path) as server:
+        assert server.pid is not None
+        assert os.getsid(server.pid) == server.pid != os.getsid(0)
+        assert os.getpgid(server.pid) != os.getpgid(0)
+
+
 def server_environment(server: EmbeddedNats) -> dict[str, str]:
     assert server.pid is not None
     raw = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nats.errors
@@ -124,3 +127,227 @@ async def test_a_restarted_up_keeps_the_credentials_it_generated(tmp_path: Path)
     assert seen[0] == seen[1]
     assert ctl_file.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "nats" / "nats-server.conf").stat().st_mode & 0o777 == 0o600
+
+
+# --- stopping: Ctrl-C, SIGTERM, a closed terminal, a killed `up` -------------------------------
+
+
+def up_env(tmp_path: Path) -> dict[str, str]:
+    """`isolated_env`, with generated code allowed to run unsandboxed: these tests run none,
+    and the coordinator then starts on a machine without docker or bwrap too."""
+    env = isolated_env(tmp_path) | {"CODEYARD_SANDBOX": "process"}
+    env.pop("NATS_URL", None)
+    return env | {"CODEYARD_ALLOW_UNSANDBOXED": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def start_up(tmp_path: Path, env: dict[str, str], *argv: str) -> subprocess.Popen[bytes]:
+    """`up` in a session of its own, as a shell starts a job in the foreground: its process
+    group is the one a Ctrl-C in the terminal signals. Output goes to tmp_path/up.log."""
+    with (tmp_path / "up.log").open("wb") as log:
+        return subprocess.Popen(
+            argv or [sys.executable, "-m", "codeyard", "up", "--no-agents", "--no-dashboard"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_output(tmp_path: Path, up: subprocess.Popen[bytes], text: str) -> None:
+    deadline = time.monotonic() + 120
+    while text not in (log := (tmp_path / "up.log").read_text()):
+        assert up.poll() is None, f"up exited with {up.returncode}:\n{log}"
+        assert time.monotonic() < deadline, f"up never said {text!r}:\n{log}"
+        time.sleep(0.05)
+
+
+def processes() -> dict[int, tuple[int, int]]:
+    """Every live process: pid -> (parent pid, process group)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if state != "Z":  # a zombie is dead, whoever reaps it (pid 1 of a container may not)
+            found[int(stat.parent.name)] = (int(ppid), int(pgrp))
+    return found
+
+
+def children_of(pid: int) -> set[int]:
+    return {child for child, (parent, _) in processes().items() if parent == pid}
+
+
+def wait_until_gone(pids: set[int], timeout: float = 60.0) -> set[int]:
+    """Those of `pids` still running after `timeout` seconds (killed, so none leaks)."""
+    deadline = time.monotonic() + timeout
+    while (left := pids & processes().keys()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def finish(up: subprocess.Popen[bytes], timeout: float = 90.0) -> int:
+    """`up`'s exit status once it has stopped by itself; killed after `timeout` seconds."""
+    try:
+        return up.wait(timeout)
+    except subprocess.TimeoutExpired:
+        up.kill()
+        up.wait()
+        raise
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "terminal closed"])
+def test_ctrl_c_or_a_closed_terminal_stops_the_services_then_nats(tmp_path: Path, how: str) -> None:
+    up = start_up(tmp_path, up_env(tmp_path))
+    children: set[int] = set()
+    try:
+        wait_for_output(tmp_path, up, "Ctrl-C stops")
+        children = children_of(up.pid)
+        assert len(children) == 3  # nats-server, coordinator, safety gate
+        # nothing but `up` is in the group the terminal signals, nor hears the hangup
+        assert {pid for pid, (_, group) in processes().items() if group == up.pid} == {up.pid}
+        if how == "ctrl-c":
+            os.killpg(up.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        else:
+            os.kill(up.pid, signal.SIGHUP)
+        code = finish(up)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        left = wait_until_gone(children)
+    assert code == 0, (tmp_path / "up.log").read_text()
+    assert not left
+    # nats-server was stopped by `up`, after the services, not by the terminal under them
+    server_log = (tmp_path / "nats" / "nats-server.log").read_text()
+    assert 'Trapped "terminated" signal' in server_log
+    assert "interrupt" not in server_log
+    assert (tmp_path / "up.log").read_text().rstrip().endswith("embedded nats-server stopped")
+
+
+def test_a_killed_up_leaves_nothing_running(tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) gives `up` no chance to stop its children; the kernel
+    sends them SIGTERM instead, so no nats-server keeps the port the next `up` needs."""
+    env = up_env(tmp_path)
+    up = start_up(tmp_path, env)
+    children: set[int] = set()
+    try:
+        wait_for_output(tmp_path, up, "Ctrl-C stops")
+        children = children_of(up.pid)
+        assert len(children) == 3
+        up.kill()
+        up.wait()
+        left = wait_until_gone(children)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        wait_until_gone(children, timeout=0)
+    assert not left, "children of the killed up ran on"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", int(env["CODEYARD_NATS_PORT"]))) != 0
+
+
+# `up` with its connection to NATS or its local model slowed down, to be signalled meanwhile.
+PATCHED_UP = """
+import asyncio, sys
+import codeyard.launch as launch
+import codeyard.llm.local
+
+connect_delay, model_patience, *up_argv = sys.argv[1:]
+
+async def slow_connect(*args, **kwargs):
+    print("connecting to NATS", flush=True)
+    await asyncio.sleep(float(connect_delay))
+    return await real_connect(*args, **kwargs)
+
+real_connect = launch.Bus.connect
+launch.Bus.connect = slow_connect
+# a local model that never answers, as one still loading does
+codeyard.llm.local.local_server_available = lambda: True
+launch.smollm2_model = lambda: "/nonexistent.gguf"
+launch.local_server_command = lambda model, port: [
+    sys.executable, "-c", "import time; time.sleep(600)"
+]
+launch.LOCAL_MODEL_PATIENCE = float(model_patience)
+from codeyard.cli import main
+sys.argv = ["codeyard", "up", *up_argv]
+main()
+"""
+
+
+def patched_up(
+    tmp_path: Path, *argv: str, connect_delay: float = 0, model_patience: float = 300
+) -> subprocess.Popen[bytes]:
+    env = up_env(tmp_path)
+    command = [sys.executable, "-c", PATCHED_UP, str(connect_delay), str(model_patience)]
+    return start_up(tmp_path, env, *command, "--no-dashboard", *argv)
+
+
+def test_sigterm_while_up_connects_stops_the_embedded_server(tmp_path: Path) -> None:
+    up = patched_up(tmp_path, "--no-agents", connect_delay=600)
+    children: set[int] = set()
+    try:
+        wait_for_output(tmp_path, up, "connecting to NATS")
+        children = children_of(up.pid)  # nats-server, started just before
+        up.send_signal(signal.SIGTERM)
+        code = finish(up)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        left = wait_until_gone(children)
+    assert code == 0, (tmp_path / "up.log").read_text()
+    assert len(children) == 1
+    assert not left, "nats-server ran on"
+    assert "embedded nats-server stopped" in (tmp_path / "up.log").read_text()
+
+
+def test_ctrl_c_while_the_local_model_loads_stops_up(tmp_path: Path) -> None:
+    up = patched_up(tmp_path, "--coders", "1")
+    children: set[int] = set()
+    try:
+        wait_for_output(tmp_path, up, "starting the local model")
+        children = children_of(up.pid)  # nats-server and the model's server
+        os.killpg(up.pid, signal.SIGINT)
+        code = finish(up, timeout=60)  # not after the 300 s it waits for the model
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        left = wait_until_gone(children)
+    assert code == 0, (tmp_path / "up.log").read_text()
+    assert not left
+
+
+def test_a_local_model_that_never_answers_is_reported_as_such(tmp_path: Path) -> None:
+    up = patched_up(tmp_path, "--coders", "1", model_patience=1)
+    try:
+        code = finish(up)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    output = (tmp_path / "up.log").read_text()
+    assert code == 1, output
+    assert "error: the local model did not start:" in output
+    assert "did not answer within 1s" in output
+    assert "NATS" not in output.split("starting the local model")[1]  # it was not NATS
+
+
+# --- configuration `up` checks before starting anything ----------------------------------------
+
+
+async def test_up_refuses_a_dashboard_token_too_short_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    """The dashboard, which checks its token, runs as a child: `up` used to start everything,
+    print a sign-in URL, and restart the failing dashboard for ever."""
+    env = isolated_env(tmp_path) | {"CODEYARD_DASHBOARD_TOKEN": "short"}
+    code, stderr = await run_to_end(env, "up", "--no-agents")
+    assert code == 2
+    assert b"CODEYARD_DASHBOARD_TOKEN: the dashboard token must be at least 16" in stderr
+    assert not (tmp_path / "nats").exists()

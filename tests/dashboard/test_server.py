@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from codeyard.bus import Bus, PullWorker
 from codeyard.coordinator.service import Coordinator
@@ -84,6 +85,46 @@ async def test_every_page_needs_the_token(
     assert "script-src 'self'" in runs.headers["Content-Security-Policy"]
     async with http.get(dashboard + "/runs/nosuch", headers=BEARER) as unknown:
         assert unknown.status == 404
+
+
+async def status_line(url: str, request: bytes) -> bytes:
+    """The status line of the answer to `request`, sent as these very bytes (a client library
+    would not send bytes that are not UTF-8)."""
+    address = URL(url)
+    assert address.host is not None
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await reader.readline()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def post(headers: bytes, form: bytes) -> bytes:
+    return (
+        b"POST /approvals/abc/deny HTTP/1.1\r\nHost: dashboard\r\n"
+        + headers
+        + b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + b"Content-Length: %d\r\n\r\n%s" % (len(form), form)
+    )
+
+
+async def test_what_is_not_utf8_is_refused_not_an_error(bus: Bus) -> None:
+    """aiohttp hands over a header's bytes that are not UTF-8 as lone surrogates, which could
+    not be encoded to compare them with the token, and raises decoding such a form: each of
+    these requests was a 500, with a traceback in the log."""
+    cookie, bearer = b"Cookie: %s=%s\r\n", b"Authorization: Bearer %s\r\n"
+    async with serving(Dashboard(bus, TOKEN), "127.0.0.1", 0) as url:
+        for header in (cookie % (COOKIE.encode(), b"\xff\xfe"), bearer % b"\xff"):
+            get = b"GET / HTTP/1.1\r\nHost: dashboard\r\n" + header + b"\r\n"
+            assert await status_line(url, get) == b"HTTP/1.1 401 Unauthorized\r\n"
+        signed_in = cookie % (COOKIE.encode(), TOKEN.encode())
+        no_csrf = await status_line(url, post(signed_in, b"csrf=\xff"))
+        assert no_csrf == b"HTTP/1.1 403 Forbidden\r\n"
+        unreadable = await status_line(url, post(bearer % TOKEN.encode(), b"comment=\xff"))
+        assert unreadable == b"HTTP/1.1 400 Bad Request\r\n"
 
 
 async def test_the_link_with_the_token_signs_in_with_a_cookie(

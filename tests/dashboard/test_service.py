@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from codeyard.bus.credentials import Credentials
 from codeyard.config import Settings
-from codeyard.dashboard.service import dashboard_token, sign_in_url
+from codeyard.dashboard.service import CannotServe, dashboard_token, sign_in_url
 from codeyard.launch import service_children
 
 
@@ -40,6 +42,13 @@ def test_a_token_is_generated_when_none_is_set() -> None:
     fixed = Settings(dashboard_token="my-own-token-1234")
     assert dashboard_token(fixed) == "my-own-token-1234"
     assert sign_in_url("http://127.0.0.1:8700", "t") == "http://127.0.0.1:8700/?token=t"
+
+
+def test_a_token_too_short_is_bad_configuration() -> None:
+    """Checked before anything starts (`up` checks it too): a guessable token would make the
+    dashboard's check pointless."""
+    with pytest.raises(CannotServe, match=r"CODEYARD_DASHBOARD_TOKEN: .* at least 16"):
+        dashboard_token(Settings(dashboard_token="short"))
 
 
 def test_help_names_the_settings_and_gives_an_example() -> None:

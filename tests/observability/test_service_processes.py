@@ -123,20 +123,23 @@ async def test_a_coordinator_whose_metrics_port_is_taken_warns_and_serves(
 
 
 async def test_up_gives_each_child_its_own_metrics_port(tmp_path: Path) -> None:
-    first = consecutive_free_ports(2)
+    first = consecutive_free_ports(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_"))}
     env.pop("NATS_URL", None)
     env |= {
         "CODEYARD_DATA_DIR": str(tmp_path),
         "CODEYARD_NATS_PORT": str(free_port()),
         "CODEYARD_METRICS_PORT": str(first),
+        "CODEYARD_DASHBOARD_PORT": str(free_port()),
     }
     up, line = await start("-m", "codeyard", "up", "--no-agents", env=env, ready=b"metrics on")
     try:
-        assert f"coordinator :{first}, safety-gate :{first + 1}" in line
+        assert f"coordinator :{first}, safety-gate :{first + 1}, dashboard :{first + 2}" in line
         coordinator = await metrics_of(first, "codeyard_coordinator_leading 1.0")
         gate = await metrics_of(first + 1, "codeyard_gate_decisions")
+        dashboard = await metrics_of(first + 2, "python_info")  # it used to serve none
     finally:
         await stop(up)
     assert "codeyard_consumer_pending_messages" in coordinator
     assert "# TYPE codeyard_gate_decisions_total counter" in gate
+    assert "process_cpu_seconds_total" in dashboard

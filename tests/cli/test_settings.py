@@ -1,0 +1,39 @@
+"""Every command reads its settings from the environment; a bad value is an error naming the
+variable (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from codeyard.bus.embedded import free_port
+from tests.processes import codeyard
+
+
+def env_with(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_"))}
+    env.pop("NATS_URL", None)
+    return env | {"CODEYARD_DATA_DIR": str(tmp_path), "CODEYARD_NATS_PORT": str(free_port())}
+
+
+def test_a_bad_value_names_its_variable(tmp_path: Path) -> None:
+    env = env_with(tmp_path) | {"CODEYARD_ACK_WAIT": "-1", "CODEYARD_NATS_PORT": "abc"}
+    refused = codeyard(env, "status", timeout=60)
+    assert refused.returncode == 2
+    assert sorted(refused.stderr.splitlines()) == [
+        "error: CODEYARD_ACK_WAIT: Input should be greater than 0 (got '-1')",
+        "error: CODEYARD_NATS_PORT: Input should be a valid integer, unable to parse string as "
+        "an integer (got 'abc')",
+    ]
+
+
+def test_up_refuses_an_infinite_duration_before_starting_anything(tmp_path: Path) -> None:
+    """`inf` used to pass, and `up` crashed creating the streams (OverflowError)."""
+    env = env_with(tmp_path) | {"CODEYARD_LEADER_TTL": "inf"}
+    refused = codeyard(env, "up", "--no-agents", "--no-dashboard", timeout=60)
+    assert refused.returncode == 2
+    assert (
+        refused.stderr
+        == "error: CODEYARD_LEADER_TTL: Input should be a finite number (got 'inf')\n"
+    )
+    assert not (tmp_path / "nats").exists()

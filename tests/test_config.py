@@ -1,0 +1,75 @@
+"""Settings from the environment: what is refused, and how the refusal reads."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from codeyard.config import Settings, invalid_settings
+from codeyard.llm import LLMSettings
+
+
+def problems(
+    monkeypatch: pytest.MonkeyPatch, model: type[Settings | LLMSettings], **env: str
+) -> list[str]:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        model()
+    found = invalid_settings(refused.value)
+    assert found is not None
+    return found
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "CODEYARD_ACK_WAIT",
+        "CODEYARD_LEADER_TTL",
+        "CODEYARD_EVENT_RETENTION_DAYS",
+        "CODEYARD_ARTIFACT_RETENTION_DAYS",
+        "CODEYARD_APPROVAL_TIMEOUT",
+    ],
+)
+def test_durations_must_be_finite_and_not_absurd(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """`inf` passed `gt=0`, then overflowed where NATS wants nanoseconds, crashing `up`."""
+    for value in ("inf", "nan", "1e300"):
+        [problem] = problems(monkeypatch, Settings, **{variable: value})
+        assert problem.startswith(f"{variable}: Input should be ")
+        assert problem.endswith(f"(got '{value}')")
+
+
+def test_each_problem_names_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = problems(monkeypatch, Settings, CODEYARD_ACK_WAIT="-1", CODEYARD_NATS_PORT="abc")
+    assert sorted(found) == [
+        "CODEYARD_ACK_WAIT: Input should be greater than 0 (got '-1')",
+        "CODEYARD_NATS_PORT: Input should be a valid integer, unable to parse string as an "
+        "integer (got 'abc')",
+    ]
+    [llm] = problems(monkeypatch, LLMSettings, CODEYARD_LLM_TEMPERATURE_CODER="9")
+    assert (
+        llm == "CODEYARD_LLM_TEMPERATURE_CODER: Input should be less than or equal to 2 (got '9')"
+    )
+
+
+def test_a_refused_secret_is_not_repeated(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(dashboard_token=["not-a-string-but-secret"])
+    [problem] = invalid_settings(refused.value) or []
+    assert problem.startswith("CODEYARD_DASHBOARD_TOKEN: ")
+    assert "secret" not in problem
+
+
+def test_other_validation_errors_are_not_taken_for_settings() -> None:
+    from codeyard.agents.outputs import CodeOutput
+
+    with pytest.raises(ValidationError) as refused:
+        CodeOutput.model_validate({"edits": 3})
+    assert invalid_settings(refused.value) is None
+
+
+def test_sensible_values_pass() -> None:
+    settings = Settings(ack_wait=3600, leader_ttl=60, event_retention_days=3650)
+    assert settings.topology().ack_wait == 3600
