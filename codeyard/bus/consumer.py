@@ -148,7 +148,14 @@ class PullConsumer:
         is owed nothing. The deadline is the request's expiry twice over plus a second, so a
         408 read late (the event loop stalled) still finds its request and its count."""
         now = time.monotonic()
-        for token in [t for t, r in self._requests.items() if r.deadline < now]:
+        # Requests are kept in the order they were sent, all with the same expiry: the first
+        # not past its deadline ends the search (filled requests stay until theirs).
+        expired = []
+        for token, request in self._requests.items():
+            if request.deadline >= now:
+                break
+            expired.append(token)
+        for token in expired:
             self._untrack(token, 0)
 
     def forget_all(self) -> None:
