@@ -285,15 +285,16 @@ class RunStore:
                 if step.entries:
                     await self._send_entry(pipeline, step)
         tasks = [write for step in steps if step.checkpoint for write in step.tasks]
-        for write in tasks:
-            await self._publish(pipeline, write)
-        await self._stored(pipeline, tasks, timeout)
+        if tasks:  # most steps write no checkpoint (and no header): they skip the awaits
+            for write in tasks:
+                await self._publish(pipeline, write)
+            await self._stored(pipeline, tasks, timeout)
         headers = [self._header(step) for step in steps if step.header is not None]
         if headers:
             before_headers()
-        for write in headers:
-            await self._publish(pipeline, write)
-        await self._stored(pipeline, headers, timeout)
+            for write in headers:
+                await self._publish(pipeline, write)
+            await self._stored(pipeline, headers, timeout)
         checkpointed = [write.stored for write in headers if write.kind == "checkpoint"]
         for stored in checkpointed:
             stored.checkpoint_seq = stored.run.journal_seq = stored.journal_last

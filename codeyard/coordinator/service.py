@@ -605,12 +605,13 @@ class Coordinator:
         pipeline = self._pipeline
         # A question is stored before the run that waits for it, so the run never waits for
         # a question nobody can see.
-        await self._store_approvals([a for a in commit.approvals if a.status == "pending"])
+        if commit.approvals:  # (most steps have none: they skip the awaits)
+            await self._store_approvals([a for a in commit.approvals if a.status == "pending"])
         writes: list[StepWrite] = []
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline))
-        if answers := [a for a in commit.approvals if a.status != "pending"]:
+        if commit.approvals and (answers := [a for a in commit.approvals if a.status != "pending"]):
             # An answer is stored once the run took it (stored first, a run reloaded without
             # it would wait for an answer that can no longer be given) and before the work it
             # releases is sent (which asks the gate, which must find it).
