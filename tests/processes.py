@@ -21,6 +21,13 @@ async def stop(process: asyncio.subprocess.Process, grace: float = 30.0) -> None
         raise
 
 
+def kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a synchronous child unless it already ended, and reap it (a test's cleanup)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 async def start(
     *args: str, env: dict[str, str], ready: bytes
 ) -> tuple[asyncio.subprocess.Process, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.parent_death import PARENT_GONE, tied_to_this_process
+from tests.processes import kill
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 
@@ -64,9 +65,7 @@ def test_a_tied_child_is_stopped_when_its_parent_is_killed(tmp_path: Path) -> No
             os.kill(child, signal.SIGKILL)
         assert gone, "the child outlived its parent"
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+        kill(parent)
 
 
 def test_a_child_whose_parent_died_before_it_was_tied_does_not_run(tmp_path: Path) -> None:

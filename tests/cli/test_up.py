@@ -21,7 +21,7 @@ from codeyard.bus.embedded import free_port
 from codeyard.bus.subjects import EVENT_STREAM, RESULT_STREAM, WORK_STREAM
 from codeyard.schemas import RunStatus, StatusQuery
 from tests.coordinator.harness import ask
-from tests.processes import start, stop
+from tests.processes import kill, start, stop
 
 
 async def test_up_runs_an_embedded_server_until_sigterm(tmp_path: Path) -> None:
@@ -215,9 +215,7 @@ def test_ctrl_c_or_a_closed_terminal_stops_the_services_then_nats(tmp_path: Path
             os.kill(up.pid, signal.SIGHUP)
         code = finish(up)
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+        kill(up)
         left = wait_until_gone(children)
     assert code == 0, (tmp_path / "up.log").read_text()
     assert not left
@@ -242,9 +240,7 @@ def test_a_killed_up_leaves_nothing_running(tmp_path: Path) -> None:
         up.wait()
         left = wait_until_gone(children)
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+        kill(up)
         wait_until_gone(children, timeout=0)
     assert not left, "children of the killed up ran on"
     with socket.socket() as probe:
@@ -296,9 +292,7 @@ def test_sigterm_while_up_connects_stops_the_embedded_server(tmp_path: Path) -> 
         up.send_signal(signal.SIGTERM)
         code = finish(up)
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+        kill(up)
         left = wait_until_gone(children)
     assert code == 0, (tmp_path / "up.log").read_text()
     assert len(children) == 1
@@ -315,9 +309,7 @@ def test_ctrl_c_while_the_local_model_loads_stops_up(tmp_path: Path) -> None:
         os.killpg(up.pid, signal.SIGINT)
         code = finish(up, timeout=60)  # not after the 300 s it waits for the model
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+        kill(up)
         left = wait_until_gone(children)
     assert code == 0, (tmp_path / "up.log").read_text()
     assert not left
@@ -328,9 +320,7 @@ def test_a_local_model_that_never_answers_is_reported_as_such(tmp_path: Path) ->
     try:
         code = finish(up)
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+        kill(up)
     output = (tmp_path / "up.log").read_text()
     assert code == 1, output
     assert "error: the local model did not start:" in output
