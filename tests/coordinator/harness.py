@@ -12,8 +12,9 @@ from pathlib import Path
 
 from nats.js.api import DeliverPolicy
 
-from codeyard.bus import Bus
+from codeyard.bus import Bus, PullWorker
 from codeyard.bus.subjects import EVENT_STREAM, LEADER_BUCKET, events_subject
+from codeyard.bus.worker import Handler
 from codeyard.coordinator.lease import LEASE_KEY
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.coordinator.service import Coordinator
@@ -94,6 +95,22 @@ async def running_coordinator(coordinator: Coordinator) -> AsyncIterator[Coordin
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)
+
+
+@asynccontextmanager
+async def workers_answering(
+    bus: Bus, answer: Handler, roles: Sequence[str] = ("coder", "tester", "review")
+) -> AsyncIterator[None]:
+    """In-process workers of `roles`, each item answered by `answer`; stopped on leaving."""
+    stop = asyncio.Event()
+    running = [
+        asyncio.create_task(PullWorker(bus, role, answer).run(stop, grace=1)) for role in roles
+    ]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
 
 
 @asynccontextmanager

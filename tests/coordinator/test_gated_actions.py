@@ -16,7 +16,7 @@ import pytest
 
 from codeyard.agents.policy import load_policy
 from codeyard.agents.safety_gate import SafetyGate
-from codeyard.bus import Bus, PullWorker
+from codeyard.bus import Bus
 from codeyard.bus.gate_client import BusGateClient, require_clearance
 from codeyard.bus.subjects import LEADER_BUCKET
 from codeyard.coordinator.events import Merged, MergeFailed, ParkTask
@@ -51,7 +51,14 @@ from codeyard.schemas import (
 from codeyard.testing.scripted_worker import new_file_patch
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import GitIntegrator
-from tests.coordinator.harness import ask, run_events, running_coordinator, status, wait_until
+from tests.coordinator.harness import (
+    ask,
+    run_events,
+    running_coordinator,
+    status,
+    wait_until,
+    workers_answering,
+)
 from tests.repositories import one_commit_repo
 
 ALLOWED = "python -m pytest -q"
@@ -93,14 +100,8 @@ async def gate(bus: Bus) -> AsyncIterator[None]:
 @pytest.fixture
 async def roles(bus: Bus, gate: None) -> AsyncIterator[Roles]:
     roles = Roles(bus)
-    stop = asyncio.Event()
-    running = [
-        asyncio.create_task(PullWorker(bus, role, roles.answer).run(stop, grace=1))
-        for role in ("coder", "tester", "review")
-    ]
-    yield roles
-    stop.set()
-    await asyncio.gather(*running)
+    async with workers_answering(bus, roles.answer):
+        yield roles
 
 
 @asynccontextmanager
@@ -260,18 +261,12 @@ async def test_with_no_gate_a_merge_waits_rather_than_going_ahead(
         )
         await ask(bus, "submit", submit)
         roles = Roles(bus, tester_asks=False)  # only the merge meets the missing gate
-        stop = asyncio.Event()
-        running = [
-            asyncio.create_task(PullWorker(bus, role, roles.answer).run(stop, grace=1))
-            for role in ("coder", "tester", "review")
-        ]
-        await wait_for_task(bus, "r7", "a", TaskState.GATED)
-        await asyncio.sleep(2)  # several gate requests time out meanwhile
-        waiting = await status(bus, "r7")
-        subscription = await SafetyGate(bus, load_policy(None)).serve()  # the gate comes back
-        run = await wait_until(bus, "r7", timeout=60)
-        stop.set()
-        await asyncio.gather(*running)
+        async with workers_answering(bus, roles.answer):
+            await wait_for_task(bus, "r7", "a", TaskState.GATED)
+            await asyncio.sleep(2)  # several gate requests time out meanwhile
+            waiting = await status(bus, "r7")
+            subscription = await SafetyGate(bus, load_policy(None)).serve()  # the gate comes back
+            run = await wait_until(bus, "r7", timeout=60)
         await subscription.unsubscribe()
     assert waiting.tasks["a"].state is TaskState.GATED
     assert run.state is RunState.DONE, run.error

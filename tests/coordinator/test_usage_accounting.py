@@ -13,7 +13,7 @@ import pytest
 
 from codeyard.agents.policy import load_policy
 from codeyard.agents.safety_gate import SafetyGate
-from codeyard.bus import Bus, PullWorker, RetryLater
+from codeyard.bus import Bus, RetryLater
 from codeyard.bus.gate_client import BusGateClient, require_clearance
 from codeyard.coordinator.service import Coordinator
 from codeyard.schemas import (
@@ -36,7 +36,13 @@ from codeyard.schemas import (
     WorkItem,
 )
 from codeyard.testing.scripted_worker import new_file_patch
-from tests.coordinator.harness import ask, run_events, running_coordinator, wait_until
+from tests.coordinator.harness import (
+    ask,
+    run_events,
+    running_coordinator,
+    wait_until,
+    workers_answering,
+)
 
 ASKS = "make integration-test"  # not a known test command: the default policy asks a person
 CODING = Usage(calls=1, prompt_tokens=1000, completion_tokens=100)
@@ -71,14 +77,8 @@ class Roles:
 async def roles(bus: Bus) -> AsyncIterator[Roles]:
     gate = await SafetyGate(bus, load_policy(None)).serve()
     roles = Roles(bus)
-    stop = asyncio.Event()
-    running = [
-        asyncio.create_task(PullWorker(bus, role, roles.answer).run(stop, grace=1))
-        for role in ("coder", "tester", "review")
-    ]
-    yield roles
-    stop.set()
-    await asyncio.gather(*running)
+    async with workers_answering(bus, roles.answer):
+        yield roles
     await gate.unsubscribe()
 
 
