@@ -208,6 +208,22 @@ def test_bad_reviewer_names(bad: str) -> None:
     assert error_of(raw(data), WorkItem).field == "$.reviewer"
 
 
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("calls", -1),
+        ("prompt_tokens", -1_000_000_000),
+        ("completion_tokens", -5),
+        ("cost_usd", -100.0),
+    ],
+)
+def test_usage_is_never_negative(key: str, bad: float) -> None:
+    """A result claiming negative spend would shrink its run's and dodge the budget."""
+    data = wire(messages.CodeResult)
+    data["usage"] = {key: bad}
+    assert error_of(raw(data), messages.ResultMessage).field == f"$.usage.{key}"
+
+
 def test_empty_ids_only_where_optional() -> None:
     data = wire(messages.CodeRequest)
     data["run_id"] = data["task_id"] = ""
