@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from codeyard.bus import permissions, subjects
 from codeyard.bus.credentials import Credentials
+from codeyard.bus.direct_publish import DirectPublisher
 from codeyard.bus.pipeline import PubAck, PublishPipeline
 from codeyard.bus.store import VersionedStore
 from codeyard.bus.topology import Topology, ensure_topology
@@ -54,7 +55,8 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.topology = topology
         self.grants = grants
-        self.pipeline = PublishPipeline(nc)
+        self.publisher = DirectPublisher(nc)  # also acks JetStream messages (`ack`)
+        self.pipeline = PublishPipeline(nc, self.publisher)
         # called after each reconnect (consumers ask for messages anew)
         self.reconnected: list[Callable[[], None]] = []
 

@@ -524,7 +524,7 @@ class PullWorker:
             except (ResultTooLarge, ResultInvalid) as exc:
                 replaced = True
                 await self._results.send(_answering(item, self._unsendable(msg, result, exc)))
-            await msg.ack()
+            await self.bus.publisher.ack(msg)
         except Exception as exc:
             log.warning(
                 "%s: could not deliver result of %s, leaving it unacked: %s",
@@ -562,7 +562,7 @@ class PullWorker:
         )
         try:
             await self.bus.emit(event)
-            await msg.ack()
+            await self.bus.publisher.ack(msg)
             self.stats.dead_lettered += 1
             metrics.WORK_DEAD_LETTERED.labels(self.role).inc()
         except Exception as exc:

@@ -631,7 +631,7 @@ class Coordinator:
             if isinstance(outcome, BaseException):
                 raise outcome
         for msg in commit.acks:
-            await msg.ack()
+            await self.bus.publisher.ack(msg)
         self._unacked -= len(commit.acks)
         self._acked.set()
         for call, reply in commit.replies:
