@@ -113,6 +113,7 @@ from codeyard.schemas.messages import (
     UsageReported,
     WorkCancelled,
     WorkFailed,
+    WorkItem,
     WorkRetried,
 )
 from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
@@ -164,6 +165,7 @@ class Commit:
     """What one step must make durable before its inputs are acked or answered."""
 
     dirty: dict[str, set[str]] = field(default_factory=dict)
+    work: list[tuple[str, WorkItem]] = field(default_factory=list)  # sent first (see _flush)
     messages: list[tuple[str, Envelope]] = field(default_factory=list)
     moves: dict[str, list[TaskMoved]] = field(default_factory=dict)
     approvals: list[PendingApproval] = field(default_factory=list)
@@ -564,9 +566,7 @@ class Coordinator:
                     if effect.task_id and not resend:
                         run.tasks[effect.task_id].dispatches += 1
                         dirty.add(effect.task_id)
-                    commit.messages.append(
-                        (subjects.work_subject(effect.role), work_item(run, effect))
-                    )
+                    commit.work.append((subjects.work_subject(effect.role), work_item(run, effect)))
                     self.stats.dispatched += 1
                     _dispatches(effect.role).inc()
                 case Merge() | Integrate():
@@ -605,13 +605,22 @@ class Coordinator:
         pipeline = self._pipeline
         # A question is stored before the run that waits for it, so the run never waits for
         # a question nobody can see.
+        answers = [a for a in commit.approvals if a.status != "pending"]
         if commit.approvals:  # (most steps have none: they skip the awaits)
             await self._store_approvals([a for a in commit.approvals if a.status == "pending"])
+        # The work goes out first, in a write of its own, so that workers start on it while the
+        # rest of the step is encoded: it needs none of the rest stored first (results are acked
+        # only once all of it is, and work sent again after a crash is dropped as a duplicate of
+        # its id). Unless answers are stored: the work they release must find them (see below).
+        first, later = (commit.work, []) if not answers else ([], commit.work)
+        published = [await self._publish(subject, item) for subject, item in first]
+        if published:
+            await asyncio.sleep(0)  # nats-py's flusher writes it now
         writes: list[StepWrite] = []
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline))
-        if commit.approvals and (answers := [a for a in commit.approvals if a.status != "pending"]):
+        if answers:
             # An answer is stored once the run took it (stored first, a run reloaded without
             # it would wait for an answer that can no longer be given) and before the work it
             # releases is sent (which asks the gate, which must find it).
@@ -622,10 +631,8 @@ class Coordinator:
             if open_run := self._open.get(run_id):
                 event = task_changes(open_run.run, moves)
                 commit.messages.append((subjects.events_subject(run_id), event))
-        published: list[Pending] = []
-        for subject, message in commit.messages:
-            headers = {MSG_ID_HEADER: message.msg_id}
-            published.append(await pipeline.publish(subject, encode(message), headers))
+        for subject, message in [*later, *commit.messages]:
+            published.append(await self._publish(subject, message))
         await self._confirm(writes)
         for outcome in await pipeline.wait(published, 10):
             if isinstance(outcome, BaseException):
@@ -644,6 +651,10 @@ class Coordinator:
         for run_id, work in commit.merges:
             # in the background; the outcome comes back through the inbox
             in_background(self._merging, self._integrate(run_id, work))
+
+    async def _publish(self, subject: str, message: Envelope) -> Pending:
+        headers = {MSG_ID_HEADER: message.msg_id}
+        return await self._pipeline.publish(subject, encode(message), headers)
 
     async def _store_approvals(self, approvals: list[PendingApproval]) -> None:
         pending = []
