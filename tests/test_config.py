@@ -41,6 +41,27 @@ def test_durations_must_be_finite_and_not_absurd(
         assert problem.endswith(f"(got '{value}')")
 
 
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "CODEYARD_LLM_TIMEOUT_SECONDS",
+        "CODEYARD_LLM_BACKOFF_SECONDS",
+        "CODEYARD_LLM_BACKOFF_MAX_SECONDS",
+        "CODEYARD_LLM_INPUT_PRICE_PER_MTOK",
+        "CODEYARD_LLM_TEMPERATURE",
+    ],
+)
+def test_llm_figures_must_be_finite_and_not_absurd(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """An infinite LLM timeout passed `gt=0` and let a server that never answers hold a worker
+    forever; an infinite price made every run's cost infinite."""
+    for value in ("inf", "nan", "1e300"):
+        [problem] = problems(monkeypatch, LLMSettings, **{variable: value})
+        assert problem.startswith(f"{variable}: Input should be ")
+        assert problem.endswith(f"(got '{value}')")
+
+
 def test_each_problem_names_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     found = problems(monkeypatch, Settings, CODEYARD_ACK_WAIT="-1", CODEYARD_NATS_PORT="abc")
     assert sorted(found) == [

@@ -15,6 +15,9 @@ OPENAI_API_URL = "https://api.openai.com/v1"
 # start without one.
 KEYLESS_PLACEHOLDER = "not-needed"
 
+MAX_WAIT = 86400.0  # seconds: the longest an LLM call, or a wait before retrying one, may be
+MAX_PRICE = 1e6  # USD per 1M tokens: far above any model's, far below float overflow
+
 NOT_CONFIGURED = """\
 No LLM endpoint is configured. There are three ways to configure one:
   1. Any OpenAI-compatible endpoint: set OPENAI_BASE_URL and OPENAI_API_KEY
@@ -52,8 +55,10 @@ class LLMSettings(BaseSettings):
     uses the defaults. Flat fields rather than a mapping, so each one is a plain env variable.
     """
 
+    # Durations are bounded (and `inf`/`nan` refused, as in `Settings`): an infinite timeout
+    # passed `gt=0` and let a server that never answers hold a worker forever.
     model_config = SettingsConfigDict(
-        env_prefix="CODEYARD_LLM_", extra="ignore", populate_by_name=True
+        env_prefix="CODEYARD_LLM_", extra="ignore", populate_by_name=True, allow_inf_nan=False
     )
 
     base_url: str = Field(
@@ -72,24 +77,36 @@ class LLMSettings(BaseSettings):
     temperature_coder: float | None = Field(default=None, ge=0.0, le=2.0)
     temperature_tester: float | None = Field(default=None, ge=0.0, le=2.0)
     temperature_review: float | None = Field(default=None, ge=0.0, le=2.0)
-    timeout_seconds: float = Field(default=120.0, gt=0, description="per HTTP request")
+    timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT, description="per HTTP request")
     max_retries: int = Field(
-        default=3, ge=0, description="retries of one request on HTTP 429/5xx, connection errors"
+        default=3,
+        ge=0,
+        le=100,
+        description="retries of one request on HTTP 429/5xx, connection errors",
     )
     backoff_seconds: float = Field(
-        default=1.0, ge=0, description="first retry delay; doubles each retry, with jitter"
+        default=1.0,
+        ge=0,
+        le=MAX_WAIT,
+        description="first retry delay; doubles each retry, with jitter",
     )
-    backoff_max_seconds: float = Field(default=30.0, ge=0, description="cap of a retry delay")
+    backoff_max_seconds: float = Field(
+        default=30.0, ge=0, le=MAX_WAIT, description="cap of a retry delay"
+    )
     max_reasks: int = Field(
-        default=2, ge=0, description="re-asks of an answer that does not fit the schema"
+        default=2, ge=0, le=100, description="re-asks of an answer that does not fit the schema"
     )
     # A small model under llama.cpp's tool-call grammar can keep writing one JSON string until
     # its context is full (8192 tokens for SmolLM2: minutes per call on a CPU); a cap ends it.
     max_tokens: int | None = Field(
         default=None, gt=0, description="cap on the tokens of one answer (unset: the endpoint's)"
     )
-    input_price_per_mtok: float = Field(default=0.0, ge=0, description="USD per 1M input tokens")
-    output_price_per_mtok: float = Field(default=0.0, ge=0, description="USD per 1M output tokens")
+    input_price_per_mtok: float = Field(
+        default=0.0, ge=0, le=MAX_PRICE, description="USD per 1M input tokens"
+    )
+    output_price_per_mtok: float = Field(
+        default=0.0, ge=0, le=MAX_PRICE, description="USD per 1M output tokens"
+    )
 
     def is_configured(self) -> bool:
         """True when an endpoint is set, or an API key alone (which means api.openai.com)."""
