@@ -34,10 +34,10 @@ from codeyard.coordinator.events import (
     PlanRejected,
     ResumeRun,
     ResumeTask,
-    RetrySpent,
     Reviewed,
     StartPlanning,
     Tested,
+    UnappliedSpend,
     WorkAbandoned,
 )
 from codeyard.coordinator.graph import InvalidPlan, TaskGraph
@@ -90,7 +90,6 @@ __all__ = [
     "RequestApproval",
     "ResumeRun",
     "ResumeTask",
-    "RetrySpent",
     "Reviewed",
     "RunEngine",
     "RunFinished",
@@ -99,6 +98,7 @@ __all__ = [
     "TaskGraph",
     "TaskMoved",
     "Tested",
+    "UnappliedSpend",
     "WorkAbandoned",
     "budget_overrun",
     "event_for",

@@ -18,10 +18,11 @@ Rules, in short:
   attempts and results for another phase are `Ignored` and never applied twice;
 - a failed task fails the run; a failed or cancelled run cancels what is in flight and every
   task not finished, and starts nothing more;
-- usage of every applied result is added to the run, and of every `RetrySpent` (work that
-  spent tokens, then was handed back to be retried) once, whatever its task does now; over
-  budget, the run pauses in `awaiting_approval`: results still apply, but new work is held
-  until `ResumeRun`.
+- usage of every applied result is added to the run, and of every `UnappliedSpend` (work that
+  spent tokens, then was handed back to be retried or answered too late) once, whatever its
+  task does now; over budget, the run pauses in `awaiting_approval`: results still apply, but
+  new work is held until `ResumeRun`. The ids of results whose usage was counted are kept
+  with their task, so a result replayed after a failover is not counted again either way;
 """
 
 from __future__ import annotations
@@ -61,10 +62,10 @@ from codeyard.coordinator.events import (
     PlanRejected,
     ResumeRun,
     ResumeTask,
-    RetrySpent,
     Reviewed,
     StartPlanning,
     Tested,
+    UnappliedSpend,
     WorkAbandoned,
 )
 from codeyard.coordinator.graph import InvalidPlan, TaskGraph
@@ -86,11 +87,14 @@ _FEEDBACK_HEAD = 2_000
 
 _ACTIVE_RUN = frozenset({RunState.EXECUTING, RunState.AWAITING_APPROVAL})
 
-# `RetrySpent` reports remembered per task (and for the planning), to count each once. Only a
-# replay needs them, which comes within the coordinators' ack_wait of the count; a task's work
-# is retried far fewer times in that time, and the list is stored with the task at every step
-# that changes it, so it is kept short.
-CHARGED_RETRIES_KEPT = 32
+# Ids of results whose usage was counted, remembered per task (and for the planning), to count
+# each once. Only a replay needs them, which comes within the coordinators' ack_wait of the
+# count; a task's work reports far fewer results with usage in that time, and the list is
+# stored with the task at every step that changes it, so it is kept short.
+CHARGED_REPORTS_KEPT = 32
+
+# Events standing for a worker's answer; applied, their usage is counted with the result's id.
+ANSWERS = (PlanProposed, Coded, Tested, Reviewed, WorkAbandoned, ParkTask)
 
 TaskResult = Coded | Tested | Reviewed | Merged | MergeFailed
 
@@ -202,8 +206,8 @@ class RunEngine:
                 self._on_plan_rejected(event, step)
             case WorkAbandoned():
                 self._on_abandoned(event, step)
-            case RetrySpent():
-                self._on_retry_spent(event, step)
+            case UnappliedSpend():
+                self._on_unapplied_spend(event, step)
             case ParkTask():
                 self._on_park(event, step)
             case ResumeTask():
@@ -220,6 +224,9 @@ class RunEngine:
                 assert_never(event)
         if not step.ignored:
             self.run.updated_at = now
+            if isinstance(event, ANSWERS) and event.result_id and event.usage.calls:
+                task_id = "" if isinstance(event, PlanProposed) else event.task_id
+                self._counted(task_id, event.result_id)
         return step.out
 
     def _on_start_planning(self, event: StartPlanning, step: _Step) -> None:
@@ -328,30 +335,33 @@ class RunEngine:
         run.usage = run.usage + event.usage  # no budget check: the task is failing anyway
         self._fail_task(task, f"{event.role} gave up: {event.reason}", step)
 
-    def _on_retry_spent(self, event: RetrySpent, step: _Step) -> None:
-        """Count what a delivery spent before its work was retried: not once per state like a
-        result (the work may have moved on since; the tokens are spent all the same), but once
-        per report, remembered in the run (the planning's) or its task."""
+    def _on_unapplied_spend(self, event: UnappliedSpend, step: _Step) -> None:
+        """Count what a delivery spent though its answer is not applied: not once per state
+        like a result's (the work may have moved on since; the tokens are spent all the same),
+        but once per report, remembered in the run (the planning's) or its task."""
         run = self.run
         if run.state in TERMINAL_RUN_STATES:
             step.ignore(event, f"run is {run.state}")
             return
-        if event.task_id:
-            task = run.tasks.get(event.task_id)
-            if task is None:
-                step.ignore(event, f"unknown task {event.task_id!r}")
-                return
-            charged = task.charged_retries
-        else:
-            charged = run.charged_retries
-        if event.report in charged:
+        if event.task_id and event.task_id not in run.tasks:
+            step.ignore(event, f"unknown task {event.task_id!r}")
+            return
+        if event.report in self._charged(event.task_id):
             step.ignore(event, f"the usage of {event.report} is counted already")
             return
-        if event.task_id:
-            self._changed.add(event.task_id)  # its record holds `charged_retries`
-        charged.append(event.report)
-        del charged[:-CHARGED_RETRIES_KEPT]
+        self._counted(event.task_id, event.report)
         self._charge(event.usage, step)
+
+    def _charged(self, task_id: str) -> list[str]:
+        """The reports whose usage is counted, of a task (of the planning: "")."""
+        return self.run.tasks[task_id].charged_reports if task_id else self.run.charged_reports
+
+    def _counted(self, task_id: str, report: str) -> None:
+        charged = self._charged(task_id)
+        charged.append(report)
+        del charged[:-CHARGED_REPORTS_KEPT]
+        if task_id:
+            self._changed.add(task_id)  # its record holds the list
 
     def _on_park(self, event: ParkTask, step: _Step) -> None:
         task = self._task(event, step)

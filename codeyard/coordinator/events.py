@@ -23,6 +23,7 @@ class PlanProposed(msgspec.Struct, frozen=True):
 
     tasks: tuple[TaskSpec, ...]
     usage: Usage = Usage()
+    result_id: str = ""  # the msg_id of the result it stands for: see RunEngine
 
 
 class PlanApproved(msgspec.Struct, frozen=True):
@@ -44,6 +45,7 @@ class Coded(msgspec.Struct, frozen=True):
     task_id: str
     attempt: int
     usage: Usage = Usage()
+    result_id: str = ""  # the msg_id of the result it stands for: see RunEngine
 
 
 class Tested(msgspec.Struct, frozen=True):
@@ -56,6 +58,7 @@ class Tested(msgspec.Struct, frozen=True):
     passed: bool
     report: str = ""
     usage: Usage = Usage()
+    result_id: str = ""  # the msg_id of the result it stands for: see RunEngine
 
 
 class Reviewed(msgspec.Struct, frozen=True):
@@ -67,6 +70,7 @@ class Reviewed(msgspec.Struct, frozen=True):
     approved: bool
     comments: str = ""
     usage: Usage = Usage()
+    result_id: str = ""  # the msg_id of the result it stands for: see RunEngine
 
 
 class Merged(msgspec.Struct, frozen=True):
@@ -98,12 +102,15 @@ class WorkAbandoned(msgspec.Struct, frozen=True):
     role: str
     reason: str
     usage: Usage = Usage()
+    result_id: str = ""  # the msg_id of the result it stands for: see RunEngine
 
 
-class RetrySpent(msgspec.Struct, frozen=True):
+class UnappliedSpend(msgspec.Struct, frozen=True):
     """A delivery of the work of (`task_id`, `attempt`) (the planning's when `task_id` is
-    empty) spent `usage` and handed the work back to be tried again. Counted whatever the task
-    does now (the tokens are spent), once per `report` (the `WorkRetried` message's id)."""
+    empty) spent `usage`, and its answer is not applied: it handed the work back to be tried
+    again (`WorkRetried`), or its answer came too late (a sibling reviewer sent the task back
+    first, say). Counted whatever the task does now (the tokens are spent), once per `report`
+    (the id of the message that reported it)."""
 
     task_id: str
     attempt: int
@@ -126,6 +133,7 @@ class ParkTask(msgspec.Struct, frozen=True):
     attempt: int
     reason: str = ""
     usage: Usage = Usage()  # what the worker spent before it stopped, counted when parked
+    result_id: str = ""  # the msg_id of the result it stands for: see RunEngine
 
 
 class ResumeTask(msgspec.Struct, frozen=True):
@@ -174,7 +182,7 @@ Event = (
     | Merged
     | MergeFailed
     | WorkAbandoned
-    | RetrySpent
+    | UnappliedSpend
     | ParkTask
     | ResumeTask
     | ResumeRun

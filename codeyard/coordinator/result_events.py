@@ -7,9 +7,9 @@ from codeyard.coordinator.events import (
     Event,
     ParkTask,
     PlanProposed,
-    RetrySpent,
     Reviewed,
     Tested,
+    UnappliedSpend,
     WorkAbandoned,
 )
 from codeyard.schemas.messages import (
@@ -29,12 +29,17 @@ def event_for(result: Result) -> Event:
     """The engine event a worker's result stands for."""
     match result:
         case PlanResult():
-            return PlanProposed(tuple(result.tasks), result.usage)
+            return PlanProposed(tuple(result.tasks), result.usage, result.msg_id)
         case CodeResult():
-            return Coded(result.task_id, result.attempt, result.usage)
+            return Coded(result.task_id, result.attempt, result.usage, result.msg_id)
         case TestResult():
             return Tested(
-                result.task_id, result.attempt, result.passed, result.output, result.usage
+                result.task_id,
+                result.attempt,
+                result.passed,
+                result.output,
+                result.usage,
+                result.msg_id,
             )
         case ReviewResult():
             return Reviewed(
@@ -44,17 +49,45 @@ def event_for(result: Result) -> Event:
                 result.approved,
                 "\n".join(_comment_line(comment) for comment in result.comments),
                 result.usage,
+                result.msg_id,
             )
         case WorkFailed():
             return WorkAbandoned(
-                result.task_id, result.attempt, result.role, result.reason, result.usage
+                result.task_id,
+                result.attempt,
+                result.role,
+                result.reason,
+                result.usage,
+                result.msg_id,
             )
         case ApprovalNeeded():
-            return ParkTask(result.task_id, result.attempt, _waiting_for(result), result.usage)
-        case WorkRetried():
-            return RetrySpent(
-                result.task_id, result.attempt, result.role, result.usage, result.msg_id
+            return ParkTask(
+                result.task_id, result.attempt, _waiting_for(result), result.usage, result.msg_id
             )
+        case WorkRetried():
+            return unapplied_spend(result)
+
+
+def unapplied_spend(result: Result) -> UnappliedSpend:
+    """What `result` spent, to count though the result itself is not applied."""
+    return UnappliedSpend(
+        result.task_id, result.attempt, role_of(result), result.usage, result.msg_id
+    )
+
+
+def role_of(result: Result) -> str:
+    """The role whose work `result` answers (a plugin reviewer's `review.<name>`)."""
+    match result:
+        case PlanResult():
+            return "planner"
+        case CodeResult():
+            return "coder"
+        case TestResult():
+            return "tester"
+        case ReviewResult():
+            return result.reviewer
+        case WorkFailed() | ApprovalNeeded() | WorkRetried():
+            return result.role
 
 
 _ANSWER_OF: dict[str, type[Result]] = {

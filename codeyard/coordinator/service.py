@@ -65,12 +65,18 @@ from codeyard.coordinator.events import (
     ResumeRun,
     ResumeTask,
     StartPlanning,
+    UnappliedSpend,
 )
 from codeyard.coordinator.graph import InvalidPlan, TaskGraph
 from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import RELEASE_PATIENCE, LeaderLease
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
-from codeyard.coordinator.result_events import event_for, misattributed
+from codeyard.coordinator.result_events import (
+    event_for,
+    misattributed,
+    role_of,
+    unapplied_spend,
+)
 from codeyard.coordinator.run_store import RunStore, StepWrite, StoredRun
 from codeyard.coordinator.work_items import (
     derived_id,
@@ -90,7 +96,6 @@ from codeyard.schemas.messages import (
     Accepted,
     ActionCheck,
     ApprovalList,
-    ApprovalNeeded,
     Approve,
     CancelRun,
     CodeResult,
@@ -101,20 +106,16 @@ from codeyard.schemas.messages import (
     Deny,
     ListApprovals,
     PendingApproval,
-    PlanResult,
     Result,
     ResultBatch,
     ResultMessage,
-    ReviewResult,
     RunStatus,
     StatusQuery,
     SubmitRun,
     TestResult,
     UsageReported,
     WorkCancelled,
-    WorkFailed,
     WorkItem,
-    WorkRetried,
 )
 from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
 from codeyard.workspace.patch_store import inline
@@ -543,9 +544,14 @@ class Coordinator:
         if _ignored(effects):
             self.stats.ignored += 1
             log.debug("ignored %s: %s", event, effects[0].reason)  # type: ignore[union-attr]
+            if result is not None and result.usage.calls and not isinstance(event, UnappliedSpend):
+                # too late to apply (a sibling reviewer sent the task back first, say), but
+                # what it spent is spent: counted once
+                self._apply(open_run, unapplied_spend(result), commit, now, result)
             return effects
         if result is not None:
-            _keep_output(open_run.run, result)  # before the next role's work item is built
+            if not isinstance(event, UnappliedSpend):  # a late result's output is not wanted
+                _keep_output(open_run.run, result)  # before the next role's work item is built
             if spent := _usage_of(result):
                 commit.messages.append((subjects.events_subject(result.run_id), spent))
         dirty = commit.dirty.setdefault(open_run.run.run_id, set())
@@ -935,21 +941,6 @@ def _keep_output(run: Run, result: Result) -> None:
 
 def _usage_of(result: Result) -> UsageReported | None:
     """What the result's LLM calls cost, for the events (the report sums it by role)."""
-    match result:
-        case PlanResult():
-            role = "planner"
-        case CodeResult():
-            role = "coder"
-        case TestResult():
-            role = "tester"
-        case ReviewResult():
-            role = result.reviewer
-        case WorkFailed():  # what the work spent before it gave up
-            role = result.role
-        case ApprovalNeeded() | WorkRetried():  # spent before it stopped, or before a retry
-            role = result.role
-        case _:
-            return None
     if not result.usage.calls:
         return None
     return UsageReported(
@@ -958,7 +949,7 @@ def _usage_of(result: Result) -> UsageReported | None:
         attempt=result.attempt,
         trace_id=result.trace_id,
         msg_id=derived_id(result.msg_id, "usage"),
-        role=role,
+        role=role_of(result),
         usage=result.usage,
     )
 

@@ -203,9 +203,10 @@ class Task(msgspec.Struct, kw_only=True):
     # Work items sent for this task so far; part of each item's msg_id, so a re-send after a
     # failover is deduplicated by JetStream while a deliberate second send is not.
     dispatches: int = 0
-    # msg_ids of the latest `WorkRetried` reports of this task's work whose usage the run
-    # counted: one replayed after a failover (stored, not yet acked) is not counted twice.
-    charged_retries: list[str] = []
+    # msg_ids of the latest results of this task's work whose usage the run counted (those
+    # applied, retried or too late): one replayed after a failover (stored, not yet acked) is
+    # not counted twice. Stored as `charged_retries`, its name when it held `WorkRetried` only.
+    charged_reports: list[str] = msgspec.field(default_factory=list, name="charged_retries")
 
 
 class Run(msgspec.Struct, kw_only=True):
@@ -235,5 +236,5 @@ class Run(msgspec.Struct, kw_only=True):
     # asked again after a crash keeps its approval id, and an answer to an older one is told
     # from the answer the run waits for.
     questions: int = 0
-    # As `Task.charged_retries`, for the planning's work (which has no task).
-    charged_retries: list[str] = []
+    # As `Task.charged_reports`, for the planning's work (which has no task).
+    charged_reports: list[str] = msgspec.field(default_factory=list, name="charged_retries")

@@ -27,7 +27,6 @@ from codeyard.coordinator import (
     RequestApproval,
     ResumeRun,
     ResumeTask,
-    RetrySpent,
     Reviewed,
     RunEngine,
     RunFinished,
@@ -35,6 +34,7 @@ from codeyard.coordinator import (
     StartPlanning,
     TaskMoved,
     Tested,
+    UnappliedSpend,
     WorkAbandoned,
     event_for,
 )
@@ -317,15 +317,15 @@ def test_what_a_retried_delivery_spent_is_counted_whatever_the_task_does_now() -
     engine, _ = started([spec("a")])
     engine.handle(Coded("a", 1, TOKENS_60), T0)
     engine.handle(Tested("a", 1, passed=False), T0)  # now coding attempt 2
-    assert engine.handle(RetrySpent("a", 1, "coder", TOKENS_60, "report-1"), T0) == []
+    assert engine.handle(UnappliedSpend("a", 1, "coder", TOKENS_60, "report-1"), T0) == []
     assert engine.run.usage == TOKENS_60 + TOKENS_60
     assert engine.take_changed_tasks() == {"a"}  # its record remembers the report
 
 
 def test_a_replayed_retry_report_is_not_counted_twice_even_after_a_reload() -> None:
     engine, _ = started([spec("a")])
-    planning = RetrySpent("", 1, "planner", TOKENS_60, "report-plan")
-    coding = RetrySpent("a", 1, "coder", TOKENS_60, "report-code")
+    planning = UnappliedSpend("", 1, "planner", TOKENS_60, "report-plan")
+    coding = UnappliedSpend("a", 1, "coder", TOKENS_60, "report-code")
     engine.handle(planning, T0)
     engine.handle(coding, T0)
     # a new leader loads the stored run; the reports, stored but not acked, come again
@@ -339,23 +339,43 @@ def test_a_replayed_retry_report_is_not_counted_twice_even_after_a_reload() -> N
 def test_only_the_latest_retry_reports_of_a_task_are_remembered() -> None:
     engine, _ = started([spec("a")])
     for number in range(100):
-        engine.handle(RetrySpent("a", 1, "coder", TOKENS_60, f"report-{number}"), T0)
-    remembered = engine.run.tasks["a"].charged_retries
+        engine.handle(UnappliedSpend("a", 1, "coder", TOKENS_60, f"report-{number}"), T0)
+    remembered = engine.run.tasks["a"].charged_reports
     assert remembered == [f"report-{number}" for number in range(68, 100)]
+
+
+def test_an_answer_counted_when_applied_is_not_counted_again_when_it_comes_back_late() -> None:
+    """A result applied and stored, then redelivered (a failover before its ack), is late for
+    its task by then: the coordinator reports its usage as unapplied, which must not count it
+    a second time."""
+    engine, _ = started([spec("a")])
+    engine.handle(Coded("a", 1, TOKENS_60, result_id="code-1"), T0)
+    assert engine.run.tasks["a"].charged_reports == ["code-1"]
+    reloaded = RunEngine(decode(encode(engine.run), Run))
+    again = UnappliedSpend("a", 1, "coder", TOKENS_60, "code-1")
+    assert reloaded.handle(again, T0) == [Ignored(again, "the usage of code-1 is counted already")]
+    assert reloaded.run.usage == TOKENS_60
+
+
+def test_answers_that_spent_nothing_are_not_remembered() -> None:
+    engine, _ = started([spec("a")])
+    engine.handle(Coded("a", 1, result_id="code-1"), T0)
+    engine.handle(Tested("a", 1, passed=True, result_id="test-1"), T0)
+    assert engine.run.tasks["a"].charged_reports == []
 
 
 def test_a_retry_report_counts_toward_the_budget() -> None:
     engine, _ = started([spec("a")], budget=Budget(max_tokens=100))
-    effects = engine.handle(RetrySpent("a", 1, "coder", TOKENS_60 + TOKENS_60, "r1"), T0)
+    effects = engine.handle(UnappliedSpend("a", 1, "coder", TOKENS_60 + TOKENS_60, "r1"), T0)
     assert RequestApproval("budget", "120 tokens used, budget 100", 1) in effects
 
 
 def test_a_retry_report_for_a_finished_run_or_an_unknown_task_is_ignored() -> None:
     engine, _ = started([spec("a")])
-    ghost = RetrySpent("ghost", 1, "coder", TOKENS_60, "r1")
+    ghost = UnappliedSpend("ghost", 1, "coder", TOKENS_60, "r1")
     assert engine.handle(ghost, T0) == [Ignored(ghost, "unknown task 'ghost'")]
     engine.handle(Cancel(), T0)
-    late = RetrySpent("a", 1, "coder", TOKENS_60, "r2")
+    late = UnappliedSpend("a", 1, "coder", TOKENS_60, "r2")
     assert engine.handle(late, T0) == [Ignored(late, "run is cancelled")]
     assert engine.run.usage == Usage()
 
@@ -575,13 +595,11 @@ def test_the_engine_says_which_tasks_changed_so_a_store_writes_only_those() -> N
 
 
 def test_wire_results_become_engine_events() -> None:
-    patch = Patch(text="diff")
-    assert event_for(CodeResult(task_id="a", attempt=2, patch=patch, usage=TOKENS_60)) == Coded(
-        "a", 2, TOKENS_60
-    )
-    assert event_for(TestResult(task_id="a", attempt=1, passed=False, output="E")) == Tested(
-        "a", 1, False, "E"
-    )
+    """Each carries the result's id, by which its usage is counted once."""
+    coded = CodeResult(task_id="a", attempt=2, patch=Patch(text="diff"), usage=TOKENS_60)
+    assert event_for(coded) == Coded("a", 2, TOKENS_60, coded.msg_id)
+    tested = TestResult(task_id="a", attempt=1, passed=False, output="E")
+    assert event_for(tested) == Tested("a", 1, False, "E", result_id=tested.msg_id)
     review = ReviewResult(
         task_id="a",
         attempt=1,
@@ -594,11 +612,17 @@ def test_wire_results_become_engine_events() -> None:
         ],
     )
     assert event_for(review) == Reviewed(
-        "a", 1, "review.security", False, "app.py:3: escape this\ndb.py: whole file\nin general"
+        "a",
+        1,
+        "review.security",
+        False,
+        "app.py:3: escape this\ndb.py: whole file\nin general",
+        result_id=review.msg_id,
     )
     failed = WorkFailed(task_id="a", attempt=1, role="coder", reason="r", usage=TOKENS_60)
-    assert event_for(failed) == WorkAbandoned("a", 1, "coder", "r", TOKENS_60)
-    assert event_for(PlanResult(tasks=[spec("a")])) == PlanProposed((spec("a"),))
+    assert event_for(failed) == WorkAbandoned("a", 1, "coder", "r", TOKENS_60, failed.msg_id)
+    plan = PlanResult(tasks=[spec("a")])
+    assert event_for(plan) == PlanProposed((spec("a"),), result_id=plan.msg_id)
     waiting = ApprovalNeeded(
         task_id="a",
         attempt=1,
@@ -610,10 +634,14 @@ def test_wire_results_become_engine_events() -> None:
         usage=TOKENS_60,
     )
     assert event_for(waiting) == ParkTask(
-        "a", 1, "tester: run_command needs approval a1b2c3d4e5f60718: ask", TOKENS_60
+        "a",
+        1,
+        "tester: run_command needs approval a1b2c3d4e5f60718: ask",
+        TOKENS_60,
+        waiting.msg_id,
     )
     retried = WorkRetried(task_id="a", attempt=1, role="coder", delivery=2, usage=TOKENS_60)
-    assert event_for(retried) == RetrySpent("a", 1, "coder", TOKENS_60, retried.msg_id)
+    assert event_for(retried) == UnappliedSpend("a", 1, "coder", TOKENS_60, retried.msg_id)
 
 
 def test_long_feedback_is_cut_to_what_the_wire_allows_keeping_the_end() -> None:

@@ -10,11 +10,14 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+from nats.aio.msg import Msg
 
 from codeyard.agents.policy import load_policy
 from codeyard.agents.safety_gate import SafetyGate
 from codeyard.bus import Bus, RetryLater
+from codeyard.bus.connection import MSG_ID_HEADER
 from codeyard.bus.gate_client import BusGateClient, require_clearance
+from codeyard.bus.subjects import COORDINATOR_CONSUMER, RESULT_STREAM, result_subject
 from codeyard.coordinator.service import Coordinator
 from codeyard.schemas import (
     Accepted,
@@ -25,6 +28,7 @@ from codeyard.schemas import (
     ListApprovals,
     Patch,
     Result,
+    ReviewRequest,
     ReviewResult,
     RunState,
     SubmitRun,
@@ -34,12 +38,14 @@ from codeyard.schemas import (
     Usage,
     UsageReported,
     WorkItem,
+    decode,
 )
 from codeyard.testing.scripted_worker import new_file_patch
 from tests.coordinator.harness import (
     ask,
     run_events,
     running_coordinator,
+    status,
     wait_until,
     workers_answering,
 )
@@ -116,3 +122,79 @@ async def test_tokens_of_retried_and_parked_work_are_counted_in_the_run(
         if isinstance(event, UsageReported):
             reported[event.role] += event.usage.total_tokens
     assert reported == Counter(coder=2200, tester=440, review=33)
+
+
+class SiblingReviewers:
+    """Two reviewers per task. On the first attempt `review.strict` rejects at once, while
+    `review` answers only once the task went back to coding: its answer comes too late to be
+    applied, but its tokens are spent."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def answer(self, item: WorkItem) -> Result:
+        if isinstance(item, CodeRequest):
+            patch = Patch(text=new_file_patch(f"notes/{item.attempt}.txt", "done"))
+            return CodeResult(patch=patch, usage=CODING)
+        if isinstance(item, TestRequest):
+            return TestResult(passed=True, output="1 passed", usage=TESTING)
+        assert isinstance(item, ReviewRequest)
+        if item.attempt == 1 and item.reviewer == "review.strict":
+            return ReviewResult(reviewer=item.reviewer, approved=False, usage=REVIEWING)
+        if item.attempt == 1:
+            await wait_until_attempt(self.bus, "r1", item.task_id, 2)
+        return ReviewResult(reviewer=item.reviewer, approved=True, usage=REVIEWING)
+
+
+async def wait_until_attempt(bus: Bus, run_id: str, task_id: str, attempt: int) -> None:
+    for _ in range(300):
+        if (await status(bus, run_id)).tasks[task_id].attempt >= attempt:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"task {task_id} never reached attempt {attempt}")
+
+
+async def all_results_taken(bus: Bus) -> None:
+    """Wait until the coordinator took every result stored (applied and acked)."""
+    for _ in range(300):
+        info = await bus.js.consumer_info(RESULT_STREAM, COORDINATOR_CONSUMER)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the coordinator left results untaken")
+
+
+async def test_tokens_of_an_answer_too_late_to_apply_are_counted_once(bus: Bus) -> None:
+    reviews: list[bytes] = []  # as the built-in reviewer published them
+
+    async def keep(msg: Msg) -> None:
+        reviews.append(msg.data)
+
+    await bus.nc.subscribe(result_subject("review"), cb=keep)
+    plan = [TaskSpec(id="a", title="a")]
+    roles = ("coder", "tester", "review", "review.strict")
+    async with (
+        workers_answering(bus, SiblingReviewers(bus).answer, roles),
+        running_coordinator(Coordinator(bus, name="coord-test")),
+    ):
+        submit = SubmitRun(run_id="r1", goal="g", plan=plan, reviewers=list(roles[2:]))
+        await ask(bus, "submit", submit)
+        run = await wait_until(bus, "r1", timeout=60)
+        # The late answer comes again, as after a failover (stored, not acked yet): the same
+        # result, in a message of its own.
+        late = next(data for data in reviews if decode(data, ReviewResult).attempt == 1)
+        await bus.nc.publish(result_subject("review"), late, headers={MSG_ID_HEADER: "again"})
+        await all_results_taken(bus)
+        again = await status(bus, "r1")
+        events = await run_events(bus, "r1")
+
+    assert run.state is RunState.DONE, run.error
+    # two attempts, each coded, tested and reviewed by both; the late review counted once
+    both = CODING + TESTING + REVIEWING + REVIEWING
+    assert run.usage == both + both
+    assert again.usage == run.usage
+    reported = Counter[str]()
+    for event in events:
+        if isinstance(event, UsageReported):
+            reported[event.role] += event.usage.total_tokens
+    assert reported == Counter({"coder": 2200, "tester": 440, "review": 66, "review.strict": 66})
