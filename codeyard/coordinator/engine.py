@@ -22,7 +22,7 @@ Rules, in short:
   spent tokens, then was handed back to be retried or answered too late) once, whatever its
   task does now; over budget, the run pauses in `awaiting_approval`: results still apply, but
   new work is held until `ResumeRun`. The ids of results whose usage was counted are kept
-  with their task, so a result replayed after a failover is not counted again either way;
+  with their task, so a result replayed after a failover is not counted again either way.
 """
 
 from __future__ import annotations
