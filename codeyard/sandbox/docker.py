@@ -38,8 +38,13 @@ Limits (`Limits`):
   (exit 1, "failed to set the NOFILE resource limit").
 - output: streamed from the container as it runs (the engine keeps no log: `log_config=none`),
   kept as a bounded tail.
+- disk: the disk guard (`codeyard.sandbox.disk_guard`) as with every backend, and the bwrap
+  backend's seccomp filter refusing preallocation (`codeyard.sandbox.seccomp`: fallocate
+  reserves GiBs between two polls of the guard), on top of Docker's default filter. Docker
+  takes only its own JSON profiles, so the image's python3 installs it just before prlimit
+  (about 10 ms a run); a container where it cannot be installed runs nothing (exit 126).
 
-The image must provide python3 (as `python` too), pytest and /usr/bin/prlimit (util-linux,
+The image must provide /usr/bin/python3 (as `python` too), pytest and /usr/bin/prlimit (util-linux,
 essential in Debian); scripts/build-sandbox-image.sh
 builds the default one, `codeyard-sandbox:bookworm`, with no registry. The docker SDK blocks,
 so every call runs in a thread: the event loop never waits on the engine.
@@ -77,6 +82,7 @@ from codeyard.sandbox.protocol import (
     SandboxUnavailable,
 )
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
+from codeyard.sandbox.seccomp import NOT_INSTALLED, disk_filter, installing_argv
 from codeyard.sandbox.supervision import supervise
 from codeyard.sandbox.workdir import checked_workdir
 from codeyard.sandbox.workdir_loan import WorkdirLoan
@@ -96,6 +102,7 @@ LABEL = "codeyard.sandbox"
 
 _INIT_PIDS = 1  # docker-init (tini) counts against the container's pids limit
 _PRLIMIT = "/usr/bin/prlimit"  # of the image
+_PYTHON = "/usr/bin/python3"  # of the image: installs the seccomp filter
 
 
 def resolve_docker_host(configured: str = "") -> str:
@@ -129,6 +136,7 @@ class DockerSandbox:
         self.cpus = cpus
         self._client: docker.DockerClient | None = None
         self._probe_lock = threading.Lock()
+        self._seccomp = b""  # the BPF program of `disk_filter`, after `probe()`
 
     @property
     def client(self) -> docker.DockerClient:
@@ -147,6 +155,7 @@ class DockerSandbox:
         with self._probe_lock:
             if self._client is not None:
                 return
+            self._seccomp = disk_filter()
             client = self._connect()
             try:
                 self._check_image(client)
@@ -209,6 +218,12 @@ class DockerSandbox:
                 ) from exc
             finally:
                 _discard(client.api, container_id, loan)
+        if status == NOT_INSTALLED:
+            raise SandboxUnavailable(
+                f"the sandbox's seccomp filter cannot be installed in containers of {self.image} "
+                f"at {self.docker_host} (exit {status}): the image's {_PYTHON} installs it "
+                "with prctl(PR_SET_SECCOMP), which the engine's own filter must allow"
+            )
         if status != 0:
             raise SandboxUnavailable(
                 f"`python -c 'import pytest'` fails in the sandbox image {self.image} (exit "
@@ -309,6 +324,7 @@ class DockerSandbox:
         # No ceilings: Docker's `ulimits` above are the CPU and file size limits asked for, and
         # the engine's RLIMIT_AS and RLIMIT_NOFILE are not known here (see the module doc).
         argv = shim_argv(_PRLIMIT, limits, NO_LIMIT, command, ceilings={})
+        argv = installing_argv(_PYTHON, self._seccomp, argv)
         created = api.create_container(
             self.image,
             argv,

@@ -1,5 +1,6 @@
 """`disk_filter`: a seccomp filter refusing the system calls that take disk space faster than
-`codeyard.sandbox.disk_guard` can see it go. The bwrap backend installs it (`--seccomp`).
+`codeyard.sandbox.disk_guard` can see it go. The bwrap backend installs it (`--seccomp`), the
+docker backend through the image's python3 (`installing_argv`), on top of Docker's own filter.
 
 The guard polls free space every 0.1 s; written data arrives at the speed of the page cache,
 so a poll interval is worth a few hundred MB of slack. Preallocation is not: fallocate()
@@ -25,6 +26,7 @@ arch checks, 64-bit argument comparison), which is what that library exists for.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import errno
 import functools
@@ -156,3 +158,31 @@ def filter_fd(program: bytes) -> int:
         os.close(fd)
         raise
     return fd
+
+
+# Exit status of a container command whose filter could not be installed: it did not run.
+NOT_INSTALLED = 126
+
+# Run by the sandbox image's python3 (isolated, no site): installs the BPF program given in
+# base64 as argv[1], then execs argv[2:]. Fails closed: without the filter nothing runs.
+_INSTALLER = f"""\
+import base64, ctypes, os, sys
+program = base64.b64decode(sys.argv[1])
+class Program(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_char_p))
+filtering = ctypes.byref(Program(len(program) // 8, program))
+libc = ctypes.CDLL(None, use_errno=True)
+# PR_SET_NO_NEW_PRIVS (the engine sets it too), then PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, filtering, 0, 0):
+    why = os.strerror(ctypes.get_errno())
+    sys.stderr.write("codeyard sandbox: cannot install the seccomp filter: " + why + "\\n")
+    sys.exit({NOT_INSTALLED})
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def installing_argv(python: str, program: bytes, argv: list[str]) -> list[str]:
+    """`argv` run under the filter `program`, installed by `python` (a python3 where the
+    command runs: the docker backend's image) just before it execs `argv`, whose first item
+    must be a path. For sandboxes that cannot be handed a filter the way bwrap is."""
+    return [python, "-I", "-S", "-c", _INSTALLER, base64.b64encode(program).decode(), *argv]

@@ -420,6 +420,41 @@ async def test_a_run_filling_the_disk_is_stopped(sandbox: Sandbox, tmp_path: Pat
     assert processes_with(marker) == []
 
 
+async def test_disk_space_cannot_be_preallocated(sandbox: Sandbox, tmp_path: Path) -> None:
+    """fallocate() reserves space as metadata, GiBs between two polls of the disk guard, and
+    with FALLOC_FL_KEEP_SIZE past the file-size limit too: refused, as by a filesystem without
+    preallocation. Writing (and glibc's posix_fallocate, which then writes) still works."""
+    code = """
+        import ctypes, os, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+        libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p)
+        KEEP_SIZE, FS_IOC_RESVSP64 = 1, 0x4030582A
+
+        def result(returned):
+            return "reserved" if returned == 0 else os.strerror(ctypes.get_errno())
+
+        fd = os.open("reserved", os.O_CREAT | os.O_WRONLY)
+        print("fallocate:", result(libc.fallocate(fd, KEEP_SIZE, 0, 64 << 20)))
+        # struct space_resv: type, whence, start, length, sysid, pid, padding
+        space = struct.pack("=hhxxxxqqiI16x", 0, 0, 0, 64 << 20, 0, 0)
+        print("ioctl:", result(libc.ioctl(fd, FS_IOC_RESVSP64, space)))
+        # the kernel reads an ioctl request as 32 bits: the upper ones must not matter
+        print("ioctl, upper bits set:", result(libc.ioctl(fd, FS_IOC_RESVSP64 | 1 << 32, space)))
+        print("allocated bytes", os.fstat(fd).st_blocks * 512)
+        os.posix_fallocate(fd, 0, 8192)
+        print("posix_fallocate size", os.fstat(fd).st_size)
+    """
+    limits = Limits(wall_seconds=20, file_size_bytes=1 * MiB, memory_bytes=256 * MiB, pids=16)
+    outcome = await run_python(sandbox, tmp_path, code, limits=limits)
+    assert outcome.exit_code == 0, outcome.output
+    assert "fallocate: Operation not supported" in outcome.output
+    assert "ioctl: Operation not supported" in outcome.output
+    assert "ioctl, upper bits set: Operation not supported" in outcome.output
+    assert "allocated bytes 0" in outcome.output
+    assert "posix_fallocate size 8192" in outcome.output
+
+
 async def test_a_run_using_up_the_inodes_is_stopped(sandbox: Sandbox, tmp_path: Path) -> None:
     # Empty files take an inode each and no bytes: only the inode reserve stops this.
     free = free_inodes(tmp_path)

@@ -14,6 +14,7 @@ import docker.errors
 import pytest
 
 from codeyard.sandbox import DockerSandbox, Limits, MiB, SandboxUnavailable
+from codeyard.sandbox import docker as docker_module
 from codeyard.sandbox.docker import CODEYARD_DOCKER_SOCKET, resolve_docker_host
 from codeyard.sandbox.protocol import SANDBOX_UID
 from tests.sandbox.host import processes_with
@@ -34,6 +35,15 @@ def test_a_missing_image_is_refused_saying_how_to_build_it(docker_sandbox: Docke
     with pytest.raises(SandboxUnavailable, match="codeyard-sandbox:nope") as refused:
         missing.probe()
     assert "scripts/build-sandbox-image.sh" in str(refused.value)
+
+
+def test_an_engine_where_the_disk_filter_cannot_be_installed_is_refused(
+    docker_sandbox: DockerSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Containers would run nothing (exit 126): said at once, not run after run."""
+    monkeypatch.setattr(docker_module, "disk_filter", lambda: bytes(8))  # the kernel refuses it
+    with pytest.raises(SandboxUnavailable, match="seccomp filter cannot be installed"):
+        DockerSandbox(docker_host=docker_sandbox.docker_host).probe()
 
 
 def test_the_engine_is_found_without_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
