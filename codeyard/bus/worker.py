@@ -428,6 +428,10 @@ class PullWorker:
         if outcome == "cancelled":  # its result is not wanted
             await self._drop(msg, item, key)
             return
+        # One turn of the event loop before the result is encoded and sent: the handlers of
+        # other items delivered together start first (a handler that finishes at once would
+        # otherwise hold them back by its result's encoding and checks).
+        await asyncio.sleep(0)
         if await self._finish(msg, item, result):
             self.stats.handled += 1
             self._handled.inc()
