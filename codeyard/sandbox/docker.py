@@ -102,7 +102,8 @@ LABEL = "codeyard.sandbox"
 
 _INIT_PIDS = 1  # docker-init (tini) counts against the container's pids limit
 _PRLIMIT = "/usr/bin/prlimit"  # of the image
-_PYTHON = "/usr/bin/python3"  # of the image: installs the seccomp filter
+# Installs the seccomp filter. A path, never looked up: a caller's PATH could name the workdir.
+_PYTHON = "/usr/bin/python3"
 
 
 def resolve_docker_host(configured: str = "") -> str:

@@ -184,5 +184,6 @@ os.execv(sys.argv[2], sys.argv[2:])
 def installing_argv(python: str, program: bytes, argv: list[str]) -> list[str]:
     """`argv` run under the filter `program`, installed by `python` (a python3 where the
     command runs: the docker backend's image) just before it execs `argv`, whose first item
-    must be a path. For sandboxes that cannot be handed a filter the way bwrap is."""
+    must be a path (it is not looked up). For sandboxes that cannot be handed a filter the way
+    bwrap is."""
     return [python, "-I", "-S", "-c", _INSTALLER, base64.b64encode(program).decode(), *argv]
