@@ -3,14 +3,16 @@
 `Client.publish` spends, per message, a subject check, a regular expression and a translation
 per header, three copies of the payload while it builds the command, and a future for its
 flusher. A coordinator publishes about four messages per task and a worker two (its result and
-its ack), so that was about a tenth of their CPU in bench/coordinator_throughput.py. Here a
-command is formatted in one step and handed to the same buffer and flusher, so ordering,
-batching into one write and `flush()` behave as before.
+its ack): bench/coordinator_throughput.py measured the coordinator's CPU per task 7 % lower
+and throughput 5 % higher without it. Here a command is formatted in one step and handed to
+the same buffer and flusher, so ordering, batching into one write and `flush()` behave as
+before.
 
-That buffer is nats-py's private API (`_send_command`, `_flush_pending`, `_flush_queue`).
-Where it is missing (another nats-py) or the connection is not up (nats-py buffers for the
-reconnect, up to a limit, or refuses), messages go through `Client.publish` instead: slower,
-never wrong. tests/bus/test_direct_publish.py fails if the installed nats-py lost the fast way.
+That buffer is nats-py's private API (`_send_command`, `_flush_pending`, `_flush_queue`, and
+the counters in `stats`). Where it is missing (another nats-py) or the connection is not up
+(nats-py buffers for the reconnect, up to a limit, or refuses), messages go through
+`Client.publish` instead: slower, never wrong. tests/bus/test_direct_publish.py fails if the
+installed nats-py lost the fast way.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class DirectPublisher:
         self._nc = nc
         self.direct = all(
             hasattr(nc, name) for name in ("_send_command", "_flush_pending", "_flush_queue")
-        )
+        ) and {"out_msgs", "out_bytes"} <= set(getattr(nc, "stats", {}))
 
     async def publish(
         self,
