@@ -140,6 +140,16 @@ async def status(bus: Bus, run_id: str) -> Run:
     return reply.runs[0]
 
 
+async def wait_for_task(bus: Bus, run_id: str, task_id: str, state: TaskState) -> Run:
+    """Poll until the run's task is in `state`; the run as it is then."""
+    for _ in range(300):
+        run = await status(bus, run_id)
+        if run.tasks.get(task_id) is not None and run.tasks[task_id].state is state:
+            return run
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{task_id} never reached {state}: {run.tasks[task_id].state}")
+
+
 async def wait_until(bus: Bus, run_id: str, merged: int = 0, timeout: float = 120.0) -> Run:
     """Poll until the run finishes, or until at least `merged` of its tasks are merged."""
     loop = asyncio.get_running_loop()

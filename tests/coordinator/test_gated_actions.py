@@ -56,6 +56,7 @@ from tests.coordinator.harness import (
     run_events,
     running_coordinator,
     status,
+    wait_for_task,
     wait_until,
     workers_answering,
 )
@@ -113,15 +114,6 @@ async def coordinating(
     )
     async with running_coordinator(coordinator):
         yield coordinator
-
-
-async def wait_for_task(bus: Bus, run_id: str, task_id: str, state: TaskState) -> Run:
-    for _ in range(300):
-        run = await status(bus, run_id)
-        if run.tasks.get(task_id) is not None and run.tasks[task_id].state is state:
-            return run
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{task_id} never reached {state}: {run.tasks[task_id].state}")
 
 
 async def pending(bus: Bus) -> list[PendingApproval]:

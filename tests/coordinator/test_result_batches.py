@@ -12,7 +12,7 @@ from codeyard.bus.result_sender import ResultSender
 from codeyard.bus.subjects import WORK_STREAM, consumer_name, result_subject
 from codeyard.coordinator.service import Coordinator
 from codeyard.schemas import CodeRequest, CodeResult, Patch, SubmitRun, TaskSpec, TaskState, decode
-from tests.coordinator.harness import ask, running_coordinator, status
+from tests.coordinator.harness import ask, running_coordinator, wait_for_task
 
 
 @pytest.fixture
@@ -63,12 +63,7 @@ async def test_the_results_of_a_batch_each_move_their_own_task(
     )
 
     for run_id in ("r1", "r2"):
-        for _ in range(100):
-            task = (await status(bus, run_id)).tasks["only"]
-            if task.state is TaskState.TESTING:
-                break
-            await asyncio.sleep(0.05)
-        assert task.state is TaskState.TESTING
+        task = (await wait_for_task(bus, run_id, "only", TaskState.TESTING)).tasks["only"]
         assert task.patch is not None
         assert task.patch.text == f"+ for {run_id}"
     assert coordinator.stats.results == 2
@@ -90,11 +85,7 @@ async def test_a_result_sent_on_another_roles_subject_is_refused(
     await ResultSender(bus.pipeline, result_subject("review.security")).send(patch("+ forged"))
     await ResultSender(bus.pipeline, result_subject("coder")).send(patch("+ the coder's"))
 
-    for _ in range(100):
-        task = (await status(bus, "r1")).tasks["t"]
-        if task.state is TaskState.TESTING:
-            break
-        await asyncio.sleep(0.05)
+    task = (await wait_for_task(bus, "r1", "t", TaskState.TESTING)).tasks["t"]
     assert task.patch is not None
     assert task.patch.text == "+ the coder's"  # the forged one, stored first, was refused
     assert coordinator.stats.results == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +12,7 @@ from codeyard.bus.result_sender import ResultSender
 from codeyard.bus.subjects import journal_subject, result_subject, work_subject
 from codeyard.coordinator.service import Coordinator
 from codeyard.schemas import CodeResult, Patch, SubmitRun, TaskSpec, TaskState
-from tests.coordinator.harness import ask, running_coordinator, status
+from tests.coordinator.harness import ask, running_coordinator, wait_for_task
 from tests.coordinator.test_result_batches import work_for_coders
 
 
@@ -42,10 +41,7 @@ async def test_a_steps_work_goes_out_before_its_journal_entry(
     [item] = await work_for_coders(bus, 1)
     result = CodeResult(run_id="r1", task_id="only", attempt=item.attempt, patch=Patch(text="+"))
     await ResultSender(bus.pipeline, result_subject("coder")).send(result)
-    for _ in range(100):
-        if (await status(bus, "r1")).tasks["only"].state is TaskState.TESTING:
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_task(bus, "r1", "only", TaskState.TESTING)
     await bus.sync()
 
     assert seen == [
