@@ -62,15 +62,20 @@ def run_with(repo: Path, **patches: Patch) -> Run:
     return Run(run_id="r1", goal="g", repo=RepoRef(path=str(repo)), tasks=tasks)
 
 
+def greet_and_notes(repo: Path) -> Run:
+    """A run of two independent tasks: a changes app.py, b adds notes.md."""
+    return run_with(
+        repo,
+        a=patch_of(repo, "app.py", "def greet():\n    return 'hi'\n"),
+        b=patch_of(repo, "notes.md", "notes\n"),
+    )
+
+
 async def test_merges_commit_once_per_task_and_deliver_a_branch(
     user_repo: Path, tmp_path: Path
 ) -> None:
     integrator = GitIntegrator(tmp_path / "data")
-    run = run_with(
-        user_repo,
-        a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"),
-        b=patch_of(user_repo, "notes.md", "notes\n"),
-    )
+    run = greet_and_notes(user_repo)
     run.repo = await integrator.prepare(run)
     assert Path(run.repo.snapshot).is_dir()
 
@@ -170,11 +175,7 @@ async def test_a_summary_naming_another_task_does_not_make_it_merged(
     user_repo: Path, tmp_path: Path
 ) -> None:
     integrator = GitIntegrator(tmp_path / "data")
-    run = run_with(
-        user_repo,
-        a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"),
-        b=patch_of(user_repo, "notes.md", "notes\n"),
-    )
+    run = greet_and_notes(user_repo)
     run.tasks["a"].summary = "Says hi (b, Codeyard-Task: r1/b/1, is next)."
     run.repo = await integrator.prepare(run)
 
@@ -256,11 +257,7 @@ async def test_a_merge_clears_what_a_coordinator_killed_mid_merge_left(
     user_repo: Path, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    run = run_with(
-        user_repo,
-        a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"),
-        b=patch_of(user_repo, "notes.md", "notes\n"),
-    )
+    run = greet_and_notes(user_repo)
     run.repo = await GitIntegrator(data).prepare(run)
     clone = Path(run.repo.snapshot)
     # Killed while applying a's patch: half of it staged, half written, git's lock left.
