@@ -90,27 +90,12 @@ def role_of(result: Result) -> str:
             return result.role
 
 
-_ANSWER_OF: dict[str, type[Result]] = {
-    "planner": PlanResult,
-    "coder": CodeResult,
-    "tester": TestResult,
-}
-
-
 def misattributed(result: Result, role: str) -> str:
     """Why `result`, published on `role`'s result subject, may not be taken as that role's
     answer, or "". NATS grants decide who may publish on a subject, not what the message
     claims: without this a review plugin could approve as another reviewer, send a patch or
     fail a task of another stage."""
-    match result:
-        case ReviewResult():
-            claimed = result.reviewer
-        case WorkFailed() | ApprovalNeeded() | WorkRetried():
-            claimed = result.role
-        case _:
-            if isinstance(result, _ANSWER_OF.get(role, ())):
-                return ""
-            return f"a {type(result).__name__} is not an answer of {role!r}"
+    claimed = role_of(result)
     if claimed != role:
         return f"a {type(result).__name__} of {claimed!r} came from {role!r}"
     return ""
