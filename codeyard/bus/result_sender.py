@@ -10,9 +10,8 @@ is sent, so a lone result leaves as soon as it would have alone, as a plain `Res
 A sender's `send` returns only once JetStream stored the message holding its result, so the
 caller may ack the work item then, exactly as with a publish of its own. A result too big for
 one message (`ResultTooLarge`) or that the coordinator would refuse (`ResultInvalid`) is refused
-by `send` before it is queued, and each message's
-senders learn that message's outcome alone: a publish failing does not fail results that
-other messages of the same turn stored.
+by `send` before it is queued, and each message's senders learn that message's outcome alone:
+a publish failing does not fail results that other messages of the same turn stored.
 """
 
 from __future__ import annotations

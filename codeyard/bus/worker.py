@@ -492,7 +492,9 @@ class PullWorker:
             _answering(
                 item,
                 # the reason only helps a person reading the events; keep it well in LongText
-                WorkRetried(role=self.role, delivery=delivery, usage=usage, reason=reason[:2000]),
+                WorkRetried(
+                    role=self.role, delivery=delivery, usage=usage, reason=clip(reason, 2000)
+                ),
             ),
             msg_id=retried_msg_id(item.msg_id, delivery),
         )
