@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from codeyard.bus import permissions, subjects
 from codeyard.bus.credentials import Credentials
 from codeyard.bus.direct_publish import DirectPublisher
-from codeyard.bus.pipeline import PubAck, PublishPipeline
+from codeyard.bus.pipeline import Pending, PubAck, PublishPipeline
 from codeyard.bus.store import VersionedStore
 from codeyard.bus.topology import Topology, ensure_topology
 from codeyard.schemas.codec import MessageError, decode, encode
@@ -182,16 +182,14 @@ class Bus:
     ) -> list[PubAck]:
         """Pipelined publishes: all sent at once, then every ack awaited; raises the first
         failure (`PublishError`, or `TimeoutError` when the server did not answer)."""
-        pending = [
-            await self.pipeline.publish(subject, encode(message), {MSG_ID_HEADER: message.msg_id})
-            for subject, message in items
-        ]
-        acks = []
-        for outcome in await self.pipeline.wait(pending, timeout):
-            if isinstance(outcome, BaseException):
-                raise outcome
-            acks.append(outcome)
-        return acks
+        pending = [await self.send(subject, message) for subject, message in items]
+        return await self.pipeline.all_stored(pending, timeout)
+
+    async def send(self, subject: str, message: Envelope) -> Pending:
+        """Start storing `message` (its `msg_id` as `Nats-Msg-Id`); `pipeline.wait` or
+        `pipeline.all_stored` tell how it went."""
+        headers = {MSG_ID_HEADER: message.msg_id}
+        return await self.pipeline.publish(subject, encode(message), headers)
 
     async def emit(self, event: RunEvent) -> PubAck:
         """Append an event to its run's events stream."""

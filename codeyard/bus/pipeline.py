@@ -123,6 +123,16 @@ class PublishPipeline:
             if not future.done():
                 future.set_exception(ConnectionError(reason))
 
+    async def all_stored(self, pending: list[Pending], timeout: float) -> list[PubAck]:
+        """Each publish's ack, in order; raises the first failure (`PublishError`, or
+        `TimeoutError` when the server did not answer in time)."""
+        acks = []
+        for outcome in await self.wait(pending, timeout):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            acks.append(outcome)
+        return acks
+
     async def wait(self, pending: list[Pending], timeout: float) -> list[PubAck | BaseException]:
         """Each publish's ack or error, in order; `TimeoutError` for those unanswered in time
         (they may still have been stored)."""

@@ -28,10 +28,10 @@ from nats.aio.subscription import Subscription
 from nats.js.object_store import ObjectStore
 
 from codeyard.bus import subjects
-from codeyard.bus.connection import MSG_ID_HEADER, Bus
+from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
-from codeyard.bus.pipeline import Pending, PublishError
+from codeyard.bus.pipeline import PublishError
 from codeyard.bus.store import StaleRevision, VersionedStore
 from codeyard.bus.topology import DAY
 from codeyard.cancellation import in_background, stop_tasks, wait_event
@@ -619,7 +619,7 @@ class Coordinator:
         # only once all of it is, and work sent again after a crash is dropped as a duplicate of
         # its id). Unless answers are stored: the work they release must find them (see below).
         first, later = (commit.work, []) if not answers else ([], commit.work)
-        published = [await self._publish(subject, item) for subject, item in first]
+        published = [await self.bus.send(subject, item) for subject, item in first]
         if published:
             await asyncio.sleep(0)  # nats-py's flusher writes it now
         writes: list[StepWrite] = []
@@ -638,11 +638,9 @@ class Coordinator:
                 event = task_changes(open_run.run, moves)
                 commit.messages.append((subjects.events_subject(run_id), event))
         for subject, message in [*later, *commit.messages]:
-            published.append(await self._publish(subject, message))
+            published.append(await self.bus.send(subject, message))
         await self._confirm(writes)
-        for outcome in await pipeline.wait(published, 10):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await pipeline.all_stored(published, 10)
         for msg in commit.acks:
             await self.bus.publisher.ack(msg)
         self._unacked -= len(commit.acks)
@@ -658,18 +656,12 @@ class Coordinator:
             # in the background; the outcome comes back through the inbox
             in_background(self._merging, self._integrate(run_id, work))
 
-    async def _publish(self, subject: str, message: Envelope) -> Pending:
-        headers = {MSG_ID_HEADER: message.msg_id}
-        return await self._pipeline.publish(subject, encode(message), headers)
-
     async def _store_approvals(self, approvals: list[PendingApproval]) -> None:
         pending = []
         for approval in approvals:
             key = f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}"
             pending.append(await self._pipeline.publish(key, encode(approval)))
-        for outcome in await self._pipeline.wait(pending, 10):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await self._pipeline.all_stored(pending, 10)
 
     async def _confirm(self, writes: list[StepWrite]) -> None:
         assert self._store is not None
