@@ -228,8 +228,8 @@ class DockerSandbox:
         if status != 0:
             raise SandboxUnavailable(
                 f"`python -c 'import pytest'` fails in the sandbox image {self.image} (exit "
-                f"{status}): the image needs python3 (as `python` too), pytest and prlimit; "
-                f"{IMAGE_HINT}"
+                f"{status}): the image needs /usr/bin/python3 (as `python` too), pytest and "
+                f"prlimit; {IMAGE_HINT}"
             )
 
     async def run(
