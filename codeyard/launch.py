@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import site
 import sys
 import urllib.request
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -50,14 +51,14 @@ def service_children(
     it), with `agents` every role, a worker per reviewer plugin named in `reviewers` (by entry
     point; they need no LLM), and with a `dashboard_token` the web dashboard (as `ctl`). Each
     gets its own principal's `credentials` (if given) and no other's."""
-    base = os.environ | {"NATS_URL": url} | dict(llm_env or {})
+    base = own_import_path(os.environ) | {"NATS_URL": url} | dict(llm_env or {})
     credentials = credentials or {}
 
     def env(principal: str) -> dict[str, str]:
         own = credentials.get(principal)
         return base | own.as_env() if own else base
 
-    codeyard = [sys.executable, "-m", "codeyard"]
+    codeyard = [*PYTHON, "-m", "codeyard"]
     coordinator = [*codeyard, "coordinator", "--name", "coordinator"]
     children = [
         ChildSpec("coordinator", coordinator, env(COORDINATOR)),
@@ -81,6 +82,25 @@ def service_children(
         plugin = [*codeyard, "worker", "review", "--name", name]
         children.append(ChildSpec(f"review-{name}", plugin, env(plugin_principal(name))))
     return children
+
+
+# `-P`: plain `python -m` puts the working directory first on sys.path, where a folder named
+# `codeyard` (the one a user cloned into, say) hides the installed package from every child.
+PYTHON = (sys.executable, "-P")
+
+
+def own_import_path(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with PYTHONPATH leading first to the codeyard this process runs, when that one is
+    not installed but found on sys.path (a source tree run as `python -m codeyard` from its
+    root, or with PYTHONPATH): `-P` would lose it. An installed one is left where it is, as
+    putting site-packages on PYTHONPATH would rank it above the standard library."""
+    root = Path(__file__).resolve().parent.parent  # the folder holding this package
+    on_path = {Path(entry or ".").resolve() for entry in sys.path}
+    installed = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root not in on_path or root in installed:
+        return dict(env)
+    rest = env.get("PYTHONPATH")
+    return dict(env) | {"PYTHONPATH": f"{root}{os.pathsep}{rest}" if rest else str(root)}
 
 
 def plugin_principal(name: str) -> str:
@@ -261,6 +281,14 @@ async def unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -
     return True
 
 
+def local_model_child(argv: Sequence[str]) -> ChildSpec:
+    """The local model's server, a module of codeyard's run by this Python: with `-P` and
+    this codeyard's import path, like the services (see PYTHON)."""
+    interpreter, *rest = argv
+    command = [*PYTHON, *rest] if interpreter == sys.executable else list(argv)
+    return ChildSpec("llm", command, own_import_path(os.environ))
+
+
 async def run_up(
     settings: Settings,
     console: Console,
@@ -315,7 +343,7 @@ async def run_up(
             path = smollm2_model()
             assert path is not None
             port = free_port()
-            llm_server = ChildSpec("llm", local_server_command(path, port))
+            llm_server = local_model_child(local_server_command(path, port))
             model = asyncio.create_task(Supervisor([llm_server]).run(model_stop))
             base_url = f"http://127.0.0.1:{port}/v1"
             console.print(f"starting the local model at {base_url} ...")

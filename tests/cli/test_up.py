@@ -15,6 +15,7 @@ from pathlib import Path
 import nats.errors
 import pytest
 
+import codeyard
 from codeyard.bus import Bus
 from codeyard.bus.credentials import read_credentials
 from codeyard.bus.embedded import free_port
@@ -127,6 +128,55 @@ async def test_a_restarted_up_keeps_the_credentials_it_generated(tmp_path: Path)
     assert seen[0] == seen[1]
     assert ctl_file.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "nats" / "nats-server.conf").stat().st_mode & 0o777 == 0o600
+
+
+async def test_up_run_beside_a_folder_named_codeyard_starts_its_own_services(
+    tmp_path: Path,
+) -> None:
+    """A `codeyard/` folder in the working directory (the clone, or another project's package)
+    used to hide the real package from every child `up` started, which then crash-looped."""
+    beside = tmp_path / "work"
+    (beside / "codeyard").mkdir(parents=True)
+    (beside / "codeyard" / "__init__.py").write_text("", encoding="utf-8")
+    data = tmp_path / "data"
+    env = isolated_env(data) | {"PYTHONUNBUFFERED": "1"}
+    env.pop("NATS_URL", None)
+    # `up` as its console script starts: the real package found, not the working directory
+    real = Path(codeyard.__file__).resolve().parent.parent
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(real), env.get("PYTHONPATH")]))
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-P", "-m", "codeyard", "up", "--no-agents", "--no-dashboard"),
+        cwd=beside,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    output = b""
+    try:
+        while b"Ctrl-C stops" not in output:
+            line = await asyncio.wait_for(process.stdout.readline(), 60)
+            assert line, f"codeyard up exited early: {output.decode()}"
+            output += line
+        url = f"nats://127.0.0.1:{env['CODEYARD_NATS_PORT']}"
+        ctl = await Bus.connect(
+            url, credentials=read_credentials(data / "nats" / "credentials" / "ctl.env")
+        )
+        try:
+            status = await ask(ctl, "status", StatusQuery(), timeout=20)  # the coordinator child
+        finally:
+            await ctl.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            output += (await asyncio.wait_for(process.communicate(), 60))[0]
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert isinstance(status, RunStatus), output.decode()
+    assert b"ImportError" not in output
 
 
 # --- stopping: Ctrl-C, SIGTERM, a closed terminal, a killed `up` -------------------------------
