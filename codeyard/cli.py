@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import nats.errors
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from codeyard import __version__
 from codeyard.bus import Bus, EmbeddedServerError
@@ -63,7 +64,7 @@ def schemas_export(
     from codeyard.schemas.export import export_schemas
 
     written = export_schemas(directory)
-    console.print(f"wrote {len(written)} files to {directory}")
+    console.print(f"wrote {len(written)} files to {directory}", markup=False)
 
 
 @deploy_app.command("nats-config")
@@ -343,14 +344,14 @@ def run(
 
     repo = repo.resolve()
     if not (repo / ".git").exists():
-        err.print(f"[red]error:[/red] {repo} is not a git repository (no .git)")
+        _error(f"{repo} is not a git repository (no .git)")
         raise typer.Exit(2)
     tasks = None
     if plan is not None:
         try:
             tasks = decode(plan.read_bytes(), list[TaskSpec])
         except MessageError as exc:
-            err.print(f"[red]error:[/red] {plan} is not a list of tasks: {exc}")
+            _error(f"{plan} is not a list of tasks: {exc}")
             raise typer.Exit(2) from None
     try:
         submit = SubmitRun(
@@ -367,7 +368,7 @@ def run(
             ),
         )
     except msgspec.ValidationError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     from codeyard.bus.permissions import CTL
 
@@ -395,7 +396,10 @@ def run(
             _print_json(final)
             return final.state
         merged = sum(task.state is TaskState.MERGED for task in final.tasks.values())
-        console.print(f"run {final.run_id} {final.state}: {merged}/{len(final.tasks)} tasks merged")
+        console.print(
+            f"run {final.run_id} {final.state}: {merged}/{len(final.tasks)} tasks merged",
+            markup=False,
+        )
         if final.state is RunState.DONE:
             console.print(f"result: branch codeyard/{final.run_id} in {repo}", markup=False)
         if final.error:
@@ -405,15 +409,13 @@ def run(
     try:
         state = asyncio.run(follow())
     except RunRefused as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        _error(str(exc))
         raise typer.Exit(1) from None
     except TimeoutError:
-        err.print(f"[red]error:[/red] the run did not finish within {timeout:.0f}s")
+        _error(f"the run did not finish within {timeout:.0f}s")
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
-        err.print(
-            f"[red]error:[/red] cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)"
-        )
+        _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
         raise typer.Exit(1) from None
     raise typer.Exit(0 if state == RunState.DONE else 1)
 
@@ -572,6 +574,7 @@ def approvals(json_output: JsonFlag = False) -> None:
     Example: [bold]codeyard approvals --json[/bold]
     """
     from rich.table import Table
+    from rich.text import Text
 
     from codeyard.schemas import ApprovalList, ListApprovals
 
@@ -592,8 +595,8 @@ def approvals(json_output: JsonFlag = False) -> None:
             approval.run_id,
             approval.task_id or "-",
             approval.action,
-            detail,
-            approval.reason[:80],
+            Text(detail),  # commands and reasons as written, not as markup
+            Text(approval.reason[:80]),
             approval.approval_id,
         )
     console.print(table)
@@ -710,6 +713,7 @@ def gc_command(
     Example: [bold]codeyard gc --dry-run[/bold]
     """
     from rich.table import Table
+    from rich.text import Text
 
     from codeyard.follow import ask_coordinator
     from codeyard.schemas import ArtifactsCollected, CollectArtifacts
@@ -733,7 +737,7 @@ def gc_command(
         table = Table("object", "bytes", "unused for (days)")
         for found in reply.deleted:
             days = (now - found.modified_at).total_seconds() / 86400
-            table.add_row(found.name, str(found.size), f"{days:.1f}")
+            table.add_row(Text(found.name), str(found.size), f"{days:.1f}")
         console.print(table)
     retention = f"{reply.retention_seconds / 86400:g} days"
     console.print(
@@ -748,7 +752,7 @@ def gc_command(
         for clone in reply.clones:
             run = f"{clone.run_id} ({clone.run_state or 'no such run'})"
             days = (now - clone.unused_since).total_seconds() / 86400
-            table.add_row(clone.path, run, str(clone.size), f"{days:.1f}")
+            table.add_row(Text(clone.path), run, str(clone.size), f"{days:.1f}")
         console.print(table)
     console.print(
         f"{verb} {len(reply.clones)} integration clones "
@@ -978,10 +982,14 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
-        err.print(
-            f"[red]error:[/red] cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)"
-        )
+        _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
         raise typer.Exit(1) from None
+
+
+def _error(message: str) -> None:
+    """`message` on stderr after a red `error:`, as written: brackets in a path or an
+    exception's text (a pattern such as [a-z0-9]) are not taken for markup."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
 
 
 def _refused(reply: ControlReply) -> NoReturn:
@@ -1032,7 +1040,7 @@ def _serve(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(BAD_CONFIGURATION) from None  # `up` then does not restart it
     except (OSError, nats.errors.Error) as exc:
-        err.print(f"[red]error:[/red] cannot reach NATS: {exc!r}")
+        _error(f"cannot reach NATS: {exc!r}")
         raise typer.Exit(1) from None
 
 

@@ -329,8 +329,10 @@ async def run_up(
             await server.start_async()
             url = server.url
             console.print(f"embedded nats-server with JetStream at [bold]{url}[/bold]")
-            console.print(f"store: {server.store_dir}")
-            console.print(f"one NATS user per role, credentials: {deployment.credentials_dir}")
+            console.print(f"store: {server.store_dir}", markup=False)
+            console.print(
+                f"one NATS user per role, credentials: {deployment.credentials_dir}", markup=False
+            )
         elif settings.nats_credentials_dir is not None:
             credentials = principal_credentials(settings.nats_credentials_dir, reviewers)
         own = credentials.get(COORDINATOR) or settings.credentials(COORDINATOR)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.live import Live
 from rich.prompt import Confirm
+from rich.text import Text
 
 from codeyard import follow as following
 from codeyard.bus import Bus
@@ -114,7 +115,9 @@ class RunFollower:
         if live is not None:  # a prompt under a redrawn view would be overwritten
             live.stop()
         try:
-            answer: bool = await asyncio.to_thread(Confirm.ask, question, console=prompt_console)
+            answer: bool = await asyncio.to_thread(
+                Confirm.ask, Text(question), console=prompt_console
+            )
             return answer
         finally:
             if live is not None:

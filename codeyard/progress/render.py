@@ -112,7 +112,7 @@ def task_table(run: Run, now: datetime) -> Table:
             seconds = ((task.finished_at or now) - task.started_at).total_seconds()
         table.add_row(
             task_id,
-            task.spec.title,
+            Text(task.spec.title),  # as written: a title may hold brackets
             Text(str(task.state), style=TASK_STYLES.get(task.state, "")),
             str(task.attempt),
             duration(seconds),
@@ -141,7 +141,7 @@ def runs_table(runs: Sequence[Run]) -> Table:
         table.add_row(
             run.run_id,
             Text(str(run.state), style=RUN_STYLES.get(run.state, "")),
-            run.goal.splitlines()[0][:60] if run.goal else "",
+            Text(run.goal.splitlines()[0][:60] if run.goal else ""),
             f"{run.usage.total_tokens:,}",
             f"${run.usage.cost_usd:.4f}",
             run.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
@@ -159,7 +159,7 @@ def workers_table(workers: Sequence[WorkerPresence], now: datetime) -> Table:
             worker.worker_id,
             Text("busy", style="cyan") if worker.busy else Text("idle", style="green"),
             f"{worker.in_flight}/{worker.concurrency}",
-            worker.host,
+            Text(worker.host),
             str(worker.pid),
             duration((now - worker.started_at).total_seconds()),
             f"{duration(max(0.0, (now - worker.sent_at).total_seconds()))} ago",

@@ -1,0 +1,35 @@
+"""`codeyard run` and other commands refusing bad input before they connect to anything: no
+NATS runs here, so an answer that needed one would say it cannot reach it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from codeyard.bus.embedded import free_port
+from tests.processes import codeyard
+from tests.repositories import one_commit_repo
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A NATS that is not there: whatever goes wrong, nothing of the user's is reached."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CODEYARD_", "NATS_"))} | {
+        "CODEYARD_DATA_DIR": str(tmp_path / "data"),
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "COLUMNS": "200",
+    }
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return one_commit_repo(tmp_path / "repo", {"README.md": "a sample project\n"})
+
+
+def test_an_error_shows_brackets_as_written(env: dict[str, str], repo: Path) -> None:
+    """Rich markup used to swallow the [a-z0-9] of the reviewer-name pattern."""
+    refused = codeyard(env, "run", "g", "--repo", str(repo), "--reviewer", "bad name!")
+    assert refused.returncode == 2
+    assert "[a-z0-9]" in refused.stderr
