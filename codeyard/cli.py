@@ -39,6 +39,7 @@ app.add_typer(bench_app, name="bench")
 console = Console(soft_wrap=True)  # never break lines that scripts may grep
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+INTERRUPTED = 130  # a Ctrl-C, as shells report a process SIGINT ended: 128 + 2
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="print JSON (msgspec) for scripts, nothing else on stdout")
 ]
@@ -321,6 +322,8 @@ def run(
     --json prints only the final run, as JSON.
 
     Exits 0 when every task is merged, 1 when the run failed or was cancelled, 2 on bad input.
+    Ctrl-C (exit 130) or --timeout (exit 1) stops following, not the run: it goes on, and
+    `codeyard logs -f ID` follows it again, `codeyard cancel ID` stops it.
 
     Example: [bold]codeyard run "add a /health endpoint" --repo ./service[/bold]
     [bold]--reviewer review --reviewer review.static[/bold] adds the static reviewer.
@@ -382,10 +385,14 @@ def run(
         by=_user(),
     )
 
+    submitting = False  # from then on, giving up following leaves the run going
+
     async def follow() -> RunState:
+        nonlocal submitting
         bus = await Bus.connect(
             url, name="codeyard-run", credentials=settings.credentials(CTL), connect_attempts=4
         )
+        submitting = True
         try:
             if not json_output:
                 console.print(f"run {submit.run_id}: {goal}", markup=False, highlight=False)
@@ -408,11 +415,19 @@ def run(
 
     try:
         state = asyncio.run(follow())
+    except KeyboardInterrupt:
+        if submitting:
+            _still_running(submit.run_id)
+        raise typer.Exit(INTERRUPTED) from None
     except RunRefused as exc:
         _error(str(exc))
         raise typer.Exit(1) from None
-    except TimeoutError:
-        _error(f"the run did not finish within {timeout:.0f}s")
+    except TimeoutError as exc:
+        if not submitting:  # connecting timed out: NATS is not there
+            _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
+            raise typer.Exit(1) from None
+        _error(f"the run did not finish within {timeout:g}s")
+        _still_running(submit.run_id)
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
         _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
@@ -984,6 +999,16 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
     except (OSError, nats.errors.Error) as exc:
         _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
         raise typer.Exit(1) from None
+
+
+def _still_running(run_id: str) -> None:
+    """What to do about a run `codeyard run` stopped following: it goes on without it."""
+    err.print(
+        f"run {run_id} keeps going: follow it with `codeyard logs -f {run_id}`, "
+        f"stop it with `codeyard cancel {run_id}`",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _error(message: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -189,3 +191,41 @@ async def test_up_runs_a_reviewer_plugin_whose_approval_every_task_needs(
     assert result.returncode == 0, result.stdout + result.stderr
     message = git(repo, "log", "-1", "--format=%B", "codeyard/r3")
     assert "Reviewed-by: review, review.static" in message
+
+
+async def test_giving_up_following_says_the_run_goes_on_and_how_to_reach_it(
+    codeyard_up: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    """--timeout and Ctrl-C stop `codeyard run` following, not the run: it says so."""
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(msgspec.json.encode([TaskSpec(id="a", title="models")]))
+    waiting = ("g", "--repo", str(repo), "--plan", str(plan), "--approve-merge")  # nobody answers
+
+    timed_out = await asyncio.to_thread(
+        codeyard_run, codeyard_up, *waiting, "--run-id", "r4", "--timeout", "3"
+    )
+    assert timed_out.returncode == 1
+    assert "did not finish within 3s" in timed_out.stderr
+    assert "run r4 keeps going: follow it with `codeyard logs -f r4`" in timed_out.stderr
+    assert "`codeyard cancel r4`" in timed_out.stderr
+
+    interrupted = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "codeyard", "run", *waiting, "--run-id", "r5"),
+        env=codeyard_up | {"PYTHONUNBUFFERED": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert interrupted.stdout is not None
+        while b"awaiting_approval" not in (line := await interrupted.stdout.readline()):
+            assert line, "codeyard run ended before the run waited"
+        interrupted.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(interrupted.communicate(), 30)
+    finally:
+        if interrupted.returncode is None:
+            interrupted.kill()
+            await interrupted.wait()
+    assert interrupted.returncode == 130, stderr
+    assert b"run r5 keeps going: follow it with `codeyard logs -f r5`" in stderr
+    status = await asyncio.to_thread(codeyard, codeyard_up, "status", "r5")
+    assert "awaiting_approval" in status.stdout  # still there, waiting, not cancelled
