@@ -345,6 +345,10 @@ def run(
     )
     from codeyard.schemas.model import ReviewerName
 
+    problem = _bad_run_input(goal, timeout, run_id)
+    if problem is not None:
+        _error(problem)
+        raise typer.Exit(2)
     repo = repo.resolve()
     if not (repo / ".git").exists():
         _error(f"{repo} is not a git repository (no .git)")
@@ -999,6 +1003,25 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
     except (OSError, nats.errors.Error) as exc:
         _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
         raise typer.Exit(1) from None
+
+
+def _bad_run_input(goal: str, timeout: float, run_id: str | None) -> str | None:
+    """What is wrong with `codeyard run`'s arguments, if anything: checked before connecting,
+    where a bad run id would come back as a refusal or as NATS being unreachable."""
+    import re
+
+    from codeyard.schemas.envelope import ID_PATTERN
+
+    if not goal.strip():
+        return 'the goal is empty: say what to build, e.g. codeyard run "add a /health endpoint"'
+    if not timeout > 0:  # not `<= 0`: NaN passes that
+        return f"--timeout must be more than 0 seconds, not {timeout:g}"
+    if run_id is not None and re.fullmatch(ID_PATTERN, run_id) is None:
+        return (
+            f"--run-id {run_id!r}: a run id is 1 to 64 letters, digits, _ and -, "
+            "starting with a letter or digit"
+        )
+    return None
 
 
 def _still_running(run_id: str) -> None:

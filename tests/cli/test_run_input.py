@@ -33,3 +33,26 @@ def test_an_error_shows_brackets_as_written(env: dict[str, str], repo: Path) -> 
     refused = codeyard(env, "run", "g", "--repo", str(repo), "--reviewer", "bad name!")
     assert refused.returncode == 2
     assert "[a-z0-9]" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("",), "the goal is empty"),
+        (("  ",), "the goal is empty"),
+        (("g", "--timeout", "0"), "--timeout must be more than 0 seconds, not 0"),
+        (("g", "--timeout", "-5"), "--timeout must be more than 0 seconds, not -5"),
+        (("g", "--run-id", "../../etc"), "--run-id '../../etc': a run id is 1 to 64 letters"),
+        (("g", "--run-id", "a.b"), "--run-id 'a.b': a run id is 1 to 64 letters"),
+        (("g", "--run-id", "x" * 65), "a run id is 1 to 64 letters, digits, _ and -"),
+    ],
+)
+def test_bad_run_arguments_are_refused_once_before_connecting(
+    env: dict[str, str], repo: Path, args: tuple[str, ...], message: str
+) -> None:
+    goal, *options = args
+    refused = codeyard(env, "run", goal, "--repo", str(repo), *options)
+    assert refused.returncode == 2, refused.stderr
+    assert message in refused.stderr
+    assert refused.stderr.count("error:") == 1
+    assert "NATS" not in refused.stderr
