@@ -64,7 +64,10 @@ def schemas_export(
     """
     from codeyard.schemas.export import export_schemas
 
-    written = export_schemas(directory)
+    try:
+        written = export_schemas(directory)
+    except OSError as exc:
+        _cannot_write(directory, exc)
     console.print(f"wrote {len(written)} files to {directory}", markup=False)
 
 
@@ -100,6 +103,8 @@ def deploy_nats_config(
     except (UnknownRole, UnknownPrincipal) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
+    except OSError as exc:
+        _cannot_write(out, exc)
     console.print(f"wrote {deployment.config_file}", markup=False)
     for principal in deployment.principals:
         console.print(f"wrote {deployment.credentials_file(principal)}", markup=False)
@@ -1022,6 +1027,18 @@ def _bad_run_input(goal: str, timeout: float, run_id: str | None) -> str | None:
             "starting with a letter or digit"
         )
     return None
+
+
+def _cannot_write(directory: Path, exc: OSError) -> NoReturn:
+    """A directory a command was to create and fill could not be: exits 1, like a report that
+    cannot be written. Names the file at fault when it is not `directory` itself."""
+    at_fault = f" ({exc.filename})" if exc.filename and Path(exc.filename) != directory else ""
+    if isinstance(exc, FileExistsError) and not at_fault:
+        reason = "it exists and is not a directory"
+    else:
+        reason = exc.strerror or str(exc)
+    _error(f"cannot write to {directory}: {reason}{at_fault}")
+    raise typer.Exit(1)
 
 
 def _still_running(run_id: str) -> None:

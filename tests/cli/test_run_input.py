@@ -56,3 +56,27 @@ def test_bad_run_arguments_are_refused_once_before_connecting(
     assert message in refused.stderr
     assert refused.stderr.count("error:") == 1
     assert "NATS" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("schemas", "export"), ("deploy", "nats-config", "--out")],
+    ids=["schemas", "deploy"],
+)
+def test_a_directory_that_cannot_be_written_is_one_line_not_a_traceback(
+    env: dict[str, str], tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n", encoding="utf-8")
+
+    on_a_file = codeyard(env, *command, str(a_file))
+    under_a_file = codeyard(env, *command, str(a_file / "inside"))
+
+    assert on_a_file.returncode == 1
+    assert (
+        on_a_file.stderr == f"error: cannot write to {a_file}: it exists and is not a directory\n"
+    )
+    assert under_a_file.returncode == 1
+    assert under_a_file.stderr.startswith(f"error: cannot write to {a_file / 'inside'}: ")
+    assert "Traceback" not in under_a_file.stderr
+    assert a_file.read_text(encoding="utf-8") == "not a directory\n"
