@@ -9,22 +9,28 @@ from typing import Any, TypeVar, cast, overload
 import msgspec
 
 from codeyard.schemas.envelope import SCHEMA_VERSION, Envelope
+from codeyard.schemas.model import clip
 
 T = TypeVar("T")
 
 # NATS' default max_payload is 1 MiB; bigger payloads belong in the object store.
 MAX_MESSAGE_BYTES = 1024 * 1024
+# msgspec copies offending values into its messages (a bad tag whole, up to MAX_MESSAGE_BYTES):
+# an error is logged and sent on (dead letters), so its text stays well within a LongText.
+MAX_REASON_CHARS = 2000
+MAX_FIELD_CHARS = 500
 
 _encoder = msgspec.json.Encoder()
 
 
 class MessageError(ValueError):
-    """A message could not be decoded. `field` is the JSON path at fault (`$.attempt`), if known."""
+    """A message could not be decoded. `field` is the JSON path at fault (`$.attempt`), if known.
+    Both are cut to a bounded length, however much of the message they quote."""
 
     def __init__(self, reason: str, field: str = "") -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(f"{reason} (at {field})" if field else reason)
+        self.reason = clip(reason, MAX_REASON_CHARS)
+        self.field = clip(field, MAX_FIELD_CHARS)
+        super().__init__(f"{self.reason} (at {self.field})" if self.field else self.reason)
 
 
 @cache
@@ -46,8 +52,14 @@ def decode(data: Data, type_: Any) -> Any: ...
 
 
 def decode(data: Data, type_: Any) -> Any:
-    """Decode `data` as `type_` (a message class or a union of them), or raise `MessageError`."""
-    size = len(data.encode()) if isinstance(data, str) else len(data)
+    """Decode `data` as `type_` (a message class or a union of them), or raise `MessageError`:
+    nothing in `data` makes it raise anything else."""
+    if isinstance(data, str):
+        try:
+            data = data.encode()
+        except UnicodeEncodeError as exc:  # lone surrogates: no JSON text can carry them
+            raise MessageError(f"not valid Unicode text: {exc}", "$") from None
+    size = len(data)
     if size > MAX_MESSAGE_BYTES:
         raise MessageError(f"message is {size} bytes, over the {MAX_MESSAGE_BYTES} limit", "$")
     try:
@@ -64,6 +76,10 @@ def decode(data: Data, type_: Any) -> Any:
         raise MessageError(reason, path) from None
     except msgspec.DecodeError as exc:
         raise MessageError(f"malformed JSON: {exc}", "$") from None
+    except RecursionError:  # msgspec recurses per nesting level, skipped values included
+        raise MessageError("nested too deeply to decode", "$") from None
+    except msgspec.MsgspecError as exc:  # none known on decoding; a newer msgspec may add some
+        raise MessageError(f"undecodable: {exc}", "$") from None
     if isinstance(message, Envelope) and message.schema_version > SCHEMA_VERSION:
         raise MessageError(
             f"schema_version {message.schema_version} is newer than this codeyard "

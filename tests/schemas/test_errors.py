@@ -68,6 +68,51 @@ def test_malformed_json(data: bytes | str) -> None:
     assert err.field in WHOLE_MESSAGE
 
 
+# msgspec recurses once per level of nesting, in values it skips as in those it keeps, and
+# raises RecursionError, not an error of its own, past its limit.
+TOO_DEEP = 20_000
+
+
+@pytest.mark.parametrize(
+    ("data", "as_work"),
+    [
+        (
+            b'{"type":"CodeRequest","run_id":' + b"[" * TOO_DEEP + b"]" * TOO_DEEP + b"}",
+            "Expected `str`, got `array`",  # its type is wrong before its depth is
+        ),
+        (
+            b'{"type":"CodeRequest","junk":' + b'{"a":' * TOO_DEEP + b"1" + b"}" * TOO_DEEP + b"}",
+            "nested too deeply to decode",
+        ),
+        ("[" * TOO_DEEP + "]" * TOO_DEEP, "Expected `object`, got `array`"),
+    ],
+    ids=["known field", "unknown field", "whole message"],
+)
+def test_nesting_however_deep_is_a_message_error(data: bytes | str, as_work: str) -> None:
+    assert error_of(data, WorkItem).reason == as_work
+    err = error_of(data, Any)
+    assert err.reason == "nested too deeply to decode"
+    assert err.field in WHOLE_MESSAGE
+
+
+def test_text_no_json_can_carry_is_a_message_error() -> None:
+    err = error_of('{"type": "PlanRequest", "goal": "\ud800"}', WorkItem)
+    assert err.reason.startswith("not valid Unicode text")
+    assert err.field in WHOLE_MESSAGE
+
+
+def test_an_error_quoting_a_huge_value_is_cut() -> None:
+    """msgspec quotes an unknown tag whole: up to a megabyte, which the error is logged with and
+    sent on in a dead letter."""
+    data = wire(messages.PlanRequest)
+    data["type"] = "A" * (MAX_MESSAGE_BYTES - 1000)
+    err = error_of(raw(data), WorkItem)
+    assert err.field == "$.type"
+    assert err.reason.startswith("unknown message type 'AAAA")
+    assert err.reason.endswith("characters cut]")
+    assert len(str(err)) < 3000
+
+
 def test_not_an_object() -> None:
     err = error_of(b'["PlanRequest"]', WorkItem)
     assert err.field == "$"
