@@ -202,7 +202,12 @@ class PullConsumer:
             self._pause = None
 
     async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers and not msg.data else None
+        # A status comes on its request's reply subject, a stored message on its stream
+        # subject: anyone who may publish work can give one an empty body and a Status header,
+        # and taken for a status it would be neither delivered nor acked, but come back after
+        # every ack_wait, counted as still owed until its request ends.
+        on_inbox = msg.subject.startswith(f"{self._inbox}.")
+        status = msg.headers.get("Status") if on_inbox and msg.headers and not msg.data else None
         if status is None:
             self.outstanding = max(self.outstanding - 1, 0)
             self._deliver(msg)

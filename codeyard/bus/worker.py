@@ -135,13 +135,19 @@ def _answering(item: WorkItem, result: Result) -> Result:
     )
 
 
+class _Addressed(msgspec.Struct):
+    run_id: str = ""
+
+
 def _run_id_of(payload: bytes) -> str:
+    """The run an undecodable message names, if it names a valid one, to file its dead letter
+    with; "" (unrouted) for anything else. Decoded by `decode`, which turns whatever hostile
+    input does to msgspec (nesting deep enough to exhaust its recursion) into a MessageError."""
     try:
-        value = msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+        run_id = decode(payload, _Addressed).run_id
+    except MessageError:
         return ""
-    run_id = value.get("run_id") if isinstance(value, dict) else None
-    return run_id if isinstance(run_id, str) and _ID.fullmatch(run_id) else ""
+    return run_id if _ID.fullmatch(run_id) else ""
 
 
 class Heartbeats:
@@ -233,7 +239,8 @@ class PullWorker:
     message delivered more often than allowed (its workers kept dying) fails without running.
 
     A withdrawn item (see `Withdrawals`) is termed without an answer: before its handler
-    starts, when the withdrawal cancels its handler, or when the handler returns anyway.
+    starts, or once its handler ends (cancelled by the withdrawal, or ending anyway). A
+    withdrawal that comes after the handler ended finds the item being answered, and lets it be.
 
     Never more than `concurrency` handlers run: a message delivered beyond that (the server
     may fill a request it kept across a reconnect as well as those asked anew) is nak'd at
@@ -370,71 +377,94 @@ class PullWorker:
             self._failed.inc()
             return
         self._heartbeats.start(msg)
-        # The handler runs in this task (a task of its own per item cost more than a no-op
-        # handler); a withdrawal cancels this task while it awaits the handler.
-        self._running[key] = asyncio.current_task()  # type: ignore[assignment]  # in a task
-        started, outcome = time.monotonic(), "ok"
         try:
-            result = await self.handler(item)
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            if key in self._withdrawn:  # the coordinator no longer wants it: drop it for good
-                await self._drop(msg, item, key)
-                return
-            with contextlib.suppress(Exception):  # shutting down: someone else should do it
-                await asyncio.shield(msg.nak())
-            raise
-        except RetryLater as exc:
-            outcome = "retry" if deliveries < self.max_deliver else "failed"
-            if deliveries >= self.max_deliver:
-                await self._fail(msg, item, f"still not possible: {exc}", deliveries, exc.usage)
-            else:
-                await self._retry(msg, item, exc, exc.delay, exc.usage)
-            return
-        except GiveUp as exc:
-            outcome = "failed"
-            await self._fail(msg, item, str(exc), deliveries, exc.usage)
-            return
-        except AwaitApproval as exc:
-            outcome = "approval"
-            log.info("%s: %s", self.role, exc)
-            waiting = ApprovalNeeded(
-                role=self.role,
-                approval_id=exc.approval_id,
-                action=exc.action,
-                detail=exc.detail,
-                reason=exc.reason,
-                usage=exc.usage,
-            )
-            await self._finish(msg, item, waiting)
-            return
-        except Exception as exc:
-            log.exception("%s: handler failed on %s", self.role, item.msg_id)
-            outcome = "retry" if deliveries < self.max_deliver else "failed"
-            if deliveries >= self.max_deliver:
-                await self._fail(msg, item, f"{type(exc).__name__}: {exc}", deliveries)
-            else:
-                await self._retry(msg, item, exc, None)
-            return
-        else:
-            # Withdrawn, yet the handler returned: nats-py's requests wait with `wait_for`,
-            # which on Python 3.11 swallows a cancellation landing as their reply arrives.
-            if key in self._withdrawn:
-                outcome = "cancelled"
+            await self._serve(msg, item, key, deliveries)
         finally:
+            # Only once the answer (or nak, or term) is sent: publishing a result may wait
+            # seconds for its ack, and a short ack_wait would redeliver the item meanwhile.
             self._heartbeats.stop(msg)
+
+    async def _serve(self, msg: Msg, item: WorkItem, key: WorkKey, deliveries: int) -> None:
+        """Run the handler on `item` and answer for it, by how the handler ended."""
+        # The handler runs in this task (a task of its own per item cost more than a no-op
+        # handler); a withdrawal cancels this task while it awaits the handler, and only then.
+        self._running[key] = asyncio.current_task()  # type: ignore[assignment]  # in a task
+        started = time.monotonic()
+        ended: Result | Exception | asyncio.CancelledError
+        try:
+            ended = await self.handler(item)
+        except (Exception, asyncio.CancelledError) as exc:
+            ended = exc
+        finally:
+            # Out of `_running` before anything more is awaited: a withdrawal coming while the
+            # answer is sent would cancel it half done (neither answered, nak'd nor termed).
+            # One coming from here on finds nothing running; the answer goes out, and the
+            # coordinator ignores answers for the runs it withdraws work from.
             self._running.pop(key, None)
-            self._handler_seconds[outcome].observe(time.monotonic() - started)
-        if outcome == "cancelled":  # its result is not wanted
+        withdrawn = key in self._withdrawn
+        outcome = "cancelled" if withdrawn else self._outcome_of(ended, deliveries)
+        self._handler_seconds[outcome].observe(time.monotonic() - started)
+        if withdrawn:
+            # Cancelled by the withdrawal, or ended anyway: nats-py's requests wait with
+            # `wait_for`, which on Python 3.11 swallows a cancellation landing as their reply
+            # arrives, and a handler may turn one into an error of its own.
             await self._drop(msg, item, key)
             return
-        # One turn of the event loop before the result is encoded and sent: the handlers of
-        # other items delivered together start first (a handler that finishes at once would
-        # otherwise hold them back by its result's encoding and checks).
-        await asyncio.sleep(0)
-        if await self._finish(msg, item, result):
-            self.stats.handled += 1
-            self._handled.inc()
+        match ended:
+            case asyncio.CancelledError():
+                with contextlib.suppress(Exception):  # shutting down: someone else should do it
+                    await asyncio.shield(msg.nak())
+                raise ended
+            case RetryLater() if deliveries >= self.max_deliver:
+                await self._fail(msg, item, f"still not possible: {ended}", deliveries, ended.usage)
+            case RetryLater():
+                await self._retry(msg, item, ended, ended.delay, ended.usage)
+            case GiveUp():
+                await self._fail(msg, item, str(ended), deliveries, ended.usage)
+            case AwaitApproval():
+                log.info("%s: %s", self.role, ended)
+                waiting = ApprovalNeeded(
+                    role=self.role,
+                    approval_id=ended.approval_id,
+                    action=ended.action,
+                    detail=ended.detail,
+                    reason=ended.reason,
+                    usage=ended.usage,
+                )
+                await self._finish(msg, item, waiting)
+            case Exception():
+                log.error("%s: handler failed on %s", self.role, item.msg_id, exc_info=ended)
+                if deliveries >= self.max_deliver:
+                    await self._fail(msg, item, f"{type(ended).__name__}: {ended}", deliveries)
+                else:
+                    await self._retry(msg, item, ended, None)
+            case _:
+                # One turn of the event loop before the result is encoded and sent: the
+                # handlers of other items delivered together start first (a handler that
+                # finishes at once would otherwise hold them back by its result's encoding
+                # and checks).
+                await asyncio.sleep(0)
+                if await self._finish(msg, item, ended):
+                    self.stats.handled += 1
+                    self._handled.inc()
+
+    def _outcome_of(
+        self, ended: Result | Exception | asyncio.CancelledError, deliveries: int
+    ) -> str:
+        """How a handler that was not withdrawn ended, as the handler-seconds metric counts."""
+        retrying = "retry" if deliveries < self.max_deliver else "failed"
+        match ended:
+            case asyncio.CancelledError():
+                return "cancelled"
+            case RetryLater():
+                return retrying
+            case GiveUp():
+                return "failed"
+            case AwaitApproval():
+                return "approval"
+            case Exception():
+                return retrying
+        return "ok"
 
     async def _on_cancel(self, msg: Msg) -> None:
         """Withdraw the work a notice names: cancel its handler if it runs here, and remember
@@ -562,7 +592,7 @@ class PullWorker:
             run_id=_run_id_of(payload),
             subject=msg.subject,
             consumer=self._consumer,
-            error=str(error),
+            error=clip(str(error)),  # over a LongText, every reader of the events refuses it
             payload=payload[:DEAD_LETTER_PAYLOAD_LIMIT].decode("utf-8", errors="replace"),
             payload_bytes=len(payload),
         )

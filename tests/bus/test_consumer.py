@@ -78,6 +78,25 @@ async def test_the_count_owed_ends_at_zero_however_the_server_splits_messages(bu
         await consumer.stop()
 
 
+async def test_a_stored_message_looking_like_a_status_is_delivered(bus: Bus) -> None:
+    """Only what comes on the consumer's inbox is a status: a stored message keeps its stream
+    subject, and an empty one with a Status header is delivered as any other (and counted)."""
+    received: list[Msg] = []
+    consumer = PullConsumer(bus.nc, WORK_STREAM, "coder", received.append, expires=30)
+    await consumer.start()
+    try:
+        headers = {"Status": "409", "Description": "Consumer Deleted"}
+        await bus.js.publish(work_subject("coder"), b"", headers=headers)
+        assert await consumer.request(2)
+        await until(lambda: len(received) == 1)
+        [msg] = received
+        assert (msg.subject, msg.data) == (work_subject("coder"), b"")
+        assert consumer.outstanding == 1  # the request still waits, owed one more
+        assert await consumer.request(1)  # no pause: nothing refused it
+    finally:
+        await consumer.stop()
+
+
 async def test_a_deleted_consumer_ends_every_request_owing_nothing(bus: Bus) -> None:
     """Requests the server ends without saying what it still owed them ("409 Consumer Deleted")
     are owed nothing more, and asking again waits for a pause: it would only be refused."""

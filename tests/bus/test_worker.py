@@ -575,6 +575,32 @@ async def test_withdrawn_work_whose_handler_swallows_the_cancellation_is_dropped
     assert len(worker._withdrawn) == 0  # and the withdrawal forgotten
 
 
+async def test_work_withdrawn_as_its_handler_ends_is_answered_all_the_same(bus: Bus) -> None:
+    """A withdrawal that comes once the handler ended finds nothing running to stop: the item
+    is answered and acked (the coordinator ignores answers for a run it withdrew work from).
+    One that cancelled the answering halfway left the item, depending on where it landed,
+    neither answered, nak'd nor termed, to come back after ack_wait."""
+    calls = Counter[str]()
+
+    async def gives_up(item: WorkItem) -> Result:
+        calls[item.task_id] += 1
+        # the notice comes back from the server while the worker sends the WorkFailed
+        await withdraw(bus, item.task_id)
+        raise GiveUp("the task asks for the impossible")
+
+    await bus.publish(work_subject("coder"), code_request("t1"))
+    worker = PullWorker(bus, "coder", gives_up)
+    async with serving(worker):
+        [result] = await collect_results(bus, 1)
+        await asyncio.sleep(bus.topology.ack_wait + 0.5)  # time to come back, were it unacked
+        info = await settled(bus, "coder")
+    assert isinstance(result, WorkFailed)
+    assert result.reason == "the task asks for the impossible"
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+    assert calls == Counter({"t1": 1})
+    assert worker.stats.failed == 1
+
+
 def test_withdrawals_are_remembered_for_a_while_and_only_so_many() -> None:
     withdrawals = Withdrawals(limit=3, keep=0.2)
     for n in range(5):

@@ -1,0 +1,95 @@
+"""Work no one can decode is dead-lettered and acked, however it was made to hurt: its dead
+letter is an event every reader accepts, and the work behind it is served."""
+
+from __future__ import annotations
+
+from codeyard.bus import Bus, PullWorker
+from codeyard.bus.subjects import EVENT_STREAM, work_subject
+from codeyard.schemas import DeadLetter, RunEvent, decode
+from codeyard.schemas.model import LONG_TEXT_CHARS
+from tests.bus.results import collect_results
+from tests.bus.test_worker import code_request, echo, serving, settled, until
+
+# msgspec recurses once per level of nesting, past its limit raising RecursionError
+TOO_DEEP = 20_000
+
+
+async def dead_letters(bus: Bus, count: int) -> list[DeadLetter]:
+    """The first `count` events, each decoded as every reader of the events stream does."""
+    events = await bus.js.pull_subscribe("cy.events.>", stream=EVENT_STREAM)
+    events_read = [decode(msg.data, RunEvent) for msg in await events.fetch(count, timeout=2)]
+    letters = [event for event in events_read if isinstance(event, DeadLetter)]
+    assert letters == events_read
+    return letters
+
+
+async def test_work_nested_too_deeply_to_decode_is_dead_lettered(bus: Bus) -> None:
+    run_id_nested = b'{"type":"CodeRequest","run_id":' + b"[" * TOO_DEEP + b"]" * TOO_DEEP + b"}"
+    junk_nested = (
+        b'{"type":"CodeRequest","run_id":"run7","junk":'
+        + b'{"a":' * TOO_DEEP
+        + b"1"
+        + b"}" * TOO_DEEP
+        + b"}"
+    )
+    for payload in (run_id_nested, junk_nested):
+        await bus.js.publish(work_subject("coder"), payload)
+    await bus.publish(work_subject("coder"), code_request("t2"))
+    worker = PullWorker(bus, "coder", echo())
+    async with serving(worker):
+        [result] = await collect_results(bus, 1)
+        await until(lambda: worker.stats.dead_lettered == 2)
+        info = await settled(bus, "coder")
+    assert result.task_id == "t2"
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    run_id_letter, junk_letter = await dead_letters(bus, 2)
+    assert "Expected `str`, got `array`" in run_id_letter.error
+    assert "nested too deeply" in junk_letter.error
+    # neither names a run it could be filed with: msgspec cannot get past the junk either
+    assert (run_id_letter.run_id, junk_letter.run_id) == ("", "")
+    assert junk_letter.payload_bytes == len(junk_nested)
+
+
+async def test_work_whose_error_quotes_a_huge_value_is_dead_lettered_with_the_error_cut(
+    bus: Bus,
+) -> None:
+    """msgspec quotes an unknown message type whole in its error: a dead letter carrying it
+    all was too big to publish (near max_payload), or an event no reader accepts (its error
+    over a LongText). Either way the work stayed unacked and came back forever."""
+    huge = b'{"type":"' + b"A" * (bus.nc.max_payload - 200) + b'"}'
+    long = b'{"type":"' + b"A" * 30_000 + b'","run_id":"run7"}'
+    for payload in (huge, long):
+        await bus.js.publish(work_subject("coder"), payload)
+    await bus.publish(work_subject("coder"), code_request("t2"))
+    worker = PullWorker(bus, "coder", echo())
+    async with serving(worker):
+        [result] = await collect_results(bus, 1)
+        await until(lambda: worker.stats.dead_lettered == 2)
+        info = await settled(bus, "coder")
+    assert result.task_id == "t2"
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    letters = await dead_letters(bus, 2)
+    assert [letter.payload_bytes for letter in letters] == [len(huge), len(long)]
+    for letter in letters:
+        assert letter.error.startswith("unknown message type 'AAAA")
+        assert "characters cut]" in letter.error
+        assert len(letter.error) <= LONG_TEXT_CHARS
+    assert letters[1].run_id == "run7"  # filed with its run all the same
+
+
+async def test_work_with_an_empty_body_and_a_status_header_is_dead_lettered(bus: Bus) -> None:
+    """Pull statuses come as empty messages with a Status header, on the worker's own inbox:
+    work looking the same was taken for one, never delivered nor acked, coming back after
+    every ack_wait and counted as owed meanwhile."""
+    await bus.js.publish(work_subject("coder"), b"", headers={"Status": "408"})
+    await bus.publish(work_subject("coder"), code_request("t2"))
+    worker = PullWorker(bus, "coder", echo())
+    async with serving(worker):
+        [result] = await collect_results(bus, 1)
+        await until(lambda: worker.stats.dead_lettered == 1)
+        info = await settled(bus, "coder")
+    assert result.task_id == "t2"
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+    [letter] = await dead_letters(bus, 1)
+    assert "malformed JSON" in letter.error
+    assert letter.subject == work_subject("coder")
