@@ -971,7 +971,26 @@ def _answer(request: Envelope, verb: str, json_output: bool = False) -> None:
         return
     if not isinstance(reply, Accepted):
         _refused(reply)
-    console.print(f"{verb}d {getattr(request, 'approval_id', '')}: {reply.detail}", markup=False)
+    approved = verb == "approve"
+    answered = f"{'approved' if approved else 'denied'} {getattr(request, 'approval_id', '')}"
+    run = f" (run {reply.run_id})" if reply.run_id else ""
+    outcome = _answer_outcome(reply.detail, approved)
+    console.print(f"{answered}{run}: {outcome}", markup=False, highlight=False)
+
+
+# What an answer did, by the event the coordinator applied: its reply names the event's class.
+ANSWER_OUTCOMES = {
+    "PlanApproved": "the plan is approved, the run goes on",
+    "PlanRejected": "the plan is rejected, the run is cancelled",
+    "ResumeRun": "the budget's limits are lifted, the run goes on",
+    "Cancel": "the run is cancelled (over budget)",
+}
+
+
+def _answer_outcome(detail: str, approved: bool) -> str:
+    if detail == "ResumeTask":
+        return "the task goes on" if approved else "the task fails"
+    return ANSWER_OUTCOMES.get(detail, detail)
 
 
 def _ask(verb: str, request: Envelope) -> ControlReply:

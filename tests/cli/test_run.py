@@ -171,6 +171,7 @@ async def test_a_person_approves_each_merge_from_the_command_line(
     assert bogus.returncode == 1
     assert "no pending approval" in bogus.stderr
     assert approved.returncode == 0, approved.stderr
+    assert approved.stdout == f"approved {approval_id} (run r2): the task goes on\n"
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"codeyard approve {approval_id}" in result.stdout  # the follower said how
     assert "a: awaiting_approval" in result.stdout
@@ -229,3 +230,12 @@ async def test_giving_up_following_says_the_run_goes_on_and_how_to_reach_it(
     assert b"run r5 keeps going: follow it with `codeyard logs -f r5`" in stderr
     status = await asyncio.to_thread(codeyard, codeyard_up, "status", "r5")
     assert "awaiting_approval" in status.stdout  # still there, waiting, not cancelled
+
+    # the merge it waits for, denied: the reply says what that did
+    listed = await asyncio.to_thread(codeyard, codeyard_up, "approvals", "--json")
+    [waiting_r5] = [
+        a for a in msgspec.json.decode(listed.stdout)["approvals"] if a["run_id"] == "r5"
+    ]
+    denied = await asyncio.to_thread(codeyard, codeyard_up, "deny", waiting_r5["approval_id"])
+    assert denied.returncode == 0, denied.stderr
+    assert denied.stdout == f"denied {waiting_r5['approval_id']} (run r5): the task fails\n"
