@@ -580,7 +580,8 @@ class PullWorker:
             role=self.role,
             reason=clip(f"{kind} {what}: {error}"),
             deliveries=msg.metadata.num_delivered,
-            usage=getattr(result, "usage", Usage()),  # what the work spent still counts
+            # what the work spent still counts (bounded: it may be what made the result invalid)
+            usage=getattr(result, "usage", Usage()).within_bounds(),
         )
 
     async def _dead_letter(self, msg: Msg, error: MessageError) -> None:

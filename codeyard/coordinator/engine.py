@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, assert_never
 
+import msgspec
+
 from codeyard.coordinator.budget import budget_overrun
 from codeyard.coordinator.effects import (
     CODER,
@@ -82,7 +84,8 @@ from codeyard.schemas.model import Feedback, FeedbackKind, Run, RunState, Task, 
 
 DEFAULT_REVIEWERS = ("review",)
 # Feedback.text is at most 20,000 characters on the wire; the end of a test log matters most.
-FEEDBACK_LIMIT = 20_000
+FEEDBACK_LIMIT = 20_000  # characters of one feedback text
+FEEDBACK_BYTES = 256 * 1024  # of a task's feedback, encoded: well within a 1 MiB message
 _FEEDBACK_HEAD = 2_000
 
 _ACTIVE_RUN = frozenset({RunState.EXECUTING, RunState.AWAITING_APPROVAL})
@@ -538,6 +541,7 @@ class RunEngine:
     def _send_back(self, task: Task, kind: FeedbackKind, text: str, step: _Step) -> None:
         """Feedback edge: back to coding at the next attempt, or fail when none is left."""
         task.feedback.append(Feedback(attempt=task.attempt, kind=kind, text=_clip(text)))
+        task.feedback = _latest_feedback(task.feedback)
         limit = self.run.budget.max_attempts_per_task
         if task.attempt >= limit:
             reason = f"attempts exhausted: attempt {task.attempt} of {limit} ended in {kind}"
@@ -629,6 +633,24 @@ class RunEngine:
         if self._queue is None:
             raise LookupError(f"run {self.run.run_id!r} has no plan yet")
         return self._queue
+
+
+def _latest_feedback(feedback: list[Feedback]) -> list[Feedback]:
+    """The newest feedback that fits in `FEEDBACK_BYTES` as JSON, at least the newest entry.
+
+    Every code request and task record carries a task's feedback whole: without a bound, a
+    task's 100 allowed attempts of 20,000-character logs (6 bytes a character once control
+    characters are escaped) outgrew NATS' message limit, and the step that sent it back failed
+    on every retry."""
+    kept: list[Feedback] = []
+    size = 0
+    for entry in reversed(feedback):
+        size += len(msgspec.json.encode(entry.text)) + 64  # its other fields, generously
+        if kept and size > FEEDBACK_BYTES:
+            break
+        kept.append(entry)
+    kept.reverse()
+    return kept
 
 
 def _clip(text: str) -> str:

@@ -42,7 +42,7 @@ from codeyard.bus.kv_scan import latest_entries, messages_after
 from codeyard.bus.pipeline import Pending, PubAck, PublishError, PublishPipeline
 from codeyard.bus.store import WRONG_LAST_SEQUENCE, StaleRevision
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
-from codeyard.schemas.codec import decode, encode
+from codeyard.schemas.codec import MessageError, decode, encode
 from codeyard.schemas.model import Run, Task
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,14 @@ class RunStore:
         return stored
 
     async def headers(self) -> list[Run]:
-        """Every run's header as of its last checkpoint (tasks left out), oldest first."""
-        runs = [decode(value, Run) async for _, value, _ in self._latest("*")]  # one token: headers
+        """Every readable run header as of its last checkpoint (tasks left out), oldest first;
+        one that cannot be decoded is logged and left out."""
+        runs = []
+        async for key, value, _ in self._latest("*"):  # one token: headers
+            try:
+                runs.append(decode(value, Run))
+            except MessageError as exc:
+                log.error("run %s: its stored header is unreadable, skipping it: %s", key, exc)
         return sorted(runs, key=lambda run: run.created_at)
 
     def _latest(self, keys: str) -> AsyncIterator[tuple[str, bytes, int]]:
@@ -207,13 +213,16 @@ class RunStore:
             stored, header, self._entries(header, {t: run.tasks[t] for t in changed}, stored)
         )
         stored.unsaved |= changed
-        if not new and not self._journals(stored):
+        ended = run.state in TERMINAL_RUN_STATES
+        # An ended run is checkpointed at once: its journal is then purged whole (`compact`);
+        # no later step would ever checkpoint it.
+        if not new and (ended or not self._journals(stored)):
             step.checkpoint = True
             step.tasks = [
                 self._record(stored, "task", task_key(run_id, t), run.tasks[t])
                 for t in stored.unsaved
             ]
-        elif not new and run.state not in TERMINAL_RUN_STATES:
+        elif not new:
             step.header = None  # a new leader finds the run by its header as it is
         await self._send_entry(pipeline, step)
         return step
@@ -335,15 +344,15 @@ class RunStore:
             raise first_error
 
     async def compact(self, stored: StoredRun) -> None:
-        """Purge the journal entries the run's last checkpoint includes, all but the last: the
-        next entry names its sequence."""
-        if stored.checkpoint_seq <= 1:
+        """Purge the journal entries the run's last checkpoint includes, all but the last (the
+        next entry names its sequence), or all of them once the run ended (none comes next)."""
+        ended = stored.run.state in TERMINAL_RUN_STATES
+        if stored.checkpoint_seq <= 1 and not ended:
             return
         subject = subjects.journal_subject(stored.run.run_id)
+        keep_from = stored.checkpoint_seq + 1 if ended else stored.checkpoint_seq
         try:
-            await self._js.purge_stream(
-                subjects.JOURNAL_STREAM, subject=subject, seq=stored.checkpoint_seq
-            )
+            await self._js.purge_stream(subjects.JOURNAL_STREAM, subject=subject, seq=keep_from)
         except (nats.errors.Error, TimeoutError) as exc:  # the next checkpoint purges them
             log.warning("run %s: purging its journal failed: %s", stored.run.run_id, exc)
 

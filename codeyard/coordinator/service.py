@@ -117,7 +117,7 @@ from codeyard.schemas.messages import (
     WorkCancelled,
     WorkItem,
 )
-from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
+from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState, clip
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,8 @@ class LostLeadership(RuntimeError):
 class OpenRun:
     stored: StoredRun
     engine: RunEngine
+    # This loading of the run, named in the ids of the work it dispatches (`Task.dispatched_by`)
+    epoch: str = field(default_factory=lambda: new_id()[:12])
 
     @property
     def run(self) -> Run:
@@ -364,13 +366,14 @@ class Coordinator:
         for header in await self._store.headers():
             if header.state in TERMINAL_RUN_STATES:
                 continue
-            stored = await self._store.load(header.run_id, tasks=True)
-            if stored is None:
-                continue
             try:
+                stored = await self._store.load(header.run_id, tasks=True)
+                if stored is None:
+                    continue
                 engine = RunEngine(stored.run, capacity=self.capacity)
-            except InvalidPlan as exc:
-                log.error("run %s is unreadable, skipping it: %s", stored.run.run_id, exc)
+            except (InvalidPlan, MessageError) as exc:
+                # one run's bad record must not stop every coordinator from leading the rest
+                log.error("run %s is unreadable, skipping it: %s", header.run_id, exc)
                 continue
             open_run = OpenRun(stored, engine)
             self._open[stored.run.run_id] = open_run
@@ -502,7 +505,7 @@ class Coordinator:
                     DeadLetter(
                         subject=msg.subject,
                         consumer=subjects.COORDINATOR_CONSUMER,
-                        error=str(exc),
+                        error=clip(str(exc)),
                         payload=payload[:4096].decode("utf-8", errors="replace"),
                         payload_bytes=len(payload),
                     ),
@@ -569,9 +572,13 @@ class Coordinator:
         for effect in effects:
             match effect:
                 case Dispatch():
-                    if effect.task_id and not resend:
-                        run.tasks[effect.task_id].dispatches += 1
+                    if not resend and effect.task_id:
+                        task = run.tasks[effect.task_id]
+                        task.dispatches += 1
+                        task.dispatched_by = open_run.epoch
                         dirty.add(effect.task_id)
+                    elif not resend:
+                        run.planning_dispatched_by = open_run.epoch
                     commit.work.append((subjects.work_subject(effect.role), work_item(run, effect)))
                     self.stats.dispatched += 1
                     _dispatches(effect.role).inc()

@@ -1,7 +1,9 @@
 """Engine effects as wire messages: work items for the roles and events for the stream.
 
 Message ids are derived from what the message stands for, so when a new leader re-sends the
-work its predecessor may or may not have sent, JetStream's duplicate window drops the copy.
+work its predecessor may or may not have sent, JetStream's duplicate window drops the copy. A
+work item's id also names the loading of the run that dispatched it (`Task.dispatched_by`): work
+dispatched anew after a reload is not taken for a copy of work whose record was lost.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
             run_id=run_id,
             attempt=attempt,
             trace_id=run_id,
-            msg_id=derived_id(run_id, PLANNER, attempt),
+            msg_id=derived_id(run_id, PLANNER, attempt, *_epoch(run.planning_dispatched_by)),
             goal=run.goal,
             repo=run.repo,
         )
@@ -62,7 +64,9 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
         task_id=task_id,
         attempt=attempt,
         trace_id=run_id,
-        msg_id=derived_id(run_id, task_id, dispatch.role, attempt, task.dispatches),
+        msg_id=derived_id(
+            run_id, task_id, dispatch.role, attempt, task.dispatches, *_epoch(task.dispatched_by)
+        ),
     )
     patch = task.patch or Patch()
     if dispatch.role == CODER:
@@ -83,6 +87,11 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
         repo=run.repo,
         test_output=task.test_output,
     )
+
+
+def _epoch(dispatched_by: str) -> tuple[str, ...]:
+    # left out when empty: work sent by an older version keeps its id when re-sent
+    return (dispatched_by,) if dispatched_by else ()
 
 
 def task_changes(run: Run, moves: list[TaskMoved]) -> TaskStatesChanged:

@@ -20,6 +20,7 @@ from codeyard.llm.settings import LLMSettings, RoleModel
 from codeyard.llm.tool_call import BadAnswer, ForcedTool
 from codeyard.observability import metrics
 from codeyard.schemas import Usage
+from codeyard.schemas.model import MAX_COST_USD
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class OpenAIClient:
             calls=1,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost_usd=self._settings.cost_usd(prompt, completion),
+            cost_usd=min(self._settings.cost_usd(prompt, completion), MAX_COST_USD),
         )
 
 

@@ -6,6 +6,7 @@ These are plain data. The rules for moving between states live in `codeyard.coor
 from __future__ import annotations
 
 import enum
+import math
 from datetime import datetime
 from typing import Annotated
 
@@ -57,24 +58,41 @@ class RunState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-# Never negative: a result claiming negative spend would shrink its run's and dodge the budget.
-Count = Annotated[int, msgspec.Meta(ge=0)]
+# Usage figures are never negative (a result claiming negative spend would shrink its run's and
+# dodge the budget) and have bounds where sums stop too: far above any real run, far below what
+# JSON and msgspec carry. Unbounded, two results claiming 1e308 USD added up to infinity, which
+# JSON writes as null: a run record no coordinator could read back.
+MAX_USAGE_COUNT = 2**53
+MAX_COST_USD = 1e12
+UsageCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_USAGE_COUNT)]
 
 
 class Usage(msgspec.Struct, kw_only=True, frozen=True):
-    """LLM usage of one call, one result or a whole run."""
+    """LLM usage of one call, one result or a whole run. Sums saturate at the bounds."""
 
-    calls: Count = 0
-    prompt_tokens: Count = 0
-    completion_tokens: Count = 0
-    cost_usd: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    calls: UsageCount = 0
+    prompt_tokens: UsageCount = 0
+    completion_tokens: UsageCount = 0
+    cost_usd: Annotated[float, msgspec.Meta(ge=0, le=MAX_COST_USD)] = 0.0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
-            calls=self.calls + other.calls,
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            cost_usd=self.cost_usd + other.cost_usd,
+            calls=min(self.calls + other.calls, MAX_USAGE_COUNT),
+            prompt_tokens=min(self.prompt_tokens + other.prompt_tokens, MAX_USAGE_COUNT),
+            completion_tokens=min(
+                self.completion_tokens + other.completion_tokens, MAX_USAGE_COUNT
+            ),
+            cost_usd=min(self.cost_usd + other.cost_usd, MAX_COST_USD),
+        )
+
+    def within_bounds(self) -> Usage:
+        """This usage with each figure brought within its bounds (one built in this process is
+        not validated; a worker reports it in a result the coordinator must be able to read)."""
+        return Usage(
+            calls=min(max(self.calls, 0), MAX_USAGE_COUNT),
+            prompt_tokens=min(max(self.prompt_tokens, 0), MAX_USAGE_COUNT),
+            completion_tokens=min(max(self.completion_tokens, 0), MAX_USAGE_COUNT),
+            cost_usd=0.0 if math.isnan(self.cost_usd) else min(max(self.cost_usd, 0), MAX_COST_USD),
         )
 
     @property
@@ -203,6 +221,12 @@ class Task(msgspec.Struct, kw_only=True):
     # Work items sent for this task so far; part of each item's msg_id, so a re-send after a
     # failover is deduplicated by JetStream while a deliberate second send is not.
     dispatches: int = 0
+    # Which loading of the run in a coordinator sent the latest work item (`OpenRun.epoch`),
+    # also part of its msg_id: a dispatch whose record was lost with its step (the coordinator
+    # died or reloaded between the work and the journal entry) is made again under a new
+    # epoch, so the duplicate window does not drop it as the lost one's copy. Empty in records
+    # of older versions, whose ids leave it out.
+    dispatched_by: str = ""
     # msg_ids of the latest results of this task's work whose usage the run counted (those
     # applied, retried or too late): one replayed after a failover (stored, not yet acked) is
     # not counted twice. Stored as `charged_retries`, its name when it held `WorkRetried` only.
@@ -236,5 +260,6 @@ class Run(msgspec.Struct, kw_only=True):
     # asked again after a crash keeps its approval id, and an answer to an older one is told
     # from the answer the run waits for.
     questions: int = 0
-    # As `Task.charged_reports`, for the planning's work (which has no task).
+    # As `Task.dispatched_by` and `Task.charged_reports`, for the planning's work (no task).
+    planning_dispatched_by: str = ""
     charged_reports: list[str] = msgspec.field(default_factory=list, name="charged_retries")

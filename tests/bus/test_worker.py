@@ -36,6 +36,7 @@ from codeyard.schemas import (
     decode,
     encode,
 )
+from codeyard.schemas.model import MAX_COST_USD
 from tests.bus.results import collect_results
 from tests.conftest import TEST_TOPOLOGY
 from tests.processes import stop
@@ -764,4 +765,21 @@ async def test_a_result_the_coordinator_would_refuse_is_answered_with_work_faile
     assert len(gave_up.reason) == 20_000
     assert gave_up.reason.startswith("the model kept answering nonsense: xxx")
     assert gave_up.reason.endswith("characters cut]")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_usage_beyond_its_bounds_is_reported_at_its_bounds(bus: Bus) -> None:
+    """A handler's usage is not validated where it is built: one past the schema's bounds makes
+    the result invalid, and the WorkFailed answering instead reports the usage at them."""
+
+    async def handle(item: WorkItem) -> Result:
+        return CodeResult(patch=Patch(text="+"), usage=Usage(calls=1, cost_usd=1e308))
+
+    await bus.publish(work_subject("coder"), code_request("t-costly"))
+    async with serving(PullWorker(bus, "coder", handle)):
+        [failed] = await collect_results(bus, 1)
+        info = await settled(bus, "coder")
+    assert isinstance(failed, WorkFailed)
+    assert "$.usage.cost_usd" in failed.reason
+    assert failed.usage == Usage(calls=1, cost_usd=MAX_COST_USD)
     assert (info.num_ack_pending, info.num_pending) == (0, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import msgspec
+import pytest
 
 from codeyard.coordinator import (
     Cancel,
@@ -38,6 +39,7 @@ from codeyard.coordinator import (
     WorkAbandoned,
     event_for,
 )
+from codeyard.coordinator.engine import FEEDBACK_BYTES
 from codeyard.schemas import (
     ApprovalNeeded,
     CodeResult,
@@ -49,8 +51,10 @@ from codeyard.schemas import (
     WorkFailed,
     WorkRetried,
 )
-from codeyard.schemas.codec import decode, encode
+from codeyard.schemas.codec import MessageError, decode, encode
 from codeyard.schemas.model import (
+    MAX_COST_USD,
+    MAX_USAGE_COUNT,
     Budget,
     Feedback,
     FeedbackKind,
@@ -654,3 +658,31 @@ def test_long_feedback_is_cut_to_what_the_wire_allows_keeping_the_end() -> None:
     assert text.startswith("start\n")
     assert text.endswith("FAILED test_end")
     assert "characters cut" in text
+
+
+def test_a_tasks_feedback_keeps_its_latest_entries_within_a_message() -> None:
+    """Logs of control characters (6 bytes each on the wire, as colour codes are), sent back
+    attempt after attempt: the feedback a code request carries keeps to FEEDBACK_BYTES."""
+    engine, _ = started([spec("a")], budget=Budget(max_attempts_per_task=30))
+    coloured = "\x1b" * 20_000
+    for attempt in range(1, 30):
+        engine.handle(Coded("a", attempt), T0)
+        effects = engine.handle(Tested("a", attempt, passed=False, report=coloured), T0)
+    [dispatch] = [effect for effect in effects if isinstance(effect, Dispatch)]
+    assert len(encode(Feedback(attempt=1, kind=FeedbackKind.REVIEW, text=coloured))) > 100_000
+    assert 0 < len(msgspec.json.encode(dispatch.feedback)) <= FEEDBACK_BYTES
+    assert [entry.attempt for entry in dispatch.feedback] == [28, 29]
+    assert list(dispatch.feedback) == engine.run.tasks["a"].feedback
+
+
+def test_usage_sums_stop_at_their_bounds_so_the_run_record_stays_readable() -> None:
+    """Two answers each claiming the most a result may (1e12 USD): the run's sum saturates
+    instead of growing past what its record may hold, so the record still decodes."""
+    most = Usage(calls=1, prompt_tokens=MAX_USAGE_COUNT, cost_usd=MAX_COST_USD)
+    engine, _ = started([spec("a")])
+    engine.handle(Coded("a", 1, usage=most), T0)
+    engine.handle(Tested("a", 1, passed=True, usage=most), T0)
+    assert engine.run.usage == Usage(calls=2, prompt_tokens=MAX_USAGE_COUNT, cost_usd=1e12)
+    assert decode(encode(engine.run), Run) == engine.run
+    with pytest.raises(MessageError, match="cost_usd"):
+        decode(encode(Usage(cost_usd=2 * MAX_COST_USD)), Usage)

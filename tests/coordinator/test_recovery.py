@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import Counter
 
 import msgspec
 import nats.errors
@@ -17,16 +19,33 @@ from codeyard.schemas import (
     Accepted,
     ApprovalList,
     Approve,
+    CodeRequest,
+    CodeResult,
     ControlError,
     Deny,
     ListApprovals,
+    Patch,
     PendingApproval,
+    PlanRequest,
+    PlanResult,
+    Result,
+    ReviewResult,
     SubmitRun,
+    TestRequest,
+    TestResult,
+    WorkItem,
     encode,
 )
 from codeyard.schemas.model import RunState, Task, TaskState
 from tests.conftest import TEST_TOPOLOGY
-from tests.coordinator.harness import ask, running_coordinator, status
+from tests.coordinator.harness import (
+    ask,
+    running_coordinator,
+    status,
+    wait_for_task,
+    wait_until,
+    workers_answering,
+)
 from tests.coordinator.plans import new_run, spec
 from tests.coordinator.store_faults import DiesBefore, dies_before_the_header
 
@@ -148,3 +167,87 @@ async def test_denying_a_budget_question_the_run_no_longer_asks_does_not_cancel_
         entry = await approvals.get("q0")
         assert entry is not None
         assert entry.value.status == "denied"  # closed: not listed, nor expired, again
+
+
+async def answer_at_once(item: WorkItem) -> Result:
+    """Every role's work done: one task planned, coded, tested, approved."""
+    if isinstance(item, PlanRequest):
+        return PlanResult(tasks=[spec("x")])
+    if isinstance(item, CodeRequest):
+        return CodeResult(patch=Patch(text="+"))
+    if isinstance(item, TestRequest):
+        return TestResult(passed=True)
+    return ReviewResult(approved=True)
+
+
+async def test_work_sent_by_a_step_cut_before_its_journal_entry_is_sent_again(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """The step applying the code result sent the test request, then the coordinator lost its
+    connection before the entry recording it. The tester answers that request while the
+    reloaded run is still coding (too early: ignored), so the test request the redelivered
+    code result produces again must reach a tester, not be dropped as a copy of the first."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = DiesBefore(coordinator_bus, journal_subject("r1"), armed=False)
+    coordinator_bus.pipeline = fault
+    asked = Counter[str]()
+
+    async def answer(item: WorkItem) -> Result:
+        asked[type(item).__name__] += 1
+        if isinstance(item, TestRequest):
+            await asyncio.sleep(1.0)  # answered after the reload, before the redelivery
+        return await answer_at_once(item)
+
+    try:
+        async with running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)):
+            await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=[spec("x")]))
+            await wait_for_task(bus, "r1", "x", TaskState.CODING)
+            fault.armed = True  # the code result's step dies before its journal entry
+            async with workers_answering(bus, answer):
+                run = await wait_until(bus, "r1", timeout=30)
+    finally:
+        await coordinator_bus.close()
+    assert fault.died
+    assert run.state is RunState.DONE
+    assert asked["TestRequest"] == 2  # the lost step's, and the reloaded run's
+
+
+async def test_a_submission_cut_before_its_header_is_planned_when_submitted_again(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """The planner answered the first submission's request, which no run owned (ignored); the
+    same submission again sends a plan request that is not dropped as a copy of that one."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = dies_before_the_header(coordinator_bus, "r1")
+    coordinator_bus.pipeline = fault
+    submission = SubmitRun(run_id="r1", goal="g")
+    try:
+        async with (
+            running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)),
+            workers_answering(bus, answer_at_once, ("planner", "coder", "tester", "review")),
+        ):
+            # never answered: the coordinator died in the step
+            first = asyncio.create_task(
+                bus.nc.request(ctl_subject("submit"), encode(submission), timeout=30)
+            )
+            for _ in range(300):
+                if fault.died:
+                    break
+                await asyncio.sleep(0.1)
+            first.cancel()
+            assert fault.died
+            assert isinstance(await ask(bus, "submit", submission), Accepted)
+            run = await wait_until(bus, "r1", timeout=30)
+    finally:
+        await coordinator_bus.close()
+    assert run.state is RunState.DONE
+    assert list(run.tasks) == ["x"]
+
+
+async def test_a_run_whose_record_cannot_be_read_does_not_stop_the_next_leader(bus: Bus) -> None:
+    store = await RunStore.open(bus.js)
+    await store.confirm(bus.pipeline, [await store.save(StoredRun(new_run()), [], bus.pipeline)])
+    await bus.js.publish(journal_subject("run1"), b'{"header": {"usage": {"cost_usd": null}}}')
+
+    async with running_coordinator(Coordinator(bus, name="successor", capacity=4)):
+        assert isinstance(await ask(bus, "submit", SubmitRun(run_id="run2", goal="g")), Accepted)

@@ -217,6 +217,37 @@ async def test_an_ended_run_says_so_in_its_header(bus: Bus) -> None:
     assert loaded.run.tasks["t2"].state is TaskState.MERGED
 
 
+async def test_an_ended_runs_journal_is_purged_whole(bus: Bus) -> None:
+    """An ended run is checkpointed by its last step, and nothing of its journal is kept: no
+    later step would ever checkpoint it, and its entries would stay on the server for good."""
+    store = await RunStore.open(bus.js)
+    stored = StoredRun(run_with_tasks("run1", 3))
+    await save(bus, store, stored, ["t0", "t1", "t2"])
+    for task_id in ("t0", "t1"):
+        stored.run.tasks[task_id].state = TaskState.MERGED
+        await save(bus, store, stored, [task_id])
+    assert await journal_length(bus, "run1") > 1
+    stored.run.state = RunState.DONE
+    stored.run.tasks["t2"].state = TaskState.MERGED
+    await save(bus, store, stored, ["t2"])
+
+    loaded = await store.load("run1", tasks=True)
+
+    assert await journal_length(bus, "run1") == 0
+    assert loaded is not None
+    assert loaded.run.state is RunState.DONE
+    assert loaded.run.tasks == stored.run.tasks
+
+
+async def test_an_unreadable_header_is_left_out_of_the_headers(bus: Bus) -> None:
+    store = await RunStore.open(bus.js)
+    await save(bus, store, StoredRun(run_with_tasks("run1", 1)), ["t0"])
+    kv = await bus.js.key_value(RUNS_BUCKET)
+    await kv.put(header_key("run2"), b'{"run_id": "run2", "goal": null}')
+
+    assert [run.run_id for run in await store.headers()] == ["run1"]
+
+
 async def test_a_header_is_written_only_once_the_rest_of_the_step_is_stored(bus: Bus) -> None:
     store = await RunStore.open(bus.js)
     stored = StoredRun(run_with_tasks("run1", 2))
