@@ -145,7 +145,7 @@ def up(
     Example: [bold]codeyard up[/bold]
     """
     from codeyard.dashboard.service import CannotServe, dashboard_token
-    from codeyard.launch import LocalModelNotServing, NatsUnreachable, run_up
+    from codeyard.launch import AlreadyRunning, LocalModelNotServing, NatsUnreachable, run_up
     from codeyard.llm import NOT_CONFIGURED, LLMSettings
     from codeyard.llm.local import NOTICE, local_server_available
     from codeyard.reviewers.loading import PluginError, plugin_role, plugin_spec
@@ -181,6 +181,9 @@ def up(
             dashboard=dashboard,
         )
         asyncio.run(up_)
+    except AlreadyRunning as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(BAD_CONFIGURATION) from None
     except (EmbeddedServerError, NatsUnreachable) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None

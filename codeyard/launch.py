@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
 import site
+import socket
 import sys
 import urllib.request
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import nats.errors
 from rich.console import Console
@@ -221,6 +223,52 @@ class NatsUnreachable(Exception):
         super().__init__(f"cannot reach NATS at {url}: {cause!r}")
 
 
+class AlreadyRunning(Exception):
+    """Another `up` uses the data dir, or something else listens on the NATS port: found
+    before `up` writes there or starts a server, which would open a running server's store."""
+
+
+# Held (flock) by the `up` that runs the embedded server of a data dir, for as long as it runs;
+# the kernel lets go of it when that process ends, however it ends.
+UP_LOCK = "up.lock"
+
+
+def hold_data_dir(directory: Path) -> IO[str]:
+    """Lock `directory` (the embedded server's) for this `up`; keep the returned file open to
+    keep it. `AlreadyRunning` if another `up` holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    # not `with`: the lock is held until the caller closes the file
+    lock = open(directory / UP_LOCK, "a+", encoding="utf-8")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise AlreadyRunning(
+            f"another codeyard up (pid {holder}) runs the NATS server of {directory}: stop it "
+            "first, or give this one a CODEYARD_DATA_DIR of its own"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """`AlreadyRunning` if something listens on `port`. SO_REUSEADDR, as nats-server binds:
+    connections of a stopped server lingering in TIME_WAIT do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise AlreadyRunning(
+                f"port {port} on {host} is in use (another codeyard up, or another program): "
+                "stop it, or set CODEYARD_NATS_PORT to a free port"
+            ) from None
+
+
 # How long `up` waits for the local model to answer: loading it can take minutes on a slow disk.
 LOCAL_MODEL_PATIENCE = 300.0
 
@@ -310,6 +358,7 @@ async def run_up(
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     server: EmbeddedNats | None = None
+    data_dir_lock: IO[str] | None = None
     model_stop = asyncio.Event()  # the model outlives the services, which may be asking it
     model: asyncio.Task[None] | None = None
     try:
@@ -317,6 +366,8 @@ async def run_up(
         credentials: dict[str, Credentials] = {}
         if not url:
             port = settings.nats_port or free_port()
+            data_dir_lock = hold_data_dir(settings.embedded_dir())
+            ensure_port_free(port)
             deployment = embedded_deployment(settings, port, reviewers)
             credentials = principal_credentials(deployment.credentials_dir, reviewers)
             server = EmbeddedNats(
@@ -380,5 +431,7 @@ async def run_up(
         if server:
             await asyncio.to_thread(server.stop)
             console.print("embedded nats-server stopped")
+        if data_dir_lock is not None:
+            data_dir_lock.close()  # the server is stopped: another `up` may use its store
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)

@@ -391,3 +391,48 @@ async def test_up_refuses_a_dashboard_token_too_short_before_starting_anything(
     assert code == 2
     assert b"CODEYARD_DASHBOARD_TOKEN: the dashboard token must be at least 16" in stderr
     assert not (tmp_path / "nats").exists()
+
+
+def test_a_second_up_on_a_running_ones_data_dir_or_port_refuses_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """It used to start a nats-server on the running one's store, print that server's whole
+    log and exit 1."""
+    first_env = up_env(tmp_path)
+    first = start_up(tmp_path, first_env)
+    children: set[int] = set()
+    try:
+        wait_for_output(tmp_path, first, "Ctrl-C stops")
+        children = children_of(first.pid)
+        server_log = tmp_path / "nats" / "nats-server.log"
+        logged = server_log.read_bytes()
+        command = [sys.executable, "-m", "codeyard", "up", "--no-agents", "--no-dashboard"]
+
+        same_dir = first_env | {"CODEYARD_NATS_PORT": str(free_port())}
+        on_its_dir = subprocess.run(command, env=same_dir, capture_output=True, timeout=60)
+        other_dir = up_env(tmp_path / "other") | {
+            "CODEYARD_NATS_PORT": first_env["CODEYARD_NATS_PORT"]
+        }
+        on_its_port = subprocess.run(command, env=other_dir, capture_output=True, timeout=60)
+
+        assert on_its_dir.returncode == 2, on_its_dir.stderr
+        assert on_its_dir.stderr.decode() == (
+            f"error: another codeyard up (pid {first.pid}) runs the NATS server of "
+            f"{tmp_path / 'nats'}: stop it first, or give this one a CODEYARD_DATA_DIR of its own\n"
+        )
+        assert on_its_port.returncode == 2, on_its_port.stderr
+        port = first_env["CODEYARD_NATS_PORT"]
+        assert on_its_port.stderr.decode() == (
+            f"error: port {port} on 127.0.0.1 is in use (another codeyard up, or another "
+            "program): stop it, or set CODEYARD_NATS_PORT to a free port\n"
+        )
+        assert not (tmp_path / "other" / "nats" / "jetstream").exists()
+        assert server_log.read_bytes() == logged  # no second server started on that store
+        assert first.poll() is None
+        os.killpg(first.pid, signal.SIGINT)
+        code = finish(first)
+    finally:
+        kill(first)
+        left = wait_until_gone(children)
+    assert code == 0
+    assert not left
