@@ -255,18 +255,25 @@ def hold_data_dir(directory: Path) -> IO[str]:
     return lock
 
 
-def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
-    """`AlreadyRunning` if something listens on `port`. SO_REUSEADDR, as nats-server binds:
-    connections of a stopped server lingering in TIME_WAIT do not count."""
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on `port`. SO_REUSEADDR, as servers bind: connections of a
+    stopped server lingering in TIME_WAIT do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
-            raise AlreadyRunning(
-                f"port {port} on {host} is in use (another codeyard up, or another program): "
-                "stop it, or set CODEYARD_NATS_PORT to a free port"
-            ) from None
+            return False
+    return True
+
+
+def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """`AlreadyRunning` if something listens on `port`."""
+    if not port_free(port, host):
+        raise AlreadyRunning(
+            f"port {port} on {host} is in use (another codeyard up, or another program): "
+            "stop it, or set CODEYARD_NATS_PORT to a free port"
+        )
 
 
 # How long `up` waits for the local model to answer: loading it can take minutes on a slow disk.
@@ -406,6 +413,15 @@ async def run_up(
             cap = os.environ.get("CODEYARD_LLM_MAX_TOKENS", str(MAX_TOKENS))
             llm_env |= {"CODEYARD_LLM_MODEL": "smollm2", "CODEYARD_LLM_MAX_TOKENS": cap}
         token = dashboard_token(settings) if dashboard else None
+        if token is not None and not port_free(settings.dashboard_port, settings.dashboard_host):
+            # it would exit 2 at once: say so, rather than announce an address that is another's
+            taken = f"{settings.dashboard_host}:{settings.dashboard_port}"
+            console.print(
+                f"dashboard not started: {taken} is in use (set CODEYARD_DASHBOARD_PORT)",
+                markup=False,
+                highlight=False,
+            )
+            token = None
         children = service_children(
             url,
             coders=coders,

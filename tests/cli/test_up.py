@@ -436,3 +436,31 @@ def test_a_second_up_on_a_running_ones_data_dir_or_port_refuses_in_one_line(
         left = wait_until_gone(children)
     assert code == 0
     assert not left
+
+
+def test_up_does_not_announce_a_dashboard_whose_port_is_taken(tmp_path: Path) -> None:
+    """The dashboard child would exit 2 on the taken port while `up` printed its address."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        env = up_env(tmp_path) | {
+            "CODEYARD_DASHBOARD_PORT": str(taken),
+            "CODEYARD_DASHBOARD_TOKEN": "dashboard-token-of-the-tests",
+        }
+        command = [sys.executable, "-m", "codeyard", "up", "--no-agents"]
+        up = start_up(tmp_path, env, *command)
+        children: set[int] = set()
+        try:
+            wait_for_output(tmp_path, up, "Ctrl-C stops")
+            children = children_of(up.pid)
+            os.killpg(up.pid, signal.SIGINT)
+            code = finish(up)
+        finally:
+            kill(up)
+            wait_until_gone(children)
+    output = (tmp_path / "up.log").read_text()
+    assert code == 0, output
+    assert f"dashboard not started: 127.0.0.1:{taken} is in use" in output
+    assert "dashboard: http" not in output
+    assert "running: coordinator, safety-gate; Ctrl-C stops" in output

@@ -40,6 +40,7 @@ async def codeyard_stack(tmp_path: Path, script: Path) -> AsyncIterator[dict[str
     env = base | {
         "CODEYARD_DATA_DIR": str(tmp_path / "data"),
         "CODEYARD_NATS_PORT": str(free_port()),
+        "CODEYARD_DASHBOARD_PORT": str(free_port()),  # not 8700, a user's `up` may hold it
         "OPENAI_BASE_URL": ready.removeprefix("READY "),
         "OPENAI_API_KEY": "test-key",
         "CODEYARD_LLM_MAX_RETRIES": "1",

@@ -34,6 +34,7 @@ async def test_a_run_with_smollm2_ends_well_formed(repo: Path, tmp_path: Path) -
     env |= {
         "CODEYARD_DATA_DIR": str(tmp_path / "data"),
         "CODEYARD_NATS_PORT": str(port),
+        "CODEYARD_DASHBOARD_PORT": str(free_port()),  # not 8700, a user's `up` may hold it
         "CODEYARD_LLM_MAX_REASKS": "1",
     }
     up, _ = await start("-m", "codeyard", "up", "--coders", "1", env=env, ready=b"Ctrl-C stops")
