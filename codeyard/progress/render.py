@@ -8,7 +8,7 @@ from datetime import datetime
 
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 from rich.tree import Tree
 
@@ -103,9 +103,14 @@ def render_run(view: RunView, now: datetime, notice: str = "") -> RenderableType
     return Group(*parts)
 
 
+def id_column(header: str) -> Column:
+    """A column of ids, kept whole however narrow the terminal: they are copied into commands."""
+    return Column(header, no_wrap=True, min_width=len(header))
+
+
 def task_table(run: Run, now: datetime) -> Table:
     """`codeyard status RUN`: one row per task."""
-    table = Table("task", "title", "state", "attempt", "duration", "feedback", "deps")
+    table = Table(id_column("task"), "title", "state", "attempt", "duration", "feedback", "deps")
     for task_id, task in run.tasks.items():
         seconds = None
         if task.started_at is not None:
@@ -136,7 +141,7 @@ def run_summary(run: Run) -> Text:
 
 def runs_table(runs: Sequence[Run]) -> Table:
     """`codeyard status`: one row per run, newest first."""
-    table = Table("run", "state", "goal", "tokens", "cost", "created", "updated")
+    table = Table(id_column("run"), "state", "goal", "tokens", "cost", "created", "updated")
     for run in sorted(runs, key=lambda run: run.created_at, reverse=True):
         table.add_row(
             run.run_id,
