@@ -295,7 +295,13 @@ def run(
     ] = Path("."),
     plan: Annotated[
         Path | None,
-        typer.Option(exists=True, dir_okay=False, help="a JSON list of tasks; skips the planner"),
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help='a JSON list of tasks, skipping the planner: [{"id": "a", "title": "...", '
+            '"description": "...", "acceptance": ["..."], "files": ["..."], "deps": ["b"], '
+            '"reviewers": ["review"], "effort": 2}], only id and title required',
+        ),
     ] = None,
     run_id: Annotated[
         str | None, typer.Option(help="choose the run id (resubmitting is safe)")
