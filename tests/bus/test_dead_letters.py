@@ -23,6 +23,24 @@ async def dead_letters(bus: Bus, count: int) -> list[DeadLetter]:
     return letters
 
 
+async def served_past(
+    bus: Bus, *payloads: bytes, headers: dict[str, str] | None = None
+) -> list[DeadLetter]:
+    """Work stored as `payloads`, then a valid item: the worker serves the item, dead-letters
+    every payload on its first delivery and leaves nothing pending. Their dead letters."""
+    for payload in payloads:
+        await bus.js.publish(work_subject("coder"), payload, headers=headers)
+    await bus.publish(work_subject("coder"), code_request("t2"))
+    worker = PullWorker(bus, "coder", echo())
+    async with serving(worker):
+        [result] = await collect_results(bus, 1)
+        await until(lambda: worker.stats.dead_lettered == len(payloads))
+        info = await settled(bus, "coder")
+    assert result.task_id == "t2"
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+    return await dead_letters(bus, len(payloads))
+
+
 async def test_work_nested_too_deeply_to_decode_is_dead_lettered(bus: Bus) -> None:
     run_id_nested = b'{"type":"CodeRequest","run_id":' + b"[" * TOO_DEEP + b"]" * TOO_DEEP + b"}"
     junk_nested = (
@@ -32,17 +50,7 @@ async def test_work_nested_too_deeply_to_decode_is_dead_lettered(bus: Bus) -> No
         + b"}" * TOO_DEEP
         + b"}"
     )
-    for payload in (run_id_nested, junk_nested):
-        await bus.js.publish(work_subject("coder"), payload)
-    await bus.publish(work_subject("coder"), code_request("t2"))
-    worker = PullWorker(bus, "coder", echo())
-    async with serving(worker):
-        [result] = await collect_results(bus, 1)
-        await until(lambda: worker.stats.dead_lettered == 2)
-        info = await settled(bus, "coder")
-    assert result.task_id == "t2"
-    assert (info.num_ack_pending, info.num_pending) == (0, 0)
-    run_id_letter, junk_letter = await dead_letters(bus, 2)
+    run_id_letter, junk_letter = await served_past(bus, run_id_nested, junk_nested)
     assert "Expected `str`, got `array`" in run_id_letter.error
     assert "nested too deeply" in junk_letter.error
     # neither names a run it could be filed with: msgspec cannot get past the junk either
@@ -58,17 +66,7 @@ async def test_work_whose_error_quotes_a_huge_value_is_dead_lettered_with_the_er
     over a LongText). Either way the work stayed unacked and came back forever."""
     huge = b'{"type":"' + b"A" * (bus.nc.max_payload - 200) + b'"}'
     long = b'{"type":"' + b"A" * 30_000 + b'","run_id":"run7"}'
-    for payload in (huge, long):
-        await bus.js.publish(work_subject("coder"), payload)
-    await bus.publish(work_subject("coder"), code_request("t2"))
-    worker = PullWorker(bus, "coder", echo())
-    async with serving(worker):
-        [result] = await collect_results(bus, 1)
-        await until(lambda: worker.stats.dead_lettered == 2)
-        info = await settled(bus, "coder")
-    assert result.task_id == "t2"
-    assert (info.num_ack_pending, info.num_pending) == (0, 0)
-    letters = await dead_letters(bus, 2)
+    letters = await served_past(bus, huge, long)
     assert [letter.payload_bytes for letter in letters] == [len(huge), len(long)]
     for letter in letters:
         assert letter.error.startswith("unknown message type 'AAAA")
@@ -81,15 +79,6 @@ async def test_work_with_an_empty_body_and_a_status_header_is_dead_lettered(bus:
     """Pull statuses come as empty messages with a Status header, on the worker's own inbox:
     work looking the same was taken for one, never delivered nor acked, coming back after
     every ack_wait and counted as owed meanwhile."""
-    await bus.js.publish(work_subject("coder"), b"", headers={"Status": "408"})
-    await bus.publish(work_subject("coder"), code_request("t2"))
-    worker = PullWorker(bus, "coder", echo())
-    async with serving(worker):
-        [result] = await collect_results(bus, 1)
-        await until(lambda: worker.stats.dead_lettered == 1)
-        info = await settled(bus, "coder")
-    assert result.task_id == "t2"
-    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
-    [letter] = await dead_letters(bus, 1)
+    [letter] = await served_past(bus, b"", headers={"Status": "408"})
     assert "malformed JSON" in letter.error
     assert letter.subject == work_subject("coder")

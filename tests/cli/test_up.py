@@ -38,13 +38,8 @@ async def test_up_runs_an_embedded_server_until_sigterm(tmp_path: Path) -> None:
         env=env,
         stdout=asyncio.subprocess.PIPE,
     )
-    assert process.stdout is not None
-    output = b""
     try:
-        while b"Ctrl-C stops" not in output:
-            line = await asyncio.wait_for(process.stdout.readline(), 20)
-            assert line, f"codeyard up exited early: {output.decode()}"
-            output += line
+        output = await output_until_ready(process, 20)
         assert f"nats://127.0.0.1:{port}".encode() in output
 
         url = f"nats://127.0.0.1:{port}"
@@ -151,13 +146,9 @@ async def test_up_run_beside_a_folder_named_codeyard_starts_its_own_services(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    assert process.stdout is not None
     output = b""
     try:
-        while b"Ctrl-C stops" not in output:
-            line = await asyncio.wait_for(process.stdout.readline(), 60)
-            assert line, f"codeyard up exited early: {output.decode()}"
-            output += line
+        output = await output_until_ready(process, 60)
         url = f"nats://127.0.0.1:{env['CODEYARD_NATS_PORT']}"
         ctl = await Bus.connect(
             url, credentials=read_credentials(data / "nats" / "credentials" / "ctl.env")
@@ -201,6 +192,17 @@ def start_up(tmp_path: Path, env: dict[str, str], *argv: str) -> subprocess.Pope
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+async def output_until_ready(process: asyncio.subprocess.Process, patience: float) -> bytes:
+    """What `up` printed up to the line saying all its services run."""
+    assert process.stdout is not None
+    output = b""
+    while b"Ctrl-C stops" not in output:
+        line = await asyncio.wait_for(process.stdout.readline(), patience)
+        assert line, f"codeyard up exited early: {output.decode()}"
+        output += line
+    return output
 
 
 def wait_for_output(tmp_path: Path, up: subprocess.Popen[bytes], text: str) -> None:
