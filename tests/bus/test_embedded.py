@@ -56,8 +56,12 @@ def test_the_server_gets_a_quarter_of_the_cores_unless_told(
 
 
 def test_a_port_in_use_is_a_clear_error(tmp_path: Path, nats_server: EmbeddedNats) -> None:
-    with pytest.raises(EmbeddedServerError, match="exited"):
-        EmbeddedNats(tmp_path, port=nats_server.port).start()
+    second = EmbeddedNats(tmp_path, port=nats_server.port)
+    try:
+        with pytest.raises(EmbeddedServerError, match="exited"):
+            second.start()
+    finally:
+        second.stop()  # should this test fail, the server it started does not outlive it
 
 
 async def test_restart_keeps_queued_work_and_workers_reconnect(tmp_path: Path) -> None:
