@@ -138,7 +138,7 @@ class LostLeadership(RuntimeError):
 class OpenRun:
     stored: StoredRun
     engine: RunEngine
-    # This loading of the run, named in the ids of the work it dispatches (`Task.dispatched_by`)
+    # This loading of the run, named in the ids of its plan requests (`Run.planning_dispatched_by`)
     epoch: str = field(default_factory=lambda: new_id()[:12])
 
     @property
@@ -573,9 +573,7 @@ class Coordinator:
             match effect:
                 case Dispatch():
                     if not resend and effect.task_id:
-                        task = run.tasks[effect.task_id]
-                        task.dispatches += 1
-                        task.dispatched_by = open_run.epoch
+                        run.tasks[effect.task_id].dispatches += 1
                         dirty.add(effect.task_id)
                     elif not resend:
                         run.planning_dispatched_by = open_run.epoch

@@ -2,8 +2,9 @@
 
 Message ids are derived from what the message stands for, so when a new leader re-sends the
 work its predecessor may or may not have sent, JetStream's duplicate window drops the copy. A
-work item's id also names the loading of the run that dispatched it (`Task.dispatched_by`): work
-dispatched anew after a reload is not taken for a copy of work whose record was lost.
+plan request's id also names the loading of the run that sent it (`Run.planning_dispatched_by`):
+a submission cut before its run was stored and submitted again is planned, not dropped as a
+copy of the lost one.
 """
 
 from __future__ import annotations
@@ -64,9 +65,7 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
         task_id=task_id,
         attempt=attempt,
         trace_id=run_id,
-        msg_id=derived_id(
-            run_id, task_id, dispatch.role, attempt, task.dispatches, *_epoch(task.dispatched_by)
-        ),
+        msg_id=derived_id(run_id, task_id, dispatch.role, attempt, task.dispatches),
     )
     patch = task.patch or Patch()
     if dispatch.role == CODER:

@@ -221,12 +221,6 @@ class Task(msgspec.Struct, kw_only=True):
     # Work items sent for this task so far; part of each item's msg_id, so a re-send after a
     # failover is deduplicated by JetStream while a deliberate second send is not.
     dispatches: int = 0
-    # Which loading of the run in a coordinator sent the latest work item (`OpenRun.epoch`),
-    # also part of its msg_id: a dispatch whose record was lost with its step (the coordinator
-    # died or reloaded between the work and the journal entry) is made again under a new
-    # epoch, so the duplicate window does not drop it as the lost one's copy. Empty in records
-    # of older versions, whose ids leave it out.
-    dispatched_by: str = ""
     # msg_ids of the latest results of this task's work whose usage the run counted (those
     # applied, retried or too late): one replayed after a failover (stored, not yet acked) is
     # not counted twice. Stored as `charged_retries`, its name when it held `WorkRetried` only.
@@ -260,6 +254,10 @@ class Run(msgspec.Struct, kw_only=True):
     # asked again after a crash keeps its approval id, and an answer to an older one is told
     # from the answer the run waits for.
     questions: int = 0
-    # As `Task.dispatched_by` and `Task.charged_reports`, for the planning's work (no task).
+    # Which loading of the run in a coordinator sent its latest plan request (`OpenRun.epoch`),
+    # part of that request's msg_id: a submission cut before its run was stored, submitted
+    # again, is planned instead of its request being dropped as a copy of the lost one (whose
+    # answer found no run). Empty in records of older versions, whose ids leave it out.
     planning_dispatched_by: str = ""
+    # As `Task.charged_reports`, for the planning's work (which has no task).
     charged_reports: list[str] = msgspec.field(default_factory=list, name="charged_retries")
