@@ -442,14 +442,12 @@ def run(
         raise typer.Exit(1) from None
     except TimeoutError as exc:
         if not submitting:  # connecting timed out: NATS is not there
-            _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
-            raise typer.Exit(1) from None
+            _unreachable(url, exc)
         _error(f"the run did not finish within {timeout:g}s")
         _still_running(submit.run_id)
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
-        _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
-        raise typer.Exit(1) from None
+        _unreachable(url, exc)
     raise typer.Exit(0 if state == RunState.DONE else 1)
 
 
@@ -1034,8 +1032,7 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
-        _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
-        raise typer.Exit(1) from None
+        _unreachable(url, exc)
 
 
 def _bad_run_input(goal: str, timeout: float, run_id: str | None) -> str | None:
@@ -1067,6 +1064,11 @@ def _cannot_write(directory: Path, exc: OSError) -> NoReturn:
         reason = exc.strerror or str(exc)
     _error(f"cannot write to {directory}: {reason}{at_fault}")
     raise typer.Exit(1)
+
+
+def _unreachable(url: str, exc: BaseException) -> NoReturn:
+    _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
+    raise typer.Exit(1) from None
 
 
 def _still_running(run_id: str) -> None:
