@@ -336,14 +336,6 @@ async def unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -
     return True
 
 
-def local_model_child(argv: Sequence[str]) -> ChildSpec:
-    """The local model's server, a module of codeyard's run by this Python: with `-P` and
-    this codeyard's import path, like the services (see PYTHON)."""
-    interpreter, *rest = argv
-    command = [*PYTHON, *rest] if interpreter == sys.executable else list(argv)
-    return ChildSpec("llm", command, own_import_path(os.environ))
-
-
 async def run_up(
     settings: Settings,
     console: Console,
@@ -403,7 +395,9 @@ async def run_up(
             path = smollm2_model()
             assert path is not None
             port = free_port()
-            llm_server = local_model_child(local_server_command(path, port))
+            # a module of this codeyard, like the services: with its import path
+            command = local_server_command(path, port)
+            llm_server = ChildSpec("llm", command, own_import_path(os.environ))
             model = asyncio.create_task(Supervisor([llm_server]).run(model_stop))
             base_url = f"http://127.0.0.1:{port}/v1"
             console.print(f"starting the local model at {base_url} ...")

@@ -45,9 +45,12 @@ def local_server_available() -> bool:
 
 def local_server_command(model: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     """llama.cpp's OpenAI-compatible server for `model` on loopback (through our launcher,
-    which keeps llama.cpp off its AMX code path: see codeyard/llm/llama_server.py)."""
+    which keeps llama.cpp off its AMX code path: see codeyard/llm/llama_server.py). `-P`: a
+    folder named `codeyard` in the working directory must not hide the package (see
+    `codeyard.launch.PYTHON`)."""
     return [
         sys.executable,
+        "-P",
         "-m",
         "codeyard.llm.llama_server",
         "--model",
