@@ -20,7 +20,6 @@ from codeyard.llm.settings import LLMSettings, RoleModel
 from codeyard.llm.tool_call import BadAnswer, ForcedTool
 from codeyard.observability import metrics
 from codeyard.schemas import Usage
-from codeyard.schemas.model import MAX_COST_USD
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +209,8 @@ class OpenAIClient:
             calls=1,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost_usd=min(self._settings.cost_usd(prompt, completion), MAX_COST_USD),
-        )
+            cost_usd=self._settings.cost_usd(prompt, completion),
+        ).within_bounds()  # prices times counts may pass the cost a record can hold
 
 
 # More tokens than any one answer has: a count over it is the server's mistake, and left as is

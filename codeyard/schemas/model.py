@@ -77,13 +77,11 @@ class Usage(msgspec.Struct, kw_only=True, frozen=True):
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
-            calls=min(self.calls + other.calls, MAX_USAGE_COUNT),
-            prompt_tokens=min(self.prompt_tokens + other.prompt_tokens, MAX_USAGE_COUNT),
-            completion_tokens=min(
-                self.completion_tokens + other.completion_tokens, MAX_USAGE_COUNT
-            ),
-            cost_usd=min(self.cost_usd + other.cost_usd, MAX_COST_USD),
-        )
+            calls=self.calls + other.calls,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+        ).within_bounds()
 
     def within_bounds(self) -> Usage:
         """This usage with each figure brought within its bounds (one built in this process is
