@@ -593,7 +593,7 @@ class PullWorker:
             run_id=_run_id_of(payload),
             subject=msg.subject,
             consumer=self._consumer,
-            error=clip(str(error)),  # over a LongText, every reader of the events refuses it
+            error=str(error),  # a MessageError's text is bounded well within a LongText
             payload=payload[:DEAD_LETTER_PAYLOAD_LIMIT].decode("utf-8", errors="replace"),
             payload_bytes=len(payload),
         )

@@ -117,7 +117,7 @@ from codeyard.schemas.messages import (
     WorkCancelled,
     WorkItem,
 )
-from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState, clip
+from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
@@ -505,7 +505,7 @@ class Coordinator:
                     DeadLetter(
                         subject=msg.subject,
                         consumer=subjects.COORDINATOR_CONSUMER,
-                        error=clip(str(exc)),
+                        error=str(exc),  # a MessageError's text is bounded
                         payload=payload[:4096].decode("utf-8", errors="replace"),
                         payload_bytes=len(payload),
                     ),
