@@ -81,10 +81,18 @@ class RunFinished(msgspec.Struct, frozen=True):
 
 
 class Ignored(msgspec.Struct, frozen=True):
-    """`event` was not applied (duplicate, stale attempt, wrong phase, run over...)."""
+    """`event` was not applied (duplicate, stale attempt, wrong phase, run over...).
+
+    `early`: a worker's answer to work the run has not sent, as far as it knows. The step that
+    sent the work was lost (its coordinator died or reloaded before storing it) and the answer
+    came before the result that takes the run there again: that result was not acked, so it
+    comes back, and the step it redoes sends the same work id, which the work stream drops as
+    a duplicate. The answer is then the only one that will come: keep it to apply later.
+    """
 
     event: Event
     reason: str
+    early: bool = False
 
 
 Effect = (

@@ -101,6 +101,27 @@ ANSWERS = (PlanProposed, Coded, Tested, Reviewed, WorkAbandoned, ParkTask)
 
 TaskResult = Coded | Tested | Reviewed | Merged | MergeFailed
 
+# How far along a task's work is, by state; a worker's answer belongs to its role's stage. An
+# answer from further along than its task (or from a later attempt) is early: see `Ignored`.
+_STAGE = {
+    TaskState.PLANNED: 0,
+    TaskState.READY: 0,
+    TaskState.CODING: 1,
+    TaskState.TESTING: 2,
+    TaskState.REVIEWING: 3,
+    TaskState.GATED: 4,
+}
+
+
+def _stage_of_role(role: str) -> int:
+    if role == CODER:
+        return _STAGE[TaskState.CODING]
+    if role == TESTER:
+        return _STAGE[TaskState.TESTING]
+    if role == "review" or role.startswith("review."):
+        return _STAGE[TaskState.REVIEWING]
+    return 0  # not a task's worker (the merge step's questions): never early
+
 
 @dataclass
 class _Step:
@@ -110,8 +131,8 @@ class _Step:
     out: list[Effect] = field(default_factory=list)
     ignored: bool = False
 
-    def ignore(self, event: Event, reason: str) -> None:
-        self.out.append(Ignored(event, reason))
+    def ignore(self, event: Event, reason: str, *, early: bool = False) -> None:
+        self.out.append(Ignored(event, reason, early))
         self.ignored = True
 
 
@@ -333,7 +354,8 @@ class RunEngine:
         if task is None:
             return
         if task.state not in WORKING_STATES or event.role not in self._roles_out(task):
-            step.ignore(event, f"no {event.role} work is out for task (it is {task.state})")
+            reason = f"no {event.role} work is out for task (it is {task.state})"
+            step.ignore(event, reason, early=self._behind(task, event.role))
             return
         run.usage = run.usage + event.usage  # no budget check: the task is failing anyway
         self._fail_task(task, f"{event.role} gave up: {event.reason}", step)
@@ -369,6 +391,9 @@ class RunEngine:
     def _on_park(self, event: ParkTask, step: _Step) -> None:
         task = self._task(event, step)
         if task is None:
+            return
+        if self._behind(task, event.role):
+            step.ignore(event, f"task is {task.state}: {event.role} has no work", early=True)
             return
         if task.state not in PARKABLE_STATES:
             step.ignore(event, f"task is {task.state}: cannot park")
@@ -455,6 +480,10 @@ class RunEngine:
         if task is None:
             step.ignore(event, f"unknown task {event.task_id!r}")
             return None
+        if event.attempt > task.attempt and isinstance(event, ANSWERS) and task.state in _STAGE:
+            reason = f"early: attempt {event.attempt}, task is at {task.attempt}"
+            step.ignore(event, reason, early=True)
+            return None
         if event.attempt != task.attempt:
             step.ignore(event, f"stale: attempt {event.attempt}, task is at {task.attempt}")
             return None
@@ -464,9 +493,14 @@ class RunEngine:
         """The task `event` answers, if it is at that attempt and in `state`."""
         task = self._task(event, step)
         if task is not None and task.state is not state:
-            step.ignore(event, f"task is {task.state}, not {state}")
+            early = isinstance(event, ANSWERS) and _STAGE.get(task.state, 9) < _STAGE[state]
+            step.ignore(event, f"task is {task.state}, not {state}", early=early)
             return None
         return task
+
+    def _behind(self, task: Task, role: str) -> bool:
+        """Whether `task` has not reached the stage whose work `role` does."""
+        return _STAGE.get(task.state, 9) < _stage_of_role(role)
 
     # --- moves --------------------------------------------------------------------------------
 

@@ -134,6 +134,7 @@ class ParkTask(msgspec.Struct, frozen=True):
     reason: str = ""
     usage: Usage = Usage()  # what the worker spent before it stopped, counted when parked
     result_id: str = ""  # the msg_id of the result it stands for: see RunEngine
+    role: str = ""  # the worker's that stopped; empty when the merge step asks
 
 
 class ResumeTask(msgspec.Struct, frozen=True):

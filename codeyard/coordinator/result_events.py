@@ -62,7 +62,12 @@ def event_for(result: Result) -> Event:
             )
         case ApprovalNeeded():
             return ParkTask(
-                result.task_id, result.attempt, _waiting_for(result), result.usage, result.msg_id
+                result.task_id,
+                result.attempt,
+                _waiting_for(result),
+                result.usage,
+                result.msg_id,
+                result.role,
             )
         case WorkRetried():
             return unapplied_spend(result)

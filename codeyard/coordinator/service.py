@@ -125,9 +125,15 @@ log = logging.getLogger(__name__)
 # Metric children looked up once: `labels()` per result showed in the step's profile.
 _RESULTS = {
     outcome: metrics.COORDINATOR_RESULTS.labels(outcome)
-    for outcome in ("malformed", "refused", "ignored", "applied")
+    for outcome in ("malformed", "refused", "ignored", "early", "applied")
 }
 _dispatches = functools.cache(metrics.COORDINATOR_DISPATCHES.labels)
+
+
+# An early answer (see `Ignored.early`) comes again until the result that takes its run there is
+# applied, which is redelivered within the consumer's ack_wait (30 s by default) of a lost step;
+# 30 deliveries (`_early_delay`) wait about two minutes. Past that it never will be: dropped.
+EARLY_DELIVERIES = 30
 
 
 class LostLeadership(RuntimeError):
@@ -176,6 +182,7 @@ class Commit:
     finished: set[str] = field(default_factory=set)
     cancellations: list[WorkCancelled] = field(default_factory=list)
     acks: list[Msg] = field(default_factory=list)
+    early: list[Msg] = field(default_factory=list)  # handed back, to come again: see `_flush`
     replies: list[tuple[ControlCall, Envelope]] = field(default_factory=list)
 
 
@@ -204,9 +211,11 @@ class Coordinator:
         collect_every: float = COLLECT_INTERVAL,
         first_collection_after: float = FIRST_COLLECTION_AFTER,
         integration_clones: Path | None = None,
+        early_deliveries: int = EARLY_DELIVERIES,
     ) -> None:
         """`integration_clones`: where the integrator keeps a clone per run
-        (`GitIntegrator.root`), for garbage collection to remove those of ended runs."""
+        (`GitIntegrator.root`), for garbage collection to remove those of ended runs.
+        `early_deliveries`: how often an early answer comes before it is dropped."""
         self.bus = bus
         self.gate = gate or BusGateClient(bus)
         self.artifacts = artifacts  # where large patches are, for the gate to see them whole
@@ -215,6 +224,7 @@ class Coordinator:
         self.capacity = capacity
         self.integrator = integrator or LedgerIntegrator()
         self.batch_size = batch_size
+        self.early_deliveries = early_deliveries
         self.metrics_interval = metrics_interval  # seconds between reads of the gauges
         self.stats = CoordinatorStats()
         self.leading = asyncio.Event()
@@ -514,24 +524,48 @@ class Coordinator:
             _RESULTS["malformed"].inc()
             return
         role = subjects.role_of_result_subject(msg.subject)
+        early: list[Result] = []
         for result in message.results if isinstance(message, ResultBatch) else (message,):
             if wrong := misattributed(result, role):
                 log.warning("refusing a result on %s: %s", msg.subject, wrong)
                 _RESULTS["refused"].inc()
                 continue
-            self._on_result(result, commit, now)
+            if self._on_result(result, commit, now):
+                early.append(result)
+        if not early:
+            return
+        if msg.metadata.num_delivered < self.early_deliveries:
+            # The whole message comes again; what of it was applied now is then a duplicate.
+            commit.acks.remove(msg)
+            commit.early.append(msg)
+            return
+        for result in early:
+            log.error(
+                "dropping %s of task %s attempt %s of run %s: still ahead of its run after %d "
+                "deliveries",
+                type(result).__name__,
+                result.task_id,
+                result.attempt,
+                result.run_id,
+                self.early_deliveries,
+            )
+            if result.usage.calls and (open_run := self._open.get(result.run_id)):
+                self._apply(open_run, unapplied_spend(result), commit, now, result)
 
-    def _on_result(self, result: Result, commit: Commit, now: datetime) -> None:
+    def _on_result(self, result: Result, commit: Commit, now: datetime) -> bool:
+        """Apply `result`; whether it is early (see `Ignored.early`)."""
         self.stats.results += 1
         open_run = self._open.get(result.run_id)
         if open_run is None:
             self.stats.ignored += 1
             _RESULTS["ignored"].inc()
             log.debug("result for run %s, which is not open", result.run_id)
-            return
+            return False
         with working_on(result.run_id, result.task_id, result.attempt):
             effects = self._apply(open_run, event_for(result), commit, now, result)
-        _RESULTS["ignored" if _ignored(effects) else "applied"].inc()
+        early = _early(effects)
+        _RESULTS["early" if early else "ignored" if _ignored(effects) else "applied"].inc()
+        return early
 
     # --- applying -----------------------------------------------------------------------------
 
@@ -547,6 +581,8 @@ class Coordinator:
         if _ignored(effects):
             self.stats.ignored += 1
             log.debug("ignored %s: %s", event, effects[0].reason)  # type: ignore[union-attr]
+            if _early(effects):
+                return effects  # applied later: its usage with it
             if result is not None and result.usage.calls and not isinstance(event, UnappliedSpend):
                 # too late to apply (a sibling reviewer sent the task back first, say), but
                 # what it spent is spent: counted once
@@ -648,7 +684,9 @@ class Coordinator:
         await pipeline.all_stored(published, 10)
         for msg in commit.acks:
             await self.bus.publisher.ack(msg)
-        self._unacked -= len(commit.acks)
+        for msg in commit.early:
+            await msg.nak(delay=_early_delay(msg.metadata.num_delivered))
+        self._unacked -= len(commit.acks) + len(commit.early)
         self._acked.set()
         for call, reply in commit.replies:
             if not call.reply.done():
@@ -957,3 +995,12 @@ def _reason(request: Approve | Deny) -> str:
 
 def _ignored(effects: list[Effect]) -> bool:
     return len(effects) == 1 and isinstance(effects[0], Ignored)
+
+
+def _early(effects: list[Effect]) -> bool:
+    return _ignored(effects) and effects[0].early  # type: ignore[union-attr]
+
+
+def _early_delay(deliveries: int) -> float:
+    """How long an early answer waits before it comes again: 0.1 s, doubling up to 5 s."""
+    return min(0.1 * 2.0 ** (deliveries - 1), 5.0)

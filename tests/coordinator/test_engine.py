@@ -292,7 +292,7 @@ def test_exhausted_attempts_fail_the_task_and_the_run_and_dependents_never_start
 
 def test_work_given_up_by_a_worker_fails_the_task() -> None:
     engine, _ = started([spec("a")])
-    assert isinstance(engine.handle(WorkAbandoned("a", 1, "tester", "x"), T0)[0], Ignored)
+    assert isinstance(engine.handle(WorkAbandoned("a", 1, "review", "x"), T0)[0], Ignored)
     effects = engine.handle(WorkAbandoned("a", 1, "coder", "poison message", TOKENS_60), T0)
     assert effects[0] == TaskMoved("a", 1, S.CODING, S.FAILED, "coder gave up: poison message")
     assert engine.run.state is R.FAILED
@@ -398,10 +398,8 @@ def test_duplicate_stale_and_misdirected_results_are_ignored_and_say_why() -> No
     cases: list[tuple[Event, str]] = [
         (first, "stale: attempt 1, task is at 2"),
         (Tested("a", 1, passed=True), "stale: attempt 1, task is at 2"),
-        (Tested("a", 2, passed=True), "task is coding, not testing"),
         (Merged("a", 2), "task is coding, not gated"),
         (Coded("ghost", 1), "unknown task 'ghost'"),
-        (WorkAbandoned("a", 2, "tester", "x"), "no tester work is out for task (it is coding)"),
         (ResumeTask("a", 2, approved=True), "task is coding, not awaiting_approval"),
         (PlanProposed((spec("z"),)), "run is executing and has a plan already"),
         (Integrated(ok=True), "run is executing, not integrating"),
@@ -416,6 +414,41 @@ def test_duplicate_stale_and_misdirected_results_are_ignored_and_say_why() -> No
     review = Reviewed("a", 2, "review.other", approved=True)
     assert engine.handle(review, T0) == [
         Ignored(review, "'review.other' is not a required reviewer of this task")
+    ]
+
+
+def test_answers_to_work_the_run_has_not_sent_yet_are_early_and_apply_once_it_has() -> None:
+    """A reloaded run is behind when the step that sent work was lost: the answers to that work
+    are early (to be given again later), not dropped, unlike stale or misdirected ones."""
+    engine, _ = started([spec("a", reviewers=["review", "review.security"])])
+    before = msgspec.json.encode(engine.run)  # coding attempt 1
+    cases: list[tuple[Event, str]] = [
+        (Tested("a", 1, passed=True), "task is coding, not testing"),
+        (Reviewed("a", 1, "review.security", approved=True), "task is coding, not reviewing"),
+        (Coded("a", 2), "early: attempt 2, task is at 1"),
+        (WorkAbandoned("a", 1, "tester", "x"), "no tester work is out for task (it is coding)"),
+        (ParkTask("a", 1, "needs a package", role="tester"), "task is coding: tester has no work"),
+    ]
+    for event, reason in cases:
+        assert engine.handle(event, T0) == [Ignored(event, reason, early=True)]
+    assert msgspec.json.encode(engine.run) == before
+
+    engine.handle(Coded("a", 1), T0)
+    assert engine.handle(Tested("a", 1, passed=True), T0)[0] == TaskMoved(
+        "a", 1, S.TESTING, S.REVIEWING, "tests passed"
+    )
+    # a coder's answer is never early once the task is past coding at its attempt
+    assert engine.handle(Coded("a", 1), T0) == [
+        Ignored(Coded("a", 1), "task is reviewing, not coding")
+    ]
+    engine.handle(Reviewed("a", 1, "review", approved=False), T0)  # back to coding, attempt 2
+    engine.handle(ParkTask("a", 2, "asks"), T0)
+    # nothing is early for a parked or finished task: its work is taken back
+    assert engine.handle(Tested("a", 2, passed=True), T0) == [
+        Ignored(Tested("a", 2, passed=True), "task is awaiting_approval, not testing")
+    ]
+    assert engine.handle(Coded("a", 3), T0) == [
+        Ignored(Coded("a", 3), "stale: attempt 3, task is at 2")
     ]
 
 
@@ -643,6 +676,7 @@ def test_wire_results_become_engine_events() -> None:
         "tester: run_command needs approval a1b2c3d4e5f60718: ask",
         TOKENS_60,
         waiting.msg_id,
+        "tester",
     )
     retried = WorkRetried(task_id="a", attempt=1, role="coder", delivery=2, usage=TOKENS_60)
     assert event_for(retried) == UnappliedSpend("a", 1, "coder", TOKENS_60, retried.msg_id)

@@ -1,7 +1,8 @@
 """RunEngine against a simulated, unreliable world, over random plans.
 
 The world answers every effect the engine emits, in random order, and (in chaos mode) also
-re-delivers old results, invents results for the wrong attempt or phase, parks tasks for
+re-delivers old results, invents results for the wrong attempt or phase (some of them early:
+answers to work not sent yet), parks tasks for
 approval, loses the coordinator (a standby rebuilds the engine from the stored run and re-sends
 the outstanding work) and sometimes cancels the run. After every step the rules must hold:
 
@@ -113,7 +114,7 @@ class World:
         run = self.engine.run
         refusals = [e for e in effects if isinstance(e, Ignored)]
         if refusals:
-            assert effects == [Ignored(event, refusals[0].reason)], effects
+            assert effects == [Ignored(event, refusals[0].reason, refusals[0].early)], effects
         if ended_before:
             assert ignored(effects), f"{event} changed a finished run: {effects}"
         if not ignored(effects) and isinstance(
@@ -261,7 +262,9 @@ class World:
             event = self.answer(item)
             if not isinstance(event, PlanApproved | ResumeRun | ResumeTask):
                 self.history.append(event)
-            self.send(event)
+            effects = self.send(event)
+            # early only when the run lost a step that sent the work (never here) or invented
+            assert not (ignored(effects) and effects[0].early), effects  # type: ignore[union-attr]
         raise AssertionError("the run did not end")
 
 

@@ -8,9 +8,11 @@ import contextlib
 import msgspec
 import nats.errors
 import pytest
+from prometheus_client import REGISTRY
 
 from codeyard.bus import Bus, EmbeddedNats
-from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject, journal_subject
+from codeyard.bus.result_sender import ResultSender
+from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject, journal_subject, result_subject
 from codeyard.coordinator.run_store import RunStore, StoredRun
 from codeyard.coordinator.service import Coordinator
 from codeyard.coordinator.work_items import derived_id
@@ -35,7 +37,7 @@ from codeyard.schemas import (
     WorkItem,
     encode,
 )
-from codeyard.schemas.model import RunState, Task, TaskState
+from codeyard.schemas.model import RunState, Task, TaskState, Usage
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import (
     ask,
@@ -222,3 +224,67 @@ async def test_a_run_whose_record_cannot_be_read_does_not_stop_the_next_leader(b
 
     async with running_coordinator(Coordinator(bus, name="successor", capacity=4)):
         assert isinstance(await ask(bus, "submit", SubmitRun(run_id="run2", goal="g")), Accepted)
+
+
+async def test_an_answer_that_comes_before_the_step_that_asked_for_it_is_redone_waits(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """The step that took the code result sent the test request, then died before its journal
+    entry: the reloaded run still waits for the coder. The tester's answer comes first (the
+    code result is redelivered only after ack_wait), and it is kept for later, not dropped:
+    once the code result is applied again (its test request, re-sent with the same id, is
+    dropped as a duplicate and never answered again), the kept answer moves the task on."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = DiesBefore(coordinator_bus, journal_subject("r1"), armed=False)
+    coordinator_bus.pipeline = fault
+    tested = 0
+
+    async def answer(item: WorkItem) -> Result:
+        nonlocal tested
+        if isinstance(item, CodeRequest):
+            await asyncio.sleep(0.5)  # the step that sent this request is stored by then
+            fault.armed = True  # the step that takes this result dies
+        if isinstance(item, TestRequest):
+            tested += 1
+            await asyncio.sleep(1.0)  # after the reload, before the code result's redelivery
+        return await answer_at_once(item)
+
+    try:
+        async with (
+            running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)),
+            workers_answering(bus, answer),
+        ):
+            submission = SubmitRun(run_id="r1", goal="g", plan=[spec("x")])
+            assert isinstance(await ask(bus, "submit", submission), Accepted)
+            run = await wait_until(bus, "r1", timeout=30)
+    finally:
+        await coordinator_bus.close()
+    assert fault.died
+    assert run.state is RunState.DONE
+    assert run.tasks["x"].attempt == 1
+    assert tested == 1
+
+
+async def test_an_answer_still_early_after_its_deliveries_is_dropped_and_its_spend_counted(
+    bus: Bus,
+) -> None:
+    """An early answer no lost step explains (the tester's, for work never sent) comes again a
+    few times, then is dropped; what it spent is counted then, once, and not while it waits."""
+    early = ("codeyard_coordinator_results_total", {"outcome": "early"})
+    before = REGISTRY.get_sample_value(*early) or 0.0
+    spent = Usage(calls=1, prompt_tokens=5, completion_tokens=2, cost_usd=0.25)
+    coordinator = Coordinator(bus, name="c1", capacity=4, early_deliveries=3)
+    async with running_coordinator(coordinator):
+        submission = SubmitRun(run_id="r1", goal="g", plan=[spec("x")])
+        assert isinstance(await ask(bus, "submit", submission), Accepted)
+        # no workers: x stays in coding
+        answer = TestResult(run_id="r1", task_id="x", attempt=1, passed=True, usage=spent)
+        await ResultSender(bus.pipeline, result_subject("tester")).send(answer)
+        for _ in range(100):
+            run = await status(bus, "r1")
+            if run.usage.calls:
+                break
+            await asyncio.sleep(0.05)
+    assert run.usage == spent
+    assert run.tasks["x"].state is TaskState.CODING
+    assert (REGISTRY.get_sample_value(*early) or 0.0) - before == 3
