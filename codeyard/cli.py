@@ -314,7 +314,14 @@ def run(
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to follow before giving up")] = 3600.0,
     max_attempts: Annotated[
-        int, typer.Option(min=1, max=100, help="attempts per task before the run fails")
+        int,
+        typer.Option(
+            min=1,
+            max=100,
+            help="coding attempts per task (failed tests, review or merge send it back) before "
+            "it fails, and the run with it; work a worker gives up on (a denied action, a "
+            "poison message) fails its task at once",
+        ),
     ] = 3,
     reviewer: Annotated[
         list[str] | None,
