@@ -17,7 +17,14 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
 
 from codeyard.bus import Bus, EmbeddedNats, GiveUp, PullWorker, RetryLater
-from codeyard.bus.subjects import EVENT_STREAM, WORK_STREAM, cancel_subject, work_subject
+from codeyard.bus.pipeline import Pending, PublishPipeline
+from codeyard.bus.subjects import (
+    EVENT_STREAM,
+    RESULT_PREFIX,
+    WORK_STREAM,
+    cancel_subject,
+    work_subject,
+)
 from codeyard.bus.worker import AwaitApproval, Withdrawals, result_msg_id, retried_msg_id
 from codeyard.schemas import (
     ApprovalNeeded,
@@ -331,6 +338,46 @@ async def test_heartbeats_keep_long_work_from_being_redelivered(bus: Bus) -> Non
         await asyncio.sleep(0.5)
     assert isinstance(result, CodeResult)
     assert calls == Counter({"slow": 1})
+
+
+class SlowResults(PublishPipeline):
+    """A pipeline whose result publishes take `delay` seconds to go out (a slow or busy server
+    as the worker sees it); other publishes are as usual."""
+
+    def __init__(self, bus: Bus, delay: float) -> None:
+        super().__init__(bus.nc)
+        self.delay = delay
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> Pending:
+        if subject.startswith(RESULT_PREFIX):
+            await asyncio.sleep(self.delay)
+        return await super().publish(subject, payload, headers)
+
+
+async def test_heartbeats_go_on_while_the_answer_is_being_sent(bus: Bus) -> None:
+    """The handler is done at once, its result takes longer than ack_wait to be sent: the work
+    item is not redelivered meanwhile (to this worker or the other one)."""
+    calls = Counter[str]()
+
+    async def quick(item: WorkItem) -> Result:
+        calls[item.task_id] += 1
+        return CodeResult(patch=Patch(text="done"))
+
+    await bus.publish(work_subject("coder"), code_request("slow-answer"))
+    usual, bus.pipeline = bus.pipeline, SlowResults(bus, bus.topology.ack_wait * 2.5)
+    try:
+        async with (
+            serving(PullWorker(bus, "coder", quick, concurrency=1)),
+            serving(PullWorker(bus, "coder", quick, concurrency=1)),
+        ):
+            [result] = await collect_results(bus, 1, timeout=bus.topology.ack_wait * 5)
+            await asyncio.sleep(0.5)
+    finally:
+        bus.pipeline = usual
+    assert isinstance(result, CodeResult)
+    assert calls == Counter({"slow-answer": 1})
 
 
 async def test_shutdown_naks_unfinished_work_for_immediate_redelivery(bus: Bus) -> None:
