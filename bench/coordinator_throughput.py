@@ -1,11 +1,13 @@
 """Coordinator throughput and dispatch latency on no-op workers, with durability on.
 
     python -m bench.coordinator_throughput [--tasks 1000 [10000 ...]] [--runs 3] [--capacity 256]
+                                           [--shape random|independent]
 
 A real nats-server (file store) and the coordinator run as child processes; no-op workers for
-coder, tester and review run in this process. Each run submits a random DAG and times it from
-submit to `done`. Figures are medians over the runs; the baseline is plain nats-py core
-request/reply on the same server, measured in the same invocation.
+coder, tester and review run in this process. Each run submits a random DAG (`--shape
+independent`: tasks without dependencies, for comparison) and times it from submit to `done`.
+Figures are medians over the runs; the baseline is plain nats-py core request/reply on the same
+server, measured in the same invocation.
 
 - throughput: tasks / (submit -> run done). Each task is 3 work items (code, test, review),
   3 results (those a worker finishes together travel as one `ResultBatch`), a merge and ~6
@@ -15,6 +17,9 @@ request/reply on the same server, measured in the same invocation.
   (a chain), where no batch of other work shares the coordinator's step. Under full load it is
   also given by tenth of the run (the items in order of creation): the first tenths queue
   behind the `--capacity` tasks dispatched at once when the run is submitted.
+- bounds: what the cores would allow were they all busy, and what the DAG's longest chain
+  would allow at the speed of one task alone; the run's time per level of that chain shows how
+  much slower a task goes through under load.
 - memory: the coordinator child's peak resident set (VmHWM from /proc/<pid>/status) during each
   size's runs (the peak is reset before them through /proc/<pid>/clear_refs), and its RSS
   before them.
@@ -138,10 +143,24 @@ async def submit(bus: Bus, request: SubmitRun, patience: float = 60.0) -> Contro
             await asyncio.sleep(0.1)
 
 
-async def one_run(bus: Bus, tasks: int, seed: int, *, sequential: bool = False) -> float:
+def independent(tasks: int) -> list[TaskSpec]:
+    return [TaskSpec(id=f"t{i}", title=f"task {i}") for i in range(tasks)]
+
+
+SHAPES = ("random", "independent")
+
+
+def plan_of(shape: str, tasks: int, seed: int) -> list[TaskSpec]:
+    """The plan of one run: `SHAPES`, or a chain (one task in flight at a time)."""
+    if shape == "chain":
+        return chain(tasks)
+    return independent(tasks) if shape == "independent" else random_plan(tasks, seed=seed)
+
+
+async def one_run(bus: Bus, tasks: int, seed: int, shape: str) -> float:
     """Seconds from submit to the run's `done` event."""
-    plan = chain(tasks) if sequential else random_plan(tasks, seed=seed)
-    run_id = f"bench{tasks}{'c' if sequential else 'd'}{seed}"  # unique per run
+    plan = plan_of(shape, tasks, seed)
+    run_id = f"bench{tasks}{shape[0]}{seed}"  # unique per run
     started = time.perf_counter()
     await submit_and_wait(bus, run_id, plan)
     return time.perf_counter() - started
@@ -225,6 +244,7 @@ async def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[1000], help="DAG sizes")
     parser.add_argument("--runs", type=int, default=3, help="runs per size")
     parser.add_argument("--capacity", type=int, default=256)
+    parser.add_argument("--shape", choices=SHAPES, default="random", help="the plans' dependencies")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as store, EmbeddedNats(Path(store)) as server:
@@ -246,14 +266,15 @@ async def main() -> None:
         too_big: dict[int, int] = {}  # tasks -> bytes of a SubmitRun that cannot be sent
         try:
             baseline_rate, baseline_p50 = await request_reply_baseline(bus)
-            await one_run(bus, 50, seed=999)  # warm-up: leader elected, caches
+            await one_run(bus, 50, 999, args.shape)  # warm-up: leader elected, caches
             pids = {
                 "coordinator": coordinator.pid,
                 "nats-server": server.pid,
                 "workers": os.getpid(),
             }
             for tasks in args.tasks:
-                size = len(encode(SubmitRun(run_id="x", goal="bench", plan=random_plan(tasks))))
+                plan = plan_of(args.shape, tasks, 0)
+                size = len(encode(SubmitRun(run_id="x", goal="bench", plan=plan)))
                 if size > MAX_MESSAGE_BYTES:
                     too_big[tasks] = size
                     continue
@@ -264,7 +285,7 @@ async def main() -> None:
                 cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
                 for seed in range(args.runs):
                     latencies.clear()
-                    figures.durations.append(await one_run(bus, tasks, seed))
+                    figures.durations.append(await one_run(bus, tasks, seed, args.shape))
                     figures.p50s.append(percentile(latencies, 0.5))
                     figures.p99s.append(percentile(latencies, 0.99))
                     figures.tenths.append(tenths(latencies))
@@ -275,9 +296,7 @@ async def main() -> None:
             idle_p50s, chain_task_seconds = [], []
             for seed in range(args.runs):
                 latencies.clear()
-                chain_task_seconds.append(
-                    await one_run(bus, 100, 100 + seed, sequential=True) / 100
-                )
+                chain_task_seconds.append(await one_run(bus, 100, 100 + seed, "chain") / 100)
                 idle_p50s.append(percentile(latencies, 0.5))
         finally:
             stop.set()
@@ -289,7 +308,7 @@ async def main() -> None:
     print(f"machine: {os.cpu_count()} cores; nats-server file store; {args.runs} runs, medians")
     alone = statistics.median(chain_task_seconds)
     for figures in sizes:
-        print_size(figures, args.capacity, baseline_rate, alone)
+        print_size(figures, args.capacity, args.shape, baseline_rate, alone)
     for tasks, size in too_big.items():
         print(
             f"DAG: {tasks} tasks: skipped, its SubmitRun is {size} bytes, over the "
@@ -311,11 +330,11 @@ def critical_path(plan: list[TaskSpec]) -> int:
 
 
 def print_size(
-    figures: SizeFigures, capacity: int, baseline_rate: float, alone_seconds: float
+    figures: SizeFigures, capacity: int, shape: str, baseline_rate: float, alone_seconds: float
 ) -> None:
     tasks, runs = figures.tasks, len(figures.durations)
     rate = tasks / statistics.median(figures.durations)
-    print(f"DAG: {tasks} tasks, capacity {capacity}, no-op coder/tester/reviewer")
+    print(f"DAG: {tasks} tasks ({shape}), capacity {capacity}, no-op coder/tester/reviewer")
     print(f"coordinator throughput:  {rate:8.0f} tasks/s   ({3 * rate:.0f} work items/s)")
     print(f"dispatch latency p50:    {statistics.median(figures.p50s) * 1000:8.2f} ms")
     print(f"dispatch latency p99:    {statistics.median(figures.p99s) * 1000:8.2f} ms")
@@ -325,7 +344,7 @@ def print_size(
     print(f"dispatch latency p50 by tenth of the run (ms): {by_tenth}")
     print(f"ratio tasks/s to baseline req/s: {rate / baseline_rate:.2f}")
     total_tasks = tasks * runs
-    depth = statistics.median(critical_path(random_plan(tasks, seed=seed)) for seed in range(runs))
+    depth = statistics.median(critical_path(plan_of(shape, tasks, seed)) for seed in range(runs))
     per_task = ", ".join(
         f"{name} {seconds / total_tasks * 1e6:.0f}" for name, seconds in figures.cpu.items()
     )
@@ -337,7 +356,8 @@ def print_size(
         f"bounds: CPU {cores / cpu_per_task:.0f} tasks/s ({cores} cores all busy; they were "
         f"{cpu_per_task * 1e6 / wall / cores:.0%} busy); critical path "
         f"{tasks / (depth * alone_seconds):.0f} tasks/s ({depth} tasks deep, one task alone "
-        f"{alone_seconds * 1000:.2f} ms)"
+        f"{alone_seconds * 1000:.2f} ms; this run took "
+        f"{statistics.median(figures.durations) / depth * 1000:.2f} ms per level)"
     )
     scope = "since start" if figures.peak_is_lifetime else "during these runs"
     print(
