@@ -349,8 +349,6 @@ def run(
     Example: [bold]codeyard run "add a /health endpoint" --repo ./service[/bold]
     [bold]--reviewer review --reviewer review.static[/bold] adds the static reviewer.
     """
-    import msgspec
-
     from codeyard.follow import RunRefused
     from codeyard.progress.follower import FollowOptions, RunFollower
     from codeyard.schemas import (
@@ -364,9 +362,9 @@ def run(
         decode,
         new_id,
     )
-    from codeyard.schemas.model import ReviewerName
 
-    problem = _bad_run_input(goal, timeout, run_id)
+    reviewers = list(dict.fromkeys(reviewer or ["review"]))
+    problem = _bad_run_input(goal, timeout, run_id, reviewers)
     if problem is not None:
         _error(problem)
         raise typer.Exit(2)
@@ -379,25 +377,18 @@ def run(
         try:
             tasks = decode(plan.read_bytes(), list[TaskSpec])
         except MessageError as exc:
-            _error(f"{plan} is not a list of tasks: {exc}")
+            _error(f"{plan} is not a list of tasks: {_in_words(str(exc))}")
             raise typer.Exit(2) from None
-    try:
-        submit = SubmitRun(
-            run_id=run_id or new_id()[:16],
-            goal=goal,
-            repo=RepoRef(path=str(repo)),
-            plan=tasks,
-            approve_plan=approve_plan,
-            approve_merge=approve_merge,
-            budget=Budget(max_attempts_per_task=max_attempts),
-            # converted to check the names: constructing a Struct does not validate it
-            reviewers=msgspec.convert(
-                list(dict.fromkeys(reviewer or ["review"])), list[ReviewerName]
-            ),
-        )
-    except msgspec.ValidationError as exc:
-        _error(str(exc))
-        raise typer.Exit(2) from None
+    submit = SubmitRun(
+        run_id=run_id or new_id()[:16],
+        goal=goal,
+        repo=RepoRef(path=str(repo)),
+        plan=tasks,
+        approve_plan=approve_plan,
+        approve_merge=approve_merge,
+        budget=Budget(max_attempts_per_task=max_attempts),
+        reviewers=reviewers,  # checked above: constructing a Struct does not validate it
+    )
     from codeyard.bus.permissions import CTL
 
     settings = Settings()
@@ -445,7 +436,7 @@ def run(
             _still_running(submit.run_id)
         raise typer.Exit(INTERRUPTED) from None
     except RunRefused as exc:
-        _error(str(exc))
+        _error(_in_words(str(exc)))
         raise typer.Exit(1) from None
     except TimeoutError as exc:
         if not submitting:  # connecting timed out: NATS is not there
@@ -491,11 +482,21 @@ def bench_humaneval_command(
 
     Example: [bold]codeyard bench humaneval --limit 5[/bold]
     """
+    import re
+
     from codeyard.bench.humaneval import BenchError, bench_humaneval, load_problems, render
     from codeyard.llm import LLMNotConfigured, LLMSettings
     from codeyard.sandbox import SandboxUnavailable, default_sandbox
     from codeyard.schemas import new_id
+    from codeyard.schemas.envelope import ID_PATTERN
 
+    # the longest run id it makes, PREFIX-163, must be one: else each run would be refused
+    if run_id and re.fullmatch(ID_PATTERN, f"{run_id}-163") is None:
+        _error(
+            f"--run-id {run_id!r}: the runs are named PREFIX-N, so PREFIX is 1 to 60 letters, "
+            "digits, _ and -, starting with a letter or digit"
+        )
+        raise typer.Exit(2)
     try:
         chosen = load_problems([p for p in (problems or "").split(",") if p.strip()], limit)
         sandbox = default_sandbox(Settings())
@@ -1036,29 +1037,71 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
     try:
         return asyncio.run(connected())
     except (RunRefused, UnknownRun) as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {_in_words(str(exc))}", markup=False)
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
         _unreachable(url, exc)
 
 
-def _bad_run_input(goal: str, timeout: float, run_id: str | None) -> str | None:
+def _bad_run_input(
+    goal: str, timeout: float, run_id: str | None, reviewers: list[str]
+) -> str | None:
     """What is wrong with `codeyard run`'s arguments, if anything: checked before connecting,
     where a bad run id would come back as a refusal or as NATS being unreachable."""
     import re
 
     from codeyard.schemas.envelope import ID_PATTERN
+    from codeyard.schemas.model import ReviewerName
 
     if not goal.strip():
         return 'the goal is empty: say what to build, e.g. codeyard run "add a /health endpoint"'
     if not timeout > 0:  # not `<= 0`: NaN passes that
         return f"--timeout must be more than 0 seconds, not {timeout:g}"
     if run_id is not None and re.fullmatch(ID_PATTERN, run_id) is None:
-        return (
-            f"--run-id {run_id!r}: a run id is 1 to 64 letters, digits, _ and -, "
-            "starting with a letter or digit"
-        )
+        return f"--run-id {run_id!r}: a run id is {ID_IN_WORDS}"
+    for name in reviewers:
+        if re.fullmatch(_pattern_of(ReviewerName), name) is None:
+            return f"--reviewer {name!r}: a reviewer is {REVIEWER_IN_WORDS}"
     return None
+
+
+# What the patterns of the wire schema accept, in words: msgspec's errors quote the regex.
+ID_IN_WORDS = "1 to 64 letters, digits, _ and -, starting with a letter or digit"
+REVIEWER_IN_WORDS = (
+    "`review` (the LLM reviewer) or `review.NAME` (a plugin), NAME being 1 to 32 lowercase "
+    "letters, digits, _ and -, starting with a letter or digit"
+)
+
+
+def _pattern_of(constrained: object) -> str:
+    """The regex of an `Annotated[str, msgspec.Meta(pattern=...)]` schema type."""
+    import typing
+
+    import msgspec
+
+    [pattern] = [
+        meta.pattern for meta in typing.get_args(constrained)[1:] if isinstance(meta, msgspec.Meta)
+    ]
+    assert pattern is not None
+    return pattern
+
+
+def _in_words(message: str) -> str:
+    """`message` (a decoding error: ours, or one the coordinator sent back) with each regex of
+    the wire schema it quotes said in words instead."""
+    from codeyard.schemas.envelope import Id, OptionalId
+    from codeyard.schemas.model import ReviewerName
+
+    in_words = (
+        (Id, f"an id of {ID_IN_WORDS}"),
+        (OptionalId, f"an id of {ID_IN_WORDS}, or nothing"),
+        (ReviewerName, f"a reviewer: {REVIEWER_IN_WORDS}"),
+    )
+    for constrained, words in in_words:
+        # msgspec quotes a pattern as Python's repr of it: Expected `str` matching regex '^...'
+        quoted = f"Expected `str` matching regex {_pattern_of(constrained)!r}"
+        message = message.replace(quoted, f"Expected {words}")
+    return message
 
 
 def _cannot_write(directory: Path, exc: OSError) -> NoReturn:
@@ -1099,7 +1142,7 @@ def _refused(reply: ControlReply) -> NoReturn:
 
     where = f" (at {reply.field})" if isinstance(reply, ControlError) and reply.field else ""
     error = reply.error if isinstance(reply, ControlError) else f"unexpected reply {reply!r}"
-    err.print(f"error: {error}{where}", markup=False)
+    err.print(f"error: {_in_words(error)}{where}", markup=False)
     raise typer.Exit(1)
 
 

@@ -3,6 +3,7 @@ NATS runs here, so an answer that needed one would say it cannot reach it."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,11 +29,68 @@ def repo(tmp_path: Path) -> Path:
     return one_commit_repo(tmp_path / "repo", {"README.md": "a sample project\n"})
 
 
-def test_an_error_shows_brackets_as_written(env: dict[str, str], repo: Path) -> None:
-    """Rich markup used to swallow the [a-z0-9] of the reviewer-name pattern."""
-    refused = codeyard(env, "run", "g", "--repo", str(repo), "--reviewer", "bad name!")
+def test_an_error_shows_brackets_as_written(env: dict[str, str], tmp_path: Path) -> None:
+    """Rich markup used to swallow the bracketed parts of what an error quotes."""
+    not_a_repo = tmp_path / "[bold]draft[a-z0-9]"
+    not_a_repo.mkdir()
+    refused = codeyard(env, "run", "g", "--repo", str(not_a_repo))
     assert refused.returncode == 2
-    assert "[a-z0-9]" in refused.stderr
+    assert f"{not_a_repo} is not a git repository" in refused.stderr
+
+
+REVIEWER_IN_WORDS = (
+    "`review` (the LLM reviewer) or `review.NAME` (a plugin), NAME being 1 to 32 lowercase "
+    "letters, digits, _ and -, starting with a letter or digit"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "plan", "message"),
+    [
+        (
+            ("run", "g", "--reviewer", "review", "--reviewer", "BAD"),
+            None,
+            f"error: --reviewer 'BAD': a reviewer is {REVIEWER_IN_WORDS}\n",
+        ),
+        (
+            ("run", "g"),
+            [{"id": "a.b", "title": "t"}],
+            "is not a list of tasks: Expected an id of 1 to 64 letters, digits, _ and -, "
+            "starting with a letter or digit (at $[0].id)\n",
+        ),
+        (
+            ("run", "g"),
+            [{"id": "a", "title": "t", "reviewers": ["Review"]}],
+            f"is not a list of tasks: Expected a reviewer: {REVIEWER_IN_WORDS} "
+            "(at $[0].reviewers[0])\n",
+        ),
+        (
+            ("bench", "humaneval", "--run-id", "a.b"),
+            None,
+            "error: --run-id 'a.b': the runs are named PREFIX-N, so PREFIX is 1 to 60 letters, "
+            "digits, _ and -, starting with a letter or digit\n",
+        ),
+    ],
+    ids=["reviewer", "plan-id", "plan-reviewer", "bench-run-id"],
+)
+def test_what_a_pattern_accepts_is_said_in_words_not_as_a_regex(
+    env: dict[str, str],
+    repo: Path,
+    tmp_path: Path,
+    args: tuple[str, ...],
+    plan: list[dict[str, object]] | None,
+    message: str,
+) -> None:
+    options = ["--repo", str(repo)] if args[0] == "run" else []
+    if plan is not None:
+        (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+        options += ["--plan", str(tmp_path / "plan.json")]
+    refused = codeyard(env, *args, *options)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.endswith(message)
+    assert refused.stderr.count("\n") == 1
+    assert "regex" not in refused.stderr
+    assert "[a-z0-9]" not in refused.stderr
 
 
 @pytest.mark.parametrize(
