@@ -406,7 +406,11 @@ def run(
     async def follow() -> RunState:
         nonlocal submitting
         bus = await Bus.connect(
-            url, name="codeyard-run", credentials=settings.credentials(CTL), connect_attempts=4
+            url,
+            name="codeyard-run",
+            credentials=settings.credentials(CTL),
+            connect_attempts=4,
+            quiet=True,  # NATS unreachable: one line says so, not one per attempt
         )
         submitting = True
         try:
@@ -1027,7 +1031,11 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
 
     async def connected() -> T:
         bus = await Bus.connect(
-            url, name=f"codeyard-{name}", credentials=settings.credentials(CTL), connect_attempts=4
+            url,
+            name=f"codeyard-{name}",
+            credentials=settings.credentials(CTL),
+            connect_attempts=4,
+            quiet=True,  # NATS unreachable: one line says so, not one per attempt
         )
         try:
             return await work(bus)

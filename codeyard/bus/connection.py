@@ -71,19 +71,25 @@ class Bus:
         connect_timeout: int = 2,
         connect_attempts: int = 20,
         ping_interval: float = PING_INTERVAL,
+        quiet: bool = False,
     ) -> Bus:
         """Connect, trying `connect_attempts` times (0.25 s apart) before giving up with
         `nats.errors.NoServersError`; once connected, reconnect forever.
 
         With `credentials` the connection authenticates and uses the user's own inbox prefix
-        (`_INBOX.<user>`), the only inboxes its permissions let it read."""
+        (`_INBOX.<user>`), the only inboxes its permissions let it read.
+
+        `quiet`: a command's connection, whose caller tells the user in one line what failed.
+        nats-py reports each failed attempt to connect (or reconnect) on its own; those are
+        logged at debug rather than as warnings, which a service's log keeps."""
+        other_errors = logging.DEBUG if quiet else logging.WARNING
 
         async def on_error(exc: Exception) -> None:
             if "permissions violation" in str(exc).lower():
                 # the operation waiting on it fails with a timeout; this says why
                 log.error("NATS refused %s: %s", credentials.user if credentials else "us", exc)
             else:
-                log.warning("nats error: %s", exc)
+                log.log(other_errors, "nats error: %s", exc)
 
         buses: list[Bus] = []  # the one made below, for the callbacks
 

@@ -138,3 +138,21 @@ def test_a_directory_that_cannot_be_written_is_one_line_not_a_traceback(
     assert under_a_file.stderr.startswith(f"error: cannot write to {a_file / 'inside'}: ")
     assert "Traceback" not in under_a_file.stderr
     assert a_file.read_text(encoding="utf-8") == "not a directory\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("status",), ("logs", "r1"), ("approvals",), ("run", "g", "--repo", "REPO")],
+    ids=["status", "logs", "approvals", "run"],
+)
+def test_nats_not_there_is_one_line_not_one_per_attempt(
+    env: dict[str, str], repo: Path, command: tuple[str, ...]
+) -> None:
+    """nats-py reports every failed attempt to connect; a command used to print each one."""
+    args = [str(repo) if arg == "REPO" else arg for arg in command]
+    unreachable = codeyard(env, *args)
+    assert unreachable.returncode == 1
+    assert unreachable.stderr == (
+        f"error: cannot reach NATS at {env['NATS_URL']}: NoServersError() "
+        "(is `codeyard up` running?)\n"
+    )
