@@ -266,6 +266,11 @@ def worker(
     if plugin is None and name is None:
         from codeyard.launch import run_worker
 
+        problem = _not_a_builtin_role(role)
+        if problem is not None:  # before the LLM, which no role that does not exist needs
+            err.print(f"error: {problem}", markup=False)
+            raise typer.Exit(BAD_CONFIGURATION)
+
         _serve(run_worker(Settings(), role, concurrency), bad_configuration=bad)
         return
     from codeyard.launch import run_plugin_reviewer
@@ -1049,6 +1054,23 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
         _unreachable(url, exc)
+
+
+def _not_a_builtin_role(role: str) -> str | None:
+    """Why `codeyard worker ROLE` (without --plugin or --name) cannot serve `role`, if so."""
+    from codeyard.bus.subjects import BUILTIN_ROLES, UnknownRole, check_role
+
+    if role in BUILTIN_ROLES:
+        return None
+    try:
+        check_role(role)
+    except UnknownRole:
+        return (
+            f"unknown role {role!r}: expected {', '.join(BUILTIN_ROLES[:-1])} or "
+            f"{BUILTIN_ROLES[-1]} (a reviewer plugin: codeyard worker review --name NAME)"
+        )
+    plugin_name = role.removeprefix("review.")
+    return f"{role} is a reviewer plugin's role: codeyard worker review --name {plugin_name}"
 
 
 def _bad_run_input(

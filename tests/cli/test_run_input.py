@@ -156,3 +156,30 @@ def test_nats_not_there_is_one_line_not_one_per_attempt(
         f"error: cannot reach NATS at {env['NATS_URL']}: NoServersError() "
         "(is `codeyard up` running?)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("role", "message"),
+    [
+        (
+            "foo",
+            "error: unknown role 'foo': expected planner, coder, tester or review (a reviewer "
+            "plugin: codeyard worker review --name NAME)\n",
+        ),
+        (
+            "review.static",
+            "error: review.static is a reviewer plugin's role: codeyard worker review --name "
+            "static\n",
+        ),
+    ],
+    ids=["unknown", "plugin-role"],
+)
+def test_a_worker_of_no_builtin_role_is_refused_before_the_llm_is_looked_for(
+    env: dict[str, str], role: str, message: str
+) -> None:
+    """With no LLM configured either, the role is what is wrong first: it used to say only
+    that no LLM endpoint was configured."""
+    without_llm = {k: v for k, v in env.items() if not k.startswith("OPENAI_")}
+    refused = codeyard(without_llm, "worker", role)
+    assert refused.returncode == 2
+    assert refused.stderr == message
