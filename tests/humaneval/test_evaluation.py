@@ -11,14 +11,18 @@ from codeyard.bench.humaneval import (
     BenchError,
     MethodReport,
     Outcome,
+    bench_humaneval,
     build_report,
     evaluate,
     load_problems,
     make_repo,
+    model_in_use,
     normalise_id,
     render,
     run_single_shot,
 )
+from codeyard.bus import Bus
+from codeyard.bus.embedded import free_port
 from codeyard.llm import LLMSettings
 from codeyard.sandbox import Limits, default_sandbox
 from codeyard.schemas import Usage
@@ -129,3 +133,25 @@ async def test_single_shot_is_one_call_per_problem_without_feedback() -> None:
     assert len(asked) == 2  # the invalid answer was not re-asked
     assert report.usage.calls == 2
     assert all("def check(" not in text for text in asked)
+
+
+@pytest.mark.skipif(bool(sandbox_missing()), reason=sandbox_missing() or "-")
+async def test_the_report_names_the_model_that_answers(bus: Bus) -> None:
+    """The report used to name the model asked for (the default gpt-4o-mini) even when a local
+    server answered with its own one model, as the llama.cpp `codeyard up` starts does: its
+    answers name the model asked for, only its list of models tells."""
+    async with ScriptedOpenAI([]) as server:  # lists one model, `scripted`
+        asked_default = LLMSettings(base_url=server.base_url, api_key="k", model="gpt-4o-mini")
+        report = await bench_humaneval(
+            bus, [], default_sandbox(), asked_default, run_prefix="he-model"
+        )
+        asked_by_name = LLMSettings(base_url=server.base_url, api_key="k", model="scripted")
+        assert await model_in_use(asked_by_name, "coder") == "scripted"
+    assert report.model == "scripted"
+    assert render(report).startswith("HumanEval, 0 problems, model scripted\n")
+
+    # an endpoint that lists no models (here: none answers) leaves the name asked for
+    unlisted = LLMSettings(
+        base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="k", model_coder="coder-model"
+    )
+    assert await model_in_use(unlisted, "coder") == "coder-model"
