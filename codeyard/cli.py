@@ -377,6 +377,9 @@ def run(
     if not (repo / ".git").exists():
         _error(f"{repo} is not a git repository (no .git)")
         raise typer.Exit(2)
+    left_out = _uncommitted_changes(repo)
+    if left_out is not None:
+        _warn(left_out)
     tasks = None
     if plan is not None:
         try:
@@ -1056,6 +1059,33 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
         _unreachable(url, exc)
 
 
+SHOWN_CHANGES = 5  # uncommitted paths named in the warning; the rest are counted
+
+
+def _uncommitted_changes(repo: Path) -> str | None:
+    """What a run of `repo` leaves out, if anything: the coordinator clones the repository, so
+    the run starts from its last commit and changes not committed (untracked files included)
+    never reach it. None when there are none, or git cannot tell (no commit yet: submitting
+    then says what is wrong)."""
+    from codeyard.workspace.git import GitError, git
+
+    try:
+        # porcelain: `XY path`, paths relative to the repository's top
+        changed = [line[3:] for line in git(repo, "status", "--porcelain").splitlines() if line]
+        if not changed:
+            return None
+        head = git(repo, "rev-parse", "--short", "HEAD").strip()
+    except GitError:
+        return None
+    named = ", ".join(changed[:SHOWN_CHANGES])
+    more = len(changed) - SHOWN_CHANGES
+    rest = f" and {more} more" if more > 0 else ""
+    return (
+        f"uncommitted changes in {repo} are not part of the run, which starts from the last "
+        f"commit ({head}): {named}{rest}; commit them to include them"
+    )
+
+
 def _not_a_builtin_role(role: str) -> str | None:
     """Why `codeyard worker ROLE` (without --plugin or --name) cannot serve `role`, if so."""
     from codeyard.bus.subjects import BUILTIN_ROLES, UnknownRole, check_role
@@ -1165,6 +1195,11 @@ def _error(message: str) -> None:
     """`message` on stderr after a red `error:`, as written: brackets in a path or an
     exception's text (a pattern such as [a-z0-9]) are not taken for markup."""
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+
+
+def _warn(message: str) -> None:
+    """`message` on stderr after a yellow `warning:`, as written (see `_error`)."""
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 def _refused(reply: ControlReply) -> NoReturn:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from codeyard.bus.embedded import free_port
+from codeyard.workspace.git import git
 from tests.processes import codeyard
-from tests.repositories import one_commit_repo
+from tests.repositories import one_commit_repo, write_files
 
 
 @pytest.fixture
@@ -183,3 +184,26 @@ def test_a_worker_of_no_builtin_role_is_refused_before_the_llm_is_looked_for(
     refused = codeyard(without_llm, "worker", role)
     assert refused.returncode == 2
     assert refused.stderr == message
+
+
+def test_uncommitted_changes_are_named_as_left_out_of_the_run(
+    env: dict[str, str], repo: Path
+) -> None:
+    """The run starts from the repository's last commit: what is not committed used to be left
+    out without a word. It is not refused: the run is submitted (here: NATS is not there)."""
+    (repo / "README.md").write_text("edited, not committed\n", encoding="utf-8")
+    write_files(repo, {f"{name}.py": "" for name in "abcdef"})
+    (repo / "staged.txt").write_text("staged\n", encoding="utf-8")
+    git(repo, "add", "staged.txt")
+    head = git(repo, "rev-parse", "--short", "HEAD").strip()
+
+    submitted = codeyard(env, "run", "g", "--repo", str(repo))
+
+    warning, unreachable = submitted.stderr.splitlines()
+    assert warning == (
+        f"warning: uncommitted changes in {repo} are not part of the run, which starts from "
+        f"the last commit ({head}): README.md, staged.txt, a.py, b.py, c.py and 3 more; commit "
+        "them to include them"
+    )
+    assert unreachable.startswith("error: cannot reach NATS")
+    assert submitted.returncode == 1
