@@ -23,7 +23,7 @@ from codeyard.config import Settings
 from codeyard.supervisor import BAD_CONFIGURATION
 
 if TYPE_CHECKING:
-    from codeyard.schemas import ControlReply, Envelope
+    from codeyard.schemas import ControlReply, Envelope, SubmitRun
 
 app = typer.Typer(
     help="codeyard: autonomous coding agents as services over NATS JetStream.",
@@ -309,7 +309,11 @@ def run(
         ),
     ] = None,
     run_id: Annotated[
-        str | None, typer.Option(help="choose the run id (resubmitting is safe)")
+        str | None,
+        typer.Option(
+            help="choose the run id; the same goal again follows that run (resubmitting is "
+            "safe), an id taken by another goal is refused"
+        ),
     ] = None,
     approve_plan: Annotated[
         bool, typer.Option(help="wait for a person to approve the plan")
@@ -354,7 +358,7 @@ def run(
     Example: [bold]codeyard run "add a /health endpoint" --repo ./service[/bold]
     [bold]--reviewer review --reviewer review.static[/bold] adds the static reviewer.
     """
-    from codeyard.follow import RunRefused
+    from codeyard.follow import RunIdTaken, RunRefused
     from codeyard.progress.follower import FollowOptions, RunFollower
     from codeyard.schemas import (
         Budget,
@@ -420,8 +424,10 @@ def run(
             connect_attempts=4,
             quiet=True,  # NATS unreachable: one line says so, not one per attempt
         )
-        submitting = True
         try:
+            if run_id is not None:  # chosen, so it may name a run there is already
+                await _check_chosen_run_id(bus, submit)
+            submitting = True
             if not json_output:
                 console.print(f"run {submit.run_id}: {goal}", markup=False, highlight=False)
             final = await RunFollower(console, err, options).follow(bus, submit, timeout)
@@ -447,6 +453,9 @@ def run(
         if submitting:
             _still_running(submit.run_id)
         raise typer.Exit(INTERRUPTED) from None
+    except RunIdTaken as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
     except RunRefused as exc:
         _error(_in_words(str(exc)))
         raise typer.Exit(1) from None
@@ -459,6 +468,30 @@ def run(
     except (OSError, nats.errors.Error) as exc:
         _unreachable(url, exc)
     raise typer.Exit(0 if state == RunState.DONE else 1)
+
+
+async def _check_chosen_run_id(bus: Bus, submit: SubmitRun) -> None:
+    """`RunIdTaken` when the run id names a run with another goal, before anything of that run
+    is shown (the coordinator would refuse the submission only after the run's history had been
+    replayed). One with the same goal is this submission again, which is safe: it is followed,
+    and that is said."""
+    from codeyard.follow import RunIdTaken, existing_run
+
+    run_id = submit.run_id
+    existing = await existing_run(bus, run_id)
+    if existing is None:
+        return
+    if existing.goal != submit.goal:
+        raise RunIdTaken(
+            f"--run-id {run_id!r} is taken: run {run_id} exists already ({existing.state}) with "
+            f"another goal; see `codeyard status {run_id}`, or choose another --run-id"
+        )
+    err.print(
+        f"run {run_id} exists already ({existing.state}) with this goal: following it, "
+        "not starting another",
+        markup=False,
+        highlight=False,
+    )
 
 
 @bench_app.command("humaneval")

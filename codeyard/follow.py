@@ -46,6 +46,10 @@ class RunRefused(RuntimeError):
     pass
 
 
+class RunIdTaken(RunRefused):
+    """The run id chosen names a run that exists already, for another goal: bad input."""
+
+
 async def ask_coordinator(
     bus: Bus, verb: str, request: Envelope, patience: float = 30.0, timeout: float = 10.0
 ) -> ControlReply:
@@ -173,6 +177,14 @@ async def _poll_status(bus: Bus, run_id: str, on_status: RunSink, every: float) 
         await asyncio.sleep(every)
 
 
+async def existing_run(bus: Bus, run_id: str) -> Run | None:
+    """The run `run_id` names, ended or not; None when the coordinator knows none."""
+    reply = await ask_coordinator(bus, "status", StatusQuery(run_id=run_id))
+    if isinstance(reply, RunStatus) and reply.runs:
+        return reply.runs[0]
+    return None  # a ControlError: no such run
+
+
 async def submit_and_follow(
     bus: Bus,
     submit: SubmitRun,
@@ -195,6 +207,12 @@ async def submit_and_follow(
         if is_run_end(event):
             finished.set()
 
+    reply = await ask_coordinator(bus, "submit", submit)
+    if isinstance(reply, ControlError):
+        # before subscribing: a refused run id may name another run, whose events are not ours
+        where = f" (at {reply.field})" if reply.field else ""
+        raise RunRefused(f"{reply.error}{where}")
+    assert isinstance(reply, Accepted)
     # from the first event on: an ordered consumer replays what happened before we subscribed
     subscription = await bus.js.subscribe(
         events_subject(submit.run_id),
@@ -205,11 +223,6 @@ async def submit_and_follow(
     )
     polling: asyncio.Task[None] | None = None
     try:
-        reply = await ask_coordinator(bus, "submit", submit)
-        if isinstance(reply, ControlError):
-            where = f" (at {reply.field})" if reply.field else ""
-            raise RunRefused(f"{reply.error}{where}")
-        assert isinstance(reply, Accepted)
         if on_status is not None:
             polling = asyncio.create_task(_poll_status(bus, submit.run_id, on_status, status_every))
         async with asyncio.timeout(timeout):

@@ -239,3 +239,37 @@ async def test_giving_up_following_says_the_run_goes_on_and_how_to_reach_it(
     denied = await asyncio.to_thread(codeyard, codeyard_up, "deny", waiting_r5["approval_id"])
     assert denied.returncode == 0, denied.stderr
     assert denied.stdout == f"denied {waiting_r5['approval_id']} (run r5): the task fails\n"
+
+
+async def test_a_run_id_taken_by_another_goal_is_refused_before_anything_is_shown(
+    codeyard_up: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    """The coordinator refuses such a submission, but only after `codeyard run` had replayed
+    the other run's whole history as if it were the new one's."""
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(msgspec.json.encode([TaskSpec(id="a", title="models")]))
+    common = ("--repo", str(repo), "--plan", str(plan))
+    done = await asyncio.to_thread(codeyard_run, codeyard_up, "first", *common, "--run-id", "r6")
+    assert done.returncode == 0, done.stdout + done.stderr
+    waiting = ("waits", *common, "--run-id", "r7", "--approve-plan", "--timeout", "2")
+    left_waiting = await asyncio.to_thread(codeyard_run, codeyard_up, *waiting)
+    assert "run r7 keeps going" in left_waiting.stderr  # nobody approves its plan: still open
+
+    for taken, state in (("r6", "done"), ("r7", "plan_approval")):
+        refused = await asyncio.to_thread(
+            codeyard_run, codeyard_up, "another goal", *common, "--run-id", taken
+        )
+        assert refused.returncode == 2
+        assert refused.stdout == ""  # nothing of the run that has the id
+        assert refused.stderr == (
+            f"error: --run-id '{taken}' is taken: run {taken} exists already ({state}) with "
+            f"another goal; see `codeyard status {taken}`, or choose another --run-id\n"
+        )
+
+    # the same goal again is the same submission again, which is safe: it is followed
+    again = await asyncio.to_thread(codeyard_run, codeyard_up, "first", *common, "--run-id", "r6")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stderr == (
+        "run r6 exists already (done) with this goal: following it, not starting another\n"
+    )
+    assert "run r6 done: 1/1 tasks merged" in again.stdout
