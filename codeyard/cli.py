@@ -1236,11 +1236,11 @@ def _warn(message: str) -> None:
 
 
 def _refused(reply: ControlReply) -> NoReturn:
+    from codeyard.follow import refusal
     from codeyard.schemas import ControlError
 
-    where = f" (at {reply.field})" if isinstance(reply, ControlError) and reply.field else ""
-    error = reply.error if isinstance(reply, ControlError) else f"unexpected reply {reply!r}"
-    err.print(f"error: {_in_words(error)}{where}", markup=False)
+    error = refusal(reply) if isinstance(reply, ControlError) else f"unexpected reply {reply!r}"
+    err.print(f"error: {_in_words(error)}", markup=False)
     raise typer.Exit(1)
 
 

@@ -72,6 +72,13 @@ async def ask_coordinator(
             await asyncio.sleep(0.25)
 
 
+def refusal(reply: ControlError) -> str:
+    """The coordinator's refusal in one line: its error, then the field at fault unless the
+    error names it already (that of a request it could not decode does)."""
+    where = f" (at {reply.field})"
+    return reply.error if not reply.field or reply.error.endswith(where) else reply.error + where
+
+
 def describe(event: RunEvent) -> list[str]:
     match event:
         case RunStateChanged():
@@ -210,8 +217,7 @@ async def submit_and_follow(
     reply = await ask_coordinator(bus, "submit", submit)
     if isinstance(reply, ControlError):
         # before subscribing: a refused run id may name another run, whose events are not ours
-        where = f" (at {reply.field})" if reply.field else ""
-        raise RunRefused(f"{reply.error}{where}")
+        raise RunRefused(refusal(reply))
     assert isinstance(reply, Accepted)
     # from the first event on: an ordered consumer replays what happened before we subscribed
     subscription = await bus.js.subscribe(
