@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import nats.errors
+import typer
 from rich.console import Console
 
 from codeyard.bus import Bus, EmbeddedNats
@@ -30,7 +31,7 @@ from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deploym
 from codeyard.llm.local import MAX_TOKENS, local_server_command, smollm2_model
 from codeyard.observability.ports import metrics_port_of, with_metrics_ports
 from codeyard.observability.startup import start_observability
-from codeyard.supervisor import ChildSpec, Supervisor
+from codeyard.supervisor import BAD_CONFIGURATION, ChildSpec, ChildState, Supervisor
 
 if TYPE_CHECKING:
     from codeyard.bus.worker import Handler
@@ -228,6 +229,24 @@ class AlreadyRunning(Exception):
     before `up` writes there or starts a server, which would open a running server's store."""
 
 
+class ServiceRefused(typer.Exit):
+    """A service exited with BAD_CONFIGURATION (a bad setting, no sandbox: restarting it
+    would not help), so `up` stopped everything; run_up has said which and why. A typer.Exit,
+    so `codeyard up` exits with that status."""
+
+    def __init__(self, service: str, last_lines: Sequence[str]) -> None:
+        super().__init__(BAD_CONFIGURATION)
+        self.service = service
+        self.last_lines = tuple(last_lines)
+
+    def __str__(self) -> str:
+        said = "".join(f"\n  {line}" for line in self.last_lines) or " (none)"
+        return (
+            f"{self.service} refused to start (it exited with {BAD_CONFIGURATION}: bad "
+            f"configuration), so up stopped everything. Its last lines on stderr:{said}"
+        )
+
+
 # Held (flock) by the `up` that runs the embedded server of a data dir, for as long as it runs;
 # the kernel lets go of it when that process ends, however it ends.
 UP_LOCK = "up.lock"
@@ -349,7 +368,8 @@ async def run_up(
     """Start NATS (embedded unless NATS_URL is set), the local model if asked, then every
     service; on SIGINT, SIGTERM or SIGHUP stop them in the reverse order: the services (which
     finish their work in flight over NATS, and may still ask the model), then the model, then
-    NATS. A signal during startup stops what has started so far."""
+    NATS. A signal during startup stops what has started so far. A service that exits with
+    BAD_CONFIGURATION stops them all the same way, then `ServiceRefused` (printed here)."""
     # Before anything starts: until then Python's default action would end `up` without its
     # cleanup, leaving an embedded nats-server running and holding its port.
     stop = asyncio.Event()
@@ -360,6 +380,7 @@ async def run_up(
     data_dir_lock: IO[str] | None = None
     model_stop = asyncio.Event()  # the model outlives the services, which may be asking it
     model: asyncio.Task[None] | None = None
+    refused: ChildState | None = None
     try:
         url = settings.nats_url
         credentials: dict[str, Credentials] = {}
@@ -433,7 +454,9 @@ async def run_up(
             base = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
             console.print(f"dashboard: {sign_in_url(base, token)}", markup=False, highlight=False)
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
-        await Supervisor(children).run(stop)
+        services = Supervisor(children)
+        await services.run(stop)
+        refused = services.refused
     finally:
         model_stop.set()
         if model is not None:
@@ -445,3 +468,7 @@ async def run_up(
             data_dir_lock.close()  # the server is stopped: another `up` may use its store
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+    if refused is not None:  # after everything stopped: the last thing the user reads
+        error = ServiceRefused(refused.spec.name, refused.last_lines)
+        Console(stderr=True, soft_wrap=True).print(f"error: {error}", markup=False, highlight=False)
+        raise error

@@ -2,8 +2,13 @@
 
 A child that exits is started again after a backoff that grows while it keeps crashing and
 resets once it has stayed up a while, unless it exited with BAD_CONFIGURATION: starting it
-again would only fail the same way, for ever. Stopping sends SIGTERM to every child, waits for
+again would only fail the same way, for ever, and the others are no use without it (a
+coordinator without a sandbox, a worker with a bad setting), so the supervisor stops them all
+and `run` returns with that child in `refused`. Stopping sends SIGTERM to every child, waits for
 them to finish their in-flight work, then kills what is left.
+
+A child's stderr goes through the supervisor, which passes it on to its own as it comes and
+keeps its last lines (`ChildState.last_lines`): what a child that refused said last.
 
 Children run in sessions of their own, so a Ctrl-C in the terminal reaches only the process
 supervising them, which stops them in its own order; and they get SIGTERM from the kernel if
@@ -15,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from codeyard.cancellation import stop_tasks, wait_event
+from codeyard.cancellation import in_background, stop_tasks, wait_event
 from codeyard.parent_death import tied_to_this_process
 
 log = logging.getLogger(__name__)
@@ -27,6 +35,13 @@ log = logging.getLogger(__name__)
 # What `codeyard` service commands exit with on bad configuration (a dashboard token too short,
 # a port in use, no sandbox, an unknown role: codeyard.cli._serve).
 BAD_CONFIGURATION = 2
+
+# What is kept of a child's stderr: its last lines that are not blank, each cut to so many bytes.
+TAIL_LINES = 3
+LINE_BYTES = 2000
+# How long a child's stderr may stay open after it exited (a process it started holding it)
+# before the supervisor stops passing it on.
+DRAIN_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,9 @@ class ChildState:
     exits: list[int] = field(default_factory=list)
     gave_up: bool = False  # exited with BAD_CONFIGURATION: not started again
     starting: asyncio.Task[asyncio.subprocess.Process] | None = None
+    # the last lines its latest process wrote to stderr, not blank, each cut to LINE_BYTES
+    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    passing_on: asyncio.Task[None] | None = None  # its latest process's stderr to ours
 
 
 class Supervisor:
@@ -63,13 +81,23 @@ class Supervisor:
         self._max_backoff = max_backoff
         self._stable_after = stable_after
         self._stop_timeout = stop_timeout
+        # the first child that exited with BAD_CONFIGURATION, which made run() stop them all
+        self.refused: ChildState | None = None
+        self._passing_on: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run every child until `stop` is set, then stop them all."""
-        keepers = [asyncio.create_task(self._keep(state, stop)) for state in self.children.values()]
+        """Run every child until `stop` is set or one refuses to run (exits with
+        BAD_CONFIGURATION: see `refused`), then stop them all."""
+        ending = asyncio.Event()  # `stop`, or a child that refused
+        keepers = [
+            asyncio.create_task(self._keep(state, ending)) for state in self.children.values()
+        ]
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(ending.wait())]
         try:
-            await stop.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            ending.set()
+            await stop_tasks(waits)
             await self._stop_all()
             await stop_tasks(keepers)
             # A keeper that was starting a child when `stop` came: the first pass could not see
@@ -77,46 +105,69 @@ class Supervisor:
             starting = [s.starting for s in self.children.values() if s.starting is not None]
             await asyncio.gather(*starting, return_exceptions=True)
             await self._stop_all()
+            # what the children said while stopping, passed on before run() returns
+            passing_on = list(self._passing_on)
+            if passing_on:
+                await asyncio.wait(passing_on, timeout=DRAIN_SECONDS)
+            await stop_tasks(passing_on)
 
     async def _start(self, state: ChildState) -> asyncio.subprocess.Process:
         """Start the child, recording it in `state` even if the keeper waiting for it is
         cancelled meanwhile: the process exists by then, and run() must stop it."""
-        state.process = await asyncio.create_subprocess_exec(
-            *tied_to_this_process(state.spec.argv),
-            env=dict(state.spec.env) if state.spec.env else None,
-            start_new_session=True,
-        )
+        # A pipe of our own rather than asyncio's: its Process.wait() also waits for the end of
+        # the child's stderr, which a process the child started may hold open long after.
+        read_end, write_end = os.pipe()
+        try:
+            state.process = await asyncio.create_subprocess_exec(
+                *tied_to_this_process(state.spec.argv),
+                env=dict(state.spec.env) if state.spec.env else None,
+                stderr=write_end,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        # a deque of its own: the last process's stderr may still be open (see DRAIN_SECONDS)
+        state.last_lines = deque(maxlen=TAIL_LINES)
+        stderr = await read_pipe(read_end)
+        state.passing_on = in_background(self._passing_on, pass_on(*stderr, state.last_lines))
         return state.process
 
-    async def _keep(self, state: ChildState, stop: asyncio.Event) -> None:
+    async def _keep(self, state: ChildState, ending: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         delay = self._backoff
-        while not stop.is_set():
+        while not ending.is_set():
             started = loop.time()
             state.starting = asyncio.create_task(self._start(state))
             process = await asyncio.shield(state.starting)
             state.starting = None
             state.starts += 1
             log.info("started %s (pid %s)", state.spec.name, process.pid)
-            if stop.is_set():  # came while it was starting: stop it now (run() waits for it)
+            if ending.is_set():  # came while it was starting: stop it now (run() waits for it)
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
             code = await process.wait()
             state.exits.append(code)
-            if stop.is_set():
+            if state.passing_on is not None:  # its last words, before deciding what to do
+                await asyncio.wait([state.passing_on], timeout=DRAIN_SECONDS)
+            if ending.is_set():
                 return
             if code == BAD_CONFIGURATION:
                 state.gave_up = True
+                self.refused = self.refused or state
                 log.error(
-                    "%s exited with %d (bad configuration, see its error above): not restarting "
-                    "it; fix the configuration and start again",
+                    "%s exited with %d (bad configuration, see its error above): stopping the "
+                    "others; fix the configuration and start again",
                     state.spec.name,
                     code,
                 )
+                ending.set()
                 return
             delay = self._backoff if loop.time() - started > self._stable_after else delay
             log.warning("%s exited with %s; restarting in %.1fs", state.spec.name, code, delay)
-            await wait_event(stop, delay)
+            await wait_event(ending, delay)
             delay = min(delay * 2, self._max_backoff)
 
     async def _stop_all(self) -> None:
@@ -141,3 +192,57 @@ class Supervisor:
                 await process.wait()
         for task in late:
             task.cancel()
+
+
+async def read_pipe(fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+    """A stream reading the pipe `fd`, and its transport (closing it closes `fd`)."""
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stream), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    return stream, transport
+
+
+async def pass_on(
+    stream: asyncio.StreamReader, transport: asyncio.ReadTransport, tail: deque[str]
+) -> None:
+    """Copy `stream` (a child's stderr) to our stderr as it comes, until it ends, keeping its
+    last lines that are not blank in `tail`; then close its `transport`."""
+    try:
+        partial = b""
+        while chunk := await stream.read(65536):
+            echo(chunk)
+            *lines, partial = (partial + chunk).split(b"\n")
+            partial = partial[:LINE_BYTES]  # a line that never ends is kept by its start
+            for line in lines:
+                keep_line(tail, line)
+        keep_line(tail, partial)
+    finally:
+        transport.close()
+
+
+def keep_line(tail: deque[str], line: bytes) -> None:
+    text = line[:LINE_BYTES].decode("utf-8", errors="replace").strip()
+    if text:
+        tail.append(text)
+
+
+def echo(chunk: bytes) -> None:
+    """Write `chunk` to this process's stderr. A closed terminal does not stop the reading:
+    the child would block on a full pipe."""
+    stream = sys.stderr
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+        buffer = getattr(stream, "buffer", None)
+        if buffer is None:
+            stream.write(chunk.decode("utf-8", errors="replace"))
+            stream.flush()
+        else:
+            buffer.write(chunk)
+            buffer.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -41,29 +42,62 @@ async def test_a_crashing_child_is_restarted_and_stop_ends_every_child(tmp_path:
     assert sleeper.process.returncode is not None  # stopped by the supervisor
 
 
-async def test_a_child_with_bad_configuration_is_not_restarted(
-    caplog: pytest.LogCaptureFixture,
+async def test_a_child_with_bad_configuration_stops_every_child(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Exit status 2 is how codeyard's services say their configuration is wrong (a dashboard
-    token too short, a port in use): starting them again would fail the same way, for ever."""
-    misconfigured = ChildSpec("dashboard", [sys.executable, "-c", "raise SystemExit(2)"])
+    token too short, a port in use, no sandbox): starting them again would fail the same way,
+    for ever. The others used to run on without it, and `up` with them."""
+    says = "import sys; sys.stderr.write('starting\\n\\nerror: bad setting\\n'); sys.exit(2)"
+    misconfigured = ChildSpec("dashboard", [sys.executable, "-c", says])
     steady = ChildSpec("steady", [sys.executable, "-c", "import time; time.sleep(600)"])
     supervisor = Supervisor([misconfigured, steady], backoff=0.05, stop_timeout=5)
     stop = asyncio.Event()
-    running = asyncio.create_task(supervisor.run(stop))
-    dashboard = supervisor.children["dashboard"]
-    for _ in range(400):
-        if dashboard.gave_up:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)  # many backoffs: a restart would have happened by now
-    stop.set()
-    await asyncio.wait_for(running, 10)
 
+    await asyncio.wait_for(supervisor.run(stop), 20)  # by itself: nobody set `stop`
+
+    dashboard, sleeper = supervisor.children["dashboard"], supervisor.children["steady"]
+    assert supervisor.refused is dashboard
     assert dashboard.gave_up
     assert (dashboard.starts, dashboard.exits) == (1, [2])
-    assert supervisor.children["steady"].starts == 1  # the others run on
+    assert list(dashboard.last_lines) == ["starting", "error: bad setting"]
+    assert sleeper.starts == 1
+    assert sleeper.exits == [-signal.SIGTERM]  # stopped by the supervisor, the usual way
     assert "dashboard exited with 2 (bad configuration" in caplog.text
+    assert "error: bad setting" in capfd.readouterr().err  # passed on as it came
+
+
+async def test_a_child_whose_own_child_keeps_its_stderr_is_restarted_all_the_same(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The supervisor reads every child's stderr; a process the child started inherits it and
+    may hold it open long after the child exited. That child is still seen to exit."""
+    pids = tmp_path / "pids"
+    leaves_a_sleeper = (
+        "import subprocess, sys; sleeper = subprocess.Popen(['sleep', '600']); "
+        f"open({str(pids)!r}, 'a').write(f'{{sleeper.pid}}\\n'); "
+        "print('bye', file=sys.stderr); raise SystemExit(3)"
+    )
+    child = ChildSpec("leaver", [sys.executable, "-c", leaves_a_sleeper])
+    supervisor = Supervisor([child], backoff=0.05, max_backoff=0.1, stop_timeout=5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    leaver = supervisor.children["leaver"]
+    try:
+        for _ in range(400):
+            if leaver.starts >= 2:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(running, 20)
+    finally:
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+    assert leaver.starts >= 2
+    assert leaver.exits[0] == 3
+    assert capfd.readouterr().err.count("bye") >= 1
 
 
 async def test_a_child_started_as_stop_comes_is_stopped_too(tmp_path: Path) -> None:

@@ -230,6 +230,15 @@ def children_of(pid: int) -> set[int]:
     return {child for child, (parent, _) in processes().items() if parent == pid}
 
 
+def started_children(pid: int, count: int, patience: float = 20.0) -> set[int]:
+    """The children of `pid` once there are `count` (or after `patience` seconds): `up` says
+    its services run just before it starts them, which a busy machine may take a while to do."""
+    deadline = time.monotonic() + patience
+    while len(children := children_of(pid)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return children
+
+
 def wait_until_gone(pids: set[int], timeout: float = 60.0) -> set[int]:
     """Those of `pids` still running after `timeout` seconds (killed, so none leaks)."""
     deadline = time.monotonic() + timeout
@@ -257,7 +266,7 @@ def test_ctrl_c_or_a_closed_terminal_stops_the_services_then_nats(tmp_path: Path
     children: set[int] = set()
     try:
         wait_for_output(tmp_path, up, "Ctrl-C stops")
-        children = children_of(up.pid)
+        children = started_children(up.pid, 3)
         assert len(children) == 3  # nats-server, coordinator, safety gate
         # nothing but `up` is in the group the terminal signals, nor hears the hangup
         assert {pid for pid, (_, group) in processes().items() if group == up.pid} == {up.pid}
@@ -286,7 +295,7 @@ def test_a_killed_up_leaves_nothing_running(tmp_path: Path) -> None:
     children: set[int] = set()
     try:
         wait_for_output(tmp_path, up, "Ctrl-C stops")
-        children = children_of(up.pid)
+        children = started_children(up.pid, 3)
         assert len(children) == 3
         up.kill()
         up.wait()
@@ -466,3 +475,42 @@ def test_up_does_not_announce_a_dashboard_whose_port_is_taken(tmp_path: Path) ->
     assert f"dashboard not started: 127.0.0.1:{taken} is in use" in output
     assert "dashboard: http" not in output
     assert "running: coordinator, safety-gate; Ctrl-C stops" in output
+
+
+def with_env(marker: str) -> set[int]:
+    """The live processes whose environment holds `marker` (`up`'s children carry its data dir)."""
+    found = set()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if marker.encode() in environ.read_bytes().split(b"\0"):
+                found.add(int(environ.parent.name))
+    return found
+
+
+def test_a_service_refusing_its_configuration_stops_up_with_status_2(tmp_path: Path) -> None:
+    """A service that exits with 2 says its configuration is wrong (here the coordinator: no
+    sandbox it may use), which no restart mends. `up` used to run on without it for ever."""
+    env = up_env(tmp_path)
+    del env["CODEYARD_ALLOW_UNSANDBOXED"]  # the process backend is then refused
+    marker = f"CODEYARD_DATA_DIR={tmp_path}"
+    up = start_up(tmp_path, env)
+    try:
+        code = finish(up, timeout=60)  # by itself
+    finally:
+        kill(up)
+        left = wait_until_gone(with_env(marker) - {os.getpid()}, timeout=10)
+    output = (tmp_path / "up.log").read_text()
+    assert code == 2, output
+    assert not left, output  # the safety gate and nats-server too
+    stopped, error = output.split("embedded nats-server stopped\n")
+    assert "coordinator exited with 2 (bad configuration" in stopped
+    assert error.startswith(
+        "error: coordinator refused to start (it exited with 2: bad configuration), so up "
+        "stopped everything. Its last lines on stderr:\n  error: refusing to run generated code "
+        "without a sandbox"
+    ), output
+    assert error.rstrip().endswith("otherwise use the docker or bwrap backend"), output
+    # stopped as on Ctrl-C: the services, then nats-server
+    assert 'Trapped "terminated" signal' in (tmp_path / "nats" / "nats-server.log").read_text()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", int(env["CODEYARD_NATS_PORT"]))) != 0
