@@ -1,11 +1,11 @@
 """The tester: applies the coder's patch to a fresh checkout, adds tests for the task's
 acceptance criteria where the model finds them missing, and runs the repository's test command
-in the sandbox. Generated code never runs outside it."""
+in the sandbox, with `/bin/sh -c` as the safety gate read it. Generated code never runs outside
+it."""
 
 from __future__ import annotations
 
 import asyncio
-import shlex
 from pathlib import Path, PurePosixPath
 
 from codeyard.agents.asking import ask_model
@@ -19,7 +19,7 @@ from codeyard.agents.working_copy import PatchDoesNotApply, apply_patch, read_fi
 from codeyard.bus.gate_client import GateClient, require_clearance
 from codeyard.bus.worker import GiveUp
 from codeyard.llm import LLMClient
-from codeyard.sandbox import Limits, Sandbox
+from codeyard.sandbox import Limits, Sandbox, shell_command
 from codeyard.schemas import Result, TestRequest, TestResult, WorkItem
 
 
@@ -72,11 +72,12 @@ class Tester:
                 nothing_ran = f"{notes}no test command found: nothing ran"
                 return TestResult(passed=True, output=nothing_ran, usage=completion.usage)
             # Sandboxed or not, the command is the repository's to choose and the gate's to
-            # allow: a test command that deploys or wipes is stopped here.
+            # allow: a test command that deploys or wipes is stopped here. The gate reads it as
+            # a shell command line, and a shell runs it: what runs is what it allowed.
             await require_clearance(
                 self.gate, item, "run_command", command, role="tester", spent=completion.usage
             )
-            outcome = await self.sandbox.run(root, shlex.split(command), self.limits)
+            outcome = await self.sandbox.run(root, shell_command(command), self.limits)
         passed = outcome.exit_code == 0 and not outcome.timed_out
         header = "timed out\n" if outcome.timed_out else ""
         return TestResult(

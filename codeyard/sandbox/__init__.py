@@ -18,15 +18,18 @@ from codeyard.sandbox.limits import GiB, Limits, MiB
 from codeyard.sandbox.process import ProcessSandbox
 from codeyard.sandbox.protocol import (
     SANDBOX_WORKDIR,
+    SHELL,
     LimitName,
     RunOutcome,
     Sandbox,
     SandboxUnavailable,
+    shell_command,
 )
 from codeyard.sandbox.selection import default_sandbox
 
 __all__ = [
     "SANDBOX_WORKDIR",
+    "SHELL",
     "BwrapSandbox",
     "DockerSandbox",
     "GiB",
@@ -38,4 +41,5 @@ __all__ = [
     "Sandbox",
     "SandboxUnavailable",
     "default_sandbox",
+    "shell_command",
 ]

@@ -44,10 +44,11 @@ Limits (`Limits`):
   takes only its own JSON profiles, so the image's python3 installs it just before prlimit
   (about 10 ms a run); a container where it cannot be installed runs nothing (exit 126).
 
-The image must provide /usr/bin/python3 (as `python` too), pytest and /usr/bin/prlimit (util-linux,
-essential in Debian); scripts/build-sandbox-image.sh
-builds the default one, `codeyard-sandbox:bookworm`, with no registry. The docker SDK blocks,
-so every call runs in a thread: the event loop never waits on the engine.
+The image must provide /usr/bin/python3 (as `python` too), pytest, /usr/bin/prlimit (util-linux,
+essential in Debian) and /bin/sh (test commands run with `/bin/sh -c`; dash is essential in
+Debian too); scripts/build-sandbox-image.sh builds the default one, `codeyard-sandbox:bookworm`,
+with no registry. The docker SDK blocks, so every call runs in a thread: the event loop never
+waits on the engine.
 """
 
 from __future__ import annotations
@@ -78,8 +79,10 @@ from codeyard.sandbox.limits import Limits
 from codeyard.sandbox.protocol import (
     SANDBOX_UID,
     SANDBOX_WORKDIR,
+    SHELL,
     RunOutcome,
     SandboxUnavailable,
+    shell_command,
 )
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
 from codeyard.sandbox.seccomp import NOT_INSTALLED, disk_filter, installing_argv
@@ -203,7 +206,7 @@ class DockerSandbox:
                     container.remove(force=True)
 
     def _check_run(self, client: docker.DockerClient) -> None:
-        command = ["python", "-c", "import pytest"]
+        command = shell_command("python -c 'import pytest'")  # as test commands run
         with tempfile.TemporaryDirectory(prefix="codeyard-probe-") as tmp:
             workdir = Path(tmp)
             loan = self._loan(workdir)
@@ -227,9 +230,9 @@ class DockerSandbox:
             )
         if status != 0:
             raise SandboxUnavailable(
-                f"`python -c 'import pytest'` fails in the sandbox image {self.image} (exit "
-                f"{status}): the image needs /usr/bin/python3 (as `python` too), pytest and "
-                f"prlimit; {IMAGE_HINT}"
+                f"`{SHELL} -c \"python -c 'import pytest'\"` fails in the sandbox image "
+                f"{self.image} (exit {status}): the image needs {SHELL}, /usr/bin/python3 (as "
+                f"`python` too), pytest and prlimit; {IMAGE_HINT}"
             )
 
     async def run(

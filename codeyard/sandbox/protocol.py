@@ -14,6 +14,10 @@ from codeyard.sandbox.limits import Limits
 SANDBOX_WORKDIR = "/workspace"
 SANDBOX_UID = 65534
 
+# The shell a command line runs in (`shell_command`): in every backend's root (bwrap binds the
+# host's /usr and /bin; Debian's minbase image has dash, which is essential there).
+SHELL = "/bin/sh"
+
 # Which limit stopped a run; "" when none did. "memory" and (without a pids cgroup) "pids" are
 # best effort: the kernel reports them only as a failed allocation or fork inside the program.
 LimitName = Literal["", "wall_time", "cpu", "memory", "pids", "file_size", "open_files", "disk"]
@@ -24,6 +28,13 @@ class SandboxUnavailable(RuntimeError):
 
     The message says why and how to fix it. Never fall back to running unsandboxed.
     """
+
+
+def shell_command(line: str) -> list[str]:
+    """The argv that runs the command line `line` as a shell reads it (`&&`, `|`, redirects,
+    `$(...)`, `cd`): the way the safety gate reads a command it allows (codeyard.agents.policy),
+    so that what runs is what it allowed."""
+    return [SHELL, "-c", line]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +62,10 @@ class Sandbox(Protocol):
     """Runs a command inside `workdir` with no network, writes confined to `workdir`, as a
     non-root user without new privileges, within `limits`.
 
-    `command` is an argv list, never a shell string: pass `["sh", "-c", script]` explicitly
-    when a shell is needed. `env` adds to (or overrides) the sandbox's minimal environment;
-    nothing of the caller's environment leaks in otherwise. `workdir` must be a copy the
-    command may modify; it is visible read-write inside the sandbox.
+    `command` is an argv list, never a shell string: pass `shell_command(line)` (`/bin/sh -c
+    line`) explicitly when a shell is needed. `env` adds to (or overrides) the sandbox's
+    minimal environment; nothing of the caller's environment leaks in otherwise. `workdir` must
+    be a copy the command may modify; it is visible read-write inside the sandbox.
     """
 
     name: str

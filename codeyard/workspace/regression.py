@@ -5,21 +5,21 @@ on). `SandboxedSuite` runs the repository's test command in the sandbox on a pri
 integration clone; the integrator reverts a merge whose suite fails and sends the task back.
 
 The command is checked with the safety gate as the task's own (same run, task, attempt, action
-and command as the tester's check), so an approval a person gave the tester holds here too.
+and command as the tester's check), so an approval a person gave the tester holds here too, and
+runs with `/bin/sh -c`, as the gate read it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 from pathlib import Path
 from typing import Protocol
 
 from codeyard.agents.failure_report import trim_test_output
 from codeyard.agents.repo_summary import detect_test_command
 from codeyard.bus.gate_client import GateClient
-from codeyard.sandbox import Limits, Sandbox
+from codeyard.sandbox import Limits, Sandbox, shell_command
 from codeyard.sandbox.scratch import scratch_directory
 from codeyard.schemas import ActionCheck
 from codeyard.workspace.git import checkout
@@ -61,7 +61,7 @@ class SandboxedSuite:
                 # unless the policy changed meanwhile; the task's own test run stands.
                 log.warning("run %s: suite after %s not run: %s", run_id, task_id, decision.reason)
                 return None
-            outcome = await self.sandbox.run(copy, shlex.split(command), self.limits)
+            outcome = await self.sandbox.run(copy, shell_command(command), self.limits)
         if outcome.ok:
             return None
         header = "timed out\n" if outcome.timed_out else ""

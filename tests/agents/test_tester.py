@@ -1,0 +1,64 @@
+"""The tester runs the repository's test command as the safety gate read it: a shell command line
+(`&&`, redirects, `cd`), run with /bin/sh in the real sandbox. Real HTTP to the scripted LLM, a
+real gate with the default policy over NATS, bubblewrap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codeyard.agents import tester as testing_role  # not `Tester`: pytest would collect it
+from codeyard.agents.policy import load_policy
+from codeyard.agents.safety_gate import SafetyGate
+from codeyard.bus import Bus
+from codeyard.bus.gate_client import BusGateClient
+from codeyard.llm import OpenAIClient
+from codeyard.sandbox import BwrapSandbox, Limits
+from codeyard.schemas import Patch, RepoRef, TaskSpec, TestRequest, TestResult
+from codeyard.testing.openai_script import parse_script
+from codeyard.testing.openai_server import ScriptedOpenAI
+from codeyard.testing.scripted_worker import new_file_patch
+from tests.llm.scenario import settings
+from tests.repositories import one_commit_repo
+
+# Passes only where the command's `cd` took it.
+IN_TESTS = (
+    "from pathlib import Path\n\n\ndef test_in_tests():\n    assert Path.cwd().name == 'tests'\n"
+)
+# pytest's report goes to a file; only its last line reaches the output.
+SHELL_LINE = "cd tests && python -m pytest -q > pytest.log && tail -n 1 pytest.log"
+NO_NEW_TESTS = {"arguments": {"rationale": "covered", "edits": []}}
+
+
+async def test_a_test_command_runs_as_the_shell_line_the_gate_allowed(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_where.py": IN_TESTS})
+    request = TestRequest(
+        run_id="r1",
+        task_id="t1",
+        attempt=1,
+        task=TaskSpec(id="t1", title="notes", description="add notes", files=[]),
+        patch=Patch(text=new_file_patch("notes.txt", "hi")),
+        repo=RepoRef(path=str(repo)),
+        test_command=SHELL_LINE,
+    )
+    gate = await SafetyGate(bus, load_policy(None)).serve()  # it allows this line, as read
+    try:
+        async with (
+            ScriptedOpenAI(
+                parse_script([{"tool": "submit_tests", "replies": [NO_NEW_TESTS]}])
+            ) as server,
+            OpenAIClient(settings(server.base_url)) as client,
+        ):
+            role = testing_role.Tester(
+                client, bwrap_sandbox, BusGateClient(bus), Limits(wall_seconds=60)
+            )
+            result = await role(request)
+    finally:
+        await gate.unsubscribe()
+
+    assert isinstance(result, TestResult)
+    assert result.passed, result.output
+    assert result.output.startswith("1 passed in "), result.output
+    assert "[100%]" not in result.output  # the rest of the report went to pytest.log
+    assert result.tests_run == 1
