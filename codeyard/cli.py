@@ -139,13 +139,20 @@ def up(
     the safety gate, a planner, --coders coders, a tester and a reviewer run as child processes,
     each restarted if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or
     CODEYARD_LLM_*). The web dashboard runs too (--no-dashboard: not); its URL, with the token,
-    is printed. A child that exits with 2 (bad configuration) is not restarted. Ctrl-C, SIGTERM
+    is printed. A child that exits with 2 (bad configuration) is not restarted: `up` stops
+    everything and exits 2, with that child's last error lines. Ctrl-C, SIGTERM
     or SIGHUP stops everything: the services, then NATS; they also get SIGTERM if `up` is killed.
 
     Example: [bold]codeyard up[/bold]
     """
     from codeyard.dashboard.service import CannotServe, dashboard_token
-    from codeyard.launch import AlreadyRunning, LocalModelNotServing, NatsUnreachable, run_up
+    from codeyard.launch import (
+        AlreadyRunning,
+        LocalModelNotServing,
+        NatsUnreachable,
+        ServiceRefused,
+        run_up,
+    )
     from codeyard.llm import NOT_CONFIGURED, LLMSettings
     from codeyard.llm.local import NOTICE, local_server_available
     from codeyard.reviewers.loading import PluginError, plugin_role, plugin_spec
@@ -181,7 +188,7 @@ def up(
             dashboard=dashboard,
         )
         asyncio.run(up_)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, ServiceRefused) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         raise typer.Exit(BAD_CONFIGURATION) from None
     except (EmbeddedServerError, NatsUnreachable) as exc:

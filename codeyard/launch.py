@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import nats.errors
-import typer
 from rich.console import Console
 
 from codeyard.bus import Bus, EmbeddedNats
@@ -229,13 +228,12 @@ class AlreadyRunning(Exception):
     before `up` writes there or starts a server, which would open a running server's store."""
 
 
-class ServiceRefused(typer.Exit):
+class ServiceRefused(Exception):
     """A service exited with BAD_CONFIGURATION (a bad setting, no sandbox: restarting it
-    would not help), so `up` stopped everything; run_up has said which and why. A typer.Exit,
-    so `codeyard up` exits with that status."""
+    would not help), so `up` stopped everything, and exits with that status too."""
 
     def __init__(self, service: str, last_lines: Sequence[str]) -> None:
-        super().__init__(BAD_CONFIGURATION)
+        super().__init__(service)
         self.service = service
         self.last_lines = tuple(last_lines)
 
@@ -303,9 +301,15 @@ LOCAL_MODEL_PATIENCE = 300.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-async def wait_until_serving(url: str, timeout: float, stop: asyncio.Event | None = None) -> bool:
+async def wait_until_serving(
+    url: str,
+    timeout: float,
+    stop: asyncio.Event | None = None,
+    ended: Callable[[], bool] = lambda: False,
+) -> bool:
     """Poll an HTTP endpoint until it answers 200 (True), or `stop` is set (False, within a
-    poll: at most about 2.5 s); `LocalModelNotServing` after `timeout` seconds."""
+    poll: at most about 2.5 s); `LocalModelNotServing` after `timeout` seconds, or as soon as
+    `ended()` says what should answer is gone for good."""
     stop = stop or asyncio.Event()
 
     def answers() -> bool:
@@ -322,6 +326,8 @@ async def wait_until_serving(url: str, timeout: float, stop: asyncio.Event | Non
             return False
         if loop.time() > deadline:
             raise LocalModelNotServing(f"{url} did not answer within {timeout:.0f}s")
+        if ended():
+            raise LocalModelNotServing(f"the server of {url} ended before it answered")
         if await wait_event(stop, 0.5):
             return False
     return True
@@ -369,7 +375,7 @@ async def run_up(
     service; on SIGINT, SIGTERM or SIGHUP stop them in the reverse order: the services (which
     finish their work in flight over NATS, and may still ask the model), then the model, then
     NATS. A signal during startup stops what has started so far. A service that exits with
-    BAD_CONFIGURATION stops them all the same way, then `ServiceRefused` (printed here)."""
+    BAD_CONFIGURATION stops them all the same way, then `ServiceRefused`."""
     # Before anything starts: until then Python's default action would end `up` without its
     # cleanup, leaving an embedded nats-server running and holding its port.
     stop = asyncio.Event()
@@ -419,10 +425,20 @@ async def run_up(
             # a module of this codeyard, like the services: with its import path
             command = local_server_command(path, port)
             llm_server = ChildSpec("llm", command, own_import_path(os.environ))
-            model = asyncio.create_task(Supervisor([llm_server]).run(model_stop))
+            model_supervisor = Supervisor([llm_server])
+            model = asyncio.create_task(model_supervisor.run(model_stop))
             base_url = f"http://127.0.0.1:{port}/v1"
             console.print(f"starting the local model at {base_url} ...")
-            if not await wait_until_serving(f"{base_url}/models", LOCAL_MODEL_PATIENCE, stop):
+            try:
+                # its supervisor ends only when told to, or when the server exits with 2
+                serving = await wait_until_serving(
+                    f"{base_url}/models", LOCAL_MODEL_PATIENCE, stop, model.done
+                )
+            except LocalModelNotServing:
+                if (refused := model_supervisor.refused) is not None:
+                    raise ServiceRefused(refused.spec.name, refused.last_lines) from None
+                raise
+            if not serving:
                 return
             llm_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "local"}
             cap = os.environ.get("CODEYARD_LLM_MAX_TOKENS", str(MAX_TOKENS))
@@ -469,6 +485,4 @@ async def run_up(
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
     if refused is not None:  # after everything stopped: the last thing the user reads
-        error = ServiceRefused(refused.spec.name, refused.last_lines)
-        Console(stderr=True, soft_wrap=True).print(f"error: {error}", markup=False, highlight=False)
-        raise error
+        raise ServiceRefused(refused.spec.name, refused.last_lines)

@@ -310,7 +310,7 @@ def test_a_killed_up_leaves_nothing_running(tmp_path: Path) -> None:
 
 # `up` with its connection to NATS or its local model slowed down, to be signalled meanwhile.
 PATCHED_UP = """
-import asyncio, sys
+import asyncio, os, sys
 import codeyard.launch as launch
 import codeyard.llm.local
 
@@ -323,12 +323,11 @@ async def slow_connect(*args, **kwargs):
 
 real_connect = launch.Bus.connect
 launch.Bus.connect = slow_connect
-# a local model that never answers, as one still loading does
+# a local model that never answers, as one still loading does (or runs MODEL_CODE instead)
 codeyard.llm.local.local_server_available = lambda: True
 launch.smollm2_model = lambda: "/nonexistent.gguf"
-launch.local_server_command = lambda model, port: [
-    sys.executable, "-c", "import time; time.sleep(600)"
-]
+model_code = os.environ.get("MODEL_CODE", "import time; time.sleep(600)")
+launch.local_server_command = lambda model, port: [sys.executable, "-c", model_code]
 launch.LOCAL_MODEL_PATIENCE = float(model_patience)
 from codeyard.cli import main
 sys.argv = ["codeyard", "up", *up_argv]
@@ -337,9 +336,13 @@ main()
 
 
 def patched_up(
-    tmp_path: Path, *argv: str, connect_delay: float = 0, model_patience: float = 300
+    tmp_path: Path,
+    *argv: str,
+    connect_delay: float = 0,
+    model_patience: float = 300,
+    model_code: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    env = up_env(tmp_path)
+    env = up_env(tmp_path) | ({"MODEL_CODE": model_code} if model_code else {})
     command = [sys.executable, "-c", PATCHED_UP, str(connect_delay), str(model_patience)]
     return start_up(tmp_path, env, *command, "--no-dashboard", *argv)
 
@@ -387,6 +390,20 @@ def test_a_local_model_that_never_answers_is_reported_as_such(tmp_path: Path) ->
     assert "error: the local model did not start:" in output
     assert "did not answer within 1s" in output
     assert "NATS" not in output.split("starting the local model")[1]  # it was not NATS
+
+
+def test_a_local_model_refusing_its_configuration_stops_up_at_once(tmp_path: Path) -> None:
+    refuses = "import sys; print('cannot load the model file', file=sys.stderr); sys.exit(2)"
+    up = patched_up(tmp_path, "--coders", "1", model_code=refuses)
+    try:
+        code = finish(up, timeout=60)  # not after the 300 s it waits for a model to answer
+    finally:
+        kill(up)
+    output = (tmp_path / "up.log").read_text()
+    assert code == 2, output
+    assert "error: llm refused to start" in output
+    assert "cannot load the model file" in output.split("error: llm refused")[1]
+    assert "embedded nats-server stopped" in output
 
 
 # --- configuration `up` checks before starting anything ----------------------------------------
