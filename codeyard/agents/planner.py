@@ -28,7 +28,9 @@ class Planner:
         summary = None
         if item.repo.snapshot or item.repo.path:
             with working_copy(item.repo) as root:
-                summary = await asyncio.to_thread(summarize_repo, root)
+                summary = await asyncio.to_thread(
+                    summarize_repo, root, test_command=item.test_command
+                )
         messages = render_prompt(
             "planner",
             goal=item.goal,

@@ -60,7 +60,7 @@ class RepoSummary:
     files: tuple[str, ...]  # relative paths, sorted; the shallowest ones when capped
     more_files: int  # files left out by the cap
     key_files: tuple[KeyFile, ...]
-    test_command: str  # "" when none was detected
+    test_command: str  # the run's, else the detected one; "" when there is neither
 
     def render(self) -> str:
         """The summary as markdown for the planner's prompt."""
@@ -78,8 +78,14 @@ class RepoSummary:
 
 
 def summarize_repo(
-    root: Path, *, max_files: int = MAX_FILES, max_key_file_chars: int = MAX_KEY_FILE_CHARS
+    root: Path,
+    *,
+    test_command: str = "",
+    max_files: int = MAX_FILES,
+    max_key_file_chars: int = MAX_KEY_FILE_CHARS,
 ) -> RepoSummary:
+    """`test_command` is the run's (`codeyard run --test-command`), which the tester will run:
+    the summary names it instead of what detection would guess ("": detected)."""
     root = root.resolve(strict=True)
     files, more = _list_files(root, max_files)
     key_files = tuple(
@@ -88,7 +94,10 @@ def summarize_repo(
         if (key_file := _read_key_file(root, name, max_key_file_chars)) is not None
     )
     return RepoSummary(
-        files=files, more_files=more, key_files=key_files, test_command=detect_test_command(root)
+        files=files,
+        more_files=more,
+        key_files=key_files,
+        test_command=test_command or detect_test_command(root),
     )
 
 

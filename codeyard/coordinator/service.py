@@ -838,6 +838,9 @@ class Coordinator:
             reviewers=list(request.reviewers),
             approve_plan=request.approve_plan,
             approve_merge=request.approve_merge,
+            # Spaces around a shell line change nothing it runs; one of spaces alone would run
+            # nothing and pass, so it means what "" means: detected.
+            test_command=request.test_command.strip(),
             created_at=now,
             updated_at=now,
         )

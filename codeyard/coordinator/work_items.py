@@ -58,6 +58,7 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
             msg_id=derived_id(run_id, PLANNER, attempt, *_epoch(run.planning_dispatched_by)),
             goal=run.goal,
             repo=run.repo,
+            test_command=run.test_command,
         )
     task = run.tasks[task_id]
     envelope = EnvelopeFields(
@@ -77,7 +78,9 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
             feedback=list(dispatch.feedback),
         )
     if dispatch.role == TESTER:
-        return TestRequest(**envelope, task=task.spec, patch=patch, repo=run.repo)
+        return TestRequest(
+            **envelope, task=task.spec, patch=patch, repo=run.repo, test_command=run.test_command
+        )
     return ReviewRequest(
         **envelope,
         task=task.spec,

@@ -29,6 +29,7 @@ from codeyard.schemas.model import (
     ShortText,
     TaskSpec,
     TaskState,
+    TestCommand,
     Usage,
 )
 
@@ -40,6 +41,9 @@ class PlanRequest(Envelope, kw_only=True, frozen=True):
     repo: RepoRef = RepoRef()
     constraints: list[LongText] = []
     feedback: list[Feedback] = []
+    # The run's test command, which the repository summary names instead of a detected one
+    # ("": detected).
+    test_command: TestCommand = ""
 
 
 class CodeRequest(Envelope, kw_only=True, frozen=True):
@@ -55,7 +59,7 @@ class TestRequest(Envelope, kw_only=True, frozen=True):
     task: TaskSpec
     patch: Patch
     repo: RepoRef = RepoRef()
-    test_command: str = ""
+    test_command: TestCommand = ""  # the run's; "": detected in the repository
 
 
 class ReviewRequest(Envelope, kw_only=True, frozen=True):
@@ -275,6 +279,10 @@ class SubmitRun(Envelope, kw_only=True, frozen=True):
     reviewers: list[ReviewerName] = msgspec.field(default_factory=lambda: ["review"])
     approve_plan: bool = False
     approve_merge: bool = False
+    # The shell line that runs the repository's tests, for the tester and the suite after each
+    # merge ("": detected, `python -m pytest` or `npm test`). Defaulted, so a request of an
+    # older client still decodes.
+    test_command: TestCommand = ""
 
 
 class CancelRun(Envelope, kw_only=True, frozen=True):

@@ -27,6 +27,20 @@ def clip(text: str, limit: int = LONG_TEXT_CHARS) -> str:
     return text[: limit - len(mark)] + mark
 
 
+# The shell line a run's tests run with (`codeyard run --test-command`): the tester and the
+# suite after each merge run it with `/bin/sh -c` in the sandbox, once the safety gate allowed
+# it. Bounded as the default policy bounds a command line it parses (`max_command_chars`); no
+# NUL, which no command line can carry (the sandbox could not even start it). "" means
+# detected in the repository (`python -m pytest`, `npm test`).
+TEST_COMMAND_CHARS = 20_000
+TestCommand = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=TEST_COMMAND_CHARS,
+        pattern=r"^[^\x00]*$",
+        description="a shell command line, run with /bin/sh -c; empty: detected",
+    ),
+]
 ReviewerName = Annotated[
     str, msgspec.Meta(pattern=r"^review(\.[a-z0-9][a-z0-9_-]{0,31})?$" + AT_THE_END)
 ]
@@ -242,6 +256,9 @@ class Run(msgspec.Struct, kw_only=True):
     # and whether a person approves the plan before execution starts, and each merge.
     approve_plan: bool = False
     approve_merge: bool = False
+    # The run's test command (`SubmitRun.test_command`), which every test request carries and
+    # the suite after each merge runs; "" in records of older versions: detected, as then.
+    test_command: TestCommand = ""
     error: str = ""
     created_at: datetime = msgspec.field(default_factory=utc_now)
     updated_at: datetime = msgspec.field(default_factory=utc_now)

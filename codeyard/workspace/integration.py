@@ -202,7 +202,9 @@ class GitIntegrator:
         try:
             failures = None
             if self.suite:
-                failures = await self.suite.failures(repo, run.run_id, task_id, attempt)
+                failures = await self.suite.failures(
+                    repo, run.run_id, task_id, attempt, test_command=run.test_command
+                )
             if failures is None:
                 return Merged(task_id, attempt, await self._published(run))
         except BaseException:

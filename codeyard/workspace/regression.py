@@ -3,6 +3,8 @@
 A patch tested alone can still break the head it lands on (another task changed what it relies
 on). `SandboxedSuite` runs the repository's test command in the sandbox on a private copy of the
 integration clone; the integrator reverts a merge whose suite fails and sends the task back.
+The command is the run's (`codeyard run --test-command`), the one the tester ran, or else the
+one detected in the head, as the tester detects it.
 
 The command is checked with the safety gate as the task's own (same run, task, attempt, action
 and command as the tester's check), so an approval a person gave the tester holds here too, and
@@ -28,9 +30,11 @@ log = logging.getLogger(__name__)
 
 
 class RegressionSuite(Protocol):
-    async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> str | None:
+    async def failures(
+        self, repo: Path, run_id: str, task_id: str, attempt: int, test_command: str = ""
+    ) -> str | None:
         """None when the suite of `repo`'s HEAD passes (or there is nothing it may run); else
-        the failure output, trimmed."""
+        the failure output, trimmed. `test_command` is the run's ("": detected in `repo`)."""
         ...
 
 
@@ -40,10 +44,12 @@ class SandboxedSuite:
         self.gate = gate
         self.limits = limits or Limits()
 
-    async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> str | None:
+    async def failures(
+        self, repo: Path, run_id: str, task_id: str, attempt: int, test_command: str = ""
+    ) -> str | None:
         with scratch_directory("codeyard-suite-") as scratch:  # the suite runs in it
             copy = await asyncio.to_thread(checkout, repo, scratch / "head")
-            command = await asyncio.to_thread(detect_test_command, copy)
+            command = test_command or await asyncio.to_thread(detect_test_command, copy)
             if not command:
                 return None
             check = ActionCheck(

@@ -23,6 +23,8 @@ from codeyard.schemas import (
     ControlReply,
     Deny,
     ListApprovals,
+    PlanRequest,
+    PlanResult,
     Result,
     ReviewRequest,
     ReviewResult,
@@ -310,3 +312,52 @@ async def test_each_role_gets_the_output_of_the_one_before(
     assert test_request.patch.text.startswith("diff --git a/notes/x.txt")  # the coder's patch
     assert review_request.patch == test_request.patch
     assert review_request.test_output == "3 passed"
+
+
+async def test_the_runs_test_command_goes_to_its_planner_and_tester(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    """`SubmitRun.test_command` is kept with the run and sent in its plan and test requests,
+    the spaces around it dropped; a run without one sends "" (the tester detects one)."""
+    seen: list[WorkItem] = []
+    args = argparse.Namespace(
+        plan=None, fail_tests="", reject="", hang_on="", delay=0.0, log=None, tokens=0
+    )
+
+    async def planner(item: WorkItem) -> Result:
+        seen.append(item)
+        return PlanResult(tasks=[TaskSpec(id="x", title="x")])
+
+    async def tester(item: WorkItem) -> Result:
+        seen.append(item)
+        return TestResult(passed=True, output="ok")
+
+    async def reviewer(item: WorkItem) -> Result:
+        return ReviewResult(approved=True)
+
+    stop = asyncio.Event()
+    spies = [
+        asyncio.create_task(PullWorker(bus, role, handler).run(stop, grace=1))
+        for role, handler in (
+            ("planner", planner),
+            ("coder", Script(args).answer),
+            ("tester", tester),
+            ("review", reviewer),
+        )
+    ]
+    await ask(bus, "submit", SubmitRun(run_id="go", goal="g", test_command=" go test ./...\n"))
+    plan = [TaskSpec(id="x", title="x")]
+    await ask(bus, "submit", SubmitRun(run_id="detected", goal="g", plan=plan))
+    runs = [await wait_until(bus, run_id, timeout=30) for run_id in ("go", "detected")]
+    stop.set()
+    await asyncio.gather(*spies)
+
+    assert [run.state for run in runs] == [RunState.DONE, RunState.DONE]
+    assert [run.test_command for run in runs] == ["go test ./...", ""]
+    sent = sorted((i.run_id, type(i).__name__, getattr(i, "test_command", None)) for i in seen)
+    assert sent == [
+        ("detected", "TestRequest", ""),
+        ("go", "PlanRequest", "go test ./..."),
+        ("go", "TestRequest", "go test ./..."),
+    ]
+    assert all(isinstance(item, PlanRequest | TestRequest) for item in seen)

@@ -105,6 +105,7 @@ def sample_run() -> Run:
         },
         budget=Budget(max_tokens=500_000, max_cost_usd=5.0, max_attempts_per_task=4),
         usage=USAGE,
+        test_command="make test",
         created_at=SENT_AT,
         updated_at=datetime(2025, 3, 14, 9, 40, 0, tzinfo=UTC),
     )
@@ -132,6 +133,7 @@ def sample_messages() -> list[Envelope]:
             repo=REPO,
             constraints=["keep the public API unchanged", "no new services"],
             feedback=[Feedback(attempt=0, kind=FeedbackKind.REVIEW, text="split task 2")],
+            test_command="make test",
         ),
         m.CodeRequest(
             **_envelope(1, n=2),
@@ -254,6 +256,7 @@ def sample_messages() -> list[Envelope]:
             reviewers=["review", "review.security"],
             approve_plan=True,
             approve_merge=True,
+            test_command="make test",
         ),
         m.CancelRun(**_envelope(task=False, n=19), reason="wrong repository"),
         m.StatusQuery(**_envelope(task=False, n=20)),

@@ -284,7 +284,9 @@ class ScriptedSuite:
         self.release = release
         self.running = asyncio.Event()
 
-    async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> str | None:
+    async def failures(
+        self, repo: Path, run_id: str, task_id: str, attempt: int, test_command: str = ""
+    ) -> str | None:
         self.running.set()
         if self.release is not None:
             await self.release.wait()
@@ -347,7 +349,9 @@ async def test_undoing_a_merge_leaves_a_head_that_moved_on_alone(
     )
 
     class UndoneMeanwhile(ScriptedSuite):
-        async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> str | None:
+        async def failures(
+            self, repo: Path, run_id: str, task_id: str, attempt: int, test_command: str = ""
+        ) -> str | None:
             git(repo, "reset", "--quiet", "--hard", "HEAD~1")
             return await super().failures(repo, run_id, task_id, attempt)
 
@@ -369,7 +373,9 @@ async def test_a_merge_whose_suite_cannot_run_leaves_nothing_on_the_head(
     retry finds the head as it was, not a commit no suite ever passed."""
 
     class SandboxAway:
-        async def failures(self, repo: Path, run_id: str, task_id: str, attempt: int) -> None:
+        async def failures(
+            self, repo: Path, run_id: str, task_id: str, attempt: int, test_command: str = ""
+        ) -> None:
             raise RuntimeError("sandbox unavailable")
 
     integrator = GitIntegrator(tmp_path / "data", SandboxAway())
@@ -425,3 +431,30 @@ async def test_a_merge_that_breaks_the_suite_is_reverted_and_sent_back(
     assert git(clone, "rev-parse", "HEAD") == head  # back where it was, nothing half-applied
     assert git(clone, "status", "--porcelain") == ""
     assert (clone / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+
+
+async def test_the_suite_after_a_merge_runs_the_runs_test_command(bus: Bus, tmp_path: Path) -> None:
+    """Tests where detection finds none (checks/, no pytest configuration): the run's own
+    command finds the merge that breaks them, and it is reverted."""
+    files = {
+        "calc.py": "def add(a, b):\n    return a + b\n",
+        "checks/test_calc.py": (
+            "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+        ),
+    }
+    repo = one_commit_repo(tmp_path / "checked", files)
+    gate = await SafetyGate(bus, load_policy(None)).serve()  # it allows python -m pytest
+    suite = SandboxedSuite(default_sandbox(), BusGateClient(bus), Limits(wall_seconds=60))
+    integrator = GitIntegrator(tmp_path / "data", suite)
+    run = run_with(repo, breaks=patch_of(repo, "calc.py", "def add(a, b):\n    return a - b\n"))
+    run.test_command = "python -m pytest -q checks"
+    run.repo = await integrator.prepare(run)
+    head = git(Path(run.repo.snapshot), "rev-parse", "HEAD")
+
+    reverted = await integrator.merge(run, "breaks", 1)
+    await gate.unsubscribe()
+
+    assert isinstance(reverted, MergeFailed), reverted
+    assert reverted.kind is FeedbackKind.REGRESSION
+    assert "assert -1 == 3" in reverted.report
+    assert git(Path(run.repo.snapshot), "rev-parse", "HEAD") == head

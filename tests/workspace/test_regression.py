@@ -1,9 +1,11 @@
 """The suite after a merge runs the repository's test command as the safety gate read it: a
-shell command line (`&&`, `||`, redirects, `cd`), run with /bin/sh in the real sandbox. A real
-gate with the default policy over NATS, bubblewrap."""
+shell command line (`&&`, `||`, redirects, `cd`), run with /bin/sh in the real sandbox; the
+run's own command (`codeyard run --test-command`) rather than a detected one. A real gate with
+the default policy (or one extending it) over NATS, bubblewrap."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,40 @@ async def test_the_suite_runs_as_the_shell_line_the_gate_allowed(
         assert report is not None
         assert failures in report, report  # after what pytest plugins warn on stderr, if any
         assert "[100%]" not in report  # the rest of the report went to pytest.log
+
+
+# A project's own test target, which `make test` runs and detection knows nothing of.
+MAKEFILE = "test:\n\t@echo 'check_totals: expected 3, got 4'\n\t@false\n"
+PASSES = "def test_passes():\n    assert True\n"
+ALLOW_MAKE_TEST = """extends = "default"
+[[rules]]
+name = "make-test"
+actions = ["run_command"]
+effect = "allow"
+reason = "the project's test target"
+commands = ['^make\\s+test$']
+"""
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make here to run in the sandbox")
+async def test_the_suite_runs_the_runs_test_command_instead_of_a_detected_one(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    """A Makefile project whose tests/ would be detected as a passing pytest suite: the run's
+    `make test` is what runs, allowed by a policy that knows it, and its failure is reported."""
+    repo = one_commit_repo(
+        tmp_path / "repo", {"Makefile": MAKEFILE, "tests/test_passes.py": PASSES}
+    )
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(ALLOW_MAKE_TEST, encoding="utf-8")
+    gate = await SafetyGate(bus, load_policy(policy_file)).serve()
+    try:
+        suite = SandboxedSuite(bwrap_sandbox, BusGateClient(bus), Limits(wall_seconds=60))
+        detected = await suite.failures(repo, "r1", "t1", 1)
+        chosen = await suite.failures(repo, "r1", "t1", 1, test_command="make test")
+    finally:
+        await gate.unsubscribe()
+
+    assert detected is None  # python -m pytest: tests/ passes
+    assert chosen is not None
+    assert "check_totals: expected 3, got 4" in chosen, chosen
