@@ -346,6 +346,16 @@ def run(
             "repeat for several (default: review)"
         ),
     ] = None,
+    test_command: Annotated[
+        str | None,
+        typer.Option(
+            help="the shell line that runs the repository's tests, e.g. 'make test' or 'go "
+            "test ./...': the tester and the suite after each merge run it in the sandbox with "
+            "/bin/sh -c, checked by the safety gate like any command (the default policy asks "
+            "a person about one it does not know); default: detected (python -m pytest or npm "
+            "test)"
+        ),
+    ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="approve everything the run waits for")
     ] = False,
@@ -363,7 +373,8 @@ def run(
     `codeyard logs -f ID` follows it again, `codeyard cancel ID` stops it.
 
     Example: [bold]codeyard run "add a /health endpoint" --repo ./service[/bold]
-    [bold]--reviewer review --reviewer review.static[/bold] adds the static reviewer.
+    [bold]--reviewer review --reviewer review.static[/bold] adds the static reviewer;
+    [bold]--test-command "go test ./..."[/bold] tests a project codeyard cannot detect.
     """
     from codeyard.follow import RunIdTaken, RunRefused
     from codeyard.progress.follower import FollowOptions, RunFollower
@@ -380,7 +391,7 @@ def run(
     )
 
     reviewers = list(dict.fromkeys(reviewer or ["review"]))
-    problem = _bad_run_input(goal, timeout, run_id, reviewers)
+    problem = _bad_run_input(goal, timeout, run_id, reviewers, test_command)
     if problem is not None:
         _error(problem)
         raise typer.Exit(2)
@@ -407,6 +418,7 @@ def run(
         approve_merge=approve_merge,
         budget=Budget(max_attempts_per_task=max_attempts),
         reviewers=reviewers,  # checked above: constructing a Struct does not validate it
+        test_command=(test_command or "").strip(),  # checked above too; "": detected
     )
     from codeyard.bus.permissions import CTL
 
@@ -1144,14 +1156,14 @@ def _not_a_builtin_role(role: str) -> str | None:
 
 
 def _bad_run_input(
-    goal: str, timeout: float, run_id: str | None, reviewers: list[str]
+    goal: str, timeout: float, run_id: str | None, reviewers: list[str], test_command: str | None
 ) -> str | None:
     """What is wrong with `codeyard run`'s arguments, if anything: checked before connecting,
     where a bad run id would come back as a refusal or as NATS being unreachable."""
     import re
 
     from codeyard.schemas.envelope import ID_PATTERN
-    from codeyard.schemas.model import ReviewerName
+    from codeyard.schemas.model import TEST_COMMAND_CHARS, ReviewerName
 
     if not goal.strip():
         return 'the goal is empty: say what to build, e.g. codeyard run "add a /health endpoint"'
@@ -1162,6 +1174,18 @@ def _bad_run_input(
     for name in reviewers:
         if re.fullmatch(_pattern_of(ReviewerName), name) is None:
             return f"--reviewer {name!r}: a reviewer is {REVIEWER_IN_WORDS}"
+    if test_command is not None:
+        # Empty would run nothing and pass every test; leaving the option out detects one.
+        if not test_command.strip():
+            return (
+                "--test-command is empty: give the shell line that runs the tests, e.g. "
+                "--test-command 'make test', or leave it out to detect one"
+            )
+        if len(test_command.strip()) > TEST_COMMAND_CHARS:
+            return (
+                f"--test-command is {len(test_command.strip()):,} characters long; at most "
+                f"{TEST_COMMAND_CHARS:,}"
+            )
     return None
 
 

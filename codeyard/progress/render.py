@@ -134,6 +134,8 @@ def run_summary(run: Run) -> Text:
     text.append(str(run.state), style=RUN_STYLES.get(run.state, ""))
     text.append(f"\ngoal: {run.goal.splitlines()[0][:120] if run.goal else ''}")
     text.append(f"\nusage: {usage_text(run.usage)}")
+    if run.test_command:  # else detected, as it always was: no line for it
+        text.append(f"\ntest command: {run.test_command}")
     if run.error:
         text.append(f"\nreason: {run.error}")
     return text

@@ -117,6 +117,7 @@ def _summary(report: RunReport) -> str:
         ("state", _state(report.state)),
         ("repository", escape(report.repo_path) or "none (dry run)"),
         ("result branch", _code(report.result_branch)),
+        ("test command", _code(report.test_command) if report.test_command else "detected"),
         ("created", escape(text.when(report.created_at))),
         ("finished", escape(text.when(report.finished_at))),
         ("duration", escape(text.how_long(report.duration))),

@@ -94,6 +94,7 @@ def _summary(report: RunReport) -> list[str]:
         ("state", str(report.state)),
         ("repository", code_span(report.repo_path) if report.repo_path else "none (dry run)"),
         ("result branch", f"`{report.result_branch}`" if report.result_branch else "-"),
+        ("test command", code_span(report.test_command) if report.test_command else "detected"),
         ("created", text.when(report.created_at)),
         ("finished", text.when(report.finished_at)),
         ("duration", text.how_long(report.duration)),

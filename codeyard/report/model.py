@@ -81,6 +81,7 @@ class RunReport:
     error: str
     repo_path: str
     result_branch: str
+    test_command: str  # the run's; "": detected in the repository
     created_at: datetime
     finished_at: datetime | None
     usage: Usage
@@ -118,6 +119,7 @@ def build_report(run: Run, events: Sequence[RunEvent]) -> RunReport:
         error=run.error,
         repo_path=run.repo.path,
         result_branch=result_branch(run.run_id) if run.repo.path and delivered else "",
+        test_command=run.test_command,
         created_at=run.created_at,
         finished_at=_finished_at(run, mine),
         usage=run.usage,

@@ -104,6 +104,12 @@ def test_what_a_pattern_accepts_is_said_in_words_not_as_a_regex(
         (("g", "--run-id", "../../etc"), "--run-id '../../etc': a run id is 1 to 64 letters"),
         (("g", "--run-id", "a.b"), "--run-id 'a.b': a run id is 1 to 64 letters"),
         (("g", "--run-id", "x" * 65), "a run id is 1 to 64 letters, digits, _ and -"),
+        (("g", "--test-command", ""), "--test-command is empty: give the shell line that runs"),
+        (("g", "--test-command", " \n "), "--test-command is empty"),
+        (
+            ("g", "--test-command", "x" * 20_001),
+            "--test-command is 20,001 characters long; at most 20,000",
+        ),
     ],
 )
 def test_bad_run_arguments_are_refused_once_before_connecting(

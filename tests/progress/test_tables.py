@@ -1,10 +1,11 @@
-"""The `codeyard status` tables on a narrow terminal: ids stay whole, to be copied."""
+"""The `codeyard status` tables on a narrow terminal: ids stay whole, to be copied; and the
+lines above a run's tasks."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
-from codeyard.progress.render import runs_table, task_table
+from codeyard.progress.render import run_summary, runs_table, task_table
 from codeyard.schemas import Run, TaskSpec
 from codeyard.schemas.envelope import utc_now
 from codeyard.schemas.model import Task
@@ -37,3 +38,11 @@ def test_task_ids_are_never_cut_at_80_columns() -> None:
     screen = rendered(task_table(run, utc_now()))
 
     assert task_id in screen
+
+
+def test_a_runs_own_test_command_is_shown_above_its_tasks() -> None:
+    chosen = rendered(run_summary(Run(run_id="r1", goal="g", test_command="go test ./...")))
+    detected = rendered(run_summary(Run(run_id="r1", goal="g")))
+
+    assert "test command: go test ./...\n" in chosen
+    assert "test command" not in detected  # detected in the repository, as always

@@ -206,3 +206,14 @@ def test_code_spans_hold_backticks_and_pipes() -> None:
     assert code_span("/home/me/my_repo") == "`/home/me/my_repo`"
     assert code_span("a`b|c") == "``a`b\\|c``"
     assert code_span("`x`") == "`` `x` ``"
+
+
+def test_the_summary_names_the_runs_test_command_or_says_it_was_detected() -> None:
+    chosen = msgspec.structs.replace(sample_run(), test_command="make test | tee log")
+    markdown = render_markdown(build_report(chosen, sample_events()))
+    html = render_html(build_report(chosen, sample_events()))
+    detected = render_markdown(build_report(sample_run(), sample_events()))
+
+    assert "| test command | `make test \\| tee log` |" in markdown  # a pipe ends no cell
+    assert "<tr><th>test command</th><td><code>make test | tee log</code></td></tr>" in html
+    assert "| test command | detected |" in detected
