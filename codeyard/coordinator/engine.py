@@ -89,6 +89,7 @@ FEEDBACK_BYTES = 256 * 1024  # of a task's feedback, encoded: well within a 1 Mi
 _FEEDBACK_HEAD = 2_000
 
 _ACTIVE_RUN = frozenset({RunState.EXECUTING, RunState.AWAITING_APPROVAL})
+_BEFORE_EXECUTING = frozenset({RunState.PLANNING, RunState.PLAN_APPROVAL})
 
 # Ids of results whose usage was counted, remembered per task (and for the planning), to count
 # each once. Only a replay needs them, which comes within the coordinators' ack_wait of the
@@ -474,7 +475,10 @@ class RunEngine:
         """The task `event` is about, if the run is under way and the attempt is current."""
         run = self.run
         if run.state not in _ACTIVE_RUN:
-            step.ignore(event, f"run is {run.state}")
+            # A task's answer while the run is still planning (or has its plan waiting for
+            # approval): the step that started the tasks was lost.
+            early = isinstance(event, ANSWERS) and run.state in _BEFORE_EXECUTING
+            step.ignore(event, f"run is {run.state}", early=early)
             return None
         task = run.tasks.get(event.task_id)
         if task is None:

@@ -130,12 +130,6 @@ _RESULTS = {
 _dispatches = functools.cache(metrics.COORDINATOR_DISPATCHES.labels)
 
 
-# An early answer (see `Ignored.early`) comes again until the result that takes its run there is
-# applied, which is redelivered within the consumer's ack_wait (30 s by default) of a lost step;
-# 30 deliveries (`_early_delay`) wait about two minutes. Past that it never will be: dropped.
-EARLY_DELIVERIES = 30
-
-
 class LostLeadership(RuntimeError):
     pass
 
@@ -211,11 +205,12 @@ class Coordinator:
         collect_every: float = COLLECT_INTERVAL,
         first_collection_after: float = FIRST_COLLECTION_AFTER,
         integration_clones: Path | None = None,
-        early_deliveries: int = EARLY_DELIVERIES,
+        early_deliveries: int | None = None,
     ) -> None:
         """`integration_clones`: where the integrator keeps a clone per run
         (`GitIntegrator.root`), for garbage collection to remove those of ended runs.
-        `early_deliveries`: how often an early answer comes before it is dropped."""
+        `early_deliveries`: how often an early answer comes before it is dropped (default:
+        `early_patience` of the bus's ack_wait)."""
         self.bus = bus
         self.gate = gate or BusGateClient(bus)
         self.artifacts = artifacts  # where large patches are, for the gate to see them whole
@@ -224,7 +219,7 @@ class Coordinator:
         self.capacity = capacity
         self.integrator = integrator or LedgerIntegrator()
         self.batch_size = batch_size
-        self.early_deliveries = early_deliveries
+        self.early_deliveries = early_deliveries or early_patience(bus.topology.ack_wait)
         self.metrics_interval = metrics_interval  # seconds between reads of the gauges
         self.stats = CoordinatorStats()
         self.leading = asyncio.Event()
@@ -1006,4 +1001,17 @@ def _early(effects: list[Effect]) -> bool:
 
 def _early_delay(deliveries: int) -> float:
     """How long an early answer waits before it comes again: 0.1 s, doubling up to 5 s."""
-    return min(0.1 * 2.0 ** (deliveries - 1), 5.0)
+    return min(0.1 * 2.0 ** min(deliveries - 1, 6), 5.0)
+
+
+def early_patience(ack_wait: float) -> int:
+    """How many deliveries of an early answer (see `Ignored.early`) there are before it is
+    dropped: enough to wait twice `ack_wait`, and two minutes at least. The result that takes its
+    run where it applies comes back within one ack_wait of the lost step (plus a new leader's
+    takeover); past that it never will (30 deliveries for the default 30 s)."""
+    patience = max(2 * ack_wait, 120.0)
+    waited, deliveries = 0.0, 1
+    while waited < patience:
+        waited += _early_delay(deliveries)
+        deliveries += 1
+    return deliveries

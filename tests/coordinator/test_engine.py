@@ -420,6 +420,10 @@ def test_duplicate_stale_and_misdirected_results_are_ignored_and_say_why() -> No
 def test_answers_to_work_the_run_has_not_sent_yet_are_early_and_apply_once_it_has() -> None:
     """A reloaded run is behind when the step that sent work was lost: the answers to that work
     are early (to be given again later), not dropped, unlike stale or misdirected ones."""
+    planning = RunEngine(new_run(), capacity=4)  # the step that took the plan was lost
+    assert planning.handle(Coded("a", 1), T0) == [
+        Ignored(Coded("a", 1), "run is planning", early=True)
+    ]
     engine, _ = started([spec("a", reviewers=["review", "review.security"])])
     before = msgspec.json.encode(engine.run)  # coding attempt 1
     cases: list[tuple[Event, str]] = [

@@ -10,11 +10,11 @@ import nats.errors
 import pytest
 from prometheus_client import REGISTRY
 
-from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus import Bus, EmbeddedNats, Topology
 from codeyard.bus.result_sender import ResultSender
 from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject, journal_subject, result_subject
 from codeyard.coordinator.run_store import RunStore, StoredRun
-from codeyard.coordinator.service import Coordinator
+from codeyard.coordinator.service import Coordinator, _early_delay, early_patience
 from codeyard.coordinator.work_items import derived_id
 from codeyard.schemas import (
     Accepted,
@@ -263,6 +263,61 @@ async def test_an_answer_that_comes_before_the_step_that_asked_for_it_is_redone_
     assert run.state is RunState.DONE
     assert run.tasks["x"].attempt == 1
     assert tested == 1
+
+
+async def test_a_coder_answer_that_comes_before_the_lost_plan_step_is_redone_waits(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """As above, with the step that took the plan lost: the reloaded run is still planning
+    when the coder's answer comes."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = DiesBefore(coordinator_bus, journal_subject("r1"), armed=False)
+    coordinator_bus.pipeline = fault
+    coded = 0
+
+    async def answer(item: WorkItem) -> Result:
+        nonlocal coded
+        if isinstance(item, PlanRequest):
+            await asyncio.sleep(0.5)  # the step that sent this request is stored by then
+            fault.armed = True  # the step that takes the plan dies
+        if isinstance(item, CodeRequest):
+            coded += 1
+            await asyncio.sleep(1.0)  # after the reload, before the plan's redelivery
+        return await answer_at_once(item)
+
+    try:
+        async with (
+            running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)),
+            workers_answering(bus, answer, ("planner", "coder", "tester", "review")),
+        ):
+            assert isinstance(await ask(bus, "submit", SubmitRun(run_id="r1", goal="g")), Accepted)
+            run = await wait_until(bus, "r1", timeout=30)
+    finally:
+        await coordinator_bus.close()
+    assert fault.died
+    assert run.state is RunState.DONE
+    assert run.tasks["x"].attempt == 1
+    assert coded == 1
+
+
+def test_an_early_answer_comes_again_for_twice_the_ack_wait_and_two_minutes_at_least() -> None:
+    for ack_wait in (2.0, 30.0, 3600.0, 86400.0):
+        deliveries = early_patience(ack_wait)
+        waited = sum(_early_delay(n) for n in range(1, deliveries))
+        assert waited >= max(2 * ack_wait, 120.0)
+        assert waited - _early_delay(deliveries - 1) < max(2 * ack_wait, 120.0)  # no more
+    assert early_patience(30.0) == 30
+
+
+async def test_a_coordinator_waits_for_early_answers_as_long_as_its_ack_wait_asks(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    assert Coordinator(bus).early_deliveries == early_patience(bus.topology.ack_wait)
+    slow = await Bus.connect(nats_server.url, topology=Topology(ack_wait=600))
+    try:
+        assert Coordinator(slow).early_deliveries == early_patience(600) > 30
+    finally:
+        await slow.close()
 
 
 async def test_an_answer_still_early_after_its_deliveries_is_dropped_and_its_spend_counted(
