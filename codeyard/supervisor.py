@@ -8,7 +8,9 @@ and `run` returns with that child in `refused`. Stopping sends SIGTERM to every 
 them to finish their in-flight work, then kills what is left.
 
 A child's stderr goes through the supervisor, which passes it on to its own as it comes and
-keeps its last lines (`ChildState.last_lines`): what a child that refused said last.
+keeps its last lines (`ChildState.last_lines`): what a child that refused said last. It is
+written from a thread of its own (`StderrEcho`): a stderr that stalls never blocks the event
+loop, and what cannot wait is dropped rather than block the children.
 
 Children run in sessions of their own, so a Ctrl-C in the terminal reaches only the process
 supervising them, which stops them in its own order; and they get SIGTERM from the kernel if
@@ -21,8 +23,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +115,7 @@ class Supervisor:
             if passing_on:
                 await asyncio.wait(passing_on, timeout=DRAIN_SECONDS)
             await stop_tasks(passing_on)
+            await asyncio.to_thread(STDERR_ECHO.drain, DRAIN_SECONDS)
 
     async def _start(self, state: ChildState) -> asyncio.subprocess.Process:
         """Start the child, recording it in `state` even if the keeper waiting for it is
@@ -217,7 +223,7 @@ async def pass_on(
     try:
         partial = b""
         while chunk := await stream.read(65536):
-            echo(chunk)
+            STDERR_ECHO.write(chunk)
             *lines, partial = (partial + chunk).split(b"\n")
             partial = partial[:LINE_BYTES]  # a line that never ends is kept by its start
             for line in lines:
@@ -233,16 +239,52 @@ def keep_line(tail: deque[str], line: bytes) -> None:
         tail.append(text)
 
 
-def echo(chunk: bytes) -> None:
-    """Write `chunk` to this process's stderr. A closed terminal does not stop the reading:
-    the child would block on a full pipe."""
-    stream = sys.stderr
-    with contextlib.suppress(OSError, ValueError):
-        stream.flush()
-        buffer = getattr(stream, "buffer", None)
-        if buffer is None:
-            stream.write(chunk.decode("utf-8", errors="replace"))
-            stream.flush()
-        else:
-            buffer.write(chunk)
-            buffer.flush()
+class StderrEcho:
+    """Writes chunks to this process's stderr from a thread of its own, so that a stderr that
+    stalls (a terminal on Ctrl-S, a pager, a log collector not reading) blocks that thread and
+    never the event loop, which must go on handling SIGTERM and the children. While it stalls,
+    up to `MAX_WAITING` chunks wait; later ones are dropped (and counted) rather than stop the
+    reading, which would block the children on their full pipes. A closed stderr is ignored
+    the same way."""
+
+    MAX_WAITING = 256
+
+    def __init__(self) -> None:
+        self._chunks: queue.Queue[bytes] = queue.Queue(self.MAX_WAITING)
+        self.dropped = 0  # bytes
+        self._thread: threading.Thread | None = None
+
+    def write(self, chunk: bytes) -> None:
+        if self._thread is None:
+            # a daemon: a stderr stalled for good must not keep the process from exiting
+            self._thread = threading.Thread(target=self._run, name="stderr echo", daemon=True)
+            self._thread.start()
+        try:
+            self._chunks.put_nowait(chunk)
+        except queue.Full:
+            self.dropped += len(chunk)
+
+    def drain(self, timeout: float) -> None:
+        """Wait, `timeout` seconds at most, until what was written so far is out."""
+        deadline = time.monotonic() + timeout
+        with self._chunks.all_tasks_done:
+            while self._chunks.unfinished_tasks and (left := deadline - time.monotonic()) > 0:
+                self._chunks.all_tasks_done.wait(left)
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._chunks.get()
+            stream = sys.stderr
+            with contextlib.suppress(OSError, ValueError):
+                buffer = getattr(stream, "buffer", None)
+                if buffer is None:
+                    stream.write(chunk.decode("utf-8", errors="replace"))
+                    stream.flush()
+                else:
+                    stream.flush()
+                    buffer.write(chunk)
+                    buffer.flush()
+            self._chunks.task_done()
+
+
+STDERR_ECHO = StderrEcho()

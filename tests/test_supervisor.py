@@ -132,3 +132,51 @@ async def test_a_child_started_as_stop_comes_is_stopped_too(tmp_path: Path) -> N
     assert stop.is_set()
     [process] = started
     assert process.returncode is not None
+
+
+# A supervisor whose child writes 1 MiB to stderr, then waits; SIGTERM stops it.
+CHATTY_UNDER_SUPERVISION = """
+import asyncio, signal, sys
+from codeyard.supervisor import ChildSpec, Supervisor
+
+async def main() -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    chatty = "import sys, time; sys.stderr.write('x' * (1 << 20)); sys.stderr.flush(); " \\
+        "print('written', flush=True); time.sleep(600)"
+    child = ChildSpec("chatty", [sys.executable, "-c", chatty])
+    await Supervisor([child], stop_timeout=2).run(stop)
+    print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_stderr_nobody_reads_does_not_keep_the_supervisor_from_stopping() -> None:
+    """Its stderr stalled (a terminal on Ctrl-S, a pager, a log collector not reading): the
+    children's output is passed on from a thread of its own, so the supervisor still hears
+    SIGTERM and stops every child; what cannot wait is dropped rather than block the child."""
+    unread, stderr = os.pipe()  # never read here
+    try:
+        supervisor = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CHATTY_UNDER_SUPERVISION,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+        )
+        os.close(stderr)
+        assert supervisor.stdout is not None
+        line = await asyncio.wait_for(supervisor.stdout.readline(), 30)
+        assert line == b"written\n"  # the child was not blocked on its full pipe
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            out = await asyncio.wait_for(supervisor.stdout.read(), 20)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                supervisor.kill()
+            await supervisor.wait()
+    finally:
+        os.close(unread)
+    assert out == b"stopped\n"
+    assert supervisor.returncode == 0
