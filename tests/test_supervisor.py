@@ -164,17 +164,18 @@ async def test_a_stderr_nobody_reads_does_not_keep_the_supervisor_from_stopping(
             CHATTY_UNDER_SUPERVISION,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
+            start_new_session=True,
         )
         os.close(stderr)
         assert supervisor.stdout is not None
-        line = await asyncio.wait_for(supervisor.stdout.readline(), 30)
-        assert line == b"written\n"  # the child was not blocked on its full pipe
-        supervisor.send_signal(signal.SIGTERM)
         try:
+            line = await asyncio.wait_for(supervisor.stdout.readline(), 30)
+            assert line == b"written\n"  # the child was not blocked on its full pipe
+            supervisor.send_signal(signal.SIGTERM)
             out = await asyncio.wait_for(supervisor.stdout.read(), 20)
         finally:
             with contextlib.suppress(ProcessLookupError):
-                supervisor.kill()
+                os.killpg(supervisor.pid, signal.SIGKILL)  # its child too, were it stuck
             await supervisor.wait()
     finally:
         os.close(unread)

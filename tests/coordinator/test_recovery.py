@@ -37,7 +37,7 @@ from codeyard.schemas import (
     WorkItem,
     encode,
 )
-from codeyard.schemas.model import RunState, Task, TaskState, Usage
+from codeyard.schemas.model import Run, RunState, Task, TaskState, Usage
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import (
     ask,
@@ -226,6 +226,43 @@ async def test_a_run_whose_record_cannot_be_read_does_not_stop_the_next_leader(b
         assert isinstance(await ask(bus, "submit", SubmitRun(run_id="run2", goal="g")), Accepted)
 
 
+async def run_losing_a_step(
+    nats_server: EmbeddedNats, bus: Bus, lost_with: type[WorkItem], early: type[WorkItem]
+) -> tuple[Run, int]:
+    """Run one task (planned, unless the planner's answer is the one lost) through a coordinator
+    whose step taking the answer to `lost_with` dies before its journal entry, and whose worker
+    answers the `early` work that step sent only after the reload, before that answer comes
+    back (ack_wait). Returns the run and how often `early` work was done."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = DiesBefore(coordinator_bus, journal_subject("r1"), armed=False)
+    coordinator_bus.pipeline = fault
+    done = 0
+
+    async def answer(item: WorkItem) -> Result:
+        nonlocal done
+        if isinstance(item, lost_with):
+            await asyncio.sleep(0.5)  # the step that sent this request is stored by then
+            fault.armed = True  # the step that takes its answer dies
+        if isinstance(item, early):
+            done += 1
+            await asyncio.sleep(1.0)  # after the reload, before that answer's redelivery
+        return await answer_at_once(item)
+
+    plan = None if lost_with is PlanRequest else [spec("x")]
+    try:
+        async with (
+            running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)),
+            workers_answering(bus, answer, ("planner", "coder", "tester", "review")),
+        ):
+            submission = SubmitRun(run_id="r1", goal="g", plan=plan)
+            assert isinstance(await ask(bus, "submit", submission), Accepted)
+            run = await wait_until(bus, "r1", timeout=30)
+    finally:
+        await coordinator_bus.close()
+    assert fault.died
+    return run, done
+
+
 async def test_an_answer_that_comes_before_the_step_that_asked_for_it_is_redone_waits(
     nats_server: EmbeddedNats, bus: Bus
 ) -> None:
@@ -234,32 +271,7 @@ async def test_an_answer_that_comes_before_the_step_that_asked_for_it_is_redone_
     code result is redelivered only after ack_wait), and it is kept for later, not dropped:
     once the code result is applied again (its test request, re-sent with the same id, is
     dropped as a duplicate and never answered again), the kept answer moves the task on."""
-    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
-    fault = DiesBefore(coordinator_bus, journal_subject("r1"), armed=False)
-    coordinator_bus.pipeline = fault
-    tested = 0
-
-    async def answer(item: WorkItem) -> Result:
-        nonlocal tested
-        if isinstance(item, CodeRequest):
-            await asyncio.sleep(0.5)  # the step that sent this request is stored by then
-            fault.armed = True  # the step that takes this result dies
-        if isinstance(item, TestRequest):
-            tested += 1
-            await asyncio.sleep(1.0)  # after the reload, before the code result's redelivery
-        return await answer_at_once(item)
-
-    try:
-        async with (
-            running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)),
-            workers_answering(bus, answer),
-        ):
-            submission = SubmitRun(run_id="r1", goal="g", plan=[spec("x")])
-            assert isinstance(await ask(bus, "submit", submission), Accepted)
-            run = await wait_until(bus, "r1", timeout=30)
-    finally:
-        await coordinator_bus.close()
-    assert fault.died
+    run, tested = await run_losing_a_step(nats_server, bus, CodeRequest, TestRequest)
     assert run.state is RunState.DONE
     assert run.tasks["x"].attempt == 1
     assert tested == 1
@@ -270,31 +282,7 @@ async def test_a_coder_answer_that_comes_before_the_lost_plan_step_is_redone_wai
 ) -> None:
     """As above, with the step that took the plan lost: the reloaded run is still planning
     when the coder's answer comes."""
-    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
-    fault = DiesBefore(coordinator_bus, journal_subject("r1"), armed=False)
-    coordinator_bus.pipeline = fault
-    coded = 0
-
-    async def answer(item: WorkItem) -> Result:
-        nonlocal coded
-        if isinstance(item, PlanRequest):
-            await asyncio.sleep(0.5)  # the step that sent this request is stored by then
-            fault.armed = True  # the step that takes the plan dies
-        if isinstance(item, CodeRequest):
-            coded += 1
-            await asyncio.sleep(1.0)  # after the reload, before the plan's redelivery
-        return await answer_at_once(item)
-
-    try:
-        async with (
-            running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)),
-            workers_answering(bus, answer, ("planner", "coder", "tester", "review")),
-        ):
-            assert isinstance(await ask(bus, "submit", SubmitRun(run_id="r1", goal="g")), Accepted)
-            run = await wait_until(bus, "r1", timeout=30)
-    finally:
-        await coordinator_bus.close()
-    assert fault.died
+    run, coded = await run_losing_a_step(nats_server, bus, PlanRequest, CodeRequest)
     assert run.state is RunState.DONE
     assert run.tasks["x"].attempt == 1
     assert coded == 1
