@@ -94,13 +94,34 @@ async def test_restart_keeps_queued_work_and_workers_reconnect(tmp_path: Path) -
         await bus.close()
 
 
+def thread_state(task: Path) -> str:
+    """The state letter of a thread (/proc/PID/task/TID); "" if it is gone."""
+    try:
+        return (task / "stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+async def stopped(pid: int) -> None:
+    """SIGSTOP `pid` and return once every thread of it is stopped: until then a thread running
+    on the other core may still take a message (and answer it)."""
+    os.kill(pid, signal.SIGSTOP)
+    tasks = Path(f"/proc/{pid}/task")
+    for _ in range(500):
+        states = {thread_state(task) for task in tasks.iterdir()} - {""}
+        if states <= {"T", "t"}:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop: {states}")
+
+
 async def test_a_dropped_connection_fails_waiting_publishes_at_once(tmp_path: Path) -> None:
     server = EmbeddedNats(tmp_path)
     async with server:
         bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
         await bus.setup()
         assert server.pid is not None
-        os.kill(server.pid, signal.SIGSTOP)  # the server takes the publish but never answers
+        await stopped(server.pid)  # the server takes the publish but never answers
         try:
             sent = await bus.pipeline.publish(work_subject("coder"), encode(code_request("t")))
             waiting = asyncio.create_task(bus.pipeline.wait([sent], timeout=60))
