@@ -1174,18 +1174,15 @@ def _bad_run_input(
     for name in reviewers:
         if re.fullmatch(_pattern_of(ReviewerName), name) is None:
             return f"--reviewer {name!r}: a reviewer is {REVIEWER_IN_WORDS}"
-    if test_command is not None:
-        # Empty would run nothing and pass every test; leaving the option out detects one.
-        if not test_command.strip():
-            return (
-                "--test-command is empty: give the shell line that runs the tests, e.g. "
-                "--test-command 'make test', or leave it out to detect one"
-            )
-        if len(test_command.strip()) > TEST_COMMAND_CHARS:
-            return (
-                f"--test-command is {len(test_command.strip()):,} characters long; at most "
-                f"{TEST_COMMAND_CHARS:,}"
-            )
+    line = None if test_command is None else test_command.strip()
+    # Empty would run nothing and pass every test; leaving the option out detects one.
+    if line == "":
+        return (
+            "--test-command is empty: give the shell line that runs the tests, e.g. "
+            "--test-command 'make test', or leave it out to detect one"
+        )
+    if line is not None and len(line) > TEST_COMMAND_CHARS:
+        return f"--test-command is {len(line):,} characters long; at most {TEST_COMMAND_CHARS:,}"
     return None
 
 

@@ -232,10 +232,10 @@ class ServiceRefused(Exception):
     """A service exited with BAD_CONFIGURATION (a bad setting, no sandbox: restarting it
     would not help), so `up` stopped everything, and exits with that status too."""
 
-    def __init__(self, service: str, last_lines: Sequence[str]) -> None:
-        super().__init__(service)
-        self.service = service
-        self.last_lines = tuple(last_lines)
+    def __init__(self, child: ChildState) -> None:
+        super().__init__(child.spec.name)
+        self.service = child.spec.name
+        self.last_lines = tuple(child.last_lines)
 
     def __str__(self) -> str:
         said = "".join(f"\n  {line}" for line in self.last_lines) or " (none)"
@@ -436,7 +436,7 @@ async def run_up(
                 )
             except LocalModelNotServing:
                 if (refused := model_supervisor.refused) is not None:
-                    raise ServiceRefused(refused.spec.name, refused.last_lines) from None
+                    raise ServiceRefused(refused) from None
                 raise
             if not serving:
                 return
@@ -485,4 +485,4 @@ async def run_up(
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
     if refused is not None:  # after everything stopped: the last thing the user reads
-        raise ServiceRefused(refused.spec.name, refused.last_lines)
+        raise ServiceRefused(refused)

@@ -112,6 +112,7 @@ _STAGE = {
     TaskState.REVIEWING: 3,
     TaskState.GATED: 4,
 }
+_NO_STAGE = len(_STAGE)  # parked or finished: no answer is ahead of it
 
 
 def _stage_of_role(role: str) -> int:
@@ -356,7 +357,7 @@ class RunEngine:
             return
         if task.state not in WORKING_STATES or event.role not in self._roles_out(task):
             reason = f"no {event.role} work is out for task (it is {task.state})"
-            step.ignore(event, reason, early=self._behind(task, event.role))
+            step.ignore(event, reason, early=self._behind(task, _stage_of_role(event.role)))
             return
         run.usage = run.usage + event.usage  # no budget check: the task is failing anyway
         self._fail_task(task, f"{event.role} gave up: {event.reason}", step)
@@ -393,7 +394,7 @@ class RunEngine:
         task = self._task(event, step)
         if task is None:
             return
-        if self._behind(task, event.role):
+        if self._behind(task, _stage_of_role(event.role)):
             step.ignore(event, f"task is {task.state}: {event.role} has no work", early=True)
             return
         if task.state not in PARKABLE_STATES:
@@ -497,14 +498,14 @@ class RunEngine:
         """The task `event` answers, if it is at that attempt and in `state`."""
         task = self._task(event, step)
         if task is not None and task.state is not state:
-            early = isinstance(event, ANSWERS) and _STAGE.get(task.state, 9) < _STAGE[state]
+            early = isinstance(event, ANSWERS) and self._behind(task, _STAGE[state])
             step.ignore(event, f"task is {task.state}, not {state}", early=early)
             return None
         return task
 
-    def _behind(self, task: Task, role: str) -> bool:
-        """Whether `task` has not reached the stage whose work `role` does."""
-        return _STAGE.get(task.state, 9) < _stage_of_role(role)
+    def _behind(self, task: Task, stage: int) -> bool:
+        """Whether `task` has not reached `stage` (see `_STAGE`)."""
+        return _STAGE.get(task.state, _NO_STAGE) < stage
 
     # --- moves --------------------------------------------------------------------------------
 
