@@ -4,7 +4,6 @@ process."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 from collections.abc import AsyncIterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from codeyard.bus import Bus, EmbeddedNats, PullWorker
+from codeyard.bus import Bus, EmbeddedNats
 from codeyard.coordinator.service import Coordinator
 from codeyard.schemas import (
     Result,
@@ -25,8 +24,7 @@ from codeyard.schemas import (
     TestResult,
     WorkItem,
 )
-from codeyard.testing.scripted_worker import Script
-from tests.coordinator.harness import running_coordinator
+from tests.coordinator.harness import running_coordinator, scripted_coder, workers_of
 from tests.processes import codeyard
 from tests.repositories import one_commit_repo
 
@@ -48,9 +46,6 @@ async def test_the_command_given_is_the_runs_and_its_testers(
         "NATS_URL": nats_server.url,
     }
     tested: list[TestRequest] = []
-    args = argparse.Namespace(
-        plan=None, fail_tests="", reject="", hang_on="", delay=0.0, log=None, tokens=0
-    )
 
     async def tester(item: WorkItem) -> Result:
         assert isinstance(item, TestRequest)
@@ -60,23 +55,11 @@ async def test_the_command_given_is_the_runs_and_its_testers(
     async def reviewer(item: WorkItem) -> Result:
         return ReviewResult(approved=True)
 
-    stop = asyncio.Event()
-    workers = [
-        asyncio.create_task(PullWorker(bus, role, handler).run(stop, grace=1))
-        for role, handler in (
-            ("coder", Script(args).answer),
-            ("tester", tester),
-            ("review", reviewer),
-        )
-    ]
-    try:
+    async with workers_of(bus, {"coder": scripted_coder(), "tester": tester, "review": reviewer}):
         options = ("--repo", str(repo), "--plan", str(plan), "--run-id", "r1", "--json")
         ran = await asyncio.to_thread(
             codeyard, env, "run", "add a", *options, "--test-command", "  make test ", timeout=120
         )
-    finally:
-        stop.set()
-        await asyncio.gather(*workers)
 
     assert ran.returncode == 0, ran.stderr
     final = msgspec.json.decode(ran.stdout, type=Run)

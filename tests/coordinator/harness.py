@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from codeyard.schemas import (
     TaskStatesChanged,
     decode,
 )
+from codeyard.testing.scripted_worker import Script
 from tests.conftest import TEST_TOPOLOGY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,15 +104,32 @@ async def workers_answering(
     bus: Bus, answer: Handler, roles: Sequence[str] = ("coder", "tester", "review")
 ) -> AsyncIterator[None]:
     """In-process workers of `roles`, each item answered by `answer`; stopped on leaving."""
+    async with workers_of(bus, dict.fromkeys(roles, answer)):
+        yield
+
+
+@asynccontextmanager
+async def workers_of(bus: Bus, handlers: Mapping[str, Handler]) -> AsyncIterator[None]:
+    """In-process workers, one per role of `handlers`, each answering with the role's handler;
+    stopped on leaving."""
     stop = asyncio.Event()
     running = [
-        asyncio.create_task(PullWorker(bus, role, answer).run(stop, grace=1)) for role in roles
+        asyncio.create_task(PullWorker(bus, role, handler).run(stop, grace=1))
+        for role, handler in handlers.items()
     ]
     try:
         yield
     finally:
         stop.set()
         await asyncio.gather(*running)
+
+
+def scripted_coder() -> Handler:
+    """A coder that writes a file per task, as `codeyard.testing.scripted_worker` does."""
+    args = argparse.Namespace(
+        plan=None, fail_tests="", reject="", hang_on="", delay=0.0, log=None, tokens=0
+    )
+    return Script(args).answer
 
 
 @asynccontextmanager

@@ -41,7 +41,16 @@ from codeyard.schemas import (
     decode,
 )
 from codeyard.testing.scripted_worker import Script
-from tests.coordinator.harness import ask, run_events, running_coordinator, status, wait_until
+from tests.coordinator.harness import (
+    ask,
+    run_events,
+    running_coordinator,
+    scripted_coder,
+    status,
+    wait_until,
+    workers_answering,
+    workers_of,
+)
 
 
 @pytest.fixture
@@ -63,15 +72,9 @@ async def workers(bus: Bus, tmp_path: Path) -> AsyncIterator[None]:
     args = argparse.Namespace(
         plan=plan_file, fail_tests="", reject="", hang_on="", delay=0.0, log=None, tokens=100
     )
-    script = Script(args)
-    stop = asyncio.Event()
-    running = [
-        asyncio.create_task(PullWorker(bus, role, script.answer).run(stop, grace=1))
-        for role in ("planner", "coder", "tester", "review", "review.security")
-    ]
-    yield
-    stop.set()
-    await asyncio.gather(*running)
+    roles = ("planner", "coder", "tester", "review", "review.security")
+    async with workers_answering(bus, Script(args).answer, roles):
+        yield
 
 
 def cyclic_plan() -> list[TaskSpec]:
@@ -278,9 +281,6 @@ async def test_each_role_gets_the_output_of_the_one_before(
     bus: Bus, coordinator: Coordinator
 ) -> None:
     seen: list[WorkItem] = []
-    args = argparse.Namespace(
-        plan=None, fail_tests="", reject="", hang_on="", delay=0.0, log=None, tokens=0
-    )
 
     async def tester(item: WorkItem) -> Result:
         seen.append(item)
@@ -290,20 +290,11 @@ async def test_each_role_gets_the_output_of_the_one_before(
         seen.append(item)
         return ReviewResult(reviewer="review.style", approved=True)
 
-    stop = asyncio.Event()
-    spies = [
-        asyncio.create_task(PullWorker(bus, role, handler).run(stop, grace=1))
-        for role, handler in (
-            ("coder", Script(args).answer),
-            ("tester", tester),
-            ("review.style", reviewer),
-        )
-    ]
-    plan = [TaskSpec(id="x", title="x", reviewers=["review.style"])]
-    await ask(bus, "submit", SubmitRun(run_id="chain", goal="g", plan=plan))
-    run = await wait_until(bus, "chain", timeout=30)
-    stop.set()
-    await asyncio.gather(*spies)
+    spies = {"coder": scripted_coder(), "tester": tester, "review.style": reviewer}
+    async with workers_of(bus, spies):
+        plan = [TaskSpec(id="x", title="x", reviewers=["review.style"])]
+        await ask(bus, "submit", SubmitRun(run_id="chain", goal="g", plan=plan))
+        run = await wait_until(bus, "chain", timeout=30)
 
     assert run.state is RunState.DONE
     test_request, review_request = [i for i in seen if i.run_id == "chain"]
@@ -320,9 +311,6 @@ async def test_the_runs_test_command_goes_to_its_planner_and_tester(
     """`SubmitRun.test_command` is kept with the run and sent in its plan and test requests,
     the spaces around it dropped; a run without one sends "" (the tester detects one)."""
     seen: list[WorkItem] = []
-    args = argparse.Namespace(
-        plan=None, fail_tests="", reject="", hang_on="", delay=0.0, log=None, tokens=0
-    )
 
     async def planner(item: WorkItem) -> Result:
         seen.append(item)
@@ -335,22 +323,13 @@ async def test_the_runs_test_command_goes_to_its_planner_and_tester(
     async def reviewer(item: WorkItem) -> Result:
         return ReviewResult(approved=True)
 
-    stop = asyncio.Event()
-    spies = [
-        asyncio.create_task(PullWorker(bus, role, handler).run(stop, grace=1))
-        for role, handler in (
-            ("planner", planner),
-            ("coder", Script(args).answer),
-            ("tester", tester),
-            ("review", reviewer),
-        )
-    ]
-    await ask(bus, "submit", SubmitRun(run_id="go", goal="g", test_command=" go test ./...\n"))
-    plan = [TaskSpec(id="x", title="x")]
-    await ask(bus, "submit", SubmitRun(run_id="detected", goal="g", plan=plan))
-    runs = [await wait_until(bus, run_id, timeout=30) for run_id in ("go", "detected")]
-    stop.set()
-    await asyncio.gather(*spies)
+    spies = {"planner": planner, "coder": scripted_coder(), "tester": tester, "review": reviewer}
+    async with workers_of(bus, spies):
+        submitted = SubmitRun(run_id="go", goal="g", test_command=" go test ./...\n")
+        await ask(bus, "submit", submitted)
+        plan = [TaskSpec(id="x", title="x")]
+        await ask(bus, "submit", SubmitRun(run_id="detected", goal="g", plan=plan))
+        runs = [await wait_until(bus, run_id, timeout=30) for run_id in ("go", "detected")]
 
     assert [run.state for run in runs] == [RunState.DONE, RunState.DONE]
     assert [run.test_command for run in runs] == ["go test ./...", ""]
