@@ -490,20 +490,21 @@ def run(
 
 
 async def _check_chosen_run_id(bus: Bus, submit: SubmitRun) -> None:
-    """`RunIdTaken` when the run id names a run with another goal, before anything of that run
-    is shown (the coordinator would refuse the submission only after the run's history had been
-    replayed). One with the same goal is this submission again, which is safe: it is followed,
-    and that is said."""
+    """`RunIdTaken` when the run id names a run with another goal or other settings, before
+    anything of that run is shown (the coordinator would refuse the submission only after the
+    run's history had been replayed). One with the same is this submission again, which is
+    safe: it is followed, and that is said."""
     from codeyard.follow import RunIdTaken, existing_run
 
     run_id = submit.run_id
     existing = await existing_run(bus, run_id)
     if existing is None:
         return
-    if existing.goal != submit.goal:
+    if differences := submit.differences(existing):
         raise RunIdTaken(
             f"--run-id {run_id!r} is taken: run {run_id} exists already ({existing.state}) with "
-            f"another goal; see `codeyard status {run_id}`, or choose another --run-id"
+            f"another {', '.join(differences)}; see `codeyard status {run_id}`, or choose "
+            "another --run-id"
         )
     err.print(
         f"run {run_id} exists already ({existing.state}) with this goal: following it, "

@@ -814,11 +814,14 @@ class Coordinator:
         known = self._open.get(run_id)
         stored = known.stored if known else await self._store.load(run_id)
         if stored is not None:
-            if stored.run.goal == request.goal:
-                return Accepted(run_id=run_id, detail="already submitted")
-            return ControlError(
-                run_id=run_id, error=f"run id {run_id!r} is taken", field="$.run_id"
-            )
+            if differences := request.differences(stored.run):
+                return ControlError(
+                    run_id=run_id,
+                    error=f"run id {run_id!r} is taken by a run with another "
+                    + ", ".join(differences),
+                    field="$.run_id",
+                )
+            return Accepted(run_id=run_id, detail="already submitted")
         if request.plan is not None:
             try:
                 TaskGraph(request.plan)

@@ -1,10 +1,11 @@
 """Engine effects as wire messages: work items for the roles and events for the stream.
 
 Message ids are derived from what the message stands for, so when a new leader re-sends the
-work its predecessor may or may not have sent, JetStream's duplicate window drops the copy. A
-plan request's id also names the loading of the run that sent it (`Run.planning_dispatched_by`):
-a submission cut before its run was stored and submitted again is planned, not dropped as a
-copy of the lost one.
+work its predecessor may or may not have sent, JetStream's duplicate window drops the copy.
+A submission cut before its run was stored, and submitted again, must not have its work dropped
+as a copy of the lost one's (whose answers found no run): a plan request's id also names the
+loading of the run that sent it (`Run.planning_dispatched_by`), and a task's work names the
+submission (`Run.created_at`, the time the coordinator accepted it).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
         task_id=task_id,
         attempt=attempt,
         trace_id=run_id,
-        msg_id=derived_id(run_id, task_id, dispatch.role, attempt, task.dispatches),
+        msg_id=derived_id(
+            run_id, task_id, dispatch.role, attempt, task.dispatches, run.created_at.isoformat()
+        ),
     )
     patch = task.patch or Patch()
     if dispatch.role == CODER:

@@ -284,6 +284,20 @@ class SubmitRun(Envelope, kw_only=True, frozen=True):
     # older client still decodes.
     test_command: TestCommand = ""
 
+    def differences(self, run: Run) -> list[str]:
+        """The settings in which this submission differs from `run`, the one stored under its
+        id: none when it is that run's submission again (a client that lost the reply sends it
+        once more). Only what the run keeps as it was submitted is compared (its repository is
+        stored prepared, its budget as approvals raised it)."""
+        settings = {
+            "goal": (self.goal, run.goal),
+            "test command": (self.test_command.strip(), run.test_command),
+            "reviewers": (self.reviewers, run.reviewers),
+            "plan approval": (self.approve_plan, run.approve_plan),
+            "merge approval": (self.approve_merge, run.approve_merge),
+        }
+        return [name for name, (submitted, stored) in settings.items() if submitted != stored]
+
 
 class CancelRun(Envelope, kw_only=True, frozen=True):
     reason: ShortText = "cancelled by user"

@@ -241,7 +241,7 @@ async def test_giving_up_following_says_the_run_goes_on_and_how_to_reach_it(
     assert denied.stdout == f"denied {waiting_r5['approval_id']} (run r5): the task fails\n"
 
 
-async def test_a_run_id_taken_by_another_goal_is_refused_before_anything_is_shown(
+async def test_a_run_id_taken_by_another_submission_is_refused_before_anything_is_shown(
     codeyard_up: dict[str, str], repo: Path, tmp_path: Path
 ) -> None:
     """The coordinator refuses such a submission, but only after `codeyard run` had replayed
@@ -255,7 +255,10 @@ async def test_a_run_id_taken_by_another_goal_is_refused_before_anything_is_show
     left_waiting = await asyncio.to_thread(codeyard_run, codeyard_up, *waiting)
     assert "run r7 keeps going" in left_waiting.stderr  # nobody approves its plan: still open
 
-    for taken, state in (("r6", "done"), ("r7", "plan_approval")):
+    for taken, state, other in (
+        ("r6", "done", "goal"),
+        ("r7", "plan_approval", "goal, plan approval"),  # r7 was submitted with --approve-plan
+    ):
         refused = await asyncio.to_thread(
             codeyard_run, codeyard_up, "another goal", *common, "--run-id", taken
         )
@@ -263,8 +266,17 @@ async def test_a_run_id_taken_by_another_goal_is_refused_before_anything_is_show
         assert refused.stdout == ""  # nothing of the run that has the id
         assert refused.stderr == (
             f"error: --run-id '{taken}' is taken: run {taken} exists already ({state}) with "
-            f"another goal; see `codeyard status {taken}`, or choose another --run-id\n"
+            f"another {other}; see `codeyard status {taken}`, or choose another --run-id\n"
         )
+
+    # the same goal with another test command would follow a run that does not run it
+    other_command = ("first", *common, "--run-id", "r6", "--test-command", "make test")
+    refused = await asyncio.to_thread(codeyard_run, codeyard_up, *other_command)
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "error: --run-id 'r6' is taken: run r6 exists already (done) with another test "
+        "command; see `codeyard status r6`, or choose another --run-id\n"
+    )
 
     # the same goal again is the same submission again, which is safe: it is followed
     again = await asyncio.to_thread(codeyard_run, codeyard_up, "first", *common, "--run-id", "r6")

@@ -166,6 +166,33 @@ async def test_resubmitting_the_same_run_is_idempotent(bus: Bus, coordinator: Co
     assert again.detail == "already submitted"
     assert isinstance(other, ControlError)
     assert other.field == "$.run_id"
+    assert other.error == "run id 'r1' is taken by a run with another goal"
+
+
+async def test_resubmitting_a_run_id_with_other_settings_names_them(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    """Only the same submission again is accepted: one with the same goal and another test
+    command, say, would otherwise follow a run that does not do what it asked."""
+    plan = [TaskSpec(id="x", title="x")]
+    submitted = SubmitRun(run_id="r1", goal="g", plan=plan, test_command="make test")
+    assert isinstance(await ask(bus, "submit", submitted), Accepted)
+    spaced = msgspec.structs.replace(submitted, test_command="  make test ")
+    assert isinstance(await ask(bus, "submit", spaced), Accepted)  # stored stripped
+
+    for changes, named in (
+        ({"test_command": "make check"}, "test command"),
+        ({"test_command": ""}, "test command"),
+        (
+            {"reviewers": ["review", "review.style"], "approve_merge": True},
+            "reviewers, merge approval",
+        ),
+        ({"goal": "h", "approve_plan": True}, "goal, plan approval"),
+    ):
+        other = await ask(bus, "submit", msgspec.structs.replace(submitted, **changes))
+        assert isinstance(other, ControlError), changes
+        assert other.error == f"run id 'r1' is taken by a run with another {named}"
+    assert (await status(bus, "r1")).test_command == "make test"
 
 
 async def test_plan_approval_then_cancel(bus: Bus, coordinator: Coordinator) -> None:

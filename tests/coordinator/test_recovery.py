@@ -32,6 +32,7 @@ from codeyard.schemas import (
     Result,
     ReviewResult,
     SubmitRun,
+    TaskSpec,
     TestRequest,
     TestResult,
     WorkItem,
@@ -180,15 +181,17 @@ async def answer_at_once(item: WorkItem) -> Result:
     return ReviewResult(approved=True)
 
 
-async def test_a_submission_cut_before_its_header_is_planned_when_submitted_again(
-    nats_server: EmbeddedNats, bus: Bus
+@pytest.mark.parametrize("plan", [None, [spec("x")]], ids=["planned", "with its own plan"])
+async def test_a_submission_cut_before_its_header_is_worked_on_when_submitted_again(
+    nats_server: EmbeddedNats, bus: Bus, plan: list[TaskSpec] | None
 ) -> None:
-    """The planner answered the first submission's request, which no run owned (ignored); the
-    same submission again sends a plan request that is not dropped as a copy of that one."""
+    """A worker answered the first submission's request (the plan request, or the code request
+    of a submission that carries its plan), which no run owned (ignored); the same submission
+    again sends requests that are not dropped as copies of those."""
     coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
     fault = dies_before_the_header(coordinator_bus, "r1")
     coordinator_bus.pipeline = fault
-    submission = SubmitRun(run_id="r1", goal="g")
+    submission = SubmitRun(run_id="r1", goal="g", plan=plan)
     try:
         async with (
             running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)),
