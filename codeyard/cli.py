@@ -266,10 +266,11 @@ def worker(
     [bold]codeyard worker review --name static[/bold]
     [bold]codeyard worker review --plugin mypkg.review:NoTodos --name notodos[/bold]
     """
+    from codeyard.launch import BadConfiguration
     from codeyard.llm import LLMNotConfigured
     from codeyard.sandbox import SandboxUnavailable
 
-    bad = (LLMNotConfigured, SandboxUnavailable, ValueError)
+    bad = (LLMNotConfigured, SandboxUnavailable, BadConfiguration)
     if plugin is None and name is None:
         from codeyard.launch import run_worker
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -11,7 +12,7 @@ import site
 import socket
 import sys
 import urllib.request
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -163,11 +164,10 @@ async def serve_role(
 
     url = settings.server_url()
     start_observability(settings, f"worker-{role}")
+    with configuring():
+        credentials = settings.credentials(principal_of_role(role))
     bus = await Bus.connect(
-        url,
-        name=f"worker-{role}",
-        credentials=settings.credentials(principal_of_role(role)),
-        topology=settings.topology(),
+        url, name=f"worker-{role}", credentials=credentials, topology=settings.topology()
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -177,8 +177,9 @@ async def serve_role(
     try:
         cache = SnapshotCache(await artifact_store(bus.js), settings.snapshot_cache_dir())
         pruning = asyncio.create_task(prune_periodically(cache.root, settings.artifact_retention()))
-        handler = RepoLocalizer(make_handler(bus), cache)
-        worker = PullWorker(bus, role, handler, concurrency=concurrency)
+        with configuring():
+            handler = RepoLocalizer(make_handler(bus), cache)
+            worker = PullWorker(bus, role, handler, concurrency=concurrency)
         log.info("serving %s (%d at once) from %s", role, concurrency, url)
         await worker.run(stop)
     finally:
@@ -193,7 +194,8 @@ async def run_worker(settings: Settings, role: str, concurrency: int) -> None:
     from codeyard.bus.gate_client import BusGateClient
     from codeyard.llm import LLMSettings, OpenAIClient
 
-    llm = OpenAIClient(LLMSettings())
+    with configuring():
+        llm = OpenAIClient(LLMSettings())
     try:
         await serve_role(
             settings, role, lambda bus: role_handler(role, llm, BusGateClient(bus)), concurrency
@@ -209,6 +211,21 @@ async def run_plugin_reviewer(
     from codeyard.reviewers.handler import PluginHandler
 
     await serve_role(settings, role, lambda _: PluginHandler(plugin, role), concurrency)
+
+
+class BadConfiguration(Exception):
+    """A worker's setting was refused while it started (a role, a principal, an LLM setting):
+    it exits with BAD_CONFIGURATION, which `up` does not restart. A `ValueError` once it
+    serves is a fault like any other (exit 1, restarted)."""
+
+
+@contextlib.contextmanager
+def configuring() -> Iterator[None]:
+    """Where a worker reads its settings: a `ValueError` raised there is `BadConfiguration`."""
+    try:
+        yield
+    except ValueError as exc:
+        raise BadConfiguration(str(exc)) from exc
 
 
 class LocalModelNotServing(Exception):

@@ -1,0 +1,33 @@
+"""What a worker process makes of a bad setting: refused while it starts, it is bad
+configuration (exit 2, which `up` does not restart); a `ValueError` once it serves is not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.worker import Handler
+from codeyard.config import Settings
+from codeyard.launch import BadConfiguration, configuring, serve_role
+
+
+def test_a_value_refused_while_configuring_is_bad_configuration() -> None:
+    with pytest.raises(BadConfiguration, match="no such model") as refused, configuring():
+        raise ValueError("no such model")
+    assert isinstance(refused.value.__cause__, ValueError)
+
+    with pytest.raises(KeyError), configuring():  # anything else is left as it is
+        raise KeyError("x")
+
+
+async def test_a_worker_whose_handler_cannot_be_built_is_bad_configuration(
+    nats_server: EmbeddedNats, bus: Bus, tmp_path: Path
+) -> None:
+    def make_handler(_: object) -> Handler:
+        raise ValueError("review-x is a plugin reviewer")
+
+    settings = Settings(NATS_URL=nats_server.url, data_dir=tmp_path)
+    with pytest.raises(BadConfiguration, match="a plugin reviewer"):
+        await serve_role(settings, "coder", make_handler, concurrency=1)
