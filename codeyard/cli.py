@@ -524,7 +524,11 @@ def bench_humaneval_command(
         str | None, typer.Option(help="comma-separated problem ids, e.g. HumanEval/0,3")
     ] = None,
     run_id: Annotated[
-        str, typer.Option(help="prefix of the run ids: one run PREFIX-N per problem")
+        str,
+        typer.Option(
+            help="prefix of the run ids: one run PREFIX-N per problem, none of which may exist "
+            "already (default: a new he-XXXXXXXX each time)"
+        ),
     ] = "",
     concurrency: Annotated[
         int, typer.Option(min=1, help="single-shot calls at once (the pipeline: the coders)")
@@ -544,7 +548,8 @@ def bench_humaneval_command(
 
     Needs `codeyard up` running and the LLM in this environment too (OPENAI_BASE_URL, ... as
     for `up`; with `up` serving the local model, the URL it prints). Reports pass@1 of both
-    and their ratio, tokens, cost and wall time.
+    and their ratio, tokens, cost and wall time. Each invocation measures new runs: a --run-id
+    whose runs exist already (used before) is refused (exit 2).
 
     Example: [bold]codeyard bench humaneval --limit 5[/bold]
     """
@@ -1083,9 +1088,9 @@ def _ask(verb: str, request: Envelope) -> ControlReply:
 
 def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
     """`work` on a connection to the running system; exits 1 when it is not there or the run
-    is unknown."""
+    is unknown, 2 when a run id chosen is taken."""
     from codeyard.bus.permissions import CTL
-    from codeyard.follow import RunRefused
+    from codeyard.follow import RunIdTaken, RunRefused
     from codeyard.report.source import UnknownRun
 
     settings = Settings()
@@ -1106,6 +1111,9 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(connected())
+    except RunIdTaken as exc:  # bad input, as in `codeyard run`
+        _error(str(exc))
+        raise typer.Exit(2) from None
     except (RunRefused, UnknownRun) as exc:
         err.print(f"error: {_in_words(str(exc))}", markup=False)
         raise typer.Exit(1) from None

@@ -30,7 +30,7 @@ import openai
 from pydantic import BaseModel, Field
 
 from codeyard.bus import Bus
-from codeyard.follow import RunRefused, submit_and_follow
+from codeyard.follow import RunIdTaken, RunRefused, existing_run, submit_and_follow
 from codeyard.llm import ChatMessage, LLMError, LLMSettings, OpenAIClient
 from codeyard.sandbox import Limits, MiB, Sandbox
 from codeyard.schemas import Budget, RepoRef, Run, RunState, SubmitRun, TaskSpec, Usage
@@ -77,6 +77,35 @@ def normalise_id(text: str) -> str:
 def slug(task_id: str) -> str:
     """A problem id as a run or file name: HumanEval/3 -> HumanEval_3."""
     return task_id.replace("/", "_")
+
+
+def run_id_for(run_prefix: str, problem: Problem) -> str:
+    """The run of `problem` in a benchmark of run ids PREFIX-N: HumanEval/3 -> PREFIX-3."""
+    return f"{run_prefix}-{slug(problem['task_id']).rsplit('_', 1)[-1]}"
+
+
+SHOWN_RUNS = 5  # existing runs named in the refusal; the rest are counted
+
+
+async def check_new_runs(bus: Bus, problems: Sequence[Problem], run_prefix: str) -> None:
+    """`RunIdTaken` when a run this benchmark would submit exists already, ended or not. The
+    coordinator takes the same run id with the same goal for the same submission sent again,
+    and would have the benchmark follow the old run and report it as measured now (and look for
+    its result in a repository made now, where it is not); a benchmark measures new runs."""
+    wanted = [run_id_for(run_prefix, problem) for problem in problems]
+    found = await asyncio.gather(*(existing_run(bus, run_id) for run_id in wanted))
+    existing = [run for run in found if run is not None]
+    if not existing:
+        return
+    named = ", ".join(f"{run.run_id} ({run.state})" for run in existing[:SHOWN_RUNS])
+    more = f" and {len(existing) - SHOWN_RUNS} more" if len(existing) > SHOWN_RUNS else ""
+    runs = "run" if len(existing) == 1 else "runs"
+    exist = "exists" if len(existing) == 1 else "exist"
+    raise RunIdTaken(
+        f"--run-id {run_prefix!r} is taken: {runs} {named}{more} {exist} already, and a "
+        "benchmark measures new runs only; choose another --run-id, or leave it out for a new "
+        "prefix each time"
+    )
 
 
 # -- evaluation ------------------------------------------------------------------------------
@@ -230,9 +259,8 @@ async def run_pipeline(
     started = time.monotonic()
 
     async def one(problem: Problem) -> Outcome:
-        name = slug(problem["task_id"])
-        repo = await asyncio.to_thread(make_repo, workdir / name, problem)
-        run_id = f"{run_prefix}-{name.rsplit('_', 1)[-1]}"
+        repo = await asyncio.to_thread(make_repo, workdir / slug(problem["task_id"]), problem)
+        run_id = run_id_for(run_prefix, problem)
         submit = SubmitRun(
             run_id=run_id,
             goal=f"{problem['task_id']}: implement {problem['entry_point']}",
@@ -459,8 +487,10 @@ async def bench_humaneval(
 ) -> HumanEvalReport:
     """The pipeline first, then the baseline (not at the same time: the wall times would
     share the model). The problem repositories go under `workdir` (kept) or a temporary
-    directory (removed)."""
+    directory (removed). `RunIdTaken`, before anything is submitted or asked of the model, when
+    a run PREFIX-N exists already."""
     settings.endpoint()  # LLMNotConfigured before anything is submitted
+    await check_new_runs(bus, problems, run_prefix)
     model = await model_in_use(settings, "coder")
     own = workdir is None
     root = Path(tempfile.mkdtemp(prefix="codeyard-humaneval-")) if workdir is None else workdir

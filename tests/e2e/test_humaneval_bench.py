@@ -1,7 +1,8 @@
 """End to end: `codeyard bench humaneval` on two problems against `codeyard up` and a scripted
 LLM. Through the pipeline the coder solves HumanEval/0 and botches HumanEval/2; single-shot, the
 reverse. The harness must score each problem from its hidden tests (pass@1 1/2 both ways), and
-those tests must never reach the model nor the coder's repository."""
+those tests must never reach the model nor the coder's repository. Run again with the same
+--run-id, it must refuse instead of reporting the runs of the first as new."""
 
 from __future__ import annotations
 
@@ -109,3 +110,18 @@ async def test_bench_scores_each_problem_from_its_hidden_tests(
             text = git(repo, "show", f"{branch}:{path}")
             assert "def check(" not in text, path
             assert "candidate(" not in text, path
+
+    # again with the same --run-id: refused at once, not the old runs reported as measured now
+    again = [*command[: command.index("--workdir") + 1], str(tmp_path / "again"), "--json"]
+    refused = await asyncio.to_thread(
+        subprocess.run, again, env=services, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        "error: --run-id 'he' is taken: runs he-0 (done), he-2 (done) exist already, and a "
+        "benchmark measures new runs only; choose another --run-id, or leave it out for a new "
+        "prefix each time\n"
+    )
+    assert (tmp_path / "llm-requests.jsonl").read_text() == requests  # the model not asked
+    assert not (tmp_path / "again").exists()

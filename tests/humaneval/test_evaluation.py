@@ -13,22 +13,28 @@ from codeyard.bench.humaneval import (
     Outcome,
     bench_humaneval,
     build_report,
+    check_new_runs,
     evaluate,
     load_problems,
     make_repo,
     model_in_use,
     normalise_id,
     render,
+    run_id_for,
     run_single_shot,
+    task_for,
 )
 from codeyard.bus import Bus
 from codeyard.bus.embedded import free_port
+from codeyard.coordinator.service import Coordinator
+from codeyard.follow import RunIdTaken, existing_run
 from codeyard.llm import LLMSettings
-from codeyard.sandbox import Limits, default_sandbox
-from codeyard.schemas import Usage
+from codeyard.sandbox import Limits, RunOutcome, default_sandbox
+from codeyard.schemas import ControlError, SubmitRun, Usage
 from codeyard.testing.openai_script import parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
 from codeyard.workspace.git import git
+from tests.coordinator.harness import ask, running_coordinator
 from tests.e2e.stack import sandbox_missing
 
 
@@ -155,3 +161,50 @@ async def test_the_report_names_the_model_that_answers(bus: Bus) -> None:
         base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="k", model_coder="coder-model"
     )
     assert await model_in_use(unlisted, "coder") == "coder-model"
+
+
+class NoSandbox:
+    name = "none"
+
+    async def run(self, *args: object, **kwargs: object) -> RunOutcome:
+        raise AssertionError("nothing is evaluated in this test")
+
+
+async def test_a_prefix_whose_runs_exist_is_refused_before_anything_is_submitted(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """The bench submitted its runs again under the same ids: the coordinator took each for the
+    same submission sent again, and the bench followed the old runs and reported them as new
+    (their results looked for in repositories made now). A benchmark measures new runs."""
+    problems = load_problems(["0", "2", "3"])
+    async with (
+        running_coordinator(Coordinator(bus, name="coord-bench", capacity=4)),
+        ScriptedOpenAI([]) as server,
+    ):
+        for problem in problems[:2]:  # what a bench with the prefix submitted before
+            earlier = SubmitRun(
+                run_id=run_id_for("he-again", problem),
+                goal=f"{problem['task_id']}: implement {problem['entry_point']}",
+                plan=[task_for(problem)],
+            )
+            assert not isinstance(await ask(bus, "submit", earlier), ControlError)
+        settings = LLMSettings(base_url=server.base_url, api_key="k", max_retries=0)
+        work = tmp_path / "work"
+        with pytest.raises(RunIdTaken) as refused:
+            await bench_humaneval(
+                bus, problems, NoSandbox(), settings, run_prefix="he-again", workdir=work, timeout=3
+            )
+        assert str(refused.value) == (
+            "--run-id 'he-again' is taken: runs he-again-0 (executing), he-again-2 (executing) "
+            "exist already, and a benchmark measures new runs only; choose another --run-id, or "
+            "leave it out for a new prefix each time"
+        )
+        # nothing submitted, nothing asked of the model, no repository made
+        assert await existing_run(bus, "he-again-3") is None
+        assert server.requests == []
+        assert not work.exists()
+
+        # one run of the prefix is enough, and named alone
+        with pytest.raises(RunIdTaken, match=r"taken: run he-again-2 \(executing\) exists already"):
+            await bench_humaneval(bus, problems[1:], NoSandbox(), settings, run_prefix="he-again")
+        await check_new_runs(bus, problems, "he-new")  # another prefix is free
