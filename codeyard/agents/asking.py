@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -11,6 +11,7 @@ from codeyard.bus.worker import GiveUp, RetryLater
 from codeyard.llm import ChatMessage, Completion, InvalidOutput, LLMClient, LLMRejected
 from codeyard.llm.errors import LLMUnavailable
 from codeyard.schemas import Usage
+from codeyard.schemas.model import SHORT_TEXT_CHARS, clip
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -38,6 +39,13 @@ async def ask_model(
     except (InvalidOutput, LLMRejected) as exc:
         usage = (spent or Usage()) + exc.usage
         raise GiveUp(f"the model could not answer: {exc}", usage=usage) from exc
+
+
+def answered_by(completion: Completion[Any]) -> str:
+    """The model that gave `completion`, for the result to name. Cut to what a result may
+    carry: the name is the endpoint's to choose, and one too long would make the whole result
+    undecodable for the coordinator."""
+    return clip(completion.model, SHORT_TEXT_CHARS)
 
 
 def told_again(

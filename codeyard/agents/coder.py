@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from codeyard.agents.asking import ask_model, told_again
+from codeyard.agents.asking import answered_by, ask_model, told_again
 from codeyard.agents.edits import EditError, apply_edits
 from codeyard.agents.outputs import CodeOutput
 from codeyard.agents.prompt_context import describe_feedback, describe_task, quote_files
@@ -63,6 +63,7 @@ class Coder:
                     patch=Patch(text=applied.diff, sha256=digest),
                     summary=completion.value.summary,
                     usage=usage,
+                    model=answered_by(completion),
                 )
         raise GiveUp(
             f"no edits that apply in {EDIT_ANSWERS} answers; the last: {problem}", usage=usage

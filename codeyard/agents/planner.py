@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from codeyard.agents.asking import ask_model, told_again
+from codeyard.agents.asking import answered_by, ask_model, told_again
 from codeyard.agents.outputs import PlanOutput
 from codeyard.agents.plan_check import plan_feedback
 from codeyard.agents.prompt_context import bullet_list, describe_feedback
@@ -53,6 +53,10 @@ class Planner:
             usage = usage + completion.usage
             problem = plan_feedback(completion.value)
             if not problem:
-                return PlanResult(tasks=completion.value.to_task_specs(), usage=usage)
+                return PlanResult(
+                    tasks=completion.value.to_task_specs(),
+                    usage=usage,
+                    model=answered_by(completion),
+                )
             messages = told_again(messages, completion.value, f"The plan is invalid: {problem}")
         raise GiveUp(f"no valid plan in {PLAN_ANSWERS} answers; the last: {problem}", usage=usage)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codeyard.agents.asking import ask_model
+from codeyard.agents.asking import answered_by, ask_model
 from codeyard.agents.outputs import ReviewOutput
 from codeyard.agents.prompt_context import describe_task, fenced
 from codeyard.agents.prompt_templates import render_prompt
@@ -37,4 +37,5 @@ class Reviewer:
             approved=completion.value.approved,
             comments=completion.value.to_review_comments(),
             usage=completion.usage,
+            model=answered_by(completion),
         )

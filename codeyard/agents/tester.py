@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path, PurePosixPath
 
-from codeyard.agents.asking import ask_model
+from codeyard.agents.asking import answered_by, ask_model
 from codeyard.agents.edits import EditError, apply_edits
 from codeyard.agents.failure_report import count_tests_run, trim_test_output
 from codeyard.agents.outputs import FileEdit, TestOutput
@@ -70,7 +70,12 @@ class Tester:
             notes = await asyncio.to_thread(self._add_tests, root, completion.value.edits)
             if not command:
                 nothing_ran = f"{notes}no test command found: nothing ran"
-                return TestResult(passed=True, output=nothing_ran, usage=completion.usage)
+                return TestResult(
+                    passed=True,
+                    output=nothing_ran,
+                    usage=completion.usage,
+                    model=answered_by(completion),
+                )
             # Sandboxed or not, the command is the repository's to choose and the gate's to
             # allow: a test command that deploys or wipes is stopped here. The gate reads it as
             # a shell command line, and a shell runs it: what runs is what it allowed.
@@ -85,6 +90,7 @@ class Tester:
             output=trim_test_output(f"{notes}{header}{outcome.output}"),
             tests_run=count_tests_run(outcome.output),
             usage=completion.usage,
+            model=answered_by(completion),
         )
 
     @staticmethod

@@ -976,7 +976,8 @@ def _keep_output(run: Run, result: Result) -> None:
 
 
 def _usage_of(result: Result) -> UsageReported | None:
-    """What the result's LLM calls cost, for the events (the report sums it by role)."""
+    """What the result's LLM calls cost and the model that answered them, for the events (the
+    report sums the cost by role and names each role's models)."""
     if not result.usage.calls:
         return None
     return UsageReported(
@@ -987,6 +988,7 @@ def _usage_of(result: Result) -> UsageReported | None:
         msg_id=derived_id(result.msg_id, "usage"),
         role=role_of(result),
         usage=result.usage,
+        model=result.model,
     )
 
 

@@ -76,15 +76,23 @@ WorkItem = PlanRequest | CodeRequest | TestRequest | ReviewRequest
 # --- results: workers -> cy.result.<role> -----------------------------------------------------
 
 
+# Every result that carries `usage` names the LLM `model` that answered (as the endpoint named
+# it, else as configured), so the report can say which model did a role's work. "" when no
+# model answered or the sender does not say (older workers: the field is defaulted so their
+# results still decode).
+
+
 class PlanResult(Envelope, kw_only=True, frozen=True):
     tasks: list[TaskSpec]
     usage: Usage = Usage()
+    model: ShortText = ""
 
 
 class CodeResult(Envelope, kw_only=True, frozen=True):
     patch: Patch
     summary: LongText = ""
     usage: Usage = Usage()
+    model: ShortText = ""
 
 
 class TestResult(Envelope, kw_only=True, frozen=True):
@@ -94,6 +102,7 @@ class TestResult(Envelope, kw_only=True, frozen=True):
     output: LongText = ""
     tests_run: int = 0
     usage: Usage = Usage()
+    model: ShortText = ""
 
 
 class ReviewComment(msgspec.Struct, kw_only=True, frozen=True):
@@ -107,6 +116,7 @@ class ReviewResult(Envelope, kw_only=True, frozen=True):
     approved: bool
     comments: list[ReviewComment] = []
     usage: Usage = Usage()
+    model: ShortText = ""
 
 
 class WorkFailed(Envelope, kw_only=True, frozen=True):
@@ -116,6 +126,7 @@ class WorkFailed(Envelope, kw_only=True, frozen=True):
     reason: LongText
     deliveries: int = 0
     usage: Usage = Usage()  # what the work spent before it failed
+    model: ShortText = ""
 
 
 class ApprovalNeeded(Envelope, kw_only=True, frozen=True):
@@ -132,6 +143,7 @@ class ApprovalNeeded(Envelope, kw_only=True, frozen=True):
     # reaches the gate); the work sent again after the answer spends anew. Defaulted, so a
     # message of an older worker still decodes.
     usage: Usage = Usage()
+    model: ShortText = ""
 
 
 class WorkRetried(Envelope, kw_only=True, frozen=True):
@@ -147,6 +159,7 @@ class WorkRetried(Envelope, kw_only=True, frozen=True):
     delivery: int
     usage: Usage
     reason: LongText = ""
+    model: ShortText = ""
 
 
 Result = (
@@ -228,9 +241,11 @@ class Progress(Envelope, kw_only=True, frozen=True):
 
 
 class UsageReported(Envelope, kw_only=True, frozen=True):
+    """What one result's LLM calls cost, and the model that answered them ("": not named)."""
+
     role: str
     usage: Usage
-    model: str = ""
+    model: ShortText = ""
 
 
 class WorkCancelled(Envelope, kw_only=True, frozen=True):

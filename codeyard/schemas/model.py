@@ -14,7 +14,8 @@ import msgspec
 
 from codeyard.schemas.envelope import AT_THE_END, Attempt, Id, utc_now
 
-ShortText = Annotated[str, msgspec.Meta(max_length=200)]
+SHORT_TEXT_CHARS = 200
+ShortText = Annotated[str, msgspec.Meta(max_length=SHORT_TEXT_CHARS)]
 LONG_TEXT_CHARS = 20_000
 LongText = Annotated[str, msgspec.Meta(max_length=LONG_TEXT_CHARS)]
 

@@ -18,8 +18,10 @@ each `times` times (default 1); the last one repeats once they are used up, unle
 
 and may add `delay` (seconds before answering), `trickle` (seconds between the body's bytes,
 sent one at a time: a server that is slow but never silent for long), `call` (the function name
-in the tool call, default the forced one), `usage` ({"prompt_tokens": N, "completion_tokens":
-M}; default len(text) // 4 of the request's messages and of the answer) or `omit_usage: true`.
+in the tool call, default the forced one), `model` (the model the answer says answered, default
+the one asked for; real endpoints often name a dated version), `usage` ({"prompt_tokens": N,
+"completion_tokens": M}; default len(text) // 4 of the request's messages and of the answer) or
+`omit_usage: true`.
 
     [{"tool": "submit_plan", "contains": "JWT", "replies": [
         {"status": 429, "times": 2},
@@ -57,6 +59,7 @@ class Reply(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     content_type: str = "application/json"
     message: str = ""
     call: str | None = None
+    model: str | None = None
     times: int = 1
     delay: float = 0.0
     trickle: float = 0.0
@@ -228,7 +231,7 @@ def completion(number: int, body: dict[str, Any], tool: str | None, reply: Reply
         "id": f"chatcmpl-scripted-{number}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": body["model"],
+        "model": body["model"] if reply.model is None else reply.model,
         "choices": [
             {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
         ],

@@ -124,6 +124,15 @@ async def test_tokens_of_retried_and_parked_work_are_counted_in_the_run(
     assert reported == Counter(coder=2200, tester=440, review=33)
 
 
+# The model each role's results name, as the built-in agents name the one that answered.
+MODELS = {
+    "coder": "gpt-4o-2024-08-06",
+    "tester": "gpt-4o-mini",
+    "review": "claude-sonnet",
+    "review.strict": "llama-3.1-8b",
+}
+
+
 class SiblingReviewers:
     """Two reviewers per task. On the first attempt `review.strict` rejects at once, while
     `review` answers only once the task went back to coding: its answer comes too late to be
@@ -135,15 +144,18 @@ class SiblingReviewers:
     async def answer(self, item: WorkItem) -> Result:
         if isinstance(item, CodeRequest):
             patch = Patch(text=new_file_patch(f"notes/{item.attempt}.txt", "done"))
-            return CodeResult(patch=patch, usage=CODING)
+            return CodeResult(patch=patch, usage=CODING, model=MODELS["coder"])
         if isinstance(item, TestRequest):
-            return TestResult(passed=True, output="1 passed", usage=TESTING)
+            return TestResult(passed=True, output="1 passed", usage=TESTING, model=MODELS["tester"])
         assert isinstance(item, ReviewRequest)
+        model = MODELS[item.reviewer]
         if item.attempt == 1 and item.reviewer == "review.strict":
-            return ReviewResult(reviewer=item.reviewer, approved=False, usage=REVIEWING)
+            return ReviewResult(
+                reviewer=item.reviewer, approved=False, usage=REVIEWING, model=model
+            )
         if item.attempt == 1:
             await wait_until_attempt(self.bus, "r1", item.task_id, 2)
-        return ReviewResult(reviewer=item.reviewer, approved=True, usage=REVIEWING)
+        return ReviewResult(reviewer=item.reviewer, approved=True, usage=REVIEWING, model=model)
 
 
 async def wait_until_attempt(bus: Bus, run_id: str, task_id: str, attempt: int) -> None:
@@ -194,7 +206,11 @@ async def test_tokens_of_an_answer_too_late_to_apply_are_counted_once(bus: Bus) 
     assert run.usage == both + both
     assert again.usage == run.usage
     reported = Counter[str]()
+    named: set[tuple[str, str]] = set()
     for event in events:
         if isinstance(event, UsageReported):
             reported[event.role] += event.usage.total_tokens
+            named.add((event.role, event.model))
     assert reported == Counter({"coder": 2200, "tester": 440, "review": 66, "review.strict": 66})
+    # each usage event names the model its result named, the late review's too
+    assert named == set(MODELS.items())

@@ -96,6 +96,18 @@ async def test_a_token_count_that_is_no_count_counts_as_none(usage: dict[str, An
     assert done.usage == Usage(calls=1, prompt_tokens=0, completion_tokens=10)
 
 
+ODD_MODELS: dict[str, Any] = {"null": None, "a number": 7, "empty": ""}
+
+
+@pytest.mark.parametrize("named", ODD_MODELS.values(), ids=ODD_MODELS.keys())
+async def test_an_answer_naming_no_model_is_put_down_to_the_one_asked_for(named: Any) -> None:
+    body = completion(calling({"name": TOOL, "arguments": json.dumps(VALID)}), model=named)
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": [{"body": body}]}])) as s:
+        done = await ask(s)
+
+    assert (done.value, done.model) == (Plan(**VALID), "base-model")
+
+
 NOT_COMPLETIONS = {
     "an HTML page": {"raw_body": "<html>sign in</html>", "content_type": "text/html"},
     "a JSON list": {"body": [1, 2]},

@@ -33,6 +33,7 @@ APPROVAL_ID = "ap-4c1d"
 
 REPO = RepoRef(path="/srv/repos/shop-api", snapshot="sha256-9d5ed678fe57bcca", head="3b18e51")
 USAGE = Usage(calls=2, prompt_tokens=3_412, completion_tokens=918, cost_usd=0.0271)
+MODEL = "gpt-4o-mini-2024-07-18"  # as an endpoint names the model that answered
 DIFF = """\
 --- a/app/auth.py
 +++ b/app/auth.py
@@ -161,12 +162,14 @@ def sample_messages() -> list[Envelope]:
             **_envelope(task=False, n=5),
             tasks=[TaskSpec(id="t1-settings", title="JWT settings"), TASK_SPEC],
             usage=USAGE,
+            model=MODEL,
         ),
         m.CodeResult(
             **_envelope(1, n=6),
             patch=PATCH,
             summary="Added verify() and a dependency on /api routes.",
             usage=USAGE,
+            model=MODEL,
         ),
         m.TestResult(
             **_envelope(1, n=7),
@@ -184,6 +187,7 @@ def sample_messages() -> list[Envelope]:
                 m.ReviewComment(text="Looks good otherwise."),
             ],
             usage=USAGE,
+            model=MODEL,
         ),
         m.WorkFailed(
             **_envelope(2, n=9),
@@ -199,6 +203,7 @@ def sample_messages() -> list[Envelope]:
             detail="make integration-test",
             reason="not a known test command",
             usage=USAGE,
+            model=MODEL,
         ),
         m.WorkRetried(
             **_envelope(1, n=50),
@@ -206,6 +211,7 @@ def sample_messages() -> list[Envelope]:
             delivery=2,
             usage=USAGE,
             reason="the model is unavailable: HTTP 503",
+            model=MODEL,
         ),
         m.ResultBatch(
             **(_envelope(task=False, n=43) | {"run_id": ""}),  # its results may be of several runs
@@ -237,7 +243,7 @@ def sample_messages() -> list[Envelope]:
         ),
         m.WorkCancelled(**_envelope(1, n=28), reason="run cancelled by ana"),
         m.Progress(**_envelope(1, n=14), role="coder", message="editing app/auth.py (2/3 files)"),
-        m.UsageReported(**_envelope(1, n=15), role="coder", usage=USAGE, model="gpt-4o-mini"),
+        m.UsageReported(**_envelope(1, n=15), role="coder", usage=USAGE, model=MODEL),
         m.GateAudit(**_envelope(1, n=16), check=check, decision=decision),
         m.DeadLetter(
             **_envelope(task=False, n=17),
