@@ -121,7 +121,9 @@ def log_lines(event: RunEvent) -> list[str]:
                 usage = event.usage
                 lines = [
                     f"  {event.task_id or 'planning'}: {event.role} used "
-                    f"{usage.total_tokens} tokens (${usage.cost_usd:.4f})"
+                    f"{usage.total_tokens} tokens"
+                    + (f" of {event.model}" if event.model else "")
+                    + f" (${usage.cost_usd:.4f})"
                 ]
             case GateAudit():
                 detail = (event.check.detail.strip().splitlines() or [""])[0][:80]

@@ -210,18 +210,25 @@ def _gate_table(gates: tuple[GateEntry, ...]) -> str:
 
 
 def _usage(report: RunReport) -> str:
+    # The model column only when some result named one: a run of older workers reads as before.
+    named = report.models_named
     rows = [
         [
             name,
+            *([models] if named else []),
             f"{usage.calls:,}",
             f"{usage.prompt_tokens:,}",
             f"{usage.completion_tokens:,}",
             escape(text.cost(usage)),
         ]
-        for name, usage in [
-            *((escape(role), usage) for role, usage in report.usage_by_role),
-            ("<b>run total</b>", report.usage),
+        for name, models, usage in [
+            *(
+                (escape(role.role), escape(text.models(role.models)), role.usage)
+                for role in report.usage_by_role
+            ),
+            ("<b>run total</b>", "", report.usage),
         ]
     ]
-    headers = ["role", "calls", "prompt tokens", "completion tokens", "cost"]
+    model = ["model"] if named else []
+    headers = ["role", *model, "calls", "prompt tokens", "completion tokens", "cost"]
     return _table(headers, rows, "usage")

@@ -171,11 +171,21 @@ def _gate_table(gates: tuple[GateEntry, ...]) -> list[str]:
 
 
 def _usage(report: RunReport) -> list[str]:
-    lines = ["| role | calls | prompt tokens | completion tokens | cost |", "|---|---|---|---|---|"]
-    rows = [(inline(role), usage) for role, usage in report.usage_by_role]
-    for name, usage in [*rows, ("**run total**", report.usage)]:
+    # The model column only when some result named one: a run of older workers reads as before.
+    named = report.models_named
+    model_header = "| model " if named else ""
+    lines = [
+        f"| role {model_header}| calls | prompt tokens | completion tokens | cost |",
+        "|---|---|---|---|---|" + ("---|" if named else ""),
+    ]
+    rows = [
+        (inline(role.role), inline(text.models(role.models)), role.usage)
+        for role in report.usage_by_role
+    ]
+    for name, models, usage in [*rows, ("**run total**", "", report.usage)]:
+        model_cell = f"| {models} " if named else ""
         lines.append(
-            f"| {name} | {usage.calls:,} | {usage.prompt_tokens:,} "
+            f"| {name} {model_cell}| {usage.calls:,} | {usage.prompt_tokens:,} "
             f"| {usage.completion_tokens:,} | {text.cost(usage)} |"
         )
     return lines

@@ -52,6 +52,13 @@ class GateEntry:
 
 
 @dataclass(frozen=True)
+class RoleUsage:
+    role: str
+    usage: Usage
+    models: tuple[str, ...]  # that answered the role's calls, sorted; () when none was named
+
+
+@dataclass(frozen=True)
 class TaskReport:
     task_id: str
     title: str
@@ -85,7 +92,7 @@ class RunReport:
     created_at: datetime
     finished_at: datetime | None
     usage: Usage
-    usage_by_role: tuple[tuple[str, Usage], ...]
+    usage_by_role: tuple[RoleUsage, ...]  # by role name
     run_states: tuple[RunStateChanged, ...]
     tasks: tuple[TaskReport, ...]  # by depth, then plan order
     edges: tuple[tuple[str, str], ...]  # (dependency, task)
@@ -94,6 +101,11 @@ class RunReport:
     @property
     def duration(self) -> timedelta | None:
         return _between(self.created_at, self.finished_at)
+
+    @property
+    def models_named(self) -> bool:
+        """Whether any role's usage names its model (older workers' results do not)."""
+        return any(role.models for role in self.usage_by_role)
 
     @property
     def layers(self) -> tuple[tuple[TaskReport, ...], ...]:
@@ -215,11 +227,20 @@ def _gates(events: Sequence[RunEvent]) -> dict[str, list[GateEntry]]:
     return by_task
 
 
-def _usage_by_role(events: Sequence[RunEvent]) -> tuple[tuple[str, Usage], ...]:
+def _usage_by_role(events: Sequence[RunEvent]) -> tuple[RoleUsage, ...]:
     totals: dict[str, Usage] = {}
+    models: dict[str, set[str]] = {}
     for event in _unique(e for e in events if isinstance(e, UsageReported)):
         totals[event.role] = totals.get(event.role, Usage()) + event.usage
-    return tuple(sorted(totals.items()))
+        # Usage of results that named no model (older workers, work that failed before an
+        # answer) still counts; it just adds no name.
+        named = models.setdefault(event.role, set())
+        if event.model:
+            named.add(event.model)
+    return tuple(
+        RoleUsage(role=role, usage=usage, models=tuple(sorted(models[role])))
+        for role, usage in sorted(totals.items())
+    )
 
 
 def _finished_at(run: Run, events: Sequence[RunEvent]) -> datetime | None:

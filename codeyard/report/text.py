@@ -35,6 +35,10 @@ def cost(usage: Usage) -> str:
     return f"${usage.cost_usd:.4f}"
 
 
+def models(names: tuple[str, ...]) -> str:
+    return ", ".join(names) or "-"
+
+
 def first_line(text: str, limit: int = 120) -> str:
     """One line of at most `limit` characters, for table cells."""
     line = " ".join(text.split())

@@ -181,6 +181,11 @@ def test_log_lines_cover_what_the_follower_leaves_out() -> None:
     assert gate.endswith("a: gate allow run_command 'pytest -q'")
     assert said.endswith("a: coder: editing models.py")
     assert log_lines(moved(T0, ("b", TaskState.CODING, 2)))[0].endswith("b: coding (attempt 2)")
+    spent = Usage(calls=1, prompt_tokens=30, completion_tokens=12)
+    named = UsageReported(run_id="r1", task_id="a", role="coder", usage=spent, model="gpt-4o-mini")
+    unnamed = UsageReported(run_id="r1", role="planner", usage=spent)  # an older worker's
+    assert log_lines(named)[0].endswith("a: coder used 42 tokens of gpt-4o-mini ($0.0000)")
+    assert log_lines(unnamed)[0].endswith("planning: planner used 42 tokens ($0.0000)")
 
 
 def test_what_waits_for_a_person() -> None:

@@ -10,8 +10,17 @@ import msgspec
 from codeyard.report import build_report, render_html, render_markdown
 from codeyard.report.graph_svg import layout
 from codeyard.report.markdown import code_span
-from codeyard.report.model import dependency_depths
-from codeyard.schemas import Run, RunState, Task, TaskSpec, TaskState, Usage
+from codeyard.report.model import RoleUsage, dependency_depths
+from codeyard.schemas import (
+    Run,
+    RunEvent,
+    RunState,
+    Task,
+    TaskSpec,
+    TaskState,
+    Usage,
+    UsageReported,
+)
 from tests.report.sample_run import HOSTILE, sample_events, sample_run
 
 
@@ -45,16 +54,68 @@ def test_the_report_model_orders_dedups_and_totals() -> None:
         ("needs_approval", "commands.ask"),
         ("allow", "approval.x1"),
     ]
-    assert dict(report.usage_by_role) == {
-        "coder": Usage(calls=5, prompt_tokens=8100),
-        "review": Usage(calls=2, completion_tokens=300),
-    }
+    assert report.usage_by_role == (
+        RoleUsage(role="coder", usage=Usage(calls=5, prompt_tokens=8100), models=()),
+        RoleUsage(role="review", usage=Usage(calls=2, completion_tokens=300), models=()),
+    )
     assert [str(change.state) for change in report.run_states] == [
         "planning",
         "executing",
         "integrating",
         "done",
     ]
+
+
+def with_models() -> list[RunEvent]:
+    """The sample's events with usage whose results named their models, as workers now do."""
+
+    def spent(role: str, usage: Usage, model: str) -> UsageReported:
+        return UsageReported(run_id="r7", role=role, usage=usage, model=model)
+
+    return [e for e in sample_events() if not isinstance(e, UsageReported)] + [
+        spent("coder", Usage(calls=4, prompt_tokens=8000), "gpt-4o-mini"),
+        spent("review", Usage(calls=2, completion_tokens=300), "<b>local</b>"),
+        spent("coder", Usage(calls=1, prompt_tokens=100), "gpt-4o-2024-08-06"),
+        spent("coder", Usage(calls=1, prompt_tokens=10), "gpt-4o-mini"),
+        spent("coder", Usage(calls=1, prompt_tokens=1), ""),  # an older worker's: no name
+        spent("tester", Usage(calls=1, completion_tokens=7), ""),
+    ]
+
+
+def test_usage_by_role_names_the_models_that_answered() -> None:
+    report = build_report(sample_run(), with_models())
+
+    assert report.usage_by_role == (
+        RoleUsage(
+            role="coder",
+            usage=Usage(calls=7, prompt_tokens=8111),
+            models=("gpt-4o-2024-08-06", "gpt-4o-mini"),
+        ),
+        RoleUsage(
+            role="review", usage=Usage(calls=2, completion_tokens=300), models=("<b>local</b>",)
+        ),
+        RoleUsage(role="tester", usage=Usage(calls=1, completion_tokens=7), models=()),
+    )
+    markdown = render_markdown(report)
+    assert "| role | model | calls | prompt tokens | completion tokens | cost |" in markdown
+    assert "| coder | gpt-4o-2024-08-06, gpt-4o-mini | 7 | 8,111 | 0 | $0.0000 |" in markdown
+    assert "| review | \\<b\\>local\\</b\\> | 2 | 0 | 300 | $0.0000 |" in markdown
+    assert "| tester | - | 1 | 0 | 7 | $0.0000 |" in markdown
+    assert "| **run total** |  | 9 | 12,000 | 3,456 | $0.0421 |" in markdown
+    html = render_html(report)
+    parse(html)
+    assert "<th>role</th><th>model</th><th>calls</th>" in html
+    assert "<td>coder</td><td>gpt-4o-2024-08-06, gpt-4o-mini</td><td>7</td>" in html
+    assert "<td>review</td><td>&lt;b&gt;local&lt;/b&gt;</td>" in html
+    assert "<td>tester</td><td>-</td>" in html
+
+
+def test_usage_naming_no_model_reads_as_before() -> None:
+    report = build_report(sample_run(), sample_events())
+    markdown = render_markdown(report)
+    assert "| role | calls | prompt tokens | completion tokens | cost |" in markdown
+    assert "| **run total** | 9 | 12,000 | 3,456 | $0.0421 |" in markdown
+    assert "<th>role</th><th>calls</th>" in render_html(report)
 
 
 def test_rendering_is_deterministic() -> None:
