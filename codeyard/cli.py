@@ -1307,7 +1307,10 @@ def _serve(
     service: Coroutine[Any, Any, None], bad_configuration: tuple[type[Exception], ...] = ()
 ) -> None:
     """Run a long-lived service with logs on stderr: bad configuration exits 2, an unreachable
-    NATS exits 1."""
+    NATS exits 1. A NATS user name that cannot name an inbox (`UnknownPrincipal`, found as the
+    service connects) is bad configuration for every service."""
+    from codeyard.bus.permissions import UnknownPrincipal
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from codeyard.observability.log_format import configure_logging
     from codeyard.service_runtime import run_service, tune_gc_for_service
@@ -1315,9 +1318,10 @@ def _serve(
     settings = Settings()
     configure_logging(settings.log_format)  # CODEYARD_LOG_FORMAT: text or json
     tune_gc_for_service()
+    refused: tuple[type[Exception], ...] = (UnknownPrincipal, *bad_configuration)
     try:
         run_service(service, settings.event_loop)
-    except bad_configuration as exc:
+    except refused as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(BAD_CONFIGURATION) from None  # `up` then does not restart it
     except (OSError, nats.errors.Error) as exc:

@@ -35,6 +35,7 @@ from codeyard.schemas import (
     WorkCancelled,
     decode,
 )
+from codeyard.schemas.messages import unknown_run
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +188,15 @@ async def _poll_status(bus: Bus, run_id: str, on_status: RunSink, every: float) 
 
 
 async def existing_run(bus: Bus, run_id: str) -> Run | None:
-    """The run `run_id` names, ended or not; None when the coordinator knows none."""
+    """The run `run_id` names, ended or not; None when the coordinator knows none. Any other
+    refusal (it did not finish in time, a record it cannot read) is `RunRefused`: taken for
+    "no such run", it would let a submission follow a run it did not start."""
     reply = await ask_coordinator(bus, "status", StatusQuery(run_id=run_id))
     if isinstance(reply, RunStatus) and reply.runs:
         return reply.runs[0]
-    return None  # a ControlError: no such run
+    if isinstance(reply, ControlError) and reply.error != unknown_run(run_id).error:
+        raise RunRefused(f"cannot tell whether run {run_id} exists: {refusal(reply)}")
+    return None
 
 
 async def submit_and_follow(

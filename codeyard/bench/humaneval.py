@@ -85,6 +85,9 @@ def run_id_for(run_prefix: str, problem: Problem) -> str:
 
 
 SHOWN_RUNS = 5  # existing runs named in the refusal; the rest are counted
+# Status requests in flight at once: the coordinator loads each asked-for run in its step, and
+# 164 at once could keep it past the requests' timeout.
+LOOKUPS_AT_ONCE = 8
 
 
 async def check_new_runs(bus: Bus, problems: Sequence[Problem], run_prefix: str) -> None:
@@ -92,8 +95,13 @@ async def check_new_runs(bus: Bus, problems: Sequence[Problem], run_prefix: str)
     coordinator takes the same run id with the same goal for the same submission sent again,
     and would have the benchmark follow the old run and report it as measured now (and look for
     its result in a repository made now, where it is not); a benchmark measures new runs."""
-    wanted = [run_id_for(run_prefix, problem) for problem in problems]
-    found = await asyncio.gather(*(existing_run(bus, run_id) for run_id in wanted))
+    at_once = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+
+    async def lookup(run_id: str) -> Run | None:
+        async with at_once:
+            return await existing_run(bus, run_id)
+
+    found = await asyncio.gather(*(lookup(run_id_for(run_prefix, p)) for p in problems))
     existing = [run for run in found if run is not None]
     if not existing:
         return

@@ -116,6 +116,7 @@ from codeyard.schemas.messages import (
     UsageReported,
     WorkCancelled,
     WorkItem,
+    unknown_run,
 )
 from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
 from codeyard.workspace.patch_store import inline
@@ -839,6 +840,7 @@ class Coordinator:
             # Spaces around a shell line change nothing it runs; one of spaces alone would run
             # nothing and pass, so it means what "" means: detected.
             test_command=request.test_command.strip(),
+            submission=new_id()[:12],
             created_at=now,
             updated_at=now,
         )
@@ -875,7 +877,7 @@ class Coordinator:
             open_run = self._open.get(run_id)
             stored = open_run.stored if open_run else await self._store.load(run_id, tasks=True)
             if stored is None:
-                return ControlError(run_id=run_id, error=f"no run {run_id!r}", field="$.run_id")
+                return unknown_run(run_id)
             return RunStatus(run_id=run_id, runs=[stored.run])
         headers = await self._store.headers()
         for run in headers:

@@ -5,7 +5,7 @@ work its predecessor may or may not have sent, JetStream's duplicate window drop
 A submission cut before its run was stored, and submitted again, must not have its work dropped
 as a copy of the lost one's (whose answers found no run): a plan request's id also names the
 loading of the run that sent it (`Run.planning_dispatched_by`), and a task's work names the
-submission (`Run.created_at`, the time the coordinator accepted it).
+submission (`Run.submission`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
         attempt=attempt,
         trace_id=run_id,
         msg_id=derived_id(
-            run_id, task_id, dispatch.role, attempt, task.dispatches, run.created_at.isoformat()
+            run_id, task_id, dispatch.role, attempt, task.dispatches, *_epoch(run.submission)
         ),
     )
     patch = task.patch or Patch()
@@ -94,9 +94,9 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
     )
 
 
-def _epoch(dispatched_by: str) -> tuple[str, ...]:
+def _epoch(token: str) -> tuple[str, ...]:
     # left out when empty: work sent by an older version keeps its id when re-sent
-    return (dispatched_by,) if dispatched_by else ()
+    return (token,) if token else ()
 
 
 def task_changes(run: Run, moves: list[TaskMoved]) -> TaskStatesChanged:

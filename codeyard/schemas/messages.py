@@ -302,10 +302,12 @@ class SubmitRun(Envelope, kw_only=True, frozen=True):
     def differences(self, run: Run) -> list[str]:
         """The settings in which this submission differs from `run`, the one stored under its
         id: none when it is that run's submission again (a client that lost the reply sends it
-        once more). Only what the run keeps as it was submitted is compared (its repository is
-        stored prepared, its budget as approvals raised it)."""
+        once more). Only what the run keeps as it was submitted is compared: of its repository
+        the path (the rest is where the run's own clone stands), not its budget (approvals
+        raise it)."""
         settings = {
             "goal": (self.goal, run.goal),
+            "repository": (self.repo.path, run.repo.path),
             "test command": (self.test_command.strip(), run.test_command),
             "reviewers": (self.reviewers, run.reviewers),
             "plan approval": (self.approve_plan, run.approve_plan),
@@ -386,6 +388,12 @@ class ApprovalList(Envelope, kw_only=True, frozen=True):
 class ControlError(Envelope, kw_only=True, frozen=True):
     error: LongText
     field: str = ""
+
+
+def unknown_run(run_id: str) -> ControlError:
+    """The coordinator's answer to a status request for a run it knows nothing of; clients
+    tell it from its other refusals (it did not finish in time, ...) by its error."""
+    return ControlError(run_id=run_id, error=f"no run {run_id!r}", field="$.run_id")
 
 
 class StoredArtifact(msgspec.Struct, kw_only=True, frozen=True):

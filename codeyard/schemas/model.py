@@ -275,5 +275,11 @@ class Run(msgspec.Struct, kw_only=True):
     # again, is planned instead of its request being dropped as a copy of the lost one (whose
     # answer found no run). Empty in records of older versions, whose ids leave it out.
     planning_dispatched_by: str = ""
+    # Which submission this is, drawn when the coordinator accepted it: part of the ids of its
+    # tasks' work, so a submission cut before its run was stored, submitted again, has its work
+    # done instead of dropped as copies of the lost one's (whose answers found no run). Empty in
+    # records of older versions, whose ids leave it out (work they sent keeps its id when a
+    # newer leader re-sends it).
+    submission: str = ""
     # As `Task.charged_reports`, for the planning's work (which has no task).
     charged_reports: list[str] = msgspec.field(default_factory=list, name="charged_retries")

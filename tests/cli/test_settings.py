@@ -37,3 +37,20 @@ def test_up_refuses_an_infinite_duration_before_starting_anything(tmp_path: Path
         == "error: CODEYARD_LEADER_TTL: Input should be a finite number (got 'inf')\n"
     )
     assert not (tmp_path / "nats").exists()
+
+
+def test_a_nats_user_that_cannot_name_an_inbox_is_bad_configuration_for_every_service(
+    tmp_path: Path,
+) -> None:
+    """Exit 2, which `up` does not restart: a worker exited 1 (a crash, restarted forever)."""
+    env = env_with(tmp_path) | {
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "CODEYARD_NATS_USER": "svc.tester",
+        "CODEYARD_NATS_PASSWORD": "secret",
+    }
+    for service in (("worker", "review", "--name", "static"), ("coordinator",)):
+        refused = codeyard(env, *service, timeout=60)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.splitlines()[-1] == (
+            "error: NATS user 'svc.tester': expected letters, digits, _ and - (it names the inbox)"
+        )

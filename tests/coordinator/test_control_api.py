@@ -25,6 +25,7 @@ from codeyard.schemas import (
     ListApprovals,
     PlanRequest,
     PlanResult,
+    RepoRef,
     Result,
     ReviewRequest,
     ReviewResult,
@@ -188,6 +189,7 @@ async def test_resubmitting_a_run_id_with_other_settings_names_them(
             "reviewers, merge approval",
         ),
         ({"goal": "h", "approve_plan": True}, "goal, plan approval"),
+        ({"repo": RepoRef(path="/elsewhere")}, "repository"),
     ):
         other = await ask(bus, "submit", msgspec.structs.replace(submitted, **changes))
         assert isinstance(other, ControlError), changes

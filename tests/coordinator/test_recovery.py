@@ -16,6 +16,7 @@ from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject, journal_subject
 from codeyard.coordinator.run_store import RunStore, StoredRun
 from codeyard.coordinator.service import Coordinator, _early_delay, early_patience
 from codeyard.coordinator.work_items import derived_id
+from codeyard.follow import RunRefused, existing_run
 from codeyard.schemas import (
     Accepted,
     ApprovalList,
@@ -227,6 +228,10 @@ async def test_a_run_whose_record_cannot_be_read_does_not_stop_the_next_leader(b
 
     async with running_coordinator(Coordinator(bus, name="successor", capacity=4)):
         assert isinstance(await ask(bus, "submit", SubmitRun(run_id="run2", goal="g")), Accepted)
+        # a client choosing a run id cannot tell whether that one is free: it is not told so
+        with pytest.raises(RunRefused, match="cannot tell whether run run1 exists"):
+            await existing_run(bus, "run1")
+        assert await existing_run(bus, "run3") is None
 
 
 async def run_losing_a_step(
