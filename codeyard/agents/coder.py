@@ -37,6 +37,7 @@ class Coder:
                 feedback=describe_feedback(item.feedback),
             )
             usage = Usage()
+            model = ""  # the model of the last answer
             problem = ""
             for _ in range(EDIT_ANSWERS):
                 completion = await ask_model(
@@ -47,8 +48,10 @@ class Coder:
                     tool_name="submit_edits",
                     tool_description="Submit the file edits that carry out the task.",
                     spent=usage,
+                    model=model,
                 )
                 usage = usage + completion.usage
+                model = answered_by(completion)
                 try:
                     applied = await asyncio.to_thread(apply_edits, root, completion.value.edits)
                 except EditError as exc:
@@ -57,14 +60,16 @@ class Coder:
                     continue
                 if len(applied.diff) > MAX_PATCH_CHARS:
                     too_large = f"the patch is {len(applied.diff)} characters; too large"
-                    raise GiveUp(too_large, usage=usage)
+                    raise GiveUp(too_large, usage=usage, model=model)
                 digest = hashlib.sha256(applied.diff.encode()).hexdigest()
                 return CodeResult(
                     patch=Patch(text=applied.diff, sha256=digest),
                     summary=completion.value.summary,
                     usage=usage,
-                    model=answered_by(completion),
+                    model=model,
                 )
         raise GiveUp(
-            f"no edits that apply in {EDIT_ANSWERS} answers; the last: {problem}", usage=usage
+            f"no edits that apply in {EDIT_ANSWERS} answers; the last: {problem}",
+            usage=usage,
+            model=model,
         )

@@ -39,6 +39,7 @@ class Planner:
             feedback=describe_feedback(item.feedback),
         )
         usage = Usage()
+        model = ""  # the model of the last answer
         problem = ""
         for _ in range(PLAN_ANSWERS):
             completion = await ask_model(
@@ -49,14 +50,20 @@ class Planner:
                 tool_name="submit_plan",
                 tool_description="Submit the plan: the tasks, their acceptance criteria and deps.",
                 spent=usage,
+                model=model,
             )
             usage = usage + completion.usage
+            model = answered_by(completion)
             problem = plan_feedback(completion.value)
             if not problem:
                 return PlanResult(
                     tasks=completion.value.to_task_specs(),
                     usage=usage,
-                    model=answered_by(completion),
+                    model=model,
                 )
             messages = told_again(messages, completion.value, f"The plan is invalid: {problem}")
-        raise GiveUp(f"no valid plan in {PLAN_ANSWERS} answers; the last: {problem}", usage=usage)
+        raise GiveUp(
+            f"no valid plan in {PLAN_ANSWERS} answers; the last: {problem}",
+            usage=usage,
+            model=model,
+        )

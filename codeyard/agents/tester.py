@@ -67,20 +67,24 @@ class Tester:
                 tool_name="submit_tests",
                 tool_description="Submit test files for the acceptance criteria (or none).",
             )
+            model = answered_by(completion)
             notes = await asyncio.to_thread(self._add_tests, root, completion.value.edits)
             if not command:
                 nothing_ran = f"{notes}no test command found: nothing ran"
                 return TestResult(
-                    passed=True,
-                    output=nothing_ran,
-                    usage=completion.usage,
-                    model=answered_by(completion),
+                    passed=True, output=nothing_ran, usage=completion.usage, model=model
                 )
             # Sandboxed or not, the command is the repository's to choose and the gate's to
             # allow: a test command that deploys or wipes is stopped here. The gate reads it as
             # a shell command line, and a shell runs it: what runs is what it allowed.
             await require_clearance(
-                self.gate, item, "run_command", command, role="tester", spent=completion.usage
+                self.gate,
+                item,
+                "run_command",
+                command,
+                role="tester",
+                spent=completion.usage,
+                model=model,
             )
             outcome = await self.sandbox.run(root, shell_command(command), self.limits)
         passed = outcome.exit_code == 0 and not outcome.timed_out
@@ -90,7 +94,7 @@ class Tester:
             output=trim_test_output(f"{notes}{header}{outcome.output}"),
             tests_run=count_tests_run(outcome.output),
             usage=completion.usage,
-            model=answered_by(completion),
+            model=model,
         )
 
     @staticmethod

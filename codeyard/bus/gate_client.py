@@ -55,11 +55,13 @@ async def require_clearance(
     *,
     role: str,
     spent: Usage | None = None,
+    model: str = "",
 ) -> None:
     """For a worker handling `about`: return only if the gate allows the action; otherwise
     raise what a handler raises: `GiveUp` (denied), `AwaitApproval` (a person decides),
     `RetryLater` (no gate answered), each carrying `spent` (what the work spent so far, e.g.
-    on the LLM), so that the run counts it whatever the gate says."""
+    on the LLM) and `model` (the LLM model that answered, "" if none), so that the run counts
+    it, and names the model, whatever the gate says."""
     check = ActionCheck(
         run_id=about.run_id,
         task_id=about.task_id,
@@ -72,12 +74,15 @@ async def require_clearance(
     try:
         decision = await gate.check(check)
     except GateUnavailable as exc:
-        raise RetryLater(str(exc), delay=5.0, usage=spent) from exc
+        raise RetryLater(str(exc), delay=5.0, usage=spent, model=model) from exc
     if decision.decision == "allow":
         return
     if decision.decision == "needs_approval":
-        raise AwaitApproval(decision.approval_id, action, detail, decision.reason, usage=spent)
+        raise AwaitApproval(
+            decision.approval_id, action, detail, decision.reason, usage=spent, model=model
+        )
     raise GiveUp(
         f"the safety gate denied {action} {detail!r}: {decision.reason} ({decision.rule})",
         usage=spent,
+        model=model,
     )

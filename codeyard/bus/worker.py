@@ -47,7 +47,7 @@ from codeyard.schemas.messages import (
     WorkItem,
     WorkRetried,
 )
-from codeyard.schemas.model import Usage, clip
+from codeyard.schemas.model import SHORT_TEXT_CHARS, Usage, clip
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +60,40 @@ _ID = re.compile(ID_PATTERN)
 
 class RetryLater(Exception):
     """The handler could not finish now (rate limit, dependency down); redeliver after `delay`.
-    `usage` is what this delivery spent before (LLM calls): the worker reports it in a
-    `WorkRetried` before handing the item back, as no result will carry it."""
+    `usage` is what this delivery spent before (LLM calls), and `model` the LLM model that
+    answered them ("": none, or not said): the worker reports both in a `WorkRetried` before
+    handing the item back, as no result will carry them."""
 
     def __init__(
-        self, reason: str, delay: float | None = None, *, usage: Usage | None = None
+        self,
+        reason: str,
+        delay: float | None = None,
+        *,
+        usage: Usage | None = None,
+        model: str = "",
     ) -> None:
         super().__init__(reason)
         self.delay = delay
         self.usage = usage or Usage()
+        self.model = model
 
 
 class GiveUp(Exception):
     """The work can never succeed; answer with a WorkFailed result right away. `usage` is what
-    the work spent before giving up (LLM calls), so the run still counts it."""
+    the work spent before giving up (LLM calls), so the run still counts it, and `model` the
+    LLM model that answered them ("": none, or not said)."""
 
-    def __init__(self, reason: str, *, usage: Usage | None = None) -> None:
+    def __init__(self, reason: str, *, usage: Usage | None = None, model: str = "") -> None:
         super().__init__(reason)
         self.usage = usage or Usage()
+        self.model = model
 
 
 class AwaitApproval(Exception):
     """The safety gate sent an action of this work to a person: hand the work item back as
     `ApprovalNeeded`, and the coordinator sends it again once the approval is answered.
-    `usage` is what the work spent before (LLM calls), which `ApprovalNeeded` carries."""
+    `usage` is what the work spent before (LLM calls), and `model` the LLM model that answered
+    them ("": none, or not said), which `ApprovalNeeded` carries."""
 
     def __init__(
         self,
@@ -93,6 +103,7 @@ class AwaitApproval(Exception):
         reason: str,
         *,
         usage: Usage | None = None,
+        model: str = "",
     ) -> None:
         super().__init__(f"{action} needs approval {approval_id}: {reason}")
         self.approval_id = approval_id
@@ -100,6 +111,7 @@ class AwaitApproval(Exception):
         self.detail = detail
         self.reason = reason
         self.usage = usage or Usage()
+        self.model = model
 
 
 @dataclass
@@ -121,6 +133,13 @@ def retried_msg_id(work_msg_id: str, delivery: int) -> str:
     """The id of the `WorkRetried` of one delivery: unlike the result's, one per delivery, so
     each delivery's spending is stored (and counted) once, and none is taken for the result."""
     return hashlib.sha256(f"{work_msg_id}:retried:{delivery}".encode()).hexdigest()[:32]
+
+
+def _model_name(model: object) -> str:
+    """A model a handler named, cut to what a result may carry (the name is the endpoint's to
+    choose: one too long would make the result, and what it spent, undeliverable); "" for
+    anything but a string (nothing checks what a handler puts in the structs it builds)."""
+    return clip(model, SHORT_TEXT_CHARS) if isinstance(model, str) else ""
 
 
 def _answering(item: WorkItem, result: Result) -> Result:
@@ -416,11 +435,12 @@ class PullWorker:
                     await asyncio.shield(msg.nak())
                 raise ended
             case RetryLater() if deliveries >= self.max_deliver:
-                await self._fail(msg, item, f"still not possible: {ended}", deliveries, ended.usage)
+                reason = f"still not possible: {ended}"
+                await self._fail(msg, item, reason, deliveries, ended.usage, ended.model)
             case RetryLater():
-                await self._retry(msg, item, ended, ended.delay, ended.usage)
+                await self._retry(msg, item, ended, ended.delay, ended.usage, ended.model)
             case GiveUp():
-                await self._fail(msg, item, str(ended), deliveries, ended.usage)
+                await self._fail(msg, item, str(ended), deliveries, ended.usage, ended.model)
             case AwaitApproval():
                 log.info("%s: %s", self.role, ended)
                 waiting = ApprovalNeeded(
@@ -430,6 +450,7 @@ class PullWorker:
                     detail=ended.detail,
                     reason=ended.reason,
                     usage=ended.usage,
+                    model=_model_name(ended.model),
                 )
                 await self._finish(msg, item, waiting)
             case Exception():
@@ -502,6 +523,7 @@ class PullWorker:
         exc: Exception,
         delay: float | None,
         usage: Usage | None = None,
+        model: str = "",
     ) -> None:
         deliveries = msg.metadata.num_delivered
         if delay is None:
@@ -510,20 +532,27 @@ class PullWorker:
         self.stats.retried += 1
         metrics.WORK_RETRIED.labels(self.role).inc()
         if usage is not None and usage != Usage():
-            await self._report_spent(item, deliveries, str(exc), usage)
+            await self._report_spent(item, deliveries, str(exc), usage, model)
         with contextlib.suppress(Exception):
             await msg.nak(delay=delay)
 
-    async def _report_spent(self, item: WorkItem, delivery: int, reason: str, usage: Usage) -> None:
-        """Tell the coordinator what this delivery spent before the item goes back: stored
-        before the nak, so whichever worker gets the item next, these tokens are counted, by
-        this report alone (the next delivery reports, or answers with, only its own)."""
+    async def _report_spent(
+        self, item: WorkItem, delivery: int, reason: str, usage: Usage, model: str = ""
+    ) -> None:
+        """Tell the coordinator what this delivery spent, and on which model, before the item
+        goes back: stored before the nak, so whichever worker gets the item next, these tokens
+        are counted, by this report alone (the next delivery reports, or answers with, only its
+        own)."""
         report = msgspec.structs.replace(
             _answering(
                 item,
                 # the reason only helps a person reading the events; keep it well in LongText
                 WorkRetried(
-                    role=self.role, delivery=delivery, usage=usage, reason=clip(reason, 2000)
+                    role=self.role,
+                    delivery=delivery,
+                    usage=usage,
+                    reason=clip(reason, 2000),
+                    model=_model_name(model),
                 ),
             ),
             msg_id=retried_msg_id(item.msg_id, delivery),
@@ -539,10 +568,20 @@ class PullWorker:
             )
 
     async def _fail(
-        self, msg: Msg, item: WorkItem, reason: str, deliveries: int, usage: Usage | None = None
+        self,
+        msg: Msg,
+        item: WorkItem,
+        reason: str,
+        deliveries: int,
+        usage: Usage | None = None,
+        model: str = "",
     ) -> None:
         failed = WorkFailed(
-            role=self.role, reason=clip(reason), deliveries=deliveries, usage=usage or Usage()
+            role=self.role,
+            reason=clip(reason),
+            deliveries=deliveries,
+            usage=usage or Usage(),
+            model=_model_name(model),
         )
         await self._finish(msg, item, failed)
         self.stats.failed += 1
@@ -580,8 +619,10 @@ class PullWorker:
             role=self.role,
             reason=clip(f"{kind} {what}: {error}"),
             deliveries=msg.metadata.num_delivered,
-            # what the work spent still counts (bounded: it may be what made the result invalid)
+            # what the work spent still counts, and on which model (both bounded: either may be
+            # what made the result invalid)
             usage=getattr(result, "usage", Usage()).within_bounds(),
+            model=_model_name(getattr(result, "model", "")),
         )
 
     async def _dead_letter(self, msg: Msg, error: MessageError) -> None:

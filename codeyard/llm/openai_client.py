@@ -77,12 +77,14 @@ class OpenAIClient:
         tool = ForcedTool(tool_name, tool_description, output)
         conversation = [as_param(message) for message in messages]
         usage = Usage()
+        answered = ""  # the model of the last answer, for an error after it to name
         last_error = ""
         asks = self._settings.max_reasks + 1
         for attempt in range(1, asks + 1):
-            response = await self._complete(role, chosen, conversation, tool, usage)
+            response = await self._complete(role, chosen, conversation, tool, usage, answered)
             spent = self._usage(response)
             usage += spent
+            answered = model_of(response) or chosen.model
             tokens = metrics.LLM_TOKENS
             tokens.labels(role, chosen.model, "prompt").inc(spent.prompt_tokens)
             tokens.labels(role, chosen.model, "completion").inc(spent.completion_tokens)
@@ -94,13 +96,12 @@ class OpenAIClient:
                 log.debug("LLM %s answer %d/%d invalid: %s", role, attempt, asks, last_error)
                 conversation += tool.reask(bad)
                 continue
-            return Completion(
-                value=value, usage=usage, model=model_of(response) or chosen.model, attempts=attempt
-            )
+            return Completion(value=value, usage=usage, model=answered, attempts=attempt)
         raise InvalidOutput(
             f"{role}: no valid `{tool_name}` call in {asks} answers; last problem: {last_error}",
             last_error=last_error,
             usage=usage,
+            model=answered,
         )
 
     async def _complete(
@@ -110,8 +111,10 @@ class OpenAIClient:
         conversation: list[ChatCompletionMessageParam],
         tool: ForcedTool[M],
         usage: Usage,
+        answered: str,
     ) -> ChatCompletion:
-        """One answer, retrying transient failures. `usage` so far only goes into errors."""
+        """One answer, retrying transient failures. `usage` so far, and the model that gave
+        the last answer (`answered`, "" before the first), only go into errors."""
         retries = self._settings.max_retries
         failure = ""
         for retry in range(retries + 1):
@@ -138,6 +141,7 @@ class OpenAIClient:
                         f"{error.message}",
                         status=status,
                         usage=usage,
+                        model=answered,
                     ) from error
                 failure = f"HTTP {status}"
                 retry_after = seconds(error.response.headers.get("retry-after"))
@@ -190,6 +194,7 @@ class OpenAIClient:
             f"{role}: the LLM endpoint {self._openai.base_url} failed {retries + 1} times; "
             f"last: {failure}",
             usage=usage,
+            model=answered,
         )
 
     @staticmethod

@@ -55,7 +55,7 @@ async def test_a_coder_whose_model_goes_away_hands_back_what_it_spent(tmp_path: 
         with pytest.raises(RetryLater, match="the model is unavailable") as retry:
             await Coder(client)(request)
 
-    assert retry.value.usage == SPENT
+    assert (retry.value.usage, retry.value.model) == (SPENT, "base-model")
 
 
 class Gate:
@@ -112,3 +112,4 @@ async def test_a_tester_stopped_by_the_gate_hands_back_what_it_spent(
 
     assert isinstance(stopped.value, AwaitApproval | RetryLater | GiveUp)
     assert stopped.value.usage == SPENT
+    assert stopped.value.model == "base-model"  # and the model that spent it

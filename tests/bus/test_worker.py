@@ -43,7 +43,7 @@ from codeyard.schemas import (
     decode,
     encode,
 )
-from codeyard.schemas.model import MAX_COST_USD
+from codeyard.schemas.model import MAX_COST_USD, SHORT_TEXT_CHARS
 from tests.bus.results import collect_results
 from tests.conftest import TEST_TOPOLOGY
 from tests.processes import stop
@@ -234,7 +234,7 @@ async def test_retry_later_and_give_up(bus: Bus) -> None:
     async def picky(item: WorkItem) -> Result:
         calls[item.task_id] += 1
         if item.task_id == "never":
-            raise GiveUp("the task asks for the impossible", usage=Usage(calls=3))
+            raise GiveUp("the task asks for the impossible", usage=Usage(calls=3), model="m")
         if calls[item.task_id] == 1:
             raise RetryLater("rate limited", delay=0.05)
         return CodeResult(patch=Patch(text="ok"))
@@ -246,6 +246,7 @@ async def test_retry_later_and_give_up(bus: Bus) -> None:
     assert isinstance(results["never"], WorkFailed)
     assert results["never"].reason == "the task asks for the impossible"
     assert results["never"].usage == Usage(calls=3)  # what it spent still counts
+    assert results["never"].model == "m"  # and the model that spent it is named
     assert isinstance(results["later"], CodeResult)
     assert calls == Counter({"never": 1, "later": 2})
 
@@ -259,7 +260,7 @@ async def test_what_a_retried_delivery_spent_is_reported_once_per_delivery(bus: 
     async def unlucky(item: WorkItem) -> Result:
         calls[item.task_id] += 1
         if calls[item.task_id] < 3:
-            raise RetryLater("the model is unavailable", delay=0.05, usage=spent)
+            raise RetryLater("the model is unavailable", delay=0.05, usage=spent, model="m1")
         return CodeResult(patch=Patch(text="ok"), usage=spent)
 
     item = code_request("t1")
@@ -268,9 +269,9 @@ async def test_what_a_retried_delivery_spent_is_reported_once_per_delivery(bus: 
         results = await collect_results(bus, 3)
 
     retried = [r for r in results if isinstance(r, WorkRetried)]
-    assert [(r.delivery, r.usage, r.role) for r in retried] == [
-        (1, spent, "coder"),
-        (2, spent, "coder"),
+    assert [(r.delivery, r.usage, r.role, r.model) for r in retried] == [
+        (1, spent, "coder", "m1"),
+        (2, spent, "coder", "m1"),
     ]
     assert [r.msg_id for r in retried] == [retried_msg_id(item.msg_id, d) for d in (1, 2)]
     assert all((r.run_id, r.task_id, r.attempt) == ("run1", "t1", 1) for r in retried)
@@ -285,7 +286,7 @@ async def test_what_the_last_delivery_spent_before_retrying_goes_into_work_faile
     spent = Usage(calls=2, prompt_tokens=300)
 
     async def unavailable(item: WorkItem) -> Result:
-        raise RetryLater("the model is unavailable", delay=0.05, usage=spent)
+        raise RetryLater("the model is unavailable", delay=0.05, usage=spent, model="m")
 
     await bus.publish(work_subject("coder"), code_request("t1"))
     async with serving(PullWorker(bus, "coder", unavailable, max_deliver=2)):
@@ -293,9 +294,9 @@ async def test_what_the_last_delivery_spent_before_retrying_goes_into_work_faile
 
     [first, last] = sorted(results, key=lambda r: isinstance(r, WorkFailed))
     assert isinstance(first, WorkRetried)
-    assert (first.delivery, first.usage) == (1, spent)
+    assert (first.delivery, first.usage, first.model) == (1, spent, "m")
     assert isinstance(last, WorkFailed)
-    assert (last.deliveries, last.usage) == (2, spent)
+    assert (last.deliveries, last.usage, last.model) == (2, spent, "m")
 
 
 async def test_message_whose_workers_keep_dying_fails_without_running(bus: Bus) -> None:
@@ -521,7 +522,12 @@ async def test_work_waiting_for_a_person_is_handed_back_as_approval_needed(bus: 
 
     async def asks(item: WorkItem) -> Result:
         raise AwaitApproval(
-            "a1b2c3d4e5f60718", "run_command", "make deploy", "not a test tool", usage=spent
+            "a1b2c3d4e5f60718",
+            "run_command",
+            "make deploy",
+            "not a test tool",
+            usage=spent,
+            model="m",
         )
 
     await bus.publish(work_subject("tester"), code_request("t1"))
@@ -535,6 +541,7 @@ async def test_work_waiting_for_a_person_is_handed_back_as_approval_needed(bus: 
     )
     assert (result.task_id, result.attempt) == ("t1", 1)
     assert result.usage == spent  # the run counts it: the work sent again spends anew
+    assert result.model == "m"
     info = await settled(bus, "tester")
     assert info.num_ack_pending == 0  # handed back means acked: it is not redelivered
 
@@ -669,7 +676,7 @@ async def test_a_result_too_big_to_send_is_answered_with_work_failed(bus: Bus) -
 
     async def handle(item: WorkItem) -> Result:
         size = bus.nc.max_payload if item.task_id == "t-huge" else 10
-        return CodeResult(patch=Patch(text="+" * size), usage=Usage(calls=2))
+        return CodeResult(patch=Patch(text="+" * size), usage=Usage(calls=2), model="m")
 
     for task_id in ("t-small", "t-huge", "t-also-small"):
         await bus.publish(work_subject("coder"), code_request(task_id))
@@ -682,6 +689,7 @@ async def test_a_result_too_big_to_send_is_answered_with_work_failed(bus: Bus) -
     assert huge.reason.startswith("CodeResult too big to send: the result is ")
     assert f"max_payload of {bus.nc.max_payload} bytes" in huge.reason
     assert (huge.deliveries, huge.usage) == (1, Usage(calls=2))  # at once; its spend counts
+    assert huge.model == "m"  # and names its model
     assert all(isinstance(result, CodeResult) for result in results.values())
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
     assert (worker.stats.handled, worker.stats.failed) == (2, 1)
@@ -830,3 +838,31 @@ async def test_usage_beyond_its_bounds_is_reported_at_its_bounds(bus: Bus) -> No
     assert "$.usage.cost_usd" in failed.reason
     assert failed.usage == Usage(calls=1, cost_usd=MAX_COST_USD)
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_a_model_name_too_long_for_a_result_is_cut_to_fit(bus: Bus) -> None:
+    """The name is the endpoint's to choose: one past the schema's bound would make what the
+    worker sends invalid, losing the reason and what was spent; it is cut instead."""
+    long_name = "m" * 5000
+
+    async def named(item: WorkItem) -> Result:
+        match item.task_id:
+            case "retried":
+                raise RetryLater("unavailable", delay=30, usage=Usage(calls=1), model=long_name)
+            case "failed":
+                raise GiveUp("impossible", usage=Usage(calls=1), model=long_name)
+        raise AwaitApproval("a1b2c3d4e5f60718", "run_command", "make", "ask", model=long_name)
+
+    for task_id in ("retried", "failed", "waiting"):
+        await bus.publish(work_subject("coder"), code_request(task_id))
+    async with serving(PullWorker(bus, "coder", named, concurrency=3)):
+        results = {type(result): result for result in await collect_results(bus, 3)}
+
+    assert set(results) == {WorkRetried, WorkFailed, ApprovalNeeded}
+    failed = results[WorkFailed]
+    assert isinstance(failed, WorkFailed)
+    assert failed.reason == "impossible"  # not replaced for being invalid
+    for result in results.values():
+        assert isinstance(result, WorkRetried | WorkFailed | ApprovalNeeded)
+        assert len(result.model) == SHORT_TEXT_CHARS
+        assert result.model.startswith("m" * 100)

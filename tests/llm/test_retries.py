@@ -60,6 +60,7 @@ async def test_unavailable_once_retries_are_exhausted() -> None:
     assert len(requests) == 3
     assert "failed 3 times; last: HTTP 503" in str(failure.value)
     assert failure.value.usage.calls == 0
+    assert failure.value.model == ""  # nothing answered
 
 
 async def test_a_timeout_is_retried_then_reported() -> None:
@@ -124,4 +125,19 @@ async def test_a_request_the_endpoint_refuses_is_not_retried() -> None:
 
     assert len(requests) == 1
     assert failure.value.status == 401
+    assert failure.value.model == ""  # nothing answered
     assert "bad key" in str(failure.value)
+
+
+@pytest.mark.parametrize(("status", "raised"), [(503, LLMUnavailable), (400, LLMRejected)])
+async def test_an_endpoint_failing_after_an_answer_names_the_model_that_gave_it(
+    status: int, raised: type[LLMUnavailable | LLMRejected]
+) -> None:
+    # The first answer is paid for but does not fit; the re-ask fails: the error carries what
+    # the answer cost and the model that gave it.
+    replies = [{"arguments": {"steps": ["x"]}, "model": "gpt-4o-2024-08-06"}, {"status": status}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(raised) as failure:
+            await ask(server, max_retries=0)
+
+    assert (failure.value.usage.calls, failure.value.model) == (1, "gpt-4o-2024-08-06")

@@ -132,6 +132,7 @@ async def test_gives_up_after_max_reasks_with_the_last_error() -> None:
     )
     assert "in 3 answers" in str(failure.value)
     assert failure.value.usage.calls == 3
+    assert failure.value.model == "base-model"  # the answers named none: the one asked for
     # Every re-ask carries the whole conversation so far: ask + (answer, complaint) per re-ask.
     assert [len(r.body["messages"]) for r in requests] == [2, 4, 6]
 
@@ -231,3 +232,16 @@ async def test_raw_newlines_inside_strings_are_read_as_escaped() -> None:
 
     assert done.value == Plan(title="two\n\tlines", steps=["one"])
     assert done.attempts == 1  # no re-ask
+
+
+async def test_answers_that_never_fit_name_the_model_that_gave_them() -> None:
+    # Endpoints often name a dated version of the model asked for: the last answer's counts.
+    replies = [
+        {"arguments": {"steps": ["x"]}, "model": "gpt-4o-2024-05-13"},
+        {"arguments": {"steps": ["x"]}, "model": "gpt-4o-2024-08-06"},
+    ]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(InvalidOutput) as failure:
+            await ask(server, max_reasks=1)
+
+    assert (failure.value.usage.calls, failure.value.model) == (2, "gpt-4o-2024-08-06")
