@@ -48,7 +48,8 @@ class RunRefused(RuntimeError):
 
 
 class RunIdTaken(RunRefused):
-    """The run id chosen names a run that exists already, for another goal: bad input."""
+    """The run id chosen names a run that exists already, submitted with another goal or other
+    settings (or, for a benchmark, any run): bad input."""
 
 
 async def ask_coordinator(
