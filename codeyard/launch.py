@@ -26,7 +26,7 @@ from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, 
 from codeyard.bus.topology import Topology
 from codeyard.cancellation import stop_tasks, wait_event
 from codeyard.config import Settings
-from codeyard.dashboard.service import dashboard_token, sign_in_url
+from codeyard.dashboard.service import dashboard_token
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
 from codeyard.llm.local import MAX_TOKENS, local_server_command, smollm2_model
 from codeyard.observability.ports import metrics_port_of, with_metrics_ports
@@ -483,9 +483,6 @@ async def run_up(
         if settings.metrics_port:
             where = (f"{c.name} :{metrics_port_of(c)}" for c in children if metrics_port_of(c))
             console.print(f"metrics on {settings.metrics_host}: {', '.join(where)}", markup=False)
-        if token is not None:
-            base = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
-            console.print(f"dashboard: {sign_in_url(base, token)}", markup=False, highlight=False)
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
         services = Supervisor(children)
         await services.run(stop)

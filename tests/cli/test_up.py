@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import nats.errors
@@ -492,6 +494,43 @@ def test_up_does_not_announce_a_dashboard_whose_port_is_taken(tmp_path: Path) ->
     assert f"dashboard not started: 127.0.0.1:{taken} is in use" in output
     assert "dashboard: http" not in output
     assert "running: coordinator, safety-gate; Ctrl-C stops" in output
+
+
+def test_up_announces_its_dashboard_once_it_listens(tmp_path: Path) -> None:
+    """The dashboard child says where it serves once it does; `up` said it too, before."""
+    env = up_env(tmp_path) | {
+        "CODEYARD_DASHBOARD_PORT": str(free_port()),
+        "CODEYARD_DASHBOARD_TOKEN": "dashboard-token-of-the-tests",
+    }
+    up = start_up(tmp_path, env, sys.executable, "-m", "codeyard", "up", "--no-agents")
+    children: set[int] = set()
+    try:
+        wait_for_output(tmp_path, up, "Ctrl-C stops")
+        # The child says where it serves before it answers anything: once it answered, every
+        # announcement there is to make was made.
+        base = f"http://127.0.0.1:{env['CODEYARD_DASHBOARD_PORT']}/"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base, timeout=5).close()
+                break
+            except urllib.error.HTTPError:
+                break  # it answered (without the token: refused)
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+                time.sleep(0.1)
+        children = children_of(up.pid)
+        os.killpg(up.pid, signal.SIGINT)
+        code = finish(up)
+    finally:
+        kill(up)
+        wait_until_gone(children)
+    output = (tmp_path / "up.log").read_text()
+    assert code == 0, output
+    port = env["CODEYARD_DASHBOARD_PORT"]
+    announced = f"dashboard: http://127.0.0.1:{port}/?token=dashboard-token-of-the-tests"
+    assert output.count("dashboard: http") == 1, output
+    assert announced in output
 
 
 def with_env(marker: str) -> set[int]:
