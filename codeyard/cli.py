@@ -538,7 +538,11 @@ def bench_humaneval_command(
     ] = 3,
     workdir: Annotated[
         Path | None,
-        typer.Option(file_okay=False, help="keep the problem repositories here (new directory)"),
+        typer.Option(
+            file_okay=False,
+            resolve_path=True,  # the runs name the repositories, and the services clone them
+            help="keep the problem repositories here (new directory)",
+        ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for each run")] = 3600.0,
     json_output: JsonFlag = False,

@@ -92,7 +92,10 @@ class ResultSender:
         """Store `result` in the results stream; raises what the publish raised (`PublishError`,
         `TimeoutError`, `ConnectionError`), after which it may or may not be stored, or
         `ResultTooLarge` or `ResultInvalid` at once, nothing sent."""
-        payload = encode(result)
+        try:
+            payload = encode(result)
+        except UnicodeEncodeError as exc:  # a lone surrogate in some text of it
+            raise ResultInvalid(f"a {type(result).__name__} that cannot be encoded: {exc}") from exc
         limit = self._limit()
         if len(payload) > limit:
             raise ResultTooLarge(len(payload), limit, self._pipeline.max_payload)

@@ -21,7 +21,11 @@ LongText = Annotated[str, msgspec.Meta(max_length=LONG_TEXT_CHARS)]
 
 
 def clip(text: str, limit: int = LONG_TEXT_CHARS) -> str:
-    """`text` cut to fit in `limit` characters (a `LongText`), its end saying it was cut."""
+    """`text` cut to fit in `limit` characters (a `LongText`), its end saying it was cut, with
+    any lone surrogate replaced by "?": JSON from outside (an LLM endpoint's answer) may carry
+    one, and it would make the whole message that holds it unencodable."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
     if len(text) <= limit:
         return text
     mark = f" [... {len(text) - limit} more characters cut]"

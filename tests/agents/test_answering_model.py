@@ -144,3 +144,11 @@ async def test_a_model_name_too_long_for_a_result_is_cut_so_the_result_still_dec
     assert len(result.model) == SHORT_TEXT_CHARS
     assert result.model.startswith("m" * 100)
     assert decode(encode(result), ResultMessage) == result
+
+
+async def test_a_model_name_with_a_lone_surrogate_is_made_encodable() -> None:
+    """JSON may escape a lone surrogate (`"gpt\ud800"`), which no message could encode."""
+    result = await review("gpt\ud800")
+
+    assert result.model == "gpt?"
+    assert decode(encode(result), ResultMessage) == result

@@ -33,6 +33,8 @@ from codeyard.schemas import (
     DeadLetter,
     Patch,
     Result,
+    ReviewComment,
+    ReviewResult,
     RunEvent,
     TaskSpec,
     Usage,
@@ -249,6 +251,39 @@ async def test_retry_later_and_give_up(bus: Bus) -> None:
     assert results["never"].model == "m"  # and the model that spent it is named
     assert isinstance(results["later"], CodeResult)
     assert calls == Counter({"never": 1, "later": 2})
+
+
+async def test_text_with_a_lone_surrogate_fails_the_work_once_instead_of_rerunning_it(
+    bus: Bus,
+) -> None:
+    """JSON from an LLM endpoint may carry a lone surrogate (`"model": "gpt\\ud800"`), which no
+    message can encode: the result could not be sent, so the item came back and ran again
+    until its deliveries ran out, and what it spent was lost."""
+    calls = Counter[str]()
+
+    async def odd_text(item: WorkItem) -> Result:
+        calls[item.task_id] += 1
+        if item.task_id == "gives-up":
+            raise GiveUp("refused: \ud800", usage=Usage(calls=1), model="gpt\ud800")
+        return ReviewResult(
+            reviewer="review",
+            approved=True,
+            comments=[ReviewComment(text="odd \udfff")],
+            usage=Usage(calls=2),
+            model="gpt\ud800",
+        )
+
+    await bus.publish(work_subject("review"), code_request("gives-up"))
+    await bus.publish(work_subject("review"), code_request("answers"))
+    async with serving(PullWorker(bus, "review", odd_text, concurrency=2)):
+        results = {r.task_id: r for r in await collect_results(bus, 2)}
+    gave_up, answered = results["gives-up"], results["answers"]
+    assert isinstance(gave_up, WorkFailed)
+    assert (gave_up.reason, gave_up.usage, gave_up.model) == ("refused: ?", Usage(calls=1), "gpt?")
+    assert isinstance(answered, WorkFailed)  # the answer itself cannot be sent
+    assert answered.reason.startswith("ReviewResult not valid: a ReviewResult that cannot be")
+    assert (answered.usage, answered.model) == (Usage(calls=2), "gpt?")
+    assert calls == Counter({"gives-up": 1, "answers": 1})
 
 
 async def test_what_a_retried_delivery_spent_is_reported_once_per_delivery(bus: Bus) -> None:

@@ -71,9 +71,16 @@ async def test_bench_scores_each_problem_from_its_hidden_tests(
 ) -> None:
     work = tmp_path / "work"
     command = [sys.executable, "-m", "codeyard", "bench", "humaneval", "--problems", "0,2"]
-    command += ["--run-id", "he", "--workdir", str(work), "--json"]
+    # relative, as a user types it: the services clone from elsewhere, so it is sent absolute
+    command += ["--run-id", "he", "--workdir", work.name, "--json"]
     result = await asyncio.to_thread(
-        subprocess.run, command, env=services, capture_output=True, text=True, timeout=600
+        subprocess.run,
+        command,
+        env=services,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
