@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import nats.errors
@@ -468,6 +469,25 @@ def test_a_second_up_on_a_running_ones_data_dir_or_port_refuses_in_one_line(
     assert not left
 
 
+def up_until_ctrl_c(
+    tmp_path: Path, env: dict[str, str], then: Callable[[], None] = lambda: None
+) -> tuple[int, str]:
+    """`up --no-agents` until it runs everything and `then` returned, stopped by a Ctrl-C: its
+    exit status and output. Its children are gone when this returns."""
+    up = start_up(tmp_path, env, sys.executable, "-m", "codeyard", "up", "--no-agents")
+    children: set[int] = set()
+    try:
+        wait_for_output(tmp_path, up, "Ctrl-C stops")
+        then()
+        children = children_of(up.pid)
+        os.killpg(up.pid, signal.SIGINT)
+        code = finish(up)
+    finally:
+        kill(up)
+        wait_until_gone(children)
+    return code, (tmp_path / "up.log").read_text()
+
+
 def test_up_does_not_announce_a_dashboard_whose_port_is_taken(tmp_path: Path) -> None:
     """The dashboard child would exit 2 on the taken port while `up` printed its address."""
     with socket.socket() as holder:
@@ -478,18 +498,7 @@ def test_up_does_not_announce_a_dashboard_whose_port_is_taken(tmp_path: Path) ->
             "CODEYARD_DASHBOARD_PORT": str(taken),
             "CODEYARD_DASHBOARD_TOKEN": "dashboard-token-of-the-tests",
         }
-        command = [sys.executable, "-m", "codeyard", "up", "--no-agents"]
-        up = start_up(tmp_path, env, *command)
-        children: set[int] = set()
-        try:
-            wait_for_output(tmp_path, up, "Ctrl-C stops")
-            children = children_of(up.pid)
-            os.killpg(up.pid, signal.SIGINT)
-            code = finish(up)
-        finally:
-            kill(up)
-            wait_until_gone(children)
-    output = (tmp_path / "up.log").read_text()
+        code, output = up_until_ctrl_c(tmp_path, env)
     assert code == 0, output
     assert f"dashboard not started: 127.0.0.1:{taken} is in use" in output
     assert "dashboard: http" not in output
@@ -502,10 +511,8 @@ def test_up_announces_its_dashboard_once_it_listens(tmp_path: Path) -> None:
         "CODEYARD_DASHBOARD_PORT": str(free_port()),
         "CODEYARD_DASHBOARD_TOKEN": "dashboard-token-of-the-tests",
     }
-    up = start_up(tmp_path, env, sys.executable, "-m", "codeyard", "up", "--no-agents")
-    children: set[int] = set()
-    try:
-        wait_for_output(tmp_path, up, "Ctrl-C stops")
+
+    def answered() -> None:
         # The child says where it serves before it answers anything: once it answered, every
         # announcement there is to make was made.
         base = f"http://127.0.0.1:{env['CODEYARD_DASHBOARD_PORT']}/"
@@ -513,19 +520,14 @@ def test_up_announces_its_dashboard_once_it_listens(tmp_path: Path) -> None:
         while True:
             try:
                 urllib.request.urlopen(base, timeout=5).close()
-                break
+                return
             except urllib.error.HTTPError:
-                break  # it answered (without the token: refused)
+                return  # it answered (without the token: refused)
             except OSError:
                 assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
                 time.sleep(0.1)
-        children = children_of(up.pid)
-        os.killpg(up.pid, signal.SIGINT)
-        code = finish(up)
-    finally:
-        kill(up)
-        wait_until_gone(children)
-    output = (tmp_path / "up.log").read_text()
+
+    code, output = up_until_ctrl_c(tmp_path, env, then=answered)
     assert code == 0, output
     port = env["CODEYARD_DASHBOARD_PORT"]
     announced = f"dashboard: http://127.0.0.1:{port}/?token=dashboard-token-of-the-tests"
