@@ -17,9 +17,9 @@ from codeyard.agents.prompt_templates import render_prompt
 from codeyard.agents.repo_summary import detect_test_command
 from codeyard.agents.working_copy import PatchDoesNotApply, apply_patch, read_files, working_copy
 from codeyard.bus.gate_client import GateClient, require_clearance
-from codeyard.bus.worker import GiveUp
+from codeyard.bus.worker import GiveUp, RetryLater
 from codeyard.llm import LLMClient
-from codeyard.sandbox import Limits, Sandbox, shell_command
+from codeyard.sandbox import Limits, Sandbox, SandboxUnavailable, shell_command
 from codeyard.schemas import Result, TestRequest, TestResult, WorkItem
 
 
@@ -86,7 +86,12 @@ class Tester:
                 spent=completion.usage,
                 model=model,
             )
-            outcome = await self.sandbox.run(root, shell_command(command), self.limits)
+            try:
+                outcome = await self.sandbox.run(root, shell_command(command), self.limits)
+            except SandboxUnavailable as exc:  # the engine went away, say: another may run it
+                raise RetryLater(
+                    f"the sandbox cannot run the tests: {exc}", usage=completion.usage, model=model
+                ) from exc
         passed = outcome.exit_code == 0 and not outcome.timed_out
         header = "timed out\n" if outcome.timed_out else ""
         return TestResult(

@@ -15,7 +15,7 @@ from codeyard.bus import GiveUp, RetryLater
 from codeyard.bus.gate_client import GateUnavailable
 from codeyard.bus.worker import AwaitApproval
 from codeyard.llm import OpenAIClient
-from codeyard.sandbox import Limits, RunOutcome
+from codeyard.sandbox import Limits, RunOutcome, SandboxUnavailable
 from codeyard.schemas import (
     ActionCheck,
     CodeRequest,
@@ -113,3 +113,37 @@ async def test_a_tester_stopped_by_the_gate_hands_back_what_it_spent(
     assert isinstance(stopped.value, AwaitApproval | RetryLater | GiveUp)
     assert stopped.value.usage == SPENT
     assert stopped.value.model == "base-model"  # and the model that spent it
+
+
+class SandboxGone:
+    """A backend whose engine went away after the worker started (the docker daemon stopped)."""
+
+    name = "gone"
+
+    async def run(self, *args: object, **kwargs: object) -> RunOutcome:
+        raise SandboxUnavailable("the Docker engine at unix:///gone does not answer")
+
+
+async def test_a_tester_whose_sandbox_went_away_hands_back_what_it_spent(tmp_path: Path) -> None:
+    """It failed like any error, and the tokens of its answer were counted nowhere."""
+    answer = {"arguments": {"rationale": "covered", "edits": []}, "usage": TOKENS}
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_app.py": "def test_ok(): pass\n"})
+    request = TestRequest(
+        run_id="r1",
+        task_id="t1",
+        attempt=1,
+        task=TASK,
+        patch=Patch(text=new_file_patch("notes.txt", "hi")),
+        repo=RepoRef(path=str(repo)),
+        test_command="python -m pytest -q",
+    )
+    allows = Gate(GateDecision(decision="allow"))
+    async with (
+        ScriptedOpenAI(parse_script([{"tool": "submit_tests", "replies": [answer]}])) as server,
+        OpenAIClient(settings(server.base_url)) as client,
+    ):
+        role = testing_role.Tester(client, SandboxGone(), allows, Limits())
+        with pytest.raises(RetryLater, match="the sandbox cannot run the tests") as retry:
+            await role(request)
+
+    assert (retry.value.usage, retry.value.model) == (SPENT, "base-model")
