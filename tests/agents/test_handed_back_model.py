@@ -35,7 +35,6 @@ from codeyard.schemas import (
     Result,
     ReviewRequest,
     TaskSpec,
-    TestRequest,
     Usage,
     WorkFailed,
     WorkItem,
@@ -43,8 +42,8 @@ from codeyard.schemas import (
 )
 from codeyard.testing.openai_script import parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
-from codeyard.testing.scripted_worker import new_file_patch
 from tests.agents.plans import plan
+from tests.agents.test_retry_usage import work_for_the_tester
 from tests.bus.results import collect_results
 from tests.llm.scenario import settings
 from tests.repositories import one_commit_repo
@@ -176,15 +175,7 @@ async def test_a_tester_whose_command_waits_for_a_person_names_the_model(
     # model for tests before.
     script = [{"tool": "submit_tests", "replies": [answer({"rationale": "ok", "edits": []})]}]
     repo = one_commit_repo(tmp_path / "repo", {"app.py": "print('hello')\n"})
-    request = TestRequest(
-        run_id="r1",
-        task_id="t1",
-        attempt=1,
-        task=TASK,
-        patch=Patch(text=new_file_patch("notes.txt", "hi")),
-        repo=RepoRef(path=str(repo)),
-        test_command="make integration-test",
-    )
+    request = work_for_the_tester(repo, "make integration-test")
     gate = await SafetyGate(bus, load_policy(None)).serve()
     try:
         async with (

@@ -58,6 +58,19 @@ async def test_a_coder_whose_model_goes_away_hands_back_what_it_spent(tmp_path: 
     assert (retry.value.usage, retry.value.model) == (SPENT, "base-model")
 
 
+def work_for_the_tester(repo: Path, test_command: str) -> TestRequest:
+    """The tester's work on `repo`: a patch that adds notes.txt, tested with `test_command`."""
+    return TestRequest(
+        run_id="r1",
+        task_id="t1",
+        attempt=1,
+        task=TASK,
+        patch=Patch(text=new_file_patch("notes.txt", "hi")),
+        repo=RepoRef(path=str(repo)),
+        test_command=test_command,
+    )
+
+
 class Gate:
     """Answers every check with `decision`, or, with none, is not there."""
 
@@ -93,15 +106,7 @@ async def test_a_tester_stopped_by_the_gate_hands_back_what_it_spent(
     # are spent whatever the gate says (and again when the work comes back after an approval).
     answer = {"arguments": {"rationale": "covered", "edits": []}, "usage": TOKENS}
     repo = one_commit_repo(tmp_path / "repo", {"app.py": "print('hello')\n"})
-    request = TestRequest(
-        run_id="r1",
-        task_id="t1",
-        attempt=1,
-        task=TASK,
-        patch=Patch(text=new_file_patch("notes.txt", "hi")),
-        repo=RepoRef(path=str(repo)),
-        test_command="make integration-test",
-    )
+    request = work_for_the_tester(repo, "make integration-test")
     async with (
         ScriptedOpenAI(parse_script([{"tool": "submit_tests", "replies": [answer]}])) as server,
         OpenAIClient(settings(server.base_url)) as client,
@@ -128,15 +133,7 @@ async def test_a_tester_whose_sandbox_went_away_hands_back_what_it_spent(tmp_pat
     """It failed like any error, and the tokens of its answer were counted nowhere."""
     answer = {"arguments": {"rationale": "covered", "edits": []}, "usage": TOKENS}
     repo = one_commit_repo(tmp_path / "repo", {"tests/test_app.py": "def test_ok(): pass\n"})
-    request = TestRequest(
-        run_id="r1",
-        task_id="t1",
-        attempt=1,
-        task=TASK,
-        patch=Patch(text=new_file_patch("notes.txt", "hi")),
-        repo=RepoRef(path=str(repo)),
-        test_command="python -m pytest -q",
-    )
+    request = work_for_the_tester(repo, "python -m pytest -q")
     allows = Gate(GateDecision(decision="allow"))
     async with (
         ScriptedOpenAI(parse_script([{"tool": "submit_tests", "replies": [answer]}])) as server,
