@@ -243,15 +243,13 @@ class StderrEcho:
     """Writes chunks to this process's stderr from a thread of its own, so that a stderr that
     stalls (a terminal on Ctrl-S, a pager, a log collector not reading) blocks that thread and
     never the event loop, which must go on handling SIGTERM and the children. While it stalls,
-    up to `MAX_WAITING` chunks wait; later ones are dropped (and counted) rather than stop the
-    reading, which would block the children on their full pipes. A closed stderr is ignored
-    the same way."""
+    up to `MAX_WAITING` chunks wait; later ones are dropped rather than stop the reading, which
+    would block the children on their full pipes. A closed stderr is ignored the same way."""
 
     MAX_WAITING = 256
 
     def __init__(self) -> None:
         self._chunks: queue.Queue[bytes] = queue.Queue(self.MAX_WAITING)
-        self.dropped = 0  # bytes
         self._thread: threading.Thread | None = None
 
     def write(self, chunk: bytes) -> None:
@@ -259,10 +257,8 @@ class StderrEcho:
             # a daemon: a stderr stalled for good must not keep the process from exiting
             self._thread = threading.Thread(target=self._run, name="stderr echo", daemon=True)
             self._thread.start()
-        try:
+        with contextlib.suppress(queue.Full):
             self._chunks.put_nowait(chunk)
-        except queue.Full:
-            self.dropped += len(chunk)
 
     def drain(self, timeout: float) -> None:
         """Wait, `timeout` seconds at most, until what was written so far is out."""

@@ -31,21 +31,21 @@ async def ask_model(
     with what the work spent: `spent` (earlier calls of the same work) and this call's, which
     the worker reports either way (tokens paid for before the endpoint failed still count),
     and the model that answered: this call's last answer's, else `model` (the one that answered
-    the earlier calls), "" when none did."""
+    the earlier calls), "" when none did (the worker bounds it, as every model handed back)."""
     try:
         return await llm.structured(
             role, messages, output, tool_name=tool_name, tool_description=tool_description
         )
     except LLMUnavailable as exc:
         usage = (spent or Usage()) + exc.usage
-        named = clip(exc.model or model, SHORT_TEXT_CHARS)
         raise RetryLater(
-            f"the model is unavailable: {exc}", delay=30.0, usage=usage, model=named
+            f"the model is unavailable: {exc}", delay=30.0, usage=usage, model=exc.model or model
         ) from exc
     except (InvalidOutput, LLMRejected) as exc:
         usage = (spent or Usage()) + exc.usage
-        named = clip(exc.model or model, SHORT_TEXT_CHARS)
-        raise GiveUp(f"the model could not answer: {exc}", usage=usage, model=named) from exc
+        raise GiveUp(
+            f"the model could not answer: {exc}", usage=usage, model=exc.model or model
+        ) from exc
 
 
 def answered_by(completion: Completion[Any]) -> str:
