@@ -58,11 +58,22 @@ DEAD_LETTER_PAYLOAD_LIMIT = 4096
 _ID = re.compile(ID_PATTERN)
 
 
-class RetryLater(Exception):
+class HandedBack(Exception):
+    """What a handler raises instead of answering. `usage` is what the work spent before (LLM
+    calls), and `model` the LLM model that answered them ("": none, or not said): the worker
+    passes both on in what it sends instead of a result, so the run still counts the spend
+    and the report names the model."""
+
+    def __init__(self, reason: str, *, usage: Usage | None = None, model: str = "") -> None:
+        super().__init__(reason)
+        self.usage = usage or Usage()
+        self.model = model
+
+
+class RetryLater(HandedBack):
     """The handler could not finish now (rate limit, dependency down); redeliver after `delay`.
-    `usage` is what this delivery spent before (LLM calls), and `model` the LLM model that
-    answered them ("": none, or not said): the worker reports both in a `WorkRetried` before
-    handing the item back, as no result will carry them."""
+    The worker reports the spend in a `WorkRetried` before handing the item back, as no result
+    will carry it."""
 
     def __init__(
         self,
@@ -72,28 +83,18 @@ class RetryLater(Exception):
         usage: Usage | None = None,
         model: str = "",
     ) -> None:
-        super().__init__(reason)
+        super().__init__(reason, usage=usage, model=model)
         self.delay = delay
-        self.usage = usage or Usage()
-        self.model = model
 
 
-class GiveUp(Exception):
-    """The work can never succeed; answer with a WorkFailed result right away. `usage` is what
-    the work spent before giving up (LLM calls), so the run still counts it, and `model` the
-    LLM model that answered them ("": none, or not said)."""
-
-    def __init__(self, reason: str, *, usage: Usage | None = None, model: str = "") -> None:
-        super().__init__(reason)
-        self.usage = usage or Usage()
-        self.model = model
+class GiveUp(HandedBack):
+    """The work can never succeed; answer with a WorkFailed result right away."""
 
 
-class AwaitApproval(Exception):
+class AwaitApproval(HandedBack):
     """The safety gate sent an action of this work to a person: hand the work item back as
-    `ApprovalNeeded`, and the coordinator sends it again once the approval is answered.
-    `usage` is what the work spent before (LLM calls), and `model` the LLM model that answered
-    them ("": none, or not said), which `ApprovalNeeded` carries."""
+    `ApprovalNeeded` (which carries the spend), and the coordinator sends it again once the
+    approval is answered."""
 
     def __init__(
         self,
@@ -105,13 +106,13 @@ class AwaitApproval(Exception):
         usage: Usage | None = None,
         model: str = "",
     ) -> None:
-        super().__init__(f"{action} needs approval {approval_id}: {reason}")
+        super().__init__(
+            f"{action} needs approval {approval_id}: {reason}", usage=usage, model=model
+        )
         self.approval_id = approval_id
         self.action = action
         self.detail = detail
         self.reason = reason
-        self.usage = usage or Usage()
-        self.model = model
 
 
 @dataclass
