@@ -91,10 +91,11 @@ LOOKUPS_AT_ONCE = 8
 
 
 async def check_new_runs(bus: Bus, problems: Sequence[Problem], run_prefix: str) -> None:
-    """`RunIdTaken` when a run this benchmark would submit exists already, ended or not. The
-    coordinator takes the same run id with the same goal for the same submission sent again,
-    and would have the benchmark follow the old run and report it as measured now (and look for
-    its result in a repository made now, where it is not); a benchmark measures new runs."""
+    """`RunIdTaken` when a run this benchmark would submit exists already, ended or not: a
+    benchmark measures new runs. The coordinator would refuse each such submission (its run id
+    is taken by a run on another repository), and every problem would fail in turn; or, with
+    the repositories made again at the same paths, take it for the same submission sent twice,
+    and the benchmark would report the old run as measured now."""
     at_once = asyncio.Semaphore(LOOKUPS_AT_ONCE)
 
     async def lookup(run_id: str) -> Run | None:
