@@ -15,7 +15,7 @@ from codeyard.bus.worker import GiveUp, RetryLater
 from codeyard.reviewers.checkout import patched_checkout
 from codeyard.reviewers.diff_lines import added_lines
 from codeyard.reviewers.protocol import ReviewerPlugin
-from codeyard.schemas import ReviewComment, ReviewRequest, ReviewResult
+from codeyard.schemas import ReviewComment, ReviewRequest, ReviewResult, Usage
 
 __all__ = [
     "GiveUp",
@@ -24,6 +24,7 @@ __all__ = [
     "ReviewRequest",
     "ReviewResult",
     "ReviewerPlugin",
+    "Usage",
     "added_lines",
     "patched_checkout",
 ]

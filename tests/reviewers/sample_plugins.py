@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from codeyard.reviewers import ReviewComment, ReviewRequest, ReviewResult, patched_checkout
+from codeyard.reviewers import (
+    GiveUp,
+    ReviewComment,
+    ReviewRequest,
+    ReviewResult,
+    Usage,
+    patched_checkout,
+)
 
 
 class Approves:
@@ -34,6 +41,18 @@ class ReadsCheckout:
         with patched_checkout(request) as root:
             text = (root / "calc" / "ops.py").read_text()
         return ReviewResult(approved="mul" in text)
+
+
+class AsksAModel:
+    """A reviewer that calls an LLM says what it spent and which model answered: the run counts
+    the spend against its budget and the report names the model."""
+
+    SPENT = Usage(calls=1, prompt_tokens=120, completion_tokens=30, cost_usd=0.002)
+
+    def review(self, request: ReviewRequest) -> ReviewResult:
+        if not request.patch.text:
+            raise GiveUp("nothing to review", usage=self.SPENT, model="tiny-reviewer-1")
+        return ReviewResult(approved=True, usage=self.SPENT, model="tiny-reviewer-1")
 
 
 class ReturnsTrue:

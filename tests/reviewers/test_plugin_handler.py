@@ -11,11 +11,25 @@ from codeyard.bus import Bus, GiveUp, PullWorker
 from codeyard.bus.subjects import work_subject
 from codeyard.reviewers.diff_lines import added_lines
 from codeyard.reviewers.handler import PluginHandler
-from codeyard.schemas import CodeRequest, Patch, RepoRef, ReviewRequest, ReviewResult, TaskSpec
+from codeyard.schemas import (
+    CodeRequest,
+    Patch,
+    RepoRef,
+    ReviewRequest,
+    ReviewResult,
+    TaskSpec,
+    WorkFailed,
+)
 from tests.agents.sample_repo import SAMPLE_FILES
 from tests.bus.results import collect_results
 from tests.reviewers.conftest import patch_of
-from tests.reviewers.sample_plugins import Approves, AsyncNoTodos, ReadsCheckout, ReturnsTrue
+from tests.reviewers.sample_plugins import (
+    Approves,
+    AsksAModel,
+    AsyncNoTodos,
+    ReadsCheckout,
+    ReturnsTrue,
+)
 
 TASK = TaskSpec(id="t1", title="a change")
 
@@ -75,6 +89,26 @@ async def test_a_plugin_serves_its_role_over_the_bus(bus: Bus) -> None:
     assert isinstance(result, ReviewResult)
     assert (result.run_id, result.task_id, result.attempt) == ("r1", "t1", 1)
     assert (result.reviewer, result.approved) == ("review.demo", True)
+
+
+async def test_what_a_plugin_spent_and_its_model_reach_the_coordinator(bus: Bus) -> None:
+    stop = asyncio.Event()
+    worker = PullWorker(bus, "review.llm", PluginHandler(AsksAModel(), "review.llm"))
+    serving = asyncio.create_task(worker.run(stop, grace=5))
+    try:
+        await bus.publish(work_subject("review.llm"), request("--- a/x\n+++ b/x\n"))
+        [reviewed] = await collect_results(bus, 1)
+        await bus.publish(work_subject("review.llm"), request())  # GiveUp: nothing to review
+        [failed] = await collect_results(bus, 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 10)
+    assert isinstance(reviewed, ReviewResult)
+    assert reviewed.approved
+    assert isinstance(failed, WorkFailed)
+    assert failed.reason.endswith("nothing to review")
+    for answer in (reviewed, failed):
+        assert (answer.usage, answer.model) == (AsksAModel.SPENT, "tiny-reviewer-1")
 
 
 def test_added_lines_follow_the_hunks() -> None:
