@@ -2,7 +2,8 @@
 
 Only the ref `codeyard/<run>` moves (with the old value as a check, so a concurrent change is
 not overwritten); no working tree is touched, and a branch checked out in any worktree of the
-repository is refused rather than moved under someone's feet.
+repository (or being rebased or bisected there, which git counts as checked out) is refused
+rather than moved under someone's feet.
 """
 
 from __future__ import annotations
@@ -76,12 +77,9 @@ def rollback(repo: Path, run_id: str, task_id: str) -> Rollback:
     """Reset `codeyard/<run_id>` to the commit that merged `task_id`; what moved is returned."""
     branch = result_branch(run_id)
     ref = _branch_ref(repo, run_id)
-    holder = _checked_out_at(repo, ref)
-    if holder is not None:
-        raise RollbackError(
-            f"{branch} is checked out in {holder}; switch that worktree to another branch "
-            "first (rollback never touches a working tree)"
-        )
+    held = _held_by_worktree(repo, ref)
+    if held is not None:
+        raise RollbackError(f"{branch} {held} (rollback never touches a working tree)")
     commits = task_commits(repo, run_id)
     target = next((commit for commit in commits if commit.task_id == task_id), None)
     if target is None:
@@ -113,15 +111,53 @@ def _branch_ref(repo: Path, run_id: str) -> str:
     return ref
 
 
-def _checked_out_at(repo: Path, ref: str) -> str | None:
-    """The worktree whose current branch is `ref`, if any."""
+def _held_by_worktree(repo: Path, ref: str) -> str | None:
+    """How a worktree holds `ref`, if one does, by git's own rule (`branch_checked_out`): its
+    current branch, or the branch it is rebasing or bisecting. HEAD is detached meanwhile, but
+    `git rebase --continue` and `git bisect reset` go back to the branch and expect it where it
+    was: moved under it, a rebase cannot finish (git updates the branch only from its old value)."""
+    listing = git(repo, "worktree", "list", "--porcelain").splitlines()
     worktree = ""
-    for line in git(repo, "worktree", "list", "--porcelain").splitlines():
+    for line in listing:
         if line.startswith("worktree "):
             worktree = line.removeprefix("worktree ")
         elif line == f"branch {ref}":
-            return worktree
+            return f"is checked out in {worktree}; switch that worktree to another branch first"
+    for worktree, git_dir in _worktree_git_dirs(repo, listing):
+        rebasing = ("rebase-merge/head-name", "rebase-apply/head-name")
+        if any(_names_branch(git_dir / state, ref) for state in rebasing):
+            return f"is being rebased in {worktree}; finish or abort that rebase first"
+        if _names_branch(git_dir / "BISECT_START", ref):
+            return f"is being bisected in {worktree}; end that bisect first (git bisect reset)"
     return None
+
+
+def _worktree_git_dirs(repo: Path, listing: list[str]) -> list[tuple[str, Path]]:
+    """Each worktree (as listed) and its git dir, where git keeps a rebase's or a bisect's state.
+    Read from the repository's common dir, so a worktree whose directory is gone still counts,
+    as it does for git."""
+    common = git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir").strip()
+    listed = [line.removeprefix("worktree ") for line in listing if line.startswith("worktree ")]
+    main = listed[0] if listed else str(repo)
+    found = [(main, Path(common))]
+    linked = Path(common) / "worktrees"
+    for git_dir in sorted(linked.iterdir()) if linked.is_dir() else ():
+        try:  # `gitdir` names the worktree's `.git` file
+            worktree = str(Path((git_dir / "gitdir").read_text().strip()).parent)
+        except OSError:
+            worktree = str(git_dir)
+        found.append((worktree, git_dir))
+    return found
+
+
+def _names_branch(state_file: Path, ref: str) -> bool:
+    """Whether a rebase's `head-name` or a bisect's `BISECT_START` names the branch `ref`: git
+    writes the full ref in the one and the short name in the other, and reads both either way."""
+    try:
+        named = state_file.read_text().rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return named.removeprefix("refs/heads/") == ref.removeprefix("refs/heads/")
 
 
 def _commits_between(repo: Path, base: str, tip: str) -> tuple[Commit, ...]:

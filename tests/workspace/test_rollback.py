@@ -83,3 +83,54 @@ def test_a_checked_out_result_branch_is_refused(repo: Path, tmp_path: Path) -> N
     with pytest.raises(RollbackError, match=f"checked out in {other}"):
         rollback(repo, "r1", "b")
     assert git(repo, "rev-parse", "codeyard/r1").strip() == head
+
+
+def test_a_result_branch_being_rebased_is_refused(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """git detaches HEAD while it rebases, yet counts the branch as checked out: moved under the
+    rebase, `git rebase --continue` could not update it at the end."""
+    other = tmp_path / "other-worktree"
+    git(repo, "worktree", "add", "-q", "--detach", str(other), "main")
+    monkeypatch.setenv("GIT_SEQUENCE_EDITOR", "sed -i 1s/^pick/edit/")  # stops at task a
+    git(other, "rebase", "-q", "-i", "main", "codeyard/r1")
+    assert "\ndetached\n" in git(repo, "worktree", "list", "--porcelain")
+    head = git(repo, "rev-parse", "codeyard/r1").strip()
+
+    with pytest.raises(RollbackError, match=f"codeyard/r1 is being rebased in {other}; finish"):
+        rollback(repo, "r1", "a")
+    assert git(repo, "rev-parse", "codeyard/r1").strip() == head
+    git(other, "rebase", "--continue")
+    assert subjects(repo, "codeyard/r1") == ["task c", "task b", "task a", "initial"]
+
+
+def test_a_result_branch_stopped_in_an_apply_rebase_is_refused(repo: Path) -> None:
+    """`git rebase --apply` keeps its state in rebase-apply/, here stopped by a conflict."""
+    git(repo, "stash", "-q")
+    git(repo, "checkout", "-q", "--detach", "main")
+    (repo / "a.txt").write_text("someone else's a\n")
+    git(repo, "add", "a.txt")
+    git(repo, "commit", "-q", "-m", "conflicts with task a")
+    git(repo, "rebase", "--apply", "HEAD", "codeyard/r1", check=False)
+    assert (repo / ".git" / "rebase-apply" / "head-name").is_file()
+    head = git(repo, "rev-parse", "codeyard/r1").strip()
+
+    with pytest.raises(RollbackError, match=f"codeyard/r1 is being rebased in {repo}"):
+        rollback(repo, "r1", "a")
+    assert git(repo, "rev-parse", "codeyard/r1").strip() == head
+
+
+def test_a_result_branch_being_bisected_is_refused(repo: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other-worktree"
+    git(repo, "worktree", "add", "-q", str(other), "codeyard/r1")
+    git(other, "bisect", "start")
+    git(other, "bisect", "bad")
+    git(other, "bisect", "good", "main")
+    assert "\ndetached\n" in git(repo, "worktree", "list", "--porcelain")
+    head = git(repo, "rev-parse", "codeyard/r1").strip()
+
+    with pytest.raises(RollbackError, match=f"codeyard/r1 is being bisected in {other}"):
+        rollback(repo, "r1", "a")
+    assert git(repo, "rev-parse", "codeyard/r1").strip() == head
+    git(other, "bisect", "reset")
+    assert git(other, "branch", "--show-current").strip() == "codeyard/r1"
