@@ -6,7 +6,9 @@ never touched (delivery is a fetch into a new branch). Merging is idempotent: ea
 carries the task and attempt as a trailer, so a merge repeated after a coordinator crash finds
 its commit and does not apply the patch twice. Only the commits made since the clone was
 (`BASE_REF`, recorded with it) count, and only by their trailer: the user's history and the
-words of the planner and the coder in a message can never make a task look merged.
+words of the planner and the coder in a message can never make a task look merged. A clone
+serves one submission of its run (`SUBMISSION_KEY`, recorded with it): a run id used again
+after its record was lost gets a new clone, not the old run's base and merges.
 
 Each commit stays on the head only once the repository's suite passed on it; a failing suite,
 or anything else ending the merge before (the sandbox or the object store unavailable, a
@@ -57,6 +59,9 @@ TASK_TRAILER = "Codeyard-Task"
 RUNS_DIR = "runs"
 # In the clone: the commit it was made at. Commits before it are the user's, never a merge.
 BASE_REF = "refs/codeyard/base"
+# In the clone's git config: the submission (`Run.submission`) it was made for. A run id used
+# again after its record was lost is another submission, whose merges the old clone's are not.
+SUBMISSION_KEY = "codeyard.submission"
 # In the run's directory, next to the clone: held by whoever changes the clone.
 LOCK_FILE = f"{CLONE_DIR}.lock"
 # A clone being made, or being thrown away, in the run's directory; one still there when the
@@ -158,13 +163,14 @@ class GitIntegrator:
         # of a run not recorded yet alone only while it looks recently changed.
         os.utime(target.parent)
         _remove_partial(target.parent)
-        if target.exists() and not _is_clone_of(target, run.repo.path):
-            # A clone left by an earlier run of this id on another repository (its record
-            # lost with the NATS store): merging onto it would deliver that repository's code.
-            # Or not a whole clone at all (made by an older codeyard, which cloned in place).
+        if target.exists() and not _is_clone_of(target, run.repo.path, run.submission):
+            # A clone left by an earlier run of this id (its record lost with the NATS store):
+            # merging onto it would deliver another repository's code, or, on the same one, the
+            # old base and the old run's commits, which its trailers would pass off as this
+            # run's merges. Or not a whole clone at all (an older codeyard cloned in place).
             _discard(target)
         if not target.exists():
-            _clone(run.repo.path, target, result_branch(run.run_id))
+            _clone(run.repo.path, target, result_branch(run.run_id), run.submission)
 
     async def _published(self, run: Run) -> RepoRef:
         """Where the run's code is now: its integration head, published as a snapshot (an
@@ -260,8 +266,9 @@ def _commit(repo: Path, rev: str) -> str:
     return git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
 
 
-def _clone(source: str, target: Path, branch: str) -> None:
-    """`target` a whole clone of `source` on `branch`, its start recorded, or not there at all.
+def _clone(source: str, target: Path, branch: str, submission: str) -> None:
+    """`target` a whole clone of `source` on `branch`, its start and `submission` recorded, or
+    not there at all.
 
     git leaves a clone it could not finish in place (a checkout cut short by a timeout or a
     crash: origin set, files missing, a stale index.lock), which would pass for a whole one. So
@@ -271,14 +278,22 @@ def _clone(source: str, target: Path, branch: str) -> None:
         git(target.parent, "clone", "--quiet", "--no-hardlinks", source, partial.name)
         git(partial, "checkout", "--quiet", "-B", branch)
         git(partial, "update-ref", BASE_REF, "HEAD")
+        if submission:  # runs of older versions have none, as their clones have no record
+            git(partial, "config", SUBMISSION_KEY, submission)
         partial.rename(target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
 
 
-def _is_clone_of(clone: Path, source: str) -> bool:
+def _is_clone_of(clone: Path, source: str, submission: str) -> bool:
+    """Whether `clone` is a whole clone of `source` made for `submission`. A clone made by an
+    older codeyard records none, and is kept, as before, only for a run without one (stored by
+    an older version): a run id submitted again after that never takes it for its own."""
     if not (clone / ".git").is_dir() or _origin(clone) != source:
+        return False
+    recorded = git(clone, "config", "--local", "--get", SUBMISSION_KEY, check=False).strip()
+    if recorded != submission:
         return False
     try:
         _base(clone)

@@ -139,6 +139,55 @@ async def test_a_clone_left_by_a_run_of_the_same_id_on_another_repository_is_rep
     assert run.repo.head == git(user_repo, "rev-parse", "HEAD").strip()
 
 
+@pytest.mark.parametrize("earlier", ["s1", ""], ids=["recorded", "made-by-an-older-version"])
+async def test_a_clone_left_by_an_earlier_submission_of_the_same_id_is_replaced(
+    user_repo: Path, tmp_path: Path, earlier: str
+) -> None:
+    """The run's record was lost (a wiped NATS store), its clone was not, and the id is used
+    again on the same repository: the old run's commit of the same task and attempt must not
+    pass for the new one's merge, nor its base for the repository's head now."""
+    data = tmp_path / "data"
+    old = run_with(user_repo, a=patch_of(user_repo, "app.py", "def greet():\n    return 'old'\n"))
+    old.submission = earlier
+    old.repo = await GitIntegrator(data).prepare(old)
+    assert landed(await GitIntegrator(data).merge(old, "a", 1)) == ("a", 1)
+    (user_repo / "more.py").write_text("MORE = 1\n")  # the user moved on meanwhile
+    git(user_repo, "add", "more.py")
+    git(user_repo, "commit", "-q", "-m", "the user's work")
+
+    integrator = GitIntegrator(data)  # a new coordinator, with no record of the old run
+    run = run_with(user_repo, a=patch_of(user_repo, "app.py", "def greet():\n    return 'new'\n"))
+    run.submission = "s2"
+    run.repo = await integrator.prepare(run)
+    assert run.repo.head == git(user_repo, "rev-parse", "HEAD").strip()
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    run.tasks["a"].state = TaskState.MERGED
+    assert (await integrator.integrate(run)).ok
+
+    assert git(user_repo, "show", "codeyard/r1:app.py") == "def greet():\n    return 'new'\n"
+    subjects = git(user_repo, "log", "--format=%s", "codeyard/r1").splitlines()
+    assert subjects == ["change a", "the user's work", "initial"]
+
+
+@pytest.mark.parametrize("submission", ["s1", ""], ids=["recorded", "of-an-older-version"])
+async def test_preparing_the_same_submission_again_keeps_its_clone_and_merges(
+    user_repo: Path, tmp_path: Path, submission: str
+) -> None:
+    """A run of an older version has no submission, nor has its clone a record: still its own."""
+    data = tmp_path / "data"
+    run = greet_and_notes(user_repo)
+    run.submission = submission
+    run.repo = await GitIntegrator(data).prepare(run)
+    clone = Path(run.repo.snapshot)
+    assert landed(await GitIntegrator(data).merge(run, "a", 1)) == ("a", 1)
+
+    integrator = GitIntegrator(data)
+    run.repo = await integrator.prepare(run)
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)  # again after a crash: no-op
+    assert landed(await integrator.merge(run, "b", 1)) == ("b", 1)
+    assert git(clone, "log", "--format=%s").splitlines() == ["change b", "change a", "initial"]
+
+
 def test_a_commit_message_tells_what_changed_and_how_it_was_checked() -> None:
     task = Task(
         spec=TaskSpec(id="auth", title="Add JWT auth", description="the plan's words"),
