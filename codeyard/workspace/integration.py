@@ -91,18 +91,25 @@ def commit_message(task: Task, trailer: str) -> str:
     """Title; the coder's summary (else the task's description); tests and reviews; trailer.
 
     The title, summary and description are the planner's and the coder's words: a line of theirs
-    that reads as a task trailer is left out, so that only `trailer` names a task."""
-    body = _without_task_trailers(task.summary or task.spec.description)
+    that reads as a task trailer is left out, so that only `trailer` names a task. A NUL in any
+    piece stands as U+FFFD."""
+    body = _without_task_trailers(_committable(task.summary or task.spec.description))
     facts = []
     if task.tests_run:
         facts.append(f"Tests: {task.tests_run} run, passing")
-    reviewers = sorted(name for name, approved in task.approvals.items() if approved)
+    reviewers = sorted(_committable(name) for name, ok in task.approvals.items() if ok)
     if reviewers:
         facts.append(f"Reviewed-by: {', '.join(reviewers)}")
     # Never an empty title: git reads no trailers in a message's first paragraph.
-    title = _without_task_trailers(task.spec.title) or task.spec.id
-    parts = [title, body, "\n".join(facts), trailer]
+    title = _without_task_trailers(_committable(task.spec.title)) or _committable(task.spec.id)
+    parts = [title, body, "\n".join(facts), _committable(trailer)]
     return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _committable(text: str) -> str:
+    """`text` as git takes it in a commit message: `git commit` refuses a message with a NUL,
+    which would fail every merge of the task, however often it is retried."""
+    return text.replace("\0", "\ufffd")
 
 
 def _without_task_trailers(text: str) -> str:

@@ -220,6 +220,32 @@ def test_a_commit_message_leaves_out_what_reads_as_a_task_trailer() -> None:
     assert commit_message(only_a_trailer, "Codeyard-Task: r1/a/1") == "a\n\nCodeyard-Task: r1/a/1\n"
 
 
+async def test_a_nul_in_the_words_of_a_task_does_not_stop_its_merge(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """git refuses a commit message with a NUL, and every retry of the merge would fail alike:
+    the planner's, the coder's and a reviewer's words keep the rest of themselves, the NUL
+    standing as U+FFFD."""
+    integrator = GitIntegrator(tmp_path / "data")
+    run = greet_and_notes(user_repo)
+    run.tasks["a"].spec = TaskSpec(id="a", title="say\0hi")
+    run.tasks["a"].summary = "Says hi\0 now."
+    run.tasks["a"].approvals = {"review\0er": True}
+    run.tasks["b"].spec = TaskSpec(id="b", title="change b", description="the plan's\0words")
+    run.repo = await integrator.prepare(run)
+
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    assert landed(await integrator.merge(run, "b", 1)) == ("b", 1)
+
+    clone = Path(run.repo.snapshot)
+    messages = git(clone, "log", "--format=%B%x1e", "-2").split("\x1e")
+    assert [message.strip() for message in messages if message.strip()] == [
+        "change b\n\nthe plan's\ufffdwords\n\nCodeyard-Task: r1/b/1",
+        "say\ufffdhi\n\nSays hi\ufffd now.\n\nReviewed-by: review\ufffder\n\nCodeyard-Task: r1/a/1",
+    ]
+    assert (clone / "notes.md").read_text() == "notes\n"
+
+
 async def test_a_summary_naming_another_task_does_not_make_it_merged(
     user_repo: Path, tmp_path: Path
 ) -> None:
