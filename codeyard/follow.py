@@ -101,7 +101,8 @@ def describe(event: RunEvent) -> list[str]:
             return [f"  dead letter on {event.subject}: {event.error}"]
         case GateAudit() if event.decision.decision == "needs_approval":
             approval = event.decision.approval_id
-            detail = event.check.detail.strip().splitlines()[0][:80] if event.check.detail else ""
+            # a detail of whitespace alone has no first line: any role may publish one
+            detail = (event.check.detail.strip().splitlines() or [""])[0][:80]
             return [
                 f"  {event.task_id}: {event.check.action} {detail!r} waits for a person: "
                 f"{event.decision.reason}",
