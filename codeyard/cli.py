@@ -794,7 +794,13 @@ def cancel(
 ) -> None:
     """Cancel a run: work in flight is withdrawn from the workers, nothing more is merged.
 
-    Merged tasks stay on the branch codeyard/RUN. Exits 1 when the run is unknown or over.
+    A cancelled run delivers no branch (no codeyard/RUN): the tasks it merged are only in its
+    integration clone on the coordinator's disk, removed CODEYARD_ARTIFACT_RETENTION_DAYS after
+    the run ended. To keep them, run this in your repository (see the README, "Storage and
+    retention"):
+    git fetch CODEYARD_DATA_DIR/runs/RUN/integration HEAD:refs/heads/salvage/RUN
+
+    Exits 1 when the run is unknown or over.
 
     Example: [bold]codeyard cancel r1 --reason "wrong goal"[/bold]
     """

@@ -1,0 +1,24 @@
+"""What `--help` says, against what the README says."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tests.processes import codeyard
+
+
+def test_cancel_help_says_what_the_readme_says_a_cancelled_run_leaves(repo_root: Path) -> None:
+    """It said merged tasks stay on the branch codeyard/RUN, which a cancelled run never gets."""
+    readme = " ".join((repo_root / "README.md").read_text(encoding="utf-8").split())
+    assert "A failed or cancelled run delivers no branch" in readme
+    salvage = re.search(r"`(git fetch \S+ HEAD:refs/heads/salvage/RUN)`", readme)
+    assert salvage is not None, "the README no longer says how to salvage a run's merged tasks"
+
+    helped = codeyard(os.environ | {"COLUMNS": "200"}, "cancel", "--help", timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    said = " ".join(helped.stdout.split())
+    assert "A cancelled run delivers no branch" in said
+    assert salvage.group(1) in said
+    assert "stay on the branch" not in said
