@@ -1320,6 +1320,7 @@ def _serve(
     NATS exits 1. A NATS user name that cannot name an inbox (`UnknownPrincipal`, found as the
     service connects) is bad configuration for every service."""
     from codeyard.bus.permissions import UnknownPrincipal
+    from codeyard.launch import BadConfiguration
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from codeyard.observability.log_format import configure_logging
@@ -1332,7 +1333,9 @@ def _serve(
     try:
         run_service(service, settings.event_loop)
     except refused as exc:
-        err.print(f"error: {exc}", markup=False)
+        problems = exc.problems if isinstance(exc, BadConfiguration) else (str(exc),)
+        for problem in problems:  # e.g. one line per variable refused, as every command says
+            err.print(f"error: {problem}", markup=False, highlight=False)
         raise typer.Exit(BAD_CONFIGURATION) from None  # `up` then does not restart it
     except (OSError, nats.errors.Error) as exc:
         _error(f"cannot reach NATS: {exc!r}")

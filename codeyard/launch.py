@@ -216,14 +216,27 @@ async def run_plugin_reviewer(
 class BadConfiguration(Exception):
     """A worker's setting was refused while it started (a role, a principal, an LLM setting):
     it exits with BAD_CONFIGURATION, which `up` does not restart. A `ValueError` once it
-    serves is a fault like any other (exit 1, restarted)."""
+    serves is a fault like any other (exit 1, restarted). `problems`: what is wrong, one line
+    each (the CLI prints each after `error:`)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 @contextlib.contextmanager
 def configuring() -> Iterator[None]:
-    """Where a worker reads its settings: a `ValueError` raised there is `BadConfiguration`."""
+    """Where a worker reads its settings: a `ValueError` raised there is `BadConfiguration`.
+    A setting of the environment refused (pydantic's `ValidationError`) is said as every
+    command says it: one line per variable, naming it, not pydantic's report."""
+    from pydantic import ValidationError
+
+    from codeyard.config import invalid_settings
+
     try:
         yield
+    except ValidationError as exc:
+        raise BadConfiguration(*(invalid_settings(exc) or [str(exc)])) from exc
     except ValueError as exc:
         raise BadConfiguration(str(exc)) from exc
 

@@ -31,3 +31,17 @@ async def test_a_worker_whose_handler_cannot_be_built_is_bad_configuration(
     settings = Settings(NATS_URL=nats_server.url, data_dir=tmp_path)
     with pytest.raises(BadConfiguration, match="a plugin reviewer"):
         await serve_role(settings, "coder", make_handler, concurrency=1)
+
+
+def test_a_refused_environment_is_bad_configuration_one_line_per_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from codeyard.llm import LLMSettings
+
+    monkeypatch.setenv("CODEYARD_LLM_TEMPERATURE", "abc")
+    with pytest.raises(BadConfiguration) as refused, configuring():
+        LLMSettings()
+    assert refused.value.problems == (
+        "CODEYARD_LLM_TEMPERATURE: Input should be a valid number, unable to parse string as a "
+        "number (got 'abc')",
+    )

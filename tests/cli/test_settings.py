@@ -54,3 +54,25 @@ def test_a_nats_user_that_cannot_name_an_inbox_is_bad_configuration_for_every_se
         assert refused.stderr.splitlines()[-1] == (
             "error: NATS user 'svc.tester': expected letters, digits, _ and - (it names the inbox)"
         )
+
+
+def test_a_worker_started_on_its_own_names_each_bad_llm_variable_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A worker read its LLM settings itself and printed pydantic's report of several lines,
+    naming fields (`temperature`), not variables; `up` checks them first, a lone worker did
+    not. No NATS is needed: the settings are read before connecting."""
+    env = env_with(tmp_path) | {
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "OPENAI_API_KEY": "sk-test",
+        "CODEYARD_LLM_TEMPERATURE": "abc",
+        "CODEYARD_LLM_MAX_RETRIES": "-1",
+    }
+    refused = codeyard(env, "worker", "coder", timeout=60)
+    assert refused.returncode == 2  # bad configuration: `up` does not restart it
+    assert refused.stderr.splitlines() == [
+        "error: CODEYARD_LLM_TEMPERATURE: Input should be a valid number, unable to parse string "
+        "as a number (got 'abc')",
+        "error: CODEYARD_LLM_MAX_RETRIES: Input should be greater than or equal to 0 (got '-1')",
+    ]
