@@ -89,7 +89,7 @@ from codeyard.observability import metrics
 from codeyard.observability.consumer_gauges import ConsumerGauges
 from codeyard.observability.context import working_on
 from codeyard.observability.run_gauges import set_state_gauges
-from codeyard.schemas.codec import MessageError, decode, encode
+from codeyard.schemas.codec import MAX_MESSAGE_BYTES, MessageError, decode, encode
 from codeyard.schemas.envelope import Envelope, new_id
 from codeyard.schemas.export import CONTROL_VERBS
 from codeyard.schemas.messages import (
@@ -431,10 +431,10 @@ class Coordinator:
             try:
                 request: Control = decode(msg.data, Control)
             except MessageError as exc:
-                await msg.respond(encode(ControlError(error=str(exc), field=exc.field)))
+                await self._respond(msg, ControlError(error=str(exc), field=exc.field))
                 return
             if isinstance(request, CollectArtifacts):  # outside the inbox: steps never wait
-                await msg.respond(encode(await self._collect_now(request)))
+                await self._respond(msg, await self._collect_now(request))
                 return
             call = ControlCall(request, asyncio.get_running_loop().create_future())
             self._inbox.put_nowait(call)
@@ -443,12 +443,32 @@ class Coordinator:
                     reply = await asyncio.shield(call.reply)
             except TimeoutError:
                 reply = ControlError(error="the coordinator did not finish in time; retry")
-            await msg.respond(encode(reply))
+            await self._respond(msg, reply)
 
         return [
             await self.bus.nc.subscribe(subjects.ctl_subject(verb), cb=answer)
             for verb in CONTROL_VERBS  # the verbs the exported AsyncAPI document lists
         ]
+
+    def _reply_limit(self) -> tuple[int, str]:
+        """The most bytes a reply may have, and whose limit that is: the server's max_payload,
+        or what clients decode (`MAX_MESSAGE_BYTES`) if that is less."""
+        max_payload = self.bus.nc.max_payload
+        if max_payload and max_payload <= MAX_MESSAGE_BYTES:
+            return max_payload, f"the server's {max_payload}-byte message limit"
+        return MAX_MESSAGE_BYTES, f"the {MAX_MESSAGE_BYTES}-byte limit of a codeyard message"
+
+    async def _respond(self, msg: Msg, reply: Envelope) -> None:
+        """Answer `msg`, with an error saying so when the reply is too big to send: nats-py
+        would raise instead of sending it (or a client refuse to decode it), and the client
+        would hear nothing at all."""
+        payload = encode(reply)
+        limit, which = self._reply_limit()
+        if len(payload) > limit:
+            error = f"{_what(reply)} is {len(payload)} bytes, over {which}"
+            log.warning("control reply not sent: %s", error)
+            payload = encode(ControlError(run_id=reply.run_id, error=error))
+        await msg.respond(payload)
 
     async def _collect_now(self, request: CollectArtifacts) -> Envelope:
         if self.collector is None:
@@ -883,7 +903,31 @@ class Coordinator:
         for run in headers:
             if open_run := self._open.get(run.run_id):
                 headers[headers.index(run)] = msgspec.structs.replace(open_run.run, tasks={})
-        return RunStatus(runs=headers)
+        return self._fitting(headers)
+
+    def _fitting(self, runs: list[Run]) -> RunStatus:
+        """The status of `runs` in one reply: `cy_runs` keeps every run forever, so their
+        headers add up past a message in time. The oldest ended runs are left out (counted in
+        `omitted`) until the rest fits; open runs always stay (if they alone do not fit, the
+        reply is refused in `_respond`)."""
+        reply = RunStatus(runs=runs)
+        size = len(encode(reply))
+        limit, _ = self._reply_limit()
+        if size <= limit:
+            return reply
+        size += _OMITTED_DIGITS
+        ended = sorted(
+            (index for index, run in enumerate(runs) if run.state in TERMINAL_RUN_STATES),
+            key=lambda index: runs[index].updated_at,
+        )
+        left_out: set[int] = set()
+        for index in ended:
+            if size <= limit:
+                break
+            size -= len(encode(runs[index])) + 1  # and the comma after it
+            left_out.add(index)
+        kept = [run for index, run in enumerate(runs) if index not in left_out]
+        return RunStatus(runs=kept, omitted=len(left_out))
 
     async def _pending_approvals(self) -> list[PendingApproval]:
         """Unanswered approvals of open runs, oldest first."""
@@ -961,6 +1005,23 @@ class Coordinator:
         if approval.attempt != run.questions:
             return f"run {run.run_id} asked a newer question since"
         return ""
+
+
+# Room for the digits of `RunStatus.omitted` beyond the "0" a full status has.
+_OMITTED_DIGITS = 20
+
+
+def _what(reply: Envelope) -> str:
+    """What a control reply is, as a person asked for it."""
+    match reply:
+        case RunStatus(runs=[run]) if reply.run_id:
+            return f"the status of run {run.run_id}"
+        case RunStatus():
+            left_out = f" ({reply.omitted} ended runs left out)" if reply.omitted else ""
+            return f"the status of {len(reply.runs)} runs{left_out}"
+        case ApprovalList():
+            return f"the list of {len(reply.approvals)} pending approvals"
+    return f"the {type(reply).__name__} reply"
 
 
 def _keep_output(run: Run, result: Result) -> None:

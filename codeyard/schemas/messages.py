@@ -379,6 +379,10 @@ class Accepted(Envelope, kw_only=True, frozen=True):
 
 class RunStatus(Envelope, kw_only=True, frozen=True):
     runs: list[Run]
+    # How many ended runs' headers a status of every run leaves out (the oldest ended first)
+    # so that the reply fits in one message: `cy_runs` keeps every run. Defaulted, so older
+    # clients and coordinators still decode it.
+    omitted: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class ApprovalList(Envelope, kw_only=True, frozen=True):

@@ -1,0 +1,114 @@
+"""Control replies too big for one NATS message: answered all the same, never left unsent (the
+client would only hear that no coordinator answered)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from codeyard.bus import Bus
+from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject
+from codeyard.coordinator.service import Coordinator
+from codeyard.schemas import (
+    ApprovalList,
+    CancelRun,
+    ControlError,
+    ControlReply,
+    Envelope,
+    ListApprovals,
+    PendingApproval,
+    RunStatus,
+    StatusQuery,
+    SubmitRun,
+    TaskSpec,
+    encode,
+)
+from codeyard.schemas.model import LONG_TEXT_CHARS
+from tests.coordinator.harness import ask, running_coordinator
+
+# A goal as long as a goal may be, of 4-byte characters: a run header of about 80 KB.
+BIG_GOAL = "\U0001f600" * LONG_TEXT_CHARS
+
+
+@pytest.fixture
+async def coordinator(bus: Bus) -> AsyncIterator[Coordinator]:
+    async with running_coordinator(Coordinator(bus, name="coord-size", capacity=4)) as coordinator:
+        yield coordinator
+
+
+async def control(bus: Bus, verb: str, request: Envelope) -> ControlReply:
+    """One request, no retries: a reply never sent fails the test in 10 s rather than 30."""
+    return await bus.request(ctl_subject(verb), request, ControlReply, 10)
+
+
+async def test_a_run_status_over_the_message_limit_is_refused_saying_so(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    # 5,000 tasks: a 0.13 MB submission, a status of 1.4 MB
+    plan = [TaskSpec(id=f"t{i}", title="x") for i in range(5000)]
+    submitted = await ask(
+        bus, "submit", SubmitRun(run_id="huge", goal="g", plan=plan, approve_plan=True)
+    )
+    assert not isinstance(submitted, ControlError), submitted
+
+    reply = await control(bus, "status", StatusQuery(run_id="huge"))
+
+    assert isinstance(reply, ControlError), type(reply)
+    limit = bus.nc.max_payload
+    assert reply.run_id == "huge"
+    assert reply.error.startswith("the status of run huge is ")
+    assert reply.error.endswith(f"bytes, over the server's {limit}-byte message limit")
+    # its header alone still comes in the status of every run
+    every = await control(bus, "status", StatusQuery())
+    assert isinstance(every, RunStatus)
+    assert [run.run_id for run in every.runs] == ["huge"]
+
+
+async def test_the_status_of_every_run_leaves_out_the_oldest_ended_runs_to_fit(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    run_ids = [f"r{i:02}" for i in range(16)]  # 16 headers of 80 KB: 1.3 MB
+    for run_id in run_ids:
+        request = SubmitRun(
+            run_id=run_id, goal=BIG_GOAL, plan=[TaskSpec(id="x", title="x")], approve_plan=True
+        )
+        assert not isinstance(await ask(bus, "submit", request), ControlError)
+    ended, still_open = run_ids[:13], run_ids[13:]
+    for run_id in ended:
+        assert not isinstance(await ask(bus, "cancel", CancelRun(run_id=run_id)), ControlError)
+
+    reply = await control(bus, "status", StatusQuery())
+
+    assert isinstance(reply, RunStatus), reply
+    assert len(encode(reply)) <= bus.nc.max_payload
+    listed = [run.run_id for run in reply.runs]
+    assert reply.omitted == len(run_ids) - len(listed) > 0
+    assert listed == run_ids[reply.omitted :]  # the ones that ended first are left out
+    assert set(still_open) <= set(listed)
+
+
+async def test_a_list_of_approvals_over_the_message_limit_is_refused_saying_so(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    run_ids = [f"a{i:02}" for i in range(14)]
+    for run_id in run_ids:
+        request = SubmitRun(
+            run_id=run_id, goal="g", plan=[TaskSpec(id="x", title="x")], approve_plan=True
+        )
+        assert not isinstance(await ask(bus, "submit", request), ControlError)
+    listed = await control(bus, "approvals", ListApprovals())
+    assert isinstance(listed, ApprovalList)
+    assert len(listed.approvals) == len(run_ids)
+    # questions as long as they may be (a gate's reason can be): 14 of 80 KB
+    approvals = await bus.store(APPROVALS_BUCKET, PendingApproval)
+    for approval in listed.approvals:
+        big = msgspec.structs.replace(approval, detail=BIG_GOAL)
+        await approvals.put(approval.approval_id, big)
+
+    reply = await control(bus, "approvals", ListApprovals())
+
+    assert isinstance(reply, ControlError), type(reply)
+    assert reply.error.startswith("the list of 14 pending approvals is ")
+    assert reply.error.endswith(f"over the server's {bus.nc.max_payload}-byte message limit")
