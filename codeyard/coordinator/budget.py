@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from msgspec.structs import replace
+
 from codeyard.schemas.model import Budget, Usage
 
 
@@ -13,3 +15,15 @@ def budget_overrun(usage: Usage, budget: Budget) -> str:
     if budget.max_cost_usd and usage.cost_usd > budget.max_cost_usd:
         reasons.append(f"${usage.cost_usd:.4f} spent, budget ${budget.max_cost_usd:.4f}")
     return "; ".join(reasons)
+
+
+def lift_exceeded(usage: Usage, budget: Budget) -> Budget:
+    """`budget` with the limits `usage` exceeds lifted (set to 0, no limit) and the others kept:
+    approving an overrun of tokens must not also give the run an unlimited purse."""
+    over_tokens = bool(budget.max_tokens) and usage.total_tokens > budget.max_tokens
+    over_cost = bool(budget.max_cost_usd) and usage.cost_usd > budget.max_cost_usd
+    return replace(
+        budget,
+        max_tokens=0 if over_tokens else budget.max_tokens,
+        max_cost_usd=0.0 if over_cost else budget.max_cost_usd,
+    )

@@ -40,6 +40,7 @@ from codeyard.coordinator.artifact_collector import (
     FIRST_COLLECTION_AFTER,
     ArtifactCollector,
 )
+from codeyard.coordinator.budget import lift_exceeded
 from codeyard.coordinator.effects import (
     CancelWork,
     Dispatch,
@@ -118,7 +119,7 @@ from codeyard.schemas.messages import (
     WorkItem,
     unknown_run,
 )
-from codeyard.schemas.model import Budget, FeedbackKind, Run, RunState
+from codeyard.schemas.model import FeedbackKind, Run, RunState
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
@@ -975,11 +976,11 @@ class Coordinator:
         if approval.action == "plan":
             event = PlanApproved() if approved else PlanRejected(reason)
         elif approval.action == "budget":
-            # Approving an overrun lifts the limits that were exceeded; the run goes on.
+            # Approving an overrun lifts the limits that were exceeded (as of now: what came in
+            # while it waited counts too, or the run would stop again at once), not the others.
             open_run = self._open.get(approval.run_id)
-            budget = open_run.run.budget if open_run else Budget()
-            unlimited = msgspec.structs.replace(budget, max_tokens=0, max_cost_usd=0.0)
-            event = ResumeRun(unlimited) if approved else Cancel(f"budget: {reason}")
+            lifted = lift_exceeded(open_run.run.usage, open_run.run.budget) if open_run else None
+            event = ResumeRun(lifted) if approved else Cancel(f"budget: {reason}")
         elif approval.task_id:
             # The gate parked this task's action; the resent work finds the answer at the gate.
             event = ResumeTask(approval.task_id, approval.attempt, approved, reason)

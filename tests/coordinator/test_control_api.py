@@ -243,7 +243,7 @@ async def test_a_run_over_budget_waits_for_approval(
 ) -> None:
     # every coder result reports 100 tokens: the second one crosses the budget of 150
     plan = [TaskSpec(id="x", title="x"), TaskSpec(id="y", title="y", deps=["x"])]
-    budget = Budget(max_tokens=150)
+    budget = Budget(max_tokens=150, max_cost_usd=5.0)
     await ask(bus, "submit", SubmitRun(run_id="r4", goal="g", plan=plan, budget=budget))
     for _ in range(100):
         run = await status(bus, "r4")
@@ -262,6 +262,7 @@ async def test_a_run_over_budget_waits_for_approval(
     run = await wait_until(bus, "r4", timeout=30)
     assert run.state is RunState.DONE
     assert run.budget.max_tokens == 0  # approving the overrun lifted the exceeded limit
+    assert run.budget.max_cost_usd == 5.0  # and kept the other
 
 
 async def test_status_of_all_runs_lists_headers(bus: Bus, coordinator: Coordinator) -> None:
