@@ -23,7 +23,7 @@ from codeyard.config import Settings
 from codeyard.supervisor import BAD_CONFIGURATION
 
 if TYPE_CHECKING:
-    from codeyard.schemas import ControlReply, Envelope, SubmitRun
+    from codeyard.schemas import ControlReply, Envelope, SubmitRun, TaskSpec
 
 app = typer.Typer(
     help="codeyard: autonomous coding agents as services over NATS JetStream.",
@@ -369,7 +369,9 @@ def run(
     --yes approves instead. Piped, it prints one line per change and how to answer approvals.
     --json prints only the final run, as JSON.
 
-    Exits 0 when every task is merged, 1 when the run failed or was cancelled, 2 on bad input.
+    Exits 0 when every task is merged, 1 when the run failed or was cancelled, 2 on bad input
+    (a plan with no tasks, a cycle or an unknown dependency, a repository the coordinator
+    cannot clone, a --run-id taken by another submission).
     Ctrl-C (exit 130) or --timeout (exit 1) stops following, not the run: it goes on, and
     `codeyard logs -f ID` follows it again, `codeyard cancel ID` stops it.
 
@@ -377,7 +379,7 @@ def run(
     [bold]--reviewer review --reviewer review.static[/bold] adds the static reviewer;
     [bold]--test-command "go test ./..."[/bold] tests a project codeyard cannot detect.
     """
-    from codeyard.follow import RunIdTaken, RunRefused
+    from codeyard.follow import RunIdTaken, RunRefused, SubmissionRefused
     from codeyard.progress.follower import FollowOptions, RunFollower
     from codeyard.schemas import (
         Budget,
@@ -410,6 +412,10 @@ def run(
         except MessageError as exc:
             _error(f"{plan} is not a list of tasks: {_in_words(str(exc))}")
             raise typer.Exit(2) from None
+        problem = _invalid_plan(tasks)
+        if problem is not None:  # as the coordinator would refuse it, but before submitting
+            _error(problem)
+            raise typer.Exit(2)
     submit = SubmitRun(
         run_id=run_id or new_id()[:16],
         goal=goal,
@@ -475,6 +481,9 @@ def run(
         raise typer.Exit(INTERRUPTED) from None
     except RunIdTaken as exc:
         _error(str(exc))
+        raise typer.Exit(2) from None
+    except SubmissionRefused as exc:  # its plan, repository or run id: bad input
+        _error(_in_words(str(exc)))
         raise typer.Exit(2) from None
     except RunRefused as exc:
         _error(_in_words(str(exc)))
@@ -1156,6 +1165,21 @@ def _uncommitted_changes(repo: Path) -> str | None:
         f"uncommitted changes in {repo} are not part of the run, which starts from the last "
         f"commit ({head}): {named}{rest}; commit them to include them"
     )
+
+
+def _invalid_plan(tasks: list[TaskSpec]) -> str | None:
+    """Why the coordinator would refuse the plan `tasks` (no tasks, a duplicate id, a dependency
+    on itself or on no task of the plan, a cycle), in the words of its refusal; None if it
+    would not. The same check as the coordinator's, made before anything is submitted."""
+    from codeyard.coordinator.graph import InvalidPlan, TaskGraph
+    from codeyard.follow import refusal
+    from codeyard.schemas import ControlError
+
+    try:
+        TaskGraph(tasks)
+    except InvalidPlan as exc:
+        return refusal(ControlError(error=str(exc), field="$.plan"))
+    return None
 
 
 def _not_a_builtin_role(role: str) -> str | None:

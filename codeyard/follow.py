@@ -52,6 +52,19 @@ class RunIdTaken(RunRefused):
     settings (or, for a benchmark, any run): bad input."""
 
 
+class SubmissionRefused(RunRefused):
+    """The coordinator refused what was submitted, not the moment: its plan (no tasks, a
+    cycle, an unknown dependency), its repository (one it cannot clone) or its run id (taken
+    meanwhile). Bad input, as `codeyard run` checks it before submitting."""
+
+
+def refused_input(reply: ControlError) -> bool:
+    """Whether the coordinator's refusal of a submission is about the submission's input: the
+    field it names is the plan, the repository or the run id."""
+    field = reply.field
+    return field == "$.run_id" or field.startswith(("$.plan", "$.repo"))
+
+
 async def ask_coordinator(
     bus: Bus, verb: str, request: Envelope, patience: float = 30.0, timeout: float = 10.0
 ) -> ControlReply:
@@ -226,7 +239,7 @@ async def submit_and_follow(
     reply = await ask_coordinator(bus, "submit", submit)
     if isinstance(reply, ControlError):
         # before subscribing: a refused run id may name another run, whose events are not ours
-        raise RunRefused(refusal(reply))
+        raise (SubmissionRefused if refused_input(reply) else RunRefused)(refusal(reply))
     assert isinstance(reply, Accepted)
     # from the first event on: an ordered consumer replays what happened before we subscribed
     subscription = await bus.js.subscribe(

@@ -1,9 +1,23 @@
-"""What `codeyard run` and `codeyard logs` make of events, without a bus."""
+"""What `codeyard run` and `codeyard logs` make of events and of the coordinator's answers."""
 
 from __future__ import annotations
 
-from codeyard.follow import describe, log_lines
-from codeyard.schemas import ActionCheck, GateAudit, GateDecision
+import pytest
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from rich.console import Console
+
+from codeyard.bus import Bus
+from codeyard.bus.subjects import ctl_subject
+from codeyard.follow import (
+    RunRefused,
+    SubmissionRefused,
+    describe,
+    log_lines,
+    submit_and_follow,
+)
+from codeyard.schemas import ActionCheck, ControlError, GateAudit, GateDecision, SubmitRun
+from codeyard.schemas.codec import encode
 
 
 def test_a_gated_action_whose_detail_is_only_whitespace_is_shown_not_a_traceback() -> None:
@@ -30,3 +44,40 @@ def test_a_gated_action_shows_the_first_line_of_its_detail() -> None:
     check = ActionCheck(action="run_command", detail="\n  make test\nmore\n")
     [first, _] = describe(GateAudit(run_id="r1", task_id="a", check=check, decision=asked))
     assert first == "  a: run_command 'make test' waits for a person: r"
+
+
+async def answering_submissions(bus: Bus, reply: ControlError) -> Subscription:
+    """A stand-in coordinator that refuses every submission with `reply`."""
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(encode(reply))
+
+    return await bus.nc.subscribe(ctl_subject("submit"), cb=answer)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad_input"),
+    [
+        ("$.plan", True),
+        ("$.plan[0].deps[0]", True),  # a plan it could not decode
+        ("$.repo", True),
+        ("$.repo.path", True),
+        ("$.run_id", True),  # taken meanwhile
+        ("", False),  # it failed: not the submission's fault
+    ],
+)
+async def test_a_submission_the_coordinator_refuses_for_its_input_is_bad_input(
+    bus: Bus, field: str, bad_input: bool
+) -> None:
+    """`codeyard run` exits 2 on SubmissionRefused: a cyclic plan refused by the coordinator
+    exited 1, as if the run had failed."""
+    refused = ControlError(run_id="r1", error="invalid plan: the plan has no tasks", field=field)
+    subscription = await answering_submissions(bus, refused)
+    try:
+        with pytest.raises(RunRefused) as raised:
+            await submit_and_follow(bus, SubmitRun(run_id="r1", goal="g"), Console(), timeout=5)
+    finally:
+        await subscription.unsubscribe()
+    assert isinstance(raised.value, SubmissionRefused) is bad_input
+    where = f" (at {field})" if field else ""
+    assert str(raised.value) == f"invalid plan: the plan has no tasks{where}"

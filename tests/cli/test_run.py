@@ -129,8 +129,31 @@ async def test_bad_input_is_refused_clearly(
     refused = await asyncio.to_thread(
         codeyard_run, codeyard_up, "g", "--repo", str(repo), "--plan", str(cyclic)
     )
-    assert refused.returncode == 1
-    assert "cycle" in refused.stderr
+    assert refused.returncode == 2  # bad input, as --help says: it exited 1
+    assert refused.stderr == (
+        "error: invalid plan: dependency cycle a -> b -> a (each depends on the next) "
+        "(at $.plan)\n"
+    )
+    for tasks, problem in (
+        ([], "the plan has no tasks"),
+        ([TaskSpec(id="a", title="a", deps=["z"])], "task 'a' depends on unknown task 'z'"),
+    ):
+        other = tmp_path / "other.json"
+        other.write_bytes(msgspec.json.encode(tasks))
+        refused = await asyncio.to_thread(
+            codeyard_run, codeyard_up, "g", "--repo", str(repo), "--plan", str(other)
+        )
+        assert refused.returncode == 2
+        assert refused.stderr == f"error: invalid plan: {problem} (at $.plan)\n"
+
+    # a repository the coordinator cannot clone (no commit yet): it says so, bad input too
+    no_commit = tmp_path / "no-commit"
+    no_commit.mkdir()
+    git(no_commit, "init", "-q")
+    not_cloned = await asyncio.to_thread(codeyard_run, codeyard_up, "g", "--repo", str(no_commit))
+    assert not_cloned.returncode == 2, not_cloned.stdout + not_cloned.stderr
+    assert not_cloned.stderr.startswith("error: repository: ")
+    assert not_cloned.stderr.endswith(" (at $.repo)\n")
 
     not_a_repo = await asyncio.to_thread(codeyard_run, codeyard_up, "g", "--repo", str(tmp_path))
     assert not_a_repo.returncode == 2
