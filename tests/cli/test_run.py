@@ -131,8 +131,7 @@ async def test_bad_input_is_refused_clearly(
     )
     assert refused.returncode == 2  # bad input, as --help says: it exited 1
     assert refused.stderr == (
-        "error: invalid plan: dependency cycle a -> b -> a (each depends on the next) "
-        "(at $.plan)\n"
+        "error: invalid plan: dependency cycle a -> b -> a (each depends on the next) (at $.plan)\n"
     )
     for tasks, problem in (
         ([], "the plan has no tasks"),
