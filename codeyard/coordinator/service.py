@@ -950,10 +950,21 @@ class Coordinator:
                 error=f"no pending approval {request.approval_id!r}", field="$.approval_id"
             )
         approval = entry.value
-        if approval.status != "pending":
-            by = f" by {approval.answered_by}" if approval.answered_by else ""
+        # An answer taken earlier in this step is stored only when the step ends: until then it
+        # counts as stored, or a second answer (approve and deny at once, a person and the
+        # timeout) would be judged against the question as it was, and overwrite the first.
+        decided = next(
+            (
+                earlier
+                for earlier in commit.approvals
+                if earlier.approval_id == approval.approval_id and earlier.status != "pending"
+            ),
+            approval,
+        )
+        if decided.status != "pending":
+            by = f" by {decided.answered_by}" if decided.answered_by else ""
             return ControlError(
-                error=f"approval {approval.approval_id} was already {approval.status}{by}",
+                error=f"approval {decided.approval_id} was already {decided.status}{by}",
                 field="$.approval_id",
             )
         approved = isinstance(request, Approve)
