@@ -69,22 +69,30 @@ async def ask_coordinator(
     bus: Bus, verb: str, request: Envelope, patience: float = 30.0, timeout: float = 10.0
 ) -> ControlReply:
     """A control request; while no coordinator answers (starting, failing over), try again.
-    `timeout`: how long one answer may take."""
+    `timeout`: how long one answer may take. Given up after `patience`, `RunRefused` says
+    which it was: nobody listening (no coordinator runs), or a coordinator listening that did
+    not answer in time (busy, or its answer could not be sent)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience
+    subject = ctl_subject(verb)
     while True:
         try:
-            reply: ControlReply = await bus.request(
-                ctl_subject(verb), request, ControlReply, timeout
-            )
+            reply: ControlReply = await bus.request(subject, request, ControlReply, timeout)
             return reply
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        except nats.errors.NoRespondersError:  # nobody subscribed: no coordinator, or between two
             if loop.time() > deadline:
                 raise RunRefused(
-                    f"no coordinator answered on {ctl_subject(verb)} within {patience:.0f}s; "
+                    f"no coordinator answered on {subject} within {patience:.0f}s; "
                     "is `codeyard up` (or `codeyard coordinator`) running?"
                 ) from None
-            await asyncio.sleep(0.25)
+        except nats.errors.TimeoutError:  # one subscribed, and its answer did not come
+            if loop.time() > deadline:
+                raise RunRefused(
+                    f"the coordinator did not answer on {subject} in time (each try waited "
+                    f"{timeout:g}s, for {patience:.0f}s in all): it may be busy, or its answer "
+                    "could not be sent; try again, or see the coordinator's log"
+                ) from None
+        await asyncio.sleep(0.25)
 
 
 def refusal(reply: ControlError) -> str:

@@ -12,11 +12,20 @@ from codeyard.bus.subjects import ctl_subject
 from codeyard.follow import (
     RunRefused,
     SubmissionRefused,
+    ask_coordinator,
     describe,
     log_lines,
     submit_and_follow,
 )
-from codeyard.schemas import ActionCheck, ControlError, GateAudit, GateDecision, SubmitRun
+from codeyard.schemas import (
+    ActionCheck,
+    ControlError,
+    GateAudit,
+    GateDecision,
+    RunStatus,
+    StatusQuery,
+    SubmitRun,
+)
 from codeyard.schemas.codec import encode
 
 
@@ -81,3 +90,54 @@ async def test_a_submission_the_coordinator_refuses_for_its_input_is_bad_input(
     assert isinstance(raised.value, SubmissionRefused) is bad_input
     where = f" (at {field})" if field else ""
     assert str(raised.value) == f"invalid plan: the plan has no tasks{where}"
+
+
+async def test_no_coordinator_at_all_is_told_apart_from_one_that_does_not_answer_in_time(
+    bus: Bus,
+) -> None:
+    """Both said "no coordinator answered ... is `codeyard up` running?", also while one was
+    there, busy or unable to send its answer."""
+    with pytest.raises(RunRefused) as nobody:
+        await ask_coordinator(bus, "status", StatusQuery(), patience=0.5, timeout=0.2)
+    assert str(nobody.value) == (
+        "no coordinator answered on cy.ctl.status within 0s; is `codeyard up` (or `codeyard "
+        "coordinator`) running?"
+    )
+
+    asked = 0
+
+    async def never_answer(_: Msg) -> None:
+        nonlocal asked
+        asked += 1
+
+    silent = await bus.nc.subscribe(ctl_subject("status"), cb=never_answer)
+    try:
+        with pytest.raises(RunRefused) as busy:
+            await ask_coordinator(bus, "status", StatusQuery(), patience=0.5, timeout=0.2)
+    finally:
+        await silent.unsubscribe()
+    assert str(busy.value) == (
+        "the coordinator did not answer on cy.ctl.status in time (each try waited 0.2s, for 0s "
+        "in all): it may be busy, or its answer could not be sent; try again, or see the "
+        "coordinator's log"
+    )
+    assert asked >= 2  # it tried again until its patience ran out, as before
+
+
+async def test_a_coordinator_that_answers_a_later_try_is_heard(bus: Bus) -> None:
+    tries = 0
+
+    async def answer_the_second(msg: Msg) -> None:
+        nonlocal tries
+        tries += 1
+        if tries >= 2:
+            await msg.respond(encode(RunStatus(runs=[])))
+
+    coordinator = await bus.nc.subscribe(ctl_subject("status"), cb=answer_the_second)
+    try:
+        reply = await ask_coordinator(bus, "status", StatusQuery(), patience=5, timeout=0.2)
+    finally:
+        await coordinator.unsubscribe()
+    assert isinstance(reply, RunStatus)
+    assert reply.runs == []
+    assert tries == 2
