@@ -169,6 +169,7 @@ class Settings(BaseSettings):
             leader_ttl=self.leader_ttl,
             event_max_age=self.event_retention_days * DAY,
             replicas=self.replicas,
+            approval_timeout=self.approval_timeout,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from codeyard.bus.topology import APPROVAL_TTL_MARGIN, DAY
 from codeyard.config import Settings, invalid_settings
 from codeyard.llm import LLMSettings
 
@@ -94,3 +95,15 @@ def test_other_validation_errors_are_not_taken_for_settings() -> None:
 def test_sensible_values_pass() -> None:
     settings = Settings(ack_wait=3600, leader_ttl=60, event_retention_days=3650)
     assert settings.topology().ack_wait == 3600
+
+
+def test_approvals_are_kept_past_the_approval_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A question expiring from `cy_approvals` before it timed out left its run waiting forever:
+    an events retention shorter than the approval timeout no longer shortens the approvals'."""
+    monkeypatch.setenv("CODEYARD_EVENT_RETENTION_DAYS", "0.0001")  # 8.64 s
+    monkeypatch.setenv("CODEYARD_APPROVAL_TIMEOUT", "60")
+    topology = Settings().topology()
+    assert topology.approval_timeout == 60
+    assert topology.approvals_ttl() == 60 + APPROVAL_TTL_MARGIN
+    monkeypatch.setenv("CODEYARD_EVENT_RETENTION_DAYS", "30")
+    assert Settings().topology().approvals_ttl() == 30 * DAY  # answers kept as long as events

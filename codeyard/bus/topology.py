@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -33,6 +34,9 @@ from codeyard.schemas.codec import MAX_MESSAGE_BYTES
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600.0
+# How long past the approval timeout a question stays in `cy_approvals`: the leader denies it
+# within 30 s of the timeout, unless no coordinator leads then (an outage, an upgrade).
+APPROVAL_TTL_MARGIN = DAY
 
 
 class Topology(msgspec.Struct, kw_only=True, frozen=True):
@@ -43,6 +47,13 @@ class Topology(msgspec.Struct, kw_only=True, frozen=True):
     dedup_window: float = 120.0
     replicas: int = 1
     leader_ttl: float = 5.0
+    approval_timeout: float = DAY  # the coordinator's: how long a question may stay unanswered
+
+    def approvals_ttl(self) -> float:
+        """How long `cy_approvals` keeps an entry: an answer as long as the events (the audit
+        of what it allowed), and a question until well after it timed out: one expired unanswered
+        would leave its run waiting for an answer nobody can give."""
+        return max(self.event_max_age, self.approval_timeout + APPROVAL_TTL_MARGIN)
 
 
 def _stream(
@@ -115,11 +126,22 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, update_ttl: bool) -> None:
+    """Create the bucket, or with `update_ttl` bring the TTL of the existing one to ours (a
+    bucket's other settings apply at its creation only)."""
     try:
         await js.key_value(config.bucket)
     except NotFoundError:
         await js.create_key_value(config)
+        return
+    if not update_ttl or not config.ttl:
+        return
+    stream = (await js.stream_info(f"KV_{config.bucket}")).config
+    if stream.max_age is not None and abs(stream.max_age - config.ttl) < 1e-3:
+        return
+    log.info("bucket %s: TTL %ss -> %ss", config.bucket, stream.max_age, config.ttl)
+    window = min(stream.duplicate_window or config.ttl, config.ttl)
+    await js.update_stream(replace(stream, max_age=config.ttl, duplicate_window=window))
 
 
 async def ensure_role_consumer(js: JetStreamContext, role: str, topology: Topology) -> None:
@@ -140,7 +162,7 @@ async def ensure_topology(
     await js.add_consumer(subjects.RESULT_STREAM, result_consumer(topology))
     for bucket, history, ttl in (
         (subjects.RUNS_BUCKET, 5, None),
-        (subjects.APPROVALS_BUCKET, 5, topology.event_max_age),  # answers kept as long as audits
+        (subjects.APPROVALS_BUCKET, 5, topology.approvals_ttl()),
         (subjects.LEADER_BUCKET, 1, topology.leader_ttl),
     ):
         await _ensure_kv(
@@ -152,6 +174,9 @@ async def ensure_topology(
                 storage=StorageType.FILE,
                 replicas=topology.replicas,
             ),
+            # The approvals' TTL follows the settings it derives from (events retention and
+            # approval timeout, which may change); the lease's is set once (see README).
+            update_ttl=bucket == subjects.APPROVALS_BUCKET,
         )
     try:
         await js.object_store(subjects.ARTIFACTS_BUCKET)

@@ -12,6 +12,7 @@ from codeyard.bus.subjects import (
     RUNS_BUCKET,
     WORK_STREAM,
 )
+from codeyard.bus.topology import APPROVAL_TTL_MARGIN, DAY
 
 
 async def test_setup_is_idempotent_and_creates_everything(bus: Bus) -> None:
@@ -39,3 +40,15 @@ async def test_changed_settings_update_what_exists(bus: Bus) -> None:
     assert coder.config.max_deliver == -1  # workers enforce the limit, see PullWorker
     events = await bus.js.stream_info(EVENT_STREAM)
     assert events.config.max_age == 3600.0
+
+
+async def test_approvals_outlive_their_timeout_however_short_the_event_retention(bus: Bus) -> None:
+    approvals = await bus.js.key_value(APPROVALS_BUCKET)
+    assert (await approvals.status()).ttl == bus.topology.event_max_age  # answers: as the events
+    # a question nobody answers is denied after the approval timeout: it must still be there
+    await ensure_topology(bus.js, Topology(event_max_age=60.0, approval_timeout=3 * DAY))
+    assert (await approvals.status()).ttl == 3 * DAY + APPROVAL_TTL_MARGIN
+    await ensure_topology(bus.js, Topology(event_max_age=60 * DAY, approval_timeout=3 * DAY))
+    assert (await approvals.status()).ttl == 60 * DAY
+    await approvals.put("still-there", b"{}")  # the bucket still works as one
+    assert (await approvals.get("still-there")).value == b"{}"
