@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,7 +120,7 @@ from codeyard.schemas.messages import (
     WorkItem,
     unknown_run,
 )
-from codeyard.schemas.model import FeedbackKind, Run, RunState
+from codeyard.schemas.model import FeedbackKind, Run, RunState, clip
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
@@ -849,6 +850,8 @@ class Coordinator:
                 TaskGraph(request.plan)
             except InvalidPlan as exc:
                 return ControlError(run_id=run_id, error=str(exc), field="$.plan")
+        if problem := _not_a_local_repository(request.repo.path):
+            return ControlError(run_id=run_id, error=problem, field="$.repo.path")
         await self._store.forget_journal(run_id)
         run = Run(
             run_id=run_id,
@@ -1017,6 +1020,27 @@ class Coordinator:
         if approval.attempt != run.questions:
             return f"run {run.run_id} asked a newer question since"
         return ""
+
+
+def _not_a_local_repository(path: str) -> str:
+    """Why the coordinator will not clone `path`, or "" (none: a dry run, or a directory on its
+    disk). The clone is made inside a step, which nothing else can use while it lasts: a remote
+    one (`git://`, `ssh://`, `https://`, `host:path`) could take as long as its server stalls."""
+    if not path:
+        return ""
+    named = repr(clip(path, 300))
+    if not os.path.isabs(path):
+        return (
+            "the repository must be the absolute path of a directory on the coordinator's "
+            f"machine (URLs and host:path are not cloned): got {named}"
+        )
+    try:
+        is_directory = Path(path).is_dir()
+    except (OSError, ValueError) as exc:  # a NUL in it, a name too long, ...
+        return f"the repository {named} cannot be read: {clip(str(exc), 300)}"
+    if not is_directory:
+        return f"the repository {named} is no directory on the coordinator's machine"
+    return ""
 
 
 # Room for the digits of `RunStatus.omitted` beyond the "0" a full status has.

@@ -1,0 +1,124 @@
+"""The repository a run names: a directory on the coordinator's machine, or none (a dry run).
+Its clone is made inside a step, so a remote one, whose server may never answer, is refused
+at submission rather than freezing every run and request for as long as git waits."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from codeyard.bus import Bus
+from codeyard.coordinator.service import Coordinator
+from codeyard.schemas import (
+    Accepted,
+    ControlError,
+    RepoRef,
+    RunStatus,
+    StatusQuery,
+    SubmitRun,
+    TaskSpec,
+)
+from codeyard.workspace.integration import GitIntegrator
+from tests.coordinator.harness import ask, running_coordinator
+
+PLAN = [TaskSpec(id="a", title="a")]
+
+
+@pytest.fixture
+async def coordinator(bus: Bus, tmp_path: Path) -> AsyncIterator[Coordinator]:
+    integrator = GitIntegrator(tmp_path / "data")
+    coordinator = Coordinator(bus, name="coord-repo", integrator=integrator)
+    async with running_coordinator(coordinator) as running:
+        yield running
+
+
+@pytest.fixture
+async def silent_git_server() -> AsyncIterator[int]:
+    """A port that accepts connections and never answers: a clone from it waits for git's
+    timeout (300 s)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_a_remote_repository_is_refused_and_the_coordinator_goes_on(
+    bus: Bus, coordinator: Coordinator, silent_git_server: int
+) -> None:
+    remote = f"git://127.0.0.1:{silent_git_server}/x"
+    submit = SubmitRun(run_id="remote", goal="g", repo=RepoRef(path=remote), plan=PLAN)
+
+    refused = await asyncio.wait_for(ask(bus, "submit", submit), 10)
+
+    assert isinstance(refused, ControlError), refused
+    assert refused.field == "$.repo.path"
+    assert refused.error == (
+        "the repository must be the absolute path of a directory on the coordinator's machine "
+        f"(URLs and host:path are not cloned): got {remote!r}"
+    )
+    every = await asyncio.wait_for(ask(bus, "status", StatusQuery()), 10)
+    assert isinstance(every, RunStatus)
+    assert every.runs == []  # not recorded
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "ssh://host/repo.git",
+        "https://example.com/repo.git",
+        "file:///tmp",
+        "host:repo",
+        "git@host:repo.git",
+        "relative/repo",
+    ],
+)
+async def test_what_is_not_an_absolute_local_path_is_refused(
+    bus: Bus, coordinator: Coordinator, path: str
+) -> None:
+    submit = SubmitRun(run_id="r1", goal="g", repo=RepoRef(path=path), plan=PLAN)
+    refused = await ask(bus, "submit", submit)
+    assert isinstance(refused, ControlError), refused
+    assert refused.field == "$.repo.path"
+    assert refused.error.endswith(f"(URLs and host:path are not cloned): got {path!r}")
+
+
+async def test_a_path_that_is_no_local_directory_is_refused(
+    bus: Bus, coordinator: Coordinator, tmp_path: Path
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for path in (tmp_path / "missing", a_file):
+        submit = SubmitRun(run_id="r1", goal="g", repo=RepoRef(path=str(path)), plan=PLAN)
+        refused = await ask(bus, "submit", submit)
+        assert isinstance(refused, ControlError), refused
+        assert refused.field == "$.repo.path"
+        assert refused.error == (
+            f"the repository {str(path)!r} is no directory on the coordinator's machine"
+        )
+
+
+async def test_a_local_repository_and_no_repository_are_accepted(
+    bus: Bus, coordinator: Coordinator, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for command in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "start"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=repo, check=True
+        )
+    local = SubmitRun(run_id="local", goal="g", repo=RepoRef(path=str(repo)), plan=PLAN)
+    assert isinstance(await ask(bus, "submit", local), Accepted)
+    dry = SubmitRun(run_id="dry", goal="g", plan=PLAN)
+    assert isinstance(await ask(bus, "submit", dry), Accepted)
