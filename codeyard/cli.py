@@ -905,7 +905,9 @@ def logs(
     """The run's events from its start, one readable line each: run and task transitions,
     progress, usage, gate decisions, withdrawn work, dead letters.
 
-    Exits 1 when there is no such run.
+    --follow stops when the run ends, at once for a run that has ended; if its events that
+    remain (they are kept CODEYARD_EVENT_RETENTION_DAYS) no longer reach its end, the last line
+    is how it ended, from the run's record. Exits 1 when there is no such run.
 
     Example: [bold]codeyard logs r1 --follow[/bold]
     """
@@ -924,9 +926,17 @@ def logs(
             console.print(line, markup=False, highlight=False)
 
     async def stream(bus: Bus) -> None:
-        await fetch_run(bus, run_id)  # an unknown run exits 1 rather than waiting forever
+        run = await fetch_run(bus, run_id)  # an unknown run exits 1 rather than waiting forever
         if follow:
-            await follow_events(bus, run_id, show)
+            # an ended run is not waited for, even when its end event has expired
+            if await follow_events(bus, run_id, show, run):
+                err.print(
+                    f"the stored events of run {run_id} no longer reach its end (events are "
+                    "kept for CODEYARD_EVENT_RETENTION_DAYS, runs for ever): how it ended is "
+                    "from the run's record",
+                    markup=False,
+                    highlight=False,
+                )
         else:
             for event in await read_run_events(bus, run_id):
                 show(event)

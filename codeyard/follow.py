@@ -164,9 +164,51 @@ def is_run_end(event: RunEvent) -> bool:
     return isinstance(event, RunStateChanged) and event.state in TERMINAL_RUN_STATES
 
 
-async def follow_events(bus: Bus, run_id: str, on_event: EventSink) -> None:
+def outcome_event(run: Run) -> RunStateChanged:
+    """How the ended `run` ended, as its record says it: its end as an event, for when its
+    stored events no longer hold it (events expire after CODEYARD_EVENT_RETENTION_DAYS, run
+    records do not). Stamped with the record's last change."""
+    return RunStateChanged(
+        run_id=run.run_id, state=run.state, reason=run.error, sent_at=run.updated_at
+    )
+
+
+async def replay_ended_run(bus: Bus, run: Run, on_event: EventSink) -> bool:
+    """The stored events of `run`, which has ended, then its outcome from its record if they no
+    longer include its end (`outcome_event`): no end event will ever come to wait for. True
+    when the outcome came from the record."""
+    from codeyard.report.source import read_run_events  # it imports this module
+
+    events = await read_run_events(bus, run.run_id)
+    for event in events:
+        on_event(event)
+    if any(is_run_end(event) for event in events):
+        return False
+    on_event(outcome_event(run))
+    return True
+
+
+async def _ended_run(bus: Bus, run_id: str) -> Run | None:
+    """The run's record if the coordinator says it has ended; None if not (or no answer that
+    says: following it then waits for its end event as ever)."""
+    reply = await ask_coordinator(bus, "status", StatusQuery(run_id=run_id))
+    if isinstance(reply, RunStatus) and reply.runs and reply.runs[0].state in TERMINAL_RUN_STATES:
+        return reply.runs[0]
+    return None
+
+
+async def follow_events(bus: Bus, run_id: str, on_event: EventSink, run: Run | None = None) -> bool:
     """Every event of the run from its first, as they come, until the run ends (or the caller
-    is cancelled: Ctrl-C)."""
+    is cancelled: Ctrl-C). `run`: its record, if just read (else it is asked for). A run that
+    ended already is not waited for: its stored events are passed on, then, if they no longer
+    hold its end, its outcome from its record (`replay_ended_run`, whose answer is returned;
+    False when the end came as an event)."""
+    if run is None:
+        ended = await _ended_run(bus, run_id)
+    else:  # one that ends after it was read is followed: its end event comes, or is stored
+        ended = run if run.state in TERMINAL_RUN_STATES else None
+    if ended is not None:
+        return await replay_ended_run(bus, ended, on_event)
     finished = asyncio.Event()
 
     async def deliver(msg: Msg) -> None:
@@ -186,6 +228,7 @@ async def follow_events(bus: Bus, run_id: str, on_event: EventSink) -> None:
         await finished.wait()
     finally:
         await subscription.unsubscribe()
+    return False
 
 
 def print_event(console: Console) -> EventSink:
@@ -249,6 +292,14 @@ async def submit_and_follow(
         # before subscribing: a refused run id may name another run, whose events are not ours
         raise (SubmissionRefused if refused_input(reply) else RunRefused)(refusal(reply))
     assert isinstance(reply, Accepted)
+    # The same submission again may name a run that ended: its end event may have expired,
+    # and none will come; its record says how it ended.
+    ended = await _ended_run(bus, submit.run_id)
+    if ended is not None:
+        if on_status is not None:
+            on_status(ended)
+        await replay_ended_run(bus, ended, sink)
+        return ended
     # from the first event on: an ordered consumer replays what happened before we subscribed
     subscription = await bus.js.subscribe(
         events_subject(submit.run_id),
