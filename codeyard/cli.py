@@ -789,10 +789,17 @@ def status(
         if one.tasks:
             console.print(task_table(one, utc_now()))
         return
-    if not reply.runs:
+    if reply.runs:
+        console.print(runs_table(reply.runs))
+    elif not reply.omitted:
         console.print("no runs")
-        return
-    console.print(runs_table(reply.runs))
+    if reply.omitted:  # a reply of every run must fit in one message: the oldest ended go
+        console.print(
+            f"and {reply.omitted} older ended run{'' if reply.omitted == 1 else 's'} left out "
+            "to fit the reply: `codeyard status RUN` shows any one",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
