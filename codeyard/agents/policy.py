@@ -24,8 +24,11 @@ content never passes for a header; git's C-quoted names are decoded; lines outsi
 scanned too. A binary change (`GIT binary patch`, `Binary files ... differ`) hides what it adds,
 so it needs approval whatever the policy file says (`policy.binary-diff`).
 
-A command line is normalized before matching, the way a shell would read it: quotes and
-backslash escapes are removed, `${IFS}` splits words, `$HOME` becomes `~`, `$'\\x72'` is decoded,
+A command line is normalized before matching, the way the shell that runs it reads it (`/bin/sh`,
+which is dash: `codeyard.sandbox.protocol.SHELL`): words end at spaces and tabs only, quotes and
+backslash escapes are removed, a here-document's delimiter is a whole word (`<<'E F'`), a
+command substitution ends where its commands do (not at a `)` in a comment, a quote or a
+here-document), `${IFS}` splits words, `$HOME` becomes `~`, bash's `$'\\x72'` is decoded,
 `{a,b}` is expanded, a variable assigned once to a literal is substituted, the line is split at
 `;`, `&&`, `||`, `|`, `&` and newlines, every `$(...)`, backtick and `<(...)` is a command of its
 own whose output reaches the command it is part of, wrappers (`env`, `command`, `timeout`, ...)
@@ -33,7 +36,13 @@ are peeled off, and `sh -c`, `eval`, `env -S`, `find -exec`, here-documents and 
 are evaluated recursively.
 
 Text a shell would refuse (an unterminated quote or substitution), nesting deeper than
-`[shell] max_depth` and over-long command lines are sent for approval, never allowed.
+`[shell] max_depth` and over-long command lines are sent for approval, never allowed. So is
+what the gate cannot be sure the shell reads as it does (`_DOUBTS`): whitespace other than
+space, tab and newline; a NUL or a character the gate uses itself (U+E000 to U+E0FF); syntax
+dash reads otherwise than bash (`$'...'`, `$"..."`, `$[...]`); a here-document delimiter with
+`$` or a backquote; a `case` in a command substitution; `${...}` other than `${name}` and
+`${#name}` (its word can be a path or a command); and arithmetic with more than numbers and
+operators, or bash's `((...))` (bash evaluates a name's value, and `a[$(cmd)]` in one runs cmd).
 
 Limits: the gate reads text, not a running system. It does not follow symlinks, know the current
 directory after `cd`, know variables set outside the command line or by a command's output, read
@@ -906,14 +915,34 @@ class _Evaluation:
         return _Parser(self.graph, self.policy.spec.shell.max_depth).parse(text, depth)
 
     def walk(self, script: _Script, depth: int, primary: bool) -> None:
+        self.doubts(script)
+        for node in script.nodes:
+            self.simple_command(node, depth, primary)
+
+    def doubts(self, script: _Script) -> None:
+        """What the gate cannot read as the shell does goes to a person, whatever rules say."""
         if script.malformed:
             self.add(
                 "approve",
                 "policy.malformed",
                 "an unterminated quote or substitution: the gate cannot read it as a shell would",
             )
+        for rule, seen in script.doubts.items():
+            self.add("approve", rule, f"{_DOUBTS[rule]}: {seen}" if seen else _DOUBTS[rule])
+
+    def substitution(self, kind: str, script: _Script, depth: int, primary: bool) -> None:
+        """A substitution in a command: `$(...)`, backticks and `<(...)` are commands decided
+        like any other; `$((...))` is no command, but the substitutions in it run and are
+        decided the same way (`$((1 + $(cmd)))` runs cmd)."""
+        if kind != "arith":
+            self.walk(script, depth, primary)
+            return
+        self.doubts(script)
         for node in script.nodes:
-            self.simple_command(node, depth, primary)
+            if node.too_deep:
+                self.add("approve", "policy.nesting", "command substitutions nested too deeply")
+            for inner_kind, inner in node.subs:
+                self.substitution(inner_kind, inner, depth + 1, primary)
 
     def nested(self, text: str, depth: int, primary: bool) -> None:
         if depth > self.policy.spec.shell.max_depth:
@@ -941,7 +970,7 @@ class _Evaluation:
 
     def simple_command(self, node: _Node, depth: int, primary: bool) -> None:
         for kind, sub in node.subs:
-            self.walk(sub, depth + 1, primary and kind != "arith")
+            self.substitution(kind, sub, depth + 1, primary)
         if node.too_deep:
             self.add("approve", "policy.nesting", "command substitutions nested too deeply")
         inputs: list[str] = []
@@ -1391,7 +1420,10 @@ def _ansi_c(text: str) -> str:
 
 
 def _closing(text: str, start: int, open_: str = "(", close: str = ")") -> int:
-    """The index of the `close` matching an `open_` just before `start` (or len(text))."""
+    """The index of the `close` matching an `open_` just before `start` (or len(text)), counting
+    brackets outside quotes. Only for `${...}` and `$((...))`, whose text the gate trusts only
+    when it is plain (a name, numbers and operators): anything else in them is a doubt. A
+    command substitution's end is found by lexing its commands (`_Lexer.closing`)."""
     depth, i, n = 1, start, len(text)
     while i < n:
         char = text[i]
@@ -1439,10 +1471,95 @@ class _Redirect:
 _Token = _Word | _Op | _Redirect
 
 
+# What the gate cannot be sure /bin/sh reads as the gate does. The shell that runs a command
+# line is /bin/sh (`codeyard.sandbox.protocol.SHELL`), which is dash on Debian: its dialect is
+# the one that counts. Nested scripts (`bash -c '...'`) are read with the same lexer, so where
+# bash and dash differ the gate doubts; what it doubts goes to a person, never runs unasked.
+_DOUBTS: Final[dict[str, str]] = {
+    "policy.whitespace": (
+        "a carriage return, form feed, vertical tab or other whitespace than space, tab and "
+        "newline: /bin/sh splits words at spaces and tabs only, the gate cannot be sure where "
+        "its words end"
+    ),
+    "policy.characters": (
+        "a NUL or a character the gate reserves for itself (U+E000 to U+E0FF): the gate cannot "
+        "read the line as the shell does"
+    ),
+    "policy.dialect": (
+        'syntax that /bin/sh (dash) reads otherwise than bash ($\'...\', $"...", $[...], \\" in '
+        "a here-document's backquotes): the gate cannot be sure which the line is meant for"
+    ),
+    "policy.heredoc": "a here-document whose delimiter the gate cannot read as the shell does",
+    "policy.substitution": (
+        "a command substitution whose end the gate cannot be sure of (a `case` in it, or a "
+        "here-document still open where it ends)"
+    ),
+    "policy.expansion": (
+        "a ${...} expansion other than ${name} or ${#name}: its word or pattern can hide a path "
+        "or a command"
+    ),
+    "policy.arithmetic": (
+        "arithmetic the gate cannot check (bash's ((...)), or $((...)) with more than numbers "
+        "and operators): the names, $ and substitutions in it are evaluated as expressions, and "
+        "bash runs the $(...) in a value such as a[$(cmd)]"
+    ),
+    "policy.nesting": "substitutions nested too deeply to read",
+}
+_MAX_NEST: Final = 48  # substitutions inside substitutions the lexer follows to find their end
+_ODD_SPACE: Final = re.compile(r"[^\S \t\n]")  # whitespace that is no blank to /bin/sh
+_RESERVED: Final = re.compile("[\0\ue000-\ue0ff]")
+_HEX: Final = re.compile(r"0[xX][0-9A-Fa-f]+")
+_ARITHMETIC_CHARS: Final = re.compile(r"[ \t\n0-9+\-*/%<>=!&|^~?:,()]*")  # one class: linear
+_PLAIN_PARAMETER: Final = re.compile(r"#?(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*#?$!-])")
+_HEREDOC_ENDS: Final = " \t\n;&|<>()"
+
+
+def _plain_arithmetic(text: str) -> bool:
+    """Numbers (decimal, 0x hex) and operators in balanced brackets: nothing to expand."""
+    return bool(_ARITHMETIC_CHARS.fullmatch(_HEX.sub("0", text))) and _balanced(text)
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 class _Lexer:
-    def __init__(self, text: str) -> None:
-        self.s = _SENTINEL.sub("", text)
-        self.i = 0
+    """Words and operators of a command line, read as /bin/sh (dash) reads them.
+
+    `closer`: the text from `start` is the inside of a `$(`, `<(` or `>(`: lexing stops at the
+    `)` that closes it (`scan` says whether one did), so comments, here-documents and quotes in
+    it are read as the shell reads them. Lexers of one command line share `doubts` (rule ->
+    what was seen): each is something the gate cannot be sure of, sent for approval.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        start: int = 0,
+        doubts: dict[str, str] | None = None,
+        nest: int = 0,
+        closer: bool = False,
+    ) -> None:
+        if doubts is None:  # the whole line: what no part of the gate can read as the shell does
+            doubts = {}
+            if odd := _ODD_SPACE.search(text):
+                doubts["policy.whitespace"] = f"{odd.group(0)!r} at character {odd.start() + 1}"
+            if reserved := _RESERVED.search(text):
+                doubts["policy.characters"] = f"{reserved.group(0)!r} at {reserved.start() + 1}"
+                # Replaced, not dropped: dropping one after a backslash would change what the
+                # backslash escapes. To dash it is an ordinary character, as U+FFFD is.
+                text = _RESERVED.sub("\ufffd", text)
+        self.s = text
+        self.i = start
+        self.doubts = doubts
+        self.nest = nest
+        self.closer = closer
+        self.parens = 0  # ( ) inside a closer, to find the ) that closes it
         self.tokens: list[_Token] = []
         self.buf: list[str] = []
         self.started = False
@@ -1451,6 +1568,10 @@ class _Lexer:
         self.heredocs: list[tuple[_Redirect, str, bool, bool]] = []
         self.malformed = False  # an unterminated quote or substitution
 
+    def doubt(self, rule: str, seen: str) -> None:
+        if rule not in self.doubts:  # the first one is shown
+            self.doubts[rule] = _clip(seen, 60)
+
     def add(self, text: str, quoted: bool = False) -> None:
         self.buf.append(text)
         self.started = True
@@ -1458,7 +1579,11 @@ class _Lexer:
 
     def end_word(self) -> None:
         if self.started:
-            self.tokens.append(_Word("".join(self.buf), self.subs, self.quoted))
+            text = "".join(self.buf)
+            if self.closer and text == "case" and not self.quoted:
+                # `case x in a) ...`: a `)` that does not close the substitution.
+                self.doubt("policy.substitution", "case in a substitution")
+            self.tokens.append(_Word(text, self.subs, self.quoted))
         self.buf, self.started, self.quoted, self.subs = [], False, False, []
 
     def op(self, op: str, length: int) -> None:
@@ -1467,13 +1592,21 @@ class _Lexer:
         self.i += length
 
     def run(self) -> list[_Token]:
+        self.scan()
+        self.end_word()
+        self.read_heredocs()
+        return self.tokens
+
+    def scan(self) -> bool:
+        """Lex up to the end of the text or, in a closer, its `)`: True if that was found (and
+        `i` is its index)."""
         s, n = self.s, len(self.s)
         while self.i < n:
             c = s[self.i]
             if c == "\n":
                 self.op("\n", 1)
                 self.read_heredocs()
-            elif c in " \t\r\f\v":
+            elif c in " \t":  # dash splits words here only: \r, \f and \v are word characters
                 self.end_word()
                 self.i += 1
             elif c == "#" and not self.started:
@@ -1523,6 +1656,12 @@ class _Lexer:
                     length += 1
                 self.op(";", length)
             elif c in "()":
+                if c == ")" and self.closer and self.parens == 0:
+                    self.end_word()
+                    return True
+                if s.startswith("((", self.i):  # to dash two subshells, to bash arithmetic
+                    self.doubt("policy.arithmetic", s[self.i : self.i + 20])
+                self.parens += 1 if c == "(" else -1
                 self.op(c, 1)
             elif c in "{},":
                 self.add({"{": _LB, "}": _RB, ",": _COMMA}[c])
@@ -1530,11 +1669,10 @@ class _Lexer:
             else:
                 self.add(c)
                 self.i += 1
-        self.end_word()
-        self.read_heredocs()
-        return self.tokens
+        return False
 
     def double_quoted(self, terminator: str | None) -> None:
+        """Inside double quotes (`terminator` '"'), or an unquoted here-document's body (None)."""
         s, n = self.s, len(self.s)
         self.started = True
         self.quoted = True
@@ -1554,7 +1692,7 @@ class _Lexer:
                     self.buf.append(c)
                     self.i += 1
             elif c == "`":
-                self.backtick()
+                self.backtick(in_quotes=terminator is not None, in_heredoc=terminator is None)
             elif c == "$":
                 self.dollar(quoted=True)
             else:
@@ -1562,17 +1700,41 @@ class _Lexer:
                 self.i += 1
         self.malformed = self.malformed or terminator is not None
 
-    def closing(self, start: int, open_: str = "(", close: str = ")") -> int:
+    def closing(self, start: int) -> int:
+        """The index of the `)` that ends the command substitution whose text starts at `start`
+        (or len(text)), found by lexing its commands as the shell does: a `)` in a comment, a
+        quote or a here-document is no end."""
+        n = len(self.s)
+        if self.nest >= _MAX_NEST:
+            self.doubt("policy.nesting", self.s[start : start + 60])
+            return n
+        inner = _Lexer(self.s, start, self.doubts, self.nest + 1, closer=True)
+        closed = inner.scan()
+        self.malformed = self.malformed or inner.malformed or not closed
+        if closed and inner.heredocs:
+            # dash reads the here-document as empty, bash from the lines after the `)`.
+            self.doubt("policy.substitution", self.s[start : inner.i + 1])
+        return inner.i if closed else n
+
+    def bracketed(self, start: int, open_: str, close: str) -> int:
         end = _closing(self.s, start, open_, close)
         self.malformed = self.malformed or end >= len(self.s)
         return end
 
-    def backtick(self) -> None:
+    def backtick(self, in_quotes: bool = False, in_heredoc: bool = False) -> None:
+        """A backquoted substitution: its text up to the next unescaped backquote, with `\\`
+        removed before `$`, a backquote, `\\` and, in double quotes or (dash) a here-document,
+        `"`."""
         s, n = self.s, len(self.s)
         i, inner = self.i + 1, []
         while i < n and s[i] != "`":
-            if s[i] == "\\" and i + 1 < n and s[i + 1] in "`$\\":
-                inner.append(s[i + 1])
+            following = s[i + 1] if i + 1 < n else ""
+            if s[i] == "\\" and (
+                following in ("`", "$", "\\") or (following == '"' and (in_quotes or in_heredoc))
+            ):
+                if following == '"' and in_heredoc:  # bash keeps this backslash, dash not
+                    self.doubt("policy.dialect", s[self.i : i + 2])
+                inner.append(following)
                 i += 2
             else:
                 inner.append(s[i])
@@ -1586,27 +1748,39 @@ class _Lexer:
         s, n, i = self.s, len(self.s), self.i
         following = s[i + 1] if i + 1 < n else ""
         if following == "'" and not quoted:
+            # bash's $'...' with C escapes. dash has no such quote: to it `$'a\'` is `$` and
+            # the quote 'a\', so where the two read the line apart the gate doubts; decoding it
+            # as bash does still lets deny rules see what bash would run.
             j = i + 2
             while j < n and s[j] != "'":
                 j += 2 if s[j] == "\\" else 1
+            self.doubt("policy.dialect", s[i : j + 1])
             self.malformed = self.malformed or j >= n
             self.add(_ansi_c(s[i + 2 : min(j, n)]), quoted=True)
             self.i = j + 1
         elif following == '"' and not quoted:
+            self.doubt("policy.dialect", s[i : i + 20])  # bash: translated; dash: a `$`
             self.i += 2
             self.double_quoted('"')
         elif s.startswith("((", i + 1):
-            end = self.closing(i + 2)
-            self.subs.append(("arith", s[i + 3 : max(i + 3, end - 1)]))
+            end = self.bracketed(i + 2, "(", ")")
+            body = s[i + 3 : max(i + 3, end - 1)]
+            if not (_plain_arithmetic(body) and s[end - 1 : end] == ")"):
+                self.doubt("policy.arithmetic", s[i : end + 1])
+            self.subs.append(("arith", body))
             self.add(_SUBST)
             self.i = end + 1
+        elif following == "[":  # bash's old $[...] arithmetic; to dash a `$`
+            self.doubt("policy.dialect", s[i : i + 20])
+            self.add("$")
+            self.i += 1
         elif following == "(":
             end = self.closing(i + 2)
             self.subs.append(("cmd", s[i + 2 : end]))
             self.add(_SUBST)
             self.i = end + 1
         elif following == "{":
-            end = self.closing(i + 2, "{", "}")
+            end = self.bracketed(i + 2, "{", "}")
             self.i = end + 1
             self.parameter(s[i + 2 : end], quoted)
         elif re.match(r"[A-Za-z_]", following):
@@ -1625,6 +1799,10 @@ class _Lexer:
             self.i += 1
 
     def parameter(self, name: str, quoted: bool) -> None:
+        if not _PLAIN_PARAMETER.fullmatch(name):
+            # ${x:-word}, ${x#pattern}, ${x/a/b}, ${x:1}, ${a[i]}, ${!x}: a word in it can be a
+            # path or a $(command) the gate does not see as such, or bash arithmetic.
+            self.doubt("policy.expansion", "${" + name + "}")
         if re.fullmatch(r"IFS(?:\W.*)?", name, re.DOTALL):
             if quoted:
                 self.add(" ")
@@ -1656,12 +1834,54 @@ class _Lexer:
         if op in ("<<", "<<-"):
             while self.i < len(s) and s[self.i] in " \t":
                 self.i += 1
-            match = re.match(r"""[^\s;&|<>()]*""", s[self.i :])
-            raw = match.group(0) if match else ""
-            self.i += len(raw)
-            delimiter = re.sub(r"""['"\\]""", "", raw)
-            quoted = delimiter != raw
+            delimiter, quoted = self.delimiter()
+            if not (delimiter or quoted):
+                self.malformed = True  # `<<` with no word: the shell refuses the line
             self.heredocs.append((token, delimiter, op == "<<-", quoted))
+
+    def delimiter(self) -> tuple[str, bool]:
+        """A here-document's delimiter: the word after `<<` with its quotes and backslashes
+        removed as the shell removes them (`E\\;` is `E;`, `'E F'` is `E F`), and whether any
+        part of it was quoted (then the body is not expanded)."""
+        s, n = self.s, len(self.s)
+        out: list[str] = []
+        quoted = False
+        start = self.i
+        while self.i < n and s[self.i] not in _HEREDOC_ENDS:
+            c = s[self.i]
+            if c == "\\":
+                if not s.startswith("\\\n", self.i):
+                    out.append(s[self.i + 1 : self.i + 2])
+                    quoted = True
+                self.i += 2
+            elif c == "'":
+                end = s.find("'", self.i + 1)
+                if end < 0:
+                    end, self.malformed = n, True
+                out.append(s[self.i + 1 : end])
+                quoted = True
+                self.i = end + 1
+            elif c == '"':
+                quoted = True
+                self.i += 1
+                while self.i < n and s[self.i] != '"':
+                    if s[self.i] == "\\" and self.i + 1 < n and s[self.i + 1] in '$`"\\\n':
+                        if s[self.i + 1] != "\n":
+                            out.append(s[self.i + 1])
+                        self.i += 2
+                        continue
+                    if s[self.i] in "$`":
+                        self.doubt("policy.heredoc", s[start : self.i + 1])
+                    out.append(s[self.i])
+                    self.i += 1
+                self.malformed = self.malformed or self.i >= n
+                self.i += 1
+            else:
+                if c in "$`":  # shells differ on what an expansion in a delimiter means
+                    self.doubt("policy.heredoc", s[start : self.i + 1])
+                out.append(c)
+                self.i += 1
+        return "".join(out), quoted
 
     def read_heredocs(self) -> None:
         s, n = self.s, len(self.s)
@@ -1679,8 +1899,11 @@ class _Lexer:
             if quoted:
                 token.body = _Word(body, quoted=True)
             else:
-                inner = _Lexer(body)
+                # Expanded like double quotes. dash reads a `$(` in it to its `)` even past the
+                # delimiter's line: a substitution left open in the body the gate cut is malformed.
+                inner = _Lexer(body, 0, self.doubts, self.nest + 1)
                 inner.double_quoted(None)
+                self.malformed = self.malformed or inner.malformed
                 token.body = _Word("".join(inner.buf), inner.subs, True)
         self.heredocs = []
 
@@ -1701,6 +1924,7 @@ class _Node:
 class _Script:
     nodes: list[_Node] = field(default_factory=list)
     malformed: bool = False
+    doubts: dict[str, str] = field(default_factory=dict)  # rule -> what the gate is unsure of
 
 
 class _Parser:
@@ -1711,7 +1935,7 @@ class _Parser:
     def parse(self, text: str, depth: int) -> _Script:
         lexer = _Lexer(text)
         tokens = lexer.run()
-        script = _Script(malformed=lexer.malformed)
+        script = _Script(malformed=lexer.malformed, doubts=lexer.doubts)
         frames: list[tuple[list[_Node], int]] = []  # groups: (their input, first node)
         pipe_in: list[_Node] = []
         last: list[_Node] = []
@@ -1780,7 +2004,10 @@ class _Parser:
         if depth + 1 > self.max_depth:
             node.too_deep = True
             return
-        sub = self.parse(source, depth + 1)
+        if kind == "arith" and _plain_arithmetic(source):
+            sub = _Script()  # numbers and operators: `1<(2)` is no process substitution
+        else:
+            sub = self.parse(source, depth + 1)
         node.subs.append((kind, sub))
         if kind in ("cmd", "in"):
             node.sources.extend(sub.nodes)

@@ -227,6 +227,43 @@ OBFUSCATED: list[Case] = [
     command('pytest -q "$(echo unclosed', REFUSED),
 ]
 
+# Lines the gate once read otherwise than /bin/sh (dash) does, so that what it allowed hid what
+# the shell runs. `./evil.sh` stands for any command no rule allows.
+MISREAD: list[Case] = [
+    # dash splits words at spaces and tabs only: `\r#` is a word, not a comment.
+    command("pytest \r#; rm -rf ~"),
+    command("pytest \f#; rm -rf ~"),
+    command("pytest \v#; rm -rf ~"),
+    command("pytest \r#; ./evil.sh", REFUSED),
+    # A here-document's delimiter is a whole shell word: `E\;` is `E;`, `'E F'` is `E F`.
+    command("cat <<E\\;\nE\nx='\nE;\nrm -rf ~ #'"),
+    command("cat <<'E F'\nE\nx='\nE F\nrm -rf ~ #'"),
+    # A `)` in a comment or a here-document does not end a command substitution...
+    command("x=$(true # ) y='\n); rm -rf ~ #'"),
+    command("x=$(cat <<'E'\n) y='\nE\n); rm -rf ~ #'"),
+    # ...a case pattern's does not either; and dash reads a `$(` in a here-document to its `)`,
+    # past the delimiter's line.
+    command('x="$(case a in a) ./evil.sh;; esac)"; pytest', REFUSED),
+    command("cat <<E\n$(cat <<F\nE\nx='\nF\n./evil.sh\n)\nE\n#'", REFUSED),
+    # In double quotes (and, to dash, a here-document) backquotes turn \" into ".
+    command('x="`echo \\"\'\\"; ./evil.sh; echo \\"\'\\"`"; pytest', REFUSED),
+    command('cat <<E\n`echo \\"\'\\"; ./evil.sh; echo \\"\'\\"`\nE', REFUSED),
+    # dash has no $'...': to it `$'a\'` is `$` and the quote 'a\'.
+    command("x=$'a\\'; rm -rf ~; y=\\'' #'\npytest", REFUSED),
+    # Substitutions in arithmetic run; bash evaluates a name's value (a[$(cmd)] runs cmd).
+    command("y=$((0+$(rm -rf ${x:-~}; echo 0))); pytest", REFUSED),
+    command("y=$(( 1 + $(./evil.sh) )); pytest", REFUSED),
+    command("bash -c 'x=\"a[\\$(rm -rf ~)]\"; y=$((x))'; pytest", REFUSED),
+    command("bash -c 'x=\"a[\\$(./evil.sh)]\"; pytest $[x]'", REFUSED),
+    command("bash -c 'pytest=\"a[\\$(./evil.sh)]\"; ((pytest))'", REFUSED),
+    # The word of ${x:-word}, ${x#word}, ${IFS:+word} is a path or a command the gate cannot see.
+    command("pytest --basetemp=${x:-/home}", REFUSED),
+    command("x=a; pytest ${x#$(./evil.sh)}", REFUSED),
+    command("pytest; ${IFS:+./evil.sh}", REFUSED),
+    # Characters the gate reserves were dropped, changing what a backslash escapes.
+    command("echo \\\ue000'A' ; ./evil.sh ; 'B' #'", REFUSED),
+]
+
 SECRETS_IN_DIFFS: list[Case] = [
     (check("merge", diff("settings.py", f'AWS_ACCESS_KEY_ID = "{AWS_KEY_ID}"')), DENY),
     (check("merge", diff("config.ini", f"aws_secret_access_key = {AWS_SECRET}")), DENY),
@@ -266,6 +303,7 @@ CORPUS: list[Case] = [
     *GIT_INTERNALS,
     *OUTSIDE_WRITES,
     *OBFUSCATED,
+    *MISREAD,
     *SECRETS_IN_DIFFS,
     *INSTALLS_AND_NETWORK,
 ]

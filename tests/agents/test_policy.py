@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codeyard.agents.policy import ACTIONS, Policy, PolicyError, Verdict, load_policy
+from codeyard.sandbox.protocol import shell_command
 from codeyard.schemas.messages import ActionCheck, ActionKind, Decision
 from tests.agents.adversarial_corpus import (
     AWS_KEY_ID,
@@ -244,6 +247,132 @@ def test_nesting_beyond_the_limit_goes_to_a_person() -> None:
     assert decide(p, "run_command", "sh -c 'true'").decision == "allow"
     verdict = decide(p, "run_command", "sh -c \"sh -c 'sh -c true'\"")
     assert (verdict.decision, verdict.rule) == ("needs_approval", "policy.nesting")
+
+
+# --- lines read as /bin/sh (dash) reads them ----------------------------------------------------
+
+
+def run_in_shell(line: str, cwd: Path) -> None:
+    """`line` run the way the tester runs a test command (`/bin/sh -c`), in `cwd`."""
+    subprocess.run(
+        shell_command(line),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+# Each line hid `touch PWNED` from the gate, which allowed it; the shell runs it.
+HIDDEN_COMMANDS = [
+    "true \r#; touch PWNED",  # \r is no blank to dash: `\r#` is a word, not a comment
+    "true \f#; touch PWNED",
+    "true \v#; touch PWNED",
+    "cat <<E\\;\nE\nx='\nE;\ntouch PWNED #'",  # the delimiter is `E;`
+    "cat <<'E F'\nE\nx='\nE F\ntouch PWNED #'",  # the delimiter is `E F`
+    "x=$(true # ) y='\n); touch PWNED #'",  # a `)` in a comment
+    "x=$(cat <<'E'\n) y='\nE\n); touch PWNED #'",  # a `)` in a here-document
+    'x="$(case a in a) touch PWNED;; esac)"; true',  # a case pattern's `)`
+    "cat <<E\n$(cat <<F\nE\nx='\nF\ntouch PWNED\n)\nE\n#'",  # a $( ... ) past `E`
+    'x="`echo \\"\'\\"; touch PWNED; echo \\"\'\\"`"; true',  # \" in quoted backquotes
+    'cat <<E\n`echo \\"\'\\"; touch PWNED; echo \\"\'\\"`\nE',
+    "x=$'a\\'; touch PWNED; y=\\'' #'\ntrue",  # dash has no $'...'
+    "y=$((0+$(touch PWNED; echo 0))); true",  # a substitution in arithmetic
+    "x=a; ruff ${x#$(touch PWNED)}",  # a substitution in ${x#word}, run before ruff is
+    "true; ${IFS:+touch PWNED}",
+    "echo \\\ue000'A' ; touch PWNED ; 'B' #'",  # a character the gate used for itself
+]
+
+
+@pytest.mark.parametrize("line", HIDDEN_COMMANDS)
+def test_a_command_the_shell_runs_is_not_hidden_from_the_gate(line: str, tmp_path: Path) -> None:
+    verdict = decide(DEFAULT, "run_command", line)
+    assert verdict.decision != "allow", verdict
+
+    run_in_shell(line, tmp_path)
+    assert (tmp_path / "PWNED").exists()  # the case is real: /bin/sh does run the command
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(
+    "line",
+    [
+        "bash -c 'x=\"a[\\$(touch PWNED)]\"; y=$((x))'; true",
+        "bash -c 'true=\"a[\\$(touch PWNED)]\"; ((true))'",  # to dash: `true` in subshells
+    ],
+)
+def test_arithmetic_on_a_name_goes_to_a_person_since_bash_runs_what_its_value_holds(
+    line: str, tmp_path: Path
+) -> None:
+    verdict = decide(DEFAULT, "run_command", line)
+    assert (verdict.decision, verdict.rule) == ("needs_approval", "policy.arithmetic")
+
+    run_in_shell(line, tmp_path)
+    assert (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "cat <<'E F'\ntouch PWNED\nE F",
+        "cat <<E\\;\nE\ntouch PWNED\nE;",
+        "cat <<-'EOF'\n\ttouch PWNED\n\tEOF",
+        "x=$(cat <<'EOF'\n)\ntouch PWNED\nEOF\n); true",
+        "x=$(true # ); touch PWNED\n); true",
+    ],
+)
+def test_a_here_document_or_comment_read_as_the_shell_reads_it_is_allowed(
+    line: str, tmp_path: Path
+) -> None:
+    assert decide(DEFAULT, "run_command", line).decision == "allow"
+
+    run_in_shell(line, tmp_path)
+    assert not (tmp_path / "PWNED").exists()  # text, not a command: the gate was right
+
+
+@pytest.mark.parametrize(
+    ("detail", "rule"),
+    [
+        ("pytest -q\r", "policy.whitespace"),
+        ("pytest\u00a0-q", "policy.whitespace"),
+        ("pytest \x00", "policy.characters"),
+        ("pytest $'-q'", "policy.dialect"),
+        ('pytest $"-q"', "policy.dialect"),
+        ("pytest $[1]", "policy.dialect"),
+        ("cat <<$x\nhi\n$x", "policy.heredoc"),
+        ("cat <<E`true`\nhi\nE`true`", "policy.heredoc"),
+        ("x=$(cat <<E)\nhi\nE", "policy.substitution"),  # dash runs `hi`, bash reads it
+        ("pytest $(case a in a) echo x;; esac)", "policy.substitution"),
+        ("pytest ${x:-tests}", "policy.expansion"),
+        ("pytest ${x%/*}", "policy.expansion"),
+        ("pytest ${x:1}", "policy.expansion"),
+        ("pytest $((x))", "policy.arithmetic"),
+        ("pytest $(($x + 1))", "policy.arithmetic"),
+        ("pytest $((1)+(2))", "policy.arithmetic"),
+        ("cat <<", "policy.malformed"),
+        ("cat <<'E", "policy.malformed"),
+    ],
+)
+def test_what_the_gate_cannot_read_as_the_shell_does_goes_to_a_person(
+    detail: str, rule: str
+) -> None:
+    verdict = decide(DEFAULT, "run_command", detail)
+    assert (verdict.decision, verdict.rule) == ("needs_approval", rule), verdict
+
+
+def test_substitutions_in_arithmetic_are_decided_like_any_command() -> None:
+    p = policy(
+        rules=[
+            rule("printing", "allow", commands=[r"^echo(\s|$)"]),
+            rule("no-rm", "deny", commands=[r"^rm\s"]),
+        ]
+    )
+    assert decide(p, "run_command", "echo $((1 + 2 * (3 << 1) - 0x1f))").decision == "allow"
+    verdict = decide(p, "run_command", "y=$((0 + $(./evil.sh; echo 0))); echo $y")
+    assert (verdict.decision, verdict.rule) == ("needs_approval", "policy.arithmetic")
+    assert "default.run_command" in verdict.reason  # ./evil.sh got the default, as anywhere
+    assert decide(p, "run_command", "echo $((0 + $(rm -rf x)))").decision == "deny"
 
 
 # --- merge diffs, read as `git apply` reads them -----------------------------------------------
