@@ -1503,6 +1503,10 @@ _DOUBTS: Final[dict[str, str]] = {
         "and operators): the names, $ and substitutions in it are evaluated as expressions, and "
         "bash runs the $(...) in a value such as a[$(cmd)]"
     ),
+    "policy.continuation": (
+        "a backslash-newline inside a `$` expansion's opening: the shell joins the lines before "
+        "it reads the `$` ($\\<newline>( is $( to it)"
+    ),
     "policy.nesting": "substitutions nested too deeply to read",
 }
 _MAX_NEST: Final = 48  # substitutions inside substitutions the lexer follows to find their end
@@ -1512,6 +1516,14 @@ _HEX: Final = re.compile(r"0[xX][0-9A-Fa-f]+")
 _ARITHMETIC_CHARS: Final = re.compile(r"[ \t\n0-9+\-*/%<>=!&|^~?:,()]*")  # one class: linear
 _PLAIN_PARAMETER: Final = re.compile(r"#?(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*#?$!-])")
 _HEREDOC_ENDS: Final = " \t\n;&|<>()"
+
+
+def _continued(text: str, index: int) -> int:
+    """The index of the first character at or after `index` that no backslash-newline (a line
+    continuation, which the shell removes before it reads a token) hides."""
+    while text.startswith("\\\n", index):
+        index += 2
+    return index
 
 
 def _plain_arithmetic(text: str) -> bool:
@@ -1641,9 +1653,7 @@ class _Lexer:
             elif c == "&":
                 if s.startswith("&&", self.i):
                     self.op("&&", 2)
-                elif s.startswith("&>", self.i):
-                    self.redirect()
-                else:
+                else:  # `&>` is bash's; to dash `a &>x b` is `a &` and `>x b`, which runs b
                     self.op("&", 1)
             elif c == "|":
                 if s.startswith("||", self.i):
@@ -1659,7 +1669,7 @@ class _Lexer:
                 if c == ")" and self.closer and self.parens == 0:
                     self.end_word()
                     return True
-                if s.startswith("((", self.i):  # to dash two subshells, to bash arithmetic
+                if s.startswith("(", _continued(s, self.i + 1)):  # bash: arithmetic (( ))
                     self.doubt("policy.arithmetic", s[self.i : self.i + 20])
                 self.parens += 1 if c == "(" else -1
                 self.op(c, 1)
@@ -1747,6 +1757,8 @@ class _Lexer:
     def dollar(self, quoted: bool) -> None:
         s, n, i = self.s, len(self.s), self.i
         following = s[i + 1] if i + 1 < n else ""
+        if _continued(s, i + 1) > i + 1 or (following == "(" and _continued(s, i + 2) > i + 2):
+            self.doubt("policy.continuation", s[i : i + 20])
         if following == "'" and not quoted:
             # bash's $'...' with C escapes. dash has no such quote: to it `$'a\'` is `$` and
             # the quote 'a\', so where the two read the line apart the gate doubts; decoding it
@@ -1826,7 +1838,7 @@ class _Lexer:
         else:
             self.end_word()
         s = self.s
-        ops = ("&>>", "&>", ">>", ">|", ">&", "<<<", "<<-", "<<", "<>", "<&", ">", "<")
+        ops = (">>", ">|", ">&", "<<<", "<<-", "<<", "<>", "<&", ">", "<")
         op = next(o for o in ops if s.startswith(o, self.i))
         self.i += len(op)
         token = _Redirect(op)

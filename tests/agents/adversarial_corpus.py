@@ -260,6 +260,11 @@ MISREAD: list[Case] = [
     command("pytest --basetemp=${x:-/home}", REFUSED),
     command("x=a; pytest ${x#$(./evil.sh)}", REFUSED),
     command("pytest; ${IFS:+./evil.sh}", REFUSED),
+    # The shell joins lines at a backslash-newline before it reads `$(` or `$[`.
+    command("cat <<E\n$\\\n(./evil.sh)\nE", REFUSED),
+    command("bash -c 'x=\"a[\\$(./evil.sh)]\"; pytest $\\\n[x]'", REFUSED),
+    # `&>` is bash's: to dash `true &>log ./evil.sh` is `true &` and `>log ./evil.sh`.
+    command("true &>log ./evil.sh", REFUSED),
     # Characters the gate reserves were dropped, changing what a backslash escapes.
     command("echo \\\ue000'A' ; ./evil.sh ; 'B' #'", REFUSED),
 ]

@@ -282,6 +282,8 @@ HIDDEN_COMMANDS = [
     "x=a; ruff ${x#$(touch PWNED)}",  # a substitution in ${x#word}, run before ruff is
     "true; ${IFS:+touch PWNED}",
     "echo \\\ue000'A' ; touch PWNED ; 'B' #'",  # a character the gate used for itself
+    "cat <<E\n$\\\n(touch PWNED)\nE",  # `$\<newline>(` is `$(`
+    "true &>log touch PWNED",  # to dash: `true &` and `>log touch PWNED`
 ]
 
 
@@ -300,13 +302,15 @@ def test_a_command_the_shell_runs_is_not_hidden_from_the_gate(line: str, tmp_pat
     [
         "bash -c 'x=\"a[\\$(touch PWNED)]\"; y=$((x))'; true",
         "bash -c 'true=\"a[\\$(touch PWNED)]\"; ((true))'",  # to dash: `true` in subshells
+        "bash -c 'true=\"a[\\$(touch PWNED)]\"; (\\\n(true))'",
+        "bash -c 'x=\"a[\\$(touch PWNED)]\"; ruff $\\\n[x]'",  # $[x], run before ruff is
     ],
 )
 def test_arithmetic_on_a_name_goes_to_a_person_since_bash_runs_what_its_value_holds(
     line: str, tmp_path: Path
 ) -> None:
     verdict = decide(DEFAULT, "run_command", line)
-    assert (verdict.decision, verdict.rule) == ("needs_approval", "policy.arithmetic")
+    assert verdict.decision != "allow", verdict
 
     run_in_shell(line, tmp_path)
     assert (tmp_path / "PWNED").exists()
@@ -332,7 +336,7 @@ def test_a_here_document_or_comment_read_as_the_shell_reads_it_is_allowed(
 
 
 @pytest.mark.parametrize(
-    ("detail", "rule"),
+    ("detail", "doubt"),
     [
         ("pytest -q\r", "policy.whitespace"),
         ("pytest\u00a0-q", "policy.whitespace"),
@@ -350,15 +354,20 @@ def test_a_here_document_or_comment_read_as_the_shell_reads_it_is_allowed(
         ("pytest $((x))", "policy.arithmetic"),
         ("pytest $(($x + 1))", "policy.arithmetic"),
         ("pytest $((1)+(2))", "policy.arithmetic"),
+        ("((pytest))", "policy.arithmetic"),  # to bash arithmetic on $pytest
+        ('pytest "$\\\n(true)"', "policy.continuation"),
         ("cat <<", "policy.malformed"),
         ("cat <<'E", "policy.malformed"),
     ],
 )
 def test_what_the_gate_cannot_read_as_the_shell_does_goes_to_a_person(
-    detail: str, rule: str
+    detail: str, doubt: str
 ) -> None:
-    verdict = decide(DEFAULT, "run_command", detail)
-    assert (verdict.decision, verdict.rule) == ("needs_approval", rule), verdict
+    anything = policy(rules=[rule("anything", "allow", commands=[".*"])])  # rules aside
+    assert decide(anything, "run_command", "pytest -q").decision == "allow"
+    verdict = decide(anything, "run_command", detail)
+    assert (verdict.decision, verdict.rule) == ("needs_approval", doubt), verdict
+    assert decide(DEFAULT, "run_command", detail).decision != "allow"
 
 
 def test_substitutions_in_arithmetic_are_decided_like_any_command() -> None:
