@@ -1030,6 +1030,12 @@ class _Evaluation:
             name = _basename(command[0]).lower() if command else ""
             if command and name in self.policy.printers:
                 texts.append(_printed(command))
+                if any("\\" in arg or "%" in arg for arg in command[1:]):
+                    # dash's echo decodes \0NNN but not \xHH, bash's none without -e, printf
+                    # also formats: what the shell reads is not sure. Both readings are checked,
+                    # and the shell is decided as one whose input is unknown.
+                    texts.append(_printed(command, decode=False))
+                    complete = False
             elif (
                 command
                 and name in self.policy.passthrough
@@ -1207,13 +1213,13 @@ def _exec_commands(args: list[str], flags: frozenset[str]) -> list[str]:
     return [s for s in scripts if s.strip()]
 
 
-def _printed(words: Sequence[str]) -> str:
+def _printed(words: Sequence[str], decode: bool = True) -> str:
     """What `echo ...` or `printf ...` writes, escapes decoded (a shell reading it runs it)."""
     args = list(words[1:])
     if _basename(words[0]).lower() == "echo":
         while args and re.fullmatch(r"-[neE]+", args[0]):
             args = args[1:]
-    return _ansi_c(" ".join(args))
+    return _ansi_c(" ".join(args)) if decode else " ".join(args)
 
 
 def _upstream(graph: Sequence[_Node], feeds: Mapping[int, bool]) -> dict[int, _Node | None]:
@@ -1695,7 +1701,8 @@ class _Lexer:
                 following = s[self.i + 1]
                 if following == "\n":
                     self.i += 2
-                elif following in '$`"\\':
+                elif following in "$`\\" or (following == '"' and terminator is not None):
+                    # In a here-document \" stays \": a shell reading it sees no quote there.
                     self.buf.append(following)
                     self.i += 2
                 else:

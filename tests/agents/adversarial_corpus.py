@@ -248,6 +248,8 @@ MISREAD: list[Case] = [
     # In double quotes (and, to dash, a here-document) backquotes turn \" into ".
     command('x="`echo \\"\'\\"; ./evil.sh; echo \\"\'\\"`"; pytest', REFUSED),
     command('cat <<E\n`echo \\"\'\\"; ./evil.sh; echo \\"\'\\"`\nE', REFUSED),
+    # In a here-document \" is no quote: the shell reading it runs ./evil.sh.
+    command('sh <<E\npytest \\"; ./evil.sh; \\"\nE', REFUSED),
     # dash has no $'...': to it `$'a\'` is `$` and the quote 'a\'.
     command("x=$'a\\'; rm -rf ~; y=\\'' #'\npytest", REFUSED),
     # Substitutions in arithmetic run; bash evaluates a name's value (a[$(cmd)] runs cmd).

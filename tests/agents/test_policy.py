@@ -284,6 +284,7 @@ HIDDEN_COMMANDS = [
     "echo \\\ue000'A' ; touch PWNED ; 'B' #'",  # a character the gate used for itself
     "cat <<E\n$\\\n(touch PWNED)\nE",  # `$\<newline>(` is `$(`
     "true &>log touch PWNED",  # to dash: `true &` and `>log touch PWNED`
+    'sh <<E\ntrue \\"; touch PWNED; \\"\nE',  # in a here-document \" is no quote
 ]
 
 
@@ -294,6 +295,22 @@ def test_a_command_the_shell_runs_is_not_hidden_from_the_gate(line: str, tmp_pat
 
     run_in_shell(line, tmp_path)
     assert (tmp_path / "PWNED").exists()  # the case is real: /bin/sh does run the command
+
+
+def test_what_a_printer_prints_with_escapes_is_no_sure_input_for_a_shell(tmp_path: Path) -> None:
+    p = policy(
+        shell={"shells": ["sh"], "printers": ["echo", "printf"]},
+        rules=[rule("printing-and-true", "allow", commands=[r"^(echo|printf|true)(\s|$)"])],
+    )
+    assert decide(p, "run_command", "echo true | sh").decision == "allow"
+    # dash's echo prints \x27 as it is (bash's printf would print a quote): to the shell
+    # reading it, `touch PWNED` is no quoted argument of true.
+    line = "echo 'true \\x27; touch PWNED; \\x27' | sh"
+    verdict = decide(p, "run_command", line)
+    assert (verdict.decision, verdict.rule) == ("needs_approval", "default.run_command")
+
+    run_in_shell(line, tmp_path)
+    assert (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
