@@ -345,7 +345,10 @@ class BwrapSandbox:
                 args += ["--ro-bind", name, name]
         for name in _ETC_FILES:
             args += ["--ro-bind-try", name, name]
-        args += ["--proc", "/proc", "--dev", "/dev"]
+        # bubblewrap leaves /proc/sys writable when it looks read-only (mode 0555), and the
+        # kernel lets uid 0 write it without capabilities: as root the sandbox's user is host
+        # uid 0, and a writable kernel.core_pattern runs a program as host root on a crash.
+        args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
         args += ["--size", str(_shm_bytes(limits)), "--tmpfs", "/dev/shm"]
         args += ["--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp"]
         # after the tmpfs mounts, so an interpreter living under /tmp (a venv) stays visible

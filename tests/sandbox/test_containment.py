@@ -153,6 +153,39 @@ async def test_secrets_of_the_host_cannot_be_read(sandbox: Sandbox, tmp_path: Pa
     assert outcome.output.count("unreadable") == len(paths)
 
 
+async def test_no_host_wide_kernel_setting_can_be_opened_for_writing(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # As root, the sandbox's user is host uid 0, and /proc/sys checks the uid, not capabilities:
+    # a writable kernel.core_pattern runs any program as host root on the next crash. Files are
+    # only opened, never written; the sandbox's own processes (/proc/<pid>) are its business,
+    # and so are pressure triggers (the kernel lets any user set them, on their own cgroup) and
+    # files masked by /dev/null (docker's masked paths).
+    code = """
+        import os
+        null = os.stat("/dev/null").st_rdev
+        writable = []
+        for root, dirs, files in os.walk("/proc"):
+            if root == "/proc":
+                dirs[:] = [d for d in dirs if not d.isdigit() and d not in ("self", "thread-self")]
+            if root == "/proc/pressure":
+                continue
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    if os.stat(path).st_rdev == null:
+                        continue
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    continue
+                writable.append(path)
+        print("writable:", len(writable), sorted(writable)[:8])
+    """
+    outcome = await run_python(sandbox, tmp_path, code)
+    assert outcome.exit_code == 0, outcome.output
+    assert "writable: 0 []" in outcome.output, outcome.output
+
+
 async def test_tcp_connect_to_a_host_loopback_listener_fails(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
