@@ -1,0 +1,270 @@
+"""Rules of the default policy: regexes that run in linear time, shell functions."""
+
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from importlib import resources
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codeyard.agents.policy import Verdict, load_policy
+from tests.agents.adversarial_corpus import AWS_SECRET, diff
+
+DEFAULT = load_policy(None)
+RULES: list[dict[str, Any]] = tomllib.loads(
+    resources.files("codeyard.agents").joinpath("policies", "default.toml").read_text("utf-8")
+)["rules"]
+REGEX_FIELDS = ("commands", "text", "secrets", "pipe_from", "pipe_to", "unless")
+
+
+def command(line: str) -> Verdict:
+    return DEFAULT.evaluate_action("run_command", line)
+
+
+def rule_regex(name: str, field: str, index: int = 0) -> re.Pattern[str]:
+    spec = next(r for r in RULES if r["name"] == name)
+    return re.compile(spec[field][index], re.IGNORECASE if spec.get("ignore_case", True) else 0)
+
+
+# --- regexes that run in linear time -----------------------------------------------------------
+#
+# A regex with two unbounded repeats that can match the same text backtracks quadratically: the
+# old `key\w*...` of secret-aws-secret-key took 7.8 s over a 56 KB line of aws_secret_key, and
+# the old fork-bomb as long over 20,000 characters of `a`, while the gate could answer nothing
+# else. Timing is compared between an input and one four times as long: linear text takes about
+# four times as long, quadratic sixteen; under the floor, nothing is measured at all.
+
+SIZE = 6_000
+FLOOR = 0.2  # seconds over 4 * SIZE characters: far above linear, far below quadratic
+
+
+def seconds(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def grows_linearly(run_on: Callable[[int], Callable[[], object]]) -> tuple[bool, float, float]:
+    """Whether the time `run_on(n)` takes is linear in n, judged on SIZE and 4 * SIZE (each
+    the best of two runs: a busy machine only makes a run slower)."""
+    large_run = run_on(4 * SIZE)
+    large = seconds(large_run)
+    if large < FLOOR:
+        return True, 0.0, large
+    small_run = run_on(SIZE)
+    small = min(seconds(small_run), seconds(small_run))
+    large = min(large, seconds(large_run))
+    return large < 8 * small, small, large
+
+
+# (prefix, unit): the prefix once, then the unit repeated: shapes that made the default
+# policy's regexes backtrack, and general ones (runs of one character class).
+PRESSURE: list[tuple[str, str]] = [
+    ("", unit)
+    for unit in [
+        "a", " ", "a ", "-", "/", ".", "=", ":", "<", "$", "(", "'", '"', "_", "0", "A",
+        "aws_secret_key", "AWS_SECRET_KEY", "a(){ ", "a ( ){ a| a ", "/proc//e", "PASSWORD",
+        'password="', "fork ", "-----BEGIN A ", "x=1 ", "--a=", "$a", "\\",
+    ]
+] + [
+    ("systemctl", " "), ("fork", " "), ("find /", "a"), ("env", " a="), ("kill", " -a"),
+    ("export ", "SECRET"), ("aws_secret_key", "a"), ("a" * 128 + "(){ ", "a"),
+]  # fmt: skip
+
+
+def regexes() -> Iterator[Any]:
+    for rule in RULES:
+        flags = re.IGNORECASE if rule.get("ignore_case", True) else 0
+        for field in REGEX_FIELDS:
+            for index, pattern in enumerate(rule.get(field, [])):
+                regex = re.compile(pattern, flags)
+                yield pytest.param(
+                    rule["name"], pattern, regex, id=f"{rule['name']}.{field}.{index}"
+                )
+
+
+@pytest.mark.parametrize(("name", "pattern", "regex"), list(regexes()))
+def test_every_regex_of_the_default_policy_runs_in_linear_time(
+    name: str, pattern: str, regex: re.Pattern[str]
+) -> None:
+    for prefix, unit in PRESSURE:
+
+        def run_on(n: int, prefix: str = prefix, unit: str = unit) -> Callable[[], object]:
+            text = prefix + unit * (n // len(unit))
+            return lambda: regex.search(text)
+
+        linear, small, large = grows_linearly(run_on)
+        assert linear, f"{name} {pattern!r} on {prefix!r} + {unit!r}*: {small:.2f}s, {large:.2f}s"
+
+
+@pytest.mark.parametrize(
+    ("action", "make"),
+    [
+        pytest.param("merge", lambda n: diff("x.js", "aws_secret_key" * (n // 14)), id="aws"),
+        pytest.param(
+            "merge", lambda n: diff(".env", "API_TOKEN" * (n // 9) + "=abcdefgh"), id="env"
+        ),
+        pytest.param("merge", lambda n: diff("x.py", 'password = "' + "<" * n), id="password"),
+        # text rules read the whole line, however long
+        pytest.param("run_command", lambda n: "a" * n, id="a"),
+        pytest.param("run_command", lambda n: "a(){ " * (n // 5), id="function"),
+        pytest.param("run_command", lambda n: "cat " + "/proc//e" * (n // 8), id="environ"),
+    ],
+)
+def test_what_the_reviewer_measured_is_decided_in_linear_time(
+    action: str, make: Callable[[int], str]
+) -> None:
+    def run_on(n: int) -> Callable[[], object]:
+        detail = make(n)
+        return lambda: DEFAULT.evaluate_action(action, detail)
+
+    linear, small, large = grows_linearly(run_on)
+    assert linear, f"{small:.2f}s, then {large:.2f}s"
+
+
+# The patterns as they were, quadratic; the rewritten ones match exactly the same text.
+QUADRATIC_ORIGINALS = [
+    (
+        "secret-aws-secret-key",
+        "secrets",
+        0,
+        r'aws_?secret_?(access_?)?key\w*["\x27]?\s*[:=]\s*["\x27]?[A-Za-z0-9/+=]{40}',
+        ["aws", "_", "secret", "access", "key", "Key", "a", "=", ":", " ", '"', "'", "/", "A" * 20],
+    ),
+    (
+        "secret-env-assignment",
+        "secrets",
+        0,
+        r'^\s*(export\s+)?[A-Z0-9_]*(PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|APIKEY|PRIVATE_KEY)'
+        r'[A-Z0-9_]*=[^\s"\x27$.(\[{]{6,}\s*$',
+        ["export", " ", "\t", "A", "_", "0", "PASSWORD", "SECRET", "TOKEN", "API_KEY", "=", "x",
+         "abcdef", '"', "$", "."],
+    ),
+    (
+        "secret-password-literal",
+        "secrets",
+        0,
+        r'(password|passwd|pwd|passphrase|secret|secret_key|client_secret|api_?key|auth_token|'
+        r'access_token|api_token)["\x27]?\s*[:=]\s*["\x27][^"\x27\s]{6,}["\x27]',
+        ["password", "api_key", "apikey", "secret", '"', "'", " ", "=", ":", "abc", "abcdef"],
+    ),
+    (
+        "environment-dump",
+        "commands",
+        4,
+        r"/proc/\S*/environ",
+        ["/proc/", "/", "self", "1", "environ", " ", "=", "a"],
+    ),
+    (
+        "system-control",
+        "commands",
+        2,
+        r"^systemctl\s+(.*\s)?(poweroff|reboot|halt|kexec|emergency|rescue)(\s|$)",
+        ["systemctl", " ", "\t", "--force", "reboot", "poweroff", "x", "-"],
+    ),
+    (
+        "fork-bomb",
+        "text",
+        1,
+        r"fork\s*(\(\s*\))?\s*while\s*fork",
+        ["fork", "while", " ", "(", ")", "x"],
+    ),
+    (
+        "fork-bomb",
+        "text",
+        2,
+        r"while\s*(True|1)\s*:\s*os\.fork",
+        ["while", "True", "1", " ", ":", "os.fork", "x"],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "index", "original", "tokens"),
+    QUADRATIC_ORIGINALS,
+    ids=[f"{name}[{index}]" for name, _, index, _, _ in QUADRATIC_ORIGINALS],
+)
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_rewritten_regex_matches_what_the_original_matched(
+    name: str, field: str, index: int, original: str, tokens: list[str], data: st.DataObject
+) -> None:
+    rewritten = rule_regex(name, field, index)
+    old = re.compile(original, rewritten.flags)
+    text = data.draw(st.lists(st.sampled_from(tokens), max_size=30).map("".join))
+    assert bool(rewritten.search(text)) == bool(old.search(text)), text
+
+
+@pytest.mark.parametrize(
+    ("action", "detail", "rule"),
+    [
+        ("run_command", ":(){ :|:& };:", "fork-bomb"),
+        ("run_command", "bomb() { bomb | bomb & }; bomb", "fork-bomb"),
+        ("run_command", "a.b:c-d ( ) {  a.b:c-d|a.b:c-d  & } ; a.b:c-d", "fork-bomb"),
+        ("run_command", "f(){ { f|f& }; };f", "fork-bomb"),
+        ("run_command", "f(){ echo (x); f|f& };f", "fork-bomb"),
+        ("run_command", "echo ok; pytest(){ pytest|pytest& };pytest", "fork-bomb"),
+        ("run_command", "perl -e 'fork while fork'", "fork-bomb"),
+        ("run_command", "python3 -c 'import os\nwhile True: os.fork()'", "fork-bomb"),
+        ("run_command", "systemctl --force reboot", "system-control"),
+        ("run_command", "cat /proc/self/environ", "environment-dump"),
+        ("run_command", "cat /proc/1/task/1/environ", "environment-dump"),
+        ("run_command", "cat --x=/proc/self//proc/environ", "environment-dump"),
+        ("merge", diff("config.ini", f"aws_secret_access_key = {AWS_SECRET}"), None),
+        ("merge", diff("c.json", f'"AWS_SECRET_KEY_PROD": "{AWS_SECRET}"'), None),
+        ("merge", diff("c.yml", f"aws_secret_keyaws_secret_key_x: {AWS_SECRET}"), None),
+        ("merge", diff("db.py", 'password = "hunter22"'), "secret-password-literal"),
+        ("merge", diff("c.json", '"api_key": "c0ffee-1234"'), "secret-password-literal"),
+        ("merge", diff(".env", "DB_PASSWORD=correct-horse"), "secret-env-assignment"),
+        ("merge", diff(".env", "  export GH_TOKEN_2=abcdefgh  "), "secret-env-assignment"),
+    ],
+)
+def test_the_rewritten_rules_still_deny_what_they_denied(
+    action: str, detail: str, rule: str | None
+) -> None:
+    verdict = DEFAULT.evaluate_action(action, detail)
+    assert verdict.decision == "deny", verdict
+    assert verdict.rule == (rule or "secret-aws-secret-key")
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        diff("db.py", 'password = "<your password>"'),
+        diff("db.py", 'password = "<a<your password>"'),
+        diff(".env", "DB_PASSWORD=${DB_PASSWORD}"),
+        diff("c.ini", "aws_secret_access_key = " + "A" * 39),
+        diff("notes.md", "aws_secret_key " + "x " * 40),
+    ],
+)
+def test_what_the_rewritten_secret_rules_let_through_they_still_let_through(detail: str) -> None:
+    assert DEFAULT.evaluate_action("merge", detail).decision == "allow"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "true(){ true & true; }; true",  # no `|`: the fork bomb rule does not see it
+        "function true { true & true; }; true",
+        "ls () { ls; }; ls",
+        "f" * 129 + "(){ " + "f" * 129 + "|" + "f" * 129 + "& };" + "f" * 129,
+    ],
+)
+def test_a_shell_function_goes_to_a_person_since_it_can_stand_in_for_an_allowed_command(
+    line: str,
+) -> None:
+    verdict = command(line)
+    assert (verdict.decision, verdict.rule) == ("needs_approval", "function-definition")
+
+
+@pytest.mark.parametrize(
+    "line", ["pytest -k 'function and not slow'", "python -m pytest -q", "echo 'f ( x )'"]
+)
+def test_words_that_only_look_like_a_function_are_allowed(line: str) -> None:
+    assert command(line).decision == "allow"
