@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
 import msgspec
 
-from codeyard.agents.policy import load_policy
-from codeyard.agents.safety_gate import SafetyGate
+from codeyard.agents.policy import Policy, load_policy
+from codeyard.agents.safety_gate import SafetyGate, Verdict
 from codeyard.bus import Bus
 from codeyard.bus.subjects import APPROVALS_BUCKET, EVENT_STREAM, GATE_CHECK
 from codeyard.schemas import (
@@ -122,3 +127,129 @@ async def test_a_checkpoint_asks_about_what_the_policy_allows_but_never_what_it_
     assert asked.rule == "checkpoint.merge"
     assert refused.decision == "deny"
     assert not refused.approval_id
+
+
+# --- a policy that is slow on a check ------------------------------------------------------------
+
+# A custom policy can hold a regex that backtracks quadratically, as the default one once did:
+# this one (the old secret-aws-secret-key) would take minutes over a line of aws_secret_key
+# repeated, and holds the interpreter all the while (`re` never lets another thread run).
+QUADRATIC = r'aws_?secret_?(access_?)?key\w*["\x27]?\s*[:=]\s*["\x27]?[A-Za-z0-9/+=]{40}'
+SLOW_POLICY = f"""
+extends = "default"
+[[rules]]
+name = "slow-secret-scan"
+actions = ["merge"]
+effect = "deny"
+secrets = ['{QUADRATIC}']
+"""
+
+
+def pathological_merge() -> ActionCheck:
+    line = "aws_secret_key" * 8_000  # 112 KB
+    return check(
+        "merge", f"diff --git a/x.js b/x.js\n--- a/x.js\n+++ b/x.js\n@@ -0,0 +1 @@\n+{line}\n"
+    )
+
+
+async def answered_in(bus: Bus, question: ActionCheck) -> tuple[GateDecision, float]:
+    start = time.monotonic()
+    answer = await bus.request(GATE_CHECK, question, GateDecision, timeout=30)
+    return answer, time.monotonic() - start
+
+
+async def test_a_check_the_policy_is_slow_on_goes_to_a_person_while_others_are_answered(
+    bus: Bus,
+) -> None:
+    gate = SafetyGate(bus, Policy.from_toml(SLOW_POLICY), time_limit=1.0)
+    await gate.serve()
+    try:
+        (slow, slow_took), (quick, quick_took) = await asyncio.gather(
+            answered_in(bus, pathological_merge()),
+            answered_in(bus, check("run_command", "python -m pytest -q")),
+        )
+        assert (slow.decision, slow.rule) == ("needs_approval", "gate.time-limit")
+        assert "took too long" in slow.reason
+        assert slow_took < 1.0 + 2.0  # the limit, and time to store the question and audit it
+        assert quick.decision == "allow"
+        assert quick_took < 1.0  # not held up by the slow check
+
+        # The question waits for a person like any other.
+        approvals = await bus.store(APPROVALS_BUCKET, PendingApproval)
+        question = await approvals.get(slow.approval_id)
+        assert question is not None
+        assert (question.value.rule, question.value.action) == ("gate.time-limit", "merge")
+
+        # The process that overran was killed and replaced: the gate goes on as before.
+        after, _ = await answered_in(bus, check("run_command", "ruff check ."))
+        assert after.decision == "allow"
+        assert gate.evaluations_running == 0
+    finally:
+        gate.close()
+
+
+class StuckPolicy:
+    """The default policy, except that it never finishes a check whose detail is `stuck`, and
+    that a policy process started after the first takes 2 s to come up (`starts` counts them):
+    a check waiting behind a stuck one finds no process free before its own time limit."""
+
+    def __init__(self, starts: Path) -> None:
+        self.default = load_policy(None)
+        self.starts = starts
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # in the policy process
+        self.__dict__.update(state)
+        with self.starts.open("a") as starts:
+            starts.write("started\n")
+        if self.starts.read_text().count("started") > 1:
+            time.sleep(2.0)
+
+    def evaluate(self, check: ActionCheck) -> Verdict:
+        if check.detail == "stuck":
+            time.sleep(3600)
+        return self.default.evaluate(check)
+
+
+async def test_while_every_process_is_busy_the_gate_answers_but_never_allows(
+    bus: Bus, tmp_path: Path
+) -> None:
+    gate = SafetyGate(bus, StuckPolicy(tmp_path / "starts"), time_limit=1.0, processes=1)
+    await gate.serve()
+    try:
+        ordinary = check("run_command", "python -m pytest -q")
+        stuck_task = asyncio.create_task(answered_in(bus, check("run_command", "stuck")))
+        for _ in range(500):  # until the only process has taken it
+            if gate.evaluations_running:
+                break
+            await asyncio.sleep(0.01)
+        waiting, _ = await answered_in(bus, ordinary)
+        stuck, _ = await stuck_task
+        assert (stuck.decision, stuck.rule) == ("needs_approval", "gate.time-limit")
+        assert (waiting.decision, waiting.rule) == ("needs_approval", "gate.busy")
+        assert "busy" in waiting.reason
+
+        for _ in range(20):  # until the process that replaces the stuck one is up
+            again, _ = await answered_in(bus, ordinary)
+            if again.decision == "allow":
+                break
+        assert again.decision == "allow"
+    finally:
+        gate.close()
+
+
+class FailingPolicy:
+    def evaluate(self, check: ActionCheck) -> Verdict:
+        raise RuntimeError("policy bug")
+
+
+async def test_a_policy_that_fails_in_its_process_refuses_the_check(bus: Bus) -> None:
+    gate = SafetyGate(bus, FailingPolicy())
+    await gate.serve()
+    try:
+        refused = await bus.request(GATE_CHECK, check("run_command", "pytest"), GateDecision)
+        assert refused.decision == "deny"
+        assert "policy bug" in refused.reason
+        again = await bus.request(GATE_CHECK, check("run_command", "ruff"), GateDecision)
+        assert again.decision == "deny"  # the process is replaced, the gate still answers
+    finally:
+        gate.close()
