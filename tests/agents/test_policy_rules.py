@@ -1,4 +1,5 @@
-"""Rules of the default policy: regexes that run in linear time, shell functions."""
+"""Rules of the default policy: regexes that run in linear time, shell functions, pytest's
+options from elsewhere."""
 
 from __future__ import annotations
 
@@ -267,4 +268,32 @@ def test_a_shell_function_goes_to_a_person_since_it_can_stand_in_for_an_allowed_
     "line", ["pytest -k 'function and not slow'", "python -m pytest -q", "echo 'f ( x )'"]
 )
 def test_words_that_only_look_like_a_function_are_allowed(line: str) -> None:
+    assert command(line).decision == "allow"
+
+
+# --- pytest's options from elsewhere --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "pytest --basetemp=$TMPDIR",  # a variable the gate does not know the value of
+        "python -m pytest -q --basetemp=$OLDPWD/t",
+        "pytest --basetemp=${x:-/home}",
+        "PYTEST_ADDOPTS=--basetemp=/home pytest",
+        "env PYTEST_ADDOPTS=--basetemp=/etc python -m pytest -q",
+        "export PYTEST_ADDOPTS=--basetemp=/home; pytest",
+        "PYTEST_ADDOPTS='-p evil'; python -m pytest",
+        "PYTEST_PLUGINS=evil pytest -q",
+        "env PYTEST_PLUGINS=evil python -m pytest -q",
+    ],
+)
+def test_pytest_options_the_gate_cannot_see_go_to_a_person(line: str) -> None:
+    assert command(line).decision == "needs_approval"
+
+
+@pytest.mark.parametrize(
+    "line", ["pytest -q", "python -m pytest -q --basetemp=.tmp", "PYTHONHASHSEED=0 pytest -q"]
+)
+def test_pytest_with_what_the_gate_can_see_is_allowed(line: str) -> None:
     assert command(line).decision == "allow"
