@@ -1,13 +1,15 @@
 """Rules of the default policy: regexes that run in linear time, shell functions, pytest's
-options from elsewhere."""
+options from elsewhere, secret files reached by names the gate cannot see."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 import tomllib
 from collections.abc import Callable, Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codeyard.agents.policy import Verdict, load_policy
+from codeyard.sandbox.protocol import shell_command
 from tests.agents.adversarial_corpus import AWS_SECRET, diff
 
 DEFAULT = load_policy(None)
@@ -297,3 +300,100 @@ def test_pytest_options_the_gate_cannot_see_go_to_a_person(line: str) -> None:
 )
 def test_pytest_with_what_the_gate_can_see_is_allowed(line: str) -> None:
     assert command(line).decision == "allow"
+
+
+# --- secret files reached by names the gate does not see ------------------------------------------
+
+
+def shell_output(line: str, cwd: Path) -> str:
+    """What `line` prints when run as the tester runs a test command (`/bin/sh -c`)."""
+    done = subprocess.run(
+        shell_command(line),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout
+
+
+SECRET_READS = [
+    "cat .en[v]",
+    "cat .en?",
+    "cat .e*",
+    "head -n 5 .e*",
+    "tail .env*",
+    "grep -h . .e*",
+    "sort .en?",
+    "nl .env[.]prod",
+    "git diff --no-index .en? empty.txt",
+    "grep -r SECRET .",
+    "grep -rh SECRET",
+    "grep -R --include=.env* SECRET",
+    "grep -d recurse SECRET .",
+    "fgrep --recursive SECRET .",
+    "diff -rN empty .",
+    "ls -a | xargs cat",
+    "xargs cat < names.txt",
+    "printf '.env\\0' > names; sort --files0-from=names",
+]
+
+
+@pytest.mark.parametrize("line", SECRET_READS)
+def test_a_secret_file_reached_by_a_name_the_gate_does_not_see_goes_to_a_person(
+    line: str, tmp_path: Path
+) -> None:
+    verdict = command(line)
+    assert verdict.decision == "needs_approval", verdict
+
+    (tmp_path / ".env").write_text("SECRET=hunter2\n")
+    (tmp_path / ".env.prod").write_text("SECRET=hunter3\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "names.txt").write_text(".env\n")
+    assert "hunter" in shell_output(line, tmp_path)  # the case is real: /bin/sh prints it
+
+
+@pytest.mark.parametrize(
+    ("line", "rule"),
+    [
+        ("black --diff .en?", "default.run_command"),
+        ("ruff check .e*", "default.run_command"),
+        ("git log -- .e*", "default.run_command"),
+        ("cat *env", "default.run_command"),
+        ("cat < .en?", "default.run_command"),  # bash expands it (dash does not)
+        ("wc --files0-from=names", "arguments-from-input"),
+        ("rg SECRET", "recursive-read"),  # .ignore or .gitignore can let it read .env
+        ("rg --hidden SECRET", "recursive-read"),
+        ("rg --pre rm SECRET", "recursive-read"),
+        ("git grep --no-index SECRET", "recursive-read"),
+        ("git grep --untracked SECRET", "recursive-read"),
+        ("sort --compress-program=sh data.txt", "default.run_command"),
+    ],
+)
+def test_reading_tools_ask_a_person_about_names_the_gate_does_not_see(line: str, rule: str) -> None:
+    verdict = command(line)
+    assert (verdict.decision, verdict.rule) == ("needs_approval", rule), verdict
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "ls -la src",
+        "cat src/app.py | grep -n def",
+        "grep -n 'def add' src/app.py",
+        "grep -c TODO src/app.py tests/test_app.py",
+        "diff -u old.txt new.txt",
+        "sort -r data.txt",
+        "uname -r",
+        "[ -f setup.py ] && pytest -q",
+        "test -d tests && python -m pytest -q",
+        "git diff HEAD~1 -- src/app.py",
+        "git log --oneline -5",
+        "wc -l src/app.py",
+    ],
+)
+def test_ordinary_reading_is_still_allowed(line: str) -> None:
+    assert command(line).decision == "allow", command(line)
