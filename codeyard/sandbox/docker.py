@@ -19,7 +19,16 @@ Limits (`Limits`):
 
 - wall time: enforced here by killing the container (SIGKILL: exit 137), which takes every
   process of its pid namespace with it. The container is always removed afterwards, also when
-  the run fails or is cancelled.
+  the run fails or is cancelled. A container must not outlive a codeyard that dies mid-run
+  (SIGKILL, out of memory), so it also keeps a deadline of its own: the image's coreutils
+  `timeout` starts the command and SIGKILLs it `DEADLINE_GRACE` seconds after the wall time
+  (codeyard's own kill comes first and reports `timed_out`; a run that the container's deadline
+  stopped first, on a stalled machine, is reported as timed out all the same). Each container
+  is labelled with its wall-time deadline (`DEADLINE_LABEL`, epoch seconds), and every
+  codeyard using the engine removes, running or not, the sandbox containers more than
+  `SWEEP_GRACE` seconds past theirs (at its probe and then at most once a minute, before a
+  run): that covers a container whose own deadline did not fire. Stopped ones of a codeyard
+  that died are removed at the probe whatever their deadline.
 - memory: each process may have at most `memory_bytes` of address space (RLIMIT_AS, as under
   bwrap: allocations fail with MemoryError), and the container as a whole, /tmp and /dev/shm
   included, at most `memory_bytes + 2 * tmpfs_bytes` of RAM with no swap (the cgroup OOM
@@ -45,10 +54,10 @@ Limits (`Limits`):
   (about 10 ms a run); a container where it cannot be installed runs nothing (exit 126).
 
 The image must provide /usr/bin/python3 (as `python` too), pytest, /usr/bin/prlimit (util-linux,
-essential in Debian) and /bin/sh (test commands run with `/bin/sh -c`; dash is essential in
-Debian too); scripts/build-sandbox-image.sh builds the default one, `codeyard-sandbox:bookworm`,
-with no registry. The docker SDK blocks, so every call runs in a thread: the event loop never
-waits on the engine.
+essential in Debian), /usr/bin/timeout (coreutils, essential too) and /bin/sh (test commands
+run with `/bin/sh -c`; dash is essential in Debian too); scripts/build-sandbox-image.sh builds
+the default one, `codeyard-sandbox:bookworm`, with no registry. The docker SDK blocks, so
+every call runs in a thread: the event loop never waits on the engine.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -102,9 +112,23 @@ ENGINE_HINT = (
 )
 IMAGE_HINT = "build it with `sudo scripts/build-sandbox-image.sh` (no registry needed)"
 LABEL = "codeyard.sandbox"
+# When the run's wall time ends, in seconds since the epoch (as text: labels are strings).
+DEADLINE_LABEL = "codeyard.sandbox.deadline"
+# How long after the wall time the container's own `timeout` kills the command: codeyard's
+# kill must come first (its timer starts a little after the container, and a loaded machine
+# may delay it), so that the run is reported as timed out the usual way.
+DEADLINE_GRACE = 10.0
+# How long after its deadline label a container is removed by any codeyard: beyond what its
+# own codeyard may still take to start it (attach, start), kill it and remove it, so no run
+# that is still supervised loses its container.
+SWEEP_GRACE = DEADLINE_GRACE + 3 * ENGINE_TIMEOUT
+_SWEEP_INTERVAL = 60.0  # seconds between two sweeps of overdue containers while runs go on
 
-_INIT_PIDS = 1  # docker-init (tini) counts against the container's pids limit
+# docker-init (tini) and `timeout` count against the container's pids limit
+_WRAPPER_PIDS = 2
 _PRLIMIT = "/usr/bin/prlimit"  # of the image
+_TIMEOUT = "/usr/bin/timeout"  # of the image (coreutils)
+_KILLED = 128 + 9  # SIGKILL, as a shell reports it
 # Installs the seccomp filter. A path, never looked up: a caller's PATH could name the workdir.
 _PYTHON = "/usr/bin/python3"
 
@@ -141,6 +165,7 @@ class DockerSandbox:
         self._client: docker.DockerClient | None = None
         self._probe_lock = threading.Lock()
         self._seccomp = b""  # the BPF program of `disk_filter`, after `probe()`
+        self._swept = 0.0  # time.monotonic() of the last sweep
 
     @property
     def client(self) -> docker.DockerClient:
@@ -194,16 +219,19 @@ class DockerSandbox:
                 f"cannot inspect the sandbox image {self.image} at {self.docker_host}: {exc}"
             ) from exc
 
-    def _sweep(self, client: docker.DockerClient) -> None:
-        """Removes stopped containers of a codeyard that died mid-run (never running ones:
-        another codeyard process may own them)."""
-        for status in ("exited", "dead"):
-            stale = client.containers.list(
-                all=True, filters={"label": LABEL, "status": status}, ignore_removed=True
-            )
-            for container in stale:
+    def _sweep(self, client: docker.DockerClient, stopped: bool = True) -> None:
+        """Removes the sandbox containers more than `SWEEP_GRACE` seconds past their deadline,
+        running or not (their codeyard died, and their own deadline did not stop them), and,
+        with `stopped`, every stopped one (of a codeyard that died mid-run). A running container
+        within its deadline is left alone: another codeyard process may own it."""
+        self._swept = time.monotonic()
+        now = time.time()
+        for container in client.api.containers(all=True, filters={"label": LABEL}):
+            labels = container.get("Labels") or {}
+            overdue = _deadline(labels.get(DEADLINE_LABEL)) + SWEEP_GRACE < now
+            if overdue or (stopped and container.get("State") in ("exited", "dead")):
                 with contextlib.suppress(docker.errors.DockerException):
-                    container.remove(force=True)
+                    client.api.remove_container(container["Id"], force=True)
 
     def _check_run(self, client: docker.DockerClient) -> None:
         command = shell_command("python -c 'import pytest'")  # as test commands run
@@ -232,7 +260,7 @@ class DockerSandbox:
             raise SandboxUnavailable(
                 f"`{SHELL} -c \"python -c 'import pytest'\"` fails in the sandbox image "
                 f"{self.image} (exit {status}): the image needs {SHELL}, /usr/bin/python3 (as "
-                f"`python` too), pytest and prlimit; {IMAGE_HINT}"
+                f"`python` too), pytest, prlimit and timeout; {IMAGE_HINT}"
             )
 
     async def run(
@@ -246,6 +274,10 @@ class DockerSandbox:
             raise ValueError(f"command must be a non-empty argv list, got {command!r}")
         if self._client is None:
             await asyncio.to_thread(self.probe)
+        elif time.monotonic() - self._swept > _SWEEP_INTERVAL:
+            self._swept = time.monotonic()  # one sweep at a time
+            with contextlib.suppress(docker.errors.DockerException):
+                await asyncio.to_thread(self._sweep, self.client, False)
         workdir = checked_workdir(workdir)
         api = self.client.api
         loan = await asyncio.to_thread(self._loan, workdir)
@@ -269,6 +301,15 @@ class DockerSandbox:
     ) -> RunOutcome:
         await execution.start()
         outcome = await supervise(execution, limits, workdir)
+        if (
+            not outcome.timed_out
+            and outcome.killed_by_limit != "disk"
+            and outcome.exit_code == _KILLED
+            and outcome.duration_seconds >= limits.wall_seconds + DEADLINE_GRACE
+        ):
+            # The container's own deadline struck before codeyard's kill (a stalled machine):
+            # it is the wall time all the same.
+            return dataclasses.replace(outcome, timed_out=True, killed_by_limit="wall_time")
         # Only the engine knows whether its OOM killer struck, also at a child of a command
         # that then ended well: one inspection per run.
         if not outcome.timed_out and await asyncio.to_thread(execution.oom_killed):
@@ -317,7 +358,7 @@ class DockerSandbox:
             mem_limit=memory,
             memswap_limit=memory,
             nano_cpus=int(self.cpus * 1e9),
-            pids_limit=limits.pids + _INIT_PIDS,
+            pids_limit=limits.pids + _WRAPPER_PIDS,
             ulimits=[
                 Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds + 1),
                 Ulimit(name="fsize", soft=limits.file_size_bytes, hard=limits.file_size_bytes),
@@ -329,11 +370,15 @@ class DockerSandbox:
         # the engine's RLIMIT_AS and RLIMIT_NOFILE are not known here (see the module doc).
         argv = shim_argv(_PRLIMIT, limits, NO_LIMIT, command, ceilings={})
         argv = installing_argv(_PYTHON, self._seccomp, argv)
+        # The container's own deadline, in case codeyard dies before it kills it (module doc).
+        # Outermost, so that the command's rlimits and seccomp filter do not bind it.
+        argv = [_TIMEOUT, "-s", "KILL", f"{limits.wall_seconds + DEADLINE_GRACE:.3f}", *argv]
+        deadline = time.time() + limits.wall_seconds
         created = api.create_container(
             self.image,
             argv,
             name=f"codeyard-sandbox-{uuid.uuid4().hex[:16]}",
-            labels={LABEL: "1"},
+            labels={LABEL: "1", DEADLINE_LABEL: f"{deadline:.0f}"},
             hostname="sandbox",
             user=f"{user}:{group}",
             working_dir=SANDBOX_WORKDIR,
@@ -373,3 +418,12 @@ def _discard(api: APIClient, container_id: str | None, loan: WorkdirLoan | None)
                     loan.workdir,
                     SANDBOX_UID,
                 )
+
+
+def _deadline(label: str | None) -> float:
+    """The deadline a container's `DEADLINE_LABEL` says; none (infinity) for a container
+    without one (of an older codeyard) or with a label that is not a number."""
+    try:
+        return float(label) if label is not None else float("inf")
+    except ValueError:
+        return float("inf")
