@@ -12,7 +12,7 @@ from codeyard.agents.safety_gate import SafetyGate
 from codeyard.bus import Bus
 from codeyard.bus.gate_client import BusGateClient
 from codeyard.llm import OpenAIClient
-from codeyard.sandbox import BwrapSandbox, Limits
+from codeyard.sandbox import BwrapSandbox, Limits, MiB
 from codeyard.schemas import Patch, RepoRef, TaskSpec, TestRequest, TestResult
 from codeyard.testing.openai_script import parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
@@ -63,3 +63,54 @@ async def test_a_test_command_runs_as_the_shell_line_the_gate_allowed(
     assert result.output.splitlines()[-1].startswith("1 passed in "), result.output
     assert "[100%]" not in result.output  # the rest of the report went to pytest.log
     assert result.tests_run == 1
+
+
+# The test passes and pytest exits 0, but the run as a whole goes over its memory: the kernel's
+# OOM killer kills one of the children, which the test does not look at.
+CHILD_OOM_KILLED = """import subprocess
+import sys
+
+GRAB = "b = bytearray(150 * 1024 * 1024); import time; time.sleep(2)"
+
+
+def test_children_may_die():
+    children = [subprocess.Popen([sys.executable, "-c", GRAB]) for _ in range(4)]
+    print("children exit codes:", [child.wait() for child in children])
+"""
+
+
+async def test_tests_that_pass_while_a_limit_was_hit_do_not_pass(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_children.py": CHILD_OOM_KILLED})
+    request = TestRequest(
+        run_id="r1",
+        task_id="t1",
+        attempt=1,
+        task=TaskSpec(id="t1", title="notes", description="add notes", files=[]),
+        patch=Patch(text=new_file_patch("notes.txt", "hi")),
+        repo=RepoRef(path=str(repo)),
+        test_command="python -m pytest -q -s",
+    )
+    limits = Limits(wall_seconds=60, memory_bytes=256 * MiB, tmpfs_bytes=32 * MiB)
+    gate = await SafetyGate(bus, load_policy(None)).serve()
+    try:
+        async with (
+            ScriptedOpenAI(
+                parse_script([{"tool": "submit_tests", "replies": [NO_NEW_TESTS]}])
+            ) as server,
+            OpenAIClient(settings(server.base_url)) as client,
+        ):
+            role = testing_role.Tester(client, bwrap_sandbox, BusGateClient(bus), limits)
+            result = await role(request)
+    finally:
+        await gate.unsubscribe()
+
+    assert isinstance(result, TestResult)
+    assert "1 passed" in result.output, result.output  # and pytest exited 0
+    assert "-9" in result.output, result.output  # a child was OOM-killed
+    assert not result.passed, result.output
+    assert result.output.startswith(
+        "sandbox limit hit: memory (256 MiB per process); the tests fail although the test "
+        "command exited 0\n"
+    ), result.output
