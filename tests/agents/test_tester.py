@@ -29,10 +29,11 @@ SHELL_LINE = "cd tests && python -m pytest -q > pytest.log && tail -n 1 pytest.l
 NO_NEW_TESTS = {"arguments": {"rationale": "covered", "edits": []}}
 
 
-async def test_a_test_command_runs_as_the_shell_line_the_gate_allowed(
-    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
-) -> None:
-    repo = one_commit_repo(tmp_path / "repo", {"tests/test_where.py": IN_TESTS})
+async def answer_of_the_tester(
+    bus: Bus, sandbox: BwrapSandbox, repo: Path, test_command: str, limits: Limits
+) -> TestResult:
+    """What the tester answers for a change adding notes.txt to `repo`, with a real gate of the
+    default policy and a model that adds no tests."""
     request = TestRequest(
         run_id="r1",
         task_id="t1",
@@ -40,9 +41,9 @@ async def test_a_test_command_runs_as_the_shell_line_the_gate_allowed(
         task=TaskSpec(id="t1", title="notes", description="add notes", files=[]),
         patch=Patch(text=new_file_patch("notes.txt", "hi")),
         repo=RepoRef(path=str(repo)),
-        test_command=SHELL_LINE,
+        test_command=test_command,
     )
-    gate = await SafetyGate(bus, load_policy(None)).serve()  # it allows this line, as read
+    gate = await SafetyGate(bus, load_policy(None)).serve()
     try:
         async with (
             ScriptedOpenAI(
@@ -50,14 +51,23 @@ async def test_a_test_command_runs_as_the_shell_line_the_gate_allowed(
             ) as server,
             OpenAIClient(settings(server.base_url)) as client,
         ):
-            role = testing_role.Tester(
-                client, bwrap_sandbox, BusGateClient(bus), Limits(wall_seconds=60)
-            )
+            role = testing_role.Tester(client, sandbox, BusGateClient(bus), limits)
             result = await role(request)
     finally:
         await gate.unsubscribe()
-
     assert isinstance(result, TestResult)
+    return result
+
+
+async def test_a_test_command_runs_as_the_shell_line_the_gate_allowed(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_where.py": IN_TESTS})
+    # the gate allows this line, as read
+    result = await answer_of_the_tester(
+        bus, bwrap_sandbox, repo, SHELL_LINE, Limits(wall_seconds=60)
+    )
+
     assert result.passed, result.output
     # (what the sandbox's pytest plugins warn on stderr may come first)
     assert result.output.splitlines()[-1].startswith("1 passed in "), result.output
@@ -83,30 +93,9 @@ async def test_tests_that_pass_while_a_limit_was_hit_do_not_pass(
     bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
 ) -> None:
     repo = one_commit_repo(tmp_path / "repo", {"tests/test_children.py": CHILD_OOM_KILLED})
-    request = TestRequest(
-        run_id="r1",
-        task_id="t1",
-        attempt=1,
-        task=TaskSpec(id="t1", title="notes", description="add notes", files=[]),
-        patch=Patch(text=new_file_patch("notes.txt", "hi")),
-        repo=RepoRef(path=str(repo)),
-        test_command="python -m pytest -q -s",
-    )
     limits = Limits(wall_seconds=60, memory_bytes=256 * MiB, tmpfs_bytes=32 * MiB)
-    gate = await SafetyGate(bus, load_policy(None)).serve()
-    try:
-        async with (
-            ScriptedOpenAI(
-                parse_script([{"tool": "submit_tests", "replies": [NO_NEW_TESTS]}])
-            ) as server,
-            OpenAIClient(settings(server.base_url)) as client,
-        ):
-            role = testing_role.Tester(client, bwrap_sandbox, BusGateClient(bus), limits)
-            result = await role(request)
-    finally:
-        await gate.unsubscribe()
+    result = await answer_of_the_tester(bus, bwrap_sandbox, repo, "python -m pytest -q -s", limits)
 
-    assert isinstance(result, TestResult)
     assert "1 passed" in result.output, result.output  # and pytest exited 0
     assert "-9" in result.output, result.output  # a child was OOM-killed
     assert not result.passed, result.output
