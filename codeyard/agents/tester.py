@@ -6,7 +6,6 @@ it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from codeyard.agents.asking import answered_by, ask_model
@@ -20,48 +19,9 @@ from codeyard.agents.working_copy import PatchDoesNotApply, apply_patch, read_fi
 from codeyard.bus.gate_client import GateClient, require_clearance
 from codeyard.bus.worker import GiveUp, RetryLater
 from codeyard.llm import LLMClient
-from codeyard.sandbox import (
-    GiB,
-    Limits,
-    MiB,
-    RunOutcome,
-    Sandbox,
-    SandboxUnavailable,
-    shell_command,
-)
-from codeyard.sandbox.protocol import LimitName
+from codeyard.sandbox import Limits, Sandbox, SandboxUnavailable, shell_command
+from codeyard.sandbox.limit_hit import limit_header
 from codeyard.schemas import Result, TestRequest, TestResult, WorkItem
-
-
-def limit_header(outcome: RunOutcome, limits: Limits) -> str:
-    """The line saying which limit of the sandbox the run hit; "" when it hit none."""
-    hit: LimitName = outcome.killed_by_limit or ("wall_time" if outcome.timed_out else "")
-    if not hit:
-        return ""
-    line = f"sandbox limit hit: {_LIMITS[hit](limits)}"
-    if outcome.timed_out:
-        line = f"timed out: {line}"
-    elif outcome.exit_code == 0:
-        line += "; the tests fail although the test command exited 0"
-    return line + "\n"
-
-
-def _size(size: int) -> str:
-    return f"{size / GiB:.3g} GiB" if size >= GiB else f"{size / MiB:.3g} MiB"
-
-
-_LIMITS: dict[LimitName, Callable[[Limits], str]] = {
-    "wall_time": lambda limits: f"wall time ({limits.wall_seconds:g} s)",
-    "cpu": lambda limits: f"CPU time ({limits.cpu_seconds} s per process)",
-    "memory": lambda limits: f"memory ({_size(limits.memory_bytes)} per process)",
-    "pids": lambda limits: f"processes ({limits.pids} processes and threads)",
-    "file_size": lambda limits: f"file size ({_size(limits.file_size_bytes)} per file)",
-    "open_files": lambda limits: f"open files ({limits.open_files} per process)",
-    "disk": lambda limits: (
-        f"disk (the run must leave {_size(limits.disk_reserve_bytes)} and "
-        f"{limits.disk_reserve_inodes} inodes free on the disk of its checkout)"
-    ),
-}
 
 
 def is_test_path(path: str) -> bool:

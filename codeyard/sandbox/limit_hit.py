@@ -1,10 +1,13 @@
-"""`limit_hit`: which of the `Limits` stopped a run, from what every backend can observe."""
+"""`limit_hit`: which of the `Limits` stopped a run, from what every backend can observe; and
+`limit_header`: that, said for people reading the output of the run."""
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
-from codeyard.sandbox.protocol import LimitName
+from codeyard.sandbox.limits import GiB, Limits, MiB
+from codeyard.sandbox.protocol import LimitName, RunOutcome
 
 _MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 _FORK_SIGNS = ("BlockingIOError", "Resource temporarily unavailable")
@@ -42,3 +45,34 @@ def limit_hit(
     if pids_hit is None and all(sign in end for sign in _FORK_SIGNS):
         return "pids"
     return ""
+
+
+def limit_header(outcome: RunOutcome, limits: Limits) -> str:
+    """The line saying which limit of the sandbox the run hit; "" when it hit none."""
+    hit: LimitName = outcome.killed_by_limit or ("wall_time" if outcome.timed_out else "")
+    if not hit:
+        return ""
+    line = f"sandbox limit hit: {_LIMITS[hit](limits)}"
+    if outcome.timed_out:
+        line = f"timed out: {line}"
+    elif outcome.exit_code == 0:
+        line += "; the tests fail although the test command exited 0"
+    return line + "\n"
+
+
+def _size(size: int) -> str:
+    return f"{size / GiB:.3g} GiB" if size >= GiB else f"{size / MiB:.3g} MiB"
+
+
+_LIMITS: dict[LimitName, Callable[[Limits], str]] = {
+    "wall_time": lambda limits: f"wall time ({limits.wall_seconds:g} s)",
+    "cpu": lambda limits: f"CPU time ({limits.cpu_seconds} s per process)",
+    "memory": lambda limits: f"memory ({_size(limits.memory_bytes)} per process)",
+    "pids": lambda limits: f"processes ({limits.pids} processes and threads)",
+    "file_size": lambda limits: f"file size ({_size(limits.file_size_bytes)} per file)",
+    "open_files": lambda limits: f"open files ({limits.open_files} per process)",
+    "disk": lambda limits: (
+        f"disk (the run must leave {_size(limits.disk_reserve_bytes)} and "
+        f"{limits.disk_reserve_inodes} inodes free on the disk of its checkout)"
+    ),
+}

@@ -18,10 +18,11 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
-from codeyard.agents.failure_report import trim_test_output
+from codeyard.agents.failure_report import MAX_CHARS, trim_test_output
 from codeyard.agents.repo_summary import detect_test_command
 from codeyard.bus.gate_client import GateClient
 from codeyard.sandbox import Limits, Sandbox, shell_command
+from codeyard.sandbox.limit_hit import limit_header
 from codeyard.sandbox.scratch import scratch_directory
 from codeyard.schemas import ActionCheck
 from codeyard.workspace.git import checkout
@@ -70,5 +71,6 @@ class SandboxedSuite:
             outcome = await self.sandbox.run(copy, shell_command(command), self.limits)
         if outcome.ok:
             return None
-        header = "timed out\n" if outcome.timed_out else ""
-        return trim_test_output(f"{header}{outcome.output}")
+        # after trimming, which keeps the end of the output: the limit hit is the first thing said
+        header = limit_header(outcome, self.limits)
+        return header + trim_test_output(outcome.output, MAX_CHARS - len(header))

@@ -104,3 +104,21 @@ async def test_the_suite_runs_the_runs_test_command_instead_of_a_detected_one(
     assert detected is None  # python -m pytest: tests/ passes
     assert chosen is not None
     assert "check_totals: expected 3, got 4" in chosen, chosen
+
+
+SLOW = "import time\n\n\ndef test_slow():\n    time.sleep(30)\n"
+
+
+async def test_a_suite_stopped_by_a_limit_says_which_limit(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_slow.py": SLOW})
+    gate = await SafetyGate(bus, load_policy(None)).serve()
+    try:
+        suite = SandboxedSuite(bwrap_sandbox, BusGateClient(bus), Limits(wall_seconds=2))
+        report = await suite.failures(repo, "r1", "t1", 1, test_command="python -m pytest -q")
+    finally:
+        await gate.unsubscribe()
+
+    assert report is not None
+    assert report.startswith("timed out: sandbox limit hit: wall time (2 s)\n"), report
