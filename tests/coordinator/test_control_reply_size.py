@@ -40,7 +40,8 @@ async def coordinator(bus: Bus) -> AsyncIterator[Coordinator]:
 
 async def control(bus: Bus, verb: str, request: Envelope) -> ControlReply:
     """One request, no retries: a reply never sent fails the test in 10 s rather than 30."""
-    return await bus.request(ctl_subject(verb), request, ControlReply, 10)
+    reply: ControlReply = await bus.request(ctl_subject(verb), request, ControlReply, 10)
+    return reply
 
 
 async def test_a_run_status_over_the_message_limit_is_refused_saying_so(
