@@ -27,7 +27,7 @@ class Coder:
     async def __call__(self, item: WorkItem) -> Result:
         if not isinstance(item, CodeRequest):
             raise GiveUp(f"the coder does not handle {type(item).__name__}")
-        with working_copy(item.repo) as root:
+        async with working_copy(item.repo) as root:
             files = await asyncio.to_thread(read_files, root, item.task.files)
             messages = render_prompt(
                 "coder",

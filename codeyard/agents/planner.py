@@ -27,7 +27,7 @@ class Planner:
             raise GiveUp(f"the planner does not handle {type(item).__name__}")
         summary = None
         if item.repo.snapshot or item.repo.path:
-            with working_copy(item.repo) as root:
+            async with working_copy(item.repo) as root:
                 summary = await asyncio.to_thread(
                     summarize_repo, root, test_command=item.test_command
                 )

@@ -44,7 +44,7 @@ class Tester:
     async def __call__(self, item: WorkItem) -> Result:
         if not isinstance(item, TestRequest):
             raise GiveUp(f"the tester does not handle {type(item).__name__}")
-        with working_copy(item.repo) as root:
+        async with working_copy(item.repo) as root:
             try:
                 await asyncio.to_thread(apply_patch, root, item.patch.text)
             except PatchDoesNotApply as exc:

@@ -7,9 +7,11 @@ when they share a disk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import asyncio
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from types import TracebackType
 
 from codeyard.agents.safe_paths import UnsafePath, workspace_path
 from codeyard.bus.worker import GiveUp
@@ -21,16 +23,69 @@ MAX_FILE_CHARS = 60_000
 MAX_TOTAL_CHARS = 200_000
 
 
-@contextmanager
-def working_copy(repo: RepoRef) -> Iterator[Path]:
-    """A throwaway clone of the repository at the item's head, removed afterwards."""
-    source = repo.snapshot or repo.path
-    if not source:
-        raise GiveUp("the work item names no repository to work on")
-    if not Path(source).is_dir():
-        raise GiveUp(f"repository {source} is not on this machine's disk")
-    with scratch_directory("codeyard-") as scratch:  # sandboxed code runs in it
-        yield checkout(Path(source), scratch / "repo", repo.head or "HEAD")
+def working_copy(repo: RepoRef) -> WorkingCopy:
+    """A throwaway clone of the repository at the item's head, removed afterwards: `async with`
+    in a coroutine (the copying and the removal run in a thread), `with` elsewhere."""
+    return WorkingCopy(repo)
+
+
+class WorkingCopy:
+    """See `working_copy`. A plain `with` on an event loop is refused: the copy of a large
+    repository would stall the loop, and with it the heartbeats that keep a work item ours, so
+    the item would be redelivered while it runs and its model paid for twice."""
+
+    def __init__(self, repo: RepoRef) -> None:
+        source = repo.snapshot or repo.path
+        if not source:
+            raise GiveUp("the work item names no repository to work on")
+        self._source = Path(source)
+        self._head = repo.head or "HEAD"
+        self._stack = ExitStack()
+
+    def __enter__(self) -> Path:
+        if _on_event_loop():
+            raise RuntimeError(
+                "working_copy blocks while it copies: use `async with` in a coroutine"
+            )
+        return self._enter()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._stack.__exit__(kind, error, trace)
+
+    async def __aenter__(self) -> Path:
+        return await asyncio.to_thread(self._enter)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self._stack.__exit__, kind, error, trace)
+
+    def _enter(self) -> Path:
+        if not self._source.is_dir():
+            raise GiveUp(f"repository {self._source} is not on this machine's disk")
+        with ExitStack() as stack:
+            scratch = stack.enter_context(
+                scratch_directory("codeyard-")
+            )  # sandboxed code runs in it
+            root = checkout(self._source, scratch / "repo", self._head)
+            self._stack = stack.pop_all()  # kept until exit
+        return root
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def read_files(root: Path, paths: Sequence[str]) -> dict[str, str]:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from codeyard.agents.working_copy import read_files
+import pytest
+
+from codeyard.agents.working_copy import read_files, working_copy
+from codeyard.bus.worker import GiveUp
+from codeyard.schemas import RepoRef
 
 
 def test_names_that_cannot_be_files_are_left_out_like_missing_ones(sample_repo: Path) -> None:
@@ -15,3 +20,45 @@ def test_names_that_cannot_be_files_are_left_out_like_missing_ones(sample_repo: 
 
     assert list(files) == ["calc/ops.py"]
     assert files["calc/ops.py"].startswith("def add(")
+
+
+async def test_the_event_loop_keeps_running_while_a_copy_is_made(sample_repo: Path) -> None:
+    # A worker's heartbeats run on its event loop: a copy made on the loop itself stopped them,
+    # and an item whose copy outlasted its ack wait was redelivered while it ran.
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    before = ticks
+    async with working_copy(RepoRef(path=str(sample_repo))) as root:
+        during_copy = ticks - before
+        copied = (root / "calc" / "ops.py").is_file()
+    ticker.cancel()
+
+    assert copied
+    assert during_copy > 0
+    assert not root.exists()
+
+
+async def test_a_plain_with_on_the_event_loop_is_refused(sample_repo: Path) -> None:
+    with pytest.raises(RuntimeError, match="async with"):
+        with working_copy(RepoRef(path=str(sample_repo))):
+            pass
+
+
+def test_a_plain_with_off_the_event_loop_copies_and_cleans_up(sample_repo: Path) -> None:
+    with working_copy(RepoRef(path=str(sample_repo))) as root:
+        assert (root / "calc" / "ops.py").is_file()
+    assert not root.exists()
+
+
+async def test_a_repository_not_on_this_disk_is_given_up(tmp_path: Path) -> None:
+    with pytest.raises(GiveUp, match="not on this machine's disk"):
+        async with working_copy(RepoRef(path=str(tmp_path / "gone"))):
+            pass
