@@ -47,9 +47,9 @@ async def test_the_event_loop_keeps_running_while_a_copy_is_made(sample_repo: Pa
 
 
 async def test_a_plain_with_on_the_event_loop_is_refused(sample_repo: Path) -> None:
-    with pytest.raises(RuntimeError, match="async with"):
-        with working_copy(RepoRef(path=str(sample_repo))):
-            pass
+    copy = working_copy(RepoRef(path=str(sample_repo)))
+    with pytest.raises(RuntimeError, match="async with"), copy:
+        pass
 
 
 def test_a_plain_with_off_the_event_loop_copies_and_cleans_up(sample_repo: Path) -> None:
