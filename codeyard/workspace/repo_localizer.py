@@ -39,9 +39,16 @@ class RepoLocalizer:
                 raise GiveUp(str(exc)) from exc
         result = await self._with_local_repo(item)
         if isinstance(result, CodeResult):
-            result = msgspec.structs.replace(
-                result, patch=await offload(self.cache.store, result.patch)
-            )
+            try:
+                patch = await offload(self.cache.store, result.patch)
+            except Exception as exc:  # the store is down or slow: the model's answer is lost,
+                # but not what it cost, which only this result carries
+                raise RetryLater(
+                    f"cannot store the patch: {type(exc).__name__}: {exc}",
+                    usage=result.usage,
+                    model=result.model,
+                ) from exc
+            result = msgspec.structs.replace(result, patch=patch)
         return result
 
     async def _with_local_repo(self, item: WorkItem) -> Result:

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from codeyard.bus import Bus
+from codeyard.bus.worker import RetryLater
 from codeyard.coordinator.events import Merged
 from codeyard.schemas import (
     CodeRequest,
@@ -20,6 +21,7 @@ from codeyard.schemas import (
     TaskSpec,
     TestRequest,
     TestResult,
+    Usage,
     WorkItem,
 )
 from codeyard.workspace.git import git
@@ -114,3 +116,24 @@ async def test_the_integrator_merges_a_stored_patch(bus: Bus, tmp_path: Path) ->
     assert outcome.repo is not None
     assert outcome.repo.bundles is not None  # the new head, published for the workers
     assert (Path(run.repo.snapshot) / "big.txt").read_text() == lines
+
+
+async def test_a_patch_that_cannot_be_stored_is_retried_with_the_coders_spend(
+    bus: Bus, tmp_path: Path
+) -> None:
+    # The model was paid for before the store failed; the run must still count the spend, and
+    # the worker hands the item back to be tried again rather than failing it.
+    store = await bus.js.create_object_store("test-offload-gone")
+    await bus.js.delete_object_store("test-offload-gone")
+    spent = Usage(calls=1, prompt_tokens=900, completion_tokens=300, cost_usd=0.01)
+
+    async def role(item: WorkItem) -> Result:
+        return CodeResult(patch=Patch(text=BIG), usage=spent, model="coder-model")
+
+    worker = RepoLocalizer(role, SnapshotCache(store, tmp_path / "cache"))
+    task = TaskSpec(id="t1", title="big change")
+    with pytest.raises(RetryLater, match="cannot store the patch") as handed_back:
+        await worker(CodeRequest(run_id="r1", task_id="t1", attempt=1, goal="g", task=task))
+
+    assert handed_back.value.usage == spent
+    assert handed_back.value.model == "coder-model"
