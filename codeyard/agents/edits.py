@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from codeyard.agents.outputs import FileEdit, ReplaceText
+from codeyard.agents.outputs import MAX_EDITS, FileEdit, ReplaceText
 from codeyard.agents.safe_paths import UnsafePath, workspace_path
 
 MAX_FILE_BYTES = 1_000_000
@@ -98,6 +98,8 @@ def apply_edits(
     Raises `EditError` naming the first edit that does not apply, having written nothing; if
     writing or diffing fails midway, the files already written are restored first.
     """
+    if len(edits) > MAX_EDITS:
+        raise EditError(f"{len(edits)} edits; at most {MAX_EDITS} can be applied at once")
     root = root.resolve()
     _require_top_level(root)
     planned = _plan(root, edits, max_file_bytes)
@@ -138,9 +140,10 @@ def apply_edits(
 def _plan(root: Path, edits: Sequence[FileEdit], max_file_bytes: int) -> list[_Change]:
     """Every edit checked and applied in memory, one `_Change` per file in first-edit order."""
     changes: dict[str, _Change] = {}
+    directories: set[str] = set()  # those holding the files edited so far
     for index, edit in enumerate(edits):
         try:
-            _apply_in_memory(root, edit, changes, max_file_bytes)
+            _apply_in_memory(root, edit, changes, directories, max_file_bytes)
         except (UnsafePath, _Refused) as exc:
             raise EditError(str(exc), index=index, edit=edit) from None
     return list(changes.values())
@@ -151,13 +154,19 @@ class _Refused(Exception):
 
 
 def _apply_in_memory(
-    root: Path, edit: FileEdit, changes: dict[str, _Change], max_file_bytes: int
+    root: Path,
+    edit: FileEdit,
+    changes: dict[str, _Change],
+    directories: set[str],
+    max_file_bytes: int,
 ) -> None:
     if edit.path not in changes:
         target = workspace_path(root, edit.path)
-        _check_placement(root, edit.path, changes)
+        parents = _parents(edit.path)
+        _check_placement(root, edit.path, parents, changes, directories)
         original, text = _read_original(target, edit.path, max_file_bytes)
         changes[edit.path] = _Change(edit.path, target, original, text)
+        directories.update(parents)
     change = changes[edit.path]
     if isinstance(edit, ReplaceText):
         if change.text is None:
@@ -220,15 +229,25 @@ def _attribute_tokens(line: str) -> list[str]:
     return words
 
 
-def _check_placement(root: Path, path: str, changes: dict[str, _Change]) -> None:
-    """Refuse a file at `path` where the tree or an earlier edit has a file or directory."""
-    parts = path.split("/")
-    for depth in range(1, len(parts)):
-        parent = "/".join(parts[:depth])
+def _check_placement(
+    root: Path,
+    path: str,
+    parents: list[str],
+    changes: dict[str, _Change],
+    directories: set[str],
+) -> None:
+    """Refuse a file at `path` where the tree or an earlier edit has a file or directory.
+    Set lookups only: a batch of edits is checked in time linear in its size."""
+    for parent in parents:
         if parent in changes or (root / parent).is_file():
             raise _Refused(f"{parent} is a file, so {path} cannot be inside it")
-    if any(other.startswith(path + "/") for other in changes):
+    if path in directories:
         raise _Refused(f"{path} is a directory holding files written by earlier edits")
+
+
+def _parents(path: str) -> list[str]:
+    """The directories above `path`, outermost first: "a/b/c" -> ["a", "a/b"]."""
+    return [path[:end] for end, char in enumerate(path) if char == "/"]
 
 
 def _read_original(target: Path, path: str, max_file_bytes: int) -> tuple[bytes | None, str | None]:

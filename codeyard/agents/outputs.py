@@ -19,6 +19,9 @@ from codeyard.schemas.envelope import ID_PATTERN
 # The wire limits of TaskSpec / ReviewComment text (ShortText, LongText in codeyard.schemas).
 SHORT_TEXT = 200
 LONG_TEXT = 20_000
+# Edits in one answer: far more than one task's commit needs, few enough that checking and
+# applying them stays quick whatever a model sends.
+MAX_EDITS = 200
 
 TaskId = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits, - and _")]
 RepoPath = Annotated[
@@ -105,7 +108,9 @@ class CodeOutput(_Output):
     """The change that carries out the task."""
 
     summary: str = Field(max_length=LONG_TEXT, description="what changed and why, briefly")
-    edits: list[FileEdit] = Field(min_length=1, description="applied in order")
+    edits: list[FileEdit] = Field(
+        min_length=1, max_length=MAX_EDITS, description="applied in order"
+    )
 
 
 class TestOutput(_Output):
@@ -116,7 +121,9 @@ class TestOutput(_Output):
     rationale: str = Field(
         max_length=LONG_TEXT, description="which criteria the tests check, or why none are needed"
     )
-    edits: list[FileEdit] = Field(description="test files to add or change; empty if none")
+    edits: list[FileEdit] = Field(
+        max_length=MAX_EDITS, description="test files to add or change; empty if none"
+    )
 
 
 # --- reviewer ---------------------------------------------------------------------------------

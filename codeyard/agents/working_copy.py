@@ -100,7 +100,8 @@ def read_files(root: Path, paths: Sequence[str]) -> dict[str, str]:
             continue
         if not target.is_file() or total >= MAX_TOTAL_CHARS:
             continue
-        text = target.read_text(errors="replace")[:MAX_FILE_CHARS]
+        with target.open(errors="replace") as file:  # the start only, however large the file
+            text = file.read(MAX_FILE_CHARS)
         files[relative] = text
         total += len(text)
     return files

@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from codeyard.agents.edits import EditError, apply_edits
-from codeyard.agents.outputs import CodeOutput, FileEdit, ReplaceText, WriteFile
+from codeyard.agents.outputs import MAX_EDITS, CodeOutput, FileEdit, ReplaceText, WriteFile
 from codeyard.agents.policy import load_policy
 from tests.agents.adversarial_corpus import AWS_KEY_ID
 from tests.agents.sample_repo import files_of, git
@@ -261,7 +262,23 @@ def test_files_and_directories_cannot_take_each_others_place(sample_repo: Path) 
         apply_edits(sample_repo, [write("new", ""), write("new/x.py", "")])
     with pytest.raises(EditError, match=r"edit 2 .*: new is a directory holding files"):
         apply_edits(sample_repo, [write("new/x.py", ""), write("new", "")])
+    with pytest.raises(EditError, match=r"edit 2 .*: new is a directory holding files"):
+        apply_edits(sample_repo, [write("new/deeper/x.py", ""), write("new", "")])
     assert not (sample_repo / "new").exists()
+
+
+def test_a_batch_of_edits_is_capped(sample_repo: Path) -> None:
+    # Each edit is checked against the ones before it: an unbounded batch from a model would
+    # hold the worker for as long as the model liked.
+    edits = [write(f"new/f{n}.py", "") for n in range(MAX_EDITS + 1)]
+    with pytest.raises(ValidationError, match="at most 200 items"):
+        CodeOutput(summary="many", edits=edits)
+    with pytest.raises(EditError, match="201 edits; at most 200"):
+        apply_edits(sample_repo, edits)
+    assert not (sample_repo / "new").exists()
+
+    applied = apply_edits(sample_repo, edits[:MAX_EDITS])
+    assert len(applied.created) == MAX_EDITS
 
 
 def test_new_files_in_new_directories_and_ignored_paths_are_in_the_diff(

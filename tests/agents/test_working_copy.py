@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from codeyard.agents.working_copy import read_files, working_copy
+from codeyard.agents.working_copy import MAX_FILE_CHARS, read_files, working_copy
 from codeyard.bus.worker import GiveUp
 from codeyard.schemas import RepoRef
 
@@ -20,6 +20,14 @@ def test_names_that_cannot_be_files_are_left_out_like_missing_ones(sample_repo: 
 
     assert list(files) == ["calc/ops.py"]
     assert files["calc/ops.py"].startswith("def add(")
+
+
+def test_only_the_start_of_a_large_file_is_read(sample_repo: Path) -> None:
+    (sample_repo / "big.txt").write_text("é" * (MAX_FILE_CHARS + 10))
+
+    files = read_files(sample_repo, ["big.txt"])
+
+    assert files["big.txt"] == "é" * MAX_FILE_CHARS
 
 
 async def test_the_event_loop_keeps_running_while_a_copy_is_made(sample_repo: Path) -> None:
