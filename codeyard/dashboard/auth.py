@@ -1,10 +1,10 @@
 """Who may use the dashboard: whoever holds its token.
 
-The token comes once in a URL (`/?token=...`), which trades it for an HttpOnly cookie, or in
-every request as `Authorization: Bearer <token>` (scripts). A browser sends the cookie with
-any request to the dashboard, including ones another site makes it send, so a state-changing
-POST authenticated by the cookie must also carry the CSRF token the dashboard put in its own
-forms, and must not come from another origin."""
+The token comes once in a URL (`/?token=...`), which trades it for an HttpOnly session cookie,
+or in every request as `Authorization: Bearer <token>` (scripts). A browser sends the cookie
+with any request to the dashboard, including ones another site makes it send, so a
+state-changing POST authenticated by the cookie must also carry the CSRF token the dashboard
+put in its own forms, and must not come from another origin."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ import secrets
 from dataclasses import dataclass
 from enum import Enum
 
-COOKIE = "codeyard_dashboard"
+# The session cookie's name is this and the port the dashboard listens on: browsers send a
+# host's cookies to each of its ports, so a fixed name had two dashboards on one machine
+# overwrite each other's sign-in.
+COOKIE_PREFIX = "codeyard_dashboard"
 CSRF_FIELD = "csrf"
 
 
@@ -29,6 +32,10 @@ class Proof(Enum):
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def cookie_name(port: int) -> str:
+    return f"{COOKIE_PREFIX}_{port}"
 
 
 @dataclass(frozen=True)
@@ -47,16 +54,29 @@ class TokenCheck:
             return Proof.BEARER if self.matches(authorization[len("Bearer ") :]) else Proof.NONE
         if query is not None:
             return Proof.QUERY if self.matches(query) else Proof.NONE
-        return Proof.COOKIE if self.matches(cookie) else Proof.NONE
+        return Proof.COOKIE if _same(cookie, self.session) else Proof.NONE
+
+    @property
+    def session(self) -> str:
+        """The sign-in cookie's value. Browsers send 127.0.0.1's cookies to every service on
+        it, whatever its port, so the cookie must not be the token, which also opens the
+        dashboard by header or URL: it is derived from it, one way. Derived rather than random
+        per process, so a browser stays signed in across a restart of the dashboard (`up`
+        restarts it) with the same token, and changing the token signs everyone out."""
+        return _derived(self.token, b"codeyard-dashboard-session")
 
     @property
     def csrf(self) -> str:
         """The token of the dashboard's own forms: derived from the secret, so it needs no
         server-side session, and useless to learn the secret from."""
-        return hmac.new(self.token.encode(), b"codeyard-dashboard-csrf", hashlib.sha256).hexdigest()
+        return _derived(self.token, b"codeyard-dashboard-csrf")
 
     def csrf_ok(self, candidate: str | None) -> bool:
         return _same(candidate, self.csrf)
+
+
+def _derived(token: str, label: bytes) -> str:
+    return hmac.new(token.encode(), label, hashlib.sha256).hexdigest()
 
 
 def _same(candidate: str | None, secret: str) -> bool:

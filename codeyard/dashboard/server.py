@@ -20,7 +20,14 @@ from nats.js.api import DeliverPolicy
 from codeyard.bus import Bus
 from codeyard.bus.subjects import EVENT_STREAM, events_subject
 from codeyard.dashboard import pages
-from codeyard.dashboard.auth import COOKIE, CSRF_FIELD, Proof, TokenCheck, same_origin
+from codeyard.dashboard.auth import (
+    COOKIE_PREFIX,
+    CSRF_FIELD,
+    Proof,
+    TokenCheck,
+    cookie_name,
+    same_origin,
+)
 from codeyard.dashboard.live_script import live_script
 from codeyard.dashboard.sse import KEEPALIVE, RETRY, sse_frame
 from codeyard.follow import RunRefused, ask_coordinator
@@ -73,6 +80,7 @@ class Dashboard:
         self.answered_by = answered_by
         self.closing = asyncio.Event()  # ends the event streams, which never end by themselves
         self._script = live_script().encode()
+        self.cookie = COOKIE_PREFIX  # `serving` names it after the port it listens on
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._authenticate])
@@ -92,7 +100,7 @@ class Dashboard:
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         proof = self.check.proof(
-            cookie=request.cookies.get(COOKIE),
+            cookie=request.cookies.get(self.cookie),
             authorization=request.headers.get("Authorization"),
             query=request.query.get("token"),
         )
@@ -110,7 +118,7 @@ class Dashboard:
             target = request.rel_url.without_query_params("token")
             response = web.Response(status=303, headers={"Location": str(target)})
             response.set_cookie(
-                COOKIE, self.check.token, httponly=True, samesite="Strict", path="/"
+                self.cookie, self.check.session, httponly=True, samesite="Strict", path="/"
             )
             return response
         if proof is Proof.COOKIE and request.method not in ("GET", "HEAD"):
@@ -278,6 +286,7 @@ async def serving(dashboard: Dashboard, host: str, port: int) -> AsyncIterator[s
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
+        dashboard.cookie = cookie_name(bound_port)
         shown = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
         yield f"http://{shown}:{bound_port}"
     finally:

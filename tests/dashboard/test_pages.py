@@ -162,15 +162,27 @@ def test_the_live_script_knows_every_state_colour() -> None:
 def test_token_proofs_and_csrf() -> None:
     check = TokenCheck("s" * 32)
     good = "s" * 32
-    assert check.proof(cookie=good, authorization=None, query=None) is Proof.COOKIE
+    session = check.session
+    assert check.proof(cookie=session, authorization=None, query=None) is Proof.COOKIE
     assert check.proof(cookie=None, authorization=f"Bearer {good}", query=None) is Proof.BEARER
     assert check.proof(cookie=None, authorization=None, query=good) is Proof.QUERY
     assert check.proof(cookie="wrong", authorization=None, query=None) is Proof.NONE
-    assert check.proof(cookie=good, authorization="Bearer wrong", query=None) is Proof.NONE
+    assert check.proof(cookie=session, authorization="Bearer wrong", query=None) is Proof.NONE
     assert check.proof(cookie=None, authorization=None, query=None) is Proof.NONE
     assert check.csrf_ok(check.csrf)
+    assert check.csrf != session  # a cookie that leaked does not make a form pass
     assert not check.csrf_ok(None)
     assert not check.csrf_ok(good)
     assert same_origin(None, "h:1", "http")
     assert same_origin("http://h:1", "h:1", "http")
     assert not same_origin("http://evil.example", "h:1", "http")
+
+
+def test_the_session_cookie_and_the_token_do_not_stand_in_for_each_other() -> None:
+    check = TokenCheck("s" * 32)
+    assert check.session != check.token
+    assert check.proof(cookie=check.token, authorization=None, query=None) is Proof.NONE
+    bearer = f"Bearer {check.session}"
+    assert check.proof(cookie=None, authorization=bearer, query=None) is Proof.NONE
+    assert check.proof(cookie=None, authorization=None, query=check.session) is Proof.NONE
+    assert TokenCheck("t" * 32).session != check.session

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from codeyard.bus import Bus, PullWorker
 from codeyard.coordinator.service import Coordinator
-from codeyard.dashboard.auth import COOKIE, TokenCheck
+from codeyard.dashboard.auth import TokenCheck, cookie_name
 from codeyard.dashboard.server import Dashboard, serving
 from codeyard.schemas import (
     ApprovalList,
@@ -37,6 +39,14 @@ __all__ = ["coordinator"]  # the fixture, shared with the control API's tests
 
 TOKEN = "t0ken-for-the-dashboard-tests"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
+SESSION = TokenCheck(TOKEN).session
+
+
+def cookie_of(url: str) -> str:
+    """The name of the sign-in cookie of the dashboard at `url`."""
+    port = URL(url).port
+    assert port is not None
+    return cookie_name(port)
 
 
 @pytest.fixture
@@ -71,7 +81,7 @@ async def test_every_page_needs_the_token(
             assert nothing.status == 401, path
         async with http.get(dashboard + path, headers={"Authorization": "Bearer nope"}) as wrong:
             assert wrong.status == 401, path
-        async with http.get(dashboard + path, cookies={COOKIE: "nope"}) as forged:
+        async with http.get(dashboard + path, cookies={cookie_of(dashboard): "no"}) as forged:
             assert forged.status == 401, path
     async with http.get(dashboard + "/?token=nope") as bad_link:
         assert bad_link.status == 401
@@ -117,10 +127,11 @@ async def test_what_is_not_utf8_is_refused_not_an_error(bus: Bus) -> None:
     these requests was a 500, with a traceback in the log."""
     cookie, bearer = b"Cookie: %s=%s\r\n", b"Authorization: Bearer %s\r\n"
     async with serving(Dashboard(bus, TOKEN), "127.0.0.1", 0) as url:
-        for header in (cookie % (COOKIE.encode(), b"\xff\xfe"), bearer % b"\xff"):
+        name = cookie_of(url).encode()
+        for header in (cookie % (name, b"\xff\xfe"), bearer % b"\xff"):
             get = b"GET / HTTP/1.1\r\nHost: dashboard\r\n" + header + b"\r\n"
             assert await status_line(url, get) == b"HTTP/1.1 401 Unauthorized\r\n"
-        signed_in = cookie % (COOKIE.encode(), TOKEN.encode())
+        signed_in = cookie % (name, SESSION.encode())
         no_csrf = await status_line(url, post(signed_in, b"csrf=\xff"))
         assert no_csrf == b"HTTP/1.1 403 Forbidden\r\n"
         unreadable = await status_line(url, post(bearer % TOKEN.encode(), b"comment=\xff"))
@@ -146,6 +157,78 @@ async def test_the_link_with_the_token_signs_in_with_a_cookie(
         async with browser.get(dashboard + "/runs/r2/tasks/y") as task:  # the cookie suffices
             assert task.status == 200
             assert "Task y: api" in await task.text()
+
+
+@asynccontextmanager
+async def another_local_service(seen: list[str]) -> AsyncIterator[str]:
+    """Some other web service on 127.0.0.1 (a dev server, say): notes the Cookie header of
+    each request it gets; yields its base URL."""
+
+    async def note(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie", ""))
+        return web.Response(text="another service")
+
+    app = web.Application()
+    app.router.add_get("/", note)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def browser_jar() -> aiohttp.ClientSession:
+    """A client keeping cookies as a browser does: per host, whatever the port (unsafe:
+    accepts them from an IP address, as browsers do)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def test_the_sign_in_cookie_is_named_after_the_port_and_is_not_the_token(
+    dashboard: str, http: aiohttp.ClientSession
+) -> None:
+    seen: list[str] = []
+    async with browser_jar() as browser, another_local_service(seen) as elsewhere:
+        async with browser.get(dashboard + f"/?token={TOKEN}") as signed_in:
+            assert signed_in.status == 200
+        [cookie] = browser.cookie_jar
+        async with browser.get(elsewhere + "/") as other:
+            assert other.status == 200
+    assert cookie.key == cookie_of(dashboard)
+    assert cookie.key.endswith(f"_{URL(dashboard).port}")
+    assert cookie.value == SESSION
+    assert TOKEN not in cookie.value
+    assert cookie["path"] == "/"
+    assert [cookie.key in header and TOKEN not in header for header in seen] == [True]
+
+    # what another service saw opens nothing but the cookie's own way in
+    session = {"Authorization": f"Bearer {cookie.value}"}
+    async with http.get(dashboard + "/", headers=session) as as_bearer:
+        assert as_bearer.status == 401
+    async with http.get(dashboard + f"/?token={cookie.value}") as as_link:
+        assert as_link.status == 401
+    async with http.get(dashboard + "/", cookies={cookie.key: TOKEN}) as token_as_cookie:
+        assert token_as_cookie.status == 401
+    async with http.get(dashboard + "/", cookies={cookie.key: cookie.value}) as as_cookie:
+        assert as_cookie.status == 200
+
+
+async def test_two_dashboards_on_one_host_keep_their_own_sign_in(dashboard: str, bus: Bus) -> None:
+    other_token = "an0ther-token-for-a-second-dashboard"
+    async with (
+        serving(Dashboard(bus, other_token), "127.0.0.1", 0) as second,
+        browser_jar() as browser,
+    ):
+        for url, token in ((dashboard, TOKEN), (second, other_token)):
+            async with browser.get(url + f"/?token={token}") as signed_in:
+                assert signed_in.status == 200
+        for url in (dashboard, second):  # neither sign-in replaced the other
+            async with browser.get(url + "/") as page:
+                assert page.status == 200, url
+        names = {cookie.key for cookie in browser.cookie_jar}
+    assert names == {cookie_of(dashboard), cookie_of(second)}
 
 
 async def test_approving_from_the_dashboard_sends_approve(
@@ -177,7 +260,7 @@ async def test_a_cookie_post_needs_the_csrf_token_and_the_same_origin(
     approval_id = await submit_waiting_plan(bus, "r4")
     url = dashboard + f"/approvals/{approval_id}/deny"
     csrf = TokenCheck(TOKEN).csrf
-    cookies = {COOKIE: TOKEN}
+    cookies = {cookie_of(dashboard): SESSION}
     async with http.post(url, cookies=cookies, allow_redirects=False) as missing:
         assert missing.status == 403
     async with http.post(
