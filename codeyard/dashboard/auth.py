@@ -4,21 +4,25 @@ The token comes once in a URL (`/?token=...`), which trades it for an HttpOnly s
 or in every request as `Authorization: Bearer <token>` (scripts). A browser sends the cookie
 with any request to the dashboard, including ones another site makes it send, so a
 state-changing POST authenticated by the cookie must also carry the CSRF token the dashboard
-put in its own forms, and must not come from another origin."""
+put in its own forms, and must come from the dashboard's own origin or from one of the public
+origins it is served at behind a reverse proxy."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from urllib.parse import urlsplit
 
 # The session cookie's name is this and the port the dashboard listens on: browsers send a
 # host's cookies to each of its ports, so a fixed name had two dashboards on one machine
 # overwrite each other's sign-in.
 COOKIE_PREFIX = "codeyard_dashboard"
 CSRF_FIELD = "csrf"
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Proof(Enum):
@@ -92,9 +96,50 @@ def _same(candidate: str | None, secret: str) -> bool:
     return hmac.compare_digest(given, secret.encode())
 
 
-def same_origin(origin: str | None, host: str | None, scheme: str) -> bool:
-    """A browser names the page a POST comes from in Origin; none (old clients, curl) is let
-    through to the CSRF token check, which a cross-site form cannot pass."""
+def normalised_origin(origin: str) -> str | None:
+    """`origin` as scheme://host[:port], lower case and without the scheme's default port, so
+    equal origins compare equal however they are written; None if it is not an http(s)
+    origin (browsers send `null` for some pages)."""
+    try:
+        url = urlsplit(origin.strip())
+        port = url.port  # raises on a port that is not a number
+    except ValueError:
+        return None
+    scheme, host = url.scheme.lower(), url.hostname  # hostname: lower case, no brackets
+    if scheme not in DEFAULT_PORTS or not host or url.username is not None:
+        return None
+    if url.path not in ("", "/") or url.query or url.fragment:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    suffix = f":{port}" if port is not None and port != DEFAULT_PORTS[scheme] else ""
+    return f"{scheme}://{shown}{suffix}"
+
+
+def normalised_origins(configured: Iterable[str]) -> frozenset[str]:
+    """The origins the dashboard is served at (behind a TLS reverse proxy, the browser's
+    address is not the one the dashboard sees), normalised; `ValueError` names one that is
+    not an origin, such as a URL with a path, which no browser would ever send."""
+    origins = set()
+    for origin in configured:
+        normal = normalised_origin(origin)
+        if normal is None:
+            raise ValueError(
+                f"{origin!r} is not an origin (scheme://host[:port], http or https, no path)"
+            )
+        origins.add(normal)
+    return frozenset(origins)
+
+
+def origin_allowed(
+    origin: str | None, host: str | None, scheme: str, public: frozenset[str] = frozenset()
+) -> bool:
+    """A browser names the page a POST comes from in Origin: it must be the dashboard as this
+    request reached it, or one of its `public` origins (normalised). None (old clients, curl)
+    is let through to the CSRF token check, which a cross-site form cannot pass."""
     if origin is None:
         return True
-    return host is not None and origin == f"{scheme}://{host}"
+    given = normalised_origin(origin)
+    if given is None:
+        return False
+    here = normalised_origin(f"{scheme}://{host}") if host else None
+    return given == here or given in public

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import msgspec
@@ -26,7 +26,8 @@ from codeyard.dashboard.auth import (
     Proof,
     TokenCheck,
     cookie_name,
-    same_origin,
+    normalised_origins,
+    origin_allowed,
 )
 from codeyard.dashboard.live_script import live_script
 from codeyard.dashboard.sse import KEEPALIVE, RETRY, sse_frame
@@ -72,10 +73,20 @@ class Unavailable(Exception):
 
 class Dashboard:
     def __init__(
-        self, bus: Bus, token: str, *, patience: float = 10.0, answered_by: str = "dashboard"
+        self,
+        bus: Bus,
+        token: str,
+        *,
+        patience: float = 10.0,
+        answered_by: str = "dashboard",
+        public_origins: Sequence[str] = (),
     ) -> None:
+        """`public_origins`: where browsers reach the dashboard when that is not where it
+        listens (a TLS reverse proxy at https://codeyard.example.com); a POST from there passes
+        the CSRF origin check. `ValueError` if one is not an origin."""
         self.bus = bus
         self.check = TokenCheck(token)
+        self.public_origins = normalised_origins(public_origins)
         self.patience = patience
         self.answered_by = answered_by
         self.closing = asyncio.Event()  # ends the event streams, which never end by themselves
@@ -124,7 +135,8 @@ class Dashboard:
         if proof is Proof.COOKIE and request.method not in ("GET", "HEAD"):
             form = await _form(request)
             field = form.get(CSRF_FIELD) if form is not None else None
-            origin_ok = same_origin(request.headers.get("Origin"), request.host, request.scheme)
+            origin = request.headers.get("Origin")
+            origin_ok = origin_allowed(origin, request.host, request.scheme, self.public_origins)
             if not (origin_ok and self.check.csrf_ok(field)):
                 return _html(
                     pages.message_page("Refused", "cross-site request (CSRF check failed)"), 403

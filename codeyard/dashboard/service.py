@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
+from collections.abc import Sequence
 
 from rich.console import Console
 
 from codeyard.bus import Bus
 from codeyard.bus.permissions import CTL
 from codeyard.config import Settings
-from codeyard.dashboard.auth import TokenCheck, new_token
+from codeyard.dashboard.auth import TokenCheck, new_token, normalised_origins
 from codeyard.dashboard.server import Dashboard, serving
 from codeyard.observability.startup import start_observability
 
+# The setting naming the origins the dashboard is served at (`parse_public_origins`).
+PUBLIC_ORIGINS_SETTING = "CODEYARD_DASHBOARD_PUBLIC_ORIGINS"
+
 
 class CannotServe(Exception):
-    """Bad dashboard configuration: a short token, or an address it cannot listen on."""
+    """Bad dashboard configuration: a short token, a public origin that is not an origin, or
+    an address it cannot listen on."""
 
 
 def dashboard_token(settings: Settings) -> str:
@@ -31,13 +37,32 @@ def dashboard_token(settings: Settings) -> str:
     return token
 
 
+def parse_public_origins(setting: str) -> tuple[str, ...]:
+    """The public origins in CODEYARD_DASHBOARD_PUBLIC_ORIGINS: separated by commas or
+    spaces, as a list in an environment variable usually is."""
+    return tuple(origin for origin in re.split(r"[,\s]+", setting) if origin)
+
+
+def check_public_origins(origins: Sequence[str]) -> None:
+    """`CannotServe` if one of `origins` is not an origin (a URL with a path, say): checked
+    before anything starts, as no browser would send it and POSTs from there would fail."""
+    try:
+        normalised_origins(origins)
+    except ValueError as exc:
+        raise CannotServe(f"{PUBLIC_ORIGINS_SETTING}: {exc}") from None
+
+
 def sign_in_url(base: str, token: str) -> str:
     return f"{base}/?token={token}"
 
 
-async def run_dashboard(settings: Settings, console: Console) -> None:
-    """Serve until SIGINT or SIGTERM."""
+async def run_dashboard(
+    settings: Settings, console: Console, *, public_origins: Sequence[str] = ()
+) -> None:
+    """Serve until SIGINT or SIGTERM; `public_origins`: where browsers reach the dashboard
+    when a reverse proxy stands in front of it (`Dashboard`)."""
     token = dashboard_token(settings)
+    check_public_origins(public_origins)
     start_observability(settings, "dashboard")
     bus = await Bus.connect(
         settings.server_url(),
@@ -50,7 +75,7 @@ async def run_dashboard(settings: Settings, console: Console) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        dashboard = Dashboard(bus, token)
+        dashboard = Dashboard(bus, token, public_origins=public_origins)
         host, port = settings.dashboard_host, settings.dashboard_port
         async with contextlib.AsyncExitStack() as stack:
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from codeyard.dashboard.auth import Proof, TokenCheck, same_origin
+from codeyard.dashboard.auth import Proof, TokenCheck, normalised_origin, origin_allowed
 from codeyard.dashboard.live_script import live_script
 from codeyard.dashboard.pages import approvals_page, run_page, runs_page, task_page
 from codeyard.dashboard.sse import sse_frame
@@ -173,9 +173,9 @@ def test_token_proofs_and_csrf() -> None:
     assert check.csrf != session  # a cookie that leaked does not make a form pass
     assert not check.csrf_ok(None)
     assert not check.csrf_ok(good)
-    assert same_origin(None, "h:1", "http")
-    assert same_origin("http://h:1", "h:1", "http")
-    assert not same_origin("http://evil.example", "h:1", "http")
+    assert origin_allowed(None, "h:1", "http")
+    assert origin_allowed("http://h:1", "h:1", "http")
+    assert not origin_allowed("http://evil.example", "h:1", "http")
 
 
 def test_the_session_cookie_and_the_token_do_not_stand_in_for_each_other() -> None:
@@ -186,3 +186,23 @@ def test_the_session_cookie_and_the_token_do_not_stand_in_for_each_other() -> No
     assert check.proof(cookie=None, authorization=bearer, query=None) is Proof.NONE
     assert check.proof(cookie=None, authorization=None, query=check.session) is Proof.NONE
     assert TokenCheck("t" * 32).session != check.session
+
+
+def test_origins_compare_by_scheme_host_and_port_however_written() -> None:
+    assert normalised_origin("HTTPS://Codeyard.Example.COM:443/") == "https://codeyard.example.com"
+    assert normalised_origin("http://codeyard.example.com:80") == "http://codeyard.example.com"
+    assert normalised_origin("https://codeyard.example.com:80") == "https://codeyard.example.com:80"
+    assert normalised_origin("http://[::1]:8700") == "http://[::1]:8700"
+    for not_an_origin in (
+        "null",
+        "",
+        "ftp://x.example",
+        "https://x.example/a",
+        "https://u@x.example",
+    ):
+        assert normalised_origin(not_an_origin) is None, not_an_origin
+    public = frozenset({"https://codeyard.example.com"})
+    assert origin_allowed("https://codeyard.example.com", "127.0.0.1:8700", "http", public)
+    assert origin_allowed("http://127.0.0.1:8700", "127.0.0.1:8700", "http", public)
+    assert not origin_allowed("http://codeyard.example.com", "127.0.0.1:8700", "http", public)
+    assert not origin_allowed("null", "127.0.0.1:8700", "http", public)

@@ -285,6 +285,46 @@ async def test_a_cookie_post_needs_the_csrf_token_and_the_same_origin(
     assert "too broad" in run.error
 
 
+async def test_behind_a_reverse_proxy_a_post_from_the_public_origin_is_answered(
+    http: aiohttp.ClientSession, bus: Bus, coordinator: Coordinator
+) -> None:
+    """A TLS proxy (Caddy, nginx) hands the dashboard plain HTTP: the browser's Origin is the
+    proxy's https origin, never the dashboard's own."""
+    public = ["https://Codeyard.Example.com:443", "http://10.0.0.5:8080"]
+    dashboard = Dashboard(bus, TOKEN, public_origins=public)
+    async with serving(dashboard, "127.0.0.1", 0) as url:
+        approval_id = await submit_waiting_plan(bus, "r7")
+
+        async def deny(origin: str) -> int:
+            async with http.post(
+                url + f"/approvals/{approval_id}/deny",
+                cookies={cookie_of(url): SESSION},
+                data={"csrf": TokenCheck(TOKEN).csrf},
+                # the Host a proxy that keeps it (as Caddy does) passes on
+                headers={"Origin": origin, "Host": "codeyard.example.com"},
+                allow_redirects=False,
+            ) as answer:
+                return answer.status
+
+        # neither a public origin nor the Host the dashboard was asked for: another port of
+        # the same host, another site
+        for elsewhere in (
+            "https://codeyard.example.com:8443",
+            "http://codeyard.example.com:8080",
+            "https://codeyard.example.com.evil.example",
+            "null",
+        ):
+            assert await deny(elsewhere) == 403, elsewhere
+        assert (await status(bus, "r7")).state is RunState.PLAN_APPROVAL
+        assert await deny("https://CODEYARD.example.com") == 303
+    assert (await status(bus, "r7")).state is RunState.CANCELLED
+
+
+async def test_a_public_origin_must_be_an_origin(bus: Bus) -> None:
+    with pytest.raises(ValueError, match="is not an origin"):
+        Dashboard(bus, TOKEN, public_origins=["https://codeyard.example.com/dashboard"])
+
+
 async def test_events_relay_task_state_changes_as_they_happen(
     dashboard: str, http: aiohttp.ClientSession, bus: Bus
 ) -> None:
