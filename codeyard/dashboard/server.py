@@ -7,9 +7,11 @@ are the run's events, relayed from an ordered consumer on CY_EVENTS as server-se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
 
 import msgspec
 import nats.errors
@@ -57,6 +59,10 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ID = "{%s:[A-Za-z0-9][A-Za-z0-9_-]{0,63}}"  # the wire model's ids: no NATS wildcards or dots
 KEEPALIVE_SECONDS = 15.0
+# Events waiting for one client's stream, and how long they may wait for room when there are
+# that many before the client is dropped (it reconnects and gets the run's events again).
+STREAM_BUFFER = 256
+STREAM_PATIENCE = 10.0
 HEADERS = {
     "Content-Security-Policy": pages.CSP,
     "X-Content-Type-Options": "nosniff",
@@ -71,6 +77,58 @@ class Unavailable(Exception):
     """No coordinator answered: the page says so (503)."""
 
 
+class Feed:
+    """The events on their way to one client's stream, at most `size` of them: the server
+    holds no more for a client that stops reading (a suspended laptop, a stalled proxy)."""
+
+    def __init__(self, request: web.Request, run_id: str, size: int, patience: float) -> None:
+        self.queue: asyncio.Queue[RunEvent] = asyncio.Queue(maxsize=size)
+        self.request = request
+        self.run_id = run_id
+        self.patience = patience
+        self.dropped = False
+
+    async def relay(self, msg: Msg) -> None:
+        if self.dropped:
+            return
+        try:
+            event = decode(msg.data, RunEvent)
+        except MessageError:
+            log.warning("skipped an undecodable event of run %s", self.run_id)
+            return
+        try:
+            # Waiting a while for room rather than dropping the client as soon as the queue is
+            # full: NATS hands a run's past events over in bursts that this callback takes in
+            # one go, before the stream gets a turn, and a browser that reconnects must not be
+            # dropped for that. Meanwhile only this client's consumer waits (flow control).
+            async with asyncio.timeout(self.patience):
+                await self.queue.put(event)
+        except TimeoutError:
+            self._drop()
+
+    def _drop(self) -> None:
+        self.dropped = True
+        log.warning(
+            "dropped a client of run %s's events: it took none of %d for %g s",
+            self.run_id,
+            self.queue.maxsize,
+            self.patience,
+        )
+        if self.request.transport is not None:
+            _reset(self.request.transport)
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Ends a connection at once, dropping what is still to be sent: aiohttp's buffer (which
+    `close` would first send) and the kernel's (a plain close of the socket would have the
+    kernel keep trying to deliver it to a client that does not read)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 class Dashboard:
     def __init__(
         self,
@@ -80,13 +138,19 @@ class Dashboard:
         patience: float = 10.0,
         answered_by: str = "dashboard",
         public_origins: Sequence[str] = (),
+        stream_buffer: int = STREAM_BUFFER,
+        stream_patience: float = STREAM_PATIENCE,
     ) -> None:
         """`public_origins`: where browsers reach the dashboard when that is not where it
         listens (a TLS reverse proxy at https://codeyard.example.com); a POST from there passes
-        the CSRF origin check. `ValueError` if one is not an origin."""
+        the CSRF origin check. `ValueError` if one is not an origin. `stream_buffer` events at
+        most wait for a client's event stream, and when that many wait `stream_patience`
+        seconds for room, the client is dropped."""
         self.bus = bus
         self.check = TokenCheck(token)
         self.public_origins = normalised_origins(public_origins)
+        self.stream_buffer = stream_buffer
+        self.stream_patience = stream_patience
         self.patience = patience
         self.answered_by = answered_by
         self.closing = asyncio.Event()  # ends the event streams, which never end by themselves
@@ -197,24 +261,18 @@ class Dashboard:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """The run's events from its first on (a browser that reconnects gets them again and
-        ends in the same state), then each as it happens, until the client goes away."""
+        ends in the same state), then each as it happens, until the client goes away or falls
+        too far behind (`Feed`)."""
         run_id = request.match_info["run_id"]
         if await self._run(run_id) is None:
             return _not_found(f"no run {run_id!r}")
-        queue: asyncio.Queue[RunEvent] = asyncio.Queue()
-
-        async def relay(msg: Msg) -> None:
-            try:
-                queue.put_nowait(decode(msg.data, RunEvent))
-            except MessageError:
-                log.warning("skipped an undecodable event of run %s", run_id)
-
+        feed = Feed(request, run_id, self.stream_buffer, self.stream_patience)
         subscription = await self.bus.js.subscribe(
             events_subject(run_id),
             stream=EVENT_STREAM,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
-            cb=relay,
+            cb=feed.relay,
         )
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
@@ -222,9 +280,9 @@ class Dashboard:
         try:
             await response.prepare(request)
             await response.write(RETRY)
-            await self._stream(queue, response)
-        except (ConnectionResetError, ConnectionError):
-            pass  # the browser left
+            await self._stream(feed.queue, response)
+        except ConnectionError:
+            pass  # the browser left, or was dropped
         finally:
             await subscription.unsubscribe()
         return response
@@ -289,7 +347,7 @@ def _error(reply: ControlReply) -> str:
     return f"unexpected reply {type(reply).__name__}"
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def serving(dashboard: Dashboard, host: str, port: int) -> AsyncIterator[str]:
     """The dashboard listening on host:port (0: any free port); yields its base URL."""
     runner = web.AppRunner(dashboard.application(), access_log=None, shutdown_timeout=5.0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +14,7 @@ from aiohttp import web
 from yarl import URL
 
 from codeyard.bus import Bus, PullWorker
+from codeyard.bus.subjects import events_subject
 from codeyard.coordinator.service import Coordinator
 from codeyard.dashboard.auth import TokenCheck, cookie_name
 from codeyard.dashboard.server import Dashboard, serving
@@ -21,6 +24,7 @@ from codeyard.schemas import (
     CodeResult,
     ListApprovals,
     Patch,
+    Progress,
     Result,
     RunState,
     SubmitRun,
@@ -336,6 +340,77 @@ async def test_events_relay_task_state_changes_as_they_happen(
         await ask(bus, "approve", Approve(approval_id=approval_id))
         changes = await asyncio.wait_for(read_task_changes(stream, "x", TaskState.CODING), 20)
     assert changes
+
+
+@asynccontextmanager
+async def client_that_never_reads(url: str, path: str) -> AsyncIterator[socket.socket]:
+    """A connection that asks for `path` and then reads nothing, with a small receive buffer
+    so that the server soon has to hold what it sends."""
+    address = URL(url)
+    assert address.host is not None
+    assert address.port is not None
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, (address.host, address.port))
+        request = f"GET {path} HTTP/1.1\r\nHost: dashboard\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        yield sock
+    finally:
+        sock.close()
+
+
+def dropped(sock: socket.socket) -> bool:
+    """Whether the server closed the connection (it aborts it: a reset), seen without reading
+    what it sent."""
+    poller = select.poll()
+    poller.register(sock, select.POLLHUP | select.POLLERR)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+
+
+async def read_progress_until(stream: aiohttp.ClientResponse, last: str) -> int:
+    """How many Progress events the stream delivered up to the one saying `last`."""
+    count = 0
+    name = ""
+    async for raw in stream.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: ") and name == "Progress":
+            count += 1
+            if decode(line.removeprefix("data: ").encode(), Progress).message == last:
+                return count
+    raise AssertionError(f"the stream ended before the event {last!r}")
+
+
+async def test_a_client_that_stops_reading_is_dropped_while_another_keeps_receiving(
+    http: aiohttp.ClientSession, bus: Bus, coordinator: Coordinator
+) -> None:
+    """Each client's events wait in a queue of at most `stream_buffer`: one that does not read
+    is dropped once it stays full (it was an unbounded queue: the server held every event of
+    the run for it), and a client that reads gets every event meanwhile."""
+    dashboard = Dashboard(bus, TOKEN, stream_buffer=4, stream_patience=2.0)
+    # 7.6 MB: far more than the queue, aiohttp's buffer and the sockets' (the kernel grows
+    # the server's send buffer to a few MB) hold together
+    events = [Progress(run_id="r8", role="coder", message="x" * 19_000) for _ in range(400)]
+    events.append(Progress(run_id="r8", role="coder", message="last"))
+    async with serving(dashboard, "127.0.0.1", 0) as url:
+        await submit_waiting_plan(bus, "r8")
+        async with (
+            client_that_never_reads(url, "/runs/r8/events") as stuck,
+            http.get(url + "/runs/r8/events", headers=BEARER) as reading,
+        ):
+            assert reading.status == 200
+            received = asyncio.create_task(read_progress_until(reading, "last"))
+            await bus.publish_many([(events_subject("r8"), event) for event in events])
+            assert await asyncio.wait_for(received, 60) == len(events)
+            for _ in range(600):
+                if dropped(stuck):
+                    break
+                await asyncio.sleep(0.05)
+            assert dropped(stuck), "the client that reads nothing was never dropped"
 
 
 async def test_a_large_patch_is_read_from_the_object_store(
