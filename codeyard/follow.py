@@ -35,7 +35,7 @@ from codeyard.schemas import (
     WorkCancelled,
     decode,
 )
-from codeyard.schemas.messages import unknown_run
+from codeyard.schemas.messages import SUBMIT_PATIENCE, unknown_run
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,21 @@ def refused_input(reply: ControlError) -> bool:
 
 
 async def ask_coordinator(
-    bus: Bus, verb: str, request: Envelope, patience: float = 30.0, timeout: float = 10.0
+    bus: Bus,
+    verb: str,
+    request: Envelope,
+    patience: float = 30.0,
+    timeout: float = 10.0,
+    busy_patience: float | None = None,
 ) -> ControlReply:
     """A control request; while no coordinator answers (starting, failing over), try again.
-    `timeout`: how long one answer may take. Given up after `patience`, `RunRefused` says
-    which it was: nobody listening (no coordinator runs), or a coordinator listening that did
-    not answer in time (busy, or its answer could not be sent)."""
+    `timeout`: how long one answer may take. Given up after `patience` (`busy_patience`, if
+    longer, while a coordinator listens but has not answered yet), `RunRefused` says which it
+    was: nobody listening (no coordinator runs), or a coordinator listening that did not answer
+    in time (busy, or its answer could not be sent)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience
+    busy_deadline = loop.time() + max(patience, busy_patience or 0.0)
     subject = ctl_subject(verb)
     while True:
         try:
@@ -86,10 +93,11 @@ async def ask_coordinator(
                     "is `codeyard up` (or `codeyard coordinator`) running?"
                 ) from None
         except nats.errors.TimeoutError:  # one subscribed, and its answer did not come
-            if loop.time() > deadline:
+            if loop.time() > busy_deadline:
+                waited = max(patience, busy_patience or 0.0)
                 raise RunRefused(
                     f"the coordinator did not answer on {subject} in time (each try waited "
-                    f"{timeout:g}s, for {patience:.0f}s in all): it may be busy, or its answer "
+                    f"{timeout:g}s, for {waited:.0f}s in all): it may be busy, or its answer "
                     "could not be sent; try again, or see the coordinator's log"
                 ) from None
         await asyncio.sleep(0.25)
@@ -287,7 +295,8 @@ async def submit_and_follow(
         if is_run_end(event):
             finished.set()
 
-    reply = await ask_coordinator(bus, "submit", submit)
+    # A large repository is cloned and published before the answer (see SUBMIT_PATIENCE).
+    reply = await ask_coordinator(bus, "submit", submit, busy_patience=SUBMIT_PATIENCE)
     if isinstance(reply, ControlError):
         # before subscribing: a refused run id may name another run, whose events are not ours
         raise (SubmissionRefused if refused_input(reply) else RunRefused)(refusal(reply))

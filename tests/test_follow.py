@@ -141,3 +141,30 @@ async def test_a_coordinator_that_answers_a_later_try_is_heard(bus: Bus) -> None
     assert isinstance(reply, RunStatus)
     assert reply.runs == []
     assert tries == 2
+
+
+async def test_a_busy_coordinator_is_waited_for_longer_than_an_absent_one(bus: Bus) -> None:
+    # A submission's answer comes after its repository is cloned and published: minutes for a
+    # large one. Nobody listening is still told after `patience`.
+    with pytest.raises(RunRefused, match="no coordinator answered"):
+        await ask_coordinator(
+            bus, "status", StatusQuery(), patience=0.3, timeout=0.2, busy_patience=60
+        )
+
+    tries = 0
+
+    async def answer_the_fourth(msg: Msg) -> None:
+        nonlocal tries
+        tries += 1
+        if tries >= 4:
+            await msg.respond(encode(RunStatus(runs=[])))
+
+    coordinator = await bus.nc.subscribe(ctl_subject("status"), cb=answer_the_fourth)
+    try:
+        reply = await ask_coordinator(
+            bus, "status", StatusQuery(), patience=0.1, timeout=0.2, busy_patience=60
+        )
+    finally:
+        await coordinator.unsubscribe()
+    assert isinstance(reply, RunStatus)
+    assert tries == 4

@@ -95,6 +95,7 @@ from codeyard.schemas.codec import MAX_MESSAGE_BYTES, MessageError, decode, enco
 from codeyard.schemas.envelope import Envelope, new_id
 from codeyard.schemas.export import CONTROL_VERBS
 from codeyard.schemas.messages import (
+    SUBMIT_PATIENCE,
     Accepted,
     ActionCheck,
     ApprovalList,
@@ -120,7 +121,7 @@ from codeyard.schemas.messages import (
     WorkItem,
     unknown_run,
 )
-from codeyard.schemas.model import FeedbackKind, Run, RunState, clip
+from codeyard.schemas.model import FeedbackKind, RepoRef, Run, RunState, clip
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,27 @@ class FollowUp:
     event: Event
 
 
-Input = Msg | ControlCall | FollowUp
+@dataclass
+class Preparation:
+    """A submitted run whose workspace is being prepared, outside the steps (a clone and a
+    snapshot of a large repository take minutes): it is created, and its submitters answered,
+    in the step after `Prepared` comes back."""
+
+    run: Run
+    first: Event
+    calls: list[ControlCall]
+
+
+@dataclass
+class Prepared:
+    """How a preparation ended: where the run's code is, or why it cannot be prepared."""
+
+    run_id: str
+    repo: RepoRef | None
+    error: str = ""
+
+
+Input = Msg | ControlCall | FollowUp | Prepared
 
 
 @dataclass
@@ -235,8 +256,11 @@ class Coordinator:
         self._unacked = 0  # results delivered to the inbox and not yet acked
         self._acked = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
-        # Merges running in the background, stopped when the leadership ends (see `_lead`).
+        # Workspace work (preparations, merges) running in the background, stopped when the
+        # leadership ends (see `_lead`).
         self._merging: set[asyncio.Task[None]] = set()
+        self._preparing: dict[str, Preparation] = {}
+        self._answering: set[asyncio.Task[None]] = set()  # submissions waiting for their reply
         # Garbage collection of the artifacts store, while leading (see artifact_collector).
         self.collector = (
             ArtifactCollector(
@@ -322,6 +346,9 @@ class Coordinator:
             # A deposed leader must not go on merging: its successor merges the same tasks
             # again, and the outcome of this one could no longer be recorded anyway.
             await stop_tasks(self._merging)
+            # Their submitters retry, and the next leader prepares.
+            await stop_tasks(self._answering)
+            self._preparing.clear()
             for subscription in subscriptions:
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()
@@ -440,17 +467,25 @@ class Coordinator:
                 return
             call = ControlCall(request, asyncio.get_running_loop().create_future())
             self._inbox.put_nowait(call)
-            try:
-                async with asyncio.timeout(30):
-                    reply = await asyncio.shield(call.reply)
-            except TimeoutError:
-                reply = ControlError(error="the coordinator did not finish in time; retry")
-            await self._respond(msg, reply)
+            if isinstance(request, SubmitRun):
+                # nats-py calls `answer` for one message of a subject at a time, and a
+                # submission may wait minutes for its repository: the next one must not.
+                in_background(self._answering, self._reply_when_done(msg, call, SUBMIT_PATIENCE))
+            else:
+                await self._reply_when_done(msg, call, 30)
 
         return [
             await self.bus.nc.subscribe(subjects.ctl_subject(verb), cb=answer)
             for verb in CONTROL_VERBS  # the verbs the exported AsyncAPI document lists
         ]
+
+    async def _reply_when_done(self, msg: Msg, call: ControlCall, patience: float) -> None:
+        try:
+            async with asyncio.timeout(patience):
+                reply = await asyncio.shield(call.reply)
+        except TimeoutError:
+            reply = ControlError(error="the coordinator did not finish in time; retry")
+        await self._respond(msg, reply)
 
     def _reply_limit(self) -> tuple[int, str]:
         """The most bytes a reply may have, and whose limit that is: the server's max_payload,
@@ -499,9 +534,12 @@ class Coordinator:
                 elif isinstance(item, FollowUp):
                     if open_run := self._open.get(item.run_id):
                         self._apply(open_run, item.event, commit, now)
+                elif isinstance(item, Prepared):
+                    await self._on_prepared(item, commit, now)
                 else:
-                    reply = await self._on_control(item.request, commit, now)
-                    commit.replies.append((item, reply))
+                    reply = await self._on_control(item, commit, now)
+                    if reply is not None:  # else answered once its repository is prepared
+                        commit.replies.append((item, reply))
             while inline := [m for m in commit.merges if self._inline(m[0])]:
                 commit.merges = [m for m in commit.merges if m not in inline]
                 for run_id, work in inline:
@@ -813,11 +851,14 @@ class Coordinator:
 
     # --- control API --------------------------------------------------------------------------
 
-    async def _on_control(self, request: Control, commit: Commit, now: datetime) -> Envelope:
+    async def _on_control(
+        self, call: ControlCall, commit: Commit, now: datetime
+    ) -> Envelope | None:
+        request = call.request
         try:
             match request:
                 case SubmitRun():
-                    return await self._submit(request, commit, now)
+                    return await self._submit(request, call, commit, now)
                 case CancelRun():
                     return self._control_event(request.run_id, Cancel(request.reason), commit, now)
                 case StatusQuery():
@@ -831,19 +872,29 @@ class Coordinator:
             return ControlError(error=f"{type(exc).__name__}: {exc}")
         return ControlError(error=f"unsupported request {type(request).__name__}")
 
-    async def _submit(self, request: SubmitRun, commit: Commit, now: datetime) -> Envelope:
+    async def _submit(
+        self, request: SubmitRun, call: ControlCall, commit: Commit, now: datetime
+    ) -> Envelope | None:
         assert self._store is not None
         run_id = request.run_id or new_id()[:16]
         known = self._open.get(run_id)
-        stored = known.stored if known else await self._store.load(run_id)
-        if stored is not None:
-            if differences := request.differences(stored.run):
+        preparing = self._preparing.get(run_id)
+        if preparing is not None:
+            existing: Run | None = preparing.run
+        else:
+            stored = known.stored if known else await self._store.load(run_id)
+            existing = stored.run if stored is not None else None
+        if existing is not None:
+            if differences := request.differences(existing):
                 return ControlError(
                     run_id=run_id,
                     error=f"run id {run_id!r} is taken by a run with another "
                     + ", ".join(differences),
                     field="$.run_id",
                 )
+            if preparing is not None:  # the same submission again: answered with the first
+                preparing.calls.append(call)
+                return None
             return Accepted(run_id=run_id, detail="already submitted")
         if request.plan is not None:
             try:
@@ -852,7 +903,6 @@ class Coordinator:
                 return ControlError(run_id=run_id, error=str(exc), field="$.plan")
         if problem := _not_a_local_repository(request.repo.path):
             return ControlError(run_id=run_id, error=problem, field="$.repo.path")
-        await self._store.forget_journal(run_id)
         run = Run(
             run_id=run_id,
             goal=request.goal,
@@ -868,23 +918,45 @@ class Coordinator:
             created_at=now,
             updated_at=now,
         )
-        try:
-            run.repo = await self.integrator.prepare(run)
-        except Exception as exc:
-            log.warning("run %s: cannot prepare its repository: %s", run_id, exc)
-            return ControlError(run_id=run_id, error=f"repository: {exc}", field="$.repo")
-        open_run = OpenRun(StoredRun(run), RunEngine(run, capacity=self.capacity))
-        self._open[run_id] = open_run
-        commit.dirty.setdefault(run_id, set())
-        commit.messages.append(
-            (
-                subjects.events_subject(run_id),
-                run_event(run, RunMoved(run.state, run.state, "submitted")),
-            )
-        )
         first: Event = PlanProposed(tuple(request.plan)) if request.plan else StartPlanning()
-        self._apply(open_run, first, commit, now)
-        return Accepted(run_id=run_id, detail=f"run {run_id} submitted")
+        self._preparing[run_id] = Preparation(run, first, [call])
+        in_background(self._merging, self._prepare(run))
+        return None
+
+    async def _prepare(self, run: Run) -> None:
+        try:
+            repo = await self.integrator.prepare(run)
+        except Exception as exc:
+            log.warning("run %s: cannot prepare its repository: %s", run.run_id, exc)
+            self._inbox.put_nowait(Prepared(run.run_id, None, f"repository: {exc}"))
+        else:
+            self._inbox.put_nowait(Prepared(run.run_id, repo))
+
+    async def _on_prepared(self, prepared: Prepared, commit: Commit, now: datetime) -> None:
+        """Create the run whose workspace is ready, and answer everyone who submitted it."""
+        assert self._store is not None
+        preparation = self._preparing.pop(prepared.run_id, None)
+        if preparation is None:  # from an earlier leadership
+            return
+        run, run_id = preparation.run, prepared.run_id
+        reply: Envelope
+        if prepared.repo is None:
+            reply = ControlError(run_id=run_id, error=prepared.error, field="$.repo")
+        else:
+            await self._store.forget_journal(run_id)
+            run.repo = prepared.repo
+            open_run = OpenRun(StoredRun(run), RunEngine(run, capacity=self.capacity))
+            self._open[run_id] = open_run
+            commit.dirty.setdefault(run_id, set())
+            commit.messages.append(
+                (
+                    subjects.events_subject(run_id),
+                    run_event(run, RunMoved(run.state, run.state, "submitted")),
+                )
+            )
+            self._apply(open_run, preparation.first, commit, now)
+            reply = Accepted(run_id=run_id, detail=f"run {run_id} submitted")
+        commit.replies += [(call, reply) for call in preparation.calls]
 
     def _control_event(self, run_id: str, event: Event, commit: Commit, now: datetime) -> Envelope:
         open_run = self._open.get(run_id)

@@ -285,6 +285,11 @@ RunEvent = (
 
 # --- control: cy.ctl.<verb> request/reply to the coordinator ----------------------------------
 
+# How long the answer to a `SubmitRun` naming a repository may take: the coordinator clones the
+# repository and publishes its snapshot first, minutes for a large one. Asking again with the
+# same submission meanwhile waits for the same answer.
+SUBMIT_PATIENCE = 600.0
+
 
 class SubmitRun(Envelope, kw_only=True, frozen=True):
     goal: LongText

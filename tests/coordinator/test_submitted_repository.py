@@ -1,6 +1,7 @@
 """The repository a run names: a directory on the coordinator's machine, or none (a dry run).
-Its clone is made inside a step, so a remote one, whose server may never answer, is refused
-at submission rather than freezing every run and request for as long as git waits."""
+A remote one, whose server may never answer, is refused at submission. The clone of a local
+one is made outside the coordinator's steps: a large repository holds up its own submission,
+never the other runs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from codeyard.bus import Bus
 from codeyard.coordinator.service import Coordinator
 from codeyard.schemas import (
     Accepted,
+    CancelRun,
     ControlError,
     RepoRef,
     RunStatus,
@@ -22,6 +24,7 @@ from codeyard.schemas import (
     SubmitRun,
     TaskSpec,
 )
+from codeyard.schemas.model import Run
 from codeyard.workspace.integration import GitIntegrator
 from tests.coordinator.harness import ask, running_coordinator
 
@@ -122,3 +125,77 @@ async def test_a_local_repository_and_no_repository_are_accepted(
     assert isinstance(await ask(bus, "submit", local), Accepted)
     dry = SubmitRun(run_id="dry", goal="g", plan=PLAN)
     assert isinstance(await ask(bus, "submit", dry), Accepted)
+
+
+class HeldIntegrator(GitIntegrator):
+    """Prepares a run's repository only once `release` is set: a clone that takes long."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def prepare(self, run: Run) -> RepoRef:
+        if run.repo.path:
+            self.started.set()
+            await self.release.wait()
+        return await super().prepare(run)
+
+
+def a_repository(path: Path) -> Path:
+    path.mkdir()
+    for command in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "start"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=path, check=True
+        )
+    return path
+
+
+async def test_a_slow_clone_holds_up_only_its_own_submission(bus: Bus, tmp_path: Path) -> None:
+    integrator = HeldIntegrator(tmp_path / "data")
+    repo = a_repository(tmp_path / "repo")
+    big = SubmitRun(run_id="big", goal="g", repo=RepoRef(path=str(repo)), plan=PLAN)
+    async with running_coordinator(Coordinator(bus, name="coord-held", integrator=integrator)):
+        first = asyncio.create_task(ask(bus, "submit", big))
+        await asyncio.wait_for(integrator.started.wait(), 10)
+
+        # Other runs and requests go on meanwhile.
+        dry = SubmitRun(run_id="dry", goal="g", plan=PLAN)
+        assert isinstance(await asyncio.wait_for(ask(bus, "submit", dry), 10), Accepted)
+        every = await asyncio.wait_for(ask(bus, "status", StatusQuery()), 10)
+        assert isinstance(every, RunStatus)
+        assert [run.run_id for run in every.runs] == ["dry"]  # not recorded before it is ready
+        assert isinstance(await ask(bus, "cancel", CancelRun(run_id="dry")), Accepted)
+
+        # The same submission again waits for the same preparation; another is refused.
+        again = asyncio.create_task(ask(bus, "submit", big))
+        other = SubmitRun(run_id="big", goal="another", repo=RepoRef(path=str(repo)), plan=PLAN)
+        taken = await asyncio.wait_for(ask(bus, "submit", other), 10)
+        assert isinstance(taken, ControlError)
+        assert taken.field == "$.run_id"
+        assert not first.done()
+        assert not again.done()
+
+        integrator.release.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, again), 30)
+        assert [type(answer) for answer in answers] == [Accepted, Accepted]
+        status = await ask(bus, "status", StatusQuery(run_id="big"))
+        assert isinstance(status, RunStatus)
+        assert status.runs[0].repo.snapshot == str(integrator.integration_dir("big"))
+
+
+class FailingIntegrator(GitIntegrator):
+    async def prepare(self, run: Run) -> RepoRef:
+        raise OSError("no space left on device")
+
+
+async def test_a_repository_that_cannot_be_prepared_is_refused(bus: Bus, tmp_path: Path) -> None:
+    repo = a_repository(tmp_path / "repo")
+    submit = SubmitRun(run_id="r1", goal="g", repo=RepoRef(path=str(repo)), plan=PLAN)
+    integrator = FailingIntegrator(tmp_path / "data")
+    async with running_coordinator(Coordinator(bus, name="coord-fail", integrator=integrator)):
+        refused = await asyncio.wait_for(ask(bus, "submit", submit), 10)
+        assert isinstance(refused, ControlError), refused
+        assert (refused.field, refused.error) == ("$.repo", "repository: no space left on device")
+        unknown = await ask(bus, "status", StatusQuery(run_id="r1"))
+        assert isinstance(unknown, ControlError)
