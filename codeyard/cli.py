@@ -688,20 +688,24 @@ def coordinator(
 
 
 @app.command()
-def approvals(json_output: JsonFlag = False) -> None:
-    """List what waits for a person: plans, budget overruns, gated commands and merges.
+def approvals(
+    run_id: Annotated[str, typer.Option("--run", help="only those of this run")] = "",
+    json_output: JsonFlag = False,
+) -> None:
+    """List what waits for a person: plans, budget overruns, gated commands and merges,
+    oldest first.
 
     Answer each with [bold]codeyard approve ID[/bold] or [bold]codeyard deny ID[/bold]; what
     nobody answers within CODEYARD_APPROVAL_TIMEOUT seconds is denied.
 
-    Example: [bold]codeyard approvals --json[/bold]
+    Example: [bold]codeyard approvals --run 3f2a9c0d1e4b5a69 --json[/bold]
     """
     from rich.table import Table
     from rich.text import Text
 
     from codeyard.schemas import ApprovalList, ListApprovals
 
-    reply = _ask("approvals", ListApprovals())
+    reply = _ask("approvals", ListApprovals(run_id=run_id))
     if json_output:
         _print_reply(reply)
         return
@@ -723,6 +727,13 @@ def approvals(json_output: JsonFlag = False) -> None:
             approval.approval_id,
         )
     console.print(table)
+    if reply.omitted:  # a reply must fit in one message: the newest wait for the next listing
+        console.print(
+            f"and {reply.omitted} newer left out to fit the reply: answer these first, or "
+            "list one run's with --run RUN",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()

@@ -864,7 +864,7 @@ class Coordinator:
                 case StatusQuery():
                     return await self._status(request.run_id)
                 case ListApprovals():
-                    return ApprovalList(approvals=await self._pending_approvals())
+                    return self._fitting_approvals(await self._pending_approvals(request.run_id))
                 case Approve() | Deny():
                     return await self._answer_approval(request, commit, now)
         except Exception as exc:
@@ -1005,15 +1005,31 @@ class Coordinator:
         kept = [run for index, run in enumerate(runs) if index not in left_out]
         return RunStatus(runs=kept, omitted=len(left_out))
 
-    async def _pending_approvals(self) -> list[PendingApproval]:
-        """Unanswered approvals of open runs, oldest first."""
+    async def _pending_approvals(self, run_id: str = "") -> list[PendingApproval]:
+        """Unanswered approvals of open runs (of `run_id` only, if given), oldest first."""
         assert self._approvals is not None
         pending = [
             approval
             for approval in await self._approvals.values()
-            if approval.status == "pending" and approval.run_id in self._open
+            if approval.status == "pending"
+            and approval.run_id in self._open
+            and (not run_id or approval.run_id == run_id)
         ]
         return sorted(pending, key=lambda approval: approval.requested_at)
+
+    def _fitting_approvals(self, approvals: list[PendingApproval]) -> ApprovalList:
+        """`approvals` in one reply, the newest left out (counted in `omitted`) until the rest
+        fits: the oldest are denied first when nobody answers."""
+        reply = ApprovalList(approvals=approvals)
+        size = len(encode(reply))
+        limit, _ = self._reply_limit()
+        if size <= limit:
+            return reply
+        size += _OMITTED_DIGITS
+        kept = list(approvals)
+        while kept and size > limit:
+            size -= len(encode(kept.pop())) + 1  # and the comma before it
+        return ApprovalList(approvals=kept, omitted=len(approvals) - len(kept))
 
     async def _answer_approval(
         self, request: Approve | Deny, commit: Commit, now: datetime

@@ -111,7 +111,8 @@ class InlineApprovals:
             await asyncio.sleep(self._pause)
 
     async def _pending(self) -> list[PendingApproval]:
-        reply = await ask_coordinator(self._bus, "approvals", ListApprovals(), patience=10)
+        asked = ListApprovals(run_id=self._run_id)  # those of other runs may fill a reply
+        reply = await ask_coordinator(self._bus, "approvals", asked, patience=10)
         if not isinstance(reply, ApprovalList):
             raise RunRefused(f"unexpected reply {type(reply).__name__}")
         return [a for a in reply.approvals if a.run_id == self._run_id]

@@ -330,7 +330,7 @@ class StatusQuery(Envelope, kw_only=True, frozen=True):
 
 
 class ListApprovals(Envelope, kw_only=True, frozen=True):
-    pass
+    """The pending approvals of every open run, or of the run `run_id` names."""
 
 
 class Approve(Envelope, kw_only=True, frozen=True):
@@ -391,7 +391,10 @@ class RunStatus(Envelope, kw_only=True, frozen=True):
 
 
 class ApprovalList(Envelope, kw_only=True, frozen=True):
-    approvals: list[PendingApproval]
+    approvals: list[PendingApproval]  # oldest first
+    # How many of the newest are left out so that the reply fits in one message (a question
+    # carries up to three long texts). Defaulted, so older clients and coordinators decode it.
+    omitted: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class ControlError(Envelope, kw_only=True, frozen=True):

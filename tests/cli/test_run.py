@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from codeyard.bus.embedded import free_port
-from codeyard.schemas import TaskSpec
+from codeyard.schemas import ApprovalList, TaskSpec
 from codeyard.workspace.git import git
 from tests.processes import codeyard, start, stop
 from tests.repositories import one_commit_repo
@@ -183,6 +183,8 @@ async def test_a_person_approves_each_merge_from_the_command_line(
         await asyncio.sleep(0.3)
     row = next(line for line in listed.splitlines() if " merge " in f" {line} ")
     approval_id = row.strip(" │|").split()[-1]  # the last column
+    of_r2 = await asyncio.to_thread(codeyard, codeyard_up, "approvals", "--run", "r2", "--json")
+    of_another = await asyncio.to_thread(codeyard, codeyard_up, "approvals", "--run", "r9")
     bogus = await asyncio.to_thread(codeyard, codeyard_up, "approve", "0000000000000000")
     approved = await asyncio.to_thread(
         codeyard, codeyard_up, "approve", approval_id, "--comment", "looks right"
@@ -190,6 +192,9 @@ async def test_a_person_approves_each_merge_from_the_command_line(
     result = await following
 
     assert "r2" in row
+    only_r2 = msgspec.json.decode(of_r2.stdout, type=ApprovalList)
+    assert [a.approval_id for a in only_r2.approvals] == [approval_id]
+    assert "nothing waits for approval" in of_another.stdout
     assert bogus.returncode == 1
     assert "no pending approval" in bogus.stderr
     assert approved.returncode == 0, approved.stderr
