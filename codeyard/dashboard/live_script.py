@@ -1,6 +1,7 @@
 """The run page's only script: follows `/runs/<id>/events` (server-sent events) and recolours
-the graph's nodes and the state badges as tasks move. It writes text with `textContent` and
-attributes only, never markup, so event contents cannot inject HTML."""
+the graph's nodes and the state badges as tasks move, and says whether it is live (it keeps
+retrying, less and less often, when the dashboard refuses the stream). It writes text with
+`textContent` and attributes only, never markup, so event contents cannot inject HTML."""
 
 from __future__ import annotations
 
@@ -39,16 +40,46 @@ _TEMPLATE = """"use strict";
     });
   }
 
-  const source = new EventSource(run.getAttribute("data-events"));
-  source.addEventListener("open", function () { live.textContent = "live"; });
-  source.addEventListener("error", function () { live.textContent = "reconnecting…"; });
-  source.addEventListener("TaskStatesChanged", function (message) {
-    JSON.parse(message.data).changes.forEach(setTask);
-  });
-  source.addEventListener("RunStateChanged", function (message) {
-    const badge = document.querySelector("#run-state .state");
-    if (badge) { paintBadge(badge, JSON.parse(message.data).state); }
-  });
+  // A stream that drops is retried by the browser itself, but an answer other than 200 (a
+  // 503 while no coordinator answers, as during a restart) makes it give up for good: then a
+  // new EventSource, after a wait that doubles up to RETRY_MOST_MS. Every stream starts from
+  // the run's first event, so the page catches up whichever way it reconnected.
+  const RETRY_FIRST_MS = 1000;
+  const RETRY_MOST_MS = 30000;
+  let retryMs = RETRY_FIRST_MS;
+
+  function retryLater() {
+    live.textContent = "offline: retrying in " + Math.round(retryMs / 1000) + " s";
+    setTimeout(function () {
+      live.textContent = "reconnecting…";
+      follow();
+    }, retryMs);
+    retryMs = Math.min(retryMs * 2, RETRY_MOST_MS);
+  }
+
+  function follow() {
+    const source = new EventSource(run.getAttribute("data-events"));
+    source.addEventListener("open", function () {
+      retryMs = RETRY_FIRST_MS;
+      live.textContent = "live";
+    });
+    source.addEventListener("error", function () {
+      if (source.readyState === EventSource.CLOSED) {
+        retryLater();
+      } else {
+        live.textContent = "reconnecting…";
+      }
+    });
+    source.addEventListener("TaskStatesChanged", function (message) {
+      JSON.parse(message.data).changes.forEach(setTask);
+    });
+    source.addEventListener("RunStateChanged", function (message) {
+      const badge = document.querySelector("#run-state .state");
+      if (badge) { paintBadge(badge, JSON.parse(message.data).state); }
+    });
+  }
+
+  follow();
 })();
 """
 

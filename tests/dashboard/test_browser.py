@@ -1,7 +1,8 @@
 """The dashboard end to end in headless Chromium: `codeyard up` (which starts the dashboard),
 scripted workers and `codeyard run --approve-plan`, all real processes; a person signs in with
 the token, finds the run, approves its plan with the button, and watches the graph turn green
-without reloading. The screenshot is kept as tests/artifacts/dashboard.png."""
+without reloading. The screenshot is kept as tests/artifacts/dashboard.png. And the run page
+in Chromium against a dashboard served in the test, which refuses the page's first stream."""
 
 from __future__ import annotations
 
@@ -10,18 +11,25 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import msgspec
 import pytest
+from aiohttp import web
 
+from codeyard.bus import Bus
+from codeyard.coordinator.service import Coordinator
+from codeyard.dashboard.server import Dashboard, Unavailable, serving
 from codeyard.report.graph_svg import STATE_COLOURS
-from codeyard.schemas import TaskSpec, TaskState
+from codeyard.schemas import Approve, TaskSpec, TaskState
 from tests.cli.test_run import codeyard_up, repo
+from tests.coordinator.harness import ask
+from tests.coordinator.test_control_api import coordinator
+from tests.dashboard.test_server import TOKEN, submit_waiting_plan
 
-__all__ = ["codeyard_up", "repo"]  # fixtures, shared with test_run
+__all__ = ["codeyard_up", "coordinator", "repo"]  # fixtures, shared with other tests
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -141,3 +149,96 @@ async def test_a_person_approves_the_plan_and_watches_the_graph_turn_merged(
     assert following.returncode == 0, output.decode()
     assert "run web1 done: 3/3 tasks merged" in output.decode()
     assert ARTIFACT.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@asynccontextmanager
+async def chromium_in_a_thread() -> AsyncIterator[WebDriver]:
+    """`chromium()`, started and quit in a thread: that takes seconds, which on the event loop
+    would stall the dashboard and the coordinator this process serves (it lost its lease)."""
+    manager = chromium()
+    browser = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield browser
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+class RefusesTheFirstStreams(Dashboard):
+    """Answers the page's first `refusals` requests for the run's events 503, as while no
+    coordinator answers (a restart), from when the test has had a look at the page
+    (`refuse`); holds the next one until the test has looked again (`serve`)."""
+
+    def __init__(self, bus: Bus, refusals: int) -> None:
+        super().__init__(bus, TOKEN)
+        self.refusals = refusals
+        self.refuse = asyncio.Event()
+        self.asked_again = asyncio.Event()
+        self.serve = asyncio.Event()
+        self.streams = 0
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        self.streams += 1
+        await self.refuse.wait()
+        if self.streams <= self.refusals:
+            raise Unavailable("no coordinator answered")
+        self.asked_again.set()
+        await self.serve.wait()
+        return await super().events(request)
+
+
+# Every text the live indicator shows from now on (WebDriver's scripts are not the page's,
+# which its Content-Security-Policy restricts).
+RECORD_LIVE_TEXTS = """
+window.liveTexts = [];
+const live = document.getElementById("live");
+new MutationObserver(function () { window.liveTexts.push(live.textContent); })
+  .observe(live, {childList: true, characterData: true, subtree: true});
+"""
+
+
+def live_texts(browser: WebDriver) -> list[str]:
+    return list(browser.execute_script("return window.liveTexts;"))
+
+
+def wait_for(browser: WebDriver, shown: Callable[[WebDriver], bool]) -> None:
+    WebDriverWait(browser, 60, poll_frequency=0.2).until(shown)
+
+
+def live_text(browser: WebDriver) -> str:
+    return str(browser.find_element(By.ID, "live").text)
+
+
+def task_state(browser: WebDriver, task_id: str) -> str:
+    node = browser.find_element(By.CSS_SELECTOR, f'#graph g.node[data-task="{task_id}"]')
+    return str(node.get_attribute("data-state"))
+
+
+async def test_the_run_page_retries_refused_streams_less_and_less_often_and_goes_live(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    """EventSource gives up for good on an answer other than 200: the page stayed at
+    "reconnecting…" and never moved again."""
+    approval_id = await submit_waiting_plan(bus, "r1")
+    dashboard = RefusesTheFirstStreams(bus, refusals=2)
+    async with chromium_in_a_thread() as browser, serving(dashboard, "127.0.0.1", 0) as base:
+        await asyncio.to_thread(browser.get, f"{base}/runs/r1?token={TOKEN}")
+        await asyncio.to_thread(browser.execute_script, RECORD_LIVE_TEXTS)
+        dashboard.refuse.set()
+        try:
+            await asyncio.wait_for(dashboard.asked_again.wait(), 30)  # it retries in 1 s, 2 s
+        except TimeoutError:
+            shown = await asyncio.to_thread(live_texts, browser)
+            pytest.fail(f"the page never asked for the events again; it showed {shown}")
+        assert await asyncio.to_thread(live_texts, browser) == [
+            "offline: retrying in 1 s",
+            "reconnecting…",
+            "offline: retrying in 2 s",
+            "reconnecting…",
+        ]
+        dashboard.serve.set()
+        await asyncio.to_thread(wait_for, browser, lambda b: live_text(b) == "live")
+        assert await asyncio.to_thread(task_state, browser, "x") == "planned"
+
+        await ask(bus, "approve", Approve(approval_id=approval_id))
+        # not reloaded: only the stream can change it
+        await asyncio.to_thread(wait_for, browser, lambda b: task_state(b, "x") == "coding")
