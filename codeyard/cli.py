@@ -145,7 +145,7 @@ def up(
 
     Example: [bold]codeyard up[/bold]
     """
-    from codeyard.dashboard.service import CannotServe, dashboard_token
+    from codeyard.dashboard.service import CannotServe, dashboard_token, public_origins
     from codeyard.launch import (
         AlreadyRunning,
         LocalModelNotServing,
@@ -168,6 +168,7 @@ def up(
     if dashboard:
         try:  # checked here, as the child it runs in would fail for ever
             dashboard_token(settings)
+            public_origins(settings)
         except CannotServe as exc:
             err.print(f"error: {exc}", markup=False)
             raise typer.Exit(BAD_CONFIGURATION) from None
@@ -209,7 +210,8 @@ def dashboard_command() -> None:
 
     Listens on CODEYARD_DASHBOARD_HOST:CODEYARD_DASHBOARD_PORT (default 127.0.0.1:8700) and
     connects to NATS as the ctl user. Every page needs the token CODEYARD_DASHBOARD_TOKEN
-    (unset: a new one at each start); open the printed URL, which carries it, once.
+    (unset: a new one at each start); open the printed URL, which carries it, once. Behind a
+    reverse proxy, name the addresses browsers use in CODEYARD_DASHBOARD_PUBLIC_ORIGINS.
     `codeyard up` runs the dashboard for you.
 
     Example: [bold]CODEYARD_DASHBOARD_PORT=8800 codeyard dashboard[/bold]

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         description="token that opens the dashboard; empty: a new one at each start, printed",
     )
+    dashboard_public_origins: str = Field(
+        default="",
+        description="where browsers reach the dashboard through a reverse proxy, separated by "
+        "commas (e.g. https://codeyard.example.com): Approve/Deny from there pass the origin check",
+    )
 
     def server_url(self) -> str:
         """NATS_URL, else the embedded server of `codeyard up` on this machine."""

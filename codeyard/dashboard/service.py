@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import re
 import signal
-from collections.abc import Sequence
 
 from rich.console import Console
 
@@ -16,9 +15,6 @@ from codeyard.config import Settings
 from codeyard.dashboard.auth import TokenCheck, new_token, normalised_origins
 from codeyard.dashboard.server import Dashboard, serving
 from codeyard.observability.startup import start_observability
-
-# The setting naming the origins the dashboard is served at (`parse_public_origins`).
-PUBLIC_ORIGINS_SETTING = "CODEYARD_DASHBOARD_PUBLIC_ORIGINS"
 
 
 class CannotServe(Exception):
@@ -37,32 +33,26 @@ def dashboard_token(settings: Settings) -> str:
     return token
 
 
-def parse_public_origins(setting: str) -> tuple[str, ...]:
-    """The public origins in CODEYARD_DASHBOARD_PUBLIC_ORIGINS: separated by commas or
-    spaces, as a list in an environment variable usually is."""
-    return tuple(origin for origin in re.split(r"[,\s]+", setting) if origin)
-
-
-def check_public_origins(origins: Sequence[str]) -> None:
-    """`CannotServe` if one of `origins` is not an origin (a URL with a path, say): checked
-    before anything starts, as no browser would send it and POSTs from there would fail."""
+def public_origins(settings: Settings) -> tuple[str, ...]:
+    """CODEYARD_DASHBOARD_PUBLIC_ORIGINS, separated by commas or spaces as a list in an
+    environment variable usually is; `CannotServe` if one is not an origin (a URL with a path,
+    say): no browser would send it, and every POST from there would fail."""
+    origins = tuple(o for o in re.split(r"[,\s]+", settings.dashboard_public_origins) if o)
     try:
         normalised_origins(origins)
     except ValueError as exc:
-        raise CannotServe(f"{PUBLIC_ORIGINS_SETTING}: {exc}") from None
+        raise CannotServe(f"CODEYARD_DASHBOARD_PUBLIC_ORIGINS: {exc}") from None
+    return origins
 
 
 def sign_in_url(base: str, token: str) -> str:
     return f"{base}/?token={token}"
 
 
-async def run_dashboard(
-    settings: Settings, console: Console, *, public_origins: Sequence[str] = ()
-) -> None:
-    """Serve until SIGINT or SIGTERM; `public_origins`: where browsers reach the dashboard
-    when a reverse proxy stands in front of it (`Dashboard`)."""
+async def run_dashboard(settings: Settings, console: Console) -> None:
+    """Serve until SIGINT or SIGTERM."""
     token = dashboard_token(settings)
-    check_public_origins(public_origins)
+    origins = public_origins(settings)
     start_observability(settings, "dashboard")
     bus = await Bus.connect(
         settings.server_url(),
@@ -75,7 +65,7 @@ async def run_dashboard(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        dashboard = Dashboard(bus, token, public_origins=public_origins)
+        dashboard = Dashboard(bus, token, public_origins=origins)
         host, port = settings.dashboard_host, settings.dashboard_port
         async with contextlib.AsyncExitStack() as stack:
             try:

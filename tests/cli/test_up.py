@@ -424,6 +424,18 @@ async def test_up_refuses_a_dashboard_token_too_short_before_starting_anything(
     assert not (tmp_path / "nats").exists()
 
 
+async def test_up_refuses_a_public_origin_that_is_no_origin_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    env = isolated_env(tmp_path) | {
+        "CODEYARD_DASHBOARD_PUBLIC_ORIGINS": "https://codeyard.example.com/dashboard"
+    }
+    code, stderr = await run_to_end(env, "up", "--no-agents")
+    assert code == 2
+    assert b"CODEYARD_DASHBOARD_PUBLIC_ORIGINS: " in stderr
+    assert not (tmp_path / "nats").exists()
+
+
 def test_a_second_up_on_a_running_ones_data_dir_or_port_refuses_in_one_line(
     tmp_path: Path,
 ) -> None:

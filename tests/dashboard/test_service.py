@@ -12,9 +12,8 @@ from codeyard.bus.credentials import Credentials
 from codeyard.config import Settings
 from codeyard.dashboard.service import (
     CannotServe,
-    check_public_origins,
     dashboard_token,
-    parse_public_origins,
+    public_origins,
     run_dashboard,
     sign_in_url,
 )
@@ -74,19 +73,21 @@ def test_help_names_the_settings_and_gives_an_example() -> None:
 
 def test_public_origins_are_a_list_separated_by_commas_or_spaces() -> None:
     setting = " https://codeyard.example.com, http://10.0.0.5:8080  https://b.example,"
-    assert parse_public_origins(setting) == (
+    assert public_origins(Settings(dashboard_public_origins=setting)) == (
         "https://codeyard.example.com",
         "http://10.0.0.5:8080",
         "https://b.example",
     )
-    assert parse_public_origins("") == ()
-    check_public_origins(parse_public_origins(setting))
+    assert public_origins(Settings()) == ()
 
 
 async def test_a_public_origin_with_a_path_is_bad_configuration() -> None:
     """No browser sends a path in Origin: such a setting would only make every POST fail, so
     the dashboard refuses to start (before it connects to anything)."""
-    settings = Settings(dashboard_token="my-own-token-1234", nats_url="nats://127.0.0.1:1")
-    origins = ["https://codeyard.example.com/dashboard"]
+    settings = Settings(
+        dashboard_token="my-own-token-1234",
+        nats_url="nats://127.0.0.1:1",
+        dashboard_public_origins="https://codeyard.example.com/dashboard",
+    )
     with pytest.raises(CannotServe, match=r"CODEYARD_DASHBOARD_PUBLIC_ORIGINS: .* not an origin"):
-        await run_dashboard(settings, Console(), public_origins=origins)
+        await run_dashboard(settings, Console())
