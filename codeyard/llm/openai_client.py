@@ -153,9 +153,11 @@ class OpenAIClient:
             except openai.APIConnectionError as error:
                 failure = f"connection failed ({error.__cause__ or error})"
                 outcome = "connection_error"
-            except json.JSONDecodeError as error:
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 # A body labelled JSON that is not (cut short, a proxy's page): the SDK lets
                 # the decoder's error out. Only the answer is decoded, so it is the endpoint's.
+                # A body cut inside a multi-byte character fails before parsing starts, as
+                # UnicodeDecodeError (the decoder reads bytes), but is the same failure.
                 failure = f"the answer is not JSON: {error}"
                 outcome = "malformed"
             except RecursionError:

@@ -10,6 +10,7 @@ without counting the tokens spent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from codeyard.llm import LLMUnavailable
 from codeyard.schemas import Usage
-from codeyard.testing.openai_script import parse_script
+from codeyard.testing.openai_script import Answer, parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
 from tests.llm.scenario import ASK, TOOL, VALID, Plan, ask
 
@@ -139,3 +140,50 @@ async def test_an_endpoint_answering_no_completion_every_time_is_unavailable() -
 
     assert "failed 2 times; last: the answer is not a chat completion" in str(failure.value)
     assert "<html>sign in</html>" in str(failure.value)
+
+
+class CutInsideACharacter(ScriptedOpenAI):
+    """The scripted server, with each `raw_body` reply cut just after the first byte of its
+    first multi-byte UTF-8 character: a script's bodies are text, which cannot say such bytes.
+    """
+
+    def answer(self, method: str, path: str, raw: bytes) -> Answer:
+        scripted = super().answer(method, path, raw)
+        body = scripted.raw
+        if body is None:
+            return scripted
+        first = next(index for index, byte in enumerate(body) if byte >= 0x80)
+        return dataclasses.replace(scripted, raw=body[: first + 1])
+
+
+# A good completion whose id has an "é" (two bytes in UTF-8): cut inside it, the body is no
+# longer UTF-8, which the SDK's decoder refuses before it parses any JSON.
+GOOD = completion(calling({"name": TOOL, "arguments": json.dumps(VALID)}), id="résumé")
+RESUME = {"raw_body": json.dumps(GOOD, ensure_ascii=False)}
+
+
+async def test_a_body_cut_inside_a_character_is_retried_like_cut_off_json() -> None:
+    replies = [RESUME, {"arguments": VALID, "usage": TOKENS}]
+    async with CutInsideACharacter(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        done = await ask(server, max_retries=1)
+        requests = server.requests
+
+    assert done.value == Plan(**VALID)
+    assert done.attempts == 1  # retried, not re-asked: the model never answered
+    assert requests[1].body["messages"] == ASK
+    assert done.usage == Usage(calls=1, prompt_tokens=40, completion_tokens=10)
+
+
+async def test_a_body_cut_inside_a_character_every_time_is_unavailable_with_usage() -> None:
+    # The first answer is paid for but does not fit; every answer to the re-ask is cut off:
+    # the error a worker reports carries what the first one cost.
+    replies = [{"arguments": {"title": "auth"}, "usage": TOKENS}, RESUME]
+    async with CutInsideACharacter(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(LLMUnavailable) as failure:
+            await ask(server, max_retries=2)
+        requests = server.requests
+
+    assert len(requests) == 4  # the first ask, then the re-ask and its two retries
+    assert "failed 3 times; last: the answer is not JSON: 'utf-8' codec" in str(failure.value)
+    assert failure.value.usage == Usage(calls=1, prompt_tokens=40, completion_tokens=10)
+    assert failure.value.model == "base-model"
