@@ -30,6 +30,11 @@ class PublishError(RuntimeError):
         self.err_code = err_code
 
 
+class MessageTooLarge(PublishError):
+    """A message over the server's max_payload, refused before it was sent: sending it again
+    can never work."""
+
+
 class _ApiError(msgspec.Struct):
     code: int = 0
     err_code: int = 0
@@ -80,7 +85,7 @@ class PublishPipeline:
         if size > self._nc.max_payload:
             # The server would close the connection (nats-py checks the payload alone), failing
             # every other publish waiting on it; refused here, only this one fails.
-            raise PublishError(
+            raise MessageTooLarge(
                 f"a message of {size} bytes (headers included) is over the server's "
                 f"max_payload of {self._nc.max_payload} bytes"
             )

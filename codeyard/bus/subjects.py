@@ -48,8 +48,11 @@ def journal_subject(run_id: str) -> str:
     return f"cy.journal.{run_id}"
 
 
+WORK_PREFIX = "cy.work."
+
+
 def work_subject(role: str) -> str:
-    return f"cy.work.{check_role(role)}"
+    return f"{WORK_PREFIX}{check_role(role)}"
 
 
 RESULT_PREFIX = "cy.result."

@@ -650,7 +650,8 @@ class RunEngine:
             if key != task.spec.id:
                 raise InvalidPlan([f"task stored under {key!r} has id {task.spec.id!r}"])
         specs = [task.spec for task in tasks.values()]
-        graph = TaskGraph(specs, weights=effort_weights(specs))
+        # Accepted before (perhaps by a version without the size limit): not refused now.
+        graph = TaskGraph(specs, weights=effort_weights(specs), limit_size=False)
         merged = TaskState.MERGED
         self._graph = graph
         self._queue = ReadyQueue(graph)

@@ -1,7 +1,8 @@
 """The task graph of a plan: which task waits for which, checked once when the plan arrives.
 
 A plan is valid when it has at least one task, every id is unique, every dependency names a
-task of the plan (and not the task itself) and no chain of dependencies loops back. Everything
+task of the plan (and not the task itself), no chain of dependencies loops back, and no task is
+larger than `MAX_TASK_BYTES`. Everything
 here is iterative, so plans of tens of thousands of tasks or chains that deep are fine.
 """
 
@@ -10,7 +11,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 
+import msgspec
+
 from codeyard.schemas.model import TaskSpec
+
+# Of one task, as JSON. Every work item and record of a task carries it, beside up to 256 KiB
+# of feedback, a patch and the test output: a larger one could make them too big to send,
+# and the task could never be worked on.
+MAX_TASK_BYTES = 64 * 1024
 
 
 class InvalidPlan(ValueError):
@@ -25,10 +33,15 @@ class TaskGraph:
     """An immutable, validated dependency graph over the tasks of one plan.
 
     `weights` (task id -> expected effort, default 1) only affects `critical_path`.
+    `limit_size`: False for a plan accepted before, which is not refused afterwards.
     """
 
     def __init__(
-        self, specs: Iterable[TaskSpec], weights: Mapping[str, float] | None = None
+        self,
+        specs: Iterable[TaskSpec],
+        weights: Mapping[str, float] | None = None,
+        *,
+        limit_size: bool = True,
     ) -> None:
         specs = list(specs)
         self._specs: dict[str, TaskSpec] = {}
@@ -41,6 +54,10 @@ class TaskGraph:
                 problems.append(f"duplicate task id {spec.id!r}")
                 continue
             self._specs[spec.id] = spec
+            if limit_size and (size := len(msgspec.json.encode(spec))) > MAX_TASK_BYTES:
+                problems.append(
+                    f"task {spec.id!r} is {size} bytes as JSON; at most {MAX_TASK_BYTES}"
+                )
             # Repeating a dependency is harmless: keep the first mention of each.
             self._deps[spec.id] = tuple(dict.fromkeys(spec.deps))
         for task_id, deps in self._deps.items():

@@ -32,7 +32,7 @@ from codeyard.bus import subjects
 from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
-from codeyard.bus.pipeline import PublishError
+from codeyard.bus.pipeline import MessageTooLarge, Pending, PublishError
 from codeyard.bus.store import StaleRevision, VersionedStore
 from codeyard.bus.topology import DAY
 from codeyard.cancellation import in_background, stop_tasks, wait_event
@@ -68,6 +68,7 @@ from codeyard.coordinator.events import (
     ResumeTask,
     StartPlanning,
     UnappliedSpend,
+    WorkAbandoned,
 )
 from codeyard.coordinator.graph import InvalidPlan, TaskGraph
 from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
@@ -121,7 +122,7 @@ from codeyard.schemas.messages import (
     WorkItem,
     unknown_run,
 )
-from codeyard.schemas.model import FeedbackKind, RepoRef, Run, RunState, clip
+from codeyard.schemas.model import FeedbackKind, RepoRef, Run, RunState, Usage, clip
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
@@ -716,7 +717,9 @@ class Coordinator:
         # only once all of it is, and work sent again after a crash is dropped as a duplicate of
         # its id). Unless answers are stored: the work they release must find them (see below).
         first, later = (commit.work, []) if not answers else ([], commit.work)
-        published = [await self.bus.send(subject, item) for subject, item in first]
+        published = [
+            sent for subject, item in first if (sent := await self._send_work(subject, item))
+        ]
         if published:
             await asyncio.sleep(0)  # nats-py's flusher writes it now
         writes: list[StepWrite] = []
@@ -734,7 +737,10 @@ class Coordinator:
             if open_run := self._open.get(run_id):
                 event = task_changes(open_run.run, moves)
                 commit.messages.append((subjects.events_subject(run_id), event))
-        for subject, message in [*later, *commit.messages]:
+        for subject, item in later:
+            if sent := await self._send_work(subject, item):
+                published.append(sent)
+        for subject, message in commit.messages:
             published.append(await self.bus.send(subject, message))
         await self._confirm(writes)
         await pipeline.all_stored(published, 10)
@@ -754,6 +760,20 @@ class Coordinator:
         for run_id, work in commit.merges:
             # in the background; the outcome comes back through the inbox
             in_background(self._merging, self._integrate(run_id, work))
+
+    async def _send_work(self, subject: str, item: WorkItem) -> Pending | None:
+        """Start sending `item`; None if it is too large to send, which fails its task (in the
+        next step) rather than the step: failing the step would fail it again at each replay of
+        its inputs, holding up every run for good."""
+        try:
+            return await self.bus.send(subject, item)
+        except MessageTooLarge as exc:
+            role = subject.removeprefix(subjects.WORK_PREFIX)
+            log.error("run %s: work for %s not sent: %s", item.run_id, role, exc)
+            reason = f"its work item cannot be sent: {exc}"
+            abandoned = WorkAbandoned(item.task_id, item.attempt, role, reason, Usage(), "")
+            self._inbox.put_nowait(FollowUp(item.run_id, abandoned))
+            return None
 
     async def _store_approvals(self, approvals: list[PendingApproval]) -> None:
         pending = []

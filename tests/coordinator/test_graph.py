@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from codeyard.coordinator import InvalidPlan, TaskGraph
+from codeyard.coordinator.graph import MAX_TASK_BYTES
 from codeyard.schemas.model import TaskSpec
 from tests.coordinator.plans import dags, spec
 
@@ -152,3 +153,15 @@ def test_ten_thousand_tasks_deep_and_wide() -> None:
     with pytest.raises(InvalidPlan) as raised:
         TaskGraph(loop)
     assert raised.value.problems[0].count(" -> ") == count
+
+
+def test_a_task_over_the_size_limit_is_refused_unless_accepted_before() -> None:
+    at_limit = TaskSpec(id="a", title="a", description="x" * (MAX_TASK_BYTES - 100))
+    over = TaskSpec(id="b", title="b", acceptance=["x" * 20_000] * 4)
+    TaskGraph([at_limit])
+
+    with pytest.raises(InvalidPlan) as refused:
+        TaskGraph([at_limit, over])
+
+    assert refused.value.problems == (f"task 'b' is 80049 bytes as JSON; at most {MAX_TASK_BYTES}",)
+    assert len(TaskGraph([at_limit, over], limit_size=False)) == 2  # a stored run still loads

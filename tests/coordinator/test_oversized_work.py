@@ -1,0 +1,70 @@
+"""Work too large to send. A task is at most `MAX_TASK_BYTES` as JSON, so that its work items
+and records stay well within a message; before, a plan could hold a task that fit in the
+submission but not in its second code request, and the coordinator's step then failed at every
+replay of its inputs, holding up every run for good. Work that cannot be sent all the same
+fails its task instead."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.subjects import work_subject
+from codeyard.coordinator.events import WorkAbandoned
+from codeyard.coordinator.graph import MAX_TASK_BYTES
+from codeyard.coordinator.service import Coordinator, FollowUp
+from codeyard.schemas import CodeRequest, ControlError, SubmitRun, TaskSpec
+from tests.conftest import TEST_TOPOLOGY
+from tests.coordinator.harness import ask, running_coordinator
+
+MAX_PAYLOAD = 48 * 1024
+
+
+async def test_a_task_too_large_for_its_work_items_is_refused_at_submission(bus: Bus) -> None:
+    # Four criteria as long as criteria may be, of 2-byte characters: 160 KB.
+    huge = TaskSpec(id="huge", title="x", acceptance=["\u00e9" * 20_000] * 4)
+    submit = SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="a", title="a"), huge])
+    async with running_coordinator(Coordinator(bus, name="coord-size")):
+        refused = await ask(bus, "submit", submit)
+
+    assert isinstance(refused, ControlError), refused
+    assert refused.field == "$.plan"
+    assert "task 'huge' is 160" in refused.error
+    assert refused.error.endswith(f"bytes as JSON; at most {MAX_TASK_BYTES}")
+
+
+@pytest.fixture
+async def small_messages(tmp_path: Path) -> AsyncIterator[Bus]:
+    """A server taking messages of at most 48 KiB."""
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        f"max_payload: {MAX_PAYLOAD}\njetstream {{ store_dir: {str(tmp_path / 'js')!r} }}\n"
+    )
+    async with EmbeddedNats(tmp_path, config_file=config) as server:
+        bus = await Bus.connect(server.url, name="test-small", topology=TEST_TOPOLOGY)
+        await bus.setup()
+        try:
+            yield bus
+        finally:
+            await bus.close()
+
+
+async def test_work_that_cannot_be_sent_comes_back_as_abandoned(small_messages: Bus) -> None:
+    coordinator = Coordinator(small_messages, name="coord-small")
+    task = TaskSpec(id="t1", title="t", description="\u00e9" * 20_000)
+    item = CodeRequest(run_id="r1", task_id="t1", attempt=2, goal="\u00e9" * 10_000, task=task)
+
+    sent = await coordinator._send_work(work_subject("coder"), item)
+
+    assert sent is None
+    follow_up = coordinator._inbox.get_nowait()
+    assert isinstance(follow_up, FollowUp)
+    assert follow_up.run_id == "r1"
+    abandoned = follow_up.event
+    assert isinstance(abandoned, WorkAbandoned)
+    assert (abandoned.task_id, abandoned.attempt, abandoned.role) == ("t1", 2, "coder")
+    assert abandoned.reason.startswith("its work item cannot be sent: a message of ")
+    assert abandoned.reason.endswith(f"over the server's max_payload of {MAX_PAYLOAD} bytes")
