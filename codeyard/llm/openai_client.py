@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
@@ -22,6 +23,8 @@ from codeyard.observability import metrics
 from codeyard.schemas import Usage
 
 log = logging.getLogger(__name__)
+
+N = TypeVar("N", int, float)
 
 # The statuses the openai SDK itself treats as transient; any other 4xx is the request's fault.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -125,11 +128,11 @@ class OpenAIClient:
                 async with asyncio.timeout(self._settings.timeout_seconds):
                     response = await self._openai.chat.completions.create(
                         model=chosen.model,
-                        temperature=chosen.temperature,
+                        temperature=given(chosen.temperature),
                         messages=conversation,
                         tools=[tool.definition()],
                         tool_choice=tool.choice(),
-                        max_tokens=self._settings.max_tokens,  # None: the endpoint decides
+                        max_tokens=given(self._settings.max_tokens),
                     )
             except openai.APIStatusError as error:
                 status = error.status_code
@@ -234,6 +237,14 @@ def token_count(value: object) -> int:
     if not math.isfinite(value) or value <= 0:
         return 0
     return min(int(value), MAX_TOKEN_COUNT)
+
+
+def given(value: N | None) -> N | openai.Omit:
+    """`value`, or left out of the request when None. The SDK would send None as JSON null,
+    and a parameter sent at all can be refused: OpenAI's reasoning models (o1, o3, gpt-5)
+    answer HTTP 400 to `max_tokens` and to any `temperature` but their own. Left out, the
+    endpoint's default applies."""
+    return openai.omit if value is None else value
 
 
 def model_of(response: ChatCompletion) -> str:

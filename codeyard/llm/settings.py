@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from codeyard.llm.errors import LLMNotConfigured
@@ -29,13 +29,22 @@ No LLM endpoint is configured. There are three ways to configure one:
      and per role CODEYARD_LLM_MODEL_<ROLE> / CODEYARD_LLM_TEMPERATURE_<ROLE>
      (roles: PLANNER, CODER, TESTER, REVIEW)."""
 
+TEMPERATURES = (
+    "temperature",
+    "temperature_planner",
+    "temperature_coder",
+    "temperature_tester",
+    "temperature_review",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class RoleModel:
-    """The model and temperature one role asks with."""
+    """The model and temperature one role asks with; temperature None: none is sent, so the
+    model's own default applies (reasoning models refuse any other)."""
 
     model: str
-    temperature: float
+    temperature: float | None
 
 
 def _env(name: str) -> AliasChoices:
@@ -53,6 +62,11 @@ class LLMSettings(BaseSettings):
     `temperature_coder` (`CODEYARD_LLM_TEMPERATURE_CODER`); unset ones fall back to `model` and
     `temperature`. Plugin reviewers (`review.<name>`) use the `review` settings; any other role
     uses the defaults. Flat fields rather than a mapping, so each one is a plain env variable.
+
+    A temperature set empty (`CODEYARD_LLM_TEMPERATURE=`) is None: no temperature is sent and
+    the model's default applies, the only one OpenAI's reasoning models (o1, o3, o4-mini,
+    gpt-5) accept (HTTP 400 otherwise). A per-role one set empty does so for that role; one
+    not set at all falls back to `temperature`.
     """
 
     # Durations are bounded (and `inf`/`nan` refused, as in `Settings`): an infinite timeout
@@ -68,7 +82,9 @@ class LLMSettings(BaseSettings):
     )
     api_key: SecretStr = Field(default=SecretStr(""), validation_alias=_env("api_key"))
     model: str = Field(default="gpt-4o-mini", min_length=1, description="default model")
-    temperature: float = Field(default=0.2, ge=0.0, le=2.0, description="default temperature")
+    temperature: float | None = Field(
+        default=0.2, ge=0.0, le=2.0, description="default temperature (None: not sent)"
+    )
     model_planner: str = ""
     model_coder: str = ""
     model_tester: str = ""
@@ -108,6 +124,13 @@ class LLMSettings(BaseSettings):
         default=0.0, ge=0, le=MAX_PRICE, description="USD per 1M output tokens"
     )
 
+    @field_validator(*TEMPERATURES, mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        # An empty variable is the one way to say "none" in an environment; pydantic would
+        # refuse it as no number.
+        return None if isinstance(value, str) and not value.strip() else value
+
     def is_configured(self) -> bool:
         """True when an endpoint is set, or an API key alone (which means api.openai.com)."""
         return bool(self.base_url or self.api_key.get_secret_value())
@@ -129,10 +152,14 @@ class LLMSettings(BaseSettings):
             "review": (self.model_review, self.temperature_review),
         }
         # `review.<name>` (a plugin reviewer) asks like the built-in reviewer.
-        model, temperature = per_role.get(role.split(".", 1)[0], ("", None))
+        kind = role.split(".", 1)[0]
+        model, temperature = per_role.get(kind, ("", None))
+        # A per-role temperature given as None (set empty) sends none; only one not given at
+        # all falls back to the default.
+        given = f"temperature_{kind}" in self.model_fields_set
         return RoleModel(
             model=model or self.model,
-            temperature=self.temperature if temperature is None else temperature,
+            temperature=temperature if given else self.temperature,
         )
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:

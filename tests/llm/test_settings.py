@@ -87,6 +87,25 @@ def test_per_role_model_and_temperature_from_the_environment(
     assert settings.for_role("summarizer") == RoleModel(model="base", temperature=0.3)
 
 
+def test_a_temperature_set_empty_is_none_and_one_not_set_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert LLMSettings().for_role("coder") == RoleModel(model="gpt-4o-mini", temperature=0.2)
+
+    monkeypatch.setenv("CODEYARD_LLM_TEMPERATURE", "")
+    monkeypatch.setenv("CODEYARD_LLM_TEMPERATURE_TESTER", "0.4")
+    settings = LLMSettings()
+    assert settings.temperature is None
+    assert settings.for_role("coder").temperature is None  # falls back to the default: none
+    assert settings.for_role("tester").temperature == 0.4
+
+    monkeypatch.setenv("CODEYARD_LLM_TEMPERATURE", "0.3")
+    monkeypatch.setenv("CODEYARD_LLM_TEMPERATURE_REVIEW", " ")
+    settings = LLMSettings()
+    assert settings.for_role("review.security").temperature is None  # set empty: none
+    assert settings.for_role("planner").temperature == 0.3  # not set: the default
+
+
 def test_cost_uses_prices_per_million_tokens() -> None:
     settings = LLMSettings(input_price_per_mtok=3.0, output_price_per_mtok=15.0)
     assert settings.cost_usd(2_000_000, 100_000) == pytest.approx(6.0 + 1.5)

@@ -187,7 +187,8 @@ def tokens(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion}
 
 
-async def test_max_tokens_caps_an_answer_only_when_set() -> None:
+async def test_max_tokens_caps_an_answer_only_when_set_and_is_left_out_otherwise() -> None:
+    # Not even as null: OpenAI's reasoning models refuse a request carrying `max_tokens`.
     script = [{"tool": TOOL, "replies": [{"arguments": VALID}]}]
     async with ScriptedOpenAI(parse_script(script)) as server:
         await ask(server, max_tokens=512)
@@ -195,7 +196,36 @@ async def test_max_tokens_caps_an_answer_only_when_set() -> None:
         capped, endpoint_default = (request.body for request in server.requests)
 
     assert capped["max_tokens"] == 512
-    assert endpoint_default.get("max_tokens") is None  # absent or null: no cap
+    assert "max_tokens" not in endpoint_default
+
+
+async def test_a_temperature_set_empty_is_left_out_of_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # OpenAI's reasoning models refuse any temperature but their own default.
+    monkeypatch.setenv("CODEYARD_LLM_TEMPERATURE", "")
+    monkeypatch.setenv("CODEYARD_LLM_TEMPERATURE_REVIEW", "0.7")
+    script = [{"tool": TOOL, "replies": [{"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        for role in ("planner", "review"):
+            await ask(server, role)
+        sent = [request.body.get("temperature", "left out") for request in server.requests]
+
+    assert sent == ["left out", 0.7]
+
+
+async def test_a_role_whose_temperature_is_set_empty_sends_none_and_the_others_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CODEYARD_LLM_TEMPERATURE", "0.5")
+    monkeypatch.setenv("CODEYARD_LLM_TEMPERATURE_CODER", "")
+    script = [{"tool": TOOL, "replies": [{"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        for role in ("coder", "planner"):
+            await ask(server, role)
+        sent = [request.body.get("temperature", "left out") for request in server.requests]
+
+    assert sent == ["left out", 0.5]
 
 
 async def test_a_length_cap_is_said_not_put_in_the_schema_and_still_holds() -> None:
