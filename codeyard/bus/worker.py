@@ -18,6 +18,7 @@ import hashlib
 import logging
 import re
 import time
+import typing
 from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,6 +57,7 @@ WorkKey = tuple[str, str, int]  # (run_id, task_id, attempt) of a work item
 
 DEAD_LETTER_PAYLOAD_LIMIT = 4096
 _ID = re.compile(ID_PATTERN)
+RESULT_TYPES: tuple[type, ...] = typing.get_args(Result)
 
 
 class HandedBack(Exception):
@@ -413,6 +415,9 @@ class PullWorker:
         ended: Result | Exception | asyncio.CancelledError
         try:
             ended = await self.handler(item)
+            if not isinstance(ended, RESULT_TYPES):  # a bug of the handler's: running it again
+                # would only return the same, as many times as the item may be delivered
+                raise GiveUp(f"the handler returned {type(ended).__name__}, not a result")
         except (Exception, asyncio.CancelledError) as exc:
             ended = exc
         finally:

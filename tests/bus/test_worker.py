@@ -253,6 +253,22 @@ async def test_retry_later_and_give_up(bus: Bus) -> None:
     assert calls == Counter({"never": 1, "later": 2})
 
 
+async def test_a_handler_returning_no_result_fails_the_work_once_saying_so(bus: Bus) -> None:
+    """It ran again at each delivery, and the failure then blamed workers that kept dying."""
+    calls = Counter[str]()
+
+    async def confused(item: WorkItem) -> Result:
+        calls[item.task_id] += 1
+        return item  # type: ignore[return-value]  # a bug: the request, not an answer
+
+    await bus.publish(work_subject("coder"), code_request("t1"))
+    async with serving(PullWorker(bus, "coder", confused)):
+        [result] = await collect_results(bus, 1)
+    assert isinstance(result, WorkFailed)
+    assert result.reason == "the handler returned CodeRequest, not a result"
+    assert calls == Counter({"t1": 1})
+
+
 async def test_text_with_a_lone_surrogate_fails_the_work_once_instead_of_rerunning_it(
     bus: Bus,
 ) -> None:
