@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -58,6 +59,7 @@ WorkKey = tuple[str, str, int]  # (run_id, task_id, attempt) of a work item
 DEAD_LETTER_PAYLOAD_LIMIT = 4096
 _ID = re.compile(ID_PATTERN)
 RESULT_TYPES: tuple[type, ...] = typing.get_args(Result)
+ACK_WAIT_LOOKUP_SECONDS = 2.0
 
 
 class HandedBack(Exception):
@@ -179,7 +181,7 @@ class Heartbeats:
     `interval` and 1.5 `interval` after it started."""
 
     def __init__(self, interval: float) -> None:
-        self._interval = interval
+        self.interval = interval
         self._last: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is not hashable
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -188,7 +190,7 @@ class Heartbeats:
         loop = asyncio.get_running_loop()
         self._last[id(msg)] = (msg, loop.time())
         if self._timer is None:
-            self._timer = loop.call_later(self._interval / 2, self._sweep)
+            self._timer = loop.call_later(self.interval / 2, self._sweep)
 
     def stop(self, msg: Msg) -> None:
         self._last.pop(id(msg), None)
@@ -203,10 +205,10 @@ class Heartbeats:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for key, (msg, last) in list(self._last.items()):
-            if now - last >= self._interval:
+            if now - last >= self.interval:
                 self._last[key] = (msg, now)
                 in_background(self._sending, self._send(msg))
-        self._timer = loop.call_later(self._interval / 2, self._sweep) if self._last else None
+        self._timer = loop.call_later(self.interval / 2, self._sweep) if self._last else None
 
     async def _send(self, msg: Msg) -> None:
         try:
@@ -350,6 +352,7 @@ class PullWorker:
         presence = PresenceAnnouncer(self.bus, self.role, self.concurrency, self._running.__len__)
         presence.start()
         stopping = asyncio.create_task(stop.wait())
+        matching = asyncio.create_task(self._match_ack_wait())
         try:
             while not stop.is_set():
                 wake.clear()  # before looking, so a slot freed from here on wakes us
@@ -365,6 +368,7 @@ class PullWorker:
                 woken.cancel()
         finally:
             stopping.cancel()
+            await stop_tasks([matching])
             await presence.stop()
             await consumer.stop()
             self.bus.reconnected.remove(consumer.forget_all)
@@ -373,6 +377,33 @@ class PullWorker:
                 _, pending = await asyncio.wait(inflight, timeout=grace)
                 await stop_tasks(pending)
             self._heartbeats.close()
+
+    async def _match_ack_wait(self) -> None:
+        """Beat at a third of the consumer's ack_wait as the server has it, when shorter than
+        this process's setting: the coordinator creates the built-in roles' consumers with its
+        own, and work whose beats came too rarely would be redelivered while it runs. Looked
+        up until the consumer exists (its creator may start later)."""
+        while True:
+            try:
+                info = await self.js.consumer_info(subjects.WORK_STREAM, self._consumer)
+            except nats.js.errors.NotFoundError:
+                await asyncio.sleep(ACK_WAIT_LOOKUP_SECONDS)
+                continue
+            except Exception as exc:  # not permitted, say: our own setting holds
+                log.info("%s: cannot read the consumer's ack_wait: %s", self.role, exc)
+                return
+            server = info.config.ack_wait
+            if server and server < self.bus.topology.ack_wait:
+                log.warning(
+                    "%s: the consumer's ack_wait is %g s, shorter than this worker's %g s "
+                    "(CODEYARD_ACK_WAIT): beating every %g s",
+                    self.role,
+                    server,
+                    self.bus.topology.ack_wait,
+                    server / 3,
+                )
+                self._heartbeats.interval = server / 3
+            return
 
     async def _handle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
+import pytest
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
 
@@ -23,8 +24,10 @@ from codeyard.bus.subjects import (
     RESULT_PREFIX,
     WORK_STREAM,
     cancel_subject,
+    consumer_name,
     work_subject,
 )
+from codeyard.bus.topology import Topology, ensure_role_consumer
 from codeyard.bus.worker import AwaitApproval, Withdrawals, result_msg_id, retried_msg_id
 from codeyard.schemas import (
     ApprovalNeeded,
@@ -917,3 +920,20 @@ async def test_a_model_name_too_long_for_a_result_is_cut_to_fit(bus: Bus) -> Non
         assert isinstance(result, WorkRetried | WorkFailed | ApprovalNeeded)
         assert len(result.model) == SHORT_TEXT_CHARS
         assert result.model.startswith("m" * 100)
+
+
+async def test_heartbeats_follow_a_shorter_ack_wait_of_the_consumer_once_it_exists(
+    bus: Bus,
+) -> None:
+    """The coordinator creates the built-in roles' consumers with its own ack_wait: a worker
+    beating at a third of a longer one of its own had its work redelivered while it ran."""
+    await bus.js.delete_consumer(WORK_STREAM, consumer_name("coder"))
+    worker = PullWorker(bus, "coder", echo())
+    assert TEST_TOPOLOGY.ack_wait == 2.0
+    matching = asyncio.create_task(worker._match_ack_wait())
+    await asyncio.sleep(0.1)  # looked for it, and found none yet
+    await ensure_role_consumer(bus.js, "coder", Topology(ack_wait=0.9))
+
+    await asyncio.wait_for(matching, 10)
+
+    assert worker._heartbeats.interval == pytest.approx(0.3)
