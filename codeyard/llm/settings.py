@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from codeyard.llm.errors import LLMNotConfigured
@@ -124,6 +126,17 @@ class LLMSettings(BaseSettings):
         default=0.0, ge=0, le=MAX_PRICE, description="USD per 1M output tokens"
     )
 
+    @field_validator("base_url")
+    @classmethod
+    def _a_web_address(cls, value: str) -> str:
+        # Refused here, at start, as one line naming the variable: the openai client would take
+        # `api.openai.com/v1` and fail every call as a connection error, retried for minutes.
+        if value:
+            problem = base_url_problem(value)
+            if problem:
+                raise PydanticCustomError("base_url", problem)
+        return value
+
     @field_validator(*TEMPERATURES, mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
@@ -167,3 +180,23 @@ class LLMSettings(BaseSettings):
             prompt_tokens * self.input_price_per_mtok
             + completion_tokens * self.output_price_per_mtok
         ) / 1_000_000
+
+
+def base_url_problem(url: str) -> str:
+    """What keeps `url` from being an endpoint's base URL, or "" when nothing does. Said for
+    either variable (the error names CODEYARD_LLM_BASE_URL even when OPENAI_BASE_URL was set),
+    repeating `url` unless it may hold a password (`user:secret@host`)."""
+    given = f"{url[:80]!r} " if "@" not in url else ""
+    rule = (
+        "should start with http:// or https:// and name a host, "
+        "e.g. https://api.openai.com/v1 or http://127.0.0.1:8080/v1"
+    )
+    where = "(CODEYARD_LLM_BASE_URL, else OPENAI_BASE_URL)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- read for its check: a port that is no number raises
+    except ValueError as error:
+        return f"the base URL {given}{where} is not a URL ({error}): it {rule}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"the base URL {given}{where} {rule}"
+    return ""

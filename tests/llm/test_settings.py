@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from codeyard.bus.embedded import free_port
+from codeyard.config import invalid_settings
 from codeyard.llm import NOT_CONFIGURED, LLMNotConfigured, LLMSettings, OpenAIClient, RoleModel
 from codeyard.llm.backoff import Backoff
+from tests.processes import codeyard
 
 
 @pytest.fixture(autouse=True)
@@ -119,3 +124,89 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
             assert ceiling / 2 <= backoff.delay(retry) <= ceiling
     assert backoff.delay(1, retry_after=3.0) == 3.0
     assert backoff.delay(1, retry_after=60.0) == 5.0  # a server's wish is capped too
+
+
+SCHEMELESS = (
+    "CODEYARD_LLM_BASE_URL: the base URL 'api.openai.com/v1' (CODEYARD_LLM_BASE_URL, else "
+    "OPENAI_BASE_URL) should start with http:// or https:// and name a host, "
+    "e.g. https://api.openai.com/v1 or http://127.0.0.1:8080/v1"
+)
+
+
+@pytest.mark.parametrize("variable", ["OPENAI_BASE_URL", "CODEYARD_LLM_BASE_URL"])
+def test_a_base_url_without_http_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    # The openai client took it, and every call failed as a connection error, retried.
+    monkeypatch.setenv(variable, "api.openai.com/v1")
+    with pytest.raises(ValidationError) as refused:
+        LLMSettings()
+
+    assert invalid_settings(refused.value) == [SCHEMELESS]
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("localhost:8080/v1", "should start with http:// or https://"),
+        ("http:///v1", "should start with http:// or https:// and name a host"),
+        ("ftp://example.com/v1", "should start with http:// or https://"),
+        ("http://127.0.0.1:port/v1", "is not a URL (Port could not be cast"),
+        ("http://[::1/v1", "is not a URL (Invalid IPv6 URL)"),
+    ],
+)
+def test_each_kind_of_bad_base_url_is_named(
+    monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(ValidationError) as refused:
+        LLMSettings()
+
+    [line] = invalid_settings(refused.value) or []
+    assert line.startswith(f"CODEYARD_LLM_BASE_URL: the base URL {url!r} ")
+    assert problem in line
+
+
+def test_a_bad_base_url_holding_a_password_is_not_repeated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "user:hunter2@llm.example.com/v1")
+    with pytest.raises(ValidationError) as refused:
+        LLMSettings()
+
+    [line] = invalid_settings(refused.value) or []
+    assert "hunter2" not in line
+    assert "should start with http:// or https://" in line
+
+
+@pytest.mark.parametrize(
+    "url", ["", "http://127.0.0.1:8080/v1", "https://api.openai.com/v1", "http://[::1]:8080/v1"]
+)
+def test_an_http_base_url_or_none_passes(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    assert LLMSettings().base_url == url
+
+
+@pytest.mark.parametrize("command", [("worker", "coder"), ("up", "--no-dashboard")])
+def test_a_base_url_without_http_stops_a_start_naming_it(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Exit 2 (bad configuration, which `up` does not restart) before starting or connecting
+    to anything: the worker's NATS_URL names a port nothing listens on, and `up` would make
+    its data directory first thing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_"))}
+    env.pop("NATS_URL", None)
+    data = tmp_path / "data"
+    env |= {
+        "CODEYARD_DATA_DIR": str(data),
+        "CODEYARD_NATS_PORT": str(free_port()),
+        "OPENAI_BASE_URL": "api.openai.com/v1",
+        "OPENAI_API_KEY": "sk-test",
+    }
+    if command[0] == "worker":
+        env["NATS_URL"] = f"nats://127.0.0.1:{free_port()}"
+    refused = codeyard(env, *command, timeout=60)
+
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [f"error: {SCHEMELESS}"]
+    assert not data.exists()
