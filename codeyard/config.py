@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from codeyard.bus.credentials import (
@@ -135,6 +136,19 @@ class Settings(BaseSettings):
         description="where browsers reach the dashboard through a reverse proxy, separated by "
         "commas (e.g. https://codeyard.example.com): Approve/Deny from there pass the origin check",
     )
+
+    @field_validator("nats_credentials_dir")
+    @classmethod
+    def _existing_directory(cls, directory: Path | None) -> Path | None:
+        # A directory that is not there meant "no credentials": the process connected without a
+        # user and said NATS was unreachable (is `codeyard up` running?) while NATS ran.
+        if directory is not None and not directory.is_dir():
+            raise PydanticCustomError(
+                "no_credentials_dir",
+                "no such directory; expected DIR/credentials of `codeyard deploy nats-config "
+                "--out DIR`",
+            )
+        return directory
 
     def server_url(self) -> str:
         """NATS_URL, else the embedded server of `codeyard up` on this machine."""

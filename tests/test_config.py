@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -107,3 +109,30 @@ def test_approvals_are_kept_past_the_approval_timeout(monkeypatch: pytest.Monkey
     assert topology.approvals_ttl() == 60 + APPROVAL_TTL_MARGIN
     monkeypatch.setenv("CODEYARD_EVENT_RETENTION_DAYS", "30")
     assert Settings().topology().approvals_ttl() == 30 * DAY  # answers kept as long as events
+
+
+def test_a_credentials_dir_that_is_not_there_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A misspelt CODEYARD_NATS_CREDENTIALS_DIR meant "no credentials": the process connected
+    without a user, was refused, and said NATS could not be reached while it ran."""
+    missing = tmp_path / "credentails"
+    [problem] = problems(monkeypatch, Settings, CODEYARD_NATS_CREDENTIALS_DIR=str(missing))
+    assert problem.startswith("CODEYARD_NATS_CREDENTIALS_DIR: no such directory")
+    assert problem.endswith(f"(got '{missing}')")
+    assert "\n" not in problem
+    a_file = tmp_path / "coder.env"
+    a_file.write_text("CODEYARD_NATS_USER=coder\n")
+    [problem] = problems(monkeypatch, Settings, CODEYARD_NATS_CREDENTIALS_DIR=str(a_file))
+    assert problem.startswith("CODEYARD_NATS_CREDENTIALS_DIR: no such directory")
+
+
+def test_an_existing_credentials_dir_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "coder.env").write_text("CODEYARD_NATS_USER=coder\nCODEYARD_NATS_PASSWORD=pw\n")
+    monkeypatch.setenv("CODEYARD_NATS_CREDENTIALS_DIR", str(tmp_path))
+    monkeypatch.delenv("CODEYARD_NATS_USER", raising=False)
+    credentials = Settings().credentials("coder")
+    assert credentials is not None
+    assert credentials.user == "coder"
