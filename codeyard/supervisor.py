@@ -47,6 +47,11 @@ LINE_BYTES = 2000
 # How long a child's stderr may stay open after it exited (a process it started holding it)
 # before the supervisor stops passing it on.
 DRAIN_SECONDS = 2.0
+# How long stopping waits for the children before it kills them. A worker given SIGTERM finishes
+# its in-flight work for up to its grace (`PullWorker.run`, 30 s), then hands the rest back and
+# closes its connection: waiting only as long killed it in that last step, and what it was
+# handing back waited for the ack wait instead of being redelivered at once.
+STOP_TIMEOUT = 40.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class Supervisor:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         stable_after: float = 30.0,
-        stop_timeout: float = 30.0,
+        stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.children = {spec.name: ChildState(spec) for spec in children}
         if len(self.children) != len(children):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import sys
@@ -13,8 +14,9 @@ from unittest.mock import patch
 
 import pytest
 
+from codeyard.bus.worker import PullWorker
 from codeyard.cancellation import wait_event
-from codeyard.supervisor import ChildSpec, Supervisor
+from codeyard.supervisor import STOP_TIMEOUT, ChildSpec, Supervisor
 
 
 async def test_a_crashing_child_is_restarted_and_stop_ends_every_child(tmp_path: Path) -> None:
@@ -181,3 +183,12 @@ async def test_a_stderr_nobody_reads_does_not_keep_the_supervisor_from_stopping(
         os.close(unread)
     assert out == b"stopped\n"
     assert supervisor.returncode == 0
+
+
+def test_stopping_outwaits_a_workers_hand_back() -> None:
+    """A worker given SIGTERM finishes its in-flight work for up to its grace, then hands the
+    rest back (nak: redelivered at once) and closes its connection. `codeyard up` killed its
+    children after exactly that grace (30 s), in the middle of the hand-back."""
+    grace = inspect.signature(PullWorker.run).parameters["grace"].default
+    assert grace + 5 <= STOP_TIMEOUT
+    assert inspect.signature(Supervisor).parameters["stop_timeout"].default == STOP_TIMEOUT
