@@ -3,6 +3,7 @@ CLI's commands, the settings' environment names, the bus principals, the metric 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from codeyard.bus.permissions import principals
+from codeyard.bus.worker import PullWorker
 from codeyard.cli import app
 from codeyard.config import Settings
 from codeyard.llm import LLMSettings
@@ -77,6 +79,18 @@ def _env_names(settings: type[BaseSettings]) -> Iterator[str]:
             yield alias
         else:
             yield f"{prefix}{name}"
+
+
+def llm_env_names() -> frozenset[str]:
+    """Every environment variable the agents' LLM settings read, upper case."""
+    return frozenset(name.upper() for name in _env_names(LLMSettings))
+
+
+def worker_grace() -> float:
+    """Seconds a worker given SIGTERM finishes its in-flight work before it hands the rest
+    back (its default: what `codeyard worker` uses)."""
+    grace: float = inspect.signature(PullWorker.run).parameters["grace"].default
+    return grace
 
 
 def setting_env_names() -> frozenset[str]:

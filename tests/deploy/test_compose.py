@@ -4,13 +4,16 @@ the code (commands, settings, principals) and with Prometheus's scrape configura
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from codeyard.agents.roles import AGENT_ROLES
 from codeyard.deploy.nats_config import ServerOptions, write_deployment
 from tests.deploy.deployment_files import (
     CODEYARD_IMAGE,
@@ -21,8 +24,10 @@ from tests.deploy.deployment_files import (
     PROMETHEUS,
     codeyard_command,
     known_principals,
+    llm_env_names,
     load_yaml,
     setting_env_names,
+    worker_grace,
 )
 
 DOCKER_COMPOSE = shutil.which("docker-compose")
@@ -64,11 +69,29 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def compose_config(project: Path, *overlays: Path) -> subprocess.CompletedProcess[str]:
+def agent_services() -> dict[str, dict[str, Any]]:
+    """The services running a built-in agent role, which asks the LLM."""
+    agents = {("worker", role) for role in AGENT_ROLES}
+    return {n: s for n, s in codeyard_services().items() if tuple(s["command"]) in agents}
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (`1m30s`, `45s`, `500ms`) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts, duration
+    assert "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def compose_config(
+    project: Path, *overlays: Path, env: dict[str, str] | None = None, quiet: bool = True
+) -> subprocess.CompletedProcess[str]:
     assert DOCKER_COMPOSE is not None
     files = [project / COMPOSE_FILE.name, *(project / "deploy" / o.name for o in overlays)]
-    argv = [DOCKER_COMPOSE, *(arg for f in files for arg in ("-f", str(f))), "config", "-q"]
-    env = {**os.environ, **REQUIRED_ENV}
+    argv = [DOCKER_COMPOSE, *(arg for f in files for arg in ("-f", str(f))), "config"]
+    argv += ["-q"] if quiet else []
+    env = {**(os.environ if env is None else env), **REQUIRED_ENV}
     return subprocess.run(
         argv, cwd=project, env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -164,3 +187,43 @@ def test_prometheus_scrapes_every_codeyard_service() -> None:
     running = {n for n, s in codeyard_services().items() if long_running(n, s)}
     assert running <= scraped, running - scraped
     assert scraped <= set(services()), scraped - set(services())
+
+
+def test_every_llm_setting_reaches_the_agents() -> None:
+    """Only OPENAI_BASE_URL/_API_KEY and CODEYARD_LLM_MODEL were passed on: every other LLM
+    setting (per-role models, prices, timeout, max tokens...) set in the shell was ignored."""
+    agents = agent_services()
+    assert set(agents) == {"planner", "coder", "tester", "review"}
+    for name, service in agents.items():
+        environment = service["environment"]
+        assert llm_env_names() <= set(environment), (name, llm_env_names() - set(environment))
+        for variable in llm_env_names():
+            # no value: the shell's, or unset; `${VAR:-}` would make unset an empty value
+            assert environment[variable] is None, (name, variable, environment[variable])
+
+
+@pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose not installed")
+def test_llm_settings_pass_from_the_shell_as_they_are(project: Path) -> None:
+    """Set ones arrive as set (an empty one empty: no temperature sent); unset ones stay unset,
+    so codeyard's own defaults apply."""
+    env = {k: v for k, v in os.environ.items() if k not in llm_env_names()}
+    env |= {"CODEYARD_LLM_MAX_TOKENS": "512", "CODEYARD_LLM_TEMPERATURE": ""}
+    checked = compose_config(project, env=env, quiet=False)
+    assert checked.returncode == 0, checked.stderr
+    resolved = yaml.safe_load(checked.stdout)["services"]
+    for name in agent_services():
+        environment = resolved[name]["environment"]
+        assert environment["CODEYARD_LLM_MAX_TOKENS"] == "512", name
+        assert environment["CODEYARD_LLM_TEMPERATURE"] == "", name
+        assert environment["CODEYARD_LLM_MODEL_CODER"] is None, name  # not set in the container
+
+
+def test_codeyard_services_outwait_the_workers_hand_back() -> None:
+    """On SIGTERM a worker finishes its in-flight work for up to its grace, then hands the rest
+    back; Docker's default stop_grace_period (10 s) killed it long before."""
+    for path in (COMPOSE_FILE, *OVERLAYS):
+        for name, service in load_yaml(path)["services"].items():
+            if "stop_grace_period" in service:
+                assert seconds(service["stop_grace_period"]) >= worker_grace() + 5, (path, name)
+    for name, service in codeyard_services().items():
+        assert seconds(service.get("stop_grace_period", "10s")) >= worker_grace() + 5, name
