@@ -21,12 +21,25 @@ from pydantic import BaseModel, ValidationError
 
 from codeyard.llm.client import M
 
+# Arguments longer than this are refused unread: far more than any model writes in one answer
+# (the longest outputs, 128k tokens, are about 0.5 MB), so only a model looping on one string
+# or a broken server sends them, and reading them would only cost memory and time.
+MAX_ARGUMENTS_CHARS = 2_000_000
+
+# How much of an unusable answer a re-ask shows the model: its start and its end (where cut-off
+# JSON breaks), enough to see the mistake. All of it went back before: an 8 MiB answer made an
+# 8 MB request, paid for as prompt tokens if the endpoint took it at all. The problem found in
+# it is bounded alike: quoting the answer (a function name, one validation error per item of
+# a huge list), it can be as long.
+SHOWN_HEAD_CHARS = 3_000
+SHOWN_TAIL_CHARS = 1_000
+
 
 class BadAnswer(Exception):
     """The reply is not a usable call of the tool; the message is written for the model."""
 
     def __init__(self, problem: str, *, reply: str) -> None:
-        super().__init__(problem)
+        super().__init__(shortened(problem))
         self.reply = reply
 
 
@@ -91,6 +104,12 @@ class ForcedTool(Generic[M]):
             ) from error
         if text is None:
             raise BadAnswer(f"the call of `{self.name}` had no arguments", reply="")
+        if len(text) > MAX_ARGUMENTS_CHARS:
+            raise BadAnswer(
+                f"the arguments of `{self.name}` are {len(text)} characters long, more than "
+                f"the {MAX_ARGUMENTS_CHARS} an answer may have",
+                reply=text,
+            )
         try:
             arguments = as_strict_json(text)
         except json.JSONDecodeError as error:
@@ -99,7 +118,7 @@ class ForcedTool(Generic[M]):
             ) from error
         except RecursionError as error:  # json's decoder recurses once per nesting level
             raise BadAnswer(
-                f"the arguments of `{self.name}` are nested too deeply", reply=text[:1000]
+                f"the arguments of `{self.name}` are nested too deeply", reply=text
             ) from error
         try:
             return self.output.model_validate_json(arguments)
@@ -114,16 +133,35 @@ class ForcedTool(Generic[M]):
 
         The answer goes back as plain assistant text rather than as a tool call: a tool call in
         the history must be followed by a `tool` message, which not every chat template of a
-        local model renders, while text works everywhere.
+        local model renders, while text works everywhere. A long answer goes back shortened
+        (see SHOWN_HEAD_CHARS), and the model is told so, lest it take the cut for its mistake.
         """
+        shown = shortened(bad.reply)
+        note = (
+            ""
+            if len(shown) == len(bad.reply)
+            else f"(Your answer was {len(bad.reply)} characters long; only its start and its "
+            "end are shown above.)\n"
+        )
         return [
-            {"role": "assistant", "content": bad.reply or "(no answer)"},
+            {"role": "assistant", "content": shown or "(no answer)"},
             {
                 "role": "user",
-                "content": f"That answer could not be used: {bad}\n"
+                "content": f"{note}That answer could not be used: {bad}\n"
                 f"Call the function `{self.name}` again with arguments that fix this.",
             },
         ]
+
+
+def shortened(text: str) -> str:
+    """`text`, or when that is shorter, its first SHOWN_HEAD_CHARS and last SHOWN_TAIL_CHARS
+    characters with a line saying how many were cut between them."""
+    head, tail = SHOWN_HEAD_CHARS, SHOWN_TAIL_CHARS
+    cut = len(text) - head - tail
+    if cut <= 0:
+        return text
+    short = f"{text[:head]}\n[... {cut} characters cut ...]\n{text[len(text) - tail :]}"
+    return short if len(short) < len(text) else text
 
 
 def arguments_text(raw: object) -> str | None:
