@@ -130,13 +130,28 @@ log = logging.getLogger(__name__)
 # Metric children looked up once: `labels()` per result showed in the step's profile.
 _RESULTS = {
     outcome: metrics.COORDINATOR_RESULTS.labels(outcome)
-    for outcome in ("malformed", "refused", "ignored", "early", "applied")
+    for outcome in ("malformed", "refused", "ignored", "early", "applied", "poison")
 }
 _dispatches = functools.cache(metrics.COORDINATOR_DISPATCHES.labels)
 
 
 class LostLeadership(RuntimeError):
     pass
+
+
+class PoisonedStep(RuntimeError):
+    """Applying a result failed in a way no retry would change (a bug, most likely): the step is
+    dropped and the runs reloaded, and the result is dead-lettered once it has failed a step
+    `POISON_STEPS` times, so that it cannot stop the coordinator for good."""
+
+    def __init__(self, msg: Msg, error: Exception) -> None:
+        super().__init__(f"applying a result on {msg.subject} failed: {error!r}")
+        self.sequence = msg.metadata.sequence.stream
+        self.error = error
+
+
+POISON_STEPS = 2
+MAX_POISON_REMEMBERED = 1000
 
 
 @dataclass
@@ -262,6 +277,8 @@ class Coordinator:
         self._merging: set[asyncio.Task[None]] = set()
         self._preparing: dict[str, Preparation] = {}
         self._answering: set[asyncio.Task[None]] = set()  # submissions waiting for their reply
+        # Results whose step failed (`PoisonedStep`), by stream sequence: failures and the error.
+        self._poison: dict[int, tuple[int, str]] = {}
         # Garbage collection of the artifacts store, while leading (see artifact_collector).
         self.collector = (
             ArtifactCollector(
@@ -336,6 +353,10 @@ class Coordinator:
                     raise task.exception()  # type: ignore[misc]
         except (LostLeadership, StaleRevision) as exc:
             log.warning("%s: stepping down: %s", self.name, exc)
+        except PoisonedStep as exc:
+            log.error("%s: %s; reloading runs", self.name, exc, exc_info=exc.error)
+            self._remember_poison(exc)
+            await wait_event(stop, 0.5)
         except (nats.errors.Error, PublishError, TimeoutError, OSError) as exc:
             log.warning("%s: bus trouble, reloading runs: %s", self.name, exc)
             await wait_event(stop, 0.5)
@@ -354,6 +375,12 @@ class Coordinator:
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()
             self._open.clear()
+
+    def _remember_poison(self, poisoned: PoisonedStep) -> None:
+        failures, _ = self._poison.pop(poisoned.sequence, (0, ""))
+        self._poison[poisoned.sequence] = (failures + 1, repr(poisoned.error))
+        while len(self._poison) > MAX_POISON_REMEMBERED:  # the oldest first
+            del self._poison[next(iter(self._poison))]
 
     async def _keep_lease(self, lease: LeaderLease, lost: asyncio.Event) -> None:
         while True:
@@ -531,7 +558,7 @@ class Coordinator:
             now = datetime.now(UTC)
             for item in batch:
                 if isinstance(item, Msg):
-                    self._on_result_message(item, commit, now)
+                    self._on_result_message_guarded(item, commit, now)
                 elif isinstance(item, FollowUp):
                     if open_run := self._open.get(item.run_id):
                         self._apply(open_run, item.event, commit, now)
@@ -560,26 +587,46 @@ class Coordinator:
         in the run only; nothing leaves the coordinator, so there is nothing to guard.)"""
         return run.approve_merge or not self.integrator.inline(run)
 
-    def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
+    def _on_result_message_guarded(self, msg: Msg, commit: Commit, now: datetime) -> None:
+        sequence = msg.metadata.sequence.stream
+        if (failure := self._poison.get(sequence)) is not None and failure[0] >= POISON_STEPS:
+            del self._poison[sequence]
+            log.error("dead-lettering the result at %s: %s", sequence, failure[1])
+            self._dead_letter(msg, f"applying it failed {failure[0]} times: {failure[1]}", commit)
+            _RESULTS["poison"].inc()
+            return
+        try:
+            self._on_result_message(msg, commit, now)
+        except (LostLeadership, StaleRevision, nats.errors.Error, PublishError, OSError):
+            raise
+        except Exception as exc:
+            raise PoisonedStep(msg, exc) from exc
+
+    def _dead_letter(self, msg: Msg, error: str, commit: Commit) -> None:
+        """Ack `msg` with the step, and file it on the events stream for a person to see."""
         commit.acks.append(msg)
+        payload = bytes(msg.data)
+        commit.messages.append(
+            (
+                subjects.events_subject(""),
+                DeadLetter(
+                    subject=msg.subject,
+                    consumer=subjects.COORDINATOR_CONSUMER,
+                    error=clip(error),
+                    payload=payload[:4096].decode("utf-8", errors="replace"),
+                    payload_bytes=len(payload),
+                ),
+            )
+        )
+
+    def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         try:
             message: ResultMessage = decode(msg.data, ResultMessage)
         except MessageError as exc:
-            payload = bytes(msg.data)
-            commit.messages.append(
-                (
-                    subjects.events_subject(""),
-                    DeadLetter(
-                        subject=msg.subject,
-                        consumer=subjects.COORDINATOR_CONSUMER,
-                        error=str(exc),  # a MessageError's text is bounded
-                        payload=payload[:4096].decode("utf-8", errors="replace"),
-                        payload_bytes=len(payload),
-                    ),
-                )
-            )
+            self._dead_letter(msg, str(exc), commit)  # a MessageError's text is bounded
             _RESULTS["malformed"].inc()
             return
+        commit.acks.append(msg)
         role = subjects.role_of_result_subject(msg.subject)
         early: list[Result] = []
         for result in message.results if isinstance(message, ResultBatch) else (message,):
