@@ -14,7 +14,7 @@ from unittest.mock import patch
 
 import pytest
 
-from codeyard.bus.worker import PullWorker
+from codeyard.bus.worker import STOP_GRACE
 from codeyard.cancellation import wait_event
 from codeyard.supervisor import STOP_TIMEOUT, ChildSpec, Supervisor
 
@@ -189,6 +189,5 @@ def test_stopping_outwaits_a_workers_hand_back() -> None:
     """A worker given SIGTERM finishes its in-flight work for up to its grace, then hands the
     rest back (nak: redelivered at once) and closes its connection. `codeyard up` killed its
     children after exactly that grace (30 s), in the middle of the hand-back."""
-    grace = inspect.signature(PullWorker.run).parameters["grace"].default
-    assert grace + 5 <= STOP_TIMEOUT
+    assert STOP_GRACE + 5 <= STOP_TIMEOUT
     assert inspect.signature(Supervisor).parameters["stop_timeout"].default == STOP_TIMEOUT

@@ -60,6 +60,9 @@ DEAD_LETTER_PAYLOAD_LIMIT = 4096
 _ID = re.compile(ID_PATTERN)
 RESULT_TYPES: tuple[type, ...] = typing.get_args(Result)
 ACK_WAIT_LOOKUP_SECONDS = 2.0
+# Seconds a stopping worker lets its handlers finish before handing their work back: whoever
+# stops it (`codeyard up`, Docker, Kubernetes) must wait longer before killing it.
+STOP_GRACE = 30.0
 
 
 class HandedBack(Exception):
@@ -307,7 +310,7 @@ class PullWorker:
     def js(self) -> JetStreamContext:
         return self.bus.js
 
-    async def run(self, stop: asyncio.Event, grace: float = 30.0) -> None:
+    async def run(self, stop: asyncio.Event, grace: float = STOP_GRACE) -> None:
         """Serve until `stop` is set; then finish in-flight work for up to `grace` seconds and
         nak whatever is still running, so it is redelivered at once elsewhere."""
         create = permissions.consumer_create_subject(

@@ -3,7 +3,6 @@ CLI's commands, the settings' environment names, the bus principals, the metric 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from codeyard.bus.permissions import principals
-from codeyard.bus.worker import PullWorker
+from codeyard.bus.worker import STOP_GRACE
 from codeyard.cli import app
 from codeyard.config import Settings
 from codeyard.llm import LLMSettings
@@ -89,8 +88,7 @@ def llm_env_names() -> frozenset[str]:
 def worker_grace() -> float:
     """Seconds a worker given SIGTERM finishes its in-flight work before it hands the rest
     back (its default: what `codeyard worker` uses)."""
-    grace: float = inspect.signature(PullWorker.run).parameters["grace"].default
-    return grace
+    return STOP_GRACE
 
 
 def setting_env_names() -> frozenset[str]:
