@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1058,17 +1059,11 @@ class Coordinator:
         limit, _ = self._reply_limit()
         if size <= limit:
             return reply
-        size += _OMITTED_DIGITS
         ended = sorted(
             (index for index, run in enumerate(runs) if run.state in TERMINAL_RUN_STATES),
             key=lambda index: runs[index].updated_at,
         )
-        left_out: set[int] = set()
-        for index in ended:
-            if size <= limit:
-                break
-            size -= len(encode(runs[index])) + 1  # and the comma after it
-            left_out.add(index)
+        left_out = _left_out(size, limit, [(index, runs[index]) for index in ended])
         kept = [run for index, run in enumerate(runs) if index not in left_out]
         return RunStatus(runs=kept, omitted=len(left_out))
 
@@ -1092,11 +1087,10 @@ class Coordinator:
         limit, _ = self._reply_limit()
         if size <= limit:
             return reply
-        size += _OMITTED_DIGITS
-        kept = list(approvals)
-        while kept and size > limit:
-            size -= len(encode(kept.pop())) + 1  # and the comma before it
-        return ApprovalList(approvals=kept, omitted=len(approvals) - len(kept))
+        newest_first = list(reversed(list(enumerate(approvals))))
+        left_out = _left_out(size, limit, newest_first)
+        kept = [approval for index, approval in enumerate(approvals) if index not in left_out]
+        return ApprovalList(approvals=kept, omitted=len(left_out))
 
     async def _answer_approval(
         self, request: Approve | Deny, commit: Commit, now: datetime
@@ -1200,6 +1194,19 @@ def _not_a_local_repository(path: str) -> str:
 
 # Room for the digits of `RunStatus.omitted` beyond the "0" a full status has.
 _OMITTED_DIGITS = 20
+
+
+def _left_out(size: int, limit: int, candidates: Sequence[tuple[int, msgspec.Struct]]) -> set[int]:
+    """The positions of the `candidates` (position, item) to leave out of a list reply of `size`
+    bytes, taken in turn, until it fits in `limit` with its `omitted` count."""
+    size += _OMITTED_DIGITS
+    left_out: set[int] = set()
+    for index, item in candidates:
+        if size <= limit:
+            break
+        size -= len(encode(item)) + 1  # and the comma beside it
+        left_out.add(index)
+    return left_out
 
 
 def _what(reply: Envelope) -> str:
