@@ -85,7 +85,7 @@ class OpenAIClient:
         asks = self._settings.max_reasks + 1
         for attempt in range(1, asks + 1):
             response = await self._complete(role, chosen, conversation, tool, usage, answered)
-            spent = self._usage(response)
+            spent = self._usage(response, chosen.model)
             usage += spent
             answered = model_of(response) or chosen.model
             tokens = metrics.LLM_TOKENS
@@ -209,7 +209,7 @@ class OpenAIClient:
         metrics.LLM_CALLS.labels(role, chosen.model, outcome).inc()
         metrics.LLM_SECONDS.labels(role, chosen.model).observe(time.monotonic() - started)
 
-    def _usage(self, response: ChatCompletion) -> Usage:
+    def _usage(self, response: ChatCompletion, model: str) -> Usage:
         # A response without usage (some local servers) still counts as a call. The SDK does
         # not validate what it decodes, so the counts are whatever the server wrote.
         reported = getattr(response, "usage", None)
@@ -219,7 +219,7 @@ class OpenAIClient:
             calls=1,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost_usd=self._settings.cost_usd(prompt, completion),
+            cost_usd=self._settings.cost_usd(prompt, completion, model),
         ).within_bounds()  # prices times counts may pass the cost a record can hold
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -125,6 +126,13 @@ class LLMSettings(BaseSettings):
     output_price_per_mtok: float = Field(
         default=0.0, ge=0, le=MAX_PRICE, description="USD per 1M output tokens"
     )
+    # Roles may ask different models (CODEYARD_LLM_MODEL_<ROLE>), priced differently: one pair
+    # of prices for all made cost, and budgets in USD, wrong.
+    prices: str = Field(
+        default="",
+        description="USD per 1M input/output tokens by model, e.g. gpt-4o=2.5/10,o3=2/8; "
+        "models not named cost the input/output prices above",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -135,6 +143,12 @@ class LLMSettings(BaseSettings):
             problem = base_url_problem(value)
             if problem:
                 raise PydanticCustomError("base_url", problem)
+        return value
+
+    @field_validator("prices")
+    @classmethod
+    def _prices_by_model(cls, value: str) -> str:
+        model_prices(value)  # refused here, at start, as one line naming the variable
         return value
 
     @field_validator(*TEMPERATURES, mode="before")
@@ -175,11 +189,36 @@ class LLMSettings(BaseSettings):
             temperature=temperature if given else self.temperature,
         )
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (
-            prompt_tokens * self.input_price_per_mtok
-            + completion_tokens * self.output_price_per_mtok
-        ) / 1_000_000
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, model: str = "") -> float:
+        """What `model` (the one asked for) charges for the tokens: its `prices`, else the
+        input/output prices."""
+        default = (self.input_price_per_mtok, self.output_price_per_mtok)
+        input_price, output_price = model_prices(self.prices).get(model, default)
+        return (prompt_tokens * input_price + completion_tokens * output_price) / 1_000_000
+
+
+@functools.cache
+def model_prices(setting: str) -> dict[str, tuple[float, float]]:
+    """`model=input/output,...` as {model: (input, output)} in USD per 1M tokens; a
+    `PydanticCustomError` says what is wrong with an entry."""
+    prices: dict[str, tuple[float, float]] = {}
+    for entry in (part.strip() for part in setting.split(",")):
+        if not entry:
+            continue
+        model, _, pair = entry.rpartition("=")
+        input_text, slash, output_text = pair.partition("/")
+        try:
+            price = (float(input_text), float(output_text))
+        except ValueError:
+            price = (-1.0, -1.0)
+        if not model.strip() or not slash or not all(0 <= p <= MAX_PRICE for p in price):
+            raise PydanticCustomError(
+                "prices",
+                "expected model=input/output, USD per 1M tokens, e.g. gpt-4o=2.5/10 "
+                f"(got {entry[:80]!r})",
+            )
+        prices[model.strip()] = price
+    return prices
 
 
 def base_url_problem(url: str) -> str:

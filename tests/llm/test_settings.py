@@ -117,6 +117,26 @@ def test_cost_uses_prices_per_million_tokens() -> None:
     assert LLMSettings().cost_usd(2_000_000, 100_000) == 0.0
 
 
+@pytest.mark.parametrize(
+    "prices", ["gpt-4o", "gpt-4o=2.5", "gpt-4o=a/b", "=1/2", "gpt-4o=-1/2", "m=1/2e9"]
+)
+def test_prices_by_model_that_cannot_be_read_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, prices: str
+) -> None:
+    monkeypatch.setenv("CODEYARD_LLM_PRICES", prices)
+    with pytest.raises(ValidationError) as refused:
+        LLMSettings()
+    [problem] = invalid_settings(refused.value) or []
+    assert problem.startswith("CODEYARD_LLM_PRICES: expected model=input/output, USD per 1M")
+
+
+def test_prices_by_model_are_read_with_spaces_and_a_trailing_comma() -> None:
+    settings = LLMSettings(prices=" gpt-4o = 2.5/10 , o3=2/8,", input_price_per_mtok=1.0)
+    assert settings.cost_usd(1_000_000, 1_000_000, "gpt-4o") == pytest.approx(12.5)
+    assert settings.cost_usd(1_000_000, 1_000_000, "o3") == pytest.approx(10.0)
+    assert settings.cost_usd(1_000_000, 0, "unnamed") == pytest.approx(1.0)
+
+
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     backoff = Backoff(first=1.0, cap=5.0)
     for retry, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (10, 5.0)]:

@@ -173,6 +173,22 @@ async def test_cost_comes_from_the_prices_over_every_answer() -> None:
     assert done.usage.cost_usd == pytest.approx((4_000 * 2.5 + 750 * 10.0) / 1_000_000)
 
 
+async def test_a_role_asking_another_model_is_charged_that_models_prices() -> None:
+    script = [{"tool": TOOL, "replies": [{"arguments": VALID, "usage": tokens(1_000, 500)}]}]
+    prices: dict[str, Any] = {
+        "model_coder": "big-model",
+        "prices": "big-model=10/40, other=1/1",
+        "input_price_per_mtok": 0.5,
+        "output_price_per_mtok": 2.0,
+    }
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        coder = await ask(server, "coder", **prices)
+        planner = await ask(server, "planner", **prices)  # base-model: the default prices
+
+    assert coder.usage.cost_usd == pytest.approx((1_000 * 10 + 500 * 40) / 1_000_000)
+    assert planner.usage.cost_usd == pytest.approx((1_000 * 0.5 + 500 * 2.0) / 1_000_000)
+
+
 async def test_a_response_without_usage_still_counts_as_a_call() -> None:
     script = [{"tool": TOOL, "replies": [{"arguments": VALID, "omit_usage": True}]}]
     async with ScriptedOpenAI(parse_script(script)) as server:
