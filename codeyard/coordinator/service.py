@@ -1173,8 +1173,8 @@ class Coordinator:
 
 def _not_a_local_repository(path: str) -> str:
     """Why the coordinator will not clone `path`, or "" (none: a dry run, or a directory on its
-    disk). The clone is made inside a step, which nothing else can use while it lasts: a remote
-    one (`git://`, `ssh://`, `https://`, `host:path`) could take as long as its server stalls."""
+    disk). A remote one (`git://`, `ssh://`, `https://`, `host:path`) could take as long as its
+    server stalls, and the result branch is fetched back into the repository, on this disk."""
     if not path:
         return ""
     named = repr(clip(path, 300))
