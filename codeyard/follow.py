@@ -79,8 +79,9 @@ async def ask_coordinator(
     was: nobody listening (no coordinator runs), or a coordinator listening that did not answer
     in time (busy, or its answer could not be sent)."""
     loop = asyncio.get_running_loop()
+    busy_waiting = max(patience, busy_patience or 0.0)
     deadline = loop.time() + patience
-    busy_deadline = loop.time() + max(patience, busy_patience or 0.0)
+    busy_deadline = loop.time() + busy_waiting
     subject = ctl_subject(verb)
     while True:
         try:
@@ -94,10 +95,9 @@ async def ask_coordinator(
                 ) from None
         except nats.errors.TimeoutError:  # one subscribed, and its answer did not come
             if loop.time() > busy_deadline:
-                waited = max(patience, busy_patience or 0.0)
                 raise RunRefused(
                     f"the coordinator did not answer on {subject} in time (each try waited "
-                    f"{timeout:g}s, for {waited:.0f}s in all): it may be busy, or its answer "
+                    f"{timeout:g}s, for {busy_waiting:.0f}s in all): it may be busy, or its answer "
                     "could not be sent; try again, or see the coordinator's log"
                 ) from None
         await asyncio.sleep(0.25)

@@ -48,9 +48,9 @@ LINE_BYTES = 2000
 # before the supervisor stops passing it on.
 DRAIN_SECONDS = 2.0
 # How long stopping waits for the children before it kills them. A worker given SIGTERM finishes
-# its in-flight work for up to its grace (`PullWorker.run`, 30 s), then hands the rest back and
-# closes its connection: waiting only as long killed it in that last step, and what it was
-# handing back waited for the ack wait instead of being redelivered at once.
+# its in-flight work for up to its grace (`codeyard.bus.worker.STOP_GRACE`, 30 s), then hands
+# the rest back and closes its connection: waiting only as long killed it in that last step,
+# and what it was handing back waited for the ack wait instead of being redelivered at once.
 STOP_TIMEOUT = 40.0
 
 

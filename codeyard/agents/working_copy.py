@@ -72,9 +72,8 @@ class WorkingCopy:
         if not self._source.is_dir():
             raise GiveUp(f"repository {self._source} is not on this machine's disk")
         with ExitStack() as stack:
-            scratch = stack.enter_context(
-                scratch_directory("codeyard-")
-            )  # sandboxed code runs in it
+            # sandboxed code runs in it, and may leave it hard to remove (see scratch_directory)
+            scratch = stack.enter_context(scratch_directory("codeyard-"))
             root = checkout(self._source, scratch / "repo", self._head)
             self._stack = stack.pop_all()  # kept until exit
         return root

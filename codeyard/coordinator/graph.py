@@ -2,8 +2,8 @@
 
 A plan is valid when it has at least one task, every id is unique, every dependency names a
 task of the plan (and not the task itself), no chain of dependencies loops back, and no task is
-larger than `MAX_TASK_BYTES`. Everything
-here is iterative, so plans of tens of thousands of tasks or chains that deep are fine.
+larger than `MAX_TASK_BYTES`. Everything here is iterative, so plans of tens of thousands of
+tasks or chains that deep are fine.
 """
 
 from __future__ import annotations

@@ -115,6 +115,7 @@ class InlineApprovals:
         reply = await ask_coordinator(self._bus, "approvals", asked, patience=10)
         if not isinstance(reply, ApprovalList):
             raise RunRefused(f"unexpected reply {type(reply).__name__}")
+        # (a coordinator older than ListApprovals.run_id lists every run's)
         return [a for a in reply.approvals if a.run_id == self._run_id]
 
     async def _answer(self, approval: PendingApproval) -> None:
