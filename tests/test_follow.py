@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -124,23 +127,35 @@ async def test_no_coordinator_at_all_is_told_apart_from_one_that_does_not_answer
     assert asked >= 2  # it tried again until its patience ran out, as before
 
 
-async def test_a_coordinator_that_answers_a_later_try_is_heard(bus: Bus) -> None:
-    tries = 0
+class LateCoordinator:
+    """Stands in for a coordinator on cy.ctl.status that answers from its `first` try on."""
 
-    async def answer_the_second(msg: Msg) -> None:
-        nonlocal tries
-        tries += 1
-        if tries >= 2:
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.tries = 0
+
+    async def answer(self, msg: Msg) -> None:
+        self.tries += 1
+        if self.tries >= self.first:
             await msg.respond(encode(RunStatus(runs=[])))
 
-    coordinator = await bus.nc.subscribe(ctl_subject("status"), cb=answer_the_second)
+
+@asynccontextmanager
+async def listening(bus: Bus, coordinator: LateCoordinator) -> AsyncIterator[None]:
+    subscription = await bus.nc.subscribe(ctl_subject("status"), cb=coordinator.answer)
     try:
-        reply = await ask_coordinator(bus, "status", StatusQuery(), patience=5, timeout=0.2)
+        yield
     finally:
-        await coordinator.unsubscribe()
+        await subscription.unsubscribe()
+
+
+async def test_a_coordinator_that_answers_a_later_try_is_heard(bus: Bus) -> None:
+    coordinator = LateCoordinator(first=2)
+    async with listening(bus, coordinator):
+        reply = await ask_coordinator(bus, "status", StatusQuery(), patience=5, timeout=0.2)
     assert isinstance(reply, RunStatus)
     assert reply.runs == []
-    assert tries == 2
+    assert coordinator.tries == 2
 
 
 async def test_a_busy_coordinator_is_waited_for_longer_than_an_absent_one(bus: Bus) -> None:
@@ -151,20 +166,10 @@ async def test_a_busy_coordinator_is_waited_for_longer_than_an_absent_one(bus: B
             bus, "status", StatusQuery(), patience=0.3, timeout=0.2, busy_patience=60
         )
 
-    tries = 0
-
-    async def answer_the_fourth(msg: Msg) -> None:
-        nonlocal tries
-        tries += 1
-        if tries >= 4:
-            await msg.respond(encode(RunStatus(runs=[])))
-
-    coordinator = await bus.nc.subscribe(ctl_subject("status"), cb=answer_the_fourth)
-    try:
+    coordinator = LateCoordinator(first=4)
+    async with listening(bus, coordinator):
         reply = await ask_coordinator(
             bus, "status", StatusQuery(), patience=0.1, timeout=0.2, busy_patience=60
         )
-    finally:
-        await coordinator.unsubscribe()
     assert isinstance(reply, RunStatus)
-    assert tries == 4
+    assert coordinator.tries == 4

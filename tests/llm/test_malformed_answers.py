@@ -109,7 +109,7 @@ async def test_an_answer_naming_no_model_is_put_down_to_the_one_asked_for(named:
     assert (done.value, done.model) == (Plan(**VALID), "base-model")
 
 
-NOT_COMPLETIONS = {
+NOT_COMPLETIONS: dict[str, dict[str, Any]] = {
     "an HTML page": {"raw_body": "<html>sign in</html>", "content_type": "text/html"},
     "a JSON list": {"body": [1, 2]},
     "a JSON string": {"body": "ok"},
@@ -117,29 +117,6 @@ NOT_COMPLETIONS = {
     "cut-off JSON": {"raw_body": '{"id": "chatcmpl-1", "choi'},
     "JSON nested 100,000 deep": {"raw_body": '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}"},
 }
-
-
-@pytest.mark.parametrize("reply", NOT_COMPLETIONS.values(), ids=NOT_COMPLETIONS.keys())
-async def test_a_body_that_is_no_completion_is_an_endpoint_failure(reply: dict[str, Any]) -> None:
-    replies = [reply, {"arguments": VALID, "usage": TOKENS}]
-    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
-        done = await ask(server, max_retries=1)
-        requests = server.requests
-
-    assert done.value == Plan(**VALID)
-    assert done.attempts == 1  # retried, not re-asked: the model never answered
-    assert requests[1].body["messages"] == ASK
-    assert done.usage == Usage(calls=1, prompt_tokens=40, completion_tokens=10)
-
-
-async def test_an_endpoint_answering_no_completion_every_time_is_unavailable() -> None:
-    replies = [NOT_COMPLETIONS["an HTML page"]]
-    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
-        with pytest.raises(LLMUnavailable) as failure:
-            await ask(server, max_retries=1)
-
-    assert "failed 2 times; last: the answer is not a chat completion" in str(failure.value)
-    assert "<html>sign in</html>" in str(failure.value)
 
 
 class CutInsideACharacter(ScriptedOpenAI):
@@ -162,9 +139,20 @@ GOOD = completion(calling({"name": TOOL, "arguments": json.dumps(VALID)}), id="r
 RESUME = {"raw_body": json.dumps(GOOD, ensure_ascii=False)}
 
 
-async def test_a_body_cut_inside_a_character_is_retried_like_cut_off_json() -> None:
-    replies = [RESUME, {"arguments": VALID, "usage": TOKENS}]
-    async with CutInsideACharacter(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+ENDPOINT_FAILURES: dict[str, tuple[type[ScriptedOpenAI], dict[str, Any]]] = {
+    **{name: (ScriptedOpenAI, reply) for name, reply in NOT_COMPLETIONS.items()},
+    "a body cut inside a character": (CutInsideACharacter, RESUME),
+}
+
+
+@pytest.mark.parametrize(
+    ("server_type", "reply"), ENDPOINT_FAILURES.values(), ids=ENDPOINT_FAILURES.keys()
+)
+async def test_a_body_that_is_no_completion_is_an_endpoint_failure(
+    server_type: type[ScriptedOpenAI], reply: dict[str, Any]
+) -> None:
+    replies = [reply, {"arguments": VALID, "usage": TOKENS}]
+    async with server_type(parse_script([{"tool": TOOL, "replies": replies}])) as server:
         done = await ask(server, max_retries=1)
         requests = server.requests
 
@@ -172,6 +160,16 @@ async def test_a_body_cut_inside_a_character_is_retried_like_cut_off_json() -> N
     assert done.attempts == 1  # retried, not re-asked: the model never answered
     assert requests[1].body["messages"] == ASK
     assert done.usage == Usage(calls=1, prompt_tokens=40, completion_tokens=10)
+
+
+async def test_an_endpoint_answering_no_completion_every_time_is_unavailable() -> None:
+    replies = [NOT_COMPLETIONS["an HTML page"]]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(LLMUnavailable) as failure:
+            await ask(server, max_retries=1)
+
+    assert "failed 2 times; last: the answer is not a chat completion" in str(failure.value)
+    assert "<html>sign in</html>" in str(failure.value)
 
 
 async def test_a_body_cut_inside_a_character_every_time_is_unavailable_with_usage() -> None:
