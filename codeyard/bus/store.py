@@ -16,6 +16,7 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 # JetStream's error codes for a write whose expected last revision is not the key's
 WRONG_LAST_SEQUENCE = (10071, 10164)
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"  # 0: none yet
 
 
 class StaleRevision(RuntimeError):

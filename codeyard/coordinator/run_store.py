@@ -40,14 +40,12 @@ from nats.js.kv import KeyValue
 from codeyard.bus import subjects
 from codeyard.bus.kv_scan import latest_entries, messages_after
 from codeyard.bus.pipeline import Pending, PubAck, PublishError, PublishPipeline
-from codeyard.bus.store import WRONG_LAST_SEQUENCE, StaleRevision
+from codeyard.bus.store import EXPECTED_LAST_SUBJECT_SEQUENCE, WRONG_LAST_SEQUENCE, StaleRevision
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.schemas.codec import MessageError, decode, encode
 from codeyard.schemas.model import Run, Task
 
 log = logging.getLogger(__name__)
-
-EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 
 class JournalEntry(msgspec.Struct, frozen=True):
@@ -356,8 +354,18 @@ class RunStore:
         except (nats.errors.Error, TimeoutError) as exc:  # the next checkpoint purges them
             log.warning("run %s: purging its journal failed: %s", stored.run.run_id, exc)
 
-    async def forget_journal(self, run_id: str) -> None:
-        """Purge the journal of a run whose header is not stored: left by a submission that
-        stopped before its header was written, it belongs to no run."""
-        subject = subjects.journal_subject(run_id)
-        await self._js.purge_stream(subjects.JOURNAL_STREAM, subject=subject)
+    async def new_run(self, run: Run) -> StoredRun:
+        """A new run, to be saved: its journal starts after whatever entries its subject still
+        holds, left by a submission of the same id that stopped before its header was written.
+        Its first entry is fenced by the last of them, and loading it ignores them (its header
+        names them as checkpointed); its first checkpoint purges them. They used to be purged
+        here, but nothing fences a purge: a deposed leader's late purge could remove its
+        successor's entries of a run submitted again."""
+        try:
+            last = await self._js.get_last_msg(
+                subjects.JOURNAL_STREAM, subjects.journal_subject(run.run_id)
+            )
+        except NotFoundError:
+            return StoredRun(run)
+        run.journal_seq = last.seq or 0
+        return StoredRun(run, journal_last=run.journal_seq, checkpoint_seq=run.journal_seq)

@@ -34,7 +34,12 @@ from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
 from codeyard.bus.pipeline import MessageTooLarge, Pending, PublishError
-from codeyard.bus.store import StaleRevision, VersionedStore
+from codeyard.bus.store import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    WRONG_LAST_SEQUENCE,
+    StaleRevision,
+    VersionedStore,
+)
 from codeyard.bus.topology import DAY
 from codeyard.cancellation import in_background, stop_tasks, wait_event
 from codeyard.coordinator.artifact_collector import (
@@ -212,7 +217,9 @@ class Commit:
     work: list[tuple[str, WorkItem]] = field(default_factory=list)  # sent first (see _flush)
     messages: list[tuple[str, Envelope]] = field(default_factory=list)
     moves: dict[str, list[TaskMoved]] = field(default_factory=dict)
-    approvals: list[PendingApproval] = field(default_factory=list)
+    questions: list[PendingApproval] = field(default_factory=list)  # new: created, never replaced
+    # by approval id: the answer, and the revision of the question it replaces
+    answers: dict[str, tuple[PendingApproval, int]] = field(default_factory=dict)
     merges: list[tuple[str, Merge | Integrate]] = field(default_factory=list)
     finished: set[str] = field(default_factory=set)
     cancellations: list[WorkCancelled] = field(default_factory=list)
@@ -729,13 +736,16 @@ class Coordinator:
                 case RunMoved():
                     commit.messages.append((events, run_event(run, effect)))
                 case RequestApproval():
-                    commit.approvals.append(
+                    # The submission is part of the id: a run id submitted again asks anew.
+                    question_id = derived_id(run_id, run.submission, effect.kind, effect.number)
+                    commit.questions.append(
                         PendingApproval(
-                            approval_id=derived_id(run_id, effect.kind, str(effect.number))[:16],
+                            approval_id=question_id[:16],
                             run_id=run_id,
                             attempt=effect.number,  # which of the run's questions it is
                             action=effect.kind,
                             detail=effect.reason,
+                            submission=run.submission,
                         )
                     )
                 case RunFinished():
@@ -757,9 +767,9 @@ class Coordinator:
         pipeline = self._pipeline
         # A question is stored before the run that waits for it, so the run never waits for
         # a question nobody can see.
-        answers = [a for a in commit.approvals if a.status != "pending"]
-        if commit.approvals:  # (most steps have none: they skip the awaits)
-            await self._store_approvals([a for a in commit.approvals if a.status == "pending"])
+        if commit.questions:  # (most steps have none: they skip the awaits)
+            await self._store_approvals([(question, 0) for question in commit.questions])
+        answers = list(commit.answers.values())
         # The work goes out first, in a write of its own, so that workers start on it while the
         # rest of the step is encoded: it needs none of the rest stored first (results are acked
         # only once all of it is, and work sent again after a crash is dropped as a duplicate of
@@ -823,12 +833,25 @@ class Coordinator:
             self._inbox.put_nowait(FollowUp(item.run_id, abandoned))
             return None
 
-    async def _store_approvals(self, approvals: list[PendingApproval]) -> None:
+    async def _store_approvals(self, writes: list[tuple[PendingApproval, int]]) -> None:
+        """Store questions (revision 0: only if new) and answers (each over the revision of the
+        question it answers). Both are fenced, so that a deposed leader's late write can neither
+        put back a question its successor saw answered nor answer it again: a question there
+        already was asked by an earlier leader and is left as it is; an answer to a question
+        that changed since it was read is `StaleRevision`."""
         pending = []
-        for approval in approvals:
+        for approval, revision in writes:
             key = f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}"
-            pending.append(await self._pipeline.publish(key, encode(approval)))
-        await self._pipeline.all_stored(pending, 10)
+            fence = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
+            pending.append(await self._pipeline.publish(key, encode(approval), fence))
+        outcomes = await self._pipeline.wait(pending, 10)
+        for (approval, revision), outcome in zip(writes, outcomes, strict=True):
+            if isinstance(outcome, PublishError) and outcome.err_code in WRONG_LAST_SEQUENCE:
+                if revision:
+                    where = subjects.APPROVALS_BUCKET
+                    raise StaleRevision(where, approval.approval_id, revision) from outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def _confirm(self, writes: list[StepWrite]) -> None:
         assert self._store is not None
@@ -1011,9 +1034,9 @@ class Coordinator:
         if prepared.repo is None:
             reply = ControlError(run_id=run_id, error=prepared.error, field="$.repo")
         else:
-            await self._store.forget_journal(run_id)
             run.repo = prepared.repo
-            open_run = OpenRun(StoredRun(run), RunEngine(run, capacity=self.capacity))
+            stored = await self._store.new_run(run)
+            open_run = OpenRun(stored, RunEngine(run, capacity=self.capacity))
             self._open[run_id] = open_run
             commit.dirty.setdefault(run_id, set())
             commit.messages.append(
@@ -1075,6 +1098,7 @@ class Coordinator:
             for approval in await self._approvals.values()
             if approval.status == "pending"
             and approval.run_id in self._open
+            and not self._other_submissions(approval)
             and (not run_id or approval.run_id == run_id)
         ]
         return sorted(pending, key=lambda approval: approval.requested_at)
@@ -1105,14 +1129,7 @@ class Coordinator:
         # An answer taken earlier in this step is stored only when the step ends: until then it
         # counts as stored, or a second answer (approve and deny at once, a person and the
         # timeout) would be judged against the question as it was, and overwrite the first.
-        decided = next(
-            (
-                earlier
-                for earlier in commit.approvals
-                if earlier.approval_id == approval.approval_id and earlier.status != "pending"
-            ),
-            approval,
-        )
+        decided = commit.answers.get(approval.approval_id, (approval, 0))[0]
         if decided.status != "pending":
             by = f" by {decided.answered_by}" if decided.answered_by else ""
             return ControlError(
@@ -1129,7 +1146,7 @@ class Coordinator:
         )
         if stale := self._no_longer_asked(approval):
             # Recorded all the same, so the question is no longer listed, nor expired again.
-            commit.approvals.append(answer)
+            commit.answers[approval.approval_id] = (answer, entry.revision)
             return ControlError(
                 run_id=approval.run_id,
                 error=f"{stale}: the answer to approval {approval.approval_id} is recorded, "
@@ -1151,8 +1168,16 @@ class Coordinator:
             return ControlError(error=f"approval of kind {approval.action!r} is not handled here")
         reply = self._control_event(approval.run_id, event, commit, now)
         if isinstance(reply, Accepted):
-            commit.approvals.append(answer)
+            commit.answers[approval.approval_id] = (answer, entry.revision)
         return reply
+
+    def _other_submissions(self, approval: PendingApproval) -> str:
+        """Why the question is not its open run's own, or "": an earlier submission of the same
+        run id asked it (that submission was cut before its run was stored)."""
+        open_run = self._open.get(approval.run_id)
+        if open_run is None or approval.submission in ("", open_run.run.submission):
+            return ""
+        return f"an earlier submission of run {approval.run_id} asked this"
 
     def _no_longer_asked(self, approval: PendingApproval) -> str:
         """Why a run's question (plan, budget) no longer stands, or "": the run moved on (an
@@ -1162,6 +1187,8 @@ class Coordinator:
         open_run = self._open.get(approval.run_id)
         if approval.action not in ("plan", "budget") or open_run is None:
             return ""
+        if other := self._other_submissions(approval):
+            return other
         run = open_run.run
         waits = RunState.PLAN_APPROVAL if approval.action == "plan" else RunState.AWAITING_APPROVAL
         if run.state is not waits:

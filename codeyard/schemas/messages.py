@@ -376,6 +376,9 @@ class PendingApproval(msgspec.Struct, kw_only=True, frozen=True):
     requested_at: Timestamp = msgspec.field(default_factory=utc_now)
     answered_by: ShortText = ""
     answer: LongText = ""
+    # The asking run's `Run.submission`, for its own questions (plan, budget): those of an
+    # earlier submission of the same run id, cut before its run was stored, are not its own.
+    submission: ShortText = ""
 
 
 class Accepted(Envelope, kw_only=True, frozen=True):

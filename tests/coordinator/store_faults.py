@@ -11,18 +11,21 @@ from codeyard.coordinator.run_store import header_key
 class DiesBefore(PublishPipeline):
     """Publishes like a coordinator's pipeline until its next write to `subject` once `armed`:
     there its coordinator dies (the step's earlier writes are stored, nothing after them is).
-    It dies once; a coordinator that carries on is its successor."""
+    It dies once; a coordinator that carries on is its successor. With `prefix`, at its next
+    write to a subject starting with `subject`."""
 
-    def __init__(self, bus: Bus, subject: str, *, armed: bool = True) -> None:
+    def __init__(self, bus: Bus, subject: str, *, armed: bool = True, prefix: bool = False) -> None:
         super().__init__(bus.nc)
         self.subject = subject
+        self.prefix = prefix
         self.armed = armed
         self.died = False
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> Pending:
-        if self.armed and not self.died and subject == self.subject:
+        here = subject.startswith(self.subject) if self.prefix else subject == self.subject
+        if self.armed and not self.died and here:
             self.died = True
             raise ConnectionError("the coordinator died here")
         return await super().publish(subject, payload, headers)

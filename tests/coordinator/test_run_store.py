@@ -262,21 +262,42 @@ async def test_a_header_is_written_only_once_the_rest_of_the_step_is_stored(bus:
     assert [run.run_id for run in await store.headers()] == ["run1"]
 
 
-async def test_a_journal_left_without_a_header_is_forgotten(bus: Bus) -> None:
+async def test_a_journal_left_without_a_header_is_ignored_by_the_run_submitted_again(
+    bus: Bus,
+) -> None:
     """A submission that stopped between its journal entry and its header leaves an entry no
-    run owns; submitting the run again starts from an empty journal."""
+    run owns; the run submitted again starts after it, and its first checkpoint purges it."""
     store = await RunStore.open(bus.js)
     crashed = StoredRun(run_with_tasks("run1", 2))
     step = await store.save(crashed, ["t0", "t1"], bus.pipeline)
     await bus.pipeline.wait([step.sent.sent], 5)  # type: ignore[union-attr, list-item]
 
-    await store.forget_journal("run1")
-    again = StoredRun(run_with_tasks("run1", 1))
+    again = await store.new_run(run_with_tasks("run1", 1))
     await save(bus, store, again, ["t0"])
 
     loaded = await store.load("run1", tasks=True)
     assert loaded is not None
     assert list(loaded.run.tasks) == ["t0"]
+    assert await journal_length(bus, "run1") == 2
+    loaded.run.state = RunState.DONE  # an ended run is checkpointed, its journal purged
+    await save(bus, store, loaded, [])
+    assert await journal_length(bus, "run1") == 0
+
+
+async def test_a_late_entry_of_a_deposed_leader_fences_out_the_run_submitted_again(
+    bus: Bus,
+) -> None:
+    """Nothing is purged when a run is submitted again: an entry that lands after the new run
+    read where its journal starts makes the new run's first write fail, rather than the new
+    run's entries being purged or mixed with it."""
+    store = await RunStore.open(bus.js)
+    again = await store.new_run(run_with_tasks("run1", 1))
+    late = await store.save(StoredRun(run_with_tasks("run1", 2)), ["t0", "t1"], bus.pipeline)
+    await bus.pipeline.wait([late.sent.sent], 5)  # type: ignore[union-attr, list-item]
+
+    with pytest.raises(StaleRevision):
+        await save(bus, store, again, ["t0"])
+    assert await store.headers() == []
 
 
 async def test_a_writer_that_lost_its_lease_stops_before_a_new_runs_header(bus: Bus) -> None:
