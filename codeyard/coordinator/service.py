@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,14 +145,20 @@ class LostLeadership(RuntimeError):
     pass
 
 
-class PoisonedStep(RuntimeError):
-    """Applying a result failed in a way no retry would change (a bug, most likely): the step is
-    dropped and the runs reloaded, and the result is dead-lettered once it has failed a step
-    `POISON_STEPS` times, so that it cannot stop the coordinator for good."""
+# An input of a step, as it comes again: a result by its stream sequence, a run's own event
+# (a merge's outcome, sent again after a reload) by its run and value, a submission by its run.
+PoisonKey = tuple[str, str | int]
 
-    def __init__(self, msg: Msg, error: Exception) -> None:
-        super().__init__(f"applying a result on {msg.subject} failed: {error!r}")
-        self.sequence = msg.metadata.sequence.stream
+
+class PoisonedStep(RuntimeError):
+    """Applying an input failed in a way no retry would change (a bug, most likely): the step is
+    dropped and the runs reloaded, and the input is set aside (a result dead-lettered, an event
+    filed as a dead letter, a submission refused) once it has failed a step `POISON_STEPS`
+    times, so that it cannot stop the coordinator, nor every one after it, for good."""
+
+    def __init__(self, key: PoisonKey, what: str, error: Exception) -> None:
+        super().__init__(f"applying {what} failed: {error!r}")
+        self.key = key
         self.error = error
 
 
@@ -285,8 +291,8 @@ class Coordinator:
         self._merging: set[asyncio.Task[None]] = set()
         self._preparing: dict[str, Preparation] = {}
         self._answering: set[asyncio.Task[None]] = set()  # submissions waiting for their reply
-        # Results whose step failed (`PoisonedStep`), by stream sequence: failures and the error.
-        self._poison: dict[int, tuple[int, str]] = {}
+        # Inputs whose step failed (`PoisonedStep`): how often, and the error.
+        self._poison: dict[PoisonKey, tuple[int, str]] = {}
         # Garbage collection of the artifacts store, while leading (see artifact_collector).
         self.collector = (
             ArtifactCollector(
@@ -385,8 +391,8 @@ class Coordinator:
             self._open.clear()
 
     def _remember_poison(self, poisoned: PoisonedStep) -> None:
-        failures, _ = self._poison.pop(poisoned.sequence, (0, ""))
-        self._poison[poisoned.sequence] = (failures + 1, repr(poisoned.error))
+        failures, _ = self._poison.pop(poisoned.key, (0, ""))
+        self._poison[poisoned.key] = (failures + 1, repr(poisoned.error))
         while len(self._poison) > MAX_POISON_REMEMBERED:  # the oldest first
             del self._poison[next(iter(self._poison))]
 
@@ -569,9 +575,9 @@ class Coordinator:
                     self._on_result_message_guarded(item, commit, now)
                 elif isinstance(item, FollowUp):
                     if open_run := self._open.get(item.run_id):
-                        self._apply(open_run, item.event, commit, now)
+                        self._on_own_event(open_run, item.event, commit, now)
                 elif isinstance(item, Prepared):
-                    await self._on_prepared(item, commit, now)
+                    await self._on_prepared_guarded(item, commit, now)
                 else:
                     reply = await self._on_control(item, commit, now)
                     if reply is not None:  # else answered once its repository is prepared
@@ -580,7 +586,13 @@ class Coordinator:
                 commit.merges = [m for m in commit.merges if m not in inline]
                 for run_id, work in inline:
                     open_run = self._open[run_id]
-                    self._apply(open_run, await self._outcome(open_run, work), commit, now)
+                    key: PoisonKey = ("merge", _event_key(run_id, work))
+                    if error := self._poisoned(key):
+                        events = subjects.events_subject(run_id)
+                        self._file_dead_letter(events, repr(work).encode(), error, commit)
+                        continue
+                    with self._guarded(key, f"{work!r} of run {run_id}"):
+                        self._apply(open_run, await self._outcome(open_run, work), commit, now)
             await self._flush(commit)
             self.stats.steps += 1
             metrics.COORDINATOR_STEP_SECONDS.observe(time.monotonic() - started)
@@ -595,37 +607,77 @@ class Coordinator:
         in the run only; nothing leaves the coordinator, so there is nothing to guard.)"""
         return run.approve_merge or not self.integrator.inline(run)
 
-    def _on_result_message_guarded(self, msg: Msg, commit: Commit, now: datetime) -> None:
-        sequence = msg.metadata.sequence.stream
-        if (failure := self._poison.get(sequence)) is not None and failure[0] >= POISON_STEPS:
-            del self._poison[sequence]
-            log.error("dead-lettering the result at %s: %s", sequence, failure[1])
-            self._dead_letter(msg, f"applying it failed {failure[0]} times: {failure[1]}", commit)
-            _RESULTS["poison"].inc()
-            return
+    def _poisoned(self, key: PoisonKey) -> str:
+        """Why an input is set aside now, forgetting it: its steps failed `POISON_STEPS`
+        times; or "" (go on applying it)."""
+        failures, error = self._poison.get(key, (0, ""))
+        if failures < POISON_STEPS:
+            return ""
+        del self._poison[key]
+        log.error("setting aside %s: applying it failed %d times: %s", key, failures, error)
+        return f"applying it failed {failures} times: {error}"
+
+    @contextlib.contextmanager
+    def _guarded(self, key: PoisonKey, what: str) -> Iterator[None]:
+        """Turn a failure no retry would change into `PoisonedStep` (trouble on the bus and a
+        lost lease are not the input's fault: they end the step as they are)."""
         try:
-            self._on_result_message(msg, commit, now)
+            yield
         except (LostLeadership, StaleRevision, nats.errors.Error, PublishError, OSError):
             raise
         except Exception as exc:
-            raise PoisonedStep(msg, exc) from exc
+            raise PoisonedStep(key, what, exc) from exc
+
+    def _on_result_message_guarded(self, msg: Msg, commit: Commit, now: datetime) -> None:
+        key: PoisonKey = ("result", msg.metadata.sequence.stream)
+        if error := self._poisoned(key):
+            self._dead_letter(msg, error, commit)
+            _RESULTS["poison"].inc()
+            return
+        with self._guarded(key, f"a result on {msg.subject}"):
+            self._on_result_message(msg, commit, now)
+
+    def _on_own_event(self, open_run: OpenRun, event: Event, commit: Commit, now: datetime) -> None:
+        """Apply an event of the coordinator's own (a merge's outcome): set aside as a dead
+        letter if it keeps failing. Its task then waits for a person, as for a result set aside."""
+        run_id = open_run.run.run_id
+        key: PoisonKey = ("event", _event_key(run_id, event))
+        if error := self._poisoned(key):
+            events = subjects.events_subject(run_id)
+            self._file_dead_letter(events, repr(event).encode(), error, commit)
+            return
+        with self._guarded(key, f"{event!r} to run {run_id}"):
+            self._apply(open_run, event, commit, now)
+
+    async def _on_prepared_guarded(self, prepared: Prepared, commit: Commit, now: datetime) -> None:
+        """Create the prepared run; refuse its submission if that keeps failing."""
+        key: PoisonKey = ("submission", prepared.run_id)
+        if error := self._poisoned(key):
+            if preparation := self._preparing.pop(prepared.run_id, None):
+                refused = ControlError(
+                    run_id=prepared.run_id, error=f"creating run {prepared.run_id} failed: {error}"
+                )
+                commit.replies += [(call, refused) for call in preparation.calls]
+            return
+        with self._guarded(key, f"the submission of run {prepared.run_id}"):
+            await self._on_prepared(prepared, commit, now)
 
     def _dead_letter(self, msg: Msg, error: str, commit: Commit) -> None:
         """Ack `msg` with the step, and file it on the events stream for a person to see."""
         commit.acks.append(msg)
-        payload = bytes(msg.data)
-        commit.messages.append(
-            (
-                subjects.events_subject(""),
-                DeadLetter(
-                    subject=msg.subject,
-                    consumer=subjects.COORDINATOR_CONSUMER,
-                    error=clip(error),
-                    payload=payload[:4096].decode("utf-8", errors="replace"),
-                    payload_bytes=len(payload),
-                ),
-            )
+        self._file_dead_letter(msg.subject, bytes(msg.data), error, commit)
+
+    def _file_dead_letter(self, subject: str, payload: bytes, error: str, commit: Commit) -> None:
+        """File what was set aside on the events stream for a person to see (a result by its
+        subject, an event of the coordinator's own by its run's events subject)."""
+        letter = DeadLetter(
+            subject=subject,
+            consumer=subjects.COORDINATOR_CONSUMER,
+            error=clip(error),
+            payload=payload[:4096].decode("utf-8", errors="replace"),
+            payload_bytes=len(payload),
         )
+        commit.messages.append((subjects.events_subject(""), letter))
 
     def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         try:
@@ -1196,6 +1248,13 @@ class Coordinator:
         if approval.attempt != run.questions:
             return f"run {run.run_id} asked a newer question since"
         return ""
+
+
+def _event_key(run_id: str, event: Event | Merge | Integrate) -> str:
+    """An event or a merge as it comes again: the same kind for the same task attempt (its
+    other fields, such as a merge's new head, may differ from one time to the next)."""
+    task = getattr(event, "task_id", "")
+    return f"{run_id} {type(event).__name__} {task} {getattr(event, 'attempt', '')}"
 
 
 def _not_a_local_repository(path: str) -> str:

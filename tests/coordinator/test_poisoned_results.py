@@ -1,18 +1,44 @@
-"""A result whose applying fails in a way no retry changes (a bug): its step is dropped and the
-runs reloaded, as for trouble on the bus, and after `POISON_STEPS` such failures the result is
-dead-lettered. It used to end the coordinator's process, and every coordinator's after it, at
-each delivery of that result, so that no run went on."""
+"""An input whose applying fails in a way no retry changes (a bug): its step is dropped and the
+runs reloaded, as for trouble on the bus, and after `POISON_STEPS` such failures the input is set
+aside: a result or a merge of the coordinator's own is filed as a dead letter, a submission is
+refused. It used to end the coordinator's process, and every coordinator's after it, at each
+delivery of that result (or each merge of that task), so that no run went on."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 
+import nats.errors
+
 from codeyard.bus import Bus
-from codeyard.bus.subjects import DEAD_LETTER_RUN
-from codeyard.coordinator.service import POISON_STEPS, Commit, Coordinator
-from codeyard.schemas import DeadLetter, Result, TaskSpec, TaskState
+from codeyard.bus.subjects import DEAD_LETTER_RUN, ctl_subject
+from codeyard.coordinator.effects import Effect
+from codeyard.coordinator.events import Event, Merged, MergeFailed
+from codeyard.coordinator.service import (
+    POISON_STEPS,
+    Commit,
+    Coordinator,
+    FollowUp,
+    OpenRun,
+    Prepared,
+)
+from codeyard.schemas import (
+    Accepted,
+    ControlError,
+    ControlReply,
+    DeadLetter,
+    Result,
+    RunState,
+    SubmitRun,
+    TaskSpec,
+    TaskState,
+)
+from codeyard.schemas.codec import decode, encode
+from codeyard.schemas.model import FeedbackKind
 from tests.coordinator.harness import (
+    ask,
     leader_name,
     run_events,
     running_coordinator,
@@ -56,3 +82,116 @@ async def test_a_result_that_fails_every_step_is_dead_lettered_and_the_rest_goes
     assert letter.error == f"applying it failed {POISON_STEPS} times: RuntimeError('engine bug')"
     assert run.tasks["fine"].state is TaskState.MERGED
     assert run.tasks["poison"].state is TaskState.CODING  # its answer is with a person now
+
+
+class FailingOn(Coordinator):
+    """Fails applying the events `bug` picks, as an engine bug would."""
+
+    def __init__(self, bus: Bus, bug: Callable[[Event], bool]) -> None:
+        super().__init__(bus, name="coord-buggy")
+        self.bug = bug
+
+    def _apply(
+        self,
+        open_run: OpenRun,
+        event: Event,
+        commit: Commit,
+        now: datetime,
+        result: Result | None = None,
+    ) -> list[Effect]:
+        if self.bug(event):
+            raise RuntimeError("engine bug")
+        return super()._apply(open_run, event, commit, now, result)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(400):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("not in 20 s")
+
+
+async def dead_letters(bus: Bus) -> list[DeadLetter]:
+    """The dead letters filed so far, waiting up to 20 s for the first."""
+    for _ in range(100):
+        events = await run_events(bus, DEAD_LETTER_RUN)
+        if letters := [event for event in events if isinstance(event, DeadLetter)]:
+            return letters
+        await asyncio.sleep(0.2)
+    return []
+
+
+async def test_a_merge_that_fails_every_step_is_set_aside_and_the_rest_goes_on(bus: Bus) -> None:
+    """The merge is sent again by each reload of the run, so it would fail for ever."""
+    plan = [TaskSpec(id="poison", title="p"), TaskSpec(id="fine", title="f")]
+    coordinator = FailingOn(bus, lambda e: isinstance(e, Merged) and e.task_id == "poison")
+    async with running_coordinator(coordinator), workers_answering(bus, scripted_coder()):
+        await submit(bus, plan, run_id="r1")
+        await wait_for_task(bus, "r1", "fine", TaskState.MERGED)
+        letters = await dead_letters(bus)
+        run = await status(bus, "r1")
+        assert await leader_name(bus) == "coord-buggy"
+
+    [letter] = letters
+    assert letter.subject == "cy.events.r1"
+    assert letter.payload == "Merge(task_id='poison', attempt=1)"
+    assert letter.error == f"applying it failed {POISON_STEPS} times: RuntimeError('engine bug')"
+    assert run.tasks["poison"].state is TaskState.GATED  # its merge waits for a person
+
+
+async def test_an_event_of_the_coordinators_own_that_fails_every_step_is_set_aside(
+    bus: Bus,
+) -> None:
+    """A merge's outcome from the background (a follow-up), as it comes again after each
+    reload; it ended the coordinator's process."""
+    poison = MergeFailed("nope", 1, FeedbackKind.CONFLICT, "poison")
+
+    coordinator = FailingOn(bus, lambda event: event == poison)
+    async with running_coordinator(coordinator):
+        await submit(bus, [TaskSpec(id="x", title="x")], run_id="r1")
+        for _ in range(POISON_STEPS):
+            await until(coordinator.leading.is_set)  # leading (again): its runs (re)loaded
+            coordinator._inbox.put_nowait(FollowUp("r1", poison))
+            await until(lambda: not coordinator.leading.is_set())  # its step failed
+        await until(coordinator.leading.is_set)
+        coordinator._inbox.put_nowait(FollowUp("r1", poison))
+        letters = await dead_letters(bus)
+        run = await status(bus, "r1")
+        assert await leader_name(bus) == "coord-buggy"
+
+    [letter] = letters
+    assert letter.subject == "cy.events.r1"
+    assert "poison" in letter.payload
+    assert letter.error == f"applying it failed {POISON_STEPS} times: RuntimeError('engine bug')"
+    assert run.state is RunState.EXECUTING  # the run goes on
+
+
+async def test_a_submission_whose_run_cannot_be_created_is_refused_after_failing_twice(
+    bus: Bus,
+) -> None:
+    class BuggyCreation(Coordinator):
+        async def _on_prepared(self, prepared: Prepared, commit: Commit, now: datetime) -> None:
+            if prepared.run_id == "poison":
+                raise RuntimeError("engine bug")
+            await super()._on_prepared(prepared, commit, now)
+
+    request = encode(SubmitRun(run_id="poison", goal="g", plan=[TaskSpec(id="x", title="x")]))
+    async with running_coordinator(BuggyCreation(bus, name="coord-buggy")):
+        replies: list[ControlReply] = []
+        for _ in range(100):  # as a client does: asked again while it gets no answer
+            try:
+                reply = await bus.nc.request(ctl_subject("submit"), request, timeout=2)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                await asyncio.sleep(0.1)
+                continue
+            replies.append(decode(reply.data, ControlReply))
+            break
+        assert isinstance(await ask(bus, "submit", SubmitRun(run_id="fine", goal="g")), Accepted)
+
+    [refused] = replies
+    assert isinstance(refused, ControlError)
+    assert refused.error == (
+        f"creating run poison failed: applying it failed {POISON_STEPS} times: "
+        "RuntimeError('engine bug')"
+    )
