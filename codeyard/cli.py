@@ -23,7 +23,7 @@ from codeyard.config import Settings
 from codeyard.supervisor import BAD_CONFIGURATION
 
 if TYPE_CHECKING:
-    from codeyard.schemas import ControlReply, Envelope, SubmitRun, TaskSpec
+    from codeyard.schemas import ControlReply, Envelope, RunState, SubmitRun, TaskSpec
 
 app = typer.Typer(
     help="codeyard: autonomous coding agents as services over NATS JetStream.",
@@ -498,7 +498,14 @@ def run(
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
         _unreachable(url, exc)
-    raise typer.Exit(0 if state == RunState.DONE else 1)
+    raise typer.Exit(_outcome_exit_code(state))
+
+
+def _outcome_exit_code(state: RunState) -> int:
+    """How `run` and `logs --follow` exit for a run that ended in `state`."""
+    from codeyard.schemas import RunState
+
+    return 0 if state == RunState.DONE else 1
 
 
 async def _check_chosen_run_id(bus: Bus, submit: SubmitRun) -> None:
@@ -927,17 +934,23 @@ def logs(
 
     --follow stops when the run ends, at once for a run that has ended; if its events that
     remain (they are kept CODEYARD_EVENT_RETENTION_DAYS) no longer reach its end, the last line
-    is how it ended, from the run's record. Exits 1 when there is no such run.
+    is how it ended, from the run's record. It then exits as `codeyard run` does: 0 when every
+    task is merged, 1 when the run failed or was cancelled. Without --follow it exits 0 once
+    the events are shown. Exits 1 when there is no such run.
 
     Example: [bold]codeyard logs r1 --follow[/bold]
     """
     import msgspec
 
-    from codeyard.follow import follow_events, log_lines
+    from codeyard.follow import follow_events, is_run_end, log_lines
     from codeyard.report.source import fetch_run, read_run_events
     from codeyard.schemas import RunEvent
 
+    ended: list[RunState] = []  # how the run ended, once its end is shown
+
     def show(event: RunEvent) -> None:
+        if is_run_end(event):
+            ended.append(event.state)
         if json_output:
             sys.stdout.write(msgspec.json.encode(event).decode() + "\n")
             sys.stdout.flush()
@@ -945,11 +958,11 @@ def logs(
         for line in log_lines(event):
             console.print(line, markup=False, highlight=False)
 
-    async def stream(bus: Bus) -> None:
+    async def stream(bus: Bus) -> int:
         run = await fetch_run(bus, run_id)  # an unknown run exits 1 rather than waiting forever
         if follow:
             # an ended run is not waited for, even when its end event has expired
-            if await follow_events(bus, run_id, show, run):
+            if await follow_events(bus, run, show):
                 err.print(
                     f"the stored events of run {run_id} no longer reach its end (events are "
                     "kept for CODEYARD_EVENT_RETENTION_DAYS, runs for ever): how it ended is "
@@ -957,11 +970,12 @@ def logs(
                     markup=False,
                     highlight=False,
                 )
-        else:
-            for event in await read_run_events(bus, run_id):
-                show(event)
+            return _outcome_exit_code(ended[-1])
+        for event in await read_run_events(bus, run_id):
+            show(event)
+        return 0
 
-    _on_bus("logs", stream)
+    raise typer.Exit(_on_bus("logs", stream))
 
 
 @app.command()

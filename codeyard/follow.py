@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TypeGuard
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -168,7 +169,7 @@ def log_lines(event: RunEvent) -> list[str]:
     return [f"{stamp} {line}" for line in lines]
 
 
-def is_run_end(event: RunEvent) -> bool:
+def is_run_end(event: RunEvent) -> TypeGuard[RunStateChanged]:
     return isinstance(event, RunStateChanged) and event.state in TERMINAL_RUN_STATES
 
 
@@ -205,18 +206,15 @@ async def _ended_run(bus: Bus, run_id: str) -> Run | None:
     return None
 
 
-async def follow_events(bus: Bus, run_id: str, on_event: EventSink, run: Run | None = None) -> bool:
-    """Every event of the run from its first, as they come, until the run ends (or the caller
-    is cancelled: Ctrl-C). `run`: its record, if just read (else it is asked for). A run that
-    ended already is not waited for: its stored events are passed on, then, if they no longer
-    hold its end, its outcome from its record (`replay_ended_run`, whose answer is returned;
-    False when the end came as an event)."""
-    if run is None:
-        ended = await _ended_run(bus, run_id)
-    else:  # one that ends after it was read is followed: its end event comes, or is stored
-        ended = run if run.state in TERMINAL_RUN_STATES else None
-    if ended is not None:
-        return await replay_ended_run(bus, ended, on_event)
+async def follow_events(bus: Bus, run: Run, on_event: EventSink) -> bool:
+    """Every event of `run`, whose record the caller has just read, from its first, as they
+    come, until it ends (or the caller is cancelled: Ctrl-C). One that had ended when read is
+    not waited for: its stored events are passed on, then, if they no longer hold its end, its
+    outcome from its record (`replay_ended_run`, whose answer is returned; False when the end
+    came as an event). One that ends after it was read is followed: its end event comes, or is
+    stored."""
+    if run.state in TERMINAL_RUN_STATES:
+        return await replay_ended_run(bus, run, on_event)
     finished = asyncio.Event()
 
     async def deliver(msg: Msg) -> None:
@@ -226,7 +224,7 @@ async def follow_events(bus: Bus, run_id: str, on_event: EventSink, run: Run | N
             finished.set()
 
     subscription = await bus.js.subscribe(
-        events_subject(run_id),
+        events_subject(run.run_id),
         stream=EVENT_STREAM,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
@@ -302,8 +300,8 @@ async def submit_and_follow(
         raise (SubmissionRefused if refused_input(reply) else RunRefused)(refusal(reply))
     assert isinstance(reply, Accepted)
     # The same submission again may name a run that ended: its end event may have expired,
-    # and none will come; its record says how it ended.
-    ended = await _ended_run(bus, submit.run_id)
+    # and none will come; its record says how it ended. A run just created has all its events.
+    ended = None if reply.created else await _ended_run(bus, submit.run_id)
     if ended is not None:
         if on_status is not None:
             on_status(ended)

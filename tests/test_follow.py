@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,7 @@ from rich.console import Console
 
 from codeyard.bus import Bus
 from codeyard.bus.subjects import ctl_subject
+from codeyard.coordinator.service import Coordinator
 from codeyard.follow import (
     RunRefused,
     SubmissionRefused,
@@ -22,14 +24,19 @@ from codeyard.follow import (
 )
 from codeyard.schemas import (
     ActionCheck,
+    CancelRun,
     ControlError,
     GateAudit,
     GateDecision,
+    RunEvent,
+    RunState,
     RunStatus,
     StatusQuery,
     SubmitRun,
+    TaskSpec,
 )
 from codeyard.schemas.codec import encode
+from tests.coordinator.harness import ask, running_coordinator
 
 
 def test_a_gated_action_whose_detail_is_only_whitespace_is_shown_not_a_traceback() -> None:
@@ -173,3 +180,41 @@ async def test_a_busy_coordinator_is_waited_for_longer_than_an_absent_one(bus: B
         )
     assert isinstance(reply, RunStatus)
     assert coordinator.tries == 4
+
+
+async def test_a_run_its_submission_created_is_followed_without_asking_whether_it_ended(
+    bus: Bus,
+) -> None:
+    """Only a run that was there already can have ended with its events expired; every
+    `codeyard run` asked the coordinator for the status of the run it had just created."""
+    overheard = await bus.nc.subscribe(ctl_subject("status"))  # never answers: the coordinator does
+
+    async def status_requests() -> int:
+        await bus.nc.flush()  # what the server sent before its answer to this is queued
+        return overheard.pending_msgs
+
+    submit = SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="a", title="a")])
+    shown = asyncio.Event()
+
+    def on_event(_: RunEvent) -> None:
+        shown.set()
+
+    try:
+        async with running_coordinator(Coordinator(bus, name="c", capacity=4)):
+            following = asyncio.create_task(
+                submit_and_follow(bus, submit, Console(quiet=True), 30, on_event=on_event)
+            )
+            await asyncio.wait_for(shown.wait(), 10)
+            # no worker takes the task: the run goes on until it is cancelled
+            await ask(bus, "cancel", CancelRun(run_id="r1", reason="enough"))
+            final = await asyncio.wait_for(following, 10)
+            assert final.state is RunState.CANCELLED
+            assert await status_requests() == 1  # its final record, once it ended
+
+            # The same submission again names a run that was there, and has ended: asked
+            # whether it ended, it is not waited for.
+            again = await submit_and_follow(bus, submit, Console(quiet=True), 10)
+            assert again.state is RunState.CANCELLED
+            assert await status_requests() == 2
+    finally:
+        await overheard.unsubscribe()

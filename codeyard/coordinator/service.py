@@ -1098,7 +1098,7 @@ class Coordinator:
                 )
             )
             self._apply(open_run, preparation.first, commit, now)
-            reply = Accepted(run_id=run_id, detail=f"run {run_id} submitted")
+            reply = Accepted(run_id=run_id, detail=f"run {run_id} submitted", created=True)
         commit.replies += [(call, reply) for call in preparation.calls]
 
     def _control_event(self, run_id: str, event: Event, commit: Commit, now: datetime) -> Envelope:

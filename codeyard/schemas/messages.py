@@ -383,6 +383,9 @@ class PendingApproval(msgspec.Struct, kw_only=True, frozen=True):
 
 class Accepted(Envelope, kw_only=True, frozen=True):
     detail: ShortText = ""
+    # A submission that created its run (rather than finding it there): a client following it
+    # knows it has every event to come, and need not ask whether it ended.
+    created: bool = False
 
 
 class RunStatus(Envelope, kw_only=True, frozen=True):

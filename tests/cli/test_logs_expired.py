@@ -47,13 +47,14 @@ async def test_a_run_whose_events_expired_is_not_waited_for_once_it_has_ended(
         await bus.js.purge_stream(EVENT_STREAM)  # as if they were older than the retention
 
         code, out, err, took = await cli("logs", "x1", "--follow")
-        assert code == 0, err
+        assert code == 1, err  # as `codeyard run` exits for a cancelled run
         assert took < 30  # it waited for ever
         [outcome] = out.splitlines()
         assert outcome.endswith(" run cancelled (changed my mind)")
         assert "how it ended is from the run's record" in err
 
         code, out, _, _ = await cli("logs", "x1", "--follow", "--json")
+        assert code == 1
         [event] = [msgspec.json.decode(line, type=RunEvent) for line in out.splitlines()]
         assert isinstance(event, RunStateChanged)
         assert event.state is RunState.CANCELLED
