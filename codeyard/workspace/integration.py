@@ -22,6 +22,10 @@ coordinator killed in the middle of one left (git's lock files, a half-applied p
 is made next to its place and renamed there once whole, so an interrupted clone is never taken
 for one.
 
+A repository the result branch could not be fetched into (its `.git` not writable by the
+coordinator's uid, as with another user's repository mounted into a container) is refused when
+the run is prepared, before any of its work, never found out by the delivery after all of it.
+
 A run submitted without a repository is a dry run: merges are recorded, nothing is written.
 
 The clone stays after its run ends (a failed or cancelled run's merged tasks are nowhere else)
@@ -164,6 +168,7 @@ class GitIntegrator:
             return await self._published(run)
 
     def _prepare(self, run: Run) -> None:
+        _check_deliverable(Path(run.repo.path), result_branch(run.run_id))
         target = self.integration_dir(run.run_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Changed now, even when the clone is there already: garbage collection leaves a clone
@@ -267,6 +272,85 @@ class GitIntegrator:
             return Integrated(ok=False, report=str(exc))
         merged = sum(task.state is TaskState.MERGED for task in run.tasks.values())
         return Integrated(ok=True, report=f"{merged} tasks on branch {branch} of {run.repo.path}")
+
+
+class RepositoryNotWritable(Exception):
+    """The result branch could not be fetched into the user's repository by this process."""
+
+
+def _check_deliverable(repo: Path, branch: str) -> None:
+    """Refuse (`RepositoryNotWritable`) a repository that `GitIntegrator._integrate`'s fetch of
+    `branch` could not write: every place it may write (`_fetch_writes`), checked by the kernel
+    for this process's uid (`os.access`: mode bits, ACLs, a read-only mount)."""
+    blocked: list[Path] = []
+    for place in _fetch_writes(repo, branch):
+        blocker = _unwritable(place)
+        if blocker is not None and blocker not in blocked:
+            blocked.append(blocker)
+    if not blocked:
+        return
+    named = ", ".join(map(str, blocked[:3]))
+    if len(blocked) > 3:
+        named += f" and {len(blocked) - 3} more places"
+    verb = "is" if len(blocked) == 1 else "are"
+    git_dir = _git_path(repo, "--git-common-dir")
+    uid = os.getuid()
+    raise RepositoryNotWritable(
+        f"{named} {verb} not writable by uid {uid}: codeyard writes the result branch {branch} "
+        f"into {git_dir} when the run ends; make {git_dir} writable by uid {uid}, including "
+        "what is created in it later (deploy/README.md gives the setfacl line)"
+    )
+
+
+def _fetch_writes(repo: Path, branch: str) -> list[Path]:
+    """Where fetching `branch` into `repo` may write (seen with strace, git 2.39): FETCH_HEAD
+    (truncated, so an existing one must be writable; one per worktree), new objects either
+    loose in `objects/XX/` (new `XX` directories in `objects`, as is `maintenance.lock`) or,
+    from 100 objects on (`fetch.unpackLimit`), as a pack in `objects/pack`: which one depends
+    on the run's commits, so all of them; the ref's lock file, renamed to the ref, and its
+    reflog. Each path as git resolves it: a linked worktree's, or a `.git` file's, are
+    elsewhere."""
+    ref = f"refs/heads/{branch}"
+    objects = _git_path(repo, "--git-path", "objects")
+    places = [_git_path(repo, "--git-path", "FETCH_HEAD"), objects, objects / "pack"]
+    places += sorted(found for found in objects.glob("[0-9a-f][0-9a-f]") if found.is_dir())
+    if git(repo, "config", "--get", "extensions.refStorage", check=False).strip() == "reftable":
+        # A ref update writes a new table and replaces tables.list, both in this directory.
+        places.append(_git_path(repo, "--git-path", "reftable"))
+    else:
+        places.append(_git_path(repo, "--git-path", f"{ref}.lock"))
+        if _logs_ref_updates(repo):
+            places.append(_git_path(repo, "--git-path", f"logs/{ref}"))
+    return places
+
+
+def _git_path(repo: Path, *option: str) -> Path:
+    """A path `git rev-parse` tells (one option), absolute; one line, though it may hold more."""
+    told = git(repo, "rev-parse", "--path-format=absolute", *option)
+    return Path(told.removesuffix("\n"))
+
+
+def _logs_ref_updates(repo: Path) -> bool:
+    """Whether git writes a reflog for a branch it updates (`core.logAllRefUpdates`; unset, in
+    a repository with a working tree only): else an unwritable `logs` is no obstacle."""
+    key = "core.logAllRefUpdates"
+    value = git(repo, "config", "--type=bool", "--get", key, check=False).strip()
+    if value in ("true", "false"):
+        return value == "true"
+    if git(repo, "config", "--get", key, check=False).strip():  # "always", no boolean
+        return True
+    return git(repo, "rev-parse", "--is-bare-repository").strip() == "false"
+
+
+def _unwritable(place: Path) -> Path | None:
+    """What keeps this process from writing `place`, or None: the file or directory itself
+    where it exists, else the nearest directory above it, where git would create it (and the
+    directories on the way). `os.access` asks the kernel, with the real uid, which is the one
+    the fetch runs as."""
+    while not os.path.lexists(place):  # also when a directory above cannot be searched
+        place = place.parent
+    mode = os.W_OK | os.X_OK if place.is_dir() else os.W_OK
+    return None if os.access(place, mode) else place
 
 
 def _commit(repo: Path, rev: str) -> str:
