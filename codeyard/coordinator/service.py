@@ -88,6 +88,7 @@ from codeyard.coordinator.result_events import (
 )
 from codeyard.coordinator.run_store import RunStore, StepWrite, StoredRun
 from codeyard.coordinator.work_items import (
+    answers_this_submission,
     derived_id,
     run_event,
     task_changes,
@@ -724,6 +725,15 @@ class Coordinator:
             self.stats.ignored += 1
             _RESULTS["ignored"].inc()
             log.debug("result for run %s, which is not open", result.run_id)
+            return False
+        if not answers_this_submission(open_run.run, result.trace_id):
+            # A late answer to a submission of the same run id cut before its run was stored,
+            # maybe with another goal or plan: not applied, but what it spent is counted.
+            log.warning("ignored a result for run %s: it answers another submission", result.run_id)
+            self.stats.ignored += 1
+            _RESULTS["ignored"].inc()
+            if result.usage.calls:
+                self._apply(open_run, unapplied_spend(result), commit, now, result)
             return False
         with working_on(result.run_id, result.task_id, result.attempt):
             effects = self._apply(open_run, event_for(result), commit, now, result)

@@ -48,6 +48,19 @@ def derived_id(*parts: object) -> str:
     return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
+def submission_trace(run: Run) -> str:
+    """The `trace_id` of the run's work items, which every answer copies: it names the run's
+    submission, so that an answer to the work of another submission of the same run id (one
+    cut before its run was stored) is told apart. The run id, for runs of older versions."""
+    return derived_id(run.run_id, run.submission) if run.submission else run.run_id
+
+
+def answers_this_submission(run: Run, trace_id: str) -> bool:
+    """Whether an answer with `trace_id` answers work of the run as submitted (or work sent by
+    an older coordinator version, whose trace was the run id)."""
+    return trace_id in (submission_trace(run), run.run_id)
+
+
 def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
     """The message that asks `dispatch.role` for the work of the task's current state."""
     run_id, task_id, attempt = run.run_id, dispatch.task_id, dispatch.attempt
@@ -55,7 +68,7 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
         return PlanRequest(
             run_id=run_id,
             attempt=attempt,
-            trace_id=run_id,
+            trace_id=submission_trace(run),
             msg_id=derived_id(run_id, PLANNER, attempt, *_epoch(run.planning_dispatched_by)),
             goal=run.goal,
             repo=run.repo,
@@ -66,7 +79,7 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
         run_id=run_id,
         task_id=task_id,
         attempt=attempt,
-        trace_id=run_id,
+        trace_id=submission_trace(run),
         msg_id=derived_id(
             run_id, task_id, dispatch.role, attempt, task.dispatches, *_epoch(run.submission)
         ),

@@ -14,13 +14,20 @@ from pathlib import Path
 from nats.js.api import DeliverPolicy
 
 from codeyard.bus import Bus, PullWorker
-from codeyard.bus.subjects import EVENT_STREAM, LEADER_BUCKET, events_subject
+from codeyard.bus.subjects import (
+    EVENT_STREAM,
+    LEADER_BUCKET,
+    WORK_STREAM,
+    consumer_name,
+    events_subject,
+)
 from codeyard.bus.worker import Handler
 from codeyard.coordinator.lease import LEASE_KEY
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.coordinator.service import Coordinator
 from codeyard.follow import ask_coordinator
 from codeyard.schemas import (
+    CodeRequest,
     ControlError,
     ControlReply,
     Envelope,
@@ -180,6 +187,23 @@ async def wait_until(bus: Bus, run_id: str, merged: int = 0, timeout: float = 12
             return run
         assert loop.time() < deadline, f"run {run_id} is {run.state} with {done} merged"
         await asyncio.sleep(0.2)
+
+
+async def work_for_coders(bus: Bus, count: int) -> list[CodeRequest]:
+    """Take `count` work items off the coders' queue, as a coder would (acked: nobody else
+    gets them)."""
+    subscription = await bus.js.pull_subscribe_bind(
+        durable=consumer_name("coder"), stream=WORK_STREAM
+    )
+    items: list[CodeRequest] = []
+    try:
+        while len(items) < count:
+            for msg in await subscription.fetch(count - len(items), timeout=10):
+                items.append(decode(msg.data, CodeRequest))
+                await msg.ack()
+    finally:
+        await subscription.unsubscribe()
+    return items
 
 
 async def run_events(bus: Bus, run_id: str) -> list[RunEvent]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+import nats.errors
+
 from codeyard.bus import Bus
 from codeyard.bus.pipeline import Pending, PublishPipeline
-from codeyard.bus.subjects import RUNS_BUCKET
+from codeyard.bus.subjects import RUNS_BUCKET, ctl_subject
 from codeyard.coordinator.run_store import header_key
+from codeyard.schemas import SubmitRun, encode
 
 
 class DiesBefore(PublishPipeline):
@@ -33,3 +39,15 @@ class DiesBefore(PublishPipeline):
 
 def dies_before_the_header(bus: Bus, run_id: str) -> DiesBefore:
     return DiesBefore(bus, f"$KV.{RUNS_BUCKET}.{header_key(run_id)}")
+
+
+async def submit_until_it_dies(bus: Bus, submission: SubmitRun, fault: DiesBefore) -> None:
+    """Submit until the coordinator dies in the step that takes the submission (asked again
+    while it does not listen yet); it never answers."""
+    for _ in range(100):
+        with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            await bus.nc.request(ctl_subject("submit"), encode(submission), timeout=3)
+        if fault.died:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the coordinator never took the submission")

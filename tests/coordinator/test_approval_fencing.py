@@ -5,15 +5,13 @@ nor answer it again."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 
 import msgspec
-import nats.errors
 import pytest
 
 from codeyard.bus import Bus, EmbeddedNats, StaleRevision
-from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject
+from codeyard.bus.subjects import APPROVALS_BUCKET
 from codeyard.coordinator.service import Coordinator
 from codeyard.schemas import (
     Accepted,
@@ -25,10 +23,9 @@ from codeyard.schemas import (
     SubmitRun,
     TaskSpec,
 )
-from codeyard.schemas.codec import encode
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import ask, running_coordinator
-from tests.coordinator.store_faults import dies_before_the_header
+from tests.coordinator.store_faults import dies_before_the_header, submit_until_it_dies
 
 PLAN = [TaskSpec(id="x", title="x")]
 
@@ -76,9 +73,7 @@ async def test_a_run_submitted_again_after_a_cut_submission_asks_its_question_an
     submission = SubmitRun(run_id="p1", goal="g", plan=PLAN, approve_plan=True)
     try:
         async with running_coordinator(Coordinator(coordinator_bus, name="c1")):
-            with contextlib.suppress(nats.errors.TimeoutError):  # it died before answering
-                await bus.nc.request(ctl_subject("submit"), encode(submission), timeout=3)
-            assert fault.died
+            await submit_until_it_dies(bus, submission, fault)
             [first_id] = await approvals.keys()
             again_at = datetime.now(UTC)
             assert isinstance(await ask(bus, "submit", submission), Accepted)

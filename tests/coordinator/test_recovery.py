@@ -15,6 +15,7 @@ from codeyard.bus.result_sender import ResultSender
 from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject, journal_subject, result_subject
 from codeyard.coordinator.run_store import RunStore, StoredRun
 from codeyard.coordinator.service import Coordinator, _early_delay, early_patience
+from codeyard.coordinator.work_items import submission_trace
 from codeyard.follow import RunRefused, existing_run
 from codeyard.schemas import (
     Accepted,
@@ -44,11 +45,17 @@ from tests.coordinator.harness import (
     ask,
     running_coordinator,
     status,
+    wait_for_task,
     wait_until,
+    work_for_coders,
     workers_answering,
 )
 from tests.coordinator.plans import new_run, spec
-from tests.coordinator.store_faults import DiesBefore, dies_before_the_header
+from tests.coordinator.store_faults import (
+    DiesBefore,
+    dies_before_the_header,
+    submit_until_it_dies,
+)
 
 
 async def test_a_run_that_ended_in_a_step_cut_short_is_closed_by_the_next_leader(
@@ -220,6 +227,48 @@ async def test_a_submission_cut_before_its_header_is_worked_on_when_submitted_ag
     assert list(run.tasks) == ["x"]
 
 
+async def test_a_late_answer_to_a_cut_submission_is_not_taken_for_the_run_submitted_again(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """The same run id submitted again after a cut, with another plan: a coder's late answer to
+    the first submission's task `x` must not be applied to the second's task `x`. Its work item
+    names its submission in `trace_id`, which every answer copies."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = dies_before_the_header(coordinator_bus, "r1")
+    coordinator_bus.pipeline = fault
+    first = SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="x", title="first x")])
+    second = SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="x", title="another x")])
+    coordinator = Coordinator(coordinator_bus, name="c1", capacity=4)
+    sender = ResultSender(bus.pipeline, result_subject("coder"))
+
+    def answer(item: CodeRequest, text: str) -> CodeResult:  # as a worker answers
+        return CodeResult(
+            run_id=item.run_id,
+            task_id=item.task_id,
+            attempt=item.attempt,
+            trace_id=item.trace_id,
+            patch=Patch(text=text),
+        )
+
+    try:
+        async with running_coordinator(coordinator):
+            await submit_until_it_dies(bus, first, fault)
+            assert isinstance(await ask(bus, "submit", second), Accepted)
+            items = {item.task.title: item for item in await work_for_coders(bus, 2)}
+            await sender.send(answer(items["first x"], "+ the first x"))
+            for _ in range(200):
+                if coordinator.stats.ignored:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await status(bus, "r1")).tasks["x"].state is TaskState.CODING
+            await sender.send(answer(items["another x"], "+ another x"))
+            run = await wait_for_task(bus, "r1", "x", TaskState.TESTING)
+    finally:
+        await coordinator_bus.close()
+    assert coordinator.stats.ignored == 1
+    assert run.tasks["x"].patch == Patch(text="+ another x")
+
+
 async def test_a_run_whose_record_cannot_be_read_does_not_stop_the_next_leader(bus: Bus) -> None:
     store = await RunStore.open(bus.js)
     await store.confirm(bus.pipeline, [await store.save(StoredRun(new_run()), [], bus.pipeline)])
@@ -328,7 +377,10 @@ async def test_an_answer_still_early_after_its_deliveries_is_dropped_and_its_spe
         submission = SubmitRun(run_id="r1", goal="g", plan=[spec("x")])
         assert isinstance(await ask(bus, "submit", submission), Accepted)
         # no workers: x stays in coding
-        answer = TestResult(run_id="r1", task_id="x", attempt=1, passed=True, usage=spent)
+        trace = submission_trace(await status(bus, "r1"))  # copied from the work, as workers do
+        answer = TestResult(
+            run_id="r1", task_id="x", attempt=1, trace_id=trace, passed=True, usage=spent
+        )
         await ResultSender(bus.pipeline, result_subject("tester")).send(answer)
         for _ in range(100):
             run = await status(bus, "r1")

@@ -9,33 +9,16 @@ import pytest
 
 from codeyard.bus import Bus
 from codeyard.bus.result_sender import ResultSender
-from codeyard.bus.subjects import WORK_STREAM, consumer_name, result_subject
+from codeyard.bus.subjects import result_subject
 from codeyard.coordinator.service import Coordinator
-from codeyard.schemas import CodeRequest, CodeResult, Patch, SubmitRun, TaskSpec, TaskState, decode
-from tests.coordinator.harness import ask, running_coordinator, wait_for_task
+from codeyard.schemas import CodeResult, Patch, SubmitRun, TaskSpec, TaskState
+from tests.coordinator.harness import ask, running_coordinator, wait_for_task, work_for_coders
 
 
 @pytest.fixture
 async def coordinator(bus: Bus) -> AsyncIterator[Coordinator]:
     async with running_coordinator(Coordinator(bus, name="coord-test")) as coordinator:
         yield coordinator
-
-
-async def work_for_coders(bus: Bus, count: int) -> list[CodeRequest]:
-    """Take `count` work items off the coders' queue, as a coder would (acked: nobody else
-    gets them)."""
-    subscription = await bus.js.pull_subscribe_bind(
-        durable=consumer_name("coder"), stream=WORK_STREAM
-    )
-    items: list[CodeRequest] = []
-    try:
-        while len(items) < count:
-            for msg in await subscription.fetch(count - len(items), timeout=10):
-                items.append(decode(msg.data, CodeRequest))
-                await msg.ack()
-    finally:
-        await subscription.unsubscribe()
-    return items
 
 
 async def test_the_results_of_a_batch_each_move_their_own_task(
@@ -55,6 +38,7 @@ async def test_the_results_of_a_batch_each_move_their_own_task(
                     run_id=item.run_id,
                     task_id=item.task_id,
                     attempt=item.attempt,
+                    trace_id=item.trace_id,
                     patch=Patch(text=f"+ for {item.run_id}"),
                 )
             )
@@ -79,7 +63,11 @@ async def test_a_result_sent_on_another_roles_subject_is_refused(
 
     def patch(text: str) -> CodeResult:
         return CodeResult(
-            run_id=item.run_id, task_id=item.task_id, attempt=item.attempt, patch=Patch(text=text)
+            run_id=item.run_id,
+            task_id=item.task_id,
+            attempt=item.attempt,
+            trace_id=item.trace_id,
+            patch=Patch(text=text),
         )
 
     await ResultSender(bus.pipeline, result_subject("review.security")).send(patch("+ forged"))

@@ -12,8 +12,9 @@ from prometheus_client import REGISTRY
 from codeyard.bus import Bus
 from codeyard.bus.subjects import result_subject
 from codeyard.coordinator.service import Coordinator
+from codeyard.coordinator.work_items import submission_trace
 from codeyard.schemas import CodeResult, Patch, TaskSpec
-from tests.coordinator.harness import running_coordinator, submit
+from tests.coordinator.harness import running_coordinator, status, submit
 from tests.observability.samples import Delta, value
 
 
@@ -64,7 +65,10 @@ async def test_tasks_by_state_queues_results_and_dispatches(
     assert queue("codeyard_consumer_redelivered_messages", "CY_WORK", "coder") == 0
 
     # The coder's answer, as a worker would send it; and one for a run nobody knows.
-    answer = CodeResult(run_id=run_id, task_id="a", attempt=1, patch=Patch(text="diff"))
+    trace = submission_trace(await status(bus, run_id))  # what its work item carries
+    answer = CodeResult(
+        run_id=run_id, task_id="a", attempt=1, trace_id=trace, patch=Patch(text="diff")
+    )
     await bus.publish(result_subject("coder"), answer)
     stray = CodeResult(run_id="no-such-run", task_id="a", attempt=1, patch=Patch(text="diff"))
     await bus.publish(result_subject("coder"), stray)
