@@ -473,6 +473,8 @@ async def run_up(
             llm_env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "local"}
             cap = os.environ.get("CODEYARD_LLM_MAX_TOKENS", str(MAX_TOKENS))
             llm_env |= {"CODEYARD_LLM_MODEL": "smollm2", "CODEYARD_LLM_MAX_TOKENS": cap}
+            # llama.cpp's server ignores `max_completion_tokens`: the cap would be lost
+            llm_env["CODEYARD_LLM_MAX_TOKENS_FIELD"] = "max_tokens"
         token = dashboard_token(settings) if dashboard else None
         if token is not None and not port_free(settings.dashboard_port, settings.dashboard_host):
             # it would exit 2 at once: say so, rather than announce an address that is another's

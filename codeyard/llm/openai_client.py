@@ -119,6 +119,8 @@ class OpenAIClient:
         """One answer, retrying transient failures. `usage` so far, and the model that gave
         the last answer (`answered`, "" before the first), only go into errors."""
         retries = self._settings.max_retries
+        cap = self._settings.max_tokens
+        as_completion = self._settings.max_tokens_field == "max_completion_tokens"
         failure = ""
         for retry in range(retries + 1):
             started = time.monotonic()
@@ -132,7 +134,8 @@ class OpenAIClient:
                         messages=conversation,
                         tools=[tool.definition()],
                         tool_choice=tool.choice(),
-                        max_tokens=given(self._settings.max_tokens),
+                        max_tokens=given(None if as_completion else cap),
+                        max_completion_tokens=given(cap if as_completion else None),
                     )
             except openai.APIStatusError as error:
                 status = error.status_code

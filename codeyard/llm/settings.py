@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -119,6 +120,11 @@ class LLMSettings(BaseSettings):
     # its context is full (8192 tokens for SmolLM2: minutes per call on a CPU); a cap ends it.
     max_tokens: int | None = Field(
         default=None, gt=0, description="cap on the tokens of one answer (unset: the endpoint's)"
+    )
+    # OpenAI's newer models (o1, o3, gpt-5) answer HTTP 400 to `max_tokens` and take the cap
+    # only as `max_completion_tokens`, which older OpenAI-compatible servers may not know.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
+        default="max_tokens", description="the request field `max_tokens` is sent as"
     )
     input_price_per_mtok: float = Field(
         default=0.0, ge=0, le=MAX_PRICE, description="USD per 1M input tokens"

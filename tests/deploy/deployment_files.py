@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import typer.main
 import yaml
-from pydantic import AliasChoices
+from pydantic import AliasChoices, SecretStr
 from pydantic_settings import BaseSettings
 
 from codeyard.bus.permissions import principals
@@ -68,9 +68,11 @@ def known_principals() -> frozenset[str]:
     return frozenset(principals(PLUGIN_REVIEWERS))
 
 
-def _env_names(settings: type[BaseSettings]) -> Iterator[str]:
+def _env_names(settings: type[BaseSettings], *, secrets_only: bool = False) -> Iterator[str]:
     prefix = str(settings.model_config.get("env_prefix", ""))
     for name, field in settings.model_fields.items():
+        if secrets_only and SecretStr not in (field.annotation, *get_args(field.annotation)):
+            continue
         alias = field.validation_alias
         if isinstance(alias, AliasChoices):
             yield from (choice for choice in alias.choices if isinstance(choice, str))
@@ -83,6 +85,12 @@ def _env_names(settings: type[BaseSettings]) -> Iterator[str]:
 def llm_env_names() -> frozenset[str]:
     """Every environment variable the agents' LLM settings read, upper case."""
     return frozenset(name.upper() for name in _env_names(LLMSettings))
+
+
+def llm_secret_env_names() -> frozenset[str]:
+    """The LLM settings that are secrets (the API key), upper case: for a Secret, never a
+    ConfigMap, which anyone allowed to read the namespace's configuration can read."""
+    return frozenset(name.upper() for name in _env_names(LLMSettings, secrets_only=True))
 
 
 def worker_grace() -> float:

@@ -5,18 +5,24 @@ the code (commands, settings, principals, stream and consumer names)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from codeyard.bus import subjects
+from codeyard.llm import LLMSettings
 from tests.deploy.deployment_files import (
     K8S,
     codeyard_command,
     known_principals,
+    llm_env_names,
+    llm_secret_env_names,
     load_yaml,
     load_yaml_documents,
     setting_env_names,
@@ -25,6 +31,8 @@ from tests.deploy.deployment_files import (
 KEDA_SCHEMA = Path(__file__).parent / "schemas" / "keda-scaledobject.json"
 SECRET_PREFIX = "codeyard-nats-"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+# A setting left commented out for the operator to set: `  # NAME: value`, at a line's start.
+PLACEHOLDER = re.compile(r"^(\s*)# ([A-Z][A-Z0-9_]*: .*)$", re.MULTILINE)
 
 
 def resources() -> list[dict[str, Any]]:
@@ -107,6 +115,58 @@ def test_every_codeyard_variable_is_a_setting() -> None:
     for variable in variables:
         if variable.startswith("CODEYARD_"):
             assert variable in known, variable
+
+
+def with_placeholders(path: Path) -> list[dict[str, Any]]:
+    """The manifest as if every commented-out setting in it were set."""
+    text = PLACEHOLDER.sub(r"\1\2", path.read_text())
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def llm_configmap() -> dict[str, str]:
+    (configmap,) = [
+        d for d in with_placeholders(K8S / "configmap.yaml") if d["kind"] == "ConfigMap"
+    ]
+    data: dict[str, str] = configmap["data"]
+    return data
+
+
+def test_every_llm_setting_is_named_in_the_configmap_and_its_key_in_the_secret() -> None:
+    """The configmap named only the model and the base URL, while compose passed every LLM
+    setting on: in Kubernetes the others were found only in the README."""
+    keys = llm_secret_env_names()
+    named = set(llm_configmap())
+    (secret,) = [
+        d
+        for d in with_placeholders(K8S / "secrets.example.yaml")
+        if d["metadata"]["name"] == "codeyard-llm"
+    ]
+    assert keys, "the API key is a SecretStr setting"
+    assert llm_env_names() - keys <= named, sorted(llm_env_names() - keys - named)
+    assert not keys & named, "an API key in a ConfigMap"
+    assert keys <= set(secret["stringData"]), sorted(keys - set(secret["stringData"]))
+    llm_like = {n for n in named if n.startswith(("CODEYARD_LLM_", "OPENAI_"))}
+    assert llm_like <= llm_env_names(), sorted(llm_like - llm_env_names())
+
+
+def test_the_configmaps_llm_settings_uncommented_are_valid_and_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Uncommenting one must give a ConfigMap Kubernetes takes (values are strings) and a value
+    codeyard reads under that name, rather than a refusal at start (exit 2)."""
+    data = llm_configmap()
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": data}
+    kubernetes_validate.validate(configmap, kubernetes_validate.latest_version(), strict=True)
+    for name in list(os.environ):
+        if name.upper() in llm_env_names():
+            monkeypatch.delenv(name)
+    for name, value in data.items():
+        if name in llm_env_names():
+            monkeypatch.setenv(name, value)
+
+    settings = LLMSettings()
+    unset = set(LLMSettings.model_fields) - settings.model_fields_set
+    assert unset == {"api_key"}  # in the Secret
 
 
 def test_keda_scales_the_coders_on_their_consumer() -> None:

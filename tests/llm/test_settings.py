@@ -230,3 +230,40 @@ def test_a_base_url_without_http_stops_a_start_naming_it(
     assert refused.returncode == 2
     assert refused.stderr.splitlines() == [f"error: {SCHEMELESS}"]
     assert not data.exists()
+
+
+BAD_FIELD = (
+    "CODEYARD_LLM_MAX_TOKENS_FIELD: Input should be 'max_tokens' or 'max_completion_tokens' "
+    "(got 'max_output_tokens')"
+)
+
+
+def test_the_max_tokens_field_is_max_tokens_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert LLMSettings().max_tokens_field == "max_tokens"
+    monkeypatch.setenv("CODEYARD_LLM_MAX_TOKENS_FIELD", "max_completion_tokens")
+    assert LLMSettings().max_tokens_field == "max_completion_tokens"
+
+
+@pytest.mark.parametrize("command", [("worker", "coder"), ("up", "--no-dashboard")])
+def test_an_unknown_max_tokens_field_stops_a_start_naming_it(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Exit 2 before starting or connecting to anything, rather than every call refused by
+    the endpoint for a parameter it does not know."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_"))}
+    env.pop("NATS_URL", None)
+    data = tmp_path / "data"
+    env |= {
+        "CODEYARD_DATA_DIR": str(data),
+        "CODEYARD_NATS_PORT": str(free_port()),
+        "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1",
+        "OPENAI_API_KEY": "sk-test",
+        "CODEYARD_LLM_MAX_TOKENS_FIELD": "max_output_tokens",
+    }
+    if command[0] == "worker":
+        env["NATS_URL"] = f"nats://127.0.0.1:{free_port()}"
+    refused = codeyard(env, *command, timeout=60)
+
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [f"error: {BAD_FIELD}"]
+    assert not data.exists()

@@ -203,8 +203,11 @@ def tokens(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion}
 
 
-async def test_max_tokens_caps_an_answer_only_when_set_and_is_left_out_otherwise() -> None:
+async def test_max_tokens_caps_an_answer_only_when_set_and_is_left_out_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Not even as null: OpenAI's reasoning models refuse a request carrying `max_tokens`.
+    monkeypatch.delenv("CODEYARD_LLM_MAX_TOKENS_FIELD", raising=False)
     script = [{"tool": TOOL, "replies": [{"arguments": VALID}]}]
     async with ScriptedOpenAI(parse_script(script)) as server:
         await ask(server, max_tokens=512)
@@ -212,6 +215,27 @@ async def test_max_tokens_caps_an_answer_only_when_set_and_is_left_out_otherwise
         capped, endpoint_default = (request.body for request in server.requests)
 
     assert capped["max_tokens"] == 512
+    assert "max_completion_tokens" not in capped
+    assert "max_tokens" not in endpoint_default
+    assert "max_completion_tokens" not in endpoint_default
+
+
+async def test_max_tokens_field_sends_the_cap_as_max_completion_tokens_instead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # OpenAI's newer models refuse `max_tokens` (HTTP 400) and take the cap only under this name.
+    monkeypatch.setenv("CODEYARD_LLM_MAX_TOKENS_FIELD", "max_completion_tokens")
+    monkeypatch.setenv("CODEYARD_LLM_MAX_TOKENS", "512")
+    script = [{"tool": TOOL, "replies": [{"arguments": VALID}]}]
+    async with ScriptedOpenAI(parse_script(script)) as server:
+        await ask(server)
+        monkeypatch.delenv("CODEYARD_LLM_MAX_TOKENS")
+        await ask(server)
+        capped, endpoint_default = (request.body for request in server.requests)
+
+    assert capped["max_completion_tokens"] == 512
+    assert "max_tokens" not in capped
+    assert "max_completion_tokens" not in endpoint_default
     assert "max_tokens" not in endpoint_default
 
 
