@@ -153,9 +153,15 @@ async def run_gate(settings: Settings, policy_file: Path | None) -> None:
 
 
 async def serve_role(
-    settings: Settings, role: str, make_handler: Callable[[Bus], Handler], concurrency: int
+    settings: Settings,
+    role: str,
+    make_handler: Callable[[Bus], Handler],
+    concurrency: int,
+    *,
+    skip_ended_runs: bool = False,
 ) -> None:
-    """One role's worker process: serve until SIGTERM, then finish or hand back in-flight work."""
+    """One role's worker process: serve until SIGTERM, then finish or hand back in-flight work.
+    `skip_ended_runs`: see `PullWorker`."""
     from codeyard.bus import PullWorker
     from codeyard.workspace.cache_pruning import prune_periodically
     from codeyard.workspace.repo_localizer import RepoLocalizer
@@ -179,7 +185,9 @@ async def serve_role(
         pruning = asyncio.create_task(prune_periodically(cache.root, settings.artifact_retention()))
         with configuring():
             handler = RepoLocalizer(make_handler(bus), cache)
-            worker = PullWorker(bus, role, handler, concurrency=concurrency)
+            worker = PullWorker(
+                bus, role, handler, concurrency=concurrency, skip_ended_runs=skip_ended_runs
+            )
         log.info("serving %s (%d at once) from %s", role, concurrency, url)
         await worker.run(stop)
     finally:
@@ -197,8 +205,14 @@ async def run_worker(settings: Settings, role: str, concurrency: int) -> None:
     with configuring():
         llm = OpenAIClient(LLMSettings())
     try:
+        # Each item costs LLM calls (the tester's, a sandbox run too): a KV read per item to
+        # skip the work of ended runs is cheap beside them.
         await serve_role(
-            settings, role, lambda bus: role_handler(role, llm, BusGateClient(bus)), concurrency
+            settings,
+            role,
+            lambda bus: role_handler(role, llm, BusGateClient(bus)),
+            concurrency,
+            skip_ended_runs=True,
         )
     finally:
         await llm.close()

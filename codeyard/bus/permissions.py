@@ -11,7 +11,8 @@ Principals and their NATS user names:
 - `gate`: answers `cy.gate.check`, records pending approvals, appends audit events.
 - `planner`, `coder`, `tester`, `review`: pull their own role's work, publish their own role's
   results and announce themselves on their own role's presence subject. They cannot read
-  other roles' work or results, nor publish them.
+  other roles' work or results, nor publish them. They may get single records of `cy_runs`
+  (a run's header says whether the run ended), but not list, watch or write it.
 - `review-<name>`: a plugin reviewer `review.<name>` is its own principal, generated on demand
   (`codeyard deploy nats-config --reviewer NAME`), so one plugin cannot answer another's
   reviews. Unlike builtin roles it creates its own durable consumer (the coordinator does not
@@ -278,6 +279,9 @@ def _worker(role: str) -> Grants:
         subjects.result_subject(role),
         subjects.presence_subject(role),  # announces itself as its own role only
         "cy.events.>",  # dead letters of undecodable work
+        # whether a work item's run has ended, from its header (`codeyard.bus.run_ends`): a
+        # message get on the runs' bucket only, no listing, watching nor writing
+        f"{JS_API}.STREAM.MSG.GET.KV_{subjects.RUNS_BUCKET}",
         # the run's code; a coder also stores its patches over 64 KiB there (content-addressed
         # and checked against their sha256 when read, so it cannot pass off other bytes)
         *_objects(subjects.ARTIFACTS_BUCKET, write=role == "coder"),

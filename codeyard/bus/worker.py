@@ -7,7 +7,9 @@ short `ack_wait` from redelivering live work.
 
 Work the coordinator withdraws (a `WorkCancelled` notice on `cy.cancel.<run_id>`) is dropped
 for good, its message termed and no result sent, whether the notice finds its handler running
-or comes before the item reaches one.
+or comes before the item reaches one. A worker built with `skip_ended_runs` also drops, the
+same way, any item whose run has ended by the run's header in `cy_runs` (`EndedRuns`): the
+notices reach only the workers listening when they are sent, and are kept for a while only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from codeyard.bus.connection import Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.presence import PresenceAnnouncer
 from codeyard.bus.result_sender import ResultInvalid, ResultSender, ResultTooLarge
+from codeyard.bus.run_ends import EndedRuns
 from codeyard.bus.topology import ensure_role_consumer
 from codeyard.cancellation import in_background, stop_tasks
 from codeyard.observability import metrics
@@ -63,6 +66,8 @@ ACK_WAIT_LOOKUP_SECONDS = 2.0
 # Seconds a stopping worker lets its handlers finish before handing their work back: whoever
 # stops it (`codeyard up`, Docker, Kubernetes) must wait longer before killing it.
 STOP_GRACE = 30.0
+# Seconds a withdrawal is remembered for an item yet to come (`Withdrawals`).
+WITHDRAWAL_KEEP = 600.0
 
 
 class HandedBack(Exception):
@@ -129,6 +134,7 @@ class WorkerStats:
     retried: int = 0
     dead_lettered: int = 0
     handed_back: int = 0  # delivered beyond `concurrency`, nak'd for whoever has room
+    run_ended: int = 0  # termed without running: their run had ended (`skip_ended_runs`)
 
 
 def result_msg_id(work_msg_id: str) -> str:
@@ -230,7 +236,7 @@ class Withdrawals:
     (plus a redelivery backoff) from arriving, and a run withdraws only its work in flight.
     """
 
-    def __init__(self, limit: int = 4096, keep: float = 600.0) -> None:
+    def __init__(self, limit: int = 4096, keep: float = WITHDRAWAL_KEEP) -> None:
         self._limit = limit
         self._keep = keep
         self._since: OrderedDict[WorkKey, float] = OrderedDict()  # oldest first
@@ -272,6 +278,14 @@ class PullWorker:
     Never more than `concurrency` handlers run: a message delivered beyond that (the server
     may fill a request it kept across a reconnect as well as those asked anew) is nak'd at
     once, for whoever has room, and counted in `stats.handed_back`.
+
+    With `skip_ended_runs`, an item whose run has ended (done, failed or cancelled, as its
+    header in `cy_runs` says) is termed before its handler starts, without an answer, and
+    counted in `stats.run_ended`: withdrawals reach only the workers listening when they are
+    sent, and are remembered for `withdrawal_keep` seconds. It costs one KV read per item of
+    an open run, and nothing for the later items of an ended one (see `EndedRuns`): worth it
+    for handlers that spend (LLM calls, a sandbox), not for one that answers in microseconds.
+    A read that fails runs the item, as without the check.
     """
 
     def __init__(
@@ -284,6 +298,8 @@ class PullWorker:
         max_deliver: int = 5,
         retry_delays: Sequence[float] = (1.0, 5.0, 30.0),
         fetch_timeout: float = 5.0,
+        skip_ended_runs: bool = False,
+        withdrawal_keep: float = WITHDRAWAL_KEEP,
     ) -> None:
         self.bus = bus
         self.role = subjects.check_role(role)
@@ -304,7 +320,8 @@ class PullWorker:
         }
         # handlers running, by the (run, task, attempt) of their item; and work withdrawn
         self._running: dict[WorkKey, asyncio.Task[None]] = {}
-        self._withdrawn = Withdrawals()
+        self._withdrawn = Withdrawals(keep=withdrawal_keep)
+        self.ended_runs = EndedRuns(bus) if skip_ended_runs else None
 
     @property
     def js(self) -> JetStreamContext:
@@ -417,6 +434,10 @@ class PullWorker:
             return
         enter_work(item.run_id, item.task_id, item.attempt)  # this task's log lines name it
         key = (item.run_id, item.task_id, item.attempt)
+        if key not in self._withdrawn and await self._run_ended(msg, item):
+            self.stats.run_ended += 1
+            await self._drop(msg, item, key, "work of an ended run")
+            return
         # No await from here until the handler is in `_running`: a notice coming in between
         # would find it neither withdrawn here nor running.
         if key in self._withdrawn:  # withdrawn before it came: it never runs
@@ -509,6 +530,17 @@ class PullWorker:
                     self.stats.handled += 1
                     self._handled.inc()
 
+    async def _run_ended(self, msg: Msg, item: WorkItem) -> bool:
+        if self.ended_runs is None:
+            return False
+        try:
+            # Within a heartbeat interval: the item's heartbeats start only once this answers.
+            return await self.ended_runs.ended(item.run_id, timeout=self._heartbeats.interval)
+        except asyncio.CancelledError:  # the worker stops: someone else should do it, now
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nak())
+            raise
+
     def _outcome_of(
         self, ended: Result | Exception | asyncio.CancelledError, deliveries: int
     ) -> str:
@@ -541,18 +573,21 @@ class PullWorker:
         if running is not None and not running.done():
             running.cancel()
 
-    async def _drop(self, msg: Msg, item: WorkItem, key: WorkKey) -> None:
-        """Term withdrawn work: no result, no redelivery. The coordinator ignores results of
-        a run it cancelled or failed (the only runs it withdraws work from), so none is lost.
-        The key is forgotten once the term is sent; kept if not, for the redelivery."""
+    async def _drop(
+        self, msg: Msg, item: WorkItem, key: WorkKey, what: str = "withdrawn work"
+    ) -> None:
+        """Term withdrawn work (or work of an ended run): no result, no redelivery. The
+        coordinator ignores results of a run it cancelled or failed (the only runs it withdraws
+        work from) or that is done, so none is lost. The key is forgotten once the term is
+        sent; kept if not, for the redelivery."""
         task = asyncio.current_task()
         if task is not None and task.cancelling():  # the withdrawal's cancellation, handled
             task.uncancel()
-        log.info("%s: dropped withdrawn work %s", self.role, item.msg_id)
+        log.info("%s: dropped %s %s", self.role, what, item.msg_id)
         try:
             await msg.term()
         except Exception as exc:
-            log.warning("%s: could not term withdrawn work %s: %s", self.role, item.msg_id, exc)
+            log.warning("%s: could not term %s %s: %s", self.role, what, item.msg_id, exc)
             return
         self._withdrawn.discard(key)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from codeyard.schemas.model import TERMINAL_RUN_STATES as TERMINAL_RUN_STATES  # defined there
 from codeyard.schemas.model import Run, RunState, Task, TaskState
 
 
@@ -60,7 +61,6 @@ TASK_TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
     _T.CANCELLED: frozenset(),
 }
 
-TERMINAL_RUN_STATES = frozenset({_R.DONE, _R.FAILED, _R.CANCELLED})
 _RUN_ENDINGS = frozenset({_R.FAILED, _R.CANCELLED})
 
 RUN_TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {

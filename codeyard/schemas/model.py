@@ -77,6 +77,10 @@ class RunState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+# A run in one of these never changes again (and its work is withdrawn, see `bus.run_ends`).
+TERMINAL_RUN_STATES = frozenset({RunState.DONE, RunState.FAILED, RunState.CANCELLED})
+
+
 # Usage figures are never negative (a result claiming negative spend would shrink its run's and
 # dodge the budget) and have bounds where sums stop too: far above any real run, far below what
 # JSON and msgspec carry. Unbounded, two results claiming 1e308 USD added up to infinity, which

@@ -8,6 +8,7 @@ import logging
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import msgspec
 import nats.errors
 import nats.js.errors
 import pytest
@@ -18,24 +19,33 @@ from codeyard.agents.policy import load_policy
 from codeyard.agents.safety_gate import SafetyGate
 from codeyard.bus import Bus, EmbeddedNats, PullWorker
 from codeyard.bus.embedded import find_nats_server, free_port
+from codeyard.bus.permissions import grants_for
 from codeyard.bus.pipeline import PublishError
+from codeyard.bus.run_ends import HEADER_GET, EndedRuns
 from codeyard.bus.subjects import (
     APPROVALS_BUCKET,
     ARTIFACTS_BUCKET,
     GATE_CHECK,
+    RUNS_BUCKET,
     WORK_STREAM,
     ctl_subject,
     result_subject,
     work_subject,
 )
 from codeyard.coordinator.service import Coordinator
-from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
+from codeyard.deploy.nats_config import (
+    Deployment,
+    ServerOptions,
+    render_config,
+    write_deployment,
+)
 from codeyard.observability.consumer_gauges import ConsumerGauges
 from codeyard.schemas import (
     Accepted,
     ActionCheck,
     ApprovalList,
     Approve,
+    CancelRun,
     CodeRequest,
     CodeResult,
     GateDecision,
@@ -53,7 +63,7 @@ from codeyard.schemas import (
 from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, inline, offload
 from codeyard.workspace.snapshots import artifact_store
 from tests.conftest import TEST_TOPOLOGY
-from tests.coordinator.harness import ask, running_coordinator, status
+from tests.coordinator.harness import ask, running_coordinator, status, wait_for_task
 
 REFUSAL_LOGGER = "codeyard.bus.connection"
 
@@ -331,3 +341,124 @@ async def test_the_coordinator_may_read_every_work_consumer_for_the_metrics(
     queue = {"stream": WORK_STREAM, "consumer": "coder"}
     assert REGISTRY.get_sample_value("codeyard_consumer_pending_messages", queue) is not None
     gauges.clear()
+
+
+async def test_a_coder_skips_the_work_of_a_cancelled_run_by_reading_its_header(
+    connect: Callable[[str], Awaitable[Bus]],
+    coordinator: Coordinator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A coder started after the run was cancelled reads the run's header (a message get on
+    the runs' bucket) and drops its queued work; it may read nothing else of that kind."""
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    ctl, coder = await connect("ctl"), await connect("coder")
+    plan = [TaskSpec(id="a", title="a"), TaskSpec(id="b", title="b")]
+    await ask(ctl, "submit", SubmitRun(run_id="perm-ended", goal="g", plan=plan))
+    for task_id in ("a", "b"):
+        await wait_for_task(ctl, "perm-ended", task_id, TaskState.CODING)
+    cancelled = await ask(ctl, "cancel", CancelRun(run_id="perm-ended"))
+    assert isinstance(cancelled, Accepted), cancelled
+    given: list[str] = []
+
+    async def answer(item: WorkItem) -> Result:
+        given.append(item.run_id)  # earlier tests' coding work may come too
+        return CodeResult(patch=Patch(text=""), summary="done")
+
+    stop = asyncio.Event()
+    worker = PullWorker(coder, "coder", answer, skip_ended_runs=True)
+    running = asyncio.create_task(worker.run(stop, grace=2))
+    try:
+        for _ in range(100):
+            if worker.stats.run_ended >= 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    assert worker.stats.run_ended == 2
+    assert "perm-ended" not in given
+
+    ended = EndedRuns(coder)
+    assert await ended.ended("perm-ended")
+    assert not await ended.ended("perm-never-submitted")
+    for refused in (
+        f"$JS.API.STREAM.MSG.GET.KV_{APPROVALS_BUCKET}",
+        f"$JS.API.STREAM.MSG.GET.{WORK_STREAM}",
+    ):
+        with pytest.raises(nats.errors.TimeoutError):
+            await coder.nc.request(refused, b'{"seq": 1}', timeout=1)
+        await refusal(caplog, refused)
+    await coder.nc.publish(f"$KV.{RUNS_BUCKET}.perm-ended", b"{}")  # no rewriting a run
+    await refusal(caplog, f"$KV.{RUNS_BUCKET}.perm-ended")
+    assert (await status(ctl, "perm-ended")).state is RunState.CANCELLED
+
+
+@pytest.fixture
+async def coder_without_the_read(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[Bus, Bus]]:
+    """The coordinator and a coder on a server whose configuration predates the coder's
+    grant to read run headers (a codeyard upgraded without regenerating it)."""
+    directory = tmp_path_factory.mktemp("old-config")
+    port = free_port()
+    options = ServerOptions(port=port, store_dir=directory / "jetstream")
+    deployment = write_deployment(directory, options=options)
+    users = []
+    for principal in deployment.principals:
+        grants = grants_for(principal)
+        if principal == "coder":
+            kept = tuple(subject for subject in grants.publish if subject != HEADER_GET)
+            grants = msgspec.structs.replace(grants, publish=kept)
+        users.append((deployment.credentials(principal), grants))
+    deployment.config_file.write_text(render_config(users, options))
+    with EmbeddedNats(directory, port=port, config_file=deployment.config_file) as server:
+        buses = [
+            await Bus.connect(
+                server.url,
+                name=f"test-{principal}",
+                credentials=deployment.credentials(principal),
+                topology=TEST_TOPOLOGY,
+            )
+            for principal in ("coordinator", "coder")
+        ]
+        try:
+            await buses[0].setup()
+            yield buses[0], buses[1]
+        finally:
+            for bus in buses:
+                await bus.close()
+
+
+async def test_a_coder_refused_the_read_still_runs_its_work(
+    coder_without_the_read: tuple[Bus, Bus], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refused read times out: the item runs as it would without the check, and the
+    next one does not wait for a read again."""
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    coordinator, coder = coder_without_the_read
+    for task_id in ("a", "b"):
+        item = CodeRequest(
+            run_id="perm-old", task_id=task_id, goal="g", task=TaskSpec(id=task_id, title=task_id)
+        )
+        await coordinator.publish(work_subject("coder"), item)
+    given: list[str] = []
+
+    async def answer(item: WorkItem) -> Result:
+        given.append(item.task_id)
+        return CodeResult(patch=Patch(text=""), summary="done")
+
+    stop = asyncio.Event()
+    worker = PullWorker(coder, "coder", answer, skip_ended_runs=True)
+    running = asyncio.create_task(worker.run(stop, grace=2))
+    try:
+        for _ in range(100):
+            if len(given) == 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    assert given == ["a", "b"]
+    await refusal(caplog, HEADER_GET)
+    assert worker.ended_runs is not None
+    assert worker.ended_runs.reads == 1

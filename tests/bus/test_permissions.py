@@ -17,10 +17,15 @@ from codeyard.bus.permissions import (
     role_of_principal,
     subject_matches,
 )
+from codeyard.bus.run_ends import HEADER_GET
 from codeyard.bus.subjects import (
+    APPROVALS_BUCKET,
     BUILTIN_ROLES,
     GATE_CHECK,
+    JOURNAL_STREAM,
     PRESENCE_PREFIX,
+    RESULT_STREAM,
+    RUNS_BUCKET,
     WORK_STREAM,
     consumer_name,
     ctl_subject,
@@ -144,3 +149,24 @@ def test_workers_announce_only_their_own_role_and_ctl_hears_them_all() -> None:
     assert announcers == ["coder"]
     listeners = [p for p in ALL if grants_for(p).may_subscribe(f"{PRESENCE_PREFIX}.>")]
     assert listeners == [CTL]
+
+
+def test_workers_may_get_run_records_and_nothing_more_of_the_runs() -> None:
+    """Whether a work item's run ended is in the run's header: a message get on the runs'
+    bucket, not one on any other stream, nor listing, watching or writing the runs."""
+    runs = f"KV_{RUNS_BUCKET}"
+    for role in WORKER_ROLES:
+        grants = grants_for(principal_of_role(role))
+        assert grants.may_publish(HEADER_GET), role
+        for stream in (f"KV_{APPROVALS_BUCKET}", WORK_STREAM, RESULT_STREAM, JOURNAL_STREAM):
+            assert not grants.may_publish(f"$JS.API.STREAM.MSG.GET.{stream}"), (role, stream)
+        for subject in (
+            f"$KV.{RUNS_BUCKET}.run1",
+            f"$JS.API.CONSUMER.CREATE.{runs}",
+            f"$JS.API.CONSUMER.CREATE.{runs}.watch.$KV.{RUNS_BUCKET}.>",
+            f"$JS.API.STREAM.INFO.{runs}",
+            f"$JS.API.STREAM.MSG.DELETE.{runs}",
+            f"$JS.API.STREAM.PURGE.{runs}",
+        ):
+            assert not grants.may_publish(subject), (role, subject)
+        assert not grants.may_subscribe(f"$KV.{RUNS_BUCKET}.>"), role
