@@ -589,8 +589,7 @@ class Coordinator:
                     open_run = self._open[run_id]
                     key: PoisonKey = ("merge", _event_key(run_id, work))
                     if error := self._poisoned(key):
-                        events = subjects.events_subject(run_id)
-                        self._file_dead_letter(events, repr(work).encode(), error, commit)
+                        self._file_dead_letter("", repr(work).encode(), error, commit, run_id)
                         continue
                     with self._guarded(key, f"{work!r} of run {run_id}"):
                         self._apply(open_run, await self._outcome(open_run, work), commit, now)
@@ -644,8 +643,7 @@ class Coordinator:
         run_id = open_run.run.run_id
         key: PoisonKey = ("event", _event_key(run_id, event))
         if error := self._poisoned(key):
-            events = subjects.events_subject(run_id)
-            self._file_dead_letter(events, repr(event).encode(), error, commit)
+            self._file_dead_letter("", repr(event).encode(), error, commit, run_id)
             return
         with self._guarded(key, f"{event!r} to run {run_id}"):
             self._apply(open_run, event, commit, now)
@@ -668,17 +666,21 @@ class Coordinator:
         commit.acks.append(msg)
         self._file_dead_letter(msg.subject, bytes(msg.data), error, commit)
 
-    def _file_dead_letter(self, subject: str, payload: bytes, error: str, commit: Commit) -> None:
-        """File what was set aside on the events stream for a person to see (a result by its
-        subject, an event of the coordinator's own by its run's events subject)."""
+    def _file_dead_letter(
+        self, subject: str, payload: bytes, error: str, commit: Commit, run_id: str = ""
+    ) -> None:
+        """File what was set aside on the events stream for a person to see: a result by the
+        subject it came on (among the unrouted ones: it may name no run, or a wrong one), an
+        event of the coordinator's own among its run's events."""
         letter = DeadLetter(
+            run_id=run_id,
             subject=subject,
             consumer=subjects.COORDINATOR_CONSUMER,
             error=clip(error),
             payload=payload[:4096].decode("utf-8", errors="replace"),
             payload_bytes=len(payload),
         )
-        commit.messages.append((subjects.events_subject(""), letter))
+        commit.messages.append((subjects.events_subject(run_id), letter))
 
     def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         try:
@@ -899,8 +901,10 @@ class Coordinator:
         """Store questions (revision 0: only if new) and answers (each over the revision of the
         question it answers). Both are fenced, so that a deposed leader's late write can neither
         put back a question its successor saw answered nor answer it again: a question there
-        already was asked by an earlier leader and is left as it is; an answer to a question
-        that changed since it was read is `StaleRevision`."""
+        already was asked by an earlier leader and is left as it is, and so is one that changed
+        since it was read for its answer (someone else wrote it: the answer is logged, not
+        stored). Not raised: the runs that took the answers are stored already, and the rest of
+        the step (their events, the replies) must follow."""
         pending = []
         for approval, revision in writes:
             key = f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}"
@@ -910,8 +914,13 @@ class Coordinator:
         for (approval, revision), outcome in zip(writes, outcomes, strict=True):
             if isinstance(outcome, PublishError) and outcome.err_code in WRONG_LAST_SEQUENCE:
                 if revision:
-                    where = subjects.APPROVALS_BUCKET
-                    raise StaleRevision(where, approval.approval_id, revision) from outcome
+                    log.warning(
+                        "approval %s changed since it was read: its answer (%s by %s) is not "
+                        "stored",
+                        approval.approval_id,
+                        approval.status,
+                        approval.answered_by,
+                    )
             elif isinstance(outcome, BaseException):
                 raise outcome
 
@@ -1020,6 +1029,8 @@ class Coordinator:
                     return self._fitting_approvals(await self._pending_approvals(request.run_id))
                 case Approve() | Deny():
                     return await self._answer_approval(request, commit, now)
+        except PoisonedStep:
+            raise
         except Exception as exc:
             log.exception("control request %s failed", type(request).__name__)
             return ControlError(error=f"{type(exc).__name__}: {exc}")
@@ -1115,7 +1126,13 @@ class Coordinator:
         open_run = self._open.get(run_id)
         if open_run is None:
             return ControlError(run_id=run_id, error=f"no open run {run_id!r}", field="$.run_id")
-        effects = self._apply(open_run, event, commit, now)
+        key: PoisonKey = ("control", _event_key(run_id, event))
+        if error := self._poisoned(key):
+            return ControlError(run_id=run_id, error=f"{type(event).__name__} not applied: {error}")
+        # Guarded, not caught with the other failures of a request (`_on_control`): the run
+        # may be half changed, so the step is dropped and the run reloaded.
+        with self._guarded(key, f"{type(event).__name__} to run {run_id}"):
+            effects = self._apply(open_run, event, commit, now)
         if _ignored(effects):
             return ControlError(run_id=run_id, error=effects[0].reason)  # type: ignore[union-attr]
         return Accepted(run_id=run_id, detail=type(event).__name__)
@@ -1161,6 +1178,7 @@ class Coordinator:
             if approval.status == "pending"
             and approval.run_id in self._open
             and not self._other_submissions(approval)
+            and not self._not_asked_yet(approval)
             and (not run_id or approval.run_id == run_id)
         ]
         return sorted(pending, key=lambda approval: approval.requested_at)
@@ -1206,6 +1224,9 @@ class Coordinator:
             answered_by=request.by,
             answer=reason,
         )
+        if not_yet := self._not_asked_yet(approval):
+            # Not recorded: the run asks it again, with this id, and must find it pending.
+            return ControlError(run_id=approval.run_id, error=not_yet, field="$.approval_id")
         if stale := self._no_longer_asked(approval):
             # Recorded all the same, so the question is no longer listed, nor expired again.
             commit.answers[approval.approval_id] = (answer, entry.revision)
@@ -1240,6 +1261,19 @@ class Coordinator:
         if open_run is None or approval.submission in ("", open_run.run.submission):
             return ""
         return f"an earlier submission of run {approval.run_id} asked this"
+
+    def _not_asked_yet(self, approval: PendingApproval) -> str:
+        """Why a run's question is not asked yet, or "": a step stored the question, then was
+        lost before the run that asked it was stored; the reloaded run asks it again later."""
+        open_run = self._open.get(approval.run_id)
+        if approval.action not in ("plan", "budget") or open_run is None:
+            return ""
+        if self._other_submissions(approval) or approval.attempt <= open_run.run.questions:
+            return ""
+        return (
+            f"run {approval.run_id} has not asked this yet (the step that asked it was lost); "
+            "answer it when it is asked again"
+        )
 
     def _no_longer_asked(self, approval: PendingApproval) -> str:
         """Why a run's question (plan, budget) no longer stands, or "": the run moved on (an

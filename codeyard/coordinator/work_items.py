@@ -57,8 +57,9 @@ def submission_trace(run: Run) -> str:
 
 def answers_this_submission(run: Run, trace_id: str) -> bool:
     """Whether an answer with `trace_id` answers work of the run as submitted (or work sent by
-    an older coordinator version, whose trace was the run id)."""
-    return trace_id in (submission_trace(run), run.run_id)
+    an older coordinator version, whose trace was the run id, or a sender that left the trace
+    out: the README's contract asks for it, the result schemas do not require it)."""
+    return trace_id in (submission_trace(run), run.run_id, "")
 
 
 def work_item(run: Run, dispatch: Dispatch) -> WorkItem:

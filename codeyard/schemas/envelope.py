@@ -50,3 +50,12 @@ class Envelope(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=
     trace_id: Id = msgspec.field(default_factory=new_id)
     sent_at: Timestamp = msgspec.field(default_factory=utc_now)
     schema_version: Annotated[int, msgspec.Meta(ge=1)] = SCHEMA_VERSION
+
+
+class Answer(Envelope, kw_only=True, frozen=True):
+    """What every result has: the envelope of the work item it answers, copied. Its `trace_id`
+    names the run's submission (the coordinator ignores an answer to the work of another
+    submission of the same run id); "" when a sender leaves it out, which is taken as this
+    submission's, as before the check existed (a random default would be taken for another's)."""
+
+    trace_id: OptionalId = ""

@@ -16,7 +16,15 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from codeyard.schemas.envelope import Attempt, Envelope, Id, OptionalId, Timestamp, utc_now
+from codeyard.schemas.envelope import (
+    Answer,
+    Attempt,
+    Envelope,
+    Id,
+    OptionalId,
+    Timestamp,
+    utc_now,
+)
 from codeyard.schemas.model import (
     Budget,
     Feedback,
@@ -82,20 +90,20 @@ WorkItem = PlanRequest | CodeRequest | TestRequest | ReviewRequest
 # results still decode).
 
 
-class PlanResult(Envelope, kw_only=True, frozen=True):
+class PlanResult(Answer, kw_only=True, frozen=True):
     tasks: list[TaskSpec]
     usage: Usage = Usage()
     model: ShortText = ""
 
 
-class CodeResult(Envelope, kw_only=True, frozen=True):
+class CodeResult(Answer, kw_only=True, frozen=True):
     patch: Patch
     summary: LongText = ""
     usage: Usage = Usage()
     model: ShortText = ""
 
 
-class TestResult(Envelope, kw_only=True, frozen=True):
+class TestResult(Answer, kw_only=True, frozen=True):
     __test__ = False
 
     passed: bool
@@ -111,7 +119,7 @@ class ReviewComment(msgspec.Struct, kw_only=True, frozen=True):
     line: int = 0
 
 
-class ReviewResult(Envelope, kw_only=True, frozen=True):
+class ReviewResult(Answer, kw_only=True, frozen=True):
     reviewer: ReviewerName = "review"
     approved: bool
     comments: list[ReviewComment] = []
@@ -119,7 +127,7 @@ class ReviewResult(Envelope, kw_only=True, frozen=True):
     model: ShortText = ""
 
 
-class WorkFailed(Envelope, kw_only=True, frozen=True):
+class WorkFailed(Answer, kw_only=True, frozen=True):
     """Terminal failure of a work item: handler error, or delivered more often than allowed."""
 
     role: str
@@ -129,7 +137,7 @@ class WorkFailed(Envelope, kw_only=True, frozen=True):
     model: ShortText = ""
 
 
-class ApprovalNeeded(Envelope, kw_only=True, frozen=True):
+class ApprovalNeeded(Answer, kw_only=True, frozen=True):
     """The worker stopped before an action the safety gate sent for a person's approval and
     gave its work item back; the coordinator parks the task until the approval is answered,
     then sends the work again (and the gate then allows the approved action)."""
@@ -146,7 +154,7 @@ class ApprovalNeeded(Envelope, kw_only=True, frozen=True):
     model: ShortText = ""
 
 
-class WorkRetried(Envelope, kw_only=True, frozen=True):
+class WorkRetried(Answer, kw_only=True, frozen=True):
     """One delivery of a work item spent `usage` (LLM calls), then handed the item back to be
     tried again later (the endpoint failing, no gate answering): no result will carry those
     tokens, so the worker reports them before it naks, and the run counts them now.

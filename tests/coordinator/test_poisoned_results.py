@@ -15,7 +15,7 @@ import nats.errors
 from codeyard.bus import Bus
 from codeyard.bus.subjects import DEAD_LETTER_RUN, ctl_subject
 from codeyard.coordinator.effects import Effect
-from codeyard.coordinator.events import Event, Merged, MergeFailed
+from codeyard.coordinator.events import Cancel, Event, Merged, MergeFailed
 from codeyard.coordinator.service import (
     POISON_STEPS,
     Commit,
@@ -26,9 +26,11 @@ from codeyard.coordinator.service import (
 )
 from codeyard.schemas import (
     Accepted,
+    CancelRun,
     ControlError,
     ControlReply,
     DeadLetter,
+    Envelope,
     Result,
     RunState,
     SubmitRun,
@@ -59,6 +61,25 @@ class BuggyCoordinator(Coordinator):
         return super()._on_result(result, commit, now)
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(1200):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("not in 60 s")
+
+
+async def dead_letters(bus: Bus, run_id: str = DEAD_LETTER_RUN) -> list[DeadLetter]:
+    """The dead letters filed so far among the run's events (the unrouted ones by default),
+    waiting up to 60 s for the first."""
+    for _ in range(300):
+        events = await run_events(bus, run_id)
+        if letters := [event for event in events if isinstance(event, DeadLetter)]:
+            return letters
+        await asyncio.sleep(0.2)
+    return []
+
+
 async def test_a_result_that_fails_every_step_is_dead_lettered_and_the_rest_goes_on(
     bus: Bus,
 ) -> None:
@@ -67,13 +88,7 @@ async def test_a_result_that_fails_every_step_is_dead_lettered_and_the_rest_goes
     async with running_coordinator(coordinator), workers_answering(bus, scripted_coder()):
         await submit(bus, plan, run_id="r1")
         await wait_for_task(bus, "r1", "fine", TaskState.MERGED)
-        letters: list[DeadLetter] = []
-        for _ in range(100):
-            events = await run_events(bus, DEAD_LETTER_RUN)
-            letters = [event for event in events if isinstance(event, DeadLetter)]
-            if letters:
-                break
-            await asyncio.sleep(0.2)
+        letters = await dead_letters(bus)
         run = await status(bus, "r1")
         assert await leader_name(bus) == "coord-buggy"  # still leading, and answering
 
@@ -104,24 +119,6 @@ class FailingOn(Coordinator):
         return super()._apply(open_run, event, commit, now, result)
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(400):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("not in 20 s")
-
-
-async def dead_letters(bus: Bus) -> list[DeadLetter]:
-    """The dead letters filed so far, waiting up to 20 s for the first."""
-    for _ in range(100):
-        events = await run_events(bus, DEAD_LETTER_RUN)
-        if letters := [event for event in events if isinstance(event, DeadLetter)]:
-            return letters
-        await asyncio.sleep(0.2)
-    return []
-
-
 async def test_a_merge_that_fails_every_step_is_set_aside_and_the_rest_goes_on(bus: Bus) -> None:
     """The merge is sent again by each reload of the run, so it would fail for ever."""
     plan = [TaskSpec(id="poison", title="p"), TaskSpec(id="fine", title="f")]
@@ -129,12 +126,12 @@ async def test_a_merge_that_fails_every_step_is_set_aside_and_the_rest_goes_on(b
     async with running_coordinator(coordinator), workers_answering(bus, scripted_coder()):
         await submit(bus, plan, run_id="r1")
         await wait_for_task(bus, "r1", "fine", TaskState.MERGED)
-        letters = await dead_letters(bus)
+        letters = await dead_letters(bus, "r1")
         run = await status(bus, "r1")
         assert await leader_name(bus) == "coord-buggy"
 
     [letter] = letters
-    assert letter.subject == "cy.events.r1"
+    assert (letter.run_id, letter.subject) == ("r1", "")
     assert letter.payload == "Merge(task_id='poison', attempt=1)"
     assert letter.error == f"applying it failed {POISON_STEPS} times: RuntimeError('engine bug')"
     assert run.tasks["poison"].state is TaskState.GATED  # its merge waits for a person
@@ -156,15 +153,29 @@ async def test_an_event_of_the_coordinators_own_that_fails_every_step_is_set_asi
             await until(lambda: not coordinator.leading.is_set())  # its step failed
         await until(coordinator.leading.is_set)
         coordinator._inbox.put_nowait(FollowUp("r1", poison))
-        letters = await dead_letters(bus)
+        letters = await dead_letters(bus, "r1")
         run = await status(bus, "r1")
         assert await leader_name(bus) == "coord-buggy"
 
     [letter] = letters
-    assert letter.subject == "cy.events.r1"
+    assert (letter.run_id, letter.subject) == ("r1", "")
     assert "poison" in letter.payload
     assert letter.error == f"applying it failed {POISON_STEPS} times: RuntimeError('engine bug')"
     assert run.state is RunState.EXECUTING  # the run goes on
+
+
+async def asked_until_answered(bus: Bus, verb: str, request: Envelope) -> ControlReply:
+    """The reply to `request`, asked again while none comes, as a client does (a coordinator
+    that drops the step with the request answers nothing)."""
+    for _ in range(100):
+        try:
+            reply = await bus.nc.request(ctl_subject(verb), encode(request), timeout=2)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            await asyncio.sleep(0.1)
+            continue
+        answer: ControlReply = decode(reply.data, ControlReply)
+        return answer
+    raise AssertionError(f"{verb}: never answered")
 
 
 async def test_a_submission_whose_run_cannot_be_created_is_refused_after_failing_twice(
@@ -176,22 +187,31 @@ async def test_a_submission_whose_run_cannot_be_created_is_refused_after_failing
                 raise RuntimeError("engine bug")
             await super()._on_prepared(prepared, commit, now)
 
-    request = encode(SubmitRun(run_id="poison", goal="g", plan=[TaskSpec(id="x", title="x")]))
+    submission = SubmitRun(run_id="poison", goal="g", plan=[TaskSpec(id="x", title="x")])
     async with running_coordinator(BuggyCreation(bus, name="coord-buggy")):
-        replies: list[ControlReply] = []
-        for _ in range(100):  # as a client does: asked again while it gets no answer
-            try:
-                reply = await bus.nc.request(ctl_subject("submit"), request, timeout=2)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                await asyncio.sleep(0.1)
-                continue
-            replies.append(decode(reply.data, ControlReply))
-            break
+        refused = await asked_until_answered(bus, "submit", submission)
         assert isinstance(await ask(bus, "submit", SubmitRun(run_id="fine", goal="g")), Accepted)
 
-    [refused] = replies
     assert isinstance(refused, ControlError)
     assert refused.error == (
         f"creating run poison failed: applying it failed {POISON_STEPS} times: "
         "RuntimeError('engine bug')"
     )
+
+
+async def test_a_request_whose_event_fails_every_step_is_refused_and_changes_nothing(
+    bus: Bus,
+) -> None:
+    """A cancellation the engine fails on (half applied, perhaps): the step is dropped and the
+    run reloaded, rather than the failure answered and the half-changed run stored."""
+    coordinator = FailingOn(bus, lambda event: isinstance(event, Cancel))
+    async with running_coordinator(coordinator):
+        await submit(bus, [TaskSpec(id="x", title="x")], run_id="r1")
+        refused = await asked_until_answered(bus, "cancel", CancelRun(run_id="r1", reason="stop"))
+        run = await status(bus, "r1")
+
+    assert isinstance(refused, ControlError)
+    assert refused.error == (
+        f"Cancel not applied: applying it failed {POISON_STEPS} times: RuntimeError('engine bug')"
+    )
+    assert run.state is RunState.EXECUTING

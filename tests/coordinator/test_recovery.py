@@ -15,7 +15,7 @@ from codeyard.bus.result_sender import ResultSender
 from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject, journal_subject, result_subject
 from codeyard.coordinator.run_store import RunStore, StoredRun
 from codeyard.coordinator.service import Coordinator, _early_delay, early_patience
-from codeyard.coordinator.work_items import submission_trace
+from codeyard.coordinator.work_items import derived_id, submission_trace
 from codeyard.follow import RunRefused, existing_run
 from codeyard.schemas import (
     Accepted,
@@ -155,6 +155,53 @@ async def test_a_question_answered_after_the_run_moved_on_is_closed(
             assert after.approvals == []
     finally:
         await coordinator_bus.close()
+
+
+async def test_a_question_stored_by_a_lost_step_is_answered_only_once_asked_again(
+    bus: Bus,
+) -> None:
+    """A step stored its question (plan approval), then was lost before the run that asked it
+    was stored: the reloaded run asks it again, with the same id, once the plan comes again.
+    Until then the question is not listed and an answer is refused without being recorded;
+    recorded, it would leave the run waiting for a question nobody could answer any more."""
+    async with running_coordinator(Coordinator(bus, name="coord", capacity=4)):
+        submission = SubmitRun(run_id="r1", goal="g", approve_plan=True)
+        assert isinstance(await ask(bus, "submit", submission), Accepted)
+        run = await status(bus, "r1")  # planning: nobody plans yet
+        approvals = await bus.store(APPROVALS_BUCKET, PendingApproval)
+        question_id = derived_id("r1", run.submission, "plan", 1)[:16]
+        left = PendingApproval(
+            approval_id=question_id,
+            run_id="r1",
+            attempt=1,
+            action="plan",
+            detail="the plan",
+            submission=run.submission,
+        )
+        await approvals.create(question_id, left)
+
+        early = await ask(bus, "approve", Approve(approval_id=question_id, by="ana"))
+        listed_early = await ask(bus, "approvals", ListApprovals())
+        stored = await approvals.get(question_id)
+        async with workers_answering(bus, answer_at_once, ("planner",)):
+            for _ in range(200):
+                if (await status(bus, "r1")).state is RunState.PLAN_APPROVAL:
+                    break
+                await asyncio.sleep(0.05)
+            listed = await ask(bus, "approvals", ListApprovals())
+            approved = await ask(bus, "approve", Approve(approval_id=question_id, by="ana"))
+            state = (await status(bus, "r1")).state
+
+    assert isinstance(early, ControlError)
+    assert "has not asked this yet" in early.error
+    assert isinstance(listed_early, ApprovalList)
+    assert listed_early.approvals == []
+    assert stored is not None
+    assert stored.value.status == "pending"  # not recorded
+    assert isinstance(listed, ApprovalList)
+    assert [approval.approval_id for approval in listed.approvals] == [question_id]
+    assert isinstance(approved, Accepted), approved
+    assert state is RunState.EXECUTING
 
 
 async def test_denying_a_budget_question_the_run_no_longer_asks_does_not_cancel_it(

@@ -77,3 +77,18 @@ async def test_a_result_sent_on_another_roles_subject_is_refused(
     assert task.patch is not None
     assert task.patch.text == "+ the coder's"  # the forged one, stored first, was refused
     assert coordinator.stats.results == 1
+
+
+async def test_a_result_that_leaves_out_its_trace_is_applied(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    """The result schemas do not require `trace_id` (the README asks for it): one without it is
+    taken as an answer to the run as submitted, as before answers were checked against it."""
+    await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="t", title="t")]))
+    [item] = await work_for_coders(bus, 1)
+    wire = b'{"type": "CodeResult", "run_id": "r1", "task_id": "t", "attempt": %d, ' % item.attempt
+    wire += b'"patch": {"text": "+ no trace"}}'
+    await bus.js.publish(result_subject("coder"), wire)
+
+    task = (await wait_for_task(bus, "r1", "t", TaskState.TESTING)).tasks["t"]
+    assert task.patch == Patch(text="+ no trace")
