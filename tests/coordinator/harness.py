@@ -28,9 +28,11 @@ from codeyard.coordinator.service import Coordinator
 from codeyard.follow import ask_coordinator
 from codeyard.schemas import (
     CodeRequest,
+    CodeResult,
     ControlError,
     ControlReply,
     Envelope,
+    Patch,
     Run,
     RunEvent,
     RunStatus,
@@ -204,6 +206,17 @@ async def work_for_coders(bus: Bus, count: int) -> list[CodeRequest]:
     finally:
         await subscription.unsubscribe()
     return items
+
+
+def patched(item: CodeRequest, text: str) -> CodeResult:
+    """A coder's answer to `item`, its envelope copied as a worker's is."""
+    return CodeResult(
+        run_id=item.run_id,
+        task_id=item.task_id,
+        attempt=item.attempt,
+        trace_id=item.trace_id,
+        patch=Patch(text=text),
+    )
 
 
 async def run_events(bus: Bus, run_id: str) -> list[RunEvent]:

@@ -43,6 +43,7 @@ from codeyard.schemas.model import Run, RunState, Task, TaskState, Usage
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import (
     ask,
+    patched,
     running_coordinator,
     status,
     wait_for_task,
@@ -288,27 +289,18 @@ async def test_a_late_answer_to_a_cut_submission_is_not_taken_for_the_run_submit
     coordinator = Coordinator(coordinator_bus, name="c1", capacity=4)
     sender = ResultSender(bus.pipeline, result_subject("coder"))
 
-    def answer(item: CodeRequest, text: str) -> CodeResult:  # as a worker answers
-        return CodeResult(
-            run_id=item.run_id,
-            task_id=item.task_id,
-            attempt=item.attempt,
-            trace_id=item.trace_id,
-            patch=Patch(text=text),
-        )
-
     try:
         async with running_coordinator(coordinator):
             await submit_until_it_dies(bus, first, fault)
             assert isinstance(await ask(bus, "submit", second), Accepted)
             items = {item.task.title: item for item in await work_for_coders(bus, 2)}
-            await sender.send(answer(items["first x"], "+ the first x"))
+            await sender.send(patched(items["first x"], "+ the first x"))
             for _ in range(200):
                 if coordinator.stats.ignored:
                     break
                 await asyncio.sleep(0.05)
             assert (await status(bus, "r1")).tasks["x"].state is TaskState.CODING
-            await sender.send(answer(items["another x"], "+ another x"))
+            await sender.send(patched(items["another x"], "+ another x"))
             run = await wait_for_task(bus, "r1", "x", TaskState.TESTING)
     finally:
         await coordinator_bus.close()

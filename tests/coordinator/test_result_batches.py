@@ -11,8 +11,14 @@ from codeyard.bus import Bus
 from codeyard.bus.result_sender import ResultSender
 from codeyard.bus.subjects import result_subject
 from codeyard.coordinator.service import Coordinator
-from codeyard.schemas import CodeResult, Patch, SubmitRun, TaskSpec, TaskState
-from tests.coordinator.harness import ask, running_coordinator, wait_for_task, work_for_coders
+from codeyard.schemas import Patch, SubmitRun, TaskSpec, TaskState
+from tests.coordinator.harness import (
+    ask,
+    patched,
+    running_coordinator,
+    wait_for_task,
+    work_for_coders,
+)
 
 
 @pytest.fixture
@@ -31,20 +37,7 @@ async def test_the_results_of_a_batch_each_move_their_own_task(
     assert sorted(item.run_id for item in items) == ["r1", "r2"]
 
     sender = ResultSender(bus.pipeline, result_subject("coder"))
-    await asyncio.gather(
-        *(
-            sender.send(
-                CodeResult(
-                    run_id=item.run_id,
-                    task_id=item.task_id,
-                    attempt=item.attempt,
-                    trace_id=item.trace_id,
-                    patch=Patch(text=f"+ for {item.run_id}"),
-                )
-            )
-            for item in items
-        )
-    )
+    await asyncio.gather(*(sender.send(patched(item, f"+ for {item.run_id}")) for item in items))
 
     for run_id in ("r1", "r2"):
         task = (await wait_for_task(bus, run_id, "only", TaskState.TESTING)).tasks["only"]
@@ -61,17 +54,10 @@ async def test_a_result_sent_on_another_roles_subject_is_refused(
     await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="t", title="t")]))
     [item] = await work_for_coders(bus, 1)
 
-    def patch(text: str) -> CodeResult:
-        return CodeResult(
-            run_id=item.run_id,
-            task_id=item.task_id,
-            attempt=item.attempt,
-            trace_id=item.trace_id,
-            patch=Patch(text=text),
-        )
-
-    await ResultSender(bus.pipeline, result_subject("review.security")).send(patch("+ forged"))
-    await ResultSender(bus.pipeline, result_subject("coder")).send(patch("+ the coder's"))
+    await ResultSender(bus.pipeline, result_subject("review.security")).send(
+        patched(item, "+ forged")
+    )
+    await ResultSender(bus.pipeline, result_subject("coder")).send(patched(item, "+ the coder's"))
 
     task = (await wait_for_task(bus, "r1", "t", TaskState.TESTING)).tasks["t"]
     assert task.patch is not None

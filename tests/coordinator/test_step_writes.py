@@ -11,8 +11,14 @@ from codeyard.bus import Bus
 from codeyard.bus.result_sender import ResultSender
 from codeyard.bus.subjects import journal_subject, result_subject, work_subject
 from codeyard.coordinator.service import Coordinator
-from codeyard.schemas import CodeResult, Patch, SubmitRun, TaskSpec, TaskState
-from tests.coordinator.harness import ask, running_coordinator, wait_for_task, work_for_coders
+from codeyard.schemas import SubmitRun, TaskSpec, TaskState
+from tests.coordinator.harness import (
+    ask,
+    patched,
+    running_coordinator,
+    wait_for_task,
+    work_for_coders,
+)
 
 
 @pytest.fixture
@@ -38,14 +44,7 @@ async def test_a_steps_work_goes_out_before_its_journal_entry(
     plan = [TaskSpec(id="only", title="the one task")]
     await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=plan))
     [item] = await work_for_coders(bus, 1)
-    result = CodeResult(
-        run_id="r1",
-        task_id="only",
-        attempt=item.attempt,
-        trace_id=item.trace_id,
-        patch=Patch(text="+"),
-    )
-    await ResultSender(bus.pipeline, result_subject("coder")).send(result)
+    await ResultSender(bus.pipeline, result_subject("coder")).send(patched(item, "+"))
     await wait_for_task(bus, "r1", "only", TaskState.TESTING)
     await bus.sync()
 

@@ -207,31 +207,6 @@ def test_an_http_base_url_or_none_passes(monkeypatch: pytest.MonkeyPatch, url: s
     assert LLMSettings().base_url == url
 
 
-@pytest.mark.parametrize("command", [("worker", "coder"), ("up", "--no-dashboard")])
-def test_a_base_url_without_http_stops_a_start_naming_it(
-    tmp_path: Path, command: tuple[str, ...]
-) -> None:
-    """Exit 2 (bad configuration, which `up` does not restart) before starting or connecting
-    to anything: the worker's NATS_URL names a port nothing listens on, and `up` would make
-    its data directory first thing."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_"))}
-    env.pop("NATS_URL", None)
-    data = tmp_path / "data"
-    env |= {
-        "CODEYARD_DATA_DIR": str(data),
-        "CODEYARD_NATS_PORT": str(free_port()),
-        "OPENAI_BASE_URL": "api.openai.com/v1",
-        "OPENAI_API_KEY": "sk-test",
-    }
-    if command[0] == "worker":
-        env["NATS_URL"] = f"nats://127.0.0.1:{free_port()}"
-    refused = codeyard(env, *command, timeout=60)
-
-    assert refused.returncode == 2
-    assert refused.stderr.splitlines() == [f"error: {SCHEMELESS}"]
-    assert not data.exists()
-
-
 BAD_FIELD = (
     "CODEYARD_LLM_MAX_TOKENS_FIELD: Input should be 'max_tokens' or 'max_completion_tokens' "
     "(got 'max_output_tokens')"
@@ -244,26 +219,40 @@ def test_the_max_tokens_field_is_max_tokens_unless_set(monkeypatch: pytest.Monke
     assert LLMSettings().max_tokens_field == "max_completion_tokens"
 
 
+BAD_STARTS = {
+    "schemeless base URL": ({"OPENAI_BASE_URL": "api.openai.com/v1"}, SCHEMELESS),
+    "unknown max tokens field": (
+        {
+            "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1",
+            "CODEYARD_LLM_MAX_TOKENS_FIELD": "max_output_tokens",
+        },
+        BAD_FIELD,
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_STARTS))
 @pytest.mark.parametrize("command", [("worker", "coder"), ("up", "--no-dashboard")])
-def test_an_unknown_max_tokens_field_stops_a_start_naming_it(
-    tmp_path: Path, command: tuple[str, ...]
+def test_a_bad_llm_setting_stops_a_start_naming_it(
+    tmp_path: Path, command: tuple[str, ...], bad: str
 ) -> None:
-    """Exit 2 before starting or connecting to anything, rather than every call refused by
-    the endpoint for a parameter it does not know."""
+    """Exit 2 (bad configuration, which `up` does not restart) before starting or connecting
+    to anything, rather than every call failing for minutes: the worker's NATS_URL names a
+    port nothing listens on, and `up` would make its data directory first thing."""
+    settings, error = BAD_STARTS[bad]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEYARD_"))}
     env.pop("NATS_URL", None)
     data = tmp_path / "data"
     env |= {
         "CODEYARD_DATA_DIR": str(data),
         "CODEYARD_NATS_PORT": str(free_port()),
-        "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1",
         "OPENAI_API_KEY": "sk-test",
-        "CODEYARD_LLM_MAX_TOKENS_FIELD": "max_output_tokens",
+        **settings,
     }
     if command[0] == "worker":
         env["NATS_URL"] = f"nats://127.0.0.1:{free_port()}"
     refused = codeyard(env, *command, timeout=60)
 
     assert refused.returncode == 2
-    assert refused.stderr.splitlines() == [f"error: {BAD_FIELD}"]
+    assert refused.stderr.splitlines() == [f"error: {error}"]
     assert not data.exists()
