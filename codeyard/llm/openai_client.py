@@ -15,6 +15,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from codeyard.llm.backoff import Backoff
+from codeyard.llm.capped_http import BodyTooLarge, capped_client
 from codeyard.llm.client import ChatMessage, Completion, M
 from codeyard.llm.errors import InvalidOutput, LLMRejected, LLMUnavailable
 from codeyard.llm.settings import LLMSettings, RoleModel
@@ -41,6 +42,8 @@ class OpenAIClient:
     `timeout_seconds` bounds each request as a whole (each retry gets its own): the SDK's
     timeout, passed to httpx, bounds each read, so a server sending a byte every few seconds
     would hold the call, and the worker's slot with it, for ever.
+
+    A response body is read up to `MAX_BODY_BYTES` (see `capped_http`), no further.
     """
 
     def __init__(self, settings: LLMSettings) -> None:
@@ -51,6 +54,7 @@ class OpenAIClient:
             api_key=settings.key(),
             timeout=settings.timeout_seconds,
             max_retries=0,
+            http_client=capped_client(),
         )
 
     async def close(self) -> None:
@@ -169,6 +173,12 @@ class OpenAIClient:
             except RecursionError:
                 # The decoder recurses once per nesting level: a body nested thousands deep.
                 failure = "the answer is JSON nested too deeply to read"
+                outcome = "malformed"
+            except BodyTooLarge as error:
+                # Longer than any answer codeyard would use: the endpoint's fault, like a body
+                # that is not JSON, and retried like one (a broken proxy's, or a server's
+                # stray stream, need not come again); each try reads no more than the cap.
+                failure = str(error)
                 outcome = "malformed"
             else:
                 # The SDK hands back whatever the body decoded to when it is not a JSON object
