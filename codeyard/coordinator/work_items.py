@@ -10,6 +10,7 @@ submission (`Run.submission`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import TypedDict
 
@@ -52,7 +53,12 @@ def submission_trace(run: Run) -> str:
     """The `trace_id` of the run's work items, which every answer copies: it names the run's
     submission, so that an answer to the work of another submission of the same run id (one
     cut before its run was stored) is told apart. The run id, for runs of older versions."""
-    return derived_id(run.run_id, run.submission) if run.submission else run.run_id
+    return _trace(run.run_id, run.submission) if run.submission else run.run_id
+
+
+@functools.lru_cache(maxsize=4096)  # asked for each work item and each result
+def _trace(run_id: str, submission: str) -> str:
+    return derived_id(run_id, submission)
 
 
 def answers_this_submission(run: Run, trace_id: str) -> bool:
