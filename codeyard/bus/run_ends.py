@@ -68,7 +68,10 @@ class EndedRuns:
     """Answers whether a run has ended, reading its header once per run until it has.
 
     Ended runs are remembered, at most `limit` of them (the least recently asked about go
-    first): the items of a cancelled run then cost a dictionary lookup each. An open run is
+    first): the items of a cancelled run then cost a dictionary lookup each. By run and
+    submission (the items' `trace_id`): should an operator delete an ended run's record, the
+    same run id submitted again is another submission, whose items are not taken for the
+    ended one's. An open run is
     read again for each of its items, one request to the stream's leader (about 0.5 ms on a
     local server): work an ended run leaves queued must be found whenever it comes, and the
     roles that check spend seconds on each item.
@@ -87,7 +90,7 @@ class EndedRuns:
         self.timeout = timeout
         self.pause = pause
         self.reads = 0  # headers read (a run asked about again counts again)
-        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._ended: OrderedDict[tuple[str, str], None] = OrderedDict()  # (run, trace)
         self._paused_until = 0.0
         # A user known not to be granted the read never asks (an unknown one does: no auth)
         self.readable = bus.may_publish(HEADER_GET)
@@ -101,17 +104,19 @@ class EndedRuns:
     def __len__(self) -> int:
         return len(self._ended)
 
-    def known(self, run_id: str) -> bool:
-        """Whether the run is already known to have ended (no read)."""
-        if run_id in self._ended:
-            self._ended.move_to_end(run_id)
+    def known(self, run_id: str, trace_id: str = "") -> bool:
+        """Whether the run (as submitted: its work's `trace_id`) is already known to have
+        ended (no read)."""
+        if (run_id, trace_id) in self._ended:
+            self._ended.move_to_end((run_id, trace_id))
             return True
         return False
 
-    async def ended(self, run_id: str, timeout: float | None = None) -> bool:
+    async def ended(self, run_id: str, trace_id: str = "", timeout: float | None = None) -> bool:
         """True only if the run's header says it ended; False when open, unknown or unreadable.
-        Waits at most `timeout` (default: this instance's) for the server."""
-        if self.known(run_id):
+        `trace_id`: its work's, naming the submission. Waits at most `timeout` (default: this
+        instance's) for the server."""
+        if self.known(run_id, trace_id):
             return True
         if not self.readable or time.monotonic() < self._paused_until:
             return False
@@ -130,7 +135,7 @@ class EndedRuns:
             return False
         if state not in TERMINAL_RUN_STATES:
             return False
-        self._ended[run_id] = None
+        self._ended[run_id, trace_id] = None
         if len(self._ended) > self.limit:
             self._ended.popitem(last=False)
         return True

@@ -535,7 +535,8 @@ class PullWorker:
             return False
         try:
             # Within a heartbeat interval: the item's heartbeats start only once this answers.
-            return await self.ended_runs.ended(item.run_id, timeout=self._heartbeats.interval)
+            interval = self._heartbeats.interval
+            return await self.ended_runs.ended(item.run_id, item.trace_id, timeout=interval)
         except asyncio.CancelledError:  # the worker stops: someone else should do it, now
             with contextlib.suppress(Exception):
                 await asyncio.shield(msg.nak())

@@ -608,12 +608,15 @@ class Coordinator:
         return run.approve_merge or not self.integrator.inline(run)
 
     def _poisoned(self, key: PoisonKey) -> str:
-        """Why an input is set aside now, forgetting it: its steps failed `POISON_STEPS`
-        times; or "" (go on applying it)."""
+        """Why an input is set aside now: its steps failed `POISON_STEPS` times; or "" (go on
+        applying it). A result, an event or a submission set aside is gone, and forgotten; a
+        request stays refused (until this coordinator restarts): a client, or the expiry of
+        approvals, may send the same again, and each failure would reload every run."""
         failures, error = self._poison.get(key, (0, ""))
         if failures < POISON_STEPS:
             return ""
-        del self._poison[key]
+        if key[0] != "control":
+            del self._poison[key]
         log.error("setting aside %s: applying it failed %d times: %s", key, failures, error)
         return f"applying it failed {failures} times: {error}"
 

@@ -196,3 +196,20 @@ async def test_ended_runs_are_remembered_only_so_many(bus: Bus) -> None:
     reads = ended.reads
     assert await ended.ended("r-failed")
     assert ended.reads == reads  # remembered: no read
+
+
+async def test_a_run_id_submitted_again_after_its_record_was_deleted_is_not_taken_for_ended(
+    bus: Bus,
+) -> None:
+    """Ended runs are remembered by run and submission (their work's `trace_id`): an operator
+    who deletes an ended run's record may submit the same run id again, whose work must run."""
+    kv = await bus.js.key_value(RUNS_BUCKET)
+    ended = EndedRuns(bus)
+    await kv.put("r-again", encode(Run(run_id="r-again", goal="g", state=RunState.CANCELLED)))
+    assert await ended.ended("r-again", "first-submission")
+
+    await kv.delete("r-again")
+    await kv.put("r-again", encode(Run(run_id="r-again", goal="g", state=RunState.EXECUTING)))
+
+    assert not await ended.ended("r-again", "second-submission")
+    assert ended.known("r-again", "first-submission")

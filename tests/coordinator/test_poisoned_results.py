@@ -105,6 +105,7 @@ class FailingOn(Coordinator):
     def __init__(self, bus: Bus, bug: Callable[[Event], bool]) -> None:
         super().__init__(bus, name="coord-buggy")
         self.bug = bug
+        self.failed = 0
 
     def _apply(
         self,
@@ -115,6 +116,7 @@ class FailingOn(Coordinator):
         result: Result | None = None,
     ) -> list[Effect]:
         if self.bug(event):
+            self.failed += 1
             raise RuntimeError("engine bug")
         return super()._apply(open_run, event, commit, now, result)
 
@@ -207,11 +209,18 @@ async def test_a_request_whose_event_fails_every_step_is_refused_and_changes_not
     coordinator = FailingOn(bus, lambda event: isinstance(event, Cancel))
     async with running_coordinator(coordinator):
         await submit(bus, [TaskSpec(id="x", title="x")], run_id="r1")
-        refused = await asked_until_answered(bus, "cancel", CancelRun(run_id="r1", reason="stop"))
+        cancel = CancelRun(run_id="r1", reason="stop")
+        refused = await asked_until_answered(bus, "cancel", cancel)
+        # asked again (a client retrying, the expiry of approvals): refused at once, not
+        # tried (and each failure a reload of every run) over again
+        again = await asked_until_answered(bus, "cancel", cancel)
         run = await status(bus, "r1")
 
     assert isinstance(refused, ControlError)
     assert refused.error == (
         f"Cancel not applied: applying it failed {POISON_STEPS} times: RuntimeError('engine bug')"
     )
+    assert isinstance(again, ControlError)
+    assert again.error == refused.error
+    assert coordinator.failed == POISON_STEPS
     assert run.state is RunState.EXECUTING
