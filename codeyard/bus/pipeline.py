@@ -35,7 +35,9 @@ class MessageTooLarge(PublishError):
     can never work."""
 
 
-class _ApiError(msgspec.Struct):
+class ApiError(msgspec.Struct):
+    """The `error` of a JetStream API reply."""
+
     code: int = 0
     err_code: int = 0
     description: str = ""
@@ -45,7 +47,7 @@ class PubAck(msgspec.Struct):
     stream: str = ""
     seq: int = 0
     duplicate: bool = False
-    error: _ApiError | None = None
+    error: ApiError | None = None
 
 
 _decode_ack = msgspec.json.Decoder(PubAck).decode

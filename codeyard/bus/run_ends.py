@@ -22,6 +22,7 @@ import msgspec
 
 from codeyard.bus import subjects
 from codeyard.bus.connection import Bus
+from codeyard.bus.pipeline import ApiError
 from codeyard.schemas.model import TERMINAL_RUN_STATES
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,9 @@ class _StoredMsg(msgspec.Struct):
     data: bytes = b""  # base64 in the reply; none in a delete marker
 
 
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
 class _MsgGetReply(msgspec.Struct):
     message: _StoredMsg | None = None
-    error: _ApiError | None = None
+    error: ApiError | None = None
 
 
 _reply_decoder = msgspec.json.Decoder(_MsgGetReply)

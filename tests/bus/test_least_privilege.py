@@ -62,6 +62,7 @@ from codeyard.schemas import (
 )
 from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, inline, offload
 from codeyard.workspace.snapshots import artifact_store
+from tests.bus.test_worker import serving, until
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import ask, running_coordinator, status, wait_for_task
 
@@ -364,17 +365,8 @@ async def test_a_coder_skips_the_work_of_a_cancelled_run_by_reading_its_header(
         given.append(item.run_id)  # earlier tests' coding work may come too
         return CodeResult(patch=Patch(text=""), summary="done")
 
-    stop = asyncio.Event()
-    worker = PullWorker(coder, "coder", answer, skip_ended_runs=True)
-    running = asyncio.create_task(worker.run(stop, grace=2))
-    try:
-        for _ in range(100):
-            if worker.stats.run_ended >= 2:
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
+    async with serving(PullWorker(coder, "coder", answer, skip_ended_runs=True)) as worker:
+        await until(lambda: worker.stats.run_ended >= 2)
     assert worker.stats.run_ended == 2
     assert "perm-ended" not in given
 
@@ -447,17 +439,8 @@ async def test_a_coder_refused_the_read_still_runs_its_work(
         given.append(item.task_id)
         return CodeResult(patch=Patch(text=""), summary="done")
 
-    stop = asyncio.Event()
-    worker = PullWorker(coder, "coder", answer, skip_ended_runs=True)
-    running = asyncio.create_task(worker.run(stop, grace=2))
-    try:
-        for _ in range(100):
-            if len(given) == 2:
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
+    async with serving(PullWorker(coder, "coder", answer, skip_ended_runs=True)) as worker:
+        await until(lambda: len(given) == 2)
     assert given == ["a", "b"]
     await refusal(caplog, HEADER_GET)
     assert worker.ended_runs is not None

@@ -39,6 +39,7 @@ from codeyard.schemas import (
 )
 from codeyard.schemas.codec import decode, encode
 from codeyard.schemas.model import FeedbackKind
+from tests.bus.test_worker import until
 from tests.coordinator.harness import (
     ask,
     leader_name,
@@ -59,14 +60,6 @@ class BuggyCoordinator(Coordinator):
         if result.task_id == "poison":
             raise RuntimeError("engine bug")
         return super()._on_result(result, commit, now)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(1200):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("not in 60 s")
 
 
 async def dead_letters(bus: Bus, run_id: str = DEAD_LETTER_RUN) -> list[DeadLetter]:
@@ -150,10 +143,10 @@ async def test_an_event_of_the_coordinators_own_that_fails_every_step_is_set_asi
     async with running_coordinator(coordinator):
         await submit(bus, [TaskSpec(id="x", title="x")], run_id="r1")
         for _ in range(POISON_STEPS):
-            await until(coordinator.leading.is_set)  # leading (again): its runs (re)loaded
+            await until(coordinator.leading.is_set, 60)  # leading (again): its runs (re)loaded
             coordinator._inbox.put_nowait(FollowUp("r1", poison))
-            await until(lambda: not coordinator.leading.is_set())  # its step failed
-        await until(coordinator.leading.is_set)
+            await until(lambda: not coordinator.leading.is_set(), 60)  # its step failed
+        await until(coordinator.leading.is_set, 60)
         coordinator._inbox.put_nowait(FollowUp("r1", poison))
         letters = await dead_letters(bus, "r1")
         run = await status(bus, "r1")
