@@ -94,7 +94,10 @@ class ResultSender:
         `ResultTooLarge` or `ResultInvalid` at once, nothing sent."""
         try:
             payload = encode(result)
-        except UnicodeEncodeError as exc:  # a lone surrogate in some text of it
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            # A lone surrogate in some text, a value of a type JSON has no form for (a Path, a
+            # numpy int: Structs do not check types when built), an int past 64 bits: the
+            # handler's doing, so the same again on every delivery, not the bus's.
             raise ResultInvalid(f"a {type(result).__name__} that cannot be encoded: {exc}") from exc
         limit = self._limit()
         if len(payload) > limit:

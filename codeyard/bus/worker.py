@@ -190,10 +190,23 @@ class Heartbeats:
     `interval` and 1.5 `interval` after it started."""
 
     def __init__(self, interval: float) -> None:
-        self.interval = interval
+        self._interval = interval
         self._last: dict[int, tuple[Msg, float]] = {}  # by id(msg): Msg is not hashable
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @interval.setter
+    def interval(self, interval: float) -> None:
+        """A shorter interval takes effect for the messages already beating too: their next
+        sweep, scheduled at the old one, could come after the server's ack_wait."""
+        self._interval = interval
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(interval / 2, self._sweep)
 
     def start(self, msg: Msg) -> None:
         loop = asyncio.get_running_loop()
@@ -319,7 +332,9 @@ class PullWorker:
             for outcome in ("ok", "cancelled", "retry", "failed", "approval")
         }
         # handlers running, by the (run, task, attempt) of their item; and work withdrawn
-        self._running: dict[WorkKey, asyncio.Task[None]] = {}
+        # Each handler's task, with its work: by task, as one worker may hold two copies of the
+        # same work (a new leader sends outstanding work again; work comes back after ack_wait).
+        self._running: dict[asyncio.Task[None], WorkKey] = {}
         self._withdrawn = Withdrawals(keep=withdrawal_keep)
         self.ended_runs = EndedRuns(bus) if skip_ended_runs else None
 
@@ -465,7 +480,8 @@ class PullWorker:
         """Run the handler on `item` and answer for it, by how the handler ended."""
         # The handler runs in this task (a task of its own per item cost more than a no-op
         # handler); a withdrawal cancels this task while it awaits the handler, and only then.
-        self._running[key] = asyncio.current_task()  # type: ignore[assignment]  # in a task
+        task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]  # in a task
+        self._running[task] = key
         started = time.monotonic()
         ended: Result | Exception | asyncio.CancelledError
         try:
@@ -480,7 +496,7 @@ class PullWorker:
             # answer is sent would cancel it half done (neither answered, nak'd nor termed).
             # One coming from here on finds nothing running; the answer goes out, and the
             # coordinator ignores answers for the runs it withdraws work from.
-            self._running.pop(key, None)
+            self._running.pop(task, None)
         withdrawn = key in self._withdrawn
         outcome = "cancelled" if withdrawn else self._outcome_of(ended, deliveries)
         self._handler_seconds[outcome].observe(time.monotonic() - started)
@@ -570,9 +586,9 @@ class PullWorker:
             return
         key = (notice.run_id, notice.task_id, notice.attempt)
         self._withdrawn.add(key)
-        running = self._running.get(key)
-        if running is not None and not running.done():
-            running.cancel()
+        for running, running_key in list(self._running.items()):
+            if running_key == key and not running.done():
+                running.cancel()
 
     async def _drop(
         self, msg: Msg, item: WorkItem, key: WorkKey, what: str = "withdrawn work"
@@ -580,7 +596,8 @@ class PullWorker:
         """Term withdrawn work (or work of an ended run): no result, no redelivery. The
         coordinator ignores results of a run it cancelled or failed (the only runs it withdraws
         work from) or that is done, so none is lost. The key is forgotten once the term is
-        sent; kept if not, for the redelivery."""
+        sent and no other copy of the work runs here (cancelled by the same notice, it may not
+        have seen it yet); kept if not, for the redelivery."""
         task = asyncio.current_task()
         if task is not None and task.cancelling():  # the withdrawal's cancellation, handled
             task.uncancel()
@@ -590,7 +607,8 @@ class PullWorker:
         except Exception as exc:
             log.warning("%s: could not term %s %s: %s", self.role, what, item.msg_id, exc)
             return
-        self._withdrawn.discard(key)
+        if key not in self._running.values():
+            self._withdrawn.discard(key)
 
     async def _retry(
         self,
@@ -666,15 +684,15 @@ class PullWorker:
     async def _finish(self, msg: Msg, item: WorkItem, result: Result) -> bool:
         """Publish the result and only then ack. If publishing fails the message stays unacked
         and comes back after ack_wait. A result too big for one message is answered with a
-        WorkFailed saying so at once (run again, the work would likely be as big), and False
-        returned: the item was not answered with `result`."""
-        replaced = False
+        WorkFailed saying so at once (run again, the work would likely be as big). True only
+        if the item was answered with `result`."""
         try:
             try:
                 await self._results.send(_answering(item, result))
             except (ResultTooLarge, ResultInvalid) as exc:
-                replaced = True
                 await self._results.send(_answering(item, self._unsendable(msg, result, exc)))
+                await self.bus.publisher.ack(msg)
+                return False
             await self.bus.publisher.ack(msg)
         except Exception as exc:
             log.warning(
@@ -683,7 +701,8 @@ class PullWorker:
                 item.msg_id,
                 exc,
             )
-        return not replaced
+            return False
+        return True
 
     def _unsendable(self, msg: Msg, result: Result, error: ValueError) -> WorkFailed:
         kind = type(result).__name__

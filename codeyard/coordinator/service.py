@@ -1148,10 +1148,13 @@ class Coordinator:
             if stored is None:
                 return unknown_run(run_id)
             return RunStatus(run_id=run_id, runs=[stored.run])
-        headers = await self._store.headers()
-        for run in headers:
-            if open_run := self._open.get(run.run_id):
-                headers[headers.index(run)] = msgspec.structs.replace(open_run.run, tasks={})
+        # An open run's header in the bucket may be a step behind: this leader's copy is not.
+        headers = [
+            msgspec.structs.replace(open_run.run, tasks={})
+            if (open_run := self._open.get(run.run_id))
+            else run
+            for run in await self._store.headers()
+        ]
         return self._fitting(headers)
 
     def _fitting(self, runs: list[Run]) -> RunStatus:

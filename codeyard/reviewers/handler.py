@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 
 import msgspec
@@ -10,6 +9,7 @@ import msgspec
 from codeyard.agents.working_copy import PatchDoesNotApply
 from codeyard.bus.subjects import check_role
 from codeyard.bus.worker import GiveUp
+from codeyard.cancellation import finish_in_thread
 from codeyard.reviewers.protocol import ReviewerPlugin
 from codeyard.schemas import Result, ReviewComment, ReviewRequest, ReviewResult, WorkItem
 
@@ -31,7 +31,9 @@ class PluginHandler:
             if self._is_async:
                 verdict = await self.plugin.review(item)  # type: ignore[misc]
             else:
-                verdict = await asyncio.to_thread(self.plugin.review, item)
+                # A withdrawal cannot stop the thread: the work's slot stays taken until it
+                # returns, so no more reviews run at once than the worker's concurrency.
+                verdict = await finish_in_thread(self.plugin.review, item)
         except PatchDoesNotApply as exc:
             text = f"the patch does not apply to the current head:\n{exc}"[:20_000]
             verdict = ReviewResult(approved=False, comments=[ReviewComment(text=text)])

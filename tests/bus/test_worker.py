@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
 
 from codeyard.bus import Bus, EmbeddedNats, GiveUp, PullWorker, RetryLater
+from codeyard.bus.permissions import grants_for
 from codeyard.bus.pipeline import Pending, PublishPipeline
 from codeyard.bus.subjects import (
     EVENT_STREAM,
@@ -272,37 +273,46 @@ async def test_a_handler_returning_no_result_fails_the_work_once_saying_so(bus: 
     assert calls == Counter({"t1": 1})
 
 
-async def test_text_with_a_lone_surrogate_fails_the_work_once_instead_of_rerunning_it(
+async def test_a_result_that_cannot_be_encoded_fails_the_work_once_instead_of_rerunning_it(
     bus: Bus,
 ) -> None:
-    """JSON from an LLM endpoint may carry a lone surrogate (`"model": "gpt\\ud800"`), which no
-    message can encode: the result could not be sent, so the item came back and ran again
-    until its deliveries ran out, and what it spent was lost."""
+    """JSON from an LLM endpoint may carry a lone surrogate (`"model": "gpt\\ud800"`), and a
+    handler may put a value JSON has no form for in a result (a `Path`: Structs do not check
+    types when built). Neither can be encoded: the result could not be sent, so the item came
+    back and ran again until its deliveries ran out, and what it spent was lost."""
     calls = Counter[str]()
 
     async def odd_text(item: WorkItem) -> Result:
         calls[item.task_id] += 1
         if item.task_id == "gives-up":
             raise GiveUp("refused: \ud800", usage=Usage(calls=1), model="gpt\ud800")
+        comment = ReviewComment(text="odd \udfff")
+        if item.task_id == "holds-a-path":
+            comment = ReviewComment(text="odd", path=Path("src/app.py"))  # type: ignore[arg-type]
         return ReviewResult(
             reviewer="review",
             approved=True,
-            comments=[ReviewComment(text="odd \udfff")],
+            comments=[comment],
             usage=Usage(calls=2),
             model="gpt\ud800",
         )
 
-    await bus.publish(work_subject("review"), code_request("gives-up"))
-    await bus.publish(work_subject("review"), code_request("answers"))
-    async with serving(PullWorker(bus, "review", odd_text, concurrency=2)):
-        results = {r.task_id: r for r in await collect_results(bus, 2)}
-    gave_up, answered = results["gives-up"], results["answers"]
+    for task_id in ("gives-up", "answers", "holds-a-path"):
+        await bus.publish(work_subject("review"), code_request(task_id))
+    worker = PullWorker(bus, "review", odd_text, concurrency=3)
+    async with serving(worker):
+        results = {r.task_id: r for r in await collect_results(bus, 3)}
+    gave_up = results["gives-up"]
     assert isinstance(gave_up, WorkFailed)
     assert (gave_up.reason, gave_up.usage, gave_up.model) == ("refused: ?", Usage(calls=1), "gpt?")
-    assert isinstance(answered, WorkFailed)  # the answer itself cannot be sent
-    assert answered.reason.startswith("ReviewResult not valid: a ReviewResult that cannot be")
-    assert (answered.usage, answered.model) == (Usage(calls=2), "gpt?")
-    assert calls == Counter({"gives-up": 1, "answers": 1})
+    for task_id in ("answers", "holds-a-path"):
+        answered = results[task_id]
+        assert isinstance(answered, WorkFailed)  # the answer itself cannot be sent
+        assert answered.reason.startswith("ReviewResult not valid: a ReviewResult that cannot be")
+        assert (answered.usage, answered.model) == (Usage(calls=2), "gpt?")
+        assert ("PosixPath" in answered.reason) == (task_id == "holds-a-path")
+    assert calls == Counter({"gives-up": 1, "answers": 1, "holds-a-path": 1})
+    assert (worker.stats.handled, worker.stats.failed) == (0, 3)
 
 
 async def test_what_a_retried_delivery_spent_is_reported_once_per_delivery(bus: Bus) -> None:
@@ -569,6 +579,31 @@ async def test_withdrawn_work_is_stopped_and_dropped(bus: Bus) -> None:
     assert info.num_ack_pending == 0  # dropped for good, not redelivered
     assert info.num_pending == 0
     assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0  # and nothing answered
+
+
+async def test_a_withdrawal_stops_every_copy_of_the_work_running_here(bus: Bus) -> None:
+    """A leader taking over sends outstanding work again under the same id, which JetStream
+    stores again once its duplicate window has passed (work coming back after ack_wait runs
+    twice too): one worker may run two copies of the same work. A withdrawal stopped one, and
+    the other ran to its end and was answered."""
+    started: list[WorkItem] = []
+    both = asyncio.Event()
+
+    async def endless(item: WorkItem) -> Result:
+        started.append(item)
+        if len(started) == 2:
+            both.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    for _ in range(2):  # stored twice: no message id, as after the duplicate window
+        await bus.js.publish(work_subject("coder"), encode(code_request("t1")))
+    async with serving(PullWorker(bus, "coder", endless, concurrency=2)):
+        await asyncio.wait_for(both.wait(), 5)
+        await withdraw(bus, "t1")
+        info = await settled(bus, "coder")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)  # both dropped for good
+    assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0  # neither answered
 
 
 async def test_work_waiting_for_a_person_is_handed_back_as_approval_needed(bus: Bus) -> None:
@@ -937,3 +972,28 @@ async def test_heartbeats_follow_a_shorter_ack_wait_of_the_consumer_once_it_exis
     await asyncio.wait_for(matching, 10)
 
     assert worker._heartbeats.interval == pytest.approx(0.3)
+
+
+async def test_work_taken_before_the_shorter_ack_wait_was_known_is_not_redelivered(
+    bus: Bus,
+) -> None:
+    """A worker asks for work before it looks up the consumer's ack_wait: the first items start
+    beating at a third of its own, longer one, and their first beat, scheduled then, came after
+    the consumer's ack_wait had run out: they ran twice."""
+    assert bus.topology.ack_wait == 2.0  # the consumer's, as the coordinator created it
+    await bus.publish(work_subject("tester"), code_request("t1"))
+    calls = Counter[str]()
+
+    async def slow(item: WorkItem) -> Result:
+        calls[item.task_id] += 1
+        await asyncio.sleep(2 * bus.topology.ack_wait)
+        return CodeResult(patch=Patch(text="+"))
+
+    # a tester, which may not create its consumer, with an ack_wait of 30 s of its own
+    tester = Bus(bus.nc, Topology(ack_wait=30.0), grants_for("tester"))
+    worker = PullWorker(tester, "tester", slow, concurrency=2)
+    async with serving(worker):
+        [result] = await collect_results(bus, 1, timeout=10 * bus.topology.ack_wait)
+    assert worker._heartbeats.interval == pytest.approx(bus.topology.ack_wait / 3)
+    assert result.task_id == "t1"
+    assert calls == Counter({"t1": 1})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from codeyard.bus import Bus, GiveUp, PullWorker
@@ -22,6 +24,7 @@ from codeyard.schemas import (
 )
 from tests.agents.sample_repo import SAMPLE_FILES
 from tests.bus.results import collect_results
+from tests.bus.test_worker import serving, until, withdraw
 from tests.reviewers.conftest import patch_of
 from tests.reviewers.sample_plugins import (
     Approves,
@@ -109,6 +112,43 @@ async def test_what_a_plugin_spent_and_its_model_reach_the_coordinator(bus: Bus)
     assert failed.reason.endswith("nothing to review")
     for answer in (reviewed, failed):
         assert (answer.usage, answer.model) == (AsksAModel.SPENT, "tiny-reviewer-1")
+
+
+class Blocking:
+    """A plain review that waits for `release`, counting how many run at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        self.release = threading.Event()
+
+    def review(self, request: ReviewRequest) -> ReviewResult:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.release.wait(10)
+        with self.lock:
+            self.running -= 1
+        return ReviewResult(approved=True)
+
+
+async def test_a_withdrawn_plain_review_holds_its_slot_until_it_returns(bus: Bus) -> None:
+    """A thread cannot be stopped: withdrawn, a plain review ran on while its slot went to the
+    next item, so more reviews ran at once than `--concurrency` promises."""
+    role, plugin = "review.demo", Blocking()
+    for run_id in ("r1", "r2"):
+        await bus.publish(work_subject(role), msgspec.structs.replace(request(), run_id=run_id))
+    try:
+        async with serving(PullWorker(bus, role, PluginHandler(plugin, role), concurrency=1)):
+            await until(lambda: plugin.running == 1)
+            await withdraw(bus, "t1", "r1")
+            await asyncio.sleep(1)  # time for a second review to start, were the slot free
+            assert plugin.most == 1
+            plugin.release.set()
+            [answered] = await collect_results(bus, 1)
+    finally:
+        plugin.release.set()
+    assert (answered.run_id, plugin.most) == ("r2", 1)
 
 
 def test_added_lines_follow_the_hunks() -> None:
