@@ -250,7 +250,12 @@ class RunEngine:
                 assert_never(event)
         if not step.ignored:
             self.run.updated_at = now
-            if isinstance(event, ANSWERS) and event.result_id and event.usage.calls:
+            # A park is remembered even when it spent nothing: its copies must not park again.
+            if (
+                isinstance(event, ANSWERS)
+                and event.result_id
+                and (event.usage.calls or isinstance(event, ParkTask))
+            ):
                 task_id = "" if isinstance(event, PlanProposed) else event.task_id
                 self._counted(task_id, event.result_id)
         return step.out
@@ -393,6 +398,12 @@ class RunEngine:
     def _on_park(self, event: ParkTask, step: _Step) -> None:
         task = self._task(event, step)
         if task is None:
+            return
+        if event.result_id and event.result_id in task.charged_reports:
+            # A copy of an answer applied before (its ack lost, or a batch of it sent again):
+            # the task parked for it then, and may have been approved since. Parked again, it
+            # would wait for an answer already given.
+            step.ignore(event, "this answer parked the task before")
             return
         if self._behind(task, _stage_of_role(event.role)):
             step.ignore(event, f"task is {task.state}: {event.role} has no work", early=True)

@@ -129,7 +129,18 @@ from codeyard.schemas.messages import (
     WorkItem,
     unknown_run,
 )
-from codeyard.schemas.model import FeedbackKind, RepoRef, Run, RunState, Usage, clip
+from codeyard.schemas.model import (
+    FeedbackKind,
+    RepoRef,
+    Run,
+    RunState,
+    Task,
+    TaskState,
+    Usage,
+    clip,
+)
+from codeyard.workspace.git import GitError
+from codeyard.workspace.integration import RepositoryNotWritable
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
@@ -140,6 +151,9 @@ _RESULTS = {
     for outcome in ("malformed", "refused", "ignored", "early", "applied", "poison")
 }
 _dispatches = functools.cache(metrics.COORDINATOR_DISPATCHES.labels)
+# Beside a task's record and its run's header in a journal entry: the entry's other fields,
+# its subject and headers.
+RECORD_ROOM = 1024
 
 
 class LostLeadership(RuntimeError):
@@ -202,6 +216,7 @@ class Preparation:
     run: Run
     first: Event
     calls: list[ControlCall]
+    cancelled: Cancel | None = None  # asked meanwhile: the run is created cancelled
 
 
 @dataclass
@@ -211,6 +226,7 @@ class Prepared:
     run_id: str
     repo: RepoRef | None
     error: str = ""
+    field: str = ""  # "$.repo" when the repository is what is wrong, not the moment
 
 
 Input = Msg | ControlCall | FollowUp | Prepared
@@ -510,12 +526,11 @@ class Coordinator:
                 return
             call = ControlCall(request, asyncio.get_running_loop().create_future())
             self._inbox.put_nowait(call)
-            if isinstance(request, SubmitRun):
-                # nats-py calls `answer` for one message of a subject at a time, and a
-                # submission may wait minutes for its repository: the next one must not.
-                in_background(self._answering, self._reply_when_done(msg, call, SUBMIT_PATIENCE))
-            else:
-                await self._reply_when_done(msg, call, 30)
+            # Answered from a task of its own: nats-py calls `answer` for one message of a
+            # subject at a time, so waiting here would give each request a step of its own (a
+            # submission may even wait minutes for its repository).
+            patience = SUBMIT_PATIENCE if isinstance(request, SubmitRun) else 30
+            in_background(self._answering, self._reply_when_done(msg, call, patience))
 
         return [
             await self.bus.nc.subscribe(subjects.ctl_subject(verb), cb=answer)
@@ -740,11 +755,40 @@ class Coordinator:
             if result.usage.calls:
                 self._apply(open_run, unapplied_spend(result), commit, now, result)
             return False
+        event = event_for(result)
+        if reason := self._too_big_to_keep(open_run.run, result):
+            log.warning("run %s task %s: %s", result.run_id, result.task_id, reason)
+            role = role_of(result)
+            event = WorkAbandoned(
+                result.task_id, result.attempt, role, reason, result.usage, result.msg_id
+            )
         with working_on(result.run_id, result.task_id, result.attempt):
-            effects = self._apply(open_run, event_for(result), commit, now, result)
+            effects = self._apply(open_run, event, commit, now, result)
         early = _early(effects)
         _RESULTS["early" if early else "ignored" if _ignored(effects) else "applied"].inc()
         return early
+
+    def _too_big_to_keep(self, run: Run, result: Result) -> str:
+        """Why `result`'s output cannot be kept in its task's record, or "": the record, stored
+        in one message, would pass the server's limit though the result and the next role's
+        work item each fit (the record holds the spec, feedback and outputs together). Stored
+        anyway, the step would fail at every replay of the result. Only a result with a large
+        output is measured: a smaller one cannot fill a record."""
+        task = run.tasks.get(result.task_id)
+        limit = self._pipeline.max_payload
+        if task is None or _output_chars(result) < limit // 8:
+            return ""
+        kept = msgspec.structs.replace(task)
+        _keep_output(kept, result)
+        header = msgspec.structs.replace(run, tasks={})
+        size = len(encode(kept)) + len(encode(header)) + RECORD_ROOM
+        if size <= limit:
+            return ""
+        return (
+            f"its {type(result).__name__} would make the task's record about {size} bytes, over "
+            f"the server's {limit}-byte message limit (a patch this large must be sent through "
+            "the object store)"
+        )
 
     # --- applying -----------------------------------------------------------------------------
 
@@ -768,8 +812,10 @@ class Coordinator:
                 self._apply(open_run, unapplied_spend(result), commit, now, result)
             return effects
         if result is not None:
-            if not isinstance(event, UnappliedSpend):  # a late result's output is not wanted
-                _keep_output(open_run.run, result)  # before the next role's work item is built
+            # (not the output of a late result, nor one too big to keep)
+            if not isinstance(event, UnappliedSpend | WorkAbandoned):
+                # before the next role's work item is built
+                _keep_output(open_run.run.tasks.get(result.task_id), result)
             if spent := _usage_of(result):
                 commit.messages.append((subjects.events_subject(result.run_id), spent))
         dirty = commit.dirty.setdefault(open_run.run.run_id, set())
@@ -784,10 +830,14 @@ class Coordinator:
         run_id = run.run_id
         dirty = commit.dirty.setdefault(run_id, set())
         events = subjects.events_subject(run_id)
+        counted: set[str] = set()
         for effect in effects:
             match effect:
                 case Dispatch():
-                    if not resend and effect.task_id:
+                    # Once per task for all its reviewers' items (they differ by role): sent
+                    # again after a reload, without counting, each keeps its id.
+                    if not resend and effect.task_id and effect.task_id not in counted:
+                        counted.add(effect.task_id)
                         run.tasks[effect.task_id].dispatches += 1
                         dirty.add(effect.task_id)
                     elif not resend:
@@ -1025,6 +1075,10 @@ class Coordinator:
                 case SubmitRun():
                     return await self._submit(request, call, commit, now)
                 case CancelRun():
+                    if preparing := self._preparing.get(request.run_id):
+                        preparing.cancelled = Cancel(request.reason)
+                        detail = "Cancel (once its repository is prepared, before any work)"
+                        return Accepted(run_id=request.run_id, detail=detail)
                     return self._control_event(request.run_id, Cancel(request.reason), commit, now)
                 case StatusQuery():
                     return await self._status(request.run_id)
@@ -1036,7 +1090,7 @@ class Coordinator:
             raise
         except Exception as exc:
             log.exception("control request %s failed", type(request).__name__)
-            return ControlError(error=f"{type(exc).__name__}: {exc}")
+            return ControlError(error=clip(f"{type(exc).__name__}: {exc}"))
         return ControlError(error=f"unsupported request {type(request).__name__}")
 
     async def _submit(
@@ -1067,7 +1121,8 @@ class Coordinator:
             try:
                 TaskGraph(request.plan)
             except InvalidPlan as exc:
-                return ControlError(run_id=run_id, error=str(exc), field="$.plan")
+                # (a plan may be wrong in thousands of places: the reply names what fits)
+                return ControlError(run_id=run_id, error=clip(str(exc)), field="$.plan")
         if problem := _not_a_local_repository(request.repo.path):
             return ControlError(run_id=run_id, error=problem, field="$.repo.path")
         run = Run(
@@ -1095,7 +1150,12 @@ class Coordinator:
             repo = await self.integrator.prepare(run)
         except Exception as exc:
             log.warning("run %s: cannot prepare its repository: %s", run.run_id, exc)
-            self._inbox.put_nowait(Prepared(run.run_id, None, f"repository: {exc}"))
+            if isinstance(exc, GitError | RepositoryNotWritable):  # git refused the repository
+                prepared = Prepared(run.run_id, None, f"repository: {exc}", "$.repo")
+            else:  # the disk, the object store: the same submission may well work later
+                error = f"could not prepare the repository, try again: {type(exc).__name__}: {exc}"
+                prepared = Prepared(run.run_id, None, error)
+            self._inbox.put_nowait(prepared)
         else:
             self._inbox.put_nowait(Prepared(run.run_id, repo))
 
@@ -1108,7 +1168,7 @@ class Coordinator:
         run, run_id = preparation.run, prepared.run_id
         reply: Envelope
         if prepared.repo is None:
-            reply = ControlError(run_id=run_id, error=prepared.error, field="$.repo")
+            reply = ControlError(run_id=run_id, error=clip(prepared.error), field=prepared.field)
         else:
             run.repo = prepared.repo
             stored = await self._store.new_run(run)
@@ -1121,7 +1181,7 @@ class Coordinator:
                     run_event(run, RunMoved(run.state, run.state, "submitted")),
                 )
             )
-            self._apply(open_run, preparation.first, commit, now)
+            self._apply(open_run, preparation.cancelled or preparation.first, commit, now)
             reply = Accepted(run_id=run_id, detail=f"run {run_id} submitted", created=True)
         commit.replies += [(call, reply) for call in preparation.calls]
 
@@ -1143,6 +1203,8 @@ class Coordinator:
     async def _status(self, run_id: str) -> Envelope:
         assert self._store is not None
         if run_id:
+            if preparing := self._preparing.get(run_id):  # (its state: planning, once prepared)
+                return RunStatus(run_id=run_id, runs=[preparing.run])
             open_run = self._open.get(run_id)
             stored = open_run.stored if open_run else await self._store.load(run_id, tasks=True)
             if stored is None:
@@ -1269,10 +1331,22 @@ class Coordinator:
         return f"an earlier submission of run {approval.run_id} asked this"
 
     def _not_asked_yet(self, approval: PendingApproval) -> str:
-        """Why a run's question is not asked yet, or "": a step stored the question, then was
-        lost before the run that asked it was stored; the reloaded run asks it again later."""
+        """Why a question is not asked yet, or "". A task's: the gate stores it before the
+        worker's answer parks the task, and an answer in between (`codeyard run --yes` answers
+        at once) would be refused, while the task then parked waits for an answer given. A
+        run's: a step stored the question, then was lost before the run that asked it was
+        stored; the reloaded run asks it again later."""
         open_run = self._open.get(approval.run_id)
-        if approval.action not in ("plan", "budget") or open_run is None:
+        if open_run is None:
+            return ""
+        if task := open_run.run.tasks.get(approval.task_id):
+            if task.state is TaskState.AWAITING_APPROVAL and task.attempt == approval.attempt:
+                return ""
+            return (
+                f"task {approval.task_id} of run {approval.run_id} has not stopped for this "
+                f"question (it is {task.state}, attempt {task.attempt}); answer it once it waits"
+            )
+        if approval.action not in ("plan", "budget"):
             return ""
         if self._other_submissions(approval) or approval.attempt <= open_run.run.questions:
             return ""
@@ -1358,9 +1432,15 @@ def _what(reply: Envelope) -> str:
     return f"the {type(reply).__name__} reply"
 
 
-def _keep_output(run: Run, result: Result) -> None:
+def _output_chars(result: Result) -> int:
+    """The characters of what `_keep_output` keeps of `result`."""
+    if isinstance(result, CodeResult):
+        return len(result.patch.text) + len(result.summary)
+    return len(result.output) if isinstance(result, TestResult) else 0
+
+
+def _keep_output(task: Task | None, result: Result) -> None:
     """What the next role of the task needs from this result: the patch, the test output."""
-    task = run.tasks.get(result.task_id)
     if task is not None and isinstance(result, CodeResult):
         task.patch, task.summary, task.test_output, task.tests_run = (
             result.patch,

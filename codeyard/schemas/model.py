@@ -239,8 +239,9 @@ class Task(msgspec.Struct, kw_only=True):
     test_output: LongText = ""
     summary: LongText = ""  # the coder's account of the change, for the commit message
     tests_run: int = 0
-    # Work items sent for this task so far; part of each item's msg_id, so a re-send after a
-    # failover is deduplicated by JetStream while a deliberate second send is not.
+    # Times work was sent for this task (the items of its reviewers counting once); part of
+    # each item's msg_id, so a re-send after a failover is deduplicated by JetStream while a
+    # deliberate second send is not.
     dispatches: int = 0
     # msg_ids of the latest results of this task's work whose usage the run counted (those
     # applied, retried or too late): one replayed after a failover (stored, not yet acked) is

@@ -12,7 +12,7 @@ import pytest
 
 from codeyard.bus import Bus, PullWorker
 from codeyard.bus.subjects import ctl_subject
-from codeyard.coordinator.service import Coordinator
+from codeyard.coordinator.service import Commit, Coordinator
 from codeyard.schemas import (
     Accepted,
     ApprovalList,
@@ -129,6 +129,18 @@ async def test_a_cyclic_plan_is_refused_naming_the_cycle(
     assert reply.field == "$.plan"
     assert "cycle" in reply.error
     assert "a -> " in reply.error
+
+
+async def test_a_plan_wrong_in_a_thousand_places_is_refused_in_a_reply_that_decodes(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    """(`ask` decodes the reply: one past the schema's 20,000 characters would fail there)"""
+    plan = [TaskSpec(id=f"t{n}", title="t", deps=["missing"]) for n in range(1000)]
+    reply = await ask(bus, "submit", SubmitRun(goal="g", plan=plan))
+    assert isinstance(reply, ControlError)
+    assert reply.field == "$.plan"
+    assert "t0" in reply.error
+    assert reply.error.endswith("characters cut]")
 
 
 async def test_bad_requests_get_an_error_naming_the_problem(
@@ -275,6 +287,25 @@ async def test_status_of_all_runs_lists_headers(bus: Bus, coordinator: Coordinat
     runs = reply.runs  # type: ignore[union-attr]
     assert [run.run_id for run in runs] == ["s1", "s2"]
     assert all(run.tasks == {} for run in runs)
+
+
+class SlowSteps(Coordinator):
+    """A busy coordinator: each step takes a tenth of a second to store."""
+
+    async def _flush(self, commit: Commit) -> None:
+        await asyncio.sleep(0.1)
+        await super()._flush(commit)
+
+
+async def test_requests_that_come_together_share_a_step(bus: Bus) -> None:
+    """Each request waited for its reply before the next of the same verb reached the inbox:
+    live views and dashboards polling a busy coordinator queued one step each."""
+    async with running_coordinator(SlowSteps(bus, name="coord-slow")) as coordinator:
+        before = coordinator.stats.steps
+        replies = await asyncio.gather(*(ask(bus, "status", StatusQuery()) for _ in range(20)))
+        steps = coordinator.stats.steps - before
+    assert all(type(reply).__name__ == "RunStatus" for reply in replies)
+    assert steps <= 5
 
 
 async def test_cancelling_a_run_stops_the_work_in_flight(

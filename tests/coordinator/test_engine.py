@@ -562,6 +562,24 @@ def test_a_parked_task_resumes_where_it_was_and_redoes_that_work() -> None:
     )
 
 
+def test_a_copy_of_the_answer_that_parked_a_task_does_not_park_it_again_once_approved() -> None:
+    """The worker's `ApprovalNeeded` comes again when its ack was lost (or its batch is sent
+    again): parked anew after the approval, the task would wait for an answer already given,
+    while the approved work it sent again is ignored."""
+    engine, _ = started([spec("a")])
+    engine.handle(Coded("a", 1), T0)
+    park = ParkTask("a", 1, "make deploy needs approval", result_id="needed-1", role="tester")
+    engine.handle(park, T0)
+    engine.handle(ResumeTask("a", 1, approved=True), T0)
+
+    assert isinstance(engine.handle(park, T0)[0], Ignored)
+
+    assert engine.run.tasks["a"].state is S.TESTING
+    assert engine.handle(Tested("a", 1, passed=True), T0)[0] == TaskMoved(
+        "a", 1, S.TESTING, S.REVIEWING, "tests passed"
+    )
+
+
 def test_a_parked_ready_task_does_not_start_until_approved() -> None:
     engine, _ = started([spec("a"), spec("b")], capacity=1)
     engine.handle(ParkTask("b", 0, "policy"), T0)

@@ -18,7 +18,8 @@ from codeyard.agents.policy import load_policy
 from codeyard.agents.safety_gate import SafetyGate
 from codeyard.bus import Bus
 from codeyard.bus.gate_client import BusGateClient, require_clearance
-from codeyard.bus.subjects import LEADER_BUCKET
+from codeyard.bus.subjects import APPROVALS_BUCKET, LEADER_BUCKET
+from codeyard.bus.worker import AwaitApproval
 from codeyard.coordinator.events import Merged, MergeFailed, ParkTask
 from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import LEASE_KEY, LeaderLease
@@ -157,6 +158,42 @@ async def test_a_command_needing_approval_parks_the_task_until_approved(
     decisions = [a.decision.decision for a in audits if a.check.detail == ASKS]
     assert decisions == ["needs_approval", "allow"]
     assert audits[-1].decision.rule == f"approval.{question.approval_id}"
+
+
+async def test_a_question_is_listed_and_answered_only_once_its_task_waits_for_it(
+    bus: Bus, gate: None
+) -> None:
+    """The gate stores its question before the tester hands its work back and the task parks.
+    An answer in between (`codeyard run --yes` answers as soon as it sees the question) was
+    refused, and the task then parked waited for good for a question its asker took as
+    answered. It is now listed only once the task waits."""
+    roles, asked, hand_back = Roles(bus), asyncio.Event(), asyncio.Event()
+
+    async def slow_to_hand_back(item: WorkItem) -> Result:
+        try:
+            return await roles.answer(item)
+        except AwaitApproval:
+            asked.set()
+            await hand_back.wait()
+            raise
+
+    async with workers_answering(bus, slow_to_hand_back), coordinating(bus):
+        await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=plan(ASKS)))
+        await asyncio.wait_for(asked.wait(), 30)
+        store = await bus.store(APPROVALS_BUCKET, PendingApproval)
+        [stored] = await store.values()
+        assert await pending(bus) == []
+        early = await ask(bus, "approve", Approve(approval_id=stored.approval_id, by="ana"))
+        hand_back.set()
+        await wait_for_task(bus, "r1", "gated", TaskState.AWAITING_APPROVAL)
+        [question] = await pending(bus)
+        answered = await ask(bus, "approve", Approve(approval_id=question.approval_id, by="ana"))
+        run = await wait_until(bus, "r1", timeout=30)
+    assert isinstance(early, ControlError)
+    assert "has not stopped for this question (it is testing, attempt 1)" in early.error
+    assert question == stored  # the early answer changed nothing
+    assert isinstance(answered, Accepted), answered
+    assert run.state is RunState.DONE, run.error
 
 
 async def test_a_denied_approval_fails_the_task_and_the_run(bus: Bus, roles: Roles) -> None:

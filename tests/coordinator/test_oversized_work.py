@@ -16,11 +16,22 @@ from codeyard.bus.subjects import work_subject
 from codeyard.coordinator.events import WorkAbandoned
 from codeyard.coordinator.graph import MAX_TASK_BYTES
 from codeyard.coordinator.service import Coordinator, FollowUp
-from codeyard.schemas import CodeRequest, ControlError, SubmitRun, TaskSpec
+from codeyard.schemas import (
+    CodeRequest,
+    CodeResult,
+    ControlError,
+    Patch,
+    Result,
+    SubmitRun,
+    TaskSpec,
+    WorkItem,
+)
+from codeyard.schemas.model import RunState, TaskState, Usage
 from tests.conftest import TEST_TOPOLOGY
-from tests.coordinator.harness import ask, running_coordinator
+from tests.coordinator.harness import ask, running_coordinator, wait_until, workers_answering
 
 MAX_PAYLOAD = 48 * 1024
+SPENT = Usage(calls=1, prompt_tokens=10)
 
 
 async def test_a_task_too_large_for_its_work_items_is_refused_at_submission(bus: Bus) -> None:
@@ -68,3 +79,28 @@ async def test_work_that_cannot_be_sent_comes_back_as_abandoned(small_messages: 
     assert (abandoned.task_id, abandoned.attempt, abandoned.role) == ("t1", 2, "coder")
     assert abandoned.reason.startswith("its work item cannot be sent: a message of ")
     assert abandoned.reason.endswith(f"over the server's max_payload of {MAX_PAYLOAD} bytes")
+
+
+async def test_an_output_too_big_for_its_tasks_record_fails_the_task(small_messages: Bus) -> None:
+    """The coder's answer and the test request each fit in a message, but the task's record
+    (spec, patch and summary together) would not: stored anyway, the step failed at every
+    delivery of the answer, reloading every run each time, for good."""
+
+    async def answer(item: WorkItem) -> Result:
+        assert isinstance(item, CodeRequest)  # nothing after coding
+        return CodeResult(
+            patch=Patch(text="+" + "x" * 26_000 + "\n"), summary="s" * 18_000, usage=SPENT
+        )
+
+    task = TaskSpec(id="t1", title="t", description="d" * 6_000)
+    coordinator = Coordinator(small_messages, name="coord-small")
+    async with workers_answering(small_messages, answer), running_coordinator(coordinator):
+        await ask(small_messages, "submit", SubmitRun(run_id="r1", goal="g", plan=[task]))
+        run = await wait_until(small_messages, "r1", timeout=30)
+
+    assert run.state is RunState.FAILED
+    failed = run.tasks["t1"]
+    assert failed.state is TaskState.FAILED
+    assert failed.error.startswith("coder gave up: its CodeResult would make the task's record")
+    assert failed.patch is None  # not kept
+    assert run.usage == SPENT

@@ -12,7 +12,13 @@ from prometheus_client import REGISTRY
 
 from codeyard.bus import Bus, EmbeddedNats, Topology
 from codeyard.bus.result_sender import ResultSender
-from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject, journal_subject, result_subject
+from codeyard.bus.subjects import (
+    APPROVALS_BUCKET,
+    WORK_STREAM,
+    ctl_subject,
+    journal_subject,
+    result_subject,
+)
 from codeyard.coordinator.run_store import RunStore, StoredRun
 from codeyard.coordinator.service import Coordinator, _early_delay, early_patience
 from codeyard.coordinator.work_items import derived_id, submission_trace
@@ -46,6 +52,7 @@ from tests.coordinator.harness import (
     patched,
     running_coordinator,
     status,
+    submit,
     wait_for_task,
     wait_until,
     work_for_coders,
@@ -234,6 +241,37 @@ async def answer_at_once(item: WorkItem) -> Result:
     if isinstance(item, TestRequest):
         return TestResult(passed=True)
     return ReviewResult(approved=True)
+
+
+async def test_reviews_a_new_leader_sends_again_are_dropped_as_copies_of_those_sent(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """A new leader sends a run's outstanding work again under the ids it was sent with, so
+    that JetStream drops the copies. A task's reviewers' items were counted one by one when
+    sent, and not when sent again: all but the last reviewer's got new ids, and were stored,
+    done and paid for twice."""
+    plan = [TaskSpec(id="a", title="a", reviewers=["review", "review.security"])]
+    for name in ("c1", "c2"):
+        coordinator_bus = await Bus.connect(nats_server.url, name=name, topology=TEST_TOPOLOGY)
+        coordinator = Coordinator(coordinator_bus, name=name, capacity=4)
+        try:
+            async with (
+                running_coordinator(coordinator),
+                workers_answering(bus, answer_at_once, ("coder", "tester")),
+            ):
+                if name == "c1":  # sends the code, test and two review items
+                    await submit(bus, plan, "r1")
+                    await wait_for_task(bus, "r1", "a", TaskState.REVIEWING)
+                    continue
+                for _ in range(200):  # sends the two reviews again once it leads
+                    if coordinator.stats.dispatched >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert coordinator.stats.dispatched == 2
+        finally:
+            await coordinator_bus.close()
+    # (the coder's and tester's items were acked, and left the work queue)
+    assert (await bus.js.stream_info(WORK_STREAM)).state.messages == 2
 
 
 @pytest.mark.parametrize("plan", [None, [spec("x")]], ids=["planned", "with its own plan"])

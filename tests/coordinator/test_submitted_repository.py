@@ -14,6 +14,7 @@ import pytest
 
 from codeyard.bus import Bus
 from codeyard.coordinator.service import Coordinator
+from codeyard.follow import refused_input
 from codeyard.schemas import (
     Accepted,
     CancelRun,
@@ -24,9 +25,10 @@ from codeyard.schemas import (
     SubmitRun,
     TaskSpec,
 )
-from codeyard.schemas.model import Run
+from codeyard.schemas.model import Run, RunState
+from codeyard.workspace.git import GitError
 from codeyard.workspace.integration import GitIntegrator
-from tests.coordinator.harness import ask, running_coordinator
+from tests.coordinator.harness import ask, running_coordinator, wait_until
 
 PLAN = [TaskSpec(id="a", title="a")]
 
@@ -184,18 +186,64 @@ async def test_a_slow_clone_holds_up_only_its_own_submission(bus: Bus, tmp_path:
         assert status.runs[0].repo.snapshot == str(integrator.integration_dir("big"))
 
 
+async def test_a_run_cancelled_while_its_repository_is_prepared_starts_cancelled(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """`codeyard run` interrupted during a long clone says the run keeps going and how to
+    cancel it: the cancel was refused (no open run), status knew no such run, and the run
+    started all the same once its repository was ready."""
+    integrator = HeldIntegrator(tmp_path / "data")
+    repo = a_repository(tmp_path / "repo")
+    big = SubmitRun(run_id="big", goal="g", repo=RepoRef(path=str(repo)), plan=PLAN)
+    async with running_coordinator(Coordinator(bus, name="coord-held", integrator=integrator)):
+        submitted = asyncio.create_task(ask(bus, "submit", big))
+        await asyncio.wait_for(integrator.started.wait(), 10)
+        preparing = await ask(bus, "status", StatusQuery(run_id="big"))
+        cancelled = await ask(bus, "cancel", CancelRun(run_id="big", reason="changed my mind"))
+        integrator.release.set()
+        assert isinstance(await asyncio.wait_for(submitted, 30), Accepted)
+        run = await wait_until(bus, "big", timeout=30)
+    assert isinstance(preparing, RunStatus), preparing
+    assert [(r.run_id, r.state) for r in preparing.runs] == [("big", RunState.PLANNING)]
+    assert isinstance(cancelled, Accepted), cancelled
+    assert (run.state, run.error) == (RunState.CANCELLED, "changed my mind")
+    assert all(task.dispatches == 0 for task in run.tasks.values())  # no work was sent
+
+
 class FailingIntegrator(GitIntegrator):
+    def __init__(self, root: Path, error: Exception) -> None:
+        super().__init__(root)
+        self.error = error
+
     async def prepare(self, run: Run) -> RepoRef:
-        raise OSError("no space left on device")
+        raise self.error
 
 
-async def test_a_repository_that_cannot_be_prepared_is_refused(bus: Bus, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("error", "field", "says"),
+    [
+        # git refused the repository: bad input (`codeyard run` exits 2)
+        (GitError(("clone",), "fatal: bad object"), "$.repo", "repository: git clone failed"),
+        # not the submission's fault: it may work later (exit 1)
+        (
+            OSError("no space left on device"),
+            "",
+            "could not prepare the repository, try again: OSError: no space left on device",
+        ),
+    ],
+    ids=["git refuses it", "the disk is full"],
+)
+async def test_a_repository_that_cannot_be_prepared_is_refused(
+    bus: Bus, tmp_path: Path, error: Exception, field: str, says: str
+) -> None:
     repo = a_repository(tmp_path / "repo")
     submit = SubmitRun(run_id="r1", goal="g", repo=RepoRef(path=str(repo)), plan=PLAN)
-    integrator = FailingIntegrator(tmp_path / "data")
+    integrator = FailingIntegrator(tmp_path / "data", error)
     async with running_coordinator(Coordinator(bus, name="coord-fail", integrator=integrator)):
         refused = await asyncio.wait_for(ask(bus, "submit", submit), 10)
         assert isinstance(refused, ControlError), refused
-        assert (refused.field, refused.error) == ("$.repo", "repository: no space left on device")
+        assert refused.field == field
+        assert refused.error.startswith(says)
+        assert refused_input(refused) == bool(field)
         unknown = await ask(bus, "status", StatusQuery(run_id="r1"))
         assert isinstance(unknown, ControlError)
