@@ -113,6 +113,8 @@ class EndedRuns:
         instance's) for the server."""
         if self.known(run_id, trace_id):
             return True
+        if not run_id:  # (work items may leave it out) no header to read
+            return False
         if not self.readable or time.monotonic() < self._paused_until:
             return False
         wait = self.timeout if timeout is None else min(timeout, self.timeout)

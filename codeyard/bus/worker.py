@@ -407,10 +407,10 @@ class PullWorker:
             await presence.stop()
             await consumer.stop()
             self.bus.reconnected.remove(consumer.forget_all)
-            await cancellations.unsubscribe()
-            if inflight:
+            if inflight:  # (still hearing withdrawals: the work they name need not finish)
                 _, pending = await asyncio.wait(inflight, timeout=grace)
                 await stop_tasks(pending)
+            await cancellations.unsubscribe()
             self._heartbeats.close()
 
     async def _match_ack_wait(self) -> None:

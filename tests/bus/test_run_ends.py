@@ -213,3 +213,15 @@ async def test_a_run_id_submitted_again_after_its_record_was_deleted_is_not_take
 
     assert not await ended.ended("r-again", "second-submission")
     assert ended.known("r-again", "first-submission")
+
+
+async def test_work_without_a_run_id_costs_no_read(bus: Bus) -> None:
+    """The schema lets a work item leave its run out: there is no header to read, and no
+    request is sent for one."""
+    kv = await bus.js.key_value(RUNS_BUCKET)
+    await kv.put("ended", encode(Run(run_id="ended", goal="g", state=RunState.CANCELLED)))
+    ended = EndedRuns(bus)
+
+    assert not await ended.ended("")
+    assert await ended.ended("ended")
+    assert ended.reads == 1

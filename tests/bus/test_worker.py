@@ -581,6 +581,30 @@ async def test_withdrawn_work_is_stopped_and_dropped(bus: Bus) -> None:
     assert (await bus.js.stream_info("CY_RESULTS")).state.messages == 0  # and nothing answered
 
 
+async def test_work_withdrawn_while_the_worker_stops_is_dropped_without_waiting(
+    bus: Bus,
+) -> None:
+    """A stopping worker gives its running work a grace period to finish; it stopped hearing
+    withdrawals before it, so withdrawn work ran on (or was handed back to run again)."""
+    started = asyncio.Event()
+
+    async def endless(item: WorkItem) -> Result:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    await bus.publish(work_subject("coder"), code_request("t1"))
+    stop = asyncio.Event()
+    running = asyncio.create_task(PullWorker(bus, "coder", endless).run(stop, grace=30))
+    await asyncio.wait_for(started.wait(), 5)
+    stop.set()
+    await asyncio.sleep(0.2)  # in its grace period
+    await withdraw(bus, "t1")
+    await asyncio.wait_for(running, 5)
+    info = await settled(bus, "coder")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)  # dropped, not handed back
+
+
 async def test_a_withdrawal_stops_every_copy_of_the_work_running_here(bus: Bus) -> None:
     """A leader taking over sends outstanding work again under the same id, which JetStream
     stores again once its duplicate window has passed (work coming back after ack_wait runs
