@@ -1100,8 +1100,11 @@ class Coordinator:
         run_id = request.run_id or new_id()[:16]
         known = self._open.get(run_id)
         preparing = self._preparing.get(run_id)
-        if preparing is not None:
-            existing: Run | None = preparing.run
+        if preparing is not None:  # its plan, if submitted with one, is not applied yet
+            first = preparing.first
+            planned = first.tasks if isinstance(first, PlanProposed) else ()
+            tasks = {spec.id: Task(spec=spec) for spec in planned}
+            existing: Run | None = msgspec.structs.replace(preparing.run, tasks=tasks)
         else:
             stored = known.stored if known else await self._store.load(run_id)
             existing = stored.run if stored is not None else None

@@ -26,6 +26,7 @@ from codeyard.schemas.envelope import (
     utc_now,
 )
 from codeyard.schemas.model import (
+    TERMINAL_RUN_STATES,
     Budget,
     Feedback,
     LongText,
@@ -317,7 +318,8 @@ class SubmitRun(Envelope, kw_only=True, frozen=True):
         id: none when it is that run's submission again (a client that lost the reply sends it
         once more). Only what the run keeps as it was submitted is compared: of its repository
         the path (the rest is where the run's own clone stands), not its budget (approvals
-        raise it)."""
+        raise it); the plan, if this submission has one, with the run's tasks (but for a run
+        that ended before it had any: cancelled while its repository was prepared)."""
         settings = {
             "goal": (self.goal, run.goal),
             "repository": (self.repo.path, run.repo.path),
@@ -326,6 +328,8 @@ class SubmitRun(Envelope, kw_only=True, frozen=True):
             "plan approval": (self.approve_plan, run.approve_plan),
             "merge approval": (self.approve_merge, run.approve_merge),
         }
+        if self.plan is not None and (run.tasks or run.state not in TERMINAL_RUN_STATES):
+            settings["plan"] = (self.plan, [task.spec for task in run.tasks.values()])
         return [name for name, (submitted, stored) in settings.items() if submitted != stored]
 
 

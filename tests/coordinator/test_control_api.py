@@ -202,6 +202,7 @@ async def test_resubmitting_a_run_id_with_other_settings_names_them(
         ),
         ({"goal": "h", "approve_plan": True}, "goal, plan approval"),
         ({"repo": RepoRef(path="/elsewhere")}, "repository"),
+        ({"plan": [TaskSpec(id="x", title="x", description="another")]}, "plan"),
     ):
         other = await ask(bus, "submit", msgspec.structs.replace(submitted, **changes))
         assert isinstance(other, ControlError), changes
