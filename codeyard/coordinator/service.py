@@ -521,6 +521,12 @@ class Coordinator:
             except MessageError as exc:
                 await self._respond(msg, ControlError(error=str(exc), field=exc.field))
                 return
+            verb = msg.subject.rpartition(".")[2]
+            expected = CONTROL_VERBS[verb][0]
+            if not isinstance(request, expected):  # a gc sent as a status, say
+                error = f"{msg.subject} takes a {expected.__name__}, not a {type(request).__name__}"
+                await self._respond(msg, ControlError(error=error, field="$.type"))
+                return
             if isinstance(request, CollectArtifacts):  # outside the inbox: steps never wait
                 await self._respond(msg, await self._collect_now(request))
                 return

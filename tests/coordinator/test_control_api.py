@@ -40,6 +40,7 @@ from codeyard.schemas import (
     WorkCancelled,
     WorkItem,
     decode,
+    encode,
 )
 from codeyard.testing.scripted_worker import Script
 from tests.coordinator.harness import (
@@ -150,6 +151,11 @@ async def test_bad_requests_get_an_error_naming_the_problem(
     malformed = decode(raw.data, ControlReply)
     assert isinstance(malformed, ControlError)
     assert malformed.field == "$.goal"
+
+    raw = await bus.nc.request(ctl_subject("status"), encode(CancelRun(run_id="x")), timeout=5)
+    wrong_verb = decode(raw.data, ControlReply)
+    assert isinstance(wrong_verb, ControlError)
+    assert wrong_verb.error == "cy.ctl.status takes a StatusQuery, not a CancelRun"
 
     unknown = await ask(bus, "status", StatusQuery(run_id="nope"))
     assert isinstance(unknown, ControlError)
