@@ -1107,8 +1107,8 @@ class Coordinator:
         known = self._open.get(run_id)
         preparing = self._preparing.get(run_id)
         if preparing is not None:  # its plan, if submitted with one, is not applied yet
-            first = preparing.first
-            planned = first.tasks if isinstance(first, PlanProposed) else ()
+            submitted = preparing.first
+            planned = submitted.tasks if isinstance(submitted, PlanProposed) else ()
             tasks = {spec.id: Task(spec=spec) for spec in planned}
             existing: Run | None = msgspec.structs.replace(preparing.run, tasks=tasks)
         else:
