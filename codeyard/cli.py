@@ -453,6 +453,10 @@ def run(
             quiet=True,  # NATS unreachable: one line says so, not one per attempt
         )
         try:
+            too_big = _too_big_to_submit(bus, submit)
+            if too_big is not None:  # bad input, that nats-py would refuse to send
+                _error(too_big)
+                raise typer.Exit(2)
             if run_id is not None:  # chosen, so it may name a run there is already
                 await _check_chosen_run_id(bus, submit)
             submitting = True
@@ -496,9 +500,38 @@ def run(
         _error(f"the run did not finish within {timeout:g}s")
         _still_running(submit.run_id)
         raise typer.Exit(1) from None
+    except nats.errors.MaxPayloadError:  # a nats.errors.Error, but NATS was reached
+        # in case the check above let one through: a server's limit lowered since (another
+        # server of its cluster reconnected to)
+        _error(_too_big(submit, "the max_payload of the NATS server"))
+        raise typer.Exit(2) from None
     except (OSError, nats.errors.Error) as exc:
         _unreachable(url, exc)
     raise typer.Exit(_outcome_exit_code(state))
+
+
+def _too_big_to_submit(bus: Bus, submit: SubmitRun) -> str | None:
+    """Why `submit` is too big to send, if it is: over the connected server's max_payload,
+    nats-py would refuse to publish it; over `MAX_MESSAGE_BYTES`, the coordinator to decode
+    it. The plan's checks bound each task and the plan file, not goal, plan and test command
+    together."""
+    from codeyard.schemas import MAX_MESSAGE_BYTES, encode
+
+    max_payload = bus.nc.max_payload
+    if max_payload and max_payload < MAX_MESSAGE_BYTES:
+        limit, over = max_payload, f"the {max_payload}-byte max_payload of the NATS server"
+    else:
+        limit, over = MAX_MESSAGE_BYTES, f"the {MAX_MESSAGE_BYTES}-byte limit of a codeyard message"
+    return _too_big(submit, over) if len(encode(submit)) > limit else None
+
+
+def _too_big(submit: SubmitRun, over: str) -> str:
+    from codeyard.schemas import encode
+
+    return (
+        f"the run is {len(encode(submit))} bytes to submit (goal, plan and test command), over "
+        f"{over}: shorten them, or leave detail to files in the repository"
+    )
 
 
 def _outcome_exit_code(state: RunState) -> int:

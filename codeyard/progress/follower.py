@@ -4,7 +4,14 @@ CI logs), nothing with `--json`; and who answers approvals: a prompt, `--yes`, o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import os
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO, TypeVar, cast
 
 from rich.console import Console
 from rich.live import Live
@@ -19,6 +26,8 @@ from codeyard.progress.render import render_run
 from codeyard.progress.view import RunView
 from codeyard.schemas import PendingApproval, Run, RunEvent, SubmitRun
 from codeyard.schemas.envelope import utc_now
+
+T = TypeVar("T")
 
 WAITING_NOTICE = "waits for a person: `codeyard approvals`, then `codeyard approve ID`"
 
@@ -115,10 +124,62 @@ class RunFollower:
         if live is not None:  # a prompt under a redrawn view would be overwritten
             live.stop()
         try:
-            answer: bool = await asyncio.to_thread(
-                Confirm.ask, Text(question), console=prompt_console
+            # stdin read as a file of our own: at exit, Python takes the lock of sys.stdin's
+            # buffer, which a thread left reading it holds (a fatal error, exit 134); rich
+            # calls only its readline
+            stdin = cast(TextIO, _LineReader(sys.stdin.fileno()))
+            return await _in_daemon_thread(
+                lambda: Confirm.ask(Text(question), console=prompt_console, stream=stdin)
             )
-            return answer
+        except EOFError:  # stdin closed (Ctrl-D): nobody answers here
+            return None
         finally:
             if live is not None:
                 live.start()
+
+
+async def _in_daemon_thread(work: Callable[[], T]) -> T:
+    """`work()` in a thread of its own, its outcome handed back through the loop.
+
+    Not `asyncio.to_thread`: a prompt may wait for ever, and `asyncio.run` waits at its end for
+    every thread of the default executor: the run ended (someone else answered, a cancel, a
+    timeout) or a Ctrl-C, and `codeyard run` would not exit until Enter was pressed. A daemon
+    thread nobody waits for is left behind, still reading, as the process exits."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[T] = loop.create_future()
+
+    def settle(set_outcome: Callable[[], None]) -> None:  # on the loop
+        if not outcome.done():  # cancelled: nobody waits for the answer any more
+            set_outcome()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to whoever awaits it, as to_thread does
+            set_outcome = functools.partial(outcome.set_exception, exc)
+        else:
+            set_outcome = functools.partial(outcome.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits either
+            loop.call_soon_threadsafe(settle, set_outcome)
+
+    threading.Thread(target=run, name="codeyard-prompt", daemon=True).start()
+    return await outcome
+
+
+class _LineReader:
+    """stdin as `Confirm.ask` reads it (`readline`), straight from its file descriptor, one
+    byte at a time so that nothing after the line is taken from whatever reads stdin next."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def readline(self) -> str:
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            byte = os.read(self._fd, 1)
+            if not byte:  # as `input()` does; an empty line would be asked again, for ever
+                if not line:
+                    raise EOFError
+                break
+            line += byte
+        return line.decode(errors="replace")

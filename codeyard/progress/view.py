@@ -7,6 +7,7 @@ events (prompt, but partial: they carry no titles, dependencies or usage totals)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -154,13 +155,22 @@ class RunView:
                 seconds=seconds,
                 feedback=task.feedback,
             )
+        children: dict[str, list[TaskRow]] = {}  # each task's, in plan order
+        for row in rows.values():
+            if row.parent is not None:
+                children.setdefault(row.parent, []).append(row)
         ordered: dict[str, TaskRow] = {}
 
-        def place(row: TaskRow) -> None:
-            ordered[row.task_id] = row
-            for child in rows.values():
-                if child.parent == row.task_id and child.task_id not in ordered:
-                    place(child)
+        def place(top: TaskRow) -> None:
+            """`top`, then the tasks under it, depth first: with a stack rather than recursion,
+            as the coordinator takes chains deeper than Python's recursion limit."""
+            stack = [top]
+            while stack:
+                row = stack.pop()
+                if row.task_id in ordered:  # only in a cycle
+                    continue
+                ordered[row.task_id] = row
+                stack.extend(reversed(children.get(row.task_id, [])))  # the first on top
 
         for row in rows.values():
             if row.parent is None:
@@ -172,21 +182,34 @@ class RunView:
 
     def _depths(self) -> dict[str, int]:
         """Longest chain of dependencies below each task (a cycle, which the coordinator
-        refuses anyway, counts as depth 0 rather than looping)."""
+        refuses anyway, counts as depth 0 rather than looping). Depth first with a stack of
+        its own rather than recursion, as the coordinator takes chains of any depth."""
         depths: dict[str, int] = {}
-        visiting: set[str] = set()
-
-        def depth_of(task_id: str) -> int:
-            if task_id in depths:
-                return depths[task_id]
-            if task_id in visiting:
-                return 0
-            visiting.add(task_id)
-            deps = [dep for dep in self._tasks[task_id].deps if dep in self._tasks]
-            depths[task_id] = 1 + max(map(depth_of, deps)) if deps else 0
-            visiting.discard(task_id)
-            return depths[task_id]
-
-        for task_id in self._tasks:
-            depth_of(task_id)
+        for root in self._tasks:
+            if root in depths:
+                continue
+            # one frame per task being measured: its dependencies still to look at, and the
+            # deepest of those looked at (-1: none yet, so a task with none has depth 0)
+            stack: list[tuple[str, Iterator[str]]] = [(root, self._deps_of(root))]
+            deepest = {root: -1}
+            while stack:
+                task_id, pending = stack[-1]
+                for dep in pending:
+                    if dep in depths:
+                        deepest[task_id] = max(deepest[task_id], depths[dep])
+                    elif dep in deepest:  # being measured: a cycle
+                        deepest[task_id] = max(deepest[task_id], 0)
+                    else:  # measured first; this frame goes on from the next one after
+                        stack.append((dep, self._deps_of(dep)))
+                        deepest[dep] = -1
+                        break
+                else:
+                    stack.pop()
+                    depths[task_id] = deepest.pop(task_id) + 1
+                    if stack:
+                        dependent = stack[-1][0]
+                        deepest[dependent] = max(deepest[dependent], depths[task_id])
         return depths
+
+    def _deps_of(self, task_id: str) -> Iterator[str]:
+        return (dep for dep in self._tasks[task_id].deps if dep in self._tasks)

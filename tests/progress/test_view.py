@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 
+from codeyard.coordinator.graph import TaskGraph
 from codeyard.follow import log_lines
 from codeyard.progress.approvals import waits_for_a_person
 from codeyard.progress.render import duration, render_run, task_table, workers_table
@@ -74,6 +75,22 @@ def test_rows_place_every_task_once_under_its_deepest_dependency() -> None:
     assert [by_id[t].depth for t in "abcde"] == [0, 1, 1, 2, 0]
     assert view.total == 5
     assert view.merged == 0
+
+
+def test_a_chain_of_5000_tasks_is_drawn_as_a_chain() -> None:
+    """The coordinator takes chains of any depth; the view recursed once per level, so a chain
+    of 1,000 or so raised RecursionError, which killed the live view of `codeyard run`."""
+    chain = [TaskSpec(id=f"t{i}", title="x", deps=[f"t{i - 1}"] if i else []) for i in range(5000)]
+    TaskGraph(chain)  # accepted
+    view = RunView("r1")
+    # listed last first: the depth of the first task listed is the whole chain's
+    view.update(Run(run_id="r1", goal="g", tasks={s.id: Task(spec=s) for s in reversed(chain)}))
+
+    rows = view.rows(T0)
+
+    assert [row.task_id for row in rows] == [spec.id for spec in chain]  # parents first
+    assert [row.depth for row in rows] == list(range(5000))
+    assert [row.parent for row in rows] == [None, *(spec.id for spec in chain[:-1])]
 
 
 def test_events_move_tasks_and_time_them() -> None:
