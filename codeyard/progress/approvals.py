@@ -19,6 +19,7 @@ from codeyard.schemas import (
     Accepted,
     ApprovalList,
     Approve,
+    ControlError,
     Deny,
     GateAudit,
     ListApprovals,
@@ -132,4 +133,5 @@ class InlineApprovals:
         if isinstance(reply, Accepted):
             self._say(f"{verb}d {approval.approval_id}: {describe_approval(approval)}")
         else:
-            self._say(f"could not {verb} {approval.approval_id}: {reply}")
+            why = reply.error if isinstance(reply, ControlError) else type(reply).__name__
+            self._say(f"could not {verb} {approval.approval_id}: {why}")

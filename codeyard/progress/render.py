@@ -55,7 +55,13 @@ def usage_text(usage: Usage) -> str:
     return f"{usage.total_tokens:,} tokens, ${usage.cost_usd:.4f} ({usage.calls} calls)"
 
 
-def _task_label(row: TaskRow) -> Text:
+# Levels of the tree drawn nested, at most: each indents further, and a chain of thousands of
+# tasks would be wider than any terminal (and seconds to draw). Deeper tasks go on at that
+# level, each saying what it comes after.
+MAX_TREE_DEPTH = 12
+
+
+def _task_label(row: TaskRow, under_parent: bool = True) -> Text:
     label = Text()
     label.append(row.task_id, style="bold")
     if row.title:
@@ -66,8 +72,10 @@ def _task_label(row: TaskRow) -> Text:
         label.append(f"  attempt {row.attempt}", style="dim")
     if row.seconds is not None:
         label.append(f"  {duration(row.seconds)}", style="dim")
-    if row.after:
+    if under_parent and row.after:
         label.append(f"  (also after {', '.join(row.after)})", style="dim")
+    elif not under_parent:  # drawn beside its parent (see MAX_TREE_DEPTH)
+        label.append(f"  (after {', '.join((row.parent or '', *row.after))})", style="dim")
     return label
 
 
@@ -80,10 +88,13 @@ def task_tree(view: RunView, now: datetime) -> Tree:
     if view.goal:
         title.append(f"  {view.goal.splitlines()[0][:80]}")
     tree = Tree(title)
-    nodes: dict[str, Tree] = {}
+    # each task's node, the node it hangs from, and its level (the run's title is 0)
+    nodes: dict[str, tuple[Tree, Tree, int]] = {}
     for row in view.rows(now):
-        under = nodes.get(row.parent or "", tree)
-        nodes[row.task_id] = under.add(_task_label(row))
+        parent, above, level = nodes.get(row.parent or "", (tree, tree, 0))
+        nested = level < MAX_TREE_DEPTH
+        under, depth = (parent, level + 1) if nested else (above, level)
+        nodes[row.task_id] = (under.add(_task_label(row, nested)), under, depth)
     if not nodes:
         tree.add(Text("planning..." if view.state is RunState.PLANNING else "no tasks", "dim"))
     return tree

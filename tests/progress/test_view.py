@@ -10,7 +10,13 @@ from rich.console import Console
 from codeyard.coordinator.graph import TaskGraph
 from codeyard.follow import log_lines
 from codeyard.progress.approvals import waits_for_a_person
-from codeyard.progress.render import duration, render_run, task_table, workers_table
+from codeyard.progress.render import (
+    duration,
+    render_run,
+    task_table,
+    task_tree,
+    workers_table,
+)
 from codeyard.progress.view import RunView
 from codeyard.schemas import (
     ActionCheck,
@@ -91,6 +97,21 @@ def test_a_chain_of_5000_tasks_is_drawn_as_a_chain() -> None:
     assert [row.task_id for row in rows] == [spec.id for spec in chain]  # parents first
     assert [row.depth for row in rows] == list(range(5000))
     assert [row.parent for row in rows] == [None, *(spec.id for spec in chain[:-1])]
+
+
+def test_a_long_chain_is_drawn_nested_only_so_deep() -> None:
+    """Each level indents further: a chain of thousands was drawn thousands of columns wide."""
+    chain = [TaskSpec(id=f"t{i}", title="x", deps=[f"t{i - 1}"] if i else []) for i in range(300)]
+    view = RunView("r1")
+    view.update(Run(run_id="r1", goal="g", tasks={s.id: Task(spec=s) for s in chain}))
+    console = Console(record=True, file=io.StringIO(), width=100)
+
+    console.print(task_tree(view, T0))
+
+    lines = console.export_text().splitlines()[1:]  # (the first is the run's)
+    assert [line.split("── ")[1].split()[0] for line in lines] == [spec.id for spec in chain]
+    assert max(len(line) for line in lines) < 100  # none wrapped
+    assert lines[-1].endswith("(after t298)")
 
 
 def test_events_move_tasks_and_time_them() -> None:

@@ -1,0 +1,31 @@
+"""`codeyard run` answering the run's questions itself (`--yes`, or its prompt)."""
+
+from __future__ import annotations
+
+from codeyard.bus import Bus
+from codeyard.coordinator.service import Coordinator
+from codeyard.progress.approvals import InlineApprovals
+from codeyard.schemas import Approve, ListApprovals, PendingApproval, SubmitRun, TaskSpec
+from tests.coordinator.harness import ask, running_coordinator
+
+
+async def test_an_answer_the_coordinator_refuses_is_said_in_words(bus: Bus) -> None:
+    """(it printed the whole ControlError, its envelope's ids and timestamps with it)"""
+    said: list[str] = []
+
+    async def yes(approval: PendingApproval) -> bool:
+        return True
+
+    plan = [TaskSpec(id="x", title="x")]
+    async with running_coordinator(Coordinator(bus, name="coord-inline")):
+        await ask(bus, "submit", SubmitRun(run_id="p1", goal="g", plan=plan, approve_plan=True))
+        [question] = (await ask(bus, "approvals", ListApprovals())).approvals  # type: ignore[union-attr]
+        await ask(bus, "approve", Approve(approval_id=question.approval_id, by="ana"))
+        inline = InlineApprovals(bus, "p1", yes, said.append, by="codeyard run")
+
+        await inline._answer(question)  # as listed before ana answered
+
+    assert said == [
+        f"could not approve {question.approval_id}: approval {question.approval_id} was "
+        "already approved by ana"
+    ]
