@@ -442,6 +442,7 @@ def run(
     )
 
     submitting = False  # from then on, giving up following leaves the run going
+    follower = RunFollower(console, err, options)
 
     async def follow() -> RunState:
         nonlocal submitting
@@ -462,7 +463,7 @@ def run(
             submitting = True
             if not json_output:
                 console.print(f"run {submit.run_id}: {goal}", markup=False, highlight=False)
-            final = await RunFollower(console, err, options).follow(bus, submit, timeout)
+            final = await follower.follow(bus, submit, timeout)
         finally:
             await bus.close()
         if json_output:
@@ -482,8 +483,15 @@ def run(
     try:
         state = asyncio.run(follow())
     except KeyboardInterrupt:
-        if submitting:
+        if submitting and follower.heard_from_run:
             _still_running(submit.run_id)
+        elif submitting:  # asked, not answered: the run may or may not exist
+            err.print(
+                f"run {submit.run_id} was submitted, but no coordinator answered yet: "
+                f"`codeyard status {submit.run_id}` tells whether it exists",
+                markup=False,
+                highlight=False,
+            )
         raise typer.Exit(INTERRUPTED) from None
     except RunIdTaken as exc:
         _error(str(exc))

@@ -48,6 +48,9 @@ class RunFollower:
         self._options = options
         self._live: Live | None = None
         self._view: RunView | None = None
+        # Whether the run was heard of: its submission answered with an event or a record. Until
+        # then a coordinator may not have taken it (none was answering, say).
+        self.heard_from_run = False
 
     async def follow(self, bus: Bus, submit: SubmitRun, timeout: float) -> Run:
         options = self._options
@@ -61,6 +64,7 @@ class RunFollower:
         lines = None if options.live or options.quiet else print_event(self._console)
 
         def on_event(event: RunEvent) -> None:
+            self.heard_from_run = True
             view.apply(event)
             if lines is not None:
                 lines(event)
@@ -69,6 +73,7 @@ class RunFollower:
                 approvals.nudge()
 
         def on_status(run: Run) -> None:
+            self.heard_from_run = True
             view.update(run)
             self._refresh()
             if approvals is not None and view.waiting_for_a_person:

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from codeyard.bus import EmbeddedNats
 from codeyard.bus.embedded import free_port
 from codeyard.schemas import ApprovalList, TaskSpec
 from codeyard.workspace.git import git
@@ -266,6 +267,35 @@ async def test_giving_up_following_says_the_run_goes_on_and_how_to_reach_it(
     denied = await asyncio.to_thread(codeyard, codeyard_up, "deny", waiting_r5["approval_id"])
     assert denied.returncode == 0, denied.stderr
     assert denied.stdout == f"denied {waiting_r5['approval_id']} (run r5): the task fails\n"
+
+
+async def test_ctrl_c_before_any_coordinator_answered_does_not_say_the_run_goes_on(
+    nats_server: EmbeddedNats, repo: Path
+) -> None:
+    """With no coordinator answering the submission, there may be no run at all to go on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEYARD_", "NATS_"))}
+    env |= {"NATS_URL": nats_server.url, "PYTHONUNBUFFERED": "1"}
+    asked = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "codeyard", "run", "g", "--repo", str(repo)),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert asked.stdout is not None
+        submitting = await asyncio.wait_for(asked.stdout.readline(), 30)  # "run ID: g"
+        run_id = submitting.decode().removeprefix("run ").partition(":")[0]
+        await asyncio.sleep(1)
+        asked.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(asked.communicate(), 30)
+    finally:
+        if asked.returncode is None:
+            asked.kill()
+            await asked.wait()
+    assert asked.returncode == 130, stderr
+    assert b"keeps going" not in stderr
+    said = f"run {run_id} was submitted, but no coordinator answered yet: `codeyard status "
+    assert said.encode() in stderr
 
 
 async def test_a_run_id_taken_by_another_submission_is_refused_before_anything_is_shown(
