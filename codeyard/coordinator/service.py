@@ -76,7 +76,7 @@ from codeyard.coordinator.events import (
     UnappliedSpend,
     WorkAbandoned,
 )
-from codeyard.coordinator.graph import InvalidPlan, TaskGraph
+from codeyard.coordinator.graph import MAX_TASK_BYTES, InvalidPlan, TaskGraph
 from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import RELEASE_PATIENCE, LeaderLease
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
@@ -782,7 +782,9 @@ class Coordinator:
         output is measured: a smaller one cannot fill a record."""
         task = run.tasks.get(result.task_id)
         limit = self._pipeline.max_payload
-        if task is None or _output_chars(result) < limit // 8:
+        # (on a server taking small messages, a task's spec alone may nearly fill one)
+        small = _output_chars(result) < limit // 8 and limit >= 8 * MAX_TASK_BYTES
+        if task is None or small or not isinstance(result, CodeResult | TestResult):
             return ""
         kept = msgspec.structs.replace(task)
         _keep_output(kept, result)

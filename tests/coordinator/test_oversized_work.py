@@ -24,6 +24,8 @@ from codeyard.schemas import (
     Result,
     SubmitRun,
     TaskSpec,
+    TestRequest,
+    TestResult,
     WorkItem,
 )
 from codeyard.schemas.model import RunState, TaskState, Usage
@@ -104,3 +106,25 @@ async def test_an_output_too_big_for_its_tasks_record_fails_the_task(small_messa
     assert failed.error.startswith("coder gave up: its CodeResult would make the task's record")
     assert failed.patch is None  # not kept
     assert run.usage == SPENT
+
+
+async def test_on_a_server_taking_small_messages_every_output_is_measured(
+    small_messages: Bus,
+) -> None:
+    """A 38 KB spec nearly fills a 48 KiB message: outputs too small to be measured on a
+    server taking 1 MiB messages fill the rest."""
+
+    async def answer(item: WorkItem) -> Result:
+        if isinstance(item, CodeRequest):
+            return CodeResult(patch=Patch(text="+" + "x" * 3_000 + "\n"), summary="s" * 2_000)
+        assert isinstance(item, TestRequest)  # nothing after testing
+        return TestResult(passed=True, output="o" * 5_000, usage=SPENT)
+
+    task = TaskSpec(id="t1", title="t", description="d" * 19_000, acceptance=["a" * 19_000])
+    coordinator = Coordinator(small_messages, name="coord-small")
+    async with workers_answering(small_messages, answer), running_coordinator(coordinator):
+        await ask(small_messages, "submit", SubmitRun(run_id="r1", goal="g", plan=[task]))
+        run = await wait_until(small_messages, "r1", timeout=30)
+
+    assert run.tasks["t1"].state is TaskState.FAILED
+    assert run.tasks["t1"].error.startswith("tester gave up: its TestResult would make the task")
