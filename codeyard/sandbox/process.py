@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from codeyard.sandbox.cgroups import PIDS, RunCgroups, SandboxCgroups
 from codeyard.sandbox.limits import Limits
 from codeyard.sandbox.protocol import RunOutcome, SandboxUnavailable
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, host_prlimit, own_ceilings, shim_argv
+from codeyard.sandbox.scratch import remove_tree
 from codeyard.sandbox.session_run import SessionExecution, run_in_session
 from codeyard.sandbox.workdir import checked_workdir, python_roots
 
@@ -114,7 +114,7 @@ class ProcessSandbox:
                 workdir=workdir,
             )
         finally:
-            await asyncio.to_thread(shutil.rmtree, home, True)
+            await asyncio.to_thread(remove_tree, home)  # (the command wrote there: any depth)
 
     def _nproc(self, limits: Limits) -> int:
         """RLIMIT_NPROC for the run: none with a cgroup or as root (see the module doc)."""

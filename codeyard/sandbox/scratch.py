@@ -4,9 +4,13 @@ Code run in the sandbox (bwrap) has the uid of codeyard's own user, so it can le
 directories without write permission holding symlinks to the user's files. Python's
 `TemporaryDirectory` before 3.11.8 (CVE-2023-6597) makes such a directory writable when an
 unlink fails by `chmod`ing the path, following a symlink that stands there: the sandbox could
-have a file of the user's made world-writable. Here only real directories are made writable,
-each through a descriptor opened without following links, and the rest is left to
-`shutil.rmtree`, which never follows links.
+have a file of the user's made world-writable. Here nothing is changed through a link.
+
+Sandboxed code may also leave a tree of any depth (`mkdir` in a loop, descending): deeper than
+Python's recursion limit, which `os.walk` and `shutil.rmtree` reach before Python 3.12 and 3.13
+(a `RecursionError`: the checkout was left on disk, and the error replaced the work's result),
+and deeper than `PATH_MAX`. GNU `chmod -R` and `rm -r` walk such trees by descriptors; `walk`
+is `os.walk` with a stack, for what must be done in Python.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,13 +37,51 @@ def scratch_directory(prefix: str) -> Iterator[Path]:
 
 def remove_tree(path: Path) -> None:
     """Remove `path` and everything in it, whatever permissions its directories were left
-    with, without following a symlink anywhere. What cannot be removed is left (logged by
-    nobody: a scratch directory left behind costs disk, not safety)."""
-    _make_writable(str(path))
-    for root, dirs, _files in os.walk(path):  # never descends into a link to a directory
-        for name in dirs:
-            _make_writable(os.path.join(root, name))
-    shutil.rmtree(path, ignore_errors=True)
+    with and however deep, without following a symlink anywhere. What cannot be removed is
+    left (logged by nobody: a scratch directory left behind costs disk, not safety)."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    try:
+        # chmod changes no link it meets in the tree (nor what it points to), only `path`'s
+        # own target if it were one (it is not, see above)
+        for command in (["chmod", "-R", "u+rwx"], ["rm", "-rf", "--one-file-system"]):
+            subprocess.run([*command, "--", str(path)], capture_output=True, check=False)
+    except OSError:  # no coreutils here: as deep as Python goes
+        for root, dirs, _files in walk(str(path)):
+            for name in (".", *dirs):
+                _make_writable(os.path.join(root, name))
+        with contextlib.suppress(RecursionError):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def walk(top: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(top)`, top-down, with a stack instead of recursion (see the module doc): links
+    to directories are listed among the directories but not entered, and clearing or pruning
+    the list of directories a step yields keeps the walk out of them. A directory that cannot
+    be read (gone, its path too long) is passed over."""
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as entries:
+                listed = list(entries)
+        except OSError:
+            continue
+        dirs: list[str] = []
+        files: list[str] = []
+        enter: set[str] = set()
+        for entry in listed:
+            try:
+                is_dir = entry.is_dir()
+                if is_dir and not entry.is_symlink():
+                    enter.add(entry.name)
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(entry.name)
+        yield directory, dirs, files
+        stack.extend(os.path.join(directory, d) for d in reversed(dirs) if d in enter)
 
 
 def _make_writable(directory: str) -> None:

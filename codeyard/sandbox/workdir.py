@@ -12,8 +12,12 @@ SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 
 def python_roots(python: Path) -> list[Path]:
-    """The directories holding `python`'s installation: its prefix, resolved and as named."""
-    candidates = {python.parent.parent, Path(os.path.realpath(python)).parent.parent}
+    """The directories holding `python`'s installation: its prefix, resolved and as named.
+    A directory above a link to the interpreter is one only if it is an installation or a
+    virtual environment: codeyard started as `~/bin/python` (or uv's `~/.local/bin/python3.12`)
+    bound the whole home directory, keys and all, into every sandbox."""
+    named = {python.parent.parent, Path(os.path.realpath(python)).parent.parent}
+    candidates = {path for path in named if _is_python_prefix(path)}
     if python == Path(sys.executable):
         for prefix in (sys.prefix, sys.base_prefix):
             candidates |= {Path(prefix), Path(os.path.realpath(prefix))}
@@ -25,6 +29,12 @@ def python_roots(python: Path) -> list[Path]:
         roots.append(candidate)
         covered.append(candidate)
     return roots
+
+
+def _is_python_prefix(path: Path) -> bool:
+    """Whether `path` holds a Python installation (its standard library) or is a virtual
+    environment's root."""
+    return (path / "pyvenv.cfg").is_file() or any(path.glob("lib/python3*/os.py"))
 
 
 def checked_workdir(workdir: Path, also_protected: Iterable[Path] = ()) -> Path:

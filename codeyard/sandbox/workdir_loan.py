@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from codeyard.sandbox.protocol import SANDBOX_UID
+from codeyard.sandbox.scratch import walk
 
 
 class WorkdirLoan:
@@ -52,8 +53,12 @@ class WorkdirLoan:
 
     def _entries(self) -> Iterator[tuple[str, os.stat_result]]:
         """The workdir and everything below it that may change owner (see the module doc)."""
-        for directory, dirnames, filenames in os.walk(self.workdir):
-            info = os.lstat(directory)
+        for directory, dirnames, filenames in walk(str(self.workdir)):  # any depth
+            try:
+                info = os.lstat(directory)
+            except OSError:  # gone, or its path too long: left to the sandbox's uid
+                dirnames.clear()
+                continue
             if info.st_dev != self._device:
                 dirnames.clear()
                 continue

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from codeyard.sandbox.scratch import remove_tree, scratch_directory
+from codeyard.sandbox.protocol import SANDBOX_UID
+from codeyard.sandbox.scratch import remove_tree, scratch_directory, walk
+from codeyard.sandbox.workdir_loan import WorkdirLoan
 
 NOBODY = 65534
 
@@ -91,3 +93,71 @@ def test_a_scratch_directory_is_gone_afterwards() -> None:
     with scratch_directory("codeyard-test-") as scratch:
         (scratch / "x").write_text("x")
     assert not scratch.exists()
+
+
+def deep_tree(top: Path, depth: int, owner: int | None = None) -> None:
+    """`depth` directories one in the next under `top`, made as sandboxed code makes them
+    (each from the one before): deeper than Python's recursion limit, and than PATH_MAX.
+    Given to `owner` (uid and gid), if given."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            if owner is not None:
+                os.fchown(inner, owner, owner)
+            os.close(fd)
+            fd = inner
+        with open(os.open("file", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd), "w") as file:
+            file.write("at the bottom")
+    finally:
+        os.close(fd)
+
+
+def test_a_tree_of_any_depth_is_removed(tmp_path: Path) -> None:
+    """os.walk and shutil.rmtree recursed once per level: a RecursionError left the checkout
+    on disk, and replaced the result of the work that made it."""
+    tree = tmp_path / "scratch"
+    tree.mkdir()
+    deep_tree(tree, 3000)
+
+    remove_tree(tree)
+
+    assert not tree.exists()
+
+
+@pytest.fixture
+def deep_place(tmp_path: Path) -> Iterator[Path]:
+    """A directory for a deep tree, removed by `remove_tree` (pytest's own clean-up of old
+    temporary directories would meet the recursion limit)."""
+    place = tmp_path / "deep"
+    place.mkdir()
+    try:
+        yield place
+    finally:
+        remove_tree(place)
+
+
+def test_walk_goes_as_deep_as_paths_can_name(deep_place: Path) -> None:
+    deep_tree(deep_place, 1500)  # 3,000 characters of path below it
+
+    levels = [directory for directory, _, _ in walk(str(deep_place))]
+
+    assert len(levels) == 1501
+    assert levels[-1] == str(deep_place) + "/d" * 1500
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lending a workdir chowns it, which needs root")
+def test_a_lent_workdir_of_any_depth_is_taken_back(deep_place: Path) -> None:
+    """(the docker backend's: the command left a tree too deep to walk back)"""
+    workdir = deep_place / "workdir"
+    workdir.mkdir()
+    (workdir / "made").mkdir()
+    loan = WorkdirLoan(workdir)
+    loan.lend()
+    deep_tree(workdir / "made", 3000, owner=SANDBOX_UID)
+
+    loan.give_back()
+
+    assert {(workdir / "made").stat().st_uid, os.stat(workdir / "made/d/d/d").st_uid} == {0}
+    # (below what a path can name, the rest stays the sandbox user's, for `remove_tree`)
