@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from codeyard.agents.outputs import MAX_EDITS, FileEdit, ReplaceText
 from codeyard.agents.safe_paths import UnsafePath, workspace_path
+from codeyard.workspace.git import NO_PROGRAMS
 
 MAX_FILE_BYTES = 1_000_000
 GIT_TIMEOUT_SECONDS = 60.0
@@ -311,6 +312,7 @@ def _git_env(index: Path | None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
     # Paths are names, not patterns: `*.py` or `:(top)x` must mean that file.
     env["GIT_LITERAL_PATHSPECS"] = "1"
+    env["GIT_TEMPLATE_DIR"] = ""
     if index is not None:
         env["GIT_INDEX_FILE"] = str(index)
     return env
@@ -320,7 +322,8 @@ def _run_git(root: Path, index: Path | None, *args: str) -> subprocess.Completed
     return subprocess.run(
         # Names with non-ASCII letters as they are (the gate matches them against its path
         # rules); git still quotes names holding control characters, quotes or backslashes.
-        ["git", "-c", "core.quotePath=false", *args],
+        # (and no config may run a program here: the tree holds the model's code, see git.py)
+        ["git", *NO_PROGRAMS, "-c", "core.quotePath=false", *args],
         cwd=root,
         env=_git_env(index),
         capture_output=True,

@@ -1,8 +1,23 @@
-"""Running git, with errors that say what failed."""
+"""Running git, with errors that say what failed.
+
+Whatever a config says (the system's, the user's ~/.gitconfig, a repository's own), the git
+commands codeyard runs (`git`, `checkout`) run no hook (`core.hooksPath` or a repository's
+`hooks/`), copy no hook or anything else from a template (`init.templateDir`) into a clone or a
+new repository, and run no fsmonitor and no signing program. A hook runs what it likes from the
+working tree it runs in, and in the integration clone that is the code a task's patch wrote: a
+global pre-commit hook would run it on the host, outside the sandbox. A global `commit.gpgSign`
+would fail every merge. Only these settings are overridden (on the command line, which wins
+over every file): everything else the config files say still holds, such as the compose image's
+system-wide `safe.directory '*'` (deploy/Dockerfile), without which git refuses a repository
+another uid owns, or the filters a repository's attributes name (git-lfs): programs the host's
+owner installed, which run on the code, not the code itself.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -13,6 +28,18 @@ IDENTITY = {
     "GIT_COMMITTER_NAME": "codeyard",
     "GIT_COMMITTER_EMAIL": "codeyard@localhost",
 }
+# Settings of every command that would otherwise let a config run a program (see above).
+# /dev/null holds no hooks; `log.showSignature` would run gpg on every `git log`.
+NO_PROGRAMS = (
+    *("-c", "core.hooksPath=/dev/null"),
+    *("-c", "core.fsmonitor=false"),
+    *("-c", "commit.gpgSign=false"),
+    *("-c", "tag.gpgSign=false"),
+    *("-c", "log.showSignature=false"),
+)
+# An empty template directory: a clone or init copies nothing into its .git (no hooks), whatever
+# `init.templateDir` says; the environment variable comes before the config.
+_ENVIRONMENT = {**IDENTITY, "GIT_TERMINAL_PROMPT": "0", "GIT_TEMPLATE_DIR": ""}
 
 
 class GitError(RuntimeError):
@@ -24,13 +51,14 @@ class GitError(RuntimeError):
 def git(
     repo: Path, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 300
 ) -> str:
-    """Run `git -C repo args...`; its stdout, or `GitError` with what git said."""
+    """Run `git -C repo args...`, no config running any program (see above); its stdout, or
+    `GitError` with what git said."""
     result = subprocess.run(
-        ["git", "-C", str(repo), *args],
+        ["git", *NO_PROGRAMS, "-C", str(repo), *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=os.environ | IDENTITY | {"GIT_TERMINAL_PROMPT": "0"},
+        env=os.environ | _ENVIRONMENT,
         timeout=timeout,
     )
     if check and result.returncode != 0:
@@ -38,15 +66,47 @@ def git(
     return result.stdout
 
 
+@functools.cache
+def git_version() -> tuple[int, ...]:
+    """The installed git's version, as numbers: (2, 39, 5)."""
+    told = git(Path("/"), "version")  # "git version 2.39.5", maybe more after it
+    found = re.search(r"\d+(\.\d+)*", told)
+    return tuple(int(part) for part in found.group().split(".")) if found else ()
+
+
 def checkout(source: Path, destination: Path, rev: str = "HEAD") -> Path:
     """A private working copy of `source` at `rev` (any revision of `source`: a branch, a tag,
     a commit), sharing no files with it."""
     commit = git(source, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
-    subprocess.run(
-        ["git", "clone", "--quiet", "--no-hardlinks", str(source), str(destination)],
-        check=True,
-        capture_output=True,
-        timeout=300,
+    git(
+        destination.parent,
+        "clone",
+        "--quiet",
+        "--no-hardlinks",
+        "--no-checkout",
+        str(source),
+        str(destination),
     )
+    fetch_if_missing(destination, commit)
     git(destination, "checkout", "--quiet", "--detach", commit)
     return destination
+
+
+def fetch_if_missing(clone: Path, commit: str, timeout: float = 300) -> None:
+    """Make sure `clone` has `commit` of its origin. A clone of a local repository copies all
+    its objects; but git clones a shallow one (`git clone --depth`, or a snapshot cache holding
+    one) as a remote one, taking only its branches, and `commit` may be on none of them (a
+    snapshot cache's `refs/snapshots/`, an integration head taken off again)."""
+    if git(clone, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}", check=False):
+        return
+    # --update-shallow: the commit's history ends where the origin's does
+    git(
+        clone,
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--update-shallow",
+        "origin",
+        commit,
+        timeout=timeout,
+    )

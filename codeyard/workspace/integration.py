@@ -2,13 +2,13 @@
 task, and delivers the result as the branch `codeyard/<run_id>` of the user's repository.
 
 The integration clone lives under the data dir; the user's working tree and current branch are
-never touched (delivery is a fetch into a new branch). Merging is idempotent: each commit
-carries the task and attempt as a trailer, so a merge repeated after a coordinator crash finds
-its commit and does not apply the patch twice. Only the commits made since the clone was
-(`BASE_REF`, recorded with it) count, and only by their trailer: the user's history and the
-words of the planner and the coder in a message can never make a task look merged. A clone
-serves one submission of its run (`SUBMISSION_KEY`, recorded with it): a run id used again
-after its record was lost gets a new clone, not the old run's base and merges.
+never touched (delivery is a fetch into a new branch, never over an existing one). Merging is
+idempotent: each commit carries the task and attempt as a trailer, so a merge repeated after a
+coordinator crash finds its commit and does not apply the patch twice. Only the commits made
+since the clone was (`BASE_REF`, recorded with it) count, and only by their trailer: the user's
+history and the words of the planner and the coder in a message can never make a task look
+merged. A clone serves one submission of its run (`SUBMISSION_KEY`, recorded with it): a run id
+used again after its record was lost gets a new clone, not the old run's base and merges.
 
 Each commit stays on the head only once the repository's suite passed on it; a failing suite,
 or anything else ending the merge before (the sandbox or the object store unavailable, a
@@ -23,8 +23,13 @@ is made next to its place and renamed there once whole, so an interrupted clone 
 for one.
 
 A repository the result branch could not be fetched into (its `.git` not writable by the
-coordinator's uid, as with another user's repository mounted into a container) is refused when
-the run is prepared, before any of its work, never found out by the delivery after all of it.
+coordinator's uid, as with another user's repository mounted into a container; a branch of that
+name there already, or one in its way, such as `codeyard`) is refused when the run is prepared,
+before any of its work, never found out by the delivery after all of it. A branch of that name
+made while the run went on is left as it is: the delivery fails, saying where the result is.
+
+No git command here runs a hook, or any other program a git config names (`git.git`): a hook
+run in the clone would run what a task's patch wrote on the host, outside the sandbox.
 
 A run submitted without a repository is a dry run: merges are recorded, nothing is written.
 
@@ -49,7 +54,7 @@ from codeyard.coordinator.events import Integrated, Merged, MergeFailed, ParkTas
 from codeyard.coordinator.integrator import LedgerIntegrator
 from codeyard.schemas.model import FeedbackKind, RepoRef, Run, Task, TaskState
 from codeyard.workspace.file_lock import FileLock
-from codeyard.workspace.git import GitError, git
+from codeyard.workspace.git import GitError, git, git_version
 from codeyard.workspace.integration_clones import CLONE_DIR
 from codeyard.workspace.patch_store import inline
 from codeyard.workspace.regression import RegressionSuite
@@ -200,14 +205,55 @@ class GitIntegrator:
         task = run.tasks[task_id]
         patch = await inline(self.artifacts, task.patch) if task.patch else None
         async with self._lock(run.run_id):
-            outcome, commit = await finish_in_thread(
-                self._merge, run, task_id, attempt, patch.text if patch else ""
+            outcome, commit = await self._merge_in_thread(
+                run, task_id, attempt, patch.text if patch else ""
             )
             if not isinstance(outcome, Merged):
                 return outcome
             if commit is None:  # merged before, under later merges whose suites passed on it
-                return Merged(task_id, attempt, await self._published(run))
+                return await self._found(run, outcome)
             return await self._verified(run, outcome, commit)
+
+    async def _merge_in_thread(
+        self, run: Run, task_id: str, attempt: int, patch: str
+    ) -> tuple[Merged | MergeFailed, str | None]:
+        """`_merge` in a thread. Cancelled meanwhile (the leadership lost, a shutdown), the
+        commit it made is taken off the head again once it has returned, as `_verified` does:
+        no suite passed on it."""
+        made: list[str] = []
+
+        def merge() -> tuple[Merged | MergeFailed, str | None]:
+            outcome, commit = self._merge(run, task_id, attempt, patch)
+            if commit is not None:
+                made.append(commit)
+            return outcome, commit
+
+        try:
+            return await finish_in_thread(merge)
+        except asyncio.CancelledError:
+            if made:
+                try:
+                    await finish_in_thread(_undo, self.integration_dir(run.run_id), made[0])
+                except Exception:  # the cancellation goes on all the same
+                    log.exception("run %s: cannot take cancelled merge %s off", run.run_id, made)
+            raise
+
+    async def _found(self, run: Run, merged: Merged) -> Merged:
+        """`merged`, whose commit a replay found under later merges: it is on the branch for
+        good (the later merges' suites passed on it), whatever happens now. The head is
+        published if the object store allows; if not, the merge stands all the same, the head
+        to be published with the next merge: a failure here would send the task back to its
+        coder, whose next attempt would be merged on top of its commit."""
+        try:
+            return Merged(merged.task_id, merged.attempt, await self._published(run))
+        except Exception as exc:
+            log.warning(
+                "run %s: task %s is merged, but its head could not be published: %s",
+                run.run_id,
+                merged.task_id,
+                exc,
+            )
+            return merged
 
     async def _verified(self, run: Run, merged: Merged, commit: str) -> Merged | MergeFailed:
         """`merged` once the suite passed on `commit` (HEAD) and the head is published; else
@@ -252,7 +298,12 @@ class GitIntegrator:
                 return conflict, None
         trailer = task_trailer(run.run_id, task_id, attempt)
         message = commit_message(task, trailer)
-        git(repo, *_NO_DETACHED_GC, "commit", "--quiet", "--allow-empty", "-F", "-", stdin=message)
+        git(
+            repo,
+            *_NO_DETACHED_GC,
+            *("commit", "--quiet", "--no-verify", "--allow-empty", "-F", "-"),
+            stdin=message,
+        )
         return Merged(task_id, attempt), _commit(repo, "HEAD")
 
     async def integrate(self, run: Run) -> Integrated:
@@ -264,24 +315,90 @@ class GitIntegrator:
         return outcome
 
     def _integrate(self, run: Run) -> Integrated:
+        """The clone's head fetched into the user's repository as the new branch `branch`,
+        never over anything: a branch of that name made since the run was prepared is left as
+        it is, unless it holds nothing but a part of the run's history (then it moves on to its
+        head, losing nothing). Delivering again what was delivered (a replay after a crash)
+        succeeds, even once the user built on the branch."""
         branch = result_branch(run.run_id)
         source = self.integration_dir(run.run_id)
+        repo = Path(run.repo.path)
+        merged = sum(task.state is TaskState.MERGED for task in run.tasks.values())
+        delivered = Integrated(ok=True, report=f"{merged} tasks on branch {branch} of {repo}")
         try:
-            git(Path(run.repo.path), "fetch", "--quiet", str(source), f"+HEAD:refs/heads/{branch}")
+            head = _commit(source, "HEAD")
+            if _holds(repo, branch, head):
+                return delivered
+            try:
+                git(repo, *delivery_fetch(source, branch))
+            except GitError:
+                if _has_branch(repo, branch):  # made since, with commits that are not the run's
+                    report = _taken_at_delivery(repo, branch, source, head)
+                    return Integrated(ok=False, report=report)
+                raise
         except GitError as exc:
             return Integrated(ok=False, report=str(exc))
-        merged = sum(task.state is TaskState.MERGED for task in run.tasks.values())
-        return Integrated(ok=True, report=f"{merged} tasks on branch {branch} of {run.repo.path}")
+        return delivered
+
+
+def delivery_fetch(source: Path, branch: str) -> tuple[str, ...]:
+    """The arguments of the `git fetch` delivering `source`'s head into a repository as
+    `branch`. Not forced: git refuses to move an existing branch but forward. It writes only the
+    branch: no tags, no FETCH_HEAD (from git 2.29 on; `_fetch_writes`), no submodule fetched
+    from its remote because a task moved it."""
+    options = ["--quiet", "--no-tags", "--no-recurse-submodules"]
+    if _fetch_head_optional():
+        options.append("--no-write-fetch-head")
+    return ("fetch", *options, str(source), f"HEAD:refs/heads/{branch}")
+
+
+def _fetch_head_optional() -> bool:
+    """Whether `git fetch` has `--no-write-fetch-head` (git 2.29)."""
+    return git_version() >= (2, 29)
+
+
+def _has_branch(repo: Path, branch: str) -> bool:
+    ref = f"refs/heads/{branch}"
+    return bool(git(repo, "rev-parse", "--verify", "--quiet", ref, check=False).strip())
+
+
+def _holds(repo: Path, branch: str, commit: str) -> bool:
+    """Whether `branch` of `repo` exists and has `commit` in its history."""
+    if not _has_branch(repo, branch):
+        return False
+    ancestry = ("merge-base", "--is-ancestor", commit, f"refs/heads/{branch}")
+    try:
+        git(repo, *ancestry)
+    except GitError:  # not an ancestor, or `repo` does not have `commit` at all
+        return False
+    return True
+
+
+def _taken_at_delivery(repo: Path, branch: str, source: Path, head: str) -> str:
+    return (
+        f"the branch {branch} of {repo} was made or moved since the run started, and does not "
+        f"hold the run's result: codeyard never overwrites a branch, so it was left as it is. "
+        f"The result is commit {head} of {source}: `git -C {repo} fetch {source} "
+        f"{head}:refs/heads/ANOTHER-NAME` makes it a branch of another name"
+    )
 
 
 class RepositoryNotWritable(Exception):
     """The result branch could not be fetched into the user's repository by this process."""
 
 
+class ResultBranchTaken(RepositoryNotWritable):
+    """The result branch exists in the user's repository already (a run of the same id left it,
+    or the user made it), or another branch keeps git from making it: the delivery would have to
+    overwrite it, which it never does."""
+
+
 def _check_deliverable(repo: Path, branch: str) -> None:
-    """Refuse (`RepositoryNotWritable`) a repository that `GitIntegrator._integrate`'s fetch of
-    `branch` could not write: every place it may write (`_fetch_writes`), checked by the kernel
-    for this process's uid (`os.access`: mode bits, ACLs, a read-only mount)."""
+    """Refuse a repository the delivery (`GitIntegrator._integrate`) could not fetch `branch`
+    into: one that has `branch` already, or a branch in its way (`ResultBranchTaken`); one where
+    this process's uid cannot write every place the fetch may write (`_fetch_writes`, checked
+    by the kernel, `os.access`: mode bits, ACLs, a read-only mount; `RepositoryNotWritable`)."""
+    _check_branch_free(repo, branch)
     blocked: list[Path] = []
     for place in _fetch_writes(repo, branch):
         blocker = _unwritable(place)
@@ -302,17 +419,67 @@ def _check_deliverable(repo: Path, branch: str) -> None:
     )
 
 
+def _check_branch_free(repo: Path, branch: str) -> None:
+    """Refuse (`ResultBranchTaken`) a repository that has the branch `branch`, or one that
+    keeps git from making it: a ref's name is a file path, so neither a branch named as a
+    directory of it (`codeyard` for `codeyard/r1`) nor a branch under it (`codeyard/r1/x`) may
+    be there. Found now, not by the delivery after all of the run's work."""
+    ref = f"refs/heads/{branch}"
+    parts = ref.split("/")
+    above = {"/".join(parts[:end]) for end in range(3, len(parts))}
+    # a pattern matches the ref named and every ref under it
+    listing = git(repo, "for-each-ref", "--format=%(refname)", *sorted(above), ref)
+    found = listing.split()
+    if ref in found:
+        where = _checked_out(repo, ref)
+        raise ResultBranchTaken(
+            f"{repo} has a branch {branch} already, and codeyard delivers a run as a new branch "
+            f"of that name, never over an existing one: delete it (git -C {repo} branch -D "
+            f"{branch}){where}, or choose another run id (--run-id)"
+        )
+    for other in found:
+        name = other.removeprefix("refs/heads/")
+        if other in above:
+            raise ResultBranchTaken(
+                f"{repo} has a branch {name}, which keeps git from making the branch {branch} "
+                f"a run delivers into (a branch cannot be both a name and a directory of "
+                f"names): rename it (git -C {repo} branch -m {name} NEW-NAME)"
+            )
+        if other.startswith(f"{ref}/"):
+            raise ResultBranchTaken(
+                f"{repo} has a branch {name}, which keeps git from making the branch {branch} "
+                f"a run delivers into (a branch cannot be both a name and a directory of "
+                f"names): choose another run id (--run-id), or rename {name}"
+            )
+
+
+def _checked_out(repo: Path, ref: str) -> str:
+    """Where `ref` is checked out, as words to add to a refusal ("" when nowhere): git deletes
+    no branch a worktree has checked out."""
+    listing = git(repo, "worktree", "list", "--porcelain", check=False)
+    worktree = ""
+    for line in listing.splitlines():
+        if line.startswith("worktree "):
+            worktree = line.removeprefix("worktree ")
+        elif line == f"branch {ref}":
+            return f" once the worktree {worktree} has another branch checked out"
+    return ""
+
+
 def _fetch_writes(repo: Path, branch: str) -> list[Path]:
     """Where fetching `branch` into `repo` may write (seen with strace, git 2.39): FETCH_HEAD
-    (truncated, so an existing one must be writable; one per worktree), new objects either
-    loose in `objects/XX/` (new `XX` directories in `objects`, as is `maintenance.lock`) or,
+    when git cannot leave it (`delivery_fetch`; truncated, so an existing one must be writable;
+    one per worktree), new objects either loose in `objects/XX/` (new `XX` directories in
+    `objects`, as is `maintenance.lock`) or,
     from 100 objects on (`fetch.unpackLimit`), as a pack in `objects/pack`: which one depends
     on the run's commits, so all of them; the ref's lock file, renamed to the ref, and its
     reflog. Each path as git resolves it: a linked worktree's, or a `.git` file's, are
     elsewhere."""
     ref = f"refs/heads/{branch}"
     objects = _git_path(repo, "--git-path", "objects")
-    places = [_git_path(repo, "--git-path", "FETCH_HEAD"), objects, objects / "pack"]
+    places = [objects, objects / "pack"]
+    if not _fetch_head_optional():
+        places.insert(0, _git_path(repo, "--git-path", "FETCH_HEAD"))
     places += sorted(found for found in objects.glob("[0-9a-f][0-9a-f]") if found.is_dir())
     if git(repo, "config", "--get", "extensions.refStorage", check=False).strip() == "reftable":
         # A ref update writes a new table and replaces tables.list, both in this directory.

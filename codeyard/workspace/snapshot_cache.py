@@ -33,13 +33,15 @@ from nats.js.object_store import ObjectStore
 
 from codeyard.schemas.model import SnapshotBundle, SnapshotRef
 from codeyard.workspace.file_lock import FileLock
-from codeyard.workspace.git import git
+from codeyard.workspace.git import fetch_if_missing, git
 from codeyard.workspace.snapshots import (
     BUNDLE_REF,
     GIT_TIMEOUT,
+    SHALLOW_REFS,
     SnapshotError,
     SnapshotMissing,
     file_sha256,
+    shallow_boundary,
 )
 from codeyard.workspace.use_lock import in_use
 
@@ -190,6 +192,15 @@ def _import(repository: Path, bundle: Path, head: str) -> None:
         git(repository.parent, "init", "--quiet", "--bare", repository.name)
         # objects are only ever added: checkouts borrow them through alternates
         git(repository, "config", "gc.auto", "0")
+    # A snapshot of a shallow repository: its history ends where the bundle says (SHALLOW_REFS).
+    heads = git(repository, "bundle", "list-heads", str(bundle), timeout=GIT_TIMEOUT).split("\n")
+    ends = [line.split()[0] for line in heads if f" {SHALLOW_REFS}" in line]
+    if ends:
+        shallow = repository / "shallow"
+        known = shallow_boundary(shallow)
+        written = shallow.with_name(f"shallow.{uuid.uuid4().hex}.part")
+        written.write_text("".join(f"{sha}\n" for sha in sorted({*known, *ends})))
+        os.replace(written, shallow)  # whole or not at all, for whoever reads it meanwhile
     # the ref is written after the objects are in, so it marks a complete import
     git(
         repository,
@@ -205,4 +216,7 @@ def _clone(repository: Path, head: str, dest: Path) -> None:
         *("clone", "--quiet", "--shared", "--no-checkout", str(repository), str(dest)),
         timeout=GIT_TIMEOUT,
     )
+    # git clones a shallow repository (a snapshot of one) as a remote one, not shared, and
+    # takes only its branches: the head, under refs/snapshots/, is fetched then
+    fetch_if_missing(dest, head, timeout=GIT_TIMEOUT)
     git(dest, "checkout", "--quiet", "--detach", head, timeout=GIT_TIMEOUT)

@@ -5,7 +5,8 @@ A snapshot is a chain of bundles: a full bundle of the first head, then incremen
 (`previous head..new head`) that need the ones before them. Bundles are named by the sha256 of
 their bytes, so publishing what is already there uploads nothing and a name always means the
 same bytes. Bundles are built in a temporary file and uploaded in chunks: a large repository
-never sits in memory. `SnapshotCache` (snapshot_cache.py) is the reading side.
+never sits in memory. `SnapshotCache` (snapshot_cache.py) is the reading side. A shallow
+repository's (`git clone --depth`) full bundle says where its history ends (`SHALLOW_REFS`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ BUNDLE_PREFIX = "git-bundle/sha256-"
 # The one ref every bundle carries: a fixed name keeps the bytes, and so the name, of a bundle
 # of the same commits the same.
 BUNDLE_REF = "refs/heads/snapshot"
+# In a bundle of a shallow repository's commits (`git clone --depth`): one ref per commit of the
+# bundle whose parents are not in the repository, so not in the bundle (the shallow boundary, as
+# git records it in `.git/shallow`). A repository fetching from the bundle must record them as
+# its own boundary first, or git takes their parents for missing objects.
+SHALLOW_REFS = "refs/shallow/"
 HASH_BLOCK = 1024 * 1024
 # Bundling or checking out a large repository on a loaded machine takes a while.
 GIT_TIMEOUT = 3600.0
@@ -132,19 +138,42 @@ def _create_bundle(repo: Path, commit: str, base: str | None, target: Path) -> N
     """Write a bundle of `commit` (minus `base`'s history) to `target`.
 
     A bundle needs a ref, and the repository may be in use (the integrator commits to it): the
-    ref is made in a scratch repository that borrows `repo`'s objects through alternates.
+    ref is made in a scratch repository that borrows `repo`'s objects through alternates, and
+    its shallow boundary, if any: history ends there (see `SHALLOW_REFS`).
     """
-    objects = git(repo, "rev-parse", "--path-format=absolute", "--git-path", "objects").strip()
+    objects = _git_path(repo, "objects")
     scratch = target.parent / "borrow.git"
     git(target.parent, "init", "--quiet", "--bare", scratch.name)
     (scratch / "objects" / "info" / "alternates").write_text(objects + "\n")
+    boundary = shallow_boundary(Path(_git_path(repo, "shallow")))
+    if boundary:
+        (scratch / "shallow").write_text("".join(f"{sha}\n" for sha in boundary))
     git(scratch, "update-ref", BUNDLE_REF, commit)
     exclude = [f"^{base}"] if base else []
+    refs = [BUNDLE_REF]
+    if boundary:
+        bundled = set(git(scratch, "rev-list", commit, *exclude, timeout=GIT_TIMEOUT).split())
+        for sha in sorted(bundled.intersection(boundary)):
+            git(scratch, "update-ref", f"{SHALLOW_REFS}{sha}", sha)
+            refs.append(f"{SHALLOW_REFS}{sha}")
     # One delta-search thread: threads share out the work by timing, and the same commits must
     # give the same bytes for the name to deduplicate.
     git(
         scratch,
-        *("-c", "pack.threads=1", "bundle", "create", "--quiet", str(target), BUNDLE_REF),
+        *("-c", "pack.threads=1", "bundle", "create", "--quiet", str(target), *refs),
         *exclude,
         timeout=GIT_TIMEOUT,
     )
+
+
+def shallow_boundary(shallow: Path) -> list[str]:
+    """The commits a repository's `shallow` file names (empty when there is none): its history
+    ends with them."""
+    try:
+        return sorted(set(shallow.read_text().split()))
+    except FileNotFoundError:
+        return []
+
+
+def _git_path(repo: Path, name: str) -> str:
+    return git(repo, "rev-parse", "--path-format=absolute", "--git-path", name).strip()

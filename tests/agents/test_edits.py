@@ -183,6 +183,9 @@ def test_hostile_paths_are_refused_before_anything_is_written(
     sample_repo: Path, path: str, reason: str
 ) -> None:
     before = files_of(sample_repo)
+    (sample_repo / ".git/hooks").mkdir(
+        exist_ok=True
+    )  # (git made none: codeyard's takes no template)
     hooks = sorted((sample_repo / ".git/hooks").iterdir())
 
     with pytest.raises(EditError) as caught:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
+from nats.js.object_store import ObjectStore
 
 from codeyard.agents.policy import load_policy
 from codeyard.agents.safety_gate import SafetyGate
@@ -466,6 +469,73 @@ async def test_a_merge_whose_suite_cannot_run_leaves_nothing_on_the_head(
     integrator.suite = ScriptedSuite(failing=set())  # it is back: the retry lands
     assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
     assert git(clone, "log", "--format=%s").splitlines() == ["change a", "initial"]
+
+
+async def test_a_merge_cancelled_after_its_commit_leaves_nothing_on_the_head(
+    user_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leadership is lost (or the coordinator shuts down) while git commits the merge: the
+    commit, which no suite passed on, is taken off again once git is done, and the next leader's
+    merge applies the patch afresh."""
+    committed, resume = threading.Event(), threading.Event()
+    merge = GitIntegrator._merge
+
+    def merge_then_wait(
+        self: GitIntegrator, run: Run, task_id: str, attempt: int, patch: str
+    ) -> tuple[Merged | MergeFailed, str | None]:
+        outcome = merge(self, run, task_id, attempt, patch)
+        committed.set()
+        resume.wait(30)  # the thread goes on after the cancellation, as git does
+        return outcome
+
+    integrator = GitIntegrator(tmp_path / "data", ScriptedSuite(failing=set()))
+    run = run_with(user_repo, a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"))
+    run.repo = await integrator.prepare(run)
+    clone = Path(run.repo.snapshot)
+    monkeypatch.setattr(GitIntegrator, "_merge", merge_then_wait)
+    merging = asyncio.create_task(integrator.merge(run, "a", 1))
+    await asyncio.to_thread(committed.wait, 30)
+    assert git(clone, "log", "--format=%s").splitlines() == ["change a", "initial"]
+
+    merging.cancel()
+    resume.set()
+    with pytest.raises(asyncio.CancelledError):
+        await merging
+
+    assert git(clone, "log", "--format=%s").splitlines() == ["initial"]
+    assert git(clone, "status", "--porcelain") == ""
+    monkeypatch.undo()
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    assert git(clone, "log", "--format=%s").splitlines() == ["change a", "initial"]
+
+
+class StoreAway:
+    """An object store that cannot be reached."""
+
+    def __getattr__(self, name: str) -> object:
+        raise ConnectionError("the object store is unavailable")
+
+
+async def test_a_merge_found_under_later_ones_stands_when_its_head_cannot_be_published(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """A coordinator crashed after merging a, before recording it, and b was merged on top:
+    replayed, a's merge finds its commit, which stays on the branch whatever happens. Failing
+    because the head cannot be published would send a back to its coder (the coordinator makes
+    an integration error a conflict), and a's next attempt would be merged over a's commit."""
+    integrator = GitIntegrator(tmp_path / "data")
+    run = greet_and_notes(user_repo)
+    run.repo = await integrator.prepare(run)
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    assert landed(await integrator.merge(run, "b", 1)) == ("b", 1)
+    clone = Path(run.repo.snapshot)
+    head = git(clone, "rev-parse", "HEAD")
+
+    integrator.artifacts = cast(ObjectStore, StoreAway())
+    replayed = await integrator.merge(run, "a", 1)
+
+    assert replayed == Merged("a", 1)  # merged; the head is published with the next merge
+    assert git(clone, "rev-parse", "HEAD") == head
 
 
 @pytest.fixture
