@@ -26,7 +26,6 @@ from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, 
 from codeyard.bus.topology import Topology
 from codeyard.cancellation import stop_tasks, wait_event
 from codeyard.config import Settings
-from codeyard.dashboard.service import dashboard_token
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
 from codeyard.llm.local import MAX_TOKENS, local_server_command, smollm2_model
 from codeyard.observability.ports import metrics_port_of, with_metrics_ports
@@ -67,8 +66,10 @@ def service_children(
         ChildSpec("coordinator", coordinator, env(COORDINATOR)),
         ChildSpec("safety-gate", [*codeyard, "gate"], env(GATE)),
     ]
-    if dashboard_token is not None:
-        dashboard_env = env(CTL) | {"CODEYARD_DASHBOARD_TOKEN": dashboard_token}
+    if dashboard_token is not None:  # "": the dashboard makes one, and shows it
+        dashboard_env = env(CTL)
+        if dashboard_token:
+            dashboard_env |= {"CODEYARD_DASHBOARD_TOKEN": dashboard_token}
         children.append(ChildSpec("dashboard", [*codeyard, "dashboard"], dashboard_env))
     if agents:
         coder, tester, review = (principal_of_role(r) for r in ("coder", "tester", "review"))
@@ -489,7 +490,8 @@ async def run_up(
             llm_env |= {"CODEYARD_LLM_MODEL": "smollm2", "CODEYARD_LLM_MAX_TOKENS": cap}
             # llama.cpp's server ignores `max_completion_tokens`: the cap would be lost
             llm_env["CODEYARD_LLM_MAX_TOKENS_FIELD"] = "max_tokens"
-        token = dashboard_token(settings) if dashboard else None
+        # The dashboard's own (checked already), or "": it makes one, and shows its sign-in link
+        token = settings.dashboard_token.get_secret_value() if dashboard else None
         if token is not None and not port_free(settings.dashboard_port, settings.dashboard_host):
             # it would exit 2 at once: say so, rather than announce an address that is another's
             taken = f"{settings.dashboard_host}:{settings.dashboard_port}"

@@ -190,10 +190,17 @@ class Dashboard:
             )
         if proof is Proof.QUERY and request.method == "GET":
             # trade the token in the URL for a cookie, and drop it from the address bar
-            target = request.rel_url.without_query_params("token")
-            response = web.Response(status=303, headers={"Location": str(target)})
+            target = str(request.rel_url.without_query_params("token"))
+            if target.startswith(("//", "/\\")):  # a browser takes it for another host's
+                target = "/"
+            response = web.Response(status=303, headers={"Location": target})
             response.set_cookie(
-                self.cookie, self.check.session, httponly=True, samesite="Strict", path="/"
+                self.cookie,
+                self.check.session,
+                httponly=True,
+                samesite="Strict",
+                path="/",
+                secure=self._over_tls(request),
             )
             return response
         if proof is Proof.COOKIE and request.method not in ("GET", "HEAD"):
@@ -323,6 +330,16 @@ class Dashboard:
         except (PatchMissing, nats.errors.Error, TimeoutError) as exc:
             log.warning("cannot read patch %s: %s", patch.object_name, exc)
             return patch
+
+    def _over_tls(self, request: web.Request) -> bool:
+        """Whether the browser reaches the dashboard over TLS (directly, or through a proxy that
+        says so, or all its public origins being https): the sign-in cookie is then never sent
+        in the clear (`Secure`), as one plain http visit would."""
+        https_origins = bool(self.public_origins) and all(
+            origin.startswith("https://") for origin in self.public_origins
+        )
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+        return request.secure or forwarded == "https" or https_origins
 
     async def _close_streams(self, app: web.Application) -> None:
         self.closing.set()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import signal
+from urllib.parse import quote
 
 from rich.console import Console
 
@@ -46,7 +47,16 @@ def public_origins(settings: Settings) -> tuple[str, ...]:
 
 
 def sign_in_url(base: str, token: str) -> str:
-    return f"{base}/?token={token}"
+    return f"{base}/?token={quote(token, safe='')}"  # (a base64 token holds + and /)
+
+
+def announcement(base: str, token: str, settings: Settings) -> str:
+    """Where the dashboard serves: with the sign-in link for a token made here, which nobody
+    else knows; without the token for one set, a secret this output (logs, in compose and
+    Kubernetes) must not spread."""
+    if settings.dashboard_token.get_secret_value():
+        return f"dashboard: {base}/ (sign in with the token in CODEYARD_DASHBOARD_TOKEN)"
+    return f"dashboard: {sign_in_url(base, token)}"
 
 
 async def run_dashboard(settings: Settings, console: Console) -> None:
@@ -72,7 +82,7 @@ async def run_dashboard(settings: Settings, console: Console) -> None:
                 base = await stack.enter_async_context(serving(dashboard, host, port))
             except OSError as exc:
                 raise CannotServe(f"cannot listen on {host}:{port}: {exc}") from None
-            console.print(f"dashboard: {sign_in_url(base, token)}", markup=False, highlight=False)
+            console.print(announcement(base, token, settings), markup=False, highlight=False)
             await stop.wait()
     finally:
         await bus.close()

@@ -157,6 +157,7 @@ async def test_the_link_with_the_token_signs_in_with_a_cookie(
             page = await signed_in.text()
         assert "HttpOnly" in cookie
         assert "SameSite=Strict" in cookie
+        assert "Secure" not in cookie  # plain http: a Secure cookie would never come back
         assert '<g class="node" data-task="x"' in page
         async with browser.get(dashboard + "/runs/r2/tasks/y") as task:  # the cookie suffices
             assert task.status == 200
@@ -322,6 +323,38 @@ async def test_behind_a_reverse_proxy_a_post_from_the_public_origin_is_answered(
         assert (await status(bus, "r7")).state is RunState.PLAN_APPROVAL
         assert await deny("https://CODEYARD.example.com") == 303
     assert (await status(bus, "r7")).state is RunState.CANCELLED
+
+
+async def test_behind_tls_the_sign_in_cookie_is_never_sent_in_the_clear(
+    http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    """Behind a TLS proxy the cookie lacked `Secure`: one plain http visit (a proxy redirecting
+    http to https, say) sent it in the clear, and it signs in until the token changes."""
+
+    async def cookie(url: str, headers: dict[str, str] | None = None) -> str:
+        async with http.get(
+            url + f"/?token={TOKEN}", headers=headers, allow_redirects=False
+        ) as signed_in:
+            assert signed_in.status == 303
+            return signed_in.headers["Set-Cookie"]
+
+    async with serving(Dashboard(bus, TOKEN), "127.0.0.1", 0) as url:
+        assert "Secure" in await cookie(url, {"X-Forwarded-Proto": "https"})
+        assert "Secure" not in await cookie(url)
+    public = ["https://codeyard.example.com"]
+    async with serving(Dashboard(bus, TOKEN, public_origins=public), "127.0.0.1", 0) as url:
+        assert "Secure" in await cookie(url)
+
+
+async def test_signing_in_sends_the_browser_nowhere_but_this_dashboard(
+    dashboard: str, http: aiohttp.ClientSession
+) -> None:
+    """`//evil.example/?token=...` was sent on to `//evil.example/`, another host's address."""
+    for path in ("//evil.example/", "/\\evil.example/"):  # (sent as written: not quoted)
+        link = URL(dashboard + f"{path}?token={TOKEN}", encoded=True)
+        async with http.get(link, allow_redirects=False) as signed_in:
+            assert signed_in.status == 303
+            assert signed_in.headers["Location"] == "/", path
 
 
 async def test_a_public_origin_must_be_an_origin(bus: Bus) -> None:
