@@ -10,8 +10,8 @@ The engine is generic; what is dangerous is data, in a TOML file. The packaged d
   `outside_workspace`, `packages`/`registries`, `hosts`, `secrets` (regexes on the lines a diff
   adds) or `text` (regexes on the whole detail). `unless` exempts targets matching its regexes.
 - `[shell]`, `[install]`, `[workspace]`: what the engine needs to know to take details apart:
-  which commands are shells, wrappers, printers; how installers are spelled; where the workspace
-  is mounted.
+  which commands are shells, wrappers, printers, which long options commands take abbreviated;
+  how installers are spelled; where the workspace is mounted.
 
 An action is taken apart into subjects (every command of a command line, the file written, every
 package, every host; for a merge or plan, the whole detail). For each subject: deny beats approve
@@ -34,6 +34,16 @@ here-document), `${IFS}` splits words, `$HOME` becomes `~`, bash's `$'\\x72'` is
 own whose output reaches the command it is part of, wrappers (`env`, `command`, `timeout`, ...)
 are peeled off, and `sh -c`, `eval`, `env -S`, `find -exec`, here-documents and `echo ... | sh`
 are evaluated recursively.
+
+Rules also see a command as the program may read its arguments (`_readings`): a value glued to a
+short option apart (`sort -o/tmp/x` as `-o /tmp/x`, `file -f.env` as `-f .env`), a cluster of
+short options one by one (`sort -ro x` as `-r -o x`), and, for the commands `[shell]
+long_options` names, an abbreviated long option spelled out (`sort --compress=sh` as
+`--compress-program=sh`). An allow rule allows a command only if its `unless` exempts none of
+these readings. A here-document or here-string is seen as arguments of the command it feeds, as
+`echo`'s are (`cat > conftest.py <<EOF` as `echo ... > conftest.py`), unless a shell reads it as
+its script; one given to a loop or group (`done <<EOF`) is a subject of its own, which only deny
+and approve rules can match (else the action's default).
 
 Text a shell would refuse (an unterminated quote or substitution), nesting deeper than
 `[shell] max_depth` and over-long command lines are sent for approval, never allowed. So is
@@ -59,7 +69,7 @@ import posixpath
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -147,8 +157,20 @@ class ShellKnowledge(_Spec):
     passthrough: list[str] = []
     wrappers: dict[str, Wrapper] = {}
     exec_options: dict[str, list[str]] = {}
+    long_options: dict[str, list[str]] = {}  # command -> long options it takes abbreviated
     max_depth: int = Field(default=6, ge=1, le=24)
     max_command_chars: int = Field(default=20_000, ge=1)
+
+    @field_validator("long_options")
+    @classmethod
+    def _long_options(cls, table: dict[str, list[str]]) -> dict[str, list[str]]:
+        for command, options in table.items():
+            if not command.split():
+                raise ValueError("a command name cannot be empty")
+            for option in options:
+                if not re.fullmatch(r"--[^\s=-][^\s=]*", option):
+                    raise ValueError(f"{option!r} is no long option (--name)")
+        return table
 
 
 class InstallKnowledge(_Spec):
@@ -490,6 +512,23 @@ class Policy:
         self.passthrough = frozenset(s.lower() for s in shell.passthrough)
         self.wrappers = {k.lower(): v for k, v in shell.wrappers.items()}
         self.exec_options = {k.lower(): frozenset(v) for k, v in shell.exec_options.items()}
+        self.long_options = [
+            (tuple(k.lower().split()), frozenset(o.lower() for o in v))
+            for k, v in shell.long_options.items()
+        ]
+
+    def options_of(self, words: Sequence[str]) -> frozenset[str]:
+        """The long options `[shell] long_options` lists for the command `words` runs: under
+        its name (`python3.11` is also `python`) and its first words (`python -m mypy`)."""
+        if not words:
+            return frozenset()
+        name = _basename(words[0]).lower()
+        names = {name, name.rstrip("0123456789.") or name}
+        found: frozenset[str] = frozenset()
+        for key, options in self.long_options:
+            if key[0] in names and [w.lower() for w in words[1 : len(key)]] == list(key[1:]):
+                found |= options
+        return found
 
     @classmethod
     def from_toml(cls, text: str, source: str = "<policy>") -> Policy:
@@ -798,10 +837,18 @@ class _Evaluation:
                 hit = True
         return hit
 
-    def decide(self, kind: str, target: str, shown: str, outside: bool = False) -> None:
-        """A primary subject that no deny or approve rule hit: an allow rule, or the default."""
+    def decide(
+        self, kind: str, target: str, shown: str, outside: bool = False, also: Sequence[str] = ()
+    ) -> None:
+        """A primary subject that no deny or approve rule hit: an allow rule, or the default.
+        `also`: the target's other readings (`_readings`); an allow rule whose `unless` exempts
+        any of them does not allow the target."""
         for rule in self.policy.rules(self.action, kind):
-            if rule.effect == "allow" and rule.matches(target, outside):
+            if (
+                rule.effect == "allow"
+                and rule.matches(target, outside)
+                and not any(rule.exempt(other) for other in also)
+            ):
                 self.add("allow", rule.name, rule.explain(shown))
                 return
         self.default(shown)
@@ -989,17 +1036,33 @@ class _Evaluation:
             for text in self.expand(node.words):
                 self.flag("commands", text, _clip(text))
             return
-        words = self.expand(node.words)
+        written = self.expand(node.words)
+        words = written
         while words and words[0].lower() in _KEYWORDS:
             words = words[1:]
         if words and words[0].lower() in _NOT_COMMANDS:
             primary = False
+        suffix = (" " + " ".join(inputs)) if inputs else ""
+        # A here-document or here-string is seen as the command's arguments, as `echo`'s are:
+        # `cat > conftest.py <<EOF ... EOF` as `echo ... > conftest.py`, so that no rule is
+        # dodged by moving its words into one. A shell reading it runs it instead (below).
+        fed = [" ".join(self.expand([word])) for word in node.stdin]
         if not words:
+            if fed:  # `done <<EOF`: the input of a loop, read by commands the gate cannot tell
+                view = _view([*written, *fed]) + suffix
+                if not self.flag("commands", view, _clip(view)) and primary:
+                    self.default(_clip(view))
             return
 
-        suffix = (" " + " ".join(inputs)) if inputs else ""
         layers = self.unwrap(words)
-        views = [_view(layer) + suffix for layer in layers.views]
+        if layers.stdin_shell:
+            fed = []
+        views: list[str] = []
+        for layer in layers.views:
+            original, *others = self.readings(layer)
+            # The other readings first: the last view stays the command as written (`pipes`).
+            views.extend(_view([*other, *fed]) + suffix for other in others)
+            views.append(_view([*original, *fed]) + suffix)
         self.views[id(node)] = views
         self.commands[id(node)] = layers.command
         hit = False
@@ -1010,14 +1073,18 @@ class _Evaluation:
         if layers.delegated:
             return
         if layers.stdin_shell:
-            fed, complete = self.stdin_texts(node, depth)
-            for text in fed:
+            read, complete = self.stdin_texts(node, depth)
+            for text in read:
                 self.nested(text, depth + 1, primary)
-            if fed and complete:
+            if read and complete:
                 return  # the shell runs exactly what was read: decided above
         if primary and not hit:
-            inner = _view(layers.command) + suffix
-            self.decide("commands", inner, _clip(inner))
+            inner, *also = [_view([*r, *fed]) + suffix for r in self.readings(layers.command)]
+            self.decide("commands", inner, _clip(inner), also=also)
+
+    def readings(self, words: list[str]) -> list[list[str]]:
+        """`words` as written, then as the command may read them (`_readings`)."""
+        return [words, *_readings(words, self.policy.options_of)]
 
     def stdin_texts(self, node: _Node, depth: int) -> tuple[list[str], bool]:
         """What is known of a command's input, and whether that is all of it: here-documents,
@@ -1140,6 +1207,58 @@ class _Layers:
     scripts: list[str] = field(default_factory=list)  # command lines it runs
     delegated: bool = False  # the command is its scripts (`sh -c`, `eval`)
     stdin_shell: bool = False  # a shell reading its commands from stdin
+
+
+def _readings(
+    words: list[str], options_of: Callable[[Sequence[str]], frozenset[str]]
+) -> list[list[str]]:
+    """The ways other than as written that the command `words` may read its arguments, for
+    rules to see too:
+
+    - getopt's: a short option's value may be glued to it (`sort -o/tmp/x`, `file -f.env`) and
+      short options clustered (`sort -ro x`, `git grep -iOcmd`). Read once with the value after
+      the first letter (`-o /tmp/x`), once with each letter an option up to the first other
+      character, the rest the value (`-r -o x`, `-i -O -c -m -d`).
+    - GNU getopt_long's, git's and argparse's: a long option may be any unambiguous prefix of
+      its name (`sort --compress=sh` is --compress-program=sh). For the commands `[shell]
+      long_options` names, a prefix of options it lists is read as each of them, unless it is
+      one itself (git's --text is no --textconv): rules need only the whole name.
+    """
+    out: list[list[str]] = []
+    for split in (_split_first, _split_cluster):
+        reading = [words[0]]
+        for word in words[1:]:
+            reading.extend(split(word))
+        options = options_of(reading)
+        if options:
+            reading = [reading[0], *(w for word in reading[1:] for w in _spelled(word, options))]
+        if reading != words and reading not in out:
+            out.append(reading)
+    return out
+
+
+def _split_first(word: str) -> list[str]:
+    if len(word) > 2 and word[0] == "-" and word[1].isascii() and word[1].isalpha():
+        return [word[:2], word[2:]]
+    return [word]
+
+
+def _split_cluster(word: str) -> list[str]:
+    cluster = re.match(r"-[A-Za-z]+", word)
+    if cluster is None or len(word) == 2:
+        return [word]
+    rest = word[cluster.end() :]
+    return [f"-{letter}" for letter in cluster.group(0)[1:]] + ([rest] if rest else [])
+
+
+def _spelled(word: str, options: frozenset[str]) -> list[str]:
+    """`word` as every listed long option it may abbreviate (`--open=x`:
+    `--open-files-in-pager=x`), or as it is."""
+    name, eq, value = word.partition("=")
+    name = name.lower()
+    if not name.startswith("--") or len(name) < 3 or name in options:
+        return [word]
+    return [option + eq + value for option in sorted(options) if option.startswith(name)] or [word]
 
 
 def _view(words: Sequence[str]) -> str:

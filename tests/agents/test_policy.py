@@ -231,6 +231,92 @@ def test_what_a_shell_reads_is_evaluated_only_when_all_of_it_is_known() -> None:
     assert (partly.decision, partly.rule) == ("needs_approval", "default.run_command")
 
 
+SSH_KEY_CODE = "import os\nos.system('cat ~/.ssh/id_rsa')"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("hello", ("allow", "read-only-tools")),
+        (SSH_KEY_CODE, ("deny", "read-credentials")),
+        ("import shutil\nshutil.rmtree('/home')", ("needs_approval", "default.run_command")),
+        ("$API_TOKEN", ("needs_approval", "secret-variable")),
+        ("$(id)", ("needs_approval", "default.run_command")),
+    ],
+)
+def test_a_here_document_is_read_as_the_arguments_of_the_command_it_feeds(
+    body: str, expected: tuple[Decision, str]
+) -> None:
+    # What `cat` writes from a here-document is what `echo` writes from its arguments: the same
+    # rules see it. It was never looked at, and pytest imported the conftest.py it wrote.
+    heredoc = decide(DEFAULT, "run_command", f"cat > conftest.py <<EOF\n{body}\nEOF\npytest -q")
+    echoed = decide(DEFAULT, "run_command", f'echo "{body}" > conftest.py; pytest -q')
+    assert (heredoc.decision, heredoc.rule) == (echoed.decision, echoed.rule) == expected
+
+
+CREDENTIALS: tuple[Decision, str] = ("deny", "read-credentials")
+ASKED: tuple[Decision, str] = ("needs_approval", "default.run_command")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (f'cat > conftest.py <<< "{SSH_KEY_CODE}"; pytest', CREDENTIALS),
+        (f"cat <<'E' > conftest.py\n{SSH_KEY_CODE}\nE", CREDENTIALS),
+        # names a deny rule knows, read by the command from its input: as if they were arguments
+        ("xargs cat <<'EOF'\n.env\nEOF", ("deny", "read-dotenv")),
+        # the input of a group or a loop, read by commands the gate cannot tell
+        (f"{{ cat > conftest.py; }} <<'EOF'\n{SSH_KEY_CODE}\nEOF", CREDENTIALS),
+        ("{ cat > conftest.py; } <<'EOF'\nimport os\nEOF", ASKED),
+        (f"for f in a; do cat > c.py; done <<'EOF'\n{SSH_KEY_CODE}\nEOF", CREDENTIALS),
+        ("while true; do sh; done <<'EOF'\npytest\nEOF", ASKED),
+    ],
+)
+def test_rules_cannot_be_dodged_by_moving_words_into_a_here_document(
+    line: str, expected: tuple[Decision, str]
+) -> None:
+    verdict = decide(DEFAULT, "run_command", line)
+    assert (verdict.decision, verdict.rule) == expected, verdict
+
+
+def test_short_options_are_also_read_as_getopt_reads_them() -> None:
+    p = policy(
+        rules=[
+            rule("tools", "allow", commands=[r"^(sort|file)(\s|$)"], unless=[r"\s-o\s", r"\s/"]),
+            rule("no-dotenv", "deny", commands=[r"\s\.env(\s|$)"]),
+        ]
+    )
+    assert decide(p, "run_command", "sort -r data.txt").decision == "allow"
+    assert decide(p, "run_command", "sort -o /tmp/x data.txt").decision == "needs_approval"
+    # A value glued to its option (`-o /tmp/x`); options in a cluster (`-r -o x`, `-r -o -x`).
+    for line in ["sort -o/tmp/x data.txt", "sort -ro x data.txt", "sort -rox data.txt"]:
+        assert decide(p, "run_command", line).decision == "needs_approval", line
+    verdict = decide(p, "run_command", "file -f.env")
+    assert (verdict.decision, verdict.rule) == ("deny", "no-dotenv")
+    assert verdict.reason.endswith("file -f .env")
+
+
+def test_abbreviated_long_options_are_spelled_out_for_the_commands_the_policy_names() -> None:
+    rules = [
+        rule("reading", "allow", commands=[r"^(git|python)\s"], unless=["--textconv", "--exe"]),
+    ]
+    bare = policy(rules=rules)
+    knows = policy(
+        shell={"long_options": {"git": ["--textconv", "--text"], "python -m mypy": ["--exe"]}},
+        rules=rules,
+    )
+    # Which options a command takes abbreviated is knowledge, not syntax: from the policy file.
+    assert decide(bare, "run_command", "git grep --textc x").decision == "allow"
+    assert decide(knows, "run_command", "git grep --textc x").decision == "needs_approval"
+    assert decide(knows, "run_command", "git grep --t=x x").decision == "needs_approval"
+    # --text is an option of its own, not an abbreviation of --textconv
+    assert decide(knows, "run_command", "git diff --text").decision == "allow"
+    # a key of several words names a command by its first words; python3.11 is python
+    versioned = decide(knows, "run_command", "python3.11 -m mypy --ex=sh")
+    assert versioned.decision == "needs_approval"
+    assert decide(knows, "run_command", "python -m pytest --ex=sh").decision == "allow"
+
+
 @pytest.mark.parametrize(
     "detail", ["pytest 'unclosed", 'pytest "unclosed', "pytest $(ls", "pytest `ls", "pytest ${X"]
 )
@@ -612,6 +698,7 @@ def test_a_rule_can_be_switched_off(tmp_path: Path) -> None:
             "rule #1, field 'name': Field required",
         ),
         ("[workspace]\nroots = ['relative/dir']", "'relative/dir' is not an absolute directory"),
+        ("[shell.long_options]\ngit = ['open']", "field 'shell.long_options': 'open' is no long"),
         ('extends = "strict"', 'only "default" can be extended'),
     ],
 )

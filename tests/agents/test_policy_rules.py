@@ -4,6 +4,7 @@ options from elsewhere, secret files reached by names the gate cannot see, CI fi
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 import tomllib
@@ -79,6 +80,7 @@ PRESSURE: list[tuple[str, str]] = [
 ] + [
     ("systemctl", " "), ("fork", " "), ("find /", "a"), ("env", " a="), ("kill", " -a"),
     ("export ", "SECRET"), ("aws_secret_key", "a"), ("a" * 128 + "(){ ", "a"),
+    ("password: ", "a"), ("password = ", "x"), ("", "password:"), ("", "password=a"),
 ]  # fmt: skip
 
 
@@ -238,6 +240,67 @@ def test_the_rewritten_rules_still_deny_what_they_denied(
 
 
 @pytest.mark.parametrize(
+    "line",
+    [
+        'password = "Zq8vR2mKpL"  # example',
+        'DB = {"password": "Zq8vR2mKpL", "user": "<user>"}',
+        'client_secret = "Zq8vR2mKpL"  # not a placeholder',
+        'settings = {"api_key": "Zq8vR2mKpL", "url": "${BASE_URL}"}',
+    ],
+)
+def test_only_the_value_itself_can_make_a_password_a_placeholder(line: str) -> None:
+    verdict = DEFAULT.evaluate_action("merge", diff("settings.py", line))
+    assert (verdict.decision, verdict.rule) == ("deny", "secret-password-literal"), verdict
+
+
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        ("config.yml", "db_password: Zq8vR2mKpL"),
+        ("config.yml", "client_secret: abc123def  # prod"),
+        ("config.yml", "api_key: 12345678"),
+        ("app.ini", "password = hunter22"),
+        ("app.ini", "password=hunter22 ; the old one"),
+        ("app.properties", "access_token = ghx9Rt2LmQ=="),
+        ("config.yml", "PASSWORD: correct-horse-1"),
+    ],
+)
+def test_an_unquoted_password_in_yaml_or_ini_is_denied(path: str, line: str) -> None:
+    verdict = DEFAULT.evaluate_action("merge", diff(path, line))
+    assert (verdict.decision, verdict.rule) == ("deny", "secret-password-literal"), verdict
+
+
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        # code that names a password: a type, a variable, a call, an attribute, an index
+        ("models.py", "password: str"),
+        ("models.py", "password: SecretStr"),
+        ("models.py", "password: Optional[str] = None"),
+        ("api.ts", "apiKey: string;"),
+        ("db.py", "password = password"),
+        ("db.py", "    password=password,"),
+        ("db.py", "password = get_password()"),
+        ("db.py", "password = os.environ['DB_PASSWORD']"),
+        ("db.py", "api_key = settings.API_KEY_V2"),
+        ("db.py", "secret = secrets.token_hex(16)"),
+        ("db.py", "password = None"),
+        ("rules.yml", "password_length: 12"),
+        # placeholders and references to secrets kept elsewhere
+        ("config.yml", "password: ${DB_PASSWORD}"),
+        ("config.yml", "password: changeme123"),
+        ("config.yml", "password: example-1"),
+        ("config.yml", "password: ****1234"),
+        ("config.yml", "db_password: '{{vault_db_password}}'"),
+        ("config.yml", "password: !vault |"),
+        ("Dockerfile", "ENV PWD=/app2"),
+    ],
+)
+def test_code_and_placeholders_that_name_a_password_merge_freely(path: str, line: str) -> None:
+    assert DEFAULT.evaluate_action("merge", diff(path, line)).decision == "allow"
+
+
+@pytest.mark.parametrize(
     "detail",
     [
         diff("db.py", 'password = "<your password>"'),
@@ -335,6 +398,15 @@ SECRET_READS = [
     "grep -d recurse SECRET .",
     "fgrep --recursive SECRET .",
     "diff -rN empty .",
+    # GNU getopt_long takes any unambiguous prefix of a long option, grep also of -d's value
+    "grep --recur SECRET .",
+    "fgrep --recur SECRET .",
+    "grep --dir=recurse SECRET .",
+    "grep --directories=rec SECRET .",
+    "grep -d rec SECRET .",
+    "grep -hd rec SECRET .",
+    "diff --recur -N empty .",
+    "git grep --no-ind SECRET",  # git too
     "ls -a | xargs cat",
     "xargs cat < names.txt",
     "printf '.env\\0' > names; sort --files0-from=names",
@@ -371,11 +443,128 @@ def test_a_secret_file_reached_by_a_name_the_gate_does_not_see_goes_to_a_person(
         ("git grep --no-index SECRET", "recursive-read"),
         ("git grep --untracked SECRET", "recursive-read"),
         ("sort --compress-program=sh data.txt", "default.run_command"),
+        # the same, abbreviated as the tools take them
+        ("git grep --unt SECRET", "recursive-read"),
+        ("git grep --no-exc SECRET", "recursive-read"),
+        ("wc --files0=names", "arguments-from-input"),
+        ("sort --files0=names", "arguments-from-input"),
+        ("sort --compress=sh data.txt", "default.run_command"),
+        ("sort --out=sorted.txt data.txt", "default.run_command"),
     ],
 )
 def test_reading_tools_ask_a_person_about_names_the_gate_does_not_see(line: str, rule: str) -> None:
     verdict = command(line)
     assert (verdict.decision, verdict.rule) == ("needs_approval", rule), verdict
+
+
+# --- options that run a program or write a file, however they are spelled -------------------------
+
+
+def shell_workspace(path: Path) -> Path:
+    """A workspace for the lines below: a git index with `hello` in it, a script that touches
+    PWNED, a module for mypy, data large enough for sort to use temporary files."""
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    (path / "a.txt").write_text("hello\n")
+    subprocess.run(["git", "add", "a.txt"], cwd=path, check=True)
+    (path / "evil.sh").write_text("#!/bin/sh\ntouch PWNED\n")
+    (path / "evil.sh").chmod(0o755)
+    (path / "m.py").write_text("x = 1\n")
+    (path / "big.txt").write_text("touch PWNED\n" * 20_000)
+    return path
+
+
+NEEDS_MYPY = pytest.mark.skipif(shutil.which("mypy") is None, reason="needs mypy")
+RUNS_A_PROGRAM = [
+    # git grep --open-files-in-pager (-O) runs its value with sh -c; git takes any unambiguous
+    # prefix of a long option, and short options in a cluster
+    "git grep --open='touch PWNED;:' hello",
+    "git grep --open-files='touch PWNED;:' hello",
+    "git grep --op='touch PWNED;:' hello",
+    "git grep -iO'touch PWNED;:' hello",
+    # sort runs its temporary data through the --compress-program: sh runs the data
+    "sort --compress=sh -S 64k big.txt > /dev/null",
+    # mypy runs its --python-executable; @file gives it arguments the gate does not see
+    pytest.param("mypy --python-ex=./evil.sh m.py", marks=NEEDS_MYPY),
+    pytest.param("python -m mypy --python-executable=./evil.sh m.py", marks=NEEDS_MYPY),
+    pytest.param("echo --python-executable=./evil.sh > args; mypy @args m.py", marks=NEEDS_MYPY),
+]
+
+
+@pytest.mark.parametrize("line", RUNS_A_PROGRAM)
+def test_an_option_that_runs_a_program_goes_to_a_person_however_it_is_spelled(
+    line: str, tmp_path: Path
+) -> None:
+    verdict = command(line)
+    assert verdict.decision == "needs_approval", verdict
+
+    workspace = shell_workspace(tmp_path)
+    shell_output(line, workspace)
+    assert (workspace / "PWNED").exists()  # the case is real: /bin/sh runs the program
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "git grep --textc SECRET",  # runs the textconv driver git's config names
+        "git diff --ext-diff",
+        "git log --output=log.txt",
+        # pylint runs --init-hook as Python; pytest and ruff read arguments from @file too
+        "pylint --init-hook='import os' x.py",
+        "pylint --init='import os' x.py",
+        "python3 -m pylint --init-h='import os' x.py",
+        "mypy --python-executable sh x.py",
+        "mypy --install-t x.py",  # installs packages
+        "pytest @args.txt",
+        "ruff check @args.txt",
+    ],
+)
+def test_options_that_run_code_or_read_arguments_elsewhere_go_to_a_person(line: str) -> None:
+    assert command(line).decision == "needs_approval", command(line)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("sort -o/tmp/x README.md", ("needs_approval", "default.run_command")),
+        ("sort -o~/x README.md", ("needs_approval", "default.run_command")),
+        ("sort -o../x README.md", ("needs_approval", "default.run_command")),
+        ("sort -oconftest.py data.txt", ("needs_approval", "default.run_command")),
+        ("sort -ro conftest.py data.txt", ("needs_approval", "default.run_command")),
+        ("sort -o.git/hooks/pre-commit hook.sh", ("deny", "git-hooks-and-config")),
+        ("file -f.env", ("deny", "read-dotenv")),
+        ("date -f.env", ("deny", "read-dotenv")),
+        ("file -f.ssh/config", ("deny", "read-credentials")),
+        ("python -m pytest -c/etc/x.ini", ("needs_approval", "default.run_command")),
+        ("pytest -c~/x.ini", ("needs_approval", "default.run_command")),
+    ],
+)
+def test_a_value_glued_to_a_short_option_is_checked_as_one_apart(
+    line: str, expected: tuple[str, str]
+) -> None:
+    verdict = command(line)
+    assert (verdict.decision, verdict.rule) == expected, verdict
+
+
+def test_a_file_list_glued_to_its_option_is_read_as_it_is_apart(tmp_path: Path) -> None:
+    assert command("file -f.env").rule == "read-dotenv"
+
+    (tmp_path / ".env").write_text("SECRET=hunter2\n")
+    assert "hunter2" in shell_output("file -f.env", tmp_path)  # file names what it cannot open
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "git grep -e 'cd ..;rm -rf workspace' x",
+        "echo 'cd ..&&rm -rf workspace'",
+        "python -m pytest -k '(..)'",
+        "echo 'cd;/bin/rm -rf x'",
+        "cat 'x;~/notes'",
+    ],
+)
+def test_a_path_outside_is_seen_whatever_punctuation_is_around_it(line: str) -> None:
+    # Text a program may give a shell: `..;` is `..` to it.
+    assert command(line).decision == "needs_approval", command(line)
 
 
 @pytest.mark.parametrize(
@@ -393,6 +582,19 @@ def test_reading_tools_ask_a_person_about_names_the_gate_does_not_see(line: str,
         "git diff HEAD~1 -- src/app.py",
         "git log --oneline -5",
         "wc -l src/app.py",
+        "git log HEAD~3..HEAD",
+        "git log @{u}..",
+        "git diff main...feature",
+        "git diff --text",
+        "git status --short",
+        "git status -uno",
+        "git grep -o TODO",
+        "grep -hn TODO src/app.py",
+        "grep -Eo 'TODO.+' src/app.py",
+        "pytest -xvs tests/test_x.py",
+        "python -m pytest -q -p no:cacheprovider",
+        "ruff check --fix .",
+        "cat > notes.txt <<'EOF'\nsome notes\nEOF",
     ],
 )
 def test_ordinary_reading_is_still_allowed(line: str) -> None:
@@ -434,6 +636,27 @@ CI_FILES = [
     ".pre-commit-config.yaml",
     ".husky/pre-commit",
     "JENKINSFILE",  # case-insensitive file systems
+    # hooks and development environments that run commands on a developer's machine
+    "lefthook.yml",
+    ".lefthook.yml",
+    "lefthook-local.yaml",
+    ".config/lefthook.toml",
+    ".lefthook/pre-commit/check.sh",
+    ".pre-commit-hooks.yaml",
+    ".githooks/pre-commit",
+    ".devcontainer/devcontainer.json",
+    ".devcontainer.json",
+    ".gitpod.yml",
+    ".vscode/tasks.json",
+    "project.code-workspace",
+    # other builds: SourceHut, hosting that builds the site, an action of the repository
+    ".build.yml",
+    ".builds/deploy.yml",
+    "netlify.toml",
+    "vercel.json",
+    ".readthedocs.yaml",
+    "action.yml",
+    "tools/lint/action.yaml",
 ]
 
 
@@ -446,7 +669,16 @@ def test_a_ci_file_needs_a_person_to_merge_or_write(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["src/jenkins.py", "docs/travis.md", "tests/test_drone.py", "Jenkinsfile.md/x.py"]
+    "path",
+    [
+        "src/jenkins.py",
+        "docs/travis.md",
+        "tests/test_drone.py",
+        "Jenkinsfile.md/x.py",
+        "src/lefthook_config.py",
+        "docs/actions.md",
+        "src/vscode.py",
+    ],
 )
 def test_files_that_only_mention_a_ci_system_merge_freely(path: str) -> None:
     assert DEFAULT.evaluate_action("merge", diff(path, "x = 1")).decision == "allow"
