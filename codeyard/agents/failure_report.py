@@ -41,8 +41,11 @@ def trim_test_output(output: str, max_chars: int = MAX_CHARS) -> str:
 
 
 # The counts of pytest's final line, with or without the `=====` around it (`-q` drops them).
+# Spaces, not `\s`: that crosses lines, and from every line start of a run of blank lines it
+# read to the run's end (quadratic: a test printing 30,000 newlines held the tester's event
+# loop for 18 s, past its heartbeats).
 _COUNTS = re.compile(
-    r"^=*\s*(\d+ (passed|failed|errors?|skipped|xfailed|xpassed).*) in [\d.]+s", re.M
+    r"^=*[ \t]*(\d+ (passed|failed|errors?|skipped|xfailed|xpassed).*) in [\d.]+s", re.M
 )
 _COUNT = re.compile(r"(\d+) (passed|failed|errors?|xfailed|xpassed)\b")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from codeyard.agents.failure_report import MIN_CHARS, count_tests_run, trim_test_output
+from tests.agents.test_policy_rules import SIZE, grows_linearly
 from tests.repositories import write_files
 
 FAILING_TEST = (
@@ -160,3 +162,18 @@ def test_the_result_never_exceeds_the_cap_and_short_output_is_kept(
 )
 def test_count_tests_run_reads_pytests_final_counts(output: str, count: int) -> None:
     assert count_tests_run(output) == count
+
+
+def test_counting_tests_takes_time_linear_in_blank_lines() -> None:
+    """From every line start of a run of blank lines, the count's pattern read to the run's end:
+    a test printing 30,000 newlines held the tester's event loop for 18 s, past its heartbeats
+    (the work was then given to another tester, which froze the same way)."""
+
+    def counting(newlines: int) -> Callable[[], object]:
+        captured = "=== FAILURES ===\n___ test_x ___\n--- Captured stdout call ---\n"
+        output = captured + "\n" * newlines + "=== 1 failed in 0.1s ===\n"
+        return lambda: count_tests_run(output)
+
+    linear, small, large = grows_linearly(counting)
+    assert linear, f"{SIZE} blank lines: {small:.3f} s; {4 * SIZE}: {large:.3f} s"
+    assert counting(10)() == 1
