@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import posixpath
+from collections.abc import Sequence
 
 from codeyard.agents.asking import answered_by, ask_model, told_again
 from codeyard.agents.edits import EditError, apply_edits
-from codeyard.agents.outputs import CodeOutput
+from codeyard.agents.outputs import CodeOutput, FileEdit, WriteFile
 from codeyard.agents.prompt_context import describe_feedback, describe_task, quote_files
 from codeyard.agents.prompt_templates import render_prompt
-from codeyard.agents.working_copy import read_files, working_copy
+from codeyard.agents.working_copy import read_files, shown_in_part, working_copy
 from codeyard.bus.worker import GiveUp
 from codeyard.llm import LLMClient
 from codeyard.schemas import CodeRequest, CodeResult, Patch, Result, Usage, WorkItem
@@ -29,6 +31,7 @@ class Coder:
             raise GiveUp(f"the coder does not handle {type(item).__name__}")
         async with working_copy(item.repo) as root:
             files = await asyncio.to_thread(read_files, root, item.task.files)
+            partly = shown_in_part(files)
             messages = render_prompt(
                 "coder",
                 goal=item.goal,
@@ -52,6 +55,13 @@ class Coder:
                 )
                 usage = usage + completion.usage
                 model = answered_by(completion)
+                if blind := _blind_writes(completion.value.edits, partly):
+                    problem = (
+                        f"{', '.join(blind)}: longer than shown, so a write of the whole file "
+                        "would delete what you were not shown; change it with replace edits"
+                    )
+                    messages = told_again(messages, completion.value, f"Edits refused: {problem}")
+                    continue
                 try:
                     applied = await asyncio.to_thread(apply_edits, root, completion.value.edits)
                 except EditError as exc:
@@ -73,3 +83,12 @@ class Coder:
             usage=usage,
             model=model,
         )
+
+
+def _blind_writes(edits: Sequence[FileEdit], partly: set[str]) -> list[str]:
+    """The files the edits write whole though the prompt showed them only in part."""
+    return [
+        edit.path
+        for edit in edits
+        if isinstance(edit, WriteFile) and posixpath.normpath(edit.path) in partly
+    ]

@@ -8,7 +8,8 @@ when they share a disk.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import posixpath
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -87,9 +88,22 @@ def _on_event_loop() -> bool:
     return True
 
 
+# What stands for the rest of a file the prompt shows in part, or not at all: said, or a model
+# asked for "the complete content" of a file it was shown the start of writes that start alone.
+CUT_NOTE = (
+    "\n[... the file goes on: only its start is shown. Change it with replace edits: writing "
+    "it whole would delete the rest]"
+)
+NOT_SHOWN = (
+    "[not shown: the files before it fill the prompt. Change it with replace edits only: "
+    "writing it whole would delete what it holds]"
+)
+
+
 def read_files(root: Path, paths: Sequence[str]) -> dict[str, str]:
-    """The text of the named files that exist inside the repository, within size caps; paths
-    that are unsafe or missing are left out (the task may name files still to be created)."""
+    """The text of the named files that exist inside the repository, within size caps (a file
+    cut or left out says so: `CUT_NOTE`, `NOT_SHOWN`); paths that are unsafe or missing are left
+    out (the task may name files still to be created)."""
     files: dict[str, str] = {}
     total = 0
     for relative in paths:
@@ -97,13 +111,27 @@ def read_files(root: Path, paths: Sequence[str]) -> dict[str, str]:
             target = workspace_path(root, relative)
         except UnsafePath:
             continue
-        if not target.is_file() or total >= MAX_TOTAL_CHARS:
+        if not target.is_file():
+            continue
+        if total >= MAX_TOTAL_CHARS:
+            files[relative] = NOT_SHOWN
             continue
         with target.open(errors="replace") as file:  # the start only, however large the file
             text = file.read(MAX_FILE_CHARS)
+            if file.read(1):
+                text += CUT_NOTE
         files[relative] = text
         total += len(text)
     return files
+
+
+def shown_in_part(files: Mapping[str, str]) -> set[str]:
+    """The repository paths (normalised) of the files `read_files` cut or left out."""
+    return {
+        posixpath.normpath(path)
+        for path, text in files.items()
+        if text == NOT_SHOWN or text.endswith(CUT_NOTE)
+    }
 
 
 class PatchDoesNotApply(Exception):

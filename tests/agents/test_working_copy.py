@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from codeyard.agents.working_copy import MAX_FILE_CHARS, read_files, working_copy
+from codeyard.agents.working_copy import (
+    CUT_NOTE,
+    MAX_FILE_CHARS,
+    MAX_TOTAL_CHARS,
+    NOT_SHOWN,
+    read_files,
+    shown_in_part,
+    working_copy,
+)
 from codeyard.bus.worker import GiveUp
 from codeyard.schemas import RepoRef
 
@@ -22,12 +30,29 @@ def test_names_that_cannot_be_files_are_left_out_like_missing_ones(sample_repo: 
     assert files["calc/ops.py"].startswith("def add(")
 
 
-def test_only_the_start_of_a_large_file_is_read(sample_repo: Path) -> None:
+def test_only_the_start_of_a_large_file_is_read_and_it_says_so(sample_repo: Path) -> None:
+    """Cut silently, a file was taken for whole: a model asked for "the complete content" of
+    a file wrote back its start alone, deleting the rest."""
     (sample_repo / "big.txt").write_text("é" * (MAX_FILE_CHARS + 10))
+    (sample_repo / "exact.txt").write_text("é" * MAX_FILE_CHARS)
 
-    files = read_files(sample_repo, ["big.txt"])
+    files = read_files(sample_repo, ["big.txt", "exact.txt"])
 
-    assert files["big.txt"] == "é" * MAX_FILE_CHARS
+    assert files["big.txt"] == "é" * MAX_FILE_CHARS + CUT_NOTE
+    assert files["exact.txt"] == "é" * MAX_FILE_CHARS  # whole: nothing said
+    assert shown_in_part(files) == {"big.txt"}
+
+
+def test_files_past_what_a_prompt_holds_are_named_not_shown(sample_repo: Path) -> None:
+    names = [f"f{n}.txt" for n in range(MAX_TOTAL_CHARS // MAX_FILE_CHARS + 2)]
+    for name in names:
+        (sample_repo / name).write_text("x" * MAX_FILE_CHARS)
+
+    files = read_files(sample_repo, [*names, "missing.txt"])
+
+    assert list(files) == names
+    assert files[names[-1]] == NOT_SHOWN
+    assert shown_in_part(files) == {names[-1]}
 
 
 async def test_the_event_loop_keeps_running_while_a_copy_is_made(sample_repo: Path) -> None:

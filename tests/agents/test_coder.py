@@ -1,0 +1,42 @@
+"""The coder against the scripted LLM, over real HTTP, in a real repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codeyard.agents.coder import Coder
+from codeyard.agents.working_copy import MAX_FILE_CHARS
+from codeyard.llm import OpenAIClient
+from codeyard.schemas import CodeRequest, CodeResult, RepoRef, TaskSpec
+from codeyard.testing.openai_script import parse_script
+from codeyard.testing.openai_server import ScriptedOpenAI
+from tests.llm.scenario import settings
+from tests.repositories import one_commit_repo
+
+
+async def test_a_file_shown_in_part_is_not_written_whole(tmp_path: Path) -> None:
+    """The prompt shows the start of a large file; a model writing it back whole, as shown,
+    deleted the rest. Refused, it is asked again, and its replace edit keeps the rest."""
+    lines = [f"value_{n} = {n}\n" for n in range(MAX_FILE_CHARS // 10)]
+    repo = one_commit_repo(tmp_path / "repo", {"big.py": "".join(lines)})
+    task = TaskSpec(id="t1", title="rename", files=["big.py"])
+    request = CodeRequest(
+        run_id="r1", task_id="t1", goal="g", task=task, repo=RepoRef(path=str(repo))
+    )
+    whole = {"kind": "write", "path": "big.py", "content": "value_0 = 'zero'\n"}
+    replace = {
+        "kind": "replace",
+        "path": "big.py",
+        "search": "value_0 = 0\n",
+        "replace": "value_0 = 'zero'\n",
+    }
+    answers = [{"arguments": {"summary": "s", "edits": [edit]}} for edit in (whole, replace)]
+    script = parse_script([{"tool": "submit_edits", "replies": answers}])
+    async with ScriptedOpenAI(script) as server, OpenAIClient(settings(server.base_url)) as client:
+        result = await Coder(client)(request)
+        asked_again = str(server.requests[1].body["messages"][-1]["content"])
+
+    assert "big.py: longer than shown, so a write of the whole file would delete" in asked_again
+    assert isinstance(result, CodeResult)
+    assert "-value_0 = 0\n+value_0 = 'zero'\n" in result.patch.text
+    assert "-value_1 = 1" not in result.patch.text  # the rest is kept
