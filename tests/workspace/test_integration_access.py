@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.schemas import Patch, RepoRef, Run, Task, TaskSpec, TaskState
+from codeyard.testing.scripted_worker import new_file_patch
 from codeyard.workspace.git import GitError, git, git_version
 from codeyard.workspace.integration import GitIntegrator, delivery_fetch, result_branch
 from tests.repositories import one_commit_repo, write_files
@@ -40,14 +41,7 @@ BRANCH = result_branch(RUN_ID)
 # Whether the delivery writes FETCH_HEAD: only with a git without --no-write-fetch-head.
 WRITES_FETCH_HEAD = git_version() < (2, 29)
 # A task adding notes.md, whose merge the deliveries carry.
-NOTES_PATCH = """\
-diff --git a/notes.md b/notes.md
-new file mode 100644
---- /dev/null
-+++ b/notes.md
-@@ -0,0 +1 @@
-+notes
-"""
+NOTES_PATCH = new_file_patch("notes.md", "notes")
 # The kernel's ACL attributes (linux/posix_acl_xattr.h): one version, then (tag, permissions, id)s.
 _ACL_VERSION = 2
 _ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20

@@ -14,18 +14,12 @@ import pytest
 
 from codeyard.coordinator.events import Merged
 from codeyard.schemas import Patch, RepoRef, Run, Task, TaskSpec, TaskState
+from codeyard.testing.scripted_worker import new_file_patch
 from codeyard.workspace.git import git, git_version
 from codeyard.workspace.integration import GitIntegrator, ResultBranchTaken
 from tests.repositories import one_commit_repo
 
-NOTES_PATCH = """\
-diff --git a/notes.md b/notes.md
-new file mode 100644
---- /dev/null
-+++ b/notes.md
-@@ -0,0 +1 @@
-+notes
-"""
+NOTES_PATCH = new_file_patch("notes.md", "notes")
 
 
 @pytest.fixture

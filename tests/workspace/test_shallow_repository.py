@@ -12,20 +12,14 @@ from codeyard.agents.working_copy import working_copy
 from codeyard.bus import Bus
 from codeyard.coordinator.events import Merged
 from codeyard.schemas import Patch, RepoRef, Run, Task, TaskSpec, TaskState
+from codeyard.testing.scripted_worker import new_file_patch
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import GitIntegrator
 from codeyard.workspace.snapshot_cache import SnapshotCache
 from codeyard.workspace.snapshots import artifact_store
 from tests.repositories import one_commit_repo
 
-NOTES_PATCH = """\
-diff --git a/notes.md b/notes.md
-new file mode 100644
---- /dev/null
-+++ b/notes.md
-@@ -0,0 +1 @@
-+notes
-"""
+NOTES_PATCH = new_file_patch("notes.md", "notes")
 
 
 @pytest.fixture
