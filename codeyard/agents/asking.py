@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from codeyard.bus.worker import GiveUp, RetryLater
 from codeyard.llm import ChatMessage, Completion, InvalidOutput, LLMClient, LLMRejected
 from codeyard.llm.errors import LLMUnavailable
+from codeyard.llm.tool_call import quoted, shortened
 from codeyard.schemas import Usage
 from codeyard.schemas.model import SHORT_TEXT_CHARS, clip
 
@@ -58,9 +59,15 @@ def answered_by(completion: Completion[Any]) -> str:
 def told_again(
     messages: Sequence[ChatMessage], answer: BaseModel, problem: str
 ) -> list[ChatMessage]:
-    """The conversation with the model's answer and why it cannot be used, to ask again."""
+    """The conversation with the model's answer and why it cannot be used, to ask again.
+
+    Both are bounded as the LLM client bounds its own re-asks (`quoted`, `shortened`): the
+    answer's start and end, and the model told it was cut. Whole, a coder's write of a file
+    over the size limit went back in full (over a megabyte of prompt, paid for), then again
+    with the next answer's."""
+    shown, note = quoted(answer.model_dump_json())
     return [
         *messages,
-        {"role": "assistant", "content": answer.model_dump_json()},
-        {"role": "user", "content": f"{problem}\nAnswer again, correcting this."},
+        {"role": "assistant", "content": shown},
+        {"role": "user", "content": f"{note}{shortened(problem)}\nAnswer again, correcting this."},
     ]

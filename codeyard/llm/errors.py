@@ -22,8 +22,9 @@ class LLMNotConfigured(LLMError):
 
 
 class LLMUnavailable(LLMError):
-    """The endpoint kept failing (HTTP 429 or 5xx, connection errors, timeouts) through every
-    retry. Worth trying again later."""
+    """The endpoint kept failing (HTTP 429 or 5xx, connection errors, timeouts, 200s that are
+    no chat completion or report an error in their body) through every retry. Worth trying
+    again later."""
 
 
 class LLMRejected(LLMError):

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -56,6 +57,17 @@ class OpenAIClient:
             max_retries=0,
             http_client=capped_client(),
         )
+        url = self._openai.base_url
+        # What errors may name the endpoint as: its password (`user:secret@host`) left out.
+        self._endpoint = str(url.copy_with(username=None, password=None))
+        self._secrets = secrets_in(settings.key(), url.password or "")
+
+    def _said(self, text: str) -> str:
+        """`text` with the API key (and the base URL's password) taken out: the HTTP stack's
+        errors may quote the request's headers (h11: "Illegal header value b'Bearer sk-..'"),
+        an endpoint's error body may echo them, and what is said here reaches logs, run
+        records, events, the dashboard and `codeyard status`."""
+        return redacted(text, self._secrets)
 
     async def close(self) -> None:
         await self._openai.close()
@@ -86,6 +98,7 @@ class OpenAIClient:
         usage = Usage()
         answered = ""  # the model of the last answer, for an error after it to name
         last_error = ""
+        cut_off = 0  # answers cut off at the token limit
         asks = self._settings.max_reasks + 1
         for attempt in range(1, asks + 1):
             response = await self._complete(role, chosen, conversation, tool, usage, answered)
@@ -96,14 +109,30 @@ class OpenAIClient:
             tokens.labels(role, chosen.model, "prompt").inc(spent.prompt_tokens)
             tokens.labels(role, chosen.model, "completion").inc(spent.completion_tokens)
             try:
-                value = tool.read(response)
+                value = tool.read(response, token_limit=self._settings.max_tokens)
             except BadAnswer as bad:
                 metrics.LLM_INVALID_ANSWERS.labels(role, chosen.model).inc()
-                last_error = str(bad)
+                last_error = self._said(str(bad))
                 log.debug("LLM %s answer %d/%d invalid: %s", role, attempt, asks, last_error)
+                cut_off += bad.cut_off
+                if cut_off == CUT_OFF_ANSWERS:
+                    # Told once to answer shorter, the model did not: another re-ask, with
+                    # the same cap and a longer prompt, would be paid for and cut off again.
+                    break
                 conversation += tool.reask(bad)
                 continue
             return Completion(value=value, usage=usage, model=answered, attempts=attempt)
+        if cut_off == CUT_OFF_ANSWERS:
+            cap = self._settings.max_tokens
+            limit = f"CODEYARD_LLM_MAX_TOKENS={cap}" if cap else "the endpoint's own"
+            raise InvalidOutput(
+                f"{role}: no valid `{tool_name}` call: {cut_off} answers were cut off at the "
+                f"token limit ({limit}), the last after the model was told to answer "
+                f"shorter; last problem: {last_error}",
+                last_error=last_error,
+                usage=usage,
+                model=answered,
+            )
         raise InvalidOutput(
             f"{role}: no valid `{tool_name}` call in {asks} answers; last problem: {last_error}",
             last_error=last_error,
@@ -148,7 +177,7 @@ class OpenAIClient:
                     self._observe(role, chosen, "rejected", started)
                     raise LLMRejected(
                         f"{role}: the LLM endpoint refused the request (HTTP {status}): "
-                        f"{error.message}",
+                        + self._said(error.message),
                         status=status,
                         usage=usage,
                         model=answered,
@@ -184,7 +213,8 @@ class OpenAIClient:
                 # The SDK hands back whatever the body decoded to when it is not a JSON object
                 # (an HTML page from a captive proxy as a str, a JSON list as a list): the
                 # endpoint failed, not the model, so it is retried like an HTTP 502.
-                if isinstance(response, ChatCompletion):
+                reported = reported_error(response)
+                if isinstance(response, ChatCompletion) and reported is None:
                     self._observe(role, chosen, outcome, started)
                     log.debug(
                         "LLM %s model=%s latency=%.3fs",
@@ -193,8 +223,14 @@ class OpenAIClient:
                         time.monotonic() - started,
                     )
                     return response
-                failure = f"the answer is not a chat completion but {_sample(response)}"
+                if reported is not None:
+                    # An error in a 200's body (OpenRouter and other gateways, once a provider
+                    # failed after the status was sent): the endpoint failed, not the model.
+                    failure = f"the endpoint answered with an error: {reported}"
+                else:
+                    failure = f"the answer is not a chat completion but {_sample(response)}"
                 outcome = "malformed"
+            failure = self._said(failure)
             self._observe(role, chosen, outcome, started)
             if retry == retries:
                 break
@@ -209,7 +245,7 @@ class OpenAIClient:
             )
             await asyncio.sleep(delay)
         raise LLMUnavailable(
-            f"{role}: the LLM endpoint {self._openai.base_url} failed {retries + 1} times; "
+            f"{role}: the LLM endpoint {self._endpoint} failed {retries + 1} times; "
             f"last: {failure}",
             usage=usage,
             model=answered,
@@ -235,6 +271,17 @@ class OpenAIClient:
             cost_usd=self._settings.cost_usd(prompt, completion, model),
         ).within_bounds()  # prices times counts may pass the cost a record can hold
 
+
+# Answers cut off at the token limit after which no more are asked for: the second came after
+# the model was told to answer shorter.
+CUT_OFF_ANSWERS = 2
+
+# How much of an endpoint's own error message is kept: the provider's words, not its dump.
+REPORTED_ERROR_CHARS = 500
+
+# Shorter keys are placeholders (`OPENAI_API_KEY=local` for a local server), and taking every
+# "local" out of "localhost" would garble errors.
+SHORTEST_SECRET = 8
 
 # More tokens than any one answer has: a count over it is the server's mistake, and left as is
 # it would overflow the 64-bit integers usage is stored and sent as.
@@ -264,6 +311,44 @@ def model_of(response: ChatCompletion) -> str:
     """The model the endpoint named in its answer, or "" (missing, or not a string)."""
     model = getattr(response, "model", None)
     return model if isinstance(model, str) else ""
+
+
+def reported_error(body: object) -> str | None:
+    """The error an HTTP 200 body reports instead of answering (`{"error": {"message": ...,
+    "code": 502}}`, at the top or in its first choice), as text; None when it reports none."""
+    choices = getattr(body, "choices", None)
+    first = choices[0] if isinstance(choices, list) and choices else None
+    for holder in (body, first):
+        error = getattr(holder, "error", None)
+        if isinstance(holder, dict):  # a choice the SDK left undecoded
+            error = holder.get("error")
+        if error is None:
+            continue
+        if isinstance(error, dict):
+            message, code = error.get("message"), error.get("code")
+            text = message if isinstance(message, str) and message else repr(error)
+            if isinstance(code, int | str) and not isinstance(code, bool) and str(code):
+                text = f"{text} (code {code})"
+        else:
+            text = error if isinstance(error, str) else repr(error)
+        return text[:REPORTED_ERROR_CHARS]
+    return None
+
+
+def secrets_in(*values: str) -> tuple[str, ...]:
+    """What `redacted` takes out for each of `values`: the value, and each run of printable
+    ASCII in it (a key with a line break shows in an error as its bytes' repr, escaped),
+    those long enough to be secrets, longest first."""
+    found = set()
+    for value in values:
+        found.update({value, *re.split(r"[^\x21-\x7e]+", value)})
+    return tuple(sorted((s for s in found if len(s) >= SHORTEST_SECRET), key=len, reverse=True))
+
+
+def redacted(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
 
 
 def _sample(body: object) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -151,6 +152,17 @@ class LLMSettings(BaseSettings):
                 raise PydanticCustomError("base_url", problem)
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _a_key_a_header_can_carry(cls, value: SecretStr) -> SecretStr:
+        # Refused here, at start: the key goes in the Authorization header, where a line break
+        # (a key read from a file, a CRLF env file) failed every call with an error quoting it,
+        # and a non-ASCII character every call with a UnicodeEncodeError.
+        problem = api_key_problem(value.get_secret_value())
+        if problem:
+            raise PydanticCustomError("api_key", problem)
+        return value
+
     @field_validator("prices")
     @classmethod
     def _prices_by_model(cls, value: str) -> str:
@@ -237,6 +249,12 @@ def base_url_problem(url: str) -> str:
         "e.g. https://api.openai.com/v1 or http://127.0.0.1:8080/v1"
     )
     where = "(CODEYARD_LLM_BASE_URL, else OPENAI_BASE_URL)"
+    odd = first_odd_character(url, ascii_only=False)
+    if odd is not None:
+        # urlsplit drops a line break, which the openai client's httpx then refuses as it
+        # starts (InvalidURL, no ValueError), and httpx sends a space as %20
+        # (`/v1%20/chat/completions`: every call a 404).
+        return f"the base URL {given}{where} holds {odd}, which a URL cannot hold: remove it"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- read for its check: a port that is no number raises
@@ -244,4 +262,48 @@ def base_url_problem(url: str) -> str:
         return f"the base URL {given}{where} is not a URL ({error}): it {rule}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"the base URL {given}{where} {rule}"
+    import httpx2  # the parser of the client that will call it; imported late, as it is big
+
+    try:
+        httpx2.URL(url)
+    except httpx2.InvalidURL as error:
+        reason = f" ({error})" if given else ""
+        return f"the base URL {given}{where} is not a URL{reason}: it {rule}"
     return ""
+
+
+def api_key_problem(key: str) -> str:
+    """What keeps `key` from being sent as an API key, or "" when nothing does. Never repeats
+    the key: it names the character that is wrong, and where it is."""
+    odd = first_odd_character(key, ascii_only=True)
+    if odd is None:
+        return ""
+    where = "(CODEYARD_LLM_API_KEY, else OPENAI_API_KEY)"
+    rule = "an API key is printable ASCII without spaces (the key is not shown)"
+    trimmed = key.rstrip("\r\n")
+    if trimmed and first_odd_character(trimmed, ascii_only=True) is None:
+        return (
+            f"the API key {where} ends with a line break, as one read from a file (a "
+            f"Kubernetes secret, an env file with CRLF line ends) may: remove it; {rule}"
+        )
+    return f"the API key {where} holds {odd}: {rule}"
+
+
+def first_odd_character(text: str, *, ascii_only: bool) -> str | None:
+    """The first character of `text` that is whitespace, a control character, not printable,
+    or (`ascii_only`) not ASCII, with its place: "U+00A0 (no-break space) at character 7 of
+    7"; None when there is none."""
+    for index, character in enumerate(text):
+        odd = character.isspace() or not character.isprintable()
+        if odd or (ascii_only and not character.isascii()):
+            return f"{_named(character)} at character {index + 1} of {len(text)}"
+    return None
+
+
+def _named(character: str) -> str:
+    name = unicodedata.name(character, "").lower()
+    if not name:
+        control = unicodedata.category(character) == "Cc"
+        name = "a control character" if control else "a character with no name"
+        name = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}.get(character, name)
+    return f"U+{ord(character):04X} ({name})"

@@ -8,6 +8,7 @@ not (llama.cpp answers it with HTTP 500).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic
 
@@ -36,11 +37,13 @@ SHOWN_TAIL_CHARS = 1_000
 
 
 class BadAnswer(Exception):
-    """The reply is not a usable call of the tool; the message is written for the model."""
+    """The reply is not a usable call of the tool; the message is written for the model.
+    `cut_off`: the answer ended at the token limit (finish_reason "length"), which is why."""
 
-    def __init__(self, problem: str, *, reply: str) -> None:
+    def __init__(self, problem: str, *, reply: str, cut_off: bool = False) -> None:
         super().__init__(shortened(problem))
         self.reply = reply
+        self.cut_off = cut_off
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,31 +65,55 @@ class ForcedTool(Generic[M]):
     def choice(self) -> ChatCompletionNamedToolChoiceParam:
         return {"type": "function", "function": {"name": self.name}}
 
-    def read(self, response: ChatCompletion) -> M:
+    def read(self, response: ChatCompletion, *, token_limit: int | None = None) -> M:
         """The validated arguments of the tool call in `response`, or `BadAnswer`.
 
         The openai SDK builds `response` without validating it, so every part may be missing,
         null or of another type than its annotation says: each is checked before use, and any
         odd shape is a `BadAnswer` (re-asked) rather than an exception no caller expects.
+
+        An unusable answer that ended at the token limit (finish_reason "length", the cap
+        being `token_limit` when one is sent) says so: it was cut off, and only a shorter one
+        can fit.
         """
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
             raise BadAnswer("the reply had no answer at all", reply="")
-        message = getattr(choices[0], "message", None)
+        try:
+            return self._read_message(getattr(choices[0], "message", None))
+        except BadAnswer as bad:
+            if getattr(choices[0], "finish_reason", None) != "length":
+                raise
+            limit = f" ({token_limit} tokens)" if token_limit else ""
+            raise BadAnswer(
+                f"your answer was cut off at the token limit{limit} before it ended, so {bad}. "
+                f"Answer more briefly: the whole call of `{self.name}` must fit in the limit",
+                reply=bad.reply,
+                cut_off=True,
+            ) from bad
+
+    def _read_message(self, message: object) -> M:
         if message is None:
             raise BadAnswer("the reply had no message", reply="")
         content = getattr(message, "content", None)
         tool_calls = getattr(message, "tool_calls", None)
-        calls = [
+        calls = distinct(
             call
             for call in (tool_calls if isinstance(tool_calls, list) else [])
-            if getattr(call, "type", None) == "function"
-        ]
+            if is_function_call(call)
+        )
         if not calls:
+            refusal = getattr(message, "refusal", None)
+            if isinstance(refusal, str) and refusal.strip():
+                raise BadAnswer(
+                    f"you declined to call the function `{self.name}`: {refusal}", reply=refusal
+                )
             raise BadAnswer(
                 f"you answered with text instead of calling the function `{self.name}`",
                 reply=content if isinstance(content, str) else "",
             )
+        if len(calls) > 1:
+            raise BadAnswer(self._several(calls), reply="\n".join(map(shown_arguments, calls)))
         call = getattr(calls[0], "function", None)
         name = getattr(call, "name", None)
         raw = getattr(call, "arguments", None)
@@ -128,6 +155,20 @@ class ForcedTool(Generic[M]):
                 reply=text,
             ) from error
 
+    def _several(self, calls: list[object]) -> str:
+        """The problem of an answer making several calls: none is dropped, nor are they
+        joined (what joining arguments means is the schema's, not the client's to guess)."""
+        names = [getattr(getattr(call, "function", None), "name", None) for call in calls]
+        if all(name == self.name for name in names):
+            made = f"called the function `{self.name}` {len(calls)} times"
+        else:
+            called = ", ".join(f"`{n}`" if isinstance(n, str) else "(no name)" for n in names)
+            made = f"made {len(calls)} function calls ({called})"
+        return (
+            f"you {made} in one answer, but only one call of `{self.name}` can be read: "
+            "call it once, with the whole answer in that one call"
+        )
+
     def reask(self, bad: BadAnswer) -> list[ChatCompletionMessageParam]:
         """The turns that show the model its answer and what is wrong with it.
 
@@ -136,13 +177,7 @@ class ForcedTool(Generic[M]):
         local model renders, while text works everywhere. A long answer goes back shortened
         (see SHOWN_HEAD_CHARS), and the model is told so, lest it take the cut for its mistake.
         """
-        shown = shortened(bad.reply)
-        note = (
-            ""
-            if len(shown) == len(bad.reply)
-            else f"(Your answer was {len(bad.reply)} characters long; only its start and its "
-            "end are shown above.)\n"
-        )
+        shown, note = quoted(bad.reply)
         return [
             {"role": "assistant", "content": shown or "(no answer)"},
             {
@@ -151,6 +186,48 @@ class ForcedTool(Generic[M]):
                 f"Call the function `{self.name}` again with arguments that fix this.",
             },
         ]
+
+
+def quoted(answer: str) -> tuple[str, str]:
+    """`answer` as a re-ask shows it back to the model (`shortened`), and a line telling the
+    model it was shortened ("" when it was not), to put before what is wrong with it."""
+    shown = shortened(answer)
+    if len(shown) == len(answer):
+        return shown, ""
+    note = (
+        f"(Your answer was {len(answer)} characters long; only its start and its end are "
+        "shown above.)\n"
+    )
+    return shown, note
+
+
+def is_function_call(call: object) -> bool:
+    """A tool call of a function: its `type` says so, or is missing or null (as some vLLM and
+    Ollama builds send it) while it names a function."""
+    kind = getattr(call, "type", None)
+    return kind == "function" or (kind is None and getattr(call, "function", None) is not None)
+
+
+def distinct(calls: Iterable[object]) -> list[object]:
+    """`calls` without repeats: a call sent twice alike (same function, same arguments text)
+    is one answer, not two."""
+    seen: set[tuple[object, str]] = set()
+    kept = []
+    for call in calls:
+        function = getattr(call, "function", None)
+        name, raw = getattr(function, "name", None), getattr(function, "arguments", None)
+        key = (name if isinstance(name, str) else None, raw if isinstance(raw, str) else "")
+        if isinstance(raw, str) and key in seen:
+            continue
+        seen.add(key)
+        kept.append(call)
+    return kept
+
+
+def shown_arguments(call: object) -> str:
+    """What a re-ask shows of one of several calls: its arguments as sent."""
+    raw = getattr(getattr(call, "function", None), "arguments", None)
+    return raw if isinstance(raw, str) else ""
 
 
 def shortened(text: str) -> str:

@@ -33,6 +33,8 @@ import msgspec
 from codeyard.testing.openai_script import Answer, Rule, Script, error, load_script
 
 HOST = "127.0.0.1"
+POLL_SECONDS = 0.05
+STOP_PATIENCE = 5.0  # for the serving thread to see a stop (a request it reads may hold it)
 
 
 class RecordedRequest(msgspec.Struct, kw_only=True, frozen=True):
@@ -52,6 +54,7 @@ class ScriptedOpenAI:
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._http: ThreadingHTTPServer | None = None
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
@@ -80,9 +83,11 @@ class ScriptedOpenAI:
         self._http = ThreadingHTTPServer((HOST, self._requested_port), Handler)
         # Handler threads may sit in a scripted delay; they must not hold up a stop.
         self._http.daemon_threads = True
+        self._http.timeout = POLL_SECONDS
+        self._stopping = threading.Event()
         self._thread = threading.Thread(
-            target=self._http.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            target=_serve,
+            args=(self._http, self._stopping),
             name="scripted-openai",
             daemon=True,
         )
@@ -91,9 +96,11 @@ class ScriptedOpenAI:
     def stop(self) -> None:
         if self._http is None or self._thread is None:
             return
-        self._http.shutdown()
+        # Not `shutdown()`: it waits, without end, for a `serve_forever` to end, and a test
+        # suite hung at exit in it once (a thread left in stop, for ever).
+        self._stopping.set()
+        self._thread.join(STOP_PATIENCE)
         self._http.server_close()
-        self._thread.join()
         self._thread = None
 
     def answer(self, method: str, path: str, raw: bytes) -> Answer:
@@ -136,6 +143,11 @@ class ScriptedOpenAI:
     ) -> None:
         # Stopping waits for the serving thread's next poll; keep the event loop free meanwhile.
         await asyncio.to_thread(self.stop)
+
+
+def _serve(http: ThreadingHTTPServer, stopping: threading.Event) -> None:
+    while not stopping.is_set():
+        http.handle_request()  # back within POLL_SECONDS when nothing comes
 
 
 class RequestHandler(BaseHTTPRequestHandler):

@@ -185,3 +185,49 @@ async def test_a_body_cut_inside_a_character_every_time_is_unavailable_with_usag
     assert "failed 3 times; last: the answer is not JSON: 'utf-8' codec" in str(failure.value)
     assert failure.value.usage == Usage(calls=1, prompt_tokens=40, completion_tokens=10)
     assert failure.value.model == "base-model"
+
+
+# OpenRouter and other gateways: once a provider fails after the status line went out, the
+# error comes in the 200's body, at the top or in the choice.
+OVERLOADED = {"message": "Upstream provider overloaded, try again", "code": 502}
+ERRORS_IN_A_200 = {
+    "at the top": {"error": OVERLOADED},
+    "in the choice": completion(None, choices=[{"index": 0, "error": OVERLOADED}]),
+    "as a string": {"error": "Upstream provider overloaded, try again"},
+}
+
+
+@pytest.mark.parametrize("body", ERRORS_IN_A_200.values(), ids=ERRORS_IN_A_200.keys())
+async def test_an_error_in_a_200s_body_is_the_endpoint_failing_and_retried(
+    body: dict[str, Any],
+) -> None:
+    # Taken for the model's bad answer before, it was re-asked ("(no answer)"), then given up
+    # on for good as InvalidOutput, the task failed and the provider's words lost.
+    replies = [{"body": body, "times": 2}, {"arguments": VALID, "usage": TOKENS}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        done = await ask(server, max_retries=2)
+        requests = server.requests
+
+    assert (done.value, done.attempts) == (Plan(**VALID), 1)  # retried, not re-asked
+    assert [r.body["messages"] for r in requests] == [ASK] * 3
+
+
+async def test_an_endpoint_reporting_errors_in_200s_is_unavailable_in_its_own_words() -> None:
+    replies = [{"body": ERRORS_IN_A_200["at the top"]}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(LLMUnavailable) as failure:
+            await ask(server, max_retries=1)
+
+    assert str(failure.value).endswith(
+        "failed 2 times; last: the endpoint answered with an error: "
+        "Upstream provider overloaded, try again (code 502)"
+    )
+    assert failure.value.usage == Usage()  # no answer came, none is counted
+
+
+async def test_a_null_error_beside_a_good_answer_is_no_error() -> None:
+    body = completion(calling({"name": TOOL, "arguments": json.dumps(VALID)}), error=None)
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": [{"body": body}]}])) as s:
+        done = await ask(s)
+
+    assert (done.value, done.attempts) == (Plan(**VALID), 1)

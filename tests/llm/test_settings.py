@@ -207,6 +207,98 @@ def test_an_http_base_url_or_none_passes(monkeypatch: pytest.MonkeyPatch, url: s
     assert LLMSettings().base_url == url
 
 
+@pytest.mark.parametrize(
+    ("url", "odd"),
+    [
+        # urlsplit drops a line break: the openai client's httpx then refused the URL as the
+        # worker started, as InvalidURL (no ValueError): a traceback and exit 1
+        ("https://api.openai.com/v1\r\n", "U+000D (a carriage return) at character 26 of 27"),
+        ("https://api.openai.com/v1\n", "U+000A (a line break) at character 26 of 26"),
+        # httpx sends it as %20: every call a 404 for /v1%20/chat/completions
+        ("https://api.openai.com/v1 ", "U+0020 (space) at character 26 of 26"),
+        ("https://api.openai.com/v1\u200b", "U+200B (zero width space) at character 26 of 26"),
+    ],
+)
+def test_a_base_url_holding_whitespace_or_a_control_character_is_refused(
+    monkeypatch: pytest.MonkeyPatch, url: str, odd: str
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(ValidationError) as refused:
+        LLMSettings()
+
+    [line] = invalid_settings(refused.value) or []
+    assert line == (
+        f"CODEYARD_LLM_BASE_URL: the base URL {url!r} (CODEYARD_LLM_BASE_URL, else "
+        f"OPENAI_BASE_URL) holds {odd}, which a URL cannot hold: remove it"
+    )
+
+
+def test_a_base_url_the_http_client_cannot_parse_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://\u2603.example/v1")  # no IDNA host name
+    with pytest.raises(ValidationError) as refused:
+        LLMSettings()
+
+    [line] = invalid_settings(refused.value) or []
+    assert "is not a URL (Invalid IDNA hostname" in line
+
+
+def test_a_base_url_with_a_non_ascii_host_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://b\u00fccher.example/v1")  # sent as xn--
+    assert LLMSettings().base_url == "https://b\u00fccher.example/v1"
+
+
+KEY_WHERE = "the API key (CODEYARD_LLM_API_KEY, else OPENAI_API_KEY)"
+KEY_RULE = "an API key is printable ASCII without spaces (the key is not shown)"
+ENDS_WITH_A_LINE_BREAK = (
+    f"CODEYARD_LLM_API_KEY: {KEY_WHERE} ends with a line break, as one read from a file (a "
+    f"Kubernetes secret, an env file with CRLF line ends) may: remove it; {KEY_RULE}"
+)
+
+
+@pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "CODEYARD_LLM_API_KEY"])
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_an_api_key_ending_with_a_line_break_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, ending: str
+) -> None:
+    # Accepted, it failed every call with h11's "Illegal header value b'Bearer sk-...\n'",
+    # quoting the key into logs, run records and the dashboard.
+    monkeypatch.setenv(variable, "sk-live-0123456789abcdef" + ending)
+    with pytest.raises(ValidationError) as refused:
+        LLMSettings()
+
+    assert invalid_settings(refused.value) == [ENDS_WITH_A_LINE_BREAK]
+
+
+@pytest.mark.parametrize(
+    ("key", "odd"),
+    [
+        # httpx encodes headers as ASCII: each call failed with UnicodeEncodeError
+        ("sk-live-0123\u00a0", "U+00A0 (no-break space) at character 13 of 13"),
+        ("sk-live-01\u202623", "U+2026 (horizontal ellipsis) at character 11 of 13"),
+        ("sk-live 0123", "U+0020 (space) at character 8 of 12"),
+        ("sk-live-\n0123", "U+000A (a line break) at character 9 of 13"),
+        ("sk-live-\x1b0123", "U+001B (a control character) at character 9 of 13"),
+    ],
+)
+def test_an_api_key_a_header_cannot_carry_is_refused_naming_the_character(
+    monkeypatch: pytest.MonkeyPatch, key: str, odd: str
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    with pytest.raises(ValidationError) as refused:
+        LLMSettings()
+
+    assert invalid_settings(refused.value) == [
+        f"CODEYARD_LLM_API_KEY: {KEY_WHERE} holds {odd}: {KEY_RULE}"
+    ]
+
+
+def test_any_printable_ascii_key_or_none_passes() -> None:
+    for key in ["", "local", "sk-proj-AbC_123-xyz.~+/="]:
+        assert LLMSettings(api_key=key).api_key.get_secret_value() == key
+
+
 BAD_FIELD = (
     "CODEYARD_LLM_MAX_TOKENS_FIELD: Input should be 'max_tokens' or 'max_completion_tokens' "
     "(got 'max_output_tokens')"
@@ -227,6 +319,16 @@ BAD_STARTS = {
             "CODEYARD_LLM_MAX_TOKENS_FIELD": "max_output_tokens",
         },
         BAD_FIELD,
+    ),
+    "base URL ending with CRLF": (
+        {"OPENAI_BASE_URL": "http://127.0.0.1:8080/v1\r\n"},
+        "CODEYARD_LLM_BASE_URL: the base URL 'http://127.0.0.1:8080/v1\\r\\n' "
+        "(CODEYARD_LLM_BASE_URL, else OPENAI_BASE_URL) holds U+000D (a carriage return) at "
+        "character 25 of 26, which a URL cannot hold: remove it",
+    ),
+    "API key ending with a line break": (
+        {"OPENAI_API_KEY": "sk-live-0123456789abcdef\n"},
+        ENDS_WITH_A_LINE_BREAK,
     ),
 }
 
