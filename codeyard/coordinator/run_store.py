@@ -15,6 +15,14 @@ checkpoint cut short (some tasks written, not its header) loads whole, its entry
 what landed. A run checkpoints when its journal reached `CheckpointPolicy`'s length or age,
 which bounds what loading a run replays.
 
+A step's events (`cy.events.<run_id>`) are also in its last entry, because they are published
+beside it and the server may store the entry and lose them (stopped in between, say). The next
+step of the run is taken only once they are stored, so only the run's last step can have lost
+any: loading a run reads them from its last entry (`StoredRun.last_events`) for the coordinator
+to publish again, under their own ids (a copy still in the events stream's duplicate window is
+dropped). An ended run's header, after which it is never loaded again, is written only once its
+step's events are stored.
+
 A run's header is also written (not as a checkpoint) when the run is new, so that a new leader
 finds it, and when it ends, so that a new leader leaves it closed; always last in its step.
 
@@ -27,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,6 +66,7 @@ class JournalEntry(msgspec.Struct, frozen=True):
     tasks: dict[str, Task]
     step: int = 0
     more: bool = False
+    events: list[msgspec.Raw] = []  # the step's events, encoded: in its last entry only
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,9 @@ class StoredRun:
     unsaved: set[str] = field(default_factory=set)  # tasks changed since the last checkpoint
     entries: int = 0  # journal entries since the last checkpoint
     checkpointed_at: float = field(default_factory=time.monotonic)
+    # As loaded: the events of the run's last step, which may never have been stored (its
+    # writer stopped first); publishing them again is up to the loader.
+    last_events: list[bytes] = field(default_factory=list)
 
 
 def header_key(run_id: str) -> str:
@@ -163,13 +175,17 @@ class RunStore:
         return latest_entries(self._js, subjects.RUNS_BUCKET, keys)
 
     async def _replay(self, stored: StoredRun) -> None:
-        """Apply the journal entries written after the run's last checkpoint."""
+        """Apply the journal entries written after the run's last checkpoint, and keep the
+        events of the last entry (a checkpoint's own is kept until the next: see `compact`)."""
         subject = subjects.journal_subject(stored.run.run_id)
         try:
             last = await self._js.get_last_msg(subjects.JOURNAL_STREAM, subject)
         except NotFoundError:
             return
         stored.journal_last = last.seq or 0
+        entry = decode(last.data or b"", JournalEntry)
+        # (none if its step never ended: the writer died between the entries of a big step)
+        stored.last_events = [] if entry.more else [bytes(event) for event in entry.events]
         tasks = stored.run.tasks
         if stored.journal_last <= stored.checkpoint_seq:
             return
@@ -194,10 +210,15 @@ class RunStore:
     # --- writing ------------------------------------------------------------------------------
 
     async def save(
-        self, stored: StoredRun, task_ids: Iterable[str], pipeline: PublishPipeline
+        self,
+        stored: StoredRun,
+        task_ids: Iterable[str],
+        pipeline: PublishPipeline,
+        events: Sequence[bytes] = (),
     ) -> StepWrite:
         """Start making one step's changes to the run durable through `pipeline`: its journal
-        entry goes out now; `confirm` writes the rest, in order, before the step is acted on.
+        entry goes out now, with the step's encoded `events`; `confirm` writes the rest, in
+        order, before the step is acted on.
 
         The journal entry comes first, always: it is the step's commit. A checkpoint's task
         records and a header are written only once it is stored, so a step cut short anywhere
@@ -207,9 +228,8 @@ class RunStore:
         changed = set(task_ids)
         new = header_key(run_id) not in stored.revisions
         header = msgspec.structs.replace(run, tasks={}, journal_seq=stored.checkpoint_seq)
-        step = StepWrite(
-            stored, header, self._entries(header, {t: run.tasks[t] for t in changed}, stored)
-        )
+        tasks = {t: run.tasks[t] for t in changed}
+        step = StepWrite(stored, header, self._entries(header, tasks, events, stored))
         stored.unsaved |= changed
         ended = run.state in TERMINAL_RUN_STATES
         # An ended run is checkpointed at once: its journal is then purged whole (`compact`);
@@ -232,13 +252,18 @@ class RunStore:
             and time.monotonic() - stored.checkpointed_at < self.policy.max_age
         )
 
-    def _entries(self, header: Run, tasks: dict[str, Task], stored: StoredRun) -> list[bytes]:
-        """The step's journal entry, as several when one would pass `max_entry_bytes`."""
+    def _entries(
+        self, header: Run, tasks: dict[str, Task], events: Sequence[bytes], stored: StoredRun
+    ) -> list[bytes]:
+        """The step's journal entry, as several when one would pass `max_entry_bytes`; its
+        events go in the last."""
         step = stored.journal_last
-        whole = encode(JournalEntry(header, tasks, step))
+        raw = [msgspec.Raw(event) for event in events]
+        whole = encode(JournalEntry(header, tasks, step, events=raw))
         if len(whole) <= self.policy.max_entry_bytes:
             return [whole]
-        budget = self.policy.max_entry_bytes - len(encode(JournalEntry(header, {}, step, True)))
+        empty = len(encode(JournalEntry(header, {}, step, True, raw)))
+        budget = self.policy.max_entry_bytes - empty
         parts: list[dict[str, Task]] = [{}]
         size = 0
         for task_id, task in tasks.items():
@@ -249,7 +274,10 @@ class RunStore:
             parts[-1][task_id] = task
             size += length
         last = len(parts) - 1
-        return [encode(JournalEntry(header, p, step, i < last)) for i, p in enumerate(parts)]
+        return [
+            encode(JournalEntry(header, p, step, i < last, raw if i == last else []))
+            for i, p in enumerate(parts)
+        ]
 
     def _record(
         self, stored: StoredRun, kind: WriteKind, key: str, value: msgspec.Struct

@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 from nats.js.object_store import ObjectStore
 
 from codeyard.bus import subjects
-from codeyard.bus.connection import Bus
+from codeyard.bus.connection import MSG_ID_HEADER, Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
 from codeyard.bus.pipeline import MessageTooLarge, Pending, PublishError
@@ -120,6 +120,7 @@ from codeyard.schemas.messages import (
     Result,
     ResultBatch,
     ResultMessage,
+    RunEvent,
     RunStatus,
     StatusQuery,
     SubmitRun,
@@ -238,7 +239,7 @@ class Commit:
 
     dirty: dict[str, set[str]] = field(default_factory=dict)
     work: list[tuple[str, WorkItem]] = field(default_factory=list)  # sent first (see _flush)
-    messages: list[tuple[str, Envelope]] = field(default_factory=list)
+    events: list[RunEvent] = field(default_factory=list)  # on the runs' `cy.events.<run_id>`
     moves: dict[str, list[TaskMoved]] = field(default_factory=dict)
     questions: list[PendingApproval] = field(default_factory=list)  # new: created, never replaced
     # by approval id: the answer, and the revision of the question it replaces
@@ -471,6 +472,7 @@ class Coordinator:
                 continue
             open_run = OpenRun(stored, engine)
             self._open[stored.run.run_id] = open_run
+            commit.events += _decoded_events(stored)
             if stored.run.state in TERMINAL_RUN_STATES:
                 # It ended in a step whose header a crash cut off: write it and close the run.
                 commit.dirty.setdefault(stored.run.run_id, set())
@@ -704,7 +706,7 @@ class Coordinator:
             payload=payload[:4096].decode("utf-8", errors="replace"),
             payload_bytes=len(payload),
         )
-        commit.messages.append((subjects.events_subject(run_id), letter))
+        commit.events.append(letter)
 
     def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         try:
@@ -825,7 +827,7 @@ class Coordinator:
                 # before the next role's work item is built
                 _keep_output(open_run.run.tasks.get(result.task_id), result)
             if spent := _usage_of(result):
-                commit.messages.append((subjects.events_subject(result.run_id), spent))
+                commit.events.append(spent)
         dirty = commit.dirty.setdefault(open_run.run.run_id, set())
         dirty.update(open_run.engine.take_changed_tasks())
         self._execute(open_run, effects, commit)
@@ -837,7 +839,6 @@ class Coordinator:
         run = open_run.run
         run_id = run.run_id
         dirty = commit.dirty.setdefault(run_id, set())
-        events = subjects.events_subject(run_id)
         counted: set[str] = set()
         for effect in effects:
             match effect:
@@ -859,7 +860,7 @@ class Coordinator:
                     dirty.add(effect.task_id)
                     commit.moves.setdefault(run_id, []).append(effect)
                 case RunMoved():
-                    commit.messages.append((events, run_event(run, effect)))
+                    commit.events.append(run_event(run, effect))
                 case RequestApproval():
                     # The submission is part of the id: a run id submitted again asks anew.
                     question_id = derived_id(run_id, run.submission, effect.kind, effect.number)
@@ -879,7 +880,7 @@ class Coordinator:
                     # Recorded on the events, then told to the workers once durable; a result
                     # that comes anyway is ignored by the engine.
                     notice = work_cancelled(run, effect)
-                    commit.messages.append((events, notice))
+                    commit.events.append(notice)
                     commit.cancellations.append(notice)
                 case Ignored():
                     pass
@@ -905,10 +906,28 @@ class Coordinator:
         ]
         if published:
             await asyncio.sleep(0)  # nats-py's flusher writes it now
+        for run_id, moves in commit.moves.items():
+            if open_run := self._open.get(run_id):
+                commit.events.append(task_changes(open_run.run, moves))
+        events = _encoded_by_run(commit.events)
         writes: list[StepWrite] = []
+        for run_id in events.keys() & self._open.keys():  # (a dead letter's, say)
+            commit.dirty.setdefault(run_id, set())
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
-                writes.append(await self._store.save(open_run.stored, task_ids, pipeline))
+                # The events are in the run's journal entry: they may be lost while it is not
+                # (see run_store), and are then published again from it when the run is loaded.
+                encoded = [payload for _, payload in events.get(run_id, ())]
+                writes.append(await self._store.save(open_run.stored, task_ids, pipeline, encoded))
+        for run_id, batch in events.items():
+            subject = subjects.events_subject(run_id)
+            for msg_id, payload in batch:
+                headers = {MSG_ID_HEADER: msg_id}
+                published.append(await pipeline.publish(subject, payload, headers))
+        if commit.finished:
+            # An ended run is never loaded again: its last events must be stored before the
+            # header that says it ended.
+            await pipeline.all_stored(published, 10)
         if answers:
             # An answer is stored once the run took it (stored first, a run reloaded without
             # it would wait for an answer that can no longer be given) and before the work it
@@ -916,15 +935,9 @@ class Coordinator:
             await self._confirm(writes)
             writes = []
             await self._store_approvals(answers)
-        for run_id, moves in commit.moves.items():
-            if open_run := self._open.get(run_id):
-                event = task_changes(open_run.run, moves)
-                commit.messages.append((subjects.events_subject(run_id), event))
         for subject, item in later:
             if sent := await self._send_work(subject, item):
                 published.append(sent)
-        for subject, message in commit.messages:
-            published.append(await self.bus.send(subject, message))
         await self._confirm(writes)
         await pipeline.all_stored(published, 10)
         for msg in commit.acks:
@@ -1186,12 +1199,7 @@ class Coordinator:
             open_run = OpenRun(stored, RunEngine(run, capacity=self.capacity))
             self._open[run_id] = open_run
             commit.dirty.setdefault(run_id, set())
-            commit.messages.append(
-                (
-                    subjects.events_subject(run_id),
-                    run_event(run, RunMoved(run.state, run.state, "submitted")),
-                )
-            )
+            commit.events.append(run_event(run, RunMoved(run.state, run.state, "submitted")))
             self._apply(open_run, preparation.cancelled or preparation.first, commit, now)
             reply = Accepted(run_id=run_id, detail=f"run {run_id} submitted", created=True)
         commit.replies += [(call, reply) for call in preparation.calls]
@@ -1508,3 +1516,24 @@ def early_patience(ack_wait: float) -> int:
         waited += _early_delay(deliveries)
         deliveries += 1
     return deliveries
+
+
+def _encoded_by_run(events: list[RunEvent]) -> dict[str, list[tuple[str, bytes]]]:
+    """Each event's id and encoding, by run, in order."""
+    by_run: dict[str, list[tuple[str, bytes]]] = {}
+    for event in events:
+        by_run.setdefault(event.run_id, []).append((event.msg_id, encode(event)))
+    return by_run
+
+
+def _decoded_events(stored: StoredRun) -> list[RunEvent]:
+    """The events of a loaded run's last step, to publish again: the step's writer may have
+    stopped before they were stored. One unreadable (written by another version) is logged
+    and left out."""
+    events = []
+    for payload in stored.last_events:
+        try:
+            events.append(decode(payload, RunEvent))
+        except MessageError as exc:
+            log.error("run %s: an event of its last step is unreadable: %s", stored.run.run_id, exc)
+    return events

@@ -8,7 +8,7 @@ import contextlib
 import nats.errors
 
 from codeyard.bus import Bus
-from codeyard.bus.pipeline import Pending, PublishPipeline
+from codeyard.bus.pipeline import Pending, PubAck, PublishPipeline
 from codeyard.bus.subjects import RUNS_BUCKET, ctl_subject
 from codeyard.coordinator.run_store import header_key
 from codeyard.schemas import SubmitRun, encode
@@ -51,3 +51,26 @@ async def submit_until_it_dies(bus: Bus, submission: SubmitRun, fault: DiesBefor
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the coordinator never took the submission")
+
+
+class LosesEvents(PublishPipeline):
+    """Publishes like a coordinator's pipeline, but once `armed` the first event it is given
+    whose encoding holds `marker` is lost as the server would lose it: taken, never stored, its
+    publish failing as the connection drops. The step's other writes (its journal entry) land."""
+
+    def __init__(self, bus: Bus, marker: bytes = b"", *, armed: bool = True) -> None:
+        super().__init__(bus.nc)
+        self.marker = marker
+        self.armed = armed
+        self.lost: bytes | None = None
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> Pending:
+        here = subject.startswith("cy.events.") and self.marker in payload
+        if self.armed and self.lost is None and here:
+            self.lost = payload
+            lost: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+            lost.set_exception(ConnectionError("the server stopped before storing it"))
+            return Pending("lost", lost)
+        return await super().publish(subject, payload, headers)

@@ -4,6 +4,7 @@ often it changed and however it was written (journal entries, checkpoints)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import msgspec
 import pytest
@@ -24,10 +25,12 @@ def run_with_tasks(run_id: str, count: int) -> Run:
 CHECKPOINTS_ONLY = CheckpointPolicy(max_entries=0)
 
 
-async def save(bus: Bus, store: RunStore, stored: StoredRun, task_ids: list[str]) -> None:
+async def save(
+    bus: Bus, store: RunStore, stored: StoredRun, task_ids: list[str], events: Sequence[bytes] = ()
+) -> None:
     """One coordinator step's write of the run, compaction included."""
     for checkpointed in await store.confirm(
-        bus.pipeline, [await store.save(stored, task_ids, bus.pipeline)]
+        bus.pipeline, [await store.save(stored, task_ids, bus.pipeline, events)]
     ):
         await store.compact(checkpointed)
 
@@ -312,3 +315,45 @@ async def test_a_writer_that_lost_its_lease_stops_before_a_new_runs_header(bus: 
     with pytest.raises(RuntimeError):
         await store.confirm(bus.pipeline, [step], before_headers=lease_lost)
     assert await store.headers() == []  # the submission was not accepted: it is retried
+
+
+@pytest.mark.parametrize("policy", [CheckpointPolicy(), CHECKPOINTS_ONLY], ids=["journal", "kv"])
+async def test_a_loaded_run_holds_the_events_of_its_last_step(
+    bus: Bus, policy: CheckpointPolicy
+) -> None:
+    """They may have been lost while the step's entry was not: the loader publishes them
+    again. The events of earlier steps were stored before the next step was taken."""
+    store = await RunStore.open(bus.js, policy)
+    stored = StoredRun(run_with_tasks("run1", 2))
+    await save(bus, store, stored, ["t0", "t1"], [b'{"event":1}'])
+    next_attempt(stored, "t0")
+    await save(bus, store, stored, ["t0"], [b'{"event":2}', b'{"event":3}'])
+
+    loaded = await store.load("run1", tasks=True)
+
+    assert loaded is not None
+    assert loaded.last_events == [b'{"event":2}', b'{"event":3}']
+    assert loaded.run.tasks == stored.run.tasks
+    await save(bus, store, loaded, ["t1"])
+    assert (await store.load("run1", tasks=True)).last_events == []  # type: ignore[union-attr]
+
+
+async def test_the_events_of_a_step_in_several_entries_are_loaded_only_once_it_ended(
+    bus: Bus,
+) -> None:
+    store = await RunStore.open(bus.js, CheckpointPolicy(max_entry_bytes=1000))
+    stored = StoredRun(run_with_tasks("run1", 10))
+    await save(bus, store, stored, list(stored.run.tasks), [b'{"event":1}'])
+    assert await journal_length(bus, "run1") > 2
+    whole = await store.load("run1", tasks=True)
+    assert whole is not None
+    assert whole.last_events == [b'{"event":1}']
+
+    for task_id in stored.run.tasks:
+        next_attempt(stored, task_id)
+    cut_short = await store.save(stored, list(stored.run.tasks), bus.pipeline, [b'{"event":2}'])
+    await bus.pipeline.wait([cut_short.sent.sent], 5)  # type: ignore[union-attr, list-item]
+    loaded = await store.load("run1", tasks=True)
+
+    assert loaded is not None
+    assert loaded.last_events == []  # the step never happened: its events are not to be told

@@ -1,0 +1,56 @@
+"""Events the server lost while it stored the step that made them (nats-server stopped between
+the two, say) are published again when the run is loaded: none of a run's events is lost, the
+one saying it ended included (`codeyard run` waits for that one)."""
+
+from __future__ import annotations
+
+import pytest
+
+from codeyard.bus import Bus, EmbeddedNats
+from codeyard.coordinator.service import Coordinator
+from codeyard.schemas import RunEvent, RunStateChanged, decode
+from codeyard.schemas.model import RunState
+from tests.conftest import TEST_TOPOLOGY
+from tests.coordinator.harness import (
+    assert_dependency_order,
+    run_events,
+    running_coordinator,
+    submit,
+    wait_until,
+    workers_answering,
+)
+from tests.coordinator.plans import spec
+from tests.coordinator.store_faults import LosesEvents
+from tests.coordinator.test_recovery import answer_at_once
+
+PLAN = [spec("a"), spec("b", "a"), spec("c", "b")]
+TASK_MOVES = b'"type":"TaskStatesChanged"'
+RUN_ENDS = b'"schema_version":1,"state":"done"'  # (a RunStateChanged's: a change has no version)
+
+
+@pytest.mark.parametrize("marker", [TASK_MOVES, RUN_ENDS], ids=["mid-run", "the-end"])
+async def test_an_event_lost_while_its_step_was_stored_is_published_again(
+    nats_server: EmbeddedNats, bus: Bus, marker: bytes
+) -> None:
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = LosesEvents(coordinator_bus, marker, armed=False)
+    coordinator_bus.pipeline = fault
+    try:
+        async with (
+            running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)),
+            workers_answering(bus, answer_at_once),
+        ):
+            await submit(bus, PLAN, "r1")
+            fault.armed = True  # (the chain's first task is not even coded yet)
+            run = await wait_until(bus, "r1", timeout=60)
+            events = await run_events(bus, "r1")
+    finally:
+        await coordinator_bus.close()
+
+    assert fault.lost is not None
+    lost = decode(fault.lost, RunEvent)
+    assert lost.msg_id in {event.msg_id for event in events}
+    assert run.state is RunState.DONE
+    assert_dependency_order(PLAN, events)
+    ends = [e for e in events if isinstance(e, RunStateChanged) and e.state is RunState.DONE]
+    assert ends
