@@ -169,6 +169,20 @@ def log_lines(event: RunEvent) -> list[str]:
     return [f"{stamp} {line}" for line in lines]
 
 
+def each_once(sink: EventSink) -> EventSink:
+    """`sink`, given each event once: a coordinator that loads a run publishes its last step's
+    events again (they may have been lost), under their ids; a copy the events stream did not
+    drop as one (published after its duplicate window) is dropped here."""
+    seen: set[str] = set()
+
+    def once(event: RunEvent) -> None:
+        if event.msg_id not in seen:
+            seen.add(event.msg_id)
+            sink(event)
+
+    return once
+
+
 def is_run_end(event: RunEvent) -> TypeGuard[RunStateChanged]:
     return isinstance(event, RunStateChanged) and event.state in TERMINAL_RUN_STATES
 
@@ -189,6 +203,7 @@ async def replay_ended_run(bus: Bus, run: Run, on_event: EventSink) -> bool:
     from codeyard.report.source import read_run_events  # it imports this module
 
     events = await read_run_events(bus, run.run_id)
+    on_event = each_once(on_event)
     for event in events:
         on_event(event)
     if any(is_run_end(event) for event in events):
@@ -216,6 +231,7 @@ async def follow_events(bus: Bus, run: Run, on_event: EventSink) -> bool:
     if run.state in TERMINAL_RUN_STATES:
         return await replay_ended_run(bus, run, on_event)
     finished = asyncio.Event()
+    on_event = each_once(on_event)
 
     async def deliver(msg: Msg) -> None:
         event = decode(msg.data, RunEvent)
@@ -285,7 +301,7 @@ async def submit_and_follow(
     ends; with `on_status`, the run's record is also asked for every `status_every` seconds
     (for what events do not carry: titles, dependencies, usage). The final run is returned."""
     finished = asyncio.Event()
-    sink = on_event or print_event(console)
+    sink = each_once(on_event or print_event(console))
 
     async def deliver(msg: Msg) -> None:
         event = decode(msg.data, RunEvent)

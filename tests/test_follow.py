@@ -12,7 +12,8 @@ from nats.aio.subscription import Subscription
 from rich.console import Console
 
 from codeyard.bus import Bus
-from codeyard.bus.subjects import ctl_subject
+from codeyard.bus.connection import MSG_ID_HEADER
+from codeyard.bus.subjects import ctl_subject, events_subject
 from codeyard.coordinator.service import Coordinator
 from codeyard.follow import (
     RunRefused,
@@ -218,3 +219,29 @@ async def test_a_run_its_submission_created_is_followed_without_asking_whether_i
             assert await status_requests() == 2
     finally:
         await overheard.unsubscribe()
+
+
+async def test_an_event_published_again_is_shown_once(bus: Bus) -> None:
+    """A coordinator that loads a run publishes its last step's events again, under their ids:
+    a copy the events stream took (published after its duplicate window) is not shown twice."""
+    submit = SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="a", title="a")])
+    shown: list[RunEvent] = []
+    some = asyncio.Event()
+
+    def on_event(event: RunEvent) -> None:
+        shown.append(event)
+        some.set()
+
+    async with running_coordinator(Coordinator(bus, name="c", capacity=4)):
+        following = asyncio.create_task(
+            submit_and_follow(bus, submit, Console(quiet=True), 30, on_event=on_event)
+        )
+        await asyncio.wait_for(some.wait(), 10)
+        first = shown[0]
+        headers = {MSG_ID_HEADER: "another"}  # a copy the stream stored
+        await bus.js.publish(events_subject("r1"), encode(first), headers=headers)
+        # no worker takes the task: the run goes on until it is cancelled
+        await ask(bus, "cancel", CancelRun(run_id="r1", reason="enough"))
+        await asyncio.wait_for(following, 10)
+    assert [event.msg_id for event in shown].count(first.msg_id) == 1
+    assert len(shown) > 2  # (the cancellation's events came after the copy)

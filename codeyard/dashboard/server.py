@@ -87,6 +87,7 @@ class Feed:
         self.run_id = run_id
         self.patience = patience
         self.dropped = False
+        self._seen: set[str] = set()  # msg ids: a run's last events may be published again
 
     async def relay(self, msg: Msg) -> None:
         if self.dropped:
@@ -96,6 +97,9 @@ class Feed:
         except MessageError:
             log.warning("skipped an undecodable event of run %s", self.run_id)
             return
+        if event.msg_id in self._seen:
+            return
+        self._seen.add(event.msg_id)
         try:
             # Waiting a while for room rather than dropping the client as soon as the queue is
             # full: NATS hands a run's past events over in bursts that this callback takes in

@@ -14,6 +14,7 @@ from aiohttp import web
 from yarl import URL
 
 from codeyard.bus import Bus, PullWorker
+from codeyard.bus.connection import MSG_ID_HEADER
 from codeyard.bus.subjects import events_subject
 from codeyard.coordinator.service import Coordinator
 from codeyard.dashboard.auth import TokenCheck, cookie_name
@@ -33,6 +34,7 @@ from codeyard.schemas import (
     TaskStatesChanged,
     WorkItem,
     decode,
+    encode,
 )
 from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, offload
 from codeyard.workspace.snapshots import artifact_store
@@ -496,3 +498,18 @@ async def read_task_changes(
             if any(c.task_id == task_id and c.state is state for c in event.changes):
                 return seen
     raise AssertionError(f"the stream ended before {task_id} was {state}")
+
+
+async def test_an_event_published_again_is_relayed_once(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    """A coordinator that loads a run publishes its last step's events again, under their ids:
+    a copy the events stream took (published after its duplicate window) is not shown twice."""
+    await submit_waiting_plan(bus, "r9")
+    said = Progress(run_id="r9", role="coder", message="said once")
+    async with http.get(dashboard + "/runs/r9/events", headers=BEARER) as stream:
+        received = asyncio.create_task(read_progress_until(stream, "last"))
+        for copy in ("first", "again"):  # stored twice: under two Nats-Msg-Ids
+            await bus.js.publish(events_subject("r9"), encode(said), headers={MSG_ID_HEADER: copy})
+        await bus.publish(events_subject("r9"), Progress(run_id="r9", role="coder", message="last"))
+        assert await asyncio.wait_for(received, 20) == 2  # "said once", then "last"
