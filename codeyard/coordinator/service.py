@@ -908,22 +908,34 @@ class Coordinator:
             await asyncio.sleep(0)  # nats-py's flusher writes it now
         for run_id, moves in commit.moves.items():
             if open_run := self._open.get(run_id):
-                commit.events.append(task_changes(open_run.run, moves))
+                commit.events += task_changes(open_run.run, moves)
         events = _encoded_by_run(commit.events)
+        # A run's events go in its journal entry: they may be lost while it is not (see
+        # run_store), and are then published again from it when the run is loaded. Too many
+        # for the entry (cancelling a run of thousands of tasks, say), they are stored before
+        # it instead: a step redone after a crash may then tell them twice, never lose them.
+        room = self._store.policy.max_entry_bytes // 2
+        journaled = {
+            run_id: batch
+            for run_id, batch in events.items()
+            if run_id in self._open and sum(len(payload) for _, payload in batch) <= room
+        }
+        if first_stored := [
+            await self._publish_events(run_id, batch)
+            for run_id, batch in events.items()
+            if run_id in self._open and run_id not in journaled
+        ]:
+            await pipeline.all_stored([p for pending in first_stored for p in pending], 10)
         writes: list[StepWrite] = []
         for run_id in events.keys() & self._open.keys():  # (a dead letter's, say)
             commit.dirty.setdefault(run_id, set())
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
-                # The events are in the run's journal entry: they may be lost while it is not
-                # (see run_store), and are then published again from it when the run is loaded.
-                encoded = [payload for _, payload in events.get(run_id, ())]
+                encoded = [payload for _, payload in journaled.get(run_id, ())]
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline, encoded))
         for run_id, batch in events.items():
-            subject = subjects.events_subject(run_id)
-            for msg_id, payload in batch:
-                headers = {MSG_ID_HEADER: msg_id}
-                published.append(await pipeline.publish(subject, payload, headers))
+            if run_id in journaled or run_id not in self._open:
+                published += await self._publish_events(run_id, batch)
         if commit.finished:
             # An ended run is never loaded again: its last events must be stored before the
             # header that says it ended.
@@ -956,6 +968,13 @@ class Coordinator:
         for run_id, work in commit.merges:
             # in the background; the outcome comes back through the inbox
             in_background(self._merging, self._integrate(run_id, work))
+
+    async def _publish_events(self, run_id: str, batch: list[tuple[str, bytes]]) -> list[Pending]:
+        subject = subjects.events_subject(run_id)
+        return [
+            await self._pipeline.publish(subject, payload, {MSG_ID_HEADER: msg_id})
+            for msg_id, payload in batch
+        ]
 
     async def _send_work(self, subject: str, item: WorkItem) -> Pending | None:
         """Start sending `item`; None if it is too large to send, which fails its task (in the

@@ -23,6 +23,7 @@ from codeyard.coordinator.effects import (
     RunMoved,
     TaskMoved,
 )
+from codeyard.schemas.codec import encode
 from codeyard.schemas.messages import (
     CodeRequest,
     PlanRequest,
@@ -35,6 +36,8 @@ from codeyard.schemas.messages import (
     WorkItem,
 )
 from codeyard.schemas.model import Patch, Run
+
+CHANGES_BYTES = 64 * 1024  # the task transitions one event holds, at most (about)
 
 
 class EnvelopeFields(TypedDict):
@@ -119,19 +122,33 @@ def _epoch(token: str) -> tuple[str, ...]:
     return (token,) if token else ()
 
 
-def task_changes(run: Run, moves: list[TaskMoved]) -> TaskStatesChanged:
-    """One event for the task transitions of a step. Its id is derived from the transitions,
+def task_changes(
+    run: Run, moves: list[TaskMoved], max_bytes: int = CHANGES_BYTES
+) -> list[TaskStatesChanged]:
+    """The events for the task transitions of a step: one, or several of about `max_bytes`
+    each when one would be bigger (cancelling a run of 10,000 tasks moves them all; one event
+    would be over any server's message limit). An event's id is derived from its transitions,
     so a step replayed identically after a failover is stored once."""
-    changes = [
-        TaskChange(
+    chunks: list[list[TaskChange]] = [[]]
+    size = 0
+    for move in moves:
+        change = TaskChange(
             task_id=move.task_id,
             attempt=move.attempt,
             state=move.state,
             previous=move.previous,
             reason=move.reason[:20_000],
         )
-        for move in moves
-    ]
+        length = len(encode(change))
+        if chunks[-1] and size + length > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(change)
+        size += length
+    return [_changed(run, changes) for changes in chunks]
+
+
+def _changed(run: Run, changes: list[TaskChange]) -> TaskStatesChanged:
     identity = ",".join(
         f"{c.task_id}:{c.attempt}:{run.tasks[c.task_id].dispatches}:{c.state.value}"
         for c in changes

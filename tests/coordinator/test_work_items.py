@@ -1,13 +1,15 @@
 """Work item ids: the same work keeps its id (a new leader's re-send is dropped as a copy),
-another submission of the same run id gets new ones."""
+another submission of the same run id gets new ones. Events of task transitions: each of a
+size a server takes."""
 
 from __future__ import annotations
 
 import msgspec
 
-from codeyard.coordinator import Dispatch
-from codeyard.coordinator.work_items import derived_id, work_item
-from codeyard.schemas.model import Task
+from codeyard.coordinator import Dispatch, TaskMoved
+from codeyard.coordinator.work_items import derived_id, task_changes, work_item
+from codeyard.schemas import encode
+from codeyard.schemas.model import Task, TaskState
 from tests.coordinator.plans import new_run, spec
 
 
@@ -32,3 +34,22 @@ def test_work_of_a_run_stored_by_an_older_version_keeps_the_id_that_version_gave
     """Runs without a submission token were stored before there was one: an upgraded leader
     re-sending their work must produce the ids the old leader sent it under."""
     assert coder_work_id("") == derived_id("run1", "x", "coder", 1, 1)
+
+
+def test_the_transitions_of_a_step_are_several_events_when_one_would_be_too_big() -> None:
+    """Cancelling a run of 10,000 tasks moves every one: in one event, 2.8 MB, which no
+    server took, so the step failed, and failed again when the run was loaded."""
+    run = new_run()
+    moves = []
+    for index in range(1_000):
+        run.tasks[f"t{index}"] = Task(spec=spec(f"t{index}"))
+        moves.append(TaskMoved(f"t{index}", 0, TaskState.PLANNED, TaskState.CANCELLED, "why " * 50))
+
+    events = task_changes(run, moves, max_bytes=20_000)
+
+    assert len(events) > 10
+    assert all(len(encode(event)) < 21_000 for event in events)
+    told = [(change.task_id, change.state) for event in events for change in event.changes]
+    assert told == [(move.task_id, move.state) for move in moves]  # in order, each once
+    assert len({event.msg_id for event in events}) == len(events)
+    assert task_changes(run, moves[:3])[0].msg_id == task_changes(run, moves[:3])[0].msg_id

@@ -1,6 +1,7 @@
-"""Events the server lost while it stored the step that made them (nats-server stopped between
-the two, say) are published again when the run is loaded: none of a run's events is lost, the
-one saying it ended included (`codeyard run` waits for that one)."""
+"""Every event of a run's steps is stored. Those the server lost while it stored the step that
+made them (nats-server stopped between the two, say) are published again when the run is
+loaded, the one saying it ended included (`codeyard run` waits for that one); and a step that
+moves thousands of tasks tells them in events of a size the server takes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,20 @@ import pytest
 
 from codeyard.bus import Bus, EmbeddedNats
 from codeyard.coordinator.service import Coordinator
-from codeyard.schemas import RunEvent, RunStateChanged, decode
-from codeyard.schemas.model import RunState
+from codeyard.follow import is_run_end
+from codeyard.schemas import (
+    Accepted,
+    CancelRun,
+    RunEvent,
+    RunStateChanged,
+    SubmitRun,
+    TaskStatesChanged,
+    decode,
+)
+from codeyard.schemas.model import RunState, TaskState
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import (
+    ask,
     assert_dependency_order,
     run_events,
     running_coordinator,
@@ -54,3 +65,25 @@ async def test_an_event_lost_while_its_step_was_stored_is_published_again(
     assert_dependency_order(PLAN, events)
     ends = [e for e in events if isinstance(e, RunStateChanged) and e.state is RunState.DONE]
     assert ends
+
+
+async def test_cancelling_a_run_of_thousands_of_tasks_tells_each_task_cancelled(bus: Bus) -> None:
+    """In one event, the transitions were over the server's message limit: the step failed,
+    and failed again at each try of the cancel."""
+    plan = [spec(f"t{index}") for index in range(5_000)]
+    async with running_coordinator(Coordinator(bus, name="c1", capacity=4)):
+        await ask(bus, "submit", SubmitRun(run_id="big", goal="g", plan=plan), timeout=60)
+        reason = "enough " * 28  # (a reason is 200 characters at most)
+        reply = await ask(bus, "cancel", CancelRun(run_id="big", reason=reason), timeout=60)
+        assert isinstance(reply, Accepted), reply
+        events = await run_events(bus, "big")
+
+    cancelled = {
+        change.task_id
+        for event in events
+        if isinstance(event, TaskStatesChanged)
+        for change in event.changes
+        if change.state is TaskState.CANCELLED
+    }
+    assert cancelled == {task.id for task in plan}
+    assert any(is_run_end(event) for event in events)
