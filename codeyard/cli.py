@@ -834,11 +834,15 @@ def status(
 
     Example: [bold]codeyard status r1[/bold]   or   [bold]codeyard status --json[/bold]
     """
+    from codeyard.follow import run_status
     from codeyard.progress.render import run_summary, runs_table, task_table
     from codeyard.schemas import RunStatus, StatusQuery
     from codeyard.schemas.envelope import utc_now
 
-    reply = _ask("status", StatusQuery(run_id=run_id or ""))
+    if run_id:  # every task, read in pages if the run is too big for one reply
+        reply = _on_bus("status", lambda bus: run_status(bus, run_id, patience=10))
+    else:
+        reply = _ask("status", StatusQuery())
     if json_output:
         _print_reply(reply)
         return

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeGuard
 
+import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -31,6 +32,7 @@ from codeyard.schemas import (
     RunStatus,
     StatusQuery,
     SubmitRun,
+    Task,
     TaskStatesChanged,
     UsageReported,
     WorkCancelled,
@@ -102,6 +104,24 @@ async def ask_coordinator(
                     "could not be sent; try again, or see the coordinator's log"
                 ) from None
         await asyncio.sleep(0.25)
+
+
+async def run_status(
+    bus: Bus, run_id: str, patience: float = 30.0, timeout: float = 10.0
+) -> ControlReply:
+    """The status of run `run_id`, every task of it: read in pages when the run is too big
+    for one reply (see `StatusQuery`); the refusal of any page is the answer."""
+    asked = StatusQuery(run_id=run_id, paged=True)
+    reply = await ask_coordinator(bus, "status", asked, patience=patience, timeout=timeout)
+    tasks: dict[str, Task] = {}
+    while isinstance(reply, RunStatus) and reply.runs and reply.more_after:
+        tasks |= reply.runs[0].tasks
+        asked = StatusQuery(run_id=run_id, paged=True, after=reply.more_after)
+        reply = await ask_coordinator(bus, "status", asked, patience=patience, timeout=timeout)
+    if not tasks or not isinstance(reply, RunStatus) or not reply.runs:
+        return reply
+    run = reply.runs[0]  # (the header of the last page: the newest)
+    return RunStatus(run_id=run_id, runs=[msgspec.structs.replace(run, tasks=tasks | run.tasks)])
 
 
 def refusal(reply: ControlError) -> str:
@@ -215,7 +235,7 @@ async def replay_ended_run(bus: Bus, run: Run, on_event: EventSink) -> bool:
 async def _ended_run(bus: Bus, run_id: str) -> Run | None:
     """The run's record if the coordinator says it has ended; None if not (or no answer that
     says: following it then waits for its end event as ever)."""
-    reply = await ask_coordinator(bus, "status", StatusQuery(run_id=run_id))
+    reply = await run_status(bus, run_id)
     if isinstance(reply, RunStatus) and reply.runs and reply.runs[0].state in TERMINAL_RUN_STATES:
         return reply.runs[0]
     return None
@@ -266,7 +286,7 @@ def print_event(console: Console) -> EventSink:
 async def _poll_status(bus: Bus, run_id: str, on_status: RunSink, every: float) -> None:
     while True:
         try:
-            reply = await ask_coordinator(bus, "status", StatusQuery(run_id=run_id), patience=every)
+            reply = await run_status(bus, run_id, patience=every)
         except RunRefused as exc:  # a failover: the next poll will tell
             log.debug("status poll: %s", exc)
         else:
@@ -279,7 +299,7 @@ async def existing_run(bus: Bus, run_id: str) -> Run | None:
     """The run `run_id` names, ended or not; None when the coordinator knows none. Any other
     refusal (it did not finish in time, a record it cannot read) is `RunRefused`: taken for
     "no such run", it would let a submission follow a run it did not start."""
-    reply = await ask_coordinator(bus, "status", StatusQuery(run_id=run_id))
+    reply = await run_status(bus, run_id)
     if isinstance(reply, RunStatus) and reply.runs:
         return reply.runs[0]
     if isinstance(reply, ControlError) and reply.error != unknown_run(run_id).error:
@@ -341,7 +361,7 @@ async def submit_and_follow(
         if polling is not None:
             await stop_tasks([polling])  # it loops on nats-py requests
         await subscription.unsubscribe()
-    status = await ask_coordinator(bus, "status", StatusQuery(run_id=submit.run_id))
+    status = await run_status(bus, submit.run_id)
     if not isinstance(status, RunStatus):
         raise RunRefused(f"cannot read the run's final state: {status}")
     return status.runs[0]

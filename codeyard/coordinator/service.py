@@ -1121,7 +1121,7 @@ class Coordinator:
                         return Accepted(run_id=request.run_id, detail=detail)
                     return self._control_event(request.run_id, Cancel(request.reason), commit, now)
                 case StatusQuery():
-                    return await self._status(request.run_id)
+                    return await self._status(request)
                 case ListApprovals():
                     return self._fitting_approvals(await self._pending_approvals(request.run_id))
                 case Approve() | Deny():
@@ -1238,15 +1238,17 @@ class Coordinator:
             return ControlError(run_id=run_id, error=effects[0].reason)  # type: ignore[union-attr]
         return Accepted(run_id=run_id, detail=type(event).__name__)
 
-    async def _status(self, run_id: str) -> Envelope:
+    async def _status(self, query: StatusQuery) -> Envelope:
         assert self._store is not None
-        if run_id:
+        if run_id := query.run_id:
             if preparing := self._preparing.get(run_id):  # (its state: planning, once prepared)
                 return RunStatus(run_id=run_id, runs=[preparing.run])
             open_run = self._open.get(run_id)
             stored = open_run.stored if open_run else await self._store.load(run_id, tasks=True)
             if stored is None:
                 return unknown_run(run_id)
+            if query.paged:
+                return self._page(stored.run, query.after)
             return RunStatus(run_id=run_id, runs=[stored.run])
         # An open run's header in the bucket may be a step behind: this leader's copy is not.
         headers = [
@@ -1256,6 +1258,31 @@ class Coordinator:
             for run in await self._store.headers()
         ]
         return self._fitting(headers)
+
+    def _page(self, run: Run, after: str) -> Envelope:
+        """`run` whole when it fits in a reply (most runs, in their own order); else a page:
+        its tasks after `after`, in id order, as many as fit."""
+        limit, which = self._reply_limit()
+        whole = RunStatus(run_id=run.run_id, runs=[run])
+        if not after and len(encode(whole)) <= limit:
+            return whole
+        header = msgspec.structs.replace(run, tasks={})
+        # (room for `more_after` too: an id, encoded as it is)
+        room = limit - len(encode(RunStatus(run_id=run.run_id, runs=[header]))) - 256
+        page: dict[str, Task] = {}
+        more_after = ""
+        for task_id in sorted(task_id for task_id in run.tasks if task_id > after):
+            size = len(encode(run.tasks[task_id])) + len(task_id) + 4  # "id":{...},
+            if size > room:
+                if not page:
+                    error = f"task {task_id} of run {run.run_id} is {size} bytes, over {which}"
+                    return ControlError(run_id=run.run_id, error=error)
+                more_after = next(reversed(page))
+                break
+            page[task_id] = run.tasks[task_id]
+            room -= size
+        runs = [msgspec.structs.replace(header, tasks=page)]
+        return RunStatus(run_id=run.run_id, runs=runs, more_after=more_after)
 
     def _fitting(self, runs: list[Run]) -> RunStatus:
         """The status of `runs` in one reply: `cy_runs` keeps every run forever, so their

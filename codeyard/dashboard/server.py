@@ -33,7 +33,7 @@ from codeyard.dashboard.auth import (
 )
 from codeyard.dashboard.live_script import live_script
 from codeyard.dashboard.sse import KEEPALIVE, RETRY, sse_frame
-from codeyard.follow import RunRefused, ask_coordinator
+from codeyard.follow import RunRefused, ask_coordinator, run_status
 from codeyard.schemas import (
     Accepted,
     ApprovalList,
@@ -323,7 +323,10 @@ class Dashboard:
             raise Unavailable(str(exc)) from None
 
     async def _run(self, run_id: str) -> Run | None:
-        reply = await self._ask("status", StatusQuery(run_id=run_id))
+        try:
+            reply = await run_status(self.bus, run_id, patience=self.patience)
+        except RunRefused as exc:
+            raise Unavailable(str(exc)) from None
         return reply.runs[0] if isinstance(reply, RunStatus) and reply.runs else None
 
     async def _patch_text(self, patch: Patch) -> Patch:

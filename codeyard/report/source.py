@@ -7,14 +7,13 @@ from nats.js.api import DeliverPolicy
 
 from codeyard.bus import Bus
 from codeyard.bus.subjects import EVENT_STREAM, events_subject
-from codeyard.follow import ask_coordinator
+from codeyard.follow import run_status
 from codeyard.schemas import (
     ControlError,
     MessageError,
     Run,
     RunEvent,
     RunStatus,
-    StatusQuery,
     decode,
 )
 
@@ -25,7 +24,7 @@ class UnknownRun(LookupError):
 
 async def fetch_run(bus: Bus, run_id: str, patience: float = 10.0) -> Run:
     """The run's record with its tasks; `UnknownRun` when the coordinator knows no such run."""
-    reply = await ask_coordinator(bus, "status", StatusQuery(run_id=run_id), patience=patience)
+    reply = await run_status(bus, run_id, patience=patience)
     if isinstance(reply, ControlError):
         raise UnknownRun(reply.error)
     if not isinstance(reply, RunStatus) or not reply.runs:

@@ -338,7 +338,16 @@ class CancelRun(Envelope, kw_only=True, frozen=True):
 
 
 class StatusQuery(Envelope, kw_only=True, frozen=True):
-    """Status of `run_id`, or of every run when `run_id` is empty."""
+    """Status of `run_id`, or of every run when `run_id` is empty.
+
+    A run may be too big for one reply (thousands of tasks, or long test outputs and feedback).
+    A client that reads it in pages says so (`paged`): the reply then holds the run's tasks
+    after the task `after` (in task id order) that fit, and names in `RunStatus.more_after`
+    the task the next page starts after; a run that fits comes whole. Without `paged`, a run
+    too big is refused. Defaulted, so older clients and coordinators decode it."""
+
+    paged: bool = False
+    after: OptionalId = ""
 
 
 class ListApprovals(Envelope, kw_only=True, frozen=True):
@@ -406,6 +415,9 @@ class RunStatus(Envelope, kw_only=True, frozen=True):
     # so that the reply fits in one message: `cy_runs` keeps every run. Defaulted, so older
     # clients and coordinators still decode it.
     omitted: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # A page of a run's tasks (see `StatusQuery`): the last task of this page, when more come
+    # after it; empty when the run's tasks are all there.
+    more_after: OptionalId = ""
 
 
 class ApprovalList(Envelope, kw_only=True, frozen=True):

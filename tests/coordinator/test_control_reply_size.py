@@ -11,6 +11,7 @@ import pytest
 from codeyard.bus import Bus
 from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject
 from codeyard.coordinator.service import Coordinator
+from codeyard.follow import run_status
 from codeyard.schemas import (
     ApprovalList,
     CancelRun,
@@ -25,7 +26,7 @@ from codeyard.schemas import (
     TaskSpec,
     encode,
 )
-from codeyard.schemas.model import LONG_TEXT_CHARS
+from codeyard.schemas.model import LONG_TEXT_CHARS, RunState
 from tests.coordinator.harness import ask, running_coordinator
 
 # A goal as long as a goal may be, of 4-byte characters: a run header of about 80 KB.
@@ -121,3 +122,39 @@ async def test_a_list_of_approvals_leaves_out_the_newest_to_fit(
     assert isinstance(newest, ApprovalList)
     assert [approval.run_id for approval in newest.approvals] == [run_ids[-1]]
     assert newest.approvals[0].detail == BIG_GOAL
+
+
+async def test_a_run_too_big_for_one_reply_is_read_in_pages(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    """`codeyard status RUN`, `codeyard run` (at its end), reports and the dashboard read a run
+    that way: a run of thousands of tasks, or of a few dozen with long test outputs and
+    feedback, was refused to each of them."""
+    plan = [TaskSpec(id=f"t{i}", title="x") for i in range(5000)]
+    submission = SubmitRun(run_id="huge", goal="g", plan=plan, approve_plan=True)
+    assert not isinstance(await ask(bus, "submit", submission), ControlError)
+
+    first = await control(bus, "status", StatusQuery(run_id="huge", paged=True))
+    read = await run_status(bus, "huge")
+
+    assert isinstance(first, RunStatus)
+    assert first.more_after  # a page: more tasks come after it
+    assert len(encode(first)) <= bus.nc.max_payload
+    assert list(first.runs[0].tasks) == sorted(first.runs[0].tasks)
+    assert isinstance(read, RunStatus)
+    [run] = read.runs
+    assert set(run.tasks) == {task.id for task in plan}
+    assert run.state is RunState.PLAN_APPROVAL
+
+
+async def test_a_run_that_fits_in_one_reply_comes_whole_in_its_own_order(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    plan = [TaskSpec(id=task_id, title="x") for task_id in ("b", "c", "a")]
+    await ask(bus, "submit", SubmitRun(run_id="small", goal="g", plan=plan, approve_plan=True))
+
+    reply = await control(bus, "status", StatusQuery(run_id="small", paged=True))
+
+    assert isinstance(reply, RunStatus)
+    assert reply.more_after == ""
+    assert list(reply.runs[0].tasks) == ["b", "c", "a"]

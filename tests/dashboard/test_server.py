@@ -513,3 +513,15 @@ async def test_an_event_published_again_is_relayed_once(
             await bus.js.publish(events_subject("r9"), encode(said), headers={MSG_ID_HEADER: copy})
         await bus.publish(events_subject("r9"), Progress(run_id="r9", role="coder", message="last"))
         assert await asyncio.wait_for(received, 20) == 2  # "said once", then "last"
+
+
+async def test_a_run_too_big_for_one_status_reply_has_its_pages(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    """Its page, its tasks' pages and its events were "no run" (404): it is read in pages."""
+    plan = [TaskSpec(id=f"t{i}", title="x") for i in range(5000)]
+    await ask(bus, "submit", SubmitRun(run_id="huge", goal="g", plan=plan, approve_plan=True))
+    for path in ("/runs/huge", "/runs/huge/tasks/t4999"):
+        async with http.get(dashboard + path, headers=BEARER) as page:
+            assert page.status == 200, path
+            assert "t4999" in await page.text()
