@@ -86,7 +86,7 @@ from codeyard.coordinator.result_events import (
     role_of,
     unapplied_spend,
 )
-from codeyard.coordinator.run_store import RunStore, StepWrite, StoredRun
+from codeyard.coordinator.run_store import CheckpointPolicy, RunStore, StepWrite, StoredRun
 from codeyard.coordinator.work_items import (
     answers_this_submission,
     derived_id,
@@ -333,7 +333,10 @@ class Coordinator:
     async def run(self, stop: asyncio.Event) -> None:
         """Stand by until the lease is free, lead until it is lost, repeat until `stop`."""
         self._lease = await LeaderLease.open(self.bus.js, self.name)
-        self._store = await RunStore.open(self.bus.js)
+        # A journal entry must fit in one message of this server, whatever it takes.
+        room = self._pipeline.max_payload - 4096
+        policy = CheckpointPolicy(max_entry_bytes=min(CheckpointPolicy.max_entry_bytes, room))
+        self._store = await RunStore.open(self.bus.js, policy)
         self._approvals = await self.bus.store(subjects.APPROVALS_BUCKET, PendingApproval)
         lease = self._lease
         try:
