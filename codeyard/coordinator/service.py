@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -400,6 +400,8 @@ class Coordinator:
             self.leading.clear()
             metrics.COORDINATOR_LEADING.set(0)
             await stop_tasks(session)
+            # results fetched and not yet in a step: to the next session at once, too
+            await _hand_back(item for item in _drained(self._inbox) if isinstance(item, Msg))
             # A deposed leader must not go on merging: its successor merges the same tasks
             # again, and the outcome of this one could no longer be recorded anyway.
             await stop_tasks(self._merging)
@@ -595,33 +597,43 @@ class Coordinator:
             started = time.monotonic()
             while len(batch) < self.batch_size and not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
-            commit = Commit()
-            now = datetime.now(UTC)
-            for item in batch:
-                if isinstance(item, Msg):
-                    self._on_result_message_guarded(item, commit, now)
-                elif isinstance(item, FollowUp):
-                    if open_run := self._open.get(item.run_id):
-                        self._on_own_event(open_run, item.event, commit, now)
-                elif isinstance(item, Prepared):
-                    await self._on_prepared_guarded(item, commit, now)
-                else:
-                    reply = await self._on_control(item, commit, now)
-                    if reply is not None:  # else answered once its repository is prepared
-                        commit.replies.append((item, reply))
-            while inline := [m for m in commit.merges if self._inline(m[0])]:
-                commit.merges = [m for m in commit.merges if m not in inline]
-                for run_id, work in inline:
-                    open_run = self._open[run_id]
-                    key: PoisonKey = ("merge", _event_key(run_id, work))
-                    if error := self._poisoned(key):
-                        self._file_dead_letter("", repr(work).encode(), error, commit, run_id)
-                        continue
-                    with self._guarded(key, f"{work!r} of run {run_id}"):
-                        self._apply(open_run, await self._outcome(open_run, work), commit, now)
-            await self._flush(commit)
+            try:
+                await self._step(batch)
+            except BaseException:
+                # Its results come again at once, to the next session, rather than after
+                # ack_wait: a step that failed before its journal entry was stored made the
+                # work they answer outstanding again, and the copies sent are dropped.
+                await _hand_back(item for item in batch if isinstance(item, Msg))
+                raise
             self.stats.steps += 1
             metrics.COORDINATOR_STEP_SECONDS.observe(time.monotonic() - started)
+
+    async def _step(self, batch: list[Input]) -> None:
+        commit = Commit()
+        now = datetime.now(UTC)
+        for item in batch:
+            if isinstance(item, Msg):
+                self._on_result_message_guarded(item, commit, now)
+            elif isinstance(item, FollowUp):
+                if open_run := self._open.get(item.run_id):
+                    self._on_own_event(open_run, item.event, commit, now)
+            elif isinstance(item, Prepared):
+                await self._on_prepared_guarded(item, commit, now)
+            else:
+                reply = await self._on_control(item, commit, now)
+                if reply is not None:  # else answered once its repository is prepared
+                    commit.replies.append((item, reply))
+        while inline := [m for m in commit.merges if self._inline(m[0])]:
+            commit.merges = [m for m in commit.merges if m not in inline]
+            for run_id, work in inline:
+                open_run = self._open[run_id]
+                key: PoisonKey = ("merge", _event_key(run_id, work))
+                if error := self._poisoned(key):
+                    self._file_dead_letter("", repr(work).encode(), error, commit, run_id)
+                    continue
+                with self._guarded(key, f"{work!r} of run {run_id}"):
+                    self._apply(open_run, await self._outcome(open_run, work), commit, now)
+        await self._flush(commit)
 
     def _inline(self, run_id: str) -> bool:
         open_run = self._open.get(run_id)
@@ -1586,3 +1598,22 @@ def _decoded_events(stored: StoredRun) -> list[RunEvent]:
         except MessageError as exc:
             log.error("run %s: an event of its last step is unreadable: %s", stored.run.run_id, exc)
     return events
+
+
+HAND_BACK_DELAY = 1.0  # seconds: past the end of the session that hands them back
+
+
+async def _hand_back(results: Iterable[Msg]) -> None:
+    """Have `results` delivered again in a second (`HAND_BACK_DELAY`), to whichever session
+    leads then, rather than after ack_wait. Best effort: with NATS away, ack_wait does it.
+    A result acked already is not delivered again."""
+    for msg in results:
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=HAND_BACK_DELAY)
+
+
+def _drained(queue: asyncio.Queue[Input]) -> list[Input]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items

@@ -1,0 +1,46 @@
+"""A step that failed (trouble on the bus, a bug) hands back the results it held: they come
+again at once, to the next leadership session, rather than after ack_wait."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codeyard.bus import Bus, EmbeddedNats, Topology
+from codeyard.bus.subjects import journal_subject
+from codeyard.coordinator.service import Coordinator
+from codeyard.schemas.model import RunState
+from tests.coordinator.harness import running_coordinator, submit, wait_until, workers_answering
+from tests.coordinator.plans import spec
+from tests.coordinator.store_faults import DiesBefore
+from tests.coordinator.test_recovery import answer_at_once
+
+# Long enough that a run waiting for it to pass fails the test: the wait is what is tested.
+SLOW_REDELIVERY = Topology(ack_wait=300.0, leader_ttl=2.0)
+
+
+async def test_the_results_of_a_step_that_failed_come_again_at_once(tmp_path: Path) -> None:
+    """The step failed before its journal entry was written: the run is as it was before the
+    step, waiting for the results the step held. Unacked, they came again after ack_wait
+    (30 s by default); the work sent again is dropped as a copy of what was answered."""
+    async with EmbeddedNats(tmp_path) as server:  # this test's own: its ack_wait is long
+        bus = await Bus.connect(server.url, topology=SLOW_REDELIVERY)
+        coordinator_bus = await Bus.connect(
+            server.url, name="coordinator", topology=SLOW_REDELIVERY
+        )
+        fault = DiesBefore(coordinator_bus, journal_subject("r1"), armed=False)
+        coordinator_bus.pipeline = fault
+        try:
+            await bus.setup()
+            async with (
+                running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)),
+                workers_answering(bus, answer_at_once),
+            ):
+                await submit(bus, [spec("a"), spec("b", "a")], "r1")
+                fault.armed = True
+                run = await wait_until(bus, "r1", timeout=60)
+        finally:
+            await coordinator_bus.close()
+            await bus.close()
+
+    assert fault.died
+    assert run.state is RunState.DONE
