@@ -89,7 +89,10 @@ async def ask_coordinator(
     while True:
         try:
             reply: ControlReply = await bus.request(subject, request, ControlReply, timeout)
-            return reply
+            if not (isinstance(reply, ControlError) and reply.retry):
+                return reply
+            if loop.time() > busy_deadline:  # a coordinator that keeps failing its steps
+                raise RunRefused(f"the coordinator did not answer on {subject}: {reply.error}")
         except nats.errors.NoRespondersError:  # nobody subscribed: no coordinator, or between two
             if loop.time() > deadline:
                 raise RunRefused(

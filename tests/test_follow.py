@@ -136,16 +136,21 @@ async def test_no_coordinator_at_all_is_told_apart_from_one_that_does_not_answer
 
 
 class LateCoordinator:
-    """Stands in for a coordinator on cy.ctl.status that answers from its `first` try on."""
+    """Stands in for a coordinator on cy.ctl.status that answers from its `first` try on;
+    before, it answers nothing, or with `told_to_retry` says to send the request again (as a
+    coordinator whose leadership ended before the request's step was done)."""
 
-    def __init__(self, first: int) -> None:
+    def __init__(self, first: int, *, told_to_retry: bool = False) -> None:
         self.first = first
+        self.told_to_retry = told_to_retry
         self.tries = 0
 
     async def answer(self, msg: Msg) -> None:
         self.tries += 1
         if self.tries >= self.first:
             await msg.respond(encode(RunStatus(runs=[])))
+        elif self.told_to_retry:
+            await msg.respond(encode(ControlError(error="send it again", retry=True)))
 
 
 @asynccontextmanager
@@ -164,6 +169,22 @@ async def test_a_coordinator_that_answers_a_later_try_is_heard(bus: Bus) -> None
     assert isinstance(reply, RunStatus)
     assert reply.runs == []
     assert coordinator.tries == 2
+
+
+async def test_a_request_the_coordinator_says_to_send_again_is_sent_again_at_once(
+    bus: Bus,
+) -> None:
+    """Not after the try's timeout (10 s by default): the request is sent again when told."""
+    coordinator = LateCoordinator(first=3, told_to_retry=True)
+    async with listening(bus, coordinator):
+        reply = await ask_coordinator(bus, "status", StatusQuery(), patience=30, timeout=30)
+    assert isinstance(reply, RunStatus)
+    assert coordinator.tries == 3
+
+    keeps_telling = LateCoordinator(first=1_000, told_to_retry=True)
+    async with listening(bus, keeps_telling):
+        with pytest.raises(RunRefused, match=r"did not answer on cy\.ctl\.status: send it again"):
+            await ask_coordinator(bus, "status", StatusQuery(), patience=0.5, timeout=30)
 
 
 async def test_a_busy_coordinator_is_waited_for_longer_than_an_absent_one(bus: Bus) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -369,7 +370,7 @@ class Coordinator:
         self._unacked = 0
         try:
             await self._load_runs()
-            subscriptions = await self._serve_control()
+            subscriptions = await self._serve_control(lost)
             self.leading.set()
             metrics.COORDINATOR_LEADING.set(1)
             session = [
@@ -405,7 +406,10 @@ class Coordinator:
             # A deposed leader must not go on merging: its successor merges the same tasks
             # again, and the outcome of this one could no longer be recorded anyway.
             await stop_tasks(self._merging)
-            # Their submitters retry, and the next leader prepares.
+            # Those not answered are told to send their requests again (`_reply_when_done`);
+            # submitters too, and the next leader prepares their runs.
+            if self._answering:
+                await asyncio.wait(self._answering, timeout=RETRY_TELLING)
             await stop_tasks(self._answering)
             self._preparing.clear()
             for subscription in subscriptions:
@@ -521,7 +525,9 @@ class Coordinator:
         self._unacked += 1
         self._inbox.put_nowait(msg)
 
-    async def _serve_control(self) -> list[Subscription]:
+    async def _serve_control(self, ended: asyncio.Event) -> list[Subscription]:
+        """Serve the control API for one leadership session, which `ended` says is over."""
+
         async def answer(msg: Msg) -> None:
             try:
                 request: Control = decode(msg.data, Control)
@@ -543,18 +549,32 @@ class Coordinator:
             # subject at a time, so waiting here would give each request a step of its own (a
             # submission may even wait minutes for its repository).
             patience = SUBMIT_PATIENCE if isinstance(request, SubmitRun) else 30
-            in_background(self._answering, self._reply_when_done(msg, call, patience))
+            in_background(self._answering, self._reply_when_done(msg, call, patience, ended))
 
         return [
             await self.bus.nc.subscribe(subjects.ctl_subject(verb), cb=answer)
             for verb in CONTROL_VERBS  # the verbs the exported AsyncAPI document lists
         ]
 
-    async def _reply_when_done(self, msg: Msg, call: ControlCall, patience: float) -> None:
+    async def _reply_when_done(
+        self, msg: Msg, call: ControlCall, patience: float, ended: asyncio.Event
+    ) -> None:
+        """Send `call`'s reply once its step is done. If the leadership session ends first
+        (its step failed, the lease was lost, the coordinator stops), the request was not
+        done: the client is told to send it again (`retry`), to whichever coordinator leads
+        next, rather than left to wait out its timeout."""
+        over = asyncio.ensure_future(ended.wait())
+        waiting: list[asyncio.Future[Any]] = [call.reply, over]
         try:
-            async with asyncio.timeout(patience):
-                reply = await asyncio.shield(call.reply)
-        except TimeoutError:
+            await asyncio.wait(waiting, timeout=patience, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            over.cancel()
+        if call.reply.done():
+            reply = call.reply.result()
+        elif ended.is_set():
+            error = "the coordinator stopped leading before it answered; send it again"
+            reply = ControlError(error=error, retry=True)
+        else:
             reply = ControlError(error="the coordinator did not finish in time; retry")
         await self._respond(msg, reply)
 
@@ -1600,6 +1620,7 @@ def _decoded_events(stored: StoredRun) -> list[RunEvent]:
     return events
 
 
+RETRY_TELLING = 1.0  # seconds to tell requesters to send again, as a leadership session ends
 HAND_BACK_DELAY = 1.0  # seconds: past the end of the session that hands them back
 
 

@@ -430,6 +430,9 @@ class ApprovalList(Envelope, kw_only=True, frozen=True):
 class ControlError(Envelope, kw_only=True, frozen=True):
     error: LongText
     field: str = ""
+    # The request was not done (its coordinator stopped leading first): send it again, to
+    # whichever leads next. Defaulted, so older clients and coordinators decode it.
+    retry: bool = False
 
 
 def unknown_run(run_id: str) -> ControlError:

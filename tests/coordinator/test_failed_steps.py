@@ -1,15 +1,25 @@
-"""A step that failed (trouble on the bus, a bug) hands back the results it held: they come
-again at once, to the next leadership session, rather than after ack_wait."""
+"""A step that failed (trouble on the bus, a bug) hands back what it held, to the next
+leadership session: its results come again at once rather than after ack_wait, and its
+requests' clients are told to send them again rather than left to wait out their timeout."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from codeyard.bus import Bus, EmbeddedNats, Topology
-from codeyard.bus.subjects import journal_subject
+from codeyard.bus.subjects import ctl_subject, journal_subject
 from codeyard.coordinator.service import Coordinator
+from codeyard.schemas import Accepted, CancelRun, ControlError, ControlReply, decode, encode
 from codeyard.schemas.model import RunState
-from tests.coordinator.harness import running_coordinator, submit, wait_until, workers_answering
+from tests.conftest import TEST_TOPOLOGY
+from tests.coordinator.harness import (
+    ask,
+    running_coordinator,
+    status,
+    submit,
+    wait_until,
+    workers_answering,
+)
 from tests.coordinator.plans import spec
 from tests.coordinator.store_faults import DiesBefore
 from tests.coordinator.test_recovery import answer_at_once
@@ -44,3 +54,29 @@ async def test_the_results_of_a_step_that_failed_come_again_at_once(tmp_path: Pa
 
     assert fault.died
     assert run.state is RunState.DONE
+
+
+async def test_a_request_whose_step_failed_is_told_to_come_again(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """Its reply was never sent: the client waited out its try (10 s) before asking again."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = DiesBefore(coordinator_bus, journal_subject("r2"), armed=False)
+    coordinator_bus.pipeline = fault
+    cancel = CancelRun(run_id="r2", reason="enough")
+    try:
+        async with running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)):
+            await submit(bus, [spec("a")], "r2")  # no worker: it waits for its coder
+            fault.armed = True
+            raw = await bus.nc.request(ctl_subject("cancel"), encode(cancel), timeout=5)
+            told = decode(raw.data, ControlReply)
+            again = await ask(bus, "cancel", cancel)
+            run = await status(bus, "r2")
+    finally:
+        await coordinator_bus.close()
+
+    assert fault.died
+    assert isinstance(told, ControlError)
+    assert told.retry, told
+    assert isinstance(again, Accepted), again
+    assert run.state is RunState.CANCELLED
