@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -21,6 +22,9 @@ from urllib.parse import urlsplit
 # host's cookies to each of its ports, so a fixed name had two dashboards on one machine
 # overwrite each other's sign-in.
 COOKIE_PREFIX = "codeyard_dashboard"
+# How long a sign-in lasts: a session cookie that leaked (a shared profile, a backup) opens
+# the dashboard that long, not until the token changes. Then the URL with the token again.
+SESSION_SECONDS = 12 * 3600
 CSRF_FIELD = "csrf"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -53,21 +57,38 @@ class TokenCheck:
     def matches(self, candidate: str | None) -> bool:
         return _same(candidate, self.token)
 
-    def proof(self, *, cookie: str | None, authorization: str | None, query: str | None) -> Proof:
+    def proof(
+        self,
+        *,
+        cookie: str | None,
+        authorization: str | None,
+        query: str | None,
+        now: float | None = None,
+    ) -> Proof:
         if authorization is not None and authorization.startswith("Bearer "):
             return Proof.BEARER if self.matches(authorization[len("Bearer ") :]) else Proof.NONE
         if query is not None:
             return Proof.QUERY if self.matches(query) else Proof.NONE
-        return Proof.COOKIE if _same(cookie, self.session) else Proof.NONE
+        return Proof.COOKIE if self.session_ok(cookie, now) else Proof.NONE
 
-    @property
-    def session(self) -> str:
-        """The sign-in cookie's value. Browsers send 127.0.0.1's cookies to every service on
-        it, whatever its port, so the cookie must not be the token, which also opens the
-        dashboard by header or URL: it is derived from it, one way. Derived rather than random
-        per process, so a browser stays signed in across a restart of the dashboard (`up`
-        restarts it) with the same token, and changing the token signs everyone out."""
-        return _derived(self.token, b"codeyard-dashboard-session")
+    def session(self, issued: float | None = None) -> str:
+        """The sign-in cookie's value, for a sign-in at `issued` (now): that time, and a MAC
+        of it. Browsers send 127.0.0.1's cookies to every service on it, whatever its port, so
+        the cookie must not be the token, which also opens the dashboard by header or URL: it
+        is derived from it, one way. Derived rather than random per process, so a browser stays
+        signed in across a restart of the dashboard (`up` restarts it) with the same token,
+        and changing the token signs everyone out."""
+        at = str(int(time.time() if issued is None else issued))
+        return f"{at}.{_derived(self.token, b'codeyard-dashboard-session.' + at.encode())}"
+
+    def session_ok(self, cookie: str | None, now: float | None = None) -> bool:
+        """Whether `cookie` is a session this token signed, less than `SESSION_SECONDS` ago."""
+        at, dot, _ = (cookie or "").partition(".")
+        if not dot or not at.isascii() or not at.isdigit() or len(at) > 12:
+            return False
+        age = (time.time() if now is None else now) - int(at)
+        # (a minute ahead: clocks of the replicas behind one address may differ that much)
+        return -60 <= age < SESSION_SECONDS and _same(cookie, self.session(int(at)))
 
     @property
     def csrf(self) -> str:

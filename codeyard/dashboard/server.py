@@ -25,6 +25,7 @@ from codeyard.dashboard import pages
 from codeyard.dashboard.auth import (
     COOKIE_PREFIX,
     CSRF_FIELD,
+    SESSION_SECONDS,
     Proof,
     TokenCheck,
     cookie_name,
@@ -200,7 +201,8 @@ class Dashboard:
             response = web.Response(status=303, headers={"Location": target})
             response.set_cookie(
                 self.cookie,
-                self.check.session,
+                self.check.session(),
+                max_age=SESSION_SECONDS,
                 httponly=True,
                 samesite="Strict",
                 path="/",

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from codeyard.dashboard.auth import Proof, TokenCheck, normalised_origin, origin_allowed
+from codeyard.dashboard.auth import (
+    SESSION_SECONDS,
+    Proof,
+    TokenCheck,
+    normalised_origin,
+    origin_allowed,
+)
 from codeyard.dashboard.live_script import live_script
 from codeyard.dashboard.pages import approvals_page, run_page, runs_page, task_page
 from codeyard.dashboard.sse import sse_frame
@@ -162,7 +168,7 @@ def test_the_live_script_knows_every_state_colour() -> None:
 def test_token_proofs_and_csrf() -> None:
     check = TokenCheck("s" * 32)
     good = "s" * 32
-    session = check.session
+    session = check.session()
     assert check.proof(cookie=session, authorization=None, query=None) is Proof.COOKIE
     assert check.proof(cookie=None, authorization=f"Bearer {good}", query=None) is Proof.BEARER
     assert check.proof(cookie=None, authorization=None, query=good) is Proof.QUERY
@@ -180,12 +186,30 @@ def test_token_proofs_and_csrf() -> None:
 
 def test_the_session_cookie_and_the_token_do_not_stand_in_for_each_other() -> None:
     check = TokenCheck("s" * 32)
-    assert check.session != check.token
+    assert check.session() != check.token
     assert check.proof(cookie=check.token, authorization=None, query=None) is Proof.NONE
-    bearer = f"Bearer {check.session}"
+    bearer = f"Bearer {check.session()}"
     assert check.proof(cookie=None, authorization=bearer, query=None) is Proof.NONE
-    assert check.proof(cookie=None, authorization=None, query=check.session) is Proof.NONE
-    assert TokenCheck("t" * 32).session != check.session
+    assert check.proof(cookie=None, authorization=None, query=check.session()) is Proof.NONE
+    assert TokenCheck("t" * 32).session() != check.session()
+
+
+def test_a_sign_in_lasts_twelve_hours() -> None:
+    """A session cookie that leaked (a shared browser profile, a backup of one) opened the
+    dashboard until the token changed."""
+    check = TokenCheck("s" * 32)
+    signed_in = check.session(issued=1_000_000)
+
+    def proof(now: float) -> Proof:
+        return check.proof(cookie=signed_in, authorization=None, query=None, now=now)
+
+    assert proof(1_000_000 + SESSION_SECONDS - 1) is Proof.COOKIE
+    assert proof(1_000_000 + SESSION_SECONDS) is Proof.NONE
+    assert proof(1_000_000 - 3600) is Proof.NONE  # issued in the future: not by this clock
+    forged = "9" * 10 + signed_in[7:]  # another time under the same MAC
+    assert check.proof(cookie=forged, authorization=None, query=None, now=1e10) is Proof.NONE
+    for malformed in ("", ".", "x.y", "1e3." + signed_in[8:], "\u0661." + signed_in[8:]):
+        assert not check.session_ok(malformed, now=1_000_000)
 
 
 def test_origins_compare_by_scheme_host_and_port_however_written() -> None:

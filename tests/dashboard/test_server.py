@@ -17,7 +17,7 @@ from codeyard.bus import Bus, PullWorker
 from codeyard.bus.connection import MSG_ID_HEADER
 from codeyard.bus.subjects import events_subject
 from codeyard.coordinator.service import Coordinator
-from codeyard.dashboard.auth import TokenCheck, cookie_name
+from codeyard.dashboard.auth import SESSION_SECONDS, TokenCheck, cookie_name
 from codeyard.dashboard.server import Dashboard, serving
 from codeyard.schemas import (
     ApprovalList,
@@ -45,7 +45,7 @@ __all__ = ["coordinator"]  # the fixture, shared with the control API's tests
 
 TOKEN = "t0ken-for-the-dashboard-tests"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-SESSION = TokenCheck(TOKEN).session
+SESSION = TokenCheck(TOKEN).session()
 
 
 def cookie_of(url: str) -> str:
@@ -205,7 +205,8 @@ async def test_the_sign_in_cookie_is_named_after_the_port_and_is_not_the_token(
             assert other.status == 200
     assert cookie.key == cookie_of(dashboard)
     assert cookie.key.endswith(f"_{URL(dashboard).port}")
-    assert cookie.value == SESSION
+    assert TokenCheck(TOKEN).session_ok(cookie.value)
+    assert cookie["max-age"] == str(SESSION_SECONDS)
     assert TOKEN not in cookie.value
     assert cookie["path"] == "/"
     assert [cookie.key in header and TOKEN not in header for header in seen] == [True]
