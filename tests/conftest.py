@@ -18,7 +18,9 @@ TEST_TOPOLOGY = Topology(ack_wait=2.0, leader_ttl=2.0)
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
-    with EmbeddedNats(tmp_path_factory.mktemp("nats")) as server:
+    # Tied to pytest's main thread: a test run killed (a CI timeout, Ctrl-C twice) left it
+    # running for good.
+    with EmbeddedNats(tmp_path_factory.mktemp("nats"), tied_to_parent=True) as server:
         yield server
 
 
