@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -34,6 +34,7 @@ No LLM endpoint is configured. There are three ways to configure one:
      and per role CODEYARD_LLM_MODEL_<ROLE> / CODEYARD_LLM_TEMPERATURE_<ROLE>
      (roles: PLANNER, CODER, TESTER, REVIEW)."""
 
+MODELS = ("model", "model_planner", "model_coder", "model_tester", "model_review")
 TEMPERATURES = (
     "temperature",
     "temperature_planner",
@@ -161,6 +162,17 @@ class LLMSettings(BaseSettings):
         problem = api_key_problem(value.get_secret_value())
         if problem:
             raise PydanticCustomError("api_key", problem)
+        return value
+
+    @field_validator(*MODELS)
+    @classmethod
+    def _a_model_name(cls, value: str, info: ValidationInfo) -> str:
+        # Refused here, at start: a name read from a file ends in a line break, which every
+        # endpoint answers with "model not found", each call retried, then the task failed.
+        odd = first_odd_character(value, ascii_only=False)
+        if odd:
+            problem = f"the model name holds {odd}, which no model name holds: remove it"
+            raise PydanticCustomError(str(info.field_name), problem)
         return value
 
     @field_validator("prices")

@@ -74,7 +74,7 @@ class ForcedTool(Generic[M]):
 
         An unusable answer that ended at the token limit (finish_reason "length", the cap
         being `token_limit` when one is sent) says so: it was cut off, and only a shorter one
-        can fit.
+        can fit. So does one the endpoint's content filter stopped ("content_filter").
         """
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
@@ -82,7 +82,13 @@ class ForcedTool(Generic[M]):
         try:
             return self._read_message(getattr(choices[0], "message", None))
         except BadAnswer as bad:
-            if getattr(choices[0], "finish_reason", None) != "length":
+            finished = getattr(choices[0], "finish_reason", None)
+            if finished == "content_filter":  # (else the error said only "no arguments")
+                raise BadAnswer(
+                    f"the endpoint's content filter stopped your answer before it ended, so {bad}",
+                    reply=bad.reply,
+                ) from bad
+            if finished != "length":
                 raise
             limit = f" ({token_limit} tokens)" if token_limit else ""
             raise BadAnswer(

@@ -146,3 +146,18 @@ async def test_a_complete_answer_at_the_token_limit_is_taken() -> None:
         done = await ask(server)
 
     assert (done.value, done.attempts) == (Plan(**VALID), 1)
+
+
+async def test_an_answer_a_content_filter_stopped_says_so() -> None:
+    # Azure OpenAI's filter ends an answer with finish_reason "content_filter" and whatever
+    # was written: the failure said only "had no arguments", the reason nowhere.
+    stopped = answer({"role": "assistant", "content": None}, finish_reason="content_filter")
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": [{"body": stopped}]}])) as s:
+        with pytest.raises(InvalidOutput) as failure:
+            await ask(s, max_reasks=1)
+
+    said = (
+        "the endpoint's content filter stopped your answer before it ended, so you answered "
+        f"with text instead of calling the function `{TOOL}`"
+    )
+    assert str(failure.value).endswith(f"last problem: {said}")

@@ -358,3 +358,29 @@ def test_a_bad_llm_setting_stops_a_start_naming_it(
     assert refused.returncode == 2
     assert refused.stderr.splitlines() == [f"error: {error}"]
     assert not data.exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "name", "odd"),
+    [
+        # a name read from a file: every call answered "model not found", retried, then failed
+        ("CODEYARD_LLM_MODEL", "gpt-4o\n", "U+000A (a line break) at character 7 of 7"),
+        ("CODEYARD_LLM_MODEL_CODER", " o3", "U+0020 (space) at character 1 of 3"),
+    ],
+)
+def test_a_model_name_holding_whitespace_or_a_control_character_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, name: str, odd: str
+) -> None:
+    monkeypatch.setenv(variable, name)
+    with pytest.raises(ValidationError) as refused:
+        LLMSettings()
+
+    assert invalid_settings(refused.value) == [
+        f"{variable}: the model name holds {odd}, which no model name holds: remove it "
+        f"(got {name!r})"
+    ]
+
+
+def test_model_names_of_every_kind_pass() -> None:
+    for name in ["gpt-4o-mini", "llama3:8b", "org/Model-7B.Q4_K_M.gguf", "ü-modell"]:
+        assert LLMSettings(model=name, model_review=name).for_role("review").model == name
