@@ -113,11 +113,12 @@ async def run_status(
     bus: Bus, run_id: str, patience: float = 30.0, timeout: float = 10.0
 ) -> ControlReply:
     """The status of run `run_id`, every task of it: read in pages when the run is too big
-    for one reply (see `StatusQuery`); the refusal of any page is the answer."""
+    for one reply (see `StatusQuery`); the refusal of any page is the answer. (Each page
+    starts after the last: one that would not is not asked for, rather than asked for ever.)"""
     asked = StatusQuery(run_id=run_id, paged=True)
     reply = await ask_coordinator(bus, "status", asked, patience=patience, timeout=timeout)
     tasks: dict[str, Task] = {}
-    while isinstance(reply, RunStatus) and reply.runs and reply.more_after:
+    while isinstance(reply, RunStatus) and reply.runs and reply.more_after > asked.after:
         tasks |= reply.runs[0].tasks
         asked = StatusQuery(run_id=run_id, paged=True, after=reply.more_after)
         reply = await ask_coordinator(bus, "status", asked, patience=patience, timeout=timeout)
