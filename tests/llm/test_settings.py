@@ -23,6 +23,17 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+def refused(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> list[str]:
+    """What the CLI prints, one line per setting, when the LLM settings are read with
+    `variable` set to `value`: they must be refused."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as refusal:
+        LLMSettings()
+    lines = invalid_settings(refusal.value)
+    assert lines is not None
+    return lines
+
+
 def test_nothing_configured_explains_the_three_ways() -> None:
     settings = LLMSettings()
 
@@ -123,10 +134,7 @@ def test_cost_uses_prices_per_million_tokens() -> None:
 def test_prices_by_model_that_cannot_be_read_are_refused_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, prices: str
 ) -> None:
-    monkeypatch.setenv("CODEYARD_LLM_PRICES", prices)
-    with pytest.raises(ValidationError) as refused:
-        LLMSettings()
-    [problem] = invalid_settings(refused.value) or []
+    [problem] = refused(monkeypatch, "CODEYARD_LLM_PRICES", prices)
     assert problem.startswith("CODEYARD_LLM_PRICES: expected model=input/output, USD per 1M")
 
 
@@ -158,11 +166,7 @@ def test_a_base_url_without_http_is_refused_in_one_line(
     monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
     # The openai client took it, and every call failed as a connection error, retried.
-    monkeypatch.setenv(variable, "api.openai.com/v1")
-    with pytest.raises(ValidationError) as refused:
-        LLMSettings()
-
-    assert invalid_settings(refused.value) == [SCHEMELESS]
+    assert refused(monkeypatch, variable, "api.openai.com/v1") == [SCHEMELESS]
 
 
 @pytest.mark.parametrize(
@@ -178,11 +182,7 @@ def test_a_base_url_without_http_is_refused_in_one_line(
 def test_each_kind_of_bad_base_url_is_named(
     monkeypatch: pytest.MonkeyPatch, url: str, problem: str
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", url)
-    with pytest.raises(ValidationError) as refused:
-        LLMSettings()
-
-    [line] = invalid_settings(refused.value) or []
+    [line] = refused(monkeypatch, "OPENAI_BASE_URL", url)
     assert line.startswith(f"CODEYARD_LLM_BASE_URL: the base URL {url!r} ")
     assert problem in line
 
@@ -190,11 +190,7 @@ def test_each_kind_of_bad_base_url_is_named(
 def test_a_bad_base_url_holding_a_password_is_not_repeated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", "user:hunter2@llm.example.com/v1")
-    with pytest.raises(ValidationError) as refused:
-        LLMSettings()
-
-    [line] = invalid_settings(refused.value) or []
+    [line] = refused(monkeypatch, "OPENAI_BASE_URL", "user:hunter2@llm.example.com/v1")
     assert "hunter2" not in line
     assert "should start with http:// or https://" in line
 
@@ -222,11 +218,7 @@ def test_an_http_base_url_or_none_passes(monkeypatch: pytest.MonkeyPatch, url: s
 def test_a_base_url_holding_whitespace_or_a_control_character_is_refused(
     monkeypatch: pytest.MonkeyPatch, url: str, odd: str
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", url)
-    with pytest.raises(ValidationError) as refused:
-        LLMSettings()
-
-    [line] = invalid_settings(refused.value) or []
+    [line] = refused(monkeypatch, "OPENAI_BASE_URL", url)
     assert line == (
         f"CODEYARD_LLM_BASE_URL: the base URL {url!r} (CODEYARD_LLM_BASE_URL, else "
         f"OPENAI_BASE_URL) holds {odd}, which a URL cannot hold: remove it"
@@ -236,11 +228,8 @@ def test_a_base_url_holding_whitespace_or_a_control_character_is_refused(
 def test_a_base_url_the_http_client_cannot_parse_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://\u2603.example/v1")  # no IDNA host name
-    with pytest.raises(ValidationError) as refused:
-        LLMSettings()
-
-    [line] = invalid_settings(refused.value) or []
+    no_idna_host = "http://\u2603.example/v1"
+    [line] = refused(monkeypatch, "OPENAI_BASE_URL", no_idna_host)
     assert "is not a URL (Invalid IDNA hostname" in line
 
 
@@ -264,11 +253,8 @@ def test_an_api_key_ending_with_a_line_break_is_refused_without_showing_it(
 ) -> None:
     # Accepted, it failed every call with h11's "Illegal header value b'Bearer sk-...\n'",
     # quoting the key into logs, run records and the dashboard.
-    monkeypatch.setenv(variable, "sk-live-0123456789abcdef" + ending)
-    with pytest.raises(ValidationError) as refused:
-        LLMSettings()
-
-    assert invalid_settings(refused.value) == [ENDS_WITH_A_LINE_BREAK]
+    key = "sk-live-0123456789abcdef" + ending
+    assert refused(monkeypatch, variable, key) == [ENDS_WITH_A_LINE_BREAK]
 
 
 @pytest.mark.parametrize(
@@ -285,11 +271,7 @@ def test_an_api_key_ending_with_a_line_break_is_refused_without_showing_it(
 def test_an_api_key_a_header_cannot_carry_is_refused_naming_the_character(
     monkeypatch: pytest.MonkeyPatch, key: str, odd: str
 ) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", key)
-    with pytest.raises(ValidationError) as refused:
-        LLMSettings()
-
-    assert invalid_settings(refused.value) == [
+    assert refused(monkeypatch, "OPENAI_API_KEY", key) == [
         f"CODEYARD_LLM_API_KEY: {KEY_WHERE} holds {odd}: {KEY_RULE}"
     ]
 
@@ -371,11 +353,7 @@ def test_a_bad_llm_setting_stops_a_start_naming_it(
 def test_a_model_name_holding_whitespace_or_a_control_character_is_refused(
     monkeypatch: pytest.MonkeyPatch, variable: str, name: str, odd: str
 ) -> None:
-    monkeypatch.setenv(variable, name)
-    with pytest.raises(ValidationError) as refused:
-        LLMSettings()
-
-    assert invalid_settings(refused.value) == [
+    assert refused(monkeypatch, variable, name) == [
         f"{variable}: the model name holds {odd}, which no model name holds: remove it "
         f"(got {name!r})"
     ]
