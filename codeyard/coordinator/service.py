@@ -407,14 +407,14 @@ class Coordinator:
             # again, and the outcome of this one could no longer be recorded anyway.
             await stop_tasks(self._merging)
             # Those not answered are told to send their requests again (`_reply_when_done`);
-            # submitters too, and the next leader prepares their runs.
+            # submitters too, and the next leader prepares their runs. So are those still
+            # queued in the subscriptions: unsubscribing would drop them unanswered, and their
+            # clients would wait out their timeout.
+            await _stop_serving(subscriptions, RETRY_TELLING if self.bus.connected else 0.0)
             if self._answering:
                 await asyncio.wait(self._answering, timeout=RETRY_TELLING)
             await stop_tasks(self._answering)
             self._preparing.clear()
-            for subscription in subscriptions:
-                with contextlib.suppress(Exception):
-                    await subscription.unsubscribe()
             self._open.clear()
 
     def _remember_poison(self, poisoned: PoisonedStep) -> None:
@@ -1638,3 +1638,24 @@ def _drained(queue: asyncio.Queue[Input]) -> list[Input]:
     while not queue.empty():
         items.append(queue.get_nowait())
     return items
+
+
+async def _stop_serving(subscriptions: list[Subscription], patience: float) -> None:
+    """Stop taking requests on `subscriptions`, handing those already delivered to their
+    callback first (nats-py's drain: unsubscribe, a round trip, then the queue emptied). If
+    that fails or takes over `patience` seconds (the connection is away: the server forgot
+    them anyway), they are dropped."""
+
+    async def stop(subscription: Subscription) -> None:
+        try:
+            async with asyncio.timeout(patience):
+                await subscription.drain()  # type: ignore[no-untyped-call]
+        except Exception:  # (the connection is away or closed)
+            # drain() leaves it marked closed, so unsubscribe() would refuse: removed by hand,
+            # or a reconnect would subscribe it again (nats-py renews every subscription).
+            with contextlib.suppress(Exception):
+                subscription._stop_processing()
+            with contextlib.suppress(Exception):
+                subscription._conn._remove_sub(subscription._id)
+
+    await asyncio.gather(*(stop(subscription) for subscription in subscriptions))

@@ -4,12 +4,26 @@ requests' clients are told to send them again rather than left to wait out their
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import cast
+
+import nats.errors
 
 from codeyard.bus import Bus, EmbeddedNats, Topology
 from codeyard.bus.subjects import ctl_subject, journal_subject
+from codeyard.coordinator.artifact_collector import ArtifactCollector
 from codeyard.coordinator.service import Coordinator
-from codeyard.schemas import Accepted, CancelRun, ControlError, ControlReply, decode, encode
+from codeyard.schemas import (
+    Accepted,
+    ArtifactsCollected,
+    CancelRun,
+    CollectArtifacts,
+    ControlError,
+    ControlReply,
+    decode,
+    encode,
+)
 from codeyard.schemas.model import RunState
 from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import (
@@ -80,3 +94,51 @@ async def test_a_request_whose_step_failed_is_told_to_come_again(
     assert told.retry, told
     assert isinstance(again, Accepted), again
     assert run.state is RunState.CANCELLED
+
+
+class HeldCollection:
+    """A garbage collection that takes until `release` is set (a large store, say)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def collect(self, dry_run: bool = False) -> ArtifactsCollected:
+        self.started.set()
+        await self.release.wait()
+        return ArtifactsCollected(dry_run=dry_run, retention_seconds=0, deleted=[])
+
+    async def collect_periodically(self, first_after: float, interval: float) -> None:
+        await asyncio.Event().wait()  # only asked for here
+
+
+async def test_requests_still_queued_when_the_leadership_ends_are_answered(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """nats-py hands a subscription's messages to its callback one at a time: requests queued
+    behind a slow one (here a collection) were dropped when the session unsubscribed, and
+    their clients waited out their timeout."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    coordinator = Coordinator(coordinator_bus, name="c1", capacity=4)
+    held = HeldCollection()
+    coordinator.collector = cast(ArtifactCollector, held)
+
+    async def collect() -> ControlReply:
+        msg = await bus.nc.request(ctl_subject("gc"), encode(CollectArtifacts()), timeout=5)
+        reply: ControlReply = decode(msg.data, ControlReply)
+        return reply
+
+    try:
+        async with running_coordinator(coordinator):
+            first = asyncio.create_task(collect())
+            await asyncio.wait_for(held.started.wait(), 10)
+            queued = [asyncio.create_task(collect()) for _ in range(5)]
+            await bus.nc.flush()
+            await coordinator_bus.nc.flush()  # they are in the coordinator's queue
+            asyncio.get_running_loop().call_later(0.3, held.release.set)
+        replies = await asyncio.gather(first, *queued, return_exceptions=True)
+    finally:
+        await coordinator_bus.close()
+
+    assert not [reply for reply in replies if isinstance(reply, nats.errors.TimeoutError)]
+    assert all(isinstance(reply, ArtifactsCollected) for reply in replies), replies
