@@ -288,6 +288,7 @@ def print_event(console: Console) -> EventSink:
 
 
 async def _poll_status(bus: Bus, run_id: str, on_status: RunSink, every: float) -> None:
+    pause = every
     while True:
         try:
             reply = await run_status(bus, run_id, patience=every)
@@ -296,7 +297,18 @@ async def _poll_status(bus: Bus, run_id: str, on_status: RunSink, every: float) 
         else:
             if isinstance(reply, RunStatus) and reply.runs:
                 on_status(reply.runs[0])
-        await asyncio.sleep(every)
+                pause = poll_pause(every, len(reply.runs[0].tasks))
+        await asyncio.sleep(pause)
+
+
+TASKS_PER_POLL = 1000
+
+
+def poll_pause(every: float, tasks: int) -> float:
+    """Seconds between two status polls of a run of `tasks` tasks: `every`, once per
+    `TASKS_PER_POLL` tasks. The coordinator encodes the whole run for each (a 10,000-task run
+    is megabytes, read in pages), while the events keep the view current in between."""
+    return every * max(1.0, tasks / TASKS_PER_POLL)
 
 
 async def existing_run(bus: Bus, run_id: str) -> Run | None:
@@ -323,7 +335,8 @@ async def submit_and_follow(
 ) -> Run:
     """Submit `submit` and pass its events to `on_event` (default: print them) until the run
     ends; with `on_status`, the run's record is also asked for every `status_every` seconds
-    (for what events do not carry: titles, dependencies, usage). The final run is returned."""
+    (for what events do not carry: titles, dependencies, usage; less often for a run of
+    thousands of tasks, see `poll_pause`). The final run is returned."""
     finished = asyncio.Event()
     sink = each_once(on_event or print_event(console))
 

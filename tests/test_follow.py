@@ -21,6 +21,7 @@ from codeyard.follow import (
     ask_coordinator,
     describe,
     log_lines,
+    poll_pause,
     submit_and_follow,
 )
 from codeyard.schemas import (
@@ -266,3 +267,12 @@ async def test_an_event_published_again_is_shown_once(bus: Bus) -> None:
         await asyncio.wait_for(following, 10)
     assert [event.msg_id for event in shown].count(first.msg_id) == 1
     assert len(shown) > 2  # (the cancellation's events came after the copy)
+
+
+def test_a_run_of_thousands_of_tasks_is_polled_less_often() -> None:
+    """Each poll has the coordinator encode the whole run: megabytes, in pages, for 10,000
+    tasks. The live view's events keep it current in between."""
+    assert poll_pause(1.0, 0) == 1.0
+    assert poll_pause(1.0, 1000) == 1.0
+    assert poll_pause(1.0, 10_000) == 10.0
+    assert poll_pause(0.5, 3000) == 1.5
