@@ -122,6 +122,7 @@ from codeyard.schemas.messages import (
     ResultBatch,
     ResultMessage,
     RunEvent,
+    RunStateChanged,
     RunStatus,
     StatusQuery,
     SubmitRun,
@@ -943,7 +944,7 @@ class Coordinator:
             await asyncio.sleep(0)  # nats-py's flusher writes it now
         for run_id, moves in commit.moves.items():
             if open_run := self._open.get(run_id):
-                commit.events += task_changes(open_run.run, moves)
+                _add_before_run_end(commit.events, run_id, task_changes(open_run.run, moves))
         events = _encoded_by_run(commit.events)
         # A run's events go in its journal entry: they may be lost while it is not (see
         # run_store), and are then published again from it when the run is loaded. Too many
@@ -1597,6 +1598,20 @@ def early_patience(ack_wait: float) -> int:
         waited += _early_delay(deliveries)
         deliveries += 1
     return deliveries
+
+
+def _add_before_run_end(events: list[RunEvent], run_id: str, added: Sequence[RunEvent]) -> None:
+    """`added` (events of run `run_id`) into `events`: before that run's end, if the step
+    ended it, else last. Followers (`codeyard run`, `logs -f`) stop reading at the end."""
+    ends = (
+        index
+        for index, event in enumerate(events)
+        if event.run_id == run_id
+        and isinstance(event, RunStateChanged)
+        and event.state in TERMINAL_RUN_STATES
+    )
+    at = next(ends, len(events))
+    events[at:at] = added
 
 
 def _encoded_by_run(events: list[RunEvent]) -> dict[str, list[tuple[str, bytes]]]:
