@@ -164,6 +164,8 @@ class RunCgroups:
         cgroup like ours.
         """
         count = len(self.members)
+        if not count:  # none writable (an unprivileged user in a container): nothing to join
+            return argv
         joins = " && ".join(f'echo 0 > "${n}"' for n in range(1, count + 1))
         script = f'{joins} && shift {count} && exec "$@"'
         files = [str(cgroup.join_file) for cgroup in self.members]

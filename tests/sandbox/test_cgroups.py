@@ -4,10 +4,11 @@ shown on files laid out as the kernel lays them out."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from codeyard.sandbox import BwrapSandbox, MiB
-from codeyard.sandbox.cgroups import MEMORY, RunCgroup, _cap_memory
+from codeyard.sandbox.cgroups import MEMORY, RunCgroup, RunCgroups, _cap_memory
 
 
 def _memory_cap_file(cgroup: RunCgroup) -> Path:
@@ -55,3 +56,12 @@ def test_only_the_oom_killer_counts_as_hitting_the_memory_cap(tmp_path: Path) ->
     v1.path.mkdir()
     (v1.path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
     assert v1.memory_hit()
+
+
+def test_a_run_with_no_cgroup_to_join_runs_its_command_as_it_is() -> None:
+    """No cgroup is writable for codeyard's user in the compose and Kubernetes containers: the
+    shell that joins them was given an empty list (` && shift 0 && exec "$@"`), a syntax
+    error, and every sandboxed run failed, the coordinator's start-up probe first."""
+    argv = RunCgroups({}).join_argv(["/bin/echo", "ran"])
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ran\n", "")
