@@ -256,14 +256,14 @@ class RunStore:
         self, header: Run, tasks: dict[str, Task], events: Sequence[bytes], stored: StoredRun
     ) -> list[bytes]:
         """The step's journal entry, as several when one would pass `max_entry_bytes`; its
-        events go in the last."""
+        events go in the last, or in one of their own when they would take the last past the
+        limit (a task record near the server's limit fills an entry alone)."""
         step = stored.journal_last
         raw = [msgspec.Raw(event) for event in events]
         whole = encode(JournalEntry(header, tasks, step, events=raw))
         if len(whole) <= self.policy.max_entry_bytes:
             return [whole]
-        empty = len(encode(JournalEntry(header, {}, step, True, raw)))
-        budget = self.policy.max_entry_bytes - empty
+        budget = self.policy.max_entry_bytes - len(encode(JournalEntry(header, {}, step, True)))
         parts: list[dict[str, Task]] = [{}]
         size = 0
         for task_id, task in tasks.items():
@@ -273,11 +273,13 @@ class RunStore:
                 size = 0
             parts[-1][task_id] = task
             size += length
-        last = len(parts) - 1
-        return [
-            encode(JournalEntry(header, p, step, i < last, raw if i == last else []))
-            for i, p in enumerate(parts)
-        ]
+        entries = [encode(JournalEntry(header, part, step, True)) for part in parts]
+        last = encode(JournalEntry(header, parts[-1], step, False, raw))
+        if len(last) <= self.policy.max_entry_bytes:
+            entries[-1] = last
+        else:
+            entries.append(encode(JournalEntry(header, {}, step, False, raw)))
+        return entries
 
     def _record(
         self, stored: StoredRun, kind: WriteKind, key: str, value: msgspec.Struct

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from codeyard.bus import Bus, StaleRevision
+from codeyard.bus.kv_scan import messages_after
 from codeyard.bus.subjects import JOURNAL_STREAM, RUNS_BUCKET, journal_subject
 from codeyard.coordinator.run_store import CheckpointPolicy, RunStore, StoredRun, header_key
 from codeyard.schemas.model import Run, RunState, Task, TaskState
@@ -357,3 +358,26 @@ async def test_the_events_of_a_step_in_several_entries_are_loaded_only_once_it_e
 
     assert loaded is not None
     assert loaded.last_events == []  # the step never happened: its events are not to be told
+
+
+async def test_a_task_record_that_fills_an_entry_leaves_the_events_one_of_their_own(
+    bus: Bus,
+) -> None:
+    """The coordinator keeps a task's outputs in its record up to about the server's message
+    limit. With the step's events in the same entry, that entry was over the limit: the step
+    failed at every try, and the coordinator reloaded its runs for ever."""
+    store = await RunStore.open(bus.js, CheckpointPolicy(max_entry_bytes=2000))
+    stored = StoredRun(run_with_tasks("run1", 1))
+    stored.run.tasks["t0"].test_output = "x" * 1000  # the entry: about 1,900 bytes
+    events = [b'{"event":"%s"}' % (b"e" * 200)]
+    await save(bus, store, stored, ["t0"], events)
+
+    subject = journal_subject("run1")
+    sizes = [len(data) async for _, data in messages_after(bus.js, JOURNAL_STREAM, subject, 0)]
+    loaded = await store.load("run1", tasks=True)
+
+    assert len(sizes) == 2, sizes
+    assert max(sizes) <= 2000, sizes
+    assert loaded is not None
+    assert loaded.run.tasks == stored.run.tasks
+    assert loaded.last_events == events
