@@ -89,6 +89,7 @@ from codeyard.coordinator.result_events import (
 )
 from codeyard.coordinator.run_store import CheckpointPolicy, RunStore, StepWrite, StoredRun
 from codeyard.coordinator.work_items import (
+    CHANGES_BYTES,
     answers_this_submission,
     derived_id,
     run_event,
@@ -942,15 +943,18 @@ class Coordinator:
         ]
         if published:
             await asyncio.sleep(0)  # nats-py's flusher writes it now
+        room = self._store.policy.max_entry_bytes // 2
+        # (events of a size any server takes: the entry's limit is under its max_payload)
+        chunk = min(CHANGES_BYTES, room // 2)
         for run_id, moves in commit.moves.items():
             if open_run := self._open.get(run_id):
-                _add_before_run_end(commit.events, run_id, task_changes(open_run.run, moves))
+                changes = task_changes(open_run.run, moves, chunk)
+                _add_before_run_end(commit.events, run_id, changes)
         events = _encoded_by_run(commit.events)
         # A run's events go in its journal entry: they may be lost while it is not (see
         # run_store), and are then published again from it when the run is loaded. Too many
         # for the entry (cancelling a run of thousands of tasks, say), they are stored before
         # it instead: a step redone after a crash may then tell them twice, never lose them.
-        room = self._store.policy.max_entry_bytes // 2
         journaled = {
             run_id: batch
             for run_id, batch in events.items()

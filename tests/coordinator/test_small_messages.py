@@ -8,10 +8,18 @@ from pathlib import Path
 from codeyard.bus import Bus, EmbeddedNats
 from codeyard.coordinator.service import Coordinator
 from codeyard.follow import run_status
-from codeyard.schemas import ControlError, RunStatus, SubmitRun, TaskSpec
-from codeyard.schemas.model import RunState
+from codeyard.schemas import (
+    Accepted,
+    CancelRun,
+    ControlError,
+    RunStatus,
+    SubmitRun,
+    TaskSpec,
+    TaskStatesChanged,
+)
+from codeyard.schemas.model import RunState, TaskState
 from tests.conftest import TEST_TOPOLOGY
-from tests.coordinator.harness import ask, running_coordinator
+from tests.coordinator.harness import ask, run_events, running_coordinator
 
 MAX_PAYLOAD = 128 * 1024
 
@@ -43,3 +51,36 @@ async def test_a_run_whose_first_step_is_bigger_than_a_message_is_stored_in_part
     [run] = status.runs
     assert run.state is RunState.PLAN_APPROVAL
     assert len(run.tasks) == len(plan)
+
+
+async def test_cancelling_a_run_tells_its_tasks_in_events_the_server_takes(
+    tmp_path: Path,
+) -> None:
+    """Its task transitions were told in events of up to 64 KiB whatever the server took: on
+    a 48 KiB server the step failed, and failed again at each try of the cancel."""
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        f'max_payload: {48 * 1024}\njetstream {{ store_dir: "{tmp_path / "jetstream"}" }}\n'
+    )
+    plan = [TaskSpec(id=f"t{index}", title="x") for index in range(400)]
+    async with EmbeddedNats(tmp_path, config_file=config) as server:
+        bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
+        try:
+            await bus.setup()
+            async with running_coordinator(Coordinator(bus, name="c1", capacity=4)):
+                await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=plan), timeout=20)
+                cancel = CancelRun(run_id="r1", reason="enough " * 28)
+                reply = await ask(bus, "cancel", cancel, timeout=20)
+                events = await run_events(bus, "r1")
+        finally:
+            await bus.close()
+
+    assert isinstance(reply, Accepted), reply
+    cancelled = {
+        change.task_id
+        for event in events
+        if isinstance(event, TaskStatesChanged)
+        for change in event.changes
+        if change.state is TaskState.CANCELLED
+    }
+    assert cancelled == {task.id for task in plan}
