@@ -1159,6 +1159,9 @@ class Coordinator:
                         preparing.cancelled = Cancel(request.reason)
                         detail = "Cancel (once its repository is prepared, before any work)"
                         return Accepted(run_id=request.run_id, detail=detail)
+                    if request.run_id not in self._open and await self._cancelled(request.run_id):
+                        # this request again (see `_answer_approval`), or another's: done
+                        return Accepted(run_id=request.run_id, detail="already cancelled")
                     return self._control_event(request.run_id, Cancel(request.reason), commit, now)
                 case StatusQuery():
                     return await self._status(request)
@@ -1262,6 +1265,11 @@ class Coordinator:
             self._apply(open_run, preparation.cancelled or preparation.first, commit, now)
             reply = Accepted(run_id=run_id, detail=f"run {run_id} submitted", created=True)
         commit.replies += [(call, reply) for call in preparation.calls]
+
+    async def _cancelled(self, run_id: str) -> bool:
+        assert self._store is not None
+        stored = await self._store.load(run_id)
+        return stored is not None and stored.run.state is RunState.CANCELLED
 
     def _control_event(self, run_id: str, event: Event, commit: Commit, now: datetime) -> Envelope:
         open_run = self._open.get(run_id)
@@ -1383,13 +1391,17 @@ class Coordinator:
         # counts as stored, or a second answer (approve and deny at once, a person and the
         # timeout) would be judged against the question as it was, and overwrite the first.
         decided = commit.answers.get(approval.approval_id, (approval, 0))[0]
+        approved = isinstance(request, Approve)
+        if _answered_so_by(decided, approved, request.by):
+            # This request again: told to send it again (`retry`) when the session that
+            # stored it ended before its reply, or its client's try timed out.
+            return Accepted(run_id=decided.run_id, detail=f"already {decided.status}")
         if decided.status != "pending":
             by = f" by {decided.answered_by}" if decided.answered_by else ""
             return ControlError(
                 error=f"approval {decided.approval_id} was already {decided.status}{by}",
                 field="$.approval_id",
             )
-        approved = isinstance(request, Approve)
         reason = _reason(request)
         answer = msgspec.structs.replace(
             approval,
@@ -1650,6 +1662,11 @@ async def _hand_back(results: Iterable[Msg]) -> None:
     for msg in results:
         with contextlib.suppress(Exception):
             await msg.nak(delay=HAND_BACK_DELAY)
+
+
+def _answered_so_by(approval: PendingApproval, approved: bool, by: str) -> bool:
+    status = "approved" if approved else "denied"
+    return approval.status == status and approval.answered_by == by
 
 
 def _drained(queue: asyncio.Queue[Input]) -> list[Input]:

@@ -14,13 +14,20 @@ from codeyard.bus import Bus, EmbeddedNats, Topology
 from codeyard.bus.subjects import ctl_subject, journal_subject
 from codeyard.coordinator.artifact_collector import ArtifactCollector
 from codeyard.coordinator.service import Coordinator
+from codeyard.follow import ask_coordinator
 from codeyard.schemas import (
     Accepted,
+    ApprovalList,
+    Approve,
     ArtifactsCollected,
     CancelRun,
     CollectArtifacts,
     ControlError,
     ControlReply,
+    Envelope,
+    ListApprovals,
+    SubmitRun,
+    TaskSpec,
     decode,
     encode,
 )
@@ -35,7 +42,7 @@ from tests.coordinator.harness import (
     workers_answering,
 )
 from tests.coordinator.plans import spec
-from tests.coordinator.store_faults import DiesBefore
+from tests.coordinator.store_faults import DiesBefore, LosesEvents
 from tests.coordinator.test_recovery import answer_at_once
 
 # Long enough that a run waiting for it to pass fails the test: the wait is what is tested.
@@ -142,3 +149,56 @@ async def test_requests_still_queued_when_the_leadership_ends_are_answered(
 
     assert not [reply for reply in replies if isinstance(reply, nats.errors.TimeoutError)]
     assert all(isinstance(reply, ArtifactsCollected) for reply in replies), replies
+
+
+async def answer_to_a_request_done_before_its_step_failed(
+    nats_server: EmbeddedNats, bus: Bus, run_id: str, verb: str, request: Envelope
+) -> tuple[ControlReply, RunState]:
+    """`request` (for run `run_id`, waiting for its plan's approval), asked through
+    `ask_coordinator` while the step that applies it fails after its journal entry was stored
+    (an event of the run's new state is lost): the change is made, the reply is `retry`."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = LosesEvents(coordinator_bus, b'"type":"RunStateChanged"', armed=False)
+    coordinator_bus.pipeline = fault
+    plan = [TaskSpec(id="x", title="x")]
+    try:
+        async with running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)):
+            await ask(
+                bus, "submit", SubmitRun(run_id=run_id, goal="g", plan=plan, approve_plan=True)
+            )
+            if isinstance(request, Approve):
+                listed = await ask(bus, "approvals", ListApprovals())
+                assert isinstance(listed, ApprovalList)
+                [question] = listed.approvals
+                request = Approve(approval_id=question.approval_id, by="alice")
+            fault.armed = True
+            reply = await ask_coordinator(bus, verb, request, patience=30)
+            run = await status(bus, run_id)
+    finally:
+        await coordinator_bus.close()
+    assert fault.lost is not None
+    return reply, run.state
+
+
+async def test_an_approval_sent_again_after_it_was_stored_is_accepted(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """Sent again as told, it was refused: "already approved by alice", by alice herself."""
+    request = Approve(approval_id="", by="alice")  # (the question's id is filled in)
+    reply, state = await answer_to_a_request_done_before_its_step_failed(
+        nats_server, bus, "p1", "approve", request
+    )
+    assert state is RunState.EXECUTING
+    assert isinstance(reply, Accepted), reply
+
+
+async def test_a_cancel_sent_again_after_it_was_stored_is_accepted(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """Sent again as told, it was refused: "no open run", the run it had cancelled."""
+    request = CancelRun(run_id="p2", reason="enough")
+    reply, state = await answer_to_a_request_done_before_its_step_failed(
+        nats_server, bus, "p2", "cancel", request
+    )
+    assert state is RunState.CANCELLED
+    assert isinstance(reply, Accepted), reply
