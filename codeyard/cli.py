@@ -502,6 +502,12 @@ def run(
     except RunRefused as exc:
         _error(_in_words(str(exc)))
         raise typer.Exit(1) from None
+    except nats.errors.TimeoutError as exc:  # a TimeoutError too, but not --timeout's
+        if not submitting:
+            _unreachable(url, exc)
+        _nats_too_slow(exc)
+        _still_running(submit.run_id)
+        raise typer.Exit(1) from None
     except TimeoutError as exc:
         if not submitting:  # connecting timed out: NATS is not there
             _unreachable(url, exc)
@@ -881,11 +887,12 @@ def cancel(
     retention"):
     git fetch CODEYARD_DATA_DIR/runs/RUN/integration HEAD:refs/heads/salvage/RUN
 
-    Exits 1 when the run is unknown or over.
+    Exits 1 when the run is unknown or over (0 when it was cancelled already).
 
     Example: [bold]codeyard cancel r1 --reason "wrong goal"[/bold]
     """
     from codeyard.schemas import Accepted, CancelRun
+    from codeyard.schemas.messages import ALREADY_CANCELLED
 
     reply = _ask("cancel", CancelRun(run_id=run_id, reason=reason))
     if json_output:
@@ -893,7 +900,8 @@ def cancel(
         return
     if not isinstance(reply, Accepted):
         _refused(reply)
-    console.print(f"cancelled {run_id}: {reason}", markup=False, highlight=False)
+    done = f"{run_id} was {reply.detail}" if reply.detail == ALREADY_CANCELLED else None
+    console.print(done or f"cancelled {run_id}: {reason}", markup=False, highlight=False)
 
 
 @app.command("gc")
@@ -981,7 +989,8 @@ def logs(
     remain (they are kept CODEYARD_EVENT_RETENTION_DAYS) no longer reach its end, the last line
     is how it ended, from the run's record. It then exits as `codeyard run` does: 0 when every
     task is merged, 1 when the run failed or was cancelled. Without --follow it exits 0 once
-    the events are shown. Exits 1 when there is no such run.
+    the events are shown. Exits 1 when there is no such run (--follow: also when the run is
+    gone meanwhile, its submission refused), 2 when RUN is not a run id.
 
     Example: [bold]codeyard logs r1 --follow[/bold]
     """
@@ -991,6 +1000,7 @@ def logs(
     from codeyard.report.source import fetch_run, read_run_events
     from codeyard.schemas import RunEvent
 
+    _check_run_id(run_id)
     ended: list[RunState] = []  # how the run ended, once its end is shown
 
     def show(event: RunEvent) -> None:
@@ -1087,6 +1097,8 @@ def report_command(
     from codeyard.report.source import fetch_run, read_run_events
     from codeyard.schemas import Run, RunEvent
 
+    _check_run_id(run_id)
+
     async def fetch(bus: Bus) -> tuple[Run, list[RunEvent]]:
         run = await fetch_run(bus, run_id)
         return run, await read_run_events(bus, run_id)
@@ -1128,6 +1140,7 @@ def rollback_command(
     from codeyard.report.source import fetch_run
     from codeyard.workspace.rollback import RollbackError, rollback
 
+    _check_run_id(run_id)
     if repo is None:
 
         async def repository(bus: Bus) -> str:
@@ -1225,6 +1238,9 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
     except (RunRefused, UnknownRun) as exc:
         err.print(f"error: {_in_words(str(exc))}", markup=False)
         raise typer.Exit(1) from None
+    except nats.errors.TimeoutError as exc:  # an OSError too, but NATS was reached
+        _nats_too_slow(exc)
+        raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
         _unreachable(url, exc)
 
@@ -1286,6 +1302,18 @@ def _not_a_builtin_role(role: str) -> str | None:
         )
     plugin_name = role.removeprefix("review.")
     return f"{role} is a reviewer plugin's role: codeyard worker review --name {plugin_name}"
+
+
+def _check_run_id(run_id: str) -> None:
+    """Exits 2 unless `run_id` is a run id: an empty one would ask for the status of every
+    run (and read the first); others the coordinator would refuse as not found."""
+    import re
+
+    from codeyard.schemas.envelope import ID_PATTERN
+
+    if re.fullmatch(ID_PATTERN, run_id) is None:
+        _error(f"{run_id!r} is not a run id: a run id is {ID_IN_WORDS}")
+        raise typer.Exit(2)
 
 
 def _bad_run_input(
@@ -1373,6 +1401,12 @@ def _cannot_write(directory: Path, exc: OSError) -> NoReturn:
 def _unreachable(url: str, exc: BaseException) -> NoReturn:
     _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
     raise typer.Exit(1) from None
+
+
+def _nats_too_slow(exc: nats.errors.TimeoutError) -> None:
+    """A request to NATS (JetStream: reading events, subscribing) that got no answer in time,
+    once connected: the server is there, busy or restarting."""
+    _error(f"NATS did not answer in time ({exc!r}): it may be busy or restarting; try again")
 
 
 def _still_running(run_id: str) -> None:

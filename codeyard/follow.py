@@ -24,6 +24,7 @@ from codeyard.schemas import (
     DeadLetter,
     Envelope,
     GateAudit,
+    MessageError,
     Progress,
     Run,
     RunEvent,
@@ -93,6 +94,11 @@ async def ask_coordinator(
                 return reply
             if loop.time() > busy_deadline:  # a coordinator that keeps failing its steps
                 raise RunRefused(f"the coordinator did not answer on {subject}: {reply.error}")
+        except MessageError as exc:  # e.g. a state added since: asking again gets the same
+            raise RunRefused(
+                f"the coordinator's answer on {subject} could not be read ({exc}): it may be "
+                "newer than this codeyard; upgrade codeyard"
+            ) from None
         except nats.errors.NoRespondersError:  # nobody subscribed: no coordinator, or between two
             if loop.time() > deadline:
                 raise RunRefused(
@@ -115,8 +121,10 @@ async def run_status(
     """The status of run `run_id`, every task of it: read in pages when the run is too big
     for one reply (see `StatusQuery`); the refusal of any page is the answer. (Each page
     starts after the last: one that would not is not asked for, rather than asked for ever.)"""
+    if not run_id:  # a query of no run id is one of every run: its first would be answered
+        raise ValueError("no run id: the status of which run?")
     asked = StatusQuery(run_id=run_id, paged=True)
-    reply = await ask_coordinator(bus, "status", asked, patience=patience, timeout=timeout)
+    reply = first = await ask_coordinator(bus, "status", asked, patience=patience, timeout=timeout)
     tasks: dict[str, Task] = {}
     while isinstance(reply, RunStatus) and reply.runs and reply.more_after > asked.after:
         tasks |= reply.runs[0].tasks
@@ -124,8 +132,11 @@ async def run_status(
         reply = await ask_coordinator(bus, "status", asked, patience=patience, timeout=timeout)
     if not tasks or not isinstance(reply, RunStatus) or not reply.runs:
         return reply
-    run = reply.runs[0]  # (the header of the last page: the newest)
-    return RunStatus(run_id=run_id, runs=[msgspec.structs.replace(run, tasks=tasks | run.tasks)])
+    assert isinstance(first, RunStatus)  # (`tasks` came from it)
+    # The header of the first page, the oldest reading: with a later one's `updated_at`, a
+    # task read on an earlier page would look newer than events since (see `RunView.update`).
+    run = msgspec.structs.replace(first.runs[0], tasks=tasks | reply.runs[0].tasks)
+    return RunStatus(run_id=run_id, runs=[run])
 
 
 def refusal(reply: ControlError) -> str:
@@ -245,13 +256,33 @@ async def _ended_run(bus: Bus, run_id: str) -> Run | None:
     return None
 
 
-async def follow_events(bus: Bus, run: Run, on_event: EventSink) -> bool:
+RUN_CHECK_EVERY = 5.0
+"""Seconds between two checks that a run being followed still exists (`follow_events`)."""
+
+
+async def _until_unknown(bus: Bus, run_id: str, every: float) -> None:
+    """Returns once the coordinator no longer knows run `run_id`, asked every `every` seconds.
+    A run whose repository is being prepared shows as planning; if preparing it fails, only
+    its submitter is told, and no event ever comes. No answer (a failover) is asked again."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if await existing_run(bus, run_id, tasks=False, patience=every) is None:
+                return
+        except RunRefused as exc:
+            log.debug("whether run %s exists: %s", run_id, exc)
+
+
+async def follow_events(
+    bus: Bus, run: Run, on_event: EventSink, check_every: float = RUN_CHECK_EVERY
+) -> bool:
     """Every event of `run`, whose record the caller has just read, from its first, as they
     come, until it ends (or the caller is cancelled: Ctrl-C). One that had ended when read is
     not waited for: its stored events are passed on, then, if they no longer hold its end, its
     outcome from its record (`replay_ended_run`, whose answer is returned; False when the end
     came as an event). One that ends after it was read is followed: its end event comes, or is
-    stored."""
+    stored. One the coordinator no longer knows (asked every `check_every` seconds) is
+    `RunRefused`: it will never end."""
     if run.state in TERMINAL_RUN_STATES:
         return await replay_ended_run(bus, run, on_event)
     finished = asyncio.Event()
@@ -270,10 +301,19 @@ async def follow_events(bus: Bus, run: Run, on_event: EventSink) -> bool:
         deliver_policy=DeliverPolicy.ALL,
         cb=deliver,
     )
+    ending = asyncio.create_task(finished.wait())
+    unknown = asyncio.create_task(_until_unknown(bus, run.run_id, check_every))
     try:
-        await finished.wait()
+        await asyncio.wait([ending, unknown], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        await stop_tasks([ending, unknown])  # it loops on nats-py requests
         await subscription.unsubscribe()
+    if not finished.is_set():
+        unknown.result()  # (what it failed with, if it did)
+        raise RunRefused(
+            f"run {run.run_id} no longer exists: its submission was refused (its submitter was "
+            "told why, e.g. a repository that could not be cloned) or it was removed"
+        )
     return False
 
 
@@ -311,11 +351,25 @@ def poll_pause(every: float, tasks: int) -> float:
     return every * max(1.0, tasks / TASKS_PER_POLL)
 
 
-async def existing_run(bus: Bus, run_id: str) -> Run | None:
+# The greatest id there can be (see ID_PATTERN): no task's id comes after it, so the page of a
+# run's tasks after it is the run's header alone, a few bytes for a run of 10,000 tasks.
+AFTER_EVERY_ID = "z" * 64
+
+
+async def existing_run(
+    bus: Bus, run_id: str, *, tasks: bool = True, patience: float = 30.0
+) -> Run | None:
     """The run `run_id` names, ended or not; None when the coordinator knows none. Any other
     refusal (it did not finish in time, a record it cannot read) is `RunRefused`: taken for
-    "no such run", it would let a submission follow a run it did not start."""
-    reply = await run_status(bus, run_id)
+    "no such run", it would let a submission follow a run it did not start. `tasks=False`:
+    its header without its tasks (a coordinator that does not page status sends them all)."""
+    if not run_id:  # (a query of no run id is one of every run)
+        raise ValueError("no run id: which run?")
+    if tasks:
+        reply = await run_status(bus, run_id, patience=patience)
+    else:
+        header = StatusQuery(run_id=run_id, paged=True, after=AFTER_EVERY_ID)
+        reply = await ask_coordinator(bus, "status", header, patience=patience)
     if isinstance(reply, RunStatus) and reply.runs:
         return reply.runs[0]
     if isinstance(reply, ControlError) and reply.error != unknown_run(run_id).error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import pytest
 from nats.aio.msg import Msg
@@ -14,31 +15,46 @@ from rich.console import Console
 from codeyard.bus import Bus
 from codeyard.bus.connection import MSG_ID_HEADER
 from codeyard.bus.subjects import ctl_subject, events_subject
+from codeyard.coordinator.integrator import LedgerIntegrator
 from codeyard.coordinator.service import Coordinator
 from codeyard.follow import (
     RunRefused,
     SubmissionRefused,
     ask_coordinator,
     describe,
+    existing_run,
+    follow_events,
     log_lines,
     poll_pause,
+    run_status,
     submit_and_follow,
 )
+from codeyard.progress.view import RunView
 from codeyard.schemas import (
     ActionCheck,
     CancelRun,
     ControlError,
     GateAudit,
     GateDecision,
+    RepoRef,
+    Run,
     RunEvent,
     RunState,
+    RunStateChanged,
     RunStatus,
     StatusQuery,
     SubmitRun,
+    Task,
+    TaskChange,
     TaskSpec,
+    TaskState,
+    TaskStatesChanged,
+    decode,
 )
 from codeyard.schemas.codec import encode
-from tests.coordinator.harness import ask, running_coordinator
+from codeyard.schemas.envelope import utc_now
+from codeyard.workspace.git import GitError
+from tests.coordinator.harness import ask, running_coordinator, submit
 
 
 def test_a_gated_action_whose_detail_is_only_whitespace_is_shown_not_a_traceback() -> None:
@@ -276,3 +292,139 @@ def test_a_run_of_thousands_of_tasks_is_polled_less_often() -> None:
     assert poll_pause(1.0, 1000) == 1.0
     assert poll_pause(1.0, 10_000) == 10.0
     assert poll_pause(0.5, 3000) == 1.5
+
+
+async def test_a_run_read_in_pages_is_as_old_as_its_first_page(bus: Bus) -> None:
+    """The run came with the header of its last page: a task read on the first page, then
+    changed by an event the live view had applied meanwhile, looked newer than that event,
+    and the view showed it back in its old state."""
+    first_read = utc_now()
+    view = RunView("r1")
+    merged = TaskStatesChanged(
+        run_id="r1",
+        changes=[TaskChange(task_id="a", attempt=1, state=TaskState.MERGED)],
+        sent_at=first_read + timedelta(seconds=1),
+    )
+
+    def page(task_id: str, state: TaskState, read_at: timedelta) -> Run:
+        task = Task(spec=TaskSpec(id=task_id, title=task_id), state=state, attempt=1)
+        return Run(run_id="r1", goal="g", updated_at=first_read + read_at, tasks={task_id: task})
+
+    async def answer(msg: Msg) -> None:  # a coordinator with a run too big for one reply
+        if not decode(msg.data, StatusQuery).after:
+            first = page("a", TaskState.TESTING, timedelta(0))
+            await msg.respond(encode(RunStatus(run_id="r1", runs=[first], more_after="a")))
+            view.apply(merged)  # heard while the next page is asked for
+        else:
+            last = page("b", TaskState.CODING, timedelta(seconds=2))
+            await msg.respond(encode(RunStatus(run_id="r1", runs=[last])))
+
+    coordinator = await bus.nc.subscribe(ctl_subject("status"), cb=answer)
+    try:
+        reply = await run_status(bus, "r1", patience=5, timeout=2)
+    finally:
+        await coordinator.unsubscribe()
+    assert isinstance(reply, RunStatus)
+    [run] = reply.runs
+    assert run.updated_at == first_read
+    assert {task_id: task.state for task_id, task in run.tasks.items()} == {
+        "a": TaskState.TESTING,
+        "b": TaskState.CODING,
+    }
+    view.update(run)
+    assert {row.task_id: row.state for row in view.rows(utc_now())} == {
+        "a": TaskState.MERGED,
+        "b": TaskState.CODING,
+    }
+
+
+async def test_an_answer_this_codeyard_cannot_read_is_a_refusal_that_says_to_upgrade(
+    bus: Bus,
+) -> None:
+    """A newer coordinator may answer with a state this codeyard does not know. Its decoding
+    error escaped as a traceback, and ended the live view's status polls, which go on after a
+    refusal (a failover)."""
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b'{"type":"RunStatus","runs":[{"run_id":"r1","goal":"g","state":"new"}]}')
+
+    newer = await bus.nc.subscribe(ctl_subject("status"), cb=answer)
+    try:
+        with pytest.raises(RunRefused) as refused:
+            await ask_coordinator(bus, "status", StatusQuery(run_id="r1"), patience=5)
+    finally:
+        await newer.unsubscribe()
+    assert str(refused.value) == (
+        "the coordinator's answer on cy.ctl.status could not be read (Invalid enum value 'new' "
+        "(at $.runs[0].state)): it may be newer than this codeyard; upgrade codeyard"
+    )
+
+
+class FailingPreparation(LedgerIntegrator):
+    """Prepares a submitted run's repository until told to fail, as a clone that cannot be
+    made: the run shows as planning meanwhile."""
+
+    def __init__(self) -> None:
+        self.preparing = asyncio.Event()
+        self.fail = asyncio.Event()
+
+    async def prepare(self, run: Run) -> RepoRef:
+        self.preparing.set()
+        await self.fail.wait()
+        raise GitError(("clone", "https://example.invalid/r"), "fatal: repository not found")
+
+
+async def test_following_a_run_whose_submission_is_refused_stops_and_says_so(bus: Bus) -> None:
+    """`codeyard logs -f` of a run being prepared waited for ever once preparing it failed:
+    only its submitter is told, no event comes, and the coordinator forgets the run."""
+    preparation = FailingPreparation()
+    submitted = SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="a", title="a")])
+    coordinator = Coordinator(bus, name="c", capacity=4, integrator=preparation)
+    async with running_coordinator(coordinator):
+        submitting = asyncio.create_task(ask(bus, "submit", submitted))
+        async with asyncio.timeout(10):
+            await preparation.preparing.wait()
+        run = await existing_run(bus, "r1")  # what `codeyard logs -f r1` reads first
+        assert run is not None
+        assert run.state is RunState.PLANNING
+        shown: list[RunEvent] = []
+        following = asyncio.create_task(follow_events(bus, run, shown.append, check_every=0.2))
+        preparation.fail.set()
+        assert isinstance(await submitting, ControlError)
+        with pytest.raises(RunRefused) as gone:
+            async with asyncio.timeout(10):
+                await following
+    assert str(gone.value) == (
+        "run r1 no longer exists: its submission was refused (its submitter was told why, e.g. "
+        "a repository that could not be cloned) or it was removed"
+    )
+
+
+async def test_a_run_followed_is_not_given_up_while_no_coordinator_answers(bus: Bus) -> None:
+    """Whether the run still exists goes unanswered during a failover: that is no reason to
+    stop following it."""
+    shown: list[RunEvent] = []
+    following = asyncio.create_task(
+        follow_events(bus, Run(run_id="r1", goal="g"), shown.append, check_every=0.1)
+    )
+    await asyncio.sleep(1.0)  # checked several times: no coordinator answered
+    assert not following.done()
+    end = RunStateChanged(run_id="r1", state=RunState.CANCELLED)
+    await bus.js.publish(events_subject("r1"), encode(end))
+    async with asyncio.timeout(10):
+        assert await following is False
+    assert shown == [end]
+
+
+async def test_whether_a_run_exists_can_be_asked_without_reading_its_tasks(bus: Bus) -> None:
+    """A run being followed is checked every few seconds: its 10,000 tasks would be megabytes
+    each time."""
+    async with running_coordinator(Coordinator(bus, name="c", capacity=4)):
+        await submit(bus, [TaskSpec(id=task_id, title=task_id) for task_id in "abc"], "r1")
+        whole = await existing_run(bus, "r1")
+        header = await existing_run(bus, "r1", tasks=False)
+        assert await existing_run(bus, "r2", tasks=False) is None
+    assert whole is not None
+    assert sorted(whole.tasks) == ["a", "b", "c"]
+    assert header is not None
+    assert (header.run_id, header.tasks) == ("r1", {})

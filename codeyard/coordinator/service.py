@@ -105,6 +105,7 @@ from codeyard.schemas.codec import MAX_MESSAGE_BYTES, MessageError, decode, enco
 from codeyard.schemas.envelope import Envelope, new_id
 from codeyard.schemas.export import CONTROL_VERBS
 from codeyard.schemas.messages import (
+    ALREADY_CANCELLED,
     SUBMIT_PATIENCE,
     Accepted,
     ActionCheck,
@@ -1161,7 +1162,7 @@ class Coordinator:
                         return Accepted(run_id=request.run_id, detail=detail)
                     if request.run_id not in self._open and await self._cancelled(request.run_id):
                         # this request again (see `_answer_approval`), or another's: done
-                        return Accepted(run_id=request.run_id, detail="already cancelled")
+                        return Accepted(run_id=request.run_id, detail=ALREADY_CANCELLED)
                     return self._control_event(request.run_id, Cancel(request.reason), commit, now)
                 case StatusQuery():
                     return await self._status(request)

@@ -409,6 +409,10 @@ class Accepted(Envelope, kw_only=True, frozen=True):
     created: bool = False
 
 
+# `Accepted.detail` of a cancel of a run cancelled already (the request sent again, say).
+ALREADY_CANCELLED = "already cancelled"
+
+
 class RunStatus(Envelope, kw_only=True, frozen=True):
     runs: list[Run]
     # How many ended runs' headers a status of every run leaves out (the oldest ended first)

@@ -125,6 +125,24 @@ def test_bad_run_arguments_are_refused_once_before_connecting(
 
 @pytest.mark.parametrize(
     "command",
+    [("logs", ""), ("logs", "--follow", ""), ("report", ""), ("rollback", "", "--to", "a")],
+    ids=["logs", "logs-follow", "report", "rollback"],
+)
+def test_an_empty_run_id_is_refused_before_connecting(
+    env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    """A status query of no run id is one of every run: `codeyard report ""` reported the first
+    run the coordinator knew, someone else's."""
+    refused = codeyard(env, *command)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == (
+        "error: '' is not a run id: a run id is 1 to 64 letters, digits, _ and -, starting with "
+        "a letter or digit\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
     [("schemas", "export"), ("deploy", "nats-config", "--out")],
     ids=["schemas", "deploy"],
 )

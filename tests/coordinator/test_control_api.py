@@ -42,6 +42,7 @@ from codeyard.schemas import (
     decode,
     encode,
 )
+from codeyard.schemas.messages import ALREADY_CANCELLED
 from codeyard.testing.scripted_worker import Script
 from tests.coordinator.harness import (
     ask,
@@ -243,7 +244,7 @@ async def test_plan_approval_then_cancel(bus: Bus, coordinator: Coordinator) -> 
     # Sent again (its reply lost, say): done already, not refused as for a run that is not.
     again = await ask(bus, "cancel", CancelRun(run_id="r2"))
     assert isinstance(again, Accepted), again
-    assert again.detail == "already cancelled"
+    assert again.detail == ALREADY_CANCELLED
     unknown = await ask(bus, "cancel", CancelRun(run_id="nope"))
     assert isinstance(unknown, ControlError), unknown
 
