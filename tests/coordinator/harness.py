@@ -237,6 +237,17 @@ async def run_events(bus: Bus, run_id: str) -> list[RunEvent]:
     return events
 
 
+def tasks_moved_to(state: TaskState, events: Sequence[RunEvent]) -> set[str]:
+    """The ids of the tasks `events` tell moved to `state`."""
+    return {
+        change.task_id
+        for event in events
+        if isinstance(event, TaskStatesChanged)
+        for change in event.changes
+        if change.state is state
+    }
+
+
 def assert_dependency_order(plan: Sequence[TaskSpec], events: Sequence[RunEvent]) -> None:
     """Every task started coding only after each of its dependencies was merged.
 

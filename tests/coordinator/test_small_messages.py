@@ -3,6 +3,8 @@ records and its status are cut to that size, as they are to the default one."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from codeyard.bus import Bus, EmbeddedNats
@@ -15,13 +17,29 @@ from codeyard.schemas import (
     RunStatus,
     SubmitRun,
     TaskSpec,
-    TaskStatesChanged,
 )
 from codeyard.schemas.model import RunState, TaskState
 from tests.conftest import TEST_TOPOLOGY
-from tests.coordinator.harness import ask, run_events, running_coordinator
+from tests.coordinator.harness import ask, run_events, running_coordinator, tasks_moved_to
 
 MAX_PAYLOAD = 128 * 1024
+
+
+@asynccontextmanager
+async def bus_of_a_server_taking(max_payload: int, tmp_path: Path) -> AsyncIterator[Bus]:
+    """A bus, set up, on a nats-server of its own taking messages of `max_payload` bytes."""
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        f'max_payload: {max_payload}\njetstream {{ store_dir: "{tmp_path / "jetstream"}" }}\n'
+    )
+    async with EmbeddedNats(tmp_path, config_file=config) as server:
+        bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
+        try:
+            await bus.setup()
+            assert bus.nc.max_payload == max_payload
+            yield bus
+        finally:
+            await bus.close()
 
 
 async def test_a_run_whose_first_step_is_bigger_than_a_message_is_stored_in_parts(
@@ -29,23 +47,15 @@ async def test_a_run_whose_first_step_is_bigger_than_a_message_is_stored_in_part
 ) -> None:
     """The journal entry of its first step (every task's record) was about 200 KB, cut at
     512 KiB: the server refused it, and the step failed at every try of the submission."""
-    config = tmp_path / "nats.conf"
-    config.write_text(
-        f'max_payload: {MAX_PAYLOAD}\njetstream {{ store_dir: "{tmp_path / "jetstream"}" }}\n'
-    )
     plan = [TaskSpec(id=f"t{index}", title="x") for index in range(1_200)]
-    async with EmbeddedNats(tmp_path, config_file=config) as server:
-        bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
-        try:
-            await bus.setup()
-            assert bus.nc.max_payload == MAX_PAYLOAD
-            async with running_coordinator(Coordinator(bus, name="c1", capacity=4)):
-                submission = SubmitRun(run_id="r1", goal="g", plan=plan, approve_plan=True)
-                accepted = await ask(bus, "submit", submission, timeout=20)
-                assert not isinstance(accepted, ControlError), accepted
-                status = await run_status(bus, "r1")
-        finally:
-            await bus.close()
+    async with (
+        bus_of_a_server_taking(MAX_PAYLOAD, tmp_path) as bus,
+        running_coordinator(Coordinator(bus, name="c1", capacity=4)),
+    ):
+        submission = SubmitRun(run_id="r1", goal="g", plan=plan, approve_plan=True)
+        accepted = await ask(bus, "submit", submission, timeout=20)
+        assert not isinstance(accepted, ControlError), accepted
+        status = await run_status(bus, "r1")
 
     assert isinstance(status, RunStatus)
     [run] = status.runs
@@ -58,29 +68,15 @@ async def test_cancelling_a_run_tells_its_tasks_in_events_the_server_takes(
 ) -> None:
     """Its task transitions were told in events of up to 64 KiB whatever the server took: on
     a 48 KiB server the step failed, and failed again at each try of the cancel."""
-    config = tmp_path / "nats.conf"
-    config.write_text(
-        f'max_payload: {48 * 1024}\njetstream {{ store_dir: "{tmp_path / "jetstream"}" }}\n'
-    )
     plan = [TaskSpec(id=f"t{index}", title="x") for index in range(400)]
-    async with EmbeddedNats(tmp_path, config_file=config) as server:
-        bus = await Bus.connect(server.url, topology=TEST_TOPOLOGY)
-        try:
-            await bus.setup()
-            async with running_coordinator(Coordinator(bus, name="c1", capacity=4)):
-                await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=plan), timeout=20)
-                cancel = CancelRun(run_id="r1", reason="enough " * 28)
-                reply = await ask(bus, "cancel", cancel, timeout=20)
-                events = await run_events(bus, "r1")
-        finally:
-            await bus.close()
+    async with (
+        bus_of_a_server_taking(48 * 1024, tmp_path) as bus,
+        running_coordinator(Coordinator(bus, name="c1", capacity=4)),
+    ):
+        await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=plan), timeout=20)
+        cancel = CancelRun(run_id="r1", reason="enough " * 28)
+        reply = await ask(bus, "cancel", cancel, timeout=20)
+        events = await run_events(bus, "r1")
 
     assert isinstance(reply, Accepted), reply
-    cancelled = {
-        change.task_id
-        for event in events
-        if isinstance(event, TaskStatesChanged)
-        for change in event.changes
-        if change.state is TaskState.CANCELLED
-    }
-    assert cancelled == {task.id for task in plan}
+    assert tasks_moved_to(TaskState.CANCELLED, events) == {task.id for task in plan}

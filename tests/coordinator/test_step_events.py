@@ -16,7 +16,6 @@ from codeyard.schemas import (
     RunEvent,
     RunStateChanged,
     SubmitRun,
-    TaskStatesChanged,
     decode,
 )
 from codeyard.schemas.model import RunState, TaskState
@@ -27,6 +26,7 @@ from tests.coordinator.harness import (
     run_events,
     running_coordinator,
     submit,
+    tasks_moved_to,
     wait_until,
     workers_answering,
 )
@@ -79,12 +79,5 @@ async def test_cancelling_a_run_of_thousands_of_tasks_tells_each_task_cancelled(
         assert isinstance(reply, Accepted), reply
         events = await run_events(bus, "big")
 
-    cancelled = {
-        change.task_id
-        for event in events
-        if isinstance(event, TaskStatesChanged)
-        for change in event.changes
-        if change.state is TaskState.CANCELLED
-    }
-    assert cancelled == {task.id for task in plan}
+    assert tasks_moved_to(TaskState.CANCELLED, events) == {task.id for task in plan}
     assert is_run_end(events[-1]), events[-1]
