@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -118,6 +120,7 @@ async def coordinator_process(url: str, capacity: int) -> asyncio.subprocess.Pro
         env=os.environ | {"NATS_URL": url},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,  # stopped as a group: a wrapper (py-spy) may not pass SIGTERM on
     )
 
 
@@ -301,7 +304,8 @@ async def main() -> None:
         finally:
             stop.set()
             await asyncio.gather(*workers)
-            coordinator.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(coordinator.pid, signal.SIGTERM)
             await coordinator.wait()
             await bus.close()
 
