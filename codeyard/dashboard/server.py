@@ -34,7 +34,7 @@ from codeyard.dashboard.auth import (
 )
 from codeyard.dashboard.live_script import live_script
 from codeyard.dashboard.sse import KEEPALIVE, RETRY, sse_frame
-from codeyard.follow import RunRefused, ask_coordinator, run_status
+from codeyard.follow import RunRefused, ask_coordinator, existing_run, run_status
 from codeyard.schemas import (
     Accepted,
     ApprovalList,
@@ -277,7 +277,7 @@ class Dashboard:
         ends in the same state), then each as it happens, until the client goes away or falls
         too far behind (`Feed`)."""
         run_id = request.match_info["run_id"]
-        if await self._run(run_id) is None:
+        if not await self._exists(run_id):
             return _not_found(f"no run {run_id!r}")
         feed = Feed(request, run_id, self.stream_buffer, self.stream_patience)
         subscription = await self.bus.js.subscribe(
@@ -323,6 +323,15 @@ class Dashboard:
             return await ask_coordinator(self.bus, verb, request, patience=self.patience)
         except RunRefused as exc:
             raise Unavailable(str(exc)) from None
+
+    async def _exists(self, run_id: str) -> bool:
+        """Whether the coordinator knows run `run_id`, asked for its header alone: the whole
+        run is megabytes for 10,000 tasks, and each connection of a live view asks."""
+        try:
+            found = await existing_run(self.bus, run_id, tasks=False, patience=self.patience)
+        except RunRefused as exc:
+            raise Unavailable(str(exc)) from None
+        return found is not None
 
     async def _run(self, run_id: str) -> Run | None:
         try:

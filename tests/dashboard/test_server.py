@@ -101,6 +101,8 @@ async def test_every_page_needs_the_token(
     assert "script-src 'self'" in runs.headers["Content-Security-Policy"]
     async with http.get(dashboard + "/runs/nosuch", headers=BEARER) as unknown:
         assert unknown.status == 404
+    async with http.get(dashboard + "/runs/nosuch/events", headers=BEARER) as no_events:
+        assert no_events.status == 404
 
 
 async def status_line(url: str, request: bytes) -> bytes:
