@@ -6,13 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from codeyard.bus.embedded import free_port
-from codeyard.config import invalid_settings
 from codeyard.llm import NOT_CONFIGURED, LLMNotConfigured, LLMSettings, OpenAIClient, RoleModel
 from codeyard.llm.backoff import Backoff
 from tests.processes import codeyard
+from tests.test_config import problems
 
 
 @pytest.fixture(autouse=True)
@@ -26,12 +25,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def refused(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> list[str]:
     """What the CLI prints, one line per setting, when the LLM settings are read with
     `variable` set to `value`: they must be refused."""
-    monkeypatch.setenv(variable, value)
-    with pytest.raises(ValidationError) as refusal:
-        LLMSettings()
-    lines = invalid_settings(refusal.value)
-    assert lines is not None
-    return lines
+    return problems(monkeypatch, LLMSettings, **{variable: value})
 
 
 def test_nothing_configured_explains_the_three_ways() -> None:
