@@ -48,6 +48,12 @@ def journal_subject(run_id: str) -> str:
     return f"cy.journal.{run_id}"
 
 
+def journal_events_subject(run_id: str) -> str:
+    """Where the coordinator keeps the events of a run's step too many for its journal entry,
+    until the entry is stored (`codeyard.coordinator.run_store`)."""
+    return f"cy.journal.{run_id}.events"
+
+
 WORK_PREFIX = "cy.work."
 
 

@@ -23,6 +23,13 @@ to publish again, under their own ids (a copy still in the events stream's dupli
 dropped). An ended run's header, after which it is never loaded again, is written only once its
 step's events are stored.
 
+Events too many for the entry (cancelling a run of thousands of tasks, say) are stored beside
+it instead, each a message on `cy.journal.<run_id>.events` (in the journal's stream), before the
+entry, which names their sequences (`JournalEntry.outbox`). Like those in the entry, they are
+published after it, never before: a step that fails before its entry is sent has told nothing
+(published first, they told of a step that never happened, and the step done again told it
+twice, under new ids). They are purged with the journal.
+
 A run's header is also written (not as a checkpoint) when the run is new, so that a new leader
 finds it, and when it ends, so that a new leader leaves it closed; always last in its step.
 
@@ -67,6 +74,8 @@ class JournalEntry(msgspec.Struct, frozen=True):
     step: int = 0
     more: bool = False
     events: list[msgspec.Raw] = []  # the step's events, encoded: in its last entry only
+    # or, too many for it, the sequences of the messages that hold them (in the last entry)
+    outbox: list[int] = []
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,9 @@ class StoredRun:
     checkpoint_seq: int = 0  # the last entry its last checkpoint includes
     unsaved: set[str] = field(default_factory=set)  # tasks changed since the last checkpoint
     entries: int = 0  # journal entries since the last checkpoint
+    # The first `outbox` message of the run's latest step that had any (0: none yet): a
+    # compaction keeps it and those after it, which a load may need.
+    outbox_from: int = 0
     checkpointed_at: float = field(default_factory=time.monotonic)
     # As loaded: the events of the run's last step, which may never have been stored (its
     # writer stopped first); publishing them again is up to the loader.
@@ -185,7 +197,10 @@ class RunStore:
         stored.journal_last = last.seq or 0
         entry = decode(last.data or b"", JournalEntry)
         # (none if its step never ended: the writer died between the entries of a big step)
-        stored.last_events = [] if entry.more else [bytes(event) for event in entry.events]
+        if not entry.more:
+            stored.last_events = [bytes(event) for event in entry.events]
+            stored.last_events += await self._outboxed(stored.run.run_id, entry.outbox)
+            stored.outbox_from = min(entry.outbox, default=0)
         tasks = stored.run.tasks
         if stored.journal_last <= stored.checkpoint_seq:
             return
@@ -207,6 +222,22 @@ class RunStore:
                 stored.unsaved.update(pending)
                 pending = {}
 
+    async def _outboxed(self, run_id: str, sequences: list[int]) -> list[bytes]:
+        """The events kept beside a journal entry, in order; one that is gone is logged and left
+        out (it is purged only once a later step is stored, by which time the events were)."""
+        subject = subjects.journal_events_subject(run_id)
+        events = []
+        for sequence in sequences:
+            try:
+                msg = await self._js.get_msg(subjects.JOURNAL_STREAM, sequence)
+            except NotFoundError:
+                msg = None
+            if msg is None or msg.subject != subject or msg.data is None:
+                log.warning("run %s: an event of its last step is gone (%d)", run_id, sequence)
+                continue
+            events.append(msg.data)
+        return events
+
     # --- writing ------------------------------------------------------------------------------
 
     async def save(
@@ -217,8 +248,9 @@ class RunStore:
         events: Sequence[bytes] = (),
     ) -> StepWrite:
         """Start making one step's changes to the run durable through `pipeline`: its journal
-        entry goes out now, with the step's encoded `events`; `confirm` writes the rest, in
-        order, before the step is acted on.
+        entry goes out now, with the step's encoded `events` (stored beside it first when too
+        many for it: see the module's docstring); `confirm` writes the rest, in order, before
+        the step is acted on.
 
         The journal entry comes first, always: it is the step's commit. A checkpoint's task
         records and a header are written only once it is stored, so a step cut short anywhere
@@ -229,7 +261,12 @@ class RunStore:
         new = header_key(run_id) not in stored.revisions
         header = msgspec.structs.replace(run, tasks={}, journal_seq=stored.checkpoint_seq)
         tasks = {t: run.tasks[t] for t in changed}
-        step = StepWrite(stored, header, self._entries(header, tasks, events, stored))
+        outbox: list[int] = []
+        if sum(len(event) for event in events) > self.policy.max_entry_bytes // 2:
+            outbox = await self._store_beside(pipeline, run_id, events)
+            stored.outbox_from = outbox[0]
+            events = ()
+        step = StepWrite(stored, header, self._entries(header, tasks, events, outbox, stored))
         stored.unsaved |= changed
         ended = run.state in TERMINAL_RUN_STATES
         # An ended run is checkpointed at once: its journal is then purged whole (`compact`);
@@ -245,6 +282,14 @@ class RunStore:
         await self._send_entry(pipeline, step)
         return step
 
+    async def _store_beside(
+        self, pipeline: PublishPipeline, run_id: str, events: Sequence[bytes]
+    ) -> list[int]:
+        """Store `events` beside the run's journal; their sequences, in order."""
+        subject = subjects.journal_events_subject(run_id)
+        pending = [await pipeline.publish(subject, event) for event in events]
+        return [ack.seq for ack in await pipeline.all_stored(pending, 10)]
+
     def _journals(self, stored: StoredRun) -> bool:
         """Whether the run's journal may grow by one more step before a checkpoint."""
         return (
@@ -253,14 +298,19 @@ class RunStore:
         )
 
     def _entries(
-        self, header: Run, tasks: dict[str, Task], events: Sequence[bytes], stored: StoredRun
+        self,
+        header: Run,
+        tasks: dict[str, Task],
+        events: Sequence[bytes],
+        outbox: list[int],
+        stored: StoredRun,
     ) -> list[bytes]:
         """The step's journal entry, as several when one would pass `max_entry_bytes`; its
-        events go in the last, or in one of their own when they would take the last past the
-        limit (a task record near the server's limit fills an entry alone)."""
+        events (or `outbox`) go in the last, or in one of their own when they would take the
+        last past the limit (a task record near the server's limit fills an entry alone)."""
         step = stored.journal_last
         raw = [msgspec.Raw(event) for event in events]
-        whole = encode(JournalEntry(header, tasks, step, events=raw))
+        whole = encode(JournalEntry(header, tasks, step, events=raw, outbox=outbox))
         if len(whole) <= self.policy.max_entry_bytes:
             return [whole]
         budget = self.policy.max_entry_bytes - len(encode(JournalEntry(header, {}, step, True)))
@@ -274,11 +324,11 @@ class RunStore:
             parts[-1][task_id] = task
             size += length
         entries = [encode(JournalEntry(header, part, step, True)) for part in parts]
-        last = encode(JournalEntry(header, parts[-1], step, False, raw))
+        last = encode(JournalEntry(header, parts[-1], step, False, raw, outbox))
         if len(last) <= self.policy.max_entry_bytes:
             entries[-1] = last
         else:
-            entries.append(encode(JournalEntry(header, {}, step, False, raw)))
+            entries.append(encode(JournalEntry(header, {}, step, False, raw, outbox)))
         return entries
 
     def _record(
@@ -373,16 +423,23 @@ class RunStore:
 
     async def compact(self, stored: StoredRun) -> None:
         """Purge the journal entries the run's last checkpoint includes, all but the last (the
-        next entry names its sequence), or all of them once the run ended (none comes next)."""
+        next entry names its sequence), or all of them once the run ended (none comes next).
+        Events stored beside entries go too, but for those of the run's latest step that had
+        any (a step's events are stored before the next step is taken)."""
         ended = stored.run.state in TERMINAL_RUN_STATES
         if stored.checkpoint_seq <= 1 and not ended:
             return
-        subject = subjects.journal_subject(stored.run.run_id)
+        run_id = stored.run.run_id
         keep_from = stored.checkpoint_seq + 1 if ended else stored.checkpoint_seq
-        try:
-            await self._js.purge_stream(subjects.JOURNAL_STREAM, subject=subject, seq=keep_from)
-        except (nats.errors.Error, TimeoutError) as exc:  # the next checkpoint purges them
-            log.warning("run %s: purging its journal failed: %s", stored.run.run_id, exc)
+        purges = [(subjects.journal_subject(run_id), keep_from)]
+        if ended or stored.outbox_from:  # (most runs never store events beside their journal)
+            keep_events = keep_from if ended else stored.outbox_from
+            purges.append((subjects.journal_events_subject(run_id), keep_events))
+        for subject, seq in purges:
+            try:
+                await self._js.purge_stream(subjects.JOURNAL_STREAM, subject=subject, seq=seq)
+            except (nats.errors.Error, TimeoutError) as exc:  # the next checkpoint purges them
+                log.warning("run %s: purging its journal failed: %s", run_id, exc)
 
     async def new_run(self, run: Run) -> StoredRun:
         """A new run, to be saved: its journal starts after whatever entries its subject still

@@ -944,39 +944,25 @@ class Coordinator:
         ]
         if published:
             await asyncio.sleep(0)  # nats-py's flusher writes it now
-        room = self._store.policy.max_entry_bytes // 2
         # (events of a size any server takes: the entry's limit is under its max_payload)
-        chunk = min(CHANGES_BYTES, room // 2)
+        chunk = min(CHANGES_BYTES, self._store.policy.max_entry_bytes // 4)
         for run_id, moves in commit.moves.items():
             if open_run := self._open.get(run_id):
                 changes = task_changes(open_run.run, moves, chunk)
                 _add_before_run_end(commit.events, run_id, changes)
+        # A run's events are stored with its journal entry and published once it is stored:
+        # they may be lost while it is not (see run_store), and are then published again from
+        # it when the run is loaded.
         events = _encoded_by_run(commit.events)
-        # A run's events go in its journal entry: they may be lost while it is not (see
-        # run_store), and are then published again from it when the run is loaded. Too many
-        # for the entry (cancelling a run of thousands of tasks, say), they are stored before
-        # it instead: a step redone after a crash may then tell them twice, never lose them.
-        journaled = {
-            run_id: batch
-            for run_id, batch in events.items()
-            if run_id in self._open and sum(len(payload) for _, payload in batch) <= room
-        }
-        if first_stored := [
-            await self._publish_events(run_id, batch)
-            for run_id, batch in events.items()
-            if run_id in self._open and run_id not in journaled
-        ]:
-            await pipeline.all_stored([p for pending in first_stored for p in pending], 10)
         writes: list[StepWrite] = []
         for run_id in events.keys() & self._open.keys():  # (a dead letter's, say)
             commit.dirty.setdefault(run_id, set())
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
-                encoded = [payload for _, payload in journaled.get(run_id, ())]
+                encoded = [payload for _, payload in events.get(run_id, ())]
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline, encoded))
         for run_id, batch in events.items():
-            if run_id in journaled or run_id not in self._open:
-                published += await self._publish_events(run_id, batch)
+            published += await self._publish_events(run_id, batch)
         if commit.finished:
             # An ended run is never loaded again: its last events must be stored before the
             # header that says it ended.

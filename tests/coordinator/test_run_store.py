@@ -11,11 +11,16 @@ import pytest
 
 from codeyard.bus import Bus, StaleRevision
 from codeyard.bus.kv_scan import messages_after
-from codeyard.bus.subjects import JOURNAL_STREAM, RUNS_BUCKET, journal_subject
+from codeyard.bus.subjects import (
+    JOURNAL_STREAM,
+    RUNS_BUCKET,
+    journal_events_subject,
+    journal_subject,
+)
 from codeyard.coordinator.run_store import CheckpointPolicy, RunStore, StoredRun, header_key
 from codeyard.schemas.model import Run, RunState, Task, TaskState
 from tests.coordinator.plans import new_run, spec
-from tests.coordinator.store_faults import dies_before_the_header
+from tests.coordinator.store_faults import DiesBefore, dies_before_the_header
 
 
 def run_with_tasks(run_id: str, count: int) -> Run:
@@ -381,3 +386,83 @@ async def test_a_task_record_that_fills_an_entry_leaves_the_events_one_of_their_
     assert loaded is not None
     assert loaded.run.tasks == stored.run.tasks
     assert loaded.last_events == events
+
+
+def many_events(count: int) -> list[bytes]:
+    return [b'{"event":%d,"text":"%s"}' % (index, b"x" * 300) for index in range(count)]
+
+
+async def beside_length(bus: Bus, run_id: str) -> int:
+    """How many events are kept beside the run's journal."""
+    subject = journal_events_subject(run_id)
+    info = await bus.js.stream_info(JOURNAL_STREAM, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [CheckpointPolicy(max_entry_bytes=2000), CheckpointPolicy(max_entry_bytes=2000, max_entries=0)],
+    ids=["journal", "kv"],
+)
+async def test_events_too_many_for_their_step_entry_are_kept_beside_it(
+    bus: Bus, policy: CheckpointPolicy
+) -> None:
+    """Cancelling a run of thousands of tasks tells more than one entry holds; those events are
+    loaded with the step all the same, so that a new leader can publish them again."""
+    store = await RunStore.open(bus.js, policy)
+    stored = StoredRun(run_with_tasks("run1", 2))
+    await save(bus, store, stored, ["t0", "t1"], many_events(1))
+    next_attempt(stored, "t0")
+    events = many_events(5)  # over half an entry
+
+    await save(bus, store, stored, ["t0"], events)
+    loaded = await store.load("run1", tasks=True)
+
+    subject = journal_subject("run1")
+    sizes = [len(data) async for _, data in messages_after(bus.js, JOURNAL_STREAM, subject, 0)]
+    assert max(sizes) <= 2000, sizes
+    assert loaded is not None
+    assert loaded.run.tasks == stored.run.tasks
+    assert loaded.last_events == events
+    assert await beside_length(bus, "run1") == len(events)
+
+
+async def test_events_of_a_step_whose_entry_was_not_stored_are_never_loaded(bus: Bus) -> None:
+    """The step did not happen: its events must not be told, even once stored beside the
+    journal (they are stored before the entry that names them)."""
+    store = await RunStore.open(bus.js, CheckpointPolicy(max_entry_bytes=2000))
+    stored = StoredRun(run_with_tasks("run1", 1))
+    await save(bus, store, stored, ["t0"], many_events(1))
+    next_attempt(stored, "t0")
+    fault = DiesBefore(bus, journal_subject("run1"))
+
+    with pytest.raises(ConnectionError):
+        await store.save(stored, ["t0"], fault, many_events(5))
+    loaded = await store.load("run1", tasks=True)
+
+    assert fault.died
+    assert await beside_length(bus, "run1") == 5
+    assert loaded is not None
+    assert loaded.last_events == many_events(1)
+    assert loaded.run.tasks["t0"].attempt == stored.run.tasks["t0"].attempt - 1
+
+
+async def test_events_kept_beside_a_journal_are_purged_with_it(bus: Bus) -> None:
+    """Those of the run's latest step that had any are kept while the run goes on (a load may
+    need them); none once it ended."""
+    store = await RunStore.open(bus.js, CheckpointPolicy(max_entry_bytes=2000, max_entries=0))
+    stored = StoredRun(run_with_tasks("run1", 1))
+    await save(bus, store, stored, ["t0"])
+    for _ in range(2):
+        next_attempt(stored, "t0")
+        await save(bus, store, stored, ["t0"], many_events(5))
+    next_attempt(stored, "t0")
+    await save(bus, store, stored, ["t0"])
+    kept = await beside_length(bus, "run1")
+
+    stored.run.state = RunState.DONE
+    await save(bus, store, stored, ["t0"], many_events(5))
+
+    assert kept == 5
+    assert await beside_length(bus, "run1") == 0
+    assert await journal_length(bus, "run1") == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.subjects import journal_subject
 from codeyard.coordinator.service import Coordinator
 from codeyard.follow import is_run_end
 from codeyard.schemas import (
@@ -31,7 +32,7 @@ from tests.coordinator.harness import (
     workers_answering,
 )
 from tests.coordinator.plans import spec
-from tests.coordinator.store_faults import LosesEvents
+from tests.coordinator.store_faults import DiesBefore, LosesEvents
 from tests.coordinator.test_recovery import answer_at_once
 
 PLAN = [spec("a"), spec("b", "a"), spec("c", "b")]
@@ -81,3 +82,33 @@ async def test_cancelling_a_run_of_thousands_of_tasks_tells_each_task_cancelled(
 
     assert tasks_moved_to(TaskState.CANCELLED, events) == {task.id for task in plan}
     assert is_run_end(events[-1]), events[-1]
+
+
+async def test_a_cancel_whose_step_was_never_stored_tells_the_run_cancelled_once(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """The events of a step too many for its journal entry were published before the entry:
+    when the entry was not stored, they told of a cancel that had not happened, and the cancel
+    asked again (the coordinator says to, as its step failed) told it a second time."""
+    plan = [spec(f"t{index}") for index in range(5_000)]
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = DiesBefore(coordinator_bus, journal_subject("big"), armed=False)
+    coordinator_bus.pipeline = fault
+    try:
+        async with running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)):
+            await ask(bus, "submit", SubmitRun(run_id="big", goal="g", plan=plan), timeout=60)
+            fault.armed = True
+            reason = "enough " * 28
+            reply = await ask(bus, "cancel", CancelRun(run_id="big", reason=reason), timeout=60)
+            events = await run_events(bus, "big")
+    finally:
+        await coordinator_bus.close()
+
+    assert fault.died
+    assert isinstance(reply, Accepted), reply
+    cancelled = [
+        e for e in events if isinstance(e, RunStateChanged) and e.state is RunState.CANCELLED
+    ]
+    assert len(cancelled) == 1, cancelled
+    assert is_run_end(events[-1]), events[-1]
+    assert tasks_moved_to(TaskState.CANCELLED, events) == {task.id for task in plan}
