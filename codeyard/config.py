@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -136,6 +137,22 @@ class Settings(BaseSettings):
         description="where browsers reach the dashboard through a reverse proxy, separated by "
         "commas (e.g. https://codeyard.example.com): Approve/Deny from there pass the origin check",
     )
+    dashboard_user_header: str = Field(
+        default="",
+        description="a header the reverse proxy in front of the dashboard sets to who signed in "
+        "there (e.g. X-Forwarded-User): approvals answered on the dashboard are recorded as "
+        "theirs, and refused without it; empty: recorded as by 'dashboard'",
+    )
+
+    @field_validator("dashboard_user_header")
+    @classmethod
+    def _header_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]*", name):
+            raise PydanticCustomError(
+                "header_name",
+                "not an HTTP header name (letters, digits and -, like X-Forwarded-User)",
+            )
+        return name
 
     @field_validator("nats_credentials_dir")
     @classmethod

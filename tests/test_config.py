@@ -78,6 +78,16 @@ def test_each_problem_names_its_environment_variable(monkeypatch: pytest.MonkeyP
     )
 
 
+def test_the_dashboard_user_header_must_be_a_header_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    [problem] = problems(monkeypatch, Settings, CODEYARD_DASHBOARD_USER_HEADER="X-User: alice")
+    assert problem == (
+        "CODEYARD_DASHBOARD_USER_HEADER: not an HTTP header name (letters, digits and -, like "
+        "X-Forwarded-User) (got 'X-User: alice')"
+    )
+    monkeypatch.setenv("CODEYARD_DASHBOARD_USER_HEADER", "X-Forwarded-User")
+    assert Settings().dashboard_user_header == "X-Forwarded-User"
+
+
 def test_a_refused_secret_is_not_repeated(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError) as refused:
         Settings(dashboard_token=["not-a-string-but-secret"])

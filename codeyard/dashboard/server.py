@@ -52,6 +52,7 @@ from codeyard.schemas import (
     StatusQuery,
     decode,
 )
+from codeyard.schemas.model import SHORT_TEXT_CHARS
 from codeyard.workspace.patch_store import PatchMissing, by_reference, inline
 from codeyard.workspace.snapshots import artifact_store
 
@@ -142,6 +143,7 @@ class Dashboard:
         *,
         patience: float = 10.0,
         answered_by: str = "dashboard",
+        user_header: str = "",
         public_origins: Sequence[str] = (),
         stream_buffer: int = STREAM_BUFFER,
         stream_patience: float = STREAM_PATIENCE,
@@ -150,7 +152,9 @@ class Dashboard:
         listens (a TLS reverse proxy at https://codeyard.example.com); a POST from there passes
         the CSRF origin check. `ValueError` if one is not an origin. `stream_buffer` events at
         most wait for a client's event stream, and when that many wait `stream_patience`
-        seconds for room, the client is dropped."""
+        seconds for room, the client is dropped. `user_header`: a header that the reverse proxy
+        in front sets to who signed in there (`X-Forwarded-User`, say): an answer is recorded as
+        theirs, and refused without it; unset, as `answered_by`."""
         self.bus = bus
         self.check = TokenCheck(token)
         self.public_origins = normalised_origins(public_origins)
@@ -158,6 +162,7 @@ class Dashboard:
         self.stream_patience = stream_patience
         self.patience = patience
         self.answered_by = answered_by
+        self.user_header = user_header
         self.closing = asyncio.Event()  # ends the event streams, which never end by themselves
         self._script = live_script().encode()
         self.cookie = COOKIE_PREFIX  # `serving` names it after the port it listens on
@@ -256,18 +261,34 @@ class Dashboard:
         form = await _form(request)
         if form is None:
             return _html(pages.message_page("Not answered", "the form is not UTF-8"), 400)
+        by = self._answerer(request)
+        if by is None:
+            header = self.user_header
+            why = f"the proxy in front of the dashboard did not say who you are (no {header})"
+            return _html(pages.message_page("Not answered", why), 403)
         note = form.get("comment", "")
         answer: Envelope
         if request.match_info["answer"] == "approve":
-            answer = Approve(approval_id=approval_id, by=self.answered_by, comment=note)
+            answer = Approve(approval_id=approval_id, by=by, comment=note)
             verb = "approve"
         else:
-            answer = Deny(approval_id=approval_id, by=self.answered_by, reason=note)
+            answer = Deny(approval_id=approval_id, by=by, reason=note)
             verb = "deny"
         reply = await self._ask(verb, answer)
         if not isinstance(reply, Accepted):
             return _html(pages.message_page("Not answered", _error(reply)), 409)
         raise web.HTTPSeeOther("/approvals")
+
+    def _answerer(self, request: web.Request) -> str | None:
+        """Who answers: the person `user_header` names (None if it names nobody an answer can
+        carry), else `answered_by`."""
+        if not self.user_header:
+            return self.answered_by
+        who = request.headers.get(self.user_header, "").strip()
+        # (not UTF-8, aiohttp hands over lone surrogates: not printable)
+        if not who or len(who) > SHORT_TEXT_CHARS or not who.isprintable():
+            return None
+        return who
 
     async def script(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self._script, content_type="text/javascript", charset="utf-8")

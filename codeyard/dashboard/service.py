@@ -75,7 +75,9 @@ async def run_dashboard(settings: Settings, console: Console) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        dashboard = Dashboard(bus, token, public_origins=origins)
+        dashboard = Dashboard(
+            bus, token, public_origins=origins, user_header=settings.dashboard_user_header
+        )
         host, port = settings.dashboard_host, settings.dashboard_port
         async with contextlib.AsyncExitStack() as stack:
             try:

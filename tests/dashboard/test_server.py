@@ -264,6 +264,28 @@ async def test_approving_from_the_dashboard_sends_approve(
         assert "already approved by dashboard" in await again.text()
 
 
+async def test_behind_a_proxy_that_names_who_signed_in_answers_are_theirs(
+    http: aiohttp.ClientSession, bus: Bus, coordinator: Coordinator
+) -> None:
+    """Every answer was recorded as by "dashboard", whoever gave it: a team could not tell
+    who approved what. An answer that does not say who gives it is refused, not recorded."""
+    approval_id = await submit_waiting_plan(bus, "r5")
+    dashboard = Dashboard(bus, TOKEN, user_header="X-Forwarded-User")
+    async with serving(dashboard, "127.0.0.1", 0) as url:
+        approve, deny = (url + f"/approvals/{approval_id}/{verb}" for verb in ("approve", "deny"))
+        async with http.post(approve, headers=BEARER, allow_redirects=False) as nobody:
+            assert nobody.status == 403
+            assert "no X-Forwarded-User" in await nobody.text()
+        assert (await status(bus, "r5")).state is RunState.PLAN_APPROVAL
+        alice = BEARER | {"X-Forwarded-User": "alice@example.com"}
+        async with http.post(approve, headers=alice, allow_redirects=False) as approved:
+            assert approved.status == 303
+        bob = BEARER | {"X-Forwarded-User": "bob"}
+        async with http.post(deny, headers=bob, allow_redirects=False) as late:
+            assert late.status == 409
+            assert "already approved by alice@example.com" in await late.text()
+
+
 async def test_a_cookie_post_needs_the_csrf_token_and_the_same_origin(
     dashboard: str, http: aiohttp.ClientSession, bus: Bus
 ) -> None:
