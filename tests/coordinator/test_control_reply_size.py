@@ -10,6 +10,7 @@ import pytest
 
 from codeyard.bus import Bus
 from codeyard.bus.subjects import APPROVALS_BUCKET, ctl_subject
+from codeyard.coordinator import service
 from codeyard.coordinator.service import Coordinator
 from codeyard.follow import run_status
 from codeyard.schemas import (
@@ -26,8 +27,9 @@ from codeyard.schemas import (
     TaskSpec,
     encode,
 )
-from codeyard.schemas.model import LONG_TEXT_CHARS, RunState
+from codeyard.schemas.model import LONG_TEXT_CHARS, RunState, Task
 from tests.coordinator.harness import ask, running_coordinator
+from tests.coordinator.plans import new_run
 
 # A goal as long as a goal may be, of 4-byte characters: a run header of about 80 KB.
 BIG_GOAL = "\U0001f600" * LONG_TEXT_CHARS
@@ -158,3 +160,26 @@ async def test_a_run_that_fits_in_one_reply_comes_whole_in_its_own_order(
     assert isinstance(reply, RunStatus)
     assert reply.more_after == ""
     assert list(reply.runs[0].tasks) == ["b", "c", "a"]
+
+
+def test_a_page_of_a_run_too_big_for_a_reply_encodes_about_a_page(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each page encoded the whole run first, to see whether it fitted: for a run of tens of
+    thousands of tasks, megabytes per page, on the loop that takes every run's steps."""
+    tasks = {f"t{i:05}": Task(spec=TaskSpec(id=f"t{i:05}", title="x")) for i in range(20_000)}
+    run = msgspec.structs.replace(new_run(), run_id="huge", tasks=tasks)
+    whole = len(encode(RunStatus(run_id="huge", runs=[run])))
+    encoded: list[int] = []
+
+    def counting(message: msgspec.Struct) -> bytes:
+        payload = encode(message)
+        encoded.append(len(payload))
+        return payload
+
+    monkeypatch.setattr(service, "encode", counting)
+    pages = [coordinator._page(run, after) for after in ("", "t10000")]
+
+    assert whole > 4 * coordinator.bus.nc.max_payload
+    assert all(isinstance(page, RunStatus) and page.more_after for page in pages)
+    assert sum(encoded) < 3 * coordinator.bus.nc.max_payload, sum(encoded)
