@@ -26,9 +26,10 @@ step's events are stored.
 Events too many for the entry (cancelling a run of thousands of tasks, say) are stored beside
 it instead, each a message on `cy.journal.<run_id>.events` (in the journal's stream), before the
 entry, which names their sequences (`JournalEntry.outbox`). Like those in the entry, they are
-published after it, never before: a step that fails before its entry is sent has told nothing
-(published first, they told of a step that never happened, and the step done again told it
-twice, under new ids). They are purged with the journal.
+published after it (the last, for a step of several entries), never before: a step that fails
+before its entry is sent has told nothing (published first, they told of a step that never
+happened, and the step done again told it twice, under new ids). They are purged with the
+journal.
 
 A run's header is also written (not as a checkpoint) when the run is new, so that a new leader
 finds it, and when it ends, so that a new leader leaves it closed; always last in its step.
@@ -348,6 +349,18 @@ class RunStore:
         subject = write.key if write.kind == "journal" else self._prefix + write.key
         headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(write.expected)}
         write.sent = await pipeline.publish(subject, write.payload, headers)
+
+    async def send_entries(
+        self, pipeline: PublishPipeline, steps: list[StepWrite], timeout: float = 10.0
+    ) -> None:
+        """Send the further entries of the steps too big for one, each once the one before it is
+        stored: on return, every step's last entry is sent (not necessarily stored). A step's
+        events go out only then: it is loaded only once its last entry is stored."""
+        while waiting := [step for step in steps if step.entries]:
+            await self._stored(pipeline, [step.sent for step in waiting if step.sent], timeout)
+            for step in waiting:
+                step.sent = None
+                await self._send_entry(pipeline, step)
 
     async def confirm(
         self,

@@ -950,9 +950,9 @@ class Coordinator:
             if open_run := self._open.get(run_id):
                 changes = task_changes(open_run.run, moves, chunk)
                 _add_before_run_end(commit.events, run_id, changes)
-        # A run's events are stored with its journal entry and published once it is stored:
-        # they may be lost while it is not (see run_store), and are then published again from
-        # it when the run is loaded.
+        # A run's events are stored with its journal entry and published once it is sent (its
+        # last one, for a step of several): they may be lost while it is not (see run_store),
+        # and are then published again from it when the run is loaded.
         events = _encoded_by_run(commit.events)
         writes: list[StepWrite] = []
         for run_id in events.keys() & self._open.keys():  # (a dead letter's, say)
@@ -961,6 +961,8 @@ class Coordinator:
             if open_run := self._open.get(run_id):
                 encoded = [payload for _, payload in events.get(run_id, ())]
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline, encoded))
+        if any(write.entries for write in writes):  # (a step too big for one entry: rare)
+            await self._store.send_entries(pipeline, writes)
         for run_id, batch in events.items():
             published += await self._publish_events(run_id, batch)
         if commit.finished:

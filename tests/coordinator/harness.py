@@ -102,6 +102,10 @@ async def running_coordinator(coordinator: Coordinator) -> AsyncIterator[Coordin
     running = asyncio.create_task(coordinator.run(stop))
     try:
         await asyncio.wait_for(coordinator.leading.wait(), 10)
+        # Its control subscriptions are on the server once a round trip after them is: a
+        # request sent before would find no responder (the CLI asks again; a test's own
+        # request does not).
+        await coordinator.bus.nc.flush()
         yield coordinator
     finally:
         stop.set()

@@ -18,13 +18,17 @@ class DiesBefore(PublishPipeline):
     """Publishes like a coordinator's pipeline until its next write to `subject` once `armed`:
     there its coordinator dies (the step's earlier writes are stored, nothing after them is).
     It dies once; a coordinator that carries on is its successor. With `prefix`, at its next
-    write to a subject starting with `subject`."""
+    write to a subject starting with `subject`; with `nth`, at its nth write there once armed.
+    """
 
-    def __init__(self, bus: Bus, subject: str, *, armed: bool = True, prefix: bool = False) -> None:
+    def __init__(
+        self, bus: Bus, subject: str, *, armed: bool = True, prefix: bool = False, nth: int = 1
+    ) -> None:
         super().__init__(bus.nc)
         self.subject = subject
         self.prefix = prefix
         self.armed = armed
+        self.nth = nth
         self.died = False
 
     async def publish(
@@ -32,8 +36,10 @@ class DiesBefore(PublishPipeline):
     ) -> Pending:
         here = subject.startswith(self.subject) if self.prefix else subject == self.subject
         if self.armed and not self.died and here:
-            self.died = True
-            raise ConnectionError("the coordinator died here")
+            self.nth -= 1
+            if not self.nth:
+                self.died = True
+                raise ConnectionError("the coordinator died here")
         return await super().publish(subject, payload, headers)
 
 

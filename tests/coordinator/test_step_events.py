@@ -84,15 +84,17 @@ async def test_cancelling_a_run_of_thousands_of_tasks_tells_each_task_cancelled(
     assert is_run_end(events[-1]), events[-1]
 
 
+@pytest.mark.parametrize("entry", [1, 2], ids=["first-entry", "second-entry"])
 async def test_a_cancel_whose_step_was_never_stored_tells_the_run_cancelled_once(
-    nats_server: EmbeddedNats, bus: Bus
+    nats_server: EmbeddedNats, bus: Bus, entry: int
 ) -> None:
-    """The events of a step too many for its journal entry were published before the entry:
-    when the entry was not stored, they told of a cancel that had not happened, and the cancel
-    asked again (the coordinator says to, as its step failed) told it a second time."""
+    """The events of a step too many for its journal entry were published before the entry,
+    and those of a step of several entries (5,000 tasks cancelled) after its first: when the
+    step was not stored, they told of a cancel that had not happened, and the cancel asked
+    again (the coordinator says to, as its step failed) told it a second time."""
     plan = [spec(f"t{index}") for index in range(5_000)]
     coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
-    fault = DiesBefore(coordinator_bus, journal_subject("big"), armed=False)
+    fault = DiesBefore(coordinator_bus, journal_subject("big"), armed=False, nth=entry)
     coordinator_bus.pipeline = fault
     try:
         async with running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)):
