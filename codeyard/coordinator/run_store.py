@@ -378,12 +378,11 @@ class RunStore:
         `before_headers` runs just before the headers are sent and may raise to stop there: a
         new run's header is not fenced by any earlier write, so the writer checks that it
         still may write (its lease) as late as it can."""
-        while sending := [step for step in steps if step.sent is not None]:
-            await self._stored(pipeline, [step.sent for step in sending if step.sent], timeout)
-            for step in sending:
-                step.sent = None
-                if step.entries:
-                    await self._send_entry(pipeline, step)
+        await self.send_entries(pipeline, steps, timeout)
+        if last := [step.sent for step in steps if step.sent]:
+            await self._stored(pipeline, last, timeout)
+        for step in steps:
+            step.sent = None
         tasks = [write for step in steps if step.checkpoint for write in step.tasks]
         if tasks:  # most steps write no checkpoint (and no header): they skip the awaits
             for write in tasks:

@@ -961,8 +961,7 @@ class Coordinator:
             if open_run := self._open.get(run_id):
                 encoded = [payload for _, payload in events.get(run_id, ())]
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline, encoded))
-        if any(write.entries for write in writes):  # (a step too big for one entry: rare)
-            await self._store.send_entries(pipeline, writes)
+        await self._store.send_entries(pipeline, writes)  # (a step too big for one entry)
         for run_id, batch in events.items():
             published += await self._publish_events(run_id, batch)
         if commit.finished:
