@@ -756,9 +756,7 @@ def approvals(
 
     Example: [bold]codeyard approvals --run 3f2a9c0d1e4b5a69 --json[/bold]
     """
-    from rich.table import Table
-    from rich.text import Text
-
+    from codeyard.progress.render import approvals_table
     from codeyard.schemas import ApprovalList, ListApprovals
 
     reply = _ask("approvals", ListApprovals(run_id=run_id))
@@ -770,19 +768,7 @@ def approvals(
     if not reply.approvals:
         console.print("nothing waits for approval")
         return
-    table = Table("run", "task", "action", "detail", "why")
-    table.add_column("id", no_wrap=True)  # to copy into `codeyard approve`
-    for approval in reply.approvals:
-        detail = approval.detail.strip().splitlines()[0][:60] if approval.detail.strip() else ""
-        table.add_row(
-            approval.run_id,
-            approval.task_id or "-",
-            approval.action,
-            Text(detail),  # commands and reasons as written, not as markup
-            Text(approval.reason[:80]),
-            approval.approval_id,
-        )
-    console.print(table)
+    console.print(approvals_table(reply.approvals))
     if reply.omitted:  # a reply must fit in one message: the newest wait for the next listing
         console.print(
             f"and {reply.omitted} newer left out to fit the reply: answer these first, or "
@@ -1138,6 +1124,7 @@ def rollback_command(
     Example: [bold]codeyard rollback r1 --to models[/bold]
     """
     from codeyard.report.source import fetch_run
+    from codeyard.terminal_text import terminal_safe
     from codeyard.workspace.rollback import RollbackError, rollback
 
     _check_run_id(run_id)
@@ -1157,8 +1144,8 @@ def rollback_command(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
 
-    def say(line: str) -> None:
-        console.print(line, markup=False, highlight=False)
+    def say(line: str) -> None:  # (commit subjects are the planner's task titles)
+        console.print(terminal_safe(line), markup=False, highlight=False)
 
     if not moved.moved:
         say(f"{moved.branch} already ends at {to} ({moved.new.short}): nothing to drop")

@@ -40,6 +40,7 @@ from codeyard.schemas import (
     decode,
 )
 from codeyard.schemas.messages import SUBMIT_PATIENCE, unknown_run
+from codeyard.terminal_text import quoted_detail, terminal_safe
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,17 @@ def refusal(reply: ControlError) -> str:
     return reply.error if not reply.field or reply.error.endswith(where) else reply.error + where
 
 
+# Of a command a person decides on, shown: the whole of most; its later lines run too.
+DETAIL_SHOWN = 400
+
+
 def describe(event: RunEvent) -> list[str]:
+    """What a person following the run is told of `event` (nothing of the chatter): lines safe
+    for a terminal, whatever the run's agents wrote (see `codeyard.terminal_text`)."""
+    return [terminal_safe(line) for line in _told(event)]
+
+
+def _told(event: RunEvent) -> list[str]:
     match event:
         case RunStateChanged():
             reason = f" ({event.reason})" if event.reason else ""
@@ -166,10 +177,9 @@ def describe(event: RunEvent) -> list[str]:
             return [f"  dead letter on {event.subject}: {event.error}"]
         case GateAudit() if event.decision.decision == "needs_approval":
             approval = event.decision.approval_id
-            # a detail of whitespace alone has no first line: any role may publish one
-            detail = (event.check.detail.strip().splitlines() or [""])[0][:80]
+            detail = quoted_detail(event.check.detail, DETAIL_SHOWN)
             return [
-                f"  {event.task_id}: {event.check.action} {detail!r} waits for a person: "
+                f"  {event.task_id}: {event.check.action} {detail} waits for a person: "
                 f"{event.decision.reason}",
                 f"    codeyard approve {approval}   or   codeyard deny {approval}",
             ]
@@ -194,14 +204,14 @@ def log_lines(event: RunEvent) -> list[str]:
                     + f" (${usage.cost_usd:.4f})"
                 ]
             case GateAudit():
-                detail = (event.check.detail.strip().splitlines() or [""])[0][:80]
+                detail = quoted_detail(event.check.detail, 80)
                 lines = [
                     f"  {event.task_id or '-'}: gate {event.decision.decision} "
-                    f"{event.check.action} {detail!r}"
+                    f"{event.check.action} {detail}"
                     + (f": {event.decision.reason}" if event.decision.reason else "")
                 ]
     stamp = event.sent_at.astimezone().strftime("%H:%M:%S")
-    return [f"{stamp} {line}" for line in lines]
+    return [f"{stamp} {terminal_safe(line)}" for line in lines]
 
 
 def each_once(sink: EventSink) -> EventSink:

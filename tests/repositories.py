@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +15,22 @@ def write_files(root: Path, files: Mapping[str, str]) -> None:
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
+
+
+def deep_tree(top: Path, levels: int, file: str = "x.py") -> None:
+    """`top`/d/d/.../d/`file` (holding "x = 1\\n"), `levels` directories deep: made one by one
+    from descriptors, as pathlib's `mkdir(parents=True)` recurses (and paths pass PATH_MAX)."""
+    top.mkdir(parents=True, exist_ok=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(levels):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    written = os.open(file, os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+    os.write(written, b"x = 1\n")
+    os.close(written)
+    os.close(fd)
 
 
 def one_commit_repo(

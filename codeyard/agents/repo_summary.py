@@ -16,6 +16,7 @@ from pathlib import Path
 
 from codeyard.agents.prompt_context import fenced
 from codeyard.agents.safe_paths import UnsafePath, workspace_path
+from codeyard.sandbox.scratch import walk
 
 MAX_FILES = 300
 MAX_KEY_FILE_CHARS = 4_000
@@ -110,7 +111,7 @@ def detect_test_command(root: Path) -> str:
     if package is not None:
         try:
             scripts = json.loads(package).get("scripts", {})
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # (nested deeper than Python goes)
             scripts = {}
         test_script = scripts.get("test") if isinstance(scripts, dict) else None
         if isinstance(test_script, str) and NPM_PLACEHOLDER not in test_script:
@@ -118,9 +119,14 @@ def detect_test_command(root: Path) -> str:
     for name in ("tests", "test"):
         directory = root / name
         is_real_dir = directory.is_dir() and not directory.is_symlink()
-        if is_real_dir and next(directory.rglob("*.py"), None) is not None:
+        if is_real_dir and _holds_python(directory):
             return PYTEST
     return ""
+
+
+def _holds_python(directory: Path) -> bool:
+    """Whether a Python file is anywhere under `directory`, however deep (`rglob` recursed)."""
+    return any(name.endswith(".py") for _, _, files in walk(str(directory)) for name in files)
 
 
 def _has_pytest_config(root: Path) -> bool:
@@ -130,7 +136,7 @@ def _has_pytest_config(root: Path) -> bool:
     if pyproject is not None:
         try:
             tool = tomllib.loads(pyproject).get("tool", {})
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, RecursionError):
             tool = {}
         if isinstance(tool, dict) and "pytest" in tool:
             return True

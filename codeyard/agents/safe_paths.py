@@ -14,6 +14,10 @@ from pathlib import Path, PurePosixPath
 # it is refused here with a reason the model can act on rather than an OSError mid-edit.
 NAME_MAX = 255
 PATH_MAX = 4096  # the absolute path, counting the terminating NUL
+# Names in a path (its directories and the file), at most: git takes any depth, but deeper than
+# Python's recursion limit the host's own tools (`os.walk`, `shutil.rmtree`, `rglob` before
+# 3.12) fail on the tree. No repository needs a hundred.
+MAX_DEPTH = 100
 
 
 class UnsafePath(ValueError):
@@ -58,6 +62,8 @@ def workspace_path(root: Path, relative: str) -> Path:
     room = PATH_MAX - 1 - len(os.fsencode(base)) - 1  # the NUL, the '/' after the root
     if (size := len(os.fsencode(relative))) > room:
         raise UnsafePath(f"the path is {size} bytes long; here it can be at most {room} bytes")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafePath(f"the path is {len(parts)} names deep; it can be at most {MAX_DEPTH}")
     try:
         _check_components(base, parts)
     except OSError as exc:

@@ -337,7 +337,8 @@ class SafetyGate:
                     decision=decision_message,
                 )
             )
-            log.info("gate: %s %s -> %s (%s)", check.action, check.detail[:80], decision, rule)
+            # (quoted: the command's escapes and line breaks are shown, not obeyed)
+            log.info("gate: %s %r -> %s (%s)", check.action, check.detail[:80], decision, rule)
             GATE_DECISIONS.labels(check.action, decision).inc()
             return decision_message
 

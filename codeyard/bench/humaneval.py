@@ -33,6 +33,7 @@ from codeyard.bus import Bus
 from codeyard.follow import RunIdTaken, RunRefused, existing_run, submit_and_follow
 from codeyard.llm import ChatMessage, LLMError, LLMSettings, OpenAIClient
 from codeyard.sandbox import Limits, MiB, Sandbox
+from codeyard.sandbox.scratch import scratch_directory
 from codeyard.schemas import Budget, RepoRef, Run, RunState, SubmitRun, TaskSpec, Usage
 from codeyard.workspace.git import GitError, git
 
@@ -131,11 +132,6 @@ def check_program(problem: Problem, solution: str) -> str:
     return f"{solution}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
-def _write_check(workdir: Path, program: str) -> None:
-    (workdir / CHECK).write_text(program, encoding="utf-8")
-    workdir.chmod(0o777)  # the sandbox runs as another user
-
-
 async def evaluate(
     sandbox: Sandbox, problem: Problem, solution: str | None, limits: Limits = EVAL_LIMITS
 ) -> Verdict:
@@ -143,9 +139,10 @@ async def evaluate(
     sandbox only: never on the host."""
     if solution is None:
         return Verdict(False, "nothing delivered")
-    with tempfile.TemporaryDirectory(prefix="codeyard-humaneval-") as tmp:
-        workdir = Path(tmp)
-        await asyncio.to_thread(_write_check, workdir, check_program(problem, solution))
+    # (a private scratch directory: the solution runs in it, and may leave it hard to remove)
+    with scratch_directory("codeyard-humaneval-") as workdir:
+        program = check_program(problem, solution)
+        await asyncio.to_thread((workdir / CHECK).write_text, program, encoding="utf-8")
         outcome = await sandbox.run(workdir, ["python", CHECK], limits)
     if outcome.ok:
         return Verdict(True)

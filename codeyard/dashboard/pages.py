@@ -14,6 +14,7 @@ from codeyard.report import build_report, text
 from codeyard.report.graph_svg import STATE_COLOURS, render_graph_svg
 from codeyard.schemas.messages import PendingApproval
 from codeyard.schemas.model import FeedbackKind, Run, Task, TaskState
+from codeyard.terminal_text import terminal_safe
 
 LIVE_SCRIPT = "/static/live.js"
 COLOURS = {str(state): colour for state, colour in STATE_COLOURS.items()}
@@ -223,8 +224,9 @@ def _approval_row(approval: PendingApproval, csrf: str) -> str:
         f'<tr class="approval" data-approval="{escape(approval.approval_id)}">'
         f'<td><a href="{run_url(approval.run_id)}">{escape(approval.run_id)}</a></td>'
         f"<td>{task}</td><td>{escape(approval.action)}</td>"
-        f"<td><pre>{escape(approval.detail[:2000])}</pre></td>"
-        f"<td>{escape(approval.reason)}</td>"
+        # whole (all of it runs), with control and bidi characters shown as their escapes
+        f"<td><pre>{escape(terminal_safe(approval.detail, lines=True))}</pre></td>"
+        f"<td>{escape(terminal_safe(approval.reason))}</td>"
         f"<td>{escape(text.when(approval.requested_at))}</td>"
         f'<td><form class="answer" method="post" action="{base}/approve">{hidden}'
         '<button class="approve" type="submit">Approve</button></form> '

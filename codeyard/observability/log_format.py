@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from codeyard.observability.context import current_work
+from codeyard.terminal_text import terminal_safe
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(work)s%(message)s"
@@ -52,12 +53,15 @@ class JsonFormatter(logging.Formatter):
 
 
 class WorkTextFormatter(logging.Formatter):
-    """The plain format, with `[run/task#attempt] ` in front of the message when known."""
+    """The plain format, with `[run/task#attempt] ` in front of the message when known, and
+    control characters in the message shown as escapes (line breaks kept)."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
+        # For a terminal: what a message quotes of a run (an agent's words) may hold escapes.
+        record.message = terminal_safe(record.message, lines=True)
         work = current_work()
         # record.__dict__ rather than an attribute: LogRecord declares no such field
         record.__dict__["work"] = f"[{work.run_id}/{work.task_id}#{work.attempt}] " if work else ""

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from codeyard.bus import Bus
 from codeyard.cancellation import stop_tasks
-from codeyard.follow import RunRefused, ask_coordinator
+from codeyard.follow import DETAIL_SHOWN, RunRefused, ask_coordinator
 from codeyard.progress.view import WAITING_RUN_STATES
 from codeyard.schemas import (
     Accepted,
@@ -29,6 +29,7 @@ from codeyard.schemas import (
     TaskState,
     TaskStatesChanged,
 )
+from codeyard.terminal_text import quoted_detail, terminal_safe
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,10 @@ def waits_for_a_person(event: RunEvent) -> bool:
 
 
 def describe_approval(approval: PendingApproval) -> str:
-    detail = (approval.detail.strip().splitlines() or [""])[0][:80]
+    detail = quoted_detail(approval.detail, DETAIL_SHOWN)
     task = f"{approval.task_id}: " if approval.task_id else ""
-    return f"{task}{approval.action} {detail!r}" + (
-        f" ({approval.reason})" if approval.reason else ""
+    return f"{task}{approval.action} {detail}" + (
+        f" ({terminal_safe(approval.reason)})" if approval.reason else ""
     )
 
 

@@ -13,7 +13,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from codeyard.progress.view import RunView, TaskRow
-from codeyard.schemas import Run, RunState, TaskState, Usage, WorkerPresence
+from codeyard.schemas import PendingApproval, Run, RunState, TaskState, Usage, WorkerPresence
+from codeyard.terminal_text import quoted_detail, terminal_safe
 
 TASK_STYLES: dict[TaskState, str] = {
     TaskState.PLANNED: "dim",
@@ -65,7 +66,7 @@ def _task_label(row: TaskRow, under_parent: bool = True) -> Text:
     label = Text()
     label.append(row.task_id, style="bold")
     if row.title:
-        label.append(f" {row.title}")
+        label.append(f" {terminal_safe(row.title)}")
     label.append("  ")
     label.append(str(row.state), style=TASK_STYLES.get(row.state, ""))
     if row.attempt:
@@ -86,7 +87,7 @@ def task_tree(view: RunView, now: datetime) -> Tree:
     title.append("  ")
     title.append(str(view.state), style=RUN_STYLES.get(view.state, ""))
     if view.goal:
-        title.append(f"  {view.goal.splitlines()[0][:80]}")
+        title.append(f"  {terminal_safe(view.goal.splitlines()[0][:80])}")
     tree = Tree(title)
     # each task's node, the node it hangs from, and its level (the run's title is 0)
     nodes: dict[str, tuple[Tree, Tree, int]] = {}
@@ -128,7 +129,7 @@ def task_table(run: Run, now: datetime) -> Table:
             seconds = ((task.finished_at or now) - task.started_at).total_seconds()
         table.add_row(
             task_id,
-            Text(task.spec.title),  # as written: a title may hold brackets
+            Text(terminal_safe(task.spec.title)),  # not markup: a title may hold brackets
             Text(str(task.state), style=TASK_STYLES.get(task.state, "")),
             str(task.attempt),
             duration(seconds),
@@ -143,12 +144,12 @@ def run_summary(run: Run) -> Text:
     text = Text()
     text.append(f"run {run.run_id}  ", style="bold")
     text.append(str(run.state), style=RUN_STYLES.get(run.state, ""))
-    text.append(f"\ngoal: {run.goal.splitlines()[0][:120] if run.goal else ''}")
+    text.append(f"\ngoal: {terminal_safe(run.goal.splitlines()[0][:120] if run.goal else '')}")
     text.append(f"\nusage: {usage_text(run.usage)}")
     if run.test_command:  # else detected, as it always was: no line for it
-        text.append(f"\ntest command: {run.test_command}")
+        text.append(f"\ntest command: {terminal_safe(run.test_command)}")
     if run.error:
-        text.append(f"\nreason: {run.error}")
+        text.append(f"\nreason: {terminal_safe(run.error, lines=True)}")
     return text
 
 
@@ -159,7 +160,7 @@ def runs_table(runs: Sequence[Run]) -> Table:
         table.add_row(
             run.run_id,
             Text(str(run.state), style=RUN_STYLES.get(run.state, "")),
-            Text(run.goal.splitlines()[0][:60] if run.goal else ""),
+            Text(terminal_safe(run.goal.splitlines()[0][:60] if run.goal else "")),
             f"{run.usage.total_tokens:,}",
             f"${run.usage.cost_usd:.4f}",
             run.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
@@ -173,13 +174,29 @@ def workers_table(workers: Sequence[WorkerPresence], now: datetime) -> Table:
     table = Table("role", "worker", "state", "in flight", "host", "pid", "up", "seen")
     for worker in workers:
         table.add_row(
-            worker.role,
+            Text(terminal_safe(worker.role)),  # (any publisher of presence names it)
             worker.worker_id,
             Text("busy", style="cyan") if worker.busy else Text("idle", style="green"),
             f"{worker.in_flight}/{worker.concurrency}",
-            Text(worker.host),
+            Text(terminal_safe(worker.host)),
             str(worker.pid),
             duration((now - worker.started_at).total_seconds()),
             f"{duration(max(0.0, (now - worker.sent_at).total_seconds()))} ago",
+        )
+    return table
+
+
+def approvals_table(approvals: Sequence[PendingApproval]) -> Table:
+    """`codeyard approvals`: what waits for a person. A detail is shown with its escapes and
+    with how much of it is left out: the person approves all of it."""
+    table = Table("run", "task", "action", "detail", "why", id_column("id"))
+    for approval in approvals:
+        table.add_row(
+            approval.run_id,
+            approval.task_id or "-",
+            approval.action,
+            Text(quoted_detail(approval.detail, 160)),
+            Text(terminal_safe(approval.reason[:160])),
+            approval.approval_id,
         )
     return table

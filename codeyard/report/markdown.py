@@ -14,7 +14,7 @@ from codeyard.report import text
 from codeyard.report.graph_svg import STATE_COLOURS
 from codeyard.report.model import GateEntry, RunReport, TaskReport
 
-_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#&!])")
+_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#&!$])")  # ($: GitHub's math)
 _BACKTICKS = re.compile(r"`+")
 
 
@@ -82,7 +82,8 @@ def mermaid(report: RunReport) -> list[str]:
 def _label(task: TaskReport) -> str:
     label = text.first_line(f"{task.task_id}: {task.title}", 60)
     # mermaid's entity codes: a quote would end the label, a backtick the fence
-    for char, code in (('"', "#quot;"), ("`", "#96;"), ("<", "#lt;"), (">", "#gt;")):
+    # ("#" first: a title's own "#lt;" would be decoded into "<")
+    for char, code in (("#", "#35;"), ('"', "#quot;"), ("`", "#96;"), ("<", "#lt;"), (">", "#gt;")):
         label = label.replace(char, code)
     return label
 

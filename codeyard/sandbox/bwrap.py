@@ -89,7 +89,7 @@ from codeyard.sandbox.protocol import (
     SandboxUnavailable,
 )
 from codeyard.sandbox.rlimit_shim import host_prlimit, own_ceilings, shim_argv
-from codeyard.sandbox.seccomp import disk_filter, filter_fd
+from codeyard.sandbox.seccomp import filter_fd, sandbox_filter
 from codeyard.sandbox.session_run import SessionExecution, run_in_session
 from codeyard.sandbox.workdir import SYSTEM_DIRS, checked_workdir, python_roots
 
@@ -152,7 +152,7 @@ class BwrapSandbox:
         self._prlimit = host_prlimit()
         self._cgroups = SandboxCgroups({})
         self._confined: int | None = None  # bytes: see `memory_enforcement`
-        self._seccomp = b""  # the BPF program of `disk_filter`, after `probe()`
+        self._seccomp = b""  # the BPF program of `sandbox_filter`, after `probe()`
         self._probe_lock = threading.Lock()
         self._ready = False
         self._failure: SandboxUnavailable | None = None
@@ -217,7 +217,7 @@ class BwrapSandbox:
                 "as a non-root user, or give it a writable cgroup (pids controller)"
             )
         self._cgroups = cgroups
-        self._seccomp = disk_filter()
+        self._seccomp = sandbox_filter()
         probe_limits = Limits()
         cgroup = cgroups.new_run(8 + _CGROUP_OVERHEAD, _memory_cap(probe_limits))
         seccomp_fd = filter_fd(self._seccomp)

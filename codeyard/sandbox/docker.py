@@ -47,9 +47,10 @@ Limits (`Limits`):
   (exit 1, "failed to set the NOFILE resource limit").
 - output: streamed from the container as it runs (the engine keeps no log: `log_config=none`),
   kept as a bounded tail.
-- disk: the disk guard (`codeyard.sandbox.disk_guard`) as with every backend, and the bwrap
-  backend's seccomp filter refusing preallocation (`codeyard.sandbox.seccomp`: fallocate
-  reserves GiBs between two polls of the guard), on top of Docker's default filter. Docker
+- disk and host state: the disk guard (`codeyard.sandbox.disk_guard`) as with every backend,
+  and the bwrap backend's seccomp filter (`codeyard.sandbox.seccomp`: it refuses preallocation,
+  which reserves GiBs between two polls of the guard, and setuid bits), on top of Docker's
+  default filter. Docker
   takes only its own JSON profiles, so the image's python3 installs it just before prlimit
   (about 10 ms a run); a container where it cannot be installed runs nothing (exit 126).
 
@@ -95,7 +96,7 @@ from codeyard.sandbox.protocol import (
     shell_command,
 )
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
-from codeyard.sandbox.seccomp import NOT_INSTALLED, disk_filter, installing_argv
+from codeyard.sandbox.seccomp import NOT_INSTALLED, installing_argv, sandbox_filter
 from codeyard.sandbox.supervision import supervise
 from codeyard.sandbox.workdir import checked_workdir
 from codeyard.sandbox.workdir_loan import WorkdirLoan
@@ -164,7 +165,7 @@ class DockerSandbox:
         self.cpus = cpus
         self._client: docker.DockerClient | None = None
         self._probe_lock = threading.Lock()
-        self._seccomp = b""  # the BPF program of `disk_filter`, after `probe()`
+        self._seccomp = b""  # the BPF program of `sandbox_filter`, after `probe()`
         self._swept = 0.0  # time.monotonic() of the last sweep
 
     @property
@@ -184,7 +185,7 @@ class DockerSandbox:
         with self._probe_lock:
             if self._client is not None:
                 return
-            self._seccomp = disk_filter()
+            self._seccomp = sandbox_filter()
             client = self._connect()
             try:
                 self._check_image(client)

@@ -1,6 +1,8 @@
-"""`disk_filter`: a seccomp filter refusing the system calls that take disk space faster than
-`codeyard.sandbox.disk_guard` can see it go. The bwrap backend installs it (`--seccomp`), the
-docker backend through the image's python3 (`installing_argv`), on top of Docker's own filter.
+"""`sandbox_filter`: the seccomp filter of every sandboxed command, refusing the system calls
+that would take disk space faster than `codeyard.sandbox.disk_guard` sees it go, reach state
+shared with the host (kernel keyrings), or leave a set-user-ID program behind. The bwrap backend
+installs it (`--seccomp`), the docker backend through the image's python3 (`installing_argv`),
+on top of Docker's own filter.
 
 The guard polls free space every 0.1 s; written data arrives at the speed of the page cache,
 so a poll interval is worth a few hundred MB of slack. Preallocation is not: fallocate()
@@ -15,6 +17,18 @@ handle by writing instead):
   the kernel turns them into a KEEP_SIZE fallocate on any filesystem, ext4 included);
 - io_uring (ENOSYS, as on a kernel without it): its requests, fallocate among them, are run
   by the kernel without passing through the system call filter.
+
+Kernel keyrings (keyctl, add_key, request_key: ENOSYS, as on a kernel without them) are not
+namespaced: a sandbox could read the session keyring of the worker that started it (bwrap
+starts no new one), and two runs could pass data through it. Docker's own filter refuses them
+too.
+
+Setting the set-user-ID or set-group-ID bit (chmod, fchmod, fchmodat, fchmodat2 with either
+bit: EPERM) is refused: files the sandbox writes are the host user's, root's when the worker
+runs as root (bwrap maps the sandbox's nobody to its caller), so a setuid copy of a shell left
+in the workspace would be a root shell to anyone on the host who can reach it. (Writing to a
+file clears those bits for a process without CAP_FSETID, so creating one with them is no way
+around it.)
 
 System calls of another ABI than the native one (32-bit `int 0x80` on x86_64, x32) kill the
 process: the filter knows only native numbers, and they would get around it otherwise.
@@ -63,7 +77,14 @@ _REFUSED_CALLS = {
     "io_uring_setup": errno.ENOSYS,
     "io_uring_enter": errno.ENOSYS,
     "io_uring_register": errno.ENOSYS,
+    "keyctl": errno.ENOSYS,
+    "add_key": errno.ENOSYS,
+    "request_key": errno.ENOSYS,
 }
+_S_ISUID, _S_ISGID = 0o4000, 0o2000
+# The argument holding the mode, by call. fchmodat2 (Linux 6.6) is 452 on every architecture;
+# libseccomp releases before 2.5.5 do not know its name, and the kernel would let it through.
+_MODE_SETTING_CALLS: dict[str | int, int] = {"chmod": 1, "fchmod": 1, "fchmodat": 2, 452: 2}
 
 
 class _ArgCmp(ctypes.Structure):
@@ -76,7 +97,7 @@ class _ArgCmp(ctypes.Structure):
 
 
 @functools.cache
-def disk_filter() -> bytes:
+def sandbox_filter() -> bytes:
     """The filter as a BPF program (what `bwrap --seccomp FD` reads). Raises
     `SandboxUnavailable` when libseccomp is missing or cannot build it."""
     try:
@@ -115,6 +136,15 @@ def disk_filter() -> bytes:
             match = _ArgCmp(1, _CMP_MASKED_EQ, 0xFFFFFFFF, request)
             action = _errno_action(errno.EOPNOTSUPP)
             _check(lib.seccomp_rule_add_array(ctx, action, ioctl, 1, ctypes.byref(match)), name)
+        for call, argument in _MODE_SETTING_CALLS.items():
+            number = call if isinstance(call, int) else _nr(lib, call)
+            for bit in (_S_ISUID, _S_ISGID):  # (one rule per bit: a rule's tests all hold)
+                match = _ArgCmp(argument, _CMP_MASKED_EQ, bit, bit)
+                action = _errno_action(errno.EPERM)
+                _check(
+                    lib.seccomp_rule_add_array(ctx, action, number, 1, ctypes.byref(match)),
+                    str(call),
+                )
         return _export(lib, ctx)
     finally:
         lib.seccomp_release(ctx)

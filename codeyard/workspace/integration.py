@@ -44,7 +44,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
@@ -52,7 +51,9 @@ from nats.js.object_store import ObjectStore
 from codeyard.cancellation import finish_in_thread
 from codeyard.coordinator.events import Integrated, Merged, MergeFailed, ParkTask
 from codeyard.coordinator.integrator import LedgerIntegrator
+from codeyard.sandbox.scratch import remove_tree
 from codeyard.schemas.model import FeedbackKind, RepoRef, Run, Task, TaskState
+from codeyard.terminal_text import terminal_safe
 from codeyard.workspace.file_lock import FileLock
 from codeyard.workspace.git import GitError, git, git_version
 from codeyard.workspace.integration_clones import CLONE_DIR
@@ -117,8 +118,9 @@ def commit_message(task: Task, trailer: str) -> str:
 
 def _committable(text: str) -> str:
     """`text` as git takes it in a commit message: `git commit` refuses a message with a NUL,
-    which would fail every merge of the task, however often it is retried."""
-    return text.replace("\0", "\ufffd")
+    which would fail every merge of the task, however often it is retried. Other control
+    characters are shown as escapes: `git log` passes them to the terminal."""
+    return terminal_safe(text.replace("\0", "\ufffd"), lines=True)
 
 
 def _without_task_trailers(text: str) -> str:
@@ -540,7 +542,7 @@ def _clone(source: str, target: Path, branch: str, submission: str) -> None:
             git(partial, "config", SUBMISSION_KEY, submission)
         partial.rename(target)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial)
         raise
 
 
@@ -621,7 +623,7 @@ def _remove_partial(run_dir: Path) -> None:
     """Remove what interrupted clones and removals left; under the run's lock, nobody is
     making one now."""
     for leftover in run_dir.glob(f"{CLONE_DIR}.*{PARTIAL_SUFFIX}"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        remove_tree(leftover)
 
 
 def _discard(clone: Path) -> None:
@@ -629,4 +631,4 @@ def _discard(clone: Path) -> None:
     never half a clone in its place."""
     doomed = clone.with_name(f"{clone.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
     clone.rename(doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    remove_tree(doomed)

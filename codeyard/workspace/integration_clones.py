@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from codeyard.sandbox.scratch import remove_tree, walk
 from codeyard.schemas.envelope import ID_PATTERN
 
 CLONE_DIR = "integration"  # inside the run's directory
@@ -62,7 +62,7 @@ def last_change(run_dir: Path) -> datetime | None:
 def size_on_disk(run_dir: Path) -> int:
     """Bytes of the files under `run_dir` (symbolic links not followed)."""
     total = 0
-    for directory, _, files in os.walk(run_dir):
+    for directory, _, files in walk(str(run_dir)):  # (a tree of any depth)
         for name in files:
             try:
                 total += os.lstat(os.path.join(directory, name)).st_size
@@ -78,7 +78,7 @@ def remove_clone(run_dir: Path) -> bool:
         run_dir.rename(doomed)
     except FileNotFoundError:
         return False
-    shutil.rmtree(doomed, ignore_errors=True)
+    remove_tree(doomed)
     return True
 
 
@@ -86,4 +86,4 @@ def remove_leftovers(root: Path) -> None:
     """Finish the removals a crash interrupted."""
     if root.is_dir():
         for leftover in root.glob(f".*{REMOVING_SUFFIX}"):
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_tree(leftover)

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from codeyard.agents.repo_summary import KeyFile, detect_test_command, summarize_repo
-from tests.repositories import write_files
+from codeyard.sandbox.scratch import remove_tree
+from tests.repositories import deep_tree, write_files
 
 
 def test_summary_of_the_sample_repository(sample_repo: Path) -> None:
@@ -124,9 +125,24 @@ def test_test_command_detection(tmp_path: Path) -> None:
             {"pyproject.toml": "[tool", "package.json": "{", "setup.cfg": "no section"},
             "",
         ),
+        # nested deeper than Python's recursion limit: RecursionError, not a parse error
+        "deep-configs": (
+            {"pyproject.toml": "x = " + "[" * 5000 + "]" * 5000, "package.json": "[" * 50_000},
+            "",
+        ),
         "nothing": ({"main.go": "package main\n"}, ""),
     }
 
     detected = {name: detect_test_command(repo(name, files)) for name, (files, _) in cases.items()}
 
     assert detected == {name: command for name, (_, command) in cases.items()}
+
+
+def test_a_tests_directory_deeper_than_pythons_recursion_limit_is_searched(
+    tmp_path: Path,
+) -> None:
+    deep_tree(tmp_path / "tests", 1200, "test_x.py")  # (rglob raised RecursionError)
+    try:
+        assert detect_test_command(tmp_path) == "python -m pytest"
+    finally:
+        remove_tree(tmp_path / "tests")  # (pytest's own clean-up would recurse)

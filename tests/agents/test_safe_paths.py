@@ -47,8 +47,9 @@ def test_malformed_paths_are_refused(sample_repo: Path, path: str, reason: str) 
         ("a" * 256, "is 256 bytes long; a file or directory name can be at most 255 bytes"),
         ("calc/" + "\u00e9" * 128, "is 256 bytes long"),  # bytes, not characters, count
         ("x/" * 2100 + "y.py", "the path is 4204 bytes long; here it can be at most"),
+        ("d/" * 100 + "y.py", "the path is 101 names deep; it can be at most 100"),
     ],
-    ids=["256 ASCII letters", "128 two-byte letters", "a 4204-byte path"],
+    ids=["256 ASCII letters", "128 two-byte letters", "a 4204-byte path", "101 names deep"],
 )
 def test_paths_beyond_the_file_systems_limits_are_refused(
     sample_repo: Path, path: str, reason: str
@@ -62,6 +63,10 @@ def test_paths_beyond_the_file_systems_limits_are_refused(
 
 def test_the_longest_name_is_fine(sample_repo: Path) -> None:
     assert workspace_path(sample_repo, "a" * 255).name == "a" * 255
+
+
+def test_the_deepest_path_is_fine(sample_repo: Path) -> None:
+    assert workspace_path(sample_repo, "d/" * 99 + "y.py").name == "y.py"
 
 
 def test_a_path_that_is_not_utf8_text_is_refused(sample_repo: Path) -> None:

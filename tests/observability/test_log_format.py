@@ -46,6 +46,12 @@ def test_text_lines_put_the_work_before_the_message() -> None:
     assert outside.endswith(" codeyard.test WARNING idle")
 
 
+def test_text_lines_show_escapes_instead_of_obeying_them() -> None:
+    """A message quoting an agent's words (a command, a title) reaches a terminal."""
+    line = WorkTextFormatter().format(record("gate: run_command 'ls \x1b]0;owned\x07'\nnext"))
+    assert line.endswith(" WARNING gate: run_command 'ls \\x1b]0;owned\\x07'\nnext")
+
+
 def test_up_numbers_metrics_ports_in_order_and_never_past_65535() -> None:
     children = [ChildSpec(name, ["true"], {"A": "1"}) for name in ("coordinator", "gate", "x")]
     assert with_metrics_ports(children, 0) == children

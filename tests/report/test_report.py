@@ -278,3 +278,14 @@ def test_the_summary_names_the_runs_test_command_or_says_it_was_detected() -> No
     assert "| test command | `make test \\| tee log` |" in markdown  # a pipe ends no cell
     assert "<tr><th>test command</th><td><code>make test | tee log</code></td></tr>" in html
     assert "| test command | detected |" in detected
+
+
+def test_a_title_cannot_write_markup_into_the_graph_or_math_into_the_page() -> None:
+    """mermaid decodes its entity codes into the label's HTML (`#lt;` is `<`), and GitHub shows
+    `$...$` as math: a title's own are shown as written."""
+    run = sample_run()
+    run.tasks["a"].spec = TaskSpec(id="a", title="#lt;img src=x#gt; costs $x$")
+    markdown = render_markdown(build_report(run, sample_events()))
+    mermaid = markdown.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert '  t1["a: #35;lt;img src=x#35;gt; costs $x$"]' in mermaid
+    assert "### a: \\#lt;img src=x\\#gt; costs \\$x\\$" in markdown

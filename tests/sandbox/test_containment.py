@@ -488,6 +488,71 @@ async def test_disk_space_cannot_be_preallocated(sandbox: Sandbox, tmp_path: Pat
     assert "posix_fallocate size 8192" in outcome.output
 
 
+async def test_no_setuid_or_setgid_program_can_be_left_behind(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """What a sandbox writes is the host user's (root's, for a worker running as root): a
+    setuid copy of a shell left in the workspace would be a root shell on the host. Every way
+    of setting the bits is refused, the upper half of the mode argument notwithstanding;
+    ordinary modes still change."""
+    code = """
+        import ctypes, os, shutil
+        libc = ctypes.CDLL(None, use_errno=True)
+        shutil.copy("/usr/bin/id", "id")
+
+        def attempt(what, call):
+            try:
+                call()
+                print(what, "allowed")
+            except OSError as exc:
+                print(what, exc.strerror)
+
+        def fchmodat2(mode):  # (452 on every architecture; Linux 6.6)
+            if libc.syscall(452, -100, b"id", ctypes.c_ulong(mode), 0) != 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+        fd = os.open("id", os.O_RDONLY)
+        attempt("chmod setuid:", lambda: os.chmod("id", 0o4755))
+        attempt("chmod setgid:", lambda: os.chmod("id", 0o2755))
+        attempt("fchmod setuid:", lambda: os.fchmod(fd, 0o4755))
+        attempt("fchmodat setuid:", lambda: os.chmod("id", 0o4755, dir_fd=os.open(".", 0)))
+        attempt("fchmodat2 setuid:", lambda: fchmodat2(0o4755 | 1 << 32))
+        attempt("chmod plain:", lambda: os.chmod("id", 0o700))
+    """
+    outcome = await run_python(sandbox, tmp_path, code)
+    assert outcome.exit_code == 0, outcome.output
+    for call in ("chmod setuid", "chmod setgid", "fchmod setuid", "fchmodat setuid"):
+        assert f"{call}: Operation not permitted" in outcome.output
+    assert "fchmodat2 setuid: allowed" not in outcome.output
+    assert "chmod plain: allowed" in outcome.output
+    assert (tmp_path / "id").stat().st_mode & 0o7777 == 0o700
+
+
+async def test_kernel_keyrings_are_out_of_reach(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Keyrings are not namespaced: a sandbox could read its worker's session keyring, and two
+    runs could pass data through it."""
+    code = """
+        import ctypes, os, platform
+        numbers = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[platform.machine()]
+        libc = ctypes.CDLL(None, use_errno=True)
+        session = ctypes.c_long(-3)  # KEY_SPEC_SESSION_KEYRING
+        calls = {
+            "add_key": (b"user", b"smuggled", b"data", ctypes.c_size_t(4), session),
+            "request_key": (b"user", b"smuggled", None, ctypes.c_long(0)),
+            "keyctl": (ctypes.c_long(0), session, ctypes.c_long(0)),  # KEYCTL_GET_KEYRING_ID
+        }
+        for number, (name, args) in zip(numbers, calls.items()):
+            returned = libc.syscall(number, *args)
+            print(name, "answered" if returned >= 0 else os.strerror(ctypes.get_errno()))
+    """
+    outcome = await run_python(sandbox, tmp_path, code)
+    assert outcome.exit_code == 0, outcome.output
+    refused = ("Function not implemented", "Operation not permitted")  # (ours, Docker's)
+    lines = dict(line.split(" ", 1) for line in outcome.output.splitlines())
+    assert set(lines) == {"add_key", "request_key", "keyctl"}, outcome.output
+    assert all(answer in refused for answer in lines.values()), outcome.output
+
+
 async def test_a_run_using_up_the_inodes_is_stopped(sandbox: Sandbox, tmp_path: Path) -> None:
     # Empty files take an inode each and no bytes: only the inode reserve stops this.
     free = free_inodes(tmp_path)

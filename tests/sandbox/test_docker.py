@@ -37,11 +37,11 @@ def test_a_missing_image_is_refused_saying_how_to_build_it(docker_sandbox: Docke
     assert "scripts/build-sandbox-image.sh" in str(refused.value)
 
 
-def test_an_engine_where_the_disk_filter_cannot_be_installed_is_refused(
+def test_an_engine_where_the_seccomp_filter_cannot_be_installed_is_refused(
     docker_sandbox: DockerSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Containers would run nothing (exit 126): said at once, not run after run."""
-    monkeypatch.setattr(docker_module, "disk_filter", lambda: bytes(8))  # the kernel refuses it
+    monkeypatch.setattr(docker_module, "sandbox_filter", lambda: bytes(8))  # the kernel refuses it
     with pytest.raises(SandboxUnavailable, match="seccomp filter cannot be installed"):
         DockerSandbox(docker_host=docker_sandbox.docker_host).probe()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codeyard.sandbox.seccomp import NOT_INSTALLED, disk_filter, installing_argv
+from codeyard.sandbox.seccomp import NOT_INSTALLED, installing_argv, sandbox_filter
 
 PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 pytestmark = pytest.mark.skipif(PYTHON is None, reason="no system python3 to install it with")
@@ -30,7 +30,7 @@ def test_the_command_runs_under_the_filter_and_its_exit_status_passes_through(
     assert PYTHON is not None
     command = [PYTHON, "-c", RESERVE, str(tmp_path / "file")]
     ran = subprocess.run(
-        installing_argv(PYTHON, disk_filter(), command), capture_output=True, text=True
+        installing_argv(PYTHON, sandbox_filter(), command), capture_output=True, text=True
     )
     assert (ran.returncode, ran.stdout) == (3, "fallocate: refused\n"), ran.stderr
 

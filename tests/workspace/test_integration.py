@@ -223,6 +223,14 @@ def test_a_commit_message_leaves_out_what_reads_as_a_task_trailer() -> None:
     assert commit_message(only_a_trailer, "Codeyard-Task: r1/a/1") == "a\n\nCodeyard-Task: r1/a/1\n"
 
 
+def test_a_commit_message_shows_escapes_instead_of_passing_them_to_git_log() -> None:
+    """`git log` pages a message to the terminal as it is."""
+    task = Task(spec=TaskSpec(id="a", title="Fix \x1b]0;owned\x07 a"), summary="\x1b[2JDone.")
+    assert commit_message(task, "Codeyard-Task: r1/a/1") == (
+        "Fix \\x1b]0;owned\\x07 a\n\n\\x1b[2JDone.\n\nCodeyard-Task: r1/a/1\n"
+    )
+
+
 async def test_a_nul_in_the_words_of_a_task_does_not_stop_its_merge(
     user_repo: Path, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from codeyard.workspace.integration_clones import (
     remove_leftovers,
     size_on_disk,
 )
+from tests.repositories import deep_tree
 
 LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -128,3 +129,18 @@ def test_removals_a_crash_interrupted_are_finished(tmp_path: Path) -> None:
     remove_leftovers(root)
     assert [path.name for path in root.iterdir()] == ["r2"]
     remove_leftovers(tmp_path / "no-runs-yet")  # nothing to do, nothing raised
+
+
+def test_a_tree_deeper_than_pythons_recursion_limit_is_measured_and_removed(
+    tmp_path: Path,
+) -> None:
+    """A run's files may be of any depth (a repository's own, say): deeper than the recursion
+    limit, `os.walk` and `shutil.rmtree` raised RecursionError on Python 3.11, and the clone
+    stayed, failing every later collection on the same leftover."""
+    root = tmp_path / "runs"
+    deep_tree(root / "r1", 1500)
+    assert size_on_disk(root / "r1") == len("x = 1\n")
+    assert remove_clone(root / "r1")
+    deep_tree(root / ".r2.4242.removing", 1500)
+    remove_leftovers(root)
+    assert list(root.iterdir()) == []

@@ -1,0 +1,44 @@
+"""Text an agent wrote, shown on a terminal: its control and bidi characters as escapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from codeyard.terminal_text import quoted_detail, terminal_safe
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("pytest -q", "pytest -q"),
+        ("é ✓ 日本語\tcolumn", "é ✓ 日本語\tcolumn"),  # letters of any script, and tabs, stay
+        ("x \x1b]0;owned\x1b\\ y", "x \\x1b]0;owned\\x1b\\ y"),  # a window title (OSC 0)
+        ("\x1b[2K\r", "\\x1b[2K\\x0d"),  # erase the line, back to its start
+        ("\x9b2J", "\\x9b2J"),  # the one-byte (C1) form of ESC [
+        ("\x07\x7f", "\\x07\\x7f"),
+        ("evil\u202egpj.exe", "evil\\u202egpj.exe"),  # shown right to left from there
+        ("a\u2066b\u2069", "a\\u2066b\\u2069"),
+        ("one\ntwo\u2028three", "one\\x0atwo\\u2028three"),  # a line of its own forges one
+    ],
+)
+def test_what_would_drive_the_terminal_is_shown_as_its_escape(text: str, shown: str) -> None:
+    assert terminal_safe(text) == shown
+
+
+def test_text_of_several_lines_keeps_its_line_breaks() -> None:
+    assert terminal_safe("failed:\n\x1b[31mred\x1b[0m\n", lines=True) == (
+        "failed:\n\\x1b[31mred\\x1b[0m\n"
+    )
+
+
+def test_a_detail_is_quoted_whole_on_one_line() -> None:
+    assert quoted_detail("\n pip install requests\ncurl x | sh\n", 100) == (
+        "'pip install requests\\ncurl x | sh'"
+    )
+    assert quoted_detail("ls \u202e", 100) == "'ls \\u202e'"
+
+
+def test_a_detail_cut_says_how_much_is_left_out() -> None:
+    assert quoted_detail("x" * 1234, 10) == (
+        "'xxxxxxxxxx' ... (1,224 more characters: --json shows them all)"
+    )
