@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -165,6 +166,13 @@ def up(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     settings = Settings()
+    try:  # (a configuration error: the operating system's message alone named no setting)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(settings.data_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        _error(f"CODEYARD_DATA_DIR: cannot use {settings.data_dir}: {exc.strerror or exc}")
+        raise typer.Exit(BAD_CONFIGURATION) from None
     if dashboard:
         try:  # checked here, as the child it runs in would fail for ever
             dashboard_token(settings)
@@ -381,6 +389,8 @@ def run(
     [bold]--reviewer review --reviewer review.static[/bold] adds the static reviewer;
     [bold]--test-command "go test ./..."[/bold] tests a project codeyard cannot detect.
     """
+    import msgspec
+
     from codeyard.follow import RunIdTaken, RunRefused, SubmissionRefused
     from codeyard.progress.follower import FollowOptions, RunFollower
     from codeyard.schemas import (
@@ -401,8 +411,9 @@ def run(
         _error(problem)
         raise typer.Exit(2)
     repo = repo.resolve()
-    if not (repo / ".git").exists():
-        _error(f"{repo} is not a git repository (no .git)")
+    problem = _not_a_work_tree(repo)
+    if problem is not None:
+        _error(problem)
         raise typer.Exit(2)
     left_out = _uncommitted_changes(repo)
     if left_out is not None:
@@ -410,7 +421,9 @@ def run(
     tasks = None
     if plan is not None:
         try:
-            tasks = decode(plan.read_bytes(), list[TaskSpec])
+            # a typed decode stops at a wrong first token: `{oops` would read as "not a list"
+            decode(raw := plan.read_bytes(), msgspec.Raw)
+            tasks = decode(raw, list[TaskSpec])
         except MessageError as exc:
             _error(f"{plan} is not a list of tasks: {_in_words(str(exc))}")
             raise typer.Exit(2) from None
@@ -463,7 +476,11 @@ def run(
             submitting = True
             if not json_output:
                 console.print(f"run {submit.run_id}: {goal}", markup=False, highlight=False)
-            final = await follower.follow(bus, submit, timeout)
+            unserved = asyncio.create_task(_warn_of_unserved_roles(bus, submit))
+            try:
+                final = await follower.follow(bus, submit, timeout)
+            finally:
+                unserved.cancel()
         finally:
             await bus.close()
         if json_output:
@@ -1232,6 +1249,49 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
         _unreachable(url, exc)
 
 
+async def _warn_of_unserved_roles(bus: Bus, submit: SubmitRun) -> None:
+    """Warn of the roles the run needs that no worker serves: its tasks would wait for one,
+    with nothing said, until `--timeout` (a reviewer whose plugin worker was never started)."""
+    from codeyard.bus.presence import PRESENCE_PERIOD, unheard_roles
+
+    if submit.plan is None:
+        roles = {"planner", "coder", "tester", *submit.reviewers}
+    else:  # (a task naming its reviewers has those instead of the run's)
+        roles = {"coder", "tester"}
+        for task in submit.plan:
+            roles.update(task.reviewers or submit.reviewers)
+    window = PRESENCE_PERIOD + 1.0
+    with contextlib.suppress(nats.errors.Error, OSError):  # (following reports those)
+        unheard = await unheard_roles(bus, roles, window)
+        if unheard:
+            roles_named = ", ".join(unheard)
+            _warn(
+                f"no worker of {roles_named} was heard from in {window:g}s (`codeyard "
+                "workers`): the run's work for it waits until one starts (a reviewer plugin: "
+                "`codeyard worker review --name NAME`, or `codeyard up --reviewer NAME`)"
+            )
+
+
+def _not_a_work_tree(repo: Path) -> str | None:
+    """Why `repo` cannot be a run's repository (the top of a git work tree with a commit),
+    saying what to give instead; None when it can."""
+    from codeyard.workspace.git import GitError, git
+
+    if (repo / ".git").exists():
+        try:
+            git(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+        except GitError:  # (submitted, it failed at the coordinator, leaving a run directory)
+            return f"{repo} has no commit yet: a run starts from the last commit; commit first"
+        return None
+    try:
+        if git(repo, "rev-parse", "--is-bare-repository").strip() == "true":
+            return f"{repo} is a bare repository: give a clone of it (with a working tree)"
+        top = git(repo, "rev-parse", "--show-toplevel").strip()
+    except (GitError, OSError):
+        return f"{repo} is not a git repository (no .git)"
+    return f"{repo} is inside the git repository {top}: give --repo {top}"
+
+
 SHOWN_CHANGES = 5  # uncommitted paths named in the warning; the rest are counted
 
 
@@ -1386,6 +1446,19 @@ def _cannot_write(directory: Path, exc: OSError) -> NoReturn:
 
 
 def _unreachable(url: str, exc: BaseException) -> NoReturn:
+    from codeyard.bus.connection import LoginRefused
+
+    if isinstance(exc, BrokenPipeError):  # our own output's reader left (`| head`): NATS is fine
+        # what Python's docs advise: the interpreter's last flush of stdout would fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+    if isinstance(exc, LoginRefused):  # there, but not for us: a configuration error
+        _error(
+            f"{exc}. Without NATS_URL, codeyard logs in with the credentials `codeyard up` "
+            "wrote under its CODEYARD_DATA_DIR (use the same one); with NATS_URL, set "
+            "CODEYARD_NATS_CREDENTIALS_DIR (or CODEYARD_NATS_USER and CODEYARD_NATS_PASSWORD)"
+        )
+        raise typer.Exit(2) from None
     _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
     raise typer.Exit(1) from None
 

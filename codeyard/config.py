@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default_factory=default_data_dir, description="embedded server store, caches, reports"
     )
-    nats_port: int = Field(default=4222, ge=0, le=65535, description="embedded server port")
+    # (not 0, "any free port": commands would then look for the server at port 0)
+    nats_port: int = Field(default=4222, ge=1, le=65535, description="embedded server port")
     nats_user: str = Field(default="", description="NATS user of this process; empty: see below")
     nats_password: SecretStr = Field(default=SecretStr(""), description="its password")
     nats_credentials_dir: Path | None = Field(
@@ -154,6 +155,17 @@ class Settings(BaseSettings):
             )
         return name
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _named_directory(cls, directory: object) -> object:
+        # Empty, Path("") is the current directory: `up` put its server's store and credentials
+        # wherever it was started, and commands started elsewhere found none of them.
+        if isinstance(directory, str) and not directory.strip():
+            raise PydanticCustomError(
+                "empty_data_dir", "empty; name a directory, or unset it for the default"
+            )
+        return directory
+
     @field_validator("nats_credentials_dir")
     @classmethod
     def _existing_directory(cls, directory: Path | None) -> Path | None:
@@ -229,7 +241,9 @@ def invalid_settings(error: ValidationError) -> list[str] | None:
         else:
             variable = _variable(model, where, field.validation_alias)
             secret = SecretStr in (field.annotation, *get_args(field.annotation))
-        given = "" if secret else f" (got {str(problem['input'])[:80]!r})"
+        given = f" (got {str(problem['input'])[:80]!r})"
+        if secret or given in problem["msg"]:  # (a validator may quote the input itself)
+            given = ""
         lines.append(f"{variable or error.title}: {problem['msg']}{given}")
     return lines
 

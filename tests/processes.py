@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -44,6 +45,17 @@ async def start(
         await process.wait()
         raise
     return process, line.decode().strip()
+
+
+def into_a_closed_pipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`codeyard ARGS...` writing to a pipe nobody reads any more, as `| head -1` leaves it."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        command = [sys.executable, "-m", "codeyard", *args]
+        return subprocess.run(command, env=env, stdout=write, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
 
 
 def codeyard(

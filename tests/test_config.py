@@ -146,3 +146,13 @@ def test_an_existing_credentials_dir_is_read(
     credentials = Settings().credentials("coder")
     assert credentials is not None
     assert credentials.user == "coder"
+
+
+def test_a_data_dir_set_empty_or_port_zero_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty, the data dir was the current directory: `up` put its server's store and
+    credentials where it started, and commands started elsewhere could not log in. Port 0 made
+    `up` take any free port, and every command look for it at port 0."""
+    assert problems(monkeypatch, Settings, CODEYARD_DATA_DIR=" ", CODEYARD_NATS_PORT="0") == [
+        "CODEYARD_DATA_DIR: empty; name a directory, or unset it for the default (got ' ')",
+        "CODEYARD_NATS_PORT: Input should be greater than or equal to 1 (got '0')",
+    ]

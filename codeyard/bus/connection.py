@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, overload
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -25,6 +26,21 @@ from codeyard.schemas.envelope import Envelope
 from codeyard.schemas.messages import RunEvent
 
 log = logging.getLogger(__name__)
+
+
+class LoginRefused(nats.errors.NoServersError):
+    """The server answered, and refused our login (no credentials, or wrong ones): nats-py
+    tells that to its error callback only, and gives up with `NoServersError` as if nothing
+    had answered."""
+
+    def __init__(self, url: str, user: str | None, reason: str) -> None:
+        super().__init__()
+        self.url, self.user, self.reason = url, user, reason
+
+    def __str__(self) -> str:
+        who = f"as {self.user!r}" if self.user else "without credentials"
+        return f"NATS at {self.url} refused the login {who}: {self.reason}"
+
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
@@ -84,7 +100,11 @@ class Bus:
         logged at debug rather than as warnings, which a service's log keeps."""
         other_errors = logging.DEBUG if quiet else logging.WARNING
 
+        refusals: list[str] = []  # of the login, while connecting
+
         async def on_error(exc: Exception) -> None:
+            if "authorization violation" in str(exc).lower() and not nc.is_connected:
+                refusals.append(str(exc).strip())
             if "permissions violation" in str(exc).lower():
                 # the operation waiting on it fails with a timeout; this says why
                 log.error("NATS refused %s: %s", credentials.user if credentials else "us", exc)
@@ -106,24 +126,28 @@ class Bus:
                     listener()
 
         nc = Client()
-        await nc.connect(
-            url,
-            name=name,
-            user=credentials.user if credentials else None,
-            password=credentials.password if credentials else None,
-            inbox_prefix=permissions.inbox_prefix(credentials.user)
-            if credentials
-            else permissions.INBOX_ROOT,
-            connect_timeout=connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=connect_attempts,
-            reconnect_time_wait=0.25,  # type: ignore[arg-type]  # seconds; floats work
-            ping_interval=ping_interval,  # type: ignore[arg-type]  # seconds; floats work
-            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-        )
+        user = credentials.user if credentials else None
+        try:
+            await nc.connect(
+                url,
+                name=name,
+                user=user,
+                password=credentials.password if credentials else None,
+                inbox_prefix=permissions.inbox_prefix(user) if user else permissions.INBOX_ROOT,
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=connect_attempts,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]  # seconds; floats work
+                ping_interval=ping_interval,  # type: ignore[arg-type]  # seconds; floats work
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except nats.errors.NoServersError:
+            if refusals:
+                raise LoginRefused(url, user, refusals[-1]) from None
+            raise
         nc.options["max_reconnect_attempts"] = -1  # nats-py has no separate setting for this
         grants = None
         if credentials is not None:

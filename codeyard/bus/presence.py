@@ -125,3 +125,10 @@ def present_workers(
     oldest = now - timedelta(seconds=timeout)
     alive = [p for p in heard if not p.stopping and p.sent_at >= oldest]
     return sorted(alive, key=lambda presence: (presence.role, presence.worker_id))
+
+
+async def unheard_roles(bus: Bus, roles: Iterable[str], window: float) -> list[str]:
+    """Of `roles`, those no worker announced within `window` seconds (at least one period, to
+    hear every worker there is): their work waits until a worker of theirs starts."""
+    heard = {presence.role for presence in await listen_for_workers(bus, window)}
+    return sorted(set(roles) - heard)

@@ -31,7 +31,7 @@ from codeyard.schemas import (
     WorkerPresence,
 )
 from tests.cli.test_run import codeyard_run, repo, running_system
-from tests.processes import codeyard
+from tests.processes import codeyard, into_a_closed_pipe
 
 __all__ = ["repo"]  # a fixture, shared with test_run
 
@@ -152,6 +152,9 @@ async def test_everyday_commands_after_runs_approved_with_yes(
     code, out, _ = await cli(env, "logs", "r1", "--json")
     events = [msgspec.json.decode(line, type=RunEvent) for line in out.splitlines()]
     assert any(getattr(event, "state", None) is RunState.DONE for event in events)
+    left = await asyncio.to_thread(into_a_closed_pipe, env, "logs", "r1", "--json")
+    assert left.returncode == 1  # the reader left (`| head -1`): nothing to say of NATS
+    assert left.stderr == ""
     code, _, err = await cli(env, "logs", "nosuchrun")
     assert code == 1
 

@@ -238,6 +238,17 @@ async def test_giving_up_following_says_the_run_goes_on_and_how_to_reach_it(
     assert "run r4 keeps going: follow it with `codeyard logs -f r4`" in timed_out.stderr
     assert "`codeyard cancel r4`" in timed_out.stderr
 
+    # a reviewer no worker serves: its task would wait, without a word, until --timeout
+    unserved = ("g", "--repo", str(repo), "--plan", str(plan), "--reviewer", "review.nosuch")
+    waited = await asyncio.to_thread(
+        codeyard_run, codeyard_up, *unserved, "--run-id", "r6", "--timeout", "8"
+    )
+    assert waited.returncode == 1
+    assert (
+        "warning: no worker of review.nosuch was heard from in 4s (`codeyard workers`): the "
+        "run's work for it waits until one starts"
+    ) in " ".join(waited.stderr.split())
+
     interrupted = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "codeyard", "run", *waiting, "--run-id", "r5"),
         env=codeyard_up | {"PYTHONUNBUFFERED": "1"},

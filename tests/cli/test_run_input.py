@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from codeyard.bus.embedded import free_port
+from codeyard.bus.embedded import find_nats_server, free_port
 from codeyard.workspace.git import git
 from tests.processes import codeyard
 from tests.repositories import one_commit_repo, write_files
@@ -37,6 +38,42 @@ def test_an_error_shows_brackets_as_written(env: dict[str, str], tmp_path: Path)
     refused = codeyard(env, "run", "g", "--repo", str(not_a_repo))
     assert refused.returncode == 2
     assert f"{not_a_repo} is not a git repository" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{oops", "malformed JSON: JSON is malformed: expected '\"' (byte 1)"),
+        ('{"id": "a"}', "Expected `array`, got `object`"),
+    ],
+    ids=["broken-object", "an-object"],
+)
+def test_a_plan_file_that_is_not_json_says_so(
+    env: dict[str, str], repo: Path, tmp_path: Path, text: str, reason: str
+) -> None:
+    """`{oops` was said to be "not a list of tasks: Expected `array`, got `object`"."""
+    (tmp_path / "plan.json").write_text(text, encoding="utf-8")
+    refused = codeyard(env, "run", "g", "--repo", str(repo), "--plan", str(tmp_path / "plan.json"))
+    assert refused.returncode == 2
+    assert refused.stderr.endswith(f"plan.json is not a list of tasks: {reason} (at $)\n")
+
+
+def test_a_repository_that_cannot_be_run_says_what_to_give_instead(
+    env: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    """Each was "not a git repository (no .git)", or (no commit) failed at the coordinator."""
+    (repo / "src").mkdir()
+    git(tmp_path, "init", "--quiet", "--bare", "bare.git")
+    git(tmp_path, "init", "--quiet", "empty")
+    expected = {
+        repo / "src": f"is inside the git repository {repo}: give --repo {repo}",
+        tmp_path / "bare.git": "is a bare repository: give a clone of it (with a working tree)",
+        tmp_path / "empty": "has no commit yet: a run starts from the last commit; commit first",
+    }
+    for path, problem in expected.items():
+        refused = codeyard(env, "run", "g", "--repo", str(path))
+        assert refused.returncode == 2
+        assert refused.stderr == f"error: {path} {problem}\n"
 
 
 REVIEWER_IN_WORDS = (
@@ -180,6 +217,26 @@ def test_nats_not_there_is_one_line_not_one_per_attempt(
     assert unreachable.stderr == (
         f"error: cannot reach NATS at {env['NATS_URL']}: NoServersError() "
         "(is `codeyard up` running?)\n"
+    )
+
+
+def test_a_server_that_refuses_the_login_is_not_called_unreachable(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """It answered, and said no (here: no credentials were found, as when NATS_URL names the
+    server of an `up` with another data dir); it used to be reported as not running."""
+    port = free_port()
+    command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "--user", "u"]
+    with subprocess.Popen([*command, "--pass", "p"], stderr=subprocess.DEVNULL) as server:
+        try:
+            refused = codeyard(env | {"NATS_URL": f"nats://127.0.0.1:{port}"}, "status")
+        finally:
+            server.kill()
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(
+        f"error: NATS at nats://127.0.0.1:{port} refused the login without credentials: "
+        "nats: 'Authorization Violation'. Without NATS_URL, codeyard logs in with the "
+        "credentials `codeyard up` wrote"
     )
 
 

@@ -96,6 +96,19 @@ async def test_up_with_an_unreachable_nats_url_fails_clearly(tmp_path: Path) -> 
     assert b"cannot reach NATS" in stderr
 
 
+async def test_a_data_dir_up_cannot_use_is_a_configuration_error_naming_it(
+    tmp_path: Path,
+) -> None:
+    """It was the operating system's message alone, with exit 1."""
+    (tmp_path / "a-file").write_text("")
+    env = isolated_env(tmp_path) | {"CODEYARD_DATA_DIR": str(tmp_path / "a-file" / "data")}
+    code, stderr = await run_to_end(env, "up", "--no-agents")
+    assert code == 2
+    assert stderr.decode() == (
+        f"error: CODEYARD_DATA_DIR: cannot use {tmp_path / 'a-file' / 'data'}: Not a directory\n"
+    )
+
+
 async def test_up_without_an_llm_explains_how_to_configure_one(tmp_path: Path) -> None:
     env = isolated_env(tmp_path) | {"CODEYARD_LOCAL_LLM": "0"}  # else codeyard[local] serves
     code, stderr = await run_to_end(env, "up")

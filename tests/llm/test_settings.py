@@ -130,6 +130,7 @@ def test_prices_by_model_that_cannot_be_read_are_refused_naming_the_variable(
 ) -> None:
     [problem] = refused(monkeypatch, "CODEYARD_LLM_PRICES", prices)
     assert problem.startswith("CODEYARD_LLM_PRICES: expected model=input/output, USD per 1M")
+    assert problem.count(f"(got {prices!r})") == 1  # (the validator quotes it already)
 
 
 def test_prices_by_model_are_read_with_spaces_and_a_trailing_comma() -> None:
