@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -123,8 +124,8 @@ def up(
     reviewer: Annotated[
         list[str] | None,
         typer.Option(
-            help="also run this reviewer plugin (an entry point name such as `static`), "
-            "with its own NATS user; repeatable"
+            help="also run this reviewer plugin (an entry point name such as `static`, or "
+            "its role review.static), with its own NATS user; repeatable"
         ),
     ] = None,
     dashboard: Annotated[bool, typer.Option(help="run the web dashboard too")] = True,
@@ -158,8 +159,10 @@ def up(
     from codeyard.llm.local import NOTICE, local_server_available
     from codeyard.reviewers.loading import PluginError, plugin_role, plugin_spec
 
+    # (`run --reviewer` takes roles: the same spelling is taken here)
+    reviewer = [name.removeprefix("review.") for name in reviewer or ()]
     try:  # a plugin `up` cannot find would only be restarted over and over
-        for name in reviewer or ():
+        for name in reviewer:
             plugin_role(name)
             plugin_spec(name)
     except PluginError as exc:
@@ -353,8 +356,8 @@ def run(
     reviewer: Annotated[
         list[str] | None,
         typer.Option(
-            help="a reviewer every task needs: review (the LLM) or review.NAME (a plugin); "
-            "repeat for several (default: review)"
+            help="a reviewer every task needs: review (the LLM) or review.NAME (a plugin, "
+            "NAME alone too); repeat for several (default: review)"
         ),
     ] = None,
     test_command: Annotated[
@@ -405,7 +408,7 @@ def run(
         new_id,
     )
 
-    reviewers = list(dict.fromkeys(reviewer or ["review"]))
+    reviewers = list(dict.fromkeys(_reviewer_role(name) for name in reviewer or ["review"]))
     problem = _bad_run_input(goal, timeout, run_id, reviewers, test_command)
     if problem is not None:
         _error(problem)
@@ -639,7 +642,6 @@ def bench_humaneval_command(
 
     Example: [bold]codeyard bench humaneval --limit 5[/bold]
     """
-    import re
 
     from codeyard.bench.humaneval import BenchError, bench_humaneval, load_problems, render
     from codeyard.llm import LLMNotConfigured, LLMSettings
@@ -1272,6 +1274,16 @@ async def _warn_of_unserved_roles(bus: Bus, submit: SubmitRun) -> None:
             )
 
 
+def _reviewer_role(name: str) -> str:
+    """A `--reviewer` of `codeyard run` as the role it names: a plugin's name alone (`static`,
+    as `up --reviewer` takes it) is its role (`review.static`)."""
+    from codeyard.schemas.model import ReviewerName
+
+    role = f"review.{name}"
+    plugin = name != "review" and not name.startswith("review.")
+    return role if plugin and re.fullmatch(_pattern_of(ReviewerName), role) else name
+
+
 def _not_a_work_tree(repo: Path) -> str | None:
     """Why `repo` cannot be a run's repository (the top of a git work tree with a commit),
     saying what to give instead; None when it can."""
@@ -1354,7 +1366,6 @@ def _not_a_builtin_role(role: str) -> str | None:
 def _check_run_id(run_id: str) -> None:
     """Exits 2 unless `run_id` is a run id: an empty one would ask for the status of every
     run (and read the first); others the coordinator would refuse as not found."""
-    import re
 
     from codeyard.schemas.envelope import ID_PATTERN
 
@@ -1368,7 +1379,6 @@ def _bad_run_input(
 ) -> str | None:
     """What is wrong with `codeyard run`'s arguments, if anything: checked before connecting,
     where a bad run id would come back as a refusal or as NATS being unreachable."""
-    import re
 
     from codeyard.schemas.envelope import ID_PATTERN
     from codeyard.schemas.model import TEST_COMMAND_CHARS, ReviewerName

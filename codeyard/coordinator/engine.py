@@ -284,7 +284,7 @@ class RunEngine:
         self._load_plan()
         if run.approve_plan:
             self._move_run(RunState.PLAN_APPROVAL, step, "plan waits for approval")
-            self._ask("plan", f"approve the plan of {len(run.tasks)} tasks", step)
+            self._ask("plan", plan_question(run.tasks), step)
         else:
             self._execute(step, "plan accepted")
 
@@ -711,3 +711,22 @@ def _clip(text: str) -> str:
     tail = FEEDBACK_LIMIT - _FEEDBACK_HEAD - 64
     cut = len(text) - _FEEDBACK_HEAD - tail
     return f"{text[:_FEEDBACK_HEAD]}\n[... {cut} characters cut ...]\n{text[-tail:]}"
+
+
+PLAN_TASKS_SHOWN = 40  # in a plan's question; the rest are counted (`codeyard status RUN`)
+
+
+def plan_question(tasks: dict[str, Task]) -> str:
+    """What a person approving a plan is asked: the plan, a task a line (the question was only
+    "approve the plan of 3 tasks", and the prompt of `codeyard run` showed no task yet)."""
+    lines = [f"approve the plan of {len(tasks)} tasks:"]
+    for task in list(tasks.values())[:PLAN_TASKS_SHOWN]:
+        spec = task.spec
+        title = " ".join(spec.title.split())  # (a line break in it would forge a task)
+        deps = ", ".join(spec.deps[:5]) + (
+            f" and {len(spec.deps) - 5} more" if spec.deps[5:] else ""
+        )
+        lines.append(f"  {spec.id}: {title}" + (f" (after {deps})" if deps else ""))
+    if len(tasks) > PLAN_TASKS_SHOWN:
+        lines.append(f"  ... and {len(tasks) - PLAN_TASKS_SHOWN} more")
+    return "\n".join(lines)

@@ -50,6 +50,8 @@ def waits_for_a_person(event: RunEvent) -> bool:
 
 
 def describe_approval(approval: PendingApproval) -> str:
+    if approval.action == "plan":  # the coordinator's words: the plan, a task a line
+        return terminal_safe(approval.detail.strip(), lines=True)
     detail = quoted_detail(approval.detail, DETAIL_SHOWN)
     task = f"{approval.task_id}: " if approval.task_id else ""
     return f"{task}{approval.action} {detail}" + (

@@ -69,7 +69,7 @@ def test_an_unknown_name_lists_the_registered_ones(
 
 def test_run_refuses_a_reviewer_that_is_not_a_review_role(tmp_path: Path) -> None:
     repo = create_sample_repo(tmp_path / "calc")
-    result = CliRunner().invoke(app, ["run", "goal", "--repo", str(repo), "--reviewer", "static"])
+    result = CliRunner().invoke(app, ["run", "goal", "--repo", str(repo), "--reviewer", "St atic"])
     assert result.exit_code == 2, result.output
     assert "review" in result.output
 
@@ -86,7 +86,8 @@ def test_run_submits_the_reviewers_it_is_given(
     monkeypatch.setattr("codeyard.follow.submit_and_follow", refuse)
     monkeypatch.setenv("NATS_URL", nats_server.url)
     repo = create_sample_repo(tmp_path / "calc")
-    reviewers = ["--reviewer", "review", "--reviewer", "review.static", "--reviewer", "review"]
+    # (a plugin's name alone, as `up --reviewer` takes it, is its role)
+    reviewers = ["--reviewer", "review", "--reviewer", "static", "--reviewer", "review.static"]
     result = CliRunner().invoke(app, ["run", "goal", "--repo", str(repo), *reviewers])
     assert result.exit_code == 1, result.output
     [submit] = submitted

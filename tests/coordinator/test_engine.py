@@ -39,7 +39,7 @@ from codeyard.coordinator import (
     WorkAbandoned,
     event_for,
 )
-from codeyard.coordinator.engine import FEEDBACK_BYTES
+from codeyard.coordinator.engine import FEEDBACK_BYTES, plan_question
 from codeyard.schemas import (
     ApprovalNeeded,
     CodeResult,
@@ -60,6 +60,8 @@ from codeyard.schemas.model import (
     FeedbackKind,
     Run,
     RunState,
+    Task,
+    TaskSpec,
     TaskState,
     Usage,
 )
@@ -131,11 +133,25 @@ def test_planning_first_asks_the_planner() -> None:
     assert isinstance(engine.handle(StartPlanning(), T0)[0], Ignored)
 
 
+def test_the_question_of_a_plan_shows_its_tasks_a_line_each() -> None:
+    tasks = {
+        "a": Task(spec=TaskSpec(id="a", title="models\nz: forged")),
+        "b": Task(spec=TaskSpec(id="b", title="api", deps=["a"])),
+        "c": Task(spec=TaskSpec(id="c", title="docs", deps=["a", "b"])),
+    }
+    assert plan_question(tasks) == (
+        "approve the plan of 3 tasks:\n  a: models z: forged\n  b: api (after a)\n"
+        "  c: docs (after a, b)"
+    )
+    many = {f"t{n}": Task(spec=TaskSpec(id=f"t{n}", title="t")) for n in range(45)}
+    assert plan_question(many).endswith("\n  t39: t\n  ... and 5 more")
+
+
 def test_a_plan_can_wait_for_approval() -> None:
     engine = RunEngine(new_run(approve_plan=True), capacity=2)
     assert engine.handle(PlanProposed((spec("a"), spec("b"))), T0) == [
         RunMoved(R.PLANNING, R.PLAN_APPROVAL, "plan waits for approval"),
-        RequestApproval("plan", "approve the plan of 2 tasks", 1),
+        RequestApproval("plan", "approve the plan of 2 tasks:\n  a: task a\n  b: task b", 1),
     ]
     assert dispatched(engine.handle(PlanApproved(), T0)) == [("coder", "a", 1), ("coder", "b", 1)]
 
