@@ -353,6 +353,24 @@ def run(
             "poison message) fails its task at once",
         ),
     ] = 3,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=2**53,
+            help="LLM tokens the whole run may use before it waits for a person to approve "
+            "more (approving lifts the limit); 0: no limit",
+        ),
+    ] = 0,
+    max_cost: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1e12,
+            help="USD the run may spend (priced by CODEYARD_LLM_*_PRICE*) before it waits "
+            "for a person, as --max-tokens; 0: no limit",
+        ),
+    ] = 0.0,
     reviewer: Annotated[
         list[str] | None,
         typer.Option(
@@ -441,7 +459,9 @@ def run(
         plan=tasks,
         approve_plan=approve_plan,
         approve_merge=approve_merge,
-        budget=Budget(max_attempts_per_task=max_attempts),
+        budget=Budget(
+            max_tokens=max_tokens, max_cost_usd=max_cost, max_attempts_per_task=max_attempts
+        ),
         reviewers=reviewers,  # checked above: constructing a Struct does not validate it
         test_command=(test_command or "").strip(),  # checked above too; "": detected
     )

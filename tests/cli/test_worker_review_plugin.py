@@ -16,6 +16,7 @@ from codeyard.bus.subjects import work_subject
 from codeyard.cli import app
 from codeyard.follow import RunRefused
 from codeyard.schemas import (
+    Budget,
     Patch,
     RepoRef,
     ReviewRequest,
@@ -88,10 +89,15 @@ def test_run_submits_the_reviewers_it_is_given(
     repo = create_sample_repo(tmp_path / "calc")
     # (a plugin's name alone, as `up --reviewer` takes it, is its role)
     reviewers = ["--reviewer", "review", "--reviewer", "static", "--reviewer", "review.static"]
-    result = CliRunner().invoke(app, ["run", "goal", "--repo", str(repo), *reviewers])
+    budget = ["--max-tokens", "50000", "--max-cost", "2.5"]
+    result = CliRunner().invoke(app, ["run", "goal", "--repo", str(repo), *reviewers, *budget])
     assert result.exit_code == 1, result.output
     [submit] = submitted
     assert submit.reviewers == ["review", "review.static"]
+    assert submit.budget == Budget(max_tokens=50_000, max_cost_usd=2.5)
+    nan = CliRunner().invoke(app, ["run", "goal", "--repo", str(repo), "--max-cost", "nan"])
+    assert nan.exit_code == 2
+    assert "Invalid value for '--max-cost'" in nan.output
 
 
 def plugin_env(nats_url: str) -> dict[str, str]:
