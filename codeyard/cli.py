@@ -189,6 +189,16 @@ def up(
         raise typer.Exit(2)
     if local_llm:
         console.print(NOTICE, markup=False)
+    elif agents:
+        from codeyard.llm.reachability import endpoint_unreachable
+
+        unreachable = endpoint_unreachable(LLMSettings())
+        if unreachable is not None:  # it may come up later: a warning, not a refusal
+            _warn(
+                f"the LLM endpoint {LLMSettings().endpoint()} does not answer ({unreachable}): "
+                "the agents' work will fail once their retries run out; check "
+                "OPENAI_BASE_URL (or CODEYARD_LLM_BASE_URL)"
+            )
     try:
         up_ = run_up(
             settings,
