@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import logging
 import os
 import re
@@ -1589,6 +1590,18 @@ def _serve(
         raise typer.Exit(1) from None
 
 
+def _reflowed(typer_app: typer.Typer) -> typer.Typer:
+    """`typer_app` with each command's help (its docstring) as paragraphs without line breaks:
+    rich markup mode keeps a docstring's, and at 80 columns each line broke again part-way."""
+    for command in typer_app.registered_commands:
+        doc = command.help or inspect.getdoc(command.callback) or ""
+        command.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in doc.split("\n\n"))
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflowed(group.typer_instance)
+    return typer_app
+
+
 def main() -> None:
     from pydantic import ValidationError
 
@@ -1596,7 +1609,7 @@ def main() -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            app()
+            _reflowed(app)()
         except ValidationError as exc:
             # Commands read their settings where they need them; a bad environment variable
             # surfaces here from any of them, as lines naming it rather than a traceback.

@@ -22,3 +22,16 @@ def test_cancel_help_says_what_the_readme_says_a_cancelled_run_leaves(repo_root:
     assert "A cancelled run delivers no branch" in said
     assert salvage.group(1) in said
     assert "stay on the branch" not in said
+
+
+def test_help_reads_as_paragraphs_at_80_columns() -> None:
+    """Docstrings keep their line breaks in rich markup mode: at 80 columns each of their lines
+    broke again part-way ("if its" / "events that" / "remain ...")."""
+    helped = codeyard(os.environ | {"COLUMNS": "80"}, "logs", "--help", timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    description = helped.stdout.split("Usage:", 1)[1].split("╭", 1)[0].splitlines()[1:]
+    paragraphs = "\n".join(line.rstrip() for line in description).strip().split("\n\n")
+    assert len(paragraphs) == 3, paragraphs
+    for paragraph in paragraphs:
+        lines = paragraph.splitlines()
+        assert all(len(line) > 60 for line in lines[:-1]), paragraph  # but a paragraph's last
