@@ -872,7 +872,7 @@ def status(
     """Where runs stand: with RUN, its state, usage and a table of its tasks (state, attempt,
     running time, feedback received); without, a table of every run.
 
-    Exits 1 when there is no such run.
+    Exits 1 when there is no such run, 2 when RUN is not a run id.
 
     Example: [bold]codeyard status r1[/bold]   or   [bold]codeyard status --json[/bold]
     """
@@ -882,6 +882,7 @@ def status(
     from codeyard.schemas.envelope import utc_now
 
     if run_id:  # every task, read in pages if the run is too big for one reply
+        _check_run_id(run_id)
         reply = _on_bus("status", lambda bus: run_status(bus, run_id, patience=10))
     else:
         reply = _ask("status", StatusQuery())
@@ -923,13 +924,15 @@ def cancel(
     retention"):
     git fetch CODEYARD_DATA_DIR/runs/RUN/integration HEAD:refs/heads/salvage/RUN
 
-    Exits 1 when the run is unknown or over (0 when it was cancelled already).
+    Exits 1 when the run is unknown or over (0 when it was cancelled already), 2 when RUN is
+    not a run id.
 
     Example: [bold]codeyard cancel r1 --reason "wrong goal"[/bold]
     """
     from codeyard.schemas import Accepted, CancelRun
     from codeyard.schemas.messages import ALREADY_CANCELLED
 
+    _check_run_id(run_id)
     reply = _ask("cancel", CancelRun(run_id=run_id, reason=reason))
     if json_output:
         _print_reply(reply)

@@ -162,19 +162,28 @@ def test_bad_run_arguments_are_refused_once_before_connecting(
 
 @pytest.mark.parametrize(
     "command",
-    [("logs", ""), ("logs", "--follow", ""), ("report", ""), ("rollback", "", "--to", "a")],
-    ids=["logs", "logs-follow", "report", "rollback"],
+    [
+        ("logs", ""),
+        ("logs", "--follow", ""),
+        ("report", ""),
+        ("rollback", "", "--to", "a"),
+        ("status", "a b"),
+        ("cancel", ""),
+    ],
+    ids=["logs", "logs-follow", "report", "rollback", "status", "cancel"],
 )
-def test_an_empty_run_id_is_refused_before_connecting(
+def test_a_run_id_that_is_none_is_refused_before_connecting(
     env: dict[str, str], command: tuple[str, ...]
 ) -> None:
     """A status query of no run id is one of every run: `codeyard report ""` reported the first
-    run the coordinator knew, someone else's."""
+    run the coordinator knew, someone else's. `status` and `cancel` exited 1 (a refusal) where
+    the others exit 2 (bad input)."""
     refused = codeyard(env, *command)
     assert refused.returncode == 2, refused.stderr
+    given = next(arg for arg in command[1:] if arg in ("", "a b"))
     assert refused.stderr == (
-        "error: '' is not a run id: a run id is 1 to 64 letters, digits, _ and -, starting with "
-        "a letter or digit\n"
+        f"error: {given!r} is not a run id: a run id is 1 to 64 letters, digits, _ and -, "
+        "starting with a letter or digit\n"
     )
 
 
