@@ -1093,6 +1093,11 @@ def workers(
 
     window = wait if wait is not None else 2 * PRESENCE_PERIOD
     found = _on_bus("workers", lambda bus: listen_for_workers(bus, window))
+    if window < PRESENCE_PERIOD:  # (listed, it looked like all there were)
+        _warn(
+            f"listened {window:g}s, less than the {PRESENCE_PERIOD:g}s between two "
+            "announcements of a worker: some may be left out"
+        )
     if json_output:
         _print_json(found)
         return

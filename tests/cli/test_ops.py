@@ -158,6 +158,8 @@ async def test_everyday_commands_after_runs_approved_with_yes(
     code, _, err = await cli(env, "logs", "nosuchrun")
     assert code == 1
 
+    code, _, err = await cli(env, "workers", "--wait", "0.5")
+    assert "less than the 3s between two announcements of a worker" in " ".join(err.split())
     code, out, _ = await cli(env, "workers", "--wait", "4")
     assert code == 0
     for role in ("coder", "tester", "review"):
