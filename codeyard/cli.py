@@ -24,6 +24,7 @@ from codeyard import __version__
 from codeyard.bus import Bus, EmbeddedServerError
 from codeyard.config import Settings
 from codeyard.supervisor import BAD_CONFIGURATION
+from codeyard.terminal_text import terminal_safe
 
 if TYPE_CHECKING:
     from codeyard.schemas import ControlReply, Envelope, RunState, SubmitRun, TaskSpec
@@ -170,13 +171,6 @@ def up(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     settings = Settings()
-    try:  # (a configuration error: the operating system's message alone named no setting)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(settings.data_dir, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
-    except OSError as exc:
-        _error(f"CODEYARD_DATA_DIR: cannot use {settings.data_dir}: {exc.strerror or exc}")
-        raise typer.Exit(BAD_CONFIGURATION) from None
     if dashboard:
         try:  # checked here, as the child it runs in would fail for ever
             dashboard_token(settings)
@@ -200,6 +194,14 @@ def up(
                 "the agents' work will fail once their retries run out; check "
                 "OPENAI_BASE_URL (or CODEYARD_LLM_BASE_URL)"
             )
+    # (made only once every setting was read: a bad one stops `up` with nothing written)
+    try:  # (a configuration error: the operating system's message alone named no setting)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(settings.data_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        _error(f"CODEYARD_DATA_DIR: cannot use {settings.data_dir}: {exc.strerror or exc}")
+        raise typer.Exit(BAD_CONFIGURATION) from None
     try:
         up_ = run_up(
             settings,
@@ -418,6 +420,7 @@ def run(
     `codeyard logs -f ID` follows it again, `codeyard cancel ID` stops it.
 
     Example: [bold]codeyard run "add a /health endpoint" --repo ./service[/bold]
+
     [bold]--reviewer review --reviewer review.static[/bold] adds the static reviewer;
     [bold]--test-command "go test ./..."[/bold] tests a project codeyard cannot detect.
     """
@@ -528,7 +531,7 @@ def run(
         if final.state is RunState.DONE:
             console.print(f"result: branch codeyard/{final.run_id} in {repo}", markup=False)
         if final.error:
-            console.print(f"reason: {final.error}", markup=False)
+            console.print(f"reason: {terminal_safe(final.error, lines=True)}", markup=False)
         return final.state
 
     try:
@@ -1093,7 +1096,7 @@ def workers(
 
     window = wait if wait is not None else 2 * PRESENCE_PERIOD
     found = _on_bus("workers", lambda bus: listen_for_workers(bus, window))
-    if window < PRESENCE_PERIOD:  # (listed, it looked like all there were)
+    if window <= PRESENCE_PERIOD:  # (listed, it looked like all there were)
         _warn(
             f"listened {window:g}s, less than the {PRESENCE_PERIOD:g}s between two "
             "announcements of a worker: some may be left out"
@@ -1152,7 +1155,8 @@ def report_command(
         _print_json(report)
         return
     if html is None and markdown is None:
-        typer.echo(render_markdown(report), nl=False)
+        shown = render_markdown(report)  # (on a terminal, the agents' words show their escapes)
+        typer.echo(terminal_safe(shown, lines=True) if sys.stdout.isatty() else shown, nl=False)
         return
     for path, text in ((html, render_html), (markdown, render_markdown)):
         if path is not None:
@@ -1182,7 +1186,6 @@ def rollback_command(
     Example: [bold]codeyard rollback r1 --to models[/bold]
     """
     from codeyard.report.source import fetch_run
-    from codeyard.terminal_text import terminal_safe
     from codeyard.workspace.rollback import RollbackError, rollback
 
     _check_run_id(run_id)
@@ -1307,9 +1310,10 @@ async def _warn_of_unserved_roles(bus: Bus, submit: SubmitRun) -> None:
         if unheard:
             roles_named = ", ".join(unheard)
             _warn(
-                f"no worker of {roles_named} was heard from in {window:g}s (`codeyard "
-                "workers`): the run's work for it waits until one starts (a reviewer plugin: "
-                "`codeyard worker review --name NAME`, or `codeyard up --reviewer NAME`)"
+                f"no worker of {roles_named} announced itself in {window:g}s (`codeyard "
+                'workers`): unless one serves it without announcing (see the README, "From '
+                "another language\"), the run's work for it waits until one starts (a reviewer "
+                "plugin: `codeyard worker review --name NAME`, or `codeyard up --reviewer NAME`)"
             )
 
 
@@ -1329,6 +1333,10 @@ def _not_a_work_tree(repo: Path) -> str | None:
     from codeyard.workspace.git import GitError, git
 
     if (repo / ".git").exists():
+        try:
+            git(repo, "rev-parse", "--is-inside-work-tree")
+        except GitError:  # (a repository of another user's, say): the coordinator's git decides
+            return None
         try:
             git(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
         except GitError:  # (submitted, it failed at the coordinator, leaving a run directory)
@@ -1495,18 +1503,14 @@ def _cannot_write(directory: Path, exc: OSError) -> NoReturn:
 
 
 def _unreachable(url: str, exc: BaseException) -> NoReturn:
-    from codeyard.bus.connection import LoginRefused
+    from codeyard.bus.connection import LOGIN_HINT, LoginRefused
 
     if isinstance(exc, BrokenPipeError):  # our own output's reader left (`| head`): NATS is fine
         # what Python's docs advise: the interpreter's last flush of stdout would fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(1) from None
     if isinstance(exc, LoginRefused):  # there, but not for us: a configuration error
-        _error(
-            f"{exc}. Without NATS_URL, codeyard logs in with the credentials `codeyard up` "
-            "wrote under its CODEYARD_DATA_DIR (use the same one); with NATS_URL, set "
-            "CODEYARD_NATS_CREDENTIALS_DIR (or CODEYARD_NATS_USER and CODEYARD_NATS_PASSWORD)"
-        )
+        _error(f"{exc}. {LOGIN_HINT}")
         raise typer.Exit(2) from None
     _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
     raise typer.Exit(1) from None
@@ -1598,12 +1602,27 @@ def _serve(
         raise typer.Exit(1) from None
 
 
+COMMAND_LINE = re.compile(r"(\[bold\])?(codeyard|git) ")
+
+
+def _reflowed_paragraph(paragraph: str) -> str:
+    """The paragraph's lines joined, but for command lines (examples, what to run): those stay
+    lines of their own, to be copied whole."""
+    lines: list[str] = []
+    for line in (line.strip() for line in paragraph.splitlines()):
+        if lines and not COMMAND_LINE.match(line) and not COMMAND_LINE.match(lines[-1]):
+            lines[-1] += f" {line}"
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def _reflowed(typer_app: typer.Typer) -> typer.Typer:
     """`typer_app` with each command's help (its docstring) as paragraphs without line breaks:
     rich markup mode keeps a docstring's, and at 80 columns each line broke again part-way."""
     for command in typer_app.registered_commands:
         doc = command.help or inspect.getdoc(command.callback) or ""
-        command.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in doc.split("\n\n"))
+        command.help = "\n\n".join(_reflowed_paragraph(p) for p in doc.split("\n\n"))
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:
             _reflowed(group.typer_instance)

@@ -20,6 +20,7 @@ import nats.errors
 from rich.console import Console
 
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.connection import LOGIN_HINT, LoginRefused
 from codeyard.bus.credentials import Credentials, credentials_file, read_credentials
 from codeyard.bus.embedded import free_port
 from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, principals
@@ -265,7 +266,10 @@ class NatsUnreachable(Exception):
     """`codeyard up` could not connect to NATS, or prepare its streams and buckets there."""
 
     def __init__(self, url: str, cause: Exception) -> None:
-        super().__init__(f"cannot reach NATS at {url}: {cause!r}")
+        if isinstance(cause, LoginRefused):  # there, but not for us
+            super().__init__(f"{cause}. {LOGIN_HINT}")
+        else:
+            super().__init__(f"cannot reach NATS at {url}: {cause!r}")
 
 
 class AlreadyRunning(Exception):

@@ -38,5 +38,5 @@ def quoted_detail(detail: str, limit: int) -> str:
     whole = detail.strip()
     shown = repr(whole[:limit])
     if len(whole) > limit:
-        shown += f" ... ({len(whole) - limit:,} more characters: --json shows them all)"
+        shown += f" ... ({len(whole) - limit:,} more characters: `codeyard approvals --json`)"
     return shown

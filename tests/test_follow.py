@@ -90,7 +90,7 @@ def test_a_long_detail_says_how_much_of_it_is_left_out() -> None:
     check = ActionCheck(action="run_command", detail="echo " + "x" * 995)
     [first, _] = describe(GateAudit(run_id="r1", task_id="a", check=check, decision=asked))
     assert "'echo xxx" in first
-    assert "... (600 more characters: --json shows them all) waits for a person" in first
+    assert "... (600 more characters: `codeyard approvals --json`) waits for a person" in first
 
 
 def test_what_the_agents_wrote_cannot_drive_the_terminal() -> None:

@@ -40,5 +40,5 @@ def test_a_detail_is_quoted_whole_on_one_line() -> None:
 
 def test_a_detail_cut_says_how_much_is_left_out() -> None:
     assert quoted_detail("x" * 1234, 10) == (
-        "'xxxxxxxxxx' ... (1,224 more characters: --json shows them all)"
+        "'xxxxxxxxxx' ... (1,224 more characters: `codeyard approvals --json`)"
     )

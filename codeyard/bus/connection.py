@@ -28,18 +28,25 @@ from codeyard.schemas.messages import RunEvent
 log = logging.getLogger(__name__)
 
 
+LOGIN_HINT = (
+    "Without NATS_URL, codeyard logs in with the credentials `codeyard up` wrote under its "
+    "CODEYARD_DATA_DIR (use the same one); with NATS_URL, set CODEYARD_NATS_CREDENTIALS_DIR (or "
+    "CODEYARD_NATS_USER and CODEYARD_NATS_PASSWORD)"
+)
+
+
 class LoginRefused(nats.errors.NoServersError):
     """The server answered, and refused our login (no credentials, or wrong ones): nats-py
     tells that to its error callback only, and gives up with `NoServersError` as if nothing
     had answered."""
 
     def __init__(self, url: str, user: str | None, reason: str) -> None:
-        super().__init__()
-        self.url, self.user, self.reason = url, user, reason
+        who = f"as {user!r}" if user else "without credentials"
+        super().__init__(f"NATS at {url} refused the login {who}: {reason}")
+        self.message = f"NATS at {url} refused the login {who}: {reason}"
 
     def __str__(self) -> str:
-        who = f"as {self.user!r}" if self.user else "without credentials"
-        return f"NATS at {self.url} refused the login {who}: {self.reason}"
+        return self.message
 
 
 T = TypeVar("T")

@@ -714,19 +714,25 @@ def _clip(text: str) -> str:
 
 
 PLAN_TASKS_SHOWN = 40  # in a plan's question; the rest are counted (`codeyard status RUN`)
+PLAN_QUESTION_CHARS = 8_000  # and as many as fit in this, well within a question's LongText
 
 
 def plan_question(tasks: dict[str, Task]) -> str:
     """What a person approving a plan is asked: the plan, a task a line (the question was only
     "approve the plan of 3 tasks", and the prompt of `codeyard run` showed no task yet)."""
     lines = [f"approve the plan of {len(tasks)} tasks:"]
+    size = len(lines[0])
     for task in list(tasks.values())[:PLAN_TASKS_SHOWN]:
         spec = task.spec
         title = " ".join(spec.title.split())  # (a line break in it would forge a task)
         deps = ", ".join(spec.deps[:5]) + (
             f" and {len(spec.deps) - 5} more" if spec.deps[5:] else ""
         )
-        lines.append(f"  {spec.id}: {title}" + (f" (after {deps})" if deps else ""))
-    if len(tasks) > PLAN_TASKS_SHOWN:
-        lines.append(f"  ... and {len(tasks) - PLAN_TASKS_SHOWN} more")
+        line = f"  {spec.id}: {title}" + (f" (after {deps})" if deps else "")
+        if size + len(line) + 1 > PLAN_QUESTION_CHARS:  # (ids, titles and deps at their longest)
+            break
+        lines.append(line)
+        size += len(line) + 1
+    if len(tasks) > len(lines) - 1:
+        lines.append(f"  ... and {len(tasks) - (len(lines) - 1)} more")
     return "\n".join(lines)

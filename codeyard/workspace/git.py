@@ -40,6 +40,17 @@ NO_PROGRAMS = (
 # An empty template directory: a clone or init copies nothing into its .git (no hooks), whatever
 # `init.templateDir` says; the environment variable comes before the config.
 _ENVIRONMENT = {**IDENTITY, "GIT_TERMINAL_PROMPT": "0", "GIT_TEMPLATE_DIR": ""}
+# Variables of the caller's environment that would point git at another repository than the
+# one named (`codeyard run` started from a hook, or with GIT_DIR exported).
+_ELSEWHERE = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_COMMON_DIR",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+)
 
 
 class GitError(RuntimeError):
@@ -58,7 +69,7 @@ def git(
         input=stdin,
         capture_output=True,
         text=True,
-        env=os.environ | _ENVIRONMENT,
+        env={k: v for k, v in os.environ.items() if k not in _ELSEWHERE} | _ENVIRONMENT,
         timeout=timeout,
     )
     if check and result.returncode != 0:

@@ -120,7 +120,8 @@ def _committable(text: str) -> str:
     """`text` as git takes it in a commit message: `git commit` refuses a message with a NUL,
     which would fail every merge of the task, however often it is retried. Other control
     characters are shown as escapes: `git log` passes them to the terminal."""
-    return terminal_safe(text.replace("\0", "\ufffd"), lines=True)
+    text = text.replace("\0", "\ufffd").replace("\r\n", "\n")  # (a CR of CRLF is no escape)
+    return terminal_safe(text, lines=True)
 
 
 def _without_task_trailers(text: str) -> str:

@@ -35,3 +35,10 @@ def test_help_reads_as_paragraphs_at_80_columns() -> None:
     for paragraph in paragraphs:
         lines = paragraph.splitlines()
         assert all(len(line) > 60 for line in lines[:-1]), paragraph  # but a paragraph's last
+
+
+def test_a_command_to_copy_stays_on_a_line_of_its_own() -> None:
+    helped = codeyard(os.environ | {"COLUMNS": "80"}, "cancel", "--help", timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    lines = [line.strip() for line in helped.stdout.splitlines()]
+    assert "git fetch CODEYARD_DATA_DIR/runs/RUN/integration HEAD:refs/heads/salvage/RUN" in lines

@@ -74,6 +74,11 @@ def test_a_repository_that_cannot_be_run_says_what_to_give_instead(
         refused = codeyard(env, "run", "g", "--repo", str(path))
         assert refused.returncode == 2
         assert refused.stderr == f"error: {path} {problem}\n"
+    # GIT_DIR exported (a hook, say) names another repository: not the one given
+    elsewhere = codeyard(
+        env | {"GIT_DIR": str(tmp_path / "empty" / ".git")}, "run", "g", "--repo", str(repo)
+    )
+    assert elsewhere.stderr.startswith("error: cannot reach NATS"), elsewhere.stderr
 
 
 REVIEWER_IN_WORDS = (

@@ -21,7 +21,7 @@ import pytest
 import codeyard
 from codeyard.bus import Bus
 from codeyard.bus.credentials import read_credentials
-from codeyard.bus.embedded import free_port
+from codeyard.bus.embedded import find_nats_server, free_port
 from codeyard.bus.subjects import EVENT_STREAM, RESULT_STREAM, WORK_STREAM
 from codeyard.schemas import RunStatus, StatusQuery
 from tests.coordinator.harness import ask
@@ -94,6 +94,29 @@ async def test_up_with_an_unreachable_nats_url_fails_clearly(tmp_path: Path) -> 
     code, stderr = await run_to_end(env, "up", "--no-agents")
     assert code == 1
     assert b"cannot reach NATS" in stderr
+
+
+async def test_up_told_no_by_nats_says_so(tmp_path: Path) -> None:
+    """A server that refuses the login was reported as unreachable, `LoginRefused()` its cause."""
+    port = free_port()
+    command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "--user", "u"]
+    server = await asyncio.create_subprocess_exec(
+        *command, "--pass", "p", stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        env = isolated_env(tmp_path) | {"NATS_URL": f"nats://127.0.0.1:{port}"}
+        code, stderr = await run_to_end(env, "up", "--no-agents")
+    finally:
+        server.kill()
+        await server.wait()
+    assert code == 1
+    assert (
+        stderr.decode()
+        .splitlines()[-1]
+        .startswith(
+            f"error: NATS at nats://127.0.0.1:{port} refused the login without credentials: "
+        )
+    )
 
 
 async def test_a_data_dir_up_cannot_use_is_a_configuration_error_naming_it(

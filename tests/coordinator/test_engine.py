@@ -39,7 +39,7 @@ from codeyard.coordinator import (
     WorkAbandoned,
     event_for,
 )
-from codeyard.coordinator.engine import FEEDBACK_BYTES, plan_question
+from codeyard.coordinator.engine import FEEDBACK_BYTES, PLAN_QUESTION_CHARS, plan_question
 from codeyard.schemas import (
     ApprovalNeeded,
     CodeResult,
@@ -145,6 +145,15 @@ def test_the_question_of_a_plan_shows_its_tasks_a_line_each() -> None:
     )
     many = {f"t{n}": Task(spec=TaskSpec(id=f"t{n}", title="t")) for n in range(45)}
     assert plan_question(many).endswith("\n  t39: t\n  ... and 5 more")
+    # ids, titles and deps at their longest: the question stays well within its LongText
+    ids = [f"{n:02d}" + "x" * 62 for n in range(45)]
+    longest = {
+        task_id: Task(spec=TaskSpec(id=task_id, title="t" * 200, deps=ids[:5] if n > 5 else []))
+        for n, task_id in enumerate(ids)
+    }
+    question = plan_question(longest)
+    assert len(question) <= PLAN_QUESTION_CHARS
+    assert question.endswith(" more")
 
 
 def test_a_plan_can_wait_for_approval() -> None:

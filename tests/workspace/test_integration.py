@@ -225,9 +225,10 @@ def test_a_commit_message_leaves_out_what_reads_as_a_task_trailer() -> None:
 
 def test_a_commit_message_shows_escapes_instead_of_passing_them_to_git_log() -> None:
     """`git log` pages a message to the terminal as it is."""
-    task = Task(spec=TaskSpec(id="a", title="Fix \x1b]0;owned\x07 a"), summary="\x1b[2JDone.")
+    title = "Fix \x1b]0;owned\x07 a"
+    task = Task(spec=TaskSpec(id="a", title=title), summary="\x1b[2JDone.\r\nOk.")
     assert commit_message(task, "Codeyard-Task: r1/a/1") == (
-        "Fix \\x1b]0;owned\\x07 a\n\n\\x1b[2JDone.\n\nCodeyard-Task: r1/a/1\n"
+        "Fix \\x1b]0;owned\\x07 a\n\n\\x1b[2JDone.\nOk.\n\nCodeyard-Task: r1/a/1\n"
     )
 
 
