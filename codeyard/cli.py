@@ -513,7 +513,9 @@ def run(
             submitting = True
             if not json_output:
                 console.print(f"run {submit.run_id}: {goal}", markup=False, highlight=False)
-            unserved = asyncio.create_task(_warn_of_unserved_roles(bus, submit))
+            unserved = asyncio.create_task(
+                _warn_of_unserved_roles(bus, submit, lambda: follower.heard_from_run)
+            )
             try:
                 final = await follower.follow(bus, submit, timeout)
             finally:
@@ -1293,9 +1295,12 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
         _unreachable(url, exc)
 
 
-async def _warn_of_unserved_roles(bus: Bus, submit: SubmitRun) -> None:
+async def _warn_of_unserved_roles(
+    bus: Bus, submit: SubmitRun, accepted: Callable[[], bool]
+) -> None:
     """Warn of the roles the run needs that no worker serves: its tasks would wait for one,
-    with nothing said, until `--timeout` (a reviewer whose plugin worker was never started)."""
+    with nothing said, until `--timeout` (a reviewer whose plugin worker was never started).
+    Only for a run there is (`accepted`): a refused submission has no work to wait."""
     from codeyard.bus.presence import PRESENCE_PERIOD, unheard_roles
 
     if submit.plan is None:
@@ -1307,7 +1312,7 @@ async def _warn_of_unserved_roles(bus: Bus, submit: SubmitRun) -> None:
     window = PRESENCE_PERIOD + 1.0
     with contextlib.suppress(nats.errors.Error, OSError):  # (following reports those)
         unheard = await unheard_roles(bus, roles, window)
-        if unheard:
+        if unheard and accepted():
             roles_named = ", ".join(unheard)
             _warn(
                 f"no worker of {roles_named} announced itself in {window:g}s (`codeyard "
