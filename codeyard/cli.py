@@ -178,7 +178,8 @@ def up(
         except CannotServe as exc:
             err.print(f"error: {exc}", markup=False)
             raise typer.Exit(BAD_CONFIGURATION) from None
-    local_llm = agents and not LLMSettings().is_configured()
+    llm = LLMSettings()
+    local_llm = agents and not llm.is_configured()
     if local_llm and not (settings.local_llm and local_server_available()):
         err.print(f"error: the agents need an LLM. {NOT_CONFIGURED}", markup=False)
         raise typer.Exit(2)
@@ -187,10 +188,10 @@ def up(
     elif agents:
         from codeyard.llm.reachability import endpoint_unreachable
 
-        unreachable = endpoint_unreachable(LLMSettings())
+        unreachable = endpoint_unreachable(llm)
         if unreachable is not None:  # it may come up later: a warning, not a refusal
             _warn(
-                f"the LLM endpoint {LLMSettings().endpoint()} does not answer ({unreachable}): "
+                f"the LLM endpoint {llm.endpoint()} does not answer ({unreachable}): "
                 "the agents' work will fail once their retries run out; check "
                 "OPENAI_BASE_URL (or CODEYARD_LLM_BASE_URL)"
             )
@@ -1302,13 +1303,14 @@ async def _warn_of_unserved_roles(
     with nothing said, until `--timeout` (a reviewer whose plugin worker was never started).
     Only for a run there is (`accepted`): a refused submission has no work to wait."""
     from codeyard.bus.presence import PRESENCE_PERIOD, unheard_roles
+    from codeyard.coordinator.engine import reviewers_of
 
-    if submit.plan is None:
+    if submit.plan is None:  # (the planner's tasks may name others: those show once planned)
         roles = {"planner", "coder", "tester", *submit.reviewers}
-    else:  # (a task naming its reviewers has those instead of the run's)
+    else:
         roles = {"coder", "tester"}
         for task in submit.plan:
-            roles.update(task.reviewers or submit.reviewers)
+            roles.update(reviewers_of(task, submit.reviewers))
     window = PRESENCE_PERIOD + 1.0
     with contextlib.suppress(nats.errors.Error, OSError):  # (following reports those)
         unheard = await unheard_roles(bus, roles, window)

@@ -189,8 +189,8 @@ def _told(event: RunEvent) -> list[str]:
 
 def log_lines(event: RunEvent) -> list[str]:
     """`codeyard logs`: every event as readable lines (`describe` leaves out the chatter), each
-    stamped with the local time it was sent."""
-    lines = describe(event)
+    stamped with the local time it was sent, made safe for a terminal as `describe`'s are."""
+    lines = _told(event)
     if not lines:
         match event:
             case Progress():

@@ -42,10 +42,10 @@ class LoginRefused(nats.errors.NoServersError):
 
     def __init__(self, url: str, user: str | None, reason: str) -> None:
         who = f"as {user!r}" if user else "without credentials"
-        super().__init__(f"NATS at {url} refused the login {who}: {reason}")
         self.message = f"NATS at {url} refused the login {who}: {reason}"
+        super().__init__(self.message)
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # (NoServersError's is a fixed text)
         return self.message
 
 

@@ -27,6 +27,7 @@ Rules, in short:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, assert_never
@@ -80,7 +81,16 @@ from codeyard.coordinator.lifecycle import (
     move_task,
 )
 from codeyard.coordinator.ready_queue import ReadyQueue
-from codeyard.schemas.model import Feedback, FeedbackKind, Run, RunState, Task, TaskState, Usage
+from codeyard.schemas.model import (
+    Feedback,
+    FeedbackKind,
+    Run,
+    RunState,
+    Task,
+    TaskSpec,
+    TaskState,
+    Usage,
+)
 
 DEFAULT_REVIEWERS = ("review",)
 # Feedback.text is at most 20,000 characters on the wire; the end of a test log matters most.
@@ -180,8 +190,7 @@ class RunEngine:
 
     def required_reviewers(self, task_id: str) -> tuple[str, ...]:
         """The reviewers that must all approve: the task's own, else the run's default."""
-        spec = self.run.tasks[task_id].spec
-        return tuple(dict.fromkeys(spec.reviewers or self.run.reviewers or DEFAULT_REVIEWERS))
+        return reviewers_of(self.run.tasks[task_id].spec, self.run.reviewers)
 
     def outstanding_work(self) -> list[Effect]:
         """The work that should be out right now, as effects to send (again).
@@ -711,6 +720,11 @@ def _clip(text: str) -> str:
     tail = FEEDBACK_LIMIT - _FEEDBACK_HEAD - 64
     cut = len(text) - _FEEDBACK_HEAD - tail
     return f"{text[:_FEEDBACK_HEAD]}\n[... {cut} characters cut ...]\n{text[-tail:]}"
+
+
+def reviewers_of(spec: TaskSpec, run_reviewers: Sequence[str]) -> tuple[str, ...]:
+    """The reviewers that must all approve a task: its own, else its run's, else the default."""
+    return tuple(dict.fromkeys(spec.reviewers or run_reviewers or DEFAULT_REVIEWERS))
 
 
 PLAN_TASKS_SHOWN = 40  # in a plan's question; the rest are counted (`codeyard status RUN`)

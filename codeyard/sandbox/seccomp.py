@@ -86,7 +86,8 @@ _S_ISUID, _S_ISGID = 0o4000, 0o2000
 # 2.5.5 do not know its name, and the kernel would let it through; it is then taken as 452, its
 # number on every architecture codeyard runs on (x86_64, arm64, riscv64).
 _MODE_SETTING_CALLS = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2}
-_FCHMODAT2 = 452
+_UNKNOWN = -1  # __NR_SCMP_ERROR
+_NUMBER_IF_UNKNOWN = {"fchmodat2": 452}
 
 
 class _ArgCmp(ctypes.Structure):
@@ -139,9 +140,7 @@ def sandbox_filter() -> bytes:
             action = _errno_action(errno.EOPNOTSUPP)
             _check(lib.seccomp_rule_add_array(ctx, action, ioctl, 1, ctypes.byref(match)), name)
         for call, argument in _MODE_SETTING_CALLS.items():
-            resolved = int(lib.seccomp_syscall_resolve_name(call.encode()))
-            number = _FCHMODAT2 if call == "fchmodat2" and resolved == _UNKNOWN else resolved
-            number = checked_number(number, call)
+            number = _nr(lib, call)
             for bit in (_S_ISUID, _S_ISGID):  # (one rule per bit: a rule's tests all hold)
                 match = _ArgCmp(argument, _CMP_MASKED_EQ, bit, bit)
                 action = _errno_action(errno.EPERM)
@@ -154,13 +153,13 @@ def sandbox_filter() -> bytes:
         lib.seccomp_release(ctx)
 
 
-_UNKNOWN = -1  # __NR_SCMP_ERROR
-
-
 def _nr(lib: ctypes.CDLL, name: str) -> int:
     """The system call's number; for one this architecture lacks (arm64 and riscv64 have no
     `chmod`), libseccomp's placeholder (below -10000), which a rule accepts and never meets."""
-    return checked_number(int(lib.seccomp_syscall_resolve_name(name.encode())), name)
+    number = int(lib.seccomp_syscall_resolve_name(name.encode()))
+    if number == _UNKNOWN:
+        number = _NUMBER_IF_UNKNOWN.get(name, _UNKNOWN)
+    return checked_number(number, name)
 
 
 def checked_number(number: int, name: str) -> int:
