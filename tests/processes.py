@@ -65,6 +65,7 @@ def codeyard(
     return subprocess.run(
         [sys.executable, "-m", "codeyard", *args],
         env=env,
+        stdin=subprocess.DEVNULL,  # not pytest's terminal: nothing is asked at a prompt
         capture_output=True,
         text=True,
         timeout=timeout,

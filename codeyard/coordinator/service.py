@@ -106,6 +106,7 @@ from codeyard.schemas.envelope import Envelope, new_id
 from codeyard.schemas.export import CONTROL_VERBS
 from codeyard.schemas.messages import (
     ALREADY_CANCELLED,
+    RUN_QUESTIONS,
     SUBMIT_PATIENCE,
     Accepted,
     ActionCheck,
@@ -1452,7 +1453,7 @@ class Coordinator:
                 f"task {approval.task_id} of run {approval.run_id} has not stopped for this "
                 f"question (it is {task.state}, attempt {task.attempt}); answer it once it waits"
             )
-        if approval.action not in ("plan", "budget"):
+        if approval.action not in RUN_QUESTIONS:
             return ""
         if self._other_submissions(approval) or approval.attempt <= open_run.run.questions:
             return ""
@@ -1467,7 +1468,7 @@ class Coordinator:
         overrun again). A task's question is the engine's to judge (the task may not be parked
         yet when a person answers)."""
         open_run = self._open.get(approval.run_id)
-        if approval.action not in ("plan", "budget") or open_run is None:
+        if approval.action not in RUN_QUESTIONS or open_run is None:
             return ""
         if other := self._other_submissions(approval):
             return other

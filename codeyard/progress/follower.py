@@ -24,7 +24,7 @@ from codeyard.follow import EventSink, print_event
 from codeyard.progress.approvals import InlineApprovals, describe_approval, waits_for_a_person
 from codeyard.progress.render import render_run
 from codeyard.progress.view import RunView
-from codeyard.schemas import PendingApproval, Run, RunEvent, SubmitRun
+from codeyard.schemas import RUN_QUESTIONS, PendingApproval, Run, RunEvent, SubmitRun
 from codeyard.schemas.envelope import utc_now
 
 T = TypeVar("T")
@@ -55,12 +55,10 @@ class RunFollower:
     async def follow(self, bus: Bus, submit: SubmitRun, timeout: float) -> Run:
         options = self._options
         view = self._view = RunView(submit.run_id, goal=submit.goal)
-        answering = options.yes or options.prompt
-        approvals = (
-            InlineApprovals(bus, submit.run_id, self._decide, self._say, options.by)
-            if answering
-            else None
-        )
+        # Not answering here, it still looks: a question of the run's own (its plan, its budget)
+        # comes with no id in the events, unlike the gate's, and is told with its commands.
+        decide = self._decide if options.yes or options.prompt else self._tell
+        approvals = InlineApprovals(bus, submit.run_id, decide, self._say, options.by)
         lines = None if options.live or options.quiet else print_event(self._console)
 
         def on_event(event: RunEvent) -> None:
@@ -69,14 +67,14 @@ class RunFollower:
             if lines is not None:
                 lines(event)
             self._refresh()
-            if approvals is not None and waits_for_a_person(event):
+            if waits_for_a_person(event):
                 approvals.nudge()
 
         def on_status(run: Run) -> None:
             self.heard_from_run = True
             view.update(run)
             self._refresh()
-            if approvals is not None and view.waiting_for_a_person:
+            if view.waiting_for_a_person:
                 approvals.nudge()
 
         sink: EventSink = on_event
@@ -99,8 +97,7 @@ class RunFollower:
             self._refresh()
             return final
         finally:
-            if approvals is not None:
-                await approvals.close()
+            await approvals.close()
             if self._live is not None:
                 self._live.stop()
                 self._live = None
@@ -119,6 +116,12 @@ class RunFollower:
             (self._err if self._options.quiet else self._console).print(
                 line, markup=False, highlight=False
             )
+
+    async def _tell(self, approval: PendingApproval) -> None:
+        if approval.action in RUN_QUESTIONS:
+            self._say(f"{approval.run_id} waits: {describe_approval(approval)}")
+            approval_id = approval.approval_id
+            self._say(f"    codeyard approve {approval_id}   or   codeyard deny {approval_id}")
 
     async def _decide(self, approval: PendingApproval) -> bool | None:
         if self._options.yes:

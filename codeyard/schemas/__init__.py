@@ -3,6 +3,7 @@
 from codeyard.schemas.codec import MAX_MESSAGE_BYTES, MessageError, decode, encode
 from codeyard.schemas.envelope import SCHEMA_VERSION, Envelope, new_id
 from codeyard.schemas.messages import (
+    RUN_QUESTIONS,
     Accepted,
     ActionCheck,
     ApprovalList,
@@ -66,6 +67,7 @@ from codeyard.schemas.model import (
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "RUN_QUESTIONS",
     "SCHEMA_VERSION",
     "Accepted",
     "ActionCheck",

@@ -381,6 +381,10 @@ Control = SubmitRun | CancelRun | StatusQuery | ListApprovals | Approve | Deny |
 ApprovalStatus = Literal["pending", "approved", "denied"]
 
 
+# The actions of the questions a run asks itself, with no task: the gate's are of its actions.
+RUN_QUESTIONS = ("plan", "budget")
+
+
 class PendingApproval(msgspec.Struct, kw_only=True, frozen=True):
     """A question for a person, kept in `cy_approvals` under its id; answered ones stay (with
     who answered and why) so the gate can honour the answer when the work comes back."""

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from codeyard.agents import tester as testing_role  # not `Tester`: pytest would collect it
-from codeyard.agents.policy import load_policy
+from codeyard.agents.policy import Policy, load_policy
 from codeyard.agents.safety_gate import SafetyGate
 from codeyard.bus import Bus
 from codeyard.bus.gate_client import BusGateClient
+from codeyard.bus.worker import GiveUp
 from codeyard.llm import OpenAIClient
-from codeyard.sandbox import BwrapSandbox, Limits, MiB
+from codeyard.sandbox import BwrapSandbox, Limits, MiB, RunOutcome
 from codeyard.schemas import Patch, RepoRef, TaskSpec, TestRequest, TestResult
 from codeyard.testing.openai_script import parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
@@ -29,11 +32,23 @@ SHELL_LINE = "cd tests && python -m pytest -q > pytest.log && tail -n 1 pytest.l
 NO_NEW_TESTS = {"arguments": {"rationale": "covered", "edits": []}}
 
 
+def allowing_every_command(tmp_path: Path) -> Policy:
+    """A deployment's policy that runs any test command without asking."""
+    path = tmp_path / "policy.toml"
+    path.write_text('extends = "default"\n\n[defaults]\nrun_command = "allow"\n')
+    return load_policy(path)
+
+
 async def answer_of_the_tester(
-    bus: Bus, sandbox: BwrapSandbox, repo: Path, test_command: str, limits: Limits
+    bus: Bus,
+    sandbox: BwrapSandbox,
+    repo: Path,
+    test_command: str,
+    limits: Limits,
+    policy: Policy | None = None,
 ) -> TestResult:
-    """What the tester answers for a change adding notes.txt to `repo`, with a real gate of the
-    default policy and a model that adds no tests."""
+    """What the tester answers for a change adding notes.txt to `repo`, with a real gate (of
+    the default policy unless told) and a model that adds no tests."""
     request = TestRequest(
         run_id="r1",
         task_id="t1",
@@ -43,7 +58,7 @@ async def answer_of_the_tester(
         repo=RepoRef(path=str(repo)),
         test_command=test_command,
     )
-    gate = await SafetyGate(bus, load_policy(None)).serve()
+    gate = await SafetyGate(bus, policy or load_policy(None)).serve()
     try:
         async with (
             ScriptedOpenAI(
@@ -103,3 +118,68 @@ async def test_tests_that_pass_while_a_limit_was_hit_do_not_pass(
         "sandbox limit hit: memory (256 MiB per process); the tests fail although the test "
         "command exited 0\n"
     ), result.output
+
+
+async def test_a_test_command_the_sandbox_cannot_run_is_a_setup_error_not_a_failing_change(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    # Sent back to the coder as failing tests, it would use up every attempt of every task.
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_where.py": IN_TESTS})
+    with pytest.raises(GiveUp) as gave_up:
+        await answer_of_the_tester(
+            bus,
+            bwrap_sandbox,
+            repo,
+            "cd tests && nosuchmake test",
+            Limits(wall_seconds=60),
+            allowing_every_command(tmp_path),
+        )
+    assert str(gave_up.value) == (
+        "the test command 'cd tests && nosuchmake test' cannot run 'nosuchmake' in the bwrap "
+        "sandbox (not there, or not executable): give the run a test command that runs there "
+        "(codeyard run --test-command), or a sandbox that has it"
+    )
+
+
+async def test_a_program_missing_to_a_test_script_fails_the_tests(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    # The script's own business, as any test's: the coder may fix it.
+    repo = one_commit_repo(tmp_path / "repo", {"run_tests.sh": "echo running\nnosuchmake\n"})
+    result = await answer_of_the_tester(
+        bus,
+        bwrap_sandbox,
+        repo,
+        "sh run_tests.sh",
+        Limits(wall_seconds=60),
+        allowing_every_command(tmp_path),
+    )
+    assert not result.passed
+    assert "run_tests.sh: 2: nosuchmake: not found" in result.output, result.output
+
+
+def ran(exit_code: int, output: str) -> RunOutcome:
+    return RunOutcome(exit_code=exit_code, output=output, timed_out=False, duration_seconds=0.1)
+
+
+@pytest.mark.parametrize(
+    ("command", "outcome", "program"),
+    [
+        ("make test", ran(127, "/bin/sh: 1: make: not found\n"), "make"),  # dash
+        ("make test", ran(127, "sh: line 1: make: command not found\n"), "make"),  # bash as sh
+        ("make test", ran(127, "sh: make: not found\n"), "make"),  # busybox
+        ("./check.sh", ran(126, "/bin/sh: 1: ./check.sh: Permission denied\n"), "./check.sh"),
+        ("cd a && 'go' test", ran(127, "/bin/sh: 1: go: not found\n"), "go"),
+        # a program a script or make runs, not the command line
+        ("sh t.sh", ran(127, "t.sh: 3: pytest: not found\n"), ""),
+        ("make test", ran(2, "/bin/sh: 1: pytest: not found\nmake: *** [test] Error 127\n"), ""),
+        # the tests printed it, and exited 127 for reasons of their own
+        ("pytest", ran(127, "/bin/sh: 1: rsync: not found\n"), ""),
+        ("make test", ran(0, "/bin/sh: 1: make: not found\n"), ""),
+        ("make 'test", ran(127, "/bin/sh: 1: Syntax error: Unterminated quoted string\n"), ""),
+    ],
+)
+def test_the_program_a_test_command_could_not_run(
+    command: str, outcome: RunOutcome, program: str
+) -> None:
+    assert testing_role.missing_program(command, outcome) == program

@@ -310,6 +310,26 @@ async def test_ctrl_c_before_any_coordinator_answered_does_not_say_the_run_goes_
     assert said.encode() in stderr
 
 
+async def test_a_plan_nobody_answers_here_is_told_with_the_commands_that_answer_it(
+    codeyard_up: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    """Piped, `codeyard run` asks nothing; the events say the run waits but have no id for a
+    question of its own (a gate's approvals have theirs): it is looked up and told."""
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(msgspec.json.encode([TaskSpec(id="a", title="models")]))
+    args = ("g", "--repo", str(repo), "--plan", str(plan), "--run-id", "r8", "--approve-plan")
+    left_waiting = await asyncio.to_thread(codeyard_run, codeyard_up, *args, "--timeout", "3")
+    assert "run r8 keeps going" in left_waiting.stderr
+
+    listed = await asyncio.to_thread(codeyard, codeyard_up, "approvals", "--run", "r8", "--json")
+    [plan_approval] = msgspec.json.decode(listed.stdout, type=ApprovalList).approvals
+    approval_id = plan_approval.approval_id
+    assert (
+        "r8 waits: approve the plan of 1 tasks:\n  a: models\n"
+        f"    codeyard approve {approval_id}   or   codeyard deny {approval_id}\n"
+    ) in left_waiting.stdout
+
+
 async def test_a_run_id_taken_by_another_submission_is_refused_before_anything_is_shown(
     codeyard_up: dict[str, str], repo: Path, tmp_path: Path
 ) -> None:
