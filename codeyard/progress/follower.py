@@ -24,8 +24,16 @@ from codeyard.follow import EventSink, print_event
 from codeyard.progress.approvals import InlineApprovals, describe_approval, waits_for_a_person
 from codeyard.progress.render import render_run
 from codeyard.progress.view import RunView
-from codeyard.schemas import RUN_QUESTIONS, PendingApproval, Run, RunEvent, SubmitRun
+from codeyard.schemas import (
+    RUN_QUESTIONS,
+    PendingApproval,
+    Run,
+    RunEvent,
+    SubmitRun,
+    UsageReported,
+)
 from codeyard.schemas.envelope import utc_now
+from codeyard.terminal_text import terminal_safe
 
 T = TypeVar("T")
 
@@ -39,6 +47,30 @@ class FollowOptions:
     prompt: bool  # stdin is a terminal: ask for each approval
     yes: bool  # approve everything the run waits for
     by: str  # who answers, as recorded with each answer
+
+
+class UnpricedCalls:
+    """Tells, once, that a run's `--max-cost` cannot stop it: its calls cost $0 where the agents
+    run (no prices set: the default). Only the agents' settings price a call, so it is told
+    from what they reported, not guessed from the settings here."""
+
+    def __init__(self, max_cost_usd: float) -> None:
+        self._max_cost_usd = max_cost_usd
+        self._told = not max_cost_usd
+
+    def warning(self, event: RunEvent) -> str:
+        if self._told or not isinstance(event, UsageReported):
+            return ""
+        if not event.usage.calls or event.usage.cost_usd:
+            return ""
+        self._told = True
+        model = f" ({terminal_safe(event.model)})" if event.model else ""
+        return (
+            f"warning: the {terminal_safe(event.role)}'s LLM calls{model} are priced at $0 where "
+            "it runs (set CODEYARD_LLM_PRICES, or CODEYARD_LLM_INPUT_PRICE_PER_MTOK and "
+            f"CODEYARD_LLM_OUTPUT_PRICE_PER_MTOK, there): --max-cost {self._max_cost_usd:g} "
+            "does not limit them; --max-tokens does"
+        )
 
 
 class RunFollower:
@@ -61,9 +93,13 @@ class RunFollower:
         approvals = InlineApprovals(bus, submit.run_id, decide, self._say, options.by)
         lines = None if options.live or options.quiet else print_event(self._console)
 
+        unpriced = UnpricedCalls(submit.budget.max_cost_usd)
+
         def on_event(event: RunEvent) -> None:
             self.heard_from_run = True
             view.apply(event)
+            if warning := unpriced.warning(event):
+                self._say(warning)
             if lines is not None:
                 lines(event)
             self._refresh()

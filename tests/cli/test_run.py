@@ -310,6 +310,19 @@ async def test_ctrl_c_before_any_coordinator_answered_does_not_say_the_run_goes_
     assert said.encode() in stderr
 
 
+async def test_a_cost_limit_the_agents_do_not_price_is_said_to_limit_nothing(
+    codeyard_up: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(msgspec.json.encode([TaskSpec(id="a", title="models")]))
+    args = ("g", "--repo", str(repo), "--plan", str(plan), "--run-id", "r9", "--max-cost", "5")
+    done = await asyncio.to_thread(codeyard_run, codeyard_up, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # (the scripted coder reports a call and no cost, as a model with no prices set does)
+    assert "warning: the coder's LLM calls are priced at $0 where it runs" in done.stdout
+    assert done.stdout.count("warning:") == 1
+
+
 async def test_a_plan_nobody_answers_here_is_told_with_the_commands_that_answer_it(
     codeyard_up: dict[str, str], repo: Path, tmp_path: Path
 ) -> None:
