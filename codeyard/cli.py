@@ -48,6 +48,20 @@ JsonFlag = Annotated[
     bool, typer.Option("--json", help="print JSON (msgspec) for scripts, nothing else on stdout")
 ]
 
+N = TypeVar("N", int, float)
+
+
+def _at_most(limit: N) -> Callable[[N], N]:
+    """An option's upper bound, checked by a callback: as `max=`, its range (16 digits) took
+    the width of the help's options table and squeezed every option's description."""
+
+    def checked(value: N) -> N:
+        if value > limit:
+            raise typer.BadParameter(f"{value} is not in the range x<={limit}.")  # (as click's)
+        return value
+
+    return checked
+
 
 @app.command()
 def version() -> None:
@@ -350,11 +364,13 @@ def run(
             "safe), an id taken by another goal is refused"
         ),
     ] = None,
+    # (no --no-approve-*: they are the defaults, and their column squeezed every option's help)
     approve_plan: Annotated[
-        bool, typer.Option(help="wait for a person to approve the plan")
+        bool, typer.Option("--approve-plan", help="wait for a person to approve the plan")
     ] = False,
     approve_merge: Annotated[
-        bool, typer.Option(help="wait for a person to approve each task's merge")
+        bool,
+        typer.Option("--approve-merge", help="wait for a person to approve each task's merge"),
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to follow before giving up")] = 3600.0,
     max_attempts: Annotated[
@@ -371,7 +387,7 @@ def run(
         int,
         typer.Option(
             min=0,
-            max=2**53,
+            callback=_at_most(2**53),
             help="LLM tokens the whole run may use before it waits for a person to approve "
             "more (approving lifts the limit); 0: no limit",
         ),
@@ -380,7 +396,7 @@ def run(
         float,
         typer.Option(
             min=0,
-            max=1e12,
+            callback=_at_most(1e12),
             help="USD the run may spend (priced by CODEYARD_LLM_*_PRICE*) before it waits "
             "for a person, as --max-tokens; 0: no limit",
         ),

@@ -42,3 +42,13 @@ def test_a_command_to_copy_stays_on_a_line_of_its_own() -> None:
     assert helped.returncode == 0, helped.stderr
     lines = [line.strip() for line in helped.stdout.splitlines()]
     assert "git fetch CODEYARD_DATA_DIR/runs/RUN/integration HEAD:refs/heads/salvage/RUN" in lines
+
+
+def test_options_keep_room_for_what_they_do_at_80_columns() -> None:
+    """`run`'s options were described in a column 17 characters wide (--test-command took 20
+    lines): its --no-approve-* and the 16-digit range of --max-tokens took the room."""
+    helped = codeyard(os.environ | {"COLUMNS": "80"}, "run", "--help", timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    options = helped.stdout.split("Options", 1)[1]
+    [described] = [line for line in options.splitlines() if "--approve-plan" in line]
+    assert "wait for a person to" in described  # the name, its type, and most of its help

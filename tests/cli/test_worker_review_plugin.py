@@ -95,9 +95,15 @@ def test_run_submits_the_reviewers_it_is_given(
     [submit] = submitted
     assert submit.reviewers == ["review", "review.static"]
     assert submit.budget == Budget(max_tokens=50_000, max_cost_usd=2.5)
-    nan = CliRunner().invoke(app, ["run", "goal", "--repo", str(repo), "--max-cost", "nan"])
-    assert nan.exit_code == 2
-    assert "Invalid value for '--max-cost'" in nan.output
+    for option, value in (
+        ("--max-cost", "nan"),
+        ("--max-cost", "1e13"),
+        ("--max-tokens", str(2**53 + 1)),
+        ("--max-tokens", "-1"),
+    ):
+        bad = CliRunner().invoke(app, ["run", "goal", "--repo", str(repo), option, value])
+        assert bad.exit_code == 2, (option, value)
+        assert f"Invalid value for '{option}'" in bad.output
 
 
 def plugin_env(nats_url: str) -> dict[str, str]:
