@@ -27,6 +27,7 @@ from codeyard.supervisor import BAD_CONFIGURATION
 from codeyard.terminal_text import terminal_safe
 
 if TYPE_CHECKING:
+    from codeyard.progress.follower import RunFollower
     from codeyard.schemas import ControlReply, Envelope, RunState, SubmitRun, TaskSpec
 
 app = typer.Typer(
@@ -530,9 +531,7 @@ def run(
             submitting = True
             if not json_output:
                 console.print(f"run {submit.run_id}: {goal}", markup=False, highlight=False)
-            unserved = asyncio.create_task(
-                _warn_of_unserved_roles(bus, submit, lambda: follower.heard_from_run)
-            )
+            unserved = asyncio.create_task(_warn_of_unserved_roles(bus, submit, follower))
             try:
                 final = await follower.follow(bus, submit, timeout)
             finally:
@@ -1312,12 +1311,11 @@ def _on_bus(name: str, work: Callable[[Bus], Awaitable[T]]) -> T:
         _unreachable(url, exc)
 
 
-async def _warn_of_unserved_roles(
-    bus: Bus, submit: SubmitRun, accepted: Callable[[], bool]
-) -> None:
+async def _warn_of_unserved_roles(bus: Bus, submit: SubmitRun, follower: RunFollower) -> None:
     """Warn of the roles the run needs that no worker serves: its tasks would wait for one,
     with nothing said, until `--timeout` (a reviewer whose plugin worker was never started).
-    Only for a run there is (`accepted`): a refused submission has no work to wait."""
+    Only for a run there is (the follower heard of it): a refused submission has no work to
+    wait."""
     from codeyard.bus.presence import PRESENCE_PERIOD, unheard_roles
     from codeyard.coordinator.engine import reviewers_of
 
@@ -1330,9 +1328,9 @@ async def _warn_of_unserved_roles(
     window = PRESENCE_PERIOD + 1.0
     with contextlib.suppress(nats.errors.Error, OSError):  # (following reports those)
         unheard = await unheard_roles(bus, roles, window)
-        if unheard and accepted():
+        if unheard and follower.heard_from_run:
             roles_named = ", ".join(unheard)
-            _warn(
+            follower.warn(
                 f"no worker of {roles_named} announced itself in {window:g}s (`codeyard "
                 'workers`): unless one serves it without announcing (see the README, "From '
                 "another language\"), the run's work for it waits until one starts (a reviewer "

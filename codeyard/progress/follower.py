@@ -66,7 +66,7 @@ class UnpricedCalls:
         self._told = True
         model = f" ({terminal_safe(event.model)})" if event.model else ""
         return (
-            f"warning: the {terminal_safe(event.role)}'s LLM calls{model} are priced at $0 where "
+            f"the {terminal_safe(event.role)}'s LLM calls{model} are priced at $0 where "
             "it runs (set CODEYARD_LLM_PRICES, or CODEYARD_LLM_INPUT_PRICE_PER_MTOK and "
             f"CODEYARD_LLM_OUTPUT_PRICE_PER_MTOK, there): --max-cost {self._max_cost_usd:g} "
             "does not limit them; --max-tokens does"
@@ -83,6 +83,8 @@ class RunFollower:
         # Whether the run was heard of: its submission answered with an event or a record. Until
         # then a coordinator may not have taken it (none was answering, say).
         self.heard_from_run = False
+        self._asking = False  # a prompt waits for its answer
+        self._held: list[str] = []  # warnings said once it has it
 
     async def follow(self, bus: Bus, submit: SubmitRun, timeout: float) -> Run:
         options = self._options
@@ -99,7 +101,7 @@ class RunFollower:
             self.heard_from_run = True
             view.apply(event)
             if warning := unpriced.warning(event):
-                self._say(warning)
+                self.warn(warning)
             if lines is not None:
                 lines(event)
             self._refresh()
@@ -153,6 +155,14 @@ class RunFollower:
                 line, markup=False, highlight=False
             )
 
+    def warn(self, message: str) -> None:
+        """`message` on stderr after `warning:`; while a prompt waits for its answer, once it
+        has it (said then, it would land in the middle of the question)."""
+        if self._asking:
+            self._held.append(message)
+            return
+        self._err.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
+
     async def _tell(self, approval: PendingApproval) -> None:
         if approval.action in RUN_QUESTIONS:
             self._say(f"{approval.run_id} waits: {describe_approval(approval)}")
@@ -167,6 +177,7 @@ class RunFollower:
         live = self._live
         if live is not None:  # a prompt under a redrawn view would be overwritten
             live.stop()
+        self._asking = True
         try:
             # stdin read as a file of our own: at exit, Python takes the lock of sys.stdin's
             # buffer, which a thread left reading it holds (a fatal error, exit 134); rich
@@ -178,8 +189,12 @@ class RunFollower:
         except EOFError:  # stdin closed (Ctrl-D): nobody answers here
             return None
         finally:
+            self._asking = False
             if live is not None:
                 live.start()
+            held, self._held = self._held, []
+            for message in held:
+                self.warn(message)
 
 
 async def _in_daemon_thread(work: Callable[[], T]) -> T:

@@ -319,8 +319,8 @@ async def test_a_cost_limit_the_agents_do_not_price_is_said_to_limit_nothing(
     done = await asyncio.to_thread(codeyard_run, codeyard_up, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     # (the scripted coder reports a call and no cost, as a model with no prices set does)
-    assert "warning: the coder's LLM calls are priced at $0 where it runs" in done.stdout
-    assert done.stdout.count("warning:") == 1
+    assert "warning: the coder's LLM calls are priced at $0 where it runs" in done.stderr
+    assert done.stderr.count("warning:") == 1
 
 
 async def test_a_plan_nobody_answers_here_is_told_with_the_commands_that_answer_it(

@@ -153,3 +153,24 @@ async def test_ctrl_c_at_the_prompt_stops_following_at_once(
     assert "run r2 keeps going: follow it with `codeyard logs -f r2`" in said
     status = await asyncio.to_thread(codeyard, codeyard_up, "status", "r2")
     assert "plan_approval" in status.stdout  # still waiting for someone to approve its plan
+
+
+async def test_a_warning_waits_for_the_answer_of_a_prompt_it_would_land_in(
+    codeyard_up: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    """Nobody serves the run's reviewer: `codeyard run` warns after a few seconds, which used to
+    land in the middle of `approve? [y/n]` (on a terminal, stderr is the screen too)."""
+    waiting = (*waiting_for_plan_approval(repo, tmp_path, "r4"), "--reviewer", "review.nosuch")
+    with on_a_terminal(codeyard_up, *waiting) as run:
+        await run.shows(PROMPT)
+        assert run.process.stderr is not None
+        stderr = run.process.stderr.fileno()
+        os.set_blocking(stderr, False)
+        await asyncio.sleep(8)  # the warning's window (4 s) is over
+        with pytest.raises(BlockingIOError):  # nothing said while the question waits
+            os.read(stderr, 4096)
+
+        run.type("y")
+        os.set_blocking(stderr, True)
+        said = (await asyncio.wait_for(asyncio.to_thread(os.read, stderr, 4096), 30)).decode()
+    assert said.startswith("warning: no worker of review.nosuch announced itself"), said

@@ -16,7 +16,7 @@ def reported(cost_usd: float, calls: int = 1, model: str = "gpt-4o") -> UsageRep
 def test_a_cost_limit_the_agents_prices_cannot_reach_is_told_once() -> None:
     unpriced = UnpricedCalls(max_cost_usd=5.0)
     assert unpriced.warning(reported(0.0)) == (
-        "warning: the coder's LLM calls (gpt-4o) are priced at $0 where it runs (set "
+        "the coder's LLM calls (gpt-4o) are priced at $0 where it runs (set "
         "CODEYARD_LLM_PRICES, or CODEYARD_LLM_INPUT_PRICE_PER_MTOK and "
         "CODEYARD_LLM_OUTPUT_PRICE_PER_MTOK, there): --max-cost 5 does not limit them; "
         "--max-tokens does"
