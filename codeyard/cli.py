@@ -1653,6 +1653,7 @@ def _reflowed(typer_app: typer.Typer) -> typer.Typer:
 def main() -> None:
     from pydantic import ValidationError
 
+    from codeyard.bus.credentials import CredentialsUnreadable
     from codeyard.config import invalid_settings
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -1666,4 +1667,7 @@ def main() -> None:
                 raise
             for problem in problems:
                 err.print(f"error: {problem}", markup=False, highlight=False)
+            raise SystemExit(BAD_CONFIGURATION) from None
+        except CredentialsUnreadable as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False)
             raise SystemExit(BAD_CONFIGURATION) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal, get_args
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -155,16 +156,46 @@ class Settings(BaseSettings):
             )
         return name
 
-    @field_validator("data_dir", mode="before")
+    @field_validator("data_dir", "nats_credentials_dir", mode="before")
     @classmethod
     def _named_directory(cls, directory: object) -> object:
         # Empty, Path("") is the current directory: `up` put its server's store and credentials
         # wherever it was started, and commands started elsewhere found none of them.
         if isinstance(directory, str) and not directory.strip():
             raise PydanticCustomError(
-                "empty_data_dir", "empty; name a directory, or unset it for the default"
+                "empty_directory", "empty; name a directory, or unset it for the default"
             )
         return directory
+
+    @field_validator("dashboard_host", "metrics_host")
+    @classmethod
+    def _named_address(cls, host: str) -> str:
+        # Empty, a server listens on every interface: a dashboard that approves commands, open
+        # to the network, for a variable set empty in a compose file.
+        if not host.strip():
+            raise PydanticCustomError(
+                "empty_host",
+                "empty; name an address (0.0.0.0 for every interface), or unset it for 127.0.0.1",
+            )
+        return host
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_servers(cls, url: str) -> str:
+        # Taken as it is, a URL of another scheme or an impossible port failed every connection
+        # attempt, reported as "cannot reach NATS" (and retried for ever under compose).
+        servers = [server.strip() for server in url.split(",")] if url else []
+        if len({server.startswith(("ws://", "wss://")) for server in servers}) > 1:
+            raise PydanticCustomError(
+                "nats_url", "websocket (ws://, wss://) and other servers may not be mixed"
+            )
+        for server in servers:  # (none: codeyard up's server)
+            problem = nats_server_problem(server)
+            if problem:  # (quoting the server as it is safe to show: see `invalid_settings`)
+                raise PydanticCustomError(
+                    "nats_url", "{problem}", {"problem": problem, SHOWS_INPUT: True}
+                )
+        return url
 
     @field_validator("nats_credentials_dir")
     @classmethod
@@ -221,6 +252,32 @@ class Settings(BaseSettings):
         )
 
 
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+# In the context of a validator's error: its message shows what of the input may be shown.
+SHOWS_INPUT = "shows_input"
+
+
+def nats_server_problem(server: str) -> str:
+    """Why `server` (one of NATS_URL's, separated by commas) is no NATS server address, or ""
+    when it is one: nats://host:port, tls://, ws:// or wss://, or host:port (nats-py adds
+    nats://)."""
+    if not server:
+        return "a server address is empty (servers are separated by commas)"
+    parsed = urlsplit(server if "://" in server else f"nats://{server}")
+    if parsed.password:  # never shown
+        server = server.replace(f":{parsed.password}@", ":***@", 1)
+    if parsed.scheme not in NATS_SCHEMES:
+        schemes = ", ".join(f"{scheme}://" for scheme in NATS_SCHEMES)
+        return f"{server!r} is not a NATS server address ({schemes} host:port)"
+    try:
+        parsed.port  # noqa: B018  (raises on a port out of range)
+    except ValueError:
+        return f"{server!r} has no valid port (1-65535)"
+    if not parsed.hostname:
+        return f"{server!r} names no host"
+    return ""
+
+
 def invalid_settings(error: ValidationError) -> list[str] | None:
     """What is wrong in the environment, one line per setting, naming its variable, e.g.
     `CODEYARD_ACK_WAIT: Input should be greater than 0 (got '-1')`: what the CLI prints
@@ -242,7 +299,8 @@ def invalid_settings(error: ValidationError) -> list[str] | None:
             variable = _variable(model, where, field.validation_alias)
             secret = SecretStr in (field.annotation, *get_args(field.annotation))
         given = f" (got {str(problem['input'])[:80]!r})"
-        if secret or given in problem["msg"]:  # (a validator may quote the input itself)
+        shown = problem.get("ctx", {}).get(SHOWS_INPUT)
+        if secret or shown or given in problem["msg"]:  # (a validator may quote the input)
             given = ""
         lines.append(f"{variable or error.title}: {problem['msg']}{given}")
     return lines

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from codeyard.bus.embedded import free_port
 from codeyard.bus.topology import APPROVAL_TTL_MARGIN, DAY
 from codeyard.config import Settings, invalid_settings
 from codeyard.llm import LLMSettings
+from tests.processes import codeyard
 
 
 def problems(
@@ -156,3 +159,79 @@ def test_a_data_dir_set_empty_or_port_zero_is_refused(monkeypatch: pytest.Monkey
         "CODEYARD_DATA_DIR: empty; name a directory, or unset it for the default (got ' ')",
         "CODEYARD_NATS_PORT: Input should be greater than or equal to 1 (got '0')",
     ]
+
+
+def test_a_credentials_dir_or_an_address_set_empty_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Empty, the credentials were read from wherever a command started, and the dashboard
+    listened on every interface (as 0.0.0.0 would)."""
+    assert problems(
+        monkeypatch,
+        Settings,
+        CODEYARD_NATS_CREDENTIALS_DIR="",
+        CODEYARD_DASHBOARD_HOST="",
+        CODEYARD_METRICS_HOST=" ",
+    ) == [
+        "CODEYARD_NATS_CREDENTIALS_DIR: empty; name a directory, or unset it for the default "
+        "(got '')",
+        "CODEYARD_METRICS_HOST: empty; name an address (0.0.0.0 for every interface), or unset "
+        "it for 127.0.0.1 (got ' ')",
+        "CODEYARD_DASHBOARD_HOST: empty; name an address (0.0.0.0 for every interface), or "
+        "unset it for 127.0.0.1 (got '')",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:80", "'http://127.0.0.1:80' is not a NATS server address"),
+        ("nats://127.0.0.1:99999", "'nats://127.0.0.1:99999' has no valid port (1-65535)"),
+        ("nats://:4222", "'nats://:4222' names no host"),
+        ("nats://a:4222,,nats://b:4222", "a server address is empty"),
+        ("nats://a:4222,ws://b:8080", "websocket (ws://, wss://) and other servers may not be"),
+        # a password is never shown, nor the variable as given
+        ("nats://ops:s3cret@127.0.0.1:0x10", "'nats://ops:***@127.0.0.1:0x10' has no valid port"),
+    ],
+)
+def test_a_nats_url_that_names_no_nats_server_is_refused(
+    monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    """It was taken as it was, and every attempt to connect failed as "cannot reach NATS"."""
+    [said] = problems(monkeypatch, Settings, NATS_URL=url)
+    assert said.startswith(f"NATS_URL: {problem}"), said
+    assert "s3cret" not in said
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://127.0.0.1:4222",
+        "127.0.0.1:4222, nats://user:pw@127.0.0.2:4223",  # a cluster, as the nats CLI takes it
+        "tls://nats.example.com",
+        "wss://a.example.com,ws://b.example.com:8080",
+    ],
+)
+def test_nats_servers_pass_alone_or_as_a_cluster(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("NATS_URL", url)
+    assert Settings().server_url() == url
+
+
+@pytest.mark.parametrize("unreadable", ["utf-16", "a directory"])
+def test_credentials_that_cannot_be_read_are_a_setup_error(tmp_path: Path, unreadable: str) -> None:
+    """A UTF-16 env file (as Windows PowerShell writes) showed a traceback; a directory in its
+    place was reported as NATS being unreachable."""
+    ctl = tmp_path / "ctl.env"
+    if unreadable == "a directory":
+        ctl.mkdir()
+    else:
+        ctl.write_text("CODEYARD_NATS_USER=ctl\n", encoding="utf-16")
+    env = os.environ | {
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "CODEYARD_NATS_CREDENTIALS_DIR": str(tmp_path),
+    }
+    said = codeyard(env, "status", timeout=60)
+    assert said.returncode == 2
+    assert said.stderr.startswith(f"error: cannot read the NATS credentials in {ctl}: "), said
+    assert "Traceback" not in said.stderr
+    assert "CODEYARD_NATS_CREDENTIALS_DIR chooses the directory" in said.stderr

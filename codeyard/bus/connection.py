@@ -136,7 +136,8 @@ class Bus:
         user = credentials.user if credentials else None
         try:
             await nc.connect(
-                url,
+                # (a cluster's servers, separated by commas as in the nats CLI's NATS_URL)
+                [server.strip() for server in url.split(",")],
                 name=name,
                 user=user,
                 password=credentials.password if credentials else None,

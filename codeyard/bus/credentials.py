@@ -50,12 +50,25 @@ def write_credentials(path: Path, credentials: Credentials) -> None:
     write_private(path, "\n".join(lines) + "\n")
 
 
+class CredentialsUnreadable(Exception):
+    """An env file of credentials is there but cannot be read (a directory, not UTF-8, not
+    ours to read): the setup's mistake, said as such, not as NATS being unreachable. Not an
+    OSError, which commands take for a connection failing."""
+
+
 def read_credentials(path: Path) -> Credentials | None:
     """The credentials in an env file; None if it is missing or lacks either variable."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CredentialsUnreadable(
+            f"cannot read the NATS credentials in {path}: {reason} (an env file of "
+            f"{USER_VARIABLE}=... and {PASSWORD_VARIABLE}=... lines, UTF-8; "
+            "CODEYARD_NATS_CREDENTIALS_DIR chooses the directory)"
+        ) from exc
     values = {}
     for line in text.splitlines():
         name, sep, value = line.strip().partition("=")

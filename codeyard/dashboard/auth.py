@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlsplit
 
+from codeyard.odd_characters import first_odd_character
+
 # The session cookie's name is this and the port the dashboard listens on: browsers send a
 # host's cookies to each of its ports, so a fixed name had two dashboards on one machine
 # overwrite each other's sign-in.
@@ -53,6 +55,13 @@ class TokenCheck:
     def __post_init__(self) -> None:
         if len(self.token) < 16:  # guessable tokens would make the check pointless
             raise ValueError("the dashboard token must be at least 16 characters long")
+        # One with a line break (read from a file) was taken, and then matched no sign-in.
+        odd = first_odd_character(self.token, ascii_only=True)
+        if odd is not None:
+            raise ValueError(
+                f"the dashboard token holds {odd}: a token is printable ASCII without spaces "
+                "(the token is not shown)"
+            )
 
     def matches(self, candidate: str | None) -> bool:
         return _same(candidate, self.token)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -13,6 +12,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from codeyard.llm.errors import LLMNotConfigured
+from codeyard.odd_characters import first_odd_character
 
 OPENAI_API_URL = "https://api.openai.com/v1"
 
@@ -299,23 +299,3 @@ def api_key_problem(key: str) -> str:
             f"Kubernetes secret, an env file with CRLF line ends) may: remove it; {rule}"
         )
     return f"the API key {where} holds {odd}: {rule}"
-
-
-def first_odd_character(text: str, *, ascii_only: bool) -> str | None:
-    """The first character of `text` that is whitespace, a control character, not printable,
-    or (`ascii_only`) not ASCII, with its place: "U+00A0 (no-break space) at character 7 of
-    7"; None when there is none."""
-    for index, character in enumerate(text):
-        odd = character.isspace() or not character.isprintable()
-        if odd or (ascii_only and not character.isascii()):
-            return f"{_named(character)} at character {index + 1} of {len(text)}"
-    return None
-
-
-def _named(character: str) -> str:
-    name = unicodedata.name(character, "").lower()
-    if not name:
-        control = unicodedata.category(character) == "Cc"
-        name = "a control character" if control else "a character with no name"
-        name = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}.get(character, name)
-    return f"U+{ord(character):04X} ({name})"

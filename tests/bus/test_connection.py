@@ -11,6 +11,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.embedded import free_port
 from tests.conftest import TEST_TOPOLOGY
 
 
@@ -104,3 +105,16 @@ async def test_after_sync_another_connection_is_answered_at_once(
     finally:
         await server.close()
         await client.close()
+
+
+async def test_a_cluster_is_named_by_its_servers_separated_by_commas(
+    nats_server: EmbeddedNats,
+) -> None:
+    """As the nats CLI takes NATS_URL: one of them down, the others serve."""
+    down = f"nats://127.0.0.1:{free_port()}"
+    bus = await Bus.connect(f"{down}, {nats_server.url}", name="cluster", topology=TEST_TOPOLOGY)
+    try:
+        assert bus.nc.connected_url is not None
+        assert bus.nc.connected_url.port == nats_server.port
+    finally:
+        await bus.close()

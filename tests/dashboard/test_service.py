@@ -70,6 +70,24 @@ def test_a_token_too_short_is_bad_configuration() -> None:
         dashboard_token(Settings(dashboard_token="short"))
 
 
+@pytest.mark.parametrize(
+    ("token", "odd"),
+    [
+        ("abcdefghijklmnopqr\n", "U+000A (a line break) at character 19 of 19"),  # from a file
+        ("abcdefgh ijklmnopqr", "U+0020 (space) at character 9 of 19"),
+        ("abcdefghijklmnopqré", "U+00E9 (latin small letter e with acute) at character 19"),
+    ],
+)
+def test_a_token_no_sign_in_could_match_is_bad_configuration(token: str, odd: str) -> None:
+    """One ending in a line break was taken, and then no sign-in matched it."""
+    with pytest.raises(CannotServe) as refused:
+        dashboard_token(Settings(dashboard_token=token))
+    assert str(refused.value).startswith(
+        f"CODEYARD_DASHBOARD_TOKEN: the dashboard token holds {odd}"
+    )
+    assert token.strip() not in str(refused.value)
+
+
 def test_help_names_the_settings_and_gives_an_example() -> None:
     shown = subprocess.run(
         [sys.executable, "-m", "codeyard", "dashboard", "--help"],
