@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import inspect
 import logging
 import os
@@ -166,10 +165,14 @@ def up(
     """
     from codeyard.dashboard.service import CannotServe, dashboard_token, public_origins
     from codeyard.launch import (
+        IN_USE,
         AlreadyRunning,
+        BadConfiguration,
         LocalModelNotServing,
         NatsUnreachable,
         ServiceRefused,
+        bind_problem,
+        prepare_data_dir,
         run_up,
     )
     from codeyard.llm import NOT_CONFIGURED, LLMSettings
@@ -193,6 +196,11 @@ def up(
         except CannotServe as exc:
             err.print(f"error: {exc}", markup=False)
             raise typer.Exit(BAD_CONFIGURATION) from None
+        host, port = settings.dashboard_host, settings.dashboard_port
+        problem = bind_problem(port, host)
+        if problem and problem != IN_USE:  # (in use: up says so, and serves without it)
+            _error(f"CODEYARD_DASHBOARD_HOST: cannot listen on {host}:{port}: {problem}")
+            raise typer.Exit(BAD_CONFIGURATION)
     llm = LLMSettings()
     local_llm = agents and not llm.is_configured()
     if local_llm and not (settings.local_llm and local_server_available()):
@@ -210,13 +218,10 @@ def up(
                 "the agents' work will fail once their retries run out; check "
                 "OPENAI_BASE_URL (or CODEYARD_LLM_BASE_URL)"
             )
-    # (made only once every setting was read: a bad one stops `up` with nothing written)
-    try:  # (a configuration error: the operating system's message alone named no setting)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(settings.data_dir, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
-    except OSError as exc:
-        _error(f"CODEYARD_DATA_DIR: cannot use {settings.data_dir}: {exc.strerror or exc}")
+    try:  # (made only once every setting was read: a bad one stops `up` with nothing written)
+        prepare_data_dir(settings)
+    except BadConfiguration as exc:
+        _error(str(exc))
         raise typer.Exit(BAD_CONFIGURATION) from None
     try:
         up_ = run_up(
@@ -756,7 +761,10 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
 
     if not settings.nats_url:
         raise typer.BadParameter("set NATS_URL (codeyard up starts the coordinator for you)")
+    from codeyard.launch import prepare_data_dir
     from codeyard.observability.startup import start_observability
+
+    prepare_data_dir(settings)  # (the runs' clones)
 
     start_observability(settings, name or "coordinator")
     sandbox = default_sandbox(settings)  # runs the suite after each merge; none: refuse to start
@@ -809,9 +817,11 @@ def coordinator(
 
     Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard coordinator --name coord-a[/bold]
     """
+    from codeyard.launch import BadConfiguration
     from codeyard.sandbox import SandboxUnavailable
 
-    _serve(_coordinate(Settings(), name, capacity), bad_configuration=(SandboxUnavailable,))
+    refused = (SandboxUnavailable, BadConfiguration)
+    _serve(_coordinate(Settings(), name, capacity), bad_configuration=refused)
 
 
 @app.command()

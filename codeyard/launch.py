@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -171,6 +172,7 @@ async def serve_role(
     from codeyard.workspace.snapshots import artifact_store
 
     url = settings.server_url()
+    prepare_data_dir(settings)  # (its snapshot cache)
     start_observability(settings, f"worker-{role}")
     with configuring():
         credentials = settings.credentials(principal_of_role(role))
@@ -238,6 +240,23 @@ class BadConfiguration(Exception):
     def __init__(self, *problems: str) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Make CODEYARD_DATA_DIR if it is not there; `BadConfiguration` naming it if it cannot be
+    used (a file, not writable): the operating system's message alone named no setting, and a
+    coordinator failed every run's clone with it while it served."""
+    directory = settings.data_dir
+    try:
+        if directory.exists() and not directory.is_dir():  # (mkdir would say "File exists")
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        raise BadConfiguration(
+            f"CODEYARD_DATA_DIR: cannot use {directory}: {exc.strerror or exc}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -321,16 +340,31 @@ def hold_data_dir(directory: Path) -> IO[str]:
     return lock
 
 
+IN_USE = "in use"
+
+
+def bind_problem(port: int, host: str = "127.0.0.1") -> str:
+    """Why a server could not listen on `host`:`port` now (`IN_USE`: something listens there),
+    or "" when it could. Every address `host` names, IPv6 too, as servers bind them;
+    SO_REUSEADDR as they do: connections of a stopped server lingering in TIME_WAIT do not
+    count."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"no address of that name ({exc.strerror})"
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return IN_USE if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+    return ""
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether nothing listens on `port`. SO_REUSEADDR, as servers bind: connections of a
-    stopped server lingering in TIME_WAIT do not count."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
+    """Whether nothing listens on `port`."""
+    return not bind_problem(port, host)
 
 
 def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
@@ -496,13 +530,17 @@ async def run_up(
             llm_env["CODEYARD_LLM_MAX_TOKENS_FIELD"] = "max_tokens"
         # The dashboard's own (checked already), or "": it makes one, and shows its sign-in link
         token = settings.dashboard_token.get_secret_value() if dashboard else None
-        if token is not None and not port_free(settings.dashboard_port, settings.dashboard_host):
+        host, port = settings.dashboard_host, settings.dashboard_port
+        problem = bind_problem(port, host) if token is not None else ""
+        if problem:
             # it would exit 2 at once: say so, rather than announce an address that is another's
-            taken = f"{settings.dashboard_host}:{settings.dashboard_port}"
+            why = (
+                "is in use (set CODEYARD_DASHBOARD_PORT)"
+                if problem == IN_USE
+                else f"cannot be listened on: {problem} (CODEYARD_DASHBOARD_HOST)"
+            )
             console.print(
-                f"dashboard not started: {taken} is in use (set CODEYARD_DASHBOARD_PORT)",
-                markup=False,
-                highlight=False,
+                f"dashboard not started: {host}:{port} {why}", markup=False, highlight=False
             )
             token = None
         children = service_children(

@@ -3,10 +3,12 @@ configuration (exit 2, which `up` does not restart); a `ValueError` once it serv
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
+from codeyard import launch
 from codeyard.bus import Bus, EmbeddedNats
 from codeyard.bus.worker import Handler
 from codeyard.config import Settings
@@ -45,3 +47,27 @@ def test_a_refused_environment_is_bad_configuration_one_line_per_variable(
         "CODEYARD_LLM_TEMPERATURE: Input should be a valid number, unable to parse string as a "
         "number (got 'abc')",
     )
+
+
+def test_why_a_server_could_not_listen_is_told_apart_from_a_port_in_use() -> None:
+    """`up` said any address it could not bind was in use (an IPv6 one it could, too)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert launch.bind_problem(port, "127.0.0.1") == launch.IN_USE
+        assert not launch.port_free(port)
+    assert launch.bind_problem(port, "127.0.0.1") == ""
+    assert launch.bind_problem(port, "192.0.2.1") == "Cannot assign requested address"
+    assert launch.bind_problem(port, "bogus.invalid").startswith("no address of that name")
+    if has_ipv6_loopback():
+        assert launch.bind_problem(port, "::1") == ""
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -132,6 +132,24 @@ async def test_a_data_dir_up_cannot_use_is_a_configuration_error_naming_it(
     )
 
 
+@pytest.mark.parametrize(
+    "service", [("coordinator",), ("worker", "review", "--name", "static")], ids=lambda s: s[0]
+)
+async def test_a_service_refuses_a_data_dir_it_cannot_use_as_up_does(
+    tmp_path: Path, service: tuple[str, ...]
+) -> None:
+    """A coordinator took the lead with it, and then failed every run's clone."""
+    (tmp_path / "a-file").write_text("")
+    env = isolated_env(tmp_path) | {
+        "CODEYARD_DATA_DIR": str(tmp_path / "a-file"),
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",  # (not reached)
+    }
+    code, stderr = await run_to_end(env, *service)
+    assert code == 2
+    said = f"error: CODEYARD_DATA_DIR: cannot use {tmp_path / 'a-file'}: not a directory\n"
+    assert stderr.decode().endswith(said), stderr
+
+
 async def test_up_without_an_llm_explains_how_to_configure_one(tmp_path: Path) -> None:
     env = isolated_env(tmp_path) | {"CODEYARD_LOCAL_LLM": "0"}  # else codeyard[local] serves
     code, stderr = await run_to_end(env, "up")
@@ -457,6 +475,19 @@ async def test_up_refuses_a_dashboard_token_too_short_before_starting_anything(
     code, stderr = await run_to_end(env, "up", "--no-agents")
     assert code == 2
     assert b"CODEYARD_DASHBOARD_TOKEN: the dashboard token must be at least 16" in stderr
+    assert not (tmp_path / "nats").exists()
+
+
+async def test_up_refuses_a_dashboard_address_it_cannot_listen_on_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    """It said "is in use (set CODEYARD_DASHBOARD_PORT)" of any address it could not bind, and
+    ran without the dashboard."""
+    env = isolated_env(tmp_path) | {"CODEYARD_DASHBOARD_HOST": "192.0.2.1"}  # (TEST-NET-1)
+    code, stderr = await run_to_end(env, "up", "--no-agents")
+    assert code == 2
+    assert stderr.startswith(b"error: CODEYARD_DASHBOARD_HOST: cannot listen on 192.0.2.1:"), stderr
+    assert b"in use" not in stderr
     assert not (tmp_path / "nats").exists()
 
 
