@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import nats.errors
+import nats.js.errors
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -63,6 +64,12 @@ def _at_most(limit: N) -> Callable[[N], N]:
     return checked
 
 
+def _more_than_zero(value: float) -> float:
+    if not value > 0:  # not `<= 0`, nor click's FloatRange: NaN passes those
+        raise typer.BadParameter(f"{value} is not more than 0.")
+    return value
+
+
 @app.command()
 def version() -> None:
     """Print the codeyard version.
@@ -91,16 +98,19 @@ def schemas_export(
 
 @deploy_app.command("nats-config")
 def deploy_nats_config(
-    out: Annotated[Path, typer.Option(help="directory to write (created)")],
+    # (str, not Path: Path("") is the current directory, and an empty value must be refused)
+    out: Annotated[str, typer.Option(metavar="<dir>", help="directory to write (created)")],
     reviewer: Annotated[
         list[str] | None,
         typer.Option(help="a plugin reviewer review.NAME to give its own user (repeatable)"),
     ] = None,
-    host: Annotated[str, typer.Option(help="address the server listens on")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="address the server listens on (0.0.0.0: every interface)")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="client port")] = 4222,
-    store_dir: Annotated[Path, typer.Option(help="JetStream store, as the server sees it")] = Path(
-        "/data/jetstream"
-    ),
+    store_dir: Annotated[
+        str, typer.Option(metavar="<dir>", help="JetStream store, as the server sees it")
+    ] = "/data/jetstream",
 ) -> None:
     """Write a nats-server config with one user per role and an env file per role.
 
@@ -114,15 +124,26 @@ def deploy_nats_config(
     from codeyard.bus.permissions import UnknownPrincipal
     from codeyard.bus.subjects import UnknownRole
     from codeyard.deploy.nats_config import ServerOptions, write_deployment
+    from codeyard.odd_characters import first_odd_character
 
-    options = ServerOptions(host=host, port=port, store_dir=store_dir)
+    # Empty, the files went to the current directory, the server listened on every interface,
+    # or kept its streams wherever it was started.
+    for option, value in (("--out", out), ("--store-dir", store_dir)):
+        if not value.strip() or not value.isprintable():
+            _error(f"{option} {value!r}: name a directory")
+            raise typer.Exit(BAD_CONFIGURATION)
+    if not host or first_odd_character(host, ascii_only=False) is not None:
+        _error(f"--host {host!r}: name an address (0.0.0.0 for every interface)")
+        raise typer.Exit(BAD_CONFIGURATION)
+    directory = Path(out)
+    options = ServerOptions(host=host, port=port, store_dir=Path(store_dir))
     try:
-        deployment = write_deployment(out, reviewers=tuple(reviewer or ()), options=options)
+        deployment = write_deployment(directory, reviewers=tuple(reviewer or ()), options=options)
     except (UnknownRole, UnknownPrincipal) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     except OSError as exc:
-        _cannot_write(out, exc)
+        _cannot_write(directory, exc)
     console.print(f"wrote {deployment.config_file}", markup=False)
     for principal in deployment.principals:
         console.print(f"wrote {deployment.credentials_file(principal)}", markup=False)
@@ -395,7 +416,7 @@ def run(
             min=0,
             callback=_at_most(2**53),
             help="LLM tokens the whole run may use before it waits for a person to approve "
-            "more (approving lifts the limit); 0: no limit",
+            "more (approving lifts the limit); 0: no limit; at most 2^53",
         ),
     ] = 0,
     max_cost: Annotated[
@@ -404,7 +425,7 @@ def run(
             min=0,
             callback=_at_most(1e12),
             help="USD the run may spend (priced by CODEYARD_LLM_*_PRICE*) before it waits "
-            "for a person, as --max-tokens; 0: no limit",
+            "for a person, as --max-tokens; 0: no limit; at most 1e12",
         ),
     ] = 0.0,
     reviewer: Annotated[
@@ -686,7 +707,9 @@ def bench_humaneval_command(
             help="keep the problem repositories here (new directory)",
         ),
     ] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for each run")] = 3600.0,
+    timeout: Annotated[
+        float, typer.Option(help="seconds to wait for each run", callback=_more_than_zero)
+    ] = 3600.0,
     json_output: JsonFlag = False,
 ) -> None:
     """HumanEval through the pipeline (one run per problem: coder, tester, reviewer; the
@@ -863,7 +886,7 @@ def approvals(
 def approve(
     approval_id: Annotated[str, typer.Argument(help="from `codeyard approvals`")],
     comment: Annotated[str, typer.Option(help="why, kept with the answer")] = "",
-    by: Annotated[str, typer.Option(help="who approves (default: $USER)")] = "",
+    by: Annotated[str, typer.Option(help="who approves (default: $USER, else $LOGNAME)")] = "",
     json_output: JsonFlag = False,
 ) -> None:
     """Approve what waits: the parked task (or run) goes on.
@@ -881,7 +904,7 @@ def approve(
 def deny(
     approval_id: Annotated[str, typer.Argument(help="from `codeyard approvals`")],
     reason: Annotated[str, typer.Option(help="why, shown with the failed task")] = "",
-    by: Annotated[str, typer.Option(help="who denies (default: $USER)")] = "",
+    by: Annotated[str, typer.Option(help="who denies (default: $USER, else $LOGNAME)")] = "",
     json_output: JsonFlag = False,
 ) -> None:
     """Deny what waits: a parked task fails, a plan is rejected, an over-budget run is cancelled.
@@ -1610,6 +1633,7 @@ def _serve(
     """Run a long-lived service with logs on stderr: bad configuration exits 2, an unreachable
     NATS exits 1. A NATS user name that cannot name an inbox (`UnknownPrincipal`, found as the
     service connects) is bad configuration for every service."""
+    from codeyard.bus.connection import LoginRefused
     from codeyard.bus.permissions import UnknownPrincipal
     from codeyard.launch import BadConfiguration
 
@@ -1628,6 +1652,17 @@ def _serve(
         for problem in problems:  # e.g. one line per variable refused, as every command says
             err.print(f"error: {problem}", markup=False, highlight=False)
         raise typer.Exit(BAD_CONFIGURATION) from None  # `up` then does not restart it
+    except LoginRefused as exc:  # (as every command says it: not "cannot reach NATS")
+        _unreachable(settings.server_url(), exc)
+    except nats.js.errors.NotFoundError as exc:
+        if isinstance(exc, nats.js.errors.KeyNotFoundError | nats.js.errors.ObjectNotFoundError):
+            raise
+        # NATS answered: what is missing is what the coordinator creates as it starts.
+        _error(
+            f"NATS at {settings.server_url()} has no codeyard streams and buckets yet "
+            f"({exc!r}): start the coordinator (or `codeyard up`) first, which creates them"
+        )
+        raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
         _error(f"cannot reach NATS: {exc!r}")
         raise typer.Exit(1) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Literal, get_args
@@ -19,6 +20,8 @@ from codeyard.bus.credentials import (
     read_credentials,
 )
 from codeyard.bus.topology import DAY, Topology
+
+log = logging.getLogger(__name__)
 
 # Under the data dir: the embedded server's store, configuration and per-principal credentials.
 EMBEDDED_DIR = "nats"
@@ -240,7 +243,14 @@ class Settings(BaseSettings):
         if self.nats_user:
             return Credentials(self.nats_user, self.nats_password.get_secret_value())
         directory = self.credentials_dir()
-        return read_credentials(credentials_file(directory, principal)) if directory else None
+        if directory is None:
+            return None
+        path = credentials_file(directory, principal)
+        found = read_credentials(path)
+        if found is None and self.nats_credentials_dir is not None:
+            # (a plugin reviewer left out of `deploy nats-config --reviewer NAME`, say)
+            log.warning("no credentials in %s: connecting without any", path)
+        return found
 
     def topology(self) -> Topology:
         return Topology(

@@ -107,11 +107,11 @@ def write_deployment(
     """Write (or refresh) the server configuration and every principal's credentials in
     `out`, keeping the passwords of principals that already have an env file there."""
     options = options or ServerOptions()
+    names = principals(tuple(reviewers))  # (refused before anything is written)
     out.mkdir(parents=True, exist_ok=True)
     directory = out / CREDENTIALS_DIR
     directory.mkdir(mode=0o700, exist_ok=True)
     directory.chmod(0o700)
-    names = principals(tuple(reviewers))
     users = []
     for principal in names:
         path = credentials_file(directory, principal)

@@ -40,7 +40,8 @@ def plugin_spec(name: str) -> str:
         known = ", ".join(sorted(plugins)) or "none are installed"
         raise PluginError(
             f"no reviewer plugin named {name!r} in the {ENTRY_POINT_GROUP!r} entry point group "
-            f"(known: {known}); give its class with --plugin module:Class instead"
+            f"(known: {known}): install the package that registers it, or give its class: "
+            f"codeyard worker review --name {name} --plugin module:Class"
         )
     return plugins[name]
 

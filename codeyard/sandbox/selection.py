@@ -13,6 +13,7 @@ Nothing here ever falls back to running commands unsandboxed on its own.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from codeyard.config import Settings
@@ -20,6 +21,13 @@ from codeyard.sandbox.bwrap import BwrapSandbox
 from codeyard.sandbox.docker import DockerSandbox
 from codeyard.sandbox.process import ProcessSandbox
 from codeyard.sandbox.protocol import Sandbox, SandboxUnavailable
+
+log = logging.getLogger(__name__)
+# Settings that choose docker's engine or image: set, docker was wanted, and its absence is news.
+_DOCKER_SETTINGS = {
+    "docker_host": "CODEYARD_DOCKER_HOST",
+    "sandbox_image": "CODEYARD_SANDBOX_IMAGE",
+}
 
 
 def default_sandbox(settings: Settings | None = None, *, bwrap: Path | None = None) -> Sandbox:
@@ -42,11 +50,23 @@ def default_sandbox(settings: Settings | None = None, *, bwrap: Path | None = No
                 raise
             tried.append(f"docker: {exc}")
     try:
-        return _bwrap(bwrap)
+        sandbox = _bwrap(bwrap)
     except SandboxUnavailable as exc:
         if choice == "bwrap":
             raise
         tried.append(f"bwrap: {exc}")
+    else:
+        if tried:  # (a typo in the image's name changed the isolation, with nothing said)
+            chosen = [
+                name
+                for field, name in _DOCKER_SETTINGS.items()
+                if field in settings.model_fields_set
+            ]
+            level = logging.WARNING if chosen else logging.INFO
+            verb = "are" if len(chosen) > 1 else "is"
+            because = f" although {' and '.join(chosen)} {verb} set" if chosen else ""
+            log.log(level, "bubblewrap sandbox instead of docker%s; %s", because, tried[0])
+        return sandbox
     raise SandboxUnavailable(
         "no sandbox available to run generated code (CODEYARD_SANDBOX=auto tried docker, then "
         "bwrap):\n- " + "\n- ".join(tried)

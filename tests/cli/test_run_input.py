@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from codeyard.bus.embedded import find_nats_server, free_port
+from codeyard.bus.embedded import EmbeddedNats, find_nats_server, free_port
 from codeyard.workspace.git import git
 from tests.processes import codeyard
 from tests.repositories import one_commit_repo, write_files
@@ -165,6 +165,15 @@ def test_bad_run_arguments_are_refused_once_before_connecting(
     assert "NATS" not in refused.stderr
 
 
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan"])
+def test_the_benchmark_refuses_a_wait_of_no_time(env: dict[str, str], timeout: str) -> None:
+    """`bench humaneval --timeout -1` ran the benchmark (its runs all timed out at once)."""
+    refused = codeyard(env, "bench", "humaneval", "--limit", "1", "--timeout", timeout)
+    assert refused.returncode == 2, refused.stderr
+    assert "Invalid value for '--timeout'" in refused.stderr
+    assert "is not more than 0." in refused.stderr
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -234,24 +243,29 @@ def test_nats_not_there_is_one_line_not_one_per_attempt(
     )
 
 
+@pytest.mark.parametrize(
+    "command", [("status",), ("worker", "review", "--name", "static")], ids=["cli", "service"]
+)
 def test_a_server_that_refuses_the_login_is_not_called_unreachable(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str], tmp_path: Path, command: tuple[str, ...]
 ) -> None:
     """It answered, and said no (here: no credentials were found, as when NATS_URL names the
-    server of an `up` with another data dir); it used to be reported as not running."""
+    server of an `up` with another data dir); it used to be reported as not running, and a
+    service said "cannot reach NATS" with exit 1."""
     port = free_port()
-    command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "--user", "u"]
-    with subprocess.Popen([*command, "--pass", "p"], stderr=subprocess.DEVNULL) as server:
+    server_command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "--user", "u"]
+    with subprocess.Popen([*server_command, "--pass", "p"], stderr=subprocess.DEVNULL) as server:
         try:
-            refused = codeyard(env | {"NATS_URL": f"nats://127.0.0.1:{port}"}, "status")
+            refused = codeyard(env | {"NATS_URL": f"nats://127.0.0.1:{port}"}, *command)
         finally:
             server.kill()
     assert refused.returncode == 2
-    assert refused.stderr.startswith(
+    said = refused.stderr.splitlines()[-1]  # (a service logs the attempts before)
+    assert said.startswith(
         f"error: NATS at nats://127.0.0.1:{port} refused the login without credentials: "
         "nats: 'Authorization Violation'. Without NATS_URL, codeyard logs in with the "
         "credentials `codeyard up` wrote"
-    )
+    ), refused.stderr
 
 
 @pytest.mark.parametrize(
@@ -302,3 +316,20 @@ def test_uncommitted_changes_are_named_as_left_out_of_the_run(
     )
     assert unreachable.startswith("error: cannot reach NATS")
     assert submitted.returncode == 1
+
+
+@pytest.mark.parametrize("service", [("gate",), ("worker", "review", "--name", "static")])
+def test_a_service_started_before_the_coordinator_says_what_to_start(
+    tmp_path: Path, service: tuple[str, ...]
+) -> None:
+    """It said "cannot reach NATS: BucketNotFoundError()" of a server that answered."""
+    with EmbeddedNats(tmp_path / "nats", tied_to_parent=True) as server:  # nothing created
+        env = os.environ | {"NATS_URL": server.url, "CODEYARD_DATA_DIR": str(tmp_path / "data")}
+        refused = codeyard(env, *service, timeout=60)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"error: NATS at {server.url} has no codeyard streams and buckets yet ("
+    ), refused.stderr
+    assert refused.stderr.endswith(
+        "start the coordinator (or `codeyard up`) first, which creates them\n"
+    )

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from codeyard.bus.credentials import read_credentials
@@ -72,6 +73,35 @@ def test_the_command_writes_the_files_and_prints_no_secret(tmp_path: Path) -> No
 
     bad = CliRunner().invoke(app, ["deploy", "nats-config", "--out", str(out), "--reviewer", "X!"])
     assert bad.exit_code == 2
+
+
+def test_a_reviewer_refused_leaves_nothing_written(tmp_path: Path) -> None:
+    out = tmp_path / "nats"
+    bad = CliRunner().invoke(app, ["deploy", "nats-config", "--out", str(out), "--reviewer", "a b"])
+    assert bad.exit_code == 2
+    assert not out.exists()  # (its credentials directory was made first)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--out", "", "error: --out '': name a directory"),
+        ("--store-dir", " ", "error: --store-dir ' ': name a directory"),
+        ("--host", "", "error: --host '': name an address (0.0.0.0 for every interface)"),
+        ("--host", "a b", "error: --host 'a b': name an address (0.0.0.0 for every interface)"),
+    ],
+)
+def test_an_empty_place_is_refused_not_taken_for_here_or_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, value: str, said: str
+) -> None:
+    """`--out ''` wrote into the current directory; `--host ''` made a server listening on
+    every interface; `--store-dir ''` kept the streams wherever the server started."""
+    monkeypatch.chdir(tmp_path)
+    args = ["deploy", "nats-config", "--out", str(tmp_path / "nats"), option, value]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2
+    assert refused.output == said + "\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_python_m_codeyard_deploy_is_the_same_command(tmp_path: Path) -> None:

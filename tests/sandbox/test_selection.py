@@ -3,6 +3,7 @@ explicit choices are respected and the process backend needs its opt-in."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,18 @@ def test_auto_falls_back_to_bwrap_when_docker_is_unreachable(
 
 
 def test_auto_falls_back_to_bwrap_when_the_image_is_missing(
-    bwrap_sandbox: BwrapSandbox, docker_sandbox: DockerSandbox
+    bwrap_sandbox: BwrapSandbox, docker_sandbox: DockerSandbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(docker_host=docker_sandbox.docker_host, sandbox_image="codeyard:nope")
-    assert isinstance(default_sandbox(settings), BwrapSandbox)
+    with caplog.at_level(logging.INFO, logger="codeyard.sandbox.selection"):
+        assert isinstance(default_sandbox(settings), BwrapSandbox)
+    # A typo in the image's name changed the isolation with nothing said.
+    [said] = caplog.records
+    assert said.levelno == logging.WARNING
+    assert said.getMessage().startswith(
+        "bubblewrap sandbox instead of docker although CODEYARD_DOCKER_HOST and "
+        "CODEYARD_SANDBOX_IMAGE are set; docker: the sandbox image codeyard:nope is not in"
+    ), said.getMessage()
 
 
 def test_auto_refuses_naming_every_backend_and_why(tmp_path: Path, no_docker: str) -> None:
