@@ -132,6 +132,7 @@ from codeyard.schemas.messages import (
     TestResult,
     UsageReported,
     WorkCancelled,
+    WorkFailed,
     WorkItem,
     unknown_run,
 )
@@ -748,19 +749,28 @@ class Coordinator:
         commit.events.append(letter)
 
     def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
+        role = subjects.role_of_result_subject(msg.subject)
         try:
             message: ResultMessage = decode(msg.data, ResultMessage)
         except MessageError as exc:
+            log.warning("refusing an answer on %s that cannot be read: %s", msg.subject, exc)
             self._dead_letter(msg, str(exc), commit)  # a MessageError's text is bounded
             _RESULTS["malformed"].inc()
+            # The work it answers would wait for ever (it was acked): failed, saying why, when
+            # the answer still says which it is (a reviewer of another language, say).
+            if (addressed := _addressed(msg.data)) is not None:
+                reason = f"its answer could not be read: {exc}"
+                self._on_result(refused_answer(addressed, role, reason), commit, now)
             return
         commit.acks.append(msg)
-        role = subjects.role_of_result_subject(msg.subject)
         early: list[Result] = []
         for result in message.results if isinstance(message, ResultBatch) else (message,):
             if wrong := misattributed(result, role):
                 log.warning("refusing a result on %s: %s", msg.subject, wrong)
                 _RESULTS["refused"].inc()
+                # (it fails only work of `role` out for that task: no other stage's)
+                refused = refused_answer(result, role, f"its answer was refused: {wrong}")
+                self._on_result(refused, commit, now)
                 continue
             if self._on_result(result, commit, now):
                 early.append(result)
@@ -1685,3 +1695,37 @@ async def _stop_serving(subscriptions: list[Subscription], patience: float) -> N
                 subscription._conn._remove_sub(subscription._id)
 
     await asyncio.gather(*(stop(subscription) for subscription in subscriptions))
+
+
+class _Addressed(msgspec.Struct, frozen=True):
+    """The envelope of an answer that could not be read whole, as far as it can be."""
+
+    run_id: str = ""
+    task_id: str = ""
+    attempt: int = 0
+    trace_id: str = ""
+    msg_id: str = ""
+
+
+def _addressed(data: bytes) -> _Addressed | None:
+    """Which work an unreadable answer answers, if it says so well enough to fail that work."""
+    try:
+        addressed = msgspec.json.decode(data, type=_Addressed)
+    except (msgspec.DecodeError, ValueError):
+        return None
+    return addressed if addressed.run_id and addressed.attempt > 0 else None
+
+
+def refused_answer(answer: Result | _Addressed, role: str, reason: str) -> WorkFailed:
+    """What an answer on `role`'s subject that cannot be taken stands for: `role` failing the
+    work it answers. Applied like any `WorkFailed`, it fails that work only if it is `role`'s
+    and out, so a sender can fail nothing it could not fail by answering."""
+    return WorkFailed(
+        run_id=answer.run_id,
+        task_id=answer.task_id,
+        attempt=answer.attempt,
+        trace_id=answer.trace_id,
+        msg_id=derived_id(answer.msg_id or new_id(), "refused"),
+        role=role,
+        reason=clip(reason),
+    )

@@ -12,6 +12,7 @@ from codeyard.bus.worker import GiveUp
 from codeyard.cancellation import finish_in_thread
 from codeyard.reviewers.protocol import ReviewerPlugin
 from codeyard.schemas import Result, ReviewComment, ReviewRequest, ReviewResult, WorkItem
+from codeyard.schemas.model import LONG_TEXT_CHARS, clip
 
 
 class PluginHandler:
@@ -35,12 +36,19 @@ class PluginHandler:
                 # returns, so no more reviews run at once than the worker's concurrency.
                 verdict = await finish_in_thread(self.plugin.review, item)
         except PatchDoesNotApply as exc:
-            text = f"the patch does not apply to the current head:\n{exc}"[:20_000]
+            text = f"the patch does not apply to the current head:\n{exc}"
             verdict = ReviewResult(approved=False, comments=[ReviewComment(text=text)])
         if not isinstance(verdict, ReviewResult):
             raise GiveUp(
                 f"reviewer plugin {type(self.plugin).__name__} returned "
                 f"{type(verdict).__name__}, not a ReviewResult"
             )
+        # A comment over the wire's limit failed the whole task: cut, saying so, instead.
+        comments = [
+            msgspec.structs.replace(comment, text=clip(comment.text))
+            if len(comment.text) > LONG_TEXT_CHARS
+            else comment
+            for comment in verdict.comments
+        ]
         # the coordinator counts approvals by this name, whatever the plugin wrote there
-        return msgspec.structs.replace(verdict, reviewer=self.role)
+        return msgspec.structs.replace(verdict, reviewer=self.role, comments=comments)

@@ -17,6 +17,7 @@ from codeyard.schemas import (
     CodeRequest,
     Patch,
     RepoRef,
+    ReviewComment,
     ReviewRequest,
     ReviewResult,
     TaskSpec,
@@ -70,6 +71,23 @@ async def test_patched_checkout_shows_the_change(sample_repo: Path) -> None:
 async def test_a_review_that_returns_something_else_fails_the_work_saying_so() -> None:
     with pytest.raises(GiveUp, match="ReturnsTrue returned bool, not a ReviewResult"):
         await PluginHandler(ReturnsTrue(), "review.x")(request())  # type: ignore[arg-type]
+
+
+class QuotesTheWholeLog:
+    """A review whose comment is longer than a comment may be on the wire (20,000 characters)."""
+
+    def review(self, request: ReviewRequest) -> ReviewResult:
+        return ReviewResult(approved=False, comments=[ReviewComment(text="x" * 50_000)])
+
+
+async def test_a_comment_too_long_for_the_wire_is_cut_saying_so() -> None:
+    """It made the answer invalid, and the task failed instead of going back to the coder."""
+    result = await PluginHandler(QuotesTheWholeLog(), "review.log")(request())
+    assert isinstance(result, ReviewResult)
+    [comment] = result.comments
+    assert len(comment.text) == 20_000
+    assert comment.text.endswith(" [... 30000 more characters cut]")
+    msgspec.json.decode(msgspec.json.encode(result), type=ReviewResult)  # valid on the wire
 
 
 async def test_other_work_is_refused() -> None:
