@@ -59,7 +59,6 @@ def test_why_a_server_could_not_listen_is_told_apart_from_a_port_in_use() -> Non
         assert not launch.port_free(port)
     assert launch.bind_problem(port, "127.0.0.1") == ""
     assert launch.bind_problem(port, "192.0.2.1") == "Cannot assign requested address"
-    assert launch.bind_problem(port, "bogus.invalid").startswith("no address of that name")
     if has_ipv6_loopback():
         assert launch.bind_problem(port, "::1") == ""
 
