@@ -165,6 +165,14 @@ def up(
             "its role review.static), with its own NATS user; repeatable"
         ),
     ] = None,
+    reviewer_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="give a reviewer you run yourself (in another language, say) its NATS user "
+            "on the embedded server, for role review.NAME; its credentials are printed; "
+            "repeatable"
+        ),
+    ] = None,
     dashboard: Annotated[bool, typer.Option(help="run the web dashboard too")] = True,
 ) -> None:
     """Start codeyard on this machine.
@@ -202,14 +210,26 @@ def up(
 
     # (`run --reviewer` takes roles: the same spelling is taken here)
     reviewer = [name.removeprefix("review.") for name in reviewer or ()]
+    users = [name.removeprefix("review.") for name in reviewer_user or ()]
     try:  # a plugin `up` cannot find would only be restarted over and over
         for name in reviewer:
             plugin_role(name)
             plugin_spec(name)
+        for name in users:
+            plugin_role(name)
     except PluginError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
+    if both := sorted(set(reviewer) & set(users)):  # (two reviewers would share its work)
+        _error(f"review.{both[0]} is given both --reviewer and --reviewer-user: choose one")
+        raise typer.Exit(BAD_CONFIGURATION)
     settings = Settings()
+    if users and settings.nats_url:  # (the users are those of NATS_URL's server)
+        _error(
+            "--reviewer-user gives a user on up's own server; with NATS_URL, give it one "
+            "there: codeyard deploy nats-config --reviewer NAME"
+        )
+        raise typer.Exit(BAD_CONFIGURATION)
     if dashboard:
         try:  # checked here, as the child it runs in would fail for ever
             dashboard_token(settings)
@@ -251,7 +271,8 @@ def up(
             coders=coders,
             agents=agents,
             local_llm=local_llm,
-            reviewers=tuple(reviewer or ()),
+            reviewers=tuple(reviewer),
+            reviewer_users=tuple(users),
             dashboard=dashboard,
         )
         asyncio.run(up_)

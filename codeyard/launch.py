@@ -452,13 +452,15 @@ async def run_up(
     agents: bool,
     local_llm: bool = False,
     reviewers: Sequence[str] = (),
+    reviewer_users: Sequence[str] = (),
     dashboard: bool = False,
 ) -> None:
     """Start NATS (embedded unless NATS_URL is set), the local model if asked, then every
     service; on SIGINT, SIGTERM or SIGHUP stop them in the reverse order: the services (which
     finish their work in flight over NATS, and may still ask the model), then the model, then
     NATS. A signal during startup stops what has started so far. A service that exits with
-    BAD_CONFIGURATION stops them all the same way, then `ServiceRefused`."""
+    BAD_CONFIGURATION stops them all the same way, then `ServiceRefused`. `reviewer_users`:
+    reviewers given a user of the embedded server, and no worker."""
     # Before anything starts: until then Python's default action would end `up` without its
     # cleanup, leaving an embedded nats-server running and holding its port.
     stop = asyncio.Event()
@@ -477,7 +479,7 @@ async def run_up(
             port = settings.nats_port or free_port()
             data_dir_lock = hold_data_dir(settings.embedded_dir())
             ensure_port_free(port)
-            deployment = embedded_deployment(settings, port, reviewers)
+            deployment = embedded_deployment(settings, port, (*reviewers, *reviewer_users))
             credentials = principal_credentials(deployment.credentials_dir, reviewers)
             server = EmbeddedNats(
                 settings.embedded_dir(),
@@ -493,6 +495,11 @@ async def run_up(
             console.print(
                 f"one NATS user per role, credentials: {deployment.credentials_dir}", markup=False
             )
+            for name in reviewer_users:  # (served by a process of the user's own)
+                login = deployment.credentials_file(plugin_principal(name))
+                console.print(
+                    f"reviewer review.{name} (yours to run) logs in with {login}", markup=False
+                )
         elif settings.nats_credentials_dir is not None:
             credentials = principal_credentials(settings.nats_credentials_dir, reviewers)
         own = credentials.get(COORDINATOR) or settings.credentials(COORDINATOR)
