@@ -151,7 +151,7 @@ def deploy_nats_config(
 
 @app.command()
 def up(
-    coders: Annotated[int, typer.Option(min=1, help="coder processes to run")] = 2,
+    coders: Annotated[int, typer.Option(min=1, max=256, help="coder processes to run")] = 2,
     agents: Annotated[
         bool,
         typer.Option(
@@ -330,7 +330,10 @@ def gate(
 @app.command()
 def worker(
     role: Annotated[str, typer.Argument(help="planner, coder, tester or review")],
-    concurrency: Annotated[int, typer.Option(min=1, help="work items handled at once")] = 1,
+    concurrency: Annotated[
+        # (a role's consumer lets at most 10,000 items out at once)
+        int, typer.Option(min=1, max=10_000, help="work items handled at once")
+    ] = 1,
     plugin: Annotated[
         str | None,
         typer.Option(help="review only: a reviewer plugin class, module:Class (needs --name)"),
@@ -715,7 +718,8 @@ def bench_humaneval_command(
         ),
     ] = "",
     concurrency: Annotated[
-        int, typer.Option(min=1, help="single-shot calls at once (the pipeline: the coders)")
+        int,
+        typer.Option(min=1, max=256, help="single-shot calls at once (the pipeline: the coders)"),
     ] = 2,
     max_attempts: Annotated[
         int, typer.Option(min=1, max=100, help="attempts per task in the pipeline")
@@ -849,7 +853,10 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
 def coordinator(
     name: Annotated[str | None, typer.Option(help="name in logs and in the leader lease")] = None,
     capacity: Annotated[
-        int, typer.Option(min=1, help="tasks of one run in flight at once (about the coders)")
+        int,
+        typer.Option(
+            min=1, max=100_000, help="tasks of one run in flight at once (about the coders)"
+        ),
     ] = 8,
 ) -> None:
     """Run a coordinator: leads when it holds the lease, stands by otherwise.
