@@ -362,7 +362,7 @@ class RunEngine:
         if not event.task_id:
             if run.state is RunState.PLANNING and event.role == PLANNER:
                 run.usage = run.usage + event.usage
-                self._end_run(RunState.FAILED, f"planner gave up: {event.reason}", step)
+                self._end_run(RunState.FAILED, f"planner failed: {event.reason}", step)
             else:
                 step.ignore(event, f"no planning is out (run is {run.state})")
             return
@@ -374,7 +374,7 @@ class RunEngine:
             step.ignore(event, reason, early=self._behind(task, _stage_of_role(event.role)))
             return
         run.usage = run.usage + event.usage  # no budget check: the task is failing anyway
-        self._fail_task(task, f"{event.role} gave up: {event.reason}", step)
+        self._fail_task(task, f"{event.role} failed: {event.reason}", step)
 
     def _on_unapplied_spend(self, event: UnappliedSpend, step: _Step) -> None:
         """Count what a delivery spent though its answer is not applied: not once per state

@@ -183,7 +183,7 @@ def test_a_planner_giving_up_fails_the_run() -> None:
     engine = RunEngine(new_run())
     engine.handle(StartPlanning(), T0)
     effects = engine.handle(WorkAbandoned("", 1, "planner", "no answer", TOKENS_60), T0)
-    assert effects[-1] == RunFinished(R.FAILED, "planner gave up: no answer")
+    assert effects[-1] == RunFinished(R.FAILED, "planner failed: no answer")
     assert engine.run.usage == TOKENS_60
 
 
@@ -319,7 +319,7 @@ def test_work_given_up_by_a_worker_fails_the_task() -> None:
     engine, _ = started([spec("a")])
     assert isinstance(engine.handle(WorkAbandoned("a", 1, "review", "x"), T0)[0], Ignored)
     effects = engine.handle(WorkAbandoned("a", 1, "coder", "poison message", TOKENS_60), T0)
-    assert effects[0] == TaskMoved("a", 1, S.CODING, S.FAILED, "coder gave up: poison message")
+    assert effects[0] == TaskMoved("a", 1, S.CODING, S.FAILED, "coder failed: poison message")
     assert engine.run.state is R.FAILED
     assert engine.run.usage == TOKENS_60  # the tokens of the work given up are counted
 

@@ -103,7 +103,7 @@ async def test_an_output_too_big_for_its_tasks_record_fails_the_task(small_messa
     assert run.state is RunState.FAILED
     failed = run.tasks["t1"]
     assert failed.state is TaskState.FAILED
-    assert failed.error.startswith("coder gave up: its CodeResult would make the task's record")
+    assert failed.error.startswith("coder failed: its CodeResult would make the task's record")
     assert failed.patch is None  # not kept
     assert run.usage == SPENT
 
@@ -127,4 +127,4 @@ async def test_on_a_server_taking_small_messages_every_output_is_measured(
         run = await wait_until(small_messages, "r1", timeout=30)
 
     assert run.tasks["t1"].state is TaskState.FAILED
-    assert run.tasks["t1"].error.startswith("tester gave up: its TestResult would make the task")
+    assert run.tasks["t1"].error.startswith("tester failed: its TestResult would make the task")

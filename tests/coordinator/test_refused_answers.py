@@ -43,12 +43,12 @@ def foreign_reviewer(bus: Bus, answer: dict[str, object]) -> object:
     [
         (
             {"type": "ReviewResult", "approved": True},  # no reviewer: "review" by default
-            "review.lint gave up: its answer was refused: a ReviewResult of 'review' came from "
+            "review.lint failed: its answer was refused: a ReviewResult of 'review' came from "
             "'review.lint'",
         ),
         (
             {"type": "ReviewResult", "reviewer": "review.lint", "approved": "yes"},
-            "review.lint gave up: its answer could not be read: Expected `bool`, got `str`",
+            "review.lint failed: its answer could not be read: Expected `bool`, got `str`",
         ),
     ],
     ids=["another-reviewer", "unreadable"],
