@@ -14,7 +14,6 @@ Blocking (file I/O and a few short `git` processes): call it from a thread in as
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from codeyard.agents.outputs import MAX_EDITS, FileEdit, ReplaceText
 from codeyard.agents.safe_paths import UnsafePath, workspace_path
-from codeyard.workspace.git import NO_PROGRAMS
+from codeyard.workspace.git import NO_PROGRAMS, git_environment
 
 MAX_FILE_BYTES = 1_000_000
 GIT_TIMEOUT_SECONDS = 60.0
@@ -308,11 +307,9 @@ def _restore(written: list[_Change], made_dirs: list[Path]) -> None:
 
 
 def _git_env(index: Path | None) -> dict[str, str]:
-    # Inherited GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE... would point git at another repository.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+    env = git_environment()
     # Paths are names, not patterns: `*.py` or `:(top)x` must mean that file.
     env["GIT_LITERAL_PATHSPECS"] = "1"
-    env["GIT_TEMPLATE_DIR"] = ""
     if index is not None:
         env["GIT_INDEX_FILE"] = str(index)
     return env

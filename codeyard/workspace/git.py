@@ -69,12 +69,18 @@ def git(
         input=stdin,
         capture_output=True,
         text=True,
-        env={k: v for k, v in os.environ.items() if k not in _ELSEWHERE} | _ENVIRONMENT,
+        env=git_environment(),
         timeout=timeout,
     )
     if check and result.returncode != 0:
         raise GitError(args, result.stderr + result.stdout)
     return result.stdout
+
+
+def git_environment() -> dict[str, str]:
+    """The environment git runs in: the caller's, without what would point git at another
+    repository, committing as codeyard, never prompting, copying no templates."""
+    return {k: v for k, v in os.environ.items() if k not in _ELSEWHERE} | _ENVIRONMENT
 
 
 @functools.cache

@@ -449,3 +449,23 @@ def test_a_path_too_long_for_the_file_system_is_an_edit_error(
     assert caught.value.index == 1
     assert reason in str(caught.value)
     assert len(str(caught.value)) < 500  # the path itself is shortened in the message
+
+
+def test_a_git_repository_named_by_the_environment_is_not_the_one_edited(
+    sample_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`codeyard` started from a git hook, or with GIT_DIR exported, has git pointed elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(sample_repo, elsewhere, symlinks=True)
+    before = files_of(elsewhere)
+    monkeypatch.setenv("GIT_DIR", str(elsewhere / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(elsewhere))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(elsewhere / ".git" / "index"))
+    applied = apply_edits(sample_repo, [write("notes.txt", "a note\n")])
+    assert applied.created == ("notes.txt",)
+    assert "+a note" in applied.diff
+    assert (sample_repo / "notes.txt").read_text() == "a note\n"
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.delenv("GIT_WORK_TREE")
+    monkeypatch.delenv("GIT_INDEX_FILE")
+    assert_untouched(elsewhere, before)
