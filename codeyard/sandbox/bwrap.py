@@ -101,6 +101,9 @@ INSTALL_HINT = (
 )
 
 _BIN_DIR = "/run/codeyard/bin"
+# Where bubblewrap is started: the shell joining the run's cgroups exports its directory as
+# PWD, which bubblewrap (pid 1 inside, its environ readable there) would tell the sandbox.
+HOST_CWD = "/"
 # Bound read-only when present: what the dynamic loader, Python, git and friends read. No
 # /etc/shadow, /etc/ssl/private or other files only root should read (see the module doc).
 _ETC_FILES = (
@@ -146,7 +149,7 @@ class BwrapSandbox:
         found = str(bwrap) if bwrap else shutil.which("bwrap")
         if not found or not os.access(found, os.X_OK):
             raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
-        self.bwrap = Path(found)
+        self.bwrap = Path(found).absolute()
         self.python = Path(python) if python else Path(sys.executable)
         self._python_roots = python_roots(self.python)
         self._prlimit = host_prlimit()
@@ -231,6 +234,7 @@ class BwrapSandbox:
                     capture_output=True,
                     text=True,
                     env=self._environment(None),
+                    cwd=HOST_CWD,
                     pass_fds=(seccomp_fd,),
                     timeout=60,
                     check=False,
@@ -303,6 +307,7 @@ class BwrapSandbox:
                 env=self._environment(env),
                 pass_fds=(status_w, seccomp_fd),
                 workdir=workdir,
+                cwd=HOST_CWD,
             )
         finally:
             for fd in open_fds:
@@ -349,6 +354,11 @@ class BwrapSandbox:
         # kernel lets uid 0 write it without capabilities: as root the sandbox's user is host
         # uid 0, and a writable kernel.core_pattern runs a program as host root on a crash.
         args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
+        # Keyrings are not namespaced: /proc/keys lists the worker's keys (their names and
+        # sizes; seccomp refuses reading them), which the sandbox's uid may see. A device node
+        # in /proc (nodev) cannot be opened: the listings are unreadable.
+        for listing in ("/proc/keys", "/proc/key-users"):
+            args += ["--ro-bind-try", "/dev/null", listing]
         args += ["--size", str(_shm_bytes(limits)), "--tmpfs", "/dev/shm"]
         args += ["--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp"]
         # after the tmpfs mounts, so an interpreter living under /tmp (a venv) stays visible

@@ -23,8 +23,10 @@ def limit_hit(
 ) -> LimitName:
     """Which limit stopped the run. `pids_hit` and `memory_hit` are what the run's cgroups
     say, None without one (then the limit is guessed from the output)."""
-    if pids_hit and (timed_out or exit_code != 0):
-        return "pids"  # e.g. a fork bomb spinning on failed forks until the wall time
+    if pids_hit:
+        # e.g. a fork bomb spinning on failed forks until the wall time; reported also when
+        # the command then ended well (a test may swallow the failed fork), as memory is
+        return "pids"
     if timed_out:
         return "wall_time"
     if memory_hit:

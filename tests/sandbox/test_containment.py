@@ -15,7 +15,7 @@ import pytest
 
 from codeyard.sandbox import SANDBOX_WORKDIR, BwrapSandbox, Limits, MiB, Sandbox
 from codeyard.sandbox.disk_guard import free_bytes, free_inodes
-from tests.sandbox.host import Leftovers, processes_with
+from tests.sandbox.host import Leftovers, keyring_holding, processes_with
 from tests.sandbox.workloads import (
     FAST,
     OPEN_TOO_MANY_FILES,
@@ -76,11 +76,19 @@ async def test_environment_is_minimal_plus_what_the_caller_passes(
     sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CODEYARD_HOST_SECRET", "do-not-leak")
-    code = "import os; print(sorted(os.environ)); print(os.environ.get('FOO'))"
+    monkeypatch.chdir(tmp_path)  # (the worker's directory is none of the sandbox's business)
+    code = """
+        import os
+        for pid in os.listdir("/proc"):  # every process's environment, pid 1's too
+            if pid.isdigit():
+                print(open(f"/proc/{pid}/environ", "rb").read().replace(b"\\0", b" "))
+        print(sorted(os.environ)); print(os.environ.get("FOO"))
+    """
     outcome = await run_python(sandbox, tmp_path, code, env={"FOO": "bar"})
     assert outcome.exit_code == 0, outcome.output
     assert "do-not-leak" not in outcome.output
     assert "CODEYARD_HOST_SECRET" not in outcome.output
+    assert str(tmp_path) not in outcome.output
     assert "'HOME'" in outcome.output
     assert outcome.output.rstrip().endswith("bar")
 
@@ -241,6 +249,10 @@ async def test_infinite_loop_is_stopped_at_the_wall_time(
     assert leftovers() == []
 
 
+def reads_pids_cgroup(sandbox: Sandbox) -> bool:
+    return isinstance(sandbox, BwrapSandbox) and sandbox.pids_enforcement.startswith("cgroup:")
+
+
 async def test_number_of_processes_is_bounded(sandbox: Sandbox, tmp_path: Path) -> None:
     code = """
         import os, time
@@ -262,6 +274,9 @@ async def test_number_of_processes_is_bounded(sandbox: Sandbox, tmp_path: Path) 
     assert "fork failed" in outcome.output
     children = int(outcome.output.split("children")[1])
     assert 0 < children < 16
+    if reads_pids_cgroup(sandbox):  # the limit was hit, though the command exited 0
+        assert outcome.killed_by_limit == "pids"
+        assert not outcome.ok
 
 
 async def test_fork_bomb_is_contained(
@@ -282,10 +297,7 @@ async def test_fork_bomb_is_contained(
     assert time.monotonic() - started < 3 + SLACK_SECONDS
     assert outcome.timed_out
     # Only a pids cgroup that we read (bwrap's) tells the limit was hit; else it is the wall.
-    reads_pids_cgroup = isinstance(sandbox, BwrapSandbox) and sandbox.pids_enforcement.startswith(
-        "cgroup:"
-    )
-    assert outcome.killed_by_limit == ("pids" if reads_pids_cgroup else "wall_time")
+    assert outcome.killed_by_limit == ("pids" if reads_pids_cgroup(sandbox) else "wall_time")
     assert processes_with(marker) == []
     assert leftovers() == []
     # The host can still start processes.
@@ -544,11 +556,20 @@ async def test_kernel_keyrings_are_out_of_reach(sandbox: Sandbox, tmp_path: Path
         for number, (name, args) in zip(numbers, calls.items()):
             returned = libc.syscall(number, *args)
             print(name, "answered" if returned >= 0 else os.strerror(ctypes.get_errno()))
+        try:  # the keys the sandbox's uid may see: names and sizes (theirs are not ours)
+            print("/proc/keys", len(open("/proc/keys").read().splitlines()), "lines")
+        except OSError as exc:
+            print("/proc/keys", "unreadable:", exc.strerror)
     """
-    outcome = await run_python(sandbox, tmp_path, code)
+    with keyring_holding("codeyard-test-secret-name"):
+        outcome = await run_python(sandbox, tmp_path, code)
     assert outcome.exit_code == 0, outcome.output
+    assert "codeyard-test-secret-name" not in outcome.output
     refused = ("Function not implemented", "Operation not permitted")  # (ours, Docker's)
-    lines = dict(line.split(" ", 1) for line in outcome.output.splitlines())
+    listed = [line for line in outcome.output.splitlines() if line.startswith("/proc/")]
+    shown = (" 0 lines", " unreadable: Permission denied", " unreadable: No such file or directory")
+    assert all(line.endswith(shown) for line in listed), outcome.output
+    lines = dict(line.split(" ", 1) for line in outcome.output.splitlines() if line not in listed)
     assert set(lines) == {"add_key", "request_key", "keyctl"}, outcome.output
     assert all(answer in refused for answer in lines.values()), outcome.output
 
