@@ -103,7 +103,7 @@ INSTALL_HINT = (
 _BIN_DIR = "/run/codeyard/bin"
 # Where bubblewrap is started: the shell joining the run's cgroups exports its directory as
 # PWD, which bubblewrap (pid 1 inside, its environ readable there) would tell the sandbox.
-HOST_CWD = "/"
+HOST_CWD = Path("/")
 # Bound read-only when present: what the dynamic loader, Python, git and friends read. No
 # /etc/shadow, /etc/ssl/private or other files only root should read (see the module doc).
 _ETC_FILES = (
