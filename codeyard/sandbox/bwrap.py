@@ -52,6 +52,10 @@ Limits (`Limits`):
   3. else (root without a writable pids cgroup, as in an unprivileged container) the sandbox
      refuses with `SandboxUnavailable`: run codeyard as a non-root user, or with a writable
      cgroup, or use the docker backend (`codeyard.sandbox.docker`).
+- CPUs: every run may use `cpus` cores' worth of time (default 1, as the docker backend's),
+  a CFS quota on a cpu cgroup of its own where one is writable; else only RLIMIT_CPU bounds
+  each process, and a run of busy processes may take every core of the host for its wall
+  time (`cpu_enforcement` says which).
 - output: read while the command runs and kept as a bounded tail buffer.
 
 The first `run` (or `probe()`) checks once that bubblewrap can really build this sandbox here
@@ -75,6 +79,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from codeyard.sandbox.cgroups import (
+    CPU,
     MEMORY,
     PIDS,
     RunCgroups,
@@ -145,7 +150,12 @@ class BwrapSandbox:
 
     name = "bwrap"
 
-    def __init__(self, python: Path | None = None, bwrap: Path | None = None) -> None:
+    def __init__(
+        self, python: Path | None = None, bwrap: Path | None = None, cpus: float = 1.0
+    ) -> None:
+        if not cpus > 0:
+            raise ValueError(f"cpus must be positive, got {cpus!r}")
+        self.cpus = cpus
         found = str(bwrap) if bwrap else shutil.which("bwrap")
         if not found or not os.access(found, os.X_OK):
             raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
@@ -173,6 +183,13 @@ class BwrapSandbox:
         parent = self._cgroups.parent(MEMORY)
         return f"cgroup:{parent}" if parent else f"shared:{self._confined}"
 
+    @property
+    def cpu_enforcement(self) -> str:
+        """Where a run's share of the CPUs is capped (after `probe()`): "cgroup:<path>", or
+        "none" (RLIMIT_CPU alone, per process)."""
+        parent = self._cgroups.parent(CPU)
+        return f"cgroup:{parent}" if parent else "none"
+
     def probe(self) -> None:
         """Checks once that a sandbox can be built here; raises `SandboxUnavailable` if not.
 
@@ -191,7 +208,7 @@ class BwrapSandbox:
             self._ready = True
 
     def _probe(self) -> None:
-        cgroups = SandboxCgroups.find([PIDS, MEMORY])
+        cgroups = SandboxCgroups.find([PIDS, MEMORY, CPU])
         if cgroups.parent(MEMORY) is None:
             # In a container (no writable cgroups for its user), the container's own memory
             # limit still keeps a run from the host's memory: it then shares that limit with
@@ -253,9 +270,10 @@ class BwrapSandbox:
                 "user.max_user_namespaces > 0; inside a container, one that allows them)"
             )
         log.info(
-            "bubblewrap sandbox ready (pids limit: %s, memory limit: %s)",
+            "bubblewrap sandbox ready (pids limit: %s, memory limit: %s, cpu limit: %s)",
             self.pids_enforcement,
             self.memory_enforcement,
+            self.cpu_enforcement,
         )
 
     async def run(
@@ -308,6 +326,7 @@ class BwrapSandbox:
                 pass_fds=(status_w, seccomp_fd),
                 workdir=workdir,
                 cwd=HOST_CWD,
+                cpus=self.cpus,
             )
         finally:
             for fd in open_fds:

@@ -1,13 +1,14 @@
-"""Bounding what a whole sandbox may use with cgroups: its processes (pids) and its memory.
+"""Bounding what a whole sandbox may use with cgroups: its processes (pids), its memory and
+its share of the CPUs.
 
 `SandboxCgroups.find` looks for a writable hierarchy for each controller it is asked for and
 `new_run` makes the cgroups of one run, `RunCgroups`: one directory per hierarchy. cgroup v1
-mounts each controller as its own hierarchy, so a run is in two cgroups there (one in the
-pids hierarchy, one in the memory hierarchy); cgroup v2 has one hierarchy, so a run is one
-cgroup with both controllers. They cap the run (`pids.max`; `memory.limit_in_bytes` or
-`memory.max`, swap included), say when a cap struck (`pids.events`; the OOM killer's count in
-`memory.oom_control` or `memory.events`) and kill every member, however it detached from its
-parent.
+mounts each controller as its own hierarchy (or a few together), so a run is in several
+cgroups there (one in the pids hierarchy, one in the memory hierarchy...); cgroup v2 has one
+hierarchy, so a run is one cgroup with every controller. They cap the run (`pids.max`;
+`memory.limit_in_bytes` or `memory.max`, swap included; `cpu.cfs_quota_us` or `cpu.max`),
+say when a cap struck (`pids.events`; the OOM killer's count in `memory.oom_control` or
+`memory.events`) and kill every member, however it detached from its parent.
 
 Needed because rlimits are per process: the kernel exempts root from RLIMIT_NPROC, and
 RLIMIT_AS bounds each process alone, so N processes may use N times it (see
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 PIDS = "pids"
 MEMORY = "memory"
+CPU = "cpu"
+# The CFS bandwidth period: a run capped at N cores runs N * 100 ms of every 100 ms at most.
+_CPU_PERIOD_US = 100_000
 
 _CGROUP_NAME = "codeyard-sandbox"
 # Between attempts to remove a run's cgroup: killed processes take a moment to leave it. The
@@ -215,7 +219,7 @@ class CgroupTree:
         self.parent.mkdir(exist_ok=True)
         if self.v2:
             _enable(self.parent, controller)
-        trial = self.new_run(_TRIAL_PIDS, _TRIAL_MEMORY, self.controllers | {controller})
+        trial = self.new_run(_TRIAL_PIDS, _TRIAL_MEMORY, self.controllers | {controller}, 1.0)
         joinable = os.access(trial.join_file, os.W_OK)
         trial.remove_blocking()
         if not joinable:
@@ -223,7 +227,11 @@ class CgroupTree:
         self.controllers.add(controller)
 
     def new_run(
-        self, pids_max: int, memory_max: int | None, controllers: Iterable[str] | None = None
+        self,
+        pids_max: int,
+        memory_max: int | None,
+        controllers: Iterable[str] | None = None,
+        cpus: float | None = None,
     ) -> RunCgroup:
         path = self.parent / f"run-{uuid.uuid4().hex}"
         path.mkdir()
@@ -235,6 +243,8 @@ class CgroupTree:
                     if memory_max is None:
                         raise ValueError("a memory cgroup needs a memory cap")
                     _cap_memory(path, self.v2, memory_max)
+                elif controller == CPU and cpus is not None:
+                    _cap_cpu(path, self.v2, cpus)
         except BaseException:
             path.rmdir()
             raise
@@ -285,14 +295,16 @@ class SandboxCgroups:
         tree = self.trees.get(controller)
         return tree.parent if tree else None
 
-    def new_run(self, pids_max: int, memory_max: int | None = None) -> RunCgroups:
-        """The cgroups of a new run, capped at `pids_max` processes and `memory_max` bytes of
-        memory (needed when there is a memory cgroup)."""
+    def new_run(
+        self, pids_max: int, memory_max: int | None = None, cpus: float | None = None
+    ) -> RunCgroups:
+        """The cgroups of a new run, capped at `pids_max` processes, `memory_max` bytes of
+        memory (needed when there is a memory cgroup) and `cpus` cores (None: uncapped)."""
         made: dict[CgroupTree, RunCgroup] = {}
         try:
             for tree in self.trees.values():
                 if tree not in made:
-                    made[tree] = tree.new_run(pids_max, memory_max)
+                    made[tree] = tree.new_run(pids_max, memory_max, cpus=cpus)
         except BaseException:
             for cgroup in made.values():
                 cgroup.remove_blocking()  # empty: removed at the first attempt
@@ -318,6 +330,17 @@ def _cap_memory(path: Path, v2: bool, memory_max: int) -> None:
     else:
         # Without it the cgroup's own reclaim at the cap never swaps (v1 semantics of 0).
         (path / "memory.swappiness").write_text("0")
+
+
+def _cap_cpu(path: Path, v2: bool, cpus: float) -> None:
+    """Lets the cgroup at `path` use `cpus` cores' worth of time at most (a busy loop per core
+    would otherwise take every core of the host for the run's wall time)."""
+    quota = max(1000, round(cpus * _CPU_PERIOD_US))  # (the kernel's least quota is 1 ms)
+    if v2:
+        (path / "cpu.max").write_text(f"{quota} {_CPU_PERIOD_US}")
+        return
+    (path / "cpu.cfs_period_us").write_text(str(_CPU_PERIOD_US))
+    (path / "cpu.cfs_quota_us").write_text(str(quota))
 
 
 def _hierarchies(controller: str) -> list[tuple[Path, bool]]:

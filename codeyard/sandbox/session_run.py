@@ -104,11 +104,12 @@ async def run_in_session(
     workdir: Path,
     cwd: os.PathLike[str] | None = None,
     pass_fds: tuple[int, ...] = (),
+    cpus: float | None = None,
 ) -> RunOutcome:
     """Runs `argv` (joining new cgroups of `cgroups` capped at `pids_max` processes and
     `memory_max` bytes first, when there are any), kills whatever is left of it when it ends
     and removes the cgroups."""
-    cgroup = cgroups.new_run(pids_max, memory_max) if cgroups else None
+    cgroup = cgroups.new_run(pids_max, memory_max, cpus) if cgroups else None
     try:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(

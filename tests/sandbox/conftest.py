@@ -63,8 +63,10 @@ def _bwrap_leftovers(sandbox: BwrapSandbox, monkeypatch: pytest.MonkeyPatch) -> 
     if cgroups:
         new_run = cgroups.new_run
 
-        def recording_new_run(pids_max: int, memory_max: int | None = None) -> RunCgroups:
-            run = new_run(pids_max, memory_max)
+        def recording_new_run(
+            pids_max: int, memory_max: int | None = None, cpus: float | None = None
+        ) -> RunCgroups:
+            run = new_run(pids_max, memory_max, cpus)
             created.extend(cgroup.path for cgroup in run.members)
             return run
 

@@ -352,6 +352,34 @@ async def test_memory_of_the_whole_sandbox_is_bounded(
     assert leftovers() == []
 
 
+async def test_busy_processes_share_one_core_between_them(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Four busy loops for 2 s took every core of the host (RLIMIT_CPU bounds each process's
+    own time only); a run gets one core's worth of time (`cpus`, default 1). Only CPU time is
+    compared: a busy host gives the run less, never more."""
+    if isinstance(sandbox, BwrapSandbox) and sandbox.cpu_enforcement == "none":
+        pytest.skip("no writable cpu cgroup here: nothing caps a run's share of the CPUs")
+    code = """
+        import os, time
+        children = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:  # a child: busy too, and none of its own
+                children = []
+                break
+            children.append(pid)
+        started = time.monotonic()
+        while time.monotonic() - started < 2:
+            pass
+        print("cpu", time.process_time(), flush=True)
+        for pid in children:
+            os.waitpid(pid, 0)
+    """
+    outcome = await run_python(sandbox, tmp_path, code, limits=Limits(wall_seconds=30, pids=16))
+    used = [float(line.split()[1]) for line in outcome.output.splitlines() if line[:4] == "cpu "]
+    assert len(used) >= 4, outcome.output
+    assert sum(used) < 1.5 * 2, used  # one core for 2 s, and room for start-up
+
+
 async def test_cpu_time_limit_stops_a_busy_process(sandbox: Sandbox, tmp_path: Path) -> None:
     limits = Limits(wall_seconds=30, cpu_seconds=1, memory_bytes=256 * MiB, pids=16)
     outcome = await run_python(sandbox, tmp_path, "while True: pass", limits=limits)
