@@ -60,6 +60,11 @@ def _header_bytes(headers: dict[str, str] | None) -> int:
     return 12 + sum(len(key) + len(value) + 4 for key, value in headers.items())
 
 
+def _retrieved(future: asyncio.Future[PubAck]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 @dataclass(frozen=True)
 class Pending:
     token: str
@@ -96,6 +101,9 @@ class PublishPipeline:
         self._counter += 1
         token = str(self._counter)
         future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        # A failure nobody waits for (its waiter failed first, or moved on) is not "never
+        # retrieved", logged as an error: whoever waits reads it from the future.
+        future.add_done_callback(_retrieved)
         self._futures[token] = future
         try:
             await self._publisher.publish(subject, payload, self._prefix + token, headers)

@@ -15,20 +15,20 @@ checkpoint cut short (some tasks written, not its header) loads whole, its entry
 what landed. A run checkpoints when its journal reached `CheckpointPolicy`'s length or age,
 which bounds what loading a run replays.
 
-A step's events (`cy.events.<run_id>`) are also in its last entry, because they are published
-beside it and the server may store the entry and lose them (stopped in between, say). The next
-step of the run is taken only once they are stored, so only the run's last step can have lost
-any: loading a run reads them from its last entry (`StoredRun.last_events`) for the coordinator
-to publish again, under their own ids (a copy still in the events stream's duplicate window is
-dropped). An ended run's header, after which it is never loaded again, is written only once its
-step's events are stored.
+A step's events (`cy.events.<run_id>`) are also in its last entry. They are published once the
+entry is stored, never before: a coordinator that lost its lease learns it from its entry being
+refused, and must tell nothing of a step that never happened (followers would show its tasks
+going back). Published, they may be lost (the server stopped before storing them, the
+coordinator died first): the run's next entry is sent only once they are stored, so only the
+run's last step can have lost any, and loading a run reads them from its last entry
+(`StoredRun.last_events`) for the coordinator to publish again, under their own ids (a copy
+still in the events stream's duplicate window is dropped). An ended run's header, after which
+it is never loaded again, is written only once its step's events are stored.
 
 Events too many for the entry (cancelling a run of thousands of tasks, say) are stored beside
 it instead, each a message on `cy.journal.<run_id>.events` (in the journal's stream), before the
 entry, which names their sequences (`JournalEntry.outbox`). Like those in the entry, they are
-published after it (the last, for a step of several entries), never before: a step that fails
-before its entry is sent has told nothing (published first, they told of a step that never
-happened, and the step done again told it twice, under new ids). They are purged with the
+published once it is stored (the last, for a step of several entries). They are purged with the
 journal.
 
 A run's header is also written (not as a checkpoint) when the run is new, so that a new leader
@@ -362,6 +362,18 @@ class RunStore:
                 step.sent = None
                 await self._send_entry(pipeline, step)
 
+    async def entries_stored(
+        self, pipeline: PublishPipeline, steps: list[StepWrite], timeout: float = 10.0
+    ) -> None:
+        """Send the further entries of the steps too big for one, and wait until every step's
+        last entry is stored: `StaleRevision` if one was refused as out of date (its writer
+        lost its lease), `TimeoutError` if the server did not answer in time."""
+        await self.send_entries(pipeline, steps, timeout)
+        if last := [step.sent for step in steps if step.sent]:
+            await self._stored(pipeline, last, timeout)
+        for step in steps:
+            step.sent = None
+
     async def confirm(
         self,
         pipeline: PublishPipeline,
@@ -378,11 +390,7 @@ class RunStore:
         `before_headers` runs just before the headers are sent and may raise to stop there: a
         new run's header is not fenced by any earlier write, so the writer checks that it
         still may write (its lease) as late as it can."""
-        await self.send_entries(pipeline, steps, timeout)
-        if last := [step.sent for step in steps if step.sent]:
-            await self._stored(pipeline, last, timeout)
-        for step in steps:
-            step.sent = None
+        await self.entries_stored(pipeline, steps, timeout)
         tasks = [write for step in steps if step.checkpoint for write in step.tasks]
         if tasks:  # most steps write no checkpoint (and no header): they skip the awaits
             for write in tasks:

@@ -34,7 +34,7 @@ from codeyard.bus import subjects
 from codeyard.bus.connection import MSG_ID_HEADER, Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
-from codeyard.bus.pipeline import MessageTooLarge, Pending, PublishError
+from codeyard.bus.pipeline import MessageTooLarge, Pending, PubAck, PublishError
 from codeyard.bus.store import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     WRONG_LAST_SEQUENCE,
@@ -236,7 +236,15 @@ class Prepared:
     field: str = ""  # "$.repo" when the repository is what is wrong, not the moment
 
 
-Input = Msg | ControlCall | FollowUp | Prepared
+@dataclass
+class Untold:
+    """Events of a run's last step were not stored (`Coordinator._telling`): the session ends,
+    and the next one loads the run, whose last entry holds them, and publishes them again."""
+
+    error: BaseException
+
+
+Input = Msg | ControlCall | FollowUp | Prepared | Untold
 
 
 @dataclass
@@ -309,6 +317,8 @@ class Coordinator:
         self._pipeline = bus.pipeline
         self._unacked = 0  # results delivered to the inbox and not yet acked
         self._acked = asyncio.Event()
+        # By run: the events of its last step, published and maybe not stored yet (`_flush`).
+        self._telling: dict[str, list[Pending]] = {}
         self._background: set[asyncio.Task[None]] = set()
         # Workspace work (preparations, merges) running in the background, stopped when the
         # leadership ends (see `_lead`).
@@ -373,6 +383,7 @@ class Coordinator:
         subscriptions: list[Subscription] = []
         self._inbox = asyncio.Queue()
         self._unacked = 0
+        self._telling = {}
         try:
             await self._load_runs()
             subscriptions = await self._serve_control(lost)
@@ -623,6 +634,9 @@ class Coordinator:
             while len(batch) < self.batch_size and not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
             try:
+                for item in batch:
+                    if isinstance(item, Untold):
+                        raise item.error
                 await self._step(batch)
             except BaseException:
                 # Its results come again at once, to the next session, rather than after
@@ -644,7 +658,7 @@ class Coordinator:
                     self._on_own_event(open_run, item.event, commit, now)
             elif isinstance(item, Prepared):
                 await self._on_prepared_guarded(item, commit, now)
-            else:
+            elif isinstance(item, ControlCall):
                 reply = await self._on_control(item, commit, now)
                 if reply is not None:  # else answered once its repository is prepared
                     commit.replies.append((item, reply))
@@ -961,20 +975,28 @@ class Coordinator:
             if open_run := self._open.get(run_id):
                 changes = task_changes(open_run.run, moves, chunk)
                 _add_before_run_end(commit.events, run_id, changes)
-        # A run's events are stored with its journal entry and published once it is sent (its
-        # last one, for a step of several): they may be lost while it is not (see run_store),
-        # and are then published again from it when the run is loaded.
+        # A run's events are in its journal entry, and published once that is stored (see
+        # run_store): a leader deposed meanwhile has it refused, and tells nothing.
         events = _encoded_by_run(commit.events)
         writes: list[StepWrite] = []
         for run_id in events.keys() & self._open.keys():  # (a dead letter's, say)
             commit.dirty.setdefault(run_id, set())
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
+                # Its next entry only once the events of the last one are stored: a load
+                # publishes again those of the last entry only.
+                await pipeline.all_stored(self._telling.pop(run_id, []), 10)
                 encoded = [payload for _, payload in events.get(run_id, ())]
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline, encoded))
-        await self._store.send_entries(pipeline, writes)  # (a step too big for one entry)
+        await self._store.entries_stored(pipeline, writes)
         for run_id, batch in events.items():
-            published += await self._publish_events(run_id, batch)
+            told = await self._publish_events(run_id, batch)
+            if run_id in self._open and run_id not in commit.finished:
+                self._telling[run_id] = told  # (its results need not wait for them)
+                for pending in told:  # (nor its next step, maybe far off, to learn they failed)
+                    pending.future.add_done_callback(functools.partial(_tell_failure, self._inbox))
+            else:  # the run's last events, or none of a run's (unrouted dead letters)
+                published += told
         if commit.finished:
             # An ended run is never loaded again: its last events must be stored before the
             # header that says it ended.
@@ -1653,6 +1675,12 @@ def _decoded_events(stored: StoredRun) -> list[RunEvent]:
 
 RETRY_TELLING = 1.0  # seconds to tell requesters to send again, as a leadership session ends
 HAND_BACK_DELAY = 1.0  # seconds: past the end of the session that hands them back
+
+
+def _tell_failure(inbox: asyncio.Queue[Input], published: asyncio.Future[PubAck]) -> None:
+    """Put `Untold` in the session's `inbox` if `published` failed."""
+    if not published.cancelled() and (error := published.exception()) is not None:
+        inbox.put_nowait(Untold(error))
 
 
 async def _hand_back(results: Iterable[Msg]) -> None:

@@ -9,6 +9,7 @@ import nats.errors
 
 from codeyard.bus import Bus
 from codeyard.bus.pipeline import Pending, PubAck, PublishPipeline
+from codeyard.bus.store import EXPECTED_LAST_SUBJECT_SEQUENCE
 from codeyard.bus.subjects import RUNS_BUCKET, ctl_subject
 from codeyard.coordinator.run_store import header_key
 from codeyard.schemas import SubmitRun, encode
@@ -79,4 +80,31 @@ class LosesEvents(PublishPipeline):
             lost: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
             lost.set_exception(ConnectionError("the server stopped before storing it"))
             return Pending("lost", lost)
+        return await super().publish(subject, payload, headers)
+
+
+class RefusesAnEntry(PublishPipeline):
+    """Publishes like a coordinator's pipeline, but once `armed` its next journal entry on
+    `subject` is fenced by a sequence the journal is not at, as a leader that was paused past
+    its lease finds when it wakes (its successor wrote since): the server refuses the entry,
+    and the step it holds never happened."""
+
+    def __init__(self, bus: Bus, subject: str, *, armed: bool = True) -> None:
+        super().__init__(bus.nc)
+        self.subject = subject
+        self.armed = armed
+        self.refused = False
+        self.told: list[bytes] = []  # events published after the refused entry, before another
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> Pending:
+        if subject == self.subject and self.refused:
+            self.armed = False  # the step's next entry: what follows is another step's
+        elif subject.startswith("cy.events.") and self.armed and self.refused:
+            self.told.append(payload)
+        if self.armed and not self.refused and subject == self.subject and headers:
+            self.refused = True
+            stale = int(headers[EXPECTED_LAST_SUBJECT_SEQUENCE]) + 1_000_000
+            headers = headers | {EXPECTED_LAST_SUBJECT_SEQUENCE: str(stale)}
         return await super().publish(subject, payload, headers)

@@ -5,6 +5,8 @@ moves thousands of tasks tells them in events of a size the server takes."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from codeyard.bus import Bus, EmbeddedNats
@@ -66,6 +68,31 @@ async def test_an_event_lost_while_its_step_was_stored_is_published_again(
     assert_dependency_order(PLAN, events)
     ends = [e for e in events if isinstance(e, RunStateChanged) and e.state is RunState.DONE]
     assert ends
+
+
+async def test_an_event_lost_before_the_run_waits_is_published_again_meanwhile(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """Results are acked once their step's entry is stored, before its events are (a run's
+    next entry waits for them instead): the step before a long wait (a plan waiting for its
+    approval) has no next entry for days. Its lost event is published again now."""
+    coordinator_bus = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    fault = LosesEvents(coordinator_bus, b'"state":"plan_approval"')
+    coordinator_bus.pipeline = fault
+    submission = SubmitRun(run_id="p1", goal="g", plan=PLAN, approve_plan=True)
+    try:
+        async with running_coordinator(Coordinator(coordinator_bus, name="c1", capacity=4)):
+            await ask(bus, "submit", submission)
+            for _ in range(100):
+                told = {event.msg_id for event in await run_events(bus, "p1")}
+                if fault.lost is not None and decode(fault.lost, RunEvent).msg_id in told:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await coordinator_bus.close()
+
+    assert fault.lost is not None
+    assert decode(fault.lost, RunEvent).msg_id in told
 
 
 async def test_cancelling_a_run_of_thousands_of_tasks_tells_each_task_cancelled(bus: Bus) -> None:
