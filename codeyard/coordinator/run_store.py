@@ -19,11 +19,12 @@ A step's events (`cy.events.<run_id>`) are also in its last entry. They are publ
 entry is stored, never before: a coordinator that lost its lease learns it from its entry being
 refused, and must tell nothing of a step that never happened (followers would show its tasks
 going back). Published, they may be lost (the server stopped before storing them, the
-coordinator died first): the run's next entry is sent only once they are stored, so only the
-run's last step can have lost any, and loading a run reads them from its last entry
-(`StoredRun.last_events`) for the coordinator to publish again, under their own ids (a copy
-still in the events stream's duplicate window is dropped). An ended run's header, after which
-it is never loaded again, is written only once its step's events are stored.
+coordinator died first): until they are stored, the run's next entries hold them too, and its
+next events are published only once they are stored. So the run's last entry holds every
+event that may have been lost, and loading a run reads them from it (`StoredRun.last_events`)
+for the coordinator to publish again, in order, under their own ids (a copy still in the
+events stream's duplicate window is dropped). An ended run's header, after which it is never
+loaded again, is written only once its step's events are stored.
 
 Events too many for the entry (cancelling a run of thousands of tasks, say) are stored beside
 it instead, each a message on `cy.journal.<run_id>.events` (in the journal's stream), before the

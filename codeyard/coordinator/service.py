@@ -317,8 +317,8 @@ class Coordinator:
         self._pipeline = bus.pipeline
         self._unacked = 0  # results delivered to the inbox and not yet acked
         self._acked = asyncio.Event()
-        # By run: the events of its last step, published and maybe not stored yet (`_flush`).
-        self._telling: dict[str, list[Pending]] = {}
+        # By run: events of its last steps, published, maybe not stored yet (`_flush`).
+        self._telling: dict[str, list[tuple[bytes, Pending]]] = {}
         self._background: set[asyncio.Task[None]] = set()
         # Workspace work (preparations, merges) running in the background, stopped when the
         # leadership ends (see `_lead`).
@@ -983,20 +983,32 @@ class Coordinator:
             commit.dirty.setdefault(run_id, set())
         for run_id, task_ids in commit.dirty.items():
             if open_run := self._open.get(run_id):
-                # Its next entry only once the events of the last one are stored: a load
-                # publishes again those of the last entry only.
-                await pipeline.all_stored(self._telling.pop(run_id, []), 10)
-                encoded = [payload for _, payload in events.get(run_id, ())]
+                # Events of its earlier steps not stored yet are in this entry too: a load
+                # publishes again those of the run's last entry only.
+                earlier = self._telling.pop(run_id, [])
+                self._telling[run_id] = untold = [e for e in earlier if not e[1].future.done()]
+                encoded = [payload for payload, _ in untold]
+                encoded += [payload for _, payload in events.get(run_id, ())]
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline, encoded))
         await self._store.entries_stored(pipeline, writes)
         for run_id, batch in events.items():
+            if earlier := self._telling.pop(run_id, []):
+                # Told in order: the events of its earlier steps are stored first (sent a
+                # step ago, they are), else the run is loaded again and they are told again
+                # from its last entry, with these after them.
+                await pipeline.all_stored([pending for _, pending in earlier], 10)
             told = await self._publish_events(run_id, batch)
             if run_id in self._open and run_id not in commit.finished:
-                self._telling[run_id] = told  # (its results need not wait for them)
-                for pending in told:  # (nor its next step, maybe far off, to learn they failed)
+                # (its results need not wait for them, nor its next step, maybe far off, to
+                # learn they failed)
+                for pending in told:
                     pending.future.add_done_callback(functools.partial(_tell_failure, self._inbox))
+                payloads = [payload for _, payload in batch]
+                self._telling[run_id] = list(zip(payloads, told, strict=True))
             else:  # the run's last events, or none of a run's (unrouted dead letters)
                 published += told
+        for run_id in commit.finished:
+            published += [pending for _, pending in self._telling.pop(run_id, [])]
         if commit.finished:
             # An ended run is never loaded again: its last events must be stored before the
             # header that says it ended.
