@@ -30,6 +30,9 @@ in the workspace would be a root shell to anyone on the host who can reach it. (
 file clears those bits for a process without CAP_FSETID, so creating one with them is no way
 around it.)
 
+Kernel interfaces no test suite needs and whose bugs have been exploits, which Docker's filter
+refuses too: perf_event_open and userfaultfd (ENOSYS).
+
 System calls of another ABI than the native one (32-bit `int 0x80` on x86_64, x32) kill the
 process: the filter knows only native numbers, and they would get around it otherwise.
 
@@ -80,6 +83,8 @@ _REFUSED_CALLS = {
     "keyctl": errno.ENOSYS,
     "add_key": errno.ENOSYS,
     "request_key": errno.ENOSYS,
+    "perf_event_open": errno.ENOSYS,
+    "userfaultfd": errno.ENOSYS,
 }
 _S_ISUID, _S_ISGID = 0o4000, 0o2000
 # The argument holding the mode, by call. fchmodat2 is Linux 6.6's: libseccomp releases before

@@ -602,6 +602,31 @@ async def test_kernel_keyrings_are_out_of_reach(sandbox: Sandbox, tmp_path: Path
     assert all(answer in refused for answer in lines.values()), outcome.output
 
 
+async def test_kernel_interfaces_no_test_needs_are_refused(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """perf_event_open and userfaultfd: attack surface, refused by Docker's filter too."""
+    code = """
+        import ctypes, os, platform
+        numbers = {"x86_64": (298, 323), "aarch64": (241, 282)}[platform.machine()]
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = ctypes.create_string_buffer(128)  # a perf_event_attr of zeros
+        calls = {
+            "perf_event_open": (attr, 0, -1, -1, 0),
+            "userfaultfd": (1,),  # UFFD_USER_MODE_ONLY
+        }
+        for number, (name, args) in zip(numbers, calls.items()):
+            returned = libc.syscall(number, *args)
+            print(name, "answered" if returned >= 0 else os.strerror(ctypes.get_errno()))
+    """
+    outcome = await run_python(sandbox, tmp_path, code)
+    assert outcome.exit_code == 0, outcome.output
+    lines = dict(line.split(" ", 1) for line in outcome.output.splitlines())
+    assert set(lines) == {"perf_event_open", "userfaultfd"}, outcome.output
+    refused = ("Function not implemented", "Operation not permitted")  # (ours, Docker's)
+    assert all(answer in refused for answer in lines.values()), outcome.output
+
+
 async def test_a_run_using_up_the_inodes_is_stopped(sandbox: Sandbox, tmp_path: Path) -> None:
     # Empty files take an inode each and no bytes: only the inode reserve stops this.
     free = free_inodes(tmp_path)
