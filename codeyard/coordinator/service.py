@@ -999,8 +999,8 @@ class Coordinator:
                 await pipeline.all_stored([pending for _, pending in earlier], 10)
             told = await self._publish_events(run_id, batch)
             if run_id in self._open and run_id not in commit.finished:
-                # (its results need not wait for them, nor its next step, maybe far off, to
-                # learn they failed)
+                # The step's results are acked without waiting for these; a failure of one
+                # comes through the inbox (the run's next step may be days off).
                 for pending in told:
                     pending.future.add_done_callback(functools.partial(_tell_failure, self._inbox))
                 payloads = [payload for _, payload in batch]
