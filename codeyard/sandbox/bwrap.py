@@ -7,7 +7,8 @@ What the command sees and may do:
   hides host processes and dies with its init (`--die-with-parent` ties that to us).
 - Filesystem: a read-only root built from /usr (plus the /bin, /lib... symlinks or dirs), a
   short list of harmless /etc files (no /etc/shadow, no private keys) and the interpreter's
-  prefix at its own path; the workdir read-write at `/workspace`; a size-capped tmpfs at /tmp
+  prefix at its own path; the workdir read-write at `/workspace` (its `.git` read-only: see
+  `codeyard.sandbox.workdir.git_metadata`); a size-capped tmpfs at /tmp
   (also HOME) and /dev/shm; a minimal /dev and a fresh /proc. Everything else of the host
   (its home directories, the codeyard checkout, sockets) does not exist inside.
 - Identity: uid/gid 65534 (nobody) in a new user namespace, all capabilities dropped, no new
@@ -96,7 +97,7 @@ from codeyard.sandbox.protocol import (
 from codeyard.sandbox.rlimit_shim import host_prlimit, own_ceilings, shim_argv
 from codeyard.sandbox.seccomp import filter_fd, sandbox_filter
 from codeyard.sandbox.session_run import SessionExecution, run_in_session
-from codeyard.sandbox.workdir import SYSTEM_DIRS, checked_workdir, python_roots
+from codeyard.sandbox.workdir import SYSTEM_DIRS, checked_workdir, git_metadata, python_roots
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,9 @@ class BwrapSandbox:
         for root in self._python_roots:
             args += ["--ro-bind", str(root), str(root)]
         args += ["--bind", str(workdir), SANDBOX_WORKDIR]
+        metadata = git_metadata(workdir)
+        if metadata is not None:
+            args += ["--ro-bind", str(metadata), f"{SANDBOX_WORKDIR}/.git"]
         args += ["--dir", _BIN_DIR]
         for alias in ("python", "python3"):
             args += ["--symlink", str(self.python), f"{_BIN_DIR}/{alias}"]

@@ -5,8 +5,9 @@ What the command sees and may do:
 - Network: `network_mode="none"`: only the container's own loopback; nothing on the host or
   outside is reachable.
 - Filesystem: the image's root, read-only; the workdir bind-mounted read-write at `/workspace`
-  (`SANDBOX_WORKDIR`, as with bwrap); a size-capped tmpfs at /tmp (also HOME) and /dev/shm.
-  Nothing of the host but the workdir exists inside.
+  (`SANDBOX_WORKDIR`, as with bwrap), its `.git` read-only (`workdir.git_metadata`); a
+  size-capped tmpfs at /tmp (also HOME) and /dev/shm. Nothing of the host but the workdir
+  exists inside.
 - Identity: uid/gid 65534 (nobody), all capabilities dropped, `no-new-privileges`. The workdir
   is lent to uid 65534 for the run and given back afterwards (`codeyard.sandbox.workdir_loan`
   says exactly what changes owner and why that is safe). When codeyard is not root it cannot
@@ -98,7 +99,7 @@ from codeyard.sandbox.protocol import (
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
 from codeyard.sandbox.seccomp import NOT_INSTALLED, installing_argv, sandbox_filter
 from codeyard.sandbox.supervision import supervise
-from codeyard.sandbox.workdir import checked_workdir
+from codeyard.sandbox.workdir import checked_workdir, git_metadata
 from codeyard.sandbox.workdir_loan import WorkdirLoan
 
 log = logging.getLogger(__name__)
@@ -347,13 +348,17 @@ class DockerSandbox:
         }
         environment.update(env or {})
         memory = limits.memory_bytes + 2 * limits.tmpfs_bytes
+        mounts = [Mount(SANDBOX_WORKDIR, str(workdir), type="bind", read_only=False)]
+        metadata = git_metadata(workdir)
+        if metadata is not None:
+            mounts.append(Mount(f"{SANDBOX_WORKDIR}/.git", str(metadata), "bind", read_only=True))
         host_config = api.create_host_config(
             network_mode="none",
             read_only=True,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             init=True,
-            mounts=[Mount(SANDBOX_WORKDIR, str(workdir), type="bind", read_only=False)],
+            mounts=mounts,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_bytes},mode=1777"},
             shm_size=limits.tmpfs_bytes,
             mem_limit=memory,

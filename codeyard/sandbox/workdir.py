@@ -1,5 +1,6 @@
 """`checked_workdir`: the host directory a sandboxed command may write, refused when binding it
-read-write would expose the system or the interpreter."""
+read-write would expose the system or the interpreter; `git_metadata`: the part of it the
+command may only read."""
 
 from __future__ import annotations
 
@@ -50,3 +51,16 @@ def checked_workdir(workdir: Path, also_protected: Iterable[Path] = ()) -> Path:
             "directories that would become writable inside the sandbox"
         )
     return resolved
+
+
+def git_metadata(workdir: Path) -> Path | None:
+    """`workdir`'s `.git` directory, which backends bind read-only over the read-write workdir;
+    None when there is none (or it is a symlink or a file, which no checkout of ours makes).
+
+    Hooks and settings in it (`core.fsmonitor`, `core.hooksPath`, a `filter` or `diff.external`)
+    are programs git runs: written by the sandboxed command, they would run on the host as soon
+    as anything ran git on the tree afterwards. Nothing does today; this keeps it that way."""
+    candidate = workdir / ".git"
+    if candidate.is_symlink() or not candidate.is_dir():
+        return None
+    return candidate

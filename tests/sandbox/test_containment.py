@@ -137,6 +137,43 @@ async def test_writes_outside_the_workspace_fail_and_the_host_is_untouched(
     assert (workdir / "inside.txt").read_text() == "inside ok"  # the workspace is writable
 
 
+async def test_git_metadata_of_the_workspace_is_read_only(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A hook or a `core.fsmonitor` planted in `.git` would run on the host the next time git
+    ran on the tree: the command may read `.git`, never change it, and the tree stays its own."""
+    workdir = tmp_path / "repo"
+    workdir.mkdir()
+    subprocess.run(["git", "init", "--quiet", str(workdir)], check=True)
+    config = workdir / ".git" / "config"
+    before = config.read_text()
+    code = """
+        import os
+        print("read", "[core]" in open(".git/config").read())
+        for target in (".git/config", ".git/hooks/post-checkout", ".git/new"):
+            try:
+                with open(target, "a") as f:
+                    f.write("[core]\\n\\tfsmonitor = /tmp/evil\\n")
+                print("WROTE", target)
+            except OSError as exc:
+                print("blocked", target, type(exc).__name__)
+        for move in ((".git", "moved"), (".git/config", "config")):
+            try:
+                os.rename(*move)
+                print("MOVED", move[0])
+            except OSError as exc:
+                print("blocked", move[0], type(exc).__name__)
+        open("module.py", "w").write("x = 1")
+    """
+    outcome = await run_python(sandbox, workdir, code)
+    assert outcome.exit_code == 0, outcome.output
+    assert "read True" in outcome.output
+    assert "WROTE" not in outcome.output
+    assert "MOVED" not in outcome.output
+    assert outcome.output.count("blocked") == 5
+    assert config.read_text() == before
+    assert not (workdir / ".git" / "hooks" / "post-checkout").exists()
+    assert (workdir / "module.py").read_text() == "x = 1"
+
+
 async def test_secrets_of_the_host_cannot_be_read(sandbox: Sandbox, tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     workdir.mkdir()
