@@ -22,6 +22,7 @@ KEYLESS_PLACEHOLDER = "not-needed"
 
 MAX_WAIT = 86400.0  # seconds: the longest an LLM call, or a wait before retrying one, may be
 MAX_PRICE = 1e6  # USD per 1M tokens: far above any model's, far below float overflow
+MAX_ANSWER_TOKENS = 1_000_000  # CODEYARD_LLM_MAX_TOKENS at most
 
 NOT_CONFIGURED = """\
 No LLM endpoint is configured. There are three ways to configure one:
@@ -120,8 +121,13 @@ class LLMSettings(BaseSettings):
     )
     # A small model under llama.cpp's tool-call grammar can keep writing one JSON string until
     # its context is full (8192 tokens for SmolLM2: minutes per call on a CPU); a cap ends it.
+    # The upper bound catches a typo: no model answers that much (the largest cap is 128k), and
+    # an endpoint refuses a cap beyond its context, so every call would fail.
     max_tokens: int | None = Field(
-        default=None, gt=0, description="cap on the tokens of one answer (unset: the endpoint's)"
+        default=None,
+        gt=0,
+        le=MAX_ANSWER_TOKENS,
+        description="cap on the tokens of one answer (unset: the endpoint's)",
     )
     # OpenAI's newer models (o1, o3, gpt-5) answer HTTP 400 to `max_tokens` and take the cap
     # only as `max_completion_tokens`, which older OpenAI-compatible servers may not know.

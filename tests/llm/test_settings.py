@@ -288,6 +288,19 @@ def test_the_max_tokens_field_is_max_tokens_unless_set(monkeypatch: pytest.Monke
     assert LLMSettings().max_tokens_field == "max_completion_tokens"
 
 
+@pytest.mark.parametrize("cap", ["0", "1000001", "1e9"])
+def test_a_token_cap_of_none_or_beyond_any_model_is_refused(
+    monkeypatch: pytest.MonkeyPatch, cap: str
+) -> None:
+    [line] = refused(monkeypatch, "CODEYARD_LLM_MAX_TOKENS", cap)
+    assert line.startswith("CODEYARD_LLM_MAX_TOKENS: ")
+
+
+def test_a_token_cap_up_to_a_million_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODEYARD_LLM_MAX_TOKENS", "1000000")
+    assert LLMSettings().max_tokens == 1_000_000
+
+
 BAD_STARTS = {
     "schemeless base URL": ({"OPENAI_BASE_URL": "api.openai.com/v1"}, SCHEMELESS),
     "unknown max tokens field": (
