@@ -8,7 +8,9 @@ What the command sees and may do:
   (`SANDBOX_WORKDIR`, as with bwrap), its `.git` read-only (`workdir.git_metadata`); a
   size-capped tmpfs at /tmp (also HOME) and /dev/shm. Nothing of the host but the workdir
   exists inside.
-- Identity: uid/gid 65534 (nobody), all capabilities dropped, `no-new-privileges`. The workdir
+- Identity: uid/gid 65534 (nobody), no capabilities, `no-new-privileges`. The container's init
+  and its deadline keeper (below) run as root with only what dropping to that user takes
+  (SETUID, SETGID, SETPCAP), so the command cannot signal them. The workdir
   is lent to uid 65534 for the run and given back afterwards (`codeyard.sandbox.workdir_loan`
   says exactly what changes owner and why that is safe). When codeyard is not root it cannot
   chown; the command then runs as codeyard's own (non-root) uid instead, which owns the workdir.
@@ -55,11 +57,12 @@ Limits (`Limits`):
   takes only its own JSON profiles, so the image's python3 installs it just before prlimit
   (about 10 ms a run); a container where it cannot be installed runs nothing (exit 126).
 
-The image must provide /usr/bin/python3 (as `python` too), pytest, /usr/bin/prlimit (util-linux,
-essential in Debian), /usr/bin/timeout (coreutils, essential too) and /bin/sh (test commands
-run with `/bin/sh -c`; dash is essential in Debian too); scripts/build-sandbox-image.sh builds
-the default one, `codeyard-sandbox:bookworm`, with no registry. The docker SDK blocks, so
-every call runs in a thread: the event loop never waits on the engine.
+The image must provide /usr/bin/python3 (as `python` too), pytest, /usr/bin/prlimit and
+/usr/bin/setpriv (util-linux, essential in Debian), /usr/bin/timeout (coreutils, essential too)
+and /bin/sh (test commands run with `/bin/sh -c`; dash is essential in Debian too);
+scripts/build-sandbox-image.sh builds the default one, `codeyard-sandbox:bookworm`, with no
+registry. The docker SDK blocks, so every call runs in a thread: the event loop never waits on
+the engine.
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ _SWEEP_INTERVAL = 60.0  # seconds between two sweeps of overdue containers while
 _WRAPPER_PIDS = 2
 _PRLIMIT = "/usr/bin/prlimit"  # of the image
 _TIMEOUT = "/usr/bin/timeout"  # of the image (coreutils)
+_SETPRIV = "/usr/bin/setpriv"  # of the image (util-linux)
 _KILLED = 128 + 9  # SIGKILL, as a shell reports it
 # Installs the seccomp filter. A path, never looked up: a caller's PATH could name the workdir.
 _PYTHON = "/usr/bin/python3"
@@ -262,7 +266,7 @@ class DockerSandbox:
             raise SandboxUnavailable(
                 f"`{SHELL} -c \"python -c 'import pytest'\"` fails in the sandbox image "
                 f"{self.image} (exit {status}): the image needs {SHELL}, /usr/bin/python3 (as "
-                f"`python` too), pytest, prlimit and timeout; {IMAGE_HINT}"
+                f"`python` too), pytest, prlimit, setpriv and timeout; {IMAGE_HINT}"
             )
 
     async def run(
@@ -338,6 +342,11 @@ class DockerSandbox:
         """Creates the run's container (blocking); its id."""
         user = SANDBOX_UID if os.geteuid() == 0 else os.getuid()
         group = SANDBOX_UID if os.geteuid() == 0 else os.getgid()
+        # The container starts as root, so that its init and its deadline (`timeout`) belong
+        # to a user the command cannot signal: run as the command's user, a SIGSTOP to
+        # `timeout` kept a container running for ever after its codeyard died. Root there has
+        # only the capabilities setpriv needs to become the command's user, which it does
+        # with no capability and an empty bounding set left.
         environment = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": "/tmp",
@@ -356,6 +365,7 @@ class DockerSandbox:
             network_mode="none",
             read_only=True,
             cap_drop=["ALL"],
+            cap_add=["SETUID", "SETGID", "SETPCAP"],
             security_opt=["no-new-privileges"],
             init=True,
             mounts=mounts,
@@ -376,6 +386,8 @@ class DockerSandbox:
         # the engine's RLIMIT_AS and RLIMIT_NOFILE are not known here (see the module doc).
         argv = shim_argv(_PRLIMIT, limits, NO_LIMIT, command, ceilings={})
         argv = installing_argv(_PYTHON, self._seccomp, argv)
+        dropping = [f"--reuid={user}", f"--regid={group}", "--clear-groups"]
+        argv = [_SETPRIV, *dropping, "--inh-caps=-all", "--bounding-set=-all", *argv]
         # The container's own deadline, in case codeyard dies before it kills it (module doc).
         # Outermost, so that the command's rlimits and seccomp filter do not bind it.
         argv = [_TIMEOUT, "-s", "KILL", f"{limits.wall_seconds + DEADLINE_GRACE:.3f}", *argv]
@@ -386,7 +398,7 @@ class DockerSandbox:
             name=f"codeyard-sandbox-{uuid.uuid4().hex[:16]}",
             labels={LABEL: "1", DEADLINE_LABEL: f"{deadline:.0f}"},
             hostname="sandbox",
-            user=f"{user}:{group}",
+            user="0:0",
             working_dir=SANDBOX_WORKDIR,
             environment=environment,
             stdin_open=False,

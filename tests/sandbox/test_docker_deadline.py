@@ -102,6 +102,35 @@ def test_a_container_stops_itself_when_its_codeyard_is_killed_mid_run(
     assert processes_with(marker) == []
 
 
+async def test_the_command_cannot_stop_its_containers_deadline(
+    docker_sandbox: DockerSandbox, tmp_path: Path
+) -> None:
+    """A command that stopped `timeout` (SIGSTOP) kept its container running for ever once its
+    codeyard died: the deadline keeper and the init belong to a user it cannot signal."""
+    code = """
+        import os, signal
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                name = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")[0]
+            except OSError:
+                continue
+            if int(pid) != os.getpid():
+                try:
+                    os.kill(int(pid), signal.SIGSTOP)
+                    print("STOPPED", pid, name.decode())
+                except PermissionError:
+                    print("refused", pid, name.decode())
+        status = dict(line.split(":\\t") for line in open("/proc/self/status").read().splitlines())
+        print("uid", os.getuid(), "capbnd", status["CapBnd"].strip())
+    """
+    outcome = await run_python(docker_sandbox, tmp_path, code)
+    assert outcome.exit_code == 0, outcome.output
+    assert "STOPPED" not in outcome.output
+    assert "/usr/bin/timeout" in outcome.output  # it was found, and refused
+    assert "refused 1 " in outcome.output  # the init
+    assert "uid 65534 capbnd 0000000000000000" in outcome.output
+
+
 @pytest.mark.parametrize("sweeper", ["probe", "run"])
 async def test_running_containers_long_past_their_deadline_are_removed(
     docker_sandbox: DockerSandbox, tmp_path: Path, removed_afterwards: list[str], sweeper: str
