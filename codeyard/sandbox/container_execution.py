@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import docker.errors
+import requests.exceptions
 from docker.api.client import APIClient
 from docker.utils.socket import frames_iter
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENGINE_TIMEOUT = 60  # seconds for one API call; waiting for the command has its own
+# What a call to the engine raises when it fails: the SDK lets the HTTP client's own errors
+# through (a connection cut mid-run, refused, or timed out), and they are no DockerException.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 # The SDK's demultiplexer of an attached stream, untyped there: (stream, tty) -> (source, chunk).
 _frames = cast(Callable[[Any, bool], Iterator[tuple[int, bytes]]], frames_iter)
 
@@ -99,7 +103,7 @@ def remove_container(api: APIClient, container_id: str) -> bool:
         api.remove_container(container_id, force=True)
     except docker.errors.NotFound:
         pass
-    except docker.errors.DockerException:
+    except ENGINE_ERRORS:
         log.warning("could not remove sandbox container %s", container_id, exc_info=True)
         return False
     return True

@@ -86,6 +86,7 @@ from docker.types import LogConfig, Mount, Ulimit
 
 from codeyard.observability.sandbox_runs import counted
 from codeyard.sandbox.container_execution import (
+    ENGINE_ERRORS,
     ENGINE_TIMEOUT,
     ContainerExecution,
     remove_container,
@@ -206,7 +207,7 @@ class DockerSandbox:
         try:
             client = docker.DockerClient(base_url=self.docker_host, timeout=ENGINE_TIMEOUT)
             client.ping()
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise SandboxUnavailable(
                 f"no Docker engine answers at {self.docker_host} ({exc}): {ENGINE_HINT}"
             ) from exc
@@ -220,7 +221,7 @@ class DockerSandbox:
                 f"the sandbox image {self.image} is not in the Docker engine at "
                 f"{self.docker_host}: {IMAGE_HINT}"
             ) from exc
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise SandboxUnavailable(
                 f"cannot inspect the sandbox image {self.image} at {self.docker_host}: {exc}"
             ) from exc
@@ -236,7 +237,7 @@ class DockerSandbox:
             labels = container.get("Labels") or {}
             overdue = _deadline(labels.get(DEADLINE_LABEL)) + SWEEP_GRACE < now
             if overdue or (stopped and container.get("State") in ("exited", "dead")):
-                with contextlib.suppress(docker.errors.DockerException):
+                with contextlib.suppress(*ENGINE_ERRORS):
                     client.api.remove_container(container["Id"], force=True)
 
     def _check_run(self, client: docker.DockerClient) -> None:
@@ -249,7 +250,7 @@ class DockerSandbox:
                 container_id = self._create(client.api, workdir, command, Limits(), None)
                 client.api.start(container_id)
                 status = int(client.api.wait(container_id, timeout=ENGINE_TIMEOUT)["StatusCode"])
-            except docker.errors.DockerException as exc:
+            except ENGINE_ERRORS as exc:
                 raise SandboxUnavailable(
                     f"the Docker engine at {self.docker_host} cannot run a sandbox container "
                     f"of {self.image}: {exc}"
@@ -282,7 +283,7 @@ class DockerSandbox:
             await asyncio.to_thread(self.probe)
         elif time.monotonic() - self._swept > _SWEEP_INTERVAL:
             self._swept = time.monotonic()  # one sweep at a time
-            with contextlib.suppress(docker.errors.DockerException):
+            with contextlib.suppress(*ENGINE_ERRORS):
                 await asyncio.to_thread(self._sweep, self.client, False)
         workdir = checked_workdir(workdir)
         api = self.client.api
@@ -294,7 +295,7 @@ class DockerSandbox:
             )
             execution = ContainerExecution(api, container_id, limits)
             return await counted(self.name, self._supervise(execution, limits, workdir))
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise SandboxUnavailable(
                 f"the Docker engine at {self.docker_host} failed to run a sandbox container: {exc}"
             ) from exc

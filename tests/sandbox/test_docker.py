@@ -5,7 +5,10 @@ test_containment.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -126,6 +129,82 @@ async def test_a_workdir_is_not_given_back_while_its_container_may_still_run(
     assert (tmp_path / "made").stat().st_uid == SANDBOX_UID
     assert tmp_path.stat().st_uid == SANDBOX_UID
     assert "may still run" in caplog.text
+
+
+class EngineProxy:
+    """A unix socket passing everything on to the engine's, until `cut`: every connection is
+    closed then, and new ones are refused, as when the engine stops."""
+
+    def __init__(self, path: Path, engine: str) -> None:
+        self.host = f"unix://{path}"
+        self._engine = engine.removeprefix("unix://")
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(str(path))
+        self._listener.listen()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self._listener.close()
+        for each in self._sockets:
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)
+            each.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed by `cut`
+            while True:
+                client, _ = self._listener.accept()
+                engine = socket.socket(socket.AF_UNIX)
+                engine.connect(self._engine)
+                self._sockets += [client, engine]
+                for source, sink in ((client, engine), (engine, client)):
+                    threading.Thread(target=self._pass, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pass(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+
+
+async def test_an_engine_gone_mid_run_is_told_as_the_sandbox_unavailable(
+    docker_sandbox: DockerSandbox, tmp_path: Path
+) -> None:
+    """The HTTP client's own errors came through as they were: the tester, which hands the work
+    back for later when the sandbox is unavailable, failed it with a traceback instead."""
+    marker = f"engine-gone-{uuid.uuid4().hex}"
+    proxy = EngineProxy(tmp_path / "engine.sock", docker_sandbox.docker_host)
+    sandbox = DockerSandbox(docker_host=proxy.host)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    limits = Limits(wall_seconds=30, memory_bytes=128 * MiB, pids=8)
+    code = f"import time; print('started', flush=True); time.sleep(60)  # {marker}"
+    running = asyncio.ensure_future(run_python(sandbox, workdir, code, limits=limits))
+    try:
+        await asyncio.to_thread(_wait_running, docker_sandbox, marker)
+        proxy.cut()
+        with pytest.raises(SandboxUnavailable, match="failed to run a sandbox container"):
+            await asyncio.wait_for(running, SLACK_SECONDS)
+        with pytest.raises(SandboxUnavailable, match="Connection refused"):
+            await run_python(sandbox, workdir, "print('again')")
+    finally:
+        running.cancel()
+        for container in _containers_running(docker_sandbox, marker):
+            docker_sandbox.client.api.remove_container(container, force=True)
+
+
+def _wait_running(sandbox: DockerSandbox, marker: str) -> None:
+    give_up = time.monotonic() + SLACK_SECONDS
+    while not _containers_running(sandbox, marker):
+        assert time.monotonic() < give_up, "the container did not start"
+        time.sleep(0.1)
+
+
+def _containers_running(sandbox: DockerSandbox, marker: str) -> list[str]:
+    found = sandbox.client.api.containers(filters={"label": docker_module.LABEL})
+    return [c["Id"] for c in found if marker in c.get("Command", "")]
 
 
 async def test_many_runs_stopped_at_once_all_end(
