@@ -288,12 +288,13 @@ class DockerSandbox:
         workdir = checked_workdir(workdir)
         api = self.client.api
         loan = await asyncio.to_thread(self._loan, workdir)
-        container_id: str | None = None
+        # Shielded: a run cancelled while the engine creates its container still learns its id,
+        # to remove it (left in the `created` state, it waited for an overdue sweep).
+        creating = asyncio.ensure_future(
+            asyncio.to_thread(self._create, api, workdir, list(command), limits, env)
+        )
         try:
-            container_id = await asyncio.to_thread(
-                self._create, api, workdir, list(command), limits, env
-            )
-            execution = ContainerExecution(api, container_id, limits)
+            execution = ContainerExecution(api, await asyncio.shield(creating), limits)
             return await counted(self.name, self._supervise(execution, limits, workdir))
         except ENGINE_ERRORS as exc:
             raise SandboxUnavailable(
@@ -301,7 +302,7 @@ class DockerSandbox:
             ) from exc
         finally:
             # Shielded: a cancelled run still removes its container and gives the workdir back.
-            await asyncio.shield(asyncio.to_thread(_discard, api, container_id, loan))
+            await asyncio.shield(_discard_when_created(api, creating, loan))
 
     async def _supervise(
         self, execution: ContainerExecution, limits: Limits, workdir: Path
@@ -408,6 +409,16 @@ class DockerSandbox:
             use_config_proxy=False,  # nothing of the client's configuration goes in
         )
         return str(created["Id"])
+
+
+async def _discard_when_created(
+    api: APIClient, creating: asyncio.Future[str], loan: WorkdirLoan | None
+) -> None:
+    """`_discard`, once the engine has answered the creation of the container."""
+    container_id = None
+    with contextlib.suppress(Exception):  # not created: its caller was told why
+        container_id = await creating
+    await asyncio.to_thread(_discard, api, container_id, loan)
 
 
 def _discard(api: APIClient, container_id: str | None, loan: WorkdirLoan | None) -> None:

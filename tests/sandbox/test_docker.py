@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 import pytest
@@ -129,6 +130,33 @@ async def test_a_workdir_is_not_given_back_while_its_container_may_still_run(
     assert (tmp_path / "made").stat().st_uid == SANDBOX_UID
     assert tmp_path.stat().st_uid == SANDBOX_UID
     assert "may still run" in caplog.text
+
+
+async def test_a_run_cancelled_while_its_container_is_created_removes_it(
+    docker_sandbox: DockerSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The container's id came back to a run that was no longer there: the container stayed
+    in the engine, `created`, until a sweep long after its deadline."""
+    marker = f"cancelled-{uuid.uuid4().hex}"
+    create = docker_sandbox._create
+    created = threading.Event()
+
+    def slow_create(*args: Any) -> str:
+        container = create(*args)
+        created.set()
+        time.sleep(0.5)  # the engine answers late; the run is cancelled meanwhile
+        return container
+
+    monkeypatch.setattr(docker_sandbox, "_create", slow_create)
+    run = asyncio.ensure_future(run_python(docker_sandbox, tmp_path, f"print('{marker}')"))
+    await asyncio.to_thread(created.wait, SLACK_SECONDS)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    left = docker_sandbox.client.api.containers(all=True, filters={"label": docker_module.LABEL})
+    assert [c["Id"] for c in left if marker in c.get("Command", "")] == []
+    if os.geteuid() == 0:
+        assert tmp_path.stat().st_uid == 0  # the workdir was given back
 
 
 class EngineProxy:
