@@ -103,10 +103,36 @@ def remove_container(api: APIClient, container_id: str) -> bool:
         api.remove_container(container_id, force=True)
     except docker.errors.NotFound:
         pass
-    except ENGINE_ERRORS:
+    except ENGINE_ERRORS as exc:
+        # Another codeyard's sweep removes it (HTTP 409, "removal ... already in progress"):
+        # gone once that ends. Taken for a failure, it kept the workdir lent for nothing.
+        if _removal_in_progress(exc):
+            return _gone(api, container_id)
         log.warning("could not remove sandbox container %s", container_id, exc_info=True)
         return False
     return True
+
+
+def _removal_in_progress(error: Exception) -> bool:
+    return (
+        isinstance(error, docker.errors.APIError)
+        and error.status_code == 409
+        and "already in progress" in str(error)
+    )
+
+
+def _gone(api: APIClient, container_id: str) -> bool:
+    """Whether the container is gone within `ENGINE_TIMEOUT` seconds (blocking)."""
+    give_up = time.monotonic() + ENGINE_TIMEOUT
+    while time.monotonic() < give_up:
+        try:
+            api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return True
+        except ENGINE_ERRORS:
+            return False
+        time.sleep(0.05)
+    return False
 
 
 def in_own_thread(call: Callable[[], T]) -> asyncio.Future[T]:

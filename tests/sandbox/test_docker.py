@@ -16,6 +16,7 @@ from typing import Any
 
 import docker.errors
 import pytest
+import requests
 
 from codeyard.sandbox import DockerSandbox, Limits, MiB, SandboxUnavailable
 from codeyard.sandbox import docker as docker_module
@@ -130,6 +131,36 @@ async def test_a_workdir_is_not_given_back_while_its_container_may_still_run(
     assert (tmp_path / "made").stat().st_uid == SANDBOX_UID
     assert tmp_path.stat().st_uid == SANDBOX_UID
     assert "may still run" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the workdir is lent only when codeyard is root")
+async def test_a_container_another_codeyard_is_removing_is_waited_for(
+    docker_sandbox: DockerSandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another codeyard's sweep removing the container (the engine answers HTTP 409) counted as
+    a failure: the container was gone a moment later, but its workdir stayed lent."""
+    api = docker_sandbox.client.api
+    remove = api.remove_container
+
+    def removed_by_another(container: str, **kwargs: object) -> None:
+        other = threading.Timer(0.3, remove, [container], {"force": True})
+        other.start()
+        busy = requests.Response()
+        busy.status_code = 409
+        raise docker.errors.APIError(
+            "409 Client Error: Conflict",
+            busy,
+            f"removal of container {container} is already in progress",
+        )
+
+    monkeypatch.setattr(api, "remove_container", removed_by_another)
+    outcome = await run_python(docker_sandbox, tmp_path, "open('made', 'w').write('x')")
+    assert outcome.exit_code == 0, outcome.output
+    assert (tmp_path / "made").stat().st_uid == 0  # given back
+    assert "may still run" not in caplog.text
 
 
 async def test_a_run_cancelled_while_its_container_is_created_removes_it(
