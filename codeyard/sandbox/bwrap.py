@@ -93,6 +93,7 @@ from codeyard.sandbox.protocol import (
     SANDBOX_WORKDIR,
     RunOutcome,
     SandboxUnavailable,
+    checked_request,
 )
 from codeyard.sandbox.rlimit_shim import host_prlimit, own_ceilings, shim_argv
 from codeyard.sandbox.seccomp import filter_fd, sandbox_filter
@@ -284,8 +285,7 @@ class BwrapSandbox:
         limits: Limits,
         env: Mapping[str, str] | None = None,
     ) -> RunOutcome:
-        if isinstance(command, str) or not command:
-            raise ValueError(f"command must be a non-empty argv list, got {command!r}")
+        command = checked_request(command, env)
         if not self._ready:
             await asyncio.to_thread(self.probe)
         workdir = checked_workdir(workdir, self._python_roots)

@@ -98,6 +98,7 @@ from codeyard.sandbox.protocol import (
     SHELL,
     RunOutcome,
     SandboxUnavailable,
+    checked_request,
     shell_command,
 )
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, shim_argv
@@ -277,8 +278,7 @@ class DockerSandbox:
         limits: Limits,
         env: Mapping[str, str] | None = None,
     ) -> RunOutcome:
-        if isinstance(command, str) or not command:
-            raise ValueError(f"command must be a non-empty argv list, got {command!r}")
+        command = checked_request(command, env)
         if self._client is None:
             await asyncio.to_thread(self.probe)
         elif time.monotonic() - self._swept > _SWEEP_INTERVAL:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from codeyard.sandbox.cgroups import PIDS, RunCgroups, SandboxCgroups
 from codeyard.sandbox.limits import Limits
-from codeyard.sandbox.protocol import RunOutcome, SandboxUnavailable
+from codeyard.sandbox.protocol import RunOutcome, SandboxUnavailable, checked_request
 from codeyard.sandbox.rlimit_shim import NO_LIMIT, host_prlimit, own_ceilings, shim_argv
 from codeyard.sandbox.scratch import remove_tree
 from codeyard.sandbox.session_run import SessionExecution, run_in_session
@@ -93,8 +93,7 @@ class ProcessSandbox:
         limits: Limits,
         env: Mapping[str, str] | None = None,
     ) -> RunOutcome:
-        if isinstance(command, str) or not command:
-            raise ValueError(f"command must be a non-empty argv list, got {command!r}")
+        command = checked_request(command, env)
         workdir = checked_workdir(workdir, self._python_roots)
         home = Path(tempfile.mkdtemp(prefix="codeyard-process-"))
         try:

@@ -37,6 +37,24 @@ def shell_command(line: str) -> list[str]:
     return [SHELL, "-c", line]
 
 
+def checked_request(command: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
+    """`command` as a list; raises ValueError for what no backend can run: a string or empty
+    command, a NUL in an argument, an environment name that is empty or holds `=` or a NUL, a
+    value holding a NUL. (The docker engine took a NUL for its own failure, and the argument
+    came back as a failing command.)"""
+    if isinstance(command, str) or not command:
+        raise ValueError(f"command must be a non-empty argv list, got {command!r}")
+    for position, argument in enumerate(command):
+        if "\0" in argument:
+            raise ValueError(f"argument {position} of the command holds a NUL character")
+    for name, value in (env or {}).items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"{name!r} cannot name an environment variable")
+        if "\0" in value:
+            raise ValueError(f"the value of the environment variable {name} holds a NUL")
+    return list(command)
+
+
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
     """The result of one sandboxed command.

@@ -26,9 +26,9 @@ too.
 Setting the set-user-ID or set-group-ID bit (chmod, fchmod, fchmodat, fchmodat2 with either
 bit: EPERM) is refused: files the sandbox writes are the host user's, root's when the worker
 runs as root (bwrap maps the sandbox's nobody to its caller), so a setuid copy of a shell left
-in the workspace would be a root shell to anyone on the host who can reach it. (Writing to a
-file clears those bits for a process without CAP_FSETID, so creating one with them is no way
-around it.)
+in the workspace would be a root shell to anyone on the host who can reach it. (Creating a
+file with them, through open's mode, is not refused: writing to it clears them for a process
+without CAP_FSETID, so such a file stays empty, a program of nothing.)
 
 Kernel interfaces no test suite needs and whose bugs have been exploits, which Docker's filter
 refuses too: perf_event_open and userfaultfd (ENOSYS).

@@ -754,3 +754,11 @@ async def test_bad_requests_are_refused(sandbox: Sandbox, tmp_path: Path) -> Non
         await sandbox.run(Path("/"), ["true"], FAST)
     with pytest.raises(FileNotFoundError):
         await sandbox.run(tmp_path / "missing", ["true"], FAST)
+    # The docker engine ran these and answered as the command (exit 1) or as its own failure.
+    with pytest.raises(ValueError, match="argument 2 of the command holds a NUL"):
+        await sandbox.run(tmp_path, ["echo", "a", "b\0c"], FAST)
+    with pytest.raises(ValueError, match="environment variable FOO holds a NUL"):
+        await sandbox.run(tmp_path, ["true"], FAST, env={"FOO": "a\0b"})
+    for name in ("", "A=B", "A\0B"):
+        with pytest.raises(ValueError, match="cannot name an environment variable"):
+            await sandbox.run(tmp_path, ["true"], FAST, env={name: "x"})
