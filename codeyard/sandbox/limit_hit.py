@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Callable
 
@@ -10,7 +11,13 @@ from codeyard.sandbox.limits import GiB, Limits, MiB
 from codeyard.sandbox.protocol import LimitName, RunOutcome
 
 _MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
-_FORK_SIGNS = ("BlockingIOError", "Resource temporarily unavailable")
+# A fork refused at the pids limit (EAGAIN), as Python, dash and bash say it.
+_FORK_REFUSED = re.compile(
+    r"BlockingIOError: \[Errno 11\] Resource temporarily unavailable"
+    r"|^(?:/bin/)?sh: \d+: Cannot fork$"
+    r"|fork: (?:retry: )?Resource temporarily unavailable$",
+    re.MULTILINE,
+)
 _OPEN_FILES_SIGN = "Too many open files"  # EMFILE's message, in Python's OSError and C's perror
 
 
@@ -44,7 +51,7 @@ def limit_hit(
         return "memory"
     if _OPEN_FILES_SIGN in end:
         return "open_files"
-    if pids_hit is None and all(sign in end for sign in _FORK_SIGNS):
+    if pids_hit is None and _FORK_REFUSED.search(end):
         return "pids"
     return ""
 
