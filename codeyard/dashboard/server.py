@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import msgspec
 import nats.errors
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
@@ -52,7 +53,7 @@ from codeyard.schemas import (
     StatusQuery,
     decode,
 )
-from codeyard.schemas.model import SHORT_TEXT_CHARS
+from codeyard.schemas.model import LONG_TEXT_CHARS, SHORT_TEXT_CHARS
 from codeyard.workspace.patch_store import PatchMissing, by_reference, inline
 from codeyard.workspace.snapshots import artifact_store
 
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ID = "{%s:[A-Za-z0-9][A-Za-z0-9_-]{0,63}}"  # the wire model's ids: no NATS wildcards or dots
 KEEPALIVE_SECONDS = 15.0
+FORM_TYPE = "application/x-www-form-urlencoded"  # what the pages' forms send
 # Events waiting for one client's stream, and how long they may wait for room when there are
 # that many before the client is dropped (it reconnects and gets the run's events again).
 STREAM_BUFFER = 256
@@ -215,10 +217,11 @@ class Dashboard:
             )
             return response
         if proof is Proof.COOKIE and request.method not in ("GET", "HEAD"):
-            form = await _form(request)
-            field = form.get(CSRF_FIELD) if form is not None else None
+            # The origin first: another site's page must not have its body read at all.
             origin = request.headers.get("Origin")
             origin_ok = origin_allowed(origin, request.host, request.scheme, self.public_origins)
+            form = await _form(request) if origin_ok else None
+            field = form.get(CSRF_FIELD) if isinstance(form, dict) else None
             if not (origin_ok and self.check.csrf_ok(field)):
                 return _html(
                     pages.message_page("Refused", "cross-site request (CSRF check failed)"), 403
@@ -259,14 +262,17 @@ class Dashboard:
     async def answer(self, request: web.Request) -> web.StreamResponse:
         approval_id = request.match_info["approval_id"]
         form = await _form(request)
-        if form is None:
-            return _html(pages.message_page("Not answered", "the form is not UTF-8"), 400)
+        if isinstance(form, str):
+            return _html(pages.message_page("Not answered", form), 400)
         by = self._answerer(request)
         if by is None:
             header = self.user_header
             why = f"the proxy in front of the dashboard did not say who you are (no {header})"
             return _html(pages.message_page("Not answered", why), 403)
         note = form.get("comment", "")
+        if len(note) > LONG_TEXT_CHARS:
+            why = f"the comment is longer than {LONG_TEXT_CHARS:,} characters: shorten it"
+            return _html(pages.message_page("Not answered", why), 400)
         answer: Envelope
         if request.match_info["answer"] == "approve":
             answer = Approve(approval_id=approval_id, by=by, comment=note)
@@ -403,10 +409,32 @@ def _error(reply: ControlReply) -> str:
     return f"unexpected reply {type(reply).__name__}"
 
 
+class _UnparsedRequests(logging.Filter):
+    """aiohttp logs a request it could not parse with the parser's error, which quotes the line
+    it refused: a URL or an `Authorization` header holding the token (one with a stray byte,
+    over 8 KiB). Only the kind of error is kept, as a warning without a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            client = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "refused a request that is not HTTP it can read, from %s: %s"
+            record.args = (client, type(error).__name__)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_server_log = logging.getLogger(f"{__name__}.http")
+_server_log.addFilter(_UnparsedRequests())
+
+
 @contextlib.asynccontextmanager
 async def serving(dashboard: Dashboard, host: str, port: int) -> AsyncIterator[str]:
     """The dashboard listening on host:port (0: any free port); yields its base URL."""
-    runner = web.AppRunner(dashboard.application(), access_log=None, shutdown_timeout=5.0)
+    runner = web.AppRunner(
+        dashboard.application(), access_log=None, shutdown_timeout=5.0, logger=_server_log
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -420,11 +448,17 @@ async def serving(dashboard: Dashboard, host: str, port: int) -> AsyncIterator[s
         await runner.cleanup()
 
 
-async def _form(request: web.Request) -> dict[str, str] | None:
-    """The text fields of a POSTed form; None if it is not UTF-8, which the dashboard's own
-    forms always are (aiohttp raises decoding it: every such request was a 500)."""
+async def _form(request: web.Request) -> dict[str, str] | str:
+    """The text fields of a POSTed form, or what is wrong with it. The dashboard's own forms
+    are URL-encoded UTF-8; aiohttp raises reading anything else it cannot decode (a multipart
+    body without its boundary, an unknown charset, bytes that are not UTF-8): every such request
+    was a 500, with a traceback in the log."""
+    if not request.body_exists:
+        return {}  # a script's POST with nothing to say
+    if request.content_type != FORM_TYPE:
+        return f"the form is not {FORM_TYPE}"
     try:
         form = await request.post()
-    except UnicodeDecodeError:
-        return None
+    except (ValueError, LookupError):
+        return "the form cannot be read: it is not URL-encoded UTF-8"
     return {name: value for name, value in form.items() if isinstance(value, str)}

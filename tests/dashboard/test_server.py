@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import select
 import socket
 from collections.abc import AsyncIterator
@@ -144,6 +145,68 @@ async def test_what_is_not_utf8_is_refused_not_an_error(bus: Bus) -> None:
         assert no_csrf == b"HTTP/1.1 403 Forbidden\r\n"
         unreadable = await status_line(url, post(bearer % TOKEN.encode(), b"comment=\xff"))
         assert unreadable == b"HTTP/1.1 400 Bad Request\r\n"
+
+
+async def test_a_request_it_cannot_parse_leaves_no_token_in_the_log(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp logged the line it refused, token and all: a pasted link with a space after the
+    token, a header with a stray byte, a URL over 8 KiB."""
+    caplog.set_level(logging.DEBUG)
+    token = TOKEN.encode()
+    refused = [
+        b"GET /?token=%s x HTTP/1.1\r\nHost: d\r\n\r\n" % token,
+        b"GET / HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer %s\x01\r\n\r\n" % token,
+        b"GET /?token=%s&pad=%s HTTP/1.1\r\nHost: d\r\n\r\n" % (token, b"x" * 9000),
+    ]
+    async with serving(Dashboard(bus, TOKEN), "127.0.0.1", 0) as url:
+        for request in refused:
+            assert b" 400 Bad Request" in await status_line(url, request)
+    assert TOKEN not in caplog.text
+    assert caplog.text.count("refused a request that is not HTTP it can read") == 3
+
+
+@pytest.mark.parametrize(
+    ("content_type", "form"),
+    [
+        (b"multipart/form-data", b"--x\r\nfoo"),  # no boundary
+        (b"multipart/form-data; boundary=zz", b"garbage"),
+        (b"application/x-www-form-urlencoded; charset=bogus-xx", b"comment=x"),
+        (b"text/plain", b"comment=x"),
+    ],
+)
+async def test_a_form_it_cannot_read_is_a_bad_request(
+    dashboard: str, content_type: bytes, form: bytes
+) -> None:
+    """Each was a 500 with a traceback; signed in with the cookie, from another site too."""
+    request = (
+        b"POST /approvals/abc/deny HTTP/1.1\r\nHost: dashboard\r\n"
+        b"Authorization: Bearer %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (TOKEN.encode(), content_type, len(form), form)
+    )
+    assert await status_line(dashboard, request) == b"HTTP/1.1 400 Bad Request\r\n"
+    elsewhere = (
+        b"POST /approvals/abc/deny HTTP/1.1\r\nHost: dashboard\r\n"
+        b"Origin: http://127.0.0.1:1\r\nCookie: %s=%s\r\n"
+        b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (cookie_of(dashboard).encode(), SESSION.encode(), content_type, len(form), form)
+    )
+    assert await status_line(dashboard, elsewhere) == b"HTTP/1.1 403 Forbidden\r\n"
+
+
+async def test_a_comment_too_long_to_record_is_refused_saying_so(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    approval_id = await submit_waiting_plan(bus, "r1")
+    form = {"comment": "\x01" * 340_000}  # 2 MB as JSON: over NATS's largest message
+    async with http.post(
+        f"{dashboard}/approvals/{approval_id}/deny", data=form, headers=BEARER
+    ) as r:
+        assert r.status == 400
+        assert "the comment is longer than 20,000 characters" in await r.text()
+    approvals = await ask(bus, "approvals", ListApprovals())
+    assert isinstance(approvals, ApprovalList)
+    assert [a.approval_id for a in approvals.approvals] == [approval_id]  # still asked
 
 
 async def test_the_link_with_the_token_signs_in_with_a_cookie(
