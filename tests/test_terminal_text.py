@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codeyard.terminal_text import quoted_detail, terminal_safe
+from codeyard.terminal_text import html_text, page_safe, quoted_detail, terminal_safe
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,8 @@ def test_a_detail_cut_says_how_much_is_left_out() -> None:
     assert quoted_detail("x" * 1234, 10) == (
         "'xxxxxxxxxx' ... (1,224 more characters: `codeyard approvals --json`)"
     )
+
+
+def test_a_page_keeps_line_breaks_and_crlf_but_shows_a_lone_carriage_return() -> None:
+    assert page_safe("a\r\nb\rc\u202ed\x1b[0m\te\n") == "a\r\nb\\x0dc\\u202ed\\x1b[0m\te\n"
+    assert html_text("<b>\u2066</b>") == "&lt;b&gt;\\u2066&lt;/b&gt;"

@@ -7,21 +7,23 @@ dashboard's own script, so markup that slipped through still could not run."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from html import escape
 from urllib.parse import quote
 
 from codeyard.report import build_report, text
 from codeyard.report.graph_svg import STATE_COLOURS, render_graph_svg
 from codeyard.schemas.messages import PendingApproval
 from codeyard.schemas.model import FeedbackKind, Run, Task, TaskState
-from codeyard.terminal_text import terminal_safe
+from codeyard.terminal_text import html_text, terminal_safe
 
 LIVE_SCRIPT = "/static/live.js"
 COLOURS = {str(state): colour for state, colour in STATE_COLOURS.items()}
-CSP = (
+# In each page too (a page saved to disk keeps it), without frame-ancestors, which browsers
+# take only from the header (and warn about in a page).
+PAGE_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    "form-action 'self'; base-uri 'none'"
 )
+CSP = f"{PAGE_CSP}; frame-ancestors 'none'"  # the header's
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 0; background: #fafafa; }
@@ -49,9 +51,9 @@ def page(title: str, body: str, *, live: bool = False) -> str:
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{PAGE_CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n{script}</head>\n<body>\n"
+        f"<title>{html_text(title)}</title>\n<style>{CSS}</style>\n{script}</head>\n<body>\n"
         '<nav><a href="/">Runs</a><a href="/approvals">Approvals</a></nav>\n'
         f"<main>\n{body}\n</main>\n</body>\n</html>\n"
     )
@@ -67,10 +69,10 @@ def task_url(run_id: str, task_id: str) -> str:
 
 def state_badge(state: str, *, task_id: str = "") -> str:
     colour = COLOURS.get(state, "#ffffff")
-    data = f' data-task="{escape(task_id)}"' if task_id else ""
+    data = f' data-task="{html_text(task_id)}"' if task_id else ""
     return (
-        f'<span class="state"{data} data-state="{escape(state)}" '
-        f'style="background:{colour}">{escape(state)}</span>'
+        f'<span class="state"{data} data-state="{html_text(state)}" '
+        f'style="background:{colour}">{html_text(state)}</span>'
     )
 
 
@@ -78,12 +80,12 @@ def runs_page(runs: Sequence[Run]) -> str:
     if not runs:
         return page("codeyard runs", '<h1>Runs</h1>\n<p class="empty">no runs yet</p>')
     rows = "".join(
-        f'<tr class="run" data-run="{escape(run.run_id)}">'
-        f'<td><a href="{run_url(run.run_id)}">{escape(run.run_id)}</a></td>'
+        f'<tr class="run" data-run="{html_text(run.run_id)}">'
+        f'<td><a href="{run_url(run.run_id)}">{html_text(run.run_id)}</a></td>'
         f"<td>{state_badge(run.state)}</td>"
-        f"<td>{escape(text.first_line(run.goal))}</td>"
-        f"<td>{escape(text.when(run.created_at))}</td>"
-        f"<td>{escape(text.when(run.updated_at))}</td></tr>"
+        f"<td>{html_text(text.first_line(run.goal))}</td>"
+        f"<td>{html_text(text.when(run.created_at))}</td>"
+        f"<td>{html_text(text.when(run.updated_at))}</td></tr>"
         for run in sorted(runs, key=lambda run: run.created_at, reverse=True)
     )
     table = (
@@ -99,29 +101,30 @@ def run_page(run: Run) -> str:
     report = build_report(run, [])  # the graph needs the tasks only, not their history
     legend = " ".join(state_badge(state) for state in TaskState)
     rows = "".join(
-        f'<tr><td><a href="{task_url(run.run_id, task.task_id)}">{escape(task.task_id)}</a></td>'
-        f"<td>{escape(text.first_line(task.title))}</td>"
-        f"<td>{escape(', '.join(task.deps))}</td>"
+        f'<tr><td><a href="{task_url(run.run_id, task.task_id)}">{html_text(task.task_id)}</a></td>'
+        f"<td>{html_text(text.first_line(task.title))}</td>"
+        f"<td>{html_text(', '.join(task.deps))}</td>"
         f"<td>{state_badge(task.state, task_id=task.task_id)}</td>"
-        f'<td data-attempt="{escape(task.task_id)}">{task.attempts}</td></tr>'
+        f'<td data-attempt="{html_text(task.task_id)}">{task.attempts}</td></tr>'
         for task in report.tasks
     )
     body = [
-        f"<h1>Run {escape(run.run_id)}</h1>",
+        f"<h1>Run {html_text(run.run_id)}</h1>",
         f'<p>state: <span id="run-state">{state_badge(run.state)}</span> '
         '<span class="live" id="live">connecting to live updates…</span></p>',
-        f'<p class="goal">{escape(run.goal)}</p>',
-        *([f"<h2>Error</h2><pre>{escape(run.error)}</pre>"] if run.error else []),
+        f'<p class="goal">{html_text(run.goal)}</p>',
+        *([f"<h2>Error</h2><pre>{html_text(run.error)}</pre>"] if run.error else []),
         "<h2>Task graph</h2>",
         f'<div class="graph" id="graph">{render_graph_svg(report)}</div>',
         f'<p class="legend">{legend}</p>',
         "<h2>Tasks</h2>",
         '<table id="tasks"><tr><th>task</th><th>title</th><th>needs</th><th>state</th>'
         f"<th>attempt</th></tr>{rows}</table>",
-        f"<p>tokens: {escape(text.tokens(run.usage))}, cost {escape(text.cost(run.usage))}</p>",
+        f"<p>tokens: {html_text(text.tokens(run.usage))}, "
+        f"cost {html_text(text.cost(run.usage))}</p>",
     ]
     events = f"{run_url(run.run_id)}/events"
-    main = f'<div id="run" data-events="{escape(events)}">\n' + "\n".join(body) + "\n</div>"
+    main = f'<div id="run" data-events="{html_text(events)}">\n' + "\n".join(body) + "\n</div>"
     return page(f"codeyard run {run.run_id}", main, live=True)
 
 
@@ -130,13 +133,13 @@ def task_page(run: Run, task: Task) -> str:
     facts = [
         ("state", state_badge(task.state)),
         ("attempt", str(task.attempt)),
-        ("needs", escape(", ".join(spec.deps)) or "-"),
-        ("started", escape(text.when(task.started_at))),
-        ("finished", escape(text.when(task.finished_at))),
+        ("needs", html_text(", ".join(spec.deps)) or "-"),
+        ("started", html_text(text.when(task.started_at))),
+        ("finished", html_text(text.when(task.finished_at))),
         ("tests run", str(task.tests_run)),
         (
             "reviewers",
-            escape(
+            html_text(
                 ", ".join(
                     f"{name}: {'approved' if ok else 'no'}"
                     for name, ok in sorted(task.approvals.items())
@@ -146,23 +149,23 @@ def task_page(run: Run, task: Task) -> str:
         ),
     ]
     body = [
-        f'<p><a href="{run_url(run.run_id)}">← run {escape(run.run_id)}</a></p>',
-        f"<h1>Task {escape(spec.id)}: {escape(spec.title)}</h1>",
+        f'<p><a href="{run_url(run.run_id)}">← run {html_text(run.run_id)}</a></p>',
+        f"<h1>Task {html_text(spec.id)}: {html_text(spec.title)}</h1>",
         "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts) + "</table>",
     ]
     if spec.description:
-        body.append(f'<h2>Description</h2><p class="goal">{escape(spec.description)}</p>')
+        body.append(f'<h2>Description</h2><p class="goal">{html_text(spec.description)}</p>')
     if spec.acceptance:
-        items = "".join(f"<li>{escape(item)}</li>" for item in spec.acceptance)
+        items = "".join(f"<li>{html_text(item)}</li>" for item in spec.acceptance)
         body.append(f"<h2>Acceptance</h2><ul>{items}</ul>")
     if task.error:
-        body.append(f'<h2>Error</h2><pre id="error">{escape(task.error)}</pre>')
+        body.append(f'<h2>Error</h2><pre id="error">{html_text(task.error)}</pre>')
     body.append(_feedback(task, review=False))
     body.append(_feedback(task, review=True))
     if task.summary:
-        body.append(f'<h2>Coder\'s summary</h2><pre id="summary">{escape(task.summary)}</pre>')
+        body.append(f'<h2>Coder\'s summary</h2><pre id="summary">{html_text(task.summary)}</pre>')
     body.append(f"<h2>Diff (attempt {task.attempt})</h2>{_patch(task)}")
-    output = escape(task.test_output) if task.test_output else ""
+    output = html_text(task.test_output) if task.test_output else ""
     body.append(
         f'<h2>Last test output</h2><pre id="test-output">{output}</pre>'
         if output
@@ -177,7 +180,7 @@ def _feedback(task: Task, *, review: bool) -> str:
     if not chosen:
         return f'<h2>{heading}</h2><p class="empty">none</p>'
     items = "".join(
-        f"<li><b>attempt {f.attempt}: {escape(f.kind)}</b><pre>{escape(f.text)}</pre></li>"
+        f"<li><b>attempt {f.attempt}: {html_text(f.kind)}</b><pre>{html_text(f.text)}</pre></li>"
         for f in sorted(chosen, key=lambda f: f.attempt)
     )
     section = "review" if review else "feedback"
@@ -189,11 +192,11 @@ def _patch(task: Task) -> str:
     if patch is None:
         return '<p class="empty">no patch yet</p>'
     if patch.text:
-        return f'<pre id="diff">{escape(patch.text)}</pre>'
+        return f'<pre id="diff">{html_text(patch.text)}</pre>'
     # a large patch the dashboard could not read from the object store (deleted, or no access)
     return (
-        f'<p class="empty">too large to carry inline: object {escape(patch.object_name)} '
-        f"(sha256 {escape(patch.sha256)}) in the artifacts store</p>"
+        f'<p class="empty">too large to carry inline: object {html_text(patch.object_name)} '
+        f"(sha256 {html_text(patch.sha256)}) in the artifacts store</p>"
     )
 
 
@@ -214,20 +217,20 @@ def approvals_page(approvals: Sequence[PendingApproval], csrf: str) -> str:
 
 def _approval_row(approval: PendingApproval, csrf: str) -> str:
     base = f"/approvals/{quote(approval.approval_id, safe='')}"
-    hidden = f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+    hidden = f'<input type="hidden" name="csrf" value="{html_text(csrf)}">'
     task = (
-        f'<a href="{task_url(approval.run_id, approval.task_id)}">{escape(approval.task_id)}</a>'
+        f'<a href="{task_url(approval.run_id, approval.task_id)}">{html_text(approval.task_id)}</a>'
         if approval.task_id
         else "-"
     )
     return (
-        f'<tr class="approval" data-approval="{escape(approval.approval_id)}">'
-        f'<td><a href="{run_url(approval.run_id)}">{escape(approval.run_id)}</a></td>'
-        f"<td>{task}</td><td>{escape(approval.action)}</td>"
+        f'<tr class="approval" data-approval="{html_text(approval.approval_id)}">'
+        f'<td><a href="{run_url(approval.run_id)}">{html_text(approval.run_id)}</a></td>'
+        f"<td>{task}</td><td>{html_text(approval.action)}</td>"
         # whole (all of it runs), with control and bidi characters shown as their escapes
-        f"<td><pre>{escape(terminal_safe(approval.detail, lines=True))}</pre></td>"
-        f"<td>{escape(terminal_safe(approval.reason))}</td>"
-        f"<td>{escape(text.when(approval.requested_at))}</td>"
+        f"<td><pre>{html_text(terminal_safe(approval.detail, lines=True))}</pre></td>"
+        f"<td>{html_text(terminal_safe(approval.reason))}</td>"
+        f"<td>{html_text(text.when(approval.requested_at))}</td>"
         f'<td><form class="answer" method="post" action="{base}/approve">{hidden}'
         '<button class="approve" type="submit">Approve</button></form> '
         f'<form class="answer" method="post" action="{base}/deny">{hidden}'
@@ -236,4 +239,4 @@ def _approval_row(approval: PendingApproval, csrf: str) -> str:
 
 
 def message_page(title: str, message: str) -> str:
-    return page(title, f"<h1>{escape(title)}</h1>\n<p>{escape(message)}</p>")
+    return page(title, f"<h1>{html_text(title)}</h1>\n<p>{html_text(message)}</p>")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from html import escape
 
 from codeyard.report.model import RunReport, TaskReport
 from codeyard.schemas.model import TaskState
+from codeyard.terminal_text import html_text
 
 BOX_WIDTH = 190
 BOX_HEIGHT = 46
@@ -110,14 +110,14 @@ def _node(box: Box) -> str:
     colour = STATE_COLOURS.get(task.state, "#ffffff")
     tooltip = f"{task.task_id}: {task.title} ({task.state}, attempt {task.attempts})"
     return (
-        f'<g class="node" data-task="{escape(task.task_id)}" data-state="{task.state}">'
-        f"<title>{escape(tooltip)}</title>"
+        f'<g class="node" data-task="{html_text(task.task_id)}" data-state="{task.state}">'
+        f"<title>{html_text(tooltip)}</title>"
         f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{BOX_WIDTH}" height="{BOX_HEIGHT}" '
         f'rx="6" fill="{colour}" stroke="#444"/>'
         f'<text x="{box.centre:.1f}" y="{box.y + 19:.1f}" text-anchor="middle" '
-        f'font-weight="bold">{escape(_clip(task.task_id))}</text>'
+        f'font-weight="bold">{html_text(_clip(task.task_id))}</text>'
         f'<text x="{box.centre:.1f}" y="{box.y + 36:.1f}" text-anchor="middle">'
-        f"{escape(_clip(task.title))}</text></g>"
+        f"{html_text(_clip(task.title))}</text></g>"
     )
 
 

@@ -5,12 +5,12 @@ Content-Security-Policy forbids scripts anyway, in case something slipped throug
 from __future__ import annotations
 
 from collections import Counter
-from html import escape
 
 from codeyard.report import text
 from codeyard.report.graph_svg import STATE_COLOURS, render_graph_svg
 from codeyard.report.model import GateEntry, RunReport, TaskReport
 from codeyard.schemas.model import RunState, TaskState
+from codeyard.terminal_text import html_text
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 0; background: #fafafa; }
@@ -32,16 +32,18 @@ pre { background: #f4f4f4; border: 1px solid #e2e2e2; padding: 8px; overflow-x: 
 .needs_approval { color: #8d6e00; font-weight: bold; }
 """
 
-CSP = "default-src 'none'; style-src 'unsafe-inline'"
+# form-action and base-uri too: default-src does not cover them, and markup that slipped
+# through could otherwise send a form to another site.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; base-uri 'none'"
 
 
 def render_html(report: RunReport) -> str:
     title = f"codeyard run {report.run_id}"
     body = [
-        f"<h1>{escape(title)}</h1>",
+        f"<h1>{html_text(title)}</h1>",
         '<section id="summary">',
         "<h2>Goal</h2>",
-        f'<p class="goal">{escape(report.goal)}</p>',
+        f'<p class="goal">{html_text(report.goal)}</p>',
         _summary(report),
         *([f"<h3>Error</h3>{_pre(report.error)}"] if report.error else []),
         "</section>",
@@ -66,8 +68,8 @@ def render_html(report: RunReport) -> str:
     body += ['<section id="usage">', "<h2>Tokens and cost</h2>", _usage(report), "</section>"]
     if report.run_states:
         items = "".join(
-            f"<li>{escape(text.when(change.sent_at))} <b>{escape(change.state)}</b>"
-            + (f": {escape(text.first_line(change.reason))}" if change.reason else "")
+            f"<li>{html_text(text.when(change.sent_at))} <b>{html_text(change.state)}</b>"
+            + (f": {html_text(text.first_line(change.reason))}" if change.reason else "")
             + "</li>"
             for change in report.run_states
         )
@@ -78,7 +80,7 @@ def render_html(report: RunReport) -> str:
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<title>{html_text(title)}</title>\n<style>{CSS}</style>\n</head>\n"
         "<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n"
     )
 
@@ -92,11 +94,11 @@ def _table(headers: list[str], rows: list[list[str]], css_class: str = "") -> st
 
 
 def _pre(value: str) -> str:
-    return f"<pre>{escape(value)}</pre>"
+    return f"<pre>{html_text(value)}</pre>"
 
 
 def _code(value: str) -> str:
-    return f"<code>{escape(value)}</code>" if value else "-"
+    return f"<code>{html_text(value)}</code>" if value else "-"
 
 
 # run states share the colours of the task states that end the same way
@@ -107,7 +109,7 @@ _COLOURS: dict[str, str] = {str(state): colour for state, colour in STATE_COLOUR
 
 def _state(state: str) -> str:
     colour = _COLOURS.get(state, "#ffffff")
-    return f'<span class="state" style="background:{colour}">{escape(state)}</span>'
+    return f'<span class="state" style="background:{colour}">{html_text(state)}</span>'
 
 
 def _summary(report: RunReport) -> str:
@@ -115,15 +117,15 @@ def _summary(report: RunReport) -> str:
     tally = ", ".join(f"{counts[state]} {state}" for state in sorted(counts)) or "none"
     rows = [
         ("state", _state(report.state)),
-        ("repository", escape(report.repo_path) or "none (dry run)"),
+        ("repository", html_text(report.repo_path) or "none (dry run)"),
         ("result branch", _code(report.result_branch)),
         ("test command", _code(report.test_command) if report.test_command else "detected"),
-        ("created", escape(text.when(report.created_at))),
-        ("finished", escape(text.when(report.finished_at))),
-        ("duration", escape(text.how_long(report.duration))),
-        ("tasks", escape(f"{len(report.tasks)}: {tally}")),
-        ("tokens", escape(text.tokens(report.usage))),
-        ("cost", escape(text.cost(report.usage))),
+        ("created", html_text(text.when(report.created_at))),
+        ("finished", html_text(text.when(report.finished_at))),
+        ("duration", html_text(text.how_long(report.duration))),
+        ("tasks", html_text(f"{len(report.tasks)}: {tally}")),
+        ("tokens", html_text(text.tokens(report.usage))),
+        ("cost", html_text(text.cost(report.usage))),
     ]
     body = "".join(f"<tr><th>{key}</th><td>{value}</td></tr>" for key, value in rows)
     return f'<table class="summary"><tbody>{body}</tbody></table>'
@@ -137,14 +139,14 @@ def _legend(report: RunReport) -> str:
 def _task_table(report: RunReport) -> str:
     rows = [
         [
-            f'<a href="#task-{escape(task.task_id)}">{escape(task.task_id)}</a>',
-            escape(task.title),
-            escape(", ".join(task.deps)) or "-",
+            f'<a href="#task-{html_text(task.task_id)}">{html_text(task.task_id)}</a>',
+            html_text(task.title),
+            html_text(", ".join(task.deps)) or "-",
             _state(task.state),
             str(task.attempts),
-            escape(text.when(task.started_at)),
-            escape(text.when(task.finished_at)),
-            escape(text.how_long(task.duration)),
+            html_text(text.when(task.started_at)),
+            html_text(text.when(task.finished_at)),
+            html_text(text.how_long(task.duration)),
         ]
         for task in report.tasks
     ]
@@ -156,25 +158,25 @@ def _task(task: TaskReport) -> str:
     plural = "" if task.attempts == 1 else "s"
     facts = [
         f"{_state(task.state)} after {task.attempts} attempt{plural}",
-        "depends on " + (escape(", ".join(task.deps)) or "nothing"),
-        f"started {escape(text.when(task.started_at))}, finished "
-        f"{escape(text.when(task.finished_at))}, took {escape(text.how_long(task.duration))}",
+        "depends on " + (html_text(", ".join(task.deps)) or "nothing"),
+        f"started {html_text(text.when(task.started_at))}, finished "
+        f"{html_text(text.when(task.finished_at))}, took {html_text(text.how_long(task.duration))}",
     ]
     attempts: dict[int, list[str]] = {}
     for transition in task.transitions:
         attempts.setdefault(transition.attempt, []).append(str(transition.state))
     facts += [
         f"{f'attempt {attempt}' if attempt else 'before the first attempt'}: "
-        f"{escape(' → '.join(states))}"
+        f"{html_text(' → '.join(states))}"
         for attempt, states in sorted(attempts.items())
     ]
     parts = [
-        f'<article class="task" id="task-{escape(task.task_id)}">',
-        f"<h3>{escape(task.task_id)}: {escape(task.title)}</h3>",
+        f'<article class="task" id="task-{html_text(task.task_id)}">',
+        f"<h3>{html_text(task.task_id)}: {html_text(task.title)}</h3>",
         "<ul>" + "".join(f"<li>{fact}</li>" for fact in facts) + "</ul>",
     ]
     if task.description:
-        parts.append(f'<p class="description">{escape(task.description)}</p>')
+        parts.append(f'<p class="description">{html_text(task.description)}</p>')
     if task.error:
         parts += ["<h4>Error</h4>", _pre(task.error)]
     if task.feedback:
@@ -182,7 +184,7 @@ def _task(task: TaskReport) -> str:
         for feedback in task.feedback:
             parts.append(
                 f'<div class="feedback"><b>attempt {feedback.attempt}: '
-                f"{escape(feedback.kind)}</b>{_pre(feedback.text)}</div>"
+                f"{html_text(feedback.kind)}</b>{_pre(feedback.text)}</div>"
             )
     if task.gates:
         parts += ["<h4>Gate decisions</h4>", _gate_table(task.gates)]
@@ -196,12 +198,12 @@ def _gate_table(gates: tuple[GateEntry, ...]) -> str:
     rows = [
         [
             str(gate.attempt),
-            escape(gate.role) or "-",
-            escape(gate.action),
+            html_text(gate.role) or "-",
+            html_text(gate.action),
             _pre(gate.detail) if gate.detail else "-",
-            f'<span class="{escape(gate.decision)}">{escape(gate.decision)}</span>',
-            escape(gate.rule) or "-",
-            escape(gate.reason),
+            f'<span class="{html_text(gate.decision)}">{html_text(gate.decision)}</span>',
+            html_text(gate.rule) or "-",
+            html_text(gate.reason),
         ]
         for gate in gates
     ]
@@ -219,11 +221,11 @@ def _usage(report: RunReport) -> str:
             f"{usage.calls:,}",
             f"{usage.prompt_tokens:,}",
             f"{usage.completion_tokens:,}",
-            escape(text.cost(usage)),
+            html_text(text.cost(usage)),
         ]
         for name, models, usage in [
             *(
-                (escape(role.role), escape(text.models(role.models)), role.usage)
+                (html_text(role.role), html_text(text.models(role.models)), role.usage)
                 for role in report.usage_by_role
             ),
             ("<b>run total</b>", "", report.usage),

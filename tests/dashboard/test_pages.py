@@ -27,6 +27,7 @@ from codeyard.schemas import (
     TaskStatesChanged,
 )
 from codeyard.schemas.model import FeedbackKind
+from tests.report.sample_run import INVISIBLE, trojan_run
 
 HOSTILE = '<script>alert("x")</script>'
 
@@ -240,3 +241,15 @@ def test_origins_compare_by_scheme_host_and_port_however_written() -> None:
     assert origin_allowed("http://127.0.0.1:8700", "127.0.0.1:8700", "http", public)
     assert not origin_allowed("http://codeyard.example.com", "127.0.0.1:8700", "http", public)
     assert not origin_allowed("null", "127.0.0.1:8700", "http", public)
+
+
+def test_what_a_reader_would_not_see_is_shown_as_its_escape() -> None:
+    """The task page showed a diff's bidi controls raw: the lines a person approves a merge
+    from were shown in another order than they run in."""
+    run = trojan_run()
+    for html in (runs_page([run]), run_page(run), task_page(run, run.tasks["a"])):
+        assert not any(character in html for character in INVISIBLE if character != "\r")
+        assert "\\u202e} \\u2066# admin\\u2069 {\\x1b[8m hidden\\x1b[0m" in html
+    diff = task_page(run, run.tasks["a"])
+    assert "-crlf line\r\n" in diff  # a file's CRLF line ends stay what they are
+    assert "\r" not in diff.replace("\r\n", "")

@@ -100,6 +100,8 @@ async def test_every_page_needs_the_token(
         page = await runs.text()
     assert '<a href="/runs/r1">r1</a>' in page
     assert "script-src 'self'" in runs.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in runs.headers["Content-Security-Policy"]
+    assert "frame-ancestors" not in page  # ignored in a page, with a warning
     async with http.get(dashboard + "/runs/nosuch", headers=BEARER) as unknown:
         assert unknown.status == 404
     async with http.get(dashboard + "/runs/nosuch/events", headers=BEARER) as no_events:

@@ -11,6 +11,7 @@ from codeyard.schemas import (
     FeedbackKind,
     GateAudit,
     GateDecision,
+    Patch,
     RepoRef,
     Run,
     RunEvent,
@@ -161,3 +162,23 @@ def sample_events() -> list[RunEvent]:
         RunStateChanged(run_id="r7", sent_at=at(95), state=RunState.DONE, reason="4 tasks"),
         RunStateChanged(run_id="other", sent_at=at(99), state=RunState.FAILED),  # not this run
     ]
+
+
+# Trojan Source: bidi controls make a line read otherwise than it runs; an escape sequence
+# hides text in a terminal; a lone carriage return breaks a line in a browser.
+TROJAN = "if ok: \u202e} \u2066# admin\u2069 {\x1b[8m hidden\x1b[0m\rforged"
+INVISIBLE = ("\u202e", "\u2066", "\u2069", "\x1b", "\r")
+
+
+def trojan_run() -> Run:
+    spec = TaskSpec(id="a", title=TROJAN, description=TROJAN, acceptance=[TROJAN])
+    task = Task(
+        spec=spec,
+        state=TaskState.FAILED,
+        error=TROJAN,
+        summary=TROJAN,
+        feedback=[Feedback(attempt=1, kind=FeedbackKind.REVIEW, text=TROJAN)],
+        patch=Patch(text=f"+++ b/x.py\n+{TROJAN}\n-crlf line\r\n"),
+        test_output=TROJAN,
+    )
+    return Run(run_id="r1", goal=TROJAN, tasks={"a": task})

@@ -21,7 +21,7 @@ from codeyard.schemas import (
     Usage,
     UsageReported,
 )
-from tests.report.sample_run import HOSTILE, sample_events, sample_run
+from tests.report.sample_run import HOSTILE, INVISIBLE, sample_events, sample_run, trojan_run
 
 
 def test_the_report_model_orders_dedups_and_totals() -> None:
@@ -213,6 +213,7 @@ def test_html_is_well_formed_self_contained_and_escaped() -> None:
     names = [tag for tag, _ in parsed.tags]
 
     assert html.startswith("<!DOCTYPE html>")
+    assert "form-action 'none'; base-uri 'none'" in html  # default-src covers neither
     assert names.count("script") == 0  # the hostile goal and comment stayed text
     assert HOSTILE in "".join(parsed.text)
     assert "&lt;script&gt;" in html
@@ -289,3 +290,11 @@ def test_a_title_cannot_write_markup_into_the_graph_or_math_into_the_page() -> N
     mermaid = markdown.split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert '  t1["a: #35;lt;img src=x#35;gt; costs $x$"]' in mermaid
     assert "### a: \\#lt;img src=x\\#gt; costs \\$x\\$" in markdown
+
+
+def test_what_a_reader_would_not_see_is_shown_as_its_escape() -> None:
+    run = trojan_run()
+    html = render_html(build_report(run, []))
+    parse(html)
+    assert not any(character in html for character in INVISIBLE)
+    assert html.count("\\u202e} \\u2066# admin\\u2069 {\\x1b[8m hidden") >= 3
