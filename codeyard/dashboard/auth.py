@@ -74,8 +74,9 @@ class TokenCheck:
         query: str | None,
         now: float | None = None,
     ) -> Proof:
-        if authorization is not None and authorization.startswith("Bearer "):
-            return Proof.BEARER if self.matches(authorization[len("Bearer ") :]) else Proof.NONE
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if scheme.casefold() == "bearer":  # a scheme is case-insensitive (RFC 9110)
+            return Proof.BEARER if self.matches(credentials.strip(" ")) else Proof.NONE
         if query is not None:
             return Proof.QUERY if self.matches(query) else Proof.NONE
         return Proof.COOKIE if self.session_ok(cookie, now) else Proof.NONE

@@ -199,6 +199,7 @@ class Dashboard:
                     "printed: it carries the token.",
                 ),
                 status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="codeyard"'},
             )
         if proof is Proof.QUERY and request.method == "GET":
             # trade the token in the URL for a cookie, and drop it from the address bar
@@ -395,8 +396,10 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(name, value)
 
 
-def _html(body: str, status: int = 200) -> web.Response:
-    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=body, status=status, headers=headers, content_type="text/html", charset="utf-8"
+    )
 
 
 def _not_found(message: str) -> web.Response:

@@ -182,6 +182,12 @@ def test_token_proofs_and_csrf() -> None:
     session = check.session()
     assert check.proof(cookie=session, authorization=None, query=None) is Proof.COOKIE
     assert check.proof(cookie=None, authorization=f"Bearer {good}", query=None) is Proof.BEARER
+    for scheme in ("bearer", "BEARER"):  # a scheme is case-insensitive
+        assert check.proof(cookie=None, authorization=f"{scheme} {good}", query=None) is (
+            Proof.BEARER
+        )
+    basic = check.proof(cookie=session, authorization="Basic dXNlcg==", query=None)
+    assert basic is Proof.COOKIE  # another scheme's header (a proxy's) is not the token's
     assert check.proof(cookie=None, authorization=None, query=good) is Proof.QUERY
     assert check.proof(cookie="wrong", authorization=None, query=None) is Proof.NONE
     assert check.proof(cookie=session, authorization="Bearer wrong", query=None) is Proof.NONE

@@ -86,6 +86,7 @@ async def test_every_page_needs_the_token(
     for path in paths:
         async with http.get(dashboard + path) as nothing:
             assert nothing.status == 401, path
+            assert nothing.headers["WWW-Authenticate"] == 'Bearer realm="codeyard"'
         async with http.get(dashboard + path, headers={"Authorization": "Bearer nope"}) as wrong:
             assert wrong.status == 401, path
         async with http.get(dashboard + path, cookies={cookie_of(dashboard): "no"}) as forged:
