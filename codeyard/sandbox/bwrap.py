@@ -285,7 +285,7 @@ class BwrapSandbox:
         limits: Limits,
         env: Mapping[str, str] | None = None,
     ) -> RunOutcome:
-        command = checked_request(command, env)
+        arguments = checked_request(command, env)
         if not self._ready:
             await asyncio.to_thread(self.probe)
         workdir = checked_workdir(workdir, self._python_roots)
@@ -294,7 +294,7 @@ class BwrapSandbox:
         try:
             seccomp_fd = filter_fd(self._seccomp)
             open_fds.add(seccomp_fd)
-            argv = self._argv(workdir, list(command), limits, status_w, seccomp_fd)
+            argv = self._argv(workdir, arguments, limits, status_w, seccomp_fd)
 
             def execution(
                 proc: asyncio.subprocess.Process,

@@ -278,7 +278,7 @@ class DockerSandbox:
         limits: Limits,
         env: Mapping[str, str] | None = None,
     ) -> RunOutcome:
-        command = checked_request(command, env)
+        arguments = checked_request(command, env)
         if self._client is None:
             await asyncio.to_thread(self.probe)
         elif time.monotonic() - self._swept > _SWEEP_INTERVAL:
@@ -291,7 +291,7 @@ class DockerSandbox:
         # Shielded: a run cancelled while the engine creates its container still learns its id,
         # to remove it (left in the `created` state, it waited for an overdue sweep).
         creating = asyncio.ensure_future(
-            asyncio.to_thread(self._create, api, workdir, list(command), limits, env)
+            asyncio.to_thread(self._create, api, workdir, arguments, limits, env)
         )
         try:
             execution = ContainerExecution(api, await asyncio.shield(creating), limits)
@@ -344,11 +344,6 @@ class DockerSandbox:
         """Creates the run's container (blocking); its id."""
         user = SANDBOX_UID if os.geteuid() == 0 else os.getuid()
         group = SANDBOX_UID if os.geteuid() == 0 else os.getgid()
-        # The container starts as root, so that its init and its deadline (`timeout`) belong
-        # to a user the command cannot signal: run as the command's user, a SIGSTOP to
-        # `timeout` kept a container running for ever after its codeyard died. Root there has
-        # only the capabilities setpriv needs to become the command's user, which it does
-        # with no capability and an empty bounding set left.
         environment = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": "/tmp",
@@ -388,6 +383,11 @@ class DockerSandbox:
         # the engine's RLIMIT_AS and RLIMIT_NOFILE are not known here (see the module doc).
         argv = shim_argv(_PRLIMIT, limits, NO_LIMIT, command, ceilings={})
         argv = installing_argv(_PYTHON, self._seccomp, argv)
+        # The container starts as root, so that its init and its deadline (`timeout`) belong
+        # to a user the command cannot signal: run as the command's user, a SIGSTOP to
+        # `timeout` kept a container running for ever after its codeyard died. Root there has
+        # only the capabilities setpriv needs to become the command's user, which it does
+        # with no capability and an empty bounding set left.
         dropping = [f"--reuid={user}", f"--regid={group}", "--clear-groups"]
         argv = [_SETPRIV, *dropping, "--inh-caps=-all", "--bounding-set=-all", *argv]
         # The container's own deadline, in case codeyard dies before it kills it (module doc).

@@ -93,12 +93,12 @@ class ProcessSandbox:
         limits: Limits,
         env: Mapping[str, str] | None = None,
     ) -> RunOutcome:
-        command = checked_request(command, env)
+        arguments = checked_request(command, env)
         workdir = checked_workdir(workdir, self._python_roots)
         home = Path(tempfile.mkdtemp(prefix="codeyard-process-"))
         try:
             nproc = self._nproc(limits)
-            argv = shim_argv(self._prlimit, limits, nproc, list(command), own_ceilings())
+            argv = shim_argv(self._prlimit, limits, nproc, arguments, own_ceilings())
             # The shell that joins the cgroup becomes the command: no process of ours in it.
             return await run_in_session(
                 self.name,
