@@ -764,21 +764,26 @@ class Coordinator:
 
     def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         role = subjects.role_of_result_subject(msg.subject)
+        results: Sequence[Result]
         try:
             message: ResultMessage = decode(msg.data, ResultMessage)
+            results = message.results if isinstance(message, ResultBatch) else (message,)
         except MessageError as exc:
-            log.warning("refusing an answer on %s that cannot be read: %s", msg.subject, exc)
-            self._dead_letter(msg, str(exc), commit)  # a MessageError's text is bounded
-            _RESULTS["malformed"].inc()
-            # The work it answers would wait for ever (it was acked): failed, saying why, when
-            # the answer still says which it is (a reviewer of another language, say).
-            if (addressed := _addressed(msg.data)) is not None:
-                reason = f"its answer could not be read: {exc}"
-                self._on_result(refused_answer(addressed, role, reason), commit, now)
-            return
+            if (parts := _batch_parts(msg.data)) is None:
+                self._refuse_unreadable(msg.subject, bytes(msg.data), exc, commit, now)
+                commit.acks.append(msg)
+                return
+            # One result a batch cannot carry (of a newer worker, say) must not take the
+            # others, whose work was acked, down with it: each is taken or refused alone.
+            results = []
+            for part in parts:
+                try:
+                    results.append(decode(part, Result))
+                except MessageError as part_exc:
+                    self._refuse_unreadable(msg.subject, part, part_exc, commit, now)
         commit.acks.append(msg)
         early: list[Result] = []
-        for result in message.results if isinstance(message, ResultBatch) else (message,):
+        for result in results:
             if wrong := misattributed(result, role):
                 log.warning("refusing a result on %s: %s", msg.subject, wrong)
                 _RESULTS["refused"].inc()
@@ -807,6 +812,20 @@ class Coordinator:
             )
             if result.usage.calls and (open_run := self._open.get(result.run_id)):
                 self._apply(open_run, unapplied_spend(result), commit, now, result)
+
+    def _refuse_unreadable(
+        self, subject: str, payload: bytes, exc: MessageError, commit: Commit, now: datetime
+    ) -> None:
+        """Set aside an answer that cannot be read, and fail the work it answers, saying why,
+        when it still says which it is (a reviewer of another language, say): acked, that work
+        would otherwise wait for ever."""
+        log.warning("refusing an answer on %s that cannot be read: %s", subject, exc)
+        self._file_dead_letter(subject, payload, str(exc), commit)  # a MessageError's is bounded
+        _RESULTS["malformed"].inc()
+        if (addressed := _addressed(payload)) is not None:
+            reason = f"its answer could not be read: {exc}"
+            role = subjects.role_of_result_subject(subject)
+            self._on_result(refused_answer(addressed, role, reason), commit, now)
 
     def _on_result(self, result: Result, commit: Commit, now: datetime) -> bool:
         """Apply `result`; whether it is early (see `Ignored.early`)."""
@@ -1745,6 +1764,25 @@ class _Addressed(msgspec.Struct, frozen=True):
     attempt: int = 0
     trace_id: str = ""
     msg_id: str = ""
+
+
+class _BatchParts(msgspec.Struct, frozen=True):
+    """A `ResultBatch` with its results left undecoded."""
+
+    type: str = ""
+    results: list[msgspec.Raw] = []
+
+
+def _batch_parts(data: bytes) -> list[bytes] | None:
+    """The results of a batch that could not be read whole, each as its own JSON text; None if
+    `data` is not a batch of results."""
+    try:
+        batch = msgspec.json.decode(data, type=_BatchParts)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return None
+    if batch.type != ResultBatch.__name__ or not batch.results:
+        return None
+    return [bytes(part) for part in batch.results]
 
 
 def _addressed(data: bytes) -> _Addressed | None:

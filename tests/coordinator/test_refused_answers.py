@@ -66,3 +66,49 @@ async def test_an_answer_that_cannot_be_taken_fails_its_work_saying_why(
         await submit(bus, plan, run_id="r1")
         run = await wait_for_task(bus, "r1", "a", TaskState.FAILED)
     assert run.tasks["a"].error.startswith(reason), run.tasks["a"].error
+
+
+async def test_a_batch_with_one_unreadable_result_takes_the_others(bus: Bus) -> None:
+    """A batch from a newer reviewer, one of whose results is of a type this coordinator does
+    not know: the readable result is applied, the other fails its work, saying why."""
+    plan = [TaskSpec(id=task, title=task, reviewers=["review.lint"]) for task in ("a", "b")]
+    asked: dict[str, ReviewRequest] = {}
+    both_asked = asyncio.Event()
+
+    async def review(item: WorkItem) -> Result:
+        assert isinstance(item, ReviewRequest)
+        asked[item.task_id] = item
+        if len(asked) < 2:
+            await asyncio.Event().wait()
+        both_asked.set()
+        results: list[dict[str, object]] = [
+            {"type": "ReviewResult", "reviewer": "review.lint", "approved": True},
+            {"type": "ReviewVerdict", "reviewer": "review.lint", "verdict": "approve"},
+        ]
+        batch = {
+            "type": "ResultBatch",
+            "results": [
+                {"run_id": request.run_id, "task_id": request.task_id, "attempt": request.attempt}
+                | result
+                for request, result in zip(asked.values(), results, strict=True)
+            ],
+        }
+        await bus.js.publish(result_subject("review.lint"), json.dumps(batch).encode())
+        await asyncio.Event().wait()
+        raise AssertionError("never answers")
+
+    coder = scripted_coder()
+    handlers = {"coder": coder, "tester": coder, "review.lint": review}
+    async with (
+        running_coordinator(Coordinator(bus, name="coord-splitting")),
+        workers_of(bus, handlers),
+    ):
+        await submit(bus, plan, run_id="r2")
+        await both_asked.wait()
+        first, second = asked
+        done = await wait_for_task(bus, "r2", first, TaskState.MERGED)
+        failed = await wait_for_task(bus, "r2", second, TaskState.FAILED)
+    assert done.tasks[first].state is TaskState.MERGED
+    assert failed.tasks[second].error.startswith(
+        "review.lint failed: its answer could not be read: unknown message type"
+    ), failed.tasks[second].error
