@@ -76,6 +76,8 @@ def decode(data: Data, type_: Any) -> Any:
         raise MessageError(reason, path) from None
     except msgspec.DecodeError as exc:
         raise MessageError(f"malformed JSON: {exc}", "$") from None
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only in strings it keeps
+        raise MessageError(f"not valid UTF-8: {exc.reason} at byte {exc.start}", "$") from None
     except RecursionError:  # msgspec recurses per nesting level, skipped values included
         raise MessageError("nested too deeply to decode", "$") from None
     except msgspec.MsgspecError as exc:  # none known on decoding; a newer msgspec may add some

@@ -101,6 +101,22 @@ def test_text_no_json_can_carry_is_a_message_error() -> None:
     assert err.field in WHOLE_MESSAGE
 
 
+@pytest.mark.parametrize(
+    ("cls", "family"),
+    [
+        (messages.PlanRequest, WorkItem),
+        (messages.WorkFailed, Result),
+        (messages.CancelRun, Control),
+    ],
+)
+def test_bytes_that_are_not_utf8_are_a_message_error(cls: type[Envelope], family: Any) -> None:
+    """Not a `UnicodeDecodeError`, which a service taking only `MessageError` would not catch."""
+    data = wire(cls) | {"run_id": "MARK"}
+    err = error_of(raw(data).replace(b'"MARK"', b'"\xff\xfe"'), family)
+    assert err.reason.startswith("not valid UTF-8: invalid start byte at byte")
+    assert err.field in WHOLE_MESSAGE
+
+
 def test_an_error_quoting_a_huge_value_is_cut() -> None:
     """msgspec quotes an unknown tag whole: up to a megabyte, which the error is logged with and
     sent on in a dead letter."""
