@@ -606,6 +606,8 @@ class Coordinator:
         """Answer `msg`, with an error saying so when the reply is too big to send: nats-py
         would raise instead of sending it (or a client refuse to decode it), and the client
         would hear nothing at all."""
+        if not msg.reply:  # published, not requested: nobody to answer
+            return
         payload = encode(reply)
         limit, which = self._reply_limit()
         if len(payload) > limit:
@@ -764,7 +766,7 @@ class Coordinator:
 
     def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         role = subjects.role_of_result_subject(msg.subject)
-        results: Sequence[Result]
+        results: Sequence[Result | _Unreadable]
         try:
             message: ResultMessage = decode(msg.data, ResultMessage)
             results = message.results if isinstance(message, ResultBatch) else (message,)
@@ -774,16 +776,15 @@ class Coordinator:
                 commit.acks.append(msg)
                 return
             # One result a batch cannot carry (of a newer worker, say) must not take the
-            # others, whose work was acked, down with it: each is taken or refused alone.
-            results = []
-            for part in parts:
-                try:
-                    results.append(decode(part, Result))
-                except MessageError as part_exc:
-                    self._refuse_unreadable(msg.subject, part, part_exc, commit, now)
+            # others, whose work was acked, down with it: each is taken or refused alone, in
+            # the batch's order.
+            results = [_read_part(part) for part in parts]
         commit.acks.append(msg)
         early: list[Result] = []
         for result in results:
+            if isinstance(result, _Unreadable):
+                self._refuse_unreadable(msg.subject, result.payload, result.error, commit, now)
+                continue
             if wrong := misattributed(result, role):
                 log.warning("refusing a result on %s: %s", msg.subject, wrong)
                 _RESULTS["refused"].inc()
@@ -1207,6 +1208,8 @@ class Coordinator:
                 case SubmitRun():
                     return await self._submit(request, call, commit, now)
                 case CancelRun():
+                    if not request.run_id:
+                        return ControlError(error="name the run to cancel", field="$.run_id")
                     if preparing := self._preparing.get(request.run_id):
                         preparing.cancelled = Cancel(request.reason)
                         detail = "Cancel (once its repository is prepared, before any work)"
@@ -1261,6 +1264,11 @@ class Coordinator:
             except InvalidPlan as exc:
                 # (a plan may be wrong in thousands of places: the reply names what fits)
                 return ControlError(run_id=run_id, error=clip(str(exc)), field="$.plan")
+        if forged := _set_by_the_coordinator(request.repo):
+            # Workers check out what these name: a client must not point them at any path on
+            # their disks or at another run's bundles.
+            error = f"{forged} is where the coordinator puts the run's code; submit only the path"
+            return ControlError(run_id=run_id, error=error, field=f"$.repo.{forged}")
         if problem := _not_a_local_repository(request.repo.path):
             return ControlError(run_id=run_id, error=problem, field="$.repo.path")
         run = Run(
@@ -1388,8 +1396,9 @@ class Coordinator:
     def _fitting(self, runs: list[Run]) -> RunStatus:
         """The status of `runs` in one reply: `cy_runs` keeps every run forever, so their
         headers add up past a message in time. The oldest ended runs are left out (counted in
-        `omitted`) until the rest fits; open runs always stay (if they alone do not fit, the
-        reply is refused in `_respond`)."""
+        `omitted`) until the rest fits; open runs always stay. If they alone do not fit (goals
+        of 20,000 characters add up), their goals and errors are cut short: each run's own
+        status has them whole."""
         reply = RunStatus(runs=runs)
         size = len(encode(reply))
         limit, _ = self._reply_limit()
@@ -1401,7 +1410,11 @@ class Coordinator:
         )
         left_out = _left_out(size, limit, [(index, runs[index]) for index in ended])
         kept = [run for index, run in enumerate(runs) if index not in left_out]
-        return RunStatus(runs=kept, omitted=len(left_out))
+        reply = RunStatus(runs=kept, omitted=len(left_out))
+        if len(left_out) == len(ended) and len(encode(reply)) > limit:
+            # (if even that does not fit, `_respond` refuses the reply, saying so)
+            reply = RunStatus(runs=[_abridged(run) for run in kept], omitted=len(left_out))
+        return reply
 
     async def _pending_approvals(self, run_id: str = "") -> list[PendingApproval]:
         """Unanswered approvals of open runs (of `run_id` only, if given), oldest first."""
@@ -1572,8 +1585,27 @@ def _not_a_local_repository(path: str) -> str:
     return ""
 
 
+def _set_by_the_coordinator(repo: RepoRef) -> str:
+    """The first field of a submitted `repo` that only the coordinator may set, or ""."""
+    for name in ("snapshot", "head", "bundles"):
+        if getattr(repo, name):
+            return name
+    return ""
+
+
 # Room for the digits of `RunStatus.omitted` beyond the "0" a full status has.
 _OMITTED_DIGITS = 20
+
+
+# How much of a goal or error the status of every run keeps when open runs' headers alone are
+# more than a reply holds: room for about 400 runs in a megabyte.
+_ABRIDGED_CHARS = 500
+
+
+def _abridged(run: Run) -> Run:
+    return msgspec.structs.replace(
+        run, goal=clip(run.goal, _ABRIDGED_CHARS), error=clip(run.error, _ABRIDGED_CHARS)
+    )
 
 
 def _left_out(size: int, limit: int, candidates: Sequence[tuple[int, msgspec.Struct]]) -> set[int]:
@@ -1773,6 +1805,22 @@ class _BatchParts(msgspec.Struct, frozen=True):
     results: list[msgspec.Raw] = []
 
 
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    """A result of a batch that cannot be read, and why."""
+
+    payload: bytes
+    error: MessageError
+
+
+def _read_part(part: bytes) -> Result | _Unreadable:
+    try:
+        result: Result = decode(part, Result)
+    except MessageError as exc:
+        return _Unreadable(part, exc)
+    return result
+
+
 def _batch_parts(data: bytes) -> list[bytes] | None:
     """The results of a batch that could not be read whole, each as its own JSON text; None if
     `data` is not a batch of results."""
@@ -1789,7 +1837,7 @@ def _addressed(data: bytes) -> _Addressed | None:
     """Which work an unreadable answer answers, if it says so well enough to fail that work."""
     try:
         addressed = msgspec.json.decode(data, type=_Addressed)
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return None
     return addressed if addressed.run_id and addressed.attempt > 0 else None
 

@@ -122,12 +122,16 @@ async def workers_answering(
 
 
 @asynccontextmanager
-async def workers_of(bus: Bus, handlers: Mapping[str, Handler]) -> AsyncIterator[None]:
-    """In-process workers, one per role of `handlers`, each answering with the role's handler;
-    stopped on leaving."""
+async def workers_of(
+    bus: Bus, handlers: Mapping[str, Handler], concurrency: int = 1
+) -> AsyncIterator[None]:
+    """In-process workers, one per role of `handlers`, each answering with the role's handler
+    (up to `concurrency` items at once); stopped on leaving."""
     stop = asyncio.Event()
     running = [
-        asyncio.create_task(PullWorker(bus, role, handler).run(stop, grace=1))
+        asyncio.create_task(
+            PullWorker(bus, role, handler, concurrency=concurrency).run(stop, grace=1)
+        )
         for role, handler in handlers.items()
     ]
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -165,6 +167,16 @@ async def test_bad_requests_get_an_error_naming_the_problem(
     cancel = await ask(bus, "cancel", CancelRun(run_id="nope"))
     assert isinstance(cancel, ControlError)
 
+    unnamed = await ask(bus, "cancel", CancelRun(run_id=""))
+    assert isinstance(unnamed, ControlError)
+    assert (unnamed.error, unnamed.field) == ("name the run to cancel", "$.run_id")
+
+    not_utf8 = b'{"type":"CancelRun","run_id":"r1","reason":"\xff"}'
+    raw = await bus.nc.request(ctl_subject("cancel"), not_utf8, timeout=5)
+    undecodable = decode(raw.data, ControlReply)
+    assert isinstance(undecodable, ControlError)
+    assert undecodable.error.startswith("not valid UTF-8"), undecodable.error
+
     approval = await ask(bus, "approve", Approve(approval_id="missing"))
     assert isinstance(approval, ControlError)
     assert approval.field == "$.approval_id"
@@ -174,6 +186,39 @@ async def test_bad_requests_get_an_error_naming_the_problem(
         bus, "submit", SubmitRun(run_id="fine", goal="g", plan=[TaskSpec(id="x", title="x")])
     )
     assert isinstance(ok, Accepted)
+
+
+async def test_a_request_published_without_a_reply_subject_is_done_and_not_answered(
+    bus: Bus, coordinator: Coordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    await bus.nc.publish(ctl_subject("submit"), encode(SubmitRun(run_id="unasked", goal="g")))
+    for _ in range(200):
+        if not isinstance(await ask(bus, "status", StatusQuery(run_id="unasked")), ControlError):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the published submission was not taken")
+    await asyncio.sleep(0.5)  # for the reply, sent once the step is stored
+    gc.collect()  # a task that failed to answer would log "exception was never retrieved"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize(
+    ("repo", "field"),
+    [
+        (RepoRef(snapshot="/home/other/.ssh"), "snapshot"),
+        (RepoRef(head="3b18e51"), "head"),
+    ],
+)
+async def test_a_submission_names_only_its_repositorys_path(
+    bus: Bus, coordinator: Coordinator, repo: RepoRef, field: str
+) -> None:
+    """Where the run's code stands is the coordinator's to say: workers check it out."""
+    refused = await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", repo=repo))
+    assert isinstance(refused, ControlError)
+    assert refused.field == f"$.repo.{field}"
+    assert refused.error.endswith("submit only the path")
+    assert isinstance(await ask(bus, "status", StatusQuery(run_id="r1")), ControlError)
 
 
 async def test_resubmitting_the_same_run_is_idempotent(bus: Bus, coordinator: Coordinator) -> None:

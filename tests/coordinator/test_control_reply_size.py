@@ -93,6 +93,28 @@ async def test_the_status_of_every_run_leaves_out_the_oldest_ended_runs_to_fit(
     assert set(still_open) <= set(listed)
 
 
+async def test_the_status_of_every_run_cuts_goals_short_when_open_runs_alone_do_not_fit(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    run_ids = [f"r{i:02}" for i in range(16)]  # 16 open runs of 80 KB headers: 1.3 MB
+    for run_id in run_ids:
+        request = SubmitRun(
+            run_id=run_id, goal=BIG_GOAL, plan=[TaskSpec(id="x", title="x")], approve_plan=True
+        )
+        assert not isinstance(await ask(bus, "submit", request), ControlError)
+
+    reply = await control(bus, "status", StatusQuery())
+
+    assert isinstance(reply, RunStatus), reply
+    assert [run.run_id for run in reply.runs] == run_ids
+    assert reply.omitted == 0
+    assert all(run.goal.endswith("characters cut]") for run in reply.runs)
+    assert all(run.goal.startswith("\U0001f600" * 100) for run in reply.runs)
+    one = await control(bus, "status", StatusQuery(run_id="r00"))
+    assert isinstance(one, RunStatus)
+    assert one.runs[0].goal == BIG_GOAL  # whole in the run's own status
+
+
 async def test_a_list_of_approvals_leaves_out_the_newest_to_fit(
     bus: Bus, coordinator: Coordinator
 ) -> None:

@@ -13,24 +13,38 @@ import pytest
 from codeyard.bus import Bus
 from codeyard.bus.subjects import result_subject
 from codeyard.coordinator.service import Coordinator
-from codeyard.schemas import Result, ReviewRequest, TaskSpec, TaskState, WorkItem
+from codeyard.schemas import (
+    Result,
+    ReviewRequest,
+    TaskSpec,
+    TaskState,
+    TaskStatesChanged,
+    WorkItem,
+)
 from tests.coordinator.harness import (
+    run_events,
     running_coordinator,
     scripted_coder,
+    status,
     submit,
     wait_for_task,
     workers_of,
 )
+from tests.coordinator.test_poisoned_results import dead_letters
 
 
-def foreign_reviewer(bus: Bus, answer: dict[str, object]) -> object:
+def foreign_reviewer(bus: Bus, answer: dict[str, object] | bytes) -> object:
     """A reviewer that publishes `answer` (with the envelope of the request) as raw JSON, as
-    one written in another language would, and then never answers otherwise."""
+    one written in another language would, and then never answers otherwise. An answer given
+    as bytes is the rest of the JSON object, as sent: what `json.dumps` would not write."""
 
     async def review(item: WorkItem) -> Result:
         assert isinstance(item, ReviewRequest)
         envelope = {"run_id": item.run_id, "task_id": item.task_id, "attempt": item.attempt}
-        payload = json.dumps(envelope | answer).encode()
+        if isinstance(answer, bytes):
+            payload = json.dumps(envelope).encode()[:-1] + b", " + answer + b"}"
+        else:
+            payload = json.dumps(envelope | answer).encode()
         await bus.js.publish(result_subject("review.lint"), payload)
         await asyncio.Event().wait()
         raise AssertionError("never answers")
@@ -50,11 +64,15 @@ def foreign_reviewer(bus: Bus, answer: dict[str, object]) -> object:
             {"type": "ReviewResult", "reviewer": "review.lint", "approved": "yes"},
             "review.lint failed: its answer could not be read: Expected `bool`, got `str`",
         ),
+        (
+            b'"type": "ReviewResult", "reviewer": "review.lint", "approved": true, "model": "\xff"',
+            "review.lint failed: its answer could not be read: not valid UTF-8",
+        ),
     ],
-    ids=["another-reviewer", "unreadable"],
+    ids=["another-reviewer", "unreadable", "not-utf8"],
 )
 async def test_an_answer_that_cannot_be_taken_fails_its_work_saying_why(
-    bus: Bus, answer: dict[str, object], reason: str
+    bus: Bus, answer: dict[str, object] | bytes, reason: str
 ) -> None:
     plan = [TaskSpec(id="a", title="models", reviewers=["review.lint"])]
     coder = scripted_coder()
@@ -101,14 +119,48 @@ async def test_a_batch_with_one_unreadable_result_takes_the_others(bus: Bus) -> 
     handlers = {"coder": coder, "tester": coder, "review.lint": review}
     async with (
         running_coordinator(Coordinator(bus, name="coord-splitting")),
-        workers_of(bus, handlers),
+        workers_of(bus, handlers, concurrency=2),  # both reviews out at once
     ):
         await submit(bus, plan, run_id="r2")
         await both_asked.wait()
         first, second = asked
-        done = await wait_for_task(bus, "r2", first, TaskState.MERGED)
         failed = await wait_for_task(bus, "r2", second, TaskState.FAILED)
-    assert done.tasks[first].state is TaskState.MERGED
+        reviewed = await moves_from(bus, "r2", first, TaskState.REVIEWING)
     assert failed.tasks[second].error.startswith(
         "review.lint failed: its answer could not be read: unknown message type"
     ), failed.tasks[second].error
+    # (the failure then ends the run, cancelling the first task before it merges)
+    assert reviewed[:1] == [TaskState.GATED], reviewed
+
+
+async def moves_from(bus: Bus, run_id: str, task_id: str, state: TaskState) -> list[TaskState]:
+    """The states the task moved to from `state`, by the run's events (published after the step
+    that the status shows: waited for up to 10 s)."""
+    for _ in range(100):
+        moves = [
+            change.state
+            for event in await run_events(bus, run_id)
+            if isinstance(event, TaskStatesChanged)
+            for change in event.changes
+            if change.task_id == task_id and change.previous is state
+        ]
+        if moves:
+            return moves
+        await asyncio.sleep(0.1)
+    return []
+
+
+async def test_an_answer_too_deeply_nested_to_read_anything_of_is_set_aside(bus: Bus) -> None:
+    """Which work it answers cannot be read either: it is filed as a dead letter, and the
+    coordinator goes on leading (the nesting once escaped as a `RecursionError`)."""
+    nested = b'"type": "ReviewResult", "approved": true, "x": ' + b"[" * 50_000 + b"]" * 50_000
+    plan = [TaskSpec(id="a", title="models", reviewers=["review.lint"])]
+    coder = scripted_coder()
+    handlers = {"coder": coder, "tester": coder, "review.lint": foreign_reviewer(bus, nested)}
+    coordinator = Coordinator(bus, name="coord-nested")
+    async with running_coordinator(coordinator), workers_of(bus, handlers):  # type: ignore[arg-type]
+        await submit(bus, plan, run_id="r3")
+        letters = await dead_letters(bus)
+        assert [letter.error for letter in letters] == ["nested too deeply to decode (at $)"]
+        run = await status(bus, "r3")
+    assert run.tasks["a"].state is TaskState.REVIEWING
