@@ -232,6 +232,39 @@ def is_run_end(event: RunEvent) -> TypeGuard[RunStateChanged]:
     return isinstance(event, RunStateChanged) and event.state in TERMINAL_RUN_STATES
 
 
+async def _end_denied(bus: Bus, end: RunStateChanged) -> bool:
+    """Whether the coordinator says the run of `end` is still open: the event was not its own
+    (workers may publish on `cy.events.>`, for their dead letters), and following the run
+    goes on. The coordinator stores a run's end before it tells it, so a true end is never
+    denied; an end it cannot be asked about (no coordinator answers) is taken as told."""
+    try:
+        run = await existing_run(bus, end.run_id, tasks=False, patience=2.0)
+    except RunRefused as exc:
+        log.debug("whether run %s ended: %s", end.run_id, exc)
+        return False
+    if run is None or run.state in TERMINAL_RUN_STATES:
+        return False
+    log.warning(
+        "ignored an event saying run %s is %s: the coordinator says it is %s (the event did "
+        "not come from it)",
+        end.run_id,
+        end.state,
+        run.state,
+    )
+    return True
+
+
+async def _pass_on(bus: Bus, msg: Msg, sink: EventSink, finished: asyncio.Event) -> None:
+    """Pass a followed run's event to `sink`; set `finished` at the run's end, once the
+    coordinator confirms it."""
+    event = decode(msg.data, RunEvent)
+    if is_run_end(event) and await _end_denied(bus, event):
+        return
+    sink(event)
+    if is_run_end(event):
+        finished.set()
+
+
 def outcome_event(run: Run) -> RunStateChanged:
     """How the ended `run` ended, as its record says it: its end as an event, for when its
     stored events no longer hold it (events expire after CODEYARD_EVENT_RETENTION_DAYS, run
@@ -299,10 +332,7 @@ async def follow_events(
     on_event = each_once(on_event)
 
     async def deliver(msg: Msg) -> None:
-        event = decode(msg.data, RunEvent)
-        on_event(event)
-        if is_run_end(event):
-            finished.set()
+        await _pass_on(bus, msg, on_event, finished)
 
     subscription = await bus.js.subscribe(
         events_subject(run.run_id),
@@ -405,10 +435,7 @@ async def submit_and_follow(
     sink = each_once(on_event or print_event(console))
 
     async def deliver(msg: Msg) -> None:
-        event = decode(msg.data, RunEvent)
-        sink(event)
-        if is_run_end(event):
-            finished.set()
+        await _pass_on(bus, msg, sink, finished)
 
     # A large repository is cloned and published before the answer (see SUBMIT_PATIENCE).
     reply = await ask_coordinator(bus, "submit", submit, busy_patience=SUBMIT_PATIENCE)

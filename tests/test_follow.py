@@ -278,13 +278,14 @@ async def test_a_run_its_submission_created_is_followed_without_asking_whether_i
             await ask(bus, "cancel", CancelRun(run_id="r1", reason="enough"))
             final = await asyncio.wait_for(following, 10)
             assert final.state is RunState.CANCELLED
-            assert await status_requests() == 1  # its final record, once it ended
+            # whether the run's end event is the coordinator's, then its final record
+            assert await status_requests() == 2
 
             # The same submission again names a run that was there, and has ended: asked
             # whether it ended, it is not waited for.
             again = await submit_and_follow(bus, submit, Console(quiet=True), 10)
             assert again.state is RunState.CANCELLED
-            assert await status_requests() == 2
+            assert await status_requests() == 3
     finally:
         await overheard.unsubscribe()
 
@@ -313,6 +314,37 @@ async def test_an_event_published_again_is_shown_once(bus: Bus) -> None:
         await asyncio.wait_for(following, 10)
     assert [event.msg_id for event in shown].count(first.msg_id) == 1
     assert len(shown) > 2  # (the cancellation's events came after the copy)
+
+
+async def test_an_end_the_coordinator_did_not_tell_does_not_end_the_following(
+    bus: Bus,
+) -> None:
+    """Workers may publish on the events subjects (their dead letters go there): an end event
+    one of them sends of a run still going is not taken for the run's end."""
+    submit = SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="a", title="a")])
+    shown: list[RunEvent] = []
+    some = asyncio.Event()
+
+    def on_event(event: RunEvent) -> None:
+        shown.append(event)
+        some.set()
+
+    async with running_coordinator(Coordinator(bus, name="c", capacity=4)):
+        following = asyncio.create_task(
+            submit_and_follow(bus, submit, Console(quiet=True), 30, on_event=on_event)
+        )
+        await asyncio.wait_for(some.wait(), 10)
+        forged = RunStateChanged(run_id="r1", state=RunState.DONE, reason="forged")
+        await bus.js.publish(events_subject("r1"), encode(forged))
+        await asyncio.sleep(1.0)
+        assert not following.done()
+        # no worker takes the task: the run goes on until it is cancelled
+        await ask(bus, "cancel", CancelRun(run_id="r1", reason="enough"))
+        final = await asyncio.wait_for(following, 10)
+    assert final.state is RunState.CANCELLED
+    assert forged.msg_id not in [event.msg_id for event in shown]
+    ends = [event for event in shown if isinstance(event, RunStateChanged)]
+    assert ends[-1].state is RunState.CANCELLED
 
 
 def test_a_run_of_thousands_of_tasks_is_polled_less_often() -> None:
