@@ -290,9 +290,10 @@ async def test_a_run_its_submission_created_is_followed_without_asking_whether_i
         await overheard.unsubscribe()
 
 
-async def test_an_event_published_again_is_shown_once(bus: Bus) -> None:
-    """A coordinator that loads a run publishes its last step's events again, under their ids:
-    a copy the events stream took (published after its duplicate window) is not shown twice."""
+@asynccontextmanager
+async def followed_run(bus: Bus) -> AsyncIterator[tuple[list[RunEvent], asyncio.Task[Run]]]:
+    """Run r1, of a task no worker takes, submitted and followed: what was shown of it, from
+    its first event on, and the following. Cancelled on leaving, its following then ends."""
     submit = SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="a", title="a")])
     shown: list[RunEvent] = []
     some = asyncio.Event()
@@ -306,12 +307,18 @@ async def test_an_event_published_again_is_shown_once(bus: Bus) -> None:
             submit_and_follow(bus, submit, Console(quiet=True), 30, on_event=on_event)
         )
         await asyncio.wait_for(some.wait(), 10)
+        yield shown, following
+        await ask(bus, "cancel", CancelRun(run_id="r1", reason="enough"))
+        await asyncio.wait_for(following, 10)
+
+
+async def test_an_event_published_again_is_shown_once(bus: Bus) -> None:
+    """A coordinator that loads a run publishes its last step's events again, under their ids:
+    a copy the events stream took (published after its duplicate window) is not shown twice."""
+    async with followed_run(bus) as (shown, _):
         first = shown[0]
         headers = {MSG_ID_HEADER: "another"}  # a copy the stream stored
         await bus.js.publish(events_subject("r1"), encode(first), headers=headers)
-        # no worker takes the task: the run goes on until it is cancelled
-        await ask(bus, "cancel", CancelRun(run_id="r1", reason="enough"))
-        await asyncio.wait_for(following, 10)
     assert [event.msg_id for event in shown].count(first.msg_id) == 1
     assert len(shown) > 2  # (the cancellation's events came after the copy)
 
@@ -321,27 +328,12 @@ async def test_an_end_the_coordinator_did_not_tell_does_not_end_the_following(
 ) -> None:
     """Workers may publish on the events subjects (their dead letters go there): an end event
     one of them sends of a run still going is not taken for the run's end."""
-    submit = SubmitRun(run_id="r1", goal="g", plan=[TaskSpec(id="a", title="a")])
-    shown: list[RunEvent] = []
-    some = asyncio.Event()
-
-    def on_event(event: RunEvent) -> None:
-        shown.append(event)
-        some.set()
-
-    async with running_coordinator(Coordinator(bus, name="c", capacity=4)):
-        following = asyncio.create_task(
-            submit_and_follow(bus, submit, Console(quiet=True), 30, on_event=on_event)
-        )
-        await asyncio.wait_for(some.wait(), 10)
+    async with followed_run(bus) as (shown, following):
         forged = RunStateChanged(run_id="r1", state=RunState.DONE, reason="forged")
         await bus.js.publish(events_subject("r1"), encode(forged))
         await asyncio.sleep(1.0)
         assert not following.done()
-        # no worker takes the task: the run goes on until it is cancelled
-        await ask(bus, "cancel", CancelRun(run_id="r1", reason="enough"))
-        final = await asyncio.wait_for(following, 10)
-    assert final.state is RunState.CANCELLED
+    assert following.result().state is RunState.CANCELLED
     assert forged.msg_id not in [event.msg_id for event in shown]
     ends = [event for event in shown if isinstance(event, RunStateChanged)]
     assert ends[-1].state is RunState.CANCELLED
