@@ -55,6 +55,13 @@ _REFUSED_ATTRIBUTES: dict[str, frozenset[str]] = {
 }
 
 
+# The attributes that make git store and diff not the text written, however a file comes by
+# them: a macro, a `.gitattributes` the repository had, `$GIT_DIR/info/attributes`. With a
+# filter driver configured on the machine (git-lfs's, installed globally), the file would be
+# committed as a pointer the gate cannot read, its content left on this disk.
+_TRANSFORMING_ATTRIBUTES = ("filter", "working-tree-encoding")
+
+
 class EditError(ValueError):
     """Edits that cannot be applied. `index` is the 0-based position of the edit at fault and
     `path` its path; both are unset when the batch failed as a whole (git refused it)."""
@@ -126,6 +133,7 @@ def apply_edits(
                 # Intent-to-add makes new files show in the diff; --force includes ignored ones,
                 # which the edits named explicitly.
                 _git(root, index, "add", "--intent-to-add", "--force", "--", *created)
+            _check_transforming_attributes(root, index, edits, [c.path for c in changes])
             diff = _git(root, index, "diff", *_DIFF_OPTIONS)
             # git silently leaves out what it will not track; then the diff is not the change.
             listed = set(_git(root, index, "diff", "--name-only", "-z", *_DIFF_OPTIONS).split("\0"))
@@ -189,8 +197,14 @@ def _apply_in_memory(
         )
     if "\0" in text:
         raise _Refused("the content contains a NUL character; only text files can be written")
-    if PurePosixPath(edit.path).name.casefold() == ".gitattributes":
+    name = PurePosixPath(edit.path).name.casefold()
+    if name == ".gitattributes":
         _check_attributes(edit.path, text)
+    elif name == ".lfsconfig":
+        raise _Refused(
+            f"{edit.path} may not be written: git-lfs takes its server from it, so a checkout "
+            "where git-lfs is installed would send requests wherever it says"
+        )
     change.text = text
 
 
@@ -213,6 +227,28 @@ def _check_attributes(path: str, text: str) -> None:
                     "gate, so .gitattributes may not set binary, -diff, -text, diff=, filter=, "
                     "merge= or working-tree-encoding="
                 )
+
+
+def _check_transforming_attributes(
+    root: Path, index: Path, edits: Sequence[FileEdit], paths: list[str]
+) -> None:
+    """Refuse the edits if git would store any of `paths` otherwise than as written (see
+    `_TRANSFORMING_ATTRIBUTES`), by the attributes git resolves for it once they are written:
+    `_check_attributes` reads only what the edits say, not a macro the repository defines."""
+    fields = _git(root, index, "check-attr", "-z", *_TRANSFORMING_ATTRIBUTES, "--", *paths)
+    parts = fields.split("\0")
+    for path, name, value in zip(parts[0::3], parts[1::3], parts[2::3], strict=False):
+        if value in ("unspecified", "unset"):
+            continue
+        index_of = next(n for n, edit in enumerate(edits) if edit.path == path)
+        setting = name if value == "set" else f"{name}={value}"
+        raise EditError(
+            f"git's attributes give {path} {setting!r}, so git would not store the text "
+            "written (a filter such as git-lfs's commits a pointer instead, which the safety "
+            "gate cannot read); leave this file to a person",
+            index=index_of,
+            edit=edits[index_of],
+        )
 
 
 def _attribute_tokens(line: str) -> list[str]:

@@ -38,8 +38,15 @@ NO_PROGRAMS = (
     *("-c", "log.showSignature=false"),
 )
 # An empty template directory: a clone or init copies nothing into its .git (no hooks), whatever
-# `init.templateDir` says; the environment variable comes before the config.
-_ENVIRONMENT = {**IDENTITY, "GIT_TERMINAL_PROMPT": "0", "GIT_TEMPLATE_DIR": ""}
+# `init.templateDir` says; the environment variable comes before the config. Where git-lfs is
+# installed, a checkout leaves its pointers as they are instead of fetching from the server
+# the repository's `.lfsconfig` names.
+_ENVIRONMENT = {
+    **IDENTITY,
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_TEMPLATE_DIR": "",
+    "GIT_LFS_SKIP_SMUDGE": "1",
+}
 # Variables of the caller's environment that would point git at another repository than the
 # one named (`codeyard run` started from a hook, or with GIT_DIR exported).
 _ELSEWHERE = (
@@ -79,7 +86,8 @@ def git(
 
 def git_environment() -> dict[str, str]:
     """The environment git runs in: the caller's, without what would point git at another
-    repository, committing as codeyard, never prompting, copying no templates."""
+    repository, committing as codeyard, never prompting, copying no templates, fetching no
+    git-lfs content."""
     return {k: v for k, v in os.environ.items() if k not in _ELSEWHERE} | _ENVIRONMENT
 
 

@@ -317,15 +317,13 @@ def test_an_executable_file_keeps_its_mode(sample_repo: Path, tmp_path: Path) ->
     assert "+echo two" in applied.diff
 
 
-def test_files_written_are_restored_when_git_fails_afterwards(sample_repo: Path) -> None:
-    # A required clean filter that fails (say, git-lfs missing) breaks only the diff, which
-    # runs after the files are written: they must be put back as they were.
-    git(sample_repo, "config", "filter.broken.clean", "false")
-    git(sample_repo, "config", "filter.broken.required", "true")
+def test_files_written_are_restored_when_refused_afterwards(sample_repo: Path) -> None:
+    # The attributes git gives a file are known once every edit is written (one may be to a
+    # .gitattributes): a refusal then must put the files back as they were.
     (sample_repo / ".gitattributes").write_text("*.txt filter=broken\n")
     before = files_of(sample_repo)
 
-    with pytest.raises(EditError, match=r"(?s)git diff failed: .*clean filter 'broken' failed"):
+    with pytest.raises(EditError, match=r"notes/new/todo.txt 'filter=broken'"):
         apply_edits(
             sample_repo,
             [replace("calc/ops.py", "a - b", "b - a"), write("notes/new/todo.txt", "mul\n")],
@@ -420,6 +418,49 @@ def test_gitattributes_that_leave_contents_as_text_can_be_written(sample_repo: P
     applied = apply_edits(sample_repo, [write(".gitattributes", content)])
 
     assert applied.created == (".gitattributes",)
+
+
+SECRET = f"K = '{AWS_KEY_ID}'\n"
+
+
+@pytest.mark.parametrize(
+    ("edits", "refused"),
+    [
+        ([write("keys.dat", SECRET)], "keys.dat"),
+        (
+            [write("docs/.gitattributes", "*.txt large\n"), write("docs/notes.txt", SECRET)],
+            "docs/notes.txt",
+        ),
+        ([write("app.cfg", SECRET)], "app.cfg"),
+    ],
+    ids=["by the repository's macro", "by an edit using that macro", "by .git/info/attributes"],
+)
+def test_a_file_git_would_store_through_a_filter_is_refused(
+    sample_repo: Path, edits: list[FileEdit], refused: str
+) -> None:
+    """What the edits say is not all: with git-lfs installed on the machine, a file its filter
+    takes is committed as a pointer, and its content (a secret, say) never reaches the gate."""
+    git(sample_repo, "config", "filter.lfs.clean", "sed s/./x/g")  # as `git lfs install` would
+    (sample_repo / ".gitattributes").write_text("[attr]large filter=lfs -text\n*.dat large\n")
+    git(sample_repo, "add", ".gitattributes")
+    git(sample_repo, "commit", "--quiet", "--message", "large files")
+    (sample_repo / ".git/info").mkdir(exist_ok=True)
+    (sample_repo / ".git/info/attributes").write_text("*.cfg filter=lfs\n")
+    before = files_of(sample_repo)
+
+    with pytest.raises(EditError) as caught:
+        apply_edits(sample_repo, edits)
+
+    assert str(caught.value).startswith(f"edit {len(edits)} (write {refused}): git's attributes")
+    assert "'filter=lfs', so git would not store the text written" in str(caught.value)
+    assert_untouched(sample_repo, before)
+
+
+def test_a_git_lfs_configuration_is_not_written(sample_repo: Path) -> None:
+    before = files_of(sample_repo)
+    with pytest.raises(EditError, match=r"\.lfsconfig may not be written: git-lfs takes its"):
+        apply_edits(sample_repo, [write(".lfsconfig", "[lfs]\nurl = http://127.0.0.1:9/\n")])
+    assert_untouched(sample_repo, before)
 
 
 def test_a_replacement_that_makes_gitattributes_hide_contents_is_refused(
