@@ -186,8 +186,10 @@ def up(
     the safety gate, a planner, --coders coders, a tester and a reviewer run as child processes,
     each restarted if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or
     CODEYARD_LLM_*). The web dashboard runs too (--no-dashboard: not); its URL, with the token,
-    is printed. A child that exits with 2 (bad configuration) is not restarted: `up` stops
-    everything and exits 2, with that child's last error lines. Ctrl-C, SIGTERM
+    is printed. Settings a child would refuse (no sandbox here, a dashboard that cannot listen,
+    no LLM) are checked first: exit 2, nothing started. A child that exits with 2 (bad
+    configuration) is not restarted: `up` stops everything and exits 2, with that child's last
+    error lines. Ctrl-C, SIGTERM
     or SIGHUP stops everything: the services, then NATS; they also get SIGTERM if `up` is killed.
 
     Example: [bold]codeyard up[/bold]
@@ -207,6 +209,7 @@ def up(
     from codeyard.llm import NOT_CONFIGURED, LLMSettings
     from codeyard.llm.local import NOTICE, local_server_available
     from codeyard.reviewers.loading import PluginError, plugin_role, plugin_spec
+    from codeyard.sandbox import SandboxUnavailable, default_sandbox
 
     # (`run --reviewer` takes roles: the same spelling is taken here)
     reviewer = [name.removeprefix("review.") for name in reviewer or ()]
@@ -259,6 +262,11 @@ def up(
                 "the agents' work will fail once their retries run out; check "
                 "OPENAI_BASE_URL (or CODEYARD_LLM_BASE_URL)"
             )
+    try:  # the coordinator and tester would refuse to start, after `up` said it was running
+        default_sandbox(settings)
+    except SandboxUnavailable as exc:
+        _error(str(exc))
+        raise typer.Exit(BAD_CONFIGURATION) from None
     try:  # (made only once every setting was read: a bad one stops `up` with nothing written)
         prepare_data_dir(settings)
     except BadConfiguration as exc:
@@ -877,21 +885,24 @@ def coordinator(
 
 @app.command()
 def approvals(
-    run_id: Annotated[str, typer.Option("--run", help="only those of this run")] = "",
+    run_id: Annotated[str | None, typer.Option("--run", help="only those of this run")] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """List what waits for a person: plans, budget overruns, gated commands and merges,
     oldest first.
 
     Answer each with [bold]codeyard approve ID[/bold] or [bold]codeyard deny ID[/bold]; what
-    nobody answers within CODEYARD_APPROVAL_TIMEOUT seconds is denied.
+    nobody answers within CODEYARD_APPROVAL_TIMEOUT seconds is denied. Exits 2 when --run is
+    not a run id.
 
     Example: [bold]codeyard approvals --run 3f2a9c0d1e4b5a69 --json[/bold]
     """
     from codeyard.progress.render import approvals_table
     from codeyard.schemas import ApprovalList, ListApprovals
 
-    reply = _ask("approvals", ListApprovals(run_id=run_id))
+    if run_id is not None:  # (an empty one would list every run's)
+        _check_id(run_id)
+    reply = _ask("approvals", ListApprovals(run_id=run_id or ""))
     if json_output:
         _print_reply(reply)
         return
@@ -919,10 +930,14 @@ def approve(
 ) -> None:
     """Approve what waits: the parked task (or run) goes on.
 
+    Exits 1 when the coordinator refuses (no such approval, answered already), 2 when ID is
+    not an approval id or --comment or --by is too long, checked before sending.
+
     Example: [bold]codeyard approve 3f2a9c0d1e4b5a69 --comment "pip install requests is fine"[/bold]
     """
     from codeyard.schemas import Approve
 
+    _check_id(approval_id, "approval id")
     _answer(
         Approve(approval_id=approval_id, by=by or _user(), comment=comment), "approve", json_output
     )
@@ -937,10 +952,14 @@ def deny(
 ) -> None:
     """Deny what waits: a parked task fails, a plan is rejected, an over-budget run is cancelled.
 
+    Exits 1 when the coordinator refuses (no such approval, answered already), 2 when ID is
+    not an approval id or --reason or --by is too long, checked before sending.
+
     Example: [bold]codeyard deny 3f2a9c0d1e4b5a69 --reason "no deploys from tests"[/bold]
     """
     from codeyard.schemas import Deny
 
+    _check_id(approval_id, "approval id")
     _answer(Deny(approval_id=approval_id, by=by or _user(), reason=reason), "deny", json_output)
 
 
@@ -963,8 +982,8 @@ def status(
     from codeyard.schemas import RunStatus, StatusQuery
     from codeyard.schemas.envelope import utc_now
 
-    if run_id:  # every task, read in pages if the run is too big for one reply
-        _check_run_id(run_id)
+    if run_id is not None:  # every task, read in pages if the run is too big for one reply
+        _check_id(run_id)
         reply = _on_bus("status", lambda bus: run_status(bus, run_id, patience=10))
     else:
         reply = _ask("status", StatusQuery())
@@ -973,7 +992,7 @@ def status(
         return
     if not isinstance(reply, RunStatus):
         _refused(reply)
-    if run_id:
+    if run_id is not None:
         [one] = reply.runs
         console.print(run_summary(one))
         if one.tasks:
@@ -1014,7 +1033,7 @@ def cancel(
     from codeyard.schemas import Accepted, CancelRun
     from codeyard.schemas.messages import ALREADY_CANCELLED
 
-    _check_run_id(run_id)
+    _check_id(run_id)
     reply = _ask("cancel", CancelRun(run_id=run_id, reason=reason))
     if json_output:
         _print_reply(reply)
@@ -1121,7 +1140,7 @@ def logs(
     from codeyard.report.source import fetch_run, read_run_events
     from codeyard.schemas import RunEvent
 
-    _check_run_id(run_id)
+    _check_id(run_id)
     ended: list[RunState] = []  # how the run ended, once its end is shown
 
     def show(event: RunEvent) -> None:
@@ -1223,7 +1242,7 @@ def report_command(
     from codeyard.report.source import fetch_run, read_run_events
     from codeyard.schemas import Run, RunEvent
 
-    _check_run_id(run_id)
+    _check_id(run_id)
 
     async def fetch(bus: Bus) -> tuple[Run, list[RunEvent]]:
         run = await fetch_run(bus, run_id)
@@ -1267,7 +1286,7 @@ def rollback_command(
     from codeyard.report.source import fetch_run
     from codeyard.workspace.rollback import RollbackError, rollback
 
-    _check_run_id(run_id)
+    _check_id(run_id)
     if repo is None:
 
         async def repository(bus: Bus) -> str:
@@ -1328,9 +1347,16 @@ def _answer_outcome(detail: str, approved: bool) -> str:
 
 
 def _ask(verb: str, request: Envelope) -> ControlReply:
-    """One control request to the running coordinator; exits 1 when none answers."""
+    """One control request to the running coordinator; exits 1 when none answers, 2 (before
+    connecting) when the coordinator would refuse it as malformed: a --comment too long, say."""
     from codeyard.follow import ask_coordinator
+    from codeyard.schemas import MessageError, decode, encode
 
+    try:
+        decode(encode(request), type(request))
+    except MessageError as exc:
+        _error(f"not sent: {_in_words(str(exc))}")
+        raise typer.Exit(2) from None
     return _on_bus(verb, lambda bus: ask_coordinator(bus, verb, request, patience=10))
 
 
@@ -1492,14 +1518,15 @@ def _not_a_builtin_role(role: str) -> str | None:
     return f"{role} is a reviewer plugin's role: codeyard worker review --name {plugin_name}"
 
 
-def _check_run_id(run_id: str) -> None:
-    """Exits 2 unless `run_id` is a run id: an empty one would ask for the status of every
+def _check_id(value: str, what: str = "run id") -> None:
+    """Exits 2 unless `value` is an id: an empty run id would ask for the status of every
     run (and read the first); others the coordinator would refuse as not found."""
 
     from codeyard.schemas.envelope import ID_PATTERN
 
-    if re.fullmatch(ID_PATTERN, run_id) is None:
-        _error(f"{run_id!r} is not a run id: a run id is {ID_IN_WORDS}")
+    if re.fullmatch(ID_PATTERN, value) is None:
+        article = "an" if what[0] in "aeiou" else "a"
+        _error(f"{value!r} is not {article} {what}: {article} {what} is {ID_IN_WORDS}")
         raise typer.Exit(2)
 
 
@@ -1510,10 +1537,12 @@ def _bad_run_input(
     where a bad run id would come back as a refusal or as NATS being unreachable."""
 
     from codeyard.schemas.envelope import ID_PATTERN
-    from codeyard.schemas.model import TEST_COMMAND_CHARS, ReviewerName
+    from codeyard.schemas.model import LONG_TEXT_CHARS, TEST_COMMAND_CHARS, ReviewerName
 
     if not goal.strip():
         return 'the goal is empty: say what to build, e.g. codeyard run "add a /health endpoint"'
+    if len(goal) > LONG_TEXT_CHARS:
+        return f"the goal is {len(goal):,} characters long; at most {LONG_TEXT_CHARS:,}"
     if not timeout > 0:  # not `<= 0`: NaN passes that
         return f"--timeout must be more than 0 seconds, not {timeout:g}"
     if run_id is not None and re.fullmatch(ID_PATTERN, run_id) is None:

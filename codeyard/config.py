@@ -168,7 +168,14 @@ class Settings(BaseSettings):
             raise PydanticCustomError(
                 "empty_directory", "empty; name a directory, or unset it for the default"
             )
-        return directory
+        # Relative, it would be that too: each command's own, from wherever it was started.
+        if isinstance(directory, str | Path) and not Path(directory).expanduser().is_absolute():
+            raise PydanticCustomError(
+                "relative_directory",
+                "relative, so each command would find it under the directory it was started "
+                "in; give an absolute path",
+            )
+        return Path(directory).expanduser() if isinstance(directory, str | Path) else directory
 
     @field_validator("dashboard_host", "metrics_host")
     @classmethod

@@ -161,6 +161,22 @@ def test_a_data_dir_set_empty_or_port_zero_is_refused(monkeypatch: pytest.Monkey
     ]
 
 
+def test_a_relative_data_or_credentials_dir_is_refused_and_home_is_expanded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Relative, each command looked for the server's store under the directory it started in."""
+    relative = "relative, so each command would find it under the directory it was started in"
+    assert problems(
+        monkeypatch, Settings, CODEYARD_DATA_DIR="data", CODEYARD_NATS_CREDENTIALS_DIR="./c"
+    ) == [
+        f"CODEYARD_DATA_DIR: {relative}; give an absolute path (got 'data')",
+        f"CODEYARD_NATS_CREDENTIALS_DIR: {relative}; give an absolute path (got './c')",
+    ]
+    monkeypatch.setenv("CODEYARD_DATA_DIR", "~/codeyard")
+    monkeypatch.delenv("CODEYARD_NATS_CREDENTIALS_DIR")
+    assert Settings().data_dir == Path.home() / "codeyard"
+
+
 def test_a_credentials_dir_or_an_address_set_empty_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -53,7 +53,8 @@ def duration(seconds: float | None) -> str:
 
 
 def usage_text(usage: Usage) -> str:
-    return f"{usage.total_tokens:,} tokens, ${usage.cost_usd:.4f} ({usage.calls} calls)"
+    calls = f"{usage.calls:,} call{'' if usage.calls == 1 else 's'}"
+    return f"{usage.total_tokens:,} tokens, ${usage.cost_usd:.4f} ({calls})"
 
 
 # Levels of the tree drawn nested, at most: each indents further, and a chain of thousands of

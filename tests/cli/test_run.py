@@ -387,14 +387,3 @@ async def test_a_run_id_taken_by_another_submission_is_refused_before_anything_i
         "run r6 exists already (done) with this goal: following it, not starting another\n"
     )
     assert "run r6 done: 1/1 tasks merged" in again.stdout
-
-
-async def test_an_id_the_coordinator_cannot_decode_is_refused_in_words_once(
-    codeyard_up: dict[str, str],
-) -> None:
-    """Its refusal quoted the id's regular expression, and named the field twice."""
-    id_in_words = "an id of 1 to 64 letters, digits, _ and -, starting with a letter or digit"
-    # (status and cancel check a run id before asking: see test_run_input)
-    refused = await asyncio.to_thread(codeyard, codeyard_up, "approve", "a.b")
-    assert refused.returncode == 1
-    assert refused.stderr == f"error: Expected {id_in_words} (at $.approval_id)\n"

@@ -182,9 +182,20 @@ def test_the_benchmark_refuses_a_wait_of_no_time(env: dict[str, str], timeout: s
         ("report", ""),
         ("rollback", "", "--to", "a"),
         ("status", "a b"),
+        ("status", ""),
         ("cancel", ""),
+        ("approvals", "--run", ""),
     ],
-    ids=["logs", "logs-follow", "report", "rollback", "status", "cancel"],
+    ids=[
+        "logs",
+        "logs-follow",
+        "report",
+        "rollback",
+        "status",
+        "status-empty",
+        "cancel",
+        "approvals",
+    ],
 )
 def test_a_run_id_that_is_none_is_refused_before_connecting(
     env: dict[str, str], command: tuple[str, ...]
@@ -199,6 +210,35 @@ def test_a_run_id_that_is_none_is_refused_before_connecting(
         f"error: {given!r} is not a run id: a run id is 1 to 64 letters, digits, _ and -, "
         "starting with a letter or digit\n"
     )
+
+
+@pytest.mark.parametrize(("verb", "given"), [("approve", ""), ("deny", ""), ("approve", "a.b")])
+def test_an_approval_id_that_is_none_is_refused_before_connecting(
+    env: dict[str, str], verb: str, given: str
+) -> None:
+    """The coordinator's refusal came back as exit 1, quoting the id's regular expression."""
+    refused = codeyard(env, verb, given)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == (
+        f"error: {given!r} is not an approval id: an approval id is 1 to 64 letters, digits, _ "
+        "and -, starting with a letter or digit\n"
+    )
+
+
+def test_an_answer_the_coordinator_would_refuse_is_not_sent(env: dict[str, str]) -> None:
+    refused = codeyard(env, "approve", "a1", "--by", "x" * 201)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == ("error: not sent: Expected `str` of length <= 200 (at $.by)\n"), (
+        refused.stderr
+    )
+
+
+def test_a_goal_over_the_limit_is_refused_before_connecting(
+    env: dict[str, str], repo: Path
+) -> None:
+    refused = codeyard(env, "run", "x" * 20_001, "--repo", str(repo))
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == "error: the goal is 20,001 characters long; at most 20,000\n"
 
 
 @pytest.mark.parametrize(

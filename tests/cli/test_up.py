@@ -491,6 +491,15 @@ async def test_up_refuses_a_dashboard_address_it_cannot_listen_on_before_startin
     assert not (tmp_path / "nats").exists()
 
 
+async def test_up_refuses_without_a_sandbox_before_starting_anything(tmp_path: Path) -> None:
+    """The coordinator refused to start, once `up` had said everything was running."""
+    env = isolated_env(tmp_path) | {"CODEYARD_SANDBOX": "process"}  # not allowed unsandboxed
+    code, stderr = await run_to_end(env, "up", "--no-agents")
+    assert code == 2
+    assert stderr.startswith(b"error: refusing to run generated code without a sandbox"), stderr
+    assert not (tmp_path / "nats").exists()
+
+
 async def test_up_refuses_a_public_origin_that_is_no_origin_before_starting_anything(
     tmp_path: Path,
 ) -> None:
@@ -626,13 +635,26 @@ def with_env(marker: str) -> set[int]:
     return found
 
 
+# `codeyard up` whose own check of the sandbox passes, as if the sandbox went away just after:
+# its services, processes of their own, find none.
+SANDBOX_GONE_AFTER_UP_CHECKED = (
+    "import codeyard.sandbox; codeyard.sandbox.default_sandbox = lambda settings: None; "
+    "from codeyard.cli import main; main()"
+)
+
+
 def test_a_service_refusing_its_configuration_stops_up_with_status_2(tmp_path: Path) -> None:
     """A service that exits with 2 says its configuration is wrong (here the coordinator: no
     sandbox it may use), which no restart mends. `up` used to run on without it for ever."""
     env = up_env(tmp_path)
     del env["CODEYARD_ALLOW_UNSANDBOXED"]  # the process backend is then refused
     marker = f"CODEYARD_DATA_DIR={tmp_path}"
-    up = start_up(tmp_path, env)
+    up = start_up(
+        tmp_path,
+        env,
+        *(sys.executable, "-c", SANDBOX_GONE_AFTER_UP_CHECKED, "up", "--no-agents"),
+        "--no-dashboard",
+    )
     try:
         code = finish(up, timeout=60)  # by itself
     finally:

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from codeyard.progress.render import approvals_table, run_summary, runs_table, task_table
+from codeyard.progress.render import (
+    approvals_table,
+    run_summary,
+    runs_table,
+    task_table,
+    usage_text,
+)
 from codeyard.schemas import PendingApproval, Run, TaskSpec
 from codeyard.schemas.envelope import utc_now
-from codeyard.schemas.model import Task
+from codeyard.schemas.model import Task, Usage
 
 RUN_ID = "0d6b891e2c4f4a7e9b1d3f5a7c9e1b3d"  # 32 characters, as `new_id()` makes them
 
@@ -93,3 +99,10 @@ def test_an_approval_shows_the_command_that_runs_not_what_its_escapes_draw() -> 
     assert "(340 more characters: `codeyard approvals --json`)" in rendered(
         approvals_table([long]), 400
     )
+
+
+def test_usage_counts_calls_in_words() -> None:
+    assert usage_text(Usage(calls=1, prompt_tokens=1200, cost_usd=0.5)) == (
+        "1,200 tokens, $0.5000 (1 call)"
+    )
+    assert usage_text(Usage(calls=2000)).endswith("(2,000 calls)")
