@@ -51,6 +51,12 @@ def malformed_work(run_id: str) -> dict[bytes, str]:
     }
 
 
+# The result of a batch that cannot be read is filed alone (the others of the batch applied).
+UNREADABLE_RESULT = json({"type": "CodeResult"})
+BATCH_OF_AN_UNREADABLE_RESULT = b'{"type": "ResultBatch", "results": [%s]}' % UNREADABLE_RESULT
+FILED_AS = {BATCH_OF_AN_UNREADABLE_RESULT: UNREADABLE_RESULT}
+
+
 def malformed_results(run_id: str) -> dict[bytes, str]:
     """Payloads for cy.result.coder, and what their dead letter's error must say."""
     return {
@@ -60,9 +66,7 @@ def malformed_results(run_id: str) -> dict[bytes, str]:
             "missing required field `patch`"
         ),
         json({"type": "ResultBatch", "results": []}): "length >= 1",
-        json({"type": "ResultBatch", "results": [{"type": "CodeResult"}]}): (
-            "missing required field `patch`"
-        ),
+        BATCH_OF_AN_UNREADABLE_RESULT: "missing required field `patch`",
     }
 
 
@@ -122,7 +126,8 @@ async def test_malformed_and_oversized_messages_are_dead_lettered_and_the_run_co
             (work_subject("coder"), consumer_name("coder"), work),
             (result_subject("coder"), COORDINATOR_CONSUMER, results),
         ):
-            for payload, error in expected.items():
+            for published, error in expected.items():
+                payload = FILED_AS.get(published, published)
                 letter = letter_for(letters, subject, payload)
                 assert error in letter.error, letter.error
                 assert letter.consumer == consumer
