@@ -510,9 +510,9 @@ def run(
         RepoRef,
         RunState,
         SubmitRun,
-        TaskSpec,
         TaskState,
         decode,
+        decode_plan,
         new_id,
     )
 
@@ -534,7 +534,7 @@ def run(
         try:
             # a typed decode stops at a wrong first token: `{oops` would read as "not a list"
             decode(raw := plan.read_bytes(), msgspec.Raw)
-            tasks = decode(raw, list[TaskSpec])
+            tasks = decode_plan(raw)
         except MessageError as exc:
             _error(f"{plan} is not a list of tasks: {_in_words(str(exc))}")
             raise typer.Exit(2) from None

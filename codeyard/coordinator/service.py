@@ -134,6 +134,7 @@ from codeyard.schemas.messages import (
     WorkCancelled,
     WorkFailed,
     WorkItem,
+    decode_control,
     unknown_run,
 )
 from codeyard.schemas.model import (
@@ -546,7 +547,7 @@ class Coordinator:
 
         async def answer(msg: Msg) -> None:
             try:
-                request: Control = decode(msg.data, Control)
+                request = decode_control(msg.data)
             except MessageError as exc:
                 await self._respond(msg, ControlError(error=str(exc), field=exc.field))
                 return

@@ -50,6 +50,8 @@ from codeyard.schemas.messages import (
     WorkFailed,
     WorkItem,
     WorkRetried,
+    decode_control,
+    decode_plan,
 )
 from codeyard.schemas.model import (
     Budget,
@@ -129,6 +131,8 @@ __all__ = [
     "WorkRetried",
     "WorkerPresence",
     "decode",
+    "decode_control",
+    "decode_plan",
     "encode",
     "new_id",
 ]

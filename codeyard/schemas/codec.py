@@ -69,7 +69,7 @@ def decode(data: Data, type_: Any) -> Any:
         if not reason:
             reason, path = str(exc), "$"
         path = path.strip("`")
-        if reason.startswith("Object missing required field"):
+        if reason.startswith(("Object missing required field", "Object contains unknown field")):
             path = f"{path}.{reason.split('`')[1]}"
         elif reason.startswith("Invalid value") and path.endswith(".type"):
             reason = f"unknown message type {reason.removeprefix('Invalid value ')}"

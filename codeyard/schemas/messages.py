@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from codeyard.schemas.codec import decode
 from codeyard.schemas.envelope import (
     Answer,
     Attempt,
@@ -300,7 +301,7 @@ RunEvent = (
 SUBMIT_PATIENCE = 600.0
 
 
-class SubmitRun(Envelope, kw_only=True, frozen=True):
+class SubmitRun(Envelope, kw_only=True, frozen=True, forbid_unknown_fields=True):
     goal: LongText
     repo: RepoRef = RepoRef()
     plan: list[TaskSpec] | None = None
@@ -333,11 +334,11 @@ class SubmitRun(Envelope, kw_only=True, frozen=True):
         return [name for name, (submitted, stored) in settings.items() if submitted != stored]
 
 
-class CancelRun(Envelope, kw_only=True, frozen=True):
+class CancelRun(Envelope, kw_only=True, frozen=True, forbid_unknown_fields=True):
     reason: ShortText = "cancelled by user"
 
 
-class StatusQuery(Envelope, kw_only=True, frozen=True):
+class StatusQuery(Envelope, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Status of `run_id`, or of every run when `run_id` is empty.
 
     A run may be too big for one reply (thousands of tasks, or long test outputs and feedback).
@@ -350,23 +351,23 @@ class StatusQuery(Envelope, kw_only=True, frozen=True):
     after: OptionalId = ""
 
 
-class ListApprovals(Envelope, kw_only=True, frozen=True):
+class ListApprovals(Envelope, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The pending approvals of every open run, or of the run `run_id` names."""
 
 
-class Approve(Envelope, kw_only=True, frozen=True):
+class Approve(Envelope, kw_only=True, frozen=True, forbid_unknown_fields=True):
     approval_id: Id
     by: ShortText = ""
     comment: LongText = ""
 
 
-class Deny(Envelope, kw_only=True, frozen=True):
+class Deny(Envelope, kw_only=True, frozen=True, forbid_unknown_fields=True):
     approval_id: Id
     by: ShortText = ""
     reason: LongText = ""
 
 
-class CollectArtifacts(Envelope, kw_only=True, frozen=True):
+class CollectArtifacts(Envelope, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Delete now the `cy_artifacts` objects (snapshot bundles, offloaded patches) that no open
     run uses and that nobody published or reused within the retention, and the integration
     clones of runs that ended (or no longer exist) longer than the retention ago; with
@@ -376,6 +377,45 @@ class CollectArtifacts(Envelope, kw_only=True, frozen=True):
 
 
 Control = SubmitRun | CancelRun | StatusQuery | ListApprovals | Approve | Deny | CollectArtifacts
+
+
+# A person's request names only fields codeyard knows: a typo (`aprove_merge`, a task's
+# `depends_on`) ignored would drop what its sender relies on. The requests themselves forbid
+# unknown fields; the parts of a submission that other messages carry too (tasks and repository
+# in work items, the budget in status replies) are checked through these: workers and clients
+# must keep reading those of a newer coordinator.
+class _KnownTaskFields(TaskSpec, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class _KnownBudgetFields(Budget, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class _KnownRepoFields(RepoRef, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class _SubmissionParts(msgspec.Struct, frozen=True):
+    plan: list[_KnownTaskFields] | None = None
+    budget: _KnownBudgetFields | None = None
+    repo: _KnownRepoFields | None = None
+
+
+def decode_control(data: bytes) -> Control:
+    """The control request in `data`, or `MessageError` naming what is wrong, down to a field
+    that no request, task, budget or repository has."""
+    request: Control = decode(data, Control)
+    if isinstance(request, SubmitRun):
+        decode(data, _SubmissionParts)
+    return request
+
+
+def decode_plan(data: bytes) -> list[TaskSpec]:
+    """The tasks of a plan a person wrote, or `MessageError` naming what is wrong, down to a
+    field that no task has."""
+    decode(data, list[_KnownTaskFields])
+    return decode(data, list[TaskSpec])
 
 
 ApprovalStatus = Literal["pending", "approved", "denied"]

@@ -113,8 +113,14 @@ REVIEWER_IN_WORDS = (
             "error: --run-id 'a.b': the runs are named PREFIX-N, so PREFIX is 1 to 60 letters, "
             "digits, _ and -, starting with a letter or digit\n",
         ),
+        (
+            ("run", "g"),
+            [{"id": "a", "title": "t"}, {"id": "b", "title": "u", "depends_on": ["a"]}],
+            "is not a list of tasks: Object contains unknown field `depends_on` "
+            "(at $[1].depends_on)\n",
+        ),
     ],
-    ids=["reviewer", "plan-id", "plan-reviewer", "bench-run-id"],
+    ids=["reviewer", "plan-id", "plan-reviewer", "bench-run-id", "plan-typo"],
 )
 def test_what_a_pattern_accepts_is_said_in_words_not_as_a_regex(
     env: dict[str, str],

@@ -181,6 +181,14 @@ async def test_bad_requests_get_an_error_naming_the_problem(
     assert isinstance(approval, ControlError)
     assert approval.field == "$.approval_id"
 
+    # a typo would drop a dependency: refused, and no run made
+    typo = b'{"type":"SubmitRun","run_id":"t","goal":"g","plan":[{"id":"a","title":"t","dep":[]}]}'
+    raw = await bus.nc.request(ctl_subject("submit"), typo, timeout=5)
+    unknown_field = decode(raw.data, ControlReply)
+    assert isinstance(unknown_field, ControlError)
+    assert unknown_field.field == "$.plan[0].dep"
+    assert isinstance(await ask(bus, "status", StatusQuery(run_id="t")), ControlError)
+
     # and the coordinator still serves
     ok = await ask(
         bus, "submit", SubmitRun(run_id="fine", goal="g", plan=[TaskSpec(id="x", title="x")])

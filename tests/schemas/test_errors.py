@@ -344,8 +344,52 @@ def test_newer_schema_version(version: int) -> None:
 
 
 def test_current_schema_version_and_unknown_fields_are_accepted() -> None:
-    """Forward compatibility: a newer sender may add optional fields."""
-    data = wire(messages.Deny)
+    """Forward compatibility: a newer coordinator may add optional fields to work items (and
+    to the task and repository in them), which workers upgraded later still read."""
+    data = wire(messages.CodeRequest)
     data["schema_version"] = SCHEMA_VERSION
     data["added_in_a_later_version"] = {"anything": [1, 2]}
-    assert decode(raw(data), Control) == sample_for(messages.Deny)
+    data["task"]["added_in_a_later_version"] = 1
+    data["repo"]["added_in_a_later_version"] = 1
+    assert decode(raw(data), WorkItem) == sample_for(messages.CodeRequest)
+
+
+@pytest.mark.parametrize(
+    ("cls", "path"),
+    [
+        (messages.SubmitRun, "aprove_merge"),
+        (messages.SubmitRun, "plan[0].depends_on"),
+        (messages.SubmitRun, "budget.max_token"),
+        (messages.SubmitRun, "repo.pth"),
+        (messages.CollectArtifacts, "dryrun"),
+        (messages.Deny, "resaon"),
+    ],
+)
+def test_a_control_request_with_a_field_codeyard_does_not_know_is_refused(
+    cls: type[Envelope], path: str
+) -> None:
+    """A typo ignored would drop what a person asked for: the merge approval, a dependency,
+    a limit, or "only tell" of a collection."""
+    data = wire(cls)
+    data["plan"] = [{"id": "a", "title": "t"}] if cls is messages.SubmitRun else None
+    data = {key: value for key, value in data.items() if value is not None}
+    *parents, name = path.replace("[0]", ".0").split(".")
+    part: Any = data
+    for parent in parents:
+        part = part[int(parent)] if parent.isdigit() else part[parent]
+    part[name] = True
+    if parents:  # a part other messages carry: a plain decode reads past it, as workers do
+        assert isinstance(decode(raw(data), Control), cls)
+    with pytest.raises(MessageError) as refused:
+        messages.decode_control(raw(data))
+    assert refused.value.field == f"$.{path}"
+    assert f"unknown field `{name}`" in refused.value.reason
+
+
+def test_a_plan_a_person_wrote_names_only_the_fields_of_a_task() -> None:
+    assert messages.decode_plan(b'[{"id": "a", "title": "t", "deps": []}]')[0].id == "a"
+    with pytest.raises(MessageError) as refused:
+        messages.decode_plan(
+            b'[{"id": "a", "title": "t"}, {"id": "b", "title": "u", "after": ["a"]}]'
+        )
+    assert refused.value.field == "$[1].after"
