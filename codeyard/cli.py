@@ -431,7 +431,10 @@ def run(
         bool,
         typer.Option("--approve-merge", help="wait for a person to approve each task's merge"),
     ] = False,
-    timeout: Annotated[float, typer.Option(help="seconds to follow before giving up")] = 3600.0,
+    timeout: Annotated[
+        float,
+        typer.Option(help="seconds to wait for the run, from its submission, before giving up"),
+    ] = 3600.0,
     max_attempts: Annotated[
         int,
         typer.Option(
@@ -502,7 +505,7 @@ def run(
     """
     import msgspec
 
-    from codeyard.follow import RunIdTaken, RunRefused, SubmissionRefused
+    from codeyard.follow import CoordinatorBusy, RunIdTaken, RunRefused, SubmissionRefused
     from codeyard.progress.follower import FollowOptions, RunFollower
     from codeyard.schemas import (
         Budget,
@@ -629,6 +632,15 @@ def run(
     except SubmissionRefused as exc:  # its plan, repository or run id: bad input
         _error(_in_words(str(exc)))
         raise typer.Exit(2) from None
+    except CoordinatorBusy as exc:  # the submission may still be taken: not to be sent twice
+        _error(_in_words(str(exc)))
+        err.print(
+            f"run {submit.run_id} may still start: `codeyard status {submit.run_id}` tells, "
+            f"`codeyard logs -f {submit.run_id}` follows it",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
     except RunRefused as exc:
         _error(_in_words(str(exc)))
         raise typer.Exit(1) from None

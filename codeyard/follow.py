@@ -57,6 +57,11 @@ class RunIdTaken(RunRefused):
     settings (or, for a benchmark, any run): bad input."""
 
 
+class CoordinatorBusy(RunRefused):
+    """A coordinator listened but did not answer in time: what was asked may still be done
+    (a submission, once its repository is prepared)."""
+
+
 class SubmissionRefused(RunRefused):
     """The coordinator refused what was submitted, not the moment: its plan (no tasks, a
     cycle, an unknown dependency), its repository (one it cannot clone) or its run id (taken
@@ -94,7 +99,7 @@ async def ask_coordinator(
             if not (isinstance(reply, ControlError) and reply.retry):
                 return reply
             if loop.time() > busy_deadline:  # a coordinator that keeps failing its steps
-                raise RunRefused(f"the coordinator did not answer on {subject}: {reply.error}")
+                raise CoordinatorBusy(f"the coordinator did not answer on {subject}: {reply.error}")
         except MessageError as exc:  # e.g. a state added since: asking again gets the same
             raise RunRefused(
                 f"the coordinator's answer on {subject} could not be read ({exc}): it may be "
@@ -108,7 +113,7 @@ async def ask_coordinator(
                 ) from None
         except nats.errors.TimeoutError:  # one subscribed, and its answer did not come
             if loop.time() > busy_deadline:
-                raise RunRefused(
+                raise CoordinatorBusy(
                     f"the coordinator did not answer on {subject} in time (each try waited "
                     f"{timeout:g}s, for {busy_waiting:.0f}s in all): it may be busy, or its answer "
                     "could not be sent; try again, or see the coordinator's log"
@@ -428,17 +433,26 @@ async def submit_and_follow(
     status_every: float = 1.0,
 ) -> Run:
     """Submit `submit` and pass its events to `on_event` (default: print them) until the run
-    ends; with `on_status`, the run's record is also asked for every `status_every` seconds
-    (for what events do not carry: titles, dependencies, usage; less often for a run of
-    thousands of tasks, see `poll_pause`). The final run is returned."""
+    ends, or `timeout` seconds after the submission was sent (TimeoutError; `CoordinatorBusy`
+    if it was not answered by then); with `on_status`, the run's record is also asked for
+    every `status_every` seconds (for what events do not carry: titles, dependencies, usage;
+    less often for a run of thousands of tasks, see `poll_pause`). The final run is returned."""
     finished = asyncio.Event()
     sink = each_once(on_event or print_event(console))
+    until = asyncio.get_running_loop().time() + timeout
 
     async def deliver(msg: Msg) -> None:
         await _pass_on(bus, msg, sink, finished)
 
     # A large repository is cloned and published before the answer (see SUBMIT_PATIENCE).
-    reply = await ask_coordinator(bus, "submit", submit, busy_patience=SUBMIT_PATIENCE)
+    reply = await ask_coordinator(
+        bus,
+        "submit",
+        submit,
+        patience=min(30.0, timeout),
+        timeout=min(10.0, timeout),
+        busy_patience=min(SUBMIT_PATIENCE, timeout),
+    )
     if isinstance(reply, ControlError):
         # before subscribing: a refused run id may name another run, whose events are not ours
         raise (SubmissionRefused if refused_input(reply) else RunRefused)(refusal(reply))
@@ -463,7 +477,7 @@ async def submit_and_follow(
     try:
         if on_status is not None:
             polling = asyncio.create_task(_poll_status(bus, submit.run_id, on_status, status_every))
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(until):
             await finished.wait()
     finally:
         if polling is not None:

@@ -7,6 +7,7 @@ processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -102,3 +103,42 @@ async def test_run_says_nats_did_not_answer_rather_than_that_the_run_did_not_fin
     assert submitted.stderr.startswith(NATS_TOO_SLOW), submitted.stderr
     assert "run r2 keeps going" in submitted.stderr
     assert "did not finish" not in submitted.stderr
+
+
+@contextlib.asynccontextmanager
+async def coordinator_taking_submissions_silently(url: str) -> AsyncIterator[None]:
+    """A coordinator that takes submissions and does not answer: one cloning a large repository."""
+    bus = await Bus.connect(url, name="stand-in", quiet=True)
+
+    async def never_answer(_: Msg) -> None:
+        pass
+
+    await bus.nc.subscribe(ctl_subject("submit"), cb=never_answer)
+    await bus.nc.flush()
+    try:
+        yield
+    finally:
+        await bus.close()
+
+
+@pytest.mark.parametrize("listening", [True, False], ids=["busy", "none"])
+async def test_run_timeout_covers_the_submission(
+    env: dict[str, str], url: str, tmp_path: Path, listening: bool
+) -> None:
+    """`--timeout 2` gives up on the submission after 2 s too: before, it waited 30 s for no
+    coordinator and 10 minutes for a silent one."""
+    repo = one_commit_repo(tmp_path / "repo", {"README.md": "a sample project\n"})
+    args = ("run", "g", "--repo", str(repo), "--timeout", "2")
+    async with contextlib.AsyncExitStack() as stack:
+        if listening:
+            await stack.enter_async_context(coordinator_taking_submissions_silently(url))
+        gave_up = await asyncio.to_thread(codeyard, env, *args, timeout=60)
+    assert gave_up.returncode == 1, gave_up.stderr
+    run_id = gave_up.stdout.split()[1].rstrip(":")
+    if listening:  # it may still be taken: named, so that it is not sent again as another run
+        assert "did not answer on cy.ctl.submit in time (each try waited 2s, for 2s in all)" in (
+            gave_up.stderr
+        )
+        assert f"run {run_id} may still start: `codeyard status {run_id}` tells" in gave_up.stderr
+    else:
+        assert "no coordinator answered on cy.ctl.submit within 2s" in gave_up.stderr
