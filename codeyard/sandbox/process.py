@@ -49,11 +49,15 @@ UNSANDBOXED_RISKS = (
     "root: with CAP_SYS_RESOURCE it may raise its own rlimits); it only bounds time, CPU, "
     "memory, file size, open files, processes and output"
 )
-OPT_IN_HINT = (
-    "to accept that for code you trust, set CODEYARD_SANDBOX=process and "
-    "CODEYARD_ALLOW_UNSANDBOXED=1 (in code: ProcessSandbox(opt_in=True)); otherwise use the "
-    "docker or bwrap backend"
-)
+
+
+def unsandboxed_refusal(opt_in: str) -> str:
+    """Why the process backend is refused, and how to `opt_in` (in the words of who asked for
+    it: a program or a configuration)."""
+    return (
+        f"refusing to run generated code without a sandbox: {UNSANDBOXED_RISKS}. To accept "
+        f"that for code you trust, {opt_in}; otherwise use the docker or bwrap backend"
+    )
 
 
 class ProcessSandbox:
@@ -65,10 +69,7 @@ class ProcessSandbox:
 
     def __init__(self, *, opt_in: bool = False, python: Path | None = None) -> None:
         if not opt_in:
-            raise SandboxUnavailable(
-                f"refusing to run generated code without a sandbox: {UNSANDBOXED_RISKS}. "
-                f"{OPT_IN_HINT}"
-            )
+            raise SandboxUnavailable(unsandboxed_refusal("pass opt_in=True"))
         self.python = Path(python) if python else Path(sys.executable)
         self._python_roots = python_roots(self.python)
         self._prlimit = host_prlimit()

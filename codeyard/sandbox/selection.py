@@ -19,7 +19,7 @@ from pathlib import Path
 from codeyard.config import Settings
 from codeyard.sandbox.bwrap import BwrapSandbox
 from codeyard.sandbox.docker import DockerSandbox
-from codeyard.sandbox.process import ProcessSandbox
+from codeyard.sandbox.process import ProcessSandbox, unsandboxed_refusal
 from codeyard.sandbox.protocol import Sandbox, SandboxUnavailable
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,10 @@ def default_sandbox(settings: Settings | None = None, *, bwrap: Path | None = No
     settings = settings or Settings()
     choice = settings.sandbox
     if choice == "process":
-        return ProcessSandbox(opt_in=settings.allow_unsandboxed)
+        if not settings.allow_unsandboxed:
+            opt_in = "set CODEYARD_ALLOW_UNSANDBOXED=1 as well as CODEYARD_SANDBOX=process"
+            raise SandboxUnavailable(unsandboxed_refusal(opt_in))
+        return ProcessSandbox(opt_in=True)
     tried: list[str] = []
     if choice in ("auto", "docker"):
         try:
