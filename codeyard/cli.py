@@ -328,6 +328,8 @@ def gate(
     Every decision is appended to the run's events before it is answered.
 
     Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard gate --policy ./policy.toml[/bold]
+    (against the server of `codeyard up`, also CODEYARD_NATS_CREDENTIALS_DIR set to the
+    credentials directory it prints)
     """
     from codeyard.agents.policy import PolicyError
     from codeyard.launch import run_gate
@@ -887,6 +889,8 @@ def coordinator(
     it needs a working sandbox like the tester does.
 
     Example: [bold]NATS_URL=nats://127.0.0.1:4222 codeyard coordinator --name coord-a[/bold]
+    (against the server of `codeyard up`, also CODEYARD_NATS_CREDENTIALS_DIR set to the
+    credentials directory it prints)
     """
     from codeyard.launch import BadConfiguration
     from codeyard.sandbox import SandboxUnavailable
