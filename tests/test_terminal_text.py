@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from unicodedata import category
+
 import pytest
 
 from codeyard.terminal_text import html_text, page_safe, quoted_detail, terminal_safe
@@ -19,10 +22,21 @@ from codeyard.terminal_text import html_text, page_safe, quoted_detail, terminal
         ("evil\u202egpj.exe", "evil\\u202egpj.exe"),  # shown right to left from there
         ("a\u2066b\u2069", "a\\u2066b\\u2069"),
         ("one\ntwo\u2028three", "one\\x0atwo\\u2028three"),  # a line of its own forges one
+        ("exec(\u3164)", "exec(\\u3164)"),  # a Hangul filler: a letter that draws a blank
+        ("rm\u200b -rf\ufeff", "rm\\u200b -rf\\ufeff"),  # zero-width: two commands, one look
+        ("x\U000e0041\U000e007f", "x\\U000e0041\\U000e007f"),  # tags: hidden ASCII
+        ("soft\xadhyphen", "soft\\xadhyphen"),
     ],
 )
 def test_what_would_drive_the_terminal_is_shown_as_its_escape(text: str, shown: str) -> None:
     assert terminal_safe(text) == shown
+
+
+def test_every_format_character_is_shown_as_its_escape() -> None:
+    """All of Unicode category Cf (of the Unicode this Python knows), and nothing visible."""
+    unseen = [chr(code) for code in range(sys.maxunicode + 1) if category(chr(code)) == "Cf"]
+    assert all(terminal_safe(text).startswith("\\") for text in unseen)
+    assert terminal_safe("\u2800 \u00a0 \U0001f600 \u2764") == "\u2800 \u00a0 \U0001f600 \u2764"
 
 
 def test_text_of_several_lines_keeps_its_line_breaks() -> None:

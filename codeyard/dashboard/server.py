@@ -243,7 +243,9 @@ class Dashboard:
         run = await self._run(request.match_info["run_id"])
         if run is None:
             return _not_found(f"no run {request.match_info['run_id']!r}")
-        return _html(pages.run_page(run))
+        # in a thread: a run of 10,000 tasks takes a second to draw, which held up every
+        # other page and live update
+        return _html(await asyncio.to_thread(pages.run_page, run))
 
     async def task(self, request: web.Request) -> web.StreamResponse:
         run = await self._run(request.match_info["run_id"])
@@ -307,6 +309,8 @@ class Dashboard:
         run_id = request.match_info["run_id"]
         if not await self._exists(run_id):
             return _not_found(f"no run {run_id!r}")
+        if request.method == "HEAD":  # (a health check, say) no body, and no stream to hold
+            return web.Response(headers={"Content-Type": "text/event-stream"})
         feed = Feed(request, run_id, self.stream_buffer, self.stream_patience)
         subscription = await self.bus.js.subscribe(
             events_subject(run_id),

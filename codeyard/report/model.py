@@ -110,10 +110,12 @@ class RunReport:
     @property
     def layers(self) -> tuple[tuple[TaskReport, ...], ...]:
         """The tasks grouped by dependency depth: layer 0 depends on nothing."""
-        count = max((task.depth for task in self.tasks), default=-1) + 1
-        return tuple(
-            tuple(task for task in self.tasks if task.depth == depth) for depth in range(count)
-        )
+        # one pass: a 10,000-task chain has 10,000 layers (a pass per layer froze the dashboard)
+        layers: list[list[TaskReport]] = []
+        for task in self.tasks:
+            layers.extend([] for _ in range(task.depth + 1 - len(layers)))
+            layers[task.depth].append(task)
+        return tuple(tuple(layer) for layer in layers)
 
 
 def build_report(run: Run, events: Sequence[RunEvent]) -> RunReport:

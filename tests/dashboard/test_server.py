@@ -6,6 +6,7 @@ import asyncio
 import logging
 import select
 import socket
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,8 +17,9 @@ from yarl import URL
 
 from codeyard.bus import Bus, PullWorker
 from codeyard.bus.connection import MSG_ID_HEADER
-from codeyard.bus.subjects import events_subject
+from codeyard.bus.subjects import EVENT_STREAM, events_subject
 from codeyard.coordinator.service import Coordinator
+from codeyard.dashboard import pages
 from codeyard.dashboard.auth import SESSION_SECONDS, TokenCheck, cookie_name
 from codeyard.dashboard.server import Dashboard, serving
 from codeyard.schemas import (
@@ -28,6 +30,7 @@ from codeyard.schemas import (
     Patch,
     Progress,
     Result,
+    Run,
     RunState,
     SubmitRun,
     TaskSpec,
@@ -616,3 +619,38 @@ async def test_a_run_too_big_for_one_status_reply_has_its_pages(
         async with http.get(dashboard + path, headers=BEARER) as page:
             assert page.status == 200, path
             assert "t4999" in await page.text()
+
+
+async def test_head_of_the_events_answers_without_holding_a_stream(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    """HEAD (a health check) used to get the events' body, and a consumer for each until the
+    next keepalive."""
+    await submit_waiting_plan(bus, "r10")
+    before = (await bus.js.stream_info(EVENT_STREAM)).state.consumer_count
+    async with http.head(dashboard + "/runs/r10/events", headers=BEARER) as head:
+        assert head.status == 200
+        assert head.headers["Content-Type"].startswith("text/event-stream")
+        assert (await bus.js.stream_info(EVENT_STREAM)).state.consumer_count == before
+    async with http.head(dashboard + "/runs/nope/events", headers=BEARER) as unknown:
+        assert unknown.status == 404
+
+
+async def test_a_run_page_is_drawn_off_the_event_loop(
+    dashboard: str, http: aiohttp.ClientSession, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of 10,000 tasks takes a second to draw: on the loop, it held up every page and
+    live update of every client meanwhile."""
+    drawn_on: list[threading.Thread] = []
+
+    def run_page(run: Run) -> str:
+        drawn_on.append(threading.current_thread())
+        return f"<p>{run.run_id}</p>"
+
+    monkeypatch.setattr(pages, "run_page", run_page)
+    await submit_waiting_plan(bus, "r11")
+    async with http.get(dashboard + "/runs/r11", headers=BEARER) as page:
+        assert page.status == 200
+        assert await page.text() == "<p>r11</p>"
+    [thread] = drawn_on
+    assert thread is not threading.main_thread()  # the loop's
