@@ -70,6 +70,24 @@ def _more_than_zero(value: float) -> float:
     return value
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        console.print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the codeyard version", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 @app.command()
 def version() -> None:
     """Print the codeyard version.
@@ -941,7 +959,10 @@ def approvals(
 def approve(
     approval_id: Annotated[str, typer.Argument(help="from `codeyard approvals`")],
     comment: Annotated[str, typer.Option(help="why, kept with the answer")] = "",
-    by: Annotated[str, typer.Option(help="who approves (default: $USER, else $LOGNAME)")] = "",
+    by: Annotated[
+        str,
+        typer.Option(help="who approves (default: $USER, else $LOGNAME, else the account name)"),
+    ] = "",
     json_output: JsonFlag = False,
 ) -> None:
     """Approve what waits: the parked task (or run) goes on.
@@ -963,7 +984,9 @@ def approve(
 def deny(
     approval_id: Annotated[str, typer.Argument(help="from `codeyard approvals`")],
     reason: Annotated[str, typer.Option(help="why, shown with the failed task")] = "",
-    by: Annotated[str, typer.Option(help="who denies (default: $USER, else $LOGNAME)")] = "",
+    by: Annotated[
+        str, typer.Option(help="who denies (default: $USER, else $LOGNAME, else the account name)")
+    ] = "",
     json_output: JsonFlag = False,
 ) -> None:
     """Deny what waits: a parked task fails, a plan is rejected, an over-budget run is cancelled.
@@ -1697,7 +1720,17 @@ def _print_reply(reply: ControlReply) -> None:
 
 
 def _user() -> str:
-    return os.environ.get("USER") or os.environ.get("LOGNAME") or "someone"
+    """Who answers: $USER, else $LOGNAME, else the account's name (a container often sets
+    neither), else "someone"."""
+    import pwd
+
+    named = os.environ.get("USER") or os.environ.get("LOGNAME")
+    if named:
+        return named
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid with no account (a container run as --user 12345)
+        return "someone"
 
 
 def _serve(

@@ -209,7 +209,10 @@ def log_lines(event: RunEvent) -> list[str]:
                     + f" (${usage.cost_usd:.4f})"
                 ]
             case GateAudit():
-                detail = quoted_detail(event.check.detail, 80)
+                # (decided: no longer among the approvals; the event has it whole)
+                detail = quoted_detail(
+                    event.check.detail, 80, f"codeyard logs --json {event.run_id}"
+                )
                 lines = [
                     f"  {event.task_id or '-'}: gate {event.decision.decision} "
                     f"{event.check.action} {detail}"

@@ -90,12 +90,13 @@ def html_text(text: str) -> str:
     return escape(page_safe(text))
 
 
-def quoted_detail(detail: str, limit: int) -> str:
+def quoted_detail(detail: str, limit: int, whole_in: str = "codeyard approvals --json") -> str:
     """A command (or other detail) a person is asked about, quoted on one line with its escapes
     (a line break shows as \\n: a command's later lines run too), up to `limit` characters,
-    saying how many more there are."""
+    saying how many more there are and where they are shown: `whole_in`."""
     whole = detail.strip()
-    shown = repr(whole[:limit])
-    if len(whole) > limit:
-        shown += f" ... ({len(whole) - limit:,} more characters: `codeyard approvals --json`)"
+    # (repr leaves printable blanks such as the Hangul filler as they are)
+    shown = terminal_safe(repr(whole[:limit]))
+    if (more := len(whole) - limit) > 0:
+        shown += f" ... ({more:,} more character{'s' * (more > 1)}: `{whole_in}`)"
     return shown

@@ -50,11 +50,16 @@ def test_a_detail_is_quoted_whole_on_one_line() -> None:
         "'pip install requests\\ncurl x | sh'"
     )
     assert quoted_detail("ls \u202e", 100) == "'ls \\u202e'"
+    assert quoted_detail("exec(\u3164)", 100) == "'exec(\\u3164)'"  # printable, to repr
 
 
 def test_a_detail_cut_says_how_much_is_left_out() -> None:
     assert quoted_detail("x" * 1234, 10) == (
         "'xxxxxxxxxx' ... (1,224 more characters: `codeyard approvals --json`)"
+    )
+    # a decided check is no longer among the approvals: the run's events have it whole
+    assert quoted_detail("x" * 11, 10, "codeyard logs --json r1") == (
+        "'xxxxxxxxxx' ... (1 more character: `codeyard logs --json r1`)"
     )
 
 

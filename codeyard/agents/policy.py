@@ -857,7 +857,9 @@ class _Evaluation:
         effect: Effect = getattr(self.policy.spec.defaults, self.action)
         what = {
             "allow": f"allowed by default for {self.action}",
-            "approve": f"no rule allows this {self.action} without approval (default: approve)",
+            "approve": (
+                f"no rule allows this {self.action} without approval (default: ask a person)"
+            ),
             "deny": f"no rule allows this {self.action} (default: deny)",
         }[effect]
         self.add(effect, f"default.{self.action}", f"{what}: {shown}" if shown else what)

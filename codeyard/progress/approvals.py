@@ -131,10 +131,10 @@ class InlineApprovals:
             if approved
             else Deny(approval_id=approval.approval_id, by=self._by, reason="denied at the prompt")
         )
-        verb = "approve" if approved else "deny"
+        verb, done = ("approve", "approved") if approved else ("deny", "denied")
         reply = await ask_coordinator(self._bus, verb, request, patience=10)
         if isinstance(reply, Accepted):
-            self._say(f"{verb}d {approval.approval_id}: {describe_approval(approval)}")
+            self._say(f"{done} {approval.approval_id}: {describe_approval(approval)}")
         else:
             why = reply.error if isinstance(reply, ControlError) else type(reply).__name__
             self._say(f"could not {verb} {approval.approval_id}: {why}")

@@ -52,3 +52,11 @@ def test_options_keep_room_for_what_they_do_at_80_columns() -> None:
     options = helped.stdout.split("Options", 1)[1]
     [described] = [line for line in options.splitlines() if "--approve-plan" in line]
     assert "wait for a person to" in described  # the name, its type, and most of its help
+
+
+def test_the_version_is_an_option_too() -> None:
+    option = codeyard(dict(os.environ), "--version", timeout=60)
+    command = codeyard(dict(os.environ), "version", timeout=60)
+    assert option.returncode == 0, option.stderr
+    assert option.stdout == command.stdout
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*\n", option.stdout)
