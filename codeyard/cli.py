@@ -192,6 +192,14 @@ def up(
         ),
     ] = None,
     dashboard: Annotated[bool, typer.Option(help="run the web dashboard too")] = True,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="the safety gate's policy TOML (default: the built-in one)",
+        ),
+    ] = None,
 ) -> None:
     """Start codeyard on this machine.
 
@@ -212,6 +220,7 @@ def up(
 
     Example: [bold]codeyard up[/bold]
     """
+    from codeyard.agents.policy import PolicyError, load_policy
     from codeyard.dashboard.service import CannotServe, dashboard_token, public_origins
     from codeyard.launch import (
         IN_USE,
@@ -241,6 +250,12 @@ def up(
     except PluginError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
+    if policy is not None:
+        try:  # checked here: the gate would refuse it only once `up` said it was running
+            load_policy(policy)
+        except PolicyError as exc:
+            _error(str(exc))
+            raise typer.Exit(BAD_CONFIGURATION) from None
     if both := sorted(set(reviewer) & set(users)):  # (two reviewers would share its work)
         _error(f"review.{both[0]} is given both --reviewer and --reviewer-user: choose one")
         raise typer.Exit(BAD_CONFIGURATION)
@@ -300,6 +315,7 @@ def up(
             reviewers=tuple(reviewer),
             reviewer_users=tuple(users),
             dashboard=dashboard,
+            policy=policy,
         )
         asyncio.run(up_)
     except (AlreadyRunning, ServiceRefused) as exc:

@@ -50,11 +50,13 @@ def service_children(
     credentials: Mapping[str, Credentials] | None = None,
     reviewers: Sequence[str] = (),
     dashboard_token: str | None = None,
+    policy: Path | None = None,
 ) -> list[ChildSpec]:
     """The services `up` keeps running: the coordinator and the safety gate (merges wait for
     it), with `agents` every role, a worker per reviewer plugin named in `reviewers` (by entry
     point; they need no LLM), and with a `dashboard_token` the web dashboard (as `ctl`). Each
-    gets its own principal's `credentials` (if given) and no other's."""
+    gets its own principal's `credentials` (if given) and no other's. The gate applies
+    `policy` (a TOML file; default: the built-in policy)."""
     base = own_import_path(os.environ) | {"NATS_URL": url} | dict(llm_env or {})
     credentials = credentials or {}
 
@@ -66,7 +68,11 @@ def service_children(
     coordinator = [*codeyard, "coordinator", "--name", "coordinator"]
     children = [
         ChildSpec("coordinator", coordinator, env(COORDINATOR)),
-        ChildSpec("safety-gate", [*codeyard, "gate"], env(GATE)),
+        ChildSpec(
+            "safety-gate",
+            [*codeyard, "gate", *(["--policy", str(policy.resolve())] if policy else [])],
+            env(GATE),
+        ),
     ]
     if dashboard_token is not None:  # "": the dashboard makes one, and shows it
         dashboard_env = env(CTL)
@@ -454,13 +460,15 @@ async def run_up(
     reviewers: Sequence[str] = (),
     reviewer_users: Sequence[str] = (),
     dashboard: bool = False,
+    policy: Path | None = None,
 ) -> None:
     """Start NATS (embedded unless NATS_URL is set), the local model if asked, then every
     service; on SIGINT, SIGTERM or SIGHUP stop them in the reverse order: the services (which
     finish their work in flight over NATS, and may still ask the model), then the model, then
     NATS. A signal during startup stops what has started so far. A service that exits with
     BAD_CONFIGURATION stops them all the same way, then `ServiceRefused`. `reviewer_users`:
-    reviewers given a user of the embedded server, and no worker."""
+    reviewers given a user of the embedded server, and no worker. `policy`: the safety
+    gate's."""
     # Before anything starts: until then Python's default action would end `up` without its
     # cleanup, leaving an embedded nats-server running and holding its port.
     stop = asyncio.Event()
@@ -558,6 +566,7 @@ async def run_up(
             credentials=credentials,
             reviewers=reviewers,
             dashboard_token=token,
+            policy=policy,
         )
         children = with_metrics_ports(children, settings.metrics_port)
         if settings.metrics_port:

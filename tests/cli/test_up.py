@@ -22,8 +22,9 @@ import codeyard
 from codeyard.bus import Bus
 from codeyard.bus.credentials import read_credentials
 from codeyard.bus.embedded import find_nats_server, free_port
+from codeyard.bus.gate_client import BusGateClient, GateUnavailable
 from codeyard.bus.subjects import EVENT_STREAM, RESULT_STREAM, WORK_STREAM
-from codeyard.schemas import RunStatus, StatusQuery
+from codeyard.schemas import ActionCheck, RunStatus, StatusQuery
 from tests.coordinator.harness import ask
 from tests.processes import kill, start, stop
 
@@ -497,6 +498,64 @@ async def test_up_refuses_without_a_sandbox_before_starting_anything(tmp_path: P
     code, stderr = await run_to_end(env, "up", "--no-agents")
     assert code == 2
     assert stderr.startswith(b"error: refusing to run generated code without a sandbox"), stderr
+    assert not (tmp_path / "nats").exists()
+
+
+POLICY = """
+extends = "default"
+
+[[rules]]
+name = "make-test"
+actions = ["run_command"]
+effect = "allow"
+reason = "our Makefile's test target"
+commands = ['^make test$']
+"""
+
+
+async def test_up_runs_its_gate_with_the_policy_given(tmp_path: Path) -> None:
+    """A policy of one's own had to be served by a second gate, beside up's: each check went to
+    one of the two, and half of them ignored it."""
+    (tmp_path / "policy.toml").write_text(POLICY, encoding="utf-8")
+    env = up_env(tmp_path)
+    up = start_up(
+        tmp_path,
+        env,
+        *(sys.executable, "-m", "codeyard", "up", "--no-agents", "--no-dashboard"),
+        *("--policy", str(tmp_path / "policy.toml")),
+    )
+    try:
+        wait_for_output(tmp_path, up, "Ctrl-C stops")
+        url = f"nats://127.0.0.1:{env['CODEYARD_NATS_PORT']}"
+        credentials = read_credentials(tmp_path / "nats" / "credentials" / "coordinator.env")
+        bus = await Bus.connect(url, credentials=credentials)
+        try:
+            gate = BusGateClient(bus)
+            check = ActionCheck(run_id="r1", action="run_command", detail="make test")
+            for _ in range(150):  # up says it runs just before it starts its services
+                with contextlib.suppress(GateUnavailable):
+                    decisions = [await gate.check(check)]
+                    break
+                await asyncio.sleep(0.2)
+            decisions += [await gate.check(check) for _ in range(3)]
+        finally:
+            await bus.close()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert finish(up) == 0
+    reason = "our Makefile's test target: make test"
+    assert {(d.decision, d.reason) for d in decisions} == {("allow", reason)}
+
+
+async def test_up_refuses_a_policy_the_gate_would_refuse_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "policy.toml").write_text('[defaults]\nrun_command = "sometimes"\n')
+    env = isolated_env(tmp_path)
+    policy = str(tmp_path / "policy.toml")
+    code, stderr = await run_to_end(env, "up", "--no-agents", "--policy", policy)
+    assert code == 2
+    assert stderr.startswith(f"error: {policy}: field 'defaults.run_command'".encode()), stderr
     assert not (tmp_path / "nats").exists()
 
 
