@@ -430,8 +430,13 @@ def worker(
     except PluginError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
+    settings = Settings()
+    problem = _no_user_on_ups_server(settings, plugin_role_name)
+    if problem is not None:
+        _error(problem)
+        raise typer.Exit(BAD_CONFIGURATION)
     _serve(
-        run_plugin_reviewer(Settings(), plugin_role_name, loaded, concurrency),
+        run_plugin_reviewer(settings, plugin_role_name, loaded, concurrency),
         bad_configuration=bad,
     )
 
@@ -1554,6 +1559,25 @@ def _invalid_plan(tasks: list[TaskSpec]) -> str | None:
     except InvalidPlan as exc:
         return refusal(ControlError(error=str(exc), field="$.plan"))
     return None
+
+
+def _no_user_on_ups_server(settings: Settings, role: str) -> str | None:
+    """Why a reviewer plugin's worker cannot log in to `codeyard up`'s server, if so: up made
+    no user for `role` (only `--reviewer NAME` and `--reviewer-user NAME` do)."""
+    from codeyard.bus.credentials import credentials_file
+    from codeyard.bus.permissions import principal_of_role
+
+    directory = settings.credentials_dir()
+    if settings.nats_url or settings.nats_user or directory is None or not directory.is_dir():
+        return None  # not up's server, or no up ran here: connecting says what is wrong
+    if credentials_file(directory, principal_of_role(role)).exists():
+        return None
+    name = role.removeprefix("review.")
+    return (
+        f"codeyard up's server has no NATS user for {role} (none in {directory}): restart "
+        f"`codeyard up` with --reviewer-user {name} to run this worker yourself, or with "
+        f"--reviewer {name} to have up run it"
+    )
 
 
 def _not_a_builtin_role(role: str) -> str | None:

@@ -41,7 +41,8 @@ def plugin_spec(name: str) -> str:
         raise PluginError(
             f"no reviewer plugin named {name!r} in the {ENTRY_POINT_GROUP!r} entry point group "
             f"(known: {known}): install the package that registers it, or give its class: "
-            f"codeyard worker review --name {name} --plugin module:Class"
+            f"codeyard worker review --name {name} --plugin module:Class (under codeyard up, "
+            f"start up with --reviewer-user {name} for that worker to log in)"
         )
     return plugins[name]
 

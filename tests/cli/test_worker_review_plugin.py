@@ -68,6 +68,24 @@ def test_an_unknown_name_lists_the_registered_ones(
     assert "known: sample" in refusal("review", "--name", "nope")
 
 
+def test_a_plugin_up_made_no_user_for_is_told_how_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to retry its login, refused over and over, then say to use up's data dir: the
+    one it used."""
+    credentials = tmp_path / "nats" / "credentials"  # as `codeyard up` leaves it
+    credentials.mkdir(parents=True)
+    (credentials / "ctl.env").write_text("CODEYARD_NATS_USER=ctl\nCODEYARD_NATS_PASSWORD=x\n")
+    monkeypatch.setenv("CODEYARD_DATA_DIR", str(tmp_path))
+    for name in ("NATS_URL", "CODEYARD_NATS_USER", "CODEYARD_NATS_CREDENTIALS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    said = refusal("review", "--plugin", f"{SAMPLES}:Approves", "--name", "notodos")
+    assert f"codeyard up's server has no NATS user for review.notodos (none in {credentials})" in (
+        said
+    )
+    assert "restart `codeyard up` with --reviewer-user notodos" in said
+
+
 def test_run_refuses_a_reviewer_that_is_not_a_review_role(tmp_path: Path) -> None:
     repo = create_sample_repo(tmp_path / "calc")
     result = CliRunner().invoke(app, ["run", "goal", "--repo", str(repo), "--reviewer", "St atic"])
