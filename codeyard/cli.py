@@ -1702,7 +1702,14 @@ def _unreachable(url: str, exc: BaseException) -> NoReturn:
     if isinstance(exc, LoginRefused):  # there, but not for us: a configuration error
         _error(f"{exc}. {LOGIN_HINT}")
         raise typer.Exit(2) from None
-    _error(f"cannot reach NATS at {url}: {exc!r} (is `codeyard up` running?)")
+    hint = "is `codeyard up` running?"
+    settings = Settings()
+    if not settings.nats_url:  # a terminal other than up's, without its settings, say
+        hint += (
+            f" Without NATS_URL, codeyard looks for up's server on port CODEYARD_NATS_PORT "
+            f"({settings.nats_port}): set it as up has it"
+        )
+    _error(f"cannot reach NATS at {url}: {exc!r} ({hint})")
     raise typer.Exit(1) from None
 
 

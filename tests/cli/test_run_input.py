@@ -289,6 +289,20 @@ def test_nats_not_there_is_one_line_not_one_per_attempt(
     )
 
 
+def test_without_nats_url_the_port_looked_at_is_named(env: dict[str, str]) -> None:
+    """Another terminal than up's, without its CODEYARD_NATS_PORT, looked on 4222 and said only
+    "is codeyard up running?": it was."""
+    port = free_port()
+    env = {k: v for k, v in env.items() if k != "NATS_URL"} | {"CODEYARD_NATS_PORT": str(port)}
+    unreachable = codeyard(env, "status")
+    assert unreachable.returncode == 1
+    assert unreachable.stderr == (
+        f"error: cannot reach NATS at nats://127.0.0.1:{port}: NoServersError() (is `codeyard up` "
+        f"running? Without NATS_URL, codeyard looks for up's server on port CODEYARD_NATS_PORT "
+        f"({port}): set it as up has it)\n"
+    )
+
+
 @pytest.mark.parametrize(
     "command", [("status",), ("worker", "review", "--name", "static")], ids=["cli", "service"]
 )
