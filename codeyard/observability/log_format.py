@@ -17,7 +17,9 @@ from codeyard.observability.context import current_work
 from codeyard.terminal_text import terminal_safe
 
 LogFormat = Literal["text", "json"]
-TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(work)s%(message)s"
+TEXT_FORMAT = "%(asctime)s %(service)s %(name)s %(levelname)s %(work)s%(message)s"
+# Libraries whose INFO lines are noise in a service's log: httpx logs every LLM call.
+QUIETED = ("httpx", "httpcore")
 
 _process = "codeyard"
 
@@ -53,8 +55,9 @@ class JsonFormatter(logging.Formatter):
 
 
 class WorkTextFormatter(logging.Formatter):
-    """The plain format, with `[run/task#attempt] ` in front of the message when known, and
-    control characters in the message shown as escapes (line breaks kept)."""
+    """The plain format: the service (`up` interleaves its children's lines), and
+    `[run/task#attempt] ` in front of the message when known, with control characters in the
+    message shown as escapes (line breaks kept)."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
@@ -65,6 +68,7 @@ class WorkTextFormatter(logging.Formatter):
         work = current_work()
         # record.__dict__ rather than an attribute: LogRecord declares no such field
         record.__dict__["work"] = f"[{work.run_id}/{work.task_id}#{work.attempt}] " if work else ""
+        record.__dict__["service"] = _process
         return super().formatMessage(record)
 
 
@@ -77,3 +81,5 @@ def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in QUIETED:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

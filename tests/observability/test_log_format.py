@@ -6,8 +6,11 @@ import json
 import logging
 import sys
 
+import pytest
+
+from codeyard.observability import log_format
 from codeyard.observability.context import working_on
-from codeyard.observability.log_format import JsonFormatter, WorkTextFormatter
+from codeyard.observability.log_format import JsonFormatter, WorkTextFormatter, configure_logging
 from codeyard.observability.ports import metrics_port_of, with_metrics_ports
 from codeyard.supervisor import ChildSpec
 
@@ -44,6 +47,25 @@ def test_text_lines_put_the_work_before_the_message() -> None:
     outside = WorkTextFormatter().format(record("idle"))
     assert inside.endswith(" codeyard.test WARNING [r1/t1#2] busy")
     assert outside.endswith(" codeyard.test WARNING idle")
+
+
+def test_text_lines_name_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up` interleaves the lines of all its children."""
+    monkeypatch.setattr(log_format, "_process", "worker-coder")
+    assert " worker-coder codeyard.test WARNING idle" in WorkTextFormatter().format(record("idle"))
+
+
+def test_an_llm_call_is_no_line_of_its_own() -> None:
+    root, httpx = logging.getLogger(), logging.getLogger("httpx")
+    handlers, levels = root.handlers[:], (root.level, httpx.level)
+    try:
+        configure_logging("text")
+        assert not httpx.isEnabledFor(logging.INFO)
+        assert logging.getLogger("codeyard.x").isEnabledFor(logging.INFO)
+    finally:  # as the rest of the session had it
+        root.handlers[:] = handlers
+        root.setLevel(levels[0])
+        httpx.setLevel(levels[1])
 
 
 def test_text_lines_show_escapes_instead_of_obeying_them() -> None:
