@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -650,6 +651,15 @@ def run(
         )
         if final.state is RunState.DONE:
             console.print(f"result: branch codeyard/{final.run_id} in {repo}", markup=False)
+        elif merged and final.repo.snapshot:  # delivered nowhere: only in the run's clone
+            console.print(
+                f"its merged tasks are only in its integration clone, removed "
+                f"CODEYARD_ARTIFACT_RETENTION_DAYS after the run ended; to keep them: "
+                f"git -C {shlex.quote(str(repo))} fetch {shlex.quote(final.repo.snapshot)} "
+                f"HEAD:refs/heads/salvage/{final.run_id}",
+                markup=False,
+                highlight=False,
+            )
         if final.error:
             console.print(f"reason: {terminal_safe(final.error, lines=True)}", markup=False)
         return final.state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -387,3 +388,40 @@ async def test_a_run_id_taken_by_another_submission_is_refused_before_anything_i
         "run r6 exists already (done) with this goal: following it, not starting another\n"
     )
     assert "run r6 done: 1/1 tasks merged" in again.stdout
+
+
+async def test_a_failed_run_says_how_to_keep_the_tasks_it_merged(
+    codeyard_up: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    """It delivers no branch: its merged tasks are only in its clone, until that is collected.
+    It said only "failed: 1/2 tasks merged", and `rollback` then "no branch codeyard/r8"."""
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(
+        msgspec.json.encode([TaskSpec(id="a", title="kept"), TaskSpec(id="b", title="x")])
+    )
+    args = ("g", "--repo", str(repo), "--plan", str(plan), "--run-id", "r8", "--approve-merge")
+    following = asyncio.create_task(asyncio.to_thread(codeyard_run, codeyard_up, *args))
+    answered: set[str] = set()
+    while not following.done() and len(answered) < 2:
+        listed = await asyncio.to_thread(
+            codeyard, codeyard_up, "approvals", "--run", "r8", "--json"
+        )
+        for approval in msgspec.json.decode(listed.stdout, type=ApprovalList).approvals:
+            if approval.action == "merge" and approval.task_id not in answered:
+                verb = "approve" if approval.task_id == "a" else "deny"
+                answer = await asyncio.to_thread(codeyard, codeyard_up, verb, approval.approval_id)
+                assert answer.returncode == 0, answer.stderr
+                answered.add(approval.task_id)
+        await asyncio.sleep(0.3)
+    result = await following
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "run r8 failed: 1/2 tasks merged" in result.stdout
+    [salvage] = [line for line in result.stdout.splitlines() if "integration clone" in line]
+    command = salvage.partition("to keep them: ")[2]
+    assert command.startswith(f"git -C {repo} fetch ")
+    assert command.endswith(" HEAD:refs/heads/salvage/r8")
+    fetched = subprocess.run(shlex.split(command), capture_output=True, text=True, check=False)
+    assert fetched.returncode == 0, fetched.stderr
+    subjects = git(repo, "log", "--format=%s", "salvage/r8")
+    assert "kept" in subjects  # the task merged, in the user's repository now
