@@ -282,7 +282,15 @@ def up(
     llm = LLMSettings()
     local_llm = agents and not llm.is_configured()
     if local_llm and not (settings.local_llm and local_server_available()):
-        err.print(f"error: the agents need an LLM. {NOT_CONFIGURED}", markup=False)
+        turned_off = not settings.local_llm and local_server_available()
+        err.print(
+            f"error: the agents need an LLM. {NOT_CONFIGURED}"
+            + (
+                "\nThe local model is installed here: CODEYARD_LOCAL_LLM=0 turns it off."
+                * turned_off
+            ),
+            markup=False,
+        )
         raise typer.Exit(2)
     if local_llm:
         console.print(NOTICE, markup=False)

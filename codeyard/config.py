@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Literal, get_args
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -310,8 +312,10 @@ def invalid_settings(error: ValidationError) -> list[str] | None:
     for problem in error.errors(include_url=False):
         where = str(problem["loc"][0]) if problem["loc"] else ""
         field = model.model_fields.get(where)
-        if field is None:  # read under an alias, which is the variable; it may be a secret's
-            variable, secret = where, True
+        if field is None:  # read under an alias; what it holds may be a secret's, or quoted
+            aliased = _aliased(model, where)
+            variable = _variable(model, where, aliased.validation_alias) if aliased else where
+            secret = True
         else:
             variable = _variable(model, where, field.validation_alias)
             secret = SecretStr in (field.annotation, *get_args(field.annotation))
@@ -323,9 +327,21 @@ def invalid_settings(error: ValidationError) -> list[str] | None:
     return lines
 
 
+def _aliased(model: type[BaseSettings], alias: str) -> FieldInfo | None:
+    """The field read from the variables of which `alias` is the first (pydantic names a
+    field read through `AliasChoices` by its first choice, whichever was read)."""
+    for field in model.model_fields.values():
+        choices = field.validation_alias
+        if isinstance(choices, AliasChoices) and choices.choices[0] == alias:
+            return field
+    return None
+
+
 def _variable(model: type[BaseSettings], field: str, alias: object) -> str:
-    if isinstance(alias, AliasChoices):
-        alias = alias.choices[0]
+    if isinstance(alias, AliasChoices):  # the variable that was read: the first one set
+        names = [choice for choice in alias.choices if isinstance(choice, str)]
+        given = {name.upper() for name in os.environ}
+        alias = next((name for name in names if name.upper() in given), alias.choices[0])
     if isinstance(alias, str):
         return alias
     return f"{model.model_config.get('env_prefix', '')}{field}".upper()

@@ -24,6 +24,7 @@ from codeyard.bus.credentials import read_credentials
 from codeyard.bus.embedded import find_nats_server, free_port
 from codeyard.bus.gate_client import BusGateClient, GateUnavailable
 from codeyard.bus.subjects import EVENT_STREAM, RESULT_STREAM, WORK_STREAM
+from codeyard.llm.local import local_server_available
 from codeyard.schemas import ActionCheck, RunStatus, StatusQuery
 from tests.coordinator.harness import ask
 from tests.processes import kill, start, stop
@@ -159,6 +160,8 @@ async def test_up_without_an_llm_explains_how_to_configure_one(tmp_path: Path) -
     assert "OPENAI_BASE_URL" in message
     assert "codeyard[local]" in message
     assert "CODEYARD_LLM_" in message
+    # installed here, the local model is what the variable turned off: said, not to install it
+    assert ("CODEYARD_LOCAL_LLM=0 turns it off" in message) == local_server_available()
 
 
 async def test_a_restarted_up_keeps_the_credentials_it_generated(tmp_path: Path) -> None:

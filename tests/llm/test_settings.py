@@ -149,11 +149,13 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     assert backoff.delay(1, retry_after=60.0) == 5.0  # a server's wish is capped too
 
 
-SCHEMELESS = (
-    "CODEYARD_LLM_BASE_URL: the base URL 'api.openai.com/v1' (CODEYARD_LLM_BASE_URL, else "
-    "OPENAI_BASE_URL) should start with http:// or https:// and name a host, "
-    "e.g. https://api.openai.com/v1 or http://127.0.0.1:8080/v1"
-)
+def schemeless(variable: str) -> str:
+    """The refusal of api.openai.com/v1, read from `variable` (the one named: it was set)."""
+    return (
+        f"{variable}: the base URL 'api.openai.com/v1' (CODEYARD_LLM_BASE_URL, else "
+        "OPENAI_BASE_URL) should start with http:// or https:// and name a host, "
+        "e.g. https://api.openai.com/v1 or http://127.0.0.1:8080/v1"
+    )
 
 
 @pytest.mark.parametrize("variable", ["OPENAI_BASE_URL", "CODEYARD_LLM_BASE_URL"])
@@ -161,7 +163,7 @@ def test_a_base_url_without_http_is_refused_in_one_line(
     monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
     # The openai client took it, and every call failed as a connection error, retried.
-    assert refused(monkeypatch, variable, "api.openai.com/v1") == [SCHEMELESS]
+    assert refused(monkeypatch, variable, "api.openai.com/v1") == [schemeless(variable)]
 
 
 @pytest.mark.parametrize(
@@ -178,7 +180,7 @@ def test_each_kind_of_bad_base_url_is_named(
     monkeypatch: pytest.MonkeyPatch, url: str, problem: str
 ) -> None:
     [line] = refused(monkeypatch, "OPENAI_BASE_URL", url)
-    assert line.startswith(f"CODEYARD_LLM_BASE_URL: the base URL {url!r} ")
+    assert line.startswith(f"OPENAI_BASE_URL: the base URL {url!r} ")
     assert problem in line
 
 
@@ -215,7 +217,7 @@ def test_a_base_url_holding_whitespace_or_a_control_character_is_refused(
 ) -> None:
     [line] = refused(monkeypatch, "OPENAI_BASE_URL", url)
     assert line == (
-        f"CODEYARD_LLM_BASE_URL: the base URL {url!r} (CODEYARD_LLM_BASE_URL, else "
+        f"OPENAI_BASE_URL: the base URL {url!r} (CODEYARD_LLM_BASE_URL, else "
         f"OPENAI_BASE_URL) holds {odd}, which a URL cannot hold: remove it"
     )
 
@@ -235,10 +237,13 @@ def test_a_base_url_with_a_non_ascii_host_passes(monkeypatch: pytest.MonkeyPatch
 
 KEY_WHERE = "the API key (CODEYARD_LLM_API_KEY, else OPENAI_API_KEY)"
 KEY_RULE = "an API key is printable ASCII without spaces (the key is not shown)"
-ENDS_WITH_A_LINE_BREAK = (
-    f"CODEYARD_LLM_API_KEY: {KEY_WHERE} ends with a line break, as one read from a file (a "
-    f"Kubernetes secret, an env file with CRLF line ends) may: remove it; {KEY_RULE}"
-)
+
+
+def ends_with_a_line_break(variable: str) -> str:
+    return (
+        f"{variable}: {KEY_WHERE} ends with a line break, as one read from a file (a "
+        f"Kubernetes secret, an env file with CRLF line ends) may: remove it; {KEY_RULE}"
+    )
 
 
 @pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "CODEYARD_LLM_API_KEY"])
@@ -249,7 +254,7 @@ def test_an_api_key_ending_with_a_line_break_is_refused_without_showing_it(
     # Accepted, it failed every call with h11's "Illegal header value b'Bearer sk-...\n'",
     # quoting the key into logs, run records and the dashboard.
     key = "sk-live-0123456789abcdef" + ending
-    assert refused(monkeypatch, variable, key) == [ENDS_WITH_A_LINE_BREAK]
+    assert refused(monkeypatch, variable, key) == [ends_with_a_line_break(variable)]
 
 
 @pytest.mark.parametrize(
@@ -267,7 +272,7 @@ def test_an_api_key_a_header_cannot_carry_is_refused_naming_the_character(
     monkeypatch: pytest.MonkeyPatch, key: str, odd: str
 ) -> None:
     assert refused(monkeypatch, "OPENAI_API_KEY", key) == [
-        f"CODEYARD_LLM_API_KEY: {KEY_WHERE} holds {odd}: {KEY_RULE}"
+        f"OPENAI_API_KEY: {KEY_WHERE} holds {odd}: {KEY_RULE}"
     ]
 
 
@@ -302,7 +307,10 @@ def test_a_token_cap_up_to_a_million_passes(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 BAD_STARTS = {
-    "schemeless base URL": ({"OPENAI_BASE_URL": "api.openai.com/v1"}, SCHEMELESS),
+    "schemeless base URL": (
+        {"OPENAI_BASE_URL": "api.openai.com/v1"},
+        schemeless("OPENAI_BASE_URL"),
+    ),
     "unknown max tokens field": (
         {
             "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1",
@@ -312,13 +320,13 @@ BAD_STARTS = {
     ),
     "base URL ending with CRLF": (
         {"OPENAI_BASE_URL": "http://127.0.0.1:8080/v1\r\n"},
-        "CODEYARD_LLM_BASE_URL: the base URL 'http://127.0.0.1:8080/v1\\r\\n' "
+        "OPENAI_BASE_URL: the base URL 'http://127.0.0.1:8080/v1\\r\\n' "
         "(CODEYARD_LLM_BASE_URL, else OPENAI_BASE_URL) holds U+000D (a carriage return) at "
         "character 25 of 26, which a URL cannot hold: remove it",
     ),
     "API key ending with a line break": (
         {"OPENAI_API_KEY": "sk-live-0123456789abcdef\n"},
-        ENDS_WITH_A_LINE_BREAK,
+        ends_with_a_line_break("OPENAI_API_KEY"),
     ),
 }
 
