@@ -17,6 +17,7 @@ from codeyard.workspace.git import checkout, git
 from tests.e2e.stack import codeyard_stack, sandbox_missing
 
 HERE = Path(__file__).resolve().parent
+GOAL = "add subtract and multiply to calc, and document every operation"
 
 
 pytestmark = pytest.mark.skipif(bool(sandbox_missing()), reason=sandbox_missing() or "-")
@@ -31,10 +32,9 @@ async def services(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
 async def test_a_goal_becomes_three_reviewed_tested_commits(
     services: dict[str, str], repo: Path, tmp_path: Path
 ) -> None:
-    goal = "add subtract and multiply to calc, and document every operation"
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "codeyard", "run", goal, "--repo", str(repo), "--run-id", "e2e"],
+        [sys.executable, "-m", "codeyard", "run", GOAL, "--repo", str(repo), "--run-id", "e2e"],
         env=services,
         capture_output=True,
         text=True,
@@ -70,3 +70,12 @@ async def test_a_goal_becomes_three_reviewed_tested_commits(
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "2 passed" in tests.stdout
+
+
+def test_the_readme_runs_what_this_test_runs(repo_root: Path) -> None:
+    """Its offline try-out is this run: the same goal, script and sample repository."""
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    assert f'codeyard run "{GOAL}" --repo /tmp/calc' in readme
+    assert "--script tests/e2e/calc_script.json" in readme
+    assert (repo_root / "tests" / "e2e" / "calc_script.json").is_file()
+    assert "cp -r tests/fixtures/calc /tmp/calc" in readme
