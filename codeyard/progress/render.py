@@ -97,9 +97,15 @@ def task_tree(view: RunView, now: datetime) -> Tree:
         nested = level < MAX_TREE_DEPTH
         under, depth = (parent, level + 1) if nested else (above, level)
         nodes[row.task_id] = (under.add(_task_label(row, nested)), under, depth)
-    if not nodes:
-        tree.add(Text("planning..." if view.state is RunState.PLANNING else "no tasks", "dim"))
+    if not nodes:  # (a proposed plan's tasks are the run's once approved)
+        tree.add(Text(_NO_TASKS.get(view.state, "no tasks"), "dim"))
     return tree
+
+
+_NO_TASKS = {
+    RunState.PLANNING: "planning...",
+    RunState.PLAN_APPROVAL: "a plan waits for approval: its tasks show here once approved",
+}
 
 
 def render_run(view: RunView, now: datetime, notice: str = "") -> RenderableType:

@@ -159,6 +159,16 @@ def test_run_state_and_waiting() -> None:
     assert view.reason == "by user"
 
 
+def test_a_plan_waiting_for_approval_is_not_drawn_as_a_run_of_no_tasks() -> None:
+    view = RunView("r1")
+    view.apply(RunStateChanged(run_id="r1", state=RunState.PLAN_APPROVAL))
+    console = Console(record=True, file=io.StringIO(), width=120)
+    console.print(render_run(view, T0))
+    text = console.export_text()
+    assert "a plan waits for approval" in text
+    assert "no tasks" not in text
+
+
 def test_render_draws_the_tree_with_every_task_and_the_totals() -> None:
     view = RunView("r1")
     view.update(diamond())
