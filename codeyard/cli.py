@@ -1077,7 +1077,7 @@ def status(
             console.print(task_table(one, utc_now()))
         return
     if reply.runs:
-        console.print(runs_table(reply.runs))
+        console.print(runs_table(reply.runs, console.width))
     elif not reply.omitted:
         console.print("no runs")
     if reply.omitted:  # a reply of every run must fit in one message: the oldest ended go

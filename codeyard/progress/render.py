@@ -122,6 +122,10 @@ def render_run(view: RunView, now: datetime, notice: str = "") -> RenderableType
     return Group(*parts)
 
 
+# Terminal columns from which `codeyard status` shows each run's usage and last update.
+WIDE = 110
+
+
 def id_column(header: str) -> Column:
     """A column of ids, kept whole however narrow the terminal: they are copied into commands."""
     return Column(header, no_wrap=True, min_width=len(header))
@@ -160,19 +164,35 @@ def run_summary(run: Run) -> Text:
     return text
 
 
-def runs_table(runs: Sequence[Run]) -> Table:
-    """`codeyard status`: one row per run, newest first."""
-    table = Table(id_column("run"), "state", "goal", "tokens", "cost", "created", "updated")
-    for run in sorted(runs, key=lambda run: run.created_at, reverse=True):
-        table.add_row(
-            run.run_id,
-            Text(str(run.state), style=RUN_STYLES.get(run.state, "")),
-            Text(terminal_safe(run.goal.splitlines()[0][:60] if run.goal else "")),
-            f"{run.usage.total_tokens:,}",
-            f"${run.usage.cost_usd:.4f}",
-            run.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-            run.updated_at.astimezone().strftime("%H:%M:%S"),
-        )
+def runs_table(runs: Sequence[Run], width: int = 200) -> Table:
+    """`codeyard status`: one row per run, newest first, on one line each in `width` columns.
+    Under `WIDE` columns without the usage and the last update (`--json` has them): at 80 the
+    goal wrapped a word a line and the times were cut to `2026-11…`. The goal gives way to the
+    rest, cut with an ellipsis."""
+    wide = width >= WIDE
+    today = datetime.now().astimezone().date()
+    ordered = sorted(runs, key=lambda run: run.created_at, reverse=True)
+    rows: list[list[str]] = []
+    styles: list[str] = []
+    for run in ordered:
+        created = run.created_at.astimezone()
+        row = [run.run_id, str(run.state)]
+        if wide:
+            row += [f"{run.usage.total_tokens:,}", f"${run.usage.cost_usd:.4f}"]
+        row.append(created.strftime("%H:%M" if created.date() == today else "%Y-%m-%d"))
+        if wide:
+            row.append(run.updated_at.astimezone().strftime("%H:%M:%S"))
+        rows.append(row)
+        styles.append(RUN_STYLES.get(run.state, ""))
+    headers = ["run", "state", *(["tokens", "cost"] if wide else []), "created"]
+    headers += ["updated"] if wide else []
+    taken = sum(max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True))
+    room = max(8, width - taken - 3 * (len(headers) + 1) - 1)  # (borders and padding)
+    goal = Column("goal", no_wrap=True, overflow="ellipsis", max_width=room)
+    table = Table(id_column("run"), "state", goal, *headers[2:])
+    for run, row, style in zip(ordered, rows, styles, strict=True):
+        said = Text(terminal_safe(run.goal.splitlines()[0][:60] if run.goal else ""))
+        table.add_row(row[0], Text(row[1], style=style), said, *row[2:])
     return table
 
 

@@ -29,11 +29,14 @@ def test_run_ids_are_never_cut_at_80_columns() -> None:
     goal = "add a health endpoint that returns the version and the uptime " * 3
     runs = [Run(run_id=RUN_ID, goal=goal), Run(run_id="r2", goal=goal)]
 
-    screen = rendered(runs_table(runs))
+    screen = rendered(runs_table(runs, 80))
 
     assert RUN_ID in screen
     assert "…" in screen  # the goal gave way instead
     assert max(len(line) for line in screen.splitlines()) <= 80
+    assert len(screen.splitlines()) == 4 + len(runs)  # a line per run: the goal wrapped
+    assert "tokens" not in screen  # left out there (`--json` has it)
+    assert "tokens" in rendered(runs_table(runs, 120), 120)
 
 
 def test_task_ids_are_never_cut_at_80_columns() -> None:
