@@ -22,6 +22,11 @@ LONG_TEXT = 20_000
 # Edits in one answer: far more than one task's commit needs, few enough that checking and
 # applying them stays quick whatever a model sends.
 MAX_EDITS = 200
+# Bounds of every other list an answer holds, as far above real ones: unbounded, an answer of
+# 2 million characters of empty tasks gave 4 million validation errors, a minute of the
+# worker's event loop (its heartbeats with it) and 4.7 GB to describe them.
+MAX_TASKS = 500
+MAX_LIST = 200
 
 TaskId = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits, - and _")]
 RepoPath = Annotated[
@@ -45,10 +50,14 @@ class PlannedTask(_Output):
     title: str = Field(min_length=1, max_length=SHORT_TEXT, description="one line")
     description: str = Field(max_length=LONG_TEXT, description="what to change and why")
     acceptance: list[Annotated[str, Field(max_length=LONG_TEXT)]] = Field(
-        description="criteria a test can check"
+        max_length=MAX_LIST, description="criteria a test can check"
     )
-    files: list[RepoPath] = Field(description="files the task creates or changes")
-    deps: list[TaskId] = Field(description="ids of tasks that must be done first")
+    files: list[RepoPath] = Field(
+        max_length=MAX_LIST, description="files the task creates or changes"
+    )
+    deps: list[TaskId] = Field(
+        max_length=MAX_TASKS, description="ids of tasks that must be done first"
+    )
     # Optional so that a model that leaves it out still plans; the bounds are TaskSpec.effort's.
     effort: float | None = Field(
         default=None,
@@ -72,7 +81,9 @@ class PlannedTask(_Output):
 class PlanOutput(_Output):
     """The plan: tasks that together reach the goal."""
 
-    tasks: list[PlannedTask] = Field(min_length=1, description="in a sensible order")
+    tasks: list[PlannedTask] = Field(
+        min_length=1, max_length=MAX_TASKS, description="in a sensible order"
+    )
 
     def to_task_specs(self) -> list[TaskSpec]:
         return [task.to_task_spec() for task in self.tasks]
@@ -144,7 +155,9 @@ class ReviewOutput(_Output):
     """Your review of the change."""
 
     # Comments come before the verdict so the model states the problems before deciding.
-    comments: list[ReviewNote] = Field(description="concrete problems; may be empty to approve")
+    comments: list[ReviewNote] = Field(
+        max_length=MAX_LIST, description="concrete problems; may be empty to approve"
+    )
     approved: bool = Field(description="true to merge as is, false to request changes")
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import httpx2
+import msgspec
 import openai
 
 from codeyard.llm.tool_call import MAX_ARGUMENTS_CHARS
@@ -25,9 +26,49 @@ MIB = 1 << 20
 MAX_BODY_BYTES = 12 * MAX_ARGUMENTS_CHARS + 8 * MIB
 
 
+# An answer to one request has one choice, and a forced tool call one call (a few more are
+# re-asked as one): far more is no answer. The SDK builds its objects for every element, on the
+# event loop, at tens of µs each: 1.6 MB of empty tool calls held a worker's loop for 45 s,
+# its heartbeats with it, and the work it held went to a second worker meanwhile.
+MAX_CHOICES = 16
+MAX_TOOL_CALLS = 64
+
+
 class BodyTooLarge(Exception):
-    """A response body over the cap; what was not read of it was left unread, its connection
-    closed."""
+    """A response body over the cap, in bytes (what was not read of it was left unread, its
+    connection closed) or in choices or tool calls (not handed to the SDK)."""
+
+
+class _Message(msgspec.Struct):
+    tool_calls: list[msgspec.Raw] | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message | None = None
+
+
+class _Completion(msgspec.Struct):
+    """Only what is counted; a body of another shape is the SDK's to refuse."""
+
+    choices: list[_Choice] | None = None
+
+
+def too_many_parts(body: bytes) -> str:
+    """Why `body` holds more choices or tool calls than any answer, or ""."""
+    try:
+        completion = msgspec.json.decode(body, type=_Completion)
+    except (msgspec.DecodeError, RecursionError):
+        return ""  # not JSON, or not a completion's shape: refused as such by the SDK
+    choices = completion.choices or []
+    if len(choices) > MAX_CHOICES:
+        return f"the answer has {len(choices):,} choices (more than {MAX_CHOICES}: not read)"
+    calls = max((len(c.message.tool_calls or []) for c in choices if c.message), default=0)
+    if calls > MAX_TOOL_CALLS:
+        return (
+            f"the answer has {calls:,} tool calls in a choice "
+            f"(more than {MAX_TOOL_CALLS}: not read)"
+        )
+    return ""
 
 
 def capped_client() -> httpx2.AsyncClient:
@@ -75,6 +116,7 @@ class CappedStream(httpx2.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         size = 0
+        read: list[bytes] = []
         async with aclosing(self._body.aiter_bytes()) as parts:
             async for part in parts:
                 size += len(part)
@@ -83,7 +125,11 @@ class CappedStream(httpx2.AsyncByteStream):
                         f"the answer is longer than the {self._cap} bytes a response may "
                         "have (cut off there, the rest not read)"
                     )
+                read.append(part)
                 yield part
+        # Raised before the body's reader sees its end: the SDK builds nothing of it.
+        if problem := too_many_parts(b"".join(read)):
+            raise BodyTooLarge(problem)
 
     async def aclose(self) -> None:
         await self._body.aclose()

@@ -303,11 +303,17 @@ def _length_in_words(node: Any) -> Any:
     return schema
 
 
+# Problems of an answer described to the model (and in errors): the first ones say enough.
+DESCRIBED_PROBLEMS = 20
+
+
 def describe(error: ValidationError) -> str:
     """One line per problem, `path: message`, without pydantic's documentation links (noise
-    to a model)."""
+    to a model); the first `DESCRIBED_PROBLEMS`, then how many more there are."""
     lines = []
-    for problem in error.errors(include_url=False):
+    for problem in error.errors(include_url=False)[:DESCRIBED_PROBLEMS]:
         path = ".".join(str(part) for part in problem["loc"]) or "arguments"
         lines.append(f"- {path}: {problem['msg']}")
+    if (more := error.error_count() - DESCRIBED_PROBLEMS) > 0:
+        lines.append(f"- and {more:,} more problems")
     return "\n".join(lines)

@@ -152,3 +152,23 @@ def test_requesting_changes_needs_a_comment() -> None:
 def test_the_reviewer_states_problems_before_the_verdict() -> None:
     # Property order is generation order for most models: reasons first, then the decision.
     assert list(ReviewOutput.model_json_schema()["properties"]) == ["comments", "approved"]
+
+
+@pytest.mark.parametrize(
+    ("model", "arguments"),
+    [
+        (PlanOutput, {"tasks": [{}] * 400_000}),
+        (PlanOutput, {"tasks": [PLAN_CALL["tasks"][0] | {"deps": ["a"] * 400_000}]}),
+        (ReviewOutput, {"comments": [{}] * 400_000, "approved": False}),
+    ],
+    ids=["tasks", "deps", "comments"],
+)
+def test_an_answer_of_endless_items_is_refused_once_not_item_by_item(
+    model: type[Any], arguments: dict[str, Any]
+) -> None:
+    """Unbounded, 400,000 empty tasks were 800,000 problems to validate and describe, on the
+    worker's event loop; bounded, one: the list is too long."""
+    with pytest.raises(ValidationError) as refused:
+        model.model_validate(arguments)
+    assert refused.value.error_count() == 1
+    assert refused.value.errors()[0]["type"] == "too_long"

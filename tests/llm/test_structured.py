@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from codeyard.llm import InvalidOutput, OpenAIClient
+from codeyard.llm.tool_call import DESCRIBED_PROBLEMS, describe
 from codeyard.testing.openai_script import parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
 from tests.llm.scenario import ASK, DESCRIPTION, TOOL, VALID, Plan, ask, settings
@@ -315,3 +316,13 @@ async def test_answers_that_never_fit_name_the_model_that_gave_them() -> None:
             await ask(server, max_reasks=1)
 
     assert (failure.value.usage.calls, failure.value.model) == (2, "gpt-4o-2024-08-06")
+
+
+def test_only_the_first_problems_of_an_answer_are_described() -> None:
+    """A model is re-asked with them, and an error quotes them: the rest is a count."""
+    with pytest.raises(ValidationError) as refused:
+        Plan.model_validate({"title": 7, "steps": [1] * 50})
+    described = describe(refused.value).splitlines()
+    assert len(described) == DESCRIBED_PROBLEMS + 1
+    assert described[0] == "- title: Input should be a valid string"
+    assert described[-1] == f"- and {51 - DESCRIBED_PROBLEMS} more problems"
