@@ -2,7 +2,8 @@
 
 The graph rules (at least one task, unique ids, known deps, no cycles) are the coordinator's
 `TaskGraph`, so a plan accepted here is never refused when it reaches the coordinator. On top,
-every task must pass the wire limits of `TaskSpec`, or its `PlanResult` would not decode.
+every task must pass the wire limits of `TaskSpec`, or its `PlanResult` would not decode, and
+the plan must fit in one message.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import msgspec
 
 from codeyard.agents.outputs import PlanOutput
 from codeyard.coordinator.graph import InvalidPlan, TaskGraph
-from codeyard.schemas import TaskSpec
+from codeyard.schemas import MAX_MESSAGE_BYTES, TaskSpec
 from codeyard.schemas.envelope import ID_PATTERN
 
 _ID = re.compile(ID_PATTERN)
+# The tasks of a `PlanResult`, which travels in one message: room left for its envelope and
+# usage. Over it, the plan was accepted here and then failed as a result too big to send.
+MAX_PLAN_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 
 
 def plan_problems(plan: PlanOutput) -> list[str]:
@@ -38,6 +42,11 @@ def plan_problems(plan: PlanOutput) -> list[str]:
         TaskGraph(specs)
     except InvalidPlan as exc:
         problems.extend(exc.problems)
+    if not problems and (size := len(msgspec.json.encode(specs))) > MAX_PLAN_BYTES:
+        problems.append(
+            f"the plan is {size:,} bytes as sent, more than the {MAX_PLAN_BYTES:,} a plan may "
+            "be: fewer tasks, or shorter descriptions and acceptance criteria"
+        )
     return problems
 
 

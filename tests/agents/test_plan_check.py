@@ -65,3 +65,16 @@ def test_text_over_the_wire_limits_is_refused() -> None:
     bad = PlanOutput.model_construct(tasks=[long_title])
 
     assert plan_problems(bad) == ["task 'a': Expected `str` of length <= 200 - at `$.title`"]
+
+
+def test_a_plan_too_big_to_send_is_reasked_asking_for_less() -> None:
+    """It passed, then failed as a `PlanResult` too big to send: a result, not a re-ask."""
+    long = "x" * 19_000
+    tasks = [
+        PlannedTask(id=f"t{n}", title="t", description=long, acceptance=[], files=[], deps=[])
+        for n in range(60)
+    ]
+    [problem] = plan_problems(PlanOutput(tasks=tasks))
+    assert problem.startswith("the plan is 1,1")
+    assert "fewer tasks, or shorter descriptions" in problem
+    assert plan_problems(PlanOutput(tasks=tasks[:50])) == []
