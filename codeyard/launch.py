@@ -156,6 +156,8 @@ async def run_gate(settings: Settings, policy_file: Path | None) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await SafetyGate(bus, policy).serve()
+        what = policy_file or "the built-in policy"
+        log.info("serving cy.gate.check with %s from %s", what, settings.server_url())
         await stop.wait()
     finally:
         await bus.close()

@@ -548,6 +548,11 @@ async def test_up_runs_its_gate_with_the_policy_given(tmp_path: Path) -> None:
         assert finish(up) == 0
     reason = "our Makefile's test target: make test"
     assert {(d.decision, d.reason) for d in decisions} == {("allow", reason)}
+    # the gate says which policy it serves as it starts (it said nothing until a decision)
+    assert (
+        f"serving cy.gate.check with {tmp_path / 'policy.toml'}"
+        in (tmp_path / "up.log").read_text()
+    )
 
 
 async def test_up_refuses_a_policy_the_gate_would_refuse_before_starting_anything(
