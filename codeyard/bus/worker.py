@@ -63,6 +63,7 @@ DEAD_LETTER_PAYLOAD_LIMIT = 4096
 _ID = re.compile(ID_PATTERN)
 RESULT_TYPES: tuple[type, ...] = typing.get_args(Result)
 ACK_WAIT_LOOKUP_SECONDS = 2.0
+ACK_WAIT_RECHECK_SECONDS = 60.0
 # Seconds a stopping worker lets its handlers finish before handing their work back: whoever
 # stops it (`codeyard up`, Docker, Kubernetes) must wait longer before killing it.
 STOP_GRACE = 30.0
@@ -417,7 +418,9 @@ class PullWorker:
         """Beat at a third of the consumer's ack_wait as the server has it, when shorter than
         this process's setting: the coordinator creates the built-in roles' consumers with its
         own, and work whose beats came too rarely would be redelivered while it runs. Looked
-        up until the consumer exists (its creator may start later)."""
+        up until the consumer exists (its creator may start later), then again every
+        `ACK_WAIT_RECHECK_SECONDS`: a coordinator restarted with a shorter one updates it."""
+        own = self.bus.topology.ack_wait
         while True:
             try:
                 info = await self.js.consumer_info(subjects.WORK_STREAM, self._consumer)
@@ -427,18 +430,20 @@ class PullWorker:
             except Exception as exc:  # not permitted, say: our own setting holds
                 log.info("%s: cannot read the consumer's ack_wait: %s", self.role, exc)
                 return
-            server = info.config.ack_wait
-            if server and server < self.bus.topology.ack_wait:
-                log.warning(
-                    "%s: the consumer's ack_wait is %g s, shorter than this worker's %g s "
-                    "(CODEYARD_ACK_WAIT): beating every %g s",
-                    self.role,
-                    server,
-                    self.bus.topology.ack_wait,
-                    server / 3,
-                )
-                self._heartbeats.interval = server / 3
-            return
+            server = info.config.ack_wait or own
+            beat = min(server, own) / 3
+            if beat != self._heartbeats.interval:
+                if server < own:
+                    log.warning(
+                        "%s: the consumer's ack_wait is %g s, shorter than this worker's %g s "
+                        "(CODEYARD_ACK_WAIT): beating every %g s",
+                        self.role,
+                        server,
+                        own,
+                        beat,
+                    )
+                self._heartbeats.interval = beat
+            await asyncio.sleep(ACK_WAIT_RECHECK_SECONDS)
 
     async def _handle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
 
 from codeyard.bus import Bus, EmbeddedNats, GiveUp, PullWorker, RetryLater
+from codeyard.bus import worker as worker_module
 from codeyard.bus.permissions import grants_for
 from codeyard.bus.pipeline import Pending, PublishPipeline
 from codeyard.bus.subjects import (
@@ -30,6 +31,7 @@ from codeyard.bus.subjects import (
 )
 from codeyard.bus.topology import Topology, ensure_role_consumer
 from codeyard.bus.worker import AwaitApproval, Withdrawals, result_msg_id, retried_msg_id
+from codeyard.cancellation import stop_tasks
 from codeyard.schemas import (
     ApprovalNeeded,
     CodeRequest,
@@ -992,10 +994,37 @@ async def test_heartbeats_follow_a_shorter_ack_wait_of_the_consumer_once_it_exis
     matching = asyncio.create_task(worker._match_ack_wait())
     await asyncio.sleep(0.1)  # looked for it, and found none yet
     await ensure_role_consumer(bus.js, "coder", Topology(ack_wait=0.9))
+    try:
+        await wait_for_interval(worker, 0.3)
+    finally:
+        await stop_tasks([matching])
 
-    await asyncio.wait_for(matching, 10)
 
-    assert worker._heartbeats.interval == pytest.approx(0.3)
+async def wait_for_interval(worker: PullWorker, interval: float) -> None:
+    for _ in range(200):
+        if worker._heartbeats.interval == pytest.approx(interval):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"beating every {worker._heartbeats.interval} s, not {interval}")
+
+
+async def test_heartbeats_follow_the_consumers_ack_wait_as_it_changes(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator restarted with a shorter ack_wait updates the consumer: a worker that
+    looked it up once, as it started, kept beating too rarely and had its work redelivered."""
+    monkeypatch.setattr(worker_module, "ACK_WAIT_RECHECK_SECONDS", 0.05)
+    worker = PullWorker(bus, "coder", echo())
+    matching = asyncio.create_task(worker._match_ack_wait())
+    try:
+        await ensure_role_consumer(bus.js, "coder", Topology(ack_wait=1.2))
+        await wait_for_interval(worker, 0.4)
+        await ensure_role_consumer(bus.js, "coder", Topology(ack_wait=0.6))
+        await wait_for_interval(worker, 0.2)
+        await ensure_role_consumer(bus.js, "coder", TEST_TOPOLOGY)  # longer again: its own
+        await wait_for_interval(worker, TEST_TOPOLOGY.ack_wait / 3)
+    finally:
+        await stop_tasks([matching])
 
 
 async def test_work_taken_before_the_shorter_ack_wait_was_known_is_not_redelivered(
