@@ -107,7 +107,11 @@ def _branch_ref(repo: Path, run_id: str) -> str:
     if not repo.is_dir() or not git(repo, "rev-parse", "--git-dir", check=False).strip():
         raise RollbackError(f"{repo} is not a git repository")
     if not git(repo, "rev-parse", "--verify", "--quiet", ref, check=False).strip():
-        raise RollbackError(f"no branch {result_branch(run_id)} in {repo}")
+        raise RollbackError(
+            f"no branch {result_branch(run_id)} in {repo}: only a run that ended done delivers "
+            "one (a failed or cancelled run's merged tasks are in its integration clone: see "
+            "`codeyard cancel --help`)"
+        )
     return ref
 
 

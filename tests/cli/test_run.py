@@ -425,3 +425,7 @@ async def test_a_failed_run_says_how_to_keep_the_tasks_it_merged(
     assert fetched.returncode == 0, fetched.stderr
     subjects = git(repo, "log", "--format=%s", "salvage/r8")
     assert "kept" in subjects  # the task merged, in the user's repository now
+    rollback = await asyncio.to_thread(codeyard, codeyard_up, "rollback", "r8", "--to", "a")
+    assert rollback.returncode == 1
+    assert "only a run that ended done delivers one" in rollback.stderr
+    assert "see `codeyard cancel --help`" in rollback.stderr
