@@ -1,7 +1,8 @@
 """Who may use the dashboard: whoever holds its token.
 
-The token comes once in a URL (`/?token=...`), which trades it for an HttpOnly session cookie,
-or in every request as `Authorization: Bearer <token>` (scripts). A browser sends the cookie
+The token comes once, posted by the sign-in page (`sign_in`) or in a URL (`/?token=...`), and
+is traded for an HttpOnly session cookie, or in every request as `Authorization: Bearer
+<token>` (scripts). A browser sends the cookie
 with any request to the dashboard, including ones another site makes it send, so a
 state-changing POST authenticated by the cookie must also carry the CSRF token the dashboard
 put in its own forms, and must come from the dashboard's own origin or from one of the public

@@ -45,9 +45,10 @@ button.approve { background: #c8e6c9; } button.deny { background: #ffcdd2; }
 """
 
 
-def page(title: str, body: str, *, live: bool = False) -> str:
-    """A whole page: `body` must already be escaped HTML."""
-    script = f'<script src="{LIVE_SCRIPT}" defer></script>\n' if live else ""
+def page(title: str, body: str, *, script: str = "") -> str:
+    """A whole page: `body` must already be escaped HTML; `script` the path of the dashboard's
+    own script it runs, if any."""
+    script = f'<script src="{script}" defer></script>\n' if script else ""
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -125,7 +126,7 @@ def run_page(run: Run) -> str:
     ]
     events = f"{run_url(run.run_id)}/events"
     main = f'<div id="run" data-events="{html_text(events)}">\n' + "\n".join(body) + "\n</div>"
-    return page(f"codeyard run {run.run_id}", main, live=True)
+    return page(f"codeyard run {run.run_id}", main, script=LIVE_SCRIPT)
 
 
 def task_page(run: Run, task: Task) -> str:

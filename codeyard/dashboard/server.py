@@ -34,6 +34,13 @@ from codeyard.dashboard.auth import (
     origin_allowed,
 )
 from codeyard.dashboard.live_script import live_script
+from codeyard.dashboard.sign_in import (
+    SCRIPT,
+    SIGN_IN,
+    SIGN_IN_SCRIPT,
+    TOKEN_FIELD,
+    sign_in_page,
+)
 from codeyard.dashboard.sse import KEEPALIVE, RETRY, sse_frame
 from codeyard.follow import RunRefused, ask_coordinator, existing_run, run_status
 from codeyard.schemas import (
@@ -178,6 +185,9 @@ class Dashboard:
         app.router.add_get("/approvals", self.approvals)
         app.router.add_post(f"/approvals/{ID % 'approval_id'}/{{answer:approve|deny}}", self.answer)
         app.router.add_get(pages.LIVE_SCRIPT, self.script)
+        app.router.add_get(SIGN_IN, self.sign_in_form)
+        app.router.add_post(SIGN_IN, self.sign_in)
+        app.router.add_get(SIGN_IN_SCRIPT, self.sign_in_script)
         app.on_response_prepare.append(_security_headers)
         app.on_shutdown.append(self._close_streams)
         return app
@@ -186,6 +196,8 @@ class Dashboard:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in (SIGN_IN, SIGN_IN_SCRIPT):  # where the token is given
+            return await handler(request)
         proof = self.check.proof(
             cookie=request.cookies.get(self.cookie),
             authorization=request.headers.get("Authorization"),
@@ -196,7 +208,7 @@ class Dashboard:
                 pages.message_page(
                     "Not signed in",
                     "Open the dashboard with the URL that `codeyard dashboard` (or `codeyard up`) "
-                    "printed: it carries the token.",
+                    f"printed: it carries the token. Or sign in at {SIGN_IN} with the token.",
                 ),
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="codeyard"'},
@@ -206,17 +218,7 @@ class Dashboard:
             target = str(request.rel_url.without_query_params("token"))
             if target.startswith(("//", "/\\")):  # a browser takes it for another host's
                 target = "/"
-            response = web.Response(status=303, headers={"Location": target})
-            response.set_cookie(
-                self.cookie,
-                self.check.session(),
-                max_age=SESSION_SECONDS,
-                httponly=True,
-                samesite="Strict",
-                path="/",
-                secure=self._over_tls(request),
-            )
-            return response
+            return self._signed_in(request, target)
         if proof is Proof.COOKIE and request.method not in ("GET", "HEAD"):
             # The origin first: another site's page must not have its body read at all.
             origin = request.headers.get("Origin")
@@ -231,6 +233,37 @@ class Dashboard:
             return await handler(request)
         except Unavailable as exc:
             return _html(pages.message_page("Coordinator unavailable", str(exc)), 503)
+
+    def _signed_in(self, request: web.Request, target: str) -> web.StreamResponse:
+        """On to `target` (a path of this dashboard), with the session cookie."""
+        response = web.Response(status=303, headers={"Location": target})
+        response.set_cookie(
+            self.cookie,
+            self.check.session(),
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="Strict",
+            path="/",
+            secure=self._over_tls(request),
+        )
+        return response
+
+    async def sign_in_form(self, request: web.Request) -> web.StreamResponse:
+        return _html(sign_in_page())
+
+    async def sign_in_script(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=SCRIPT, content_type="text/javascript", charset="utf-8")
+
+    async def sign_in(self, request: web.Request) -> web.StreamResponse:
+        """The token, posted by the sign-in page, traded for the session cookie."""
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, request.host, request.scheme, self.public_origins):
+            return _html(pages.message_page("Refused", "a sign-in from another site"), 403)
+        form = await _form(request)
+        given = form.get(TOKEN_FIELD) if isinstance(form, dict) else None
+        if not self.check.matches(given):
+            return _html(sign_in_page("That is not this dashboard's token."), 401)
+        return self._signed_in(request, "/")
 
     # --- pages ------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from codeyard.bus.permissions import CTL
 from codeyard.config import Settings
 from codeyard.dashboard.auth import TokenCheck, new_token, normalised_origins
 from codeyard.dashboard.server import Dashboard, serving
+from codeyard.dashboard.sign_in import SIGN_IN
 from codeyard.observability.startup import start_observability
 
 
@@ -47,7 +48,8 @@ def public_origins(settings: Settings) -> tuple[str, ...]:
 
 
 def sign_in_url(base: str, token: str) -> str:
-    return f"{base}/?token={quote(token, safe='')}"  # (a base64 token holds + and /)
+    """The link that signs in, the token in its fragment, which no server sees (`sign_in`)."""
+    return f"{base}{SIGN_IN}#token={quote(token, safe='')}"  # (a base64 token holds + and /)
 
 
 def announcement(base: str, token: str, settings: Settings) -> str:

@@ -22,6 +22,7 @@ from aiohttp import web
 from codeyard.bus import Bus
 from codeyard.coordinator.service import Coordinator
 from codeyard.dashboard.server import Dashboard, Unavailable, serving
+from codeyard.dashboard.service import sign_in_url
 from codeyard.report.graph_svg import STATE_COLOURS
 from codeyard.schemas import Approve, TaskSpec, TaskState
 from tests.cli.test_run import codeyard_up, repo
@@ -88,8 +89,10 @@ async def wait_for_page(url: str, token: str, containing: str, timeout: float = 
 def approve_in_the_browser(base: str, token: str, run_id: str, tasks: int) -> None:
     with chromium() as browser:
         wait = WebDriverWait(browser, 60, poll_frequency=0.2)
-        browser.get(f"{base}/?token={token}")  # the printed link: trades the token for a cookie
-        assert "token=" not in browser.current_url
+        # the printed link: its script posts the token in its fragment, traded for a cookie
+        browser.get(sign_in_url(base, token))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#runs"))
+        assert "token" not in browser.current_url
         run_link = browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{run_id}"] a')
         run_link.click()
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#graph g.node"))

@@ -237,6 +237,45 @@ async def test_the_link_with_the_token_signs_in_with_a_cookie(
             assert "Task y: api" in await task.text()
 
 
+async def test_the_token_posted_to_the_sign_in_page_signs_in_and_no_url_holds_it(
+    dashboard: str, bus: Bus, coordinator: Coordinator
+) -> None:
+    """The printed link carries the token in its fragment, which the browser keeps: its
+    script posts it here. In a query string (`/?token=`), a proxy's access log kept it."""
+    await submit_waiting_plan(bus, "r12")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.get(dashboard + "/signin") as form:  # before signing in
+            assert form.status == 200
+            page = await form.text()
+        assert '<form id="signin" method="post" action="/signin">' in page
+        assert '<script src="/static/signin.js" defer></script>' in page
+        async with browser.get(dashboard + "/static/signin.js") as script:
+            assert script.status == 200
+            assert "window.location.hash" in await script.text()
+
+        wrong = {"token": "not-the-token-at-all"}
+        async with browser.post(dashboard + "/signin", data=wrong) as refused:
+            assert refused.status == 401
+            assert "not this dashboard&#x27;s token" in await refused.text()
+        async with browser.get(dashboard + "/runs/r12") as still_out:
+            assert still_out.status == 401
+
+        elsewhere = {"Origin": "https://evil.example"}
+        async with browser.post(
+            dashboard + "/signin", data={"token": TOKEN}, headers=elsewhere
+        ) as forged:
+            assert forged.status == 403
+
+        async with browser.post(dashboard + "/signin", data={"token": TOKEN}) as signed_in:
+            assert signed_in.status == 200
+            assert signed_in.url.path == "/"
+            assert [r.status for r in signed_in.history] == [303]
+            assert "HttpOnly" in signed_in.history[0].headers["Set-Cookie"]
+            assert all(TOKEN not in str(r.url) for r in (*signed_in.history, signed_in))
+        async with browser.get(dashboard + "/runs/r12") as page_after:
+            assert page_after.status == 200
+
+
 @asynccontextmanager
 async def another_local_service(seen: list[str]) -> AsyncIterator[str]:
     """Some other web service on 127.0.0.1 (a dev server, say): notes the Cookie header of

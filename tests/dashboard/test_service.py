@@ -49,7 +49,7 @@ def test_a_token_is_generated_when_none_is_set() -> None:
     assert generated != dashboard_token(Settings(dashboard_token=""))
     fixed = Settings(dashboard_token="my-own-token-1234")
     assert dashboard_token(fixed) == "my-own-token-1234"
-    assert sign_in_url("http://127.0.0.1:8700", "t") == "http://127.0.0.1:8700/?token=t"
+    assert sign_in_url("http://127.0.0.1:8700", "t") == "http://127.0.0.1:8700/signin#token=t"
 
 
 def test_the_sign_in_link_is_shown_only_for_a_token_made_here() -> None:
@@ -57,7 +57,7 @@ def test_the_sign_in_link_is_shown_only_for_a_token_made_here() -> None:
     `openssl rand -base64` gave a link whose `+` the server read as a space."""
     base = "http://127.0.0.1:8700"
     made = announcement(base, "a+b/c=d&e#f-long-enough", Settings(dashboard_token=""))
-    assert made == f"dashboard: {base}/?token=a%2Bb%2Fc%3Dd%26e%23f-long-enough"
+    assert made == f"dashboard: {base}/signin#token=a%2Bb%2Fc%3Dd%26e%23f-long-enough"
     given = announcement(base, "my-own-token-1234", Settings(dashboard_token="my-own-token-1234"))
     assert "my-own-token-1234" not in given
     assert given == f"dashboard: {base}/ (sign in with the token in CODEYARD_DASHBOARD_TOKEN)"
