@@ -341,6 +341,37 @@ def up(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def down(
+    timeout: Annotated[
+        float,
+        typer.Option(help="seconds to wait for it to stop", callback=_more_than_zero),
+    ] = 120.0,
+) -> None:
+    """Stop the `codeyard up` of this machine's data dir, as Ctrl-C in its terminal does.
+
+    Its services finish or hand back the work they hold, then its NATS server stops; runs go
+    on at the next `codeyard up`. It is the `up` that runs the embedded server of
+    CODEYARD_DATA_DIR (give the same one); one started with NATS_URL is stopped where it runs.
+    Exits 0 once it has stopped, or when none runs; 1 when it is still stopping after
+    --timeout.
+
+    Example: [bold]codeyard down[/bold]
+    """
+    from codeyard.launch import stop_up
+
+    directory = Settings().embedded_dir()
+    try:
+        pid = asyncio.run(stop_up(directory, timeout))
+    except TimeoutError:
+        _error(f"codeyard up is still stopping after {timeout:g}s")
+        raise typer.Exit(1) from None
+    if pid is None:
+        console.print(f"no codeyard up runs with the data dir {directory.parent}", markup=False)
+    else:
+        console.print(f"stopped codeyard up (pid {pid})", markup=False)
+
+
 @app.command("dashboard")
 def dashboard_command() -> None:
     """Serve the web dashboard: runs, each run's live task graph, task details (diff, test

@@ -326,6 +326,43 @@ class ServiceRefused(Exception):
 UP_LOCK = "up.lock"
 
 
+def up_holding(directory: Path) -> int | None:
+    """The pid of the `up` that holds `directory` (the embedded server's), or None when none
+    runs. The lock, not the pid, tells: the kernel drops it when that `up` ends, so a stale
+    pid of a process long gone (or of another process since) is never taken for it."""
+    try:
+        lock = open(directory / UP_LOCK, encoding="utf-8")  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = lock.read().strip()
+            return int(pid) if pid.isdigit() else 0
+        return None
+
+
+async def stop_up(directory: Path, patience: float) -> int | None:
+    """Stop the `up` that holds `directory` as Ctrl-C does (SIGTERM: its services, then NATS)
+    and wait until it has; its pid, or None when none ran. `TimeoutError` after `patience`
+    seconds."""
+    async with asyncio.timeout(patience):
+        pid = up_holding(directory)
+        while pid == 0:  # locked, its pid not written yet: it is starting
+            await asyncio.sleep(0.05)
+            pid = up_holding(directory)
+        if pid is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):  # (it ended meanwhile)
+            os.kill(pid, signal.SIGTERM)
+        # (a lock another process holds: nothing tells when it goes but looking; a thread
+        # blocked on it could not be given up at the timeout)
+        while up_holding(directory) is not None:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    return pid
+
+
 def hold_data_dir(directory: Path) -> IO[str]:
     """Lock `directory` (the embedded server's) for this `up`; keep the returned file open to
     keep it. `AlreadyRunning` if another `up` holds it."""

@@ -27,6 +27,7 @@ from codeyard.bus.subjects import EVENT_STREAM, RESULT_STREAM, WORK_STREAM
 from codeyard.llm.local import local_server_available
 from codeyard.schemas import ActionCheck, RunStatus, StatusQuery
 from tests.coordinator.harness import ask
+from tests.processes import codeyard as run_codeyard
 from tests.processes import kill, start, stop
 
 
@@ -742,3 +743,25 @@ def test_a_service_refusing_its_configuration_stops_up_with_status_2(tmp_path: P
     assert 'Trapped "terminated" signal' in (tmp_path / "nats" / "nats-server.log").read_text()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", int(env["CODEYARD_NATS_PORT"]))) != 0
+
+
+def test_down_stops_the_up_of_the_data_dir_as_ctrl_c_does(tmp_path: Path) -> None:
+    """`up` stopped only from its own terminal (or by a signal to a pid one had to find)."""
+    env = up_env(tmp_path)
+    up = start_up(tmp_path, env)
+    try:
+        wait_for_output(tmp_path, up, "Ctrl-C stops")
+        down = run_codeyard(env, "down", timeout=120)
+        code = finish(up, timeout=60)
+    finally:
+        kill(up)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout == f"stopped codeyard up (pid {up.pid})\n"
+    assert code == 0  # as on Ctrl-C: everything stopped in order
+    assert "embedded nats-server stopped" in (tmp_path / "up.log").read_text()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", int(env["CODEYARD_NATS_PORT"]))) != 0
+
+    again = run_codeyard(env, "down", timeout=60)  # nothing left to stop: said, not an error
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"no codeyard up runs with the data dir {tmp_path}\n"
