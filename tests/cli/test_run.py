@@ -396,9 +396,9 @@ async def test_a_failed_run_says_how_to_keep_the_tasks_it_merged(
     """It delivers no branch: its merged tasks are only in its clone, until that is collected.
     It said only "failed: 1/2 tasks merged", and `rollback` then "no branch codeyard/r8"."""
     plan = tmp_path / "plan.json"
-    plan.write_bytes(
-        msgspec.json.encode([TaskSpec(id="a", title="kept"), TaskSpec(id="b", title="x")])
-    )
+    # b starts once a is merged: a merge denied first would fail the run before a's
+    a, b = TaskSpec(id="a", title="kept"), TaskSpec(id="b", title="x", deps=["a"])
+    plan.write_bytes(msgspec.json.encode([a, b]))
     args = ("g", "--repo", str(repo), "--plan", str(plan), "--run-id", "r8", "--approve-merge")
     following = asyncio.create_task(asyncio.to_thread(codeyard_run, codeyard_up, *args))
     answered: set[str] = set()
