@@ -172,8 +172,8 @@ def runs_table(runs: Sequence[Run], width: int = 200) -> Table:
     wide = width >= WIDE
     today = datetime.now().astimezone().date()
     ordered = sorted(runs, key=lambda run: run.created_at, reverse=True)
+    # each run's cells but its goal, whose column gets the width they leave
     rows: list[list[str]] = []
-    styles: list[str] = []
     for run in ordered:
         created = run.created_at.astimezone()
         row = [run.run_id, str(run.state)]
@@ -183,16 +183,15 @@ def runs_table(runs: Sequence[Run], width: int = 200) -> Table:
         if wide:
             row.append(run.updated_at.astimezone().strftime("%H:%M:%S"))
         rows.append(row)
-        styles.append(RUN_STYLES.get(run.state, ""))
     headers = ["run", "state", *(["tokens", "cost"] if wide else []), "created"]
     headers += ["updated"] if wide else []
     taken = sum(max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True))
     room = max(8, width - taken - 3 * (len(headers) + 1) - 1)  # (borders and padding)
     goal = Column("goal", no_wrap=True, overflow="ellipsis", max_width=room)
     table = Table(id_column("run"), "state", goal, *headers[2:])
-    for run, row, style in zip(ordered, rows, styles, strict=True):
+    for run, (run_id, state, *rest) in zip(ordered, rows, strict=True):
         said = Text(terminal_safe(run.goal.splitlines()[0][:60] if run.goal else ""))
-        table.add_row(row[0], Text(row[1], style=style), said, *row[2:])
+        table.add_row(run_id, Text(state, style=RUN_STYLES.get(run.state, "")), said, *rest)
     return table
 
 
