@@ -57,7 +57,8 @@ from codeyard.schemas.model import SHORT_TEXT_CHARS, Usage, clip
 log = logging.getLogger(__name__)
 
 Handler = Callable[[WorkItem], Awaitable[Result]]
-WorkKey = tuple[str, str, int]  # (run_id, task_id, attempt) of a work item
+# (run_id, trace_id, task_id, attempt) of a work item: the trace names the run's submission
+WorkKey = tuple[str, str, str, int]
 
 DEAD_LETTER_PAYLOAD_LIMIT = 4096
 _ID = re.compile(ID_PATTERN)
@@ -248,6 +249,11 @@ class Withdrawals:
     be redelivered) is remembered here until the item comes. At most `limit` keys are kept, for
     up to `keep` seconds each, the oldest going first: a withdrawn item is at most `ack_wait`
     (plus a redelivery backoff) from arriving, and a run withdraws only its work in flight.
+
+    A notice names the submission whose work it withdraws (its `trace_id`, as the work's), so a
+    run id submitted again after its record was deleted does not lose its new work to the old
+    run's notices. One whose trace is the run id (a coordinator before that) withdraws the work
+    of every submission of the run.
     """
 
     def __init__(self, limit: int = 4096, keep: float = WITHDRAWAL_KEEP) -> None:
@@ -263,8 +269,12 @@ class Withdrawals:
 
     def discard(self, key: WorkKey) -> None:
         self._since.pop(key, None)
+        self._since.pop(_every_submission(key), None)
 
     def __contains__(self, key: WorkKey) -> bool:
+        return self._kept(key) or self._kept(_every_submission(key))
+
+    def _kept(self, key: WorkKey) -> bool:
         since = self._since.get(key)
         return since is not None and time.monotonic() - since < self._keep
 
@@ -276,6 +286,16 @@ class Withdrawals:
             len(self._since) > self._limit or now - next(iter(self._since.values())) >= self._keep
         ):
             self._since.popitem(last=False)
+
+
+def _every_submission(key: WorkKey) -> WorkKey:
+    run_id, _, task_id, attempt = key
+    return (run_id, run_id, task_id, attempt)
+
+
+def _withdraws(notice: WorkKey, work: WorkKey) -> bool:
+    """Whether a notice naming `notice` withdraws the work `work` (see `Withdrawals`)."""
+    return work == notice or _every_submission(work) == notice
 
 
 class PullWorker:
@@ -453,7 +473,7 @@ class PullWorker:
             await self._dead_letter(msg, exc)
             return
         enter_work(item.run_id, item.task_id, item.attempt)  # this task's log lines name it
-        key = (item.run_id, item.task_id, item.attempt)
+        key = (item.run_id, item.trace_id, item.task_id, item.attempt)
         if key not in self._withdrawn and await self._run_ended(msg, item):
             self.stats.run_ended += 1
             await self._drop(msg, item, key, "work of an ended run")
@@ -589,10 +609,10 @@ class PullWorker:
         except MessageError as exc:
             log.warning("%s: ignoring a malformed cancellation: %s", self.role, exc)
             return
-        key = (notice.run_id, notice.task_id, notice.attempt)
-        self._withdrawn.add(key)
+        withdrawn = (notice.run_id, notice.trace_id, notice.task_id, notice.attempt)
+        self._withdrawn.add(withdrawn)
         for running, running_key in list(self._running.items()):
-            if running_key == key and not running.done():
+            if _withdraws(withdrawn, running_key) and not running.done():
                 running.cancel()
 
     async def _drop(

@@ -177,7 +177,9 @@ def work_cancelled(run: Run, cancel: CancelWork) -> WorkCancelled:
         run_id=run.run_id,
         task_id=cancel.task_id,
         attempt=cancel.attempt,
-        trace_id=run.run_id,
-        msg_id=derived_id(run.run_id, "cancel", cancel.task_id, cancel.attempt),
+        trace_id=submission_trace(run),  # the submission whose work it withdraws
+        msg_id=derived_id(
+            run.run_id, "cancel", cancel.task_id, cancel.attempt, *_epoch(run.submission)
+        ),
         reason=run.error[:20_000],
     )

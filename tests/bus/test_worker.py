@@ -56,12 +56,17 @@ from tests.bus.results import collect_results
 from tests.conftest import TEST_TOPOLOGY
 from tests.processes import stop
 
+SUBMISSION = "submission1"  # the trace_id the coordinator gives a run's work and notices
 
-def code_request(task_id: str, run_id: str = "run1", description: str = "") -> CodeRequest:
+
+def code_request(
+    task_id: str, run_id: str = "run1", description: str = "", trace_id: str = SUBMISSION
+) -> CodeRequest:
     return CodeRequest(
         run_id=run_id,
         task_id=task_id,
         attempt=1,
+        trace_id=trace_id,
         goal="make it work",
         task=TaskSpec(id=task_id, title=f"task {task_id}", description=description),
     )
@@ -96,9 +101,14 @@ async def terminations(bus: Bus, consumer: str) -> AsyncIterator[asyncio.Queue[i
         await subscription.unsubscribe()
 
 
-async def withdraw(bus: Bus, task_id: str, run_id: str = "run1") -> None:
-    """Send the coordinator's notice that (run_id, task_id, attempt 1) is no longer wanted."""
-    notice = WorkCancelled(run_id=run_id, task_id=task_id, attempt=1, reason="cancelled")
+async def withdraw(
+    bus: Bus, task_id: str, run_id: str = "run1", trace_id: str = SUBMISSION
+) -> None:
+    """Send the coordinator's notice that (run_id, task_id, attempt 1) of the submission
+    `trace_id` is no longer wanted."""
+    notice = WorkCancelled(
+        run_id=run_id, task_id=task_id, attempt=1, trace_id=trace_id, reason="cancelled"
+    )
     await bus.nc.publish(cancel_subject(run_id), encode(notice))
 
 
@@ -560,7 +570,12 @@ async def test_no_result_is_stored_twice_when_a_worker_republishes(bus: Bus) -> 
     assert stored == result
 
 
-async def test_withdrawn_work_is_stopped_and_dropped(bus: Bus) -> None:
+@pytest.mark.parametrize(
+    "notice_trace",
+    [SUBMISSION, "run1"],
+    ids=["naming-the-submission", "naming-the-run-as-older-coordinators-do"],
+)
+async def test_withdrawn_work_is_stopped_and_dropped(bus: Bus, notice_trace: str) -> None:
     started, stopped = asyncio.Event(), asyncio.Event()
 
     async def endless(item: WorkItem) -> Result:
@@ -574,8 +589,7 @@ async def test_withdrawn_work_is_stopped_and_dropped(bus: Bus) -> None:
     await bus.publish(work_subject("coder"), code_request("t-withdrawn"))
     async with serving(PullWorker(bus, "coder", endless)):
         await asyncio.wait_for(started.wait(), 5)
-        notice = WorkCancelled(run_id="run1", task_id="t-withdrawn", attempt=1, reason="cancelled")
-        await bus.nc.publish(cancel_subject("run1"), encode(notice))
+        await withdraw(bus, "t-withdrawn", trace_id=notice_trace)
         await asyncio.wait_for(stopped.wait(), 5)
         info = await settled(bus, "coder")
     assert info.num_ack_pending == 0  # dropped for good, not redelivered
@@ -681,7 +695,7 @@ async def test_work_withdrawn_while_waiting_in_the_stream_never_runs(bus: Bus) -
         later = await bus.publish(work_subject("coder"), code_request("t-later"))
         await withdraw(bus, "t-later")
         async with asyncio.timeout(5):  # the notice has no answer: look for its effect
-            while ("run1", "t-later", 1) not in worker._withdrawn:  # noqa: ASYNC110 - no signal
+            while ("run1", SUBMISSION, "t-later", 1) not in worker._withdrawn:  # noqa: ASYNC110 - no signal
                 await asyncio.sleep(0.01)
         release.set()
         [result] = await collect_results(bus, 1)
@@ -774,15 +788,51 @@ async def test_work_withdrawn_as_its_handler_ends_is_answered_all_the_same(bus: 
 def test_withdrawals_are_remembered_for_a_while_and_only_so_many() -> None:
     withdrawals = Withdrawals(limit=3, keep=0.2)
     for n in range(5):
-        withdrawals.add(("run1", f"t{n}", 1))
+        withdrawals.add(("run1", "s1", f"t{n}", 1))
     assert len(withdrawals) == 3  # the oldest went first
-    assert ("run1", "t1", 1) not in withdrawals
-    assert ("run1", "t4", 1) in withdrawals
+    assert ("run1", "s1", "t1", 1) not in withdrawals
+    assert ("run1", "s1", "t4", 1) in withdrawals
 
     time.sleep(0.25)
-    assert ("run1", "t4", 1) not in withdrawals  # too old to wait for
-    withdrawals.add(("run2", "t1", 1))
+    assert ("run1", "s1", "t4", 1) not in withdrawals  # too old to wait for
+    withdrawals.add(("run2", "s2", "t1", 1))
     assert len(withdrawals) == 1  # and dropped at the next withdrawal
+
+
+def test_a_withdrawal_names_one_submission_of_a_run_unless_it_names_the_run() -> None:
+    withdrawals = Withdrawals()
+    withdrawals.add(("run1", "s1", "t1", 1))
+    assert ("run1", "s1", "t1", 1) in withdrawals
+    assert ("run1", "s2", "t1", 1) not in withdrawals  # the run id submitted again
+    withdrawals.add(("run1", "run1", "t2", 1))  # from a coordinator that did not name it
+    assert ("run1", "s1", "t2", 1) in withdrawals
+    assert ("run1", "s2", "t2", 1) in withdrawals
+    withdrawals.discard(("run1", "s2", "t2", 1))  # the work came and was dropped
+    assert ("run1", "s1", "t2", 1) not in withdrawals
+
+
+async def test_a_withdrawal_leaves_the_work_of_a_later_submission_of_the_run_id_alone(
+    bus: Bus,
+) -> None:
+    """An operator deleted a cancelled run's record and the run id was submitted again: the
+    old run's notices, remembered for minutes, dropped the new run's work without an answer."""
+    ran: list[str] = []
+
+    async def handle(item: WorkItem) -> Result:
+        ran.append(item.trace_id)
+        return CodeResult(patch=Patch(text="done"))
+
+    worker = PullWorker(bus, "coder", handle)
+    async with serving(worker):
+        await waiting_for_work(bus, "coder")  # it hears notices from now on
+        await withdraw(bus, "t1", trace_id="old-submission")
+        async with asyncio.timeout(5):  # the notice has no answer: look for its effect
+            while not len(worker._withdrawn):  # noqa: ASYNC110 - no signal
+                await asyncio.sleep(0.01)
+        await bus.publish(work_subject("coder"), code_request("t1", trace_id="new-submission"))
+        [result] = await collect_results(bus, 1)
+    assert ran == ["new-submission"]
+    assert isinstance(result, CodeResult)
 
 
 async def test_a_result_too_big_to_send_is_answered_with_work_failed(bus: Bus) -> None:

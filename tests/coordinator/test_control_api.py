@@ -377,8 +377,10 @@ async def test_cancelling_a_run_stops_the_work_in_flight(
     bus: Bus, coordinator: Coordinator
 ) -> None:
     started, stopped = asyncio.Event(), asyncio.Event()
+    items: list[WorkItem] = []
 
     async def slow_coder(item: WorkItem) -> Result:
+        items.append(item)
         started.set()
         try:
             await asyncio.Event().wait()
@@ -401,6 +403,8 @@ async def test_cancelling_a_run_stops_the_work_in_flight(
     [notice] = [e for e in events if isinstance(e, WorkCancelled)]
     assert (notice.task_id, notice.attempt) == ("x", 1)
     assert notice.reason == "wrong repo"
+    # it names the submission whose work it withdraws, not every submission of the run id
+    assert notice.trace_id == items[0].trace_id != "r5"
 
 
 async def test_each_role_gets_the_output_of_the_one_before(
