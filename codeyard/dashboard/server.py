@@ -173,7 +173,7 @@ class Dashboard:
         self.answered_by = answered_by
         self.user_header = user_header
         self.closing = asyncio.Event()  # ends the event streams, which never end by themselves
-        self._script = live_script().encode()
+        self._scripts = {pages.LIVE_SCRIPT: live_script().encode(), SIGN_IN_SCRIPT: SCRIPT.encode()}
         self.cookie = COOKIE_PREFIX  # `serving` names it after the port it listens on
 
     def application(self) -> web.Application:
@@ -184,10 +184,10 @@ class Dashboard:
         app.router.add_get(f"/runs/{ID % 'run_id'}/tasks/{ID % 'task_id'}", self.task)
         app.router.add_get("/approvals", self.approvals)
         app.router.add_post(f"/approvals/{ID % 'approval_id'}/{{answer:approve|deny}}", self.answer)
-        app.router.add_get(pages.LIVE_SCRIPT, self.script)
+        for path in self._scripts:
+            app.router.add_get(path, self.script)
         app.router.add_get(SIGN_IN, self.sign_in_form)
         app.router.add_post(SIGN_IN, self.sign_in)
-        app.router.add_get(SIGN_IN_SCRIPT, self.sign_in_script)
         app.on_response_prepare.append(_security_headers)
         app.on_shutdown.append(self._close_streams)
         return app
@@ -250,9 +250,6 @@ class Dashboard:
 
     async def sign_in_form(self, request: web.Request) -> web.StreamResponse:
         return _html(sign_in_page())
-
-    async def sign_in_script(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=SCRIPT, content_type="text/javascript", charset="utf-8")
 
     async def sign_in(self, request: web.Request) -> web.StreamResponse:
         """The token, posted by the sign-in page, traded for the session cookie."""
@@ -333,7 +330,8 @@ class Dashboard:
         return who
 
     async def script(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(body=self._script, content_type="text/javascript", charset="utf-8")
+        body = self._scripts[request.path]
+        return web.Response(body=body, content_type="text/javascript", charset="utf-8")
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """The run's events from its first on (a browser that reconnects gets them again and

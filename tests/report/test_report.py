@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import msgspec
 
 from codeyard.report import build_report, render_html, render_markdown
-from codeyard.report.graph_svg import layout
+from codeyard.report.graph_svg import MAX_DRAWN_TASKS, layout, render_graph_svg
 from codeyard.report.markdown import code_span
 from codeyard.report.model import RoleUsage, dependency_depths
 from codeyard.schemas import (
@@ -262,6 +262,23 @@ def test_a_dry_run_in_progress_and_a_broken_graph_still_render() -> None:
     assert "none (dry run)" in render_markdown(report)
     parse(render_html(report))
     parse(render_html(build_report(Run(run_id="empty", goal="g"), [])))
+
+
+def test_a_plan_too_big_to_draw_is_listed_not_drawn() -> None:
+    def chain(length: int) -> Run:
+        specs = [
+            TaskSpec(id=f"t{n}", title="step", deps=[f"t{n - 1}"] if n else [])
+            for n in range(length)
+        ]
+        return Run(run_id="big", goal="g", tasks={spec.id: Task(spec=spec) for spec in specs})
+
+    drawn = render_graph_svg(build_report(chain(MAX_DRAWN_TASKS), []))
+    assert drawn.count('<g class="node"') == MAX_DRAWN_TASKS
+    big = build_report(chain(10_000), [])
+    assert render_graph_svg(big).startswith('<p class="no-graph">10,000 tasks: too many to draw')
+    html = render_html(big)
+    assert "<svg" not in html
+    assert 'href="#task-t9999"' in html  # every task is in the table below
 
 
 def test_code_spans_hold_backticks_and_pipes() -> None:
