@@ -47,7 +47,10 @@ err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 INTERRUPTED = 130  # a Ctrl-C, as shells report a process SIGINT ended: 128 + 2
 JsonFlag = Annotated[
-    bool, typer.Option("--json", help="print JSON (msgspec) for scripts, nothing else on stdout")
+    bool,
+    typer.Option(
+        "--json", metavar="", help="print JSON (msgspec) for scripts, nothing else on stdout"
+    ),
 ]
 
 N = TypeVar("N", int, float)
@@ -82,7 +85,11 @@ def _options(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", help="print the codeyard version", callback=_print_version, is_eager=True
+            "--version",
+            metavar="",
+            help="print the codeyard version",
+            callback=_print_version,
+            is_eager=True,
         ),
     ] = False,
 ) -> None:
@@ -121,7 +128,9 @@ def deploy_nats_config(
     out: Annotated[str, typer.Option(metavar="<dir>", help="directory to write (created)")],
     reviewer: Annotated[
         list[str] | None,
-        typer.Option(help="a plugin reviewer review.NAME to give its own user (repeatable)"),
+        typer.Option(
+            metavar="<name>", help="a plugin reviewer review.NAME to give its own user (repeatable)"
+        ),
     ] = None,
     host: Annotated[
         str, typer.Option(help="address the server listens on (0.0.0.0: every interface)")
@@ -174,25 +183,28 @@ def up(
     agents: Annotated[
         bool,
         typer.Option(
-            help="run the agent roles (--no-agents: NATS, coordinator and safety gate only)"
+            metavar="",
+            help="run the agent roles (--no-agents: NATS, coordinator and safety gate only)",
         ),
     ] = True,
     reviewer: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="<name>",
             help="also run this reviewer plugin (an entry point name such as `static`, or "
-            "its role review.static), with its own NATS user; repeatable"
+            "its role review.static), with its own NATS user; repeatable",
         ),
     ] = None,
     reviewer_user: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="<name>",
             help="give a reviewer you run yourself (in another language, say) its NATS user "
             "on the embedded server, for role review.NAME; its credentials are printed; "
-            "repeatable"
+            "repeatable",
         ),
     ] = None,
-    dashboard: Annotated[bool, typer.Option(help="run the web dashboard too")] = True,
+    dashboard: Annotated[bool, typer.Option(metavar="", help="run the web dashboard too")] = True,
     policy: Annotated[
         Path | None,
         typer.Option(
@@ -420,13 +432,17 @@ def worker(
     ] = 1,
     plugin: Annotated[
         str | None,
-        typer.Option(help="review only: a reviewer plugin class, module:Class (needs --name)"),
+        typer.Option(
+            metavar="<module:Class>",
+            help="review only: a reviewer plugin class, module:Class (needs --name)",
+        ),
     ] = None,
     name: Annotated[
         str | None,
         typer.Option(
+            metavar="<name>",
             help="review only: serve role review.NAME; without --plugin, NAME is looked up in "
-            "the codeyard.reviewers entry points"
+            "the codeyard.reviewers entry points",
         ),
     ] = None,
 ) -> None:
@@ -500,17 +516,21 @@ def run(
     run_id: Annotated[
         str | None,
         typer.Option(
+            metavar="<id>",
             help="choose the run id; the same goal again follows that run (resubmitting is "
-            "safe), an id taken by another goal is refused"
+            "safe), an id taken by another goal is refused",
         ),
     ] = None,
     # (no --no-approve-*: they are the defaults, and their column squeezed every option's help)
     approve_plan: Annotated[
-        bool, typer.Option("--approve-plan", help="wait for a person to approve the plan")
+        bool,
+        typer.Option("--approve-plan", metavar="", help="wait for a person to approve the plan"),
     ] = False,
     approve_merge: Annotated[
         bool,
-        typer.Option("--approve-merge", help="wait for a person to approve each task's merge"),
+        typer.Option(
+            "--approve-merge", metavar="", help="wait for a person to approve each task's merge"
+        ),
     ] = False,
     timeout: Annotated[
         float,
@@ -547,8 +567,9 @@ def run(
     reviewer: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="<name>",
             help="a reviewer every task needs: review (the LLM) or review.NAME (a plugin, "
-            "NAME alone too); repeat for several (default: review)"
+            "NAME alone too); repeat for several (default: review)",
         ),
     ] = None,
     test_command: Annotated[
@@ -562,7 +583,7 @@ def run(
         ),
     ] = None,
     yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="approve everything the run waits for")
+        bool, typer.Option("--yes", "-y", metavar="", help="approve everything the run waits for")
     ] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -989,7 +1010,9 @@ def coordinator(
 
 @app.command()
 def approvals(
-    run_id: Annotated[str | None, typer.Option("--run", help="only those of this run")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", metavar="<id>", help="only those of this run")
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """List what waits for a person: plans, budget overruns, gated commands and merges,
@@ -1031,7 +1054,10 @@ def approve(
     comment: Annotated[str, typer.Option(help="why, kept with the answer")] = "",
     by: Annotated[
         str,
-        typer.Option(help="who approves (default: $USER, else $LOGNAME, else the account name)"),
+        typer.Option(
+            metavar="<name>",
+            help="who approves (default: $USER, else $LOGNAME, else the account name)",
+        ),
     ] = "",
     json_output: JsonFlag = False,
 ) -> None:
@@ -1055,7 +1081,11 @@ def deny(
     approval_id: Annotated[str, typer.Argument(help="from `codeyard approvals`")],
     reason: Annotated[str, typer.Option(help="why, shown with the failed task")] = "",
     by: Annotated[
-        str, typer.Option(help="who denies (default: $USER, else $LOGNAME, else the account name)")
+        str,
+        typer.Option(
+            metavar="<name>",
+            help="who denies (default: $USER, else $LOGNAME, else the account name)",
+        ),
     ] = "",
     json_output: JsonFlag = False,
 ) -> None:
@@ -1156,7 +1186,7 @@ def cancel(
 @app.command("gc")
 def gc_command(
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="only list what would be deleted")
+        bool, typer.Option("--dry-run", metavar="", help="only list what would be deleted")
     ] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -1225,10 +1255,14 @@ def gc_command(
 def logs(
     run_id: Annotated[str, typer.Argument(help="the run whose events to show")],
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="keep streaming until the run ends (or Ctrl-C)")
+        bool,
+        typer.Option(
+            "--follow", "-f", metavar="", help="keep streaming until the run ends (or Ctrl-C)"
+        ),
     ] = False,
     json_output: Annotated[
-        bool, typer.Option("--json", help="one JSON event per line (msgspec), nothing else")
+        bool,
+        typer.Option("--json", metavar="", help="one JSON event per line (msgspec), nothing else"),
     ] = False,
 ) -> None:
     """The run's events from its start, one readable line each: run and task transitions,
@@ -1378,7 +1412,9 @@ def report_command(
 @app.command("rollback")
 def rollback_command(
     run_id: Annotated[str, typer.Argument(help="the run whose result branch moves")],
-    to: Annotated[str, typer.Option("--to", help="the task whose commit becomes the tip")],
+    to: Annotated[
+        str, typer.Option("--to", metavar="<task>", help="the task whose commit becomes the tip")
+    ],
     repo: Annotated[
         Path | None,
         typer.Option(exists=True, file_okay=False, help="the repository (default: the run's)"),

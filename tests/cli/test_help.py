@@ -60,3 +60,17 @@ def test_the_version_is_an_option_too() -> None:
     assert option.returncode == 0, option.stderr
     assert option.stdout == command.stdout
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*\n", option.stdout)
+
+
+def test_a_flag_shows_no_value_to_give_it() -> None:
+    """typer 0.29 shows `<bool>` beside every flag, as if `--approve-plan true` were asked
+    for; its own --help and completion options keep it (they are not ours to name)."""
+    helped = codeyard(os.environ | {"COLUMNS": "120"}, "run", "--help", timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    options = helped.stdout.split("Options", 1)[1].splitlines()
+    [approve] = [line for line in options if "--approve-plan" in line]
+    [reviewer] = [line for line in options if "--reviewer" in line]
+    assert "<" not in approve.split("wait for")[0]
+    assert "<name>" in reviewer
+    ours = [line for line in options if "<bool>" in line and "--help" not in line]
+    assert ours == []
