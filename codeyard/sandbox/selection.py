@@ -65,10 +65,20 @@ def default_sandbox(settings: Settings | None = None, *, bwrap: Path | None = No
                 for field, name in _DOCKER_SETTINGS.items()
                 if field in settings.model_fields_set
             ]
-            level = logging.WARNING if chosen else logging.INFO
-            verb = "are" if len(chosen) > 1 else "is"
-            because = f" although {' and '.join(chosen)} {verb} set" if chosen else ""
-            log.log(level, "bubblewrap sandbox instead of docker%s; %s", because, tried[0])
+            if chosen:
+                verb = "are" if len(chosen) > 1 else "is"
+                log.warning(
+                    "bubblewrap sandbox instead of docker although %s %s set; %s",
+                    " and ".join(chosen),
+                    verb,
+                    tried[0],
+                )
+            else:  # the usual case on a machine without docker: one short line
+                log.info(
+                    "bubblewrap sandbox (docker is not available here; CODEYARD_SANDBOX=docker "
+                    "says why)"
+                )
+                log.debug("docker not used: %s", tried[0])
         return sandbox
     raise SandboxUnavailable(
         "no sandbox available to run generated code (CODEYARD_SANDBOX=auto tried docker, then "

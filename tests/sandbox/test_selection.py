@@ -32,10 +32,21 @@ def test_auto_picks_docker_when_it_works(docker_sandbox: DockerSandbox) -> None:
 
 
 def test_auto_falls_back_to_bwrap_when_docker_is_unreachable(
-    bwrap_sandbox: BwrapSandbox, no_docker: str
+    bwrap_sandbox: BwrapSandbox, no_docker: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     chosen = default_sandbox(Settings(sandbox="auto", docker_host=no_docker))
     assert isinstance(chosen, BwrapSandbox)
+    unset = Settings(docker_host=no_docker)
+    unset.model_fields_set.discard("docker_host")  # as a default that no engine answers at
+    caplog.clear()  # (the warning above: a docker host was set)
+    with caplog.at_level(logging.INFO, logger="codeyard.sandbox.selection"):
+        default_sandbox(unset)  # docker not asked for: the usual case
+    # one short line, not docker's whole refusal (its cause and how to start an engine)
+    [said] = [record for record in caplog.records if record.name.endswith("selection")]
+    assert said.levelno == logging.INFO
+    assert said.getMessage() == (
+        "bubblewrap sandbox (docker is not available here; CODEYARD_SANDBOX=docker says why)"
+    )
 
 
 def test_auto_falls_back_to_bwrap_when_the_image_is_missing(
