@@ -148,7 +148,7 @@ from codeyard.schemas.model import (
     clip,
 )
 from codeyard.workspace.git import GitError
-from codeyard.workspace.integration import RepositoryNotWritable
+from codeyard.workspace.integration import RepositoryNotWritable, RunIdTaken
 from codeyard.workspace.patch_store import inline
 
 log = logging.getLogger(__name__)
@@ -1297,7 +1297,9 @@ class Coordinator:
             repo = await self.integrator.prepare(run)
         except Exception as exc:
             log.warning("run %s: cannot prepare its repository: %s", run.run_id, exc)
-            if isinstance(exc, GitError | RepositoryNotWritable):  # git refused the repository
+            if isinstance(exc, RunIdTaken):
+                prepared = Prepared(run.run_id, None, f"run_id: {exc}", "$.run_id")
+            elif isinstance(exc, GitError | RepositoryNotWritable):  # git refused the repository
                 prepared = Prepared(run.run_id, None, f"repository: {exc}", "$.repo")
             else:  # the disk, the object store: the same submission may well work later
                 error = f"could not prepare the repository, try again: {type(exc).__name__}: {exc}"

@@ -74,6 +74,9 @@ BASE_REF = "refs/codeyard/base"
 SUBMISSION_KEY = "codeyard.submission"
 # In the run's directory, next to the clone: held by whoever changes the clone.
 LOCK_FILE = f"{CLONE_DIR}.lock"
+# In the run's directory: the run id it was made for, as spelled. On a file system that does
+# not tell case apart (macOS's, Windows'), runs `Fix` and `fix` would share one directory.
+OWNER_FILE = "run-id"
 # A clone being made, or being thrown away, in the run's directory; one still there when the
 # run's lock is taken was left by an interrupted process.
 PARTIAL_SUFFIX = ".partial"
@@ -179,6 +182,7 @@ class GitIntegrator:
         _check_deliverable(Path(run.repo.path), result_branch(run.run_id))
         target = self.integration_dir(run.run_id)
         target.parent.mkdir(parents=True, exist_ok=True)
+        _claim(target.parent, run.run_id)
         # Changed now, even when the clone is there already: garbage collection leaves a clone
         # of a run not recorded yet alone only while it looks recently changed.
         os.utime(target.parent)
@@ -388,6 +392,31 @@ def _taken_at_delivery(repo: Path, branch: str, source: Path, head: str) -> str:
 
 class RepositoryNotWritable(Exception):
     """The result branch could not be fetched into the user's repository by this process."""
+
+
+class RunIdTaken(Exception):
+    """The run's directory in the data dir belongs to a run whose id differs only in case: the
+    file system does not tell them apart, and preparing this run would discard the other's
+    clone."""
+
+
+def _claim(run_dir: Path, run_id: str) -> None:
+    """Mark `run_dir` as `run_id`'s, or raise `RunIdTaken` if another run id has it."""
+    owner = run_dir / OWNER_FILE
+    try:
+        other = owner.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        other = ""
+    if other and other != run_id:
+        raise RunIdTaken(
+            f"run id {run_id!r} and the run {other!r} share the directory {run_dir}: the file "
+            "system of the data dir does not tell upper and lower case apart; choose another "
+            "run id"
+        )
+    if not other:  # (a directory of an older codeyard has none: it is this run's by its name)
+        written = owner.with_name(f"{OWNER_FILE}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
+        written.write_text(run_id + "\n", encoding="utf-8")
+        os.replace(written, owner)  # whole or not at all
 
 
 class ResultBranchTaken(RepositoryNotWritable):

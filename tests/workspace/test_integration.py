@@ -23,8 +23,10 @@ from codeyard.workspace.git import GitError, git
 from codeyard.workspace.integration import (
     BASE_REF,
     LOCK_FILE,
+    OWNER_FILE,
     PARTIAL_SUFFIX,
     GitIntegrator,
+    RunIdTaken,
     commit_message,
 )
 from codeyard.workspace.regression import SandboxedSuite
@@ -140,6 +142,26 @@ async def test_a_clone_left_by_a_run_of_the_same_id_on_another_repository_is_rep
     clone = integrator.integration_dir("r1")
     assert sorted(path.name for path in clone.iterdir() if path.name != ".git") == ["app.py"]
     assert run.repo.head == git(user_repo, "rev-parse", "HEAD").strip()
+
+
+async def test_a_run_id_differing_only_in_case_is_refused_where_it_would_share_a_directory(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """On macOS's or Windows' file system `runs/Fix` is `runs/fix`: preparing `fix` took the
+    clone of `Fix` for one left by another submission, and discarded it under the running
+    run. Simulated here by the directory's owner, as such a file system would show it."""
+    integrator = GitIntegrator(tmp_path / "data")
+    upper = run_with(user_repo)
+    upper.run_id = "Fix"
+    await integrator.prepare(upper)
+    assert (integrator.root / "Fix" / OWNER_FILE).read_text() == "Fix\n"
+    (integrator.root / "fix").mkdir()
+    (integrator.root / "fix" / OWNER_FILE).write_text("Fix\n")  # what `runs/fix` shows there
+    lower = run_with(user_repo)
+    lower.run_id = "fix"
+    with pytest.raises(RunIdTaken, match="'fix' and the run 'Fix' share the directory"):
+        await integrator.prepare(lower)
+    assert not (integrator.root / "fix" / "integration").exists()  # nothing made, or removed
 
 
 @pytest.mark.parametrize("earlier", ["s1", ""], ids=["recorded", "made-by-an-older-version"])
@@ -337,7 +359,7 @@ async def test_what_an_interrupted_clone_left_is_removed(user_repo: Path, tmp_pa
     (leftover / ".git").mkdir(parents=True)
 
     await integrator.prepare(run_with(user_repo))
-    assert sorted(path.name for path in run_dir.iterdir()) == ["integration", LOCK_FILE]
+    assert sorted(path.name for path in run_dir.iterdir()) == ["integration", LOCK_FILE, OWNER_FILE]
 
 
 async def test_a_merge_clears_what_a_coordinator_killed_mid_merge_left(
