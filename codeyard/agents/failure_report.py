@@ -1,4 +1,5 @@
-"""A test run's output cut down to what the coder needs to fix the failure.
+"""A test run's output cut down to what the coder needs to fix the failure, and
+`missing_program`: a test command that could not start at all is the setup's failure.
 
 From pytest output it keeps the failure sections (the end of each failure, where the assertion
 and its location are) and the short test summary with the final counts, and drops the session
@@ -9,6 +10,10 @@ Every cut leaves a `[... N characters cut ...]` line, and the result never excee
 from __future__ import annotations
 
 import re
+import shlex
+from itertools import pairwise
+
+from codeyard.sandbox import RunOutcome
 
 MAX_CHARS = 4_000
 MIN_CHARS = 200  # below this not even a marker and a summary line fit
@@ -193,3 +198,42 @@ def _tail_plain(text: str, room: int) -> str:
     start = len(text) - room
     newline = text.find("\n", start - 1, start + room // 2)
     return text[newline + 1 :] if newline != -1 else text[start:]
+
+
+# What the sandbox's /bin/sh says of a program it cannot run: dash (Debian's), bash as sh and
+# busybox. Only its own lines count (a script's lines start with the script's name), and only
+# with its exit status for that, 127 or 126.
+_SHELL_REFUSED = re.compile(
+    r"^(?:/bin/)?sh: (?:(?:line )?\d+: )?(?P<program>.+?): "
+    r"(?:(?:command )?not found|Permission denied)$",
+    re.MULTILINE,
+)
+
+
+# What Python says, and all it says, when `python -m MODULE` finds no MODULE (exit code 1).
+_NO_MODULE = re.compile(r"(?P<python>\S*python[\d.]*): No module named (?P<module>[\w.]+)")
+
+
+def missing_program(command: str, outcome: RunOutcome) -> str:
+    """The program of the test command line `command` that the sandbox's shell could not run
+    (not installed in the sandbox, or not executable), or "" when the command ran.
+
+    That is the setup's problem, not the change's: sent back to the coder as a test failure it
+    would use up every attempt. A program a test script runs is the tests' business, so only
+    one named on the command line itself counts; so does the module of `python -m MODULE`
+    when Python finds none (pytest not installed where the sandbox's Python looks)."""
+    if outcome.killed_by_limit:
+        return ""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # the shell read it; its own message names the program
+        words = command.split()
+    if outcome.exit_code == 1 and (unknown := _NO_MODULE.fullmatch(outcome.output.strip())):
+        modules = {after for before, after in pairwise(words) if before == "-m"}
+        return f"python -m {unknown['module']}" if unknown["module"] in modules else ""
+    if outcome.exit_code not in (126, 127):
+        return ""
+    for refused in _SHELL_REFUSED.finditer(outcome.output):
+        if refused["program"] in words:
+            return refused["program"]
+    return ""

@@ -6,13 +6,16 @@ it."""
 from __future__ import annotations
 
 import asyncio
-import re
-import shlex
 from pathlib import Path, PurePosixPath
 
 from codeyard.agents.asking import answered_by, ask_model
 from codeyard.agents.edits import EditError, apply_edits
-from codeyard.agents.failure_report import MAX_CHARS, count_tests_run, trim_test_output
+from codeyard.agents.failure_report import (
+    MAX_CHARS,
+    count_tests_run,
+    missing_program,
+    trim_test_output,
+)
 from codeyard.agents.outputs import FileEdit, TestOutput
 from codeyard.agents.prompt_context import describe_task, fenced, quote_files
 from codeyard.agents.prompt_templates import render_prompt
@@ -21,7 +24,7 @@ from codeyard.agents.working_copy import PatchDoesNotApply, apply_patch, read_fi
 from codeyard.bus.gate_client import GateClient, require_clearance
 from codeyard.bus.worker import GiveUp, RetryLater
 from codeyard.llm import LLMClient
-from codeyard.sandbox import Limits, RunOutcome, Sandbox, SandboxUnavailable, shell_command
+from codeyard.sandbox import Limits, Sandbox, SandboxUnavailable, shell_command
 from codeyard.sandbox.limit_hit import limit_header
 from codeyard.schemas import Result, TestRequest, TestResult, WorkItem
 
@@ -32,35 +35,6 @@ def is_test_path(path: str) -> bool:
     name = parts[-1] if parts else ""
     in_tests = any(part in ("tests", "test") for part in parts[:-1])
     return in_tests or name.startswith("test_") or name.endswith("_test.py")
-
-
-# What the sandbox's /bin/sh says of a program it cannot run: dash (Debian's), bash as sh and
-# busybox. Only its own lines count (a script's lines start with the script's name), and only
-# with its exit status for that, 127 or 126.
-_SHELL_REFUSED = re.compile(
-    r"^(?:/bin/)?sh: (?:(?:line )?\d+: )?(?P<program>.+?): "
-    r"(?:(?:command )?not found|Permission denied)$",
-    re.MULTILINE,
-)
-
-
-def missing_program(command: str, outcome: RunOutcome) -> str:
-    """The program of the test command line `command` that the sandbox's shell could not run
-    (not installed in the sandbox, or not executable), or "" when the command ran.
-
-    That is the setup's problem, not the change's: sent back to the coder as a test failure it
-    would use up every attempt. A program a test script runs is the tests' business, so only
-    one named on the command line itself counts."""
-    if outcome.exit_code not in (126, 127) or outcome.killed_by_limit:
-        return ""
-    try:
-        words = set(shlex.split(command))
-    except ValueError:  # the shell read it; its own message names the program
-        words = set(command.split())
-    for refused in _SHELL_REFUSED.finditer(outcome.output):
-        if refused["program"] in words:
-            return refused["program"]
-    return ""
 
 
 class Tester:

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
-from codeyard.agents.failure_report import MAX_CHARS, trim_test_output
+from codeyard.agents.failure_report import MAX_CHARS, missing_program, trim_test_output
 from codeyard.agents.repo_summary import detect_test_command
 from codeyard.bus.gate_client import GateClient
 from codeyard.sandbox import Limits, Sandbox, shell_command
@@ -70,6 +70,19 @@ class SandboxedSuite:
                 return None
             outcome = await self.sandbox.run(copy, shell_command(command), self.limits)
         if outcome.ok:
+            return None
+        if program := missing_program(command, outcome):
+            # The tester ran it for this attempt: this sandbox lacks what the tester's has. Each
+            # merge taken back for it would fail every task; the task's own test run stands.
+            log.error(
+                "run %s: suite after %s not run: %r cannot run %r in the %s sandbox here; give "
+                "the coordinator a sandbox that has it",
+                run_id,
+                task_id,
+                command,
+                program,
+                self.sandbox.name,
+            )
             return None
         # after trimming, which keeps the end of the output: the limit hit is the first thing said
         header = limit_header(outcome, self.limits)

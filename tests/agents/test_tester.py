@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.agents import tester as testing_role  # not `Tester`: pytest would collect it
+from codeyard.agents.failure_report import missing_program
 from codeyard.agents.policy import Policy, load_policy
 from codeyard.agents.safety_gate import SafetyGate
 from codeyard.bus import Bus
@@ -177,9 +178,24 @@ def ran(exit_code: int, output: str) -> RunOutcome:
         ("pytest", ran(127, "/bin/sh: 1: rsync: not found\n"), ""),
         ("make test", ran(0, "/bin/sh: 1: make: not found\n"), ""),
         ("make 'test", ran(127, "/bin/sh: 1: Syntax error: Unterminated quoted string\n"), ""),
+        # pytest not installed for the sandbox's Python: every change would fail its tests
+        (
+            "python -m pytest -q",
+            ran(1, "/usr/bin/python3: No module named pytest\n"),
+            "python -m pytest",
+        ),
+        (
+            "cd app && python3.11 -m pytest",
+            ran(1, "python3.11: No module named pytest\n"),
+            "python -m pytest",
+        ),
+        # a test that ran a module of its own, or said so among other things
+        ("python -m pytest", ran(1, "/usr/bin/python3: No module named hypothesis\n"), ""),
+        ("python -m pytest", ran(1, "collected 3 items\npython: No module named pytest\n"), ""),
+        ("python -m pytest", ran(2, "/usr/bin/python3: No module named pytest\n"), ""),
     ],
 )
 def test_the_program_a_test_command_could_not_run(
     command: str, outcome: RunOutcome, program: str
 ) -> None:
-    assert testing_role.missing_program(command, outcome) == program
+    assert missing_program(command, outcome) == program

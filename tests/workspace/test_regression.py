@@ -122,3 +122,34 @@ async def test_a_suite_stopped_by_a_limit_says_which_limit(
 
     assert report is not None
     assert report.startswith("timed out: sandbox limit hit: wall time (2 s)\n"), report
+
+
+ALLOW_A_RUNNER = """extends = "default"
+[[rules]]
+name = "runner"
+actions = ["run_command"]
+effect = "allow"
+reason = "the project's test runner"
+commands = ['^python -m nosuchrunner$']
+"""
+
+
+async def test_a_suite_this_sandbox_cannot_start_takes_no_merge_back(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The coordinator's sandbox lacks the runner the tester's has (pytest missing from an
+    image, say): every merge was taken back as a regression, and every task failed."""
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_passes.py": PASSES})
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(ALLOW_A_RUNNER, encoding="utf-8")
+    gate = await SafetyGate(bus, load_policy(policy_file)).serve()
+    try:
+        suite = SandboxedSuite(bwrap_sandbox, BusGateClient(bus), Limits(wall_seconds=60))
+        report = await suite.failures(repo, "r1", "t1", 1, test_command="python -m nosuchrunner")
+    finally:
+        await gate.unsubscribe()
+
+    assert report is None
+    [said] = [record for record in caplog.records if record.name == regression.__name__]
+    assert said.levelname == "ERROR"
+    assert "'python -m nosuchrunner' cannot run 'python -m nosuchrunner'" in said.getMessage()
