@@ -70,3 +70,20 @@ def test_the_safe_directory_is_every_directory(tmp_path: Path) -> None:
         check=True,
     )
     assert stored.stdout.splitlines() == ["*"]
+
+
+def test_pid_1_is_an_init_that_reaps_orphans() -> None:
+    """codeyard as PID 1 never waited for the process each bwrap sandbox leaves to it: one
+    zombie per sandbox run in the tester's and coordinators' containers (Kubernetes has no
+    `init: true`; the image itself must bring one)."""
+    [(_, entrypoint)] = [(k, a) for k, a in instructions() if k == "ENTRYPOINT"]
+    assert entrypoint == '["tini", "--", "codeyard"]'
+    installs = " ".join(a for k, a in instructions() if k == "RUN" and "apt-get install" in a)
+    assert " tini " in f"{installs} "
+
+
+def test_the_sandboxes_python_has_pytest() -> None:
+    """bwrap runs the Python that runs codeyard; without pytest there, `python -m pytest` said
+    "No module named pytest" and every Python task failed its tests."""
+    [install] = [a for k, a in instructions() if k == "RUN" and "pip install" in a]
+    assert "pytest" in install.split()

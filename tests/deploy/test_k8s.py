@@ -183,3 +183,20 @@ def test_keda_scales_the_coders_on_their_consumer() -> None:
     assert int(port) in {p["port"] for p in nats["spec"]["ports"]}
     (statefulset,) = of_kind("StatefulSet")
     assert "--http_port" in containers(statefulset)[0]["args"]  # the monitoring endpoint is on
+
+
+def test_every_container_running_the_bwrap_sandbox_has_a_memory_limit() -> None:
+    """uid 10001 cannot make a memory cgroup per sandboxed run, so bwrap starts only where the
+    container's own cgroup has a limit below the node's RAM: the coordinators (the suite after
+    each merge), the tester and the static reviewer never started without one."""
+    sandboxed = {
+        name
+        for name, container in codeyard_containers()
+        if container["args"][0] == "coordinator"
+        or container["args"][:2] == ["worker", "tester"]
+        or "--name" in container["args"]
+    }
+    assert sandboxed == {"coordinator", "tester", "review-static"}
+    for name, container in codeyard_containers():
+        if name in sandboxed:
+            assert container["resources"]["limits"]["memory"] == "4Gi", name
