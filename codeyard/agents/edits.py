@@ -95,6 +95,9 @@ class _Change:
     target: Path
     original: bytes | None  # None: the file does not exist yet
     text: str | None  # the content after the edits so far; None while it does not exist
+    # Every line of the original ends in CRLF. The model is shown such a file with LF endings
+    # (`read_files`), so its edits of it are written with CRLF, as the file's lines are.
+    crlf: bool = False
 
 
 def apply_edits(
@@ -121,7 +124,7 @@ def apply_edits(
     with tempfile.TemporaryDirectory(prefix="codeyard-edits-") as scratch:
         index = Path(scratch) / "index"
         if modified:
-            _git(root, index, "update-index", "--add", "--", *modified)
+            _seed_index(root, index, [c for c in changes if c.original is not None])
         written: list[_Change] = []
         made_dirs: list[Path] = []
         try:
@@ -173,13 +176,15 @@ def _apply_in_memory(
         parents = _parents(edit.path)
         _check_placement(root, edit.path, parents, changes, directories)
         original, text = _read_original(target, edit.path, max_file_bytes)
-        changes[edit.path] = _Change(edit.path, target, original, text)
+        crlf = text is not None and "\r\n" in text and text.count("\n") == text.count("\r\n")
+        changes[edit.path] = _Change(edit.path, target, original, text, crlf)
         directories.update(parents)
     change = changes[edit.path]
     if isinstance(edit, ReplaceText):
         if change.text is None:
             raise _Refused(f"{edit.path} does not exist; create it with a write edit")
-        count = _occurrences(change.text, edit.search)
+        search, replace = _line_ends(change, edit.search), _line_ends(change, edit.replace)
+        count = _occurrences(change.text, search)
         if count == 0:
             raise _Refused(f"search text not found in {edit.path}")
         if count > 1:
@@ -187,9 +192,9 @@ def _apply_in_memory(
                 f"search text found {count} times in {edit.path}; "
                 "include more surrounding lines so it matches exactly once"
             )
-        text = change.text.replace(edit.search, edit.replace, 1)
+        text = change.text.replace(search, replace, 1)
     else:
-        text = edit.content
+        text = _line_ends(change, edit.content)
     size = len(text.encode())
     if size > max_file_bytes:
         raise _Refused(
@@ -265,6 +270,31 @@ def _attribute_tokens(line: str) -> list[str]:
     return words
 
 
+def _seed_index(root: Path, index: Path, changes: list[_Change]) -> None:
+    """Put the files `changes` modify into the scratch `index` as they are before the edits.
+
+    A file whose bytes are its entry's in the repository's index takes that entry: added anew
+    from the tree, git would store it through the repository's attributes, and a file
+    committed with CRLF before `* text=auto` was set would be stored with LF, so that the diff
+    (its context lines, its `index` line) would match nothing in the repository. Any other
+    file (changed but not staged) is added from the tree, as it stands."""
+    paths = [change.path for change in changes]
+    staged: dict[str, tuple[str, str]] = {}  # path: (mode, blob) of its entry, if plain
+    for entry in _git(root, None, "ls-files", "-s", "-z", "--", *paths).split("\0"):
+        info, _, path = entry.partition("\t")
+        if info and len(fields := info.split()) == 3 and fields[2] == "0":
+            staged[path] = (fields[0], fields[1])
+    same: set[str] = set()
+    if staged:
+        hashed = _git(root, None, "hash-object", "--no-filters", "--", *staged).split()
+        same = {path for path, blob in zip(staged, hashed, strict=True) if staged[path][1] == blob}
+    if same:
+        entries = "".join(f"{staged[path][0]} {staged[path][1]}\t{path}\0" for path in same)
+        _git(root, index, "update-index", "-z", "--index-info", stdin=entries)
+    if rest := [path for path in paths if path not in same]:
+        _git(root, index, "update-index", "--add", "--", *rest)
+
+
 def _check_placement(
     root: Path,
     path: str,
@@ -277,13 +307,35 @@ def _check_placement(
     for parent in parents:
         if parent in changes or (root / parent).is_file():
             raise _Refused(f"{parent} is a file, so {path} cannot be inside it")
+        if parent not in directories and _is_unfilled_submodule(root, parent):
+            raise _Refused(
+                f"{parent} is a submodule (another repository, not checked out here), so "
+                f"{path} cannot be written into it"
+            )
     if path in directories:
         raise _Refused(f"{path} is a directory holding files written by earlier edits")
+
+
+def _is_unfilled_submodule(root: Path, directory: str) -> bool:
+    """Whether `directory` is a submodule left empty (a checked-out one has a `.git`, which
+    `workspace_path` refuses). git makes no empty directory of its own, so only an empty one
+    is looked up in the index."""
+    target = root / directory
+    if not target.is_dir() or any(target.iterdir()):
+        return False
+    entry = _git(root, None, "ls-files", "-s", "-z", "--", directory)
+    return entry.startswith("160000 ") and entry.rstrip("\0").endswith(f"\t{directory}")
 
 
 def _parents(path: str) -> list[str]:
     """The directories above `path`, outermost first: "a/b/c" -> ["a", "a/b"]."""
     return [path[:end] for end, char in enumerate(path) if char == "/"]
+
+
+def _line_ends(change: _Change, text: str) -> str:
+    """`text` with the line endings of the file it goes into: CRLF into a CRLF file, unless
+    the model wrote CRLF itself."""
+    return text.replace("\n", "\r\n") if change.crlf and "\r" not in text else text
 
 
 def _read_original(target: Path, path: str, max_file_bytes: int) -> tuple[bytes | None, str | None]:
@@ -351,7 +403,9 @@ def _git_env(index: Path | None) -> dict[str, str]:
     return env
 
 
-def _run_git(root: Path, index: Path | None, *args: str) -> subprocess.CompletedProcess[bytes]:
+def _run_git(
+    root: Path, index: Path | None, *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         # Names with non-ASCII letters as they are (the gate matches them against its path
         # rules); git still quotes names holding control characters, quotes or backslashes.
@@ -359,15 +413,16 @@ def _run_git(root: Path, index: Path | None, *args: str) -> subprocess.Completed
         ["git", *NO_PROGRAMS, "-c", "core.quotePath=false", *args],
         cwd=root,
         env=_git_env(index),
+        input=stdin.encode(),
         capture_output=True,
         timeout=GIT_TIMEOUT_SECONDS,
         check=False,
     )
 
 
-def _git(root: Path, index: Path, *args: str) -> str:
+def _git(root: Path, index: Path | None, *args: str, stdin: str = "") -> str:
     try:
-        result = _run_git(root, index, *args)
+        result = _run_git(root, index, *args, stdin=stdin)
     except subprocess.TimeoutExpired:
         raise EditError(f"git {args[0]} took over {GIT_TIMEOUT_SECONDS:g} s") from None
     if result.returncode != 0:

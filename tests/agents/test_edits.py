@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from codeyard.agents.edits import EditError, apply_edits
 from codeyard.agents.outputs import MAX_EDITS, CodeOutput, FileEdit, ReplaceText, WriteFile
 from codeyard.agents.policy import load_policy
+from codeyard.agents.working_copy import read_files
 from tests.agents.adversarial_corpus import AWS_KEY_ID
 from tests.agents.sample_repo import files_of, git
 
@@ -232,6 +233,83 @@ def test_a_nested_repository_is_not_edited(sample_repo: Path) -> None:
 
     assert (vendored / "lib.py").read_text() == "x = 1\n"
     assert not (vendored / "new.py").exists()
+
+
+def test_a_submodule_not_checked_out_is_not_written_into(sample_repo: Path) -> None:
+    """Its directory is empty in a checkout: a file written there made a diff that no
+    repository can apply ("appears as both a file and as a directory")."""
+    head = git(sample_repo, "rev-parse", "HEAD").strip()
+    git(sample_repo, "update-index", "--add", "--cacheinfo", f"160000,{head},vendor/lib")
+    git(sample_repo, "commit", "-q", "-m", "vendor lib as a submodule")
+    (sample_repo / "vendor" / "lib").mkdir(parents=True)  # as a checkout leaves it
+
+    with pytest.raises(EditError, match="vendor/lib is a submodule"):
+        apply_edits(sample_repo, [write("vendor/lib/new.py", "x = 1\n")])
+    assert list((sample_repo / "vendor" / "lib").iterdir()) == []
+    (sample_repo / "vendor" / "empty").mkdir()  # an empty directory of no submodule is not one
+    assert apply_edits(sample_repo, [write("vendor/empty/new.py", "x = 1\n")]).created
+
+
+CRLF = "def f():\r\n    return 1\r\n\r\n\r\ndef g():\r\n    return 2\r\n"
+
+
+def committed_crlf_file(repo: Path, attributes: str = "") -> None:
+    (repo / "win.py").write_bytes(CRLF.encode())
+    git(repo, "add", "win.py")
+    git(repo, "commit", "-q", "-m", "a file from Windows")
+    if attributes:  # set after the file was committed, as a project adopting them does
+        (repo / ".gitattributes").write_text(attributes)
+        git(repo, "add", ".gitattributes")
+        git(repo, "commit", "-q", "-m", "attributes")
+
+
+def applies_to(original: Path, diff: str, tmp_path: Path) -> bytes:
+    patch = tmp_path / "change.diff"
+    patch.write_bytes(diff.encode())  # as bytes: its lines end as the file's do
+    git(original, "status", "--porcelain")  # the copy's index learns its files' new stat data
+    git(original, "apply", "--3way", "--index", str(patch))
+    return (original / "win.py").read_bytes()
+
+
+def test_a_crlf_file_is_edited_as_the_model_was_shown_it_and_keeps_its_line_ends(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    """The model is shown the file with LF endings (`read_files`): its search text was never
+    found, and a whole-file write changed every line."""
+    committed_crlf_file(sample_repo)
+    original = tmp_path / "original"
+    shutil.copytree(sample_repo, original, symlinks=True)
+    shown = read_files(sample_repo, ["win.py"])["win.py"]
+    assert shown == CRLF.replace("\r\n", "\n")
+    edited = CRLF.replace("return 2", "return 3").encode()
+
+    applied = apply_edits(
+        sample_repo, [replace("win.py", "def g():\n    return 2\n", "def g():\n    return 3\n")]
+    )
+    assert (sample_repo / "win.py").read_bytes() == edited
+    assert "-    return 2\r\n+    return 3\r\n" in applied.diff
+    assert applies_to(original, applied.diff, tmp_path) == edited
+    git(sample_repo, "checkout", "--", "win.py")
+
+    rewritten = apply_edits(sample_repo, [write("win.py", shown.replace("return 2", "return 3"))])
+    assert (sample_repo / "win.py").read_bytes() == edited
+    assert rewritten.diff == applied.diff  # one line changed, not all of them
+
+
+def test_a_crlf_file_committed_before_text_auto_gets_a_diff_that_applies(
+    sample_repo: Path, tmp_path: Path
+) -> None:
+    """Added anew to the scratch index, the file was stored through `* text=auto` with LF:
+    the diff's context and base matched nothing, and the tester and the merge refused it."""
+    committed_crlf_file(sample_repo, "* text=auto\n")
+    original = tmp_path / "original"
+    shutil.copytree(sample_repo, original, symlinks=True)
+
+    applied = apply_edits(sample_repo, [replace("win.py", "return 2", "return 3")])
+    assert (
+        applies_to(original, applied.diff, tmp_path)
+        == CRLF.replace("return 2", "return 3").encode()
+    )
 
 
 def test_content_over_the_size_limit_is_refused(sample_repo: Path) -> None:
