@@ -23,7 +23,8 @@ class Integrator(Protocol):
         ...
 
     async def integrate(self, run: Run) -> Integrated:
-        """Every task is merged: finish the result branch."""
+        """Every task is merged: finish the result branch. `Integrated(ok=False)` when it can
+        never be delivered; raises when it may be on another try (the coordinator retries)."""
         ...
 
 

@@ -326,25 +326,25 @@ class GitIntegrator:
         never over anything: a branch of that name made since the run was prepared is left as
         it is, unless it holds nothing but a part of the run's history (then it moves on to its
         head, losing nothing). Delivering again what was delivered (a replay after a crash)
-        succeeds, even once the user built on the branch."""
+        succeeds, even once the user built on the branch.
+
+        Any other git failure raises `GitError`: it may pass (another git process holding a
+        lock of the repository a moment), and the coordinator tries again before it fails the
+        run with it."""
         branch = result_branch(run.run_id)
         source = self.integration_dir(run.run_id)
         repo = Path(run.repo.path)
         merged = sum(task.state is TaskState.MERGED for task in run.tasks.values())
         delivered = Integrated(ok=True, report=f"{merged} tasks on branch {branch} of {repo}")
+        head = _commit(source, "HEAD")
+        if _holds(repo, branch, head):
+            return delivered
         try:
-            head = _commit(source, "HEAD")
-            if _holds(repo, branch, head):
-                return delivered
-            try:
-                git(repo, *delivery_fetch(source, branch))
-            except GitError:
-                if _has_branch(repo, branch):  # made since, with commits that are not the run's
-                    report = _taken_at_delivery(repo, branch, source, head)
-                    return Integrated(ok=False, report=report)
-                raise
-        except GitError as exc:
-            return Integrated(ok=False, report=str(exc))
+            git(repo, *delivery_fetch(source, branch))
+        except GitError:
+            if _has_branch(repo, branch):  # made since, with commits that are not the run's
+                return Integrated(ok=False, report=_taken_at_delivery(repo, branch, source, head))
+            raise
         return delivered
 
 

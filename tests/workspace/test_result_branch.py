@@ -15,7 +15,7 @@ import pytest
 from codeyard.coordinator.events import Merged
 from codeyard.schemas import Patch, RepoRef, Run, Task, TaskSpec, TaskState
 from codeyard.testing.scripted_worker import new_file_patch
-from codeyard.workspace.git import git, git_version
+from codeyard.workspace.git import GitError, git, git_version
 from codeyard.workspace.integration import GitIntegrator, ResultBranchTaken
 from tests.repositories import one_commit_repo
 
@@ -128,6 +128,26 @@ async def test_a_branch_made_while_the_run_went_on_is_never_overwritten(
     assert "was made or moved since the run started" in delivered.report
     assert f"The result is commit {head} of {run.repo.snapshot}" in delivered.report
     assert git(user_repo, "rev-parse", "codeyard/r1").strip() == users
+
+
+async def test_a_delivery_git_refuses_for_a_moment_raises_to_be_tried_again(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """Another git process holds the branch's lock in the user's repository: the delivery was
+    answered `ok=False`, which failed the run for good, though a moment later it succeeds."""
+    integrator = GitIntegrator(tmp_path / "data")
+    run = await merged_run(integrator, user_repo)
+    lock = user_repo / ".git" / "refs" / "heads" / "codeyard" / "r1.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+
+    with pytest.raises(GitError, match=r"r1\.lock"):
+        await integrator.integrate(run)
+    lock.unlink()
+    delivered = await integrator.integrate(run)
+
+    assert delivered.ok, delivered.report
+    assert git(user_repo, "show", "codeyard/r1:notes.md") == "notes\n"
 
 
 async def test_delivering_again_succeeds_and_moves_nothing_back(
