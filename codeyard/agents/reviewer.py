@@ -22,6 +22,7 @@ class Reviewer:
             "reviewer",
             task=describe_task(item.task),
             patch=fenced(item.patch.text, "diff"),
+            tests=fenced(item.tests.text, "diff") if item.tests else "(none)",
             test_output=fenced(item.test_output or "(no output)"),
         )
         completion = await ask_model(

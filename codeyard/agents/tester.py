@@ -6,6 +6,7 @@ it."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path, PurePosixPath
 
 from codeyard.agents.asking import answered_by, ask_model
@@ -26,7 +27,11 @@ from codeyard.bus.worker import GiveUp, RetryLater
 from codeyard.llm import LLMClient
 from codeyard.sandbox import Limits, Sandbox, SandboxUnavailable, shell_command
 from codeyard.sandbox.limit_hit import limit_header
-from codeyard.schemas import Result, TestRequest, TestResult, WorkItem
+from codeyard.schemas import Patch, Result, TestRequest, TestResult, WorkItem
+
+# The most of the tester's tests a result carries (inline: a tester may not store artifacts);
+# larger ones still run, and are not kept.
+MAX_TESTS_PATCH_CHARS = 64 * 1024
 
 
 def is_test_path(path: str) -> bool:
@@ -74,7 +79,7 @@ class Tester:
                 tool_description="Submit test files for the acceptance criteria (or none).",
             )
             model = answered_by(completion)
-            notes = await asyncio.to_thread(self._add_tests, root, completion.value.edits)
+            notes, tests = await asyncio.to_thread(self._add_tests, root, completion.value.edits)
             if not command:
                 nothing_ran = f"{notes}no test command found: nothing ran"
                 return TestResult(
@@ -117,17 +122,29 @@ class Tester:
             tests_run=count_tests_run(outcome.output),
             usage=completion.usage,
             model=model,
+            tests=tests,
         )
 
     @staticmethod
-    def _add_tests(root: Path, edits: list[FileEdit]) -> str:
+    def _add_tests(root: Path, edits: list[FileEdit]) -> tuple[str, Patch | None]:
+        """Notes on what of `edits` was not added, and the diff of the tests that were, to be
+        merged with the task (None: none, or too large to carry)."""
         usable = [edit for edit in edits if is_test_path(edit.path)]
         notes = [
             f"ignored tester edit of {e.path}: not a test file" for e in edits if e not in usable
         ]
+        tests = None
         if usable:
             try:
-                apply_edits(root, usable)
+                diff = apply_edits(root, usable).diff
             except EditError as exc:
                 notes.append(f"tester's tests not added: {exc}")
-        return "".join(f"{note}\n" for note in notes)
+            else:
+                if len(diff) > MAX_TESTS_PATCH_CHARS:
+                    notes.append(
+                        f"tester's tests run but not kept: their diff is {len(diff)} characters, "
+                        f"over {MAX_TESTS_PATCH_CHARS}"
+                    )
+                elif diff:
+                    tests = Patch(text=diff, sha256=hashlib.sha256(diff.encode()).hexdigest())
+        return "".join(f"{note}\n" for note in notes), tests

@@ -1162,13 +1162,15 @@ class Coordinator:
         """None if the gate allows merging the task's patch; else what to do instead."""
         task = run.tasks[work.task_id]
         patch = await inline(self.artifacts, task.patch) if task.patch else None
+        # the tester's tests are merged with the patch: the gate reads both, as one diff
+        merged = (patch.text if patch else "") + (task.tests.text if task.tests else "")
         check = ActionCheck(
             run_id=run.run_id,
             task_id=work.task_id,
             attempt=work.attempt,
             trace_id=run.run_id,
             action="merge",
-            detail=patch.text if patch else "",
+            detail=merged,
             role="coordinator",
             require_approval=run.approve_merge,
         )
@@ -1641,20 +1643,25 @@ def _output_chars(result: Result) -> int:
     """The characters of what `_keep_output` keeps of `result`."""
     if isinstance(result, CodeResult):
         return len(result.patch.text) + len(result.summary)
-    return len(result.output) if isinstance(result, TestResult) else 0
+    if isinstance(result, TestResult):
+        return len(result.output) + (len(result.tests.text) if result.tests else 0)
+    return 0
 
 
 def _keep_output(task: Task | None, result: Result) -> None:
-    """What the next role of the task needs from this result: the patch, the test output."""
+    """What the next role of the task needs from this result: the patch, the test output and
+    the tester's tests (those of passing tests only: failing ones send the task back)."""
     if task is not None and isinstance(result, CodeResult):
-        task.patch, task.summary, task.test_output, task.tests_run = (
+        task.patch, task.summary, task.test_output, task.tests_run, task.tests = (
             result.patch,
             result.summary,
             "",
             0,
+            None,
         )
     elif task is not None and isinstance(result, TestResult):
         task.test_output, task.tests_run = result.output, result.tests_run
+        task.tests = result.tests if result.passed else None
 
 
 def _usage_of(result: Result) -> UsageReported | None:

@@ -114,6 +114,7 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
         reviewer=dispatch.role,
         repo=run.repo,
         test_output=task.test_output,
+        tests=task.tests,
     )
 
 

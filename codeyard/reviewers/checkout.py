@@ -1,5 +1,6 @@
-"""`patched_checkout`: a private checkout of a review request's repository with its patch
-applied, for plugins that want to look at (or run tools over) the changed code."""
+"""`patched_checkout`: a private checkout of a review request's repository with its patch (and
+the tester's tests, merged with it) applied, for plugins that want to look at (or run tools
+over) the changed code."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from codeyard.workspace.patch_store import by_reference
 
 
 def patched_checkout(request: ReviewRequest) -> PatchedCheckout:
-    """The repository at its current head with the request's patch applied, in a temporary
+    """The repository at its current head with the request's patch applied, then the tests the
+    tester wrote (`request.tests`: they are merged with the patch), in a temporary
     directory that is removed on exit. Usable as `with` in a plain `def review` or as
     `async with` in an `async def review` (the git work then runs in a thread; a plain `with`
     on the event loop is refused, as the copy would stall it).
@@ -31,12 +33,13 @@ class PatchedCheckout(WorkingCopy):
         if by_reference(request.patch):
             raise GiveUp("patches kept in the object store are not supported by plugins yet")
         super().__init__(request.repo)
-        self._patch = request.patch.text
+        self._patches = [request.patch.text, request.tests.text if request.tests else ""]
 
     def _enter(self) -> Path:
         root = super()._enter()
         try:
-            apply_patch(root, self._patch)
+            for patch in self._patches:
+                apply_patch(root, patch)
         except BaseException:
             self._stack.close()  # the checkout goes: nobody exits what was never entered
             raise

@@ -78,6 +78,9 @@ class ReviewRequest(Envelope, kw_only=True, frozen=True):
     reviewer: ReviewerName = "review"
     repo: RepoRef = RepoRef()
     test_output: LongText = ""
+    # The tests the tester wrote for the task's acceptance criteria, a diff on top of `patch`:
+    # merged with it, so reviewed with it. None when it wrote none.
+    tests: Patch | None = None
 
 
 WorkItem = PlanRequest | CodeRequest | TestRequest | ReviewRequest
@@ -113,6 +116,9 @@ class TestResult(Answer, kw_only=True, frozen=True):
     tests_run: int = 0
     usage: Usage = Usage()
     model: ShortText = ""
+    # The test files the tester wrote (and ran), a diff on top of the task's patch; kept and
+    # merged with the task when the tests pass. Inline only (at most 64 KiB: tester.py).
+    tests: Patch | None = None
 
 
 class ReviewComment(msgspec.Struct, kw_only=True, frozen=True):

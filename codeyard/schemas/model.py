@@ -239,6 +239,7 @@ class Task(msgspec.Struct, kw_only=True):
     test_output: LongText = ""
     summary: LongText = ""  # the coder's account of the change, for the commit message
     tests_run: int = 0
+    tests: Patch | None = None  # the tester's tests for the attempt, merged with `patch`
     # Times work was sent for this task (the items of its reviewers counting once); part of
     # each item's msg_id, so a re-send after a failover is deduplicated by JetStream while a
     # deliberate second send is not.

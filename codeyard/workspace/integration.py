@@ -211,10 +211,9 @@ class GitIntegrator:
             return await self._dry.merge(run, task_id, attempt)
         task = run.tasks[task_id]
         patch = await inline(self.artifacts, task.patch) if task.patch else None
+        changes = [patch.text if patch else "", task.tests.text if task.tests else ""]
         async with self._lock(run.run_id):
-            outcome, commit = await self._merge_in_thread(
-                run, task_id, attempt, patch.text if patch else ""
-            )
+            outcome, commit = await self._merge_in_thread(run, task_id, attempt, changes)
             if not isinstance(outcome, Merged):
                 return outcome
             if commit is None:  # merged before, under later merges whose suites passed on it
@@ -222,7 +221,7 @@ class GitIntegrator:
             return await self._verified(run, outcome, commit)
 
     async def _merge_in_thread(
-        self, run: Run, task_id: str, attempt: int, patch: str
+        self, run: Run, task_id: str, attempt: int, patches: list[str]
     ) -> tuple[Merged | MergeFailed, str | None]:
         """`_merge` in a thread. Cancelled meanwhile (the leadership lost, a shutdown), the
         commit it made is taken off the head again once it has returned, as `_verified` does:
@@ -230,7 +229,7 @@ class GitIntegrator:
         made: list[str] = []
 
         def merge() -> tuple[Merged | MergeFailed, str | None]:
-            outcome, commit = self._merge(run, task_id, attempt, patch)
+            outcome, commit = self._merge(run, task_id, attempt, patches)
             if commit is not None:
                 made.append(commit)
             return outcome, commit
@@ -286,9 +285,10 @@ class GitIntegrator:
         return MergeFailed(task_id, attempt, FeedbackKind.REGRESSION, report)
 
     def _merge(
-        self, run: Run, task_id: str, attempt: int, patch: str
+        self, run: Run, task_id: str, attempt: int, patches: list[str]
     ) -> tuple[Merged | MergeFailed, str | None]:
-        """The outcome, and the task's commit when it is HEAD (its suite has to pass)."""
+        """The outcome, and the task's commit when it is HEAD (its suite has to pass). The
+        `patches` (the coder's, then the tester's tests on top of it) make one commit."""
         repo = self.integration_dir(run.run_id)
         _clear_leftovers(repo)
         head = _commit(repo, "HEAD")
@@ -296,7 +296,7 @@ class GitIntegrator:
         if found:  # merged before a crash: do not apply twice; check its suite if still on top
             return Merged(task_id, attempt), head if found[0] == head else None
         task = run.tasks[task_id]
-        if patch.strip():
+        for patch in filter(str.strip, patches):
             try:
                 git(repo, "apply", "--3way", "--index", "--whitespace=nowarn", stdin=patch)
             except GitError as exc:

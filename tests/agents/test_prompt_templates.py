@@ -31,7 +31,7 @@ PLACEHOLDERS = {
     "planner": {"goal", "constraints", "repo_summary", "feedback"},
     "coder": {"goal", "task", "files", "feedback"},
     "tester": {"task", "patch", "test_command", "files"},
-    "reviewer": {"task", "patch", "test_output"},
+    "reviewer": {"task", "patch", "tests", "test_output"},
 }
 
 TASK = TaskSpec(
@@ -121,7 +121,11 @@ def test_values_are_inserted_verbatim_never_expanded() -> None:
     hostile = "price = '$goal' + '${task}' + '$$'"
 
     _, user = render_prompt(
-        "reviewer", task=describe_task(TASK), patch=fenced(hostile, "diff"), test_output="ok"
+        "reviewer",
+        task=describe_task(TASK),
+        patch=fenced(hostile, "diff"),
+        tests="(none)",
+        test_output="ok",
     )
 
     assert hostile in user["content"]
@@ -129,7 +133,7 @@ def test_values_are_inserted_verbatim_never_expanded() -> None:
 
 def test_a_missing_placeholder_is_an_error_naming_it() -> None:
     with pytest.raises(PromptError) as caught:
-        render_prompt("reviewer", task="t", patch="p")
+        render_prompt("reviewer", task="t", patch="p", tests="")
 
     assert str(caught.value) == "the reviewer template: no value for $test_output"
 
@@ -137,7 +141,7 @@ def test_a_missing_placeholder_is_an_error_naming_it() -> None:
 def test_an_unknown_value_is_an_error_too() -> None:
     # Usually a misspelt placeholder, which would otherwise leave the real one unset.
     with pytest.raises(PromptError) as caught:
-        render_prompt("reviewer", task="t", patch="p", test_output="", tests_output="")
+        render_prompt("reviewer", task="t", patch="p", tests="", test_output="", tests_output="")
 
     assert str(caught.value) == "the reviewer template: no placeholder for 'tests_output'"
 

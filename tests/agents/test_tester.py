@@ -5,6 +5,7 @@ real gate with the default policy over NATS, bubblewrap."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from codeyard.agents import tester as testing_role  # not `Tester`: pytest would
 from codeyard.agents.failure_report import missing_program
 from codeyard.agents.policy import Policy, load_policy
 from codeyard.agents.safety_gate import SafetyGate
+from codeyard.agents.tester import MAX_TESTS_PATCH_CHARS
 from codeyard.bus import Bus
 from codeyard.bus.gate_client import BusGateClient
 from codeyard.bus.worker import GiveUp
@@ -47,9 +49,10 @@ async def answer_of_the_tester(
     test_command: str,
     limits: Limits,
     policy: Policy | None = None,
+    tests_answer: dict[str, Any] = NO_NEW_TESTS,
 ) -> TestResult:
     """What the tester answers for a change adding notes.txt to `repo`, with a real gate (of
-    the default policy unless told) and a model that adds no tests."""
+    the default policy unless told) and a model that adds no tests (unless told)."""
     request = TestRequest(
         run_id="r1",
         task_id="t1",
@@ -63,7 +66,7 @@ async def answer_of_the_tester(
     try:
         async with (
             ScriptedOpenAI(
-                parse_script([{"tool": "submit_tests", "replies": [NO_NEW_TESTS]}])
+                parse_script([{"tool": "submit_tests", "replies": [tests_answer]}])
             ) as server,
             OpenAIClient(settings(server.base_url)) as client,
         ):
@@ -89,6 +92,49 @@ async def test_a_test_command_runs_as_the_shell_line_the_gate_allowed(
     assert result.output.splitlines()[-1].startswith("1 passed in "), result.output
     assert "[100%]" not in result.output  # the rest of the report went to pytest.log
     assert result.tests_run == 1
+
+
+NOTES_TEST = (
+    "from pathlib import Path\n\n\ndef test_notes():\n    assert Path('notes.txt').exists()\n"
+)
+
+
+@pytest.mark.parametrize("padding", [0, MAX_TESTS_PATCH_CHARS], ids=["kept", "too-large"])
+async def test_the_tests_the_tester_writes_come_back_as_a_diff_to_merge(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path, padding: int
+) -> None:
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_where.py": IN_TESTS})
+    written = NOTES_TEST + "#" * padding + "\n"
+    answer = {
+        "arguments": {
+            "rationale": "notes.txt must exist",
+            "edits": [
+                {"kind": "write", "path": "tests/test_notes.py", "content": written},
+                {"kind": "write", "path": "notes.txt", "content": "changed by the tester"},
+            ],
+        }
+    }
+    result = await answer_of_the_tester(
+        bus,
+        bwrap_sandbox,
+        repo,
+        "python -m pytest -q -p no:cacheprovider",
+        Limits(wall_seconds=60),
+        tests_answer=answer,
+    )
+
+    assert result.output.startswith("ignored tester edit of notes.txt: not a test file\n")
+    assert result.tests_run == 2, result.output  # its test ran with the repository's
+    if padding:
+        assert result.tests is None
+        assert "tester's tests run but not kept: their diff is" in result.output
+    else:
+        assert result.tests is not None
+        assert result.tests.text.startswith(
+            "diff --git a/tests/test_notes.py b/tests/test_notes.py"
+        )
+        assert "notes.txt b/notes.txt" not in result.tests.text  # only test files
+        assert "+    assert Path('notes.txt').exists()" in result.tests.text
 
 
 # The test passes and pytest exits 0, but the run as a whole goes over its memory: the kernel's

@@ -25,6 +25,7 @@ from codeyard.schemas import (
     ControlReply,
     Deny,
     ListApprovals,
+    Patch,
     PlanRequest,
     PlanResult,
     RepoRef,
@@ -411,10 +412,12 @@ async def test_each_role_gets_the_output_of_the_one_before(
     bus: Bus, coordinator: Coordinator
 ) -> None:
     seen: list[WorkItem] = []
+    written = Patch(text="diff --git a/tests/test_x.py b/tests/test_x.py\n")
 
     async def tester(item: WorkItem) -> Result:
         seen.append(item)
-        return TestResult(passed=True, output="3 passed")
+        # the first attempt's tests fail (the task goes back), the second's pass
+        return TestResult(passed=item.attempt > 1, output="3 passed", tests=written)
 
     async def reviewer(item: WorkItem) -> Result:
         seen.append(item)
@@ -427,12 +430,15 @@ async def test_each_role_gets_the_output_of_the_one_before(
         run = await wait_until(bus, "chain", timeout=30)
 
     assert run.state is RunState.DONE
-    test_request, review_request = [i for i in seen if i.run_id == "chain"]
+    failed, test_request, review_request = [i for i in seen if i.run_id == "chain"]
     assert isinstance(test_request, TestRequest)
     assert isinstance(review_request, ReviewRequest)
+    assert (failed.attempt, test_request.attempt) == (1, 2)
     assert test_request.patch.text.startswith("diff --git a/notes/x.txt")  # the coder's patch
     assert review_request.patch == test_request.patch
     assert review_request.test_output == "3 passed"
+    assert review_request.tests == written  # the tester's tests, merged with the patch
+    assert run.tasks["x"].tests == written
 
 
 async def test_the_runs_test_command_goes_to_its_planner_and_tester(

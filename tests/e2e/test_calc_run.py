@@ -60,6 +60,10 @@ async def test_a_goal_becomes_three_reviewed_tested_commits(
 
     delivered = checkout(repo, tmp_path / "delivered", "codeyard/e2e")
     assert "return a * b" in (delivered / "calc" / "ops.py").read_text()
+    # the tester's test for multiply is delivered with it, in its commit
+    assert "assert multiply(2, 3) == 6" in (delivered / "tests" / "test_multiply.py").read_text()
+    in_commit = git(repo, "show", "--name-only", "--format=", "codeyard/e2e~1").split()
+    assert sorted(in_commit) == ["calc/ops.py", "tests/test_multiply.py"], in_commit
     tests = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
@@ -69,7 +73,7 @@ async def test_a_goal_becomes_three_reviewed_tested_commits(
         timeout=120,
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "2 passed" in tests.stdout
+    assert "3 passed" in tests.stdout  # the repository's two and the tester's
 
 
 def test_the_readme_runs_what_this_test_runs(repo_root: Path) -> None:

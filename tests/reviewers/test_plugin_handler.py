@@ -11,6 +11,7 @@ import pytest
 
 from codeyard.bus import Bus, GiveUp, PullWorker
 from codeyard.bus.subjects import work_subject
+from codeyard.reviewers import patched_checkout
 from codeyard.reviewers.diff_lines import added_lines
 from codeyard.reviewers.handler import PluginHandler
 from codeyard.schemas import (
@@ -25,7 +26,7 @@ from codeyard.schemas import (
 )
 from tests.agents.sample_repo import SAMPLE_FILES
 from tests.bus.results import collect_results
-from tests.bus.test_worker import serving, until, withdraw
+from tests.bus.test_worker import SUBMISSION, serving, until, withdraw
 from tests.reviewers.conftest import patch_of
 from tests.reviewers.sample_plugins import (
     Approves,
@@ -66,6 +67,19 @@ async def test_patched_checkout_shows_the_change(sample_repo: Path) -> None:
     assert isinstance(result, ReviewResult)
     assert result.approved
     assert "mul" not in (sample_repo / "calc" / "ops.py").read_text()  # the repo is untouched
+
+
+def test_patched_checkout_has_the_testers_tests_too(sample_repo: Path) -> None:
+    """They are merged with the patch: a plugin running its tools over the change sees them."""
+    ops = SAMPLE_FILES["calc/ops.py"] + "\n\ndef mul(a: int, b: int) -> int:\n    return a * b\n"
+    tests = "from calc.ops import mul\n\n\ndef test_mul() -> None:\n    assert mul(2, 3) == 6\n"
+    asked = msgspec.structs.replace(
+        request(patch_of(sample_repo, {"calc/ops.py": ops}), sample_repo),
+        tests=Patch(text=patch_of(sample_repo, {"tests/test_mul.py": tests})),
+    )
+    with patched_checkout(asked) as root:
+        assert (root / "calc" / "ops.py").read_text() == ops
+        assert (root / "tests" / "test_mul.py").read_text() == tests
 
 
 async def test_a_review_that_returns_something_else_fails_the_work_saying_so() -> None:
@@ -155,7 +169,8 @@ async def test_a_withdrawn_plain_review_holds_its_slot_until_it_returns(bus: Bus
     next item, so more reviews ran at once than `--concurrency` promises."""
     role, plugin = "review.demo", Blocking()
     for run_id in ("r1", "r2"):
-        await bus.publish(work_subject(role), msgspec.structs.replace(request(), run_id=run_id))
+        item = msgspec.structs.replace(request(), run_id=run_id, trace_id=SUBMISSION)
+        await bus.publish(work_subject(role), item)
     try:
         async with serving(PullWorker(bus, role, PluginHandler(plugin, role), concurrency=1)):
             await until(lambda: plugin.running == 1)

@@ -157,6 +157,7 @@ def sample_messages() -> list[Envelope]:
             reviewer="review.security",
             repo=REPO,
             test_output="3 passed in 0.41s",
+            tests=Patch(text="+def test_expired_token_is_refused(): ...\n"),
         ),
         m.PlanResult(
             **_envelope(task=False, n=5),
@@ -216,7 +217,13 @@ def sample_messages() -> list[Envelope]:
         m.ResultBatch(
             **(_envelope(task=False, n=43) | {"run_id": ""}),  # its results may be of several runs
             results=(
-                m.TestResult(**_envelope(1, n=44), passed=True, output="3 passed", tests_run=3),
+                m.TestResult(
+                    **_envelope(1, n=44),
+                    passed=True,
+                    output="3 passed",
+                    tests_run=3,
+                    tests=Patch(text="+def test_expired_token_is_refused(): ...\n"),
+                ),
                 m.ReviewResult(**_envelope(1, n=45), approved=True),
             ),
         ),

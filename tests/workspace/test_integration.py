@@ -129,6 +129,43 @@ async def test_merges_of_one_run_may_arrive_together(user_repo: Path, tmp_path: 
     assert git(clone, "status", "--porcelain") == ""
 
 
+async def test_the_testers_tests_are_merged_with_the_patch_in_the_tasks_commit(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    """They counted in the commit's "Tests: N run, passing" and were never delivered."""
+    integrator = GitIntegrator(tmp_path / "data")
+    run = run_with(user_repo, a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"))
+    test_file = "def test_greet():\n    assert greet() == 'hi'\n"
+    run.tasks["a"].tests = patch_of(user_repo, "test_app.py", test_file)
+    run.repo = await integrator.prepare(run)
+
+    assert landed(await integrator.merge(run, "a", 1)) == ("a", 1)
+    clone = integrator.integration_dir("r1")
+    assert git(clone, "show", "--name-only", "--format=%s", "HEAD").split() == [
+        "change",
+        "a",
+        "app.py",
+        "test_app.py",
+    ]
+    assert git(clone, "show", "HEAD:test_app.py") == test_file
+
+
+async def test_testers_tests_that_do_not_apply_are_a_conflict_and_nothing_is_committed(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    integrator = GitIntegrator(tmp_path / "data")
+    run = run_with(user_repo, a=patch_of(user_repo, "app.py", "def greet():\n    return 'hi'\n"))
+    run.tasks["a"].tests = patch_of(user_repo, "app.py", "def greet():\n    return 'hey'\n")
+    run.repo = await integrator.prepare(run)
+
+    failed = await integrator.merge(run, "a", 1)
+    assert isinstance(failed, MergeFailed)
+    assert failed.kind is FeedbackKind.CONFLICT
+    clone = integrator.integration_dir("r1")
+    assert git(clone, "log", "--format=%s").splitlines() == ["initial"]
+    assert git(clone, "status", "--porcelain") == ""
+
+
 async def test_a_clone_left_by_a_run_of_the_same_id_on_another_repository_is_replaced(
     user_repo: Path, tmp_path: Path
 ) -> None:
@@ -512,9 +549,9 @@ async def test_a_merge_cancelled_after_its_commit_leaves_nothing_on_the_head(
     merge = GitIntegrator._merge
 
     def merge_then_wait(
-        self: GitIntegrator, run: Run, task_id: str, attempt: int, patch: str
+        self: GitIntegrator, run: Run, task_id: str, attempt: int, patches: list[str]
     ) -> tuple[Merged | MergeFailed, str | None]:
-        outcome = merge(self, run, task_id, attempt, patch)
+        outcome = merge(self, run, task_id, attempt, patches)
         committed.set()
         resume.wait(30)  # the thread goes on after the cancellation, as git does
         return outcome
