@@ -166,6 +166,9 @@ def task_page(run: Run, task: Task) -> str:
     if task.summary:
         body.append(f'<h2>Coder\'s summary</h2><pre id="summary">{html_text(task.summary)}</pre>')
     body.append(f"<h2>Diff (attempt {task.attempt})</h2>{_patch(task)}")
+    if task.tests:  # merged with the diff
+        tests = html_text(task.tests.text)
+        body.append(f'<h2>Tests the tester wrote</h2><pre id="tests">{tests}</pre>')
     output = html_text(task.test_output) if task.test_output else ""
     body.append(
         f'<h2>Last test output</h2><pre id="test-output">{output}</pre>'

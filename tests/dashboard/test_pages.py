@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
+import msgspec
+
 from codeyard.dashboard.auth import (
     SESSION_SECONDS,
     Proof,
@@ -133,6 +135,9 @@ def test_task_page_shows_attempts_feedback_review_diff_and_test_output() -> None
     assert "no patch yet" in pending
     big = Task(spec=TaskSpec(id="c", title="c"), patch=Patch(object_name="p/1", sha256="ab"))
     assert "too large to carry inline: object p/1" in task_page(run, big)
+    assert "Tests the tester wrote" not in html
+    tested = msgspec.structs.replace(run.tasks["a"], tests=Patch(text="+assert f() <b>\n"))
+    assert '<pre id="tests">+assert f() &lt;b&gt;\n</pre>' in task_page(run, tested)
 
 
 def test_approvals_have_approve_and_deny_forms_with_the_csrf_token() -> None:
