@@ -324,6 +324,10 @@ class Coordinator:
         # Workspace work (preparations, merges) running in the background, stopped when the
         # leadership ends (see `_lead`).
         self._merging: set[asyncio.Task[None]] = set()
+        # The merges in flight by run: stopped when their run ends (cancelled, failed), so that
+        # no commit the run's record says was never merged stays on its clone (which a failed
+        # run's salvage fetches) and no suite runs on for a run nobody waits for.
+        self._merges_of: dict[str, set[asyncio.Task[None]]] = {}
         self._preparing: dict[str, Preparation] = {}
         self._answering: set[asyncio.Task[None]] = set()  # submissions waiting for their reply
         # Inputs whose step failed (`PoisonedStep`): how often, and the error.
@@ -423,6 +427,7 @@ class Coordinator:
             # A deposed leader must not go on merging: its successor merges the same tasks
             # again, and the outcome of this one could no longer be recorded anyway.
             await stop_tasks(self._merging)
+            self._merges_of.clear()
             # Those not answered are told to send their requests again (`_reply_when_done`);
             # submitters too, and the next leader prepares their runs. So are those still
             # queued in the subscriptions: unsubscribing would drop them unanswered, and their
@@ -1059,9 +1064,14 @@ class Coordinator:
             await self.bus.nc.publish(subjects.cancel_subject(notice.run_id), encode(notice))
         for run_id in commit.finished:
             self._open.pop(run_id, None)
+            for merging in self._merges_of.pop(run_id, set()):
+                merging.cancel()  # a commit of it is taken off the clone's head again
         for run_id, work in commit.merges:
             # in the background; the outcome comes back through the inbox
-            in_background(self._merging, self._integrate(run_id, work))
+            merging = in_background(self._merging, self._integrate(run_id, work))
+            of_run = self._merges_of.setdefault(run_id, set())
+            of_run.add(merging)
+            merging.add_done_callback(of_run.discard)
 
     async def _publish_events(self, run_id: str, batch: list[tuple[str, bytes]]) -> list[Pending]:
         subject = subjects.events_subject(run_id)

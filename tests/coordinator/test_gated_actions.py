@@ -28,6 +28,7 @@ from codeyard.schemas import (
     Accepted,
     ApprovalList,
     Approve,
+    CancelRun,
     CodeRequest,
     CodeResult,
     ControlError,
@@ -337,3 +338,49 @@ async def test_a_coordinator_that_loses_its_lease_stops_its_merges(bus: Bus, rol
 
         await asyncio.wait_for(integrator.cancelled.wait(), 30)
         await successor.release()
+
+
+class EndlessSuite:
+    """The suite after a merge, running until cancelled."""
+
+    def __init__(self) -> None:
+        self.started, self.cancelled = asyncio.Event(), asyncio.Event()
+
+    async def failures(
+        self, repo: Path, run_id: str, task_id: str, attempt: int, test_command: str = ""
+    ) -> str | None:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.cancelled.set()
+        raise AssertionError("unreachable")
+
+
+async def test_a_run_cancelled_while_a_merge_is_checked_stops_it_and_takes_its_commit_off(
+    bus: Bus, roles: Roles, tmp_path: Path
+) -> None:
+    """The merge went on: its suite ran for a run nobody waited for, and its commit stayed on
+    the run's clone, which a cancelled run's salvage fetches, though the record says the task
+    was cancelled, never merged."""
+    user = one_commit_repo(tmp_path / "user", {"app.py": "x = 1\n"})
+    suite = EndlessSuite()
+    integrator = GitIntegrator(tmp_path / "data", suite=suite)
+    async with coordinating(bus, integrator=integrator):
+        plan = [TaskSpec(id="a", title="add notes")]
+        await ask(
+            bus, "submit", SubmitRun(run_id="rc", goal="g", repo=RepoRef(path=str(user)), plan=plan)
+        )
+        await asyncio.wait_for(suite.started.wait(), 30)
+        clone = integrator.integration_dir("rc")
+        assert git(clone, "log", "--format=%s").splitlines() == ["add notes", "initial"]
+        await ask(bus, "cancel", CancelRun(run_id="rc", reason="changed my mind"))
+        await asyncio.wait_for(suite.cancelled.wait(), 30)
+        run = await wait_until(bus, "rc", timeout=30)
+        async with asyncio.timeout(30):  # taken off once git is done
+            while git(clone, "log", "--format=%s").splitlines() != ["initial"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+
+    assert run.state is RunState.CANCELLED
+    assert run.tasks["a"].state is TaskState.CANCELLED
+    assert git(clone, "status", "--porcelain") == ""
