@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import logging
 import multiprocessing
 import signal
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Literal, Protocol
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -64,6 +66,8 @@ _RESTART_DELAY = 5.0  # after a policy process could not be started
 # Checks answered at once. The subscription hands its messages over one at a time; each is
 # answered in a task of its own so that one the policy is slow on does not hold up the others.
 _CHECKS_AT_ONCE = 64
+# The most of a check's detail its audit record keeps (the diff of a merge may fill a message).
+AUDIT_DETAIL_CHARS = 64_000
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -80,6 +84,10 @@ class ActionPolicy(Protocol):
     def evaluate(self, check: ActionCheck) -> Verdict:
         """The policy's verdict. Called in a policy process: the policy is pickled there."""
         ...
+
+
+class PolicyFailed(Exception):
+    """The policy raised on a check: the check is refused (asked again, it would fail again)."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +236,7 @@ class _Evaluations:
             raise
         self._idle.put_nowait(process)
         if isinstance(outcome, str):  # the asker's handler refuses the check
-            raise RuntimeError(f"the policy failed: {outcome}")
+            raise PolicyFailed(f"the policy failed: {outcome}")
         return outcome
 
     def close(self) -> None:
@@ -333,7 +341,7 @@ class SafetyGate:
                     task_id=check.task_id,
                     attempt=check.attempt,
                     trace_id=check.trace_id,
-                    check=check,
+                    check=_audited(check),
                     decision=decision_message,
                 )
             )
@@ -353,11 +361,14 @@ class SafetyGate:
                 check = decode(msg.data, ActionCheck)
                 with working_on(check.run_id, check.task_id, check.attempt):  # for log lines
                     reply = await decide(check)
-            except MessageError as exc:
+            except (MessageError, PolicyFailed) as exc:
                 reply = refuse(exc)
-            except Exception as exc:
-                log.exception("gate: deciding a check failed")
-                reply = refuse(exc)
+            except Exception:
+                # The gate's own failure (the audit or the question not stored: NATS away a
+                # moment), not the check's: no answer, so the asker asks again later, as when no
+                # gate answers. A deny would fail the work for good and go unaudited.
+                log.exception("gate: deciding a check failed; not answered, to be asked again")
+                return
             if msg.reply:
                 try:
                     await msg.respond(encode(reply))
@@ -419,6 +430,17 @@ def _shown(detail: str, limit: int = 19_000) -> str:
     if len(detail) <= limit:
         return detail
     return f"{detail[:limit]}\n[... {len(detail) - limit} more characters ...]"
+
+
+def _audited(check: ActionCheck, limit: int = AUDIT_DETAIL_CHARS) -> ActionCheck:
+    """`check` as its audit record holds it: a long detail (a big diff, which one message
+    carried as the check) cut to its start, with its length and digest, so that the record
+    with the decision beside it still fits in one message."""
+    if len(check.detail) <= limit:
+        return check
+    digest = hashlib.sha256(check.detail.encode()).hexdigest()
+    cut = f"{_shown(check.detail, limit)} (sha256 of the whole: {digest})"
+    return msgspec.structs.replace(check, detail=cut)
 
 
 def approval_id_of(check: ActionCheck) -> str:

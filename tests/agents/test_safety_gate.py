@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
+import pytest
 
 from codeyard.agents.policy import Policy, load_policy
 from codeyard.agents.safety_gate import SafetyGate, Verdict
 from codeyard.bus import Bus
+from codeyard.bus.pipeline import PubAck
 from codeyard.bus.subjects import APPROVALS_BUCKET, EVENT_STREAM, GATE_CHECK
 from codeyard.schemas import (
     ActionCheck,
@@ -253,3 +257,44 @@ async def test_a_policy_that_fails_in_its_process_refuses_the_check(bus: Bus) ->
         assert again.decision == "deny"  # the process is replaced, the gate still answers
     finally:
         gate.close()
+
+
+async def test_a_merge_diff_filling_a_message_is_decided_and_audited_in_part(bus: Bus) -> None:
+    """The audit record (the check with the decision beside it) passed the server's limit: the
+    gate denied an allowed merge as a "bad check", and recorded nothing."""
+    await SafetyGate(bus, load_policy(None)).serve()
+    diff = "diff --git a/notes.md b/notes.md\n+" + "中" * 340_000 + "\n"
+    asked = check("merge", diff)
+    assert len(msgspec.json.encode(asked)) > bus.nc.max_payload * 0.95  # it fits, just
+
+    decided = await bus.request(GATE_CHECK, asked, GateDecision, timeout=30)
+
+    assert decided.rule != "invalid", decided.reason
+    events = await bus.js.pull_subscribe("cy.events.r1", stream=EVENT_STREAM)
+    [audit] = [decode(m.data, RunEvent) for m in await events.fetch(1, timeout=5)]
+    assert isinstance(audit, GateAudit)
+    assert audit.decision.decision == decided.decision
+    assert audit.check.detail.startswith(diff[:1000])
+    digest = hashlib.sha256(diff.encode()).hexdigest()
+    assert audit.check.detail.endswith(f"more characters ...] (sha256 of the whole: {digest})")
+
+
+async def test_a_check_the_gate_fails_to_record_is_not_answered_so_it_is_asked_again(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A moment without JetStream while the audit is stored was answered "deny", which failed
+    the tester's work for good and left no audit."""
+    await SafetyGate(bus, load_policy(None)).serve()
+    emit, failures = bus.emit, [RuntimeError("nats: timeout")]
+
+    async def emit_failing_once(event: RunEvent) -> PubAck:
+        if failures:
+            raise failures.pop()
+        return await emit(event)
+
+    monkeypatch.setattr(bus, "emit", emit_failing_once)
+    tests = check("run_command", "python -m pytest -q")
+    with pytest.raises(nats.errors.TimeoutError):
+        await bus.request(GATE_CHECK, tests, GateDecision, timeout=2)
+    again = await bus.request(GATE_CHECK, tests, GateDecision)
+    assert again.decision == "allow"
