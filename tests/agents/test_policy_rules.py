@@ -525,6 +525,28 @@ def test_options_that_run_code_or_read_arguments_elsewhere_go_to_a_person(line: 
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
+        # a report or cache written into .git, its path after a ':' ',' or '@' of an option
+        ("python -m pytest --cov-report=xml:.git/config", ("deny", "git-hooks-and-config")),
+        ("python -m pytest --cov-report=html:.git/hooks", ("deny", "git-hooks-and-config")),
+        ("python -m pytest --junitxml=x,.git/config", ("deny", "git-hooks-and-config")),
+        ("python -m pytest --basetemp=@.git/hooks", ("deny", "git-hooks-and-config")),
+        ("mypy --cache-dir .git,x", ("needs_approval", "git-directory")),
+        ("mypy --cache-dir .git:x", ("needs_approval", "git-directory")),
+        # names that only contain .git
+        ("python -m pytest -k .github", ("allow", "python-dev-tools")),
+        ("ruff check my.git/x", ("allow", "python-dev-tools")),
+    ],
+)
+def test_a_git_directory_path_is_seen_after_any_separator_an_option_uses(
+    line: str, expected: tuple[str, str]
+) -> None:
+    decided = command(line)
+    assert (decided.decision, decided.rule) == expected, decided
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
         ("sort -o/tmp/x README.md", ("needs_approval", "default.run_command")),
         ("sort -o~/x README.md", ("needs_approval", "default.run_command")),
         ("sort -o../x README.md", ("needs_approval", "default.run_command")),
