@@ -18,8 +18,10 @@ from codeyard.llm import LLMClient
 from codeyard.schemas import CodeRequest, CodeResult, Patch, Result, Usage, WorkItem
 
 EDIT_ANSWERS = 3
-# A patch travels inside the result message; larger ones need the object store (issue 6).
-MAX_PATCH_CHARS = 700_000
+# The largest patch, in bytes (UTF-8): one over 64 KiB goes through the object store, but the
+# safety gate reads the whole diff of a merge in one message (1 MiB by default), beside the
+# tester's tests (at most 64 KiB).
+MAX_PATCH_BYTES = 700_000
 
 
 class Coder:
@@ -68,10 +70,14 @@ class Coder:
                     problem = str(exc)
                     messages = told_again(messages, completion.value, f"Edits refused: {exc}")
                     continue
-                if len(applied.diff) > MAX_PATCH_CHARS:
-                    too_large = f"the patch is {len(applied.diff)} characters; too large"
+                encoded = applied.diff.encode()
+                if len(encoded) > MAX_PATCH_BYTES:
+                    too_large = (
+                        f"the patch is {len(encoded)} bytes, over {MAX_PATCH_BYTES}: too large for "
+                        "the safety gate to read in one message; split the task"
+                    )
                     raise GiveUp(too_large, usage=usage, model=model)
-                digest = hashlib.sha256(applied.diff.encode()).hexdigest()
+                digest = hashlib.sha256(encoded).hexdigest()
                 return CodeResult(
                     patch=Patch(text=applied.diff, sha256=digest),
                     summary=completion.value.summary,

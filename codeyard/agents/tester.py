@@ -31,7 +31,7 @@ from codeyard.schemas import Patch, Result, TestRequest, TestResult, WorkItem
 
 # The most of the tester's tests a result carries (inline: a tester may not store artifacts);
 # larger ones still run, and are not kept.
-MAX_TESTS_PATCH_CHARS = 64 * 1024
+MAX_TESTS_PATCH_BYTES = 64 * 1024
 
 
 def is_test_path(path: str) -> bool:
@@ -140,10 +140,10 @@ class Tester:
             except EditError as exc:
                 notes.append(f"tester's tests not added: {exc}")
             else:
-                if len(diff) > MAX_TESTS_PATCH_CHARS:
+                if (size := len(diff.encode())) > MAX_TESTS_PATCH_BYTES:
                     notes.append(
-                        f"tester's tests run but not kept: their diff is {len(diff)} characters, "
-                        f"over {MAX_TESTS_PATCH_CHARS}"
+                        f"tester's tests run but not kept: their diff is {size} bytes, "
+                        f"over {MAX_TESTS_PATCH_BYTES}"
                     )
                 elif diff:
                     tests = Patch(text=diff, sha256=hashlib.sha256(diff.encode()).hexdigest())

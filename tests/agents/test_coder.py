@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from codeyard.agents.coder import Coder
 from codeyard.agents.working_copy import MAX_FILE_CHARS
+from codeyard.bus.worker import GiveUp
 from codeyard.llm import OpenAIClient
 from codeyard.schemas import CodeRequest, CodeResult, RepoRef, TaskSpec
 from codeyard.testing.openai_script import parse_script
@@ -40,3 +43,20 @@ async def test_a_file_shown_in_part_is_not_written_whole(tmp_path: Path) -> None
     assert isinstance(result, CodeResult)
     assert "-value_0 = 0\n+value_0 = 'zero'\n" in result.patch.text
     assert "-value_1 = 1" not in result.patch.text  # the rest is kept
+
+
+async def test_a_patch_too_large_in_bytes_for_the_gate_to_read_gives_up(tmp_path: Path) -> None:
+    """The limit counted characters: 250,000 CJK characters (750,000 bytes) passed it, and the
+    merge's check, the diff in one message, could not be sent to the safety gate."""
+    repo = one_commit_repo(tmp_path / "repo", {"README.md": "# r\n"})
+    task = TaskSpec(id="t1", title="translate", files=["notes.md"])
+    request = CodeRequest(
+        run_id="r1", task_id="t1", goal="g", task=task, repo=RepoRef(path=str(repo))
+    )
+    write = {"kind": "write", "path": "notes.md", "content": "中" * 250_000 + "\n"}
+    script = parse_script(
+        [{"tool": "submit_edits", "replies": [{"arguments": {"summary": "s", "edits": [write]}}]}]
+    )
+    async with ScriptedOpenAI(script) as server, OpenAIClient(settings(server.base_url)) as client:
+        with pytest.raises(GiveUp, match=r"the patch is 7\d{5} bytes, over 700000"):
+            await Coder(client)(request)

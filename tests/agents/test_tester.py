@@ -13,7 +13,7 @@ from codeyard.agents import tester as testing_role  # not `Tester`: pytest would
 from codeyard.agents.failure_report import missing_program
 from codeyard.agents.policy import Policy, load_policy
 from codeyard.agents.safety_gate import SafetyGate
-from codeyard.agents.tester import MAX_TESTS_PATCH_CHARS
+from codeyard.agents.tester import MAX_TESTS_PATCH_BYTES
 from codeyard.bus import Bus
 from codeyard.bus.gate_client import BusGateClient
 from codeyard.bus.worker import GiveUp
@@ -99,7 +99,7 @@ NOTES_TEST = (
 )
 
 
-@pytest.mark.parametrize("padding", [0, MAX_TESTS_PATCH_CHARS], ids=["kept", "too-large"])
+@pytest.mark.parametrize("padding", [0, MAX_TESTS_PATCH_BYTES], ids=["kept", "too-large"])
 async def test_the_tests_the_tester_writes_come_back_as_a_diff_to_merge(
     bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path, padding: int
 ) -> None:
