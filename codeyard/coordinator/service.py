@@ -139,6 +139,7 @@ from codeyard.schemas.messages import (
 )
 from codeyard.schemas.model import (
     FeedbackKind,
+    GivenAnswer,
     RepoRef,
     Run,
     RunState,
@@ -504,6 +505,7 @@ class Coordinator:
             open_run = OpenRun(stored, engine)
             self._open[stored.run.run_id] = open_run
             commit.events += _decoded_events(stored)
+            await self._record_taken_answers(stored.run, commit)
             if stored.run.state in TERMINAL_RUN_STATES:
                 # It ended in a step whose header a crash cut off: write it and close the run.
                 commit.dirty.setdefault(stored.run.run_id, set())
@@ -513,6 +515,18 @@ class Coordinator:
             self._execute(open_run, engine.outstanding_work(), commit, resend=True)
         await self._flush(commit)
         log.info("%s resumed %d open runs", self.name, len(self._open))
+
+    async def _record_taken_answers(self, run: Run, commit: Commit) -> None:
+        """Write the answers `run` took whose records a step cut short left pending (see
+        `Run.answered`): the question would be listed, and expire, though it was answered."""
+        assert self._approvals is not None
+        for approval_id, taken in run.answered.items():
+            entry = await self._approvals.get(approval_id)
+            if entry is not None and entry.value.status == "pending":
+                answer = msgspec.structs.replace(
+                    entry.value, status=taken.status, answered_by=taken.by, answer=taken.reason
+                )
+                commit.answers[approval_id] = (answer, entry.revision)
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -1473,6 +1487,13 @@ class Coordinator:
         # timeout) would be judged against the question as it was, and overwrite the first.
         decided = commit.answers.get(approval.approval_id, (approval, 0))[0]
         approved = isinstance(request, Approve)
+        if decided.status == "pending" and (taken := self._taken_answer(approval)):
+            # The run took an answer in a step cut before the answer's record was written: the
+            # record is written now, and the request judged against the answer taken.
+            decided = msgspec.structs.replace(
+                approval, status=taken.status, answered_by=taken.by, answer=taken.reason
+            )
+            commit.answers[approval.approval_id] = (decided, entry.revision)
         if _answered_so_by(decided, approved, request.by):
             # This request again: told to send it again (`retry`) when the session that
             # stored it ended before its reply, or its client's try timed out.
@@ -1518,7 +1539,18 @@ class Coordinator:
         reply = self._control_event(approval.run_id, event, commit, now)
         if isinstance(reply, Accepted):
             commit.answers[approval.approval_id] = (answer, entry.revision)
+            if open_run := self._open.get(approval.run_id):  # stored with the run, in this step
+                open_run.run.answered[approval.approval_id] = GivenAnswer(
+                    status=answer.status, by=request.by, reason=reason
+                )
         return reply
+
+    def _taken_answer(self, approval: PendingApproval) -> GivenAnswer | None:
+        """The answer to `approval` its open run took, if it took one (see `Run.answered`)."""
+        open_run = self._open.get(approval.run_id)
+        if open_run is None or self._other_submissions(approval):
+            return None
+        return open_run.run.answered.get(approval.approval_id)
 
     def _other_submissions(self, approval: PendingApproval) -> str:
         """Why the question is not its open run's own, or "": an earlier submission of the same

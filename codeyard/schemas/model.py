@@ -216,6 +216,14 @@ class Patch(msgspec.Struct, kw_only=True, frozen=True):
     sha256: str = ""
 
 
+class GivenAnswer(msgspec.Struct, kw_only=True, frozen=True):
+    """A person's answer to an approval, as the run that took it keeps it (`Run.answered`)."""
+
+    status: str  # approved, denied
+    by: ShortText = ""
+    reason: LongText = ""
+
+
 class Task(msgspec.Struct, kw_only=True):
     """A task's live state inside a run."""
 
@@ -293,3 +301,8 @@ class Run(msgspec.Struct, kw_only=True):
     submission: str = ""
     # As `Task.charged_reports`, for the planning's work (which has no task).
     charged_reports: list[str] = msgspec.field(default_factory=list, name="charged_retries")
+    # The answers the run took, by approval id, stored with the step that took them: the
+    # answer's own record in `cy_approvals` is written after, and a step cut between the two
+    # left the answer taken but its question pending; the same answer sent again is then told
+    # it was taken, and the record is written.
+    answered: dict[str, GivenAnswer] = {}

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from codeyard.bus import Bus
+from codeyard.bus import Bus, EmbeddedNats
 from codeyard.bus.subjects import APPROVALS_BUCKET
 from codeyard.coordinator.service import ControlCall, Coordinator
 from codeyard.schemas import (
@@ -24,7 +24,9 @@ from codeyard.schemas import (
     SubmitRun,
     TaskSpec,
 )
+from tests.conftest import TEST_TOPOLOGY
 from tests.coordinator.harness import ask, running_coordinator, status
+from tests.coordinator.store_faults import DiesBefore
 
 
 @pytest.fixture
@@ -73,3 +75,38 @@ async def test_of_two_answers_in_one_step_the_first_applies_and_is_the_one_store
     again = await ask(bus, "approve", Approve(approval_id=question.approval_id, by="carol"))
     assert isinstance(again, ControlError)
     assert again.error == second.error
+
+
+async def test_an_answer_sent_again_after_its_record_was_lost_is_accepted_and_recorded(
+    nats_server: EmbeddedNats, bus: Bus
+) -> None:
+    """The step that took the answer stored the run, then died before the answer's record: the
+    approve sent again found the run no longer waiting and was refused ("changes nothing"),
+    though it had taken effect, and the question stayed pending."""
+    own = await Bus.connect(nats_server.url, name="coordinator", topology=TEST_TOPOLOGY)
+    dies = DiesBefore(own, f"$KV.{APPROVALS_BUCKET}.", armed=False, prefix=True)
+    own.pipeline = dies
+    try:
+        async with running_coordinator(Coordinator(own, name="coord-lost-answer")):
+            plan = [TaskSpec(id="x", title="x")]
+            await ask(bus, "submit", SubmitRun(run_id="p2", goal="g", plan=plan, approve_plan=True))
+            listed = await ask(bus, "approvals", ListApprovals())
+            assert isinstance(listed, ApprovalList)
+            [question] = listed.approvals
+            dies.armed = True
+            reply = await ask(bus, "approve", Approve(approval_id=question.approval_id, by="ana"))
+            assert dies.died
+            assert isinstance(reply, Accepted), reply  # sent again by the client, recognised
+            assert reply.detail == "already approved"
+            other = await ask(bus, "deny", Deny(approval_id=question.approval_id, by="bo"))
+            run = await status(bus, "p2")
+    finally:
+        await own.close()
+
+    assert isinstance(other, ControlError)
+    assert other.error == f"approval {question.approval_id} was already approved by ana"
+    assert run.state is RunState.EXECUTING
+    store = await bus.store(APPROVALS_BUCKET, PendingApproval)
+    entry = await store.get(question.approval_id)
+    assert entry is not None
+    assert (entry.value.status, entry.value.answered_by) == ("approved", "ana")
