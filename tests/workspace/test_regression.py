@@ -72,14 +72,21 @@ async def test_the_suite_runs_as_the_shell_line_the_gate_allowed(
 # A project's own test target, which `make test` runs and detection knows nothing of.
 MAKEFILE = "test:\n\t@echo 'check_totals: expected 3, got 4'\n\t@false\n"
 PASSES = "def test_passes():\n    assert True\n"
-ALLOW_MAKE_TEST = """extends = "default"
+
+
+def allowing(command: str) -> str:
+    """A policy extending the default one that allows the command line `command` (a regex)."""
+    return f"""extends = "default"
 [[rules]]
-name = "make-test"
+name = "project-tests"
 actions = ["run_command"]
 effect = "allow"
-reason = "the project's test target"
-commands = ['^make\\s+test$']
+reason = "the project's tests"
+commands = ['{command}']
 """
+
+
+ALLOW_MAKE_TEST = allowing("^make\\s+test$")
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make here to run in the sandbox")
@@ -124,14 +131,7 @@ async def test_a_suite_stopped_by_a_limit_says_which_limit(
     assert report.startswith("timed out: sandbox limit hit: wall time (2 s)\n"), report
 
 
-ALLOW_A_RUNNER = """extends = "default"
-[[rules]]
-name = "runner"
-actions = ["run_command"]
-effect = "allow"
-reason = "the project's test runner"
-commands = ['^python -m nosuchrunner$']
-"""
+ALLOW_A_RUNNER = allowing("^python -m nosuchrunner$")
 
 
 async def test_a_suite_this_sandbox_cannot_start_takes_no_merge_back(
