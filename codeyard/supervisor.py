@@ -1,10 +1,11 @@
 """Keeps a set of child processes running: `codeyard up` runs every role this way.
 
 A child that exits is started again after a backoff that grows while it keeps crashing and
-resets once it has stayed up a while, unless it exited with BAD_CONFIGURATION: starting it
-again would only fail the same way, for ever, and the others are no use without it (a
-coordinator without a sandbox, a worker with a bad setting), so the supervisor stops them all
-and `run` returns with that child in `refused`. Stopping sends SIGTERM to every child, waits for
+resets once it has stayed up a while (so is one that could not be started at all: out of file
+descriptors, say), unless its first start exited with BAD_CONFIGURATION: starting it again
+would only fail the same way, for ever, and the others are no use without it (a coordinator
+without a sandbox, a worker with a bad setting), so the supervisor stops them all and `run`
+returns with that child in `refused`. Stopping sends SIGTERM to every child, waits for
 them to finish their in-flight work, then kills what is left.
 
 A child's stderr goes through the supervisor, which passes it on to its own as it comes and
@@ -152,7 +153,19 @@ class Supervisor:
         while not ending.is_set():
             started = loop.time()
             state.starting = asyncio.create_task(self._start(state))
-            process = await asyncio.shield(state.starting)
+            try:
+                process = await asyncio.shield(state.starting)
+            except OSError as exc:  # no process (out of file descriptors, processes, memory)
+                state.starting = None
+                log.error(
+                    "%s could not be started: %s; trying again in %.1fs",
+                    state.spec.name,
+                    exc,
+                    delay,
+                )
+                await wait_event(ending, delay)
+                delay = min(delay * 2, self._max_backoff)
+                continue
             state.starting = None
             state.starts += 1
             log.info("started %s (pid %s)", state.spec.name, process.pid)
@@ -165,7 +178,11 @@ class Supervisor:
                 await asyncio.wait([state.passing_on], timeout=DRAIN_SECONDS)
             if ending.is_set():
                 return
-            if code == BAD_CONFIGURATION:
+            # Bad configuration only at its first start: a restart refused the same way meets a
+            # passing trouble (its port taken a moment, the sandbox's engine restarting), and
+            # stopping every other child and the runs in flight for it would be out of all
+            # proportion; it is started again, with the backoff, as any crash.
+            if code == BAD_CONFIGURATION and state.starts == 1:
                 state.gave_up = True
                 self.refused = self.refused or state
                 log.error(

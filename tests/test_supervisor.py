@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -67,6 +68,65 @@ async def test_a_child_with_bad_configuration_stops_every_child(
     assert sleeper.exits == [-signal.SIGTERM]  # stopped by the supervisor, the usual way
     assert "dashboard exited with 2 (bad configuration" in caplog.text
     assert "error: bad setting" in capfd.readouterr().err  # passed on as it came
+
+
+async def test_a_child_refused_only_on_a_restart_is_restarted_and_stops_nobody(
+    tmp_path: Path,
+) -> None:
+    """A restart that meets a passing trouble (the dashboard's port taken a moment) exited 2,
+    and the whole stack stopped with it, runs in flight included."""
+    starts = tmp_path / "starts"
+    # crashes, then is refused once (its port taken), then runs
+    says = (
+        f"import pathlib, sys, time; p = pathlib.Path({str(starts)!r}); n = len(p.read_text()) "
+        "if p.exists() else 0; p.write_text('x' * (n + 1)); "
+        "sys.exit(3) if n == 0 else sys.exit(2) if n == 1 else time.sleep(600)"
+    )
+    flaky = ChildSpec("dashboard", [sys.executable, "-c", says])
+    steady = ChildSpec("steady", [sys.executable, "-c", "import time; time.sleep(600)"])
+    supervisor = Supervisor([flaky, steady], backoff=0.05, max_backoff=0.1, stop_timeout=5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    async with asyncio.timeout(20):
+        while supervisor.children["dashboard"].starts < 3:  # noqa: ASYNC110 - no signal
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert not running.done()
+    stop.set()
+    await asyncio.wait_for(running, 10)
+
+    dashboard, sleeper = supervisor.children["dashboard"], supervisor.children["steady"]
+    assert supervisor.refused is None
+    assert dashboard.exits == [3, 2, -signal.SIGTERM]
+    assert sleeper.exits == [-signal.SIGTERM]  # ran on, stopped only by `stop`
+
+
+async def test_a_child_that_cannot_be_started_is_tried_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Starting it raised (no file descriptor left for its pipe, say): its keeper ended,
+    silently, and the role was gone for good while `up` ran on."""
+    planner = ChildSpec("planner", [sys.executable, "-c", "import time; time.sleep(600)"])
+    supervisor = Supervisor([planner], backoff=0.05, max_backoff=0.1, stop_timeout=5)
+    stop = asyncio.Event()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # no descriptor left for another: the child's stderr pipe cannot be made
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+    try:
+        running = asyncio.create_task(supervisor.run(stop))
+        async with asyncio.timeout(20):
+            while caplog.text.count("planner could not be started") < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    async with asyncio.timeout(20):
+        while supervisor.children["planner"].starts < 1:  # noqa: ASYNC110 - no signal
+            await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(running, 10)
+
+    assert "Too many open files" in caplog.text
+    assert supervisor.children["planner"].exits == [-signal.SIGTERM]
 
 
 async def test_a_child_whose_own_child_keeps_its_stderr_is_restarted_all_the_same(
