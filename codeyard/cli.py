@@ -1779,6 +1779,7 @@ def _cannot_write(directory: Path, exc: OSError) -> NoReturn:
 
 def _unreachable(url: str, exc: BaseException) -> NoReturn:
     from codeyard.bus.connection import LOGIN_HINT, LoginRefused
+    from codeyard.launch import nats_error_text
 
     if isinstance(exc, BrokenPipeError):  # our own output's reader left (`| head`): NATS is fine
         # what Python's docs advise: the interpreter's last flush of stdout would fail again
@@ -1794,7 +1795,7 @@ def _unreachable(url: str, exc: BaseException) -> NoReturn:
             f" Without NATS_URL, codeyard looks for up's server on port CODEYARD_NATS_PORT "
             f"({settings.nats_port}): set it as up has it"
         )
-    _error(f"cannot reach NATS at {url}: {exc!r} ({hint})")
+    _error(f"cannot reach NATS at {url}: {nats_error_text(exc)} ({hint})")
     raise typer.Exit(1) from None
 
 

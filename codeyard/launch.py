@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import nats.errors
+import nats.js.errors
 from rich.console import Console
 
 from codeyard.bus import Bus, EmbeddedNats
@@ -295,8 +296,30 @@ class NatsUnreachable(Exception):
     def __init__(self, url: str, cause: Exception) -> None:
         if isinstance(cause, LoginRefused):  # there, but not for us
             super().__init__(f"{cause}. {LOGIN_HINT}")
+        elif isinstance(cause, nats.js.errors.APIError):  # there, and refusing
+            refused = (
+                f"NATS at {url} refused to set up codeyard's streams and buckets: "
+                f"{cause.description} (JetStream error {cause.err_code})"
+            )
+            if cause.err_code == NO_STORAGE:
+                refused += (
+                    ": the events stream keeps up to 1 GiB, and an embedded server takes at "
+                    "most 75 % of the free space where the data dir is; free some there, or "
+                    "choose a data dir on a larger disk (CODEYARD_DATA_DIR)"
+                )
+            super().__init__(refused)
         else:
-            super().__init__(f"cannot reach NATS at {url}: {cause!r}")
+            super().__init__(f"cannot reach NATS at {url}: {nats_error_text(cause)}")
+
+
+# JetStream's error code for a stream whose limits the server's storage cannot hold.
+NO_STORAGE = 10047
+
+
+def nats_error_text(exc: BaseException) -> str:
+    """What a NATS error says: nats-py's errors have an empty repr (`ServerError()`), their
+    text is in str(); others are shown with their type."""
+    return str(exc) if isinstance(exc, nats.errors.Error) and str(exc) else repr(exc)
 
 
 class AlreadyRunning(Exception):

@@ -10,6 +10,7 @@ import pytest
 
 from codeyard import launch
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.topology import Topology
 from codeyard.bus.worker import Handler
 from codeyard.config import Settings
 from codeyard.launch import BadConfiguration, configuring, serve_role
@@ -70,3 +71,20 @@ def has_ipv6_loopback() -> bool:
     except OSError:
         return False
     return True
+
+
+async def test_a_server_without_storage_for_the_streams_is_named_as_such(tmp_path: Path) -> None:
+    """JetStream refused the events stream (1 GiB) on a small disk, and `up` said "cannot reach
+    NATS at ...: ServerError()": nats-py's errors have an empty repr."""
+    config = tmp_path / "small.conf"
+    config.write_text(f'jetstream {{ store_dir: "{tmp_path / "js"}", max_file_store: 100MB }}\n')
+    server = await EmbeddedNats(tmp_path / "store", config_file=config).start_async()
+    try:
+        with pytest.raises(launch.NatsUnreachable) as refused:
+            await launch.prepare_bus(server.url, None, Topology())
+    finally:
+        server.stop()
+    said = str(refused.value)
+    assert said.startswith(f"NATS at {server.url} refused to set up codeyard's streams")
+    assert "insufficient storage resources available (JetStream error 10047)" in said
+    assert "choose a data dir on a larger disk (CODEYARD_DATA_DIR)" in said
