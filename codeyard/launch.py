@@ -24,7 +24,7 @@ from rich.console import Console
 from codeyard.bus import Bus, EmbeddedNats
 from codeyard.bus.connection import LOGIN_HINT, LoginRefused
 from codeyard.bus.credentials import Credentials, credentials_file, read_credentials
-from codeyard.bus.embedded import free_port
+from codeyard.bus.embedded import EmbeddedServerError, free_port
 from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, principals
 from codeyard.bus.topology import Topology
 from codeyard.cancellation import stop_tasks, wait_event
@@ -512,6 +512,31 @@ async def unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -
     return True
 
 
+async def keep_serving(
+    server: EmbeddedNats, *, every: float = 0.5, backoff: float = 0.5, max_backoff: float = 16.0
+) -> None:
+    """Start `server` again whenever it has exited (killed, out of memory), on its store and
+    port, until cancelled: the services reconnect by themselves, and the runs go on from the
+    store. It is not one of the supervised children: it starts before them and stops last."""
+    delay = backoff
+    while True:
+        await asyncio.sleep(every)
+        if server.running():
+            delay = backoff
+            continue
+        log.error("the embedded nats-server exited: %s; starting it again", server.last_words())
+        try:
+            await server.start_async()  # on this thread: it is tied to it, as the first was
+        except EmbeddedServerError as exc:
+            log.error(
+                "the embedded nats-server did not start again: %s; trying in %.1fs", exc, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
+        else:
+            log.warning("the embedded nats-server runs again at %s", server.url)
+
+
 async def run_up(
     settings: Settings,
     console: Console,
@@ -538,6 +563,7 @@ async def run_up(
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     server: EmbeddedNats | None = None
+    keeper: asyncio.Task[None] | None = None
     data_dir_lock: IO[str] | None = None
     model_stop = asyncio.Event()  # the model outlives the services, which may be asking it
     model: asyncio.Task[None] | None = None
@@ -559,6 +585,7 @@ async def run_up(
             )
             # not cancelled by `stop`: the server must be known started (or failed) to be stopped
             await server.start_async()
+            keeper = asyncio.create_task(keep_serving(server))
             url = server.url
             console.print(f"embedded nats-server with JetStream at [bold]{url}[/bold]")
             console.print(f"store: {server.store_dir}", markup=False)
@@ -642,6 +669,8 @@ async def run_up(
         model_stop.set()
         if model is not None:
             await model
+        if keeper is not None:
+            await stop_tasks([keeper])
         if server:
             await asyncio.to_thread(server.stop)
             console.print("embedded nats-server stopped")

@@ -166,6 +166,11 @@ class EmbeddedNats:
             f"nats-server did not listen on {self.url} within {self.startup_timeout}s"
         )
 
+    def last_words(self) -> str:
+        """How its process ended, and the end of what it logged since it started."""
+        code = self._process.poll() if self._process else None
+        return f"exit status {code}, its log ending: {self._tail_log()[-1000:].strip()}"
+
     def _tail_log(self) -> str:
         """What the server logged since its last start."""
         try:

@@ -765,3 +765,31 @@ def test_down_stops_the_up_of_the_data_dir_as_ctrl_c_does(tmp_path: Path) -> Non
     again = run_codeyard(env, "down", timeout=60)  # nothing left to stop: said, not an error
     assert again.returncode == 0, again.stderr
     assert again.stdout == f"no codeyard up runs with the data dir {tmp_path}\n"
+
+
+def test_a_killed_nats_server_is_started_again_on_its_store(tmp_path: Path) -> None:
+    """Nobody watched it: `up` ran on with every service retrying its connection for ever,
+    and runs stood still until `up` itself was restarted."""
+    env = up_env(tmp_path)
+    up = start_up(tmp_path, env)
+    children: set[int] = set()
+    try:
+        wait_for_output(tmp_path, up, "Ctrl-C stops")
+        children = started_children(up.pid, 3)
+        server_name = f"codeyard-{env['CODEYARD_NATS_PORT']}"
+        [server] = [
+            pid for pid in children if server_name in Path(f"/proc/{pid}/cmdline").read_text()
+        ]
+        os.kill(server, signal.SIGKILL)
+        wait_for_output(tmp_path, up, "the embedded nats-server runs again at")
+        status = run_codeyard(env, "status", "--json", timeout=60)  # served again
+        os.killpg(up.pid, signal.SIGINT)
+        code = finish(up)
+    finally:
+        kill(up)
+        left = wait_until_gone(children | children_of(up.pid))
+    log = (tmp_path / "up.log").read_text()
+    assert status.returncode == 0, status.stderr
+    assert "the embedded nats-server exited: exit status -9" in log
+    assert code == 0, log
+    assert not left
