@@ -75,8 +75,9 @@ def decode(data: Data, type_: Any) -> Any:
             reason = f"unknown message type {reason.removeprefix('Invalid value ')}"
         raise MessageError(reason, path) from None
     except msgspec.DecodeError as exc:
-        raise MessageError(f"malformed JSON: {exc}", "$") from None
-    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only in strings it keeps
+        # (msgspec 0.23 finds invalid UTF-8 itself, and says only that)
+        raise MessageError(_not_utf8(data) or f"malformed JSON: {exc}", "$") from None
+    except UnicodeDecodeError as exc:  # msgspec < 0.23 checks UTF-8 only in strings it keeps
         raise MessageError(f"not valid UTF-8: {exc.reason} at byte {exc.start}", "$") from None
     except RecursionError:  # msgspec recurses per nesting level, skipped values included
         raise MessageError("nested too deeply to decode", "$") from None
@@ -89,3 +90,12 @@ def decode(data: Data, type_: Any) -> Any:
             "$.schema_version",
         )
     return message
+
+
+def _not_utf8(data: bytes | bytearray | memoryview) -> str:
+    """Where `data` is not UTF-8, or "" if it is."""
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8: {exc.reason} at byte {exc.start}"
+    return ""
