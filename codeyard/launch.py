@@ -73,6 +73,7 @@ def service_children(
             "safety-gate",
             [*codeyard, "gate", *(["--policy", str(policy.resolve())] if policy else [])],
             env(GATE),
+            stops_last=True,  # the workers finishing their work in flight ask it
         ),
     ]
     if dashboard_token is not None:  # "": the dashboard makes one, and shows it

@@ -6,7 +6,8 @@ descriptors, say), unless its first start exited with BAD_CONFIGURATION: startin
 would only fail the same way, for ever, and the others are no use without it (a coordinator
 without a sandbox, a worker with a bad setting), so the supervisor stops them all and `run`
 returns with that child in `refused`. Stopping sends SIGTERM to every child, waits for
-them to finish their in-flight work, then kills what is left.
+them to finish their in-flight work, then kills what is left; children that `stops_last` get
+theirs once the others have stopped.
 
 A child's stderr goes through the supervisor, which passes it on to its own as it comes and
 keeps its last lines (`ChildState.last_lines`): what a child that refused said last. It is
@@ -60,6 +61,9 @@ class ChildSpec:
     name: str
     argv: Sequence[str]
     env: Mapping[str, str] | None = None
+    # Stopped only once the others have stopped: a service they ask while they finish their
+    # work in flight (the safety gate, which a tester's command waits for).
+    stops_last: bool = False
 
 
 @dataclass
@@ -199,10 +203,12 @@ class Supervisor:
             delay = min(delay * 2, self._max_backoff)
 
     async def _stop_all(self) -> None:
+        for last in (False, True):
+            await self._stop([s for s in self.children.values() if s.spec.stops_last is last])
+
+    async def _stop(self, children: list[ChildState]) -> None:
         running = [
-            s.process
-            for s in self.children.values()
-            if s.process is not None and s.process.returncode is None
+            s.process for s in children if s.process is not None and s.process.returncode is None
         ]
         for process in running:
             with contextlib.suppress(ProcessLookupError):

@@ -251,3 +251,46 @@ def test_stopping_outwaits_a_workers_hand_back() -> None:
     children after exactly that grace (30 s), in the middle of the hand-back."""
     assert STOP_GRACE + 5 <= STOP_TIMEOUT
     assert inspect.signature(Supervisor).parameters["stop_timeout"].default == STOP_TIMEOUT
+
+
+# On SIGTERM: whether the gate's process (its pid in a file) still runs, written down.
+ASKS_THE_GATE_WHILE_STOPPING = """
+import os, pathlib, signal, sys, time
+gate_pid, said = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+def finish(*_):
+    time.sleep(1.0)  # finishing its work in flight, which asks the gate
+    try:  # (a zombie is gone too: it is dead, whoever reaps it)
+        state = pathlib.Path(f"/proc/{gate_pid.read_text()}/stat").read_text().rsplit(")")[1]
+        said.write_text("gate gone" if state.split()[0] == "Z" else "gate running")
+    except FileNotFoundError:
+        said.write_text("gate gone")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, finish)
+time.sleep(600)
+"""
+
+
+async def test_the_gate_stops_only_once_the_workers_have_finished(tmp_path: Path) -> None:
+    """Stopped together, a tester finishing its work found no gate to ask: its work was handed
+    back rather than finished."""
+    gate_pid, said = tmp_path / "gate.pid", tmp_path / "said"
+    records_pid = (
+        f"import os, pathlib, time; pathlib.Path({str(gate_pid)!r}).write_text(str(os.getpid()));"
+        " time.sleep(600)"
+    )
+    gate = ChildSpec("safety-gate", [sys.executable, "-c", records_pid], stops_last=True)
+    worker = ChildSpec(
+        "tester", [sys.executable, "-c", ASKS_THE_GATE_WHILE_STOPPING, str(gate_pid), str(said)]
+    )
+    supervisor = Supervisor([gate, worker], stop_timeout=10)
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    async with asyncio.timeout(20):
+        while not gate_pid.exists() or supervisor.children["tester"].process is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the worker's handler is set
+    stop.set()
+    await asyncio.wait_for(running, 30)
+
+    assert said.read_text() == "gate running"
+    assert supervisor.children["safety-gate"].exits == [-signal.SIGTERM]
