@@ -110,8 +110,9 @@ async def test_a_child_that_cannot_be_started_is_tried_again(
     supervisor = Supervisor([planner], backoff=0.05, max_backoff=0.1, stop_timeout=5)
     stop = asyncio.Event()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # no descriptor left for another: the child's stderr pipe cannot be made
-    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+    # No new descriptor: a new one must be below 3, where stdin, stdout and stderr are (those
+    # open stay usable), so the child's stderr pipe cannot be made, whatever else closes one.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))
     try:
         running = asyncio.create_task(supervisor.run(stop))
         async with asyncio.timeout(20):

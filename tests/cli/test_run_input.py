@@ -284,7 +284,7 @@ def test_nats_not_there_is_one_line_not_one_per_attempt(
     unreachable = codeyard(env, *args)
     assert unreachable.returncode == 1
     assert unreachable.stderr == (
-        f"error: cannot reach NATS at {env['NATS_URL']}: NoServersError() "
+        f"error: cannot reach NATS at {env['NATS_URL']}: nats: no servers available for connection "
         "(is `codeyard up` running?)\n"
     )
 
@@ -297,7 +297,8 @@ def test_without_nats_url_the_port_looked_at_is_named(env: dict[str, str]) -> No
     unreachable = codeyard(env, "status")
     assert unreachable.returncode == 1
     assert unreachable.stderr == (
-        f"error: cannot reach NATS at nats://127.0.0.1:{port}: NoServersError() (is `codeyard up` "
+        f"error: cannot reach NATS at nats://127.0.0.1:{port}: nats: no servers available for "
+        "connection (is `codeyard up` "
         f"running? Without NATS_URL, codeyard looks for up's server on port CODEYARD_NATS_PORT "
         f"({port}): set it as up has it)\n"
     )
