@@ -523,10 +523,7 @@ class Coordinator:
         for approval_id, taken in run.answered.items():
             entry = await self._approvals.get(approval_id)
             if entry is not None and entry.value.status == "pending":
-                answer = msgspec.structs.replace(
-                    entry.value, status=taken.status, answered_by=taken.by, answer=taken.reason
-                )
-                commit.answers[approval_id] = (answer, entry.revision)
+                commit.answers[approval_id] = (_answered_as(entry.value, taken), entry.revision)
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -1490,9 +1487,7 @@ class Coordinator:
         if decided.status == "pending" and (taken := self._taken_answer(approval)):
             # The run took an answer in a step cut before the answer's record was written: the
             # record is written now, and the request judged against the answer taken.
-            decided = msgspec.structs.replace(
-                approval, status=taken.status, answered_by=taken.by, answer=taken.reason
-            )
+            decided = _answered_as(approval, taken)
             commit.answers[approval.approval_id] = (decided, entry.revision)
         if _answered_so_by(decided, approved, request.by):
             # This request again: told to send it again (`retry`) when the session that
@@ -1805,6 +1800,13 @@ async def _hand_back(results: Iterable[Msg]) -> None:
     for msg in results:
         with contextlib.suppress(Exception):
             await msg.nak(delay=HAND_BACK_DELAY)
+
+
+def _answered_as(approval: PendingApproval, taken: GivenAnswer) -> PendingApproval:
+    """The record of `approval` answered as its run took the answer (`Run.answered`)."""
+    return msgspec.structs.replace(
+        approval, status=taken.status, answered_by=taken.by, answer=taken.reason
+    )
 
 
 def _answered_so_by(approval: PendingApproval, approved: bool, by: str) -> bool:
