@@ -229,7 +229,8 @@ def up(
     no LLM) are checked first: exit 2, nothing started. A child that exits with 2 (bad
     configuration) is not restarted: `up` stops everything and exits 2, with that child's last
     error lines. Ctrl-C, SIGTERM
-    or SIGHUP stops everything: the services, then NATS; they also get SIGTERM if `up` is killed.
+    or SIGHUP stops everything: the services (they finish their work in flight; a second Ctrl-C
+    kills them at once), then NATS; they also get SIGTERM if `up` is killed.
 
     Example: [bold]codeyard up[/bold]
     """

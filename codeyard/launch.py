@@ -553,16 +553,25 @@ async def run_up(
     """Start NATS (embedded unless NATS_URL is set), the local model if asked, then every
     service; on SIGINT, SIGTERM or SIGHUP stop them in the reverse order: the services (which
     finish their work in flight over NATS, and may still ask the model), then the model, then
-    NATS. A signal during startup stops what has started so far. A service that exits with
+    NATS; a second signal kills the services and the model rather than wait for them. A signal
+    during startup stops what has started so far. A service that exits with
     BAD_CONFIGURATION stops them all the same way, then `ServiceRefused`. `reviewer_users`:
     reviewers given a user of the embedded server, and no worker. `policy`: the safety
     gate's."""
     # Before anything starts: until then Python's default action would end `up` without its
     # cleanup, leaving an embedded nats-server running and holding its port.
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second signal: kill what is still stopping
+
+    def on_stop_signal() -> None:
+        if stop.is_set() and not hurry.is_set():
+            console.print("stopping now: killing the services still stopping")
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_stop_signal)
     server: EmbeddedNats | None = None
     keeper: asyncio.Task[None] | None = None
     data_dir_lock: IO[str] | None = None
@@ -614,7 +623,7 @@ async def run_up(
             command = local_server_command(path, port)
             llm_server = ChildSpec("llm", command, own_import_path(os.environ))
             model_supervisor = Supervisor([llm_server])
-            model = asyncio.create_task(model_supervisor.run(model_stop))
+            model = asyncio.create_task(model_supervisor.run(model_stop, hurry))
             base_url = f"http://127.0.0.1:{port}/v1"
             console.print(f"starting the local model at {base_url} ...")
             try:
@@ -664,7 +673,7 @@ async def run_up(
             console.print(f"metrics on {settings.metrics_host}: {', '.join(where)}", markup=False)
         console.print(f"running: {', '.join(child.name for child in children)}; Ctrl-C stops")
         services = Supervisor(children)
-        await services.run(stop)
+        await services.run(stop, hurry)
         refused = services.refused
     finally:
         model_stop.set()

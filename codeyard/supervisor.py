@@ -6,8 +6,8 @@ descriptors, say), unless its first start exited with BAD_CONFIGURATION: startin
 would only fail the same way, for ever, and the others are no use without it (a coordinator
 without a sandbox, a worker with a bad setting), so the supervisor stops them all and `run`
 returns with that child in `refused`. Stopping sends SIGTERM to every child, waits for
-them to finish their in-flight work, then kills what is left; children that `stops_last` get
-theirs once the others have stopped.
+them to finish their in-flight work, then kills what is left (at once, when stopping is
+hurried: a second Ctrl-C); children that `stops_last` get theirs once the others have stopped.
 
 A child's stderr goes through the supervisor, which passes it on to its own as it comes and
 keeps its last lines (`ChildState.last_lines`): what a child that refused said last. It is
@@ -99,10 +99,14 @@ class Supervisor:
         # the first child that exited with BAD_CONFIGURATION, which made run() stop them all
         self.refused: ChildState | None = None
         self._passing_on: set[asyncio.Task[None]] = set()
+        self._hurry = asyncio.Event()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
         """Run every child until `stop` is set or one refuses to run (exits with
-        BAD_CONFIGURATION: see `refused`), then stop them all."""
+        BAD_CONFIGURATION: see `refused`), then stop them all. Once `hurry` is set (a second
+        Ctrl-C), those still stopping are killed rather than waited for: their work in flight
+        comes back to the queue after the ack wait instead of being handed back."""
+        self._hurry = hurry or asyncio.Event()
         ending = asyncio.Event()  # `stop`, or a child that refused
         keepers = [
             asyncio.create_task(self._keep(state, ending)) for state in self.children.values()
@@ -215,17 +219,25 @@ class Supervisor:
                 process.send_signal(signal.SIGTERM)
         if not running:
             return
-        _, late = await asyncio.wait(
-            [asyncio.create_task(p.wait()) for p in running], timeout=self._stop_timeout
-        )
+        waits = {asyncio.create_task(p.wait()) for p in running}
+        hurried = asyncio.create_task(self._hurry.wait())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._stop_timeout
+        try:
+            while waits and not hurried.done() and (left := deadline - loop.time()) > 0:
+                done, _ = await asyncio.wait(
+                    {*waits, hurried}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                waits -= done
+        finally:
+            await stop_tasks([*waits, hurried])
+        why = "stop hurried" if self._hurry.is_set() else "did not stop in time"
         for process in running:
             if process.returncode is None:
-                log.warning("killing pid %s: did not stop in time", process.pid)
+                log.warning("killing pid %s: %s", process.pid, why)
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
-        for task in late:
-            task.cancel()
 
 
 async def read_pipe(fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:

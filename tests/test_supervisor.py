@@ -295,3 +295,28 @@ async def test_the_gate_stops_only_once_the_workers_have_finished(tmp_path: Path
 
     assert said.read_text() == "gate running"
     assert supervisor.children["safety-gate"].exits == [-signal.SIGTERM]
+
+
+async def test_a_hurried_stop_kills_a_child_still_stopping(tmp_path: Path) -> None:
+    """Stopping waits for children to finish their work (up to `stop_timeout`); once `hurry`
+    is set it waits no more, and kills those still running."""
+    deaf = tmp_path / "deaf"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"open({str(deaf)!r}, 'w').close(); time.sleep(600)"
+    )
+    quick = ChildSpec("quick", [sys.executable, "-c", "import time; time.sleep(600)"])
+    supervisor = Supervisor([ChildSpec("deaf", [sys.executable, "-c", code]), quick])
+    assert supervisor._stop_timeout == STOP_TIMEOUT  # 40 s, were it not hurried
+    stop, hurry = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop, hurry))
+    while not deaf.exists():  # noqa: ASYNC110 - a file from another process
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.sleep(0.5)
+    assert not running.done()  # waiting for the child deaf to SIGTERM
+    hurry.set()
+    await asyncio.wait_for(running, 20)
+
+    assert supervisor.children["deaf"].exits == [-signal.SIGKILL]
+    assert supervisor.children["quick"].exits == [-signal.SIGTERM]  # stopped the usual way

@@ -441,6 +441,37 @@ def test_ctrl_c_while_the_local_model_loads_stops_up(tmp_path: Path) -> None:
     assert not left
 
 
+def test_a_second_ctrl_c_kills_what_is_still_stopping(tmp_path: Path) -> None:
+    """A service slow to stop (here the local model's server, deaf to SIGTERM) would hold
+    `up` for the whole stop timeout (40 s); the second Ctrl-C says "now"."""
+    deaf = tmp_path / "deaf"
+    model_code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"open({str(deaf)!r}, 'w').close(); time.sleep(600)"
+    )
+    up = patched_up(tmp_path, "--coders", "1", model_code=model_code)
+    children: set[int] = set()
+    try:
+        wait_for_output(tmp_path, up, "starting the local model")
+        while not deaf.exists():
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            time.sleep(0.05)
+        children = children_of(up.pid)
+        os.killpg(up.pid, signal.SIGINT)
+        time.sleep(0.5)  # the first one is being acted on: the model's server ignores it
+        assert up.poll() is None, (tmp_path / "up.log").read_text()
+        os.killpg(up.pid, signal.SIGINT)
+        code = finish(up, timeout=30)  # the stop timeout would be 40 s
+    finally:
+        kill(up)
+        left = wait_until_gone(children)
+    output = (tmp_path / "up.log").read_text()
+    assert code == 0, output
+    assert "stopping now: killing the services still stopping" in output
+    assert "stop hurried" in output
+    assert not left
+
+
 def test_a_local_model_that_never_answers_is_reported_as_such(tmp_path: Path) -> None:
     up = patched_up(tmp_path, "--coders", "1", model_patience=1)
     try:
