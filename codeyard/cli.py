@@ -386,7 +386,16 @@ def down(
 
 
 @app.command("dashboard")
-def dashboard_command() -> None:
+def dashboard_command(
+    show_token_link: Annotated[
+        bool,
+        typer.Option(
+            "--show-token-link",
+            hidden=True,  # for `codeyard up`, which made the token it sets for this dashboard
+            help="print the sign-in link with CODEYARD_DASHBOARD_TOKEN in it",
+        ),
+    ] = False,
+) -> None:
     """Serve the web dashboard: runs, each run's live task graph, task details (diff, test
     output, review) and pending approvals with Approve/Deny buttons.
 
@@ -400,7 +409,7 @@ def dashboard_command() -> None:
     """
     from codeyard.dashboard.service import CannotServe, run_dashboard
 
-    _serve(run_dashboard(Settings(), console), bad_configuration=(CannotServe,))
+    _serve(run_dashboard(Settings(), console, show_token_link), bad_configuration=(CannotServe,))
 
 
 @app.command()

@@ -29,6 +29,7 @@ from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, 
 from codeyard.bus.topology import Topology
 from codeyard.cancellation import stop_tasks, wait_event
 from codeyard.config import Settings
+from codeyard.dashboard.auth import new_token
 from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
 from codeyard.llm.local import MAX_TOKENS, local_server_command, smollm2_model
 from codeyard.observability.ports import metrics_port_of, with_metrics_ports
@@ -51,11 +52,13 @@ def service_children(
     credentials: Mapping[str, Credentials] | None = None,
     reviewers: Sequence[str] = (),
     dashboard_token: str | None = None,
+    dashboard_token_made: bool = False,
     policy: Path | None = None,
 ) -> list[ChildSpec]:
     """The services `up` keeps running: the coordinator and the safety gate (merges wait for
     it), with `agents` every role, a worker per reviewer plugin named in `reviewers` (by entry
-    point; they need no LLM), and with a `dashboard_token` the web dashboard (as `ctl`). Each
+    point; they need no LLM), and with a `dashboard_token` the web dashboard (as `ctl`; with
+    its sign-in link printed if `up` made the token, `dashboard_token_made`). Each
     gets its own principal's `credentials` (if given) and no other's. The gate applies
     `policy` (a TOML file; default: the built-in policy)."""
     base = own_import_path(os.environ) | {"NATS_URL": url} | dict(llm_env or {})
@@ -80,7 +83,8 @@ def service_children(
         dashboard_env = env(CTL)
         if dashboard_token:
             dashboard_env |= {"CODEYARD_DASHBOARD_TOKEN": dashboard_token}
-        children.append(ChildSpec("dashboard", [*codeyard, "dashboard"], dashboard_env))
+        show = ["--show-token-link"] if dashboard_token_made else []
+        children.append(ChildSpec("dashboard", [*codeyard, "dashboard", *show], dashboard_env))
     if agents:
         coder, tester, review = (principal_of_role(r) for r in ("coder", "tester", "review"))
         children += [
@@ -642,8 +646,13 @@ async def run_up(
             llm_env |= {"CODEYARD_LLM_MODEL": "smollm2", "CODEYARD_LLM_MAX_TOKENS": cap}
             # llama.cpp's server ignores `max_completion_tokens`: the cap would be lost
             llm_env["CODEYARD_LLM_MAX_TOKENS_FIELD"] = "max_tokens"
-        # The dashboard's own (checked already), or "": it makes one, and shows its sign-in link
+        # The user's (checked already), or one made here rather than by the dashboard: one for
+        # `up`'s lifetime, so that the sign-in link printed goes on working when the dashboard
+        # is restarted after a crash.
         token = settings.dashboard_token.get_secret_value() if dashboard else None
+        token_made = token == ""
+        if token_made:
+            token = new_token()
         host, port = settings.dashboard_host, settings.dashboard_port
         problem = bind_problem(port, host) if token is not None else ""
         if problem:
@@ -665,6 +674,7 @@ async def run_up(
             credentials=credentials,
             reviewers=reviewers,
             dashboard_token=token,
+            dashboard_token_made=token_made,
             policy=policy,
         )
         children = with_metrics_ports(children, settings.metrics_port)

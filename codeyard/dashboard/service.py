@@ -52,17 +52,18 @@ def sign_in_url(base: str, token: str) -> str:
     return f"{base}{SIGN_IN}#token={quote(token, safe='')}"  # (a base64 token holds + and /)
 
 
-def announcement(base: str, token: str, settings: Settings) -> str:
-    """Where the dashboard serves: with the sign-in link for a token made here, which nobody
-    else knows; without the token for one set, a secret this output (logs, in compose and
-    Kubernetes) must not spread."""
-    if settings.dashboard_token.get_secret_value():
+def announcement(base: str, token: str, settings: Settings, show_link: bool = False) -> str:
+    """Where the dashboard serves: with the sign-in link for a token made here (or made for
+    it by `codeyard up`: `show_link`), which nobody else knows; without the token for one set,
+    a secret this output (logs, in compose and Kubernetes) must not spread."""
+    if settings.dashboard_token.get_secret_value() and not show_link:
         return f"dashboard: {base}/ (sign in with the token in CODEYARD_DASHBOARD_TOKEN)"
     return f"dashboard: {sign_in_url(base, token)}"
 
 
-async def run_dashboard(settings: Settings, console: Console) -> None:
-    """Serve until SIGINT or SIGTERM."""
+async def run_dashboard(settings: Settings, console: Console, show_link: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM. `show_link`: print the sign-in link even for the token
+    set, which its parent (`codeyard up`) made rather than the user."""
     token = dashboard_token(settings)
     origins = public_origins(settings)
     start_observability(settings, "dashboard")
@@ -86,7 +87,9 @@ async def run_dashboard(settings: Settings, console: Console) -> None:
                 base = await stack.enter_async_context(serving(dashboard, host, port))
             except OSError as exc:
                 raise CannotServe(f"cannot listen on {host}:{port}: {exc}") from None
-            console.print(announcement(base, token, settings), markup=False, highlight=False)
+            console.print(
+                announcement(base, token, settings, show_link), markup=False, highlight=False
+            )
             await stop.wait()
     finally:
         await bus.close()

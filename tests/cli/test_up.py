@@ -657,7 +657,9 @@ def test_a_second_up_on_a_running_ones_data_dir_or_port_refuses_in_one_line(
 
 
 def up_until_ctrl_c(
-    tmp_path: Path, env: dict[str, str], then: Callable[[], None] = lambda: None
+    tmp_path: Path,
+    env: dict[str, str],
+    then: Callable[[subprocess.Popen[bytes]], None] = lambda up: None,
 ) -> tuple[int, str]:
     """`up --no-agents` until it runs everything and `then` returned, stopped by a Ctrl-C: its
     exit status and output. Its children are gone when this returns."""
@@ -665,7 +667,7 @@ def up_until_ctrl_c(
     children: set[int] = set()
     try:
         wait_for_output(tmp_path, up, "Ctrl-C stops")
-        then()
+        then(up)
         children = children_of(up.pid)
         os.killpg(up.pid, signal.SIGINT)
         code = finish(up)
@@ -699,7 +701,7 @@ def test_up_announces_its_dashboard_once_it_listens(tmp_path: Path) -> None:
         "CODEYARD_DASHBOARD_TOKEN": "dashboard-token-of-the-tests",
     }
 
-    def answered() -> None:
+    def answered(up: subprocess.Popen[bytes]) -> None:
         # The child says where it serves before it answers anything: once it answered, every
         # announcement there is to make was made.
         base = f"http://127.0.0.1:{env['CODEYARD_DASHBOARD_PORT']}/"
@@ -722,6 +724,39 @@ def test_up_announces_its_dashboard_once_it_listens(tmp_path: Path) -> None:
     assert output.count("dashboard: http") == 1, output
     assert announced in output
     assert "dashboard-token-of-the-tests" not in output
+
+
+def test_the_sign_in_link_up_printed_outlives_a_dashboard_restart(tmp_path: Path) -> None:
+    """With no token set, `up` makes one for its whole life: a dashboard that crashed and was
+    started again used to make a new one, and the link printed first stopped signing in."""
+    env = up_env(tmp_path) | {"CODEYARD_DASHBOARD_PORT": str(free_port())}
+    env.pop("CODEYARD_DASHBOARD_TOKEN", None)
+
+    def links() -> list[str]:
+        log = (tmp_path / "up.log").read_text()
+        return [line for line in log.splitlines() if line.startswith("dashboard: http")]
+
+    def restart_the_dashboard(up: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 60
+        while not links():
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.05)
+        (dashboard,) = (
+            pid
+            for pid in children_of(up.pid)
+            if b"dashboard" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        )
+        os.kill(dashboard, signal.SIGKILL)
+        while len(links()) < 2:
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.05)
+
+    code, output = up_until_ctrl_c(tmp_path, env, then=restart_the_dashboard)
+    assert code == 0, output
+    first, second = links()[:2]
+    assert "/signin#token=" in first
+    assert first == second  # the same token: the first link signs in still
+    assert "dashboard exited with -9; restarting" in output
 
 
 def with_env(marker: str) -> set[int]:

@@ -61,6 +61,10 @@ def test_the_sign_in_link_is_shown_only_for_a_token_made_here() -> None:
     given = announcement(base, "my-own-token-1234", Settings(dashboard_token="my-own-token-1234"))
     assert "my-own-token-1234" not in given
     assert given == f"dashboard: {base}/ (sign in with the token in CODEYARD_DASHBOARD_TOKEN)"
+    # set by `codeyard up`, which made it: nobody else knows it, and its link is the way in
+    made_by_up = Settings(dashboard_token="a-token-up-made-1234")
+    shown = announcement(base, "a-token-up-made-1234", made_by_up, show_link=True)
+    assert shown == f"dashboard: {base}/signin#token=a-token-up-made-1234"
 
 
 def test_a_token_too_short_is_bad_configuration() -> None:
