@@ -1895,7 +1895,7 @@ def _serve(
     tune_gc_for_service()
     refused: tuple[type[Exception], ...] = (UnknownPrincipal, *bad_configuration)
     try:
-        run_service(service, settings.event_loop)
+        run_service(service, settings.event_loop, settings.heartbeat_file)
     except refused as exc:
         problems = exc.problems if isinstance(exc, BadConfiguration) else (str(exc),)
         for problem in problems:  # e.g. one line per variable refused, as every command says

@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop", description="event loop of services: uvloop, or the standard library's"
     )
+    heartbeat_file: Path | None = Field(
+        default=None,
+        description="file a service's event loop touches every 2 s (codeyard.liveness); "
+        "`codeyard up` sets one per service",
+    )
     dashboard_host: str = Field(default="127.0.0.1", description="address the dashboard serves on")
     dashboard_port: int = Field(default=8700, ge=0, le=65535, description="dashboard port")
     dashboard_token: SecretStr = Field(

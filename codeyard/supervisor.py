@@ -5,7 +5,9 @@ resets once it has stayed up a while (so is one that could not be started at all
 descriptors, say), unless its first start exited with BAD_CONFIGURATION: starting it again
 would only fail the same way, for ever, and the others are no use without it (a coordinator
 without a sandbox, a worker with a bad setting), so the supervisor stops them all and `run`
-returns with that child in `refused`. Stopping sends SIGTERM to every child, waits for
+returns with that child in `refused`. A child whose event loop stops turning (it beats in a
+file, `codeyard.liveness`) is killed after `hung_after` seconds of silence, and so started
+again. Stopping sends SIGTERM to every child, waits for
 them to finish their in-flight work, then kills what is left (at once, when stopping is
 hurried: a second Ctrl-C); children that `stops_last` get theirs once the others have stopped.
 
@@ -26,15 +28,19 @@ import contextlib
 import logging
 import os
 import queue
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from codeyard.cancellation import in_background, stop_tasks, wait_event
+from codeyard.liveness import HEARTBEAT_ENV, HUNG_AFTER, silent_for
 from codeyard.parent_death import tied_to_this_process
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,8 @@ DRAIN_SECONDS = 2.0
 # the rest back and closes its connection: waiting only as long killed it in that last step,
 # and what it was handing back waited for the ack wait instead of being redelivered at once.
 STOP_TIMEOUT = 40.0
+# How long a child stuck so has to write its stacks (SIGUSR1) before it is killed.
+STACKS_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,8 @@ class ChildState:
     # the last lines its latest process wrote to stderr, not blank, each cut to LINE_BYTES
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     passing_on: asyncio.Task[None] | None = None  # its latest process's stderr to ours
+    heartbeat: Path | None = None  # where its event loop beats (`codeyard.liveness`)
+    hung: int = 0  # how many times it was killed for a loop that had stopped turning
 
 
 class Supervisor:
@@ -88,6 +98,7 @@ class Supervisor:
         max_backoff: float = 30.0,
         stable_after: float = 30.0,
         stop_timeout: float = STOP_TIMEOUT,
+        hung_after: float = HUNG_AFTER,
     ) -> None:
         self.children = {spec.name: ChildState(spec) for spec in children}
         if len(self.children) != len(children):
@@ -96,6 +107,7 @@ class Supervisor:
         self._max_backoff = max_backoff
         self._stable_after = stable_after
         self._stop_timeout = stop_timeout
+        self._hung_after = hung_after
         # the first child that exited with BAD_CONFIGURATION, which made run() stop them all
         self.refused: ChildState | None = None
         self._passing_on: set[asyncio.Task[None]] = set()
@@ -107,16 +119,20 @@ class Supervisor:
         Ctrl-C), those still stopping are killed rather than waited for: their work in flight
         comes back to the queue after the ack wait instead of being handed back."""
         self._hurry = hurry or asyncio.Event()
+        heartbeats = Path(tempfile.mkdtemp(prefix="codeyard-heartbeats-"))
+        for state in self.children.values():
+            state.heartbeat = heartbeats / state.spec.name
         ending = asyncio.Event()  # `stop`, or a child that refused
         keepers = [
             asyncio.create_task(self._keep(state, ending)) for state in self.children.values()
         ]
         waits = [asyncio.create_task(stop.wait()), asyncio.create_task(ending.wait())]
+        watch = asyncio.create_task(self._watch(ending))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ending.set()
-            await stop_tasks(waits)
+            await stop_tasks([*waits, watch])
             await self._stop_all()
             await stop_tasks(keepers)
             # A keeper that was starting a child when `stop` came: the first pass could not see
@@ -130,17 +146,47 @@ class Supervisor:
                 await asyncio.wait(passing_on, timeout=DRAIN_SECONDS)
             await stop_tasks(passing_on)
             await asyncio.to_thread(STDERR_ECHO.drain, DRAIN_SECONDS)
+            shutil.rmtree(heartbeats, ignore_errors=True)
+
+    async def _watch(self, ending: asyncio.Event) -> None:
+        """Kill each child whose event loop has stopped beating (its keeper then starts it
+        again), once it wrote its threads' stacks to show where it stuck."""
+        while not await wait_event(ending, self._hung_after / 6):
+            for state in self.children.values():
+                process, heartbeat = state.process, state.heartbeat
+                if process is None or process.returncode is not None or heartbeat is None:
+                    continue
+                silence = silent_for(heartbeat)
+                if silence is None or silence <= self._hung_after:
+                    continue
+                state.hung += 1
+                log.error(
+                    "%s (pid %s) has shown no sign of life for %.0f s: its event loop is stuck; "
+                    "killing it to start it again (its threads' stacks follow)",
+                    state.spec.name,
+                    process.pid,
+                    silence,
+                )
+                heartbeat.unlink(missing_ok=True)  # judged once; its successor beats afresh
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGUSR1)
+                    await asyncio.sleep(STACKS_SECONDS)
+                    process.kill()
 
     async def _start(self, state: ChildState) -> asyncio.subprocess.Process:
         """Start the child, recording it in `state` even if the keeper waiting for it is
         cancelled meanwhile: the process exists by then, and run() must stop it."""
         # A pipe of our own rather than asyncio's: its Process.wait() also waits for the end of
         # the child's stderr, which a process the child started may hold open long after.
+        env = dict(state.spec.env or os.environ)
+        if state.heartbeat is not None:
+            state.heartbeat.unlink(missing_ok=True)  # the last process's silence is not its
+            env[HEARTBEAT_ENV] = str(state.heartbeat)
         read_end, write_end = os.pipe()
         try:
             state.process = await asyncio.create_subprocess_exec(
                 *tied_to_this_process(state.spec.argv),
-                env=dict(state.spec.env) if state.spec.env else None,
+                env=env,
                 stderr=write_end,
                 start_new_session=True,
             )

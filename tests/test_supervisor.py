@@ -320,3 +320,49 @@ async def test_a_hurried_stop_kills_a_child_still_stopping(tmp_path: Path) -> No
 
     assert supervisor.children["deaf"].exits == [-signal.SIGKILL]
     assert supervisor.children["quick"].exits == [-signal.SIGTERM]  # stopped the usual way
+
+
+# A service whose event loop beats (`codeyard.liveness`), then blocks for good (a call that never
+# returns), as a real one would run under `up`.
+STUCK_SERVICE = """
+import asyncio, sys, time
+from codeyard.config import Settings
+from codeyard.service_runtime import run_service
+
+async def main():
+    await asyncio.sleep(1)
+    open(sys.argv[1], "a").write("x")
+    time.sleep(600)  # the loop turns no more
+
+run_service(main(), "asyncio", Settings().heartbeat_file)  # as `codeyard.cli` does
+"""
+
+
+async def test_a_child_whose_event_loop_is_stuck_is_killed_and_started_again(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    starts = tmp_path / "starts"
+    stuck = ChildSpec("coordinator", [sys.executable, "-c", STUCK_SERVICE, str(starts)])
+    # never beats (not run by codeyard.service_runtime): never judged
+    quiet = ChildSpec("quiet", [sys.executable, "-c", "import time; time.sleep(600)"])
+    supervisor = Supervisor([stuck, quiet], backoff=0.05, stop_timeout=5, hung_after=3)
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            while not starts.exists() or len(starts.read_text()) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)
+
+    coordinator = supervisor.children["coordinator"]
+    assert coordinator.hung >= 1
+    assert coordinator.exits[0] == -signal.SIGKILL
+    assert coordinator.starts >= 2
+    assert supervisor.children["quiet"].exits == [-signal.SIGTERM]  # only stopped at the end
+    assert "coordinator (pid " in caplog.text
+    assert "has shown no sign of life for 3 s: its event loop is stuck" in caplog.text
+    # its stacks, from SIGUSR1 (passed on from its stderr), show where it stuck
+    line = STUCK_SERVICE.splitlines().index("    time.sleep(600)  # the loop turns no more") + 1
+    assert f'File "<string>", line {line} in main' in capfd.readouterr().err

@@ -87,3 +87,12 @@ def test_the_sandboxes_python_has_pytest() -> None:
     "No module named pytest" and every Python task failed its tests."""
     [install] = [a for k, a in instructions() if k == "RUN" and "pip install" in a]
     assert "pytest" in install.split()
+
+
+def test_the_image_checks_that_a_service_s_event_loop_turns() -> None:
+    """Each service beats in CODEYARD_HEARTBEAT_FILE (codeyard/liveness.py); HEALTHCHECK reads
+    it, and a container stuck so is `unhealthy`."""
+    env = " ".join(a for k, a in instructions() if k == "ENV")
+    assert "CODEYARD_HEARTBEAT_FILE=/tmp/codeyard-heartbeat" in env
+    [check] = [a for k, a in instructions() if k == "HEALTHCHECK"]
+    assert check.endswith('CMD ["python", "-m", "codeyard.liveness"]')

@@ -101,6 +101,14 @@ def test_every_codeyard_container_runs_a_real_command_with_its_own_principal() -
         assert secrets[0].removeprefix(SECRET_PREFIX) in known_principals(), name
 
 
+def test_every_codeyard_container_is_restarted_when_its_event_loop_is_stuck() -> None:
+    for name, container in codeyard_containers():
+        probe = container["livenessProbe"]
+        assert probe["exec"]["command"] == ["python", "-m", "codeyard.liveness"], name
+        # a few missed checks, not one slow one: the check itself starts a Python
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= 60, name
+
+
 def test_coordinators_run_leader_and_standby() -> None:
     (coordinator,) = [d for d in of_kind("Deployment") if d["metadata"]["name"] == "coordinator"]
     assert coordinator["spec"]["replicas"] == 2
