@@ -53,6 +53,7 @@ def test_durations_must_be_finite_and_not_absurd(
         "CODEYARD_LLM_TIMEOUT_SECONDS",
         "CODEYARD_LLM_BACKOFF_SECONDS",
         "CODEYARD_LLM_BACKOFF_MAX_SECONDS",
+        "CODEYARD_LLM_OUTAGE_PATIENCE_SECONDS",
         "CODEYARD_LLM_INPUT_PRICE_PER_MTOK",
         "CODEYARD_LLM_TEMPERATURE",
     ],

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -15,6 +19,12 @@ from codeyard.schemas import Usage
 from codeyard.schemas.model import SHORT_TEXT_CHARS, clip
 
 M = TypeVar("M", bound=BaseModel)
+
+log = logging.getLogger(__name__)
+
+# Between asks of a model that stays unavailable: from the first pause, doubling, to the last.
+FIRST_OUTAGE_PAUSE = 15.0
+LAST_OUTAGE_PAUSE = 120.0
 
 
 async def ask_model(
@@ -32,21 +42,45 @@ async def ask_model(
     with what the work spent: `spent` (earlier calls of the same work) and this call's, which
     the worker reports either way (tokens paid for before the endpoint failed still count),
     and the model that answered: this call's last answer's, else `model` (the one that answered
-    the earlier calls), "" when none did (the worker bounds it, as every model handed back)."""
-    try:
-        return await llm.structured(
-            role, messages, output, tool_name=tool_name, tool_description=tool_description
-        )
-    except LLMUnavailable as exc:
-        usage = (spent or Usage()) + exc.usage
-        raise RetryLater(
-            f"the model is unavailable: {exc}", delay=30.0, usage=usage, model=exc.model or model
-        ) from exc
-    except (InvalidOutput, LLMRejected) as exc:
-        usage = (spent or Usage()) + exc.usage
-        raise GiveUp(
-            f"the model could not answer: {exc}", usage=usage, model=exc.model or model
-        ) from exc
+    the earlier calls), "" when none did (the worker bounds it, as every model handed back).
+
+    A model unavailable (`LLMUnavailable`: its client's own retries did not outlast the trouble)
+    is asked again, at growing pauses, for up to `llm.outage_patience` seconds: handed back at
+    once, the work used one of its few deliveries per half minute of outage, and its run failed
+    after about two and a half minutes of 503s or 429s. The worker keeps the work meanwhile (its
+    heartbeats go on)."""
+    failed = Usage()  # what calls that failed were paid for
+    deadline = time.monotonic() + llm.outage_patience
+    pause = FIRST_OUTAGE_PAUSE
+    while True:
+        try:
+            completion = await llm.structured(
+                role, messages, output, tool_name=tool_name, tool_description=tool_description
+            )
+        except LLMUnavailable as exc:
+            failed = failed + exc.usage
+            model = exc.model or model
+            if (left := deadline - time.monotonic()) <= 0:
+                raise RetryLater(
+                    f"the model is unavailable: {exc}",
+                    delay=30.0,
+                    usage=(spent or Usage()) + failed,
+                    model=model,
+                ) from exc
+            log.warning(
+                "%s: the model is unavailable (%s); asking again in %.0f s", role, exc, pause
+            )
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, LAST_OUTAGE_PAUSE)
+            continue
+        except (InvalidOutput, LLMRejected) as exc:
+            usage = (spent or Usage()) + failed + exc.usage
+            raise GiveUp(
+                f"the model could not answer: {exc}", usage=usage, model=exc.model or model
+            ) from exc
+        if failed == Usage():
+            return completion
+        return dataclasses.replace(completion, usage=completion.usage + failed)
 
 
 def answered_by(completion: Completion[Any]) -> str:

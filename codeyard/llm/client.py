@@ -35,6 +35,11 @@ class Completion(Generic[M]):
 
 
 class LLMClient(Protocol):
+    # Seconds a worker waits out an endpoint that stays unavailable before handing its work back
+    # (`codeyard.agents.asking`): an outage of a few minutes must not use up the work's
+    # deliveries and fail its run.
+    outage_patience: float
+
     async def structured(
         self,
         role: str,

@@ -49,6 +49,7 @@ class OpenAIClient:
 
     def __init__(self, settings: LLMSettings) -> None:
         self._settings = settings
+        self.outage_patience = settings.outage_patience_seconds
         self._backoff = Backoff(settings.backoff_seconds, settings.backoff_max_seconds)
         self._openai = openai.AsyncOpenAI(
             base_url=settings.endpoint(),

@@ -116,6 +116,13 @@ class LLMSettings(BaseSettings):
     backoff_max_seconds: float = Field(
         default=30.0, ge=0, le=MAX_WAIT, description="cap of a retry delay"
     )
+    outage_patience_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        le=MAX_WAIT,
+        description="how long a worker waits out a model that stays unavailable (429, 5xx, no "
+        "connection) before handing its work back; each hand-back uses one of its 5 deliveries",
+    )
     max_reasks: int = Field(
         default=2, ge=0, le=100, description="re-asks of an answer that does not fit the schema"
     )

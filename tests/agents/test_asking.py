@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from codeyard.agents.asking import told_again
+from codeyard.agents import asking
+from codeyard.agents.asking import ask_model, told_again
 from codeyard.agents.coder import Coder
 from codeyard.agents.outputs import CodeOutput
-from codeyard.bus import GiveUp
+from codeyard.bus import GiveUp, RetryLater
 from codeyard.llm import ChatMessage, OpenAIClient
 from codeyard.llm.tool_call import SHOWN_HEAD_CHARS, SHOWN_TAIL_CHARS
-from codeyard.schemas import CodeRequest, RepoRef, TaskSpec
+from codeyard.schemas import CodeRequest, RepoRef, TaskSpec, Usage
 from codeyard.testing.openai_script import parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
-from tests.llm.scenario import settings
+from tests.llm.scenario import ASK as PLAN_ASK
+from tests.llm.scenario import DESCRIPTION, TOOL, VALID, Plan, settings
 from tests.repositories import one_commit_repo
 
 ASK: list[ChatMessage] = [{"role": "user", "content": "Write data.txt"}]
@@ -81,3 +83,48 @@ def test_a_long_problem_is_shortened_too() -> None:
     *_, told = told_again(ASK, answer, "Edits refused: " + "no such path; " * 10_000)
 
     assert len(told["content"]) < SHOWN_HEAD_CHARS + SHOWN_TAIL_CHARS + 200
+
+
+async def test_a_model_away_for_a_while_is_waited_out_in_the_same_delivery(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Handed back at each LLMUnavailable, the work used one of its 5 deliveries per half
+    minute of outage, and its run failed after about two and a half minutes of 503s."""
+    monkeypatch.setattr(asking, "FIRST_OUTAGE_PAUSE", 0.01)
+    tokens = {"prompt_tokens": 100, "completion_tokens": 20}
+    replies = [{"status": 503}, {"status": 429}, {"arguments": VALID, "usage": tokens}]
+    async with (
+        ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server,
+        OpenAIClient(
+            settings(server.base_url, max_retries=0, outage_patience_seconds=60)
+        ) as client,
+    ):
+        completion = await ask_model(
+            client, "planner", PLAN_ASK, Plan, tool_name=TOOL, tool_description=DESCRIPTION
+        )
+        asked = len(server.requests)
+
+    assert completion.value == Plan(**VALID)
+    assert completion.usage == Usage(calls=1, prompt_tokens=100, completion_tokens=20)
+    assert asked == 3  # (the client's own retries are off here: each failure is one request)
+    assert caplog.text.count("planner: the model is unavailable") == 2
+
+
+async def test_a_model_away_longer_than_the_patience_hands_the_work_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asking, "FIRST_OUTAGE_PAUSE", 0.05)
+    async with (
+        ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": [{"status": 503}]}])) as server,
+        OpenAIClient(
+            settings(server.base_url, max_retries=0, outage_patience_seconds=0.3)
+        ) as client,
+    ):
+        with pytest.raises(RetryLater, match="the model is unavailable") as retry:
+            await ask_model(
+                client, "planner", PLAN_ASK, Plan, tool_name=TOOL, tool_description=DESCRIPTION
+            )
+        asked = len(server.requests)
+
+    assert retry.value.delay == 30.0
+    assert 2 <= asked < 10  # asked again at growing pauses, then handed back

@@ -35,6 +35,7 @@ def settings(base_url: str, **overrides: Any) -> LLMSettings:
         "backoff_seconds": 0.001,
         "backoff_max_seconds": 0.01,
         "timeout_seconds": 5.0,
+        "outage_patience_seconds": 0.0,  # unavailable: handed back at once
     }
     return LLMSettings(**(values | overrides))
 
