@@ -174,7 +174,9 @@ class OpenAIClient:
             except openai.APIStatusError as error:
                 status = error.status_code
                 outcome = "http_error"
-                if status not in RETRYABLE_STATUSES and status < 500:
+                # OpenAI's 429 for an account out of credit: waiting does not bring it back
+                out_of_quota = getattr(error, "code", None) == "insufficient_quota"
+                if (status not in RETRYABLE_STATUSES and status < 500) or out_of_quota:
                     self._observe(role, chosen, "rejected", started)
                     raise LLMRejected(
                         f"{role}: the LLM endpoint refused the request (HTTP {status}): "
@@ -183,7 +185,8 @@ class OpenAIClient:
                         usage=usage,
                         model=answered,
                     ) from error
-                failure = f"HTTP {status}"
+                # with the endpoint's own words, which say why (an overload, a rate limit)
+                failure = f"HTTP {status}: {said_by(error)[:REPORTED_ERROR_CHARS]}"
                 retry_after = seconds(error.response.headers.get("retry-after"))
             except (openai.APITimeoutError, TimeoutError):
                 # TimeoutError: `asyncio.timeout` above (the whole request), the SDK's own
@@ -308,6 +311,14 @@ def given(value: N | None) -> N | openai.Omit:
     return openai.omit if value is None else value
 
 
+def said_by(error: openai.APIStatusError) -> str:
+    """The message of an HTTP error's body (`{"error": {"message": ...}}`, which the SDK gives
+    as `body`), else the SDK's own text for it ("Error code: 503 - ...")."""
+    body = error.body
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) and message else error.message
+
+
 def model_of(response: ChatCompletion) -> str:
     """The model the endpoint named in its answer, or "" (missing, or not a string)."""
     model = getattr(response, "model", None)
@@ -323,7 +334,7 @@ def reported_error(body: object) -> str | None:
         error = getattr(holder, "error", None)
         if isinstance(holder, dict):  # a choice the SDK left undecoded
             error = holder.get("error")
-        if error is None:
+        if not error:  # null, or an empty `{}`/`""`/`false` some gateways send with answers
             continue
         if isinstance(error, dict):
             message, code = error.get("message"), error.get("code")

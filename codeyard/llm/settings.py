@@ -287,6 +287,14 @@ def base_url_problem(url: str) -> str:
         return f"the base URL {given}{where} is not a URL ({error}): it {rule}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"the base URL {given}{where} {rule}"
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+        # the client appends `/chat/completions` to the path and drops the query: every call
+        # went to the base path (Azure's `?api-version=`: a 404 for each)
+        return (
+            f"the base URL {given}{where} has a query or fragment (`?...`, `#...`), which "
+            "the OpenAI client does not send: give the path alone (an endpoint that needs a "
+            "query parameter, such as Azure's api-version, needs a proxy that adds it)"
+        )
     import httpx2  # the parser of the client that will call it; imported late, as it is big
 
     try:

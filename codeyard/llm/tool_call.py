@@ -188,8 +188,10 @@ class ForcedTool(Generic[M]):
             {"role": "assistant", "content": shown or "(no answer)"},
             {
                 "role": "user",
-                "content": f"{note}That answer could not be used: {bad}\n"
-                f"Call the function `{self.name}` again with arguments that fix this.",
+                "content": sendable(
+                    f"{note}That answer could not be used: {bad}\n"
+                    f"Call the function `{self.name}` again with arguments that fix this."
+                ),
             },
         ]
 
@@ -237,14 +239,26 @@ def shown_arguments(call: object) -> str:
 
 
 def shortened(text: str) -> str:
-    """`text`, or when that is shorter, its first SHOWN_HEAD_CHARS and last SHOWN_TAIL_CHARS
-    characters with a line saying how many were cut between them."""
+    """`text` (`sendable`), or when that is shorter, its first SHOWN_HEAD_CHARS and last
+    SHOWN_TAIL_CHARS characters with a line saying how many were cut between them."""
+    text = sendable(text)
     head, tail = SHOWN_HEAD_CHARS, SHOWN_TAIL_CHARS
     cut = len(text) - head - tail
     if cut <= 0:
         return text
     short = f"{text[:head]}\n[... {cut} characters cut ...]\n{text[len(text) - tail :]}"
     return short if len(short) < len(text) else text
+
+
+def sendable(text: str) -> str:
+    """`text` with each lone UTF-16 surrogate (an answer's `\\ud83d` without its pair, which
+    JSON decoding keeps) as `?`: sent back in a re-ask, it made the next request fail to
+    encode, an error no retry mends."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="replace").decode()
+    return text
 
 
 def arguments_text(raw: object) -> str | None:

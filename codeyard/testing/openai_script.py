@@ -10,7 +10,8 @@ each `times` times (default 1); the last one repeats once they are used up, unle
     {"arguments": {...}}         a call of the forced function with these arguments
     {"raw_arguments": "{oops"}   the same with the arguments string as given (invalid JSON)
     {"text": "..."}              a plain text answer, no tool call
-    {"status": 500}              an HTTP error with an OpenAI-style error body (`message`)
+    {"status": 500}              an HTTP error with an OpenAI-style error body (`message`,
+                                 `code`: "insufficient_quota", say)
     {"body": ...}                HTTP 200 with this JSON as the whole body, as given (a
                                  completion of an odd shape, a list, null)
     {"raw_body": "<html>"}       HTTP 200 with this text as the body, `content_type` (default
@@ -58,6 +59,7 @@ class Reply(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     raw_body: str | None = None
     content_type: str = "application/json"
     message: str = ""
+    code: str | None = None
     call: str | None = None
     model: str | None = None
     times: int = 1
@@ -117,8 +119,10 @@ class Answer:
         return self.raw if self.raw is not None else json.dumps(self.body).encode()
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error") -> Answer:
-    body = {"message": message, "type": kind, "param": None, "code": None}
+def error(
+    status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+) -> Answer:
+    body = {"message": message, "type": kind, "param": None, "code": code}
     return Answer(status, {"error": body})
 
 
@@ -154,7 +158,7 @@ class Script:
         if reply.status is not None:
             message = reply.message or f"scripted HTTP {reply.status}"
             kind = "server_error" if reply.status >= 500 else "invalid_request_error"
-            failure = error(reply.status, message, kind)
+            failure = error(reply.status, message, kind, reply.code)
             return Answer(failure.status, failure.body, reply.delay, trickle=reply.trickle)
         if reply.raw_body is not None:
             raw = reply.raw_body.encode()

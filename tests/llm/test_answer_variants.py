@@ -161,3 +161,43 @@ async def test_an_answer_a_content_filter_stopped_says_so() -> None:
         f"with text instead of calling the function `{TOOL}`"
     )
     assert str(failure.value).endswith(f"last problem: {said}")
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ({"role": "assistant", "content": "I think \ud83d the plan is"}, "I think ? the plan"),
+        (calling('{"title": "a\ud83d", "steps": ["x"]}'), '"title": "a?"'),
+    ],
+    ids=["text", "arguments"],
+)
+async def test_a_lone_surrogate_in_an_answer_is_re_asked_in_text_that_can_be_sent(
+    message: dict[str, Any], shown: str
+) -> None:
+    """A `\\ud83d` escape without its pair decodes to a lone surrogate, which UTF-8 cannot
+    encode: shown back in the re-ask, it made the next request fail to encode, an error that
+    no retry mends (the work failed after its deliveries)."""
+    body = json.dumps(answer(message))  # (json.dumps writes the surrogate as its escape)
+    assert "\\ud83d" in body
+    replies = [{"raw_body": body}, {"arguments": VALID}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        completion = await ask(server)
+        reask = server.requests[1].body["messages"]
+
+    assert completion.value == Plan(**VALID)
+    assert completion.attempts == 2
+    assert shown in reask[-2]["content"]  # the answer shown back, the surrogate as "?"
+
+
+@pytest.mark.parametrize("empty", [{}, "", False, None])
+async def test_an_answer_with_an_empty_error_field_is_an_answer(empty: Any) -> None:
+    """Some gateways send `"error": {}` (or "", false) beside a good answer; it was taken for a
+    failure, retried, and the answer paid for was thrown away."""
+    body = answer(calling(VALID)) | {"error": empty}
+    body["choices"][0]["error"] = empty
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": [{"body": body}]}])) as srv:
+        completion = await ask(srv, max_retries=0)
+        asked = len(srv.requests)
+
+    assert completion.value == Plan(**VALID)
+    assert asked == 1

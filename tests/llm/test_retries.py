@@ -58,9 +58,26 @@ async def test_unavailable_once_retries_are_exhausted() -> None:
         requests = server.requests
 
     assert len(requests) == 3
-    assert "failed 3 times; last: HTTP 503" in str(failure.value)
+    # with the endpoint's words: an account out of credit said so only there
+    assert "failed 3 times; last: HTTP 503: overloaded" in str(failure.value)
     assert failure.value.usage.calls == 0
     assert failure.value.model == ""  # nothing answered
+
+
+async def test_an_account_out_of_quota_is_not_waited_for() -> None:
+    """OpenAI answers 429 with `insufficient_quota` when the account has no credit left; retried
+    as a rate limit, every work item waited out its retries and the outage patience, and the
+    run failed an hour later saying only "HTTP 429"."""
+    quota = "You exceeded your current quota, please check your plan and billing details."
+    replies = [{"status": 429, "message": quota, "code": "insufficient_quota"}]
+    async with ScriptedOpenAI(parse_script([{"tool": TOOL, "replies": replies}])) as server:
+        with pytest.raises(LLMRejected) as failure:
+            await ask(server, max_retries=3)
+        requests = server.requests
+
+    assert len(requests) == 1
+    assert failure.value.status == 429
+    assert quota in str(failure.value)
 
 
 async def test_a_timeout_is_retried_then_reported() -> None:

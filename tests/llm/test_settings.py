@@ -174,6 +174,10 @@ def test_a_base_url_without_http_is_refused_in_one_line(
         ("ftp://example.com/v1", "should start with http:// or https://"),
         ("http://127.0.0.1:port/v1", "is not a URL (Port could not be cast"),
         ("http://[::1/v1", "is not a URL (Invalid IPv6 URL)"),
+        # the client drops the query: every call went to the base path, a 404 each
+        ("https://x.openai.azure.com/openai?api-version=2024-06-01", "has a query or fragment"),
+        ("http://127.0.0.1:8080/v1#chat", "has a query or fragment"),
+        ("http://127.0.0.1:8080/v1?", "has a query or fragment"),
     ],
 )
 def test_each_kind_of_bad_base_url_is_named(
