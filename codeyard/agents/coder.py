@@ -44,6 +44,7 @@ class Coder:
             usage = Usage()
             model = ""  # the model of the last answer
             problem = ""
+            told_nothing_changes = False
             for _ in range(EDIT_ANSWERS):
                 completion = await ask_model(
                     self.llm,
@@ -69,6 +70,19 @@ class Coder:
                 except EditError as exc:
                     problem = str(exc)
                     messages = told_again(messages, completion.value, f"Edits refused: {exc}")
+                    continue
+                if not applied.diff and not told_nothing_changes:
+                    # Edits that write what is there already: a slip more often than a task
+                    # found done, which the model may then say by answering the same again
+                    # (merged as an empty commit).
+                    told_nothing_changes = True
+                    problem = "the edits change nothing: every file stays as it is"
+                    messages = told_again(
+                        messages,
+                        completion.value,
+                        f"{problem}. Make the change the task asks for; if the files already "
+                        "do what it asks, submit the same edits again and say so in the summary",
+                    )
                     continue
                 encoded = applied.diff.encode()
                 if len(encoded) > MAX_PATCH_BYTES:

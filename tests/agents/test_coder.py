@@ -60,3 +60,33 @@ async def test_a_patch_too_large_in_bytes_for_the_gate_to_read_gives_up(tmp_path
     async with ScriptedOpenAI(script) as server, OpenAIClient(settings(server.base_url)) as client:
         with pytest.raises(GiveUp, match=r"the patch is 7\d{5} bytes, over 700000"):
             await Coder(client)(request)
+
+
+@pytest.mark.parametrize("then", ["a change", "the same again"])
+async def test_edits_that_change_nothing_are_asked_for_again_once(
+    tmp_path: Path, then: str
+) -> None:
+    """Writing a file as it is made an empty patch, tested, reviewed and merged as the task
+    done. The model is told; answering the same again says the task needs no change."""
+    repo = one_commit_repo(tmp_path / "repo", {"app.py": "print('hello')\n"})
+    task = TaskSpec(id="t1", title="greet", files=["app.py"])
+    request = CodeRequest(
+        run_id="r1", task_id="t1", goal="g", task=task, repo=RepoRef(path=str(repo))
+    )
+    same = {"kind": "write", "path": "app.py", "content": "print('hello')\n"}
+    changed = {"kind": "write", "path": "app.py", "content": "print('hi')\n"}
+    second = changed if then == "a change" else same
+    answers = [{"arguments": {"summary": "s", "edits": [edit]}} for edit in (same, second)]
+    script = parse_script([{"tool": "submit_edits", "replies": answers}])
+    async with ScriptedOpenAI(script) as server, OpenAIClient(settings(server.base_url)) as client:
+        result = await Coder(client)(request)
+        asked = len(server.requests)
+        asked_again = str(server.requests[1].body["messages"][-1]["content"])
+
+    assert asked == 2
+    assert "the edits change nothing" in asked_again
+    assert isinstance(result, CodeResult)
+    if then == "a change":
+        assert "+print('hi')" in result.patch.text
+    else:
+        assert result.patch.text == ""  # found done: merged as an empty commit
