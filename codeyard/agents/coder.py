@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import posixpath
-from collections.abc import Sequence
 
 from codeyard.agents.asking import answered_by, ask_model, told_again
 from codeyard.agents.edits import EditError, apply_edits
-from codeyard.agents.outputs import CodeOutput, FileEdit, WriteFile
+from codeyard.agents.outputs import CodeOutput
 from codeyard.agents.prompt_context import describe_feedback, describe_task, quote_files
 from codeyard.agents.prompt_templates import render_prompt
-from codeyard.agents.working_copy import read_files, shown_in_part, working_copy
+from codeyard.agents.working_copy import blind_writes, read_files, shown_whole, working_copy
 from codeyard.bus.worker import GiveUp
 from codeyard.llm import LLMClient
 from codeyard.schemas import CodeRequest, CodeResult, Patch, Result, Usage, WorkItem
@@ -33,7 +31,7 @@ class Coder:
             raise GiveUp(f"the coder does not handle {type(item).__name__}")
         async with working_copy(item.repo) as root:
             files = await asyncio.to_thread(read_files, root, item.task.files)
-            partly = shown_in_part(files)
+            whole = shown_whole(files)
             messages = render_prompt(
                 "coder",
                 goal=item.goal,
@@ -58,12 +56,22 @@ class Coder:
                 )
                 usage = usage + completion.usage
                 model = answered_by(completion)
-                if blind := _blind_writes(completion.value.edits, partly):
+                blind = await asyncio.to_thread(blind_writes, root, completion.value.edits, whole)
+                if blind:
+                    # Shown now (as much as the prompt may hold): the model wrote them unseen
+                    # (not named in the task), or saw only their start.
+                    unseen = await asyncio.to_thread(read_files, root, blind)
+                    whole |= shown_whole(unseen)
                     problem = (
-                        f"{', '.join(blind)}: longer than shown, so a write of the whole file "
-                        "would delete what you were not shown; change it with replace edits"
+                        f"{', '.join(blind)}: a file that exists and that you were not shown "
+                        "whole, so a write of the whole file would delete what you did not see; "
+                        "change it with replace edits"
                     )
-                    messages = told_again(messages, completion.value, f"Edits refused: {problem}")
+                    messages = told_again(
+                        messages,
+                        completion.value,
+                        f"Edits refused: {problem}. As it is now:\n\n{quote_files(unseen)}",
+                    )
                     continue
                 try:
                     applied = await asyncio.to_thread(apply_edits, root, completion.value.edits)
@@ -103,12 +111,3 @@ class Coder:
             usage=usage,
             model=model,
         )
-
-
-def _blind_writes(edits: Sequence[FileEdit], partly: set[str]) -> list[str]:
-    """The files the edits write whole though the prompt showed them only in part."""
-    return [
-        edit.path
-        for edit in edits
-        if isinstance(edit, WriteFile) and posixpath.normpath(edit.path) in partly
-    ]

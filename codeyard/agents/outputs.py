@@ -9,6 +9,7 @@ checked in `codeyard.agents.plan_check`.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -72,7 +73,7 @@ class PlannedTask(_Output):
             title=self.title,
             description=self.description,
             acceptance=list(self.acceptance),
-            files=list(self.files),
+            files=[repo_relative(path) for path in self.files],
             deps=list(self.deps),
             effort=self.effort,
         )
@@ -169,3 +170,12 @@ class ReviewOutput(_Output):
 
     def to_review_comments(self) -> list[ReviewComment]:
         return [note.to_review_comment() for note in self.comments]
+
+
+def repo_relative(path: str) -> str:
+    """A task's file as the repository names it: `./app.py`, `/app.py` and `src//app.py` are
+    how a planner may write `app.py` and `src/app.py`, which the coder is then shown (a path
+    not in normal form is not read, and the coder wrote the file unseen). One leading out of
+    the repository (`..`) stays as written, and is not read."""
+    normal = posixpath.normpath(path.lstrip("/"))
+    return path if normal == "." or normal.startswith("..") else normal

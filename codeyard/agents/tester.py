@@ -21,7 +21,14 @@ from codeyard.agents.outputs import FileEdit, TestOutput
 from codeyard.agents.prompt_context import describe_task, fenced, quote_files
 from codeyard.agents.prompt_templates import render_prompt
 from codeyard.agents.repo_summary import detect_test_command
-from codeyard.agents.working_copy import PatchDoesNotApply, apply_patch, read_files, working_copy
+from codeyard.agents.working_copy import (
+    PatchDoesNotApply,
+    apply_patch,
+    blind_writes,
+    read_files,
+    shown_whole,
+    working_copy,
+)
 from codeyard.bus.gate_client import GateClient, require_clearance
 from codeyard.bus.worker import GiveUp, RetryLater
 from codeyard.llm import LLMClient
@@ -79,7 +86,9 @@ class Tester:
                 tool_description="Submit test files for the acceptance criteria (or none).",
             )
             model = answered_by(completion)
-            notes, tests = await asyncio.to_thread(self._add_tests, root, completion.value.edits)
+            notes, tests = await asyncio.to_thread(
+                self._add_tests, root, completion.value.edits, shown_whole(files)
+            )
             if not command:
                 nothing_ran = f"{notes}no test command found: nothing ran"
                 return TestResult(
@@ -126,13 +135,20 @@ class Tester:
         )
 
     @staticmethod
-    def _add_tests(root: Path, edits: list[FileEdit]) -> tuple[str, Patch | None]:
+    def _add_tests(root: Path, edits: list[FileEdit], whole: set[str]) -> tuple[str, Patch | None]:
         """Notes on what of `edits` was not added, and the diff of the tests that were, to be
-        merged with the task (None: none, or too large to carry)."""
-        usable = [edit for edit in edits if is_test_path(edit.path)]
+        merged with the task (None: none, or too large to carry). `whole`: the files the
+        prompt showed whole, which alone may be written whole."""
+        blind = set(blind_writes(root, edits, whole))
         notes = [
-            f"ignored tester edit of {e.path}: not a test file" for e in edits if e not in usable
+            f"ignored tester edit of {e.path}: not a test file"
+            if not is_test_path(e.path)
+            else f"ignored tester write of {e.path}: the file exists and was not shown to it, "
+            "so the write would replace its tests"
+            for e in edits
+            if not is_test_path(e.path) or e.path in blind
         ]
+        usable = [e for e in edits if is_test_path(e.path) and e.path not in blind]
         tests = None
         if usable:
             try:

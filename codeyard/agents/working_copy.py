@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
+from codeyard.agents.outputs import FileEdit, WriteFile
 from codeyard.agents.safe_paths import UnsafePath, workspace_path
 from codeyard.bus.worker import GiveUp
 from codeyard.sandbox.scratch import scratch_directory
@@ -125,13 +126,32 @@ def read_files(root: Path, paths: Sequence[str]) -> dict[str, str]:
     return files
 
 
-def shown_in_part(files: Mapping[str, str]) -> set[str]:
-    """The repository paths (normalised) of the files `read_files` cut or left out."""
+def shown_whole(files: Mapping[str, str]) -> set[str]:
+    """The repository paths (normalised) of the files `read_files` showed whole."""
     return {
         posixpath.normpath(path)
         for path, text in files.items()
-        if text == NOT_SHOWN or text.endswith(CUT_NOTE)
+        if text != NOT_SHOWN and not text.endswith(CUT_NOTE)
     }
+
+
+def blind_writes(root: Path, edits: Sequence[FileEdit], whole: set[str]) -> list[str]:
+    """The files that exist and that `edits` write whole though the prompt did not show them
+    whole (cut, left out, or not named at all): such a write deletes what the model never saw."""
+    return [
+        edit.path
+        for edit in edits
+        if isinstance(edit, WriteFile)
+        and posixpath.normpath(edit.path) not in whole
+        and _is_file(root, edit.path)
+    ]
+
+
+def _is_file(root: Path, relative: str) -> bool:
+    try:
+        return workspace_path(root, relative).is_file()
+    except UnsafePath:  # (the edit is refused for it when applied)
+        return False
 
 
 class PatchDoesNotApply(Exception):

@@ -39,7 +39,7 @@ async def test_a_file_shown_in_part_is_not_written_whole(tmp_path: Path) -> None
         result = await Coder(client)(request)
         asked_again = str(server.requests[1].body["messages"][-1]["content"])
 
-    assert "big.py: longer than shown, so a write of the whole file would delete" in asked_again
+    assert "big.py: a file that exists and that you were not shown whole" in asked_again
     assert isinstance(result, CodeResult)
     assert "-value_0 = 0\n+value_0 = 'zero'\n" in result.patch.text
     assert "-value_1 = 1" not in result.patch.text  # the rest is kept
@@ -90,3 +90,50 @@ async def test_edits_that_change_nothing_are_asked_for_again_once(
         assert "+print('hi')" in result.patch.text
     else:
         assert result.patch.text == ""  # found done: merged as an empty commit
+
+
+async def test_a_file_the_task_did_not_name_is_shown_before_it_is_written_whole(
+    tmp_path: Path,
+) -> None:
+    """A file not named in the task (or named as `./app.py`, which is not read) was never shown;
+    the model's write of it, whole, replaced the 50 lines it had not seen. Refused, the model
+    is shown the file, and its replace edit keeps the rest."""
+    lines = "".join(f"line_{n} = {n}\n" for n in range(50))
+    repo = one_commit_repo(tmp_path / "repo", {"app.py": lines})
+    task = TaskSpec(id="t1", title="change line 0", files=["./app.py"])
+    request = CodeRequest(
+        run_id="r1", task_id="t1", goal="g", task=task, repo=RepoRef(path=str(repo))
+    )
+    whole = {"kind": "write", "path": "app.py", "content": "line_0 = 'zero'\n"}
+    replace = {"kind": "replace", "path": "app.py", "search": "line_0 = 0\n", "replace": "x\n"}
+    answers = [{"arguments": {"summary": "s", "edits": [edit]}} for edit in (whole, replace)]
+    script = parse_script([{"tool": "submit_edits", "replies": answers}])
+    async with ScriptedOpenAI(script) as server, OpenAIClient(settings(server.base_url)) as client:
+        result = await Coder(client)(request)
+        asked_again = str(server.requests[1].body["messages"][-1]["content"])
+
+    assert "app.py: a file that exists and that you were not shown whole" in asked_again
+    assert "line_49 = 49" in asked_again  # shown now
+    assert isinstance(result, CodeResult)
+    assert "-line_0 = 0\n+x\n" in result.patch.text
+    assert "-line_1 = 1" not in result.patch.text
+
+
+async def test_a_file_shown_whole_may_be_written_whole(tmp_path: Path) -> None:
+    repo = one_commit_repo(tmp_path / "repo", {"app.py": "print('hello')\n"})
+    task = TaskSpec(id="t1", title="greet", files=["app.py"])
+    request = CodeRequest(
+        run_id="r1", task_id="t1", goal="g", task=task, repo=RepoRef(path=str(repo))
+    )
+    write = {"kind": "write", "path": "app.py", "content": "print('hi')\n"}
+    new = {"kind": "write", "path": "new.py", "content": "x = 1\n"}  # no file yet: nothing lost
+    answer = {"arguments": {"summary": "s", "edits": [write, new]}}
+    script = parse_script([{"tool": "submit_edits", "replies": [answer]}])
+    async with ScriptedOpenAI(script) as server, OpenAIClient(settings(server.base_url)) as client:
+        result = await Coder(client)(request)
+        asked = len(server.requests)
+
+    assert asked == 1
+    assert isinstance(result, CodeResult)
+    assert "+print('hi')" in result.patch.text
+    assert "+x = 1" in result.patch.text

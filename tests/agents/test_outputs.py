@@ -65,6 +65,17 @@ def test_plan_call_becomes_wire_task_specs() -> None:
     assert result.tasks == specs
 
 
+def test_a_plan_s_files_are_named_as_the_repository_names_them() -> None:
+    """`./calc/ops.py` was not read for the coder (not in normal form), who then wrote the file
+    without having seen it."""
+    written = ["./calc/ops.py", "/README.md", "src//app.py", "a/./b/../c.py", "../outside.py"]
+    call = PLAN_CALL | {"tasks": [PLAN_CALL["tasks"][0] | {"files": written}]}
+
+    [spec] = PlanOutput.model_validate(call).to_task_specs()
+
+    assert spec.files == ["calc/ops.py", "README.md", "src/app.py", "a/c.py", "../outside.py"]
+
+
 def test_plan_schema_carries_the_id_pattern_for_constrained_decoding() -> None:
     schema = PlanOutput.model_json_schema()
 

@@ -137,6 +137,39 @@ async def test_the_tests_the_tester_writes_come_back_as_a_diff_to_merge(
         assert "+    assert Path('notes.txt').exists()" in result.tests.text
 
 
+async def test_an_existing_test_file_the_tester_was_not_shown_is_not_overwritten(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    """The tester is shown the task's files only; its write of an existing test file replaced
+    the tests there (20 in the helper's case) with its own, and the deletion was merged."""
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_where.py": IN_TESTS})
+    answer = {
+        "arguments": {
+            "rationale": "notes.txt must exist",
+            "edits": [
+                {"kind": "write", "path": "tests/test_where.py", "content": NOTES_TEST},
+                {"kind": "write", "path": "tests/test_notes.py", "content": NOTES_TEST},
+            ],
+        }
+    }
+    result = await answer_of_the_tester(
+        bus,
+        bwrap_sandbox,
+        repo,
+        "cd tests && python -m pytest -q -p no:cacheprovider",
+        Limits(wall_seconds=60),
+        tests_answer=answer,
+    )
+
+    assert result.output.startswith(
+        "ignored tester write of tests/test_where.py: the file exists and was not shown to it"
+    )
+    assert result.tests_run == 2, result.output  # the repository's test, and the new one
+    assert result.tests is not None
+    assert "tests/test_where.py" not in result.tests.text
+    assert "b/tests/test_notes.py" in result.tests.text
+
+
 # The test passes and pytest exits 0, but the run as a whole goes over its memory: the kernel's
 # OOM killer kills one of the children, which the test does not look at.
 CHILD_OOM_KILLED = """import subprocess

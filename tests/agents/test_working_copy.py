@@ -13,7 +13,7 @@ from codeyard.agents.working_copy import (
     MAX_TOTAL_CHARS,
     NOT_SHOWN,
     read_files,
-    shown_in_part,
+    shown_whole,
     working_copy,
 )
 from codeyard.bus.worker import GiveUp
@@ -40,7 +40,7 @@ def test_only_the_start_of_a_large_file_is_read_and_it_says_so(sample_repo: Path
 
     assert files["big.txt"] == "é" * MAX_FILE_CHARS + CUT_NOTE
     assert files["exact.txt"] == "é" * MAX_FILE_CHARS  # whole: nothing said
-    assert shown_in_part(files) == {"big.txt"}
+    assert shown_whole(files) == {"exact.txt"}
 
 
 def test_files_past_what_a_prompt_holds_are_named_not_shown(sample_repo: Path) -> None:
@@ -52,7 +52,7 @@ def test_files_past_what_a_prompt_holds_are_named_not_shown(sample_repo: Path) -
 
     assert list(files) == names
     assert files[names[-1]] == NOT_SHOWN
-    assert shown_in_part(files) == {names[-1]}
+    assert shown_whole(files) == set(names[:-1])
 
 
 async def test_the_event_loop_keeps_running_while_a_copy_is_made(sample_repo: Path) -> None:
