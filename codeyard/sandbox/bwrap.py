@@ -374,11 +374,12 @@ class BwrapSandbox:
         # kernel lets uid 0 write it without capabilities: as root the sandbox's user is host
         # uid 0, and a writable kernel.core_pattern runs a program as host root on a crash.
         args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
-        # Keyrings are not namespaced: /proc/keys lists the worker's keys (their names and
-        # sizes; seccomp refuses reading them), which the sandbox's uid may see. A device node
-        # in /proc (nodev) cannot be opened: the listings are unreadable.
-        for listing in ("/proc/keys", "/proc/key-users"):
-            args += ["--ro-bind-try", "/dev/null", listing]
+        # (only those this kernel has: bubblewrap cannot create a mount point in /proc)
+        for name in filter(os.path.exists, PROC_READ_ONLY):
+            args += ["--ro-bind", name, name]
+        # A device node in /proc (nodev) cannot be opened: these become unreadable, unwritable.
+        for name in filter(os.path.exists, PROC_MASKED):
+            args += ["--ro-bind", "/dev/null", name]
         args += ["--size", str(_shm_bytes(limits)), "--tmpfs", "/dev/shm"]
         args += ["--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp"]
         # after the tmpfs mounts, so an interpreter living under /tmp (a venv) stays visible
@@ -395,6 +396,35 @@ class BwrapSandbox:
         nproc = limits.pids + _NPROC_OVERHEAD
         args += ["--", *shim_argv(self._prlimit, limits, nproc, command, own_ceilings())]
         return args
+
+
+# The kernel's settings under /proc that are not /proc/sys (Docker's read-only list): as root,
+# the sandbox's user is host uid 0 to file permissions, and may write what root may
+# (/proc/irq/*/smp_affinity moves the host's interrupts).
+PROC_READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/acpi", "/proc/scsi")
+# Out of reach, for the same reason (Docker's masked paths, and more):
+# - /proc/sysrq-trigger: one character written reboots or crashes the host;
+# - keyrings are not namespaced: /proc/keys lists the worker's keys (names and sizes; seccomp
+#   refuses reading them);
+# - the rest, root's to read: the host's physical memory state (kpage*), the kernel's heap
+#   (slabinfo, pagetypeinfo), its addresses (vmallocinfo, kallsyms, kcore) and timers.
+PROC_MASKED = (
+    "/proc/sysrq-trigger",
+    "/proc/keys",
+    "/proc/key-users",
+    "/proc/kcore",
+    "/proc/kallsyms",
+    "/proc/kpageflags",
+    "/proc/kpagecount",
+    "/proc/kpagecgroup",
+    "/proc/slabinfo",
+    "/proc/pagetypeinfo",
+    "/proc/vmallocinfo",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+)
 
 
 def _memory_cap(limits: Limits) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from codeyard.config import Settings
 from codeyard.sandbox import BwrapSandbox, Limits, MiB, SandboxUnavailable, cgroups, default_sandbox
+from codeyard.sandbox.bwrap import PROC_MASKED
 
 
 def test_missing_bubblewrap_is_refused_with_install_instructions(
@@ -118,3 +119,42 @@ def test_in_a_memory_capped_container_bubblewrap_shares_its_cap(tmp_path: Path) 
         capped.rmdir()
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip() == f"shared:{768 * MiB}"
+
+
+# What the sandbox's user reaches of the kernel's files in /proc: as root, bubblewrap maps it
+# to host uid 0, so file permissions let it read and write what host root may.
+PROC_PROBE = """
+import os, sys
+for name in sys.argv[1:]:
+    try:
+        with open(name, "rb") as file:
+            got = file.read(64)
+        print(name, "read", len(got))
+    except OSError as exc:
+        print(name, "refused:", exc.strerror)
+for name in ("/proc/irq/default_smp_affinity", "/proc/sysrq-trigger"):
+    try:
+        os.open(name, os.O_WRONLY)
+        print(name, "OPEN FOR WRITING")
+    except OSError as exc:
+        print(name, "unwritable:", exc.strerror)
+"""
+
+
+async def test_the_kernel_s_files_in_proc_are_out_of_reach(
+    bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    """The host's physical memory state (/proc/kpageflags), the kernel heap (/proc/slabinfo)
+    and its addresses (/proc/vmallocinfo) were readable as root; /proc/irq and, on kernels
+    with it, /proc/sysrq-trigger (a reboot in one character) writable."""
+    (tmp_path / "probe.py").write_text(PROC_PROBE)
+    masked = [name for name in PROC_MASKED if Path(name).exists()]
+    assert masked  # (this kernel has some: the check checks something)
+    command = ["python3", "probe.py", *masked]
+    outcome = await bwrap_sandbox.run(tmp_path, command, Limits(wall_seconds=60))
+
+    assert outcome.exit_code == 0, outcome.output
+    lines = outcome.output.splitlines()
+    assert not [line for line in lines if " read " in line], outcome.output
+    assert len([line for line in lines if " refused: " in line]) == len(masked)
+    assert "OPEN FOR WRITING" not in outcome.output
