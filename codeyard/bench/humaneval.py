@@ -33,7 +33,7 @@ from codeyard.bus import Bus
 from codeyard.follow import RunIdTaken, RunRefused, existing_run, submit_and_follow
 from codeyard.llm import ChatMessage, LLMError, LLMSettings, OpenAIClient
 from codeyard.sandbox import Limits, MiB, Sandbox
-from codeyard.sandbox.scratch import scratch_directory
+from codeyard.sandbox.scratch import scratch_directory_async
 from codeyard.schemas import Budget, RepoRef, Run, RunState, SubmitRun, TaskSpec, Usage
 from codeyard.workspace.git import GitError, git
 
@@ -140,7 +140,7 @@ async def evaluate(
     if solution is None:
         return Verdict(False, "nothing delivered")
     # (a private scratch directory: the solution runs in it, and may leave it hard to remove)
-    with scratch_directory("codeyard-humaneval-") as workdir:
+    async with scratch_directory_async("codeyard-humaneval-") as workdir:
         program = check_program(problem, solution)
         await asyncio.to_thread((workdir / CHECK).write_text, program, encoding="utf-8")
         outcome = await sandbox.run(workdir, ["python", CHECK], limits)

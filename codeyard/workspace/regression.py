@@ -23,7 +23,7 @@ from codeyard.agents.repo_summary import detect_test_command
 from codeyard.bus.gate_client import GateClient
 from codeyard.sandbox import Limits, Sandbox, shell_command
 from codeyard.sandbox.limit_hit import limit_header
-from codeyard.sandbox.scratch import scratch_directory
+from codeyard.sandbox.scratch import scratch_directory_async
 from codeyard.schemas import ActionCheck
 from codeyard.workspace.git import checkout
 
@@ -48,7 +48,7 @@ class SandboxedSuite:
     async def failures(
         self, repo: Path, run_id: str, task_id: str, attempt: int, test_command: str = ""
     ) -> str | None:
-        with scratch_directory("codeyard-suite-") as scratch:  # the suite runs in it
+        async with scratch_directory_async("codeyard-suite-") as scratch:  # the suite runs in it
             copy = await asyncio.to_thread(checkout, repo, scratch / "head")
             command = test_command or await asyncio.to_thread(detect_test_command, copy)
             if not command:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.sandbox.protocol import SANDBOX_UID
-from codeyard.sandbox.scratch import remove_tree, scratch_directory, walk
+from codeyard.sandbox.scratch import remove_tree, scratch_directory, scratch_directory_async, walk
 from codeyard.sandbox.workdir_loan import WorkdirLoan
 
 NOBODY = 65534
@@ -161,3 +162,29 @@ def test_a_lent_workdir_of_any_depth_is_taken_back(deep_place: Path) -> None:
 
     assert {(workdir / "made").stat().st_uid, os.stat(workdir / "made/d/d/d").st_uid} == {0}
     # (below what a path can name, the rest stays the sandbox user's, for `remove_tree`)
+
+
+async def test_an_async_scratch_directory_is_removed_with_the_event_loop_running() -> None:
+    """The suite after a merge ran in a scratch directory removed on the coordinator's event
+    loop: a suite that left many files stalled it for seconds (heartbeats, leases, results)."""
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    async with scratch_directory_async("codeyard-test-") as scratch:
+        locked = scratch / "locked"
+        locked.mkdir()
+        (locked / "file").write_text("x")
+        locked.chmod(0o500)  # as sandboxed code may leave it
+        await asyncio.sleep(0)
+        before = ticks
+    during_removal = ticks - before
+    ticker.cancel()
+
+    assert not scratch.exists()
+    assert during_removal > 0  # the loop turned while the tree was removed
