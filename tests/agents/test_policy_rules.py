@@ -457,6 +457,17 @@ def test_reading_tools_ask_a_person_about_names_the_gate_does_not_see(line: str,
     assert (verdict.decision, verdict.rule) == ("needs_approval", rule), verdict
 
 
+@pytest.mark.parametrize(
+    "line", ["date -s 2000-01-01", "date --set=@0", "date --se=@0", "date -us 2000-01-01"]
+)
+def test_setting_the_clock_is_no_read_only_date(line: str) -> None:
+    """`date` reads the clock, and `date -s` sets it: of the host itself with the process
+    backend as root."""
+    verdict = command(line)
+    assert (verdict.decision, verdict.rule) == ("needs_approval", "default.run_command"), verdict
+    assert command("date -u +%s").decision == "allow"
+
+
 # --- options that run a program or write a file, however they are spelled -------------------------
 
 
