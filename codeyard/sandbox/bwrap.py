@@ -76,6 +76,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -106,6 +107,9 @@ INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: `apt-get install -y bubblewrap`; scripts/install.sh "
     "does it)"
 )
+
+# How long a failed check that a sandbox can be built stands before it is made again.
+PROBE_RETRY_SECONDS = 60.0
 
 _BIN_DIR = "/run/codeyard/bin"
 # Where bubblewrap is started: the shell joining the run's cgroups exports its directory as
@@ -170,7 +174,7 @@ class BwrapSandbox:
         self._seccomp = b""  # the BPF program of `sandbox_filter`, after `probe()`
         self._probe_lock = threading.Lock()
         self._ready = False
-        self._failure: SandboxUnavailable | None = None
+        self._failure: tuple[SandboxUnavailable, float] | None = None  # and when (monotonic)
 
     @property
     def pids_enforcement(self) -> str:
@@ -193,7 +197,11 @@ class BwrapSandbox:
         return f"cgroup:{parent}" if parent else "none"
 
     def probe(self) -> None:
-        """Checks once that a sandbox can be built here; raises `SandboxUnavailable` if not.
+        """Checks that a sandbox can be built here (once it could, never again); raises
+        `SandboxUnavailable` if not. A failure is remembered for PROBE_RETRY_SECONDS, then
+        the check is made again: one that failed for a passing reason (the probe's time limit on
+        a loaded machine, a cgroup being set up) left the worker refusing every run until it
+        was restarted.
 
         Blocking (runs bubblewrap once); `run` calls it in a thread.
         """
@@ -201,12 +209,15 @@ class BwrapSandbox:
             if self._ready:
                 return
             if self._failure is not None:
-                raise self._failure
+                failure, at = self._failure
+                if time.monotonic() - at < PROBE_RETRY_SECONDS:
+                    raise failure
             try:
                 self._probe()
             except SandboxUnavailable as exc:
-                self._failure = exc
+                self._failure = (exc, time.monotonic())
                 raise
+            self._failure = None
             self._ready = True
 
     def _probe(self) -> None:

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from codeyard.config import Settings
-from codeyard.sandbox import BwrapSandbox, Limits, MiB, SandboxUnavailable, cgroups, default_sandbox
+from codeyard.sandbox import (
+    BwrapSandbox,
+    Limits,
+    MiB,
+    SandboxUnavailable,
+    bwrap,
+    cgroups,
+    default_sandbox,
+)
 from codeyard.sandbox.bwrap import PROC_MASKED
 
 
@@ -158,3 +166,29 @@ async def test_the_kernel_s_files_in_proc_are_out_of_reach(
     assert not [line for line in lines if " read " in line], outcome.output
     assert len([line for line in lines if " refused: " in line]) == len(masked)
     assert "OPEN FOR WRITING" not in outcome.output
+
+
+def test_a_failed_check_of_the_sandbox_is_made_again_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failed once for a passing reason (its time limit on a loaded machine), the check was
+    remembered for the worker's life, which refused every run until it was restarted."""
+    sandbox = BwrapSandbox()
+    real, calls = sandbox._probe, []
+
+    def failing_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise SandboxUnavailable("bubblewrap did not answer in time")
+        real()
+
+    monkeypatch.setattr(sandbox, "_probe", failing_once)
+    with pytest.raises(SandboxUnavailable, match="did not answer in time"):
+        sandbox.probe()
+    with pytest.raises(SandboxUnavailable, match="did not answer in time"):
+        sandbox.probe()  # remembered a while: no bubblewrap started for each run meanwhile
+    assert len(calls) == 1
+    monkeypatch.setattr(bwrap, "PROBE_RETRY_SECONDS", 0.0)
+    sandbox.probe()  # made again: it passes
+    sandbox.probe()
+    assert len(calls) == 2
