@@ -1789,6 +1789,7 @@ def _cannot_write(directory: Path, exc: OSError) -> NoReturn:
 
 def _unreachable(url: str, exc: BaseException) -> NoReturn:
     from codeyard.bus.connection import LOGIN_HINT, LoginRefused
+    from codeyard.bus.credentials import shown_url
     from codeyard.launch import nats_error_text
 
     if isinstance(exc, BrokenPipeError):  # our own output's reader left (`| head`): NATS is fine
@@ -1805,7 +1806,7 @@ def _unreachable(url: str, exc: BaseException) -> NoReturn:
             f" Without NATS_URL, codeyard looks for up's server on port CODEYARD_NATS_PORT "
             f"({settings.nats_port}): set it as up has it"
         )
-    _error(f"cannot reach NATS at {url}: {nats_error_text(exc)} ({hint})")
+    _error(f"cannot reach NATS at {shown_url(url)}: {nats_error_text(exc)} ({hint})")
     raise typer.Exit(1) from None
 
 
@@ -1883,6 +1884,7 @@ def _serve(
     NATS exits 1. A NATS user name that cannot name an inbox (`UnknownPrincipal`, found as the
     service connects) is bad configuration for every service."""
     from codeyard.bus.connection import LoginRefused
+    from codeyard.bus.credentials import shown_url
     from codeyard.bus.permissions import UnknownPrincipal
     from codeyard.launch import BadConfiguration
 
@@ -1908,13 +1910,12 @@ def _serve(
             raise
         # NATS answered: what is missing is what the coordinator creates as it starts.
         _error(
-            f"NATS at {settings.server_url()} has no codeyard streams and buckets yet "
+            f"NATS at {shown_url(settings.server_url())} has no codeyard streams and buckets yet "
             f"({exc!r}): start the coordinator (or `codeyard up`) first, which creates them"
         )
         raise typer.Exit(1) from None
     except (OSError, nats.errors.Error) as exc:
-        _error(f"cannot reach NATS: {exc!r}")
-        raise typer.Exit(1) from None
+        _unreachable(settings.server_url(), exc)
 
 
 COMMAND_LINE = re.compile(r"(\[bold\])?(codeyard|git) ")

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from codeyard.bus import Bus, EmbeddedNats
 from codeyard.bus.connection import LOGIN_HINT, LoginRefused
-from codeyard.bus.credentials import Credentials, credentials_file, read_credentials
+from codeyard.bus.credentials import Credentials, credentials_file, read_credentials, shown_url
 from codeyard.bus.embedded import EmbeddedServerError, free_port
 from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, principals
 from codeyard.bus.topology import Topology
@@ -163,7 +163,7 @@ async def run_gate(settings: Settings, policy_file: Path | None) -> None:
     try:
         await SafetyGate(bus, policy).serve()
         what = policy_file or "the built-in policy"
-        log.info("serving cy.gate.check with %s from %s", what, settings.server_url())
+        log.info("serving cy.gate.check with %s from %s", what, shown_url(settings.server_url()))
         await stop.wait()
     finally:
         await bus.close()
@@ -299,6 +299,7 @@ class NatsUnreachable(Exception):
     """`codeyard up` could not connect to NATS, or prepare its streams and buckets there."""
 
     def __init__(self, url: str, cause: Exception) -> None:
+        url = shown_url(url)
         if isinstance(cause, LoginRefused):  # there, but not for us
             super().__init__(f"{cause}. {LOGIN_HINT}")
         elif isinstance(cause, nats.js.errors.APIError):  # there, and refusing

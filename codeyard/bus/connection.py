@@ -16,7 +16,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from codeyard.bus import permissions, subjects
-from codeyard.bus.credentials import Credentials
+from codeyard.bus.credentials import Credentials, in_url, shown_url
 from codeyard.bus.direct_publish import DirectPublisher
 from codeyard.bus.pipeline import Pending, PubAck, PublishPipeline
 from codeyard.bus.store import VersionedStore
@@ -42,7 +42,7 @@ class LoginRefused(nats.errors.NoServersError):
 
     def __init__(self, url: str, user: str | None, reason: str) -> None:
         who = f"as {user!r}" if user else "without credentials"
-        self.message = f"NATS at {url} refused the login {who}: {reason}"
+        self.message = f"NATS at {shown_url(url)} refused the login {who}: {reason}"
         super().__init__(self.message)
 
     def __str__(self) -> str:  # (NoServersError's is a fixed text)
@@ -133,6 +133,10 @@ class Bus:
                     listener()
 
         nc = Client()
+        # Credentials in the URL are nats-py's to send, but the inbox prefix is ours to set:
+        # without the user's, its permissions refused every reply (a status after 12 s of
+        # silence, a run submitted and its answer lost).
+        credentials = credentials or in_url(url)
         user = credentials.user if credentials else None
         try:
             await nc.connect(

@@ -9,9 +9,11 @@ a byte is written, and the password never appears in a repr or a log line.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 USER_VARIABLE = "CODEYARD_NATS_USER"
 PASSWORD_VARIABLE = "CODEYARD_NATS_PASSWORD"
@@ -76,3 +78,29 @@ def read_credentials(path: Path) -> Credentials | None:
             values[name.strip()] = value.strip().strip("'\"")
     user, password = values.get(USER_VARIABLE), values.get(PASSWORD_VARIABLE)
     return Credentials(user, password) if user and password else None
+
+
+# What a NATS URL carries before its host: `user:password@` or a token alone (`token@`).
+_USERINFO = re.compile(r"//([^/@,]*)@")
+
+
+def in_url(url: str) -> Credentials | None:
+    """The user and password a NATS_URL carries (`nats://user:password@host:4222`), in its
+    first server; None when it carries none (or a token alone)."""
+    try:
+        parts = urlsplit(url.split(",")[0].strip())
+    except ValueError:
+        return None
+    if not parts.username or parts.password is None:
+        return None
+    return Credentials(unquote(parts.username), unquote(parts.password))
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be printed: each server's password (or token) as `***`."""
+
+    def hidden(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(1).partition(":")
+        return f"//{user}:***@" if colon else "//***@"
+
+    return _USERINFO.sub(hidden, url)

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from codeyard.agents.policy import load_policy
 from codeyard.agents.safety_gate import SafetyGate
 from codeyard.bus import Bus, EmbeddedNats, PullWorker
+from codeyard.bus.connection import LoginRefused
 from codeyard.bus.embedded import find_nats_server, free_port
 from codeyard.bus.permissions import grants_for
 from codeyard.bus.pipeline import PublishError
@@ -176,6 +177,30 @@ async def test_a_coder_cannot_approve_and_ctl_can(
     approved = await ask(ctl, "approve", Approve(approval_id=pending.approval_id, by="ana"))
     assert isinstance(approved, Accepted), approved
     assert (await status(ctl, "perm-approve")).state is RunState.EXECUTING
+
+
+async def test_credentials_in_the_url_log_in_with_that_user_s_inbox(
+    secured: tuple[EmbeddedNats, Deployment], coordinator: Coordinator
+) -> None:
+    """`NATS_URL=nats://ctl:PASSWORD@host`: nats-py logged in with them, but the inbox prefix
+    was not the user's, so the server refused every reply (`status` waited 12 s for nothing,
+    `run` submitted a run whose answer it never heard)."""
+    server, deployment = secured
+    login = deployment.credentials("ctl")
+    url = server.url.replace("nats://", f"nats://{login.user}:{login.password}@")
+    ctl = await Bus.connect(url, name="test-url-credentials", topology=TEST_TOPOLOGY)
+    try:
+        answered = await ask(ctl, "approvals", ListApprovals())
+    finally:
+        await ctl.close()
+    assert isinstance(answered, ApprovalList), answered
+
+    wrong = server.url.replace("nats://", "nats://ctl:not-the-password@")
+    with pytest.raises(LoginRefused) as refused:
+        await Bus.connect(wrong, connect_attempts=1, quiet=True)
+    assert "not-the-password" not in str(refused.value)
+    assert "nats://ctl:***@127.0.0.1" in str(refused.value)
+    assert "refused the login as 'ctl'" in str(refused.value)
 
 
 async def test_a_coder_does_its_job_through_the_real_coordinator(
