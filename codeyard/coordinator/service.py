@@ -1282,6 +1282,9 @@ class Coordinator:
                 preparing.calls.append(call)
                 return None
             return Accepted(run_id=run_id, detail="already submitted")
+        if not request.goal.strip():  # (the CLI refuses it too) a planner would plan nothing
+            error = "the goal is empty: say what the run is to achieve"
+            return ControlError(run_id=run_id, error=error, field="$.goal")
         if request.plan is not None:
             try:
                 TaskGraph(request.plan)

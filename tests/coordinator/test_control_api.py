@@ -136,6 +136,18 @@ async def test_a_cyclic_plan_is_refused_naming_the_cycle(
     assert "a -> " in reply.error
 
 
+@pytest.mark.parametrize("goal", ["", "  \n\t "])
+async def test_a_run_without_a_goal_is_refused(
+    bus: Bus, coordinator: Coordinator, goal: str
+) -> None:
+    """The CLI refuses one; the control API took it, and the planner was paid to plan nothing."""
+    reply = await ask(bus, "submit", SubmitRun(run_id="no-goal", goal=goal))
+    assert isinstance(reply, ControlError)
+    assert reply.field == "$.goal"
+    assert reply.error == "the goal is empty: say what the run is to achieve"
+    assert isinstance(await ask(bus, "status", StatusQuery(run_id="no-goal")), ControlError)
+
+
 async def test_a_plan_wrong_in_a_thousand_places_is_refused_in_a_reply_that_decodes(
     bus: Bus, coordinator: Coordinator
 ) -> None:
