@@ -1238,9 +1238,14 @@ class Coordinator:
                         preparing.cancelled = Cancel(request.reason)
                         detail = "Cancel (once its repository is prepared, before any work)"
                         return Accepted(run_id=request.run_id, detail=detail)
-                    if request.run_id not in self._open and await self._cancelled(request.run_id):
-                        # this request again (see `_answer_approval`), or another's: done
-                        return Accepted(run_id=request.run_id, detail=ALREADY_CANCELLED)
+                    if request.run_id not in self._open:
+                        ended = await self._ended(request.run_id)
+                        if ended is RunState.CANCELLED:
+                            # this request again (see `_answer_approval`), or another's: done
+                            return Accepted(run_id=request.run_id, detail=ALREADY_CANCELLED)
+                        if ended is not None:
+                            error = f"run {request.run_id} has ended ({ended}): nothing to cancel"
+                            return ControlError(run_id=request.run_id, error=error)
                     return self._control_event(request.run_id, Cancel(request.reason), commit, now)
                 case StatusQuery():
                     return await self._status(request)
@@ -1355,10 +1360,13 @@ class Coordinator:
             reply = Accepted(run_id=run_id, detail=f"run {run_id} submitted", created=True)
         commit.replies += [(call, reply) for call in preparation.calls]
 
-    async def _cancelled(self, run_id: str) -> bool:
+    async def _ended(self, run_id: str) -> RunState | None:
+        """The state a run ended in; None when it has not ended, or there is no such run."""
         assert self._store is not None
         stored = await self._store.load(run_id)
-        return stored is not None and stored.run.state is RunState.CANCELLED
+        if stored is None or stored.run.state not in TERMINAL_RUN_STATES:
+            return None
+        return stored.run.state
 
     def _control_event(self, run_id: str, event: Event, commit: Commit, now: datetime) -> Envelope:
         open_run = self._open.get(run_id)
@@ -1509,6 +1517,15 @@ class Coordinator:
             answered_by=request.by,
             answer=reason,
         )
+        if approval.run_id not in self._open and (ended := await self._ended(approval.run_id)):
+            # A question its run left behind as it ended (cancelled meanwhile, say): recorded
+            # as answered, so that it is no longer listed as waiting.
+            commit.answers[approval.approval_id] = (answer, entry.revision)
+            return ControlError(
+                run_id=approval.run_id,
+                error=f"run {approval.run_id} has ended ({ended}): the answer to approval "
+                f"{approval.approval_id} is recorded, and changes nothing",
+            )
         if not_yet := self._not_asked_yet(approval):
             # Not recorded: the run asks it again, with this id, and must find it pending.
             return ControlError(run_id=approval.run_id, error=not_yet, field="$.approval_id")

@@ -315,6 +315,37 @@ async def test_plan_approval_then_cancel(bus: Bus, coordinator: Coordinator) -> 
     assert isinstance(unknown, ControlError), unknown
 
 
+async def test_a_run_that_ended_is_said_to_have_ended(
+    bus: Bus, coordinator: Coordinator, workers: None
+) -> None:
+    """Cancelling a finished run, or answering the question a cancelled run left, was refused
+    as for a run that does not exist ("no open run"), and the question stayed listed."""
+    await ask(
+        bus, "submit", SubmitRun(run_id="ended", goal="g", plan=[TaskSpec(id="x", title="x")])
+    )
+    assert (await wait_until(bus, "ended", timeout=30)).state is RunState.DONE
+    refused = await ask(bus, "cancel", CancelRun(run_id="ended"))
+    assert isinstance(refused, ControlError)
+    assert refused.error == "run ended has ended (done): nothing to cancel"
+
+    plan = [TaskSpec(id="x", title="x")]
+    await ask(bus, "submit", SubmitRun(run_id="left", goal="g", plan=plan, approve_plan=True))
+    assert (await status(bus, "left")).state is RunState.PLAN_APPROVAL
+    listed = await ask(bus, "approvals", ListApprovals(run_id="left"))
+    assert isinstance(listed, ApprovalList)
+    [question] = listed.approvals
+    assert isinstance(await ask(bus, "cancel", CancelRun(run_id="left")), Accepted)
+    answered = await ask(bus, "approve", Approve(approval_id=question.approval_id, by="ana"))
+    assert isinstance(answered, ControlError)
+    assert answered.error == (
+        f"run left has ended (cancelled): the answer to approval {question.approval_id} is "
+        "recorded, and changes nothing"
+    )
+    after = await ask(bus, "approvals", ListApprovals(run_id="left"))
+    assert isinstance(after, ApprovalList)
+    assert after.approvals == []
+
+
 async def test_denied_plan_cancels_the_run(bus: Bus, coordinator: Coordinator) -> None:
     plan = [TaskSpec(id="x", title="x")]
     await ask(bus, "submit", SubmitRun(run_id="r3", goal="g", plan=plan, approve_plan=True))
