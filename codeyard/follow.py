@@ -145,11 +145,19 @@ async def run_status(
     return RunStatus(run_id=run_id, runs=[run])
 
 
+# Fields a person gives as the command's own argument (`status RUN`, `approve ID`): "(at
+# $.run_id)" after an error about the run they named would only be jargon.
+NAMED_BY_THE_COMMAND = frozenset({"$.run_id", "$.approval_id"})
+
+
 def refusal(reply: ControlError) -> str:
     """The coordinator's refusal in one line: its error, then the field at fault unless the
-    error names it already (that of a request it could not decode does)."""
+    error names it already (that of a request it could not decode does), or the person named
+    it as the command's argument."""
     where = f" (at {reply.field})"
-    return reply.error if not reply.field or reply.error.endswith(where) else reply.error + where
+    if not reply.field or reply.field in NAMED_BY_THE_COMMAND or reply.error.endswith(where):
+        return reply.error
+    return reply.error + where
 
 
 # Of a command a person decides on, shown: the whole of most; its later lines run too.

@@ -26,6 +26,7 @@ from codeyard.follow import (
     follow_events,
     log_lines,
     poll_pause,
+    refusal,
     run_status,
     submit_and_follow,
 )
@@ -146,7 +147,7 @@ async def test_a_submission_the_coordinator_refuses_for_its_input_is_bad_input(
     finally:
         await subscription.unsubscribe()
     assert isinstance(raised.value, SubmissionRefused) is bad_input
-    where = f" (at {field})" if field else ""
+    where = f" (at {field})" if field not in ("", "$.run_id") else ""  # (the run's, named)
     assert str(raised.value) == f"invalid plan: the plan has no tasks{where}"
 
 
@@ -482,3 +483,15 @@ async def test_whether_a_run_exists_can_be_asked_without_reading_its_tasks(bus: 
     assert sorted(whole.tasks) == ["a", "b", "c"]
     assert header is not None
     assert (header.run_id, header.tasks) == ("r1", {})
+
+
+def test_a_refusal_names_the_field_at_fault_unless_the_person_named_it() -> None:
+    """`codeyard status nope` said "no run 'nope' (at $.run_id)": jargon about the run the
+    person had just named, while `logs nope` said "no run 'nope'"."""
+    assert refusal(ControlError(error="no run 'nope'", field="$.run_id")) == "no run 'nope'"
+    unknown = ControlError(error="no pending approval 'x'", field="$.approval_id")
+    assert refusal(unknown) == "no pending approval 'x'"
+    cyclic = ControlError(error="dependency cycle a -> b -> a", field="$.plan")
+    assert refusal(cyclic) == "dependency cycle a -> b -> a (at $.plan)"
+    decoded = ControlError(error="Expected `str` (at $.by)", field="$.by")
+    assert refusal(decoded) == "Expected `str` (at $.by)"
