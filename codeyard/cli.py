@@ -1396,6 +1396,14 @@ def report_command(
     from codeyard.schemas import Run, RunEvent
 
     _check_id(run_id)
+    # Before NATS is asked: --json printed the data and ignored the files, and one path for
+    # both formats was written twice, the HTML lost.
+    if json_output and (html or markdown):
+        _error("--json prints the report's data: give it alone, or --html / --markdown alone")
+        raise typer.Exit(2)
+    if html is not None and markdown is not None and html.resolve() == markdown.resolve():
+        _error(f"--html and --markdown name the same file, {html}: give each its own")
+        raise typer.Exit(2)
 
     async def fetch(bus: Bus) -> tuple[Run, list[RunEvent]]:
         run = await fetch_run(bus, run_id)

@@ -12,6 +12,7 @@ import msgspec
 from codeyard.schemas import TaskSpec
 from codeyard.workspace.git import git
 from tests.cli.test_run import codeyard_run, codeyard_up, repo
+from tests.cli.test_up import isolated_env
 from tests.processes import codeyard
 
 __all__ = ["codeyard_up", "repo"]  # fixtures, shared with test_run
@@ -93,3 +94,20 @@ async def test_report_and_rollback_of_a_finished_run(
     )
     assert missing.returncode == 1
     assert "no commit of task 'zz' on codeyard/r9" in missing.stderr
+
+
+def test_formats_that_cannot_both_be_given_are_refused_before_nats_is_asked(
+    tmp_path: Path,
+) -> None:
+    """--json printed the data and wrote none of the files named; one path for both formats
+    was written twice (`wrote r.html` twice), the HTML lost. No NATS runs here: refused first."""
+    env = isolated_env(tmp_path)
+    both = codeyard(env, "report", "r1", "--json", "--html", str(tmp_path / "r.html"))
+    assert both.returncode == 2, both.stderr
+    assert "--json prints the report's data: give it alone" in both.stderr
+    same = str(tmp_path / "r.out")
+    twice = codeyard(env, "report", "r1", "--html", same, "--markdown", same)
+    assert twice.returncode == 2, twice.stderr
+    assert "--html and --markdown name the same file" in twice.stderr
+    assert not (tmp_path / "r.html").exists()
+    assert not (tmp_path / "r.out").exists()
