@@ -225,8 +225,9 @@ def up(
     the safety gate, a planner, --coders coders, a tester and a reviewer run as child processes,
     each restarted if it crashes. The agents need an LLM (OPENAI_BASE_URL / OPENAI_API_KEY or
     CODEYARD_LLM_*). The web dashboard runs too (--no-dashboard: not); its URL, with the token,
-    is printed. Settings a child would refuse (no sandbox here, a dashboard that cannot listen,
-    no LLM) are checked first: exit 2, nothing started. A child that exits with 2 (bad
+    is printed. Settings a child would refuse (no sandbox here, no LLM, a dashboard token too
+    short) are checked first: exit 2, nothing started; a dashboard whose address cannot be
+    listened on (its port taken) is left out, saying so. A child that exits with 2 (bad
     configuration) is not restarted: `up` stops everything and exits 2, with that child's last
     error lines. Ctrl-C, SIGTERM
     or SIGHUP stops everything: the services (they finish their work in flight; a second Ctrl-C
@@ -1616,6 +1617,11 @@ def _not_a_work_tree(repo: Path) -> str | None:
     try:
         if git(repo, "rev-parse", "--is-bare-repository").strip() == "true":
             return f"{repo} is a bare repository: give a clone of it (with a working tree)"
+        if git(repo, "rev-parse", "--is-inside-git-dir").strip() == "true":
+            metadata = Path(git(repo, "rev-parse", "--path-format=absolute", "--git-dir").strip())
+            # (a git dir kept apart from its work tree does not say where that is)
+            given = f", --repo {metadata.parent}" if metadata.name == ".git" else ""
+            return f"{repo} is inside a repository's git directory: give its work tree{given}"
         top = git(repo, "rev-parse", "--show-toplevel").strip()
     except (GitError, OSError):
         return f"{repo} is not a git repository (no .git)"

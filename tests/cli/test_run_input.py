@@ -69,6 +69,8 @@ def test_a_repository_that_cannot_be_run_says_what_to_give_instead(
         repo / "src": f"is inside the git repository {repo}: give --repo {repo}",
         tmp_path / "bare.git": "is a bare repository: give a clone of it (with a working tree)",
         tmp_path / "empty": "has no commit yet: a run starts from the last commit; commit first",
+        # it said "not a git repository (no .git)"
+        repo / ".git": f"is inside a repository's git directory: give its work tree, --repo {repo}",
     }
     for path, problem in expected.items():
         refused = codeyard(env, "run", "g", "--repo", str(path))
