@@ -174,9 +174,20 @@ class GitIntegrator:
     async def prepare(self, run: Run) -> RepoRef:
         if not run.repo.path:
             return run.repo
-        async with self._lock(run.run_id):
-            await finish_in_thread(self._prepare, run)
-            return await self._published(run)
+        run_dir = self.root / run.run_id
+        fresh = not run_dir.exists()
+        try:
+            async with self._lock(run.run_id):
+                await finish_in_thread(self._prepare, run)
+                return await self._published(run)
+        except BaseException:
+            if fresh:
+                # The submission is refused (not a repository, no commit yet) or fails: a
+                # directory left would hold nothing but its lock, which garbage collection
+                # counts as a run's until its retention ends.
+                self._locks.pop(run.run_id, None)
+                await asyncio.shield(asyncio.to_thread(remove_tree, run_dir))
+            raise
 
     def _prepare(self, run: Run) -> None:
         _check_deliverable(Path(run.repo.path), result_branch(run.run_id))

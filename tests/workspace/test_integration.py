@@ -250,6 +250,20 @@ async def test_preparing_the_same_submission_again_keeps_its_clone_and_merges(
     assert git(clone, "log", "--format=%s").splitlines() == ["change b", "change a", "initial"]
 
 
+async def test_a_repository_refused_leaves_no_run_directory(tmp_path: Path) -> None:
+    """Each refused submission (no repository there, no commit yet) left `runs/<id>/` with its
+    lock and owner file, counted by garbage collection as a run's for the retention period."""
+    data = tmp_path / "data"
+    empty = tmp_path / "empty"
+    git(tmp_path, "init", "--quiet", str(empty))
+    for path in (empty, tmp_path):  # no commit yet; no repository at all
+        run = Run(run_id="refused", goal="g", repo=RepoRef(path=str(path)))
+        with pytest.raises(GitError):
+            await GitIntegrator(data).prepare(run)
+        assert not (data / "runs" / "refused").exists()
+        assert (data / "runs").is_dir()  # (where a run's directory would be)
+
+
 def test_a_commit_message_tells_what_changed_and_how_it_was_checked() -> None:
     task = Task(
         spec=TaskSpec(id="auth", title="Add JWT auth", description="the plan's words"),
