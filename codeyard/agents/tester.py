@@ -77,23 +77,29 @@ class Tester:
                 test_command=command or "(none found)",
                 files=quote_files(files),
             )
-            completion = await ask_model(
-                self.llm,
-                "tester",
-                messages,
-                TestOutput,
-                tool_name="submit_tests",
-                tool_description="Submit test files for the acceptance criteria (or none).",
-            )
-            model = answered_by(completion)
-            notes, tests = await asyncio.to_thread(
-                self._add_tests, root, completion.value.edits, shown_whole(files)
-            )
+            try:
+                completion = await ask_model(
+                    self.llm,
+                    "tester",
+                    messages,
+                    TestOutput,
+                    tool_name="submit_tests",
+                    tool_description="Submit test files for the acceptance criteria (or none).",
+                )
+            except GiveUp as exc:
+                # Tests of its own are the tester's addition: without them the repository's
+                # still judge the change, where failing here failed the task and its run (a
+                # small model's answers that never fit, a prompt over the model's context).
+                usage, model, tests = exc.usage, exc.model, None
+                notes = f"tester's tests not written: {exc}\n"
+            else:
+                usage, model = completion.usage, answered_by(completion)
+                notes, tests = await asyncio.to_thread(
+                    self._add_tests, root, completion.value.edits, shown_whole(files)
+                )
             if not command:
                 nothing_ran = f"{notes}no test command found: nothing ran"
-                return TestResult(
-                    passed=True, output=nothing_ran, usage=completion.usage, model=model
-                )
+                return TestResult(passed=True, output=nothing_ran, usage=usage, model=model)
             # Sandboxed or not, the command is the repository's to choose and the gate's to
             # allow: a test command that deploys or wipes is stopped here. The gate reads it as
             # a shell command line, and a shell runs it: what runs is what it allowed.
@@ -103,14 +109,14 @@ class Tester:
                 "run_command",
                 command,
                 role="tester",
-                spent=completion.usage,
+                spent=usage,
                 model=model,
             )
             try:
                 outcome = await self.sandbox.run(root, shell_command(command), self.limits)
             except SandboxUnavailable as exc:  # the engine went away, say: another may run it
                 raise RetryLater(
-                    f"the sandbox cannot run the tests: {exc}", usage=completion.usage, model=model
+                    f"the sandbox cannot run the tests: {exc}", usage=usage, model=model
                 ) from exc
         program = missing_program(command, outcome)
         if program:
@@ -118,7 +124,7 @@ class Tester:
                 f"the test command {command!r} cannot run {program!r} in the {self.sandbox.name} "
                 "sandbox (not there, or not executable): give the run a test command that runs "
                 "there (codeyard run --test-command), or a sandbox that has it",
-                usage=completion.usage,
+                usage=usage,
                 model=model,
             )
         # A limit the sandbox saw hit fails the tests even when the command exited 0: a test
@@ -129,7 +135,7 @@ class Tester:
             # First, and kept whatever the trimming drops.
             output=header + trim_test_output(f"{notes}{outcome.output}", MAX_CHARS - len(header)),
             tests_run=count_tests_run(outcome.output),
-            usage=completion.usage,
+            usage=usage,
             model=model,
             tests=tests,
         )

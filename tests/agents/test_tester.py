@@ -137,6 +137,28 @@ async def test_the_tests_the_tester_writes_come_back_as_a_diff_to_merge(
         assert "+    assert Path('notes.txt').exists()" in result.tests.text
 
 
+async def test_tests_the_model_cannot_write_leave_the_repository_s_to_judge(
+    bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
+) -> None:
+    """A model whose answers never fit (a small one, often) made the tester give up, and the
+    task and its run failed, though the repository's own tests could judge the change."""
+    repo = one_commit_repo(tmp_path / "repo", {"tests/test_where.py": IN_TESTS})
+    result = await answer_of_the_tester(
+        bus,
+        bwrap_sandbox,
+        repo,
+        "cd tests && python -m pytest -q -p no:cacheprovider",
+        Limits(wall_seconds=60),
+        tests_answer={"text": "I would rather not write tests."},
+    )
+
+    assert result.passed, result.output
+    assert result.output.startswith("tester's tests not written: the model could not answer")
+    assert result.tests_run == 1
+    assert result.tests is None
+    assert result.usage.calls == 3  # its answers are paid for, and counted
+
+
 async def test_an_existing_test_file_the_tester_was_not_shown_is_not_overwritten(
     bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
 ) -> None:
