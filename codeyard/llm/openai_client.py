@@ -8,7 +8,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -187,7 +187,7 @@ class OpenAIClient:
                     ) from error
                 # with the endpoint's own words, which say why (an overload, a rate limit)
                 failure = f"HTTP {status}: {said_by(error)[:REPORTED_ERROR_CHARS]}"
-                retry_after = seconds(error.response.headers.get("retry-after"))
+                retry_after = retry_after_of(error.response.headers)
             except (openai.APITimeoutError, TimeoutError):
                 # TimeoutError: `asyncio.timeout` above (the whole request), the SDK's own
                 # (one read, or connecting) is APITimeoutError; the same failure to the caller.
@@ -377,9 +377,17 @@ def as_param(message: ChatMessage) -> ChatCompletionMessageParam:
     return {"role": "user", "content": content}
 
 
-def seconds(retry_after: str | None) -> float | None:
-    """`Retry-After` in seconds; the HTTP-date form is rare from LLM APIs and is ignored."""
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """The seconds an endpoint asks to wait: `retry-after-ms` (OpenAI's and Azure's, finer)
+    if given, else `Retry-After` in seconds; the HTTP-date form is rare from LLM APIs and is
+    ignored."""
+    if (millis := seconds(headers.get("retry-after-ms"))) is not None:
+        return millis / 1000
+    return seconds(headers.get("retry-after"))
+
+
+def seconds(value: str | None) -> float | None:
     try:
-        return float(retry_after) if retry_after else None
+        return float(value) if value else None
     except ValueError:
         return None

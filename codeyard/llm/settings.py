@@ -100,7 +100,10 @@ class LLMSettings(BaseSettings):
     temperature_coder: float | None = Field(default=None, ge=0.0, le=2.0)
     temperature_tester: float | None = Field(default=None, ge=0.0, le=2.0)
     temperature_review: float | None = Field(default=None, ge=0.0, le=2.0)
-    timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT, description="per HTTP request")
+    # The whole answer comes in one response (no streaming): a coder's long answer from a
+    # large model (16,000 tokens at 60 a second: over four minutes) outlasted 120 s every
+    # time, retried and failed alike. 600 s is the openai library's own default.
+    timeout_seconds: float = Field(default=600.0, gt=0, le=MAX_WAIT, description="per HTTP request")
     max_retries: int = Field(
         default=3,
         ge=0,

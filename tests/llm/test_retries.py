@@ -8,6 +8,7 @@ import time
 import pytest
 
 from codeyard.llm import LLMRejected, LLMUnavailable, OpenAIClient
+from codeyard.llm.openai_client import retry_after_of
 from codeyard.testing.openai_script import parse_script
 from codeyard.testing.openai_server import ScriptedOpenAI
 from tests.llm.scenario import ASK, DESCRIPTION, TOOL, VALID, Plan, ask, settings
@@ -158,3 +159,12 @@ async def test_an_endpoint_failing_after_an_answer_names_the_model_that_gave_it(
             await ask(server, max_retries=0)
 
     assert (failure.value.usage.calls, failure.value.model) == (1, "gpt-4o-2024-08-06")
+
+
+def test_the_wait_an_endpoint_asks_for_is_read_in_milliseconds_first() -> None:
+    """OpenAI and Azure send `retry-after-ms` beside `retry-after`; the finer one was ignored."""
+    assert retry_after_of({"retry-after-ms": "1500", "retry-after": "2"}) == 1.5
+    assert retry_after_of({"retry-after": "7"}) == 7.0
+    assert retry_after_of({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert retry_after_of({"retry-after-ms": "soon", "retry-after": "3"}) == 3.0
+    assert retry_after_of({}) is None
