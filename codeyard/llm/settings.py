@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -157,6 +165,19 @@ class LLMSettings(BaseSettings):
         description="USD per 1M input/output tokens by model, e.g. gpt-4o=2.5/10,o3=2/8; "
         "models not named cost the input/output prices above",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_empty_codeyard_name_is_unset(cls, data: Any) -> Any:
+        # Set empty, the CODEYARD_LLM_ name hid the OPENAI_ one: `CODEYARD_LLM_BASE_URL=` beside
+        # OPENAI_BASE_URL of a local server sent the key meant for it to api.openai.com.
+        if not isinstance(data, dict):
+            return data
+        for field in ("base_url", "api_key"):
+            ours, theirs = (f"{prefix}{field.upper()}" for prefix in ("CODEYARD_LLM_", "OPENAI_"))
+            if data.get(ours) == "" and os.environ.get(theirs):
+                data = {k: v for k, v in data.items() if k != ours} | {theirs: os.environ[theirs]}
+        return data
 
     @field_validator("base_url")
     @classmethod

@@ -382,3 +382,25 @@ def test_a_model_name_holding_whitespace_or_a_control_character_is_refused(
 def test_model_names_of_every_kind_pass() -> None:
     for name in ["gpt-4o-mini", "llama3:8b", "org/Model-7B.Q4_K_M.gguf", "ü-modell"]:
         assert LLMSettings(model=name, model_review=name).for_role("review").model == name
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("BASE_URL", "http://127.0.0.1:8080/v1"), ("API_KEY", "sk-local-123456")]
+)
+def test_a_codeyard_name_set_empty_leaves_the_openai_one_to_apply(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    """`CODEYARD_LLM_BASE_URL=` (empty) hid OPENAI_BASE_URL: the key meant for a local server
+    went to api.openai.com."""
+    monkeypatch.setenv(f"CODEYARD_LLM_{field}", "")
+    monkeypatch.setenv(f"OPENAI_{field}", value)
+    settings = LLMSettings()
+    given = settings.base_url if field == "BASE_URL" else settings.api_key.get_secret_value()
+    assert given == value
+    monkeypatch.setenv(
+        f"CODEYARD_LLM_{field}",
+        "http://127.0.0.1:9/v1" if field == "BASE_URL" else "sk-ours-1234567",
+    )
+    settings = LLMSettings()
+    ours = settings.base_url if field == "BASE_URL" else settings.api_key.get_secret_value()
+    assert ours != value  # set, the codeyard name wins still
