@@ -1331,7 +1331,10 @@ def logs(
 def workers(
     wait: Annotated[
         float | None,
-        typer.Option(help="seconds to listen (default: two announcement periods)", min=0.1),
+        # (bounded: `inf` listened for ever)
+        typer.Option(
+            help="seconds to listen (default: two announcement periods)", min=0.1, max=3600
+        ),
     ] = None,
     json_output: JsonFlag = False,
 ) -> None:
@@ -1451,6 +1454,7 @@ def rollback_command(
     from codeyard.workspace.rollback import RollbackError, rollback
 
     _check_id(run_id)
+    _check_id(to, "task id")  # (before NATS is asked)
     if repo is None:
 
         async def repository(bus: Bus) -> str:

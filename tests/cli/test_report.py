@@ -111,3 +111,15 @@ def test_formats_that_cannot_both_be_given_are_refused_before_nats_is_asked(
     assert "--html and --markdown name the same file" in twice.stderr
     assert not (tmp_path / "r.html").exists()
     assert not (tmp_path / "r.out").exists()
+
+
+def test_a_rollback_to_no_task_and_an_endless_listen_are_bad_input(tmp_path: Path) -> None:
+    """`rollback RUN --to ''` exited 1 after asking NATS, and `workers --wait inf` listened for
+    ever; both are the command line's mistakes: exit 2, before NATS is asked."""
+    env = isolated_env(tmp_path)
+    nowhere = codeyard(env, "rollback", "r1", "--to", "")
+    assert nowhere.returncode == 2, nowhere.stderr
+    assert "'' is not a task id" in nowhere.stderr
+    for endless in ("inf", "nan", "1e300"):
+        listening = codeyard(env, "workers", "--wait", endless, timeout=60)
+        assert listening.returncode == 2, listening.stderr
