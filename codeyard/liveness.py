@@ -45,12 +45,18 @@ async def beat(path: Path, interval: float = BEAT) -> None:
         await asyncio.sleep(interval)
 
 
-def silent_for(path: Path) -> float | None:
-    """Seconds since the last beat, or None if there was none."""
+def beat_time(path: Path) -> float | None:
+    """When the last beat was (the file's time), or None if there was none."""
     try:
-        return max(0.0, time.time() - path.stat().st_mtime)
+        return path.stat().st_mtime
     except OSError:
         return None
+
+
+def silent_for(path: Path) -> float | None:
+    """Seconds since the last beat by the wall clock, or None if there was none."""
+    last = beat_time(path)
+    return None if last is None else max(0.0, time.time() - last)
 
 
 def main(argv: list[str]) -> int:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codeyard.cancellation import in_background, stop_tasks, wait_event
-from codeyard.liveness import HEARTBEAT_ENV, HUNG_AFTER, silent_for
+from codeyard.liveness import HEARTBEAT_ENV, HUNG_AFTER, beat_time
 from codeyard.parent_death import tied_to_this_process
 
 log = logging.getLogger(__name__)
@@ -151,14 +151,26 @@ class Supervisor:
     async def _watch(self, ending: asyncio.Event) -> None:
         """Kill each child whose event loop has stopped beating (its keeper then starts it
         again), once it wrote its threads' stacks to show where it stuck."""
+        loop = asyncio.get_running_loop()
+        # Each child's last beat as the file's time said it, and when (on our monotonic clock)
+        # it was first seen: the wall clock stepped forward is no silence.
+        seen: dict[str, tuple[float, float]] = {}
         while not await wait_event(ending, self._hung_after / 6):
-            for state in self.children.values():
+            for name, state in self.children.items():
                 process, heartbeat = state.process, state.heartbeat
                 if process is None or process.returncode is not None or heartbeat is None:
                     continue
-                silence = silent_for(heartbeat)
-                if silence is None or silence <= self._hung_after:
+                last = beat_time(heartbeat)
+                if last is None:  # starting (or not one of codeyard's): not judged
+                    seen.pop(name, None)
                     continue
+                if seen.get(name, (None,))[0] != last:
+                    seen[name] = (last, loop.time())
+                    continue
+                silence = loop.time() - seen[name][1]
+                if silence <= self._hung_after:
+                    continue
+                del seen[name]
                 state.hung += 1
                 log.error(
                     "%s (pid %s) has shown no sign of life for %.0f s: its event loop is stuck; "

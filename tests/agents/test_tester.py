@@ -163,7 +163,7 @@ async def test_an_existing_test_file_the_tester_was_not_shown_is_not_overwritten
     bus: Bus, bwrap_sandbox: BwrapSandbox, tmp_path: Path
 ) -> None:
     """The tester is shown the task's files only; its write of an existing test file replaced
-    the tests there (20 in the helper's case) with its own, and the deletion was merged."""
+    the tests there with its own, and the deletion was merged."""
     repo = one_commit_repo(tmp_path / "repo", {"tests/test_where.py": IN_TESTS})
     answer = {
         "arguments": {
