@@ -206,7 +206,7 @@ async def serve_role(
             worker = PullWorker(
                 bus, role, handler, concurrency=concurrency, skip_ended_runs=skip_ended_runs
             )
-        log.info("serving %s (%d at once) from %s", role, concurrency, url)
+        log.info("serving %s (%d at once) from %s", role, concurrency, shown_url(url))
         await worker.run(stop)
     finally:
         if pruning is not None:
@@ -678,7 +678,9 @@ async def run_up(
             dashboard_token_made=token_made,
             policy=policy,
         )
-        children = with_metrics_ports(children, settings.metrics_port)
+        # (not on NATS's port, nor the dashboard's: see codeyard.observability.ports)
+        taken = {settings.dashboard_port, *([server.port] if server else [])}
+        children = with_metrics_ports(children, settings.metrics_port, taken)
         if settings.metrics_port:
             where = (f"{c.name} :{metrics_port_of(c)}" for c in children if metrics_port_of(c))
             console.print(f"metrics on {settings.metrics_host}: {', '.join(where)}", markup=False)

@@ -74,9 +74,40 @@ def test_text_lines_show_escapes_instead_of_obeying_them() -> None:
     assert line.endswith(" WARNING gate: run_command 'ls \\x1b]0;owned\\x07'\nnext")
 
 
-def test_up_numbers_metrics_ports_in_order_and_never_past_65535() -> None:
-    children = [ChildSpec(name, ["true"], {"A": "1"}) for name in ("coordinator", "gate", "x")]
+def test_up_numbers_metrics_ports_by_service_and_never_past_65535() -> None:
+    children = [ChildSpec(name, ["true"], {"A": "1"}) for name in ("coordinator", "x", "review")]
     assert with_metrics_ports(children, 0) == children
-    numbered = with_metrics_ports(children, 65534)
-    assert [metrics_port_of(child) for child in numbered] == [65534, 65535, 0]
+    numbered = with_metrics_ports(children, 65530)
+    assert [metrics_port_of(child) for child in numbered] == [65530, 0, 65535]  # x: slot 6
     assert all(child.env and child.env["A"] == "1" for child in numbered)
+
+
+def test_the_services_every_up_runs_keep_their_metrics_ports_whatever_else_runs() -> None:
+    """Numbered in the order of the children, every service after the dashboard moved when it
+    was left out (its port taken), and the tester and reviewer with each coder more."""
+
+    def ports(*names: str) -> dict[str, int]:
+        children = [ChildSpec(name, ["true"]) for name in names]
+        return {c.name: metrics_port_of(c) for c in with_metrics_ports(children, 9000)}
+
+    services = ("coordinator", "safety-gate", "planner")
+    full = ports(*services, "dashboard", "coder-0", "tester", "review")
+    fewer = ports(*services, "coder-0", "coder-1", "tester", "review")
+    assert full == {
+        "coordinator": 9000,
+        "safety-gate": 9001,
+        "dashboard": 9002,
+        "planner": 9003,
+        "tester": 9004,
+        "review": 9005,
+        "coder-0": 9006,
+    }
+    assert fewer == {k: v for k, v in full.items() if k != "dashboard"} | {"coder-1": 9007}
+
+
+def test_metrics_ports_pass_over_the_ports_up_uses_otherwise() -> None:
+    """A safety gate given the dashboard's port made the dashboard fail to listen, which stopped
+    every service; one given NATS's served nothing, and NATS was scraped in its place."""
+    children = [ChildSpec(name, ["true"]) for name in ("coordinator", "safety-gate", "dashboard")]
+    placed = with_metrics_ports(children, 8699, taken={8700, 8702})
+    assert [metrics_port_of(child) for child in placed] == [8699, 8701, 8703]
