@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from codeyard.observability.context import current_work
 from codeyard.terminal_text import terminal_safe
@@ -70,6 +70,13 @@ class WorkTextFormatter(logging.Formatter):
         record.__dict__["work"] = f"[{work.run_id}/{work.task_id}#{work.attempt}] " if work else ""
         record.__dict__["service"] = _process
         return super().formatMessage(record)
+
+    # A traceback quotes what raised (model output, git's stderr): shown as escapes too.
+    def formatException(self, ei: Any) -> str:
+        return terminal_safe(super().formatException(ei), lines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return terminal_safe(super().formatStack(stack_info), lines=True)
 
 
 def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:

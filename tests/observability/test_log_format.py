@@ -74,6 +74,18 @@ def test_text_lines_show_escapes_instead_of_obeying_them() -> None:
     assert line.endswith(" WARNING gate: run_command 'ls \\x1b]0;owned\\x07'\nnext")
 
 
+def test_a_traceback_shows_escapes_instead_of_obeying_them() -> None:
+    """The message was made safe, and the traceback after it, which quotes what raised (a
+    model's words, git's stderr), was not: `\x1b]0;...` retitled the terminal."""
+    try:
+        raise ValueError("model said \x1b]0;owned\x07 \x1b[2J")
+    except ValueError:
+        line = WorkTextFormatter().format(record("handler failed", exc_info=True))
+    assert "\x1b" not in line
+    assert "ValueError: model said \\x1b]0;owned\\x07 \\x1b[2J" in line
+    assert "Traceback (most recent call last):\n" in line  # its lines kept
+
+
 def test_up_numbers_metrics_ports_by_service_and_never_past_65535() -> None:
     children = [ChildSpec(name, ["true"], {"A": "1"}) for name in ("coordinator", "x", "review")]
     assert with_metrics_ports(children, 0) == children
