@@ -488,10 +488,9 @@ class PullWorker:
                 f"delivered {deliveries} times without an answer (limit {self.max_deliver}); "
                 "the workers handling it kept dying or timing out"
             )
-            await self._finish(
-                msg, item, WorkFailed(role=self.role, reason=reason, deliveries=deliveries)
-            )
-            self._failed.inc()
+            failed = WorkFailed(role=self.role, reason=reason, deliveries=deliveries)
+            if await self._finish(msg, item, failed):
+                self._count_failed()
             return
         self._heartbeats.start(msg)
         try:
@@ -702,7 +701,10 @@ class PullWorker:
             usage=usage or Usage(),
             model=_model_name(model),
         )
-        await self._finish(msg, item, failed)
+        if await self._finish(msg, item, failed):  # (not sent: it comes back, and is counted then)
+            self._count_failed()
+
+    def _count_failed(self) -> None:
         self.stats.failed += 1
         self._failed.inc()
 
@@ -717,6 +719,7 @@ class PullWorker:
             except (ResultTooLarge, ResultInvalid) as exc:
                 await self._results.send(_answering(item, self._unsendable(msg, result, exc)))
                 await self.bus.publisher.ack(msg)
+                self._count_failed()
                 return False
             await self.bus.publisher.ack(msg)
         except Exception as exc:
@@ -733,8 +736,6 @@ class PullWorker:
         kind = type(result).__name__
         what = "too big to send" if isinstance(error, ResultTooLarge) else "not valid"
         log.warning("%s: %s %s: %s", self.role, kind, what, error)
-        self.stats.failed += 1
-        self._failed.inc()
         return WorkFailed(
             role=self.role,
             reason=clip(f"{kind} {what}: {error}"),

@@ -246,6 +246,31 @@ async def test_failing_handler_is_retried_then_answered_with_work_failed(bus: Bu
     assert calls["t3"] == 3
 
 
+async def test_a_work_failed_not_delivered_is_not_counted_until_it_is(bus: Bus) -> None:
+    """Counted as failed whether or not its answer went out, an item whose WorkFailed could not
+    be sent (the connection dropped) was counted again when it came back."""
+
+    async def impossible(item: WorkItem) -> Result:
+        raise GiveUp("never")
+
+    await bus.publish(work_subject("coder"), code_request("t-lost"))
+    worker = PullWorker(bus, "coder", impossible, retry_delays=(0.05,))
+    real_send, sends = worker._results.send, []
+
+    async def lost_once(result: Result) -> None:
+        sends.append(result)
+        if len(sends) == 1:
+            raise ConnectionError("the connection to nats dropped")
+        await real_send(result)
+
+    worker._results.send = lost_once  # type: ignore[method-assign]
+    async with serving(worker):
+        [result] = await collect_results(bus, 1, timeout=60)
+    assert isinstance(result, WorkFailed)
+    assert len(sends) == 2
+    assert worker.stats.failed == 1
+
+
 async def test_retry_later_and_give_up(bus: Bus) -> None:
     calls = Counter[str]()
 
