@@ -160,6 +160,13 @@ _RESULTS = {
     for outcome in ("malformed", "refused", "ignored", "early", "applied", "poison")
 }
 _dispatches = functools.cache(metrics.COORDINATOR_DISPATCHES.labels)
+
+
+def _tally(outcome: str, counted: bool) -> None:
+    if counted:
+        _RESULTS[outcome].inc()
+
+
 # Beside a task's record and its run's header in a journal entry: the entry's other fields,
 # its subject and headers.
 RECORD_ROOM = 1024
@@ -807,7 +814,7 @@ class Coordinator:
                 _RESULTS["refused"].inc()
                 # (it fails only work of `role` out for that task: no other stage's)
                 refused = refused_answer(result, role, f"its answer was refused: {wrong}")
-                self._on_result(refused, commit, now)
+                self._on_result(refused, commit, now, counted=False)
                 continue
             if self._on_result(result, commit, now):
                 early.append(result)
@@ -843,15 +850,18 @@ class Coordinator:
         if (addressed := _addressed(payload)) is not None:
             reason = f"its answer could not be read: {exc}"
             role = subjects.role_of_result_subject(subject)
-            self._on_result(refused_answer(addressed, role, reason), commit, now)
+            self._on_result(refused_answer(addressed, role, reason), commit, now, counted=False)
 
-    def _on_result(self, result: Result, commit: Commit, now: datetime) -> bool:
-        """Apply `result`; whether it is early (see `Ignored.early`)."""
+    def _on_result(
+        self, result: Result, commit: Commit, now: datetime, counted: bool = True
+    ) -> bool:
+        """Apply `result`; whether it is early (see `Ignored.early`). Not `counted` in the
+        results metric: an answer made here for a result refused, which counted as such."""
         self.stats.results += 1
         open_run = self._open.get(result.run_id)
         if open_run is None:
             self.stats.ignored += 1
-            _RESULTS["ignored"].inc()
+            _tally("ignored", counted)
             log.debug("result for run %s, which is not open", result.run_id)
             return False
         if not answers_this_submission(open_run.run, result.trace_id):
@@ -859,7 +869,7 @@ class Coordinator:
             # maybe with another goal or plan: not applied, but what it spent is counted.
             log.warning("ignored a result for run %s: it answers another submission", result.run_id)
             self.stats.ignored += 1
-            _RESULTS["ignored"].inc()
+            _tally("ignored", counted)
             if result.usage.calls:
                 self._apply(open_run, unapplied_spend(result), commit, now, result)
             return False
@@ -873,7 +883,7 @@ class Coordinator:
         with working_on(result.run_id, result.task_id, result.attempt):
             effects = self._apply(open_run, event, commit, now, result)
         early = _early(effects)
-        _RESULTS["early" if early else "ignored" if _ignored(effects) else "applied"].inc()
+        _tally("early" if early else "ignored" if _ignored(effects) else "applied", counted)
         return early
 
     def _too_big_to_keep(self, run: Run, result: Result) -> str:

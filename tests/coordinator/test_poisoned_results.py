@@ -57,10 +57,12 @@ from tests.coordinator.harness import (
 class BuggyCoordinator(Coordinator):
     """Fails on every result of task `poison`, as an engine bug would."""
 
-    def _on_result(self, result: Result, commit: Commit, now: datetime) -> bool:
+    def _on_result(
+        self, result: Result, commit: Commit, now: datetime, counted: bool = True
+    ) -> bool:
         if result.task_id == "poison":
             raise RuntimeError("engine bug")
-        return super()._on_result(result, commit, now)
+        return super()._on_result(result, commit, now, counted)
 
 
 async def dead_letters(bus: Bus, run_id: str = DEAD_LETTER_RUN) -> list[DeadLetter]:

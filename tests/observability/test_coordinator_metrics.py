@@ -81,3 +81,24 @@ async def test_tasks_by_state_queues_results_and_dispatches(
         lambda: delta("codeyard_coordinator_results_total", outcome="ignored") == 1, "stray"
     )
     assert delta("codeyard_coordinator_step_duration_seconds_count") >= 2
+
+
+async def test_a_refused_result_counts_once_as_refused(bus: Bus, coordinator: Coordinator) -> None:
+    """The answer the coordinator makes for a refused result (failing that work) was counted
+    too: the outcomes added up to more results than came."""
+    outcomes = ("refused", "applied", "ignored", "early")
+    delta = Delta(*(("codeyard_coordinator_results_total", {"outcome": o}) for o in outcomes))
+    run_id = await submit(bus, [TaskSpec(id="a", title="models")], run_id="run-refused")
+    await eventually(lambda: tasks("coding") >= 1, "a coding")
+    trace = submission_trace(await status(bus, run_id))
+    # a coder's answer on the tester's subject: not the tester's to give
+    forged = CodeResult(
+        run_id=run_id, task_id="a", attempt=1, trace_id=trace, patch=Patch(text="x")
+    )
+    await bus.publish(result_subject("tester"), forged)
+    await eventually(
+        lambda: delta("codeyard_coordinator_results_total", outcome="refused") == 1, "refused"
+    )
+    await asyncio.sleep(0.5)  # (a second count would come in the same step)
+    for outcome in ("applied", "ignored", "early"):
+        assert delta("codeyard_coordinator_results_total", outcome=outcome) == 0, outcome
