@@ -109,6 +109,15 @@ def test_every_codeyard_container_is_restarted_when_its_event_loop_is_stuck() ->
         assert probe["periodSeconds"] * probe["failureThreshold"] >= 60, name
 
 
+def test_the_deployments_keda_scales_leave_the_count_to_it() -> None:
+    """A count in the Deployment set the coders back to it at each `kubectl apply`."""
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in of_kind("ScaledObject")}
+    assert scaled
+    for deployment in of_kind("Deployment"):
+        if deployment["metadata"]["name"] in scaled:
+            assert "replicas" not in deployment["spec"], deployment["metadata"]["name"]
+
+
 def test_coordinators_run_leader_and_standby() -> None:
     (coordinator,) = [d for d in of_kind("Deployment") if d["metadata"]["name"] == "coordinator"]
     assert coordinator["spec"]["replicas"] == 2
