@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 
 import msgspec
 
@@ -25,6 +26,23 @@ class PluginHandler:
         self.role = check_role(role)
         self._is_async = inspect.iscoroutinefunction(plugin.review)
 
+    def _review(self, item: ReviewRequest) -> object:
+        """The plain `review`, in its thread: a SystemExit raised there would reach the event
+        loop through the thread's future, and end the worker."""
+        try:
+            return self.plugin.review(item)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise self._exited(exc) from None
+
+    def _exited(self, exc: BaseException) -> GiveUp:
+        # A tool run as its command line runs (pylint's `Run` without exit=False, argparse on
+        # bad arguments) ends the process: the worker stopped, and with exit status 2,
+        # `codeyard up` took it for bad configuration and stopped every service.
+        return GiveUp(
+            f"reviewer plugin {type(self.plugin).__name__} ended its review with "
+            f"{type(exc).__name__}({exc}): a review must return a ReviewResult"
+        )
+
     async def __call__(self, item: WorkItem) -> Result:
         if not isinstance(item, ReviewRequest):
             raise GiveUp(f"reviewer {self.role} does not handle {type(item).__name__}")
@@ -34,21 +52,42 @@ class PluginHandler:
             else:
                 # A withdrawal cannot stop the thread: the work's slot stays taken until it
                 # returns, so no more reviews run at once than the worker's concurrency.
-                verdict = await finish_in_thread(self.plugin.review, item)
+                verdict = await finish_in_thread(self._review, item)
         except PatchDoesNotApply as exc:
             text = f"the patch does not apply to the current head:\n{exc}"
             verdict = ReviewResult(approved=False, comments=[ReviewComment(text=text)])
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise self._exited(exc) from None
         if not isinstance(verdict, ReviewResult):
             raise GiveUp(
                 f"reviewer plugin {type(self.plugin).__name__} returned "
                 f"{type(verdict).__name__}, not a ReviewResult"
             )
-        # A comment over the wire's limit failed the whole task: cut, saying so, instead.
-        comments = [
-            msgspec.structs.replace(comment, text=clip(comment.text))
-            if len(comment.text) > LONG_TEXT_CHARS
-            else comment
-            for comment in verdict.comments
-        ]
         # the coordinator counts approvals by this name, whatever the plugin wrote there
-        return msgspec.structs.replace(verdict, reviewer=self.role, comments=comments)
+        return msgspec.structs.replace(
+            verdict, reviewer=self.role, comments=sendable_comments(verdict.comments)
+        )
+
+
+# What of a plugin's comments goes back: the first MAX_COMMENTS, and no more text than
+# COMMENTS_CHARS in all (a verdict of 199 comments of 19,000 characters was too big to send,
+# and the work failed with the verdict lost).
+MAX_COMMENTS = 50
+COMMENTS_CHARS = 200_000
+
+
+def sendable_comments(comments: Sequence[ReviewComment]) -> list[ReviewComment]:
+    """`comments` as a result can carry them: each text and path cut to the wire's limits and
+    made valid UTF-8 (a file name read from the disk may hold a lone surrogate), as many as
+    fit, and a last one counting those left out."""
+    kept: list[ReviewComment] = []
+    room = COMMENTS_CHARS
+    for comment in comments:
+        if len(kept) == MAX_COMMENTS or room < 200:  # (200: a comment's worth, cut marker and all)
+            break
+        text = clip(comment.text, min(LONG_TEXT_CHARS, room))
+        kept.append(msgspec.structs.replace(comment, text=text, path=clip(comment.path)))
+        room -= len(text)
+    if left := len(comments) - len(kept):
+        kept.append(ReviewComment(text=f"... and {left} more comments, left out"))
+    return kept

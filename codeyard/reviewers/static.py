@@ -43,6 +43,7 @@ from codeyard.schemas import ReviewComment, ReviewRequest, ReviewResult
 RUFF_RULES = "E9,F,B"  # syntax errors, pyflakes (unused imports, undefined names), bugbear
 BANDIT_SEVERITY = "medium"  # low is mostly `assert` and `import subprocess`: noise in review
 MAX_COMMENTS = 50
+RUFF_CONFIGS = ("ruff.toml", ".ruff.toml", "pyproject.toml")  # where ruff reads its settings
 MAX_REPORT_BYTES = 16 * 1024 * 1024  # a tool's JSON report; more is not a report of one patch
 TOOL_LIMITS = Limits(wall_seconds=180, cpu_seconds=180, memory_bytes=2 * GiB, pids=64)
 
@@ -91,19 +92,24 @@ class StaticReviewer:
         self.max_report_bytes = max_report_bytes
 
     async def review(self, request: ReviewRequest) -> ReviewResult:
-        added = {
-            path: lines
-            for path, lines in added_lines(request.patch.text).items()
-            if path.endswith((".py", ".pyi")) and lines
-        }
+        changed = added_lines(request.patch.text)
+        python = (".py", ".pyi")
+        added = {path: lines for path, lines in changed.items() if path.endswith(python) and lines}
+        # A patch that writes ruff's configuration could switch its checks off (`select = []`):
+        # its files are then checked with ours alone.
+        self_configured = any(PurePosixPath(path).name in RUFF_CONFIGS for path in changed)
         if not added:
             return ReviewResult(approved=True)
-        async with patched_checkout(request) as root:
+        # The coder's patch alone: the lines `added` names are where they say only without the
+        # tester's tests, which may add to the coder's files (and are not the coder's to fix).
+        async with patched_checkout(request, tests=False) as root:
             paths = sorted(path for path in added if (root / path).is_file())
             if not paths:
                 return ReviewResult(approved=True)
             try:
-                found = await asyncio.gather(self._ruff(root, paths), self._bandit(root, paths))
+                found = await asyncio.gather(
+                    self._ruff(root, paths, isolated=self_configured), self._bandit(root, paths)
+                )
             except StaticToolFailed as exc:
                 return ReviewResult(approved=False, comments=[ReviewComment(text=str(exc))])
         findings = sorted({f for tool in found for f in tool if f.line in added.get(f.path, set())})
@@ -113,8 +119,13 @@ class StaticReviewer:
             comments = [*comments[:MAX_COMMENTS], ReviewComment(text=f"... and {more} more")]
         return ReviewResult(approved=not comments, comments=comments)
 
-    async def _ruff(self, root: Path, paths: list[str]) -> list[Finding]:
-        rules = [] if await asyncio.to_thread(_has_ruff_config, root) else ["--select", RUFF_RULES]
+    async def _ruff(self, root: Path, paths: list[str], isolated: bool) -> list[Finding]:
+        if isolated:
+            rules = ["--isolated", "--select", RUFF_RULES]
+        elif await asyncio.to_thread(_has_ruff_config, root):
+            rules = []
+        else:
+            rules = ["--select", RUFF_RULES]
         report = await self._run_tool(
             root,
             "ruff",

@@ -69,7 +69,7 @@ async def test_patched_checkout_shows_the_change(sample_repo: Path) -> None:
     assert "mul" not in (sample_repo / "calc" / "ops.py").read_text()  # the repo is untouched
 
 
-def test_patched_checkout_has_the_testers_tests_too(sample_repo: Path) -> None:
+def test_patched_checkout_has_the_testers_tests_too_unless_told(sample_repo: Path) -> None:
     """They are merged with the patch: a plugin running its tools over the change sees them."""
     ops = SAMPLE_FILES["calc/ops.py"] + "\n\ndef mul(a: int, b: int) -> int:\n    return a * b\n"
     tests = "from calc.ops import mul\n\n\ndef test_mul() -> None:\n    assert mul(2, 3) == 6\n"
@@ -80,6 +80,9 @@ def test_patched_checkout_has_the_testers_tests_too(sample_repo: Path) -> None:
     with patched_checkout(asked) as root:
         assert (root / "calc" / "ops.py").read_text() == ops
         assert (root / "tests" / "test_mul.py").read_text() == tests
+    with patched_checkout(asked, tests=False) as root:  # where the patch's line numbers hold
+        assert (root / "calc" / "ops.py").read_text() == ops
+        assert not (root / "tests" / "test_mul.py").exists()
 
 
 async def test_a_review_that_returns_something_else_fails_the_work_saying_so() -> None:
@@ -102,6 +105,48 @@ async def test_a_comment_too_long_for_the_wire_is_cut_saying_so() -> None:
     assert len(comment.text) == 20_000
     assert comment.text.endswith(" [... 30000 more characters cut]")
     msgspec.json.decode(msgspec.json.encode(result), type=ReviewResult)  # valid on the wire
+
+
+class CommentsEndlessly:
+    """199 comments of 19,000 characters, one on a file name read from the disk with a lone
+    surrogate: 3.8 MB of verdict."""
+
+    def review(self, request: ReviewRequest) -> ReviewResult:
+        comments = [ReviewComment(path="caf\udce9.py", text="y" * 19_000)]
+        comments += [ReviewComment(text="x" * 19_000) for _ in range(198)]
+        return ReviewResult(approved=False, comments=comments)
+
+
+async def test_comments_too_many_to_send_are_cut_to_what_fits_and_counted() -> None:
+    """The verdict was too big to send, and the work failed with it lost."""
+    result = await PluginHandler(CommentsEndlessly(), "review.log")(request())
+    assert isinstance(result, ReviewResult)
+    assert not result.approved
+    assert result.comments[0].path == "caf?.py"
+    assert result.comments[-1].text.endswith("more comments, left out")
+    assert sum(len(c.text) for c in result.comments) <= 201_000
+    msgspec.json.decode(msgspec.json.encode(result), type=ReviewResult)  # valid on the wire
+
+
+class ExitsLikeACommandLine:
+    """Runs a tool as its command line would (pylint's `Run` without exit=False)."""
+
+    def review(self, request: ReviewRequest) -> ReviewResult:
+        raise SystemExit(2)
+
+
+class ExitsOnTheLoop:
+    async def review(self, request: ReviewRequest) -> ReviewResult:
+        raise SystemExit(2)
+
+
+@pytest.mark.parametrize("plugin", [ExitsLikeACommandLine(), ExitsOnTheLoop()])
+async def test_a_review_that_exits_fails_the_work_not_the_worker(plugin: object) -> None:
+    """SystemExit ended the worker; with status 2, `codeyard up` took it for a service refusing
+    its configuration and stopped every service."""
+    name = type(plugin).__name__
+    with pytest.raises(GiveUp, match=rf"{name} ended its review with SystemExit\(2\)"):
+        await PluginHandler(plugin, "review.lint")(request())  # type: ignore[arg-type]
 
 
 async def test_other_work_is_refused() -> None:

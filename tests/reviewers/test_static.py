@@ -12,10 +12,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+import msgspec
+
 from codeyard.reviewers.handler import PluginHandler
 from codeyard.reviewers.static import StaticReviewer
 from codeyard.sandbox import SANDBOX_WORKDIR, BwrapSandbox, Limits, RunOutcome
 from codeyard.schemas import Patch, RepoRef, ReviewComment, ReviewRequest, ReviewResult, TaskSpec
+from codeyard.workspace.git import git
 from tests.agents.sample_repo import SAMPLE_FILES
 from tests.reviewers.conftest import commit, patch_of
 
@@ -262,3 +265,34 @@ async def test_a_report_over_the_size_limit_fails_the_review(
         r"1000\)",
         comment.text,
     )
+
+
+async def test_a_patch_writing_ruff_s_configuration_does_not_switch_its_checks_off(
+    sandbox: BwrapSandbox, sample_repo: Path
+) -> None:
+    """`select = []` in a ruff.toml of the patch's own was obeyed: an undefined name passed."""
+    files = {
+        "ruff.toml": "[lint]\nselect = []\n",
+        "calc/extra.py": "def f():\n    return nowhere\n",
+    }
+    result = await review(sandbox, sample_repo, files)
+    assert not result.approved
+    assert located(result) == {("calc/extra.py", 2, "ruff F821")}
+
+
+async def test_the_tester_s_lines_in_a_coder_s_file_neither_hide_nor_shift_its_findings(
+    sandbox: BwrapSandbox, sample_repo: Path
+) -> None:
+    """The tester's tests, applied after the patch, put three imports at the top of the coder's
+    new file: the coder's undefined name moved three lines down, and the findings reported were
+    the tester's unused imports, at the lines the coder's patch named."""
+    coders = "\n\n\n\n\ndef f():\n    return nowhere\n"  # the name on line 7
+    patch = patch_of(sample_repo, {"calc/t.py": coders})
+    commit(sample_repo, {"calc/t.py": coders})  # as the tester saw it: the patch applied
+    tests = patch_of(sample_repo, {"calc/t.py": "import os\nimport re\nimport sys\n" + coders})
+    git(sample_repo, "reset", "--quiet", "--hard", "HEAD~1")
+    asked = msgspec.structs.replace(request(sample_repo, patch), tests=Patch(text=tests))
+
+    result = await StaticReviewer(sandbox).review(asked)
+
+    assert located(result) == {("calc/t.py", 7, "ruff F821")}
