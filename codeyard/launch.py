@@ -14,6 +14,7 @@ import socket
 import sys
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -242,6 +243,11 @@ async def run_plugin_reviewer(
     """A reviewer plugin serving `role` (`review.<name>`); it needs no LLM."""
     from codeyard.reviewers.handler import PluginHandler
 
+    # A plain `def review` runs in the loop's default threads, min(32, CPUs + 4) of them: on
+    # two cores, --concurrency 12 reviewed 6 at a time. Room for each review, and for the
+    # worker's own work in threads (checkouts) beside them.
+    threads = ThreadPoolExecutor(concurrency + 8, thread_name_prefix="review")
+    asyncio.get_running_loop().set_default_executor(threads)
     await serve_role(settings, role, lambda _: PluginHandler(plugin, role), concurrency)
 
 

@@ -171,3 +171,39 @@ async def test_the_static_plugin_reviews_as_its_own_process(
     assert (result.reviewer, result.approved) == ("review.static", False)
     assert [(c.path, c.line) for c in result.comments] == [("calc/run.py", 5)]
     assert "B605" in result.comments[0].text
+
+
+async def test_a_plain_plugin_reviews_as_many_at_once_as_its_concurrency(
+    bus: Bus, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """A plain `def review` ran in the loop's default threads, min(32, CPUs + 4): on two cores,
+    --concurrency 12 reviewed 6 at a time."""
+    for n in range(12):
+        review = ReviewRequest(
+            run_id="r1",
+            task_id=f"t{n}",
+            attempt=1,
+            task=TaskSpec(id=f"t{n}", title="wait"),
+            patch=Patch(text=""),
+            reviewer="review.twelve",
+        )
+        await bus.publish(work_subject("review.twelve"), review)
+    plugin = ("--plugin", f"{SAMPLES}:MeetsTwelve", "--name", "twelve", "--concurrency", "12")
+    with (tmp_path / "worker.log").open("wb") as log:
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "codeyard",
+            "worker",
+            "review",
+            *plugin,
+            env=plugin_env(nats_server.url),
+            stderr=log,
+        )
+    try:
+        results = await collect_results(bus, 12, timeout=120)
+    except AssertionError:
+        raise AssertionError((tmp_path / "worker.log").read_text()) from None
+    finally:
+        await stop(worker)
+    assert all(isinstance(r, ReviewResult) and r.approved for r in results), results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from codeyard.reviewers import (
     GiveUp,
@@ -79,3 +80,17 @@ class NeedsConfig:
 
 
 NOT_A_CLASS = Approves()
+
+
+class MeetsTwelve:
+    """Approves only once 12 reviews run at once (a barrier they all wait at): a plugin worker
+    with --concurrency 12 that runs fewer in its threads fails them."""
+
+    barrier = threading.Barrier(12)
+
+    def review(self, request: ReviewRequest) -> ReviewResult:
+        try:
+            self.barrier.wait(timeout=60)
+        except threading.BrokenBarrierError:
+            return ReviewResult(approved=False, comments=[ReviewComment(text="fewer at once")])
+        return ReviewResult(approved=True)
