@@ -81,8 +81,10 @@ def _check_review_method(cls: type, spec: str) -> None:
             f"{spec} does not implement the reviewer protocol: it needs a method "
             "`review(self, request: ReviewRequest) -> ReviewResult` (plain or async)"
         )
+    # self and the request; a static or class method is called with the request alone
+    bound = isinstance(inspect.getattr_static(cls, "review"), staticmethod | classmethod)
     try:
-        inspect.signature(review).bind(None, None)  # self and the request
+        inspect.signature(review).bind(*(None,) * (1 if bound else 2))
     except (TypeError, ValueError):
         raise PluginError(
             f"{spec}.review must take one argument, the ReviewRequest "

@@ -71,6 +71,26 @@ class TakesTwo:
         return ReviewResult(approved=strict)
 
 
+class StaticReview:
+    """`review` as a static method: called with the request alone, as it should be."""
+
+    @staticmethod
+    def review(request: ReviewRequest) -> ReviewResult:
+        return ReviewResult(approved=True)
+
+
+class ClassReview:
+    @classmethod
+    def review(cls, request: ReviewRequest) -> ReviewResult:
+        return ReviewResult(approved=True)
+
+
+class StaticTakesTwo:
+    @staticmethod
+    def review(request: ReviewRequest, strict: bool) -> ReviewResult:
+        return ReviewResult(approved=strict)
+
+
 class NeedsConfig:
     def __init__(self, config: str) -> None:
         self.config = config

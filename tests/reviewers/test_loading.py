@@ -33,6 +33,12 @@ def test_a_class_is_loaded_by_module_and_name() -> None:
     assert isinstance(load_plugin(f"{SAMPLES}:Approves"), Approves)
 
 
+@pytest.mark.parametrize("name", ["StaticReview", "ClassReview"])
+def test_a_static_or_class_method_review_is_a_review(name: str) -> None:
+    """Refused, saying it "must take one argument ... (its signature is (request))"."""
+    assert type(load_plugin(f"{SAMPLES}:{name}")).__name__ == name
+
+
 def test_a_registered_name_is_found_among_the_entry_points(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,6 +65,7 @@ def test_an_unknown_name_lists_the_known_ones(
         (f"{SAMPLES}:NOT_A_CLASS", "is a Approves, not a class"),
         (f"{SAMPLES}:NoReview", "does not implement the reviewer protocol"),
         (f"{SAMPLES}:TakesTwo", r"review must take one argument"),
+        (f"{SAMPLES}:StaticTakesTwo", r"review must take one argument"),
         (f"{SAMPLES}:NeedsConfig", r"cannot create .*NeedsConfig\(\): TypeError"),
         ("just_a_module", "expected module:Class"),
     ],
