@@ -36,6 +36,8 @@ class WorkingCopy:
     repository would stall the loop, and with it the heartbeats that keep a work item ours, so
     the item would be redelivered while it runs and its model paid for twice."""
 
+    NAME = "working_copy"  # as its callers know it, for the error of a misuse
+
     def __init__(self, repo: RepoRef) -> None:
         source = repo.snapshot or repo.path
         if not source:
@@ -46,8 +48,10 @@ class WorkingCopy:
 
     def __enter__(self) -> Path:
         if _on_event_loop():
-            raise RuntimeError(
-                "working_copy blocks while it copies: use `async with` in a coroutine"
+            # GiveUp, not an error retried: the same code does the same on every delivery
+            raise GiveUp(
+                f"{self.NAME} blocks while it copies the repository: in an `async def`, "
+                f"use `async with {self.NAME}(...)`"
             )
         return self._enter()
 

@@ -31,6 +31,8 @@ def patched_checkout(request: ReviewRequest, *, tests: bool = True) -> PatchedCh
 class PatchedCheckout(WorkingCopy):
     """See `patched_checkout`."""
 
+    NAME = "patched_checkout"
+
     def __init__(self, request: ReviewRequest, *, tests: bool = True) -> None:
         if by_reference(request.patch):
             raise GiveUp("patches kept in the object store are not supported by plugins yet")

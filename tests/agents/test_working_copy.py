@@ -17,7 +17,8 @@ from codeyard.agents.working_copy import (
     working_copy,
 )
 from codeyard.bus.worker import GiveUp
-from codeyard.schemas import RepoRef
+from codeyard.reviewers import patched_checkout
+from codeyard.schemas import Patch, RepoRef, ReviewRequest, TaskSpec
 
 
 def test_names_that_cannot_be_files_are_left_out_like_missing_ones(sample_repo: Path) -> None:
@@ -80,8 +81,16 @@ async def test_the_event_loop_keeps_running_while_a_copy_is_made(sample_repo: Pa
 
 
 async def test_a_plain_with_on_the_event_loop_is_refused(sample_repo: Path) -> None:
+    """Refused as work that cannot succeed (the same code does the same on every delivery: it
+    was retried five times), naming what to write instead, in a plugin's terms too."""
     copy = working_copy(RepoRef(path=str(sample_repo)))
-    with pytest.raises(RuntimeError, match="async with"), copy:
+    with pytest.raises(GiveUp, match=r"in an `async def`, use `async with working_copy"), copy:
+        pass
+    request = ReviewRequest(
+        task=TaskSpec(id="t", title="t"), patch=Patch(text=""), repo=RepoRef(path=str(sample_repo))
+    )
+    checkout = patched_checkout(request)
+    with pytest.raises(GiveUp, match=r"use `async with patched_checkout\(...\)`"), checkout:
         pass
 
 
