@@ -53,6 +53,8 @@ class PluginHandler:
                 # A withdrawal cannot stop the thread: the work's slot stays taken until it
                 # returns, so no more reviews run at once than the worker's concurrency.
                 verdict = await finish_in_thread(self._review, item)
+                if inspect.isawaitable(verdict):  # an async review behind a plain wrapper
+                    verdict = await verdict
         except PatchDoesNotApply as exc:
             text = f"the patch does not apply to the current head:\n{exc}"
             verdict = ReviewResult(approved=False, comments=[ReviewComment(text=text)])

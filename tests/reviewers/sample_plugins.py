@@ -114,3 +114,14 @@ class MeetsTwelve:
         except threading.BrokenBarrierError:
             return ReviewResult(approved=False, comments=[ReviewComment(text="fewer at once")])
         return ReviewResult(approved=True)
+
+
+class WrappedAsync:
+    """An async review behind a plain callable (a decorator's wrapper, say): it returns a
+    coroutine."""
+
+    def __init__(self) -> None:
+        self.review = self._wrapper
+
+    def _wrapper(self, request: ReviewRequest) -> object:
+        return AsyncNoTodos().review(request)

@@ -34,6 +34,7 @@ from tests.reviewers.sample_plugins import (
     AsyncNoTodos,
     ReadsCheckout,
     ReturnsTrue,
+    WrappedAsync,
 )
 
 TASK = TaskSpec(id="t1", title="a change")
@@ -58,6 +59,14 @@ async def test_an_async_review_runs_on_the_loop() -> None:
     assert isinstance(result, ReviewResult)
     assert not result.approved
     assert [c.text for c in result.comments] == ["remove the TODO: x = 1  # TODO: name it"]
+
+
+async def test_a_plain_review_that_returns_a_coroutine_is_awaited() -> None:
+    """It failed the work: "returned coroutine, not a ReviewResult"."""
+    patch = "--- a/x.py\n+++ b/x.py\n@@ -0,0 +1 @@\n+x = 1  # TODO: name it\n"
+    result = await PluginHandler(WrappedAsync(), "review.wrapped")(request(patch))  # type: ignore[arg-type]
+    assert isinstance(result, ReviewResult)
+    assert not result.approved
 
 
 async def test_patched_checkout_shows_the_change(sample_repo: Path) -> None:
