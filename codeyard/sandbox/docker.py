@@ -279,6 +279,16 @@ class DockerSandbox:
         env: Mapping[str, str] | None = None,
     ) -> RunOutcome:
         arguments = checked_request(command, env)
+        # counted whole: a run whose container the engine could not create is an `error` too
+        return await counted(self.name, self._run(workdir, arguments, limits, env))
+
+    async def _run(
+        self,
+        workdir: Path,
+        arguments: list[str],
+        limits: Limits,
+        env: Mapping[str, str] | None,
+    ) -> RunOutcome:
         if self._client is None:
             await asyncio.to_thread(self.probe)
         elif time.monotonic() - self._swept > _SWEEP_INTERVAL:
@@ -295,7 +305,7 @@ class DockerSandbox:
         )
         try:
             execution = ContainerExecution(api, await asyncio.shield(creating), limits)
-            return await counted(self.name, self._supervise(execution, limits, workdir))
+            return await self._supervise(execution, limits, workdir)
         except ENGINE_ERRORS as exc:
             raise SandboxUnavailable(
                 f"the Docker engine at {self.docker_host} failed to run a sandbox container: {exc}"

@@ -108,25 +108,30 @@ async def run_in_session(
 ) -> RunOutcome:
     """Runs `argv` (joining new cgroups of `cgroups` capped at `pids_max` processes and
     `memory_max` bytes first, when there are any), kills whatever is left of it when it ends
-    and removes the cgroups."""
-    cgroup = cgroups.new_run(pids_max, memory_max, cpus) if cgroups else None
-    try:
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *(cgroup.join_argv(argv) if cgroup else argv),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            pass_fds=pass_fds,
-            start_new_session=True,
-        )
-        running = execution(proc, cgroup, started, limits)
+    and removes the cgroups. Counted whole: a run that could not start (no cgroup, no
+    process) is an `error` too."""
+
+    async def attempt() -> RunOutcome:
+        cgroup = cgroups.new_run(pids_max, memory_max, cpus) if cgroups else None
         try:
-            return await counted(backend, supervise(running, limits, workdir))
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *(cgroup.join_argv(argv) if cgroup else argv),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                pass_fds=pass_fds,
+                start_new_session=True,
+            )
+            running = execution(proc, cgroup, started, limits)
+            try:
+                return await supervise(running, limits, workdir)
+            finally:
+                running.kill_now()
         finally:
-            running.kill_now()
-    finally:
-        if cgroup:
-            await cgroup.remove()
+            if cgroup:
+                await cgroup.remove()
+
+    return await counted(backend, attempt())
