@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from codeyard.agents.working_copy import (
 from codeyard.bus.worker import GiveUp
 from codeyard.reviewers import patched_checkout
 from codeyard.schemas import Patch, RepoRef, ReviewRequest, TaskSpec
+from tests.loop_turns import counting_turns
 
 
 def test_names_that_cannot_be_files_are_left_out_like_missing_ones(sample_repo: Path) -> None:
@@ -59,21 +59,11 @@ def test_files_past_what_a_prompt_holds_are_named_not_shown(sample_repo: Path) -
 async def test_the_event_loop_keeps_running_while_a_copy_is_made(sample_repo: Path) -> None:
     # A worker's heartbeats run on its event loop: a copy made on the loop itself stopped them,
     # and an item whose copy outlasted its ack wait was redelivered while it ran.
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0)
-    before = ticks
-    async with working_copy(RepoRef(path=str(sample_repo))) as root:
-        during_copy = ticks - before
-        copied = (root / "calc" / "ops.py").is_file()
-    ticker.cancel()
+    async with counting_turns() as turns:
+        before = turns.count
+        async with working_copy(RepoRef(path=str(sample_repo))) as root:
+            during_copy = turns.count - before
+            copied = (root / "calc" / "ops.py").is_file()
 
     assert copied
     assert during_copy > 0

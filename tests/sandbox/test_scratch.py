@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from codeyard.sandbox.protocol import SANDBOX_UID
 from codeyard.sandbox.scratch import remove_tree, scratch_directory, scratch_directory_async, walk
 from codeyard.sandbox.workdir_loan import WorkdirLoan
+from tests.loop_turns import counting_turns
 
 NOBODY = 65534
 
@@ -167,24 +167,14 @@ def test_a_lent_workdir_of_any_depth_is_taken_back(deep_place: Path) -> None:
 async def test_an_async_scratch_directory_is_removed_with_the_event_loop_running() -> None:
     """The suite after a merge ran in a scratch directory removed on the coordinator's event
     loop: a suite that left many files stalled it for seconds (heartbeats, leases, results)."""
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(tick())
-    async with scratch_directory_async("codeyard-test-") as scratch:
-        locked = scratch / "locked"
-        locked.mkdir()
-        (locked / "file").write_text("x")
-        locked.chmod(0o500)  # as sandboxed code may leave it
-        await asyncio.sleep(0)
-        before = ticks
-    during_removal = ticks - before
-    ticker.cancel()
+    async with counting_turns() as turns:
+        async with scratch_directory_async("codeyard-test-") as scratch:
+            locked = scratch / "locked"
+            locked.mkdir()
+            (locked / "file").write_text("x")
+            locked.chmod(0o500)  # as sandboxed code may leave it
+            before = turns.count
+        during_removal = turns.count - before
 
     assert not scratch.exists()
     assert during_removal > 0  # the loop turned while the tree was removed
