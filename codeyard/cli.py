@@ -328,6 +328,13 @@ def up(
     except BadConfiguration as exc:
         _error(str(exc))
         raise typer.Exit(BAD_CONFIGURATION) from None
+    if settings.log_format == "json":
+        # `up`'s own warnings (a service restarted, stuck, killed) in the format of its
+        # services' lines, which share its stderr; in text they stay its bare messages.
+        from codeyard.observability.log_format import configure_logging, set_process_name
+
+        set_process_name("up")
+        configure_logging("json", logging.WARNING)
     try:
         up_ = run_up(
             settings,

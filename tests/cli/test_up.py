@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -757,6 +758,28 @@ def test_the_sign_in_link_up_printed_outlives_a_dashboard_restart(tmp_path: Path
     assert "/signin#token=" in first
     assert first == second  # the same token: the first link signs in still
     assert "dashboard exited with -9; restarting" in output
+
+
+def test_up_s_own_warnings_are_json_lines_when_its_services_log_json(tmp_path: Path) -> None:
+    """Its services' lines were JSON, and on the same stderr its own (a service restarted) were
+    bare text that a log pipeline reading JSON dropped or choked on."""
+    env = up_env(tmp_path) | {"CODEYARD_LOG_FORMAT": "json"}
+
+    def restart_the_gate(up: subprocess.Popen[bytes]) -> None:
+        (gate,) = (
+            pid
+            for pid in children_of(up.pid)
+            if b"gate" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        )
+        os.kill(gate, signal.SIGKILL)
+        wait_for_output(tmp_path, up, "restarting in")
+
+    code, output = up_until_ctrl_c(tmp_path, env, then=restart_the_gate)
+    assert code == 0, output
+    [line] = [line for line in output.splitlines() if "restarting in" in line]
+    said = json.loads(line)
+    assert said["message"].startswith("safety-gate exited with -9; restarting in")
+    assert (said["level"], said["process"]) == ("WARNING", "up")
 
 
 def with_env(marker: str) -> set[int]:
