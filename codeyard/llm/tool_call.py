@@ -21,6 +21,7 @@ from openai.types.chat import (
 from pydantic import BaseModel, ValidationError
 
 from codeyard.llm.client import M
+from codeyard.schemas.model import encodable
 
 # Arguments longer than this are refused unread: far more than any model writes in one answer
 # (the longest outputs, 128k tokens, are about 0.5 MB), so only a model looping on one string
@@ -188,7 +189,7 @@ class ForcedTool(Generic[M]):
             {"role": "assistant", "content": shown or "(no answer)"},
             {
                 "role": "user",
-                "content": sendable(
+                "content": encodable(
                     f"{note}That answer could not be used: {bad}\n"
                     f"Call the function `{self.name}` again with arguments that fix this."
                 ),
@@ -239,26 +240,16 @@ def shown_arguments(call: object) -> str:
 
 
 def shortened(text: str) -> str:
-    """`text` (`sendable`), or when that is shorter, its first SHOWN_HEAD_CHARS and last
-    SHOWN_TAIL_CHARS characters with a line saying how many were cut between them."""
-    text = sendable(text)
+    """`text`, or when that is shorter, its first SHOWN_HEAD_CHARS and last SHOWN_TAIL_CHARS
+    characters with a line saying how many were cut between them; `encodable` (sent back in a
+    re-ask, a lone surrogate made the next request fail to encode, an error no retry mends)."""
+    text = encodable(text)
     head, tail = SHOWN_HEAD_CHARS, SHOWN_TAIL_CHARS
     cut = len(text) - head - tail
     if cut <= 0:
         return text
     short = f"{text[:head]}\n[... {cut} characters cut ...]\n{text[len(text) - tail :]}"
     return short if len(short) < len(text) else text
-
-
-def sendable(text: str) -> str:
-    """`text` with each lone UTF-16 surrogate (an answer's `\\ud83d` without its pair, which
-    JSON decoding keeps) as `?`: sent back in a re-ask, it made the next request fail to
-    encode, an error no retry mends."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode(errors="replace").decode()
-    return text
 
 
 def arguments_text(raw: object) -> str | None:

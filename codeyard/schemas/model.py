@@ -20,12 +20,19 @@ LONG_TEXT_CHARS = 20_000
 LongText = Annotated[str, msgspec.Meta(max_length=LONG_TEXT_CHARS)]
 
 
+def encodable(text: str) -> str:
+    """`text` with any lone UTF-16 surrogate replaced by "?": JSON from outside (an LLM
+    endpoint's answer, `\\ud83d` without its pair) may carry one, and whatever holds it (a
+    message, a request sent back to the model) could not be encoded."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def clip(text: str, limit: int = LONG_TEXT_CHARS) -> str:
-    """`text` cut to fit in `limit` characters (a `LongText`), its end saying it was cut, with
-    any lone surrogate replaced by "?": JSON from outside (an LLM endpoint's answer) may carry
-    one, and it would make the whole message that holds it unencodable."""
-    if not text.isascii():
-        text = text.encode("utf-8", "replace").decode("utf-8")
+    """`text` cut to fit in `limit` characters (a `LongText`), its end saying it was cut, made
+    `encodable`."""
+    text = encodable(text)
     if len(text) <= limit:
         return text
     mark = f" [... {len(text) - limit} more characters cut]"
