@@ -32,10 +32,7 @@ def touch(path: Path) -> None:
     """Renew the file's time (creating it); a file that cannot be written is no reason to stop
     the service, which then merely counts as alive."""
     with contextlib.suppress(OSError):
-        try:
-            os.utime(path)
-        except FileNotFoundError:
-            path.touch()
+        path.touch()
 
 
 async def beat(path: Path, interval: float = BEAT) -> None:
