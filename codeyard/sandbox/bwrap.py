@@ -386,10 +386,10 @@ class BwrapSandbox:
         # uid 0, and a writable kernel.core_pattern runs a program as host root on a crash.
         args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
         # (only those this kernel has: bubblewrap cannot create a mount point in /proc)
-        for name in filter(os.path.exists, PROC_READ_ONLY):
+        for name in _present(PROC_READ_ONLY):
             args += ["--ro-bind", name, name]
         # A device node in /proc (nodev) cannot be opened: these become unreadable, unwritable.
-        for name in filter(os.path.exists, PROC_MASKED):
+        for name in _present(PROC_MASKED):
             args += ["--ro-bind", "/dev/null", name]
         args += ["--size", str(_shm_bytes(limits)), "--tmpfs", "/dev/shm"]
         args += ["--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp"]
@@ -436,6 +436,12 @@ PROC_MASKED = (
     "/proc/sched_debug",
     "/proc/latency_stats",
 )
+
+
+@functools.cache
+def _present(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of `names` this kernel has (looked up once, not at each run)."""
+    return tuple(filter(os.path.exists, names))
 
 
 def _memory_cap(limits: Limits) -> int:
