@@ -34,6 +34,7 @@ from codeyard.bus import subjects
 from codeyard.bus.connection import MSG_ID_HEADER, Bus
 from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
+from codeyard.bus.permissions import INBOX_ROOT
 from codeyard.bus.pipeline import MessageTooLarge, Pending, PubAck, PublishError
 from codeyard.bus.store import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -569,6 +570,17 @@ class Coordinator:
         """Serve the control API for one leadership session, which `ended` says is over."""
 
         async def answer(msg: Msg) -> None:
+            if not msg.reply.startswith(f"{INBOX_ROOT}."):
+                # JetStream publishes for a client to whatever subject it names (a direct
+                # get's answer, a consumer's delivery), whatever the client may publish: a
+                # worker could replay stored bytes here as an approval. Those never come
+                # with an inbox to answer; a person's request always does.
+                log.warning(
+                    "refusing a request on %s that names no inbox to answer (reply %r)",
+                    msg.subject,
+                    clip(msg.reply, 200),
+                )
+                return
             try:
                 request = decode_control(msg.data)
             except MessageError as exc:
