@@ -958,17 +958,19 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
 
     if not settings.nats_url:
         raise typer.BadParameter("set NATS_URL (codeyard up starts the coordinator for you)")
-    from codeyard.launch import prepare_data_dir
+    from codeyard.launch import prepare_data_dir, service_key_of
     from codeyard.observability.startup import start_observability
 
     prepare_data_dir(settings)  # (the runs' clones)
 
     start_observability(settings, name or "coordinator")
     sandbox = default_sandbox(settings)  # runs the suite after each merge; none: refuse to start
+    credentials = settings.credentials(COORDINATOR)
+    service_key = service_key_of(credentials)
     bus = await Bus.connect(
         settings.nats_url,
         name=name or "coordinator",
-        credentials=settings.credentials(COORDINATOR),
+        credentials=credentials,
         topology=settings.topology(),
     )
     await bus.setup()
@@ -992,6 +994,7 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
             approval_timeout=settings.approval_timeout,
             artifact_retention=settings.artifact_retention(),
             integration_clones=integrator.root,
+            service_key=service_key,
         )
         await coordinator.run(stop)
     finally:

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     nats_port: int = Field(default=4222, ge=1, le=65535, description="embedded server port")
     nats_user: str = Field(default="", description="NATS user of this process; empty: see below")
     nats_password: SecretStr = Field(default=SecretStr(""), description="its password")
+    service_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="coordinators and the safety gate: the key of work items' proofs and of "
+        "sealed answers to approvals; empty: the one in the process's env file, if any",
+    )
     nats_credentials_dir: Path | None = Field(
         default=None,
         description="per-principal env files from `codeyard deploy nats-config`; `up` hands "
@@ -255,7 +260,11 @@ class Settings(BaseSettings):
         """This process's NATS credentials: CODEYARD_NATS_USER/_PASSWORD if set, else
         `principal`'s env file in `credentials_dir()`, else none (no authentication)."""
         if self.nats_user:
-            return Credentials(self.nats_user, self.nats_password.get_secret_value())
+            return Credentials(
+                self.nats_user,
+                self.nats_password.get_secret_value(),
+                self.service_key.get_secret_value(),
+            )
         directory = self.credentials_dir()
         if directory is None:
             return None

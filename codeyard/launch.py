@@ -24,9 +24,16 @@ from rich.console import Console
 
 from codeyard.bus import Bus, EmbeddedNats
 from codeyard.bus.connection import LOGIN_HINT, LoginRefused
-from codeyard.bus.credentials import Credentials, credentials_file, read_credentials, shown_url
+from codeyard.bus.credentials import (
+    SERVICE_KEY_VARIABLE,
+    Credentials,
+    credentials_file,
+    read_credentials,
+    shown_url,
+)
 from codeyard.bus.embedded import EmbeddedServerError, free_port
 from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, principals
+from codeyard.bus.service_key import ServiceKey
 from codeyard.bus.topology import Topology
 from codeyard.cancellation import stop_tasks, wait_event
 from codeyard.config import Settings
@@ -151,10 +158,12 @@ async def run_gate(settings: Settings, policy_file: Path | None) -> None:
 
     policy = load_policy(policy_file)
     start_observability(settings, "safety-gate")
+    credentials = settings.credentials(GATE)
+    service_key = service_key_of(credentials)
     bus = await Bus.connect(
         settings.server_url(),
         name="safety-gate",
-        credentials=settings.credentials(GATE),
+        credentials=credentials,
         topology=settings.topology(),
     )
     stop = asyncio.Event()
@@ -162,7 +171,7 @@ async def run_gate(settings: Settings, policy_file: Path | None) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await SafetyGate(bus, policy).serve()
+        await SafetyGate(bus, policy, service_key=service_key).serve()
         what = policy_file or "the built-in policy"
         log.info("serving cy.gate.check with %s from %s", what, shown_url(settings.server_url()))
         await stop.wait()
@@ -260,6 +269,27 @@ class BadConfiguration(Exception):
     def __init__(self, *problems: str) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def service_key_of(credentials: Credentials | None) -> ServiceKey | None:
+    """The key among a coordinator's or the gate's credentials (CODEYARD_SERVICE_KEY, or in
+    its env file); none without one, which is warned about when NATS has users: their
+    permissions alone let a worker answer work it was not given, or approve its own merge."""
+    key = credentials.service_key if credentials else ""
+    if not key:
+        if credentials is not None:
+            log.warning(
+                "no %s: answers are not checked to answer work the coordinator sent, nor "
+                "approvals to be a person's (a worker could pass its own task's review, or "
+                "approve its own merge); `codeyard deploy nats-config` adds one to the "
+                "coordinator's and the gate's credentials",
+                SERVICE_KEY_VARIABLE,
+            )
+        return None
+    try:
+        return ServiceKey(key)
+    except ValueError as exc:
+        raise BadConfiguration(f"{SERVICE_KEY_VARIABLE}: {exc}") from None
 
 
 def prepare_data_dir(settings: Settings) -> None:

@@ -10,10 +10,19 @@ import pytest
 
 from codeyard import launch
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.credentials import SERVICE_KEY_VARIABLE, Credentials
 from codeyard.bus.topology import Topology
 from codeyard.bus.worker import Handler
 from codeyard.config import Settings
-from codeyard.launch import BadConfiguration, configuring, serve_role
+from codeyard.deploy.nats_config import write_deployment
+from codeyard.launch import (
+    BadConfiguration,
+    configuring,
+    principal_credentials,
+    serve_role,
+    service_children,
+    service_key_of,
+)
 
 
 def test_a_value_refused_while_configuring_is_bad_configuration() -> None:
@@ -88,3 +97,44 @@ async def test_a_server_without_storage_for_the_streams_is_named_as_such(tmp_pat
     assert said.startswith(f"NATS at {server.url} refused to set up codeyard's streams")
     assert "insufficient storage resources available (JetStream error 10047)" in said
     assert "choose a data dir on a larger disk (CODEYARD_DATA_DIR)" in said
+
+
+def test_a_coordinator_without_a_service_key_says_what_it_risks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert service_key_of(None) is None
+    assert caplog.text == ""  # NATS without users: no permission to rely on anyway
+    assert service_key_of(Credentials("coordinator", "pw")) is None
+    assert f"no {SERVICE_KEY_VARIABLE}: answers are not checked" in caplog.text
+    with pytest.raises(BadConfiguration, match=f"^{SERVICE_KEY_VARIABLE}: .* at least 32"):
+        service_key_of(Credentials("coordinator", "pw", "short"))
+    key = service_key_of(Credentials("coordinator", "pw", "k" * 43))
+    assert key is not None
+    assert key.work_proof("coder", "r", "t", "a", 1) != key.work_proof("tester", "r", "t", "a", 1)
+
+
+def test_up_hands_the_service_key_to_its_coordinator_alone(tmp_path: Path) -> None:
+    deployment = write_deployment(tmp_path)
+    key = deployment.credentials("coordinator").service_key
+    children = service_children(
+        "nats://127.0.0.1:4222",
+        coders=1,
+        agents=True,
+        credentials=principal_credentials(deployment.credentials_dir),
+    )
+    keys = {child.name: (child.env or {}).get(SERVICE_KEY_VARIABLE) for child in children}
+    assert {name: value for name, value in keys.items() if value} == {
+        "coordinator": key,
+        "safety-gate": key,
+    }
+
+
+def test_a_coordinator_given_its_user_by_the_environment_has_its_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As `docker compose` gives it, from its env file (`env_file:`)."""
+    monkeypatch.setenv("CODEYARD_NATS_USER", "coordinator")
+    monkeypatch.setenv("CODEYARD_NATS_PASSWORD", "pw")
+    monkeypatch.setenv(SERVICE_KEY_VARIABLE, "k" * 43)
+    credentials = Settings(data_dir=tmp_path).credentials("coordinator")
+    assert credentials == Credentials("coordinator", "pw", "k" * 43)

@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from codeyard.bus import Bus, StaleRevision, VersionedStore, subjects
+from codeyard.bus.service_key import ServiceKey
 from codeyard.coordinator.work_items import derived_id
 from codeyard.observability.context import working_on
 from codeyard.observability.metrics import GATE_DECISIONS
@@ -255,10 +256,13 @@ class SafetyGate:
         *,
         time_limit: float = EVALUATION_TIME_LIMIT,
         processes: int = EVALUATION_PROCESSES,
+        service_key: ServiceKey | None = None,
     ) -> None:
+        """With a `service_key`, only answers the coordinator sealed with it are honoured."""
         if time_limit <= 0 or processes < 1:
             raise ValueError("the time limit must be positive and there must be a process")
         self.bus = bus
+        self.service_key = service_key
         self.policy = policy
         self.time_limit = time_limit
         self._evaluations = _Evaluations(policy, processes)
@@ -392,8 +396,8 @@ class SafetyGate:
 
         return await self.bus.nc.subscribe(subjects.GATE_CHECK, queue=subjects.GATE_QUEUE, cb=take)
 
-    @staticmethod
     async def _ask_or_recall(
+        self,
         approvals: VersionedStore[PendingApproval],
         approval_id: str,
         check: ActionCheck,
@@ -405,7 +409,18 @@ class SafetyGate:
         for _ in range(3):
             known = await approvals.get(approval_id)
             if known is not None:
-                return None if known.value.status == "pending" else known.value
+                if known.value.status == "pending":
+                    return None
+                if self.service_key and not self.service_key.sealed(known.value):
+                    # Not the coordinator's record of a person's answer: a worker can have
+                    # JetStream replay bytes into cy_approvals (see `codeyard.bus.service_key`).
+                    log.warning(
+                        "approval %s: an answer (%s) the coordinator did not seal is ignored",
+                        approval_id,
+                        known.value.status,
+                    )
+                    return None
+                return known.value
             question = PendingApproval(
                 approval_id=approval_id,
                 run_id=check.run_id or subjects.DEAD_LETTER_RUN,

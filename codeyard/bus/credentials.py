@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 USER_VARIABLE = "CODEYARD_NATS_USER"
 PASSWORD_VARIABLE = "CODEYARD_NATS_PASSWORD"
+# The coordinators' and the safety gate's alone: see `codeyard.bus.service_key`
+SERVICE_KEY_VARIABLE = "CODEYARD_SERVICE_KEY"
 CREDENTIALS_DIR = "credentials"  # beside a generated server configuration
 
 
@@ -24,6 +26,7 @@ CREDENTIALS_DIR = "credentials"  # beside a generated server configuration
 class Credentials:
     user: str
     password: str = field(repr=False)
+    service_key: str = field(default="", repr=False)  # the coordinator's and gate's, if any
 
     @classmethod
     def generate(cls, user: str) -> Credentials:
@@ -31,7 +34,8 @@ class Credentials:
         return cls(user, secrets.token_urlsafe(32))
 
     def as_env(self) -> dict[str, str]:
-        return {USER_VARIABLE: self.user, PASSWORD_VARIABLE: self.password}
+        env = {USER_VARIABLE: self.user, PASSWORD_VARIABLE: self.password}
+        return env | ({SERVICE_KEY_VARIABLE: self.service_key} if self.service_key else {})
 
 
 def credentials_file(directory: Path, principal: str) -> Path:
@@ -77,7 +81,9 @@ def read_credentials(path: Path) -> Credentials | None:
         if sep and not name.startswith("#"):
             values[name.strip()] = value.strip().strip("'\"")
     user, password = values.get(USER_VARIABLE), values.get(PASSWORD_VARIABLE)
-    return Credentials(user, password) if user and password else None
+    if not user or not password:
+        return None
+    return Credentials(user, password, values.get(SERVICE_KEY_VARIABLE, ""))
 
 
 # What a NATS URL carries before its host: `user:password@` or a token alone (`token@`).

@@ -166,6 +166,7 @@ def _answering(item: WorkItem, result: Result) -> Result:
         task_id=item.task_id,
         attempt=item.attempt,
         trace_id=item.trace_id,
+        proof=item.proof,
         msg_id=result_msg_id(item.msg_id),
     )
 

@@ -36,6 +36,7 @@ from codeyard.bus.consumer import PullConsumer
 from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
 from codeyard.bus.permissions import INBOX_ROOT
 from codeyard.bus.pipeline import MessageTooLarge, Pending, PubAck, PublishError
+from codeyard.bus.service_key import ServiceKey
 from codeyard.bus.store import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     WRONG_LAST_SEQUENCE,
@@ -302,11 +303,15 @@ class Coordinator:
         first_collection_after: float = FIRST_COLLECTION_AFTER,
         integration_clones: Path | None = None,
         early_deliveries: int | None = None,
+        service_key: ServiceKey | None = None,
     ) -> None:
         """`integration_clones`: where the integrator keeps a clone per run
         (`GitIntegrator.root`), for garbage collection to remove those of ended runs.
         `early_deliveries`: how often an early answer comes before it is dropped (default:
-        `early_patience` of the bus's ack_wait)."""
+        `early_patience` of the bus's ack_wait). With a `service_key`, work items carry a
+        proof, answers without theirs are refused, and answered approvals are sealed (see
+        `codeyard.bus.service_key`)."""
+        self.service_key = service_key
         self.bus = bus
         self.gate = gate or BusGateClient(bus)
         self.artifacts = artifacts  # where large patches are, for the gate to see them whole
@@ -821,6 +826,9 @@ class Coordinator:
             if isinstance(result, _Unreadable):
                 self._refuse_unreadable(msg.subject, result.payload, result.error, commit, now)
                 continue
+            if not self._proven(result, role):
+                self._refuse_unproven(msg.subject, encode(result), commit)
+                continue
             if wrong := misattributed(result, role):
                 log.warning("refusing a result on %s: %s", msg.subject, wrong)
                 _RESULTS["refused"].inc()
@@ -859,10 +867,28 @@ class Coordinator:
         log.warning("refusing an answer on %s that cannot be read: %s", subject, exc)
         self._file_dead_letter(subject, payload, str(exc), commit)  # a MessageError's is bounded
         _RESULTS["malformed"].inc()
-        if (addressed := _addressed(payload)) is not None:
+        role = subjects.role_of_result_subject(subject)
+        if (addressed := _addressed(payload)) is not None and self._proven(addressed, role):
             reason = f"its answer could not be read: {exc}"
-            role = subjects.role_of_result_subject(subject)
             self._on_result(refused_answer(addressed, role, reason), commit, now, counted=False)
+
+    def _proven(self, answer: Result | _Addressed, role: str) -> bool:
+        """Whether `answer`, published on `role`'s subject, carries the proof of the work it
+        claims to answer (always, for a coordinator without a key)."""
+        return self.service_key is None or self.service_key.proves(
+            answer.proof, role, answer.run_id, answer.trace_id, answer.task_id, answer.attempt
+        )
+
+    def _refuse_unproven(self, subject: str, payload: bytes, commit: Commit) -> None:
+        """Set aside an answer to work its sender was not given (or of a worker too old to
+        copy the proof): it changes nothing, and the work's real answer is still to come."""
+        error = (
+            "its proof is not that of the work it claims to answer: forged, or its worker does "
+            "not copy the work item's proof (older than the coordinators?)"
+        )
+        log.warning("refusing an answer on %s: %s", subject, error)
+        self._file_dead_letter(subject, payload, error, commit)
+        _RESULTS["refused"].inc()
 
     def _on_result(
         self, result: Result, commit: Commit, now: datetime, counted: bool = True
@@ -973,7 +999,8 @@ class Coordinator:
                         dirty.add(effect.task_id)
                     elif not resend:
                         run.planning_dispatched_by = open_run.epoch
-                    commit.work.append((subjects.work_subject(effect.role), work_item(run, effect)))
+                    item = work_item(run, effect, self.service_key)
+                    commit.work.append((subjects.work_subject(effect.role), item))
                     self.stats.dispatched += 1
                     _dispatches(effect.role).inc()
                 case Merge() | Integrate():
@@ -1139,7 +1166,10 @@ class Coordinator:
         for approval, revision in writes:
             key = f"$KV.{subjects.APPROVALS_BUCKET}.{approval.approval_id}"
             fence = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
-            pending.append(await self._pipeline.publish(key, encode(approval), fence))
+            record = approval
+            if self.service_key and approval.status != "pending":  # the gate honours it so only
+                record = msgspec.structs.replace(approval, seal=self.service_key.seal(approval))
+            pending.append(await self._pipeline.publish(key, encode(record), fence))
         outcomes = await self._pipeline.wait(pending, 10)
         for (approval, revision), outcome in zip(writes, outcomes, strict=True):
             if isinstance(outcome, PublishError) and outcome.err_code in WRONG_LAST_SEQUENCE:
@@ -1752,7 +1782,8 @@ def _usage_of(result: Result) -> UsageReported | None:
         run_id=result.run_id,
         task_id=result.task_id,
         attempt=result.attempt,
-        trace_id=result.trace_id,
+        # (an event's trace may not be empty; an answer's may, standing for the run's)
+        trace_id=result.trace_id or result.run_id,
         msg_id=derived_id(result.msg_id, "usage"),
         role=role_of(result),
         usage=result.usage,
@@ -1892,6 +1923,7 @@ class _Addressed(msgspec.Struct, frozen=True):
     attempt: int = 0
     trace_id: str = ""
     msg_id: str = ""
+    proof: str = ""
 
 
 class _BatchParts(msgspec.Struct, frozen=True):

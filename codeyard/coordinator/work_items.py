@@ -14,6 +14,7 @@ import functools
 import hashlib
 from typing import TypedDict
 
+from codeyard.bus.service_key import ServiceKey
 from codeyard.coordinator.effects import (
     CODER,
     PLANNER,
@@ -45,6 +46,7 @@ class EnvelopeFields(TypedDict):
     task_id: str
     attempt: int
     trace_id: str
+    proof: str
     msg_id: str
 
 
@@ -71,14 +73,18 @@ def answers_this_submission(run: Run, trace_id: str) -> bool:
     return trace_id in (submission_trace(run), run.run_id, "")
 
 
-def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
-    """The message that asks `dispatch.role` for the work of the task's current state."""
+def work_item(run: Run, dispatch: Dispatch, proofs: ServiceKey | None = None) -> WorkItem:
+    """The message that asks `dispatch.role` for the work of the task's current state, with
+    its proof when the coordinator has `proofs` to make one."""
     run_id, task_id, attempt = run.run_id, dispatch.task_id, dispatch.attempt
+    trace = submission_trace(run)
+    proof = proofs.work_proof(dispatch.role, run_id, trace, task_id, attempt) if proofs else ""
     if dispatch.role == PLANNER:
         return PlanRequest(
             run_id=run_id,
             attempt=attempt,
-            trace_id=submission_trace(run),
+            trace_id=trace,
+            proof=proof,
             msg_id=derived_id(run_id, PLANNER, attempt, *_epoch(run.planning_dispatched_by)),
             goal=run.goal,
             repo=run.repo,
@@ -89,7 +95,8 @@ def work_item(run: Run, dispatch: Dispatch) -> WorkItem:
         run_id=run_id,
         task_id=task_id,
         attempt=attempt,
-        trace_id=submission_trace(run),
+        trace_id=trace,
+        proof=proof,
         msg_id=derived_id(
             run_id, task_id, dispatch.role, attempt, task.dispatches, *_epoch(run.submission)
         ),

@@ -2,7 +2,8 @@
 
 `write_deployment(out)` writes `out/nats-server.conf` (JetStream on, the users and their
 permissions from `codeyard.bus.permissions`) and `out/credentials/<principal>.env`. Passwords
-come from the `secrets` module; files that hold them are 0600. Running it again keeps every
+come from the `secrets` module, as does the key the coordinators and the safety gate share
+(in their env files only); files that hold them are 0600. Running it again keeps every
 password already written, so running services keep working, and rewrites the server
 configuration, so a codeyard upgrade's changed permissions take effect on the next server start.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from codeyard.bus.credentials import (
@@ -25,9 +26,11 @@ from codeyard.bus.credentials import (
     write_credentials,
     write_private,
 )
-from codeyard.bus.permissions import Grants, grants_for, principals
+from codeyard.bus.permissions import COORDINATOR, GATE, Grants, grants_for, principals
+from codeyard.bus.service_key import ServiceKey
 
 CONFIG_FILE = "nats-server.conf"
+SERVICE_KEY_HOLDERS = (COORDINATOR, GATE)  # see `codeyard.bus.service_key`
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,15 @@ def render_config(users: Sequence[tuple[Credentials, Grants]], options: ServerOp
     )
 
 
+def _service_key(directory: Path) -> str:
+    """The key the coordinators and the gate share: the one in their files, else a new one."""
+    for principal in SERVICE_KEY_HOLDERS:
+        found = read_credentials(credentials_file(directory, principal))
+        if found is not None and found.service_key:
+            return found.service_key
+    return ServiceKey.new_key()
+
+
 def write_deployment(
     out: Path, *, reviewers: Sequence[str] = (), options: ServerOptions | None = None
 ) -> Deployment:
@@ -113,11 +125,16 @@ def write_deployment(
     directory.mkdir(mode=0o700, exist_ok=True)
     directory.chmod(0o700)
     users = []
+    key = _service_key(directory)
     for principal in names:
         path = credentials_file(directory, principal)
         credentials = read_credentials(path)
         if credentials is None or credentials.user != principal:
             credentials = Credentials.generate(principal)
+            write_credentials(path, credentials)
+        if principal in SERVICE_KEY_HOLDERS and credentials.service_key != key:
+            # (also added to the files of a deployment made before the key)
+            credentials = replace(credentials, service_key=key)
             write_credentials(path, credentials)
         users.append((credentials, grants_for(principal)))
     config = out / CONFIG_FILE

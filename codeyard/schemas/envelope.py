@@ -52,10 +52,25 @@ class Envelope(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=
     schema_version: Annotated[int, msgspec.Meta(ge=1)] = SCHEMA_VERSION
 
 
+# A work item's proof that the coordinator sent it to its role, which the answer copies
+# (`codeyard.bus.service_key`); "" where the coordinators have no key to make one.
+Proof = Annotated[
+    str, msgspec.Meta(max_length=64, description="copied from the work item into its answer")
+]
+
+
+class Work(Envelope, kw_only=True, frozen=True):
+    """What every work item has."""
+
+    proof: Proof = ""
+
+
 class Answer(Envelope, kw_only=True, frozen=True):
     """What every result has: the envelope of the work item it answers, copied. Its `trace_id`
     names the run's submission (the coordinator ignores an answer to the work of another
     submission of the same run id); "" when a sender leaves it out, which is taken as this
-    submission's, as before the check existed (a random default would be taken for another's)."""
+    submission's, as before the check existed (a random default would be taken for another's).
+    Its `proof` is the work item's: a coordinator with a key takes no answer without it."""
 
     trace_id: OptionalId = ""
+    proof: Proof = ""

@@ -24,6 +24,7 @@ from codeyard.schemas.envelope import (
     Id,
     OptionalId,
     Timestamp,
+    Work,
     utc_now,
 )
 from codeyard.schemas.model import (
@@ -46,7 +47,7 @@ from codeyard.schemas.model import (
 # --- work items: coordinator -> cy.work.<role> ------------------------------------------------
 
 
-class PlanRequest(Envelope, kw_only=True, frozen=True):
+class PlanRequest(Work, kw_only=True, frozen=True):
     goal: LongText
     repo: RepoRef = RepoRef()
     constraints: list[LongText] = []
@@ -56,14 +57,14 @@ class PlanRequest(Envelope, kw_only=True, frozen=True):
     test_command: TestCommand = ""
 
 
-class CodeRequest(Envelope, kw_only=True, frozen=True):
+class CodeRequest(Work, kw_only=True, frozen=True):
     goal: LongText
     task: TaskSpec
     repo: RepoRef = RepoRef()
     feedback: list[Feedback] = []
 
 
-class TestRequest(Envelope, kw_only=True, frozen=True):
+class TestRequest(Work, kw_only=True, frozen=True):
     __test__ = False  # not a pytest test class
 
     task: TaskSpec
@@ -72,7 +73,7 @@ class TestRequest(Envelope, kw_only=True, frozen=True):
     test_command: TestCommand = ""  # the run's; "": detected in the repository
 
 
-class ReviewRequest(Envelope, kw_only=True, frozen=True):
+class ReviewRequest(Work, kw_only=True, frozen=True):
     task: TaskSpec
     patch: Patch
     reviewer: ReviewerName = "review"
@@ -450,6 +451,9 @@ class PendingApproval(msgspec.Struct, kw_only=True, frozen=True):
     # The asking run's `Run.submission`, for its own questions (plan, budget): those of an
     # earlier submission of the same run id, cut before its run was stored, are not its own.
     submission: ShortText = ""
+    # An answer's seal, made by the coordinator that recorded it (`codeyard.bus.service_key`):
+    # a gate with the key honours no answer without it.
+    seal: ShortText = ""
 
 
 class Accepted(Envelope, kw_only=True, frozen=True):

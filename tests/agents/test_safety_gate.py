@@ -16,6 +16,7 @@ from codeyard.agents.policy import Policy, load_policy
 from codeyard.agents.safety_gate import SafetyGate, Verdict
 from codeyard.bus import Bus
 from codeyard.bus.pipeline import PubAck
+from codeyard.bus.service_key import ServiceKey
 from codeyard.bus.subjects import APPROVALS_BUCKET, EVENT_STREAM, GATE_CHECK
 from codeyard.schemas import (
     ActionCheck,
@@ -98,6 +99,33 @@ async def test_the_same_question_is_asked_once_and_its_answer_is_honoured(bus: B
     assert "approved by ana" in after.reason
     assert anew.decision == "needs_approval"  # an approval is for one attempt
     assert anew.approval_id != first.approval_id
+
+
+async def test_with_a_service_key_only_a_sealed_answer_is_honoured(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker can have JetStream replay bytes into cy_approvals: an answer there counts only
+    with the seal the coordinator puts on a person's answer."""
+    key = ServiceKey("k" * 43)
+    await SafetyGate(bus, load_policy(None), service_key=key).serve()
+    question = check("install_package", "pip install requests")
+    asked = await bus.request(GATE_CHECK, question, GateDecision)
+    approvals = await bus.store(APPROVALS_BUCKET, PendingApproval)
+    record = await approvals.get(asked.approval_id)
+    assert record is not None
+    forged = msgspec.structs.replace(record.value, status="approved", answered_by="ana")
+    revision = await approvals.update(asked.approval_id, forged, record.revision)
+
+    after_forgery = await bus.request(GATE_CHECK, question, GateDecision)
+    assert after_forgery.decision == "needs_approval"
+    assert f"approval {asked.approval_id}: an answer (approved) the coordinator did not seal" in (
+        caplog.text
+    )
+    sealed = msgspec.structs.replace(forged, seal=key.seal(forged))
+    await approvals.update(asked.approval_id, sealed, revision)
+    after_answer = await bus.request(GATE_CHECK, question, GateDecision)
+    assert after_answer.decision == "allow"
+    assert "approved by ana" in after_answer.reason
 
 
 async def test_a_denied_answer_is_a_denial(bus: Bus) -> None:

@@ -49,7 +49,8 @@ async def review_once(url: str, credentials_file: Path, approved: bool) -> dict[
         answer_id = hashlib.sha256(f"{request['msg_id']}:result".encode()).hexdigest()[:32]
         answer = {
             "type": "ReviewResult",
-            **{key: request[key] for key in ("run_id", "task_id", "attempt", "trace_id")},
+            # copied from the request: `proof` shows the coordinator it answers work it sent
+            **{key: request[key] for key in ("run_id", "task_id", "attempt", "trace_id", "proof")},
             "msg_id": answer_id,
             "reviewer": "review.lint",
             "approved": approved,

@@ -223,6 +223,7 @@ def patched(item: CodeRequest, text: str) -> CodeResult:
         task_id=item.task_id,
         attempt=item.attempt,
         trace_id=item.trace_id,
+        proof=item.proof,
         patch=Patch(text=text),
     )
 

@@ -9,6 +9,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 from nats.aio.msg import Msg
 
@@ -39,14 +40,17 @@ from codeyard.schemas import (
     UsageReported,
     WorkItem,
     decode,
+    encode,
 )
 from codeyard.testing.scripted_worker import new_file_patch
 from tests.coordinator.harness import (
     ask,
+    patched,
     run_events,
     running_coordinator,
     status,
     wait_until,
+    work_for_coders,
     workers_answering,
 )
 
@@ -214,3 +218,22 @@ async def test_tokens_of_an_answer_too_late_to_apply_are_counted_once(bus: Bus) 
     assert reported == Counter({"coder": 2200, "tester": 440, "review": 66, "review.strict": 66})
     # each usage event names the model its result named, the late review's too
     assert named == set(MODELS.items())
+
+
+async def test_the_usage_of_an_answer_without_a_trace_is_reported_in_an_event_that_reads(
+    bus: Bus,
+) -> None:
+    """An answer may leave `trace_id` out (taken as the run's); its usage event may not: one
+    with none could not be read back, and a new leader could not publish it again."""
+    plan = [TaskSpec(id="a", title="a")]
+    async with running_coordinator(Coordinator(bus, name="coord-traceless")):
+        await ask(bus, "submit", SubmitRun(run_id="r3", goal="g", plan=plan))
+        [item] = await work_for_coders(bus, 1)
+        answer = msgspec.structs.replace(patched(item, "+x"), trace_id="", usage=CODING)
+        await bus.js.publish(result_subject("coder"), encode(answer))
+        for _ in range(100):
+            usage = [e for e in await run_events(bus, "r3") if isinstance(e, UsageReported)]
+            if usage:
+                break
+            await asyncio.sleep(0.1)
+    assert [(event.trace_id, event.usage) for event in usage] == [("r3", CODING)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,33 @@ def test_running_it_again_keeps_the_passwords(tmp_path: Path) -> None:
     second = write_deployment(tmp_path, reviewers=("style",))
     assert {p: second.credentials(p) for p in first.principals} == before
     assert "review-style" in second.principals
+
+
+def test_the_coordinator_and_the_gate_alone_share_a_service_key_which_is_kept(
+    tmp_path: Path,
+) -> None:
+    first = write_deployment(tmp_path, reviewers=("style",))
+    coordinator = first.credentials("coordinator")
+    key = coordinator.service_key
+    assert len(key) >= 32
+    assert key not in repr(coordinator)
+    assert key not in first.config_file.read_text()
+    keys = {p: first.credentials(p).service_key for p in first.principals}
+    assert {p: k for p, k in keys.items() if k} == {"coordinator": key, "gate": key}
+    assert write_deployment(tmp_path).credentials("gate").service_key == key
+    # a deployment written before the key: it is added, the passwords kept
+    for principal in ("coordinator", "gate"):
+        path = first.credentials_file(principal)
+        lines = path.read_text().splitlines()
+        path.write_text("".join(f"{line}\n" for line in lines if "SERVICE_KEY" not in line))
+    assert read_credentials(first.credentials_file("coordinator")) == replace(
+        coordinator, service_key=""
+    )
+    second = write_deployment(tmp_path)
+    assert second.credentials("coordinator").password == coordinator.password
+    new_key = second.credentials("coordinator").service_key
+    assert len(new_key) >= 32
+    assert second.credentials("gate").service_key == new_key
 
 
 def test_the_server_accepts_the_configuration(tmp_path: Path) -> None:
