@@ -39,7 +39,7 @@ from codeyard.schemas import (
     WorkCancelled,
     decode,
 )
-from codeyard.schemas.messages import SUBMIT_PATIENCE, unknown_run
+from codeyard.schemas.messages import AFTER_EVERY_ID, SUBMIT_PATIENCE, unknown_run
 from codeyard.terminal_text import quoted_detail, terminal_safe
 
 log = logging.getLogger(__name__)
@@ -405,11 +405,6 @@ def poll_pause(every: float, tasks: int) -> float:
     `TASKS_PER_POLL` tasks. The coordinator encodes the whole run for each (a 10,000-task run
     is megabytes, read in pages), while the events keep the view current in between."""
     return every * max(1.0, tasks / TASKS_PER_POLL)
-
-
-# The greatest id there can be (see ID_PATTERN): no task's id comes after it, so the page of a
-# run's tasks after it is the run's header alone, a few bytes for a run of 10,000 tasks.
-AFTER_EVERY_ID = "z" * 64
 
 
 async def existing_run(

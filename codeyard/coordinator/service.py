@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,6 +107,7 @@ from codeyard.schemas.codec import MAX_MESSAGE_BYTES, MessageError, decode, enco
 from codeyard.schemas.envelope import Envelope, new_id
 from codeyard.schemas.export import CONTROL_VERBS
 from codeyard.schemas.messages import (
+    AFTER_EVERY_ID,
     ALREADY_CANCELLED,
     RUN_QUESTIONS,
     SUBMIT_PATIENCE,
@@ -211,10 +212,20 @@ class OpenRun:
         return self.stored.run
 
 
+@dataclass(frozen=True)
+class ReadAfterStep:
+    """A reply read from the store once the step that took its request is done, so that the
+    read holds up no run: every run's header (a tenth of a second at a thousand runs, more as
+    runs accumulate), an ended run's tasks (a second at 10,000). What the step knows (its open
+    runs) is taken in the step, at one moment."""
+
+    read: Callable[[], Awaitable[Envelope]]
+
+
 @dataclass
 class ControlCall:
     request: Control
-    reply: asyncio.Future[Envelope]
+    reply: asyncio.Future[Envelope | ReadAfterStep]
 
 
 @dataclass
@@ -274,7 +285,7 @@ class Commit:
     cancellations: list[WorkCancelled] = field(default_factory=list)
     acks: list[Msg] = field(default_factory=list)
     early: list[Msg] = field(default_factory=list)  # handed back, to come again: see `_flush`
-    replies: list[tuple[ControlCall, Envelope]] = field(default_factory=list)
+    replies: list[tuple[ControlCall, Envelope | ReadAfterStep]] = field(default_factory=list)
 
 
 @dataclass
@@ -627,7 +638,7 @@ class Coordinator:
         finally:
             over.cancel()
         if call.reply.done():
-            reply = call.reply.result()
+            reply = await _read_if_after_step(call.reply.result())
         elif ended.is_set():
             error = "the coordinator stopped leading before it answered; send it again"
             reply = ControlError(error=error, retry=True)
@@ -1277,7 +1288,7 @@ class Coordinator:
 
     async def _on_control(
         self, call: ControlCall, commit: Commit, now: datetime
-    ) -> Envelope | None:
+    ) -> Envelope | ReadAfterStep | None:
         request = call.request
         try:
             match request:
@@ -1300,7 +1311,7 @@ class Coordinator:
                             return ControlError(run_id=request.run_id, error=error)
                     return self._control_event(request.run_id, Cancel(request.reason), commit, now)
                 case StatusQuery():
-                    return await self._status(request)
+                    return self._status(request)
                 case ListApprovals():
                     return self._fitting_approvals(await self._pending_approvals(request.run_id))
                 case Approve() | Deny():
@@ -1435,26 +1446,41 @@ class Coordinator:
             return ControlError(run_id=run_id, error=effects[0].reason)  # type: ignore[union-attr]
         return Accepted(run_id=run_id, detail=type(event).__name__)
 
-    async def _status(self, query: StatusQuery) -> Envelope:
-        assert self._store is not None
+    def _status(self, query: StatusQuery) -> Envelope | ReadAfterStep:
+        """An open run's status from this leader's copy, now; the rest read after the step."""
+        store = self._store
+        assert store is not None
         if run_id := query.run_id:
             if preparing := self._preparing.get(run_id):  # (its state: planning, once prepared)
                 return RunStatus(run_id=run_id, runs=[preparing.run])
-            open_run = self._open.get(run_id)
-            stored = open_run.stored if open_run else await self._store.load(run_id, tasks=True)
-            if stored is None:
-                return unknown_run(run_id)
-            if query.paged:
-                return self._page(stored.run, query.after)
-            return RunStatus(run_id=run_id, runs=[stored.run])
+            if open_run := self._open.get(run_id):
+                return self._run_status(open_run.run, query)
+            # Not open: ended (its record is final), or unknown.
+            header_only = query.paged and query.after >= AFTER_EVERY_ID
+
+            async def ended_run() -> Envelope:
+                stored = await store.load(run_id, tasks=not header_only)
+                if stored is None:
+                    return unknown_run(run_id)
+                return self._run_status(stored.run, query)
+
+            return ReadAfterStep(ended_run)
         # An open run's header in the bucket may be a step behind: this leader's copy is not.
-        headers = [
-            msgspec.structs.replace(open_run.run, tasks={})
-            if (open_run := self._open.get(run.run_id))
-            else run
-            for run in await self._store.headers()
-        ]
-        return self._fitting(headers)
+        open_headers = {
+            run_id: msgspec.structs.replace(open_run.run, tasks={})
+            for run_id, open_run in self._open.items()
+        }
+
+        async def every_run() -> Envelope:
+            stored = await store.headers()
+            return self._fitting([open_headers.get(run.run_id, run) for run in stored])
+
+        return ReadAfterStep(every_run)
+
+    def _run_status(self, run: Run, query: StatusQuery) -> Envelope:
+        if query.paged:
+            return self._page(run, query.after)
+        return RunStatus(run_id=run.run_id, runs=[run])
 
     def _page(self, run: Run, after: str) -> Envelope:
         """`run` whole when it fits in a reply (most runs, in their own order); else a page:
@@ -1873,6 +1899,16 @@ async def _hand_back(results: Iterable[Msg]) -> None:
     for msg in results:
         with contextlib.suppress(Exception):
             await msg.nak(delay=HAND_BACK_DELAY)
+
+
+async def _read_if_after_step(reply: Envelope | ReadAfterStep) -> Envelope:
+    if not isinstance(reply, ReadAfterStep):
+        return reply
+    try:
+        return await reply.read()
+    except Exception as exc:
+        log.exception("reading the reply to a control request failed")
+        return ControlError(error=clip(f"{type(exc).__name__}: {exc}"))
 
 
 def _answered_as(approval: PendingApproval, taken: GivenAnswer) -> PendingApproval:

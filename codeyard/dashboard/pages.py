@@ -77,9 +77,17 @@ def state_badge(state: str, *, task_id: str = "") -> str:
     )
 
 
-def runs_page(runs: Sequence[Run]) -> str:
+def runs_page(runs: Sequence[Run], omitted: int = 0) -> str:
+    """The runs, newest first; `omitted`: how many older ended runs the list leaves out (one
+    reply holds about 1,800 runs' headers)."""
+    left_out = (
+        f'<p class="omitted">{omitted} older ended runs are not listed; '
+        "<code>codeyard status RUN</code> shows any of them.</p>"
+        if omitted
+        else ""
+    )
     if not runs:
-        return page("codeyard runs", '<h1>Runs</h1>\n<p class="empty">no runs yet</p>')
+        return page("codeyard runs", f'<h1>Runs</h1>\n<p class="empty">no runs yet</p>{left_out}')
     rows = "".join(
         f'<tr class="run" data-run="{html_text(run.run_id)}">'
         f'<td><a href="{run_url(run.run_id)}">{html_text(run.run_id)}</a></td>'
@@ -93,7 +101,7 @@ def runs_page(runs: Sequence[Run]) -> str:
         '<table id="runs"><tr><th>run</th><th>state</th><th>goal</th><th>created</th>'
         f"<th>updated</th></tr>{rows}</table>"
     )
-    return page("codeyard runs", f"<h1>Runs</h1>\n{table}")
+    return page("codeyard runs", f"<h1>Runs</h1>\n{table}{left_out}")
 
 
 def run_page(run: Run) -> str:

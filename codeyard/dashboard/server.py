@@ -266,8 +266,9 @@ class Dashboard:
 
     async def runs(self, request: web.Request) -> web.StreamResponse:
         reply = await self._ask("status", StatusQuery())
-        runs = reply.runs if isinstance(reply, RunStatus) else []
-        return _html(pages.runs_page(runs))
+        if not isinstance(reply, RunStatus):
+            return _html(pages.message_page("Runs unavailable", _error(reply)), 502)
+        return _html(pages.runs_page(reply.runs, omitted=reply.omitted))
 
     async def run(self, request: web.Request) -> web.StreamResponse:
         run = await self._run(request.match_info["run_id"])

@@ -358,6 +358,12 @@ class StatusQuery(Envelope, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     after: OptionalId = ""
 
 
+# The greatest id there can be (see ID_PATTERN): no task's id comes after it, so the page of a
+# run's tasks after it is the run's header alone, a few bytes for a run of 10,000 tasks (which
+# the coordinator then reads alone).
+AFTER_EVERY_ID = "z" * 64
+
+
 class ListApprovals(Envelope, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The pending approvals of every open run, or of the run `run_id` names."""
 

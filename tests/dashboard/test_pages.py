@@ -103,6 +103,13 @@ def test_runs_list_links_each_run_and_escapes_goals() -> None:
     assert "no runs yet" in runs_page([])
 
 
+def test_runs_list_says_how_many_older_runs_it_leaves_out() -> None:
+    """One reply holds about 1,800 runs' headers; the oldest ended ones are left out of it."""
+    assert "not listed" not in runs_page([Run(run_id="r2", goal="second")])
+    html = runs_page([Run(run_id="r2", goal="second")], omitted=791)
+    assert "791 older ended runs are not listed" in html
+
+
 def test_run_page_draws_one_node_per_task_in_its_state() -> None:
     html = run_page(hostile_run())
     parsed = parse(html)

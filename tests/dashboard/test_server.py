@@ -18,6 +18,7 @@ from yarl import URL
 from codeyard.bus import Bus, PullWorker
 from codeyard.bus.connection import MSG_ID_HEADER
 from codeyard.bus.subjects import EVENT_STREAM, events_subject
+from codeyard.coordinator.run_store import RunStore
 from codeyard.coordinator.service import Coordinator
 from codeyard.dashboard import pages
 from codeyard.dashboard.auth import SESSION_SECONDS, TokenCheck, cookie_name
@@ -693,3 +694,20 @@ async def test_a_run_page_is_drawn_off_the_event_loop(
         assert await page.text() == "<p>r11</p>"
     [thread] = drawn_on
     assert thread is not threading.main_thread()  # the loop's
+
+
+async def test_the_runs_list_says_when_the_coordinator_cannot_list_them(
+    dashboard: str, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "no runs yet" instead."""
+
+    async def failing(store: RunStore) -> list[Run]:
+        raise OSError("the store is away")
+
+    monkeypatch.setattr(RunStore, "headers", failing)
+    async with http.get(dashboard + "/", headers=BEARER) as page:
+        assert page.status == 502
+        body = await page.text()
+    assert "Runs unavailable" in body
+    assert "the store is away" in body
+    assert "no runs yet" not in body
