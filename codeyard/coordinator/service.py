@@ -1336,7 +1336,9 @@ class Coordinator:
             tasks = {spec.id: Task(spec=spec) for spec in planned}
             existing: Run | None = msgspec.structs.replace(preparing.run, tasks=tasks)
         else:
-            stored = known.stored if known else await self._store.load(run_id)
+            # (an ended run's tasks only to compare a plan with: rarely sent again)
+            with_tasks = request.plan is not None
+            stored = known.stored if known else await self._store.load(run_id, tasks=with_tasks)
             existing = stored.run if stored is not None else None
         if existing is not None:
             if differences := request.differences(existing):

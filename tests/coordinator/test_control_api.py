@@ -288,6 +288,24 @@ async def test_resubmitting_a_run_id_with_other_settings_names_them(
     assert (await status(bus, "r1")).test_command == "make test"
 
 
+async def test_resubmitting_an_ended_runs_id_with_another_plan_names_it(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    """An ended run's record is read without its tasks; its plan was then never compared, and
+    another plan under its id was taken for the same submission again."""
+    plan = [TaskSpec(id="x", title="x")]
+    submitted = SubmitRun(run_id="r9", goal="g", plan=plan)
+    assert isinstance(await ask(bus, "submit", submitted), Accepted)
+    assert isinstance(await ask(bus, "cancel", CancelRun(run_id="r9")), Accepted)
+    assert (await status(bus, "r9")).state is RunState.CANCELLED
+    again = await ask(bus, "submit", submitted)
+    assert isinstance(again, Accepted), again
+    other_plan = [TaskSpec(id="y", title="y")]
+    other = await ask(bus, "submit", msgspec.structs.replace(submitted, plan=other_plan))
+    assert isinstance(other, ControlError), other
+    assert other.error == "run id 'r9' is taken by a run with another plan"
+
+
 async def test_plan_approval_then_cancel(bus: Bus, coordinator: Coordinator) -> None:
     plan = [TaskSpec(id="x", title="x"), TaskSpec(id="y", title="y", deps=["x"])]
     await ask(bus, "submit", SubmitRun(run_id="r2", goal="g", plan=plan, approve_plan=True))
