@@ -10,7 +10,8 @@ in `cy_artifacts`) replayed onto another role's result subject, or into `cy_appr
   alone, and one proof answers nothing else (a coder cannot pass its own task's tests and
   review);
 - an answered approval in `cy_approvals` carries a seal, a MAC of the question and the answer:
-  the gate honours only answers the coordinator recorded (a person's approve or deny).
+  the gate honours only answers the coordinator recorded (a person's approve or deny);
+- the leader lease's record is sealed too (`codeyard.coordinator.lease`).
 
 Pure: no clock, no I/O.
 """
@@ -60,6 +61,13 @@ class ServiceKey:
 
     def sealed(self, approval: PendingApproval) -> bool:
         return _same(approval.seal, self.seal(approval))
+
+    def lease_seal(self, holder: str) -> str:
+        """The seal of the leader lease's record naming `holder`."""
+        return self._mac(["lease", holder])
+
+    def seals_lease(self, holder: str, seal: str) -> bool:
+        return _same(seal, self.lease_seal(holder))
 
     def _mac(self, parts: list[str | int]) -> str:
         what = msgspec.json.encode(parts)  # (unambiguous, whatever a part holds)

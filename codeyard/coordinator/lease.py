@@ -5,6 +5,11 @@ revision-checked update: a leader that was paused past the TTL finds its revisio
 learns it lost the lease instead of overwriting the new leader's. Between renewals the lease is
 trusted only until `renewed_at + ttl * safety`, by the local monotonic clock, so a process that
 wakes from a long pause stops acting before it can touch the bus.
+
+With the service key, the record is sealed: a worker can have JetStream replay stored bytes
+onto the lease's key (see `codeyard.bus.service_key`), which took the lease from its leader
+for as long as it went on. A holder whose renewal finds, over its own, a record no coordinator
+sealed writes its own again. A standby never takes a lease so: the leader may be alive.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from codeyard.bus import subjects
+from codeyard.bus.service_key import ServiceKey
 from codeyard.bus.store import WRONG_LAST_SEQUENCE
 
 log = logging.getLogger(__name__)
@@ -29,22 +35,35 @@ RELEASE_PATIENCE = 1.0
 
 
 class LeaderLease:
-    def __init__(self, kv: KeyValue, holder: str, ttl: float, safety: float = 0.6) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        holder: str,
+        ttl: float,
+        safety: float = 0.6,
+        service_key: ServiceKey | None = None,
+    ) -> None:
         self._kv = kv
         self.holder = holder
+        self._key = service_key
+        self._record = (
+            f"{holder}\n{service_key.lease_seal(holder)}" if service_key else holder
+        ).encode()
         self.ttl = ttl
         self._trust = ttl * safety
         self._revision = 0
         self._renewed_at = float("-inf")
 
     @classmethod
-    async def open(cls, js: JetStreamContext, holder: str) -> LeaderLease:
+    async def open(
+        cls, js: JetStreamContext, holder: str, service_key: ServiceKey | None = None
+    ) -> LeaderLease:
         """The lease's TTL is the bucket's, whoever created it: every contender must agree."""
         kv = await js.key_value(subjects.LEADER_BUCKET)
         status = await kv.status()
         if not status.ttl:
             raise ValueError(f"bucket {subjects.LEADER_BUCKET} has no TTL; a lease needs one")
-        return cls(kv, holder, status.ttl)
+        return cls(kv, holder, status.ttl, service_key=service_key)
 
     @property
     def renew_interval(self) -> float:
@@ -58,7 +77,7 @@ class LeaderLease:
         """Take the lease if nobody holds it. Never steals a live lease."""
         started = time.monotonic()
         try:
-            self._revision = await self._kv.create(LEASE_KEY, self.holder.encode())
+            self._revision = await self._kv.create(LEASE_KEY, self._record)
         except KeyWrongLastSequenceError:
             return False
         self._renewed_at = started
@@ -71,15 +90,42 @@ class LeaderLease:
             return False
         started = time.monotonic()
         try:
-            self._revision = await self._kv.update(
-                LEASE_KEY, self.holder.encode(), last=self._revision
-            )
+            self._revision = await self._kv.update(LEASE_KEY, self._record, last=self._revision)
         except (KeyWrongLastSequenceError, KeyNotFoundError):
+            if await self._take_back():
+                self._renewed_at = started
+                return True
             log.warning("%s lost the coordinator lease", self.holder)
             self._revision = 0
             return False
         self._renewed_at = started
         return True
+
+    async def _take_back(self) -> bool:
+        """Write the record again over one no coordinator sealed; False if there is none, or
+        a coordinator's (or the record changed again meanwhile)."""
+        if self._key is None:
+            return False
+        try:
+            entry = await self._kv.get(LEASE_KEY)
+        except KeyNotFoundError:
+            return False
+        if entry.revision is None or self._sealed(entry.value or b""):
+            return False
+        try:
+            self._revision = await self._kv.update(LEASE_KEY, self._record, last=entry.revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            return False
+        log.warning(
+            "%s took the coordinator lease back: its record had been overwritten by a message "
+            "no coordinator sealed",
+            self.holder,
+        )
+        return True
+
+    def _sealed(self, record: bytes) -> bool:
+        holder, _, seal = record.decode(errors="replace").partition("\n")
+        return self._key is not None and self._key.seals_lease(holder, seal)
 
     async def release(self, patience: float = RELEASE_PATIENCE) -> None:
         """Give the lease up at once so a standby need not wait for the TTL; unless NATS does
@@ -109,4 +155,4 @@ class LeaderLease:
             entry = await self._kv.get(LEASE_KEY)
         except KeyNotFoundError:
             return None
-        return entry.value.decode() if entry.value else None
+        return entry.value.decode(errors="replace").partition("\n")[0] if entry.value else None

@@ -378,7 +378,7 @@ class Coordinator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stand by until the lease is free, lead until it is lost, repeat until `stop`."""
-        self._lease = await LeaderLease.open(self.bus.js, self.name)
+        self._lease = await LeaderLease.open(self.bus.js, self.name, self.service_key)
         # A journal entry must fit in one message of this server, whatever it takes.
         room = self._pipeline.max_payload - 4096
         policy = CheckpointPolicy(max_entry_bytes=min(CheckpointPolicy.max_entry_bytes, room))

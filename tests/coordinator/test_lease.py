@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from codeyard.bus import Bus
+from codeyard.bus.service_key import ServiceKey
 from codeyard.bus.subjects import LEADER_BUCKET
 from codeyard.coordinator.lease import LEASE_KEY, LeaderLease
 from codeyard.coordinator.service import Coordinator
@@ -84,3 +85,34 @@ async def test_a_coordinator_that_lost_its_lease_leads_again_once_it_is_free(bus
         await thief.release()
         await asyncio.wait_for(coordinator.leading.wait(), 10)
         assert await thief.current_holder() == "coord-relead"
+
+
+async def test_with_the_service_key_a_holder_takes_its_lease_back_from_a_replayed_record(
+    bus: Bus,
+) -> None:
+    """A worker can have JetStream replay stored bytes onto the lease's key: without the key,
+    the leader took that for another coordinator's and stopped leading, for as long as it
+    went on; a standby could not lead either."""
+    key = ServiceKey("k" * 43)
+    kv = await bus.js.key_value(LEADER_BUCKET)
+    leader = await LeaderLease.open(bus.js, "coord-a", key)
+    standby = await LeaderLease.open(bus.js, "coord-b", key)
+    assert await leader.acquire()
+    await kv.put(LEASE_KEY, b'{"type":"CodeRequest"}')  # as a replay lands: no revision check
+    assert not await standby.acquire()  # the leader may be alive: a standby waits
+    assert await leader.renew()
+    assert leader.held()
+    assert await standby.current_holder() == "coord-a"
+
+    # a record a coordinator sealed is another's lease: not taken back
+    await kv.put(LEASE_KEY, f"coord-c\n{key.lease_seal('coord-c')}".encode())
+    assert not await leader.renew()
+    assert not leader.held()
+
+
+async def test_without_the_service_key_a_replayed_record_takes_the_lease(bus: Bus) -> None:
+    kv = await bus.js.key_value(LEADER_BUCKET)
+    leader = await LeaderLease.open(bus.js, "coord-a")
+    assert await leader.acquire()
+    await kv.put(LEASE_KEY, b"anything")
+    assert not await leader.renew()
