@@ -17,6 +17,7 @@ from codeyard.agents.safety_gate import SafetyGate, Verdict
 from codeyard.bus import Bus
 from codeyard.bus.pipeline import PubAck
 from codeyard.bus.service_key import ServiceKey
+from codeyard.bus.store import Versioned, VersionedStore
 from codeyard.bus.subjects import APPROVALS_BUCKET, EVENT_STREAM, GATE_CHECK
 from codeyard.schemas import (
     ActionCheck,
@@ -26,6 +27,17 @@ from codeyard.schemas import (
     RunEvent,
     decode,
 )
+
+
+async def recorded_question(
+    bus: Bus, question: ActionCheck
+) -> tuple[GateDecision, VersionedStore[PendingApproval], Versioned[PendingApproval]]:
+    """The gate's answer to `question` (a person decides), and the question as it recorded it."""
+    asked = await bus.request(GATE_CHECK, question, GateDecision)
+    approvals = await bus.store(APPROVALS_BUCKET, PendingApproval)
+    record = await approvals.get(asked.approval_id)
+    assert record is not None
+    return asked, approvals, record
 
 
 def check(action: str, detail: str) -> ActionCheck:
@@ -109,10 +121,7 @@ async def test_with_a_service_key_only_a_sealed_answer_is_honoured(
     key = ServiceKey("k" * 43)
     await SafetyGate(bus, load_policy(None), service_key=key).serve()
     question = check("install_package", "pip install requests")
-    asked = await bus.request(GATE_CHECK, question, GateDecision)
-    approvals = await bus.store(APPROVALS_BUCKET, PendingApproval)
-    record = await approvals.get(asked.approval_id)
-    assert record is not None
+    asked, approvals, record = await recorded_question(bus, question)
     forged = msgspec.structs.replace(record.value, status="approved", answered_by="ana")
     revision = await approvals.update(asked.approval_id, forged, record.revision)
 
@@ -131,10 +140,7 @@ async def test_with_a_service_key_only_a_sealed_answer_is_honoured(
 async def test_a_denied_answer_is_a_denial(bus: Bus) -> None:
     await SafetyGate(bus, load_policy(None)).serve()
     question = check("run_command", "make deploy")
-    asked = await bus.request(GATE_CHECK, question, GateDecision)
-    approvals = await bus.store(APPROVALS_BUCKET, PendingApproval)
-    record = await approvals.get(asked.approval_id)
-    assert record is not None
+    asked, approvals, record = await recorded_question(bus, question)
     denied = msgspec.structs.replace(record.value, status="denied", answer="not from tests")
     await approvals.update(asked.approval_id, denied, record.revision)
 
