@@ -124,8 +124,8 @@ class LeaderLease:
         return True
 
     def _sealed(self, record: bytes) -> bool:
-        holder, _, seal = record.decode(errors="replace").partition("\n")
-        return self._key is not None and self._key.seals_lease(holder, seal)
+        seal = record.decode(errors="replace").partition("\n")[2]
+        return self._key is not None and self._key.seals_lease(holder_of(record), seal)
 
     async def release(self, patience: float = RELEASE_PATIENCE) -> None:
         """Give the lease up at once so a standby need not wait for the TTL; unless NATS does
@@ -155,4 +155,9 @@ class LeaderLease:
             entry = await self._kv.get(LEASE_KEY)
         except KeyNotFoundError:
             return None
-        return entry.value.decode(errors="replace").partition("\n")[0] if entry.value else None
+        return holder_of(entry.value) if entry.value else None
+
+
+def holder_of(record: bytes) -> str:
+    """Who a lease's record names (its first line: a seal may follow)."""
+    return record.decode(errors="replace").partition("\n")[0]

@@ -22,7 +22,7 @@ from codeyard.bus.subjects import (
     events_subject,
 )
 from codeyard.bus.worker import Handler
-from codeyard.coordinator.lease import LEASE_KEY
+from codeyard.coordinator.lease import LEASE_KEY, holder_of
 from codeyard.coordinator.lifecycle import TERMINAL_RUN_STATES
 from codeyard.coordinator.service import Coordinator
 from codeyard.follow import ask_coordinator
@@ -287,7 +287,7 @@ def assert_dependency_order(plan: Sequence[TaskSpec], events: Sequence[RunEvent]
 async def leader_name(bus: Bus) -> str:
     entry = await (await bus.js.key_value(LEADER_BUCKET)).get(LEASE_KEY)
     assert entry.value is not None
-    return entry.value.decode()
+    return holder_of(entry.value)
 
 
 def completed_work(log: Path) -> list[tuple[str, str, str]]:
