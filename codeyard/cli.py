@@ -952,8 +952,9 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
     from codeyard.bus.permissions import COORDINATOR
     from codeyard.coordinator.service import Coordinator
     from codeyard.sandbox import default_sandbox
+    from codeyard.sandbox.scratch import sweep_abandoned
     from codeyard.workspace.integration import GitIntegrator
-    from codeyard.workspace.regression import SandboxedSuite
+    from codeyard.workspace.regression import SUITE_SCRATCH, SandboxedSuite
     from codeyard.workspace.snapshots import artifact_store
 
     if not settings.nats_url:
@@ -962,6 +963,7 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
     from codeyard.observability.startup import start_observability
 
     prepare_data_dir(settings)  # (the runs' clones)
+    await sweep_abandoned(SUITE_SCRATCH)  # of coordinators killed on this machine
 
     start_observability(settings, name or "coordinator")
     sandbox = default_sandbox(settings)  # runs the suite after each merge; none: refuse to start

@@ -189,7 +189,9 @@ async def serve_role(
 ) -> None:
     """One role's worker process: serve until SIGTERM, then finish or hand back in-flight work.
     `skip_ended_runs`: see `PullWorker`."""
+    from codeyard.agents.working_copy import WORKING_COPY_SCRATCH
     from codeyard.bus import PullWorker
+    from codeyard.sandbox.scratch import sweep_abandoned
     from codeyard.workspace.cache_pruning import prune_periodically
     from codeyard.workspace.repo_localizer import RepoLocalizer
     from codeyard.workspace.snapshot_cache import SnapshotCache
@@ -209,6 +211,7 @@ async def serve_role(
         loop.add_signal_handler(signum, stop.set)
     pruning: asyncio.Task[None] | None = None
     try:
+        await sweep_abandoned(WORKING_COPY_SCRATCH)  # of workers killed on this machine
         cache = SnapshotCache(await artifact_store(bus.js), settings.snapshot_cache_dir())
         pruning = asyncio.create_task(prune_periodically(cache.root, settings.artifact_retention()))
         with configuring():

@@ -21,6 +21,8 @@ from codeyard.sandbox.scratch import scratch_directory
 from codeyard.schemas.model import RepoRef
 from codeyard.workspace.git import GitError, checkout, git
 
+WORKING_COPY_SCRATCH = "codeyard-"  # the prefix of the working copies' scratch directories
+
 MAX_FILE_CHARS = 60_000
 MAX_TOTAL_CHARS = 200_000
 
@@ -79,7 +81,7 @@ class WorkingCopy:
             raise GiveUp(f"repository {self._source} is not on this machine's disk")
         with ExitStack() as stack:
             # sandboxed code runs in it, and may leave it hard to remove (see scratch_directory)
-            scratch = stack.enter_context(scratch_directory("codeyard-"))
+            scratch = stack.enter_context(scratch_directory(WORKING_COPY_SCRATCH))
             root = checkout(self._source, scratch / "repo", self._head)
             self._stack = stack.pop_all()  # kept until exit
         return root

@@ -11,12 +11,18 @@ Python's recursion limit, which `os.walk` and `shutil.rmtree` reach before Pytho
 (a `RecursionError`: the checkout was left on disk, and the error replaced the work's result),
 and deeper than `PATH_MAX`. GNU `chmod -R` and `rm -r` walk such trees by descriptors; `walk`
 is `os.walk` with a stack, for what must be done in Python.
+
+A process killed while it works (a worker scaled down, a coordinator failing over) leaves its
+scratch directory behind: a copy of a repository, each time. Their names hold the pid of the
+process that made them, so that a service starting removes those of processes no longer
+running (`remove_abandoned`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import stat
@@ -25,11 +31,17 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
+
+def _make(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
 
 @contextlib.contextmanager
 def scratch_directory(prefix: str) -> Iterator[Path]:
     """A new temporary directory, removed afterwards with `remove_tree`."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path = _make(prefix)
     try:
         yield path
     finally:
@@ -41,11 +53,49 @@ async def scratch_directory_async(prefix: str) -> AsyncIterator[Path]:
     """`scratch_directory` for a coroutine: removed in a thread, as the tree sandboxed code left
     may take seconds to remove (a suite that made a hundred thousand files stalled the
     coordinator's event loop for five)."""
-    path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=prefix))
+    path = await asyncio.to_thread(_make, prefix)
     try:
         yield path
     finally:
         await asyncio.shield(asyncio.to_thread(remove_tree, path))
+
+
+def remove_abandoned(prefix: str) -> int:
+    """Remove the scratch directories named with `prefix` that processes no longer running left
+    in the temporary directory; how many. Those of running processes, other users' and links
+    are left alone."""
+    removed = 0
+    with os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            pid, sep, _ = entry.name.removeprefix(prefix).partition("-")
+            ours = entry.name.startswith(prefix) and sep and pid.isascii() and pid.isdigit()
+            if not ours:
+                continue  # (or another prefix that starts with this one: `codeyard-suite-`)
+            with contextlib.suppress(OSError):
+                if (
+                    entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+                    and not _running(int(pid))
+                ):
+                    remove_tree(Path(entry.path))
+                    removed += 1
+    return removed
+
+
+async def sweep_abandoned(prefix: str) -> None:
+    """`remove_abandoned` in a thread (trees may take seconds to remove), saying what it did."""
+    if removed := await asyncio.to_thread(remove_abandoned, prefix):
+        log.info("removed %d scratch directories %s* of processes gone", removed, prefix)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
 
 
 def remove_tree(path: Path) -> None:

@@ -29,6 +29,8 @@ from codeyard.workspace.git import checkout
 
 log = logging.getLogger(__name__)
 
+SUITE_SCRATCH = "codeyard-suite-"  # the prefix of the suite's scratch directories
+
 
 class RegressionSuite(Protocol):
     async def failures(
@@ -48,7 +50,7 @@ class SandboxedSuite:
     async def failures(
         self, repo: Path, run_id: str, task_id: str, attempt: int, test_command: str = ""
     ) -> str | None:
-        async with scratch_directory_async("codeyard-suite-") as scratch:  # the suite runs in it
+        async with scratch_directory_async(SUITE_SCRATCH) as scratch:  # the suite runs in it
             copy = await asyncio.to_thread(checkout, repo, scratch / "head")
             command = test_command or await asyncio.to_thread(detect_test_command, copy)
             if not command:

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from codeyard.sandbox.protocol import SANDBOX_UID
-from codeyard.sandbox.scratch import remove_tree, scratch_directory, scratch_directory_async, walk
+from codeyard.sandbox.scratch import (
+    remove_abandoned,
+    remove_tree,
+    scratch_directory,
+    scratch_directory_async,
+    walk,
+)
 from codeyard.sandbox.workdir_loan import WorkdirLoan
 from tests.loop_turns import counting_turns
 
@@ -178,3 +184,37 @@ async def test_an_async_scratch_directory_is_removed_with_the_event_loop_running
 
     assert not scratch.exists()
     assert during_removal > 0  # the loop turned while the tree was removed
+
+
+def test_a_service_starting_removes_what_killed_processes_left(tmp_path: Path) -> None:
+    """A worker killed in the middle of a task (scaled down, say) left its copy of the
+    repository in the temporary directory, each time: nothing ever removed it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = Path(tempfile.gettempdir())
+    prefix = f"codeyard-test-{os.getpid()}-"
+    abandoned = root / f"{prefix}{dead.pid}-abc"
+    (abandoned / "locked").mkdir(parents=True)
+    (abandoned / "locked" / "file").write_text("x")
+    (abandoned / "locked").chmod(0o500)
+    linked = root / f"{prefix}{dead.pid}-link"
+    linked.symlink_to(tmp_path)
+    kept = [
+        root / f"{prefix}{os.getpid()}-mine",  # a running process's
+        root / f"{prefix}suite-{dead.pid}-x",  # another prefix's
+        root / f"{prefix}{dead.pid}",  # not one of these names
+    ]
+    for path in kept:
+        path.mkdir()
+    try:
+        with scratch_directory(prefix) as scratch:
+            assert scratch.name.startswith(f"{prefix}{os.getpid()}-")
+            assert remove_abandoned(prefix) == 1
+            assert scratch.exists()
+        assert not abandoned.exists()
+        assert linked.is_symlink()  # a link is not followed, nor taken for a directory
+        assert all(path.exists() for path in kept)
+    finally:
+        linked.unlink()
+        for path in kept:
+            path.rmdir()
