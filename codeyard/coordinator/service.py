@@ -1320,7 +1320,7 @@ class Coordinator:
             raise
         except Exception as exc:
             log.exception("control request %s failed", type(request).__name__)
-            return ControlError(error=clip(f"{type(exc).__name__}: {exc}"))
+            return _failed_reply(exc)
         return ControlError(error=f"unsupported request {type(request).__name__}")
 
     async def _submit(
@@ -1910,7 +1910,12 @@ async def _read_if_after_step(reply: Envelope | ReadAfterStep) -> Envelope:
         return await reply.read()
     except Exception as exc:
         log.exception("reading the reply to a control request failed")
-        return ControlError(error=clip(f"{type(exc).__name__}: {exc}"))
+        return _failed_reply(exc)
+
+
+def _failed_reply(exc: Exception) -> ControlError:
+    """The reply to a request whose handling failed (logged where it failed)."""
+    return ControlError(error=clip(f"{type(exc).__name__}: {exc}"))
 
 
 def _answered_as(approval: PendingApproval, taken: GivenAnswer) -> PendingApproval:
