@@ -9,7 +9,6 @@ the Go client nothing), and republishing the metadata keeps it.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from datetime import datetime
@@ -19,20 +18,16 @@ from nats.js.api import ObjectInfo
 from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from codeyard.bus.object_reader import meta_subject, stream_name
 from codeyard.schemas.messages import StoredArtifact
 
 log = logging.getLogger(__name__)
 
 
-def _meta_subject(bucket: str, name: str) -> str:
-    # the object store's own naming of an object's metadata subject
-    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
-
-
 async def modified_at(js: JetStreamContext, bucket: str, name: str) -> datetime | None:
     """When object `name` was last published or reused; None when it is not there."""
     try:
-        msg = await js.get_last_msg(f"OBJ_{bucket}", _meta_subject(bucket, name))
+        msg = await js.get_last_msg(stream_name(bucket), meta_subject(bucket, name))
     except NotFoundError:
         return None
     if msg.time is None or not msg.data:
