@@ -29,6 +29,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from codeyard.bus import subjects
+from codeyard.bus.object_reader import stream_name
 from codeyard.schemas.codec import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -178,15 +179,21 @@ async def ensure_topology(
             # approval timeout, which may change); the lease's is set once (see README).
             update_ttl=bucket == subjects.APPROVALS_BUCKET,
         )
-    try:
-        await js.object_store(subjects.ARTIFACTS_BUCKET)
-    except NotFoundError:
-        await js.create_object_store(
-            subjects.ARTIFACTS_BUCKET,
-            config=ObjectStoreConfig(
-                bucket=subjects.ARTIFACTS_BUCKET,
-                storage=StorageType.FILE,
-                replicas=topology.replicas,
-            ),
-        )
+    await _ensure_object_store(js, subjects.ARTIFACTS_BUCKET, topology)
     log.debug("JetStream topology ensured")
+
+
+async def _ensure_object_store(js: JetStreamContext, bucket: str, topology: Topology) -> None:
+    """Create the bucket, and let it answer direct gets if it does not (made by another client,
+    or a nats-py that did not set it): objects are read by direct gets only (`object_reader`)."""
+    try:
+        stream = (await js.stream_info(stream_name(bucket))).config
+    except NotFoundError:
+        config = ObjectStoreConfig(
+            bucket=bucket, storage=StorageType.FILE, replicas=topology.replicas
+        )
+        await js.create_object_store(bucket, config=config)
+        stream = (await js.stream_info(stream_name(bucket))).config
+    if not stream.allow_direct:
+        log.info("bucket %s: allowing direct gets", bucket)
+        await js.update_stream(replace(stream, allow_direct=True))

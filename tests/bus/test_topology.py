@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import nats.errors
+import pytest
+
 from codeyard.bus import Bus, Topology, ensure_topology
+from codeyard.bus.object_reader import ObjectReader
 from codeyard.bus.subjects import (
     APPROVALS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -13,6 +19,7 @@ from codeyard.bus.subjects import (
     WORK_STREAM,
 )
 from codeyard.bus.topology import APPROVAL_TTL_MARGIN, DAY
+from codeyard.workspace.snapshots import artifact_store
 
 
 async def test_setup_is_idempotent_and_creates_everything(bus: Bus) -> None:
@@ -52,3 +59,23 @@ async def test_approvals_outlive_their_timeout_however_short_the_event_retention
     assert (await approvals.status()).ttl == 60 * DAY
     await approvals.put("still-there", b"{}")  # the bucket still works as one
     assert (await approvals.get("still-there")).value == b"{}"
+
+
+async def test_the_artifacts_bucket_answers_direct_gets_even_when_made_without(bus: Bus) -> None:
+    # objects are read by direct gets only (object_reader): a bucket made before, or by another
+    # client, without them is given them
+    stream = f"OBJ_{ARTIFACTS_BUCKET}"
+    made = (await bus.js.stream_info(stream)).config
+    assert made.allow_direct
+    await (await artifact_store(bus.js)).put("kept", b"stored before the update")
+    await bus.js.update_stream(replace(made, allow_direct=False))
+    reader = ObjectReader(bus.js, ARTIFACTS_BUCKET)
+    with pytest.raises(nats.errors.NoRespondersError):
+        await reader.read("kept")
+
+    await ensure_topology(bus.js, bus.topology)
+    updated = (await bus.js.stream_info(stream)).config
+    assert updated.allow_direct
+    assert await reader.read("kept") == b"stored before the update"
+    await ensure_topology(bus.js, bus.topology)
+    assert (await bus.js.stream_info(stream)).config == updated  # nothing more to change
