@@ -13,6 +13,7 @@ import hashlib
 from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from codeyard.bus.object_reader import ObjectReader, UnreadableObject
 from codeyard.schemas.model import Patch
 from codeyard.workspace.artifact_ages import refresh
 
@@ -50,10 +51,11 @@ async def inline(store: ObjectStore | None, patch: Patch) -> Patch:
     if store is None:
         raise PatchMissing(f"patch {patch.object_name} is in the object store, which is not open")
     try:
-        stored = await store.get(patch.object_name)
+        data = await ObjectReader.of(store).read(patch.object_name)
     except ObjectNotFoundError:
         raise PatchMissing(f"patch {patch.object_name} is not in the object store") from None
-    data = stored.data or b""
+    except UnreadableObject as exc:  # damaged stays damaged: no retry brings it back
+        raise PatchMissing(f"patch {patch.object_name} cannot be read: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != patch.sha256:
         raise PatchMissing(f"patch {patch.object_name} does not match its sha256")
     return Patch(text=data.decode(), object_name=patch.object_name, sha256=patch.sha256)

@@ -28,9 +28,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import nats.errors
 from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from codeyard.bus.object_reader import ObjectReader, UnreadableObject
 from codeyard.schemas.model import SnapshotBundle, SnapshotRef
 from codeyard.workspace.file_lock import FileLock
 from codeyard.workspace.git import fetch_if_missing, git
@@ -161,22 +163,32 @@ class SnapshotCache:
     async def _receive(
         self, bundle: SnapshotBundle, file: io.BufferedIOBase, partial: Path
     ) -> None:
-        """`ObjectStore.get` writing into `file` chunk by chunk, watched for progress."""
-        receiving = asyncio.ensure_future(self.store.get(bundle.name, writeinto=file))
+        """The bundle written into `file` chunk by chunk, watched for progress."""
+        reading = ObjectReader.of(self.store).read_into(bundle.name, file)
+        receiving = asyncio.ensure_future(reading)
         try:
             received = 0
             while not (await asyncio.wait({receiving}, timeout=self.stall_timeout))[0]:
                 size = (await asyncio.to_thread(partial.stat)).st_size
                 if size == received:
-                    raise DownloadStalled(
-                        f"download of {bundle.name} stalled at {size} of {bundle.size} bytes"
-                    )
+                    raise await self._stalled(bundle, partial)
                 received = size
             receiving.result()
         except ObjectNotFoundError:
             raise SnapshotMissing(bundle.name) from None
+        except UnreadableObject as exc:
+            raise SnapshotCorrupt(f"bundle {bundle.name}: {exc}") from exc
+        except nats.errors.TimeoutError:  # a chunk asked for and not answered
+            raise await self._stalled(bundle, partial) from None
         finally:
             receiving.cancel()  # no-op once done; otherwise it must stop writing into `file`
+
+    @staticmethod
+    async def _stalled(bundle: SnapshotBundle, partial: Path) -> DownloadStalled:
+        size = (await asyncio.to_thread(partial.stat)).st_size
+        return DownloadStalled(
+            f"download of {bundle.name} stalled at {size} of {bundle.size} bytes"
+        )
 
 
 def _imported_heads(repository: Path) -> set[str]:

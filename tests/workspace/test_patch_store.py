@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from codeyard.bus import Bus
+from codeyard.bus.object_reader import ObjectReader, chunk_subject
 from codeyard.bus.worker import RetryLater
 from codeyard.coordinator.events import Merged
 from codeyard.schemas import (
@@ -70,6 +71,12 @@ async def test_a_patch_that_is_missing_or_altered_is_refused(bus: Bus) -> None:
         await inline(store, Patch(object_name="patch/sha256-nothing", sha256="0" * 64))
     with pytest.raises(PatchMissing, match="not open"):
         await inline(None, stored)
+    # its info still there, its chunks gone: the same to the reader as no patch
+    reader = ObjectReader.of(store)
+    nuid = (await reader.info(stored.object_name)).nuid
+    await bus.js.purge_stream(reader.stream, subject=chunk_subject(reader.bucket, nuid))
+    with pytest.raises(PatchMissing, match=r"cannot be read: .* chunk 1 of \d+ is missing"):
+        await inline(store, stored)
 
 
 async def test_a_worker_sends_large_patches_by_reference_and_reads_them_whole(

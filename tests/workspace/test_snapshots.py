@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -16,9 +17,10 @@ from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from codeyard.bus import Bus
+from codeyard.bus.object_reader import ObjectReader, chunk_subject
 from codeyard.schemas.model import SnapshotBundle, SnapshotRef
 from codeyard.workspace.git import git
-from codeyard.workspace.snapshot_cache import DownloadStalled, SnapshotCache
+from codeyard.workspace.snapshot_cache import DownloadStalled, SnapshotCache, SnapshotCorrupt
 from codeyard.workspace.snapshots import (
     SnapshotMissing,
     artifact_store,
@@ -202,16 +204,31 @@ async def test_a_missing_bundle_is_a_clear_error(store: ObjectStore, tmp_path: P
     assert not os.listdir(tmp_path / "cache" / "bundles")
 
 
+async def test_a_bundle_whose_chunks_are_gone_is_a_damaged_download(
+    bus: Bus, store: ObjectStore, repo: Path, tmp_path: Path
+) -> None:
+    # not a missing snapshot (which no retry brings back) but a download to try again
+    ref = await publish_snapshot(store, repo, "HEAD")
+    reader = ObjectReader.of(store)
+    nuid = (await reader.info(ref.newest.name)).nuid
+    await bus.js.purge_stream(reader.stream, subject=chunk_subject(reader.bucket, nuid))
+    cache = SnapshotCache(store, tmp_path / "cache")
+    missing = rf"{re.escape(ref.newest.name)}: .* chunk 1 of \d+ is missing"
+    with pytest.raises(SnapshotCorrupt, match=missing):
+        await cache.checkout(ref, tmp_path / "work")
+    assert not os.listdir(tmp_path / "cache" / "bundles")
+
+
 async def test_a_download_that_stops_arriving_is_abandoned(
     store: ObjectStore, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ref = await publish_snapshot(store, repo, "HEAD")
 
-    async def silent(name: str, writeinto: object = None) -> ObjectInfo:
+    async def silent(self: ObjectReader, name: str, file: object) -> ObjectInfo:
         await asyncio.sleep(60)
         raise AssertionError("not abandoned")
 
-    monkeypatch.setattr(store, "get", silent)
+    monkeypatch.setattr(ObjectReader, "read_into", silent)
     cache = SnapshotCache(store, tmp_path / "cache", stall_timeout=0.2)
     with pytest.raises(DownloadStalled, match="stalled at 0 of"):
         await cache.checkout(ref, tmp_path / "work")
