@@ -139,13 +139,26 @@ def deploy_nats_config(
     store_dir: Annotated[
         str, typer.Option(metavar="<dir>", help="JetStream store, as the server sees it")
     ] = "/data/jetstream",
+    accounts: Annotated[
+        bool | None,
+        typer.Option(
+            "--accounts/--single-account",
+            help="each worker in a NATS account of its own (the default for a new OUT), or "
+            "every user in one account, as configurations written before accounts (kept for "
+            "an OUT written so)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write a nats-server config with one user per role and an env file per role.
 
     OUT/nats-server.conf enables JetStream and holds every principal's user with only the
-    subjects it needs (a coder cannot approve); OUT/credentials/ROLE.env holds
-    CODEYARD_NATS_USER and CODEYARD_NATS_PASSWORD for that role's processes. Existing passwords
-    in OUT are kept. Files are 0600; no secret is printed.
+    subjects it needs (a coder cannot approve), each worker in an account of its own;
+    OUT/credentials/ROLE.env holds CODEYARD_NATS_USER and CODEYARD_NATS_PASSWORD for that
+    role's processes. Existing passwords in OUT are kept. Files are 0600; no secret is printed.
+
+    A server's streams are stored per account: switching an OUT written with one account to
+    --accounts needs its store moved (deploy/README.md, "Upgrading").
 
     Example: [bold]codeyard deploy nats-config --out ./nats --reviewer security[/bold]
     """
@@ -166,7 +179,9 @@ def deploy_nats_config(
     directory = Path(out)
     options = ServerOptions(host=host, port=port, store_dir=Path(store_dir))
     try:
-        deployment = write_deployment(directory, reviewers=tuple(reviewer or ()), options=options)
+        deployment = write_deployment(
+            directory, reviewers=tuple(reviewer or ()), options=options, accounts=accounts
+        )
     except (UnknownRole, UnknownPrincipal) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
@@ -175,6 +190,13 @@ def deploy_nats_config(
     console.print(f"wrote {deployment.config_file}", markup=False)
     for principal in deployment.principals:
         console.print(f"wrote {deployment.credentials_file(principal)}", markup=False)
+    if not deployment.accounts:
+        err.print(
+            "warning: every user shares one NATS account, as this configuration had: a "
+            "compromised worker can have the server rewrite runs. Move the store and rerun "
+            'with --accounts (deploy/README.md, "Upgrading").',
+            markup=False,
+        )
 
 
 @app.command()

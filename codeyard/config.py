@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         description="coordinators and the safety gate: the key of work items' proofs and of "
         "sealed answers to approvals; empty: the one in the process's env file, if any",
     )
+    nats_js_api: str = Field(
+        default="",
+        description="a worker in a NATS account of its own: the subject prefix its account "
+        "imports JetStream's API under (`deploy nats-config` writes it); empty: `$JS.API`",
+    )
     nats_credentials_dir: Path | None = Field(
         default=None,
         description="per-principal env files from `codeyard deploy nats-config`; `up` hands "
@@ -264,6 +269,7 @@ class Settings(BaseSettings):
                 self.nats_user,
                 self.nats_password.get_secret_value(),
                 self.service_key.get_secret_value(),
+                self.nats_js_api,
             )
         directory = self.credentials_dir()
         if directory is None:

@@ -32,13 +32,25 @@ from codeyard.bus.credentials import (
     shown_url,
 )
 from codeyard.bus.embedded import EmbeddedServerError, free_port
-from codeyard.bus.permissions import COORDINATOR, CTL, GATE, principal_of_role, principals
+from codeyard.bus.permissions import (
+    COORDINATOR,
+    CTL,
+    GATE,
+    SERVICE_ACCOUNT,
+    principal_of_role,
+    principals,
+)
 from codeyard.bus.service_key import ServiceKey
 from codeyard.bus.topology import Topology
 from codeyard.cancellation import stop_tasks, wait_event
 from codeyard.config import Settings
 from codeyard.dashboard.auth import new_token
-from codeyard.deploy.nats_config import Deployment, ServerOptions, write_deployment
+from codeyard.deploy.nats_config import (
+    Deployment,
+    ServerOptions,
+    adopt_global_store,
+    write_deployment,
+)
 from codeyard.llm.local import MAX_TOKENS, local_server_command, smollm2_model
 from codeyard.observability.ports import metrics_port_of, with_metrics_ports
 from codeyard.observability.startup import start_observability
@@ -139,7 +151,10 @@ def embedded_deployment(settings: Settings, port: int, reviewers: Sequence[str] 
     directory = settings.embedded_dir()
     store = directory / "jetstream"
     options = ServerOptions(port=port, store_dir=store, server_name=f"codeyard-{port}")
-    return write_deployment(directory, reviewers=reviewers, options=options)
+    # (the server is not running: an `up` of before accounts left its streams in `$G`)
+    if adopt_global_store(store):
+        log.info("moved the embedded server's streams to account %s", SERVICE_ACCOUNT)
+    return write_deployment(directory, reviewers=reviewers, options=options, accounts=True)
 
 
 def principal_credentials(directory: Path, reviewers: Sequence[str] = ()) -> dict[str, Credentials]:

@@ -70,12 +70,20 @@ class Bus:
 
     `grants` are the permissions of the user it connected as, when that user is one of
     codeyard's principals (`codeyard.bus.permissions`); None means unknown or no authentication,
-    and then everything is tried.
+    and then everything is tried. Subjects of JetStream's API are named under `js_api`, as the
+    user's account has it (`through`).
     """
 
-    def __init__(self, nc: Client, topology: Topology, grants: permissions.Grants | None = None):
+    def __init__(
+        self,
+        nc: Client,
+        topology: Topology,
+        grants: permissions.Grants | None = None,
+        js_api: str = permissions.JS_API,
+    ):
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream()
+        self.js_api = js_api  # where JetStream's API is (see `permissions.WORKER_JS_API`)
+        self.js: JetStreamContext = nc.jetstream(prefix=js_api)
         self.topology = topology
         self.grants = grants
         self.publisher = DirectPublisher(nc)  # also acks JetStream messages (`ack`)
@@ -162,10 +170,13 @@ class Bus:
             raise
         nc.options["max_reconnect_attempts"] = -1  # nats-py has no separate setting for this
         grants = None
+        js_api = (credentials.js_api if credentials else "") or permissions.JS_API
         if credentials is not None:
             with contextlib.suppress(permissions.UnknownPrincipal):
-                grants = permissions.grants_for(credentials.user)
-        bus = cls(nc, topology or Topology(), grants)
+                grants = permissions.grants_through(
+                    permissions.grants_for(credentials.user), js_api
+                )
+        bus = cls(nc, topology or Topology(), grants, js_api)
         buses.append(bus)
         return bus
 

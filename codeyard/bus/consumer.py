@@ -49,6 +49,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from codeyard.bus.permissions import JS_API
+
 log = logging.getLogger(__name__)
 
 # Every status on a request's reply subject ends that request, but the idle heartbeat (100).
@@ -87,9 +89,10 @@ class PullConsumer:
         deliver: Callable[[Msg], None],
         *,
         expires: float = 10.0,
+        js_api: str = JS_API,
     ) -> None:
         self._nc = nc
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._next_subject = f"{js_api}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._deliver = deliver
         self._expires = expires
         self._inbox = ""

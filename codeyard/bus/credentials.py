@@ -19,6 +19,9 @@ USER_VARIABLE = "CODEYARD_NATS_USER"
 PASSWORD_VARIABLE = "CODEYARD_NATS_PASSWORD"
 # The coordinators' and the safety gate's alone: see `codeyard.bus.service_key`
 SERVICE_KEY_VARIABLE = "CODEYARD_SERVICE_KEY"
+# A worker in an account of its own reaches JetStream's API under another name (see
+# `codeyard.bus.permissions`): `deploy nats-config` writes it in the workers' env files.
+JS_API_VARIABLE = "CODEYARD_NATS_JS_API"
 CREDENTIALS_DIR = "credentials"  # beside a generated server configuration
 
 
@@ -27,6 +30,7 @@ class Credentials:
     user: str
     password: str = field(repr=False)
     service_key: str = field(default="", repr=False)  # the coordinator's and gate's, if any
+    js_api: str = ""  # where its JetStream API is, when not at `$JS.API`
 
     @classmethod
     def generate(cls, user: str) -> Credentials:
@@ -35,7 +39,11 @@ class Credentials:
 
     def as_env(self) -> dict[str, str]:
         env = {USER_VARIABLE: self.user, PASSWORD_VARIABLE: self.password}
-        return env | ({SERVICE_KEY_VARIABLE: self.service_key} if self.service_key else {})
+        if self.service_key:
+            env[SERVICE_KEY_VARIABLE] = self.service_key
+        if self.js_api:
+            env[JS_API_VARIABLE] = self.js_api
+        return env
 
 
 def credentials_file(directory: Path, principal: str) -> Path:
@@ -83,7 +91,9 @@ def read_credentials(path: Path) -> Credentials | None:
     user, password = values.get(USER_VARIABLE), values.get(PASSWORD_VARIABLE)
     if not user or not password:
         return None
-    return Credentials(user, password, values.get(SERVICE_KEY_VARIABLE, ""))
+    return Credentials(
+        user, password, values.get(SERVICE_KEY_VARIABLE, ""), values.get(JS_API_VARIABLE, "")
+    )
 
 
 # What a NATS URL carries before its host: `user:password@` or a token alone (`token@`).

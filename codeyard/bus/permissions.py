@@ -15,9 +15,8 @@ Principals and their NATS user names:
   (a run's header says whether the run ended), but not list, watch or write it.
 - `review-<name>`: a plugin reviewer `review.<name>` is its own principal, generated on demand
   (`codeyard deploy nats-config --reviewer NAME`), so one plugin cannot answer another's
-  reviews. Unlike builtin roles it creates its own durable consumer (the coordinator does not
-  know the plugins), through the create subject that names the filter, which the server checks
-  against the request: a plugin can only ever consume `cy.work.review.<name>`.
+  reviews. As for builtin roles, the coordinator creates its durable consumer (when a run names
+  it): a worker allowed to create consumers could make one that pushes work onto any subject.
 - `ctl`: the CLI and the people behind it. The only principal that may publish `cy.ctl.*`,
   hence the only one that approves or denies. It listens to `cy.presence.>` (`codeyard workers`).
 
@@ -30,6 +29,15 @@ Replies: each user gets its own inbox prefix `_INBOX.<user>` (`inbox_prefix`) an
 only there, so no principal can read another's replies: pulled work items and publish acks
 arrive on inboxes too. Services answer requests through `allow_responses` (a one-off publish
 permission on the reply subject of a request they received), not a grant on `_INBOX.>`.
+
+Accounts: permissions alone cannot stop a worker from having JetStream publish stored bytes
+onto a subject of its choice. A pull, a direct get or a consumer's delivery is answered on the
+reply subject the client names, whatever that client may publish itself; replayed onto
+`$KV.cy_runs.<run>` it would rewrite a run. So each worker has an account of its own
+(`account_of`), without JetStream, and reaches the services' account (`SERVICE_ACCOUNT`, which
+holds every stream) only through imports of exactly the subjects it is granted (`crossings`).
+What the server publishes for it then goes back into the worker's own account, where nothing
+listens but the worker itself.
 """
 
 from __future__ import annotations
@@ -44,8 +52,12 @@ COORDINATOR = "coordinator"
 GATE = "gate"
 CTL = "ctl"
 SERVICES = (COORDINATOR, GATE, CTL)
+SERVICE_ACCOUNT = "CODEYARD"  # the services' account, which holds every stream
 INBOX_ROOT = "_INBOX"
 JS_API = "$JS.API"
+# Where a worker's account imports JetStream's API: under its own name the account would also
+# hear the server's "JetStream not enabled for account", which answers first.
+WORKER_JS_API = f"JS.{SERVICE_ACCOUNT}.API"
 
 # Every stream codeyard has, KV buckets and the object store included (their stream names).
 STREAMS = (
@@ -177,27 +189,29 @@ def _journal() -> tuple[str, ...]:
     )
 
 
-def _objects(bucket: str, *, write: bool = False, purge: bool = False) -> tuple[str, ...]:
-    """Read (info, get through an ordered consumer) one object store; with `write`, put new
-    objects (chunks and metadata) too; with `purge`, also replace and delete them (which purges
-    chunks). Snapshots and large patches travel this way (`codeyard.workspace`)."""
+def _objects(bucket: str, *, write: bool = False) -> tuple[str, ...]:
+    """Read objects of one object store by direct gets (`codeyard.bus.object_reader`), which
+    answer on the reader's own inbox; with `write`, also all nats-py's object store does to
+    put, list, replace and delete objects (purging chunks). Snapshots and large patches travel
+    this way (`codeyard.workspace`)."""
     stream = f"OBJ_{bucket}"
     grants: tuple[str, ...] = (
-        f"{JS_API}.STREAM.NAMES",
         f"{JS_API}.STREAM.INFO.{stream}",
         f"{JS_API}.DIRECT.GET.{stream}",
         f"{JS_API}.DIRECT.GET.{stream}.>",
-        f"{JS_API}.STREAM.MSG.GET.{stream}",
-        f"{JS_API}.CONSUMER.CREATE.{stream}",
-        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
-        f"{JS_API}.CONSUMER.INFO.{stream}.*",
-        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
-        f"$JS.FC.{stream}.>",
     )
     if write:
-        grants += (f"$O.{bucket}.>",)
-    if purge:
-        grants += (f"{JS_API}.STREAM.PURGE.{stream}",)
+        grants += (
+            f"{JS_API}.STREAM.NAMES",
+            f"{JS_API}.STREAM.MSG.GET.{stream}",
+            f"{JS_API}.STREAM.PURGE.{stream}",
+            f"{JS_API}.CONSUMER.CREATE.{stream}",
+            f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+            f"{JS_API}.CONSUMER.INFO.{stream}.*",
+            f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+            f"$JS.FC.{stream}.>",
+            f"$O.{bucket}.>",
+        )
     return grants
 
 
@@ -230,7 +244,7 @@ def _coordinator() -> Grants:
             *_journal(),
             *_kv(subjects.APPROVALS_BUCKET, scan=True),
             *_kv(subjects.LEADER_BUCKET),
-            *_objects(subjects.ARTIFACTS_BUCKET, write=True, purge=True),
+            *_objects(subjects.ARTIFACTS_BUCKET, write=True),
             "cy.work.>",
             "cy.events.>",
             "cy.cancel.>",
@@ -282,15 +296,60 @@ def _worker(role: str) -> Grants:
         # whether a work item's run has ended, from its header (`codeyard.bus.run_ends`): a
         # message get on the runs' bucket only, no listing, watching nor writing
         f"{JS_API}.STREAM.MSG.GET.KV_{subjects.RUNS_BUCKET}",
-        # the run's code; a coder also stores its patches over 64 KiB there (content-addressed
-        # and checked against their sha256 when read, so it cannot pass off other bytes)
-        *_objects(subjects.ARTIFACTS_BUCKET, write=role == "coder"),
+        # the run's code, and patches over 64 KiB (which the coordinator stores)
+        *_objects(subjects.ARTIFACTS_BUCKET),
     ]
-    if role not in subjects.BUILTIN_ROLES:  # a plugin reviewer: see the module's docstring
-        publish.append(consumer_create_subject(work, user, subjects.work_subject(role)))
     if role in ASKS_THE_GATE:
         publish.append(subjects.GATE_CHECK)
     return Grants(publish=tuple(publish), subscribe=("cy.cancel.*", *_replies(user)))
+
+
+class Crossings(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worker's account imports from the services' account: a service per subject it
+    may publish (a request answered, a pull answered by messages until it expires, a result
+    published with its publish ack, an ack), a stream per subject it may subscribe to outside
+    its own inbox (the cancellations)."""
+
+    services: tuple[str, ...]
+    streams: tuple[str, ...]
+
+
+def account_of(principal: str) -> str:
+    """The NATS account of `principal`: the services share the one that holds the streams;
+    each worker has its own."""
+    return SERVICE_ACCOUNT if principal in SERVICES else f"{SERVICE_ACCOUNT}-{principal}"
+
+
+def crossings(user: str, grants: Grants) -> Crossings:
+    """What the account of worker `user` imports, so that its `grants` reach the services'
+    account and nothing else does (a service's principals share that account: none)."""
+    if user in SERVICES:
+        return Crossings(services=(), streams=())
+    inbox = _replies(user)
+    return Crossings(
+        services=grants.publish,
+        streams=tuple(subject for subject in grants.subscribe if subject not in inbox),
+    )
+
+
+def through(subject: str, js_api: str) -> str:
+    """`subject` as named by a client whose JetStream API is at `js_api`."""
+    if js_api != JS_API and subject.startswith(f"{JS_API}."):
+        return js_api + subject[len(JS_API) :]
+    return subject
+
+
+def grants_through(grants: Grants, js_api: str) -> Grants:
+    """`grants` as named by a client whose JetStream API is at `js_api`."""
+    return msgspec.structs.replace(
+        grants, publish=tuple(through(subject, js_api) for subject in grants.publish)
+    )
+
+
+def answers_stream(subject: str) -> bool:
+    """Whether a request on `subject` is answered by many messages (a pull: each delivered
+    work item is an answer) rather than one."""
+    return subject.startswith(f"{JS_API}.CONSUMER.MSG.NEXT.")
 
 
 def grants_for(principal: str) -> Grants:

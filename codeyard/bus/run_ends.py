@@ -22,6 +22,7 @@ import msgspec
 
 from codeyard.bus import subjects
 from codeyard.bus.connection import Bus
+from codeyard.bus.permissions import through
 from codeyard.bus.pipeline import ApiError
 from codeyard.schemas.model import TERMINAL_RUN_STATES
 
@@ -87,13 +88,14 @@ class EndedRuns:
         self.reads = 0  # headers read (a run asked about again counts again)
         self._ended: OrderedDict[tuple[str, str], None] = OrderedDict()  # (run, trace)
         self._paused_until = 0.0
+        self._header_get = through(HEADER_GET, bus.js_api)
         # A user known not to be granted the read never asks (an unknown one does: no auth)
-        self.readable = bus.may_publish(HEADER_GET)
+        self.readable = bus.may_publish(self._header_get)
         if not self.readable:
             log.warning(
                 "this NATS user may not read run headers (%s): work of ended runs is dropped "
                 "only when its withdrawal is heard",
-                HEADER_GET,
+                self._header_get,
             )
 
     def __len__(self) -> int:
@@ -142,7 +144,7 @@ class EndedRuns:
         request = msgspec.json.encode({"last_by_subj": f"$KV.{subjects.RUNS_BUCKET}.{run_id}"})
         self.reads += 1
         try:
-            reply = await self.bus.nc.request(HEADER_GET, request, timeout=timeout)
+            reply = await self.bus.nc.request(self._header_get, request, timeout=timeout)
             answer = _reply_decoder.decode(reply.data)
         except Exception as exc:  # timed out, refused, no responders, disconnected, garbled
             raise ReadFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc

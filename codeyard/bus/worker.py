@@ -398,7 +398,12 @@ class PullWorker:
             task.add_done_callback(finished)
 
         consumer = PullConsumer(
-            self.bus.nc, subjects.WORK_STREAM, self._consumer, deliver, expires=self.fetch_timeout
+            self.bus.nc,
+            subjects.WORK_STREAM,
+            self._consumer,
+            deliver,
+            expires=self.fetch_timeout,
+            js_api=self.bus.js_api,
         )
         consumer.on_ask_again = wake.set
         await consumer.start()

@@ -20,19 +20,21 @@ from codeyard.agents.safety_gate import SafetyGate
 from codeyard.bus import Bus, EmbeddedNats, PullWorker
 from codeyard.bus.connection import LoginRefused
 from codeyard.bus.embedded import find_nats_server, free_port
-from codeyard.bus.permissions import grants_for
+from codeyard.bus.permissions import consumer_create_subject, grants_for, through
 from codeyard.bus.pipeline import PublishError
 from codeyard.bus.run_ends import HEADER_GET, EndedRuns
 from codeyard.bus.subjects import (
     APPROVALS_BUCKET,
     ARTIFACTS_BUCKET,
     GATE_CHECK,
+    RESULT_STREAM,
     RUNS_BUCKET,
     WORK_STREAM,
     ctl_subject,
     result_subject,
     work_subject,
 )
+from codeyard.bus.topology import ensure_role_consumer
 from codeyard.coordinator.service import Coordinator
 from codeyard.deploy.nats_config import (
     Deployment,
@@ -54,6 +56,8 @@ from codeyard.schemas import (
     Patch,
     PendingApproval,
     Result,
+    ReviewRequest,
+    ReviewResult,
     RunState,
     SubmitRun,
     TaskSpec,
@@ -312,34 +316,87 @@ async def test_the_gate_serves_checks_and_records_approvals(
     await approvals.delete(decision.approval_id)
 
 
-async def test_a_plugin_reviewer_creates_and_serves_only_its_own_consumer(
+async def test_a_plugin_reviewer_serves_the_consumer_made_for_it_but_makes_none(
     connect: Callable[[str], Awaitable[Bus]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Creating a consumer would let it choose where the server pushes work: a plugin is
+    given none to create, the coordinator makes its consumer."""
     caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
-    security = await connect("review-security")
+    coordinator, security = await connect("coordinator"), await connect("review-security")
+    create = consumer_create_subject(
+        WORK_STREAM, "review-security", work_subject("review.security")
+    )
+    assert not security.may_publish(through(create, security.js_api))
+    await ensure_role_consumer(coordinator.js, "review.security", TEST_TOPOLOGY)
+    item = ReviewRequest(
+        run_id="perm-plugin",
+        task_id="a",
+        task=TaskSpec(id="a", title="a"),
+        patch=Patch(text=""),
+        reviewer="review.security",
+    )
+    await coordinator.publish(work_subject("review.security"), item)
+    given: list[WorkItem] = []
 
     async def answer(item: WorkItem) -> Result:
-        return CodeResult(patch=Patch(text=""))
+        given.append(item)
+        return ReviewResult(approved=True)
 
-    stop = asyncio.Event()
-    running = asyncio.create_task(PullWorker(security, "review.security", answer).run(stop))
-    try:
-        coordinator = await connect("coordinator")
-        for _ in range(50):  # the worker creates its consumer on start
-            try:
-                info = await coordinator.js.consumer_info(WORK_STREAM, "review-security")
-                break
-            except nats.js.errors.NotFoundError:
-                await asyncio.sleep(0.1)
-        assert info.config.filter_subject == work_subject("review.security")
-        # ...but not the builtin reviewer's
-        assert not security.may_publish(
-            f"$JS.API.CONSUMER.CREATE.{WORK_STREAM}.review.cy.work.review"
-        )
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
+    async with serving(PullWorker(security, "review.security", answer)):
+        await until(lambda: bool(given))
+    assert [(i.run_id, i.task_id) for i in given] == [("perm-plugin", "a")]
+    forged = through(
+        consumer_create_subject(WORK_STREAM, "rogue", work_subject("review.security")),
+        security.js_api,
+    )
+    with pytest.raises(nats.errors.TimeoutError):
+        await security.nc.request(forged, b"{}", timeout=1)
+    await refusal(caplog, forged)
+
+
+async def test_what_jetstream_answers_a_worker_stays_in_the_worker_s_account(
+    connect: Callable[[str], Awaitable[Bus]], coordinator: Coordinator
+) -> None:
+    """A pull or a direct get is answered on the reply subject its sender names. Named
+    `$KV.cy_runs.<run>`, `cy.ctl.approve`, ... it would have the server publish stored bytes
+    (work items, objects) there, which no permission forbids: in the worker's own account,
+    the answer reaches no service."""
+    ctl, coder = await connect("ctl"), await connect("coder")
+    await ask(
+        ctl, "submit", SubmitRun(run_id="perm-replay", goal="g", plan=[TaskSpec(id="a", title="a")])
+    )
+    await wait_for_task(ctl, "perm-replay", "a", TaskState.CODING)  # its work item is queued
+    services = await connect("coordinator")
+    store = await artifact_store(services.js)
+    planted = await store.put("perm-replay-bytes", b'{"type": "Approve", "approval_id": "x"}')
+    runs = await services.js.key_value(RUNS_BUCKET)
+    before = (await runs.get("perm-replay")).revision
+    results = (await services.js.stream_info(RESULT_STREAM)).state.last_seq
+    heard: list[Msg] = []
+
+    async def spy(msg: Msg) -> None:
+        heard.append(msg)
+
+    targets = (f"$KV.{RUNS_BUCKET}.perm-replay", ctl_subject("approve"), result_subject("tester"))
+    for target in targets:
+        await services.nc.subscribe(target, cb=spy)
+    await services.sync()
+    pull = through(f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.coder", coder.js_api)
+    chunk = f"$O.{ARTIFACTS_BUCKET}.C.{planted.nuid}"
+    get = through(f"$JS.API.DIRECT.GET.OBJ_{ARTIFACTS_BUCKET}.{chunk}", coder.js_api)
+    for target in targets:
+        await coder.nc.publish(pull, b'{"batch": 1, "expires": 500000000}', reply=target)
+        await coder.nc.publish(get, b"", reply=target)
+    await coder.sync()
+    # the coder's own direct get is answered, so the ones above were served too
+    answer = await coder.nc.request(get, b"", timeout=5)
+    assert answer.data == b'{"type": "Approve", "approval_id": "x"}'
+    await asyncio.sleep(1)
+    assert heard == []
+    assert (await runs.get("perm-replay")).revision == before
+    assert (await services.js.stream_info(RESULT_STREAM)).state.last_seq == results
+    await store.delete("perm-replay-bytes")
 
 
 def test_the_generated_configuration_passes_the_servers_check(
@@ -467,6 +524,6 @@ async def test_a_coder_refused_the_read_still_runs_its_work(
     async with serving(PullWorker(coder, "coder", answer, skip_ended_runs=True)) as worker:
         await until(lambda: len(given) == 2)
     assert given == ["a", "b"]
-    await refusal(caplog, HEADER_GET)
+    await refusal(caplog, through(HEADER_GET, coder.js_api))
     assert worker.ended_runs is not None
     assert worker.ended_runs.reads == 1

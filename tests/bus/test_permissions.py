@@ -8,14 +8,23 @@ import pytest
 
 from codeyard.bus.permissions import (
     CTL,
+    SERVICE_ACCOUNT,
+    SERVICES,
+    WORKER_JS_API,
+    Crossings,
     UnknownPrincipal,
+    account_of,
+    answers_stream,
     consumer_create_subject,
+    crossings,
     grants_for,
+    grants_through,
     inbox_prefix,
     principal_of_role,
     principals,
     role_of_principal,
     subject_matches,
+    through,
 )
 from codeyard.bus.run_ends import HEADER_GET
 from codeyard.bus.subjects import (
@@ -108,14 +117,48 @@ def test_only_the_coordinator_creates_topology() -> None:
         assert not grants_for(principal).may_publish("$JS.API.STREAM.PURGE.CY_WORK")
 
 
-def test_builtin_consumers_are_the_coordinators_plugins_create_only_their_own() -> None:
+def test_only_the_coordinator_creates_consumers_of_work_plugins_included() -> None:
+    """A consumer's creator chooses where a push consumer sends its messages."""
     for role in WORKER_ROLES:
         own = consumer_create_subject(WORK_STREAM, consumer_name(role), work_subject(role))
-        creators = [p for p in ALL if grants_for(p).may_publish(own)]
-        if role in BUILTIN_ROLES:
-            assert creators == ["coordinator"]
-        else:
-            assert creators == ["coordinator", principal_of_role(role)]
+        assert [p for p in ALL if grants_for(p).may_publish(own)] == ["coordinator"]
+
+
+def test_workers_have_accounts_of_their_own_and_services_share_one() -> None:
+    assert {account_of(p) for p in SERVICES} == {SERVICE_ACCOUNT}
+    workers = [p for p in ALL if p not in SERVICES]
+    assert len({account_of(p) for p in workers}) == len(workers)
+    assert SERVICE_ACCOUNT not in {account_of(p) for p in workers}
+
+
+def test_a_worker_imports_what_it_is_granted_and_nothing_more() -> None:
+    for role in WORKER_ROLES:
+        user = principal_of_role(role)
+        grants = grants_for(user)
+        crossing = crossings(user, grants)
+        assert crossing.services == grants.publish
+        # its inbox is its own account's: answers come back to it without an import
+        assert crossing.streams == ("cy.cancel.*",)
+    for service in SERVICES:
+        assert crossings(service, grants_for(service)) == Crossings(services=(), streams=())
+
+
+def test_a_pull_is_answered_by_a_stream_of_messages_other_requests_by_one() -> None:
+    assert answers_stream(f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.coder")
+    assert not answers_stream(f"$JS.API.CONSUMER.INFO.{WORK_STREAM}.coder")
+    assert not answers_stream(result_subject("coder"))
+
+
+def test_a_worker_names_jetstream_s_api_under_its_import() -> None:
+    coder = grants_for("coder")
+    moved = grants_through(coder, WORKER_JS_API)
+    pull = f"CONSUMER.MSG.NEXT.{WORK_STREAM}.coder"
+    assert moved.may_publish(f"{WORKER_JS_API}.{pull}")
+    assert not moved.may_publish(f"$JS.API.{pull}")
+    assert moved.may_publish(result_subject("coder"))  # other subjects keep their names
+    assert f"$JS.ACK.{WORK_STREAM}.coder.>" in moved.publish
+    assert through(f"$JS.API.{pull}", "$JS.API") == f"$JS.API.{pull}"
+    assert grants_through(coder, "$JS.API") == coder
 
 
 def test_the_gate_is_asked_by_the_coordinator_and_the_tester_and_answers() -> None:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from codeyard.bus import subjects
+from codeyard.bus.permissions import SERVICE_ACCOUNT
 from codeyard.llm import LLMSettings
 from tests.deploy.deployment_files import (
     K8S,
@@ -194,7 +195,7 @@ def test_keda_scales_the_coders_on_their_consumer() -> None:
     metadata = trigger["metadata"]
     assert metadata["stream"] == subjects.WORK_STREAM
     assert metadata["consumer"] == subjects.consumer_name("coder")
-    assert metadata["account"] == "$G"
+    assert metadata["account"] == SERVICE_ACCOUNT
     host, port = metadata["natsServerMonitoringEndpoint"].split(":")
     (nats,) = [s for s in of_kind("Service") if s["metadata"]["name"] == host.split(".")[0]]
     assert int(port) in {p["port"] for p in nats["spec"]["ports"]}

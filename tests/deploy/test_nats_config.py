@@ -10,11 +10,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from codeyard.bus.credentials import read_credentials
-from codeyard.bus.embedded import find_nats_server
-from codeyard.bus.permissions import principals
+from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.credentials import JS_API_VARIABLE, read_credentials
+from codeyard.bus.embedded import find_nats_server, free_port
+from codeyard.bus.permissions import (
+    SERVICE_ACCOUNT,
+    SERVICES,
+    WORKER_JS_API,
+    account_of,
+    principals,
+)
+from codeyard.bus.subjects import RUNS_BUCKET
 from codeyard.cli import app
-from codeyard.deploy.nats_config import ServerOptions, write_deployment
+from codeyard.deploy.nats_config import ServerOptions, adopt_global_store, write_deployment
 
 
 def mode(path: Path) -> int:
@@ -75,9 +83,12 @@ def test_the_coordinator_and_the_gate_alone_share_a_service_key_which_is_kept(
     assert second.credentials("gate").service_key == new_key
 
 
-def test_the_server_accepts_the_configuration(tmp_path: Path) -> None:
+@pytest.mark.parametrize("accounts", [True, False])
+def test_the_server_accepts_the_configuration(tmp_path: Path, accounts: bool) -> None:
     options = ServerOptions(host="127.0.0.1", port=4333, store_dir=tmp_path / "store")
-    deployment = write_deployment(tmp_path, reviewers=("security",), options=options)
+    deployment = write_deployment(
+        tmp_path, reviewers=("security",), options=options, accounts=accounts
+    )
     checked = subprocess.run(
         [str(find_nats_server()), "-c", str(deployment.config_file), "-t"],
         capture_output=True,
@@ -141,3 +152,78 @@ def test_python_m_codeyard_deploy_is_the_same_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "nats-server.conf").exists()
+
+
+def test_each_worker_has_an_account_and_its_env_file_names_its_jetstream_api(
+    tmp_path: Path,
+) -> None:
+    deployment = write_deployment(tmp_path, reviewers=("security",))
+    config = deployment.config_file.read_text()
+    assert deployment.accounts
+    assert "authorization {" not in config
+    for principal in deployment.principals:
+        assert f'"{account_of(principal)}": {{' in config
+        expected = "" if principal in SERVICES else WORKER_JS_API
+        assert deployment.credentials(principal).js_api == expected, principal
+    assert f"{JS_API_VARIABLE}={WORKER_JS_API}" in deployment.credentials_file("coder").read_text()
+
+
+def test_a_directory_written_with_one_account_keeps_it_until_told(tmp_path: Path) -> None:
+    """Its server's streams are stored under that account: a new layout would hide them."""
+    old = write_deployment(tmp_path, accounts=False)
+    passwords = {p: old.credentials(p).password for p in old.principals}
+    assert "authorization {" in old.config_file.read_text()
+    again = write_deployment(tmp_path, reviewers=("style",))
+    assert not again.accounts
+    assert "\naccounts {" not in again.config_file.read_text()
+    assert all(not again.credentials(p).js_api for p in again.principals)
+
+    switched = write_deployment(tmp_path, accounts=True)
+    assert switched.accounts
+    assert switched.credentials("coder").js_api == WORKER_JS_API
+    assert {p: switched.credentials(p).password for p in old.principals} == passwords
+    assert write_deployment(tmp_path).accounts  # and kept so
+
+
+def test_the_command_warns_of_one_account_and_switches_when_told(tmp_path: Path) -> None:
+    out = tmp_path / "nats"
+    write_deployment(out, accounts=False)
+    kept = CliRunner().invoke(app, ["deploy", "nats-config", "--out", str(out)])
+    assert kept.exit_code == 0, kept.output
+    assert "warning: every user shares one NATS account" in kept.output
+    assert "--accounts" in kept.output
+    switched = CliRunner().invoke(app, ["deploy", "nats-config", "--out", str(out), "--accounts"])
+    assert switched.exit_code == 0, switched.output
+    assert "warning" not in switched.output
+    assert "\naccounts {" in (out / "nats-server.conf").read_text()
+
+
+async def test_streams_stored_with_one_account_are_kept_when_handed_to_the_services(
+    tmp_path: Path,
+) -> None:
+    """What `codeyard up` does with the store of an embedded server from before accounts."""
+    options = ServerOptions(port=free_port(), store_dir=tmp_path / "store")
+    old = write_deployment(tmp_path, options=options, accounts=False)
+    with EmbeddedNats(tmp_path, port=options.port, config_file=old.config_file) as server:
+        bus = await Bus.connect(server.url, credentials=old.credentials("coordinator"))
+        runs = await bus.js.create_key_value(bucket=RUNS_BUCKET)
+        await runs.put("run-1", b"kept")
+        await bus.close()
+    assert adopt_global_store(options.store_dir)
+    assert not adopt_global_store(options.store_dir)  # nothing left to hand over
+    new = write_deployment(tmp_path, options=options, accounts=True)
+    with EmbeddedNats(tmp_path, port=options.port, config_file=new.config_file) as server:
+        bus = await Bus.connect(server.url, credentials=new.credentials("coordinator"))
+        try:
+            runs = await bus.js.key_value(RUNS_BUCKET)
+            assert (await runs.get("run-1")).value == b"kept"
+        finally:
+            await bus.close()
+
+
+def test_a_store_already_in_the_services_account_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "jetstream" / "$G").mkdir(parents=True)
+    (tmp_path / "jetstream" / SERVICE_ACCOUNT / "streams").mkdir(parents=True)
+    assert not adopt_global_store(tmp_path)
+    assert (tmp_path / "jetstream" / "$G").is_dir()
+    assert not adopt_global_store(tmp_path / "missing")
