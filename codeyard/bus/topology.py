@@ -1,9 +1,10 @@
 """JetStream streams, consumers, KV buckets and the object store of ARCHITECTURE.md.
 
 `ensure_topology` is idempotent: the coordinator (and `codeyard up`) runs it at start, and a
-changed setting (say a longer ack_wait) updates what exists instead of failing. Workers only
-ensure their own consumer, and with authentication only plugin reviewers may do even that
-(`codeyard.bus.permissions`).
+changed setting (say a longer ack_wait) updates what exists instead of failing. The coordinator
+creates plugin reviewers' consumers as runs need them (`codeyard.coordinator.reviewer_consumers`).
+Workers only ever ensure their own consumer, and only when their grants allow it (with no
+authentication, say: `codeyard.bus.permissions`).
 """
 
 from __future__ import annotations

@@ -370,9 +370,11 @@ class PullWorker:
         create = permissions.consumer_create_subject(
             subjects.WORK_STREAM, self._consumer, subjects.work_subject(self.role)
         )
-        if self.bus.may_publish(create):
+        if self.bus.may_publish(create):  # no authentication, or a user allowed to
             await ensure_role_consumer(self.js, self.role, self.bus.topology)
-        # else the coordinator creates it (builtin roles): pulls wait until it exists
+        # else the coordinator creates it: for a builtin role at its start, for a plugin
+        # reviewer once a run needs it. Until then each pull is refused at once, quietly, and
+        # asked again a second later (`REFUSED_PAUSE`): the worker serves about that soon after.
         inflight: set[asyncio.Task[None]] = set()
         wake = asyncio.Event()
 

@@ -89,6 +89,7 @@ from codeyard.coordinator.result_events import (
     role_of,
     unapplied_spend,
 )
+from codeyard.coordinator.reviewer_consumers import ReviewerConsumers, reviewers_named
 from codeyard.coordinator.run_store import CheckpointPolicy, RunStore, StepWrite, StoredRun
 from codeyard.coordinator.work_items import (
     CHANGES_BYTES,
@@ -373,6 +374,8 @@ class Coordinator:
         )
         self.collect_every = collect_every
         self.first_collection_after = first_collection_after
+        # The plugin reviewers' consumers, which their workers may not create (see the module)
+        self.reviewer_consumers = ReviewerConsumers(bus.js, bus.topology)
 
     # --- leadership ---------------------------------------------------------------------------
 
@@ -393,6 +396,7 @@ class Coordinator:
                 else:
                     await wait_event(stop, lease.renew_interval)
         finally:
+            await self.reviewer_consumers.close()
             # Not even trying while NATS is known to be away: nothing would answer.
             await lease.release(RELEASE_PATIENCE if self.bus.connected else 0.0)
 
@@ -514,6 +518,7 @@ class Coordinator:
     async def _load_runs(self) -> None:
         assert self._store is not None
         commit = Commit()
+        reviewers: set[str] = set()
         for header in await self._store.headers():
             if header.state in TERMINAL_RUN_STATES:
                 continue
@@ -535,8 +540,13 @@ class Coordinator:
                 commit.dirty.setdefault(stored.run.run_id, set())
                 commit.finished.add(stored.run.run_id)
                 continue
+            specs = (task.spec for task in stored.run.tasks.values())
+            reviewers |= reviewers_named(stored.run.reviewers, specs)
             # The previous leader may or may not have sent these; ids make re-sends harmless.
             self._execute(open_run, engine.outstanding_work(), commit, resend=True)
+        # Not waited for: the lease is not renewed until the runs are loaded. The work sent
+        # again waits in the stream until its consumer exists, a round trip from now.
+        self.reviewer_consumers.want(reviewers)
         await self._flush(commit)
         log.info("%s resumed %d open runs", self.name, len(self._open))
 
@@ -1011,6 +1021,8 @@ class Coordinator:
                     elif not resend:
                         run.planning_dispatched_by = open_run.epoch
                     item = work_item(run, effect, self.service_key)
+                    if effect.role not in subjects.BUILTIN_ROLES:  # one a planner's plan named
+                        self.reviewer_consumers.want((effect.role,))
                     commit.work.append((subjects.work_subject(effect.role), item))
                     self.stats.dispatched += 1
                     _dispatches(effect.role).inc()
@@ -1385,10 +1397,14 @@ class Coordinator:
         )
         first: Event = PlanProposed(tuple(request.plan)) if request.plan else StartPlanning()
         self._preparing[run_id] = Preparation(run, first, [call])
-        in_background(self._merging, self._prepare(run))
+        reviewers = reviewers_named(run.reviewers, request.plan or ())
+        in_background(self._merging, self._prepare(run, reviewers))
         return None
 
-    async def _prepare(self, run: Run) -> None:
+    async def _prepare(self, run: Run, reviewers: Iterable[str]) -> None:
+        # Before the run exists, hence before any of its work is sent; a consumer not created
+        # in time is still being tried, and the run goes on (its work waits in the stream).
+        await self.reviewer_consumers.ensure(reviewers)
         try:
             repo = await self.integrator.prepare(run)
         except Exception as exc:

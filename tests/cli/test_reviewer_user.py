@@ -28,21 +28,12 @@ async def review_once(url: str, credentials_file: Path, approved: bool) -> dict[
     )
     try:
         js = nc.jetstream()
-        # the JetStream API request the nats CLI's `consumer add` sends (the user may send it)
-        config = {
-            "durable_name": "review-lint",
-            "filter_subject": "cy.work.review.lint",
-            "ack_policy": "explicit",
-            "deliver_policy": "all",
-            "ack_wait": 30_000_000_000,
-            "max_deliver": -1,
-            "max_ack_pending": 10000,
-            "replay_policy": "instant",
-        }
-        create = "$JS.API.CONSUMER.CREATE.CY_WORK.review-lint.cy.work.review.lint"
-        body = json.dumps({"stream_name": "CY_WORK", "config": config}).encode()
-        created = json.loads((await nc.request(create, body, timeout=10)).data)
-        assert "error" not in created, created
+        # The coordinator creates the consumer once a run needs review.lint: wait for it.
+        info = "$JS.API.CONSUMER.INFO.CY_WORK.review-lint"
+        async with asyncio.timeout(60):
+            # (the server signals nothing: ask until it answers with the consumer)
+            while "error" in json.loads((await nc.request(info, b"", timeout=10)).data):  # noqa: ASYNC110
+                await asyncio.sleep(1)
         requests = await js.pull_subscribe_bind("review-lint", stream="CY_WORK")
         [message] = await requests.fetch(1, timeout=60)
         request = json.loads(message.data)
