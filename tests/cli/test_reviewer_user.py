@@ -27,9 +27,11 @@ async def review_once(url: str, credentials_file: Path, approved: bool) -> dict[
         url, user=login.user, password=login.password, inbox_prefix=f"_INBOX.{login.user}"
     )
     try:
-        js = nc.jetstream()
+        # its account imports JetStream's API under the name its env file gives
+        api = login.js_api or "$JS.API"
+        js = nc.jetstream(prefix=api)
         # The coordinator creates the consumer once a run needs review.lint: wait for it.
-        info = "$JS.API.CONSUMER.INFO.CY_WORK.review-lint"
+        info = f"{api}.CONSUMER.INFO.CY_WORK.review-lint"
         async with asyncio.timeout(60):
             # (the server signals nothing: ask until it answers with the consumer)
             while "error" in json.loads((await nc.request(info, b"", timeout=10)).data):  # noqa: ASYNC110
