@@ -27,7 +27,7 @@ import msgspec
 from codeyard.bus.connection import MSG_ID_HEADER
 from codeyard.bus.pipeline import Pending, PublishPipeline
 from codeyard.cancellation import in_background
-from codeyard.schemas.codec import MessageError, decode, encode
+from codeyard.schemas.codec import MAX_MESSAGE_BYTES, MessageError, decode, encode
 from codeyard.schemas.messages import Result, ResultBatch
 
 # Well under NATS' 1 MiB payload limit: a batch is one delivery and one decode, and a smaller
@@ -49,12 +49,28 @@ class ResultTooLarge(ValueError):
     """A result bigger than one NATS message may be: sent again it would be just as big."""
 
     def __init__(self, size: int, limit: int, max_payload: int) -> None:
+        bound = (
+            f"the server's max_payload of {max_payload} bytes"
+            if max_payload <= MAX_MESSAGE_BYTES
+            else f"the {MAX_MESSAGE_BYTES} bytes a codeyard message may be"
+        )
         super().__init__(
             f"the result is {size} bytes encoded, over the {limit} bytes a result may be "
-            f"(the server's max_payload of {max_payload} bytes less {ENVELOPE_ROOM} for headers)"
+            f"({bound} less {ENVELOPE_ROOM} for headers)"
         )
         self.size = size
         self.limit = limit
+        self.max_payload = max_payload
+
+    def remedy(self, smaller: str) -> str:
+        """What a person can do about it: `smaller` (how to make the result smaller), or raise
+        the server's max_payload when that, not codeyard's own limit, is what the result met."""
+        if self.max_payload < MAX_MESSAGE_BYTES:
+            return (
+                f"raise the NATS server's max_payload (up to {MAX_MESSAGE_BYTES} bytes, the most "
+                f"a codeyard message may be), or {smaller}"
+            )
+        return f"{smaller} ({MAX_MESSAGE_BYTES} bytes is the most a codeyard message may be)"
 
 
 @dataclass(frozen=True)
@@ -116,8 +132,9 @@ class ResultSender:
 
     def _limit(self) -> int:
         """The most bytes a result, or a batch's results, may take (read each time: the server
-        a reconnect lands on may allow a different max_payload)."""
-        return self._pipeline.max_payload - ENVELOPE_ROOM
+        a reconnect lands on may allow a different max_payload). Never over what the streams
+        store and the coordinator decodes, whatever the server allows."""
+        return min(self._pipeline.max_payload, MAX_MESSAGE_BYTES) - ENVELOPE_ROOM
 
     async def _flush(self) -> None:
         queued, self._queued = self._queued, []

@@ -45,6 +45,7 @@ from codeyard.schemas.codec import MessageError, decode
 from codeyard.schemas.envelope import ID_PATTERN
 from codeyard.schemas.messages import (
     ApprovalNeeded,
+    CodeResult,
     DeadLetter,
     Result,
     WorkCancelled,
@@ -743,10 +744,19 @@ class PullWorker:
     def _unsendable(self, msg: Msg, result: Result, error: ValueError) -> WorkFailed:
         kind = type(result).__name__
         what = "too big to send" if isinstance(error, ResultTooLarge) else "not valid"
-        log.warning("%s: %s %s: %s", self.role, kind, what, error)
+        reason = f"{kind} {what}: {error}"
+        if isinstance(error, ResultTooLarge) and isinstance(result, CodeResult):
+            # A coder sends its patch whole in its result, however large (it cannot write the
+            # object store): the patch is what a person must know is too large.
+            reason = (
+                f"{kind} too big to send: its patch of {len(result.patch.text)} characters is too "
+                f"large for one message: {error}; "
+                + error.remedy("split the task into smaller ones")
+            )
+        log.warning("%s: %s", self.role, reason)
         return WorkFailed(
             role=self.role,
-            reason=clip(f"{kind} {what}: {error}"),
+            reason=clip(reason),
             deliveries=msg.metadata.num_delivered,
             # what the work spent still counts, and on which model (both bounded: either may be
             # what made the result invalid)

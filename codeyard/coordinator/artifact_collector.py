@@ -73,6 +73,11 @@ class ArtifactCollector:
         self.clones = clones
         self.recorded_runs = recorded_runs
         self._one_at_a_time = asyncio.Lock()
+        # Held by each deletion from its last look at the object's age to the delete, and by
+        # whoever reuses an object of the store while recording a reference to it (the leading
+        # coordinator storing a coder's patch): the object is either deleted first (and stored
+        # again) or seen refreshed (and kept).
+        self.deleting = asyncio.Lock()
 
     async def collect(self, dry_run: bool = False) -> ArtifactsCollected:
         """Delete (with `dry_run`: only name) what no open run uses and the retention let go."""
@@ -116,14 +121,15 @@ class ArtifactCollector:
     async def _delete(self, found: StoredArtifact) -> bool:
         if not self.leading():
             return False
-        # Reused since the listing (a publisher found it and refreshed it): it stays.
-        current = await modified_at(self.js, self.bucket, found.name)
-        if current is None or not is_expired(current, datetime.now(UTC), self.retention):
-            return False
-        try:
-            await self.store.delete(found.name)
-        except NotFoundError:  # deleted meanwhile, by another collection
-            return False
+        async with self.deleting:
+            # Reused since the listing (a publisher found it and refreshed it): it stays.
+            current = await modified_at(self.js, self.bucket, found.name)
+            if current is None or not is_expired(current, datetime.now(UTC), self.retention):
+                return False
+            try:
+                await self.store.delete(found.name)
+            except NotFoundError:  # deleted meanwhile, by another collection
+                return False
         metrics.ARTIFACTS_DELETED.labels(kind_of(found.name)).inc()
         metrics.ARTIFACT_BYTES_DELETED.inc(found.size)
         log.info(

@@ -7,7 +7,8 @@ then makes the outcome durable in one pipelined commit — each changed run's jo
 checkpoint (revision-checked; `run_store`), work items to `cy.work.*`, events to `cy.events.*`
 — and only then acks the results and answers the requests of that batch. A crash at any
 point leaves either the inputs unacked (they come back) or the commit durable (a replayed input
-is then `Ignored`).
+is then `Ignored`). A coder's large patch is stored in `cy_artifacts` before its result is
+applied, so that the records and work items carry only its name (`_patch_stored`).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ from codeyard.schemas.model import (
 )
 from codeyard.workspace.git import GitError
 from codeyard.workspace.integration import RepositoryNotWritable, RunIdTaken
-from codeyard.workspace.patch_store import inline
+from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, inline, offload
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,9 @@ class Commit:
     finished: set[str] = field(default_factory=set)
     cancellations: list[WorkCancelled] = field(default_factory=list)
     acks: list[Msg] = field(default_factory=list)
-    early: list[Msg] = field(default_factory=list)  # handed back, to come again: see `_flush`
+    # Handed back, to come again in a moment (see `_flush`): results early for their run, and
+    # results whose large patch could not be stored yet.
+    again: list[Msg] = field(default_factory=list)
     replies: list[tuple[ControlCall, Envelope | ReadAfterStep]] = field(default_factory=list)
 
 
@@ -326,7 +329,9 @@ class Coordinator:
         self.service_key = service_key
         self.bus = bus
         self.gate = gate or BusGateClient(bus)
-        self.artifacts = artifacts  # where large patches are, for the gate to see them whole
+        # Where this coordinator stores the coders' large patches, and reads them back for the
+        # gate to see them whole.
+        self.artifacts = artifacts
         self.approval_timeout = approval_timeout
         self.name = name or f"coordinator-{new_id()[:8]}"
         self.capacity = capacity
@@ -716,7 +721,7 @@ class Coordinator:
         now = datetime.now(UTC)
         for item in batch:
             if isinstance(item, Msg):
-                self._on_result_message_guarded(item, commit, now)
+                await self._on_result_message_guarded(item, commit, now)
             elif isinstance(item, FollowUp):
                 if open_run := self._open.get(item.run_id):
                     self._on_own_event(open_run, item.event, commit, now)
@@ -772,14 +777,14 @@ class Coordinator:
         except Exception as exc:
             raise PoisonedStep(key, what, exc) from exc
 
-    def _on_result_message_guarded(self, msg: Msg, commit: Commit, now: datetime) -> None:
+    async def _on_result_message_guarded(self, msg: Msg, commit: Commit, now: datetime) -> None:
         key: PoisonKey = ("result", msg.metadata.sequence.stream)
         if error := self._poisoned(key):
             self._dead_letter(msg, error, commit)
             _RESULTS["poison"].inc()
             return
         with self._guarded(key, f"a result on {msg.subject}"):
-            self._on_result_message(msg, commit, now)
+            await self._on_result_message(msg, commit, now)
 
     def _on_own_event(self, open_run: OpenRun, event: Event, commit: Commit, now: datetime) -> None:
         """Apply an event of the coordinator's own (a merge's outcome): set aside as a dead
@@ -826,7 +831,7 @@ class Coordinator:
         )
         commit.events.append(letter)
 
-    def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
+    async def _on_result_message(self, msg: Msg, commit: Commit, now: datetime) -> None:
         role = subjects.role_of_result_subject(msg.subject)
         results: Sequence[Result | _Unreadable]
         try:
@@ -857,6 +862,22 @@ class Coordinator:
                 refused = refused_answer(result, role, f"its answer was refused: {wrong}")
                 self._on_result(refused, commit, now, counted=False)
                 continue
+            try:
+                result = await self._patch_stored(result)
+            except (nats.errors.Error, OSError) as exc:
+                # The store is away, not the result at fault: the message comes again (what of
+                # it was applied now is then a duplicate), and the other runs go on meanwhile.
+                log.warning(
+                    "run %s task %s: cannot store its patch in the artifacts store, the result "
+                    "comes again: %s: %s",
+                    result.run_id,
+                    result.task_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                commit.acks.remove(msg)
+                commit.again.append(msg)
+                return
             if self._on_result(result, commit, now):
                 early.append(result)
         if not early:
@@ -864,7 +885,7 @@ class Coordinator:
         if msg.metadata.num_delivered < self.early_deliveries:
             # The whole message comes again; what of it was applied now is then a duplicate.
             commit.acks.remove(msg)
-            commit.early.append(msg)
+            commit.again.append(msg)
             return
         for result in early:
             log.error(
@@ -878,6 +899,25 @@ class Coordinator:
             )
             if result.usage.calls and (open_run := self._open.get(result.run_id)):
                 self._apply(open_run, unapplied_spend(result), commit, now, result)
+
+    async def _patch_stored(self, result: Result) -> Result:
+        """`result` as its run keeps it: a coder's patch over `INLINE_PATCH_CHARS` stored in
+        the artifacts store (coders cannot write there) and named by reference. One named so
+        already (an older coder's) stays as it is, and so does any patch when this coordinator
+        has no store (`_too_big_to_keep` then judges it)."""
+        if (
+            not isinstance(result, CodeResult)
+            or len(result.patch.text) <= INLINE_PATCH_CHARS
+            or self.artifacts is None
+            or result.run_id not in self._open  # ignored anyway: nothing to store for
+        ):
+            return result
+        assert self.collector is not None  # (made with the store)
+        # No deletion between the collector's last look at its age and its delete: the same
+        # text stored long ago is reused here, and its reference recorded in this step.
+        async with self.collector.deleting:
+            patch = await offload(self.artifacts, result.patch)
+        return msgspec.structs.replace(result, patch=patch)
 
     def _refuse_unreadable(
         self, subject: str, payload: bytes, exc: MessageError, commit: Commit, now: datetime
@@ -950,7 +990,8 @@ class Coordinator:
         in one message, would pass the server's limit though the result and the next role's
         work item each fit (the record holds the spec, feedback and outputs together). Stored
         anyway, the step would fail at every replay of the result. Only a result with a large
-        output is measured: a smaller one cannot fill a record."""
+        output is measured: a smaller one cannot fill a record. A large patch stored by
+        `_patch_stored` is measured as the reference the record keeps."""
         task = run.tasks.get(result.task_id)
         limit = self._pipeline.max_payload
         # (on a server taking small messages, a task's spec alone may nearly fill one)
@@ -963,11 +1004,14 @@ class Coordinator:
         size = len(encode(kept)) + len(encode(header)) + RECORD_ROOM
         if size <= limit:
             return ""
-        return (
+        why = (
             f"its {type(result).__name__} would make the task's record about {size} bytes, over "
-            f"the server's {limit}-byte message limit (a patch this large must be sent through "
-            "the object store)"
+            f"the server's {limit}-byte message limit"
         )
+        if isinstance(result, CodeResult) and len(result.patch.text) > INLINE_PATCH_CHARS:
+            # (with a store it would be a reference by now: see `_patch_stored`)
+            why += " (a patch this large is kept in the object store, which this coordinator lacks)"
+        return why
 
     # --- applying -----------------------------------------------------------------------------
 
@@ -1136,9 +1180,9 @@ class Coordinator:
         await pipeline.all_stored(published, 10)
         for msg in commit.acks:
             await self.bus.publisher.ack(msg)
-        for msg in commit.early:
+        for msg in commit.again:
             await msg.nak(delay=_early_delay(msg.metadata.num_delivered))
-        self._unacked -= len(commit.acks) + len(commit.early)
+        self._unacked -= len(commit.acks) + len(commit.again)
         self._acked.set()
         for call, reply in commit.replies:
             if not call.reply.done():

@@ -216,7 +216,9 @@ class Feedback(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Patch(msgspec.Struct, kw_only=True, frozen=True):
-    """A unified diff: inline when small, else a reference into the `cy_artifacts` object store."""
+    """A unified diff: inline in a coder's result; in the task's record and the work items made
+    from it, a reference into the `cy_artifacts` object store when large (the coordinator stores
+    it: `codeyard.workspace.patch_store`)."""
 
     text: str = ""
     object_name: str = ""

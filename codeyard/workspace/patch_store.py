@@ -1,9 +1,12 @@
 """Patches that travel inline when small and through the object store when large.
 
-A coder's patch rides in its result and then in the task's record and in the tester's and
-reviewers' work items; past `INLINE_PATCH_CHARS` it would bloat every one of them (and the
-`cy_runs` entries are rewritten at each transition), so it is stored once in `cy_artifacts`
-under the sha256 of its text and the messages carry only that name.
+A coder sends its patch inline in its result, whatever its size (up to what one message
+carries): coders may read `cy_artifacts` but not write it. From there the patch would ride in
+the task's record and in the tester's and reviewers' work items; past `INLINE_PATCH_CHARS` it
+would bloat every one of them (and the `cy_runs` entries are rewritten at each transition), so
+the coordinator stores it once in `cy_artifacts` under the sha256 of its text before applying
+the result, and the records and messages carry only that name. Results of coders older than
+that carry the name already, and are taken as they are.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ async def offload(store: ObjectStore, patch: Patch) -> Patch:
     data = patch.text.encode()
     digest = hashlib.sha256(data).hexdigest()
     name = f"{PATCH_PREFIX}{digest}"
-    # The same text stored before is not uploaded again, but its retention restarts: garbage
-    # collection must not take it before the coordinator records this result's reference.
+    # The same text stored before (by an earlier delivery of the same result, say) is not
+    # uploaded again, but its retention restarts: garbage collection must not take it from under
+    # the reference about to be recorded.
     if not await refresh(store, name):
         await store.put(name, data)
     return Patch(object_name=name, sha256=digest)

@@ -5,6 +5,9 @@ handler sees an item, `RepoLocalizer` makes sure the snapshot is in this worker'
 points `RepoRef.snapshot` at the cached repository, so roles only ever open local repositories
 (`codeyard.agents.working_copy`). Items without a snapshot (a dry run, or a repository on a
 shared disk) pass unchanged.
+
+Workers only read the object store: a coder's result carries its patch inline whatever its size,
+and the coordinator stores a large one (`codeyard.workspace.patch_store`).
 """
 
 from __future__ import annotations
@@ -14,16 +17,16 @@ import contextlib
 import msgspec
 
 from codeyard.bus.worker import GiveUp, Handler, RetryLater
-from codeyard.schemas import CodeResult, Result, ReviewRequest, TestRequest, WorkItem
+from codeyard.schemas import Result, ReviewRequest, TestRequest, WorkItem
 from codeyard.schemas.model import RepoRef
-from codeyard.workspace.patch_store import PatchMissing, by_reference, inline, offload
+from codeyard.workspace.patch_store import PatchMissing, by_reference, inline
 from codeyard.workspace.snapshot_cache import SnapshotCache
 from codeyard.workspace.snapshots import SnapshotError, SnapshotMissing
 
 
 class RepoLocalizer:
-    """Also moves large patches: a work item's patch stored in the object store is fetched for
-    the handler, and a result's large patch is stored there instead of travelling inline."""
+    """Also fetches a work item's patch stored in the object store, for the handler to see it
+    whole."""
 
     def __init__(self, handler: Handler, cache: SnapshotCache) -> None:
         self.handler = handler
@@ -37,19 +40,7 @@ class RepoLocalizer:
                 )
             except PatchMissing as exc:
                 raise GiveUp(str(exc)) from exc
-        result = await self._with_local_repo(item)
-        if isinstance(result, CodeResult):
-            try:
-                patch = await offload(self.cache.store, result.patch)
-            except Exception as exc:  # the store is down or slow: the model's answer is lost,
-                # but not what it cost, which only this result carries
-                raise RetryLater(
-                    f"cannot store the patch: {type(exc).__name__}: {exc}",
-                    usage=result.usage,
-                    model=result.model,
-                ) from exc
-            result = msgspec.structs.replace(result, patch=patch)
-        return result
+        return await self._with_local_repo(item)
 
     async def _with_local_repo(self, item: WorkItem) -> Result:
         repo: RepoRef = item.repo

@@ -7,9 +7,12 @@ An object goes only when both hold:
   earlier heads the run's work items carried) and every offloaded patch of its tasks. Bundles
   are content addressed, so one bundle may belong to a finished and an open run: it stays.
 - it was last published, or reused by a publisher that found it already stored, longer than the
-  retention ago. This covers what no open run names yet: a patch offloaded by a coder whose
-  result the coordinator has not applied, a bundle being published for a merge, and the
-  patches of recently finished runs, which their reports still show.
+  retention ago. This covers what no open run names yet: a coder's patch the coordinator
+  stored in a step that then failed (its result comes again, and reuses it), a bundle being
+  published for a merge, and the patches of recently finished runs, which their reports still
+  show. The coordinator records a patch's reference in the step that stores it; an old patch
+  it reuses there is either deleted before (and stored again) or kept, seen refreshed
+  (`ArtifactCollector.deleting`).
 
 Only names codeyard writes (`BUNDLE_PREFIX`, `PATCH_PREFIX`) are ever collected: anything else
 in the bucket was put there by someone else.

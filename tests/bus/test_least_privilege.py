@@ -134,23 +134,27 @@ async def refusal(caplog: pytest.LogCaptureFixture, subject: str, timeout: float
     raise AssertionError(f"no permissions violation for {subject} was reported")
 
 
-async def test_a_coder_stores_a_large_patch_but_cannot_purge_the_store(
+async def test_a_coder_cannot_write_the_artifacts_store_and_readers_get_what_is_stored(
     connect: Callable[[str], Awaitable[Bus]], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A writer of the store could wipe it with a `Nats-Rollup` header: the coordinator stores
+    large patches, the coder sends them inline."""
     caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
-    coder = await connect("coder")
-    store = await artifact_store(coder.js)
+    coordinator, coder = await connect("coordinator"), await connect("coder")
     big = Patch(text="+x\n" * (INLINE_PATCH_CHARS // 3 + 1))
-
-    stored = await offload(store, big)
-
+    stored = await offload(await artifact_store(coordinator.js), big)
     assert stored.object_name  # it went by reference
-    purge = f"$JS.API.STREAM.PURGE.OBJ_{ARTIFACTS_BUCKET}"
-    with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
-        await coder.nc.request(purge, b"{}", timeout=1)
-    await refusal(caplog, purge)
-    reviewer = await connect("review")  # the roles after the coder read it back whole
-    assert (await inline(await artifact_store(reviewer.js), stored)).text == big.text
+
+    for subject in (
+        f"$O.{ARTIFACTS_BUCKET}.M.rogue",
+        through(f"$JS.API.STREAM.PURGE.OBJ_{ARTIFACTS_BUCKET}", coder.js_api),
+    ):
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await coder.nc.request(subject, b"{}", timeout=1)
+        await refusal(caplog, subject)
+    for role in ("coder", "review"):  # the roles after the coder read it back whole
+        reader = await connect(role)
+        assert (await inline(await artifact_store(reader.js), stored)).text == big.text
 
 
 def plan_approval_run(run_id: str) -> SubmitRun:

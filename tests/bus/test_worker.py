@@ -876,8 +876,16 @@ async def test_a_result_too_big_to_send_is_answered_with_work_failed(bus: Bus) -
         info = await settled(bus, "coder")
     huge = results.pop("t-huge")
     assert isinstance(huge, WorkFailed)
-    assert huge.reason.startswith("CodeResult too big to send: the result is ")
+    # the patch is what is too large, and what to do about it (here the server's max_payload
+    # is codeyard's own limit already: raising it would not help)
+    assert huge.reason.startswith(
+        f"CodeResult too big to send: its patch of {bus.nc.max_payload} characters is too "
+        "large for one message: the result is "
+    )
     assert f"max_payload of {bus.nc.max_payload} bytes" in huge.reason
+    assert huge.reason.endswith(
+        "split the task into smaller ones (1048576 bytes is the most a codeyard message may be)"
+    )
     assert (huge.deliveries, huge.usage) == (1, Usage(calls=2))  # at once; its spend counts
     assert huge.model == "m"  # and names its model
     assert all(isinstance(result, CodeResult) for result in results.values())

@@ -20,6 +20,7 @@ from nats.js.object_store import ObjectStore
 from prometheus_client import REGISTRY
 
 from codeyard.bus import Bus
+from codeyard.bus.subjects import result_subject
 from codeyard.coordinator.artifact_collector import ArtifactCollector
 from codeyard.coordinator.events import Merged
 from codeyard.coordinator.service import Coordinator
@@ -39,14 +40,22 @@ from codeyard.schemas import (
     Task,
     TaskSpec,
     TaskState,
+    encode,
 )
 from codeyard.schemas.model import SnapshotRef
 from codeyard.workspace.git import git
 from codeyard.workspace.integration import GitIntegrator
-from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, offload
+from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, inline, offload
 from codeyard.workspace.rollback import rollback
 from codeyard.workspace.snapshots import artifact_store, publish_snapshot
-from tests.coordinator.harness import ask, running_coordinator, status
+from tests.coordinator.harness import (
+    ask,
+    patched,
+    running_coordinator,
+    status,
+    wait_for_task,
+    work_for_coders,
+)
 from tests.repositories import one_commit_repo
 
 RETENTION = 0.3  # seconds
@@ -429,6 +438,29 @@ async def test_the_leader_collects_periodically_in_the_background(
         assert chain is not None
         assert (await gc(bus)).referenced == 1  # stays: the run uses it
         assert await names(store) == {chain.root.name}
+
+
+async def test_a_patch_the_leader_stores_for_a_coder_stays_while_its_run_is_open(
+    bus: Bus, store: ObjectStore, user_repo: Path, tmp_path: Path
+) -> None:
+    """The leader stores a coder's large patch and records its reference in one step, while
+    it collects in the background: the same text stored long ago (by a run that ended) is
+    either collected first and stored again, or kept; never deleted under the reference."""
+    patch = big_patch("coded")
+    long_ago = await offload(store, patch)
+    await asyncio.sleep(PAST_RETENTION)
+    async with leading(bus, store, tmp_path / "data", first_collection_after=0.0):
+        repo, plan = RepoRef(path=str(user_repo)), [TaskSpec(id="t1", title="t")]
+        submitted = SubmitRun(run_id="coded", goal="g", repo=repo, plan=plan)
+        assert isinstance(await ask(bus, "submit", submitted), Accepted)
+        [item] = await work_for_coders(bus, 1)
+        await bus.js.publish(result_subject("coder"), encode(patched(item, patch.text)))
+        run = await wait_for_task(bus, "coded", "t1", TaskState.TESTING)
+        await asyncio.sleep(3 * PAST_RETENTION)  # collections every 0.2 s meanwhile
+
+        assert run.tasks["t1"].patch == long_ago
+        assert long_ago.object_name in await names(store)
+        assert (await inline(store, long_ago)).text == patch.text
 
 
 async def test_a_coordinator_without_an_artifacts_store_refuses_to_collect(bus: Bus) -> None:

@@ -108,6 +108,39 @@ async def test_an_output_too_big_for_its_tasks_record_fails_the_task(small_messa
     assert run.usage == SPENT
 
 
+async def test_a_patch_too_large_for_the_servers_messages_fails_its_task_saying_so(
+    small_messages: Bus,
+) -> None:
+    """A coder sends its patch inline whatever its size: one over the server's max_payload
+    cannot be sent at all. Sent again it would be as large, so the task fails at once, its
+    error saying the patch is too large and what to do, and its spend is counted."""
+    patch = "+" + "x" * 60_000 + "\n"
+
+    async def answer(item: WorkItem) -> Result:
+        assert isinstance(item, CodeRequest)  # nothing after coding
+        return CodeResult(patch=Patch(text=patch), usage=SPENT)
+
+    coordinator = Coordinator(small_messages, name="coord-small")
+    async with workers_answering(small_messages, answer), running_coordinator(coordinator):
+        plan = [TaskSpec(id="t1", title="t")]
+        await ask(small_messages, "submit", SubmitRun(run_id="r1", goal="g", plan=plan))
+        run = await wait_until(small_messages, "r1", timeout=30)
+
+    assert run.state is RunState.FAILED
+    failed = run.tasks["t1"]
+    assert (failed.state, failed.attempt, failed.patch) == (TaskState.FAILED, 1, None)
+    assert failed.error.startswith(
+        f"coder failed: CodeResult too big to send: its patch of {len(patch)} characters is "
+        "too large for one message: the result is "
+    )
+    assert f"the server's max_payload of {MAX_PAYLOAD} bytes" in failed.error
+    assert failed.error.endswith(
+        "raise the NATS server's max_payload (up to 1048576 bytes, the most a codeyard message "
+        "may be), or split the task into smaller ones"
+    )
+    assert run.usage == SPENT
+
+
 async def test_on_a_server_taking_small_messages_every_output_is_measured(
     small_messages: Bus,
 ) -> None:

@@ -589,6 +589,7 @@ async def test_a_large_patch_is_read_from_the_object_store(
     store = await artifact_store(bus.js)
 
     async def code(item: WorkItem) -> Result:
+        # stored as an older coder did (this test's coordinator has no store to do it)
         return CodeResult(patch=await offload(store, Patch(text=big)))
 
     stop = asyncio.Event()

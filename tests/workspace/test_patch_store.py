@@ -1,4 +1,5 @@
-"""Large patches travel through the object store; roles and the integrator see the text."""
+"""Large patches travel through the object store (the coordinator stores them; workers only
+read them); roles and the integrator see the text."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from nats.js.errors import NotFoundError
 
 from codeyard.bus import Bus
 from codeyard.bus.object_reader import ObjectReader, chunk_subject
-from codeyard.bus.worker import RetryLater
 from codeyard.coordinator.events import Merged
 from codeyard.schemas import (
     CodeRequest,
@@ -79,7 +80,7 @@ async def test_a_patch_that_is_missing_or_altered_is_refused(bus: Bus) -> None:
         await inline(store, stored)
 
 
-async def test_a_worker_sends_large_patches_by_reference_and_reads_them_whole(
+async def test_a_worker_sends_large_patches_inline_and_reads_stored_ones_whole(
     bus: Bus, tmp_path: Path
 ) -> None:
     store = await artifact_store(bus.js)
@@ -95,10 +96,12 @@ async def test_a_worker_sends_large_patches_by_reference_and_reads_them_whole(
     task = TaskSpec(id="t1", title="big change")
     coded = await worker(CodeRequest(run_id="r1", task_id="t1", attempt=1, goal="g", task=task))
     assert isinstance(coded, CodeResult)
-    assert coded.patch.object_name
-    assert not coded.patch.text
+    assert coded.patch == Patch(text=BIG)  # the coordinator stores it, not the coder
+    with pytest.raises(NotFoundError):  # nats-py's answer for an empty bucket: nothing stored
+        await store.list(ignore_deletes=True)
 
-    await worker(TestRequest(run_id="r1", task_id="t1", attempt=1, task=task, patch=coded.patch))
+    stored = await offload(store, coded.patch)  # as the coordinator does
+    await worker(TestRequest(run_id="r1", task_id="t1", attempt=1, task=task, patch=stored))
     assert seen == [BIG]
 
 
@@ -125,13 +128,10 @@ async def test_the_integrator_merges_a_stored_patch(bus: Bus, tmp_path: Path) ->
     assert (Path(run.repo.snapshot) / "big.txt").read_text() == lines
 
 
-async def test_a_patch_that_cannot_be_stored_is_retried_with_the_coders_spend(
-    bus: Bus, tmp_path: Path
-) -> None:
-    # The model was paid for before the store failed; the run must still count the spend, and
-    # the worker hands the item back to be tried again rather than failing it.
-    store = await bus.js.create_object_store("test-offload-gone")
-    await bus.js.delete_object_store("test-offload-gone")
+async def test_a_coders_large_patch_needs_no_store(bus: Bus, tmp_path: Path) -> None:
+    # The store away (here: gone) once cost the model's answer: the coder stored the patch.
+    store = await bus.js.create_object_store("test-store-gone")
+    await bus.js.delete_object_store("test-store-gone")
     spent = Usage(calls=1, prompt_tokens=900, completion_tokens=300, cost_usd=0.01)
 
     async def role(item: WorkItem) -> Result:
@@ -139,8 +139,7 @@ async def test_a_patch_that_cannot_be_stored_is_retried_with_the_coders_spend(
 
     worker = RepoLocalizer(role, SnapshotCache(store, tmp_path / "cache"))
     task = TaskSpec(id="t1", title="big change")
-    with pytest.raises(RetryLater, match="cannot store the patch") as handed_back:
-        await worker(CodeRequest(run_id="r1", task_id="t1", attempt=1, goal="g", task=task))
+    coded = await worker(CodeRequest(run_id="r1", task_id="t1", attempt=1, goal="g", task=task))
 
-    assert handed_back.value.usage == spent
-    assert handed_back.value.model == "coder-model"
+    assert isinstance(coded, CodeResult)
+    assert (coded.patch, coded.usage, coded.model) == (Patch(text=BIG), spent, "coder-model")
