@@ -222,9 +222,9 @@ def write_deployment(
     options = options or ServerOptions()
     names = principals(tuple(reviewers))  # (refused before anything is written)
     config = out / CONFIG_FILE
+    out.mkdir(parents=True, exist_ok=True)
     if accounts is None:
         accounts = _written_with_accounts(config) is not False
-    out.mkdir(parents=True, exist_ok=True)
     directory = out / CREDENTIALS_DIR
     directory.mkdir(mode=0o700, exist_ok=True)
     directory.chmod(0o700)
