@@ -79,3 +79,35 @@ def test_every_benchmark_documents_its_command(module: str) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert f"python -m bench.{module}" in shown.stdout
+
+
+def test_the_account_crossing_benchmark_runs_both_layouts_and_prints_their_ratio() -> None:
+    """Tiny sizes, one run: it runs to the end on servers of its own and prints a figure of
+    each layout and their ratio per row (the figures themselves are not checked)."""
+    shown = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.account_crossing"),
+            *("--items", "20", "--runs", "1", "--requests", "3", "--concurrency", "4"),
+            *("--in-flight", "8"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    header, *rows = shown.stdout.splitlines()[1:]
+    assert header.split() == ["single", "account", "accounts", "accounts/single"]
+    names = ["items/s end to end", "dispatch p50 ms", "object info", "consumer info"]
+    for name in names:
+        [row] = [row for row in rows if row.startswith(name)]
+        float(row.split()[-1])  # the ratio accounts / single account
+    assert "NATS refused" not in shown.stderr  # each principal did only what it may
+    helped = subprocess.run(
+        [sys.executable, "-m", "bench.account_crossing", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "python -m bench.account_crossing" in helped.stdout
