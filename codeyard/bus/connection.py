@@ -16,7 +16,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from codeyard.bus import permissions, subjects
-from codeyard.bus.credentials import Credentials, in_url, shown_url
+from codeyard.bus.credentials import JS_API_VARIABLE, Credentials, in_url, shown_url
 from codeyard.bus.direct_publish import DirectPublisher
 from codeyard.bus.pipeline import Pending, PubAck, PublishPipeline
 from codeyard.bus.store import VersionedStore
@@ -60,6 +60,27 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 # lead, before it reconnected (to another node of a cluster, if there is one).
 PING_INTERVAL = 10.0
 MAX_OUTSTANDING_PINGS = 3
+
+
+def js_api_hint(refusal: str, credentials: Credentials | None) -> str:
+    """What to check when a worker was refused a subject of JetStream's API: the name its
+    account gives the API (see `permissions.WORKER_JS_API`), or ""."""
+    if credentials is None or permissions.role_of_principal(credentials.user) is None:
+        return ""
+    refused = refusal.lower()
+    js_api = credentials.js_api or permissions.JS_API
+    if js_api == permissions.JS_API and f'"{permissions.JS_API.lower()}.' in refused:
+        return (
+            f" (in a deployment with an account per worker, its JetStream API is "
+            f"{permissions.WORKER_JS_API}: set {JS_API_VARIABLE}, which `codeyard deploy "
+            "nats-config` writes in the worker's env file)"
+        )
+    if js_api != permissions.JS_API and f'"{js_api.lower()}.' in refused:
+        return (
+            f" ({JS_API_VARIABLE}={js_api} is for a deployment with an account per worker; "
+            "this server's users share one: unset it)"
+        )
+    return ""
 
 
 class Bus:
@@ -122,7 +143,8 @@ class Bus:
                 refusals.append(str(exc).strip())
             if "permissions violation" in str(exc).lower():
                 # the operation waiting on it fails with a timeout; this says why
-                log.error("NATS refused %s: %s", credentials.user if credentials else "us", exc)
+                user = credentials.user if credentials else "us"
+                log.error("NATS refused %s: %s%s", user, exc, js_api_hint(str(exc), credentials))
             else:
                 log.log(other_errors, "nats error: %s", exc)
 

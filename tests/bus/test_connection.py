@@ -11,7 +11,10 @@ import pytest
 from nats.aio.msg import Msg
 
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.connection import js_api_hint
+from codeyard.bus.credentials import Credentials
 from codeyard.bus.embedded import free_port
+from codeyard.bus.permissions import WORKER_JS_API
 from tests.conftest import TEST_TOPOLOGY
 
 
@@ -118,3 +121,15 @@ async def test_a_cluster_is_named_by_its_servers_separated_by_commas(
         assert bus.nc.connected_url.port == nats_server.port
     finally:
         await bus.close()
+
+
+def test_a_worker_refused_jetstream_s_api_is_told_which_name_its_account_uses() -> None:
+    refused = 'nats: permissions violation for publish to "{}.consumer.info.cy_work.coder"'
+    plain = refused.format("$js.api")
+    moved = refused.format(WORKER_JS_API.lower())
+    assert "set CODEYARD_NATS_JS_API" in js_api_hint(plain, Credentials("coder", "pw"))
+    assert "unset it" in js_api_hint(moved, Credentials("coder", "pw", js_api=WORKER_JS_API))
+    # right as it is, or a service (whose grants name the API as it is): nothing to add
+    assert js_api_hint(moved, Credentials("coder", "pw")) == ""
+    assert js_api_hint(plain, Credentials("coordinator", "pw")) == ""
+    assert js_api_hint(plain, None) == ""

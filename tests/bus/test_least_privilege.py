@@ -4,6 +4,7 @@ principal can do its job and is refused the rest (a coder cannot approve)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -401,6 +402,24 @@ async def test_what_jetstream_answers_a_worker_stays_in_the_worker_s_account(
     assert (await runs.get("perm-replay")).revision == before
     assert (await services.js.stream_info(RESULT_STREAM)).state.last_seq == results
     await store.delete("perm-replay-bytes")
+
+
+async def test_a_worker_that_names_jetstream_s_api_wrongly_is_told_what_to_set(
+    secured: tuple[EmbeddedNats, Deployment], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its user, password and no `CODEYARD_NATS_JS_API` (set by hand from its env file)."""
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    server, deployment = secured
+    login = dataclasses.replace(deployment.credentials("coder"), js_api="")
+    coder = await Bus.connect(server.url, credentials=login, topology=TEST_TOPOLOGY)
+    try:
+        with pytest.raises(nats.errors.TimeoutError):
+            await coder.js.consumer_info(WORK_STREAM, "coder", timeout=1)
+        message = await refusal(caplog, f"$JS.API.CONSUMER.INFO.{WORK_STREAM}.coder")
+    finally:
+        await coder.close()
+    assert "set codeyard_nats_js_api" in message
+    caplog.clear()
 
 
 def test_the_generated_configuration_passes_the_servers_check(
