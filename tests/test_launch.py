@@ -10,7 +10,8 @@ import pytest
 
 from codeyard import launch
 from codeyard.bus import Bus, EmbeddedNats
-from codeyard.bus.credentials import SERVICE_KEY_VARIABLE, Credentials
+from codeyard.bus.credentials import JS_API_VARIABLE, SERVICE_KEY_VARIABLE, Credentials
+from codeyard.bus.permissions import SERVICE_ACCOUNT, WORKER_JS_API
 from codeyard.bus.topology import Topology
 from codeyard.bus.worker import Handler
 from codeyard.config import Settings
@@ -138,3 +139,41 @@ def test_a_coordinator_given_its_user_by_the_environment_has_its_key(
     monkeypatch.setenv(SERVICE_KEY_VARIABLE, "k" * 43)
     credentials = Settings(data_dir=tmp_path).credentials("coordinator")
     assert credentials == Credentials("coordinator", "pw", "k" * 43)
+
+
+def test_up_hands_each_worker_the_name_its_account_gives_jetstream_s_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = write_deployment(tmp_path)
+    children = service_children(
+        "nats://127.0.0.1:4222",
+        coders=1,
+        agents=True,
+        credentials=principal_credentials(deployment.credentials_dir),
+    )
+    apis = {child.name: (child.env or {}).get(JS_API_VARIABLE) for child in children}
+    assert apis["coordinator"] is None
+    assert apis["safety-gate"] is None
+    assert {apis[name] for name in apis if name.startswith(("coder", "tester", "planner"))} == {
+        WORKER_JS_API
+    }
+    # and a worker given its user by the environment (`env_file:`) uses it
+    monkeypatch.setenv("CODEYARD_NATS_USER", "coder")
+    monkeypatch.setenv("CODEYARD_NATS_PASSWORD", "pw")
+    monkeypatch.setenv(JS_API_VARIABLE, WORKER_JS_API)
+    assert Settings(data_dir=tmp_path).credentials("coder") == Credentials(
+        "coder", "pw", js_api=WORKER_JS_API
+    )
+
+
+def test_up_hands_the_streams_of_its_server_from_before_accounts_to_the_services(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    old = settings.embedded_dir() / "jetstream" / "jetstream" / "$G" / "streams" / "CY_WORK"
+    old.mkdir(parents=True)
+    deployment = launch.embedded_deployment(settings, 4333)
+    moved = settings.embedded_dir() / "jetstream" / "jetstream" / SERVICE_ACCOUNT / "streams"
+    assert (moved / "CY_WORK").is_dir()
+    assert not old.parent.parent.exists()
+    assert deployment.accounts
