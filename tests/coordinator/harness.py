@@ -65,12 +65,15 @@ class Processes:
         self.url = url
         self.running: list[asyncio.subprocess.Process] = []
 
-    async def start(self, *args: str, ready: bytes | None = b"READY") -> asyncio.subprocess.Process:
+    async def start(
+        self, *args: str, ready: bytes | None = b"READY", env: Mapping[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
+        """`env`: added to the child's environment (its NATS user, say)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             *args,
             cwd=ROOT,
-            env=child_env(self.url),
+            env=child_env(self.url) | dict(env or {}),
             stdout=asyncio.subprocess.PIPE,
         )
         self.running.append(process)
@@ -80,13 +83,16 @@ class Processes:
             assert line.startswith(ready), line
         return process
 
-    async def coordinator(self, name: str, capacity: int = 32) -> asyncio.subprocess.Process:
-        return await self.start(
-            "-m", "codeyard", "coordinator", "--name", name, "--capacity", str(capacity), ready=None
-        )
+    async def coordinator(
+        self, name: str, capacity: int = 32, env: Mapping[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
+        command = ("-m", "codeyard", "coordinator", "--name", name, "--capacity", str(capacity))
+        return await self.start(*command, ready=None, env=env)
 
-    async def worker(self, *options: str) -> asyncio.subprocess.Process:
-        return await self.start("-m", "codeyard.testing.scripted_worker", *options)
+    async def worker(
+        self, *options: str, env: Mapping[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
+        return await self.start("-m", "codeyard.testing.scripted_worker", *options, env=env)
 
     async def stop_all(self) -> None:
         for process in self.running:

@@ -9,11 +9,21 @@ import time
 from pathlib import Path
 
 from codeyard.bus import Bus, EmbeddedNats
+from codeyard.bus.embedded import free_port
 from codeyard.bus.presence import listen_for_workers
+from codeyard.deploy.nats_config import ServerOptions, write_deployment
 from codeyard.schemas import RunStatus, StatusQuery
 from tests.conftest import TEST_TOPOLOGY
-from tests.coordinator.harness import ask, child_env, processes, submit
-from tests.faults.harness import assert_recovered, fault, plan, wait_mid_run, worker_options
+from tests.coordinator.harness import ask, child_env, processes, submit, wait_until
+from tests.faults.harness import (
+    RUN_TIMEOUT,
+    assert_nothing_unacked,
+    assert_recovered,
+    fault,
+    plan,
+    wait_mid_run,
+    worker_options,
+)
 from tests.processes import stop
 
 # Waiting on NATS took 5 s (a request's timeout) before the stop; the stop itself takes ~0.2 s.
@@ -49,6 +59,49 @@ async def test_restarting_nats_server_mid_run_loses_and_repeats_nothing(tmp_path
         # outstanding work when it reloads after a failed publish (JetStream's duplicate window
         # remembers only ids still stored, so a re-sent item already acked is stored anew).
         # Only the work repeats; its effect applied once, as assert_recovered showed.
+        recovery.finished_twice(log)
+
+
+async def test_restarting_nats_server_mid_run_with_an_account_per_worker(tmp_path: Path) -> None:
+    """As deployed: each worker reaches the streams through its account's imports, whose
+    answers (pulls outstanding, publish acks) are routed back across accounts."""
+    specs = plan(seed=25)
+    log = tmp_path / "work.log"
+    home = tmp_path / "nats"
+    listening = ServerOptions(port=free_port(), store_dir=home / "store")
+    deployment = write_deployment(home, options=listening)
+    assert deployment.accounts
+    server = EmbeddedNats(home, port=listening.port, config_file=deployment.config_file)
+    with fault("restart nats-server, an account per worker") as recovery:
+        async with server:
+            ctl, services = [
+                await Bus.connect(
+                    server.url, credentials=deployment.credentials(user), topology=TEST_TOPOLOGY
+                )
+                for user in ("ctl", "coordinator")
+            ]
+            try:
+                await services.setup()
+                async with processes(server.url) as children:
+                    own = deployment.credentials("coordinator").as_env()
+                    await children.coordinator("coord-a", env=own)
+                    for role in ("coder", "tester", "review"):
+                        options = worker_options(log, "--roles", role)
+                        own = deployment.credentials(role).as_env()
+                        await children.worker(*options, env=own)
+                    run_id = await submit(ctl, specs)
+
+                    recovery.inject(await wait_mid_run(ctl, run_id))
+                    await asyncio.to_thread(server.stop)
+                    await asyncio.sleep(1)
+                    await asyncio.to_thread(server.start)
+                    run = await wait_until(ctl, run_id, timeout=RUN_TIMEOUT)
+                    await assert_nothing_unacked(services)
+
+                await assert_recovered(ctl, run_id, run, specs)
+            finally:
+                await ctl.close()
+                await services.close()
         recovery.finished_twice(log)
 
 
