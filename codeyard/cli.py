@@ -235,6 +235,16 @@ def up(
             help="the safety gate's policy TOML (default: the built-in one)",
         ),
     ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1_000_000,
+            help="tasks of all runs in flight at once, shared out among the runs (the "
+            "coordinator's --max-in-flight); unset: no cap but each run's 8",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start codeyard on this machine.
 
@@ -368,6 +378,7 @@ def up(
             reviewer_users=tuple(users),
             dashboard=dashboard,
             policy=policy,
+            max_in_flight=max_in_flight,
         )
         asyncio.run(up_)
     except (AlreadyRunning, ServiceRefused) as exc:
@@ -969,7 +980,9 @@ def bench_humaneval_command(
         typer.echo(render(report), nl=False)
 
 
-async def _coordinate(settings: Settings, name: str | None, capacity: int) -> None:
+async def _coordinate(
+    settings: Settings, name: str | None, capacity: int, max_in_flight: int | None
+) -> None:
     from codeyard.bus.gate_client import BusGateClient
     from codeyard.bus.permissions import COORDINATOR
     from codeyard.coordinator.service import Coordinator
@@ -1013,6 +1026,7 @@ async def _coordinate(settings: Settings, name: str | None, capacity: int) -> No
             bus,
             name=name,
             capacity=capacity,
+            max_in_flight=max_in_flight,
             integrator=integrator,
             artifacts=artifacts,
             approval_timeout=settings.approval_timeout,
@@ -1034,6 +1048,17 @@ def coordinator(
             min=1, max=100_000, help="tasks of one run in flight at once (about the coders)"
         ),
     ] = 8,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1_000_000,
+            help="tasks of all runs in flight at once, shared out among the runs (a new run "
+            "gets its share at once, not after the queue of the others); unset: no cap but "
+            "each run's --capacity",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a coordinator: leads when it holds the lease, stands by otherwise.
 
@@ -1050,7 +1075,7 @@ def coordinator(
     from codeyard.sandbox import SandboxUnavailable
 
     refused = (SandboxUnavailable, BadConfiguration)
-    _serve(_coordinate(Settings(), name, capacity), bad_configuration=refused)
+    _serve(_coordinate(Settings(), name, capacity, max_in_flight), bad_configuration=refused)
 
 
 @app.command()

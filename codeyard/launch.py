@@ -74,13 +74,15 @@ def service_children(
     dashboard_token: str | None = None,
     dashboard_token_made: bool = False,
     policy: Path | None = None,
+    max_in_flight: int | None = None,
 ) -> list[ChildSpec]:
     """The services `up` keeps running: the coordinator and the safety gate (merges wait for
     it), with `agents` every role, a worker per reviewer plugin named in `reviewers` (by entry
     point; they need no LLM), and with a `dashboard_token` the web dashboard (as `ctl`; with
     its sign-in link printed if `up` made the token, `dashboard_token_made`). Each
     gets its own principal's `credentials` (if given) and no other's. The gate applies
-    `policy` (a TOML file; default: the built-in policy)."""
+    `policy` (a TOML file; default: the built-in policy). The coordinator caps the tasks of
+    all runs in flight at `max_in_flight`, if given."""
     base = own_import_path(os.environ) | {"NATS_URL": url} | dict(llm_env or {})
     credentials = credentials or {}
 
@@ -90,6 +92,8 @@ def service_children(
 
     codeyard = [*PYTHON, "-m", "codeyard"]
     coordinator = [*codeyard, "coordinator", "--name", "coordinator"]
+    if max_in_flight is not None:
+        coordinator += ["--max-in-flight", str(max_in_flight)]
     children = [
         ChildSpec("coordinator", coordinator, env(COORDINATOR)),
         ChildSpec(
@@ -608,6 +612,7 @@ async def run_up(
     reviewer_users: Sequence[str] = (),
     dashboard: bool = False,
     policy: Path | None = None,
+    max_in_flight: int | None = None,
 ) -> None:
     """Start NATS (embedded unless NATS_URL is set), the local model if asked, then every
     service; on SIGINT, SIGTERM or SIGHUP stop them in the reverse order: the services (which
@@ -731,6 +736,7 @@ async def run_up(
             dashboard_token=token,
             dashboard_token_made=token_made,
             policy=policy,
+            max_in_flight=max_in_flight,
         )
         # (not on NATS's port, nor the dashboard's: see codeyard.observability.ports)
         taken = {settings.dashboard_port, *([server.port] if server else [])}

@@ -177,3 +177,15 @@ def test_up_hands_the_streams_of_its_server_from_before_accounts_to_the_services
     assert (moved / "CY_WORK").is_dir()
     assert not old.parent.parent.exists()
     assert deployment.accounts
+
+
+def test_up_hands_its_cap_on_tasks_in_flight_to_the_coordinator() -> None:
+    def coordinator_args(max_in_flight: int | None = None) -> list[str]:
+        url = "nats://127.0.0.1:4222"
+        children = service_children(url, coders=1, agents=False, max_in_flight=max_in_flight)
+        (coordinator,) = [child for child in children if child.name == "coordinator"]
+        return list(coordinator.argv)
+
+    assert "--max-in-flight" not in coordinator_args()
+    args = coordinator_args(max_in_flight=6)
+    assert args[args.index("--max-in-flight") + 1] == "6"

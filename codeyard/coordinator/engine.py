@@ -178,6 +178,12 @@ class RunEngine:
         return self._capacity
 
     @property
+    def wants(self) -> int:
+        """How many tasks it could have in flight now: those in flight and those ready (at most;
+        a queued task may have stopped being ready)."""
+        return len(self._in_flight) + (len(self._queue) if self._queue is not None else 0)
+
+    @property
     def in_flight(self) -> frozenset[str]:
         """Tasks started and not yet merged, failed or cancelled (parked ones included)."""
         return frozenset(self._in_flight)

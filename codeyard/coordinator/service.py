@@ -67,6 +67,7 @@ from codeyard.coordinator.effects import (
 from codeyard.coordinator.engine import RunEngine
 from codeyard.coordinator.events import (
     Cancel,
+    CapacityChanged,
     Event,
     Integrated,
     MergeFailed,
@@ -80,6 +81,7 @@ from codeyard.coordinator.events import (
     UnappliedSpend,
     WorkAbandoned,
 )
+from codeyard.coordinator.fair_share import fair_shares
 from codeyard.coordinator.graph import MAX_TASK_BYTES, InvalidPlan, TaskGraph
 from codeyard.coordinator.integrator import Integrator, LedgerIntegrator
 from codeyard.coordinator.lease import RELEASE_PATIENCE, LeaderLease
@@ -319,8 +321,11 @@ class Coordinator:
         integration_clones: Path | None = None,
         early_deliveries: int | None = None,
         service_key: ServiceKey | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
-        """`integration_clones`: where the integrator keeps a clone per run
+        """`capacity`: tasks of one run in flight at once; `max_in_flight`: of all runs
+        together, shared out among them (`fair_share`); None: no cap but each run's.
+        `integration_clones`: where the integrator keeps a clone per run
         (`GitIntegrator.root`), for garbage collection to remove those of ended runs.
         `early_deliveries`: how often an early answer comes before it is dropped (default:
         `early_patience` of the bus's ack_wait). With a `service_key`, work items carry a
@@ -335,6 +340,9 @@ class Coordinator:
         self.approval_timeout = approval_timeout
         self.name = name or f"coordinator-{new_id()[:8]}"
         self.capacity = capacity
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.max_in_flight = max_in_flight
         self.integrator = integrator or LedgerIntegrator()
         self.batch_size = batch_size
         self.early_deliveries = early_deliveries or early_patience(bus.topology.ack_wait)
@@ -531,7 +539,7 @@ class Coordinator:
                 stored = await self._store.load(header.run_id, tasks=True)
                 if stored is None:
                     continue
-                engine = RunEngine(stored.run, capacity=self.capacity)
+                engine = RunEngine(stored.run, capacity=self._capacity_of_a_new_run())
             except (InvalidPlan, MessageError) as exc:
                 # one run's bad record must not stop every coordinator from leading the rest
                 log.error("run %s is unreadable, skipping it: %s", header.run_id, exc)
@@ -719,6 +727,8 @@ class Coordinator:
     async def _step(self, batch: list[Input]) -> None:
         commit = Commit()
         now = datetime.now(UTC)
+        # (shares that shrank since the last step hold back what the inputs would start)
+        self._share_in_flight(commit, now)
         for item in batch:
             if isinstance(item, Msg):
                 await self._on_result_message_guarded(item, commit, now)
@@ -741,7 +751,39 @@ class Coordinator:
                     continue
                 with self._guarded(key, f"{work!r} of run {run_id}"):
                     self._apply(open_run, await self._outcome(open_run, work), commit, now)
+        self._share_in_flight(commit, now)  # what the inputs freed, or a run that ended
         await self._flush(commit)
+
+    def _share_in_flight(self, commit: Commit, now: datetime) -> None:
+        """Give each executing run its share of `max_in_flight` as its capacity. A run whose
+        share grew starts ready tasks now; one whose share shrank starts none until its work
+        in flight drops below it. A capacity is not stored: it is set again at every step."""
+        if self.max_in_flight is None:
+            return
+        executing = {
+            run_id: open_run
+            for run_id, open_run in self._open.items()
+            if open_run.run.state is RunState.EXECUTING
+        }
+        wants = {run_id: open_run.engine.wants for run_id, open_run in executing.items()}
+        for run_id, share in fair_shares(wants, self.max_in_flight, self.capacity).items():
+            open_run = executing[run_id]
+            if share == open_run.engine.capacity:
+                continue
+            effects = open_run.engine.handle(CapacityChanged(share), now)
+            if changed := open_run.engine.take_changed_tasks():  # ready tasks it started
+                commit.dirty.setdefault(run_id, set()).update(changed)
+                self._execute(open_run, effects, commit)
+
+    def _capacity_of_a_new_run(self) -> int:
+        """A run created or loaded now: its share beside the runs open (which get theirs at
+        the next step)."""
+        if self.max_in_flight is None:
+            return self.capacity
+        wants = {run_id: open_run.engine.wants for run_id, open_run in self._open.items()}
+        newcomer = "\x00new"  # (no run id has a NUL)
+        wants[newcomer] = self.capacity
+        return fair_shares(wants, self.max_in_flight, self.capacity)[newcomer]
 
     def _inline(self, run_id: str) -> bool:
         open_run = self._open.get(run_id)
@@ -1477,7 +1519,8 @@ class Coordinator:
         else:
             run.repo = prepared.repo
             stored = await self._store.new_run(run)
-            open_run = OpenRun(stored, RunEngine(run, capacity=self.capacity))
+            engine = RunEngine(run, capacity=self._capacity_of_a_new_run())
+            open_run = OpenRun(stored, engine)
             self._open[run_id] = open_run
             commit.dirty.setdefault(run_id, set())
             commit.events.append(run_event(run, RunMoved(run.state, run.state, "submitted")))
