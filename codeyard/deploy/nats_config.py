@@ -2,11 +2,11 @@
 
 `write_deployment(out)` writes `out/nats-server.conf` (JetStream on, the users and their
 permissions from `codeyard.bus.permissions`, each worker in an account of its own) and
-`out/credentials/<principal>.env`. Passwords
-come from the `secrets` module, as does the key the coordinators and the safety gate share
-(in their env files only); files that hold them are 0600. Running it again keeps every
-password already written, so running services keep working, and rewrites the server
-configuration, so a codeyard upgrade's changed permissions take effect on the next server start.
+`out/credentials/<principal>.env`. Passwords come from the `secrets` module, as does the key
+the coordinators and the safety gate share (in their env files only); files that hold them
+are 0600. Running it again keeps every password already written, so running services keep
+working, and rewrites the server configuration, so a codeyard upgrade's changed permissions
+take effect on the next server start.
 
 Passwords are stored in clear in the server configuration (nats-server also accepts bcrypt
 hashes; that needs a bcrypt library codeyard does not depend on): keep the directory private.
@@ -108,7 +108,9 @@ def _accounts(users: Sequence[tuple[Credentials, Grants]]) -> list[str]:
     """The services' account, with JetStream and an export of each subject some worker is
     granted (to those workers' accounts only), then an account per worker importing them."""
     services = [(c, g) for c, g in users if account_of(c.user) == SERVICE_ACCOUNT]
-    workers = [(c, g, crossings(c.user, g)) for c, g in users if (c, g) not in services]
+    workers = [
+        (c, g, crossings(c.user, g)) for c, g in users if account_of(c.user) != SERVICE_ACCOUNT
+    ]
     exported: dict[tuple[str, str], list[str]] = {}
     for credentials, _, crossing in workers:
         account = account_of(credentials.user)
