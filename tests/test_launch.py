@@ -15,7 +15,7 @@ from codeyard.bus.permissions import SERVICE_ACCOUNT, WORKER_JS_API
 from codeyard.bus.topology import Topology
 from codeyard.bus.worker import Handler
 from codeyard.config import Settings
-from codeyard.deploy.nats_config import write_deployment
+from codeyard.deploy.nats_config import Deployment, write_deployment
 from codeyard.launch import (
     BadConfiguration,
     configuring,
@@ -114,16 +114,22 @@ def test_a_coordinator_without_a_service_key_says_what_it_risks(
     assert key.work_proof("coder", "r", "t", "a", 1) != key.work_proof("tester", "r", "t", "a", 1)
 
 
-def test_up_hands_the_service_key_to_its_coordinator_alone(tmp_path: Path) -> None:
-    deployment = write_deployment(tmp_path)
-    key = deployment.credentials("coordinator").service_key
+def env_of_up_s_children(deployment: Deployment, variable: str) -> dict[str, str | None]:
+    """`variable` as `up` sets it for each of its children, by name, with the users of
+    `deployment`."""
     children = service_children(
         "nats://127.0.0.1:4222",
         coders=1,
         agents=True,
         credentials=principal_credentials(deployment.credentials_dir),
     )
-    keys = {child.name: (child.env or {}).get(SERVICE_KEY_VARIABLE) for child in children}
+    return {child.name: (child.env or {}).get(variable) for child in children}
+
+
+def test_up_hands_the_service_key_to_its_coordinator_alone(tmp_path: Path) -> None:
+    deployment = write_deployment(tmp_path)
+    key = deployment.credentials("coordinator").service_key
+    keys = env_of_up_s_children(deployment, SERVICE_KEY_VARIABLE)
     assert {name: value for name, value in keys.items() if value} == {
         "coordinator": key,
         "safety-gate": key,
@@ -144,14 +150,7 @@ def test_a_coordinator_given_its_user_by_the_environment_has_its_key(
 def test_up_hands_each_worker_the_name_its_account_gives_jetstream_s_api(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    deployment = write_deployment(tmp_path)
-    children = service_children(
-        "nats://127.0.0.1:4222",
-        coders=1,
-        agents=True,
-        credentials=principal_credentials(deployment.credentials_dir),
-    )
-    apis = {child.name: (child.env or {}).get(JS_API_VARIABLE) for child in children}
+    apis = env_of_up_s_children(write_deployment(tmp_path), JS_API_VARIABLE)
     assert apis["coordinator"] is None
     assert apis["safety-gate"] is None
     assert {apis[name] for name in apis if name.startswith(("coder", "tester", "planner"))} == {
