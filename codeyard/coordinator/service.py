@@ -1181,7 +1181,7 @@ class Coordinator:
                 # Events of its earlier steps not stored yet are in this entry too: a load
                 # publishes again those of the run's last entry only.
                 earlier = self._telling.pop(run_id, [])
-                self._telling[run_id] = untold = [e for e in earlier if not e[1].future.done()]
+                self._telling[run_id] = untold = [e for e in earlier if not _stored(e[1])]
                 encoded = [payload for payload, _ in untold]
                 encoded += [payload for _, payload in events.get(run_id, ())]
                 writes.append(await self._store.save(open_run.stored, task_ids, pipeline, encoded))
@@ -1989,6 +1989,14 @@ def _decoded_events(stored: StoredRun) -> list[RunEvent]:
 
 RETRY_TELLING = 1.0  # seconds to tell requesters to send again, as a leadership session ends
 HAND_BACK_DELAY = 1.0  # seconds: past the end of the session that hands them back
+
+
+def _stored(pending: Pending) -> bool:
+    """Whether the server acked `pending`. One that failed is not: dropped from the next
+    entry, it was lost for good when that entry became the one a reload tells again (its
+    failure, put in the inbox, ends the session only after that step)."""
+    future = pending.future
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _tell_failure(inbox: asyncio.Queue[Input], published: asyncio.Future[PubAck]) -> None:
