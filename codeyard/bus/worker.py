@@ -371,7 +371,9 @@ class PullWorker:
         create = permissions.consumer_create_subject(
             subjects.WORK_STREAM, self._consumer, subjects.work_subject(self.role)
         )
-        if self.bus.may_publish(create):  # no authentication, or a user allowed to
+        # no authentication, or a user allowed to (the subject named as its account names
+        # JetStream's API, as its grants are)
+        if self.bus.may_publish(permissions.through(create, self.bus.js_api)):
             await ensure_role_consumer(self.js, self.role, self.bus.topology)
         # else the coordinator creates it: for a builtin role at its start, for a plugin
         # reviewer once a run needs it. Until then each pull is refused at once, quietly, and
