@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 
 from codeyard.bus import permissions, subjects
 from codeyard.bus.connection import Bus
-from codeyard.bus.consumer import PullConsumer
+from codeyard.bus.consumer import PullConsumer, delivery_count
 from codeyard.bus.presence import PresenceAnnouncer
 from codeyard.bus.result_sender import ResultInvalid, ResultSender, ResultTooLarge
 from codeyard.bus.run_ends import EndedRuns
@@ -274,6 +274,8 @@ class Withdrawals:
         self._since.pop(_every_submission(key), None)
 
     def __contains__(self, key: WorkKey) -> bool:
+        if not self._since:  # (asked two or three times per item, nearly always of none)
+            return False
         return self._kept(key) or self._kept(_every_submission(key))
 
     def _kept(self, key: WorkKey) -> bool:
@@ -477,7 +479,7 @@ class PullWorker:
             await asyncio.sleep(ACK_WAIT_RECHECK_SECONDS)
 
     async def _handle(self, msg: Msg) -> None:
-        deliveries = msg.metadata.num_delivered
+        deliveries = delivery_count(msg)
         try:
             item: WorkItem = decode(msg.data, WorkItem)
         except MessageError as exc:
@@ -654,7 +656,7 @@ class PullWorker:
         usage: Usage | None = None,
         model: str = "",
     ) -> None:
-        deliveries = msg.metadata.num_delivered
+        deliveries = delivery_count(msg)
         if delay is None:
             delay = self.retry_delays[min(deliveries, len(self.retry_delays)) - 1]
         log.info("%s: retrying %s in %.1fs: %s", self.role, item.msg_id, delay, exc)
@@ -759,7 +761,7 @@ class PullWorker:
         return WorkFailed(
             role=self.role,
             reason=clip(reason),
-            deliveries=msg.metadata.num_delivered,
+            deliveries=delivery_count(msg),
             # what the work spent still counts, and on which model (both bounded: either may be
             # what made the result invalid)
             usage=getattr(result, "usage", Usage()).within_bounds(),

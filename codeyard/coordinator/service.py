@@ -33,7 +33,7 @@ from nats.js.object_store import ObjectStore
 
 from codeyard.bus import subjects
 from codeyard.bus.connection import MSG_ID_HEADER, Bus
-from codeyard.bus.consumer import PullConsumer
+from codeyard.bus.consumer import PullConsumer, delivery_count
 from codeyard.bus.gate_client import BusGateClient, GateClient, GateUnavailable
 from codeyard.bus.permissions import INBOX_ROOT
 from codeyard.bus.pipeline import MessageTooLarge, Pending, PubAck, PublishError
@@ -924,7 +924,7 @@ class Coordinator:
                 early.append(result)
         if not early:
             return
-        if msg.metadata.num_delivered < self.early_deliveries:
+        if delivery_count(msg) < self.early_deliveries:
             # The whole message comes again; what of it was applied now is then a duplicate.
             commit.acks.remove(msg)
             commit.again.append(msg)
@@ -1223,7 +1223,7 @@ class Coordinator:
         for msg in commit.acks:
             await self.bus.publisher.ack(msg)
         for msg in commit.again:
-            await msg.nak(delay=_early_delay(msg.metadata.num_delivered))
+            await msg.nak(delay=_early_delay(delivery_count(msg)))
         self._unacked -= len(commit.acks) + len(commit.again)
         self._acked.set()
         for call, reply in commit.replies:

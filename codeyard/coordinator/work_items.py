@@ -137,16 +137,21 @@ def task_changes(
     each when one would be bigger (cancelling a run of 10,000 tasks moves them all; one event
     would be over any server's message limit). An event's id is derived from its transitions,
     so a step replayed identically after a failover is stored once."""
-    chunks: list[list[TaskChange]] = [[]]
-    size = 0
-    for move in moves:
-        change = TaskChange(
+    changes = [
+        TaskChange(
             task_id=move.task_id,
             attempt=move.attempt,
             state=move.state,
             previous=move.previous,
             reason=move.reason[:20_000],
         )
+        for move in moves
+    ]
+    if sum(_most_bytes(change) for change in changes) <= max_bytes:  # a step's, nearly always
+        return [_changed(run, changes)]
+    chunks: list[list[TaskChange]] = [[]]
+    size = 0
+    for change in changes:
         length = len(encode(change))
         if chunks[-1] and size + length > max_bytes:
             chunks.append([])
@@ -154,6 +159,12 @@ def task_changes(
         chunks[-1].append(change)
         size += length
     return [_changed(run, changes) for changes in chunks]
+
+
+def _most_bytes(change: TaskChange) -> int:
+    """What `change` takes encoded, at most: every character of its texts escaped (`\\u001f`),
+    with room for its field names, attempt and states."""
+    return 192 + 6 * (len(change.task_id) + len(change.reason))
 
 
 def _changed(run: Run, changes: list[TaskChange]) -> TaskStatesChanged:

@@ -13,7 +13,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from codeyard.bus import Bus, EmbeddedNats
-from codeyard.bus.consumer import REFUSED_PAUSE, PullConsumer
+from codeyard.bus.consumer import REFUSED_PAUSE, PullConsumer, delivery_count
 from codeyard.bus.subjects import WORK_STREAM, consumer_name, work_subject
 from codeyard.bus.topology import ensure_role_consumer
 from tests.bus.test_worker import code_request, consumer_info_when, until
@@ -190,3 +190,23 @@ async def test_nothing_is_requested_while_the_server_is_away(tmp_path: Path) -> 
         finally:
             await consumer.stop()
             await bus.close()
+
+
+async def test_a_delivery_counts_as_nats_py_counts_it(bus: Bus) -> None:
+    """The count read from a real delivery's ack subject is nats-py's, on first delivery and
+    after a nak; an ack subject of the longer form (a JetStream domain) is read by nats-py."""
+    received: list[Msg] = []
+    consumer = PullConsumer(bus.nc, WORK_STREAM, "coder", received.append, expires=30)
+    await consumer.start()
+    try:
+        await bus.js.publish(work_subject("coder"), b"work")
+        for deliveries in (1, 2):
+            assert await consumer.request(1)
+            await until(lambda: bool(received))
+            msg = received.pop()
+            assert delivery_count(msg) == msg.metadata.num_delivered == deliveries
+            await msg.nak()
+    finally:
+        await consumer.stop()
+    longer = "$JS.ACK.hub.ACCHASH.CY_WORK.cy-coder.7.100.90.1764456789123456789.0.token"
+    assert delivery_count(Msg(bus.nc, subject="x", reply=longer)) == 7

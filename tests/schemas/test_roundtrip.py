@@ -127,3 +127,16 @@ def test_run_round_trips_inside_run_status() -> None:
 def test_sample_for_unknown_class() -> None:
     with pytest.raises(KeyError):
         sample_for(Envelope)
+
+
+def test_a_union_built_anew_for_each_decode_is_decoded_as_any_other() -> None:
+    """Decoders are kept by the identity of their type (hashing a union per decode was a third
+    of a small work item's decoding): a caller that builds its union at every call gets the
+    right decoder each time, and fills the identity table no further than its limit."""
+    from codeyard.schemas import codec
+
+    error = ControlError(error="no such run")
+    for _ in range(2 * codec._BY_IDENTITY_LIMIT):
+        union = ControlError | StatusQuery  # a new object each time round
+        assert decode(encode(error), union) == error
+    assert len(codec._by_identity) <= codec._BY_IDENTITY_LIMIT
