@@ -292,7 +292,8 @@ def _worker(role: str) -> Grants:
         f"$JS.ACK.{work}.{user}.>",
         subjects.result_subject(role),
         subjects.presence_subject(role),  # announces itself as its own role only
-        "cy.events.>",  # dead letters of undecodable work
+        # (no events: its dead letters go on its result subject, and the coordinator files
+        # them; a role that could write events would forge any run's)
         # whether a work item's run has ended, from its header (`codeyard.bus.run_ends`): a
         # message get on the runs' bucket only, no listing, watching nor writing
         f"{JS_API}.STREAM.MSG.GET.KV_{subjects.RUNS_BUCKET}",

@@ -46,8 +46,8 @@ from codeyard.schemas.envelope import ID_PATTERN
 from codeyard.schemas.messages import (
     ApprovalNeeded,
     CodeResult,
-    DeadLetter,
     Result,
+    UndecodableWork,
     WorkCancelled,
     WorkFailed,
     WorkItem,
@@ -769,20 +769,23 @@ class PullWorker:
         )
 
     async def _dead_letter(self, msg: Msg, error: MessageError) -> None:
+        """Hand work no one can decode to the coordinator, as a dead letter on this role's
+        result subject, and ack it. The coordinator files it on the events stream, which
+        workers may not write: one that could would forge any run's events (a run's end, a
+        gate's audit). Its id names the stored message, so delivered again it is stored once."""
         log.warning(
             "%s: dead-lettering undecodable message on %s: %s", self.role, msg.subject, error
         )
         payload = bytes(msg.data)
-        event = DeadLetter(
+        letter = UndecodableWork(
             run_id=_run_id_of(payload),
-            subject=msg.subject,
-            consumer=self._consumer,
+            msg_id=result_msg_id(f"{subjects.WORK_STREAM}:{msg.metadata.sequence.stream}"),
             error=str(error),  # a MessageError's text is bounded well within a LongText
             payload=payload[:DEAD_LETTER_PAYLOAD_LIMIT].decode("utf-8", errors="replace"),
             payload_bytes=len(payload),
         )
         try:
-            await self.bus.emit(event)
+            await self.bus.publish(subjects.result_subject(self.role), letter)
             await self.bus.publisher.ack(msg)
             self.stats.dead_lettered += 1
             metrics.WORK_DEAD_LETTERED.labels(self.role).inc()

@@ -137,6 +137,7 @@ from codeyard.schemas.messages import (
     StatusQuery,
     SubmitRun,
     TestResult,
+    UndecodableWork,
     UsageReported,
     WorkCancelled,
     WorkFailed,
@@ -852,6 +853,23 @@ class Coordinator:
         with self._guarded(key, f"the submission of run {prepared.run_id}"):
             await self._on_prepared(prepared, commit, now)
 
+    def _file_undecodable_work(self, work: UndecodableWork, role: str, commit: Commit) -> None:
+        """File work `role`'s worker could not decode as a dead letter (workers may not write
+        events). The subject and consumer are its role's, the run one open here or none, and
+        the event's id is derived from the report's, so that it can never be another event's
+        and have that one dropped as a copy."""
+        commit.events.append(
+            DeadLetter(
+                run_id=work.run_id if work.run_id in self._open else "",
+                msg_id=derived_id("undecodable", role, work.msg_id),
+                subject=subjects.work_subject(role),
+                consumer=subjects.consumer_name(role),
+                error=work.error,
+                payload=work.payload[:4096],
+                payload_bytes=max(work.payload_bytes, 0),
+            )
+        )
+
     def _dead_letter(self, msg: Msg, error: str, commit: Commit) -> None:
         """Ack `msg` with the step, and file it on the events stream for a person to see."""
         commit.acks.append(msg)
@@ -878,7 +896,6 @@ class Coordinator:
         results: Sequence[Result | _Unreadable]
         try:
             message: ResultMessage = decode(msg.data, ResultMessage)
-            results = message.results if isinstance(message, ResultBatch) else (message,)
         except MessageError as exc:
             if (parts := _batch_parts(msg.data)) is None:
                 self._refuse_unreadable(msg.subject, bytes(msg.data), exc, commit, now)
@@ -888,6 +905,12 @@ class Coordinator:
             # others, whose work was acked, down with it: each is taken or refused alone, in
             # the batch's order.
             results = [_read_part(part) for part in parts]
+        else:
+            if isinstance(message, UndecodableWork):
+                commit.acks.append(msg)
+                self._file_undecodable_work(message, role, commit)
+                return
+            results = message.results if isinstance(message, ResultBatch) else (message,)
         commit.acks.append(msg)
         early: list[Result] = []
         for result in results:

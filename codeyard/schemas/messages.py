@@ -184,6 +184,16 @@ Result = (
 )
 
 
+class UndecodableWork(Envelope, kw_only=True, frozen=True):
+    """Work a worker could not decode, handed to the coordinator on the worker's result
+    subject, which files it as a `DeadLetter` event (workers may not write events). Its
+    `run_id` is the run the work names, if it names a valid one."""
+
+    error: LongText
+    payload: LongText  # its first 4 KiB, as text
+    payload_bytes: int
+
+
 class ResultBatch(Envelope, kw_only=True, frozen=True):
     """Results that one worker finished at the same moment, stored and delivered as one
     message: a worker running many handlers at once saves a publish, its ack, a delivery and
@@ -193,8 +203,9 @@ class ResultBatch(Envelope, kw_only=True, frozen=True):
     results: Annotated[tuple[Result, ...], msgspec.Meta(min_length=1)]
 
 
-ResultMessage = Result | ResultBatch
-"""What `cy.result.<role>` carries: one result, or a batch of them."""
+ResultMessage = Result | ResultBatch | UndecodableWork
+"""What `cy.result.<role>` carries: one result, or a batch of them, or work the worker could
+not decode."""
 
 
 # --- safety gate: request/reply on cy.gate.check ----------------------------------------------

@@ -1,44 +1,43 @@
-"""Work no one can decode is dead-lettered and acked, however it was made to hurt: its dead
-letter is an event every reader accepts, and the work behind it is served."""
+"""Work no one can decode is dead-lettered and acked, however it was made to hurt: handed to
+the coordinator on the worker's result subject, within the bounds a dead letter event keeps,
+and the work behind it is served."""
 
 from __future__ import annotations
 
 from codeyard.bus import Bus, PullWorker
-from codeyard.bus.subjects import EVENT_STREAM, work_subject
-from codeyard.schemas import DeadLetter, RunEvent, decode
+from codeyard.bus.subjects import work_subject
+from codeyard.bus.worker import DEAD_LETTER_PAYLOAD_LIMIT
+from codeyard.schemas import UndecodableWork
 from codeyard.schemas.model import LONG_TEXT_CHARS
-from tests.bus.results import collect_results
+from tests.bus.results import collect_answers
 from tests.bus.test_worker import code_request, echo, serving, settled, until
 
 # msgspec recurses once per level of nesting, past its limit raising RecursionError
 TOO_DEEP = 20_000
 
 
-async def dead_letters(bus: Bus, count: int) -> list[DeadLetter]:
-    """The first `count` events, each decoded as every reader of the events stream does."""
-    events = await bus.js.pull_subscribe("cy.events.>", stream=EVENT_STREAM)
-    events_read = [decode(msg.data, RunEvent) for msg in await events.fetch(count, timeout=2)]
-    letters = [event for event in events_read if isinstance(event, DeadLetter)]
-    assert letters == events_read
-    return letters
-
-
 async def served_past(
     bus: Bus, *payloads: bytes, headers: dict[str, str] | None = None
-) -> list[DeadLetter]:
+) -> list[UndecodableWork]:
     """Work stored as `payloads`, then a valid item: the worker serves the item, dead-letters
-    every payload on its first delivery and leaves nothing pending. Their dead letters."""
+    every payload on its first delivery and leaves nothing pending. What it handed the
+    coordinator for each, as the coordinator reads it."""
     for payload in payloads:
         await bus.js.publish(work_subject("coder"), payload, headers=headers)
     await bus.publish(work_subject("coder"), code_request("t2"))
     worker = PullWorker(bus, "coder", echo())
     async with serving(worker):
-        [result] = await collect_results(bus, 1)
+        answers = await collect_answers(bus, len(payloads) + 1)
         await until(lambda: worker.stats.dead_lettered == len(payloads))
         info = await settled(bus, "coder")
+    [result] = [answer for answer in answers if not isinstance(answer, UndecodableWork)]
     assert result.task_id == "t2"
     assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
-    return await dead_letters(bus, len(payloads))
+    letters = [answer for answer in answers if isinstance(answer, UndecodableWork)]
+    for letter in letters:  # what a dead letter event takes
+        assert len(letter.error) <= LONG_TEXT_CHARS
+        assert len(letter.payload) <= DEAD_LETTER_PAYLOAD_LIMIT
+    return letters
 
 
 async def test_work_nested_too_deeply_to_decode_is_dead_lettered(bus: Bus) -> None:
@@ -72,7 +71,7 @@ async def test_work_whose_error_quotes_a_huge_value_is_dead_lettered_with_the_er
         assert letter.error.startswith("unknown message type 'AAAA")
         assert "characters cut]" in letter.error
         assert len(letter.error) <= LONG_TEXT_CHARS
-    assert letters[1].run_id == "run7"  # filed with its run all the same
+    assert letters[1].run_id == "run7"  # naming its run all the same
 
 
 async def test_work_with_an_empty_body_and_a_status_header_is_dead_lettered(bus: Bus) -> None:
@@ -81,4 +80,4 @@ async def test_work_with_an_empty_body_and_a_status_header_is_dead_lettered(bus:
     every ack_wait and counted as owed meanwhile."""
     [letter] = await served_past(bus, b"", headers={"Status": "408"})
     assert "malformed JSON" in letter.error
-    assert letter.subject == work_subject("coder")
+    assert letter.payload_bytes == 0

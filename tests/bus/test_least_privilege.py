@@ -27,11 +27,14 @@ from codeyard.bus.run_ends import HEADER_GET, EndedRuns
 from codeyard.bus.subjects import (
     APPROVALS_BUCKET,
     ARTIFACTS_BUCKET,
+    DEAD_LETTER_RUN,
     GATE_CHECK,
     RESULT_STREAM,
     RUNS_BUCKET,
     WORK_STREAM,
+    consumer_name,
     ctl_subject,
+    events_subject,
     result_subject,
     work_subject,
 )
@@ -52,6 +55,7 @@ from codeyard.schemas import (
     CancelRun,
     CodeRequest,
     CodeResult,
+    DeadLetter,
     GateDecision,
     ListApprovals,
     Patch,
@@ -60,6 +64,7 @@ from codeyard.schemas import (
     ReviewRequest,
     ReviewResult,
     RunState,
+    RunStateChanged,
     SubmitRun,
     TaskSpec,
     TaskState,
@@ -70,7 +75,7 @@ from codeyard.workspace.patch_store import INLINE_PATCH_CHARS, inline, offload
 from codeyard.workspace.snapshots import artifact_store
 from tests.bus.test_worker import serving, until
 from tests.conftest import TEST_TOPOLOGY
-from tests.coordinator.harness import ask, running_coordinator, status, wait_for_task
+from tests.coordinator.harness import ask, run_events, running_coordinator, status, wait_for_task
 
 REFUSAL_LOGGER = "codeyard.bus.connection"
 
@@ -258,6 +263,40 @@ async def test_a_coder_cannot_publish_another_roles_result(
     await refusal(caplog, "cy.result.tester")
     ack = await coder.publish(result_subject("coder"), CodeResult(patch=Patch(text="")))
     assert ack.seq > 0  # its own subject is fine
+
+
+async def test_a_coder_writes_no_events_and_the_coordinator_files_its_dead_letters(
+    connect: Callable[[str], Awaitable[Bus]],
+    coordinator: Coordinator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker that could write events would forge any run's: here its end, which `codeyard
+    run` would believe. Work it cannot decode it hands to the coordinator instead, which files
+    the dead letter under the coder's subject and consumer."""
+    caplog.set_level(logging.ERROR, logger=REFUSAL_LOGGER)
+    ctl, coder = await connect("ctl"), await connect("coder")
+    forged = RunStateChanged(run_id="perm-forged", state=RunState.DONE)
+    with pytest.raises((TimeoutError, PublishError)):
+        await coder.publish(events_subject("perm-forged"), forged, timeout=1.0)
+    await refusal(caplog, "cy.events.perm-forged")
+
+    undecodable = b'{"type":"CodeRequest","marker":"perm-undecodable"}'
+    await coordinator.bus.js.publish(work_subject("coder"), undecodable)
+
+    async def answer(item: WorkItem) -> Result:  # earlier tests' work, if any is left
+        return CodeResult(patch=Patch(text=""))
+
+    async with serving(PullWorker(coder, "coder", answer)) as worker:
+        await until(lambda: worker.stats.dead_lettered == 1)
+    for _ in range(100):
+        events = await run_events(ctl, DEAD_LETTER_RUN)
+        filed = [e for e in events if isinstance(e, DeadLetter) and "perm-undecodable" in e.payload]
+        if filed:
+            break
+        await asyncio.sleep(0.1)
+    [letter] = filed
+    assert (letter.subject, letter.consumer) == (work_subject("coder"), consumer_name("coder"))
+    assert letter.payload_bytes == len(undecodable)
 
 
 async def test_a_coder_cannot_read_other_roles_work_nor_replies(

@@ -7,7 +7,9 @@ import itertools
 import pytest
 
 from codeyard.bus.permissions import (
+    COORDINATOR,
     CTL,
+    GATE,
     SERVICE_ACCOUNT,
     SERVICES,
     WORKER_JS_API,
@@ -30,6 +32,7 @@ from codeyard.bus.run_ends import HEADER_GET
 from codeyard.bus.subjects import (
     APPROVALS_BUCKET,
     BUILTIN_ROLES,
+    DEAD_LETTER_RUN,
     GATE_CHECK,
     JOURNAL_STREAM,
     PRESENCE_PREFIX,
@@ -38,6 +41,7 @@ from codeyard.bus.subjects import (
     WORK_STREAM,
     consumer_name,
     ctl_subject,
+    events_subject,
     presence_subject,
     result_subject,
     work_subject,
@@ -213,3 +217,12 @@ def test_workers_may_get_run_records_and_nothing_more_of_the_runs() -> None:
         ):
             assert not grants.may_publish(subject), (role, subject)
         assert not grants.may_subscribe(f"$KV.{RUNS_BUCKET}.>"), role
+
+
+def test_only_the_services_write_events() -> None:
+    """A worker that could write events would forge any run's: its end, which `codeyard run`
+    believes, or a gate's audit. Its dead letters go on its result subject instead."""
+    writers = [p for p in ALL if grants_for(p).may_publish(events_subject("run1"))]
+    assert writers == [COORDINATOR, GATE]
+    for role in WORKER_ROLES:
+        assert not grants_for(principal_of_role(role)).may_publish(events_subject(DEAD_LETTER_RUN))

@@ -22,7 +22,6 @@ from codeyard.bus import worker as worker_module
 from codeyard.bus.permissions import grants_for
 from codeyard.bus.pipeline import Pending, PublishPipeline
 from codeyard.bus.subjects import (
-    EVENT_STREAM,
     RESULT_PREFIX,
     WORK_STREAM,
     cancel_subject,
@@ -36,13 +35,12 @@ from codeyard.schemas import (
     ApprovalNeeded,
     CodeRequest,
     CodeResult,
-    DeadLetter,
     Patch,
     Result,
     ReviewComment,
     ReviewResult,
-    RunEvent,
     TaskSpec,
+    UndecodableWork,
     Usage,
     WorkCancelled,
     WorkFailed,
@@ -52,7 +50,7 @@ from codeyard.schemas import (
     encode,
 )
 from codeyard.schemas.model import MAX_COST_USD, SHORT_TEXT_CHARS
-from tests.bus.results import collect_results
+from tests.bus.results import collect_answers, collect_results
 from tests.conftest import TEST_TOPOLOGY
 from tests.processes import stop
 
@@ -202,26 +200,22 @@ async def test_result_carries_the_work_envelope_and_work_is_acked(bus: Bus) -> N
 
 
 async def test_malformed_message_is_dead_lettered_and_the_next_one_served(bus: Bus) -> None:
+    """It is handed to the coordinator on the coder's result subject, which files it."""
     await bus.js.publish(work_subject("coder"), b'{"type":"CodeRequest","run_id":"run7"')
     await bus.js.publish(work_subject("coder"), b'{"type":"Mystery","run_id":"run7"}')
     await bus.publish(work_subject("coder"), code_request("t2"))
     worker = PullWorker(bus, "coder", echo())
     async with serving(worker):
-        [result] = await collect_results(bus, 1)
+        broken, unknown, result = await collect_answers(bus, 3)
+        await until(lambda: worker.stats.dead_lettered == 2)
+    assert not isinstance(result, UndecodableWork)
     assert result.task_id == "t2"
-    assert worker.stats.dead_lettered == 2
-
-    events = await bus.js.pull_subscribe("cy.events.>", stream=EVENT_STREAM)
-    letters = [decode(m.data, RunEvent) for m in await events.fetch(2, timeout=2)]
-    assert all(isinstance(letter, DeadLetter) for letter in letters)
-    assert [letter.subject for letter in letters] == ["cy.work.coder"] * 2
-    broken, unknown = letters
-    assert isinstance(broken, DeadLetter)
-    assert isinstance(unknown, DeadLetter)
+    assert isinstance(broken, UndecodableWork)
+    assert isinstance(unknown, UndecodableWork)
     assert "malformed JSON" in broken.error
-    assert broken.run_id == ""  # not even JSON: filed under cy.events._unrouted
+    assert broken.run_id == ""  # not even JSON: names no run
     assert "unknown message type 'Mystery'" in unknown.error
-    assert unknown.run_id == "run7"  # JSON with a valid run_id: filed with its run
+    assert unknown.run_id == "run7"  # JSON with a valid run_id: names it
     info = await settled(bus, "coder")
     assert info.num_ack_pending == 0
     assert info.num_pending == 0

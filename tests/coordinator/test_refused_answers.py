@@ -11,14 +11,16 @@ import json
 import pytest
 
 from codeyard.bus import Bus
-from codeyard.bus.subjects import result_subject
+from codeyard.bus.subjects import consumer_name, result_subject, work_subject
 from codeyard.coordinator.service import Coordinator
+from codeyard.coordinator.work_items import derived_id
 from codeyard.schemas import (
     Result,
     ReviewRequest,
     TaskSpec,
     TaskState,
     TaskStatesChanged,
+    UndecodableWork,
     WorkItem,
 )
 from tests.coordinator.harness import (
@@ -164,3 +166,30 @@ async def test_an_answer_too_deeply_nested_to_read_anything_of_is_set_aside(bus:
         assert [letter.error for letter in letters] == ["nested too deeply to decode (at $)"]
         run = await status(bus, "r3")
     assert run.tasks["a"].state is TaskState.REVIEWING
+
+
+async def test_work_a_worker_could_not_decode_is_filed_as_the_coordinator_sees_fit(
+    bus: Bus,
+) -> None:
+    """A worker hands undecodable work to the coordinator, which files the dead letter. What
+    a worker says of it is not taken on trust: the subject and consumer are those of the role
+    whose result subject it came on, a run not open here is not written to, and the event's
+    id is derived from the report's, so that a report cannot take the id of an event to come
+    and have that one dropped as a copy."""
+    async with running_coordinator(Coordinator(bus, name="coord-undecodable")):
+        await submit(bus, [TaskSpec(id="a", title="a")], run_id="r-open")  # nobody codes it
+        reports = [
+            UndecodableWork(
+                run_id=run_id, error="malformed JSON", payload="{", payload_bytes=1, msg_id=msg_id
+            )
+            for run_id, msg_id in (("r-open", "report1"), ("r-elsewhere", "report2"))
+        ]
+        for report in reports:
+            await bus.publish(result_subject("coder"), report)
+        [in_run] = await dead_letters(bus, "r-open")
+        [unrouted] = await dead_letters(bus)
+    for letter, report in zip((in_run, unrouted), reports, strict=True):
+        assert (letter.subject, letter.consumer) == (work_subject("coder"), consumer_name("coder"))
+        assert (letter.error, letter.payload, letter.payload_bytes) == ("malformed JSON", "{", 1)
+        assert letter.msg_id == derived_id("undecodable", "coder", report.msg_id) != report.msg_id
+    assert (in_run.run_id, unrouted.run_id) == ("r-open", "")

@@ -227,6 +227,12 @@ def sample_messages() -> list[Envelope]:
                 m.ReviewResult(**_envelope(1, n=45), approved=True),
             ),
         ),
+        m.UndecodableWork(
+            **_envelope(task=False, n=46),
+            error="unknown message type 'CodeRequestV9' (at $.type)",
+            payload='{"type":"CodeRequestV9","run_id":"3f2a9c0d5b7e4e1f8a6b2c4d9e0f1a2b"}',
+            payload_bytes=71,
+        ),
         check,
         decision,
         m.RunStateChanged(
