@@ -184,6 +184,10 @@ class LostLeadership(RuntimeError):
     pass
 
 
+# Failures that are not the input's fault: trouble on the bus, a lost lease. They end a step as
+# they are, however often they happen, and never set its inputs aside.
+NOT_POISON = (LostLeadership, StaleRevision, nats.errors.Error, PublishError, OSError)
+
 # An input of a step, as it comes again: a result by its stream sequence, a run's own event
 # (a merge's outcome, sent again after a reload) by its run and value, a submission by its run.
 PoisonKey = tuple[str, str | int]
@@ -815,7 +819,7 @@ class Coordinator:
         lost lease are not the input's fault: they end the step as they are)."""
         try:
             yield
-        except (LostLeadership, StaleRevision, nats.errors.Error, PublishError, OSError):
+        except NOT_POISON:
             raise
         except Exception as exc:
             raise PoisonedStep(key, what, exc) from exc
@@ -826,8 +830,12 @@ class Coordinator:
             self._dead_letter(msg, error, commit)
             _RESULTS["poison"].inc()
             return
-        with self._guarded(key, f"a result on {msg.subject}"):
+        try:  # (as `_guarded`, inline: entered for every result message)
             await self._on_result_message(msg, commit, now)
+        except NOT_POISON:
+            raise
+        except Exception as exc:
+            raise PoisonedStep(key, f"a result on {msg.subject}", exc) from exc
 
     def _on_own_event(self, open_run: OpenRun, event: Event, commit: Commit, now: datetime) -> None:
         """Apply an event of the coordinator's own (a merge's outcome): set aside as a dead
