@@ -9,8 +9,9 @@ submitted (before it exists: before any of its work is sent), as it takes over o
 as it first sends work to a reviewer (a planner's plan may name reviewers of its own). The
 builtin roles' consumers are created at start (`Bus.setup`).
 
-Each consumer is created once per process: one deleted by hand meanwhile is created again by
-the next coordinator to lead. A creation that fails holds up no run: the work waits in
+Each consumer is created once per process, and again when the leader finds it gone (deleted by
+hand) while an open run needs it: the leader lists `CY_WORK`'s consumers for its metrics every
+few seconds (`recreate_missing`). A creation that fails holds up no run: the work waits in
 `CY_WORK` (a work queue keeps what no consumer took) while the creation is retried in the
 background, a warning logged at each failure.
 """
@@ -66,6 +67,7 @@ class ReviewerConsumers:
         self._topology = topology
         self._retry_delays = tuple(retry_delays) or RETRY_DELAYS
         self.created: set[str] = set()
+        self._created_at: dict[str, float] = {}  # by role, on the event loop's clock
         self._creating: dict[str, _Creation] = {}
 
     def want(self, roles: Iterable[str]) -> None:
@@ -83,6 +85,24 @@ class ReviewerConsumers:
                 for creation in creations:
                     await creation.tried.wait()
         return all(creation.task.done() for creation in creations)
+
+    def recreate_missing(
+        self, listed: set[str], listed_since: float, needed: Iterable[str]
+    ) -> list[str]:
+        """Create again the consumers of the `needed` reviewers that `listed` (the names of
+        `CY_WORK`'s consumers, read from `listed_since` on) lacks though they were created
+        before that read began; the roles started again."""
+        missing = [
+            role
+            for role in set(needed) & self.created
+            if subjects.consumer_name(role) not in listed
+            and self._created_at.get(role, listed_since) < listed_since
+        ]
+        for role in sorted(missing):
+            log.warning("the consumer of %s is gone (deleted?): creating it again", role)
+            self.created.discard(role)
+        self._start(missing)
+        return sorted(missing)
 
     async def close(self) -> None:
         """Stop the creations still being tried."""
@@ -125,6 +145,7 @@ class ReviewerConsumers:
                     await asyncio.sleep(delay)
                 else:
                     self.created.add(role)
+                    self._created_at[role] = asyncio.get_running_loop().time()
                     log.info("created the consumer of %s", role)
                     return
         finally:

@@ -517,19 +517,31 @@ class Coordinator:
     async def _observe(self) -> None:
         """While leading: tasks and runs by state, and the consumers' queues, as gauges. Read
         on the event loop (the runs change under it) every `metrics_interval` seconds rather
-        than each step, which must stay cheap."""
+        than each step, which must stay cheap. A plugin reviewer's consumer the listing lacks
+        though an open run needs it (deleted by hand) is created again."""
         consumers = ConsumerGauges(self.bus.js)
         try:
             while True:
                 try:
                     set_state_gauges(open_run.run for open_run in self._open.values())
-                    await consumers.poll()
+                    since = asyncio.get_running_loop().time()
+                    if (listed := await consumers.poll()) is not None:
+                        needed = self._reviewers_needed()
+                        self.reviewer_consumers.recreate_missing(listed, since, needed)
                 except Exception:  # metrics must never end a leadership
                     log.exception("%s: reading the gauges failed", self.name)
                 await asyncio.sleep(self.metrics_interval)
         finally:
             consumers.clear()  # no longer leading: the next leader reports them
             set_state_gauges(())
+
+    def _reviewers_needed(self) -> set[str]:
+        """The reviewers the open runs name (their default ones and their tasks')."""
+        needed: set[str] = set()
+        for open_run in self._open.values():
+            run = open_run.run
+            needed |= reviewers_named(run.reviewers, (task.spec for task in run.tasks.values()))
+        return needed
 
     # --- loading ------------------------------------------------------------------------------
 

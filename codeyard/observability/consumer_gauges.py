@@ -30,8 +30,9 @@ class ConsumerGauges:
         self._js = js
         self._seen: set[tuple[str, str]] = set()
 
-    async def poll(self) -> None:
-        """Read every consumer once and set the gauges; a failed read keeps the last values."""
+    async def poll(self) -> set[str] | None:
+        """Read every consumer once and set the gauges; the names of `CY_WORK`'s consumers, or
+        None when the read failed (the gauges keep their last values)."""
         try:
             infos = await self._js.consumers_info(subjects.WORK_STREAM)
             infos.append(
@@ -39,12 +40,13 @@ class ConsumerGauges:
             )
         except (nats.errors.Error, TimeoutError) as exc:
             log.debug("consumer gauges: cannot read consumer info: %s", exc)
-            return
+            return None
         seen = {self._set(info) for info in infos}
         for gone in self._seen - seen:
             for gauge in _GAUGES:
                 gauge.remove(*gone)
         self._seen = seen
+        return {name for stream, name in seen if stream == subjects.WORK_STREAM}
 
     @staticmethod
     def _set(info: ConsumerInfo) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from codeyard.bus.permissions import consumer_create_subject, grants_for, princi
 from codeyard.bus.subjects import WORK_STREAM, consumer_name, work_subject
 from codeyard.bus.topology import work_consumer
 from codeyard.coordinator.service import Coordinator
-from codeyard.schemas import Accepted, RunState, SubmitRun, TaskSpec, TaskState
+from codeyard.schemas import Accepted, CancelRun, RunState, SubmitRun, TaskSpec, TaskState
 from codeyard.testing.scripted_worker import Script
 from tests.coordinator.harness import ask, running_coordinator, status, wait_until, workers_of
 
@@ -198,3 +198,27 @@ async def test_a_consumer_that_cannot_be_created_yet_is_tried_again_and_the_run_
         assert coordinator.reviewer_consumers.created == {"review.security"}
         assert (await status(bus, "r1")).state is not RunState.FAILED
     assert_configured_as_a_worker_would(bus, info, "review.security")
+
+
+async def test_a_consumer_deleted_while_a_coordinator_leads_is_created_again_while_needed(
+    bus: Bus,
+) -> None:
+    """Deleted by hand, a plugin's consumer was made again only by the next leader: the run's
+    reviews waited in the stream until then. The leader finds it gone when it reads the
+    consumers for its metrics; once no open run names the reviewer, it lets it be."""
+    plan = [TaskSpec(id="a", title="a", reviewers=["review.security"])]
+    leader = Coordinator(bus, name="coord-a", metrics_interval=0.1)
+    async with running_coordinator(leader):
+        reply = await ask(bus, "submit", SubmitRun(run_id="r1", goal="g", plan=plan))
+        assert isinstance(reply, Accepted), reply
+        await created(bus, "review.security")
+        await asyncio.sleep(0.3)  # a listing or two of it
+        await bus.js.delete_consumer(WORK_STREAM, consumer_name("review.security"))
+        info = await created(bus, "review.security")
+        assert_configured_as_a_worker_would(bus, info, "review.security")
+
+        assert isinstance(await ask(bus, "cancel", CancelRun(run_id="r1")), Accepted)
+        assert (await wait_until(bus, "r1")).state is RunState.CANCELLED
+        await bus.js.delete_consumer(WORK_STREAM, consumer_name("review.security"))
+        await asyncio.sleep(0.5)  # several listings without it
+        assert await consumer_of(bus, "review.security") is None
