@@ -1235,7 +1235,7 @@ def cancel(
     git fetch CODEYARD_DATA_DIR/runs/RUN/integration HEAD:refs/heads/salvage/RUN
 
     Exits 1 when the run is unknown or over (0 when it was cancelled already), 2 when RUN is
-    not a run id.
+    not a run id or the reason is blank.
 
     Example: [bold]codeyard cancel r1 --reason "wrong goal"[/bold]
     """
@@ -1243,6 +1243,9 @@ def cancel(
     from codeyard.schemas.messages import ALREADY_CANCELLED
 
     _check_id(run_id)
+    if not reason.strip():
+        _error("--reason is blank: say why the run is cancelled, or leave --reason out")
+        raise typer.Exit(2)
     reply = _ask("cancel", CancelRun(run_id=run_id, reason=reason))
     if json_output:
         _print_reply(reply)

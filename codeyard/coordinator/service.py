@@ -1438,8 +1438,10 @@ class Coordinator:
                 case CancelRun():
                     if not request.run_id:
                         return ControlError(error="name the run to cancel", field="$.run_id")
+                    # a blank reason would leave the run's error empty: the default instead
+                    reason = request.reason.strip() or CancelRun().reason
                     if preparing := self._preparing.get(request.run_id):
-                        preparing.cancelled = Cancel(request.reason)
+                        preparing.cancelled = Cancel(reason)
                         detail = "Cancel (once its repository is prepared, before any work)"
                         return Accepted(run_id=request.run_id, detail=detail)
                     if request.run_id not in self._open:
@@ -1450,7 +1452,7 @@ class Coordinator:
                         if ended is not None:
                             error = f"run {request.run_id} has ended ({ended}): nothing to cancel"
                             return ControlError(run_id=request.run_id, error=error)
-                    return self._control_event(request.run_id, Cancel(request.reason), commit, now)
+                    return self._control_event(request.run_id, Cancel(reason), commit, now)
                 case StatusQuery():
                     return self._status(request)
                 case ListApprovals():

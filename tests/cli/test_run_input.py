@@ -220,6 +220,15 @@ def test_a_run_id_that_is_none_is_refused_before_connecting(
     )
 
 
+def test_a_blank_reason_to_cancel_is_refused_before_connecting(env: dict[str, str]) -> None:
+    """It printed "cancelled r1: " and recorded no reason with the run."""
+    refused = codeyard(env, "cancel", "r1", "--reason", " ")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == (
+        "error: --reason is blank: say why the run is cancelled, or leave --reason out\n"
+    )
+
+
 @pytest.mark.parametrize(("verb", "given"), [("approve", ""), ("deny", ""), ("approve", "a.b")])
 def test_an_approval_id_that_is_none_is_refused_before_connecting(
     env: dict[str, str], verb: str, given: str

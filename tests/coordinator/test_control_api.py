@@ -542,3 +542,17 @@ async def test_the_runs_test_command_goes_to_its_planner_and_tester(
         ("go", "TestRequest", "go test ./..."),
     ]
     assert all(isinstance(item, PlanRequest | TestRequest) for item in seen)
+
+
+async def test_a_run_cancelled_for_a_blank_reason_records_the_default_one(
+    bus: Bus, coordinator: Coordinator
+) -> None:
+    """A blank reason left the run's error empty: `codeyard status` showed a cancelled run
+    without a word of why."""
+    await ask(
+        bus, "submit", SubmitRun(run_id="r-blank", goal="g", plan=[TaskSpec(id="x", title="x")])
+    )
+    cancelled = await ask(bus, "cancel", CancelRun(run_id="r-blank", reason="  "))
+    assert isinstance(cancelled, Accepted), cancelled
+    run = await status(bus, "r-blank")
+    assert (run.state, run.error) == (RunState.CANCELLED, CancelRun().reason)
