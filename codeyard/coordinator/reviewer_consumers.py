@@ -86,12 +86,10 @@ class ReviewerConsumers:
                     await creation.tried.wait()
         return all(creation.task.done() for creation in creations)
 
-    def recreate_missing(
-        self, listed: set[str], listed_since: float, needed: Iterable[str]
-    ) -> list[str]:
+    def recreate_missing(self, listed: set[str], listed_since: float, needed: Iterable[str]) -> None:
         """Create again the consumers of the `needed` reviewers that `listed` (the names of
         `CY_WORK`'s consumers, read from `listed_since` on) lacks though they were created
-        before that read began; the roles started again."""
+        before that read began."""
         missing = [
             role
             for role in set(needed) & self.created
@@ -102,7 +100,6 @@ class ReviewerConsumers:
             log.warning("the consumer of %s is gone (deleted?): creating it again", role)
             self.created.discard(role)
         self._start(missing)
-        return sorted(missing)
 
     async def close(self) -> None:
         """Stop the creations still being tried."""
