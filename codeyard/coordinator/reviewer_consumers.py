@@ -86,7 +86,9 @@ class ReviewerConsumers:
                     await creation.tried.wait()
         return all(creation.task.done() for creation in creations)
 
-    def recreate_missing(self, listed: set[str], listed_since: float, needed: Iterable[str]) -> None:
+    def recreate_missing(
+        self, listed: set[str], listed_since: float, needed: Iterable[str]
+    ) -> None:
         """Create again the consumers of the `needed` reviewers that `listed` (the names of
         `CY_WORK`'s consumers, read from `listed_since` on) lacks though they were created
         before that read began."""
