@@ -165,7 +165,7 @@ log = logging.getLogger(__name__)
 # Metric children looked up once: `labels()` per result showed in the step's profile.
 _RESULTS = {
     outcome: metrics.COORDINATOR_RESULTS.labels(outcome)
-    for outcome in ("malformed", "refused", "ignored", "early", "applied", "poison")
+    for outcome in ("malformed", "refused", "ignored", "early", "applied", "poison", "held")
 }
 _dispatches = functools.cache(metrics.COORDINATOR_DISPATCHES.labels)
 
@@ -962,6 +962,7 @@ class Coordinator:
                 )
                 commit.acks.remove(msg)
                 commit.again.append(msg)
+                _RESULTS["held"].inc()
                 return
             if self._on_result(result, commit, now):
                 early.append(result)

@@ -95,7 +95,8 @@ COORDINATOR_LEADING = Gauge(
 COORDINATOR_RESULTS = Counter(
     "codeyard_coordinator_results",
     "Results taken from CY_RESULTS, by outcome (applied, ignored, malformed, refused: not the"
-    " answer of the role whose subject it came on)",
+    " answer of the role whose subject it came on, held: handed back while the artifacts store"
+    " is away)",
     ["outcome"],
 )
 COORDINATOR_DISPATCHES = Counter(

@@ -15,6 +15,7 @@ import nats.errors
 import pytest
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
+from prometheus_client import REGISTRY
 
 from codeyard.bus import Bus, EmbeddedNats, PullWorker
 from codeyard.bus.credentials import Credentials
@@ -238,12 +239,19 @@ async def test_an_older_coders_reference_is_applied_as_it_is(bus: Bus) -> None:
     assert await patch_names(store) == [reference.object_name]
 
 
+def held_results() -> float:
+    """Results the coordinators of this process handed back, their patch not storable yet."""
+    labels = {"outcome": "held"}
+    return REGISTRY.get_sample_value("codeyard_coordinator_results_total", labels) or 0.0
+
+
 async def test_a_patch_that_cannot_be_stored_yet_is_applied_once_the_store_is_back(
     bus: Bus, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The store away is not the result's fault: the result comes again until its patch is
     stored, and the other runs go on meanwhile."""
     caplog.set_level(logging.WARNING, logger="codeyard.coordinator.service")
+    held_before = held_results()
     store = await artifact_store(bus.js)
     await bus.js.delete_object_store(ARTIFACTS_BUCKET)
     async with running_coordinator(Coordinator(bus, name="coord-away", artifacts=store)):
@@ -261,6 +269,7 @@ async def test_a_patch_that_cannot_be_stored_yet_is_applied_once_the_store_is_ba
             await asyncio.sleep(0.05)
         assert len(handed_back) >= 3, "the result did not come again"
         assert (await status(bus, "big")).tasks["t1"].state is TaskState.CODING
+        assert held_results() - held_before >= 3  # for an alert: no metric told it before
 
         await bus.setup()  # the store is back
         run = await wait_for_task(bus, "big", "t1", TaskState.TESTING)
