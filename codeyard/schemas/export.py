@@ -80,8 +80,8 @@ FAMILIES: tuple[Family, ...] = (
         "ResultMessage",
         messages.ResultMessage,
         RESULT_ADDRESS,
-        f"A worker's result, or several in a `ResultBatch`, published to the coordinator on "
-        f"`{RESULT_ADDRESS}`.",
+        f"A worker's result, or several in a `ResultBatch`, or work it could not decode "
+        f"(`UndecodableWork`), published to the coordinator on `{RESULT_ADDRESS}`.",
     ),
     Family(
         "GateMessage",
