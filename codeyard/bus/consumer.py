@@ -76,8 +76,8 @@ _ACK_V1_TOKENS = 9
 
 def delivery_count(msg: Msg) -> int:
     """How many times JetStream has delivered `msg`, read from its ack subject. nats-py's
-    `metadata` builds two dataclasses and a datetime for it: a tenth of a worker's time per
-    item went there. A subject of another form (a JetStream domain) is left to nats-py."""
+    `metadata` builds two dataclasses and a datetime for it, ten times as long, for every
+    item a worker takes. A subject of another form (a JetStream domain) is left to nats-py."""
     tokens = (msg.reply or "").split(".")
     if len(tokens) == _ACK_V1_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
         return int(tokens[4])
