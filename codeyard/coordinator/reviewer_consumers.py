@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from codeyard.bus import subjects
 from codeyard.bus.topology import Topology, ensure_role_consumer
 from codeyard.cancellation import stop_tasks
-from codeyard.schemas.model import TaskSpec
+from codeyard.schemas.model import Run, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ def reviewers_named(run_reviewers: Iterable[str], specs: Iterable[TaskSpec]) -> 
     """Every reviewer a run may need: its default ones (its tasks yet to be planned need them)
     and those its tasks' specs name."""
     return {*run_reviewers, *(name for spec in specs for name in spec.reviewers)}
+
+
+def reviewers_of(run: Run) -> set[str]:
+    """Every reviewer a run as recorded may need (`reviewers_named`)."""
+    return reviewers_named(run.reviewers, (task.spec for task in run.tasks.values()))
 
 
 @dataclass

@@ -19,10 +19,11 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import msgspec
@@ -92,7 +93,11 @@ from codeyard.coordinator.result_events import (
     role_of,
     unapplied_spend,
 )
-from codeyard.coordinator.reviewer_consumers import ReviewerConsumers, reviewers_named
+from codeyard.coordinator.reviewer_consumers import (
+    ReviewerConsumers,
+    reviewers_named,
+    reviewers_of,
+)
 from codeyard.coordinator.run_store import CheckpointPolicy, RunStore, StepWrite, StoredRun
 from codeyard.coordinator.work_items import (
     CHANGES_BYTES,
@@ -207,6 +212,26 @@ class PoisonedStep(RuntimeError):
 
 POISON_STEPS = 2
 MAX_POISON_REMEMBERED = 1000
+
+
+class PoisonGuard:
+    """`Coordinator._guarded`'s context manager: a class, as the coordinator enters one for
+    every result message (a generator-based one cost several times as much)."""
+
+    __slots__ = ("_key", "_what")
+
+    def __init__(self, key: PoisonKey, what: str) -> None:
+        self._key = key
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: TracebackType | None
+    ) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, NOT_POISON):
+            raise PoisonedStep(self._key, self._what, exc) from exc
 
 
 @dataclass
@@ -537,11 +562,7 @@ class Coordinator:
 
     def _reviewers_needed(self) -> set[str]:
         """The reviewers the open runs name (their default ones and their tasks')."""
-        needed: set[str] = set()
-        for open_run in self._open.values():
-            run = open_run.run
-            needed |= reviewers_named(run.reviewers, (task.spec for task in run.tasks.values()))
-        return needed
+        return set[str]().union(*(reviewers_of(open_run.run) for open_run in self._open.values()))
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -570,8 +591,7 @@ class Coordinator:
                 commit.dirty.setdefault(stored.run.run_id, set())
                 commit.finished.add(stored.run.run_id)
                 continue
-            specs = (task.spec for task in stored.run.tasks.values())
-            reviewers |= reviewers_named(stored.run.reviewers, specs)
+            reviewers |= reviewers_of(stored.run)
             # The previous leader may or may not have sent these; ids make re-sends harmless.
             self._execute(open_run, engine.outstanding_work(), commit, resend=True)
         # Not waited for: the lease is not renewed until the runs are loaded. The work sent
@@ -825,16 +845,10 @@ class Coordinator:
         log.error("setting aside %s: applying it failed %d times: %s", key, failures, error)
         return f"applying it failed {failures} times: {error}"
 
-    @contextlib.contextmanager
-    def _guarded(self, key: PoisonKey, what: str) -> Iterator[None]:
+    def _guarded(self, key: PoisonKey, what: str) -> PoisonGuard:
         """Turn a failure no retry would change into `PoisonedStep` (trouble on the bus and a
         lost lease are not the input's fault: they end the step as they are)."""
-        try:
-            yield
-        except NOT_POISON:
-            raise
-        except Exception as exc:
-            raise PoisonedStep(key, what, exc) from exc
+        return PoisonGuard(key, what)
 
     async def _on_result_message_guarded(self, msg: Msg, commit: Commit, now: datetime) -> None:
         key: PoisonKey = ("result", msg.metadata.sequence.stream)
@@ -842,12 +856,8 @@ class Coordinator:
             self._dead_letter(msg, error, commit)
             _RESULTS["poison"].inc()
             return
-        try:  # (as `_guarded`, inline: entered for every result message)
+        with self._guarded(key, f"a result on {msg.subject}"):
             await self._on_result_message(msg, commit, now)
-        except NOT_POISON:
-            raise
-        except Exception as exc:
-            raise PoisonedStep(key, f"a result on {msg.subject}", exc) from exc
 
     def _on_own_event(self, open_run: OpenRun, event: Event, commit: Commit, now: datetime) -> None:
         """Apply an event of the coordinator's own (a merge's outcome): set aside as a dead
